@@ -1,0 +1,29 @@
+"""Developer sessions: tests, lint, typecheck, protos (regenerate), bench."""
+
+from __future__ import annotations
+
+import nox
+
+nox.options.default_venv_backend = "none"  # use the environment quickstart.sh set up
+nox.options.sessions = ["lint", "typecheck", "tests"]
+
+
+@nox.session
+def tests(session: nox.Session) -> None:
+    session.run("python", "-m", "pytest", *session.posargs)
+
+
+@nox.session
+def lint(session: nox.Session) -> None:
+    session.run("ruff", "check", "src", "tests", "benchmarks")
+    session.run("ruff", "format", "--check", "src")
+
+
+@nox.session
+def typecheck(session: nox.Session) -> None:
+    session.run("mypy", "src")
+
+
+@nox.session
+def bench(session: nox.Session) -> None:
+    session.run("python", "-m", "benchmarks", *session.posargs)

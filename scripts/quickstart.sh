@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# Set up spear on a fresh Debian machine and run the bundled example agent.
+# Installs system packages (clang for wasm32-wasi, etcd for the distributed tests) and the
+# Python package with its development extras, then builds examples/hello and runs it.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+SUDO=""
+if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi
+PACKAGES="clang lld wasi-libc libclang-rt-dev-wasm32 etcd-server etcd-client"
+missing=""
+for p in $PACKAGES; do
+  dpkg -s "$p" >/dev/null 2>&1 || missing="$missing $p"
+done
+if [ -n "$missing" ]; then
+  $SUDO env DEBIAN_FRONTEND=noninteractive apt-get update -qq
+  $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $missing >/dev/null
+fi
+
+python3 -m pip install -q -e '.[dev]'
+
+mkdir -p build
+clang --target=wasm32-wasi -O2 -o build/hello.wasm examples/hello/hello.c
+mkdir -p build/hello-data
+SPEAR_HOME="${SPEAR_HOME:-$PWD/build/spear-home}" \
+  python3 -m spear run --dir build/hello-data::/data --env GREETING=Hello build/hello.wasm world
+SPEAR_HOME="${SPEAR_HOME:-$PWD/build/spear-home}" python3 -m spear tasks -n 3

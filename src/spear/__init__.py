@@ -1,0 +1,53 @@
+"""spear: a serverless runtime for AI agents.
+
+The public API is what ``__all__`` names; every other module may change.
+"""
+
+from __future__ import annotations
+
+from loguru import logger as _logger
+
+from spear._local import LocalNode
+from spear.config import Settings
+from spear.core.models import DirMapping, FunctionSpec, Resources, Runtime, Task, TaskState
+from spear.core.node import Spearlet
+from spear.errors import (
+    Conflict,
+    InvalidArgument,
+    InvalidModule,
+    NotFound,
+    PermissionDenied,
+    ResourceExhausted,
+    SpearError,
+    StorageBusy,
+    StorageError,
+    Unavailable,
+)
+
+__version__ = "0.1.0"
+
+# A library stays quiet unless its user asks; the CLI enables and routes spear's log.
+_logger.disable("spear")
+
+__all__ = [
+    "Conflict",
+    "DirMapping",
+    "FunctionSpec",
+    "InvalidArgument",
+    "InvalidModule",
+    "LocalNode",
+    "NotFound",
+    "PermissionDenied",
+    "ResourceExhausted",
+    "Resources",
+    "Runtime",
+    "Settings",
+    "SpearError",
+    "Spearlet",
+    "StorageBusy",
+    "StorageError",
+    "Task",
+    "TaskState",
+    "Unavailable",
+    "__version__",
+]

@@ -1,0 +1,336 @@
+"""The `spear` command line. Every command is a thin call into a node or a client.
+
+Exit codes: 0 success; 2 usage error (a bad flag or argument); a spear error's own code
+(see errors.py: 64 invalid input, 65 invalid module, 66 not found, 73 storage, ...);
+for `spear run`, the guest's own exit code, 124 timeout, 130 cancelled, 134 trap.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any
+
+import anyio
+import typer
+
+try:  # typer >= 0.20 vendors click; older releases use the click package
+    from typer._click import exceptions as _click_exc
+except ImportError:  # pragma: no cover
+    from click import exceptions as _click_exc  # type: ignore[no-redef]
+
+from spear.config import Settings, parse_size
+from spear.core.models import DirMapping, FunctionSpec, Runtime, Task, TaskState
+from spear.errors import InvalidArgument, SpearError
+
+if TYPE_CHECKING:
+    from collections.abc import Awaitable, Callable
+
+    from spear.core.node import Spearlet
+
+app = typer.Typer(
+    name="spear",
+    help="spear: a serverless runtime for AI agents (WebAssembly modules and processes).",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+
+DataDirOpt = Annotated[
+    Path | None,
+    typer.Option("--data-dir", help="Data directory [default: $SPEAR_HOME or XDG data dir]."),
+]
+ConfigOpt = Annotated[Path | None, typer.Option("--config", help="Settings file (TOML).")]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON for machines.")]
+
+
+def _settings(data_dir: Path | None, config: Path | None, **flags: Any) -> Settings:
+    settings = Settings.load(config_file=config, data_dir=data_dir, **flags)
+    from spear import _logging
+
+    _logging.configure(settings)
+    return settings
+
+
+def _run_on_node(
+    settings: Settings, fn: Callable[[Spearlet], Awaitable[Any]], *, hold: bool = False
+) -> Any:
+    from spear.container import build_local_node
+
+    async def main() -> Any:
+        async with build_local_node(settings, hold_kv=hold) as node:
+            return await fn(node)
+
+    return anyio.run(main)
+
+
+def _emit_json(data: Any) -> None:
+    sys.stdout.write(json.dumps(data, indent=2, sort_keys=True) + "\n")
+
+
+def _fmt_time(ts: float | None) -> str:
+    return "-" if ts is None else time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(ts))
+
+
+def _duration(task: Task) -> str:
+    if task.started_at is None:
+        return "-"
+    end = task.finished_at or time.time()
+    return f"{(end - task.started_at) * 1000:.1f}ms"
+
+
+@app.command(
+    context_settings={"allow_interspersed_args": False},
+    help="Run a WebAssembly (WASI preview 1) command module to completion as a task. "
+    "Arguments after MODULE are the guest's (use -- before guest arguments that look like "
+    "flags). Exits with the guest's exit code; 124 on timeout, 134 on a trap, 130 if cancelled.",
+)
+def run(
+    module: Annotated[str, typer.Argument(help="Path to a .wasm (or .wat) module.")],
+    args: Annotated[list[str] | None, typer.Argument(help="Arguments for the guest.")] = None,
+    env: Annotated[
+        list[str] | None, typer.Option("--env", "-e", help="NAME=VALUE for the guest (repeatable).")
+    ] = None,
+    dirs: Annotated[
+        list[str] | None,
+        typer.Option("--dir", help="HOST_DIR[::GUEST_DIR] to preopen read-write (repeatable)."),
+    ] = None,
+    timeout: Annotated[
+        float | None, typer.Option("--timeout", help="Stop the task after SECONDS.")
+    ] = None,
+    memory: Annotated[
+        str | None, typer.Option("--memory", help="Linear-memory limit, e.g. 64M or 1GiB.")
+    ] = None,
+    fuel: Annotated[
+        int | None, typer.Option("--fuel", help="Stop after this many units of fuel.")
+    ] = None,
+    invoke: Annotated[str, typer.Option("--invoke", help="Export to call.")] = "_start",
+    data_dir: DataDirOpt = None,
+    config: ConfigOpt = None,
+) -> None:
+    settings = _settings(data_dir, config)
+    guest_args = list(args or ())
+    if guest_args[:1] == ["--"]:  # `spear run MODULE -- ARGS`: the separator is ours
+        guest_args = guest_args[1:]
+    spec = FunctionSpec(
+        artifact=module,
+        runtime=Runtime.WASM,
+        args=tuple(guest_args),
+        env=tuple(_parse_env(e) for e in env or ()),
+        dirs=tuple(DirMapping.parse(d) for d in dirs or ()),
+        entry=invoke,
+        timeout_s=timeout,
+        memory_limit_bytes=parse_size(memory) if memory is not None else None,
+        fuel=fuel,
+    )
+    task = _run_on_node(settings, lambda node: _run_foreground(node, spec))
+    if (
+        task.state is not TaskState.COMPLETED
+        and task.reason
+        and not (task.reason.startswith("exit status"))
+    ):
+        sys.stderr.write(f"spear: task {task.id} {task.state.value.lower()}: {task.reason}\n")
+    raise typer.Exit(task.exit_code or 0)
+
+
+def _parse_env(text: str) -> tuple[str, str]:
+    name, sep, value = text.partition("=")
+    if not sep or not name:
+        raise InvalidArgument(f"--env expects NAME=VALUE, got {text!r}")
+    return name, value
+
+
+def _write_through(stream: Any) -> Callable[[bytes], None]:
+    def write(data: bytes) -> None:
+        stream.write(data)
+        stream.flush()
+
+    return write
+
+
+async def _run_foreground(node: Spearlet, spec: FunctionSpec) -> Task:
+    """Run a task with the terminal as its stdio; SIGINT/SIGTERM cancel it."""
+    import signal
+
+    created: list[Task] = []
+    result: list[Task] = []
+
+    async def watch_signals(scope: anyio.CancelScope) -> None:
+        with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+            async for _ in signals:
+                if created:
+                    await node.cancel(created[0].id, "cancelled by signal")
+                    return
+                scope.cancel()
+
+    failure: list[BaseException] = []
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(watch_signals, tg.cancel_scope)
+        try:
+            result.append(
+                await node.run(
+                    spec,
+                    stdin="inherit",
+                    tee_stdout=_write_through(sys.stdout.buffer),
+                    tee_stderr=_write_through(sys.stderr.buffer),
+                    on_created=created.append,
+                )
+            )
+        except SpearError as exc:  # re-raised outside the group, as itself
+            failure.append(exc)
+        tg.cancel_scope.cancel()
+    if failure:
+        raise failure[0]
+    return result[0]
+
+
+@app.command(help="List tasks, newest first.")
+def tasks(
+    state: Annotated[
+        str | None, typer.Option("--state", help="Only tasks in this state (e.g. RUNNING).")
+    ] = None,
+    limit: Annotated[int, typer.Option("--limit", "-n", help="At most this many.")] = 50,
+    data_dir: DataDirOpt = None,
+    config: ConfigOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    settings = _settings(data_dir, config)
+    want = None
+    if state is not None:
+        try:
+            want = TaskState(state.upper())
+        except ValueError:
+            names = ", ".join(s.value for s in TaskState)
+            raise InvalidArgument(f"unknown state {state!r} (one of {names})") from None
+    found: list[Task] = _run_on_node(settings, lambda node: node.tasks(want, limit))
+    if as_json:
+        _emit_json([t.to_json() for t in found])
+        return
+    rows = [("ID", "STATE", "EXIT", "CREATED", "TIME", "ARTIFACT", "REASON")]
+    for t in found:
+        rows.append(
+            (
+                t.id,
+                t.state.value,
+                "-" if t.exit_code is None else str(t.exit_code),
+                _fmt_time(t.created_at),
+                _duration(t),
+                Path(t.spec.artifact).name,
+                t.reason or "",
+            )
+        )
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]) - 1)]
+    for r in rows:
+        sys.stdout.write(
+            "  ".join(c.ljust(w) for c, w in zip(r, widths, strict=False)) + "  " + r[-1] + "\n"
+        )
+
+
+@app.command(help="Show one task.")
+def status(
+    task_id: Annotated[str, typer.Argument(metavar="ID")],
+    data_dir: DataDirOpt = None,
+    config: ConfigOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    settings = _settings(data_dir, config)
+    task: Task = _run_on_node(settings, lambda node: node.task(task_id))
+    if as_json:
+        _emit_json(task.to_json())
+        return
+    lines = [
+        ("id", task.id),
+        ("state", task.state.value),
+        ("runtime", task.spec.runtime.value),
+        ("artifact", task.spec.artifact),
+        ("args", " ".join(task.spec.args)),
+        ("node", task.node or "-"),
+        ("exit code", "-" if task.exit_code is None else str(task.exit_code)),
+        ("reason", task.reason or "-"),
+        ("created", _fmt_time(task.created_at)),
+        ("started", _fmt_time(task.started_at)),
+        ("finished", _fmt_time(task.finished_at)),
+        ("duration", _duration(task)),
+        ("history", ", ".join(f"{s}@{t:.6f}" for s, t in task.history)),
+    ]
+    for name, value in lines:
+        sys.stdout.write(f"{name + ':':<11}{value}\n")
+
+
+@app.command(help="Print a task's captured output.")
+def logs(
+    task_id: Annotated[str, typer.Argument(metavar="ID")],
+    stream: Annotated[
+        str | None, typer.Option("--stream", help="stdout, stderr or agent [default: all].")
+    ] = None,
+    data_dir: DataDirOpt = None,
+    config: ConfigOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    settings = _settings(data_dir, config)
+    streams = [stream] if stream else ["stdout", "stderr", "agent"]
+
+    async def read(node: Spearlet) -> dict[str, bytes]:
+        return {s: await node.logs_of(task_id, s) for s in streams}
+
+    out: dict[str, bytes] = _run_on_node(settings, read)
+    if as_json:
+        _emit_json({k: v.decode("utf-8", errors="replace") for k, v in out.items()})
+        return
+    if stream:
+        sys.stdout.buffer.write(out[stream])
+        return
+    sys.stdout.buffer.write(out["stdout"])
+    sys.stdout.flush()
+    sys.stderr.buffer.write(out["stderr"])
+    if out["agent"]:
+        sys.stderr.buffer.write(b"--- agent log ---\n" + out["agent"])
+
+
+@app.command(help="Print spear's version and its runtime's.")
+def version(as_json: JsonOpt = False) -> None:
+    from spear import __version__
+    from spear.runtimes.hostcall import ABI_VERSION
+    from spear.runtimes.wasm import wasmtime_version
+
+    info = {"spear": __version__, "wasmtime": wasmtime_version(), "hostcall_abi": ABI_VERSION}
+    if as_json:
+        _emit_json(info)
+    else:
+        sys.stdout.write(" ".join(f"{k} {v}" for k, v in info.items()) + "\n")
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Console entry point: one line on stderr for any error, never a traceback."""
+    try:
+        code = app(args=argv, prog_name="spear", standalone_mode=False)
+        return code if isinstance(code, int) else 0
+    except _click_exc.NoArgsIsHelpError:
+        return 2  # the help text is already printed
+    except _click_exc.UsageError as exc:
+        hint = f" (see '{exc.ctx.command_path} --help')" if exc.ctx is not None else ""
+        sys.stderr.write(f"spear: error: {exc.format_message()}{hint}\n")
+        return 2
+    except _click_exc.ClickException as exc:
+        sys.stderr.write(f"spear: error: {exc.format_message()}\n")
+        return exc.exit_code
+    except typer.Abort:
+        sys.stderr.write("spear: interrupted\n")
+        return 130
+    except SpearError as exc:
+        sys.stderr.write(f"spear: error: {exc}\n")
+        return exc.exit_code
+    except KeyboardInterrupt:
+        sys.stderr.write("spear: interrupted\n")
+        return 130
+    except BrokenPipeError:
+        return 141
+    except OSError as exc:
+        sys.stderr.write(f"spear: error: {exc.strerror or exc}\n")
+        return 74
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,73 @@
+"""Builds a node for a mode. The only place that chooses implementations for the seams."""
+
+from __future__ import annotations
+
+import os
+from typing import TYPE_CHECKING, Any
+
+from spear.config import Settings
+from spear.core.logs import TaskLogs
+from spear.core.models import Resources
+from spear.core.node import Spearlet
+from spear.errors import StorageError
+
+if TYPE_CHECKING:
+    from spear.runtimes.base import WorkerAgent
+
+
+def _machine_capacity(settings: Settings) -> Resources:
+    cpu = settings.cpu_millis or (os.cpu_count() or 1) * 1000
+    memory = settings.memory_bytes
+    if not memory:
+        try:
+            memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+        except (ValueError, OSError):  # pragma: no cover
+            memory = 4 * 1024**3
+    return Resources(cpu, memory)
+
+
+def prepare_data_dir(settings: Settings) -> None:
+    """Create the data dir and check it is writable, with one clear error if not."""
+    path = settings.data_dir
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        probe = path / f".spear-write-test-{os.getpid()}"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as exc:
+        reason = exc.strerror or str(exc)
+        raise StorageError(f"data dir {path} is not usable: {reason}") from None
+
+
+def local_components(settings: Settings, *, hold_kv: bool = True) -> dict[str, Any]:
+    """The parts of a local-mode SPEARlet: LevelDB metadata, the wasm worker agent.
+
+    `hold_kv=False` is for short CLI processes that share a data dir (see store/leveldb.py).
+    """
+    from spear.runtimes.wasm import WasmWorkerAgent
+    from spear.store.leveldb import LevelDBKV
+
+    prepare_data_dir(settings)
+    kv = LevelDBKV.open(
+        str(settings.kv_path),
+        hold=hold_kv,
+        busy_timeout_s=settings.busy_timeout_s,
+        sync=settings.kv_sync,
+    )
+    agents: dict[str, WorkerAgent] = {
+        "wasm": WasmWorkerAgent(
+            settings.module_cache_dir, max_threads=settings.max_concurrent_tasks
+        )
+    }
+    logs = TaskLogs(settings.tasks_log_dir, settings.task_log_max_bytes)
+    return {
+        "settings": settings,
+        "kv": kv,
+        "agents": agents,
+        "logs": logs,
+        "capacity": _machine_capacity(settings),
+    }
+
+
+def build_local_node(settings: Settings, *, hold_kv: bool = True) -> Spearlet:
+    return Spearlet(**local_components(settings, hold_kv=hold_kv))

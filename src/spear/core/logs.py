@@ -1,0 +1,127 @@
+"""Task logs (seed §7.2): each task's stdout, stderr and agent log in files of its own.
+
+`logs/tasks/<task id>/{stdout,stderr,agent.log}` under the data dir. Files are created on
+first write, so a task that prints nothing costs no file. Each file stops growing at a
+cap (a marker line says so) while the caller's live stream, if any, still gets everything.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import BinaryIO
+
+from spear.errors import InvalidArgument, NotFound
+from spear.runtimes.base import TaskIO
+
+STREAMS = ("stdout", "stderr", "agent")
+_FILES = {"stdout": "stdout", "stderr": "stderr", "agent": "agent.log"}
+
+
+class _CappedFile:
+    def __init__(self, path: Path, cap: int) -> None:
+        self._path = path
+        self._cap = cap
+        self._file: BinaryIO | None = None
+        self._written = 0
+        self._truncated = False
+        self._lock = threading.Lock()
+
+    def write(self, data: bytes) -> None:
+        with self._lock:
+            if self._truncated:
+                return
+            if self._file is None:
+                self._path.parent.mkdir(parents=True, exist_ok=True)
+                self._file = open(self._path, "ab", buffering=0)  # noqa: SIM115
+            room = self._cap - self._written
+            if len(data) > room:
+                self._file.write(data[: max(room, 0)])
+                self._file.write(f"\n[spear: log truncated at {self._cap} bytes]\n".encode())
+                self._truncated = True
+                self._written = self._cap
+                return
+            self._file.write(data)
+            self._written += len(data)
+
+    def close(self) -> None:
+        with self._lock:
+            if self._file is not None:
+                self._file.close()
+                self._file = None
+
+
+class TaskLogWriter:
+    """The sinks for one task's output: its files, and a live tee for the caller."""
+
+    def __init__(
+        self,
+        directory: Path,
+        cap: int,
+        tee_stdout: Callable[[bytes], None] | None = None,
+        tee_stderr: Callable[[bytes], None] | None = None,
+    ) -> None:
+        self._files = {name: _CappedFile(directory / _FILES[name], cap) for name in STREAMS}
+        self._tee_stdout = tee_stdout
+        self._tee_stderr = tee_stderr
+
+    def stdout(self, data: bytes) -> None:
+        self._files["stdout"].write(data)
+        if self._tee_stdout is not None:
+            self._tee_stdout(data)
+
+    def stderr(self, data: bytes) -> None:
+        self._files["stderr"].write(data)
+        if self._tee_stderr is not None:
+            self._tee_stderr(data)
+
+    def agent_log(self, level: str, message: str) -> None:
+        stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime())
+        self._files["agent"].write(f"{stamp} {level:<7} {message}\n".encode())
+
+    def io(self, stdin: bytes | None | str = None) -> TaskIO:
+        return TaskIO(stdout=self.stdout, stderr=self.stderr, stdin=stdin)  # type: ignore[arg-type]
+
+    def close(self) -> None:
+        for f in self._files.values():
+            f.close()
+
+
+class TaskLogs:
+    """Where every task's logs live under one node's data dir."""
+
+    def __init__(self, root: Path, cap: int) -> None:
+        self._root = root
+        self._cap = cap
+
+    def directory(self, task_id: str) -> Path:
+        if not task_id or "/" in task_id or task_id.startswith("."):
+            raise InvalidArgument(f"not a task id: {task_id!r}")
+        return self._root / task_id
+
+    def writer(
+        self,
+        task_id: str,
+        tee_stdout: Callable[[bytes], None] | None = None,
+        tee_stderr: Callable[[bytes], None] | None = None,
+    ) -> TaskLogWriter:
+        return TaskLogWriter(self.directory(task_id), self._cap, tee_stdout, tee_stderr)
+
+    def path(self, task_id: str, stream: str) -> Path:
+        if stream not in _FILES:
+            raise InvalidArgument(f"unknown log stream {stream!r} (one of {', '.join(STREAMS)})")
+        return self.directory(task_id) / _FILES[stream]
+
+    def read(self, task_id: str, stream: str, offset: int = 0) -> bytes:
+        """What a task wrote to `stream` from `offset` on (empty if it wrote nothing)."""
+        path = self.path(task_id, stream)
+        try:
+            with open(path, "rb") as f:
+                f.seek(offset)
+                return f.read()
+        except FileNotFoundError:
+            return b""
+        except NotADirectoryError:  # pragma: no cover
+            raise NotFound(f"no logs for task {task_id}") from None

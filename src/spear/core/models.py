@@ -1,0 +1,211 @@
+"""The domain models: frozen dataclasses with a JSON form for the KV and the CLI."""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import secrets
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from spear.errors import InvalidArgument
+
+
+class TaskState(enum.StrEnum):
+    PENDING = "PENDING"
+    RUNNING = "RUNNING"
+    COMPLETED = "COMPLETED"
+    FAILED = "FAILED"
+    CANCELLED = "CANCELLED"
+
+    @property
+    def terminal(self) -> bool:
+        return self in _TERMINAL
+
+
+_TERMINAL = frozenset({TaskState.COMPLETED, TaskState.FAILED, TaskState.CANCELLED})
+
+# Which transitions the lifecycle admits (seed §4). Anything else is a bug or a race lost.
+ALLOWED_TRANSITIONS: dict[TaskState, frozenset[TaskState]] = {
+    TaskState.PENDING: frozenset({TaskState.RUNNING, TaskState.FAILED, TaskState.CANCELLED}),
+    TaskState.RUNNING: frozenset({TaskState.COMPLETED, TaskState.FAILED, TaskState.CANCELLED}),
+    TaskState.COMPLETED: frozenset(),
+    TaskState.FAILED: frozenset(),
+    TaskState.CANCELLED: frozenset(),
+}
+
+
+class Runtime(enum.StrEnum):
+    WASM = "wasm"
+    PROCESS = "process"
+
+
+@dataclass(frozen=True, slots=True)
+class Resources:
+    """What a task reserves while it runs: CPU in millicores, memory in bytes."""
+
+    cpu_millis: int = 100
+    memory_bytes: int = 64 * 1024 * 1024
+
+    def __post_init__(self) -> None:
+        if self.cpu_millis < 0 or self.memory_bytes < 0:
+            raise InvalidArgument("resources must not be negative")
+
+    def fits_in(self, other: Resources) -> bool:
+        return self.cpu_millis <= other.cpu_millis and self.memory_bytes <= other.memory_bytes
+
+    def __add__(self, other: Resources) -> Resources:
+        return Resources(self.cpu_millis + other.cpu_millis, self.memory_bytes + other.memory_bytes)
+
+    def __sub__(self, other: Resources) -> Resources:
+        return Resources(
+            max(0, self.cpu_millis - other.cpu_millis),
+            max(0, self.memory_bytes - other.memory_bytes),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class DirMapping:
+    """A host directory preopened for the guest, read-write (wasmtime's `--dir HOST::GUEST`)."""
+
+    host: str
+    guest: str
+
+    @classmethod
+    def parse(cls, text: str) -> DirMapping:
+        host, sep, guest = text.partition("::")
+        if not host:
+            raise InvalidArgument(f"--dir needs a host directory, got {text!r}")
+        return cls(host=host, guest=guest if sep else host)
+
+
+@dataclass(frozen=True, slots=True)
+class FunctionSpec:
+    """Everything needed to run one task: what, with which inputs, under which limits.
+
+    `artifact` is a path to the module or program (or, for the process runtime, the
+    command); `args` follow it as argv[1:].
+    """
+
+    artifact: str
+    runtime: Runtime = Runtime.WASM
+    args: tuple[str, ...] = ()
+    env: tuple[tuple[str, str], ...] = ()
+    dirs: tuple[DirMapping, ...] = ()
+    entry: str = "_start"
+    resources: Resources = field(default_factory=Resources)
+    timeout_s: float | None = None
+    memory_limit_bytes: int | None = None
+    fuel: int | None = None
+    labels: tuple[tuple[str, str], ...] = ()
+    workdir: str | None = None
+    warm: bool = False
+
+    def __post_init__(self) -> None:
+        if not self.artifact:
+            raise InvalidArgument("a function spec needs an artifact")
+        if self.timeout_s is not None and not self.timeout_s > 0:
+            raise InvalidArgument("timeout must be a positive number of seconds")
+        if self.memory_limit_bytes is not None and self.memory_limit_bytes <= 0:
+            raise InvalidArgument("memory limit must be positive")
+        if self.fuel is not None and self.fuel <= 0:
+            raise InvalidArgument("fuel must be positive")
+        for name, _ in self.env:
+            if not name or "=" in name:
+                raise InvalidArgument(f"invalid environment variable name {name!r}")
+
+    def to_json(self) -> dict[str, Any]:
+        data = dataclasses.asdict(self)
+        data["runtime"] = self.runtime.value
+        return data
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> FunctionSpec:
+        try:
+            return cls(
+                artifact=data["artifact"],
+                runtime=Runtime(data.get("runtime", "wasm")),
+                args=tuple(data.get("args", ())),
+                env=tuple((str(k), str(v)) for k, v in data.get("env", ())),
+                dirs=tuple(DirMapping(**d) for d in data.get("dirs", ())),
+                entry=data.get("entry", "_start"),
+                resources=Resources(**data.get("resources", {})),
+                timeout_s=data.get("timeout_s"),
+                memory_limit_bytes=data.get("memory_limit_bytes"),
+                fuel=data.get("fuel"),
+                labels=tuple((str(k), str(v)) for k, v in data.get("labels", ())),
+                workdir=data.get("workdir"),
+                warm=bool(data.get("warm", False)),
+            )
+        except (KeyError, TypeError, ValueError) as exc:
+            raise InvalidArgument(f"malformed function spec: {exc}") from exc
+
+
+def new_task_id() -> str:
+    """A time-ordered id: 12 hex digits of milliseconds, then 10 random ones.
+
+    Lexicographic order is creation order, so a reverse prefix scan lists newest first.
+    """
+    return f"{time.time_ns() // 1_000_000:012x}{secrets.token_hex(5)}"
+
+
+@dataclass(frozen=True, slots=True)
+class Task:
+    """One run of a FunctionSpec and everything known about how it went."""
+
+    id: str
+    spec: FunctionSpec
+    state: TaskState = TaskState.PENDING
+    created_at: float = 0.0
+    started_at: float | None = None
+    finished_at: float | None = None
+    exit_code: int | None = None
+    reason: str | None = None
+    node: str | None = None
+    attempts: int = 0
+    history: tuple[tuple[str, float], ...] = ()
+
+    def transition(self, state: TaskState, now: float | None = None, **changes: Any) -> Task:
+        """The task after moving to `state`; raises if the lifecycle does not allow it."""
+        if state not in ALLOWED_TRANSITIONS[self.state]:
+            raise InvalidArgument(f"task {self.id} cannot go from {self.state} to {state}")
+        now = time.time() if now is None else now
+        if state is TaskState.RUNNING:
+            changes.setdefault("started_at", now)
+        if state.terminal:
+            changes.setdefault("finished_at", now)
+        return dataclasses.replace(
+            self, state=state, history=(*self.history, (state.value, now)), **changes
+        )
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "spec": self.spec.to_json(),
+            "state": self.state.value,
+            "created_at": self.created_at,
+            "started_at": self.started_at,
+            "finished_at": self.finished_at,
+            "exit_code": self.exit_code,
+            "reason": self.reason,
+            "node": self.node,
+            "attempts": self.attempts,
+            "history": [list(h) for h in self.history],
+        }
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Task:
+        return cls(
+            id=data["id"],
+            spec=FunctionSpec.from_json(data["spec"]),
+            state=TaskState(data["state"]),
+            created_at=data.get("created_at", 0.0),
+            started_at=data.get("started_at"),
+            finished_at=data.get("finished_at"),
+            exit_code=data.get("exit_code"),
+            reason=data.get("reason"),
+            node=data.get("node"),
+            attempts=data.get("attempts", 0),
+            history=tuple((str(s), float(t)) for s, t in data.get("history", ())),
+        )

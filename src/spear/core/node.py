@@ -1,0 +1,156 @@
+"""The SPEARlet: one node's controllers under one task group (seed §2.1)."""
+
+from __future__ import annotations
+
+import contextlib
+from enum import StrEnum
+from typing import TYPE_CHECKING, Any, Self
+
+import anyio
+from loguru import logger
+
+from spear.core.tasks import TaskController, TaskStore
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Mapping
+    from types import TracebackType
+
+    from anyio.abc import TaskGroup
+
+    from spear.config import Settings
+    from spear.core.logs import TaskLogs
+    from spear.core.models import FunctionSpec, Resources, Task, TaskState
+    from spear.runtimes.base import WorkerAgent
+    from spear.store.kv import KV
+
+
+class NodeState(StrEnum):
+    NEW = "new"
+    RUNNING = "running"
+    DRAINING = "draining"
+    STOPPED = "stopped"
+
+
+class Spearlet:
+    """A node: task controller, worker agents, task logs and KV, started and stopped as one."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        kv: KV,
+        agents: Mapping[str, WorkerAgent],
+        logs: TaskLogs,
+        capacity: Resources,
+        services: dict[str, Any] | None = None,
+        closers: list[Callable[[], Any]] | None = None,
+    ) -> None:
+        self.settings = settings
+        self.kv = kv
+        self.agents = dict(agents)
+        self.logs = logs
+        self.services: dict[str, Any] = services if services is not None else {}
+        self.tasks_store = TaskStore(kv)
+        self.controller = TaskController(
+            self.tasks_store, self.agents, logs, capacity, settings.node_name, self.services
+        )
+        self.state = NodeState.NEW
+        self._stack: contextlib.AsyncExitStack | None = None
+        self._tg: TaskGroup | None = None
+        self._closers = closers or []
+
+    @property
+    def name(self) -> str:
+        return self.settings.node_name
+
+    async def start(self) -> None:
+        if self.state is not NodeState.NEW:
+            return
+        stack = contextlib.AsyncExitStack()
+        try:
+            for agent in self.agents.values():
+                await stack.enter_async_context(agent)
+            self._tg = await stack.enter_async_context(anyio.create_task_group())
+            self.controller.bind(self._tg)
+            lost = await self.tasks_store.recover_lost()
+            if lost:
+                logger.warning("marked {} unfinished task(s) of dead processes as lost", len(lost))
+        except BaseException:
+            await stack.aclose()
+            await self._close_resources()
+            raise
+        self._stack = stack
+        self.state = NodeState.RUNNING
+        logger.info("node {} started", self.name)
+
+    async def shutdown(self, reason: str = "node stopped") -> None:
+        """Stop the node; running tasks are interrupted and marked. Safe to call twice."""
+        if self.state in (NodeState.STOPPED, NodeState.NEW):
+            if self.state is NodeState.NEW:
+                await self._close_resources()
+                self.state = NodeState.STOPPED
+            return
+        self.state = NodeState.DRAINING
+        await self.controller.cancel_all(reason)
+        try:
+            if self._stack is not None:
+                await self._stack.aclose()
+        finally:
+            await self._close_resources()
+            self.state = NodeState.STOPPED
+            logger.info("node {} stopped", self.name)
+
+    async def _close_resources(self) -> None:
+        for close in reversed(self._closers):
+            result = close()
+            if hasattr(result, "__await__"):
+                await result
+        self._closers.clear()
+        await self.kv.aclose()
+
+    async def __aenter__(self) -> Self:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.shutdown()
+
+    # -- the task API ---------------------------------------------------------------
+
+    async def run(
+        self,
+        spec: FunctionSpec,
+        *,
+        stdin: bytes | str | None = None,
+        tee_stdout: Callable[[bytes], None] | None = None,
+        tee_stderr: Callable[[bytes], None] | None = None,
+        on_created: Callable[[Task], None] | None = None,
+    ) -> Task:
+        """Run a task to its end and return it (COMPLETED, FAILED or CANCELLED)."""
+        return await self.controller.run(
+            spec, stdin=stdin, tee_stdout=tee_stdout, tee_stderr=tee_stderr, on_created=on_created
+        )
+
+    async def submit(self, spec: FunctionSpec, *, stdin: bytes | None = None) -> Task:
+        """Start a task in the background and return it at once (PENDING)."""
+        return await self.controller.submit(spec, stdin=stdin)
+
+    async def wait(self, task_id: str) -> Task:
+        return await self.controller.wait(task_id)
+
+    async def cancel(self, task_id: str, reason: str = "cancelled") -> Task:
+        return await self.controller.cancel(task_id, reason)
+
+    async def task(self, task_id: str) -> Task:
+        return await self.tasks_store.get(task_id)
+
+    async def tasks(self, state: TaskState | None = None, limit: int | None = None) -> list[Task]:
+        return await self.tasks_store.list(state, limit)
+
+    async def logs_of(self, task_id: str, stream: str = "stdout") -> bytes:
+        await self.tasks_store.get(task_id)  # NotFound for an unknown id
+        return self.logs.read(task_id, stream)

@@ -1,0 +1,403 @@
+"""Task records in the KV, and the task controller that runs them (seed §2.1, §4).
+
+Keys: `tasks/<id>` holds a task's JSON; `active/<id>` marks a task not yet finished and
+names the process that owns it, so a task whose process died (kill -9, power loss) is
+found and marked FAILED ("lost") by the next node that opens the data dir, instead of
+staying RUNNING forever. Every write is a compare-and-swap on the record's version.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import time
+from collections import deque
+from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING, Any
+
+import anyio
+from loguru import logger
+
+from spear.core.models import FunctionSpec, Resources, Task, TaskState, new_task_id
+from spear.errors import InvalidArgument, NotFound, ResourceExhausted, SpearError
+from spear.runtimes.base import EXIT_CANCELLED, EXIT_LOST, ExecutionControl, Outcome, TaskContext
+
+if TYPE_CHECKING:
+    from anyio.abc import TaskGroup
+
+    from spear.core.logs import TaskLogs
+    from spear.runtimes.base import Execution, WorkerAgent
+    from spear.store.kv import KV
+
+_TASKS = "tasks/"
+_ACTIVE = "active/"
+
+
+def _process_start_time(pid: int) -> str | None:
+    """The kernel's start time of `pid` (guards against pid reuse), None if it is gone."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            fields = f.read().rsplit(b")", 1)[1].split()
+        return fields[19].decode()
+    except (OSError, IndexError):
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return None
+        except PermissionError:
+            return "?"
+        return "?"
+
+
+_SELF = {"pid": os.getpid(), "start": _process_start_time(os.getpid())}
+
+
+def _owner_alive(owner: Mapping[str, Any]) -> bool:
+    pid = owner.get("pid")
+    if not isinstance(pid, int):
+        return False
+    start = _process_start_time(pid)
+    return start is not None and (start == "?" or owner.get("start") in (None, "?", start))
+
+
+class TaskStore:
+    """Task records in a KV, each change a compare-and-swap."""
+
+    def __init__(self, kv: KV) -> None:
+        self._kv = kv
+
+    async def create(self, task: Task) -> None:
+        owner = json.dumps({**_SELF, "node": task.node}).encode()
+        await self._kv.put(_ACTIVE + task.id, owner)
+        if await self._kv.compare_and_swap(_TASKS + task.id, _encode(task), 0) < 0:
+            raise InvalidArgument(f"task {task.id} exists already")
+
+    async def get(self, task_id: str) -> Task:
+        entry = await self._kv.get(_TASKS + task_id)
+        if entry is None:
+            raise NotFound(f"no such task: {task_id}")
+        return _decode(entry.value)
+
+    async def transition(
+        self,
+        task_id: str,
+        state: TaskState,
+        *,
+        only_from: frozenset[TaskState] | None = None,
+        **changes: Any,
+    ) -> Task:
+        """Move a task to `state`, retrying if another writer got there in between."""
+        while True:
+            entry = await self._kv.get(_TASKS + task_id)
+            if entry is None:
+                raise NotFound(f"no such task: {task_id}")
+            task = _decode(entry.value)
+            if only_from is not None and task.state not in only_from:
+                return task
+            new = task.transition(state, **changes)
+            if await self._kv.compare_and_swap(_TASKS + task_id, _encode(new), entry.version) >= 0:
+                if state.terminal:
+                    await self._kv.delete(_ACTIVE + task_id)
+                return new
+
+    async def list(self, state: TaskState | None = None, limit: int | None = None) -> list[Task]:
+        """Tasks newest first, optionally only those in `state`."""
+        if state is None:
+            entries = await self._kv.scan(_TASKS, reverse=True, limit=limit)
+            return [_decode(e.value) for e in entries]
+        out: list[Task] = []
+        for entry in await self._kv.scan(_TASKS, reverse=True):
+            task = _decode(entry.value)
+            if task.state is state:
+                out.append(task)
+                if limit is not None and len(out) >= limit:
+                    break
+        return out
+
+    async def recover_lost(self) -> list[str]:
+        """Mark FAILED every unfinished task whose owning process is gone."""
+        lost = []
+        for entry in await self._kv.scan(_ACTIVE):
+            task_id = entry.key[len(_ACTIVE) :]
+            try:
+                owner = json.loads(entry.value)
+            except ValueError:
+                owner = {}
+            if _owner_alive(owner):
+                continue
+            try:
+                await self.transition(
+                    task_id,
+                    TaskState.FAILED,
+                    only_from=frozenset({TaskState.PENDING, TaskState.RUNNING}),
+                    reason="lost: the process running it exited without finishing it",
+                    exit_code=EXIT_LOST,
+                )
+            except NotFound:
+                pass
+            await self._kv.delete(_ACTIVE + task_id)
+            lost.append(task_id)
+        return lost
+
+
+def _encode(task: Task) -> bytes:
+    return json.dumps(task.to_json(), separators=(",", ":")).encode()
+
+
+def _decode(raw: bytes) -> Task:
+    return Task.from_json(json.loads(raw))
+
+
+class _Admission:
+    """Reserves CPU and memory for running tasks; waiters are served first in, first out."""
+
+    def __init__(self, capacity: Resources) -> None:
+        self.capacity = capacity
+        self.used = Resources(0, 0)
+        self._waiters: deque[tuple[Resources, anyio.Event]] = deque()
+
+    @property
+    def free(self) -> Resources:
+        return self.capacity - self.used
+
+    async def acquire(self, need: Resources) -> None:
+        if not need.fits_in(self.capacity):
+            raise ResourceExhausted(
+                f"the task needs {need.cpu_millis}m CPU and {need.memory_bytes} bytes; "
+                f"this node has {self.capacity.cpu_millis}m and {self.capacity.memory_bytes}"
+            )
+        if not self._waiters and need.fits_in(self.free):
+            self.used = self.used + need
+            return
+        event = anyio.Event()
+        item = (need, event)
+        self._waiters.append(item)
+        try:
+            await event.wait()
+        except BaseException:
+            if item in self._waiters:
+                self._waiters.remove(item)
+            else:  # granted just as we were cancelled: give it back
+                self.release(need)
+            raise
+
+    def release(self, need: Resources) -> None:
+        self.used = self.used - need
+        while self._waiters and self._waiters[0][0].fits_in(self.free):
+            granted, event = self._waiters.popleft()
+            self.used = self.used + granted
+            event.set()
+
+
+@dataclasses.dataclass(slots=True)
+class _Running:
+    control: ExecutionControl
+    done: anyio.Event
+    execution: Execution | None = None
+    final: Task | None = None
+
+
+class TaskController:
+    """Accepts tasks, admits them against the node's resources, runs them, records them."""
+
+    def __init__(
+        self,
+        store: TaskStore,
+        agents: Mapping[str, WorkerAgent],
+        logs: TaskLogs,
+        capacity: Resources,
+        node_name: str,
+        services: dict[str, Any] | None = None,
+    ) -> None:
+        self.store = store
+        self._agents = agents
+        self._logs = logs
+        self._admission = _Admission(capacity)
+        self._node = node_name
+        self._services = services if services is not None else {}
+        self._running: dict[str, _Running] = {}
+        self._task_group: TaskGroup | None = None
+        self.finished_hooks: list[Callable[[Task], Any]] = []
+
+    def bind(self, task_group: TaskGroup) -> None:
+        self._task_group = task_group
+
+    @property
+    def capacity(self) -> Resources:
+        return self._admission.capacity
+
+    @property
+    def free(self) -> Resources:
+        return self._admission.free
+
+    @property
+    def running_count(self) -> int:
+        return len(self._running)
+
+    async def create(self, spec: FunctionSpec) -> Task:
+        """Record a new PENDING task for `spec` and check its artifact."""
+        agent = self._agents.get(spec.runtime.value)
+        task = Task(
+            id=new_task_id(),
+            spec=spec,
+            created_at=time.time(),
+            node=self._node,
+            history=((TaskState.PENDING.value, time.time()),),
+        )
+        await self.store.create(task)
+        if agent is None:
+            await self._fail(task, f"runtime {spec.runtime.value!r} is not available here", 64)
+            raise InvalidArgument(f"runtime {spec.runtime.value!r} is not available on this node")
+        try:
+            await agent.prepare(task)
+        except SpearError as exc:
+            await self._fail(task, str(exc), exc.exit_code)
+            raise
+        return task
+
+    async def _fail(self, task: Task, reason: str, exit_code: int) -> Task:
+        final = await self.store.transition(
+            task.id, TaskState.FAILED, reason=reason, exit_code=exit_code
+        )
+        await self._finished(final)
+        return final
+
+    async def run(
+        self,
+        spec: FunctionSpec,
+        *,
+        stdin: bytes | str | None = None,
+        tee_stdout: Callable[[bytes], None] | None = None,
+        tee_stderr: Callable[[bytes], None] | None = None,
+        on_created: Callable[[Task], None] | None = None,
+    ) -> Task:
+        """Run `spec` to the end in the caller's task; returns the finished task."""
+        task = await self.create(spec)
+        if on_created is not None:
+            on_created(task)
+        return await self.execute(task, stdin=stdin, tee_stdout=tee_stdout, tee_stderr=tee_stderr)
+
+    async def submit(self, spec: FunctionSpec, *, stdin: bytes | None = None) -> Task:
+        """Start `spec` in the background; returns the PENDING task at once."""
+        if self._task_group is None:
+            raise RuntimeError("the task controller is not started")
+        task = await self.create(spec)
+        self._running[task.id] = _Running(ExecutionControl(), anyio.Event())
+        self._task_group.start_soon(self._execute_guarded, task, stdin)
+        return task
+
+    async def _execute_guarded(self, task: Task, stdin: bytes | None) -> None:
+        try:
+            await self.execute(task, stdin=stdin)
+        except Exception:  # a task's failure must never take the node down
+            logger.exception("task {} failed in the controller", task.id)
+
+    async def execute(
+        self,
+        task: Task,
+        *,
+        stdin: bytes | str | None = None,
+        tee_stdout: Callable[[bytes], None] | None = None,
+        tee_stderr: Callable[[bytes], None] | None = None,
+    ) -> Task:
+        running = self._running.setdefault(task.id, _Running(ExecutionControl(), anyio.Event()))
+        control = running.control
+        spec = task.spec
+        writer = self._logs.writer(task.id, tee_stdout, tee_stderr)
+        final: Task | None = None
+        admitted = False
+        try:
+            try:
+                await self._admission.acquire(spec.resources)
+                admitted = True
+            except ResourceExhausted as exc:
+                final = await self._fail(task, str(exc), exc.exit_code)
+                return final
+            if control.cancelled:
+                final = await self.store.transition(
+                    task.id,
+                    TaskState.CANCELLED,
+                    reason=control.cancel_reason,
+                    exit_code=EXIT_CANCELLED,
+                )
+                return final
+            if spec.timeout_s is not None:
+                control.deadline = time.monotonic() + spec.timeout_s
+            await self.store.transition(task.id, TaskState.RUNNING)
+            ctx = TaskContext(
+                task=task,
+                control=control,
+                io=writer.io(stdin),
+                agent_log=writer.agent_log,
+                services=self._services,
+            )
+            agent = self._agents[spec.runtime.value]
+            try:
+                execution = await agent.start(ctx)
+                running.execution = execution
+                outcome = await execution.wait()
+            except SpearError as exc:
+                outcome = Outcome(TaskState.FAILED, exc.exit_code, str(exc))
+            final = await self.store.transition(
+                task.id, outcome.state, exit_code=outcome.exit_code, reason=outcome.reason
+            )
+            return final
+        except BaseException:
+            if final is None:
+                with anyio.CancelScope(shield=True):
+                    final = await self.store.transition(
+                        task.id,
+                        TaskState.FAILED,
+                        only_from=frozenset({TaskState.PENDING, TaskState.RUNNING}),
+                        reason="node stopped while the task ran",
+                        exit_code=EXIT_LOST,
+                    )
+            raise
+        finally:
+            writer.close()
+            if admitted:
+                self._admission.release(spec.resources)
+            running.final = final
+            running.done.set()
+            self._running.pop(task.id, None)
+            if final is not None:
+                with anyio.CancelScope(shield=True):
+                    await self._finished(final)
+
+    async def _finished(self, task: Task) -> None:
+        for hook in self.finished_hooks:
+            result = hook(task)
+            if hasattr(result, "__await__"):
+                await result
+
+    async def cancel(self, task_id: str, reason: str = "cancelled") -> Task:
+        """Stop a task: a running one is interrupted, a pending one never starts."""
+        running = self._running.get(task_id)
+        if running is not None:
+            running.control.cancel(reason)
+            if running.execution is not None:
+                running.execution.kill(reason)
+            await running.done.wait()
+            return running.final or await self.store.get(task_id)
+        return await self.store.transition(
+            task_id,
+            TaskState.CANCELLED,
+            only_from=frozenset({TaskState.PENDING}),
+            reason=reason,
+            exit_code=EXIT_CANCELLED,
+        )
+
+    async def wait(self, task_id: str) -> Task:
+        running = self._running.get(task_id)
+        if running is not None:
+            await running.done.wait()
+            if running.final is not None:
+                return running.final
+        return await self.store.get(task_id)
+
+    async def cancel_all(self, reason: str) -> None:
+        for running in list(self._running.values()):
+            running.control.cancel(reason)
+            if running.execution is not None:
+                running.execution.kill(reason)

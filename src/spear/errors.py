@@ -1,0 +1,120 @@
+"""The one exception hierarchy every layer of spear raises.
+
+    SpearError                     code "internal"      exit 70
+    ├── InvalidArgument            code "invalid"       exit 64   a malformed spec, flag or value
+    │   └── InvalidModule          code "invalid_module" exit 65  not wasm, no _start, fails to link
+    ├── NotFound                   code "not_found"     exit 66   a missing file, task or object
+    ├── Conflict                   code "conflict"      exit 69   a stale version (optimistic concurrency)
+    ├── ResourceExhausted          code "exhausted"     exit 71   a size, capacity or queue limit
+    ├── StorageError               code "storage"       exit 73   the data dir cannot be used
+    │   └── StorageBusy            code "busy"          exit 75   another process holds it too long
+    ├── Unavailable                code "unavailable"   exit 76   a node is down or draining
+    └── PermissionDenied           code "denied"        exit 77   a credential or allow-list refused
+
+Each error has a stable ``code`` (used on the wire and in ``--json`` output) and an
+``exit_code`` the CLI returns. The CLI's own usage errors exit 2; a guest's exit code
+is passed through unchanged.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterator
+
+
+class SpearError(Exception):
+    """Root of every error spear raises on purpose."""
+
+    code: str = "internal"
+    exit_code: int = 70
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+    def __str__(self) -> str:
+        return self.message
+
+
+class InvalidArgument(SpearError):
+    code = "invalid"
+    exit_code = 64
+
+
+class InvalidModule(InvalidArgument):
+    code = "invalid_module"
+    exit_code = 65
+
+
+class NotFound(SpearError):
+    code = "not_found"
+    exit_code = 66
+
+
+class Conflict(SpearError):
+    code = "conflict"
+    exit_code = 69
+
+
+class ResourceExhausted(SpearError):
+    code = "exhausted"
+    exit_code = 71
+
+
+class StorageError(SpearError):
+    code = "storage"
+    exit_code = 73
+
+
+class StorageBusy(StorageError):
+    code = "busy"
+    exit_code = 75
+
+
+class Unavailable(SpearError):
+    code = "unavailable"
+    exit_code = 76
+
+
+class PermissionDenied(SpearError):
+    code = "denied"
+    exit_code = 77
+
+
+_BY_CODE: dict[str, type[SpearError]] = {
+    cls.code: cls
+    for cls in (
+        SpearError,
+        InvalidArgument,
+        InvalidModule,
+        NotFound,
+        Conflict,
+        ResourceExhausted,
+        StorageError,
+        StorageBusy,
+        Unavailable,
+        PermissionDenied,
+    )
+}
+
+
+def error_from_code(code: str, message: str) -> SpearError:
+    """Rebuild an error received over a wire from its stable code."""
+    return _BY_CODE.get(code, SpearError)(message)
+
+
+@contextlib.contextmanager
+def map_exceptions(
+    mapping: dict[type[BaseException], type[SpearError]],
+    describe: Callable[[BaseException], str] = str,
+) -> Iterator[None]:
+    """Translate third-party exceptions at a seam into spear's own (httpcore's pattern)."""
+    try:
+        yield
+    except SpearError:
+        raise
+    except BaseException as exc:
+        for source, target in mapping.items():
+            if isinstance(exc, source):
+                raise target(describe(exc)) from exc
+        raise

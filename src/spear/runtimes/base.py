@@ -1,0 +1,125 @@
+"""The WorkerAgent seam: one implementation per runtime kind (seed §2.1, §5.2).
+
+A worker agent prepares an artifact (checks and compiles it, once), starts an execution
+of it for a task, and lets the task controller wait for or kill that execution. What the
+guest writes goes to the task's `TaskIO`; what it asks of its host goes through the
+`TaskContext` the hostcall controller serves.
+"""
+
+from __future__ import annotations
+
+import abc
+import threading
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Literal, Self
+
+from spear.core.models import Runtime, TaskState
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+    from types import TracebackType
+
+    from spear.core.models import Task
+
+# How the CLI reports outcomes that are not the guest's own exit code.
+EXIT_TIMEOUT = 124  # like coreutils `timeout`
+EXIT_CANCELLED = 130  # like a shell after SIGINT
+EXIT_TRAP = 134  # like the wasmtime CLI: 128 + SIGABRT
+EXIT_LOST = 137  # the process running the task died (128 + SIGKILL)
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """How an execution ended."""
+
+    state: TaskState
+    exit_code: int
+    reason: str | None = None
+
+
+@dataclass(slots=True)
+class TaskIO:
+    """Where a task's standard streams go. Writers are called from any thread."""
+
+    stdout: Callable[[bytes], None]
+    stderr: Callable[[bytes], None]
+    stdin: bytes | Literal["inherit"] | None = None
+
+
+@dataclass(slots=True)
+class ExecutionControl:
+    """What the host may tell a running execution: stop now, and why."""
+
+    deadline: float | None = None  # time.monotonic() value
+    cancel_reason: str | None = None
+    _event: threading.Event = field(default_factory=threading.Event)
+
+    def cancel(self, reason: str = "cancelled") -> None:
+        if self.cancel_reason is None:
+            self.cancel_reason = reason
+        self._event.set()
+
+    @property
+    def cancelled(self) -> bool:
+        return self._event.is_set()
+
+    def wait_cancelled(self, timeout: float | None) -> bool:
+        return self._event.wait(timeout)
+
+
+@dataclass(slots=True)
+class TaskContext:
+    """What one task's hostcalls act on: its identity and the node's services.
+
+    `services` is filled by the node (object store, streams, models ...); worker agents
+    pass the context through to hostcalls without looking inside.
+    """
+
+    task: Task
+    control: ExecutionControl
+    io: TaskIO
+    agent_log: Callable[[str, str], None]
+    services: dict[str, Any] = field(default_factory=dict)
+    handles: dict[int, Any] = field(default_factory=dict)
+
+
+class Execution(abc.ABC):
+    """One running instance of a prepared artifact."""
+
+    @abc.abstractmethod
+    async def wait(self) -> Outcome: ...
+
+    @abc.abstractmethod
+    def kill(self, reason: str = "cancelled") -> None:
+        """Ask the execution to stop; `wait` then returns a CANCELLED or FAILED outcome."""
+
+
+class WorkerAgent(abc.ABC):
+    """Adapter for one runtime kind (seed §2.1 Worker Agent)."""
+
+    runtime: Runtime
+
+    @abc.abstractmethod
+    async def prepare(self, task: Task) -> None:
+        """Check (and compile, once) the task's artifact; raises on bad input."""
+
+    @abc.abstractmethod
+    async def start(self, ctx: TaskContext) -> Execution: ...
+
+    async def start_service(self) -> None:  # noqa: B027 - optional hook
+        """Acquire long-lived resources (threads, pools)."""
+
+    @abc.abstractmethod
+    async def aclose(self) -> None: ...
+
+    async def __aenter__(self) -> Self:
+        await self.start_service()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()

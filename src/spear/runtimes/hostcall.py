@@ -1,0 +1,173 @@
+"""The hostcall controller's WASM side: the `spear` import module and its conventions.
+
+The ABI contract is `docs/hostcalls.md`. Conventions every function keeps:
+- a result >= 0 is success; a negative errno is an expected failure, never a trap;
+- a call that fills a guest buffer takes (out_ptr, out_len_ptr): it reads the capacity
+  from *out_len_ptr, writes the length back, and answers -ENOSPC (with the needed length
+  written) when the buffer is too small;
+- pointers and lengths are checked against the guest's memory: a bad one is -EFAULT.
+
+A wasm instance runs on one thread from start to end, so the task a hostcall serves is
+found in a thread-local bound around the guest's entry point (`bound`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import struct
+import threading
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import wasmtime
+
+if TYPE_CHECKING:
+    from spear.runtimes.base import TaskContext
+
+ABI_VERSION = 1
+MODULE = "spear"
+
+I32 = wasmtime.ValType.i32()
+I64 = wasmtime.ValType.i64()
+
+
+class GuestFault(Exception):
+    """A guest pointer or length outside its memory (answered with -EFAULT)."""
+
+
+class HostcallError(Exception):
+    """An expected failure with its errno (answered with -errno)."""
+
+    def __init__(self, err: int, message: str = "") -> None:
+        super().__init__(message or errno.errorcode.get(err, str(err)))
+        self.errno = err
+
+
+_local = threading.local()
+
+
+@contextlib.contextmanager
+def bound(ctx: TaskContext) -> Iterator[None]:
+    previous = getattr(_local, "ctx", None)
+    _local.ctx = ctx
+    try:
+        yield
+    finally:
+        _local.ctx = previous
+
+
+def current() -> TaskContext:
+    ctx = getattr(_local, "ctx", None)
+    if ctx is None:  # pragma: no cover - a hostcall outside any task is a host bug
+        raise RuntimeError("hostcall outside a task")
+    return ctx
+
+
+class GuestMemory:
+    """Bounds-checked access to the calling instance's exported `memory`."""
+
+    def __init__(self, caller: wasmtime.Caller) -> None:
+        mem = caller.get("memory")
+        if not isinstance(mem, wasmtime.Memory):
+            raise GuestFault("module exports no memory")
+        self._mem = mem
+        self._store = caller
+        self._size = mem.data_len(caller)
+
+    def _check(self, ptr: int, length: int) -> None:
+        if ptr < 0 or length < 0 or ptr + length > self._size:
+            raise GuestFault(f"range {ptr}+{length} outside memory of {self._size} bytes")
+
+    def read(self, ptr: int, length: int) -> bytes:
+        self._check(ptr, length)
+        return bytes(self._mem.read(self._store, ptr, ptr + length))
+
+    def write(self, ptr: int, data: bytes | bytearray | memoryview) -> None:
+        self._check(ptr, len(data))
+        self._mem.write(self._store, data, ptr)
+
+    def read_u32(self, ptr: int) -> int:
+        return int(struct.unpack("<I", self.read(ptr, 4))[0])
+
+    def write_u32(self, ptr: int, value: int) -> None:
+        self.write(ptr, struct.pack("<I", value))
+
+    def write_u64(self, ptr: int, value: int) -> None:
+        self.write(ptr, struct.pack("<Q", value))
+
+    def read_str(self, ptr: int, length: int) -> str:
+        try:
+            return self.read(ptr, length).decode("utf-8")
+        except UnicodeDecodeError:
+            raise HostcallError(errno.EINVAL, "not UTF-8") from None
+
+    def fill(self, out_ptr: int, out_len_ptr: int, data: bytes | memoryview) -> int:
+        """Write `data` to a guest buffer (out_ptr, out_len_ptr); -ENOSPC when too small."""
+        capacity = self.read_u32(out_len_ptr)
+        self.write_u32(out_len_ptr, len(data))
+        if len(data) > capacity:
+            return -errno.ENOSPC
+        self.write(out_ptr, data)
+        return len(data)
+
+
+@dataclass(frozen=True, slots=True)
+class _Definition:
+    name: str
+    params: tuple[wasmtime.ValType, ...]
+    results: tuple[wasmtime.ValType, ...]
+    fn: Callable[..., int]
+
+
+_REGISTRY: dict[str, _Definition] = {}
+
+
+def hostcall(
+    name: str, params: tuple[wasmtime.ValType, ...], result: wasmtime.ValType = I32
+) -> Callable[[Callable[..., int]], Callable[..., int]]:
+    """Register `fn(mem, ctx, *args) -> int` as `spear.<name>`; errors become -errno."""
+
+    def register(fn: Callable[..., int]) -> Callable[..., int]:
+        _REGISTRY[name] = _Definition(name, params, (result,), fn)
+        return fn
+
+    return register
+
+
+def _adapt(defn: _Definition) -> Callable[..., Any]:
+    fn = defn.fn
+
+    def call(caller: wasmtime.Caller, *args: int) -> int:
+        try:
+            return fn(GuestMemory(caller), current(), *args)
+        except GuestFault:
+            return -errno.EFAULT
+        except HostcallError as exc:
+            return -exc.errno
+
+    return call
+
+
+def define_all(linker: wasmtime.Linker, engine: wasmtime.Engine) -> None:
+    """Define every registered hostcall in `linker` under the `spear` module."""
+    _load_hostcall_modules()
+    for defn in _REGISTRY.values():
+        linker.define_func(
+            MODULE,
+            defn.name,
+            wasmtime.FuncType(list(defn.params), list(defn.results)),
+            _adapt(defn),
+            access_caller=True,
+        )
+
+
+def _load_hostcall_modules() -> None:
+    # Importing a module registers its hostcalls; each family lives in its own module.
+    from spear.runtimes import hostcalls_basic  # noqa: F401
+
+
+def registered() -> list[str]:
+    _load_hostcall_modules()
+    return sorted(_REGISTRY)

@@ -1,0 +1,33 @@
+"""Hostcalls every agent has: the ABI version and logging into the task's log."""
+
+from __future__ import annotations
+
+import errno
+from typing import TYPE_CHECKING
+
+from spear.runtimes.hostcall import ABI_VERSION, I32, HostcallError, hostcall
+
+if TYPE_CHECKING:
+    from spear.runtimes.base import TaskContext
+    from spear.runtimes.hostcall import GuestMemory
+
+LOG_LEVELS = ("TRACE", "DEBUG", "INFO", "WARNING", "ERROR")
+MAX_LOG_MESSAGE = 64 * 1024
+
+
+@hostcall("abi_version", ())
+def abi_version(mem: GuestMemory, ctx: TaskContext) -> int:
+    """The ABI version this host speaks (docs/hostcalls.md)."""
+    return ABI_VERSION
+
+
+@hostcall("log", (I32, I32, I32))
+def log(mem: GuestMemory, ctx: TaskContext, level: int, ptr: int, length: int) -> int:
+    """Write one message at a level (0 trace .. 4 error) to the task's agent log."""
+    if not 0 <= level < len(LOG_LEVELS):
+        raise HostcallError(errno.EINVAL, "bad log level")
+    if length > MAX_LOG_MESSAGE:
+        raise HostcallError(errno.E2BIG, "log message too long")
+    message = mem.read(ptr, length).decode("utf-8", errors="replace")
+    ctx.agent_log(LOG_LEVELS[level], message)
+    return 0

@@ -1,0 +1,85 @@
+"""The KV seam: where every piece of metadata lives (seed §2.3).
+
+Versions follow etcd's model: every write gets a new revision from one counter that only
+grows, and an entry's `version` is the revision of its last write. Version 0 means "absent",
+so `compare_and_swap(key, value, 0)` creates only if the key does not exist. Because the
+counter never goes back, a key deleted and created again never repeats an old version.
+"""
+
+from __future__ import annotations
+
+import abc
+import enum
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Self
+
+if TYPE_CHECKING:
+    from collections.abc import AsyncIterator
+    from types import TracebackType
+
+
+@dataclass(frozen=True, slots=True)
+class Entry:
+    key: str
+    value: bytes
+    version: int
+
+
+class EventKind(enum.StrEnum):
+    PUT = "put"
+    DELETE = "delete"
+
+
+@dataclass(frozen=True, slots=True)
+class WatchEvent:
+    kind: EventKind
+    key: str
+    value: bytes
+    version: int
+
+
+class KV(abc.ABC):
+    """A key-value store with versions, compare-and-swap, ordered scans and watches."""
+
+    @abc.abstractmethod
+    async def get(self, key: str) -> Entry | None: ...
+
+    @abc.abstractmethod
+    async def put(self, key: str, value: bytes) -> int:
+        """Write unconditionally; returns the new version."""
+
+    @abc.abstractmethod
+    async def delete(self, key: str) -> bool:
+        """Remove a key; returns whether it existed."""
+
+    @abc.abstractmethod
+    async def compare_and_swap(self, key: str, value: bytes | None, expected_version: int) -> int:
+        """Write (or delete, when `value` is None) only if the key is at `expected_version`.
+
+        Returns the new version (0 after a delete), or -1 when the version did not match,
+        in which case nothing changed.
+        """
+
+    @abc.abstractmethod
+    async def scan(
+        self, prefix: str, *, reverse: bool = False, limit: int | None = None
+    ) -> list[Entry]:
+        """Entries whose key starts with `prefix`, in key order (or reverse)."""
+
+    @abc.abstractmethod
+    def watch(self, prefix: str) -> AsyncIterator[WatchEvent]:
+        """Changes under `prefix` from now on, in the order they were made."""
+
+    @abc.abstractmethod
+    async def aclose(self) -> None: ...
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()

@@ -1,0 +1,248 @@
+"""The KV seam on an embedded LevelDB (plyvel).
+
+LevelDB admits one process per directory. Two ways of owning it:
+
+- held (a daemon, an embedded node): opened once, kept open, every operation inline.
+  Operations take microseconds, so they run on the event loop rather than paying a
+  thread hop each.
+- shared (short CLI processes such as `spear run`): opened for each operation and
+  closed again at once, retrying while another process holds the lock. Two `spear run`
+  processes on one data dir then interleave their few writes instead of failing.
+
+A process opens a directory through exactly one owner (`_OPEN` below): plyvel's failed
+second open of a directory inside one process silently drops the lock the first holds.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import random
+import threading
+import time
+from collections.abc import AsyncIterator, Callable, Iterator
+from typing import Any, TypeVar
+
+import plyvel
+
+from spear.errors import StorageBusy, StorageError
+from spear.store.kv import KV, Entry, EventKind, WatchEvent
+
+T = TypeVar("T")
+
+_REV_KEY = b"\x00meta/revision"
+_DATA = b"d/"  # user keys live under this prefix so metadata never shows in scans
+_VERSION_BYTES = 8
+
+_OPEN: dict[str, LevelDBKV] = {}
+_OPEN_LOCK = threading.Lock()
+
+
+def _encode(version: int, value: bytes) -> bytes:
+    return version.to_bytes(_VERSION_BYTES, "big") + value
+
+
+def _decode(raw: bytes) -> tuple[int, bytes]:
+    return int.from_bytes(raw[:_VERSION_BYTES], "big"), raw[_VERSION_BYTES:]
+
+
+def _open(path: str, create: bool) -> Any:
+    try:
+        return plyvel.DB(path, create_if_missing=create)
+    except plyvel.IOError as exc:
+        if b"lock" in str(exc).encode() or "lock" in str(exc):
+            raise StorageBusy(f"the database at {path} is in use by another process") from exc
+        raise StorageError(f"cannot open the database at {path}: {exc}") from exc
+    except plyvel.Error as exc:
+        raise StorageError(f"cannot open the database at {path}: {exc}") from exc
+
+
+class LevelDBKV(KV):
+    """LevelDB behind the KV seam. Use `LevelDBKV.open(path, hold=...)`."""
+
+    def __init__(self, path: str, *, hold: bool, busy_timeout_s: float, sync: bool) -> None:
+        self._path = path
+        self._hold = hold
+        self._busy_timeout_s = busy_timeout_s
+        self._sync = sync
+        self._db: Any = None
+        self._lock = threading.RLock()
+        self._closed = False
+        self._watchers: list[tuple[str, asyncio.Queue[WatchEvent], asyncio.AbstractEventLoop]] = []
+
+    @classmethod
+    def open(
+        cls, path: str, *, hold: bool = True, busy_timeout_s: float = 10.0, sync: bool = False
+    ) -> LevelDBKV:
+        """Open (or create) the database at `path`.
+
+        `hold=False` opens per operation (see the module doc). `sync=True` fsyncs every
+        write; without it a write survives the process being killed but not the machine
+        losing power.
+        """
+        path = os.path.abspath(path)
+        with _OPEN_LOCK:
+            if path in _OPEN and not _OPEN[path]._closed:
+                raise StorageError(f"the database at {path} is already open in this process")
+            kv = cls(path, hold=hold, busy_timeout_s=busy_timeout_s, sync=sync)
+            if hold:
+                kv._db = _open(path, create=True)
+            else:
+                os.makedirs(path, exist_ok=True)
+                kv._with_db(lambda db: None)  # fail early if the path is unusable
+            _OPEN[path] = kv
+            return kv
+
+    # -- owning the handle ----------------------------------------------------------
+
+    @contextlib.contextmanager
+    def _db_handle(self) -> Iterator[Any]:
+        if self._closed:
+            raise StorageError("the database is closed")
+        if self._hold:
+            yield self._db
+            return
+        deadline = time.monotonic() + self._busy_timeout_s
+        delay = 0.001
+        while True:
+            try:
+                db = _open(self._path, create=True)
+                break
+            except StorageBusy:
+                if time.monotonic() >= deadline:
+                    raise StorageBusy(
+                        f"the data dir database {self._path} stayed locked for "
+                        f"{self._busy_timeout_s:g}s (is a spear daemon serving it? use --node)"
+                    ) from None
+                time.sleep(delay * (1 + random.random()))
+                delay = min(delay * 2, 0.05)
+        try:
+            yield db
+        finally:
+            db.close()
+
+    def _with_db(self, fn: Callable[[Any], T]) -> T:
+        with self._lock, self._db_handle() as db:
+            try:
+                return fn(db)
+            except plyvel.Error as exc:
+                raise StorageError(f"database error: {exc}") from exc
+
+    async def _run(self, fn: Callable[[Any], T]) -> T:
+        if self._hold:
+            return self._with_db(fn)
+        return await asyncio.to_thread(self._with_db, fn)
+
+    # -- the seam -------------------------------------------------------------------
+
+    def _next_revision(self, db: Any) -> int:
+        raw = db.get(_REV_KEY)
+        return (int.from_bytes(raw, "big") if raw else 0) + 1
+
+    def _write(self, db: Any, key: str, value: bytes | None, rev: int) -> None:
+        with db.write_batch(sync=self._sync) as batch:
+            batch.put(_REV_KEY, rev.to_bytes(_VERSION_BYTES, "big"))
+            if value is None:
+                batch.delete(_DATA + key.encode())
+            else:
+                batch.put(_DATA + key.encode(), _encode(rev, value))
+
+    async def get(self, key: str) -> Entry | None:
+        raw = await self._run(lambda db: db.get(_DATA + key.encode()))
+        if raw is None:
+            return None
+        version, value = _decode(raw)
+        return Entry(key, value, version)
+
+    async def put(self, key: str, value: bytes) -> int:
+        def op(db: Any) -> int:
+            rev = self._next_revision(db)
+            self._write(db, key, value, rev)
+            return rev
+
+        rev = await self._run(op)
+        self._notify(WatchEvent(EventKind.PUT, key, value, rev))
+        return rev
+
+    async def delete(self, key: str) -> bool:
+        def op(db: Any) -> int:
+            if db.get(_DATA + key.encode()) is None:
+                return 0
+            rev = self._next_revision(db)
+            self._write(db, key, None, rev)
+            return rev
+
+        rev = await self._run(op)
+        if rev:
+            self._notify(WatchEvent(EventKind.DELETE, key, b"", rev))
+        return rev > 0
+
+    async def compare_and_swap(self, key: str, value: bytes | None, expected_version: int) -> int:
+        def op(db: Any) -> int:
+            raw = db.get(_DATA + key.encode())
+            current = 0 if raw is None else _decode(raw)[0]
+            if current != expected_version:
+                return -1
+            if value is None and raw is None:
+                return 0
+            rev = self._next_revision(db)
+            self._write(db, key, value, rev)
+            return 0 if value is None else rev
+
+        rev = await self._run(op)
+        if rev > 0 and value is not None:
+            self._notify(WatchEvent(EventKind.PUT, key, value, rev))
+        elif rev == 0 and value is None and expected_version:
+            self._notify(WatchEvent(EventKind.DELETE, key, b"", expected_version))
+        return rev
+
+    async def scan(
+        self, prefix: str, *, reverse: bool = False, limit: int | None = None
+    ) -> list[Entry]:
+        raw_prefix = _DATA + prefix.encode()
+
+        def op(db: Any) -> list[Entry]:
+            out: list[Entry] = []
+            with db.iterator(prefix=raw_prefix, reverse=reverse) as it:
+                for k, raw in it:
+                    version, value = _decode(raw)
+                    out.append(Entry(k[len(_DATA) :].decode(), value, version))
+                    if limit is not None and len(out) >= limit:
+                        break
+            return out
+
+        return await self._run(op)
+
+    async def watch(self, prefix: str) -> AsyncIterator[WatchEvent]:  # type: ignore[override]
+        queue: asyncio.Queue[WatchEvent] = asyncio.Queue(maxsize=10_000)
+        item = (prefix, queue, asyncio.get_running_loop())
+        self._watchers.append(item)
+        try:
+            while True:
+                yield await queue.get()
+        finally:
+            self._watchers.remove(item)
+
+    def _notify(self, event: WatchEvent) -> None:
+        for prefix, queue, loop in list(self._watchers):
+            if event.key.startswith(prefix):
+                loop.call_soon_threadsafe(_offer, queue, event)
+
+    async def aclose(self) -> None:
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            if self._db is not None:
+                self._db.close()
+                self._db = None
+        with _OPEN_LOCK:
+            if _OPEN.get(self._path) is self:
+                del _OPEN[self._path]
+
+
+def _offer(queue: asyncio.Queue[WatchEvent], event: WatchEvent) -> None:
+    # A watcher that stops reading loses events rather than growing memory without bound.
+    with contextlib.suppress(asyncio.QueueFull):
+        queue.put_nowait(event)

@@ -1,0 +1,119 @@
+"""Shared fixtures: real wasm modules built from C or WAT, real data dirs, the real CLI."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+import wasmtime
+
+ROOT = Path(__file__).resolve().parent.parent
+_BUILD_CACHE = Path(os.environ.get("SPEAR_TEST_BUILD_DIR", "/tmp/spear-test-build"))
+
+
+def build_c(source: Path, *extra: str) -> Path:
+    """Compile a C file to a wasm32-wasi command module (cached by source hash)."""
+    clang = shutil.which("clang")
+    if clang is None:
+        pytest.fail("clang is not installed: apt-get install clang lld wasi-libc libclang-rt-dev-wasm32")
+    digest = hashlib.sha256(source.read_bytes() + " ".join(extra).encode()).hexdigest()[:16]
+    out = _BUILD_CACHE / f"{source.stem}-{digest}.wasm"
+    if not out.exists():
+        _BUILD_CACHE.mkdir(parents=True, exist_ok=True)
+        tmp = out.with_suffix(f".{os.getpid()}.tmp")
+        cmd = [clang, "--target=wasm32-wasi", "-O2", "-I", str(ROOT / "sdk" / "c"), "-o", str(tmp),
+               str(source), *extra]
+        proc = subprocess.run(cmd, capture_output=True, text=True)
+        if proc.returncode != 0:
+            pytest.fail(f"building {source.name} failed:\n{proc.stderr}")
+        tmp.replace(out)
+    return out
+
+
+def build_wat(text: str, directory: Path, name: str = "module") -> Path:
+    path = directory / f"{name}.wasm"
+    path.write_bytes(wasmtime.wat2wasm(text))
+    return path
+
+
+@pytest.fixture(scope="session")
+def hello_wasm() -> Path:
+    return build_c(ROOT / "examples" / "hello" / "hello.c")
+
+
+@pytest.fixture(scope="session")
+def conformance_wasm() -> Path:
+    return build_c(ROOT / "tests" / "wasm" / "conformance.c")
+
+
+@pytest.fixture
+def data_dir(tmp_path: Path) -> Path:
+    return tmp_path / "spear-home"
+
+
+def cli_env(data_dir: Path, **extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SPEAR_")}
+    env["SPEAR_HOME"] = str(data_dir)
+    env.update(extra)
+    return env
+
+
+class Cli:
+    """Runs the real `spear` executable (python -m spear) against one data dir."""
+
+    def __init__(self, data_dir: Path) -> None:
+        self.data_dir = data_dir
+
+    def __call__(
+        self, *args: str, input: bytes | None = None, timeout: float = 60, **env: str
+    ) -> subprocess.CompletedProcess[bytes]:
+        return subprocess.run(
+            [sys.executable, "-m", "spear", *args], input=input, capture_output=True,
+            timeout=timeout, env=cli_env(self.data_dir, **env),
+        )
+
+    def popen(self, *args: str, **kwargs: Any) -> subprocess.Popen[bytes]:
+        return subprocess.Popen(
+            [sys.executable, "-m", "spear", *args], env=cli_env(self.data_dir),
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, **kwargs,
+        )
+
+    def json(self, *args: str) -> Any:
+        proc = self(*args, "--json")
+        assert proc.returncode == 0, proc.stderr.decode()
+        return json.loads(proc.stdout)
+
+
+@pytest.fixture
+def cli(data_dir: Path) -> Cli:
+    return Cli(data_dir)
+
+
+def assert_eventually(check: Callable[[], Any], timeout: float = 10.0, interval: float = 0.02) -> Any:
+    """Poll `check` until it returns a truthy value or the deadline passes."""
+    deadline = time.monotonic() + timeout
+    last: Any = None
+    while time.monotonic() < deadline:
+        last = check()
+        if last:
+            return last
+        time.sleep(interval)
+    raise AssertionError(f"condition not met within {timeout}s (last: {last!r})")
+
+
+def one_error_line(stderr: bytes) -> str:
+    text = stderr.decode()
+    assert "Traceback" not in text, text
+    lines = [ln for ln in text.splitlines() if ln.strip()]
+    assert len(lines) == 1, text
+    assert lines[0].startswith("spear: error: "), text
+    return lines[0]
