@@ -9,12 +9,14 @@ import shutil
 import subprocess
 import sys
 import time
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 import wasmtime
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
 
 ROOT = Path(__file__).resolve().parent.parent
 _BUILD_CACHE = Path(os.environ.get("SPEAR_TEST_BUILD_DIR", "/tmp/spear-test-build"))
@@ -24,7 +26,7 @@ def build_c(source: Path, *extra: str) -> Path:
     """Compile a C file to a wasm32-wasi command module (cached by source hash)."""
     clang = shutil.which("clang")
     if clang is None:
-        pytest.fail("clang is not installed: apt-get install clang lld wasi-libc libclang-rt-dev-wasm32")
+        pytest.fail("clang missing: apt-get install clang lld wasi-libc libclang-rt-dev-wasm32")
     digest = hashlib.sha256(source.read_bytes() + " ".join(extra).encode()).hexdigest()[:16]
     out = _BUILD_CACHE / f"{source.stem}-{digest}.wasm"
     if not out.exists():
@@ -98,7 +100,9 @@ def cli(data_dir: Path) -> Cli:
     return Cli(data_dir)
 
 
-def assert_eventually(check: Callable[[], Any], timeout: float = 10.0, interval: float = 0.02) -> Any:
+def assert_eventually(
+    check: Callable[[], Any], timeout: float = 10.0, interval: float = 0.02
+) -> Any:
     """Poll `check` until it returns a truthy value or the deadline passes."""
     deadline = time.monotonic() + timeout
     last: Any = None

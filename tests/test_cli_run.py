@@ -7,9 +7,12 @@ import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
+from typing import TYPE_CHECKING
 
 from conftest import Cli, assert_eventually, build_wat, one_error_line
+
+if TYPE_CHECKING:
+    from pathlib import Path
 
 
 def test_hello_runs_and_is_recorded(cli: Cli, hello_wasm: Path) -> None:

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
-from pathlib import Path
+from typing import TYPE_CHECKING
 
-from conftest import Cli
+if TYPE_CHECKING:
+    from pathlib import Path
+
+    from conftest import Cli
 
 
 def test_args_start_with_the_module_name(cli: Cli, conformance_wasm: Path) -> None:
@@ -31,7 +34,9 @@ def test_preopened_directory_file_io(cli: Cli, conformance_wasm: Path, tmp_path:
     assert (host / "sub" / "moved.txt").read_text() == "written by the guest\n"
 
 
-def test_dir_without_guest_path_maps_to_itself(cli: Cli, conformance_wasm: Path, tmp_path: Path) -> None:
+def test_dir_without_guest_path_maps_to_itself(
+    cli: Cli, conformance_wasm: Path, tmp_path: Path
+) -> None:
     host = tmp_path / "same"
     host.mkdir()
     (host / "in.txt").write_text("same path\n")

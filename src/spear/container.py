@@ -5,13 +5,13 @@ from __future__ import annotations
 import os
 from typing import TYPE_CHECKING, Any
 
-from spear.config import Settings
 from spear.core.logs import TaskLogs
 from spear.core.models import Resources
 from spear.core.node import Spearlet
 from spear.errors import StorageError
 
 if TYPE_CHECKING:
+    from spear.config import Settings
     from spear.runtimes.base import WorkerAgent
 
 

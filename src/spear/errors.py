@@ -2,9 +2,9 @@
 
     SpearError                     code "internal"      exit 70
     ├── InvalidArgument            code "invalid"       exit 64   a malformed spec, flag or value
-    │   └── InvalidModule          code "invalid_module" exit 65  not wasm, no _start, fails to link
+    │   └── InvalidModule          code "invalid_module" exit 65  not wasm, no _start
     ├── NotFound                   code "not_found"     exit 66   a missing file, task or object
-    ├── Conflict                   code "conflict"      exit 69   a stale version (optimistic concurrency)
+    ├── Conflict                   code "conflict"      exit 69   a stale version (OCC)
     ├── ResourceExhausted          code "exhausted"     exit 71   a size, capacity or queue limit
     ├── StorageError               code "storage"       exit 73   the data dir cannot be used
     │   └── StorageBusy            code "busy"          exit 75   another process holds it too long
@@ -19,7 +19,10 @@ is passed through unchanged.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Iterator
 
 
 class SpearError(Exception):

@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable
-from pathlib import Path
-from typing import BinaryIO
+from typing import TYPE_CHECKING, BinaryIO
 
 from spear.errors import InvalidArgument, NotFound
 from spear.runtimes.base import TaskIO
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+    from pathlib import Path
 
 STREAMS = ("stdout", "stderr", "agent")
 _FILES = {"stdout": "stdout", "stderr": "stderr", "agent": "agent.log"}
@@ -35,7 +37,7 @@ class _CappedFile:
                 return
             if self._file is None:
                 self._path.parent.mkdir(parents=True, exist_ok=True)
-                self._file = open(self._path, "ab", buffering=0)  # noqa: SIM115
+                self._file = open(self._path, "ab", buffering=0)
             room = self._cap - self._written
             if len(data) > room:
                 self._file.write(data[: max(room, 0)])

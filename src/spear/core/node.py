@@ -149,7 +149,7 @@ class Spearlet:
         return await self.tasks_store.get(task_id)
 
     async def tasks(self, state: TaskState | None = None, limit: int | None = None) -> list[Task]:
-        return await self.tasks_store.list(state, limit)
+        return await self.tasks_store.list_tasks(state, limit)
 
     async def logs_of(self, task_id: str, stream: str = "stdout") -> bytes:
         await self.tasks_store.get(task_id)  # NotFound for an unknown id

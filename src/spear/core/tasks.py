@@ -13,7 +13,6 @@ import json
 import os
 import time
 from collections import deque
-from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
 import anyio
@@ -24,6 +23,8 @@ from spear.errors import InvalidArgument, NotFound, ResourceExhausted, SpearErro
 from spear.runtimes.base import EXIT_CANCELLED, EXIT_LOST, ExecutionControl, Outcome, TaskContext
 
 if TYPE_CHECKING:
+    from collections.abc import Callable, Mapping
+
     from anyio.abc import TaskGroup
 
     from spear.core.logs import TaskLogs
@@ -101,7 +102,9 @@ class TaskStore:
                     await self._kv.delete(_ACTIVE + task_id)
                 return new
 
-    async def list(self, state: TaskState | None = None, limit: int | None = None) -> list[Task]:
+    async def list_tasks(
+        self, state: TaskState | None = None, limit: int | None = None
+    ) -> list[Task]:
         """Tasks newest first, optionally only those in `state`."""
         if state is None:
             entries = await self._kv.scan(_TASKS, reverse=True, limit=limit)

@@ -13,13 +13,11 @@ import threading
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal, Self
 
-from spear.core.models import Runtime, TaskState
-
 if TYPE_CHECKING:
     from collections.abc import Callable
     from types import TracebackType
 
-    from spear.core.models import Task
+    from spear.core.models import Runtime, Task, TaskState
 
 # How the CLI reports outcomes that are not the guest's own exit code.
 EXIT_TIMEOUT = 124  # like coreutils `timeout`

@@ -17,13 +17,14 @@ import contextlib
 import errno
 import struct
 import threading
-from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import wasmtime
 
 if TYPE_CHECKING:
+    from collections.abc import Callable, Iterator
+
     from spear.runtimes.base import TaskContext
 
 ABI_VERSION = 1
@@ -59,7 +60,7 @@ def bound(ctx: TaskContext) -> Iterator[None]:
 
 
 def current() -> TaskContext:
-    ctx = getattr(_local, "ctx", None)
+    ctx: TaskContext | None = getattr(_local, "ctx", None)
     if ctx is None:  # pragma: no cover - a hostcall outside any task is a host bug
         raise RuntimeError("hostcall outside a task")
     return ctx
@@ -86,7 +87,7 @@ class GuestMemory:
 
     def write(self, ptr: int, data: bytes | bytearray | memoryview) -> None:
         self._check(ptr, len(data))
-        self._mem.write(self._store, data, ptr)
+        self._mem.write(self._store, data if not isinstance(data, memoryview) else bytes(data), ptr)
 
     def read_u32(self, ptr: int) -> int:
         return int(struct.unpack("<I", self.read(ptr, 4))[0])

@@ -84,7 +84,7 @@ class ModuleCache:
         self.stats["compiles"] += 1
         try:
             if data[:4] != _WASM_MAGIC:
-                data = wasmtime.wat2wasm(data.decode("utf-8", errors="replace"))
+                data = bytes(wasmtime.wat2wasm(data.decode("utf-8", errors="replace")))
             return wasmtime.Module(self._engine, data)
         except wasmtime.WasmtimeError as exc:
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else "invalid module"

@@ -17,7 +17,6 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import anyio
@@ -40,6 +39,8 @@ from spear.runtimes.base import (
 from spear.runtimes.modcache import ModuleCache, read_module_bytes
 
 if TYPE_CHECKING:
+    from pathlib import Path
+
     from spear.core.models import Task
 
 TICK_S = 0.005
@@ -166,6 +167,9 @@ class WasmWorkerAgent(WorkerAgent):
 
     def _prepare_sync(self, task: Task) -> _Prepared:
         spec = task.spec
+        for mapping in spec.dirs:
+            if not os.path.isdir(mapping.host):
+                raise NotFound(f"--dir: no such directory: {mapping.host}")
         flavor = self._flavor(spec.fuel is not None)
         data = read_module_bytes(spec.artifact)
         digest, module = flavor.cache.load(data, os.path.basename(spec.artifact))
@@ -191,10 +195,7 @@ class WasmWorkerAgent(WorkerAgent):
         return prepared
 
     async def prepare(self, task: Task) -> None:
-        for mapping in task.spec.dirs:
-            if not os.path.isdir(mapping.host):
-                raise NotFound(f"--dir: no such directory: {mapping.host}")
-        # Compiling is slow and blocking; a warm module is a dict lookup, done inline.
+        # Compiling is slow and blocking: on a worker thread, like the directory checks.
         await anyio.to_thread.run_sync(self._prepare_sync, task, limiter=self._limiter)
 
     async def start(self, ctx: TaskContext) -> Execution:

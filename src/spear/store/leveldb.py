@@ -21,13 +21,15 @@ import os
 import random
 import threading
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import plyvel
 
 from spear.errors import StorageBusy, StorageError
 from spear.store.kv import KV, Entry, EventKind, WatchEvent
+
+if TYPE_CHECKING:
+    from collections.abc import AsyncIterator, Callable, Iterator
 
 T = TypeVar("T")
 
@@ -214,7 +216,7 @@ class LevelDBKV(KV):
 
         return await self._run(op)
 
-    async def watch(self, prefix: str) -> AsyncIterator[WatchEvent]:  # type: ignore[override]
+    async def watch(self, prefix: str) -> AsyncIterator[WatchEvent]:
         queue: asyncio.Queue[WatchEvent] = asyncio.Queue(maxsize=10_000)
         item = (prefix, queue, asyncio.get_running_loop())
         self._watchers.append(item)
