@@ -59,3 +59,28 @@ def test_clocks(cli: Cli, conformance_wasm: Path) -> None:
 def test_exit_codes_pass_through(cli: Cli, conformance_wasm: Path) -> None:
     for code in (0, 1, 3, 99, 125):
         assert cli("run", str(conformance_wasm), "exit", str(code)).returncode == code
+
+
+def test_wasi_testsuite_adapter(conformance_wasm: Path, tmp_path: Path) -> None:
+    """The adapter the public WASI test suite's runner calls behaves as the runner expects."""
+    import subprocess
+    import sys
+
+    from conftest import ROOT
+
+    adapter = [sys.executable, str(ROOT / "tools" / "wasi_testsuite_adapter.py")]
+    version = subprocess.run([*adapter, "--version"], capture_output=True, text=True)
+    assert version.returncode == 0 and version.stdout.startswith("spear ")
+    host = tmp_path / "fixture"
+    host.mkdir()
+    (host / "in.txt").write_text("adapter\n")
+    run = subprocess.run(
+        [*adapter, "--test-file", str(conformance_wasm), "--dir", str(host), "--env", "K=V",
+         "--arg", "files", "--arg", str(host)],
+        capture_output=True,
+    )
+    assert run.returncode == 0, run.stderr
+    assert b"in.txt: adapter" in run.stdout
+    code = subprocess.run([*adapter, "--test-file", str(conformance_wasm), "--arg", "exit",
+                           "--arg", "17"], capture_output=True)
+    assert code.returncode == 17
