@@ -27,3 +27,9 @@ def typecheck(session: nox.Session) -> None:
 @nox.session
 def bench(session: nox.Session) -> None:
     session.run("python", "-m", "benchmarks", *session.posargs)
+
+
+@nox.session
+def protos(session: nox.Session) -> None:
+    """Regenerate src/spear/transport/_gen/ from every .proto under protos/."""
+    session.run("python", "tools/gen_protos.py")
