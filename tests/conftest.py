@@ -121,3 +121,19 @@ def one_error_line(stderr: bytes) -> str:
     assert len(lines) == 1, text
     assert lines[0].startswith("spear: error: "), text
     return lines[0]
+
+
+@pytest.fixture(scope="session")
+def etcd_endpoint(tmp_path_factory: pytest.TempPathFactory) -> Any:
+    """One real etcd (Debian's etcd-server) on loopback for the session: its HOST:PORT.
+
+    Tests share it and keep apart by namespace (EtcdKV.connect(..., namespace=...)).
+    """
+    from spear.store.etcd_server import EtcdProcess
+
+    etcd = EtcdProcess(tmp_path_factory.mktemp("etcd"))
+    etcd.start()
+    try:
+        yield etcd.endpoint
+    finally:
+        etcd.stop()
