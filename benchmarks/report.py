@@ -1,0 +1,193 @@
+"""Results: ratios spear/Ray, the JSON file, a markdown table and a PNG chart."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import tempfile
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from pathlib import Path
+
+# Per workload: the Ray variant spear's variants are compared with.
+RAY_REFERENCE = {
+    "latency": "ray_remote_function",
+    "throughput": "ray_remote_function",
+    "objects": "ray_put_get",
+    "cold_start": "ray_new_function",
+    "density": "ray_actors",
+}
+# The values a ratio is taken of, and whether a smaller one is better.
+COMPARED = {"median_ms": True, "p99_ms": True, "tasks_per_s": False, "per_GiB": False}
+
+
+def _measured(value: Any) -> bool:
+    return isinstance(value, dict) and "status" not in value
+
+
+def ratios(workloads: dict[str, Any]) -> dict[str, Any]:
+    """spear/Ray for every metric a spear variant shares with the workload's Ray reference."""
+    out: dict[str, Any] = {}
+    for name, variants in workloads.items():
+        ref_name = RAY_REFERENCE.get(name)
+        if not isinstance(variants, dict) or ref_name not in variants:
+            continue
+        ref = variants[ref_name]
+        if not _measured(ref):
+            continue
+        for variant, metrics in variants.items():
+            if not variant.startswith("spear") or not _measured(metrics):
+                continue
+            for metric, values in metrics.items():
+                theirs = ref.get(metric)
+                if not (_measured(values) and _measured(theirs)):
+                    continue
+                for key, lower_better in COMPARED.items():
+                    a, b = values.get(key), theirs.get(key)
+                    if not isinstance(a, int | float) or not isinstance(b, int | float) or not b:
+                        continue
+                    ratio = a / b
+                    better = ratio < 1 if lower_better else ratio > 1
+                    factor = (1 / ratio if lower_better else ratio) if ratio else math.inf
+                    out.setdefault(name, []).append(
+                        {
+                            "spear": variant,
+                            "ray": ref_name,
+                            "metric": metric,
+                            "value": key,
+                            "spear_value": a,
+                            "ray_value": b,
+                            "spear_over_ray": round(ratio, 4),
+                            "spear_better": better,
+                            "spear_advantage": round(factor, 2),
+                        }
+                    )
+    return out
+
+
+def write_json(path: Path, results: dict[str, Any]) -> None:
+    """Write `results` atomically (a reader never sees half a file)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=".json")
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(results, f, indent=2, sort_keys=False)
+            f.write("\n")
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+_LABELS = {"median_ms": "median", "p99_ms": "p99", "tasks_per_s": "tasks/s", "per_GiB": "per GiB"}
+
+
+def _fmt(key: str, value: float) -> str:
+    if key in ("tasks_per_s", "per_GiB"):
+        return f"{value:,.0f}" + (" tasks/s" if key == "tasks_per_s" else " /GiB")
+    return f"{value:.3f} ms" if value < 10 else f"{value:.1f} ms"
+
+
+def markdown(results: dict[str, Any]) -> str:
+    """The README table: each spear figure beside Ray's, and the ratio spear/Ray."""
+    m = results["machine"]
+    mem = (m.get("memory_bytes") or 0) / 1024**3
+    lines = [
+        f"Measured {results['finished_at']} ({'--quick' if results['quick'] else 'full'} run, "
+        f"{results['duration_s']:.0f} s) on {m['cpu_model']}, {m['cores']} cores, "
+        f"{mem:.0f} GiB; Python {m['python']}, wasmtime {m['wasmtime']}, Ray {m['ray']}, "
+        f"spear {m.get('spear_commit') or m.get('spear')}.",
+        "",
+        "| workload | metric | spear | spear variant | Ray | spear/Ray |",
+        "|---|---|---|---|---|---|",
+    ]
+    for name, rows in results["ratios"].items():
+        for r in rows:
+            if r["value"] == "p99_ms" and r["metric"] not in ("task",):
+                continue
+            adv = r["spear_advantage"]
+            who = f"spear {adv:.3g}x better" if r["spear_better"] else f"Ray {1 / adv:.3g}x better"
+            verdict = f"{r['spear_over_ray']:.3g} ({who})"
+            metric = f"{r['metric']} ({_LABELS[r['value']]})"
+            lines.append(
+                f"| {name} | {metric} | {_fmt(r['value'], r['spear_value'])} | {r['spear']} | "
+                f"{_fmt(r['value'], r['ray_value'])} | {verdict} |"
+            )
+    missing = [
+        f"- {name} / {variant}: {v['reason']}"
+        for name, variants in results["workloads"].items()
+        if isinstance(variants, dict)
+        for variant, v in variants.items()
+        if isinstance(v, dict) and "status" in v
+    ]
+    if missing:
+        lines += ["", "Not measured in this run:", *missing]
+    issue2 = results.get("issue2")
+    if issue2:
+        lines += ["", "Local mode (issue 2):", ""]
+        lines += ["| measurement | median | p99 |", "|---|---|---|"]
+        for label, s in issue2.get("measurements", {}).items():
+            if _measured(s) and "median_ms" in s:
+                lines.append(f"| {label} | {s['median_ms']:.3f} ms | {s['p99_ms']:.3f} ms |")
+        lines.append("")
+        lines.append(f"Target (warm in-process median < 1 ms): {issue2.get('target_met')}")
+    return "\n".join(lines) + "\n"
+
+
+def chart(path: Path, results: dict[str, Any]) -> str | None:
+    """A PNG with one panel per workload; returns why not if matplotlib is missing."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return "matplotlib is not installed (pip install -e '.[bench]')"
+    panels = [
+        (
+            "latency",
+            "task",
+            "median_ms",
+            "trivial task, one at a time (median ms, lower is better)",
+        ),
+        ("throughput", "tasks", "tasks_per_s", "10,000 trivial tasks at once (tasks/s)"),
+        ("cold_start", "first run", "median_ms", "never-seen module/function (median ms)"),
+        ("density", "sleeping agents", "per_GiB", "sleeping agents per GiB (log)"),
+        ("objects", None, "median_ms", "objects put/get (median ms, log)"),
+    ]
+    fig, axes = plt.subplots(len(panels), 1, figsize=(10, 3.2 * len(panels)))
+    workloads = results["workloads"]
+    for ax, (name, metric, key, title) in zip(axes, panels, strict=True):
+        ax.set_title(title, fontsize=10)
+        variants = workloads.get(name, {})
+        labels, values, colors = [], [], []
+        for variant, metrics in variants.items():
+            if not _measured(metrics):
+                continue
+            items = metrics.items() if metric is None else [(metric, metrics.get(metric))]
+            for mname, vals in items:
+                if _measured(vals) and isinstance(vals.get(key), int | float):
+                    labels.append(variant if metric else f"{variant}\n{mname}")
+                    values.append(vals[key])
+                    colors.append("#d62728" if variant.startswith("ray") else "#1f77b4")
+        if not values:
+            ax.text(0.5, 0.5, "not measured", ha="center", va="center", transform=ax.transAxes)
+            ax.set_xticks([])
+            ax.set_yticks([])
+            continue
+        ax.barh(range(len(values)), values, color=colors)
+        ax.set_yticks(range(len(values)), labels, fontsize=7)
+        ax.invert_yaxis()
+        if name in ("objects", "density") or (max(values) / max(min(values), 1e-9) > 200):
+            ax.set_xscale("log")
+        for i, v in enumerate(values):
+            ax.text(v, i, f" {v:,.3g}", va="center", fontsize=7)
+    fig.suptitle("spear (blue) vs Ray (red), " + results["machine"]["cpu_model"], fontsize=10)
+    fig.tight_layout(rect=(0, 0, 1, 0.97))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+    return None
