@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import sys
-import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
@@ -68,17 +67,6 @@ def _run_on_node(
 
 def _emit_json(data: Any) -> None:
     sys.stdout.write(json.dumps(data, indent=2, sort_keys=True) + "\n")
-
-
-def _fmt_time(ts: float | None) -> str:
-    return "-" if ts is None else time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(ts))
-
-
-def _duration(task: Task) -> str:
-    if task.started_at is None:
-        return "-"
-    end = task.finished_at or time.time()
-    return f"{(end - task.started_at) * 1000:.1f}ms"
 
 
 @app.command(
@@ -186,109 +174,6 @@ async def _run_foreground(node: Spearlet, spec: FunctionSpec) -> Task:
     return result[0]
 
 
-@app.command(help="List tasks, newest first.")
-def tasks(
-    state: Annotated[
-        str | None, typer.Option("--state", help="Only tasks in this state (e.g. RUNNING).")
-    ] = None,
-    limit: Annotated[int, typer.Option("--limit", "-n", help="At most this many.")] = 50,
-    data_dir: DataDirOpt = None,
-    config: ConfigOpt = None,
-    as_json: JsonOpt = False,
-) -> None:
-    settings = _settings(data_dir, config)
-    want = None
-    if state is not None:
-        try:
-            want = TaskState(state.upper())
-        except ValueError:
-            names = ", ".join(s.value for s in TaskState)
-            raise InvalidArgument(f"unknown state {state!r} (one of {names})") from None
-    found: list[Task] = _run_on_node(settings, lambda node: node.tasks(want, limit))
-    if as_json:
-        _emit_json([t.to_json() for t in found])
-        return
-    rows = [("ID", "STATE", "EXIT", "CREATED", "TIME", "ARTIFACT", "REASON")]
-    for t in found:
-        rows.append(
-            (
-                t.id,
-                t.state.value,
-                "-" if t.exit_code is None else str(t.exit_code),
-                _fmt_time(t.created_at),
-                _duration(t),
-                Path(t.spec.artifact).name,
-                t.reason or "",
-            )
-        )
-    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]) - 1)]
-    for r in rows:
-        sys.stdout.write(
-            "  ".join(c.ljust(w) for c, w in zip(r, widths, strict=False)) + "  " + r[-1] + "\n"
-        )
-
-
-@app.command(help="Show one task.")
-def status(
-    task_id: Annotated[str, typer.Argument(metavar="ID")],
-    data_dir: DataDirOpt = None,
-    config: ConfigOpt = None,
-    as_json: JsonOpt = False,
-) -> None:
-    settings = _settings(data_dir, config)
-    task: Task = _run_on_node(settings, lambda node: node.task(task_id))
-    if as_json:
-        _emit_json(task.to_json())
-        return
-    lines = [
-        ("id", task.id),
-        ("state", task.state.value),
-        ("runtime", task.spec.runtime.value),
-        ("artifact", task.spec.artifact),
-        ("args", " ".join(task.spec.args)),
-        ("node", task.node or "-"),
-        ("exit code", "-" if task.exit_code is None else str(task.exit_code)),
-        ("reason", task.reason or "-"),
-        ("created", _fmt_time(task.created_at)),
-        ("started", _fmt_time(task.started_at)),
-        ("finished", _fmt_time(task.finished_at)),
-        ("duration", _duration(task)),
-        ("history", ", ".join(f"{s}@{t:.6f}" for s, t in task.history)),
-    ]
-    for name, value in lines:
-        sys.stdout.write(f"{name + ':':<11}{value}\n")
-
-
-@app.command(help="Print a task's captured output.")
-def logs(
-    task_id: Annotated[str, typer.Argument(metavar="ID")],
-    stream: Annotated[
-        str | None, typer.Option("--stream", help="stdout, stderr or agent [default: all].")
-    ] = None,
-    data_dir: DataDirOpt = None,
-    config: ConfigOpt = None,
-    as_json: JsonOpt = False,
-) -> None:
-    settings = _settings(data_dir, config)
-    streams = [stream] if stream else ["stdout", "stderr", "agent"]
-
-    async def read(node: Spearlet) -> dict[str, bytes]:
-        return {s: await node.logs_of(task_id, s) for s in streams}
-
-    out: dict[str, bytes] = _run_on_node(settings, read)
-    if as_json:
-        _emit_json({k: v.decode("utf-8", errors="replace") for k, v in out.items()})
-        return
-    if stream:
-        sys.stdout.buffer.write(out[stream])
-        return
-    sys.stdout.buffer.write(out["stdout"])
-    sys.stdout.flush()
-    sys.stderr.buffer.write(out["stderr"])
-    if out["agent"]:
-        sys.stderr.buffer.write(b"--- agent log ---\n" + out["agent"])
-
-
 @app.command(help="Print spear's version and its runtime's.")
 def version(as_json: JsonOpt = False) -> None:
     from spear import __version__
@@ -331,6 +216,10 @@ def main(argv: list[str] | None = None) -> int:
         sys.stderr.write(f"spear: error: {exc.strerror or exc}\n")
         return 74
 
+
+# Commands in modules of their own register on `app` when imported.
+from spear import cli_client, cli_serve  # noqa: E402, F401
+from spear import cli_cluster  # noqa: E402, F401  (distributed mode)
 
 if __name__ == "__main__":  # pragma: no cover
     sys.exit(main())

@@ -23,7 +23,7 @@ from spear.errors import InvalidArgument, NotFound, ResourceExhausted, SpearErro
 from spear.runtimes.base import EXIT_CANCELLED, EXIT_LOST, ExecutionControl, Outcome, TaskContext
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Mapping
+    from collections.abc import AsyncIterator, Callable, Mapping
 
     from anyio.abc import TaskGroup
 
@@ -117,6 +117,35 @@ class TaskStore:
                 if limit is not None and len(out) >= limit:
                     break
         return out
+
+    async def watch(self, task_id: str) -> AsyncIterator[Task]:
+        """The task as it is now, then after each state change, ending once it is terminal."""
+        import asyncio
+        import contextlib
+
+        from spear.store.kv import EventKind
+
+        events = self._kv.watch(_TASKS + task_id)
+        # Register the watcher before reading the current record, so no change falls between.
+        pending = asyncio.ensure_future(anext(events))
+        try:
+            await asyncio.sleep(0)
+            task = await self.get(task_id)
+            yield task
+            while not task.state.terminal:
+                event = await pending
+                pending = asyncio.ensure_future(anext(events))
+                if event.kind is EventKind.DELETE:
+                    raise NotFound(f"task {task_id} was deleted")
+                new = _decode(event.value)
+                if len(new.history) > len(task.history):
+                    task = new
+                    yield task
+        finally:
+            pending.cancel()
+            with anyio.CancelScope(shield=True):
+                with contextlib.suppress(Exception, asyncio.CancelledError):
+                    await pending
 
     async def recover_lost(self) -> list[str]:
         """Mark FAILED every unfinished task whose owning process is gone."""

@@ -1,0 +1,178 @@
+"""What a caller can ask of a node, wherever it runs: the `NodeAPI` seam.
+
+Two implementations sit behind it: `InProcessNode` (a Spearlet in this process, over the
+local data dir) and `Client` (a node daemon over gRPC). The CLI's client commands and
+`TaskHandle` are written against this seam only.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Protocol
+
+if TYPE_CHECKING:
+    from collections.abc import AsyncIterator, Generator, Sequence
+
+    from spear.core.models import FunctionSpec, Resources, Task, TaskState
+
+LOG_STREAMS = ("stdout", "stderr", "agent")
+
+
+@dataclass(frozen=True, slots=True)
+class LogChunk:
+    """A piece of one of a task's log streams, starting at `offset` in that stream."""
+
+    stream: str
+    data: bytes
+    offset: int
+
+
+@dataclass(frozen=True, slots=True)
+class TaskResult:
+    """A finished task and its output (what it wrote to stdout)."""
+
+    task: Task
+    output: bytes
+
+    @property
+    def exit_code(self) -> int | None:
+        return self.task.exit_code
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "task": self.task.to_json(),
+            "output": self.output.decode("utf-8", errors="replace"),
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class NodeInfo:
+    """A node's identity, capacity and load."""
+
+    name: str
+    state: str
+    address: str
+    version: str
+    wasmtime_version: str
+    capacity: Resources
+    free: Resources
+    running_tasks: int
+    runtimes: tuple[str, ...]
+    started_at: float
+    data_dir: str
+    pid: int
+    max_message_bytes: int = 0
+
+    def to_json(self) -> dict[str, Any]:
+        data = dataclasses.asdict(self)
+        data["runtimes"] = list(self.runtimes)
+        return data
+
+
+@dataclass(frozen=True, slots=True)
+class ObjectInfo:
+    """One object in a node's object store (seed §6)."""
+
+    key: str
+    version: int
+    size: int
+    refs: int = 0
+    pinned: bool = False
+
+    def to_json(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+class NodeAPI(Protocol):
+    """The operations of a node that callers use: tasks, logs, results, node info, objects."""
+
+    async def submit(self, spec: FunctionSpec, *, stdin: bytes | None = None) -> TaskHandle:
+        """Start a task; returns at once with a handle on it (the task is PENDING)."""
+        ...
+
+    async def task(self, task_id: str) -> Task: ...
+
+    async def tasks(self, state: TaskState | None = None, limit: int | None = None) -> list[Task]:
+        """Tasks newest first, optionally only those in `state`."""
+        ...
+
+    def watch(self, task_id: str) -> AsyncIterator[Task]:
+        """The task now, then at each state change, ending at a terminal state."""
+        ...
+
+    async def wait(self, task_id: str) -> Task:
+        """The task once it has finished."""
+        ...
+
+    async def cancel(self, task_id: str, reason: str = "cancelled") -> Task: ...
+
+    async def result(self, task_id: str, *, wait: bool = True) -> TaskResult:
+        """The finished task and its output; without `wait`, Unavailable if not finished."""
+        ...
+
+    def logs(
+        self, task_id: str, streams: Sequence[str] = (), *, follow: bool = False
+    ) -> AsyncIterator[LogChunk]:
+        """A task's logs (all streams when `streams` is empty); `follow` until it ends."""
+        ...
+
+    async def node_info(self) -> NodeInfo: ...
+
+    async def put_object(
+        self, key: str, data: bytes, *, expected_version: int | None = None
+    ) -> ObjectInfo: ...
+
+    async def get_object(self, key: str) -> tuple[bytes, ObjectInfo]: ...
+
+    async def list_objects(self, prefix: str = "") -> list[ObjectInfo]: ...
+
+    async def delete_object(self, key: str) -> bool: ...
+
+    async def add_object_ref(self, key: str) -> ObjectInfo: ...
+
+    async def remove_object_ref(self, key: str) -> ObjectInfo: ...
+
+    async def pin_object(self, key: str) -> ObjectInfo: ...
+
+    async def unpin_object(self, key: str) -> ObjectInfo: ...
+
+    async def aclose(self) -> None: ...
+
+
+class TaskHandle:
+    """A submitted task: `await handle` (or `handle.result()`) for its result."""
+
+    def __init__(self, api: NodeAPI, task: Task) -> None:
+        self._api = api
+        self.task = task
+
+    @property
+    def id(self) -> str:
+        return self.task.id
+
+    def __repr__(self) -> str:
+        return f"TaskHandle({self.id!r})"
+
+    def __await__(self) -> Generator[Any, None, TaskResult]:
+        return self.result().__await__()
+
+    async def result(self) -> TaskResult:
+        """Wait for the task to finish; its final record and output."""
+        return await self._api.result(self.id, wait=True)
+
+    async def wait(self) -> Task:
+        return await self._api.wait(self.id)
+
+    async def status(self) -> Task:
+        return await self._api.task(self.id)
+
+    async def cancel(self, reason: str = "cancelled") -> Task:
+        return await self._api.cancel(self.id, reason)
+
+    def logs(self, streams: Sequence[str] = (), *, follow: bool = True) -> AsyncIterator[LogChunk]:
+        """The task's logs as they are written (all streams unless named), until it ends."""
+        return self._api.logs(self.id, streams, follow=follow)
+
+    def watch(self) -> AsyncIterator[Task]:
+        return self._api.watch(self.id)

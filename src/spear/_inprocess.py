@@ -1,0 +1,207 @@
+"""`InProcessNode`: the `NodeAPI` over a Spearlet in this process.
+
+The CLI uses it on a local data dir when no daemon holds it; the gRPC server wraps it to
+serve a daemon's node. Following logs reads the task's log files from where it left off,
+waking when the task ends or after a short interval, like `tail -f`.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from typing import TYPE_CHECKING, Any
+
+import anyio
+
+from spear._api import LOG_STREAMS, LogChunk, NodeInfo, ObjectInfo, TaskHandle, TaskResult
+from spear.errors import InvalidArgument, Unavailable
+
+if TYPE_CHECKING:
+    from collections.abc import AsyncIterator, Sequence
+
+    from spear.core.models import FunctionSpec, Task, TaskState
+    from spear.core.node import Spearlet
+
+# How much of a log one chunk carries, and how often a follower looks for more output.
+LOG_CHUNK_BYTES = 256 * 1024
+_FOLLOW_INTERVAL_S = 0.05
+
+
+def _read_at(path: str, offset: int, limit: int) -> bytes:
+    try:
+        with open(path, "rb") as f:
+            f.seek(offset)
+            return f.read(limit)
+    except (FileNotFoundError, NotADirectoryError):
+        return b""
+
+
+class InProcessNode:
+    """A `NodeAPI` on a started Spearlet of this process."""
+
+    def __init__(self, node: Spearlet, *, address: str = "", max_message_bytes: int = 0) -> None:
+        self.node = node
+        self.address = address
+        self.max_message_bytes = max_message_bytes
+        self.started_at = time.time()
+        self.draining = False
+
+    # -- tasks -----------------------------------------------------------------------
+
+    async def submit(self, spec: FunctionSpec, *, stdin: bytes | None = None) -> TaskHandle:
+        if self.draining:
+            raise Unavailable(f"node {self.node.name} is draining: it accepts no new tasks")
+        return TaskHandle(self, await self.node.submit(spec, stdin=stdin))
+
+    async def task(self, task_id: str) -> Task:
+        return await self.node.task(task_id)
+
+    async def tasks(self, state: TaskState | None = None, limit: int | None = None) -> list[Task]:
+        return await self.node.tasks(state, limit)
+
+    async def watch(self, task_id: str) -> AsyncIterator[Task]:
+        async for task in self.node.tasks_store.watch(task_id):
+            yield task
+
+    async def wait(self, task_id: str) -> Task:
+        while True:
+            task = await self.node.wait(task_id)
+            if task.state.terminal:
+                return task
+            # Run by another process on this data dir: nothing here signals its end.
+            await anyio.sleep(_FOLLOW_INTERVAL_S)
+
+    async def cancel(self, task_id: str, reason: str = "cancelled") -> Task:
+        task = await self.node.cancel(task_id, reason)
+        if not task.state.terminal:
+            raise Unavailable(
+                f"task {task_id} is {task.state.value} in another process; stop that process"
+            )
+        return task
+
+    async def result(self, task_id: str, *, wait: bool = True) -> TaskResult:
+        task = await (self.wait(task_id) if wait else self.node.task(task_id))
+        if not task.state.terminal:
+            raise Unavailable(f"task {task_id} has not finished (it is {task.state.value})")
+        path = str(self.node.logs.path(task_id, "stdout"))
+        output = await anyio.to_thread.run_sync(_read_at, path, 0, -1)
+        return TaskResult(task, output)
+
+    async def logs(
+        self, task_id: str, streams: Sequence[str] = (), *, follow: bool = False
+    ) -> AsyncIterator[LogChunk]:
+        names = tuple(streams) or LOG_STREAMS
+        for name in names:
+            if name not in LOG_STREAMS:
+                raise InvalidArgument(
+                    f"unknown log stream {name!r} (one of {', '.join(LOG_STREAMS)})"
+                )
+        task = await self.node.task(task_id)  # NotFound for an unknown id
+        paths = {n: str(self.node.logs.path(task_id, n)) for n in names}
+        offsets = dict.fromkeys(names, 0)
+        while True:
+            # Whether the task had ended is decided before reading, so nothing written
+            # before the end is missed.
+            finished = not follow or task.state.terminal
+            progressed = True
+            while progressed:
+                progressed = False
+                for name in names:
+                    data = await anyio.to_thread.run_sync(
+                        _read_at, paths[name], offsets[name], LOG_CHUNK_BYTES
+                    )
+                    if data:
+                        yield LogChunk(name, data, offsets[name])
+                        offsets[name] += len(data)
+                        progressed = True
+            if finished:
+                return
+            with anyio.move_on_after(_FOLLOW_INTERVAL_S):
+                task = await self.node.wait(task_id)
+                if not task.state.terminal:  # run by another process: look again later
+                    await anyio.sleep(_FOLLOW_INTERVAL_S)
+            task = await self.node.task(task_id)
+
+    # -- the node --------------------------------------------------------------------
+
+    async def node_info(self) -> NodeInfo:
+        from spear import __version__
+        from spear.runtimes.wasm import wasmtime_version
+
+        controller = self.node.controller
+        return NodeInfo(
+            name=self.node.name,
+            state="draining" if self.draining else self.node.state.value,
+            address=self.address,
+            version=__version__,
+            wasmtime_version=wasmtime_version(),
+            capacity=controller.capacity,
+            free=controller.free,
+            running_tasks=controller.running_count,
+            runtimes=tuple(sorted(self.node.agents)),
+            started_at=self.started_at,
+            data_dir=str(self.node.settings.data_dir),
+            pid=os.getpid(),
+            max_message_bytes=self.max_message_bytes,
+        )
+
+    async def drain(self, grace_s: float) -> None:
+        """Accept no new tasks; wait up to `grace_s` for the running ones to finish."""
+        from spear.core.models import TaskState
+
+        self.draining = True
+        with anyio.move_on_after(grace_s):
+            while self.node.controller.running_count:
+                active = [
+                    *await self.node.tasks(TaskState.RUNNING),
+                    *await self.node.tasks(TaskState.PENDING),
+                ]
+                if not active:
+                    break
+                for task in active:
+                    await self.node.wait(task.id)
+
+    # -- objects ---------------------------------------------------------------------
+
+    def _objects(self) -> Any:
+        store = self.node.services.get("objects")
+        if store is None:
+            raise Unavailable(f"node {self.node.name} has no object store")
+        return store
+
+    async def put_object(
+        self, key: str, data: bytes, *, expected_version: int | None = None
+    ) -> ObjectInfo:
+        self._objects()
+        raise Unavailable("the object store is not wired to this node yet")
+
+    async def get_object(self, key: str) -> tuple[bytes, ObjectInfo]:
+        self._objects()
+        raise Unavailable("the object store is not wired to this node yet")
+
+    async def list_objects(self, prefix: str = "") -> list[ObjectInfo]:
+        self._objects()
+        raise Unavailable("the object store is not wired to this node yet")
+
+    async def delete_object(self, key: str) -> bool:
+        self._objects()
+        raise Unavailable("the object store is not wired to this node yet")
+
+    async def add_object_ref(self, key: str) -> ObjectInfo:
+        self._objects()
+        raise Unavailable("the object store is not wired to this node yet")
+
+    async def remove_object_ref(self, key: str) -> ObjectInfo:
+        self._objects()
+        raise Unavailable("the object store is not wired to this node yet")
+
+    async def pin_object(self, key: str) -> ObjectInfo:
+        self._objects()
+        raise Unavailable("the object store is not wired to this node yet")
+
+    async def unpin_object(self, key: str) -> ObjectInfo:
+        self._objects()
+        raise Unavailable("the object store is not wired to this node yet")
+
+    async def aclose(self) -> None:
+        """The node belongs to whoever started it; closing the adapter leaves it running."""

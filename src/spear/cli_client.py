@@ -1,0 +1,545 @@
+"""The CLI's client commands: submit, status, tasks, logs, stop, result, node, obj.
+
+Each reaches a node through the `NodeAPI`: a daemon given by `--node HOST:PORT` (or
+`SPEAR_NODE`); else the daemon holding the data dir (found through DATA/spearlet.addr);
+else the data dir itself, in this process. Without a daemon, `submit` runs the task here
+and returns when it has finished.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import sys
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any
+
+import anyio
+import typer
+
+from spear.cli import ConfigOpt, DataDirOpt, JsonOpt, _emit_json, _parse_env, _settings, app
+from spear.config import parse_size
+from spear.core.models import DirMapping, FunctionSpec, Runtime, Task, TaskState
+from spear.errors import InvalidArgument, Unavailable
+
+if TYPE_CHECKING:
+    from collections.abc import AsyncIterator, Awaitable, Callable
+
+    from spear._api import NodeAPI
+    from spear.config import Settings
+
+NodeOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--node", envvar="SPEAR_NODE", help="A node daemon's HOST:PORT [default: this data dir's]."
+    ),
+]
+IdArg = Annotated[str, typer.Argument(metavar="ID")]
+
+
+@contextlib.asynccontextmanager
+async def connect(settings: Settings, node: str | None) -> AsyncIterator[NodeAPI]:
+    """The node to talk to: `node`, else this data dir's daemon, else the data dir here."""
+    from spear.cli_serve import read_address_file
+    from spear.client import Client
+
+    address = node or read_address_file(settings.data_dir)
+    if address is not None:
+        client = Client(address)
+        try:
+            if node is None:  # found in the data dir: it may be stale (a killed daemon)
+                try:
+                    await client.node_info()
+                except Unavailable:
+                    address = None
+            if address is not None:
+                yield client
+        finally:
+            await client.aclose()
+        if address is not None:
+            return
+    from spear._inprocess import InProcessNode
+    from spear.container import build_local_node
+
+    async with build_local_node(settings, hold_kv=False) as local:
+        yield InProcessNode(local)
+
+
+def _on_node(settings: Settings, node: str | None, fn: Callable[[NodeAPI], Awaitable[Any]]) -> Any:
+    async def main() -> Any:
+        async with connect(settings, node) as api:
+            return await fn(api)
+
+    return anyio.run(main)
+
+
+@contextlib.asynccontextmanager
+async def _progress(label: Callable[[], str], enabled: bool) -> AsyncIterator[None]:
+    """A spinner on stderr while a long wait lasts; nothing unless stderr is a terminal."""
+    if not (enabled and sys.stderr.isatty()):
+        yield
+        return
+    start = time.monotonic()
+
+    async def spin() -> None:
+        for frame in itertools.cycle("|/-\\"):
+            sys.stderr.write(f"\r{frame} {label()} {time.monotonic() - start:.1f}s\x1b[K")
+            sys.stderr.flush()
+            await anyio.sleep(0.1)
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(spin)
+        try:
+            yield
+        finally:
+            tg.cancel_scope.cancel()
+            sys.stderr.write("\r\x1b[K")
+            sys.stderr.flush()
+
+
+def _fmt_time(ts: float | None) -> str:
+    return "-" if ts is None else time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(ts))
+
+
+def _duration(task: Task) -> str:
+    if task.started_at is None:
+        return "-"
+    end = task.finished_at or time.time()
+    return f"{(end - task.started_at) * 1000:.1f}ms"
+
+
+def _report_unsuccessful(task: Task) -> None:
+    if (
+        task.state is not TaskState.COMPLETED
+        and task.reason
+        and not (task.reason.startswith("exit status"))
+    ):
+        sys.stderr.write(f"spear: task {task.id} {task.state.value.lower()}: {task.reason}\n")
+
+
+# -- tasks ---------------------------------------------------------------------------
+
+
+@app.command(
+    context_settings={"allow_interspersed_args": False},
+    help="Submit a task to a node and print its id. MODULE is a .wasm/.wat file (uploaded "
+    "to a remote node), or with --runtime process the command to run. --wait waits and "
+    "exits with the task's exit code.",
+)
+def submit(
+    artifact: Annotated[str, typer.Argument(metavar="MODULE|CMD", help="Module or command.")],
+    args: Annotated[list[str] | None, typer.Argument(help="Arguments for the task.")] = None,
+    runtime: Annotated[str, typer.Option("--runtime", help="wasm or process.")] = "wasm",
+    env: Annotated[
+        list[str] | None, typer.Option("--env", "-e", help="NAME=VALUE for the task (repeatable).")
+    ] = None,
+    dirs: Annotated[
+        list[str] | None,
+        typer.Option("--dir", help="HOST_DIR[::GUEST_DIR] on the node to preopen (repeatable)."),
+    ] = None,
+    timeout: Annotated[
+        float | None, typer.Option("--timeout", help="Stop the task after SECONDS.")
+    ] = None,
+    memory: Annotated[
+        str | None, typer.Option("--memory", help="Linear-memory limit, e.g. 64M.")
+    ] = None,
+    fuel: Annotated[int | None, typer.Option("--fuel", help="Units of fuel it may use.")] = None,
+    invoke: Annotated[str, typer.Option("--invoke", help="Export to call.")] = "_start",
+    stdin_file: Annotated[
+        Path | None, typer.Option("--stdin", help="A file to give the task as stdin (- for ours).")
+    ] = None,
+    wait: Annotated[bool, typer.Option("--wait", help="Wait; exit with its exit code.")] = False,
+    node: NodeOpt = None,
+    data_dir: DataDirOpt = None,
+    config: ConfigOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    settings = _settings(data_dir, config)
+    try:
+        kind = Runtime(runtime)
+    except ValueError:
+        names = ", ".join(r.value for r in Runtime)
+        raise InvalidArgument(f"--runtime: unknown runtime {runtime!r} (one of {names})") from None
+    task_args = list(args or ())
+    if task_args[:1] == ["--"]:
+        task_args = task_args[1:]
+    spec = FunctionSpec(
+        artifact=artifact,
+        runtime=kind,
+        args=tuple(task_args),
+        env=tuple(_parse_env(e) for e in env or ()),
+        dirs=tuple(DirMapping.parse(d) for d in dirs or ()),
+        entry=invoke,
+        timeout_s=timeout,
+        memory_limit_bytes=parse_size(memory) if memory is not None else None,
+        fuel=fuel,
+    )
+    stdin = None
+    if stdin_file is not None:
+        try:
+            stdin = sys.stdin.buffer.read() if str(stdin_file) == "-" else stdin_file.read_bytes()
+        except OSError as exc:
+            raise InvalidArgument(f"--stdin: cannot read {stdin_file}: {exc.strerror}") from None
+
+    async def go(api: NodeAPI) -> Task:
+        from spear._inprocess import InProcessNode
+
+        handle = await api.submit(spec, stdin=stdin)
+        if not as_json:
+            sys.stdout.write(handle.id + "\n")
+            sys.stdout.flush()
+        # Without a daemon this process is the node: the task must end before we exit.
+        if not (wait or isinstance(api, InProcessNode)):
+            return handle.task
+        state = [handle.task.state.value]
+
+        async def follow() -> None:
+            async for task in api.watch(handle.id):
+                state[0] = task.state.value
+
+        async with _progress(lambda: f"task {handle.id} {state[0]}", wait and not as_json):
+            if isinstance(api, InProcessNode):
+                return await api.wait(handle.id)
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(follow)
+                final = await api.wait(handle.id)
+                tg.cancel_scope.cancel()
+            return final
+
+    task: Task = _on_node(settings, node, go)
+    if as_json:
+        _emit_json(task.to_json())
+    if wait:
+        _report_unsuccessful(task)
+        raise typer.Exit(task.exit_code or 0)
+
+
+@app.command(help="List tasks, newest first.")
+def tasks(
+    state: Annotated[
+        str | None, typer.Option("--state", help="Only tasks in this state (e.g. RUNNING).")
+    ] = None,
+    limit: Annotated[int, typer.Option("--limit", "-n", help="At most this many.")] = 50,
+    node: NodeOpt = None,
+    data_dir: DataDirOpt = None,
+    config: ConfigOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    settings = _settings(data_dir, config)
+    want = None
+    if state is not None:
+        try:
+            want = TaskState(state.upper())
+        except ValueError:
+            names = ", ".join(s.value for s in TaskState)
+            raise InvalidArgument(f"unknown state {state!r} (one of {names})") from None
+    if limit < 1:
+        raise InvalidArgument("--limit must be at least 1")
+    found: list[Task] = _on_node(settings, node, lambda api: api.tasks(want, limit))
+    if as_json:
+        _emit_json([t.to_json() for t in found])
+        return
+    rows = [("ID", "STATE", "EXIT", "CREATED", "TIME", "ARTIFACT", "REASON")]
+    for t in found:
+        rows.append(
+            (
+                t.id,
+                t.state.value,
+                "-" if t.exit_code is None else str(t.exit_code),
+                _fmt_time(t.created_at),
+                _duration(t),
+                Path(t.spec.artifact).name,
+                t.reason or "",
+            )
+        )
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]) - 1)]
+    for r in rows:
+        sys.stdout.write(
+            "  ".join(c.ljust(w) for c, w in zip(r, widths, strict=False)) + "  " + r[-1] + "\n"
+        )
+
+
+def _print_task(task: Task) -> None:
+    lines = [
+        ("id", task.id),
+        ("state", task.state.value),
+        ("runtime", task.spec.runtime.value),
+        ("artifact", task.spec.artifact),
+        ("args", " ".join(task.spec.args)),
+        ("node", task.node or "-"),
+        ("exit code", "-" if task.exit_code is None else str(task.exit_code)),
+        ("reason", task.reason or "-"),
+        ("created", _fmt_time(task.created_at)),
+        ("started", _fmt_time(task.started_at)),
+        ("finished", _fmt_time(task.finished_at)),
+        ("duration", _duration(task)),
+        ("history", ", ".join(f"{s}@{t:.6f}" for s, t in task.history)),
+    ]
+    for name, value in lines:
+        sys.stdout.write(f"{name + ':':<11}{value}\n")
+
+
+@app.command(help="Show one task.")
+def status(
+    task_id: IdArg,
+    node: NodeOpt = None,
+    data_dir: DataDirOpt = None,
+    config: ConfigOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    settings = _settings(data_dir, config)
+    task: Task = _on_node(settings, node, lambda api: api.task(task_id))
+    if as_json:
+        _emit_json(task.to_json())
+    else:
+        _print_task(task)
+
+
+@app.command(help="Print a task's captured output; -f follows it until the task ends.")
+def logs(
+    task_id: IdArg,
+    stream: Annotated[
+        str | None, typer.Option("--stream", help="stdout, stderr or agent [default: all].")
+    ] = None,
+    follow: Annotated[bool, typer.Option("--follow", "-f", help="Follow until it ends.")] = False,
+    node: NodeOpt = None,
+    data_dir: DataDirOpt = None,
+    config: ConfigOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    settings = _settings(data_dir, config)
+    streams = (stream,) if stream else ()
+    sinks = {"stdout": sys.stdout.buffer, "stderr": sys.stderr.buffer, "agent": sys.stderr.buffer}
+
+    async def read(api: NodeAPI) -> dict[str, bytes]:
+        collected: dict[str, bytearray] = {}
+        agent_started = False
+        async for chunk in api.logs(task_id, streams, follow=follow):
+            if as_json and not follow:
+                collected.setdefault(chunk.stream, bytearray()).extend(chunk.data)
+            elif as_json:
+                line = {"stream": chunk.stream, "offset": chunk.offset}
+                line["data"] = chunk.data.decode("utf-8", errors="replace")
+                import json
+
+                sys.stdout.write(json.dumps(line) + "\n")
+                sys.stdout.flush()
+            else:
+                sink = sys.stdout.buffer if stream else sinks[chunk.stream]
+                if chunk.stream == "agent" and not stream and not agent_started:
+                    sink.write(b"--- agent log ---\n")
+                    agent_started = True
+                sink.write(chunk.data)
+                sink.flush()
+        return {k: bytes(v) for k, v in collected.items()}
+
+    out: dict[str, bytes] = _on_node(settings, node, read)
+    if as_json and not follow:
+        names = streams or ("stdout", "stderr", "agent")
+        _emit_json({n: out.get(n, b"").decode("utf-8", errors="replace") for n in names})
+
+
+@app.command(help="Stop (cancel) a task.")
+def stop(
+    task_id: IdArg,
+    reason: Annotated[str, typer.Option("--reason", help="Recorded as its reason.")] = (
+        "stopped by the user"
+    ),
+    node: NodeOpt = None,
+    data_dir: DataDirOpt = None,
+    config: ConfigOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    settings = _settings(data_dir, config)
+    task: Task = _on_node(settings, node, lambda api: api.cancel(task_id, reason))
+    if as_json:
+        _emit_json(task.to_json())
+    else:
+        sys.stdout.write(f"{task.id} {task.state.value}\n")
+
+
+@app.command(
+    help="Print a finished task's output (waiting for it unless --no-wait); "
+    "exits with the task's exit code."
+)
+def result(
+    task_id: IdArg,
+    wait: Annotated[bool, typer.Option("--wait/--no-wait", help="Wait for it to end.")] = True,
+    node: NodeOpt = None,
+    data_dir: DataDirOpt = None,
+    config: ConfigOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    settings = _settings(data_dir, config)
+
+    async def go(api: NodeAPI) -> Any:
+        async with _progress(lambda: f"waiting for task {task_id}", wait and not as_json):
+            return await api.result(task_id, wait=wait)
+
+    res = _on_node(settings, node, go)
+    if as_json:
+        _emit_json(res.to_json())
+    else:
+        sys.stdout.buffer.write(res.output)
+        sys.stdout.flush()
+        _report_unsuccessful(res.task)
+    raise typer.Exit(res.task.exit_code or 0)
+
+
+@app.command(help="Show the node: resources, load, runtimes.")
+def node(
+    node: NodeOpt = None,
+    data_dir: DataDirOpt = None,
+    config: ConfigOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    settings = _settings(data_dir, config)
+    info = _on_node(settings, node, lambda api: api.node_info())
+    if as_json:
+        _emit_json(info.to_json())
+        return
+    mib = 1024 * 1024
+    lines = [
+        ("name", info.name),
+        ("state", info.state),
+        ("address", info.address or "- (in this process)"),
+        ("version", f"spear {info.version}, wasmtime {info.wasmtime_version}"),
+        ("runtimes", ", ".join(info.runtimes)),
+        ("running", str(info.running_tasks)),
+        ("cpu", f"{info.free.cpu_millis}m free of {info.capacity.cpu_millis}m"),
+        ("memory", f"{info.free.memory_bytes // mib} MiB free of "
+                   f"{info.capacity.memory_bytes // mib} MiB"),
+        ("data dir", info.data_dir),
+        ("pid", str(info.pid)),
+        ("up since", _fmt_time(info.started_at)),
+    ]  # fmt: skip
+    for name, value in lines:
+        sys.stdout.write(f"{name + ':':<10}{value}\n")
+
+
+# -- objects -------------------------------------------------------------------------
+
+obj_app = typer.Typer(help="The node's object store: put, get, ls, rm, pin, unpin, ref, unref.")
+app.add_typer(obj_app, name="obj")
+
+
+def _print_object(info: Any, as_json: bool) -> None:
+    if as_json:
+        _emit_json(info.to_json())
+    else:
+        pin = " pinned" if info.pinned else ""
+        sys.stdout.write(
+            f"{info.key} version {info.version} {info.size} bytes {info.refs} refs{pin}\n"
+        )
+
+
+@obj_app.command("put", help="Store FILE (or stdin with -) under KEY.")
+def obj_put(
+    key: str,
+    file: Annotated[str, typer.Argument(help="A file, or - for stdin.")] = "-",
+    expected_version: Annotated[
+        int | None,
+        typer.Option("--expected-version", help="Write only if the object is at this version."),
+    ] = None,
+    node: NodeOpt = None,
+    data_dir: DataDirOpt = None,
+    config: ConfigOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    settings = _settings(data_dir, config)
+    try:
+        data = sys.stdin.buffer.read() if file == "-" else Path(file).read_bytes()
+    except FileNotFoundError:
+        from spear.errors import NotFound
+
+        raise NotFound(f"no such file: {file}") from None
+    except OSError as exc:
+        raise InvalidArgument(f"cannot read {file}: {exc.strerror}") from None
+    info = _on_node(
+        settings, node, lambda api: api.put_object(key, data, expected_version=expected_version)
+    )
+    _print_object(info, as_json)
+
+
+@obj_app.command("get", help="Print the object KEY (or write it to -o FILE).")
+def obj_get(
+    key: str,
+    output: Annotated[Path | None, typer.Option("--output", "-o", help="Write it here.")] = None,
+    node: NodeOpt = None,
+    data_dir: DataDirOpt = None,
+    config: ConfigOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    settings = _settings(data_dir, config)
+    data, info = _on_node(settings, node, lambda api: api.get_object(key))
+    if as_json:
+        _emit_json({**info.to_json(), "data": data.decode("utf-8", errors="replace")})
+    elif output is not None:
+        output.write_bytes(data)
+    else:
+        sys.stdout.buffer.write(data)
+
+
+@obj_app.command("ls", help="List objects (whose key starts with PREFIX).")
+def obj_ls(
+    prefix: Annotated[str, typer.Argument()] = "",
+    node: NodeOpt = None,
+    data_dir: DataDirOpt = None,
+    config: ConfigOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    settings = _settings(data_dir, config)
+    found = _on_node(settings, node, lambda api: api.list_objects(prefix))
+    if as_json:
+        _emit_json([o.to_json() for o in found])
+        return
+    for info in found:
+        _print_object(info, False)
+
+
+@obj_app.command("rm", help="Delete the object KEY.")
+def obj_rm(
+    key: str,
+    node: NodeOpt = None,
+    data_dir: DataDirOpt = None,
+    config: ConfigOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    settings = _settings(data_dir, config)
+    deleted = _on_node(settings, node, lambda api: api.delete_object(key))
+    if as_json:
+        _emit_json({"key": key, "deleted": deleted})
+    elif not deleted:
+        from spear.errors import NotFound
+
+        raise NotFound(f"no such object: {key}")
+
+
+def _object_op(name: str, help: str) -> None:
+    def command(
+        key: str,
+        node: NodeOpt = None,
+        data_dir: DataDirOpt = None,
+        config: ConfigOpt = None,
+        as_json: JsonOpt = False,
+    ) -> None:
+        settings = _settings(data_dir, config)
+        method = {
+            "pin": "pin_object",
+            "unpin": "unpin_object",
+            "ref": "add_object_ref",
+            "unref": "remove_object_ref",
+        }[name]
+        info = _on_node(settings, node, lambda api: getattr(api, method)(key))
+        _print_object(info, as_json)
+
+    obj_app.command(name, help=help)(command)
+
+
+_object_op("pin", "Pin KEY: it is never collected.")
+_object_op("unpin", "Unpin KEY.")
+_object_op("ref", "Add a reference to KEY.")
+_object_op("unref", "Remove a reference from KEY.")
+
+__all__ = ["connect"]

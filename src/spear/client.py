@@ -1,0 +1,300 @@
+"""`spear.Client`: a node daemon over gRPC, with the same methods as the CLI's commands.
+
+    async with spear.Client("127.0.0.1:7070") as client:
+        handle = await client.submit(spear.FunctionSpec("hello.wasm", args=("world",)))
+        async for chunk in handle.logs():
+            print(chunk.data.decode(), end="")
+        result = await handle          # TaskResult: the finished task and its stdout
+
+A module given by a local path is uploaded to the node (in chunks, once per content: the
+node keeps artifacts by sha256); a path that does not exist here is taken as the node's.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import os
+from typing import TYPE_CHECKING, Any, Self
+
+import anyio
+from grpclib.client import Channel
+from grpclib.events import RecvTrailingMetadata, listen
+
+from spear._api import LogChunk, NodeInfo, ObjectInfo, TaskHandle, TaskResult
+from spear.core.models import Runtime
+from spear.errors import InvalidArgument, SpearError, error_from_code
+from spear.transport import _convert as cv
+from spear.transport._gen.spear import v1
+from spear.transport._status import (
+    CHUNK_BYTES,
+    DEFAULT_MAX_MESSAGE_BYTES,
+    ERROR_CODE_KEY,
+    LimitedCodec,
+    client_errors,
+    received_error_code,
+)
+
+if TYPE_CHECKING:
+    from collections.abc import AsyncIterator, Iterator, Sequence
+    from types import TracebackType
+
+    from spear.core.models import FunctionSpec, Task, TaskState
+
+
+async def _remember_error_code(event: RecvTrailingMetadata) -> None:
+    code = event.metadata.get(ERROR_CODE_KEY)
+    if code:
+        received_error_code.set(str(code))
+
+
+def _split_address(address: str) -> tuple[str, int]:
+    host, sep, port = address.rpartition(":")
+    try:
+        if not sep or not host:
+            raise ValueError
+        return host.strip("[]"), int(port)
+    except ValueError:
+        raise InvalidArgument(f"a node address is HOST:PORT, got {address!r}") from None
+
+
+class Client:
+    """A SPEARlet daemon reached over gRPC (implements the `NodeAPI`)."""
+
+    def __init__(
+        self,
+        address: str,
+        *,
+        timeout: float | None = None,
+        max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
+    ) -> None:
+        self.address = address
+        self._host, self._port = _split_address(address)
+        self._timeout = timeout
+        self._max_message_bytes = max_message_bytes
+        self._channel: Channel | None = None
+        self._stub_: v1.SpearletStub | None = None
+        self._uploaded: set[str] = set()
+        self._digests: dict[tuple[str, int, int], str] = {}
+
+    @property
+    def _stub(self) -> v1.SpearletStub:
+        if self._stub_ is None:
+            self._channel = Channel(
+                self._host, self._port, codec=LimitedCodec(self._max_message_bytes)
+            )
+            listen(self._channel, RecvTrailingMetadata, _remember_error_code)
+            self._stub_ = v1.SpearletStub(self._channel, timeout=self._timeout)
+        return self._stub_
+
+    def _errors(self) -> Any:
+        return client_errors(self.address)
+
+    async def aclose(self) -> None:
+        if self._channel is not None:
+            self._channel.close()
+        self._channel = None
+        self._stub_ = None
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+    # -- artifacts -------------------------------------------------------------------
+
+    def _digest(self, path: str) -> tuple[str, int]:
+        st = os.stat(path)
+        key = (path, st.st_mtime_ns, st.st_size)
+        digest = self._digests.get(key)
+        if digest is None:
+            with open(path, "rb") as f:
+                digest = hashlib.file_digest(f, "sha256").hexdigest()
+            self._digests[key] = digest
+        return digest, st.st_size
+
+    async def upload(self, path: str) -> str:
+        """Send a local file to the node unless it has it already; returns its sha256."""
+        digest, size = await anyio.to_thread.run_sync(self._digest, path)
+        if digest in self._uploaded:
+            return digest
+        with self._errors():
+            present = await self._stub.has_artifact(v1.ArtifactRef(digest=digest))
+            if not present.present:
+                await self._stub.upload_artifact(self._artifact_chunks(path, digest, size))
+        self._uploaded.add(digest)
+        return digest
+
+    @staticmethod
+    def _artifact_chunks(path: str, digest: str, size: int) -> Iterator[v1.ArtifactChunk]:
+        name = os.path.basename(path)
+        with open(path, "rb") as f:
+            first = True
+            while True:
+                data = f.read(CHUNK_BYTES)
+                if first:
+                    yield v1.ArtifactChunk(digest=digest, name=name, size=size, data=data)
+                    first = False
+                elif data:
+                    yield v1.ArtifactChunk(data=data)
+                if len(data) < CHUNK_BYTES:
+                    return
+
+    async def _request(
+        self, spec: FunctionSpec, stdin: bytes | None, wait: bool
+    ) -> v1.SubmitTaskRequest:
+        digest = None
+        if spec.runtime is Runtime.WASM and await anyio.Path(spec.artifact).is_file():
+            digest = await self.upload(spec.artifact)
+            spec = dataclasses.replace(spec, artifact=os.path.basename(spec.artifact))
+        return v1.SubmitTaskRequest(
+            spec=cv.spec_to_wire(spec), artifact_digest=digest, stdin=stdin or b"", wait=wait
+        )
+
+    # -- tasks -----------------------------------------------------------------------
+
+    async def submit(self, spec: FunctionSpec, *, stdin: bytes | None = None) -> TaskHandle:
+        """Start a task on the node; the handle's `result()` (or `await handle`) waits."""
+        request = await self._request(spec, stdin, wait=False)
+        with self._errors():
+            info = await self._stub.submit_task(request)
+        return TaskHandle(self, cv.task_from_wire(info))
+
+    async def run(self, spec: FunctionSpec, *, stdin: bytes | None = None) -> Task:
+        """Submit a task and return it finished, in one call."""
+        request = await self._request(spec, stdin, wait=True)
+        with self._errors():
+            return cv.task_from_wire(await self._stub.submit_task(request))
+
+    async def submit_many(
+        self, specs: Sequence[FunctionSpec], *, wait: bool = False
+    ) -> list[Task | SpearError]:
+        """Submit many tasks in one call; each entry is the task, or why it was refused."""
+        requests = [await self._request(spec, None, wait) for spec in specs]
+        with self._errors():
+            answer = await self._stub.submit_tasks(v1.SubmitTasksRequest(tasks=requests))
+        out: list[Task | SpearError] = []
+        for outcome in answer.outcomes:
+            if outcome.task is not None:
+                out.append(cv.task_from_wire(outcome.task))
+            else:
+                error = outcome.error or v1.Error(code="internal", message="no outcome")
+                out.append(error_from_code(error.code, error.message))
+        return out
+
+    async def task(self, task_id: str) -> Task:
+        with self._errors():
+            return cv.task_from_wire(await self._stub.get_task(v1.GetTaskRequest(task_id=task_id)))
+
+    async def tasks(self, state: TaskState | None = None, limit: int | None = None) -> list[Task]:
+        request = v1.ListTasksRequest(state=cv.state_to_wire(state), limit=limit or 0)
+        with self._errors():
+            answer = await self._stub.list_tasks(request)
+        return [cv.task_from_wire(t) for t in answer.tasks]
+
+    async def watch(self, task_id: str) -> AsyncIterator[Task]:
+        with self._errors():
+            async for info in self._stub.watch_task(v1.WatchTaskRequest(task_id=task_id)):
+                yield cv.task_from_wire(info)
+
+    async def wait(self, task_id: str) -> Task:
+        last = None
+        async for task in self.watch(task_id):
+            last = task
+        if last is None:  # pragma: no cover - the node always sends the current state
+            return await self.task(task_id)
+        return last
+
+    async def cancel(self, task_id: str, reason: str = "cancelled") -> Task:
+        request = v1.CancelTaskRequest(task_id=task_id, reason=reason)
+        with self._errors():
+            return cv.task_from_wire(await self._stub.cancel_task(request))
+
+    async def result(self, task_id: str, *, wait: bool = True) -> TaskResult:
+        task: Task | None = None
+        parts: list[bytes] = []
+        with self._errors():
+            request = v1.GetResultRequest(task_id=task_id, wait=wait)
+            async for chunk in self._stub.get_result(request):
+                if chunk.task is not None:
+                    task = cv.task_from_wire(chunk.task)
+                parts.append(chunk.data)
+        if task is None:
+            raise SpearError(f"node {self.address} sent no result for task {task_id}")
+        return TaskResult(task, b"".join(parts))
+
+    async def logs(
+        self, task_id: str, streams: Sequence[str] = (), *, follow: bool = False
+    ) -> AsyncIterator[LogChunk]:
+        request = v1.StreamLogsRequest(task_id=task_id, streams=list(streams), follow=follow)
+        with self._errors():
+            async for chunk in self._stub.stream_logs(request):
+                yield cv.log_from_wire(chunk)
+
+    # -- the node --------------------------------------------------------------------
+
+    async def node_info(self) -> NodeInfo:
+        with self._errors():
+            return cv.node_from_wire(await self._stub.get_node_info(v1.GetNodeInfoRequest()))
+
+    # -- objects ---------------------------------------------------------------------
+
+    async def put_object(
+        self, key: str, data: bytes, *, expected_version: int | None = None
+    ) -> ObjectInfo:
+        def chunks() -> Iterator[v1.ObjectChunk]:
+            yield v1.ObjectChunk(
+                key=key, expected_version=expected_version, data=data[:CHUNK_BYTES]
+            )
+            for i in range(CHUNK_BYTES, len(data), CHUNK_BYTES):
+                yield v1.ObjectChunk(data=data[i : i + CHUNK_BYTES])
+
+        with self._errors():
+            return cv.object_from_wire(await self._stub.put_object(chunks()))
+
+    async def get_object(self, key: str) -> tuple[bytes, ObjectInfo]:
+        info: ObjectInfo | None = None
+        parts: list[bytes] = []
+        with self._errors():
+            async for chunk in self._stub.get_object(v1.GetObjectRequest(key=key)):
+                if chunk.info is not None:
+                    info = cv.object_from_wire(chunk.info)
+                parts.append(chunk.data)
+        if info is None:
+            raise SpearError(f"node {self.address} sent no object for {key!r}")
+        return b"".join(parts), info
+
+    async def list_objects(self, prefix: str = "") -> list[ObjectInfo]:
+        with self._errors():
+            answer = await self._stub.list_objects(v1.ListObjectsRequest(prefix=prefix))
+        return [cv.object_from_wire(o) for o in answer.objects]
+
+    async def delete_object(self, key: str) -> bool:
+        with self._errors():
+            answer = await self._stub.delete_object(v1.ObjectKeyRequest(key=key))
+        return answer.deleted
+
+    async def add_object_ref(self, key: str) -> ObjectInfo:
+        with self._errors():
+            answer = await self._stub.add_object_ref(v1.ObjectKeyRequest(key=key))
+        return cv.object_from_wire(answer)
+
+    async def remove_object_ref(self, key: str) -> ObjectInfo:
+        with self._errors():
+            answer = await self._stub.remove_object_ref(v1.ObjectKeyRequest(key=key))
+        return cv.object_from_wire(answer)
+
+    async def pin_object(self, key: str) -> ObjectInfo:
+        with self._errors():
+            return cv.object_from_wire(await self._stub.pin_object(v1.ObjectKeyRequest(key=key)))
+
+    async def unpin_object(self, key: str) -> ObjectInfo:
+        with self._errors():
+            answer = await self._stub.unpin_object(v1.ObjectKeyRequest(key=key))
+        return cv.object_from_wire(answer)

@@ -1,0 +1,120 @@
+"""spear errors <-> gRPC statuses, and the codec that enforces message size limits.
+
+The server answers a SpearError with the status below, its message, and the trailing
+metadata `spear-error-code` (the error's stable code), so a spear client rebuilds the
+exact error while stock gRPC tools still see a standard status.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+from typing import TYPE_CHECKING, Any
+
+from grpclib.const import Status
+from grpclib.encoding.proto import ProtoCodec
+from grpclib.exceptions import GRPCError, StreamTerminatedError
+
+from spear.errors import (
+    Conflict,
+    InvalidArgument,
+    NotFound,
+    PermissionDenied,
+    ResourceExhausted,
+    SpearError,
+    StorageError,
+    Unavailable,
+    error_from_code,
+)
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator
+
+ERROR_CODE_KEY = "spear-error-code"
+DEFAULT_MAX_MESSAGE_BYTES = 4 * 1024 * 1024
+# Payload bytes per chunk of a streamed artifact, object or result: well under the limit.
+CHUNK_BYTES = 1024 * 1024
+
+_STATUS_BY_ERROR: list[tuple[type[SpearError], Status]] = [
+    (InvalidArgument, Status.INVALID_ARGUMENT),
+    (NotFound, Status.NOT_FOUND),
+    (Conflict, Status.ABORTED),
+    (ResourceExhausted, Status.RESOURCE_EXHAUSTED),
+    (Unavailable, Status.UNAVAILABLE),
+    (StorageError, Status.UNAVAILABLE),
+    (PermissionDenied, Status.PERMISSION_DENIED),
+]
+_ERROR_BY_STATUS: dict[Status, type[SpearError]] = {
+    Status.INVALID_ARGUMENT: InvalidArgument,
+    Status.NOT_FOUND: NotFound,
+    Status.ABORTED: Conflict,
+    Status.RESOURCE_EXHAUSTED: ResourceExhausted,
+    Status.UNAVAILABLE: Unavailable,
+    Status.DEADLINE_EXCEEDED: Unavailable,
+    Status.PERMISSION_DENIED: PermissionDenied,
+    Status.UNAUTHENTICATED: PermissionDenied,
+}
+
+
+def status_for(error: SpearError) -> Status:
+    for cls, status in _STATUS_BY_ERROR:
+        if isinstance(error, cls):
+            return status
+    return Status.INTERNAL
+
+
+# The spear error code a call's trailers carried, set by a channel event listener in the
+# task that made the call (see Client), read when that call's GRPCError is translated.
+received_error_code: contextvars.ContextVar[str | None] = contextvars.ContextVar(
+    "spear_received_error_code", default=None
+)
+
+
+def error_from_grpc(exc: GRPCError, address: str) -> SpearError:
+    code = received_error_code.get()
+    received_error_code.set(None)
+    message = exc.message or exc.status.name.lower()
+    if code:
+        return error_from_code(code, message)
+    if exc.status is Status.UNAVAILABLE and not exc.message:
+        message = f"node {address} is unavailable"
+    return _ERROR_BY_STATUS.get(exc.status, SpearError)(message)
+
+
+@contextlib.contextmanager
+def client_errors(address: str) -> Iterator[None]:
+    """Translate what a gRPC call can raise into spear's errors."""
+    received_error_code.set(None)
+    try:
+        yield
+    except GRPCError as exc:
+        raise error_from_grpc(exc, address) from None
+    except StreamTerminatedError as exc:
+        raise Unavailable(f"the connection to node {address} broke: {exc}") from None
+    except (ConnectionError, OSError) as exc:
+        reason = getattr(exc, "strerror", None) or str(exc) or type(exc).__name__
+        raise Unavailable(f"cannot reach node {address}: {reason}") from None
+
+
+class LimitedCodec(ProtoCodec):
+    """The protobuf codec, refusing any message larger than `max_bytes` either way."""
+
+    def __init__(self, max_bytes: int = DEFAULT_MAX_MESSAGE_BYTES) -> None:
+        self.max_bytes = max_bytes
+
+    def encode(self, message: Any, message_type: Any) -> bytes:
+        data = super().encode(message, message_type)
+        if len(data) > self.max_bytes:
+            raise GRPCError(
+                Status.RESOURCE_EXHAUSTED,
+                f"message of {len(data)} bytes exceeds the limit of {self.max_bytes} bytes",
+            )
+        return data
+
+    def decode(self, data: bytes, message_type: Any) -> Any:
+        if len(data) > self.max_bytes:
+            raise GRPCError(
+                Status.RESOURCE_EXHAUSTED,
+                f"message of {len(data)} bytes exceeds the limit of {self.max_bytes} bytes",
+            )
+        return super().decode(data, message_type)

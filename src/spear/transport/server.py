@@ -1,0 +1,376 @@
+"""The gRPC server of a SPEARlet: spear.v1.Spearlet over any `NodeAPI`, plus the standard
+grpc.health.v1 and server reflection services beside it (grpclib).
+
+`serve_spearlet(node, "127.0.0.1:0")` starts one on a Spearlet and reports the address it
+bound; `SpearletServer` wraps any `NodeAPI` (a node that forwards or proxies, too).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import socket
+import time
+from typing import TYPE_CHECKING, Any
+
+from grpclib.exceptions import GRPCError
+from grpclib.health.check import ServiceStatus
+from grpclib.health.service import Health
+from grpclib.server import Server
+from loguru import logger
+
+from spear._inprocess import InProcessNode
+from spear.core.artifacts import ArtifactStore
+from spear.errors import InvalidArgument, ResourceExhausted, SpearError
+from spear.transport import _convert as cv
+from spear.transport._gen.spear import v1
+from spear.transport._status import (
+    CHUNK_BYTES,
+    DEFAULT_MAX_MESSAGE_BYTES,
+    ERROR_CODE_KEY,
+    LimitedCodec,
+    status_for,
+)
+
+if TYPE_CHECKING:
+    from collections.abc import AsyncIterator, Awaitable, Callable
+
+    from grpclib.const import Handler
+    from grpclib.server import Stream
+
+    from spear._api import NodeAPI
+    from spear.core.models import FunctionSpec, Task
+    from spear.core.node import Spearlet
+
+SERVICE_NAME = "spear.v1.Spearlet"
+
+
+def parse_listen(listen: str) -> tuple[str, int]:
+    """'HOST:PORT', '[V6]:PORT', ':PORT' or 'PORT' -> (host, port)."""
+    host, sep, port = listen.rpartition(":")
+    if not sep:
+        host, port = "", listen
+    host = host.strip("[]") or "127.0.0.1"
+    try:
+        number = int(port)
+    except ValueError:
+        raise InvalidArgument(f"--listen expects HOST:PORT, got {listen!r}") from None
+    if not 0 <= number <= 65535:
+        raise InvalidArgument(f"--listen: port {number} is out of range")
+    return host, number
+
+
+def format_address(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def _chunks(data: bytes, size: int = CHUNK_BYTES) -> list[bytes]:
+    return [data[i : i + size] for i in range(0, len(data), size)] or [b""]
+
+
+class SpearletService(v1.SpearletBase):
+    """spear.v1.Spearlet: converts messages at the boundary and calls the `NodeAPI`."""
+
+    def __init__(self, api: NodeAPI, artifacts: ArtifactStore, object_max_bytes: int) -> None:
+        self.api = api
+        self.artifacts = artifacts
+        self.object_max_bytes = object_max_bytes
+
+    def __mapping__(self) -> dict[str, Handler]:
+        return {
+            name: handler._replace(func=self._guard(name, handler.func))
+            for name, handler in super().__mapping__().items()
+        }
+
+    @staticmethod
+    def _guard(
+        name: str, func: Callable[[Stream[Any, Any]], Awaitable[None]]
+    ) -> Callable[[Stream[Any, Any]], Awaitable[None]]:
+        """Answer a SpearError with its status and code; log every call to the system log."""
+
+        async def handle(stream: Stream[Any, Any]) -> None:
+            start = time.perf_counter()
+            outcome = "OK"
+            try:
+                await func(stream)
+            except SpearError as exc:
+                outcome = exc.code
+                await stream.send_trailing_metadata(
+                    status=status_for(exc),
+                    status_message=str(exc),
+                    metadata={ERROR_CODE_KEY: exc.code},
+                )
+            except GRPCError as exc:
+                outcome = exc.status.name
+                raise
+            finally:
+                logger.debug(
+                    "rpc {} {} in {:.2f} ms", name, outcome, (time.perf_counter() - start) * 1e3
+                )
+
+        return handle
+
+    # -- tasks -----------------------------------------------------------------------
+
+    async def _resolve(self, request: v1.SubmitTaskRequest) -> FunctionSpec:
+        spec = cv.spec_from_wire(request.spec)
+        if request.artifact_digest:
+            path = self.artifacts.path(request.artifact_digest)
+            return dataclasses.replace(spec, artifact=str(path))
+        if request.artifact_object:
+            data, _ = await self.api.get_object(request.artifact_object)
+            digest = hashlib.sha256(data).hexdigest()
+            found = self.artifacts.find(digest)
+            if found is None:
+
+                async def one() -> AsyncIterator[bytes]:
+                    yield data
+
+                name = spec.artifact or request.artifact_object
+                found = await self.artifacts.store(digest, name, len(data), one())
+            return dataclasses.replace(spec, artifact=str(found))
+        return spec
+
+    async def _submit(self, request: v1.SubmitTaskRequest) -> Task:
+        spec = await self._resolve(request)
+        handle = await self.api.submit(spec, stdin=request.stdin or None)
+        logger.info("task {} submitted ({})", handle.id, spec.artifact)
+        return await self.api.wait(handle.id) if request.wait else handle.task
+
+    async def submit_task(self, message: v1.SubmitTaskRequest) -> v1.TaskInfo:
+        return cv.task_to_wire(await self._submit(message))
+
+    async def submit_tasks(self, message: v1.SubmitTasksRequest) -> v1.SubmitTasksResponse:
+        outcomes: list[Task | SpearError] = []
+        for request in message.tasks:
+            try:
+                outcomes.append(await self._submit(dataclasses.replace(request, wait=False)))
+            except SpearError as exc:
+                outcomes.append(exc)
+        waited: list[v1.SubmitOutcome] = []
+        for request, outcome in zip(message.tasks, outcomes, strict=True):
+            if isinstance(outcome, SpearError):
+                error = v1.Error(code=outcome.code, message=str(outcome))
+                waited.append(v1.SubmitOutcome(error=error))
+                continue
+            task = await self.api.wait(outcome.id) if request.wait else outcome
+            waited.append(v1.SubmitOutcome(task=cv.task_to_wire(task)))
+        return v1.SubmitTasksResponse(outcomes=waited)
+
+    async def get_task(self, message: v1.GetTaskRequest) -> v1.TaskInfo:
+        return cv.task_to_wire(await self.api.task(message.task_id))
+
+    async def list_tasks(self, message: v1.ListTasksRequest) -> v1.ListTasksResponse:
+        state = cv.state_from_wire(message.state)
+        found = await self.api.tasks(state, message.limit or None)
+        return v1.ListTasksResponse(tasks=[cv.task_to_wire(t) for t in found])
+
+    async def watch_task(self, message: v1.WatchTaskRequest) -> AsyncIterator[v1.TaskInfo]:
+        async for task in self.api.watch(message.task_id):
+            yield cv.task_to_wire(task)
+
+    async def cancel_task(self, message: v1.CancelTaskRequest) -> v1.TaskInfo:
+        task = await self.api.cancel(message.task_id, message.reason or "cancelled")
+        logger.info("task {} cancelled by a client: {}", task.id, task.reason)
+        return cv.task_to_wire(task)
+
+    async def get_result(self, message: v1.GetResultRequest) -> AsyncIterator[v1.ResultChunk]:
+        result = await self.api.result(message.task_id, wait=message.wait)
+        for i, piece in enumerate(_chunks(result.output)):
+            task = cv.task_to_wire(result.task) if i == 0 else None
+            yield v1.ResultChunk(task=task, data=piece)
+
+    async def stream_logs(self, message: v1.StreamLogsRequest) -> AsyncIterator[v1.LogChunk]:
+        async for chunk in self.api.logs(
+            message.task_id, tuple(message.streams), follow=message.follow
+        ):
+            for i in range(0, max(len(chunk.data), 1), CHUNK_BYTES):
+                piece = chunk.data[i : i + CHUNK_BYTES]
+                yield v1.LogChunk(stream=chunk.stream, data=piece, offset=chunk.offset + i)
+
+    # -- artifacts -------------------------------------------------------------------
+
+    async def upload_artifact(self, messages: AsyncIterator[v1.ArtifactChunk]) -> v1.ArtifactRef:
+        first = await anext(messages, None)
+        if first is None:
+            raise InvalidArgument("an artifact upload needs at least one message")
+
+        async def data() -> AsyncIterator[bytes]:
+            yield first.data
+            async for chunk in messages:
+                yield chunk.data
+
+        path = await self.artifacts.store(first.digest, first.name, first.size, data())
+        logger.info("artifact sha256:{} stored as {}", first.digest, path)
+        return v1.ArtifactRef(digest=first.digest)
+
+    async def has_artifact(self, message: v1.ArtifactRef) -> v1.HasArtifactResponse:
+        return v1.HasArtifactResponse(present=self.artifacts.find(message.digest) is not None)
+
+    # -- the node --------------------------------------------------------------------
+
+    async def get_node_info(self, message: v1.GetNodeInfoRequest) -> v1.NodeInfo:
+        return cv.node_to_wire(await self.api.node_info())
+
+    # -- objects ---------------------------------------------------------------------
+
+    async def put_object(self, messages: AsyncIterator[v1.ObjectChunk]) -> v1.ObjectInfo:
+        first = await anext(messages, None)
+        if first is None or not first.key:
+            raise InvalidArgument("an object upload starts with a message naming its key")
+        parts = [first.data]
+        size = len(first.data)
+        async for chunk in messages:
+            size += len(chunk.data)
+            if size > self.object_max_bytes:
+                raise ResourceExhausted(
+                    f"object exceeds the limit of {self.object_max_bytes} bytes"
+                )
+            parts.append(chunk.data)
+        info = await self.api.put_object(
+            first.key, b"".join(parts), expected_version=first.expected_version
+        )
+        return cv.object_to_wire(info)
+
+    async def get_object(self, message: v1.GetObjectRequest) -> AsyncIterator[v1.ObjectChunk]:
+        data, info = await self.api.get_object(message.key)
+        for i, piece in enumerate(_chunks(data)):
+            yield v1.ObjectChunk(
+                key=message.key, data=piece, info=cv.object_to_wire(info) if i == 0 else None
+            )
+
+    async def list_objects(self, message: v1.ListObjectsRequest) -> v1.ListObjectsResponse:
+        found = await self.api.list_objects(message.prefix)
+        return v1.ListObjectsResponse(objects=[cv.object_to_wire(o) for o in found])
+
+    async def delete_object(self, message: v1.ObjectKeyRequest) -> v1.DeleteObjectResponse:
+        return v1.DeleteObjectResponse(deleted=await self.api.delete_object(message.key))
+
+    async def add_object_ref(self, message: v1.ObjectKeyRequest) -> v1.ObjectInfo:
+        return cv.object_to_wire(await self.api.add_object_ref(message.key))
+
+    async def remove_object_ref(self, message: v1.ObjectKeyRequest) -> v1.ObjectInfo:
+        return cv.object_to_wire(await self.api.remove_object_ref(message.key))
+
+    async def pin_object(self, message: v1.ObjectKeyRequest) -> v1.ObjectInfo:
+        return cv.object_to_wire(await self.api.pin_object(message.key))
+
+    async def unpin_object(self, message: v1.ObjectKeyRequest) -> v1.ObjectInfo:
+        return cv.object_to_wire(await self.api.unpin_object(message.key))
+
+
+def _reflection_services(service_names: list[str]) -> list[Any]:
+    """Server reflection (v1 and v1alpha) over our descriptors and the standard services'."""
+    from importlib import resources
+
+    from google.protobuf import descriptor_pb2, descriptor_pool  # type: ignore[import-untyped]
+    from grpclib.health.v1 import health_pb2
+    from grpclib.reflection.service import ServerReflection
+    from grpclib.reflection.v1 import reflection_pb2
+    from grpclib.reflection.v1alpha import reflection_pb2 as reflection_v1alpha_pb2
+
+    from grpclib.reflection._deprecated import (  # isort: skip
+        ServerReflection as ServerReflectionV1Alpha,
+    )
+
+    pool = descriptor_pool.DescriptorPool()
+    raw = resources.files("spear.transport._gen").joinpath("descriptors.binpb").read_bytes()
+    for proto in descriptor_pb2.FileDescriptorSet.FromString(raw).file:
+        pool.Add(proto)
+    for module in (health_pb2, reflection_pb2, reflection_v1alpha_pb2):
+        pool.AddSerializedFile(module.DESCRIPTOR.serialized_pb)
+    names = [
+        *service_names,
+        "grpc.reflection.v1.ServerReflection",
+        "grpc.reflection.v1alpha.ServerReflection",
+    ]
+    return [
+        ServerReflection(_service_names=names, _pool=pool),
+        ServerReflectionV1Alpha(_service_names=names, _pool=pool),
+    ]
+
+
+class SpearletServer:
+    """spear.v1.Spearlet, health and reflection on one port. `start` reports the address."""
+
+    def __init__(
+        self,
+        api: NodeAPI,
+        artifacts: ArtifactStore,
+        *,
+        max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
+        object_max_bytes: int = 1024**3,
+    ) -> None:
+        self.api = api
+        self.max_message_bytes = max_message_bytes
+        self.service = SpearletService(api, artifacts, object_max_bytes)
+        self._serving = ServiceStatus()
+        self._serving.set(True)
+        health = Health({self.service: [self._serving]})
+        self._server = Server(
+            [self.service, health, *_reflection_services([SERVICE_NAME, "grpc.health.v1.Health"])],
+            codec=LimitedCodec(max_message_bytes),
+        )
+        self.address: str | None = None
+
+    async def start(self, listen: str) -> str:
+        """Bind `listen` (port 0 picks a free port) and serve; returns the bound address."""
+        host, port = parse_listen(listen)
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        # IPPROTO_TCP explicitly: grpclib turns Nagle off only on sockets that say TCP, and
+        # with Nagle on, every small reply waits ~40 ms for a delayed ACK.
+        sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.bind((host, port))
+            sock.listen(512)
+        except OSError as exc:
+            sock.close()
+            raise InvalidArgument(f"cannot listen on {listen}: {exc.strerror or exc}") from None
+        await self._server.start(sock=sock)
+        bound_host, bound_port = sock.getsockname()[:2]
+        self.address = format_address(bound_host, bound_port)
+        logger.info("serving spear.v1.Spearlet on {}", self.address)
+        return self.address
+
+    def set_serving(self, serving: bool) -> None:
+        """What health checks answer: SERVING, or NOT_SERVING while the node drains."""
+        self._serving.set(serving)
+
+    async def close(self) -> None:
+        """Stop accepting calls and end the running ones. Safe to call twice."""
+        if self.address is None:
+            return
+        self.address = None
+        self._server.close()
+        await self._server.wait_closed()
+
+    async def __aenter__(self) -> SpearletServer:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+
+async def serve_spearlet(
+    node: Spearlet | InProcessNode,
+    listen: str,
+    *,
+    max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
+) -> SpearletServer:
+    """Serve a started node on `listen`; `.address` of the result is the bound address."""
+    api = node if isinstance(node, InProcessNode) else InProcessNode(node)
+    settings = api.node.settings
+    api.max_message_bytes = max_message_bytes
+    artifacts = ArtifactStore(settings.data_dir / "artifacts", settings.object_max_bytes)
+    server = SpearletServer(
+        api,
+        artifacts,
+        max_message_bytes=max_message_bytes,
+        object_max_bytes=settings.object_max_bytes,
+    )
+    api.address = await server.start(listen)
+    return server
+
+
+__all__ = ["SERVICE_NAME", "SpearletServer", "SpearletService", "serve_spearlet"]
