@@ -71,6 +71,10 @@ class Settings:
     task_log_max_bytes: int = 64 * 1024 * 1024
     object_max_bytes: int = 1024**3
     object_store_capacity_bytes: int = 16 * 1024**3
+    object_gc_grace_s: float = 86400.0  # an unreferenced, unpinned object lives this long idle
+    object_gc_interval_s: float = 60.0  # how often a node sweeps (0: never; `spear obj gc`)
+    stream_queue_messages: int = 64  # per direction, per task: then -EAGAIN / backpressure
+    stream_message_max_bytes: int = 1024**2
     listen: str = "127.0.0.1:7070"
     sms: str | None = None
     extra: Mapping[str, Any] = dataclasses.field(default_factory=dict)

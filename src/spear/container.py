@@ -60,13 +60,38 @@ def local_components(settings: Settings, *, hold_kv: bool = True) -> dict[str, A
         )
     }
     logs = TaskLogs(settings.tasks_log_dir, settings.task_log_max_bytes)
+    services: dict[str, Any] = {
+        "objects": _object_store(settings, kv),
+        "streams": _streams(settings),
+    }
     return {
+        "services": services,
         "settings": settings,
         "kv": kv,
         "agents": agents,
         "logs": logs,
         "capacity": _machine_capacity(settings),
     }
+
+
+def _object_store(settings: Settings, kv: Any) -> Any:
+    from spear.store.objects import ObjectStore
+
+    return ObjectStore(
+        kv,
+        settings.data_dir / "objects",
+        max_bytes=settings.object_max_bytes,
+        capacity_bytes=settings.object_store_capacity_bytes,
+        gc_grace_s=settings.object_gc_grace_s,
+        gc_interval_s=settings.object_gc_interval_s,
+        sync=settings.kv_sync,
+    )
+
+
+def _streams(settings: Settings) -> Any:
+    from spear.core.streams import StreamRegistry
+
+    return StreamRegistry(settings.stream_queue_messages, settings.stream_message_max_bytes)
 
 
 def build_local_node(settings: Settings, *, hold_kv: bool = True) -> Spearlet:

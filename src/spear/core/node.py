@@ -20,8 +20,10 @@ if TYPE_CHECKING:
     from spear.config import Settings
     from spear.core.logs import TaskLogs
     from spear.core.models import FunctionSpec, Resources, Task, TaskState
+    from spear.core.streams import TaskHandle
     from spear.runtimes.base import WorkerAgent
     from spear.store.kv import KV
+    from spear.store.objects import ObjectStore
 
 
 class NodeState(StrEnum):
@@ -71,6 +73,9 @@ class Spearlet:
                 await stack.enter_async_context(agent)
             self._tg = await stack.enter_async_context(anyio.create_task_group())
             self.controller.bind(self._tg)
+            for service in self.services.values():  # e.g. the object store, streams
+                if hasattr(service, "serve_node"):
+                    await stack.enter_async_context(service.serve_node(self, self._tg))
             lost = await self.tasks_store.recover_lost()
             if lost:
                 logger.warning("marked {} unfinished task(s) of dead processes as lost", len(lost))
@@ -150,6 +155,21 @@ class Spearlet:
 
     async def tasks(self, state: TaskState | None = None, limit: int | None = None) -> list[Task]:
         return await self.tasks_store.list_tasks(state, limit)
+
+    @property
+    def objects(self) -> ObjectStore:
+        """The node's object store (seed §6)."""
+        store: ObjectStore = self.services["objects"]
+        return store
+
+    async def start_task(self, spec: FunctionSpec, *, stdin: bytes | None = None) -> TaskHandle:
+        """Start a task whose caller stream is ours: send it messages, read its messages."""
+        from spear.core.streams import TaskHandle
+
+        task = await self.controller.submit(spec, stdin=stdin)
+        # No await between submit and attach: the task cannot run before its streams exist.
+        streams = self.services["streams"].attach(task.id)
+        return TaskHandle(self, task, streams)
 
     async def logs_of(self, task_id: str, stream: str = "stdout") -> bytes:
         await self.tasks_store.get(task_id)  # NotFound for an unknown id

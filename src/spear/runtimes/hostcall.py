@@ -14,6 +14,7 @@ found in a thread-local bound around the guest's entry point (`bound`).
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import errno
 import struct
 import threading
@@ -21,6 +22,9 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import wasmtime
+from loguru import logger
+
+from spear.runtimes.hostops import HostError
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterator
@@ -38,12 +42,30 @@ class GuestFault(Exception):
     """A guest pointer or length outside its memory (answered with -EFAULT)."""
 
 
-class HostcallError(Exception):
-    """An expected failure with its errno (answered with -errno)."""
+# An expected failure with its errno (answered with minus its WASI number).
+HostcallError = HostError
 
-    def __init__(self, err: int, message: str = "") -> None:
-        super().__init__(message or errno.errorcode.get(err, str(err)))
-        self.errno = err
+# Guests are compiled against wasi-libc, whose <errno.h> has WASI preview 1's numbers
+# (EAGAIN 6, EINVAL 28, ...), not Linux's: a hostcall answers -EAGAIN as the guest sees it.
+_WASI_ERRNO: dict[int, int] = {
+    getattr(errno, name): number
+    for number, name in enumerate(
+        "_ E2BIG EACCES EADDRINUSE EADDRNOTAVAIL EAFNOSUPPORT EAGAIN EALREADY EBADF EBADMSG "
+        "EBUSY ECANCELED ECHILD ECONNABORTED ECONNREFUSED ECONNRESET EDEADLK EDESTADDRREQ "
+        "EDOM EDQUOT EEXIST EFAULT EFBIG EHOSTUNREACH EIDRM EILSEQ EINPROGRESS EINTR EINVAL "
+        "EIO EISCONN EISDIR ELOOP EMFILE EMLINK EMSGSIZE EMULTIHOP ENAMETOOLONG ENETDOWN "
+        "ENETRESET ENETUNREACH ENFILE ENOBUFS ENODEV ENOENT ENOEXEC ENOLCK ENOLINK ENOMEM "
+        "ENOMSG ENOPROTOOPT ENOSPC ENOSYS ENOTCONN ENOTDIR ENOTEMPTY ENOTRECOVERABLE ENOTSOCK "
+        "ENOTSUP ENOTTY ENXIO EOVERFLOW EOWNERDEAD EPERM EPIPE EPROTO EPROTONOSUPPORT "
+        "EPROTOTYPE ERANGE EROFS ESPIPE ESRCH ESTALE ETIMEDOUT ETXTBSY EXDEV".split()
+    )
+    if name != "_"
+}
+
+
+def wasi_errno(err: int) -> int:
+    """The WASI preview 1 number of a Python (host) errno; EIO if WASI has none."""
+    return _WASI_ERRNO.get(err, _WASI_ERRNO[errno.EIO])
 
 
 _local = threading.local()
@@ -81,13 +103,23 @@ class GuestMemory:
         if ptr < 0 or length < 0 or ptr + length > self._size:
             raise GuestFault(f"range {ptr}+{length} outside memory of {self._size} bytes")
 
+    def view(self, ptr: int, length: int) -> memoryview:
+        """The guest's bytes [ptr, ptr+length) in place: valid only during this hostcall."""
+        self._check(ptr, length)
+        if length == 0:
+            return memoryview(b"")
+        base = ctypes.addressof(self._mem.data_ptr(self._store).contents)
+        return memoryview((ctypes.c_ubyte * length).from_address(base + ptr)).cast("B")
+
     def read(self, ptr: int, length: int) -> bytes:
         self._check(ptr, length)
         return bytes(self._mem.read(self._store, ptr, ptr + length))
 
     def write(self, ptr: int, data: bytes | bytearray | memoryview) -> None:
-        self._check(ptr, len(data))
-        self._mem.write(self._store, data if not isinstance(data, memoryview) else bytes(data), ptr)
+        length = memoryview(data).nbytes
+        self._check(ptr, length)
+        if length:
+            self.view(ptr, length)[:] = memoryview(data).cast("B")
 
     def read_u32(self, ptr: int) -> int:
         return int(struct.unpack("<I", self.read(ptr, 4))[0])
@@ -109,7 +141,7 @@ class GuestMemory:
         capacity = self.read_u32(out_len_ptr)
         self.write_u32(out_len_ptr, len(data))
         if len(data) > capacity:
-            return -errno.ENOSPC
+            return -wasi_errno(errno.ENOSPC)
         self.write(out_ptr, data)
         return len(data)
 
@@ -144,9 +176,12 @@ def _adapt(defn: _Definition) -> Callable[..., Any]:
         try:
             return fn(GuestMemory(caller), current(), *args)
         except GuestFault:
-            return -errno.EFAULT
-        except HostcallError as exc:
-            return -exc.errno
+            return -wasi_errno(errno.EFAULT)
+        except HostError as exc:
+            return -wasi_errno(exc.errno)
+        except Exception:  # a host bug must fail this call, never the node
+            logger.exception("hostcall spear.{} failed", defn.name)
+            return -wasi_errno(errno.EIO)
 
     return call
 
@@ -166,7 +201,11 @@ def define_all(linker: wasmtime.Linker, engine: wasmtime.Engine) -> None:
 
 def _load_hostcall_modules() -> None:
     # Importing a module registers its hostcalls; each family lives in its own module.
-    from spear.runtimes import hostcalls_basic  # noqa: F401
+    from spear.runtimes import (  # noqa: F401
+        hostcalls_basic,
+        hostcalls_objects,
+        hostcalls_streams,
+    )
 
 
 def registered() -> list[str]:

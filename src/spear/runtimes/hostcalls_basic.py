@@ -5,14 +5,12 @@ from __future__ import annotations
 import errno
 from typing import TYPE_CHECKING
 
+from spear.runtimes import hostops
 from spear.runtimes.hostcall import ABI_VERSION, I32, HostcallError, hostcall
 
 if TYPE_CHECKING:
     from spear.runtimes.base import TaskContext
     from spear.runtimes.hostcall import GuestMemory
-
-LOG_LEVELS = ("TRACE", "DEBUG", "INFO", "WARNING", "ERROR")
-MAX_LOG_MESSAGE = 64 * 1024
 
 
 @hostcall("abi_version", ())
@@ -24,10 +22,7 @@ def abi_version(mem: GuestMemory, ctx: TaskContext) -> int:
 @hostcall("log", (I32, I32, I32))
 def log(mem: GuestMemory, ctx: TaskContext, level: int, ptr: int, length: int) -> int:
     """Write one message at a level (0 trace .. 4 error) to the task's agent log."""
-    if not 0 <= level < len(LOG_LEVELS):
-        raise HostcallError(errno.EINVAL, "bad log level")
-    if length > MAX_LOG_MESSAGE:
+    if length > hostops.MAX_LOG_MESSAGE:
         raise HostcallError(errno.E2BIG, "log message too long")
-    message = mem.read(ptr, length).decode("utf-8", errors="replace")
-    ctx.agent_log(LOG_LEVELS[level], message)
+    hostops.log(ctx, level, mem.read(ptr, length).decode("utf-8", errors="replace"))
     return 0

@@ -1,0 +1,170 @@
+/* spear.h: the host functions a WebAssembly agent imports from spear (module "spear").
+ *
+ * The contract is docs/hostcalls.md. Build an agent with Debian's toolchain:
+ *     clang --target=wasm32-wasi -O2 -I sdk/c -o agent.wasm agent.c
+ *
+ * Conventions:
+ *   - a result >= 0 is success; a negative errno (wasi-libc's <errno.h> numbers:
+ *     -EAGAIN, -EINVAL, -ENOSPC, -EPIPE, ...) is an expected failure, never a trap;
+ *   - a call that fills a buffer takes (out, out_len): *out_len is the capacity going in
+ *     and the length coming out; when the buffer is too small the call returns -ENOSPC
+ *     with the length needed in *out_len (and consumes nothing);
+ *   - streams are integer handles in the task's handle table; spear_poll waits for
+ *     readiness over many of them (level-triggered, like poll(2));
+ *   - a bad pointer or length is -EFAULT (or -EINVAL), never a crash of the host.
+ */
+#ifndef SPEAR_H
+#define SPEAR_H
+
+#include <errno.h>
+#include <stdint.h>
+#include <string.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* The ABI this header describes; spear_abi_version() is the host's. */
+#define SPEAR_ABI_VERSION 1
+
+#define SPEAR_IMPORT(name) __attribute__((import_module("spear"), import_name(name)))
+
+/* -- basics --------------------------------------------------------------------- */
+
+enum { SPEAR_LOG_TRACE = 0, SPEAR_LOG_DEBUG, SPEAR_LOG_INFO, SPEAR_LOG_WARNING, SPEAR_LOG_ERROR };
+
+SPEAR_IMPORT("abi_version") int32_t spear_abi_version(void);
+/* Append one message to the task's agent log (`spear logs ID --stream agent`). */
+SPEAR_IMPORT("log") int32_t spear_log(int32_t level, const char *msg, uint32_t len);
+
+/* -- objects --------------------------------------------------------------------- */
+
+/* expected_version for puts and deletes */
+#define SPEAR_ANY_VERSION ((int64_t)-1) /* unconditional */
+#define SPEAR_ABSENT ((int64_t)0)       /* only if the object does not exist */
+
+typedef struct spear_obj_info {
+    uint64_t size;
+    uint64_t version;
+    uint32_t refcount;
+    uint32_t pinned;
+} spear_obj_info_t;
+
+/* Write an object. Returns 0 and the new version in *version_out (if not NULL);
+ * -ESTALE when the object is not at expected_version (nothing changed), -EFBIG over the
+ * maximum object size, -EDQUOT when the store is full, -EINVAL for a bad key. */
+SPEAR_IMPORT("obj_put")
+int32_t spear_obj_put(const char *key, uint32_t key_len, const void *value, uint32_t len,
+                      int64_t expected_version, uint64_t *version_out);
+/* Read an object into (out, *out_len): its length; -ENOENT; -ENOSPC (needed in *out_len). */
+SPEAR_IMPORT("obj_get")
+int32_t spear_obj_get(const char *key, uint32_t key_len, void *out, uint32_t *out_len,
+                      uint64_t *version_out);
+SPEAR_IMPORT("obj_info")
+int32_t spear_obj_info(const char *key, uint32_t key_len, spear_obj_info_t *out);
+/* Keys under a prefix, each followed by a NUL: returns their number. */
+SPEAR_IMPORT("obj_list")
+int32_t spear_obj_list(const char *prefix, uint32_t prefix_len, char *out, uint32_t *out_len);
+/* -EBUSY while pinned or referenced; -ESTALE when not at expected_version. */
+SPEAR_IMPORT("obj_delete")
+int32_t spear_obj_delete(const char *key, uint32_t key_len, int64_t expected_version);
+/* References held by this task are released when it ends. Return the new count. */
+SPEAR_IMPORT("obj_add_ref") int32_t spear_obj_add_ref(const char *key, uint32_t key_len);
+SPEAR_IMPORT("obj_remove_ref") int32_t spear_obj_remove_ref(const char *key, uint32_t key_len);
+SPEAR_IMPORT("obj_pin") int32_t spear_obj_pin(const char *key, uint32_t key_len);
+SPEAR_IMPORT("obj_unpin") int32_t spear_obj_unpin(const char *key, uint32_t key_len);
+/* The task's result object (results/<task id>) instead of its stdout. */
+SPEAR_IMPORT("result_set") int32_t spear_result_set(const void *value, uint32_t len);
+
+/* -- streams and readiness -------------------------------------------------------- */
+
+#define SPEAR_POLLIN 0x1
+#define SPEAR_POLLOUT 0x4
+#define SPEAR_POLLERR 0x8
+#define SPEAR_POLLHUP 0x10
+#define SPEAR_POLLNVAL 0x20
+
+typedef struct spear_pollfd {
+    int32_t handle;
+    int16_t events;  /* SPEAR_POLLIN | SPEAR_POLLOUT */
+    int16_t revents; /* filled by spear_poll */
+} spear_pollfd_t;
+
+/* The handle of this task's caller stream (messages in from, and out to, its caller). */
+SPEAR_IMPORT("stream_caller") int32_t spear_stream_caller(void);
+/* The next message: its length; -EAGAIN none yet; -EPIPE the input ended; -ENOSPC. */
+SPEAR_IMPORT("stream_read")
+int32_t spear_stream_read(int32_t handle, void *out, uint32_t *out_len);
+/* Send one message: its length; -EAGAIN queue full (wait for POLLOUT); -EPIPE no reader;
+ * -EMSGSIZE over the maximum message size. */
+SPEAR_IMPORT("stream_write")
+int32_t spear_stream_write(int32_t handle, const void *msg, uint32_t len);
+/* Close a handle; closing the caller stream ends the task's output. */
+SPEAR_IMPORT("close") int32_t spear_close(int32_t handle);
+/* Wait until one entry is ready (timeout_ms < 0: forever; 0: just look). Returns how
+ * many are ready, 0 on timeout, -ECANCELED if the task is being stopped. */
+SPEAR_IMPORT("poll") int32_t spear_poll(spear_pollfd_t *fds, uint32_t n, int32_t timeout_ms);
+
+/* -- time -------------------------------------------------------------------------- */
+
+#define SPEAR_CLOCK_REALTIME 0
+#define SPEAR_CLOCK_MONOTONIC 1
+SPEAR_IMPORT("time_now") int32_t spear_time_now(int32_t clock, uint64_t *nanos_out);
+/* Sleep without holding up the node; -ECANCELED if the task is being stopped. */
+SPEAR_IMPORT("sleep") int32_t spear_sleep(int64_t nanos);
+
+/* -- helpers (header only) ---------------------------------------------------------- */
+
+/* 0 if the host speaks this header's ABI, else -ENOTSUP (after logging why). */
+static inline int spear_check_abi(void) {
+    if (spear_abi_version() != SPEAR_ABI_VERSION) {
+        static const char msg[] = "spear.h ABI version does not match the host's";
+        spear_log(SPEAR_LOG_ERROR, msg, sizeof msg - 1);
+        return -ENOTSUP;
+    }
+    return 0;
+}
+
+/* Wait until `handle` has `events` ready (or an error / hang-up). */
+static inline int32_t spear_wait(int32_t handle, int16_t events, int32_t timeout_ms) {
+    spear_pollfd_t fd = {handle, events, 0};
+    int32_t r = spear_poll(&fd, 1, timeout_ms);
+    return r < 0 ? r : fd.revents;
+}
+
+/* Blocking read of the next message: its length, -EPIPE at the end, -ENOSPC if too long. */
+static inline int32_t spear_stream_recv(int32_t handle, void *out, uint32_t *out_len) {
+    uint32_t cap = *out_len;
+    for (;;) {
+        *out_len = cap;
+        int32_t r = spear_stream_read(handle, out, out_len);
+        if (r != -EAGAIN) return r;
+        r = spear_wait(handle, SPEAR_POLLIN, -1);
+        if (r < 0) return r;
+    }
+}
+
+/* Blocking write of one message (waits while the caller's queue is full). */
+static inline int32_t spear_stream_send(int32_t handle, const void *msg, uint32_t len) {
+    for (;;) {
+        int32_t r = spear_stream_write(handle, msg, len);
+        if (r != -EAGAIN) return r;
+        r = spear_wait(handle, SPEAR_POLLOUT, -1);
+        if (r < 0) return r;
+    }
+}
+
+static inline int32_t spear_put_str(const char *key, const void *value, uint32_t len,
+                                    int64_t expected_version, uint64_t *version_out) {
+    return spear_obj_put(key, (uint32_t)strlen(key), value, len, expected_version, version_out);
+}
+
+static inline int32_t spear_get_str(const char *key, void *out, uint32_t *out_len,
+                                    uint64_t *version_out) {
+    return spear_obj_get(key, (uint32_t)strlen(key), out, out_len, version_out);
+}
+
+#ifdef __cplusplus
+}
+#endif
+#endif /* SPEAR_H */
