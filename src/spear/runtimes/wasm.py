@@ -144,6 +144,7 @@ class WasmWorkerAgent(WorkerAgent):
         self._cache_dir = cache_dir
         self._host_functions = [hostcall.define_all, *host_functions]
         self._flavors: dict[bool, _Flavor] = {}
+        self._prepared_for: dict[str, _Prepared] = {}  # task id -> what prepare() checked
         self._flavor_lock = threading.Lock()
         self._ticker = _Ticker([])
         self._limiter = anyio.CapacityLimiter(max_threads)
@@ -196,10 +197,18 @@ class WasmWorkerAgent(WorkerAgent):
 
     async def prepare(self, task: Task) -> None:
         # Compiling is slow and blocking: on a worker thread, like the directory checks.
-        await anyio.to_thread.run_sync(self._prepare_sync, task, limiter=self._limiter)
+        prepared = await anyio.to_thread.run_sync(self._prepare_sync, task, limiter=self._limiter)
+        # start() runs what was checked here, without reading and hashing the file again.
+        with self._flavor_lock:
+            if len(self._prepared_for) > 100_000:  # tasks prepared but never started
+                self._prepared_for.clear()
+            self._prepared_for[task.id] = prepared
 
     async def start(self, ctx: TaskContext) -> Execution:
-        prepared = self._prepare_sync(ctx.task)  # cached by prepare(): a lookup
+        with self._flavor_lock:
+            prepared = self._prepared_for.pop(ctx.task.id, None)
+        if prepared is None:
+            prepared = self._prepare_sync(ctx.task)
         flavor = self._flavor(ctx.task.spec.fuel is not None)
         return _WasmExecution(self, flavor, prepared, ctx)
 
