@@ -1,0 +1,298 @@
+"""Distributed mode from the command line: the SMS daemon, a SPEARlet joining a cluster,
+`spear nodes`.
+
+    spear serve --role sms [--listen HOST:PORT] [--kv leveldb:PATH | --kv etcd://HOST:PORT,...]
+    spear serve --role spearlet --sms HOST:PORT
+    spear nodes [--sms HOST:PORT] [--json]
+
+`spear serve` itself lives in cli_serve.py; it calls `serve_sms` and `joined_cluster` here.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import socket
+import sys
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any
+
+import anyio
+import typer
+from loguru import logger
+
+from spear.cli import ConfigOpt, DataDirOpt, JsonOpt, app
+from spear.config import Settings
+from spear.errors import InvalidArgument
+
+if TYPE_CHECKING:
+    from collections.abc import AsyncIterator
+
+    from spear.core.cluster import Cluster, NodeRecord
+    from spear.core.node import Spearlet
+    from spear.core.node_controller import NodeController
+    from spear.store.kv import KV
+
+SMS_ADDRESS_FILE = "sms.addr"
+
+
+# -- the SMS --------------------------------------------------------------------------
+
+
+async def open_sms_kv(spec: str | None, data_dir: Path) -> KV:
+    """`leveldb:PATH`, `etcd://HOST:PORT[,...]`, or None: LevelDB at DATA/sms.ldb."""
+    if spec is None or spec.startswith("leveldb:"):
+        from spear.container import prepare_data_dir
+        from spear.store.leveldb import LevelDBKV
+
+        path = Path(spec[len("leveldb:") :]) if spec else data_dir / "sms.ldb"
+        if spec is None:
+            prepare_data_dir(Settings(data_dir=data_dir))
+        if not str(path):
+            raise InvalidArgument("--kv leveldb: needs a path (leveldb:PATH)")
+        return LevelDBKV.open(str(path))
+    if spec.startswith("etcd://"):
+        from spear.store.etcd import EtcdKV
+
+        return await EtcdKV.connect(spec)
+    raise InvalidArgument(f"--kv expects leveldb:PATH or etcd://HOST:PORT[,...], got {spec!r}")
+
+
+async def serve_sms(settings: Settings, kv_spec: str | None) -> None:
+    """Run the metadata server until SIGINT/SIGTERM; prints its bound address first."""
+    from spear.core.cluster import ClusterTimings
+    from spear.core.sms import MetadataServer
+    from spear.transport.sms_server import SmsServer
+
+    timings = ClusterTimings.from_extra(settings.extra)
+    kv = await open_sms_kv(kv_spec, settings.data_dir)
+    async with kv:
+        sms = MetadataServer(kv, timings)
+        server = SmsServer(sms)
+        with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+            address = await server.start(settings.listen)
+            addr_path = settings.data_dir / SMS_ADDRESS_FILE
+            try:
+                settings.data_dir.mkdir(parents=True, exist_ok=True)
+                addr_path.write_text(address + "\n")
+                sys.stdout.write(address + "\n")
+                sys.stdout.flush()
+                logger.info("SMS serving on {} (pid {})", address, os.getpid())
+                async with anyio.create_task_group() as tg:
+                    tg.start_soon(sms.run_sweeper)
+                    async for _ in signals:
+                        break
+                    tg.cancel_scope.cancel()
+            finally:
+                with anyio.CancelScope(shield=True):
+                    with contextlib.suppress(OSError):
+                        if addr_path.read_text().strip() == address:
+                            addr_path.unlink()
+                    await server.close()
+    logger.info("SMS stopped")
+
+
+# -- a SPEARlet in a cluster ------------------------------------------------------------
+
+
+def node_name_for(settings: Settings) -> str:
+    """The cluster-wide name: `node_name` if set, else host name + a digest of the data dir."""
+    if settings.node_name != "local":
+        return settings.node_name
+    import hashlib
+
+    digest = hashlib.sha256(str(settings.data_dir.resolve()).encode()).hexdigest()[:8]
+    return f"{socket.gethostname()}-{digest}"
+
+
+def node_labels(settings: Settings) -> tuple[tuple[str, str], ...]:
+    """Labels from the settings file's `[labels]` table (or `labels = {k = "v"}`)."""
+    raw = settings.extra.get("labels", {})
+    if not isinstance(raw, dict):
+        raise InvalidArgument("setting labels must be a table of name = value")
+    return tuple(sorted((str(k), str(v)) for k, v in raw.items()))
+
+
+def describe_node(node: Spearlet, address: str) -> NodeRecord:
+    from spear.core.cluster import AgentInfo, NodeRecord
+    from spear.runtimes.wasm import wasmtime_version
+
+    agents = tuple(
+        AgentInfo(runtime, wasmtime_version() if runtime == "wasm" else "")
+        for runtime in sorted(node.agents)
+    )
+    return NodeRecord(
+        name=node.name,
+        address=address,
+        capacity=node.controller.capacity,
+        free=node.controller.free,
+        labels=node_labels(node.settings),
+        agents=agents,
+    )
+
+
+@contextlib.asynccontextmanager
+async def joined_cluster(
+    node: Spearlet, address: str, cluster: Cluster | None = None
+) -> AsyncIterator[NodeController | None]:
+    """While inside, `node` (serving on `address`) is a member of the cluster at
+    `settings.sms`: registered, heartbeating, reporting each task change. None in local mode.
+    """
+    from spear.core.cluster import ClusterTimings
+    from spear.core.node_controller import NodeController
+    from spear.core.task_reports import TaskReporter
+
+    settings = node.settings
+    if cluster is None:
+        if not settings.sms:
+            yield None
+            return
+        from spear.transport.sms_client import SmsClient
+
+        cluster = SmsClient(settings.sms)
+    timings = ClusterTimings.from_extra(settings.extra)
+
+    def load() -> Any:
+        return node.controller.free, node.controller.running_count, 0
+
+    controller = NodeController(cluster, lambda: describe_node(node, address), load, timings)
+    reporter = TaskReporter(cluster, node.kv, node.tasks_store)
+    try:
+        async with anyio.create_task_group() as tg:
+            await tg.start(reporter.run)
+            await tg.start(controller.run)
+            controller.on_registered = reporter.resync
+            try:
+                yield controller
+            finally:
+                tg.cancel_scope.cancel()
+                with anyio.CancelScope(shield=True):
+                    await controller.leave()
+    finally:
+        await cluster.aclose()
+
+
+# -- spear nodes ---------------------------------------------------------------------------
+
+
+def _find_sms(settings: Settings) -> str:
+    if settings.sms:
+        return settings.sms
+    try:
+        return (settings.data_dir / SMS_ADDRESS_FILE).read_text().strip()
+    except OSError:
+        raise InvalidArgument(
+            "no metadata server: pass --sms HOST:PORT (or set SPEAR_SMS)"
+        ) from None
+
+
+@app.command(help="List the nodes of the cluster (from the metadata server).")
+def nodes(
+    sms: Annotated[
+        str | None, typer.Option("--sms", help="Metadata server HOST:PORT [default: $SPEAR_SMS].")
+    ] = None,
+    data_dir: DataDirOpt = None,
+    config: ConfigOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    from spear.transport.sms_client import SmsClient
+
+    settings = Settings.load(config_file=config, data_dir=data_dir, sms=sms)
+    address = _find_sms(settings)
+
+    async def fetch() -> list[NodeRecord]:
+        client = SmsClient(address, timeout_s=10)
+        try:
+            return await client.nodes()
+        finally:
+            await client.aclose()
+
+    found = anyio.run(fetch)
+    if as_json:
+        sys.stdout.write(json.dumps([n.to_json() for n in found], indent=2) + "\n")
+        return
+    rows = [("NAME", "HEALTH", "ADDRESS", "RUNNING", "FREE CPU", "FREE MEM", "SEEN", "LABELS")]
+    now = time.time()
+    for n in found:
+        rows.append(
+            (
+                n.name,
+                n.health.value,
+                n.address,
+                str(n.running_tasks),
+                f"{n.free.cpu_millis}m",
+                f"{n.free.memory_bytes // (1024 * 1024)}Mi",
+                f"{max(0.0, now - n.last_heartbeat):.1f}s ago",
+                ",".join(f"{k}={v}" for k, v in n.labels),
+            )
+        )
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    for r in rows:
+        sys.stdout.write("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip())
+        sys.stdout.write("\n")
+
+
+# -- spear cluster up / down ------------------------------------------------------------
+
+cluster_app = typer.Typer(
+    help="A development cluster on this machine: SMS + N SPEARlets on loopback.",
+    no_args_is_help=True,
+)
+app.add_typer(cluster_app, name="cluster")
+
+
+def _default_base() -> Path:
+    return Path(os.environ.get("SPEAR_CLUSTER_DIR", "/tmp/spear-cluster"))
+
+
+@cluster_app.command("up", help="Start an SMS and N SPEARlets; prints their addresses.")
+def cluster_up(
+    nodes: Annotated[int, typer.Option("--nodes", help="How many SPEARlets.")] = 3,
+    etcd: Annotated[bool, typer.Option("--etcd", help="Keep the SMS's state in etcd.")] = False,
+    base: Annotated[Path | None, typer.Option("--dir", help="State directory.")] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    from spear.local_cluster import STATE_FILE, LocalCluster
+
+    if nodes < 1:
+        raise InvalidArgument("--nodes must be at least 1")
+    root = base or _default_base()
+    if (root / STATE_FILE).exists():
+        raise InvalidArgument(f"a cluster is already up under {root} (spear cluster down)")
+    cluster = LocalCluster(root, nodes=nodes, etcd=etcd)
+    try:
+        cluster.start()
+    except BaseException:
+        cluster.stop()
+        raise
+    assert cluster.sms is not None
+    info = {
+        "sms": cluster.sms.address,
+        "etcd": cluster.etcd_process.url if cluster.etcd_process else None,
+        "nodes": {m.name: m.address for m in cluster.members},
+        "dir": str(root),
+    }
+    if as_json:
+        sys.stdout.write(json.dumps(info, indent=2) + "\n")
+        return
+    sys.stdout.write(f"sms     {cluster.sms.address}\n")
+    if info["etcd"]:
+        sys.stdout.write(f"etcd    {info['etcd']}\n")
+    for m in cluster.members:
+        sys.stdout.write(f"{m.name:<7} {m.address}\n")
+    sys.stdout.write(
+        f"export SPEAR_SMS={cluster.sms.address} SPEAR_NODE={cluster.members[0].address}\n"
+    )
+
+
+@cluster_app.command("down", help="Stop the cluster `spear cluster up` started.")
+def cluster_down(
+    base: Annotated[Path | None, typer.Option("--dir", help="State directory.")] = None,
+) -> None:
+    from spear.local_cluster import stop_saved
+
+    count = stop_saved(base or _default_base())
+    sys.stdout.write(f"stopped {count} process(es)\n")

@@ -1,0 +1,330 @@
+"""The metadata server's logic (seed §2.2, §2.3): nodes, tasks, worker agents, objects.
+
+Everything lives in the KV; the object holds no state of its own beyond its KV handle and
+timings, so a restarted SMS (or a second one on the same etcd) loses nothing. Keys:
+
+    nodes/<name>                  a NodeRecord (JSON)
+    tasks/<id>                    a Task (JSON), as last reported
+    node-tasks/<node>/<id>        an unfinished task placed on <node> (for "node lost")
+    objects/<key>\\x00<node>       <node> holds object <key> (an ObjectLocation)
+
+Every read-modify-write is a compare-and-swap on the entry's version, so concurrent
+reports, heartbeats and sweeps never lose each other's changes.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+from typing import TYPE_CHECKING, Any
+
+import anyio
+from loguru import logger
+
+from spear.core.cluster import (
+    Candidate,
+    Cluster,
+    ClusterTimings,
+    NodeHealth,
+    NodeRecord,
+    ObjectLocation,
+    Placement,
+    PlacementQuery,
+)
+from spear.core.models import Task, TaskState
+from spear.errors import InvalidArgument, NotFound
+from spear.runtimes.base import EXIT_LOST
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    from spear.core.models import Resources
+    from spear.store.kv import KV
+
+_NODES = "nodes/"
+_TASKS = "tasks/"
+_NODE_TASKS = "node-tasks/"
+_OBJECTS = "objects/"
+_SEP = "\x00"
+
+NODE_LOST = "node lost"
+
+
+def _dump(data: dict[str, Any]) -> bytes:
+    return json.dumps(data, separators=(",", ":")).encode()
+
+
+class MetadataServer(Cluster):
+    """The SMS over a KV. `sweep()` applies heartbeat timeouts; `run_sweeper` loops it."""
+
+    def __init__(
+        self,
+        kv: KV,
+        timings: ClusterTimings | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.kv = kv
+        self.timings = timings or ClusterTimings()
+        self._clock = clock
+
+    # -- nodes ------------------------------------------------------------------------
+
+    async def _update_node(
+        self, name: str, change: Callable[[NodeRecord], NodeRecord | None]
+    ) -> NodeRecord | None:
+        """Apply `change` to a node's record by compare-and-swap; None if absent or refused."""
+        while True:
+            entry = await self.kv.get(_NODES + name)
+            if entry is None:
+                return None
+            new = change(NodeRecord.from_json(json.loads(entry.value)))
+            if new is None:
+                return None
+            if (
+                await self.kv.compare_and_swap(_NODES + name, _dump(new.to_json()), entry.version)
+                > 0
+            ):
+                return new
+
+    async def register(self, node: NodeRecord) -> NodeRecord:
+        if not node.name or not node.address:
+            raise InvalidArgument("a node needs a name and an address to register")
+        now = self._clock()
+        record = dataclasses.replace(
+            node, registered_at=now, last_heartbeat=now, health=NodeHealth.HEALTHY
+        )
+        previous = await self.kv.get(_NODES + node.name)
+        await self.kv.put(_NODES + node.name, _dump(record.to_json()))
+        if previous is not None:
+            old = NodeRecord.from_json(json.loads(previous.value))
+            if old.incarnation != node.incarnation and old.health.live:
+                # The node restarted before we noticed it died: its old tasks are gone.
+                await self._fail_tasks_of(node.name, NODE_LOST)
+        logger.info("node {} registered at {}", node.name, node.address)
+        return record
+
+    async def heartbeat(
+        self, name: str, incarnation: str, free: Resources, running: int, queued: int
+    ) -> NodeRecord | None:
+        now = self._clock()
+
+        def beat(rec: NodeRecord) -> NodeRecord | None:
+            if rec.incarnation != incarnation or not rec.health.live:
+                return None
+            return dataclasses.replace(
+                rec,
+                free=free,
+                running_tasks=running,
+                queued_tasks=queued,
+                last_heartbeat=now,
+                health=NodeHealth.HEALTHY,
+            )
+
+        return await self._update_node(name, beat)
+
+    async def deregister(self, name: str, incarnation: str) -> bool:
+        def leave(rec: NodeRecord) -> NodeRecord | None:
+            if rec.incarnation != incarnation:
+                return None
+            return dataclasses.replace(rec, health=NodeHealth.LEFT, running_tasks=0)
+
+        left = await self._update_node(name, leave)
+        if left is None:
+            return False
+        await self._fail_tasks_of(name, "node left the cluster")
+        logger.info("node {} left", name)
+        return True
+
+    async def node(self, name: str) -> NodeRecord:
+        entry = await self.kv.get(_NODES + name)
+        if entry is None:
+            raise NotFound(f"no such node: {name}")
+        return NodeRecord.from_json(json.loads(entry.value))
+
+    async def nodes(self, *, live_only: bool = False) -> list[NodeRecord]:
+        out = [NodeRecord.from_json(json.loads(e.value)) for e in await self.kv.scan(_NODES)]
+        if live_only:
+            out = [n for n in out if self._healthy(n)]
+        return out
+
+    def _healthy(self, node: NodeRecord) -> bool:
+        # Judged on the clock as well, so a lagging sweeper never offers a silent node.
+        silent = self._clock() - node.last_heartbeat
+        return node.health is NodeHealth.HEALTHY and silent <= self.timings.unhealthy_after_s
+
+    async def sweep(self) -> list[tuple[str, NodeHealth]]:
+        """Mark silent nodes unhealthy, then dead (failing their tasks). Returns changes."""
+        now = self._clock()
+        changed: list[tuple[str, NodeHealth]] = []
+        for node in await self.nodes():
+            if not node.health.live:
+                continue
+            silent = now - node.last_heartbeat
+            if silent > self.timings.dead_after_s:
+                target = NodeHealth.DEAD
+            elif silent > self.timings.unhealthy_after_s and node.health is NodeHealth.HEALTHY:
+                target = NodeHealth.UNHEALTHY
+            else:
+                continue
+
+            def mark(
+                rec: NodeRecord, seen: NodeRecord = node, target: NodeHealth = target
+            ) -> NodeRecord | None:
+                if rec.last_heartbeat != seen.last_heartbeat or rec.incarnation != seen.incarnation:
+                    return None  # it spoke in between
+                return dataclasses.replace(rec, health=target)
+
+            if await self._update_node(node.name, mark) is None:
+                continue
+            changed.append((node.name, target))
+            if target is NodeHealth.DEAD:
+                failed = await self._fail_tasks_of(node.name, NODE_LOST)
+                logger.warning("node {} is dead; {} task(s) failed", node.name, failed)
+            else:
+                logger.warning("node {} missed its heartbeats", node.name)
+        return changed
+
+    async def run_sweeper(self) -> None:
+        """Sweep forever, a few times per heartbeat period."""
+        while True:
+            try:
+                await self.sweep()
+            except Exception:  # a KV hiccup must not end the loop
+                logger.exception("the node sweep failed")
+            await anyio.sleep(self.timings.heartbeat_s / 2)
+
+    # -- placement ----------------------------------------------------------------------
+
+    async def find_nodes(self, query: PlacementQuery) -> Placement:
+        live = [n for n in await self.nodes() if n.health.live]
+        with_runtime = [n for n in live if query.runtime in n.runtimes]
+        with_labels = [n for n in with_runtime if n.has_labels(query.labels)]
+        big_enough = [n for n in with_labels if query.need.fits_in(n.capacity)]
+        if not big_enough:
+            return Placement((), False, _why_not(query, live, with_runtime, with_labels))
+        holders: dict[str, int] = {}
+        for key in query.objects:
+            for loc in await self.locate_object(key):
+                holders[loc.node] = holders.get(loc.node, 0) + 1
+        candidates = tuple(
+            Candidate(n, holders.get(n.name, 0))
+            for n in big_enough
+            if self._healthy(n) and n.name not in query.exclude and query.need.fits_in(n.free)
+        )
+        return Placement(candidates, True)
+
+    # -- tasks --------------------------------------------------------------------------
+
+    async def report_task(self, task: Task) -> Task:
+        while True:
+            entry = await self.kv.get(_TASKS + task.id)
+            expected = 0 if entry is None else entry.version
+            old = None if entry is None else Task.from_json(json.loads(entry.value))
+            if old is not None and old.state.terminal:
+                return old  # a finished task stays as it finished (e.g. "node lost")
+            if (
+                await self.kv.compare_and_swap(_TASKS + task.id, _dump(task.to_json()), expected)
+                > 0
+            ):
+                break
+        if old is not None and old.node and old.node != task.node:
+            await self.kv.delete(f"{_NODE_TASKS}{old.node}/{task.id}")
+        if task.node:
+            index = f"{_NODE_TASKS}{task.node}/{task.id}"
+            if task.state.terminal:
+                await self.kv.delete(index)
+            else:
+                await self.kv.put(index, b"")
+        return task
+
+    async def task(self, task_id: str) -> Task:
+        entry = await self.kv.get(_TASKS + task_id)
+        if entry is None:
+            raise NotFound(f"no such task: {task_id}")
+        return Task.from_json(json.loads(entry.value))
+
+    async def tasks(
+        self, state: TaskState | None = None, limit: int | None = None, node: str | None = None
+    ) -> list[Task]:
+        out: list[Task] = []
+        for entry in await self.kv.scan(_TASKS, reverse=True):
+            task = Task.from_json(json.loads(entry.value))
+            if (state is None or task.state is state) and (node is None or task.node == node):
+                out.append(task)
+                if limit is not None and len(out) >= limit:
+                    break
+        return out
+
+    async def _fail_tasks_of(self, node: str, reason: str) -> int:
+        count = 0
+        prefix = f"{_NODE_TASKS}{node}/"
+        for entry in await self.kv.scan(prefix):
+            task_id = entry.key[len(prefix) :]
+            while True:
+                current = await self.kv.get(_TASKS + task_id)
+                if current is None:
+                    break
+                task = Task.from_json(json.loads(current.value))
+                if task.state.terminal or task.node != node:
+                    break
+                failed = task.transition(TaskState.FAILED, reason=reason, exit_code=EXIT_LOST)
+                raw = _dump(failed.to_json())
+                if await self.kv.compare_and_swap(_TASKS + task_id, raw, current.version) > 0:
+                    count += 1
+                    break
+            await self.kv.delete(entry.key)
+        return count
+
+    # -- objects ------------------------------------------------------------------------
+
+    async def put_object_location(self, location: ObjectLocation) -> ObjectLocation:
+        if not location.key or not location.node:
+            raise InvalidArgument("an object location needs a key and a node")
+        data = {"version": location.version, "size": location.size}
+        await self.kv.put(f"{_OBJECTS}{location.key}{_SEP}{location.node}", _dump(data))
+        return location
+
+    async def remove_object_location(self, key: str, node: str) -> bool:
+        return await self.kv.delete(f"{_OBJECTS}{key}{_SEP}{node}")
+
+    async def locate_object(self, key: str) -> list[ObjectLocation]:
+        prefix = f"{_OBJECTS}{key}{_SEP}"
+        found = []
+        for entry in await self.kv.scan(prefix):
+            data = json.loads(entry.value)
+            found.append(
+                ObjectLocation(key, entry.key[len(prefix) :], data["version"], data["size"])
+            )
+        if not found:
+            return found
+        health = {n.name: n for n in await self.nodes()}
+
+        def rank(loc: ObjectLocation) -> tuple[int, int]:
+            node = health.get(loc.node)
+            alive = node is not None and self._healthy(node)
+            return (0 if alive else 1, -loc.version)
+
+        return sorted(found, key=rank)
+
+
+def _why_not(
+    query: PlacementQuery,
+    live: list[NodeRecord],
+    with_runtime: list[NodeRecord],
+    with_labels: list[NodeRecord],
+) -> str:
+    if not live:
+        return "no live node in the cluster"
+    if not with_runtime:
+        return f"no live node offers the {query.runtime} runtime"
+    if not with_labels:
+        wanted = ", ".join(f"{k}={v}" for k, v in query.labels)
+        return f"no live node has the labels {wanted}"
+    biggest = max(with_labels, key=lambda n: (n.capacity.cpu_millis, n.capacity.memory_bytes))
+    return (
+        f"the task needs {query.need.cpu_millis}m CPU and {query.need.memory_bytes} bytes of "
+        f"memory; no live node is that large (the largest fitting the other constraints, "
+        f"{biggest.name}, has {biggest.capacity.cpu_millis}m and "
+        f"{biggest.capacity.memory_bytes} bytes)"
+    )

@@ -1,0 +1,82 @@
+"""Reports every change of this node's tasks to the cluster's task registry (the SMS).
+
+It follows the node's own KV (`tasks/` entries: every transition is a write there), so the
+task controller needs no knowledge of the cluster. Reports are sent in order, one task's
+latest state replacing an unsent older one; while the SMS is unreachable they wait, and a
+re-registration re-sends every unfinished task.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import TYPE_CHECKING
+
+import anyio
+from loguru import logger
+
+from spear.core.models import Task, TaskState
+from spear.errors import SpearError
+
+if TYPE_CHECKING:
+    from anyio.abc import TaskStatus
+
+    from spear.core.cluster import Cluster
+    from spear.core.tasks import TaskStore
+    from spear.store.kv import KV
+
+_TASKS = "tasks/"
+_RETRY_S = 0.5
+
+
+class TaskReporter:
+    def __init__(self, cluster: Cluster, kv: KV, store: TaskStore) -> None:
+        self.cluster = cluster
+        self._kv = kv
+        self._store = store
+        self._pending: dict[str, Task] = {}
+        self._wake = anyio.Event()
+        self.sent = 0
+
+    def offer(self, task: Task) -> None:
+        self._pending.pop(task.id, None)  # re-insert: keeps the order of the latest changes
+        self._pending[task.id] = task
+        self._wake.set()
+
+    async def resync(self) -> None:
+        """Queue every unfinished task of this node (after a (re-)registration)."""
+        for state in (TaskState.PENDING, TaskState.RUNNING):
+            for task in await self._store.list_tasks(state):
+                self.offer(task)
+
+    async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(self._follow)
+            task_status.started()
+            await self._send_forever()
+
+    async def _follow(self) -> None:
+        async for event in self._kv.watch(_TASKS):
+            if not event.value:
+                continue
+            try:
+                self.offer(Task.from_json(json.loads(event.value)))
+            except (ValueError, KeyError, SpearError):
+                logger.warning("unreadable task record {} not reported", event.key)
+
+    async def _send_forever(self) -> None:
+        while True:
+            if not self._pending:
+                self._wake = anyio.Event()
+                await self._wake.wait()
+                continue
+            task_id = next(iter(self._pending))
+            task = self._pending[task_id]
+            try:
+                await self.cluster.report_task(task)
+            except SpearError as exc:
+                logger.debug("task report for {} postponed: {}", task_id, exc)
+                await anyio.sleep(_RETRY_S)
+                continue
+            self.sent += 1
+            if self._pending.get(task_id) is task:
+                del self._pending[task_id]

@@ -1,0 +1,77 @@
+"""Multi-process clusters on loopback: an SMS and SPEARlets as real `spear serve` processes."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from typing import TYPE_CHECKING, Any
+
+import anyio
+import pytest
+import wasmtime
+from conftest import assert_eventually
+
+from spear.local_cluster import LocalCluster
+from spear.transport.sms_client import SmsClient
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator
+    from pathlib import Path
+
+# Short periods so a silent node is unhealthy within 0.6 s and dead within 1.5 s.
+FAST = {"heartbeat_s": 0.2, "unhealthy_after_s": 0.6, "dead_after_s": 1.5}
+
+LOOP_WAT = '(module (memory (export "memory") 1) (func (export "_start") (loop (br 0))))'
+
+
+@pytest.fixture
+def loop_wasm(tmp_path: Path) -> Path:
+    path = tmp_path / "loop.wasm"
+    path.write_bytes(wasmtime.wat2wasm(LOOP_WAT))
+    return path
+
+
+@pytest.fixture
+def make_cluster(tmp_path: Path) -> Iterator[Any]:
+    made: list[LocalCluster] = []
+
+    def make(nodes: int = 2, **kw: Any) -> LocalCluster:
+        kw.setdefault("timings", FAST)
+        cluster = LocalCluster(tmp_path / f"cluster{len(made)}", nodes=nodes, **kw)
+        made.append(cluster)
+        return cluster.start()
+
+    yield make
+    for cluster in made:
+        cluster.stop()
+
+
+def spear(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "spear", *args], capture_output=True, text=True, timeout=timeout
+    )
+
+
+def sms_call(address: str, method: str, *args: Any, **kw: Any) -> Any:
+    """One call on the SMS client, from a test's synchronous code."""
+
+    async def call() -> Any:
+        client = SmsClient(address, timeout_s=5)
+        try:
+            return await getattr(client, method)(*args, **kw)
+        finally:
+            await client.aclose()
+
+    return anyio.run(call)
+
+
+def nodes_json(address: str) -> dict[str, dict[str, Any]]:
+    proc = spear("nodes", "--sms", address, "--json")
+    assert proc.returncode == 0, proc.stderr
+    return {n["name"]: n for n in json.loads(proc.stdout)}
+
+
+__all__ = [
+    "FAST", "assert_eventually", "loop_wasm", "make_cluster", "nodes_json", "sms_call", "spear",
+]  # fmt: skip

@@ -1,0 +1,127 @@
+"""Node controller and SMS as processes: register, heartbeat, leave, die, survive restarts."""
+
+
+from __future__ import annotations
+
+import signal
+from typing import TYPE_CHECKING, Any
+
+import pytest
+from helpers import assert_eventually, nodes_json, sms_call, spear
+
+from spear.core.cluster import NodeHealth
+from spear.core.models import TaskState
+
+if TYPE_CHECKING:
+    from pathlib import Path
+
+pytestmark = pytest.mark.slow
+
+
+def test_sms_port_zero_reports_its_address(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    with subprocess.Popen(
+        [sys.executable, "-m", "spear", "serve", "--role", "sms", "--listen", "127.0.0.1:0",
+         "--data-dir", str(tmp_path / "sms")],
+        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+    ) as proc:  # fmt: skip
+        try:
+            assert proc.stdout is not None
+            address = proc.stdout.readline().strip()
+            host, _, port = address.rpartition(":")
+            assert host == "127.0.0.1" and int(port) > 0
+            assert sms_call(address, "nodes") == []
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            assert proc.wait(timeout=15) == 0
+
+
+def test_bad_kv_and_role_are_one_line_errors(tmp_path: Path) -> None:
+    from conftest import one_error_line
+
+    bad = spear("serve", "--role", "sms", "--kv", "redis://x", "--data-dir", str(tmp_path))
+    assert bad.returncode == 64
+    assert "--kv expects" in one_error_line(bad.stderr.encode())
+    role = spear("serve", "--role", "scheduler", "--data-dir", str(tmp_path))
+    assert role.returncode == 64 and "unknown role" in role.stderr
+    no_sms = spear("nodes", "--data-dir", str(tmp_path / "empty"))
+    assert no_sms.returncode == 64 and "--sms" in one_error_line(no_sms.stderr.encode())
+
+
+def test_nodes_register_heartbeat_and_leave_cleanly(make_cluster: Any) -> None:
+    cluster = make_cluster(
+        nodes=2, node_settings={"node-2": {"labels": {"zone": "b"}, "cpu_millis": 500}}
+    )
+    sms = cluster.sms.address
+    listed = nodes_json(sms)
+    assert set(listed) == {"node-1", "node-2"}
+    assert listed["node-2"]["labels"] == [["zone", "b"]]
+    assert listed["node-2"]["capacity"][0] == 500
+    assert listed["node-1"]["address"] == cluster.member("node-1").address
+    first_beat = listed["node-1"]["last_heartbeat"]
+    assert_eventually(lambda: nodes_json(sms)["node-1"]["last_heartbeat"] > first_beat)
+    cluster.stop_member(cluster.member("node-2"))  # SIGTERM: a clean stop deregisters
+    assert nodes_json(sms)["node-2"]["health"] == NodeHealth.LEFT.value
+    assert nodes_json(sms)["node-1"]["health"] == NodeHealth.HEALTHY.value
+
+
+def _submit(node_address: str, module: Path) -> str:
+    proc = spear("submit", "--node", node_address, str(module))
+    assert proc.returncode == 0, proc.stderr
+    return proc.stdout.split()[0]
+
+
+def test_sigkilled_spearlet_is_dead_and_its_tasks_node_lost(
+    make_cluster: Any, loop_wasm: Path
+) -> None:
+    cluster = make_cluster(nodes=2)
+    sms = cluster.sms.address
+    victim = cluster.member("node-1")
+    task_id = _submit(victim.address, loop_wasm)
+    assert_eventually(lambda: sms_call(sms, "task", task_id).state is TaskState.RUNNING)
+    cluster.stop_member(victim, signal.SIGKILL)
+    assert_eventually(lambda: nodes_json(sms)["node-1"]["health"] == "unhealthy", timeout=10)
+    assert_eventually(lambda: nodes_json(sms)["node-1"]["health"] == "dead", timeout=10)
+    lost = sms_call(sms, "task", task_id)
+    assert lost.state is TaskState.FAILED and lost.reason == "node lost"
+    assert nodes_json(sms)["node-2"]["health"] == "healthy"
+
+
+@pytest.mark.parametrize("etcd", [False, True], ids=["leveldb", "etcd"])
+def test_sms_restart_loses_no_node_or_task(make_cluster: Any, loop_wasm: Path, etcd: bool) -> None:
+    cluster = make_cluster(nodes=2, etcd=etcd)
+    sms = cluster.sms.address
+    node1 = cluster.member("node-1")
+    task_id = _submit(node1.address, loop_wasm)
+    assert_eventually(lambda: sms_call(sms, "task", task_id).state is TaskState.RUNNING)
+    before = nodes_json(sms)
+    cluster.stop_member(cluster.sms)
+    cluster.start_sms(listen=sms)  # same address, same store
+    after = nodes_json(sms)
+    assert set(after) == {"node-1", "node-2"}
+    for name in after:  # the same registrations (not new ones) keep heartbeating
+        assert after[name]["incarnation"] == before[name]["incarnation"]
+        assert after[name]["registered_at"] == before[name]["registered_at"]
+    assert_eventually(
+        lambda: all(n["health"] == "healthy" for n in nodes_json(sms).values()), timeout=10
+    )
+    assert sms_call(sms, "task", task_id).state is TaskState.RUNNING
+    stop = spear("stop", "--node", node1.address, task_id)
+    assert stop.returncode == 0, stop.stderr
+    assert_eventually(lambda: sms_call(sms, "task", task_id).state is TaskState.CANCELLED)
+
+
+def test_spearlets_register_again_with_an_sms_that_forgot_them(make_cluster: Any) -> None:
+    cluster = make_cluster(nodes=2)
+    sms = cluster.sms.address
+    before = nodes_json(sms)
+    cluster.stop_member(cluster.sms)
+    cluster.sms.data_dir = cluster.base / "sms-fresh"  # an empty store, same address
+    cluster.start_sms(listen=sms)
+    after = assert_eventually(lambda: (n := nodes_json(sms)) and len(n) == 2 and n, timeout=10)
+    for name in ("node-1", "node-2"):
+        assert after[name]["health"] == "healthy"
+        assert after[name]["incarnation"] == before[name]["incarnation"]
+        assert after[name]["registered_at"] > before[name]["registered_at"]
