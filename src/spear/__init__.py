@@ -11,6 +11,7 @@ from spear._local import LocalNode
 from spear.config import Settings
 from spear.core.models import DirMapping, FunctionSpec, Resources, Runtime, Task, TaskState
 from spear.core.node import Spearlet
+from spear.core.streams import TaskStream
 from spear.errors import (
     Conflict,
     InvalidArgument,
@@ -23,6 +24,7 @@ from spear.errors import (
     StorageError,
     Unavailable,
 )
+from spear.store.objects import ObjectStore
 
 __version__ = "0.1.0"
 
@@ -37,6 +39,7 @@ __all__ = [
     "InvalidModule",
     "LocalNode",
     "NotFound",
+    "ObjectStore",
     "PermissionDenied",
     "ResourceExhausted",
     "Resources",
@@ -48,6 +51,7 @@ __all__ = [
     "StorageError",
     "Task",
     "TaskState",
+    "TaskStream",
     "Unavailable",
     "__version__",
 ]

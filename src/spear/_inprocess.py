@@ -7,20 +7,23 @@ waking when the task ends or after a short interval, like `tail -f`.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import time
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import anyio
 
 from spear._api import LOG_STREAMS, LogChunk, NodeInfo, ObjectInfo, TaskHandle, TaskResult
-from spear.errors import InvalidArgument, Unavailable
+from spear.errors import InvalidArgument, NotFound, Unavailable
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Sequence
 
     from spear.core.models import FunctionSpec, Task, TaskState
     from spear.core.node import Spearlet
+    from spear.store import objects
+    from spear.store.objects import ObjectStore
 
 # How much of a log one chunk carries, and how often a follower looks for more output.
 LOG_CHUNK_BYTES = 256 * 1024
@@ -163,45 +166,61 @@ class InProcessNode:
 
     # -- objects ---------------------------------------------------------------------
 
-    def _objects(self) -> Any:
+    def _objects(self) -> ObjectStore:
         store = self.node.services.get("objects")
         if store is None:
             raise Unavailable(f"node {self.node.name} has no object store")
-        return store
+        return store  # type: ignore[no-any-return]
+
+    async def _info(self, key: str) -> ObjectInfo:
+        return _object_info(await self._objects().info(key))
 
     async def put_object(
         self, key: str, data: bytes, *, expected_version: int | None = None
     ) -> ObjectInfo:
-        self._objects()
-        raise Unavailable("the object store is not wired to this node yet")
+        await self._objects().put(key, data, expected_version)
+        return await self._info(key)
 
     async def get_object(self, key: str) -> tuple[bytes, ObjectInfo]:
-        self._objects()
-        raise Unavailable("the object store is not wired to this node yet")
+        value, version = await self._objects().get(key)
+        info = await self._info(key)
+        return bytes(value), dataclasses.replace(info, version=version, size=value.nbytes)
 
     async def list_objects(self, prefix: str = "") -> list[ObjectInfo]:
-        self._objects()
-        raise Unavailable("the object store is not wired to this node yet")
+        return [_object_info(i) for i in await self._objects().list(prefix)]
 
     async def delete_object(self, key: str) -> bool:
-        self._objects()
-        raise Unavailable("the object store is not wired to this node yet")
+        try:
+            await self._objects().delete(key)
+        except NotFound:
+            return False
+        return True
 
     async def add_object_ref(self, key: str) -> ObjectInfo:
-        self._objects()
-        raise Unavailable("the object store is not wired to this node yet")
+        await self._objects().add_ref(key)
+        return await self._info(key)
 
     async def remove_object_ref(self, key: str) -> ObjectInfo:
-        self._objects()
-        raise Unavailable("the object store is not wired to this node yet")
+        before = await self._info(key)
+        count = await self._objects().remove_ref(key)
+        try:
+            return await self._info(key)
+        except NotFound:  # its last reference went: collected
+            return dataclasses.replace(before, refs=count)
 
     async def pin_object(self, key: str) -> ObjectInfo:
-        self._objects()
-        raise Unavailable("the object store is not wired to this node yet")
+        await self._objects().pin(key)
+        return await self._info(key)
 
     async def unpin_object(self, key: str) -> ObjectInfo:
-        self._objects()
-        raise Unavailable("the object store is not wired to this node yet")
+        await self._objects().unpin(key)
+        return await self._info(key)
 
     async def aclose(self) -> None:
         """The node belongs to whoever started it; closing the adapter leaves it running."""
+
+
+def _object_info(info: objects.ObjectInfo) -> ObjectInfo:
+    return ObjectInfo(
+        key=info.key, version=info.version, size=info.size, refs=info.refcount, pinned=info.pinned
+    )

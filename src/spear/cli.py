@@ -95,10 +95,24 @@ def run(
         int | None, typer.Option("--fuel", help="Stop after this many units of fuel.")
     ] = None,
     invoke: Annotated[str, typer.Option("--invoke", help="Export to call.")] = "_start",
+    stream: Annotated[
+        bool,
+        typer.Option(
+            "--stream",
+            help="Carry the task's caller stream over the terminal: stdin lines in, "
+            "its messages out on stdout (guest stdout/stderr go to its logs).",
+        ),
+    ] = False,
+    framing: Annotated[
+        str, typer.Option("--framing", help="With --stream: lines, or length (4-byte prefix).")
+    ] = "lines",
     data_dir: DataDirOpt = None,
     config: ConfigOpt = None,
 ) -> None:
+    from spear.cli_stream import check_framing, run_streaming
+
     settings = _settings(data_dir, config)
+    check_framing(framing)
     guest_args = list(args or ())
     if guest_args[:1] == ["--"]:  # `spear run MODULE -- ARGS`: the separator is ours
         guest_args = guest_args[1:]
@@ -113,7 +127,10 @@ def run(
         memory_limit_bytes=parse_size(memory) if memory is not None else None,
         fuel=fuel,
     )
-    task = _run_on_node(settings, lambda node: _run_foreground(node, spec))
+    task = _run_on_node(
+        settings,
+        lambda node: run_streaming(node, spec, framing) if stream else _run_foreground(node, spec),
+    )
     if (
         task.state is not TaskState.COMPLETED
         and task.reason
@@ -220,6 +237,7 @@ def main(argv: list[str] | None = None) -> int:
 # Commands in modules of their own register on `app` when imported.
 from spear import cli_client, cli_serve  # noqa: E402, F401
 from spear import cli_cluster  # noqa: E402, F401  (distributed mode)
+from spear import cli_objects  # noqa: E402, F401  (obj gc)
 
 if __name__ == "__main__":  # pragma: no cover
     sys.exit(main())

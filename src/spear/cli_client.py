@@ -440,7 +440,11 @@ def obj_put(
     file: Annotated[str, typer.Argument(help="A file, or - for stdin.")] = "-",
     expected_version: Annotated[
         int | None,
-        typer.Option("--expected-version", help="Write only if the object is at this version."),
+        typer.Option(
+            "--if-version",
+            "--expected-version",
+            help="Write only if the object is at this version (0: only if it does not exist).",
+        ),
     ] = None,
     node: NodeOpt = None,
     data_dir: DataDirOpt = None,

@@ -20,7 +20,7 @@ if TYPE_CHECKING:
     from spear.config import Settings
     from spear.core.logs import TaskLogs
     from spear.core.models import FunctionSpec, Resources, Task, TaskState
-    from spear.core.streams import TaskHandle
+    from spear.core.streams import TaskStream
     from spear.runtimes.base import WorkerAgent
     from spear.store.kv import KV
     from spear.store.objects import ObjectStore
@@ -162,14 +162,14 @@ class Spearlet:
         store: ObjectStore = self.services["objects"]
         return store
 
-    async def start_task(self, spec: FunctionSpec, *, stdin: bytes | None = None) -> TaskHandle:
+    async def start_task(self, spec: FunctionSpec, *, stdin: bytes | None = None) -> TaskStream:
         """Start a task whose caller stream is ours: send it messages, read its messages."""
-        from spear.core.streams import TaskHandle
+        from spear.core.streams import TaskStream
 
         task = await self.controller.submit(spec, stdin=stdin)
         # No await between submit and attach: the task cannot run before its streams exist.
         streams = self.services["streams"].attach(task.id)
-        return TaskHandle(self, task, streams)
+        return TaskStream(self, task, streams)
 
     async def logs_of(self, task_id: str, stream: str = "stdout") -> bytes:
         await self.tasks_store.get(task_id)  # NotFound for an unknown id

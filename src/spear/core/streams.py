@@ -254,11 +254,11 @@ class StreamRegistry:
         yield
 
 
-class TaskHandle:
+class TaskStream:
     """A running task seen from its caller: send messages in, iterate messages out.
 
-    ``handle = await node.start_task(spec)``; ``await handle.send(b"hi")``;
-    ``async for message in handle.messages(): ...``; ``value = await handle.result()``.
+    ``stream = await node.start_task(spec)``; ``await stream.send(b"hi")``;
+    ``async for message in stream.messages(): ...``; ``value = await stream.result()``.
     """
 
     def __init__(self, node: Any, task: Task, streams: TaskStreams) -> None:
