@@ -23,7 +23,8 @@ Lifecycle (when objects are collected):
   (`spear obj gc` runs it by hand). A new object starts with no references, so a plain
   `put` lives `gc_grace_s` unless referenced or pinned;
 - references held by a task (through hostcalls) are released when the task ends, so
-  while a task runs, what it references is never collected under it;
+  while a task runs, what it references is never collected under it; releasing them
+  does not collect at once (the object idles `gc_grace_s` from then, like a new one);
 - `delete` refuses a pinned or referenced object unless forced.
 
 Limits: a value over `max_bytes` or one that would take the store over `capacity_bytes`
@@ -404,9 +405,15 @@ class ObjectStore:
         """Drop every reference `holder` still holds (a task that ended)."""
         held = self._held.pop(holder, None)
         for key, count in (held or Counter()).items():
-            for _ in range(count):
-                with contextlib.suppress(NotFound, InvalidArgument):
-                    await self.remove_ref(key)
+            if count <= 0:
+                continue
+
+            def dec(header: dict[str, Any], count: int = count) -> None:
+                header["refs"] = max(0, int(header.get("refs", 0)) - count)
+
+            # Not collected at once: the object then idles like a new one (gc_grace_s).
+            with contextlib.suppress(NotFound):
+                await self._change(key, dec)
 
     # -- capacity ---------------------------------------------------------------------
 
