@@ -13,7 +13,7 @@ import json
 import os
 import time
 from collections import deque
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import anyio
 from loguru import logger
@@ -67,12 +67,25 @@ class TaskStore:
 
     def __init__(self, kv: KV) -> None:
         self._kv = kv
+        # The record this store last wrote for each unfinished task, with its version: a
+        # transition that reads back that same version reuses it instead of decoding JSON.
+        self._written: dict[str, tuple[int, Task]] = {}
+
+    def _remember(self, task: Task, version: int) -> None:
+        if task.state.terminal:
+            self._written.pop(task.id, None)
+            return
+        if len(self._written) >= 100_000:  # tasks another process finished: forget them
+            self._written.clear()
+        self._written[task.id] = (version, task)
 
     async def create(self, task: Task) -> None:
         owner = json.dumps({**_SELF, "node": task.node}).encode()
         await self._kv.put(_ACTIVE + task.id, owner)
-        if await self._kv.compare_and_swap(_TASKS + task.id, _encode(task), 0) < 0:
+        version = await self._kv.compare_and_swap(_TASKS + task.id, _encode(task), 0)
+        if version < 0:
             raise InvalidArgument(f"task {task.id} exists already")
+        self._remember(task, version)
 
     async def get(self, task_id: str) -> Task:
         entry = await self._kv.get(_TASKS + task_id)
@@ -93,11 +106,17 @@ class TaskStore:
             entry = await self._kv.get(_TASKS + task_id)
             if entry is None:
                 raise NotFound(f"no such task: {task_id}")
-            task = _decode(entry.value)
+            known = self._written.get(task_id)
+            if known is not None and known[0] == entry.version:
+                task = known[1]  # versions are unique per write: this is what we wrote
+            else:
+                task = _decode(entry.value)
             if only_from is not None and task.state not in only_from:
                 return task
             new = task.transition(state, **changes)
-            if await self._kv.compare_and_swap(_TASKS + task_id, _encode(new), entry.version) >= 0:
+            version = await self._kv.compare_and_swap(_TASKS + task_id, _encode(new), entry.version)
+            if version >= 0:
+                self._remember(new, version)
                 if state.terminal:
                     await self._kv.delete(_ACTIVE + task_id)
                 return new
@@ -173,8 +192,32 @@ class TaskStore:
         return lost
 
 
+class _EncodedSpec:
+    """Stands in for a spec whose JSON form is known (`Task.to_json` asks it for that)."""
+
+    __slots__ = ("_data",)
+
+    def __init__(self, data: dict[str, Any]) -> None:
+        self._data = data
+
+    def to_json(self) -> dict[str, Any]:
+        return self._data
+
+
+# A spec never changes, and encoding one (dataclasses.asdict) was half the cost of writing a
+# task record, three times per task: keep the JSON form of the specs seen last, by identity.
+_SPEC_JSON: dict[int, tuple[FunctionSpec, _EncodedSpec]] = {}
+
+
 def _encode(task: Task) -> bytes:
-    return json.dumps(task.to_json(), separators=(",", ":")).encode()
+    hit = _SPEC_JSON.get(id(task.spec))
+    if hit is None or hit[0] is not task.spec:
+        if len(_SPEC_JSON) >= 4096:
+            _SPEC_JSON.clear()
+        hit = (task.spec, _EncodedSpec(task.spec.to_json()))
+        _SPEC_JSON[id(task.spec)] = hit
+    view = dataclasses.replace(task, spec=cast("FunctionSpec", hit[1]))
+    return json.dumps(view.to_json(), separators=(",", ":")).encode()
 
 
 def _decode(raw: bytes) -> Task:
