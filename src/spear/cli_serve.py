@@ -28,6 +28,7 @@ if TYPE_CHECKING:
     from pathlib import Path
 
     from spear._inprocess import InProcessNode
+    from spear.core.models import Task
     from spear.transport.server import SpearletServer
 
 ADDRESS_FILE = "spearlet.addr"
@@ -88,7 +89,9 @@ def serve(
     if max_message_bytes < 64 * 1024:
         raise InvalidArgument("--max-message-size must be at least 64K")
     from spear import _logging
+    from spear.transport.server import parse_listen
 
+    parse_listen(settings.listen)  # a bad address fails before the data dir is opened
     _logging.configure(settings)
     if role == "sms":  # distributed mode: cli_cluster.py
         from spear.cli_cluster import serve_sms
@@ -114,6 +117,7 @@ async def _serve_spearlet(settings: Settings, drain_s: float, max_message_bytes:
 
         settings = dataclasses.replace(settings, node_name=node_name_for(settings))
     node = build_local_node(settings, hold_kv=True)
+    node.controller.finished_hooks.append(_log_finished)
     async with node:
         api = InProcessNode(node)
         with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
@@ -136,8 +140,8 @@ async def _serve_spearlet(settings: Settings, drain_s: float, max_message_bytes:
                 with anyio.CancelScope(shield=True):
                     _remove_if_ours(addr_path, server.address)
                     await server.close()
-                    await node.shutdown("the node shut down before the task finished")
-    logger.info("node {} stopped", node.name)
+        # (Outside any scope of ours: the node's task group must close where it opened.)
+        await node.shutdown("the node shut down before the task finished")
 
 
 async def _run_until_signalled(
@@ -162,6 +166,13 @@ async def _run_until_signalled(
         tg.start_soon(force)
         await api.drain(drain_s)
         tg.cancel_scope.cancel()
+
+
+def _log_finished(task: Task) -> None:
+    logger.info(
+        "task {} {} (exit code {}){}",
+        task.id, task.state.value, task.exit_code, f": {task.reason}" if task.reason else "",
+    )  # fmt: skip
 
 
 async def _report_resources(api: InProcessNode) -> None:

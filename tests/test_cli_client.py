@@ -1,0 +1,204 @@
+"""`spear serve` as a real daemon process on port 0, and the real CLI against it."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+from typing import TYPE_CHECKING
+
+import pytest
+from conftest import Cli, assert_eventually, cli_env, one_error_line
+from wat_tasks import exits, hello, ticker
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator
+    from pathlib import Path
+
+
+class Daemon:
+    """A `spear serve --role spearlet` process on a free loopback port."""
+
+    def __init__(self, data_dir: Path, *extra: str) -> None:
+        self.data_dir = data_dir
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "spear", "serve", "--role", "spearlet",
+             "--listen", "127.0.0.1:0", "--data-dir", str(data_dir), *extra],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=cli_env(data_dir),
+        )  # fmt: skip
+        assert self.proc.stdout is not None
+        # The first line on stdout is the bound address, printed once the node serves.
+        line = self.proc.stdout.readline().decode().strip()
+        if not line:
+            self.proc.wait(timeout=30)
+            err = self.proc.stderr.read().decode() if self.proc.stderr else ""
+            pytest.fail(f"spear serve exited {self.proc.returncode}: {err}")
+        self.address = line
+        assert (data_dir / "spearlet.addr").read_text().strip() == line
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 60) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+        try:
+            return self.proc.wait(timeout=timeout)
+        finally:
+            if self.proc.poll() is None:
+                self.proc.kill()
+                self.proc.wait()
+            for stream in (self.proc.stdout, self.proc.stderr):
+                if stream is not None:
+                    stream.close()
+
+
+@pytest.fixture
+def daemon(data_dir: Path) -> Iterator[Daemon]:
+    d = Daemon(data_dir)
+    try:
+        yield d
+    finally:
+        d.stop()
+
+
+def test_cli_against_a_daemon(daemon: Daemon, cli: Cli, tmp_path: Path) -> None:
+    module = str(hello(tmp_path))
+    # Explicit --node, and SPEAR_NODE.
+    proc = cli("submit", "--node", daemon.address, module)
+    assert proc.returncode == 0, proc.stderr
+    task_id = proc.stdout.decode().strip()
+    result = cli("result", "--node", daemon.address, task_id)
+    assert (result.returncode, result.stdout) == (0, b"hello\n")
+    proc = cli("status", task_id, "--json", SPEAR_NODE=daemon.address)
+    status = json.loads(proc.stdout)
+    assert status["state"] == "COMPLETED" and status["node"] == "local"
+    # Without --node: found through DATA/spearlet.addr (the daemon holds the LevelDB lock).
+    [listed] = cli.json("tasks")
+    assert listed["id"] == task_id
+    logs = cli("logs", task_id)
+    assert (logs.stdout, logs.stderr) == (b"hello\n", b"oops\n")
+    assert cli.json("logs", task_id) == {"stdout": "hello\n", "stderr": "oops\n", "agent": ""}
+    node = cli.json("node")
+    assert node["address"] == daemon.address and node["pid"] == daemon.proc.pid
+    assert "wasm" in node["runtimes"]
+
+
+def test_submit_wait_exits_with_the_task_code(daemon: Daemon, cli: Cli, tmp_path: Path) -> None:
+    proc = cli("submit", "--wait", str(exits(tmp_path, 3)))
+    assert proc.returncode == 3
+    assert proc.stderr == b""  # no progress spinner when stderr is not a terminal
+    task = cli.json("status", proc.stdout.decode().strip())
+    assert (task["state"], task["exit_code"]) == ("FAILED", 3)
+    proc = cli("submit", "--wait", "--json", str(hello(tmp_path)), "--", "-x")
+    assert proc.returncode == 0
+    done = json.loads(proc.stdout)
+    assert done["state"] == "COMPLETED" and done["spec"]["args"] == ["-x"]
+
+
+def test_follow_logs_and_stop(daemon: Daemon, cli: Cli, tmp_path: Path) -> None:
+    task_id = cli("submit", str(ticker(tmp_path, 4, 30))).stdout.decode().strip()
+    follow = cli("logs", "-f", task_id, "--stream", "stdout")
+    assert follow.returncode == 0 and follow.stdout == b"tick\n" * 4 + b"done\n"
+
+    endless = cli("submit", str(ticker(tmp_path, 1_000_000, 20))).stdout.decode().strip()
+    assert_eventually(lambda: cli.json("status", endless)["state"] == "RUNNING")
+    stopped = cli.json("stop", endless, "--reason", "enough")
+    assert stopped["state"] == "CANCELLED" and stopped["reason"] == "enough"
+    assert cli("result", endless).returncode == 130
+
+
+def test_errors_are_one_line_with_distinct_codes(daemon: Daemon, cli: Cli, tmp_path: Path) -> None:
+    proc = cli("status", "0123456789")
+    assert proc.returncode == 66 and "no such task" in one_error_line(proc.stderr)
+    junk = tmp_path / "junk.wasm"
+    junk.write_bytes(b"junk")
+    proc = cli("submit", str(junk))
+    assert proc.returncode == 65 and "not a WebAssembly module" in one_error_line(proc.stderr)
+    proc = cli("tasks", "--node", "127.0.0.1:1")
+    assert proc.returncode == 76 and "cannot reach" in one_error_line(proc.stderr)
+    proc = cli("tasks", "--node", "nonsense")
+    assert proc.returncode == 64 and "HOST:PORT" in one_error_line(proc.stderr)
+    proc = cli("serve", "--listen", "127.0.0.1:notaport")
+    assert proc.returncode == 64 and "--listen" in one_error_line(proc.stderr)
+    taken = daemon.address.rpartition(":")[2]
+    proc = cli("serve", "--listen", f"127.0.0.1:{taken}", "--data-dir", str(tmp_path / "other"))
+    assert proc.returncode == 64 and "cannot listen" in one_error_line(proc.stderr)
+
+
+def test_restart_on_the_same_data_dir_knows_every_task(
+    data_dir: Path, cli: Cli, tmp_path: Path
+) -> None:
+    first = Daemon(data_dir)
+    try:
+        ids = [
+            cli("submit", "--wait", str(hello(tmp_path))).stdout.decode().strip() for _ in range(3)
+        ]
+    finally:
+        assert first.stop() == 0
+    assert not (data_dir / "spearlet.addr").exists()
+    second = Daemon(data_dir)
+    try:
+        listed = cli.json("tasks", "--node", second.address)
+        assert [t["id"] for t in listed] == ids[::-1]
+        assert all(t["state"] == "COMPLETED" for t in listed)
+        assert cli("result", ids[0]).stdout == b"hello\n"
+        # The artifact uploaded to the first process is still there: nothing is re-sent.
+        assert len(list((data_dir / "artifacts").iterdir())) == 1
+    finally:
+        second.stop()
+
+
+def test_sigterm_drains_running_tasks(data_dir: Path, cli: Cli, tmp_path: Path) -> None:
+    daemon = Daemon(data_dir, "--drain-timeout", "60")
+    try:
+        short = cli("submit", str(ticker(tmp_path, 60, 50))).stdout.decode().strip()
+        assert_eventually(lambda: cli.json("status", short)["state"] == "RUNNING")
+        assert daemon.stop(signal.SIGTERM) == 0
+    finally:
+        daemon.stop(signal.SIGKILL)
+    task = cli.json("status", short)  # the data dir, in this process: the daemon is gone
+    assert task["state"] == "COMPLETED"  # it was allowed to finish
+    assert cli("logs", short, "--stream", "stdout").stdout.endswith(b"done\n")
+
+
+def test_drain_timeout_marks_unfinished_tasks(data_dir: Path, cli: Cli, tmp_path: Path) -> None:
+    daemon = Daemon(data_dir, "--drain-timeout", "0")
+    try:
+        endless = cli("submit", str(ticker(tmp_path, 1_000_000, 20))).stdout.decode().strip()
+        assert_eventually(lambda: cli.json("status", endless)["state"] == "RUNNING")
+        assert daemon.stop(signal.SIGINT) == 0
+    finally:
+        daemon.stop(signal.SIGKILL)
+    task = cli.json("status", endless)
+    assert task["state"] in ("CANCELLED", "FAILED")
+    assert "shut down" in task["reason"]
+
+
+def test_killed_daemon_leaves_a_stale_address_and_commands_still_work(
+    data_dir: Path, cli: Cli, tmp_path: Path
+) -> None:
+    daemon = Daemon(data_dir)
+    done = cli("submit", "--wait", str(hello(tmp_path))).stdout.decode().strip()
+    daemon.stop(signal.SIGKILL)
+    assert (data_dir / "spearlet.addr").exists()
+    [task] = cli.json("tasks")  # falls back to the data dir itself
+    assert task["id"] == done
+    # Without a daemon, submit runs the task in this process and returns when it ends.
+    proc = cli("submit", str(hello(tmp_path)))
+    assert proc.returncode == 0
+    assert cli.json("status", proc.stdout.decode().strip())["state"] == "COMPLETED"
+
+
+def test_system_log_in_json(data_dir: Path, cli: Cli, tmp_path: Path) -> None:
+    daemon = Daemon(data_dir, "--log-format", "json", "--log-level", "debug")
+    try:
+        cli("submit", "--wait", str(hello(tmp_path)))
+    finally:
+        daemon.stop()
+    records = [
+        json.loads(line)["record"]["message"]
+        for line in (data_dir / "logs" / "spear.log").read_text().splitlines()
+    ]
+    assert any(m.startswith("serving spear.v1.Spearlet on") for m in records)
+    assert any(m.startswith("rpc /spear.v1.Spearlet/SubmitTask OK") for m in records)
+    assert any(" COMPLETED (exit code 0)" in m for m in records)
+    assert any(m.startswith("resources: ") for m in records)
