@@ -12,6 +12,7 @@ node keeps artifacts by sha256); a path that does not exist here is taken as the
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import os
@@ -19,9 +20,10 @@ from typing import TYPE_CHECKING, Any, Self
 
 import anyio
 from grpclib.client import Channel
+from grpclib.const import Cardinality
 from grpclib.events import RecvTrailingMetadata, listen
 
-from spear._api import LogChunk, NodeInfo, ObjectInfo, TaskHandle, TaskResult
+from spear._api import LogChunk, NodeInfo, ObjectInfo, StreamingTask, TaskHandle, TaskResult
 from spear.core.models import Runtime
 from spear.errors import InvalidArgument, SpearError, error_from_code
 from spear.transport import _convert as cv
@@ -38,6 +40,8 @@ from spear.transport._status import (
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Iterator, Sequence
     from types import TracebackType
+
+    from grpclib.client import Stream
 
     from spear.core.models import FunctionSpec, Task, TaskState
 
@@ -56,6 +60,45 @@ def _split_address(address: str) -> tuple[str, int]:
         return host.strip("[]"), int(port)
     except ValueError:
         raise InvalidArgument(f"a node address is HOST:PORT, got {address!r}") from None
+
+
+class _RemoteStreamingTask(StreamingTask):
+    """A task's caller stream carried by one ExchangeStream call."""
+
+    def __init__(
+        self, client: Client, task: Task, stream: Stream[v1.StreamMessage, v1.StreamMessage]
+    ) -> None:
+        super().__init__(client, task)
+        self._address = client.address
+        self._stream = stream
+        self._input_closed = False
+        self.ended = False
+
+    async def send(self, message: bytes | str) -> None:
+        if self._input_closed:
+            raise InvalidArgument(f"the input of task {self.id} is already closed")
+        data = message.encode() if isinstance(message, str) else bytes(message)
+        with client_errors(self._address):
+            await self._stream.send_message(v1.StreamMessage(data=data))
+
+    async def close(self) -> None:
+        if self._input_closed:
+            return
+        self._input_closed = True
+        with client_errors(self._address):
+            await self._stream.send_message(v1.StreamMessage(close=True), end=True)
+
+    async def receive(self) -> bytes | None:
+        if self.ended:
+            return None
+        with client_errors(self._address):
+            message = await self._stream.recv_message()
+        if message is None or message.close:
+            self.ended = True
+            if message is not None and message.task is not None:
+                self.task = cv.task_from_wire(message.task)
+            return None
+        return message.data
 
 
 class Client:
@@ -187,6 +230,34 @@ class Client:
                 error = outcome.error or v1.Error(code="internal", message="no outcome")
                 out.append(error_from_code(error.code, error.message))
         return out
+
+    @contextlib.asynccontextmanager
+    async def start_task(
+        self, spec: FunctionSpec, *, stdin: bytes | None = None
+    ) -> AsyncIterator[StreamingTask]:
+        """Start a task with its caller stream (one bidirectional call for its lifetime):
+        `async with client.start_task(spec) as t: await t.send(b"hi"); await t.receive()`."""
+        request = await self._request(spec, stdin, wait=False)
+        self._stub  # noqa: B018 - opens the channel
+        assert self._channel is not None
+        with self._errors():
+            async with self._channel.request(
+                "/spear.v1.Spearlet/ExchangeStream",
+                Cardinality.STREAM_STREAM,
+                v1.StreamMessage,
+                v1.StreamMessage,
+                timeout=self._timeout,
+            ) as stream:
+                await stream.send_message(v1.StreamMessage(submit=request))
+                first = await stream.recv_message()
+                if first is None or first.task is None:
+                    raise SpearError(f"node {self.address} did not start the task")
+                handle = _RemoteStreamingTask(self, cv.task_from_wire(first.task), stream)
+                try:
+                    yield handle
+                finally:
+                    if not handle.ended:
+                        await stream.cancel()
 
     async def task(self, task_id: str) -> Task:
         with self._errors():

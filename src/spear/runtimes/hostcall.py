@@ -92,14 +92,17 @@ class GuestMemory:
     """Bounds-checked access to the calling instance's exported `memory`."""
 
     def __init__(self, caller: wasmtime.Caller) -> None:
-        mem = caller.get("memory")
-        if not isinstance(mem, wasmtime.Memory):
-            raise GuestFault("module exports no memory")
-        self._mem = mem
         self._store = caller
-        self._size = mem.data_len(caller)
+        self._mem: wasmtime.Memory | None = None
+        self._size = 0
 
     def _check(self, ptr: int, length: int) -> None:
+        if self._mem is None:  # looked up on first use: most calls that need none are cheaper
+            mem = self._store.get("memory")
+            if not isinstance(mem, wasmtime.Memory):
+                raise GuestFault("module exports no memory")
+            self._mem = mem
+            self._size = mem.data_len(self._store)
         if ptr < 0 or length < 0 or ptr + length > self._size:
             raise GuestFault(f"range {ptr}+{length} outside memory of {self._size} bytes")
 
@@ -108,12 +111,13 @@ class GuestMemory:
         self._check(ptr, length)
         if length == 0:
             return memoryview(b"")
+        assert self._mem is not None
         base = ctypes.addressof(self._mem.data_ptr(self._store).contents)
         return memoryview((ctypes.c_ubyte * length).from_address(base + ptr)).cast("B")
 
     def read(self, ptr: int, length: int) -> bytes:
         self._check(ptr, length)
-        return bytes(self._mem.read(self._store, ptr, ptr + length))
+        return bytes(self.view(ptr, length))
 
     def write(self, ptr: int, data: bytes | bytearray | memoryview) -> None:
         length = memoryview(data).nbytes

@@ -7,6 +7,8 @@ bound; `SpearletServer` wraps any `NodeAPI` (a node that forwards or proxies, to
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import dataclasses
 import hashlib
 import socket
@@ -187,6 +189,37 @@ class SpearletService(v1.SpearletBase):
             for i in range(0, max(len(chunk.data), 1), CHUNK_BYTES):
                 piece = chunk.data[i : i + CHUNK_BYTES]
                 yield v1.LogChunk(stream=chunk.stream, data=piece, offset=chunk.offset + i)
+
+    async def exchange_stream(
+        self, messages: AsyncIterator[v1.StreamMessage]
+    ) -> AsyncIterator[v1.StreamMessage]:
+        first = await anext(messages, None)
+        if first is None or first.submit is None:
+            raise InvalidArgument("a stream exchange starts with a message submitting the task")
+        spec = await self._resolve(first.submit)
+        async with self.api.start_task(spec, stdin=first.submit.stdin or None) as task:
+            logger.info("task {} submitted with a caller stream ({})", task.id, spec.artifact)
+            yield v1.StreamMessage(task=cv.task_to_wire(task.task))
+
+            async def pump_in() -> None:
+                async for message in messages:
+                    if message.data:
+                        await task.send(message.data)
+                    if message.close:
+                        break
+                await task.close()
+
+            # A plain asyncio task: an anyio task group must not span this generator's yields.
+            inbound = asyncio.ensure_future(pump_in())
+            try:
+                async for data in task.messages():
+                    yield v1.StreamMessage(data=data)
+                final = await task.wait()
+            finally:
+                inbound.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await inbound
+            yield v1.StreamMessage(task=cv.task_to_wire(final), close=True)
 
     # -- artifacts -------------------------------------------------------------------
 
