@@ -23,8 +23,9 @@ _FILES = {"stdout": "stdout", "stderr": "stderr", "agent": "agent.log"}
 
 
 class _CappedFile:
-    def __init__(self, path: Path, cap: int) -> None:
-        self._path = path
+    def __init__(self, directory: Path, name: str, cap: int) -> None:
+        self._directory = directory  # the path is joined on first write: most tasks never write
+        self._name = name
         self._cap = cap
         self._file: BinaryIO | None = None
         self._written = 0
@@ -36,8 +37,8 @@ class _CappedFile:
             if self._truncated:
                 return
             if self._file is None:
-                self._path.parent.mkdir(parents=True, exist_ok=True)
-                self._file = open(self._path, "ab", buffering=0)
+                self._directory.mkdir(parents=True, exist_ok=True)
+                self._file = open(self._directory / self._name, "ab", buffering=0)
             room = self._cap - self._written
             if len(data) > room:
                 self._file.write(data[: max(room, 0)])
@@ -65,7 +66,7 @@ class TaskLogWriter:
         tee_stdout: Callable[[bytes], None] | None = None,
         tee_stderr: Callable[[bytes], None] | None = None,
     ) -> None:
-        self._files = {name: _CappedFile(directory / _FILES[name], cap) for name in STREAMS}
+        self._files = {name: _CappedFile(directory, _FILES[name], cap) for name in STREAMS}
         self._tee_stdout = tee_stdout
         self._tee_stderr = tee_stderr
 
