@@ -203,10 +203,9 @@ class SpearletService(v1.SpearletBase):
 
             async def pump_in() -> None:
                 async for message in messages:
-                    if message.data:
-                        await task.send(message.data)
                     if message.close:
                         break
+                    await task.send(message.data)  # an empty message is a message too
                 await task.close()
 
             # A plain asyncio task: an anyio task group must not span this generator's yields.
