@@ -7,12 +7,14 @@ local data dir) and `Client` (a node daemon over gRPC). The CLI's client command
 
 from __future__ import annotations
 
+import abc
 import dataclasses
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Generator, Sequence
+    from contextlib import AbstractAsyncContextManager
 
     from spear.core.models import FunctionSpec, Resources, Task, TaskState
 
@@ -89,6 +91,13 @@ class NodeAPI(Protocol):
 
     async def submit(self, spec: FunctionSpec, *, stdin: bytes | None = None) -> TaskHandle:
         """Start a task; returns at once with a handle on it (the task is PENDING)."""
+        ...
+
+    def start_task(
+        self, spec: FunctionSpec, *, stdin: bytes | None = None
+    ) -> AbstractAsyncContextManager[StreamingTask]:
+        """Start a task with its caller stream: `async with api.start_task(spec) as t:`,
+        then `t.send(...)` and `async for m in t.messages()`; leaving ends its input."""
         ...
 
     async def task(self, task_id: str) -> Task: ...
@@ -176,3 +185,24 @@ class TaskHandle:
 
     def watch(self) -> AsyncIterator[Task]:
         return self._api.watch(self.id)
+
+
+class StreamingTask(TaskHandle, abc.ABC):
+    """A task started with its caller stream: send it messages, read the messages it sends."""
+
+    @abc.abstractmethod
+    async def send(self, message: bytes | str) -> None:
+        """One message to the task; waits while its input queue is full."""
+
+    @abc.abstractmethod
+    async def close(self) -> None:
+        """No more messages: the task reads the end of its input after the queued ones."""
+
+    @abc.abstractmethod
+    async def receive(self) -> bytes | None:
+        """The task's next message; None once the task has ended and all were read."""
+
+    async def messages(self) -> AsyncIterator[bytes]:
+        """The task's messages, in order, until it ends."""
+        while (message := await self.receive()) is not None:
+            yield message

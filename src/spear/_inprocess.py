@@ -7,6 +7,7 @@ waking when the task ends or after a short interval, like `tail -f`.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 import time
@@ -14,7 +15,15 @@ from typing import TYPE_CHECKING
 
 import anyio
 
-from spear._api import LOG_STREAMS, LogChunk, NodeInfo, ObjectInfo, TaskHandle, TaskResult
+from spear._api import (
+    LOG_STREAMS,
+    LogChunk,
+    NodeInfo,
+    ObjectInfo,
+    StreamingTask,
+    TaskHandle,
+    TaskResult,
+)
 from spear.errors import InvalidArgument, NotFound, Unavailable
 
 if TYPE_CHECKING:
@@ -22,6 +31,7 @@ if TYPE_CHECKING:
 
     from spear.core.models import FunctionSpec, Task, TaskState
     from spear.core.node import Spearlet
+    from spear.core.streams import TaskStream
     from spear.store import objects
     from spear.store.objects import ObjectStore
 
@@ -56,6 +66,18 @@ class InProcessNode:
             raise Unavailable(f"node {self.node.name} is draining: it accepts no new tasks")
         return TaskHandle(self, await self.node.submit(spec, stdin=stdin))
 
+    @contextlib.asynccontextmanager
+    async def start_task(
+        self, spec: FunctionSpec, *, stdin: bytes | None = None
+    ) -> AsyncIterator[StreamingTask]:
+        if self.draining:
+            raise Unavailable(f"node {self.node.name} is draining: it accepts no new tasks")
+        stream = await self.node.start_task(spec, stdin=stdin)
+        try:
+            yield _LocalStreamingTask(self, stream)
+        finally:
+            await stream.close()
+
     async def task(self, task_id: str) -> Task:
         return await self.node.task(task_id)
 
@@ -86,6 +108,15 @@ class InProcessNode:
         task = await (self.wait(task_id) if wait else self.node.task(task_id))
         if not task.state.terminal:
             raise Unavailable(f"task {task_id} has not finished (it is {task.state.value})")
+        store = self.node.services.get("objects")
+        if store is not None:  # what the task set as its result, else its stdout (seed §6)
+            from spear.store.objects import result_key
+
+            try:
+                value, _ = await store.get(result_key(task_id))
+                return TaskResult(task, bytes(value))
+            except NotFound:
+                pass  # not stored (yet: the node stores it just after the task ends)
         path = str(self.node.logs.path(task_id, "stdout"))
         output = await anyio.to_thread.run_sync(_read_at, path, 0, -1)
         return TaskResult(task, output)
@@ -224,3 +255,18 @@ def _object_info(info: objects.ObjectInfo) -> ObjectInfo:
     return ObjectInfo(
         key=info.key, version=info.version, size=info.size, refs=info.refcount, pinned=info.pinned
     )
+
+
+class _LocalStreamingTask(StreamingTask):
+    def __init__(self, api: InProcessNode, stream: TaskStream) -> None:
+        super().__init__(api, stream.task)
+        self._stream = stream
+
+    async def send(self, message: bytes | str) -> None:
+        await self._stream.send(message)
+
+    async def close(self) -> None:
+        await self._stream.close()
+
+    async def receive(self) -> bytes | None:
+        return await self._stream.receive()

@@ -209,7 +209,9 @@ class CancelTaskRequest(betterproto2.Message):
     reason: "str" = betterproto2.field(2, betterproto2.TYPE_STRING)
 
 
-default_message_pool.register_message("spear.v1", "CancelTaskRequest", CancelTaskRequest)
+default_message_pool.register_message(
+    "spear.v1", "CancelTaskRequest", CancelTaskRequest
+)
 
 
 @dataclass(eq=False, repr=False)
@@ -217,7 +219,9 @@ class DeleteObjectResponse(betterproto2.Message):
     deleted: "bool" = betterproto2.field(1, betterproto2.TYPE_BOOL)
 
 
-default_message_pool.register_message("spear.v1", "DeleteObjectResponse", DeleteObjectResponse)
+default_message_pool.register_message(
+    "spear.v1", "DeleteObjectResponse", DeleteObjectResponse
+)
 
 
 @dataclass(eq=False, repr=False)
@@ -227,7 +231,9 @@ class DeregisterNodeRequest(betterproto2.Message):
     incarnation: "str" = betterproto2.field(2, betterproto2.TYPE_STRING)
 
 
-default_message_pool.register_message("spear.v1", "DeregisterNodeRequest", DeregisterNodeRequest)
+default_message_pool.register_message(
+    "spear.v1", "DeregisterNodeRequest", DeregisterNodeRequest
+)
 
 
 @dataclass(eq=False, repr=False)
@@ -235,7 +241,9 @@ class DeregisterNodeResponse(betterproto2.Message):
     deregistered: "bool" = betterproto2.field(1, betterproto2.TYPE_BOOL)
 
 
-default_message_pool.register_message("spear.v1", "DeregisterNodeResponse", DeregisterNodeResponse)
+default_message_pool.register_message(
+    "spear.v1", "DeregisterNodeResponse", DeregisterNodeResponse
+)
 
 
 @dataclass(eq=False, repr=False)
@@ -263,21 +271,29 @@ default_message_pool.register_message("spear.v1", "Error", Error)
 
 @dataclass(eq=False, repr=False)
 class FindNodesRequest(betterproto2.Message):
-    need: "Resources | None" = betterproto2.field(1, betterproto2.TYPE_MESSAGE, optional=True)
+    need: "Resources | None" = betterproto2.field(
+        1, betterproto2.TYPE_MESSAGE, optional=True
+    )
 
     runtime: "str" = betterproto2.field(2, betterproto2.TYPE_STRING)
 
-    labels: "list[KeyValue]" = betterproto2.field(3, betterproto2.TYPE_MESSAGE, repeated=True)
+    labels: "list[KeyValue]" = betterproto2.field(
+        3, betterproto2.TYPE_MESSAGE, repeated=True
+    )
     """
     every one must be among the node's labels
     """
 
-    objects: "list[str]" = betterproto2.field(4, betterproto2.TYPE_STRING, repeated=True)
+    objects: "list[str]" = betterproto2.field(
+        4, betterproto2.TYPE_STRING, repeated=True
+    )
     """
     the task's input objects (data affinity)
     """
 
-    exclude: "list[str]" = betterproto2.field(5, betterproto2.TYPE_STRING, repeated=True)
+    exclude: "list[str]" = betterproto2.field(
+        5, betterproto2.TYPE_STRING, repeated=True
+    )
     """
     node names not to return
     """
@@ -303,7 +319,9 @@ class FindNodesResponse(betterproto2.Message):
     reason: "str" = betterproto2.field(3, betterproto2.TYPE_STRING)
 
 
-default_message_pool.register_message("spear.v1", "FindNodesResponse", FindNodesResponse)
+default_message_pool.register_message(
+    "spear.v1", "FindNodesResponse", FindNodesResponse
+)
 
 
 @dataclass(eq=False, repr=False)
@@ -321,15 +339,23 @@ class FunctionSpec(betterproto2.Message):
 
     args: "list[str]" = betterproto2.field(3, betterproto2.TYPE_STRING, repeated=True)
 
-    env: "list[KeyValue]" = betterproto2.field(4, betterproto2.TYPE_MESSAGE, repeated=True)
+    env: "list[KeyValue]" = betterproto2.field(
+        4, betterproto2.TYPE_MESSAGE, repeated=True
+    )
 
-    dirs: "list[DirMapping]" = betterproto2.field(5, betterproto2.TYPE_MESSAGE, repeated=True)
+    dirs: "list[DirMapping]" = betterproto2.field(
+        5, betterproto2.TYPE_MESSAGE, repeated=True
+    )
 
     entry: "str" = betterproto2.field(6, betterproto2.TYPE_STRING)
 
-    resources: "Resources | None" = betterproto2.field(7, betterproto2.TYPE_MESSAGE, optional=True)
+    resources: "Resources | None" = betterproto2.field(
+        7, betterproto2.TYPE_MESSAGE, optional=True
+    )
 
-    timeout_s: "float | None" = betterproto2.field(8, betterproto2.TYPE_DOUBLE, optional=True)
+    timeout_s: "float | None" = betterproto2.field(
+        8, betterproto2.TYPE_DOUBLE, optional=True
+    )
 
     memory_limit_bytes: "int | None" = betterproto2.field(
         9, betterproto2.TYPE_UINT64, optional=True
@@ -337,9 +363,13 @@ class FunctionSpec(betterproto2.Message):
 
     fuel: "int | None" = betterproto2.field(10, betterproto2.TYPE_UINT64, optional=True)
 
-    labels: "list[KeyValue]" = betterproto2.field(11, betterproto2.TYPE_MESSAGE, repeated=True)
+    labels: "list[KeyValue]" = betterproto2.field(
+        11, betterproto2.TYPE_MESSAGE, repeated=True
+    )
 
-    workdir: "str | None" = betterproto2.field(12, betterproto2.TYPE_STRING, optional=True)
+    workdir: "str | None" = betterproto2.field(
+        12, betterproto2.TYPE_STRING, optional=True
+    )
 
     warm: "bool" = betterproto2.field(13, betterproto2.TYPE_BOOL)
 
@@ -356,7 +386,9 @@ class GetNodeInfoRequest(betterproto2.Message):
     pass
 
 
-default_message_pool.register_message("spear.v1", "GetNodeInfoRequest", GetNodeInfoRequest)
+default_message_pool.register_message(
+    "spear.v1", "GetNodeInfoRequest", GetNodeInfoRequest
+)
 
 
 @dataclass(eq=False, repr=False)
@@ -401,7 +433,9 @@ class HasArtifactResponse(betterproto2.Message):
     present: "bool" = betterproto2.field(1, betterproto2.TYPE_BOOL)
 
 
-default_message_pool.register_message("spear.v1", "HasArtifactResponse", HasArtifactResponse)
+default_message_pool.register_message(
+    "spear.v1", "HasArtifactResponse", HasArtifactResponse
+)
 
 
 @dataclass(eq=False, repr=False)
@@ -410,7 +444,9 @@ class HeartbeatRequest(betterproto2.Message):
 
     incarnation: "str" = betterproto2.field(2, betterproto2.TYPE_STRING)
 
-    free: "Resources | None" = betterproto2.field(3, betterproto2.TYPE_MESSAGE, optional=True)
+    free: "Resources | None" = betterproto2.field(
+        3, betterproto2.TYPE_MESSAGE, optional=True
+    )
 
     running_tasks: "int" = betterproto2.field(4, betterproto2.TYPE_UINT32)
 
@@ -424,10 +460,14 @@ default_message_pool.register_message("spear.v1", "HeartbeatRequest", HeartbeatR
 class HeartbeatResponse(betterproto2.Message):
     known: "bool" = betterproto2.field(1, betterproto2.TYPE_BOOL)
 
-    node: "NodeRecord | None" = betterproto2.field(2, betterproto2.TYPE_MESSAGE, optional=True)
+    node: "NodeRecord | None" = betterproto2.field(
+        2, betterproto2.TYPE_MESSAGE, optional=True
+    )
 
 
-default_message_pool.register_message("spear.v1", "HeartbeatResponse", HeartbeatResponse)
+default_message_pool.register_message(
+    "spear.v1", "HeartbeatResponse", HeartbeatResponse
+)
 
 
 @dataclass(eq=False, repr=False)
@@ -467,7 +507,9 @@ default_message_pool.register_message(
 
 @dataclass(eq=False, repr=False)
 class ListClusterTasksResponse(betterproto2.Message):
-    tasks: "list[TaskInfo]" = betterproto2.field(1, betterproto2.TYPE_MESSAGE, repeated=True)
+    tasks: "list[TaskInfo]" = betterproto2.field(
+        1, betterproto2.TYPE_MESSAGE, repeated=True
+    )
 
 
 default_message_pool.register_message(
@@ -488,10 +530,14 @@ default_message_pool.register_message("spear.v1", "ListNodesRequest", ListNodesR
 
 @dataclass(eq=False, repr=False)
 class ListNodesResponse(betterproto2.Message):
-    nodes: "list[NodeRecord]" = betterproto2.field(1, betterproto2.TYPE_MESSAGE, repeated=True)
+    nodes: "list[NodeRecord]" = betterproto2.field(
+        1, betterproto2.TYPE_MESSAGE, repeated=True
+    )
 
 
-default_message_pool.register_message("spear.v1", "ListNodesResponse", ListNodesResponse)
+default_message_pool.register_message(
+    "spear.v1", "ListNodesResponse", ListNodesResponse
+)
 
 
 @dataclass(eq=False, repr=False)
@@ -499,15 +545,21 @@ class ListObjectsRequest(betterproto2.Message):
     prefix: "str" = betterproto2.field(1, betterproto2.TYPE_STRING)
 
 
-default_message_pool.register_message("spear.v1", "ListObjectsRequest", ListObjectsRequest)
+default_message_pool.register_message(
+    "spear.v1", "ListObjectsRequest", ListObjectsRequest
+)
 
 
 @dataclass(eq=False, repr=False)
 class ListObjectsResponse(betterproto2.Message):
-    objects: "list[ObjectInfo]" = betterproto2.field(1, betterproto2.TYPE_MESSAGE, repeated=True)
+    objects: "list[ObjectInfo]" = betterproto2.field(
+        1, betterproto2.TYPE_MESSAGE, repeated=True
+    )
 
 
-default_message_pool.register_message("spear.v1", "ListObjectsResponse", ListObjectsResponse)
+default_message_pool.register_message(
+    "spear.v1", "ListObjectsResponse", ListObjectsResponse
+)
 
 
 @dataclass(eq=False, repr=False)
@@ -530,10 +582,14 @@ default_message_pool.register_message("spear.v1", "ListTasksRequest", ListTasksR
 
 @dataclass(eq=False, repr=False)
 class ListTasksResponse(betterproto2.Message):
-    tasks: "list[TaskInfo]" = betterproto2.field(1, betterproto2.TYPE_MESSAGE, repeated=True)
+    tasks: "list[TaskInfo]" = betterproto2.field(
+        1, betterproto2.TYPE_MESSAGE, repeated=True
+    )
 
 
-default_message_pool.register_message("spear.v1", "ListTasksResponse", ListTasksResponse)
+default_message_pool.register_message(
+    "spear.v1", "ListTasksResponse", ListTasksResponse
+)
 
 
 @dataclass(eq=False, repr=False)
@@ -541,7 +597,9 @@ class LocateObjectRequest(betterproto2.Message):
     key: "str" = betterproto2.field(1, betterproto2.TYPE_STRING)
 
 
-default_message_pool.register_message("spear.v1", "LocateObjectRequest", LocateObjectRequest)
+default_message_pool.register_message(
+    "spear.v1", "LocateObjectRequest", LocateObjectRequest
+)
 
 
 @dataclass(eq=False, repr=False)
@@ -554,7 +612,9 @@ class LocateObjectResponse(betterproto2.Message):
     """
 
 
-default_message_pool.register_message("spear.v1", "LocateObjectResponse", LocateObjectResponse)
+default_message_pool.register_message(
+    "spear.v1", "LocateObjectResponse", LocateObjectResponse
+)
 
 
 @dataclass(eq=False, repr=False)
@@ -577,12 +637,16 @@ class LookupTaskRequest(betterproto2.Message):
     task_id: "str" = betterproto2.field(1, betterproto2.TYPE_STRING)
 
 
-default_message_pool.register_message("spear.v1", "LookupTaskRequest", LookupTaskRequest)
+default_message_pool.register_message(
+    "spear.v1", "LookupTaskRequest", LookupTaskRequest
+)
 
 
 @dataclass(eq=False, repr=False)
 class NodeCandidate(betterproto2.Message):
-    node: "NodeRecord | None" = betterproto2.field(1, betterproto2.TYPE_MESSAGE, optional=True)
+    node: "NodeRecord | None" = betterproto2.field(
+        1, betterproto2.TYPE_MESSAGE, optional=True
+    )
 
     objects_held: "int" = betterproto2.field(2, betterproto2.TYPE_UINT32)
     """
@@ -608,13 +672,19 @@ class NodeInfo(betterproto2.Message):
 
     wasmtime_version: "str" = betterproto2.field(5, betterproto2.TYPE_STRING)
 
-    capacity: "Resources | None" = betterproto2.field(6, betterproto2.TYPE_MESSAGE, optional=True)
+    capacity: "Resources | None" = betterproto2.field(
+        6, betterproto2.TYPE_MESSAGE, optional=True
+    )
 
-    free: "Resources | None" = betterproto2.field(7, betterproto2.TYPE_MESSAGE, optional=True)
+    free: "Resources | None" = betterproto2.field(
+        7, betterproto2.TYPE_MESSAGE, optional=True
+    )
 
     running_tasks: "int" = betterproto2.field(8, betterproto2.TYPE_UINT32)
 
-    runtimes: "list[str]" = betterproto2.field(9, betterproto2.TYPE_STRING, repeated=True)
+    runtimes: "list[str]" = betterproto2.field(
+        9, betterproto2.TYPE_STRING, repeated=True
+    )
 
     started_at: "float" = betterproto2.field(10, betterproto2.TYPE_DOUBLE)
 
@@ -637,11 +707,17 @@ class NodeRecord(betterproto2.Message):
     HOST:PORT of its Spearlet service
     """
 
-    labels: "list[KeyValue]" = betterproto2.field(3, betterproto2.TYPE_MESSAGE, repeated=True)
+    labels: "list[KeyValue]" = betterproto2.field(
+        3, betterproto2.TYPE_MESSAGE, repeated=True
+    )
 
-    capacity: "Resources | None" = betterproto2.field(4, betterproto2.TYPE_MESSAGE, optional=True)
+    capacity: "Resources | None" = betterproto2.field(
+        4, betterproto2.TYPE_MESSAGE, optional=True
+    )
 
-    free: "Resources | None" = betterproto2.field(5, betterproto2.TYPE_MESSAGE, optional=True)
+    free: "Resources | None" = betterproto2.field(
+        5, betterproto2.TYPE_MESSAGE, optional=True
+    )
 
     agents: "list[WorkerAgentInfo]" = betterproto2.field(
         6, betterproto2.TYPE_MESSAGE, repeated=True
@@ -682,11 +758,15 @@ class ObjectChunk(betterproto2.Message):
     In the first message of a GetObject answer: the object's info in `info`.
     """
 
-    expected_version: "int | None" = betterproto2.field(2, betterproto2.TYPE_UINT64, optional=True)
+    expected_version: "int | None" = betterproto2.field(
+        2, betterproto2.TYPE_UINT64, optional=True
+    )
 
     data: "bytes" = betterproto2.field(3, betterproto2.TYPE_BYTES)
 
-    info: "ObjectInfo | None" = betterproto2.field(4, betterproto2.TYPE_MESSAGE, optional=True)
+    info: "ObjectInfo | None" = betterproto2.field(
+        4, betterproto2.TYPE_MESSAGE, optional=True
+    )
 
 
 default_message_pool.register_message("spear.v1", "ObjectChunk", ObjectChunk)
@@ -736,10 +816,14 @@ default_message_pool.register_message("spear.v1", "ObjectLocation", ObjectLocati
 
 @dataclass(eq=False, repr=False)
 class RegisterNodeRequest(betterproto2.Message):
-    node: "NodeRecord | None" = betterproto2.field(1, betterproto2.TYPE_MESSAGE, optional=True)
+    node: "NodeRecord | None" = betterproto2.field(
+        1, betterproto2.TYPE_MESSAGE, optional=True
+    )
 
 
-default_message_pool.register_message("spear.v1", "RegisterNodeRequest", RegisterNodeRequest)
+default_message_pool.register_message(
+    "spear.v1", "RegisterNodeRequest", RegisterNodeRequest
+)
 
 
 @dataclass(eq=False, repr=False)
@@ -766,10 +850,14 @@ default_message_pool.register_message(
 
 @dataclass(eq=False, repr=False)
 class ReportTaskRequest(betterproto2.Message):
-    task: "TaskInfo | None" = betterproto2.field(1, betterproto2.TYPE_MESSAGE, optional=True)
+    task: "TaskInfo | None" = betterproto2.field(
+        1, betterproto2.TYPE_MESSAGE, optional=True
+    )
 
 
-default_message_pool.register_message("spear.v1", "ReportTaskRequest", ReportTaskRequest)
+default_message_pool.register_message(
+    "spear.v1", "ReportTaskRequest", ReportTaskRequest
+)
 
 
 @dataclass(eq=False, repr=False)
@@ -784,7 +872,9 @@ default_message_pool.register_message("spear.v1", "Resources", Resources)
 
 @dataclass(eq=False, repr=False)
 class ResultChunk(betterproto2.Message):
-    task: "TaskInfo | None" = betterproto2.field(1, betterproto2.TYPE_MESSAGE, optional=True)
+    task: "TaskInfo | None" = betterproto2.field(
+        1, betterproto2.TYPE_MESSAGE, optional=True
+    )
     """
     in the first message only
     """
@@ -817,7 +907,9 @@ default_message_pool.register_message("spear.v1", "StateChange", StateChange)
 class StreamLogsRequest(betterproto2.Message):
     task_id: "str" = betterproto2.field(1, betterproto2.TYPE_STRING)
 
-    streams: "list[str]" = betterproto2.field(2, betterproto2.TYPE_STRING, repeated=True)
+    streams: "list[str]" = betterproto2.field(
+        2, betterproto2.TYPE_STRING, repeated=True
+    )
     """
     stdout, stderr, agent; empty: all three
     """
@@ -828,27 +920,32 @@ class StreamLogsRequest(betterproto2.Message):
     """
 
 
-default_message_pool.register_message("spear.v1", "StreamLogsRequest", StreamLogsRequest)
+default_message_pool.register_message(
+    "spear.v1", "StreamLogsRequest", StreamLogsRequest
+)
 
 
 @dataclass(eq=False, repr=False)
 class StreamMessage(betterproto2.Message):
-    task_id: "str" = betterproto2.field(1, betterproto2.TYPE_STRING)
     """
-    in the opening message
+    One message of a task's caller stream (ExchangeStream).
+    From the client: the first message starts the task whose stream this is (`submit`);
+    later ones carry `data` for the task; `close` ends its input.
+    From the node: the first message is the started task (`task`); later ones carry the
+    task's messages (`data`); the last has `close` and the finished task (`task`).
     """
 
-    stream: "str" = betterproto2.field(2, betterproto2.TYPE_STRING)
-    """
-    the stream's name, in the opening message
-    """
+    submit: "SubmitTaskRequest | None" = betterproto2.field(
+        1, betterproto2.TYPE_MESSAGE, optional=True
+    )
+
+    task: "TaskInfo | None" = betterproto2.field(
+        2, betterproto2.TYPE_MESSAGE, optional=True
+    )
 
     data: "bytes" = betterproto2.field(3, betterproto2.TYPE_BYTES)
 
     close: "bool" = betterproto2.field(4, betterproto2.TYPE_BOOL)
-    """
-    no more messages from this side
-    """
 
 
 default_message_pool.register_message("spear.v1", "StreamMessage", StreamMessage)
@@ -884,7 +981,9 @@ class SubmitTaskRequest(betterproto2.Message):
         - source:
     """
 
-    spec: "FunctionSpec | None" = betterproto2.field(1, betterproto2.TYPE_MESSAGE, optional=True)
+    spec: "FunctionSpec | None" = betterproto2.field(
+        1, betterproto2.TYPE_MESSAGE, optional=True
+    )
 
     artifact_digest: "str | None" = betterproto2.field(
         2, betterproto2.TYPE_STRING, optional=True, group="source"
@@ -908,7 +1007,9 @@ class SubmitTaskRequest(betterproto2.Message):
     """
 
 
-default_message_pool.register_message("spear.v1", "SubmitTaskRequest", SubmitTaskRequest)
+default_message_pool.register_message(
+    "spear.v1", "SubmitTaskRequest", SubmitTaskRequest
+)
 
 
 @dataclass(eq=False, repr=False)
@@ -918,7 +1019,9 @@ class SubmitTasksRequest(betterproto2.Message):
     )
 
 
-default_message_pool.register_message("spear.v1", "SubmitTasksRequest", SubmitTasksRequest)
+default_message_pool.register_message(
+    "spear.v1", "SubmitTasksRequest", SubmitTasksRequest
+)
 
 
 @dataclass(eq=False, repr=False)
@@ -928,14 +1031,18 @@ class SubmitTasksResponse(betterproto2.Message):
     )
 
 
-default_message_pool.register_message("spear.v1", "SubmitTasksResponse", SubmitTasksResponse)
+default_message_pool.register_message(
+    "spear.v1", "SubmitTasksResponse", SubmitTasksResponse
+)
 
 
 @dataclass(eq=False, repr=False)
 class TaskInfo(betterproto2.Message):
     id: "str" = betterproto2.field(1, betterproto2.TYPE_STRING)
 
-    spec: "FunctionSpec | None" = betterproto2.field(2, betterproto2.TYPE_MESSAGE, optional=True)
+    spec: "FunctionSpec | None" = betterproto2.field(
+        2, betterproto2.TYPE_MESSAGE, optional=True
+    )
 
     state: "TaskState" = betterproto2.field(
         3, betterproto2.TYPE_ENUM, default_factory=lambda: TaskState(0)
@@ -943,19 +1050,29 @@ class TaskInfo(betterproto2.Message):
 
     created_at: "float" = betterproto2.field(4, betterproto2.TYPE_DOUBLE)
 
-    started_at: "float | None" = betterproto2.field(5, betterproto2.TYPE_DOUBLE, optional=True)
+    started_at: "float | None" = betterproto2.field(
+        5, betterproto2.TYPE_DOUBLE, optional=True
+    )
 
-    finished_at: "float | None" = betterproto2.field(6, betterproto2.TYPE_DOUBLE, optional=True)
+    finished_at: "float | None" = betterproto2.field(
+        6, betterproto2.TYPE_DOUBLE, optional=True
+    )
 
-    exit_code: "int | None" = betterproto2.field(7, betterproto2.TYPE_INT32, optional=True)
+    exit_code: "int | None" = betterproto2.field(
+        7, betterproto2.TYPE_INT32, optional=True
+    )
 
-    reason: "str | None" = betterproto2.field(8, betterproto2.TYPE_STRING, optional=True)
+    reason: "str | None" = betterproto2.field(
+        8, betterproto2.TYPE_STRING, optional=True
+    )
 
     node: "str | None" = betterproto2.field(9, betterproto2.TYPE_STRING, optional=True)
 
     attempts: "int" = betterproto2.field(10, betterproto2.TYPE_UINT32)
 
-    history: "list[StateChange]" = betterproto2.field(11, betterproto2.TYPE_MESSAGE, repeated=True)
+    history: "list[StateChange]" = betterproto2.field(
+        11, betterproto2.TYPE_MESSAGE, repeated=True
+    )
 
 
 default_message_pool.register_message("spear.v1", "TaskInfo", TaskInfo)
@@ -1387,8 +1504,7 @@ class SpearletStub(betterproto2_grpclib.ServiceStub):
         metadata: "MetadataLike | None" = None,
     ) -> "AsyncIterator[StreamMessage]":
         """
-        Messages to and from a running task's streams. The first client message opens the
-        exchange (task_id and stream set); later ones carry data.
+        Start a task with its caller stream, then exchange messages with it (StreamMessage).
         """
 
         async for response in self._stream_stream(
@@ -1631,7 +1747,9 @@ class MetadataServerBase(betterproto2_grpclib.ServiceBase):
 
         raise grpclib.GRPCError(grpclib.const.Status.UNIMPLEMENTED)
 
-    async def deregister_node(self, message: "DeregisterNodeRequest") -> "DeregisterNodeResponse":
+    async def deregister_node(
+        self, message: "DeregisterNodeRequest"
+    ) -> "DeregisterNodeResponse":
 
         raise grpclib.GRPCError(grpclib.const.Status.UNIMPLEMENTED)
 
@@ -1680,7 +1798,9 @@ class MetadataServerBase(betterproto2_grpclib.ServiceBase):
 
         raise grpclib.GRPCError(grpclib.const.Status.UNIMPLEMENTED)
 
-    async def locate_object(self, message: "LocateObjectRequest") -> "LocateObjectResponse":
+    async def locate_object(
+        self, message: "LocateObjectRequest"
+    ) -> "LocateObjectResponse":
 
         raise grpclib.GRPCError(grpclib.const.Status.UNIMPLEMENTED)
 
@@ -1701,7 +1821,8 @@ class MetadataServerBase(betterproto2_grpclib.ServiceBase):
         await stream.send_message(response)
 
     async def __rpc_deregister_node(
-        self, stream: "grpclib.server.Stream[DeregisterNodeRequest, DeregisterNodeResponse]"
+        self,
+        stream: "grpclib.server.Stream[DeregisterNodeRequest, DeregisterNodeResponse]",
     ) -> None:
         request = await stream.recv_message()
         assert request is not None
@@ -1749,7 +1870,8 @@ class MetadataServerBase(betterproto2_grpclib.ServiceBase):
         await stream.send_message(response)
 
     async def __rpc_list_cluster_tasks(
-        self, stream: "grpclib.server.Stream[ListClusterTasksRequest, ListClusterTasksResponse]"
+        self,
+        stream: "grpclib.server.Stream[ListClusterTasksRequest, ListClusterTasksResponse]",
     ) -> None:
         request = await stream.recv_message()
         assert request is not None
@@ -1866,7 +1988,9 @@ class SpearletBase(betterproto2_grpclib.ServiceBase):
 
         raise grpclib.GRPCError(grpclib.const.Status.UNIMPLEMENTED)
 
-    async def submit_tasks(self, message: "SubmitTasksRequest") -> "SubmitTasksResponse":
+    async def submit_tasks(
+        self, message: "SubmitTasksRequest"
+    ) -> "SubmitTasksResponse":
         """
         Many submissions in one call; each gets its own outcome, in order.
         """
@@ -1881,7 +2005,9 @@ class SpearletBase(betterproto2_grpclib.ServiceBase):
 
         raise grpclib.GRPCError(grpclib.const.Status.UNIMPLEMENTED)
 
-    async def watch_task(self, message: "WatchTaskRequest") -> "AsyncIterator[TaskInfo]":
+    async def watch_task(
+        self, message: "WatchTaskRequest"
+    ) -> "AsyncIterator[TaskInfo]":
         """
         The task as it is now, then once per state change, ending at a terminal state.
         """
@@ -1893,7 +2019,9 @@ class SpearletBase(betterproto2_grpclib.ServiceBase):
 
         raise grpclib.GRPCError(grpclib.const.Status.UNIMPLEMENTED)
 
-    async def get_result(self, message: "GetResultRequest") -> "AsyncIterator[ResultChunk]":
+    async def get_result(
+        self, message: "GetResultRequest"
+    ) -> "AsyncIterator[ResultChunk]":
         """
         The finished task (first message), then its output in chunks.
         """
@@ -1901,7 +2029,9 @@ class SpearletBase(betterproto2_grpclib.ServiceBase):
         raise grpclib.GRPCError(grpclib.const.Status.UNIMPLEMENTED)
         yield ResultChunk()
 
-    async def stream_logs(self, message: "StreamLogsRequest") -> "AsyncIterator[LogChunk]":
+    async def stream_logs(
+        self, message: "StreamLogsRequest"
+    ) -> "AsyncIterator[LogChunk]":
 
         raise grpclib.GRPCError(grpclib.const.Status.UNIMPLEMENTED)
         yield LogChunk()
@@ -1910,14 +2040,15 @@ class SpearletBase(betterproto2_grpclib.ServiceBase):
         self, messages: "AsyncIterator[StreamMessage]"
     ) -> "AsyncIterator[StreamMessage]":
         """
-        Messages to and from a running task's streams. The first client message opens the
-        exchange (task_id and stream set); later ones carry data.
+        Start a task with its caller stream, then exchange messages with it (StreamMessage).
         """
 
         raise grpclib.GRPCError(grpclib.const.Status.UNIMPLEMENTED)
         yield StreamMessage()
 
-    async def upload_artifact(self, messages: "AsyncIterator[ArtifactChunk]") -> "ArtifactRef":
+    async def upload_artifact(
+        self, messages: "AsyncIterator[ArtifactChunk]"
+    ) -> "ArtifactRef":
         """
         Artifacts: content-addressed module bytes a task can be submitted against.
         """
@@ -1942,16 +2073,22 @@ class SpearletBase(betterproto2_grpclib.ServiceBase):
 
         raise grpclib.GRPCError(grpclib.const.Status.UNIMPLEMENTED)
 
-    async def get_object(self, message: "GetObjectRequest") -> "AsyncIterator[ObjectChunk]":
+    async def get_object(
+        self, message: "GetObjectRequest"
+    ) -> "AsyncIterator[ObjectChunk]":
 
         raise grpclib.GRPCError(grpclib.const.Status.UNIMPLEMENTED)
         yield ObjectChunk()
 
-    async def list_objects(self, message: "ListObjectsRequest") -> "ListObjectsResponse":
+    async def list_objects(
+        self, message: "ListObjectsRequest"
+    ) -> "ListObjectsResponse":
 
         raise grpclib.GRPCError(grpclib.const.Status.UNIMPLEMENTED)
 
-    async def delete_object(self, message: "ObjectKeyRequest") -> "DeleteObjectResponse":
+    async def delete_object(
+        self, message: "ObjectKeyRequest"
+    ) -> "DeleteObjectResponse":
 
         raise grpclib.GRPCError(grpclib.const.Status.UNIMPLEMENTED)
 
