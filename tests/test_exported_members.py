@@ -20,3 +20,20 @@ def test_public_classes_say_they_are_public() -> None:
         member = getattr(spear, name)
         if isinstance(member, type):
             assert member.__module__.startswith("spear"), name
+
+
+def test_the_grpc_client_is_public_and_loaded_on_demand() -> None:
+    import subprocess
+    import sys
+
+    from spear.client import Client
+
+    assert spear.Client is Client and "Client" in spear.__all__
+    # `import spear` alone (the path of `spear run`) does not load grpclib.
+    code = "import sys, spear; print('grpclib' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert out.stdout.strip() == "False", out.stderr
+
+
+def test_all_is_in_order() -> None:
+    assert spear.__all__ == sorted(spear.__all__, key=str.lower)
