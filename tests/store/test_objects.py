@@ -309,3 +309,25 @@ def test_version_rules_match_a_model(tmp_path_factory: pytest.TempPathFactory, o
             await kv.aclose()
 
     anyio.run(main)
+
+
+@pytest.mark.slow
+async def test_a_100_mib_value_is_not_copied_on_get(tmp_path: Path) -> None:
+    import tracemalloc
+
+    kv = LevelDBKV.open(str(tmp_path / "meta.ldb"))
+    store = ObjectStore(kv, tmp_path / "objects", max_bytes=200 * 1024**2)
+    try:
+        payload = b"z" * (100 * 1024**2)
+        await store.put("huge", payload)
+        tracemalloc.start()
+        try:
+            value, _ = await store.get("huge")
+            checksum = value[0] + value[-1] + value[50 * 1024**2]
+            _, peak = tracemalloc.get_traced_memory()
+        finally:
+            tracemalloc.stop()
+        assert value.nbytes == len(payload) and checksum == 3 * ord("z")
+        assert peak < 1024**2  # Python allocated far less than the value: it was mapped
+    finally:
+        await kv.aclose()

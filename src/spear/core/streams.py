@@ -178,7 +178,9 @@ class TaskStreams:
         self.changed = threading.Condition()  # notified whenever any of the task's handles change
         self.inbound = MessageQueue(max_messages, max_message_bytes, self.changed)
         self.outbound = MessageQueue(max_messages, max_message_bytes, self.changed)
-        self.finished = anyio.Event()  # set once the task ended and its result is stored
+        # Set (on the event loop) once the task ended and its result is stored; only a task
+        # with a caller has one (created where the caller attaches, on the loop).
+        self.finished: anyio.Event | None = None
 
     def notify(self) -> None:
         """Wake the task's readiness wait (for handle kinds other than streams)."""
@@ -222,6 +224,8 @@ class StreamRegistry:
             if streams is None:
                 streams = TaskStreams(task_id, self.max_messages, self.max_message_bytes)
                 self._streams[task_id] = streams
+            if streams.finished is None:
+                streams.finished = anyio.Event()
             return streams
 
     def for_task(self, task_id: str) -> TaskStreams:
@@ -240,7 +244,8 @@ class StreamRegistry:
             streams = self._streams.pop(task_id, None)
         if streams is not None:
             streams.end()
-            streams.finished.set()
+            if streams.finished is not None:
+                streams.finished.set()
 
     @contextlib.asynccontextmanager
     async def serve_node(self, node: Any, task_group: TaskGroup) -> AsyncIterator[None]:
@@ -294,7 +299,8 @@ class TaskStream:
     async def wait(self) -> Task:
         """Wait for the task to end; the finished task."""
         await self._node.wait(self.id)
-        await self._streams.finished.wait()
+        if self._streams.finished is not None:
+            await self._streams.finished.wait()
         self.task = await self._node.task(self.id)
         return self.task
 

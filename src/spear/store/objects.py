@@ -49,7 +49,14 @@ import anyio
 import anyio.to_thread
 from loguru import logger
 
-from spear.errors import Conflict, InvalidArgument, NotFound, ResourceExhausted, StorageError
+from spear.errors import (
+    Conflict,
+    InvalidArgument,
+    NotFound,
+    ResourceExhausted,
+    SpearError,
+    StorageError,
+)
 
 if TYPE_CHECKING:
     import builtins
@@ -482,8 +489,11 @@ class ObjectStore:
         logs = node.logs
 
         async def task_finished(task: Any) -> None:
-            await self.release_holder(task.id)
-            await self.store_result(task.id, logs.path(task.id, "stdout"))
+            try:
+                await self.release_holder(task.id)
+                await self.store_result(task.id, logs.path(task.id, "stdout"))
+            except SpearError as exc:  # the task is over either way; say why it has no result
+                logger.warning("task {}: references or result not stored: {}", task.id, exc)
 
         node.controller.finished_hooks.append(task_finished)
         if self.gc_interval_s > 0:
