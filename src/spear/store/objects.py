@@ -288,10 +288,7 @@ class ObjectStore:
         """(value, version). A large value is a read-only map of its file, not a copy."""
         check_key(key)
         for _ in range(_RACE_RETRIES):
-            entry = await self._kv.get(META + key)
-            if entry is None:
-                raise NotFound(f"no such object: {key}")
-            header, inline, version = _decode(entry)
+            _, header, inline, version = await self._load(key)
             if not header.get("file"):
                 return memoryview(inline), version
             try:
@@ -307,12 +304,16 @@ class ObjectStore:
             mapped = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
         return memoryview(mapped)
 
-    async def info(self, key: str) -> ObjectInfo:
-        check_key(key)
+    async def _load(self, key: str) -> tuple[Entry, dict[str, Any], bytes, int]:
+        """The metadata entry of `key`, its header, inline value and version."""
         entry = await self._kv.get(META + key)
         if entry is None:
             raise NotFound(f"no such object: {key}")
-        header, _, version = _decode(entry)
+        return (entry, *_decode(entry))
+
+    async def info(self, key: str) -> ObjectInfo:
+        check_key(key)
+        _, header, _, version = await self._load(key)
         return _info(key, header, version)
 
     async def list(self, prefix: str = "") -> list[ObjectInfo]:
@@ -330,10 +331,7 @@ class ObjectStore:
         check_key(key)
         _check_expected(expected_version)
         while True:
-            entry = await self._kv.get(META + key)
-            if entry is None:
-                raise NotFound(f"no such object: {key}")
-            header, _, version = _decode(entry)
+            entry, header, _, version = await self._load(key)
             if expected_version is not None and expected_version != version:
                 raise Conflict(f"object {key!r} is at version {version}, not {expected_version}")
             if not force and (header.get("pinned") or header.get("refs", 0) > 0):
@@ -356,10 +354,7 @@ class ObjectStore:
     ) -> ObjectInfo:
         check_key(key)
         while True:
-            entry = await self._kv.get(META + key)
-            if entry is None:
-                raise NotFound(f"no such object: {key}")
-            header, inline, version = _decode(entry)
+            entry, header, inline, version = await self._load(key)
             change(header)
             header["version"] = version
             header["updated"] = time.time()
