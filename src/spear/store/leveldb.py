@@ -69,6 +69,7 @@ class LevelDBKV(KV):
         self._busy_timeout_s = busy_timeout_s
         self._sync = sync
         self._db: Any = None
+        self._rev: int | None = None  # the last revision written, known while held
         self._lock = threading.RLock()
         self._closed = False
         self._watchers: list[tuple[str, asyncio.Queue[WatchEvent], asyncio.AbstractEventLoop]] = []
@@ -125,6 +126,14 @@ class LevelDBKV(KV):
             db.close()
 
     def _with_db(self, fn: Callable[[Any], T]) -> T:
+        if self._hold:  # the common case, without a generator context manager per operation
+            with self._lock:
+                if self._closed:
+                    raise StorageError("the database is closed")
+                try:
+                    return fn(self._db)
+                except plyvel.Error as exc:
+                    raise StorageError(f"database error: {exc}") from exc
         with self._lock, self._db_handle() as db:
             try:
                 return fn(db)
@@ -139,6 +148,8 @@ class LevelDBKV(KV):
     # -- the seam -------------------------------------------------------------------
 
     def _next_revision(self, db: Any) -> int:
+        if self._rev is not None:
+            return self._rev + 1
         raw = db.get(_REV_KEY)
         return (int.from_bytes(raw, "big") if raw else 0) + 1
 
@@ -149,6 +160,8 @@ class LevelDBKV(KV):
                 batch.delete(_DATA + key.encode())
             else:
                 batch.put(_DATA + key.encode(), _encode(rev, value))
+        if self._hold:  # no other process writes a database we hold: remember the revision
+            self._rev = rev
 
     async def get(self, key: str) -> Entry | None:
         raw = await self._run(lambda db: db.get(_DATA + key.encode()))
