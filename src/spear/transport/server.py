@@ -136,7 +136,7 @@ class SpearletService(v1.SpearletBase):
     async def _submit(self, request: v1.SubmitTaskRequest) -> Task:
         spec = await self._resolve(request)
         handle = await self.api.submit(spec, stdin=request.stdin or None)
-        logger.info("task {} submitted ({})", handle.id, spec.artifact)
+        logger.debug("task {} submitted ({})", handle.id, spec.artifact)
         return await self.api.wait(handle.id) if request.wait else handle.task
 
     async def submit_task(self, message: v1.SubmitTaskRequest) -> v1.TaskInfo:
@@ -198,7 +198,7 @@ class SpearletService(v1.SpearletBase):
             raise InvalidArgument("a stream exchange starts with a message submitting the task")
         spec = await self._resolve(first.submit)
         async with self.api.start_task(spec, stdin=first.submit.stdin or None) as task:
-            logger.info("task {} submitted with a caller stream ({})", task.id, spec.artifact)
+            logger.debug("task {} submitted with a caller stream ({})", task.id, spec.artifact)
             yield v1.StreamMessage(task=cv.task_to_wire(task.task))
 
             async def pump_in() -> None:
