@@ -71,12 +71,15 @@ def _emit_json(data: Any) -> None:
 
 @app.command(
     context_settings={"allow_interspersed_args": False},
-    help="Run a WebAssembly (WASI preview 1) command module to completion as a task. "
+    help="Run a WebAssembly (WASI preview 1) command module, or a program (a .py file, or "
+    "any executable with --runtime process), to completion as a task. "
     "Arguments after MODULE are the guest's (use -- before guest arguments that look like "
     "flags). Exits with the guest's exit code; 124 on timeout, 134 on a trap, 130 if cancelled.",
 )
 def run(
-    module: Annotated[str, typer.Argument(help="Path to a .wasm (or .wat) module.")],
+    module: Annotated[
+        str, typer.Argument(help="A .wasm (or .wat) module, a .py agent, or a command.")
+    ],
     args: Annotated[list[str] | None, typer.Argument(help="Arguments for the guest.")] = None,
     env: Annotated[
         list[str] | None, typer.Option("--env", "-e", help="NAME=VALUE for the guest (repeatable).")
@@ -95,6 +98,22 @@ def run(
         int | None, typer.Option("--fuel", help="Stop after this many units of fuel.")
     ] = None,
     invoke: Annotated[str, typer.Option("--invoke", help="Export to call.")] = "_start",
+    runtime: Annotated[
+        str | None,
+        typer.Option("--runtime", help="wasm or process [default: process for .py, else wasm]."),
+    ] = None,
+    warm: Annotated[
+        bool, typer.Option("--warm", help="process: fork a .py agent from a warm Python.")
+    ] = False,
+    cpu_time: Annotated[
+        float | None, typer.Option("--cpu-time", help="process: CPU seconds (RLIMIT_CPU).")
+    ] = None,
+    open_files: Annotated[
+        int | None, typer.Option("--open-files", help="process: open files (RLIMIT_NOFILE).")
+    ] = None,
+    workdir: Annotated[
+        str | None, typer.Option("--workdir", help="process: the working directory.")
+    ] = None,
     stream: Annotated[
         bool,
         typer.Option(
@@ -118,7 +137,7 @@ def run(
         guest_args = guest_args[1:]
     spec = FunctionSpec(
         artifact=module,
-        runtime=Runtime.WASM,
+        runtime=_pick_runtime(module, runtime),
         args=tuple(guest_args),
         env=tuple(_parse_env(e) for e in env or ()),
         dirs=tuple(DirMapping.parse(d) for d in dirs or ()),
@@ -126,6 +145,10 @@ def run(
         timeout_s=timeout,
         memory_limit_bytes=parse_size(memory) if memory is not None else None,
         fuel=fuel,
+        warm=warm,
+        cpu_time_s=cpu_time,
+        open_files=open_files,
+        workdir=workdir,
     )
     task = _run_on_node(
         settings,
@@ -138,6 +161,15 @@ def run(
     ):
         sys.stderr.write(f"spear: task {task.id} {task.state.value.lower()}: {task.reason}\n")
     raise typer.Exit(task.exit_code or 0)
+
+
+def _pick_runtime(module: str, flag: str | None) -> Runtime:
+    if flag is None:
+        return Runtime.PROCESS if module.endswith(".py") else Runtime.WASM
+    try:
+        return Runtime(flag)
+    except ValueError:
+        raise InvalidArgument(f"--runtime must be wasm or process, not {flag!r}") from None
 
 
 def _parse_env(text: str) -> tuple[str, str]:
@@ -235,9 +267,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 # Commands in modules of their own register on `app` when imported.
-from spear import cli_client, cli_serve  # noqa: E402, F401
-from spear import cli_cluster  # noqa: E402, F401  (distributed mode)
-from spear import cli_objects  # noqa: E402, F401  (obj gc)
+# (cli_cluster: distributed mode; cli_objects: obj gc.)
+from spear import cli_client, cli_cluster, cli_objects, cli_serve  # noqa: E402, F401
 
 if __name__ == "__main__":  # pragma: no cover
     sys.exit(main())
