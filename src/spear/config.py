@@ -75,6 +75,7 @@ class Settings:
     object_gc_interval_s: float = 60.0  # how often a node sweeps (0: never; `spear obj gc`)
     stream_queue_messages: int = 64  # per direction, per task: then -EAGAIN / backpressure
     stream_message_max_bytes: int = 1024**2
+    process_kill_grace_s: float = 2.0  # SIGTERM to a process task's group, then SIGKILL
     listen: str = "127.0.0.1:7070"
     sms: str | None = None
     extra: Mapping[str, Any] = dataclasses.field(default_factory=dict)
@@ -86,6 +87,8 @@ class Settings:
             raise InvalidArgument("log format must be 'text' or 'json'")
         if self.busy_timeout_s < 0:
             raise InvalidArgument("busy_timeout_s must not be negative")
+        if self.process_kill_grace_s < 0:
+            raise InvalidArgument("process_kill_grace_s must not be negative")
 
     @property
     def tasks_log_dir(self) -> Path:

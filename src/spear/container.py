@@ -44,6 +44,7 @@ def local_components(settings: Settings, *, hold_kv: bool = True) -> dict[str, A
 
     `hold_kv=False` is for short CLI processes that share a data dir (see store/leveldb.py).
     """
+    from spear.runtimes.process import ProcessWorkerAgent
     from spear.runtimes.wasm import WasmWorkerAgent
     from spear.store.leveldb import LevelDBKV
 
@@ -57,7 +58,12 @@ def local_components(settings: Settings, *, hold_kv: bool = True) -> dict[str, A
     agents: dict[str, WorkerAgent] = {
         "wasm": WasmWorkerAgent(
             settings.module_cache_dir, max_threads=settings.max_concurrent_tasks
-        )
+        ),
+        "process": ProcessWorkerAgent(
+            settings.data_dir / "run",
+            grace_s=settings.process_kill_grace_s,
+            max_threads=settings.max_concurrent_tasks,
+        ),
     }
     logs = TaskLogs(settings.tasks_log_dir, settings.task_log_max_bytes)
     services: dict[str, Any] = {

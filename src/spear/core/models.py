@@ -101,6 +101,8 @@ class FunctionSpec:
     labels: tuple[tuple[str, str], ...] = ()
     workdir: str | None = None
     warm: bool = False
+    cpu_time_s: float | None = None  # process runtime: RLIMIT_CPU
+    open_files: int | None = None  # process runtime: RLIMIT_NOFILE
 
     def __post_init__(self) -> None:
         if not self.artifact:
@@ -111,6 +113,10 @@ class FunctionSpec:
             raise InvalidArgument("memory limit must be positive")
         if self.fuel is not None and self.fuel <= 0:
             raise InvalidArgument("fuel must be positive")
+        if self.cpu_time_s is not None and not self.cpu_time_s > 0:
+            raise InvalidArgument("CPU time limit must be a positive number of seconds")
+        if self.open_files is not None and self.open_files < 1:
+            raise InvalidArgument("open files limit must be at least 1")
         for name, _ in self.env:
             if not name or "=" in name:
                 raise InvalidArgument(f"invalid environment variable name {name!r}")
@@ -137,6 +143,8 @@ class FunctionSpec:
                 labels=tuple((str(k), str(v)) for k, v in data.get("labels", ())),
                 workdir=data.get("workdir"),
                 warm=bool(data.get("warm", False)),
+                cpu_time_s=data.get("cpu_time_s"),
+                open_files=data.get("open_files"),
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise InvalidArgument(f"malformed function spec: {exc}") from exc

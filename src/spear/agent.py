@@ -1,0 +1,534 @@
+"""The Python SDK for process agents: hostcalls to the SPEARlet that runs this task.
+
+    from spear import agent
+
+    agent.log("starting")
+    agent.put("counts/a", b"1")
+    value = agent.get("counts/a")
+    for message in agent.messages():      # the caller stream
+        agent.send(message.upper())
+    agent.set_result(b"done")
+
+The module-level functions use one connection, opened on first use from the environment
+the runtime sets (`SPEAR_AGENT_SOCKET`, `SPEAR_AGENT_TOKEN`); `Agent()` opens another
+(one per thread, if threads call concurrently), and `AsyncAgent` is the asyncio flavour
+with the same methods as coroutines (calls on one `AsyncAgent` may overlap). Failures
+raise `HostcallError`, an `OSError` whose `errno` is the operation's (see
+docs/hostcalls.md); `ChannelClosed` when the node closes the channel (the task is ending).
+
+This module imports only the standard library, so it costs little to load.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import socket
+import threading
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from spear import _agent_wire as wire
+
+if TYPE_CHECKING:
+    import asyncio
+    from collections.abc import AsyncIterator, Iterator
+
+POLLIN = 0x1
+POLLOUT = 0x4
+_CHANNEL_CLOSED = "the SPEARlet closed the hostcall channel (is the task ending?)"
+
+
+class HostcallError(OSError):
+    """An operation failed; `errno` says why (ENOENT, ESTALE, EAGAIN, ...)."""
+
+    def __init__(self, err: int, message: str, needed: int | None = None) -> None:
+        super().__init__(err, message)
+        self.needed = needed
+
+
+class ChannelClosed(HostcallError):
+    """The channel to the SPEARlet is gone."""
+
+    def __init__(self, message: str = _CHANNEL_CLOSED) -> None:
+        super().__init__(errno.ECONNRESET, message)
+
+
+@dataclass(frozen=True, slots=True)
+class ObjectInfo:
+    key: str
+    size: int
+    version: int
+    refcount: int
+    pinned: bool
+
+
+def _address(socket_path: str | None, token: str | None) -> tuple[str, str]:
+    path = socket_path or os.environ.get(wire.ENV_SOCKET)
+    secret = token or os.environ.get(wire.ENV_TOKEN)
+    if not path or not secret:
+        raise ChannelClosed(
+            f"not running as a spear process agent ({wire.ENV_SOCKET} and {wire.ENV_TOKEN} "
+            "are not set)"
+        )
+    return path, secret
+
+
+def _raise_for(header: dict[str, Any]) -> None:
+    if not header.get("ok"):
+        raise HostcallError(
+            int(header.get("errno", errno.EIO)),
+            f"{header.get('error', '?')}: {header.get('message', '')}",
+            header.get("needed"),
+        )
+
+
+def _version(expected_version: int | None) -> dict[str, Any]:
+    return {} if expected_version is None else {"expected_version": expected_version}
+
+
+class Agent:
+    """A synchronous connection to the SPEARlet (one call at a time)."""
+
+    def __init__(self, socket_path: str | None = None, token: str | None = None) -> None:
+        self._path, self._token = _address(socket_path, token)
+        self._sock: socket.socket | None = None
+        self._lock = threading.Lock()
+        self._next_id = 0
+        self._caller: int | None = None
+        self.task_id = ""
+
+    # -- the wire -------------------------------------------------------------------
+
+    def _connect(self) -> socket.socket:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            sock.connect(self._path)
+        except OSError as exc:
+            sock.close()
+            raise ChannelClosed(f"cannot reach the SPEARlet at {self._path}: {exc}") from None
+        self._sock = sock
+        header, _ = self._exchange(
+            {"op": "hello", "token": self._token, "version": wire.VERSION}, b""
+        )
+        self.task_id = header["result"]["task_id"]
+        return sock
+
+    def _recv_exact(self, n: int) -> bytearray:
+        assert self._sock is not None
+        buf = bytearray(n)
+        view = memoryview(buf)
+        got = 0
+        while got < n:
+            try:
+                k = self._sock.recv_into(view[got:])
+            except OSError:
+                k = 0
+            if k == 0:
+                self._drop()
+                raise ChannelClosed()
+            got += k
+        return buf
+
+    def _exchange(self, header: dict[str, Any], body: bytes | memoryview) -> tuple[Any, bytes]:
+        assert self._sock is not None
+        self._next_id += 1
+        header["id"] = self._next_id
+        try:
+            self._sock.sendmsg(wire.encode(header, body))
+        except OSError:
+            self._drop()
+            raise ChannelClosed() from None
+        head_len, body_len = wire.PREFIX.unpack(self._recv_exact(wire.PREFIX.size))
+        reply = wire.parse_header(bytes(self._recv_exact(head_len)))
+        out = bytes(self._recv_exact(body_len)) if body_len else b""
+        _raise_for(reply)
+        return reply, out
+
+    def _drop(self) -> None:
+        if self._sock is not None:
+            self._sock.close()
+            self._sock = None
+
+    def call(self, op: str, body: bytes | memoryview = b"", **args: Any) -> tuple[Any, bytes]:
+        """One operation of docs/hostcalls.md: (its JSON result, its body bytes)."""
+        with self._lock:
+            if self._sock is None:
+                self._connect()
+            reply, out = self._exchange({"op": op, **args}, body)
+            return reply.get("result"), out
+
+    def close(self) -> None:
+        with self._lock:
+            self._drop()
+
+    def __enter__(self) -> Agent:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- operations -----------------------------------------------------------------
+
+    def log(self, message: str, level: str = "INFO") -> None:
+        """One line in the task's agent log (`spear logs ID --stream agent`)."""
+        self.call("log", message=message, level=level)
+
+    def put(self, key: str, value: bytes, *, expected_version: int | None = None) -> int:
+        """Write an object; its new version. `expected_version` 0: only if absent;
+        N: only if at version N (else errno ESTALE)."""
+        result, _ = self.call("obj_put", value, key=key, **_version(expected_version))
+        return int(result)
+
+    def get(self, key: str) -> bytes:
+        """An object's value (errno ENOENT if there is none)."""
+        return self.get_versioned(key)[0]
+
+    def get_versioned(self, key: str) -> tuple[bytes, int]:
+        result, value = self.call("obj_get", key=key)
+        return value, int(result["version"])
+
+    def info(self, key: str) -> ObjectInfo:
+        result, _ = self.call("obj_info", key=key)
+        return ObjectInfo(**result)
+
+    def list_objects(self, prefix: str = "") -> list[ObjectInfo]:
+        result, _ = self.call("obj_list", prefix=prefix)
+        return [ObjectInfo(**r) for r in result]
+
+    def delete(self, key: str, *, expected_version: int | None = None) -> None:
+        self.call("obj_delete", key=key, **_version(expected_version))
+
+    def add_ref(self, key: str) -> int:
+        return int(self.call("obj_add_ref", key=key)[0])
+
+    def remove_ref(self, key: str) -> int:
+        return int(self.call("obj_remove_ref", key=key)[0])
+
+    def pin(self, key: str) -> None:
+        self.call("obj_pin", key=key)
+
+    def unpin(self, key: str) -> None:
+        self.call("obj_unpin", key=key)
+
+    def set_result(self, value: bytes) -> int:
+        """The task's result (instead of its stdout); the result object's version."""
+        return int(self.call("result_set", value)[0])
+
+    def caller(self) -> int:
+        """The handle of the caller stream."""
+        if self._caller is None:
+            self._caller = int(self.call("stream_caller")[0])
+        return self._caller
+
+    def poll(self, interests: list[tuple[int, int]], timeout: float | None = None) -> list[int]:
+        """poll(2) over handles: the ready bits of each (handle, events) pair."""
+        result, _ = self.call("poll", interests=interests, timeout=timeout)
+        return [int(r) for r in result]
+
+    def receive(self, timeout: float | None = None) -> bytes | None:
+        """The caller's next message; None once its input has ended. TimeoutError if
+        none came within `timeout` seconds."""
+        handle = self.caller()
+        while True:
+            try:
+                return self.call("stream_read", handle=handle)[1]
+            except HostcallError as exc:
+                if exc.errno == errno.EPIPE:
+                    return None
+                if exc.errno != errno.EAGAIN:
+                    raise
+            if not any(self.poll([(handle, POLLIN)], timeout)):
+                raise TimeoutError("no message from the caller")
+
+    def messages(self) -> Iterator[bytes]:
+        """The caller's messages until its input ends."""
+        while (message := self.receive()) is not None:
+            yield message
+
+    def send(self, message: bytes | str) -> None:
+        """One message to the caller, waiting while its queue is full (errno EPIPE if
+        nobody reads it)."""
+        data = message.encode() if isinstance(message, str) else message
+        handle = self.caller()
+        while True:
+            try:
+                self.call("stream_write", data, handle=handle)
+                return
+            except HostcallError as exc:
+                if exc.errno != errno.EAGAIN:
+                    raise
+            self.poll([(handle, POLLOUT)])
+
+    def close_output(self) -> None:
+        """No more messages to the caller (its iterator ends)."""
+        self.call("close", handle=self.caller())
+
+
+class AsyncAgent:
+    """The asyncio flavour: ``async with AsyncAgent() as a: await a.put("k", b"v")``."""
+
+    def __init__(self, socket_path: str | None = None, token: str | None = None) -> None:
+        self._path, self._token = _address(socket_path, token)
+        self._reader: asyncio.StreamReader | None = None
+        self._writer: asyncio.StreamWriter | None = None
+        self._pending: dict[int, asyncio.Future[tuple[dict[str, Any], bytes]]] = {}
+        self._next_id = 0
+        self._receiver: asyncio.Task[None] | None = None
+        self._connecting: asyncio.Lock | None = None
+        self._caller: int | None = None
+        self.task_id = ""
+
+    async def _connect(self) -> None:
+        import asyncio
+
+        try:
+            self._reader, self._writer = await asyncio.open_unix_connection(self._path)
+        except OSError as exc:
+            raise ChannelClosed(f"cannot reach the SPEARlet at {self._path}: {exc}") from None
+        self._receiver = asyncio.ensure_future(self._receive_loop())
+        reply, _ = await self._send({"op": "hello", "token": self._token, "version": wire.VERSION})
+        self.task_id = reply["result"]["task_id"]
+
+    async def _receive_loop(self) -> None:
+        import asyncio
+
+        assert self._reader is not None
+        try:
+            while True:
+                prefix = await self._reader.readexactly(wire.PREFIX.size)
+                head_len, body_len = wire.PREFIX.unpack(prefix)
+                header = wire.parse_header(await self._reader.readexactly(head_len))
+                body = await self._reader.readexactly(body_len) if body_len else b""
+                future = self._pending.pop(int(header.get("id", 0)), None)
+                if future is not None and not future.done():
+                    future.set_result((header, body))
+        except (asyncio.IncompleteReadError, ConnectionError, wire.FrameError):
+            pass
+        finally:
+            pending, self._pending = self._pending, {}
+            for future in pending.values():
+                if not future.done():
+                    future.set_exception(ChannelClosed())
+
+    async def _send(
+        self, header: dict[str, Any], body: bytes | memoryview = b""
+    ) -> tuple[dict[str, Any], bytes]:
+        import asyncio
+
+        if self._writer is None or self._receiver is None or self._receiver.done():
+            raise ChannelClosed()
+        self._next_id += 1
+        header["id"] = self._next_id
+        future: asyncio.Future[tuple[dict[str, Any], bytes]] = (
+            asyncio.get_running_loop().create_future()
+        )
+        self._pending[self._next_id] = future
+        try:
+            self._writer.writelines(wire.encode(header, body))
+            await self._writer.drain()
+        except (ConnectionError, RuntimeError):
+            self._pending.pop(header["id"], None)
+            raise ChannelClosed() from None
+        reply, out = await future
+        _raise_for(reply)
+        return reply, out
+
+    async def call(self, op: str, body: bytes | memoryview = b"", **args: Any) -> tuple[Any, bytes]:
+        import asyncio
+
+        if self._connecting is None:
+            self._connecting = asyncio.Lock()
+        async with self._connecting:
+            if self._writer is None:
+                await self._connect()
+        reply, out = await self._send({"op": op, **args}, body)
+        return reply.get("result"), out
+
+    async def aclose(self) -> None:
+        if self._writer is not None:
+            self._writer.close()
+            try:
+                await self._writer.wait_closed()
+            except (ConnectionError, OSError):
+                pass
+            self._writer = None
+        if self._receiver is not None:
+            self._receiver.cancel()
+            self._receiver = None
+
+    async def __aenter__(self) -> AsyncAgent:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+    async def log(self, message: str, level: str = "INFO") -> None:
+        await self.call("log", message=message, level=level)
+
+    async def put(self, key: str, value: bytes, *, expected_version: int | None = None) -> int:
+        result, _ = await self.call("obj_put", value, key=key, **_version(expected_version))
+        return int(result)
+
+    async def get(self, key: str) -> bytes:
+        return (await self.get_versioned(key))[0]
+
+    async def get_versioned(self, key: str) -> tuple[bytes, int]:
+        result, value = await self.call("obj_get", key=key)
+        return value, int(result["version"])
+
+    async def info(self, key: str) -> ObjectInfo:
+        return ObjectInfo(**(await self.call("obj_info", key=key))[0])
+
+    async def list_objects(self, prefix: str = "") -> list[ObjectInfo]:
+        result, _ = await self.call("obj_list", prefix=prefix)
+        return [ObjectInfo(**r) for r in result]
+
+    async def delete(self, key: str, *, expected_version: int | None = None) -> None:
+        await self.call("obj_delete", key=key, **_version(expected_version))
+
+    async def add_ref(self, key: str) -> int:
+        return int((await self.call("obj_add_ref", key=key))[0])
+
+    async def remove_ref(self, key: str) -> int:
+        return int((await self.call("obj_remove_ref", key=key))[0])
+
+    async def pin(self, key: str) -> None:
+        await self.call("obj_pin", key=key)
+
+    async def unpin(self, key: str) -> None:
+        await self.call("obj_unpin", key=key)
+
+    async def set_result(self, value: bytes) -> int:
+        return int((await self.call("result_set", value))[0])
+
+    async def caller(self) -> int:
+        if self._caller is None:
+            self._caller = int((await self.call("stream_caller"))[0])
+        return self._caller
+
+    async def poll(
+        self, interests: list[tuple[int, int]], timeout_s: float | None = None
+    ) -> list[int]:
+        """poll(2) over handles: the ready bits of each (handle, events) pair."""
+        result, _ = await self.call("poll", interests=interests, timeout=timeout_s)
+        return [int(r) for r in result]
+
+    async def receive(self) -> bytes | None:
+        """The caller's next message; None once its input has ended (bound the wait
+        with `asyncio.timeout`)."""
+        handle = await self.caller()
+        while True:
+            try:
+                return (await self.call("stream_read", handle=handle))[1]
+            except HostcallError as exc:
+                if exc.errno == errno.EPIPE:
+                    return None
+                if exc.errno != errno.EAGAIN:
+                    raise
+            await self.poll([(handle, POLLIN)])
+
+    async def messages(self) -> AsyncIterator[bytes]:
+        while (message := await self.receive()) is not None:
+            yield message
+
+    async def send(self, message: bytes | str) -> None:
+        data = message.encode() if isinstance(message, str) else message
+        handle = await self.caller()
+        while True:
+            try:
+                await self.call("stream_write", data, handle=handle)
+                return
+            except HostcallError as exc:
+                if exc.errno != errno.EAGAIN:
+                    raise
+            await self.poll([(handle, POLLOUT)])
+
+    async def close_output(self) -> None:
+        await self.call("close", handle=await self.caller())
+
+
+# -- the module-level flavour: one shared connection ------------------------------------
+
+_default: Agent | None = None
+_default_pid = 0
+_default_lock = threading.Lock()
+
+
+def default() -> Agent:
+    """This process's shared connection (a forked child opens its own)."""
+    global _default, _default_pid
+    with _default_lock:
+        if _default is None or _default_pid != os.getpid():
+            _default = Agent()
+            _default_pid = os.getpid()
+        return _default
+
+
+def task_id() -> str:
+    """The id of the task this process runs as."""
+    return os.environ.get(wire.ENV_TASK, "")
+
+
+def log(message: str, level: str = "INFO") -> None:
+    default().log(message, level)
+
+
+def put(key: str, value: bytes, *, expected_version: int | None = None) -> int:
+    return default().put(key, value, expected_version=expected_version)
+
+
+def get(key: str) -> bytes:
+    return default().get(key)
+
+
+def get_versioned(key: str) -> tuple[bytes, int]:
+    return default().get_versioned(key)
+
+
+def info(key: str) -> ObjectInfo:
+    return default().info(key)
+
+
+def list_objects(prefix: str = "") -> list[ObjectInfo]:
+    return default().list_objects(prefix)
+
+
+def delete(key: str, *, expected_version: int | None = None) -> None:
+    default().delete(key, expected_version=expected_version)
+
+
+def add_ref(key: str) -> int:
+    return default().add_ref(key)
+
+
+def remove_ref(key: str) -> int:
+    return default().remove_ref(key)
+
+
+def pin(key: str) -> None:
+    default().pin(key)
+
+
+def unpin(key: str) -> None:
+    default().unpin(key)
+
+
+def set_result(value: bytes) -> int:
+    return default().set_result(value)
+
+
+def receive(timeout: float | None = None) -> bytes | None:
+    return default().receive(timeout)
+
+
+def messages() -> Iterator[bytes]:
+    return default().messages()
+
+
+def send(message: bytes | str) -> None:
+    default().send(message)
+
+
+def close_output() -> None:
+    default().close_output()

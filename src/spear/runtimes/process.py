@@ -1,0 +1,589 @@
+"""The process worker agent: agents that are ordinary programs, run as child processes.
+
+Each task's program runs in a process group of its own, so a timeout or a cancel reaches
+everything it started: SIGTERM to the group, then SIGKILL after a grace period. The node
+watches the leader by PID (a pidfd): once it exits, whatever it left in its group is
+killed and it is reaped, so a task leaves neither zombies nor orphans. Limits are rlimits
+set between fork and exec. stdout and stderr are pipes read in 64 KiB chunks into the
+task's `TaskIO` sinks (files capped by `core/logs.py`, and the caller's live stream), so
+a program writing gigabytes costs disk up to the cap, not memory.
+
+One supervising thread per task (`_Supervisor`) does all of this with a selector over the
+pipes, the pidfd and a wake-up pipe; the event loop only starts it and awaits its outcome.
+`.py` agents with `FunctionSpec.warm` are forked from a pre-started Python instead
+(`forkserver.py`), under the same supervision.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+import resource
+import selectors
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol
+
+import anyio
+import anyio.to_thread
+
+from spear.core.models import Runtime, TaskState
+from spear.errors import InvalidModule, NotFound
+from spear.runtimes.base import (
+    EXIT_CANCELLED,
+    EXIT_TIMEOUT,
+    Execution,
+    Outcome,
+    TaskContext,
+    WorkerAgent,
+)
+
+if TYPE_CHECKING:
+    from spear.core.models import FunctionSpec, Task
+    from spear.runtimes.agent_channel import AgentChannel, Credential
+    from spear.runtimes.forkserver import ForkServer
+
+CHUNK = 64 * 1024
+DEFAULT_GRACE_S = 2.0
+DRAIN_S = 0.5  # after the leader exits, how long pipes held open elsewhere are still read
+EXIT_NOT_EXECUTABLE = 126  # like a shell
+EXIT_NOT_FOUND = 127
+
+# What a process agent inherits from the node's environment; the spec's env adds to it.
+INHERITED_ENV = (
+    "PATH", "HOME", "USER", "LOGNAME", "LANG", "LANGUAGE", "TZ", "TMPDIR", "TERM",
+    "PYTHONPATH", "VIRTUAL_ENV", "SSL_CERT_FILE", "SSL_CERT_DIR",
+)  # fmt: skip
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    """rlimits for one task's processes (None: inherit the node's)."""
+
+    memory_bytes: int | None = None  # RLIMIT_AS
+    cpu_time_s: float | None = None  # RLIMIT_CPU: SIGXCPU at the soft limit, SIGKILL 1 s later
+    open_files: int | None = None  # RLIMIT_NOFILE
+
+    @classmethod
+    def of(cls, spec: FunctionSpec) -> Limits:
+        return cls(spec.memory_limit_bytes, spec.cpu_time_s, spec.open_files)
+
+    def __bool__(self) -> bool:
+        return any(v is not None for v in (self.memory_bytes, self.cpu_time_s, self.open_files))
+
+    def as_rlimits(self) -> list[tuple[int, int, int]]:
+        """(resource, soft, hard) triples, hard limits never above the node's own."""
+        out = [(resource.RLIMIT_CORE, 0, 0)]  # a crashing agent leaves no core file behind
+        if self.memory_bytes is not None:
+            out.append((resource.RLIMIT_AS, self.memory_bytes, self.memory_bytes))
+        if self.cpu_time_s is not None:
+            soft = max(1, math.ceil(self.cpu_time_s))
+            out.append((resource.RLIMIT_CPU, soft, soft + 1))
+        if self.open_files is not None:
+            out.append((resource.RLIMIT_NOFILE, self.open_files, self.open_files))
+        clamped = []
+        for res, soft, hard in out:
+            _, node_hard = resource.getrlimit(res)
+            if node_hard != resource.RLIM_INFINITY:
+                hard = min(hard, node_hard)
+                soft = min(soft, hard)
+            clamped.append((res, soft, hard))
+        return clamped
+
+    def apply(self) -> None:
+        """Set the limits on the calling process (a child between fork and exec)."""
+        for res, soft, hard in self.as_rlimits():
+            resource.setrlimit(res, (soft, hard))
+
+
+@dataclass(frozen=True, slots=True)
+class Command:
+    """What to execute for a task: argv, environment, working directory, limits."""
+
+    argv: tuple[str, ...]
+    env: dict[str, str]
+    cwd: str | None
+    limits: Limits
+    python_script: str | None = None  # set for `.py` agents (warm-startable)
+
+
+def is_python_agent(artifact: str) -> bool:
+    return artifact.endswith(".py")
+
+
+def resolve_command(spec: FunctionSpec, node_env: dict[str, str] | None = None) -> Command:
+    """The command a spec runs; NotFound or InvalidModule (one clear line) if it cannot."""
+    artifact = spec.artifact
+    node_env = dict(os.environ) if node_env is None else node_env
+    env = {k: v for k, v in node_env.items() if k in INHERITED_ENV or k.startswith("LC_")}
+    cwd = spec.workdir
+    if cwd is not None and not os.path.isdir(cwd):
+        raise NotFound(f"working directory not found: {cwd}")
+    if is_python_agent(artifact):
+        script = _existing_file(artifact, cwd)
+        # The SDK (`from spear import agent`) is this node's, whatever else is installed.
+        package_root = str(Path(__file__).resolve().parents[2])
+        path = [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p]
+        env["PYTHONPATH"] = os.pathsep.join([*path, package_root])
+        env["PYTHONUNBUFFERED"] = "1"  # output streams to the caller as it is written
+        env.update(spec.env)
+        return Command((sys.executable, script, *spec.args), env, cwd, Limits.of(spec), script)
+    if os.sep in artifact:
+        program = _existing_file(artifact, cwd)
+        if not os.access(program, os.X_OK):
+            raise InvalidModule(f"not executable: {artifact}")
+    else:
+        found = shutil.which(artifact, path=dict(spec.env).get("PATH", env.get("PATH")))
+        if found is None:
+            raise NotFound(f"command not found: {artifact}")
+        program = found
+    env.update(spec.env)
+    return Command((program, *spec.args), env, cwd, Limits.of(spec))
+
+
+def _existing_file(artifact: str, cwd: str | None) -> str:
+    path = artifact if os.path.isabs(artifact) or cwd is None else os.path.join(cwd, artifact)
+    if not os.path.exists(path):
+        raise NotFound(f"no such file: {artifact}")
+    if os.path.isdir(path):
+        raise InvalidModule(f"is a directory, not a program: {artifact}")
+    return os.path.abspath(path)
+
+
+# -- one child, however it was started ------------------------------------------------
+
+
+class Child(Protocol):
+    """A started process the supervisor watches: its pid (also its process group id)."""
+
+    pid: int
+
+    @property
+    def exit_fd(self) -> int:
+        """A file descriptor that becomes readable once the process has ended."""
+
+    def collect(self) -> tuple[int, float]:
+        """Kill what the process left in its group, reap it: (wait status, CPU seconds)."""
+
+    def close(self) -> None: ...
+
+
+class SpawnedChild:
+    """A child of this process, started with subprocess (a new process group)."""
+
+    def __init__(self, popen: subprocess.Popen[bytes]) -> None:
+        self.popen = popen
+        self.pid = popen.pid
+        self._pidfd = os.pidfd_open(popen.pid)
+
+    @property
+    def exit_fd(self) -> int:
+        return self._pidfd
+
+    def collect(self) -> tuple[int, float]:
+        # Wait without reaping first: while the leader is a zombie its pid (= the group id)
+        # cannot be reused, so killing the group hits only what the task left behind.
+        os.waitid(os.P_PIDFD, self._pidfd, os.WEXITED | os.WNOWAIT)
+        kill_group(self.pid, signal.SIGKILL)
+        _, status, usage = os.wait4(self.pid, 0)
+        self.popen.returncode = os.waitstatus_to_exitcode(status)
+        return status, usage.ru_utime + usage.ru_stime
+
+    def close(self) -> None:
+        with contextlib.suppress(OSError):
+            os.close(self._pidfd)
+
+
+def kill_group(pgid: int, sig: int) -> bool:
+    try:
+        os.killpg(pgid, sig)
+        return True
+    except (ProcessLookupError, PermissionError):
+        return False
+
+
+def spawn(command: Command, stdin: int | None, stdout: int, stderr: int) -> SpawnedChild:
+    """fork+exec `command` in a new process group; OSError if it cannot be executed."""
+    limits = command.limits
+    popen = subprocess.Popen(
+        command.argv,
+        stdin=stdin if stdin is not None else subprocess.DEVNULL,
+        stdout=stdout,
+        stderr=stderr,
+        env=command.env,
+        cwd=command.cwd,
+        close_fds=True,
+        process_group=0,
+        # Without limits, subprocess can use vfork; preexec_fn forces a plain fork.
+        preexec_fn=limits.apply if limits else None,
+    )
+    return SpawnedChild(popen)
+
+
+# -- supervision ----------------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class _Stop:
+    kind: str | None = None  # "cancel" or "timeout": why the node signalled the group
+    term_at: float | None = None
+    killed: bool = False
+
+
+@dataclass(slots=True)
+class _Pump:
+    """Bytes for the child's stdin, written as the pipe accepts them."""
+
+    fd: int
+    data: memoryview | None = None  # a fixed input; None: copy from `source`
+    source: int | None = None
+    pending: bytes = b""
+
+
+class Supervisor:
+    """Runs one task's process from start to end on a worker thread."""
+
+    def __init__(self, ctx: TaskContext, grace_s: float) -> None:
+        self.ctx = ctx
+        self.grace_s = grace_s
+        self.pid: int | None = None
+        self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        self._stop = _Stop()
+        self.protocol_error: str | None = None  # set by the hostcall channel, for the reason
+
+    def wake(self) -> None:
+        with contextlib.suppress(OSError):
+            os.write(self._wake_w, b"!")
+
+    def close(self) -> None:
+        for fd in (self._wake_r, self._wake_w):
+            with contextlib.suppress(OSError):
+                os.close(fd)
+
+    def run(self, start: Any) -> Outcome:
+        """`start(stdin_fd, stdout_fd, stderr_fd) -> Child`; then watch it to its end."""
+        ctx = self.ctx
+        if ctx.control.cancelled:
+            return Outcome(TaskState.CANCELLED, EXIT_CANCELLED, ctx.control.cancel_reason)
+        out_r, out_w = os.pipe2(os.O_CLOEXEC)
+        err_r, err_w = os.pipe2(os.O_CLOEXEC)
+        stdin_fd, pump = self._stdin()
+        try:
+            child: Child = start(stdin_fd, out_w, err_w)
+        except OSError as exc:
+            for fd in (out_r, err_r, *((pump.fd,) if pump else ())):
+                os.close(fd)
+            return _exec_failure(exc, ctx.task.spec.artifact)
+        finally:
+            os.close(out_w)
+            os.close(err_w)
+            if stdin_fd is not None and (pump is not None or stdin_fd != 0):
+                os.close(stdin_fd)
+        self.pid = child.pid
+        try:
+            status, cpu = self._watch(child, out_r, err_r, pump)
+        finally:
+            child.close()
+        return self._outcome(status, cpu)
+
+    def _stdin(self) -> tuple[int | None, _Pump | None]:
+        stdin = self.ctx.io.stdin
+        if stdin is None:
+            return None, None
+        if stdin == "inherit":
+            if not os.isatty(0):
+                return os.dup(0), None  # a file or pipe: the child reads it directly
+            # A terminal: the child's group is not the foreground one (reading would stop
+            # it with SIGTTIN), so its input is copied through a pipe.
+            r, w = os.pipe2(os.O_CLOEXEC)
+            os.set_blocking(w, False)
+            return r, _Pump(w, source=0)
+        r, w = os.pipe2(os.O_CLOEXEC)
+        os.set_blocking(w, False)
+        return r, _Pump(w, data=memoryview(bytes(stdin)))
+
+    def _watch(self, child: Child, out_r: int, err_r: int, pump: _Pump | None) -> tuple[int, float]:
+        io = self.ctx.io
+        sinks = {out_r: io.stdout, err_r: io.stderr}
+        sel = selectors.DefaultSelector()
+        try:
+            for fd in sinks:
+                os.set_blocking(fd, False)
+                sel.register(fd, selectors.EVENT_READ)
+            sel.register(child.exit_fd, selectors.EVENT_READ)
+            sel.register(self._wake_r, selectors.EVENT_READ)
+            if pump is not None:
+                self._register_pump(sel, pump)
+            result: tuple[int, float] | None = None
+            drain_until = math.inf
+            while sinks or result is None:
+                now = time.monotonic()
+                if result is not None and now >= drain_until:
+                    break  # something outside the group holds the pipes: stop reading
+                self._check_stop(child.pid, now)
+                timeout = self._next_timeout(now, drain_until)
+                for key, _ in sel.select(timeout):
+                    fd = key.fd
+                    if fd in sinks:
+                        if not self._read(fd, sinks[fd]):
+                            sel.unregister(fd)
+                            os.close(fd)
+                            del sinks[fd]
+                    elif fd == child.exit_fd and result is None:
+                        sel.unregister(fd)
+                        result = child.collect()
+                        drain_until = time.monotonic() + DRAIN_S
+                        if pump is not None:
+                            self._close_pump(sel, pump)
+                            pump = None
+                    elif fd == self._wake_r:
+                        with contextlib.suppress(BlockingIOError):
+                            os.read(self._wake_r, 512)
+                    elif pump is not None and not self._feed(sel, pump, fd):
+                        self._close_pump(sel, pump)
+                        pump = None
+            return result
+        finally:
+            for fd in sinks:
+                os.close(fd)
+            if pump is not None:
+                self._close_pump(sel, pump)
+            sel.close()
+
+    def _check_stop(self, pgid: int, now: float) -> None:
+        stop = self._stop
+        control = self.ctx.control
+        if stop.kind is None:
+            if control.cancelled:
+                stop.kind = "cancel"
+            elif control.deadline is not None and now >= control.deadline:
+                stop.kind = "timeout"
+            if stop.kind is not None:
+                kill_group(pgid, signal.SIGTERM)
+                stop.term_at = now
+        elif not stop.killed and stop.term_at is not None and now >= stop.term_at + self.grace_s:
+            kill_group(pgid, signal.SIGKILL)
+            stop.killed = True
+
+    def _next_timeout(self, now: float, drain_until: float) -> float | None:
+        times = [drain_until]
+        stop = self._stop
+        if stop.kind is None and self.ctx.control.deadline is not None:
+            times.append(self.ctx.control.deadline)
+        if stop.term_at is not None and not stop.killed:
+            times.append(stop.term_at + self.grace_s)
+        if stop.kind is None:
+            times.append(now + 0.25)  # a cancel set without a wake-up is still seen
+        nearest = min(times)
+        return None if nearest == math.inf else max(0.0, nearest - now)
+
+    @staticmethod
+    def _read(fd: int, sink: Any) -> bool:
+        try:
+            data = os.read(fd, CHUNK)
+        except BlockingIOError:
+            return True
+        if not data:
+            return False
+        sink(data)
+        return True
+
+    @staticmethod
+    def _register_pump(sel: selectors.BaseSelector, pump: _Pump) -> None:
+        if pump.source is not None:
+            sel.register(pump.source, selectors.EVENT_READ)
+        elif pump.data is not None and len(pump.data):
+            sel.register(pump.fd, selectors.EVENT_WRITE)
+        else:
+            os.close(pump.fd)
+            pump.fd = -1
+
+    def _feed(self, sel: selectors.BaseSelector, pump: _Pump, fd: int) -> bool:
+        """Move stdin bytes along; False once the child's input is finished."""
+        try:
+            if pump.source is not None and fd == pump.source:
+                data = os.read(pump.source, CHUNK)
+                if not data:
+                    return False
+                pump.pending += data
+                sel.unregister(pump.source)
+                sel.register(pump.fd, selectors.EVENT_WRITE)
+                return True
+            if pump.data is not None:
+                sent = os.write(pump.fd, pump.data[:CHUNK])
+                pump.data = pump.data[sent:]
+                return len(pump.data) > 0
+            sent = os.write(pump.fd, pump.pending)
+            pump.pending = pump.pending[sent:]
+            if not pump.pending and pump.source is not None:
+                sel.unregister(pump.fd)
+                sel.register(pump.source, selectors.EVENT_READ)
+            return True
+        except BlockingIOError:
+            return True
+        except OSError:  # EPIPE: the child closed its stdin
+            return False
+
+    @staticmethod
+    def _close_pump(sel: selectors.BaseSelector, pump: _Pump) -> None:
+        for fd in (pump.fd, pump.source):
+            if fd is not None and fd >= 0:
+                with contextlib.suppress(KeyError, ValueError):
+                    sel.unregister(fd)
+        if pump.fd >= 0:
+            with contextlib.suppress(OSError):
+                os.close(pump.fd)
+            pump.fd = -1
+
+    def _outcome(self, status: int, cpu: float) -> Outcome:
+        control = self.ctx.control
+        stop = self._stop
+        if stop.kind == "cancel":
+            return Outcome(TaskState.CANCELLED, EXIT_CANCELLED, control.cancel_reason)
+        if stop.kind == "timeout":
+            return Outcome(TaskState.FAILED, EXIT_TIMEOUT, "timeout")
+        note = f" ({self.protocol_error})" if self.protocol_error else ""
+        if os.WIFEXITED(status):
+            code = os.WEXITSTATUS(status)
+            if code == 0:
+                return Outcome(TaskState.COMPLETED, 0)
+            return Outcome(TaskState.FAILED, code, f"exit status {code}{note}")
+        sig = os.WTERMSIG(status)
+        limit = self.ctx.task.spec.cpu_time_s
+        if sig == signal.SIGXCPU or (
+            sig == signal.SIGKILL and limit is not None and cpu >= math.ceil(limit)
+        ):
+            return Outcome(TaskState.FAILED, 128 + sig, f"CPU time limit exceeded ({limit} s)")
+        name = _signal_name(sig)
+        return Outcome(TaskState.FAILED, 128 + sig, f"killed by signal {name}{note}")
+
+
+def _signal_name(sig: int) -> str:
+    try:
+        return signal.Signals(sig).name
+    except ValueError:
+        return str(sig)
+
+
+def _exec_failure(exc: OSError, artifact: str) -> Outcome:
+    reason = exc.strerror or str(exc)
+    code = EXIT_NOT_FOUND if isinstance(exc, FileNotFoundError) else EXIT_NOT_EXECUTABLE
+    return Outcome(TaskState.FAILED, code, f"cannot execute {artifact}: {reason}")
+
+
+# -- the worker agent -----------------------------------------------------------------
+
+
+class ProcessWorkerAgent(WorkerAgent):
+    """Runs `process` tasks: any executable, `.py` files with this node's Python."""
+
+    runtime = Runtime.PROCESS
+
+    def __init__(
+        self,
+        runtime_dir: Path,
+        *,
+        grace_s: float = DEFAULT_GRACE_S,
+        max_threads: int = 64,
+    ) -> None:
+        self._runtime_dir = runtime_dir
+        self.grace_s = grace_s
+        self._limiter = anyio.CapacityLimiter(max_threads)
+        self._commands: dict[str, Command] = {}
+        self._channel: AgentChannel | None = None
+        self._forkserver: ForkServer | None = None
+        self._forkserver_lock = anyio.Lock()
+        self.warm_starts = 0  # tasks started from the warm pool (for tests and benchmarks)
+
+    async def prepare(self, task: Task) -> None:
+        command = resolve_command(task.spec)
+        if len(self._commands) > 100_000:  # prepared, never started
+            self._commands.clear()
+        self._commands[task.id] = command
+
+    async def channel(self) -> AgentChannel:
+        """The hostcall channel for this node's process agents (started on first use)."""
+        if self._channel is None:
+            from spear.runtimes.agent_channel import AgentChannel
+
+            channel = AgentChannel(self._runtime_dir)
+            await channel.start()
+            self._channel = channel
+        return self._channel
+
+    async def forkserver(self) -> ForkServer:
+        """The pre-started Python that warm `.py` agents are forked from."""
+        async with self._forkserver_lock:
+            if self._forkserver is None or not self._forkserver.alive:
+                from spear.runtimes.forkserver import ForkServer
+
+                server = ForkServer()
+                await anyio.to_thread.run_sync(server.start)
+                self._forkserver = server
+            return self._forkserver
+
+    async def start(self, ctx: TaskContext) -> Execution:
+        command = self._commands.pop(ctx.task.id, None) or resolve_command(ctx.task.spec)
+        channel = await self.channel()
+        credential = channel.register(ctx)
+        command.env.update(credential.env())
+        server = None
+        if ctx.task.spec.warm and command.python_script is not None:
+            server = await self.forkserver()
+            self.warm_starts += 1
+        return _ProcessExecution(self, ctx, command, credential, server)
+
+    async def aclose(self) -> None:
+        if self._forkserver is not None:
+            await anyio.to_thread.run_sync(self._forkserver.stop)
+            self._forkserver = None
+        if self._channel is not None:
+            await self._channel.aclose()
+            self._channel = None
+
+
+class _ProcessExecution(Execution):
+    def __init__(
+        self,
+        agent: ProcessWorkerAgent,
+        ctx: TaskContext,
+        command: Command,
+        credential: Credential,
+        forkserver: ForkServer | None,
+    ) -> None:
+        self._agent = agent
+        self._ctx = ctx
+        self._command = command
+        self._credential = credential
+        self._forkserver = forkserver
+        self._supervisor = Supervisor(ctx, agent.grace_s)
+        credential.on_protocol_error = self._protocol_error
+
+    def _protocol_error(self, message: str) -> None:
+        self._supervisor.protocol_error = message
+
+    def kill(self, reason: str = "cancelled") -> None:
+        self._ctx.control.cancel(reason)
+        self._supervisor.wake()
+
+    def _start(self, stdin: int | None, stdout: int, stderr: int) -> Child:
+        if self._forkserver is not None:
+            return self._forkserver.spawn(self._command, stdin, stdout, stderr)
+        return spawn(self._command, stdin, stdout, stderr)
+
+    async def wait(self) -> Outcome:
+        try:
+            return await anyio.to_thread.run_sync(
+                self._supervisor.run, self._start, limiter=self._agent._limiter
+            )
+        finally:
+            self._supervisor.close()
+            channel = self._agent._channel
+            if channel is not None:
+                await channel.revoke(self._credential)
