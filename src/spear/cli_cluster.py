@@ -31,7 +31,8 @@ from spear.errors import InvalidArgument
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator
 
-    from spear.core.cluster import Cluster, NodeRecord
+    from spear._inprocess import InProcessNode
+    from spear.core.cluster import NodeRecord
     from spear.core.node import Spearlet
     from spear.core.node_controller import NodeController
     from spear.store.kv import KV
@@ -134,37 +135,67 @@ def describe_node(node: Spearlet, address: str) -> NodeRecord:
     )
 
 
+def make_node_api(node: Spearlet, max_message_bytes: int = 0) -> InProcessNode:
+    """The NodeAPI a daemon serves: a ClusterNode (scheduling, proxying) with `--sms`."""
+    from spear._inprocess import InProcessNode
+
+    settings = node.settings
+    if not settings.sms:
+        return InProcessNode(node, max_message_bytes=max_message_bytes)
+    from spear._cluster_node import ClusterNode
+    from spear.core.cluster import ClusterTimings
+    from spear.core.scheduler import Scheduler
+    from spear.transport.peer import Peers
+    from spear.transport.sms_client import SmsClient
+
+    timings = ClusterTimings.from_extra(settings.extra)
+    cluster = SmsClient(settings.sms)
+    peers = Peers(node.name)
+    scheduler = Scheduler(node, cluster, peers.forward, node_labels(settings), timings.heartbeat_s)
+    return ClusterNode(node, cluster, scheduler, peers, max_message_bytes=max_message_bytes)
+
+
+def peer_services(api: InProcessNode) -> list[Any]:
+    """The SpearletPeer service (forwarded tasks) for a ClusterNode; nothing in local mode."""
+    from spear._cluster_node import ClusterNode
+
+    if not isinstance(api, ClusterNode):
+        return []
+    from spear.core.artifacts import ArtifactStore
+    from spear.transport.peer import PeerService
+
+    settings = api.node.settings
+    artifacts = ArtifactStore(settings.data_dir / "artifacts", settings.object_max_bytes)
+    return [PeerService(api.scheduler, artifacts)]
+
+
 @contextlib.asynccontextmanager
-async def joined_cluster(
-    node: Spearlet, address: str, cluster: Cluster | None = None
-) -> AsyncIterator[NodeController | None]:
-    """While inside, `node` (serving on `address`) is a member of the cluster at
-    `settings.sms`: registered, heartbeating, reporting each task change. None in local mode.
-    """
+async def joined_cluster(api: InProcessNode, address: str) -> AsyncIterator[NodeController | None]:
+    """While inside, the node behind `api` (serving on `address`) is a cluster member:
+    registered, heartbeating, reporting each task change, placing queued tasks.
+    Nothing happens for a local-mode node."""
+    from spear._cluster_node import ClusterNode
     from spear.core.cluster import ClusterTimings
     from spear.core.node_controller import NodeController
     from spear.core.task_reports import TaskReporter
 
-    settings = node.settings
-    if cluster is None:
-        if not settings.sms:
-            yield None
-            return
-        from spear.transport.sms_client import SmsClient
-
-        cluster = SmsClient(settings.sms)
-    timings = ClusterTimings.from_extra(settings.extra)
+    if not isinstance(api, ClusterNode):
+        yield None
+        return
+    node, cluster = api.node, api.cluster
+    timings = ClusterTimings.from_extra(node.settings.extra)
 
     def load() -> Any:
-        return node.controller.free, node.controller.running_count, 0
+        return node.controller.free, node.controller.running_count, api.scheduler.queued
 
     controller = NodeController(cluster, lambda: describe_node(node, address), load, timings)
     reporter = TaskReporter(cluster, node.kv, node.tasks_store)
+    controller.on_registered = reporter.resync
     try:
         async with anyio.create_task_group() as tg:
             await tg.start(reporter.run)
+            await tg.start(api.scheduler.run)
             await tg.start(controller.run)
-            controller.on_registered = reporter.resync
             try:
                 yield controller
             finally:
@@ -172,6 +203,7 @@ async def joined_cluster(
                 with anyio.CancelScope(shield=True):
                     await controller.leave()
     finally:
+        await api.peers.aclose()
         await cluster.aclose()
 
 

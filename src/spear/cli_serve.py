@@ -106,7 +106,6 @@ def serve(
 
 
 async def _serve_spearlet(settings: Settings, drain_s: float, max_message_bytes: int) -> None:
-    from spear._inprocess import InProcessNode
     from spear.container import build_local_node
     from spear.transport.server import serve_spearlet
 
@@ -119,9 +118,16 @@ async def _serve_spearlet(settings: Settings, drain_s: float, max_message_bytes:
     node = build_local_node(settings, hold_kv=True)
     node.controller.finished_hooks.append(_log_finished)
     async with node:
-        api = InProcessNode(node)
+        from spear.cli_cluster import joined_cluster, make_node_api, peer_services
+
+        api = make_node_api(node)  # an InProcessNode; with --sms one that schedules/proxies
         with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
-            server = await serve_spearlet(api, settings.listen, max_message_bytes=max_message_bytes)
+            server = await serve_spearlet(
+                api,
+                settings.listen,
+                max_message_bytes=max_message_bytes,
+                extra_services=peer_services(api),
+            )
             assert server.address is not None
             addr_path = address_file(settings.data_dir)
             try:
@@ -132,9 +138,7 @@ async def _serve_spearlet(settings: Settings, drain_s: float, max_message_bytes:
                     "node {} serving on {} (data dir {}, pid {})",
                     node.name, server.address, settings.data_dir, os.getpid(),
                 )  # fmt: skip
-                from spear.cli_cluster import joined_cluster
-
-                async with joined_cluster(node, server.address):
+                async with joined_cluster(api, server.address):
                     await _run_until_signalled(api, server, signals, drain_s)
             finally:
                 with anyio.CancelScope(shield=True):

@@ -137,7 +137,27 @@ class LocalCluster:
         for i in range(1, self.nodes + 1):
             self.start_node(i)
         self.save()
+        self.wait_registered()
         return self
+
+    def wait_registered(self) -> None:
+        """Return once the SMS lists every running SPEARlet as healthy."""
+        import anyio
+
+        from spear.transport.sms_client import SmsClient
+
+        assert self.sms is not None
+        want = {m.name for m in self.members if m.alive()}
+
+        async def healthy() -> set[str]:
+            async with SmsClient(self.sms.address if self.sms else "", timeout_s=5) as client:
+                return {n.name for n in await client.nodes(live_only=True)}
+
+        deadline = time.monotonic() + self.startup_timeout_s
+        while not want <= anyio.run(healthy):
+            if time.monotonic() > deadline:
+                raise Unavailable(f"not every node registered with the SMS: {sorted(want)}")
+            time.sleep(0.02)  # polling the SMS, with a deadline
 
     def member(self, name: str) -> Member:
         for m in self.members:

@@ -1,5 +1,5 @@
 """Node controller and SMS as processes: register, heartbeat, leave, die, survive restarts."""
-
+# ruff: noqa: F401, F811  (fixtures imported from helpers.py are used as arguments)
 
 from __future__ import annotations
 
@@ -7,7 +7,14 @@ import signal
 from typing import TYPE_CHECKING, Any
 
 import pytest
-from helpers import assert_eventually, nodes_json, sms_call, spear
+from helpers import (  # fixtures too: loop_wasm, make_cluster
+    assert_eventually,
+    loop_wasm,
+    make_cluster,
+    nodes_json,
+    sms_call,
+    spear,
+)
 
 from spear.core.cluster import NodeHealth
 from spear.core.models import TaskState

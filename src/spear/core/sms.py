@@ -223,6 +223,8 @@ class MetadataServer(Cluster):
             old = None if entry is None else Task.from_json(json.loads(entry.value))
             if old is not None and old.state.terminal:
                 return old  # a finished task stays as it finished (e.g. "node lost")
+            if old is not None and len(old.history) > len(task.history):
+                return old  # a late report of an earlier state
             if (
                 await self.kv.compare_and_swap(_TASKS + task.id, _dump(task.to_json()), expected)
                 > 0

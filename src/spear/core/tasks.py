@@ -310,11 +310,14 @@ class TaskController:
     def running_count(self) -> int:
         return len(self._running)
 
-    async def create(self, spec: FunctionSpec) -> Task:
-        """Record a new PENDING task for `spec` and check its artifact."""
+    async def create(self, spec: FunctionSpec, *, task_id: str | None = None) -> Task:
+        """Record a new PENDING task for `spec` and check its artifact.
+
+        `task_id`: keep an id given elsewhere (a task forwarded from another node).
+        """
         agent = self._agents.get(spec.runtime.value)
         task = Task(
-            id=new_task_id(),
+            id=task_id or new_task_id(),
             spec=spec,
             created_at=time.time(),
             node=self._node,
@@ -353,11 +356,13 @@ class TaskController:
             on_created(task)
         return await self.execute(task, stdin=stdin, tee_stdout=tee_stdout, tee_stderr=tee_stderr)
 
-    async def submit(self, spec: FunctionSpec, *, stdin: bytes | None = None) -> Task:
+    async def submit(
+        self, spec: FunctionSpec, *, stdin: bytes | None = None, task_id: str | None = None
+    ) -> Task:
         """Start `spec` in the background; returns the PENDING task at once."""
         if self._task_group is None:
             raise RuntimeError("the task controller is not started")
-        task = await self.create(spec)
+        task = await self.create(spec, task_id=task_id)
         self._running[task.id] = _Running(ExecutionControl(), anyio.Event())
         self._task_group.start_soon(self._execute_guarded, task, stdin)
         return task

@@ -35,7 +35,7 @@ from spear.transport._status import (
 )
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator, Awaitable, Callable
+    from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 
     from grpclib.const import Handler
     from grpclib.server import Stream
@@ -332,7 +332,9 @@ class SpearletServer:
         *,
         max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
         object_max_bytes: int = 1024**3,
+        extra_services: Sequence[Any] = (),
     ) -> None:
+        """`extra_services`: more grpclib handlers on the same port (e.g. SpearletPeer)."""
         self.api = api
         self.max_message_bytes = max_message_bytes
         self.service = SpearletService(api, artifacts, object_max_bytes)
@@ -340,7 +342,12 @@ class SpearletServer:
         self._serving.set(True)
         health = Health({self.service: [self._serving]})
         self._server = Server(
-            [self.service, health, *_reflection_services([SERVICE_NAME, "grpc.health.v1.Health"])],
+            [
+                self.service,
+                *extra_services,
+                health,
+                *_reflection_services([SERVICE_NAME, "grpc.health.v1.Health"]),
+            ],
             codec=LimitedCodec(max_message_bytes),
         )
         self.address: str | None = None
@@ -389,6 +396,7 @@ async def serve_spearlet(
     listen: str,
     *,
     max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
+    extra_services: Sequence[Any] = (),
 ) -> SpearletServer:
     """Serve a started node on `listen`; `.address` of the result is the bound address."""
     api = node if isinstance(node, InProcessNode) else InProcessNode(node)
@@ -400,6 +408,7 @@ async def serve_spearlet(
         artifacts,
         max_message_bytes=max_message_bytes,
         object_max_bytes=settings.object_max_bytes,
+        extra_services=extra_services,
     )
     api.address = await server.start(listen)
     return server

@@ -1,0 +1,205 @@
+"""`ClusterNode`: the `NodeAPI` of a SPEARlet in a cluster.
+
+The same as `InProcessNode` for what this node holds; for the rest it asks the SMS where
+a task or object lives and proxies the call to that node, so the CLI works against any
+node: submit (two-stage scheduling), status, wait, logs (follow), stop, result, watch, and
+object get. Objects written here are entered in the SMS's object index.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import anyio
+from loguru import logger
+
+from spear._api import TaskHandle, TaskResult
+from spear._inprocess import InProcessNode
+from spear.core.cluster import ObjectLocation
+from spear.core.scheduler import owner_of
+from spear.errors import NotFound, SpearError, Unavailable
+
+if TYPE_CHECKING:
+    from collections.abc import AsyncIterator, Sequence
+
+    from spear._api import LogChunk, ObjectInfo
+    from spear.client import Client
+    from spear.core.cluster import Cluster
+    from spear.core.models import FunctionSpec, Task
+    from spear.core.node import Spearlet
+    from spear.core.scheduler import Scheduler
+    from spear.transport.peer import Peers
+
+_POLL_S = 0.05
+
+
+@dataclass(slots=True)
+class _Where:
+    kind: str  # local, queued, remote, record
+    record: Task | None = None
+    client: Client | None = None
+
+
+class ClusterNode(InProcessNode):
+    def __init__(
+        self, node: Spearlet, cluster: Cluster, scheduler: Scheduler, peers: Peers, **kw: Any
+    ) -> None:
+        super().__init__(node, **kw)
+        self.cluster = cluster
+        self.scheduler = scheduler
+        self.peers = peers
+
+    async def _where(self, task_id: str) -> _Where:
+        try:
+            return _Where("local", await self.node.task(task_id))
+        except NotFound:
+            pass
+        queued = self.scheduler.queued_task(task_id)
+        if queued is not None:
+            return _Where("queued", queued)
+        record, owner = await owner_of(self.cluster, task_id)
+        if owner is None or owner.name == self.node.name or not owner.health.live:
+            return _Where("record", record)
+        return _Where("remote", record, self.peers.client(owner.address))
+
+    # -- tasks -----------------------------------------------------------------------
+
+    async def submit(self, spec: FunctionSpec, *, stdin: bytes | None = None) -> TaskHandle:
+        if self.draining:
+            raise Unavailable(f"node {self.node.name} is draining: it accepts no new tasks")
+        return TaskHandle(self, await self.scheduler.submit(spec, stdin=stdin))
+
+    async def task(self, task_id: str) -> Task:
+        where = await self._where(task_id)
+        if where.client is not None:
+            try:
+                return await where.client.task(task_id)
+            except Unavailable as exc:
+                logger.debug("task {}: its node did not answer ({})", task_id, exc)
+        assert where.record is not None
+        return where.record
+
+    async def wait(self, task_id: str) -> Task:
+        while True:
+            where = await self._where(task_id)
+            if where.kind == "local":
+                return await super().wait(task_id)
+            if where.client is not None:
+                try:
+                    return await where.client.wait(task_id)
+                except Unavailable:
+                    pass  # its node went away: the SMS will say how the task ended
+            elif where.kind == "record" and where.record is not None:
+                if where.record.state.terminal:
+                    return where.record
+            await anyio.sleep(_POLL_S)
+
+    async def watch(self, task_id: str) -> AsyncIterator[Task]:
+        where = await self._where(task_id)
+        if where.kind == "local":
+            async for task in super().watch(task_id):
+                yield task
+        elif where.client is not None:
+            async for task in where.client.watch(task_id):
+                yield task
+        else:
+            assert where.record is not None
+            yield where.record
+            final = await self.wait(task_id)
+            if final != where.record:
+                yield final
+
+    async def cancel(self, task_id: str, reason: str = "cancelled") -> Task:
+        where = await self._where(task_id)
+        if where.kind == "local":
+            return await super().cancel(task_id, reason)
+        if where.kind == "queued":
+            cancelled = await self.scheduler.cancel(task_id, reason)
+            if cancelled is not None:
+                return cancelled
+            return await self.cancel(task_id, reason)  # placed meanwhile: follow it
+        if where.client is not None:
+            return await where.client.cancel(task_id, reason)
+        assert where.record is not None
+        if where.record.state.terminal:
+            return where.record
+        raise Unavailable(f"task {task_id} is on node {where.record.node}, which is not live")
+
+    async def result(self, task_id: str, *, wait: bool = True) -> TaskResult:
+        where = await self._where(task_id)
+        if where.kind == "local":
+            return await super().result(task_id, wait=wait)
+        if where.client is not None:
+            return await where.client.result(task_id, wait=wait)
+        task = await (self.wait(task_id) if wait else self.task(task_id))
+        if not task.state.terminal:
+            raise Unavailable(f"task {task_id} has not finished (it is {task.state.value})")
+        again = await self._where(task_id)
+        if again.client is not None:
+            return await again.client.result(task_id, wait=False)
+        return TaskResult(task, b"")  # its node is gone, and its output with it
+
+    async def logs(
+        self, task_id: str, streams: Sequence[str] = (), *, follow: bool = False
+    ) -> AsyncIterator[LogChunk]:
+        where = await self._where(task_id)
+        if where.kind == "queued" and follow:
+            await self._until_placed(task_id)
+            where = await self._where(task_id)
+        if where.client is not None:
+            async for chunk in where.client.logs(task_id, streams, follow=follow):
+                yield chunk
+            return
+        if where.kind == "local":
+            async for chunk in super().logs(task_id, streams, follow=follow):
+                yield chunk
+
+    async def _until_placed(self, task_id: str) -> None:
+        """Poll until a queued task has a node (placement is decided across processes)."""
+        with anyio.move_on_after(3600):
+            while True:
+                if self.scheduler.queued_task(task_id) is None:
+                    if (await self._where(task_id)).kind != "record":
+                        return
+                await anyio.sleep(_POLL_S)
+
+    # -- objects ---------------------------------------------------------------------
+
+    async def put_object(
+        self, key: str, data: bytes, *, expected_version: int | None = None
+    ) -> ObjectInfo:
+        info = await super().put_object(key, data, expected_version=expected_version)
+        try:
+            await self.cluster.put_object_location(
+                ObjectLocation(key, self.node.name, info.version, info.size)
+            )
+        except SpearError as exc:
+            logger.warning("object {} not entered in the SMS index: {}", key, exc)
+        return info
+
+    async def get_object(self, key: str) -> tuple[bytes, ObjectInfo]:
+        try:
+            return await super().get_object(key)
+        except NotFound:
+            pass
+        for loc in await self.cluster.locate_object(key):
+            if loc.node == self.node.name:
+                continue
+            try:
+                holder = await self.cluster.node(loc.node)
+                if not holder.health.live:
+                    continue
+                return await self.peers.client(holder.address).get_object(key)
+            except (NotFound, Unavailable):
+                continue
+        raise NotFound(f"no such object: {key} (on this node or any live node)")
+
+    async def delete_object(self, key: str) -> bool:
+        deleted = await super().delete_object(key)
+        if deleted:
+            try:
+                await self.cluster.remove_object_location(key, self.node.name)
+            except SpearError as exc:
+                logger.warning("object {} still in the SMS index: {}", key, exc)
+        return deleted

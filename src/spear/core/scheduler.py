@@ -1,0 +1,270 @@
+"""Two-stage scheduling (seed §4, §5.1), in the SPEARlet that receives a task.
+
+Stage one: if this node's free CPU and memory, runtimes and labels fit the task, it runs
+here. Stage two: otherwise the SMS is asked for live nodes that fit now, one is picked by
+`rank_candidates` and the task is forwarded to it, keeping its id. A task that no live node
+(this one included) could ever run fails at once, with the reason. One that could run but
+finds no room anywhere waits in this node's queue, first in first out, and is placed as
+soon as room appears here (a task finishing) or elsewhere (looked for every heartbeat).
+
+The receiving node registers every task it does not run itself with the SMS as PENDING
+(node = itself), so the task is visible cluster-wide, and "node lost" applies to a queued
+task whose node dies. A node that runs a task reports its states itself (task_reports.py).
+"""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import anyio
+from loguru import logger
+
+from spear.core.cluster import PlacementQuery, input_objects, selector_labels
+from spear.core.models import Task, TaskState, new_task_id
+from spear.errors import NotFound, ResourceExhausted, SpearError, Unavailable
+from spear.runtimes.base import EXIT_CANCELLED
+
+if TYPE_CHECKING:
+    from collections.abc import Awaitable, Callable, Sequence
+
+    from anyio.abc import TaskStatus
+
+    from spear.core.cluster import Candidate, Cluster, NodeRecord
+    from spear.core.models import FunctionSpec
+    from spear.core.node import Spearlet
+
+
+def rank_candidates(candidates: Sequence[Candidate]) -> list[Candidate]:
+    """The placement policy, best first: the node holding most of the task's input objects
+    (data affinity), then the one with most free CPU, then most free memory (spreading
+    load), then by name (a stable tie-break)."""
+    return sorted(
+        candidates,
+        key=lambda c: (
+            -c.objects_held,
+            -c.node.free.cpu_millis,
+            -c.node.free.memory_bytes,
+            c.node.name,
+        ),
+    )
+
+
+@dataclass(slots=True)
+class _Queued:
+    task: Task
+    stdin: bytes | None
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    """Where a submission went: `local`, `forwarded` (to `node`), `queued` or `failed`."""
+
+    task: Task
+    how: str
+    node: str
+
+
+class Scheduler:
+    def __init__(
+        self,
+        node: Spearlet,
+        cluster: Cluster,
+        forward: Callable[[NodeRecord, Task, bytes | None], Awaitable[Task]],
+        labels: tuple[tuple[str, str], ...],
+        retry_s: float,
+    ) -> None:
+        self.node = node
+        self.cluster = cluster
+        self._forward = forward
+        self.labels = labels
+        self.retry_s = retry_s
+        self._queue: deque[_Queued] = deque()
+        self._wake = anyio.Event()
+        self._admitting = anyio.Lock()
+        self.decisions: deque[Decision] = deque(maxlen=1000)
+        node.controller.finished_hooks.append(lambda _task: self._wake.set())
+
+    @property
+    def queued(self) -> int:
+        return len(self._queue)
+
+    def queued_task(self, task_id: str) -> Task | None:
+        for item in self._queue:
+            if item.task.id == task_id:
+                return item.task
+        return None
+
+    def _could_ever_run_here(self, spec: FunctionSpec) -> bool:
+        controller = self.node.controller
+        wanted = selector_labels(spec.labels)
+        own = set(self.labels)
+        return (
+            spec.runtime.value in self.node.agents
+            and spec.resources.fits_in(controller.capacity)
+            and all(pair in own for pair in wanted)
+        )
+
+    def _fits_here_now(self, spec: FunctionSpec) -> bool:
+        return self._could_ever_run_here(spec) and spec.resources.fits_in(self.node.controller.free)
+
+    def _query(self, spec: FunctionSpec) -> PlacementQuery:
+        return PlacementQuery(
+            need=spec.resources,
+            runtime=spec.runtime.value,
+            labels=selector_labels(spec.labels),
+            objects=input_objects(spec.labels),
+            exclude=(self.node.name,),
+        )
+
+    def _note(self, task: Task, how: str, node: str) -> None:
+        self.decisions.append(Decision(task, how, node))
+        logger.bind(task_id=task.id).debug("task {}: {} ({})", task.id, how, node)
+
+    async def submit(self, spec: FunctionSpec, *, stdin: bytes | None = None) -> Task:
+        """Place a new task: here, on another node, in the queue, or FAILED at once."""
+        if not self._queue:
+            here = await self._try_here(spec, stdin, None)
+            if here is not None:
+                self._note(here, "local", self.node.name)
+                return here
+        task = Task(
+            id=new_task_id(),
+            spec=spec,
+            created_at=time.time(),
+            node=self.node.name,
+            history=((TaskState.PENDING.value, time.time()),),
+        )
+        placement = await self.cluster.find_nodes(self._query(spec))
+        if not placement.could_ever_fit and not self._could_ever_run_here(spec):
+            failed = task.transition(
+                TaskState.FAILED,
+                reason=f"no node in the cluster can run this task: {placement.reason}",
+                exit_code=ResourceExhausted.exit_code,
+            )
+            await self.cluster.report_task(failed)
+            self._note(failed, "failed", "")
+            return failed
+        await self.cluster.report_task(task)
+        if not self._queue:
+            placed = await self._place_remotely(task, stdin, rank_candidates(placement.candidates))
+            if placed is not None:
+                return placed
+        self._queue.append(_Queued(task, stdin))
+        self._note(task, "queued", self.node.name)
+        self._wake.set()
+        return task
+
+    async def _place_remotely(
+        self, task: Task, stdin: bytes | None, ranked: Sequence[Candidate]
+    ) -> Task | None:
+        for candidate in ranked:
+            try:
+                placed = await self._forward(candidate.node, task, stdin)
+            except (ResourceExhausted, Unavailable) as exc:
+                logger.info("forwarding {} to {} failed: {}", task.id, candidate.node.name, exc)
+                continue
+            self._note(placed, "forwarded", candidate.node.name)
+            try:  # the SMS learns the new node now, not when the target reports it
+                await self.cluster.report_task(placed)
+            except SpearError as exc:
+                logger.debug("report of forwarded task {} postponed: {}", task.id, exc)
+            return placed
+        return None
+
+    async def cancel(self, task_id: str, reason: str) -> Task | None:
+        """Cancel a task still waiting in this node's queue; None if it is not queued."""
+        for item in list(self._queue):
+            if item.task.id == task_id:
+                self._queue.remove(item)
+                cancelled = item.task.transition(
+                    TaskState.CANCELLED, reason=reason, exit_code=EXIT_CANCELLED
+                )
+                await self.cluster.report_task(cancelled)
+                return cancelled
+        return None
+
+    async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
+        """Place queued tasks, oldest first, as room appears."""
+        task_status.started()
+        while True:
+            self._wake = anyio.Event()
+            try:
+                await self._drain_queue()
+            except Exception:  # an SMS hiccup: try again on the next wake-up
+                logger.exception("placing queued tasks failed")
+            if self._queue:
+                with anyio.move_on_after(self.retry_s):
+                    await self._wake.wait()
+            else:
+                await self._wake.wait()
+
+    async def _drain_queue(self) -> None:
+        while self._queue:
+            head = self._queue[0]
+            spec = head.task.spec
+            try:
+                here = await self._try_here(spec, head.stdin, head.task.id)
+            except SpearError as exc:  # e.g. a bad module: it fails, the queue moves on
+                logger.warning("queued task {} could not start: {}", head.task.id, exc)
+                self._discard(head)
+                continue
+            if here is not None:
+                self._discard(head)
+                self._note(here, "local", self.node.name)
+                continue
+            try:
+                placement = await self.cluster.find_nodes(self._query(spec))
+            except SpearError:
+                return
+            placed = await self._place_remotely(
+                head.task, head.stdin, rank_candidates(placement.candidates)
+            )
+            if placed is None:
+                return  # the head waits; nothing behind it overtakes it
+            self._discard(head)
+
+    def _discard(self, item: _Queued) -> None:
+        if item in self._queue:  # a stop may have taken it out meanwhile
+            self._queue.remove(item)
+
+    async def _try_here(
+        self, spec: FunctionSpec, stdin: bytes | None, task_id: str | None
+    ) -> Task | None:
+        """Start a task on this node if it fits now (None if not). Waits, briefly, until the
+        task holds its resources, so the next decision sees them taken: the controller
+        reserves them only once the task's own coroutine runs."""
+        async with self._admitting:
+            if not self._fits_here_now(spec):
+                return None
+            task = await self.node.controller.submit(spec, stdin=stdin, task_id=task_id)
+            with anyio.move_on_after(5):
+                async for seen in self.node.tasks_store.watch(task.id):
+                    if seen.state is not TaskState.PENDING:
+                        break
+            return task
+
+    async def adopt(self, task: Task, spec: FunctionSpec, stdin: bytes | None) -> Task:
+        """Run a task forwarded by another node here, under its id, if it fits now."""
+        adopted = await self._try_here(spec, stdin, task.id)
+        if adopted is None:
+            free = self.node.controller.free
+            raise ResourceExhausted(
+                f"node {self.node.name} has no room for task {task.id} now "
+                f"({free.cpu_millis}m CPU, {free.memory_bytes} bytes free)"
+            )
+        self._note(adopted, "adopted", self.node.name)
+        return adopted
+
+
+async def owner_of(cluster: Cluster, task_id: str) -> tuple[Task, NodeRecord | None]:
+    """The SMS's record of a task and the node holding it (None if unknown or gone)."""
+    task = await cluster.task(task_id)
+    if not task.node:
+        return task, None
+    try:
+        return task, await cluster.node(task.node)
+    except NotFound:
+        return task, None
