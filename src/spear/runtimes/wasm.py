@@ -10,6 +10,7 @@ task, whether to continue, or to trap because the task timed out or was cancelle
 from __future__ import annotations
 
 import ctypes
+import hashlib
 import importlib.metadata
 import os
 import tempfile
@@ -25,7 +26,7 @@ import wasmtime
 from wasmtime import _bindings as _ffi
 
 from spear.core.models import Runtime, TaskState
-from spear.errors import InvalidArgument, InvalidModule, NotFound, ResourceExhausted
+from spear.errors import InvalidArgument, InvalidModule, NotFound, ResourceExhausted, SpearError
 from spear.runtimes import hostcall
 from spear.runtimes.base import (
     EXIT_CANCELLED,
@@ -44,6 +45,7 @@ if TYPE_CHECKING:
     from spear.core.models import Task
 
 TICK_S = 0.005
+_INLINE_MODULE_BYTES = 64 * 1024  # see WasmWorkerAgent._prepared_before
 
 HostFunctions = Callable[[wasmtime.Linker, wasmtime.Engine], None]
 
@@ -195,9 +197,33 @@ class WasmWorkerAgent(WorkerAgent):
             flavor.prepared[key] = prepared
         return prepared
 
+    def _prepared_before(self, task: Task) -> _Prepared | None:
+        """The prepared module if these exact bytes were prepared before, read inline.
+
+        Only for a small module file and no directories to check: reading and hashing it
+        takes microseconds, less than the hop to a worker thread it saves on a warm run.
+        """
+        spec = task.spec
+        flavor = self._flavors.get(spec.fuel is not None)
+        if flavor is None or spec.dirs:
+            return None
+        try:
+            if os.stat(spec.artifact).st_size > _INLINE_MODULE_BYTES:
+                return None
+            data = read_module_bytes(spec.artifact)
+        except (OSError, SpearError):
+            return None  # the worker thread reports it
+        key = f"{hashlib.sha256(data).hexdigest()}:{spec.entry}"
+        with flavor.lock:
+            return flavor.prepared.get(key)
+
     async def prepare(self, task: Task) -> None:
-        # Compiling is slow and blocking: on a worker thread, like the directory checks.
-        prepared = await anyio.to_thread.run_sync(self._prepare_sync, task, limiter=self._limiter)
+        prepared = self._prepared_before(task)
+        if prepared is None:
+            # Compiling is slow and blocking: on a worker thread, like the directory checks.
+            prepared = await anyio.to_thread.run_sync(
+                self._prepare_sync, task, limiter=self._limiter
+            )
         # start() runs what was checked here, without reading and hashing the file again.
         with self._flavor_lock:
             if len(self._prepared_for) > 100_000:  # tasks prepared but never started
