@@ -124,7 +124,7 @@ def test_errors_are_one_line_with_distinct_codes(daemon: Daemon, cli: Cli, tmp_p
     assert proc.returncode == 64 and "cannot listen" in one_error_line(proc.stderr)
 
 
-def test_restart_on_the_same_data_dir_knows_every_task(
+def test_restart_on_the_same_data_dir_knows_every_task_and_object(
     data_dir: Path, cli: Cli, tmp_path: Path
 ) -> None:
     first = Daemon(data_dir)
@@ -132,6 +132,9 @@ def test_restart_on_the_same_data_dir_knows_every_task(
         ids = [
             cli("submit", "--wait", str(hello(tmp_path))).stdout.decode().strip() for _ in range(3)
         ]
+        put = cli("obj", "put", "notes/a", "-", "--json", input=b"kept across restarts")
+        assert put.returncode == 0, put.stderr
+        version = json.loads(put.stdout)["version"]
     finally:
         assert first.stop() == 0
     assert not (data_dir / "spearlet.addr").exists()
@@ -141,6 +144,9 @@ def test_restart_on_the_same_data_dir_knows_every_task(
         assert [t["id"] for t in listed] == ids[::-1]
         assert all(t["state"] == "COMPLETED" for t in listed)
         assert cli("result", ids[0]).stdout == b"hello\n"
+        got = cli("obj", "get", "notes/a", "--json")
+        assert json.loads(got.stdout)["data"] == "kept across restarts"
+        assert json.loads(got.stdout)["version"] == version
         # The artifact uploaded to the first process is still there: nothing is re-sent.
         assert len(list((data_dir / "artifacts").iterdir())) == 1
     finally:
@@ -202,3 +208,35 @@ def test_system_log_in_json(data_dir: Path, cli: Cli, tmp_path: Path) -> None:
     assert any(m.startswith("rpc /spear.v1.Spearlet/SubmitTask OK") for m in records)
     assert any(" COMPLETED (exit code 0)" in m for m in records)
     assert any(m.startswith("resources: ") for m in records)
+
+
+def test_long_waits_show_progress_on_a_terminal(daemon: Daemon, tmp_path: Path) -> None:
+    import os
+    import pty
+
+    leader, follower = pty.openpty()
+    try:
+        proc = subprocess.run(
+            [sys.executable, "-m", "spear", "submit", "--wait", "--node", daemon.address,
+             str(ticker(tmp_path, 12, 50))],
+            stdout=subprocess.PIPE, stderr=follower, env=cli_env(daemon.data_dir), timeout=60,
+        )  # fmt: skip
+        os.close(follower)
+        follower = -1
+        shown = b""
+        while True:
+            try:
+                chunk = os.read(leader, 65536)
+            except OSError:  # EIO: the terminal's other side is closed and drained
+                break
+            if not chunk:
+                break
+            shown += chunk
+    finally:
+        if follower >= 0:
+            os.close(follower)
+        os.close(leader)
+    assert proc.returncode == 0
+    task_id = proc.stdout.decode().strip()
+    assert f"task {task_id}".encode() in shown  # the spinner named the task ...
+    assert shown.endswith(b"\r\x1b[K")  # ... and cleared its line at the end
