@@ -16,6 +16,7 @@ import contextlib
 import dataclasses
 import hashlib
 import os
+import stat
 from typing import TYPE_CHECKING, Any, Self
 
 import anyio
@@ -25,7 +26,7 @@ from grpclib.events import RecvTrailingMetadata, listen
 
 from spear._api import LogChunk, NodeInfo, ObjectInfo, StreamingTask, TaskHandle, TaskResult
 from spear.core.models import Runtime
-from spear.errors import InvalidArgument, SpearError, error_from_code
+from spear.errors import InvalidArgument, NotFound, SpearError, error_from_code
 from spear.transport import _convert as cv
 from spear.transport._gen.spear import v1
 from spear.transport._status import (
@@ -152,8 +153,15 @@ class Client:
 
     # -- artifacts -------------------------------------------------------------------
 
-    def _digest(self, path: str) -> tuple[str, int]:
-        st = os.stat(path)
+    def _digest(self, path: str) -> tuple[str, int] | None:
+        """(sha256, size) of a local file, None if `path` is not one (hashed once per
+        version of the file)."""
+        try:
+            st = os.stat(path)
+        except OSError:
+            return None
+        if not stat.S_ISREG(st.st_mode):
+            return None
         key = (path, st.st_mtime_ns, st.st_size)
         digest = self._digests.get(key)
         if digest is None:
@@ -164,7 +172,12 @@ class Client:
 
     async def upload(self, path: str) -> str:
         """Send a local file to the node unless it has it already; returns its sha256."""
-        digest, size = await anyio.to_thread.run_sync(self._digest, path)
+        found = await anyio.to_thread.run_sync(self._digest, path)
+        if found is None:
+            raise NotFound(f"no such file: {path}")
+        return await self._upload(path, *found)
+
+    async def _upload(self, path: str, digest: str, size: int) -> str:
         if digest in self._uploaded:
             return digest
         with self._errors():
@@ -193,8 +206,11 @@ class Client:
         self, spec: FunctionSpec, stdin: bytes | None, wait: bool
     ) -> v1.SubmitTaskRequest:
         digest = None
-        if spec.runtime is Runtime.WASM and await anyio.Path(spec.artifact).is_file():
-            digest = await self.upload(spec.artifact)
+        found = None
+        if spec.runtime is Runtime.WASM:
+            found = await anyio.to_thread.run_sync(self._digest, spec.artifact)
+        if found is not None:  # a local module: upload it (once); else a path on the node
+            digest = await self._upload(spec.artifact, *found)
             spec = dataclasses.replace(spec, artifact=os.path.basename(spec.artifact))
         return v1.SubmitTaskRequest(
             spec=cv.spec_to_wire(spec), artifact_digest=digest, stdin=stdin or b"", wait=wait

@@ -43,14 +43,20 @@ class ArtifactStore:
     def __init__(self, root: Path, max_bytes: int) -> None:
         self.root = root
         self.max_bytes = max_bytes
+        self._known: dict[str, Path] = {}  # digest -> file: artifacts are never removed
 
     def find(self, digest: str) -> Path | None:
         """The stored file for `digest`, or None."""
+        known = self._known.get(digest)
+        if known is not None:
+            return known
         directory = self.root / check_digest(digest)
         try:
             names = [p for p in directory.iterdir() if not p.name.startswith(".")]
         except (FileNotFoundError, NotADirectoryError):
             return None
+        if names:
+            self._known[digest] = names[0]
         return names[0] if names else None
 
     def path(self, digest: str) -> Path:
