@@ -240,3 +240,12 @@ def test_long_waits_show_progress_on_a_terminal(daemon: Daemon, tmp_path: Path) 
     task_id = proc.stdout.decode().strip()
     assert f"task {task_id}".encode() in shown  # the spinner named the task ...
     assert shown.endswith(b"\r\x1b[K")  # ... and cleared its line at the end
+
+
+def test_submit_a_process_task_to_the_daemon(daemon: Daemon, cli: Cli) -> None:
+    proc = cli("submit", "--wait", "--runtime", "process", "--", "sh", "-c", "echo hi; exit 4")
+    assert proc.returncode == 4, proc.stderr
+    task_id = proc.stdout.decode().strip()
+    assert cli("result", task_id).stdout == b"hi\n"
+    task = cli.json("status", task_id)
+    assert task["spec"]["runtime"] == "process" and task["exit_code"] == 4
