@@ -12,6 +12,7 @@ import argparse
 import contextlib
 import datetime
 import importlib
+import os
 import statistics
 import sys
 import tempfile
@@ -76,6 +77,7 @@ class Runner:
             self.scale.object_n = dict.fromkeys(self.scale.object_n, s)
         self.workloads: dict[str, Any] = {}
         self.notes: list[str] = []
+        self.extra: dict[str, Any] = {}  # what other modules measured beyond the workloads
         self.ray_version: str | None = None
         self.ray_reason: str | None = "--no-ray" if args.no_ray else None
         self.ray_started = False
@@ -113,6 +115,7 @@ class Runner:
 
         selected = self.args.only or list(WORKLOADS)
         started = time.time()
+        load_before = os.getloadavg()
         t0 = time.perf_counter()
         with (
             tempfile.TemporaryDirectory(prefix="spear-bench-") as tmp,
@@ -145,7 +148,9 @@ class Runner:
             "command": "python -m benchmarks " + " ".join(sys.argv[1:]),
             "machine": machine(),
             "ray_init": "ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)",
+            "load_average": {"before": load_before, "after": os.getloadavg()},
             "workloads": self.workloads,
+            "extra": self.extra,
             "notes": self.notes,
         }
         results["ratios"] = report.ratios(self.workloads)
@@ -296,7 +301,7 @@ class Runner:
             if key in WORKLOADS and isinstance(value, dict):
                 self.workloads.setdefault(key, {}).update(value)
             else:
-                self.workloads.setdefault(name, {}).setdefault("raw", {})[key] = value
+                self.extra.setdefault(modname, {})[key] = value
 
 
 class _Context:

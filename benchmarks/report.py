@@ -99,7 +99,9 @@ def markdown(results: dict[str, Any]) -> str:
         f"Measured {results['finished_at']} ({'--quick' if results['quick'] else 'full'} run, "
         f"{results['duration_s']:.0f} s) on {m['cpu_model']}, {m['cores']} cores, "
         f"{mem:.0f} GiB; Python {m['python']}, wasmtime {m['wasmtime']}, Ray {m['ray']}, "
-        f"spear {m.get('spear_commit') or m.get('spear')}.",
+        f"spear {m.get('spear_commit') or m.get('spear')}; load average "
+        f"{results['load_average']['before'][0]:.1f} before, "
+        f"{results['load_average']['after'][0]:.1f} after (the machine is shared).",
         "",
         "| workload | metric | spear | spear variant | Ray | spear/Ray |",
         "|---|---|---|---|---|---|",
@@ -123,6 +125,16 @@ def markdown(results: dict[str, Any]) -> str:
         for variant, v in variants.items()
         if isinstance(v, dict) and "status" in v
     ]
+    others = [
+        f"- {name} / {variant}: "
+        + ", ".join(f"{k} {v:,.4g}" for k, v in values.items() if isinstance(v, int | float))
+        for name, variants in results["workloads"].items()
+        if name not in RAY_REFERENCE and isinstance(variants, dict)
+        for variant, values in variants.items()
+        if _measured(values) and any(isinstance(v, int | float) for v in values.values())
+    ]
+    if others:
+        lines += ["", "spear only (no Ray counterpart):", *others]
     if missing:
         lines += ["", "Not measured in this run:", *missing]
     issue2 = results.get("issue2")
