@@ -66,6 +66,23 @@ def format_address(host: str, port: int) -> str:
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
+def listening_socket(listen: str) -> socket.socket:
+    """A bound, listening TCP socket for `listen` (port 0 picks a free port)."""
+    host, port = parse_listen(listen)
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    # IPPROTO_TCP explicitly: grpclib turns Nagle off only on sockets that say TCP, and
+    # with Nagle on, every small reply waits ~40 ms for a delayed ACK.
+    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((host, port))
+        sock.listen(512)
+    except OSError as exc:
+        sock.close()
+        raise InvalidArgument(f"cannot listen on {listen}: {exc.strerror or exc}") from None
+    return sock
+
+
 def _chunks(data: bytes, size: int = CHUNK_BYTES) -> list[bytes]:
     return [data[i : i + size] for i in range(0, len(data), size)] or [b""]
 
@@ -354,18 +371,7 @@ class SpearletServer:
 
     async def start(self, listen: str) -> str:
         """Bind `listen` (port 0 picks a free port) and serve; returns the bound address."""
-        host, port = parse_listen(listen)
-        family = socket.AF_INET6 if ":" in host else socket.AF_INET
-        # IPPROTO_TCP explicitly: grpclib turns Nagle off only on sockets that say TCP, and
-        # with Nagle on, every small reply waits ~40 ms for a delayed ACK.
-        sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
-        try:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            sock.bind((host, port))
-            sock.listen(512)
-        except OSError as exc:
-            sock.close()
-            raise InvalidArgument(f"cannot listen on {listen}: {exc.strerror or exc}") from None
+        sock = listening_socket(listen)
         await self._server.start(sock=sock)
         bound_host, bound_port = sock.getsockname()[:2]
         self.address = format_address(bound_host, bound_port)

@@ -3,7 +3,6 @@ plus grpc.health.v1 beside it (grpclib). `SmsServer.start` reports the bound add
 
 from __future__ import annotations
 
-import socket
 from typing import TYPE_CHECKING, Any
 
 from grpclib.health.check import ServiceStatus
@@ -16,7 +15,7 @@ from spear.transport import _convert as cv
 from spear.transport import _sms_convert as sc
 from spear.transport._gen.spear import v1
 from spear.transport._status import DEFAULT_MAX_MESSAGE_BYTES, LimitedCodec
-from spear.transport.server import SpearletService, format_address, parse_listen
+from spear.transport.server import SpearletService, format_address, listening_socket
 
 if TYPE_CHECKING:
     from grpclib.const import Handler
@@ -116,12 +115,7 @@ class SmsServer:
 
     async def start(self, listen: str) -> str:
         """Bind `listen` (port 0 picks a free port) and serve; returns the bound address."""
-        host, port = parse_listen(listen)
-        family = socket.AF_INET6 if ":" in host else socket.AF_INET
-        try:
-            sock = socket.create_server((host, port), family=family)
-        except OSError as exc:
-            raise InvalidArgument(f"cannot listen on {listen}: {exc.strerror or exc}") from None
+        sock = listening_socket(listen)
         await self._server.start(sock=sock)
         bound_host, bound_port = sock.getsockname()[:2]
         self.address = format_address(bound_host, bound_port)

@@ -1,0 +1,243 @@
+"""Distributed mode: placement latency and scheduling throughput on 3 real SPEARlets (tasks
+placed locally vs forwarded to another node), and the SMS under the heartbeats of 200
+simulated nodes, on LevelDB and on etcd.
+
+`python -m benchmarks.cluster_bench [--quick]` writes benchmarks/results/cluster.json;
+`run(quick)` is what `python -m benchmarks` calls. Everything runs on this machine's
+loopback: the SMS, the SPEARlets and etcd are real processes.
+
+- placement: `Client.submit` of a trivial WASM task to node-1, until node-1 answers (the
+  task is placed: started there, or forwarded and adopted by node-2). "forwarded" tasks
+  carry a label only node-2 has, so node-1 always asks the SMS and forwards.
+- run: submit and wait for the task to finish, through node-1.
+- throughput: N tasks submitted at once through node-1, until all have finished.
+- heartbeats: 200 simulated nodes register with a real SMS process, then heartbeat in a
+  closed loop for a few seconds (the SMS's capacity: heartbeats/s and latency), then at
+  the nominal rate of one per node per second (latency under the normal load).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import anyio
+
+from benchmarks.common import ROOT, TRIVIAL_WAT, machine, summarize
+
+RESULT_FILE = ROOT / "benchmarks" / "results" / "cluster.json"
+MiB = 1024 * 1024
+
+
+def _counts(quick: bool) -> dict[str, int]:
+    if quick:
+        return {"latency_n": 30, "throughput_n": 60, "nodes": 200, "closed_s": 2, "nominal_s": 3}
+    return {"latency_n": 200, "throughput_n": 300, "nodes": 200, "closed_s": 5, "nominal_s": 10}
+
+
+# -- placement and throughput on 3 SPEARlets ----------------------------------------------
+
+
+async def _latencies(address: str, module: str, n: int, labels: Any) -> dict[str, Any]:
+    from spear.client import Client
+    from spear.core.models import FunctionSpec
+
+    spec = FunctionSpec(module, labels=labels)
+    place: list[float] = []
+    run: list[float] = []
+    nodes: dict[str, int] = {}
+    async with Client(address) as client:
+        await client.run(spec)  # warm: upload, compile, connections
+        for _ in range(n):
+            t0 = time.perf_counter()
+            handle = await client.submit(spec)
+            place.append(time.perf_counter() - t0)
+            task = await handle.wait()
+            run.append(time.perf_counter() - t0)
+            nodes[task.node or "?"] = nodes.get(task.node or "?", 0) + 1
+            assert task.state.value == "COMPLETED", task
+    return {"placement": summarize(place), "submit_to_finish": summarize(run), "ran_on": nodes}
+
+
+async def _throughput(address: str, module: str, n: int, labels: Any) -> dict[str, Any]:
+    from spear.client import Client
+    from spear.core.models import FunctionSpec
+
+    spec = FunctionSpec(module, labels=labels)
+    async with Client(address) as client:
+        await client.run(spec)
+        t0 = time.perf_counter()
+        handles = []
+        for _ in range(n):
+            handles.append(await client.submit(spec))
+        placed = time.perf_counter() - t0
+        for handle in handles:
+            await handle.wait()
+        total = time.perf_counter() - t0
+    return {
+        "tasks": n,
+        "placed_per_s": round(n / placed, 1),
+        "tasks_per_s": round(n / total, 1),
+        "seconds": round(total, 3),
+    }
+
+
+def _spearlets(directory: Path, counts: dict[str, int], etcd: bool) -> dict[str, Any]:
+    from spear.local_cluster import LocalCluster
+
+    module = directory / "trivial.wasm"
+    import wasmtime
+
+    module.write_bytes(wasmtime.wat2wasm(TRIVIAL_WAT))
+    far = (("bench", "far"),)
+    cluster = LocalCluster(
+        directory / ("cluster-etcd" if etcd else "cluster"),
+        nodes=3,
+        etcd=etcd,
+        node_settings={"node-2": {"labels": {"bench": "far"}}},
+    )
+    with cluster:
+        n1 = cluster.member("node-1").address
+        out: dict[str, Any] = {}
+        for name, labels in (("local_first", ()), ("forwarded", far)):
+            lat = anyio.run(_latencies, n1, str(module), counts["latency_n"], labels)
+            thr = anyio.run(_throughput, n1, str(module), counts["throughput_n"], labels)
+            out[name] = {**lat, "throughput": thr}
+    return out
+
+
+# -- the SMS under heartbeats -------------------------------------------------------------
+
+
+async def _heartbeats(address: str, nodes: int, closed_s: float, nominal_s: float) -> Any:
+    from spear.core.cluster import AgentInfo, NodeRecord
+    from spear.core.models import Resources
+    from spear.transport.sms_client import SmsClient
+
+    channels = [SmsClient(address, timeout_s=30) for _ in range(min(nodes, 20))]
+    records = [
+        NodeRecord(
+            name=f"sim-{i:03d}",
+            address=f"127.0.0.2:{10000 + i}",
+            capacity=Resources(4000, 8192 * MiB),
+            free=Resources(4000, 8192 * MiB),
+            agents=(AgentInfo("wasm", "bench"),),
+            incarnation=f"sim-{i}",
+        )
+        for i in range(nodes)
+    ]
+    try:
+        t0 = time.perf_counter()
+        async with anyio.create_task_group() as tg:
+            for i, rec in enumerate(records):
+                tg.start_soon(channels[i % len(channels)].register, rec)
+        register_s = time.perf_counter() - t0
+
+        async def beat(i: int, samples: list[float], until: float, period: float) -> None:
+            client = channels[i % len(channels)]
+            rec = records[i]
+            next_at = time.perf_counter() + (period * i / nodes if period else 0)
+            while True:
+                if period:
+                    await anyio.sleep(max(0.0, next_at - time.perf_counter()))
+                    next_at += period
+                if time.perf_counter() >= until:
+                    return
+                s = time.perf_counter()
+                known = await client.heartbeat(rec.name, rec.incarnation, rec.free, 1, 0)
+                samples.append(time.perf_counter() - s)
+                assert known is not None
+
+        result: dict[str, Any] = {"nodes": nodes, "register_all_s": round(register_s, 3)}
+        modes = (("closed_loop", closed_s, 0.0), ("nominal_1hz", nominal_s, 1.0))
+        for mode, seconds, period in modes:
+            samples: list[float] = []
+            start = time.perf_counter()
+            until = start + seconds
+            async with anyio.create_task_group() as tg:
+                for i in range(nodes):
+                    tg.start_soon(beat, i, samples, until, period)
+            elapsed = time.perf_counter() - start
+            result[mode] = {
+                "heartbeats": len(samples),
+                "heartbeats_per_s": round(len(samples) / elapsed, 1),
+                "latency": summarize(samples),
+            }
+        return result
+    finally:
+        for client in channels:
+            await client.aclose()
+
+
+def _sms_load(directory: Path, counts: dict[str, int], etcd: bool) -> dict[str, Any]:
+    from spear.local_cluster import LocalCluster
+
+    # An SMS process alone (no SPEARlets); long timeouts so no simulated node is swept.
+    cluster = LocalCluster(
+        directory / ("sms-etcd" if etcd else "sms-leveldb"),
+        nodes=0,
+        etcd=etcd,
+        timings={"heartbeat_s": 1.0, "unhealthy_after_s": 60.0, "dead_after_s": 120.0},
+    )
+    with cluster:
+        assert cluster.sms is not None
+        return anyio.run(  # type: ignore[no-any-return]
+            _heartbeats,
+            cluster.sms.address,
+            counts["nodes"],
+            counts["closed_s"],
+            counts["nominal_s"],
+        )
+
+
+def run(quick: bool) -> dict[str, Any]:
+    """Measure; `cluster.spear_3_spearlets` is the headline, the rest raw detail."""
+    counts = _counts(quick)
+    with tempfile.TemporaryDirectory(prefix="spear-clusterbench-") as tmp:
+        directory = Path(tmp)
+        spearlets = {
+            "leveldb": _spearlets(directory, counts, etcd=False),
+            "etcd": _spearlets(directory, counts, etcd=True),
+        }
+        sms = {
+            "leveldb": _sms_load(directory, counts, etcd=False),
+            "etcd": _sms_load(directory, counts, etcd=True),
+        }
+    local = spearlets["leveldb"]["local_first"]
+    forwarded = spearlets["leveldb"]["forwarded"]
+    headline = {
+        "placement_local_median_ms": local["placement"].get("median_ms"),
+        "placement_forwarded_median_ms": forwarded["placement"].get("median_ms"),
+        "throughput_local_tasks_per_s": local["throughput"]["tasks_per_s"],
+        "throughput_forwarded_tasks_per_s": forwarded["throughput"]["tasks_per_s"],
+        "sms_heartbeats_per_s_leveldb": sms["leveldb"]["closed_loop"]["heartbeats_per_s"],
+        "sms_heartbeats_per_s_etcd": sms["etcd"]["closed_loop"]["heartbeats_per_s"],
+    }
+    return {
+        "cluster": {"spear_3_spearlets": headline},
+        "spearlets": spearlets,
+        "sms_heartbeats": sms,
+        "counts": counts,
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="fewer samples")
+    parser.add_argument("--output", type=Path, default=RESULT_FILE)
+    args = parser.parse_args(argv)
+    result = {"machine": machine(), "quick": args.quick, **run(args.quick)}
+    args.output.parent.mkdir(parents=True, exist_ok=True)
+    args.output.write_text(json.dumps(result, indent=2) + "\n")
+    print(json.dumps(result["cluster"], indent=2))
+    print(f"wrote {args.output}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
