@@ -117,4 +117,9 @@ class LimitedCodec(ProtoCodec):
                 Status.RESOURCE_EXHAUSTED,
                 f"message of {len(data)} bytes exceeds the limit of {self.max_bytes} bytes",
             )
-        return super().decode(data, message_type)
+        try:
+            return super().decode(data, message_type)
+        except Exception as exc:  # whatever the bytes made the decoder trip on
+            raise GRPCError(
+                Status.INVALID_ARGUMENT, f"malformed {message_type.__name__} message: {exc}"
+            ) from None

@@ -1,0 +1,135 @@
+"""Core models survive the trip through the wire messages and their bytes (hypothesis),
+and a node answers malformed bytes with a status, not a crash."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from spear.core.models import DirMapping, FunctionSpec, Resources, Runtime, Task, TaskState
+from spear.transport import _convert as cv
+from spear.transport._gen.spear import v1
+
+if TYPE_CHECKING:
+    from pathlib import Path
+
+text = st.text(st.characters(blacklist_categories=("Cs",)), max_size=20)
+name = st.text(
+    st.characters(blacklist_categories=("Cs",), blacklist_characters="="), min_size=1, max_size=10
+)
+pairs = st.lists(st.tuples(name, text), max_size=3).map(tuple)
+u63 = st.integers(min_value=1, max_value=2**63 - 1)
+
+specs = st.builds(
+    FunctionSpec,
+    artifact=text.filter(bool),
+    runtime=st.sampled_from(list(Runtime)),
+    args=st.lists(text, max_size=4).map(tuple),
+    env=pairs,
+    dirs=st.lists(st.builds(DirMapping, text.filter(bool), text), max_size=2).map(tuple),
+    entry=text.filter(bool),
+    resources=st.builds(Resources, st.integers(0, 2**40), st.integers(0, 2**62)),
+    timeout_s=st.none() | st.floats(min_value=0.001, max_value=1e9),
+    memory_limit_bytes=st.none() | u63,
+    fuel=st.none() | u63,
+    labels=pairs,
+    workdir=st.none() | text,
+    warm=st.booleans(),
+)
+times = st.floats(min_value=0, max_value=4e9)
+
+
+@st.composite
+def tasks(draw: st.DrawFn) -> Task:
+    states = draw(st.lists(st.sampled_from(list(TaskState)), max_size=4))
+    return Task(
+        id=draw(text.filter(bool)),
+        spec=draw(specs),
+        state=draw(st.sampled_from(list(TaskState))),
+        created_at=draw(times),
+        started_at=draw(st.none() | times),
+        finished_at=draw(st.none() | times),
+        exit_code=draw(st.none() | st.integers(-(2**31), 2**31 - 1)),
+        reason=draw(st.none() | text),
+        node=draw(st.none() | text),
+        attempts=draw(st.integers(0, 2**32 - 1)),
+        history=tuple((s.value, draw(times)) for s in states),
+    )
+
+
+@settings(max_examples=200, deadline=None)
+@given(specs)
+def test_function_spec_round_trips(spec: FunctionSpec) -> None:
+    wire = v1.FunctionSpec.parse(bytes(cv.spec_to_wire(spec)))
+    assert cv.spec_from_wire(wire) == spec
+
+
+@settings(max_examples=200, deadline=None)
+@given(tasks())
+def test_task_round_trips(task: Task) -> None:
+    wire = v1.TaskInfo.parse(bytes(cv.task_to_wire(task)))
+    assert cv.task_from_wire(wire) == task
+
+
+async def test_malformed_requests_get_a_status(tmp_path: Path) -> None:
+    import spear
+    from spear.client import Client
+    from spear.transport.server import serve_spearlet
+
+    async with spear.LocalNode(tmp_path / "home") as node:
+        server = await serve_spearlet(node, "127.0.0.1:0")
+        try:
+            assert server.address is not None
+            async with Client(server.address) as client:
+                stub = client._stub
+                # A spec the node cannot accept: unknown runtime, no artifact, bad digest.
+                for request in (
+                    v1.SubmitTaskRequest(spec=v1.FunctionSpec(artifact="x", runtime="java")),
+                    v1.SubmitTaskRequest(spec=v1.FunctionSpec()),
+                    v1.SubmitTaskRequest(),
+                    v1.SubmitTaskRequest(
+                        spec=v1.FunctionSpec(artifact="x"), artifact_digest="../../etc"
+                    ),
+                ):
+                    try:
+                        await stub.submit_task(request)
+                    except Exception as exc:  # grpclib's GRPCError: a status came back
+                        from grpclib.exceptions import GRPCError
+
+                        assert isinstance(exc, GRPCError)
+                        assert exc.status.name == "INVALID_ARGUMENT", exc
+                    else:
+                        raise AssertionError(f"accepted {request}")
+                # Raw garbage where a message should be: the call fails, the node serves on.
+                assert client._channel is not None
+                from grpclib.const import Cardinality
+                from grpclib.exceptions import GRPCError
+
+                class Raw:
+                    def __init__(self, data: bytes) -> None:
+                        self.data = data
+
+                    def SerializeToString(self) -> bytes:
+                        return self.data
+
+                from grpclib.encoding.proto import ProtoCodec
+
+                channel = client._channel
+                channel._codec = ProtoCodec()
+                async with channel.request(
+                    "/spear.v1.Spearlet/GetTask", Cardinality.UNARY_UNARY, Raw, v1.TaskInfo
+                ) as stream:
+                    # Field 1 (a string) holding bytes that are not UTF-8.
+                    await stream.send_message(Raw(b"\x0a\x02\xff\xfe"), end=True)
+                    try:
+                        await stream.recv_message()
+                        raise AssertionError("garbage was accepted")
+                    except GRPCError as exc:
+                        assert exc.status.name == "INVALID_ARGUMENT"
+                        assert exc.message and "malformed GetTaskRequest" in exc.message
+            async with Client(server.address) as again:
+                assert (await again.node_info()).name == node.name
+        finally:
+            await server.close()
