@@ -162,3 +162,47 @@ def test_time_log_and_bad_arguments(ctx: TaskContext) -> None:
             bad()
         assert _errno(exc) == errno.EINVAL
     hostops.log(ctx, "warning", "careful")
+
+
+async def test_poll_async_waits_on_the_loop_and_wakes_on_a_message(ctx: TaskContext) -> None:
+    registry: StreamRegistry = ctx.services["streams"]
+    streams = registry.attach(ctx.task.id)
+    h = hostops.stream_caller(ctx)
+    assert await hostops.poll_async(ctx, [(h, POLLIN)], 0.02) == [0]  # timed out
+    result: list[list[int]] = []
+
+    async def wait() -> None:
+        result.append(await hostops.poll_async(ctx, [(h, POLLIN)], None))
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(wait)
+        await anyio.sleep(0)  # let it start waiting
+        assert result == []
+        # A thread (like a guest) sends: the waiter on the loop wakes.
+        await anyio.to_thread.run_sync(streams.inbound.offer, b"hi")
+    assert result == [[POLLIN]]
+
+
+async def test_sleep_async_and_poll_async_end_when_the_task_is_stopped(ctx: TaskContext) -> None:
+    registry: StreamRegistry = ctx.services["streams"]
+    registry.attach(ctx.task.id)
+    h = hostops.stream_caller(ctx)
+    await hostops.sleep_async(ctx, 0.001)
+    async with anyio.create_task_group() as tg:
+        errors: list[int] = []
+
+        async def sleeper() -> None:
+            with pytest.raises(HostError) as exc:
+                await hostops.sleep_async(ctx, 3600)
+            errors.append(_errno(exc))
+
+        async def poller() -> None:
+            with pytest.raises(HostError) as exc:
+                await hostops.poll_async(ctx, [(h, POLLIN)], None)
+            errors.append(_errno(exc))
+
+        tg.start_soon(sleeper)
+        tg.start_soon(poller)
+        await anyio.sleep(0)
+        ctx.control.cancel()
+    assert errors == [errno.ECANCELED, errno.ECANCELED]

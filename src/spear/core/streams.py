@@ -24,7 +24,7 @@ import anyio
 from spear.errors import InvalidArgument, ResourceExhausted, Unavailable
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator
+    from collections.abc import AsyncIterator, Callable
 
     from anyio.abc import TaskGroup
 
@@ -51,7 +51,14 @@ class MessageTooLarge(Exception):
 class MessageQueue:
     """A bounded FIFO of messages in one direction, shared by a thread and an event loop."""
 
-    def __init__(self, max_messages: int, max_message_bytes: int, changed: threading.Condition):
+    def __init__(
+        self,
+        max_messages: int,
+        max_message_bytes: int,
+        changed: threading.Condition,
+        on_change: Callable[[], None] | None = None,
+    ) -> None:
+        self._on_change = on_change
         self.max_messages = max_messages
         self.max_message_bytes = max_message_bytes
         self._items: deque[bytes] = deque()
@@ -68,6 +75,8 @@ class MessageQueue:
             loop.call_soon_threadsafe(_resolve, fut)
         with self._changed:
             self._changed.notify_all()
+        if self._on_change is not None:
+            self._on_change()
 
     # -- non-blocking, any thread -----------------------------------------------------
 
@@ -176,16 +185,36 @@ class TaskStreams:
     def __init__(self, task_id: str, max_messages: int, max_message_bytes: int) -> None:
         self.task_id = task_id
         self.changed = threading.Condition()  # notified whenever any of the task's handles change
-        self.inbound = MessageQueue(max_messages, max_message_bytes, self.changed)
-        self.outbound = MessageQueue(max_messages, max_message_bytes, self.changed)
+        self._waiters: list[tuple[asyncio.AbstractEventLoop, asyncio.Future[None]]] = []
+        self._waiters_lock = threading.Lock()
+        self.inbound = MessageQueue(max_messages, max_message_bytes, self.changed, self._wake)
+        self.outbound = MessageQueue(max_messages, max_message_bytes, self.changed, self._wake)
         # Set (on the event loop) once the task ended and its result is stored; only a task
         # with a caller has one (created where the caller attaches, on the loop).
         self.finished: anyio.Event | None = None
 
     def notify(self) -> None:
-        """Wake the task's readiness wait (for handle kinds other than streams)."""
+        """Wake the task's readiness waits (for handle kinds other than streams)."""
         with self.changed:
             self.changed.notify_all()
+        self._wake()
+
+    def _wake(self) -> None:
+        with self._waiters_lock:
+            waiters, self._waiters = self._waiters, []
+        for loop, fut in waiters:
+            loop.call_soon_threadsafe(_resolve, fut)
+
+    async def wait_changed(self, ready: Callable[[], bool]) -> None:
+        """On the event loop: return once `ready()` holds, checked after every change."""
+        loop = asyncio.get_running_loop()
+        while not ready():
+            fut: asyncio.Future[None] = loop.create_future()
+            with self._waiters_lock:
+                self._waiters.append((loop, fut))
+            if ready():  # changed between the check and registering
+                return
+            await fut
 
     def readiness(self) -> int:
         """poll(2)-style bits of the caller stream, from the task's side."""

@@ -148,8 +148,17 @@ def sleep(ctx: TaskContext, seconds: float) -> None:
 
 
 async def sleep_async(ctx: TaskContext, seconds: float) -> None:
-    """`sleep` for callers on the event loop."""
-    await anyio.to_thread.run_sync(sleep, ctx, seconds, abandon_on_cancel=True)
+    """`sleep` for callers on the event loop (no thread is held while it waits)."""
+    if seconds < 0:
+        raise HostError(errno.EINVAL, "cannot sleep a negative time")
+    wait = _remaining(ctx, seconds)
+    end = time.monotonic() + (seconds if wait is None else wait)
+    while (left := end - time.monotonic()) > 0:
+        if ctx.control.cancelled:
+            break
+        await anyio.sleep(min(left, _WAIT_SLICE_S))
+    if ctx.control.cancelled or (wait is not None and wait < seconds):
+        raise HostError(errno.ECANCELED, "the task is being stopped")
 
 
 # -- objects --------------------------------------------------------------------------
@@ -381,5 +390,27 @@ def poll(
 async def poll_async(
     ctx: TaskContext, interests: Sequence[tuple[int, int]], timeout_s: float | None
 ) -> list[int]:
-    """`poll` for callers on the event loop (waits on a worker thread)."""
-    return await anyio.to_thread.run_sync(poll, ctx, interests, timeout_s, abandon_on_cancel=True)
+    """`poll` for callers on the event loop: it waits there, holding no thread."""
+    if timeout_s is not None and timeout_s < 0:
+        raise HostError(errno.EINVAL, "timeout must not be negative")
+    registry = ctx.services.get("streams")
+    streams = registry.for_task(ctx.task.id) if registry is not None else None
+    end = None if timeout_s is None else time.monotonic() + timeout_s
+    while True:
+        ready = _readiness(ctx, interests)
+        if any(ready):
+            return ready
+        if ctx.control.cancelled:
+            raise HostError(errno.ECANCELED, "the task is being stopped")
+        left = None if end is None else end - time.monotonic()
+        if left is not None and left <= 0:
+            return ready
+        capped = _remaining(ctx, left)
+        if capped is not None and capped <= 0:
+            raise HostError(errno.ECANCELED, "the task ran out of time")
+        # Wake on a change, or after a slice to look at cancel and deadline again.
+        with anyio.move_on_after(_WAIT_SLICE_S * 5 if capped is None else min(capped, 0.1)):
+            if streams is not None:
+                await streams.wait_changed(lambda: any(_readiness(ctx, interests)))
+            else:
+                await anyio.sleep_forever()
