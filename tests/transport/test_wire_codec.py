@@ -37,6 +37,8 @@ specs = st.builds(
     labels=pairs,
     workdir=st.none() | text,
     warm=st.booleans(),
+    cpu_time_s=st.none() | st.floats(min_value=0.001, max_value=1e9),
+    open_files=st.none() | st.integers(1, 2**20),
 )
 times = st.floats(min_value=0, max_value=4e9)
 
@@ -57,6 +59,15 @@ def tasks(draw: st.DrawFn) -> Task:
         attempts=draw(st.integers(0, 2**32 - 1)),
         history=tuple((s.value, draw(times)) for s in states),
     )
+
+
+def test_every_model_field_is_on_the_wire() -> None:
+    import dataclasses
+
+    for model, message in ((FunctionSpec, v1.FunctionSpec), (Task, v1.TaskInfo)):
+        wire = {f.name for f in dataclasses.fields(message)}
+        missing = {f.name for f in dataclasses.fields(model)} - wire
+        assert not missing, f"{model.__name__} fields not in {message.__name__}: {missing}"
 
 
 @settings(max_examples=200, deadline=None)

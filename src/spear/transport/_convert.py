@@ -57,6 +57,8 @@ def spec_to_wire(spec: FunctionSpec) -> v1.FunctionSpec:
         labels=_pairs(spec.labels),
         workdir=spec.workdir,
         warm=spec.warm,
+        cpu_time_s=spec.cpu_time_s,
+        open_files=spec.open_files,
     )
 
 
@@ -82,6 +84,8 @@ def spec_from_wire(spec: v1.FunctionSpec | None) -> FunctionSpec:
         labels=tuple((kv.key, kv.value) for kv in spec.labels),
         workdir=spec.workdir,
         warm=spec.warm,
+        cpu_time_s=spec.cpu_time_s,
+        open_files=spec.open_files,
     )
 
 

@@ -360,6 +360,16 @@ class FunctionSpec(betterproto2.Message):
 
     warm: "bool" = betterproto2.field(13, betterproto2.TYPE_BOOL)
 
+    cpu_time_s: "float | None" = betterproto2.field(14, betterproto2.TYPE_DOUBLE, optional=True)
+    """
+    process runtime: RLIMIT_CPU
+    """
+
+    open_files: "int | None" = betterproto2.field(15, betterproto2.TYPE_UINT64, optional=True)
+    """
+    process runtime: RLIMIT_NOFILE
+    """
+
 
 default_message_pool.register_message("spear.v1", "FunctionSpec", FunctionSpec)
 
