@@ -117,3 +117,10 @@ def test_run_stream_length_framing(cli: Cli, transform_wasm: Path) -> None:
     proc = cli("run", "--stream", "--framing", "json", str(transform_wasm))
     assert proc.returncode == 64
     one_error_line(proc.stderr)
+
+
+def test_a_runs_result_is_an_object(cli: Cli, hello_wasm: Path) -> None:
+    proc = cli("run", str(hello_wasm), "objects")
+    assert proc.returncode == 0, proc.stderr
+    task_id = cli.json("tasks")[0]["id"]
+    assert cli("obj", "get", f"results/{task_id}").stdout == b"Hello, objects!\n"
