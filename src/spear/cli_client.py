@@ -18,9 +18,18 @@ from typing import TYPE_CHECKING, Annotated, Any
 import anyio
 import typer
 
-from spear.cli import ConfigOpt, DataDirOpt, JsonOpt, _emit_json, _parse_env, _settings, app
+from spear.cli import (
+    ConfigOpt,
+    DataDirOpt,
+    JsonOpt,
+    _emit_json,
+    _parse_env,
+    _pick_runtime,
+    _settings,
+    app,
+)
 from spear.config import parse_size
-from spear.core.models import DirMapping, FunctionSpec, Runtime, Task, TaskState
+from spear.core.models import DirMapping, FunctionSpec, Task, TaskState
 from spear.errors import InvalidArgument, Unavailable
 
 if TYPE_CHECKING:
@@ -130,7 +139,10 @@ def _report_unsuccessful(task: Task) -> None:
 def submit(
     artifact: Annotated[str, typer.Argument(metavar="MODULE|CMD", help="Module or command.")],
     args: Annotated[list[str] | None, typer.Argument(help="Arguments for the task.")] = None,
-    runtime: Annotated[str, typer.Option("--runtime", help="wasm or process.")] = "wasm",
+    runtime: Annotated[
+        str | None,
+        typer.Option("--runtime", help="wasm or process (default: process for .py, else wasm)."),
+    ] = None,
     env: Annotated[
         list[str] | None, typer.Option("--env", "-e", help="NAME=VALUE for the task (repeatable).")
     ] = None,
@@ -146,6 +158,18 @@ def submit(
     ] = None,
     fuel: Annotated[int | None, typer.Option("--fuel", help="Units of fuel it may use.")] = None,
     invoke: Annotated[str, typer.Option("--invoke", help="Export to call.")] = "_start",
+    warm: Annotated[
+        bool, typer.Option("--warm", help="process: fork a .py agent from a warm Python.")
+    ] = False,
+    cpu_time: Annotated[
+        float | None, typer.Option("--cpu-time", help="process: CPU seconds (RLIMIT_CPU).")
+    ] = None,
+    open_files: Annotated[
+        int | None, typer.Option("--open-files", help="process: open files (RLIMIT_NOFILE).")
+    ] = None,
+    workdir: Annotated[
+        str | None, typer.Option("--workdir", help="process: the working directory.")
+    ] = None,
     stdin_file: Annotated[
         Path | None, typer.Option("--stdin", help="A file to give the task as stdin (- for ours).")
     ] = None,
@@ -156,11 +180,7 @@ def submit(
     as_json: JsonOpt = False,
 ) -> None:
     settings = _settings(data_dir, config)
-    try:
-        kind = Runtime(runtime)
-    except ValueError:
-        names = ", ".join(r.value for r in Runtime)
-        raise InvalidArgument(f"--runtime: unknown runtime {runtime!r} (one of {names})") from None
+    kind = _pick_runtime(artifact, runtime)
     task_args = list(args or ())
     if task_args[:1] == ["--"]:
         task_args = task_args[1:]
@@ -174,6 +194,10 @@ def submit(
         timeout_s=timeout,
         memory_limit_bytes=parse_size(memory) if memory is not None else None,
         fuel=fuel,
+        warm=warm,
+        cpu_time_s=cpu_time,
+        open_files=open_files,
+        workdir=workdir,
     )
     stdin = None
     if stdin_file is not None:
