@@ -41,7 +41,7 @@ if TYPE_CHECKING:
 NodeOpt = Annotated[
     str | None,
     typer.Option(
-        "--node", envvar="SPEAR_NODE", help="A node daemon's HOST:PORT [default: this data dir's]."
+        "--node", envvar="SPEAR_NODE", help="A node daemon's HOST:PORT (default: this data dir's)."
     ),
 ]
 IdArg = Annotated[str, typer.Argument(metavar="ID")]
