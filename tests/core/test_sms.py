@@ -224,3 +224,16 @@ def test_timings_are_checked() -> None:
     with pytest.raises(InvalidArgument):
         ClusterTimings(heartbeat_s=5, unhealthy_after_s=1)
     assert ClusterTimings.from_extra({"heartbeat_s": "0.2"}).unhealthy_after_s == pytest.approx(0.6)
+
+
+def test_the_placement_policy_prefers_data_then_free_cpu() -> None:
+    from spear.core.cluster import Candidate
+    from spear.core.scheduler import rank_candidates
+
+    def cand(name: str, cpu: int, held: int = 0) -> Candidate:
+        rec = node(name)
+        return Candidate(dataclasses.replace(rec, free=Resources(cpu, GiB)), held)
+
+    ranked = rank_candidates([cand("a", 500), cand("b", 1500), cand("c", 100, held=1)])
+    assert [c.node.name for c in ranked] == ["c", "b", "a"]
+    assert [c.node.name for c in rank_candidates([cand("y", 5), cand("x", 5)])] == ["x", "y"]

@@ -1,0 +1,42 @@
+"""`spear cluster up/down` and `spear nodes` as a user runs them."""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import TYPE_CHECKING
+
+import pytest
+from conftest import one_error_line
+from helpers import spear
+
+if TYPE_CHECKING:
+    from pathlib import Path
+
+pytestmark = pytest.mark.slow
+
+
+def test_cluster_up_nodes_down(tmp_path: Path) -> None:
+    base = tmp_path / "dev"
+    up = spear("cluster", "up", "--nodes", "2", "--dir", str(base), "--json")
+    try:
+        assert up.returncode == 0, up.stderr
+        info = json.loads(up.stdout)
+        assert set(info["nodes"]) == {"node-1", "node-2"}
+        again = spear("cluster", "up", "--dir", str(base))
+        assert again.returncode == 64 and "already up" in one_error_line(again.stderr.encode())
+        listed = spear("nodes", "--sms", info["sms"])
+        assert listed.returncode == 0, listed.stderr
+        lines = listed.stdout.splitlines()
+        assert lines[0].split()[:2] == ["NAME", "HEALTH"]
+        assert sorted(line.split()[0] for line in lines[1:]) == ["node-1", "node-2"]
+        assert all(line.split()[1] == "healthy" for line in lines[1:])
+        pids = [m["pid"] for m in json.loads((base / "cluster.json").read_text())["members"]]
+    finally:
+        down = spear("cluster", "down", "--dir", str(base))
+    assert down.returncode == 0 and "stopped 3" in down.stdout, down.stderr
+    for pid in pids:
+        with pytest.raises(ProcessLookupError):
+            os.kill(pid, 0)
+    gone = spear("cluster", "down", "--dir", str(base))
+    assert gone.returncode == 66 and "no cluster" in one_error_line(gone.stderr.encode())
