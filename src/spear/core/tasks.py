@@ -13,7 +13,7 @@ import json
 import os
 import time
 from collections import deque
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any
 
 import anyio
 from loguru import logger
@@ -216,8 +216,15 @@ def _encode(task: Task) -> bytes:
             _SPEC_JSON.clear()
         hit = (task.spec, _EncodedSpec(task.spec.to_json()))
         _SPEC_JSON[id(task.spec)] = hit
-    view = dataclasses.replace(task, spec=cast("FunctionSpec", hit[1]))
+    # A shallow copy with the stand-in spec (dataclasses.replace would rerun __init__).
+    view = object.__new__(Task)
+    for name in _TASK_FIELDS:
+        object.__setattr__(view, name, getattr(task, name))
+    object.__setattr__(view, "spec", hit[1])
     return json.dumps(view.to_json(), separators=(",", ":")).encode()
+
+
+_TASK_FIELDS = tuple(f.name for f in dataclasses.fields(Task))
 
 
 def _decode(raw: bytes) -> Task:
