@@ -16,8 +16,9 @@ from helpers import (  # fixtures too: loop_wasm, make_cluster
     spear,
 )
 
-from spear.core.cluster import NodeHealth
+from spear.core.cluster import NodeHealth, NodeRecord
 from spear.core.models import TaskState
+from spear.errors import InvalidArgument, NotFound
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -40,6 +41,10 @@ def test_sms_port_zero_reports_its_address(tmp_path: Path) -> None:
             host, _, port = address.rpartition(":")
             assert host == "127.0.0.1" and int(port) > 0
             assert sms_call(address, "nodes") == []
+            with pytest.raises(NotFound, match="no such node: nobody"):  # the code crossed
+                sms_call(address, "node", "nobody")
+            with pytest.raises(InvalidArgument, match="name and an address"):
+                sms_call(address, "register", NodeRecord(name="", address=""))
         finally:
             proc.send_signal(signal.SIGTERM)
             assert proc.wait(timeout=15) == 0

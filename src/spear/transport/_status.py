@@ -70,6 +70,18 @@ received_error_code: contextvars.ContextVar[str | None] = contextvars.ContextVar
 )
 
 
+async def _remember_error_code(event: Any) -> None:
+    code = event.metadata.get(ERROR_CODE_KEY)
+    received_error_code.set(str(code) if code else None)
+
+
+def listen_for_error_codes(channel: Any) -> None:
+    """Have `channel` record each call's `spear-error-code` trailer for error_from_grpc."""
+    from grpclib.events import RecvTrailingMetadata, listen
+
+    listen(channel, RecvTrailingMetadata, _remember_error_code)
+
+
 def error_from_grpc(exc: GRPCError, address: str) -> SpearError:
     code = received_error_code.get()
     received_error_code.set(None)

@@ -8,7 +8,6 @@ from typing import TYPE_CHECKING, Any
 
 import anyio
 from grpclib.client import Channel
-from grpclib.events import RecvTrailingMetadata, listen
 
 from spear.client import Client
 from spear.core.models import Runtime
@@ -17,9 +16,9 @@ from spear.transport import _convert as cv
 from spear.transport._gen.spear import v1
 from spear.transport._status import (
     DEFAULT_MAX_MESSAGE_BYTES,
-    ERROR_CODE_KEY,
     LimitedCodec,
     client_errors,
+    listen_for_error_codes,
     received_error_code,
 )
 from spear.transport.server import SpearletService, parse_listen
@@ -61,11 +60,6 @@ class PeerService(v1.SpearletPeerBase):
         return cv.task_to_wire(adopted)
 
 
-async def _on_trailers(event: RecvTrailingMetadata) -> None:
-    code = event.metadata.get(ERROR_CODE_KEY)
-    received_error_code.set(code if isinstance(code, str) else None)
-
-
 class Peers:
     """One `spear.Client` (and one ForwardTask stub) per other node, made on first use."""
 
@@ -86,7 +80,7 @@ class Peers:
         if found is None:
             host, port = parse_listen(address)
             channel = Channel(host, port, codec=LimitedCodec(self._max))
-            listen(channel, RecvTrailingMetadata, _on_trailers)
+            listen_for_error_codes(channel)
             found = self._channels[address] = (channel, v1.SpearletPeerStub(channel))
         return found[1]
 

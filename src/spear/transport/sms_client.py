@@ -5,7 +5,6 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from grpclib.client import Channel
-from grpclib.events import RecvTrailingMetadata, listen
 
 from spear.core.cluster import Cluster
 from spear.transport import _convert as cv
@@ -13,9 +12,9 @@ from spear.transport import _sms_convert as sc
 from spear.transport._gen.spear import v1
 from spear.transport._status import (
     DEFAULT_MAX_MESSAGE_BYTES,
-    ERROR_CODE_KEY,
     LimitedCodec,
     client_errors,
+    listen_for_error_codes,
     received_error_code,
 )
 from spear.transport.server import parse_listen
@@ -34,11 +33,6 @@ if TYPE_CHECKING:
 T = TypeVar("T")
 
 
-async def _on_trailers(event: RecvTrailingMetadata) -> None:
-    code = event.metadata.get(ERROR_CODE_KEY)
-    received_error_code.set(code if isinstance(code, str) else None)
-
-
 class SmsClient(Cluster):
     """Calls spear.v1.MetadataServer at `address` (HOST:PORT); errors are spear's own."""
 
@@ -53,7 +47,7 @@ class SmsClient(Cluster):
         self.address = address
         self._timeout = timeout_s
         self._channel = Channel(host, port, codec=LimitedCodec(max_message_bytes))
-        listen(self._channel, RecvTrailingMetadata, _on_trailers)
+        listen_for_error_codes(self._channel)
         self._stub = v1.MetadataServerStub(self._channel)
 
     async def _call(self, call: Awaitable[T]) -> T:
