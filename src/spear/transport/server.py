@@ -150,20 +150,20 @@ class SpearletService(v1.SpearletBase):
             return dataclasses.replace(spec, artifact=str(found))
         return spec
 
-    async def _submit(self, request: v1.SubmitTaskRequest) -> Task:
+    async def _submit(self, request: v1.SubmitTaskRequest, *, wait: bool) -> Task:
         spec = await self._resolve(request)
         handle = await self.api.submit(spec, stdin=request.stdin or None)
         logger.debug("task {} submitted ({})", handle.id, spec.artifact)
-        return await self.api.wait(handle.id) if request.wait else handle.task
+        return await self.api.wait(handle.id) if wait else handle.task
 
     async def submit_task(self, message: v1.SubmitTaskRequest) -> v1.TaskInfo:
-        return cv.task_to_wire(await self._submit(message))
+        return cv.task_to_wire(await self._submit(message, wait=message.wait))
 
     async def submit_tasks(self, message: v1.SubmitTasksRequest) -> v1.SubmitTasksResponse:
         outcomes: list[Task | SpearError] = []
         for request in message.tasks:
             try:
-                outcomes.append(await self._submit(dataclasses.replace(request, wait=False)))
+                outcomes.append(await self._submit(request, wait=False))
             except SpearError as exc:
                 outcomes.append(exc)
         waited: list[v1.SubmitOutcome] = []
