@@ -249,3 +249,32 @@ def test_submit_a_process_task_to_the_daemon(daemon: Daemon, cli: Cli) -> None:
     assert cli("result", task_id).stdout == b"hi\n"
     task = cli.json("status", task_id)
     assert task["spec"]["runtime"] == "process" and task["exit_code"] == 4
+
+
+def test_without_a_daemon_commands_use_the_data_dir(cli: Cli, tmp_path: Path) -> None:
+    # A task run by another process (spear run) on the same data dir: visible, followable,
+    # but only its own process can stop it.
+    runner = cli.popen("run", str(ticker(tmp_path, 1_000_000, 20)))
+    follower = None
+    try:
+        task_id = assert_eventually(
+            lambda: next((t["id"] for t in cli.json("tasks") if t["state"] == "RUNNING"), None)
+        )
+        proc = cli("stop", task_id)
+        assert proc.returncode == 76 and "another process" in one_error_line(proc.stderr)
+        follower = cli.popen("logs", "-f", task_id, "--stream", "stdout")
+        assert follower.stdout is not None
+        assert follower.stdout.read(5) == b"tick\n"  # it follows while the task runs
+        runner.send_signal(signal.SIGINT)  # its own process cancels it ...
+        assert runner.wait(timeout=60) == 130
+        out, _ = follower.communicate(timeout=60)  # ... and the follower ends with it
+        assert follower.returncode == 0 and set(out.split(b"\n")) <= {b"tick", b""}
+    finally:
+        for proc_ in (runner, follower):
+            if proc_ is not None and proc_.poll() is None:
+                proc_.kill()
+            if proc_ is not None:
+                proc_.communicate()
+    assert cli.json("status", task_id)["state"] == "CANCELLED"
+    node = cli.json("node")
+    assert node["address"] == "" and node["pid"] != runner.pid
