@@ -32,6 +32,7 @@ if TYPE_CHECKING:
     from spear.store.kv import KV
 
 _TASKS = "tasks/"
+_WATCH_RECHECK_S = 1.0  # a watcher re-reads the record when no change came for this long
 _ACTIVE = "active/"
 
 
@@ -152,11 +153,15 @@ class TaskStore:
             task = await self.get(task_id)
             yield task
             while not task.state.terminal:
-                event = await pending
-                pending = asyncio.ensure_future(anext(events))
-                if event.kind is EventKind.DELETE:
-                    raise NotFound(f"task {task_id} was deleted")
-                new = _decode(event.value)
+                done, _ = await asyncio.wait({pending}, timeout=_WATCH_RECHECK_S)
+                if done:
+                    event = pending.result()
+                    pending = asyncio.ensure_future(anext(events))
+                    if event.kind is EventKind.DELETE:
+                        raise NotFound(f"task {task_id} was deleted")
+                    new = _decode(event.value)
+                else:  # a KV whose watch starts late (a remote one) may have missed a change
+                    new = await self.get(task_id)
                 if len(new.history) > len(task.history):
                     task = new
                     yield task
