@@ -499,6 +499,7 @@ class ProcessWorkerAgent(WorkerAgent):
         self._channel: AgentChannel | None = None
         self._forkserver: ForkServer | None = None
         self._forkserver_lock = anyio.Lock()
+        self._channel_lock = anyio.Lock()
         self.warm_starts = 0  # tasks started from the warm pool (for tests and benchmarks)
 
     async def prepare(self, task: Task) -> None:
@@ -509,19 +510,23 @@ class ProcessWorkerAgent(WorkerAgent):
 
     async def channel(self) -> AgentChannel:
         """The hostcall channel for this node's process agents (started on first use)."""
-        if self._channel is None:
-            from spear.runtimes.agent_channel import AgentChannel
+        async with self._channel_lock:
+            if self._channel is None:
+                from spear.runtimes.agent_channel import AgentChannel
 
-            channel = AgentChannel(self._runtime_dir)
-            await channel.start()
-            self._channel = channel
-        return self._channel
+                channel = AgentChannel(self._runtime_dir)
+                await channel.start()
+                self._channel = channel
+            return self._channel
 
     async def forkserver(self) -> ForkServer:
         """The pre-started Python that warm `.py` agents are forked from."""
         async with self._forkserver_lock:
             if self._forkserver is None or not self._forkserver.alive:
                 from spear.runtimes.forkserver import ForkServer
+
+                if self._forkserver is not None:  # it died: reap it, close our end
+                    await anyio.to_thread.run_sync(self._forkserver.stop)
 
                 server = ForkServer()
                 await anyio.to_thread.run_sync(server.start)
