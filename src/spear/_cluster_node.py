@@ -26,7 +26,7 @@ if TYPE_CHECKING:
     from spear._api import LogChunk, ObjectInfo
     from spear.client import Client
     from spear.core.cluster import Cluster
-    from spear.core.models import FunctionSpec, Task
+    from spear.core.models import FunctionSpec, Task, TaskState
     from spear.core.node import Spearlet
     from spear.core.scheduler import Scheduler
     from spear.transport.peer import Peers
@@ -69,6 +69,15 @@ class ClusterNode(InProcessNode):
         if self.draining:
             raise Unavailable(f"node {self.node.name} is draining: it accepts no new tasks")
         return TaskHandle(self, await self.scheduler.submit(spec, stdin=stdin))
+
+    async def tasks(self, state: TaskState | None = None, limit: int | None = None) -> list[Task]:
+        """The cluster's tasks (the SMS's registry), newest first; this node's own if the
+        SMS does not answer."""
+        try:
+            return await self.cluster.tasks(state, limit)
+        except Unavailable as exc:
+            logger.warning("listing this node's tasks only: {}", exc)
+            return await super().tasks(state, limit)
 
     async def task(self, task_id: str) -> Task:
         where = await self._where(task_id)

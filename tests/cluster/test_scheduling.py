@@ -4,6 +4,7 @@ data affinity, the FIFO wait, tasks no node can ever run, and everything from an
 
 from __future__ import annotations
 
+import json
 from typing import TYPE_CHECKING, Any
 
 import anyio
@@ -124,6 +125,16 @@ def test_label_affinity_sends_the_task_to_the_labelled_node(
     assert status.returncode == 0 and '"node-2"' in status.stdout
     assert sms_node_of(sms, task_id) == "node-2"
     assert on(n2, lambda c: c.task(task_id)).state is TaskState.COMPLETED
+    follow = spear("logs", "--node", n1, "-f", task_id, "--stream", "stdout")
+    assert follow.returncode == 0 and follow.stdout == "hello from afar\n", follow.stderr
+
+    async def watch(c: Client) -> list[TaskState]:
+        return [t.state async for t in c.watch(task_id)]
+
+    assert on(n1, watch)[-1] is TaskState.COMPLETED
+    listed = spear("tasks", "--node", n1, "--json")  # the cluster's tasks, from any node
+    assert listed.returncode == 0, listed.stderr
+    assert task_id in [t["id"] for t in json.loads(listed.stdout)]
 
 
 def test_data_affinity_and_cross_node_object_fetch(make_cluster: Any, tmp_path: Path) -> None:
@@ -146,18 +157,3 @@ def test_data_affinity_and_cross_node_object_fetch(make_cluster: Any, tmp_path: 
     result = on(n1, lambda c: c.result(task_id))
     assert result.task.node == "node-3" and result.task.state is TaskState.COMPLETED
     assert spear("stop", "--node", n1, blocker).returncode == 0
-
-
-def test_follow_logs_and_watch_of_a_task_on_another_node(make_cluster: Any, tmp_path: Path) -> None:
-    cluster = make_cluster(nodes=2, node_settings={"node-2": {"labels": {"zone": "b"}}})
-    n1 = cluster.member("node-1").address
-    hello = build_wat(HELLO_WAT, tmp_path, "hello")
-    task_id = submit(n1, FunctionSpec(str(hello), labels=(("zone", "b"),)))
-    follow = spear("logs", "--node", n1, "-f", task_id, "--stream", "stdout")
-    assert follow.returncode == 0 and follow.stdout == "hello from afar\n", follow.stderr
-
-    async def watch(c: Client) -> list[TaskState]:
-        return [t.state async for t in c.watch(task_id)]
-
-    assert on(n1, watch)[-1] is TaskState.COMPLETED
-    assert "node-2" in nodes_json(cluster.sms.address)

@@ -212,6 +212,25 @@ async def test_a_restarted_sms_loses_nothing(tmp_path: Path) -> None:
     await kv.aclose()
 
 
+async def test_a_restarted_sms_gives_nodes_a_full_period_before_judging_them(
+    tmp_path: Path,
+) -> None:
+    clock = Clock()
+    kv = LevelDBKV.open(str(tmp_path / "sms.ldb"))
+    sms = MetadataServer(kv, TIMINGS, clock)
+    await sms.register(node("a"))
+    running = await sms.report_task(task_on("a"))
+    clock.now += 60  # the SMS was down for a minute; node a could not reach it
+    again = MetadataServer(kv, TIMINGS, clock)
+    assert await again.sweep() == []
+    assert [n.name for n in await again.nodes(live_only=True)] == ["a"]
+    assert await again.heartbeat("a", "a-1", Resources(), 1, 0) is not None
+    clock.now += 11  # but a node silent for a whole period after the restart is dead
+    assert await again.sweep() == [("a", NodeHealth.DEAD)]
+    assert (await again.task(running.id)).reason == NODE_LOST
+    await kv.aclose()
+
+
 def test_spec_labels_split_into_selectors_and_inputs() -> None:
     labels = (("zone", "a"), ("spear/inputs", "x, y/z"), ("gpu", "yes"))
     assert selector_labels(labels) == (("zone", "a"), ("gpu", "yes"))

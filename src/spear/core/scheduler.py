@@ -84,6 +84,7 @@ class Scheduler:
         self._queue: deque[_Queued] = deque()
         self._wake = anyio.Event()
         self._admitting = anyio.Lock()
+        self._placing: dict[str, anyio.Event] = {}
         self.decisions: deque[Decision] = deque(maxlen=1000)
         node.controller.finished_hooks.append(lambda _task: self._wake.set())
 
@@ -175,7 +176,11 @@ class Scheduler:
         return None
 
     async def cancel(self, task_id: str, reason: str) -> Task | None:
-        """Cancel a task still waiting in this node's queue; None if it is not queued."""
+        """Cancel a task still waiting in this node's queue; None if it is not queued (any
+        more: if it was being placed just then, this returns once it has a node)."""
+        placing = self._placing.get(task_id)
+        if placing is not None:
+            await placing.wait()
         for item in list(self._queue):
             if item.task.id == task_id:
                 self._queue.remove(item)
@@ -204,27 +209,33 @@ class Scheduler:
     async def _drain_queue(self) -> None:
         while self._queue:
             head = self._queue[0]
-            spec = head.task.spec
+            # A stop that arrives while the head is being placed waits for the outcome.
+            self._placing[head.task.id] = done = anyio.Event()
             try:
-                here = await self._try_here(spec, head.stdin, head.task.id)
-            except SpearError as exc:  # e.g. a bad module: it fails, the queue moves on
-                logger.warning("queued task {} could not start: {}", head.task.id, exc)
-                self._discard(head)
-                continue
-            if here is not None:
-                self._discard(head)
-                self._note(here, "local", self.node.name)
-                continue
-            try:
-                placement = await self.cluster.find_nodes(self._query(spec))
-            except SpearError:
-                return
-            placed = await self._place_remotely(
-                head.task, head.stdin, rank_candidates(placement.candidates)
-            )
-            if placed is None:
+                placed = await self._place_head(head)
+            finally:
+                del self._placing[head.task.id]
+                done.set()
+            if not placed:
                 return  # the head waits; nothing behind it overtakes it
             self._discard(head)
+
+    async def _place_head(self, head: _Queued) -> bool:
+        spec = head.task.spec
+        try:
+            here = await self._try_here(spec, head.stdin, head.task.id)
+        except SpearError as exc:  # e.g. a bad module: it fails, the queue moves on
+            logger.warning("queued task {} could not start: {}", head.task.id, exc)
+            return True
+        if here is not None:
+            self._note(here, "local", self.node.name)
+            return True
+        try:
+            placement = await self.cluster.find_nodes(self._query(spec))
+        except SpearError:
+            return False
+        ranked = rank_candidates(placement.candidates)
+        return await self._place_remotely(head.task, head.stdin, ranked) is not None
 
     def _discard(self, item: _Queued) -> None:
         if item in self._queue:  # a stop may have taken it out meanwhile

@@ -67,6 +67,10 @@ class MetadataServer(Cluster):
         self.kv = kv
         self.timings = timings or ClusterTimings()
         self._clock = clock
+        # Silence is counted from this SMS's start at the earliest: the time it was down
+        # itself is not the nodes' fault (they could not reach it), so a restarted SMS
+        # gives every node a full period to speak before judging it.
+        self._started = clock()
 
     # -- nodes ------------------------------------------------------------------------
 
@@ -150,8 +154,13 @@ class MetadataServer(Cluster):
 
     def _healthy(self, node: NodeRecord) -> bool:
         # Judged on the clock as well, so a lagging sweeper never offers a silent node.
-        silent = self._clock() - node.last_heartbeat
-        return node.health is NodeHealth.HEALTHY and silent <= self.timings.unhealthy_after_s
+        return (
+            node.health is NodeHealth.HEALTHY
+            and self._silence(node, self._clock()) <= self.timings.unhealthy_after_s
+        )
+
+    def _silence(self, node: NodeRecord, now: float) -> float:
+        return now - max(node.last_heartbeat, self._started)
 
     async def sweep(self) -> list[tuple[str, NodeHealth]]:
         """Mark silent nodes unhealthy, then dead (failing their tasks). Returns changes."""
@@ -160,7 +169,7 @@ class MetadataServer(Cluster):
         for node in await self.nodes():
             if not node.health.live:
                 continue
-            silent = now - node.last_heartbeat
+            silent = self._silence(node, now)
             if silent > self.timings.dead_after_s:
                 target = NodeHealth.DEAD
             elif silent > self.timings.unhealthy_after_s and node.health is NodeHealth.HEALTHY:
