@@ -143,13 +143,14 @@ def make_node_api(node: Spearlet, max_message_bytes: int = 0) -> InProcessNode:
     if not settings.sms:
         return InProcessNode(node, max_message_bytes=max_message_bytes)
     from spear._cluster_node import ClusterNode
+    from spear.container import build_cluster
     from spear.core.cluster import ClusterTimings
     from spear.core.scheduler import Scheduler
     from spear.transport.peer import Peers
-    from spear.transport.sms_client import SmsClient
 
     timings = ClusterTimings.from_extra(settings.extra)
-    cluster = SmsClient(settings.sms)
+    cluster = build_cluster(settings)
+    assert cluster is not None
     peers = Peers(node.name)
     scheduler = Scheduler(node, cluster, peers.forward, node_labels(settings), timings.heartbeat_s)
     return ClusterNode(node, cluster, scheduler, peers, max_message_bytes=max_message_bytes)

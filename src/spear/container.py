@@ -12,6 +12,7 @@ from spear.errors import StorageError
 
 if TYPE_CHECKING:
     from spear.config import Settings
+    from spear.core.cluster import Cluster
     from spear.runtimes.base import WorkerAgent
 
 
@@ -102,3 +103,12 @@ def _streams(settings: Settings) -> Any:
 
 def build_local_node(settings: Settings, *, hold_kv: bool = True) -> Spearlet:
     return Spearlet(**local_components(settings, hold_kv=hold_kv))
+
+
+def build_cluster(settings: Settings) -> Cluster | None:
+    """The Cluster seam for the mode: none in local mode, the SMS client with `sms` set."""
+    if not settings.sms:
+        return None
+    from spear.transport.sms_client import SmsClient
+
+    return SmsClient(settings.sms)
