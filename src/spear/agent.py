@@ -264,6 +264,39 @@ class Agent:
         """No more messages to the caller (its iterator ends)."""
         self.call("close", handle=self.caller())
 
+    # -- AI models (docs/models.md) ---------------------------------------------------
+
+    def chat(
+        self,
+        messages: list[dict[str, Any]],
+        *,
+        model: str | None = None,
+        tools: list[dict[str, Any]] | None = None,
+        **params: Any,
+    ) -> dict[str, Any]:
+        """A chat completion: OpenAI's `chat.completion` object, tool calls included.
+        `params`: max_tokens, temperature, top_p, stop, seed, tool_choice, ..."""
+        body = _chat_body(messages, model, tools, params)
+        return dict(self.call("model_chat", body)[0])
+
+    def chat_stream(
+        self,
+        messages: list[dict[str, Any]],
+        *,
+        model: str | None = None,
+        tools: list[dict[str, Any]] | None = None,
+        **params: Any,
+    ) -> ChatStream:
+        """A chat completion as it is generated: iterate for text pieces, then
+        `.response` is the whole `chat.completion`."""
+        body = _chat_body(messages, model, tools, params)
+        return ChatStream(self, int(self.call("model_chat_start", body, stream=True)[0]))
+
+    def embed(self, inputs: str | list[str], *, model: str | None = None) -> list[list[float]]:
+        """One embedding vector per input."""
+        result, _ = self.call("model_embed", _embed_body(inputs, model))
+        return [list(row["embedding"]) for row in result["data"]]
+
 
 class AsyncAgent:
     """The asyncio flavour: ``async with AsyncAgent() as a: await a.put("k", b"v")``."""
@@ -447,6 +480,146 @@ class AsyncAgent:
     async def close_output(self) -> None:
         await self.call("close", handle=await self.caller())
 
+    async def chat(
+        self,
+        messages: list[dict[str, Any]],
+        *,
+        model: str | None = None,
+        tools: list[dict[str, Any]] | None = None,
+        **params: Any,
+    ) -> dict[str, Any]:
+        body = _chat_body(messages, model, tools, params)
+        return dict((await self.call("model_chat", body))[0])
+
+    async def chat_stream(
+        self,
+        messages: list[dict[str, Any]],
+        *,
+        model: str | None = None,
+        tools: list[dict[str, Any]] | None = None,
+        **params: Any,
+    ) -> AsyncChatStream:
+        body = _chat_body(messages, model, tools, params)
+        result, _ = await self.call("model_chat_start", body, stream=True)
+        return AsyncChatStream(self, int(result))
+
+    async def embed(
+        self, inputs: str | list[str], *, model: str | None = None
+    ) -> list[list[float]]:
+        result, _ = await self.call("model_embed", _embed_body(inputs, model))
+        return [list(row["embedding"]) for row in result["data"]]
+
+
+def _chat_body(
+    messages: list[dict[str, Any]],
+    model: str | None,
+    tools: list[dict[str, Any]] | None,
+    params: dict[str, Any],
+) -> bytes:
+    import json
+
+    request: dict[str, Any] = {"messages": messages, **params}
+    if model is not None:
+        request["model"] = model
+    if tools:
+        request["tools"] = tools
+    return json.dumps(request).encode()
+
+
+def _embed_body(inputs: str | list[str], model: str | None) -> bytes:
+    import json
+
+    request: dict[str, Any] = {"input": inputs}
+    if model is not None:
+        request["model"] = model
+    return json.dumps(request).encode()
+
+
+class ChatStream:
+    """A streaming chat completion: iterate for the text as it is generated; then
+    `response` is the whole `chat.completion` (with any tool calls). Closing it (or
+    leaving its `with` block) early stops the inference."""
+
+    def __init__(self, agent: Agent, handle: int) -> None:
+        self._agent = agent
+        self.handle = handle
+        self.response: dict[str, Any] | None = None
+        self._open = True
+
+    def __iter__(self) -> Iterator[str]:
+        try:
+            while True:
+                try:
+                    piece = self._agent.call("model_chat_read", handle=self.handle)[1]
+                except HostcallError as exc:
+                    if exc.errno == errno.EPIPE:
+                        break
+                    if exc.errno != errno.EAGAIN:
+                        raise
+                    self._agent.poll([(self.handle, POLLIN)])
+                    continue
+                yield piece.decode("utf-8", errors="replace")
+            result = self._agent.call("model_chat_result", handle=self.handle)[0]
+            self.response = dict(result)
+        finally:
+            self.close()
+
+    def close(self) -> None:
+        if self._open:
+            self._open = False
+            try:
+                self._agent.call("close", handle=self.handle)
+            except HostcallError:
+                pass
+
+    def __enter__(self) -> ChatStream:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class AsyncChatStream:
+    """`ChatStream` for `AsyncAgent`: ``async for piece in stream``."""
+
+    def __init__(self, agent: AsyncAgent, handle: int) -> None:
+        self._agent = agent
+        self.handle = handle
+        self.response: dict[str, Any] | None = None
+        self._open = True
+
+    async def __aiter__(self) -> AsyncIterator[str]:
+        try:
+            while True:
+                try:
+                    piece = (await self._agent.call("model_chat_read", handle=self.handle))[1]
+                except HostcallError as exc:
+                    if exc.errno == errno.EPIPE:
+                        break
+                    if exc.errno != errno.EAGAIN:
+                        raise
+                    await self._agent.poll([(self.handle, POLLIN)])
+                    continue
+                yield piece.decode("utf-8", errors="replace")
+            result = (await self._agent.call("model_chat_result", handle=self.handle))[0]
+            self.response = dict(result)
+        finally:
+            await self.aclose()
+
+    async def aclose(self) -> None:
+        if self._open:
+            self._open = False
+            try:
+                await self._agent.call("close", handle=self.handle)
+            except HostcallError:
+                pass
+
+    async def __aenter__(self) -> AsyncChatStream:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
 
 # -- the module-level flavour: one shared connection ------------------------------------
 
@@ -532,3 +705,29 @@ def send(message: bytes | str) -> None:
 
 def close_output() -> None:
     default().close_output()
+
+
+def chat(
+    messages: list[dict[str, Any]],
+    *,
+    model: str | None = None,
+    tools: list[dict[str, Any]] | None = None,
+    **params: Any,
+) -> dict[str, Any]:
+    """A chat completion (see `Agent.chat`)."""
+    return default().chat(messages, model=model, tools=tools, **params)
+
+
+def chat_stream(
+    messages: list[dict[str, Any]],
+    *,
+    model: str | None = None,
+    tools: list[dict[str, Any]] | None = None,
+    **params: Any,
+) -> ChatStream:
+    """A streaming chat completion (see `Agent.chat_stream`)."""
+    return default().chat_stream(messages, model=model, tools=tools, **params)
+
+
+def embed(inputs: str | list[str], *, model: str | None = None) -> list[list[float]]:
+    return default().embed(inputs, model=model)

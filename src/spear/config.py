@@ -76,6 +76,7 @@ class Settings:
     stream_queue_messages: int = 64  # per direction, per task: then -EAGAIN / backpressure
     stream_message_max_bytes: int = 1024**2
     process_kill_grace_s: float = 2.0  # SIGTERM to a process task's group, then SIGKILL
+    models_config: str | None = None  # a TOML routing file for AI models (docs/models.md)
     listen: str = "127.0.0.1:7070"
     sms: str | None = None
     extra: Mapping[str, Any] = dataclasses.field(default_factory=dict)

@@ -70,6 +70,7 @@ def local_components(settings: Settings, *, hold_kv: bool = True) -> dict[str, A
     services: dict[str, Any] = {
         "objects": _object_store(settings, kv),
         "streams": _streams(settings),
+        "models": _models(settings),
     }
     return {
         "services": services,
@@ -99,6 +100,14 @@ def _streams(settings: Settings) -> Any:
     from spear.core.streams import StreamRegistry
 
     return StreamRegistry(settings.stream_queue_messages, settings.stream_message_max_bytes)
+
+
+def _models(settings: Settings) -> Any:
+    from spear.models.router import ModelRouter, RoutingConfig
+
+    # The one place that hands the environment over: API keys are read from the variables
+    # the routing file names.
+    return ModelRouter(RoutingConfig.from_settings(settings), os.environ)
 
 
 def build_local_node(settings: Settings, *, hold_kv: bool = True) -> Spearlet:

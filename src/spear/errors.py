@@ -9,6 +9,7 @@
     ├── StorageError               code "storage"       exit 73   the data dir cannot be used
     │   └── StorageBusy            code "busy"          exit 75   another process holds it too long
     ├── Unavailable                code "unavailable"   exit 76   a node is down or draining
+    │   └── DeadlineExceeded       code "deadline"      exit 76   a call ran past its timeout
     └── PermissionDenied           code "denied"        exit 77   a credential or allow-list refused
 
 Each error has a stable ``code`` (used on the wire and in ``--json`` output) and an
@@ -79,6 +80,10 @@ class Unavailable(SpearError):
     exit_code = 76
 
 
+class DeadlineExceeded(Unavailable):
+    code = "deadline"
+
+
 class PermissionDenied(SpearError):
     code = "denied"
     exit_code = 77
@@ -96,6 +101,7 @@ _BY_CODE: dict[str, type[SpearError]] = {
         StorageError,
         StorageBusy,
         Unavailable,
+        DeadlineExceeded,
         PermissionDenied,
     )
 }

@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Any
 from loguru import logger
 
 from spear import _agent_wire as wire
-from spear.runtimes import hostops
+from spear.runtimes import hostops, hostops_models
 from spear.runtimes.hostops import HostError
 
 if TYPE_CHECKING:
@@ -360,4 +360,6 @@ async def _dispatch(
         if timeout is not None and (not isinstance(timeout, int | float) or timeout < 0):
             raise HostError(errno.EINVAL, "timeout must be None or >= 0 seconds")
         return await _poll(ctx, interests, timeout), b""
+    if isinstance(op, str) and op.startswith("model_"):
+        return await hostops_models.dispatch(ctx, op, h, body)
     raise HostError(errno.ENOSYS, f"no such operation: {op!r}")

@@ -207,6 +207,7 @@ def _load_hostcall_modules() -> None:
     # Importing a module registers its hostcalls; each family lives in its own module.
     from spear.runtimes import (  # noqa: F401
         hostcalls_basic,
+        hostcalls_models,
         hostcalls_objects,
         hostcalls_streams,
     )

@@ -337,6 +337,8 @@ def close(ctx: TaskContext, handle: int) -> None:
     if isinstance(entry, CallerStream):
         entry.streams.outbound.close_writer()
         entry.streams.inbound.close_reader()
+    elif hasattr(entry, "close"):  # e.g. a model call: stop its work
+        entry.close()
     ctx.handles.pop(handle, None)
 
 
