@@ -8,6 +8,7 @@ object get. Objects written here are entered in the SMS's object index.
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -23,7 +24,7 @@ from spear.errors import NotFound, SpearError, Unavailable
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Sequence
 
-    from spear._api import LogChunk, ObjectInfo
+    from spear._api import LogChunk, ObjectInfo, StreamingTask
     from spear.client import Client
     from spear.core.cluster import Cluster
     from spear.core.models import FunctionSpec, Task, TaskState
@@ -69,6 +70,22 @@ class ClusterNode(InProcessNode):
         if self.draining:
             raise Unavailable(f"node {self.node.name} is draining: it accepts no new tasks")
         return TaskHandle(self, await self.scheduler.submit(spec, stdin=stdin))
+
+    @contextlib.asynccontextmanager
+    async def start_task(
+        self, spec: FunctionSpec, *, stdin: bytes | None = None
+    ) -> AsyncIterator[StreamingTask]:
+        """A task with its caller stream: here, or on another node with its stream relayed
+        through this one (see Scheduler.place_stream)."""
+        if self.draining:
+            raise Unavailable(f"node {self.node.name} is draining: it accepts no new tasks")
+        target = await self.scheduler.place_stream(spec)
+        if target is None:
+            async with super().start_task(spec, stdin=stdin) as task:
+                yield task
+            return
+        async with self.peers.client(target.address).start_task(spec, stdin=stdin) as task:
+            yield task
 
     async def tasks(self, state: TaskState | None = None, limit: int | None = None) -> list[Task]:
         """The cluster's tasks (the SMS's registry), newest first; this node's own if the

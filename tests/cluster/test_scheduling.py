@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 import anyio
 import pytest
-from conftest import build_wat
+from conftest import ROOT, build_c, build_wat
 from helpers import (  # fixtures too: loop_wasm, make_cluster
     assert_eventually,
     loop_wasm,
@@ -132,6 +132,24 @@ def test_label_affinity_sends_the_task_to_the_labelled_node(
         return [t.state async for t in c.watch(task_id)]
 
     assert on(n1, watch)[-1] is TaskState.COMPLETED
+    # A task with a caller stream runs on node-2 too, its stream relayed by node-1.
+    transform = FunctionSpec(
+        str(build_c(ROOT / "examples" / "stream_transform" / "transform.c")),
+        labels=(("zone", "b"),),
+        timeout_s=60,
+    )
+
+    async def exchange(c: Client) -> tuple[list[bytes], Any]:
+        async with c.start_task(transform) as task:
+            await task.send("over")
+            await task.send("there")
+            await task.close()
+            received = [m async for m in task.messages()]
+        return received, await task.wait()
+
+    received, streamed = on(n1, exchange)
+    assert received == [b"1: OVER", b"2: THERE"]
+    assert streamed.state is TaskState.COMPLETED and streamed.node == "node-2"
     listed = spear("tasks", "--node", n1, "--json")  # the cluster's tasks, from any node
     assert listed.returncode == 0, listed.stderr
     assert task_id in [t["id"] for t in json.loads(listed.stdout)]

@@ -175,6 +175,23 @@ class Scheduler:
             return placed
         return None
 
+    async def place_stream(self, spec: FunctionSpec) -> NodeRecord | None:
+        """Where a task started with a caller stream runs: None for here, else the node to
+        relay its stream to. Its stream is one call, so it is neither queued nor forwarded
+        later: it runs here if it fits here now (or only ever could: it then waits in this
+        node's admission queue), else on the best node with room now."""
+        if self._fits_here_now(spec):
+            return None
+        placement = await self.cluster.find_nodes(self._query(spec))
+        ranked = rank_candidates(placement.candidates)
+        if ranked:
+            return ranked[0].node
+        if self._could_ever_run_here(spec):
+            return None
+        if placement.could_ever_fit:
+            raise ResourceExhausted("no node has room for a task with a caller stream now")
+        raise ResourceExhausted(f"no node in the cluster can run this task: {placement.reason}")
+
     async def cancel(self, task_id: str, reason: str) -> Task | None:
         """Cancel a task still waiting in this node's queue; None if it is not queued (any
         more: if it was being placed just then, this returns once it has a node)."""
