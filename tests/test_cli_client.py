@@ -278,3 +278,20 @@ def test_without_a_daemon_commands_use_the_data_dir(cli: Cli, tmp_path: Path) ->
     assert cli.json("status", task_id)["state"] == "CANCELLED"
     node = cli.json("node")
     assert node["address"] == "" and node["pid"] != runner.pid
+
+
+def test_serve_json_announces_itself(data_dir: Path, cli: Cli) -> None:
+    proc = cli.popen("serve", "--listen", "127.0.0.1:0", "--json")
+    try:
+        assert proc.stdout is not None
+        info = json.loads(proc.stdout.readline())
+        assert info["pid"] == proc.pid and info["node"] == "local"
+        assert info["data_dir"] == str(data_dir)
+        assert (data_dir / "spearlet.addr").read_text().strip() == info["address"]
+        assert cli.json("node", "--node", info["address"])["pid"] == proc.pid
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=60) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.communicate()

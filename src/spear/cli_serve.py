@@ -10,6 +10,7 @@ then the rest are stopped and marked; a second signal skips the wait.
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import sys
@@ -19,7 +20,7 @@ import anyio
 import typer
 from loguru import logger
 
-from spear.cli import ConfigOpt, DataDirOpt, app
+from spear.cli import ConfigOpt, DataDirOpt, JsonOpt, app
 from spear.config import Settings, parse_size
 from spear.errors import InvalidArgument
 
@@ -70,6 +71,7 @@ def serve(
     ] = None,
     data_dir: DataDirOpt = None,
     config: ConfigOpt = None,
+    as_json: JsonOpt = False,
 ) -> None:
     if log_level is not None and log_level.upper() not in (
         "TRACE", "DEBUG", "INFO", "SUCCESS", "WARNING", "ERROR", "CRITICAL",
@@ -102,10 +104,12 @@ def serve(
         raise InvalidArgument(f"--role: unknown role {role!r} (one of: spearlet, sms)")
     if kv is not None:
         raise InvalidArgument("--kv is for --role sms")
-    anyio.run(_serve_spearlet, settings, drain_timeout, max_message_bytes)
+    anyio.run(_serve_spearlet, settings, drain_timeout, max_message_bytes, as_json)
 
 
-async def _serve_spearlet(settings: Settings, drain_s: float, max_message_bytes: int) -> None:
+async def _serve_spearlet(
+    settings: Settings, drain_s: float, max_message_bytes: int, as_json: bool = False
+) -> None:
     from spear.container import build_local_node
     from spear.transport.server import serve_spearlet
 
@@ -132,8 +136,7 @@ async def _serve_spearlet(settings: Settings, drain_s: float, max_message_bytes:
             addr_path = address_file(settings.data_dir)
             try:
                 _write_atomically(addr_path, server.address + "\n")
-                sys.stdout.write(server.address + "\n")
-                sys.stdout.flush()
+                _announce(server.address, node.name, settings, as_json)
                 logger.info(
                     "node {} serving on {} (data dir {}, pid {})",
                     node.name, server.address, settings.data_dir, os.getpid(),
@@ -189,6 +192,17 @@ async def _report_resources(api: InProcessNode) -> None:
             info.capacity.cpu_millis, info.capacity.memory_bytes,
         )  # fmt: skip
         await anyio.sleep(_REPORT_INTERVAL_S)
+
+
+def _announce(address: str, name: str, settings: Settings, as_json: bool) -> None:
+    """The one line on stdout that says the node serves: its address (or JSON about it)."""
+    if as_json:
+        info = {"address": address, "node": name, "pid": os.getpid(),
+                "data_dir": str(settings.data_dir)}  # fmt: skip
+        sys.stdout.write(json.dumps(info) + "\n")
+    else:
+        sys.stdout.write(address + "\n")
+    sys.stdout.flush()
 
 
 def _write_atomically(path: Path, text: str) -> None:
