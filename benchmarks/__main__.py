@@ -166,6 +166,9 @@ class Runner:
             "spear run hello.wasm, whole process, warm (cached)": w.get("run_process", {})
             .get("spear_cli", {})
             .get("spear run (warm)"),
+            "python -c pass (interpreter start alone, for scale)": w.get("run_process", {})
+            .get("spear_cli", {})
+            .get("python -c pass"),
             "node.run() trivial module in process, cold (never-seen module)": w.get(
                 "cold_start", {}
             )
