@@ -8,15 +8,12 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-from typing import TYPE_CHECKING
-
-from conftest import ROOT
+from pathlib import Path
 
 from benchmarks import report
 from benchmarks.common import summarize
 
-if TYPE_CHECKING:
-    from pathlib import Path
+ROOT = Path(__file__).resolve().parent.parent
 
 
 def _bench(*args: str) -> subprocess.CompletedProcess[str]:
