@@ -1,0 +1,160 @@
+"""Process agents: submit-to-result latency of a trivial Python agent, cold vs warm.
+
+`python -m benchmarks` imports `run(quick)` and puts the numbers beside Ray's trivial task;
+alone, `python -m benchmarks.process_bench [--quick]` writes
+benchmarks/results/process.json. Nothing here asserts a timing.
+
+- cold: `node.run` of a `.py` agent as a new interpreter (fork + exec of Python, its
+  start-up, the script, exit, reap), the task recorded as for any task;
+- warm: the same spec with `warm=True`, forked from the pre-started Python
+  (`runtimes/forkserver.py`), which has the SDK imported already;
+- `task` is an agent whose body is `pass`; `task (imports SDK)` does
+  `from spear import agent` and one `agent.log`, a realistic smallest agent;
+- `exec /bin/true` is the runtime's floor for a non-Python program;
+- `python -c pass` is a bare interpreter start on this machine, outside spear.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import anyio
+
+from benchmarks.common import ROOT, machine, summarize
+
+if TYPE_CHECKING:
+    from spear import FunctionSpec, LocalNode
+
+RESULT_FILE = ROOT / "benchmarks" / "results" / "process.json"
+TRIVIAL = "pass\n"
+WITH_SDK = "from spear import agent\nagent.log('hello')\n"
+
+
+def counts(quick: bool) -> dict[str, int]:
+    return {
+        "cold": 30 if quick else 100,
+        "warm": 200 if quick else 1000,
+        "throughput": 100 if quick else 400,
+    }
+
+
+async def _latency(node: LocalNode, spec: FunctionSpec, n: int) -> list[float]:
+    from spear import TaskState
+
+    first = await node.run(spec)  # starts the fork server / warms the page cache
+    if first.state is not TaskState.COMPLETED:
+        raise RuntimeError(f"benchmark agent ended {first.state}: {first.reason}")
+    samples = []
+    for _ in range(n):
+        t0 = time.perf_counter()
+        task = await node.run(spec)
+        samples.append(time.perf_counter() - t0)
+        if task.state is not TaskState.COMPLETED:
+            raise RuntimeError(f"benchmark agent ended {task.state}: {task.reason}")
+    return samples
+
+
+async def _throughput(node: LocalNode, spec: FunctionSpec, n: int) -> dict[str, Any]:
+    from spear import TaskState
+
+    failed = 0
+
+    async def one() -> None:
+        nonlocal failed
+        failed += (await node.run(spec)).state is not TaskState.COMPLETED
+
+    t0 = time.perf_counter()
+    async with anyio.create_task_group() as tg:
+        for _ in range(n):
+            tg.start_soon(one)
+    elapsed = time.perf_counter() - t0
+    return {
+        "tasks": n,
+        "seconds": round(elapsed, 4),
+        "tasks_per_s": round(n / elapsed, 1),
+        "failed": failed,
+    }
+
+
+def _python_startup(n: int) -> list[float]:
+    samples = []
+    for _ in range(n):
+        t0 = time.perf_counter()
+        subprocess.run([sys.executable, "-c", "pass"], check=True)
+        samples.append(time.perf_counter() - t0)
+    return samples
+
+
+def run(quick: bool) -> dict[str, Any]:
+    """Measure; `latency` and `throughput` map to the cold and warm variants."""
+    from spear import FunctionSpec, LocalNode, Runtime
+
+    n = counts(quick)
+
+    async def main(directory: Path) -> dict[str, Any]:
+        trivial = directory / "trivial.py"
+        trivial.write_text(TRIVIAL)
+        with_sdk = directory / "with_sdk.py"
+        with_sdk.write_text(WITH_SDK)
+
+        def spec(path: Path, warm: bool) -> FunctionSpec:
+            return FunctionSpec(str(path), runtime=Runtime.PROCESS, warm=warm)
+
+        # Generous capacity: throughput measures the runtime, not the admission queue.
+        async with LocalNode(directory / "home", cpu_millis=10**6, memory_bytes=1 << 50) as node:
+            latency: dict[str, dict[str, Any]] = {}
+            throughput: dict[str, dict[str, Any]] = {}
+            for variant, warm, count in (
+                ("spear_process_cold", False, n["cold"]),
+                ("spear_process_warm", True, n["warm"]),
+            ):
+                latency[variant] = {
+                    "task": summarize(await _latency(node, spec(trivial, warm), count)),
+                    "task (imports SDK)": summarize(
+                        await _latency(node, spec(with_sdk, warm), count)
+                    ),
+                }
+                throughput[variant] = {
+                    "tasks": await _throughput(node, spec(trivial, warm), n["throughput"])
+                }
+            true = FunctionSpec("/bin/true", runtime=Runtime.PROCESS)
+            latency["spear_process_exec"] = {
+                "exec /bin/true": summarize(await _latency(node, true, n["cold"]))
+            }
+        return {
+            "latency": latency,
+            "throughput": throughput,
+            "baseline": {"python -c pass": summarize(_python_startup(n["cold"]))},
+            "counts": n,
+        }
+
+    with tempfile.TemporaryDirectory(prefix="spear-procbench-") as tmp:
+        return anyio.run(main, Path(tmp))
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="fewer samples")
+    parser.add_argument("--output", type=Path, default=RESULT_FILE)
+    args = parser.parse_args(argv)
+    result = {"machine": machine(), "quick": args.quick, **run(args.quick)}
+    args.output.parent.mkdir(parents=True, exist_ok=True)
+    args.output.write_text(json.dumps(result, indent=2) + "\n")
+    print(f"wrote {args.output}", file=sys.stderr)
+    for workload in ("latency", "throughput"):
+        for variant, metrics in result[workload].items():
+            for metric, value in metrics.items():
+                shown = value.get("median_ms", value.get("tasks_per_s"))
+                print(f"{workload:10} {variant:22} {metric:20} {shown}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
