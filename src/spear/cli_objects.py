@@ -1,18 +1,142 @@
-"""Object-store commands that work on the local data dir: `spear obj gc`.
+"""`spear obj ...`: the object store's commands.
 
-(`spear obj put|get|ls|rm|pin|unpin|ref|unref` live in cli_client.py: they reach a node
-daemon or the data dir through the NodeAPI.)
+`put|get|ls|rm|pin|unpin|ref|unref` reach a node daemon or the data dir through the
+NodeAPI (as the task commands in cli_client.py do); `gc` works on the local data dir.
 """
 
 from __future__ import annotations
 
 import sys
-from typing import Annotated
+from pathlib import Path
+from typing import Annotated, Any
 
 import typer
 
-from spear.cli import ConfigOpt, DataDirOpt, JsonOpt, _emit_json, _run_on_node, _settings
-from spear.cli_client import obj_app
+from spear.cli import ConfigOpt, DataDirOpt, JsonOpt, _emit_json, _run_on_node, _settings, app
+from spear.cli_client import NodeOpt, _on_node
+from spear.errors import InvalidArgument, NotFound
+
+obj_app = typer.Typer(help="The node's object store: put, get, ls, rm, pin, unpin, ref, unref.")
+app.add_typer(obj_app, name="obj")
+
+
+def _print_object(info: Any, as_json: bool) -> None:
+    if as_json:
+        _emit_json(info.to_json())
+    else:
+        pin = " pinned" if info.pinned else ""
+        sys.stdout.write(
+            f"{info.key} version {info.version} {info.size} bytes {info.refs} refs{pin}\n"
+        )
+
+
+@obj_app.command("put", help="Store FILE (or stdin with -) under KEY.")
+def obj_put(
+    key: str,
+    file: Annotated[str, typer.Argument(help="A file, or - for stdin.")] = "-",
+    expected_version: Annotated[
+        int | None,
+        typer.Option(
+            "--if-version",
+            "--expected-version",
+            help="Write only if the object is at this version (0: only if it does not exist).",
+        ),
+    ] = None,
+    node: NodeOpt = None,
+    data_dir: DataDirOpt = None,
+    config: ConfigOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    settings = _settings(data_dir, config)
+    try:
+        data = sys.stdin.buffer.read() if file == "-" else Path(file).read_bytes()
+    except FileNotFoundError:
+        raise NotFound(f"no such file: {file}") from None
+    except OSError as exc:
+        raise InvalidArgument(f"cannot read {file}: {exc.strerror}") from None
+    info = _on_node(
+        settings, node, lambda api: api.put_object(key, data, expected_version=expected_version)
+    )
+    _print_object(info, as_json)
+
+
+@obj_app.command("get", help="Print the object KEY (or write it to -o FILE).")
+def obj_get(
+    key: str,
+    output: Annotated[Path | None, typer.Option("--output", "-o", help="Write it here.")] = None,
+    node: NodeOpt = None,
+    data_dir: DataDirOpt = None,
+    config: ConfigOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    settings = _settings(data_dir, config)
+    data, info = _on_node(settings, node, lambda api: api.get_object(key))
+    if as_json:
+        _emit_json({**info.to_json(), "data": data.decode("utf-8", errors="replace")})
+    elif output is not None:
+        output.write_bytes(data)
+    else:
+        sys.stdout.buffer.write(data)
+
+
+@obj_app.command("ls", help="List objects (whose key starts with PREFIX).")
+def obj_ls(
+    prefix: Annotated[str, typer.Argument()] = "",
+    node: NodeOpt = None,
+    data_dir: DataDirOpt = None,
+    config: ConfigOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    settings = _settings(data_dir, config)
+    found = _on_node(settings, node, lambda api: api.list_objects(prefix))
+    if as_json:
+        _emit_json([o.to_json() for o in found])
+        return
+    for info in found:
+        _print_object(info, False)
+
+
+@obj_app.command("rm", help="Delete the object KEY.")
+def obj_rm(
+    key: str,
+    node: NodeOpt = None,
+    data_dir: DataDirOpt = None,
+    config: ConfigOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    settings = _settings(data_dir, config)
+    deleted = _on_node(settings, node, lambda api: api.delete_object(key))
+    if as_json:
+        _emit_json({"key": key, "deleted": deleted})
+    elif not deleted:
+        raise NotFound(f"no such object: {key}")
+
+
+def _object_op(name: str, help: str) -> None:
+    def command(
+        key: str,
+        node: NodeOpt = None,
+        data_dir: DataDirOpt = None,
+        config: ConfigOpt = None,
+        as_json: JsonOpt = False,
+    ) -> None:
+        settings = _settings(data_dir, config)
+        method = {
+            "pin": "pin_object",
+            "unpin": "unpin_object",
+            "ref": "add_object_ref",
+            "unref": "remove_object_ref",
+        }[name]
+        info = _on_node(settings, node, lambda api: getattr(api, method)(key))
+        _print_object(info, as_json)
+
+    obj_app.command(name, help=help)(command)
+
+
+_object_op("pin", "Pin KEY: it is never collected.")
+_object_op("unpin", "Unpin KEY.")
+_object_op("ref", "Add a reference to KEY.")
+_object_op("unref", "Remove a reference from KEY.")
 
 
 @obj_app.command(
