@@ -123,11 +123,12 @@ def one_error_line(stderr: bytes) -> str:
     return lines[0]
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def etcd_endpoint(tmp_path_factory: pytest.TempPathFactory) -> Any:
-    """One real etcd (Debian's etcd-server) on loopback for the session: its HOST:PORT.
+    """A real etcd (Debian's etcd-server) on loopback for one test module: its HOST:PORT.
 
-    Tests share it and keep apart by namespace (EtcdKV.connect(..., namespace=...)).
+    Tests share it and keep apart by namespace (EtcdKV.connect(..., namespace=...)). Module
+    scope, not session: tests elsewhere check that the test process has no child left.
     """
     from spear.store.etcd_server import EtcdProcess
 
