@@ -103,7 +103,11 @@ class _RemoteStreamingTask(StreamingTask):
 
 
 class Client:
-    """A SPEARlet daemon reached over gRPC (implements the `NodeAPI`)."""
+    """A SPEARlet daemon reached over gRPC (implements the `NodeAPI`).
+
+    `timeout`: seconds each call may take (None: no limit; a wait is one call too).
+    `max_message_bytes`: the largest message sent or accepted (the node has its own).
+    """
 
     def __init__(
         self,
