@@ -13,7 +13,15 @@ from typing import TYPE_CHECKING
 import anyio
 import pytest
 
-from spear import FunctionSpec, InvalidModule, LocalNode, NotFound, Runtime, TaskState
+from spear import (
+    FunctionSpec,
+    InvalidArgument,
+    InvalidModule,
+    LocalNode,
+    NotFound,
+    Runtime,
+    TaskState,
+)
 from spear.runtimes.process import ProcessWorkerAgent
 from tests.conftest import Cli, assert_eventually, one_error_line
 
@@ -366,3 +374,24 @@ def test_cli_timeout_kills_a_sigterm_ignoring_program(cli: Cli) -> None:
     assert proc_.returncode == 124
     assert proc_.stderr.decode().endswith("failed: timeout\n")
     assert not alive(int(proc_.stdout.split()[0]))
+
+
+async def test_nul_bytes_are_refused(tmp_path: Path) -> None:
+    async with new_node(tmp_path) as node:
+        with pytest.raises(InvalidArgument, match="NUL"):
+            await node.run(proc("echo", "a\0b"))
+
+
+def test_cli_copies_a_terminal_stdin_through_a_pipe(cli: Cli) -> None:
+    import pty
+
+    master, slave = pty.openpty()
+    try:
+        child = cli.popen("run", "--runtime", "process", "--", "head", "-n", "1", stdin=slave)
+        os.write(master, b"typed line\n")
+        out, err = child.communicate(timeout=60)
+    finally:
+        os.close(master)
+        os.close(slave)
+    assert child.returncode == 0, err
+    assert out == b"typed line\n"

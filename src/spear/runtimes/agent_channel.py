@@ -27,6 +27,7 @@ import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+import anyio
 from loguru import logger
 
 from spear import _agent_wire as wire
@@ -80,6 +81,7 @@ class AgentChannel:
         self._runtime_dir = runtime_dir
         self._max_body = max_body
         self._tokens: dict[str, Credential] = {}
+        self._connections: set[_Connection] = set()
         self._server: asyncio.AbstractServer | None = None
         self._temp_dir: str | None = None
         self.path = ""
@@ -107,12 +109,15 @@ class AgentChannel:
     async def revoke(self, credential: Credential) -> None:
         """The task ended: its token stops working and its connections are closed."""
         self._tokens.pop(credential.token, None)
-        for conn in list(credential.connections):
-            await conn.close()
+        with anyio.CancelScope(shield=True):  # also when the node is being cancelled
+            for conn in list(credential.connections):
+                await conn.close()
 
     async def aclose(self) -> None:
-        for credential in list(self._tokens.values()):
-            await self.revoke(credential)
+        self._tokens.clear()
+        with anyio.CancelScope(shield=True):
+            for conn in list(self._connections):
+                await conn.close()
         if self._server is not None:
             self._server.close()
             with contextlib.suppress(Exception):
@@ -130,6 +135,7 @@ class AgentChannel:
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         conn = _Connection(reader, writer, self._max_body)
+        self._connections.add(conn)
         try:
             try:
                 frame = await conn.read_frame()
@@ -161,7 +167,9 @@ class AgentChannel:
             finally:
                 credential.connections.discard(conn)
         finally:
-            await conn.close()
+            self._connections.discard(conn)
+            with anyio.CancelScope(shield=True):
+                await conn.close()
 
 
 class _Connection:

@@ -32,9 +32,10 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import anyio
 import anyio.to_thread
+from loguru import logger
 
 from spear.core.models import Runtime, TaskState
-from spear.errors import InvalidModule, NotFound
+from spear.errors import InvalidArgument, InvalidModule, NotFound
 from spear.runtimes.base import (
     EXIT_CANCELLED,
     EXIT_TIMEOUT,
@@ -120,6 +121,9 @@ def is_python_agent(artifact: str) -> bool:
 def resolve_command(spec: FunctionSpec, node_env: dict[str, str] | None = None) -> Command:
     """The command a spec runs; NotFound or InvalidModule (one clear line) if it cannot."""
     artifact = spec.artifact
+    for text in (artifact, *spec.args, *(f"{k}={v}" for k, v in spec.env)):
+        if "\0" in text:
+            raise InvalidArgument("a command, argument or environment value contains NUL")
     node_env = dict(os.environ) if node_env is None else node_env
     env = {k: v for k, v in node_env.items() if k in INHERITED_ENV or k.startswith("LC_")}
     cwd = spec.workdir
@@ -276,7 +280,7 @@ class Supervisor:
         stdin_fd, pump = self._stdin()
         try:
             child: Child = start(stdin_fd, out_w, err_w)
-        except OSError as exc:
+        except (OSError, ValueError) as exc:
             for fd in (out_r, err_r, *((pump.fd,) if pump else ())):
                 os.close(fd)
             return _exec_failure(exc, ctx.task.spec.artifact)
@@ -297,8 +301,11 @@ class Supervisor:
         if stdin is None:
             return None, None
         if stdin == "inherit":
-            if not os.isatty(0):
-                return os.dup(0), None  # a file or pipe: the child reads it directly
+            try:
+                if not os.isatty(0):
+                    return os.dup(0), None  # a file or pipe: the child reads it directly
+            except OSError:  # no stdin at all (a daemon): like None
+                return None, None
             # A terminal: the child's group is not the foreground one (reading would stop
             # it with SIGTTIN), so its input is copied through a pipe.
             r, w = os.pipe2(os.O_CLOEXEC)
@@ -471,8 +478,8 @@ def _signal_name(sig: int) -> str:
         return str(sig)
 
 
-def _exec_failure(exc: OSError, artifact: str) -> Outcome:
-    reason = exc.strerror or str(exc)
+def _exec_failure(exc: OSError | ValueError, artifact: str) -> Outcome:
+    reason = (exc.strerror if isinstance(exc, OSError) else None) or str(exc)
     code = EXIT_NOT_FOUND if isinstance(exc, FileNotFoundError) else EXIT_NOT_EXECUTABLE
     return Outcome(TaskState.FAILED, code, f"cannot execute {artifact}: {reason}")
 
@@ -535,13 +542,16 @@ class ProcessWorkerAgent(WorkerAgent):
 
     async def start(self, ctx: TaskContext) -> Execution:
         command = self._commands.pop(ctx.task.id, None) or resolve_command(ctx.task.spec)
+        server = None
+        if ctx.task.spec.warm and command.python_script is not None:
+            try:
+                server = await self.forkserver()
+                self.warm_starts += 1
+            except OSError as exc:  # a cold start still runs the task
+                logger.warning("warm Python worker unavailable ({}); starting cold", exc)
         channel = await self.channel()
         credential = channel.register(ctx)
         command.env.update(credential.env())
-        server = None
-        if ctx.task.spec.warm and command.python_script is not None:
-            server = await self.forkserver()
-            self.warm_starts += 1
         return _ProcessExecution(self, ctx, command, credential, server)
 
     async def aclose(self) -> None:
