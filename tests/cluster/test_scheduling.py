@@ -22,6 +22,7 @@ from helpers import (  # fixtures too: loop_wasm, make_cluster
 from spear.client import Client
 from spear.core.cluster import INPUTS_LABEL
 from spear.core.models import FunctionSpec, Resources, TaskState
+from spear.errors import InvalidModule
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -150,6 +151,19 @@ def test_label_affinity_sends_the_task_to_the_labelled_node(
     received, streamed = on(n1, exchange)
     assert received == [b"1: OVER", b"2: THERE"]
     assert streamed.state is TaskState.COMPLETED and streamed.node == "node-2"
+    # A module the node it is forwarded to refuses: the submitter hears why, as for a
+    # local task, and the task is FAILED in the cluster's registry.
+    bad = tmp_path / "bad.wasm"
+    bad.write_bytes(b"not wasm at all")
+    here = spear("submit", "--node", n1, str(bad))  # on node-1 itself: exit 65
+    assert here.returncode == 65 and "not a WebAssembly module" in here.stderr
+    with pytest.raises(InvalidModule):
+        submit(n1, FunctionSpec(str(bad), labels=(("zone", "b"),)))
+    failed = [t for t in sms_call(sms, "tasks") if t.spec.labels == (("zone", "b"),)]
+    assert any(
+        t.state is TaskState.FAILED and "not a WebAssembly module" in (t.reason or "")
+        for t in failed
+    )
     listed = spear("tasks", "--node", n1, "--json")  # the cluster's tasks, from any node
     assert listed.returncode == 0, listed.stderr
     assert task_id in [t["id"] for t in json.loads(listed.stdout)]

@@ -14,6 +14,7 @@ task whose node dies. A node that runs a task reports its states itself (task_re
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections import deque
 from dataclasses import dataclass
@@ -167,6 +168,11 @@ class Scheduler:
             except (ResourceExhausted, Unavailable) as exc:
                 logger.info("forwarding {} to {} failed: {}", task.id, candidate.node.name, exc)
                 continue
+            except SpearError as exc:  # the task itself was refused: a bad module, say
+                failed = task.transition(TaskState.FAILED, reason=str(exc), exit_code=exc.exit_code)
+                with contextlib.suppress(SpearError):
+                    await self.cluster.report_task(failed)
+                raise
             self._note(placed, "forwarded", candidate.node.name)
             try:  # the SMS learns the new node now, not when the target reports it
                 await self.cluster.report_task(placed)
@@ -252,7 +258,11 @@ class Scheduler:
         except SpearError:
             return False
         ranked = rank_candidates(placement.candidates)
-        return await self._place_remotely(head.task, head.stdin, ranked) is not None
+        try:
+            return await self._place_remotely(head.task, head.stdin, ranked) is not None
+        except SpearError as exc:  # recorded FAILED; the queue moves on
+            logger.warning("queued task {} was refused: {}", head.task.id, exc)
+            return True
 
     def _discard(self, item: _Queued) -> None:
         if item in self._queue:  # a stop may have taken it out meanwhile
