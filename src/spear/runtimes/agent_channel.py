@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import anyio
+import anyio.to_thread
 from loguru import logger
 
 from spear import _agent_wire as wire
@@ -42,7 +43,8 @@ if TYPE_CHECKING:
 
 MAX_IN_FLIGHT = 64
 MAX_SOCKET_PATH = 100  # sun_path is 108 bytes with its NUL; keep a margin
-_POLL_SLICE_S = 0.05  # a poll waits on a worker thread in slices, so a dropped call frees it
+_POLL_SLICE_S = 0.1  # a poll waits on a worker thread in slices, so a dropped call frees it
+_MAX_POLL_THREADS = 1024  # agents blocked in poll at once, node-wide
 
 
 @dataclass(eq=False)
@@ -82,6 +84,8 @@ class AgentChannel:
         self._max_body = max_body
         self._tokens: dict[str, Credential] = {}
         self._connections: set[_Connection] = set()
+        # Agents blocked in poll wait on threads of their own, never the default ones.
+        self._poll_limiter = anyio.CapacityLimiter(_MAX_POLL_THREADS)
         self._server: asyncio.AbstractServer | None = None
         self._temp_dir: str | None = None
         self.path = ""
@@ -134,7 +138,7 @@ class AgentChannel:
         return self._tokens.get(token) if isinstance(token, str) else None
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        conn = _Connection(reader, writer, self._max_body)
+        conn = _Connection(reader, writer, self._max_body, self._poll_limiter)
         self._connections.add(conn)
         try:
             try:
@@ -174,8 +178,13 @@ class AgentChannel:
 
 class _Connection:
     def __init__(
-        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, max_body: int
+        self,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        max_body: int,
+        poll_limiter: anyio.CapacityLimiter,
     ) -> None:
+        self._poll_limiter = poll_limiter
         self._reader = reader
         self._writer = writer
         self._max_body = max_body
@@ -253,7 +262,7 @@ class _Connection:
     async def _call(self, ctx: TaskContext, header: dict[str, Any], body: bytes) -> None:
         call_id = header.get("id", 0)
         try:
-            result, out = await _dispatch(ctx, header, body)
+            result, out = await _dispatch(ctx, header, body, self._poll_limiter)
         except HostError as exc:
             await self.send_error(call_id, exc)
             return
@@ -304,19 +313,27 @@ def _key(header: dict[str, Any], name: str = "key") -> str:
 
 
 async def _poll(
-    ctx: TaskContext, interests: list[tuple[int, int]], timeout_s: float | None
+    ctx: TaskContext,
+    interests: list[tuple[int, int]],
+    timeout_s: float | None,
+    limiter: anyio.CapacityLimiter,
 ) -> list[int]:
+    ready = hostops.poll(ctx, interests, 0)  # ready already: no thread at all
+    if any(ready) or timeout_s == 0:
+        return ready
     end = None if timeout_s is None else time.monotonic() + timeout_s
     while True:
         left = None if end is None else max(0.0, end - time.monotonic())
         piece = _POLL_SLICE_S if left is None else min(left, _POLL_SLICE_S)
-        ready = await hostops.poll_async(ctx, interests, piece)
+        ready = await anyio.to_thread.run_sync(
+            hostops.poll, ctx, interests, piece, limiter=limiter, abandon_on_cancel=True
+        )
         if any(ready) or (left is not None and left <= piece):
             return ready
 
 
 async def _dispatch(
-    ctx: TaskContext, h: dict[str, Any], body: bytes
+    ctx: TaskContext, h: dict[str, Any], body: bytes, poll_limiter: anyio.CapacityLimiter
 ) -> tuple[Any, bytes | memoryview]:
     """One operation: (JSON result, body bytes)."""
     op = h.get("op")
@@ -367,7 +384,7 @@ async def _dispatch(
         timeout = h.get("timeout")
         if timeout is not None and (not isinstance(timeout, int | float) or timeout < 0):
             raise HostError(errno.EINVAL, "timeout must be None or >= 0 seconds")
-        return await _poll(ctx, interests, timeout), b""
+        return await _poll(ctx, interests, timeout, poll_limiter), b""
     if isinstance(op, str) and op.startswith("model_"):
         return await hostops_models.dispatch(ctx, op, h, body)
     raise HostError(errno.ENOSYS, f"no such operation: {op!r}")
