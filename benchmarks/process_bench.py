@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any
 import anyio
 
 from benchmarks.common import ROOT, machine, summarize
+from benchmarks.local_bench import _rate
 
 if TYPE_CHECKING:
     from spear import FunctionSpec, LocalNode
@@ -62,6 +63,7 @@ async def _latency(node: LocalNode, spec: FunctionSpec, n: int) -> list[float]:
 
 
 async def _throughput(node: LocalNode, spec: FunctionSpec, n: int) -> dict[str, Any]:
+    """`n` tasks started at once as concurrent `node.run` calls (as local_bench does)."""
     from spear import TaskState
 
     failed = 0
@@ -74,13 +76,7 @@ async def _throughput(node: LocalNode, spec: FunctionSpec, n: int) -> dict[str, 
     async with anyio.create_task_group() as tg:
         for _ in range(n):
             tg.start_soon(one)
-    elapsed = time.perf_counter() - t0
-    return {
-        "tasks": n,
-        "seconds": round(elapsed, 4),
-        "tasks_per_s": round(n / elapsed, 1),
-        "failed": failed,
-    }
+    return _rate(n, time.perf_counter() - t0, failed)
 
 
 def _python_startup(n: int) -> list[float]:
