@@ -211,39 +211,55 @@ async def joined_cluster(api: InProcessNode, address: str) -> AsyncIterator[Node
 # -- spear nodes ---------------------------------------------------------------------------
 
 
-def _find_sms(settings: Settings) -> str:
-    if settings.sms:
-        return settings.sms
-    try:
-        return (settings.data_dir / SMS_ADDRESS_FILE).read_text().strip()
-    except OSError:
+def _cluster_nodes(settings: Settings, node: str | None) -> list[NodeRecord]:
+    """Ask the SMS (--sms, SPEAR_SMS, DATA/sms.addr) or a SPEARlet (--node, SPEAR_NODE,
+    DATA/spearlet.addr), in that order."""
+    from spear.cli_serve import read_address_file
+
+    sms = settings.sms
+    if sms is None and node is None:
+        try:
+            sms = (settings.data_dir / SMS_ADDRESS_FILE).read_text().strip() or None
+        except OSError:
+            node = read_address_file(settings.data_dir)
+    if sms is None and node is None:
         raise InvalidArgument(
-            "no metadata server: pass --sms HOST:PORT (or set SPEAR_SMS)"
-        ) from None
+            "no cluster to ask: pass --sms HOST:PORT or --node HOST:PORT (or set SPEAR_SMS)"
+        )
+
+    async def fetch() -> list[NodeRecord]:
+        if sms is not None:
+            from spear.transport.sms_client import SmsClient
+
+            async with SmsClient(sms, timeout_s=10) as client:
+                return await client.nodes()
+        from spear.transport.peer import Peers
+
+        assert node is not None
+        peers = Peers("cli")
+        try:
+            return await peers.cluster_nodes(node)
+        finally:
+            await peers.aclose()
+
+    return anyio.run(fetch)
 
 
-@app.command(help="List the nodes of the cluster (from the metadata server).")
+@app.command(help="List the nodes of the cluster (from the SMS, or through any SPEARlet).")
 def nodes(
     sms: Annotated[
-        str | None, typer.Option("--sms", help="Metadata server HOST:PORT [default: $SPEAR_SMS].")
+        str | None, typer.Option("--sms", help="Metadata server HOST:PORT [env: SPEAR_SMS].")
+    ] = None,
+    node: Annotated[
+        str | None,
+        typer.Option("--node", envvar="SPEAR_NODE", help="Any SPEARlet's HOST:PORT."),
     ] = None,
     data_dir: DataDirOpt = None,
     config: ConfigOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
-    from spear.transport.sms_client import SmsClient
-
     settings = Settings.load(config_file=config, data_dir=data_dir, sms=sms)
-    address = _find_sms(settings)
-
-    async def fetch() -> list[NodeRecord]:
-        client = SmsClient(address, timeout_s=10)
-        try:
-            return await client.nodes()
-        finally:
-            await client.aclose()
-
-    found = anyio.run(fetch)
+    found = _cluster_nodes(settings, node if sms is None else None)
     if as_json:
         sys.stdout.write(json.dumps([n.to_json() for n in found], indent=2) + "\n")
         return

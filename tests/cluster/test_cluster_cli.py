@@ -31,6 +31,9 @@ def test_cluster_up_nodes_down(tmp_path: Path) -> None:
         assert lines[0].split()[:2] == ["NAME", "HEALTH"]
         assert sorted(line.split()[0] for line in lines[1:]) == ["node-1", "node-2"]
         assert all(line.split()[1] == "healthy" for line in lines[1:])
+        via_node = spear("nodes", "--node", info["nodes"]["node-2"], "--json")
+        assert via_node.returncode == 0, via_node.stderr
+        assert {n["name"] for n in json.loads(via_node.stdout)} == {"node-1", "node-2"}
         pids = [m["pid"] for m in json.loads((base / "cluster.json").read_text())["members"]]
     finally:
         down = spear("cluster", "down", "--dir", str(base))

@@ -13,6 +13,7 @@ from spear.client import Client
 from spear.core.models import Runtime
 from spear.errors import InvalidArgument
 from spear.transport import _convert as cv
+from spear.transport import _sms_convert as sc
 from spear.transport._gen.spear import v1
 from spear.transport._status import (
     DEFAULT_MAX_MESSAGE_BYTES,
@@ -59,6 +60,10 @@ class PeerService(v1.SpearletPeerBase):
         adopted = await self.scheduler.adopt(task, spec, message.stdin or None)
         return cv.task_to_wire(adopted)
 
+    async def list_cluster_nodes(self, message: v1.ListNodesRequest) -> v1.ListNodesResponse:
+        nodes = await self.scheduler.cluster.nodes(live_only=message.live_only)
+        return v1.ListNodesResponse(nodes=[sc.node_to_wire(n) for n in nodes])
+
 
 class Peers:
     """One `spear.Client` (and one ForwardTask stub) per other node, made on first use."""
@@ -100,6 +105,13 @@ class Peers:
         with client_errors(node.address):
             info = await self._peer(node.address).forward_task(request, timeout=30)
         return cv.task_from_wire(info)
+
+    async def cluster_nodes(self, address: str) -> list[NodeRecord]:
+        """The cluster's nodes, asked of the SPEARlet at `address`."""
+        received_error_code.set(None)
+        with client_errors(address):
+            answer = await self._peer(address).list_cluster_nodes(v1.ListNodesRequest(), timeout=10)
+        return [sc.node_from_wire(n) for n in answer.nodes]
 
     async def aclose(self) -> None:
         for client in self._clients.values():

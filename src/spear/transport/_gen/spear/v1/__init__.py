@@ -1667,6 +1667,27 @@ class SpearletPeerStub(betterproto2_grpclib.ServiceStub):
             metadata=metadata,
         )
 
+    async def list_cluster_nodes(
+        self,
+        message: "ListNodesRequest",
+        *,
+        timeout: "float | None" = None,
+        deadline: "Deadline | None" = None,
+        metadata: "MetadataLike | None" = None,
+    ) -> "ListNodesResponse":
+        """
+        The cluster's nodes as this node's SMS lists them (`spear nodes --node`).
+        """
+
+        return await self._unary_unary(
+            "/spear.v1.SpearletPeer/ListClusterNodes",
+            message,
+            ListNodesResponse,
+            timeout=timeout,
+            deadline=deadline,
+            metadata=metadata,
+        )
+
 
 class MetadataServerBase(betterproto2_grpclib.ServiceBase):
     async def register_node(self, message: "RegisterNodeRequest") -> "NodeRecord":
@@ -2329,12 +2350,27 @@ class SpearletPeerBase(betterproto2_grpclib.ServiceBase):
 
         raise grpclib.GRPCError(grpclib.const.Status.UNIMPLEMENTED)
 
+    async def list_cluster_nodes(self, message: "ListNodesRequest") -> "ListNodesResponse":
+        """
+        The cluster's nodes as this node's SMS lists them (`spear nodes --node`).
+        """
+
+        raise grpclib.GRPCError(grpclib.const.Status.UNIMPLEMENTED)
+
     async def __rpc_forward_task(
         self, stream: "grpclib.server.Stream[ForwardTaskRequest, TaskInfo]"
     ) -> None:
         request = await stream.recv_message()
         assert request is not None
         response = await self.forward_task(request)
+        await stream.send_message(response)
+
+    async def __rpc_list_cluster_nodes(
+        self, stream: "grpclib.server.Stream[ListNodesRequest, ListNodesResponse]"
+    ) -> None:
+        request = await stream.recv_message()
+        assert request is not None
+        response = await self.list_cluster_nodes(request)
         await stream.send_message(response)
 
     def __mapping__(self) -> "dict[str, grpclib.const.Handler]":
@@ -2344,5 +2380,11 @@ class SpearletPeerBase(betterproto2_grpclib.ServiceBase):
                 grpclib.const.Cardinality.UNARY_UNARY,
                 ForwardTaskRequest,
                 TaskInfo,
+            ),
+            "/spear.v1.SpearletPeer/ListClusterNodes": grpclib.const.Handler(
+                self.__rpc_list_cluster_nodes,
+                grpclib.const.Cardinality.UNARY_UNARY,
+                ListNodesRequest,
+                ListNodesResponse,
             ),
         }
