@@ -168,23 +168,26 @@ def chart(path: Path, results: dict[str, Any]) -> str | None:
         ("throughput", "tasks", "tasks_per_s", "10,000 trivial tasks at once (tasks/s)"),
         ("cold_start", "first run", "median_ms", "never-seen module/function (median ms)"),
         ("density", "sleeping agents", "per_GiB", "sleeping agents per GiB (log)"),
-        ("objects", None, "median_ms", "objects put/get (median ms, log)"),
+        ("objects", None, "median_ms", "objects put/get (median ms, log, lower is better)"),
     ]
-    fig, axes = plt.subplots(len(panels), 1, figsize=(10, 3.2 * len(panels)))
+    heights = [3.2, 3.2, 2.6, 2.2, 4.5]
+    fig, axes = plt.subplots(
+        len(panels), 1, figsize=(10, sum(heights)), gridspec_kw={"height_ratios": heights}
+    )
     workloads = results["workloads"]
     for ax, (name, metric, key, title) in zip(axes, panels, strict=True):
         ax.set_title(title, fontsize=10)
         variants = workloads.get(name, {})
+        if metric is None:
+            _grouped(ax, variants, key)
+            continue
         labels, values, colors = [], [], []
         for variant, metrics in variants.items():
-            if not _measured(metrics):
-                continue
-            items = metrics.items() if metric is None else [(metric, metrics.get(metric))]
-            for mname, vals in items:
-                if _measured(vals) and isinstance(vals.get(key), int | float):
-                    labels.append(variant if metric else f"{variant}\n{mname}")
-                    values.append(vals[key])
-                    colors.append("#d62728" if variant.startswith("ray") else "#1f77b4")
+            vals = metrics.get(metric) if _measured(metrics) else None
+            if _measured(vals) and isinstance(vals.get(key), int | float):
+                labels.append(variant)
+                values.append(vals[key])
+                colors.append(_color(variant))
         if not values:
             ax.text(0.5, 0.5, "not measured", ha="center", va="center", transform=ax.transAxes)
             ax.set_xticks([])
@@ -193,7 +196,7 @@ def chart(path: Path, results: dict[str, Any]) -> str | None:
         ax.barh(range(len(values)), values, color=colors)
         ax.set_yticks(range(len(values)), labels, fontsize=7)
         ax.invert_yaxis()
-        if name in ("objects", "density") or (max(values) / max(min(values), 1e-9) > 200):
+        if name == "density" or (max(values) / max(min(values), 1e-9) > 30):
             ax.set_xscale("log")
         for i, v in enumerate(values):
             ax.text(v, i, f" {v:,.3g}", va="center", fontsize=7)
@@ -203,3 +206,31 @@ def chart(path: Path, results: dict[str, Any]) -> str | None:
     fig.savefig(path, dpi=90)
     plt.close(fig)
     return None
+
+
+def _color(variant: str) -> str:
+    return "#d62728" if variant.startswith("ray") else "#1f77b4"
+
+
+def _grouped(ax: Any, variants: dict[str, Any], key: str) -> None:
+    """One group of bars per metric Ray measured too (put 1KiB ... get 64MiB)."""
+    ray = next((v for n, v in variants.items() if n.startswith("ray") and _measured(v)), {})
+    metrics = [m for m, v in ray.items() if _measured(v) and key in v]
+    shown = [
+        (n, v)
+        for n, v in variants.items()
+        if _measured(v) and any(_measured(v.get(m)) and key in v[m] for m in metrics)
+    ]
+    if not metrics or not shown:
+        ax.text(0.5, 0.5, "not measured", ha="center", va="center", transform=ax.transAxes)
+        return
+    width = 0.8 / len(shown)
+    blues = ["#1f77b4", "#6baed6", "#08519c", "#9ecae1", "#3182bd"]
+    for i, (name, values) in enumerate(shown):
+        xs = [j + i * width for j in range(len(metrics))]
+        ys = [values[m][key] if _measured(values.get(m)) else 0 for m in metrics]
+        color = _color(name) if name.startswith("ray") else blues[i % len(blues)]
+        ax.bar(xs, ys, width, label=name, color=color)
+    ax.set_xticks([j + 0.4 - width / 2 for j in range(len(metrics))], metrics, fontsize=8)
+    ax.set_yscale("log")
+    ax.legend(fontsize=7)
