@@ -67,6 +67,11 @@ def no_children_left() -> Iterator[None]:
     yield
     after = children_of(os.getpid())
     assert [c for c in after if c[0] not in before or c[1] == "Z"] == []
+    from spear.runtimes.cgroups import _own_cgroup_dir
+
+    parent = _own_cgroup_dir()
+    if parent is not None:  # and no node left its cgroup behind
+        assert list(parent.glob(f"spear-{os.getpid()}-*")) == []
 
 
 def new_node(tmp_path: Path) -> LocalNode:
@@ -406,3 +411,66 @@ def test_cli_copies_a_terminal_stdin_through_a_pipe(cli: Cli) -> None:
         os.close(slave)
     assert child.returncode == 0, err
     assert out == b"typed line\n"
+
+
+# -- cgroup v2 containment (where the hierarchy is writable) -----------------------------
+
+ESCAPE = """
+import subprocess
+p = subprocess.Popen(["sleep", "60"], start_new_session=True, stdout=subprocess.DEVNULL)
+print(p.pid, flush=True)
+"""
+
+
+@pytest.fixture
+def cgroups_here() -> None:
+    from spear.runtimes.cgroups import NodeCgroup
+
+    probe = NodeCgroup.create()
+    if probe is None:
+        pytest.skip("cgroup v2 is not writable here")
+    probe.close()
+
+
+@pytest.mark.usefixtures("cgroups_here")
+@pytest.mark.parametrize(
+    "options", [{"warm": True}, {"memory_limit_bytes": 1 << 30}], ids=["warm", "limited"]
+)
+async def test_a_process_that_leaves_its_group_is_still_killed(
+    tmp_path: Path, options: dict[str, object]
+) -> None:
+    escape = script(tmp_path, ESCAPE)
+    async with new_node(tmp_path) as node:
+        task = await node.run(FunctionSpec(escape, runtime=Runtime.PROCESS, **options))  # type: ignore[arg-type]
+        assert task.state is TaskState.COMPLETED, await node.logs_of(task.id, "stderr")
+        escaped = int((await node.logs_of(task.id)).split()[0])
+        assert_eventually(lambda: not alive(escaped))
+        cgroup = agent_of(node).cgroup
+        assert cgroup is not None and not (cgroup.directory / task.id).exists()
+    assert not cgroup.directory.exists()
+
+
+@pytest.mark.usefixtures("cgroups_here")
+def test_a_dead_nodes_cgroup_is_emptied_by_the_next_node() -> None:
+    import subprocess
+
+    from spear.runtimes.cgroups import NodeCgroup
+
+    gone = subprocess.Popen(["true"])
+    gone.wait()  # a pid no process has any more: the "dead node"
+    mine = NodeCgroup.create()
+    assert mine is not None
+    dead = mine.directory.parent / f"spear-{gone.pid}-0"
+    dead.mkdir()
+    left = subprocess.Popen(["sleep", "60"])
+    try:
+        (dead / "cgroup.procs").write_text(str(left.pid))
+        again = NodeCgroup.create()
+        assert again is not None
+        again.close()
+        assert left.wait(timeout=10) == -9
+        assert not dead.exists()
+    finally:
+        left.kill()
+        left.wait()
+        mine.close()

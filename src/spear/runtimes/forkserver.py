@@ -84,8 +84,16 @@ class ForkServer:
             raise OSError("the warm Python worker did not start")
         self._control = ours
 
-    def spawn(self, command: Command, stdin: int | None, stdout: int, stderr: int) -> WarmChild:
-        """Fork a child running `command` (a `.py` agent); OSError if that fails."""
+    def spawn(
+        self,
+        command: Command,
+        stdin: int | None,
+        stdout: int,
+        stderr: int,
+        cgroup_procs: str | None = None,
+    ) -> WarmChild:
+        """Fork a child running `command` (a `.py` agent), in the cgroup whose
+        `cgroup.procs` is `cgroup_procs` if given; OSError if that fails."""
         if self._control is None:
             raise OSError("the warm Python worker is not running")
         status_ours, status_theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
@@ -97,6 +105,7 @@ class ForkServer:
             "env": command.env,
             "cwd": command.cwd or os.getcwd(),
             "rlimits": command.limits.as_rlimits() if command.limits else [],
+            "cgroup_procs": cgroup_procs,
         }
         try:
             fds = [status_theirs.fileno(), stdin_fd, stdout, stderr]
@@ -181,6 +190,9 @@ def _run_child(request: dict[str, Any], fds: list[int], closing: list[int]) -> N
 
     code = 1
     try:
+        if request.get("cgroup_procs"):  # first, before it can start anything
+            with contextlib.suppress(OSError), open(request["cgroup_procs"], "w") as f:
+                f.write(str(os.getpid()))
         os.setpgid(0, 0)
         signal.set_wakeup_fd(-1)
         signal.signal(signal.SIGCHLD, signal.SIG_DFL)
