@@ -172,10 +172,10 @@ def _pick_runtime(module: str, flag: str | None) -> Runtime:
         raise InvalidArgument(f"--runtime must be wasm or process, not {flag!r}") from None
 
 
-def _parse_env(text: str) -> tuple[str, str]:
+def _parse_env(text: str, flag: str = "--env") -> tuple[str, str]:
     name, sep, value = text.partition("=")
     if not sep or not name:
-        raise InvalidArgument(f"--env expects NAME=VALUE, got {text!r}")
+        raise InvalidArgument(f"{flag} expects NAME=VALUE, got {text!r}")
     return name, value
 
 

@@ -30,7 +30,7 @@ from spear.cli import (
     app,
 )
 from spear.config import parse_size
-from spear.core.models import DirMapping, FunctionSpec, Task, TaskState
+from spear.core.models import DirMapping, FunctionSpec, Resources, Task, TaskState
 from spear.errors import InvalidArgument, Unavailable
 
 if TYPE_CHECKING:
@@ -175,6 +175,20 @@ def submit(
         Path | None, typer.Option("--stdin", help="A file to give the task as stdin (- for ours).")
     ] = None,
     wait: Annotated[bool, typer.Option("--wait", help="Wait; exit with its exit code.")] = False,
+    labels: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--label",
+            help="NAME=VALUE a node must carry (repeatable); spear/inputs=KEY,... names "
+            "input objects (data affinity).",
+        ),
+    ] = None,
+    cpu: Annotated[
+        int | None, typer.Option("--cpu", help="CPU to reserve, in millicores [default: 100].")
+    ] = None,
+    reserve: Annotated[
+        str | None, typer.Option("--reserve", help="Memory to reserve, e.g. 256M [default: 64M].")
+    ] = None,
     node: NodeOpt = None,
     data_dir: DataDirOpt = None,
     config: ConfigOpt = None,
@@ -182,6 +196,11 @@ def submit(
 ) -> None:
     settings = _settings(data_dir, config)
     kind = _pick_runtime(artifact, runtime)
+    defaults = Resources()
+    resources = Resources(
+        defaults.cpu_millis if cpu is None else cpu,
+        defaults.memory_bytes if reserve is None else parse_size(reserve),
+    )
     task_args = list(args or ())
     if task_args[:1] == ["--"]:
         task_args = task_args[1:]
@@ -199,6 +218,8 @@ def submit(
         cpu_time_s=cpu_time,
         open_files=open_files,
         workdir=workdir,
+        labels=tuple(_parse_env(lb, "--label") for lb in labels or ()),
+        resources=resources,
     )
     stdin = None
     if stdin_file is not None:

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import json
 import signal
 from typing import TYPE_CHECKING, Any
 
@@ -60,6 +61,11 @@ def test_bad_kv_and_role_are_one_line_errors(tmp_path: Path) -> None:
     assert "--kv expects" in one_error_line(bad.stderr.encode())
     role = spear("serve", "--role", "scheduler", "--data-dir", str(tmp_path))
     assert role.returncode == 64 and "unknown role" in role.stderr
+    label = spear("submit", "--label", "zone", "--data-dir", str(tmp_path), "m.wasm")
+    assert label.returncode == 64
+    assert "--label expects NAME=VALUE" in one_error_line(label.stderr.encode())
+    cpu = spear("submit", "--cpu", "-5", "--data-dir", str(tmp_path), "m.wasm")
+    assert cpu.returncode == 64 and "negative" in one_error_line(cpu.stderr.encode())
     no_sms = spear("nodes", "--data-dir", str(tmp_path / "empty"))
     assert no_sms.returncode == 64 and "--sms" in one_error_line(no_sms.stderr.encode())
 
@@ -90,11 +96,18 @@ def _submit(node_address: str, module: Path) -> str:
 def test_sigkilled_spearlet_is_dead_and_its_tasks_node_lost(
     make_cluster: Any, loop_wasm: Path
 ) -> None:
-    cluster = make_cluster(nodes=2)
+    cluster = make_cluster(nodes=2, node_settings={"node-1": {"labels": {"zone": "a"}}})
     sms = cluster.sms.address
     victim = cluster.member("node-1")
+    survivor = cluster.member("node-2").address
     task_id = _submit(victim.address, loop_wasm)
-    assert_eventually(lambda: sms_call(sms, "task", task_id).state is TaskState.RUNNING)
+    # Another, sent to node-2, which forwards it to node-1 (the only zone=a node).
+    forwarded = spear("submit", "--node", survivor, "--label", "zone=a", str(loop_wasm))
+    assert forwarded.returncode == 0, forwarded.stderr
+    forwarded_id = forwarded.stdout.split()[0]
+    for tid in (task_id, forwarded_id):
+        assert_eventually(lambda tid=tid: sms_call(sms, "task", tid).state is TaskState.RUNNING)
+    assert sms_call(sms, "task", forwarded_id).node == "node-1"
     cluster.stop_member(victim, signal.SIGKILL)
     seen: set[str] = set()
 
@@ -104,8 +117,15 @@ def test_sigkilled_spearlet_is_dead_and_its_tasks_node_lost(
 
     assert_eventually(dead, timeout=15)
     assert seen <= {"healthy", "unhealthy", "dead"}
-    lost = sms_call(sms, "task", task_id)
-    assert lost.state is TaskState.FAILED and lost.reason == "node lost"
+    for tid in (task_id, forwarded_id):
+        lost = sms_call(sms, "task", tid)
+        assert lost.state is TaskState.FAILED and lost.reason == "node lost"
+    # The survivor answers for the lost node's tasks from the SMS's record.
+    status = spear("status", "--node", survivor, task_id, "--json")
+    assert status.returncode == 0, status.stderr
+    assert json.loads(status.stdout)["reason"] == "node lost"
+    result = spear("result", "--node", survivor, task_id)
+    assert result.returncode == 137 and result.stdout == ""
     assert_eventually(lambda: nodes_json(sms)["node-2"]["health"] == "healthy")
 
 
