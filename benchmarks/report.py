@@ -59,9 +59,9 @@ def ratios(workloads: dict[str, Any]) -> dict[str, Any]:
                             "value": key,
                             "spear_value": a,
                             "ray_value": b,
-                            "spear_over_ray": round(ratio, 4),
+                            "spear_over_ray": float(f"{ratio:.6g}"),
                             "spear_better": better,
-                            "spear_advantage": round(factor, 2),
+                            "spear_advantage": float(f"{factor:.6g}"),
                         }
                     )
     return out
