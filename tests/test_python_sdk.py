@@ -317,3 +317,25 @@ def test_outside_a_task_the_sdk_says_so(monkeypatch: pytest.MonkeyPatch) -> None
     monkeypatch.delenv("SPEAR_AGENT_SOCKET", raising=False)
     with pytest.raises(sdk.ChannelClosed, match="not running as a spear process agent"):
         sdk.Agent()
+
+
+async def test_receive_with_a_timeout(tmp_path: Path) -> None:
+    agent_py = write(
+        tmp_path,
+        """
+        from spear import agent
+        try:
+            agent.receive(timeout=0.2)
+        except TimeoutError:
+            agent.send(b"timed out")
+        print(agent.receive())
+        """,
+    )
+    async with LocalNode(tmp_path / "home") as node:
+        stream = await node.start_task(py(agent_py))
+        assert await stream.receive() == b"timed out"
+        await stream.send(b"late")
+        await stream.close()
+        task = await stream.wait()
+        assert task.state is TaskState.COMPLETED
+        assert await node.logs_of(task.id) == b"b'late'\n"
