@@ -187,3 +187,24 @@ def test_parse_listen() -> None:
     for bad in ("host:port", "1.2.3.4:70000"):
         with pytest.raises(spear.InvalidArgument):
             parse_listen(bad)
+
+
+async def test_a_failing_call_is_internal_and_the_node_serves_on(tmp_path: Path) -> None:
+    from spear._inprocess import InProcessNode
+    from spear.core.artifacts import ArtifactStore
+    from spear.transport.server import SpearletServer
+
+    class Broken(InProcessNode):
+        async def node_info(self) -> Any:
+            raise RuntimeError("boom")
+
+    async with spear.LocalNode(tmp_path / "home") as node:
+        server = SpearletServer(Broken(node), ArtifactStore(tmp_path / "artifacts", 1024))
+        address = await server.start("127.0.0.1:0")
+        try:
+            async with Client(address) as c:
+                with pytest.raises(spear.SpearError, match="internal error: RuntimeError: boom"):
+                    await c.node_info()
+                assert await c.tasks() == []
+        finally:
+            await server.close()

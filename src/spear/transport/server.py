@@ -15,7 +15,8 @@ import socket
 import time
 from typing import TYPE_CHECKING, Any
 
-from grpclib.exceptions import GRPCError
+from grpclib.const import Status
+from grpclib.exceptions import GRPCError, StreamTerminatedError
 from grpclib.health.check import ServiceStatus
 from grpclib.health.service import Health
 from grpclib.server import Server
@@ -122,6 +123,18 @@ class SpearletService(v1.SpearletBase):
             except GRPCError as exc:
                 outcome = exc.status.name
                 raise
+            except StreamTerminatedError:
+                outcome = "client gone"
+                raise
+            except Exception as exc:  # a bug: one failed call, logged; the node serves on
+                outcome = "internal"
+                logger.exception("rpc {} failed", name)
+                if not stream._send_trailing_metadata_done:  # (no public way to ask)
+                    await stream.send_trailing_metadata(
+                        status=Status.INTERNAL,
+                        status_message=f"internal error: {type(exc).__name__}: {exc}",
+                        metadata={ERROR_CODE_KEY: "internal"},
+                    )
             finally:
                 logger.debug(
                     "rpc {} {} in {:.2f} ms", name, outcome, (time.perf_counter() - start) * 1e3
