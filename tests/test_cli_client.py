@@ -155,15 +155,27 @@ def test_restart_on_the_same_data_dir_knows_every_task_and_object(
 
 def test_sigterm_drains_running_tasks(data_dir: Path, cli: Cli, tmp_path: Path) -> None:
     daemon = Daemon(data_dir, "--drain-timeout", "60")
+    go = tmp_path / "go"
     try:
-        short = cli("submit", str(ticker(tmp_path, 60, 50))).stdout.decode().strip()
-        assert_eventually(lambda: cli.json("status", short)["state"] == "RUNNING")
-        assert daemon.stop(signal.SIGTERM) == 0
+        # A task that runs until we say so.
+        script = f"while [ ! -e {go} ]; do sleep 0.02; done; echo done"
+        proc = cli("submit", "--runtime", "process", "--", "sh", "-c", script)
+        task_id = proc.stdout.decode().strip()
+        assert_eventually(lambda: cli.json("status", task_id)["state"] == "RUNNING")
+        daemon.proc.send_signal(signal.SIGTERM)
+        # Draining: the daemon still answers, but takes no new tasks.
+        refused = assert_eventually(
+            lambda: (p := cli("submit", str(hello(tmp_path)))).returncode == 76 and p
+        )
+        assert "draining" in one_error_line(refused.stderr)
+        assert cli.json("status", task_id)["state"] == "RUNNING"
+        go.touch()  # now the task may finish, and the daemon with it
+        assert daemon.proc.wait(timeout=60) == 0
     finally:
         daemon.stop(signal.SIGKILL)
-    task = cli.json("status", short)  # the data dir, in this process: the daemon is gone
+    task = cli.json("status", task_id)  # the data dir, in this process: the daemon is gone
     assert task["state"] == "COMPLETED"  # it was allowed to finish
-    assert cli("logs", short, "--stream", "stdout").stdout.endswith(b"done\n")
+    assert cli("logs", task_id, "--stream", "stdout").stdout == b"done\n"
 
 
 def test_drain_timeout_marks_unfinished_tasks(data_dir: Path, cli: Cli, tmp_path: Path) -> None:
