@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from spear.runtimes.process import Command
+    from spear.runtimes.process_command import Command
 
 _MAX_MESSAGE = 1024 * 1024
 _START_TIMEOUT_S = 30.0
@@ -154,7 +154,7 @@ class WarmChild:
         with contextlib.suppress(OSError):
             reply = self._status.recv(_MAX_MESSAGE)
         if not reply:  # the server died: make sure the child's group did too
-            from spear.runtimes.process import kill_group
+            from spear.runtimes.process_supervisor import kill_group
 
             kill_group(self.pid, signal.SIGKILL)
             return signal.SIGKILL, 0.0  # a wait status meaning "killed by SIGKILL"
