@@ -339,3 +339,16 @@ async def test_receive_with_a_timeout(tmp_path: Path) -> None:
         task = await stream.wait()
         assert task.state is TaskState.COMPLETED
         assert await node.logs_of(task.id) == b"b'late'\n"
+
+
+@pytest.mark.parametrize("warm", [[], ["--warm"]], ids=["cold", "warm"])
+def test_spear_run_stream_with_a_python_agent(tmp_path: Path, warm: list[str]) -> None:
+    from tests.conftest import Cli
+
+    upper = write(
+        tmp_path,
+        "from spear import agent\nfor m in agent.messages():\n    agent.send(m.upper())\n",
+    )
+    done = Cli(tmp_path / "home")("run", "--stream", *warm, upper, input=b"hello\nworld\n")
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == b"HELLO\nWORLD\n"
