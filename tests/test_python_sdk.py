@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 import anyio
 import pytest
 
-from spear import FunctionSpec, LocalNode, Runtime, TaskState
+from spear import FunctionSpec, LocalNode, NotFound, Runtime, TaskState
 from spear import agent as sdk
 from spear.core.models import Task
 from spear.runtimes.agent_channel import AgentChannel
@@ -165,8 +165,16 @@ async def test_one_task_cannot_read_another_tasks_stream(tmp_path: Path) -> None
             await anyio.to_thread.run_sync(as_outsider, "not-a-token")
         assert refused.value.errno == errno.EACCES
         client = sdk.Agent(channel.path, token_first.decode())
-        assert await anyio.to_thread.run_sync(client.caller) >= 1
-        assert client.task_id == first.id
+        if node.agents["process"].cgroup is None:  # type: ignore[attr-defined]
+            # The token alone is the credential: it acts as the first task, and only that.
+            assert await anyio.to_thread.run_sync(client.caller) >= 1
+            assert client.task_id == first.id
+        else:
+            # With task cgroups, it is also no use outside the first task's processes.
+            with pytest.raises(sdk.HostcallError) as outside:
+                await anyio.to_thread.run_sync(client.caller)
+            assert outside.value.errno == errno.EACCES
+            assert "not a process of the task" in str(outside.value)
         client.close()
 
         await first.close()
@@ -352,3 +360,47 @@ def test_spear_run_stream_with_a_python_agent(tmp_path: Path, warm: list[str]) -
     done = Cli(tmp_path / "home")("run", "--stream", *warm, upper, input=b"hello\nworld\n")
     assert done.returncode == 0, done.stderr
     assert done.stdout == b"HELLO\nWORLD\n"
+
+
+async def test_a_token_taken_from_another_task_is_refused(tmp_path: Path) -> None:
+    holder = write(
+        tmp_path,
+        """
+        import os
+        from spear import agent
+        agent.send(os.environ["SPEAR_AGENT_TOKEN"])
+        agent.receive()
+        """,
+        "holder.py",
+    )
+    thief = write(
+        tmp_path,
+        """
+        import errno
+        from spear import agent
+        stolen = agent.receive().decode()
+        try:
+            agent.Agent(token=stolen).put("stolen", b"x")
+        except agent.HostcallError as exc:
+            agent.send(errno.errorcode[exc.errno])
+        else:
+            agent.send(b"accepted")
+        """,
+        "thief.py",
+    )
+    async with LocalNode(tmp_path / "home") as node:
+        if node.agents["process"].cgroup is None:  # type: ignore[attr-defined]
+            await node.run(py(write(tmp_path, "pass\n", "probe.py")))
+        if node.agents["process"].cgroup is None:  # type: ignore[attr-defined]
+            pytest.skip("cgroup v2 is not writable here: the token alone is the credential")
+        first = await node.start_task(py(holder))
+        second = await node.start_task(py(thief, warm=True))
+        token = await first.receive()
+        assert token is not None
+        await second.send(token)
+        assert await second.receive() == b"EACCES"
+        await first.close()
+        assert (await second.wait()).state is TaskState.COMPLETED
+        assert (await first.wait()).state is TaskState.COMPLETED
+        with pytest.raises(NotFound):  # nothing was written as the first task
+            await node.objects.get("stolen")

@@ -22,6 +22,8 @@ import errno
 import os
 import secrets
 import shutil
+import socket
+import struct
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -40,8 +42,10 @@ if TYPE_CHECKING:
     from pathlib import Path
 
     from spear.runtimes.base import TaskContext
+    from spear.runtimes.cgroups import TaskCgroup
 
 MAX_IN_FLIGHT = 64
+_PEERCRED = struct.Struct("3i")  # struct ucred: pid, uid, gid
 MAX_SOCKET_PATH = 100  # sun_path is 108 bytes with its NUL; keep a margin
 _POLL_SLICE_S = 0.1  # a poll waits on a worker thread in slices, so a dropped call frees it
 _MAX_POLL_THREADS = 1024  # agents blocked in poll at once, node-wide
@@ -56,6 +60,20 @@ class Credential:
     ctx: TaskContext
     connections: set[_Connection] = field(default_factory=set)
     on_protocol_error: Callable[[str], None] | None = None
+    cgroup: TaskCgroup | None = None
+
+    def admits(self, writer: asyncio.StreamWriter) -> bool:
+        """With a task cgroup, the connecting process must be one of the task's: a token
+        read out of another task's environment is no use elsewhere."""
+        if self.cgroup is None:
+            return True
+        sock = writer.get_extra_info("socket")
+        try:
+            raw = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _PEERCRED.size)
+        except (OSError, AttributeError):
+            return False
+        pid, _, _ = _PEERCRED.unpack(raw)
+        return self.cgroup.holds(pid)
 
     @property
     def task_id(self) -> str:
@@ -105,8 +123,9 @@ class AgentChannel:
         os.chmod(path, 0o600)
         self.path = path
 
-    def register(self, ctx: TaskContext) -> Credential:
-        credential = Credential(secrets.token_urlsafe(32), self.path, ctx)
+    def register(self, ctx: TaskContext, cgroup: TaskCgroup | None = None) -> Credential:
+        """A new credential for a task; with `cgroup`, only its processes may use it."""
+        credential = Credential(secrets.token_urlsafe(32), self.path, ctx, cgroup=cgroup)
         self._tokens[credential.token] = credential
         return credential
 
@@ -153,6 +172,10 @@ class AgentChannel:
             )
             if credential is None:
                 await conn.send_error(header.get("id", 0), HostError(errno.EACCES, "bad token"))
+                return
+            if not credential.admits(writer):
+                message = "not a process of the task this token belongs to"
+                await conn.send_error(header.get("id", 0), HostError(errno.EACCES, message))
                 return
             if header.get("version") != wire.VERSION:
                 message = f"channel version {wire.VERSION} only"

@@ -27,6 +27,12 @@ _PREFIX = "spear-"
 
 def _own_cgroup_dir() -> Path | None:
     """This process's cgroup v2 directory, if there is a cgroup2 mount."""
+    found = _own_cgroup()
+    return None if found is None else found[0]
+
+
+def _own_cgroup() -> tuple[Path, str] | None:
+    """(directory, path as /proc/<pid>/cgroup shows it) of this process's cgroup v2."""
     mount = None
     try:
         with open("/proc/self/mountinfo") as f:
@@ -45,7 +51,19 @@ def _own_cgroup_dir() -> Path | None:
         return None
     if mount is None or relative is None:
         return None
-    return Path(mount) / relative.lstrip("/")
+    return Path(mount) / relative.lstrip("/"), relative.rstrip("/")
+
+
+def cgroup_of(pid: int) -> str | None:
+    """The cgroup v2 path of a process, as /proc/<pid>/cgroup shows it."""
+    try:
+        with open(f"/proc/{pid}/cgroup") as f:
+            for line in f:
+                if line.startswith("0::"):
+                    return line[3:].strip()
+    except OSError:
+        pass
+    return None
 
 
 def _pid_alive(pid: int) -> bool:
@@ -93,22 +111,25 @@ def remove_cgroup(directory: Path, wait_s: float = 1.0) -> bool:
 class NodeCgroup:
     """This node's cgroup for its process tasks."""
 
-    def __init__(self, directory: Path) -> None:
+    def __init__(self, directory: Path, path: str) -> None:
         self.directory = directory
+        self.path = path  # as /proc/<pid>/cgroup shows it
 
     @classmethod
     def create(cls) -> NodeCgroup | None:
-        parent = _own_cgroup_dir()
-        if parent is None or not (parent / "cgroup.procs").exists():
+        own = _own_cgroup()
+        if own is None or not (own[0] / "cgroup.procs").exists():
             return None
+        parent, parent_path = own
         cls._clean_dead_nodes(parent)
         # One per node, several nodes may share a process: `spear-<pid>-<random>`.
-        directory = parent / f"{_PREFIX}{os.getpid()}-{secrets.token_hex(4)}"
+        name = f"{_PREFIX}{os.getpid()}-{secrets.token_hex(4)}"
+        directory = parent / name
         try:
             directory.mkdir()
         except OSError:
             return None  # read-only, or not delegated to us
-        return cls(directory)
+        return cls(directory, f"{parent_path}/{name}")
 
     @staticmethod
     def _clean_dead_nodes(parent: Path) -> None:
@@ -128,7 +149,7 @@ class NodeCgroup:
             directory.mkdir()
         except OSError:
             return None
-        return TaskCgroup(directory)
+        return TaskCgroup(directory, f"{self.path}/{task_id}")
 
     def close(self) -> None:
         kill_cgroup(self.directory)
@@ -138,9 +159,15 @@ class NodeCgroup:
 class TaskCgroup:
     """One task's cgroup."""
 
-    def __init__(self, directory: Path) -> None:
+    def __init__(self, directory: Path, path: str) -> None:
         self.directory = directory
+        self.path = path  # as /proc/<pid>/cgroup shows it
         self.procs = str(directory / "cgroup.procs")
+
+    def holds(self, pid: int) -> bool:
+        """Whether process `pid` is in this cgroup (or below it)."""
+        found = cgroup_of(pid)
+        return found is not None and (found == self.path or found.startswith(self.path + "/"))
 
     def add(self, pid: int) -> None:
         with contextlib.suppress(OSError):  # the process may already be gone

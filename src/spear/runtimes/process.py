@@ -123,7 +123,7 @@ class ProcessWorkerAgent(WorkerAgent):
             if self._cgroup is not None:
                 cgroup = await anyio.to_thread.run_sync(self._cgroup.for_task, ctx.task.id)
         channel = await self.channel()
-        credential = channel.register(ctx)
+        credential = channel.register(ctx, cgroup)
         command.env.update(credential.env())
         return _ProcessExecution(self, ctx, command, credential, server, cgroup)
 
