@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import os
 import time
 from typing import TYPE_CHECKING
@@ -38,6 +39,13 @@ if TYPE_CHECKING:
 # How much of a log one chunk carries, and how often a follower looks for more output.
 LOG_CHUNK_BYTES = 256 * 1024
 _FOLLOW_INTERVAL_S = 0.05
+
+
+@functools.cache
+def _wasmtime_version() -> str:
+    from spear.runtimes.wasm import wasmtime_version
+
+    return wasmtime_version()  # (it takes ~0.2 ms: asked once per process)
 
 
 def _read_at(path: str, offset: int, limit: int) -> bytes:
@@ -160,7 +168,6 @@ class InProcessNode:
 
     async def node_info(self) -> NodeInfo:
         from spear import __version__
-        from spear.runtimes.wasm import wasmtime_version
 
         controller = self.node.controller
         return NodeInfo(
@@ -168,7 +175,7 @@ class InProcessNode:
             state="draining" if self.draining else self.node.state.value,
             address=self.address,
             version=__version__,
-            wasmtime_version=wasmtime_version(),
+            wasmtime_version=_wasmtime_version(),
             capacity=controller.capacity,
             free=controller.free,
             running_tasks=controller.running_count,
