@@ -8,7 +8,9 @@
 - throughput: many concurrent clients (one connection each), one call per task; and the
   batch call (SubmitTasks, `client.submit_many(..., wait=True)`) from a few clients;
 - unary: GetNodeInfo round trips (the transport alone);
-- objects: put/get of 1 KiB and 1 MiB through the client (chunked above 1 MiB).
+- objects: put/get of 1 KiB and 1 MiB through the client (chunked above 1 MiB);
+- node_alone: the same trivial tasks on a node in this process, without gRPC, in batches
+  like the batch call's: the ceiling the daemon works under on this machine.
 
 The daemon and the clients share this machine's cores (2 on the reference machine): the
 numbers are for one node process and one client process side by side.
@@ -161,6 +163,31 @@ async def _measure(address: str, module: Path, quick: bool) -> dict[str, Any]:
     }
 
 
+async def _node_alone(home: Path, module: Path, quick: bool) -> dict[str, Any]:
+    """The same tasks on a node in this process, no gRPC: the ceiling the daemon works under."""
+    from spear import FunctionSpec, LocalNode
+
+    spec = FunctionSpec(str(module))
+    batches = 4 if quick else 16
+    async with LocalNode(home) as node:
+        for _ in range(20):
+            await node.run(spec)
+
+        async def worker() -> None:
+            for _ in range(batches):
+                tasks = [await node.submit(spec) for _ in range(100)]
+                for task in tasks:
+                    await node.wait(task.id)
+
+        start = time.perf_counter()
+        async with anyio.create_task_group() as tg:
+            for _ in range(4):
+                tg.start_soon(worker)
+        elapsed = time.perf_counter() - start
+    done = 4 * batches * 100
+    return {"tasks_per_s": round(done / elapsed, 1), "tasks": done, "seconds": round(elapsed, 3)}
+
+
 def run(quick: bool) -> dict[str, Any]:
     """Start a daemon on a fresh data dir, measure, stop it. `{workload: {variant: ...}}`."""
     import wasmtime
@@ -175,6 +202,8 @@ def run(quick: bool) -> dict[str, Any]:
             result = anyio.run(_measure, daemon.address, module, quick)
         finally:
             daemon.stop()
+        alone = anyio.run(_node_alone, directory / "alone", module, quick)
+    result["node_alone"] = {"tasks": alone}  # in-process, 4 x batches of 100 (no gRPC)
     # Other work on the machine shows in every number here: say how busy it was.
     result["conditions"] = {
         "load_average_1min_before": round(before[0], 2),
