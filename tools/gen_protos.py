@@ -48,4 +48,4 @@ if __name__ == "__main__":
     generate(Path(sys.argv[1]) if len(sys.argv) > 1 else GENERATED)
     for path in sorted(GENERATED.rglob("*")):
         if path.is_file():
-            print(path.relative_to(ROOT))
+            sys.stdout.write(f"{path.relative_to(ROOT)}\n")
