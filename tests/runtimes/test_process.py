@@ -63,15 +63,17 @@ def children_of(pid: int) -> list[tuple[int, str]]:
 def no_children_left() -> Iterator[None]:
     """Every test leaves this process with the children it had before it (none of them a
     zombie): nothing a task started outlives it."""
-    before = {pid for pid, _ in children_of(os.getpid())}
-    yield
-    after = children_of(os.getpid())
-    assert [c for c in after if c[0] not in before or c[1] == "Z"] == []
     from spear.runtimes.cgroups import _own_cgroup_dir
 
     parent = _own_cgroup_dir()
+    pattern = f"spear-{os.getpid()}-*"
+    before = {pid for pid, _ in children_of(os.getpid())}
+    cgroups_before = set(parent.glob(pattern)) if parent is not None else set()
+    yield
+    after = children_of(os.getpid())
+    assert [c for c in after if c[0] not in before or c[1] == "Z"] == []
     if parent is not None:  # and no node left its cgroup behind
-        assert list(parent.glob(f"spear-{os.getpid()}-*")) == []
+        assert set(parent.glob(pattern)) - cgroups_before == set()
 
 
 def new_node(tmp_path: Path) -> LocalNode:
