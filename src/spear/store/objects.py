@@ -513,7 +513,8 @@ class ObjectStore:
         """The task's result is its stdout unless it set one explicitly (hostcall)."""
         key = result_key(task_id)
         try:
-            if stdout is not None and await anyio.Path(stdout).is_file():
+            # One stat of a local file: microseconds, cheaper inline than a thread hop.
+            if stdout is not None and _is_file(stdout):
                 await self.put_file(key, stdout, expected_version=0)
             else:
                 await self.put(key, b"", expected_version=0)
@@ -530,6 +531,10 @@ class ObjectStore:
     def _unlink(self, name: str) -> None:
         with contextlib.suppress(FileNotFoundError):
             self._path(name).unlink()
+
+
+def _is_file(path: Path) -> bool:
+    return path.is_file()
 
 
 def result_key(task_id: str) -> str:
