@@ -307,3 +307,17 @@ def test_serve_json_announces_itself(data_dir: Path, cli: Cli) -> None:
         if proc.poll() is None:
             proc.kill()
         proc.communicate()
+
+
+def test_run_goes_through_the_daemon_holding_the_data_dir(
+    daemon: Daemon, cli: Cli, conformance_wasm: Path
+) -> None:
+    """`spear run` on a data dir a daemon holds runs there instead of waiting for the lock."""
+    proc = cli("run", str(conformance_wasm), "args", "x", timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert b"argv[2]=x\n" in proc.stdout
+    piped = cli("run", str(conformance_wasm), "stdin", input=b"through the daemon\n")
+    assert piped.stdout == b"THROUGH THE DAEMON\n"
+    assert cli("run", str(conformance_wasm), "exit", "9").returncode == 9
+    tasks = cli.json("tasks")
+    assert len(tasks) == 3 and tasks[-1]["state"] == "COMPLETED"

@@ -150,10 +150,14 @@ def run(
         open_files=open_files,
         workdir=workdir,
     )
-    task = _run_on_node(
-        settings,
-        lambda node: run_streaming(node, spec, framing) if stream else _run_foreground(node, spec),
-    )
+    task = None if stream else anyio.run(_run_through_daemon, settings, spec)
+    if task is None:
+        task = _run_on_node(
+            settings,
+            lambda node: run_streaming(node, spec, framing)
+            if stream
+            else _run_foreground(node, spec),
+        )
     if (
         task.state is not TaskState.COMPLETED
         and task.reason
@@ -161,6 +165,37 @@ def run(
     ):
         sys.stderr.write(f"spear: task {task.id} {task.state.value.lower()}: {task.reason}\n")
     raise typer.Exit(task.exit_code or 0)
+
+
+async def _run_through_daemon(settings: Settings, spec: FunctionSpec) -> Task | None:
+    """Run on the daemon serving this data dir, if one is alive (it holds the database).
+
+    Output is followed from the task's logs as it is written; piped stdin is sent whole.
+    Returns None when no daemon serves the data dir, and the task is run here instead.
+    """
+    from spear.cli_serve import read_address_file
+
+    address = read_address_file(settings.data_dir)
+    if address is None:
+        return None
+    from spear.client import Client
+    from spear.errors import Unavailable
+
+    client = Client(address)
+    try:
+        try:
+            await client.node_info()
+        except Unavailable:
+            return None  # a stale address file: a killed daemon
+        stdin = None if sys.stdin is None or sys.stdin.isatty() else sys.stdin.buffer.read()
+        handle = await client.submit(spec, stdin=stdin)
+        sinks = {"stdout": _write_through(sys.stdout.buffer),
+                 "stderr": _write_through(sys.stderr.buffer)}
+        async for chunk in handle.logs(("stdout", "stderr"), follow=True):
+            sinks[chunk.stream](chunk.data)
+        return await handle.wait()
+    finally:
+        await client.aclose()
 
 
 def _pick_runtime(module: str, flag: str | None) -> Runtime:
