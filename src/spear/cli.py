@@ -20,9 +20,24 @@ try:  # typer >= 0.20 vendors click; older releases use the click package
 except ImportError:  # pragma: no cover
     from click import exceptions as _click_exc  # type: ignore[no-redef]
 
-from spear.config import Settings, parse_size
-from spear.core.models import DirMapping, FunctionSpec, Runtime, Task, TaskState
-from spear.errors import InvalidArgument, SpearError
+from spear.cli_spec import (
+    ArgsArg,
+    CpuTimeOpt,
+    DirOpt,
+    EnvOpt,
+    FuelOpt,
+    InvokeOpt,
+    MemoryOpt,
+    OpenFilesOpt,
+    RuntimeOpt,
+    TimeoutOpt,
+    WarmOpt,
+    WorkdirOpt,
+    build_spec,
+)
+from spear.config import Settings
+from spear.core.models import FunctionSpec, Task, TaskState
+from spear.errors import SpearError
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable
@@ -80,40 +95,18 @@ def run(
     module: Annotated[
         str, typer.Argument(help="A .wasm (or .wat) module, a .py agent, or a command.")
     ],
-    args: Annotated[list[str] | None, typer.Argument(help="Arguments for the guest.")] = None,
-    env: Annotated[
-        list[str] | None, typer.Option("--env", "-e", help="NAME=VALUE for the guest (repeatable).")
-    ] = None,
-    dirs: Annotated[
-        list[str] | None,
-        typer.Option("--dir", help="HOST_DIR[::GUEST_DIR] to preopen read-write (repeatable)."),
-    ] = None,
-    timeout: Annotated[
-        float | None, typer.Option("--timeout", help="Stop the task after SECONDS.")
-    ] = None,
-    memory: Annotated[
-        str | None, typer.Option("--memory", help="Linear-memory limit, e.g. 64M or 1GiB.")
-    ] = None,
-    fuel: Annotated[
-        int | None, typer.Option("--fuel", help="Stop after this many units of fuel.")
-    ] = None,
-    invoke: Annotated[str, typer.Option("--invoke", help="Export to call.")] = "_start",
-    runtime: Annotated[
-        str | None,
-        typer.Option("--runtime", help="wasm or process [default: process for .py, else wasm]."),
-    ] = None,
-    warm: Annotated[
-        bool, typer.Option("--warm", help="process: fork a .py agent from a warm Python.")
-    ] = False,
-    cpu_time: Annotated[
-        float | None, typer.Option("--cpu-time", help="process: CPU seconds (RLIMIT_CPU).")
-    ] = None,
-    open_files: Annotated[
-        int | None, typer.Option("--open-files", help="process: open files (RLIMIT_NOFILE).")
-    ] = None,
-    workdir: Annotated[
-        str | None, typer.Option("--workdir", help="process: the working directory.")
-    ] = None,
+    args: ArgsArg = None,
+    env: EnvOpt = None,
+    dirs: DirOpt = None,
+    timeout: TimeoutOpt = None,
+    memory: MemoryOpt = None,
+    fuel: FuelOpt = None,
+    invoke: InvokeOpt = "_start",
+    runtime: RuntimeOpt = None,
+    warm: WarmOpt = False,
+    cpu_time: CpuTimeOpt = None,
+    open_files: OpenFilesOpt = None,
+    workdir: WorkdirOpt = None,
     stream: Annotated[
         bool,
         typer.Option(
@@ -132,21 +125,18 @@ def run(
 
     settings = _settings(data_dir, config)
     check_framing(framing)
-    guest_args = list(args or ())
-    if guest_args[:1] == ["--"]:  # `spear run MODULE -- ARGS`: the separator is ours
-        guest_args = guest_args[1:]
-    spec = FunctionSpec(
-        artifact=module,
-        runtime=_pick_runtime(module, runtime),
-        args=tuple(guest_args),
-        env=tuple(_parse_env(e) for e in env or ()),
-        dirs=tuple(DirMapping.parse(d) for d in dirs or ()),
-        entry=invoke,
-        timeout_s=timeout,
-        memory_limit_bytes=parse_size(memory) if memory is not None else None,
+    spec = build_spec(
+        module,
+        args,
+        runtime=runtime,
+        env=env,
+        dirs=dirs,
+        timeout=timeout,
+        memory=memory,
         fuel=fuel,
+        invoke=invoke,
         warm=warm,
-        cpu_time_s=cpu_time,
+        cpu_time=cpu_time,
         open_files=open_files,
         workdir=workdir,
     )
@@ -154,9 +144,9 @@ def run(
     if task is None:
         task = _run_on_node(
             settings,
-            lambda node: run_streaming(node, spec, framing)
-            if stream
-            else _run_foreground(node, spec),
+            lambda node: (
+                run_streaming(node, spec, framing) if stream else _run_foreground(node, spec)
+            ),
         )
     if (
         task.state is not TaskState.COMPLETED
@@ -189,29 +179,15 @@ async def _run_through_daemon(settings: Settings, spec: FunctionSpec) -> Task | 
             return None  # a stale address file: a killed daemon
         stdin = None if sys.stdin is None or sys.stdin.isatty() else sys.stdin.buffer.read()
         handle = await client.submit(spec, stdin=stdin)
-        sinks = {"stdout": _write_through(sys.stdout.buffer),
-                 "stderr": _write_through(sys.stderr.buffer)}
+        sinks = {
+            "stdout": _write_through(sys.stdout.buffer),
+            "stderr": _write_through(sys.stderr.buffer),
+        }
         async for chunk in handle.logs(("stdout", "stderr"), follow=True):
             sinks[chunk.stream](chunk.data)
         return await handle.wait()
     finally:
         await client.aclose()
-
-
-def _pick_runtime(module: str, flag: str | None) -> Runtime:
-    if flag is None:
-        return Runtime.PROCESS if module.endswith(".py") else Runtime.WASM
-    try:
-        return Runtime(flag)
-    except ValueError:
-        raise InvalidArgument(f"--runtime must be wasm or process, not {flag!r}") from None
-
-
-def _parse_env(text: str, flag: str = "--env") -> tuple[str, str]:
-    name, sep, value = text.partition("=")
-    if not sep or not name:
-        raise InvalidArgument(f"{flag} expects NAME=VALUE, got {text!r}")
-    return name, value
 
 
 def _write_through(stream: Any) -> Callable[[bytes], None]:

@@ -24,13 +24,26 @@ from spear.cli import (
     DataDirOpt,
     JsonOpt,
     _emit_json,
-    _parse_env,
-    _pick_runtime,
     _settings,
     app,
 )
+from spear.cli_spec import (
+    ArgsArg,
+    CpuTimeOpt,
+    DirOpt,
+    EnvOpt,
+    FuelOpt,
+    InvokeOpt,
+    MemoryOpt,
+    OpenFilesOpt,
+    RuntimeOpt,
+    TimeoutOpt,
+    WarmOpt,
+    WorkdirOpt,
+    build_spec,
+)
 from spear.config import parse_size
-from spear.core.models import DirMapping, FunctionSpec, Resources, Task, TaskState
+from spear.core.models import Resources, Task, TaskState
 from spear.errors import InvalidArgument, Unavailable
 
 if TYPE_CHECKING:
@@ -139,38 +152,18 @@ def _report_unsuccessful(task: Task) -> None:
 )
 def submit(
     artifact: Annotated[str, typer.Argument(metavar="MODULE|CMD", help="Module or command.")],
-    args: Annotated[list[str] | None, typer.Argument(help="Arguments for the task.")] = None,
-    runtime: Annotated[
-        str | None,
-        typer.Option("--runtime", help="wasm or process (default: process for .py, else wasm)."),
-    ] = None,
-    env: Annotated[
-        list[str] | None, typer.Option("--env", "-e", help="NAME=VALUE for the task (repeatable).")
-    ] = None,
-    dirs: Annotated[
-        list[str] | None,
-        typer.Option("--dir", help="HOST_DIR[::GUEST_DIR] on the node to preopen (repeatable)."),
-    ] = None,
-    timeout: Annotated[
-        float | None, typer.Option("--timeout", help="Stop the task after SECONDS.")
-    ] = None,
-    memory: Annotated[
-        str | None, typer.Option("--memory", help="Linear-memory limit, e.g. 64M.")
-    ] = None,
-    fuel: Annotated[int | None, typer.Option("--fuel", help="Units of fuel it may use.")] = None,
-    invoke: Annotated[str, typer.Option("--invoke", help="Export to call.")] = "_start",
-    warm: Annotated[
-        bool, typer.Option("--warm", help="process: fork a .py agent from a warm Python.")
-    ] = False,
-    cpu_time: Annotated[
-        float | None, typer.Option("--cpu-time", help="process: CPU seconds (RLIMIT_CPU).")
-    ] = None,
-    open_files: Annotated[
-        int | None, typer.Option("--open-files", help="process: open files (RLIMIT_NOFILE).")
-    ] = None,
-    workdir: Annotated[
-        str | None, typer.Option("--workdir", help="process: the working directory.")
-    ] = None,
+    args: ArgsArg = None,
+    runtime: RuntimeOpt = None,
+    env: EnvOpt = None,
+    dirs: DirOpt = None,
+    timeout: TimeoutOpt = None,
+    memory: MemoryOpt = None,
+    fuel: FuelOpt = None,
+    invoke: InvokeOpt = "_start",
+    warm: WarmOpt = False,
+    cpu_time: CpuTimeOpt = None,
+    open_files: OpenFilesOpt = None,
+    workdir: WorkdirOpt = None,
     stdin_file: Annotated[
         Path | None, typer.Option("--stdin", help="A file to give the task as stdin (- for ours).")
     ] = None,
@@ -195,30 +188,26 @@ def submit(
     as_json: JsonOpt = False,
 ) -> None:
     settings = _settings(data_dir, config)
-    kind = _pick_runtime(artifact, runtime)
     defaults = Resources()
     resources = Resources(
         defaults.cpu_millis if cpu is None else cpu,
         defaults.memory_bytes if reserve is None else parse_size(reserve),
     )
-    task_args = list(args or ())
-    if task_args[:1] == ["--"]:
-        task_args = task_args[1:]
-    spec = FunctionSpec(
-        artifact=artifact,
-        runtime=kind,
-        args=tuple(task_args),
-        env=tuple(_parse_env(e) for e in env or ()),
-        dirs=tuple(DirMapping.parse(d) for d in dirs or ()),
-        entry=invoke,
-        timeout_s=timeout,
-        memory_limit_bytes=parse_size(memory) if memory is not None else None,
+    spec = build_spec(
+        artifact,
+        args,
+        runtime=runtime,
+        env=env,
+        dirs=dirs,
+        timeout=timeout,
+        memory=memory,
         fuel=fuel,
+        invoke=invoke,
         warm=warm,
-        cpu_time_s=cpu_time,
+        cpu_time=cpu_time,
         open_files=open_files,
         workdir=workdir,
-        labels=tuple(_parse_env(lb, "--label") for lb in labels or ()),
+        labels=labels,
         resources=resources,
     )
     stdin = None

@@ -1,0 +1,97 @@
+"""The options that describe a task, shared by `spear run` and `spear submit`."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+from spear.config import parse_size
+from spear.core.models import DirMapping, FunctionSpec, Resources, Runtime
+from spear.errors import InvalidArgument
+
+ArgsArg = Annotated[list[str] | None, typer.Argument(help="Arguments for the task.")]
+EnvOpt = Annotated[
+    list[str] | None, typer.Option("--env", "-e", help="NAME=VALUE for the task (repeatable).")
+]
+DirOpt = Annotated[
+    list[str] | None,
+    typer.Option("--dir", help="HOST_DIR[::GUEST_DIR] to preopen read-write (repeatable)."),
+]
+TimeoutOpt = Annotated[float | None, typer.Option("--timeout", help="Stop the task after SECONDS.")]
+MemoryOpt = Annotated[str | None, typer.Option("--memory", help="Memory limit, e.g. 64M or 1GiB.")]
+FuelOpt = Annotated[int | None, typer.Option("--fuel", help="Stop after this many units of fuel.")]
+InvokeOpt = Annotated[str, typer.Option("--invoke", help="Export to call.")]
+RuntimeOpt = Annotated[
+    str | None,
+    typer.Option("--runtime", help="wasm or process [default: process for .py, else wasm]."),
+]
+WarmOpt = Annotated[
+    bool, typer.Option("--warm", help="process: fork a .py agent from a warm Python.")
+]
+CpuTimeOpt = Annotated[
+    float | None, typer.Option("--cpu-time", help="process: CPU seconds (RLIMIT_CPU).")
+]
+OpenFilesOpt = Annotated[
+    int | None, typer.Option("--open-files", help="process: open files (RLIMIT_NOFILE).")
+]
+WorkdirOpt = Annotated[
+    str | None, typer.Option("--workdir", help="process: the working directory.")
+]
+
+
+def pick_runtime(module: str, flag: str | None) -> Runtime:
+    if flag is None:
+        return Runtime.PROCESS if module.endswith(".py") else Runtime.WASM
+    try:
+        return Runtime(flag)
+    except ValueError:
+        raise InvalidArgument(f"--runtime must be wasm or process, not {flag!r}") from None
+
+
+def parse_pair(text: str, flag: str = "--env") -> tuple[str, str]:
+    name, sep, value = text.partition("=")
+    if not sep or not name:
+        raise InvalidArgument(f"{flag} expects NAME=VALUE, got {text!r}")
+    return name, value
+
+
+def build_spec(
+    artifact: str,
+    args: list[str] | None,
+    *,
+    runtime: str | None,
+    env: list[str] | None,
+    dirs: list[str] | None,
+    timeout: float | None,
+    memory: str | None,
+    fuel: int | None,
+    invoke: str,
+    warm: bool,
+    cpu_time: float | None,
+    open_files: int | None,
+    workdir: str | None,
+    labels: list[str] | None = None,
+    resources: Resources | None = None,
+) -> FunctionSpec:
+    """The FunctionSpec the task options describe (a leading `--` in `args` is ours)."""
+    task_args = list(args or ())
+    if task_args[:1] == ["--"]:
+        task_args = task_args[1:]
+    return FunctionSpec(
+        artifact=artifact,
+        runtime=pick_runtime(artifact, runtime),
+        args=tuple(task_args),
+        env=tuple(parse_pair(e) for e in env or ()),
+        dirs=tuple(DirMapping.parse(d) for d in dirs or ()),
+        entry=invoke,
+        timeout_s=timeout,
+        memory_limit_bytes=parse_size(memory) if memory is not None else None,
+        fuel=fuel,
+        warm=warm,
+        cpu_time_s=cpu_time,
+        open_files=open_files,
+        workdir=workdir,
+        labels=tuple(parse_pair(lb, "--label") for lb in labels or ()),
+        resources=resources if resources is not None else Resources(),
+    )
