@@ -177,10 +177,10 @@ def submit(
         ),
     ] = None,
     cpu: Annotated[
-        int | None, typer.Option("--cpu", help="CPU to reserve, in millicores [default: 100].")
+        int | None, typer.Option("--cpu", help="CPU to reserve, in millicores (default: 100).")
     ] = None,
     reserve: Annotated[
-        str | None, typer.Option("--reserve", help="Memory to reserve, e.g. 256M [default: 64M].")
+        str | None, typer.Option("--reserve", help="Memory to reserve, e.g. 256M (default: 64M).")
     ] = None,
     node: NodeOpt = None,
     data_dir: DataDirOpt = None,
@@ -335,7 +335,7 @@ def status(
 def logs(
     task_id: IdArg,
     stream: Annotated[
-        str | None, typer.Option("--stream", help="stdout, stderr or agent [default: all].")
+        str | None, typer.Option("--stream", help="stdout, stderr or agent (default: all).")
     ] = None,
     follow: Annotated[bool, typer.Option("--follow", "-f", help="Follow until it ends.")] = False,
     node: NodeOpt = None,

@@ -147,7 +147,7 @@ _object_op("unref", "Remove a reference from KEY.")
 def obj_gc(
     grace: Annotated[
         float | None,
-        typer.Option("--grace", help="Idle SECONDS before collection [default: the setting]."),
+        typer.Option("--grace", help="Idle SECONDS before collection (default: the setting)."),
     ] = None,
     data_dir: DataDirOpt = None,
     config: ConfigOpt = None,

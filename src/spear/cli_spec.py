@@ -24,7 +24,7 @@ FuelOpt = Annotated[int | None, typer.Option("--fuel", help="Stop after this man
 InvokeOpt = Annotated[str, typer.Option("--invoke", help="Export to call.")]
 RuntimeOpt = Annotated[
     str | None,
-    typer.Option("--runtime", help="wasm or process [default: process for .py, else wasm]."),
+    typer.Option("--runtime", help="wasm or process (default: process for .py, else wasm)."),
 ]
 WarmOpt = Annotated[
     bool, typer.Option("--warm", help="process: fork a .py agent from a warm Python.")
