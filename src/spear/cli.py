@@ -54,7 +54,7 @@ app = typer.Typer(
 
 DataDirOpt = Annotated[
     Path | None,
-    typer.Option("--data-dir", help="Data directory (default: $SPEAR_HOME, else the XDG data dir)."),
+    typer.Option("--data-dir", help="Data directory (default: $SPEAR_HOME, else XDG data dir)."),
 ]
 ConfigOpt = Annotated[Path | None, typer.Option("--config", help="Settings file (TOML).")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON for machines.")]
