@@ -113,6 +113,33 @@ SPEAR_IMPORT("time_now") int32_t spear_time_now(int32_t clock, uint64_t *nanos_o
 /* Sleep without holding up the node; -ECANCELED if the task is being stopped. */
 SPEAR_IMPORT("sleep") int32_t spear_sleep(int64_t nanos);
 
+/* -- AI models (docs/hostcalls.md "Models", docs/models.md) ------------------------- */
+
+#define SPEAR_CHAT_STREAM 0x1 /* model_chat_start flag: deliver the text as it is generated */
+
+/* Start a chat completion. `req` is JSON with OpenAI's chat fields ({"messages": [...],
+ * "model"?, "tools"?, "tool_choice"?, "max_tokens"?, "temperature"?, ...}). Returns the
+ * call's handle at once; poll it (SPEAR_POLLIN) and read the text / result. -EINVAL bad
+ * request, -ENOENT unknown model, -EACCES model not allowed to this task, -ENOSYS no models. */
+SPEAR_IMPORT("model_chat_start")
+int32_t spear_model_chat_start(const char *req, uint32_t req_len, int32_t flags);
+/* The next piece of a streaming call's text (UTF-8): its length; -EAGAIN none yet;
+ * -EPIPE the text is complete; the call's error (-ECONNREFUSED backend down, -ETIMEDOUT,
+ * -EINVAL refused by the backend, -ECANCELED); -ENOSPC (needed in *out_len, piece kept). */
+SPEAR_IMPORT("model_chat_read")
+int32_t spear_model_chat_read(int32_t handle, char *out, uint32_t *out_len);
+/* The call's response, an OpenAI chat.completion JSON object (tool calls included): its
+ * length; -EAGAIN not finished; the call's error; -ENOSPC (needed in *out_len, kept). */
+SPEAR_IMPORT("model_chat_result")
+int32_t spear_model_chat_result(int32_t handle, char *out, uint32_t *out_len);
+/* Why the call failed, as text (cut to the buffer; length 0 if it has not failed). */
+SPEAR_IMPORT("model_chat_error")
+int32_t spear_model_chat_error(int32_t handle, char *out, uint32_t *out_len);
+/* Embeddings of {"model"?, "input": "text" | ["text", ...]} into (out, *out_len): the
+ * length of an OpenAI embeddings JSON list. Blocks this task until done. */
+SPEAR_IMPORT("model_embed")
+int32_t spear_model_embed(const char *req, uint32_t req_len, char *out, uint32_t *out_len);
+
 /* -- helpers (header only) ---------------------------------------------------------- */
 
 /* 0 if the host speaks this header's ABI, else -ENOTSUP (after logging why). */
@@ -162,6 +189,37 @@ static inline int32_t spear_put_str(const char *key, const void *value, uint32_t
 static inline int32_t spear_get_str(const char *key, void *out, uint32_t *out_len,
                                     uint64_t *version_out) {
     return spear_obj_get(key, (uint32_t)strlen(key), out, out_len, version_out);
+}
+
+/* Blocking read of a streaming call's next text piece: its length, -EPIPE at the end. */
+static inline int32_t spear_model_chat_recv(int32_t handle, char *out, uint32_t *out_len) {
+    uint32_t cap = *out_len;
+    for (;;) {
+        *out_len = cap;
+        int32_t r = spear_model_chat_read(handle, out, out_len);
+        if (r != -EAGAIN) return r;
+        r = spear_wait(handle, SPEAR_POLLIN, -1);
+        if (r < 0) return r;
+    }
+}
+
+/* Blocking chat completion: the chat.completion JSON into (out, *out_len), its length.
+ * The call is closed afterwards: on -ENOSPC (needed length in *out_len) ask again. */
+static inline int32_t spear_model_chat(const char *req, uint32_t req_len, char *out,
+                                       uint32_t *out_len) {
+    int32_t handle = spear_model_chat_start(req, req_len, 0);
+    if (handle < 0) return handle;
+    uint32_t cap = *out_len;
+    int32_t r;
+    for (;;) {
+        *out_len = cap;
+        r = spear_model_chat_result(handle, out, out_len);
+        if (r != -EAGAIN) break;
+        r = spear_wait(handle, SPEAR_POLLIN, -1);
+        if (r < 0) break;
+    }
+    spear_close(handle);
+    return r;
 }
 
 #ifdef __cplusplus

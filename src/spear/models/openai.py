@@ -125,7 +125,7 @@ class OpenAIBackend(ModelBackend):
             data = _json(response, self.name)
         try:
             rows = sorted(data["data"], key=lambda d: int(d.get("index", 0)))
-            vectors = tuple(tuple(float(x) for x in row["embedding"]) for row in rows)
+            vectors = tuple(_pooled(row["embedding"]) for row in rows)
             tokens = int((data.get("usage") or {}).get("prompt_tokens") or 0)
         except (KeyError, TypeError, ValueError) as exc:
             raise Unavailable(
@@ -135,6 +135,15 @@ class OpenAIBackend(ModelBackend):
 
     async def aclose(self) -> None:
         await self._client.aclose()
+
+
+def _pooled(embedding: list[Any]) -> tuple[float, ...]:
+    """One vector. A server without pooling (llama.cpp's, for a generative model) sends
+    one vector per token: their mean is the sentence's."""
+    if embedding and isinstance(embedding[0], list):
+        count = len(embedding)
+        return tuple(sum(column) / count for column in zip(*embedding, strict=True))
+    return tuple(float(x) for x in embedding)
 
 
 def _reason(exc: BaseException) -> str:
