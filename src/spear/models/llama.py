@@ -150,7 +150,7 @@ class LlamaBackend(ModelBackend):
             return llm.create_chat_completion(**args)
         from llama_cpp.llama_chat_format import get_chat_completion_handler
 
-        handler = get_chat_completion_handler(_TOOLS_FORMAT)
+        handler: Any = get_chat_completion_handler(_TOOLS_FORMAT)
         return handler(
             llama=llm, tools=list(request.tools), tool_choice=request.tool_choice, **args
         )
@@ -161,7 +161,8 @@ class LlamaBackend(ModelBackend):
         # Through the stream, so that a cancelled call stops generating within a token
         # instead of holding its context (and its slot) to the end.
         acc = ChatAccumulator(Path(target).stem)
-        async with contextlib.aclosing(self.stream_chat(target, request, max_tokens)) as chunks:
+        chunks: Any = self.stream_chat(target, request, max_tokens)
+        async with contextlib.aclosing(chunks):
             async for chunk in chunks:
                 acc.add(chunk)
         return acc.response()
@@ -216,7 +217,8 @@ class LlamaBackend(ModelBackend):
     async def embed(self, target: str, inputs: Sequence[str]) -> EmbeddingResponse:
         def run() -> dict[str, Any]:
             with self._context_for(target, True) as llm:
-                return _checked(lambda: llm.create_embedding(list(inputs)))
+                data: dict[str, Any] = _checked(lambda: llm.create_embedding(list(inputs)))
+                return data
 
         data = await anyio.to_thread.run_sync(run, limiter=self._limiter)
         rows = sorted(data["data"], key=lambda d: int(d.get("index", 0)))

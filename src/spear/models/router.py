@@ -52,7 +52,6 @@ from spear.errors import (
     InvalidArgument,
     NotFound,
     PermissionDenied,
-    SpearError,
     Unavailable,
 )
 from spear.models.limiter import FairLimiter
@@ -202,7 +201,7 @@ class RoutingConfig:
                 AllowRule(
                     _patterns(rule.get("allow"), f"{where}.allow"),
                     _get(rule, "artifact", str, where),
-                    tuple(label.split("=", 1)) if label else None,  # type: ignore[arg-type]
+                    (label.split("=", 1)[0], label.split("=", 1)[1]) if label else None,
                 )
             )
         allow = _patterns(data.get("allow", ["*"]), "allow")
@@ -441,8 +440,3 @@ def _named(response: ChatResponse, name: str) -> ChatResponse:
     import dataclasses
 
     return dataclasses.replace(response, model=name)
-
-
-def error_summary(exc: SpearError) -> str:
-    """`code: message`, as model errors are reported to agents."""
-    return f"{exc.code}: {exc.message}"
