@@ -245,6 +245,17 @@ for name, kwargs in [("unknown", {"model": "gpt-9"}), ("forbidden", {"model": "f
         out[name] = "no error"
     except agent.HostcallError as exc:
         out[name] = [errno.errorcode[exc.errno], str(exc)]
+import asyncio
+async def async_calls():
+    async with agent.AsyncAgent() as a:
+        stream = await a.chat_stream([{"role": "user", "content": "Count from one to five."}],
+                                     max_tokens=24, temperature=0)
+        pieces = [p async for p in stream]
+        whole = await a.chat([{"role": "user", "content": "Count from one to five."}],
+                             max_tokens=24, temperature=0)
+        return pieces, whole, len((await a.embed("x"))[0])
+pieces, whole, dims = asyncio.run(async_calls())
+out["async"] = [pieces == out["pieces"], whole["choices"][0]["message"]["content"], dims]
 agent.set_result(json.dumps(out).encode())
 """
 
@@ -264,6 +275,7 @@ async def test_process_agent_sdk(node_at: NodeAt, tmp_path: Path) -> None:
         assert out["forbidden"][0] == "EACCES"
         assert out["down"][0] == "ECONNREFUSED" and "sk-down-secret" not in out["down"][1]
         assert out["bad"][0] == "EINVAL"
+        assert out["async"] == [True, "".join(out["pieces"]), out["embed"]]
 
 
 async def test_tool_agent_example(node_at: NodeAt) -> None:
