@@ -40,7 +40,6 @@ from spear.errors import (
     SpearError,
     Unavailable,
 )
-from spear.models.base import ChatAccumulator, ChatRequest, embedding_inputs
 from spear.runtimes.hostops import HostError, add_handle
 
 if TYPE_CHECKING:
@@ -184,6 +183,8 @@ async def chat_start(ctx: TaskContext, request: Any, *, stream: bool) -> int:
     """Start a chat completion (a request dict, or its JSON); the call's handle."""
     import asyncio
 
+    from spear.models.base import ChatAccumulator, ChatRequest
+
     router = _router(ctx)
     try:
         parsed = ChatRequest.from_json(request)
@@ -220,6 +221,9 @@ async def chat_start(ctx: TaskContext, request: Any, *, stream: bool) -> int:
                     call.finish((await router.chat(parsed, ctx.task)).to_json())
             except SpearError as exc:
                 call.fail(_refused(ctx, exc))
+            except Exception as exc:  # a host bug: the agent must not wait forever
+                call.fail(HostError(errno.EIO, f"host error: {exc}"))
+                raise
         if scope.cancelled_caught:
             call.fail(HostError(errno.ECANCELED, "the call was stopped"))
 
@@ -258,6 +262,8 @@ def chat_error(ctx: TaskContext, handle: int) -> str:
 
 async def chat(ctx: TaskContext, request: Any) -> dict[str, Any]:
     """A whole chat completion in one operation (for callers that can simply wait)."""
+    from spear.models.base import ChatRequest
+
     router = _router(ctx)
     try:
         return (await router.chat(ChatRequest.from_json(request), ctx.task)).to_json()
@@ -267,6 +273,8 @@ async def chat(ctx: TaskContext, request: Any) -> dict[str, Any]:
 
 async def embed(ctx: TaskContext, request: Any) -> dict[str, Any]:
     """Embeddings of `{"model"?, "input": str | [str]}`: an OpenAI embeddings list."""
+    from spear.models.base import embedding_inputs
+
     router = _router(ctx)
     try:
         model, inputs = embedding_inputs(request)
