@@ -5,47 +5,100 @@ The public API is what ``__all__`` names; every other module may change.
 
 from __future__ import annotations
 
+import importlib
 from typing import TYPE_CHECKING, Any
 
-from loguru import logger as _logger
-
-from spear._api import StreamingTask, TaskHandle, TaskResult
-from spear._local import LocalNode
-from spear.config import Settings
-from spear.core.models import DirMapping, FunctionSpec, Resources, Runtime, Task, TaskState
-from spear.core.node import Spearlet
-from spear.core.streams import TaskStream
-from spear.errors import (
-    Conflict,
-    InvalidArgument,
-    InvalidModule,
-    NotFound,
-    PermissionDenied,
-    ResourceExhausted,
-    SpearError,
-    StorageBusy,
-    StorageError,
-    Unavailable,
-)
-from spear.store.objects import ObjectStore
-
 if TYPE_CHECKING:
+    from spear._api import StreamingTask, TaskHandle, TaskResult
+    from spear._local import LocalNode
     from spear.client import Client
+    from spear.config import Settings
+    from spear.core.models import (
+        DirMapping,
+        FunctionSpec,
+        Resources,
+        Runtime,
+        Task,
+        TaskState,
+    )
+    from spear.core.node import Spearlet
+    from spear.core.streams import TaskStream
+    from spear.errors import (
+        Conflict,
+        InvalidArgument,
+        InvalidModule,
+        NotFound,
+        PermissionDenied,
+        ResourceExhausted,
+        SpearError,
+        StorageBusy,
+        StorageError,
+        Unavailable,
+    )
+    from spear.store.objects import ObjectStore
 
 __version__ = "0.1.0"
 
+# Public names are loaded on first use (PEP 562), so `from spear import agent` in a process
+# agent, or `spear run`, pays only for what it touches, not for the whole node and gRPC.
+_WHERE = {
+    "StreamingTask": "spear._api",
+    "TaskHandle": "spear._api",
+    "TaskResult": "spear._api",
+    "LocalNode": "spear._local",
+    "Client": "spear.client",
+    "Settings": "spear.config",
+    "DirMapping": "spear.core.models",
+    "FunctionSpec": "spear.core.models",
+    "Resources": "spear.core.models",
+    "Runtime": "spear.core.models",
+    "Task": "spear.core.models",
+    "TaskState": "spear.core.models",
+    "Spearlet": "spear.core.node",
+    "TaskStream": "spear.core.streams",
+    "ObjectStore": "spear.store.objects",
+    **{
+        name: "spear.errors"
+        for name in (
+            "Conflict",
+            "InvalidArgument",
+            "InvalidModule",
+            "NotFound",
+            "PermissionDenied",
+            "ResourceExhausted",
+            "SpearError",
+            "StorageBusy",
+            "StorageError",
+            "Unavailable",
+        )
+    },
+}
+_quieted = False
+
+
+def _quiet() -> None:
+    # A library stays quiet unless its user asks; the CLI enables and routes spear's log.
+    global _quieted
+    if not _quieted:
+        from loguru import logger
+
+        logger.disable("spear")
+        _quieted = True
+
 
 def __getattr__(name: str) -> Any:
-    # The gRPC client loads grpclib and the generated code: only when it is asked for.
-    if name == "Client":
-        from spear.client import Client
+    module = _WHERE.get(name)
+    if module is None:
+        raise AttributeError(f"module 'spear' has no attribute {name!r}")
+    _quiet()
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value  # later lookups skip this function
+    return value
 
-        return Client
-    raise AttributeError(f"module 'spear' has no attribute {name!r}")
 
+def __dir__() -> list[str]:
+    return sorted([*globals(), *_WHERE])
 
-# A library stays quiet unless its user asks; the CLI enables and routes spear's log.
-_logger.disable("spear")
 
 __all__ = [
     "Client",
