@@ -14,11 +14,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import anyio
 import typer
-
-try:  # typer >= 0.20 vendors click; older releases use the click package
-    from typer._click import exceptions as _click_exc
-except ImportError:  # pragma: no cover
-    from click import exceptions as _click_exc  # type: ignore[no-redef]
+from click import exceptions as _click_exc
 
 from spear.cli_spec import (
     ArgsArg,
@@ -140,7 +136,10 @@ def run(
         open_files=open_files,
         workdir=workdir,
     )
-    task = None if stream else anyio.run(_run_through_daemon, settings, spec)
+    from spear.cli_serve import read_address_file
+
+    daemon = None if stream else read_address_file(settings.data_dir)
+    task = None if daemon is None else anyio.run(_run_through_daemon, daemon, spec)
     if task is None:
         task = _run_on_node(
             settings,
@@ -157,17 +156,12 @@ def run(
     raise typer.Exit(task.exit_code or 0)
 
 
-async def _run_through_daemon(settings: Settings, spec: FunctionSpec) -> Task | None:
-    """Run on the daemon serving this data dir, if one is alive (it holds the database).
+async def _run_through_daemon(address: str, spec: FunctionSpec) -> Task | None:
+    """Run on the daemon serving this data dir, if it is alive (it holds the database).
 
     Output is followed from the task's logs as it is written; piped stdin is sent whole.
-    Returns None when no daemon serves the data dir, and the task is run here instead.
+    Returns None when the daemon is gone (a stale address file): run the task here instead.
     """
-    from spear.cli_serve import read_address_file
-
-    address = read_address_file(settings.data_dir)
-    if address is None:
-        return None
     from spear.client import Client
     from spear.errors import Unavailable
 
