@@ -41,6 +41,7 @@ WORKLOADS = (
     "cold_start",
     "density",
     "cluster",
+    "models",
 )
 # Workloads other engineers' modules measure: name -> (module, the variants it owns).
 EXTERNAL = {
@@ -54,6 +55,7 @@ EXTERNAL = {
     ),
     "objects": ("objects_bench", {"objects": "spear_inprocess"}),
     "cluster": ("cluster_bench", {"cluster": "spear_3_spearlets"}),
+    "models": ("models_bench", {"models": "backend_seam"}),
 }
 RESULTS = ROOT / "benchmarks" / "results"
 
@@ -273,6 +275,9 @@ class Runner:
 
     def w_cluster(self, ctx: _Context) -> None:
         self.external("cluster")
+
+    def w_models(self, ctx: _Context) -> None:
+        self.external("models")
 
     def external(self, name: str) -> None:
         """Run another engineer's `benchmarks/<module>.py` and merge what it measured."""
