@@ -17,9 +17,10 @@ import dataclasses
 import hashlib
 import os
 import stat
-from typing import TYPE_CHECKING, Any, Self
+from typing import TYPE_CHECKING, Any
 
 import anyio
+from anyio.abc import AsyncResource
 from grpclib.client import Channel
 from grpclib.const import Cardinality
 from grpclib.events import RecvTrailingMetadata, listen
@@ -40,7 +41,6 @@ from spear.transport._status import (
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Iterator, Sequence
-    from types import TracebackType
 
     from grpclib.client import Stream
 
@@ -102,7 +102,7 @@ class _RemoteStreamingTask(StreamingTask):
         return message.data
 
 
-class Client:
+class Client(AsyncResource):
     """A SPEARlet daemon reached over gRPC (implements the `NodeAPI`).
 
     `timeout`: seconds each call may take (None: no limit; a wait is one call too).
@@ -143,17 +143,6 @@ class Client:
             self._channel.close()
         self._channel = None
         self._stub_ = None
-
-    async def __aenter__(self) -> Self:
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.aclose()
 
     # -- artifacts -------------------------------------------------------------------
 

@@ -11,14 +11,14 @@ from __future__ import annotations
 import abc
 import enum
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Self
+from typing import TYPE_CHECKING, Any
+
+from anyio.abc import AsyncResource
 
 from spear.core.models import Resources
 from spear.errors import InvalidArgument
 
 if TYPE_CHECKING:
-    from types import TracebackType
-
     from spear.core.models import Task, TaskState
 
 # A FunctionSpec label with this key names the task's input objects (comma-separated):
@@ -185,7 +185,7 @@ def input_objects(labels: tuple[tuple[str, str], ...]) -> tuple[str, ...]:
     return tuple(out)
 
 
-class Cluster(abc.ABC):
+class Cluster(AsyncResource):
     """The node registry, task registry and object index of a cluster (the SMS)."""
 
     @abc.abstractmethod
@@ -232,14 +232,3 @@ class Cluster(abc.ABC):
 
     async def aclose(self) -> None:
         return None
-
-    async def __aenter__(self) -> Self:
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.aclose()

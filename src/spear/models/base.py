@@ -12,13 +12,14 @@ import abc
 import json
 import time
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Self
+from typing import TYPE_CHECKING, Any
+
+from anyio.abc import AsyncResource
 
 from spear.errors import InvalidArgument
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Sequence
-    from types import TracebackType
 
 _ROLES = frozenset({"system", "user", "assistant", "tool"})
 # Request fields passed through to the backend as they are, beside messages and tools.
@@ -335,7 +336,7 @@ def embedding_inputs(data: Any) -> tuple[str | None, tuple[str, ...]]:
     return model, tuple(inputs)
 
 
-class ModelBackend(abc.ABC):
+class ModelBackend(AsyncResource):
     """Where inference happens: an HTTP endpoint, or llama.cpp in this process.
 
     Backends raise spear errors only: InvalidArgument (the backend refused the request),
@@ -358,16 +359,5 @@ class ModelBackend(abc.ABC):
     @abc.abstractmethod
     async def embed(self, target: str, inputs: Sequence[str]) -> EmbeddingResponse: ...
 
-    async def aclose(self) -> None:  # noqa: B027 - optional
+    async def aclose(self) -> None:
         """Release connections, threads and loaded models."""
-
-    async def __aenter__(self) -> Self:
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.aclose()

@@ -11,11 +11,12 @@ from __future__ import annotations
 import abc
 import enum
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Self
+from typing import TYPE_CHECKING
+
+from anyio.abc import AsyncResource
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator
-    from types import TracebackType
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,7 +39,7 @@ class WatchEvent:
     version: int
 
 
-class KV(abc.ABC):
+class KV(AsyncResource):
     """A key-value store with versions, compare-and-swap, ordered scans and watches."""
 
     @abc.abstractmethod
@@ -72,14 +73,3 @@ class KV(abc.ABC):
 
     @abc.abstractmethod
     async def aclose(self) -> None: ...
-
-    async def __aenter__(self) -> Self:
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.aclose()
