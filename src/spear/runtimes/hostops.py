@@ -76,15 +76,25 @@ class HostError(Exception):
         self.needed = needed
 
 
-def _translate(exc: SpearError) -> HostError:
-    if isinstance(exc, NotFound):
-        return HostError(errno.ENOENT, str(exc))
-    if isinstance(exc, Conflict):
-        return HostError(errno.ESTALE, str(exc))
-    if isinstance(exc, ResourceExhausted):
-        return HostError(errno.EDQUOT, str(exc))
-    if isinstance(exc, InvalidArgument):
-        return HostError(errno.EINVAL, str(exc))
+ErrnoTable = tuple[tuple[type[SpearError], int], ...]
+
+# The errno an agent sees for a spear error, first match wins; anything else is EIO.
+_ERRNOS: ErrnoTable = (
+    (NotFound, errno.ENOENT),
+    (Conflict, errno.ESTALE),
+    (ResourceExhausted, errno.EDQUOT),
+    (InvalidArgument, errno.EINVAL),
+)
+
+
+def translate(exc: SpearError, specific: ErrnoTable = ()) -> HostError:
+    """A spear error as the errno (and message) an agent sees.
+
+    `specific` is a hostcall family's own mapping, consulted before the common one.
+    """
+    for kind, err in (*specific, *_ERRNOS):
+        if isinstance(exc, kind):
+            return HostError(err, str(exc))
     return HostError(errno.EIO, str(exc))
 
 
@@ -178,7 +188,7 @@ async def obj_put(
     try:
         return await store.put(key, value, expected_version)
     except SpearError as exc:
-        raise _translate(exc) from None
+        raise translate(exc) from None
 
 
 async def obj_get(
@@ -188,7 +198,7 @@ async def obj_get(
     try:
         value, version = await _objects(ctx).get(key)
     except SpearError as exc:
-        raise _translate(exc) from None
+        raise translate(exc) from None
     if capacity is not None and value.nbytes > capacity:
         raise HostError(errno.ENOSPC, "buffer too small", needed=value.nbytes)
     return value, version
@@ -198,14 +208,14 @@ async def obj_info(ctx: TaskContext, key: str) -> ObjectInfo:
     try:
         return await _objects(ctx).info(key)
     except SpearError as exc:
-        raise _translate(exc) from None
+        raise translate(exc) from None
 
 
 async def obj_list(ctx: TaskContext, prefix: str = "") -> list[ObjectInfo]:
     try:
         return await _objects(ctx).list(prefix)
     except SpearError as exc:
-        raise _translate(exc) from None
+        raise translate(exc) from None
 
 
 async def obj_delete(ctx: TaskContext, key: str, expected_version: int | None = None) -> None:
@@ -217,7 +227,7 @@ async def obj_delete(ctx: TaskContext, key: str, expected_version: int | None = 
             raise HostError(errno.EBUSY, f"object {key!r} is pinned or referenced")
         await store.delete(key, expected_version)
     except SpearError as exc:
-        raise _translate(exc) from None
+        raise translate(exc) from None
 
 
 async def obj_add_ref(ctx: TaskContext, key: str) -> int:
@@ -225,7 +235,7 @@ async def obj_add_ref(ctx: TaskContext, key: str) -> int:
     try:
         return await _objects(ctx).add_ref(key, holder=ctx.task.id)
     except SpearError as exc:
-        raise _translate(exc) from None
+        raise translate(exc) from None
 
 
 async def obj_remove_ref(ctx: TaskContext, key: str) -> int:
@@ -233,21 +243,21 @@ async def obj_remove_ref(ctx: TaskContext, key: str) -> int:
     try:
         return await _objects(ctx).remove_ref(key, holder=ctx.task.id)
     except SpearError as exc:
-        raise _translate(exc) from None
+        raise translate(exc) from None
 
 
 async def obj_pin(ctx: TaskContext, key: str) -> None:
     try:
         await _objects(ctx).pin(key)
     except SpearError as exc:
-        raise _translate(exc) from None
+        raise translate(exc) from None
 
 
 async def obj_unpin(ctx: TaskContext, key: str) -> None:
     try:
         await _objects(ctx).unpin(key)
     except SpearError as exc:
-        raise _translate(exc) from None
+        raise translate(exc) from None
 
 
 async def result_set(ctx: TaskContext, value: bytes | bytearray | memoryview) -> int:

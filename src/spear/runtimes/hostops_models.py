@@ -33,14 +33,12 @@ import anyio
 from spear.core.streams import POLLHUP, POLLIN
 from spear.errors import (
     DeadlineExceeded,
-    InvalidArgument,
-    NotFound,
     PermissionDenied,
     ResourceExhausted,
     SpearError,
     Unavailable,
 )
-from spear.runtimes.hostops import HostError, add_handle
+from spear.runtimes.hostops import ErrnoTable, HostError, add_handle, translate
 
 if TYPE_CHECKING:
     import asyncio
@@ -52,21 +50,14 @@ if TYPE_CHECKING:
 MAX_CALLS_PER_TASK = 64
 
 
-def translate(exc: SpearError) -> HostError:
-    """A spear error as the errno (and message) an agent sees."""
-    if isinstance(exc, DeadlineExceeded):
-        return HostError(errno.ETIMEDOUT, str(exc))
-    if isinstance(exc, Unavailable):
-        return HostError(errno.ECONNREFUSED, str(exc))
-    if isinstance(exc, PermissionDenied):
-        return HostError(errno.EACCES, str(exc))
-    if isinstance(exc, NotFound):
-        return HostError(errno.ENOENT, str(exc))
-    if isinstance(exc, InvalidArgument):
-        return HostError(errno.EINVAL, str(exc))
-    if isinstance(exc, ResourceExhausted):
-        return HostError(errno.EMFILE, str(exc))
-    return HostError(errno.EIO, str(exc))
+# What model calls mean differently from object calls: a backend's failures, and a full
+# queue of calls (EMFILE, "too many open") rather than a full store (EDQUOT).
+_MODEL_ERRNOS: ErrnoTable = (
+    (DeadlineExceeded, errno.ETIMEDOUT),
+    (Unavailable, errno.ECONNREFUSED),
+    (PermissionDenied, errno.EACCES),
+    (ResourceExhausted, errno.EMFILE),
+)
 
 
 def _router(ctx: TaskContext) -> ModelRouter:
@@ -77,7 +68,7 @@ def _router(ctx: TaskContext) -> ModelRouter:
 
 
 def _refused(ctx: TaskContext, exc: SpearError) -> HostError:
-    err = translate(exc)
+    err = translate(exc, _MODEL_ERRNOS)
     ctx.agent_log("WARNING", f"model call failed: {err}")
     return err
 
