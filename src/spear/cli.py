@@ -147,13 +147,18 @@ def run(
                 run_streaming(node, spec, framing) if stream else _run_foreground(node, spec)
             ),
         )
+    _report_unsuccessful(task)
+    raise typer.Exit(task.exit_code or 0)
+
+
+def _report_unsuccessful(task: Task) -> None:
+    """One line on stderr for an ending that is not the guest's own exit status."""
     if (
         task.state is not TaskState.COMPLETED
         and task.reason
-        and not (task.reason.startswith("exit status"))
+        and not task.reason.startswith("exit status")
     ):
         sys.stderr.write(f"spear: task {task.id} {task.state.value.lower()}: {task.reason}\n")
-    raise typer.Exit(task.exit_code or 0)
 
 
 async def _run_through_daemon(address: str, spec: FunctionSpec) -> Task | None:

@@ -24,6 +24,7 @@ from spear.cli import (
     DataDirOpt,
     JsonOpt,
     _emit_json,
+    _report_unsuccessful,
     _settings,
     app,
 )
@@ -130,15 +131,6 @@ def _duration(task: Task) -> str:
         return "-"
     end = task.finished_at or time.time()
     return f"{(end - task.started_at) * 1000:.1f}ms"
-
-
-def _report_unsuccessful(task: Task) -> None:
-    if (
-        task.state is not TaskState.COMPLETED
-        and task.reason
-        and not (task.reason.startswith("exit status"))
-    ):
-        sys.stderr.write(f"spear: task {task.id} {task.state.value.lower()}: {task.reason}\n")
 
 
 # -- tasks ---------------------------------------------------------------------------
