@@ -26,7 +26,7 @@ import wasmtime
 from wasmtime import _bindings as _ffi
 
 from spear.core.models import Runtime, TaskState
-from spear.errors import InvalidArgument, InvalidModule, NotFound, ResourceExhausted, SpearError
+from spear.errors import InvalidArgument, InvalidModule, NotFound, SpearError
 from spear.runtimes import hostcall
 from spear.runtimes.base import (
     EXIT_CANCELLED,
@@ -321,27 +321,22 @@ class _WasmExecution(Execution):
                         return Outcome(TaskState.COMPLETED, 0)
                     return Outcome(TaskState.FAILED, code, f"exit status {code}")
                 except (wasmtime.Trap, wasmtime.WasmtimeError) as exc:
-                    return self._failure(exc, stop_reason, store)
+                    return self._failure(exc, stop_reason)
         finally:
             store.close()
             del callback
             if stdin_path is not None:
                 os.unlink(stdin_path)
 
-    def _failure(self, exc: Exception, stop_reason: list[str], store: wasmtime.Store) -> Outcome:
+    def _failure(self, exc: Exception, stop_reason: list[str]) -> Outcome:
         control = self._ctx.control
         if stop_reason and stop_reason[-1] == "cancelled":
             return Outcome(TaskState.CANCELLED, EXIT_CANCELLED, control.cancel_reason)
         if stop_reason and stop_reason[-1] == "timeout":
             return Outcome(TaskState.FAILED, EXIT_TIMEOUT, "timeout")
-        message = _trap_message(exc)
         if isinstance(exc, wasmtime.Trap) and exc.trap_code == wasmtime.TrapCode.OUT_OF_FUEL:
             return Outcome(TaskState.FAILED, EXIT_TRAP, "fuel exhausted")
-        if "fuel" in message and self._ctx.task.spec.fuel is not None:
-            return Outcome(TaskState.FAILED, EXIT_TRAP, "fuel exhausted")
-        if isinstance(exc, ResourceExhausted):  # pragma: no cover - raised by hostcalls
-            return Outcome(TaskState.FAILED, EXIT_TRAP, str(exc))
-        return Outcome(TaskState.FAILED, EXIT_TRAP, f"trap: {message}")
+        return Outcome(TaskState.FAILED, EXIT_TRAP, f"trap: {_trap_message(exc)}")
 
 
 def _trap_message(exc: Exception) -> str:
