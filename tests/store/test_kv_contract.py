@@ -13,7 +13,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from spear.store.etcd import EtcdKV, parse_endpoints
-from spear.store.kv import KV, EventKind, WatchEvent
+from spear.store.kv import KV, EventKind, WatchEvent, Write
 from spear.store.leveldb import LevelDBKV
 
 if TYPE_CHECKING:
@@ -92,6 +92,38 @@ async def test_concurrent_cas_has_one_winner(kv: KV) -> None:
     )
     winners = [r for r in results if r > 0]
     assert len(winners) == 1 and results.count(-1) == 7
+
+
+async def test_commit_is_all_or_nothing(kv: KV) -> None:
+    va = await kv.put("a", b"1")
+    rev = await kv.commit([Write("a", b"2", va), Write("b", b"new", 0), Write("c", b"any")])
+    assert rev > va
+    got = {k: await kv.get(k) for k in "abc"}
+    assert {k: (e.value, e.version) for k, e in got.items() if e} == {
+        "a": (b"2", rev),
+        "b": (b"new", rev),
+        "c": (b"any", rev),
+    }
+    # One stale expectation and nothing changes, not even the unconditional write.
+    assert await kv.commit([Write("a", b"3", rev), Write("b", b"x", va), Write("d", b"d")]) == -1
+    assert (await kv.get("a")).value == b"2"  # type: ignore[union-attr]
+    assert (await kv.get("b")).value == b"new"  # type: ignore[union-attr]
+    assert await kv.get("d") is None
+    # Deletes, conditional and not.
+    rev2 = await kv.commit([Write("a", None, rev), Write("c", None), Write("d", b"d", 0)])
+    assert rev2 > rev
+    assert await kv.get("a") is None and await kv.get("c") is None
+    assert (await kv.get("d")).version == rev2  # type: ignore[union-attr]
+
+
+async def test_concurrent_commits_have_one_winner(kv: KV) -> None:
+    base = await kv.put("x", b"0")
+    results = await asyncio.gather(
+        *(kv.commit([Write("x", b"%d" % i, base), Write(f"w{i}", b"")]) for i in range(8))
+    )
+    winner = [i for i, r in enumerate(results) if r > 0]
+    assert len(winner) == 1 and results.count(-1) == 7
+    assert [e.key for e in await kv.scan("w")] == [f"w{winner[0]}"]
 
 
 async def test_scan_prefix_order_reverse_limit(kv: KV) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import subprocess
 import sys
 import textwrap
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
@@ -25,6 +25,92 @@ async def test_held_database_persists(tmp_path: Path) -> None:
     assert entry is not None and entry.value == b"1" and entry.version == v1
     assert await kv.put("b", b"2") > v1  # the revision counter survives a reopen
     await kv.aclose()
+
+
+async def test_writes_of_one_loop_turn_share_a_batch_and_are_on_disk_when_acknowledged(
+    tmp_path: Path,
+) -> None:
+    import asyncio
+
+    kv = LevelDBKV.open(str(tmp_path / "db"))
+    written: list[int] = []
+
+    def spy(real: Any) -> Any:
+        def write_batch(*args: Any, **kwargs: Any) -> Any:
+            written.append(1)
+            return real(*args, **kwargs)
+
+        return write_batch
+
+    kv._db = _Spy(kv._db, write_batch=spy(kv._db.write_batch))
+    versions = await asyncio.gather(*(kv.put(f"k{i}", b"v") for i in range(200)))
+    assert len(set(versions)) == 200 and len(written) == 1
+    # Acknowledged means written: another process reads every key once we let go.
+    await kv.aclose()
+    code = textwrap.dedent(f"""
+        import plyvel
+        db = plyvel.DB({str(tmp_path / "db")!r})
+        print(sum(1 for _ in db.iterator(prefix=b"d/k")))
+    """)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert out.stdout.strip() == "200", out.stderr
+
+
+async def test_staged_changes_are_read_back_before_they_are_written(tmp_path: Path) -> None:
+    import asyncio
+
+    kv = LevelDBKV.open(str(tmp_path / "db"))
+    v = await kv.put("a", b"1")
+    # Started together, all in one loop turn: each sees the ones staged before it.
+    results = await asyncio.gather(
+        kv.compare_and_swap("a", b"2", v),
+        kv.compare_and_swap("a", b"3", v),  # stale by then
+        kv.delete("a"),
+        kv.compare_and_swap("a", b"4", 0),  # re-created after the delete
+    )
+    assert results[0] > v and results[1] == -1 and results[2] is True and results[3] > 0
+    assert (await kv.get("a")).value == b"4"  # type: ignore[union-attr]
+    await kv.put("p/1", b"x")
+    assert [e.key for e in await kv.scan("p/")] == ["p/1"]
+    await kv.aclose()
+
+
+async def test_a_failed_batch_fails_its_writers_and_keeps_what_was_stored(
+    tmp_path: Path,
+) -> None:
+    import asyncio
+
+    import plyvel
+
+    kv = LevelDBKV.open(str(tmp_path / "db"))
+    v = await kv.put("a", b"kept")
+    real = kv._db
+
+    def broken(*args: Any, **kwargs: Any) -> Any:
+        raise plyvel.IOError("disk on fire")
+
+    kv._db = _Spy(real, write_batch=broken)
+    outcomes = await asyncio.gather(
+        kv.put("a", b"lost"), kv.put("b", b"lost"), return_exceptions=True
+    )
+    assert all(isinstance(o, StorageError) for o in outcomes)
+    kv._db = real
+    entry = await kv.get("a")
+    assert entry is not None and (entry.value, entry.version) == (b"kept", v)
+    assert await kv.get("b") is None
+    assert await kv.put("c", b"ok") > v  # the store still works afterwards
+    await kv.aclose()
+
+
+class _Spy:
+    """A plyvel DB with some methods replaced."""
+
+    def __init__(self, real: Any, **methods: Any) -> None:
+        self._real = real
+        self.__dict__.update(methods)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._real, name)
 
 
 async def test_second_open_in_one_process_is_refused(tmp_path: Path) -> None:

@@ -16,11 +16,13 @@ from collections import deque
 from typing import TYPE_CHECKING, Any
 
 import anyio
+import orjson
 from loguru import logger
 
 from spear.core.models import FunctionSpec, Resources, Task, TaskState, new_task_id
 from spear.errors import InvalidArgument, NotFound, ResourceExhausted, SpearError
 from spear.runtimes.base import EXIT_CANCELLED, EXIT_LOST, ExecutionControl, Outcome, TaskContext
+from spear.store.kv import Write
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Callable, Mapping
@@ -81,9 +83,13 @@ class TaskStore:
         self._written[task.id] = (version, task)
 
     async def create(self, task: Task) -> None:
-        owner = json.dumps({**_SELF, "node": task.node}).encode()
-        await self._kv.put(_ACTIVE + task.id, owner)
-        version = await self._kv.compare_and_swap(_TASKS + task.id, _encode(task), 0)
+        """Record a new task and mark it unfinished, in one atomic write."""
+        owner = _OWNER.get(task.node)
+        if owner is None:
+            owner = _OWNER[task.node] = orjson.dumps({**_SELF, "node": task.node})
+        version = await self._kv.commit(
+            [Write(_TASKS + task.id, _encode(task), 0), Write(_ACTIVE + task.id, owner)]
+        )
         if version < 0:
             raise InvalidArgument(f"task {task.id} exists already")
         self._remember(task, version)
@@ -115,11 +121,13 @@ class TaskStore:
             if only_from is not None and task.state not in only_from:
                 return task
             new = task.transition(state, **changes)
-            version = await self._kv.compare_and_swap(_TASKS + task_id, _encode(new), entry.version)
+            record = Write(_TASKS + task_id, _encode(new), entry.version)
+            if state.terminal:  # finished: no longer unfinished, in the same write
+                version = await self._kv.commit([record, Write(_ACTIVE + task_id, None)])
+            else:
+                version = await self._kv.compare_and_swap(record.key, record.value, entry.version)
             if version >= 0:
                 self._remember(new, version)
-                if state.terminal:
-                    await self._kv.delete(_ACTIVE + task_id)
                 return new
 
     async def list_tasks(
@@ -197,21 +205,11 @@ class TaskStore:
         return lost
 
 
-class _EncodedSpec:
-    """Stands in for a spec whose JSON form is known (`Task.to_json` asks it for that)."""
-
-    __slots__ = ("_data",)
-
-    def __init__(self, data: dict[str, Any]) -> None:
-        self._data = data
-
-    def to_json(self) -> dict[str, Any]:
-        return self._data
-
-
-# A spec never changes, and encoding one (dataclasses.asdict) was half the cost of writing a
-# task record, three times per task: keep the JSON form of the specs seen last, by identity.
-_SPEC_JSON: dict[int, tuple[FunctionSpec, _EncodedSpec]] = {}
+# A spec never changes, and encoding one was most of the cost of writing a task record,
+# three times per task: keep the JSON of the specs seen last, by identity, and splice it
+# into each record as is.
+_SPEC_JSON: dict[int, tuple[FunctionSpec, orjson.Fragment]] = {}
+_OWNER: dict[str | None, bytes] = {}
 
 
 def _encode(task: Task) -> bytes:
@@ -219,21 +217,27 @@ def _encode(task: Task) -> bytes:
     if hit is None or hit[0] is not task.spec:
         if len(_SPEC_JSON) >= 4096:
             _SPEC_JSON.clear()
-        hit = (task.spec, _EncodedSpec(task.spec.to_json()))
+        hit = (task.spec, orjson.Fragment(orjson.dumps(task.spec.to_json())))
         _SPEC_JSON[id(task.spec)] = hit
-    # A shallow copy with the stand-in spec (dataclasses.replace would rerun __init__).
-    view = object.__new__(Task)
-    for name in _TASK_FIELDS:
-        object.__setattr__(view, name, getattr(task, name))
-    object.__setattr__(view, "spec", hit[1])
-    return json.dumps(view.to_json(), separators=(",", ":")).encode()
-
-
-_TASK_FIELDS = tuple(f.name for f in dataclasses.fields(Task))
+    return orjson.dumps(
+        {
+            "id": task.id,
+            "spec": hit[1],
+            "state": task.state.value,
+            "created_at": task.created_at,
+            "started_at": task.started_at,
+            "finished_at": task.finished_at,
+            "exit_code": task.exit_code,
+            "reason": task.reason,
+            "node": task.node,
+            "attempts": task.attempts,
+            "history": task.history,
+        }
+    )
 
 
 def _decode(raw: bytes) -> Task:
-    return Task.from_json(json.loads(raw))
+    return Task.from_json(orjson.loads(raw))
 
 
 class _Admission:

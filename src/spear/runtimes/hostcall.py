@@ -13,21 +13,21 @@ found in a thread-local bound around the guest's entry point (`bound`).
 
 from __future__ import annotations
 
-import contextlib
 import ctypes
 import errno
 import struct
 import threading
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
+import anyio.from_thread
 import wasmtime
 from loguru import logger
 
 from spear.runtimes.hostops import HostError
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Iterator
+    from collections.abc import Callable, Coroutine
 
     from spear.runtimes.base import TaskContext
 
@@ -68,17 +68,22 @@ def wasi_errno(err: int) -> int:
     return _WASI_ERRNO.get(err, _WASI_ERRNO[errno.EIO])
 
 
+T = TypeVar("T")
 _local = threading.local()
 
 
-@contextlib.contextmanager
-def bound(ctx: TaskContext) -> Iterator[None]:
-    previous = getattr(_local, "ctx", None)
+def bind(ctx: TaskContext | None, token: Any = None) -> tuple[TaskContext | None, Any]:
+    """Make `ctx` the task this thread's hostcalls act for, and `token` (anyio's
+    `current_token()`) the event loop they call into; returns what they replace."""
+    previous = (getattr(_local, "ctx", None), getattr(_local, "token", None))
     _local.ctx = ctx
-    try:
-        yield
-    finally:
-        _local.ctx = previous
+    _local.token = token
+    return previous
+
+
+def in_loop(fn: Callable[..., Coroutine[Any, Any, T]], *args: Any) -> T:
+    """Run a coroutine function on the node's event loop from the guest's thread."""
+    return anyio.from_thread.run(fn, *args, token=getattr(_local, "token", None))
 
 
 def current() -> TaskContext:

@@ -11,10 +11,8 @@ import functools
 import json
 from typing import TYPE_CHECKING
 
-import anyio.from_thread
-
 from spear.runtimes import hostops_models
-from spear.runtimes.hostcall import I32, HostcallError, hostcall
+from spear.runtimes.hostcall import I32, HostcallError, hostcall, in_loop
 
 if TYPE_CHECKING:
     from spear.runtimes.base import TaskContext
@@ -57,7 +55,7 @@ def model_chat_start(
     start = functools.partial(
         hostops_models.chat_start, ctx, request, stream=bool(flags & CHAT_STREAM)
     )
-    return anyio.from_thread.run(start)
+    return in_loop(start)
 
 
 @hostcall("model_chat_read", (I32, I32, I32))
@@ -95,6 +93,6 @@ def model_embed(
 ) -> int:
     """Embeddings of a JSON request (blocks this task only); the JSON answer's length."""
     request = _request(mem, req_ptr, req_len)
-    answer = anyio.from_thread.run(hostops_models.embed, ctx, request)
+    answer = in_loop(hostops_models.embed, ctx, request)
     data = json.dumps(answer, separators=(",", ":")).encode()
     return mem.fill(out & _U32, out_len & _U32, data)

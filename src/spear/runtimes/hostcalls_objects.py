@@ -10,10 +10,8 @@ import errno
 import struct
 from typing import TYPE_CHECKING, Any, TypeVar
 
-import anyio.from_thread
-
 from spear.runtimes import hostops
-from spear.runtimes.hostcall import I32, I64, HostcallError, hostcall
+from spear.runtimes.hostcall import I32, I64, HostcallError, hostcall, in_loop
 from spear.store.objects import MAX_KEY_BYTES
 
 if TYPE_CHECKING:
@@ -30,7 +28,7 @@ INFO_FORMAT = "<QQII"  # size, version, refcount, pinned: struct spear_obj_info
 
 def call(fn: Callable[..., Coroutine[Any, Any, T]], *args: Any) -> T:
     """Run a hostops coroutine on the node's event loop from the guest's worker thread."""
-    return anyio.from_thread.run(fn, *args)
+    return in_loop(fn, *args)
 
 
 def read_key(mem: GuestMemory, ptr: int, length: int) -> str:

@@ -10,34 +10,38 @@ task, whether to continue, or to trap because the task timed out or was cancelle
 from __future__ import annotations
 
 import ctypes
-import hashlib
+import functools
 import importlib.metadata
+import itertools
 import os
 import tempfile
 import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
-import anyio
+import anyio.lowlevel
 import anyio.to_thread
 import wasmtime
-from wasmtime import _bindings as _ffi
+from wasmtime import _ffi
+from wasmtime import _func as _wasm_func
 
-from spear.core.models import Runtime, TaskState
-from spear.errors import InvalidArgument, InvalidModule, NotFound, SpearError
+from spear.core.models import FunctionSpec, Runtime, TaskState
+from spear.errors import InvalidArgument, InvalidModule, NotFound
 from spear.runtimes import hostcall
 from spear.runtimes.base import (
     EXIT_CANCELLED,
     EXIT_TIMEOUT,
     EXIT_TRAP,
     Execution,
+    ExecutionControl,
     Outcome,
     TaskContext,
     WorkerAgent,
 )
 from spear.runtimes.modcache import ModuleCache, read_module_bytes
+from spear.runtimes.workers import WorkerPool
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -45,7 +49,6 @@ if TYPE_CHECKING:
     from spear.core.models import Task
 
 TICK_S = 0.005
-_INLINE_MODULE_BYTES = 64 * 1024  # see WasmWorkerAgent._prepared_before
 
 HostFunctions = Callable[[wasmtime.Linker, wasmtime.Engine], None]
 
@@ -68,11 +71,19 @@ def wasmtime_version() -> str:
 
 
 class _Ticker:
-    """Advances an engine's epoch while at least one task runs; idle otherwise."""
+    """Advances the engines' epochs while tasks run, and for `LINGER_S` after the last one.
+
+    Lingering keeps a steady stream of short tasks from waking the ticker thread for each
+    one (a thread wake-up costs more than a trivial task); an idle node stops ticking.
+    """
+
+    LINGER_S = 2.0
 
     def __init__(self, engines: Sequence[wasmtime.Engine]) -> None:
         self._engines = engines
         self._active = 0
+        self._last_exit = 0.0
+        self._sleeping = False
         self._cond = threading.Condition()
         self._stopped = False
         self._thread: threading.Thread | None = None
@@ -83,17 +94,26 @@ class _Ticker:
             if self._thread is None:
                 self._thread = threading.Thread(target=self._loop, name="spear-epoch", daemon=True)
                 self._thread.start()
-            self._cond.notify()
+            elif self._sleeping:
+                self._cond.notify()
 
     def __exit__(self, *exc: object) -> None:
         with self._cond:
             self._active -= 1
+            if self._active == 0:
+                self._last_exit = time.monotonic()
 
     def _loop(self) -> None:
         while True:
             with self._cond:
-                while self._active == 0 and not self._stopped:
+                while (
+                    not self._stopped
+                    and self._active == 0
+                    and time.monotonic() - self._last_exit >= self.LINGER_S
+                ):
+                    self._sleeping = True
                     self._cond.wait()
+                    self._sleeping = False
                 if self._stopped:
                     return
             time.sleep(TICK_S)
@@ -112,6 +132,79 @@ class _Ticker:
 class _Prepared:
     digest: str
     pre: Any  # wasmtime.InstancePre
+    plain_entry: bool = False  # the entry takes and returns nothing: called directly
+
+
+def _call(prepared: _Prepared, context: Any, entry: str, store: wasmtime.Store) -> None:
+    """Instantiate the prepared module in `store` and call its `entry`.
+
+    A `() -> ()` entry (every WASI command's `_start`) is called through the C API
+    directly: wasmtime-py's wrappers (export maps, parameter checks) cost several times
+    what instantiating and running a trivial module does. Errors surface exactly as
+    wasmtime-py raises them (its `enter_wasm`): an exit, a trap, or a host exception.
+    """
+    if not prepared.plain_entry:
+        instance = prepared.pre.instantiate(store)
+        instance.exports(store)[entry](store)
+        return
+    trap = ctypes.POINTER(_ffi.wasm_trap_t)()
+    raw = _ffi.wasmtime_instance_t()
+    _check(
+        _ffi.wasmtime_instance_pre_instantiate(
+            prepared.pre.ptr(), context, ctypes.byref(raw), ctypes.byref(trap)
+        ),
+        trap,
+    )
+    name = entry.encode()
+    item = _ffi.wasmtime_extern_t()
+    found = _ffi.wasmtime_instance_export_get(
+        context, ctypes.byref(raw), name, len(name), ctypes.byref(item)
+    )
+    if not found or cast("int", item.kind) != _ffi.WASMTIME_EXTERN_FUNC.value:
+        raise wasmtime.WasmtimeError(f"the module exports no function {entry!r}")
+    _check(
+        _ffi.wasmtime_func_call(
+            context, ctypes.byref(item.of.func), None, 0, None, 0, ctypes.byref(trap)
+        ),
+        trap,
+    )
+
+
+def _check(error: Any, trap: Any) -> None:
+    if error:
+        exc = wasmtime.WasmtimeError._from_ptr(error)
+        _wasm_func.maybe_raise_last_exn()
+        raise exc
+    if trap:
+        trap_obj = wasmtime.Trap._from_ptr(trap)
+        _wasm_func.maybe_raise_last_exn()
+        raise trap_obj
+
+
+_LAUNCH: dict[int, tuple[FunctionSpec, Any, Any]] = {}
+
+
+def _launch_arrays(spec: FunctionSpec) -> tuple[Any, Any]:
+    """C arrays of argv and the environment for `spec`, made once per spec (by identity)."""
+    hit = _LAUNCH.get(id(spec))
+    if hit is None or hit[0] is not spec:
+        args = [os.path.basename(spec.artifact), *spec.args]
+        argv = (len(args), _char_array(args))
+        names, values = [k for k, _ in spec.env], [v for _, v in spec.env]
+        env = (len(names), _char_array(names), _char_array(values))
+        if len(_LAUNCH) >= 4096:
+            _LAUNCH.clear()
+        hit = _LAUNCH[id(spec)] = (spec, argv, env)
+    return hit[1], hit[2]
+
+
+def _char_array(items: list[str]) -> Any:
+    buffers = [ctypes.create_string_buffer(item.encode()) for item in items]
+    array = (ctypes.POINTER(ctypes.c_char) * len(items))(
+        *(ctypes.cast(b, ctypes.POINTER(ctypes.c_char)) for b in buffers)
+    )
+    setattr(array, "_keep", buffers)  # noqa: B010 - the strings live as long as the array
+    return array
 
 
 class _Flavor:
@@ -149,7 +242,15 @@ class WasmWorkerAgent(WorkerAgent):
         self._prepared_for: dict[str, _Prepared] = {}  # task id -> what prepare() checked
         self._flavor_lock = threading.Lock()
         self._ticker = _Ticker([])
-        self._limiter = anyio.CapacityLimiter(max_threads)
+        self._pool = WorkerPool(max_threads, name="spear-wasm")
+        # Running stores' stop checks, by the key their deadline callback is given: one
+        # callback serves every store (a ctypes callback costs tens of microseconds to make).
+        self._stops: dict[int, _Stop] = {}
+        self._stop_keys = itertools.count(1)
+        self._on_deadline = _DeadlineCallback(self._deadline)
+        # Module files prepared before, by what stat said of them then, and the key of
+        # what was prepared from their bytes: a warm run reads no file.
+        self._seen_files: dict[tuple[str, str], tuple[tuple[int, ...], str, bool]] = {}
 
     def _flavor(self, fuel: bool) -> _Flavor:
         with self._flavor_lock:
@@ -174,9 +275,14 @@ class WasmWorkerAgent(WorkerAgent):
             if not os.path.isdir(mapping.host):
                 raise NotFound(f"--dir: no such directory: {mapping.host}")
         flavor = self._flavor(spec.fuel is not None)
+        before = _stat_key(spec.artifact)
         data = read_module_bytes(spec.artifact)
         digest, module = flavor.cache.load(data, os.path.basename(spec.artifact))
         key = f"{digest}:{spec.entry}"
+        if before is not None and before == _stat_key(spec.artifact):  # unchanged as read
+            if len(self._seen_files) > 4096:
+                self._seen_files.clear()
+            self._seen_files[(spec.artifact, spec.entry)] = (before, key, spec.fuel is not None)
         with flavor.lock:
             prepared = flavor.prepared.get(key)
         if prepared is not None:
@@ -190,7 +296,8 @@ class WasmWorkerAgent(WorkerAgent):
         except wasmtime.WasmtimeError as exc:
             first = str(exc).strip().splitlines()[0]
             raise InvalidModule(f"{spec.artifact} cannot be linked: {first}") from None
-        prepared = _Prepared(digest, pre)
+        ty = export.type
+        prepared = _Prepared(digest, pre, plain_entry=not ty.params and not ty.results)
         with flavor.lock:
             if len(flavor.prepared) > 1024:
                 flavor.prepared.clear()
@@ -198,32 +305,30 @@ class WasmWorkerAgent(WorkerAgent):
         return prepared
 
     def _prepared_before(self, task: Task) -> _Prepared | None:
-        """The prepared module if these exact bytes were prepared before, read inline.
+        """The prepared module if this file was prepared before and has not changed since.
 
-        Only for a small module file and no directories to check: reading and hashing it
-        takes microseconds, less than the hop to a worker thread it saves on a warm run.
+        A stat of the file says so (size, modification and change times, inode): a warm
+        run neither reads nor hashes the module, and needs no worker thread. A file that
+        changed in any way is read and hashed again on a worker thread.
         """
         spec = task.spec
-        flavor = self._flavors.get(spec.fuel is not None)
-        if flavor is None or spec.dirs:
+        if spec.dirs:
             return None
-        try:
-            if os.stat(spec.artifact).st_size > _INLINE_MODULE_BYTES:
-                return None
-            data = read_module_bytes(spec.artifact)
-        except (OSError, SpearError):
-            return None  # the worker thread reports it
-        key = f"{hashlib.sha256(data).hexdigest()}:{spec.entry}"
+        fuel = spec.fuel is not None
+        flavor = self._flavors.get(fuel)
+        seen = self._seen_files.get((spec.artifact, spec.entry))
+        if flavor is None or seen is None or seen[2] is not fuel:
+            return None
+        if seen[0] != _stat_key(spec.artifact):
+            return None  # changed or gone: the worker thread reads it (and reports)
         with flavor.lock:
-            return flavor.prepared.get(key)
+            return flavor.prepared.get(seen[1])
 
     async def prepare(self, task: Task) -> None:
         prepared = self._prepared_before(task)
         if prepared is None:
             # Compiling is slow and blocking: on a worker thread, like the directory checks.
-            prepared = await anyio.to_thread.run_sync(
-                self._prepare_sync, task, limiter=self._limiter
-            )
+            prepared = await self._pool.run(functools.partial(self._prepare_sync, task))
         # start() runs what was checked here, without reading and hashing the file again.
         with self._flavor_lock:
             if len(self._prepared_for) > 100_000:  # tasks prepared but never started
@@ -238,8 +343,41 @@ class WasmWorkerAgent(WorkerAgent):
         flavor = self._flavor(ctx.task.spec.fuel is not None)
         return _WasmExecution(self, flavor, prepared, ctx)
 
+    def _deadline(self, _ctx: Any, data: Any, delta: Any, kind: Any) -> int:
+        """A running store's epoch deadline passed: go on, or stop it (and say why)."""
+        stop = self._stops.get(data or 0)
+        if stop is None:
+            reason = None
+        elif stop.control.cancelled:
+            reason = stop.reason = "cancelled"
+        elif stop.control.deadline is not None and time.monotonic() >= stop.control.deadline:
+            reason = stop.reason = "timeout"
+        else:
+            reason = None
+        if reason is None:
+            delta[0] = 1
+            kind[0] = 0  # continue
+            return 0
+        err = _ffi.wasmtime_error_new(ctypes.c_char_p(reason.encode()))
+        return ctypes.cast(err, ctypes.c_void_p).value or 0
+
     async def aclose(self) -> None:
+        await anyio.to_thread.run_sync(self._pool.close)  # guests were told to stop
         self._ticker.stop()
+
+
+def _stat_key(path: str) -> tuple[int, ...] | None:
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return (st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino, st.st_dev)
+
+
+@dataclass(slots=True)
+class _Stop:
+    control: ExecutionControl
+    reason: str | None = None
 
 
 class _WasmExecution(Execution):
@@ -250,18 +388,24 @@ class _WasmExecution(Execution):
         self._flavor = flavor
         self._prepared = prepared
         self._ctx = ctx
+        self._store: wasmtime.Store | None = None
+        self._token: Any = None
 
     def kill(self, reason: str = "cancelled") -> None:
         self._ctx.control.cancel(reason)
 
     async def wait(self) -> Outcome:
-        return await anyio.to_thread.run_sync(self._run, limiter=self._agent._limiter)
+        self._token = anyio.lowlevel.current_token()  # where the guest's hostcalls go
+        return await self._agent._pool.run(self._run, cleanup=self._cleanup)
 
     def _configure(self, store: wasmtime.Store, stdin_path: str | None) -> None:
         spec = self._ctx.task.spec
         wasi = wasmtime.WasiConfig()
-        wasi.argv = [os.path.basename(spec.artifact), *spec.args]
-        wasi.env = [list(pair) for pair in spec.env]
+        argv, env = _launch_arrays(spec)
+        if not _ffi.wasi_config_set_argv(wasi.ptr(), *argv) or (
+            env[0] and not _ffi.wasi_config_set_env(wasi.ptr(), *env)
+        ):
+            raise InvalidArgument("the task's arguments or environment cannot be passed")
         for mapping in spec.dirs:
             try:
                 wasi.preopen_dir(mapping.host, mapping.guest)
@@ -290,49 +434,53 @@ class _WasmExecution(Execution):
             fd, stdin_path = tempfile.mkstemp(prefix="spear-stdin-")
             with os.fdopen(fd, "wb") as f:
                 f.write(ctx.io.stdin)
+        agent = self._agent
         store = wasmtime.Store(self._flavor.engine)
-        stop_reason: list[str] = []
-
-        def on_deadline(_ctx: Any, _data: Any, delta: Any, kind: Any) -> int:
-            if control.cancelled:
-                stop_reason.append("cancelled")
-            elif control.deadline is not None and time.monotonic() >= control.deadline:
-                stop_reason.append("timeout")
-            else:
-                delta[0] = 1
-                kind[0] = 0  # continue
-                return 0
-            err = _ffi.wasmtime_error_new(ctypes.c_char_p(stop_reason[-1].encode()))
-            return ctypes.cast(err, ctypes.c_void_p).value or 0
-
-        callback = _DeadlineCallback(on_deadline)
+        key = next(agent._stop_keys)
+        stop = agent._stops[key] = _Stop(control)
         try:
             self._configure(store, stdin_path)
-            _ffi.wasmtime_store_epoch_deadline_callback(store.ptr(), callback, None, _NO_FINALIZER)
-            store.set_epoch_deadline(1)
-            with self._agent._ticker, hostcall.bound(ctx):
-                try:
-                    instance = self._prepared.pre.instantiate(store)
-                    instance.exports(store)[ctx.task.spec.entry](store)
-                    return Outcome(TaskState.COMPLETED, 0)
-                except wasmtime.ExitTrap as exc:
-                    code = exc.code
-                    if code == 0:
-                        return Outcome(TaskState.COMPLETED, 0)
-                    return Outcome(TaskState.FAILED, code, f"exit status {code}")
-                except (wasmtime.Trap, wasmtime.WasmtimeError) as exc:
-                    return self._failure(exc, stop_reason)
-        finally:
+            context = store._context()
+            _ffi.wasmtime_store_epoch_deadline_callback(
+                store.ptr(), agent._on_deadline, key, _NO_FINALIZER
+            )
+            _ffi.wasmtime_context_set_epoch_deadline(context, 1)
+            previous = hostcall.bind(ctx, self._token)
+            try:
+                with agent._ticker:
+                    _call(self._prepared, context, ctx.task.spec.entry, store)
+                outcome = Outcome(TaskState.COMPLETED, 0)
+            except wasmtime.ExitTrap as exc:
+                code = exc.code
+                if code == 0:
+                    outcome = Outcome(TaskState.COMPLETED, 0)
+                else:
+                    outcome = Outcome(TaskState.FAILED, code, f"exit status {code}")
+            except (wasmtime.Trap, wasmtime.WasmtimeError) as exc:
+                outcome = self._failure(exc, stop.reason)
+            finally:
+                hostcall.bind(*previous)
+        except BaseException:
             store.close()
-            del callback
+            raise
+        finally:
+            del agent._stops[key]
             if stdin_path is not None:
                 os.unlink(stdin_path)
+        # Freeing the store takes a while: after the outcome is on its way (`_cleanup`).
+        self._store = store
+        return outcome
 
-    def _failure(self, exc: Exception, stop_reason: list[str]) -> Outcome:
+    def _cleanup(self) -> None:
+        store, self._store = self._store, None
+        if store is not None:
+            store.close()
+
+    def _failure(self, exc: Exception, stop_reason: str | None) -> Outcome:
         control = self._ctx.control
-        if stop_reason and stop_reason[-1] == "cancelled":
+        if stop_reason == "cancelled":
             return Outcome(TaskState.CANCELLED, EXIT_CANCELLED, control.cancel_reason)
-        if stop_reason and stop_reason[-1] == "timeout":
+        if stop_reason == "timeout":
             return Outcome(TaskState.FAILED, EXIT_TIMEOUT, "timeout")
         if isinstance(exc, wasmtime.Trap) and exc.trap_code == wasmtime.TrapCode.OUT_OF_FUEL:
             return Outcome(TaskState.FAILED, EXIT_TRAP, "fuel exhausted")

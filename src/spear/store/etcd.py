@@ -13,7 +13,7 @@ import contextlib
 from typing import TYPE_CHECKING, Any
 
 from spear.errors import StorageError, Unavailable, map_exceptions
-from spear.store.kv import KV, Entry, EventKind, WatchEvent
+from spear.store.kv import KV, Entry, EventKind, WatchEvent, Write
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Iterator, Sequence
@@ -136,6 +136,32 @@ class EtcdKV(KV):
         if not resp.succeeded:
             return -1
         return 0 if value is None else int(resp.header.revision)
+
+    async def commit(self, writes: Sequence[Write]) -> int:
+        from etcd3aio._protobuf import Compare
+        from etcd3aio.kv import KVService
+
+        compares, ops = [], []
+        for w in writes:
+            raw = self._key(w.key)
+            if w.expected_version is not None:
+                compares.append(
+                    Compare(
+                        result=Compare.EQUAL,
+                        target=Compare.MOD,
+                        key=raw,
+                        mod_revision=w.expected_version,
+                    )
+                )
+            if w.value is None:
+                ops.append(KVService.txn_op_delete(raw))
+            else:
+                ops.append(KVService.txn_op_put(raw, w.value))
+        with _etcd_errors("commit"):
+            resp = await self._kv().txn(compares, ops, timeout=self._timeout)
+        if not resp.succeeded:
+            return -1
+        return int(resp.header.revision)
 
     async def scan(
         self, prefix: str, *, reverse: bool = False, limit: int | None = None

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 from anyio.abc import AsyncResource
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator
+    from collections.abc import AsyncIterator, Sequence
 
 
 @dataclass(frozen=True, slots=True)
@@ -24,6 +24,16 @@ class Entry:
     key: str
     value: bytes
     version: int
+
+
+@dataclass(frozen=True, slots=True)
+class Write:
+    """One write of a `KV.commit`: `value` None deletes; `expected_version` None writes
+    whatever the key holds."""
+
+    key: str
+    value: bytes | None
+    expected_version: int | None = None
 
 
 class EventKind(enum.StrEnum):
@@ -59,6 +69,16 @@ class KV(AsyncResource):
 
         Returns the new version (0 after a delete), or -1 when the version did not match,
         in which case nothing changed.
+        """
+
+    @abc.abstractmethod
+    async def commit(self, writes: Sequence[Write]) -> int:
+        """All of `writes` as one atomic change, or none of them (a transaction, as etcd's).
+
+        Every write carrying an `expected_version` must find its key at that version.
+        Returns the revision the writes were made at (the new version of every key
+        written), or -1 when a version did not match, in which case nothing changed.
+        A key may appear only once.
         """
 
     @abc.abstractmethod
