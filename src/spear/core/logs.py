@@ -65,31 +65,48 @@ class TaskLogWriter:
         cap: int,
         tee_stdout: Callable[[bytes], None] | None = None,
         tee_stderr: Callable[[bytes], None] | None = None,
+        on_close: Callable[[bool], None] | None = None,
     ) -> None:
-        self._files = {name: _CappedFile(directory, _FILES[name], cap) for name in STREAMS}
+        self._on_close = on_close
+        self._directory = directory
+        self._cap = cap
+        self._files: dict[str, _CappedFile] = {}  # made on first write: most tasks print little
         self._tee_stdout = tee_stdout
         self._tee_stderr = tee_stderr
 
+    def _file(self, name: str) -> _CappedFile:
+        f = self._files.get(name)
+        if f is None:  # setdefault: two threads writing first at once share one file
+            f = self._files.setdefault(name, _CappedFile(self._directory, _FILES[name], self._cap))
+        return f
+
+    @property
+    def wrote_stdout(self) -> bool:
+        return "stdout" in self._files
+
     def stdout(self, data: bytes) -> None:
-        self._files["stdout"].write(data)
+        self._file("stdout").write(data)
         if self._tee_stdout is not None:
             self._tee_stdout(data)
 
     def stderr(self, data: bytes) -> None:
-        self._files["stderr"].write(data)
+        self._file("stderr").write(data)
         if self._tee_stderr is not None:
             self._tee_stderr(data)
 
     def agent_log(self, level: str, message: str) -> None:
         stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime())
-        self._files["agent"].write(f"{stamp} {level:<7} {message}\n".encode())
+        self._file("agent").write(f"{stamp} {level:<7} {message}\n".encode())
 
     def io(self, stdin: bytes | None | str = None) -> TaskIO:
         return TaskIO(stdout=self.stdout, stderr=self.stderr, stdin=stdin)  # type: ignore[arg-type]
 
     def close(self) -> None:
-        for f in self._files.values():
+        for f in list(self._files.values()):
             f.close()
+        if self._on_close is not None:
+            self._on_close("stdout" in self._files)
+            self._on_close = None
 
 
 class TaskLogs:
@@ -98,6 +115,8 @@ class TaskLogs:
     def __init__(self, root: Path, cap: int) -> None:
         self._root = root
         self._cap = cap
+        # Whether tasks whose writers closed lately wrote stdout: saves a stat per task.
+        self._wrote_stdout: dict[str, bool] = {}
 
     def directory(self, task_id: str) -> Path:
         if not task_id or "/" in task_id or task_id.startswith("."):
@@ -110,7 +129,22 @@ class TaskLogs:
         tee_stdout: Callable[[bytes], None] | None = None,
         tee_stderr: Callable[[bytes], None] | None = None,
     ) -> TaskLogWriter:
-        return TaskLogWriter(self.directory(task_id), self._cap, tee_stdout, tee_stderr)
+        def closed(wrote_stdout: bool) -> None:
+            if len(self._wrote_stdout) >= 10_000:  # nobody asks (no object store): forget
+                self._wrote_stdout.clear()
+            self._wrote_stdout[task_id] = wrote_stdout
+
+        return TaskLogWriter(
+            self.directory(task_id), self._cap, tee_stdout, tee_stderr, on_close=closed
+        )
+
+    def stdout_file(self, task_id: str) -> Path | None:
+        """The task's stdout file if it wrote one, once its writer is closed."""
+        wrote = self._wrote_stdout.pop(task_id, None)
+        if wrote is False:
+            return None
+        path = self.path(task_id, "stdout")
+        return path if wrote or path.is_file() else None
 
     def path(self, task_id: str, stream: str) -> Path:
         if stream not in _FILES:

@@ -252,6 +252,13 @@ class _Admission:
     def free(self) -> Resources:
         return self.capacity - self.used
 
+    def try_acquire(self, need: Resources) -> bool:
+        """Reserve `need` if it fits now and nobody waits before it."""
+        if not self._waiters and need.fits_in(self.free):
+            self.used = self.used + need
+            return True
+        return False
+
     async def acquire(self, need: Resources) -> None:
         if not need.fits_in(self.capacity):
             raise ResourceExhausted(
@@ -326,28 +333,38 @@ class TaskController:
     def running_count(self) -> int:
         return len(self._running)
 
-    async def create(self, spec: FunctionSpec, *, task_id: str | None = None) -> Task:
-        """Record a new PENDING task for `spec` and check its artifact.
+    async def create(
+        self, spec: FunctionSpec, *, task_id: str | None = None, running: bool = False
+    ) -> Task:
+        """Check the artifact of `spec` and record a new task for it (PENDING, or RUNNING
+        when `running`: admitted already, it starts at once).
 
-        `task_id`: keep an id given elsewhere (a task forwarded from another node).
+        A task whose artifact is refused is recorded too, FAILED with the reason, and the
+        refusal raised. `task_id`: keep an id given elsewhere (a task forwarded from
+        another node).
         """
         agent = self._agents.get(spec.runtime.value)
+        now = time.time()
         task = Task(
             id=task_id or new_task_id(),
             spec=spec,
-            created_at=time.time(),
+            created_at=now,
             node=self._node,
-            history=((TaskState.PENDING.value, time.time()),),
+            history=((TaskState.PENDING.value, now),),
         )
-        await self.store.create(task)
-        if agent is None:
-            await self._fail(task, f"runtime {spec.runtime.value!r} is not available here", 64)
-            raise InvalidArgument(f"runtime {spec.runtime.value!r} is not available on this node")
         try:
+            if agent is None:
+                raise InvalidArgument(
+                    f"runtime {spec.runtime.value!r} is not available on this node"
+                )
             await agent.prepare(task)
         except SpearError as exc:
+            await self.store.create(task)
             await self._fail(task, str(exc), exc.exit_code)
             raise
+        if running:
+            task = task.transition(TaskState.RUNNING, now)
+        await self.store.create(task)
         return task
 
     async def _fail(self, task: Task, reason: str, exit_code: int) -> Task:
@@ -367,10 +384,20 @@ class TaskController:
         on_created: Callable[[Task], None] | None = None,
     ) -> Task:
         """Run `spec` to the end in the caller's task; returns the finished task."""
-        task = await self.create(spec)
+        # Admitted at once (the usual case), the task is recorded RUNNING from the start:
+        # one write fewer than PENDING, then RUNNING.
+        admitted = self._admission.try_acquire(spec.resources)
+        try:
+            task = await self.create(spec, running=admitted)
+        except BaseException:
+            if admitted:
+                self._admission.release(spec.resources)
+            raise
         if on_created is not None:
             on_created(task)
-        return await self.execute(task, stdin=stdin, tee_stdout=tee_stdout, tee_stderr=tee_stderr)
+        return await self.execute(
+            task, stdin=stdin, tee_stdout=tee_stdout, tee_stderr=tee_stderr, admitted=admitted
+        )
 
     async def submit(
         self, spec: FunctionSpec, *, stdin: bytes | None = None, task_id: str | None = None
@@ -396,20 +423,25 @@ class TaskController:
         stdin: bytes | str | None = None,
         tee_stdout: Callable[[bytes], None] | None = None,
         tee_stderr: Callable[[bytes], None] | None = None,
+        admitted: bool = False,
     ) -> Task:
-        running = self._running.setdefault(task.id, _Running(ExecutionControl(), anyio.Event()))
+        """Run a recorded task to its end. `admitted`: its resources are reserved already
+        and it is recorded RUNNING (see `run`)."""
+        running = self._running.get(task.id)
+        if running is None:
+            running = self._running[task.id] = _Running(ExecutionControl(), anyio.Event())
         control = running.control
         spec = task.spec
         writer = self._logs.writer(task.id, tee_stdout, tee_stderr)
         final: Task | None = None
-        admitted = False
         try:
-            try:
-                await self._admission.acquire(spec.resources)
-                admitted = True
-            except ResourceExhausted as exc:
-                final = await self._fail(task, str(exc), exc.exit_code)
-                return final
+            if not admitted:
+                try:
+                    await self._admission.acquire(spec.resources)
+                    admitted = True
+                except ResourceExhausted as exc:
+                    final = await self._fail(task, str(exc), exc.exit_code)
+                    return final
             if control.cancelled:
                 final = await self.store.transition(
                     task.id,
@@ -420,7 +452,8 @@ class TaskController:
                 return final
             if spec.timeout_s is not None:
                 control.deadline = time.monotonic() + spec.timeout_s
-            await self.store.transition(task.id, TaskState.RUNNING)
+            if task.state is not TaskState.RUNNING:
+                await self.store.transition(task.id, TaskState.RUNNING)
             ctx = TaskContext(
                 task=task,
                 control=control,

@@ -44,24 +44,39 @@ class TaskIO:
     stdin: bytes | Literal["inherit"] | None = None
 
 
-@dataclass(slots=True)
 class ExecutionControl:
-    """What the host may tell a running execution: stop now, and why."""
+    """What the host may tell a running execution: stop now, and why.
 
-    deadline: float | None = None  # time.monotonic() value
-    cancel_reason: str | None = None
-    _event: threading.Event = field(default_factory=threading.Event)
+    The event a waiter sleeps on is made only when somebody waits (most tasks are never
+    waited on this way, and a `threading.Event` is costly to make).
+    """
+
+    __slots__ = ("_event", "cancel_reason", "deadline")
+
+    _MAKE_EVENT = threading.Lock()
+
+    def __init__(self, deadline: float | None = None) -> None:
+        self.deadline = deadline  # time.monotonic() value
+        self.cancel_reason: str | None = None
+        self._event: threading.Event | None = None
 
     def cancel(self, reason: str = "cancelled") -> None:
         if self.cancel_reason is None:
             self.cancel_reason = reason
-        self._event.set()
+        if self._event is not None:
+            self._event.set()
 
     @property
     def cancelled(self) -> bool:
-        return self._event.is_set()
+        return self.cancel_reason is not None
 
     def wait_cancelled(self, timeout: float | None) -> bool:
+        if self._event is None:
+            with self._MAKE_EVENT:
+                if self._event is None:
+                    self._event = threading.Event()
+        if self.cancel_reason is not None:  # cancelled before the event existed
+            self._event.set()
         return self._event.wait(timeout)
 
 

@@ -239,10 +239,13 @@ class WasmWorkerAgent(WorkerAgent):
         self._cache_dir = cache_dir
         self._host_functions = [hostcall.define_all, *host_functions]
         self._flavors: dict[bool, _Flavor] = {}
-        self._prepared_for: dict[str, _Prepared] = {}  # task id -> what prepare() checked
+        # task id -> what prepare() checked, and the stat of the file it came from
+        self._prepared_for: dict[str, tuple[_Prepared, tuple[int, ...] | None]] = {}
         self._flavor_lock = threading.Lock()
         self._ticker = _Ticker([])
-        self._pool = WorkerPool(max_threads, name="spear-wasm")
+        self._pool = WorkerPool(
+            max_threads, name="spear-wasm", core=int(os.environ.get("CORE", "2"))
+        )
         # Running stores' stop checks, by the key their deadline callback is given: one
         # callback serves every store (a ctypes callback costs tens of microseconds to make).
         self._stops: dict[int, _Stop] = {}
@@ -269,7 +272,8 @@ class WasmWorkerAgent(WorkerAgent):
                 totals[key] = totals.get(key, 0) + value
         return totals
 
-    def _prepare_sync(self, task: Task) -> _Prepared:
+    def _prepare_sync(self, task: Task) -> tuple[_Prepared, tuple[int, ...] | None]:
+        """The prepared module of the task's file, with the file's stat as it was read."""
         spec = task.spec
         for mapping in spec.dirs:
             if not os.path.isdir(mapping.host):
@@ -286,7 +290,7 @@ class WasmWorkerAgent(WorkerAgent):
         with flavor.lock:
             prepared = flavor.prepared.get(key)
         if prepared is not None:
-            return prepared
+            return prepared, before
         export = next((e for e in module.exports if e.name == spec.entry), None)
         if export is None or not isinstance(export.type, wasmtime.FuncType):
             hint = " (is it a WASI command module?)" if spec.entry == "_start" else ""
@@ -302,14 +306,14 @@ class WasmWorkerAgent(WorkerAgent):
             if len(flavor.prepared) > 1024:
                 flavor.prepared.clear()
             flavor.prepared[key] = prepared
-        return prepared
+        return prepared, before
 
-    def _prepared_before(self, task: Task) -> _Prepared | None:
-        """The prepared module if this file was prepared before and has not changed since.
+    def _prepared_before(self, task: Task) -> tuple[_Prepared, tuple[int, ...] | None] | None:
+        """The prepared module if this file was prepared before, as it was then.
 
-        A stat of the file says so (size, modification and change times, inode): a warm
-        run neither reads nor hashes the module, and needs no worker thread. A file that
-        changed in any way is read and hashed again on a worker thread.
+        Nothing is read here, not even a stat (which hands the interpreter to another
+        thread and waits to get it back): the worker thread checks the file's stat
+        before running it, and prepares it again if it changed in any way.
         """
         spec = task.spec
         if spec.dirs:
@@ -319,10 +323,9 @@ class WasmWorkerAgent(WorkerAgent):
         seen = self._seen_files.get((spec.artifact, spec.entry))
         if flavor is None or seen is None or seen[2] is not fuel:
             return None
-        if seen[0] != _stat_key(spec.artifact):
-            return None  # changed or gone: the worker thread reads it (and reports)
         with flavor.lock:
-            return flavor.prepared.get(seen[1])
+            prepared = flavor.prepared.get(seen[1])
+        return None if prepared is None else (prepared, seen[0])
 
     async def prepare(self, task: Task) -> None:
         prepared = self._prepared_before(task)
@@ -382,11 +385,15 @@ class _Stop:
 
 class _WasmExecution(Execution):
     def __init__(
-        self, agent: WasmWorkerAgent, flavor: _Flavor, prepared: _Prepared, ctx: TaskContext
+        self,
+        agent: WasmWorkerAgent,
+        flavor: _Flavor,
+        prepared: tuple[_Prepared, tuple[int, ...] | None],
+        ctx: TaskContext,
     ) -> None:
         self._agent = agent
         self._flavor = flavor
-        self._prepared = prepared
+        self._prepared, self._seen = prepared
         self._ctx = ctx
         self._store: wasmtime.Store | None = None
         self._token: Any = None
@@ -435,6 +442,9 @@ class _WasmExecution(Execution):
             with os.fdopen(fd, "wb") as f:
                 f.write(ctx.io.stdin)
         agent = self._agent
+        if self._seen is None or self._seen != _stat_key(ctx.task.spec.artifact):
+            # The module file changed since it was prepared (or cannot be checked).
+            self._prepared, self._seen = agent._prepare_sync(ctx.task)
         store = wasmtime.Store(self._flavor.engine)
         key = next(agent._stop_keys)
         stop = agent._stops[key] = _Stop(control)

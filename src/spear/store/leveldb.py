@@ -38,6 +38,7 @@ _DATA = b"d/"  # user keys live under this prefix so metadata never shows in sca
 _VERSION_BYTES = 8
 
 _ABSENT = object()
+_RECENT_MAX = 100_000  # entries of LevelDBKV._recent (a few tens of MB of task records)
 
 _OPEN: dict[str, LevelDBKV] = {}
 _OPEN_LOCK = threading.Lock()
@@ -75,6 +76,10 @@ class LevelDBKV(KV):
         self._lock = threading.RLock()
         self._closed = False
         self._overlay: dict[bytes, bytes | None] = {}  # staged, not yet written
+        # What a held database stores for keys read or written lately: nobody else writes
+        # it, so reads of them need no LevelDB call (which, releasing the GIL, would hand
+        # the interpreter to a worker thread and wait to get it back).
+        self._recent: dict[bytes, bytes | None] = {}
         self._staged: list[tuple[bytes, bytes | None]] = []
         self._staged_events: list[WatchEvent] = []
         self._batch: _Batch | None = None  # how the write of what is staged went
@@ -171,8 +176,20 @@ class LevelDBKV(KV):
         staged = self._overlay.get(key, _ABSENT)
         if staged is not _ABSENT:
             return staged  # type: ignore[return-value]
-        value: bytes | None = db.get(key)
-        return value
+        if not self._hold:
+            raw: bytes | None = db.get(key)
+            return raw
+        staged = self._recent.get(key, _ABSENT)
+        if staged is not _ABSENT:
+            return staged  # type: ignore[return-value]
+        raw = db.get(key)
+        self._keep_recent({key: raw})
+        return raw
+
+    def _keep_recent(self, entries: dict[bytes, bytes | None]) -> None:
+        if len(self._recent) + len(entries) > _RECENT_MAX:
+            self._recent.clear()
+        self._recent.update(entries)
 
     def _version(self, db: Any, key: bytes) -> int:
         raw = self._raw(db, key)
@@ -225,6 +242,8 @@ class LevelDBKV(KV):
                 except plyvel.Error as exc:
                     error = StorageError(f"database error: {exc}")
                     self._rev = None  # read it back: the revisions handed out were not written
+                else:
+                    self._keep_recent(self._overlay)
             elif staged:
                 error = StorageError("the database was closed before the change was written")
             self._overlay.clear()
@@ -237,14 +256,17 @@ class LevelDBKV(KV):
     async def _written(self) -> None:
         """Wait until what this task staged is written.
 
-        The flush was scheduled when the batch was started, so ahead of this task's
-        wake-up: one turn of the loop later, the batch is written (or failed).
+        With nothing else ready to run, the batch is written at once: no other writer
+        can join it before the next turn of the loop anyway. Otherwise this task yields
+        one turn; the flush was scheduled when the batch was started, so ahead of this
+        task's wake-up, and the batch is written (or failed) when it resumes.
         """
         batch = self._batch
         if batch is None:
             return
-        await asyncio.sleep(0)
-        if not batch.done:  # another loop ran in between: write it now
+        if _ready_count(asyncio.get_running_loop()) > 1:  # more than our own flush
+            await asyncio.sleep(0)
+        if not batch.done:
             self._flush()
         if batch.error is not None:
             raise batch.error
@@ -364,6 +386,13 @@ class LevelDBKV(KV):
         with _OPEN_LOCK:
             if _OPEN.get(self._path) is self:
                 del _OPEN[self._path]
+
+
+def _ready_count(loop: asyncio.AbstractEventLoop) -> int:
+    """How many callbacks the loop will run next turn (asyncio's own loops say; others
+    count as busy, so writers always yield and batch)."""
+    ready = getattr(loop, "_ready", None)
+    return len(ready) if ready is not None else 2
 
 
 class _Batch:

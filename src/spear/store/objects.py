@@ -486,7 +486,7 @@ class ObjectStore:
         async def task_finished(task: Any) -> None:
             try:
                 await self.release_holder(task.id)
-                await self.store_result(task.id, logs.path(task.id, "stdout"))
+                await self.store_result(task.id, logs.stdout_file(task.id))
             except SpearError as exc:  # the task is over either way; say why it has no result
                 logger.warning("task {}: references or result not stored: {}", task.id, exc)
 
@@ -513,8 +513,7 @@ class ObjectStore:
         """The task's result is its stdout unless it set one explicitly (hostcall)."""
         key = result_key(task_id)
         try:
-            # One stat of a local file: microseconds, cheaper inline than a thread hop.
-            if stdout is not None and _is_file(stdout):
+            if stdout is not None:
                 await self.put_file(key, stdout, expected_version=0)
             else:
                 await self.put(key, b"", expected_version=0)
@@ -531,10 +530,6 @@ class ObjectStore:
     def _unlink(self, name: str) -> None:
         with contextlib.suppress(FileNotFoundError):
             self._path(name).unlink()
-
-
-def _is_file(path: Path) -> bool:
-    return path.is_file()
 
 
 def result_key(task_id: str) -> str:
