@@ -128,11 +128,41 @@ class _Ticker:
             self._thread.join(timeout=1)
 
 
+# A guest may run inline on the event loop (no thread hand-off: a trivial task takes a
+# third of the time) once its module has run this many times in a row, each time within
+# INLINE_SHORT_S; a guest still running after INLINE_BUDGET_S inline is moved to a thread.
+INLINE_AFTER_RUNS = 3
+INLINE_SHORT_S = 0.001
+INLINE_BUDGET_S = 0.002
+# What a guest run inline may import: WASI calls that cannot block without preopened
+# directories or an inherited stdin (both rule inline out). No sleeping (poll_oneoff), no
+# sockets, no spear hostcalls (they reach the event loop, which is busy running it).
+_BLOCKING_WASI = frozenset({"poll_oneoff", "sock_accept", "sock_recv", "sock_send"})
+_WASI_MODULES = frozenset({"wasi_snapshot_preview1", "wasi_unstable"})
+
+
 @dataclass(slots=True)
 class _Prepared:
     digest: str
     pre: Any  # wasmtime.InstancePre
     plain_entry: bool = False  # the entry takes and returns nothing: called directly
+    inline: bool = False  # its imports allow running it inline (see _BLOCKING_WASI)
+    short_runs: int = 0  # consecutive runs shorter than INLINE_SHORT_S
+
+    def ran(self, seconds: float, moved: bool) -> None:
+        if moved or seconds >= INLINE_SHORT_S:
+            self.short_runs = 0
+        elif self.short_runs < INLINE_AFTER_RUNS:
+            self.short_runs += 1
+
+
+_MOVED = Outcome(TaskState.RUNNING, 0, "moved to a worker thread")
+
+
+def _may_run_inline(module: wasmtime.Module) -> bool:
+    return all(
+        imp.module in _WASI_MODULES and imp.name not in _BLOCKING_WASI for imp in module.imports
+    )
 
 
 def _call(prepared: _Prepared, context: Any, entry: str, store: wasmtime.Store) -> None:
@@ -243,9 +273,8 @@ class WasmWorkerAgent(WorkerAgent):
         self._prepared_for: dict[str, tuple[_Prepared, tuple[int, ...] | None]] = {}
         self._flavor_lock = threading.Lock()
         self._ticker = _Ticker([])
-        self._pool = WorkerPool(
-            max_threads, name="spear-wasm", core=int(os.environ.get("CORE", "2"))
-        )
+        self._pool = WorkerPool(max_threads, name="spear-wasm")
+        self._run_counts = {"inline": 0, "moved": 0, "thread": 0}
         # Running stores' stop checks, by the key their deadline callback is given: one
         # callback serves every store (a ctypes callback costs tens of microseconds to make).
         self._stops: dict[int, _Stop] = {}
@@ -263,6 +292,11 @@ class WasmWorkerAgent(WorkerAgent):
                 self._flavors[fuel] = flavor
                 self._ticker._engines = [f.engine for f in self._flavors.values()]
             return flavor
+
+    @property
+    def run_stats(self) -> dict[str, int]:
+        """Guests run inline on the event loop, moved from it, and run on threads."""
+        return dict(self._run_counts)
 
     @property
     def cache_stats(self) -> dict[str, int]:
@@ -301,7 +335,12 @@ class WasmWorkerAgent(WorkerAgent):
             first = str(exc).strip().splitlines()[0]
             raise InvalidModule(f"{spec.artifact} cannot be linked: {first}") from None
         ty = export.type
-        prepared = _Prepared(digest, pre, plain_entry=not ty.params and not ty.results)
+        prepared = _Prepared(
+            digest,
+            pre,
+            plain_entry=not ty.params and not ty.results,
+            inline=not ty.params and not ty.results and _may_run_inline(module),
+        )
         with flavor.lock:
             if len(flavor.prepared) > 1024:
                 flavor.prepared.clear()
@@ -355,6 +394,8 @@ class WasmWorkerAgent(WorkerAgent):
             reason = stop.reason = "cancelled"
         elif stop.control.deadline is not None and time.monotonic() >= stop.control.deadline:
             reason = stop.reason = "timeout"
+        elif stop.move_after is not None and time.monotonic() >= stop.move_after:
+            reason = stop.reason = "move"
         else:
             reason = None
         if reason is None:
@@ -381,6 +422,7 @@ def _stat_key(path: str) -> tuple[int, ...] | None:
 class _Stop:
     control: ExecutionControl
     reason: str | None = None
+    move_after: float | None = None  # run inline: stop it to move it past this time
 
 
 class _WasmExecution(Execution):
@@ -403,9 +445,39 @@ class _WasmExecution(Execution):
 
     async def wait(self) -> Outcome:
         self._token = anyio.lowlevel.current_token()  # where the guest's hostcalls go
+        counts = self._agent._run_counts
+        if self._inline_ok():
+            outcome = self._run(inline=True)
+            self._cleanup()
+            if outcome is not _MOVED:
+                counts["inline"] += 1
+                return outcome
+            counts["moved"] += 1
+        counts["thread"] += 1
         return await self._agent._pool.run(self._run, cleanup=self._cleanup)
 
-    def _configure(self, store: wasmtime.Store, stdin_path: str | None) -> None:
+    def _inline_ok(self) -> bool:
+        """Whether to run this guest right here on the event loop (see `_Prepared.inline`):
+        a guest that can neither block nor touch anything outside itself, whose last runs
+        were all short, and whose module file is as it was prepared."""
+        prepared, ctx = self._prepared, self._ctx
+        return (
+            prepared.inline
+            and prepared.short_runs >= INLINE_AFTER_RUNS
+            and not ctx.task.spec.dirs
+            and ctx.io.stdin != "inherit"
+            and not ctx.control.cancelled
+            and self._seen is not None
+            and self._seen == _stat_key(ctx.task.spec.artifact)
+        )
+
+    def _configure(
+        self,
+        store: wasmtime.Store,
+        stdin_path: str | None,
+        stdout: Callable[[bytes], None],
+        stderr: Callable[[bytes], None],
+    ) -> None:
         spec = self._ctx.task.spec
         wasi = wasmtime.WasiConfig()
         argv, env = _launch_arrays(spec)
@@ -419,8 +491,8 @@ class _WasmExecution(Execution):
             except wasmtime.WasmtimeError:
                 raise InvalidArgument(f"--dir: cannot open {mapping.host}") from None
         io = self._ctx.io
-        wasi.stdout_custom = _writer(io.stdout)
-        wasi.stderr_custom = _writer(io.stderr)
+        wasi.stdout_custom = _writer(stdout)
+        wasi.stderr_custom = _writer(stderr)
         if io.stdin == "inherit":
             wasi.inherit_stdin()
         elif stdin_path is not None:
@@ -431,7 +503,14 @@ class _WasmExecution(Execution):
         if spec.fuel is not None:
             store.set_fuel(spec.fuel)
 
-    def _run(self) -> Outcome:
+    def _run(self, inline: bool = False) -> Outcome:
+        """Run the guest to its end: on a worker thread, or `inline` on the event loop.
+
+        Inline, the guest's output is held back until it ends, and a guest still running
+        after `INLINE_BUDGET_S` is stopped and `_MOVED` returned: it had no effect outside
+        itself (see `_Prepared.inline`), so it starts again from scratch on a worker
+        thread, and its module is not run inline again until it proves short again.
+        """
         ctx = self._ctx
         control = ctx.control
         if control.cancelled:
@@ -442,23 +521,33 @@ class _WasmExecution(Execution):
             with os.fdopen(fd, "wb") as f:
                 f.write(ctx.io.stdin)
         agent = self._agent
-        if self._seen is None or self._seen != _stat_key(ctx.task.spec.artifact):
+        if not inline and (self._seen is None or self._seen != _stat_key(ctx.task.spec.artifact)):
             # The module file changed since it was prepared (or cannot be checked).
             self._prepared, self._seen = agent._prepare_sync(ctx.task)
+        prepared = self._prepared
+        held: list[tuple[Callable[[bytes], None], bytes]] = []
+        if inline:
+            stdout: Callable[[bytes], None] = lambda data: held.append((ctx.io.stdout, data))  # noqa: E731
+            stderr: Callable[[bytes], None] = lambda data: held.append((ctx.io.stderr, data))  # noqa: E731
+        else:
+            stdout, stderr = ctx.io.stdout, ctx.io.stderr
         store = wasmtime.Store(self._flavor.engine)
         key = next(agent._stop_keys)
         stop = agent._stops[key] = _Stop(control)
         try:
-            self._configure(store, stdin_path)
+            self._configure(store, stdin_path, stdout, stderr)
             context = store._context()
             _ffi.wasmtime_store_epoch_deadline_callback(
                 store.ptr(), agent._on_deadline, key, _NO_FINALIZER
             )
             _ffi.wasmtime_context_set_epoch_deadline(context, 1)
             previous = hostcall.bind(ctx, self._token)
+            started = time.monotonic()
+            if inline:
+                stop.move_after = started + INLINE_BUDGET_S
             try:
                 with agent._ticker:
-                    _call(self._prepared, context, ctx.task.spec.entry, store)
+                    _call(prepared, context, ctx.task.spec.entry, store)
                 outcome = Outcome(TaskState.COMPLETED, 0)
             except wasmtime.ExitTrap as exc:
                 code = exc.code
@@ -467,9 +556,10 @@ class _WasmExecution(Execution):
                 else:
                     outcome = Outcome(TaskState.FAILED, code, f"exit status {code}")
             except (wasmtime.Trap, wasmtime.WasmtimeError) as exc:
-                outcome = self._failure(exc, stop.reason)
+                outcome = _MOVED if stop.reason == "move" else self._failure(exc, stop.reason)
             finally:
                 hostcall.bind(*previous)
+            prepared.ran(time.monotonic() - started, moved=outcome is _MOVED)
         except BaseException:
             store.close()
             raise
@@ -477,6 +567,9 @@ class _WasmExecution(Execution):
             del agent._stops[key]
             if stdin_path is not None:
                 os.unlink(stdin_path)
+        if outcome is not _MOVED:
+            for sink, data in held:
+                sink(data)
         # Freeing the store takes a while: after the outcome is on its way (`_cleanup`).
         self._store = store
         return outcome

@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import plyvel
 
+from spear._loopstate import ready_count
 from spear.errors import StorageBusy, StorageError
 from spear.store.kv import KV, Entry, EventKind, WatchEvent, Write
 
@@ -83,6 +84,7 @@ class LevelDBKV(KV):
         self._staged: list[tuple[bytes, bytes | None]] = []
         self._staged_events: list[WatchEvent] = []
         self._batch: _Batch | None = None  # how the write of what is staged went
+        self._flush_due = False  # a flush of the batch is scheduled
         self._watchers: list[tuple[str, asyncio.Queue[WatchEvent], asyncio.AbstractEventLoop]] = []
 
     @classmethod
@@ -221,11 +223,11 @@ class LevelDBKV(KV):
         self._staged_events.extend(events)
         if self._batch is None:
             self._batch = _Batch()
-            asyncio.get_running_loop().call_soon(self._flush)
 
     def _flush(self) -> None:
         """Write every staged change as one batch and tell its writers (loop thread)."""
         with self._lock:
+            self._flush_due = False
             batch, self._batch = self._batch, None
             staged, self._staged = self._staged, []
             events, self._staged_events = self._staged_events, []
@@ -257,17 +259,24 @@ class LevelDBKV(KV):
         """Wait until what this task staged is written.
 
         With nothing else ready to run, the batch is written at once: no other writer
-        can join it before the next turn of the loop anyway. Otherwise this task yields
-        one turn; the flush was scheduled when the batch was started, so ahead of this
-        task's wake-up, and the batch is written (or failed) when it resumes.
+        could join it before the next turn of the loop anyway. Otherwise the write is
+        scheduled for the next turn, ahead of this task's wake-up, so every writer of
+        this turn shares it; this task yields once, and finds it written (or failed).
         """
         batch = self._batch
         if batch is None:
             return
-        if _ready_count(asyncio.get_running_loop()) > 1:  # more than our own flush
-            await asyncio.sleep(0)
+        if not self._flush_due:
+            loop = asyncio.get_running_loop()
+            if ready_count(loop) == 0:
+                self._flush()
+            else:
+                loop.call_soon(self._flush)
+                self._flush_due = True
         if not batch.done:
-            self._flush()
+            await asyncio.sleep(0)
+            if not batch.done:  # another loop ran in between: write it now
+                self._flush()
         if batch.error is not None:
             raise batch.error
 
@@ -386,13 +395,6 @@ class LevelDBKV(KV):
         with _OPEN_LOCK:
             if _OPEN.get(self._path) is self:
                 del _OPEN[self._path]
-
-
-def _ready_count(loop: asyncio.AbstractEventLoop) -> int:
-    """How many callbacks the loop will run next turn (asyncio's own loops say; others
-    count as busy, so writers always yield and batch)."""
-    ready = getattr(loop, "_ready", None)
-    return len(ready) if ready is not None else 2
 
 
 class _Batch:
