@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+import itertools
+import os
 import secrets
 import time
 from dataclasses import dataclass, field
@@ -151,11 +153,22 @@ class FunctionSpec:
 
 
 def new_task_id() -> str:
-    """A time-ordered id: 12 hex digits of milliseconds, then 10 random ones.
+    """A time-ordered id: 12 hex digits of milliseconds, then 10 more that make it unique.
 
     Lexicographic order is creation order, so a reverse prefix scan lists newest first.
+    The last 10 digits count up from a random start (drawn again in a forked child):
+    unique within a process, and unlike another process's but by a 2^-40 chance.
     """
-    return f"{time.time_ns() // 1_000_000:012x}{secrets.token_hex(5)}"
+    return f"{time.time_ns() // 1_000_000:012x}{next(_ID_SEQ) & 0xFF_FFFF_FFFF:010x}"
+
+
+def _reseed_ids() -> None:
+    global _ID_SEQ
+    _ID_SEQ = itertools.count(secrets.randbits(40))
+
+
+_ID_SEQ = itertools.count(secrets.randbits(40))
+os.register_at_fork(after_in_child=_reseed_ids)
 
 
 @dataclass(frozen=True, slots=True)
@@ -183,9 +196,21 @@ class Task:
             changes.setdefault("started_at", now)
         if state.terminal:
             changes.setdefault("finished_at", now)
-        return dataclasses.replace(
-            self, state=state, history=(*self.history, (state.value, now)), **changes
-        )
+        fields: dict[str, Any] = {
+            "id": self.id,
+            "spec": self.spec,
+            "state": state,
+            "created_at": self.created_at,
+            "started_at": self.started_at,
+            "finished_at": self.finished_at,
+            "exit_code": self.exit_code,
+            "reason": self.reason,
+            "node": self.node,
+            "attempts": self.attempts,
+            "history": (*self.history, (state.value, now)),
+        }
+        fields.update(changes)  # (dataclasses.replace does the same, five times slower)
+        return Task(**fields)
 
     def to_json(self) -> dict[str, Any]:
         return {

@@ -8,6 +8,7 @@ staying RUNNING forever. Every write is a compare-and-swap on the record's versi
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import json
 import os
@@ -108,26 +109,31 @@ class TaskStore:
         only_from: frozenset[TaskState] | None = None,
         **changes: Any,
     ) -> Task:
-        """Move a task to `state`, retrying if another writer got there in between."""
+        """Move a task to `state`, retrying if another writer got there in between.
+
+        The record this store wrote last is tried first without reading it back; a
+        compare-and-swap that finds it changed since reads it, and tries again.
+        """
+        known = self._written.get(task_id)
         while True:
-            entry = await self._kv.get(_TASKS + task_id)
-            if entry is None:
-                raise NotFound(f"no such task: {task_id}")
-            known = self._written.get(task_id)
-            if known is not None and known[0] == entry.version:
-                task = known[1]  # versions are unique per write: this is what we wrote
+            if known is not None:
+                version, task = known
+                known = None
             else:
-                task = _decode(entry.value)
+                entry = await self._kv.get(_TASKS + task_id)
+                if entry is None:
+                    raise NotFound(f"no such task: {task_id}")
+                version, task = entry.version, _decode(entry.value)
             if only_from is not None and task.state not in only_from:
                 return task
             new = task.transition(state, **changes)
-            record = Write(_TASKS + task_id, _encode(new), entry.version)
+            record = Write(_TASKS + task_id, _encode(new), version)
             if state.terminal:  # finished: no longer unfinished, in the same write
-                version = await self._kv.commit([record, Write(_ACTIVE + task_id, None)])
+                new_version = await self._kv.commit([record, Write(_ACTIVE + task_id, None)])
             else:
-                version = await self._kv.compare_and_swap(record.key, record.value, entry.version)
-            if version >= 0:
-                self._remember(new, version)
+                new_version = await self._kv.compare_and_swap(record.key, record.value, version)
+            if new_version >= 0:
+                self._remember(new, new_version)
                 return new
 
     async def list_tasks(
@@ -291,7 +297,7 @@ class _Admission:
 @dataclasses.dataclass(slots=True)
 class _Running:
     control: ExecutionControl
-    done: anyio.Event
+    done: asyncio.Event
     execution: Execution | None = None
     final: Task | None = None
 
@@ -406,7 +412,7 @@ class TaskController:
         if self._task_group is None:
             raise RuntimeError("the task controller is not started")
         task = await self.create(spec, task_id=task_id)
-        self._running[task.id] = _Running(ExecutionControl(), anyio.Event())
+        self._running[task.id] = _Running(ExecutionControl(), asyncio.Event())
         self._task_group.start_soon(self._execute_guarded, task, stdin)
         return task
 
@@ -429,7 +435,7 @@ class TaskController:
         and it is recorded RUNNING (see `run`)."""
         running = self._running.get(task.id)
         if running is None:
-            running = self._running[task.id] = _Running(ExecutionControl(), anyio.Event())
+            running = self._running[task.id] = _Running(ExecutionControl(), asyncio.Event())
         control = running.control
         spec = task.spec
         writer = self._logs.writer(task.id, tee_stdout, tee_stderr)

@@ -199,12 +199,17 @@ class LevelDBKV(KV):
 
     def _change(self, db: Any, writes: list[tuple[bytes, bytes | None]], rev: int) -> None:
         """Make `writes` (raw key, value or None to delete) at revision `rev`."""
-        events = [
-            WatchEvent(EventKind.DELETE, key[len(_DATA) :].decode(), b"", rev)
-            if value is None
-            else WatchEvent(EventKind.PUT, key[len(_DATA) :].decode(), value, rev)
-            for key, value in writes
-        ]
+        # Watch events only while somebody watches: a watch sees changes from its start.
+        events = (
+            [
+                WatchEvent(EventKind.DELETE, key[len(_DATA) :].decode(), b"", rev)
+                if value is None
+                else WatchEvent(EventKind.PUT, key[len(_DATA) :].decode(), value, rev)
+                for key, value in writes
+            ]
+            if self._watchers
+            else []
+        )
         staged = [(k, None if v is None else _encode(rev, v)) for k, v in writes]
         if not self._hold:
             with db.write_batch(sync=self._sync) as batch:

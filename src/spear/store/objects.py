@@ -35,7 +35,6 @@ process; processes sharing a data dir each check against the usage they see.
 from __future__ import annotations
 
 import contextlib
-import json
 import mmap
 import os
 import secrets
@@ -47,6 +46,7 @@ from typing import TYPE_CHECKING, Any
 
 import anyio
 import anyio.to_thread
+import orjson
 from loguru import logger
 
 from spear.errors import (
@@ -115,14 +115,14 @@ def _check_expected(expected_version: int | None) -> None:
 
 
 def _encode(header: dict[str, Any], inline: bytes) -> bytes:
-    return json.dumps(header, separators=(",", ":")).encode() + b"\0" + inline
+    return orjson.dumps(header) + b"\0" + inline
 
 
 def _decode(entry: Entry) -> tuple[dict[str, Any], bytes, int]:
     """(header, inline value, object version) of a metadata entry."""
     head, _, inline = entry.value.partition(b"\0")
     try:
-        header: dict[str, Any] = json.loads(head)
+        header: dict[str, Any] = orjson.loads(head)
     except ValueError:
         raise StorageError(f"corrupt object metadata for {entry.key!r}") from None
     return header, inline, int(header.get("version") or entry.version)
@@ -259,6 +259,13 @@ class ObjectStore:
         inline: bytes,
         expected_version: int | None,
     ) -> tuple[int, dict[str, Any] | None]:
+        if expected_version == 0:  # create only: try it without reading first
+            now = time.time()
+            fresh: dict[str, Any] = {"refs": 0, "pinned": False, "created": now}
+            fresh.update(size=size, file=name, updated=now)
+            rev = await self._kv.compare_and_swap(META + key, _encode(fresh, inline), 0)
+            if rev > 0:
+                return rev, None
         while True:
             entry = await self._kv.get(META + key)
             now = time.time()
