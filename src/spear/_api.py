@@ -93,6 +93,10 @@ class NodeAPI(Protocol):
         """Start a task; returns at once with a handle on it (the task is PENDING)."""
         ...
 
+    async def run(self, spec: FunctionSpec, *, stdin: bytes | None = None) -> Task:
+        """Run a task to its end and return it finished."""
+        ...
+
     def start_task(
         self, spec: FunctionSpec, *, stdin: bytes | None = None
     ) -> AbstractAsyncContextManager[StreamingTask]:

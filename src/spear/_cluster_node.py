@@ -71,6 +71,10 @@ class ClusterNode(InProcessNode):
             raise Unavailable(f"node {self.node.name} is draining: it accepts no new tasks")
         return TaskHandle(self, await self.scheduler.submit(spec, stdin=stdin))
 
+    async def run(self, spec: FunctionSpec, *, stdin: bytes | None = None) -> Task:
+        handle = await self.submit(spec, stdin=stdin)  # placed by the scheduler
+        return await self.wait(handle.id)
+
     @contextlib.asynccontextmanager
     async def start_task(
         self, spec: FunctionSpec, *, stdin: bytes | None = None

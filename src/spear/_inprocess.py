@@ -74,6 +74,15 @@ class InProcessNode:
             raise Unavailable(f"node {self.node.name} is draining: it accepts no new tasks")
         return TaskHandle(self, await self.node.submit(spec, stdin=stdin))
 
+    async def run(self, spec: FunctionSpec, *, stdin: bytes | None = None) -> Task:
+        if self.draining:
+            raise Unavailable(f"node {self.node.name} is draining: it accepts no new tasks")
+        # Run in the caller's task (the node's quickest path), shielded: a caller that
+        # goes away (a gRPC client that hangs up) leaves the task to finish as submitted.
+        with anyio.CancelScope(shield=True):
+            task = await self.node.run(spec, stdin=stdin)
+        return task
+
     @contextlib.asynccontextmanager
     async def start_task(
         self, spec: FunctionSpec, *, stdin: bytes | None = None

@@ -163,6 +163,15 @@ class Client(AsyncResource):
             self._digests[key] = digest
         return digest, st.st_size
 
+    def _known_digest(self, path: str) -> tuple[str, int] | None:
+        """(sha256, size) of `path` if this version of it was hashed before (one stat)."""
+        try:
+            st = os.stat(path)
+        except OSError:
+            return None
+        digest = self._digests.get((path, st.st_mtime_ns, st.st_size))
+        return None if digest is None else (digest, st.st_size)
+
     async def upload(self, path: str) -> str:
         """Send a local file to the node unless it has it already; returns its sha256."""
         found = await anyio.to_thread.run_sync(self._digest, path)
@@ -201,7 +210,9 @@ class Client(AsyncResource):
         digest = None
         found = None
         if spec.runtime is Runtime.WASM:
-            found = await anyio.to_thread.run_sync(self._digest, spec.artifact)
+            found = self._known_digest(spec.artifact)
+            if found is None:  # hashing a file may take a while: on a thread
+                found = await anyio.to_thread.run_sync(self._digest, spec.artifact)
         if found is not None:  # a local module: upload it (once); else a path on the node
             digest = await self._upload(spec.artifact, *found)
             spec = dataclasses.replace(spec, artifact=os.path.basename(spec.artifact))

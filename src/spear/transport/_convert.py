@@ -5,7 +5,10 @@ from __future__ import annotations
 from spear._api import LogChunk, NodeInfo, ObjectInfo
 from spear.core.models import DirMapping, FunctionSpec, Resources, Runtime, Task, TaskState
 from spear.errors import InvalidArgument
+from spear.transport import _fastdefaults
 from spear.transport._gen.spear import v1
+
+_fastdefaults.install()
 
 _STATE_TO_WIRE = {
     TaskState.PENDING: v1.TaskState.PENDING,

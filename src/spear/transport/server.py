@@ -165,6 +165,10 @@ class SpearletService(v1.SpearletBase):
 
     async def _submit(self, request: v1.SubmitTaskRequest, *, wait: bool) -> Task:
         spec = await self._resolve(request)
+        if wait:
+            task = await self.api.run(spec, stdin=request.stdin or None)
+            logger.debug("task {} ran ({})", task.id, spec.artifact)
+            return task
         handle = await self.api.submit(spec, stdin=request.stdin or None)
         logger.debug("task {} submitted ({})", handle.id, spec.artifact)
         return await self.api.wait(handle.id) if wait else handle.task
