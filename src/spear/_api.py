@@ -97,6 +97,10 @@ class NodeAPI(Protocol):
         """Run a task to its end and return it finished."""
         ...
 
+    async def call(self, spec: FunctionSpec, *, stdin: bytes | None = None) -> TaskResult:
+        """Run a task to its end and return its result (one round trip to a remote node)."""
+        ...
+
     def start_task(
         self, spec: FunctionSpec, *, stdin: bytes | None = None
     ) -> AbstractAsyncContextManager[StreamingTask]:

@@ -83,6 +83,10 @@ class InProcessNode:
             task = await self.node.run(spec, stdin=stdin)
         return task
 
+    async def call(self, spec: FunctionSpec, *, stdin: bytes | None = None) -> TaskResult:
+        task = await self.run(spec, stdin=stdin)
+        return await self.result(task.id, wait=False)
+
     @contextlib.asynccontextmanager
     async def start_task(
         self, spec: FunctionSpec, *, stdin: bytes | None = None

@@ -308,16 +308,24 @@ class Client(AsyncResource):
             return cv.task_from_wire(await self._stub.cancel_task(request))
 
     async def result(self, task_id: str, *, wait: bool = True) -> TaskResult:
+        request = v1.GetResultRequest(task_id=task_id, wait=wait)
+        return await self._result(self._stub.get_result(request), f"task {task_id}")
+
+    async def call(self, spec: FunctionSpec, *, stdin: bytes | None = None) -> TaskResult:
+        """Run a task and return its result, in one call (RunTask)."""
+        request = await self._request(spec, stdin, wait=True)
+        return await self._result(self._stub.run_task(request), spec.artifact)
+
+    async def _result(self, chunks: AsyncIterator[v1.ResultChunk], what: str) -> TaskResult:
         task: Task | None = None
         parts: list[bytes] = []
         with self._errors():
-            request = v1.GetResultRequest(task_id=task_id, wait=wait)
-            async for chunk in self._stub.get_result(request):
+            async for chunk in chunks:
                 if chunk.task is not None:
                     task = cv.task_from_wire(chunk.task)
                 parts.append(chunk.data)
         if task is None:
-            raise SpearError(f"node {self.address} sent no result for task {task_id}")
+            raise SpearError(f"node {self.address} sent no result for {what}")
         return TaskResult(task, b"".join(parts))
 
     async def logs(

@@ -12,6 +12,7 @@ import pytest
 import wasmtime
 from conftest import assert_eventually
 
+from spear.errors import NotFound
 from spear.local_cluster import LocalCluster
 from spear.transport.sms_client import SmsClient
 
@@ -51,6 +52,14 @@ def spear(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "spear", *args], capture_output=True, text=True, timeout=timeout
     )
+
+
+def sms_state(address: str, task_id: str) -> Any:
+    """The task's state as the SMS has it, None while no report of it arrived yet."""
+    try:
+        return sms_call(address, "task", task_id).state
+    except NotFound:
+        return None
 
 
 def sms_call(address: str, method: str, *args: Any, **kw: Any) -> Any:

@@ -14,6 +14,7 @@ from helpers import (  # fixtures too: loop_wasm, make_cluster
     make_cluster,
     nodes_json,
     sms_call,
+    sms_state,
     spear,
 )
 
@@ -106,7 +107,7 @@ def test_sigkilled_spearlet_is_dead_and_its_tasks_node_lost(
     assert forwarded.returncode == 0, forwarded.stderr
     forwarded_id = forwarded.stdout.split()[0]
     for tid in (task_id, forwarded_id):
-        assert_eventually(lambda tid=tid: sms_call(sms, "task", tid).state is TaskState.RUNNING)
+        assert_eventually(lambda tid=tid: sms_state(sms, tid) is TaskState.RUNNING)
     assert sms_call(sms, "task", forwarded_id).node == "node-1"
     cluster.stop_member(victim, signal.SIGKILL)
     seen: set[str] = set()
@@ -136,7 +137,7 @@ def test_sms_restart_loses_no_node_or_task(make_cluster: Any, loop_wasm: Path, e
     sms = cluster.sms.address
     node1 = cluster.member("node-1")
     task_id = _submit(node1.address, loop_wasm)
-    assert_eventually(lambda: sms_call(sms, "task", task_id).state is TaskState.RUNNING)
+    assert_eventually(lambda: sms_state(sms, task_id) is TaskState.RUNNING)
     before = nodes_json(sms)
     cluster.stop_member(cluster.sms)
     cluster.start_sms(listen=sms)  # same address, same store
@@ -148,10 +149,10 @@ def test_sms_restart_loses_no_node_or_task(make_cluster: Any, loop_wasm: Path, e
     assert_eventually(
         lambda: all(n["health"] == "healthy" for n in nodes_json(sms).values()), timeout=10
     )
-    assert sms_call(sms, "task", task_id).state is TaskState.RUNNING
+    assert_eventually(lambda: sms_state(sms, task_id) is TaskState.RUNNING)
     stop = spear("stop", "--node", node1.address, task_id)
     assert stop.returncode == 0, stop.stderr
-    assert_eventually(lambda: sms_call(sms, "task", task_id).state is TaskState.CANCELLED)
+    assert_eventually(lambda: sms_state(sms, task_id) is TaskState.CANCELLED)
 
 
 def test_spearlets_register_again_with_an_sms_that_forgot_them(make_cluster: Any) -> None:

@@ -16,6 +16,7 @@ from helpers import (  # fixtures too: loop_wasm, make_cluster
     make_cluster,
     nodes_json,
     sms_call,
+    sms_state,
     spear,
 )
 
@@ -67,27 +68,27 @@ def test_local_first_then_spill_over_then_fifo_wait(make_cluster: Any, loop_wasm
     n1, n2 = cluster.member("node-1").address, cluster.member("node-2").address
     spec = FunctionSpec(str(loop_wasm))
     first = submit(n1, spec)  # fits node-1: runs there
-    assert_eventually(lambda: sms_call(sms, "task", first).state is TaskState.RUNNING)
+    assert_eventually(lambda: sms_state(sms, first) is TaskState.RUNNING)
     assert sms_node_of(sms, first) == "node-1"
     # node-1's heartbeat must show it full before the SMS steers around it; the second
     # task is sent by node-1 itself, which knows it is full.
     second = submit(n1, spec)
-    assert_eventually(lambda: sms_call(sms, "task", second).state is TaskState.RUNNING)
+    assert_eventually(lambda: sms_state(sms, second) is TaskState.RUNNING)
     assert sms_node_of(sms, second) == "node-2"  # forwarded, same id
     third = submit(n1, spec)  # no room anywhere: waits, PENDING at node-1
-    assert sms_call(sms, "task", third).state is TaskState.PENDING
+    assert_eventually(lambda: sms_state(sms, third) is TaskState.PENDING)
     fourth = submit(n1, spec)
     # Stopping the first (from node-2, which proxies to node-1) frees node-1: the oldest
     # waiting task goes first.
     stop = spear("stop", "--node", n2, first)
     assert stop.returncode == 0, stop.stderr
-    assert_eventually(lambda: sms_call(sms, "task", third).state is TaskState.RUNNING)
+    assert_eventually(lambda: sms_state(sms, third) is TaskState.RUNNING)
     assert sms_node_of(sms, third) == "node-1"
-    assert sms_call(sms, "task", fourth).state is TaskState.PENDING
+    assert_eventually(lambda: sms_state(sms, fourth) is TaskState.PENDING)
     # A waiting task can be stopped from any node too.
     stopped = spear("stop", "--node", n2, fourth)
     assert stopped.returncode == 0, stopped.stderr
-    assert sms_call(sms, "task", fourth).state is TaskState.CANCELLED
+    assert_eventually(lambda: sms_state(sms, fourth) is TaskState.CANCELLED)
     for task_id in (second, third):
         assert spear("stop", "--node", n1, task_id).returncode == 0
 

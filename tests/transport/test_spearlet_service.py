@@ -56,6 +56,30 @@ async def test_submit_then_result_logs_and_status(tmp_path: Path) -> None:
         assert await client.tasks(TaskState.FAILED) == []
 
 
+async def test_call_runs_a_task_and_returns_its_result_in_one_call(tmp_path: Path) -> None:
+    async with served(tmp_path / "home") as (node, _, client):
+        result = await client.call(FunctionSpec(str(hello(tmp_path))))
+        assert result.task.state is TaskState.COMPLETED and result.output == b"hello\n"
+        # The task is recorded like any other, RUNNING from the start (it ran at once).
+        task = await client.task(result.task.id)
+        assert [s for s, _ in task.history] == ["PENDING", "RUNNING", "COMPLETED"]
+        failed = await client.call(FunctionSpec(str(exits(tmp_path, 3))))
+        assert failed.task.state is TaskState.FAILED and failed.exit_code == 3
+        junk = tmp_path / "junk.wasm"
+        junk.write_bytes(b"not wasm at all")
+        with pytest.raises(spear.InvalidModule):
+            await client.call(FunctionSpec(str(junk)))
+        # In process, the same call on the same node.
+        local = await node_api(node).call(FunctionSpec(str(hello(tmp_path))))
+        assert local.output == b"hello\n" and local.task.state is TaskState.COMPLETED
+
+
+def node_api(node: spear.LocalNode) -> Any:
+    from spear._inprocess import InProcessNode
+
+    return InProcessNode(node)
+
+
 async def test_exit_code_and_batch_submit(tmp_path: Path) -> None:
     async with served(tmp_path / "home") as (_, _, client):
         ok, bad = str(hello(tmp_path)), str(exits(tmp_path, 3))

@@ -36,12 +36,12 @@ from spear.transport._status import (
 )
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+    from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 
     from grpclib.const import Handler
     from grpclib.server import Stream
 
-    from spear._api import NodeAPI
+    from spear._api import NodeAPI, TaskResult
     from spear.core.models import FunctionSpec, Task
     from spear.core.node import Spearlet
 
@@ -82,6 +82,13 @@ def listening_socket(listen: str) -> socket.socket:
         sock.close()
         raise InvalidArgument(f"cannot listen on {listen}: {exc.strerror or exc}") from None
     return sock
+
+
+def _result_chunks(result: TaskResult) -> Iterator[v1.ResultChunk]:
+    """A result on the wire: the task in the first chunk, its output across all."""
+    for i, piece in enumerate(_chunks(result.output)):
+        task = cv.task_to_wire(result.task) if i == 0 else None
+        yield v1.ResultChunk(task=task, data=piece)
 
 
 def _chunks(data: bytes, size: int = CHUNK_BYTES) -> list[bytes]:
@@ -212,9 +219,15 @@ class SpearletService(v1.SpearletBase):
 
     async def get_result(self, message: v1.GetResultRequest) -> AsyncIterator[v1.ResultChunk]:
         result = await self.api.result(message.task_id, wait=message.wait)
-        for i, piece in enumerate(_chunks(result.output)):
-            task = cv.task_to_wire(result.task) if i == 0 else None
-            yield v1.ResultChunk(task=task, data=piece)
+        for chunk in _result_chunks(result):
+            yield chunk
+
+    async def run_task(self, message: v1.SubmitTaskRequest) -> AsyncIterator[v1.ResultChunk]:
+        spec = await self._resolve(message)
+        result = await self.api.call(spec, stdin=message.stdin or None)
+        logger.debug("task {} ran ({})", result.task.id, spec.artifact)
+        for chunk in _result_chunks(result):
+            yield chunk
 
     async def stream_logs(self, message: v1.StreamLogsRequest) -> AsyncIterator[v1.LogChunk]:
         async for chunk in self.api.logs(

@@ -1387,6 +1387,28 @@ class SpearletStub(betterproto2_grpclib.ServiceStub):
         ):
             yield response
 
+    async def run_task(
+        self,
+        message: "SubmitTaskRequest",
+        *,
+        timeout: "float | None" = None,
+        deadline: "Deadline | None" = None,
+        metadata: "MetadataLike | None" = None,
+    ) -> "AsyncIterator[ResultChunk]":
+        """
+        Submit a task, run it to its end, and answer as GetResult does: one call, not two.
+        """
+
+        async for response in self._unary_stream(
+            "/spear.v1.Spearlet/RunTask",
+            message,
+            ResultChunk,
+            timeout=timeout,
+            deadline=deadline,
+            metadata=metadata,
+        ):
+            yield response
+
     async def stream_logs(
         self,
         message: "StreamLogsRequest",
@@ -1974,6 +1996,14 @@ class SpearletBase(betterproto2_grpclib.ServiceBase):
         raise grpclib.GRPCError(grpclib.const.Status.UNIMPLEMENTED)
         yield ResultChunk()
 
+    async def run_task(self, message: "SubmitTaskRequest") -> "AsyncIterator[ResultChunk]":
+        """
+        Submit a task, run it to its end, and answer as GetResult does: one call, not two.
+        """
+
+        raise grpclib.GRPCError(grpclib.const.Status.UNIMPLEMENTED)
+        yield ResultChunk()
+
     async def stream_logs(self, message: "StreamLogsRequest") -> "AsyncIterator[LogChunk]":
 
         raise grpclib.GRPCError(grpclib.const.Status.UNIMPLEMENTED)
@@ -2101,6 +2131,17 @@ class SpearletBase(betterproto2_grpclib.ServiceBase):
         assert request is not None
         await self._call_rpc_handler_server_stream(
             self.get_result,
+            stream,
+            request,
+        )
+
+    async def __rpc_run_task(
+        self, stream: "grpclib.server.Stream[SubmitTaskRequest, ResultChunk]"
+    ) -> None:
+        request = await stream.recv_message()
+        assert request is not None
+        await self._call_rpc_handler_server_stream(
+            self.run_task,
             stream,
             request,
         )
@@ -2257,6 +2298,12 @@ class SpearletBase(betterproto2_grpclib.ServiceBase):
                 self.__rpc_get_result,
                 grpclib.const.Cardinality.UNARY_STREAM,
                 GetResultRequest,
+                ResultChunk,
+            ),
+            "/spear.v1.Spearlet/RunTask": grpclib.const.Handler(
+                self.__rpc_run_task,
+                grpclib.const.Cardinality.UNARY_STREAM,
+                SubmitTaskRequest,
                 ResultChunk,
             ),
             "/spear.v1.Spearlet/StreamLogs": grpclib.const.Handler(
