@@ -2,9 +2,9 @@
 
     python -m benchmarks.grpc_bench [--quick]     # writes benchmarks/results/grpc.json
 
-- latency: a trivial WASM task, submit to result, one client, one task at a time: through
-  the handle (`await (await client.submit(spec))`: SubmitTask + GetResult) and in one call
-  (`client.run(spec)`: SubmitTask with wait);
+- latency: a trivial WASM task, submit to result, one client, one task at a time: in one
+  call (`client.call(spec)`: RunTask, the task and its result) and through the handle
+  (`await (await client.submit(spec))`: SubmitTask, then GetResult);
 - throughput: many concurrent clients (one connection each), one call per task; and the
   batch call (SubmitTasks, `client.submit_many(..., wait=True)`) from a few clients;
 - unary: GetNodeInfo round trips (the transport alone);
@@ -120,11 +120,11 @@ async def _measure(address: str, module: Path, quick: bool) -> dict[str, Any]:
             assert result.task.state is TaskState.COMPLETED
 
         async def one_call() -> None:
-            assert (await client.run(spec)).state is TaskState.COMPLETED
+            assert (await client.call(spec)).task.state is TaskState.COMPLETED
 
         latency = {
-            "task": summarize(await _timed(n, via_handle)),
-            "task (one call)": summarize(await _timed(n, one_call)),
+            "task": summarize(await _timed(n, one_call)),
+            "task (submit, then result)": summarize(await _timed(n, via_handle)),
         }
         unary = summarize(await _timed(n, client.node_info))
 
@@ -139,7 +139,7 @@ async def _measure(address: str, module: Path, quick: bool) -> dict[str, Any]:
                 objects[f"{op} {label}"] = entry
 
     async def run_one(c: Any) -> int:
-        await c.run(spec)
+        await c.call(spec)
         return 1
 
     batch_size = 100

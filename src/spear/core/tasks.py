@@ -260,8 +260,13 @@ class _Admission:
 
     def try_acquire(self, need: Resources) -> bool:
         """Reserve `need` if it fits now and nobody waits before it."""
-        if not self._waiters and need.fits_in(self.free):
-            self.used = self.used + need
+        used, capacity = self.used, self.capacity
+        if (
+            not self._waiters
+            and used.cpu_millis + need.cpu_millis <= capacity.cpu_millis
+            and used.memory_bytes + need.memory_bytes <= capacity.memory_bytes
+        ):
+            self.used = used + need
             return True
         return False
 
@@ -271,8 +276,7 @@ class _Admission:
                 f"the task needs {need.cpu_millis}m CPU and {need.memory_bytes} bytes; "
                 f"this node has {self.capacity.cpu_millis}m and {self.capacity.memory_bytes}"
             )
-        if not self._waiters and need.fits_in(self.free):
-            self.used = self.used + need
+        if self.try_acquire(need):
             return
         event = anyio.Event()
         item = (need, event)
