@@ -124,6 +124,9 @@ class Client(AsyncResource):
         self._stub_: v1.SpearletStub | None = None
         self._uploaded: set[str] = set()
         self._digests: dict[tuple[str, int, int], str] = {}
+        # The wire form of the specs sent lately (with the module's name as the node
+        # knows it, when it is uploaded): building one costs more than the rest of a call.
+        self._wire_specs: dict[tuple[FunctionSpec, bool], v1.FunctionSpec] = {}
 
     @property
     def _stub(self) -> v1.SpearletStub:
@@ -213,11 +216,21 @@ class Client(AsyncResource):
             found = self._known_digest(spec.artifact)
             if found is None:  # hashing a file may take a while: on a thread
                 found = await anyio.to_thread.run_sync(self._digest, spec.artifact)
+        key = (spec, found is not None)
+        wire = self._wire_specs.get(key)
         if found is not None:  # a local module: upload it (once); else a path on the node
             digest = await self._upload(spec.artifact, *found)
-            spec = dataclasses.replace(spec, artifact=os.path.basename(spec.artifact))
+            if wire is None:
+                wire = cv.spec_to_wire(
+                    dataclasses.replace(spec, artifact=os.path.basename(spec.artifact))
+                )
+        elif wire is None:
+            wire = cv.spec_to_wire(spec)
+        if len(self._wire_specs) >= 1024:
+            self._wire_specs.clear()
+        self._wire_specs[key] = wire  # (never changed once made: encoded as it is)
         return v1.SubmitTaskRequest(
-            spec=cv.spec_to_wire(spec), artifact_digest=digest, stdin=stdin or b"", wait=wait
+            spec=wire, artifact_digest=digest, stdin=stdin or b"", wait=wait
         )
 
     # -- tasks -----------------------------------------------------------------------

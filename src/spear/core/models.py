@@ -196,36 +196,22 @@ class Task:
             changes.setdefault("started_at", now)
         if state.terminal:
             changes.setdefault("finished_at", now)
-        fields: dict[str, Any] = {
-            "id": self.id,
-            "spec": self.spec,
-            "state": state,
-            "created_at": self.created_at,
-            "started_at": self.started_at,
-            "finished_at": self.finished_at,
-            "exit_code": self.exit_code,
-            "reason": self.reason,
-            "node": self.node,
-            "attempts": self.attempts,
-            "history": (*self.history, (state.value, now)),
-        }
-        fields.update(changes)  # (dataclasses.replace does the same, five times slower)
-        return Task(**fields)
+        fields = self.values()
+        fields.update(state=state, history=(*self.history, (state.value, now)), **changes)
+        return Task(**fields)  # (dataclasses.replace does the same, five times slower)
+
+    def values(self) -> dict[str, Any]:
+        """Every field by name, as they are (a shallow copy's makings)."""
+        return {name: getattr(self, name) for name in _TASK_FIELDS}
 
     def to_json(self) -> dict[str, Any]:
-        return {
-            "id": self.id,
-            "spec": self.spec.to_json(),
-            "state": self.state.value,
-            "created_at": self.created_at,
-            "started_at": self.started_at,
-            "finished_at": self.finished_at,
-            "exit_code": self.exit_code,
-            "reason": self.reason,
-            "node": self.node,
-            "attempts": self.attempts,
-            "history": [list(h) for h in self.history],
-        }
+        data = self.values()
+        data.update(
+            spec=self.spec.to_json(),
+            state=self.state.value,
+            history=[list(h) for h in self.history],
+        )
+        return data
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> Task:
@@ -242,3 +228,6 @@ class Task:
             attempts=data.get("attempts", 0),
             history=tuple((str(s), float(t)) for s, t in data.get("history", ())),
         )
+
+
+_TASK_FIELDS = tuple(f.name for f in dataclasses.fields(Task))

@@ -212,34 +212,21 @@ class TaskStore:
 
 
 # A spec never changes, and encoding one was most of the cost of writing a task record,
-# three times per task: keep the JSON of the specs seen last, by identity, and splice it
-# into each record as is.
-_SPEC_JSON: dict[int, tuple[FunctionSpec, orjson.Fragment]] = {}
+# three times per task: keep the JSON of the specs seen last (by value: a spec that came
+# over the wire is a new object each time) and splice it into each record as is.
+_SPEC_JSON: dict[FunctionSpec, orjson.Fragment] = {}
 _OWNER: dict[str | None, bytes] = {}
 
 
 def _encode(task: Task) -> bytes:
-    hit = _SPEC_JSON.get(id(task.spec))
-    if hit is None or hit[0] is not task.spec:
+    spec = _SPEC_JSON.get(task.spec)
+    if spec is None:
         if len(_SPEC_JSON) >= 4096:
             _SPEC_JSON.clear()
-        hit = (task.spec, orjson.Fragment(orjson.dumps(task.spec.to_json())))
-        _SPEC_JSON[id(task.spec)] = hit
-    return orjson.dumps(
-        {
-            "id": task.id,
-            "spec": hit[1],
-            "state": task.state.value,
-            "created_at": task.created_at,
-            "started_at": task.started_at,
-            "finished_at": task.finished_at,
-            "exit_code": task.exit_code,
-            "reason": task.reason,
-            "node": task.node,
-            "attempts": task.attempts,
-            "history": task.history,
-        }
-    )
+        spec = _SPEC_JSON[task.spec] = orjson.Fragment(orjson.dumps(task.spec.to_json()))
+    data = task.values()
+    data.update(spec=spec, state=task.state.value)
+    return orjson.dumps(data)
 
 
 def _decode(raw: bytes) -> Task:

@@ -211,21 +211,21 @@ def _check(error: Any, trap: Any) -> None:
         raise trap_obj
 
 
-_LAUNCH: dict[int, tuple[FunctionSpec, Any, Any]] = {}
+_LAUNCH: dict[FunctionSpec, tuple[Any, Any]] = {}
 
 
 def _launch_arrays(spec: FunctionSpec) -> tuple[Any, Any]:
-    """C arrays of argv and the environment for `spec`, made once per spec (by identity)."""
-    hit = _LAUNCH.get(id(spec))
-    if hit is None or hit[0] is not spec:
+    """C arrays of argv and the environment for `spec`, made once per spec (by value)."""
+    hit = _LAUNCH.get(spec)
+    if hit is None:
         args = [os.path.basename(spec.artifact), *spec.args]
         argv = (len(args), _char_array(args))
         names, values = [k for k, _ in spec.env], [v for _, v in spec.env]
         env = (len(names), _char_array(names), _char_array(values))
         if len(_LAUNCH) >= 4096:
             _LAUNCH.clear()
-        hit = _LAUNCH[id(spec)] = (spec, argv, env)
-    return hit[1], hit[2]
+        hit = _LAUNCH[spec] = (argv, env)
+    return hit
 
 
 def _char_array(items: list[str]) -> Any:
