@@ -429,7 +429,7 @@ class TaskController:
             running = self._running[task.id] = _Running(ExecutionControl(), asyncio.Event())
         control = running.control
         spec = task.spec
-        writer = self._logs.writer(task.id, tee_stdout, tee_stderr)
+        writer = None  # made once the task is admitted: thousands may wait before that
         final: Task | None = None
         try:
             if not admitted:
@@ -451,6 +451,7 @@ class TaskController:
                 control.deadline = time.monotonic() + spec.timeout_s
             if task.state is not TaskState.RUNNING:
                 await self.store.transition(task.id, TaskState.RUNNING)
+            writer = self._logs.writer(task.id, tee_stdout, tee_stderr)
             ctx = TaskContext(
                 task=task,
                 control=control,
@@ -465,6 +466,10 @@ class TaskController:
                 outcome = await execution.wait()
             except SpearError as exc:
                 outcome = Outcome(TaskState.FAILED, exc.exit_code, str(exc))
+            # The guest is done with the node's CPU and memory: the next task may start
+            # while this one's end is written.
+            self._admission.release(spec.resources)
+            admitted = False
             final = await self.store.transition(
                 task.id, outcome.state, exit_code=outcome.exit_code, reason=outcome.reason
             )
@@ -481,7 +486,8 @@ class TaskController:
                     )
             raise
         finally:
-            writer.close()
+            if writer is not None:
+                writer.close()
             if admitted:
                 self._admission.release(spec.resources)
             running.final = final
