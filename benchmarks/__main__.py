@@ -213,7 +213,7 @@ class Runner:
 
     def w_throughput(self, ctx: _Context) -> None:
         s = self.scale
-        runs: dict[str, list[dict[str, Any]]] = {"gather": [], "submit": [], "ray": []}
+        runs: dict[str, list[dict[str, Any]]] = {"gather": [], "submit": [], "many": [], "ray": []}
         ray_result: Any = None
         for _ in range(s.throughput_repeats):
             runs["gather"].append(
@@ -222,12 +222,16 @@ class Runner:
             runs["submit"].append(
                 ctx.portal.call(local_bench.throughput_submit, ctx.node, ctx.module, s.throughput_n)
             )
+            runs["many"].append(
+                ctx.portal.call(local_bench.throughput_many, ctx.node, ctx.module, s.throughput_n)
+            )
             ray_result = self.ray_or_reason(lambda: ray_bench.throughput(s.throughput_n))
             if isinstance(ray_result, dict) and "status" not in ray_result:
                 runs["ray"].append(ray_result)
         w = self.workloads.setdefault("throughput", {})
         w["spear_wasm_inprocess"] = {"tasks": _median_run(runs["gather"])}
         w["spear_wasm_inprocess_submit"] = {"tasks": _median_run(runs["submit"])}
+        w["spear_wasm_inprocess_many"] = {"tasks": _median_run(runs["many"])}
         w["ray_remote_function"] = (
             {"tasks": _median_run(runs["ray"])} if runs["ray"] else ray_result
         )

@@ -72,6 +72,16 @@ async def throughput_submit(node: LocalNode, module: Path, n: int) -> dict[str, 
     return _rate(n, elapsed, failed)
 
 
+async def throughput_many(node: LocalNode, module: Path, n: int) -> dict[str, Any]:
+    """`n` trivial tasks in one `node.run_many` call (records written together)."""
+    spec = FunctionSpec(str(module))
+    _check(await node.run(spec))
+    t0 = time.perf_counter()
+    done = await node.run_many([spec] * n)
+    elapsed = time.perf_counter() - t0
+    return _rate(n, elapsed, sum(t.state is not TaskState.COMPLETED for t in done))
+
+
 async def throughput_gather(node: LocalNode, module: Path, n: int) -> dict[str, Any]:
     """`n` trivial tasks started at once as concurrent `node.run` calls in one task group."""
     spec = FunctionSpec(str(module))

@@ -12,7 +12,7 @@ from loguru import logger
 from spear.core.tasks import TaskController, TaskStore
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Mapping
+    from collections.abc import Callable, Mapping, Sequence
     from types import TracebackType
 
     from anyio.abc import TaskGroup
@@ -139,6 +139,11 @@ class Spearlet:
         return await self.controller.run(
             spec, stdin=stdin, tee_stdout=tee_stdout, tee_stderr=tee_stderr, on_created=on_created
         )
+
+    async def run_many(self, specs: Sequence[FunctionSpec]) -> list[Task]:
+        """Run many tasks to their ends and return them, in order: what `run` does for
+        each, with their records written together (see TaskController.run_many)."""
+        return await self.controller.run_many(specs)
 
     async def submit(self, spec: FunctionSpec, *, stdin: bytes | None = None) -> Task:
         """Start a task in the background and return it at once (PENDING)."""

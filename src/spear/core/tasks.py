@@ -26,7 +26,7 @@ from spear.runtimes.base import EXIT_CANCELLED, EXIT_LOST, ExecutionControl, Out
 from spear.store.kv import Write
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator, Callable, Mapping
+    from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 
     from anyio.abc import TaskGroup
 
@@ -85,15 +85,51 @@ class TaskStore:
 
     async def create(self, task: Task) -> None:
         """Record a new task and mark it unfinished, in one atomic write."""
-        owner = _OWNER.get(task.node)
-        if owner is None:
-            owner = _OWNER[task.node] = orjson.dumps({**_SELF, "node": task.node})
-        version = await self._kv.commit(
-            [Write(_TASKS + task.id, _encode(task), 0), Write(_ACTIVE + task.id, owner)]
-        )
-        if version < 0:
-            raise InvalidArgument(f"task {task.id} exists already")
-        self._remember(task, version)
+        await self.create_many([task])
+
+    async def create_many(self, tasks: Sequence[Task]) -> None:
+        """Record new tasks, each with its unfinished marker atomically, all in one write
+        where the KV can. Raises if an id exists already (the others are recorded)."""
+        versions = await self._kv.commit_many([_creation(task) for task in tasks])
+        for task, version in zip(tasks, versions, strict=True):
+            if version < 0:
+                raise InvalidArgument(f"task {task.id} exists already")
+            self._remember(task, version)
+
+    async def finish_many(self, ends: Sequence[tuple[Task, Outcome]]) -> list[Task]:
+        """Move tasks this store recorded to how they ended, in one write where the KV
+        can; one changed meanwhile by another writer goes through `transition`."""
+        news: list[Task | None] = []
+        batches: list[list[Write]] = []
+        for task, outcome in ends:
+            known = self._written.get(task.id)
+            if known is None or known[1].state.terminal:
+                news.append(None)
+                continue
+            new = known[1].transition(
+                outcome.state, exit_code=outcome.exit_code, reason=outcome.reason
+            )
+            news.append(new)
+            batches.append(
+                [
+                    Write(_TASKS + task.id, _encode(new), known[0]),
+                    Write(_ACTIVE + task.id, None),
+                ]
+            )
+        versions = iter(await self._kv.commit_many(batches))
+        out: list[Task] = []
+        for (task, outcome), made in zip(ends, news, strict=True):
+            version = -1 if made is None else next(versions)
+            if made is not None and version >= 0:
+                self._remember(made, version)
+                out.append(made)
+            else:
+                out.append(
+                    await self.transition(
+                        task.id, outcome.state, exit_code=outcome.exit_code, reason=outcome.reason
+                    )
+                )
+        return out
 
     async def get(self, task_id: str) -> Task:
         entry = await self._kv.get(_TASKS + task_id)
@@ -229,6 +265,14 @@ def _encode(task: Task) -> bytes:
     return orjson.dumps(data)
 
 
+def _creation(task: Task) -> list[Write]:
+    """The writes that record a new task: its record (only if absent), its marker."""
+    owner = _OWNER.get(task.node)
+    if owner is None:
+        owner = _OWNER[task.node] = orjson.dumps({**_SELF, "node": task.node})
+    return [Write(_TASKS + task.id, _encode(task), 0), Write(_ACTIVE + task.id, owner)]
+
+
 def _decode(raw: bytes) -> Task:
     return Task.from_json(orjson.loads(raw))
 
@@ -257,12 +301,16 @@ class _Admission:
             return True
         return False
 
-    async def acquire(self, need: Resources) -> None:
+    def check(self, need: Resources) -> None:
+        """Raise if `need` can never fit this node."""
         if not need.fits_in(self.capacity):
             raise ResourceExhausted(
                 f"the task needs {need.cpu_millis}m CPU and {need.memory_bytes} bytes; "
                 f"this node has {self.capacity.cpu_millis}m and {self.capacity.memory_bytes}"
             )
+
+    async def acquire(self, need: Resources) -> None:
+        self.check(need)
         if self.try_acquire(need):
             return
         event = anyio.Event()
@@ -395,6 +443,130 @@ class TaskController:
         return await self.execute(
             task, stdin=stdin, tee_stdout=tee_stdout, tee_stderr=tee_stderr, admitted=admitted
         )
+
+    async def run_many(self, specs: Sequence[FunctionSpec]) -> list[Task]:
+        """Run many tasks to their ends; returns them finished, in order.
+
+        What `run` does for each, with the bookkeeping shared: the tasks that fit the
+        node's free resources are recorded in one write, run (short guests one after
+        another right here, the others on their threads at once), and their ends written
+        in one write; then the next that fit, until all ran. A task whose artifact is
+        refused is recorded FAILED, as `run` records it.
+        """
+        if not specs:
+            return []
+        now = time.time()
+        finished: dict[str, Task] = {}
+        ready: list[Task] = []
+        order: list[str] = []
+        for spec in specs:
+            task = Task(
+                id=new_task_id(),
+                spec=spec,
+                created_at=now,
+                node=self._node,
+                history=((TaskState.PENDING.value, now),),
+            )
+            order.append(task.id)
+            try:
+                agent = self._agents.get(spec.runtime.value)
+                if agent is None:
+                    raise InvalidArgument(
+                        f"runtime {spec.runtime.value!r} is not available on this node"
+                    )
+                self._admission.check(spec.resources)
+                await agent.prepare(task)
+            except SpearError as exc:
+                await self.store.create(task)
+                finished[task.id] = await self._fail(task, str(exc), exc.exit_code)
+                continue
+            ready.append(task)
+        while ready:
+            wave = []
+            for task in ready:  # in order, as many as fit now
+                if not self._admission.try_acquire(task.spec.resources):
+                    break
+                wave.append(task)
+            if not wave:  # the node is full with other work: wait for room, in turn
+                await self._admission.acquire(ready[0].spec.resources)
+                wave.append(ready[0])
+            ready = ready[len(wave) :]
+            for task in await self._run_wave(wave):
+                finished[task.id] = task
+        return [finished[task_id] for task_id in order]
+
+    async def _run_wave(self, admitted: list[Task]) -> list[Task]:
+        """Record, run and finish tasks whose resources are reserved already."""
+        tasks = [task.transition(TaskState.RUNNING, task.created_at) for task in admitted]
+        ends: list[tuple[Task, Outcome]] = []
+        writers = []
+        try:
+            await self.store.create_many(tasks)
+            later: list[tuple[Task, Execution, _Running]] = []
+            for task in tasks:
+                running = self._running[task.id] = _Running(ExecutionControl(), asyncio.Event())
+                if task.spec.timeout_s is not None:
+                    running.control.deadline = time.monotonic() + task.spec.timeout_s
+                writer = self._logs.writer(task.id)
+                writers.append(writer)
+                ctx = TaskContext(
+                    task=task,
+                    control=running.control,
+                    io=writer.io(None),
+                    agent_log=writer.agent_log,
+                    services=self._services,
+                )
+                try:
+                    execution = await self._agents[task.spec.runtime.value].start(ctx)
+                    running.execution = execution
+                    outcome = execution.run_now()
+                except SpearError as exc:
+                    outcome = Outcome(TaskState.FAILED, exc.exit_code, str(exc))
+                if outcome is None:
+                    later.append((task, execution, running))
+                else:
+                    ends.append((task, outcome))
+            if later:  # guests on threads, all at once
+
+                async def wait(task: Task, execution: Execution) -> None:
+                    try:
+                        ends.append((task, await execution.wait()))
+                    except SpearError as exc:
+                        ends.append((task, Outcome(TaskState.FAILED, exc.exit_code, str(exc))))
+
+                async with anyio.create_task_group() as tg:
+                    for task, execution, _ in later:
+                        tg.start_soon(wait, task, execution)
+        except BaseException:
+            with anyio.CancelScope(shield=True):
+                done = {task.id for task, _ in ends}
+                for task in tasks:
+                    if task.id not in done:
+                        lost = Outcome(
+                            TaskState.FAILED, EXIT_LOST, "node stopped while the task ran"
+                        )
+                        ends.append((task, lost))
+                await self._end_wave(admitted, ends, writers)
+            raise
+        return await self._end_wave(admitted, ends, writers)
+
+    async def _end_wave(
+        self, admitted: list[Task], ends: list[tuple[Task, Outcome]], writers: list[Any]
+    ) -> list[Task]:
+        for writer in writers:
+            writer.close()
+        for task in admitted:
+            self._admission.release(task.spec.resources)
+        finals = await self.store.finish_many(ends)
+        for final in finals:
+            running = self._running.pop(final.id, None)
+            if running is not None:
+                running.final = final
+                running.done.set()
+        with anyio.CancelScope(shield=True):
+            for final in finals:
+                await self._finished(final)
+        return finals
 
     async def submit(
         self, spec: FunctionSpec, *, stdin: bytes | None = None, task_id: str | None = None

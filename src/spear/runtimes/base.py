@@ -102,6 +102,11 @@ class Execution(abc.ABC):
     @abc.abstractmethod
     async def wait(self) -> Outcome: ...
 
+    def run_now(self) -> Outcome | None:
+        """Run to the end right here if this execution can (a short guest, inline), and
+        say how it ended; None means use `wait`."""
+        return None
+
     @abc.abstractmethod
     def kill(self, reason: str = "cancelled") -> None:
         """Ask the execution to stop; `wait` then returns a CANCELLED or FAILED outcome."""

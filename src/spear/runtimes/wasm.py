@@ -444,17 +444,23 @@ class _WasmExecution(Execution):
         self._ctx.control.cancel(reason)
 
     async def wait(self) -> Outcome:
-        self._token = anyio.lowlevel.current_token()  # where the guest's hostcalls go
-        counts = self._agent._run_counts
-        if self._inline_ok():
-            outcome = self._run(inline=True)
-            self._cleanup()
-            if outcome is not _MOVED:
-                counts["inline"] += 1
-                return outcome
-            counts["moved"] += 1
-        counts["thread"] += 1
+        outcome = self.run_now()
+        if outcome is not None:
+            return outcome
+        self._agent._run_counts["thread"] += 1
         return await self._agent._pool.run(self._run, cleanup=self._cleanup)
+
+    def run_now(self) -> Outcome | None:
+        self._token = anyio.lowlevel.current_token()  # where the guest's hostcalls go
+        if not self._inline_ok():
+            return None
+        outcome = self._run(inline=True)
+        self._cleanup()
+        if outcome is _MOVED:
+            self._agent._run_counts["moved"] += 1
+            return None
+        self._agent._run_counts["inline"] += 1
+        return outcome
 
     def _inline_ok(self) -> bool:
         """Whether to run this guest right here on the event loop (see `_Prepared.inline`):

@@ -81,6 +81,12 @@ class KV(AsyncResource):
         A key may appear only once.
         """
 
+    async def commit_many(self, batches: Sequence[Sequence[Write]]) -> list[int]:
+        """Several commits, each atomic on its own (as `commit`), in order; their results.
+
+        A store that can write them together overrides this (LevelDB: one batch)."""
+        return [await self.commit(writes) for writes in batches]
+
     @abc.abstractmethod
     async def scan(
         self, prefix: str, *, reverse: bool = False, limit: int | None = None

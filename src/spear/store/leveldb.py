@@ -334,22 +334,26 @@ class LevelDBKV(KV):
         return rev
 
     async def commit(self, writes: Sequence[Write]) -> int:
+        rev = (await self._run(lambda db: [self._commit_one(db, writes)]))[0]
+        await self._written()
+        return rev
+
+    async def commit_many(self, batches: Sequence[Sequence[Write]]) -> list[int]:
+        revs = await self._run(lambda db: [self._commit_one(db, w) for w in batches])
+        await self._written()  # (held: all staged in one batch, written together)
+        return revs
+
+    def _commit_one(self, db: Any, writes: Sequence[Write]) -> int:
         keys = [_DATA + w.key.encode() for w in writes]
         if len(set(keys)) != len(keys):
             raise ValueError("a commit names a key more than once")
-
-        def op(db: Any) -> int:
-            for raw_key, w in zip(keys, writes, strict=True):
-                if w.expected_version is not None and (
-                    self._version(db, raw_key) != w.expected_version
-                ):
-                    return -1
-            rev = self._next_revision(db)
-            self._change(db, [(k, w.value) for k, w in zip(keys, writes, strict=True)], rev)
-            return rev
-
-        rev = await self._run(op)
-        await self._written()
+        for raw_key, w in zip(keys, writes, strict=True):
+            if w.expected_version is not None and (
+                self._version(db, raw_key) != w.expected_version
+            ):
+                return -1
+        rev = self._next_revision(db)
+        self._change(db, [(k, w.value) for k, w in zip(keys, writes, strict=True)], rev)
         return rev
 
     async def scan(
