@@ -116,6 +116,22 @@ async def test_commit_is_all_or_nothing(kv: KV) -> None:
     assert (await kv.get("d")).version == rev2  # type: ignore[union-attr]
 
 
+async def test_commit_many_commits_each_on_its_own(kv: KV) -> None:
+    va = await kv.put("a", b"1")
+    revs = await kv.commit_many(
+        [
+            [Write("a", b"2", va), Write("m/1", b"x")],
+            [Write("a", b"3", va), Write("m/2", b"y")],  # stale once the first is made
+            [Write("m/3", b"z", 0)],
+            [],
+        ]
+    )
+    assert revs[0] > va and revs[1] == -1 and revs[2] > revs[0]
+    assert [e.key for e in await kv.scan("m/")] == ["m/1", "m/3"]
+    assert (await kv.get("a")).value == b"2"  # type: ignore[union-attr]
+    assert await kv.commit_many([]) == []
+
+
 async def test_concurrent_commits_have_one_winner(kv: KV) -> None:
     base = await kv.put("x", b"0")
     results = await asyncio.gather(
