@@ -147,11 +147,13 @@ class _Prepared:
     pre: Any  # wasmtime.InstancePre
     plain_entry: bool = False  # the entry takes and returns nothing: called directly
     inline: bool = False  # its imports allow running it inline (see _BLOCKING_WASI)
-    short_runs: int = 0  # consecutive runs shorter than INLINE_SHORT_S
+    short_runs: int = 0  # up with each run under INLINE_SHORT_S, down with each longer
 
     def ran(self, seconds: float, moved: bool) -> None:
-        if moved or seconds >= INLINE_SHORT_S:
+        if moved:
             self.short_runs = 0
+        elif seconds >= INLINE_SHORT_S:  # long, or one short run held up (a GC pause)
+            self.short_runs = max(0, self.short_runs - 1)
         elif self.short_runs < INLINE_AFTER_RUNS:
             self.short_runs += 1
 
