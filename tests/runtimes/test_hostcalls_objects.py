@@ -125,6 +125,15 @@ async def test_a_tasks_result_is_its_stdout_or_what_it_set(
         assert bytes((await node.objects.get(result_key(task.id)))[0]) == b"explicit"
     async with LocalNode(tmp_path / "home") as node:  # still there after a restart
         assert bytes((await node.objects.get(result_key(task.id)))[0]) == b"explicit"
+        # The same through run_many, whose results are stored a wave at a time.
+        explicit, silent = await node.run_many(
+            [
+                FunctionSpec(str(hostcalls_wasm), args=("result", "set")),
+                FunctionSpec(str(build_wat('(module (func (export "_start")))', tmp_path))),
+            ]
+        )
+        assert bytes((await node.objects.get(result_key(explicit.id)))[0]) == b"set"
+        assert bytes((await node.objects.get(result_key(silent.id)))[0]) == b""
 
 
 WAT_NO_MEMORY = """

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import enum
 import itertools
+import operator
 import os
 import secrets
 import time
@@ -202,7 +203,7 @@ class Task:
 
     def values(self) -> dict[str, Any]:
         """Every field by name, as they are (a shallow copy's makings)."""
-        return {name: getattr(self, name) for name in _TASK_FIELDS}
+        return dict(zip(_TASK_FIELDS, _TASK_VALUES(self), strict=True))
 
     def to_json(self) -> dict[str, Any]:
         data = self.values()
@@ -231,3 +232,4 @@ class Task:
 
 
 _TASK_FIELDS = tuple(f.name for f in dataclasses.fields(Task))
+_TASK_VALUES = operator.attrgetter(*_TASK_FIELDS)

@@ -564,8 +564,7 @@ class TaskController:
                 running.final = final
                 running.done.set()
         with anyio.CancelScope(shield=True):
-            for final in finals:
-                await self._finished(final)
+            await self._finished_many(finals)
         return finals
 
     async def submit(
@@ -668,6 +667,19 @@ class TaskController:
             if final is not None:
                 with anyio.CancelScope(shield=True):
                     await self._finished(final)
+
+    async def _finished_many(self, tasks: list[Task]) -> None:
+        """The finished-task hooks for many tasks: a hook that takes them all at once
+        (`hook.many`) does; the others are called for each, in order."""
+        for hook in self.finished_hooks:
+            many = getattr(hook, "many", None)
+            if many is not None:
+                await many(tasks)
+                continue
+            for task in tasks:
+                result = hook(task)
+                if hasattr(result, "__await__"):
+                    await result
 
     async def _finished(self, task: Task) -> None:
         for hook in self.finished_hooks:

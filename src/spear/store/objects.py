@@ -57,10 +57,11 @@ from spear.errors import (
     SpearError,
     StorageError,
 )
+from spear.store.kv import Write
 
 if TYPE_CHECKING:
     import builtins
-    from collections.abc import AsyncIterator, Callable
+    from collections.abc import AsyncIterator, Callable, Sequence
     from pathlib import Path
 
     from anyio.abc import TaskGroup
@@ -488,16 +489,7 @@ class ObjectStore:
     async def serve_node(self, node: Any, task_group: TaskGroup) -> AsyncIterator[None]:
         """Serve a node: keep task results, release a finished task's references, and
         sweep every `gc_interval_s` while the node runs."""
-        logs = node.logs
-
-        async def task_finished(task: Any) -> None:
-            try:
-                await self.release_holder(task.id)
-                await self.store_result(task.id, logs.stdout_file(task.id))
-            except SpearError as exc:  # the task is over either way; say why it has no result
-                logger.warning("task {}: references or result not stored: {}", task.id, exc)
-
-        node.controller.finished_hooks.append(task_finished)
+        node.controller.finished_hooks.append(_ResultsHook(self, node.logs))
         if self.gc_interval_s > 0:
             task_group.start_soon(self._sweep_forever)
         try:
@@ -515,6 +507,21 @@ class ObjectStore:
                 await self.collect()
             except Exception:  # a failed sweep must not stop the node; the next one retries
                 logger.exception("object collection failed")
+
+    async def store_results(self, items: Sequence[tuple[str, Path | None]]) -> None:
+        """`store_result` for many finished tasks: the empty results in one write."""
+        empty = [task_id for task_id, stdout in items if stdout is None]
+        if empty and await self.usage() + self._reserved > self.capacity_bytes:
+            empty = []  # full: each one below says so
+        for task_id, stdout in items:
+            if stdout is not None or task_id not in empty:
+                await self.store_result(task_id, stdout)
+        if empty:
+            now = time.time()
+            header = {"refs": 0, "pinned": False, "created": now, "size": 0, "file": None}
+            raw = _encode({**header, "updated": now}, b"")
+            # -1: the task set its result itself, which is kept (as store_result keeps it).
+            await self._kv.commit_many([[Write(META + result_key(t), raw, 0)] for t in empty])
 
     async def store_result(self, task_id: str, stdout: Path | None) -> None:
         """The task's result is its stdout unless it set one explicitly (hostcall)."""
@@ -537,6 +544,29 @@ class ObjectStore:
     def _unlink(self, name: str) -> None:
         with contextlib.suppress(FileNotFoundError):
             self._path(name).unlink()
+
+
+class _ResultsHook:
+    """The node's finished-task hook: a task's references dropped, its result stored.
+
+    `many` does the same for a wave of tasks (TaskController.run_many), their empty
+    results in one write."""
+
+    def __init__(self, store: ObjectStore, logs: Any) -> None:
+        self._store = store
+        self._logs = logs
+
+    async def __call__(self, task: Any) -> None:
+        await self.many([task])
+
+    async def many(self, tasks: Sequence[Any]) -> None:
+        try:
+            for task in tasks:
+                await self._store.release_holder(task.id)
+            await self._store.store_results([(t.id, self._logs.stdout_file(t.id)) for t in tasks])
+        except SpearError as exc:  # the tasks are over either way; say why there is no result
+            ids = ", ".join(t.id for t in tasks)
+            logger.warning("task(s) {}: references or result not stored: {}", ids, exc)
 
 
 def result_key(task_id: str) -> str:
