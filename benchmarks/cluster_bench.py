@@ -18,7 +18,6 @@ loopback: the SMS, the SPEARlets and etcd are real processes.
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 import tempfile
@@ -28,7 +27,7 @@ from typing import Any
 
 import anyio
 
-from benchmarks.common import ROOT, TRIVIAL_WAT, machine, summarize
+from benchmarks.common import ROOT, TRIVIAL_WAT, standalone, summarize
 
 RESULT_FILE = ROOT / "benchmarks" / "results" / "cluster.json"
 MiB = 1024 * 1024
@@ -227,15 +226,8 @@ def run(quick: bool) -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="fewer samples")
-    parser.add_argument("--output", type=Path, default=RESULT_FILE)
-    args = parser.parse_args(argv)
-    result = {"machine": machine(), "quick": args.quick, **run(args.quick)}
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    args.output.write_text(json.dumps(result, indent=2) + "\n")
+    result = standalone(__doc__, run, RESULT_FILE, argv)
     print(json.dumps(result["cluster"], indent=2))
-    print(f"wrote {args.output}", file=sys.stderr)
     return 0
 
 

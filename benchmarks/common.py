@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import argparse
 import importlib.metadata
+import json
 import os
 import platform
 import shutil
@@ -10,7 +12,10 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
 
 ROOT = Path(__file__).resolve().parent.parent
 NOT_AVAILABLE = "not available yet"
@@ -140,6 +145,26 @@ def machine() -> dict[str, Any]:
         "plyvel": _version("plyvel"),
         "ray": _version("ray"),
     }
+
+
+def standalone(
+    doc: str | None,
+    run: Callable[[bool], dict[str, Any]],
+    output: Path,
+    argv: list[str] | None,
+    quick_help: str = "fewer samples",
+) -> dict[str, Any]:
+    """A workload module run alone (`python -m benchmarks.X [--quick] [--output F]`):
+    runs it, writes its results with the machine's description, returns them."""
+    parser = argparse.ArgumentParser(description=(doc or "").splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help=quick_help)
+    parser.add_argument("--output", type=Path, default=output)
+    args = parser.parse_args(argv)
+    result = {"machine": machine(), "quick": args.quick, **run(args.quick)}
+    args.output.parent.mkdir(parents=True, exist_ok=True)
+    args.output.write_text(json.dumps(result, indent=2) + "\n")
+    print(f"wrote {args.output}", file=sys.stderr)
+    return result
 
 
 def build_hello(directory: Path) -> Path:

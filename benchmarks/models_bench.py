@@ -19,7 +19,6 @@ same request made directly.
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import json
 import subprocess
@@ -34,7 +33,7 @@ import anyio
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks.common import ROOT, machine, summarize
+from benchmarks.common import ROOT, standalone, summarize
 
 RESULT_FILE = ROOT / "benchmarks" / "results" / "models.json"
 PROMPT = [{"role": "user", "content": "Write a short story about a robot who learns to paint."}]
@@ -217,14 +216,7 @@ def run(quick: bool) -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="fewer, shorter rounds")
-    parser.add_argument("--output", type=Path, default=RESULT_FILE)
-    args = parser.parse_args(argv)
-    result = {"machine": machine(), "quick": args.quick, **run(args.quick)}
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    args.output.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"wrote {args.output}", file=sys.stderr)
+    standalone(__doc__, run, RESULT_FILE, argv, "fewer, shorter rounds")
     return 0
 
 

@@ -14,8 +14,6 @@ nothing here asserts a timing.
 
 from __future__ import annotations
 
-import argparse
-import json
 import os
 import shutil
 import subprocess
@@ -27,7 +25,7 @@ from typing import Any
 
 import anyio
 
-from benchmarks.common import ROOT, machine, summarize
+from benchmarks.common import ROOT, standalone, summarize
 
 SIZES = {"1KiB": 1024, "1MiB": 1024**2, "64MiB": 64 * 1024**2}
 RESULT_FILE = ROOT / "benchmarks" / "results" / "objects.json"
@@ -151,14 +149,7 @@ def run(quick: bool) -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="fewer samples")
-    parser.add_argument("--output", type=Path, default=RESULT_FILE)
-    args = parser.parse_args(argv)
-    result = {"machine": machine(), "quick": args.quick, **run(args.quick)}
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    args.output.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"wrote {args.output}", file=sys.stderr)
+    standalone(__doc__, run, RESULT_FILE, argv)
     return 0
 
 

@@ -16,8 +16,6 @@ benchmarks/results/process.json. Nothing here asserts a timing.
 
 from __future__ import annotations
 
-import argparse
-import json
 import subprocess
 import sys
 import tempfile
@@ -27,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 
 import anyio
 
-from benchmarks.common import ROOT, machine, summarize
+from benchmarks.common import ROOT, standalone, summarize
 from benchmarks.local_bench import _rate
 
 if TYPE_CHECKING:
@@ -136,14 +134,7 @@ def run(quick: bool) -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="fewer samples")
-    parser.add_argument("--output", type=Path, default=RESULT_FILE)
-    args = parser.parse_args(argv)
-    result = {"machine": machine(), "quick": args.quick, **run(args.quick)}
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    args.output.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"wrote {args.output}", file=sys.stderr)
+    result = standalone(__doc__, run, RESULT_FILE, argv)
     for workload in ("latency", "throughput"):
         for variant, metrics in result[workload].items():
             for metric, value in metrics.items():
