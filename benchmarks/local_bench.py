@@ -86,6 +86,11 @@ async def throughput_gather(node: LocalNode, module: Path, n: int) -> dict[str, 
     """`n` trivial tasks started at once as concurrent `node.run` calls in one task group."""
     spec = FunctionSpec(str(module))
     _check(await node.run(spec))
+    return await concurrent_runs(node, spec, n)
+
+
+async def concurrent_runs(node: LocalNode, spec: FunctionSpec, n: int) -> dict[str, Any]:
+    """`n` tasks of `spec` started at once as concurrent `node.run` calls; their rate."""
     failed = 0
 
     async def one() -> None:

@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 import anyio
 
 from benchmarks.common import ROOT, standalone, summarize
-from benchmarks.local_bench import _rate
+from benchmarks.local_bench import concurrent_runs
 
 if TYPE_CHECKING:
     from spear import FunctionSpec, LocalNode
@@ -58,23 +58,6 @@ async def _latency(node: LocalNode, spec: FunctionSpec, n: int) -> list[float]:
         if task.state is not TaskState.COMPLETED:
             raise RuntimeError(f"benchmark agent ended {task.state}: {task.reason}")
     return samples
-
-
-async def _throughput(node: LocalNode, spec: FunctionSpec, n: int) -> dict[str, Any]:
-    """`n` tasks started at once as concurrent `node.run` calls (as local_bench does)."""
-    from spear import TaskState
-
-    failed = 0
-
-    async def one() -> None:
-        nonlocal failed
-        failed += (await node.run(spec)).state is not TaskState.COMPLETED
-
-    t0 = time.perf_counter()
-    async with anyio.create_task_group() as tg:
-        for _ in range(n):
-            tg.start_soon(one)
-    return _rate(n, time.perf_counter() - t0, failed)
 
 
 def _python_startup(n: int) -> list[float]:
@@ -116,7 +99,7 @@ def run(quick: bool) -> dict[str, Any]:
                     ),
                 }
                 throughput[variant] = {
-                    "tasks": await _throughput(node, spec(trivial, warm), n["throughput"])
+                    "tasks": await concurrent_runs(node, spec(trivial, warm), n["throughput"])
                 }
             true = FunctionSpec("/bin/true", runtime=Runtime.PROCESS)
             latency["spear_process_exec"] = {

@@ -385,18 +385,30 @@ def poll(
     end = None if timeout_s is None else time.monotonic() + timeout_s
     with changed:
         while True:
-            ready = _readiness(ctx, interests)
-            if any(ready):
+            ready, capped = _poll_once(ctx, interests, end)
+            if ready is not None:
                 return ready
-            if ctx.control.cancelled:
-                raise HostError(errno.ECANCELED, "the task is being stopped")
-            left = None if end is None else end - time.monotonic()
-            if left is not None and left <= 0:
-                return ready
-            capped = _remaining(ctx, left)
-            if capped is not None and capped <= 0:
-                raise HostError(errno.ECANCELED, "the task ran out of time")
             changed.wait(_WAIT_SLICE_S if capped is None else min(capped, _WAIT_SLICE_S))
+
+
+def _poll_once(
+    ctx: TaskContext, interests: Sequence[tuple[int, int]], end: float | None
+) -> tuple[list[int] | None, float | None]:
+    """One look for `poll`: (the readiness to return, None) when the poll is over, else
+    (None, how long to wait at most: None for no limit). Raises ECANCELED when the task
+    is being stopped or ran out of time."""
+    ready = _readiness(ctx, interests)
+    if any(ready):
+        return ready, None
+    if ctx.control.cancelled:
+        raise HostError(errno.ECANCELED, "the task is being stopped")
+    left = None if end is None else end - time.monotonic()
+    if left is not None and left <= 0:
+        return ready, None
+    capped = _remaining(ctx, left)
+    if capped is not None and capped <= 0:
+        raise HostError(errno.ECANCELED, "the task ran out of time")
+    return None, capped
 
 
 async def poll_async(
@@ -409,17 +421,9 @@ async def poll_async(
     streams = registry.for_task(ctx.task.id) if registry is not None else None
     end = None if timeout_s is None else time.monotonic() + timeout_s
     while True:
-        ready = _readiness(ctx, interests)
-        if any(ready):
+        ready, capped = _poll_once(ctx, interests, end)
+        if ready is not None:
             return ready
-        if ctx.control.cancelled:
-            raise HostError(errno.ECANCELED, "the task is being stopped")
-        left = None if end is None else end - time.monotonic()
-        if left is not None and left <= 0:
-            return ready
-        capped = _remaining(ctx, left)
-        if capped is not None and capped <= 0:
-            raise HostError(errno.ECANCELED, "the task ran out of time")
         # Wake on a change, or after a slice to look at cancel and deadline again.
         with anyio.move_on_after(_WAIT_SLICE_S * 5 if capped is None else min(capped, 0.1)):
             if streams is not None:
