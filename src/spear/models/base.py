@@ -29,6 +29,18 @@ _KNOWN = frozenset(
 )
 
 
+def _json(data: Any, what: str) -> Any:
+    """An agent's request as given (a dict ...) or parsed from JSON text or bytes."""
+    if isinstance(data, bytes | bytearray | memoryview):
+        data = bytes(data).decode("utf-8", errors="replace")
+    if isinstance(data, str):
+        try:
+            return json.loads(data)
+        except ValueError as exc:
+            raise InvalidArgument(f"bad {what} request: not JSON: {exc}") from None
+    return data
+
+
 def _fail(message: str) -> InvalidArgument:
     return InvalidArgument(f"bad chat request: {message}")
 
@@ -72,13 +84,7 @@ class ChatRequest:
     @classmethod
     def from_json(cls, data: Any) -> ChatRequest:
         """Validate an agent's request (a dict, or JSON text/bytes)."""
-        if isinstance(data, bytes | bytearray | memoryview):
-            data = bytes(data).decode("utf-8", errors="replace")
-        if isinstance(data, str):
-            try:
-                data = json.loads(data)
-            except ValueError as exc:
-                raise _fail(f"not JSON: {exc}") from None
+        data = _json(data, "chat")
         if not isinstance(data, dict):
             raise _fail("not a JSON object")
         unknown = sorted(set(data) - _KNOWN)
@@ -317,13 +323,7 @@ class EmbeddingResponse:
 
 def embedding_inputs(data: Any) -> tuple[str | None, tuple[str, ...]]:
     """(model, inputs) of an embeddings request `{"model"?, "input": str | [str]}`."""
-    if isinstance(data, bytes | bytearray | memoryview):
-        data = bytes(data).decode("utf-8", errors="replace")
-    if isinstance(data, str):
-        try:
-            data = json.loads(data)
-        except ValueError as exc:
-            raise InvalidArgument(f"bad embeddings request: not JSON: {exc}") from None
+    data = _json(data, "embeddings")
     if not isinstance(data, dict) or set(data) - {"model", "input"}:
         raise InvalidArgument('bad embeddings request: expected {"model"?, "input"}')
     raw = data.get("input")

@@ -69,6 +69,7 @@ def wasi_errno(err: int) -> int:
 
 
 T = TypeVar("T")
+_U32 = 0xFFFFFFFF  # guest pointers and lengths arrive as i32: read them unsigned
 _local = threading.local()
 
 
@@ -91,6 +92,23 @@ def current() -> TaskContext:
     if ctx is None:  # pragma: no cover - a hostcall outside any task is a host bug
         raise RuntimeError("hostcall outside a task")
     return ctx
+
+
+def fill(mem: GuestMemory, out: int, out_len: int, produce: Callable[[int], bytes]) -> int:
+    """Write what `produce(capacity)` returns to (out, *out_len), capacity being *out_len;
+    its length. A `HostcallError` that says how much room it needs (-ENOSPC) writes that
+    back to *out_len and leaves what was to be read where it is."""
+    out_len &= _U32
+    capacity = mem.read_u32(out_len)
+    try:
+        data = produce(capacity)
+    except HostcallError as exc:
+        if exc.needed is not None:
+            mem.write_u32(out_len, exc.needed)
+        raise
+    mem.write_u32(out_len, len(data))
+    mem.write(out & _U32, data)
+    return len(data)
 
 
 class GuestMemory:

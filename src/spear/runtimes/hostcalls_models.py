@@ -12,7 +12,7 @@ import json
 from typing import TYPE_CHECKING
 
 from spear.runtimes import hostops_models
-from spear.runtimes.hostcall import I32, HostcallError, hostcall, in_loop
+from spear.runtimes.hostcall import I32, HostcallError, fill, hostcall, in_loop
 
 if TYPE_CHECKING:
     from spear.runtimes.base import TaskContext
@@ -28,20 +28,6 @@ def _request(mem: GuestMemory, ptr: int, length: int) -> bytes:
     if length > MAX_REQUEST_BYTES:
         raise HostcallError(errno.E2BIG, f"a model request is at most {MAX_REQUEST_BYTES} bytes")
     return mem.read(ptr & _U32, length)
-
-
-def _fill(mem: GuestMemory, out: int, out_len: int, produce: functools.partial[bytes]) -> int:
-    """Write what `produce(capacity)` returns to (out, *out_len); -ENOSPC keeps it."""
-    capacity = mem.read_u32(out_len & _U32)
-    try:
-        data = produce(capacity)
-    except HostcallError as exc:
-        if exc.needed is not None:
-            mem.write_u32(out_len & _U32, exc.needed)
-        raise
-    mem.write_u32(out_len & _U32, len(data))
-    mem.write(out & _U32, data)
-    return len(data)
 
 
 @hostcall("model_chat_start", (I32, I32, I32))
@@ -62,7 +48,7 @@ def model_chat_start(
 def model_chat_read(mem: GuestMemory, ctx: TaskContext, handle: int, out: int, out_len: int) -> int:
     """The next piece of a streaming call's text: its length; -EAGAIN none yet; -EPIPE
     the text is complete; the call's error; -ENOSPC (needed in *out_len, piece kept)."""
-    return _fill(mem, out, out_len, functools.partial(hostops_models.chat_read, ctx, handle))
+    return fill(mem, out, out_len, functools.partial(hostops_models.chat_read, ctx, handle))
 
 
 @hostcall("model_chat_result", (I32, I32, I32))
@@ -70,7 +56,7 @@ def model_chat_result(
     mem: GuestMemory, ctx: TaskContext, handle: int, out: int, out_len: int
 ) -> int:
     """The call's `chat.completion` JSON: its length; -EAGAIN not finished; its error."""
-    return _fill(mem, out, out_len, functools.partial(hostops_models.chat_result, ctx, handle))
+    return fill(mem, out, out_len, functools.partial(hostops_models.chat_result, ctx, handle))
 
 
 @hostcall("model_chat_error", (I32, I32, I32))

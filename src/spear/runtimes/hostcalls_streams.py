@@ -11,7 +11,7 @@ import struct
 from typing import TYPE_CHECKING
 
 from spear.runtimes import hostops
-from spear.runtimes.hostcall import I32, I64, HostcallError, hostcall
+from spear.runtimes.hostcall import I32, I64, HostcallError, fill, hostcall
 
 if TYPE_CHECKING:
     from spear.runtimes.base import TaskContext
@@ -32,16 +32,7 @@ def stream_caller(mem: GuestMemory, ctx: TaskContext) -> int:
 def stream_read(mem: GuestMemory, ctx: TaskContext, handle: int, out: int, out_len: int) -> int:
     """The next message into (out, *out_len): its length; -EAGAIN none yet; -EPIPE ended;
     -ENOSPC with the length needed written back (the message stays queued)."""
-    capacity = mem.read_u32(out_len & _U32)
-    try:
-        message = hostops.stream_read(ctx, handle, capacity)
-    except HostcallError as exc:
-        if exc.needed is not None:
-            mem.write_u32(out_len & _U32, exc.needed)
-        raise
-    mem.write_u32(out_len & _U32, len(message))
-    mem.write(out & _U32, message)
-    return len(message)
+    return fill(mem, out, out_len, lambda capacity: hostops.stream_read(ctx, handle, capacity))
 
 
 @hostcall("stream_write", (I32, I32, I32))
