@@ -76,12 +76,11 @@ class LevelDBKV(KV):
         self._rev: int | None = None  # the last revision written, known while held
         self._lock = threading.RLock()
         self._closed = False
-        self._overlay: dict[bytes, bytes | None] = {}  # staged, not yet written
+        self._overlay: dict[bytes, bytes | None] = {}  # staged, not yet written (in order)
         # What a held database stores for keys read or written lately: nobody else writes
         # it, so reads of them need no LevelDB call (which, releasing the GIL, would hand
         # the interpreter to a worker thread and wait to get it back).
         self._recent: dict[bytes, bytes | None] = {}
-        self._staged: list[tuple[bytes, bytes | None]] = []
         self._staged_events: list[WatchEvent] = []
         self._batch: _Batch | None = None  # how the write of what is staged went
         self._flush_due = False  # a flush of the batch is scheduled
@@ -210,50 +209,45 @@ class LevelDBKV(KV):
             if self._watchers
             else []
         )
-        staged = [(k, None if v is None else _encode(rev, v)) for k, v in writes]
+        staged = {k: None if v is None else _encode(rev, v) for k, v in writes}
         if not self._hold:
-            with db.write_batch(sync=self._sync) as batch:
-                batch.put(_REV_KEY, rev.to_bytes(_VERSION_BYTES, "big"))
-                for key, raw in staged:
-                    if raw is None:
-                        batch.delete(key)
-                    else:
-                        batch.put(key, raw)
+            self._write_batch(db, rev, staged)
             self._notify(events)
             return
         self._rev = rev  # no other process writes a database we hold
-        for key, raw in staged:
-            self._overlay[key] = raw
-        self._staged.extend(staged)
+        self._overlay.update(staged)
         self._staged_events.extend(events)
         if self._batch is None:
             self._batch = _Batch()
+
+    def _write_batch(self, db: Any, rev: int, staged: dict[bytes, bytes | None]) -> None:
+        """Write `staged` (raw key: stored bytes, None to delete) and the revision."""
+        with db.write_batch(sync=self._sync) as batch:
+            batch.put(_REV_KEY, rev.to_bytes(_VERSION_BYTES, "big"))
+            for key, raw in staged.items():
+                if raw is None:
+                    batch.delete(key)
+                else:
+                    batch.put(key, raw)
 
     def _flush(self) -> None:
         """Write every staged change as one batch and tell its writers (loop thread)."""
         with self._lock:
             self._flush_due = False
             batch, self._batch = self._batch, None
-            staged, self._staged = self._staged, []
+            staged, self._overlay = self._overlay, {}
             events, self._staged_events = self._staged_events, []
             error: BaseException | None = None
             if staged and not self._closed:
                 try:
-                    with self._db.write_batch(sync=self._sync) as wb:
-                        wb.put(_REV_KEY, (self._rev or 0).to_bytes(_VERSION_BYTES, "big"))
-                        for key, raw in staged:
-                            if raw is None:
-                                wb.delete(key)
-                            else:
-                                wb.put(key, raw)
+                    self._write_batch(self._db, self._rev or 0, staged)
                 except plyvel.Error as exc:
                     error = StorageError(f"database error: {exc}")
                     self._rev = None  # read it back: the revisions handed out were not written
                 else:
-                    self._keep_recent(self._overlay)
+                    self._keep_recent(staged)
             elif staged:
                 error = StorageError("the database was closed before the change was written")
-            self._overlay.clear()
         if batch is not None:
             batch.done = True
             batch.error = error
@@ -295,14 +289,7 @@ class LevelDBKV(KV):
         return Entry(key, value, version)
 
     async def put(self, key: str, value: bytes) -> int:
-        def op(db: Any) -> int:
-            rev = self._next_revision(db)
-            self._change(db, [(_DATA + key.encode(), value)], rev)
-            return rev
-
-        rev = await self._run(op)
-        await self._written()
-        return rev
+        return await self.commit([Write(key, value)])
 
     async def delete(self, key: str) -> bool:
         def op(db: Any) -> int:
@@ -362,7 +349,7 @@ class LevelDBKV(KV):
         raw_prefix = _DATA + prefix.encode()
 
         def op(db: Any) -> list[Entry]:
-            if self._staged:  # a range read sees every change made before it
+            if self._overlay:  # a range read sees every change made before it
                 self._flush()
             out: list[Entry] = []
             with db.iterator(prefix=raw_prefix, reverse=reverse) as it:
@@ -395,7 +382,7 @@ class LevelDBKV(KV):
         with self._lock:
             if self._closed:
                 return
-            if self._staged:
+            if self._overlay:
                 self._flush()
             self._closed = True
             if self._db is not None:
