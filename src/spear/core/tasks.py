@@ -30,7 +30,7 @@ if TYPE_CHECKING:
 
     from anyio.abc import TaskGroup
 
-    from spear.core.logs import TaskLogs
+    from spear.core.logs import TaskLogs, TaskLogWriter
     from spear.runtimes.base import Execution, WorkerAgent
     from spear.store.kv import KV
 
@@ -110,12 +110,7 @@ class TaskStore:
                 outcome.state, exit_code=outcome.exit_code, reason=outcome.reason
             )
             news.append(new)
-            batches.append(
-                [
-                    Write(_TASKS + task.id, _encode(new), known[0]),
-                    Write(_ACTIVE + task.id, None),
-                ]
-            )
+            batches.append(_ending(new, known[0]))
         versions = iter(await self._kv.commit_many(batches))
         out: list[Task] = []
         for (task, outcome), made in zip(ends, news, strict=True):
@@ -163,11 +158,12 @@ class TaskStore:
             if only_from is not None and task.state not in only_from:
                 return task
             new = task.transition(state, **changes)
-            record = Write(_TASKS + task_id, _encode(new), version)
-            if state.terminal:  # finished: no longer unfinished, in the same write
-                new_version = await self._kv.commit([record, Write(_ACTIVE + task_id, None)])
+            if state.terminal:
+                new_version = await self._kv.commit(_ending(new, version))
             else:
-                new_version = await self._kv.compare_and_swap(record.key, record.value, version)
+                new_version = await self._kv.compare_and_swap(
+                    _TASKS + task_id, _encode(new), version
+                )
             if new_version >= 0:
                 self._remember(new, new_version)
                 return new
@@ -271,6 +267,12 @@ def _creation(task: Task) -> list[Write]:
     if owner is None:
         owner = _OWNER[task.node] = orjson.dumps({**_SELF, "node": task.node})
     return [Write(_TASKS + task.id, _encode(task), 0), Write(_ACTIVE + task.id, owner)]
+
+
+def _ending(task: Task, version: int) -> list[Write]:
+    """The writes that record a task's end over its record at `version`: the record, and
+    its unfinished marker gone, in one commit."""
+    return [Write(_TASKS + task.id, _encode(task), version), Write(_ACTIVE + task.id, None)]
 
 
 def _decode(raw: bytes) -> Task:
@@ -388,29 +390,45 @@ class TaskController:
         refusal raised. `task_id`: keep an id given elsewhere (a task forwarded from
         another node).
         """
-        agent = self._agents.get(spec.runtime.value)
+        task = self._new_task(spec, task_id)
+        refused = await self._refusal(task)
+        if refused is not None:
+            raise refused[0]
+        if running:
+            task = task.transition(TaskState.RUNNING, task.created_at)
+        await self.store.create(task)
+        return task
+
+    def _new_task(self, spec: FunctionSpec, task_id: str | None = None) -> Task:
         now = time.time()
-        task = Task(
+        return Task(
             id=task_id or new_task_id(),
             spec=spec,
             created_at=now,
             node=self._node,
             history=((TaskState.PENDING.value, now),),
         )
+
+    async def _refusal(
+        self, task: Task, *, must_fit: bool = False
+    ) -> tuple[SpearError, Task] | None:
+        """Check the task's artifact through its runtime's agent (and, `must_fit`, that it
+        can ever fit this node). A refused task is recorded FAILED with the reason: the
+        refusal and that record are returned."""
+        spec = task.spec
         try:
+            agent = self._agents.get(spec.runtime.value)
             if agent is None:
                 raise InvalidArgument(
                     f"runtime {spec.runtime.value!r} is not available on this node"
                 )
+            if must_fit:
+                self._admission.check(spec.resources)
             await agent.prepare(task)
         except SpearError as exc:
             await self.store.create(task)
-            await self._fail(task, str(exc), exc.exit_code)
-            raise
-        if running:
-            task = task.transition(TaskState.RUNNING, now)
-        await self.store.create(task)
-        return task
+            return exc, await self._fail(task, str(exc), exc.exit_code)
+        return None
 
     async def _fail(self, task: Task, reason: str, exit_code: int) -> Task:
         final = await self.store.transition(
@@ -455,32 +473,17 @@ class TaskController:
         """
         if not specs:
             return []
-        now = time.time()
         finished: dict[str, Task] = {}
         ready: list[Task] = []
         order: list[str] = []
         for spec in specs:
-            task = Task(
-                id=new_task_id(),
-                spec=spec,
-                created_at=now,
-                node=self._node,
-                history=((TaskState.PENDING.value, now),),
-            )
+            task = self._new_task(spec)
             order.append(task.id)
-            try:
-                agent = self._agents.get(spec.runtime.value)
-                if agent is None:
-                    raise InvalidArgument(
-                        f"runtime {spec.runtime.value!r} is not available on this node"
-                    )
-                self._admission.check(spec.resources)
-                await agent.prepare(task)
-            except SpearError as exc:
-                await self.store.create(task)
-                finished[task.id] = await self._fail(task, str(exc), exc.exit_code)
-                continue
-            ready.append(task)
+            refused = await self._refusal(task, must_fit=True)
+            if refused is not None:
+                finished[task.id] = refused[1]
+            else:
+                ready.append(task)
         while ready:
             wave = []
             for task in ready:  # in order, as many as fit now
@@ -499,31 +502,23 @@ class TaskController:
         """Record, run and finish tasks whose resources are reserved already."""
         tasks = [task.transition(TaskState.RUNNING, task.created_at) for task in admitted]
         ends: list[tuple[Task, Outcome]] = []
-        writers = []
+        writers: list[TaskLogWriter] = []
         try:
             await self.store.create_many(tasks)
-            later: list[tuple[Task, Execution, _Running]] = []
+            later: list[tuple[Task, Execution]] = []
             for task in tasks:
                 running = self._running[task.id] = _Running(ExecutionControl(), asyncio.Event())
                 if task.spec.timeout_s is not None:
                     running.control.deadline = time.monotonic() + task.spec.timeout_s
                 writer = self._logs.writer(task.id)
                 writers.append(writer)
-                ctx = TaskContext(
-                    task=task,
-                    control=running.control,
-                    io=writer.io(None),
-                    agent_log=writer.agent_log,
-                    services=self._services,
-                )
                 try:
-                    execution = await self._agents[task.spec.runtime.value].start(ctx)
-                    running.execution = execution
+                    execution = await self._start(task, running, writer, None)
                     outcome = execution.run_now()
                 except SpearError as exc:
                     outcome = Outcome(TaskState.FAILED, exc.exit_code, str(exc))
                 if outcome is None:
-                    later.append((task, execution, running))
+                    later.append((task, execution))
                 else:
                     ends.append((task, outcome))
             if later:  # guests on threads, all at once
@@ -535,7 +530,7 @@ class TaskController:
                         ends.append((task, Outcome(TaskState.FAILED, exc.exit_code, str(exc))))
 
                 async with anyio.create_task_group() as tg:
-                    for task, execution, _ in later:
+                    for task, execution in later:
                         tg.start_soon(wait, task, execution)
         except BaseException:
             with anyio.CancelScope(shield=True):
@@ -550,8 +545,22 @@ class TaskController:
             raise
         return await self._end_wave(admitted, ends, writers)
 
+    async def _start(
+        self, task: Task, running: _Running, writer: TaskLogWriter, stdin: bytes | str | None
+    ) -> Execution:
+        """Start the task's execution in its runtime, its output going to `writer`."""
+        ctx = TaskContext(
+            task=task,
+            control=running.control,
+            io=writer.io(stdin),
+            agent_log=writer.agent_log,
+            services=self._services,
+        )
+        running.execution = await self._agents[task.spec.runtime.value].start(ctx)
+        return running.execution
+
     async def _end_wave(
-        self, admitted: list[Task], ends: list[tuple[Task, Outcome]], writers: list[Any]
+        self, admitted: list[Task], ends: list[tuple[Task, Outcome]], writers: list[TaskLogWriter]
     ) -> list[Task]:
         for writer in writers:
             writer.close()
@@ -623,17 +632,8 @@ class TaskController:
             if task.state is not TaskState.RUNNING:
                 await self.store.transition(task.id, TaskState.RUNNING)
             writer = self._logs.writer(task.id, tee_stdout, tee_stderr)
-            ctx = TaskContext(
-                task=task,
-                control=control,
-                io=writer.io(stdin),
-                agent_log=writer.agent_log,
-                services=self._services,
-            )
-            agent = self._agents[spec.runtime.value]
             try:
-                execution = await agent.start(ctx)
-                running.execution = execution
+                execution = await self._start(task, running, writer, stdin)
                 outcome = await execution.wait()
             except SpearError as exc:
                 outcome = Outcome(TaskState.FAILED, exc.exit_code, str(exc))
