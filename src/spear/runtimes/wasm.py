@@ -129,8 +129,9 @@ class _Ticker:
 
 
 # A guest may run inline on the event loop (no thread hand-off: a trivial task takes a
-# third of the time) once its module has run this many times in a row, each time within
-# INLINE_SHORT_S; a guest still running after INLINE_BUDGET_S inline is moved to a thread.
+# third of the time) once its module's runs proved short: each run within INLINE_SHORT_S
+# counts one up (to INLINE_AFTER_RUNS), each longer one down, a move to a thread to zero.
+# A guest still running after INLINE_BUDGET_S inline is moved to a thread.
 INLINE_AFTER_RUNS = 3
 INLINE_SHORT_S = 0.001
 INLINE_BUDGET_S = 0.002
@@ -336,12 +337,9 @@ class WasmWorkerAgent(WorkerAgent):
         except wasmtime.WasmtimeError as exc:
             first = str(exc).strip().splitlines()[0]
             raise InvalidModule(f"{spec.artifact} cannot be linked: {first}") from None
-        ty = export.type
+        plain = not export.type.params and not export.type.results
         prepared = _Prepared(
-            digest,
-            pre,
-            plain_entry=not ty.params and not ty.results,
-            inline=not ty.params and not ty.results and _may_run_inline(module),
+            digest, pre, plain_entry=plain, inline=plain and _may_run_inline(module)
         )
         with flavor.lock:
             if len(flavor.prepared) > 1024:

@@ -49,21 +49,19 @@ class WorkerPool:
         self._idle_s = idle_s
         self._name = name
         self._jobs: queue.SimpleQueue[Any] = queue.SimpleQueue()
-        self._waiting: deque[float] = deque()  # enqueue times of jobs not yet picked up
+        self._queued = 0  # jobs submitted and not yet picked up
         self._lock = threading.Lock()
-        self._threads = 0
         self._idle = 0
         self._taken = 0  # jobs picked up so far: the watcher's measure of progress
         self._closed = False
         self._watcher: threading.Thread | None = None
-        self._all: set[threading.Thread] = set()
-        # Per event loop: finished jobs waiting to be delivered, and whether a wake-up is due.
+        self._all: set[threading.Thread] = set()  # the pool's threads
+        # Per event loop: finished jobs waiting to be delivered by the wake-up on its way.
         self._done: dict[asyncio.AbstractEventLoop, deque[Any]] = {}
-        self._wake_due: set[asyncio.AbstractEventLoop] = set()
 
     @property
     def threads(self) -> int:
-        return self._threads
+        return len(self._all)
 
     async def run(self, fn: Callable[[], T], cleanup: Callable[[], None] | None = None) -> T:
         """`fn()` on a worker thread; its result, or its exception raised here.
@@ -86,11 +84,11 @@ class WorkerPool:
         with self._lock:
             if self._closed:
                 raise RuntimeError("the worker pool is closed")
-            self._waiting.append(time.monotonic())
-            if len(self._waiting) > self._idle:  # no idle thread left for this job
-                if self._threads < self.core:
+            self._queued += 1
+            if self._queued > self._idle:  # no idle thread left for this job
+                if len(self._all) < self.core:
                     self._start_thread()
-                elif self._watcher is None and self._threads < self.max_threads:
+                elif self._watcher is None and len(self._all) < self.max_threads:
                     self._watcher = threading.Thread(
                         target=self._watch, name=f"{self._name}-watch", daemon=True
                     )
@@ -98,7 +96,6 @@ class WorkerPool:
         self._jobs.put((loop, fn, future, cleanup))
 
     def _start_thread(self) -> None:
-        self._threads += 1
         thread = threading.Thread(target=self._work, name=self._name, daemon=True)
         self._all.add(thread)
         thread.start()
@@ -113,13 +110,13 @@ class WorkerPool:
         taken = -1
         while True:
             with self._lock:
-                if self._closed or not self._waiting or self._threads >= self.max_threads:
+                if self._closed or not self._queued or len(self._all) >= self.max_threads:
                     self._watcher = None
                     return
                 stalled = self._taken == taken and self._idle == 0
                 if stalled:
-                    room = self.max_threads - self._threads
-                    for _ in range(min(len(self._waiting), self._threads, room)):
+                    room = self.max_threads - len(self._all)
+                    for _ in range(min(self._queued, len(self._all), room)):
                         self._start_thread()
                 taken = self._taken
             time.sleep(self._spawn_after_s)
@@ -129,24 +126,22 @@ class WorkerPool:
         while True:
             with self._lock:
                 self._idle += 1
-            timeout = None if self._threads <= self.core else self._idle_s
+            timeout = None if len(self._all) <= self.core else self._idle_s
             try:
                 job = jobs.get(timeout=timeout)
             except queue.Empty:
                 with self._lock:
                     self._idle -= 1
-                    if self._threads > self.core:
-                        self._threads -= 1
+                    if len(self._all) > self.core:
                         self._all.discard(threading.current_thread())
                         return
                 continue
             with self._lock:
                 self._idle -= 1
                 if job is _STOP:
-                    self._threads -= 1
                     self._all.discard(threading.current_thread())
                     return
-                self._waiting.popleft()
+                self._queued -= 1
                 self._taken += 1
             loop, fn, future, cleanup = job
             try:
@@ -167,22 +162,18 @@ class WorkerPool:
     ) -> None:
         with self._lock:
             done = self._done.get(loop)
-            if done is None:
-                done = self._done[loop] = deque()
-            done.append((future, result))
-            if loop in self._wake_due:
+            if done is not None:  # a wake-up is on its way and takes this too
+                done.append((future, result))
                 return
-            self._wake_due.add(loop)
+            self._done[loop] = deque([(future, result)])
         try:
             loop.call_soon_threadsafe(self._drain, loop)
         except RuntimeError:  # the loop closed: nobody awaits these any more
             with self._lock:
-                self._wake_due.discard(loop)
                 self._done.pop(loop, None)
 
     def _drain(self, loop: asyncio.AbstractEventLoop) -> None:
         with self._lock:
-            self._wake_due.discard(loop)
             done = self._done.pop(loop, None)
         for future, (ok, value) in done or ():
             if future.done():  # the awaiting task was cancelled
@@ -201,7 +192,7 @@ class WorkerPool:
         with self._lock:
             if not self._closed:
                 self._closed = True
-                for _ in range(self._threads):
+                for _ in range(len(self._all)):
                     self._jobs.put(_STOP)
             threads = list(self._all)
         deadline = time.monotonic() + timeout_s
