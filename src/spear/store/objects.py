@@ -119,6 +119,11 @@ def _encode(header: dict[str, Any], inline: bytes) -> bytes:
     return orjson.dumps(header) + b"\0" + inline
 
 
+def _new_header(size: int, name: str | None, now: float) -> dict[str, Any]:
+    """The metadata of a new object: no references, not pinned, value inline or in `name`."""
+    return {"refs": 0, "pinned": False, "created": now, "size": size, "file": name, "updated": now}
+
+
 def _decode(entry: Entry) -> tuple[dict[str, Any], bytes, int]:
     """(header, inline value, object version) of a metadata entry."""
     head, _, inline = entry.value.partition(b"\0")
@@ -261,9 +266,7 @@ class ObjectStore:
         expected_version: int | None,
     ) -> tuple[int, dict[str, Any] | None]:
         if expected_version == 0:  # create only: try it without reading first
-            now = time.time()
-            fresh: dict[str, Any] = {"refs": 0, "pinned": False, "created": now}
-            fresh.update(size=size, file=name, updated=now)
+            fresh = _new_header(size, name, time.time())
             rev = await self._kv.compare_and_swap(META + key, _encode(fresh, inline), 0)
             if rev > 0:
                 return rev, None
@@ -276,7 +279,7 @@ class ObjectStore:
                     raise Conflict(
                         f"object {key!r} does not exist (expected version {expected_version})"
                     )
-                header: dict[str, Any] = {"refs": 0, "pinned": False, "created": now}
+                header = _new_header(size, name, now)
             else:
                 old, _, current = _decode(entry)
                 if expected_version is not None and expected_version != current:
@@ -284,7 +287,7 @@ class ObjectStore:
                         f"object {key!r} is at version {current}, not {expected_version}"
                     )
                 header = {k: v for k, v in old.items() if k != "version"}
-            header.update(size=size, file=name, updated=now)
+                header.update(size=size, file=name, updated=now)
             rev = await self._kv.compare_and_swap(
                 META + key, _encode(header, inline), entry.version if entry else 0
             )
@@ -513,13 +516,12 @@ class ObjectStore:
         empty = [task_id for task_id, stdout in items if stdout is None]
         if empty and await self.usage() + self._reserved > self.capacity_bytes:
             empty = []  # full: each one below says so
+        batched = set(empty)
         for task_id, stdout in items:
-            if stdout is not None or task_id not in empty:
+            if task_id not in batched:
                 await self.store_result(task_id, stdout)
         if empty:
-            now = time.time()
-            header = {"refs": 0, "pinned": False, "created": now, "size": 0, "file": None}
-            raw = _encode({**header, "updated": now}, b"")
+            raw = _encode(_new_header(0, None, time.time()), b"")
             # -1: the task set its result itself, which is kept (as store_result keeps it).
             await self._kv.commit_many([[Write(META + result_key(t), raw, 0)] for t in empty])
 
