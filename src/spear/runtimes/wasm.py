@@ -350,9 +350,9 @@ class WasmWorkerAgent(WorkerAgent):
     def _prepared_before(self, task: Task) -> tuple[_Prepared, tuple[int, ...] | None] | None:
         """The prepared module if this file was prepared before, as it was then.
 
-        Nothing is read here, not even a stat (which hands the interpreter to another
-        thread and waits to get it back): the worker thread checks the file's stat
-        before running it, and prepares it again if it changed in any way.
+        Nothing is read here: the file's stat is checked just before the run (by the
+        worker thread, which prepares it again if it changed in any way; or before
+        running it inline, which a changed file rules out).
         """
         spec = task.spec
         if spec.dirs:
