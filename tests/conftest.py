@@ -32,8 +32,17 @@ def build_c(source: Path, *extra: str) -> Path:
     if not out.exists():
         _BUILD_CACHE.mkdir(parents=True, exist_ok=True)
         tmp = out.with_suffix(f".{os.getpid()}.tmp")
-        cmd = [clang, "--target=wasm32-wasi", "-O2", "-I", str(ROOT / "sdk" / "c"), "-o", str(tmp),
-               str(source), *extra]
+        cmd = [
+            clang,
+            "--target=wasm32-wasi",
+            "-O2",
+            "-I",
+            str(ROOT / "sdk" / "c"),
+            "-o",
+            str(tmp),
+            str(source),
+            *extra,
+        ]
         proc = subprocess.run(cmd, capture_output=True, text=True)
         if proc.returncode != 0:
             pytest.fail(f"building {source.name} failed:\n{proc.stderr}")
@@ -79,14 +88,20 @@ class Cli:
         self, *args: str, input: bytes | None = None, timeout: float = 60, **env: str
     ) -> subprocess.CompletedProcess[bytes]:
         return subprocess.run(
-            [sys.executable, "-m", "spear", *args], input=input, capture_output=True,
-            timeout=timeout, env=cli_env(self.data_dir, **env),
+            [sys.executable, "-m", "spear", *args],
+            input=input,
+            capture_output=True,
+            timeout=timeout,
+            env=cli_env(self.data_dir, **env),
         )
 
     def popen(self, *args: str, **kwargs: Any) -> subprocess.Popen[bytes]:
         return subprocess.Popen(
-            [sys.executable, "-m", "spear", *args], env=cli_env(self.data_dir),
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, **kwargs,
+            [sys.executable, "-m", "spear", *args],
+            env=cli_env(self.data_dir),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            **kwargs,
         )
 
     def json(self, *args: str) -> Any:

@@ -122,7 +122,8 @@ def test_bad_inputs_are_one_line(cli: Cli, tmp_path: Path) -> None:
     assert "_start" in one_error_line(proc.stderr)
 
     unknown_import = build_wat(
-        '(module (import "env" "nope" (func)) (func (export "_start")))', tmp_path, "imp")
+        '(module (import "env" "nope" (func)) (func (export "_start")))', tmp_path, "imp"
+    )
     proc = cli("run", str(unknown_import))
     assert proc.returncode == 65
     assert "cannot be linked" in one_error_line(proc.stderr)
@@ -164,7 +165,8 @@ def test_kill_9_mid_run_keeps_the_store(cli: Cli, hello_wasm: Path, conformance_
     proc = cli.popen("run", str(conformance_wasm), "loop")
     try:
         task = assert_eventually(
-            lambda: next((t for t in cli.json("tasks") if t["state"] == "RUNNING"), None))
+            lambda: next((t for t in cli.json("tasks") if t["state"] == "RUNNING"), None)
+        )
     finally:
         proc.send_signal(signal.SIGKILL)
         proc.communicate()
@@ -201,12 +203,17 @@ def test_wat_module_runs(cli: Cli, tmp_path: Path) -> None:
     wat = tmp_path / "exit7.wat"
     wat.write_text(
         '(module (import "wasi_snapshot_preview1" "proc_exit" (func $exit (param i32)))'
-        ' (func (export "_start") (call $exit (i32.const 7))) (memory (export "memory") 1))')
+        ' (func (export "_start") (call $exit (i32.const 7))) (memory (export "memory") 1))'
+    )
     assert cli("run", str(wat)).returncode == 7
 
 
 def test_version_and_help(cli: Cli) -> None:
     proc = cli("version", "--json")
     assert proc.returncode == 0 and b"wasmtime" in proc.stdout
-    assert subprocess.run([sys.executable, "-m", "spear", "--help"], capture_output=True,
-                          env={**os.environ}).returncode == 0
+    assert (
+        subprocess.run(
+            [sys.executable, "-m", "spear", "--help"], capture_output=True, env={**os.environ}
+        ).returncode
+        == 0
+    )

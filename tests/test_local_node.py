@@ -36,8 +36,9 @@ LOG_WAT = """
 async def test_run_returns_the_finished_task(tmp_path: Path, conformance_wasm: Path) -> None:
     out: list[bytes] = []
     async with LocalNode(tmp_path / "home") as node:
-        task = await node.run(FunctionSpec(str(conformance_wasm), args=("args", "x")),
-                              tee_stdout=out.append)
+        task = await node.run(
+            FunctionSpec(str(conformance_wasm), args=("args", "x")), tee_stdout=out.append
+        )
         assert task.state is TaskState.COMPLETED and task.exit_code == 0
         assert b"argv[2]=x" in b"".join(out)
         assert b"argv[2]=x" in await node.logs_of(task.id, "stdout")
@@ -75,8 +76,10 @@ async def test_cancel_a_running_loop(tmp_path: Path, conformance_wasm: Path) -> 
 
 async def test_many_tasks_at_once(tmp_path: Path, conformance_wasm: Path) -> None:
     async with LocalNode(tmp_path / "home") as node:
-        tasks = [await node.submit(FunctionSpec(str(conformance_wasm), args=("exit", str(i % 3))))
-                 for i in range(40)]
+        tasks = [
+            await node.submit(FunctionSpec(str(conformance_wasm), args=("exit", str(i % 3))))
+            for i in range(40)
+        ]
         finals = [await node.wait(t.id) for t in tasks]
         assert [f.exit_code for f in finals] == [i % 3 for i in range(40)]
         assert len(await node.tasks()) == 40
@@ -93,8 +96,9 @@ async def test_a_task_that_can_never_fit_fails(tmp_path: Path, conformance_wasm:
 async def test_tasks_wait_for_room(tmp_path: Path, conformance_wasm: Path) -> None:
     # Room for one task at a time: the second waits PENDING until the first ends.
     async with LocalNode(tmp_path / "home", cpu_millis=100) as node:
-        first = await node.submit(FunctionSpec(str(conformance_wasm), args=("loop",),
-                                               timeout_s=0.5))
+        first = await node.submit(
+            FunctionSpec(str(conformance_wasm), args=("loop",), timeout_s=0.5)
+        )
         second = await node.submit(FunctionSpec(str(conformance_wasm), args=("exit", "0")))
         with anyio.fail_after(10):
             while (await node.task(first.id)).state is not TaskState.RUNNING:

@@ -14,8 +14,13 @@ def test_args_start_with_the_module_name(cli: Cli, conformance_wasm: Path) -> No
     proc = cli("run", str(conformance_wasm), "args", "two words", "ünïcode")
     assert proc.returncode == 0
     lines = proc.stdout.decode().splitlines()
-    assert lines == ["argc=4", f"argv[0]={conformance_wasm.name}", "argv[1]=args",
-                     "argv[2]=two words", "argv[3]=ünïcode"]
+    assert lines == [
+        "argc=4",
+        f"argv[0]={conformance_wasm.name}",
+        "argv[1]=args",
+        "argv[2]=two words",
+        "argv[3]=ünïcode",
+    ]
 
 
 def test_environment_is_only_what_was_given(cli: Cli, conformance_wasm: Path) -> None:
@@ -75,12 +80,25 @@ def test_wasi_testsuite_adapter(conformance_wasm: Path, tmp_path: Path) -> None:
     host.mkdir()
     (host / "in.txt").write_text("adapter\n")
     run = subprocess.run(
-        [*adapter, "--test-file", str(conformance_wasm), "--dir", str(host), "--env", "K=V",
-         "--arg", "files", "--arg", str(host)],
+        [
+            *adapter,
+            "--test-file",
+            str(conformance_wasm),
+            "--dir",
+            str(host),
+            "--env",
+            "K=V",
+            "--arg",
+            "files",
+            "--arg",
+            str(host),
+        ],
         capture_output=True,
     )
     assert run.returncode == 0, run.stderr
     assert b"in.txt: adapter" in run.stdout
-    code = subprocess.run([*adapter, "--test-file", str(conformance_wasm), "--arg", "exit",
-                           "--arg", "17"], capture_output=True)
+    code = subprocess.run(
+        [*adapter, "--test-file", str(conformance_wasm), "--arg", "exit", "--arg", "17"],
+        capture_output=True,
+    )
     assert code.returncode == 17

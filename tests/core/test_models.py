@@ -54,8 +54,12 @@ def test_timestamps_follow_transitions() -> None:
 )
 def test_spec_json_round_trip(name: str, args: list[str], timeout: float) -> None:
     spec = FunctionSpec(
-        artifact="a.wasm", args=tuple(args), env=((name, "v"),), timeout_s=timeout,
-        dirs=(DirMapping("/tmp", "/data"),), resources=Resources(250, 1024),
+        artifact="a.wasm",
+        args=tuple(args),
+        env=((name, "v"),),
+        timeout_s=timeout,
+        dirs=(DirMapping("/tmp", "/data"),),
+        resources=Resources(250, 1024),
         labels=(("zone", "a"),),
     )
     assert FunctionSpec.from_json(spec.to_json()) == spec
@@ -65,8 +69,13 @@ def test_spec_json_round_trip(name: str, args: list[str], timeout: float) -> Non
 
 @pytest.mark.parametrize(
     "kwargs",
-    [{"artifact": ""}, {"artifact": "m", "timeout_s": 0}, {"artifact": "m", "fuel": 0},
-     {"artifact": "m", "memory_limit_bytes": -1}, {"artifact": "m", "env": (("A=B", "x"),)}],
+    [
+        {"artifact": ""},
+        {"artifact": "m", "timeout_s": 0},
+        {"artifact": "m", "fuel": 0},
+        {"artifact": "m", "memory_limit_bytes": -1},
+        {"artifact": "m", "env": (("A=B", "x"),)},
+    ],
 )
 def test_spec_rejects_nonsense(kwargs: dict[str, object]) -> None:
     with pytest.raises(InvalidArgument):

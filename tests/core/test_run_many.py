@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from typing import TYPE_CHECKING, Any
 
 from conftest import build_wat
 from wat_tasks import exits, hello
 
 from spear import FunctionSpec, LocalNode, Resources, TaskState
+from spear.core.models import Task, new_task_id
+from spear.core.tasks import TaskStore
+from spear.runtimes.base import EXIT_LOST, Outcome
+from spear.store.leveldb import LevelDBKV
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -62,3 +68,69 @@ async def test_guests_that_block_run_on_threads_side_by_side(tmp_path: Path) -> 
         assert {t.state for t in done} == {TaskState.COMPLETED}
         agent: Any = node.agents["wasm"]
         assert agent.run_stats["thread"] == 6 and agent.run_stats["inline"] == 0
+
+
+# Runs `run_many` over guests that sleep for a minute; says "running" once the node
+# reports them all RUNNING (their wave's records are written), then waits to be killed.
+_KILLED_MID_WAVE = """
+import asyncio, sys
+from spear import FunctionSpec, LocalNode, TaskState
+
+async def main():
+    async with LocalNode(sys.argv[1]) as node:
+        work = asyncio.ensure_future(node.run_many([FunctionSpec(sys.argv[2])] * 3))
+        while len(await node.tasks(TaskState.RUNNING)) < 3:
+            await asyncio.sleep(0.01)
+        print("running", flush=True)
+        await work
+
+asyncio.run(main())
+"""
+
+SLEEP_60S = SLEEP_20MS.replace("20000000", "60000000000")
+
+
+async def test_a_wave_killed_mid_run_is_found_lost_by_the_next_node(tmp_path: Path) -> None:
+    module = build_wat(SLEEP_60S, tmp_path, "sleep60")
+    home = tmp_path / "home"
+    proc = subprocess.Popen(
+        [sys.executable, "-c", _KILLED_MID_WAVE, str(home), str(module)],
+        stdout=subprocess.PIPE,
+    )
+    try:
+        assert proc.stdout is not None
+        assert proc.stdout.readline() == b"running\n"
+    finally:
+        proc.kill()
+        proc.communicate()
+    async with LocalNode(home) as node:
+        tasks = await node.tasks()
+        assert len(tasks) == 3
+        for task in tasks:
+            assert (task.state, task.exit_code) == (TaskState.FAILED, EXIT_LOST)
+            assert task.reason is not None and task.reason.startswith("lost")
+        assert await node.kv.scan("active/") == []  # the wave's marker went with them
+
+
+async def test_a_wave_whose_record_changed_meanwhile_still_ends_each_task(
+    tmp_path: Path,
+) -> None:
+    kv = LevelDBKV.open(str(tmp_path / "kv"))
+    try:
+        store = TaskStore(kv)
+        spec = FunctionSpec("unused.wasm")
+        tasks = [Task(id=new_task_id(), spec=spec).transition(TaskState.RUNNING) for _ in "ab"]
+        marker = await store.create_wave(tasks)
+        assert [e.key for e in await kv.scan("active/")] == [marker]
+        # Another writer rewrites the first record: the wave's one write no longer fits.
+        entry = await kv.get(f"tasks/{tasks[0].id}")
+        assert entry is not None
+        await kv.put(entry.key, entry.value)
+        done = await store.finish_wave(
+            marker, [(t, Outcome(TaskState.COMPLETED, 0)) for t in tasks]
+        )
+        assert [t.state for t in done] == [TaskState.COMPLETED] * 2
+        assert [(await store.get(t.id)).state for t in tasks] == [TaskState.COMPLETED] * 2
+        assert await kv.scan("active/") == []
+    finally:
+        await kv.aclose()

@@ -122,4 +122,41 @@ async def test_a_guest_that_can_block_never_runs_inline(tmp_path: Path) -> None:
     async with LocalNode(tmp_path / "home") as node:
         for _ in range(INLINE_AFTER_RUNS + 3):
             assert (await _run(node, module))[0] is TaskState.COMPLETED
-        assert _stats(node) == {"inline": 0, "moved": 0, "thread": INLINE_AFTER_RUNS + 3}
+        assert _stats(node) == {
+            "inline": 0,
+            "moved": 0,
+            "thread": INLINE_AFTER_RUNS + 3,
+            "pooled": 0,
+        }
+
+
+# Traps unless its memory and its global start as the module declares them: a pooled
+# instance reuses a slot, which must come back as new.
+FRESH = """(module
+  (memory (export "memory") 1)
+  (global $g (mut i32) (i32.const 0))
+  (func (export "_start")
+    (if (i32.or (i32.load (i32.const 1000)) (global.get $g)) (then unreachable))
+    (i32.store (i32.const 1000) (i32.const 7))
+    (global.set $g (i32.const 7))))"""
+
+
+async def test_inline_guests_run_in_pooled_instances_each_as_new(tmp_path: Path) -> None:
+    module = build_wat(FRESH, tmp_path, "fresh")
+    async with LocalNode(tmp_path / "home") as node:
+        for _ in range(INLINE_AFTER_RUNS + 20):
+            assert (await _run(node, module))[0] is TaskState.COMPLETED
+        stats = _stats(node)
+        assert stats["inline"] >= 10
+        assert stats["pooled"] >= stats["inline"]  # (a guest moved off ran pooled too)
+
+
+async def test_a_module_too_big_for_the_pool_still_runs_inline(tmp_path: Path) -> None:
+    # A table larger than a pool slot holds: its inline runs use the ordinary engine.
+    big = '(module (memory (export "memory") 1) (table 30000 funcref) (func (export "_start")))'
+    module = build_wat(big, tmp_path, "bigtable")
+    async with LocalNode(tmp_path / "home") as node:
+        for _ in range(INLINE_AFTER_RUNS + 20):
+            assert (await _run(node, module))[0] is TaskState.COMPLETED
+        assert _stats(node)["inline"] >= 10
+        assert _stats(node)["pooled"] == 0

@@ -308,5 +308,3 @@ async def test_unreachable_etcd_is_unavailable() -> None:
         port = s.getsockname()[1]
         with pytest.raises(Unavailable):
             await EtcdKV.connect([f"127.0.0.1:{port}"], timeout_s=2)
-
-

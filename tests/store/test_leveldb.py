@@ -135,8 +135,12 @@ async def test_shared_mode_waits_for_the_holder(tmp_path: Path) -> None:
     await holder.put("k", b"v")
     await holder.aclose()
     holder_proc = subprocess.Popen(
-        [sys.executable, "-c", f"import plyvel, time; db = plyvel.DB({path!r}); "
-         "print('held', flush=True); time.sleep(0.5)"],
+        [
+            sys.executable,
+            "-c",
+            f"import plyvel, time; db = plyvel.DB({path!r}); "
+            "print('held', flush=True); time.sleep(0.5)",
+        ],
         stdout=subprocess.PIPE,
     )
     assert holder_proc.stdout is not None
@@ -153,8 +157,12 @@ async def test_shared_mode_gives_up_with_a_clear_error(tmp_path: Path) -> None:
     path = str(tmp_path / "db")
     await LevelDBKV.open(path).aclose()  # create it
     proc = subprocess.Popen(
-        [sys.executable, "-c", f"import plyvel, time; db = plyvel.DB({path!r}); "
-         "print('held', flush=True); time.sleep(30)"],
+        [
+            sys.executable,
+            "-c",
+            f"import plyvel, time; db = plyvel.DB({path!r}); "
+            "print('held', flush=True); time.sleep(30)",
+        ],
         stdout=subprocess.PIPE,
     )
     try:

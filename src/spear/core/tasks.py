@@ -37,6 +37,8 @@ if TYPE_CHECKING:
 _TASKS = "tasks/"
 _WATCH_RECHECK_S = 1.0  # a watcher re-reads the record when no change came for this long
 _ACTIVE = "active/"
+_UNFINISHED = frozenset({TaskState.PENDING, TaskState.RUNNING})
+_WAVE = "wave-"  # active/wave-<first task id>: the marker of a wave's tasks (run_many)
 
 
 def _process_start_time(pid: int) -> str | None:
@@ -85,45 +87,55 @@ class TaskStore:
 
     async def create(self, task: Task) -> None:
         """Record a new task and mark it unfinished, in one atomic write."""
-        await self.create_many([task])
+        version = await self._kv.commit(_creation(task))
+        if version < 0:
+            raise InvalidArgument(f"task {task.id} exists already")
+        self._remember(task, version)
 
-    async def create_many(self, tasks: Sequence[Task]) -> None:
-        """Record new tasks, each with its unfinished marker atomically, all in one write
-        where the KV can. Raises if an id exists already (the others are recorded)."""
-        versions = await self._kv.commit_many([_creation(task) for task in tasks])
-        for task, version in zip(tasks, versions, strict=True):
-            if version < 0:
-                raise InvalidArgument(f"task {task.id} exists already")
+    async def create_wave(self, tasks: Sequence[Task]) -> str:
+        """Record new tasks and one unfinished marker naming them all, in one atomic
+        write; returns the marker's key, for `finish_wave`. Raises if an id exists
+        already (then none is recorded)."""
+        marker = f"{_ACTIVE}{_WAVE}{tasks[0].id}"
+        writes = [Write(_TASKS + task.id, _encode(task), 0) for task in tasks]
+        owner = {**_SELF, "node": tasks[0].node, "tasks": [task.id for task in tasks]}
+        writes.append(Write(marker, orjson.dumps(owner)))
+        version = await self._kv.commit(writes)
+        if version < 0:
+            raise InvalidArgument("a task id exists already")
+        for task in tasks:
             self._remember(task, version)
+        return marker
 
-    async def finish_many(self, ends: Sequence[tuple[Task, Outcome]]) -> list[Task]:
-        """Move tasks this store recorded to how they ended, in one write where the KV
-        can; one changed meanwhile by another writer goes through `transition`."""
-        news: list[Task | None] = []
-        batches: list[list[Write]] = []
+    async def finish_wave(self, marker: str, ends: Sequence[tuple[Task, Outcome]]) -> list[Task]:
+        """Move the tasks of a wave (`create_wave`) to how they ended and drop its marker,
+        in one atomic write; if another writer changed one meanwhile, each goes through
+        `transition`, and the marker goes last."""
+        news: list[Task] = []
+        writes: list[Write] = []
         for task, outcome in ends:
             known = self._written.get(task.id)
             if known is None or known[1].state.terminal:
-                news.append(None)
-                continue
+                break
             new = known[1].transition(
                 outcome.state, exit_code=outcome.exit_code, reason=outcome.reason
             )
             news.append(new)
-            batches.append(_ending(new, known[0]))
-        versions = iter(await self._kv.commit_many(batches))
-        out: list[Task] = []
-        for (task, outcome), made in zip(ends, news, strict=True):
-            version = -1 if made is None else next(versions)
-            if made is not None and version >= 0:
-                self._remember(made, version)
-                out.append(made)
-            else:
-                out.append(
-                    await self.transition(
-                        task.id, outcome.state, exit_code=outcome.exit_code, reason=outcome.reason
-                    )
-                )
+            writes.append(Write(_TASKS + task.id, _encode(new), known[0]))
+        else:
+            writes.append(Write(marker, None))
+            version = await self._kv.commit(writes)
+            if version >= 0:
+                for new in news:
+                    self._remember(new, version)
+                return news
+        out = [
+            await self.transition(
+                task.id, outcome.state, exit_code=outcome.exit_code, reason=outcome.reason
+            )
+            for task, outcome in ends
+        ]
+        await self._kv.delete(marker)
         return out
 
     async def get(self, task_id: str) -> Task:
@@ -221,25 +233,31 @@ class TaskStore:
         """Mark FAILED every unfinished task whose owning process is gone."""
         lost = []
         for entry in await self._kv.scan(_ACTIVE):
-            task_id = entry.key[len(_ACTIVE) :]
+            name = entry.key[len(_ACTIVE) :]
             try:
                 owner = json.loads(entry.value)
             except ValueError:
                 owner = {}
             if _owner_alive(owner):
                 continue
-            try:
-                await self.transition(
-                    task_id,
-                    TaskState.FAILED,
-                    only_from=frozenset({TaskState.PENDING, TaskState.RUNNING}),
-                    reason="lost: the process running it exited without finishing it",
-                    exit_code=EXIT_LOST,
-                )
-            except NotFound:
-                pass
-            await self._kv.delete(_ACTIVE + task_id)
-            lost.append(task_id)
+            ids = [name]
+            if name.startswith(_WAVE):
+                tasks = owner.get("tasks") if isinstance(owner, dict) else None
+                ids = [str(t) for t in tasks] if isinstance(tasks, list) else []
+            for task_id in ids:
+                try:
+                    task = await self.transition(
+                        task_id,
+                        TaskState.FAILED,
+                        only_from=_UNFINISHED,
+                        reason="lost: the process running it exited without finishing it",
+                        exit_code=EXIT_LOST,
+                    )
+                except NotFound:
+                    continue
+                if task.exit_code == EXIT_LOST:
+                    lost.append(task_id)
+            await self._kv.delete(entry.key)
         return lost
 
 
@@ -504,7 +522,12 @@ class TaskController:
         ends: list[tuple[Task, Outcome]] = []
         writers: list[TaskLogWriter] = []
         try:
-            await self.store.create_many(tasks)
+            marker = await self.store.create_wave(tasks)
+        except BaseException:
+            for task in admitted:
+                self._admission.release(task.spec.resources)
+            raise
+        try:
             later: list[tuple[Task, Execution]] = []
             for task in tasks:
                 running = self._running[task.id] = _Running(ExecutionControl(), asyncio.Event())
@@ -541,9 +564,9 @@ class TaskController:
                             TaskState.FAILED, EXIT_LOST, "node stopped while the task ran"
                         )
                         ends.append((task, lost))
-                await self._end_wave(admitted, ends, writers)
+                await self._end_wave(admitted, marker, ends, writers)
             raise
-        return await self._end_wave(admitted, ends, writers)
+        return await self._end_wave(admitted, marker, ends, writers)
 
     async def _start(
         self, task: Task, running: _Running, writer: TaskLogWriter, stdin: bytes | str | None
@@ -560,13 +583,17 @@ class TaskController:
         return running.execution
 
     async def _end_wave(
-        self, admitted: list[Task], ends: list[tuple[Task, Outcome]], writers: list[TaskLogWriter]
+        self,
+        admitted: list[Task],
+        marker: str,
+        ends: list[tuple[Task, Outcome]],
+        writers: list[TaskLogWriter],
     ) -> list[Task]:
         for writer in writers:
             writer.close()
         for task in admitted:
             self._admission.release(task.spec.resources)
-        finals = await self.store.finish_many(ends)
+        finals = await self.store.finish_wave(marker, ends)
         for final in finals:
             running = self._running.pop(final.id, None)
             if running is not None:

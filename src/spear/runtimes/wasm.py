@@ -146,9 +146,13 @@ _WASI_MODULES = frozenset({"wasi_snapshot_preview1", "wasi_unstable"})
 class _Prepared:
     digest: str
     pre: Any  # wasmtime.InstancePre
+    module: wasmtime.Module
     plain_entry: bool = False  # the entry takes and returns nothing: called directly
     inline: bool = False  # its imports allow running it inline (see _BLOCKING_WASI)
     short_runs: int = 0  # up with each run under INLINE_SHORT_S, down with each longer
+    # Its InstancePre on the flavor's pooled engine, for inline runs (see _Pooled); None
+    # until the module qualifies for inline runs, False if the pool cannot hold it.
+    pooled_pre: Any = None
 
     def ran(self, seconds: float, moved: bool) -> None:
         if moved:
@@ -160,6 +164,7 @@ class _Prepared:
 
 
 _MOVED = Outcome(TaskState.RUNNING, 0, "moved to a worker thread")
+_COMPLETED = Outcome(TaskState.COMPLETED, 0)
 
 
 def _may_run_inline(module: wasmtime.Module) -> bool:
@@ -168,8 +173,9 @@ def _may_run_inline(module: wasmtime.Module) -> bool:
     )
 
 
-def _call(prepared: _Prepared, context: Any, entry: str, store: wasmtime.Store) -> None:
-    """Instantiate the prepared module in `store` and call its `entry`.
+def _call(prepared: _Prepared, context: Any, entry: str, store: wasmtime.Store, pre: Any) -> None:
+    """Instantiate the prepared module (`pre`: its InstancePre for the store's engine) in
+    `store` and call its `entry`.
 
     A `() -> ()` entry (every WASI command's `_start`) is called through the C API
     directly: wasmtime-py's wrappers (export maps, parameter checks) cost several times
@@ -177,14 +183,14 @@ def _call(prepared: _Prepared, context: Any, entry: str, store: wasmtime.Store) 
     wasmtime-py raises them (its `enter_wasm`): an exit, a trap, or a host exception.
     """
     if not prepared.plain_entry:
-        instance = prepared.pre.instantiate(store)
+        instance = pre.instantiate(store)
         instance.exports(store)[entry](store)
         return
     trap = ctypes.POINTER(_ffi.wasm_trap_t)()
     raw = _ffi.wasmtime_instance_t()
     _check(
         _ffi.wasmtime_instance_pre_instantiate(
-            prepared.pre.ptr(), context, ctypes.byref(raw), ctypes.byref(trap)
+            pre.ptr(), context, ctypes.byref(raw), ctypes.byref(trap)
         ),
         trap,
     )
@@ -240,16 +246,47 @@ def _char_array(items: list[str]) -> Any:
     return array
 
 
+def _engine_config(fuel: bool) -> wasmtime.Config:
+    config = wasmtime.Config()
+    config.epoch_interruption = True
+    config.consume_fuel = fuel
+    return config
+
+
+# Inline runs use an engine of their own with wasmtime's pooling allocator: an instance
+# reuses a slot made once instead of mapping and unmapping its memory (a trivial guest
+# takes a quarter less time). Inline runs are one at a time, so a few slots suffice; a
+# guest that does not fit a slot (several memories, a large table) runs on the other.
+POOL_SLOTS = 4
+_POOL_KEEP_RESIDENT = 64 * 1024  # bytes of a slot's memory kept mapped between guests
+
+
+def _pooled_engine(fuel: bool) -> wasmtime.Engine:
+    config = _engine_config(fuel)
+    pool = _ffi.wasmtime_pooling_allocation_config_new()
+    try:
+        for limit in ("total_core_instances", "total_memories", "total_tables", "total_stacks"):
+            getattr(_ffi, f"wasmtime_pooling_allocation_config_{limit}_set")(pool, POOL_SLOTS)
+        _ffi.wasmtime_pooling_allocation_config_linear_memory_keep_resident_set(
+            pool, _POOL_KEEP_RESIDENT
+        )
+        _ffi.wasmtime_pooling_allocation_config_table_keep_resident_set(pool, _POOL_KEEP_RESIDENT)
+        _ffi.wasmtime_pooling_allocation_strategy_set(config.ptr(), pool)  # (copied)
+    finally:
+        _ffi.wasmtime_pooling_allocation_config_delete(pool)
+    return wasmtime.Engine(config)
+
+
 class _Flavor:
-    """An engine with its linker and module cache; fuel metering needs an engine of its own."""
+    """An engine with its linker and module cache; fuel metering needs an engine of its own.
+    Its pooled engine for inline runs is made when a module first qualifies for them."""
 
     def __init__(
         self, fuel: bool, cache_dir: Path | None, host_functions: Sequence[HostFunctions]
     ) -> None:
-        config = wasmtime.Config()
-        config.epoch_interruption = True
-        config.consume_fuel = fuel
-        self.engine = wasmtime.Engine(config)
+        self.fuel = fuel
+        self.engine = wasmtime.Engine(_engine_config(fuel))
+        self.pooled: tuple[wasmtime.Engine, wasmtime.Linker] | None = None
         self.linker = wasmtime.Linker(self.engine)
         self.linker.define_wasi()
         for define in host_functions:
@@ -277,7 +314,8 @@ class WasmWorkerAgent(WorkerAgent):
         self._flavor_lock = threading.Lock()
         self._ticker = _Ticker([])
         self._pool = WorkerPool(max_threads, name="spear-wasm")
-        self._run_counts = {"inline": 0, "moved": 0, "thread": 0}
+        self._run_counts = {"inline": 0, "moved": 0, "thread": 0, "pooled": 0}
+        self._pooled_live = 0  # pooled stores not yet freed (loop thread only)
         # Running stores' stop checks, by the key their deadline callback is given: one
         # callback serves every store (a ctypes callback costs tens of microseconds to make).
         self._stops: dict[int, _Stop] = {}
@@ -293,12 +331,36 @@ class WasmWorkerAgent(WorkerAgent):
             if flavor is None:
                 flavor = _Flavor(fuel, self._cache_dir, self._host_functions)
                 self._flavors[fuel] = flavor
-                self._ticker._engines = [f.engine for f in self._flavors.values()]
+                self._tick_engines()
             return flavor
+
+    def _tick_engines(self) -> None:
+        engines = [f.engine for f in self._flavors.values()]
+        engines += [f.pooled[0] for f in self._flavors.values() if f.pooled is not None]
+        self._ticker._engines = engines
+
+    def _make_pooled(self, flavor: _Flavor, prepared: _Prepared) -> None:
+        """Make the prepared module's InstancePre on the flavor's pooled engine (on a
+        worker thread: deserializing the compiled module takes a while), or mark that the
+        pool cannot hold it."""
+        with self._flavor_lock:
+            if flavor.pooled is None:
+                engine = _pooled_engine(flavor.fuel)
+                linker = wasmtime.Linker(engine)
+                linker.define_wasi()  # all an inline guest may import
+                flavor.pooled = (engine, linker)
+                self._tick_engines()
+            engine, linker = flavor.pooled
+        try:
+            module = wasmtime.Module.deserialize(engine, prepared.module.serialize())
+            prepared.pooled_pre = linker.instantiate_pre(module)
+        except wasmtime.WasmtimeError:  # more memories or table entries than a slot holds
+            prepared.pooled_pre = False
 
     @property
     def run_stats(self) -> dict[str, int]:
-        """Guests run inline on the event loop, moved from it, and run on threads."""
+        """Guests run inline on the event loop, moved from it, and run on threads; and
+        of those run inline (moved ones included), how many in a pooled instance."""
         return dict(self._run_counts)
 
     @property
@@ -339,7 +401,7 @@ class WasmWorkerAgent(WorkerAgent):
             raise InvalidModule(f"{spec.artifact} cannot be linked: {first}") from None
         plain = not export.type.params and not export.type.results
         prepared = _Prepared(
-            digest, pre, plain_entry=plain, inline=plain and _may_run_inline(module)
+            digest, pre, module, plain_entry=plain, inline=plain and _may_run_inline(module)
         )
         with flavor.lock:
             if len(flavor.prepared) > 1024:
@@ -438,6 +500,7 @@ class _WasmExecution(Execution):
         self._prepared, self._seen = prepared
         self._ctx = ctx
         self._store: wasmtime.Store | None = None
+        self._pooled = False  # its store is one of the pool's (see POOL_SLOTS)
         self._token: Any = None
 
     def kill(self, reason: str = "cancelled") -> None:
@@ -448,10 +511,10 @@ class _WasmExecution(Execution):
         if outcome is not None:
             return outcome
         self._agent._run_counts["thread"] += 1
+        self._token = anyio.lowlevel.current_token()  # where the guest's hostcalls go
         return await self._agent._pool.run(self._run, cleanup=self._cleanup)
 
     def run_now(self) -> Outcome | None:
-        self._token = anyio.lowlevel.current_token()  # where the guest's hostcalls go
         if not self._inline_ok():
             return None
         outcome = self._run(inline=True)
@@ -537,7 +600,18 @@ class _WasmExecution(Execution):
             stderr: Callable[[bytes], None] = lambda data: held.append((ctx.io.stderr, data))  # noqa: E731
         else:
             stdout, stderr = ctx.io.stdout, ctx.io.stderr
-        store = wasmtime.Store(self._flavor.engine)
+        pooled = (
+            inline and prepared.pooled_pre and agent._pooled_live < POOL_SLOTS
+        )  # (inline runs are one at a time: the pool is never short, this only makes sure)
+        if pooled:
+            store = wasmtime.Store(self._flavor.pooled[0])  # type: ignore[index]
+            pre = prepared.pooled_pre
+            agent._pooled_live += 1
+            agent._run_counts["pooled"] += 1
+            self._pooled = True
+        else:
+            store = wasmtime.Store(self._flavor.engine)
+            pre = prepared.pre
         key = next(agent._stop_keys)
         stop = agent._stops[key] = _Stop(control)
         try:
@@ -547,27 +621,37 @@ class _WasmExecution(Execution):
                 store.ptr(), agent._on_deadline, key, _NO_FINALIZER
             )
             _ffi.wasmtime_context_set_epoch_deadline(context, 1)
-            previous = hostcall.bind(ctx, self._token)
+            # (An inline guest imports no hostcall: it needs no task bound to its thread.)
+            previous = None if inline else hostcall.bind(ctx, self._token)
             started = time.monotonic()
             if inline:
                 stop.move_after = started + INLINE_BUDGET_S
             try:
                 with agent._ticker:
-                    _call(prepared, context, ctx.task.spec.entry, store)
-                outcome = Outcome(TaskState.COMPLETED, 0)
+                    _call(prepared, context, ctx.task.spec.entry, store, pre)
+                outcome = _COMPLETED
             except wasmtime.ExitTrap as exc:
                 code = exc.code
                 if code == 0:
-                    outcome = Outcome(TaskState.COMPLETED, 0)
+                    outcome = _COMPLETED
                 else:
                     outcome = Outcome(TaskState.FAILED, code, f"exit status {code}")
             except (wasmtime.Trap, wasmtime.WasmtimeError) as exc:
                 outcome = _MOVED if stop.reason == "move" else self._failure(exc, stop.reason)
             finally:
-                hostcall.bind(*previous)
+                if previous is not None:
+                    hostcall.bind(*previous)
             prepared.ran(time.monotonic() - started, moved=outcome is _MOVED)
+            if (
+                not inline
+                and prepared.pooled_pre is None
+                and prepared.inline
+                and prepared.short_runs >= INLINE_AFTER_RUNS
+            ):  # its next runs are inline: ready its pooled instances here, on the thread
+                agent._make_pooled(self._flavor, prepared)
         except BaseException:
-            store.close()
+            self._store = store
+            self._cleanup()
             raise
         finally:
             del agent._stops[key]
@@ -584,6 +668,9 @@ class _WasmExecution(Execution):
         store, self._store = self._store, None
         if store is not None:
             store.close()
+        if self._pooled:
+            self._pooled = False
+            self._agent._pooled_live -= 1
 
     def _failure(self, exc: Exception, stop_reason: str | None) -> Outcome:
         control = self._ctx.control

@@ -414,6 +414,12 @@ class ObjectStore:
         """Make the object collectable again (its idle time starts now)."""
         await self._change(key, lambda h: h.__setitem__("pinned", False))
 
+    async def release_holders(self, holders: Sequence[str]) -> None:
+        """`release_holder` for each of `holders` (most hold nothing)."""
+        for holder in holders:
+            if holder in self._held:
+                await self.release_holder(holder)
+
     async def release_holder(self, holder: str) -> None:
         """Drop every reference `holder` still holds (a task that ended)."""
         held = self._held.pop(holder, None)
@@ -522,8 +528,11 @@ class ObjectStore:
                 await self.store_result(task_id, stdout)
         if empty:
             raw = _encode(_new_header(0, None, time.time()), b"")
-            # -1: the task set its result itself, which is kept (as store_result keeps it).
-            await self._kv.commit_many([[Write(META + result_key(t), raw, 0)] for t in empty])
+            writes = [Write(META + result_key(t), raw, 0) for t in empty]
+            # All in one write; if a task set its result itself (which is kept, as
+            # store_result keeps it), each is written on its own: that one fails alone.
+            if len(writes) == 1 or await self._kv.commit(writes) < 0:
+                await self._kv.commit_many([[w] for w in writes])
 
     async def store_result(self, task_id: str, stdout: Path | None) -> None:
         """The task's result is its stdout unless it set one explicitly (hostcall)."""
@@ -563,8 +572,7 @@ class _ResultsHook:
 
     async def many(self, tasks: Sequence[Any]) -> None:
         try:
-            for task in tasks:
-                await self._store.release_holder(task.id)
+            await self._store.release_holders([t.id for t in tasks])
             await self._store.store_results([(t.id, self._logs.stdout_file(t.id)) for t in tasks])
         except SpearError as exc:  # the tasks are over either way; say why there is no result
             ids = ", ".join(t.id for t in tasks)
