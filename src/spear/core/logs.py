@@ -24,7 +24,7 @@ _FILES = {"stdout": "stdout", "stderr": "stderr", "agent": "agent.log"}
 
 class _CappedFile:
     def __init__(self, directory: Path, name: str, cap: int) -> None:
-        self._directory = directory  # the path is joined on first write: most tasks never write
+        self._directory = directory
         self._name = name
         self._cap = cap
         self._file: BinaryIO | None = None
@@ -61,15 +61,14 @@ class TaskLogWriter:
 
     def __init__(
         self,
-        directory: Path,
-        cap: int,
+        logs: TaskLogs,
+        task_id: str,
         tee_stdout: Callable[[bytes], None] | None = None,
         tee_stderr: Callable[[bytes], None] | None = None,
-        on_close: Callable[[bool], None] | None = None,
     ) -> None:
-        self._on_close = on_close
-        self._directory = directory
-        self._cap = cap
+        self._logs = logs
+        self._task_id = task_id
+        self._open = True
         self._files: dict[str, _CappedFile] = {}  # made on first write: most tasks print little
         self._tee_stdout = tee_stdout
         self._tee_stderr = tee_stderr
@@ -77,7 +76,9 @@ class TaskLogWriter:
     def _file(self, name: str) -> _CappedFile:
         f = self._files.get(name)
         if f is None:  # setdefault: two threads writing first at once share one file
-            f = self._files.setdefault(name, _CappedFile(self._directory, _FILES[name], self._cap))
+            # The directory is joined on first write: most tasks never write.
+            made = _CappedFile(self._logs.directory(self._task_id), _FILES[name], self._logs.cap)
+            f = self._files.setdefault(name, made)
         return f
 
     @property
@@ -104,9 +105,15 @@ class TaskLogWriter:
     def close(self) -> None:
         for f in list(self._files.values()):
             f.close()
-        if self._on_close is not None:
-            self._on_close("stdout" in self._files)
-            self._on_close = None
+        if self._open:
+            self._open = False
+            self._logs._closed(self._task_id, "stdout" in self._files)
+
+
+def _checked(task_id: str) -> str:
+    if not task_id or "/" in task_id or task_id.startswith("."):
+        raise InvalidArgument(f"not a task id: {task_id!r}")
+    return task_id
 
 
 class TaskLogs:
@@ -114,14 +121,12 @@ class TaskLogs:
 
     def __init__(self, root: Path, cap: int) -> None:
         self._root = root
-        self._cap = cap
+        self.cap = cap
         # Whether tasks whose writers closed lately wrote stdout: saves a stat per task.
         self._wrote_stdout: dict[str, bool] = {}
 
     def directory(self, task_id: str) -> Path:
-        if not task_id or "/" in task_id or task_id.startswith("."):
-            raise InvalidArgument(f"not a task id: {task_id!r}")
-        return self._root / task_id
+        return self._root / _checked(task_id)
 
     def writer(
         self,
@@ -129,14 +134,12 @@ class TaskLogs:
         tee_stdout: Callable[[bytes], None] | None = None,
         tee_stderr: Callable[[bytes], None] | None = None,
     ) -> TaskLogWriter:
-        def closed(wrote_stdout: bool) -> None:
-            if len(self._wrote_stdout) >= 10_000:  # nobody asks (no object store): forget
-                self._wrote_stdout.clear()
-            self._wrote_stdout[task_id] = wrote_stdout
+        return TaskLogWriter(self, _checked(task_id), tee_stdout, tee_stderr)
 
-        return TaskLogWriter(
-            self.directory(task_id), self._cap, tee_stdout, tee_stderr, on_close=closed
-        )
+    def _closed(self, task_id: str, wrote_stdout: bool) -> None:
+        if len(self._wrote_stdout) >= 10_000:  # nobody asks (no object store): forget
+            self._wrote_stdout.clear()
+        self._wrote_stdout[task_id] = wrote_stdout
 
     def stdout_file(self, task_id: str) -> Path | None:
         """The task's stdout file if it wrote one, once its writer is closed."""

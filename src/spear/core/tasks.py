@@ -268,15 +268,37 @@ _SPEC_JSON: dict[FunctionSpec, orjson.Fragment] = {}
 _OWNER: dict[str | None, bytes] = {}
 
 
+_last_spec: tuple[Any, Any] = (None, None)  # the spec encoded last (mostly the same object)
+
+
 def _encode(task: Task) -> bytes:
-    spec = _SPEC_JSON.get(task.spec)
-    if spec is None:
-        if len(_SPEC_JSON) >= 4096:
-            _SPEC_JSON.clear()
-        spec = _SPEC_JSON[task.spec] = orjson.Fragment(orjson.dumps(task.spec.to_json()))
-    data = task.values()
-    data.update(spec=spec, state=task.state.value)
-    return orjson.dumps(data)
+    global _last_spec
+    spec = task.spec
+    last = _last_spec
+    if spec is last[0]:
+        fragment = last[1]
+    else:
+        fragment = _SPEC_JSON.get(spec)
+        if fragment is None:
+            if len(_SPEC_JSON) >= 4096:
+                _SPEC_JSON.clear()
+            fragment = _SPEC_JSON[spec] = orjson.Fragment(orjson.dumps(spec.to_json()))
+        _last_spec = (spec, fragment)
+    return orjson.dumps(
+        {
+            "id": task.id,
+            "spec": fragment,
+            "state": task.state._value_,
+            "created_at": task.created_at,
+            "started_at": task.started_at,
+            "finished_at": task.finished_at,
+            "exit_code": task.exit_code,
+            "reason": task.reason,
+            "node": task.node,
+            "attempts": task.attempts,
+            "history": task.history,
+        }
+    )
 
 
 def _creation(task: Task) -> list[Write]:
@@ -530,17 +552,20 @@ class TaskController:
         try:
             later: list[tuple[Task, Execution]] = []
             for task in tasks:
-                running = self._running[task.id] = _Running(ExecutionControl(), asyncio.Event())
+                control = ExecutionControl()
                 if task.spec.timeout_s is not None:
-                    running.control.deadline = time.monotonic() + task.spec.timeout_s
+                    control.deadline = time.monotonic() + task.spec.timeout_s
                 writer = self._logs.writer(task.id)
                 writers.append(writer)
                 try:
-                    execution = await self._start(task, running, writer, None)
+                    execution = await self._start(task, control, writer, None)
                     outcome = execution.run_now()
                 except SpearError as exc:
                     outcome = Outcome(TaskState.FAILED, exc.exit_code, str(exc))
                 if outcome is None:
+                    # Running on: it can be cancelled and waited for. (One run right here
+                    # ended before anything else could look for it.)
+                    self._running[task.id] = _Running(control, asyncio.Event(), execution)
                     later.append((task, execution))
                 else:
                     ends.append((task, outcome))
@@ -569,18 +594,21 @@ class TaskController:
         return await self._end_wave(admitted, marker, ends, writers)
 
     async def _start(
-        self, task: Task, running: _Running, writer: TaskLogWriter, stdin: bytes | str | None
+        self,
+        task: Task,
+        control: ExecutionControl,
+        writer: TaskLogWriter,
+        stdin: bytes | str | None,
     ) -> Execution:
         """Start the task's execution in its runtime, its output going to `writer`."""
         ctx = TaskContext(
             task=task,
-            control=running.control,
+            control=control,
             io=writer.io(stdin),
             agent_log=writer.agent_log,
             services=self._services,
         )
-        running.execution = await self._agents[task.spec.runtime.value].start(ctx)
-        return running.execution
+        return await self._agents[task.spec.runtime.value].start(ctx)
 
     async def _end_wave(
         self,
@@ -660,7 +688,7 @@ class TaskController:
                 await self.store.transition(task.id, TaskState.RUNNING)
             writer = self._logs.writer(task.id, tee_stdout, tee_stderr)
             try:
-                execution = await self._start(task, running, writer, stdin)
+                execution = running.execution = await self._start(task, control, writer, stdin)
                 outcome = await execution.wait()
             except SpearError as exc:
                 outcome = Outcome(TaskState.FAILED, exc.exit_code, str(exc))
