@@ -94,15 +94,17 @@ class TaskStore:
 
     async def create_wave(self, tasks: Sequence[Task]) -> str:
         """Record new tasks and one unfinished marker naming them all, in one atomic
-        write; returns the marker's key, for `finish_wave`. Raises if an id exists
-        already (then none is recorded)."""
+        write; returns the marker's key, for `finish_wave`.
+
+        Their ids must be new ones made here (`new_task_id`, unique in this process and
+        unlike another's but by a 2^-40 chance): unlike `create`, which may be given an
+        id from elsewhere, this does not read each back to see that it is new.
+        """
         marker = f"{_ACTIVE}{_WAVE}{tasks[0].id}"
-        writes = [Write(_TASKS + task.id, _encode(task), 0) for task in tasks]
+        writes = [Write(_TASKS + task.id, _encode(task)) for task in tasks]
         owner = {**_SELF, "node": tasks[0].node, "tasks": [task.id for task in tasks]}
         writes.append(Write(marker, orjson.dumps(owner)))
         version = await self._kv.commit(writes)
-        if version < 0:
-            raise InvalidArgument("a task id exists already")
         for task in tasks:
             self._remember(task, version)
         return marker
@@ -367,6 +369,11 @@ class _Admission:
                 self.release(need)
             raise
 
+    def release_many(self, needs: Sequence[Resources]) -> None:
+        cpu = sum(need.cpu_millis for need in needs)
+        memory = sum(need.memory_bytes for need in needs)
+        self.release(Resources(cpu, memory))
+
     def release(self, need: Resources) -> None:
         self.used = self.used - need
         while self._waiters and self._waiters[0][0].fits_in(self.free):
@@ -546,8 +553,7 @@ class TaskController:
         try:
             marker = await self.store.create_wave(tasks)
         except BaseException:
-            for task in admitted:
-                self._admission.release(task.spec.resources)
+            self._admission.release_many([task.spec.resources for task in admitted])
             raise
         try:
             later: list[tuple[Task, Execution]] = []
@@ -619,8 +625,7 @@ class TaskController:
     ) -> list[Task]:
         for writer in writers:
             writer.close()
-        for task in admitted:
-            self._admission.release(task.spec.resources)
+        self._admission.release_many([task.spec.resources for task in admitted])
         finals = await self.store.finish_wave(marker, ends)
         for final in finals:
             running = self._running.pop(final.id, None)
