@@ -1,8 +1,11 @@
 """Generate the gRPC code for every .proto under protos/ into src/spear/transport/_gen/.
 
 betterproto2 messages with grpclib stubs (async client and server), plus one serialized
-FileDescriptorSet (`descriptors.binpb`) that server reflection serves. Run through
-`nox -s protos`; tests/transport/test_generated.py fails when the committed output is stale.
+FileDescriptorSet (`descriptors.binpb`) that server reflection serves; and protobuf's own
+messages (`pb/spearlet_pb2.py`, with its stub `.pyi`) for the calls where encoding costs
+count (transport/_hot.py): protobuf's C implementation is ten to a hundred times faster.
+Run through `nox -s protos`; tests/transport/test_generated_code.py fails when the
+committed output is stale.
 """
 
 from __future__ import annotations
@@ -18,6 +21,8 @@ PROTOS = ROOT / "protos"
 GENERATED = ROOT / "src" / "spear" / "transport" / "_gen"
 DESCRIPTORS = "descriptors.binpb"
 OPTIONS = "client_generation=async,server_generation=async"
+# Compiled with protobuf's own generator as well (it must import no other of our protos).
+PROTOBUF_FILES = ("spear/v1/spearlet.proto",)
 
 
 def proto_files() -> list[Path]:
@@ -36,9 +41,20 @@ def generate(out: Path) -> None:
             f"--descriptor_set_out={Path(tmp) / DESCRIPTORS}", "--include_imports",
             *(str(f.relative_to(PROTOS)) for f in files),
         ]  # fmt: skip
-        proc = subprocess.run(cmd, cwd=PROTOS, capture_output=True, text=True)
-        if proc.returncode != 0:
-            raise SystemExit(f"protoc failed:\n{proc.stderr}")
+        pb = Path(tmp) / "pb"
+        pb.mkdir()
+        protobuf_cmd = [
+            sys.executable, "-m", "grpc_tools.protoc", f"-I{PROTOS}",
+            f"--python_out={pb}", f"--pyi_out={pb}", *PROTOBUF_FILES,
+        ]  # fmt: skip
+        for command in (cmd, protobuf_cmd):
+            proc = subprocess.run(command, cwd=PROTOS, capture_output=True, text=True)
+            if proc.returncode != 0:
+                raise SystemExit(f"protoc failed:\n{proc.stderr}")
+        for made in list(pb.rglob("*_pb2.py*")):  # flat: pb/spearlet_pb2.py
+            made.rename(pb / made.name)
+        shutil.rmtree(pb / "spear")
+        (pb / "__init__.py").write_text('"""protobuf\'s messages for spear.v1 (see gen_protos.py)."""\n')
         if out.exists():
             shutil.rmtree(out)
         shutil.copytree(tmp, out)

@@ -2,13 +2,21 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Any
+
 from spear._api import LogChunk, NodeInfo, ObjectInfo
 from spear.core.models import DirMapping, FunctionSpec, Resources, Runtime, Task, TaskState
 from spear.errors import InvalidArgument
 from spear.transport import _fastdefaults
 from spear.transport._gen.spear import v1
 
+if TYPE_CHECKING:
+    from spear.transport._gen.pb import spearlet_pb2 as pb
+
 _fastdefaults.install()
+
+# The call whose messages are protobuf's own on both ends (client.call, SpearletService).
+RUN_TASK = "/spear.v1.Spearlet/RunTask"
 
 _STATE_TO_WIRE = {
     TaskState.PENDING: v1.TaskState.PENDING,
@@ -24,7 +32,7 @@ def state_to_wire(state: TaskState | None) -> v1.TaskState:
     return v1.TaskState.UNSPECIFIED if state is None else _STATE_TO_WIRE[state]
 
 
-def state_from_wire(state: v1.TaskState) -> TaskState | None:
+def state_from_wire(state: v1.TaskState | int) -> TaskState | None:
     if state == v1.TaskState.UNSPECIFIED:
         return None
     try:
@@ -33,31 +41,48 @@ def state_from_wire(state: v1.TaskState) -> TaskState | None:
         raise InvalidArgument(f"unknown task state {state!r}") from None
 
 
-def resources_to_wire(r: Resources) -> v1.Resources:
-    return v1.Resources(cpu_millis=r.cpu_millis, memory_bytes=r.memory_bytes)
+# The converters below serve two kinds of message of the same protos: betterproto2's (`v1`,
+# every call) and protobuf's own (`pb`, the calls where encoding costs count: _hot.py).
+# Both are built from keyword arguments (None leaves a field unset) and read by attribute;
+# they differ in how an unset optional field reads: None in betterproto2, its zero value in
+# protobuf, which says whether it is set with HasField.
+_Messages = Any  # the module of either kind: v1, or pb
 
 
-def resources_from_wire(r: v1.Resources | None) -> Resources:
+def optional(message: Any, name: str) -> Any:
+    """The field `name` of `message`, None if unset (an optional field, or a message)."""
+    has = getattr(message, "HasField", None)
+    if has is None:
+        return getattr(message, name)
+    return getattr(message, name) if has(name) else None
+
+
+def resources_to_wire(r: Resources, m: _Messages = v1) -> v1.Resources:
+    return m.Resources(cpu_millis=r.cpu_millis, memory_bytes=r.memory_bytes)  # type: ignore[no-any-return]
+
+
+def resources_from_wire(r: v1.Resources | pb.Resources | None) -> Resources:
     return Resources() if r is None else Resources(r.cpu_millis, r.memory_bytes)
 
 
-def _pairs(items: tuple[tuple[str, str], ...]) -> list[v1.KeyValue]:
-    return [v1.KeyValue(key=k, value=v) for k, v in items]
+def _pairs(items: tuple[tuple[str, str], ...], m: _Messages) -> list[Any]:
+    return [m.KeyValue(key=k, value=v) for k, v in items]
 
 
-def spec_to_wire(spec: FunctionSpec) -> v1.FunctionSpec:
-    return v1.FunctionSpec(
+def spec_to_wire(spec: FunctionSpec, m: _Messages = v1) -> v1.FunctionSpec:
+    """`spec` as a message of `m`'s kind (betterproto2's by default)."""
+    return m.FunctionSpec(  # type: ignore[no-any-return]
         artifact=spec.artifact,
         runtime=spec.runtime.value,
         args=list(spec.args),
-        env=_pairs(spec.env),
-        dirs=[v1.DirMapping(host=d.host, guest=d.guest) for d in spec.dirs],
+        env=_pairs(spec.env, m),
+        dirs=[m.DirMapping(host=d.host, guest=d.guest) for d in spec.dirs],
         entry=spec.entry,
-        resources=resources_to_wire(spec.resources),
+        resources=resources_to_wire(spec.resources, m),
         timeout_s=spec.timeout_s,
         memory_limit_bytes=spec.memory_limit_bytes,
         fuel=spec.fuel,
-        labels=_pairs(spec.labels),
+        labels=_pairs(spec.labels, m),
         workdir=spec.workdir,
         warm=spec.warm,
         cpu_time_s=spec.cpu_time_s,
@@ -65,7 +90,7 @@ def spec_to_wire(spec: FunctionSpec) -> v1.FunctionSpec:
     )
 
 
-def spec_from_wire(spec: v1.FunctionSpec | None) -> FunctionSpec:
+def spec_from_wire(spec: v1.FunctionSpec | pb.FunctionSpec | None) -> FunctionSpec:
     if spec is None:
         raise InvalidArgument("the request has no function spec")
     try:
@@ -80,29 +105,30 @@ def spec_from_wire(spec: v1.FunctionSpec | None) -> FunctionSpec:
         env=tuple((kv.key, kv.value) for kv in spec.env),
         dirs=tuple(DirMapping(d.host, d.guest) for d in spec.dirs),
         entry=spec.entry or "_start",
-        resources=resources_from_wire(spec.resources),
-        timeout_s=spec.timeout_s,
-        memory_limit_bytes=spec.memory_limit_bytes,
-        fuel=spec.fuel,
+        resources=resources_from_wire(optional(spec, "resources")),
+        timeout_s=optional(spec, "timeout_s"),
+        memory_limit_bytes=optional(spec, "memory_limit_bytes"),
+        fuel=optional(spec, "fuel"),
         labels=tuple((kv.key, kv.value) for kv in spec.labels),
-        workdir=spec.workdir,
+        workdir=optional(spec, "workdir"),
         warm=spec.warm,
-        cpu_time_s=spec.cpu_time_s,
-        open_files=spec.open_files,
+        cpu_time_s=optional(spec, "cpu_time_s"),
+        open_files=optional(spec, "open_files"),
     )
 
 
-def task_to_wire(task: Task) -> v1.TaskInfo:
+def task_to_wire(task: Task, m: _Messages = v1) -> v1.TaskInfo:
+    """`task` as a message of `m`'s kind (betterproto2's by default)."""
     history = []
     for state, at in task.history:
         try:
             wire = _STATE_TO_WIRE[TaskState(state)]
         except ValueError:
             wire = v1.TaskState.UNSPECIFIED
-        history.append(v1.StateChange(state=wire, at=at))
-    return v1.TaskInfo(
+        history.append(m.StateChange(state=wire, at=at))
+    return m.TaskInfo(  # type: ignore[no-any-return]
         id=task.id,
-        spec=spec_to_wire(task.spec),
+        spec=spec_to_wire(task.spec, m),
         state=_STATE_TO_WIRE[task.state],
         created_at=task.created_at,
         started_at=task.started_at,
@@ -115,20 +141,20 @@ def task_to_wire(task: Task) -> v1.TaskInfo:
     )
 
 
-def task_from_wire(info: v1.TaskInfo) -> Task:
+def task_from_wire(info: v1.TaskInfo | pb.TaskInfo) -> Task:
     state = state_from_wire(info.state)
     if state is None:
         raise InvalidArgument(f"task {info.id} has no state")
     return Task(
         id=info.id,
-        spec=spec_from_wire(info.spec),
+        spec=spec_from_wire(optional(info, "spec")),
         state=state,
         created_at=info.created_at,
-        started_at=info.started_at,
-        finished_at=info.finished_at,
-        exit_code=info.exit_code,
-        reason=info.reason,
-        node=info.node,
+        started_at=optional(info, "started_at"),
+        finished_at=optional(info, "finished_at"),
+        exit_code=optional(info, "exit_code"),
+        reason=optional(info, "reason"),
+        node=optional(info, "node"),
         attempts=info.attempts,
         history=tuple(
             ((state_from_wire(h.state) or TaskState.PENDING).value, h.at) for h in info.history

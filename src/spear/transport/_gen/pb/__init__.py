@@ -1,0 +1,1 @@
+"""protobuf's messages for spear.v1 (see gen_protos.py)."""
