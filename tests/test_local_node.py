@@ -112,6 +112,23 @@ async def test_tasks_wait_for_room(tmp_path: Path, conformance_wasm: Path) -> No
         assert second_final.started_at >= finished.finished_at
 
 
+async def test_a_submitted_task_holds_its_room_as_it_is_accepted(
+    tmp_path: Path, conformance_wasm: Path
+) -> None:
+    # The scheduler places the next task by the node's free room: a task accepted here
+    # holds its CPU from the moment submit returns, before its coroutine first runs.
+    async with LocalNode(tmp_path / "home", cpu_millis=300) as node:
+        looping = FunctionSpec(str(conformance_wasm), args=("loop",))
+        first = await node.submit(looping)
+        assert node.controller.free.cpu_millis == 200
+        second = await node.submit(looping)
+        assert node.controller.free.cpu_millis == 100
+        assert node.controller.waiting_count == 0
+        for task in (first, second):
+            await node.cancel(task.id)
+        assert node.controller.free.cpu_millis == 300
+
+
 async def test_unknown_task_is_not_found(tmp_path: Path) -> None:
     async with LocalNode(tmp_path / "home") as node:
         with pytest.raises(spear.NotFound):

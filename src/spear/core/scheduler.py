@@ -84,7 +84,6 @@ class Scheduler:
         self.retry_s = retry_s
         self._queue: deque[_Queued] = deque()
         self._wake = anyio.Event()
-        self._admitting = anyio.Lock()
         self._placing: dict[str, anyio.Event] = {}
         self.decisions: deque[Decision] = deque(maxlen=1000)
         node.controller.finished_hooks.append(lambda _task: self._wake.set())
@@ -110,7 +109,12 @@ class Scheduler:
         )
 
     def _fits_here_now(self, spec: FunctionSpec) -> bool:
-        return self._could_ever_run_here(spec) and spec.resources.fits_in(self.node.controller.free)
+        controller = self.node.controller
+        return (
+            self._could_ever_run_here(spec)
+            and controller.waiting_count == 0
+            and spec.resources.fits_in(controller.free)
+        )
 
     def _query(self, spec: FunctionSpec) -> PlacementQuery:
         return PlacementQuery(
@@ -271,18 +275,12 @@ class Scheduler:
     async def _try_here(
         self, spec: FunctionSpec, stdin: bytes | None, task_id: str | None
     ) -> Task | None:
-        """Start a task on this node if it fits now (None if not). Waits, briefly, until the
-        task holds its resources, so the next decision sees them taken: the controller
-        reserves them only once the task's own coroutine runs."""
-        async with self._admitting:
-            if not self._fits_here_now(spec):
-                return None
-            task = await self.node.controller.submit(spec, stdin=stdin, task_id=task_id)
-            with anyio.move_on_after(5):
-                async for seen in self.node.tasks_store.watch(task.id):
-                    if seen.state is not TaskState.PENDING:
-                        break
-            return task
+        """Start a task on this node if it fits now (None if not). The controller reserves
+        its resources as it accepts it, before its first await (so with no await between
+        this check and that reservation): the next decision sees them taken."""
+        if not self._fits_here_now(spec):
+            return None
+        return await self.node.controller.submit(spec, stdin=stdin, task_id=task_id)
 
     async def adopt(self, task: Task, spec: FunctionSpec, stdin: bytes | None) -> Task:
         """Run a task forwarded by another node here, under its id, if it fits now."""

@@ -333,6 +333,10 @@ class _Admission:
     def free(self) -> Resources:
         return self.capacity - self.used
 
+    @property
+    def waiting(self) -> int:
+        return len(self._waiters)
+
     def try_acquire(self, need: Resources) -> bool:
         """Reserve `need` if it fits now and nobody waits before it."""
         used, capacity = self.used, self.capacity
@@ -426,6 +430,11 @@ class TaskController:
     @property
     def running_count(self) -> int:
         return len(self._running)
+
+    @property
+    def waiting_count(self) -> int:
+        """Tasks waiting for the node's resources to free up."""
+        return self._admission.waiting
 
     async def create(
         self, spec: FunctionSpec, *, task_id: str | None = None, running: bool = False
@@ -639,17 +648,27 @@ class TaskController:
     async def submit(
         self, spec: FunctionSpec, *, stdin: bytes | None = None, task_id: str | None = None
     ) -> Task:
-        """Start `spec` in the background; returns the PENDING task at once."""
+        """Start `spec` in the background; returns the PENDING task at once.
+
+        A task that fits the node's free resources now (and nobody waits before it) holds
+        them from here on, before its coroutine first runs: the next submission sees them
+        taken (the scheduler places the next task by that)."""
         if self._task_group is None:
             raise RuntimeError("the task controller is not started")
-        task = await self.create(spec, task_id=task_id)
-        self._running[task.id] = _Running(ExecutionControl(), asyncio.Event())
-        self._task_group.start_soon(self._execute_guarded, task, stdin)
+        admitted = self._admission.try_acquire(spec.resources)
+        try:
+            task = await self.create(spec, task_id=task_id)
+            self._running[task.id] = _Running(ExecutionControl(), asyncio.Event())
+            self._task_group.start_soon(self._execute_guarded, task, stdin, admitted)
+        except BaseException:
+            if admitted:
+                self._admission.release(spec.resources)
+            raise
         return task
 
-    async def _execute_guarded(self, task: Task, stdin: bytes | None) -> None:
+    async def _execute_guarded(self, task: Task, stdin: bytes | None, admitted: bool) -> None:
         try:
-            await self.execute(task, stdin=stdin)
+            await self.execute(task, stdin=stdin, admitted=admitted)
         except Exception:  # a task's failure must never take the node down
             logger.exception("task {} failed in the controller", task.id)
 
@@ -663,7 +682,7 @@ class TaskController:
         admitted: bool = False,
     ) -> Task:
         """Run a recorded task to its end. `admitted`: its resources are reserved already
-        and it is recorded RUNNING (see `run`)."""
+        (see `run` and `submit`)."""
         running = self._running.get(task.id)
         if running is None:
             running = self._running[task.id] = _Running(ExecutionControl(), asyncio.Event())
