@@ -85,9 +85,11 @@ class TaskStore:
             self._written.clear()
         self._written[task.id] = (version, task)
 
-    async def create(self, task: Task) -> None:
-        """Record a new task and mark it unfinished, in one atomic write."""
-        version = await self._kv.commit(_creation(task))
+    async def create(self, task: Task, *, fresh: bool = False) -> None:
+        """Record a new task and mark it unfinished, in one atomic write. Raises if its id
+        exists already, unless `fresh`: the id is a new one made here (`new_task_id`, see
+        `create_wave`), written without reading it back first."""
+        version = await self._kv.commit(_creation(task, fresh))
         if version < 0:
             raise InvalidArgument(f"task {task.id} exists already")
         self._remember(task, version)
@@ -303,12 +305,14 @@ def _encode(task: Task) -> bytes:
     )
 
 
-def _creation(task: Task) -> list[Write]:
-    """The writes that record a new task: its record (only if absent), its marker."""
+def _creation(task: Task, fresh: bool) -> list[Write]:
+    """The writes that record a new task: its record (only if absent, unless `fresh`), its
+    marker."""
     owner = _OWNER.get(task.node)
     if owner is None:
         owner = _OWNER[task.node] = orjson.dumps({**_SELF, "node": task.node})
-    return [Write(_TASKS + task.id, _encode(task), 0), Write(_ACTIVE + task.id, owner)]
+    record = Write(_TASKS + task.id, _encode(task), None if fresh else 0)
+    return [record, Write(_ACTIVE + task.id, owner)]
 
 
 def _ending(task: Task, version: int) -> list[Write]:
@@ -452,7 +456,7 @@ class TaskController:
             raise refused[0]
         if running:
             task = task.transition(TaskState.RUNNING, task.created_at)
-        await self.store.create(task)
+        await self.store.create(task, fresh=task_id is None)
         return task
 
     def _new_task(self, spec: FunctionSpec, task_id: str | None = None) -> Task:
