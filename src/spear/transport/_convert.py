@@ -7,13 +7,14 @@ from typing import TYPE_CHECKING, Any
 from spear._api import LogChunk, NodeInfo, ObjectInfo
 from spear.core.models import DirMapping, FunctionSpec, Resources, Runtime, Task, TaskState
 from spear.errors import InvalidArgument
-from spear.transport import _fastdefaults
+from spear.transport import _fastdefaults, _fastframes
 from spear.transport._gen.spear import v1
 
 if TYPE_CHECKING:
     from spear.transport._gen.pb import spearlet_pb2 as pb
 
 _fastdefaults.install()
+_fastframes.install()
 
 # The call whose messages are protobuf's own on both ends (client.call, SpearletService).
 RUN_TASK = "/spear.v1.Spearlet/RunTask"
