@@ -72,8 +72,16 @@ class ClusterNode(InProcessNode):
         return TaskHandle(self, await self.scheduler.submit(spec, stdin=stdin))
 
     async def run(self, spec: FunctionSpec, *, stdin: bytes | None = None) -> Task:
+        if self.scheduler.fits_here_now(spec):
+            # Local first, as the scheduler would place it: run in the caller's task, as a
+            # single node does (no PENDING record first, no wait for its end to be read).
+            return await super().run(spec, stdin=stdin)
         handle = await self.submit(spec, stdin=stdin)  # placed by the scheduler
         return await self.wait(handle.id)
+
+    async def call(self, spec: FunctionSpec, *, stdin: bytes | None = None) -> TaskResult:
+        task = await self.run(spec, stdin=stdin)
+        return await self.result(task.id, wait=False)  # from the node that ran it
 
     @contextlib.asynccontextmanager
     async def start_task(

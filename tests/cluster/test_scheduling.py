@@ -134,6 +134,14 @@ def test_label_affinity_sends_the_task_to_the_labelled_node(
         return [t.state async for t in c.watch(task_id)]
 
     assert on(n1, watch)[-1] is TaskState.COMPLETED
+    # RunTask (client.call), the task and its result in one call: forwarded to node-2 and
+    # its output brought back; and run on node-1 itself when it fits there.
+    afar = on(n1, lambda c: c.call(FunctionSpec(str(hello), labels=(("zone", "b"),))))
+    assert afar.task.node == "node-2" and afar.output == b"hello from afar\n"
+    here = on(n1, lambda c: c.call(FunctionSpec(str(hello))))
+    assert here.task.node == "node-1" and here.output == b"hello from afar\n"
+    assert here.task.state is TaskState.COMPLETED
+    assert_eventually(lambda: sms_node_of(sms, here.task.id) == "node-1")  # reported too
     # A task with a caller stream runs on node-2 too, its stream relayed by node-1.
     transform = FunctionSpec(
         str(build_c(ROOT / "examples" / "stream_transform" / "transform.c")),

@@ -108,6 +108,11 @@ class Scheduler:
             and all(pair in own for pair in wanted)
         )
 
+    def fits_here_now(self, spec: FunctionSpec) -> bool:
+        """Whether a task submitted now would run here: it fits this node's free room now
+        and no task waits in this node's queue before it."""
+        return not self._queue and self._fits_here_now(spec)
+
     def _fits_here_now(self, spec: FunctionSpec) -> bool:
         controller = self.node.controller
         return (
