@@ -278,7 +278,15 @@ class Runner:
         self.external("process")
 
     def w_cluster(self, ctx: _Context) -> None:
+        from benchmarks import cluster_bench
+
         self.external("cluster")
+        counts = cluster_bench.sample_counts(self.quick)
+        ray = self.ray_or_reason(
+            lambda: ray_bench.cluster(counts["latency_n"], counts["throughput_n"])
+        )
+        self.ray_started = False  # (the cluster is gone; a later workload starts Ray again)
+        self.workloads.setdefault("cluster", {})["ray_3_nodes"] = ray
 
     def w_models(self, ctx: _Context) -> None:
         self.external("models")

@@ -1,6 +1,7 @@
-"""Distributed mode: placement latency and scheduling throughput on 3 real SPEARlets (tasks
+"""Distributed mode: task latency, throughput and placement on 3 real SPEARlets (tasks
 placed locally vs forwarded to another node), and the SMS under the heartbeats of 200
-simulated nodes, on LevelDB and on etcd.
+simulated nodes, on LevelDB and on etcd. `python -m benchmarks` runs Ray on three nodes
+beside it (`ray_bench.cluster`).
 
 `python -m benchmarks.cluster_bench [--quick]` writes benchmarks/results/cluster.json;
 `run(quick)` is what `python -m benchmarks` calls. Everything runs on this machine's
@@ -10,7 +11,12 @@ loopback: the SMS, the SPEARlets and etcd are real processes.
   task is placed: started there, or forwarded and adopted by node-2). "forwarded" tasks
   carry a label only node-2 has, so node-1 always asks the SMS and forwards.
 - run: submit and wait for the task to finish, through node-1.
-- throughput: N tasks submitted at once through node-1, until all have finished.
+- throughput: N tasks submitted one after another through node-1, until all have
+  finished.
+- call: `client.call` (RunTask) through node-1, one at a time: beside Ray's
+  `ray.get(f.remote())` on three nodes.
+- at_once: N tasks in one SubmitTasks call through node-1, answered when all have
+  finished: beside Ray's `ray.get([f.remote() for ...])` on three nodes.
 - heartbeats: 200 simulated nodes register with a real SMS process, then heartbeat in a
   closed loop for a few seconds (the SMS's capacity: heartbeats/s and latency), then at
   the nominal rate of one per node per second (latency under the normal load).
@@ -33,7 +39,7 @@ RESULT_FILE = ROOT / "benchmarks" / "results" / "cluster.json"
 MiB = 1024 * 1024
 
 
-def _counts(quick: bool) -> dict[str, int]:
+def sample_counts(quick: bool) -> dict[str, int]:
     if quick:
         return {"latency_n": 30, "throughput_n": 60, "nodes": 200, "closed_s": 2, "nominal_s": 3}
     return {"latency_n": 200, "throughput_n": 300, "nodes": 200, "closed_s": 5, "nominal_s": 10}
@@ -86,6 +92,46 @@ async def _throughput(address: str, module: str, n: int, labels: Any) -> dict[st
     }
 
 
+async def _calls(address: str, module: str, n: int, labels: Any) -> dict[str, Any]:
+    """`n` trivial tasks one at a time through `address`: `client.call` (RunTask), the task
+    and its result in one call: Ray's `ray.get(f.remote())`."""
+    from spear.client import Client
+    from spear.core.models import FunctionSpec
+
+    spec = FunctionSpec(module, labels=labels)
+    samples: list[float] = []
+    async with Client(address) as client:
+        await client.call(spec)
+        for _ in range(n):
+            t0 = time.perf_counter()
+            result = await client.call(spec)
+            samples.append(time.perf_counter() - t0)
+            assert result.task.state.value == "COMPLETED", result.task
+    return summarize(samples)
+
+
+async def _at_once(address: str, module: str, n: int, labels: Any) -> dict[str, Any]:
+    """`n` trivial tasks submitted at once through `address` in one call (SubmitTasks),
+    answered when all have finished: Ray's `ray.get([f.remote() for ...])`."""
+    from spear.client import Client
+    from spear.core.models import FunctionSpec, Task
+
+    spec = FunctionSpec(module, labels=labels)
+    async with Client(address) as client:
+        await client.call(spec)
+        t0 = time.perf_counter()
+        done = await client.submit_many([spec] * n, wait=True)
+        elapsed = time.perf_counter() - t0
+    finished = [t for t in done if isinstance(t, Task) and t.state.value == "COMPLETED"]
+    assert len(finished) == n, done[:3]
+    return {
+        "tasks": n,
+        "seconds": round(elapsed, 4),
+        "tasks_per_s": round(n / elapsed, 1),
+        "nodes_used": len({t.node for t in finished}),
+    }
+
+
 def _spearlets(directory: Path, counts: dict[str, int], etcd: bool) -> dict[str, Any]:
     from spear.local_cluster import LocalCluster
 
@@ -106,7 +152,9 @@ def _spearlets(directory: Path, counts: dict[str, int], etcd: bool) -> dict[str,
         for name, labels in (("local_first", ()), ("forwarded", far)):
             lat = anyio.run(_latencies, n1, str(module), counts["latency_n"], labels)
             thr = anyio.run(_throughput, n1, str(module), counts["throughput_n"], labels)
-            out[name] = {**lat, "throughput": thr}
+            call = anyio.run(_calls, n1, str(module), counts["latency_n"], labels)
+            at_once = anyio.run(_at_once, n1, str(module), counts["throughput_n"], labels)
+            out[name] = {**lat, "throughput": thr, "call": call, "at_once": at_once}
     return out
 
 
@@ -196,7 +244,7 @@ def _sms_load(directory: Path, counts: dict[str, int], etcd: bool) -> dict[str, 
 
 def run(quick: bool) -> dict[str, Any]:
     """Measure; `cluster.spear_3_spearlets` is the headline, the rest raw detail."""
-    counts = _counts(quick)
+    counts = sample_counts(quick)
     with tempfile.TemporaryDirectory(prefix="spear-clusterbench-") as tmp:
         directory = Path(tmp)
         spearlets = {
@@ -210,6 +258,12 @@ def run(quick: bool) -> dict[str, Any]:
     local = spearlets["leveldb"]["local_first"]
     forwarded = spearlets["leveldb"]["forwarded"]
     headline = {
+        # Beside Ray on three nodes (ray_bench.cluster): one at a time, and all at once.
+        "task_local": local["call"],
+        "task_forwarded": forwarded["call"],
+        "tasks_local": local["at_once"],
+        "tasks_forwarded": forwarded["at_once"],
+        # spear's own: placement (submit answered), sequential submits, the SMS.
         "placement_local_median_ms": local["placement"].get("median_ms"),
         "placement_forwarded_median_ms": forwarded["placement"].get("median_ms"),
         "throughput_local_tasks_per_s": local["throughput"]["tasks_per_s"],

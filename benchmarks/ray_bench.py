@@ -163,3 +163,52 @@ def density(n: int) -> dict[str, Any]:
         "per_GiB": int(GIB // per_actor),
         "method": "summed PSS of the actors' worker processes (raylet and GCS not counted)",
     }
+
+
+def cluster(latency_n: int, throughput_n: int, num_cpus: int = 2) -> dict[str, Any]:
+    """Ray on three nodes of this machine, beside spear's three SPEARlets (cluster_bench).
+
+    `ray.cluster_utils.Cluster`: a head and two more raylets, `num_cpus` each; the second
+    node carries a custom resource `far`, as spear's node-2 carries the label its
+    "forwarded" tasks ask for. From a driver on the head: trivial tasks one at a time
+    (`ray.get(f.remote())`) and `throughput_n` at once (`ray.get([f.remote() ...])`),
+    placed by Ray's scheduler ("local") or sent to the `far` node ("forwarded"). The
+    single-node Ray started by `start()` is stopped first; call `start()` again after.
+    """
+    import ray
+    from ray.cluster_utils import Cluster
+
+    stop()
+    nodes = Cluster(initialize_head=True, head_node_args={"num_cpus": num_cpus})
+    try:
+        nodes.add_node(num_cpus=num_cpus, resources={"far": 10_000})
+        nodes.add_node(num_cpus=num_cpus)
+        ray.init(address=nodes.address, log_to_driver=False)
+        nodes.wait_for_nodes()
+
+        @ray.remote
+        def trivial() -> str:
+            return str(ray.get_runtime_context().get_node_id())
+
+        out: dict[str, Any] = {"nodes": len(ray.nodes())}
+        for where, fn in (("local", trivial), ("forwarded", trivial.options(resources={"far": 1}))):
+            ran_on = set(ray.get([fn.remote() for _ in range(4 * num_cpus)]))  # warm workers
+            samples = []
+            for _ in range(latency_n):
+                t0 = time.perf_counter()
+                ray.get(fn.remote())
+                samples.append(time.perf_counter() - t0)
+            t0 = time.perf_counter()
+            ran_on |= set(ray.get([fn.remote() for _ in range(throughput_n)]))
+            elapsed = time.perf_counter() - t0
+            out[f"task_{where}"] = summarize(samples)
+            out[f"tasks_{where}"] = {
+                "tasks": throughput_n,
+                "seconds": round(elapsed, 4),
+                "tasks_per_s": round(throughput_n / elapsed, 1),
+                "nodes_used": len(ran_on),
+            }
+        return out
+    finally:
+        ray.shutdown()
+        nodes.shutdown()

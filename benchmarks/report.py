@@ -18,6 +18,7 @@ RAY_REFERENCE = {
     "objects": "ray_put_get",
     "cold_start": "ray_new_function",
     "density": "ray_actors",
+    "cluster": "ray_3_nodes",
 }
 # The values a ratio is taken of, and whether a smaller one is better.
 COMPARED = {"median_ms": True, "p99_ms": True, "tasks_per_s": False, "per_GiB": False}
@@ -129,12 +130,12 @@ def markdown(results: dict[str, Any]) -> str:
         f"- {name} / {variant}: "
         + ", ".join(f"{k} {v:,.4g}" for k, v in values.items() if isinstance(v, int | float))
         for name, variants in results["workloads"].items()
-        if name not in RAY_REFERENCE and isinstance(variants, dict)
+        if isinstance(variants, dict)
         for variant, values in variants.items()
         if _measured(values) and any(isinstance(v, int | float) for v in values.values())
     ]
     if others:
-        lines += ["", "spear only (no Ray counterpart):", *others]
+        lines += ["", "More figures (no Ray counterpart):", *others]
     if missing:
         lines += ["", "Not measured in this run:", *missing]
     issue2 = results.get("issue2")
