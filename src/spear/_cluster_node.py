@@ -59,6 +59,9 @@ class ClusterNode(InProcessNode):
         queued = self.scheduler.queued_task(task_id)
         if queued is not None:
             return _Where("queued", queued)
+        sent = self.scheduler.forwarded_to.get(task_id)
+        if sent is not None:  # forwarded from here: tasks do not move once placed
+            return _Where("remote", None, self.peers.client(sent.address))
         record, owner = await owner_of(self.cluster, task_id)
         if owner is None or owner.name == self.node.name or not owner.health.live:
             return _Where("record", record)
@@ -80,8 +83,11 @@ class ClusterNode(InProcessNode):
         return await self.wait(handle.id)
 
     async def call(self, spec: FunctionSpec, *, stdin: bytes | None = None) -> TaskResult:
-        task = await self.run(spec, stdin=stdin)
-        return await self.result(task.id, wait=False)  # from the node that ran it
+        if self.scheduler.fits_here_now(spec):
+            task = await self.run(spec, stdin=stdin)
+            return await self.result(task.id, wait=False)
+        handle = await self.submit(spec, stdin=stdin)  # placed by the scheduler
+        return await self.result(handle.id)  # from the node running it, once it ends
 
     @contextlib.asynccontextmanager
     async def start_task(
@@ -115,6 +121,9 @@ class ClusterNode(InProcessNode):
                 return await where.client.task(task_id)
             except Unavailable as exc:
                 logger.debug("task {}: its node did not answer ({})", task_id, exc)
+                if where.record is None:  # known from forwarding it: ask the SMS now
+                    self.scheduler.forwarded_to.pop(task_id, None)
+                    return await self.task(task_id)
         assert where.record is not None
         return where.record
 
@@ -126,8 +135,8 @@ class ClusterNode(InProcessNode):
             if where.client is not None:
                 try:
                     return await where.client.wait(task_id)
-                except Unavailable:
-                    pass  # its node went away: the SMS will say how the task ended
+                except Unavailable:  # its node went away: the SMS will say how it ended
+                    self.scheduler.forwarded_to.pop(task_id, None)
             elif where.kind == "record" and where.record is not None:
                 if where.record.state.terminal:
                     return where.record

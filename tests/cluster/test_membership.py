@@ -19,7 +19,7 @@ from helpers import (  # fixtures too: loop_wasm, make_cluster
 )
 
 from spear.core.cluster import NodeHealth, NodeRecord
-from spear.core.models import TaskState
+from spear.core.models import FunctionSpec, Task, TaskState, new_task_id
 from spear.errors import InvalidArgument, NotFound
 
 if TYPE_CHECKING:
@@ -81,6 +81,14 @@ def test_nodes_register_heartbeat_and_leave_cleanly(make_cluster: Any) -> None:
     assert listed["node-2"]["labels"] == [["zone", "b"]]
     assert listed["node-2"]["capacity"][0] == 500
     assert listed["node-1"]["address"] == cluster.member("node-1").address
+    # Task reports, one at a time and many in one call (ReportTasks), over real gRPC.
+    made = [
+        Task(id=new_task_id(), spec=FunctionSpec("m.wasm"), node="node-1").transition(state)
+        for state in (TaskState.RUNNING, TaskState.CANCELLED, TaskState.RUNNING)
+    ]
+    sms_call(sms, "report_task", made[0])
+    sms_call(sms, "report_tasks", made[1:])
+    assert [sms_call(sms, "task", t.id) for t in made] == made
     first_beat = listed["node-1"]["last_heartbeat"]
     assert_eventually(lambda: nodes_json(sms)["node-1"]["last_heartbeat"] > first_beat)
     cluster.stop_member(cluster.member("node-2"))  # SIGTERM: a clean stop deregisters

@@ -195,6 +195,21 @@ async def test_task_registry_moves_with_the_task(kv: KV) -> None:
     assert await sms.tasks(state=TaskState.COMPLETED) == []
 
 
+async def test_many_reports_in_one_call_apply_as_each_would(kv: KV) -> None:
+    sms = MetadataServer(kv, TIMINGS, Clock())
+    await sms.register(node("a"))
+    running = await sms.report_task(task_on("a"))
+    done = running.transition(TaskState.COMPLETED, exit_code=0)
+    finished = await sms.report_task(task_on("a").transition(TaskState.FAILED, exit_code=1))
+    fresh = task_on("a", TaskState.PENDING)
+    stale = dataclasses.replace(finished, state=TaskState.RUNNING, history=finished.history[:2])
+    await sms.report_tasks([done, fresh, stale])
+    assert await sms.task(running.id) == done
+    assert await sms.task(fresh.id) == fresh
+    assert (await sms.task(finished.id)).state is TaskState.FAILED  # a late report: ignored
+    assert [t.id for t in await sms.tasks(TaskState.PENDING)] == [fresh.id]
+
+
 async def test_a_restarted_sms_loses_nothing(tmp_path: Path) -> None:
     clock = Clock()
     kv = LevelDBKV.open(str(tmp_path / "sms.ldb"))

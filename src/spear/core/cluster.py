@@ -19,6 +19,8 @@ from spear.core.models import Resources
 from spear.errors import InvalidArgument
 
 if TYPE_CHECKING:
+    from collections.abc import Sequence
+
     from spear.core.models import Task, TaskState
 
 # A FunctionSpec label with this key names the task's input objects (comma-separated):
@@ -212,6 +214,12 @@ class Cluster(AsyncResource):
     @abc.abstractmethod
     async def report_task(self, task: Task) -> Task:
         """Record a task's current state; returns the record the SMS keeps."""
+
+    async def report_tasks(self, tasks: Sequence[Task]) -> None:
+        """`report_task` for each of `tasks` (of different tasks), in one call where the
+        SMS is remote."""
+        for task in tasks:
+            await self.report_task(task)
 
     @abc.abstractmethod
     async def task(self, task_id: str) -> Task: ...

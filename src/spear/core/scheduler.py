@@ -85,6 +85,9 @@ class Scheduler:
         self._queue: deque[_Queued] = deque()
         self._wake = anyio.Event()
         self._placing: dict[str, anyio.Event] = {}
+        # Tasks this node forwarded, and to which node: asked about them next (wait,
+        # result), it calls that node without asking the SMS where they are first.
+        self.forwarded_to: dict[str, NodeRecord] = {}
         self.decisions: deque[Decision] = deque(maxlen=1000)
         node.controller.finished_hooks.append(lambda _task: self._wake.set())
 
@@ -183,6 +186,9 @@ class Scheduler:
                     await self.cluster.report_task(failed)
                 raise
             self._note(placed, "forwarded", candidate.node.name)
+            if len(self.forwarded_to) >= 10_000:
+                self.forwarded_to.clear()
+            self.forwarded_to[placed.id] = candidate.node
             try:  # the SMS learns the new node now, not when the target reports it
                 await self.cluster.report_task(placed)
             except SpearError as exc:

@@ -37,7 +37,7 @@ from spear.errors import InvalidArgument, NotFound
 from spear.runtimes.base import EXIT_LOST
 
 if TYPE_CHECKING:
-    from collections.abc import Callable
+    from collections.abc import Callable, Sequence
 
     from spear.core.models import Resources
     from spear.store.kv import KV
@@ -248,6 +248,13 @@ class MetadataServer(Cluster):
             else:
                 await self.kv.put(index, b"")
         return task
+
+    async def report_tasks(self, tasks: Sequence[Task]) -> None:
+        """Each report applied as `report_task` applies it; the tasks differ, so their
+        records are written side by side (one KV batch where the KV groups writes)."""
+        async with anyio.create_task_group() as tg:
+            for task in tasks:
+                tg.start_soon(self.report_task, task)
 
     async def task(self, task_id: str) -> Task:
         entry = await self.kv.get(_TASKS + task_id)

@@ -2,12 +2,14 @@
 
 It follows the node's own KV (`tasks/` entries: every transition is a write there), so the
 task controller needs no knowledge of the cluster. Reports are sent in order, one task's
-latest state replacing an unsent older one; while the SMS is unreachable they wait, and a
-re-registration re-sends every unfinished task.
+latest state replacing an unsent older one, up to 200 of them (of as many tasks) in one
+call; while the SMS is unreachable they wait, and a re-registration re-sends every
+unfinished task.
 """
 
 from __future__ import annotations
 
+import itertools
 import json
 from typing import TYPE_CHECKING
 
@@ -26,6 +28,7 @@ if TYPE_CHECKING:
 
 _TASKS = "tasks/"
 _RETRY_S = 0.5
+_BATCH = 200  # reports in one call to the SMS
 
 
 class TaskReporter:
@@ -69,14 +72,18 @@ class TaskReporter:
                 self._wake = anyio.Event()
                 await self._wake.wait()
                 continue
-            task_id = next(iter(self._pending))
-            task = self._pending[task_id]
+            # The oldest waiting reports, up to a batch, in one call (each of another task).
+            batch = list(itertools.islice(self._pending.values(), _BATCH))
             try:
-                await self.cluster.report_task(task)
+                if len(batch) == 1:
+                    await self.cluster.report_task(batch[0])
+                else:
+                    await self.cluster.report_tasks(batch)
             except SpearError as exc:
-                logger.debug("task report for {} postponed: {}", task_id, exc)
+                logger.debug("{} task report(s) postponed: {}", len(batch), exc)
                 await anyio.sleep(_RETRY_S)
                 continue
-            self.sent += 1
-            if self._pending.get(task_id) is task:
-                del self._pending[task_id]
+            self.sent += len(batch)
+            for task in batch:
+                if self._pending.get(task.id) is task:  # (not changed again meanwhile)
+                    del self._pending[task.id]

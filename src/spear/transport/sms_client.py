@@ -20,7 +20,7 @@ from spear.transport._status import (
 from spear.transport.server import parse_listen
 
 if TYPE_CHECKING:
-    from collections.abc import Awaitable
+    from collections.abc import Awaitable, Sequence
 
     from spear.core.cluster import (
         NodeRecord,
@@ -96,6 +96,10 @@ class SmsClient(Cluster):
     async def report_task(self, task: Task) -> Task:
         req = v1.ReportTaskRequest(task=cv.task_to_wire(task))
         return cv.task_from_wire(await self._call(self._stub.report_task(req, **self._opts())))
+
+    async def report_tasks(self, tasks: Sequence[Task]) -> None:
+        req = v1.ReportTasksRequest(tasks=[cv.task_to_wire(t) for t in tasks])
+        await self._call(self._stub.report_tasks(req, **self._opts()))
 
     async def task(self, task_id: str) -> Task:
         req = v1.LookupTaskRequest(task_id=task_id)

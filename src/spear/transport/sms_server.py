@@ -73,6 +73,10 @@ class MetadataService(v1.MetadataServerBase):
             raise InvalidArgument("ReportTask needs a task")
         return cv.task_to_wire(await self.sms.report_task(cv.task_from_wire(message.task)))
 
+    async def report_tasks(self, message: v1.ReportTasksRequest) -> v1.ReportTasksResponse:
+        await self.sms.report_tasks([cv.task_from_wire(t) for t in message.tasks])
+        return v1.ReportTasksResponse()
+
     async def lookup_task(self, message: v1.LookupTaskRequest) -> v1.TaskInfo:
         return cv.task_to_wire(await self.sms.task(message.task_id))
 

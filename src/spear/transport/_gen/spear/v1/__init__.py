@@ -51,6 +51,8 @@ __all__ = (
     "RemoveObjectLocationRequest",
     "RemoveObjectLocationResponse",
     "ReportTaskRequest",
+    "ReportTasksRequest",
+    "ReportTasksResponse",
     "Resources",
     "ResultChunk",
     "SpearletBase",
@@ -800,6 +802,22 @@ default_message_pool.register_message("spear.v1", "ReportTaskRequest", ReportTas
 
 
 @dataclass(eq=False, repr=False)
+class ReportTasksRequest(betterproto2.Message):
+    tasks: "list[TaskInfo]" = betterproto2.field(1, betterproto2.TYPE_MESSAGE, repeated=True)
+
+
+default_message_pool.register_message("spear.v1", "ReportTasksRequest", ReportTasksRequest)
+
+
+@dataclass(eq=False, repr=False)
+class ReportTasksResponse(betterproto2.Message):
+    pass
+
+
+default_message_pool.register_message("spear.v1", "ReportTasksResponse", ReportTasksResponse)
+
+
+@dataclass(eq=False, repr=False)
 class Resources(betterproto2.Message):
     cpu_millis: "int" = betterproto2.field(1, betterproto2.TYPE_UINT64)
 
@@ -1147,6 +1165,27 @@ class MetadataServerStub(betterproto2_grpclib.ServiceStub):
             "/spear.v1.MetadataServer/ReportTask",
             message,
             TaskInfo,
+            timeout=timeout,
+            deadline=deadline,
+            metadata=metadata,
+        )
+
+    async def report_tasks(
+        self,
+        message: "ReportTasksRequest",
+        *,
+        timeout: "float | None" = None,
+        deadline: "Deadline | None" = None,
+        metadata: "MetadataLike | None" = None,
+    ) -> "ReportTasksResponse":
+        """
+        Many reports in one call, each applied as ReportTask applies it.
+        """
+
+        return await self._unary_unary(
+            "/spear.v1.MetadataServer/ReportTasks",
+            message,
+            ReportTasksResponse,
             timeout=timeout,
             deadline=deadline,
             metadata=metadata,
@@ -1752,6 +1791,13 @@ class MetadataServerBase(betterproto2_grpclib.ServiceBase):
 
         raise grpclib.GRPCError(grpclib.const.Status.UNIMPLEMENTED)
 
+    async def report_tasks(self, message: "ReportTasksRequest") -> "ReportTasksResponse":
+        """
+        Many reports in one call, each applied as ReportTask applies it.
+        """
+
+        raise grpclib.GRPCError(grpclib.const.Status.UNIMPLEMENTED)
+
     async def lookup_task(self, message: "LookupTaskRequest") -> "TaskInfo":
 
         raise grpclib.GRPCError(grpclib.const.Status.UNIMPLEMENTED)
@@ -1833,6 +1879,14 @@ class MetadataServerBase(betterproto2_grpclib.ServiceBase):
         request = await stream.recv_message()
         assert request is not None
         response = await self.report_task(request)
+        await stream.send_message(response)
+
+    async def __rpc_report_tasks(
+        self, stream: "grpclib.server.Stream[ReportTasksRequest, ReportTasksResponse]"
+    ) -> None:
+        request = await stream.recv_message()
+        assert request is not None
+        response = await self.report_tasks(request)
         await stream.send_message(response)
 
     async def __rpc_lookup_task(
@@ -1919,6 +1973,12 @@ class MetadataServerBase(betterproto2_grpclib.ServiceBase):
                 grpclib.const.Cardinality.UNARY_UNARY,
                 ReportTaskRequest,
                 TaskInfo,
+            ),
+            "/spear.v1.MetadataServer/ReportTasks": grpclib.const.Handler(
+                self.__rpc_report_tasks,
+                grpclib.const.Cardinality.UNARY_UNARY,
+                ReportTasksRequest,
+                ReportTasksResponse,
             ),
             "/spear.v1.MetadataServer/LookupTask": grpclib.const.Handler(
                 self.__rpc_lookup_task,
