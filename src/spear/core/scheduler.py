@@ -7,9 +7,10 @@ here. Stage two: otherwise the SMS is asked for live nodes that fit now, one is 
 finds no room anywhere waits in this node's queue, first in first out, and is placed as
 soon as room appears here (a task finishing) or elsewhere (looked for every heartbeat).
 
-The receiving node registers every task it does not run itself with the SMS as PENDING
-(node = itself), so the task is visible cluster-wide, and "node lost" applies to a queued
-task whose node dies. A node that runs a task reports its states itself (task_reports.py).
+The receiving node registers every task it queues with the SMS as PENDING (node =
+itself), so the task is visible cluster-wide, and "node lost" applies to a queued task
+whose node dies. A node that runs a task, here or forwarded to it, reports its states
+itself (task_reports.py); the node that forwarded a task remembers where it went.
 """
 
 from __future__ import annotations
@@ -161,11 +162,11 @@ class Scheduler:
             await self.cluster.report_task(failed)
             self._note(failed, "failed", "")
             return failed
-        await self.cluster.report_task(task)
         if not self._queue:
             placed = await self._place_remotely(task, stdin, rank_candidates(placement.candidates))
             if placed is not None:
-                return placed
+                return placed  # (the node running it reports it to the SMS)
+        await self.cluster.report_task(task)  # waiting here: registered as this node's
         self._queue.append(_Queued(task, stdin))
         self._note(task, "queued", self.node.name)
         self._wake.set()
@@ -189,10 +190,6 @@ class Scheduler:
             if len(self.forwarded_to) >= 10_000:
                 self.forwarded_to.clear()
             self.forwarded_to[placed.id] = candidate.node
-            try:  # the SMS learns the new node now, not when the target reports it
-                await self.cluster.report_task(placed)
-            except SpearError as exc:
-                logger.debug("report of forwarded task {} postponed: {}", task.id, exc)
             return placed
         return None
 

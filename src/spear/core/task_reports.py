@@ -2,9 +2,9 @@
 
 It follows the node's own KV (`tasks/` entries: every transition is a write there), so the
 task controller needs no knowledge of the cluster. Reports are sent in order, one task's
-latest state replacing an unsent older one, up to 200 of them (of as many tasks) in one
-call; while the SMS is unreachable they wait, and a re-registration re-sends every
-unfinished task.
+latest state replacing an unsent older one (a report waits 2 ms for them), up to 200 of
+them (of as many tasks) in one call; while the SMS is unreachable they wait, and a
+re-registration re-sends every unfinished task.
 """
 
 from __future__ import annotations
@@ -29,6 +29,7 @@ if TYPE_CHECKING:
 _TASKS = "tasks/"
 _RETRY_S = 0.5
 _BATCH = 200  # reports in one call to the SMS
+_LINGER_S = 0.002  # how long a report waits for later changes of its task
 
 
 class TaskReporter:
@@ -72,6 +73,9 @@ class TaskReporter:
                 self._wake = anyio.Event()
                 await self._wake.wait()
                 continue
+            # A short task's later changes come within a moment: wait that long, so its
+            # report is of its latest state (one call, not one per change).
+            await anyio.sleep(_LINGER_S)
             # The oldest waiting reports, up to a batch, in one call (each of another task).
             batch = list(itertools.islice(self._pending.values(), _BATCH))
             try:
