@@ -6,10 +6,11 @@ import subprocess
 import sys
 from typing import TYPE_CHECKING, Any
 
+import pytest
 from conftest import build_wat
 from wat_tasks import exits, hello
 
-from spear import FunctionSpec, LocalNode, Resources, TaskState
+from spear import FunctionSpec, InvalidArgument, LocalNode, Resources, TaskState
 from spear.core.models import Task, new_task_id
 from spear.core.tasks import TaskStore
 from spear.runtimes.base import EXIT_LOST, Outcome
@@ -134,3 +135,14 @@ async def test_a_wave_whose_record_changed_meanwhile_still_ends_each_task(
         assert await kv.scan("active/") == []
     finally:
         await kv.aclose()
+
+
+async def test_a_task_id_given_from_elsewhere_is_never_recorded_twice(tmp_path: Path) -> None:
+    # Ids made here are new and written without a read (run, run_many); an id given from
+    # elsewhere (a task forwarded by another node) is checked, and the first record kept.
+    async with LocalNode(tmp_path / "home") as node:
+        first = await node.controller.create(FunctionSpec(str(hello(tmp_path))))
+        again = FunctionSpec(str(exits(tmp_path, 3)))
+        with pytest.raises(InvalidArgument, match="exists already"):
+            await node.controller.create(again, task_id=first.id)
+        assert await node.task(first.id) == first
