@@ -150,7 +150,7 @@ class _Prepared:
     plain_entry: bool = False  # the entry takes and returns nothing: called directly
     inline: bool = False  # its imports allow running it inline (see _BLOCKING_WASI)
     short_runs: int = 0  # up with each run under INLINE_SHORT_S, down with each longer
-    # Its InstancePre on the flavor's pooled engine, for inline runs (see _Pooled); None
+    # Its InstancePre on the flavor's pooled engine, for inline runs (see POOL_SLOTS); None
     # until the module qualifies for inline runs, False if the pool cannot hold it.
     pooled_pre: Any = None
 
