@@ -60,6 +60,18 @@ SLEEPER = f"""(module
     (drop (call $poll (i32.const 0) (i32.const 64) (i32.const 1) (i32.const 128)))))"""
 
 
+async def _run_until_inline(
+    node: LocalNode, module: Path, inline: int, output: bytes = b""
+) -> None:
+    """Run `module` until `inline` of its runs went inline (at most 300 runs), each
+    completing with `output`; fails if they never do."""
+    for _ in range(300):
+        assert await _run(node, module) == (TaskState.COMPLETED, output)
+        if _stats(node)["inline"] >= inline:
+            return
+    raise AssertionError(f"only {_stats(node)['inline']} of 300 runs went inline")
+
+
 def _stats(node: LocalNode) -> dict[str, int]:
     agent: Any = node.agents["wasm"]
     stats: dict[str, int] = agent.run_stats
@@ -77,10 +89,9 @@ async def test_a_short_guest_runs_inline_after_proving_short(tmp_path: Path) -> 
         for _ in range(INLINE_AFTER_RUNS):
             assert await _run(node, module) == (TaskState.COMPLETED, b"quick\n")
         assert _stats(node)["inline"] == 0
-        for _ in range(10):
-            assert await _run(node, module) == (TaskState.COMPLETED, b"quick\n")
-        # (A first run or two may be slow, before the module is warm: not yet short.)
-        assert _stats(node)["inline"] >= 10 - INLINE_AFTER_RUNS
+        # (A run held up on a busy machine counts as long and delays the next inline run:
+        # run until ten went inline, within bounds.)
+        await _run_until_inline(node, module, 10, b"quick\n")
 
 
 async def test_a_long_guest_is_moved_off_the_loop_and_its_output_kept_once(
@@ -88,11 +99,6 @@ async def test_a_long_guest_is_moved_off_the_loop_and_its_output_kept_once(
 ) -> None:
     module = build_wat(SPINNER, tmp_path, "spinner")
     async with LocalNode(tmp_path / "home") as node:
-        for _ in range(20):
-            await _run(node, module)
-            if _stats(node)["inline"]:
-                break
-        assert _stats(node)["inline"] == 1
         gaps: list[float] = []
 
         async def watch_the_loop() -> None:
@@ -103,18 +109,26 @@ async def test_a_long_guest_is_moved_off_the_loop_and_its_output_kept_once(
                 gaps.append(now - last)
                 last = now
 
-        async with anyio.create_task_group() as tg:
-            tg.start_soon(watch_the_loop)
-            result = await _run(node, module, "spin")
-            tg.cancel_scope.cancel()
+        # On a busy machine the last quick run may itself count as long, and then the
+        # long one starts on a thread, not inline: try again (each try takes a second).
+        for _ in range(5):
+            await _run_until_inline(node, module, _stats(node)["inline"] + 1, b"quick\n")
+            before = _stats(node)
+            gaps.clear()
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(watch_the_loop)
+                result = await _run(node, module, "spin")
+                tg.cancel_scope.cancel()
+            if _stats(node)["moved"] > before["moved"]:
+                break
         # Started inline, it ran a second: it was moved to a thread within milliseconds,
         # started again there, and its first "start" (held back) was dropped.
         assert result == (TaskState.COMPLETED, b"start\nend\n")
-        assert _stats(node)["moved"] == 1
+        assert _stats(node)["moved"] == before["moved"] + 1
         assert max(gaps) < 0.5, max(gaps)
         # It is not run inline again until it proves short again.
         assert await _run(node, module) == (TaskState.COMPLETED, b"quick\n")
-        assert _stats(node)["inline"] == 1
+        assert _stats(node)["inline"] == before["inline"]
 
 
 async def test_a_guest_that_can_block_never_runs_inline(tmp_path: Path) -> None:
@@ -144,10 +158,8 @@ FRESH = """(module
 async def test_inline_guests_run_in_pooled_instances_each_as_new(tmp_path: Path) -> None:
     module = build_wat(FRESH, tmp_path, "fresh")
     async with LocalNode(tmp_path / "home") as node:
-        for _ in range(INLINE_AFTER_RUNS + 20):
-            assert (await _run(node, module))[0] is TaskState.COMPLETED
+        await _run_until_inline(node, module, 10)
         stats = _stats(node)
-        assert stats["inline"] >= 10
         assert stats["pooled"] >= stats["inline"]  # (a guest moved off ran pooled too)
 
 
@@ -156,7 +168,5 @@ async def test_a_module_too_big_for_the_pool_still_runs_inline(tmp_path: Path) -
     big = '(module (memory (export "memory") 1) (table 30000 funcref) (func (export "_start")))'
     module = build_wat(big, tmp_path, "bigtable")
     async with LocalNode(tmp_path / "home") as node:
-        for _ in range(INLINE_AFTER_RUNS + 20):
-            assert (await _run(node, module))[0] is TaskState.COMPLETED
-        assert _stats(node)["inline"] >= 10
+        await _run_until_inline(node, module, 10)
         assert _stats(node)["pooled"] == 0
