@@ -85,7 +85,7 @@ def listening_socket(listen: str) -> socket.socket:
     return sock
 
 
-def _result_chunks(result: TaskResult, m: Any = v1) -> Iterator[v1.ResultChunk]:
+def _result_chunks(result: TaskResult, m: Any = v1) -> Iterator[Any]:
     """A result on the wire (messages of `m`'s kind): the task in the first chunk, its
     output across all."""
     for i, piece in enumerate(_chunks(result.output)):
@@ -186,7 +186,7 @@ class SpearletService(v1.SpearletBase):
             return task
         handle = await self.api.submit(spec, stdin=request.stdin or None)
         logger.debug("task {} submitted ({})", handle.id, spec.artifact)
-        return await self.api.wait(handle.id) if wait else handle.task
+        return handle.task
 
     async def submit_task(self, message: v1.SubmitTaskRequest) -> v1.TaskInfo:
         return cv.task_to_wire(await self._submit(message, wait=message.wait))
@@ -230,24 +230,15 @@ class SpearletService(v1.SpearletBase):
         for chunk in _result_chunks(result):
             yield chunk
 
-    async def run_task(self, message: v1.SubmitTaskRequest) -> AsyncIterator[v1.ResultChunk]:
-        async for chunk in self._run_task(message, v1):
-            yield chunk
-
     async def _run_task_pb(self, stream: Stream[pb.SubmitTaskRequest, pb.ResultChunk]) -> None:
+        """RunTask, in protobuf's own messages (see `__mapping__`)."""
         request = await stream.recv_message()
         assert request is not None  # (grpclib ends a unary call without one itself)
-        async for chunk in self._run_task(request, pb):
-            await stream.send_message(chunk)
-
-    async def _run_task(
-        self, message: v1.SubmitTaskRequest | pb.SubmitTaskRequest, m: Any
-    ) -> AsyncIterator[Any]:
-        spec = await self._resolve(message)
-        result = await self.api.call(spec, stdin=message.stdin or None)
+        spec = await self._resolve(request)
+        result = await self.api.call(spec, stdin=request.stdin or None)
         logger.debug("task {} ran ({})", result.task.id, spec.artifact)
-        for chunk in _result_chunks(result, m):
-            yield chunk
+        for chunk in _result_chunks(result, pb):
+            await stream.send_message(chunk)
 
     async def stream_logs(self, message: v1.StreamLogsRequest) -> AsyncIterator[v1.LogChunk]:
         async for chunk in self.api.logs(
