@@ -38,6 +38,7 @@ _TASKS = "tasks/"
 _WATCH_RECHECK_S = 1.0  # a watcher re-reads the record when no change came for this long
 _ACTIVE = "active/"
 _UNFINISHED = frozenset({TaskState.PENDING, TaskState.RUNNING})
+_STOPPED = "node stopped while the task ran"  # the reason of a task the node left running
 _WAVE = "wave-"  # active/wave-<first task id>: the marker of a wave's tasks (run_many)
 
 
@@ -604,10 +605,7 @@ class TaskController:
                 done = {task.id for task, _ in ends}
                 for task in tasks:
                     if task.id not in done:
-                        lost = Outcome(
-                            TaskState.FAILED, EXIT_LOST, "node stopped while the task ran"
-                        )
-                        ends.append((task, lost))
+                        ends.append((task, Outcome(TaskState.FAILED, EXIT_LOST, _STOPPED)))
                 await self._end_wave(admitted, marker, ends, writers)
             raise
         return await self._end_wave(admitted, marker, ends, writers)
@@ -735,7 +733,7 @@ class TaskController:
                         task.id,
                         TaskState.FAILED,
                         only_from=frozenset({TaskState.PENDING, TaskState.RUNNING}),
-                        reason="node stopped while the task ran",
+                        reason=_STOPPED,
                         exit_code=EXIT_LOST,
                     )
             raise
@@ -765,10 +763,7 @@ class TaskController:
                     await result
 
     async def _finished(self, task: Task) -> None:
-        for hook in self.finished_hooks:
-            result = hook(task)
-            if hasattr(result, "__await__"):
-                await result
+        await self._finished_many([task])
 
     async def cancel(self, task_id: str, reason: str = "cancelled") -> Task:
         """Stop a task: a running one is interrupted, a pending one never starts."""
