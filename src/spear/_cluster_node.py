@@ -84,8 +84,7 @@ class ClusterNode(InProcessNode):
 
     async def call(self, spec: FunctionSpec, *, stdin: bytes | None = None) -> TaskResult:
         if self.scheduler.fits_here_now(spec):
-            task = await self.run(spec, stdin=stdin)
-            return await self.result(task.id, wait=False)
+            return await super().call(spec, stdin=stdin)  # here, as `run` runs it
         handle = await self.submit(spec, stdin=stdin)  # placed by the scheduler
         return await self.result(handle.id)  # from the node running it, once it ends
 

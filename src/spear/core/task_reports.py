@@ -79,10 +79,7 @@ class TaskReporter:
             # The oldest waiting reports, up to a batch, in one call (each of another task).
             batch = list(itertools.islice(self._pending.values(), _BATCH))
             try:
-                if len(batch) == 1:
-                    await self.cluster.report_task(batch[0])
-                else:
-                    await self.cluster.report_tasks(batch)
+                await self.cluster.report_tasks(batch)
             except SpearError as exc:
                 logger.debug("{} task report(s) postponed: {}", len(batch), exc)
                 await anyio.sleep(_RETRY_S)
