@@ -47,11 +47,12 @@ def stop() -> None:
         ray.shutdown()
 
 
-def latency(n: int) -> list[float]:
-    """`n` trivial remote functions one at a time: `ray.get(f.remote())`, in seconds."""
+def latency(n: int, fn: Any = None) -> list[float]:
+    """`n` trivial remote functions (`fn`, the started Ray's by default) one at a time:
+    `ray.get(f.remote())`, in seconds."""
     import ray
 
-    trivial = _remote["trivial"]
+    trivial = fn or _remote["trivial"]
     ray.get(trivial.remote())
     samples = []
     for _ in range(n):
@@ -61,11 +62,12 @@ def latency(n: int) -> list[float]:
     return samples
 
 
-def throughput(n: int) -> dict[str, Any]:
-    """`n` trivial remote functions submitted at once, then `ray.get` of them all."""
+def throughput(n: int, fn: Any = None) -> dict[str, Any]:
+    """`n` trivial remote functions (`fn`, the started Ray's by default) submitted at
+    once, then `ray.get` of them all."""
     import ray
 
-    trivial = _remote["trivial"]
+    trivial = fn or _remote["trivial"]
     t0 = time.perf_counter()
     ray.get([trivial.remote() for _ in range(n)])
     elapsed = time.perf_counter() - t0
@@ -192,22 +194,9 @@ def cluster(latency_n: int, throughput_n: int, num_cpus: int = 2) -> dict[str, A
 
         out: dict[str, Any] = {"nodes": len(ray.nodes())}
         for where, fn in (("local", trivial), ("forwarded", trivial.options(resources={"far": 1}))):
-            ran_on = set(ray.get([fn.remote() for _ in range(4 * num_cpus)]))  # warm workers
-            samples = []
-            for _ in range(latency_n):
-                t0 = time.perf_counter()
-                ray.get(fn.remote())
-                samples.append(time.perf_counter() - t0)
-            t0 = time.perf_counter()
-            ran_on |= set(ray.get([fn.remote() for _ in range(throughput_n)]))
-            elapsed = time.perf_counter() - t0
-            out[f"task_{where}"] = summarize(samples)
-            out[f"tasks_{where}"] = {
-                "tasks": throughput_n,
-                "seconds": round(elapsed, 4),
-                "tasks_per_s": round(throughput_n / elapsed, 1),
-                "nodes_used": len(ran_on),
-            }
+            warm = set(ray.get([fn.remote() for _ in range(4 * num_cpus)]))  # warm workers
+            out[f"task_{where}"] = summarize(latency(latency_n, fn))
+            out[f"tasks_{where}"] = {**throughput(throughput_n, fn), "warmup_nodes": len(warm)}
         return out
     finally:
         ray.shutdown()
