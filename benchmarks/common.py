@@ -167,18 +167,19 @@ def standalone(
     return result
 
 
-def build_hello(directory: Path) -> Path:
-    """examples/hello/hello.c built to wasm32-wasi with clang (raises if clang is missing)."""
+def build_c(source: Path, out: Path) -> Path:
+    """A C agent built to wasm32-wasi with clang, against the spear SDK header; raises
+    RuntimeError (one line) if clang is missing or the build fails."""
     clang = shutil.which("clang")
     if clang is None:
-        raise RuntimeError("clang is not installed (apt-get install clang lld wasi-libc)")
-    out = directory / "hello.wasm"
-    source = ROOT / "examples" / "hello" / "hello.c"
-    proc = subprocess.run(
-        [clang, "--target=wasm32-wasi", "-O2", "-o", str(out), str(source)],
-        capture_output=True,
-        text=True,
-    )
+        raise RuntimeError("clang is not installed (scripts/quickstart.sh installs it)")
+    cmd = [clang, "--target=wasm32-wasi", "-O2", "-I", str(ROOT / "sdk" / "c")]
+    proc = subprocess.run([*cmd, "-o", str(out), str(source)], capture_output=True, text=True)
     if proc.returncode != 0:
-        raise RuntimeError(f"building hello.c failed: {proc.stderr.strip()[:300]}")
+        raise RuntimeError(f"building {source.name} failed: {proc.stderr.strip()[:300]}")
     return out
+
+
+def build_hello(directory: Path) -> Path:
+    """examples/hello/hello.c built to wasm32-wasi (see `build_c`)."""
+    return build_c(ROOT / "examples" / "hello" / "hello.c", directory / "hello.wasm")

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import subprocess
 import sys
 import tempfile
 import time
@@ -33,7 +32,7 @@ import anyio
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks.common import ROOT, standalone, summarize
+from benchmarks.common import ROOT, build_c, standalone, summarize
 
 RESULT_FILE = ROOT / "benchmarks" / "results" / "models.json"
 PROMPT = [{"role": "user", "content": "Write a short story about a robot who learns to paint."}]
@@ -94,22 +93,7 @@ async def _seam(router: Any, max_tokens: int) -> dict[str, float]:
 
 
 def _build_agent(directory: Path) -> Path:
-    out = directory / "modelbench.wasm"
-    source = ROOT / "benchmarks" / "agents" / "modelbench.c"
-    subprocess.run(
-        [
-            "clang",
-            "--target=wasm32-wasi",
-            "-O2",
-            "-I",
-            str(ROOT / "sdk" / "c"),
-            "-o",
-            str(out),
-            str(source),
-        ],
-        check=True,
-    )
-    return out
+    return build_c(ROOT / "benchmarks" / "agents" / "modelbench.c", directory / "modelbench.wasm")
 
 
 async def _wasm(node: Any, agent: Path, rounds: int, max_tokens: int) -> list[dict[str, float]]:

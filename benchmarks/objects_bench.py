@@ -15,8 +15,6 @@ nothing here asserts a timing.
 from __future__ import annotations
 
 import os
-import shutil
-import subprocess
 import sys
 import tempfile
 import time
@@ -25,7 +23,7 @@ from typing import Any
 
 import anyio
 
-from benchmarks.common import ROOT, standalone, summarize
+from benchmarks.common import ROOT, build_c, standalone, summarize
 
 SIZES = {"1KiB": 1024, "1MiB": 1024**2, "64MiB": 64 * 1024**2}
 RESULT_FILE = ROOT / "benchmarks" / "results" / "objects.json"
@@ -40,26 +38,7 @@ def counts(quick: bool) -> dict[str, int]:
 
 
 def build_agent(directory: Path) -> Path:
-    clang = shutil.which("clang")
-    if clang is None:
-        raise RuntimeError("clang is not installed (scripts/quickstart.sh installs it)")
-    out = directory / "objbench.wasm"
-    source = ROOT / "benchmarks" / "agents" / "objbench.c"
-    subprocess.run(
-        [
-            clang,
-            "--target=wasm32-wasi",
-            "-O2",
-            "-I",
-            str(ROOT / "sdk" / "c"),
-            "-o",
-            str(out),
-            str(source),
-        ],
-        check=True,
-        capture_output=True,
-    )
-    return out
+    return build_c(ROOT / "benchmarks" / "agents" / "objbench.c", directory / "objbench.wasm")
 
 
 def _throughput(samples: list[float], size: int) -> dict[str, float]:
