@@ -49,8 +49,8 @@ def sample_counts(quick: bool) -> dict[str, int]:
 
 
 async def _latencies(address: str, module: str, n: int, labels: Any) -> dict[str, Any]:
-    from spear.client import Client
     from spear.core.models import FunctionSpec
+    from spear.node.client import Client
 
     spec = FunctionSpec(module, labels=labels)
     place: list[float] = []
@@ -70,8 +70,8 @@ async def _latencies(address: str, module: str, n: int, labels: Any) -> dict[str
 
 
 async def _throughput(address: str, module: str, n: int, labels: Any) -> dict[str, Any]:
-    from spear.client import Client
     from spear.core.models import FunctionSpec
+    from spear.node.client import Client
 
     spec = FunctionSpec(module, labels=labels)
     async with Client(address) as client:
@@ -95,8 +95,8 @@ async def _throughput(address: str, module: str, n: int, labels: Any) -> dict[st
 async def _calls(address: str, module: str, n: int, labels: Any) -> dict[str, Any]:
     """`n` trivial tasks one at a time through `address`: `client.call` (RunTask), the task
     and its result in one call: Ray's `ray.get(f.remote())`."""
-    from spear.client import Client
     from spear.core.models import FunctionSpec
+    from spear.node.client import Client
 
     spec = FunctionSpec(module, labels=labels)
     samples: list[float] = []
@@ -113,8 +113,8 @@ async def _calls(address: str, module: str, n: int, labels: Any) -> dict[str, An
 async def _at_once(address: str, module: str, n: int, labels: Any) -> dict[str, Any]:
     """`n` trivial tasks submitted at once through `address` in one call (SubmitTasks),
     answered when all have finished: Ray's `ray.get([f.remote() for ...])`."""
-    from spear.client import Client
     from spear.core.models import FunctionSpec, Task
+    from spear.node.client import Client
 
     spec = FunctionSpec(module, labels=labels)
     async with Client(address) as client:
@@ -133,7 +133,7 @@ async def _at_once(address: str, module: str, n: int, labels: Any) -> dict[str, 
 
 
 def _spearlets(directory: Path, counts: dict[str, int], etcd: bool) -> dict[str, Any]:
-    from spear.local_cluster import LocalCluster
+    from spear.node.local_cluster import LocalCluster
 
     module = directory / "trivial.wasm"
     import wasmtime
@@ -222,7 +222,7 @@ async def _heartbeats(address: str, nodes: int, closed_s: float, nominal_s: floa
 
 
 def _sms_load(directory: Path, counts: dict[str, int], etcd: bool) -> dict[str, Any]:
-    from spear.local_cluster import LocalCluster
+    from spear.node.local_cluster import LocalCluster
 
     # An SMS process alone (no SPEARlets); long timeouts so no simulated node is swept.
     cluster = LocalCluster(

@@ -79,7 +79,7 @@ async def _throughput(
 ) -> dict[str, Any]:
     """`clients` connections each calling `one(client)` `per_client` times (it returns how
     many tasks it completed); tasks per second over the whole run."""
-    from spear.client import Client
+    from spear.node.client import Client
 
     conns = [Client(address) for _ in range(clients)]
     done = 0
@@ -107,7 +107,7 @@ async def _throughput(
 
 async def _measure(address: str, module: Path, quick: bool) -> dict[str, Any]:
     from spear import FunctionSpec, TaskState
-    from spear.client import Client
+    from spear.node.client import Client
 
     spec = FunctionSpec(str(module))
     n = 200 if quick else 2000

@@ -7,7 +7,7 @@ benchmarks/results/process.json. Nothing here asserts a timing.
 - cold: `node.run` of a `.py` agent as a new interpreter (fork + exec of Python, its
   start-up, the script, exit, reap), the task recorded as for any task;
 - warm: the same spec with `warm=True`, forked from the pre-started Python
-  (`runtimes/forkserver.py`), which has the SDK imported already;
+  (`runtimes/process/forkserver.py`), which has the SDK imported already;
 - `task` is an agent whose body is `pass`; `task (imports SDK)` does
   `from spear import agent` and one `agent.log`, a realistic smallest agent;
 - `exec /bin/true` is the runtime's floor for a non-Python program;

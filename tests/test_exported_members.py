@@ -26,7 +26,7 @@ def test_the_grpc_client_is_public_and_loaded_on_demand() -> None:
     import subprocess
     import sys
 
-    from spear.client import Client
+    from spear.node.client import Client
 
     assert spear.Client is Client and "Client" in spear.__all__
     # `import spear` alone (the path of `spear run`) does not load grpclib.

@@ -17,8 +17,8 @@ import pytest
 from spear import FunctionSpec, LocalNode, NotFound, Runtime, TaskState
 from spear import agent as sdk
 from spear.core.models import Task
-from spear.runtimes.agent_channel import AgentChannel
-from spear.runtimes.base import ExecutionControl, TaskContext, TaskIO
+from spear.core.worker import ExecutionControl, TaskContext, TaskIO
+from spear.runtimes.process.channel import AgentChannel
 
 if TYPE_CHECKING:
     from pathlib import Path

@@ -9,9 +9,6 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from spear._api import StreamingTask, TaskHandle, TaskResult
-    from spear._local import LocalNode
-    from spear.client import Client
     from spear.config import Settings
     from spear.core.models import (
         DirMapping,
@@ -19,6 +16,7 @@ if TYPE_CHECKING:
         Resources,
         Runtime,
         Task,
+        TaskResult,
         TaskState,
     )
     from spear.core.node import Spearlet
@@ -35,6 +33,9 @@ if TYPE_CHECKING:
         StorageError,
         Unavailable,
     )
+    from spear.node.api import StreamingTask, TaskHandle
+    from spear.node.client import Client
+    from spear.node.local import LocalNode
     from spear.store.objects import ObjectStore
 
 __version__ = "0.1.0"
@@ -42,11 +43,11 @@ __version__ = "0.1.0"
 # Public names are loaded on first use (PEP 562), so `from spear import agent` in a process
 # agent, or `spear run`, pays only for what it touches, not for the whole node and gRPC.
 _WHERE = {
-    "StreamingTask": "spear._api",
-    "TaskHandle": "spear._api",
-    "TaskResult": "spear._api",
-    "LocalNode": "spear._local",
-    "Client": "spear.client",
+    "StreamingTask": "spear.node.api",
+    "TaskHandle": "spear.node.api",
+    "TaskResult": "spear.core.models",
+    "LocalNode": "spear.node.local",
+    "Client": "spear.node.client",
     "Settings": "spear.config",
     "DirMapping": "spear.core.models",
     "FunctionSpec": "spear.core.models",

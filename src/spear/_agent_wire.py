@@ -1,6 +1,6 @@
 """The framing of the hostcall channel between a process agent and its SPEARlet.
 
-Shared by the node's server (`runtimes/agent_channel.py`) and the agent SDK
+Shared by the node's server (`runtimes/process/channel.py`) and the agent SDK
 (`spear.agent`), so it imports nothing heavier than `json` and `struct`.
 
 A frame is `!II` (header length, body length), a JSON header, then the body bytes (an

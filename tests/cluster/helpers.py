@@ -13,7 +13,7 @@ import wasmtime
 from conftest import assert_eventually
 
 from spear.errors import NotFound
-from spear.local_cluster import LocalCluster
+from spear.node.local_cluster import LocalCluster
 from spear.transport.sms_client import SmsClient
 
 if TYPE_CHECKING:

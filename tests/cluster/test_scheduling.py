@@ -20,10 +20,10 @@ from helpers import (  # fixtures too: loop_wasm, make_cluster
     spear,
 )
 
-from spear.client import Client
 from spear.core.cluster import INPUTS_LABEL
 from spear.core.models import FunctionSpec, Resources, TaskState
 from spear.errors import InvalidModule
+from spear.node.client import Client
 
 if TYPE_CHECKING:
     from pathlib import Path

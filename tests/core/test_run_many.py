@@ -13,7 +13,7 @@ from wat_tasks import exits, hello
 from spear import FunctionSpec, InvalidArgument, LocalNode, Resources, TaskState
 from spear.core.models import Task, new_task_id
 from spear.core.tasks import TaskStore
-from spear.runtimes.base import EXIT_LOST, Outcome
+from spear.core.worker import EXIT_LOST, Outcome
 from spear.store.leveldb import LevelDBKV
 
 if TYPE_CHECKING:

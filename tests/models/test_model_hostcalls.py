@@ -18,7 +18,7 @@ from model_fixtures import gguf  # noqa: F401 - a fixture
 from spear import FunctionSpec, LocalNode
 from spear.core.models import Runtime, TaskState
 from spear.models import ChatRequest
-from spear.runtimes.hostcall import wasi_errno
+from spear.runtimes.wasm.hostcalls.abi import wasi_errno
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterator

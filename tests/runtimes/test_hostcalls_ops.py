@@ -14,9 +14,9 @@ import pytest
 
 from spear import FunctionSpec, Task
 from spear.core.streams import POLLIN, POLLNVAL, POLLOUT, StreamRegistry
-from spear.runtimes import hostops
-from spear.runtimes.base import ExecutionControl, TaskContext, TaskIO
-from spear.runtimes.hostops import HostError
+from spear.core.worker import ExecutionControl, TaskContext, TaskIO
+from spear.runtimes.host import ops as hostops
+from spear.runtimes.host.ops import HostError
 from spear.store.leveldb import LevelDBKV
 from spear.store.objects import ObjectStore
 

@@ -6,7 +6,7 @@ from typing import TYPE_CHECKING
 
 from spear import FunctionSpec, TaskState
 from spear.core.models import Task
-from spear.runtimes.wasm import WasmWorkerAgent
+from spear.runtimes.wasm.agent import WasmWorkerAgent
 
 if TYPE_CHECKING:
     from pathlib import Path

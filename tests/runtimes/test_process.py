@@ -22,7 +22,7 @@ from spear import (
     Runtime,
     TaskState,
 )
-from spear.runtimes.process import ProcessWorkerAgent
+from spear.runtimes.process.agent import ProcessWorkerAgent
 from tests.conftest import Cli, assert_eventually, one_error_line
 
 if TYPE_CHECKING:
@@ -63,7 +63,7 @@ def children_of(pid: int) -> list[tuple[int, str]]:
 def no_children_left() -> Iterator[None]:
     """Every test leaves this process with the children it had before it (none of them a
     zombie): nothing a task started outlives it."""
-    from spear.runtimes.cgroups import _own_cgroup_dir
+    from spear.runtimes.process.cgroups import _own_cgroup_dir
 
     parent = _own_cgroup_dir()
     pattern = f"spear-{os.getpid()}-*"
@@ -426,7 +426,7 @@ print(p.pid, flush=True)
 
 @pytest.fixture
 def cgroups_here() -> None:
-    from spear.runtimes.cgroups import NodeCgroup
+    from spear.runtimes.process.cgroups import NodeCgroup
 
     probe = NodeCgroup.create()
     if probe is None:
@@ -456,7 +456,7 @@ async def test_a_process_that_leaves_its_group_is_still_killed(
 def test_a_dead_nodes_cgroup_is_emptied_by_the_next_node() -> None:
     import subprocess
 
-    from spear.runtimes.cgroups import NodeCgroup
+    from spear.runtimes.process.cgroups import NodeCgroup
 
     gone = subprocess.Popen(["true"])
     gone.wait()  # a pid no process has any more: the "dead node"

@@ -14,7 +14,7 @@ import anyio
 from conftest import build_wat
 
 from spear import FunctionSpec, LocalNode, TaskState
-from spear.runtimes.wasm import INLINE_AFTER_RUNS
+from spear.runtimes.wasm.agent import INLINE_AFTER_RUNS
 
 if TYPE_CHECKING:
     from pathlib import Path

@@ -1,4 +1,4 @@
-"""runtimes/workers.py: the worker pool wasm guests run on."""
+"""runtimes/wasm/workers.py: the worker pool wasm guests run on."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import threading
 import anyio
 import pytest
 
-from spear.runtimes.workers import WorkerPool
+from spear.runtimes.wasm.workers import WorkerPool
 
 
 async def test_results_and_errors_come_back_to_their_callers() -> None:

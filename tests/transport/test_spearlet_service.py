@@ -11,15 +11,16 @@ import pytest
 from wat_tasks import exits, hello, ticker
 
 import spear
-from spear.client import Client
 from spear.core.models import FunctionSpec, TaskState
-from spear.transport.server import parse_listen, serve_spearlet
+from spear.node.client import Client
+from spear.node.server import serve_spearlet
+from spear.transport.serving import parse_listen
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator
     from pathlib import Path
 
-    from spear.transport.server import SpearletServer
+    from spear.node.server import SpearletServer
 
 
 @contextlib.asynccontextmanager
@@ -85,7 +86,7 @@ async def test_call_runs_a_task_and_returns_its_result_in_one_call(tmp_path: Pat
 
 
 def node_api(node: spear.LocalNode) -> Any:
-    from spear._inprocess import InProcessNode
+    from spear.node.inprocess import InProcessNode
 
     return InProcessNode(node)
 
@@ -198,7 +199,7 @@ async def test_oversized_message_is_refused(tmp_path: Path) -> None:
 
 
 async def test_draining_node_refuses_new_tasks(tmp_path: Path) -> None:
-    from spear._inprocess import InProcessNode
+    from spear.node.inprocess import InProcessNode
 
     async with spear.LocalNode(tmp_path / "home") as node:
         api = InProcessNode(node)
@@ -224,9 +225,9 @@ def test_parse_listen() -> None:
 
 
 async def test_a_failing_call_is_internal_and_the_node_serves_on(tmp_path: Path) -> None:
-    from spear._inprocess import InProcessNode
     from spear.core.artifacts import ArtifactStore
-    from spear.transport.server import SpearletServer
+    from spear.node.inprocess import InProcessNode
+    from spear.node.server import SpearletServer
 
     class Broken(InProcessNode):
         async def node_info(self) -> Any:

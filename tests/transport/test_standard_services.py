@@ -12,7 +12,7 @@ import anyio
 import pytest
 
 import spear
-from spear.transport.server import serve_spearlet
+from spear.node.server import serve_spearlet
 
 pytest.importorskip("grpc_health", reason="grpcio-health-checking is in the dev extra")
 pytest.importorskip("grpc_reflection", reason="grpcio-reflection is in the dev extra")

@@ -113,8 +113,8 @@ def test_an_empty_protobuf_spec_reads_as_unset_fields() -> None:
 
 async def test_malformed_requests_get_a_status(tmp_path: Path) -> None:
     import spear
-    from spear.client import Client
-    from spear.transport.server import serve_spearlet
+    from spear.node.client import Client
+    from spear.node.server import serve_spearlet
 
     async with spear.LocalNode(tmp_path / "home") as node:
         server = await serve_spearlet(node, "127.0.0.1:0")

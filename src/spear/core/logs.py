@@ -11,8 +11,8 @@ import threading
 import time
 from typing import TYPE_CHECKING, BinaryIO
 
+from spear.core.worker import TaskIO
 from spear.errors import InvalidArgument, NotFound
-from spear.runtimes.base import TaskIO
 
 if TYPE_CHECKING:
     from collections.abc import Callable

@@ -256,3 +256,73 @@ class Task:
 
 _TASK_FIELDS = tuple(f.name for f in dataclasses.fields(Task))
 _TASK_VALUES = operator.attrgetter(*_TASK_FIELDS)
+
+
+# -- what callers of a node get back (the NodeAPI's values) ------------------------
+
+LOG_STREAMS = ("stdout", "stderr", "agent")
+
+
+@dataclass(frozen=True, slots=True)
+class LogChunk:
+    """A piece of one of a task's log streams, starting at `offset` in that stream."""
+
+    stream: str
+    data: bytes
+    offset: int
+
+
+@dataclass(frozen=True, slots=True)
+class TaskResult:
+    """A finished task and its output (what it wrote to stdout)."""
+
+    task: Task
+    output: bytes
+
+    @property
+    def exit_code(self) -> int | None:
+        return self.task.exit_code
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "task": self.task.to_json(),
+            "output": self.output.decode("utf-8", errors="replace"),
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class NodeInfo:
+    """A node's identity, capacity and load."""
+
+    name: str
+    state: str
+    address: str
+    version: str
+    wasmtime_version: str
+    capacity: Resources
+    free: Resources
+    running_tasks: int
+    runtimes: tuple[str, ...]
+    started_at: float
+    data_dir: str
+    pid: int
+    max_message_bytes: int = 0
+
+    def to_json(self) -> dict[str, Any]:
+        data = dataclasses.asdict(self)
+        data["runtimes"] = list(self.runtimes)
+        return data
+
+
+@dataclass(frozen=True, slots=True)
+class ObjectInfo:
+    """One object in a node's object store (seed §6)."""
+
+    key: str
+    version: int
+    size: int
+    refs: int = 0
+    pinned: bool = False
+
+    def to_json(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)

@@ -21,7 +21,7 @@ if TYPE_CHECKING:
     from spear.core.logs import TaskLogs
     from spear.core.models import FunctionSpec, Resources, Task, TaskState
     from spear.core.streams import TaskStream
-    from spear.runtimes.base import WorkerAgent
+    from spear.core.worker import WorkerAgent
     from spear.store.kv import KV
     from spear.store.objects import ObjectStore
 

@@ -26,8 +26,8 @@ from loguru import logger
 
 from spear.core.cluster import PlacementQuery, input_objects, selector_labels
 from spear.core.models import Task, TaskState, new_task_id
+from spear.core.worker import EXIT_CANCELLED
 from spear.errors import NotFound, ResourceExhausted, SpearError, Unavailable
-from spear.runtimes.base import EXIT_CANCELLED
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable, Sequence

@@ -33,8 +33,8 @@ from spear.core.cluster import (
     PlacementQuery,
 )
 from spear.core.models import Task, TaskState
+from spear.core.worker import EXIT_LOST
 from spear.errors import InvalidArgument, NotFound
-from spear.runtimes.base import EXIT_LOST
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Sequence

@@ -21,8 +21,8 @@ import orjson
 from loguru import logger
 
 from spear.core.models import FunctionSpec, Resources, Task, TaskState, new_task_id
+from spear.core.worker import EXIT_CANCELLED, EXIT_LOST, ExecutionControl, Outcome, TaskContext
 from spear.errors import InvalidArgument, NotFound, ResourceExhausted, SpearError
-from spear.runtimes.base import EXIT_CANCELLED, EXIT_LOST, ExecutionControl, Outcome, TaskContext
 from spear.store.kv import Write
 
 if TYPE_CHECKING:
@@ -31,7 +31,7 @@ if TYPE_CHECKING:
     from anyio.abc import TaskGroup
 
     from spear.core.logs import TaskLogs, TaskLogWriter
-    from spear.runtimes.base import Execution, WorkerAgent
+    from spear.core.worker import Execution, WorkerAgent
     from spear.store.kv import KV
 
 _TASKS = "tasks/"

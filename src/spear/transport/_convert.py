@@ -4,8 +4,17 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from spear._api import LogChunk, NodeInfo, ObjectInfo
-from spear.core.models import DirMapping, FunctionSpec, Resources, Runtime, Task, TaskState
+from spear.core.models import (
+    DirMapping,
+    FunctionSpec,
+    LogChunk,
+    NodeInfo,
+    ObjectInfo,
+    Resources,
+    Runtime,
+    Task,
+    TaskState,
+)
 from spear.errors import InvalidArgument
 from spear.transport import _fastdefaults, _fastframes
 from spear.transport._gen.spear import v1

@@ -17,7 +17,7 @@ from spear.transport._status import (
     listen_for_error_codes,
     received_error_code,
 )
-from spear.transport.server import parse_listen
+from spear.transport.serving import parse_listen
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Sequence

@@ -3,7 +3,7 @@ plus grpc.health.v1 beside it (grpclib). `SmsServer.start` reports the bound add
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from grpclib.health.check import ServiceStatus
 from grpclib.health.service import Health
@@ -15,7 +15,7 @@ from spear.transport import _convert as cv
 from spear.transport import _sms_convert as sc
 from spear.transport._gen.spear import v1
 from spear.transport._status import DEFAULT_MAX_MESSAGE_BYTES, LimitedCodec
-from spear.transport.server import SpearletService, format_address, listening_socket
+from spear.transport.serving import format_address, guard, listening_socket
 
 if TYPE_CHECKING:
     from grpclib.const import Handler
@@ -33,7 +33,6 @@ class MetadataService(v1.MetadataServerBase):
 
     def __mapping__(self) -> dict[str, Handler]:
         # The same guard as the Spearlet service: SpearError -> status + spear-error-code.
-        guard: Any = SpearletService._guard
         return {
             name: handler._replace(func=guard(name, handler.func))
             for name, handler in super().__mapping__().items()

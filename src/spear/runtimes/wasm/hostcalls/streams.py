@@ -10,12 +10,12 @@ import errno
 import struct
 from typing import TYPE_CHECKING
 
-from spear.runtimes import hostops
-from spear.runtimes.hostcall import I32, I64, HostcallError, fill, hostcall
+from spear.runtimes.host import ops as hostops
+from spear.runtimes.wasm.hostcalls.abi import I32, I64, HostcallError, fill, hostcall
 
 if TYPE_CHECKING:
-    from spear.runtimes.base import TaskContext
-    from spear.runtimes.hostcall import GuestMemory
+    from spear.core.worker import TaskContext
+    from spear.runtimes.wasm.hostcalls.abi import GuestMemory
 
 _U32 = 0xFFFFFFFF
 MAX_POLL_HANDLES = 1024

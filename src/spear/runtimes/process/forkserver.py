@@ -3,7 +3,7 @@
 A new interpreter costs milliseconds (`python -c pass`) plus whatever the agent imports
 (`from spear import agent` loads the SDK); a fork of an interpreter that has all of that
 loaded already costs a fraction of one. `ForkServer` (node side) starts
-`python -m spear.runtimes.forkserver`, which imports the SDK, then waits on a
+`python -m spear.runtimes.process.forkserver`, which imports the SDK, then waits on a
 SOCK_SEQPACKET control socket. Each request carries the command and four descriptors
 (a status socket for this task, the child's stdin, stdout and stderr); the server forks,
 the child makes its own process group, applies its rlimits, takes the descriptors as
@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from spear.runtimes.process_command import Command
+    from spear.runtimes.process.command import Command
 
 _MAX_MESSAGE = 1024 * 1024
 _START_TIMEOUT_S = 30.0
@@ -64,7 +64,7 @@ class ForkServer:
         )
         try:
             self._popen = subprocess.Popen(
-                [sys.executable, "-m", "spear.runtimes.forkserver", str(theirs.fileno())],
+                [sys.executable, "-m", "spear.runtimes.process.forkserver", str(theirs.fileno())],
                 pass_fds=(theirs.fileno(),),
                 stdin=subprocess.DEVNULL,
                 stdout=subprocess.DEVNULL,
@@ -154,7 +154,7 @@ class WarmChild:
         with contextlib.suppress(OSError):
             reply = self._status.recv(_MAX_MESSAGE)
         if not reply:  # the server died: make sure the child's group did too
-            from spear.runtimes.process_supervisor import kill_group
+            from spear.runtimes.process.supervisor import kill_group
 
             kill_group(self.pid, signal.SIGKILL)
             return signal.SIGKILL, 0.0  # a wait status meaning "killed by SIGKILL"

@@ -12,8 +12,8 @@ from typing import Annotated, Any
 
 import typer
 
-from spear.cli import ConfigOpt, DataDirOpt, JsonOpt, _emit_json, _run_on_node, _settings, app
-from spear.cli_client import NodeOpt, _on_node
+from spear.cli.app import ConfigOpt, DataDirOpt, JsonOpt, _emit_json, _run_on_node, _settings, app
+from spear.cli.tasks import NodeOpt, _on_node
 from spear.errors import InvalidArgument, NotFound
 
 obj_app = typer.Typer(help="The node's object store: put, get, ls, rm, pin, unpin, ref, unref.")

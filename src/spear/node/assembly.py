@@ -13,7 +13,7 @@ from spear.errors import StorageError
 if TYPE_CHECKING:
     from spear.config import Settings
     from spear.core.cluster import Cluster
-    from spear.runtimes.base import WorkerAgent
+    from spear.core.worker import WorkerAgent
 
 
 def _machine_capacity(settings: Settings) -> Resources:
@@ -45,8 +45,8 @@ def local_components(settings: Settings, *, hold_kv: bool = True) -> dict[str, A
 
     `hold_kv=False` is for short CLI processes that share a data dir (see store/leveldb.py).
     """
-    from spear.runtimes.process import ProcessWorkerAgent
-    from spear.runtimes.wasm import WasmWorkerAgent
+    from spear.runtimes.process.agent import ProcessWorkerAgent
+    from spear.runtimes.wasm.agent import WasmWorkerAgent
     from spear.store.leveldb import LevelDBKV
 
     prepare_data_dir(settings)

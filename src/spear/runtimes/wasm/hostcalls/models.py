@@ -11,12 +11,12 @@ import functools
 import json
 from typing import TYPE_CHECKING
 
-from spear.runtimes import hostops_models
-from spear.runtimes.hostcall import I32, HostcallError, fill, hostcall, in_loop
+from spear.runtimes.host import model_ops as hostops_models
+from spear.runtimes.wasm.hostcalls.abi import I32, HostcallError, fill, hostcall, in_loop
 
 if TYPE_CHECKING:
-    from spear.runtimes.base import TaskContext
-    from spear.runtimes.hostcall import GuestMemory
+    from spear.core.worker import TaskContext
+    from spear.runtimes.wasm.hostcalls.abi import GuestMemory
 
 _U32 = 0xFFFFFFFF
 MAX_REQUEST_BYTES = 16 * 1024 * 1024

@@ -7,8 +7,8 @@ from pathlib import Path
 from typing import Any
 
 from spear.config import Settings, default_data_dir
-from spear.container import local_components
 from spear.core.node import Spearlet
+from spear.node.assembly import local_components
 
 
 class LocalNode(Spearlet):

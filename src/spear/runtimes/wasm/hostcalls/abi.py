@@ -24,12 +24,12 @@ import anyio.from_thread
 import wasmtime
 from loguru import logger
 
-from spear.runtimes.hostops import HostError
+from spear.runtimes.host.ops import HostError
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Coroutine
 
-    from spear.runtimes.base import TaskContext
+    from spear.core.worker import TaskContext
 
 ABI_VERSION = 1
 MODULE = "spear"
@@ -181,7 +181,8 @@ class _Definition:
     fn: Callable[..., int]
 
 
-_REGISTRY: dict[str, _Definition] = {}
+REGISTRY: dict[str, _Definition] = {}
+"""Every hostcall by name; each family's module registers its own when imported."""
 
 
 def hostcall(
@@ -190,13 +191,13 @@ def hostcall(
     """Register `fn(mem, ctx, *args) -> int` as `spear.<name>`; errors become -errno."""
 
     def register(fn: Callable[..., int]) -> Callable[..., int]:
-        _REGISTRY[name] = _Definition(name, params, (result,), fn)
+        REGISTRY[name] = _Definition(name, params, (result,), fn)
         return fn
 
     return register
 
 
-def _adapt(defn: _Definition) -> Callable[..., Any]:
+def adapt(defn: _Definition) -> Callable[..., Any]:
     fn = defn.fn
 
     def call(caller: wasmtime.Caller, *args: int) -> int:
@@ -211,31 +212,3 @@ def _adapt(defn: _Definition) -> Callable[..., Any]:
             return -wasi_errno(errno.EIO)
 
     return call
-
-
-def define_all(linker: wasmtime.Linker, engine: wasmtime.Engine) -> None:
-    """Define every registered hostcall in `linker` under the `spear` module."""
-    _load_hostcall_modules()
-    for defn in _REGISTRY.values():
-        linker.define_func(
-            MODULE,
-            defn.name,
-            wasmtime.FuncType(list(defn.params), list(defn.results)),
-            _adapt(defn),
-            access_caller=True,
-        )
-
-
-def _load_hostcall_modules() -> None:
-    # Importing a module registers its hostcalls; each family lives in its own module.
-    from spear.runtimes import (  # noqa: F401
-        hostcalls_basic,
-        hostcalls_models,
-        hostcalls_objects,
-        hostcalls_streams,
-    )
-
-
-def registered() -> list[str]:
-    _load_hostcall_modules()
-    return sorted(_REGISTRY)

@@ -38,14 +38,14 @@ from spear.errors import (
     SpearError,
     Unavailable,
 )
-from spear.runtimes.hostops import ErrnoTable, HostError, add_handle, translate
+from spear.runtimes.host.ops import ErrnoTable, HostError, add_handle, translate
 
 if TYPE_CHECKING:
     import asyncio
 
     from spear.core.streams import TaskStreams
+    from spear.core.worker import TaskContext
     from spear.models.router import ModelRouter
-    from spear.runtimes.base import TaskContext
 
 MAX_CALLS_PER_TASK = 64
 

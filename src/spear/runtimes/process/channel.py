@@ -34,15 +34,16 @@ import anyio.to_thread
 from loguru import logger
 
 from spear import _agent_wire as wire
-from spear.runtimes import hostops, hostops_models
-from spear.runtimes.hostops import HostError
+from spear.runtimes.host import model_ops as hostops_models
+from spear.runtimes.host import ops as hostops
+from spear.runtimes.host.ops import HostError
 
 if TYPE_CHECKING:
     from collections.abc import Callable
     from pathlib import Path
 
-    from spear.runtimes.base import TaskContext
-    from spear.runtimes.cgroups import TaskCgroup
+    from spear.core.worker import TaskContext
+    from spear.runtimes.process.cgroups import TaskCgroup
 
 MAX_IN_FLIGHT = 64
 _PEERCRED = struct.Struct("3i")  # struct ucred: pid, uid, gid

@@ -24,23 +24,23 @@ import anyio.to_thread
 from loguru import logger
 
 from spear.core.models import Runtime
-from spear.runtimes.base import (
+from spear.core.worker import (
     Execution,
     Outcome,
     TaskContext,
     WorkerAgent,
 )
-from spear.runtimes.cgroups import NodeCgroup
-from spear.runtimes.process_command import Command, resolve_command
-from spear.runtimes.process_supervisor import Child, Supervisor, spawn
+from spear.runtimes.process.cgroups import NodeCgroup
+from spear.runtimes.process.command import Command, resolve_command
+from spear.runtimes.process.supervisor import Child, Supervisor, spawn
 
 if TYPE_CHECKING:
     from pathlib import Path
 
     from spear.core.models import Task
-    from spear.runtimes.agent_channel import AgentChannel, Credential
-    from spear.runtimes.cgroups import TaskCgroup
-    from spear.runtimes.forkserver import ForkServer
+    from spear.runtimes.process.cgroups import TaskCgroup
+    from spear.runtimes.process.channel import AgentChannel, Credential
+    from spear.runtimes.process.forkserver import ForkServer
 
 DEFAULT_GRACE_S = 2.0
 
@@ -84,7 +84,7 @@ class ProcessWorkerAgent(WorkerAgent):
         """The hostcall channel for this node's process agents (started on first use)."""
         async with self._channel_lock:
             if self._channel is None:
-                from spear.runtimes.agent_channel import AgentChannel
+                from spear.runtimes.process.channel import AgentChannel
 
                 channel = AgentChannel(self._runtime_dir)
                 await channel.start()
@@ -95,7 +95,7 @@ class ProcessWorkerAgent(WorkerAgent):
         """The pre-started Python that warm `.py` agents are forked from."""
         async with self._forkserver_lock:
             if self._forkserver is None or not self._forkserver.alive:
-                from spear.runtimes.forkserver import ForkServer
+                from spear.runtimes.process.forkserver import ForkServer
 
                 if self._forkserver is not None:  # it died: reap it, close our end
                     await anyio.to_thread.run_sync(self._forkserver.stop)

@@ -5,12 +5,12 @@ from __future__ import annotations
 import errno
 from typing import TYPE_CHECKING
 
-from spear.runtimes import hostops
-from spear.runtimes.hostcall import ABI_VERSION, I32, HostcallError, hostcall
+from spear.runtimes.host import ops as hostops
+from spear.runtimes.wasm.hostcalls.abi import ABI_VERSION, I32, HostcallError, hostcall
 
 if TYPE_CHECKING:
-    from spear.runtimes.base import TaskContext
-    from spear.runtimes.hostcall import GuestMemory
+    from spear.core.worker import TaskContext
+    from spear.runtimes.wasm.hostcalls.abi import GuestMemory
 
 
 @hostcall("abi_version", ())

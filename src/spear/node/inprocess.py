@@ -16,16 +16,9 @@ from typing import TYPE_CHECKING
 
 import anyio
 
-from spear._api import (
-    LOG_STREAMS,
-    LogChunk,
-    NodeInfo,
-    ObjectInfo,
-    StreamingTask,
-    TaskHandle,
-    TaskResult,
-)
+from spear.core.models import LOG_STREAMS, LogChunk, NodeInfo, ObjectInfo, TaskResult
 from spear.errors import InvalidArgument, NotFound, Unavailable
+from spear.node.api import StreamingTask, TaskHandle
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Sequence
@@ -43,7 +36,7 @@ _FOLLOW_INTERVAL_S = 0.05
 
 @functools.cache
 def _wasmtime_version() -> str:
-    from spear.runtimes.wasm import wasmtime_version
+    from spear.runtimes.wasm.agent import wasmtime_version
 
     return wasmtime_version()  # (it takes ~0.2 ms: asked once per process)
 

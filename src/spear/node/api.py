@@ -8,82 +8,21 @@ local data dir) and `Client` (a node daemon over gRPC). The CLI's client command
 from __future__ import annotations
 
 import abc
-import dataclasses
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Generator, Sequence
     from contextlib import AbstractAsyncContextManager
 
-    from spear.core.models import FunctionSpec, Resources, Task, TaskState
-
-LOG_STREAMS = ("stdout", "stderr", "agent")
-
-
-@dataclass(frozen=True, slots=True)
-class LogChunk:
-    """A piece of one of a task's log streams, starting at `offset` in that stream."""
-
-    stream: str
-    data: bytes
-    offset: int
-
-
-@dataclass(frozen=True, slots=True)
-class TaskResult:
-    """A finished task and its output (what it wrote to stdout)."""
-
-    task: Task
-    output: bytes
-
-    @property
-    def exit_code(self) -> int | None:
-        return self.task.exit_code
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "task": self.task.to_json(),
-            "output": self.output.decode("utf-8", errors="replace"),
-        }
-
-
-@dataclass(frozen=True, slots=True)
-class NodeInfo:
-    """A node's identity, capacity and load."""
-
-    name: str
-    state: str
-    address: str
-    version: str
-    wasmtime_version: str
-    capacity: Resources
-    free: Resources
-    running_tasks: int
-    runtimes: tuple[str, ...]
-    started_at: float
-    data_dir: str
-    pid: int
-    max_message_bytes: int = 0
-
-    def to_json(self) -> dict[str, Any]:
-        data = dataclasses.asdict(self)
-        data["runtimes"] = list(self.runtimes)
-        return data
-
-
-@dataclass(frozen=True, slots=True)
-class ObjectInfo:
-    """One object in a node's object store (seed §6)."""
-
-    key: str
-    version: int
-    size: int
-    refs: int = 0
-    pinned: bool = False
-
-    def to_json(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+    from spear.core.models import (
+        FunctionSpec,
+        LogChunk,
+        NodeInfo,
+        ObjectInfo,
+        Task,
+        TaskResult,
+        TaskState,
+    )
 
 
 class NodeAPI(Protocol):

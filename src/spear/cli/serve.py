@@ -20,7 +20,7 @@ import anyio
 import typer
 from loguru import logger
 
-from spear.cli import ConfigOpt, DataDirOpt, JsonOpt, app
+from spear.cli.app import ConfigOpt, DataDirOpt, JsonOpt, app
 from spear.config import Settings, parse_size
 from spear.errors import InvalidArgument
 
@@ -28,9 +28,9 @@ if TYPE_CHECKING:
     from collections.abc import AsyncIterator
     from pathlib import Path
 
-    from spear._inprocess import InProcessNode
     from spear.core.models import Task
-    from spear.transport.server import SpearletServer
+    from spear.node.inprocess import InProcessNode
+    from spear.node.server import SpearletServer
 
 ADDRESS_FILE = "spearlet.addr"
 _REPORT_INTERVAL_S = 60.0
@@ -91,12 +91,12 @@ def serve(
     if max_message_bytes < 64 * 1024:
         raise InvalidArgument("--max-message-size must be at least 64K")
     from spear import _logging
-    from spear.transport.server import parse_listen
+    from spear.transport.serving import parse_listen
 
     parse_listen(settings.listen)  # a bad address fails before the data dir is opened
     _logging.configure(settings)
     if role == "sms":  # distributed mode: cli_cluster.py
-        from spear.cli_cluster import serve_sms
+        from spear.cli.cluster import serve_sms
 
         anyio.run(serve_sms, settings, kv)
         return
@@ -110,19 +110,19 @@ def serve(
 async def _serve_spearlet(
     settings: Settings, drain_s: float, max_message_bytes: int, as_json: bool = False
 ) -> None:
-    from spear.container import build_local_node
-    from spear.transport.server import serve_spearlet
+    from spear.node.assembly import build_local_node
+    from spear.node.server import serve_spearlet
 
     if settings.sms:  # distributed mode: a cluster-wide node name (cli_cluster.py)
         import dataclasses
 
-        from spear.cli_cluster import node_name_for
+        from spear.cli.cluster import node_name_for
 
         settings = dataclasses.replace(settings, node_name=node_name_for(settings))
     node = build_local_node(settings, hold_kv=True)
     node.controller.finished_hooks.append(_log_finished)
     async with node:
-        from spear.cli_cluster import joined_cluster, make_node_api, peer_services
+        from spear.cli.cluster import joined_cluster, make_node_api, peer_services
 
         api = make_node_api(node)  # an InProcessNode; with --sms one that schedules/proxies
         with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:

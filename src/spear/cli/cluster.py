@@ -24,17 +24,17 @@ import anyio
 import typer
 from loguru import logger
 
-from spear.cli import ConfigOpt, DataDirOpt, JsonOpt, app
+from spear.cli.app import ConfigOpt, DataDirOpt, JsonOpt, app
 from spear.config import Settings
 from spear.errors import InvalidArgument
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator
 
-    from spear._inprocess import InProcessNode
     from spear.core.cluster import NodeRecord
     from spear.core.node import Spearlet
     from spear.core.node_controller import NodeController
+    from spear.node.inprocess import InProcessNode
     from spear.store.kv import KV
 
 SMS_ADDRESS_FILE = "sms.addr"
@@ -46,7 +46,7 @@ SMS_ADDRESS_FILE = "sms.addr"
 async def open_sms_kv(spec: str | None, data_dir: Path) -> KV:
     """`leveldb:PATH`, `etcd://HOST:PORT[,...]`, or None: LevelDB at DATA/sms.ldb."""
     if spec is None or spec.startswith("leveldb:"):
-        from spear.container import prepare_data_dir
+        from spear.node.assembly import prepare_data_dir
         from spear.store.leveldb import LevelDBKV
 
         path = Path(spec[len("leveldb:") :]) if spec else data_dir / "sms.ldb"
@@ -119,7 +119,7 @@ def node_labels(settings: Settings) -> tuple[tuple[str, str], ...]:
 
 def describe_node(node: Spearlet, address: str) -> NodeRecord:
     from spear.core.cluster import AgentInfo, NodeRecord
-    from spear.runtimes.wasm import wasmtime_version
+    from spear.runtimes.wasm.agent import wasmtime_version
 
     agents = tuple(
         AgentInfo(runtime, wasmtime_version() if runtime == "wasm" else "")
@@ -137,16 +137,16 @@ def describe_node(node: Spearlet, address: str) -> NodeRecord:
 
 def make_node_api(node: Spearlet, max_message_bytes: int = 0) -> InProcessNode:
     """The NodeAPI a daemon serves: a ClusterNode (scheduling, proxying) with `--sms`."""
-    from spear._inprocess import InProcessNode
+    from spear.node.inprocess import InProcessNode
 
     settings = node.settings
     if not settings.sms:
         return InProcessNode(node, max_message_bytes=max_message_bytes)
-    from spear._cluster_node import ClusterNode
-    from spear.container import build_cluster
     from spear.core.cluster import ClusterTimings
     from spear.core.scheduler import Scheduler
-    from spear.transport.peer import Peers
+    from spear.node.assembly import build_cluster
+    from spear.node.cluster import ClusterNode
+    from spear.node.peer import Peers
 
     timings = ClusterTimings.from_extra(settings.extra)
     cluster = build_cluster(settings)
@@ -158,12 +158,12 @@ def make_node_api(node: Spearlet, max_message_bytes: int = 0) -> InProcessNode:
 
 def peer_services(api: InProcessNode) -> list[Any]:
     """The SpearletPeer service (forwarded tasks) for a ClusterNode; nothing in local mode."""
-    from spear._cluster_node import ClusterNode
+    from spear.node.cluster import ClusterNode
 
     if not isinstance(api, ClusterNode):
         return []
     from spear.core.artifacts import ArtifactStore
-    from spear.transport.peer import PeerService
+    from spear.node.peer import PeerService
 
     settings = api.node.settings
     artifacts = ArtifactStore(settings.data_dir / "artifacts", settings.object_max_bytes)
@@ -175,10 +175,10 @@ async def joined_cluster(api: InProcessNode, address: str) -> AsyncIterator[Node
     """While inside, the node behind `api` (serving on `address`) is a cluster member:
     registered, heartbeating, reporting each task change, placing queued tasks.
     Nothing happens for a local-mode node."""
-    from spear._cluster_node import ClusterNode
     from spear.core.cluster import ClusterTimings
     from spear.core.node_controller import NodeController
     from spear.core.task_reports import TaskReporter
+    from spear.node.cluster import ClusterNode
 
     if not isinstance(api, ClusterNode):
         yield None
@@ -214,7 +214,7 @@ async def joined_cluster(api: InProcessNode, address: str) -> AsyncIterator[Node
 def _cluster_nodes(settings: Settings, node: str | None) -> list[NodeRecord]:
     """Ask the SMS (--sms, SPEAR_SMS, DATA/sms.addr) or a SPEARlet (--node, SPEAR_NODE,
     DATA/spearlet.addr), in that order."""
-    from spear.cli_serve import read_address_file
+    from spear.cli.serve import read_address_file
 
     sms = settings.sms
     if sms is None and node is None:
@@ -233,7 +233,7 @@ def _cluster_nodes(settings: Settings, node: str | None) -> list[NodeRecord]:
 
             async with SmsClient(sms, timeout_s=10) as client:
                 return await client.nodes()
-        from spear.transport.peer import Peers
+        from spear.node.peer import Peers
 
         assert node is not None
         peers = Peers("cli")
@@ -304,7 +304,7 @@ def cluster_up(
     base: Annotated[Path | None, typer.Option("--dir", help="State directory.")] = None,
     as_json: JsonOpt = False,
 ) -> None:
-    from spear.local_cluster import STATE_FILE, LocalCluster
+    from spear.node.local_cluster import STATE_FILE, LocalCluster
 
     if nodes < 1:
         raise InvalidArgument("--nodes must be at least 1")
@@ -341,7 +341,7 @@ def cluster_up(
 def cluster_down(
     base: Annotated[Path | None, typer.Option("--dir", help="State directory.")] = None,
 ) -> None:
-    from spear.local_cluster import stop_saved
+    from spear.node.local_cluster import stop_saved
 
     count = stop_saved(base or _default_base())
     sys.stdout.write(f"stopped {count} process(es)\n")

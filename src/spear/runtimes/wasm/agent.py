@@ -28,9 +28,7 @@ from wasmtime import _ffi
 from wasmtime import _func as _wasm_func
 
 from spear.core.models import FunctionSpec, Runtime, TaskState
-from spear.errors import InvalidArgument, InvalidModule, NotFound
-from spear.runtimes import hostcall
-from spear.runtimes.base import (
+from spear.core.worker import (
     EXIT_CANCELLED,
     EXIT_TIMEOUT,
     EXIT_TRAP,
@@ -40,8 +38,11 @@ from spear.runtimes.base import (
     TaskContext,
     WorkerAgent,
 )
-from spear.runtimes.modcache import ModuleCache, read_module_bytes
-from spear.runtimes.workers import WorkerPool
+from spear.errors import InvalidArgument, InvalidModule, NotFound
+from spear.runtimes.wasm import hostcalls
+from spear.runtimes.wasm.hostcalls import abi
+from spear.runtimes.wasm.modcache import ModuleCache, read_module_bytes
+from spear.runtimes.wasm.workers import WorkerPool
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -307,7 +308,7 @@ class WasmWorkerAgent(WorkerAgent):
         max_threads: int = 64,
     ) -> None:
         self._cache_dir = cache_dir
-        self._host_functions = [hostcall.define_all, *host_functions]
+        self._host_functions = [hostcalls.define_all, *host_functions]
         self._flavors: dict[bool, _Flavor] = {}
         # task id -> what prepare() checked, and the stat of the file it came from
         self._prepared_for: dict[str, tuple[_Prepared, tuple[int, ...] | None]] = {}
@@ -622,7 +623,7 @@ class _WasmExecution(Execution):
             )
             _ffi.wasmtime_context_set_epoch_deadline(context, 1)
             # (An inline guest imports no hostcall: it needs no task bound to its thread.)
-            previous = None if inline else hostcall.bind(ctx, self._token)
+            previous = None if inline else abi.bind(ctx, self._token)
             started = time.monotonic()
             if inline:
                 stop.move_after = started + INLINE_BUDGET_S
@@ -640,7 +641,7 @@ class _WasmExecution(Execution):
                 outcome = _MOVED if stop.reason == "move" else self._failure(exc, stop.reason)
             finally:
                 if previous is not None:
-                    hostcall.bind(*previous)
+                    abi.bind(*previous)
             prepared.ran(time.monotonic() - started, moved=outcome is _MOVED)
             if (
                 not inline

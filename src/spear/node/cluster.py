@@ -15,22 +15,23 @@ from typing import TYPE_CHECKING, Any
 import anyio
 from loguru import logger
 
-from spear._api import TaskHandle, TaskResult
-from spear._inprocess import InProcessNode
 from spear.core.cluster import ObjectLocation
+from spear.core.models import TaskResult
 from spear.core.scheduler import owner_of
 from spear.errors import NotFound, SpearError, Unavailable
+from spear.node.api import TaskHandle
+from spear.node.inprocess import InProcessNode
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Sequence
 
-    from spear._api import LogChunk, ObjectInfo, StreamingTask
-    from spear.client import Client
     from spear.core.cluster import Cluster
-    from spear.core.models import FunctionSpec, Task, TaskState
+    from spear.core.models import FunctionSpec, LogChunk, ObjectInfo, Task, TaskState
     from spear.core.node import Spearlet
     from spear.core.scheduler import Scheduler
-    from spear.transport.peer import Peers
+    from spear.node.api import StreamingTask
+    from spear.node.client import Client
+    from spear.node.peer import Peers
 
 _POLL_S = 0.05
 

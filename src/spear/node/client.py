@@ -25,9 +25,9 @@ from grpclib.client import Channel
 from grpclib.const import Cardinality
 from grpclib.events import RecvTrailingMetadata, listen
 
-from spear._api import LogChunk, NodeInfo, ObjectInfo, StreamingTask, TaskHandle, TaskResult
-from spear.core.models import Runtime
+from spear.core.models import LogChunk, NodeInfo, ObjectInfo, Runtime, TaskResult
 from spear.errors import InvalidArgument, NotFound, SpearError, error_from_code
+from spear.node.api import StreamingTask, TaskHandle
 from spear.transport import _convert as cv
 from spear.transport._gen.pb import spearlet_pb2 as pb
 from spear.transport._gen.spear import v1

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 import anyio
 import typer
 
-from spear.cli import (
+from spear.cli.app import (
     ConfigOpt,
     DataDirOpt,
     JsonOpt,
@@ -28,7 +28,7 @@ from spear.cli import (
     _settings,
     app,
 )
-from spear.cli_spec import (
+from spear.cli.spec import (
     ArgsArg,
     CpuTimeOpt,
     DirOpt,
@@ -50,8 +50,8 @@ from spear.errors import InvalidArgument, Unavailable
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Awaitable, Callable
 
-    from spear._api import NodeAPI
     from spear.config import Settings
+    from spear.node.api import NodeAPI
 
 NodeOpt = Annotated[
     str | None,
@@ -65,8 +65,8 @@ IdArg = Annotated[str, typer.Argument(metavar="ID")]
 @contextlib.asynccontextmanager
 async def connect(settings: Settings, node: str | None) -> AsyncIterator[NodeAPI]:
     """The node to talk to: `node`, else this data dir's daemon, else the data dir here."""
-    from spear.cli_serve import read_address_file
-    from spear.client import Client
+    from spear.cli.serve import read_address_file
+    from spear.node.client import Client
 
     address = node or read_address_file(settings.data_dir)
     if address is not None:
@@ -83,8 +83,8 @@ async def connect(settings: Settings, node: str | None) -> AsyncIterator[NodeAPI
             await client.aclose()
         if address is not None:
             return
-    from spear._inprocess import InProcessNode
-    from spear.container import build_local_node
+    from spear.node.assembly import build_local_node
+    from spear.node.inprocess import InProcessNode
 
     async with build_local_node(settings, hold_kv=False) as local:
         yield InProcessNode(local)
@@ -210,7 +210,7 @@ def submit(
             raise InvalidArgument(f"--stdin: cannot read {stdin_file}: {exc.strerror}") from None
 
     async def go(api: NodeAPI) -> Task:
-        from spear._inprocess import InProcessNode
+        from spear.node.inprocess import InProcessNode
 
         handle = await api.submit(spec, stdin=stdin)
         if not as_json:

@@ -16,7 +16,7 @@ import anyio
 import typer
 from click import exceptions as _click_exc
 
-from spear.cli_spec import (
+from spear.cli.spec import (
     ArgsArg,
     CpuTimeOpt,
     DirOpt,
@@ -67,7 +67,7 @@ def _settings(data_dir: Path | None, config: Path | None, **flags: Any) -> Setti
 def _run_on_node(
     settings: Settings, fn: Callable[[Spearlet], Awaitable[Any]], *, hold: bool = False
 ) -> Any:
-    from spear.container import build_local_node
+    from spear.node.assembly import build_local_node
 
     async def main() -> Any:
         async with build_local_node(settings, hold_kv=hold) as node:
@@ -117,7 +117,7 @@ def run(
     data_dir: DataDirOpt = None,
     config: ConfigOpt = None,
 ) -> None:
-    from spear.cli_stream import check_framing, run_streaming
+    from spear.cli.stream import check_framing, run_streaming
 
     settings = _settings(data_dir, config)
     check_framing(framing)
@@ -136,7 +136,7 @@ def run(
         open_files=open_files,
         workdir=workdir,
     )
-    from spear.cli_serve import read_address_file
+    from spear.cli.serve import read_address_file
 
     daemon = None if stream else read_address_file(settings.data_dir)
     task = None if daemon is None else anyio.run(_run_through_daemon, daemon, spec)
@@ -167,8 +167,8 @@ async def _run_through_daemon(address: str, spec: FunctionSpec) -> Task | None:
     Output is followed from the task's logs as it is written; piped stdin is sent whole.
     Returns None when the daemon is gone (a stale address file): run the task here instead.
     """
-    from spear.client import Client
     from spear.errors import Unavailable
+    from spear.node.client import Client
 
     client = Client(address)
     try:
@@ -236,8 +236,8 @@ async def _run_foreground(node: Spearlet, spec: FunctionSpec) -> Task:
 @app.command(help="Print spear's version and its runtime's.")
 def version(as_json: JsonOpt = False) -> None:
     from spear import __version__
-    from spear.runtimes.hostcall import ABI_VERSION
-    from spear.runtimes.wasm import wasmtime_version
+    from spear.runtimes.wasm.agent import wasmtime_version
+    from spear.runtimes.wasm.hostcalls.abi import ABI_VERSION
 
     info = {"spear": __version__, "wasmtime": wasmtime_version(), "hostcall_abi": ABI_VERSION}
     if as_json:
@@ -278,7 +278,7 @@ def main(argv: list[str] | None = None) -> int:
 
 # Commands in modules of their own register on `app` when imported.
 # (cli_cluster: distributed mode; cli_objects: obj gc.)
-from spear import cli_client, cli_cluster, cli_objects, cli_serve  # noqa: E402, F401
+from spear.cli import cluster, objects, serve, tasks  # noqa: E402, F401
 
 if __name__ == "__main__":  # pragma: no cover
     sys.exit(main())

@@ -10,15 +10,15 @@ import errno
 import struct
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from spear.runtimes import hostops
-from spear.runtimes.hostcall import I32, I64, HostcallError, hostcall, in_loop
+from spear.runtimes.host import ops as hostops
+from spear.runtimes.wasm.hostcalls.abi import I32, I64, HostcallError, hostcall, in_loop
 from spear.store.objects import MAX_KEY_BYTES
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Coroutine
 
-    from spear.runtimes.base import TaskContext
-    from spear.runtimes.hostcall import GuestMemory
+    from spear.core.worker import TaskContext
+    from spear.runtimes.wasm.hostcalls.abi import GuestMemory
 
 T = TypeVar("T")
 _U32 = 0xFFFFFFFF

@@ -4,14 +4,14 @@ node keeps for the other nodes it forwards to or proxies for."""
 from __future__ import annotations
 
 import dataclasses
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import anyio
 from grpclib.client import Channel
 
-from spear.client import Client
 from spear.core.models import Runtime
 from spear.errors import InvalidArgument
+from spear.node.client import Client
 from spear.transport import _convert as cv
 from spear.transport import _sms_convert as sc
 from spear.transport._gen.spear import v1
@@ -22,7 +22,7 @@ from spear.transport._status import (
     listen_for_error_codes,
     received_error_code,
 )
-from spear.transport.server import SpearletService, parse_listen
+from spear.transport.serving import guard, parse_listen
 
 if TYPE_CHECKING:
     from grpclib.const import Handler
@@ -43,7 +43,6 @@ class PeerService(v1.SpearletPeerBase):
         self.artifacts = artifacts
 
     def __mapping__(self) -> dict[str, Handler]:
-        guard: Any = SpearletService._guard
         return {
             name: handler._replace(func=guard(name, handler.func))
             for name, handler in super().__mapping__().items()

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
 from spear.core.models import TaskState
-from spear.runtimes.base import (
+from spear.core.worker import (
     EXIT_CANCELLED,
     EXIT_TIMEOUT,
     Outcome,
@@ -28,8 +28,8 @@ from spear.runtimes.base import (
 )
 
 if TYPE_CHECKING:
-    from spear.runtimes.cgroups import TaskCgroup
-    from spear.runtimes.process_command import Command
+    from spear.runtimes.process.cgroups import TaskCgroup
+    from spear.runtimes.process.command import Command
 
 CHUNK = 64 * 1024
 DRAIN_S = 0.5  # after the leader exits, how long pipes held open elsewhere are still read

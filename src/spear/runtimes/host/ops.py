@@ -58,7 +58,7 @@ if TYPE_CHECKING:
     from collections.abc import Sequence
 
     from spear.core.streams import StreamRegistry, TaskStreams
-    from spear.runtimes.base import TaskContext
+    from spear.core.worker import TaskContext
 
 LOG_LEVELS = ("TRACE", "DEBUG", "INFO", "WARNING", "ERROR")
 MAX_LOG_MESSAGE = 64 * 1024

@@ -1,0 +1,5 @@
+"""The `spear` command."""
+
+from spear.cli.app import main
+
+__all__ = ["main"]

@@ -1,0 +1,1 @@
+"""The process runtime: agents as child processes, supervised, with a hostcall channel."""
