@@ -10,7 +10,7 @@ first field of the wrong kind, so the codec can answer INVALID_ARGUMENT instead.
 from __future__ import annotations
 
 import enum
-from typing import Any
+from typing import Any, cast
 
 import betterproto2
 
@@ -39,8 +39,9 @@ def _kind_ok(proto_type: str, value: Any) -> bool:
 
 def check(message: betterproto2.Message) -> str | None:
     """None if every field has its schema's kind, else the name of the first that has not."""
-    schema: Any = type(message)._betterproto  # (betterproto2's per-class field metadata)
-    for name, meta in schema.meta_by_field_name.items():
+    # (betterproto2's per-class field metadata; the one private name this module reads)
+    fields: dict[str, Any] = cast("Any", type(message))._betterproto.meta_by_field_name
+    for name, meta in fields.items():
         value = getattr(message, name)
         if value is None:
             if meta.optional or meta.group is not None or meta.proto_type == "message":
