@@ -11,6 +11,7 @@
     ├── Unavailable                code "unavailable"   exit 76   a node is down or draining
     │   └── DeadlineExceeded       code "deadline"      exit 76   a call ran past its timeout
     └── PermissionDenied           code "denied"        exit 77   a credential or allow-list refused
+        └── Unauthenticated        code "unauthenticated" exit 77 no credential, or one not known
 
 Each error has a stable ``code`` (used on the wire and in ``--json`` output) and an
 ``exit_code`` the CLI returns. The CLI's own usage errors exit 2; a guest's exit code
@@ -89,6 +90,10 @@ class PermissionDenied(SpearError):
     exit_code = 77
 
 
+class Unauthenticated(PermissionDenied):
+    code = "unauthenticated"
+
+
 _BY_CODE: dict[str, type[SpearError]] = {
     cls.code: cls
     for cls in (
@@ -103,6 +108,7 @@ _BY_CODE: dict[str, type[SpearError]] = {
         Unavailable,
         DeadlineExceeded,
         PermissionDenied,
+        Unauthenticated,
     )
 }
 

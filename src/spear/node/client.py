@@ -21,9 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 import anyio
 from anyio.abc import AsyncResource
-from grpclib.client import Channel
 from grpclib.const import Cardinality
-from grpclib.events import RecvTrailingMetadata, listen
 
 from spear.core.models import LogChunk, NodeInfo, ObjectInfo, Runtime, TaskResult
 from spear.errors import InvalidArgument, NotFound, SpearError, error_from_code
@@ -34,24 +32,16 @@ from spear.transport._gen.spear import v1
 from spear.transport._status import (
     CHUNK_BYTES,
     DEFAULT_MAX_MESSAGE_BYTES,
-    ERROR_CODE_KEY,
-    LimitedCodec,
     client_errors,
-    received_error_code,
 )
+from spear.transport.channels import Credentials, open_channel
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Iterator, Sequence
 
-    from grpclib.client import Stream
+    from grpclib.client import Channel, Stream
 
     from spear.core.models import FunctionSpec, Task, TaskState
-
-
-async def _remember_error_code(event: RecvTrailingMetadata) -> None:
-    code = event.metadata.get(ERROR_CODE_KEY)
-    if code:
-        received_error_code.set(str(code))
 
 
 def _split_address(address: str) -> tuple[str, int]:
@@ -106,6 +96,8 @@ class _RemoteStreamingTask(StreamingTask):
 class Client(AsyncResource):
     """A SPEARlet daemon reached over gRPC (implements the `NodeAPI`).
 
+    `token`: the credential to send (a node's owner finds theirs in DATA/auth/owner.token);
+    `credentials`: a token and/or the TLS files of a cluster (transport/channels.py).
     `timeout`: seconds each call may take (None: no limit; a wait is one call too).
     `max_message_bytes`: the largest message sent or accepted (the node has its own).
     """
@@ -114,10 +106,17 @@ class Client(AsyncResource):
         self,
         address: str,
         *,
+        token: str | None = None,
+        credentials: Credentials | None = None,
         timeout: float | None = None,
         max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
     ) -> None:
         self.address = address
+        if credentials is None:
+            credentials = Credentials(token=token)
+        elif token is not None:
+            credentials = dataclasses.replace(credentials, token=token)
+        self._credentials = credentials
         self._host, self._port = _split_address(address)
         self._timeout = timeout
         self._max_message_bytes = max_message_bytes
@@ -132,10 +131,12 @@ class Client(AsyncResource):
     @property
     def _stub(self) -> v1.SpearletStub:
         if self._stub_ is None:
-            self._channel = Channel(
-                self._host, self._port, codec=LimitedCodec(self._max_message_bytes)
+            self._channel = open_channel(
+                self._host,
+                self._port,
+                credentials=self._credentials,
+                max_message_bytes=self._max_message_bytes,
             )
-            listen(self._channel, RecvTrailingMetadata, _remember_error_code)
             self._stub_ = v1.SpearletStub(self._channel, timeout=self._timeout)
         return self._stub_
 

@@ -7,7 +7,6 @@ import dataclasses
 from typing import TYPE_CHECKING
 
 import anyio
-from grpclib.client import Channel
 
 from spear.core.models import Runtime
 from spear.errors import InvalidArgument
@@ -17,14 +16,14 @@ from spear.transport import _sms_convert as sc
 from spear.transport._gen.spear import v1
 from spear.transport._status import (
     DEFAULT_MAX_MESSAGE_BYTES,
-    LimitedCodec,
     client_errors,
-    listen_for_error_codes,
     received_error_code,
 )
+from spear.transport.channels import NO_CREDENTIALS, Credentials, open_channel
 from spear.transport.serving import guard, parse_listen
 
 if TYPE_CHECKING:
+    from grpclib.client import Channel
     from grpclib.const import Handler
 
     from spear.core.artifacts import ArtifactStore
@@ -67,24 +66,33 @@ class PeerService(v1.SpearletPeerBase):
 class Peers:
     """One `spear.Client` (and one ForwardTask stub) per other node, made on first use."""
 
-    def __init__(self, own_name: str, max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES) -> None:
+    def __init__(
+        self,
+        own_name: str,
+        max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
+        credentials: Credentials = NO_CREDENTIALS,
+    ) -> None:
         self.own_name = own_name
         self._max = max_message_bytes
+        self._credentials = credentials
         self._clients: dict[str, Client] = {}
         self._channels: dict[str, tuple[Channel, v1.SpearletPeerStub]] = {}
 
     def client(self, address: str) -> Client:
         client = self._clients.get(address)
         if client is None:
-            client = self._clients[address] = Client(address, max_message_bytes=self._max)
+            client = self._clients[address] = Client(
+                address, credentials=self._credentials, max_message_bytes=self._max
+            )
         return client
 
     def _peer(self, address: str) -> v1.SpearletPeerStub:
         found = self._channels.get(address)
         if found is None:
             host, port = parse_listen(address)
-            channel = Channel(host, port, codec=LimitedCodec(self._max))
-            listen_for_error_codes(channel)
+            channel = open_channel(
+                host, port, credentials=self._credentials, max_message_bytes=self._max
+            )
             found = self._channels[address] = (channel, v1.SpearletPeerStub(channel))
         return found[1]
 

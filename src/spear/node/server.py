@@ -29,7 +29,9 @@ from spear.transport._status import (
     DEFAULT_MAX_MESSAGE_BYTES,
     LimitedCodec,
 )
+from spear.transport.auth import check_may_run
 from spear.transport.serving import (
+    Security,
     format_address,
     guard,
     listening_socket,
@@ -85,6 +87,7 @@ class SpearletService(v1.SpearletBase):
 
     async def _resolve(self, request: v1.SubmitTaskRequest | pb.SubmitTaskRequest) -> FunctionSpec:
         spec = cv.spec_from_wire(cv.optional(request, "spec"))
+        check_may_run(spec.runtime)
         if request.artifact_digest:
             path = self.artifacts.path(request.artifact_digest)
             return dataclasses.replace(spec, artifact=str(path))
@@ -284,9 +287,12 @@ class SpearletServer:
         max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
         object_max_bytes: int = 1024**3,
         extra_services: Sequence[Any] = (),
+        security: Security,
     ) -> None:
-        """`extra_services`: more grpclib handlers on the same port (e.g. SpearletPeer)."""
+        """`extra_services`: more grpclib handlers on the same port (e.g. SpearletPeer);
+        `security`: who may call (transport/serving.py: `Security.for_data_dir(...)`)."""
         self.api = api
+        self.security = security
         self.max_message_bytes = max_message_bytes
         self.service = SpearletService(api, artifacts, object_max_bytes)
         self._serving = ServiceStatus()
@@ -301,12 +307,14 @@ class SpearletServer:
             ],
             codec=LimitedCodec(max_message_bytes),
         )
+        self._ssl = security.install(self._server)
         self.address: str | None = None
 
     async def start(self, listen: str) -> str:
         """Bind `listen` (port 0 picks a free port) and serve; returns the bound address."""
+        self.security.check_listen(listen)
         sock = listening_socket(listen)
-        await self._server.start(sock=sock)
+        await self._server.start(sock=sock, ssl=self._ssl)
         bound_host, bound_port = sock.getsockname()[:2]
         self.address = format_address(bound_host, bound_port)
         logger.info("serving spear.v1.Spearlet on {}", self.address)
@@ -337,10 +345,16 @@ async def serve_spearlet(
     *,
     max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
     extra_services: Sequence[Any] = (),
+    security: Security | None = None,
 ) -> SpearletServer:
-    """Serve a started node on `listen`; `.address` of the result is the bound address."""
+    """Serve a started node on `listen`; `.address` of the result is the bound address.
+
+    Callers must authenticate: by default with a token of the node's data dir (its owner's
+    is `DATA/auth/owner.token`), or a cluster certificate when `DATA/tls` has one."""
     api = node if isinstance(node, InProcessNode) else InProcessNode(node)
     settings = api.node.settings
+    if security is None:
+        security = Security.for_data_dir(settings.data_dir)
     api.max_message_bytes = max_message_bytes
     artifacts = ArtifactStore(settings.data_dir / "artifacts", settings.object_max_bytes)
     server = SpearletServer(
@@ -349,6 +363,7 @@ async def serve_spearlet(
         max_message_bytes=max_message_bytes,
         object_max_bytes=settings.object_max_bytes,
         extra_services=extra_services,
+        security=security,
     )
     api.address = await server.start(listen)
     return server

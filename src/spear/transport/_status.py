@@ -24,6 +24,7 @@ from spear.errors import (
     ResourceExhausted,
     SpearError,
     StorageError,
+    Unauthenticated,
     Unavailable,
     error_from_code,
 )
@@ -44,6 +45,7 @@ _STATUS_BY_ERROR: list[tuple[type[SpearError], Status]] = [
     (ResourceExhausted, Status.RESOURCE_EXHAUSTED),
     (Unavailable, Status.UNAVAILABLE),
     (StorageError, Status.UNAVAILABLE),
+    (Unauthenticated, Status.UNAUTHENTICATED),
     (PermissionDenied, Status.PERMISSION_DENIED),
 ]
 _ERROR_BY_STATUS: dict[Status, type[SpearError]] = {
@@ -54,7 +56,7 @@ _ERROR_BY_STATUS: dict[Status, type[SpearError]] = {
     Status.UNAVAILABLE: Unavailable,
     Status.DEADLINE_EXCEEDED: Unavailable,
     Status.PERMISSION_DENIED: PermissionDenied,
-    Status.UNAUTHENTICATED: PermissionDenied,
+    Status.UNAUTHENTICATED: Unauthenticated,
 }
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import socket
 import time
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from grpclib.const import Status
@@ -15,9 +16,14 @@ from spear.errors import InvalidArgument, SpearError
 from spear.transport._status import ERROR_CODE_KEY, status_for
 
 if TYPE_CHECKING:
+    import ssl
     from collections.abc import Awaitable, Callable
+    from pathlib import Path
 
     from grpclib.server import Stream
+
+    from spear.transport.auth import Authorizer
+    from spear.transport.tls import TlsFiles
 
 
 def parse_listen(listen: str) -> tuple[str, int]:
@@ -125,3 +131,65 @@ def reflection_services(service_names: list[str]) -> list[Any]:
         ServerReflection(_service_names=names, _pool=pool),
         ServerReflectionV1Alpha(_service_names=names, _pool=pool),
     ]
+
+
+@dataclass(frozen=True)
+class Security:
+    """How a server admits callers: who may call what (`authorizer`: tokens and cluster
+    certificates; None admits everyone as admin, which only `Security.open()` asks for),
+    and the TLS it serves (`tls`: None for plaintext)."""
+
+    authorizer: Authorizer | None
+    tls: TlsFiles | None = None
+    allow_insecure: bool = False  # serve beyond loopback without TLS and tokens (forced)
+
+    @classmethod
+    def open(cls) -> Security:
+        """No authentication and no TLS: for benchmarks and tests of the bare transport."""
+        return cls(authorizer=None)
+
+    @classmethod
+    def for_data_dir(cls, data_dir: Path, tls_dir: Path | None = None) -> Security:
+        """Tokens from `data_dir` (making the owner's on first start), and TLS when the
+        cluster's files are in `tls_dir` (default `DATA/tls`)."""
+        from spear.transport.auth import Authorizer, TokenStore
+        from spear.transport.tls import TlsFiles
+
+        tokens = TokenStore(data_dir)
+        tokens.owner_token()
+        tls = TlsFiles(tls_dir or data_dir / "tls")
+        return cls(Authorizer(tokens), tls if tls.present else None)
+
+    def check_listen(self, listen: str) -> None:
+        """Refuse to serve beyond this machine without TLS and authentication (unforced)."""
+        import ipaddress
+
+        host, _ = parse_listen(listen)
+        try:
+            loopback = ipaddress.ip_address(host).is_loopback
+        except ValueError:
+            loopback = host == "localhost"
+        if loopback or self.allow_insecure:
+            return
+        missing = [
+            what
+            for what, absent in (
+                ("TLS", self.tls is None),
+                ("authentication", self.authorizer is None),
+            )
+            if absent
+        ]
+        if missing:
+            raise InvalidArgument(
+                f"refusing to serve on {listen} without {' and '.join(missing)}: anyone who"
+                " reaches the port could run tasks (set up TLS with `spear cluster init`, or"
+                " force it with --insecure)"
+            )
+
+    def install(self, server: Any) -> ssl.SSLContext | None:
+        """Check every call `server` receives; the TLS context to start it with."""
+        if self.authorizer is not None:
+            from spear.transport.auth import install
+
+            install(server, self.authorizer)
+        return None if self.tls is None else self.tls.server_context()

@@ -4,19 +4,16 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from grpclib.client import Channel
-
 from spear.core.cluster import Cluster
 from spear.transport import _convert as cv
 from spear.transport import _sms_convert as sc
 from spear.transport._gen.spear import v1
 from spear.transport._status import (
     DEFAULT_MAX_MESSAGE_BYTES,
-    LimitedCodec,
     client_errors,
-    listen_for_error_codes,
     received_error_code,
 )
+from spear.transport.channels import NO_CREDENTIALS, Credentials, open_channel
 from spear.transport.serving import parse_listen
 
 if TYPE_CHECKING:
@@ -42,12 +39,14 @@ class SmsClient(Cluster):
         *,
         timeout_s: float = 10.0,
         max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
+        credentials: Credentials = NO_CREDENTIALS,
     ) -> None:
         host, port = parse_listen(address)
         self.address = address
         self._timeout = timeout_s
-        self._channel = Channel(host, port, codec=LimitedCodec(max_message_bytes))
-        listen_for_error_codes(self._channel)
+        self._channel = open_channel(
+            host, port, credentials=credentials, max_message_bytes=max_message_bytes
+        )
         self._stub = v1.MetadataServerStub(self._channel)
 
     async def _call(self, call: Awaitable[T]) -> T:

@@ -10,19 +10,34 @@ from grpclib.health.service import Health
 from grpclib.server import Server
 from loguru import logger
 
-from spear.errors import InvalidArgument
+from spear.errors import InvalidArgument, PermissionDenied
 from spear.transport import _convert as cv
 from spear.transport import _sms_convert as sc
 from spear.transport._gen.spear import v1
 from spear.transport._status import DEFAULT_MAX_MESSAGE_BYTES, LimitedCodec
-from spear.transport.serving import format_address, guard, listening_socket
+from spear.transport.auth import current_principal
+from spear.transport.serving import Security, format_address, guard, listening_socket
 
 if TYPE_CHECKING:
     from grpclib.const import Handler
 
+    from spear.core.models import Task
     from spear.core.sms import MetadataServer
 
 SERVICE_NAME = "spear.v1.MetadataServer"
+
+
+def _speaks_for(node: str | None) -> None:
+    """A member changes only its own records: the name in its certificate is the node's."""
+    principal = current_principal.get()
+    if principal is not None and principal.via == "certificate" and node != principal.name:
+        raise PermissionDenied(f"{principal.name} may not speak for node {node or '(none)'!r}")
+
+
+def _reports_on(task: Task) -> None:
+    # A task not placed yet (queued where it was submitted) names no node.
+    if task.node is not None:
+        _speaks_for(task.node)
 
 
 class MetadataService(v1.MetadataServerBase):
@@ -39,9 +54,11 @@ class MetadataService(v1.MetadataServerBase):
         }
 
     async def register_node(self, message: v1.RegisterNodeRequest) -> v1.NodeRecord:
+        _speaks_for(message.node.name if message.node else "")
         return sc.node_to_wire(await self.sms.register(sc.node_from_wire(message.node)))
 
     async def heartbeat(self, message: v1.HeartbeatRequest) -> v1.HeartbeatResponse:
+        _speaks_for(message.name)
         record = await self.sms.heartbeat(
             message.name,
             message.incarnation,
@@ -54,6 +71,7 @@ class MetadataService(v1.MetadataServerBase):
         return v1.HeartbeatResponse(known=True, node=sc.node_to_wire(record))
 
     async def deregister_node(self, message: v1.DeregisterNodeRequest) -> v1.DeregisterNodeResponse:
+        _speaks_for(message.name)
         done = await self.sms.deregister(message.name, message.incarnation)
         return v1.DeregisterNodeResponse(deregistered=done)
 
@@ -70,10 +88,15 @@ class MetadataService(v1.MetadataServerBase):
     async def report_task(self, message: v1.ReportTaskRequest) -> v1.TaskInfo:
         if message.task is None:
             raise InvalidArgument("ReportTask needs a task")
-        return cv.task_to_wire(await self.sms.report_task(cv.task_from_wire(message.task)))
+        task = cv.task_from_wire(message.task)
+        _reports_on(task)
+        return cv.task_to_wire(await self.sms.report_task(task))
 
     async def report_tasks(self, message: v1.ReportTasksRequest) -> v1.ReportTasksResponse:
-        await self.sms.report_tasks([cv.task_from_wire(t) for t in message.tasks])
+        tasks = [cv.task_from_wire(t) for t in message.tasks]
+        for task in tasks:
+            _reports_on(task)
+        await self.sms.report_tasks(tasks)
         return v1.ReportTasksResponse()
 
     async def lookup_task(self, message: v1.LookupTaskRequest) -> v1.TaskInfo:
@@ -88,12 +111,14 @@ class MetadataService(v1.MetadataServerBase):
         return v1.ListClusterTasksResponse(tasks=[cv.task_to_wire(t) for t in found])
 
     async def put_object_location(self, message: v1.ObjectLocation) -> v1.ObjectLocation:
+        _speaks_for(message.node)
         loc = await self.sms.put_object_location(sc.location_from_wire(message))
         return sc.location_to_wire(loc)
 
     async def remove_object_location(
         self, message: v1.RemoveObjectLocationRequest
     ) -> v1.RemoveObjectLocationResponse:
+        _speaks_for(message.node)
         removed = await self.sms.remove_object_location(message.key, message.node)
         return v1.RemoveObjectLocationResponse(removed=removed)
 
@@ -106,20 +131,28 @@ class SmsServer:
     """spear.v1.MetadataServer and health on one port."""
 
     def __init__(
-        self, sms: MetadataServer, *, max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
+        self,
+        sms: MetadataServer,
+        *,
+        security: Security,
+        max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
     ) -> None:
+        """`security`: who may call; members need a certificate from the cluster's CA."""
         self.sms = sms
+        self.security = security
         self.service = MetadataService(sms)
         self._serving = ServiceStatus()
         self._serving.set(True)
         health = Health({self.service: [self._serving]})
         self._server = Server([self.service, health], codec=LimitedCodec(max_message_bytes))
+        self._ssl = security.install(self._server)
         self.address: str | None = None
 
     async def start(self, listen: str) -> str:
         """Bind `listen` (port 0 picks a free port) and serve; returns the bound address."""
+        self.security.check_listen(listen)
         sock = listening_socket(listen)
-        await self._server.start(sock=sock)
+        await self._server.start(sock=sock, ssl=self._ssl)
         bound_host, bound_port = sock.getsockname()[:2]
         self.address = format_address(bound_host, bound_port)
         logger.info("serving {} on {}", SERVICE_NAME, self.address)

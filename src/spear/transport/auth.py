@@ -1,0 +1,391 @@
+"""Who is calling, and may they: credentials checked at the gRPC edge (docs/security.md).
+
+A caller proves who it is with a bearer token (metadata `authorization: Bearer spear_...`)
+or, between the processes of a cluster, with a client certificate from the cluster's CA
+(mutual TLS, `transport/tls.py`). Each principal has a role and each method needs one:
+
+    reader     read tasks, logs, results, objects and node info
+    submitter  also run and cancel tasks (WASM), write objects
+    admin      also run process-runtime tasks (programs on the node's host)
+    node       a cluster member (certificate only): also the SMS's writes and forwarding
+
+A method no table names needs admin. Tokens are random (256 bits), stored only as their
+SHA-256 in `DATA/auth/tokens.json` (owner-only), so the file never holds a usable secret;
+the node's owner gets an admin token in `DATA/auth/owner.token`, which the CLI reads.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import dataclasses
+import enum
+import hashlib
+import hmac
+import os
+import secrets
+import time
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import orjson
+
+from spear.errors import InvalidArgument, NotFound, PermissionDenied, Unauthenticated
+
+if TYPE_CHECKING:
+    from collections.abc import Mapping
+    from pathlib import Path
+
+TOKEN_PREFIX = "spear_"
+AUTH_DIR = "auth"
+TOKENS_FILE = "tokens.json"
+OWNER_TOKEN_FILE = "owner.token"
+METADATA_KEY = "authorization"
+_RELOAD_EVERY_S = 1.0
+
+
+class Role(enum.IntEnum):
+    """What a principal may do; each role may do what the ones below it may."""
+
+    READER = 1
+    SUBMITTER = 2
+    ADMIN = 3
+    NODE = 4
+
+    @classmethod
+    def parse(cls, text: str) -> Role:
+        try:
+            return cls[text.upper()]
+        except KeyError:
+            names = ", ".join(r.name.lower() for r in cls if r is not Role.NODE)
+            raise InvalidArgument(f"unknown role {text!r}: choose {names}") from None
+
+
+@dataclass(frozen=True, slots=True)
+class Principal:
+    """An authenticated caller."""
+
+    name: str
+    role: Role
+    via: str  # "token", "certificate" or "local"
+
+
+# The principal of the call being served (set by the call guard, read by services that
+# apply finer rules, such as which runtimes a caller may use).
+current_principal: contextvars.ContextVar[Principal | None] = contextvars.ContextVar(
+    "spear_principal", default=None
+)
+
+_SPEARLET = "/spear.v1.Spearlet/"
+_PEER = "/spear.v1.SpearletPeer/"
+_SMS = "/spear.v1.MetadataServer/"
+
+
+def _table(prefix: str, role: Role, names: str) -> dict[str, Role]:
+    return {prefix + name: role for name in names.split()}
+
+
+POLICY: dict[str, Role] = {
+    **_table(
+        _SPEARLET,
+        Role.READER,
+        "GetTask ListTasks WatchTask GetResult StreamLogs HasArtifact GetNodeInfo GetObject"
+        " ListObjects",
+    ),
+    **_table(
+        _SPEARLET,
+        Role.SUBMITTER,
+        "SubmitTask SubmitTasks RunTask ExchangeStream CancelTask UploadArtifact PutObject"
+        " DeleteObject AddObjectRef RemoveObjectRef PinObject UnpinObject",
+    ),
+    **_table(_PEER, Role.READER, "ListClusterNodes"),
+    **_table(_PEER, Role.NODE, "ForwardTask"),
+    **_table(
+        _SMS,
+        Role.READER,
+        "GetNode ListNodes FindNodes LookupTask ListClusterTasks LocateObject",
+    ),
+    **_table(
+        _SMS,
+        Role.NODE,
+        "RegisterNode Heartbeat DeregisterNode ReportTask ReportTasks PutObjectLocation"
+        " RemoveObjectLocation",
+    ),
+    # Reflection describes the services (no data): any authenticated caller may ask.
+    "/grpc.reflection.v1.ServerReflection/ServerReflectionInfo": Role.READER,
+    "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo": Role.READER,
+}
+# Health checks say only SERVING or not: anyone may ask (load balancers, probes).
+OPEN_METHODS = frozenset({"/grpc.health.v1.Health/Check", "/grpc.health.v1.Health/Watch"})
+
+
+def required_role(method: str) -> Role:
+    return POLICY.get(method, Role.ADMIN)
+
+
+# A runtime that runs programs on the node's host (as the node's user) needs more than
+# the right to submit: WASM guests reach only what their host gives them.
+RUNTIME_ROLES = {"process": Role.ADMIN}
+
+
+def check_may_run(runtime: str) -> None:
+    """Refuse the call's principal a runtime its role does not allow."""
+    principal = current_principal.get()
+    need = RUNTIME_ROLES.get(str(runtime), Role.SUBMITTER)
+    if principal is not None and principal.role < need:
+        raise PermissionDenied(
+            f"{principal.name} ({principal.role.name.lower()}) may not run {runtime} tasks:"
+            f" the {runtime} runtime needs {need.name.lower()}"
+        )
+
+
+def _digest(secret: str) -> str:
+    return hashlib.sha256(secret.encode()).hexdigest()
+
+
+def _write_private(path: Path, data: bytes) -> None:
+    """Write a file only its owner can read, atomically (a reader never sees half of it)."""
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        os.write(fd, data)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.replace(tmp, path)
+
+
+@dataclass(frozen=True, slots=True)
+class TokenInfo:
+    """A token as the store keeps it: never the secret itself."""
+
+    id: str
+    name: str
+    role: Role
+    created_at: float
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "name": self.name,
+            "role": self.role.name.lower(),
+            "created_at": self.created_at,
+        }
+
+
+class TokenStore:
+    """The tokens a node accepts, in `DATA/auth/tokens.json`; changes are seen within a
+    second by a running node (a revoked token stops working)."""
+
+    def __init__(self, data_dir: Path) -> None:
+        self.directory = data_dir / AUTH_DIR
+        self.path = self.directory / TOKENS_FILE
+        self._records: dict[str, dict[str, Any]] = {}
+        self._verified: dict[str, Principal] = {}
+        self._mtime: float | None = None
+        self._checked_at = 0.0
+
+    # -- reading ---------------------------------------------------------------------
+
+    def _load(self) -> None:
+        try:
+            stat = self.path.stat()
+        except FileNotFoundError:
+            self._records, self._verified, self._mtime = {}, {}, None
+            return
+        if stat.st_mtime_ns == self._mtime:
+            return
+        try:
+            records = orjson.loads(self.path.read_bytes())
+        except (OSError, orjson.JSONDecodeError) as exc:
+            raise PermissionDenied(f"the token file {self.path} cannot be read: {exc}") from None
+        self._records = {r["id"]: r for r in records.get("tokens", [])}
+        self._verified = {}
+        self._mtime = stat.st_mtime_ns
+
+    def _fresh(self) -> None:
+        now = time.monotonic()
+        if now - self._checked_at >= _RELOAD_EVERY_S or self._mtime is None:
+            self._checked_at = now
+            self._load()
+
+    def verify(self, token: str) -> Principal | None:
+        """The principal a token stands for, or None if no valid token is given."""
+        self._fresh()
+        principal = self._verified.get(token)
+        if principal is not None:
+            return principal
+        if not token.startswith(TOKEN_PREFIX):
+            return None
+        token_id, _, secret = token[len(TOKEN_PREFIX) :].partition("_")
+        record = self._records.get(token_id)
+        if record is None or not hmac.compare_digest(_digest(secret), record["sha256"]):
+            return None
+        principal = Principal(record["name"], Role.parse(record["role"]), "token")
+        if len(self._verified) < 10_000:
+            self._verified[token] = principal
+        return principal
+
+    def tokens(self) -> list[TokenInfo]:
+        self._load()
+        return [
+            TokenInfo(r["id"], r["name"], Role.parse(r["role"]), r["created_at"])
+            for r in sorted(self._records.values(), key=lambda r: r["created_at"])
+        ]
+
+    # -- changing --------------------------------------------------------------------
+
+    def _save(self) -> None:
+        body = {"tokens": sorted(self._records.values(), key=lambda r: r["created_at"])}
+        _write_private(self.path, orjson.dumps(body, option=orjson.OPT_INDENT_2))
+        self._mtime = None  # read back on next use
+        self._verified = {}
+
+    def issue(self, name: str, role: Role) -> str:
+        """A new token for `name` with `role`; the secret is returned once, never stored."""
+        if role is Role.NODE:
+            raise InvalidArgument("cluster members authenticate with certificates, not tokens")
+        if not name or len(name) > 128 or not name.isprintable():
+            raise InvalidArgument("a token's name is 1-128 printable characters")
+        self._load()
+        token_id = secrets.token_hex(4)
+        while token_id in self._records:
+            token_id = secrets.token_hex(4)
+        secret = secrets.token_urlsafe(32)
+        self._records[token_id] = {
+            "id": token_id,
+            "name": name,
+            "role": role.name.lower(),
+            "sha256": _digest(secret),
+            "created_at": time.time(),
+        }
+        self._save()
+        return f"{TOKEN_PREFIX}{token_id}_{secret}"
+
+    def revoke(self, token_id_or_name: str) -> list[TokenInfo]:
+        """Remove the token with this id (or every token with this name)."""
+        self._load()
+        gone = [r for r in self._records.values() if token_id_or_name in (r["id"], r["name"])]
+        if not gone:
+            raise NotFound(f"no token with id or name {token_id_or_name!r}")
+        for r in gone:
+            del self._records[r["id"]]
+        self._save()
+        return [TokenInfo(r["id"], r["name"], Role.parse(r["role"]), r["created_at"]) for r in gone]
+
+    def owner_token(self) -> str:
+        """The node owner's admin token (`DATA/auth/owner.token`), made on first use."""
+        path = self.directory / OWNER_TOKEN_FILE
+        try:
+            token = path.read_text().strip()
+            if self.verify(token) is not None:
+                return token
+        except FileNotFoundError:
+            pass
+        token = self.issue("owner", Role.ADMIN)
+        _write_private(path, (token + "\n").encode())
+        return token
+
+
+def read_owner_token(data_dir: Path) -> str | None:
+    """The owner's token of the node whose data dir this is, if this user can read it."""
+    try:
+        return (data_dir / AUTH_DIR / OWNER_TOKEN_FILE).read_text().strip() or None
+    except OSError:
+        return None
+
+
+def bearer(metadata: Mapping[str, Any]) -> str | None:
+    value = metadata.get(METADATA_KEY)
+    if isinstance(value, bytes):
+        value = value.decode("latin-1")
+    if not isinstance(value, str):
+        return None
+    scheme, _, token = value.partition(" ")
+    return token.strip() if scheme.lower() == "bearer" and token else None
+
+
+def certificate_name(peer: Any) -> str | None:
+    """The common name of a verified client certificate, if the caller presented one."""
+    try:
+        cert = peer.cert()
+    except Exception:  # no TLS on this connection
+        return None
+    if not cert:
+        return None
+    for rdn in cert.get("subject", ()):
+        for key, value in rdn:
+            if key == "commonName":
+                return str(value)
+    return None
+
+
+@dataclass(frozen=True)
+class Authorizer:
+    """Decides each call: who is it (token or certificate), and may they call this method."""
+
+    tokens: TokenStore | None
+    policy: Mapping[str, Role] = dataclasses.field(default_factory=lambda: POLICY)
+
+    def authorize(self, method: str, metadata: Mapping[str, Any], peer: Any) -> Principal | None:
+        if method in OPEN_METHODS:
+            return None
+        principal = self.authenticate(metadata, peer)
+        need = self.policy.get(method, Role.ADMIN)
+        if principal.role < need:
+            raise PermissionDenied(
+                f"{principal.name} ({principal.role.name.lower()}) may not call {method}:"
+                f" it needs {need.name.lower()}"
+            )
+        return principal
+
+    def authenticate(self, metadata: Mapping[str, Any], peer: Any) -> Principal:
+        name = certificate_name(peer)
+        if name is not None:
+            return Principal(name, Role.NODE, "certificate")
+        token = bearer(metadata)
+        if token is None:
+            raise Unauthenticated(
+                "this node requires a credential: pass a token (--token or SPEAR_TOKEN)"
+            )
+        principal = self.tokens.verify(token) if self.tokens is not None else None
+        if principal is None:
+            raise Unauthenticated("the token was not accepted (unknown or revoked)")
+        return principal
+
+
+def install(server: Any, authorizer: Authorizer) -> None:
+    """Check every call `server` receives (every service on it, health and reflection too)
+    before its handler runs; a refusal is UNAUTHENTICATED or PERMISSION_DENIED and the
+    handler never runs. The caller's principal is `current_principal` in the handler."""
+    from grpclib.const import Status
+    from grpclib.events import RecvRequest, listen
+    from grpclib.exceptions import GRPCError
+    from loguru import logger
+
+    async def on_request(event: RecvRequest) -> None:
+        try:
+            principal = authorizer.authorize(event.method_name, event.metadata, event.peer)
+        except PermissionDenied as exc:
+            status = (
+                Status.UNAUTHENTICATED
+                if isinstance(exc, Unauthenticated)
+                else Status.PERMISSION_DENIED
+            )
+            logger.info("refused {}: {}", event.method_name, exc)
+            raise GRPCError(status, str(exc)) from None
+        current_principal.set(principal)
+
+    listen(server, RecvRequest, on_request)
+
+
+def attach_token(channel: Any, token: str) -> None:
+    """Send `token` with every call made on `channel`."""
+    from grpclib.events import SendRequest, listen
+
+    value = f"Bearer {token}"
+
+    async def on_send(event: SendRequest) -> None:
+        event.metadata[METADATA_KEY] = value
+
+    listen(channel, SendRequest, on_send)

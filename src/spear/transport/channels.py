@@ -1,0 +1,54 @@
+"""How spear calls a gRPC server: one way to open a channel, with the message-size codec,
+TLS when the caller has the cluster's CA, a token when it has one, and the listener that
+keeps each call's spear error code (so errors come back as spear's own)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from grpclib.client import Channel
+
+from spear.transport._status import DEFAULT_MAX_MESSAGE_BYTES, LimitedCodec, listen_for_error_codes
+from spear.transport.auth import attach_token
+
+if TYPE_CHECKING:
+    import ssl
+
+    from spear.transport.tls import TlsFiles
+
+
+@dataclass(frozen=True, slots=True)
+class Credentials:
+    """What a caller presents: a token (users, the CLI) and/or the cluster's TLS files
+    (members: their certificate; users of a TLS cluster: its CA, to verify the node)."""
+
+    token: str | None = None
+    tls: TlsFiles | None = None
+
+    def ssl_context(self) -> ssl.SSLContext | None:
+        if self.tls is None:
+            return None
+        return self.tls.client_context(present_certificate=self.tls.present)
+
+
+NO_CREDENTIALS = Credentials()
+
+
+def open_channel(
+    host: str,
+    port: int,
+    *,
+    credentials: Credentials = NO_CREDENTIALS,
+    max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
+) -> Channel:
+    channel = Channel(
+        host,
+        port,
+        codec=LimitedCodec(max_message_bytes),
+        ssl=credentials.ssl_context(),
+    )
+    listen_for_error_codes(channel)
+    if credentials.token:
+        attach_token(channel, credentials.token)
+    return channel
