@@ -8,6 +8,7 @@ cannot share one protobuf descriptor pool). Prints what it saw as JSON.
 from __future__ import annotations
 
 import json
+import os
 import sys
 from typing import Any
 
@@ -69,9 +70,27 @@ def reflect(channel: grpc.Channel) -> dict[str, Any]:
     }
 
 
+class _Token(grpc.UnaryUnaryClientInterceptor, grpc.StreamStreamClientInterceptor):
+    """Sends the node's token (SPEAR_TOKEN) with every call, as any gRPC client would."""
+
+    def __init__(self, token: str) -> None:
+        self.metadata = (("authorization", f"Bearer {token}"),)
+
+    def _with_token(self, details: Any) -> Any:
+        return details._replace(metadata=(*(details.metadata or ()), *self.metadata))
+
+    def intercept_unary_unary(self, continuation: Any, details: Any, request: Any) -> Any:
+        return continuation(self._with_token(details), request)
+
+    def intercept_stream_stream(self, continuation: Any, details: Any, requests: Any) -> Any:
+        return continuation(self._with_token(details), requests)
+
+
 def main() -> None:
     address, what, *rest = sys.argv[1:]
-    with grpc.insecure_channel(address) as channel:
+    with grpc.insecure_channel(address) as plain:
+        token = os.environ.get("SPEAR_TOKEN")
+        channel = grpc.intercept_channel(plain, _Token(token)) if token else plain
         out = health(channel, rest[0] if rest else "") if what == "health" else reflect(channel)
     sys.stdout.write(json.dumps(out) + "\n")
 

@@ -137,9 +137,7 @@ async def test_serving_beyond_loopback_without_tls_is_refused_unless_forced(
     async with spear.LocalNode(tmp_path / "home") as node:
         with pytest.raises(InvalidArgument, match="without TLS"):
             await serve_spearlet(node, "0.0.0.0:0")
-        forced = Security(
-            Security.for_data_dir(tmp_path / "home").authorizer, allow_insecure=True
-        )
+        forced = Security(Security.for_data_dir(tmp_path / "home").authorizer, allow_insecure=True)
         server = await serve_spearlet(node, "0.0.0.0:0", security=forced)
         await server.close()
 

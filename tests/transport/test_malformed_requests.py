@@ -26,6 +26,7 @@ from spear.core.cluster import ClusterTimings
 from spear.core.sms import MetadataServer
 from spear.node.server import serve_spearlet
 from spear.store.leveldb import LevelDBKV
+from spear.transport.serving import Security
 from spear.transport.sms_server import SmsServer
 
 if TYPE_CHECKING:
@@ -88,10 +89,11 @@ def targets(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, _Tar
     async def servers() -> Any:
         async with spear.LocalNode(home / "node") as node:
             logger.enable("spear")  # (the public face quiets spear's log on first use)
-            spearlet = await serve_spearlet(node, "127.0.0.1:0")
+            # Open security: the bytes must reach the handlers, past authentication.
+            spearlet = await serve_spearlet(node, "127.0.0.1:0", security=Security.open())
             kv = LevelDBKV.open(str(home / "sms.ldb"))
             async with kv:
-                sms = SmsServer(MetadataServer(kv, ClusterTimings()))
+                sms = SmsServer(MetadataServer(kv, ClusterTimings()), security=Security.open())
                 await sms.start("127.0.0.1:0")
                 try:
                     yield {

@@ -14,7 +14,8 @@ import spear
 from spear.core.models import FunctionSpec, TaskState
 from spear.node.client import Client
 from spear.node.server import serve_spearlet
-from spear.transport.serving import parse_listen
+from spear.transport.auth import read_owner_token
+from spear.transport.serving import Security, parse_listen
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator
@@ -35,7 +36,7 @@ async def served(
         server = await serve_spearlet(node, "127.0.0.1:0", **kwargs)
         try:
             assert server.address is not None
-            async with Client(server.address) as client:
+            async with Client(server.address, token=read_owner_token(home)) as client:
                 yield node, server, client
         finally:
             await server.close()
@@ -182,7 +183,7 @@ async def test_large_artifact_moves_in_chunks_and_once(tmp_path: Path) -> None:
         assert stored.read_bytes() == path.read_bytes()
         # A new client finds the node has it and sends no bytes: the file is not rewritten.
         before = stored.stat().st_mtime_ns
-        async with Client(client.address) as again:
+        async with Client(client.address, token=read_owner_token(tmp_path / "home")) as again:
             await (await again.submit(FunctionSpec(str(path))))
         assert stored.stat().st_mtime_ns == before
 
@@ -191,7 +192,8 @@ async def test_oversized_message_is_refused(tmp_path: Path) -> None:
     async with served(tmp_path / "home", max_message_bytes=64 * 1024) as (_, server, _):
         assert server.address is not None
         big = b"x" * (200 * 1024)
-        async with Client(server.address, max_message_bytes=1024 * 1024) as c:
+        owner = read_owner_token(tmp_path / "home")
+        async with Client(server.address, token=owner, max_message_bytes=1024 * 1024) as c:
             with pytest.raises(spear.ResourceExhausted, match="exceeds the limit"):
                 await c.submit(FunctionSpec(str(hello(tmp_path))), stdin=big)
             # The node is fine afterwards.
@@ -206,7 +208,7 @@ async def test_draining_node_refuses_new_tasks(tmp_path: Path) -> None:
         srv = await serve_spearlet(api, "127.0.0.1:0")
         try:
             assert srv.address is not None
-            async with Client(srv.address) as c:
+            async with Client(srv.address, token=read_owner_token(tmp_path / "home")) as c:
                 await api.drain(0)
                 with pytest.raises(spear.Unavailable, match="draining"):
                     await c.submit(FunctionSpec(str(hello(tmp_path))))
@@ -234,10 +236,14 @@ async def test_a_failing_call_is_internal_and_the_node_serves_on(tmp_path: Path)
             raise RuntimeError("boom")
 
     async with spear.LocalNode(tmp_path / "home") as node:
-        server = SpearletServer(Broken(node), ArtifactStore(tmp_path / "artifacts", 1024))
+        server = SpearletServer(
+            Broken(node),
+            ArtifactStore(tmp_path / "artifacts", 1024),
+            security=Security.for_data_dir(tmp_path / "home"),
+        )
         address = await server.start("127.0.0.1:0")
         try:
-            async with Client(address) as c:
+            async with Client(address, token=read_owner_token(tmp_path / "home")) as c:
                 with pytest.raises(spear.SpearError, match="internal error: RuntimeError: boom"):
                     await c.node_info()
                 assert await c.tasks() == []

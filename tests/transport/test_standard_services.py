@@ -4,6 +4,7 @@ gRPC implementation than the server's grpclib), and calls built from reflection 
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -13,6 +14,7 @@ import pytest
 
 import spear
 from spear.node.server import serve_spearlet
+from spear.transport.auth import read_owner_token
 
 pytest.importorskip("grpc_health", reason="grpcio-health-checking is in the dev extra")
 pytest.importorskip("grpc_reflection", reason="grpcio-reflection is in the dev extra")
@@ -20,8 +22,12 @@ pytest.importorskip("grpc_reflection", reason="grpcio-reflection is in the dev e
 PROBE = Path(__file__).with_name("grpcio_probe.py")
 
 
-async def _probe(address: str, *args: str) -> Any:
-    proc = await anyio.run_process([sys.executable, str(PROBE), address, *args], check=False)
+async def _probe(address: str, *args: str, token: str | None = None) -> Any:
+    env = {**os.environ, **({"SPEAR_TOKEN": token} if token else {})}
+    env.pop("SPEAR_TOKEN", None) if token is None else None
+    proc = await anyio.run_process(
+        [sys.executable, str(PROBE), address, *args], check=False, env=env
+    )
     assert proc.returncode == 0, proc.stderr.decode()
     return json.loads(proc.stdout)
 
@@ -35,7 +41,9 @@ async def test_health_and_reflection_with_grpcio(tmp_path: Path) -> None:
             assert await _probe(address, "health") == {"status": "SERVING"}
             assert await _probe(address, "health", "spear.v1.Spearlet") == {"status": "SERVING"}
 
-            seen = await _probe(address, "reflect")
+            token = read_owner_token(tmp_path / "home")
+            assert token is not None
+            seen = await _probe(address, "reflect", token=token)
             assert {"spear.v1.Spearlet", "grpc.health.v1.Health"} <= set(seen["services"])
             assert {"SubmitTask", "WatchTask", "StreamLogs", "GetNodeInfo", "PutObject"} <= set(
                 seen["methods"]

@@ -115,12 +115,14 @@ async def test_malformed_requests_get_a_status(tmp_path: Path) -> None:
     import spear
     from spear.node.client import Client
     from spear.node.server import serve_spearlet
+    from spear.transport.auth import read_owner_token
 
     async with spear.LocalNode(tmp_path / "home") as node:
         server = await serve_spearlet(node, "127.0.0.1:0")
         try:
             assert server.address is not None
-            async with Client(server.address) as client:
+            owner = read_owner_token(tmp_path / "home")
+            async with Client(server.address, token=owner) as client:
                 stub = client._stub
                 # A spec the node cannot accept: unknown runtime, no artifact, bad digest.
                 for request in (
@@ -167,7 +169,7 @@ async def test_malformed_requests_get_a_status(tmp_path: Path) -> None:
                     except GRPCError as exc:
                         assert exc.status.name == "INVALID_ARGUMENT"
                         assert exc.message and "malformed GetTaskRequest" in exc.message
-            async with Client(server.address) as again:
+            async with Client(server.address, token=owner) as again:
                 assert (await again.node_info()).name == node.name
         finally:
             await server.close()
