@@ -20,7 +20,13 @@ import anyio
 import typer
 from loguru import logger
 
-from spear.cli.app import ConfigOpt, DataDirOpt, JsonOpt, app
+from spear.cli._common import (
+    SMS_ADDRESS_FILE,
+    ConfigOpt,
+    DataDirOpt,
+    JsonOpt,
+    address_file,
+)
 from spear.config import Settings, parse_size
 from spear.errors import InvalidArgument
 
@@ -32,12 +38,9 @@ if TYPE_CHECKING:
     from spear.node.inprocess import InProcessNode
     from spear.node.server import SpearletServer
 
-ADDRESS_FILE = "spearlet.addr"
 _REPORT_INTERVAL_S = 60.0
 
-
-def address_file(data_dir: Path) -> Path:
-    return data_dir / ADDRESS_FILE
+app = typer.Typer()
 
 
 @app.command(
@@ -95,10 +98,8 @@ def serve(
 
     parse_listen(settings.listen)  # a bad address fails before the data dir is opened
     _logging.configure(settings)
-    if role == "sms":  # distributed mode: cli_cluster.py
-        from spear.cli.cluster import serve_sms
-
-        anyio.run(serve_sms, settings, kv)
+    if role == "sms":  # distributed mode
+        anyio.run(_serve_sms, settings, kv)
         return
     if role != "spearlet":
         raise InvalidArgument(f"--role: unknown role {role!r} (one of: spearlet, sms)")
@@ -110,20 +111,22 @@ def serve(
 async def _serve_spearlet(
     settings: Settings, drain_s: float, max_message_bytes: int, as_json: bool = False
 ) -> None:
-    from spear.node.assembly import build_local_node
+    from spear.node.assembly import (
+        build_local_node,
+        joined_cluster,
+        make_node_api,
+        node_name_for,
+        peer_services,
+    )
     from spear.node.server import serve_spearlet
 
-    if settings.sms:  # distributed mode: a cluster-wide node name (cli_cluster.py)
+    if settings.sms:  # distributed mode: a cluster-wide node name
         import dataclasses
-
-        from spear.cli.cluster import node_name_for
 
         settings = dataclasses.replace(settings, node_name=node_name_for(settings))
     node = build_local_node(settings, hold_kv=True)
     node.controller.finished_hooks.append(_log_finished)
     async with node:
-        from spear.cli.cluster import joined_cluster, make_node_api, peer_services
-
         api = make_node_api(node)  # an InProcessNode; with --sms one that schedules/proxies
         with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
             server = await serve_spearlet(
@@ -219,10 +222,25 @@ def _remove_if_ours(path: Path, address: str) -> None:
         pass
 
 
-def read_address_file(data_dir: Path) -> str | None:
-    """The address a daemon on this data dir wrote, if any."""
-    try:
-        text = address_file(data_dir).read_text().strip()
-    except OSError:
-        return None
-    return text or None
+async def _serve_sms(settings: Settings, kv_spec: str | None) -> None:
+    """Run the metadata server until SIGINT/SIGTERM; prints its bound address first."""
+    import contextlib
+
+    from spear.node.assembly import serving_sms
+
+    with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        async with serving_sms(settings, kv_spec) as address:
+            addr_path = settings.data_dir / SMS_ADDRESS_FILE
+            try:
+                settings.data_dir.mkdir(parents=True, exist_ok=True)
+                addr_path.write_text(address + "\n")
+                sys.stdout.write(address + "\n")
+                sys.stdout.flush()
+                logger.info("SMS serving on {} (pid {})", address, os.getpid())
+                async for _ in signals:
+                    break
+            finally:
+                with contextlib.suppress(OSError):
+                    if addr_path.read_text().strip() == address:
+                        addr_path.unlink()
+    logger.info("SMS stopped")

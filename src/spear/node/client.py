@@ -17,7 +17,7 @@ import dataclasses
 import hashlib
 import os
 import stat
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 import anyio
 from anyio.abc import AsyncResource
@@ -27,7 +27,7 @@ from grpclib.events import RecvTrailingMetadata, listen
 
 from spear.core.models import LogChunk, NodeInfo, ObjectInfo, Runtime, TaskResult
 from spear.errors import InvalidArgument, NotFound, SpearError, error_from_code
-from spear.node.api import StreamingTask, TaskHandle
+from spear.node.api import StreamingTask, TaskHandle, read_own_stdin, run_attached
 from spear.transport import _convert as cv
 from spear.transport._gen.pb import spearlet_pb2 as pb
 from spear.transport._gen.spear import v1
@@ -41,7 +41,7 @@ from spear.transport._status import (
 )
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator, Iterator, Sequence
+    from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 
     from grpclib.client import Stream
 
@@ -243,8 +243,26 @@ class Client(AsyncResource):
             info = await self._stub.submit_task(request)
         return TaskHandle(self, cv.task_from_wire(info))
 
-    async def run(self, spec: FunctionSpec, *, stdin: bytes | None = None) -> Task:
-        """Submit a task and return it finished, in one call."""
+    @property
+    def in_process(self) -> bool:
+        return False
+
+    async def run(
+        self,
+        spec: FunctionSpec,
+        *,
+        stdin: bytes | Literal["inherit"] | None = None,
+        stdout: Callable[[bytes], None] | None = None,
+        stderr: Callable[[bytes], None] | None = None,
+        on_created: Callable[[Task], None] | None = None,
+    ) -> Task:
+        """Submit a task and return it finished, in one call (with output sinks or
+        `on_created`: submitted, its logs relayed as they grow, then waited for)."""
+        stdin = read_own_stdin(stdin)
+        if stdout or stderr or on_created:
+            return await run_attached(
+                self, spec, stdin=stdin, stdout=stdout, stderr=stderr, on_created=on_created
+            )
         request = await self._request(spec, stdin, wait=True)
         with self._errors():
             return cv.task_from_wire(await self._stub.submit_task(request))

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import contextlib
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 import anyio
 from loguru import logger
@@ -19,11 +19,11 @@ from spear.core.cluster import ObjectLocation
 from spear.core.models import TaskResult
 from spear.core.scheduler import owner_of
 from spear.errors import NotFound, SpearError, Unavailable
-from spear.node.api import TaskHandle
+from spear.node.api import TaskHandle, read_own_stdin, run_attached
 from spear.node.inprocess import InProcessNode
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator, Sequence
+    from collections.abc import AsyncIterator, Callable, Sequence
 
     from spear.core.cluster import Cluster
     from spear.core.models import FunctionSpec, LogChunk, ObjectInfo, Task, TaskState
@@ -75,13 +75,25 @@ class ClusterNode(InProcessNode):
             raise Unavailable(f"node {self.node.name} is draining: it accepts no new tasks")
         return TaskHandle(self, await self.scheduler.submit(spec, stdin=stdin))
 
-    async def run(self, spec: FunctionSpec, *, stdin: bytes | None = None) -> Task:
+    async def run(
+        self,
+        spec: FunctionSpec,
+        *,
+        stdin: bytes | Literal["inherit"] | None = None,
+        stdout: Callable[[bytes], None] | None = None,
+        stderr: Callable[[bytes], None] | None = None,
+        on_created: Callable[[Task], None] | None = None,
+    ) -> Task:
         if self.scheduler.fits_here_now(spec):
             # Local first, as the scheduler would place it: run in the caller's task, as a
             # single node does (no PENDING record first, no wait for its end to be read).
-            return await super().run(spec, stdin=stdin)
-        handle = await self.submit(spec, stdin=stdin)  # placed by the scheduler
-        return await self.wait(handle.id)
+            return await super().run(
+                spec, stdin=stdin, stdout=stdout, stderr=stderr, on_created=on_created
+            )
+        stdin = read_own_stdin(stdin)  # placed by the scheduler, perhaps on another node
+        return await run_attached(
+            self, spec, stdin=stdin, stdout=stdout, stderr=stderr, on_created=on_created
+        )
 
     async def call(self, spec: FunctionSpec, *, stdin: bytes | None = None) -> TaskResult:
         if self.scheduler.fits_here_now(spec):

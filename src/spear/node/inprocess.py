@@ -12,7 +12,7 @@ import dataclasses
 import functools
 import os
 import time
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Literal
 
 import anyio
 
@@ -21,7 +21,7 @@ from spear.errors import InvalidArgument, NotFound, Unavailable
 from spear.node.api import StreamingTask, TaskHandle
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator, Sequence
+    from collections.abc import AsyncIterator, Callable, Sequence
 
     from spear.core.models import FunctionSpec, Task, TaskState
     from spear.core.node import Spearlet
@@ -67,13 +67,27 @@ class InProcessNode:
             raise Unavailable(f"node {self.node.name} is draining: it accepts no new tasks")
         return TaskHandle(self, await self.node.submit(spec, stdin=stdin))
 
-    async def run(self, spec: FunctionSpec, *, stdin: bytes | None = None) -> Task:
+    @property
+    def in_process(self) -> bool:
+        return True
+
+    async def run(
+        self,
+        spec: FunctionSpec,
+        *,
+        stdin: bytes | Literal["inherit"] | None = None,
+        stdout: Callable[[bytes], None] | None = None,
+        stderr: Callable[[bytes], None] | None = None,
+        on_created: Callable[[Task], None] | None = None,
+    ) -> Task:
         if self.draining:
             raise Unavailable(f"node {self.node.name} is draining: it accepts no new tasks")
         # Run in the caller's task (the node's quickest path), shielded: a caller that
         # goes away (a gRPC client that hangs up) leaves the task to finish as submitted.
         with anyio.CancelScope(shield=True):
-            task = await self.node.run(spec, stdin=stdin)
+            task = await self.node.run(
+                spec, stdin=stdin, tee_stdout=stdout, tee_stderr=stderr, on_created=on_created
+            )
         return task
 
     async def call(self, spec: FunctionSpec, *, stdin: bytes | None = None) -> TaskResult:
