@@ -35,6 +35,7 @@ if TYPE_CHECKING:
     from pathlib import Path
 
     from spear.core.models import Task
+    from spear.node.cluster import ClusterNode
     from spear.node.inprocess import InProcessNode
     from spear.node.server import SpearletServer
 
@@ -111,51 +112,31 @@ def serve(
 async def _serve_spearlet(
     settings: Settings, drain_s: float, max_message_bytes: int, as_json: bool = False
 ) -> None:
-    from spear.node.assembly import (
-        build_local_node,
-        joined_cluster,
-        make_node_api,
-        node_name_for,
-        peer_services,
-    )
-    from spear.node.server import serve_spearlet
+    from spear.node.assembly import serving_node
 
-    if settings.sms:  # distributed mode: a cluster-wide node name
-        import dataclasses
-
-        settings = dataclasses.replace(settings, node_name=node_name_for(settings))
-    node = build_local_node(settings, hold_kv=True)
-    node.controller.finished_hooks.append(_log_finished)
-    async with node:
-        api = make_node_api(node)  # an InProcessNode; with --sms one that schedules/proxies
-        with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
-            server = await serve_spearlet(
-                api,
-                settings.listen,
-                max_message_bytes=max_message_bytes,
-                extra_services=peer_services(api),
-            )
-            assert server.address is not None
+    with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        async with serving_node(
+            settings, max_message_bytes=max_message_bytes, on_finished=_log_finished
+        ) as served:
+            address, name = served.address, served.api.node.name
             addr_path = address_file(settings.data_dir)
             try:
-                _write_atomically(addr_path, server.address + "\n")
-                _announce(server.address, node.name, settings, as_json)
+                _write_atomically(addr_path, address + "\n")
+                _announce(address, name, settings, as_json)
                 logger.info(
                     "node {} serving on {} (data dir {}, pid {})",
-                    node.name, server.address, settings.data_dir, os.getpid(),
+                    name, address, settings.data_dir, os.getpid(),
                 )  # fmt: skip
-                async with joined_cluster(api, server.address):
-                    await _run_until_signalled(api, server, signals, drain_s)
+                await _run_until_signalled(served.api, served.server, signals, drain_s)
             finally:
-                with anyio.CancelScope(shield=True):
-                    _remove_if_ours(addr_path, server.address)
-                    await server.close()
-        # (Outside any scope of ours: the node's task group must close where it opened.)
-        await node.shutdown("the node shut down before the task finished")
+                _remove_if_ours(addr_path, address)
 
 
 async def _run_until_signalled(
-    api: InProcessNode, server: SpearletServer, signals: AsyncIterator[int], drain_s: float
+    api: InProcessNode | ClusterNode,
+    server: SpearletServer,
+    signals: AsyncIterator[int],
+    drain_s: float,
 ) -> None:
     async with anyio.create_task_group() as tg:
         tg.start_soon(_report_resources, api)
@@ -185,7 +166,7 @@ def _log_finished(task: Task) -> None:
     )  # fmt: skip
 
 
-async def _report_resources(api: InProcessNode) -> None:
+async def _report_resources(api: InProcessNode | ClusterNode) -> None:
     """The system log's resource report: capacity, free and running tasks, periodically."""
     while True:
         info = await api.node_info()

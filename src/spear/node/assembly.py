@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -16,13 +17,16 @@ from spear.core.node import Spearlet
 from spear.errors import InvalidArgument, StorageError
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator
+    from collections.abc import AsyncIterator, Callable
 
     from spear.config import Settings
     from spear.core.cluster import Cluster, NodeRecord
+    from spear.core.models import Task
     from spear.core.node_controller import NodeController
     from spear.core.worker import WorkerAgent
+    from spear.node.cluster import ClusterNode
     from spear.node.inprocess import InProcessNode
+    from spear.node.server import SpearletServer
     from spear.store.kv import KV
 
 
@@ -174,13 +178,15 @@ def describe_node(node: Spearlet, address: str) -> NodeRecord:
     )
 
 
-def make_node_api(node: Spearlet, max_message_bytes: int = 0) -> InProcessNode:
-    """The NodeAPI a daemon serves: a ClusterNode (scheduling, proxying) with `sms` set."""
+def make_node_api(node: Spearlet, max_message_bytes: int = 0) -> InProcessNode | ClusterNode:
+    """The NodeAPI a daemon serves: with `sms` set, a ClusterNode (scheduling, proxying)
+    wrapping the node's InProcessNode."""
     from spear.node.inprocess import InProcessNode
 
+    local = InProcessNode(node, max_message_bytes=max_message_bytes)
     settings = node.settings
     if not settings.sms:
-        return InProcessNode(node, max_message_bytes=max_message_bytes)
+        return local
     from spear.core.cluster import ClusterTimings
     from spear.core.scheduler import Scheduler
     from spear.node.cluster import ClusterNode
@@ -190,11 +196,11 @@ def make_node_api(node: Spearlet, max_message_bytes: int = 0) -> InProcessNode:
     cluster = build_cluster(settings)
     assert cluster is not None
     peers = Peers(node.name)
-    scheduler = Scheduler(node, cluster, peers.forward, node_labels(settings), timings.heartbeat_s)
-    return ClusterNode(node, cluster, scheduler, peers, max_message_bytes=max_message_bytes)
+    scheduler = Scheduler(node, cluster, peers, node_labels(settings), timings.heartbeat_s)
+    return ClusterNode(local, cluster, scheduler, peers)
 
 
-def peer_services(api: InProcessNode) -> list[Any]:
+def peer_services(api: InProcessNode | ClusterNode) -> list[Any]:
     """The SpearletPeer service (forwarded tasks) for a ClusterNode; nothing in local mode."""
     from spear.node.cluster import ClusterNode
 
@@ -209,7 +215,9 @@ def peer_services(api: InProcessNode) -> list[Any]:
 
 
 @contextlib.asynccontextmanager
-async def joined_cluster(api: InProcessNode, address: str) -> AsyncIterator[NodeController | None]:
+async def joined_cluster(
+    api: InProcessNode | ClusterNode, address: str
+) -> AsyncIterator[NodeController | None]:
     """While inside, the node behind `api` (serving on `address`) is a cluster member:
     registered, heartbeating, reporting each task change, placing queued tasks.
     Nothing happens for a local-mode node."""
@@ -221,11 +229,11 @@ async def joined_cluster(api: InProcessNode, address: str) -> AsyncIterator[Node
     if not isinstance(api, ClusterNode):
         yield None
         return
-    node, cluster = api.node, api.cluster
+    node, cluster, scheduler = api.node, api.cluster, api.scheduler
     timings = ClusterTimings.from_extra(node.settings.extra)
 
     def load() -> Any:
-        return node.controller.free, node.controller.running_count, api.scheduler.queued
+        return node.controller.free, node.controller.running_count, scheduler.queued
 
     controller = NodeController(cluster, lambda: describe_node(node, address), load, timings)
     reporter = TaskReporter(cluster, node.kv, node.tasks_store)
@@ -233,7 +241,7 @@ async def joined_cluster(api: InProcessNode, address: str) -> AsyncIterator[Node
     try:
         async with anyio.create_task_group() as tg:
             await tg.start(reporter.run)
-            await tg.start(api.scheduler.run)
+            await tg.start(scheduler.run)
             await tg.start(controller.run)
             try:
                 yield controller
@@ -244,6 +252,82 @@ async def joined_cluster(api: InProcessNode, address: str) -> AsyncIterator[Node
     finally:
         await api.peers.aclose()
         await cluster.aclose()
+
+
+@dataclass(frozen=True, slots=True)
+class ServingNode:
+    """A node serving gRPC: its NodeAPI, its server, the address it bound, and (in a
+    cluster) what keeps it a member."""
+
+    api: InProcessNode | ClusterNode
+    server: SpearletServer
+    address: str
+    membership: NodeController | None
+
+
+@contextlib.asynccontextmanager
+async def serving_node(
+    settings: Settings,
+    *,
+    max_message_bytes: int | None = None,
+    on_finished: Callable[[Task], None] | None = None,
+) -> AsyncIterator[ServingNode]:
+    """A daemon's node while inside: started on `settings.data_dir`, serving gRPC on
+    `settings.listen`, and, with `settings.sms`, a cluster member. `spear serve` and
+    `ClusterNode.join` both build theirs here."""
+    import dataclasses
+
+    from spear.node.server import serve_spearlet
+    from spear.transport._status import DEFAULT_MAX_MESSAGE_BYTES
+
+    if settings.sms:  # distributed mode: a cluster-wide node name
+        settings = dataclasses.replace(settings, node_name=node_name_for(settings))
+    node = build_local_node(settings, hold_kv=True)
+    if on_finished is not None:
+        node.controller.finished_hooks.append(on_finished)
+    async with node:
+        api = make_node_api(node)
+        server = await serve_spearlet(
+            api,
+            settings.listen,
+            max_message_bytes=max_message_bytes or DEFAULT_MAX_MESSAGE_BYTES,
+            extra_services=peer_services(api),
+        )
+        assert server.address is not None
+        try:
+            async with joined_cluster(api, server.address) as membership:
+                yield ServingNode(api, server, server.address, membership)
+        finally:
+            with anyio.CancelScope(shield=True):
+                await server.close()
+        # (Outside any scope of ours: the node's task group must close where it opened.)
+        await node.shutdown("the node shut down before the task finished")
+
+
+def member_settings(
+    where: Settings | str | Path,
+    *,
+    sms: str | None = None,
+    listen: str | None = None,
+    name: str | None = None,
+) -> Settings:
+    """Settings for an embedded node: `where` is Settings, or a data dir (defaults then,
+    with no settings file or environment read); the keywords override."""
+    import dataclasses
+
+    from spear.config import Settings
+
+    settings = where if isinstance(where, Settings) else Settings(data_dir=Path(where))
+    changes: dict[str, Any] = {}
+    if sms is not None:
+        changes["sms"] = sms
+    if listen is not None:
+        changes["listen"] = listen
+    elif not isinstance(where, Settings):
+        changes["listen"] = "127.0.0.1:0"
+    if name is not None:
+        changes["node_name"] = name
+    return dataclasses.replace(settings, **changes)
 
 
 # -- the SMS ------------------------------------------------------------------------------
