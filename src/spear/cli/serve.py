@@ -210,7 +210,8 @@ async def _serve_sms(settings: Settings, kv_spec: str | None) -> None:
     from spear.node.assembly import serving_sms
 
     with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
-        async with serving_sms(settings, kv_spec) as address:
+        async with serving_sms(settings, kv_spec) as served:
+            address = served.address
             addr_path = settings.data_dir / SMS_ADDRESS_FILE
             try:
                 settings.data_dir.mkdir(parents=True, exist_ok=True)

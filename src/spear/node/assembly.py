@@ -17,12 +17,13 @@ from spear.core.node import Spearlet
 from spear.errors import InvalidArgument, StorageError
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator, Callable
+    from collections.abc import AsyncIterator, Callable, Mapping
 
     from spear.config import Settings
     from spear.core.cluster import Cluster, NodeRecord
     from spear.core.models import Task
     from spear.core.node_controller import NodeController
+    from spear.core.sms import MetadataServer
     from spear.core.worker import WorkerAgent
     from spear.node.cluster import ClusterNode
     from spear.node.inprocess import InProcessNode
@@ -310,6 +311,7 @@ def member_settings(
     sms: str | None = None,
     listen: str | None = None,
     name: str | None = None,
+    labels: Mapping[str, str] | None = None,
 ) -> Settings:
     """Settings for an embedded node: `where` is Settings, or a data dir (defaults then,
     with no settings file or environment read); the keywords override."""
@@ -327,6 +329,8 @@ def member_settings(
         changes["listen"] = "127.0.0.1:0"
     if name is not None:
         changes["node_name"] = name
+    if labels is not None:
+        changes["extra"] = {**settings.extra, "labels": dict(labels)}
     return dataclasses.replace(settings, **changes)
 
 
@@ -352,10 +356,18 @@ async def open_sms_kv(spec: str | None, data_dir: Path) -> KV:
     raise InvalidArgument(f"--kv expects leveldb:PATH or etcd://HOST:PORT[,...], got {spec!r}")
 
 
+@dataclass(frozen=True, slots=True)
+class ServingSms:
+    """A metadata server serving gRPC: the address it bound, and its state."""
+
+    address: str
+    metadata: MetadataServer
+
+
 @contextlib.asynccontextmanager
-async def serving_sms(settings: Settings, kv_spec: str | None = None) -> AsyncIterator[str]:
+async def serving_sms(settings: Settings, kv_spec: str | None = None) -> AsyncIterator[ServingSms]:
     """The metadata server on `settings.listen` while inside (its store opened from
-    `kv_spec`, its sweeper running); yields the bound address."""
+    `kv_spec`: leveldb:PATH, etcd://..., or None for DATA/sms.ldb; its sweeper running)."""
     from spear.core.cluster import ClusterTimings
     from spear.core.sms import MetadataServer
     from spear.transport.sms_server import SmsServer
@@ -370,9 +382,23 @@ async def serving_sms(settings: Settings, kv_spec: str | None = None) -> AsyncIt
             async with anyio.create_task_group() as tg:
                 tg.start_soon(sms.run_sweeper)
                 try:
-                    yield address
+                    yield ServingSms(address, sms)
                 finally:
                     tg.cancel_scope.cancel()
         finally:
             with anyio.CancelScope(shield=True):
                 await server.close()
+
+
+def serve_sms(
+    where: Settings | str | Path, *, listen: str | None = None, kv: str | None = None
+) -> contextlib.AbstractAsyncContextManager[ServingSms]:
+    """The cluster's metadata server (SMS) in this process while inside:
+
+        async with spear.serve_sms(data_dir) as sms:
+            async with spear.ClusterNode.join(other_dir, sms=sms.address) as node: ...
+
+    `where` is a data dir (its state goes to DATA/sms.ldb unless `kv` names another
+    store: leveldb:PATH or etcd://HOST:PORT[,...]) or Settings; `listen` defaults to
+    127.0.0.1 on a free port (`sms.address` is the one bound)."""
+    return serving_sms(member_settings(where, listen=listen), kv)
