@@ -26,7 +26,6 @@ if TYPE_CHECKING:
     from spear.core.models import FunctionSpec, Task, TaskState
     from spear.core.node import Spearlet
     from spear.core.streams import TaskStream
-    from spear.store import objects
     from spear.store.objects import ObjectStore
 
 # How much of a log one chunk carries, and how often a follower looks for more output.
@@ -235,7 +234,7 @@ class InProcessNode:
         return store  # type: ignore[no-any-return]
 
     async def _info(self, key: str) -> ObjectInfo:
-        return _object_info(await self._objects().info(key))
+        return await self._objects().info(key)
 
     async def put_object(
         self, key: str, data: bytes, *, expected_version: int | None = None
@@ -249,7 +248,7 @@ class InProcessNode:
         return bytes(value), dataclasses.replace(info, version=version, size=value.nbytes)
 
     async def list_objects(self, prefix: str = "") -> list[ObjectInfo]:
-        return [_object_info(i) for i in await self._objects().list(prefix)]
+        return await self._objects().list(prefix)
 
     async def delete_object(self, key: str) -> bool:
         try:
@@ -280,12 +279,6 @@ class InProcessNode:
 
     async def aclose(self) -> None:
         """The node belongs to whoever started it; closing the adapter leaves it running."""
-
-
-def _object_info(info: objects.ObjectInfo) -> ObjectInfo:
-    return ObjectInfo(
-        key=info.key, version=info.version, size=info.size, refs=info.refcount, pinned=info.pinned
-    )
 
 
 class _LocalStreamingTask(StreamingTask):
