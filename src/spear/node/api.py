@@ -7,7 +7,6 @@ local data dir) and `Client` (a node daemon over gRPC). The CLI's client command
 
 from __future__ import annotations
 
-import abc
 from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 if TYPE_CHECKING:
@@ -152,24 +151,41 @@ class TaskHandle:
         return self._api.watch(self.id)
 
 
-class StreamingTask(TaskHandle, abc.ABC):
-    """A task started with its caller stream: send it messages, read the messages it sends."""
+class CallerStream(Protocol):
+    """A task's caller stream seen from the caller: what a `StreamingTask` carries its
+    messages over. In this process it is the node's own `spear.TaskStream`
+    (core/streams.py); from a `Client`, one ExchangeStream call."""
 
-    @abc.abstractmethod
+    async def send(self, message: bytes | str) -> None: ...
+
+    async def close(self) -> None: ...
+
+    async def receive(self) -> bytes | None: ...
+
+
+class StreamingTask(TaskHandle):
+    """A task started with its caller stream: send it messages, read the messages it sends
+    (over `stream`); the rest (wait, result, logs, cancel) as any `TaskHandle`."""
+
+    def __init__(self, api: NodeAPI, task: Task, stream: CallerStream) -> None:
+        super().__init__(api, task)
+        self.stream = stream
+
     async def send(self, message: bytes | str) -> None:
         """One message to the task; waits while its input queue is full."""
+        await self.stream.send(message)
 
-    @abc.abstractmethod
     async def close(self) -> None:
         """No more messages: the task reads the end of its input after the queued ones."""
+        await self.stream.close()
 
-    @abc.abstractmethod
     async def receive(self) -> bytes | None:
         """The task's next message; None once the task has ended and all were read."""
+        return await self.stream.receive()
 
     async def messages(self) -> AsyncIterator[bytes]:
         """The task's messages, in order, until it ends."""
-        while (message := await self.receive()) is not None:
+        while (message := await self.stream.receive()) is not None:
             yield message
 
 

@@ -25,7 +25,6 @@ if TYPE_CHECKING:
 
     from spear.core.models import FunctionSpec, Task, TaskState
     from spear.core.node import Spearlet
-    from spear.core.streams import TaskStream
     from spear.store.objects import ObjectStore
 
 # How much of a log one chunk carries, and how often a follower looks for more output.
@@ -101,7 +100,7 @@ class InProcessNode:
             raise Unavailable(f"node {self.node.name} is draining: it accepts no new tasks")
         stream = await self.node.start_task(spec, stdin=stdin)
         try:
-            yield _LocalStreamingTask(self, stream)
+            yield StreamingTask(self, stream.task, stream)  # built on the node's TaskStream
         finally:
             await stream.close()
 
@@ -279,18 +278,3 @@ class InProcessNode:
 
     async def aclose(self) -> None:
         """The node belongs to whoever started it; closing the adapter leaves it running."""
-
-
-class _LocalStreamingTask(StreamingTask):
-    def __init__(self, api: InProcessNode, stream: TaskStream) -> None:
-        super().__init__(api, stream.task)
-        self._stream = stream
-
-    async def send(self, message: bytes | str) -> None:
-        await self._stream.send(message)
-
-    async def close(self) -> None:
-        await self._stream.close()
-
-    async def receive(self) -> bytes | None:
-        return await self._stream.receive()
