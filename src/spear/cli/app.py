@@ -39,13 +39,16 @@ def version(as_json: JsonOpt = False) -> None:
         sys.stdout.write(" ".join(f"{k} {v}" for k, v in info.items()) + "\n")
 
 
+# Every command is registered here, in the order `spear --help` lists them.
+about = typer.Typer()
+about.command(help="Print spear's version and its runtime's.")(version)
 app.add_typer(run.app)  # run
 app.add_typer(tasks.app)  # submit, tasks, status, logs, stop, result, node
 app.add_typer(serve.app)  # serve
 app.add_typer(cluster.app)  # nodes
 app.add_typer(objects.obj_app, name="obj")
 app.add_typer(cluster.cluster_app, name="cluster")
-app.command(help="Print spear's version and its runtime's.")(version)
+app.add_typer(about)  # version
 
 
 def main(argv: list[str] | None = None) -> int:

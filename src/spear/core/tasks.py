@@ -21,7 +21,14 @@ import orjson
 from loguru import logger
 
 from spear.core.models import FunctionSpec, Resources, Task, TaskState, new_task_id
-from spear.core.worker import EXIT_CANCELLED, EXIT_LOST, ExecutionControl, Outcome, TaskContext
+from spear.core.worker import (
+    EXIT_CANCELLED,
+    EXIT_LOST,
+    ExecutionControl,
+    NodeServices,
+    Outcome,
+    TaskContext,
+)
 from spear.errors import InvalidArgument, NotFound, ResourceExhausted, SpearError
 from spear.store.kv import Write
 
@@ -409,14 +416,14 @@ class TaskController:
         logs: TaskLogs,
         capacity: Resources,
         node_name: str,
-        services: dict[str, Any] | None = None,
+        services: NodeServices | None = None,
     ) -> None:
         self.store = store
         self._agents = agents
         self._logs = logs
         self._admission = _Admission(capacity)
         self._node = node_name
-        self._services = services if services is not None else {}
+        self._services = services if services is not None else NodeServices()
         self._running: dict[str, _Running] = {}
         self._task_group: TaskGroup | None = None
         self.finished_hooks: list[Callable[[Task], Any]] = []

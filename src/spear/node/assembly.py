@@ -7,13 +7,14 @@ import contextlib
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypedDict
 
 import anyio
 
 from spear.core.logs import TaskLogs
 from spear.core.models import Resources
 from spear.core.node import Spearlet
+from spear.core.worker import NodeServices
 from spear.errors import InvalidArgument, StorageError
 
 if TYPE_CHECKING:
@@ -24,11 +25,14 @@ if TYPE_CHECKING:
     from spear.core.models import Task
     from spear.core.node_controller import NodeController
     from spear.core.sms import MetadataServer
+    from spear.core.streams import StreamRegistry
     from spear.core.worker import WorkerAgent
+    from spear.models.router import ModelRouter
     from spear.node.cluster import ClusterNode
     from spear.node.inprocess import InProcessNode
     from spear.node.server import SpearletServer
     from spear.store.kv import KV
+    from spear.store.objects import ObjectStore
 
 
 def _machine_capacity(settings: Settings) -> Resources:
@@ -55,8 +59,20 @@ def prepare_data_dir(settings: Settings) -> None:
         raise StorageError(f"data dir {path} is not usable: {reason}") from None
 
 
-def local_components(settings: Settings, *, hold_kv: bool = True) -> dict[str, Any]:
-    """The parts of a local-mode SPEARlet: LevelDB metadata, the wasm worker agent.
+class SpearletParts(TypedDict):
+    """What `Spearlet(**parts)` is built from."""
+
+    settings: Settings
+    kv: KV
+    agents: dict[str, WorkerAgent]
+    logs: TaskLogs
+    capacity: Resources
+    services: NodeServices
+
+
+def local_components(settings: Settings, *, hold_kv: bool = True) -> SpearletParts:
+    """The parts of a local-mode SPEARlet: LevelDB metadata, the wasm and process worker
+    agents, the services (object store, caller streams, AI models).
 
     `hold_kv=False` is for short CLI processes that share a data dir (see store/leveldb.py).
     """
@@ -82,22 +98,22 @@ def local_components(settings: Settings, *, hold_kv: bool = True) -> dict[str, A
         ),
     }
     logs = TaskLogs(settings.tasks_log_dir, settings.task_log_max_bytes)
-    services: dict[str, Any] = {
-        "objects": _object_store(settings, kv),
-        "streams": _streams(settings),
-        "models": _models(settings),
-    }
-    return {
-        "services": services,
-        "settings": settings,
-        "kv": kv,
-        "agents": agents,
-        "logs": logs,
-        "capacity": _machine_capacity(settings),
-    }
+    services = NodeServices(
+        objects=_object_store(settings, kv),
+        streams=_streams(settings),
+        models=_models(settings),
+    )
+    return SpearletParts(
+        settings=settings,
+        kv=kv,
+        agents=agents,
+        logs=logs,
+        capacity=_machine_capacity(settings),
+        services=services,
+    )
 
 
-def _object_store(settings: Settings, kv: Any) -> Any:
+def _object_store(settings: Settings, kv: KV) -> ObjectStore:
     from spear.store.objects import ObjectStore
 
     return ObjectStore(
@@ -111,13 +127,13 @@ def _object_store(settings: Settings, kv: Any) -> Any:
     )
 
 
-def _streams(settings: Settings) -> Any:
+def _streams(settings: Settings) -> StreamRegistry:
     from spear.core.streams import StreamRegistry
 
     return StreamRegistry(settings.stream_queue_messages, settings.stream_message_max_bytes)
 
 
-def _models(settings: Settings) -> Any:
+def _models(settings: Settings) -> ModelRouter:
     from spear.models.router import ModelRouter, RoutingConfig
 
     # The one place that hands the environment over: API keys are read from the variables
