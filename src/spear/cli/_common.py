@@ -88,10 +88,10 @@ def read_address_file(data_dir: Path) -> str | None:
 async def connect(settings: Settings, node: str | None) -> AsyncIterator[NodeAPI]:
     """The node to talk to, chosen once: `node` (HOST:PORT), else the daemon holding this
     data dir (DATA/spearlet.addr), else the data dir itself in this process."""
-    from spear.node.client import Client
-
     address = node or read_address_file(settings.data_dir)
     if address is not None:
+        from spear.node.client import Client  # (only then: it loads gRPC)
+
         client = Client(address)
         try:
             if node is None:  # found in the data dir: it may be stale (a killed daemon)
