@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import betterproto2
-import pytest
 
 from spear.core.models import DirMapping, FunctionSpec, Resources, Task, TaskState
 from spear.transport import _convert as cv
 from spear.transport import _fastdefaults, _speedups
 from spear.transport._gen.spear import v1
+
+if TYPE_CHECKING:
+    import pytest
 
 
 def _messages() -> list[betterproto2.Message]:

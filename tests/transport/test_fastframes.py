@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import hyperframe.frame
-import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
 from spear.transport import _fastframes, _speedups
+
+if TYPE_CHECKING:
+    import pytest
 
 
 @given(st.none() | st.binary(max_size=64))

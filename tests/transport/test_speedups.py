@@ -9,12 +9,12 @@ import sys
 import textwrap
 from typing import TYPE_CHECKING
 
-import pytest
-
 from spear.transport import _speedups
 
 if TYPE_CHECKING:
     from pathlib import Path
+
+    import pytest
 
 
 def _run(code: str) -> str:
