@@ -2,17 +2,12 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 import betterproto2
 
 from spear.core.models import DirMapping, FunctionSpec, Resources, Task, TaskState
 from spear.transport import _convert as cv
-from spear.transport import _fastdefaults, _speedups
+from spear.transport import _fastdefaults
 from spear.transport._gen.spear import v1
-
-if TYPE_CHECKING:
-    import pytest
 
 
 def _messages() -> list[betterproto2.Message]:
@@ -63,11 +58,3 @@ def test_each_default_is_upstreams() -> None:
             assert _fastdefaults._get_field_default(message, name) == _fastdefaults.upstream(
                 message, name
             )
-
-
-def test_another_betterproto2_is_left_alone(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(betterproto2.Message, "_get_field_default", _fastdefaults.upstream)
-    monkeypatch.setattr(_fastdefaults, "TESTED", "0.9.")
-    monkeypatch.setattr(_speedups, "_declined", set())
-    assert _fastdefaults.install() is False
-    assert betterproto2.Message._get_field_default is _fastdefaults.upstream

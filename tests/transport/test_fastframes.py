@@ -2,16 +2,11 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 import hyperframe.frame
 from hypothesis import given
 from hypothesis import strategies as st
 
-from spear.transport import _fastframes, _speedups
-
-if TYPE_CHECKING:
-    import pytest
+from spear.transport import _fastframes
 
 
 @given(st.none() | st.binary(max_size=64))
@@ -43,11 +38,3 @@ def test_installed_for_every_data_frame_by_a_client() -> None:
     Client("127.0.0.1:1")  # makes no connection: the channel opens on first call
     assert _fastframes.installed()
     assert hyperframe.frame._raw_data_repr is _fastframes._raw_data_repr
-
-
-def test_another_hyperframe_is_left_alone(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(hyperframe.frame, "_raw_data_repr", _fastframes.upstream)
-    monkeypatch.setattr(_fastframes, "TESTED", "5.")
-    monkeypatch.setattr(_speedups, "_declined", set())
-    assert _fastframes.install() is False
-    assert hyperframe.frame._raw_data_repr is _fastframes.upstream

@@ -3,18 +3,20 @@ does, once, and only on the library versions the patches were tested against."""
 
 from __future__ import annotations
 
+import importlib
 import os
+import pydoc
 import subprocess
 import sys
 import textwrap
 from typing import TYPE_CHECKING
 
+import pytest
+
 from spear.transport import _speedups
 
 if TYPE_CHECKING:
     from pathlib import Path
-
-    import pytest
 
 
 def _run(code: str) -> str:
@@ -108,3 +110,22 @@ def test_an_untested_version_is_declined_once(monkeypatch: pytest.MonkeyPatch) -
         logger.disable("spear")
         logger.remove(sink)
     assert len(messages) == 1 and "hyperframe" in messages[0] and "0.0." in messages[0]
+
+
+@pytest.mark.parametrize(
+    ("patch", "owner", "name"),
+    [
+        ("_fastframes", "hyperframe.frame", "_raw_data_repr"),
+        ("_fastdefaults", "betterproto2.Message", "_get_field_default"),
+    ],
+)
+def test_an_untested_version_is_left_alone(
+    monkeypatch: pytest.MonkeyPatch, patch: str, owner: str, name: str
+) -> None:
+    module = importlib.import_module(f"spear.transport.{patch}")
+    target = pydoc.locate(owner)
+    monkeypatch.setattr(target, name, module.upstream)
+    monkeypatch.setattr(module, "TESTED", "0.0.")
+    monkeypatch.setattr(_speedups, "_declined", set())
+    assert module.install() is False
+    assert getattr(target, name) is module.upstream
