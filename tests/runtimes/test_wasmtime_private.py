@@ -160,3 +160,35 @@ def test_the_pooling_allocator_holds_as_many_instances_as_slots() -> None:
     other = _store(plain)
     for _ in range(2):
         _wasmtime.call_plain_entry(other, _pre(plain, wat), "_start")
+
+
+def test_no_other_module_touches_wasmtimes_private_api() -> None:
+    import ast
+    from pathlib import Path
+
+    import spear
+
+    root = Path(spear.__file__).parent
+    private = {"_ffi", "_func", "_from_ptr", "maybe_raise_last_exn"}
+    found = []
+    for path in sorted(root.rglob("*.py")):
+        if path.name == "_wasmtime.py" or "_gen" in path.parts:
+            continue
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            names: list[str] = []
+            if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("wasmtime"):
+                names = [node.module or "", *(a.name for a in node.names)]
+            elif isinstance(node, ast.Import):
+                names = [a.name for a in node.names if a.name.startswith("wasmtime.")]
+            elif isinstance(node, ast.Attribute) and node.attr in private:
+                names = [node.attr]
+            elif (  # store._context() (other classes have a `_context` of their own)
+                isinstance(node, ast.Call)
+                and isinstance(node.func, ast.Attribute)
+                and node.func.attr == "_context"
+            ):
+                names = ["_context"]
+            if any(part.startswith("_") for n in names for part in n.split(".")):
+                found.append(f"{path.relative_to(root)}:{node.lineno}")
+    assert found == []
+    assert (root / "runtimes" / "wasm" / "_wasmtime.py").is_file()
