@@ -21,6 +21,7 @@ Private names relied on (wasmtime-py 50):
   `wasmtime_instance_pre_instantiate`, `wasmtime_instance_export_get`,
   `wasmtime_func_call`, `wasmtime_error_new`, `wasi_config_set_argv`,
   `wasi_config_set_env`, `wasmtime_store_epoch_deadline_callback`,
+  `wasmtime_context_set_epoch_deadline`,
   `wasmtime_pooling_allocation_config_{new,delete}`, its `..._{total_core_instances,
   total_memories,total_tables,total_stacks,linear_memory_keep_resident,
   table_keep_resident}_set`, and `wasmtime_pooling_allocation_strategy_set`;
@@ -158,7 +159,7 @@ def set_epoch_callback(store: wasmtime.Store, callback: DeadlineCallback, key: i
     """Have `callback` decide, with `key`, whether `store`'s guest goes on at each epoch
     tick, starting from the next one."""
     _ffi.wasmtime_store_epoch_deadline_callback(store.ptr(), callback._raw, key, _NO_FINALIZER)
-    store.set_epoch_deadline(1)
+    _ffi.wasmtime_context_set_epoch_deadline(store._context(), 1)  # store.set_epoch_deadline(1)
 
 
 # -- the pooling allocator ---------------------------------------------------------------
