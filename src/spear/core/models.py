@@ -35,6 +35,8 @@ class _Keep(enum.Enum):
 
 
 _KEEP = _Keep.KEEP
+_new_instance = object.__new__
+_set_field = object.__setattr__  # a frozen dataclass's fields are set through object's
 
 # Which transitions the lifecycle admits (seed §4). Anything else is a bug or a race lost.
 ALLOWED_TRANSITIONS: dict[TaskState, frozenset[TaskState]] = {
@@ -208,21 +210,24 @@ class Task:
         if state not in ALLOWED_TRANSITIONS[self.state]:
             raise InvalidArgument(f"task {self.id} cannot go from {self.state} to {state}")
         now = time.time() if now is None else now
-        # Positional: a task is made several times per run (dataclasses.replace, or a dict
-        # of fields, costs several times this).
-        return Task(
-            self.id,
-            self.spec,
-            state,
-            self.created_at,
-            now if state is TaskState.RUNNING else self.started_at,
-            now if state in _TERMINAL else self.finished_at,
-            self.exit_code if exit_code is _KEEP else exit_code,
-            self.reason if reason is _KEEP else reason,
-            self.node,
-            self.attempts,
-            (*self.history, (state._value_, now)),
-        )
+        # Each field set by name on a new instance, skipping __init__: as safe against a
+        # field reorder as Task(id=..., ...) and faster than either that or positional
+        # construction (timeit, two transitions: positional 2.39 us, keyword 3.08 us, by
+        # name 2.15 us). Task has no __post_init__ to skip; test_models checks that this
+        # sets every field, as dataclasses.replace would.
+        new = _new_instance(Task)
+        _set_field(new, "id", self.id)
+        _set_field(new, "spec", self.spec)
+        _set_field(new, "state", state)
+        _set_field(new, "created_at", self.created_at)
+        _set_field(new, "started_at", now if state is TaskState.RUNNING else self.started_at)
+        _set_field(new, "finished_at", now if state in _TERMINAL else self.finished_at)
+        _set_field(new, "exit_code", self.exit_code if exit_code is _KEEP else exit_code)
+        _set_field(new, "reason", self.reason if reason is _KEEP else reason)
+        _set_field(new, "node", self.node)
+        _set_field(new, "attempts", self.attempts)
+        _set_field(new, "history", (*self.history, (state._value_, now)))
+        return new
 
     def values(self) -> dict[str, Any]:
         """Every field by name, as they are (a shallow copy's makings)."""
