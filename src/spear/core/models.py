@@ -5,7 +5,6 @@ from __future__ import annotations
 import dataclasses
 import enum
 import itertools
-import operator
 import os
 import secrets
 import time
@@ -68,12 +67,15 @@ class Resources:
         return self.cpu_millis <= other.cpu_millis and self.memory_bytes <= other.memory_bytes
 
     def __add__(self, other: Resources) -> Resources:
-        return Resources(self.cpu_millis + other.cpu_millis, self.memory_bytes + other.memory_bytes)
+        return Resources(
+            cpu_millis=self.cpu_millis + other.cpu_millis,
+            memory_bytes=self.memory_bytes + other.memory_bytes,
+        )
 
     def __sub__(self, other: Resources) -> Resources:
         return Resources(
-            max(0, self.cpu_millis - other.cpu_millis),
-            max(0, self.memory_bytes - other.memory_bytes),
+            cpu_millis=max(0, self.cpu_millis - other.cpu_millis),
+            memory_bytes=max(0, self.memory_bytes - other.memory_bytes),
         )
 
 
@@ -229,18 +231,24 @@ class Task:
         _set_field(new, "history", (*self.history, (state._value_, now)))
         return new
 
-    def values(self) -> dict[str, Any]:
-        """Every field by name, as they are (a shallow copy's makings)."""
-        return dict(zip(_TASK_FIELDS, _TASK_VALUES(self), strict=True))
+    def to_json(self, *, spec_json: Any = None) -> dict[str, Any]:
+        """The task's JSON form (the one layout of its record: `from_json` reads it back).
 
-    def to_json(self) -> dict[str, Any]:
-        data = self.values()
-        data.update(
-            spec=self.spec.to_json(),
-            state=self.state.value,
-            history=[list(h) for h in self.history],
-        )
-        return data
+        `spec_json` stands for the spec's JSON, `spec.to_json()` by default: the task
+        codec (core/tasks/codec.py) passes it encoded already, once per spec."""
+        return {
+            "id": self.id,
+            "spec": self.spec.to_json() if spec_json is None else spec_json,
+            "state": self.state._value_,
+            "created_at": self.created_at,
+            "started_at": self.started_at,
+            "finished_at": self.finished_at,
+            "exit_code": self.exit_code,
+            "reason": self.reason,
+            "node": self.node,
+            "attempts": self.attempts,
+            "history": self.history,  # pairs: JSON arrays, as tuples or lists
+        }
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> Task:
@@ -257,10 +265,6 @@ class Task:
             attempts=data.get("attempts", 0),
             history=tuple((str(s), float(t)) for s, t in data.get("history", ())),
         )
-
-
-_TASK_FIELDS = tuple(f.name for f in dataclasses.fields(Task))
-_TASK_VALUES = operator.attrgetter(*_TASK_FIELDS)
 
 
 # -- what callers of a node get back (the NodeAPI's values) ------------------------
