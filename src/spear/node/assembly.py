@@ -19,14 +19,14 @@ from spear.errors import InvalidArgument, StorageError
 from spear.node.membership import joined_cluster, node_labels, node_name_for, peer_services
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator, Callable, Mapping
+    from collections.abc import AsyncIterator, Mapping
 
     from spear.config import Settings
     from spear.core.cluster import Cluster
-    from spear.core.models import Task
     from spear.core.node_controller import NodeController
     from spear.core.sms import MetadataServer
     from spear.core.streams import StreamRegistry
+    from spear.core.tasks import FinishedHook
     from spear.core.worker import WorkerAgent
     from spear.models.router import ModelRouter
     from spear.node.cluster import ClusterNode
@@ -196,7 +196,7 @@ async def serving_node(
     settings: Settings,
     *,
     max_message_bytes: int | None = None,
-    on_finished: Callable[[Task], None] | None = None,
+    on_finished: FinishedHook | None = None,
 ) -> AsyncIterator[ServingNode]:
     """A daemon's node while inside: started on `settings.data_dir`, serving gRPC on
     `settings.listen`, and, with `settings.sms`, a cluster member. `spear serve` and
@@ -210,7 +210,7 @@ async def serving_node(
         settings = dataclasses.replace(settings, node_name=node_name_for(settings))
     node = build_local_node(settings, hold_kv=True)
     if on_finished is not None:
-        node.controller.finished_hooks.append(on_finished)
+        node.controller.add_finished_hook(on_finished)
     async with node:
         api = make_node_api(node)
         server = await serve_spearlet(
