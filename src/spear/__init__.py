@@ -38,7 +38,7 @@ if TYPE_CHECKING:
         Unavailable,
     )
     from spear.node.api import NodeAPI, StreamingTask, TaskHandle
-    from spear.node.assembly import serve_sms
+    from spear.node.assembly import join_cluster, serve_sms
     from spear.node.client import Client
     from spear.node.cluster import ClusterNode
     from spear.node.local import LocalNode
@@ -57,6 +57,7 @@ _WHERE = {
     "LocalNode": "spear.node.local",
     "Client": "spear.node.client",
     "ClusterNode": "spear.node.cluster",
+    "join_cluster": "spear.node.assembly",
     "serve_sms": "spear.node.assembly",
     "Settings": "spear.config",
     "DirMapping": "spear.core.models",
@@ -126,6 +127,7 @@ __all__ = [
     "FunctionSpec",
     "InvalidArgument",
     "InvalidModule",
+    "join_cluster",
     "LocalNode",
     "LogChunk",
     "NodeAPI",
