@@ -38,7 +38,9 @@ if TYPE_CHECKING:
         Unavailable,
     )
     from spear.node.api import NodeAPI, StreamingTask, TaskHandle
+    from spear.node.assembly import join_cluster, serve_sms
     from spear.node.client import Client
+    from spear.node.cluster import ClusterNode
     from spear.node.local import LocalNode
     from spear.store.objects import ObjectStore
 
@@ -54,6 +56,9 @@ _WHERE = {
     "TaskResult": "spear.core.models",
     "LocalNode": "spear.node.local",
     "Client": "spear.node.client",
+    "ClusterNode": "spear.node.cluster",
+    "join_cluster": "spear.node.assembly",
+    "serve_sms": "spear.node.assembly",
     "Settings": "spear.config",
     "DirMapping": "spear.core.models",
     "FunctionSpec": "spear.core.models",
@@ -115,12 +120,14 @@ def __dir__() -> list[str]:
 
 __all__ = [
     "Client",
+    "ClusterNode",
     "Conflict",
     "DeadlineExceeded",
     "DirMapping",
     "FunctionSpec",
     "InvalidArgument",
     "InvalidModule",
+    "join_cluster",
     "LocalNode",
     "LogChunk",
     "NodeAPI",
@@ -132,6 +139,7 @@ __all__ = [
     "ResourceExhausted",
     "Resources",
     "Runtime",
+    "serve_sms",
     "Settings",
     "SpearError",
     "Spearlet",

@@ -19,9 +19,11 @@ from grpclib.server import Server
 from loguru import logger
 
 from spear.core.artifacts import ArtifactStore
+from spear.core.node import Spearlet
 from spear.errors import InvalidArgument, ResourceExhausted, SpearError
 from spear.node.inprocess import InProcessNode
 from spear.transport import _convert as cv
+from spear.transport import _speedups
 from spear.transport._gen.pb import spearlet_pb2 as pb
 from spear.transport._gen.spear import v1
 from spear.transport._status import (
@@ -45,8 +47,8 @@ if TYPE_CHECKING:
     from grpclib.server import Stream
 
     from spear.core.models import FunctionSpec, Task, TaskResult
-    from spear.core.node import Spearlet
     from spear.node.api import NodeAPI
+    from spear.node.cluster import ClusterNode
 
 SERVICE_NAME = "spear.v1.Spearlet"
 
@@ -291,6 +293,7 @@ class SpearletServer:
     ) -> None:
         """`extra_services`: more grpclib handlers on the same port (e.g. SpearletPeer);
         `security`: who may call (transport/serving.py: `Security.for_data_dir(...)`)."""
+        _speedups.install()
         self.api = api
         self.security = security
         self.max_message_bytes = max_message_bytes
@@ -340,7 +343,7 @@ class SpearletServer:
 
 
 async def serve_spearlet(
-    node: Spearlet | InProcessNode,
+    node: Spearlet | InProcessNode | ClusterNode,
     listen: str,
     *,
     max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
@@ -351,7 +354,7 @@ async def serve_spearlet(
 
     Callers must authenticate: by default with a token of the node's data dir (its owner's
     is `DATA/auth/owner.token`), or a cluster certificate when `DATA/tls` has one."""
-    api = node if isinstance(node, InProcessNode) else InProcessNode(node)
+    api = InProcessNode(node) if isinstance(node, Spearlet) else node
     settings = api.node.settings
     if security is None:
         security = Security.for_data_dir(settings.data_dir)

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING
 
 from grpclib.client import Channel
 
+from spear.transport import _speedups
 from spear.transport._status import DEFAULT_MAX_MESSAGE_BYTES, LimitedCodec, listen_for_error_codes
 from spear.transport.auth import attach_token
 
@@ -42,6 +43,7 @@ def open_channel(
     credentials: Credentials = NO_CREDENTIALS,
     max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
 ) -> Channel:
+    _speedups.install()
     channel = Channel(
         host,
         port,

@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from spear.core.cluster import Cluster
 from spear.transport import _convert as cv
 from spear.transport import _sms_convert as sc
+from spear.transport import _speedups
 from spear.transport._gen.spear import v1
 from spear.transport._status import (
     DEFAULT_MAX_MESSAGE_BYTES,
@@ -41,6 +42,7 @@ class SmsClient(Cluster):
         max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
         credentials: Credentials = NO_CREDENTIALS,
     ) -> None:
+        _speedups.install()
         host, port = parse_listen(address)
         self.address = address
         self._timeout = timeout_s

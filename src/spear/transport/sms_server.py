@@ -13,6 +13,7 @@ from loguru import logger
 from spear.errors import InvalidArgument, PermissionDenied
 from spear.transport import _convert as cv
 from spear.transport import _sms_convert as sc
+from spear.transport import _speedups
 from spear.transport._gen.spear import v1
 from spear.transport._status import DEFAULT_MAX_MESSAGE_BYTES, LimitedCodec
 from spear.transport.auth import current_principal
@@ -138,6 +139,7 @@ class SmsServer:
         max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
     ) -> None:
         """`security`: who may call; members need a certificate from the cluster's CA."""
+        _speedups.install()
         self.sms = sms
         self.security = security
         self.service = MetadataService(sms)
