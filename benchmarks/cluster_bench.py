@@ -39,6 +39,10 @@ RESULT_FILE = ROOT / "benchmarks" / "results" / "cluster.json"
 MiB = 1024 * 1024
 
 
+# How this benchmark calls the cluster: the launcher's certificate (set once it starts).
+_CREDENTIALS: list[Any] = [None]
+
+
 def sample_counts(quick: bool) -> dict[str, int]:
     if quick:
         return {"latency_n": 30, "throughput_n": 60, "nodes": 200, "closed_s": 2, "nominal_s": 3}
@@ -56,7 +60,7 @@ async def _latencies(address: str, module: str, n: int, labels: Any) -> dict[str
     place: list[float] = []
     run: list[float] = []
     nodes: dict[str, int] = {}
-    async with Client(address) as client:
+    async with Client(address, credentials=_CREDENTIALS[0]) as client:
         await client.run(spec)  # warm: upload, compile, connections
         for _ in range(n):
             t0 = time.perf_counter()
@@ -74,7 +78,7 @@ async def _throughput(address: str, module: str, n: int, labels: Any) -> dict[st
     from spear.node.client import Client
 
     spec = FunctionSpec(module, labels=labels)
-    async with Client(address) as client:
+    async with Client(address, credentials=_CREDENTIALS[0]) as client:
         await client.run(spec)
         t0 = time.perf_counter()
         handles = []
@@ -100,7 +104,7 @@ async def _calls(address: str, module: str, n: int, labels: Any) -> dict[str, An
 
     spec = FunctionSpec(module, labels=labels)
     samples: list[float] = []
-    async with Client(address) as client:
+    async with Client(address, credentials=_CREDENTIALS[0]) as client:
         await client.call(spec)
         for _ in range(n):
             t0 = time.perf_counter()
@@ -117,7 +121,7 @@ async def _at_once(address: str, module: str, n: int, labels: Any) -> dict[str, 
     from spear.node.client import Client
 
     spec = FunctionSpec(module, labels=labels)
-    async with Client(address) as client:
+    async with Client(address, credentials=_CREDENTIALS[0]) as client:
         await client.call(spec)
         t0 = time.perf_counter()
         done = await client.submit_many([spec] * n, wait=True)
@@ -146,6 +150,7 @@ def _spearlets(directory: Path, counts: dict[str, int], etcd: bool) -> dict[str,
         etcd=etcd,
         node_settings={"node-2": {"labels": {"bench": "far"}}},
     )
+    _CREDENTIALS[0] = cluster.credentials()
     with cluster:
         n1 = cluster.member("node-1").address
         out: dict[str, Any] = {}
@@ -161,12 +166,24 @@ def _spearlets(directory: Path, counts: dict[str, int], etcd: bool) -> dict[str,
 # -- the SMS under heartbeats -------------------------------------------------------------
 
 
-async def _heartbeats(address: str, nodes: int, closed_s: float, nominal_s: float) -> Any:
+async def _heartbeats(
+    address: str, nodes: int, closed_s: float, nominal_s: float, ca_dir: Path
+) -> Any:
     from spear.core.cluster import AgentInfo, NodeRecord
     from spear.core.models import Resources
+
+    # Each simulated node speaks for itself with its own certificate from the cluster's CA.
+    from spear.transport import tls
+    from spear.transport.channels import Credentials
     from spear.transport.sms_client import SmsClient
 
-    channels = [SmsClient(address, timeout_s=30) for _ in range(min(nodes, 20))]
+    def member(i: int) -> Any:
+        directory = ca_dir.parent / "sims" / f"sim-{i:03d}"
+        if not tls.TlsFiles(directory).present:
+            tls.issue(ca_dir, f"sim-{i:03d}", directory)
+        return Credentials(tls=tls.TlsFiles(directory))
+
+    channels = [SmsClient(address, timeout_s=30, credentials=member(i)) for i in range(nodes)]
     records = [
         NodeRecord(
             name=f"sim-{i:03d}",
@@ -239,6 +256,7 @@ def _sms_load(directory: Path, counts: dict[str, int], etcd: bool) -> dict[str, 
             counts["nodes"],
             counts["closed_s"],
             counts["nominal_s"],
+            cluster.ca_dir,
         )
 
 

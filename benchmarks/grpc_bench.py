@@ -39,6 +39,10 @@ RESULT_FILE = ROOT / "benchmarks" / "results" / "grpc.json"
 VARIANT = "spear_wasm_grpc"
 
 
+# The daemon's owner token (read from its data dir once it serves).
+_TOKEN: list[str | None] = [None]
+
+
 class _Daemon:
     def __init__(self, data_dir: Path) -> None:
         env = {k: v for k, v in os.environ.items() if not k.startswith("SPEAR_")}
@@ -81,7 +85,7 @@ async def _throughput(
     many tasks it completed); tasks per second over the whole run."""
     from spear.node.client import Client
 
-    conns = [Client(address) for _ in range(clients)]
+    conns = [Client(address, token=_TOKEN[0]) for _ in range(clients)]
     done = 0
     try:
         for c in conns:  # connect and warm every client first
@@ -111,7 +115,7 @@ async def _measure(address: str, module: Path, quick: bool) -> dict[str, Any]:
 
     spec = FunctionSpec(str(module))
     n = 200 if quick else 2000
-    async with Client(address) as client:
+    async with Client(address, token=_TOKEN[0]) as client:
         for _ in range(20):  # warm up: upload, compile, connection
             assert (await client.run(spec)).state is TaskState.COMPLETED
 
@@ -197,6 +201,9 @@ def run(quick: bool) -> dict[str, Any]:
         module = directory / "trivial.wasm"
         module.write_bytes(wasmtime.wat2wasm(TRIVIAL_WAT))
         daemon = _Daemon(directory / "home")
+        from spear.transport.auth import read_owner_token
+
+        _TOKEN[0] = read_owner_token(directory / "home")
         before = os.getloadavg()
         try:
             result = anyio.run(_measure, daemon.address, module, quick)

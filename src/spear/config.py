@@ -79,6 +79,12 @@ class Settings:
     models_config: str | None = None  # a TOML routing file for AI models (docs/models.md)
     listen: str = "127.0.0.1:7070"
     sms: str | None = None
+    # Credentials (docs/security.md): the token a client sends (default: the data dir's
+    # owner token), where this process's TLS files are (default DATA/tls), and whether a
+    # server may listen beyond loopback without TLS and authentication.
+    token: str | None = dataclasses.field(default=None, repr=False)
+    tls_dir: Path | None = None
+    insecure: bool = False
     extra: Mapping[str, Any] = dataclasses.field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -102,6 +108,10 @@ class Settings:
     @property
     def kv_path(self) -> Path:
         return self.data_dir / "meta.ldb"
+
+    @property
+    def tls_files_dir(self) -> Path:
+        return self.tls_dir or self.data_dir / "tls"
 
     @property
     def module_cache_dir(self) -> Path:
@@ -148,7 +158,7 @@ def _coerce(values: dict[str, Any], fields: dict[str, dataclasses.Field[Any]]) -
     for name, raw in values.items():
         kind = fields[name].type
         try:
-            if name == "data_dir":
+            if name in ("data_dir", "tls_dir"):
                 out[name] = Path(raw).expanduser()
             elif name.endswith("_bytes"):
                 out[name] = parse_size(raw)

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import anyio
@@ -14,11 +16,12 @@ from conftest import assert_eventually
 
 from spear.errors import NotFound
 from spear.node.local_cluster import LocalCluster
+from spear.transport.channels import Credentials
 from spear.transport.sms_client import SmsClient
+from spear.transport.tls import TlsFiles
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
-    from pathlib import Path
 
 # Short periods so a silent node is unhealthy within 0.6 s and dead within 1.5 s.
 FAST = {"heartbeat_s": 0.2, "unhealthy_after_s": 0.6, "dead_after_s": 1.5}
@@ -34,13 +37,19 @@ def loop_wasm(tmp_path: Path) -> Path:
 
 
 @pytest.fixture
-def make_cluster(tmp_path: Path) -> Iterator[Any]:
+def make_cluster(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
+    """Clusters of real processes; the test's `spear` commands and SMS calls present the
+    launcher's certificate from their CA (SPEAR_TLS_DIR), as a member would."""
     made: list[LocalCluster] = []
 
     def make(nodes: int = 2, **kw: Any) -> LocalCluster:
         kw.setdefault("timings", FAST)
+        kw.setdefault("ca", tmp_path / "ca")
         cluster = LocalCluster(tmp_path / f"cluster{len(made)}", nodes=nodes, **kw)
         made.append(cluster)
+        credentials = cluster.credentials()
+        assert credentials.tls is not None
+        monkeypatch.setenv("SPEAR_TLS_DIR", str(credentials.tls.directory))
         return cluster.start()
 
     yield make
@@ -66,13 +75,18 @@ def sms_call(address: str, method: str, *args: Any, **kw: Any) -> Any:
     """One call on the SMS client, from a test's synchronous code."""
 
     async def call() -> Any:
-        client = SmsClient(address, timeout_s=5)
+        client = SmsClient(address, timeout_s=5, credentials=cluster_credentials())
         try:
             return await getattr(client, method)(*args, **kw)
         finally:
             await client.aclose()
 
     return anyio.run(call)
+
+
+def cluster_credentials() -> Credentials:
+    """What the test presents: the certificate SPEAR_TLS_DIR names (see make_cluster)."""
+    return Credentials(tls=TlsFiles(Path(os.environ["SPEAR_TLS_DIR"])))
 
 
 def nodes_json(address: str) -> dict[str, dict[str, Any]]:
@@ -83,4 +97,5 @@ def nodes_json(address: str) -> dict[str, dict[str, Any]]:
 
 __all__ = [
     "FAST", "assert_eventually", "loop_wasm", "make_cluster", "nodes_json", "sms_call", "spear",
+    "cluster_credentials",
 ]  # fmt: skip

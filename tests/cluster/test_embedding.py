@@ -11,6 +11,7 @@ from conftest import build_wat
 
 import spear
 from spear import FunctionSpec, InvalidArgument, TaskState, join_cluster
+from spear.transport import tls
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -24,8 +25,16 @@ HELLO_WAT = """(module
     (drop (call $w (i32.const 1) (i32.const 0) (i32.const 1) (i32.const 8)))))"""
 
 
+def _certify(tmp_path: Path, *names: str) -> None:
+    """The cluster's CA, and each member's certificate in its data dir (DATA/tls)."""
+    tls.create_ca(tmp_path / "ca")
+    for name in names:
+        tls.issue(tmp_path / "ca", name, tmp_path / name / "tls")
+
+
 def test_an_sms_and_two_members_from_python(tmp_path: Path) -> None:
     hello = build_wat(HELLO_WAT, tmp_path, "hello")
+    _certify(tmp_path, "sms", "a", "b")
     on_b = FunctionSpec(str(hello), labels=(("zone", "b"),))
 
     async def main() -> None:
@@ -64,4 +73,18 @@ def test_joining_needs_an_sms(tmp_path: Path) -> None:
             pass  # pragma: no cover
 
     with pytest.raises(InvalidArgument, match="sms"):
+        anyio.run(main)
+
+
+def test_a_member_without_a_certificate_is_refused_before_it_starts(tmp_path: Path) -> None:
+    _certify(tmp_path, "sms")
+
+    async def main() -> None:
+        async with (
+            spear.serve_sms(tmp_path / "sms") as sms,
+            join_cluster(tmp_path / "a", sms=sms.address, name="a"),
+        ):
+            pass  # pragma: no cover
+
+    with pytest.raises(InvalidArgument, match="a cluster member needs its certificate"):
         anyio.run(main)

@@ -20,7 +20,7 @@ from helpers import (  # fixtures too: loop_wasm, make_cluster
 
 from spear.core.cluster import NodeHealth, NodeRecord
 from spear.core.models import FunctionSpec, Task, TaskState, new_task_id
-from spear.errors import InvalidArgument, NotFound
+from spear.errors import InvalidArgument, NotFound, PermissionDenied
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -30,10 +30,20 @@ pytestmark = pytest.mark.slow
 PATIENT = {"heartbeat_s": 0.2, "unhealthy_after_s": 3.0, "dead_after_s": 8.0}
 
 
-def test_sms_port_zero_reports_its_address(tmp_path: Path) -> None:
+def test_sms_port_zero_reports_its_address(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     import subprocess
     import sys
 
+    # The cluster's credentials, made as a user would: a CA and the SMS's certificate in
+    # its data dir, and one for this test (a member called "tester").
+    sms_home = str(tmp_path / "sms")
+    made = spear("cluster", "init", "--name", "sms", "--data-dir", sms_home)
+    assert made.returncode == 0, made.stderr
+    mine = spear("cluster", "cert", "tester", "--out", str(tmp_path / "t"), "--data-dir", sms_home)
+    assert mine.returncode == 0, mine.stderr
+    monkeypatch.setenv("SPEAR_TLS_DIR", str(tmp_path / "t"))
     with subprocess.Popen(
         [sys.executable, "-m", "spear", "serve", "--role", "sms", "--listen", "127.0.0.1:0",
          "--data-dir", str(tmp_path / "sms")],
@@ -48,7 +58,9 @@ def test_sms_port_zero_reports_its_address(tmp_path: Path) -> None:
             with pytest.raises(NotFound, match="no such node: nobody"):  # the code crossed
                 sms_call(address, "node", "nobody")
             with pytest.raises(InvalidArgument, match="name and an address"):
-                sms_call(address, "register", NodeRecord(name="", address=""))
+                sms_call(address, "register", NodeRecord(name="tester", address=""))
+            with pytest.raises(PermissionDenied, match="may not speak for node 'node-9'"):
+                sms_call(address, "register", NodeRecord(name="node-9", address="x:1"))
         finally:
             proc.send_signal(signal.SIGTERM)
             assert proc.wait(timeout=15) == 0

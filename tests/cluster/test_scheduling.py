@@ -12,6 +12,7 @@ import pytest
 from conftest import ROOT, build_c, build_wat
 from helpers import (  # fixtures too: loop_wasm, make_cluster
     assert_eventually,
+    cluster_credentials,
     loop_wasm,
     make_cluster,
     nodes_json,
@@ -44,7 +45,7 @@ HELLO_WAT = """(module
 
 def on(address: str, fn: Any) -> Any:
     async def main() -> Any:
-        async with Client(address) as client:
+        async with Client(address, credentials=cluster_credentials()) as client:
             return await fn(client)
 
     return anyio.run(main)

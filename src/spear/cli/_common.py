@@ -91,8 +91,9 @@ async def connect(settings: Settings, node: str | None) -> AsyncIterator[NodeAPI
     address = node or read_address_file(settings.data_dir)
     if address is not None:
         from spear.node.client import Client  # (only then: it loads gRPC)
+        from spear.transport.channels import Credentials
 
-        client = Client(address)
+        client = Client(address, credentials=Credentials.for_settings(settings))
         try:
             if node is None:  # found in the data dir: it may be stale (a killed daemon)
                 try:

@@ -14,7 +14,7 @@ import sys
 import typer
 from click import exceptions as _click_exc
 
-from spear.cli import cluster, objects, run, serve, tasks
+from spear.cli import cluster, objects, run, serve, tasks, tokens
 from spear.cli._common import JsonOpt, emit_json
 from spear.errors import SpearError
 
@@ -48,6 +48,7 @@ app.add_typer(serve.app)  # serve
 app.add_typer(cluster.app)  # nodes
 app.add_typer(objects.obj_app, name="obj")
 app.add_typer(cluster.cluster_app, name="cluster")
+app.add_typer(tokens.token_app, name="token")
 app.add_typer(about)  # version
 
 

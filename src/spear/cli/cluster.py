@@ -52,15 +52,18 @@ def _cluster_nodes(settings: Settings, node: str | None) -> list[NodeRecord]:
         )
 
     async def fetch() -> list[NodeRecord]:
+        from spear.transport.channels import Credentials
+
+        credentials = Credentials.for_settings(settings)
         if sms is not None:
             from spear.transport.sms_client import SmsClient
 
-            async with SmsClient(sms, timeout_s=10) as client:
+            async with SmsClient(sms, timeout_s=10, credentials=credentials) as client:
                 return await client.nodes()
         from spear.node.peer import Peers
 
         assert node is not None
-        peers = Peers("cli")
+        peers = Peers("cli", credentials=credentials)
         try:
             return await peers.cluster_nodes(node)
         finally:
@@ -155,8 +158,9 @@ def cluster_up(
         sys.stdout.write(f"etcd    {info['etcd']}\n")
     for m in cluster.members:
         sys.stdout.write(f"{m.name:<7} {m.address}\n")
+    # node-1's data dir: the CLI then finds its address, its certificate and the CA.
     sys.stdout.write(
-        f"export SPEAR_SMS={cluster.sms.address} SPEAR_NODE={cluster.members[0].address}\n"
+        f"export SPEAR_HOME={cluster.members[0].data_dir} SPEAR_SMS={cluster.sms.address}\n"
     )
 
 
@@ -168,3 +172,47 @@ def cluster_down(
 
     count = stop_saved(base or _default_base())
     sys.stdout.write(f"stopped {count} process(es)\n")
+
+
+@cluster_app.command("init", help="Make the cluster's CA and this data dir's certificate.")
+def cluster_init(
+    name: Annotated[
+        str | None, typer.Option("--name", help="This member's name (default: node_name).")
+    ] = None,
+    host: Annotated[
+        list[str] | None,
+        typer.Option("--host", help="A name or address members reach it by (repeatable)."),
+    ] = None,
+    data_dir: DataDirOpt = None,
+    config: ConfigOpt = None,
+) -> None:
+    """CA in DATA/tls (ca.key stays here: issue every member's certificate from here)."""
+    from spear.transport import tls
+
+    settings = Settings.load(config_file=config, data_dir=data_dir)
+    directory = settings.tls_files_dir
+    tls.create_ca(directory)
+    tls.issue(directory, name or settings.node_name, directory, hosts=_hosts(host))
+    sys.stdout.write(f"cluster CA and certificate in {directory}\n")
+
+
+@cluster_app.command("cert", help="Issue a member's certificate from this data dir's CA.")
+def cluster_cert(
+    name: Annotated[str, typer.Argument(help="The member's node name (or 'sms').")],
+    out: Annotated[Path, typer.Option("--out", help="Where to write it (its DATA/tls).")],
+    host: Annotated[
+        list[str] | None,
+        typer.Option("--host", help="A name or address members reach it by (repeatable)."),
+    ] = None,
+    data_dir: DataDirOpt = None,
+    config: ConfigOpt = None,
+) -> None:
+    from spear.transport import tls
+
+    settings = Settings.load(config_file=config, data_dir=data_dir)
+    tls.issue(settings.tls_files_dir, name, out, hosts=_hosts(host))
+    sys.stdout.write(f"certificate for {name} in {out}\n")
+
+
+def _hosts(given: list[str] | None) -> tuple[str, ...]:
+    return ("127.0.0.1", "localhost", "::1", *(given or ()))

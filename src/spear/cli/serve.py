@@ -73,6 +73,13 @@ def serve(
     log_format: Annotated[
         str | None, typer.Option("--log-format", help="text or json (one object a line).")
     ] = None,
+    insecure: Annotated[
+        bool,
+        typer.Option(
+            "--insecure",
+            help="Allow listening beyond loopback without TLS (docs/security.md).",
+        ),
+    ] = False,
     data_dir: DataDirOpt = None,
     config: ConfigOpt = None,
     as_json: JsonOpt = False,
@@ -88,6 +95,7 @@ def serve(
         sms=sms,
         log_level=log_level,
         log_format=log_format,
+        insecure=insecure or None,
     )
     if drain_timeout < 0:
         raise InvalidArgument("--drain-timeout must not be negative")

@@ -34,6 +34,7 @@ if TYPE_CHECKING:
     from spear.node.server import SpearletServer
     from spear.store.kv import KV
     from spear.store.objects import ObjectStore
+    from spear.transport.channels import Credentials
 
 
 def _machine_capacity(settings: Settings) -> Resources:
@@ -152,7 +153,23 @@ def build_cluster(settings: Settings) -> Cluster | None:
         return None
     from spear.transport.sms_client import SmsClient
 
-    return SmsClient(settings.sms)
+    return SmsClient(settings.sms, credentials=member_credentials(settings))
+
+
+def member_credentials(settings: Settings) -> Credentials:
+    """What a cluster member presents to the SMS and the other members: its certificate
+    (DATA/tls, made by `spear cluster init` / `spear cluster cert`)."""
+    from spear.transport.channels import Credentials
+    from spear.transport.tls import TlsFiles
+
+    tls = TlsFiles(settings.tls_files_dir)
+    if not tls.present:
+        raise InvalidArgument(
+            f"a cluster member needs its certificate: no node.crt, node.key and ca.crt in"
+            f" {tls.directory} (spear cluster init, then spear cluster cert NAME; see"
+            " docs/security.md)"
+        )
+    return Credentials(tls=tls)
 
 
 # -- a daemon, a cluster member ---------------------------------------------------------
@@ -175,7 +192,7 @@ def make_node_api(node: Spearlet, max_message_bytes: int = 0) -> InProcessNode |
     timings = ClusterTimings.from_extra(settings.extra)
     cluster = build_cluster(settings)
     assert cluster is not None
-    peers = Peers(node.name)
+    peers = Peers(node.name, credentials=member_credentials(settings))
     scheduler = Scheduler(node, cluster, peers, node_labels(settings), timings.heartbeat_s)
     return ClusterNode(local, cluster, scheduler, peers)
 
@@ -205,9 +222,11 @@ async def serving_node(
 
     from spear.node.server import serve_spearlet
     from spear.transport._status import DEFAULT_MAX_MESSAGE_BYTES
+    from spear.transport.serving import Security
 
     if settings.sms:  # distributed mode: a cluster-wide node name
         settings = dataclasses.replace(settings, node_name=node_name_for(settings))
+        member_credentials(settings)  # (refused before anything starts without them)
     node = build_local_node(settings, hold_kv=True)
     if on_finished is not None:
         node.controller.add_finished_hook(on_finished)
@@ -218,6 +237,7 @@ async def serving_node(
             settings.listen,
             max_message_bytes=max_message_bytes or DEFAULT_MAX_MESSAGE_BYTES,
             extra_services=peer_services(api),
+            security=Security.for_settings(settings),
         )
         assert server.address is not None
         try:
@@ -295,13 +315,17 @@ async def serving_sms(settings: Settings, kv_spec: str | None = None) -> AsyncIt
     `kv_spec`: leveldb:PATH, etcd://..., or None for DATA/sms.ldb; its sweeper running)."""
     from spear.core.cluster import ClusterTimings
     from spear.core.sms import MetadataServer
+    from spear.transport.serving import Security
     from spear.transport.sms_server import SmsServer
 
     timings = ClusterTimings.from_extra(settings.extra)
+    security = Security.for_settings(settings)
+    if security.tls is None:
+        member_credentials(settings)  # says what is missing: members need TLS to prove who
     kv = await open_sms_kv(kv_spec, settings.data_dir)
     async with kv:
         sms = MetadataServer(kv, timings)
-        server = SmsServer(sms)
+        server = SmsServer(sms, security=security)
         address = await server.start(settings.listen)
         try:
             async with anyio.create_task_group() as tg:

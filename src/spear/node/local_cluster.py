@@ -4,6 +4,8 @@ its own data dir and a kernel-chosen port (optionally on a private etcd). Used b
 
 Layout under `base`: `sms/`, `node-1/`, ... (data dirs), `etcd/` with `--etcd`, and
 `cluster.json` naming every process (pid, address), which `spear cluster down` reads.
+The cluster's CA is `ca/` (made on first start); each process gets its certificate in its
+data dir's `tls/`, and `launcher/` holds the one this launcher calls with (`credentials`).
 """
 
 from __future__ import annotations
@@ -16,9 +18,12 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path  # noqa: TC003 - dataclass field type
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from spear.errors import NotFound, Unavailable
+
+if TYPE_CHECKING:
+    from spear.transport.channels import Credentials
 
 STATE_FILE = "cluster.json"
 
@@ -59,6 +64,7 @@ class LocalCluster:
     members: list[Member] = field(default_factory=list)
     etcd_process: Any = None
     startup_timeout_s: float = 30.0
+    ca: Path | None = None  # the cluster's CA (default base/ca); clusters may share one
 
     def _spawn(self, member: Member, args: list[str]) -> None:
         member.data_dir.mkdir(parents=True, exist_ok=True)
@@ -94,8 +100,32 @@ class LocalCluster:
             time.sleep(0.02)  # polling the child's first line, with a deadline
         raise Unavailable(f"{member.name} did not report an address in time")
 
+    @property
+    def ca_dir(self) -> Path:
+        return self.ca or self.base / "ca"
+
+    def _certify(self, name: str, directory: Path) -> None:
+        """A certificate from the cluster's CA for `name` in `directory` (kept if there)."""
+        from spear.transport import tls
+
+        if not (self.ca_dir / tls.CA_KEY).exists():
+            tls.create_ca(self.ca_dir)
+        if not tls.TlsFiles(directory).present:
+            tls.issue(self.ca_dir, name, directory)
+
+    def credentials(self) -> Credentials:
+        """How this launcher (tests, benchmarks) calls the cluster's processes: with a
+        certificate of its own from the cluster's CA."""
+        from spear.transport.channels import Credentials
+        from spear.transport.tls import TlsFiles
+
+        directory = self.base / "launcher"
+        self._certify("launcher", directory)
+        return Credentials(tls=TlsFiles(directory))
+
     def write_config(self, member: Member, extra: dict[str, Any]) -> None:
         member.data_dir.mkdir(parents=True, exist_ok=True)
+        self._certify(member.name, member.data_dir / "tls")
         values = {**self.timings, **extra}
         (member.data_dir / "config.toml").write_text(_toml(values))
 
@@ -148,9 +178,11 @@ class LocalCluster:
 
         assert self.sms is not None
         want = {m.name for m in self.members if m.alive()}
+        credentials = self.credentials()
 
         async def healthy() -> set[str]:
-            async with SmsClient(self.sms.address if self.sms else "", timeout_s=5) as client:
+            address = self.sms.address if self.sms else ""
+            async with SmsClient(address, timeout_s=5, credentials=credentials) as client:
                 return {n.name for n in await client.nodes(live_only=True)}
 
         deadline = time.monotonic() + self.startup_timeout_s

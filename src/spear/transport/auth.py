@@ -346,7 +346,8 @@ class Authorizer:
         token = bearer(metadata)
         if token is None:
             raise Unauthenticated(
-                "this node requires a credential: pass a token (--token or SPEAR_TOKEN)"
+                "this node requires a credential: a token (SPEAR_TOKEN, or the owner token"
+                " of the node's data dir) or a cluster certificate"
             )
         principal = self.tokens.verify(token) if self.tokens is not None else None
         if principal is None:

@@ -16,6 +16,7 @@ from spear.transport.auth import attach_token
 if TYPE_CHECKING:
     import ssl
 
+    from spear.config import Settings
     from spear.transport.tls import TlsFiles
 
 
@@ -26,6 +27,21 @@ class Credentials:
 
     token: str | None = None
     tls: TlsFiles | None = None
+
+    @classmethod
+    def for_settings(cls, settings: Settings, *, member: bool = False) -> Credentials:
+        """What this process presents: its settings' token, else its data dir's owner
+        token (a user's CLI; not for a `member`, which presents its certificate), and the
+        TLS files in its tls_dir when there are any (a CA at least)."""
+        from spear.transport.auth import read_owner_token
+        from spear.transport.tls import CA_CERT, TlsFiles
+
+        token = settings.token
+        if token is None and not member:
+            token = read_owner_token(settings.data_dir)
+        tls_dir = settings.tls_files_dir
+        tls = TlsFiles(tls_dir) if (tls_dir / CA_CERT).is_file() else None
+        return cls(token=token, tls=tls)
 
     def ssl_context(self) -> ssl.SSLContext | None:
         if self.tls is None:

@@ -22,6 +22,7 @@ if TYPE_CHECKING:
 
     from grpclib.server import Stream
 
+    from spear.config import Settings
     from spear.transport.auth import Authorizer
     from spear.transport.tls import TlsFiles
 
@@ -185,6 +186,12 @@ class Security:
                 " reaches the port could run tasks (set up TLS with `spear cluster init`, or"
                 " force it with --insecure)"
             )
+
+    @classmethod
+    def for_settings(cls, settings: Settings) -> Security:
+        """A server's security from its settings (data dir, tls_dir, insecure)."""
+        found = cls.for_data_dir(settings.data_dir, settings.tls_files_dir)
+        return cls(found.authorizer, found.tls, allow_insecure=settings.insecure)
 
     def install(self, server: Any) -> ssl.SSLContext | None:
         """Check every call `server` receives; the TLS context to start it with."""
