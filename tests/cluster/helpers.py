@@ -57,9 +57,16 @@ def make_cluster(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[An
         cluster.stop()
 
 
-def spear(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+def spear(
+    *args: str, timeout: float = 60, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    """The real `spear` command (`env`: variables to set for it)."""
     return subprocess.run(
-        [sys.executable, "-m", "spear", *args], capture_output=True, text=True, timeout=timeout
+        [sys.executable, "-m", "spear", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**os.environ, **(env or {})},
     )
 
 
@@ -71,11 +78,15 @@ def sms_state(address: str, task_id: str) -> Any:
         return None
 
 
-def sms_call(address: str, method: str, *args: Any, **kw: Any) -> Any:
-    """One call on the SMS client, from a test's synchronous code."""
+def sms_call(
+    address: str, method: str, *args: Any, tls_dir: Path | None = None, **kw: Any
+) -> Any:
+    """One call on the SMS client, from a test's synchronous code (as the launcher, or as
+    the member whose TLS files are in `tls_dir`)."""
+    credentials = Credentials(tls=TlsFiles(tls_dir)) if tls_dir else cluster_credentials()
 
     async def call() -> Any:
-        client = SmsClient(address, timeout_s=5, credentials=cluster_credentials())
+        client = SmsClient(address, timeout_s=5, credentials=credentials)
         try:
             return await getattr(client, method)(*args, **kw)
         finally:

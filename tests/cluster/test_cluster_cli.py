@@ -25,13 +25,17 @@ def test_cluster_up_nodes_down(tmp_path: Path) -> None:
         assert set(info["nodes"]) == {"node-1", "node-2"}
         again = spear("cluster", "up", "--dir", str(base))
         assert again.returncode == 64 and "already up" in one_error_line(again.stderr.encode())
-        listed = spear("nodes", "--sms", info["sms"])
+        # As `cluster up` tells a user: node-1's data dir holds the credentials to call with.
+        stranger = spear("nodes", "--sms", info["sms"], env={"SPEAR_HOME": str(tmp_path / "x")})
+        assert stranger.returncode != 0
+        member = {"SPEAR_HOME": str(base / "node-1")}
+        listed = spear("nodes", "--sms", info["sms"], env=member)
         assert listed.returncode == 0, listed.stderr
         lines = listed.stdout.splitlines()
         assert lines[0].split()[:2] == ["NAME", "HEALTH"]
         assert sorted(line.split()[0] for line in lines[1:]) == ["node-1", "node-2"]
         assert all(line.split()[1] == "healthy" for line in lines[1:])
-        via_node = spear("nodes", "--node", info["nodes"]["node-2"], "--json")
+        via_node = spear("nodes", "--node", info["nodes"]["node-2"], "--json", env=member)
         assert via_node.returncode == 0, via_node.stderr
         assert {n["name"] for n in json.loads(via_node.stdout)} == {"node-1", "node-2"}
         pids = [m["pid"] for m in json.loads((base / "cluster.json").read_text())["members"]]

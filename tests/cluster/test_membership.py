@@ -98,8 +98,10 @@ def test_nodes_register_heartbeat_and_leave_cleanly(make_cluster: Any) -> None:
         Task(id=new_task_id(), spec=FunctionSpec("m.wasm"), node="node-1").transition(state)
         for state in (TaskState.RUNNING, TaskState.CANCELLED, TaskState.RUNNING)
     ]
-    sms_call(sms, "report_task", made[0])
-    sms_call(sms, "report_tasks", made[1:])
+    # (As node-1, with its certificate: a member reports only on its own tasks.)
+    node1_tls = cluster.member("node-1").data_dir / "tls"
+    sms_call(sms, "report_task", made[0], tls_dir=node1_tls)
+    sms_call(sms, "report_tasks", made[1:], tls_dir=node1_tls)
     assert [sms_call(sms, "task", t.id) for t in made] == made
     first_beat = listed["node-1"]["last_heartbeat"]
     assert_eventually(lambda: nodes_json(sms)["node-1"]["last_heartbeat"] > first_beat)

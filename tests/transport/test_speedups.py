@@ -55,6 +55,7 @@ def test_a_server_and_the_clients_install_both(tmp_path: Path) -> None:
         from spear.store.leveldb import LevelDBKV
         from spear.transport import _fastdefaults, _fastframes
         from spear.transport.sms_client import SmsClient
+        from spear.transport.serving import Security
         from spear.transport.sms_server import SmsServer
 
         def patched():
@@ -63,7 +64,7 @@ def test_a_server_and_the_clients_install_both(tmp_path: Path) -> None:
         async def main():
             seen = [patched()]
             kv = LevelDBKV.open({str(tmp_path / "sms")!r})
-            async with SmsServer(MetadataServer(kv)) as server:
+            async with SmsServer(MetadataServer(kv), security=Security.open()) as server:
                 seen.append(patched())
                 address = await server.start("127.0.0.1:0")
                 client = SmsClient(address)

@@ -319,11 +319,11 @@ async def serving_sms(settings: Settings, kv_spec: str | None = None) -> AsyncIt
     from spear.transport.sms_server import SmsServer
 
     timings = ClusterTimings.from_extra(settings.extra)
-    security = Security.for_settings(settings)
-    if security.tls is None:
-        member_credentials(settings)  # says what is missing: members need TLS to prove who
     kv = await open_sms_kv(kv_spec, settings.data_dir)
     async with kv:
+        security = Security.for_settings(settings)
+        if security.tls is None:
+            member_credentials(settings)  # says what is missing: members prove who with TLS
         sms = MetadataServer(kv, timings)
         server = SmsServer(sms, security=security)
         address = await server.start(settings.listen)

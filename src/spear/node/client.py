@@ -35,7 +35,7 @@ from spear.transport._status import (
     DEFAULT_MAX_MESSAGE_BYTES,
     client_errors,
 )
-from spear.transport.channels import Credentials, open_channel
+from spear.transport.channels import Credentials, close_channel, open_channel
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Callable, Iterator, Sequence
@@ -148,9 +148,9 @@ class Client(AsyncResource):
         return client_errors(self.address)
 
     async def aclose(self) -> None:
-        if self._channel is not None:
-            self._channel.close()
-        self._channel = None
+        channel, self._channel = self._channel, None
+        if channel is not None:
+            await close_channel(channel)
         self._stub_ = None
 
     # -- artifacts -------------------------------------------------------------------

@@ -19,7 +19,7 @@ from spear.transport._status import (
     client_errors,
     received_error_code,
 )
-from spear.transport.channels import NO_CREDENTIALS, Credentials, open_channel
+from spear.transport.channels import NO_CREDENTIALS, Credentials, close_channel, open_channel
 from spear.transport.serving import guard, parse_listen
 
 if TYPE_CHECKING:
@@ -124,6 +124,6 @@ class Peers:
         for client in self._clients.values():
             await client.aclose()
         for channel, _ in self._channels.values():
-            channel.close()
+            await close_channel(channel)
         self._clients.clear()
         self._channels.clear()

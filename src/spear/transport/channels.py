@@ -7,6 +7,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+import anyio
 from grpclib.client import Channel
 
 from spear.transport import _speedups
@@ -70,3 +71,19 @@ def open_channel(
     if credentials.token:
         attach_token(channel, credentials.token)
     return channel
+
+
+async def close_channel(channel: Channel, *, wait_s: float = 0.5) -> None:
+    """Close `channel` and, over TLS, give the TLS shutdown the few loop turns it needs to
+    close the socket (bounded by `wait_s`): left half-closed, the socket would be closed by
+    the garbage collector after the loop is gone (a ResourceWarning)."""
+    protocol = getattr(channel, "_protocol", None)  # (grpclib keeps no public handle)
+    transport = getattr(getattr(protocol, "connection", None), "_transport", None)
+    sock = transport.get_extra_info("socket") if transport is not None else None
+    tls = transport is not None and transport.get_extra_info("sslcontext") is not None
+    channel.close()
+    if not tls or sock is None:
+        return
+    with anyio.move_on_after(wait_s):
+        while sock.fileno() != -1:  # noqa: ASYNC110 - no event tells; polled, bounded
+            await anyio.sleep(0.001)

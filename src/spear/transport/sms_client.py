@@ -14,7 +14,7 @@ from spear.transport._status import (
     client_errors,
     received_error_code,
 )
-from spear.transport.channels import NO_CREDENTIALS, Credentials, open_channel
+from spear.transport.channels import NO_CREDENTIALS, Credentials, close_channel, open_channel
 from spear.transport.serving import parse_listen
 
 if TYPE_CHECKING:
@@ -131,4 +131,4 @@ class SmsClient(Cluster):
         return [sc.location_from_wire(x) for x in resp.locations]
 
     async def aclose(self) -> None:
-        self._channel.close()
+        await close_channel(self._channel)
