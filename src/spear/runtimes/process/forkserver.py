@@ -1,20 +1,32 @@
-"""Warm Python workers: a pre-started interpreter that forks one child per warm `.py` task.
+"""Warm Python workers: a pre-started interpreter whose children run warm `.py` tasks.
 
 A new interpreter costs milliseconds (`python -c pass`) plus whatever the agent imports
 (`from spear import agent` loads the SDK); a fork of an interpreter that has all of that
-loaded already costs a fraction of one. `ForkServer` (node side) starts
-`python -m spear.runtimes.process.forkserver`, which imports the SDK, then waits on a
-SOCK_SEQPACKET control socket. Each request carries the command and four descriptors
-(a status socket for this task, the child's stdin, stdout and stderr); the server forks,
-the child makes its own process group, applies its rlimits, takes the descriptors as
-0/1/2, and runs the script as `__main__` with `runpy`. The server sends the child's pid on
-the task's status socket and, once it has ended (its group killed, the child reaped), its
-wait status and CPU time. The node supervises the child exactly as it does a process it
-spawned itself (`process.Supervisor`), killing its group by pid.
+loaded already costs a fraction of one, and a child forked *before* the task arrives
+costs nothing on the task's path. `ForkServer` (node side) starts
+`python -m spear.runtimes.process.forkserver`, which imports the SDK, freezes its heap
+(`gc.freeze`, so the children's collector does not copy it page by page) and keeps
+`spares` children forked ahead, each blocked on a socket of its own.
+
+A request on the SOCK_SEQPACKET control socket carries the command and four descriptors
+(a status socket for this task, the child's stdin, stdout and stderr). The server hands it
+to a spare (or forks one if none is left) and forks the next spare. The child sends the
+node its pid on the task's status socket, joins the task's cgroup, applies its rlimits,
+takes the descriptors as 0/1/2 and runs the script as `__main__`.
+
+How a task ends, on the status socket, in the order the node sees it:
+- the script returned (or raised SystemExit): the child flushes and closes 0/1/2, sends
+  `{"exit": code}` and waits, alive, for the node to kill its process group. The node
+  has the outcome without waiting for the child's address space to be torn down and
+  reaped; since the child is alive when the node kills the group, its pid (the group id)
+  cannot have been reused.
+- anything else (a signal, `os._exit`): the server reaps the child (its group killed
+  first) and sends `{"status": wait status, "cpu": seconds}`.
 
 When the node goes away (its end of the control socket closes, even on SIGKILL), the
-server kills the process group of every child it still has, reaps them and exits. A task
-whose status socket the node closes early is killed the same way.
+server kills the process group of every child it has, spares included, reaps them and
+exits; a spare whose server died sees its socket close and exits too. A task whose status
+socket the node closes early is killed the same way.
 """
 
 from __future__ import annotations
@@ -22,7 +34,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import selectors
+import select
 import signal
 import socket
 import subprocess
@@ -36,15 +48,24 @@ if TYPE_CHECKING:
 
 _MAX_MESSAGE = 1024 * 1024
 _START_TIMEOUT_S = 30.0
+DEFAULT_SPARES = 1
+
+
+class WarmUnavailable(OSError):
+    """The fork server could not start the task (it is gone): nothing of it ran."""
 
 
 class ForkServer:
     """The node's handle on one fork server process."""
 
-    def __init__(self) -> None:
+    def __init__(self, spares: int = DEFAULT_SPARES) -> None:
+        if spares < 0:
+            raise ValueError("spares must not be negative")
+        self.spares = spares
         self._popen: subprocess.Popen[bytes] | None = None
         self._control: socket.socket | None = None
         self._lock = threading.Lock()
+        self._devnull: int | None = None
 
     @property
     def alive(self) -> bool:
@@ -57,14 +78,15 @@ class ForkServer:
     def start(self) -> None:
         """Start the server and wait until it has loaded the SDK (blocking)."""
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-        package_root = str(Path(__file__).resolve().parents[2])
+        package_root = str(Path(__file__).resolve().parents[3])
         env = dict(os.environ)
         env["PYTHONPATH"] = os.pathsep.join(
             p for p in (env.get("PYTHONPATH", ""), package_root) if p
         )
+        argv = [sys.executable, "-m", "spear.runtimes.process.forkserver"]
         try:
             self._popen = subprocess.Popen(
-                [sys.executable, "-m", "spear.runtimes.process.forkserver", str(theirs.fileno())],
+                [*argv, str(theirs.fileno()), str(self.spares)],
                 pass_fds=(theirs.fileno(),),
                 stdin=subprocess.DEVNULL,
                 stdout=subprocess.DEVNULL,
@@ -83,6 +105,7 @@ class ForkServer:
             self.stop()
             raise OSError("the warm Python worker did not start")
         self._control = ours
+        self._devnull = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
 
     def spawn(
         self,
@@ -92,34 +115,34 @@ class ForkServer:
         stderr: int,
         cgroup_procs: str | None = None,
     ) -> WarmChild:
-        """Fork a child running `command` (a `.py` agent), in the cgroup whose
-        `cgroup.procs` is `cgroup_procs` if given; OSError if that fails."""
-        if self._control is None:
-            raise OSError("the warm Python worker is not running")
+        """Start a child running `command` (a `.py` agent), in the cgroup whose
+        `cgroup.procs` is `cgroup_procs` if given. `WarmUnavailable` if the server is
+        gone before the task started (it may run cold instead); OSError otherwise."""
+        control, devnull = self._control, self._devnull
+        if control is None or devnull is None:
+            raise WarmUnavailable("the warm Python worker is not running")
         status_ours, status_theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-        devnull = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC) if stdin is None else None
-        stdin_fd = stdin if stdin is not None else devnull
-        assert stdin_fd is not None
         request = {
-            "argv": list(command.argv[1:]),  # the script and its arguments
+            "argv": command.argv[1:],  # the script and its arguments
             "env": command.env,
             "cwd": command.cwd or os.getcwd(),
             "rlimits": command.limits.as_rlimits() if command.limits else [],
             "cgroup_procs": cgroup_procs,
         }
         try:
-            fds = [status_theirs.fileno(), stdin_fd, stdout, stderr]
+            fds = [status_theirs.fileno(), devnull if stdin is None else stdin, stdout, stderr]
             with self._lock:
-                socket.send_fds(self._control, [json.dumps(request).encode()], fds)
+                socket.send_fds(control, [json.dumps(request).encode()], fds)
             reply = status_ours.recv(_MAX_MESSAGE)
-        except OSError:
+        except OSError as exc:
             status_ours.close()
-            raise
+            raise WarmUnavailable(exc.errno, f"the warm Python worker is gone: {exc}") from None
         finally:
             status_theirs.close()
-            if devnull is not None:
-                os.close(devnull)
-        message = json.loads(reply) if reply else {"error": "the warm Python worker exited"}
+        if not reply:
+            status_ours.close()
+            raise WarmUnavailable("the warm Python worker exited")
+        message = json.loads(reply)
         if "pid" not in message:
             status_ours.close()
             raise OSError(message.get("errno", 0), message.get("error", "fork failed"))
@@ -130,6 +153,9 @@ class ForkServer:
         if self._control is not None:
             self._control.close()
             self._control = None
+        if self._devnull is not None:
+            os.close(self._devnull)
+            self._devnull = None
         if self._popen is not None:
             try:
                 self._popen.wait(timeout=5)
@@ -141,6 +167,8 @@ class ForkServer:
 class WarmChild:
     """A child of the fork server, watched through its status socket."""
 
+    in_cgroup = True  # it joins the task's cgroup itself, before it runs anything
+
     def __init__(self, pid: int, status: socket.socket) -> None:
         self.pid = pid
         self._status = status
@@ -150,15 +178,19 @@ class WarmChild:
         return self._status.fileno()
 
     def collect(self) -> tuple[int, float]:
+        from spear.runtimes.process.supervisor import kill_group
+
         reply = b""
         with contextlib.suppress(OSError):
             reply = self._status.recv(_MAX_MESSAGE)
         if not reply:  # the server died: make sure the child's group did too
-            from spear.runtimes.process.supervisor import kill_group
-
             kill_group(self.pid, signal.SIGKILL)
             return signal.SIGKILL, 0.0  # a wait status meaning "killed by SIGKILL"
         message = json.loads(reply)
+        if "exit" in message:
+            # The child waits for this: what the task left in its group ends with it.
+            kill_group(self.pid, signal.SIGKILL)
+            return (int(message["exit"]) & 0xFF) << 8, float(message["cpu"])
         return int(message["status"]), float(message["cpu"])
 
     def close(self) -> None:
@@ -182,23 +214,39 @@ def _run_script(script: str) -> None:
     exec(code, main.__dict__)
 
 
-def _run_child(request: dict[str, Any], fds: list[int], closing: list[int]) -> None:
-    """In the forked child: become the task's process, run the script, never return."""
+def _spare(control: socket.socket, report: socket.socket) -> None:
+    """In a pre-forked child: take the next task from the control socket, run it, never
+    return. The server learns of it through `report` (this pid and a copy of the task's
+    status socket, for an end the child cannot report itself) and forks the next spare."""
+    try:
+        data, fds, _, _ = socket.recv_fds(control, _MAX_MESSAGE, 4)
+    except (OSError, KeyboardInterrupt):
+        data, fds = b"", []
+    if not data or len(fds) != 4:  # the node is gone, or stopped its warm workers
+        os._exit(0)
+    control.close()
+    me = os.getpid()
+    status = socket.socket(fileno=fds[0])
+    with contextlib.suppress(OSError):
+        status.send(b'{"pid": %d}' % me)
+        socket.send_fds(report, [b"%d" % me], [fds[0]])
+    report.close()
+    _run_child(json.loads(data), status, fds[1:])
+
+
+def _run_child(request: dict[str, Any], status: socket.socket, fds: list[int]) -> None:
+    """In the child: become the task's process, run the script, never return."""
     import atexit
     import io
     import traceback
 
+    me = os.getpid()
     code = 1
     try:
         if request.get("cgroup_procs"):  # first, before it can start anything
             with contextlib.suppress(OSError), open(request["cgroup_procs"], "w") as f:
-                f.write(str(os.getpid()))
-        os.setpgid(0, 0)
-        signal.set_wakeup_fd(-1)
-        signal.signal(signal.SIGCHLD, signal.SIG_DFL)
-        for fd in closing:
-            with contextlib.suppress(OSError):
-                os.close(fd)
+                f.write(str(me))
+        signal.signal(signal.SIGINT, signal.default_int_handler)
         for res, soft, hard in request["rlimits"]:
             import resource
 
@@ -243,96 +291,186 @@ def _run_child(request: dict[str, Any], fds: list[int], closing: list[int]) -> N
         with contextlib.suppress(BaseException):
             sys.stdout.flush()
             sys.stderr.flush()
+        if os.getpid() == me:  # not a process the script forked, returning here
+            with contextlib.suppress(BaseException):
+                _report_exit(status, code)
         os._exit(code)
 
 
-def _serve(control_fd: int) -> None:
-    control = socket.socket(fileno=control_fd)
-    wake_r, wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
-    signal.set_wakeup_fd(wake_w)
-    signal.signal(signal.SIGCHLD, lambda *_: None)
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    # What warm children get for free: the SDK, and what running a script takes.
-    import atexit  # noqa: F401
-    import io  # noqa: F401
-    import resource  # noqa: F401
-    import traceback  # noqa: F401
+def _report_exit(status: socket.socket, code: int) -> None:
+    """Tell the node how the task ended, then wait, alive, for it to kill the group."""
+    import resource
 
-    import spear.agent  # noqa: F401
-
-    children: dict[int, socket.socket] = {}
-    by_fd: dict[int, int] = {}
-    sel = selectors.DefaultSelector()
-    sel.register(control, selectors.EVENT_READ)
-    sel.register(wake_r, selectors.EVENT_READ)
-    control.send(json.dumps({"ready": True, "pid": os.getpid()}).encode())
-
-    def finish(pid: int, status: int, cpu: float) -> None:
-        sock = children.pop(pid)
-        by_fd.pop(sock.fileno(), None)
-        sel.unregister(sock)
+    for fd in (0, 1, 2):  # the node's pipes see their end now, not after teardown
         with contextlib.suppress(OSError):
-            sock.send(json.dumps({"status": status, "cpu": cpu}).encode())
-        sock.close()
+            os.close(fd)
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    status.send(json.dumps({"exit": code, "cpu": usage.ru_utime + usage.ru_stime}).encode())
+    status.recv(1)  # the node's SIGKILL ends this; an empty read: the node is gone
 
-    def reap(pid: int, block: bool) -> None:
+
+def _die_with_parent() -> None:
+    """SIGKILL this process when the fork server dies (so no spare, nor task, outlives it
+    blocked on a control socket that nobody serves)."""
+    import ctypes
+
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+
+
+class _Server:
+    """The fork server: its spares, the children running tasks, their status sockets."""
+
+    def __init__(self, control: socket.socket, spares: int) -> None:
+        self.control = control
+        self.target = max(1, spares)  # a spare is what takes requests: at least one
+        self.children: set[int] = set()  # every child not reaped yet
+        self.spares: set[int] = set()  # forked, waiting on the control socket
+        self.running: dict[int, socket.socket] = {}  # pid -> its task's status socket
+        self.ended: dict[int, tuple[int, float]] = {}  # reaped before their report came
+        self.by_fd: dict[int, int] = {}  # status socket fd -> pid
+        self.report, self.report_child = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        self.wake_r, self.wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        self.poller = select.poll()
+
+    def fork_spare(self) -> None:
+        import gc
+
+        gc.freeze()  # what the server made since: the children's collector leaves it be
+        pid = os.fork()
+        if pid == 0:
+            try:
+                os.setpgid(0, 0)
+                _die_with_parent()
+                signal.set_wakeup_fd(-1)
+                signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+                for sock in (self.report, *self.running.values()):
+                    sock.close()
+                os.close(self.wake_r)
+                os.close(self.wake_w)
+            except BaseException:  # noqa: B036 - never return into the server's loop
+                os._exit(1)
+            _spare(self.control, self.report_child)
+        with contextlib.suppress(OSError):
+            os.setpgid(pid, pid)  # also here, so the node can kill the group at once
+        self.children.add(pid)
+        self.spares.add(pid)
+
+    def refill(self) -> None:
+        while len(self.spares) < self.target:
+            try:
+                self.fork_spare()
+            except OSError:
+                return  # out of processes or memory: tried again on the next event
+
+    def take_report(self) -> None:
+        """A spare took a task: watch its status socket; its replacement is forked next."""
+        try:
+            data, fds, _, _ = socket.recv_fds(self.report, 64, 1)
+        except (OSError, BlockingIOError):
+            return
+        if not fds:
+            return
+        status = socket.socket(fileno=fds[0])
+        pid = int(data)
+        self.spares.discard(pid)
+        if pid in self.ended:  # it ended already: report that at once
+            self.running[pid] = status
+            self.by_fd[status.fileno()] = pid
+            self.poller.register(status.fileno(), select.POLLIN)
+            self.finish(pid, *self.ended.pop(pid))
+            return
+        self.running[pid] = status
+        self.by_fd[status.fileno()] = pid
+        self.poller.register(status.fileno(), select.POLLIN)
+
+    def finish(self, pid: int, wait_status: int, cpu: float) -> None:
+        status = self.running.pop(pid, None)
+        if status is None:
+            if pid not in self.spares and len(self.ended) < 4096:  # its report is on the way
+                self.ended[pid] = (wait_status, cpu)
+            self.spares.discard(pid)
+            return
+        self.by_fd.pop(status.fileno(), None)
+        self.poller.unregister(status.fileno())
+        with contextlib.suppress(OSError):
+            status.send(json.dumps({"status": wait_status, "cpu": cpu}).encode())
+        status.close()
+
+    def reap(self, pid: int, block: bool) -> None:
         flags = os.WEXITED | os.WNOWAIT | (0 if block else os.WNOHANG)
         try:
             if os.waitid(os.P_PID, pid, flags) is None:
                 return
         except ChildProcessError:
+            self.children.discard(pid)
             return
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(pid, signal.SIGKILL)  # what the task left in its group
-        _, status, usage = os.wait4(pid, 0)
-        finish(pid, status, usage.ru_utime + usage.ru_stime)
+        _, wait_status, usage = os.wait4(pid, 0)
+        self.children.discard(pid)
+        self.finish(pid, wait_status, usage.ru_utime + usage.ru_stime)
 
-    running = True
-    while running or children:
-        for key, _ in sel.select(None if running else 1.0):
-            if key.fileobj is control:
-                try:
-                    data, fds, _, _ = socket.recv_fds(control, _MAX_MESSAGE, 4)
-                except OSError:
-                    data, fds = b"", []
-                if not data:  # the node is gone: stop every task
+    def kill_all(self) -> None:
+        for pid in self.children:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(pid, signal.SIGKILL)
+
+    def serve(self) -> None:
+        control, poller = self.control, self.poller
+        # Not POLLIN: requests are for the spares. A hang-up is the node gone (or stopping).
+        poller.register(control.fileno(), 0)
+        poller.register(self.report.fileno(), select.POLLIN)
+        poller.register(self.wake_r, select.POLLIN)
+        running = True
+        while running or self.children:
+            for fd, _ in poller.poll(None if running else 1000):
+                if fd == control.fileno():
                     running = False
-                    sel.unregister(control)
-                    for pid in list(children):
-                        with contextlib.suppress(ProcessLookupError, PermissionError):
-                            os.killpg(pid, signal.SIGKILL)
-                    continue
-                status_sock = socket.socket(fileno=fds[0])
-                closing = [control.fileno(), wake_r, wake_w, *by_fd]
-                try:
-                    pid = os.fork()
-                except OSError as exc:
-                    status_sock.send(json.dumps({"error": str(exc), "errno": exc.errno}).encode())
-                    status_sock.close()
-                    for fd in fds[1:]:
-                        os.close(fd)
-                    continue
-                if pid == 0:
-                    _run_child(json.loads(data), [*fds[1:]], [*closing, fds[0]])
-                with contextlib.suppress(OSError):
-                    os.setpgid(pid, pid)  # also here, so the node can kill the group at once
-                for fd in fds[1:]:
-                    os.close(fd)
-                children[pid] = status_sock
-                by_fd[status_sock.fileno()] = pid
-                sel.register(status_sock, selectors.EVENT_READ)
-                status_sock.send(json.dumps({"pid": pid}).encode())
-            elif key.fileobj == wake_r:
-                with contextlib.suppress(BlockingIOError):
-                    os.read(wake_r, 4096)
-            else:  # the node closed a task's status socket: that task is abandoned
-                pid = by_fd[key.fd]
-                with contextlib.suppress(ProcessLookupError, PermissionError):
-                    os.killpg(pid, signal.SIGKILL)
-                reap(pid, block=True)
-        for pid in list(children):
-            reap(pid, block=False)
+                    poller.unregister(fd)
+                    self.target = 0
+                    self.kill_all()
+                elif fd == self.report.fileno():
+                    self.take_report()
+                elif fd == self.wake_r:
+                    with contextlib.suppress(BlockingIOError):
+                        os.read(self.wake_r, 4096)
+                elif fd in self.by_fd:  # the node closed a task's status socket: abandoned
+                    pid = self.by_fd[fd]
+                    with contextlib.suppress(ProcessLookupError, PermissionError):
+                        os.killpg(pid, signal.SIGKILL)
+                    self.reap(pid, block=True)
+            for pid in list(self.children):
+                self.reap(pid, block=False)
+            if running:
+                self.refill()
+
+
+def _serve(control_fd: int, spares: int) -> None:
+    control = socket.socket(fileno=control_fd)
+    server = _Server(control, spares)
+    signal.set_wakeup_fd(server.wake_w)
+    signal.signal(signal.SIGCHLD, lambda *_: None)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    # What warm children get for free: the SDK, and what running a script takes.
+    import atexit  # noqa: F401
+    import builtins  # noqa: F401
+    import ctypes  # noqa: F401
+    import gc
+    import io  # noqa: F401
+    import resource  # noqa: F401
+    import traceback  # noqa: F401
+    import types  # noqa: F401
+
+    import spear.agent  # noqa: F401
+
+    # Everything loaded so far is shared with the children; a collection in a child would
+    # write to (and so copy) every page of it.
+    gc.freeze()
+    server.refill()
+    control.send(json.dumps({"ready": True, "pid": os.getpid()}).encode())
+    server.serve()
 
 
 if __name__ == "__main__":
-    _serve(int(sys.argv[1]))
+    _serve(int(sys.argv[1]), int(sys.argv[2]) if len(sys.argv) > 2 else DEFAULT_SPARES)

@@ -44,6 +44,7 @@ class Child(Protocol):
     """A started process the supervisor watches: its pid (also its process group id)."""
 
     pid: int
+    in_cgroup: bool  # it joined the task's cgroup itself, before it ran anything
 
     @property
     def exit_fd(self) -> int:
@@ -58,9 +59,10 @@ class Child(Protocol):
 class SpawnedChild:
     """A child of this process, started with subprocess (a new process group)."""
 
-    def __init__(self, popen: subprocess.Popen[bytes]) -> None:
+    def __init__(self, popen: subprocess.Popen[bytes], in_cgroup: bool = False) -> None:
         self.popen = popen
         self.pid = popen.pid
+        self.in_cgroup = in_cgroup
         try:
             self._pidfd = os.pidfd_open(popen.pid)
         except OSError:  # out of descriptors: a child nobody watches must not run on
@@ -130,7 +132,7 @@ def spawn(
         # Without a setup, subprocess can use vfork; preexec_fn forces a plain fork.
         preexec_fn=setup,
     )
-    return SpawnedChild(popen)
+    return SpawnedChild(popen, in_cgroup=setup is not None and cgroup is not None)
 
 
 # -- supervision ----------------------------------------------------------------------
@@ -163,6 +165,7 @@ class Supervisor:
         self.pid: int | None = None
         self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         self._stop = _Stop()
+        self._cgroup_killed = False
         self.protocol_error: str | None = None  # set by the hostcall channel, for the reason
 
     def wake(self) -> None:
@@ -194,15 +197,14 @@ class Supervisor:
             if stdin_fd is not None and (pump is not None or stdin_fd != 0):
                 os.close(stdin_fd)
         self.pid = child.pid
-        if self.cgroup is not None:
+        if self.cgroup is not None and not child.in_cgroup:
             self.cgroup.add(child.pid)
         try:
             status, cpu = self._watch(child, out_r, err_r, pump)
         finally:
             child.close()
-            if self.cgroup is not None:  # what left the group is still in the cgroup
-                self.cgroup.kill()
-                self.cgroup.remove()
+            if self.cgroup is not None and not self._cgroup_killed:
+                self.cgroup.kill()  # what left the group is still in the cgroup
         return self._outcome(status, cpu)
 
     def _stdin(self) -> tuple[int | None, _Pump | None]:
@@ -256,6 +258,7 @@ class Supervisor:
                         result = child.collect()
                         if self.cgroup is not None:
                             self.cgroup.kill()
+                            self._cgroup_killed = True
                         drain_until = time.monotonic() + DRAIN_S
                         if pump is not None:
                             self._close_pump(sel, pump)
