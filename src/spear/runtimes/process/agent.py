@@ -69,8 +69,8 @@ class ProcessWorkerAgent(WorkerAgent):
         warm_spares: int = DEFAULT_SPARES,
         warm_idle_s: float = DEFAULT_WARM_IDLE_S,
     ) -> None:
-        if warm_spares < 0 or warm_idle_s <= 0:
-            raise ValueError("warm_spares must be >= 0 and warm_idle_s > 0")
+        if not 1 <= warm_spares <= 64 or warm_idle_s <= 0:
+            raise ValueError("warm_spares must be 1-64 and warm_idle_s > 0")
         self._runtime_dir = runtime_dir
         self.grace_s = grace_s
         self.warm_spares = warm_spares  # children forked ahead, waiting for a warm task

@@ -59,8 +59,8 @@ class ForkServer:
     """The node's handle on one fork server process."""
 
     def __init__(self, spares: int = DEFAULT_SPARES) -> None:
-        if spares < 0:
-            raise ValueError("spares must not be negative")
+        if spares < 1:
+            raise ValueError("a fork server keeps at least one spare (it takes the requests)")
         self.spares = spares
         self._popen: subprocess.Popen[bytes] | None = None
         self._control: socket.socket | None = None
@@ -354,7 +354,7 @@ class _Server:
 
     def __init__(self, control: socket.socket, spares: int) -> None:
         self.control = control
-        self.target = max(1, spares)  # a spare is what takes requests: at least one
+        self.target = max(1, spares)  # a spare is what takes requests
         self.children: set[int] = set()  # every child not reaped yet
         self.spares: set[int] = set()  # forked, waiting on the control socket
         self.running: dict[int, socket.socket] = {}  # pid -> its task's status socket
