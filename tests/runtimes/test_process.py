@@ -422,8 +422,10 @@ def test_a_gone_fork_server_starts_nothing(tmp_path: Path) -> None:
     server = ForkServer()
     server.start()
     assert server.pid is not None
+    spares = assert_eventually(lambda: spares_of(server.pid))  # type: ignore[arg-type]
     os.kill(server.pid, 9)
     assert_eventually(lambda: not server.alive)
+    assert_eventually(lambda: not any(alive(pid) for pid in spares))  # (they die with it)
     r, w = os.pipe()
     try:
         with pytest.raises(WarmUnavailable):

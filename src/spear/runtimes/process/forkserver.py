@@ -133,20 +133,14 @@ class ForkServer:
             fds = [status_theirs.fileno(), devnull if stdin is None else stdin, stdout, stderr]
             with self._lock:
                 socket.send_fds(control, [json.dumps(request).encode()], fds)
-            reply = status_ours.recv(_MAX_MESSAGE)
-        except OSError as exc:
+        except OSError as exc:  # nobody holds the other end: the server and its spares died
             status_ours.close()
             raise WarmUnavailable(exc.errno, f"the warm Python worker is gone: {exc}") from None
         finally:
             status_theirs.close()
-        if not reply:
-            status_ours.close()
-            raise WarmUnavailable("the warm Python worker exited")
-        message = json.loads(reply)
-        if "pid" not in message:
-            status_ours.close()
-            raise OSError(message.get("errno", 0), message.get("error", "fork failed"))
-        return WarmChild(int(message["pid"]), status_ours)
+        # Not waiting for the child's pid here: it is the first message on the status
+        # socket, read with the others (one wake-up of the supervising thread fewer).
+        return WarmChild(status_ours)
 
     def stop(self) -> None:
         """Stop the server; it kills the children it still has. Safe to call twice."""
@@ -165,31 +159,37 @@ class ForkServer:
 
 
 class WarmChild:
-    """A child of the fork server, watched through its status socket."""
+    """A child of the fork server, watched through its status socket: first its pid,
+    then how it ended (from the child itself, or from the server that reaped it)."""
 
     in_cgroup = True  # it joins the task's cgroup itself, before it runs anything
 
-    def __init__(self, pid: int, status: socket.socket) -> None:
-        self.pid = pid
+    def __init__(self, status: socket.socket) -> None:
+        self.pid: int | None = None  # known once the child has taken the task
         self._status = status
 
     @property
     def exit_fd(self) -> int:
         return self._status.fileno()
 
-    def collect(self) -> tuple[int, float]:
+    def collect(self) -> tuple[int, float] | None:
         from spear.runtimes.process.supervisor import kill_group
 
         reply = b""
         with contextlib.suppress(OSError):
             reply = self._status.recv(_MAX_MESSAGE)
         if not reply:  # the server died: make sure the child's group did too
-            kill_group(self.pid, signal.SIGKILL)
+            if self.pid is not None:
+                kill_group(self.pid, signal.SIGKILL)
             return signal.SIGKILL, 0.0  # a wait status meaning "killed by SIGKILL"
         message = json.loads(reply)
+        if "pid" in message:  # it started
+            self.pid = int(message["pid"])
+            return None
         if "exit" in message:
             # The child waits for this: what the task left in its group ends with it.
-            kill_group(self.pid, signal.SIGKILL)
+            if self.pid is not None:
+                kill_group(self.pid, signal.SIGKILL)
             return (int(message["exit"]) & 0xFF) << 8, float(message["cpu"])
         return int(message["status"]), float(message["cpu"])
 

@@ -43,15 +43,19 @@ EXIT_NOT_FOUND = 127
 class Child(Protocol):
     """A started process the supervisor watches: its pid (also its process group id)."""
 
-    pid: int
     in_cgroup: bool  # it joined the task's cgroup itself, before it ran anything
+
+    @property
+    def pid(self) -> int | None:
+        """None until a child started elsewhere says it has (see `collect`)."""
 
     @property
     def exit_fd(self) -> int:
         """A file descriptor that becomes readable once the process has ended."""
 
-    def collect(self) -> tuple[int, float]:
-        """Kill what the process left in its group, reap it: (wait status, CPU seconds)."""
+    def collect(self) -> tuple[int, float] | None:
+        """Kill what the process left in its group, reap it: (wait status, CPU seconds);
+        None if `exit_fd` only told of its start (its pid is known from then on)."""
 
     def close(self) -> None: ...
 
@@ -61,7 +65,7 @@ class SpawnedChild:
 
     def __init__(self, popen: subprocess.Popen[bytes], in_cgroup: bool = False) -> None:
         self.popen = popen
-        self.pid = popen.pid
+        self.pid: int = popen.pid
         self.in_cgroup = in_cgroup
         try:
             self._pidfd = os.pidfd_open(popen.pid)
@@ -197,7 +201,7 @@ class Supervisor:
             if stdin_fd is not None and (pump is not None or stdin_fd != 0):
                 os.close(stdin_fd)
         self.pid = child.pid
-        if self.cgroup is not None and not child.in_cgroup:
+        if self.cgroup is not None and not child.in_cgroup and child.pid is not None:
             self.cgroup.add(child.pid)
         try:
             status, cpu = self._watch(child, out_r, err_r, pump)
@@ -254,8 +258,12 @@ class Supervisor:
                             os.close(fd)
                             del sinks[fd]
                     elif fd == child.exit_fd and result is None:
+                        ended = child.collect()
+                        if ended is None:  # it started: its pid is known now
+                            self.pid = child.pid
+                            continue
                         sel.unregister(fd)
-                        result = child.collect()
+                        result = ended
                         if self.cgroup is not None:
                             self.cgroup.kill()
                             self._cgroup_killed = True
@@ -277,7 +285,9 @@ class Supervisor:
                 self._close_pump(sel, pump)
             sel.close()
 
-    def _check_stop(self, pgid: int, now: float) -> None:
+    def _check_stop(self, pgid: int | None, now: float) -> None:
+        if pgid is None:  # not started yet: decided once it has (its pid comes first)
+            return
         stop = self._stop
         control = self.ctx.control
         if stop.kind is None:
