@@ -220,6 +220,7 @@ class _ProcessExecution(Execution):
         self._command = command
         self._credential = credential
         self._forkserver = forkserver
+        self._warm = forkserver is not None
         self._cgroup = cgroup
         self._supervisor = Supervisor(ctx, agent.grace_s, cgroup)
         credential.on_protocol_error = self._protocol_error
@@ -232,23 +233,39 @@ class _ProcessExecution(Execution):
         self._supervisor.wake()
 
     def _start(self, stdin: int | None, stdout: int, stderr: int) -> Child:
-        if self._forkserver is not None:
-            procs = self._cgroup.procs if self._cgroup is not None else None
-            try:
-                return self._forkserver.spawn(self._command, stdin, stdout, stderr, procs)
-            except WarmUnavailable as exc:  # it died (or was stopped) before the task began
-                logger.warning("warm Python worker unavailable ({}); starting cold", exc)
         return spawn(self._command, stdin, stdout, stderr, self._cgroup)
+
+    def _start_warm(self, stdin: int | None, stdout: int, stderr: int) -> Child:
+        assert self._forkserver is not None
+        procs = self._cgroup.procs if self._cgroup is not None else None
+        return self._forkserver.spawn(self._command, stdin, stdout, stderr, procs)
 
     async def wait(self) -> Outcome:
         agent = self._agent
+        supervisor = self._supervisor
         try:
+            if self._forkserver is not None:
+                # The request goes out from here (one send, no fork), so the child starts
+                # while a worker thread wakes up to watch it.
+                try:
+                    started = supervisor.begin(self._start_warm, reraise=(WarmUnavailable,))
+                except WarmUnavailable as exc:  # it died (or was stopped) before the task began
+                    logger.warning("warm Python worker unavailable ({}); starting cold", exc)
+                else:
+                    if isinstance(started, Outcome):
+                        return started
+                    try:
+                        return await anyio.to_thread.run_sync(
+                            supervisor.watch, started, limiter=agent._limiter
+                        )
+                    finally:
+                        supervisor.abandon(started)  # (nothing, once watched)
             return await anyio.to_thread.run_sync(
-                self._supervisor.run, self._start, limiter=agent._limiter
+                supervisor.run, self._start, limiter=agent._limiter
             )
         finally:
-            self._supervisor.close()
-            if self._forkserver is not None:
+            supervisor.close()
+            if self._warm:
                 agent._warm_ended()
             if self._cgroup is not None and agent._cgroup is not None:
                 agent._cgroup.retire(self._cgroup)

@@ -159,6 +159,17 @@ class _Pump:
     pending: bytes = b""
 
 
+@dataclass(slots=True)
+class Started:
+    """A child `Supervisor.begin` started, with the read ends of its output pipes."""
+
+    child: Child
+    out_r: int
+    err_r: int
+    pump: _Pump | None
+    watched: bool = False
+
+
 class Supervisor:
     """Runs one task's process from start to end on a worker thread."""
 
@@ -183,6 +194,13 @@ class Supervisor:
 
     def run(self, start: Any) -> Outcome:
         """`start(stdin_fd, stdout_fd, stderr_fd) -> Child`; then watch it to its end."""
+        started = self.begin(start)
+        return started if isinstance(started, Outcome) else self.watch(started)
+
+    def begin(self, start: Any, reraise: tuple[type[BaseException], ...] = ()) -> Started | Outcome:
+        """Make the child's pipes and start it: what `watch` then follows, or the outcome
+        of a task that never started. Exceptions in `reraise` from `start` propagate (the
+        caller starts the task another way)."""
         ctx = self.ctx
         if ctx.control.cancelled:
             return Outcome(TaskState.CANCELLED, EXIT_CANCELLED, ctx.control.cancel_reason)
@@ -191,6 +209,10 @@ class Supervisor:
         stdin_fd, pump = self._stdin()
         try:
             child: Child = start(stdin_fd, out_w, err_w)
+        except reraise:
+            for fd in (out_r, err_r, *((pump.fd,) if pump else ())):
+                os.close(fd)
+            raise
         except (OSError, ValueError) as exc:
             for fd in (out_r, err_r, *((pump.fd,) if pump else ())):
                 os.close(fd)
@@ -203,13 +225,34 @@ class Supervisor:
         self.pid = child.pid
         if self.cgroup is not None and not child.in_cgroup and child.pid is not None:
             self.cgroup.add(child.pid)
+        return Started(child, out_r, err_r, pump)
+
+    def watch(self, started: Started) -> Outcome:
+        """Follow a started child to its end (blocking: on a worker thread)."""
+        started.watched = True
+        child = started.child
         try:
-            status, cpu = self._watch(child, out_r, err_r, pump)
+            status, cpu = self._watch(child, started.out_r, started.err_r, started.pump)
         finally:
             child.close()
             if self.cgroup is not None and not self._cgroup_killed:
                 self.cgroup.kill()  # what left the group is still in the cgroup
         return self._outcome(status, cpu)
+
+    def abandon(self, started: Started) -> None:
+        """Kill a started child nobody will watch (its watch was cancelled before it ran)."""
+        if started.watched:
+            return
+        started.watched = True
+        child = started.child
+        if child.pid is not None:
+            kill_group(child.pid, signal.SIGKILL)
+        child.close()  # (a warm child's server kills it when its status socket closes)
+        for fd in (started.out_r, started.err_r, *((started.pump.fd,) if started.pump else ())):
+            with contextlib.suppress(OSError):
+                os.close(fd)
+        if self.cgroup is not None:
+            self.cgroup.kill()
 
     def _stdin(self) -> tuple[int | None, _Pump | None]:
         stdin = self.ctx.io.stdin
