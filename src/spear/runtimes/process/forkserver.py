@@ -381,9 +381,9 @@ class _Server:
                     sock.close()
                 os.close(self.wake_r)
                 os.close(self.wake_w)
-            except BaseException:  # noqa: B036 - never return into the server's loop
+                _spare(self.control, self.report_child)
+            finally:  # never return into the server's loop, whatever happened
                 os._exit(1)
-            _spare(self.control, self.report_child)
         with contextlib.suppress(OSError):
             os.setpgid(pid, pid)  # also here, so the node can kill the group at once
         self.children.add(pid)
