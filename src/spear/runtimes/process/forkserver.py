@@ -49,6 +49,7 @@ if TYPE_CHECKING:
 _MAX_MESSAGE = 1024 * 1024
 _START_TIMEOUT_S = 30.0
 DEFAULT_SPARES = 2
+_MAX_LOST_SPARES = 16  # spares in a row dead before taking a task: the server gives up
 
 
 class WarmUnavailable(OSError):
@@ -220,7 +221,7 @@ def _spare(control: socket.socket, report: socket.socket) -> None:
     status socket, for an end the child cannot report itself) and forks the next spare."""
     _rehearse()
     try:
-        data, fds, _, _ = socket.recv_fds(control, _MAX_MESSAGE, 4)
+        data, fds = _recv_request(control)
     except (OSError, KeyboardInterrupt):
         data, fds = b"", []
     if not data or len(fds) != 4:  # the node is gone, or stopped its warm workers
@@ -235,80 +236,119 @@ def _spare(control: socket.socket, report: socket.socket) -> None:
     _run_child(json.loads(data), status, fds[1:])
 
 
+_REQUEST = bytearray()  # the server's: a spare reads its request into it, no new buffer
+
+
+def _recv_request(control: socket.socket) -> tuple[bytes, list[int]]:
+    """`socket.recv_fds(control, _MAX_MESSAGE, 4)` without allocating (and, in a child,
+    faulting in) a new megabyte for each request."""
+    import array
+
+    fds = array.array("i")
+    size, ancdata, _, _ = control.recvmsg_into([_REQUEST], socket.CMSG_LEN(4 * fds.itemsize))
+    for level, kind, data in ancdata:
+        if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+            fds.frombytes(data[: len(data) - len(data) % fds.itemsize])
+    return bytes(memoryview(_REQUEST)[:size]), list(fds)
+
+
 def _rehearse() -> None:
-    """Touch what starting a task touches, before one comes. A forked child copies each
-    page of the server's memory it first writes to (a reference count is a write): done
-    here, while it waits, that costs the task nothing (measured: 0.7 -> 0.2 ms)."""
+    """Do, before a task comes, what starting one does, on harmless inputs: become a
+    process whose stdio is /dev/null and run an empty script. A forked child copies each
+    page of the server's memory it first writes to (a reference count is a write); done
+    here while it waits, most of that costs the task nothing."""
+    null = os.open(os.devnull, os.O_RDWR)
+    a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    with a, b:  # what taking a task does: its pid to the node, the report to the server
+        socket.send_fds(a, [b"%d" % os.getpid()], [a.fileno()])
+        _, fds = _recv_request(b)
+        with socket.socket(fileno=fds[0]) as status:
+            status.send(b'{"pid": %d}' % os.getpid())
+        b.recv(64)
+    request = json.loads(_REHEARSAL)
+    request["cwd"] = os.getcwd()
+    request["argv"] = [os.devnull]
+    _become(request, [null, os.dup(null), os.dup(null)])
+    _execute(os.devnull)
+    import atexit
+
+    atexit._run_exitfuncs()
+    os.environ.clear()
+
+
+_REHEARSAL = json.dumps(
+    {
+        "argv": [],
+        "env": {"PATH": "/usr/bin", "SPEAR_AGENT_TOKEN": "t", "PYTHONUNBUFFERED": "1"},
+        "rlimits": [],
+        "cgroup_procs": None,
+    }
+).encode()
+
+
+def _become(request: dict[str, Any], fds: list[int]) -> None:
+    """Become the task's process: its cgroup, rlimits, stdio, directory, environment,
+    argv and `sys.path`."""
+    import atexit
     import io
 
-    request = json.loads(json.dumps(_REHEARSAL))
-    os.environ.update(request["env"])
-    os.environ.clear()
-    sys.argv = list(request["argv"])
-    sys.path[:] = [os.path.dirname(sys.argv[0]), *sys.path[1:]]
-    io.TextIOWrapper(io.BytesIO(), write_through=True, errors="backslashreplace")
+    if request.get("cgroup_procs"):  # first, before it can start anything
+        with contextlib.suppress(OSError), open(request["cgroup_procs"], "w") as f:
+            f.write(str(os.getpid()))
     signal.signal(signal.SIGINT, signal.default_int_handler)
-    compile("pass", sys.argv[0], "exec")
+    for res, soft, hard in request["rlimits"]:
+        import resource
+
+        resource.setrlimit(res, (soft, hard))
+    for target, fd in zip((0, 1, 2), fds, strict=True):
+        os.dup2(fd, target)
+    for fd in fds:
+        if fd > 2:
+            os.close(fd)
+    os.chdir(request["cwd"])
+    os.environ.clear()
+    os.environ.update(request["env"])
+    extra = [p for p in request["env"].get("PYTHONPATH", "").split(os.pathsep) if p]
+    script = request["argv"][0]
+    sys.argv = list(request["argv"])
+    sys.path[:] = [os.path.dirname(script), *extra, *sys.path[1:]]
+    sys.stdin = io.TextIOWrapper(io.FileIO(0, "r", closefd=False))
+    sys.stdout = io.TextIOWrapper(io.FileIO(1, "w", closefd=False), write_through=True)
+    sys.stderr = io.TextIOWrapper(
+        io.FileIO(2, "w", closefd=False), write_through=True, errors="backslashreplace"
+    )
+    atexit._clear()
 
 
-_REHEARSAL = {
-    "argv": ["/rehearsal/agent.py"],
-    "env": {"PATH": "/usr/bin", "SPEAR_AGENT_TOKEN": "t", "PYTHONUNBUFFERED": "1"},
-    "cwd": "/",
-    "rlimits": [[4, 0, 0]],
-    "cgroup_procs": None,
-}
+def _execute(script: str) -> int:
+    """Run the script as `python script` would; its exit code."""
+    import traceback
+
+    try:
+        _run_script(script)
+        return 0
+    except SystemExit as exc:
+        if exc.code is None:
+            return 0
+        if isinstance(exc.code, int):
+            return exc.code & 0xFF
+        sys.stderr.write(f"{exc.code}\n")
+        return 1
+    except BaseException:
+        traceback.print_exc()
+        return 1
 
 
 def _run_child(request: dict[str, Any], status: socket.socket, fds: list[int]) -> None:
     """In the child: become the task's process, run the script, never return."""
     import atexit
-    import io
     import traceback
 
     me = os.getpid()
     code = 1
     try:
-        if request.get("cgroup_procs"):  # first, before it can start anything
-            with contextlib.suppress(OSError), open(request["cgroup_procs"], "w") as f:
-                f.write(str(me))
-        signal.signal(signal.SIGINT, signal.default_int_handler)
-        for res, soft, hard in request["rlimits"]:
-            import resource
-
-            resource.setrlimit(res, (soft, hard))
-        for target, fd in zip((0, 1, 2), fds, strict=True):
-            os.dup2(fd, target)
-        for fd in fds:
-            if fd > 2:
-                os.close(fd)
-        os.chdir(request["cwd"])
-        os.environ.clear()
-        os.environ.update(request["env"])
-        extra = [p for p in request["env"].get("PYTHONPATH", "").split(os.pathsep) if p]
-        script = request["argv"][0]
-        sys.argv = list(request["argv"])
-        sys.path[:] = [os.path.dirname(script), *extra, *sys.path[1:]]
-        sys.stdin = io.TextIOWrapper(io.FileIO(0, "r", closefd=False))
-        sys.stdout = io.TextIOWrapper(io.FileIO(1, "w", closefd=False), write_through=True)
-        sys.stderr = io.TextIOWrapper(
-            io.FileIO(2, "w", closefd=False), write_through=True, errors="backslashreplace"
-        )
-        atexit._clear()
-        try:
-            _run_script(script)
-            code = 0
-        except SystemExit as exc:
-            if exc.code is None:
-                code = 0
-            elif isinstance(exc.code, int):
-                code = exc.code & 0xFF
-            else:
-                sys.stderr.write(f"{exc.code}\n")
-                code = 1
-        except BaseException:
-            traceback.print_exc()
-            code = 1
+        _become(request, fds)
+        code = _execute(request["argv"][0])
         atexit._run_exitfuncs()
     except BaseException:  # noqa: B036 - the child must end here, whatever happened
         with contextlib.suppress(BaseException):
@@ -359,6 +399,7 @@ class _Server:
         self.spares: set[int] = set()  # forked, waiting on the control socket
         self.running: dict[int, socket.socket] = {}  # pid -> its task's status socket
         self.ended: dict[int, tuple[int, float]] = {}  # reaped before their report came
+        self.lost_spares = 0  # spares in a row that died before taking a task
         self.by_fd: dict[int, int] = {}  # status socket fd -> pid
         self.report, self.report_child = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         self.wake_r, self.wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
@@ -419,6 +460,10 @@ class _Server:
 
     def finish(self, pid: int, wait_status: int, cpu: float) -> None:
         self.children.discard(pid)
+        if pid in self.spares and self.target:  # it died unused (not stopped by us)
+            self.lost_spares += 1
+        elif pid in self.running:
+            self.lost_spares = 0
         self.spares.discard(pid)
         status = self.running.pop(pid, None)
         if status is None:  # a spare, or a child whose report is still on its way
@@ -476,6 +521,10 @@ class _Server:
                     self.reap(pid, block=True)
             for pid in list(self.children):
                 self.reap(pid, block=False)
+            if running and self.lost_spares >= _MAX_LOST_SPARES:  # broken: stop forking
+                running = False
+                self.target = 0
+                self.kill_all()
             if running:
                 self.refill()
 
@@ -501,6 +550,7 @@ def _serve(control_fd: int, spares: int) -> None:
     os.environ.clear()  # each task brings its own: a child then has nothing to remove
     # Everything loaded so far is shared with the children; a collection in a child would
     # write to (and so copy) every page of it.
+    _REQUEST.extend(bytes(_MAX_MESSAGE))
     gc.freeze()
     server.refill()
     control.send(json.dumps({"ready": True, "pid": os.getpid()}).encode())
