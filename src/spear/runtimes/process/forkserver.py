@@ -219,9 +219,12 @@ def _spare(control: socket.socket, report: socket.socket) -> None:
     """In a pre-forked child: take the next task from the control socket, run it, never
     return. The server learns of it through `report` (this pid and a copy of the task's
     status socket, for an end the child cannot report itself) and forks the next spare."""
-    _rehearse()
     try:
-        data, fds = _recv_request(control)
+        try:  # a task waiting already (many at once) is taken at once, unrehearsed
+            data, fds = _recv_request(control, socket.MSG_DONTWAIT)
+        except BlockingIOError:
+            _rehearse()
+            data, fds = _recv_request(control)
     except (OSError, KeyboardInterrupt):
         data, fds = b"", []
     if not data or len(fds) != 4:  # the node is gone, or stopped its warm workers
@@ -239,13 +242,14 @@ def _spare(control: socket.socket, report: socket.socket) -> None:
 _REQUEST = bytearray()  # the server's: a spare reads its request into it, no new buffer
 
 
-def _recv_request(control: socket.socket) -> tuple[bytes, list[int]]:
+def _recv_request(control: socket.socket, flags: int = 0) -> tuple[bytes, list[int]]:
     """`socket.recv_fds(control, _MAX_MESSAGE, 4)` without allocating (and, in a child,
     faulting in) a new megabyte for each request."""
     import array
 
     fds = array.array("i")
-    size, ancdata, _, _ = control.recvmsg_into([_REQUEST], socket.CMSG_LEN(4 * fds.itemsize))
+    ancsize = socket.CMSG_LEN(4 * fds.itemsize)
+    size, ancdata, _, _ = control.recvmsg_into([_REQUEST], ancsize, flags)
     for level, kind, data in ancdata:
         if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
             fds.frombytes(data[: len(data) - len(data) % fds.itemsize])
@@ -400,6 +404,7 @@ class _Server:
         self.running: dict[int, socket.socket] = {}  # pid -> its task's status socket
         self.ended: dict[int, tuple[int, float]] = {}  # reaped before their report came
         self.lost_spares = 0  # spares in a row that died before taking a task
+        self.pid = os.getpid()
         self.by_fd: dict[int, int] = {}  # status socket fd -> pid
         self.report, self.report_child = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         self.wake_r, self.wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
@@ -416,6 +421,8 @@ class _Server:
                 os.setpgid(0, 0)
                 if self.die_with_parent is not None:
                     self.die_with_parent()
+                if os.getppid() != self.pid:  # it died before that took effect
+                    os._exit(0)
                 signal.set_wakeup_fd(-1)
                 signal.signal(signal.SIGCHLD, signal.SIG_DFL)
                 for sock in (self.report, *self.running.values()):
