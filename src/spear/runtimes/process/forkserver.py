@@ -478,8 +478,8 @@ class _Server:
                 self.ended.pop(next(iter(self.ended)))
             self.ended[pid] = (wait_status, cpu)
             return
-        self.by_fd.pop(status.fileno(), None)
-        self.poller.unregister(status.fileno())
+        if self.by_fd.pop(status.fileno(), None) is not None:
+            self.poller.unregister(status.fileno())
         with contextlib.suppress(OSError):
             status.send(json.dumps({"status": wait_status, "cpu": cpu}).encode())
         status.close()
@@ -521,11 +521,11 @@ class _Server:
                 elif fd == self.wake_r:
                     with contextlib.suppress(BlockingIOError):
                         os.read(self.wake_r, 4096)
-                elif fd in self.by_fd:  # the node closed a task's status socket: abandoned
-                    pid = self.by_fd[fd]
+                elif fd in self.by_fd:  # the node closed a task's status socket: done with
+                    pid = self.by_fd.pop(fd)  # it (after every task), or abandoned it
+                    poller.unregister(fd)
                     with contextlib.suppress(ProcessLookupError, PermissionError):
-                        os.killpg(pid, signal.SIGKILL)
-                    self.reap(pid, block=True)
+                        os.killpg(pid, signal.SIGKILL)  # (reaped below, or on its SIGCHLD)
             for pid in list(self.children):
                 self.reap(pid, block=False)
             if running and self.lost_spares >= _MAX_LOST_SPARES:  # broken: stop forking
