@@ -296,9 +296,16 @@ def _become(request: dict[str, Any], fds: list[int]) -> None:
     import atexit
     import io
 
+    unjoined = None
     if request.get("cgroup_procs"):  # first, before it can start anything
-        with contextlib.suppress(OSError), open(request["cgroup_procs"], "w") as f:
-            f.write(str(os.getpid()))
+        try:
+            fd = os.open(request["cgroup_procs"], os.O_WRONLY | os.O_CLOEXEC)
+            try:
+                os.write(fd, b"%d" % os.getpid())
+            finally:
+                os.close(fd)
+        except OSError as exc:
+            unjoined = exc
     signal.signal(signal.SIGINT, signal.default_int_handler)
     for res, soft, hard in request["rlimits"]:
         import resource
@@ -322,6 +329,8 @@ def _become(request: dict[str, Any], fds: list[int]) -> None:
         io.FileIO(2, "w", closefd=False), write_through=True, errors="backslashreplace"
     )
     atexit._clear()
+    if unjoined is not None:  # contained by its process group only; hostcalls refused
+        sys.stderr.write(f"spear: the task's cgroup could not be joined: {unjoined}\n")
 
 
 def _execute(script: str) -> int:
