@@ -549,6 +549,24 @@ async def test_a_process_that_leaves_its_group_is_still_killed(
 
 
 @pytest.mark.usefixtures("cgroups_here")
+async def test_a_warm_child_that_cannot_join_its_cgroup_says_so(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from spear.runtimes.process.cgroups import NodeCgroup, TaskCgroup
+
+    def gone(self: NodeCgroup, task_id: str) -> TaskCgroup:  # removed under the task
+        return TaskCgroup(self.directory / "gone" / task_id, f"{self.path}/gone/{task_id}")
+
+    monkeypatch.setattr(NodeCgroup, "for_task", gone)
+    agent_py = script(tmp_path, "print('ran')\n")
+    async with new_node(tmp_path) as node:
+        task = await node.run(FunctionSpec(agent_py, runtime=Runtime.PROCESS, warm=True))
+        assert (task.state, await node.logs_of(task.id)) == (TaskState.COMPLETED, b"ran\n")
+        stderr = await node.logs_of(task.id, "stderr")
+        assert stderr.startswith(b"spear: the task's cgroup could not be joined: [Errno 2]")
+
+
+@pytest.mark.usefixtures("cgroups_here")
 def test_a_dead_nodes_cgroup_is_emptied_by_the_next_node() -> None:
     import subprocess
 
