@@ -4,12 +4,13 @@ limits, logs, warm workers, and what is left behind (counted in /proc)."""
 from __future__ import annotations
 
 import asyncio
+import errno
 import os
 import resource
 import sys
 import textwrap
 import time
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import anyio
 import pytest
@@ -388,6 +389,34 @@ async def test_the_warm_pool_keeps_its_spares_and_no_more(tmp_path: Path) -> Non
         assert agent.warm_starts == 9
         await eventually(lambda: len(spares_of(server.pid)) == 3)  # type: ignore[arg-type]
         assert len(spares_of(server.pid)) == 3
+
+
+async def test_warm_tasks_beyond_the_fork_servers_queue_still_run(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Requests go out from the event loop without waiting; one the control socket's full
+    queue refuses (made to happen here: Linux queues a socketpair's messages without
+    bound) is sent from a worker thread, which may wait."""
+    from spear.runtimes.process.forkserver import ForkServer
+
+    refused: list[int] = []
+    spawn = ForkServer.spawn
+
+    def sometimes_full(self: ForkServer, *args: Any, block: bool = True) -> Any:
+        if not block and len(refused) < 6:
+            refused.append(1)
+            raise BlockingIOError(errno.EAGAIN, "queue full")
+        return spawn(self, *args, block=block)
+
+    monkeypatch.setattr(ForkServer, "spawn", sometimes_full)
+    async with new_node(tmp_path) as node:
+        agent = agent_of(node)
+        spec = FunctionSpec(script(tmp_path, "print('ok')\n"), runtime=Runtime.PROCESS, warm=True)
+        with anyio.fail_after(60):
+            tasks = await asyncio.gather(*(node.run(spec) for _ in range(12)))
+        assert [t.state for t in tasks] == [TaskState.COMPLETED] * 12
+        assert [await node.logs_of(t.id) for t in tasks] == [b"ok\n"] * 12
+        assert (len(refused), agent.warm_starts) == (6, 12)
 
 
 async def test_an_idle_warm_pool_is_stopped_and_restarted_on_demand(tmp_path: Path) -> None:

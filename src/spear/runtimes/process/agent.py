@@ -236,9 +236,20 @@ class _ProcessExecution(Execution):
         return spawn(self._command, stdin, stdout, stderr, self._cgroup)
 
     def _start_warm(self, stdin: int | None, stdout: int, stderr: int) -> Child:
+        """On the event loop: one send that does not wait."""
         assert self._forkserver is not None
         procs = self._cgroup.procs if self._cgroup is not None else None
-        return self._forkserver.spawn(self._command, stdin, stdout, stderr, procs)
+        return self._forkserver.spawn(self._command, stdin, stdout, stderr, procs, block=False)
+
+    def _start_warm_waiting(self, stdin: int | None, stdout: int, stderr: int) -> Child:
+        """On a worker thread, when the fork server's queue was full: the send may wait."""
+        assert self._forkserver is not None
+        procs = self._cgroup.procs if self._cgroup is not None else None
+        try:
+            return self._forkserver.spawn(self._command, stdin, stdout, stderr, procs)
+        except WarmUnavailable as exc:
+            logger.warning("warm Python worker unavailable ({}); starting cold", exc)
+            return self._start(stdin, stdout, stderr)
 
     async def wait(self) -> Outcome:
         agent = self._agent
@@ -248,9 +259,15 @@ class _ProcessExecution(Execution):
                 # The request goes out from here (one send, no fork), so the child starts
                 # while a worker thread wakes up to watch it.
                 try:
-                    started = supervisor.begin(self._start_warm, reraise=(WarmUnavailable,))
+                    started = supervisor.begin(
+                        self._start_warm, reraise=(WarmUnavailable, BlockingIOError)
+                    )
                 except WarmUnavailable as exc:  # it died (or was stopped) before the task began
                     logger.warning("warm Python worker unavailable ({}); starting cold", exc)
+                except BlockingIOError:  # many tasks at once: its queue is full
+                    return await anyio.to_thread.run_sync(
+                        supervisor.run, self._start_warm_waiting, limiter=agent._limiter
+                    )
                 else:
                     if isinstance(started, Outcome):
                         return started

@@ -1,20 +1,22 @@
 """Warm Python workers: a pre-started interpreter whose children run warm `.py` tasks.
 
-A new interpreter costs milliseconds (`python -c pass`) plus whatever the agent imports
-(`from spear import agent` loads the SDK); a fork of an interpreter that has all of that
-loaded already costs a fraction of one, and a child forked *before* the task arrives
-costs nothing on the task's path. `ForkServer` (node side) starts
+A new interpreter costs milliseconds (`python -c pass`) plus whatever the agent imports;
+a fork of an interpreter that has all of that loaded costs a fraction of one, and a child
+forked *before* its task arrives costs the task nothing. `ForkServer` (node side) starts
 `python -m spear.runtimes.process.forkserver`, which imports the SDK, freezes its heap
-(`gc.freeze`, so the children's collector does not copy it page by page) and keeps
-`spares` children forked ahead, each blocked on a socket of its own.
+(`gc.freeze`, so a child's collector does not copy it page by page), empties its
+environment and keeps `spares` children forked ahead.
 
-A request on the SOCK_SEQPACKET control socket carries the command and four descriptors
-(a status socket for this task, the child's stdin, stdout and stderr). The server hands it
-to a spare (or forks one if none is left) and forks the next spare. The child sends the
-node its pid on the task's status socket, joins the task's cgroup, applies its rlimits,
-takes the descriptors as 0/1/2 and runs the script as `__main__`.
+A spare rehearses a task's start on harmless inputs (/dev/null, an empty script), so the
+pages of the server's memory a start writes to are copied before a task comes, then
+waits on the SOCK_SEQPACKET control socket itself. A request carries the command and four
+descriptors (a status socket for this task, the child's stdin, stdout and stderr); the
+spare that takes it sends the node its pid on the status socket, passes the server its
+pid and a copy of the status socket (`report`; the server forks the next spare), joins
+the task's cgroup, applies its rlimits, takes the descriptors as 0/1/2 and runs the
+script as `__main__`. The server does not read requests; it forks, reaps and reports.
 
-How a task ends, on the status socket, in the order the node sees it:
+How a task ends, on the status socket, after the pid:
 - the script returned (or raised SystemExit): the child flushes and closes 0/1/2, sends
   `{"exit": code}` and waits, alive, for the node to kill its process group. The node
   has the outcome without waiting for the child's address space to be torn down and
@@ -24,9 +26,10 @@ How a task ends, on the status socket, in the order the node sees it:
   first) and sends `{"status": wait status, "cpu": seconds}`.
 
 When the node goes away (its end of the control socket closes, even on SIGKILL), the
-server kills the process group of every child it has, spares included, reaps them and
-exits; a spare whose server died sees its socket close and exits too. A task whose status
-socket the node closes early is killed the same way.
+spares' reads end and the server, seeing the hang-up, kills the process group of every
+child it has, reaps them and exits; children die with their server (PR_SET_PDEATHSIG). A
+task whose status socket the node closes is killed the same way (the node closes it
+after every task). A server whose spares keep dying before any task gives up.
 """
 
 from __future__ import annotations
@@ -115,10 +118,13 @@ class ForkServer:
         stdout: int,
         stderr: int,
         cgroup_procs: str | None = None,
+        *,
+        block: bool = True,
     ) -> WarmChild:
         """Start a child running `command` (a `.py` agent), in the cgroup whose
         `cgroup.procs` is `cgroup_procs` if given. `WarmUnavailable` if the server is
-        gone before the task started (it may run cold instead); OSError otherwise."""
+        gone before the task started (it may run cold instead); with `block=False`,
+        BlockingIOError if the control socket's queue is full (nothing was sent)."""
         control, devnull = self._control, self._devnull
         if control is None or devnull is None:
             raise WarmUnavailable("the warm Python worker is not running")
@@ -132,8 +138,12 @@ class ForkServer:
         }
         try:
             fds = [status_theirs.fileno(), devnull if stdin is None else stdin, stdout, stderr]
+            flags = 0 if block else socket.MSG_DONTWAIT
             with self._lock:
-                socket.send_fds(control, [json.dumps(request).encode()], fds)
+                socket.send_fds(control, [json.dumps(request).encode()], fds, flags)
+        except BlockingIOError:
+            status_ours.close()
+            raise
         except OSError as exc:  # nobody holds the other end: the server and its spares died
             status_ours.close()
             raise WarmUnavailable(exc.errno, f"the warm Python worker is gone: {exc}") from None
