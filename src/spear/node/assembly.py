@@ -96,6 +96,8 @@ def local_components(settings: Settings, *, hold_kv: bool = True) -> SpearletPar
             settings.data_dir / "run",
             grace_s=settings.process_kill_grace_s,
             max_threads=settings.max_concurrent_tasks,
+            warm_spares=settings.process_warm_spares,
+            warm_idle_s=settings.process_warm_idle_s,
         ),
     }
     logs = TaskLogs(settings.tasks_log_dir, settings.task_log_max_bytes)
