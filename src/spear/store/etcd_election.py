@@ -1,0 +1,289 @@
+"""Leases and leader election on etcd: etcd's own recipe, served by etcd itself.
+
+etcd ships the election recipe as a gRPC service (v3election: Campaign, Leader, Observe,
+Resign, Proclaim), the same code as its Go client's `concurrency.Election`: each
+candidate writes a key under the election's prefix, attached to its lease; the key with
+the lowest create revision leads; the others wait for the keys before theirs to go.
+Nothing here decides who leads. What the client must do is keep its lease alive, and
+stop acting as leader as soon as it cannot be sure the lease still stands:
+
+    lease = await Lease.grant(kv.client, ttl_s=2)
+    async with Candidate(kv.client, "sms", b"10.0.0.1:7000", lease) as me:
+        await me.elected.wait()        # leading until me.deposed is set
+    ...
+    await leader_value(kv.client, "sms")   # who leads, for followers
+
+A leader whose process dies stops refreshing its lease; etcd deletes its key when the TTL
+runs out and the next candidate's Campaign returns: a takeover within about one TTL.
+A leader that cannot reach etcd steps down when its last refresh is a TTL old (less a
+margin), before etcd can elect anyone else.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import enum
+import time
+from typing import TYPE_CHECKING
+
+from loguru import logger
+
+from spear.errors import InvalidArgument, SpearError, Unavailable
+from spear.store._etcd_gen import v3electionpb as epb
+
+if TYPE_CHECKING:
+    from collections.abc import AsyncIterator
+
+    from spear.store._etcd_client import EtcdClient
+
+_ELECTIONS = "spear/election/"
+# Step down this much before the lease could have expired on etcd's side (clock rates
+# differ a little, and the refresh that would have saved it may be in flight).
+_SAFETY_MARGIN = 0.2
+
+
+def election_name(name: str) -> bytes:
+    """The election's prefix in etcd (its candidates' keys are `<prefix>/<lease id>`)."""
+    if not name or "/" in name:
+        raise InvalidArgument(f"an election name is one non-empty word, not {name!r}")
+    return f"{_ELECTIONS}{name}".encode()
+
+
+class Lease:
+    """An etcd lease, refreshed in the background every third of its TTL.
+
+    `lost` is set once the lease is gone (revoked, expired) or could not be refreshed for
+    nearly a TTL; a lost lease never comes back.
+    """
+
+    def __init__(self, client: EtcdClient, lease_id: int, ttl_s: int) -> None:
+        self.client = client
+        self.id = lease_id
+        self.ttl_s = ttl_s
+        self.lost = asyncio.Event()
+        # Refreshed keeps the lease until at least this time (local monotonic clock).
+        self._valid_until = time.monotonic() + ttl_s * (1 - _SAFETY_MARGIN)
+        self._keeper: asyncio.Task[None] | None = None
+
+    @classmethod
+    async def grant(cls, client: EtcdClient, ttl_s: int = 2) -> Lease:
+        """A new lease of `ttl_s` seconds (at least 1), kept alive until `revoke`."""
+        if ttl_s < 1:
+            raise InvalidArgument(f"a lease TTL is at least 1 second, not {ttl_s}")
+        sent = time.monotonic()
+        resp = await client.lease_grant(ttl_s)
+        if resp.error:
+            raise Unavailable(f"etcd refused a lease: {resp.error}")
+        lease = cls(client, int(resp.id), int(resp.ttl))
+        lease._valid_until = sent + lease.ttl_s * (1 - _SAFETY_MARGIN)
+        lease._keeper = asyncio.create_task(lease._keep_alive(), name=f"etcd-lease-{lease.id:x}")
+        return lease
+
+    @property
+    def alive(self) -> bool:
+        return not self.lost.is_set() and time.monotonic() < self._valid_until
+
+    async def _keep_alive(self) -> None:
+        log = logger.bind(lease=f"{self.id:x}")
+        while not self.lost.is_set():
+            sent = time.monotonic()
+            try:
+                ttl = await asyncio.wait_for(
+                    self.client.lease_keepalive(self.id),
+                    timeout=max(0.05, self._valid_until - sent),
+                )
+            except (SpearError, TimeoutError) as exc:
+                if time.monotonic() >= self._valid_until:
+                    log.warning("etcd lease lost: not refreshed within its TTL ({})", exc)
+                    self.lost.set()
+                    return
+                await asyncio.sleep(min(0.2, self.ttl_s / 10))  # retry soon, within the TTL
+                continue
+            if ttl <= 0:
+                log.warning("etcd lease lost: expired or revoked")
+                self.lost.set()
+                return
+            self._valid_until = sent + ttl * (1 - _SAFETY_MARGIN)
+            await asyncio.sleep(self.ttl_s / 3)  # refresh three times per TTL
+
+    async def revoke(self) -> None:
+        """Stop refreshing and revoke the lease (its keys go at once). Safe to call twice."""
+        keeper, self._keeper = self._keeper, None
+        if keeper is not None:
+            keeper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await keeper
+        if not self.lost.is_set():
+            self.lost.set()
+            with contextlib.suppress(SpearError):
+                await self.client.lease_revoke(self.id)
+
+    async def __aenter__(self) -> Lease:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.revoke()
+
+
+async def leader_value(client: EtcdClient, name: str) -> bytes | None:
+    """The value the current leader of election `name` proclaimed, or None: no leader."""
+    from spear.store._etcd_client import REQUIRE_LEADER
+
+    try:
+        resp = await client.unary(
+            "election leader",
+            "/v3electionpb.Election/Leader",
+            epb.LeaderRequest(name=election_name(name)),
+            epb.LeaderResponse,
+            idempotent=True,
+            metadata=REQUIRE_LEADER,
+        )
+    except SpearError as exc:
+        if "election: no leader" in str(exc):  # concurrency.ErrElectionNoLeader
+            return None
+        raise
+    return bytes(resp.kv.value) if resp.kv is not None else None
+
+
+async def observe(client: EtcdClient, name: str) -> AsyncIterator[bytes]:
+    """Each leader's value of election `name`, as leadership changes (etcd's Observe).
+
+    The stream is held on one member; when that member is lost, it is opened again on the
+    next, and a leader already reported is not reported twice.
+    """
+    from grpclib.const import Cardinality
+
+    from spear.store._etcd_client import REQUIRE_LEADER, classify
+
+    last: tuple[bytes, int] | None = None
+    failing_since: float | None = None
+    while True:
+        endpoint = client.current
+        try:
+            async with client.channel(endpoint).request(
+                "/v3electionpb.Election/Observe",
+                Cardinality.UNARY_STREAM,
+                epb.LeaderRequest,
+                epb.LeaderResponse,
+                metadata=REQUIRE_LEADER,
+            ) as stream:
+                await stream.send_message(epb.LeaderRequest(name=election_name(name)), end=True)
+                async for response in stream:
+                    failing_since = None
+                    if response.kv is None:
+                        continue
+                    seen = (bytes(response.kv.key), int(response.kv.mod_revision))
+                    if seen != last:
+                        last = seen
+                        yield bytes(response.kv.value)
+            await asyncio.sleep(0.1)  # the member ended the stream: open it again, calmly
+        except Exception as exc:
+            failed = classify(exc, idempotent=True)
+            if failed is None:
+                raise Unavailable(f"etcd election observe failed: {exc}") from exc
+            client.failed_over(endpoint)
+            now = time.monotonic()
+            failing_since = failing_since or now
+            if now - failing_since > client.timeout_s:
+                raise Unavailable(f"etcd election observe lost every endpoint: {failed}") from exc
+            await asyncio.sleep(0.1)  # back-off before the next member
+
+
+class CandidateState(enum.StrEnum):
+    NEW = "new"
+    CAMPAIGNING = "campaigning"
+    LEADING = "leading"
+    DEPOSED = "deposed"
+    CLOSED = "closed"
+
+
+class Candidate:
+    """One campaigner in election `name`, on `lease`, proclaiming `value` when it leads.
+
+    `async with` starts the campaign in the background; `elected` is set when it leads,
+    `deposed` when it stops leading (its lease lost, or `resign`). A deposed candidate
+    does not campaign again: make a new one, on a new lease, to stand again.
+    """
+
+    def __init__(self, client: EtcdClient, name: str, value: bytes, lease: Lease) -> None:
+        self.client = client
+        self.name = name
+        self.value = value
+        self.lease = lease
+        self.state = CandidateState.NEW
+        self.elected = asyncio.Event()
+        self.deposed = asyncio.Event()
+        self._leader_key: epb.LeaderKey | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._prefix = election_name(name)
+
+    @property
+    def leading(self) -> bool:
+        """True only while it holds the leadership and its lease is surely alive."""
+        return self.state is CandidateState.LEADING and self.lease.alive
+
+    async def __aenter__(self) -> Candidate:
+        self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.resign()
+
+    def start(self) -> None:
+        if self._task is None:
+            self.state = CandidateState.CAMPAIGNING
+            self._task = asyncio.create_task(self._run(), name=f"etcd-campaign-{self.name}")
+
+    async def _run(self) -> None:
+        log = logger.bind(election=self.name, lease=f"{self.lease.id:x}")
+        campaign = asyncio.ensure_future(
+            self.client.unary(
+                "election campaign",
+                "/v3electionpb.Election/Campaign",
+                epb.CampaignRequest(name=self._prefix, lease=self.lease.id, value=self.value),
+                epb.CampaignResponse,
+                idempotent=True,  # the same lease finds its own key again
+                wait=True,
+            )
+        )
+        lost = asyncio.ensure_future(self.lease.lost.wait())
+        try:
+            await asyncio.wait({campaign, lost}, return_when=asyncio.FIRST_COMPLETED)
+            if campaign.done() and not self.lease.lost.is_set():
+                self._leader_key = campaign.result().leader
+                self.state = CandidateState.LEADING
+                self.elected.set()
+                log.info("elected leader")
+                await self.lease.lost.wait()
+                log.warning("deposed: lease lost")
+        except SpearError as exc:
+            log.warning("campaign failed: {}", exc)
+        finally:
+            for waiter in (campaign, lost):
+                waiter.cancel()
+            if self.state is not CandidateState.CLOSED:
+                self.state = CandidateState.DEPOSED
+            self.deposed.set()
+
+    async def resign(self) -> None:
+        """Give up leadership (or the campaign) so the next candidate leads at once.
+
+        Safe to call twice. The lease stays the caller's: revoke it when done with it."""
+        task, self._task = self._task, None
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        key, self._leader_key = self._leader_key, None
+        if key is not None and self.lease.alive:
+            with contextlib.suppress(SpearError):
+                await self.client.unary(
+                    "election resign",
+                    "/v3electionpb.Election/Resign",
+                    epb.ResignRequest(leader=key),
+                    epb.ResignResponse,
+                    idempotent=True,
+                )
+        self.state = CandidateState.CLOSED
+        self.deposed.set()
