@@ -149,3 +149,65 @@ def test_member_layouts() -> None:
         EtcdMember("m", client_port=2379, peer_port=2379)
     with pytest.raises(InvalidArgument):
         EtcdCluster(__import__("pathlib").Path("/nonexistent"), [EtcdMember("m"), EtcdMember("m")])
+
+
+async def test_an_election_survives_losing_a_member(cluster: EtcdCluster) -> None:
+    from spear.store.etcd_election import Candidate, Lease, leader_value
+
+    a = await EtcdKV.connect(cluster.endpoints, namespace="unused/")
+    b = await EtcdKV.connect(cluster.endpoints, namespace="unused/")
+    try:
+        lease_a, lease_b = await Lease.grant(a.client, 2), await Lease.grant(b.client, 2)
+        leader = Candidate(a.client, "sms", b"A", lease_a)
+        follower = Candidate(b.client, "sms", b"B", lease_b)
+        async with leader:
+            await asyncio.wait_for(leader.elected.wait(), 5)
+            async with follower:
+                cluster.processes[0].kill()  # both clients' member; B's campaign waits there
+                # The leader's lease refreshes go to another member: it keeps leading.
+                with pytest.raises(TimeoutError):
+                    await asyncio.wait_for(follower.elected.wait(), 3)
+                assert leader.leading and not leader.deposed.is_set()
+                assert await leader_value(b.client, "sms") == b"A"
+                # B's campaign moved to a live member too: it takes over when A goes.
+                await lease_a.revoke()
+                await asyncio.wait_for(follower.elected.wait(), 5)
+                assert await leader_value(a.client, "sms") == b"B"
+        await lease_b.revoke()
+    finally:
+        await a.aclose()
+        await b.aclose()
+
+
+def test_start_etcd_keeps_addresses_and_data_across_restarts(tmp_path: Path) -> None:
+    import asyncio as aio
+
+    from spear.store.etcd_server import start_etcd
+
+    hosts = random_loopback_hosts(3)
+    etcd = start_etcd(tmp_path / "etcd", 3, hosts=hosts)
+    try:
+        assert isinstance(etcd, EtcdCluster) and len(etcd.pids) == 3
+        url = etcd.url
+        assert url == "etcd://" + ",".join(f"{h}:2379" for h in hosts)
+
+        async def put_then_get(value: bytes | None) -> bytes | None:
+            kv = await EtcdKV.connect(url, namespace="r/")
+            try:
+                if value is not None:
+                    await kv.put("k", value)
+                entry = await kv.get("k")
+                return entry.value if entry else None
+            finally:
+                await kv.aclose()
+
+        assert aio.run(put_then_get(b"kept")) == b"kept"
+        etcd.stop()
+        assert etcd.pids == []
+        etcd = start_etcd(tmp_path / "etcd", 3, hosts=hosts)  # the whole cluster again
+        assert etcd.url == url
+        assert aio.run(put_then_get(None)) == b"kept"
+    finally:
+        etcd.stop()
+    with pytest.raises(InvalidArgument):
+        start_etcd(tmp_path / "x", 3, ephemeral=True)

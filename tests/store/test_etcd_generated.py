@@ -83,7 +83,7 @@ message Member {
     assert "rpc LeaseRevoke(LeaseRevokeRequest) returns (LeaseRevokeResponse) {" in stripped
     assert "uint64 ID = 1;" in stripped
     with pytest.raises(SystemExit, match="options left"):
-        gen.strip_options('option (gogoproto.nullable_all) = { odd: 1 };\n// gogoproto\n')
+        gen.strip_options("option (gogoproto.nullable_all) = { odd: 1 };\n// gogoproto\n")
 
 
 def test_the_stubs_import_without_touching_the_process() -> None:

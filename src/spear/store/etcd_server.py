@@ -190,6 +190,11 @@ class EtcdProcess:
                 return address
         return None
 
+    @property
+    def pids(self) -> list[int]:
+        """The running process's id (none when stopped)."""
+        return [self.proc.pid] if self.proc is not None and self.proc.poll() is None else []
+
     def kill(self) -> None:
         """SIGKILL, as a crash: the data dir stays as the crash left it."""
         proc, self.proc = self.proc, None
@@ -255,6 +260,11 @@ class EtcdCluster:
         """`etcd://HOST:PORT,...`: every member, for `--kv` and `EtcdKV.connect`."""
         return "etcd://" + ",".join(self.endpoints)
 
+    @property
+    def pids(self) -> list[int]:
+        """The running members' process ids."""
+        return [pid for process in self.processes for pid in process.pids]
+
     def start(self, timeout_s: float = 30.0) -> list[str]:
         """Start every member (they need a quorum to serve) and wait until all serve."""
         for process in self.processes:
@@ -285,3 +295,29 @@ class EtcdCluster:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+def start_etcd(
+    base: Path,
+    members: int = 1,
+    *,
+    hosts: Sequence[str] | None = None,
+    ephemeral: bool = False,
+    timeout_s: float = 30.0,
+) -> EtcdProcess | EtcdCluster:
+    """Start etcd for a local spear cluster (`spear cluster up --etcd N`), data under `base`.
+
+    `members` 1, 3 or 5 on fixed addresses (`local_members`: etcd's ports on 127.0.0.1,
+    or one host each), so a restarted etcd comes back where the SMS looks for it, with
+    its data. `ephemeral` (one member only): ports the kernel picks, for tests. Either
+    way the result has `url` (for `--kv`), `pids` and `stop()`.
+    """
+    if ephemeral:
+        if members != 1 or hosts is not None:
+            raise InvalidArgument("an ephemeral etcd is one member on ports the kernel picks")
+        process = EtcdProcess(base)
+        process.start(timeout_s)
+        return process
+    cluster = EtcdCluster(base, local_members(members, hosts=hosts))
+    cluster.start(timeout_s)
+    return cluster
