@@ -1,9 +1,11 @@
 """etcd's v3 API over grpclib, with failover between the members of a cluster.
 
-The stubs are generated from etcd's own protos (tools/gen_etcd_protos.py -> _etcd_gen/);
-this module is the only hand-written code that touches them besides the KV and election
-wrappers beside it. One `EtcdClient` holds a grpclib channel per endpoint and talks to one
-member at a time, moving to the next when that member cannot be reached or has no leader.
+The messages are generated from etcd's own protos (tools/gen_etcd_protos.py ->
+_etcd_gen/, protobuf's C implementation); the calls are made here, by route, on grpclib's
+channels like every other gRPC call spear makes. Only this module and the KV and election
+wrappers beside it touch the generated code. One `EtcdClient` holds a grpclib channel per
+endpoint and talks to one member at a time, moving to the next when that member cannot be
+reached or has no leader.
 
 What is retried, and where (etcd's clientv3 follows the same rule): a request that never
 left (the connection was refused or could not be made) or that etcd refused before
@@ -27,7 +29,7 @@ from grpclib.const import Cardinality, Status
 from grpclib.exceptions import GRPCError, ProtocolError, StreamTerminatedError
 
 from spear.errors import StorageError, Unavailable
-from spear.store._etcd_gen import etcdserverpb as pb
+from spear.store._etcd_gen import rpc_pb2 as pb
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
@@ -36,6 +38,9 @@ T = TypeVar("T")
 
 # etcd's "no leader" and friends: refused before anything was applied (rpctypes).
 _NOT_APPLIED = ("no leader", "not capable", "leader changed", "too many requests")
+# etcd's transient errors whose outcome is unknown; the election service (a client inside
+# etcd) passes them on with code UNKNOWN, so they are told by their text.
+_TRANSIENT = ("request timed out", "timed out", "unhealthy cluster", *_NOT_APPLIED)
 # Streams ask the member to end them when it loses its leader (clientv3's WithRequireLeader),
 # so a watch on a member cut off from the cluster fails over instead of going silent.
 REQUIRE_LEADER = {"hasleader": "true"}
@@ -63,6 +68,9 @@ def classify(exc: BaseException, *, idempotent: bool) -> EndpointFailed | None:
             return EndpointFailed(f"unavailable ({message})", retry=idempotent or unapplied)
         if exc.status is Status.DEADLINE_EXCEEDED:
             return EndpointFailed(f"timed out ({message})", retry=idempotent)
+        if any(m in message for m in _TRANSIENT):
+            unapplied = any(m in message for m in _NOT_APPLIED)
+            return EndpointFailed(f"transient ({message})", retry=idempotent or unapplied)
         return None
     if isinstance(exc, StreamTerminatedError | ProtocolError | ConnectionResetError):
         return EndpointFailed(f"connection lost ({exc})", retry=idempotent)
@@ -128,6 +136,7 @@ class EtcdClient:
         idempotent: bool,
         timeout_s: float | None = None,
         wait: bool = False,
+        attempt_timeout_s: float | None = None,
     ) -> T:
         """`attempt(channel, timeout)` on the current member, failing over within one deadline.
 
@@ -148,7 +157,7 @@ class EtcdClient:
                     remaining = deadline - time.monotonic()
                     if remaining <= 0:
                         break
-                    per_attempt = min(remaining, self.attempt_timeout_s)
+                    per_attempt = min(remaining, attempt_timeout_s or self.attempt_timeout_s)
                 try:
                     return await attempt(self.channel(endpoint), per_attempt)
                 except asyncio.CancelledError:
@@ -238,7 +247,7 @@ class EtcdClient:
         return await self.unary(
             "lease grant",
             "/etcdserverpb.Lease/LeaseGrant",
-            pb.LeaseGrantRequest(ttl=ttl_s),
+            pb.LeaseGrantRequest(TTL=ttl_s),
             pb.LeaseGrantResponse,
             idempotent=True,
         )
@@ -248,13 +257,16 @@ class EtcdClient:
             await self.unary(
                 "lease revoke",
                 "/etcdserverpb.Lease/LeaseRevoke",
-                pb.LeaseRevokeRequest(id=lease_id),
+                pb.LeaseRevokeRequest(ID=lease_id),
                 pb.LeaseRevokeResponse,
                 idempotent=True,
             )
 
-    async def lease_keepalive(self, lease_id: int) -> int:
-        """Refresh a lease once; its remaining TTL in seconds (<= 0: the lease is gone)."""
+    async def lease_keepalive(self, lease_id: int, within_s: float) -> int:
+        """Refresh a lease once; its remaining TTL in seconds (<= 0: the lease is gone).
+
+        Each member gets a third of `within_s`: one that cannot reach its raft leader
+        stalls, and the refresh must land elsewhere before the lease runs out."""
 
         async def attempt(channel: Channel, budget_s: float | None) -> int:
             async with channel.request(
@@ -264,13 +276,19 @@ class EtcdClient:
                 pb.LeaseKeepAliveResponse,
                 timeout=budget_s,
             ) as stream:
-                await stream.send_message(pb.LeaseKeepAliveRequest(id=lease_id), end=True)
+                await stream.send_message(pb.LeaseKeepAliveRequest(ID=lease_id), end=True)
                 response = await stream.recv_message()
             if response is None:
                 raise StreamTerminatedError("no keep-alive response")
-            return int(response.ttl)
+            return int(response.TTL)
 
-        return await self.call("lease keep-alive", attempt, idempotent=True)
+        return await self.call(
+            "lease keep-alive",
+            attempt,
+            idempotent=True,
+            timeout_s=within_s,
+            attempt_timeout_s=max(0.2, within_s / 3),
+        )
 
     @contextlib.asynccontextmanager
     async def watch_stream(

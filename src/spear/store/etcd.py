@@ -17,8 +17,8 @@ from typing import TYPE_CHECKING
 
 from spear.errors import StorageError, Unavailable
 from spear.store._etcd_client import EtcdClient, classify, prefix_range_end
-from spear.store._etcd_gen import etcdserverpb as pb
-from spear.store._etcd_gen import mvccpb
+from spear.store._etcd_gen import kv_pb2
+from spear.store._etcd_gen import rpc_pb2 as pb
 from spear.store.kv import KV, Entry, EventKind, WatchEvent, Write
 
 if TYPE_CHECKING:
@@ -43,8 +43,8 @@ def parse_endpoints(url: str) -> list[str]:
 def _is_mod(raw: bytes, version: int) -> pb.Compare:
     # etcd compares a missing key as if every revision were 0: MOD == 0 means "absent".
     return pb.Compare(
-        result=pb.CompareCompareResult.EQUAL,
-        target=pb.CompareCompareTarget.MOD,
+        result=pb.Compare.EQUAL,
+        target=pb.Compare.MOD,
         key=raw,
         mod_revision=version,
     )
@@ -106,7 +106,7 @@ class EtcdKV(KV):
 
     async def put(self, key: str, value: bytes) -> int:
         resp = await self._client.put(pb.PutRequest(key=self._key(key), value=value))
-        return int(resp.header.revision) if resp.header else 0
+        return int(resp.header.revision)
 
     async def delete(self, key: str) -> bool:
         resp = await self._client.delete_range(pb.DeleteRangeRequest(key=self._key(key)))
@@ -120,7 +120,7 @@ class EtcdKV(KV):
         resp = await self._client.txn(request, "compare-and-swap")
         if not resp.succeeded:
             return -1
-        return 0 if value is None else int(resp.header.revision) if resp.header else 0
+        return 0 if value is None else int(resp.header.revision)
 
     async def commit(self, writes: Sequence[Write]) -> int:
         compares, ops = [], []
@@ -132,20 +132,20 @@ class EtcdKV(KV):
         resp = await self._client.txn(pb.TxnRequest(compare=compares, success=ops), "commit")
         if not resp.succeeded:
             return -1
-        return int(resp.header.revision) if resp.header else 0
+        return int(resp.header.revision)
 
     async def scan(
         self, prefix: str, *, reverse: bool = False, limit: int | None = None
     ) -> list[Entry]:
         start = self._key(prefix)
-        order = pb.RangeRequestSortOrder.DESCEND if reverse else pb.RangeRequestSortOrder.ASCEND
+        order = pb.RangeRequest.DESCEND if reverse else pb.RangeRequest.ASCEND
         resp = await self._client.range(
             pb.RangeRequest(
                 key=start,
                 range_end=prefix_range_end(start),
                 limit=limit or 0,
                 sort_order=order,
-                sort_target=pb.RangeRequestSortTarget.KEY,
+                sort_target=pb.RangeRequest.KEY,
             )
         )
         return [
@@ -170,7 +170,7 @@ class EtcdKV(KV):
                     async for response in responses:
                         if response.created:
                             deadline, round_ = None, 0
-                            if next_revision == 0 and response.header:
+                            if next_revision == 0:
                                 next_revision = int(response.header.revision) + 1
                         if response.canceled:
                             raise StorageError(
@@ -181,10 +181,8 @@ class EtcdKV(KV):
                             )
                         for event in response.events:
                             kv = event.kv
-                            if kv is None:
-                                continue
                             next_revision = int(kv.mod_revision) + 1
-                            deleted = event.type == mvccpb.EventEventType.DELETE
+                            deleted = event.type == kv_pb2.Event.DELETE
                             yield WatchEvent(
                                 EventKind.DELETE if deleted else EventKind.PUT,
                                 self._unkey(bytes(kv.key)),
@@ -209,7 +207,7 @@ class EtcdKV(KV):
     async def revision(self) -> int:
         """The cluster's current revision (what the next write exceeds)."""
         resp = await self._client.range(pb.RangeRequest(key=self._key(""), count_only=True))
-        return int(resp.header.revision) if resp.header else 0
+        return int(resp.header.revision)
 
     async def aclose(self) -> None:
         await self._client.aclose()

@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING
 from loguru import logger
 
 from spear.errors import InvalidArgument, SpearError, Unavailable
-from spear.store._etcd_gen import v3electionpb as epb
+from spear.store._etcd_gen import v3election_pb2 as epb
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator
@@ -75,7 +75,7 @@ class Lease:
         resp = await client.lease_grant(ttl_s)
         if resp.error:
             raise Unavailable(f"etcd refused a lease: {resp.error}")
-        lease = cls(client, int(resp.id), int(resp.ttl))
+        lease = cls(client, int(resp.ID), int(resp.TTL))
         lease._valid_until = sent + lease.ttl_s * (1 - _SAFETY_MARGIN)
         lease._keeper = asyncio.create_task(lease._keep_alive(), name=f"etcd-lease-{lease.id:x}")
         return lease
@@ -89,11 +89,10 @@ class Lease:
         while not self.lost.is_set():
             sent = time.monotonic()
             try:
-                ttl = await asyncio.wait_for(
-                    self.client.lease_keepalive(self.id),
-                    timeout=max(0.05, self._valid_until - sent),
+                ttl = await self.client.lease_keepalive(
+                    self.id, within_s=max(0.05, self._valid_until - sent)
                 )
-            except (SpearError, TimeoutError) as exc:
+            except SpearError as exc:
                 if time.monotonic() >= self._valid_until:
                     log.warning("etcd lease lost: not refreshed within its TTL ({})", exc)
                     self.lost.set()
@@ -143,7 +142,7 @@ async def leader_value(client: EtcdClient, name: str) -> bytes | None:
         if "election: no leader" in str(exc):  # concurrency.ErrElectionNoLeader
             return None
         raise
-    return bytes(resp.kv.value) if resp.kv is not None else None
+    return bytes(resp.kv.value) if resp.HasField("kv") else None
 
 
 async def observe(client: EtcdClient, name: str) -> AsyncIterator[bytes]:
@@ -171,7 +170,7 @@ async def observe(client: EtcdClient, name: str) -> AsyncIterator[bytes]:
                 await stream.send_message(epb.LeaderRequest(name=election_name(name)), end=True)
                 async for response in stream:
                     failing_since = None
-                    if response.kv is None:
+                    if not response.HasField("kv"):
                         continue
                     seen = (bytes(response.kv.key), int(response.kv.mod_revision))
                     if seen != last:
