@@ -125,7 +125,6 @@ def generate(out: Path = GENERATED) -> None:
             (package / source.name).write_text(_localize(source.read_text(), module))
         (package / "__init__.py").write_text(_INIT)
         (package / "_pool.py").write_text(_POOL)
-        (package / "py.typed").write_text("")
         if out.exists():
             shutil.rmtree(out)
         shutil.copytree(package, out)
