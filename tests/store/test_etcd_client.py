@@ -37,9 +37,7 @@ def test_what_may_go_to_another_member(exc: BaseException, read: bool, write: bo
     "exc",
     [
         GRPCError(Status.INVALID_ARGUMENT, "etcdserver: key is not provided"),
-        GRPCError(
-            Status.FAILED_PRECONDITION, "mvcc: required revision has been compacted"
-        ),
+        GRPCError(Status.FAILED_PRECONDITION, "mvcc: required revision has been compacted"),
         ValueError("a bug of ours"),
     ],
 )

@@ -3,34 +3,19 @@ protos, and the vendoring strips exactly the options it means to."""
 
 from __future__ import annotations
 
-import filecmp
-import importlib.util
 import subprocess
 import sys
-from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import pytest
+from conftest import assert_same_tree, load_tool
 
-ROOT = Path(__file__).resolve().parents[2]
-
-
-def _generator():  # type: ignore[no-untyped-def]
-    spec = importlib.util.spec_from_file_location(
-        "gen_etcd_protos", ROOT / "tools" / "gen_etcd_protos.py"
-    )
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["gen_etcd_protos"] = module
-    spec.loader.exec_module(module)
-    return module
+if TYPE_CHECKING:
+    from pathlib import Path
 
 
-def _files(root: Path) -> set[str]:
-    return {
-        str(p.relative_to(root))
-        for p in root.rglob("*")
-        if p.is_file() and "__pycache__" not in p.parts
-    }
+def _generator() -> Any:
+    return load_tool("gen_etcd_protos")
 
 
 def test_generated_etcd_code_is_up_to_date(tmp_path: Path) -> None:
@@ -38,13 +23,7 @@ def test_generated_etcd_code_is_up_to_date(tmp_path: Path) -> None:
     gen = _generator()
     fresh = tmp_path / "_etcd_gen"
     gen.generate(fresh)
-    assert _files(fresh) == _files(gen.GENERATED), "run `nox -s protos` and commit the result"
-    stale = [
-        name
-        for name in sorted(_files(fresh))
-        if not filecmp.cmp(fresh / name, gen.GENERATED / name, shallow=False)
-    ]
-    assert not stale, f"stale generated files {stale}: run `nox -s protos` and commit them"
+    assert_same_tree(fresh, gen.GENERATED)
 
 
 def test_strip_options_removes_gogoproto_and_http_annotations() -> None:

@@ -291,28 +291,31 @@ class EtcdClient:
         )
 
     @contextlib.asynccontextmanager
-    async def watch_stream(
-        self, endpoint: str, request: pb.WatchCreateRequest
-    ) -> AsyncIterator[AsyncIterator[pb.WatchResponse]]:
-        """One watch stream on one member (the caller resumes elsewhere when it breaks)."""
+    async def stream(
+        self, endpoint: str, route: str, request: Any, response_type: type[T]
+    ) -> AsyncIterator[AsyncIterator[T]]:
+        """A held stream (a watch, an election's Observe) on one member: its responses.
+
+        The member is asked to end it when it loses its raft leader, and its end is an
+        error (StreamTerminatedError): the caller resumes elsewhere (`StreamResumer`)."""
+        unary = route.endswith("/Observe")
         async with self.channel(endpoint).request(
-            "/etcdserverpb.Watch/Watch",
-            Cardinality.STREAM_STREAM,
-            pb.WatchRequest,
-            pb.WatchResponse,
+            route,
+            Cardinality.UNARY_STREAM if unary else Cardinality.STREAM_STREAM,
+            type(request),
+            response_type,
             metadata=REQUIRE_LEADER,
         ) as stream:
-            await stream.send_message(pb.WatchRequest(create_request=request))
+            await stream.send_message(request, end=unary)
 
-            async def responses() -> AsyncIterator[pb.WatchResponse]:
+            async def responses() -> AsyncIterator[T]:
                 while True:
                     response = await stream.recv_message()
                     if response is None:
-                        raise StreamTerminatedError("the watch stream ended")
+                        raise StreamTerminatedError(f"{route} ended")
                     yield response
 
             yield responses()
-            await stream.cancel()
 
     async def aclose(self) -> None:
         """Close every channel. Safe to call twice."""
@@ -325,3 +328,35 @@ class EtcdClient:
 def _storage_error(operation: str, exc: BaseException) -> StorageError:
     detail = exc.message if isinstance(exc, GRPCError) and exc.message else str(exc)
     return StorageError(f"etcd {operation} failed: {detail}")
+
+
+class StreamResumer:
+    """When a held stream breaks: move to the next member, pause after each full round,
+    give up with `Unavailable` once no member has served it for the client's timeout."""
+
+    def __init__(self, client: EtcdClient, operation: str) -> None:
+        self.client = client
+        self.operation = operation
+        self._failing_since: float | None = None
+        self._failures = 0
+
+    def served(self) -> None:
+        """The stream works again (a member answered)."""
+        self._failing_since, self._failures = None, 0
+
+    async def failed(self, endpoint: str, exc: Exception) -> None:
+        """Account for `exc` on `endpoint`; raises when it is not a transport failure or
+        when time is up, returns when the caller should open the stream again."""
+        failed = classify(exc, idempotent=True)
+        if failed is None:
+            if isinstance(exc, StorageError):
+                raise exc
+            raise StorageError(f"etcd {self.operation} failed: {exc}") from exc
+        self.client.failed_over(endpoint)
+        now = time.monotonic()
+        self._failing_since = self._failing_since or now
+        if now - self._failing_since >= self.client.timeout_s:
+            raise Unavailable(f"etcd {self.operation} lost every endpoint: {failed}") from exc
+        self._failures += 1
+        if self._failures >= len(self.client.endpoints):  # a full round failed: back off
+            await asyncio.sleep(_BACKOFF_S[min(self._failures, len(_BACKOFF_S)) - 1])

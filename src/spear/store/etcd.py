@@ -11,12 +11,10 @@ revision after the last one it delivered, so no change is lost or repeated.
 
 from __future__ import annotations
 
-import asyncio
-import time
 from typing import TYPE_CHECKING
 
-from spear.errors import StorageError, Unavailable
-from spear.store._etcd_client import EtcdClient, classify, prefix_range_end
+from spear.errors import StorageError
+from spear.store._etcd_client import EtcdClient, StreamResumer, prefix_range_end
 from spear.store._etcd_gen import kv_pb2
 from spear.store._etcd_gen import rpc_pb2 as pb
 from spear.store.kv import KV, Entry, EventKind, WatchEvent, Write
@@ -156,20 +154,22 @@ class EtcdKV(KV):
     async def watch(self, prefix: str) -> AsyncIterator[WatchEvent]:
         start = self._key(prefix)
         end = prefix_range_end(start)
-        client = self._client
+        resumer = StreamResumer(self._client, "watch")
         next_revision = 0  # 0: from now on; after the first stream, the one after the last seen
-        deadline: float | None = None  # while no member serves the watch
-        round_ = 0
         while True:
-            endpoint = client.current
-            try:
-                request = pb.WatchCreateRequest(
+            endpoint = self._client.current
+            request = pb.WatchRequest(
+                create_request=pb.WatchCreateRequest(
                     key=start, range_end=end, start_revision=next_revision
                 )
-                async with client.watch_stream(endpoint, request) as responses:
+            )
+            try:
+                async with self._client.stream(
+                    endpoint, "/etcdserverpb.Watch/Watch", request, pb.WatchResponse
+                ) as responses:
                     async for response in responses:
                         if response.created:
-                            deadline, round_ = None, 0
+                            resumer.served()
                             if next_revision == 0:
                                 next_revision = int(response.header.revision) + 1
                         if response.canceled:
@@ -190,19 +190,7 @@ class EtcdKV(KV):
                                 int(kv.mod_revision),
                             )
             except Exception as exc:
-                failed = classify(exc, idempotent=True)
-                if failed is None:
-                    if isinstance(exc, StorageError):
-                        raise
-                    raise StorageError(f"etcd watch failed: {exc}") from exc
-                client.failed_over(endpoint)
-                now = time.monotonic()
-                deadline = deadline or now + client.timeout_s
-                if now >= deadline:
-                    raise Unavailable(f"etcd watch lost every endpoint: {failed}") from exc
-                if round_ >= len(client.endpoints):
-                    await asyncio.sleep(min(0.5, 0.05 * round_))  # back-off, within deadline
-                round_ += 1
+                await resumer.failed(endpoint, exc)
 
     async def revision(self) -> int:
         """The cluster's current revision (what the next write exceeds)."""

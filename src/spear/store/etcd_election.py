@@ -151,42 +151,27 @@ async def observe(client: EtcdClient, name: str) -> AsyncIterator[bytes]:
     The stream is held on one member; when that member is lost, it is opened again on the
     next, and a leader already reported is not reported twice.
     """
-    from grpclib.const import Cardinality
+    from spear.store._etcd_client import StreamResumer
 
-    from spear.store._etcd_client import REQUIRE_LEADER, classify
-
+    resumer = StreamResumer(client, "election observe")
+    request = epb.LeaderRequest(name=election_name(name))
     last: tuple[bytes, int] | None = None
-    failing_since: float | None = None
     while True:
         endpoint = client.current
         try:
-            async with client.channel(endpoint).request(
-                "/v3electionpb.Election/Observe",
-                Cardinality.UNARY_STREAM,
-                epb.LeaderRequest,
-                epb.LeaderResponse,
-                metadata=REQUIRE_LEADER,
-            ) as stream:
-                await stream.send_message(epb.LeaderRequest(name=election_name(name)), end=True)
-                async for response in stream:
-                    failing_since = None
+            async with client.stream(
+                endpoint, "/v3electionpb.Election/Observe", request, epb.LeaderResponse
+            ) as responses:
+                async for response in responses:
+                    resumer.served()
                     if not response.HasField("kv"):
                         continue
                     seen = (bytes(response.kv.key), int(response.kv.mod_revision))
                     if seen != last:
                         last = seen
                         yield bytes(response.kv.value)
-            await asyncio.sleep(0.1)  # the member ended the stream: open it again, calmly
         except Exception as exc:
-            failed = classify(exc, idempotent=True)
-            if failed is None:
-                raise Unavailable(f"etcd election observe failed: {exc}") from exc
-            client.failed_over(endpoint)
-            now = time.monotonic()
-            failing_since = failing_since or now
-            if now - failing_since > client.timeout_s:
-                raise Unavailable(f"etcd election observe lost every endpoint: {failed}") from exc
-            await asyncio.sleep(0.1)  # back-off before the next member
+            await resumer.failed(endpoint, exc)
 
 
 class CandidateState(enum.StrEnum):
