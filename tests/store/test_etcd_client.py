@@ -70,3 +70,17 @@ async def test_a_closed_kv_says_so(etcd_endpoint: str) -> None:
     await kv.aclose()  # twice is fine
     with pytest.raises(StorageError, match="closed"):
         await kv.get("k")
+
+
+async def test_a_dead_first_endpoint_is_passed_over(etcd_endpoint: str) -> None:
+    with socket.socket() as dead:  # bound, never listening: connections are refused
+        dead.bind(("127.0.0.1", 0))
+        first = f"127.0.0.1:{dead.getsockname()[1]}"
+        kv = await EtcdKV.connect([first, etcd_endpoint], namespace="pass-over/", timeout_s=5)
+        try:
+            assert kv.client.current == etcd_endpoint  # the check already moved on
+            version = await kv.put("k", b"v")  # refused connections are safe to move on from
+            assert (await kv.get("k")).version == version  # type: ignore[union-attr]
+        finally:
+            await kv.delete("k")
+            await kv.aclose()
