@@ -52,6 +52,9 @@ async def test_one_leads_and_the_other_takes_over_when_its_lease_is_revoked(
         second = Candidate(b.client, name, b"B", lease_b)
         async with first:
             await asyncio.wait_for(first.elected.wait(), 5)
+            assert first.leader_key is not None and second.leader_key is None
+            key, rev = first.leader_key
+            assert key.startswith(b"spear/election/" + name.encode() + b"/") and rev > 0
             second.start()
             assert first.leading and second.state is CandidateState.CAMPAIGNING
             assert await leader_value(b.client, name) == b"A"

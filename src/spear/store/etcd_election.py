@@ -203,6 +203,15 @@ class Candidate:
         self._prefix = election_name(name)
 
     @property
+    def leader_key(self) -> tuple[bytes, int] | None:
+        """While leading: the etcd key that holds the leadership and its create revision.
+
+        etcd's way to fence a leader's writes: a transaction that also compares this key's
+        create revision with the second value fails once the leadership is gone."""
+        key = self._leader_key
+        return (bytes(key.key), int(key.rev)) if key is not None else None
+
+    @property
     def leading(self) -> bool:
         """True only while it holds the leadership and its lease is surely alive."""
         return self.state is CandidateState.LEADING and self.lease.alive
