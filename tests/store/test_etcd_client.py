@@ -20,7 +20,9 @@ from spear.store.etcd import EtcdKV
         (ConnectionRefusedError(111, "refused"), True, True),  # never sent
         (GRPCError(Status.UNAVAILABLE, "etcdserver: no leader"), True, True),  # not applied
         (StreamTerminatedError("Connection lost"), True, False),  # sent: fate unknown
+        (OSError(113, "No route to host"), True, True),
         (ConnectionResetError(104, "reset"), True, False),
+        (BrokenPipeError(32, "broken pipe"), True, False),
         (TimeoutError(), True, False),
         (GRPCError(Status.UNKNOWN, "etcdserver: request timed out"), True, False),
         (GRPCError(Status.UNAVAILABLE, "etcdserver: request timed out"), True, False),

@@ -57,8 +57,10 @@ class EndpointFailed(Exception):
 
 def classify(exc: BaseException, *, idempotent: bool) -> EndpointFailed | None:
     """How a failed attempt counts: None when it is not a transport failure at all."""
-    if isinstance(exc, ConnectionRefusedError | ConnectionAbortedError) or (
-        isinstance(exc, OSError) and not isinstance(exc, ConnectionResetError | TimeoutError)
+    # Refused, or an OSError that is no broken connection (unreachable host, no route):
+    # raised while connecting, so nothing was sent.
+    if isinstance(exc, ConnectionRefusedError) or (
+        isinstance(exc, OSError) and not isinstance(exc, ConnectionError | TimeoutError)
     ):
         return EndpointFailed(f"cannot connect ({exc})", retry=True)
     if isinstance(exc, GRPCError):
@@ -72,7 +74,7 @@ def classify(exc: BaseException, *, idempotent: bool) -> EndpointFailed | None:
             unapplied = any(m in message for m in _NOT_APPLIED)
             return EndpointFailed(f"transient ({message})", retry=idempotent or unapplied)
         return None
-    if isinstance(exc, StreamTerminatedError | ProtocolError | ConnectionResetError):
+    if isinstance(exc, StreamTerminatedError | ProtocolError | ConnectionError):
         return EndpointFailed(f"connection lost ({exc})", retry=idempotent)
     if isinstance(exc, TimeoutError):
         return EndpointFailed("timed out", retry=idempotent)
@@ -120,7 +122,7 @@ class EtcdClient:
         channel = self._channels.get(endpoint)
         if channel is None:
             host, _, port = endpoint.rpartition(":")
-            channel = self._channels[endpoint] = Channel(host, int(port))
+            channel = self._channels[endpoint] = Channel(host.strip("[]"), int(port))
         return channel
 
     def failed_over(self, endpoint: str) -> None:
