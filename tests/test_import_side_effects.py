@@ -18,7 +18,10 @@ def snapshot():
     return {
         "sys.path": list(sys.path),
         "meta_path": [type(f).__name__ for f in sys.meta_path],
-        "signals": {s.name: repr(signal.getsignal(s)) for s in (signal.SIGINT, signal.SIGTERM, signal.SIGCHLD, signal.SIGPIPE)},
+        "signals": {
+            s.name: repr(signal.getsignal(s))
+            for s in (signal.SIGINT, signal.SIGTERM, signal.SIGCHLD, signal.SIGPIPE)
+        },
         "warnings": len(warnings.filters),
         "logging": [repr(h) for h in logging.getLogger().handlers],
         "environ": dict(os.environ),
@@ -31,14 +34,18 @@ def snapshot():
 
 before = snapshot()
 import importlib, pkgutil, spear
-names = [m.name for m in pkgutil.walk_packages(spear.__path__, "spear.")
-         if ".__main__" not in m.name and m.name not in SKIP]
+names = [
+    m.name
+    for m in pkgutil.walk_packages(spear.__path__, "spear.")
+    if ".__main__" not in m.name and m.name not in SKIP
+]
 for name in names:
     importlib.import_module(name)
 for name in spear.__all__:
     getattr(spear, name)
 after = snapshot()
-print(json.dumps({"imported": len(names), "changed": {k: [before[k], after[k]] for k in before if before[k] != after[k]}}))
+changed = {k: [before[k], after[k]] for k in before if before[k] != after[k]}
+print(json.dumps({"imported": len(names), "changed": changed}))
 """
 
 # The embedded model imports llama.cpp (optional).
