@@ -39,6 +39,7 @@ def test_what_may_go_to_another_member(exc: BaseException, read: bool, write: bo
     "exc",
     [
         GRPCError(Status.INVALID_ARGUMENT, "etcdserver: key is not provided"),
+        GRPCError(Status.UNKNOWN, "election: no leader"),  # an answer: nobody leads
         GRPCError(Status.FAILED_PRECONDITION, "mvcc: required revision has been compacted"),
         ValueError("a bug of ours"),
     ],

@@ -36,11 +36,14 @@ if TYPE_CHECKING:
 
 T = TypeVar("T")
 
-# etcd's "no leader" and friends: refused before anything was applied (rpctypes).
-_NOT_APPLIED = ("no leader", "not capable", "leader changed", "too many requests")
+# etcd's "no leader" and friends: refused before anything was applied (rpctypes). Told by
+# their whole text: "election: no leader" is an answer (nobody leads), not a failure.
+_NOT_APPLIED = tuple(
+    f"etcdserver: {m}" for m in ("no leader", "not capable", "leader changed", "too many requests")
+)
 # etcd's transient errors whose outcome is unknown; the election service (a client inside
 # etcd) passes them on with code UNKNOWN, so they are told by their text.
-_TRANSIENT = ("request timed out", "timed out", "unhealthy cluster", *_NOT_APPLIED)
+_TRANSIENT = ("etcdserver: request timed out", "etcdserver: unhealthy cluster", *_NOT_APPLIED)
 # Streams ask the member to end them when it loses its leader (clientv3's WithRequireLeader),
 # so a watch on a member cut off from the cluster fails over instead of going silent.
 REQUIRE_LEADER = {"hasleader": "true"}
