@@ -12,12 +12,12 @@ from spear.store.etcd_election import Candidate, Lease
 
 async def main(endpoint: str, name: str, value: str) -> None:
     kv = await EtcdKV.connect([endpoint], namespace="unused/")
-    lease = await Lease.grant(kv.client, ttl_s=2)
-    async with Candidate(kv.client, name, value.encode(), lease) as me:
-        await me.elected.wait()
-        print("leading", flush=True)
-        await me.deposed.wait()
-        print("deposed", flush=True)
+    async with Lease.keep(kv.client, ttl_s=2) as lease:
+        async with Candidate(kv.client, name, value.encode(), lease) as me:
+            await me.elected.wait()
+            print("leading", flush=True)
+            await me.deposed.wait()
+            print("deposed", flush=True)
 
 
 if __name__ == "__main__":

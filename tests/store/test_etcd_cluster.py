@@ -181,23 +181,22 @@ async def test_an_election_survives_losing_a_member(cluster: EtcdCluster) -> Non
         # etcd extends every lease when raft elects a new leader, but the holder must
         # refresh through another member before its own safety margin runs out: a TTL of
         # several raft election timeouts (1 s here), as etcd advises.
-        lease_a, lease_b = await Lease.grant(a.client, 5), await Lease.grant(b.client, 5)
-        leader = Candidate(a.client, "sms", b"A", lease_a)
-        follower = Candidate(b.client, "sms", b"B", lease_b)
-        async with leader:
-            await asyncio.wait_for(leader.elected.wait(), 5)
-            async with follower:
-                cluster.processes[0].kill()  # both clients' member; B's campaign waits there
-                # The leader's lease refreshes go to another member: it keeps leading.
-                with pytest.raises(TimeoutError):
-                    await asyncio.wait_for(follower.elected.wait(), 6)
-                assert leader.leading and not leader.deposed.is_set()
-                assert await leader_value(b.client, "sms") == b"A"
-                # B's campaign moved to a live member too: it takes over when A goes.
-                await lease_a.revoke()
-                await asyncio.wait_for(follower.elected.wait(), 5)
-                assert await leader_value(a.client, "sms") == b"B"
-        await lease_b.revoke()
+        async with Lease.keep(a.client, 5) as lease_a, Lease.keep(b.client, 5) as lease_b:
+            leader = Candidate(a.client, "sms", b"A", lease_a)
+            follower = Candidate(b.client, "sms", b"B", lease_b)
+            async with leader:
+                await asyncio.wait_for(leader.elected.wait(), 5)
+                async with follower:
+                    cluster.processes[0].kill()  # both clients' member; B's campaign waits there
+                    # The leader's lease refreshes go to another member: it keeps leading.
+                    with pytest.raises(TimeoutError):
+                        await asyncio.wait_for(follower.elected.wait(), 6)
+                    assert leader.leading and not leader.deposed.is_set()
+                    assert await leader_value(b.client, "sms") == b"A"
+                    # B's campaign moved to a live member too: it takes over when A goes.
+                    await lease_a.revoke()
+                    await asyncio.wait_for(follower.elected.wait(), 5)
+                    assert await leader_value(a.client, "sms") == b"B"
     finally:
         await a.aclose()
         await b.aclose()

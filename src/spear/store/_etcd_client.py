@@ -18,12 +18,12 @@ between rounds, so a member election (about a second) is ridden out.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import random
 import time
 from typing import TYPE_CHECKING, Any, TypeVar
 
+import anyio
 from grpclib.client import Channel
 from grpclib.const import Cardinality, Status
 from grpclib.exceptions import GRPCError, ProtocolError, StreamTerminatedError
@@ -165,8 +165,6 @@ class EtcdClient:
                     per_attempt = min(remaining, attempt_timeout_s or self.attempt_timeout_s)
                 try:
                     return await attempt(self.channel(endpoint), per_attempt)
-                except asyncio.CancelledError:
-                    raise
                 except Exception as exc:
                     failed = classify(exc, idempotent=idempotent)
                     if failed is None:
@@ -183,7 +181,7 @@ class EtcdClient:
                 if remaining <= 0:
                     break
                 pause = min(pause, remaining)
-            await asyncio.sleep(pause)  # back-off between rounds of members
+            await anyio.sleep(pause)  # back-off between rounds of members
             round_ += 1
         last = "; ".join(failures[-len(self.endpoints) :]) or "no time left"
         raise Unavailable(f"etcd {operation} failed on every endpoint: {last}")
@@ -364,4 +362,4 @@ class StreamResumer:
             raise Unavailable(f"etcd {self.operation} lost every endpoint: {failed}") from exc
         self._failures += 1
         if self._failures >= len(self.client.endpoints):  # a full round failed: back off
-            await asyncio.sleep(_BACKOFF_S[min(self._failures, len(_BACKOFF_S)) - 1])
+            await anyio.sleep(_BACKOFF_S[min(self._failures, len(_BACKOFF_S)) - 1])

@@ -7,9 +7,9 @@ the lowest create revision leads; the others wait for the keys before theirs to 
 Nothing here decides who leads. What the client must do is keep its lease alive, and
 stop acting as leader as soon as it cannot be sure the lease still stands:
 
-    lease = await Lease.grant(kv.client, ttl_s=2)
-    async with Candidate(kv.client, "sms", b"10.0.0.1:7000", lease) as me:
-        await me.elected.wait()        # leading until me.deposed is set
+    async with Lease.keep(kv.client, ttl_s=5) as lease:
+        async with Candidate(kv.client, "sms", b"10.0.0.1:7000", lease) as me:
+            await me.elected.wait()    # leading until me.deposed is set
     ...
     await leader_value(kv.client, "sms")   # who leads, for followers
 
@@ -21,12 +21,12 @@ margin), before etcd can elect anyone else.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import enum
 import time
 from typing import TYPE_CHECKING
 
+import anyio
 from loguru import logger
 
 from spear.errors import InvalidArgument, SpearError, Unavailable
@@ -34,6 +34,8 @@ from spear.store._etcd_gen import v3election_pb2 as epb
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator
+
+    from anyio.abc import TaskGroup
 
     from spear.store._etcd_client import EtcdClient
 
@@ -51,34 +53,41 @@ def election_name(name: str) -> bytes:
 
 
 class Lease:
-    """An etcd lease, refreshed in the background every third of its TTL.
+    """An etcd lease, refreshed every third of its TTL while its `keep` block runs.
 
     `lost` is set once the lease is gone (revoked, expired) or could not be refreshed for
     nearly a TTL; a lost lease never comes back.
     """
 
-    def __init__(self, client: EtcdClient, lease_id: int, ttl_s: int) -> None:
+    def __init__(self, client: EtcdClient, lease_id: int, ttl_s: int, sent: float) -> None:
         self.client = client
         self.id = lease_id
         self.ttl_s = ttl_s
-        self.lost = asyncio.Event()
-        # Refreshed keeps the lease until at least this time (local monotonic clock).
-        self._valid_until = time.monotonic() + ttl_s * (1 - _SAFETY_MARGIN)
-        self._keeper: asyncio.Task[None] | None = None
+        self.lost = anyio.Event()
+        # A refresh sent at `sent` keeps the lease until at least this (monotonic) time.
+        self._valid_until = sent + ttl_s * (1 - _SAFETY_MARGIN)
+        self._keeper = anyio.CancelScope()
 
     @classmethod
-    async def grant(cls, client: EtcdClient, ttl_s: int = 2) -> Lease:
-        """A new lease of `ttl_s` seconds (at least 1), kept alive until `revoke`."""
+    @contextlib.asynccontextmanager
+    async def keep(cls, client: EtcdClient, ttl_s: int = 5) -> AsyncIterator[Lease]:
+        """Grant a lease of `ttl_s` seconds (at least 1), keep it alive in the block,
+        revoke it at the end (its keys go at once)."""
         if ttl_s < 1:
             raise InvalidArgument(f"a lease TTL is at least 1 second, not {ttl_s}")
         sent = time.monotonic()
         resp = await client.lease_grant(ttl_s)
         if resp.error:
             raise Unavailable(f"etcd refused a lease: {resp.error}")
-        lease = cls(client, int(resp.ID), int(resp.TTL))
-        lease._valid_until = sent + lease.ttl_s * (1 - _SAFETY_MARGIN)
-        lease._keeper = asyncio.create_task(lease._keep_alive(), name=f"etcd-lease-{lease.id:x}")
-        return lease
+        lease = cls(client, int(resp.ID), int(resp.TTL), sent)
+        try:
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(lease._keep_alive)
+                yield lease
+                await lease.revoke()
+        finally:
+            with anyio.CancelScope(shield=True):
+                await lease.revoke()
 
     @property
     def alive(self) -> bool:
@@ -86,43 +95,34 @@ class Lease:
 
     async def _keep_alive(self) -> None:
         log = logger.bind(lease=f"{self.id:x}")
-        while not self.lost.is_set():
-            sent = time.monotonic()
-            try:
-                ttl = await self.client.lease_keepalive(
-                    self.id, within_s=max(0.05, self._valid_until - sent)
-                )
-            except SpearError as exc:
-                if time.monotonic() >= self._valid_until:
-                    log.warning("etcd lease lost: not refreshed within its TTL ({})", exc)
+        with self._keeper:
+            while not self.lost.is_set():
+                sent = time.monotonic()
+                try:
+                    ttl = await self.client.lease_keepalive(
+                        self.id, within_s=max(0.05, self._valid_until - sent)
+                    )
+                except SpearError as exc:
+                    if time.monotonic() >= self._valid_until:
+                        log.warning("etcd lease lost: not refreshed within its TTL ({})", exc)
+                        self.lost.set()
+                        return
+                    await anyio.sleep(min(0.2, self.ttl_s / 10))  # retry soon, within the TTL
+                    continue
+                if ttl <= 0:
+                    log.warning("etcd lease lost: expired or revoked")
                     self.lost.set()
                     return
-                await asyncio.sleep(min(0.2, self.ttl_s / 10))  # retry soon, within the TTL
-                continue
-            if ttl <= 0:
-                log.warning("etcd lease lost: expired or revoked")
-                self.lost.set()
-                return
-            self._valid_until = sent + ttl * (1 - _SAFETY_MARGIN)
-            await asyncio.sleep(self.ttl_s / 3)  # refresh three times per TTL
+                self._valid_until = sent + ttl * (1 - _SAFETY_MARGIN)
+                await anyio.sleep(self.ttl_s / 3)  # refresh three times per TTL
 
     async def revoke(self) -> None:
-        """Stop refreshing and revoke the lease (its keys go at once). Safe to call twice."""
-        keeper, self._keeper = self._keeper, None
-        if keeper is not None:
-            keeper.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await keeper
+        """Stop refreshing and revoke the lease now. Safe to call twice."""
+        self._keeper.cancel()
         if not self.lost.is_set():
             self.lost.set()
             with contextlib.suppress(SpearError):
                 await self.client.lease_revoke(self.id)
-
-    async def __aenter__(self) -> Lease:
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.revoke()
 
 
 async def leader_value(client: EtcdClient, name: str) -> bytes | None:
@@ -196,11 +196,12 @@ class Candidate:
         self.value = value
         self.lease = lease
         self.state = CandidateState.NEW
-        self.elected = asyncio.Event()
-        self.deposed = asyncio.Event()
+        self.elected = anyio.Event()
+        self.deposed = anyio.Event()
         self._leader_key: epb.LeaderKey | None = None
-        self._task: asyncio.Task[None] | None = None
         self._prefix = election_name(name)
+        self._tasks: TaskGroup | None = None
+        self._campaign = anyio.CancelScope()  # campaigning, then leading
 
     @property
     def leader_key(self) -> tuple[bytes, int] | None:
@@ -217,58 +218,67 @@ class Candidate:
         return self.state is CandidateState.LEADING and self.lease.alive
 
     async def __aenter__(self) -> Candidate:
-        self.start()
+        if self._tasks is not None or self.state is not CandidateState.NEW:
+            raise InvalidArgument("a candidate campaigns once: make a new one to stand again")
+        self.state = CandidateState.CAMPAIGNING
+        self._tasks = anyio.create_task_group()
+        await self._tasks.__aenter__()
+        self._tasks.start_soon(self._run)
         return self
 
     async def __aexit__(self, *exc: object) -> None:
-        await self.resign()
-
-    def start(self) -> None:
-        if self._task is None:
-            self.state = CandidateState.CAMPAIGNING
-            self._task = asyncio.create_task(self._run(), name=f"etcd-campaign-{self.name}")
+        self._campaign.cancel()
+        tasks, self._tasks = self._tasks, None
+        if tasks is not None:
+            await tasks.__aexit__(None, None, None)
+        with anyio.CancelScope(shield=True):
+            await self.resign()
 
     async def _run(self) -> None:
         log = logger.bind(election=self.name, lease=f"{self.lease.id:x}")
-        campaign = asyncio.ensure_future(
-            self.client.unary(
-                "election campaign",
-                "/v3electionpb.Election/Campaign",
-                epb.CampaignRequest(name=self._prefix, lease=self.lease.id, value=self.value),
-                epb.CampaignResponse,
-                idempotent=True,  # the same lease finds its own key again
-                wait=True,
-            )
-        )
-        lost = asyncio.ensure_future(self.lease.lost.wait())
-        try:
-            await asyncio.wait({campaign, lost}, return_when=asyncio.FIRST_COMPLETED)
-            if campaign.done() and not self.lease.lost.is_set():
-                self._leader_key = campaign.result().leader
-                self.state = CandidateState.LEADING
-                self.elected.set()
-                log.info("elected leader")
+        # Campaigning and leading both end when the lease is lost (or on `resign`).
+        with self._campaign as scope:
+
+            async def end_with_the_lease() -> None:
                 await self.lease.lost.wait()
-                log.warning("deposed: lease lost")
-        except SpearError as exc:
-            log.warning("campaign failed: {}", exc)
-        finally:
-            for waiter in (campaign, lost):
-                waiter.cancel()
-            if self.state is not CandidateState.CLOSED:
-                self.state = CandidateState.DEPOSED
-            self.deposed.set()
+                scope.cancel()
+
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(end_with_the_lease)
+                try:
+                    resp = await self.client.unary(
+                        "election campaign",
+                        "/v3electionpb.Election/Campaign",
+                        epb.CampaignRequest(
+                            name=self._prefix, lease=self.lease.id, value=self.value
+                        ),
+                        epb.CampaignResponse,
+                        idempotent=True,  # the same lease finds its own key again
+                        wait=True,
+                    )
+                except SpearError as exc:
+                    log.warning("campaign failed: {}", exc)
+                    scope.cancel()
+                else:
+                    if self.lease.alive:
+                        self._leader_key = resp.leader
+                        self.state = CandidateState.LEADING
+                        self.elected.set()
+                        log.info("elected leader")
+        if self.state is CandidateState.LEADING and self.lease.lost.is_set():
+            log.warning("deposed: lease lost")
+        if self.state is not CandidateState.CLOSED:
+            self.state = CandidateState.DEPOSED
+        self.deposed.set()
 
     async def resign(self) -> None:
         """Give up leadership (or the campaign) so the next candidate leads at once.
 
-        Safe to call twice. The lease stays the caller's: revoke it when done with it."""
-        task, self._task = self._task, None
-        if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        Safe to call twice. The lease stays the caller's (`Lease.keep` revokes it)."""
+        self._campaign.cancel()
         key, self._leader_key = self._leader_key, None
+        self.state = CandidateState.CLOSED
+        self.deposed.set()
         if key is not None and self.lease.alive:
             with contextlib.suppress(SpearError):
                 await self.client.unary(
@@ -278,5 +288,3 @@ class Candidate:
                     epb.ResignResponse,
                     idempotent=True,
                 )
-        self.state = CandidateState.CLOSED
-        self.deposed.set()
