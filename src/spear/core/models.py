@@ -7,7 +7,6 @@ import enum
 import itertools
 import operator
 import os
-import secrets
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -172,10 +171,10 @@ def new_task_id() -> str:
 
 def _reseed_ids() -> None:
     global _ID_SEQ
-    _ID_SEQ = itertools.count(secrets.randbits(40))
+    _ID_SEQ = itertools.count(int.from_bytes(os.urandom(5)))
 
 
-_ID_SEQ = itertools.count(secrets.randbits(40))
+_ID_SEQ = itertools.count(int.from_bytes(os.urandom(5)))
 os.register_at_fork(after_in_child=_reseed_ids)
 
 

@@ -20,8 +20,8 @@ import time
 from typing import TYPE_CHECKING, Any
 
 import anyio
-from loguru import logger
 
+from spear._logging import logger
 from spear.core.cluster import (
     Candidate,
     Cluster,

@@ -14,8 +14,8 @@ import json
 from typing import TYPE_CHECKING
 
 import anyio
-from loguru import logger
 
+from spear._logging import logger
 from spear.core.models import Task, TaskState
 from spear.errors import SpearError
 

@@ -18,8 +18,8 @@ from typing import TYPE_CHECKING, Any
 
 import anyio
 import orjson
-from loguru import logger
 
+from spear._logging import logger
 from spear.core.models import FunctionSpec, Resources, Task, TaskState, new_task_id
 from spear.core.worker import EXIT_CANCELLED, EXIT_LOST, ExecutionControl, Outcome, TaskContext
 from spear.errors import InvalidArgument, NotFound, ResourceExhausted, SpearError

@@ -45,8 +45,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import anyio
-from loguru import logger
 
+from spear._logging import logger
 from spear.errors import (
     DeadlineExceeded,
     InvalidArgument,

@@ -13,8 +13,8 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import anyio
-from loguru import logger
 
+from spear._logging import logger
 from spear.core.cluster import ObjectLocation
 from spear.core.models import TaskResult
 from spear.core.scheduler import owner_of
