@@ -203,7 +203,7 @@ _FIELD_TYPES = {f.name: f.type for f in dataclasses.fields(Settings)}
 def _read_file(path: Path, *, required: bool = False) -> dict[str, Any]:
     try:
         text = path.read_text()
-    except FileNotFoundError:
+    except (FileNotFoundError, NotADirectoryError):
         if required:
             raise InvalidArgument(f"config file not found: {path}") from None
         return {}

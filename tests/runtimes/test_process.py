@@ -82,6 +82,7 @@ def new_node(tmp_path: Path) -> LocalNode:
 
 def agent_of(node: LocalNode) -> ProcessWorkerAgent:
     agent = node.agents["process"]
+    agent = getattr(agent, "agent", agent)  # (made on first use: runtimes/deferred.py)
     assert isinstance(agent, ProcessWorkerAgent)
     return agent
 

@@ -53,8 +53,8 @@ class ClusterNode(InProcessNode):
         self.peers = peers
 
     async def _where(self, task_id: str) -> _Where:
-        try:
-            return _Where("local", await self.node.task(task_id))
+        try:  # (a prefix names one of this node's tasks; other nodes' by their whole id)
+            return _Where("local", await self.node.task(await self._full_id(task_id)))
         except NotFound:
             pass
         queued = self.scheduler.queued_task(task_id)
