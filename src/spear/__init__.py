@@ -34,7 +34,9 @@ if TYPE_CHECKING:
         Unavailable,
     )
     from spear.node.api import StreamingTask, TaskHandle
+    from spear.node.assembly import serve_sms
     from spear.node.client import Client
+    from spear.node.cluster import ClusterNode
     from spear.node.local import LocalNode
     from spear.store.objects import ObjectStore
 
@@ -48,6 +50,8 @@ _WHERE = {
     "TaskResult": "spear.core.models",
     "LocalNode": "spear.node.local",
     "Client": "spear.node.client",
+    "ClusterNode": "spear.node.cluster",
+    "serve_sms": "spear.node.assembly",
     "Settings": "spear.config",
     "DirMapping": "spear.core.models",
     "FunctionSpec": "spear.core.models",
@@ -103,6 +107,7 @@ def __dir__() -> list[str]:
 
 __all__ = [
     "Client",
+    "ClusterNode",
     "Conflict",
     "DirMapping",
     "FunctionSpec",
@@ -115,6 +120,7 @@ __all__ = [
     "ResourceExhausted",
     "Resources",
     "Runtime",
+    "serve_sms",
     "Settings",
     "SpearError",
     "Spearlet",

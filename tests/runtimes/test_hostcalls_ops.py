@@ -82,7 +82,7 @@ async def test_references_are_held_by_the_task(ctx: TaskContext) -> None:
     assert await hostops.obj_add_ref(ctx, "k") == 1
     store: ObjectStore = ctx.services["objects"]
     await store.release_holder(ctx.task.id)
-    assert (await hostops.obj_info(ctx, "k")).refcount == 0
+    assert (await hostops.obj_info(ctx, "k")).refs == 0
 
 
 def test_stream_operations_and_their_errno(ctx: TaskContext) -> None:

@@ -1,19 +1,34 @@
-"""Builds a node for a mode. The only place that chooses implementations for the seams."""
+"""The composition root: builds every kind of process (a local run, a daemon, a cluster
+member, the SMS). The only place that chooses implementations for the seams."""
 
 from __future__ import annotations
 
+import contextlib
 import os
+from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
+
+import anyio
 
 from spear.core.logs import TaskLogs
 from spear.core.models import Resources
 from spear.core.node import Spearlet
-from spear.errors import StorageError
+from spear.errors import InvalidArgument, StorageError
 
 if TYPE_CHECKING:
+    from collections.abc import AsyncIterator, Callable, Mapping
+
     from spear.config import Settings
-    from spear.core.cluster import Cluster
+    from spear.core.cluster import Cluster, NodeRecord
+    from spear.core.models import Task
+    from spear.core.node_controller import NodeController
+    from spear.core.sms import MetadataServer
     from spear.core.worker import WorkerAgent
+    from spear.node.cluster import ClusterNode
+    from spear.node.inprocess import InProcessNode
+    from spear.node.server import SpearletServer
+    from spear.store.kv import KV
 
 
 def _machine_capacity(settings: Settings) -> Resources:
@@ -131,3 +146,269 @@ def build_cluster(settings: Settings) -> Cluster | None:
     from spear.transport.sms_client import SmsClient
 
     return SmsClient(settings.sms)
+
+
+# -- a cluster member -------------------------------------------------------------------
+
+
+def node_name_for(settings: Settings) -> str:
+    """The cluster-wide name: `node_name` if set, else host name + a digest of the data dir."""
+    if settings.node_name != "local":
+        return settings.node_name
+    import hashlib
+    import socket
+
+    digest = hashlib.sha256(str(settings.data_dir.resolve()).encode()).hexdigest()[:8]
+    return f"{socket.gethostname()}-{digest}"
+
+
+def node_labels(settings: Settings) -> tuple[tuple[str, str], ...]:
+    """Labels from the settings file's `[labels]` table (or `labels = {k = "v"}`)."""
+    raw = settings.extra.get("labels", {})
+    if not isinstance(raw, dict):
+        raise InvalidArgument("setting labels must be a table of name = value")
+    return tuple(sorted((str(k), str(v)) for k, v in raw.items()))
+
+
+def describe_node(node: Spearlet, address: str) -> NodeRecord:
+    """The record a member registers with the SMS (and refreshes with each heartbeat)."""
+    from spear.core.cluster import AgentInfo, NodeRecord
+    from spear.runtimes.wasm.agent import wasmtime_version
+
+    agents = tuple(
+        AgentInfo(runtime, wasmtime_version() if runtime == "wasm" else "")
+        for runtime in sorted(node.agents)
+    )
+    return NodeRecord(
+        name=node.name,
+        address=address,
+        capacity=node.controller.capacity,
+        free=node.controller.free,
+        labels=node_labels(node.settings),
+        agents=agents,
+    )
+
+
+def make_node_api(node: Spearlet, max_message_bytes: int = 0) -> InProcessNode | ClusterNode:
+    """The NodeAPI a daemon serves: with `sms` set, a ClusterNode (scheduling, proxying)
+    wrapping the node's InProcessNode."""
+    from spear.node.inprocess import InProcessNode
+
+    local = InProcessNode(node, max_message_bytes=max_message_bytes)
+    settings = node.settings
+    if not settings.sms:
+        return local
+    from spear.core.cluster import ClusterTimings
+    from spear.core.scheduler import Scheduler
+    from spear.node.cluster import ClusterNode
+    from spear.node.peer import Peers
+
+    timings = ClusterTimings.from_extra(settings.extra)
+    cluster = build_cluster(settings)
+    assert cluster is not None
+    peers = Peers(node.name)
+    scheduler = Scheduler(node, cluster, peers, node_labels(settings), timings.heartbeat_s)
+    return ClusterNode(local, cluster, scheduler, peers)
+
+
+def peer_services(api: InProcessNode | ClusterNode) -> list[Any]:
+    """The SpearletPeer service (forwarded tasks) for a ClusterNode; nothing in local mode."""
+    from spear.node.cluster import ClusterNode
+
+    if not isinstance(api, ClusterNode):
+        return []
+    from spear.core.artifacts import ArtifactStore
+    from spear.node.peer import PeerService
+
+    settings = api.node.settings
+    artifacts = ArtifactStore(settings.data_dir / "artifacts", settings.object_max_bytes)
+    return [PeerService(api.scheduler, artifacts)]
+
+
+@contextlib.asynccontextmanager
+async def joined_cluster(
+    api: InProcessNode | ClusterNode, address: str
+) -> AsyncIterator[NodeController | None]:
+    """While inside, the node behind `api` (serving on `address`) is a cluster member:
+    registered, heartbeating, reporting each task change, placing queued tasks.
+    Nothing happens for a local-mode node."""
+    from spear.core.cluster import ClusterTimings
+    from spear.core.node_controller import NodeController
+    from spear.core.task_reports import TaskReporter
+    from spear.node.cluster import ClusterNode
+
+    if not isinstance(api, ClusterNode):
+        yield None
+        return
+    node, cluster, scheduler = api.node, api.cluster, api.scheduler
+    timings = ClusterTimings.from_extra(node.settings.extra)
+
+    def load() -> Any:
+        return node.controller.free, node.controller.running_count, scheduler.queued
+
+    controller = NodeController(cluster, lambda: describe_node(node, address), load, timings)
+    reporter = TaskReporter(cluster, node.kv, node.tasks_store)
+    controller.on_registered = reporter.resync
+    try:
+        async with anyio.create_task_group() as tg:
+            await tg.start(reporter.run)
+            await tg.start(scheduler.run)
+            await tg.start(controller.run)
+            try:
+                yield controller
+            finally:
+                tg.cancel_scope.cancel()
+                with anyio.CancelScope(shield=True):
+                    await controller.leave()
+    finally:
+        await api.peers.aclose()
+        await cluster.aclose()
+
+
+@dataclass(frozen=True, slots=True)
+class ServingNode:
+    """A node serving gRPC: its NodeAPI, its server, the address it bound, and (in a
+    cluster) what keeps it a member."""
+
+    api: InProcessNode | ClusterNode
+    server: SpearletServer
+    address: str
+    membership: NodeController | None
+
+
+@contextlib.asynccontextmanager
+async def serving_node(
+    settings: Settings,
+    *,
+    max_message_bytes: int | None = None,
+    on_finished: Callable[[Task], None] | None = None,
+) -> AsyncIterator[ServingNode]:
+    """A daemon's node while inside: started on `settings.data_dir`, serving gRPC on
+    `settings.listen`, and, with `settings.sms`, a cluster member. `spear serve` and
+    `ClusterNode.join` both build theirs here."""
+    import dataclasses
+
+    from spear.node.server import serve_spearlet
+    from spear.transport._status import DEFAULT_MAX_MESSAGE_BYTES
+
+    if settings.sms:  # distributed mode: a cluster-wide node name
+        settings = dataclasses.replace(settings, node_name=node_name_for(settings))
+    node = build_local_node(settings, hold_kv=True)
+    if on_finished is not None:
+        node.controller.finished_hooks.append(on_finished)
+    async with node:
+        api = make_node_api(node)
+        server = await serve_spearlet(
+            api,
+            settings.listen,
+            max_message_bytes=max_message_bytes or DEFAULT_MAX_MESSAGE_BYTES,
+            extra_services=peer_services(api),
+        )
+        assert server.address is not None
+        try:
+            async with joined_cluster(api, server.address) as membership:
+                yield ServingNode(api, server, server.address, membership)
+        finally:
+            with anyio.CancelScope(shield=True):
+                await server.close()
+        # (Outside any scope of ours: the node's task group must close where it opened.)
+        await node.shutdown("the node shut down before the task finished")
+
+
+def member_settings(
+    where: Settings | str | Path,
+    *,
+    sms: str | None = None,
+    listen: str | None = None,
+    name: str | None = None,
+    labels: Mapping[str, str] | None = None,
+) -> Settings:
+    """Settings for an embedded node: `where` is Settings, or a data dir (defaults then,
+    with no settings file or environment read); the keywords override."""
+    import dataclasses
+
+    from spear.config import Settings
+
+    settings = where if isinstance(where, Settings) else Settings(data_dir=Path(where))
+    changes: dict[str, Any] = {}
+    if sms is not None:
+        changes["sms"] = sms
+    if listen is not None:
+        changes["listen"] = listen
+    elif not isinstance(where, Settings):
+        changes["listen"] = "127.0.0.1:0"
+    if name is not None:
+        changes["node_name"] = name
+    if labels is not None:
+        changes["extra"] = {**settings.extra, "labels": dict(labels)}
+    return dataclasses.replace(settings, **changes)
+
+
+# -- the SMS ------------------------------------------------------------------------------
+
+
+async def open_sms_kv(spec: str | None, data_dir: Path) -> KV:
+    """`leveldb:PATH`, `etcd://HOST:PORT[,...]`, or None: LevelDB at DATA/sms.ldb."""
+    if spec is None or spec.startswith("leveldb:"):
+        from spear.config import Settings
+        from spear.store.leveldb import LevelDBKV
+
+        path = Path(spec[len("leveldb:") :]) if spec else data_dir / "sms.ldb"
+        if spec is None:
+            prepare_data_dir(Settings(data_dir=data_dir))
+        if not str(path):
+            raise InvalidArgument("--kv leveldb: needs a path (leveldb:PATH)")
+        return LevelDBKV.open(str(path))
+    if spec.startswith("etcd://"):
+        from spear.store.etcd import EtcdKV
+
+        return await EtcdKV.connect(spec)
+    raise InvalidArgument(f"--kv expects leveldb:PATH or etcd://HOST:PORT[,...], got {spec!r}")
+
+
+@dataclass(frozen=True, slots=True)
+class ServingSms:
+    """A metadata server serving gRPC: the address it bound, and its state."""
+
+    address: str
+    metadata: MetadataServer
+
+
+@contextlib.asynccontextmanager
+async def serving_sms(settings: Settings, kv_spec: str | None = None) -> AsyncIterator[ServingSms]:
+    """The metadata server on `settings.listen` while inside (its store opened from
+    `kv_spec`: leveldb:PATH, etcd://..., or None for DATA/sms.ldb; its sweeper running)."""
+    from spear.core.cluster import ClusterTimings
+    from spear.core.sms import MetadataServer
+    from spear.transport.sms_server import SmsServer
+
+    timings = ClusterTimings.from_extra(settings.extra)
+    kv = await open_sms_kv(kv_spec, settings.data_dir)
+    async with kv:
+        sms = MetadataServer(kv, timings)
+        server = SmsServer(sms)
+        address = await server.start(settings.listen)
+        try:
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(sms.run_sweeper)
+                try:
+                    yield ServingSms(address, sms)
+                finally:
+                    tg.cancel_scope.cancel()
+        finally:
+            with anyio.CancelScope(shield=True):
+                await server.close()
+
+
+def serve_sms(
+    where: Settings | str | Path, *, listen: str | None = None, kv: str | None = None
+) -> contextlib.AbstractAsyncContextManager[ServingSms]:
+    """The cluster's metadata server (SMS) in this process while inside:
+
+        async with spear.serve_sms(data_dir) as sms:
+            async with spear.ClusterNode.join(other_dir, sms=sms.address) as node: ...
+
+    `where` is a data dir (its state goes to DATA/sms.ldb unless `kv` names another
+    store: leveldb:PATH or etcd://HOST:PORT[,...]) or Settings; `listen` defaults to
+    127.0.0.1 on a free port (`sms.address` is the one bound)."""
+    return serving_sms(member_settings(where, listen=listen), kv)

@@ -52,13 +52,14 @@ from spear.errors import (
     ResourceExhausted,
     SpearError,
 )
-from spear.store.objects import ObjectInfo, ObjectStore, result_key
+from spear.store.objects import ObjectStore, result_key
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
 
     from spear.core.streams import StreamRegistry, TaskStreams
     from spear.core.worker import TaskContext
+    from spear.store.object_info import ObjectInfo
 
 LOG_LEVELS = ("TRACE", "DEBUG", "INFO", "WARNING", "ERROR")
 MAX_LOG_MESSAGE = 64 * 1024
@@ -223,7 +224,7 @@ async def obj_delete(ctx: TaskContext, key: str, expected_version: int | None = 
     store = _objects(ctx)
     try:
         info = await store.info(key)
-        if info.pinned or info.refcount > 0:
+        if info.pinned or info.refs > 0:
             raise HostError(errno.EBUSY, f"object {key!r} is pinned or referenced")
         await store.delete(key, expected_version)
     except SpearError as exc:
