@@ -10,16 +10,13 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
-import anyio
 import typer
-
-from spear.config import Settings
-from spear.core.models import Task, TaskState
-from spear.errors import Unavailable
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Awaitable, Callable
 
+    from spear.config import Settings
+    from spear.core.models import Task
     from spear.core.node import Spearlet
     from spear.node.api import NodeAPI
 
@@ -42,6 +39,8 @@ SMS_ADDRESS_FILE = "sms.addr"
 
 
 def load_settings(data_dir: Path | None, config: Path | None, **flags: Any) -> Settings:
+    from spear.config import Settings
+
     settings = Settings.load(config_file=config, data_dir=data_dir, **flags)
     from spear import _logging
 
@@ -55,6 +54,8 @@ def emit_json(data: Any) -> None:
 
 def report_unsuccessful(task: Task) -> None:
     """One line on stderr for an ending that is not the guest's own exit status."""
+    from spear.core.models import TaskState
+
     if (
         task.state is not TaskState.COMPLETED
         and task.reason
@@ -88,10 +89,11 @@ def read_address_file(data_dir: Path) -> str | None:
 async def connect(settings: Settings, node: str | None) -> AsyncIterator[NodeAPI]:
     """The node to talk to, chosen once: `node` (HOST:PORT), else the daemon holding this
     data dir (DATA/spearlet.addr), else the data dir itself in this process."""
-    from spear.node.client import Client
-
     address = node or read_address_file(settings.data_dir)
     if address is not None:
+        from spear.errors import Unavailable
+        from spear.node.client import Client
+
         client = Client(address)
         try:
             if node is None:  # found in the data dir: it may be stale (a killed daemon)
@@ -114,6 +116,7 @@ async def connect(settings: Settings, node: str | None) -> AsyncIterator[NodeAPI
 
 def on_node(settings: Settings, node: str | None, fn: Callable[[NodeAPI], Awaitable[Any]]) -> Any:
     """Run `fn` on the node `connect` picks."""
+    import anyio
 
     async def main() -> Any:
         async with connect(settings, node) as api:
@@ -126,6 +129,8 @@ def on_local_node(
     settings: Settings, fn: Callable[[Spearlet], Awaitable[Any]], *, hold: bool = False
 ) -> Any:
     """Run `fn` on the data dir's node in this process (for what only it can do: gc)."""
+    import anyio
+
     from spear.node.assembly import build_local_node
 
     async def main() -> Any:

@@ -18,8 +18,8 @@ from typing import TYPE_CHECKING, Annotated
 
 import anyio
 import typer
-from loguru import logger
 
+from spear._logging import logger
 from spear.cli._common import (
     SMS_ADDRESS_FILE,
     ConfigOpt,

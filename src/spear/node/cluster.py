@@ -132,7 +132,7 @@ class ClusterNode:
 
     async def _where(self, task_id: str) -> _Where:
         try:  # (a prefix names one of this node's tasks; other nodes' by their whole id)
-            return _Where("local", await self.node.task(await self._full_id(task_id)))
+            return _Where("local", await self.local.task(task_id))
         except NotFound:
             pass
         queued = self.scheduler.queued_task(task_id)
