@@ -23,7 +23,6 @@ if TYPE_CHECKING:
 
     from spear.config import Settings
 
-LEVELS = ("TRACE", "DEBUG", "INFO", "SUCCESS", "WARNING", "ERROR", "CRITICAL")
 _SEVERITY = {"TRACE": 5, "DEBUG": 10, "INFO": 20, "SUCCESS": 25, "WARNING": 30, "ERROR": 40,
              "CRITICAL": 50}  # fmt: skip
 

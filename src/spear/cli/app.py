@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import importlib
 import sys
-from typing import Annotated
+from typing import Annotated, Any
 
 import click
 import typer
@@ -24,7 +24,7 @@ import typer.core
 import typer.main
 from click import exceptions as _click_exc
 
-from spear.cli._common import JsonOpt, emit_json
+from spear.cli._common import JsonOpt, choice, emit_json, json_requested
 from spear.errors import SpearError
 
 # name -> (module, its typer app, one-line help). A module's app holds one command or
@@ -55,7 +55,29 @@ process on the data dir, or the daemon serving it (`spear serve`). A cluster is 
 Every command takes --json (one JSON document on stdout) and -h/--help."""
 
 
+class _Formatter(click.HelpFormatter):
+    """Help text as click writes it. typer (0.19) escapes `[` in option help for rich
+    whenever rich is installed, even with rich output off: `\\[default: 50]`. Undone here."""
+
+    def write_dl(self, rows: Any, col_max: int = 30, col_spacing: int = 2) -> None:
+        rows = [(term, text.replace("\\[", "[")) for term, text in rows]
+        super().write_dl(rows, col_max, col_spacing)
+
+
+class _Context(typer.core.click.Context):
+    formatter_class = _Formatter
+
+
+def _plain_help(command: click.Command) -> click.Command:
+    command.context_class = _Context
+    for sub in getattr(command, "commands", {}).values():
+        _plain_help(sub)
+    return command
+
+
 class _LazyGroup(typer.core.TyperGroup):
+    context_class = _Context
+
     """The top-level group: imports a command's module when that command is asked for."""
 
     def list_commands(self, ctx: click.Context) -> list[str]:
@@ -79,7 +101,7 @@ class _LazyGroup(typer.core.TyperGroup):
             command = typer.main.get_command_from_info(
                 info, pretty_exceptions_short=True, rich_markup_mode=None
             )
-        self.commands[cmd_name] = command
+        self.commands[cmd_name] = _plain_help(command)
         return command
 
     def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
@@ -137,7 +159,7 @@ def _root(
 @app.command(help="Print spear's version and its runtime's.")
 def version(as_json: JsonOpt = False) -> None:
     from spear import __version__
-    from spear.runtimes.wasm.agent import wasmtime_version
+    from spear.runtimes.wasm import wasmtime_version
     from spear.runtimes.wasm.hostcalls.abi import ABI_VERSION
 
     info = {"spear": __version__, "wasmtime": wasmtime_version(), "hostcall_abi": ABI_VERSION}
@@ -147,8 +169,27 @@ def version(as_json: JsonOpt = False) -> None:
         sys.stdout.write(" ".join(f"{k} {v}" for k, v in info.items()) + "\n")
 
 
+@app.command(
+    help="Print the completion script for SHELL (bash, zsh or fish). Load it with "
+    "`source <(spear completion bash)`, or install it where the shell looks: "
+    '`spear completion zsh > "${fpath[1]}/_spear"`, '
+    "`spear completion fish > ~/.config/fish/completions/spear.fish`. "
+    "(`spear --install-completion` does that for the shell you are in.)"
+)
+def completion(
+    shell: Annotated[str, typer.Argument(click_type=choice("bash", "zsh", "fish"))],
+) -> None:
+    import typer.completion
+
+    script = typer.completion.get_completion_script(
+        prog_name="spear", complete_var="_SPEAR_COMPLETE", shell=shell
+    )
+    sys.stdout.write(script.rstrip("\n") + "\n")
+
+
 def main(argv: list[str] | None = None) -> int:
-    """Console entry point: one line on stderr for any error, never a traceback."""
+    """Console entry point: one line on stderr for any error, never a traceback (and with
+    --json, the error as JSON on stdout too)."""
     try:
         code = app(args=argv, prog_name="spear", standalone_mode=False)
         return code if isinstance(code, int) else 0
@@ -156,25 +197,28 @@ def main(argv: list[str] | None = None) -> int:
         return 2  # the help text is already printed
     except _click_exc.UsageError as exc:
         hint = f" (see '{exc.ctx.command_path} --help')" if exc.ctx is not None else ""
-        sys.stderr.write(f"spear: error: {exc.format_message()}{hint}\n")
-        return 2
+        return _error("usage", exc.format_message(), 2, json_requested(), hint)
     except _click_exc.ClickException as exc:
-        sys.stderr.write(f"spear: error: {exc.format_message()}\n")
-        return exc.exit_code
+        return _error("usage", exc.format_message(), exc.exit_code, json_requested())
     except typer.Abort:
         sys.stderr.write("spear: interrupted\n")
         return 130
     except SpearError as exc:
-        sys.stderr.write(f"spear: error: {exc}\n")
-        return exc.exit_code
+        return _error(exc.code, str(exc), exc.exit_code, json_requested())
     except KeyboardInterrupt:
         sys.stderr.write("spear: interrupted\n")
         return 130
     except BrokenPipeError:
         return 141
     except OSError as exc:
-        sys.stderr.write(f"spear: error: {exc.strerror or exc}\n")
-        return 74
+        return _error("io", str(exc.strerror or exc), 74, json_requested())
+
+
+def _error(code: str, message: str, exit_code: int, as_json: bool, hint: str = "") -> int:
+    sys.stderr.write(f"spear: error: {message}{hint}\n")
+    if as_json:
+        emit_json({"error": {"code": code, "message": message, "exit_code": exit_code}})
+    return exit_code
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -34,7 +34,7 @@ _FOLLOW_INTERVAL_S = 0.05
 
 @functools.cache
 def _wasmtime_version() -> str:
-    from spear.runtimes.wasm.agent import wasmtime_version
+    from spear.runtimes.wasm import wasmtime_version
 
     return wasmtime_version()  # (it takes ~0.2 ms: asked once per process)
 

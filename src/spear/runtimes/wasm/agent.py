@@ -9,7 +9,6 @@ task, whether to continue, or to trap because the task timed out or was cancelle
 
 from __future__ import annotations
 
-import contextlib
 import ctypes
 import functools
 import itertools
@@ -39,7 +38,7 @@ from spear.core.worker import (
     WorkerAgent,
 )
 from spear.errors import InvalidArgument, InvalidModule, NotFound
-from spear.runtimes.wasm import hostcalls
+from spear.runtimes.wasm import hostcalls, wasmtime_version
 from spear.runtimes.wasm.hostcalls import abi
 from spear.runtimes.wasm.modcache import ModuleCache, read_module_bytes
 from spear.runtimes.wasm.workers import WorkerPool
@@ -62,26 +61,6 @@ _DeadlineCallback = ctypes.CFUNCTYPE(
 )
 _Finalizer = ctypes.CFUNCTYPE(None, ctypes.c_void_p)
 _NO_FINALIZER = _Finalizer(lambda _p: None)
-
-
-@functools.cache
-def wasmtime_version() -> str:
-    """The installed wasmtime's version (it keys the module cache: asked on every run).
-
-    Read from the name of the `wasmtime-X.Y.Z.dist-info` folder beside the package:
-    importlib.metadata gives the same answer but costs ~5 ms to import and search.
-    """
-    site = os.path.dirname(os.path.dirname(wasmtime.__file__))
-    with contextlib.suppress(OSError):
-        for name in os.listdir(site):
-            if name.startswith("wasmtime-") and name.endswith(".dist-info"):
-                return name[len("wasmtime-") : -len(".dist-info")]
-    import importlib.metadata
-
-    try:
-        return importlib.metadata.version("wasmtime")
-    except importlib.metadata.PackageNotFoundError:  # pragma: no cover
-        return "unknown"
 
 
 class _Ticker:
