@@ -64,7 +64,7 @@ class _Formatter(click.HelpFormatter):
         super().write_dl(rows, col_max, col_spacing)
 
 
-class _Context(typer.core.click.Context):
+class _Context(click.Context):
     formatter_class = _Formatter
 
 
@@ -179,11 +179,14 @@ def version(as_json: JsonOpt = False) -> None:
 def completion(
     shell: Annotated[str, typer.Argument(click_type=choice("bash", "zsh", "fish"))],
 ) -> None:
-    import typer.completion
+    from click.shell_completion import get_completion_class
 
-    script = typer.completion.get_completion_script(
-        prog_name="spear", complete_var="_SPEAR_COMPLETE", shell=shell
-    )
+    # typer registered its completion classes (the ones its completion answers) in click's
+    # table while it built the root group with its completion options.
+    make = get_completion_class(shell)
+    assert make is not None
+    root = click.get_current_context().find_root().command
+    script = make(root, {}, "spear", "_SPEAR_COMPLETE").source()
     sys.stdout.write(script.rstrip("\n") + "\n")
 
 
