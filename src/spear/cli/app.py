@@ -187,7 +187,7 @@ def completion(
     assert make is not None
     root = click.get_current_context().find_root().command
     script = make(root, {}, "spear", "_SPEAR_COMPLETE").source()
-    sys.stdout.write(script.rstrip("\n") + "\n")
+    sys.stdout.write(script.strip() + "\n")  # (zsh wants #compdef on the first line)
 
 
 def main(argv: list[str] | None = None) -> int:
