@@ -46,6 +46,10 @@ _RECENT_MAX = 100_000  # entries of LevelDBKV._recent (a few tens of MB of task 
 # operation once open this long (measured: a `spear run` made six opens of ~1-3 ms each).
 _LINGER_S = 0.025
 _MAX_HOLD_S = 0.1
+# ... and then not reopened for this long, while a waiting process retries at least this
+# often: a busy user of the database lets another in (a failed open costs ~0.1 ms).
+_YIELD_S = 0.01
+_RETRY_MAX_S = 0.004
 
 _OPEN: dict[str, LevelDBKV] = {}
 _OPEN_LOCK = threading.Lock()
@@ -80,6 +84,7 @@ class LevelDBKV(KV):
         self._sync = sync
         self._db: Any = None  # held: always; shared: while it lingers after an operation
         self._opened_at = 0.0
+        self._yielded_at = -1.0
         self._last_used = 0.0
         self._closer: threading.Timer | None = None
         self._rev: int | None = None  # the last revision written, known while held
@@ -132,6 +137,9 @@ class LevelDBKV(KV):
         # is closed after an operation once it has been open `_MAX_HOLD_S`, so another
         # process waits at most about that long for its turn. (Callers hold self._lock.)
         if self._db is None:
+            wait = self._yielded_at + _YIELD_S - time.monotonic()
+            if wait > 0:  # just let go after a long hold: give a waiting process its turn
+                time.sleep(wait)
             self._db = self._open_shared()
             self._opened_at = time.monotonic()
         try:
@@ -140,6 +148,7 @@ class LevelDBKV(KV):
             self._last_used = time.monotonic()
             if self._last_used - self._opened_at >= _MAX_HOLD_S:
                 self._close_shared()
+                self._yielded_at = self._last_used
             elif self._closer is None:
                 self._closer = threading.Timer(_LINGER_S, self._close_idle)
                 self._closer.daemon = True
@@ -158,7 +167,7 @@ class LevelDBKV(KV):
                         f"{self._busy_timeout_s:g}s (is a spear daemon serving it? use --node)"
                     ) from None
                 time.sleep(delay * (1 + random.random()))
-                delay = min(delay * 2, 0.05)
+                delay = min(delay * 2, _RETRY_MAX_S)
 
     def _close_idle(self) -> None:
         with self._lock:
