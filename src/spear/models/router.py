@@ -39,7 +39,6 @@ import contextlib
 import fnmatch
 import math
 import time
-import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -149,6 +148,8 @@ class RoutingConfig:
 
     @classmethod
     def load(cls, path: Path) -> RoutingConfig:
+        import tomllib  # (only with a routing file: every node builds a router)
+
         try:
             data = tomllib.loads(path.read_text())
         except FileNotFoundError:
