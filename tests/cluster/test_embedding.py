@@ -46,6 +46,14 @@ def test_an_sms_and_two_members_from_python(tmp_path: Path) -> None:
             assert called.task.node == "b" and called.output == b"hello from b\n"
             here = await a.run(FunctionSpec(str(hello)))
             assert here.node == "a" and here.state is TaskState.COMPLETED
+            # `run` with output sinks: placed on b, its output relayed as it is written.
+            out: list[bytes] = []
+            created: list[str] = []
+            relayed = await a.run(
+                on_b, stdout=out.append, on_created=lambda t: created.append(t.id)
+            )
+            assert relayed.node == "b" and b"".join(out) == b"hello from b\n"
+            assert created == [relayed.id]
 
     anyio.run(main)
 

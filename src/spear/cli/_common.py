@@ -137,7 +137,7 @@ async def connect(settings: Settings, node: str | None) -> AsyncIterator[NodeAPI
     address = node or read_address_file(settings.data_dir)
     if address is not None:
         from spear.errors import Unavailable
-        from spear.node.client import Client
+        from spear.node.client import Client  # (only then: it loads gRPC)
 
         client = Client(address)
         try:

@@ -35,7 +35,7 @@ if TYPE_CHECKING:
     from collections.abc import AsyncIterator
     from pathlib import Path
 
-    from spear.core.models import Task
+    from spear.core.tasks import TasksFinished
     from spear.node.cluster import ClusterNode
     from spear.node.inprocess import InProcessNode
     from spear.node.server import SpearletServer
@@ -182,11 +182,12 @@ async def _run_until_signalled(
         tg.cancel_scope.cancel()
 
 
-def _log_finished(task: Task) -> None:
-    logger.info(
-        "task {} {} (exit code {}){}",
-        task.id, task.state.value, task.exit_code, f": {task.reason}" if task.reason else "",
-    )  # fmt: skip
+async def _log_finished(finished: TasksFinished) -> None:
+    for task in finished.tasks:
+        logger.info(
+            "task {} {} (exit code {}){}",
+            task.id, task.state.value, task.exit_code, f": {task.reason}" if task.reason else "",
+        )  # fmt: skip
 
 
 async def _report_resources(api: InProcessNode | ClusterNode) -> None:

@@ -7,28 +7,33 @@ import contextlib
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypedDict
 
 import anyio
 
 from spear.core.logs import TaskLogs
 from spear.core.models import Resources
 from spear.core.node import Spearlet
+from spear.core.worker import NodeServices
 from spear.errors import InvalidArgument, StorageError
+from spear.node.membership import joined_cluster, node_labels, node_name_for, peer_services
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator, Callable, Mapping
+    from collections.abc import AsyncIterator, Mapping
 
     from spear.config import Settings
-    from spear.core.cluster import Cluster, NodeRecord
-    from spear.core.models import Task
+    from spear.core.cluster import Cluster
     from spear.core.node_controller import NodeController
     from spear.core.sms import MetadataServer
+    from spear.core.streams import StreamRegistry
+    from spear.core.tasks import FinishedHook
     from spear.core.worker import WorkerAgent
+    from spear.models.router import ModelRouter
     from spear.node.cluster import ClusterNode
     from spear.node.inprocess import InProcessNode
     from spear.node.server import SpearletServer
     from spear.store.kv import KV
+    from spear.store.objects import ObjectStore
 
 
 def _machine_capacity(settings: Settings) -> Resources:
@@ -55,8 +60,20 @@ def prepare_data_dir(settings: Settings) -> None:
         raise StorageError(f"data dir {path} is not usable: {reason}") from None
 
 
-def local_components(settings: Settings, *, hold_kv: bool = True) -> dict[str, Any]:
-    """The parts of a local-mode SPEARlet: LevelDB metadata, the wasm worker agent.
+class SpearletParts(TypedDict):
+    """What `Spearlet(**parts)` is built from."""
+
+    settings: Settings
+    kv: KV
+    agents: dict[str, WorkerAgent]
+    logs: TaskLogs
+    capacity: Resources
+    services: NodeServices
+
+
+def local_components(settings: Settings, *, hold_kv: bool = True) -> SpearletParts:
+    """The parts of a local-mode SPEARlet: LevelDB metadata, the wasm and process worker
+    agents, the services (object store, caller streams, AI models).
 
     `hold_kv=False` is for short CLI processes that share a data dir (see store/leveldb.py).
     """
@@ -92,22 +109,22 @@ def local_components(settings: Settings, *, hold_kv: bool = True) -> dict[str, A
         "process": DeferredAgent(Runtime.PROCESS, process),
     }
     logs = TaskLogs(settings.tasks_log_dir, settings.task_log_max_bytes)
-    services: dict[str, Any] = {
-        "objects": _object_store(settings, kv),
-        "streams": _streams(settings),
-        "models": _models(settings),
-    }
-    return {
-        "services": services,
-        "settings": settings,
-        "kv": kv,
-        "agents": agents,
-        "logs": logs,
-        "capacity": _machine_capacity(settings),
-    }
+    services = NodeServices(
+        objects=_object_store(settings, kv),
+        streams=_streams(settings),
+        models=_models(settings),
+    )
+    return SpearletParts(
+        settings=settings,
+        kv=kv,
+        agents=agents,
+        logs=logs,
+        capacity=_machine_capacity(settings),
+        services=services,
+    )
 
 
-def _object_store(settings: Settings, kv: Any) -> Any:
+def _object_store(settings: Settings, kv: KV) -> ObjectStore:
     from spear.store.objects import ObjectStore
 
     return ObjectStore(
@@ -121,13 +138,13 @@ def _object_store(settings: Settings, kv: Any) -> Any:
     )
 
 
-def _streams(settings: Settings) -> Any:
+def _streams(settings: Settings) -> StreamRegistry:
     from spear.core.streams import StreamRegistry
 
     return StreamRegistry(settings.stream_queue_messages, settings.stream_message_max_bytes)
 
 
-def _models(settings: Settings) -> Any:
+def _models(settings: Settings) -> ModelRouter:
     from spear.models.router import ModelRouter, RoutingConfig
 
     # The one place that hands the environment over: API keys are read from the variables
@@ -148,45 +165,7 @@ def build_cluster(settings: Settings) -> Cluster | None:
     return SmsClient(settings.sms)
 
 
-# -- a cluster member -------------------------------------------------------------------
-
-
-def node_name_for(settings: Settings) -> str:
-    """The cluster-wide name: `node_name` if set, else host name + a digest of the data dir."""
-    if settings.node_name != "local":
-        return settings.node_name
-    import hashlib
-    import socket
-
-    digest = hashlib.sha256(str(settings.data_dir.resolve()).encode()).hexdigest()[:8]
-    return f"{socket.gethostname()}-{digest}"
-
-
-def node_labels(settings: Settings) -> tuple[tuple[str, str], ...]:
-    """Labels from the settings file's `[labels]` table (or `labels = {k = "v"}`)."""
-    raw = settings.extra.get("labels", {})
-    if not isinstance(raw, dict):
-        raise InvalidArgument("setting labels must be a table of name = value")
-    return tuple(sorted((str(k), str(v)) for k, v in raw.items()))
-
-
-def describe_node(node: Spearlet, address: str) -> NodeRecord:
-    """The record a member registers with the SMS (and refreshes with each heartbeat)."""
-    from spear.core.cluster import AgentInfo, NodeRecord
-    from spear.runtimes.wasm import wasmtime_version
-
-    agents = tuple(
-        AgentInfo(runtime, wasmtime_version() if runtime == "wasm" else "")
-        for runtime in sorted(node.agents)
-    )
-    return NodeRecord(
-        name=node.name,
-        address=address,
-        capacity=node.controller.capacity,
-        free=node.controller.free,
-        labels=node_labels(node.settings),
-        agents=agents,
-    )
+# -- a daemon, a cluster member ---------------------------------------------------------
 
 
 def make_node_api(node: Spearlet, max_message_bytes: int = 0) -> InProcessNode | ClusterNode:
@@ -211,60 +190,6 @@ def make_node_api(node: Spearlet, max_message_bytes: int = 0) -> InProcessNode |
     return ClusterNode(local, cluster, scheduler, peers)
 
 
-def peer_services(api: InProcessNode | ClusterNode) -> list[Any]:
-    """The SpearletPeer service (forwarded tasks) for a ClusterNode; nothing in local mode."""
-    from spear.node.cluster import ClusterNode
-
-    if not isinstance(api, ClusterNode):
-        return []
-    from spear.core.artifacts import ArtifactStore
-    from spear.node.peer import PeerService
-
-    settings = api.node.settings
-    artifacts = ArtifactStore(settings.data_dir / "artifacts", settings.object_max_bytes)
-    return [PeerService(api.scheduler, artifacts)]
-
-
-@contextlib.asynccontextmanager
-async def joined_cluster(
-    api: InProcessNode | ClusterNode, address: str
-) -> AsyncIterator[NodeController | None]:
-    """While inside, the node behind `api` (serving on `address`) is a cluster member:
-    registered, heartbeating, reporting each task change, placing queued tasks.
-    Nothing happens for a local-mode node."""
-    from spear.core.cluster import ClusterTimings
-    from spear.core.node_controller import NodeController
-    from spear.core.task_reports import TaskReporter
-    from spear.node.cluster import ClusterNode
-
-    if not isinstance(api, ClusterNode):
-        yield None
-        return
-    node, cluster, scheduler = api.node, api.cluster, api.scheduler
-    timings = ClusterTimings.from_extra(node.settings.extra)
-
-    def load() -> Any:
-        return node.controller.free, node.controller.running_count, scheduler.queued
-
-    controller = NodeController(cluster, lambda: describe_node(node, address), load, timings)
-    reporter = TaskReporter(cluster, node.kv, node.tasks_store)
-    controller.on_registered = reporter.resync
-    try:
-        async with anyio.create_task_group() as tg:
-            await tg.start(reporter.run)
-            await tg.start(scheduler.run)
-            await tg.start(controller.run)
-            try:
-                yield controller
-            finally:
-                tg.cancel_scope.cancel()
-                with anyio.CancelScope(shield=True):
-                    await controller.leave()
-    finally:
-        await api.peers.aclose()
-        await cluster.aclose()
-
-
 @dataclass(frozen=True, slots=True)
 class ServingNode:
     """A node serving gRPC: its NodeAPI, its server, the address it bound, and (in a
@@ -281,7 +206,7 @@ async def serving_node(
     settings: Settings,
     *,
     max_message_bytes: int | None = None,
-    on_finished: Callable[[Task], None] | None = None,
+    on_finished: FinishedHook | None = None,
 ) -> AsyncIterator[ServingNode]:
     """A daemon's node while inside: started on `settings.data_dir`, serving gRPC on
     `settings.listen`, and, with `settings.sms`, a cluster member. `spear serve` and
@@ -295,7 +220,7 @@ async def serving_node(
         settings = dataclasses.replace(settings, node_name=node_name_for(settings))
     node = build_local_node(settings, hold_kv=True)
     if on_finished is not None:
-        node.controller.finished_hooks.append(on_finished)
+        node.controller.add_finished_hook(on_finished)
     async with node:
         api = make_node_api(node)
         server = await serve_spearlet(

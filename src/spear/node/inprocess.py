@@ -147,7 +147,7 @@ class InProcessNode:
 
     async def _output(self, task_id: str) -> bytes:
         """A finished task's result: what it set, else its stdout."""
-        store = self.node.services.get("objects")
+        store = self.node.services.objects
         if store is not None:  # what the task set as its result, else its stdout (seed §6)
             from spear.store.objects import result_key
 
@@ -237,10 +237,10 @@ class InProcessNode:
     # -- objects ---------------------------------------------------------------------
 
     def _objects(self) -> ObjectStore:
-        store = self.node.services.get("objects")
+        store = self.node.services.objects
         if store is None:
             raise Unavailable(f"node {self.node.name} has no object store")
-        return store  # type: ignore[no-any-return]
+        return store
 
     async def _info(self, key: str) -> ObjectInfo:
         return await self._objects().info(key)
