@@ -27,7 +27,7 @@ async def resolve_task_id(kv: KV, text: str) -> str:
     if len(text) >= ID_LENGTH:
         return text  # a whole id (or no id at all): looked up as it is
     if not text or not _HEX.issuperset(text):
-        raise NotFound(f"no such task: {text!r}")
+        raise NotFound(f"no such task: {text}")
     entries = await kv.scan(_TASKS + text, limit=_SHOWN + 1)
     ids = [e.key[len(_TASKS) :] for e in entries]
     if not ids:
