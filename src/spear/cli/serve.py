@@ -207,7 +207,7 @@ def _announce(address: str, name: str, settings: Settings, as_json: bool) -> Non
     if as_json:
         info = {"address": address, "node": name, "pid": os.getpid(),
                 "data_dir": str(settings.data_dir)}  # fmt: skip
-        sys.stdout.write(json.dumps(info) + "\n")
+        sys.stdout.write(json.dumps(info, sort_keys=True) + "\n")
     else:
         sys.stdout.write(address + "\n")
     sys.stdout.flush()

@@ -284,7 +284,7 @@ def logs(
                 line["data"] = chunk.data.decode("utf-8", errors="replace")
                 import json
 
-                sys.stdout.write(json.dumps(line) + "\n")
+                sys.stdout.write(json.dumps(line, sort_keys=True) + "\n")
                 sys.stdout.flush()
             else:
                 sink = sys.stdout.buffer if stream else sinks[chunk.stream]
