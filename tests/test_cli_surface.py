@@ -277,3 +277,23 @@ def test_cluster_up_in_the_users_data_dir_with_progress(data_dir: Path) -> None:
     )  # fmt: skip
     assert proc.returncode == 0
     assert b"starting an SMS and 1 SPEARlet(s)" in shown and shown.endswith(b"\r\x1b[K")
+
+
+def test_a_large_modules_first_compile_shows_progress(data_dir: Path, tmp_path: Path) -> None:
+    import wasmtime
+
+    body = " ".join(["(local.set 0 (i32.add (local.get 0) (i32.mul (local.get 0) (i32.const 7))))"]
+                    * 40)  # fmt: skip
+    funcs = "\n".join(f"(func $f{i} (param i32) (result i32) {body} (local.get 0))"
+                      for i in range(4000))  # fmt: skip
+    big = tmp_path / "big.wasm"  # compiles in a second or more
+    big.write_bytes(wasmtime.wat2wasm(f'(module {funcs} (func (export "_start")))'))
+    env = cli_env(data_dir)
+    proc, shown = run_on_a_terminal(["run", str(big)], env)
+    proc.communicate(timeout=120)
+    assert proc.returncode == 0
+    assert f"preparing {big}".encode() in shown and shown.endswith(b"\r\x1b[K")
+    # Not on a terminal: nothing (the guest's own stderr is all there is).
+    quiet = subprocess.run([sys.executable, "-m", "spear", "run", str(big)], env=env,
+                           capture_output=True, timeout=120)  # fmt: skip
+    assert (quiet.returncode, quiet.stderr) == (0, b"")
