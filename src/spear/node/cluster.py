@@ -131,7 +131,7 @@ class ClusterNode:
             raise Unavailable(f"node {self.node.name} is draining: it accepts no new tasks")
 
     async def _where(self, task_id: str) -> _Where:
-        try:  # (a prefix names one of this node's tasks; other nodes' by their whole id)
+        try:  # (a prefix of one of this node's tasks; else the SMS resolves it)
             return _Where("local", await self.local.task(task_id))
         except NotFound:
             pass
