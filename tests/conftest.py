@@ -74,6 +74,8 @@ def data_dir(tmp_path: Path) -> Path:
 def cli_env(data_dir: Path, **extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("SPEAR_")}
     env["SPEAR_HOME"] = str(data_dir)
+    # The user's settings file ($XDG_CONFIG_HOME/spear/config.toml) is the test's own.
+    env["XDG_CONFIG_HOME"] = str(data_dir.with_name(data_dir.name + "-xdg-config"))
     env.update(extra)
     return env
 

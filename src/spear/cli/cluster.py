@@ -9,7 +9,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 import time
@@ -24,6 +23,8 @@ from spear.cli._common import (
     ConfigOpt,
     DataDirOpt,
     JsonOpt,
+    Progress,
+    emit_json,
     read_address_file,
 )
 from spear.config import Settings
@@ -72,7 +73,7 @@ def _cluster_nodes(settings: Settings, node: str | None) -> list[NodeRecord]:
 @app.command(help="List the nodes of the cluster (from the SMS, or through any SPEARlet).")
 def nodes(
     sms: Annotated[
-        str | None, typer.Option("--sms", help="Metadata server HOST:PORT [env: SPEAR_SMS].")
+        str | None, typer.Option("--sms", envvar="SPEAR_SMS", help="The SMS's HOST:PORT.")
     ] = None,
     node: Annotated[
         str | None,
@@ -85,7 +86,7 @@ def nodes(
     settings = Settings.load(config_file=config, data_dir=data_dir, sms=sms)
     found = _cluster_nodes(settings, node if sms is None else None)
     if as_json:
-        sys.stdout.write(json.dumps([n.to_json() for n in found], indent=2) + "\n")
+        emit_json([n.to_json() for n in found])
         return
     rows = [("NAME", "HEALTH", "ADDRESS", "RUNNING", "FREE CPU", "FREE MEM", "SEEN", "LABELS")]
     now = time.time()
@@ -117,14 +118,27 @@ cluster_app = typer.Typer(
 
 
 def _default_base() -> Path:
-    return Path(os.environ.get("SPEAR_CLUSTER_DIR", "/tmp/spear-cluster"))
+    """The user's own (a shared /tmp path would mix users' clusters): DATA/cluster."""
+    from spear.config import default_data_dir
+
+    return default_data_dir(os.environ) / "cluster"
+
+
+DirOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--dir",
+        envvar="SPEAR_CLUSTER_DIR",
+        help="The cluster's state directory (default: the data dir's cluster/).",
+    ),
+]
 
 
 @cluster_app.command("up", help="Start an SMS and N SPEARlets; prints their addresses.")
 def cluster_up(
     nodes: Annotated[int, typer.Option("--nodes", help="How many SPEARlets.")] = 3,
     etcd: Annotated[bool, typer.Option("--etcd", help="Keep the SMS's state in etcd.")] = False,
-    base: Annotated[Path | None, typer.Option("--dir", help="State directory.")] = None,
+    base: DirOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
     from spear.node.local_cluster import STATE_FILE, LocalCluster
@@ -136,7 +150,8 @@ def cluster_up(
         raise InvalidArgument(f"a cluster is already up under {root} (spear cluster down)")
     cluster = LocalCluster(root, nodes=nodes, etcd=etcd)
     try:
-        cluster.start()
+        with Progress(f"starting an SMS and {nodes} SPEARlet(s) under {root}", not as_json):
+            cluster.start()
     except BaseException:
         cluster.stop()
         raise
@@ -148,7 +163,7 @@ def cluster_up(
         "dir": str(root),
     }
     if as_json:
-        sys.stdout.write(json.dumps(info, indent=2) + "\n")
+        emit_json(info)
         return
     sys.stdout.write(f"sms     {cluster.sms.address}\n")
     if info["etcd"]:
@@ -161,10 +176,11 @@ def cluster_up(
 
 
 @cluster_app.command("down", help="Stop the cluster `spear cluster up` started.")
-def cluster_down(
-    base: Annotated[Path | None, typer.Option("--dir", help="State directory.")] = None,
-) -> None:
+def cluster_down(base: DirOpt = None, as_json: JsonOpt = False) -> None:
     from spear.node.local_cluster import stop_saved
 
     count = stop_saved(base or _default_base())
-    sys.stdout.write(f"stopped {count} process(es)\n")
+    if as_json:
+        emit_json({"stopped": count})
+    else:
+        sys.stdout.write(f"stopped {count} process(es)\n")

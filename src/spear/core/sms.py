@@ -20,8 +20,8 @@ import time
 from typing import TYPE_CHECKING, Any
 
 import anyio
-from loguru import logger
 
+from spear._logging import logger
 from spear.core.cluster import (
     Candidate,
     Cluster,
@@ -255,6 +255,10 @@ class MetadataServer(Cluster):
                 tg.start_soon(self.report_task, task)
 
     async def task(self, task_id: str) -> Task:
+        """A task by its id, or by a unique prefix of it (core/task_ids.py)."""
+        from spear.core.task_ids import resolve_task_id
+
+        task_id = await resolve_task_id(self.kv, task_id)
         entry = await self.kv.get(_TASKS + task_id)
         if entry is None:
             raise NotFound(f"no such task: {task_id}")

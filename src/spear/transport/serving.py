@@ -9,8 +9,8 @@ from typing import TYPE_CHECKING, Any
 
 from grpclib.const import Status
 from grpclib.exceptions import GRPCError, StreamTerminatedError
-from loguru import logger
 
+from spear._logging import logger
 from spear.errors import InvalidArgument, SpearError
 from spear.transport._status import ERROR_CODE_KEY, status_for
 

@@ -25,8 +25,8 @@ from typing import TYPE_CHECKING
 
 import anyio
 import anyio.to_thread
-from loguru import logger
 
+from spear._logging import logger
 from spear.core.models import Runtime
 from spear.core.worker import (
     Execution,

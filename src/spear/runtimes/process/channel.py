@@ -31,9 +31,9 @@ from typing import TYPE_CHECKING, Any
 
 import anyio
 import anyio.to_thread
-from loguru import logger
 
 from spear import _agent_wire as wire
+from spear._logging import logger
 from spear.runtimes.host import model_ops as hostops_models
 from spear.runtimes.host import ops as hostops
 from spear.runtimes.host.ops import HostError

@@ -22,8 +22,8 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import anyio.from_thread
 import wasmtime
-from loguru import logger
 
+from spear._logging import logger
 from spear.runtimes.host.ops import HostError
 
 if TYPE_CHECKING:
