@@ -78,6 +78,9 @@ class Settings:
     process_kill_grace_s: float = 2.0  # SIGTERM to a process task's group, then SIGKILL
     models_config: str | None = None  # a TOML routing file for AI models (docs/models.md)
     listen: str = "127.0.0.1:7070"
+    # The dashboard and /metrics (docs/dashboard.md): loopback, a free port, unless set;
+    # "off" serves no HTTP.
+    http_listen: str = "127.0.0.1:0"
     sms: str | None = None
     extra: Mapping[str, Any] = dataclasses.field(default_factory=dict)
 

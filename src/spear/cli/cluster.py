@@ -82,7 +82,9 @@ async def serve_sms(settings: Settings, kv_spec: str | None) -> None:
                 sys.stdout.write(address + "\n")
                 sys.stdout.flush()
                 logger.info("SMS serving on {} (pid {})", address, os.getpid())
-                async with anyio.create_task_group() as tg:
+                from spear import web
+
+                async with web.serving_sms(sms, settings, address), anyio.create_task_group() as tg:
                     tg.start_soon(sms.run_sweeper)
                     async for _ in signals:
                         break

@@ -57,6 +57,10 @@ def serve(
     sms: Annotated[
         str | None, typer.Option("--sms", help="Metadata server HOST:PORT (distributed mode).")
     ] = None,
+    http: Annotated[
+        str | None,
+        typer.Option("--http", help="HOST:PORT of the dashboard and /metrics, or off."),
+    ] = None,
     drain_timeout: Annotated[
         float, typer.Option("--drain-timeout", help="Seconds running tasks get to finish.")
     ] = 30.0,
@@ -82,6 +86,7 @@ def serve(
         data_dir=data_dir,
         listen=listen,
         sms=sms,
+        http_listen=http,
         log_level=log_level,
         log_format=log_format,
     )
@@ -141,7 +146,9 @@ async def _serve_spearlet(
                     "node {} serving on {} (data dir {}, pid {})",
                     node.name, server.address, settings.data_dir, os.getpid(),
                 )  # fmt: skip
-                async with joined_cluster(api, server.address):
+                from spear import web
+
+                async with web.serving(api, settings), joined_cluster(api, server.address):
                     await _run_until_signalled(api, server, signals, drain_s)
             finally:
                 with anyio.CancelScope(shield=True):
