@@ -278,7 +278,7 @@ def main(argv: list[str] | None = None) -> int:
 
 # Commands in modules of their own register on `app` when imported.
 # (cli_cluster: distributed mode; cli_objects: obj gc.)
-from spear.cli import cluster, objects, serve, tasks  # noqa: E402, F401
+from spear.cli import cluster, dashboard, objects, serve, tasks  # noqa: E402, F401
 
 if __name__ == "__main__":  # pragma: no cover
     sys.exit(main())

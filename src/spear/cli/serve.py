@@ -99,6 +99,9 @@ def serve(
     from spear.transport.serving import parse_listen
 
     parse_listen(settings.listen)  # a bad address fails before the data dir is opened
+    from spear.web import check_http_listen
+
+    check_http_listen(settings.http_listen)
     _logging.configure(settings)
     if role == "sms":  # distributed mode: cli_cluster.py
         from spear.cli.cluster import serve_sms

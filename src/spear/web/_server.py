@@ -63,6 +63,12 @@ def parse_http_listen(listen: str) -> tuple[str, int]:
     return host, number
 
 
+def check_http_listen(listen: str) -> None:
+    """Raise InvalidArgument, one clear line, unless `listen` is HOST:PORT or "off"."""
+    if listen != OFF:
+        parse_http_listen(listen)
+
+
 def _is_loopback(host: str) -> bool:
     if host == "localhost":
         return True
