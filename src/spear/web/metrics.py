@@ -99,7 +99,6 @@ class NodeCollector(_Scraped):
     async def refresh(self) -> None:
         node = self.api.node
         controller = node.controller
-        stats = self.hook.stats
         out: list[Metric] = []
         info = GaugeMetricFamily(
             "spear_node_info", "This node: name and spear version.", labels=["node", "version"]
@@ -118,30 +117,19 @@ class NodeCollector(_Scraped):
             "Tasks that ended on this node, by final state and runtime.",
             labels=["state", "runtime"],
         )
-        for (state, runtime), n in sorted(stats.finished.items()):
-            finished.add_metric([state, runtime], n)
+        by_runtime = sorted(self.hook.by_runtime.items())
+        for runtime, stats in by_runtime:
+            for state, n in sorted(stats.finished.items()):
+                finished.add_metric([state, runtime], n)
         out.append(finished)
-        out.append(
-            _histogram(
-                "spear_task_queue_seconds",
-                "Time from a task's creation to its start.",
-                stats.queue,
-                "runtime",
-            )
-        )
-        out.append(
-            _histogram(
-                "spear_task_run_seconds", "Time a task ran (start to end).", stats.run, "runtime"
-            )
-        )
-        out.append(
-            _histogram(
-                "spear_task_end_to_end_seconds",
-                "Time from a task's creation to its end.",
-                stats.end_to_end,
-                "runtime",
-            )
-        )
+        for name, doc, part in (
+            ("spear_task_queue_seconds", "Time from a task's creation to its start.", "queue"),
+            ("spear_task_run_seconds", "Time a task ran (start to end).", "run"),
+            ("spear_task_end_to_end_seconds", "Time from a task's creation to its end.",
+             "end_to_end"),
+        ):  # fmt: skip
+            parts = {runtime: getattr(stats, part) for runtime, stats in by_runtime}
+            out.append(_histogram(name, doc, parts, "runtime"))
         out.append(
             GaugeMetricFamily(
                 "spear_admission_queue_depth",
