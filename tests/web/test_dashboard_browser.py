@@ -84,7 +84,7 @@ def test_tasks_appear_finish_and_stream_logs_without_a_reload(
         page.screenshot(path=str(shots / "dashboard-overview.png"))
 
         # One task's page while it runs: its logs arrive as written, then its end.
-        slow = submit(cli, str(ticker(tmp_path, 8, 400)))
+        slow = submit(cli, str(ticker(tmp_path, 10, 400)))
         page.click(f'tr[data-task-id="{slow}"] a')
         page.wait_for_url(f"**/tasks/{slow}")
         page.wait_for_function(
@@ -100,7 +100,7 @@ def test_tasks_appear_finish_and_stream_logs_without_a_reload(
         page.wait_for_function(
             "document.querySelector('#result').textContent.includes('done')", timeout=WAIT_MS
         )
-        assert page.text_content("#logs") == "tick\n" * 8 + "done\n"
+        assert page.text_content("#logs") == "tick\n" * 10 + "done\n"
         page.screenshot(path=str(shots / "dashboard-task.png"), full_page=True)
 
         # Objects by prefix.

@@ -59,7 +59,9 @@ class EventStream:
             async def produce() -> None:
                 try:
                     await self._produce(emit)
-                except SpearError as exc:  # e.g. the task is gone: say so, then end
+                except* SpearError as group:  # e.g. the task is gone: say so, then end
+                    exc = group.exceptions[0]
+                    assert isinstance(exc, SpearError)
                     await emit("error", {"error": str(exc), "code": exc.code})
                 tg.cancel_scope.cancel()
 
