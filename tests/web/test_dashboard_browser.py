@@ -81,24 +81,26 @@ def test_tasks_appear_finish_and_stream_logs_without_a_reload(
         failed = submit(cli, "--wait", str(exits(tmp_path, 3)), exit_code=3)
         page.wait_for_selector(f'tr[data-task-id="{failed}"][data-state="FAILED"]', timeout=WAIT_MS)
         assert page.evaluate("window.__sameDocument") is True  # no reload happened
-        page.screenshot(path=str(shots / "dashboard-overview.png"))
 
         # One task's page while it runs: its logs arrive as written, then its end.
         slow = submit(cli, str(ticker(tmp_path, 10, 400)))
+        page.wait_for_selector(f'tr[data-task-id="{slow}"][data-state="RUNNING"]', timeout=WAIT_MS)
+        page.wait_for_selector("#nodes td.running:text-is('1')", timeout=WAIT_MS)  # its load
+        page.screenshot(path=str(shots / "dashboard-overview.png"))
         page.click(f'tr[data-task-id="{slow}"] a')
         page.wait_for_url(f"**/tasks/{slow}")
         page.wait_for_function(
-            "document.querySelector('#logs').textContent.includes('tick')", timeout=WAIT_MS
+            "document.querySelector('#logs')?.textContent.includes('tick')", timeout=WAIT_MS
         )
         running = page.text_content("#task-state")
         logs_so_far = page.text_content("#logs") or ""
         assert running == "RUNNING" and "done" not in logs_so_far
         page.wait_for_function(
-            "document.querySelector('#logs').textContent.endsWith('done\\n')", timeout=WAIT_MS
+            "document.querySelector('#logs')?.textContent.endsWith('done\\n')", timeout=WAIT_MS
         )
         page.wait_for_selector("#task-state.COMPLETED", timeout=WAIT_MS)
         page.wait_for_function(
-            "document.querySelector('#result').textContent.includes('done')", timeout=WAIT_MS
+            "document.querySelector('#result')?.textContent.includes('done')", timeout=WAIT_MS
         )
         assert page.text_content("#logs") == "tick\n" * 10 + "done\n"
         page.screenshot(path=str(shots / "dashboard-task.png"), full_page=True)

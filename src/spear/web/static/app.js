@@ -68,7 +68,7 @@ async function overview() {
       nodesBody.replaceChildren(...nodes.map((n) => el("tr", { "data-node": n.name },
         el("td", {}, n.name), el("td", { class: `state ${n.health}` }, n.health),
         el("td", { class: "mono" }, n.address),
-        el("td", {}, n.running_tasks), el("td", {}, n.queued_tasks),
+        el("td", { class: "running" }, n.running_tasks), el("td", {}, n.queued_tasks),
         el("td", {}, bar(n.cpu_millis - n.cpu_free_millis, n.cpu_millis)),
         el("td", {}, bar(n.memory_bytes - n.memory_free_bytes, n.memory_bytes)),
         el("td", {}, n.runtimes.join(", ")))));
@@ -77,6 +77,10 @@ async function overview() {
   }
   refreshNodes();
   setInterval(refreshNodes, 2000);
+  let nodesSoon = null; // a task started or ended: the load changed, show it now
+  const refreshNodesSoon = () => {
+    if (!nodesSoon) nodesSoon = setTimeout(() => { nodesSoon = null; refreshNodes(); }, 150);
+  };
 
   function row(t) {
     return el("tr", { "data-task-id": t.id, "data-state": t.state },
@@ -106,6 +110,7 @@ async function overview() {
       const old = tasksBody.querySelector(`tr[data-task-id="${t.id}"]`);
       tasksBody.querySelector("tr.none")?.remove();
       if (old) old.replaceWith(fresh); else tasksBody.prepend(fresh);
+      refreshNodesSoon();
     });
     source.onerror = () => { live.hidden = true; };
     source.onopen = () => { live.hidden = false; };
