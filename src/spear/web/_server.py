@@ -13,15 +13,13 @@ from __future__ import annotations
 import contextlib
 import ipaddress
 import os
-import socket
 from typing import TYPE_CHECKING
 
 import anyio
 from loguru import logger
 
-from spear.errors import InvalidArgument
-
 if TYPE_CHECKING:
+    import socket
     from collections.abc import AsyncIterator
     from pathlib import Path
 
@@ -32,6 +30,7 @@ if TYPE_CHECKING:
     from spear.web.metrics import Exposition
 
 OFF = "off"
+_FLAG = "--http"
 _STOP_TIMEOUT_S = 5.0
 
 
@@ -48,25 +47,12 @@ def read_http_address(data_dir: Path, role: str) -> str | None:
     return text or None
 
 
-def parse_http_listen(listen: str) -> tuple[str, int]:
-    """'HOST:PORT', '[V6]:PORT' or 'PORT' -> (host, port), with one clear error."""
-    host, sep, port = listen.rpartition(":")
-    if not sep:
-        host, port = "", listen
-    host = host.strip("[]") or "127.0.0.1"
-    try:
-        number = int(port)
-    except ValueError:
-        raise InvalidArgument(f"--http expects HOST:PORT (or off), got {listen!r}") from None
-    if not 0 <= number <= 65535:
-        raise InvalidArgument(f"--http: port {number} is out of range")
-    return host, number
-
-
 def check_http_listen(listen: str) -> None:
     """Raise InvalidArgument, one clear line, unless `listen` is HOST:PORT or "off"."""
     if listen != OFF:
-        parse_http_listen(listen)
+        from spear.transport.serving import parse_listen
+
+        parse_listen(listen, _FLAG)
 
 
 def _is_loopback(host: str) -> bool:
@@ -76,21 +62,6 @@ def _is_loopback(host: str) -> bool:
         return ipaddress.ip_address(host).is_loopback
     except ValueError:
         return False
-
-
-def _bind(listen: str) -> socket.socket:
-    host, port = parse_http_listen(listen)
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
-    try:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind((host, port))
-        sock.listen(128)
-    except OSError as exc:
-        sock.close()
-        raise InvalidArgument(f"cannot serve HTTP on {listen}: {exc.strerror or exc}") from None
-    sock.setblocking(False)
-    return sock
 
 
 def _url(sock: socket.socket) -> str:
@@ -137,10 +108,11 @@ async def serving_sms(
 async def _serve(
     source: Source, exposition: Exposition, settings: Settings, role: str
 ) -> AsyncIterator[str]:
+    from spear.transport.serving import listening_socket
     from spear.web._app import build_app
     from spear.web._uvicorn import make_server
 
-    sock = _bind(settings.http_listen)
+    sock = listening_socket(settings.http_listen, _FLAG)
     url = _url(sock)
     closing = anyio.Event()
     app = build_app(
