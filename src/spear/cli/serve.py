@@ -28,7 +28,7 @@ if TYPE_CHECKING:
     from collections.abc import AsyncIterator
     from pathlib import Path
 
-    from spear.core.models import Task
+    from spear.core.tasks import TasksFinished
     from spear.node.inprocess import InProcessNode
     from spear.node.server import SpearletServer
 
@@ -128,7 +128,7 @@ async def _serve_spearlet(
 
         settings = dataclasses.replace(settings, node_name=node_name_for(settings))
     node = build_local_node(settings, hold_kv=True)
-    node.controller.finished_hooks.append(_log_finished)
+    node.controller.add_finished_hook(_log_finished)
     async with node:
         from spear.cli.cluster import joined_cluster, make_node_api, peer_services
 
@@ -185,11 +185,12 @@ async def _run_until_signalled(
         tg.cancel_scope.cancel()
 
 
-def _log_finished(task: Task) -> None:
-    logger.info(
-        "task {} {} (exit code {}){}",
-        task.id, task.state.value, task.exit_code, f": {task.reason}" if task.reason else "",
-    )  # fmt: skip
+async def _log_finished(finished: TasksFinished) -> None:
+    for task in finished.tasks:
+        logger.info(
+            "task {} {} (exit code {}){}",
+            task.id, task.state.value, task.exit_code, f": {task.reason}" if task.reason else "",
+        )  # fmt: skip
 
 
 async def _report_resources(api: InProcessNode) -> None:

@@ -37,6 +37,7 @@ if TYPE_CHECKING:
     from spear.core.cluster import Candidate, Cluster, NodeRecord
     from spear.core.models import FunctionSpec
     from spear.core.node import Spearlet
+    from spear.core.tasks import TasksFinished
 
 
 def rank_candidates(candidates: Sequence[Candidate]) -> list[Candidate]:
@@ -90,7 +91,10 @@ class Scheduler:
         # result), it calls that node without asking the SMS where they are first.
         self.forwarded_to: dict[str, NodeRecord] = {}
         self.decisions: deque[Decision] = deque(maxlen=1000)
-        node.controller.finished_hooks.append(lambda _task: self._wake.set())
+        node.controller.add_finished_hook(self._tasks_finished)
+
+    async def _tasks_finished(self, finished: TasksFinished) -> None:
+        self._wake.set()  # room on this node: try the queue again
 
     @property
     def queued(self) -> int:

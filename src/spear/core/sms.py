@@ -32,15 +32,16 @@ from spear.core.cluster import (
     Placement,
     PlacementQuery,
 )
-from spear.core.models import Task, TaskState
+from spear.core.models import TaskState
 from spear.core.stats import SmsStats
+from spear.core.tasks.codec import decode_task, encode_task
 from spear.core.worker import EXIT_LOST
 from spear.errors import InvalidArgument, NotFound
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Sequence
 
-    from spear.core.models import Resources
+    from spear.core.models import Resources, Task
     from spear.store.kv import KV
 
 _NODES = "nodes/"
@@ -239,15 +240,12 @@ class MetadataServer(Cluster):
         while True:
             entry = await self.kv.get(_TASKS + task.id)
             expected = 0 if entry is None else entry.version
-            old = None if entry is None else Task.from_json(json.loads(entry.value))
+            old = None if entry is None else decode_task(entry.value)
             if old is not None and old.state.terminal:
                 return old  # a finished task stays as it finished (e.g. "node lost")
             if old is not None and len(old.history) > len(task.history):
                 return old  # a late report of an earlier state
-            if (
-                await self.kv.compare_and_swap(_TASKS + task.id, _dump(task.to_json()), expected)
-                > 0
-            ):
+            if await self.kv.compare_and_swap(_TASKS + task.id, encode_task(task), expected) > 0:
                 break
         if old is not None and old.node and old.node != task.node:
             await self.kv.delete(f"{_NODE_TASKS}{old.node}/{task.id}")
@@ -270,14 +268,14 @@ class MetadataServer(Cluster):
         entry = await self.kv.get(_TASKS + task_id)
         if entry is None:
             raise NotFound(f"no such task: {task_id}")
-        return Task.from_json(json.loads(entry.value))
+        return decode_task(entry.value)
 
     async def tasks(
         self, state: TaskState | None = None, limit: int | None = None, node: str | None = None
     ) -> list[Task]:
         out: list[Task] = []
         for entry in await self.kv.scan(_TASKS, reverse=True):
-            task = Task.from_json(json.loads(entry.value))
+            task = decode_task(entry.value)
             if (state is None or task.state is state) and (node is None or task.node == node):
                 out.append(task)
                 if limit is not None and len(out) >= limit:
@@ -293,11 +291,11 @@ class MetadataServer(Cluster):
                 current = await self.kv.get(_TASKS + task_id)
                 if current is None:
                     break
-                task = Task.from_json(json.loads(current.value))
+                task = decode_task(current.value)
                 if task.state.terminal or task.node != node:
                     break
                 failed = task.transition(TaskState.FAILED, reason=reason, exit_code=EXIT_LOST)
-                raw = _dump(failed.to_json())
+                raw = encode_task(failed)
                 if await self.kv.compare_and_swap(_TASKS + task_id, raw, current.version) > 0:
                     count += 1
                     break

@@ -63,6 +63,8 @@ if TYPE_CHECKING:
 
     from spear.config import Settings
     from spear.core.models import Task
+    from spear.core.node import Spearlet
+    from spear.core.tasks import TasksFinished
     from spear.models.base import (
         ChatChunk,
         ChatRequest,
@@ -397,13 +399,14 @@ class ModelRouter:
             scope.cancel()
 
     @contextlib.asynccontextmanager
-    async def serve_node(self, node: Any, task_group: TaskGroup) -> AsyncIterator[None]:
+    async def serve_node(self, node: Spearlet, task_group: TaskGroup) -> AsyncIterator[None]:
         """Serve a node: calls run in its task group and stop when their task ends."""
 
-        async def task_finished(task: Task) -> None:
-            self.cancel_task(task.id)
+        async def tasks_finished(finished: TasksFinished) -> None:
+            for task in finished.tasks:
+                self.cancel_task(task.id)
 
-        node.controller.finished_hooks.append(task_finished)
+        node.controller.add_finished_hook(tasks_finished)
         self._task_group = task_group
         try:
             yield

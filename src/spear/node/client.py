@@ -23,21 +23,20 @@ import anyio
 from anyio.abc import AsyncResource
 from grpclib.client import Channel
 from grpclib.const import Cardinality
-from grpclib.events import RecvTrailingMetadata, listen
 
 from spear.core.models import LogChunk, NodeInfo, ObjectInfo, Runtime, TaskResult
 from spear.errors import InvalidArgument, NotFound, SpearError, error_from_code
 from spear.node.api import StreamingTask, TaskHandle
 from spear.transport import _convert as cv
+from spear.transport import _speedups
 from spear.transport._gen.pb import spearlet_pb2 as pb
 from spear.transport._gen.spear import v1
 from spear.transport._status import (
     CHUNK_BYTES,
     DEFAULT_MAX_MESSAGE_BYTES,
-    ERROR_CODE_KEY,
     LimitedCodec,
     client_errors,
-    received_error_code,
+    listen_for_error_codes,
 )
 
 if TYPE_CHECKING:
@@ -46,12 +45,6 @@ if TYPE_CHECKING:
     from grpclib.client import Stream
 
     from spear.core.models import FunctionSpec, Task, TaskState
-
-
-async def _remember_error_code(event: RecvTrailingMetadata) -> None:
-    code = event.metadata.get(ERROR_CODE_KEY)
-    if code:
-        received_error_code.set(str(code))
 
 
 def _split_address(address: str) -> tuple[str, int]:
@@ -117,6 +110,7 @@ class Client(AsyncResource):
         timeout: float | None = None,
         max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
     ) -> None:
+        _speedups.install()
         self.address = address
         self._host, self._port = _split_address(address)
         self._timeout = timeout
@@ -135,7 +129,7 @@ class Client(AsyncResource):
             self._channel = Channel(
                 self._host, self._port, codec=LimitedCodec(self._max_message_bytes)
             )
-            listen(self._channel, RecvTrailingMetadata, _remember_error_code)
+            listen_for_error_codes(self._channel)
             self._stub_ = v1.SpearletStub(self._channel, timeout=self._timeout)
         return self._stub_
 

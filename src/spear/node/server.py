@@ -22,6 +22,7 @@ from spear.core.artifacts import ArtifactStore
 from spear.errors import InvalidArgument, ResourceExhausted, SpearError
 from spear.node.inprocess import InProcessNode
 from spear.transport import _convert as cv
+from spear.transport import _speedups
 from spear.transport._gen.pb import spearlet_pb2 as pb
 from spear.transport._gen.spear import v1
 from spear.transport._status import (
@@ -286,6 +287,7 @@ class SpearletServer:
         extra_services: Sequence[Any] = (),
     ) -> None:
         """`extra_services`: more grpclib handlers on the same port (e.g. SpearletPeer)."""
+        _speedups.install()
         self.api = api
         self.max_message_bytes = max_message_bytes
         self.service = SpearletService(api, artifacts, object_max_bytes)

@@ -23,6 +23,7 @@ import threading
 import time
 from typing import TYPE_CHECKING, Any, TypeVar
 
+import anyio.to_thread
 import plyvel
 
 from spear._loopstate import ready_count
@@ -155,7 +156,7 @@ class LevelDBKV(KV):
     async def _run(self, fn: Callable[[Any], T]) -> T:
         if self._hold:
             return self._with_db(fn)
-        return await asyncio.to_thread(self._with_db, fn)
+        return await anyio.to_thread.run_sync(self._with_db, fn)
 
     # -- writing: one revision per change, group-committed while held ----------------
     #

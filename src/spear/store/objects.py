@@ -66,6 +66,9 @@ if TYPE_CHECKING:
 
     from anyio.abc import TaskGroup
 
+    from spear.core.logs import TaskLogs
+    from spear.core.node import Spearlet
+    from spear.core.tasks import TasksFinished
     from spear.store.kv import KV, Entry
 
 META = "obj/"
@@ -495,10 +498,10 @@ class ObjectStore:
                         path.unlink()
 
     @contextlib.asynccontextmanager
-    async def serve_node(self, node: Any, task_group: TaskGroup) -> AsyncIterator[None]:
+    async def serve_node(self, node: Spearlet, task_group: TaskGroup) -> AsyncIterator[None]:
         """Serve a node: keep task results, release a finished task's references, and
         sweep every `gc_interval_s` while the node runs."""
-        node.controller.finished_hooks.append(_ResultsHook(self, node.logs))
+        node.controller.add_finished_hook(_ResultsHook(self, node.logs))
         if self.gc_interval_s > 0:
             task_group.start_soon(self._sweep_forever)
         try:
@@ -558,19 +561,15 @@ class ObjectStore:
 
 
 class _ResultsHook:
-    """The node's finished-task hook: a task's references dropped, its result stored.
+    """The object store's finished hook (a `spear.core.tasks.FinishedHook`): finished
+    tasks' references dropped, their results stored (the empty ones in one write)."""
 
-    `many` does the same for a wave of tasks (TaskController.run_many), their empty
-    results in one write."""
-
-    def __init__(self, store: ObjectStore, logs: Any) -> None:
+    def __init__(self, store: ObjectStore, logs: TaskLogs) -> None:
         self._store = store
         self._logs = logs
 
-    async def __call__(self, task: Any) -> None:
-        await self.many([task])
-
-    async def many(self, tasks: Sequence[Any]) -> None:
+    async def __call__(self, finished: TasksFinished, /) -> None:
+        tasks = finished.tasks
         try:
             await self._store.release_holders([t.id for t in tasks])
             await self._store.store_results([(t.id, self._logs.stdout_file(t.id)) for t in tasks])

@@ -81,12 +81,10 @@ class NodeCollector(_Scraped):
         self._objects: tuple[float, int, int] = (0.0, -1, 0)
 
     def attach(self) -> None:
-        self.api.node.controller.finished_hooks.append(self.hook)
+        self.api.node.controller.add_finished_hook(self.hook)
 
     def detach(self) -> None:
-        hooks = self.api.node.controller.finished_hooks
-        if self.hook in hooks:
-            hooks.remove(self.hook)
+        self.api.node.controller.remove_finished_hook(self.hook)
 
     async def _object_count(self, usage: int) -> int:
         at, seen_usage, count = self._objects

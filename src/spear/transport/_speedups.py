@@ -1,0 +1,44 @@
+"""The two speed-ups that replace a third-party function, installed where spear starts a
+gRPC server or client (never on import): `install()`, idempotent.
+
+Each replacement is tested against the library's own output for the same input
+(tests/transport/test_fastframes.py, test_fastdefaults.py) on the versions pinned in
+pyproject.toml. On any other version a patch does nothing and says so once at debug
+level: the library's own, slower code runs, and behaviour is unchanged.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+
+from loguru import logger
+
+_declined: set[str] = set()
+
+
+def tested_version(distribution: str, tested: str) -> bool:
+    """Whether the installed `distribution` is a version starting with `tested` (e.g.
+    "6.1."), the versions a patch of it was tested against. Says once when it is not."""
+    try:
+        version = importlib.metadata.version(distribution)
+    except importlib.metadata.PackageNotFoundError:
+        version = "unknown"
+    if version.startswith(tested):
+        return True
+    if distribution not in _declined:
+        _declined.add(distribution)
+        logger.debug(
+            "{} {} is not the {}* spear's speed-up was tested with: not installed",
+            distribution,
+            version,
+            tested,
+        )
+    return False
+
+
+def install() -> None:
+    """Install both speed-ups (each only on the library version it was tested against)."""
+    from spear.transport import _fastdefaults, _fastframes
+
+    _fastdefaults.install()
+    _fastframes.install()
