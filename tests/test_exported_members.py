@@ -79,3 +79,9 @@ def test_the_grpc_client_is_public_and_loaded_on_demand() -> None:
 def test_all_is_in_order() -> None:
     names = [n for n in spear.__all__ if not n.startswith("__")]
     assert names == sorted(names, key=str.lower)
+
+
+def test_one_object_info_for_the_store_and_the_node_api() -> None:
+    from spear.store import objects
+
+    assert spear.ObjectInfo is objects.ObjectInfo  # what the store returns, the API returns

@@ -38,7 +38,9 @@ if TYPE_CHECKING:
         Unavailable,
     )
     from spear.node.api import NodeAPI, StreamingTask, TaskHandle
+    from spear.node.assembly import serve_sms
     from spear.node.client import Client
+    from spear.node.cluster import ClusterNode
     from spear.node.local import LocalNode
     from spear.store.objects import ObjectStore
 
@@ -54,6 +56,8 @@ _WHERE = {
     "TaskResult": "spear.core.models",
     "LocalNode": "spear.node.local",
     "Client": "spear.node.client",
+    "ClusterNode": "spear.node.cluster",
+    "serve_sms": "spear.node.assembly",
     "Settings": "spear.config",
     "DirMapping": "spear.core.models",
     "FunctionSpec": "spear.core.models",
@@ -115,6 +119,7 @@ def __dir__() -> list[str]:
 
 __all__ = [
     "Client",
+    "ClusterNode",
     "Conflict",
     "DeadlineExceeded",
     "DirMapping",
@@ -132,6 +137,7 @@ __all__ = [
     "ResourceExhausted",
     "Resources",
     "Runtime",
+    "serve_sms",
     "Settings",
     "SpearError",
     "Spearlet",

@@ -54,6 +54,9 @@ class ChannelClosed(HostcallError):
         super().__init__(errno.ECONNRESET, message)
 
 
+# A copy of the node's ObjectInfo (spear.store.object_info) for process agents, kept
+# here so the SDK imports nothing of spear but its wire module (a process agent starts
+# fast); its field names (refcount) are the agent wire's.
 @dataclass(frozen=True, slots=True)
 class ObjectInfo:
     key: str

@@ -14,9 +14,10 @@ from typing import Annotated
 
 import typer
 
-from spear.cli.app import ConfigOpt, DataDirOpt, JsonOpt, app
-from spear.config import Settings
+from spear.cli._common import ConfigOpt, DataDirOpt, JsonOpt, load_settings
 from spear.errors import Unavailable
+
+app = typer.Typer()
 
 
 @app.command(help="Print the URL of the dashboard (and /metrics) of the daemon on this data dir.")
@@ -29,7 +30,7 @@ def dashboard(
 ) -> None:
     from spear.web import read_http_address
 
-    settings = Settings.load(config_file=config, data_dir=data_dir)
+    settings = load_settings(data_dir, config)
     role = "sms" if sms else "spearlet"
     url = read_http_address(settings.data_dir, role)
     if url is None:

@@ -20,7 +20,13 @@ import anyio
 import typer
 from loguru import logger
 
-from spear.cli.app import ConfigOpt, DataDirOpt, JsonOpt, app
+from spear.cli._common import (
+    SMS_ADDRESS_FILE,
+    ConfigOpt,
+    DataDirOpt,
+    JsonOpt,
+    address_file,
+)
 from spear.config import Settings, parse_size
 from spear.errors import InvalidArgument
 
@@ -29,15 +35,13 @@ if TYPE_CHECKING:
     from pathlib import Path
 
     from spear.core.tasks import TasksFinished
+    from spear.node.cluster import ClusterNode
     from spear.node.inprocess import InProcessNode
     from spear.node.server import SpearletServer
 
-ADDRESS_FILE = "spearlet.addr"
 _REPORT_INTERVAL_S = 60.0
 
-
-def address_file(data_dir: Path) -> Path:
-    return data_dir / ADDRESS_FILE
+app = typer.Typer()
 
 
 @app.command(
@@ -103,10 +107,8 @@ def serve(
 
     check_http_listen(settings.http_listen)
     _logging.configure(settings)
-    if role == "sms":  # distributed mode: cli_cluster.py
-        from spear.cli.cluster import serve_sms
-
-        anyio.run(serve_sms, settings, kv)
+    if role == "sms":  # distributed mode
+        anyio.run(_serve_sms, settings, kv)
         return
     if role != "spearlet":
         raise InvalidArgument(f"--role: unknown role {role!r} (one of: spearlet, sms)")
@@ -118,51 +120,34 @@ def serve(
 async def _serve_spearlet(
     settings: Settings, drain_s: float, max_message_bytes: int, as_json: bool = False
 ) -> None:
-    from spear.node.assembly import build_local_node
-    from spear.node.server import serve_spearlet
+    from spear.node.assembly import serving_node
 
-    if settings.sms:  # distributed mode: a cluster-wide node name (cli_cluster.py)
-        import dataclasses
-
-        from spear.cli.cluster import node_name_for
-
-        settings = dataclasses.replace(settings, node_name=node_name_for(settings))
-    node = build_local_node(settings, hold_kv=True)
-    node.controller.add_finished_hook(_log_finished)
-    async with node:
-        from spear.cli.cluster import joined_cluster, make_node_api, peer_services
-
-        api = make_node_api(node)  # an InProcessNode; with --sms one that schedules/proxies
-        with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
-            server = await serve_spearlet(
-                api,
-                settings.listen,
-                max_message_bytes=max_message_bytes,
-                extra_services=peer_services(api),
-            )
-            assert server.address is not None
+    with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        async with serving_node(
+            settings, max_message_bytes=max_message_bytes, on_finished=_log_finished
+        ) as served:
+            address, name = served.address, served.api.node.name
             addr_path = address_file(settings.data_dir)
             try:
-                _write_atomically(addr_path, server.address + "\n")
-                _announce(server.address, node.name, settings, as_json)
+                _write_atomically(addr_path, address + "\n")
+                _announce(address, name, settings, as_json)
                 logger.info(
                     "node {} serving on {} (data dir {}, pid {})",
-                    node.name, server.address, settings.data_dir, os.getpid(),
+                    name, address, settings.data_dir, os.getpid(),
                 )  # fmt: skip
                 from spear import web
 
-                async with web.serving(api, settings), joined_cluster(api, server.address):
-                    await _run_until_signalled(api, server, signals, drain_s)
+                async with web.serving(served.api, settings):
+                    await _run_until_signalled(served.api, served.server, signals, drain_s)
             finally:
-                with anyio.CancelScope(shield=True):
-                    _remove_if_ours(addr_path, server.address)
-                    await server.close()
-        # (Outside any scope of ours: the node's task group must close where it opened.)
-        await node.shutdown("the node shut down before the task finished")
+                _remove_if_ours(addr_path, address)
 
 
 async def _run_until_signalled(
-    api: InProcessNode, server: SpearletServer, signals: AsyncIterator[int], drain_s: float
+    api: InProcessNode | ClusterNode,
+    server: SpearletServer,
+    signals: AsyncIterator[int],
+    drain_s: float,
 ) -> None:
     async with anyio.create_task_group() as tg:
         tg.start_soon(_report_resources, api)
@@ -193,7 +178,7 @@ async def _log_finished(finished: TasksFinished) -> None:
         )  # fmt: skip
 
 
-async def _report_resources(api: InProcessNode) -> None:
+async def _report_resources(api: InProcessNode | ClusterNode) -> None:
     """The system log's resource report: capacity, free and running tasks, periodically."""
     while True:
         info = await api.node_info()
@@ -230,10 +215,29 @@ def _remove_if_ours(path: Path, address: str) -> None:
         pass
 
 
-def read_address_file(data_dir: Path) -> str | None:
-    """The address a daemon on this data dir wrote, if any."""
-    try:
-        text = address_file(data_dir).read_text().strip()
-    except OSError:
-        return None
-    return text or None
+async def _serve_sms(settings: Settings, kv_spec: str | None) -> None:
+    """Run the metadata server until SIGINT/SIGTERM; prints its bound address first."""
+    import contextlib
+
+    from spear.node.assembly import serving_sms
+
+    with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        async with serving_sms(settings, kv_spec) as served:
+            address = served.address
+            addr_path = settings.data_dir / SMS_ADDRESS_FILE
+            try:
+                settings.data_dir.mkdir(parents=True, exist_ok=True)
+                addr_path.write_text(address + "\n")
+                sys.stdout.write(address + "\n")
+                sys.stdout.flush()
+                logger.info("SMS serving on {} (pid {})", address, os.getpid())
+                from spear import web
+
+                async with web.serving_sms(served.metadata, settings, address):
+                    async for _ in signals:
+                        break
+            finally:
+                with contextlib.suppress(OSError):
+                    if addr_path.read_text().strip() == address:
+                        addr_path.unlink()
+    logger.info("SMS stopped")

@@ -1,5 +1,5 @@
 """The CLI's client commands: submit, status, tasks, logs, stop, result, node (and, in
-cli_objects.py, obj).
+objects.py, obj).
 
 Each reaches a node through the `NodeAPI`: a daemon given by `--node HOST:PORT` (or
 `SPEAR_NODE`); else the daemon holding the data dir (found through DATA/spearlet.addr);
@@ -19,14 +19,15 @@ from typing import TYPE_CHECKING, Annotated, Any
 import anyio
 import typer
 
-from spear.cli.app import (
+from spear.cli._common import (
     ConfigOpt,
     DataDirOpt,
     JsonOpt,
-    _emit_json,
-    _report_unsuccessful,
-    _settings,
-    app,
+    NodeOpt,
+    emit_json,
+    load_settings,
+    on_node,
+    report_unsuccessful,
 )
 from spear.cli.spec import (
     ArgsArg,
@@ -45,57 +46,15 @@ from spear.cli.spec import (
 )
 from spear.config import parse_size
 from spear.core.models import Resources, Task, TaskState
-from spear.errors import InvalidArgument, Unavailable
+from spear.errors import InvalidArgument
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator, Awaitable, Callable
+    from collections.abc import AsyncIterator, Callable
 
-    from spear.config import Settings
     from spear.node.api import NodeAPI
 
-NodeOpt = Annotated[
-    str | None,
-    typer.Option(
-        "--node", envvar="SPEAR_NODE", help="A node daemon's HOST:PORT (default: this data dir's)."
-    ),
-]
+app = typer.Typer()
 IdArg = Annotated[str, typer.Argument(metavar="ID")]
-
-
-@contextlib.asynccontextmanager
-async def connect(settings: Settings, node: str | None) -> AsyncIterator[NodeAPI]:
-    """The node to talk to: `node`, else this data dir's daemon, else the data dir here."""
-    from spear.cli.serve import read_address_file
-    from spear.node.client import Client
-
-    address = node or read_address_file(settings.data_dir)
-    if address is not None:
-        client = Client(address)
-        try:
-            if node is None:  # found in the data dir: it may be stale (a killed daemon)
-                try:
-                    await client.node_info()
-                except Unavailable:
-                    address = None
-            if address is not None:
-                yield client
-        finally:
-            await client.aclose()
-        if address is not None:
-            return
-    from spear.node.assembly import build_local_node
-    from spear.node.inprocess import InProcessNode
-
-    async with build_local_node(settings, hold_kv=False) as local:
-        yield InProcessNode(local)
-
-
-def _on_node(settings: Settings, node: str | None, fn: Callable[[NodeAPI], Awaitable[Any]]) -> Any:
-    async def main() -> Any:
-        async with connect(settings, node) as api:
-            return await fn(api)
-
-    return anyio.run(main)
 
 
 @contextlib.asynccontextmanager
@@ -179,7 +138,7 @@ def submit(
     config: ConfigOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
-    settings = _settings(data_dir, config)
+    settings = load_settings(data_dir, config)
     defaults = Resources()
     resources = Resources(
         defaults.cpu_millis if cpu is None else cpu,
@@ -210,14 +169,12 @@ def submit(
             raise InvalidArgument(f"--stdin: cannot read {stdin_file}: {exc.strerror}") from None
 
     async def go(api: NodeAPI) -> Task:
-        from spear.node.inprocess import InProcessNode
-
         handle = await api.submit(spec, stdin=stdin)
         if not as_json:
             sys.stdout.write(handle.id + "\n")
             sys.stdout.flush()
         # Without a daemon this process is the node: the task must end before we exit.
-        if not (wait or isinstance(api, InProcessNode)):
+        if not (wait or api.in_process):
             return handle.task
         state = [handle.task.state.value]
 
@@ -226,19 +183,17 @@ def submit(
                 state[0] = task.state.value
 
         async with _progress(lambda: f"task {handle.id} {state[0]}", wait and not as_json):
-            if isinstance(api, InProcessNode):
-                return await api.wait(handle.id)
             async with anyio.create_task_group() as tg:
                 tg.start_soon(follow)
                 final = await api.wait(handle.id)
                 tg.cancel_scope.cancel()
             return final
 
-    task: Task = _on_node(settings, node, go)
+    task: Task = on_node(settings, node, go)
     if as_json:
-        _emit_json(task.to_json())
+        emit_json(task.to_json())
     if wait:
-        _report_unsuccessful(task)
+        report_unsuccessful(task)
         raise typer.Exit(task.exit_code or 0)
 
 
@@ -253,7 +208,7 @@ def tasks(
     config: ConfigOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
-    settings = _settings(data_dir, config)
+    settings = load_settings(data_dir, config)
     want = None
     if state is not None:
         try:
@@ -263,9 +218,9 @@ def tasks(
             raise InvalidArgument(f"unknown state {state!r} (one of {names})") from None
     if limit < 1:
         raise InvalidArgument("--limit must be at least 1")
-    found: list[Task] = _on_node(settings, node, lambda api: api.tasks(want, limit))
+    found: list[Task] = on_node(settings, node, lambda api: api.tasks(want, limit))
     if as_json:
-        _emit_json([t.to_json() for t in found])
+        emit_json([t.to_json() for t in found])
         return
     rows = [("ID", "STATE", "EXIT", "CREATED", "TIME", "ARTIFACT", "REASON")]
     for t in found:
@@ -315,10 +270,10 @@ def status(
     config: ConfigOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
-    settings = _settings(data_dir, config)
-    task: Task = _on_node(settings, node, lambda api: api.task(task_id))
+    settings = load_settings(data_dir, config)
+    task: Task = on_node(settings, node, lambda api: api.task(task_id))
     if as_json:
-        _emit_json(task.to_json())
+        emit_json(task.to_json())
     else:
         _print_task(task)
 
@@ -335,7 +290,7 @@ def logs(
     config: ConfigOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
-    settings = _settings(data_dir, config)
+    settings = load_settings(data_dir, config)
     streams = (stream,) if stream else ()
     sinks = {"stdout": sys.stdout.buffer, "stderr": sys.stderr.buffer, "agent": sys.stderr.buffer}
 
@@ -361,10 +316,10 @@ def logs(
                 sink.flush()
         return {k: bytes(v) for k, v in collected.items()}
 
-    out: dict[str, bytes] = _on_node(settings, node, read)
+    out: dict[str, bytes] = on_node(settings, node, read)
     if as_json and not follow:
         names = streams or ("stdout", "stderr", "agent")
-        _emit_json({n: out.get(n, b"").decode("utf-8", errors="replace") for n in names})
+        emit_json({n: out.get(n, b"").decode("utf-8", errors="replace") for n in names})
 
 
 @app.command(help="Stop (cancel) a task.")
@@ -378,10 +333,10 @@ def stop(
     config: ConfigOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
-    settings = _settings(data_dir, config)
-    task: Task = _on_node(settings, node, lambda api: api.cancel(task_id, reason))
+    settings = load_settings(data_dir, config)
+    task: Task = on_node(settings, node, lambda api: api.cancel(task_id, reason))
     if as_json:
-        _emit_json(task.to_json())
+        emit_json(task.to_json())
     else:
         sys.stdout.write(f"{task.id} {task.state.value}\n")
 
@@ -398,19 +353,19 @@ def result(
     config: ConfigOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
-    settings = _settings(data_dir, config)
+    settings = load_settings(data_dir, config)
 
     async def go(api: NodeAPI) -> Any:
         async with _progress(lambda: f"waiting for task {task_id}", wait and not as_json):
             return await api.result(task_id, wait=wait)
 
-    res = _on_node(settings, node, go)
+    res = on_node(settings, node, go)
     if as_json:
-        _emit_json(res.to_json())
+        emit_json(res.to_json())
     else:
         sys.stdout.buffer.write(res.output)
         sys.stdout.flush()
-        _report_unsuccessful(res.task)
+        report_unsuccessful(res.task)
     raise typer.Exit(res.task.exit_code or 0)
 
 
@@ -421,10 +376,10 @@ def node(
     config: ConfigOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
-    settings = _settings(data_dir, config)
-    info = _on_node(settings, node, lambda api: api.node_info())
+    settings = load_settings(data_dir, config)
+    info = on_node(settings, node, lambda api: api.node_info())
     if as_json:
-        _emit_json(info.to_json())
+        emit_json(info.to_json())
         return
     mib = 1024 * 1024
     lines = [
@@ -443,6 +398,3 @@ def node(
     ]  # fmt: skip
     for name, value in lines:
         sys.stdout.write(f"{name + ':':<10}{value}\n")
-
-
-__all__ = ["connect"]

@@ -13,6 +13,9 @@ from typing import Any
 
 from spear.errors import InvalidArgument
 
+# The node API's object values are the store's own type (one ObjectInfo, light module).
+from spear.store.object_info import ObjectInfo as ObjectInfo
+
 
 class TaskState(enum.StrEnum):
     PENDING = "PENDING"
@@ -321,17 +324,3 @@ class NodeInfo:
         data = dataclasses.asdict(self)
         data["runtimes"] = list(self.runtimes)
         return data
-
-
-@dataclass(frozen=True, slots=True)
-class ObjectInfo:
-    """One object in a node's object store (seed §6)."""
-
-    key: str
-    version: int
-    size: int
-    refs: int = 0
-    pinned: bool = False
-
-    def to_json(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)

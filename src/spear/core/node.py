@@ -10,6 +10,8 @@ import anyio
 from loguru import logger
 
 from spear.core.tasks import TaskController, TaskStore
+from spear.core.worker import NodeServices
+from spear.errors import Unavailable
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Mapping, Sequence
@@ -43,14 +45,14 @@ class Spearlet:
         agents: Mapping[str, WorkerAgent],
         logs: TaskLogs,
         capacity: Resources,
-        services: dict[str, Any] | None = None,
+        services: NodeServices | None = None,
         closers: list[Callable[[], Any]] | None = None,
     ) -> None:
         self.settings = settings
         self.kv = kv
         self.agents = dict(agents)
         self.logs = logs
-        self.services: dict[str, Any] = services if services is not None else {}
+        self.services = services if services is not None else NodeServices()
         self.tasks_store = TaskStore(kv)
         self.controller = TaskController(
             self.tasks_store, self.agents, logs, capacity, settings.node_name, self.services
@@ -73,9 +75,8 @@ class Spearlet:
                 await stack.enter_async_context(agent)
             self._tg = await stack.enter_async_context(anyio.create_task_group())
             self.controller.bind(self._tg)
-            for service in self.services.values():  # e.g. the object store, streams
-                if hasattr(service, "serve_node"):
-                    await stack.enter_async_context(service.serve_node(self, self._tg))
+            for service in self.services.present():  # the object store, streams, models
+                await stack.enter_async_context(service.serve_node(self, self._tg))
             lost = await self.tasks_store.recover_lost()
             if lost:
                 logger.warning("marked {} unfinished task(s) of dead processes as lost", len(lost))
@@ -164,16 +165,21 @@ class Spearlet:
     @property
     def objects(self) -> ObjectStore:
         """The node's object store (seed §6)."""
-        store: ObjectStore = self.services["objects"]
+        store = self.services.objects
+        if store is None:
+            raise Unavailable(f"node {self.name} has no object store")
         return store
 
     async def start_task(self, spec: FunctionSpec, *, stdin: bytes | None = None) -> TaskStream:
         """Start a task whose caller stream is ours: send it messages, read its messages."""
         from spear.core.streams import TaskStream
 
+        registry = self.services.streams
+        if registry is None:
+            raise Unavailable(f"node {self.name} has no caller streams")
         task = await self.controller.submit(spec, stdin=stdin)
         # No await between submit and attach: the task cannot run before its streams exist.
-        streams = self.services["streams"].attach(task.id)
+        streams = registry.attach(task.id)
         return TaskStream(self, task, streams)
 
     async def logs_of(self, task_id: str, stream: str = "stdout") -> bytes:

@@ -19,7 +19,7 @@ import contextlib
 import time
 from collections import deque
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 import anyio
 from loguru import logger
@@ -30,7 +30,7 @@ from spear.core.worker import EXIT_CANCELLED
 from spear.errors import NotFound, ResourceExhausted, SpearError, Unavailable
 
 if TYPE_CHECKING:
-    from collections.abc import Awaitable, Callable, Sequence
+    from collections.abc import Sequence
 
     from anyio.abc import TaskStatus
 
@@ -70,18 +70,26 @@ class Decision:
     node: str
 
 
+class Forwarder(Protocol):
+    """How a task placed on another node gets there (the node package's `Peers`)."""
+
+    async def forward(self, node: NodeRecord, task: Task, stdin: bytes | None) -> Task:
+        """Hand `task` (its id kept) to `node`; returns it as that node accepted it."""
+        ...
+
+
 class Scheduler:
     def __init__(
         self,
         node: Spearlet,
         cluster: Cluster,
-        forward: Callable[[NodeRecord, Task, bytes | None], Awaitable[Task]],
+        forwarder: Forwarder,
         labels: tuple[tuple[str, str], ...],
         retry_s: float,
     ) -> None:
         self.node = node
         self.cluster = cluster
-        self._forward = forward
+        self.forwarder = forwarder
         self.labels = labels
         self.retry_s = retry_s
         self._queue: deque[_Queued] = deque()
@@ -181,7 +189,7 @@ class Scheduler:
     ) -> Task | None:
         for candidate in ranked:
             try:
-                placed = await self._forward(candidate.node, task, stdin)
+                placed = await self.forwarder.forward(candidate.node, task, stdin)
             except (ResourceExhausted, Unavailable) as exc:
                 logger.info("forwarding {} to {} failed: {}", task.id, candidate.node.name, exc)
                 continue

@@ -292,7 +292,9 @@ class StreamRegistry:
 
 
 class TaskStream:
-    """A running task seen from its caller: send messages in, iterate messages out.
+    """A running task seen from its caller in this process: send messages in, iterate
+    messages out. The NodeAPI's `StreamingTask` (spear/node/api.py) is built on it: it
+    carries its messages over this stream when the node runs in this process.
 
     ``stream = await node.start_task(spec)``; ``await stream.send(b"hi")``;
     ``async for message in stream.messages(): ...``; ``value = await stream.result()``.

@@ -19,6 +19,7 @@ from grpclib.server import Server
 from loguru import logger
 
 from spear.core.artifacts import ArtifactStore
+from spear.core.node import Spearlet
 from spear.errors import InvalidArgument, ResourceExhausted, SpearError
 from spear.node.inprocess import InProcessNode
 from spear.transport import _convert as cv
@@ -44,8 +45,8 @@ if TYPE_CHECKING:
     from grpclib.server import Stream
 
     from spear.core.models import FunctionSpec, Task, TaskResult
-    from spear.core.node import Spearlet
     from spear.node.api import NodeAPI
+    from spear.node.cluster import ClusterNode
 
 SERVICE_NAME = "spear.v1.Spearlet"
 
@@ -334,14 +335,14 @@ class SpearletServer:
 
 
 async def serve_spearlet(
-    node: Spearlet | InProcessNode,
+    node: Spearlet | InProcessNode | ClusterNode,
     listen: str,
     *,
     max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
     extra_services: Sequence[Any] = (),
 ) -> SpearletServer:
     """Serve a started node on `listen`; `.address` of the result is the bound address."""
-    api = node if isinstance(node, InProcessNode) else InProcessNode(node)
+    api = InProcessNode(node) if isinstance(node, Spearlet) else node
     settings = api.node.settings
     api.max_message_bytes = max_message_bytes
     artifacts = ArtifactStore(settings.data_dir / "artifacts", settings.object_max_bytes)

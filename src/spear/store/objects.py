@@ -41,7 +41,6 @@ import secrets
 import shutil
 import time
 from collections import Counter
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import anyio
@@ -58,6 +57,7 @@ from spear.errors import (
     StorageError,
 )
 from spear.store.kv import Write
+from spear.store.object_info import ObjectInfo
 
 if TYPE_CHECKING:
     import builtins
@@ -76,30 +76,6 @@ MAX_KEY_BYTES = 1024
 INLINE_MAX = 4096
 ORPHAN_GRACE_S = 600.0  # a value file no metadata names, older than this, is removed
 _RACE_RETRIES = 16
-
-
-@dataclass(frozen=True, slots=True)
-class ObjectInfo:
-    """What `list` and `info` report about one object."""
-
-    key: str
-    size: int
-    version: int
-    refcount: int
-    pinned: bool
-    created_at: float
-    updated_at: float
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "key": self.key,
-            "size": self.size,
-            "version": self.version,
-            "refcount": self.refcount,
-            "pinned": self.pinned,
-            "created_at": self.created_at,
-            "updated_at": self.updated_at,
-        }
 
 
 def check_key(key: str) -> str:
@@ -142,7 +118,7 @@ def _info(key: str, header: dict[str, Any], version: int) -> ObjectInfo:
         key=key,
         size=int(header["size"]),
         version=version,
-        refcount=int(header.get("refs", 0)),
+        refs=int(header.get("refs", 0)),
         pinned=bool(header.get("pinned", False)),
         created_at=float(header.get("created", 0.0)),
         updated_at=float(header.get("updated", 0.0)),
@@ -393,7 +369,7 @@ class ObjectStore:
         info = await self._change(key, inc)
         if holder is not None:
             self._held.setdefault(holder, Counter())[key] += 1
-        return info.refcount
+        return info.refs
 
     async def remove_ref(self, key: str, *, holder: str | None = None) -> int:
         """Drop one reference; returns the new count. At 0 an unpinned object is deleted."""
@@ -407,7 +383,7 @@ class ObjectStore:
         held = self._held.get(holder) if holder is not None else None
         if held is not None and held[key] > 0:
             held[key] -= 1
-        return info.refcount
+        return info.refs
 
     async def pin(self, key: str) -> None:
         """Keep the object until unpinned, whatever its references."""

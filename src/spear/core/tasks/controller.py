@@ -9,7 +9,7 @@ steps once admitted (running.py): start, outcome, release, settle.
 from __future__ import annotations
 
 import time
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import anyio
 from loguru import logger
@@ -17,7 +17,7 @@ from loguru import logger
 from spear.core.models import Task, TaskState, new_task_id
 from spear.core.tasks.admission import Admission
 from spear.core.tasks.running import STOPPED, Run, RunningTasks, outcome_now, outcome_of
-from spear.core.worker import EXIT_CANCELLED, EXIT_LOST, ExecutionControl, Outcome
+from spear.core.worker import EXIT_CANCELLED, EXIT_LOST, ExecutionControl, NodeServices, Outcome
 from spear.errors import InvalidArgument, ResourceExhausted, SpearError
 
 if TYPE_CHECKING:
@@ -42,14 +42,14 @@ class TaskController:
         logs: TaskLogs,
         capacity: Resources,
         node_name: str,
-        services: dict[str, Any] | None = None,
+        services: NodeServices | None = None,
     ) -> None:
         self.store = store
         self._agents = agents
         self._admission = Admission(capacity)
         self._node = node_name
         self._running = RunningTasks(
-            store, agents, logs, self._admission, services if services is not None else {}
+            store, agents, logs, self._admission, services or NodeServices()
         )
         self._task_group: TaskGroup | None = None
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import time
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from spear.core.models import TaskState
 from spear.core.tasks.hooks import TasksFinished
@@ -24,7 +24,7 @@ if TYPE_CHECKING:
     from spear.core.tasks.admission import Admission
     from spear.core.tasks.hooks import FinishedHook
     from spear.core.tasks.store import TaskStore
-    from spear.core.worker import Execution, ExecutionControl, WorkerAgent
+    from spear.core.worker import Execution, ExecutionControl, NodeServices, WorkerAgent
 
 STOPPED = "node stopped while the task ran"  # the reason of a task the node left running
 _UNFINISHED = frozenset({TaskState.PENDING, TaskState.RUNNING})
@@ -70,7 +70,7 @@ class RunningTasks:
         agents: Mapping[str, WorkerAgent],
         logs: TaskLogs,
         admission: Admission,
-        services: dict[str, Any],
+        services: NodeServices,
     ) -> None:
         self.runs: dict[str, Run] = {}
         self._store = store

@@ -318,7 +318,7 @@ def _info(info: Any) -> dict[str, Any]:
         "key": info.key,
         "size": info.size,
         "version": info.version,
-        "refcount": info.refcount,
+        "refcount": info.refs,
         "pinned": info.pinned,
     }
 
