@@ -25,6 +25,7 @@ if TYPE_CHECKING:
 
     from spear.config import Settings
     from spear.core.sms import MetadataServer
+    from spear.node.cluster import ClusterNode
     from spear.node.inprocess import InProcessNode
     from spear.web._sources import Source
     from spear.web.metrics import Exposition
@@ -70,7 +71,9 @@ def _url(sock: socket.socket) -> str:
 
 
 @contextlib.asynccontextmanager
-async def serving(api: InProcessNode, settings: Settings) -> AsyncIterator[str | None]:
+async def serving(
+    api: InProcessNode | ClusterNode, settings: Settings
+) -> AsyncIterator[str | None]:
     """Serve a SPEARlet's dashboard and /metrics while inside; yields its URL (None when
     `http_listen` is "off")."""
     if settings.http_listen == OFF:

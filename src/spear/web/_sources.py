@@ -19,6 +19,7 @@ if TYPE_CHECKING:
 
     from spear.core.models import LogChunk, Task, TaskState
     from spear.core.sms import MetadataServer
+    from spear.node.cluster import ClusterNode
     from spear.node.inprocess import InProcessNode
 
 # How often a task's record is read again where no change notification exists (the SMS).
@@ -60,7 +61,7 @@ class NodeSource:
     role = "spearlet"
     features = frozenset({"logs", "results", "objects"})
 
-    def __init__(self, api: InProcessNode) -> None:
+    def __init__(self, api: InProcessNode | ClusterNode) -> None:
         self.api = api
 
     async def info(self) -> dict[str, Any]:

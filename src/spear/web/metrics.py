@@ -32,6 +32,7 @@ if TYPE_CHECKING:
 
     from spear.core.cluster import NodeRecord
     from spear.core.sms import MetadataServer
+    from spear.node.cluster import ClusterNode
     from spear.node.inprocess import InProcessNode
 
 # Counting objects scans the store's metadata: again when the bytes stored changed, else at
@@ -74,7 +75,7 @@ def _resources(name: str, doc: str, cpu_millis: int, memory_bytes: int) -> Metri
 class NodeCollector(_Scraped):
     """A SPEARlet's metrics; `attach()` adds the finished-task hook that counts task ends."""
 
-    def __init__(self, api: InProcessNode) -> None:
+    def __init__(self, api: InProcessNode | ClusterNode) -> None:
         super().__init__()
         self.api = api
         self.hook = TaskStatsHook()
