@@ -60,3 +60,14 @@ def test_parse_size(text: str | int, size: int) -> None:
 def test_parse_size_rejects(text: str) -> None:
     with pytest.raises(InvalidArgument):
         parse_size(text)
+
+
+def test_warm_pool_settings(tmp_path: Path) -> None:
+    env = {"SPEAR_HOME": str(tmp_path), "SPEAR_PROCESS_WARM_SPARES": "3"}
+    s = Settings.load(env={**env, "SPEAR_PROCESS_WARM_IDLE_S": "30"})
+    assert (s.process_warm_spares, s.process_warm_idle_s) == (3, 30.0)
+    assert (Settings(data_dir=tmp_path).process_warm_spares, s.process_warm_idle_s) == (2, 30.0)
+    with pytest.raises(InvalidArgument, match="process_warm_spares"):
+        Settings.load(env={**env, "SPEAR_PROCESS_WARM_SPARES": "0"})
+    with pytest.raises(InvalidArgument, match="process_warm_idle_s"):
+        Settings.load(env=env, process_warm_idle_s=0)

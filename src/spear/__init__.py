@@ -5,10 +5,10 @@ The public API is what ``__all__`` names; every other module may change.
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
-
+TYPE_CHECKING = False  # (typing.TYPE_CHECKING: `from spear import agent` imports no typing)
 if TYPE_CHECKING:
+    from typing import Any
+
     from spear.config import Settings
     from spear.core.models import (
         DirMapping,
@@ -38,7 +38,7 @@ if TYPE_CHECKING:
         Unavailable,
     )
     from spear.node.api import NodeAPI, StreamingTask, TaskHandle
-    from spear.node.assembly import serve_sms
+    from spear.node.assembly import join_cluster, serve_sms
     from spear.node.client import Client
     from spear.node.cluster import ClusterNode
     from spear.node.local import LocalNode
@@ -57,6 +57,7 @@ _WHERE = {
     "LocalNode": "spear.node.local",
     "Client": "spear.node.client",
     "ClusterNode": "spear.node.cluster",
+    "join_cluster": "spear.node.assembly",
     "serve_sms": "spear.node.assembly",
     "Settings": "spear.config",
     "DirMapping": "spear.core.models",
@@ -107,6 +108,8 @@ def __getattr__(name: str) -> Any:
     module = _WHERE.get(name)
     if module is None:
         raise AttributeError(f"module 'spear' has no attribute {name!r}")
+    import importlib
+
     _quiet()
     value = getattr(importlib.import_module(module), name)
     globals()[name] = value  # later lookups skip this function
@@ -126,6 +129,7 @@ __all__ = [
     "FunctionSpec",
     "InvalidArgument",
     "InvalidModule",
+    "join_cluster",
     "LocalNode",
     "LogChunk",
     "NodeAPI",

@@ -76,6 +76,8 @@ class Settings:
     stream_queue_messages: int = 64  # per direction, per task: then -EAGAIN / backpressure
     stream_message_max_bytes: int = 1024**2
     process_kill_grace_s: float = 2.0  # SIGTERM to a process task's group, then SIGKILL
+    process_warm_spares: int = 2  # warm Python children forked ahead of the tasks they run
+    process_warm_idle_s: float = 300.0  # a fork server no warm task used this long stops
     models_config: str | None = None  # a TOML routing file for AI models (docs/models.md)
     listen: str = "127.0.0.1:7070"
     # The dashboard and /metrics (docs/dashboard.md): loopback, a free port, unless set;
@@ -93,6 +95,10 @@ class Settings:
             raise InvalidArgument("busy_timeout_s must not be negative")
         if self.process_kill_grace_s < 0:
             raise InvalidArgument("process_kill_grace_s must not be negative")
+        if not 1 <= self.process_warm_spares <= 64:
+            raise InvalidArgument("process_warm_spares must be between 1 and 64")
+        if self.process_warm_idle_s <= 0:
+            raise InvalidArgument("process_warm_idle_s must be positive")
 
     @property
     def tasks_log_dir(self) -> Path:

@@ -1,5 +1,5 @@
 """A cluster embedded in Python, without the CLI or a subprocess: `spear.serve_sms` and
-`spear.ClusterNode.join`, with real gRPC servers on loopback and real LevelDB data dirs."""
+`spear.join_cluster`, with real gRPC servers on loopback and real LevelDB data dirs."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import pytest
 from conftest import build_wat
 
 import spear
-from spear import ClusterNode, FunctionSpec, InvalidArgument, TaskState
+from spear import FunctionSpec, InvalidArgument, TaskState, join_cluster
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -31,8 +31,8 @@ def test_an_sms_and_two_members_from_python(tmp_path: Path) -> None:
     async def main() -> None:
         async with (
             spear.serve_sms(tmp_path / "sms") as sms,
-            ClusterNode.join(tmp_path / "a", sms=sms.address, name="a") as a,
-            ClusterNode.join(tmp_path / "b", sms=sms.address, name="b", labels={"zone": "b"}),
+            join_cluster(tmp_path / "a", sms=sms.address, name="a") as a,
+            join_cluster(tmp_path / "b", sms=sms.address, name="b", labels={"zone": "b"}),
         ):
             assert [n.name for n in await sms.metadata.nodes()] == ["a", "b"]
             # Submitted to a, placed on b (the only node with zone=b), read back through a.
@@ -60,7 +60,7 @@ def test_an_sms_and_two_members_from_python(tmp_path: Path) -> None:
 
 def test_joining_needs_an_sms(tmp_path: Path) -> None:
     async def main() -> None:
-        async with ClusterNode.join(tmp_path / "a"):
+        async with join_cluster(tmp_path / "a"):
             pass  # pragma: no cover
 
     with pytest.raises(InvalidArgument, match="sms"):

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 
 import pytest
 
-from spear.transport import _speedups
+from spear.transport import _tested
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -101,11 +101,11 @@ def test_an_untested_version_is_declined_once(monkeypatch: pytest.MonkeyPatch) -
     messages: list[str] = []
     sink = logger.add(messages.append, level="DEBUG", format="{message}")
     logger.enable("spear")
-    monkeypatch.setattr(_speedups, "_declined", set())
+    monkeypatch.setattr(_tested, "_declined", set())
     try:
-        assert _speedups.tested_version("hyperframe", "0.0.") is False
-        assert _speedups.tested_version("hyperframe", "0.0.") is False
-        assert _speedups.tested_version("hyperframe", "6.1.") is True
+        assert _tested.tested_version("hyperframe", "0.0.") is False
+        assert _tested.tested_version("hyperframe", "0.0.") is False
+        assert _tested.tested_version("hyperframe", "6.1.") is True
     finally:
         logger.disable("spear")
         logger.remove(sink)
@@ -126,6 +126,6 @@ def test_an_untested_version_is_left_alone(
     target = pydoc.locate(owner)
     monkeypatch.setattr(target, name, module.upstream)
     monkeypatch.setattr(module, "TESTED", "0.0.")
-    monkeypatch.setattr(_speedups, "_declined", set())
+    monkeypatch.setattr(_tested, "_declined", set())
     assert module.install() is False
     assert getattr(target, name) is module.upstream

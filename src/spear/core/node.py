@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any, Self
 import anyio
 from loguru import logger
 
+from spear.core.results import serving_objects
 from spear.core.tasks import TaskController, TaskStore
 from spear.core.worker import NodeServices
 from spear.errors import Unavailable
@@ -75,7 +76,10 @@ class Spearlet:
                 await stack.enter_async_context(agent)
             self._tg = await stack.enter_async_context(anyio.create_task_group())
             self.controller.bind(self._tg)
-            for service in self.services.present():  # the object store, streams, models
+            if self.services.objects is not None:  # first: a result is kept before all else
+                objects = serving_objects(self, self.services.objects, self._tg)
+                await stack.enter_async_context(objects)
+            for service in self.services.with_background_work():  # streams, models
                 await stack.enter_async_context(service.serve_node(self, self._tg))
             lost = await self.tasks_store.recover_lost()
             if lost:

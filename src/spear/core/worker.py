@@ -85,8 +85,8 @@ class ExecutionControl:
 @dataclass(frozen=True, slots=True)
 class NodeServices:
     """What a node offers its tasks' hostcalls beside the task itself (None: not offered).
-    The composition root (spear/node/assembly.py) fills it; the node starts each one that
-    has a `serve_node` context (its background work) with itself."""
+    The composition root (spear/node/assembly.py) fills it; the node starts each one's
+    background work with itself."""
 
     objects: ObjectStore | None = None
     streams: StreamRegistry | None = None
@@ -94,8 +94,10 @@ class NodeServices:
     # core, and core imports no package that imports it back.
     models: Any = None
 
-    def present(self) -> tuple[Any, ...]:
-        return tuple(s for s in (self.objects, self.streams, self.models) if s is not None)
+    def with_background_work(self) -> tuple[Any, ...]:
+        """The services with a `serve_node` context (the object store is served by
+        `core/results.py`, which keeps the node's task results in it)."""
+        return tuple(s for s in (self.streams, self.models) if s is not None)
 
 
 @dataclass(slots=True)

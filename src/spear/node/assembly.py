@@ -96,6 +96,8 @@ def local_components(settings: Settings, *, hold_kv: bool = True) -> SpearletPar
             settings.data_dir / "run",
             grace_s=settings.process_kill_grace_s,
             max_threads=settings.max_concurrent_tasks,
+            warm_spares=settings.process_warm_spares,
+            warm_idle_s=settings.process_warm_idle_s,
         ),
     }
     logs = TaskLogs(settings.tasks_log_dir, settings.task_log_max_bytes)
@@ -200,7 +202,7 @@ async def serving_node(
 ) -> AsyncIterator[ServingNode]:
     """A daemon's node while inside: started on `settings.data_dir`, serving gRPC on
     `settings.listen`, and, with `settings.sms`, a cluster member. `spear serve` and
-    `ClusterNode.join` both build theirs here."""
+    `join_cluster` both build theirs here."""
     import dataclasses
 
     from spear.node.server import serve_spearlet
@@ -321,9 +323,34 @@ def serve_sms(
     """The cluster's metadata server (SMS) in this process while inside:
 
         async with spear.serve_sms(data_dir) as sms:
-            async with spear.ClusterNode.join(other_dir, sms=sms.address) as node: ...
+            async with spear.join_cluster(other_dir, sms=sms.address) as node: ...
 
     `where` is a data dir (its state goes to DATA/sms.ldb unless `kv` names another
     store: leveldb:PATH or etcd://HOST:PORT[,...]) or Settings; `listen` defaults to
     127.0.0.1 on a free port (`sms.address` is the one bound)."""
     return serving_sms(member_settings(where, listen=listen), kv)
+
+
+@contextlib.asynccontextmanager
+async def join_cluster(
+    where: Settings | str | Path,
+    *,
+    sms: str | None = None,
+    listen: str | None = None,
+    name: str | None = None,
+    labels: Mapping[str, str] | None = None,
+) -> AsyncIterator[ClusterNode]:
+    """A cluster member in this process while inside: its node started on `where` (a
+    data dir, or Settings), serving gRPC on `listen` (default 127.0.0.1, a free port),
+    registered with the SMS at `sms` and placing tasks; `name` and `labels` (what tasks
+    may select it by) as the settings' node_name and [labels]. Leaving drains nothing: it
+    leaves the cluster and stops the node (running tasks are marked as ended by the
+    shutdown)."""
+    from spear.node.cluster import ClusterNode
+
+    settings = member_settings(where, sms=sms, listen=listen, name=name, labels=labels)
+    if not settings.sms:
+        raise InvalidArgument("join_cluster needs the SMS's address (sms=HOST:PORT)")
+    async with serving_node(settings) as served:
+        assert isinstance(served.api, ClusterNode)
+        yield served.api

@@ -7,7 +7,8 @@ node, so the CLI works against any node: submit (two-stage scheduling), status, 
 SMS's object index. One task's path goes one way: ClusterNode -> Scheduler (place it) ->
 Peers / Client (the node it went to); nothing below calls back up into this module.
 
-Embedding a member without the CLI: `async with ClusterNode.join(data_dir, sms=...)`.
+Embedding a member without the CLI: `async with spear.join_cluster(data_dir, sms=...)`
+(node/assembly.py).
 """
 
 from __future__ import annotations
@@ -22,14 +23,12 @@ from loguru import logger
 from spear.core.cluster import ObjectLocation
 from spear.core.models import TaskResult
 from spear.core.scheduler import owner_of
-from spear.errors import InvalidArgument, NotFound, SpearError, Unavailable
+from spear.errors import NotFound, SpearError, Unavailable
 from spear.node.api import TaskHandle, read_own_stdin, run_attached
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator, Callable, Mapping, Sequence
-    from pathlib import Path
+    from collections.abc import AsyncIterator, Callable, Sequence
 
-    from spear.config import Settings
     from spear.core.cluster import Cluster
     from spear.core.models import FunctionSpec, LogChunk, NodeInfo, ObjectInfo, Task, TaskState
     from spear.core.node import Spearlet
@@ -60,32 +59,6 @@ class ClusterNode:
         self.cluster = cluster
         self.scheduler = scheduler
         self.peers = peers
-
-    @classmethod
-    @contextlib.asynccontextmanager
-    async def join(
-        cls,
-        where: Settings | str | Path,
-        *,
-        sms: str | None = None,
-        listen: str | None = None,
-        name: str | None = None,
-        labels: Mapping[str, str] | None = None,
-    ) -> AsyncIterator[ClusterNode]:
-        """A cluster member in this process while inside: its node started on `where` (a
-        data dir, or Settings), serving gRPC on `listen` (default 127.0.0.1, a free
-        port), registered with the SMS at `sms` and placing tasks; `name` and `labels`
-        (what tasks may select it by) as the settings' node_name and [labels]. Leaving
-        drains nothing: it leaves the cluster and stops the node (running tasks are
-        marked as ended by the shutdown)."""
-        from spear.node.assembly import member_settings, serving_node
-
-        settings = member_settings(where, sms=sms, listen=listen, name=name, labels=labels)
-        if not settings.sms:
-            raise InvalidArgument("ClusterNode.join needs the SMS's address (sms=HOST:PORT)")
-        async with serving_node(settings) as served:
-            assert isinstance(served.api, ClusterNode)
-            yield served.api
 
     # -- what the server and the daemon read of the node ---------------------------------
 

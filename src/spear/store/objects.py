@@ -53,7 +53,6 @@ from spear.errors import (
     InvalidArgument,
     NotFound,
     ResourceExhausted,
-    SpearError,
     StorageError,
 )
 from spear.store.kv import Write
@@ -66,9 +65,6 @@ if TYPE_CHECKING:
 
     from anyio.abc import TaskGroup
 
-    from spear.core.logs import TaskLogs
-    from spear.core.node import Spearlet
-    from spear.core.tasks import TasksFinished
     from spear.store.kv import KV, Entry
 
 META = "obj/"
@@ -474,10 +470,8 @@ class ObjectStore:
                         path.unlink()
 
     @contextlib.asynccontextmanager
-    async def serve_node(self, node: Spearlet, task_group: TaskGroup) -> AsyncIterator[None]:
-        """Serve a node: keep task results, release a finished task's references, and
-        sweep every `gc_interval_s` while the node runs."""
-        node.controller.add_finished_hook(_ResultsHook(self, node.logs))
+    async def sweeping(self, task_group: TaskGroup) -> AsyncIterator[None]:
+        """Collect every `gc_interval_s` (in `task_group`) until the context is left."""
         if self.gc_interval_s > 0:
             task_group.start_soon(self._sweep_forever)
         try:
@@ -534,24 +528,6 @@ class ObjectStore:
     def _unlink(self, name: str) -> None:
         with contextlib.suppress(FileNotFoundError):
             self._path(name).unlink()
-
-
-class _ResultsHook:
-    """The object store's finished hook (a `spear.core.tasks.FinishedHook`): finished
-    tasks' references dropped, their results stored (the empty ones in one write)."""
-
-    def __init__(self, store: ObjectStore, logs: TaskLogs) -> None:
-        self._store = store
-        self._logs = logs
-
-    async def __call__(self, finished: TasksFinished, /) -> None:
-        tasks = finished.tasks
-        try:
-            await self._store.release_holders([t.id for t in tasks])
-            await self._store.store_results([(t.id, self._logs.stdout_file(t.id)) for t in tasks])
-        except SpearError as exc:  # the tasks are over either way; say why there is no result
-            ids = ", ".join(t.id for t in tasks)
-            logger.warning("task(s) {}: references or result not stored: {}", ids, exc)
 
 
 def result_key(task_id: str) -> str:

@@ -17,7 +17,7 @@ from typing import Any
 
 import betterproto2
 
-from spear.transport._speedups import tested_version
+from spear.transport._tested import tested_version
 
 TESTED = "0.10."  # betterproto2 versions whose _get_field_default this one wraps
 _IMMUTABLE = (int, float, str, bytes, bool, type(None), enum.Enum)

@@ -15,7 +15,7 @@ import binascii
 
 import hyperframe.frame
 
-from spear.transport._speedups import tested_version
+from spear.transport._tested import tested_version
 
 TESTED = "6.1."  # hyperframe versions whose _raw_data_repr this one was compared with
 _SHOWN = 10  # bytes: 20 hex characters
