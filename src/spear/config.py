@@ -120,6 +120,9 @@ class Settings:
     process_warm_idle_s: float = 300.0  # a fork server no warm task used this long stops
     models_config: str | None = None  # a TOML routing file for AI models (docs/models.md)
     listen: str = "127.0.0.1:7070"
+    # The dashboard and /metrics (docs/dashboard.md): loopback, a free port, unless set;
+    # "off" serves no HTTP.
+    http_listen: str = "127.0.0.1:0"
     sms: str | None = None
     extra: Mapping[str, Any] = dataclasses.field(default_factory=dict)
 

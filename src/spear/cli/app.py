@@ -42,6 +42,7 @@ _COMMANDS: dict[str, tuple[str, str, str]] = {
     "serve": ("spear.cli.serve", "app", "Run a SPEARlet or the SMS as a daemon."),
     "nodes": ("spear.cli.cluster", "app", "List the nodes of the cluster."),
     "cluster": ("spear.cli.cluster", "cluster_app", "A development cluster on this machine."),
+    "dashboard": ("spear.cli.dashboard", "app", "Print (or open) the web dashboard's URL."),
 }
 _GROUPS = ("obj", "cluster")
 

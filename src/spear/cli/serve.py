@@ -75,6 +75,10 @@ def serve(
         str | None,
         typer.Option("--sms", envvar="SPEAR_SMS", help="The SMS's HOST:PORT: join its cluster."),
     ] = None,
+    http: Annotated[
+        str | None,
+        typer.Option("--http", help="HOST:PORT of the dashboard and /metrics, or off."),
+    ] = None,
     drain_timeout: Annotated[
         float, typer.Option("--drain-timeout", help="Seconds running tasks get to finish.")
     ] = 30.0,
@@ -108,6 +112,7 @@ def serve(
         data_dir=data_dir,
         listen=listen,
         sms=sms,
+        http_listen=http,
         log_level=log_level,
         log_format=log_format,
     )
@@ -120,6 +125,9 @@ def serve(
     from spear.transport.serving import parse_listen
 
     parse_listen(settings.listen)  # a bad address fails before the data dir is opened
+    from spear.web import check_http_listen
+
+    check_http_listen(settings.http_listen)
     # The system log goes to DATA/logs/spear.log and to stderr (journald, a container's
     # log), in colour only on a terminal and without NO_COLOR (no-color.org).
     color = sys.stderr.isatty() and not os.environ.get("NO_COLOR")
@@ -150,7 +158,10 @@ async def _serve_spearlet(
                     "node {} serving on {} (data dir {}, pid {})",
                     name, address, settings.data_dir, os.getpid(),
                 )  # fmt: skip
-                await _run_until_signalled(served.api, served.server, signals, drain_s)
+                from spear import web
+
+                async with web.serving(served.api, settings):
+                    await _run_until_signalled(served.api, served.server, signals, drain_s)
             finally:
                 _remove_if_ours(addr_path, address)
 
@@ -243,8 +254,11 @@ async def _serve_sms(settings: Settings, kv_spec: str | None) -> None:
                 sys.stdout.write(address + "\n")
                 sys.stdout.flush()
                 logger.info("SMS serving on {} (pid {})", address, os.getpid())
-                async for _ in signals:
-                    break
+                from spear import web
+
+                async with web.serving_sms(served.metadata, settings, address):
+                    async for _ in signals:
+                        break
             finally:
                 with contextlib.suppress(OSError):
                     if addr_path.read_text().strip() == address:

@@ -60,6 +60,10 @@ class TaskController:
         """Call `hook` whenever tasks have ended, after the hooks added before it."""
         self._running.add_hook(hook)
 
+    def remove_finished_hook(self, hook: FinishedHook) -> None:
+        """Stop calling `hook` (one added before; a service that stops before the node)."""
+        self._running.remove_hook(hook)
+
     @property
     def capacity(self) -> Resources:
         return self._admission.capacity
