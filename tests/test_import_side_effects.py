@@ -48,9 +48,8 @@ changed = {k: [before[k], after[k]] for k in before if before[k] != after[k]}
 print(json.dumps({"imported": len(names), "changed": changed}))
 """
 
-# store.etcd imports etcd3aio, which puts its own proto folder first on sys.path when
-# imported (issue 16 replaces that client); the embedded model imports llama.cpp (optional).
-_SKIP = {"spear.store.etcd", "spear.models.llama"}
+# The embedded model imports llama.cpp (optional).
+_SKIP = {"spear.models.llama"}
 
 
 def test_importing_every_module_changes_nothing_global() -> None:

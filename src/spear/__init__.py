@@ -5,10 +5,10 @@ The public API is what ``__all__`` names; every other module may change.
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
-
+TYPE_CHECKING = False  # (typing.TYPE_CHECKING: `from spear import agent` imports no typing)
 if TYPE_CHECKING:
+    from typing import Any
+
     from spear.config import Settings
     from spear.core.models import (
         DirMapping,
@@ -108,6 +108,8 @@ def __getattr__(name: str) -> Any:
     module = _WHERE.get(name)
     if module is None:
         raise AttributeError(f"module 'spear' has no attribute {name!r}")
+    import importlib
+
     _quiet()
     value = getattr(importlib.import_module(module), name)
     globals()[name] = value  # later lookups skip this function

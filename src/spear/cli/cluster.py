@@ -9,7 +9,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 import time
@@ -24,6 +23,8 @@ from spear.cli._common import (
     ConfigOpt,
     DataDirOpt,
     JsonOpt,
+    Progress,
+    emit_json,
     read_address_file,
 )
 from spear.config import Settings
@@ -75,7 +76,7 @@ def _cluster_nodes(settings: Settings, node: str | None) -> list[NodeRecord]:
 @app.command(help="List the nodes of the cluster (from the SMS, or through any SPEARlet).")
 def nodes(
     sms: Annotated[
-        str | None, typer.Option("--sms", help="Metadata server HOST:PORT [env: SPEAR_SMS].")
+        str | None, typer.Option("--sms", envvar="SPEAR_SMS", help="The SMS's HOST:PORT.")
     ] = None,
     node: Annotated[
         str | None,
@@ -88,7 +89,7 @@ def nodes(
     settings = Settings.load(config_file=config, data_dir=data_dir, sms=sms)
     found = _cluster_nodes(settings, node if sms is None else None)
     if as_json:
-        sys.stdout.write(json.dumps([n.to_json() for n in found], indent=2) + "\n")
+        emit_json([n.to_json() for n in found])
         return
     rows = [("NAME", "HEALTH", "ADDRESS", "RUNNING", "FREE CPU", "FREE MEM", "SEEN", "LABELS")]
     now = time.time()
@@ -120,14 +121,27 @@ cluster_app = typer.Typer(
 
 
 def _default_base() -> Path:
-    return Path(os.environ.get("SPEAR_CLUSTER_DIR", "/tmp/spear-cluster"))
+    """The user's own (a shared /tmp path would mix users' clusters): DATA/cluster."""
+    from spear.config import default_data_dir
+
+    return default_data_dir(os.environ) / "cluster"
+
+
+DirOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--dir",
+        envvar="SPEAR_CLUSTER_DIR",
+        help="The cluster's state directory (default: the data dir's cluster/).",
+    ),
+]
 
 
 @cluster_app.command("up", help="Start an SMS and N SPEARlets; prints their addresses.")
 def cluster_up(
     nodes: Annotated[int, typer.Option("--nodes", help="How many SPEARlets.")] = 3,
     etcd: Annotated[bool, typer.Option("--etcd", help="Keep the SMS's state in etcd.")] = False,
-    base: Annotated[Path | None, typer.Option("--dir", help="State directory.")] = None,
+    base: DirOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
     from spear.node.local_cluster import STATE_FILE, LocalCluster
@@ -139,7 +153,8 @@ def cluster_up(
         raise InvalidArgument(f"a cluster is already up under {root} (spear cluster down)")
     cluster = LocalCluster(root, nodes=nodes, etcd=etcd)
     try:
-        cluster.start()
+        with Progress(f"starting an SMS and {nodes} SPEARlet(s) under {root}", not as_json):
+            cluster.start()
     except BaseException:
         cluster.stop()
         raise
@@ -151,7 +166,7 @@ def cluster_up(
         "dir": str(root),
     }
     if as_json:
-        sys.stdout.write(json.dumps(info, indent=2) + "\n")
+        emit_json(info)
         return
     sys.stdout.write(f"sms     {cluster.sms.address}\n")
     if info["etcd"]:
@@ -165,13 +180,14 @@ def cluster_up(
 
 
 @cluster_app.command("down", help="Stop the cluster `spear cluster up` started.")
-def cluster_down(
-    base: Annotated[Path | None, typer.Option("--dir", help="State directory.")] = None,
-) -> None:
+def cluster_down(base: DirOpt = None, as_json: JsonOpt = False) -> None:
     from spear.node.local_cluster import stop_saved
 
     count = stop_saved(base or _default_base())
-    sys.stdout.write(f"stopped {count} process(es)\n")
+    if as_json:
+        emit_json({"stopped": count})
+    else:
+        sys.stdout.write(f"stopped {count} process(es)\n")
 
 
 @cluster_app.command("init", help="Make the cluster's CA and this data dir's certificate.")
@@ -185,15 +201,20 @@ def cluster_init(
     ] = None,
     data_dir: DataDirOpt = None,
     config: ConfigOpt = None,
+    as_json: JsonOpt = False,
 ) -> None:
     """CA in DATA/tls (ca.key stays here: issue every member's certificate from here)."""
     from spear.transport import tls
 
     settings = Settings.load(config_file=config, data_dir=data_dir)
     directory = settings.tls_files_dir
+    member = name or settings.node_name
     tls.create_ca(directory)
-    tls.issue(directory, name or settings.node_name, directory, hosts=_hosts(host))
-    sys.stdout.write(f"cluster CA and certificate in {directory}\n")
+    tls.issue(directory, member, directory, hosts=_hosts(host))
+    if as_json:
+        emit_json({"tls_dir": str(directory), "name": member})
+    else:
+        sys.stdout.write(f"cluster CA and certificate of {member} in {directory}\n")
 
 
 @cluster_app.command("cert", help="Issue a member's certificate from this data dir's CA.")
@@ -206,12 +227,16 @@ def cluster_cert(
     ] = None,
     data_dir: DataDirOpt = None,
     config: ConfigOpt = None,
+    as_json: JsonOpt = False,
 ) -> None:
     from spear.transport import tls
 
     settings = Settings.load(config_file=config, data_dir=data_dir)
     tls.issue(settings.tls_files_dir, name, out, hosts=_hosts(host))
-    sys.stdout.write(f"certificate for {name} in {out}\n")
+    if as_json:
+        emit_json({"tls_dir": str(out), "name": name})
+    else:
+        sys.stdout.write(f"certificate for {name} in {out}\n")
 
 
 def _hosts(given: list[str] | None) -> tuple[str, ...]:

@@ -113,10 +113,10 @@ def obj_rm(
 ) -> None:
     settings = load_settings(data_dir, config)
     deleted = on_node(settings, node, lambda api: api.delete_object(key))
-    if as_json:
-        emit_json({"key": key, "deleted": deleted})
-    elif not deleted:
+    if not deleted:  # (with --json too: the error is the JSON, and the exit code 66)
         raise NotFound(f"no such object: {key}")
+    if as_json:
+        emit_json({"key": key, "deleted": True})
 
 
 def _object_op(name: str, help: str) -> None:

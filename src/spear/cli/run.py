@@ -5,14 +5,17 @@ daemon holding the data dir if one does, else the data dir in this process."""
 from __future__ import annotations
 
 import sys
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
-import anyio
 import typer
 
 from spear.cli._common import (
     ConfigOpt,
     DataDirOpt,
+    JsonOpt,
+    Progress,
+    choice,
+    emit_json,
     load_settings,
     on_node,
     report_unsuccessful,
@@ -33,10 +36,10 @@ from spear.cli.spec import (
     WorkdirOpt,
     build_spec,
 )
-from spear.errors import SpearError
+from spear.errors import InvalidArgument, SpearError
 
 if TYPE_CHECKING:
-    from spear.core.models import FunctionSpec, Task
+    from spear.core.models import FunctionSpec, Task, TaskResult
     from spear.node.api import NodeAPI
 
 app = typer.Typer()
@@ -74,15 +77,22 @@ def run(
         ),
     ] = False,
     framing: Annotated[
-        str, typer.Option("--framing", help="With --stream: lines, or length (4-byte prefix).")
+        str,
+        typer.Option(
+            "--framing",
+            click_type=choice("lines", "length"),
+            help="With --stream: a message a line, or a 4-byte length before each.",
+        ),
     ] = "lines",
     data_dir: DataDirOpt = None,
     config: ConfigOpt = None,
+    as_json: JsonOpt = False,  # the task's output kept, then {task, output}
 ) -> None:
-    from spear.cli.stream import check_framing, run_streaming
+    from spear.cli.stream import run_streaming
 
     settings = load_settings(data_dir, config)
-    check_framing(framing)
+    if as_json and stream:
+        raise InvalidArgument("--json and --stream do not go together")
     spec = build_spec(
         module,
         args,
@@ -98,6 +108,10 @@ def run(
         open_files=open_files,
         workdir=workdir,
     )
+    if as_json:
+        result: TaskResult = on_node(settings, None, lambda api: api.call(spec))
+        emit_json(result.to_json())
+        raise typer.Exit(result.task.exit_code or 0)
     task: Task = on_node(
         settings,
         None,
@@ -108,13 +122,16 @@ def run(
 
 
 async def _run_foreground(api: NodeAPI, spec: FunctionSpec) -> Task:
-    """Run a task with the terminal as its stdio; SIGINT/SIGTERM cancel it."""
+    """Run a task with the terminal as its stdio; SIGINT/SIGTERM cancel it. Until it
+    starts (a large module's first compile), a spinner on a terminal says so."""
     import signal
+
+    import anyio
 
     created: list[Task] = []
     result: list[Task] = []
 
-    async def watch_signals(scope: anyio.CancelScope) -> None:
+    async def watch_signals(scope: Any) -> None:
         with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
             async for _ in signals:
                 if created:
@@ -123,18 +140,25 @@ async def _run_foreground(api: NodeAPI, spec: FunctionSpec) -> Task:
                 scope.cancel()
 
     failure: list[BaseException] = []
+    preparing = Progress(f"preparing {spec.artifact}")
+
+    def on_created(task: Task) -> None:
+        preparing.done()
+        created.append(task)
+
     async with anyio.create_task_group() as tg:
         tg.start_soon(watch_signals, tg.cancel_scope)
         try:
-            result.append(
-                await api.run(
-                    spec,
-                    stdin="inherit",
-                    stdout=write_through(sys.stdout.buffer),
-                    stderr=write_through(sys.stderr.buffer),
-                    on_created=created.append,
+            with preparing:
+                result.append(
+                    await api.run(
+                        spec,
+                        stdin="inherit",
+                        stdout=write_through(sys.stdout.buffer),
+                        stderr=write_through(sys.stderr.buffer),
+                        on_created=on_created,
+                    )
                 )
-            )
         except SpearError as exc:  # re-raised outside the group, as itself
             failure.append(exc)
         tg.cancel_scope.cancel()

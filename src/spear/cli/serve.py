@@ -18,16 +18,17 @@ from typing import TYPE_CHECKING, Annotated
 
 import anyio
 import typer
-from loguru import logger
 
+from spear._logging import logger
 from spear.cli._common import (
     SMS_ADDRESS_FILE,
     ConfigOpt,
     DataDirOpt,
     JsonOpt,
     address_file,
+    choice,
 )
-from spear.config import Settings, parse_size
+from spear.config import LOG_FORMATS, LOG_LEVELS, Settings, parse_size
 from spear.errors import InvalidArgument
 
 if TYPE_CHECKING:
@@ -49,17 +50,34 @@ app = typer.Typer()
     "SIGINT/SIGTERM drain it (a second signal stops at once)."
 )
 def serve(
-    role: Annotated[str, typer.Option("--role", help="What to run: spearlet or sms.")] = "spearlet",
+    role: Annotated[
+        str,
+        typer.Option(
+            "--role",
+            click_type=choice("spearlet", "sms"),
+            help="What to run: a SPEARlet (a node that runs tasks) or the SMS (the cluster's "
+            "metadata server).",
+        ),
+    ] = "spearlet",
     kv: Annotated[
         str | None,
         typer.Option("--kv", help="SMS store: leveldb:PATH or etcd://HOST:PORT[,...]."),
     ] = None,
     listen: Annotated[
         str | None,
-        typer.Option("--listen", help="HOST:PORT to serve on; port 0 picks a free port."),
+        typer.Option(
+            "--listen",
+            envvar="SPEAR_LISTEN",
+            help="HOST:PORT to serve on; port 0 picks a free port (default: 127.0.0.1:7070).",
+        ),
     ] = None,
     sms: Annotated[
-        str | None, typer.Option("--sms", help="Metadata server HOST:PORT (distributed mode).")
+        str | None,
+        typer.Option("--sms", envvar="SPEAR_SMS", help="The SMS's HOST:PORT: join its cluster."),
+    ] = None,
+    http: Annotated[
+        str | None,
+        typer.Option("--http", help="HOST:PORT of the dashboard and /metrics, or off."),
     ] = None,
     drain_timeout: Annotated[
         float, typer.Option("--drain-timeout", help="Seconds running tasks get to finish.")
@@ -68,10 +86,22 @@ def serve(
         str, typer.Option("--max-message-size", help="Largest gRPC message, e.g. 4M.")
     ] = "4M",
     log_level: Annotated[
-        str | None, typer.Option("--log-level", help="DEBUG, INFO, WARNING, ERROR.")
+        str | None,
+        typer.Option(
+            "--log-level",
+            envvar="SPEAR_LOG_LEVEL",
+            click_type=choice(*LOG_LEVELS, case_sensitive=False),
+            help="The system log's level (default: INFO).",
+        ),
     ] = None,
     log_format: Annotated[
-        str | None, typer.Option("--log-format", help="text or json (one object a line).")
+        str | None,
+        typer.Option(
+            "--log-format",
+            envvar="SPEAR_LOG_FORMAT",
+            click_type=choice(*LOG_FORMATS),
+            help="text, or json (one object a line).",
+        ),
     ] = None,
     insecure: Annotated[
         bool,
@@ -84,15 +114,12 @@ def serve(
     config: ConfigOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
-    if log_level is not None and log_level.upper() not in (
-        "TRACE", "DEBUG", "INFO", "SUCCESS", "WARNING", "ERROR", "CRITICAL",
-    ):  # fmt: skip
-        raise InvalidArgument(f"--log-level: unknown level {log_level!r}")
     settings = Settings.load(
         config_file=config,
         data_dir=data_dir,
         listen=listen,
         sms=sms,
+        http_listen=http,
         log_level=log_level,
         log_format=log_format,
         insecure=insecure or None,
@@ -106,12 +133,16 @@ def serve(
     from spear.transport.serving import parse_listen
 
     parse_listen(settings.listen)  # a bad address fails before the data dir is opened
-    _logging.configure(settings)
+    from spear.web import check_http_listen
+
+    check_http_listen(settings.http_listen)
+    # The system log goes to DATA/logs/spear.log and to stderr (journald, a container's
+    # log), in colour only on a terminal and without NO_COLOR (no-color.org).
+    color = sys.stderr.isatty() and not os.environ.get("NO_COLOR")
+    _logging.configure(settings, console=True, color=color)
     if role == "sms":  # distributed mode
         anyio.run(_serve_sms, settings, kv)
         return
-    if role != "spearlet":
-        raise InvalidArgument(f"--role: unknown role {role!r} (one of: spearlet, sms)")
     if kv is not None:
         raise InvalidArgument("--kv is for --role sms")
     anyio.run(_serve_spearlet, settings, drain_timeout, max_message_bytes, as_json)
@@ -135,7 +166,10 @@ async def _serve_spearlet(
                     "node {} serving on {} (data dir {}, pid {})",
                     name, address, settings.data_dir, os.getpid(),
                 )  # fmt: skip
-                await _run_until_signalled(served.api, served.server, signals, drain_s)
+                from spear import web
+
+                async with web.serving(served.api, settings):
+                    await _run_until_signalled(served.api, served.server, signals, drain_s)
             finally:
                 _remove_if_ours(addr_path, address)
 
@@ -192,7 +226,7 @@ def _announce(address: str, name: str, settings: Settings, as_json: bool) -> Non
     if as_json:
         info = {"address": address, "node": name, "pid": os.getpid(),
                 "data_dir": str(settings.data_dir)}  # fmt: skip
-        sys.stdout.write(json.dumps(info) + "\n")
+        sys.stdout.write(json.dumps(info, sort_keys=True) + "\n")
     else:
         sys.stdout.write(address + "\n")
     sys.stdout.flush()
@@ -228,8 +262,11 @@ async def _serve_sms(settings: Settings, kv_spec: str | None) -> None:
                 sys.stdout.write(address + "\n")
                 sys.stdout.flush()
                 logger.info("SMS serving on {} (pid {})", address, os.getpid())
-                async for _ in signals:
-                    break
+                from spear import web
+
+                async with web.serving_sms(served.metadata, settings, address):
+                    async for _ in signals:
+                        break
             finally:
                 with contextlib.suppress(OSError):
                     if addr_path.read_text().strip() == address:

@@ -9,14 +9,11 @@ and returns when it has finished.
 
 from __future__ import annotations
 
-import contextlib
-import itertools
 import sys
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
-import anyio
 import typer
 
 from spear.cli._common import (
@@ -24,6 +21,8 @@ from spear.cli._common import (
     DataDirOpt,
     JsonOpt,
     NodeOpt,
+    Progress,
+    choice,
     emit_json,
     load_settings,
     on_node,
@@ -49,36 +48,10 @@ from spear.core.models import Resources, Task, TaskState
 from spear.errors import InvalidArgument
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator, Callable
-
     from spear.node.api import NodeAPI
 
 app = typer.Typer()
 IdArg = Annotated[str, typer.Argument(metavar="ID")]
-
-
-@contextlib.asynccontextmanager
-async def _progress(label: Callable[[], str], enabled: bool) -> AsyncIterator[None]:
-    """A spinner on stderr while a long wait lasts; nothing unless stderr is a terminal."""
-    if not (enabled and sys.stderr.isatty()):
-        yield
-        return
-    start = time.monotonic()
-
-    async def spin() -> None:
-        for frame in itertools.cycle("|/-\\"):
-            sys.stderr.write(f"\r{frame} {label()} {time.monotonic() - start:.1f}s\x1b[K")
-            sys.stderr.flush()
-            await anyio.sleep(0.1)
-
-    async with anyio.create_task_group() as tg:
-        tg.start_soon(spin)
-        try:
-            yield
-        finally:
-            tg.cancel_scope.cancel()
-            sys.stderr.write("\r\x1b[K")
-            sys.stderr.flush()
 
 
 def _fmt_time(ts: float | None) -> str:
@@ -182,7 +155,9 @@ def submit(
             async for task in api.watch(handle.id):
                 state[0] = task.state.value
 
-        async with _progress(lambda: f"task {handle.id} {state[0]}", wait and not as_json):
+        import anyio
+
+        with Progress(lambda: f"task {handle.id} {state[0]}", wait and not as_json):
             async with anyio.create_task_group() as tg:
                 tg.start_soon(follow)
                 final = await api.wait(handle.id)
@@ -200,7 +175,12 @@ def submit(
 @app.command(help="List tasks, newest first.")
 def tasks(
     state: Annotated[
-        str | None, typer.Option("--state", help="Only tasks in this state (e.g. RUNNING).")
+        str | None,
+        typer.Option(
+            "--state",
+            click_type=choice(*(s.value for s in TaskState), case_sensitive=False),
+            help="Only tasks in this state.",
+        ),
     ] = None,
     limit: Annotated[int, typer.Option("--limit", "-n", help="At most this many.")] = 50,
     node: NodeOpt = None,
@@ -211,11 +191,7 @@ def tasks(
     settings = load_settings(data_dir, config)
     want = None
     if state is not None:
-        try:
-            want = TaskState(state.upper())
-        except ValueError:
-            names = ", ".join(s.value for s in TaskState)
-            raise InvalidArgument(f"unknown state {state!r} (one of {names})") from None
+        want = TaskState(state.upper())
     if limit < 1:
         raise InvalidArgument("--limit must be at least 1")
     found: list[Task] = on_node(settings, node, lambda api: api.tasks(want, limit))
@@ -282,7 +258,10 @@ def status(
 def logs(
     task_id: IdArg,
     stream: Annotated[
-        str | None, typer.Option("--stream", help="stdout, stderr or agent (default: all).")
+        str | None,
+        typer.Option(
+            "--stream", click_type=choice("stdout", "stderr", "agent"), help="Only this one."
+        ),
     ] = None,
     follow: Annotated[bool, typer.Option("--follow", "-f", help="Follow until it ends.")] = False,
     node: NodeOpt = None,
@@ -305,7 +284,7 @@ def logs(
                 line["data"] = chunk.data.decode("utf-8", errors="replace")
                 import json
 
-                sys.stdout.write(json.dumps(line) + "\n")
+                sys.stdout.write(json.dumps(line, sort_keys=True) + "\n")
                 sys.stdout.flush()
             else:
                 sink = sys.stdout.buffer if stream else sinks[chunk.stream]
@@ -356,7 +335,7 @@ def result(
     settings = load_settings(data_dir, config)
 
     async def go(api: NodeAPI) -> Any:
-        async with _progress(lambda: f"waiting for task {task_id}", wait and not as_json):
+        with Progress(lambda: f"waiting for task {task_id}", wait and not as_json):
             return await api.result(task_id, wait=wait)
 
     res = on_node(settings, node, go)
@@ -378,6 +357,10 @@ def node(
 ) -> None:
     settings = load_settings(data_dir, config)
     info = on_node(settings, node, lambda api: api.node_info())
+    if not info.address:  # no daemon: the node lived only while this command read it
+        import dataclasses
+
+        info = dataclasses.replace(info, state="offline", pid=0)
     if as_json:
         emit_json(info.to_json())
         return
@@ -385,7 +368,7 @@ def node(
     lines = [
         ("name", info.name),
         ("state", info.state),
-        ("address", info.address or "- (in this process)"),
+        ("address", info.address or "- (no daemon serves this data dir: `spear serve`)"),
         ("version", f"spear {info.version}, wasmtime {info.wasmtime_version}"),
         ("runtimes", ", ".join(info.runtimes)),
         ("running", str(info.running_tasks)),
@@ -393,8 +376,8 @@ def node(
         ("memory", f"{info.free.memory_bytes // mib} MiB free of "
                    f"{info.capacity.memory_bytes // mib} MiB"),
         ("data dir", info.data_dir),
-        ("pid", str(info.pid)),
-        ("up since", _fmt_time(info.started_at)),
+        ("pid", str(info.pid) if info.pid else "-"),
+        ("up since", _fmt_time(info.started_at) if info.address else "-"),
     ]  # fmt: skip
     for name, value in lines:
         sys.stdout.write(f"{name + ':':<10}{value}\n")

@@ -12,7 +12,13 @@ from typing import Annotated
 
 import typer
 
-from spear.cli._common import ConfigOpt, DataDirOpt, JsonOpt, emit_json, load_settings
+from spear.cli._common import (
+    ConfigOpt,
+    DataDirOpt,
+    JsonOpt,
+    emit_json,
+    load_settings,
+)
 
 token_app = typer.Typer(
     help="Tokens this node accepts: create one per user or program, with a role.",

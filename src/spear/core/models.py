@@ -6,7 +6,6 @@ import dataclasses
 import enum
 import itertools
 import os
-import secrets
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -179,10 +178,10 @@ def new_task_id() -> str:
 
 def _reseed_ids() -> None:
     global _ID_SEQ
-    _ID_SEQ = itertools.count(secrets.randbits(40))
+    _ID_SEQ = itertools.count(int.from_bytes(os.urandom(5)))
 
 
-_ID_SEQ = itertools.count(secrets.randbits(40))
+_ID_SEQ = itertools.count(int.from_bytes(os.urandom(5)))
 os.register_at_fork(after_in_child=_reseed_ids)
 
 

@@ -7,8 +7,8 @@ from enum import StrEnum
 from typing import TYPE_CHECKING, Any, Self
 
 import anyio
-from loguru import logger
 
+from spear._logging import logger
 from spear.core.results import serving_objects
 from spear.core.tasks import TaskController, TaskStore
 from spear.core.worker import NodeServices
@@ -90,7 +90,7 @@ class Spearlet:
             raise
         self._stack = stack
         self.state = NodeState.RUNNING
-        logger.info("node {} started", self.name)
+        logger.debug("node {} started", self.name)
 
     async def shutdown(self, reason: str = "node stopped") -> None:
         """Stop the node; running tasks are interrupted and marked. Safe to call twice."""
@@ -107,7 +107,7 @@ class Spearlet:
         finally:
             await self._close_resources()
             self.state = NodeState.STOPPED
-            logger.info("node {} stopped", self.name)
+            logger.debug("node {} stopped", self.name)
 
     async def _close_resources(self) -> None:
         for close in reversed(self._closers):

@@ -11,8 +11,8 @@ from dataclasses import replace
 from typing import TYPE_CHECKING
 
 import anyio
-from loguru import logger
 
+from spear._logging import logger
 from spear.errors import SpearError
 
 if TYPE_CHECKING:

@@ -11,8 +11,7 @@ from __future__ import annotations
 import contextlib
 from typing import TYPE_CHECKING
 
-from loguru import logger
-
+from spear._logging import logger
 from spear.errors import SpearError
 
 if TYPE_CHECKING:

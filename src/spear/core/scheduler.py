@@ -22,8 +22,8 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 
 import anyio
-from loguru import logger
 
+from spear._logging import logger
 from spear.core.cluster import PlacementQuery, input_objects, selector_labels
 from spear.core.models import Task, TaskState, new_task_id
 from spear.core.worker import EXIT_CANCELLED

@@ -20,8 +20,8 @@ import time
 from typing import TYPE_CHECKING, Any
 
 import anyio
-from loguru import logger
 
+from spear._logging import logger
 from spear.core.cluster import (
     Candidate,
     Cluster,
@@ -33,6 +33,7 @@ from spear.core.cluster import (
     PlacementQuery,
 )
 from spear.core.models import TaskState
+from spear.core.stats import SmsStats
 from spear.core.tasks.codec import decode_task, encode_task
 from spear.core.worker import EXIT_LOST
 from spear.errors import InvalidArgument, NotFound
@@ -72,6 +73,7 @@ class MetadataServer(Cluster):
         # itself is not the nodes' fault (they could not reach it), so a restarted SMS
         # gives every node a full period to speak before judging it.
         self._started = clock()
+        self.stats = SmsStats()  # read by the SMS's /metrics (spear/web/metrics.py)
 
     # -- nodes ------------------------------------------------------------------------
 
@@ -113,6 +115,7 @@ class MetadataServer(Cluster):
         self, name: str, incarnation: str, free: Resources, running: int, queued: int
     ) -> NodeRecord | None:
         now = self._clock()
+        self.stats.heartbeats += 1
 
         def beat(rec: NodeRecord) -> NodeRecord | None:
             if rec.incarnation != incarnation or not rec.health.live:
@@ -207,6 +210,13 @@ class MetadataServer(Cluster):
     # -- placement ----------------------------------------------------------------------
 
     async def find_nodes(self, query: PlacementQuery) -> Placement:
+        t0 = time.perf_counter()
+        try:
+            return await self._find_nodes(query)
+        finally:
+            self.stats.placement.observe(time.perf_counter() - t0)
+
+    async def _find_nodes(self, query: PlacementQuery) -> Placement:
         live = [n for n in await self.nodes() if n.health.live]
         with_runtime = [n for n in live if query.runtime in n.runtimes]
         with_labels = [n for n in with_runtime if n.has_labels(query.labels)]
@@ -255,6 +265,10 @@ class MetadataServer(Cluster):
                 tg.start_soon(self.report_task, task)
 
     async def task(self, task_id: str) -> Task:
+        """A task by its id, or by a unique prefix of it (core/task_ids.py)."""
+        from spear.core.task_ids import resolve_task_id
+
+        task_id = await resolve_task_id(self.kv, task_id)
         entry = await self.kv.get(_TASKS + task_id)
         if entry is None:
             raise NotFound(f"no such task: {task_id}")

@@ -13,8 +13,8 @@ import itertools
 from typing import TYPE_CHECKING
 
 import anyio
-from loguru import logger
 
+from spear._logging import logger
 from spear.core.models import Task, TaskState
 from spear.core.tasks.codec import decode_task
 from spear.errors import SpearError

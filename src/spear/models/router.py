@@ -39,14 +39,13 @@ import contextlib
 import fnmatch
 import math
 import time
-import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import anyio
-from loguru import logger
 
+from spear._logging import logger
 from spear.errors import (
     DeadlineExceeded,
     InvalidArgument,
@@ -151,6 +150,8 @@ class RoutingConfig:
 
     @classmethod
     def load(cls, path: Path) -> RoutingConfig:
+        import tomllib  # (only with a routing file: every node builds a router)
+
         try:
             data = tomllib.loads(path.read_text())
         except FileNotFoundError:

@@ -78,8 +78,8 @@ def local_components(settings: Settings, *, hold_kv: bool = True) -> SpearletPar
 
     `hold_kv=False` is for short CLI processes that share a data dir (see store/leveldb.py).
     """
-    from spear.runtimes.process.agent import ProcessWorkerAgent
-    from spear.runtimes.wasm.agent import WasmWorkerAgent
+    from spear.core.models import Runtime
+    from spear.runtimes.deferred import DeferredAgent
     from spear.store.leveldb import LevelDBKV
 
     prepare_data_dir(settings)
@@ -89,15 +89,27 @@ def local_components(settings: Settings, *, hold_kv: bool = True) -> SpearletPar
         busy_timeout_s=settings.busy_timeout_s,
         sync=settings.kv_sync,
     )
-    agents: dict[str, WorkerAgent] = {
-        "wasm": WasmWorkerAgent(
-            settings.module_cache_dir, max_threads=settings.max_concurrent_tasks
-        ),
-        "process": ProcessWorkerAgent(
+
+    def wasm() -> WorkerAgent:
+        from spear.runtimes.wasm.agent import WasmWorkerAgent
+
+        return WasmWorkerAgent(settings.module_cache_dir, max_threads=settings.max_concurrent_tasks)
+
+    def process() -> WorkerAgent:
+        from spear.runtimes.process.agent import ProcessWorkerAgent
+
+        return ProcessWorkerAgent(
             settings.data_dir / "run",
             grace_s=settings.process_kill_grace_s,
             max_threads=settings.max_concurrent_tasks,
-        ),
+            warm_spares=settings.process_warm_spares,
+            warm_idle_s=settings.process_warm_idle_s,
+        )
+
+    # Made when a task first needs them: a CLI process uses one runtime or none.
+    agents: dict[str, WorkerAgent] = {
+        "wasm": DeferredAgent(Runtime.WASM, wasm),
+        "process": DeferredAgent(Runtime.PROCESS, process),
     }
     logs = TaskLogs(settings.tasks_log_dir, settings.task_log_max_bytes)
     services = NodeServices(

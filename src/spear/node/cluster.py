@@ -18,8 +18,8 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal
 
 import anyio
-from loguru import logger
 
+from spear._logging import logger
 from spear.core.cluster import ObjectLocation
 from spear.core.models import TaskResult
 from spear.core.scheduler import owner_of
@@ -104,8 +104,8 @@ class ClusterNode:
             raise Unavailable(f"node {self.node.name} is draining: it accepts no new tasks")
 
     async def _where(self, task_id: str) -> _Where:
-        try:
-            return _Where("local", await self.node.task(task_id))
+        try:  # (a prefix of one of this node's tasks; else the SMS resolves it)
+            return _Where("local", await self.local.task(task_id))
         except NotFound:
             pass
         queued = self.scheduler.queued_task(task_id)

@@ -34,7 +34,7 @@ _FOLLOW_INTERVAL_S = 0.05
 
 @functools.cache
 def _wasmtime_version() -> str:
-    from spear.runtimes.wasm.agent import wasmtime_version
+    from spear.runtimes.wasm import wasmtime_version
 
     return wasmtime_version()  # (it takes ~0.2 ms: asked once per process)
 
@@ -104,17 +104,25 @@ class InProcessNode:
         finally:
             await stream.close()
 
+    async def _full_id(self, task_id: str) -> str:
+        """The id `task_id` names: itself, or the one task id it is a prefix of."""
+        from spear.core.task_ids import resolve_task_id
+
+        return await resolve_task_id(self.node.kv, task_id)
+
     async def task(self, task_id: str) -> Task:
-        return await self.node.task(task_id)
+        return await self.node.task(await self._full_id(task_id))
 
     async def tasks(self, state: TaskState | None = None, limit: int | None = None) -> list[Task]:
         return await self.node.tasks(state, limit)
 
     async def watch(self, task_id: str) -> AsyncIterator[Task]:
+        task_id = await self._full_id(task_id)
         async for task in self.node.tasks_store.watch(task_id):
             yield task
 
     async def wait(self, task_id: str) -> Task:
+        task_id = await self._full_id(task_id)
         while True:
             task = await self.node.wait(task_id)
             if task.state.terminal:
@@ -123,7 +131,7 @@ class InProcessNode:
             await anyio.sleep(_FOLLOW_INTERVAL_S)
 
     async def cancel(self, task_id: str, reason: str = "cancelled") -> Task:
-        task = await self.node.cancel(task_id, reason)
+        task = await self.node.cancel(await self._full_id(task_id), reason)
         if not task.state.terminal:
             raise Unavailable(
                 f"task {task_id} is {task.state.value} in another process; stop that process"
@@ -131,6 +139,7 @@ class InProcessNode:
         return task
 
     async def result(self, task_id: str, *, wait: bool = True) -> TaskResult:
+        task_id = await self._full_id(task_id)
         task = await (self.wait(task_id) if wait else self.node.task(task_id))
         if not task.state.terminal:
             raise Unavailable(f"task {task_id} has not finished (it is {task.state.value})")
@@ -160,6 +169,7 @@ class InProcessNode:
                 raise InvalidArgument(
                     f"unknown log stream {name!r} (one of {', '.join(LOG_STREAMS)})"
                 )
+        task_id = await self._full_id(task_id)
         task = await self.node.task(task_id)  # NotFound for an unknown id
         paths = {n: str(self.node.logs.path(task_id, n)) for n in names}
         offsets = dict.fromkeys(names, 0)

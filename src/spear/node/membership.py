@@ -45,7 +45,7 @@ def node_labels(settings: Settings) -> tuple[tuple[str, str], ...]:
 def describe_node(node: Spearlet, address: str) -> NodeRecord:
     """The record a member registers with the SMS (and refreshes with each heartbeat)."""
     from spear.core.cluster import AgentInfo, NodeRecord
-    from spear.runtimes.wasm.agent import wasmtime_version
+    from spear.runtimes.wasm import wasmtime_version
 
     agents = tuple(
         AgentInfo(runtime, wasmtime_version() if runtime == "wasm" else "")

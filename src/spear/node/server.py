@@ -16,8 +16,8 @@ from typing import TYPE_CHECKING, Any
 from grpclib.health.check import ServiceStatus
 from grpclib.health.service import Health
 from grpclib.server import Server
-from loguru import logger
 
+from spear._logging import logger
 from spear.core.artifacts import ArtifactStore
 from spear.core.node import Spearlet
 from spear.errors import InvalidArgument, ResourceExhausted, SpearError

@@ -37,7 +37,6 @@ from __future__ import annotations
 import contextlib
 import mmap
 import os
-import secrets
 import shutil
 import time
 from collections import Counter
@@ -46,8 +45,8 @@ from typing import TYPE_CHECKING, Any
 import anyio
 import anyio.to_thread
 import orjson
-from loguru import logger
 
+from spear._logging import logger
 from spear.errors import (
     Conflict,
     InvalidArgument,
@@ -194,7 +193,7 @@ class ObjectStore:
         try:
             inline = b""
             if size > self._inline_max:
-                name = secrets.token_hex(16)
+                name = os.urandom(16).hex()
                 await anyio.to_thread.run_sync(self._stage, name, data, source)
             elif data is not None:
                 inline = bytes(data)

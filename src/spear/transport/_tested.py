@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import importlib.metadata
 
-from loguru import logger
+from spear._logging import logger
 
 _declined: set[str] = set()
 

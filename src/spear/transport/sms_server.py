@@ -8,8 +8,8 @@ from typing import TYPE_CHECKING
 from grpclib.health.check import ServiceStatus
 from grpclib.health.service import Health
 from grpclib.server import Server
-from loguru import logger
 
+from spear._logging import logger
 from spear.errors import InvalidArgument, PermissionDenied
 from spear.transport import _convert as cv
 from spear.transport import _sms_convert as sc

@@ -12,8 +12,8 @@ import time
 from typing import TYPE_CHECKING
 
 import anyio
-from loguru import logger
 
+from spear._logging import logger
 from spear.core.models import Task, TaskState, new_task_id
 from spear.core.tasks.admission import Admission
 from spear.core.tasks.running import STOPPED, Run, RunningTasks, outcome_now, outcome_of
@@ -59,6 +59,10 @@ class TaskController:
     def add_finished_hook(self, hook: FinishedHook) -> None:
         """Call `hook` whenever tasks have ended, after the hooks added before it."""
         self._running.add_hook(hook)
+
+    def remove_finished_hook(self, hook: FinishedHook) -> None:
+        """Stop calling `hook` (one added before; a service that stops before the node)."""
+        self._running.remove_hook(hook)
 
     @property
     def capacity(self) -> Resources:

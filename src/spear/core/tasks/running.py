@@ -83,6 +83,9 @@ class RunningTasks:
     def add_hook(self, hook: FinishedHook) -> None:
         self._hooks.append(hook)
 
+    def remove_hook(self, hook: FinishedHook) -> None:
+        self._hooks.remove(hook)
+
     async def start(
         self,
         task: Task,

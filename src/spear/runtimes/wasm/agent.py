@@ -10,7 +10,6 @@ task, whether to continue, or to trap because the task timed out or was cancelle
 from __future__ import annotations
 
 import functools
-import importlib.metadata
 import itertools
 import os
 import tempfile
@@ -36,7 +35,7 @@ from spear.core.worker import (
     WorkerAgent,
 )
 from spear.errors import InvalidArgument, InvalidModule, NotFound
-from spear.runtimes.wasm import _wasmtime, hostcalls
+from spear.runtimes.wasm import _wasmtime, hostcalls, wasmtime_version
 from spear.runtimes.wasm.hostcalls import abi
 from spear.runtimes.wasm.modcache import ModuleCache, read_module_bytes
 from spear.runtimes.wasm.workers import WorkerPool
@@ -49,13 +48,6 @@ if TYPE_CHECKING:
 TICK_S = 0.005
 
 HostFunctions = Callable[[wasmtime.Linker, wasmtime.Engine], None]
-
-
-def wasmtime_version() -> str:
-    try:
-        return importlib.metadata.version("wasmtime")
-    except importlib.metadata.PackageNotFoundError:  # pragma: no cover
-        return "unknown"
 
 
 class _Ticker:
