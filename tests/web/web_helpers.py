@@ -24,6 +24,13 @@ class WebDaemon:
     ) -> None:
         self.data_dir = data_dir
         self.role = role
+        if role == "sms" or "--sms" in extra:  # a cluster: certificates from one CA
+            from spear.transport import tls
+
+            ca = data_dir.parent / "ca"
+            if not (ca / tls.CA_KEY).exists():
+                tls.create_ca(ca)
+            tls.issue(ca, data_dir.name, data_dir / "tls")
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "spear", "serve", "--role", role, "--listen", "127.0.0.1:0",
              "--http", http, "--data-dir", str(data_dir), *extra],

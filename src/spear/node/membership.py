@@ -24,7 +24,20 @@ if TYPE_CHECKING:
 
 
 def node_name_for(settings: Settings) -> str:
-    """The cluster-wide name: `node_name` if set, else host name + a digest of the data dir."""
+    """The cluster-wide name: the one in the member's certificate (DATA/tls/node.crt) when
+    it has one (a setting naming another is refused), else `node_name` if set, else host
+    name + a digest of the data dir."""
+    from spear.transport.tls import TlsFiles
+
+    tls = TlsFiles(settings.tls_files_dir)
+    if tls.present:
+        certified = tls.name()
+        if settings.node_name not in ("local", certified):
+            raise InvalidArgument(
+                f"node_name is {settings.node_name!r} but this member's certificate is for"
+                f" {certified!r} ({tls.directory}): a member is the node its certificate names"
+            )
+        return certified
     if settings.node_name != "local":
         return settings.node_name
     import hashlib

@@ -177,6 +177,16 @@ class TlsFiles:
                 " (spear cluster init; spear cluster cert NAME)"
             )
 
+    def name(self) -> str:
+        """The member's name: its certificate's common name."""
+        from cryptography import x509
+        from cryptography.x509.oid import NameOID
+
+        self._check()
+        cert = x509.load_pem_x509_certificate((self.directory / NODE_CERT).read_bytes())
+        [attribute] = cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
+        return str(attribute.value)
+
     def server_context(self) -> ssl.SSLContext:
         """Serve TLS; ask callers for a certificate (members present one, users may not:
         they authenticate with tokens), and verify any that is offered against the CA."""
