@@ -129,3 +129,17 @@ def test_modules_import_one_way() -> None:
     # serves it); what runs at import or call time may not.
     cycle = _cycle(_module_graph(annotations=False))
     assert cycle is None, f"modules that import each other: {' -> '.join(cycle or [])}"
+
+
+def test_no_module_imports_the_public_face() -> None:
+    # spear/__init__.py sits on top (it re-exports everything): a module below that took a
+    # name from it would import upward.
+    modules = _modules()
+    offenders = []
+    for name, path in modules.items():
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.module == "spear":
+                offenders += [
+                    f"{name}: {a.name}" for a in node.names if f"spear.{a.name}" not in modules
+                ]
+    assert not offenders

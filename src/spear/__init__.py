@@ -101,9 +101,9 @@ def _quiet() -> None:
 
 def __getattr__(name: str) -> Any:
     if name == "__version__":  # the installed distribution's, read once, on demand
-        from importlib.metadata import version
+        from spear._version import version
 
-        globals()[name] = value = version("spear")
+        globals()[name] = value = version()
         return value
     module = _WHERE.get(name)
     if module is None:

@@ -124,9 +124,9 @@ def _name_of(info: typer.models.CommandInfo) -> str:
 
 def _print_version(value: bool) -> None:
     if value:
-        from spear import __version__
+        from spear._version import version
 
-        sys.stdout.write(f"spear {__version__}\n")
+        sys.stdout.write(f"spear {version()}\n")
         raise typer.Exit()
 
 
@@ -160,11 +160,11 @@ def _root(
 
 @app.command(help="Print spear's version and its runtime's.")
 def version(as_json: JsonOpt = False) -> None:
-    from spear import __version__
+    from spear._version import version
     from spear.runtimes.wasm import wasmtime_version
     from spear.runtimes.wasm.hostcalls.abi import ABI_VERSION
 
-    info = {"spear": __version__, "wasmtime": wasmtime_version(), "hostcall_abi": ABI_VERSION}
+    info = {"spear": version(), "wasmtime": wasmtime_version(), "hostcall_abi": ABI_VERSION}
     if as_json:
         emit_json(info)
     else:

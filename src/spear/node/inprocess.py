@@ -199,14 +199,14 @@ class InProcessNode:
     # -- the node --------------------------------------------------------------------
 
     async def node_info(self) -> NodeInfo:
-        from spear import __version__
+        from spear._version import version
 
         controller = self.node.controller
         return NodeInfo(
             name=self.node.name,
             state="draining" if self.draining else self.node.state.value,
             address=self.address,
-            version=__version__,
+            version=version(),
             wasmtime_version=_wasmtime_version(),
             capacity=controller.capacity,
             free=controller.free,

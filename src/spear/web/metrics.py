@@ -23,7 +23,7 @@ from prometheus_client.core import (
 from prometheus_client.exposition import choose_encoder
 from prometheus_client.registry import Collector
 
-from spear import __version__
+from spear._version import version
 from spear.core.cluster import NodeHealth
 from spear.core.stats import HOSTCALLS, Histogram, TaskStatsHook
 
@@ -102,7 +102,7 @@ class NodeCollector(_Scraped):
         info = GaugeMetricFamily(
             "spear_node_info", "This node: name and spear version.", labels=["node", "version"]
         )
-        info.add_metric([node.name, __version__], 1)
+        info.add_metric([node.name, version()], 1)
         out.append(info)
         waiting = controller.waiting_count
         tasks = GaugeMetricFamily(
