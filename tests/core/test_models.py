@@ -39,6 +39,31 @@ def test_only_lifecycle_transitions_are_admitted(path: list[TaskState]) -> None:
                 task.transition(target)
 
 
+# The lifecycle written out, not read from ALLOWED_TRANSITIONS: a change to the table
+# (PENDING -> COMPLETED, say) must fail here until this list is changed too, on purpose.
+LIFECYCLE = {
+    ("PENDING", "RUNNING"),
+    ("PENDING", "FAILED"),  # it could not start (bad module, no node)
+    ("PENDING", "CANCELLED"),
+    ("RUNNING", "COMPLETED"),
+    ("RUNNING", "FAILED"),
+    ("RUNNING", "CANCELLED"),
+}
+
+
+@pytest.mark.parametrize("source", list(TaskState))
+@pytest.mark.parametrize("target", list(TaskState))
+def test_the_lifecycle_table_exactly(source: TaskState, target: TaskState) -> None:
+    task = Task(id="t", spec=FunctionSpec("m.wasm"), state=source)
+    if (source.value, target.value) in LIFECYCLE:
+        moved = task.transition(target, now=2.0)
+        assert (moved.state, moved.history[-1]) == (target, (target.value, 2.0))
+    else:
+        with pytest.raises(InvalidArgument, match=f"cannot go from {source} to {target}"):
+            task.transition(target, now=2.0)
+    assert target.terminal == (target.value in {"COMPLETED", "FAILED", "CANCELLED"})
+
+
 def test_timestamps_follow_transitions() -> None:
     task = Task(id="t", spec=FunctionSpec("m.wasm"))
     running = task.transition(TaskState.RUNNING, now=5.0)

@@ -1,0 +1,110 @@
+"""The gRPC status each spear error is answered with, as a stock gRPC client sees it.
+
+Spear's own client rebuilds errors from the `spear-error-code` trailer, so it cannot tell
+a wrong status; other gRPC clients (grpcurl, a Go or Java client, a load balancer) only
+see the status. Here a raw grpclib channel reads it off the wire.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import pytest
+from grpclib.client import Channel
+from grpclib.const import Cardinality, Status
+from grpclib.exceptions import GRPCError
+
+import spear
+from spear import errors
+from spear.node.inprocess import InProcessNode
+from spear.node.server import serve_spearlet
+from spear.transport._gen.pb import spearlet_pb2 as pb
+from spear.transport.serving import parse_listen
+
+if TYPE_CHECKING:
+    from pathlib import Path
+
+    from spear.core.models import Task
+
+# Written out, not read from transport/_status.py: what a stock client relies on.
+WIRE_STATUS: dict[type[errors.SpearError], Status] = {
+    errors.SpearError: Status.INTERNAL,
+    errors.InvalidArgument: Status.INVALID_ARGUMENT,
+    errors.InvalidModule: Status.INVALID_ARGUMENT,
+    errors.NotFound: Status.NOT_FOUND,
+    errors.Conflict: Status.ABORTED,
+    errors.ResourceExhausted: Status.RESOURCE_EXHAUSTED,
+    errors.StorageError: Status.UNAVAILABLE,
+    errors.StorageBusy: Status.UNAVAILABLE,
+    errors.Unavailable: Status.UNAVAILABLE,
+    errors.DeadlineExceeded: Status.UNAVAILABLE,
+    errors.PermissionDenied: Status.PERMISSION_DENIED,
+}
+
+
+def _every_error_class() -> set[type[errors.SpearError]]:
+    found: set[type[errors.SpearError]] = set()
+    todo = [errors.SpearError]
+    while todo:
+        cls = todo.pop()
+        found.add(cls)
+        todo.extend(cls.__subclasses__())
+    return found
+
+
+def test_every_spear_error_has_a_wire_status_here() -> None:
+    # A new error class must be given its status on purpose (and added above).
+    assert _every_error_class() == set(WIRE_STATUS)
+
+
+class _Raising(InProcessNode):
+    """The node's real API, except that GetTask raises the error its task id names."""
+
+    async def task(self, task_id: str) -> Task:
+        cls = {c.__name__: c for c in WIRE_STATUS}[task_id]
+        raise cls(f"raised {task_id}")
+
+
+async def _status_of(address: str, task_id: str) -> tuple[Status, str | None, Any]:
+    host, port = parse_listen(address)
+    channel = Channel(host, port)
+    try:
+        async with channel.request(
+            "/spear.v1.Spearlet/GetTask",
+            Cardinality.UNARY_UNARY,
+            pb.GetTaskRequest,
+            pb.TaskInfo,
+        ) as stream:
+            await stream.send_message(pb.GetTaskRequest(task_id=task_id), end=True)
+            with pytest.raises(GRPCError) as caught:
+                await stream.recv_message()
+                await stream.recv_trailing_metadata()
+            trailers = dict(stream.trailing_metadata or ())
+    finally:
+        channel.close()
+    return caught.value.status, caught.value.message, trailers.get("spear-error-code")
+
+
+async def test_each_error_is_answered_with_its_status(tmp_path: Path) -> None:
+    async with spear.LocalNode(tmp_path / "home") as node:
+        server = await serve_spearlet(_Raising(node), "127.0.0.1:0")
+        try:
+            assert server.address is not None
+            for cls, status in WIRE_STATUS.items():
+                seen = await _status_of(server.address, cls.__name__)
+                assert seen == (status, f"raised {cls.__name__}", cls.code), cls
+        finally:
+            await server.close()
+
+
+async def test_real_failures_carry_their_status(tmp_path: Path) -> None:
+    """The same through the node's own code paths, not raised on purpose."""
+    async with spear.LocalNode(tmp_path / "home") as node:
+        server = await serve_spearlet(node, "127.0.0.1:0")
+        try:
+            assert server.address is not None
+            status, message, code = await _status_of(server.address, "no-such-task")
+            assert (status, code) == (Status.NOT_FOUND, "not_found")
+            assert message is not None and "no-such-task" in message
+        finally:
+            await server.close()
