@@ -1,4 +1,4 @@
-"""Developer sessions: tests, lint, typecheck, protos (regenerate), bench."""
+"""Developer sessions: tests, lint, typecheck, protos (regenerate), bench, mutation."""
 
 from __future__ import annotations
 
@@ -33,3 +33,11 @@ def bench(session: nox.Session) -> None:
 def protos(session: nox.Session) -> None:
     """Regenerate src/spear/transport/_gen/ from every .proto under protos/."""
     session.run("python", "tools/gen_protos.py")
+
+
+@nox.session
+def mutation(session: nox.Session) -> None:
+    """Mutation testing (mutmut) of the critical modules, one at a time, smallest first:
+    `nox -s mutation`, or `nox -s mutation -- status abi` for some. Long: not in CI's run.
+    Run it before resolving an issue that touches those modules (docs/testing.md)."""
+    session.run("python", "tools/mutation.py", *session.posargs)
