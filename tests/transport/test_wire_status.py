@@ -19,6 +19,13 @@ from spear import errors
 from spear.node.inprocess import InProcessNode
 from spear.node.server import serve_spearlet
 from spear.transport._gen.pb import spearlet_pb2 as pb
+from spear.transport._status import (
+    LimitedCodec,
+    client_errors,
+    error_from_grpc,
+    listen_for_error_codes,
+    received_error_code,
+)
 from spear.transport.serving import parse_listen
 
 if TYPE_CHECKING:
@@ -108,3 +115,90 @@ async def test_real_failures_carry_their_status(tmp_path: Path) -> None:
             assert message is not None and "no-such-task" in message
         finally:
             await server.close()
+
+
+async def test_a_channel_listening_for_codes_rebuilds_the_exact_error(tmp_path: Path) -> None:
+    """What node-to-node calls (peer.py) do: the trailer's code, not the status, decides."""
+    async with spear.LocalNode(tmp_path / "home") as node:
+        server = await serve_spearlet(_Raising(node), "127.0.0.1:0")
+        try:
+            assert server.address is not None
+            host, port = parse_listen(server.address)
+            channel = Channel(host, port)
+            listen_for_error_codes(channel)
+            try:
+                for cls in WIRE_STATUS:
+                    await _call_get_task(channel, server.address, cls)
+            finally:
+                channel.close()
+        finally:
+            await server.close()
+
+
+async def _call_get_task(channel: Channel, address: str, cls: type[errors.SpearError]) -> None:
+    with pytest.raises(errors.SpearError) as caught:
+        with client_errors(address):
+            async with channel.request(
+                "/spear.v1.Spearlet/GetTask",
+                Cardinality.UNARY_UNARY,
+                pb.GetTaskRequest,
+                pb.TaskInfo,
+            ) as stream:
+                await stream.send_message(pb.GetTaskRequest(task_id=cls.__name__), end=True)
+                await stream.recv_message()
+    assert type(caught.value) is cls
+    assert str(caught.value) == f"raised {cls.__name__}"
+
+
+# Without a trailer (a stock gRPC server, or a proxy in between), the status decides.
+ERROR_BY_STATUS: dict[Status, type[errors.SpearError]] = {
+    Status.INVALID_ARGUMENT: errors.InvalidArgument,
+    Status.NOT_FOUND: errors.NotFound,
+    Status.ABORTED: errors.Conflict,
+    Status.RESOURCE_EXHAUSTED: errors.ResourceExhausted,
+    Status.UNAVAILABLE: errors.Unavailable,
+    Status.DEADLINE_EXCEEDED: errors.Unavailable,
+    Status.PERMISSION_DENIED: errors.PermissionDenied,
+    Status.UNAUTHENTICATED: errors.PermissionDenied,
+    Status.INTERNAL: errors.SpearError,
+    Status.UNKNOWN: errors.SpearError,
+}
+
+
+@pytest.mark.parametrize("status", list(ERROR_BY_STATUS))
+def test_a_status_without_a_code_still_gives_a_spear_error(status: Status) -> None:
+    received_error_code.set(None)
+    error = error_from_grpc(GRPCError(status, "what the server said"), "10.0.0.1:5")
+    assert type(error) is ERROR_BY_STATUS[status]
+    assert str(error) == "what the server said"
+    # Without a message: the status's name, or for UNAVAILABLE which node it was.
+    bare = error_from_grpc(GRPCError(status), "10.0.0.1:5")
+    expected = "node 10.0.0.1:5 is unavailable" if status is Status.UNAVAILABLE else None
+    assert str(bare) == (expected or status.name.lower())
+
+
+def test_a_code_received_wins_over_the_status_once() -> None:
+    received_error_code.set("busy")
+    error = error_from_grpc(GRPCError(Status.UNAVAILABLE, "held"), "a:1")
+    assert (type(error), str(error)) == (errors.StorageBusy, "held")
+    # Used up: the next call's error is decided by its own status.
+    assert type(error_from_grpc(GRPCError(Status.NOT_FOUND, "x"), "a:1")) is errors.NotFound
+
+
+def test_the_codec_allows_exactly_its_limit_either_way() -> None:
+    message = pb.GetTaskRequest(task_id="x" * 20)
+    size = len(message.SerializeToString())
+    codec = LimitedCodec(max_bytes=size)
+    data = codec.encode(message, pb.GetTaskRequest)
+    assert codec.decode(data, pb.GetTaskRequest) == message
+    smaller = LimitedCodec(max_bytes=size - 1)
+    for call in (
+        lambda: smaller.encode(message, pb.GetTaskRequest),
+        lambda: smaller.decode(data, pb.GetTaskRequest),
+    ):
+        with pytest.raises(GRPCError) as caught:
+            call()
+        assert caught.value.status is Status.RESOURCE_EXHAUSTED
+        assert caught.value.message == (
+            f"message of {size} bytes exceeds the limit of {size - 1} bytes"
+        )
