@@ -161,9 +161,21 @@ def run(target: Target, resume: bool = False) -> dict[str, int]:
     REPORTS.mkdir(parents=True, exist_ok=True)
     summary = {"modules": list(target.modules), "tests": list(target.tests), **stats}
     (REPORTS / f"{target.name}.json").write_text(json.dumps(summary, indent=2) + "\n")
-    survivors = [ln.strip() for ln in results.splitlines() if ln.strip() and "killed" not in ln]
-    (REPORTS / f"{target.name}.survivors.txt").write_text("\n".join(survivors) + "\n")
+    lines = [ln.strip() for ln in results.splitlines() if ln.strip() and "killed" not in ln]
+    (REPORTS / f"{target.name}.survivors.txt").write_text(
+        "".join(_described(work, ln) for ln in lines)
+    )
     return summary
+
+
+def _described(work: Path, line: str) -> str:
+    """A mutant that was not killed, as `name: status` and the lines it changed."""
+    name = line.split(":")[0]
+    diff = subprocess.run(
+        [sys.executable, "-m", "mutmut", "show", name], cwd=work, capture_output=True, text=True
+    ).stdout
+    changed = [d for d in diff.splitlines() if d[:2] in ("- ", "+ ")]
+    return line + "\n" + "".join(f"    {d}\n" for d in changed)
 
 
 def main() -> None:

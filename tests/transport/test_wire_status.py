@@ -202,3 +202,33 @@ def test_the_codec_allows_exactly_its_limit_either_way() -> None:
         assert caught.value.message == (
             f"message of {size} bytes exceeds the limit of {size - 1} bytes"
         )
+
+
+async def test_an_error_without_a_code_is_read_from_its_status(tmp_path: Path) -> None:
+    """A status the server sent without `spear-error-code` (its codec refused the request
+    before any handler ran): the listening channel must not invent a code."""
+    async with spear.LocalNode(tmp_path / "home") as node:
+        server = await serve_spearlet(node, "127.0.0.1:0", max_message_bytes=64)
+        try:
+            assert server.address is not None
+            host, port = parse_listen(server.address)
+            channel = Channel(host, port)
+            listen_for_error_codes(channel)
+            try:
+                with pytest.raises(errors.SpearError) as caught:
+                    with client_errors(server.address):
+                        async with channel.request(
+                            "/spear.v1.Spearlet/GetTask",
+                            Cardinality.UNARY_UNARY,
+                            pb.GetTaskRequest,
+                            pb.TaskInfo,
+                        ) as stream:
+                            request = pb.GetTaskRequest(task_id="x" * 200)
+                            await stream.send_message(request, end=True)
+                            await stream.recv_message()
+                assert type(caught.value) is errors.ResourceExhausted
+                assert "exceeds the limit of 64 bytes" in str(caught.value)
+            finally:
+                channel.close()
+        finally:
+            await server.close()
