@@ -79,7 +79,12 @@ TARGETS = (
     Target(
         "hostops",
         ("spear/runtimes/host/ops.py",),
-        (_T + "runtimes/test_hostcalls_ops.py", _T + "runtimes/test_hostcalls_objects.py"),
+        (
+            _T + "runtimes/test_hostcalls_ops.py",
+            _T + "runtimes/test_hostcalls_objects.py",
+            _T + "runtimes/test_hostcalls_streams.py",
+            _T + "runtimes/test_hostcalls_buffers.py",
+        ),
     ),
     Target("objects", ("spear/store/objects.py",), (_T + "store/test_objects.py",)),
 )
@@ -97,7 +102,8 @@ def _config(target: Target) -> str:
         f"pytest_add_cli_args_test_selection = {json.dumps(tests)}",
         # -p no:cacheprovider: no .pytest_cache in the copy; no per-test timeout beyond
         # mutmut's own (a mutant that hangs is mutmut's "timeout", not a failure).
-        'pytest_add_cli_args = ["-p", "no:cacheprovider", "-q", "-x"]',
+        'pytest_add_cli_args = ["-p", "no:cacheprovider", "-q", "-x",'
+        ' "--hypothesis-profile=mutation"]',
         # grpc and the wasm runtime start threads: fork workers from a clean server.
         'process_isolation = "forkserver"',
         "use_git_change_detection = false",
