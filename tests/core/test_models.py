@@ -283,6 +283,11 @@ def test_a_transition_keeps_what_it_is_not_given() -> None:
     assert [s for s, _ in done.history] == ["RUNNING", "FAILED"]
     with pytest.raises(InvalidArgument, match="^task t cannot go from FAILED to RUNNING$"):
         done.transition(TaskState.RUNNING)
+    # What a transition is not about stays as it was.
+    placed = Task(id="t", spec=FunctionSpec("m"), created_at=1.5, node="n1", attempts=2)
+    moved = placed.transition(TaskState.RUNNING, now=5.0)
+    assert (moved.id, moved.spec) == ("t", FunctionSpec("m"))
+    assert (moved.created_at, moved.node, moved.attempts) == (1.5, "n1", 2)
 
 
 def test_a_dir_without_a_host_is_named() -> None:
