@@ -31,8 +31,11 @@ def bench(session: nox.Session) -> None:
 
 @nox.session
 def protos(session: nox.Session) -> None:
-    """Regenerate src/spear/transport/_gen/ from every .proto under protos/."""
+    """Regenerate src/spear/transport/_gen/ from every .proto under protos/, and
+    src/spear/store/_etcd_gen/ from etcd's protos vendored in tools/etcd_protos/ (to take
+    them again from Debian's golang-etcd-server-dev: `nox -s protos -- vendor`)."""
     session.run("python", "tools/gen_protos.py")
+    session.run("python", "tools/gen_etcd_protos.py", *session.posargs)
 
 
 @nox.session

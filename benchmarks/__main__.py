@@ -126,7 +126,9 @@ class Runner:
             directory = Path(tmp)
             module = local_bench.write_module(directory, "trivial", TRIVIAL_WAT)
             node_cm = portal.wrap_async_context_manager(LocalNode(directory / "home"))
-            with node_cm as node:
+            with node_cm as node, contextlib.ExitStack() as stack:
+                if self.args.metrics:  # what `spear serve` runs beside the node
+                    stack.enter_context(portal.wrap_async_context_manager(_web(node)))
                 ctx = _Context(portal, node, directory, module)
                 for name in WORKLOADS:
                     if name not in selected:
@@ -334,6 +336,17 @@ class _Context:
         self.module = module
 
 
+def _web(node: LocalNode) -> Any:
+    """The node's HTTP server as `spear serve` runs it: metrics hook, /metrics, dashboard."""
+    import dataclasses
+
+    from spear import web
+    from spear.node.inprocess import InProcessNode
+
+    settings = dataclasses.replace(node.settings, http_listen="127.0.0.1:0")
+    return web.serving(InProcessNode(node), settings)
+
+
 def _median_run(runs: list[dict[str, Any]]) -> dict[str, Any]:
     if not runs:
         return not_available("no run")
@@ -364,6 +377,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--no-ray", action="store_true", help="measure spear only")
     p.add_argument("--no-chart", action="store_true", help="skip the PNG chart")
     p.add_argument("--samples", type=int, help="override every sample count (smoke runs)")
+    p.add_argument(
+        "--metrics",
+        action="store_true",
+        help="serve the node's dashboard and /metrics meanwhile (their cost: docs/dashboard.md)",
+    )
     args = p.parse_args(argv)
     if args.samples is not None and args.samples < 1:
         p.error("--samples must be at least 1")

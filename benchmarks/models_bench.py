@@ -162,7 +162,7 @@ def run(quick: bool) -> dict[str, Any]:
         }
         short: dict[str, list[dict[str, float]]] = {k: [] for k in rows}
         async with LocalNode(directory / "home", object_gc_interval_s=0) as node:
-            router = node.services["models"]
+            router = node.services.models
             for tokens, sink in ((max_tokens, rows), (1, short)):
                 # warm every path once (model load, module compile), then interleave rounds
                 await anyio.to_thread.run_sync(_direct, llm, tokens)

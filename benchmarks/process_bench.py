@@ -29,7 +29,7 @@ from benchmarks.common import ROOT, standalone, summarize
 from benchmarks.local_bench import concurrent_runs
 
 if TYPE_CHECKING:
-    from spear import FunctionSpec, LocalNode
+    from spear import FunctionSpec, LocalNode, Task
 
 RESULT_FILE = ROOT / "benchmarks" / "results" / "process.json"
 TRIVIAL = "pass\n"
@@ -49,15 +49,22 @@ async def _latency(node: LocalNode, spec: FunctionSpec, n: int) -> list[float]:
 
     first = await node.run(spec)  # starts the fork server / warms the page cache
     if first.state is not TaskState.COMPLETED:
-        raise RuntimeError(f"benchmark agent ended {first.state}: {first.reason}")
+        raise RuntimeError(await _failure(node, first))
     samples = []
     for _ in range(n):
         t0 = time.perf_counter()
         task = await node.run(spec)
         samples.append(time.perf_counter() - t0)
         if task.state is not TaskState.COMPLETED:
-            raise RuntimeError(f"benchmark agent ended {task.state}: {task.reason}")
+            raise RuntimeError(await _failure(node, task))
     return samples
+
+
+async def _failure(node: LocalNode, task: Task) -> str:
+    """Why a benchmark agent failed, with the last line it wrote to stderr."""
+    lines = (await node.logs_of(task.id, "stderr")).decode(errors="replace").strip()
+    last = lines.splitlines()[-1] if lines else "(nothing on stderr)"
+    return f"benchmark agent ended {task.state.value}: {task.reason}: {last}"
 
 
 def _python_startup(n: int) -> list[float]:

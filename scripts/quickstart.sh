@@ -1,13 +1,14 @@
 #!/usr/bin/env bash
 # Set up spear on a fresh Debian machine and run the bundled example agent.
-# Installs system packages (clang for wasm32-wasi, etcd for the distributed tests) and the
+# Installs system packages (clang for wasm32-wasi, etcd for the distributed tests, prometheus
+# and chromium for the dashboard's tests) and the
 # Python package with its development extras, then builds examples/hello and runs it.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 SUDO=""
 if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi
-PACKAGES="clang lld wasi-libc libclang-rt-dev-wasm32 etcd-server etcd-client"
+PACKAGES="clang lld wasi-libc libclang-rt-dev-wasm32 etcd-server etcd-client prometheus chromium"
 missing=""
 for p in $PACKAGES; do
   dpkg -s "$p" >/dev/null 2>&1 || missing="$missing $p"

@@ -79,6 +79,8 @@ def data_dir(tmp_path: Path) -> Path:
 def cli_env(data_dir: Path, **extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("SPEAR_")}
     env["SPEAR_HOME"] = str(data_dir)
+    # The user's settings file ($XDG_CONFIG_HOME/spear/config.toml) is the test's own.
+    env["XDG_CONFIG_HOME"] = str(data_dir.with_name(data_dir.name + "-xdg-config"))
     env.update(extra)
     return env
 
@@ -158,3 +160,35 @@ def etcd_endpoint(tmp_path_factory: pytest.TempPathFactory) -> Any:
         yield etcd.endpoint
     finally:
         etcd.stop()
+
+
+def load_tool(name: str) -> Any:
+    """A script of tools/ as a module (the protos generators)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(name, ROOT / "tools" / f"{name}.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def assert_same_tree(fresh: Path, committed: Path) -> None:
+    """`committed` holds exactly the files of `fresh`, byte for byte (generated code)."""
+    import filecmp
+
+    def files(root: Path) -> set[str]:
+        return {
+            str(p.relative_to(root))
+            for p in root.rglob("*")
+            if p.is_file() and "__pycache__" not in p.parts
+        }
+
+    assert files(fresh) == files(committed), "run `nox -s protos` and commit the result"
+    stale = [
+        name
+        for name in sorted(files(fresh))
+        if not filecmp.cmp(fresh / name, committed / name, shallow=False)
+    ]
+    assert not stale, f"stale generated files {stale}: run `nox -s protos` and commit them"

@@ -9,7 +9,7 @@ import sys
 from typing import TYPE_CHECKING
 
 import pytest
-from conftest import Cli, assert_eventually, cli_env, one_error_line
+from conftest import ROOT, Cli, assert_eventually, build_c, cli_env, one_error_line
 from wat_tasks import exits, hello, ticker
 
 if TYPE_CHECKING:
@@ -321,3 +321,9 @@ def test_run_goes_through_the_daemon_holding_the_data_dir(
     assert cli("run", str(conformance_wasm), "exit", "9").returncode == 9
     tasks = cli.json("tasks")
     assert len(tasks) == 3 and tasks[-1]["state"] == "COMPLETED"
+    # --stream too: the caller stream goes over the daemon's ExchangeStream call.
+    transform = build_c(ROOT / "examples" / "stream_transform" / "transform.c")
+    streamed = cli("run", "--stream", str(transform), input=b"one\ntwo", timeout=60)
+    assert streamed.returncode == 0, streamed.stderr
+    assert streamed.stdout == b"1: ONE\n2: TWO\n"
+    assert len(cli.json("tasks")) == 4  # run by the daemon, in its data dir's records

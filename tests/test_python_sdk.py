@@ -404,3 +404,38 @@ async def test_a_token_taken_from_another_task_is_refused(tmp_path: Path) -> Non
         assert (await first.wait()).state is TaskState.COMPLETED
         with pytest.raises(NotFound):  # nothing was written as the first task
             await node.objects.get("stolen")
+
+
+def test_the_sdk_imports_only_what_a_new_interpreter_has(tmp_path: Path) -> None:
+    """`from spear import agent` is the first line of every agent: it loads no module
+    beyond the interpreter's own start-up ones and spear's three (the socket and JSON
+    come with the first call)."""
+    import os
+    import subprocess
+    import sys
+
+    probe = (
+        "import sys\nbefore = set(sys.modules)\nfrom spear import agent\n"
+        "print(' '.join(sorted(set(sys.modules) - before)))\n"
+    )
+    src = os.path.dirname(os.path.dirname(os.path.abspath(sdk.__file__)))
+    done = subprocess.run(
+        [sys.executable, "-c", probe],
+        env={"PYTHONPATH": src, "PATH": os.environ["PATH"]},
+        capture_output=True,
+        check=True,
+    )
+    loaded = set(done.stdout.split())
+    allowed = {b"spear", b"spear.agent", b"spear._agent_wire", b"struct", b"_struct", b"errno"}
+    assert loaded <= allowed | {b"__future__"}, loaded - allowed
+
+
+def test_object_info_is_a_read_only_value() -> None:
+    info = sdk.ObjectInfo(key="k", size=3, version=2, refcount=1, pinned=False)
+    same = sdk.ObjectInfo("k", 3, 2, 1, False)
+    assert info == same and hash(info) == hash(same)
+    assert info != sdk.ObjectInfo("k", 3, 3, 1, False)
+    assert repr(info) == "ObjectInfo(key='k', size=3, version=2, refcount=1, pinned=False)"
+    assert (info.key, info.size, info.version, info.refcount, info.pinned) == ("k", 3, 2, 1, False)
+    with pytest.raises(AttributeError):
+        info.size = 4  # type: ignore[misc]

@@ -5,14 +5,17 @@ The public API is what ``__all__`` names; every other module may change.
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
-
+TYPE_CHECKING = False  # (typing.TYPE_CHECKING: `from spear import agent` imports no typing)
 if TYPE_CHECKING:
+    from typing import Any
+
     from spear.config import Settings
     from spear.core.models import (
         DirMapping,
         FunctionSpec,
+        LogChunk,
+        NodeInfo,
+        ObjectInfo,
         Resources,
         Runtime,
         Task,
@@ -23,6 +26,7 @@ if TYPE_CHECKING:
     from spear.core.streams import TaskStream
     from spear.errors import (
         Conflict,
+        DeadlineExceeded,
         InvalidArgument,
         InvalidModule,
         NotFound,
@@ -33,21 +37,28 @@ if TYPE_CHECKING:
         StorageError,
         Unavailable,
     )
-    from spear.node.api import StreamingTask, TaskHandle
+    from spear.node.api import NodeAPI, StreamingTask, TaskHandle
+    from spear.node.assembly import join_cluster, serve_sms
     from spear.node.client import Client
+    from spear.node.cluster import ClusterNode
     from spear.node.local import LocalNode
     from spear.store.objects import ObjectStore
-
-__version__ = "0.1.0"
 
 # Public names are loaded on first use (PEP 562), so `from spear import agent` in a process
 # agent, or `spear run`, pays only for what it touches, not for the whole node and gRPC.
 _WHERE = {
+    "NodeAPI": "spear.node.api",
     "StreamingTask": "spear.node.api",
     "TaskHandle": "spear.node.api",
+    "LogChunk": "spear.core.models",
+    "NodeInfo": "spear.core.models",
+    "ObjectInfo": "spear.core.models",
     "TaskResult": "spear.core.models",
     "LocalNode": "spear.node.local",
     "Client": "spear.node.client",
+    "ClusterNode": "spear.node.cluster",
+    "join_cluster": "spear.node.assembly",
+    "serve_sms": "spear.node.assembly",
     "Settings": "spear.config",
     "DirMapping": "spear.core.models",
     "FunctionSpec": "spear.core.models",
@@ -62,6 +73,7 @@ _WHERE = {
         name: "spear.errors"
         for name in (
             "Conflict",
+            "DeadlineExceeded",
             "InvalidArgument",
             "InvalidModule",
             "NotFound",
@@ -88,9 +100,16 @@ def _quiet() -> None:
 
 
 def __getattr__(name: str) -> Any:
+    if name == "__version__":  # the installed distribution's, read once, on demand
+        from importlib.metadata import version
+
+        globals()[name] = value = version("spear")
+        return value
     module = _WHERE.get(name)
     if module is None:
         raise AttributeError(f"module 'spear' has no attribute {name!r}")
+    import importlib
+
     _quiet()
     value = getattr(importlib.import_module(module), name)
     globals()[name] = value  # later lookups skip this function
@@ -98,23 +117,31 @@ def __getattr__(name: str) -> Any:
 
 
 def __dir__() -> list[str]:
-    return sorted([*globals(), *_WHERE])
+    return sorted([*globals(), *_WHERE, "__version__"])
 
 
 __all__ = [
     "Client",
+    "ClusterNode",
     "Conflict",
+    "DeadlineExceeded",
     "DirMapping",
     "FunctionSpec",
     "InvalidArgument",
     "InvalidModule",
+    "join_cluster",
     "LocalNode",
+    "LogChunk",
+    "NodeAPI",
+    "NodeInfo",
     "NotFound",
+    "ObjectInfo",
     "ObjectStore",
     "PermissionDenied",
     "ResourceExhausted",
     "Resources",
     "Runtime",
+    "serve_sms",
     "Settings",
     "SpearError",
     "Spearlet",

@@ -1,5 +1,5 @@
 import sys
 
-from spear.cli.app import main
+from spear.cli import main
 
 sys.exit(main())

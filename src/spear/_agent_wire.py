@@ -1,7 +1,8 @@
 """The framing of the hostcall channel between a process agent and its SPEARlet.
 
 Shared by the node's server (`runtimes/process/channel.py`) and the agent SDK
-(`spear.agent`), so it imports nothing heavier than `json` and `struct`.
+(`spear.agent`), so it imports nothing but `struct` until a frame is made or read (then
+`json`): an agent that never calls its host never loads it.
 
 A frame is `!II` (header length, body length), a JSON header, then the body bytes (an
 object's value or a stream message travels there, never inside the JSON).
@@ -14,9 +15,11 @@ Requests: `{"id": N, "op": NAME, ...arguments}`; the first on a connection is
 
 from __future__ import annotations
 
-import json
 import struct
-from typing import Any
+
+TYPE_CHECKING = False  # (typing.TYPE_CHECKING, without importing typing)
+if TYPE_CHECKING:
+    from typing import Any
 
 VERSION = 1
 PREFIX = struct.Struct("!II")
@@ -34,6 +37,8 @@ class FrameError(Exception):
 
 def encode(header: dict[str, Any], body: bytes | bytearray | memoryview = b"") -> list[bytes]:
     """The pieces of one frame (write them in order; the body is not copied)."""
+    import json
+
     head = json.dumps(header, separators=(",", ":")).encode()
     return [PREFIX.pack(len(head), memoryview(body).nbytes), head, body]  # type: ignore[list-item]
 
@@ -48,6 +53,8 @@ def parse_prefix(prefix: bytes, max_body: int) -> tuple[int, int]:
 
 
 def parse_header(raw: bytes) -> dict[str, Any]:
+    import json
+
     try:
         header = json.loads(raw)
     except (UnicodeDecodeError, ValueError) as exc:

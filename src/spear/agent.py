@@ -16,23 +16,28 @@ with the same methods as coroutines (calls on one `AsyncAgent` may overlap). Fai
 raise `HostcallError`, an `OSError` whose `errno` is the operation's (see
 docs/hostcalls.md); `ChannelClosed` when the node closes the channel (the task is ending).
 
-This module imports only the standard library, so it costs little to load.
+Every agent process loads this module first, so it imports what a new interpreter has
+loaded already (`os`, `errno`, `_thread`) and nothing else until it is used: not
+`typing`, `dataclasses`, `threading` nor `socket` (each pulls in `enum`, `functools`,
+`collections`, `re`, ...). The sync connection is a `_socket.socket`, the C type behind
+`socket.socket`; JSON is loaded by the first call (`python -X importtime -c "from spear
+import agent"` shows what is left).
 """
 
 from __future__ import annotations
 
+import _thread
 import errno
 import os
-import socket
-import threading
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
 
 from spear import _agent_wire as wire
 
+TYPE_CHECKING = False  # (typing.TYPE_CHECKING, without importing typing)
 if TYPE_CHECKING:
+    import _socket
     import asyncio
     from collections.abc import AsyncIterator, Iterator
+    from typing import Any
 
 POLLIN = 0x1
 POLLOUT = 0x4
@@ -54,13 +59,46 @@ class ChannelClosed(HostcallError):
         super().__init__(errno.ECONNRESET, message)
 
 
-@dataclass(frozen=True, slots=True)
+# A copy of the node's ObjectInfo (spear.store.object_info) for process agents, kept
+# here so the SDK imports nothing of spear but its wire module (a process agent starts
+# fast; not even dataclasses); its field names (refcount) are the agent wire's.
 class ObjectInfo:
+    """An object's metadata: key, size, version, refcount, pinned (read-only)."""
+
+    __slots__ = ("key", "pinned", "refcount", "size", "version")
     key: str
     size: int
     version: int
     refcount: int
     pinned: bool
+
+    def __init__(self, key: str, size: int, version: int, refcount: int, pinned: bool) -> None:
+        for name, value in zip(_INFO_FIELDS, (key, size, version, refcount, pinned), strict=True):
+            object.__setattr__(self, name, value)
+
+    def __setattr__(self, name: str, value: object) -> None:
+        raise AttributeError(f"ObjectInfo is read-only (cannot set {name!r})")
+
+    def __delattr__(self, name: str) -> None:
+        raise AttributeError(f"ObjectInfo is read-only (cannot delete {name!r})")
+
+    def _fields(self) -> tuple[object, ...]:
+        return tuple(getattr(self, name) for name in _INFO_FIELDS)
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, ObjectInfo):
+            return NotImplemented
+        return self._fields() == other._fields()
+
+    def __hash__(self) -> int:
+        return hash(self._fields())
+
+    def __repr__(self) -> str:
+        fields = ", ".join(f"{n}={v!r}" for n, v in zip(_INFO_FIELDS, self._fields(), strict=True))
+        return f"ObjectInfo({fields})"
+
+
+_INFO_FIELDS = ("key", "size", "version", "refcount", "pinned")
 
 
 def _address(socket_path: str | None, token: str | None) -> tuple[str, str]:
@@ -92,16 +130,18 @@ class Agent:
 
     def __init__(self, socket_path: str | None = None, token: str | None = None) -> None:
         self._path, self._token = _address(socket_path, token)
-        self._sock: socket.socket | None = None
-        self._lock = threading.Lock()
+        self._sock: _socket.socket | None = None
+        self._lock = _thread.allocate_lock()
         self._next_id = 0
         self._caller: int | None = None
         self.task_id = ""
 
     # -- the wire -------------------------------------------------------------------
 
-    def _connect(self) -> socket.socket:
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    def _connect(self) -> _socket.socket:
+        import _socket
+
+        sock = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM)
         try:
             sock.connect(self._path)
         except OSError as exc:
@@ -625,7 +665,7 @@ class AsyncChatStream:
 
 _default: Agent | None = None
 _default_pid = 0
-_default_lock = threading.Lock()
+_default_lock = _thread.allocate_lock()
 
 
 def default() -> Agent:

@@ -1,13 +1,17 @@
-"""One settings object per process, built once: file < environment (`SPEAR_*`) < flags.
+"""One settings object per process, built once: files < environment (`SPEAR_*`) < flags.
 
 Only `Settings.load` reads the environment or a file; everything else takes a `Settings`.
+
+The files, later ones winning: `$XDG_CONFIG_HOME/spear/config.toml` (default
+`~/.config/spear/config.toml`: the user's), then `DATA/config.toml` (the data dir's own);
+`--config FILE` or `SPEAR_CONFIG` names one file read instead of both. A key that is no
+setting, or a value of the wrong kind, is refused with the key and where it came from.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import os
-import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -51,8 +55,44 @@ def parse_size(text: str | int) -> int:
 def default_data_dir(env: Mapping[str, str]) -> Path:
     if env.get("SPEAR_HOME"):
         return Path(env["SPEAR_HOME"])
-    xdg = env.get("XDG_DATA_HOME") or str(Path(env.get("HOME", "~")).expanduser() / ".local/share")
+    xdg = env.get("XDG_DATA_HOME") or str(_home(env) / ".local/share")
     return Path(xdg) / "spear"
+
+
+def user_config_path(env: Mapping[str, str]) -> Path:
+    """The user's settings file: `$XDG_CONFIG_HOME/spear/config.toml`."""
+    xdg = env.get("XDG_CONFIG_HOME") or str(_home(env) / ".config")
+    return Path(xdg) / "spear" / "config.toml"
+
+
+def _home(env: Mapping[str, str]) -> Path:
+    return Path(env.get("HOME", "~")).expanduser()
+
+
+LOG_LEVELS = ("TRACE", "DEBUG", "INFO", "SUCCESS", "WARNING", "ERROR", "CRITICAL")
+LOG_FORMATS = ("text", "json")
+# Keys a settings file may hold besides the fields, read by the parts that need them
+# (core/cluster.py ClusterTimings, the node's labels): name -> the kind of value.
+EXTRA_KEYS: dict[str, type] = {
+    "heartbeat_s": float,
+    "unhealthy_after_s": float,
+    "dead_after_s": float,
+    "labels": dict,
+}
+_TRUE = ("1", "true", "yes", "on")
+_FALSE = ("0", "false", "no", "off")
+
+
+def parse_bool(raw: object) -> bool:
+    """True/false from a TOML boolean, or 1/0, true/false, yes/no, on/off (any case)."""
+    if isinstance(raw, bool):
+        return raw
+    text = str(raw).strip().lower()
+    if text in _TRUE:
+        return True
+    if text in _FALSE:
+        return False
+    raise ValueError("expected a boolean (true/false, 1/0, yes/no, on/off)")
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,20 +116,31 @@ class Settings:
     stream_queue_messages: int = 64  # per direction, per task: then -EAGAIN / backpressure
     stream_message_max_bytes: int = 1024**2
     process_kill_grace_s: float = 2.0  # SIGTERM to a process task's group, then SIGKILL
+    process_warm_spares: int = 2  # warm Python children forked ahead of the tasks they run
+    process_warm_idle_s: float = 300.0  # a fork server no warm task used this long stops
     models_config: str | None = None  # a TOML routing file for AI models (docs/models.md)
     listen: str = "127.0.0.1:7070"
+    # The dashboard and /metrics (docs/dashboard.md): loopback, a free port, unless set;
+    # "off" serves no HTTP.
+    http_listen: str = "127.0.0.1:0"
     sms: str | None = None
     extra: Mapping[str, Any] = dataclasses.field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.max_concurrent_tasks < 1:
             raise InvalidArgument("max_concurrent_tasks must be at least 1")
-        if self.log_format not in ("text", "json"):
-            raise InvalidArgument("log format must be 'text' or 'json'")
+        if self.log_format not in LOG_FORMATS:
+            raise InvalidArgument(f"setting log_format must be one of {', '.join(LOG_FORMATS)}")
+        if self.log_level.upper() not in LOG_LEVELS:
+            raise InvalidArgument(f"setting log_level must be one of {', '.join(LOG_LEVELS)}")
         if self.busy_timeout_s < 0:
             raise InvalidArgument("busy_timeout_s must not be negative")
         if self.process_kill_grace_s < 0:
             raise InvalidArgument("process_kill_grace_s must not be negative")
+        if not 1 <= self.process_warm_spares <= 64:
+            raise InvalidArgument("process_warm_spares must be between 1 and 64")
+        if self.process_warm_idle_s <= 0:
+            raise InvalidArgument("process_warm_idle_s must be positive")
 
     @property
     def tasks_log_dir(self) -> Path:
@@ -115,53 +166,116 @@ class Settings:
         config_file: Path | None = None,
         **flags: Any,
     ) -> Settings:
-        """Merge the config file, `SPEAR_*` variables and explicit flags (None = unset)."""
+        """Merge the settings files, `SPEAR_*` variables and explicit flags (None = unset)."""
         env = os.environ if env is None else env
-        values: dict[str, Any] = {}
-        path = config_file or (Path(env["SPEAR_CONFIG"]) if env.get("SPEAR_CONFIG") else None)
-        if path is None:
-            candidate = default_data_dir(env) / "config.toml"
-            path = candidate if candidate.is_file() else None
-        if path is not None:
-            try:
-                values.update(tomllib.loads(Path(path).read_text()))
-            except FileNotFoundError:
-                raise InvalidArgument(f"config file not found: {path}") from None
-            except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
-                raise InvalidArgument(f"config file {path} is not valid TOML: {exc}") from None
-        fields = {f.name: f for f in dataclasses.fields(cls)}
-        for name in fields:
+        files: dict[str, Any] = {}
+        origin: dict[str, str] = {}  # key -> where its value came from, for errors
+        explicit = config_file or (Path(env["SPEAR_CONFIG"]) if env.get("SPEAR_CONFIG") else None)
+        if explicit is not None:
+            _merge(files, origin, _read_file(Path(explicit), required=True), str(explicit))
+        else:
+            user = user_config_path(env)
+            _merge(files, origin, _read_file(user), str(user))
+        environment: dict[str, Any] = {}
+        for name in _FIELD_NAMES - {"extra", "data_dir"}:
             raw = env.get("SPEAR_" + name.upper())
-            if raw is not None and name != "extra":
-                values[name] = raw
-        if env.get("SPEAR_HOME") and "data_dir" not in flags:
-            values["data_dir"] = env["SPEAR_HOME"]
-        values.update({k: v for k, v in flags.items() if v is not None})
-        unknown = set(values) - set(fields)
-        extra = {k: values.pop(k) for k in unknown}
+            if raw is not None:
+                environment[name], origin[name] = raw, "SPEAR_" + name.upper()
+        if env.get("SPEAR_HOME"):
+            environment["data_dir"], origin["data_dir"] = env["SPEAR_HOME"], "SPEAR_HOME"
+        given = {k: v for k, v in flags.items() if v is not None}
+        for name in given:
+            origin[name] = "--" + name.replace("_", "-")
+        data_dir = given.get("data_dir") or environment.get("data_dir") or files.get("data_dir")
+        if explicit is None:  # the data dir's own file, over the user's
+            path = Path(data_dir or default_data_dir(env)).expanduser() / "config.toml"
+            own = _read_file(path)
+            if "data_dir" in own:
+                raise InvalidArgument(f"{path}: data_dir cannot be set in the data dir's own file")
+            _merge(files, origin, own, str(path))
+        for name in environment:  # (a file does not say where its keys came from)
+            origin[name] = "SPEAR_" + name.upper() if name != "data_dir" else "SPEAR_HOME"
+        for name in given:
+            origin[name] = "--" + name.replace("_", "-")
+        values = {**files, **environment, **given}
         values.setdefault("data_dir", default_data_dir(env))
-        return cls(**_coerce(values, fields), extra=extra)
+        extra = {k: values.pop(k) for k in list(values) if k not in _FIELD_NAMES}
+        for key, value in extra.items():
+            _check_extra(key, value, origin[key])
+        return cls(**_coerce(values, origin), extra=extra)
 
 
-def _coerce(values: dict[str, Any], fields: dict[str, dataclasses.Field[Any]]) -> dict[str, Any]:
+_FIELD_NAMES = frozenset(f.name for f in dataclasses.fields(Settings))
+_FIELD_TYPES = {f.name: f.type for f in dataclasses.fields(Settings)}
+
+
+def _read_file(path: Path, *, required: bool = False) -> dict[str, Any]:
+    try:
+        text = path.read_text()
+    except (FileNotFoundError, NotADirectoryError):
+        if required:
+            raise InvalidArgument(f"config file not found: {path}") from None
+        return {}
+    except (OSError, UnicodeDecodeError) as exc:
+        raise InvalidArgument(f"config file {path} cannot be read: {exc}") from None
+    import tomllib  # (only when there is a file: ~3 ms)
+
+    try:
+        return tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise InvalidArgument(f"config file {path} is not valid TOML: {exc}") from None
+
+
+def _merge(values: dict[str, Any], origin: dict[str, str], new: dict[str, Any], where: str) -> None:
+    for key, value in new.items():
+        if key not in _FIELD_NAMES or key == "extra":
+            if key not in EXTRA_KEYS:
+                import difflib
+
+                close = difflib.get_close_matches(key, [*_FIELD_NAMES - {"extra"}, *EXTRA_KEYS], 1)
+                hint = f" (did you mean {close[0]}?)" if close else ""
+                raise InvalidArgument(f"{where}: unknown setting {key!r}{hint}")
+        values[key], origin[key] = value, where
+
+
+def _check_extra(key: str, value: Any, where: str) -> None:
+    kind = EXTRA_KEYS[key]
+    if kind is float:
+        ok = isinstance(value, int | float) and not isinstance(value, bool) and value > 0
+        if not ok:
+            raise InvalidArgument(
+                f"{where}: setting {key} must be a positive number, not {value!r}"
+            )
+    elif not isinstance(value, dict):
+        raise InvalidArgument(f"{where}: setting {key} must be a table of name = value")
+
+
+def _coerce(values: dict[str, Any], origin: dict[str, str]) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for name, raw in values.items():
-        kind = fields[name].type
+        kind = _FIELD_TYPES[name]
         try:
             if name == "data_dir":
                 out[name] = Path(raw).expanduser()
             elif name.endswith("_bytes"):
                 out[name] = parse_size(raw)
             elif kind == "bool":
-                out[name] = (
-                    raw if isinstance(raw, bool) else str(raw).lower() in ("1", "true", "yes")
-                )
+                out[name] = parse_bool(raw)
             elif kind == "int":
+                if isinstance(raw, bool) or isinstance(raw, float):
+                    raise ValueError("expected a whole number")
                 out[name] = int(raw)
             elif kind == "float":
+                if isinstance(raw, bool):
+                    raise ValueError("expected a number")
                 out[name] = float(raw)
+            elif not isinstance(raw, str):
+                raise ValueError("expected a string")
             else:
                 out[name] = raw
-        except (TypeError, ValueError):
-            raise InvalidArgument(f"setting {name} has an invalid value {raw!r}") from None
+        except (TypeError, ValueError, InvalidArgument) as exc:
+            why = f": {exc}" if str(exc).startswith("expected") else ""
+            raise InvalidArgument(
+                f"{origin.get(name, 'settings')}: setting {name} has an invalid value {raw!r}{why}"
+            ) from None
     return out

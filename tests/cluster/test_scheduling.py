@@ -125,6 +125,11 @@ def test_label_affinity_sends_the_task_to_the_labelled_node(
     assert logs.returncode == 0 and logs.stdout == "hello from afar\n", logs.stderr
     status = spear("status", "--node", n1, task_id, "--json")
     assert status.returncode == 0 and '"node-2"' in status.stdout
+    # A unique prefix of its id, asked of the node that does not hold it: the SMS resolves.
+    status = spear("status", "--node", n1, task_id[:14], "--json")
+    assert status.returncode == 0 and f'"id": "{task_id}"' in status.stdout, status.stderr
+    logs = spear("logs", "--node", n1, task_id[:14], "--stream", "stdout")
+    assert logs.stdout == "hello from afar\n", logs.stderr
     assert sms_node_of(sms, task_id) == "node-2"
     assert on(n2, lambda c: c.task(task_id)).state is TaskState.COMPLETED
     follow = spear("logs", "--node", n1, "-f", task_id, "--stream", "stdout")

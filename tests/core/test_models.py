@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import time
@@ -26,6 +27,7 @@ from spear.core.models import (
     new_task_id,
 )
 from spear.errors import InvalidArgument
+from tests.strategies import tasks
 
 
 @given(st.lists(st.sampled_from(list(TaskState)), max_size=8))
@@ -80,6 +82,41 @@ def test_timestamps_follow_transitions() -> None:
     assert running.started_at == 5.0 and running.finished_at is None
     done = running.transition(TaskState.COMPLETED, now=7.0, exit_code=0)
     assert (done.finished_at, done.exit_code) == (7.0, 0)
+
+
+_KEEP = object()
+
+
+@given(
+    tasks(),
+    st.sampled_from(list(TaskState)),
+    st.floats(min_value=0, max_value=4e9),
+    st.sampled_from([_KEEP, None, 0, 1, 137]),
+    st.sampled_from([_KEEP, None, "", "why"]),
+)
+def test_a_transition_is_the_task_with_its_changes(
+    task: Task, state: TaskState, now: float, exit_code: object, reason: object
+) -> None:
+    """Task.transition builds the new task field by field (for speed): it must be the task
+    dataclasses.replace makes, every field set."""
+    if state not in ALLOWED_TRANSITIONS[task.state]:
+        return
+    changes: dict[str, object] = {}
+    if exit_code is not _KEEP:
+        changes["exit_code"] = exit_code
+    if reason is not _KEEP:
+        changes["reason"] = reason
+    new = task.transition(state, now, **changes)  # type: ignore[arg-type]
+    expected = dataclasses.replace(
+        task,
+        state=state,
+        started_at=now if state is TaskState.RUNNING else task.started_at,
+        finished_at=now if state.terminal else task.finished_at,
+        history=(*task.history, (state.value, now)),
+        **changes,  # type: ignore[arg-type]
+    )
+    assert all(hasattr(new, f.name) for f in dataclasses.fields(Task))
+    assert new == expected and hash(new) == hash(expected)
 
 
 @given(

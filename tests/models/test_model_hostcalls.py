@@ -97,7 +97,8 @@ def node_at(tmp_path: Path, routing: Path, monkeypatch: pytest.MonkeyPatch) -> N
 
 
 def _router(node: LocalNode) -> ModelRouter:
-    return node.services["models"]  # type: ignore[no-any-return]
+    router: ModelRouter = node.services.models
+    return router
 
 
 def _req(**fields: Any) -> str:

@@ -104,12 +104,12 @@ async def test_a_running_tasks_reference_holds_the_object_until_it_ends(
         await node.objects.put("shared", b"x" * 10_000)
         stream = await node.start_task(FunctionSpec(str(hostcalls_wasm), args=("hold", "shared")))
         assert await stream.receive() == b"holding"
-        assert (await node.objects.info("shared")).refcount == 1
+        assert (await node.objects.info("shared")).refs == 1
         assert await node.objects.collect(grace_s=0) == []  # referenced: not collected
         await stream.close()
         task = await stream.wait()
         assert task.state is TaskState.COMPLETED, await node.logs_of(task.id, "stderr")
-        assert (await node.objects.info("shared")).refcount == 0  # released at the end
+        assert (await node.objects.info("shared")).refs == 0  # released at the end
         assert "shared" in await node.objects.collect(grace_s=0)  # then collectable
 
 

@@ -14,7 +14,7 @@ import pytest
 
 from spear import FunctionSpec, Task
 from spear.core.streams import POLLIN, POLLNVAL, POLLOUT, StreamRegistry
-from spear.core.worker import ExecutionControl, TaskContext, TaskIO
+from spear.core.worker import ExecutionControl, NodeServices, TaskContext, TaskIO
 from spear.runtimes.host import ops as hostops
 from spear.runtimes.host.ops import HostError
 from spear.store.leveldb import LevelDBKV
@@ -35,7 +35,7 @@ async def ctx(tmp_path: Path) -> AsyncIterator[TaskContext]:
         control=ExecutionControl(),
         io=TaskIO(stdout=lambda b: None, stderr=lambda b: None),
         agent_log=lambda level, message: logged.append((level, message)),
-        services={"objects": store, "streams": StreamRegistry(2, 64)},
+        services=NodeServices(objects=store, streams=StreamRegistry(2, 64)),
     )
     try:
         yield context
@@ -80,13 +80,13 @@ async def test_object_errors_have_their_errno(ctx: TaskContext) -> None:
 async def test_references_are_held_by_the_task(ctx: TaskContext) -> None:
     await hostops.obj_put(ctx, "k", b"v")
     assert await hostops.obj_add_ref(ctx, "k") == 1
-    store: ObjectStore = ctx.services["objects"]
+    store: ObjectStore = ctx.services.objects
     await store.release_holder(ctx.task.id)
-    assert (await hostops.obj_info(ctx, "k")).refcount == 0
+    assert (await hostops.obj_info(ctx, "k")).refs == 0
 
 
 def test_stream_operations_and_their_errno(ctx: TaskContext) -> None:
-    registry: StreamRegistry = ctx.services["streams"]
+    registry: StreamRegistry = ctx.services.streams
     streams = registry.attach(ctx.task.id)
     h = hostops.stream_caller(ctx)
     assert hostops.stream_caller(ctx) == h
@@ -121,7 +121,7 @@ def test_stream_operations_and_their_errno(ctx: TaskContext) -> None:
 
 
 async def test_poll_wakes_when_the_caller_sends(ctx: TaskContext) -> None:
-    registry: StreamRegistry = ctx.services["streams"]
+    registry: StreamRegistry = ctx.services.streams
     streams = registry.attach(ctx.task.id)
     h = hostops.stream_caller(ctx)
     async with anyio.create_task_group() as tg:
@@ -137,7 +137,7 @@ async def test_poll_wakes_when_the_caller_sends(ctx: TaskContext) -> None:
 
 
 def test_sleep_and_poll_end_early_when_the_task_is_stopped(ctx: TaskContext) -> None:
-    registry: StreamRegistry = ctx.services["streams"]
+    registry: StreamRegistry = ctx.services.streams
     registry.attach(ctx.task.id)
     h = hostops.stream_caller(ctx)
     threading.Timer(0.05, ctx.control.cancel).start()
@@ -165,7 +165,7 @@ def test_time_log_and_bad_arguments(ctx: TaskContext) -> None:
 
 
 async def test_poll_async_waits_on_the_loop_and_wakes_on_a_message(ctx: TaskContext) -> None:
-    registry: StreamRegistry = ctx.services["streams"]
+    registry: StreamRegistry = ctx.services.streams
     streams = registry.attach(ctx.task.id)
     h = hostops.stream_caller(ctx)
     assert await hostops.poll_async(ctx, [(h, POLLIN)], 0.02) == [0]  # timed out
@@ -184,7 +184,7 @@ async def test_poll_async_waits_on_the_loop_and_wakes_on_a_message(ctx: TaskCont
 
 
 async def test_sleep_async_and_poll_async_end_when_the_task_is_stopped(ctx: TaskContext) -> None:
-    registry: StreamRegistry = ctx.services["streams"]
+    registry: StreamRegistry = ctx.services.streams
     registry.attach(ctx.task.id)
     h = hostops.stream_caller(ctx)
     await hostops.sleep_async(ctx, 0.001)

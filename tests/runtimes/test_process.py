@@ -3,12 +3,14 @@ limits, logs, warm workers, and what is left behind (counted in /proc)."""
 
 from __future__ import annotations
 
+import asyncio
+import errno
 import os
 import resource
 import sys
 import textwrap
 import time
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import anyio
 import pytest
@@ -26,7 +28,7 @@ from spear.runtimes.process.agent import ProcessWorkerAgent
 from tests.conftest import Cli, assert_eventually, one_error_line
 
 if TYPE_CHECKING:
-    from collections.abc import Iterator
+    from collections.abc import Callable, Iterator
     from pathlib import Path
 
 
@@ -82,6 +84,7 @@ def new_node(tmp_path: Path) -> LocalNode:
 
 def agent_of(node: LocalNode) -> ProcessWorkerAgent:
     agent = node.agents["process"]
+    agent = getattr(agent, "agent", agent)  # (made on first use: runtimes/deferred.py)
     assert isinstance(agent, ProcessWorkerAgent)
     return agent
 
@@ -342,6 +345,127 @@ async def test_warm_agents_are_stopped_and_limited_as_cold_ones(tmp_path: Path) 
         assert task.reason == "killed by signal SIGABRT"
 
 
+async def test_how_a_warm_agent_ends_is_its_own(tmp_path: Path) -> None:
+    """A child that returns reports its exit itself, one that calls os._exit or is
+    killed is reported by the fork server, and a process the agent forked that returns
+    through the runner reports nothing."""
+    async with new_node(tmp_path) as node:
+        cases = {
+            "import sys\nprint('bye', flush=True)\nsys.exit(3)\n": (3, b"bye\n"),
+            "import os\nprint('now', flush=True)\nos._exit(4)\n": (4, b"now\n"),
+            "import os, sys\npid = os.fork()\nif pid == 0:\n    sys.exit(0)\n"
+            "os.waitpid(pid, 0)\nprint('parent', flush=True)\nsys.exit(7)\n": (7, b"parent\n"),
+        }
+        for i, (text, (code, out)) in enumerate(cases.items()):
+            agent_py = script(tmp_path, text, f"end{i}.py")
+            task = await node.run(FunctionSpec(agent_py, runtime=Runtime.PROCESS, warm=True))
+            assert (task.exit_code, await node.logs_of(task.id)) == (code, out)
+
+
+async def eventually(check: Callable[[], object], timeout: float = 10.0) -> None:
+    """Poll `check` on the event loop (whose timers keep running) until it is true."""
+    with anyio.fail_after(timeout):
+        while not check():
+            await anyio.sleep(0.02)
+
+
+def spares_of(server_pid: int) -> list[int]:
+    return [pid for pid, state in children_of(server_pid) if state != "Z"]
+
+
+async def test_the_warm_pool_keeps_its_spares_and_no_more(tmp_path: Path) -> None:
+    async with new_node(tmp_path) as node:
+        agent = agent_of(node)
+        agent.warm_spares = 3
+        spec = FunctionSpec(script(tmp_path, "print('ok')\n"), runtime=Runtime.PROCESS, warm=True)
+        assert (await node.run(spec)).state is TaskState.COMPLETED
+        server = agent._forkserver
+        assert server is not None and server.pid is not None
+        await eventually(lambda: len(spares_of(server.pid)) == 3)  # type: ignore[arg-type]
+        # More tasks at once than spares: each still runs, warm, and then there are
+        # three spares again, not one per task that ran.
+        with anyio.fail_after(60):
+            tasks = await asyncio.gather(*(node.run(spec) for _ in range(8)))
+        assert {t.state for t in tasks} == {TaskState.COMPLETED}
+        assert agent.warm_starts == 9
+        await eventually(lambda: len(spares_of(server.pid)) == 3)  # type: ignore[arg-type]
+        assert len(spares_of(server.pid)) == 3
+
+
+async def test_warm_tasks_beyond_the_fork_servers_queue_still_run(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Requests go out from the event loop without waiting; one the control socket's full
+    queue refuses (made to happen here: Linux queues a socketpair's messages without
+    bound) is sent from a worker thread, which may wait."""
+    from spear.runtimes.process.forkserver import ForkServer
+
+    refused: list[int] = []
+    spawn = ForkServer.spawn
+
+    def sometimes_full(self: ForkServer, *args: Any, block: bool = True) -> Any:
+        if not block and len(refused) < 6:
+            refused.append(1)
+            raise BlockingIOError(errno.EAGAIN, "queue full")
+        return spawn(self, *args, block=block)
+
+    monkeypatch.setattr(ForkServer, "spawn", sometimes_full)
+    async with new_node(tmp_path) as node:
+        agent = agent_of(node)
+        spec = FunctionSpec(script(tmp_path, "print('ok')\n"), runtime=Runtime.PROCESS, warm=True)
+        with anyio.fail_after(60):
+            tasks = await asyncio.gather(*(node.run(spec) for _ in range(12)))
+        assert [t.state for t in tasks] == [TaskState.COMPLETED] * 12
+        assert [await node.logs_of(t.id) for t in tasks] == [b"ok\n"] * 12
+        assert (len(refused), agent.warm_starts) == (6, 12)
+
+
+async def test_an_idle_warm_pool_is_stopped_and_restarted_on_demand(tmp_path: Path) -> None:
+    async with new_node(tmp_path) as node:
+        agent = agent_of(node)
+        agent.warm_idle_s = 0.5
+        spec = FunctionSpec(script(tmp_path, "print('ok')\n"), runtime=Runtime.PROCESS, warm=True)
+        assert (await node.run(spec)).state is TaskState.COMPLETED
+        server = agent._forkserver
+        assert server is not None and server.pid is not None
+        await eventually(lambda: len(spares_of(server.pid)) == 2)  # type: ignore[arg-type]
+        pids = [server.pid, *spares_of(server.pid)]
+        # Kept while used: a task every 0.2 s for 1 s.
+        for _ in range(5):
+            await anyio.sleep(0.2)
+            assert (await node.run(spec)).state is TaskState.COMPLETED
+            assert agent._forkserver is server and alive(server.pid)
+        await eventually(lambda: agent._forkserver is None)
+        await eventually(lambda: not any(alive(pid) for pid in pids))
+        task = await node.run(spec)
+        assert (task.state, await node.logs_of(task.id)) == (TaskState.COMPLETED, b"ok\n")
+        assert agent._forkserver is not None and agent._forkserver.pid not in pids
+
+
+def test_a_gone_fork_server_starts_nothing(tmp_path: Path) -> None:
+    """A request the server can no longer take says so (WarmUnavailable: the node then
+    starts the task cold) rather than leaving a task half-started."""
+    from spear.runtimes.process.command import resolve_command
+    from spear.runtimes.process.forkserver import ForkServer, WarmUnavailable
+
+    command = resolve_command(FunctionSpec(script(tmp_path, "pass\n"), runtime=Runtime.PROCESS))
+    server = ForkServer()
+    server.start()
+    assert server.pid is not None
+    spares = assert_eventually(lambda: spares_of(server.pid))  # type: ignore[arg-type]
+    os.kill(server.pid, 9)
+    assert_eventually(lambda: not server.alive)
+    assert_eventually(lambda: not any(alive(pid) for pid in spares))  # (they die with it)
+    r, w = os.pipe()
+    try:
+        with pytest.raises(WarmUnavailable):
+            server.spawn(command, None, w, w)
+    finally:
+        os.close(r)
+        os.close(w)
+        server.stop()
+
+
 async def test_a_dead_fork_server_is_replaced(tmp_path: Path) -> None:
     async with new_node(tmp_path) as node:
         agent_py = script(tmp_path, "print('ok')\n")
@@ -379,8 +503,8 @@ def test_cli_bad_commands_are_one_line(cli: Cli, tmp_path: Path) -> None:
     assert not_exec.returncode == 65
     assert "not executable" in one_error_line(not_exec.stderr)
     bad = cli("run", "--runtime", "java", "x.jar")
-    assert bad.returncode == 64
-    assert "--runtime must be wasm or process" in one_error_line(bad.stderr)
+    assert bad.returncode == 2  # the parser's usage error
+    assert "'java' is not one of 'wasm', 'process'" in one_error_line(bad.stderr)
 
 
 def test_cli_timeout_kills_a_sigterm_ignoring_program(cli: Cli) -> None:
@@ -448,8 +572,28 @@ async def test_a_process_that_leaves_its_group_is_still_killed(
         escaped = int((await node.logs_of(task.id)).split()[0])
         assert_eventually(lambda: not alive(escaped))
         cgroup = agent_of(node).cgroup
-        assert cgroup is not None and not (cgroup.directory / task.id).exists()
+        assert cgroup is not None
+        # Removed once its processes are gone, which the task's end does not wait for.
+        assert_eventually(lambda: not (cgroup.directory / task.id).exists())
     assert not cgroup.directory.exists()
+
+
+@pytest.mark.usefixtures("cgroups_here")
+async def test_a_warm_child_that_cannot_join_its_cgroup_says_so(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from spear.runtimes.process.cgroups import NodeCgroup, TaskCgroup
+
+    def gone(self: NodeCgroup, task_id: str) -> TaskCgroup:  # removed under the task
+        return TaskCgroup(self.directory / "gone" / task_id, f"{self.path}/gone/{task_id}")
+
+    monkeypatch.setattr(NodeCgroup, "for_task", gone)
+    agent_py = script(tmp_path, "print('ran')\n")
+    async with new_node(tmp_path) as node:
+        task = await node.run(FunctionSpec(agent_py, runtime=Runtime.PROCESS, warm=True))
+        assert (task.state, await node.logs_of(task.id)) == (TaskState.COMPLETED, b"ran\n")
+        stderr = await node.logs_of(task.id, "stderr")
+        assert stderr.startswith(b"spear: the task's cgroup could not be joined: [Errno 2]")
 
 
 @pytest.mark.usefixtures("cgroups_here")

@@ -172,3 +172,80 @@ async def test_shared_mode_gives_up_with_a_clear_error(tmp_path: Path) -> None:
     finally:
         proc.kill()
         proc.communicate()
+
+
+def _other_process_opens(path: str, timeout_s: float) -> subprocess.CompletedProcess[bytes]:
+    """Another process opening the database (shared, retrying) and reading key k."""
+    code = textwrap.dedent(f"""
+        import anyio
+        from spear.store.leveldb import LevelDBKV
+
+        async def main():
+            kv = LevelDBKV.open({path!r}, hold=False, busy_timeout_s={timeout_s})
+            entry = await kv.get("k")
+            await kv.aclose()
+            print(entry.value.decode())
+
+        anyio.run(main)
+    """)
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, timeout=60)
+
+
+async def test_shared_handle_lingers_then_lets_go(tmp_path: Path) -> None:
+    import time
+
+    from spear.store import leveldb
+
+    path = str(tmp_path / "db")
+    kv = LevelDBKV.open(path, hold=False, busy_timeout_s=5)
+    opened = []
+    real_open = leveldb._open
+
+    def counting_open(*args: Any) -> Any:
+        opened.append(args)
+        return real_open(*args)
+
+    leveldb._open = counting_open  # type: ignore[assignment]
+    try:
+        for i in range(5):  # operations in quick succession share one open handle
+            await kv.put("k", str(i).encode())
+    finally:
+        leveldb._open = real_open  # type: ignore[assignment]
+    assert len(opened) <= 1
+    # Idle, it lets go: another process gets the database at its first attempts.
+    start = time.monotonic()
+    other = _other_process_opens(path, timeout_s=0.5)
+    assert other.returncode == 0, other.stderr
+    assert other.stdout == b"4\n"
+    assert time.monotonic() - start < 30
+    await kv.aclose()
+
+
+async def test_a_busy_shared_user_does_not_starve_another_process(tmp_path: Path) -> None:
+    import threading
+
+    path = str(tmp_path / "db")
+    kv = LevelDBKV.open(path, hold=False, busy_timeout_s=5)
+    await kv.put("k", b"busy")
+    stop = threading.Event()
+
+    def keep_writing() -> None:  # an operation every millisecond: never idle
+        import anyio
+
+        async def loop() -> None:
+            while not stop.is_set():
+                await kv.put("other", b"x")
+                await anyio.sleep(0.001)
+
+        anyio.run(loop)
+
+    writer = threading.Thread(target=keep_writing)
+    writer.start()
+    try:
+        other = _other_process_opens(path, timeout_s=5)
+    finally:
+        stop.set()
+        writer.join()
+    assert other.returncode == 0, other.stderr  # it got its turn within the timeout
+    assert other.stdout == b"busy\n"
+    await kv.aclose()

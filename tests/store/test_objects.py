@@ -78,7 +78,7 @@ async def test_refs_and_pins_keep_the_version(store: ObjectStore) -> None:
     await store.pin("k")
     await store.unpin("k")
     info = await store.info("k")
-    assert info.version == v and info.refcount == 1 and not info.pinned
+    assert info.version == v and info.refs == 1 and not info.pinned
     assert await store.put("k", b"w", expected_version=v) > v  # still the version we read
 
 
@@ -173,8 +173,8 @@ async def test_list_reports_size_version_refcount_and_pin(store: ObjectStore) ->
     await store.pin("p/1")
     infos = {i.key: i for i in await store.list("p/")}
     assert set(infos) == {"p/1", "p/2"}
-    assert (infos["p/1"].size, infos["p/1"].pinned, infos["p/1"].refcount) == (3, True, 0)
-    assert (infos["p/2"].size, infos["p/2"].pinned, infos["p/2"].refcount) == (10_000, False, 1)
+    assert (infos["p/1"].size, infos["p/1"].pinned, infos["p/1"].refs) == (3, True, 0)
+    assert (infos["p/2"].size, infos["p/2"].pinned, infos["p/2"].refs) == (10_000, False, 1)
 
 
 async def test_remove_ref_to_zero_collects_unless_pinned(store: ObjectStore) -> None:
@@ -190,7 +190,7 @@ async def test_remove_ref_to_zero_collects_unless_pinned(store: ObjectStore) -> 
     await store.pin("p")
     await store.add_ref("p")
     await store.remove_ref("p")
-    assert (await store.info("p")).refcount == 0  # pinned: survives
+    assert (await store.info("p")).refs == 0  # pinned: survives
     with pytest.raises(InvalidArgument):
         await store.remove_ref("p")
 
@@ -228,7 +228,7 @@ async def test_a_holders_references_are_released_when_it_ends(store: ObjectStore
     await store.add_ref("k", holder="task-1")
     await store.add_ref("k")  # someone else's
     await store.release_holder("task-1")
-    assert (await store.info("k")).refcount == 1
+    assert (await store.info("k")).refs == 1
 
 
 async def test_objects_survive_a_restart(tmp_path: Path) -> None:
@@ -365,4 +365,4 @@ async def test_removing_a_reference_nobody_holds_is_refused(store: ObjectStore) 
     with pytest.raises(InvalidArgument) as caught:
         await store.remove_ref("r")
     assert str(caught.value) == "object 'r' has no references to remove"
-    assert (await store.info("r")).refcount == 0  # and it is still there
+    assert (await store.info("r")).refs == 0  # and it is still there

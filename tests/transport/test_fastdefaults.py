@@ -34,9 +34,9 @@ def _messages() -> list[betterproto2.Message]:
 
 
 def test_encoding_is_unchanged_and_round_trips() -> None:
-    _fastdefaults.install()
+    assert _fastdefaults.install() and _fastdefaults.installed()
     patched = [bytes(m) for m in _messages()]
-    betterproto2.Message._get_field_default = _fastdefaults._original  # type: ignore[method-assign]
+    betterproto2.Message._get_field_default = _fastdefaults.upstream  # type: ignore[method-assign]
     try:
         original = [bytes(m) for m in _messages()]
     finally:
@@ -50,3 +50,11 @@ def test_encoding_is_unchanged_and_round_trips() -> None:
     a, b = v1.ListTasksResponse.parse(b""), v1.ListTasksResponse.parse(b"")
     a.tasks.append(cv.task_to_wire(Task(id="t", spec=FunctionSpec("m.wasm"))))
     assert b.tasks == [] and bytes(b) == b"" and bytes(a) != b""
+
+
+def test_each_default_is_upstreams() -> None:
+    for message in _messages():
+        for name in message._betterproto.sorted_field_names:
+            assert _fastdefaults._get_field_default(message, name) == _fastdefaults.upstream(
+                message, name
+            )

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import binascii
-
 import hyperframe.frame
 from hypothesis import given
 from hypothesis import strategies as st
@@ -11,23 +9,32 @@ from hypothesis import strategies as st
 from spear.transport import _fastframes
 
 
-def _hyperframes_own(data: bytes | None) -> str:  # hyperframe 6.1's, as it stands
-    if not data:
-        return "None"
-    r = binascii.hexlify(data).decode("ascii")
-    if len(r) > 20:
-        r = r[:20] + "..."
-    return "<hex:" + r + ">"
-
-
 @given(st.none() | st.binary(max_size=64))
 def test_the_same_string_as_hyperframes(data: bytes | None) -> None:
-    assert _fastframes._raw_data_repr(data) == _hyperframes_own(data)
+    assert _fastframes.upstream is not None
+    assert _fastframes._raw_data_repr(data) == _fastframes.upstream(data)
 
 
-def test_installed_for_every_data_frame() -> None:
-    import spear.transport._convert  # noqa: F401 - installs it
+def test_the_same_repr_of_whole_frames_as_hyperframes() -> None:
+    frames = [
+        hyperframe.frame.DataFrame(1, data=bytes(range(200)) * 100),
+        hyperframe.frame.DataFrame(3, data=b"short"),
+        hyperframe.frame.DataFrame(5, data=b""),
+    ]
+    _fastframes.install()
+    try:
+        patched = [repr(f) for f in frames]
+    finally:
+        hyperframe.frame._raw_data_repr = _fastframes.upstream
+    upstream = [repr(f) for f in frames]
+    _fastframes.install()
+    assert patched == upstream
+    assert patched[0].endswith("<hex:00010203040506070809...>")
 
+
+def test_installed_for_every_data_frame_by_a_client() -> None:
+    from spear.node.client import Client
+
+    Client("127.0.0.1:1")  # makes no connection: the channel opens on first call
+    assert _fastframes.installed()
     assert hyperframe.frame._raw_data_repr is _fastframes._raw_data_repr
-    frame = hyperframe.frame.DataFrame(1, data=bytes(range(200)) * 100)
-    assert repr(frame).endswith("<hex:00010203040506070809...>")

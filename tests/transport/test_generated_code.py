@@ -2,33 +2,17 @@
 
 from __future__ import annotations
 
-import filecmp
-import importlib.util
-import sys
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import pytest
-from conftest import ROOT
+from conftest import assert_same_tree, load_tool
 
 if TYPE_CHECKING:
     from pathlib import Path
 
 
-def _load_generator():  # type: ignore[no-untyped-def]
-    spec = importlib.util.spec_from_file_location("gen_protos", ROOT / "tools" / "gen_protos.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["gen_protos"] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-def _files(root: Path) -> set[str]:
-    return {
-        str(p.relative_to(root))
-        for p in root.rglob("*")
-        if p.is_file() and "__pycache__" not in p.parts
-    }
+def _load_generator() -> Any:
+    return load_tool("gen_protos")
 
 
 def test_generated_code_is_up_to_date(tmp_path: Path) -> None:
@@ -36,13 +20,7 @@ def test_generated_code_is_up_to_date(tmp_path: Path) -> None:
     gen = _load_generator()
     fresh = tmp_path / "_gen"
     gen.generate(fresh)
-    committed = gen.GENERATED
-    assert _files(fresh) == _files(committed), "run `nox -s protos` and commit the result"
-    stale = [
-        name for name in sorted(_files(fresh))
-        if not filecmp.cmp(fresh / name, committed / name, shallow=False)
-    ]  # fmt: skip
-    assert not stale, f"stale generated files {stale}: run `nox -s protos` and commit them"
+    assert_same_tree(fresh, gen.GENERATED)
 
 
 def test_every_proto_is_generated() -> None:

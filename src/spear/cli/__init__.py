@@ -1,5 +1,5 @@
-"""The `spear` command."""
+"""The `spear` command (console script `spear = "spear.cli:main"`); app.py builds it."""
 
-from spear.cli.app import main
+from spear.cli.app import app, main
 
-__all__ = ["main"]
+__all__ = ["app", "main"]

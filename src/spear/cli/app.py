@@ -1,4 +1,11 @@
-"""The `spear` command line. Every command is a thin call into a node or a client.
+"""The `spear` command line: the typer app, built here from the command modules (each
+imports only `_common` and lower layers; none imports this module). Every command is a
+thin call into a node or a client.
+
+Start-up time matters (`spear run agent.wasm` is a whole process each time), so a command
+module is imported only when its command runs (or its help or completion is asked for):
+`_COMMANDS` names where each lives and its one-line help for `spear --help`. Typer stays
+(its annotations declare every option once); rich is never used for help or errors.
 
 Exit codes: 0 success; 2 usage error (a bad flag or argument); a spear error's own code
 (see errors.py: 64 invalid input, 65 invalid module, 66 not found, 73 storage, ...);
@@ -7,247 +14,186 @@ for `spear run`, the guest's own exit code, 124 timeout, 130 cancelled, 134 trap
 
 from __future__ import annotations
 
-import json
+import importlib
 import sys
-from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import Annotated, Any
 
-import anyio
+import click
 import typer
+import typer.core
+import typer.main
 from click import exceptions as _click_exc
 
-from spear.cli.spec import (
-    ArgsArg,
-    CpuTimeOpt,
-    DirOpt,
-    EnvOpt,
-    FuelOpt,
-    InvokeOpt,
-    MemoryOpt,
-    OpenFilesOpt,
-    RuntimeOpt,
-    TimeoutOpt,
-    WarmOpt,
-    WorkdirOpt,
-    build_spec,
-)
-from spear.config import Settings
-from spear.core.models import FunctionSpec, Task, TaskState
+from spear.cli._common import JsonOpt, choice, emit_json, json_requested
 from spear.errors import SpearError
 
-if TYPE_CHECKING:
-    from collections.abc import Awaitable, Callable
+# name -> (module, its typer app, one-line help). A module's app holds one command or
+# several (tasks: submit, tasks, status, ...), or is the group itself (obj, cluster).
+_COMMANDS: dict[str, tuple[str, str, str]] = {
+    "run": ("spear.cli.run", "app", "Run a module or program to its end as a task."),
+    "submit": ("spear.cli.tasks", "app", "Submit a task to a node and print its id."),
+    "tasks": ("spear.cli.tasks", "app", "List tasks, newest first."),
+    "status": ("spear.cli.tasks", "app", "Show one task."),
+    "logs": ("spear.cli.tasks", "app", "Print a task's captured output (-f follows it)."),
+    "stop": ("spear.cli.tasks", "app", "Stop (cancel) a task."),
+    "result": ("spear.cli.tasks", "app", "Print a finished task's output."),
+    "node": ("spear.cli.tasks", "app", "Show the node: resources, load, runtimes."),
+    "obj": ("spear.cli.objects", "obj_app", "The node's object store: put, get, ls, rm, ..."),
+    "serve": ("spear.cli.serve", "app", "Run a SPEARlet or the SMS as a daemon."),
+    "nodes": ("spear.cli.cluster", "app", "List the nodes of the cluster."),
+    "cluster": ("spear.cli.cluster", "cluster_app", "A development cluster on this machine."),
+    "dashboard": ("spear.cli.dashboard", "app", "Print (or open) the web dashboard's URL."),
+}
+_GROUPS = ("obj", "cluster")
 
-    from spear.core.node import Spearlet
+HELP = """spear: a serverless runtime for AI agents (WebAssembly modules and processes).
+
+A node that runs tasks is a SPEARlet. `spear run` and the task commands use one in this
+process on the data dir, or the daemon serving it (`spear serve`). A cluster is one SMS
+(the metadata server: nodes, tasks, the object index) and many SPEARlets (`spear serve
+--role sms`, `spear serve --sms HOST:PORT`).
+
+Every command takes --json (one JSON document on stdout) and -h/--help."""
+
+
+class _Formatter(click.HelpFormatter):
+    """Help text as click writes it. typer (0.19) escapes `[` in option help for rich
+    whenever rich is installed, even with rich output off: `\\[default: 50]`. Undone here."""
+
+    def write_dl(self, rows: Any, col_max: int = 30, col_spacing: int = 2) -> None:
+        rows = [(term, text.replace("\\[", "[")) for term, text in rows]
+        super().write_dl(rows, col_max, col_spacing)
+
+
+class _Context(click.Context):
+    formatter_class = _Formatter
+
+
+def _plain_help(command: click.Command) -> click.Command:
+    command.context_class = _Context
+    for sub in getattr(command, "commands", {}).values():
+        _plain_help(sub)
+    return command
+
+
+class _LazyGroup(typer.core.TyperGroup):
+    context_class = _Context
+
+    """The top-level group: imports a command's module when that command is asked for."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        own = [n for n in super().list_commands(ctx) if n not in _COMMANDS]
+        return [*_COMMANDS, *own]
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        if cmd_name not in _COMMANDS or cmd_name in self.commands:
+            return super().get_command(ctx, cmd_name)
+        module, attr, _ = _COMMANDS[cmd_name]
+        sub: typer.Typer = getattr(importlib.import_module(module), attr)
+        command: click.Command
+        if cmd_name in _GROUPS:
+            command = typer.main.get_group_from_info(
+                typer.models.TyperInfo(sub, name=cmd_name),
+                pretty_exceptions_short=True,
+                rich_markup_mode=None,
+            )
+        else:
+            [info] = [c for c in sub.registered_commands if _name_of(c) == cmd_name]
+            command = typer.main.get_command_from_info(
+                info, pretty_exceptions_short=True, rich_markup_mode=None
+            )
+        self.commands[cmd_name] = _plain_help(command)
+        return command
+
+    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        rows = [(name, help) for name, (_, _, help) in _COMMANDS.items()]
+        for name in self.list_commands(ctx):
+            if name not in _COMMANDS:
+                command = super().get_command(ctx, name)
+                if command is not None and not command.hidden:
+                    rows.append((name, command.get_short_help_str(limit=70)))
+        with formatter.section("Commands"):
+            formatter.write_dl(rows)
+
+
+def _name_of(info: typer.models.CommandInfo) -> str:
+    assert info.callback is not None
+    return info.name or typer.main.get_command_name(info.callback.__name__)
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        from spear import __version__
+
+        sys.stdout.write(f"spear {__version__}\n")
+        raise typer.Exit()
+
 
 app = typer.Typer(
     name="spear",
-    help="spear: a serverless runtime for AI agents (WebAssembly modules and processes).",
+    cls=_LazyGroup,
+    help=HELP,
     no_args_is_help=True,
     pretty_exceptions_enable=False,
-    add_completion=False,
+    # --install-completion / --show-completion [bash|zsh|fish]: typer's (click's underneath)
+    rich_markup_mode=None,
+    context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100},
 )
 
-DataDirOpt = Annotated[
-    Path | None,
-    typer.Option("--data-dir", help="Data directory (default: $SPEAR_HOME, else XDG data dir)."),
-]
-ConfigOpt = Annotated[Path | None, typer.Option("--config", help="Settings file (TOML).")]
-JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON for machines.")]
 
-
-def _settings(data_dir: Path | None, config: Path | None, **flags: Any) -> Settings:
-    settings = Settings.load(config_file=config, data_dir=data_dir, **flags)
-    from spear import _logging
-
-    _logging.configure(settings)
-    return settings
-
-
-def _run_on_node(
-    settings: Settings, fn: Callable[[Spearlet], Awaitable[Any]], *, hold: bool = False
-) -> Any:
-    from spear.node.assembly import build_local_node
-
-    async def main() -> Any:
-        async with build_local_node(settings, hold_kv=hold) as node:
-            return await fn(node)
-
-    return anyio.run(main)
-
-
-def _emit_json(data: Any) -> None:
-    sys.stdout.write(json.dumps(data, indent=2, sort_keys=True) + "\n")
-
-
-@app.command(
-    context_settings={"allow_interspersed_args": False},
-    help="Run a WebAssembly (WASI preview 1) command module, or a program (a .py file, or "
-    "any executable with --runtime process), to completion as a task. "
-    "Arguments after MODULE are the guest's (use -- before guest arguments that look like "
-    "flags). Exits with the guest's exit code; 124 on timeout, 134 on a trap, 130 if cancelled.",
-)
-def run(
-    module: Annotated[
-        str, typer.Argument(help="A .wasm (or .wat) module, a .py agent, or a command.")
-    ],
-    args: ArgsArg = None,
-    env: EnvOpt = None,
-    dirs: DirOpt = None,
-    timeout: TimeoutOpt = None,
-    memory: MemoryOpt = None,
-    fuel: FuelOpt = None,
-    invoke: InvokeOpt = "_start",
-    runtime: RuntimeOpt = None,
-    warm: WarmOpt = False,
-    cpu_time: CpuTimeOpt = None,
-    open_files: OpenFilesOpt = None,
-    workdir: WorkdirOpt = None,
-    stream: Annotated[
+@app.callback()
+def _root(
+    version: Annotated[
         bool,
         typer.Option(
-            "--stream",
-            help="Carry the task's caller stream over the terminal: stdin lines in, "
-            "its messages out on stdout (guest stdout/stderr go to its logs).",
+            "--version",
+            "-V",
+            is_eager=True,
+            callback=_print_version,
+            help="Print spear's version and exit (`spear version`: its runtime's too).",
         ),
     ] = False,
-    framing: Annotated[
-        str, typer.Option("--framing", help="With --stream: lines, or length (4-byte prefix).")
-    ] = "lines",
-    data_dir: DataDirOpt = None,
-    config: ConfigOpt = None,
 ) -> None:
-    from spear.cli.stream import check_framing, run_streaming
-
-    settings = _settings(data_dir, config)
-    check_framing(framing)
-    spec = build_spec(
-        module,
-        args,
-        runtime=runtime,
-        env=env,
-        dirs=dirs,
-        timeout=timeout,
-        memory=memory,
-        fuel=fuel,
-        invoke=invoke,
-        warm=warm,
-        cpu_time=cpu_time,
-        open_files=open_files,
-        workdir=workdir,
-    )
-    from spear.cli.serve import read_address_file
-
-    daemon = None if stream else read_address_file(settings.data_dir)
-    task = None if daemon is None else anyio.run(_run_through_daemon, daemon, spec)
-    if task is None:
-        task = _run_on_node(
-            settings,
-            lambda node: (
-                run_streaming(node, spec, framing) if stream else _run_foreground(node, spec)
-            ),
-        )
-    _report_unsuccessful(task)
-    raise typer.Exit(task.exit_code or 0)
-
-
-def _report_unsuccessful(task: Task) -> None:
-    """One line on stderr for an ending that is not the guest's own exit status."""
-    if (
-        task.state is not TaskState.COMPLETED
-        and task.reason
-        and not task.reason.startswith("exit status")
-    ):
-        sys.stderr.write(f"spear: task {task.id} {task.state.value.lower()}: {task.reason}\n")
-
-
-async def _run_through_daemon(address: str, spec: FunctionSpec) -> Task | None:
-    """Run on the daemon serving this data dir, if it is alive (it holds the database).
-
-    Output is followed from the task's logs as it is written; piped stdin is sent whole.
-    Returns None when the daemon is gone (a stale address file): run the task here instead.
-    """
-    from spear.errors import Unavailable
-    from spear.node.client import Client
-
-    client = Client(address)
-    try:
-        try:
-            await client.node_info()
-        except Unavailable:
-            return None  # a stale address file: a killed daemon
-        stdin = None if sys.stdin is None or sys.stdin.isatty() else sys.stdin.buffer.read()
-        handle = await client.submit(spec, stdin=stdin)
-        sinks = {
-            "stdout": _write_through(sys.stdout.buffer),
-            "stderr": _write_through(sys.stderr.buffer),
-        }
-        async for chunk in handle.logs(("stdout", "stderr"), follow=True):
-            sinks[chunk.stream](chunk.data)
-        return await handle.wait()
-    finally:
-        await client.aclose()
-
-
-def _write_through(stream: Any) -> Callable[[bytes], None]:
-    def write(data: bytes) -> None:
-        stream.write(data)
-        stream.flush()
-
-    return write
-
-
-async def _run_foreground(node: Spearlet, spec: FunctionSpec) -> Task:
-    """Run a task with the terminal as its stdio; SIGINT/SIGTERM cancel it."""
-    import signal
-
-    created: list[Task] = []
-    result: list[Task] = []
-
-    async def watch_signals(scope: anyio.CancelScope) -> None:
-        with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
-            async for _ in signals:
-                if created:
-                    await node.cancel(created[0].id, "cancelled by signal")
-                    return
-                scope.cancel()
-
-    failure: list[BaseException] = []
-    async with anyio.create_task_group() as tg:
-        tg.start_soon(watch_signals, tg.cancel_scope)
-        try:
-            result.append(
-                await node.run(
-                    spec,
-                    stdin="inherit",
-                    tee_stdout=_write_through(sys.stdout.buffer),
-                    tee_stderr=_write_through(sys.stderr.buffer),
-                    on_created=created.append,
-                )
-            )
-        except SpearError as exc:  # re-raised outside the group, as itself
-            failure.append(exc)
-        tg.cancel_scope.cancel()
-    if failure:
-        raise failure[0]
-    return result[0]
+    pass
 
 
 @app.command(help="Print spear's version and its runtime's.")
 def version(as_json: JsonOpt = False) -> None:
     from spear import __version__
-    from spear.runtimes.wasm.agent import wasmtime_version
+    from spear.runtimes.wasm import wasmtime_version
     from spear.runtimes.wasm.hostcalls.abi import ABI_VERSION
 
     info = {"spear": __version__, "wasmtime": wasmtime_version(), "hostcall_abi": ABI_VERSION}
     if as_json:
-        _emit_json(info)
+        emit_json(info)
     else:
         sys.stdout.write(" ".join(f"{k} {v}" for k, v in info.items()) + "\n")
 
 
+@app.command(
+    help="Print the completion script for SHELL (bash, zsh or fish). Load it with "
+    "`source <(spear completion bash)`, or install it where the shell looks: "
+    '`spear completion zsh > "${fpath[1]}/_spear"`, '
+    "`spear completion fish > ~/.config/fish/completions/spear.fish`. "
+    "(`spear --install-completion` does that for the shell you are in.)"
+)
+def completion(
+    shell: Annotated[str, typer.Argument(click_type=choice("bash", "zsh", "fish"))],
+) -> None:
+    from click.shell_completion import get_completion_class
+
+    # typer registered its completion classes (the ones its completion answers) in click's
+    # table while it built the root group with its completion options.
+    make = get_completion_class(shell)
+    assert make is not None
+    root = click.get_current_context().find_root().command
+    script = make(root, {}, "spear", "_SPEAR_COMPLETE").source()
+    sys.stdout.write(script.strip() + "\n")  # (zsh wants #compdef on the first line)
+
+
 def main(argv: list[str] | None = None) -> int:
-    """Console entry point: one line on stderr for any error, never a traceback."""
+    """Console entry point: one line on stderr for any error, never a traceback (and with
+    --json, the error as JSON on stdout too)."""
     try:
         code = app(args=argv, prog_name="spear", standalone_mode=False)
         return code if isinstance(code, int) else 0
@@ -255,30 +201,29 @@ def main(argv: list[str] | None = None) -> int:
         return 2  # the help text is already printed
     except _click_exc.UsageError as exc:
         hint = f" (see '{exc.ctx.command_path} --help')" if exc.ctx is not None else ""
-        sys.stderr.write(f"spear: error: {exc.format_message()}{hint}\n")
-        return 2
+        return _error("usage", exc.format_message(), 2, json_requested(), hint)
     except _click_exc.ClickException as exc:
-        sys.stderr.write(f"spear: error: {exc.format_message()}\n")
-        return exc.exit_code
+        return _error("usage", exc.format_message(), exc.exit_code, json_requested())
     except typer.Abort:
         sys.stderr.write("spear: interrupted\n")
         return 130
     except SpearError as exc:
-        sys.stderr.write(f"spear: error: {exc}\n")
-        return exc.exit_code
+        return _error(exc.code, str(exc), exc.exit_code, json_requested())
     except KeyboardInterrupt:
         sys.stderr.write("spear: interrupted\n")
         return 130
     except BrokenPipeError:
         return 141
     except OSError as exc:
-        sys.stderr.write(f"spear: error: {exc.strerror or exc}\n")
-        return 74
+        return _error("io", str(exc.strerror or exc), 74, json_requested())
 
 
-# Commands in modules of their own register on `app` when imported.
-# (cli_cluster: distributed mode; cli_objects: obj gc.)
-from spear.cli import cluster, objects, serve, tasks  # noqa: E402, F401
+def _error(code: str, message: str, exit_code: int, as_json: bool, hint: str = "") -> int:
+    sys.stderr.write(f"spear: error: {message}{hint}\n")
+    if as_json:
+        emit_json({"error": {"code": code, "message": message, "exit_code": exit_code}})
+    return exit_code
+
 
 if __name__ == "__main__":  # pragma: no cover
     sys.exit(main())

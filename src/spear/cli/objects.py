@@ -1,7 +1,7 @@
 """`spear obj ...`: the object store's commands.
 
 `put|get|ls|rm|pin|unpin|ref|unref` reach a node daemon or the data dir through the
-NodeAPI (as the task commands in cli_client.py do); `gc` works on the local data dir.
+NodeAPI (as the task commands in tasks.py do); `gc` works on the local data dir.
 """
 
 from __future__ import annotations
@@ -12,17 +12,24 @@ from typing import Annotated, Any
 
 import typer
 
-from spear.cli.app import ConfigOpt, DataDirOpt, JsonOpt, _emit_json, _run_on_node, _settings, app
-from spear.cli.tasks import NodeOpt, _on_node
+from spear.cli._common import (
+    ConfigOpt,
+    DataDirOpt,
+    JsonOpt,
+    NodeOpt,
+    emit_json,
+    load_settings,
+    on_local_node,
+    on_node,
+)
 from spear.errors import InvalidArgument, NotFound
 
 obj_app = typer.Typer(help="The node's object store: put, get, ls, rm, pin, unpin, ref, unref.")
-app.add_typer(obj_app, name="obj")
 
 
 def _print_object(info: Any, as_json: bool) -> None:
     if as_json:
-        _emit_json(info.to_json())
+        emit_json(info.to_json())
     else:
         pin = " pinned" if info.pinned else ""
         sys.stdout.write(
@@ -47,14 +54,14 @@ def obj_put(
     config: ConfigOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
-    settings = _settings(data_dir, config)
+    settings = load_settings(data_dir, config)
     try:
         data = sys.stdin.buffer.read() if file == "-" else Path(file).read_bytes()
     except FileNotFoundError:
         raise NotFound(f"no such file: {file}") from None
     except OSError as exc:
         raise InvalidArgument(f"cannot read {file}: {exc.strerror}") from None
-    info = _on_node(
+    info = on_node(
         settings, node, lambda api: api.put_object(key, data, expected_version=expected_version)
     )
     _print_object(info, as_json)
@@ -69,10 +76,10 @@ def obj_get(
     config: ConfigOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
-    settings = _settings(data_dir, config)
-    data, info = _on_node(settings, node, lambda api: api.get_object(key))
+    settings = load_settings(data_dir, config)
+    data, info = on_node(settings, node, lambda api: api.get_object(key))
     if as_json:
-        _emit_json({**info.to_json(), "data": data.decode("utf-8", errors="replace")})
+        emit_json({**info.to_json(), "data": data.decode("utf-8", errors="replace")})
     elif output is not None:
         output.write_bytes(data)
     else:
@@ -87,10 +94,10 @@ def obj_ls(
     config: ConfigOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
-    settings = _settings(data_dir, config)
-    found = _on_node(settings, node, lambda api: api.list_objects(prefix))
+    settings = load_settings(data_dir, config)
+    found = on_node(settings, node, lambda api: api.list_objects(prefix))
     if as_json:
-        _emit_json([o.to_json() for o in found])
+        emit_json([o.to_json() for o in found])
         return
     for info in found:
         _print_object(info, False)
@@ -104,12 +111,12 @@ def obj_rm(
     config: ConfigOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
-    settings = _settings(data_dir, config)
-    deleted = _on_node(settings, node, lambda api: api.delete_object(key))
-    if as_json:
-        _emit_json({"key": key, "deleted": deleted})
-    elif not deleted:
+    settings = load_settings(data_dir, config)
+    deleted = on_node(settings, node, lambda api: api.delete_object(key))
+    if not deleted:  # (with --json too: the error is the JSON, and the exit code 66)
         raise NotFound(f"no such object: {key}")
+    if as_json:
+        emit_json({"key": key, "deleted": True})
 
 
 def _object_op(name: str, help: str) -> None:
@@ -120,14 +127,14 @@ def _object_op(name: str, help: str) -> None:
         config: ConfigOpt = None,
         as_json: JsonOpt = False,
     ) -> None:
-        settings = _settings(data_dir, config)
+        settings = load_settings(data_dir, config)
         method = {
             "pin": "pin_object",
             "unpin": "unpin_object",
             "ref": "add_object_ref",
             "unref": "remove_object_ref",
         }[name]
-        info = _on_node(settings, node, lambda api: getattr(api, method)(key))
+        info = on_node(settings, node, lambda api: getattr(api, method)(key))
         _print_object(info, as_json)
 
     obj_app.command(name, help=help)(command)
@@ -153,10 +160,10 @@ def obj_gc(
     config: ConfigOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
-    settings = _settings(data_dir, config)
-    deleted: list[str] = _run_on_node(settings, lambda node: node.objects.collect(grace))
+    settings = load_settings(data_dir, config)
+    deleted: list[str] = on_local_node(settings, lambda node: node.objects.collect(grace))
     if as_json:
-        _emit_json({"collected": deleted})
+        emit_json({"collected": deleted})
         return
     for key in deleted:
         sys.stdout.write(f"{key}\n")

@@ -18,26 +18,31 @@ from typing import TYPE_CHECKING, Annotated
 
 import anyio
 import typer
-from loguru import logger
 
-from spear.cli.app import ConfigOpt, DataDirOpt, JsonOpt, app
-from spear.config import Settings, parse_size
+from spear._logging import logger
+from spear.cli._common import (
+    SMS_ADDRESS_FILE,
+    ConfigOpt,
+    DataDirOpt,
+    JsonOpt,
+    address_file,
+    choice,
+)
+from spear.config import LOG_FORMATS, LOG_LEVELS, Settings, parse_size
 from spear.errors import InvalidArgument
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator
     from pathlib import Path
 
-    from spear.core.models import Task
+    from spear.core.tasks import TasksFinished
+    from spear.node.cluster import ClusterNode
     from spear.node.inprocess import InProcessNode
     from spear.node.server import SpearletServer
 
-ADDRESS_FILE = "spearlet.addr"
 _REPORT_INTERVAL_S = 60.0
 
-
-def address_file(data_dir: Path) -> Path:
-    return data_dir / ADDRESS_FILE
+app = typer.Typer()
 
 
 @app.command(
@@ -45,17 +50,34 @@ def address_file(data_dir: Path) -> Path:
     "SIGINT/SIGTERM drain it (a second signal stops at once)."
 )
 def serve(
-    role: Annotated[str, typer.Option("--role", help="What to run: spearlet or sms.")] = "spearlet",
+    role: Annotated[
+        str,
+        typer.Option(
+            "--role",
+            click_type=choice("spearlet", "sms"),
+            help="What to run: a SPEARlet (a node that runs tasks) or the SMS (the cluster's "
+            "metadata server).",
+        ),
+    ] = "spearlet",
     kv: Annotated[
         str | None,
         typer.Option("--kv", help="SMS store: leveldb:PATH or etcd://HOST:PORT[,...]."),
     ] = None,
     listen: Annotated[
         str | None,
-        typer.Option("--listen", help="HOST:PORT to serve on; port 0 picks a free port."),
+        typer.Option(
+            "--listen",
+            envvar="SPEAR_LISTEN",
+            help="HOST:PORT to serve on; port 0 picks a free port (default: 127.0.0.1:7070).",
+        ),
     ] = None,
     sms: Annotated[
-        str | None, typer.Option("--sms", help="Metadata server HOST:PORT (distributed mode).")
+        str | None,
+        typer.Option("--sms", envvar="SPEAR_SMS", help="The SMS's HOST:PORT: join its cluster."),
+    ] = None,
+    http: Annotated[
+        str | None,
+        typer.Option("--http", help="HOST:PORT of the dashboard and /metrics, or off."),
     ] = None,
     drain_timeout: Annotated[
         float, typer.Option("--drain-timeout", help="Seconds running tasks get to finish.")
@@ -64,24 +86,33 @@ def serve(
         str, typer.Option("--max-message-size", help="Largest gRPC message, e.g. 4M.")
     ] = "4M",
     log_level: Annotated[
-        str | None, typer.Option("--log-level", help="DEBUG, INFO, WARNING, ERROR.")
+        str | None,
+        typer.Option(
+            "--log-level",
+            envvar="SPEAR_LOG_LEVEL",
+            click_type=choice(*LOG_LEVELS, case_sensitive=False),
+            help="The system log's level (default: INFO).",
+        ),
     ] = None,
     log_format: Annotated[
-        str | None, typer.Option("--log-format", help="text or json (one object a line).")
+        str | None,
+        typer.Option(
+            "--log-format",
+            envvar="SPEAR_LOG_FORMAT",
+            click_type=choice(*LOG_FORMATS),
+            help="text, or json (one object a line).",
+        ),
     ] = None,
     data_dir: DataDirOpt = None,
     config: ConfigOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
-    if log_level is not None and log_level.upper() not in (
-        "TRACE", "DEBUG", "INFO", "SUCCESS", "WARNING", "ERROR", "CRITICAL",
-    ):  # fmt: skip
-        raise InvalidArgument(f"--log-level: unknown level {log_level!r}")
     settings = Settings.load(
         config_file=config,
         data_dir=data_dir,
         listen=listen,
         sms=sms,
+        http_listen=http,
         log_level=log_level,
         log_format=log_format,
     )
@@ -94,14 +125,16 @@ def serve(
     from spear.transport.serving import parse_listen
 
     parse_listen(settings.listen)  # a bad address fails before the data dir is opened
-    _logging.configure(settings)
-    if role == "sms":  # distributed mode: cli_cluster.py
-        from spear.cli.cluster import serve_sms
+    from spear.web import check_http_listen
 
-        anyio.run(serve_sms, settings, kv)
+    check_http_listen(settings.http_listen)
+    # The system log goes to DATA/logs/spear.log and to stderr (journald, a container's
+    # log), in colour only on a terminal and without NO_COLOR (no-color.org).
+    color = sys.stderr.isatty() and not os.environ.get("NO_COLOR")
+    _logging.configure(settings, console=True, color=color)
+    if role == "sms":  # distributed mode
+        anyio.run(_serve_sms, settings, kv)
         return
-    if role != "spearlet":
-        raise InvalidArgument(f"--role: unknown role {role!r} (one of: spearlet, sms)")
     if kv is not None:
         raise InvalidArgument("--kv is for --role sms")
     anyio.run(_serve_spearlet, settings, drain_timeout, max_message_bytes, as_json)
@@ -110,49 +143,34 @@ def serve(
 async def _serve_spearlet(
     settings: Settings, drain_s: float, max_message_bytes: int, as_json: bool = False
 ) -> None:
-    from spear.node.assembly import build_local_node
-    from spear.node.server import serve_spearlet
+    from spear.node.assembly import serving_node
 
-    if settings.sms:  # distributed mode: a cluster-wide node name (cli_cluster.py)
-        import dataclasses
-
-        from spear.cli.cluster import node_name_for
-
-        settings = dataclasses.replace(settings, node_name=node_name_for(settings))
-    node = build_local_node(settings, hold_kv=True)
-    node.controller.finished_hooks.append(_log_finished)
-    async with node:
-        from spear.cli.cluster import joined_cluster, make_node_api, peer_services
-
-        api = make_node_api(node)  # an InProcessNode; with --sms one that schedules/proxies
-        with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
-            server = await serve_spearlet(
-                api,
-                settings.listen,
-                max_message_bytes=max_message_bytes,
-                extra_services=peer_services(api),
-            )
-            assert server.address is not None
+    with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        async with serving_node(
+            settings, max_message_bytes=max_message_bytes, on_finished=_log_finished
+        ) as served:
+            address, name = served.address, served.api.node.name
             addr_path = address_file(settings.data_dir)
             try:
-                _write_atomically(addr_path, server.address + "\n")
-                _announce(server.address, node.name, settings, as_json)
+                _write_atomically(addr_path, address + "\n")
+                _announce(address, name, settings, as_json)
                 logger.info(
                     "node {} serving on {} (data dir {}, pid {})",
-                    node.name, server.address, settings.data_dir, os.getpid(),
+                    name, address, settings.data_dir, os.getpid(),
                 )  # fmt: skip
-                async with joined_cluster(api, server.address):
-                    await _run_until_signalled(api, server, signals, drain_s)
+                from spear import web
+
+                async with web.serving(served.api, settings):
+                    await _run_until_signalled(served.api, served.server, signals, drain_s)
             finally:
-                with anyio.CancelScope(shield=True):
-                    _remove_if_ours(addr_path, server.address)
-                    await server.close()
-        # (Outside any scope of ours: the node's task group must close where it opened.)
-        await node.shutdown("the node shut down before the task finished")
+                _remove_if_ours(addr_path, address)
 
 
 async def _run_until_signalled(
-    api: InProcessNode, server: SpearletServer, signals: AsyncIterator[int], drain_s: float
+    api: InProcessNode | ClusterNode,
+    server: SpearletServer,
+    signals: AsyncIterator[int],
+    drain_s: float,
 ) -> None:
     async with anyio.create_task_group() as tg:
         tg.start_soon(_report_resources, api)
@@ -175,14 +193,15 @@ async def _run_until_signalled(
         tg.cancel_scope.cancel()
 
 
-def _log_finished(task: Task) -> None:
-    logger.info(
-        "task {} {} (exit code {}){}",
-        task.id, task.state.value, task.exit_code, f": {task.reason}" if task.reason else "",
-    )  # fmt: skip
+async def _log_finished(finished: TasksFinished) -> None:
+    for task in finished.tasks:
+        logger.info(
+            "task {} {} (exit code {}){}",
+            task.id, task.state.value, task.exit_code, f": {task.reason}" if task.reason else "",
+        )  # fmt: skip
 
 
-async def _report_resources(api: InProcessNode) -> None:
+async def _report_resources(api: InProcessNode | ClusterNode) -> None:
     """The system log's resource report: capacity, free and running tasks, periodically."""
     while True:
         info = await api.node_info()
@@ -199,7 +218,7 @@ def _announce(address: str, name: str, settings: Settings, as_json: bool) -> Non
     if as_json:
         info = {"address": address, "node": name, "pid": os.getpid(),
                 "data_dir": str(settings.data_dir)}  # fmt: skip
-        sys.stdout.write(json.dumps(info) + "\n")
+        sys.stdout.write(json.dumps(info, sort_keys=True) + "\n")
     else:
         sys.stdout.write(address + "\n")
     sys.stdout.flush()
@@ -219,10 +238,29 @@ def _remove_if_ours(path: Path, address: str) -> None:
         pass
 
 
-def read_address_file(data_dir: Path) -> str | None:
-    """The address a daemon on this data dir wrote, if any."""
-    try:
-        text = address_file(data_dir).read_text().strip()
-    except OSError:
-        return None
-    return text or None
+async def _serve_sms(settings: Settings, kv_spec: str | None) -> None:
+    """Run the metadata server until SIGINT/SIGTERM; prints its bound address first."""
+    import contextlib
+
+    from spear.node.assembly import serving_sms
+
+    with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        async with serving_sms(settings, kv_spec) as served:
+            address = served.address
+            addr_path = settings.data_dir / SMS_ADDRESS_FILE
+            try:
+                settings.data_dir.mkdir(parents=True, exist_ok=True)
+                addr_path.write_text(address + "\n")
+                sys.stdout.write(address + "\n")
+                sys.stdout.flush()
+                logger.info("SMS serving on {} (pid {})", address, os.getpid())
+                from spear import web
+
+                async with web.serving_sms(served.metadata, settings, address):
+                    async for _ in signals:
+                        break
+            finally:
+                with contextlib.suppress(OSError):
+                    if addr_path.read_text().strip() == address:
+                        addr_path.unlink()
+    logger.info("SMS stopped")

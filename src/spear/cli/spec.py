@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated
 
+import click
 import typer
 
 from spear.config import parse_size
@@ -24,7 +25,11 @@ FuelOpt = Annotated[int | None, typer.Option("--fuel", help="Stop after this man
 InvokeOpt = Annotated[str, typer.Option("--invoke", help="Export to call.")]
 RuntimeOpt = Annotated[
     str | None,
-    typer.Option("--runtime", help="wasm or process (default: process for .py, else wasm)."),
+    typer.Option(
+        "--runtime",
+        click_type=click.Choice(("wasm", "process")),
+        help="The runtime (default: process for .py, else wasm).",
+    ),
 ]
 WarmOpt = Annotated[
     bool, typer.Option("--warm", help="process: fork a .py agent from a warm Python.")

@@ -28,8 +28,7 @@ from spear.errors import InvalidArgument, Unavailable
 
 if TYPE_CHECKING:
     from spear.core.models import FunctionSpec, Task
-    from spear.core.node import Spearlet
-    from spear.core.streams import TaskStream
+    from spear.node.api import NodeAPI, StreamingTask
 
 FRAMINGS = ("lines", "length")
 _LENGTH = struct.Struct(">I")
@@ -82,7 +81,7 @@ def _reader_thread(
             pass
 
 
-async def _pump_in(stream: TaskStream, framing: str) -> None:
+async def _pump_in(stream: StreamingTask, framing: str) -> None:
     loop = asyncio.get_running_loop()
     queue: asyncio.Queue[bytes | None] = asyncio.Queue(maxsize=1)
     threading.Thread(
@@ -99,25 +98,25 @@ async def _pump_in(stream: TaskStream, framing: str) -> None:
     await stream.close()
 
 
-async def run_streaming(node: Spearlet, spec: FunctionSpec, framing: str = "lines") -> Task:
+async def run_streaming(api: NodeAPI, spec: FunctionSpec, framing: str = "lines") -> Task:
     """Run `spec` with stdin/stdout as its caller stream; SIGINT/SIGTERM cancel it."""
     check_framing(framing)
-    stream = await node.start_task(spec)
     out = sys.stdout.buffer
+    async with api.start_task(spec) as stream:
 
-    async def watch_signals() -> None:
-        with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
-            async for _ in signals:
-                await node.cancel(stream.id, "cancelled by signal")
-                return
+        async def watch_signals() -> None:
+            with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+                async for _ in signals:
+                    await stream.cancel("cancelled by signal")
+                    return
 
-    async with anyio.create_task_group() as tg:
-        tg.start_soon(watch_signals)
-        tg.start_soon(_pump_in, stream, framing)
-        async for message in stream.messages():
-            await anyio.to_thread.run_sync(_write, out, frame(message, framing))
-        task = await stream.wait()
-        tg.cancel_scope.cancel()
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(watch_signals)
+            tg.start_soon(_pump_in, stream, framing)
+            async for message in stream.messages():
+                await anyio.to_thread.run_sync(_write, out, frame(message, framing))
+            task = await stream.wait()
+            tg.cancel_scope.cancel()
     return task
 
 

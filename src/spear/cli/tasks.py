@@ -1,5 +1,5 @@
 """The CLI's client commands: submit, status, tasks, logs, stop, result, node (and, in
-cli_objects.py, obj).
+objects.py, obj).
 
 Each reaches a node through the `NodeAPI`: a daemon given by `--node HOST:PORT` (or
 `SPEAR_NODE`); else the daemon holding the data dir (found through DATA/spearlet.addr);
@@ -9,24 +9,24 @@ and returns when it has finished.
 
 from __future__ import annotations
 
-import contextlib
-import itertools
 import sys
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
-import anyio
 import typer
 
-from spear.cli.app import (
+from spear.cli._common import (
     ConfigOpt,
     DataDirOpt,
     JsonOpt,
-    _emit_json,
-    _report_unsuccessful,
-    _settings,
-    app,
+    NodeOpt,
+    Progress,
+    choice,
+    emit_json,
+    load_settings,
+    on_node,
+    report_unsuccessful,
 )
 from spear.cli.spec import (
     ArgsArg,
@@ -45,81 +45,13 @@ from spear.cli.spec import (
 )
 from spear.config import parse_size
 from spear.core.models import Resources, Task, TaskState
-from spear.errors import InvalidArgument, Unavailable
+from spear.errors import InvalidArgument
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator, Awaitable, Callable
-
-    from spear.config import Settings
     from spear.node.api import NodeAPI
 
-NodeOpt = Annotated[
-    str | None,
-    typer.Option(
-        "--node", envvar="SPEAR_NODE", help="A node daemon's HOST:PORT (default: this data dir's)."
-    ),
-]
+app = typer.Typer()
 IdArg = Annotated[str, typer.Argument(metavar="ID")]
-
-
-@contextlib.asynccontextmanager
-async def connect(settings: Settings, node: str | None) -> AsyncIterator[NodeAPI]:
-    """The node to talk to: `node`, else this data dir's daemon, else the data dir here."""
-    from spear.cli.serve import read_address_file
-    from spear.node.client import Client
-
-    address = node or read_address_file(settings.data_dir)
-    if address is not None:
-        client = Client(address)
-        try:
-            if node is None:  # found in the data dir: it may be stale (a killed daemon)
-                try:
-                    await client.node_info()
-                except Unavailable:
-                    address = None
-            if address is not None:
-                yield client
-        finally:
-            await client.aclose()
-        if address is not None:
-            return
-    from spear.node.assembly import build_local_node
-    from spear.node.inprocess import InProcessNode
-
-    async with build_local_node(settings, hold_kv=False) as local:
-        yield InProcessNode(local)
-
-
-def _on_node(settings: Settings, node: str | None, fn: Callable[[NodeAPI], Awaitable[Any]]) -> Any:
-    async def main() -> Any:
-        async with connect(settings, node) as api:
-            return await fn(api)
-
-    return anyio.run(main)
-
-
-@contextlib.asynccontextmanager
-async def _progress(label: Callable[[], str], enabled: bool) -> AsyncIterator[None]:
-    """A spinner on stderr while a long wait lasts; nothing unless stderr is a terminal."""
-    if not (enabled and sys.stderr.isatty()):
-        yield
-        return
-    start = time.monotonic()
-
-    async def spin() -> None:
-        for frame in itertools.cycle("|/-\\"):
-            sys.stderr.write(f"\r{frame} {label()} {time.monotonic() - start:.1f}s\x1b[K")
-            sys.stderr.flush()
-            await anyio.sleep(0.1)
-
-    async with anyio.create_task_group() as tg:
-        tg.start_soon(spin)
-        try:
-            yield
-        finally:
-            tg.cancel_scope.cancel()
-            sys.stderr.write("\r\x1b[K")
-            sys.stderr.flush()
 
 
 def _fmt_time(ts: float | None) -> str:
@@ -179,7 +111,7 @@ def submit(
     config: ConfigOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
-    settings = _settings(data_dir, config)
+    settings = load_settings(data_dir, config)
     defaults = Resources()
     resources = Resources(
         defaults.cpu_millis if cpu is None else cpu,
@@ -210,14 +142,12 @@ def submit(
             raise InvalidArgument(f"--stdin: cannot read {stdin_file}: {exc.strerror}") from None
 
     async def go(api: NodeAPI) -> Task:
-        from spear.node.inprocess import InProcessNode
-
         handle = await api.submit(spec, stdin=stdin)
         if not as_json:
             sys.stdout.write(handle.id + "\n")
             sys.stdout.flush()
         # Without a daemon this process is the node: the task must end before we exit.
-        if not (wait or isinstance(api, InProcessNode)):
+        if not (wait or api.in_process):
             return handle.task
         state = [handle.task.state.value]
 
@@ -225,27 +155,32 @@ def submit(
             async for task in api.watch(handle.id):
                 state[0] = task.state.value
 
-        async with _progress(lambda: f"task {handle.id} {state[0]}", wait and not as_json):
-            if isinstance(api, InProcessNode):
-                return await api.wait(handle.id)
+        import anyio
+
+        with Progress(lambda: f"task {handle.id} {state[0]}", wait and not as_json):
             async with anyio.create_task_group() as tg:
                 tg.start_soon(follow)
                 final = await api.wait(handle.id)
                 tg.cancel_scope.cancel()
             return final
 
-    task: Task = _on_node(settings, node, go)
+    task: Task = on_node(settings, node, go)
     if as_json:
-        _emit_json(task.to_json())
+        emit_json(task.to_json())
     if wait:
-        _report_unsuccessful(task)
+        report_unsuccessful(task)
         raise typer.Exit(task.exit_code or 0)
 
 
 @app.command(help="List tasks, newest first.")
 def tasks(
     state: Annotated[
-        str | None, typer.Option("--state", help="Only tasks in this state (e.g. RUNNING).")
+        str | None,
+        typer.Option(
+            "--state",
+            click_type=choice(*(s.value for s in TaskState), case_sensitive=False),
+            help="Only tasks in this state.",
+        ),
     ] = None,
     limit: Annotated[int, typer.Option("--limit", "-n", help="At most this many.")] = 50,
     node: NodeOpt = None,
@@ -253,19 +188,15 @@ def tasks(
     config: ConfigOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
-    settings = _settings(data_dir, config)
+    settings = load_settings(data_dir, config)
     want = None
     if state is not None:
-        try:
-            want = TaskState(state.upper())
-        except ValueError:
-            names = ", ".join(s.value for s in TaskState)
-            raise InvalidArgument(f"unknown state {state!r} (one of {names})") from None
+        want = TaskState(state.upper())
     if limit < 1:
         raise InvalidArgument("--limit must be at least 1")
-    found: list[Task] = _on_node(settings, node, lambda api: api.tasks(want, limit))
+    found: list[Task] = on_node(settings, node, lambda api: api.tasks(want, limit))
     if as_json:
-        _emit_json([t.to_json() for t in found])
+        emit_json([t.to_json() for t in found])
         return
     rows = [("ID", "STATE", "EXIT", "CREATED", "TIME", "ARTIFACT", "REASON")]
     for t in found:
@@ -315,10 +246,10 @@ def status(
     config: ConfigOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
-    settings = _settings(data_dir, config)
-    task: Task = _on_node(settings, node, lambda api: api.task(task_id))
+    settings = load_settings(data_dir, config)
+    task: Task = on_node(settings, node, lambda api: api.task(task_id))
     if as_json:
-        _emit_json(task.to_json())
+        emit_json(task.to_json())
     else:
         _print_task(task)
 
@@ -327,7 +258,10 @@ def status(
 def logs(
     task_id: IdArg,
     stream: Annotated[
-        str | None, typer.Option("--stream", help="stdout, stderr or agent (default: all).")
+        str | None,
+        typer.Option(
+            "--stream", click_type=choice("stdout", "stderr", "agent"), help="Only this one."
+        ),
     ] = None,
     follow: Annotated[bool, typer.Option("--follow", "-f", help="Follow until it ends.")] = False,
     node: NodeOpt = None,
@@ -335,7 +269,7 @@ def logs(
     config: ConfigOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
-    settings = _settings(data_dir, config)
+    settings = load_settings(data_dir, config)
     streams = (stream,) if stream else ()
     sinks = {"stdout": sys.stdout.buffer, "stderr": sys.stderr.buffer, "agent": sys.stderr.buffer}
 
@@ -350,7 +284,7 @@ def logs(
                 line["data"] = chunk.data.decode("utf-8", errors="replace")
                 import json
 
-                sys.stdout.write(json.dumps(line) + "\n")
+                sys.stdout.write(json.dumps(line, sort_keys=True) + "\n")
                 sys.stdout.flush()
             else:
                 sink = sys.stdout.buffer if stream else sinks[chunk.stream]
@@ -361,10 +295,10 @@ def logs(
                 sink.flush()
         return {k: bytes(v) for k, v in collected.items()}
 
-    out: dict[str, bytes] = _on_node(settings, node, read)
+    out: dict[str, bytes] = on_node(settings, node, read)
     if as_json and not follow:
         names = streams or ("stdout", "stderr", "agent")
-        _emit_json({n: out.get(n, b"").decode("utf-8", errors="replace") for n in names})
+        emit_json({n: out.get(n, b"").decode("utf-8", errors="replace") for n in names})
 
 
 @app.command(help="Stop (cancel) a task.")
@@ -378,10 +312,10 @@ def stop(
     config: ConfigOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
-    settings = _settings(data_dir, config)
-    task: Task = _on_node(settings, node, lambda api: api.cancel(task_id, reason))
+    settings = load_settings(data_dir, config)
+    task: Task = on_node(settings, node, lambda api: api.cancel(task_id, reason))
     if as_json:
-        _emit_json(task.to_json())
+        emit_json(task.to_json())
     else:
         sys.stdout.write(f"{task.id} {task.state.value}\n")
 
@@ -398,19 +332,19 @@ def result(
     config: ConfigOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
-    settings = _settings(data_dir, config)
+    settings = load_settings(data_dir, config)
 
     async def go(api: NodeAPI) -> Any:
-        async with _progress(lambda: f"waiting for task {task_id}", wait and not as_json):
+        with Progress(lambda: f"waiting for task {task_id}", wait and not as_json):
             return await api.result(task_id, wait=wait)
 
-    res = _on_node(settings, node, go)
+    res = on_node(settings, node, go)
     if as_json:
-        _emit_json(res.to_json())
+        emit_json(res.to_json())
     else:
         sys.stdout.buffer.write(res.output)
         sys.stdout.flush()
-        _report_unsuccessful(res.task)
+        report_unsuccessful(res.task)
     raise typer.Exit(res.task.exit_code or 0)
 
 
@@ -421,16 +355,20 @@ def node(
     config: ConfigOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
-    settings = _settings(data_dir, config)
-    info = _on_node(settings, node, lambda api: api.node_info())
+    settings = load_settings(data_dir, config)
+    info = on_node(settings, node, lambda api: api.node_info())
+    if not info.address:  # no daemon: the node lived only while this command read it
+        import dataclasses
+
+        info = dataclasses.replace(info, state="offline", pid=0)
     if as_json:
-        _emit_json(info.to_json())
+        emit_json(info.to_json())
         return
     mib = 1024 * 1024
     lines = [
         ("name", info.name),
         ("state", info.state),
-        ("address", info.address or "- (in this process)"),
+        ("address", info.address or "- (no daemon serves this data dir: `spear serve`)"),
         ("version", f"spear {info.version}, wasmtime {info.wasmtime_version}"),
         ("runtimes", ", ".join(info.runtimes)),
         ("running", str(info.running_tasks)),
@@ -438,11 +376,8 @@ def node(
         ("memory", f"{info.free.memory_bytes // mib} MiB free of "
                    f"{info.capacity.memory_bytes // mib} MiB"),
         ("data dir", info.data_dir),
-        ("pid", str(info.pid)),
-        ("up since", _fmt_time(info.started_at)),
+        ("pid", str(info.pid) if info.pid else "-"),
+        ("up since", _fmt_time(info.started_at) if info.address else "-"),
     ]  # fmt: skip
     for name, value in lines:
         sys.stdout.write(f"{name + ':':<10}{value}\n")
-
-
-__all__ = ["connect"]

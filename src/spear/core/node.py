@@ -7,9 +7,12 @@ from enum import StrEnum
 from typing import TYPE_CHECKING, Any, Self
 
 import anyio
-from loguru import logger
 
+from spear._logging import logger
+from spear.core.results import serving_objects
 from spear.core.tasks import TaskController, TaskStore
+from spear.core.worker import NodeServices
+from spear.errors import Unavailable
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Mapping, Sequence
@@ -43,14 +46,14 @@ class Spearlet:
         agents: Mapping[str, WorkerAgent],
         logs: TaskLogs,
         capacity: Resources,
-        services: dict[str, Any] | None = None,
+        services: NodeServices | None = None,
         closers: list[Callable[[], Any]] | None = None,
     ) -> None:
         self.settings = settings
         self.kv = kv
         self.agents = dict(agents)
         self.logs = logs
-        self.services: dict[str, Any] = services if services is not None else {}
+        self.services = services if services is not None else NodeServices()
         self.tasks_store = TaskStore(kv)
         self.controller = TaskController(
             self.tasks_store, self.agents, logs, capacity, settings.node_name, self.services
@@ -73,9 +76,11 @@ class Spearlet:
                 await stack.enter_async_context(agent)
             self._tg = await stack.enter_async_context(anyio.create_task_group())
             self.controller.bind(self._tg)
-            for service in self.services.values():  # e.g. the object store, streams
-                if hasattr(service, "serve_node"):
-                    await stack.enter_async_context(service.serve_node(self, self._tg))
+            if self.services.objects is not None:  # first: a result is kept before all else
+                objects = serving_objects(self, self.services.objects, self._tg)
+                await stack.enter_async_context(objects)
+            for service in self.services.with_background_work():  # streams, models
+                await stack.enter_async_context(service.serve_node(self, self._tg))
             lost = await self.tasks_store.recover_lost()
             if lost:
                 logger.warning("marked {} unfinished task(s) of dead processes as lost", len(lost))
@@ -85,7 +90,7 @@ class Spearlet:
             raise
         self._stack = stack
         self.state = NodeState.RUNNING
-        logger.info("node {} started", self.name)
+        logger.debug("node {} started", self.name)
 
     async def shutdown(self, reason: str = "node stopped") -> None:
         """Stop the node; running tasks are interrupted and marked. Safe to call twice."""
@@ -102,7 +107,7 @@ class Spearlet:
         finally:
             await self._close_resources()
             self.state = NodeState.STOPPED
-            logger.info("node {} stopped", self.name)
+            logger.debug("node {} stopped", self.name)
 
     async def _close_resources(self) -> None:
         for close in reversed(self._closers):
@@ -164,16 +169,21 @@ class Spearlet:
     @property
     def objects(self) -> ObjectStore:
         """The node's object store (seed §6)."""
-        store: ObjectStore = self.services["objects"]
+        store = self.services.objects
+        if store is None:
+            raise Unavailable(f"node {self.name} has no object store")
         return store
 
     async def start_task(self, spec: FunctionSpec, *, stdin: bytes | None = None) -> TaskStream:
         """Start a task whose caller stream is ours: send it messages, read its messages."""
         from spear.core.streams import TaskStream
 
+        registry = self.services.streams
+        if registry is None:
+            raise Unavailable(f"node {self.name} has no caller streams")
         task = await self.controller.submit(spec, stdin=stdin)
         # No await between submit and attach: the task cannot run before its streams exist.
-        streams = self.services["streams"].attach(task.id)
+        streams = registry.attach(task.id)
         return TaskStream(self, task, streams)
 
     async def logs_of(self, task_id: str, stream: str = "stdout") -> bytes:

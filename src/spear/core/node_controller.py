@@ -11,8 +11,8 @@ from dataclasses import replace
 from typing import TYPE_CHECKING
 
 import anyio
-from loguru import logger
 
+from spear._logging import logger
 from spear.errors import SpearError
 
 if TYPE_CHECKING:
@@ -51,7 +51,6 @@ class NodeController:
         self.state = Membership.JOINING
         self.registrations = 0
         self.heartbeats = 0
-        self._joined = anyio.Event()
         # Called after every (re-)registration, e.g. to report this node's unfinished tasks.
         self.on_registered: Callable[[], Awaitable[None]] | None = None
 
@@ -73,7 +72,6 @@ class NodeController:
         )
         self.registrations += 1
         self.state = Membership.MEMBER
-        self._joined.set()
         logger.info("registered with the cluster as {} ({})", record.name, self.incarnation)
         if self.on_registered is not None:
             await self.on_registered()
@@ -109,9 +107,6 @@ class NodeController:
                 started = True
                 task_status.started()
             await anyio.sleep(self.timings.heartbeat_s)
-
-    async def wait_joined(self) -> None:
-        await self._joined.wait()
 
     async def leave(self, timeout_s: float = 3.0) -> bool:
         """Deregister (best effort: a dead SMS must not hold up a clean stop)."""

@@ -19,24 +19,25 @@ import contextlib
 import time
 from collections import deque
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 import anyio
-from loguru import logger
 
+from spear._logging import logger
 from spear.core.cluster import PlacementQuery, input_objects, selector_labels
 from spear.core.models import Task, TaskState, new_task_id
 from spear.core.worker import EXIT_CANCELLED
 from spear.errors import NotFound, ResourceExhausted, SpearError, Unavailable
 
 if TYPE_CHECKING:
-    from collections.abc import Awaitable, Callable, Sequence
+    from collections.abc import Sequence
 
     from anyio.abc import TaskStatus
 
     from spear.core.cluster import Candidate, Cluster, NodeRecord
     from spear.core.models import FunctionSpec
     from spear.core.node import Spearlet
+    from spear.core.tasks import TasksFinished
 
 
 def rank_candidates(candidates: Sequence[Candidate]) -> list[Candidate]:
@@ -69,18 +70,26 @@ class Decision:
     node: str
 
 
+class Forwarder(Protocol):
+    """How a task placed on another node gets there (the node package's `Peers`)."""
+
+    async def forward(self, node: NodeRecord, task: Task, stdin: bytes | None) -> Task:
+        """Hand `task` (its id kept) to `node`; returns it as that node accepted it."""
+        ...
+
+
 class Scheduler:
     def __init__(
         self,
         node: Spearlet,
         cluster: Cluster,
-        forward: Callable[[NodeRecord, Task, bytes | None], Awaitable[Task]],
+        forwarder: Forwarder,
         labels: tuple[tuple[str, str], ...],
         retry_s: float,
     ) -> None:
         self.node = node
         self.cluster = cluster
-        self._forward = forward
+        self.forwarder = forwarder
         self.labels = labels
         self.retry_s = retry_s
         self._queue: deque[_Queued] = deque()
@@ -90,7 +99,10 @@ class Scheduler:
         # result), it calls that node without asking the SMS where they are first.
         self.forwarded_to: dict[str, NodeRecord] = {}
         self.decisions: deque[Decision] = deque(maxlen=1000)
-        node.controller.finished_hooks.append(lambda _task: self._wake.set())
+        node.controller.add_finished_hook(self._tasks_finished)
+
+    async def _tasks_finished(self, finished: TasksFinished) -> None:
+        self._wake.set()  # room on this node: try the queue again
 
     @property
     def queued(self) -> int:
@@ -177,7 +189,7 @@ class Scheduler:
     ) -> Task | None:
         for candidate in ranked:
             try:
-                placed = await self._forward(candidate.node, task, stdin)
+                placed = await self.forwarder.forward(candidate.node, task, stdin)
             except (ResourceExhausted, Unavailable) as exc:
                 logger.info("forwarding {} to {} failed: {}", task.id, candidate.node.name, exc)
                 continue

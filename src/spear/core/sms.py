@@ -20,8 +20,8 @@ import time
 from typing import TYPE_CHECKING, Any
 
 import anyio
-from loguru import logger
 
+from spear._logging import logger
 from spear.core.cluster import (
     Candidate,
     Cluster,
@@ -32,14 +32,16 @@ from spear.core.cluster import (
     Placement,
     PlacementQuery,
 )
-from spear.core.models import Task, TaskState
+from spear.core.models import TaskState
+from spear.core.stats import SmsStats
+from spear.core.tasks.codec import decode_task, encode_task
 from spear.core.worker import EXIT_LOST
 from spear.errors import InvalidArgument, NotFound
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Sequence
 
-    from spear.core.models import Resources
+    from spear.core.models import Resources, Task
     from spear.store.kv import KV
 
 _NODES = "nodes/"
@@ -71,6 +73,7 @@ class MetadataServer(Cluster):
         # itself is not the nodes' fault (they could not reach it), so a restarted SMS
         # gives every node a full period to speak before judging it.
         self._started = clock()
+        self.stats = SmsStats()  # read by the SMS's /metrics (spear/web/metrics.py)
 
     # -- nodes ------------------------------------------------------------------------
 
@@ -112,6 +115,7 @@ class MetadataServer(Cluster):
         self, name: str, incarnation: str, free: Resources, running: int, queued: int
     ) -> NodeRecord | None:
         now = self._clock()
+        self.stats.heartbeats += 1
 
         def beat(rec: NodeRecord) -> NodeRecord | None:
             if rec.incarnation != incarnation or not rec.health.live:
@@ -206,6 +210,13 @@ class MetadataServer(Cluster):
     # -- placement ----------------------------------------------------------------------
 
     async def find_nodes(self, query: PlacementQuery) -> Placement:
+        t0 = time.perf_counter()
+        try:
+            return await self._find_nodes(query)
+        finally:
+            self.stats.placement.observe(time.perf_counter() - t0)
+
+    async def _find_nodes(self, query: PlacementQuery) -> Placement:
         live = [n for n in await self.nodes() if n.health.live]
         with_runtime = [n for n in live if query.runtime in n.runtimes]
         with_labels = [n for n in with_runtime if n.has_labels(query.labels)]
@@ -229,15 +240,12 @@ class MetadataServer(Cluster):
         while True:
             entry = await self.kv.get(_TASKS + task.id)
             expected = 0 if entry is None else entry.version
-            old = None if entry is None else Task.from_json(json.loads(entry.value))
+            old = None if entry is None else decode_task(entry.value)
             if old is not None and old.state.terminal:
                 return old  # a finished task stays as it finished (e.g. "node lost")
             if old is not None and len(old.history) > len(task.history):
                 return old  # a late report of an earlier state
-            if (
-                await self.kv.compare_and_swap(_TASKS + task.id, _dump(task.to_json()), expected)
-                > 0
-            ):
+            if await self.kv.compare_and_swap(_TASKS + task.id, encode_task(task), expected) > 0:
                 break
         if old is not None and old.node and old.node != task.node:
             await self.kv.delete(f"{_NODE_TASKS}{old.node}/{task.id}")
@@ -257,17 +265,21 @@ class MetadataServer(Cluster):
                 tg.start_soon(self.report_task, task)
 
     async def task(self, task_id: str) -> Task:
+        """A task by its id, or by a unique prefix of it (core/task_ids.py)."""
+        from spear.core.task_ids import resolve_task_id
+
+        task_id = await resolve_task_id(self.kv, task_id)
         entry = await self.kv.get(_TASKS + task_id)
         if entry is None:
             raise NotFound(f"no such task: {task_id}")
-        return Task.from_json(json.loads(entry.value))
+        return decode_task(entry.value)
 
     async def tasks(
         self, state: TaskState | None = None, limit: int | None = None, node: str | None = None
     ) -> list[Task]:
         out: list[Task] = []
         for entry in await self.kv.scan(_TASKS, reverse=True):
-            task = Task.from_json(json.loads(entry.value))
+            task = decode_task(entry.value)
             if (state is None or task.state is state) and (node is None or task.node == node):
                 out.append(task)
                 if limit is not None and len(out) >= limit:
@@ -283,11 +295,11 @@ class MetadataServer(Cluster):
                 current = await self.kv.get(_TASKS + task_id)
                 if current is None:
                     break
-                task = Task.from_json(json.loads(current.value))
+                task = decode_task(current.value)
                 if task.state.terminal or task.node != node:
                     break
                 failed = task.transition(TaskState.FAILED, reason=reason, exit_code=EXIT_LOST)
-                raw = _dump(failed.to_json())
+                raw = encode_task(failed)
                 if await self.kv.compare_and_swap(_TASKS + task_id, raw, current.version) > 0:
                     count += 1
                     break

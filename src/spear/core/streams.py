@@ -29,6 +29,8 @@ if TYPE_CHECKING:
     from anyio.abc import TaskGroup
 
     from spear.core.models import Task
+    from spear.core.node import Spearlet
+    from spear.core.tasks import TasksFinished
 
 # Readiness bits, as poll(2) has them.
 POLLIN = 0x1
@@ -277,19 +279,22 @@ class StreamRegistry:
                 streams.finished.set()
 
     @contextlib.asynccontextmanager
-    async def serve_node(self, node: Any, task_group: TaskGroup) -> AsyncIterator[None]:
+    async def serve_node(self, node: Spearlet, task_group: TaskGroup) -> AsyncIterator[None]:
         """Serve a node: end a task's streams once the task ended (hooks run in order, so
         after the object store stored its result)."""
 
-        async def task_finished(task: Task) -> None:
-            self.finish(task.id)
+        async def tasks_finished(finished: TasksFinished) -> None:
+            for task in finished.tasks:
+                self.finish(task.id)
 
-        node.controller.finished_hooks.append(task_finished)
+        node.controller.add_finished_hook(tasks_finished)
         yield
 
 
 class TaskStream:
-    """A running task seen from its caller: send messages in, iterate messages out.
+    """A running task seen from its caller in this process: send messages in, iterate
+    messages out. The NodeAPI's `StreamingTask` (spear/node/api.py) is built on it: it
+    carries its messages over this stream when the node runs in this process.
 
     ``stream = await node.start_task(spec)``; ``await stream.send(b"hi")``;
     ``async for message in stream.messages(): ...``; ``value = await stream.result()``.

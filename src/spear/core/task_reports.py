@@ -10,13 +10,13 @@ re-registration re-sends every unfinished task.
 from __future__ import annotations
 
 import itertools
-import json
 from typing import TYPE_CHECKING
 
 import anyio
-from loguru import logger
 
+from spear._logging import logger
 from spear.core.models import Task, TaskState
+from spear.core.tasks.codec import decode_task
 from spear.errors import SpearError
 
 if TYPE_CHECKING:
@@ -63,7 +63,7 @@ class TaskReporter:
             if not event.value:
                 continue
             try:
-                self.offer(Task.from_json(json.loads(event.value)))
+                self.offer(decode_task(event.value))
             except (ValueError, KeyError, SpearError):
                 logger.warning("unreadable task record {} not reported", event.key)
 

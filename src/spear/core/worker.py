@@ -18,6 +18,8 @@ if TYPE_CHECKING:
     from types import TracebackType
 
     from spear.core.models import Runtime, Task, TaskState
+    from spear.core.streams import StreamRegistry
+    from spear.store.objects import ObjectStore
 
 # How the CLI reports outcomes that are not the guest's own exit code.
 EXIT_TIMEOUT = 124  # like coreutils `timeout`
@@ -80,19 +82,37 @@ class ExecutionControl:
         return self._event.wait(timeout)
 
 
+@dataclass(frozen=True, slots=True)
+class NodeServices:
+    """What a node offers its tasks' hostcalls beside the task itself (None: not offered).
+    The composition root (spear/node/assembly.py) fills it; the node starts each one's
+    background work with itself."""
+
+    objects: ObjectStore | None = None
+    streams: StreamRegistry | None = None
+    # A spear.models.router.ModelRouter; typed Any because the models package imports
+    # core, and core imports no package that imports it back.
+    models: Any = None
+
+    def with_background_work(self) -> tuple[Any, ...]:
+        """The services with a `serve_node` context (the object store is served by
+        `core/results.py`, which keeps the node's task results in it)."""
+        return tuple(s for s in (self.streams, self.models) if s is not None)
+
+
 @dataclass(slots=True)
 class TaskContext:
     """What one task's hostcalls act on: its identity and the node's services.
 
-    `services` is filled by the node (object store, streams, models ...); worker agents
-    pass the context through to hostcalls without looking inside.
+    `services` is filled by the node (object store, streams, models); worker agents pass
+    the context through to hostcalls without looking inside.
     """
 
     task: Task
     control: ExecutionControl
     io: TaskIO
     agent_log: Callable[[str, str], None]
-    services: dict[str, Any] = field(default_factory=dict)
+    services: NodeServices = field(default_factory=NodeServices)
     handles: dict[int, Any] = field(default_factory=dict)
 
 

@@ -39,14 +39,13 @@ import contextlib
 import fnmatch
 import math
 import time
-import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import anyio
-from loguru import logger
 
+from spear._logging import logger
 from spear.errors import (
     DeadlineExceeded,
     InvalidArgument,
@@ -63,6 +62,8 @@ if TYPE_CHECKING:
 
     from spear.config import Settings
     from spear.core.models import Task
+    from spear.core.node import Spearlet
+    from spear.core.tasks import TasksFinished
     from spear.models.base import (
         ChatChunk,
         ChatRequest,
@@ -149,6 +150,8 @@ class RoutingConfig:
 
     @classmethod
     def load(cls, path: Path) -> RoutingConfig:
+        import tomllib  # (only with a routing file: every node builds a router)
+
         try:
             data = tomllib.loads(path.read_text())
         except FileNotFoundError:
@@ -397,13 +400,14 @@ class ModelRouter:
             scope.cancel()
 
     @contextlib.asynccontextmanager
-    async def serve_node(self, node: Any, task_group: TaskGroup) -> AsyncIterator[None]:
+    async def serve_node(self, node: Spearlet, task_group: TaskGroup) -> AsyncIterator[None]:
         """Serve a node: calls run in its task group and stop when their task ends."""
 
-        async def task_finished(task: Task) -> None:
-            self.cancel_task(task.id)
+        async def tasks_finished(finished: TasksFinished) -> None:
+            for task in finished.tasks:
+                self.cancel_task(task.id)
 
-        node.controller.finished_hooks.append(task_finished)
+        node.controller.add_finished_hook(tasks_finished)
         self._task_group = task_group
         try:
             yield

@@ -7,11 +7,10 @@ local data dir) and `Client` (a node daemon over gRPC). The CLI's client command
 
 from __future__ import annotations
 
-import abc
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator, Generator, Sequence
+    from collections.abc import AsyncIterator, Callable, Generator, Sequence
     from contextlib import AbstractAsyncContextManager
 
     from spear.core.models import (
@@ -28,12 +27,30 @@ if TYPE_CHECKING:
 class NodeAPI(Protocol):
     """The operations of a node that callers use: tasks, logs, results, node info, objects."""
 
+    @property
+    def in_process(self) -> bool:
+        """True when the node runs in this process: its tasks end when this process does."""
+        ...
+
     async def submit(self, spec: FunctionSpec, *, stdin: bytes | None = None) -> TaskHandle:
         """Start a task; returns at once with a handle on it (the task is PENDING)."""
         ...
 
-    async def run(self, spec: FunctionSpec, *, stdin: bytes | None = None) -> Task:
-        """Run a task to its end and return it finished."""
+    async def run(
+        self,
+        spec: FunctionSpec,
+        *,
+        stdin: bytes | Literal["inherit"] | None = None,
+        stdout: Callable[[bytes], None] | None = None,
+        stderr: Callable[[bytes], None] | None = None,
+        on_created: Callable[[Task], None] | None = None,
+    ) -> Task:
+        """Run a task to its end and return it finished.
+
+        `stdout`/`stderr` are called with its output as it is written; `on_created` with
+        the task once it exists (its id, to cancel it). `stdin="inherit"` is this
+        process's own stdin: an in-process node hands it to the guest as it is, a remote
+        node is sent it whole (nothing if it is a terminal)."""
         ...
 
     async def call(self, spec: FunctionSpec, *, stdin: bytes | None = None) -> TaskResult:
@@ -134,22 +151,75 @@ class TaskHandle:
         return self._api.watch(self.id)
 
 
-class StreamingTask(TaskHandle, abc.ABC):
-    """A task started with its caller stream: send it messages, read the messages it sends."""
+class CallerStream(Protocol):
+    """A task's caller stream seen from the caller: what a `StreamingTask` carries its
+    messages over. In this process it is the node's own `spear.TaskStream`
+    (core/streams.py); from a `Client`, one ExchangeStream call."""
 
-    @abc.abstractmethod
+    async def send(self, message: bytes | str) -> None: ...
+
+    async def close(self) -> None: ...
+
+    async def receive(self) -> bytes | None: ...
+
+
+class StreamingTask(TaskHandle):
+    """A task started with its caller stream: send it messages, read the messages it sends
+    (over `stream`); the rest (wait, result, logs, cancel) as any `TaskHandle`."""
+
+    def __init__(self, api: NodeAPI, task: Task, stream: CallerStream) -> None:
+        super().__init__(api, task)
+        self.stream = stream
+
     async def send(self, message: bytes | str) -> None:
         """One message to the task; waits while its input queue is full."""
+        await self.stream.send(message)
 
-    @abc.abstractmethod
     async def close(self) -> None:
         """No more messages: the task reads the end of its input after the queued ones."""
+        await self.stream.close()
 
-    @abc.abstractmethod
     async def receive(self) -> bytes | None:
         """The task's next message; None once the task has ended and all were read."""
+        return await self.stream.receive()
 
     async def messages(self) -> AsyncIterator[bytes]:
         """The task's messages, in order, until it ends."""
-        while (message := await self.receive()) is not None:
+        while (message := await self.stream.receive()) is not None:
             yield message
+
+
+async def run_attached(
+    api: NodeAPI,
+    spec: FunctionSpec,
+    *,
+    stdin: bytes | None,
+    stdout: Callable[[bytes], None] | None,
+    stderr: Callable[[bytes], None] | None,
+    on_created: Callable[[Task], None] | None,
+) -> Task:
+    """`run` for a node that is not in this process: submit, relay the task's output as
+    its logs grow, and return it once it ends."""
+    handle = await api.submit(spec, stdin=stdin)
+    if on_created is not None:
+        on_created(handle.task)
+    sinks = {"stdout": stdout, "stderr": stderr}
+    streams = tuple(name for name, sink in sinks.items() if sink is not None)
+    if streams:
+        async for chunk in handle.logs(streams, follow=True):
+            sink = sinks[chunk.stream]
+            assert sink is not None
+            sink(chunk.data)
+    return await handle.wait()
+
+
+def read_own_stdin(stdin: bytes | Literal["inherit"] | None) -> bytes | None:
+    """What `stdin="inherit"` sends to a remote node: this process's stdin read whole,
+    unless it is a terminal (nothing is sent then)."""
+    if stdin != "inherit":
+        return stdin
+    import sys
+
+    if sys.stdin is None or sys.stdin.isatty():
+        return None
+    return sys.stdin.buffer.read()

@@ -1,19 +1,39 @@
-"""Builds a node for a mode. The only place that chooses implementations for the seams."""
+"""The composition root: builds every kind of process (a local run, a daemon, a cluster
+member, the SMS). The only place that chooses implementations for the seams."""
 
 from __future__ import annotations
 
+import contextlib
 import os
-from typing import TYPE_CHECKING, Any
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, TypedDict
+
+import anyio
 
 from spear.core.logs import TaskLogs
 from spear.core.models import Resources
 from spear.core.node import Spearlet
-from spear.errors import StorageError
+from spear.core.worker import NodeServices
+from spear.errors import InvalidArgument, StorageError
+from spear.node.membership import joined_cluster, node_labels, node_name_for, peer_services
 
 if TYPE_CHECKING:
+    from collections.abc import AsyncIterator, Mapping
+
     from spear.config import Settings
     from spear.core.cluster import Cluster
+    from spear.core.node_controller import NodeController
+    from spear.core.sms import MetadataServer
+    from spear.core.streams import StreamRegistry
+    from spear.core.tasks import FinishedHook
     from spear.core.worker import WorkerAgent
+    from spear.models.router import ModelRouter
+    from spear.node.cluster import ClusterNode
+    from spear.node.inprocess import InProcessNode
+    from spear.node.server import SpearletServer
+    from spear.store.kv import KV
+    from spear.store.objects import ObjectStore
 
 
 def _machine_capacity(settings: Settings) -> Resources:
@@ -40,13 +60,25 @@ def prepare_data_dir(settings: Settings) -> None:
         raise StorageError(f"data dir {path} is not usable: {reason}") from None
 
 
-def local_components(settings: Settings, *, hold_kv: bool = True) -> dict[str, Any]:
-    """The parts of a local-mode SPEARlet: LevelDB metadata, the wasm worker agent.
+class SpearletParts(TypedDict):
+    """What `Spearlet(**parts)` is built from."""
+
+    settings: Settings
+    kv: KV
+    agents: dict[str, WorkerAgent]
+    logs: TaskLogs
+    capacity: Resources
+    services: NodeServices
+
+
+def local_components(settings: Settings, *, hold_kv: bool = True) -> SpearletParts:
+    """The parts of a local-mode SPEARlet: LevelDB metadata, the wasm and process worker
+    agents, the services (object store, caller streams, AI models).
 
     `hold_kv=False` is for short CLI processes that share a data dir (see store/leveldb.py).
     """
-    from spear.runtimes.process.agent import ProcessWorkerAgent
-    from spear.runtimes.wasm.agent import WasmWorkerAgent
+    from spear.core.models import Runtime
+    from spear.runtimes.deferred import DeferredAgent
     from spear.store.leveldb import LevelDBKV
 
     prepare_data_dir(settings)
@@ -56,33 +88,45 @@ def local_components(settings: Settings, *, hold_kv: bool = True) -> dict[str, A
         busy_timeout_s=settings.busy_timeout_s,
         sync=settings.kv_sync,
     )
-    agents: dict[str, WorkerAgent] = {
-        "wasm": WasmWorkerAgent(
-            settings.module_cache_dir, max_threads=settings.max_concurrent_tasks
-        ),
-        "process": ProcessWorkerAgent(
+
+    def wasm() -> WorkerAgent:
+        from spear.runtimes.wasm.agent import WasmWorkerAgent
+
+        return WasmWorkerAgent(settings.module_cache_dir, max_threads=settings.max_concurrent_tasks)
+
+    def process() -> WorkerAgent:
+        from spear.runtimes.process.agent import ProcessWorkerAgent
+
+        return ProcessWorkerAgent(
             settings.data_dir / "run",
             grace_s=settings.process_kill_grace_s,
             max_threads=settings.max_concurrent_tasks,
-        ),
+            warm_spares=settings.process_warm_spares,
+            warm_idle_s=settings.process_warm_idle_s,
+        )
+
+    # Made when a task first needs them: a CLI process uses one runtime or none.
+    agents: dict[str, WorkerAgent] = {
+        "wasm": DeferredAgent(Runtime.WASM, wasm),
+        "process": DeferredAgent(Runtime.PROCESS, process),
     }
     logs = TaskLogs(settings.tasks_log_dir, settings.task_log_max_bytes)
-    services: dict[str, Any] = {
-        "objects": _object_store(settings, kv),
-        "streams": _streams(settings),
-        "models": _models(settings),
-    }
-    return {
-        "services": services,
-        "settings": settings,
-        "kv": kv,
-        "agents": agents,
-        "logs": logs,
-        "capacity": _machine_capacity(settings),
-    }
+    services = NodeServices(
+        objects=_object_store(settings, kv),
+        streams=_streams(settings),
+        models=_models(settings),
+    )
+    return SpearletParts(
+        settings=settings,
+        kv=kv,
+        agents=agents,
+        logs=logs,
+        capacity=_machine_capacity(settings),
+        services=services,
+    )
 
 
-def _object_store(settings: Settings, kv: Any) -> Any:
+def _object_store(settings: Settings, kv: KV) -> ObjectStore:
     from spear.store.objects import ObjectStore
 
     return ObjectStore(
@@ -96,13 +140,13 @@ def _object_store(settings: Settings, kv: Any) -> Any:
     )
 
 
-def _streams(settings: Settings) -> Any:
+def _streams(settings: Settings) -> StreamRegistry:
     from spear.core.streams import StreamRegistry
 
     return StreamRegistry(settings.stream_queue_messages, settings.stream_message_max_bytes)
 
 
-def _models(settings: Settings) -> Any:
+def _models(settings: Settings) -> ModelRouter:
     from spear.models.router import ModelRouter, RoutingConfig
 
     # The one place that hands the environment over: API keys are read from the variables
@@ -121,3 +165,202 @@ def build_cluster(settings: Settings) -> Cluster | None:
     from spear.transport.sms_client import SmsClient
 
     return SmsClient(settings.sms)
+
+
+# -- a daemon, a cluster member ---------------------------------------------------------
+
+
+def make_node_api(node: Spearlet, max_message_bytes: int = 0) -> InProcessNode | ClusterNode:
+    """The NodeAPI a daemon serves: with `sms` set, a ClusterNode (scheduling, proxying)
+    wrapping the node's InProcessNode."""
+    from spear.node.inprocess import InProcessNode
+
+    local = InProcessNode(node, max_message_bytes=max_message_bytes)
+    settings = node.settings
+    if not settings.sms:
+        return local
+    from spear.core.cluster import ClusterTimings
+    from spear.core.scheduler import Scheduler
+    from spear.node.cluster import ClusterNode
+    from spear.node.peer import Peers
+
+    timings = ClusterTimings.from_extra(settings.extra)
+    cluster = build_cluster(settings)
+    assert cluster is not None
+    peers = Peers(node.name)
+    scheduler = Scheduler(node, cluster, peers, node_labels(settings), timings.heartbeat_s)
+    return ClusterNode(local, cluster, scheduler, peers)
+
+
+@dataclass(frozen=True, slots=True)
+class ServingNode:
+    """A node serving gRPC: its NodeAPI, its server, the address it bound, and (in a
+    cluster) what keeps it a member."""
+
+    api: InProcessNode | ClusterNode
+    server: SpearletServer
+    address: str
+    membership: NodeController | None
+
+
+@contextlib.asynccontextmanager
+async def serving_node(
+    settings: Settings,
+    *,
+    max_message_bytes: int | None = None,
+    on_finished: FinishedHook | None = None,
+) -> AsyncIterator[ServingNode]:
+    """A daemon's node while inside: started on `settings.data_dir`, serving gRPC on
+    `settings.listen`, and, with `settings.sms`, a cluster member. `spear serve` and
+    `join_cluster` both build theirs here."""
+    import dataclasses
+
+    from spear.node.server import serve_spearlet
+    from spear.transport._status import DEFAULT_MAX_MESSAGE_BYTES
+
+    if settings.sms:  # distributed mode: a cluster-wide node name
+        settings = dataclasses.replace(settings, node_name=node_name_for(settings))
+    node = build_local_node(settings, hold_kv=True)
+    if on_finished is not None:
+        node.controller.add_finished_hook(on_finished)
+    async with node:
+        api = make_node_api(node)
+        server = await serve_spearlet(
+            api,
+            settings.listen,
+            max_message_bytes=max_message_bytes or DEFAULT_MAX_MESSAGE_BYTES,
+            extra_services=peer_services(api),
+        )
+        assert server.address is not None
+        try:
+            async with joined_cluster(api, server.address) as membership:
+                yield ServingNode(api, server, server.address, membership)
+        finally:
+            with anyio.CancelScope(shield=True):
+                await server.close()
+        # (Outside any scope of ours: the node's task group must close where it opened.)
+        await node.shutdown("the node shut down before the task finished")
+
+
+def member_settings(
+    where: Settings | str | Path,
+    *,
+    sms: str | None = None,
+    listen: str | None = None,
+    name: str | None = None,
+    labels: Mapping[str, str] | None = None,
+) -> Settings:
+    """Settings for an embedded node: `where` is Settings, or a data dir (defaults then,
+    with no settings file or environment read); the keywords override."""
+    import dataclasses
+
+    from spear.config import Settings
+
+    settings = where if isinstance(where, Settings) else Settings(data_dir=Path(where))
+    changes: dict[str, Any] = {}
+    if sms is not None:
+        changes["sms"] = sms
+    if listen is not None:
+        changes["listen"] = listen
+    elif not isinstance(where, Settings):
+        changes["listen"] = "127.0.0.1:0"
+    if name is not None:
+        changes["node_name"] = name
+    if labels is not None:
+        changes["extra"] = {**settings.extra, "labels": dict(labels)}
+    return dataclasses.replace(settings, **changes)
+
+
+# -- the SMS ------------------------------------------------------------------------------
+
+
+async def open_sms_kv(spec: str | None, data_dir: Path) -> KV:
+    """`leveldb:PATH`, `etcd://HOST:PORT[,...]`, or None: LevelDB at DATA/sms.ldb."""
+    if spec is None or spec.startswith("leveldb:"):
+        from spear.config import Settings
+        from spear.store.leveldb import LevelDBKV
+
+        path = Path(spec[len("leveldb:") :]) if spec else data_dir / "sms.ldb"
+        if spec is None:
+            prepare_data_dir(Settings(data_dir=data_dir))
+        if not str(path):
+            raise InvalidArgument("--kv leveldb: needs a path (leveldb:PATH)")
+        return LevelDBKV.open(str(path))
+    if spec.startswith("etcd://"):
+        from spear.store.etcd import EtcdKV
+
+        return await EtcdKV.connect(spec)
+    raise InvalidArgument(f"--kv expects leveldb:PATH or etcd://HOST:PORT[,...], got {spec!r}")
+
+
+@dataclass(frozen=True, slots=True)
+class ServingSms:
+    """A metadata server serving gRPC: the address it bound, and its state."""
+
+    address: str
+    metadata: MetadataServer
+
+
+@contextlib.asynccontextmanager
+async def serving_sms(settings: Settings, kv_spec: str | None = None) -> AsyncIterator[ServingSms]:
+    """The metadata server on `settings.listen` while inside (its store opened from
+    `kv_spec`: leveldb:PATH, etcd://..., or None for DATA/sms.ldb; its sweeper running)."""
+    from spear.core.cluster import ClusterTimings
+    from spear.core.sms import MetadataServer
+    from spear.transport.sms_server import SmsServer
+
+    timings = ClusterTimings.from_extra(settings.extra)
+    kv = await open_sms_kv(kv_spec, settings.data_dir)
+    async with kv:
+        sms = MetadataServer(kv, timings)
+        server = SmsServer(sms)
+        address = await server.start(settings.listen)
+        try:
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(sms.run_sweeper)
+                try:
+                    yield ServingSms(address, sms)
+                finally:
+                    tg.cancel_scope.cancel()
+        finally:
+            with anyio.CancelScope(shield=True):
+                await server.close()
+
+
+def serve_sms(
+    where: Settings | str | Path, *, listen: str | None = None, kv: str | None = None
+) -> contextlib.AbstractAsyncContextManager[ServingSms]:
+    """The cluster's metadata server (SMS) in this process while inside:
+
+        async with spear.serve_sms(data_dir) as sms:
+            async with spear.join_cluster(other_dir, sms=sms.address) as node: ...
+
+    `where` is a data dir (its state goes to DATA/sms.ldb unless `kv` names another
+    store: leveldb:PATH or etcd://HOST:PORT[,...]) or Settings; `listen` defaults to
+    127.0.0.1 on a free port (`sms.address` is the one bound)."""
+    return serving_sms(member_settings(where, listen=listen), kv)
+
+
+@contextlib.asynccontextmanager
+async def join_cluster(
+    where: Settings | str | Path,
+    *,
+    sms: str | None = None,
+    listen: str | None = None,
+    name: str | None = None,
+    labels: Mapping[str, str] | None = None,
+) -> AsyncIterator[ClusterNode]:
+    """A cluster member in this process while inside: its node started on `where` (a
+    data dir, or Settings), serving gRPC on `listen` (default 127.0.0.1, a free port),
+    registered with the SMS at `sms` and placing tasks; `name` and `labels` (what tasks
+    may select it by) as the settings' node_name and [labels]. Leaving drains nothing: it
+    leaves the cluster and stops the node (running tasks are marked as ended by the
+    shutdown)."""
+    from spear.node.cluster import ClusterNode
+
+    settings = member_settings(where, sms=sms, listen=listen, name=name, labels=labels)
+    if not settings.sms:
+        raise InvalidArgument("join_cluster needs the SMS's address (sms=HOST:PORT)")
+    async with serving_node(settings) as served:
+        assert isinstance(served.api, ClusterNode)
+        yield served.api

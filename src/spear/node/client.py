@@ -17,41 +17,34 @@ import dataclasses
 import hashlib
 import os
 import stat
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 import anyio
 from anyio.abc import AsyncResource
 from grpclib.client import Channel
 from grpclib.const import Cardinality
-from grpclib.events import RecvTrailingMetadata, listen
 
 from spear.core.models import LogChunk, NodeInfo, ObjectInfo, Runtime, TaskResult
 from spear.errors import InvalidArgument, NotFound, SpearError, error_from_code
-from spear.node.api import StreamingTask, TaskHandle
+from spear.node.api import StreamingTask, TaskHandle, read_own_stdin, run_attached
 from spear.transport import _convert as cv
+from spear.transport import _speedups
 from spear.transport._gen.pb import spearlet_pb2 as pb
 from spear.transport._gen.spear import v1
 from spear.transport._status import (
     CHUNK_BYTES,
     DEFAULT_MAX_MESSAGE_BYTES,
-    ERROR_CODE_KEY,
     LimitedCodec,
     client_errors,
-    received_error_code,
+    listen_for_error_codes,
 )
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator, Iterator, Sequence
+    from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 
     from grpclib.client import Stream
 
     from spear.core.models import FunctionSpec, Task, TaskState
-
-
-async def _remember_error_code(event: RecvTrailingMetadata) -> None:
-    code = event.metadata.get(ERROR_CODE_KEY)
-    if code:
-        received_error_code.set(str(code))
 
 
 def _split_address(address: str) -> tuple[str, int]:
@@ -64,21 +57,23 @@ def _split_address(address: str) -> tuple[str, int]:
         raise InvalidArgument(f"a node address is HOST:PORT, got {address!r}") from None
 
 
-class _RemoteStreamingTask(StreamingTask):
-    """A task's caller stream carried by one ExchangeStream call."""
+class _ExchangeStream:
+    """A task's caller stream carried by one ExchangeStream call (a `CallerStream`); the
+    task's final record, sent at the end, updates the handle's `task`."""
 
     def __init__(
-        self, client: Client, task: Task, stream: Stream[v1.StreamMessage, v1.StreamMessage]
+        self, address: str, task_id: str, stream: Stream[v1.StreamMessage, v1.StreamMessage]
     ) -> None:
-        super().__init__(client, task)
-        self._address = client.address
+        self._address = address
+        self._task_id = task_id
         self._stream = stream
         self._input_closed = False
         self.ended = False
+        self.handle: StreamingTask | None = None
 
     async def send(self, message: bytes | str) -> None:
         if self._input_closed:
-            raise InvalidArgument(f"the input of task {self.id} is already closed")
+            raise InvalidArgument(f"the input of task {self._task_id} is already closed")
         data = message.encode() if isinstance(message, str) else bytes(message)
         with client_errors(self._address):
             await self._stream.send_message(v1.StreamMessage(data=data))
@@ -97,8 +92,8 @@ class _RemoteStreamingTask(StreamingTask):
             message = await self._stream.recv_message()
         if message is None or message.close:
             self.ended = True
-            if message is not None and message.task is not None:
-                self.task = cv.task_from_wire(message.task)
+            if message is not None and message.task is not None and self.handle is not None:
+                self.handle.task = cv.task_from_wire(message.task)
             return None
         return message.data
 
@@ -117,6 +112,7 @@ class Client(AsyncResource):
         timeout: float | None = None,
         max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
     ) -> None:
+        _speedups.install()
         self.address = address
         self._host, self._port = _split_address(address)
         self._timeout = timeout
@@ -135,7 +131,7 @@ class Client(AsyncResource):
             self._channel = Channel(
                 self._host, self._port, codec=LimitedCodec(self._max_message_bytes)
             )
-            listen(self._channel, RecvTrailingMetadata, _remember_error_code)
+            listen_for_error_codes(self._channel)
             self._stub_ = v1.SpearletStub(self._channel, timeout=self._timeout)
         return self._stub_
 
@@ -243,8 +239,26 @@ class Client(AsyncResource):
             info = await self._stub.submit_task(request)
         return TaskHandle(self, cv.task_from_wire(info))
 
-    async def run(self, spec: FunctionSpec, *, stdin: bytes | None = None) -> Task:
-        """Submit a task and return it finished, in one call."""
+    @property
+    def in_process(self) -> bool:
+        return False
+
+    async def run(
+        self,
+        spec: FunctionSpec,
+        *,
+        stdin: bytes | Literal["inherit"] | None = None,
+        stdout: Callable[[bytes], None] | None = None,
+        stderr: Callable[[bytes], None] | None = None,
+        on_created: Callable[[Task], None] | None = None,
+    ) -> Task:
+        """Submit a task and return it finished, in one call (with output sinks or
+        `on_created`: submitted, its logs relayed as they grow, then waited for)."""
+        stdin = read_own_stdin(stdin)
+        if stdout or stderr or on_created:
+            return await run_attached(
+                self, spec, stdin=stdin, stdout=stdout, stderr=stderr, on_created=on_created
+            )
         request = await self._request(spec, stdin, wait=True)
         with self._errors():
             return cv.task_from_wire(await self._stub.submit_task(request))
@@ -286,11 +300,14 @@ class Client(AsyncResource):
                 first = await stream.recv_message()
                 if first is None or first.task is None:
                     raise SpearError(f"node {self.address} did not start the task")
-                handle = _RemoteStreamingTask(self, cv.task_from_wire(first.task), stream)
+                task = cv.task_from_wire(first.task)
+                exchange = _ExchangeStream(self.address, task.id, stream)
+                handle = StreamingTask(self, task, exchange)
+                exchange.handle = handle
                 try:
                     yield handle
                 finally:
-                    if not handle.ended:
+                    if not exchange.ended:
                         await stream.cancel()
 
     async def task(self, task_id: str) -> Task:

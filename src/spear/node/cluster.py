@@ -1,36 +1,41 @@
 """`ClusterNode`: the `NodeAPI` of a SPEARlet in a cluster.
 
-The same as `InProcessNode` for what this node holds; for the rest it asks the SMS where
-a task or object lives and proxies the call to that node, so the CLI works against any
-node: submit (two-stage scheduling), status, wait, logs (follow), stop, result, watch, and
-object get. Objects written here are entered in the SMS's object index.
+It wraps the member's `InProcessNode` (`local`) and passes it whatever this node holds;
+for the rest it asks the SMS where a task or object lives and proxies the call to that
+node, so the CLI works against any node: submit (two-stage scheduling), status, wait, logs
+(follow), stop, result, watch, and object get. Objects written here are entered in the
+SMS's object index. One task's path goes one way: ClusterNode -> Scheduler (place it) ->
+Peers / Client (the node it went to); nothing below calls back up into this module.
+
+Embedding a member without the CLI: `async with spear.join_cluster(data_dir, sms=...)`
+(node/assembly.py).
 """
 
 from __future__ import annotations
 
 import contextlib
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Literal
 
 import anyio
-from loguru import logger
 
+from spear._logging import logger
 from spear.core.cluster import ObjectLocation
 from spear.core.models import TaskResult
 from spear.core.scheduler import owner_of
 from spear.errors import NotFound, SpearError, Unavailable
-from spear.node.api import TaskHandle
-from spear.node.inprocess import InProcessNode
+from spear.node.api import TaskHandle, read_own_stdin, run_attached
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator, Sequence
+    from collections.abc import AsyncIterator, Callable, Sequence
 
     from spear.core.cluster import Cluster
-    from spear.core.models import FunctionSpec, LogChunk, ObjectInfo, Task, TaskState
+    from spear.core.models import FunctionSpec, LogChunk, NodeInfo, ObjectInfo, Task, TaskState
     from spear.core.node import Spearlet
     from spear.core.scheduler import Scheduler
     from spear.node.api import StreamingTask
     from spear.node.client import Client
+    from spear.node.inprocess import InProcessNode
     from spear.node.peer import Peers
 
 _POLL_S = 0.05
@@ -43,18 +48,64 @@ class _Where:
     client: Client | None = None
 
 
-class ClusterNode(InProcessNode):
+class ClusterNode:
+    """A `NodeAPI` for a cluster member: its own node (`local`), the SMS (`cluster`), the
+    scheduler that places tasks, and clients for the other members (`peers`)."""
+
     def __init__(
-        self, node: Spearlet, cluster: Cluster, scheduler: Scheduler, peers: Peers, **kw: Any
+        self, local: InProcessNode, cluster: Cluster, scheduler: Scheduler, peers: Peers
     ) -> None:
-        super().__init__(node, **kw)
+        self.local = local
         self.cluster = cluster
         self.scheduler = scheduler
         self.peers = peers
 
+    # -- what the server and the daemon read of the node ---------------------------------
+
+    @property
+    def node(self) -> Spearlet:
+        return self.local.node
+
+    @property
+    def address(self) -> str:
+        return self.local.address
+
+    @address.setter
+    def address(self, value: str) -> None:
+        self.local.address = value
+
+    @property
+    def max_message_bytes(self) -> int:
+        return self.local.max_message_bytes
+
+    @max_message_bytes.setter
+    def max_message_bytes(self, value: int) -> None:
+        self.local.max_message_bytes = value
+
+    @property
+    def draining(self) -> bool:
+        return self.local.draining
+
+    @property
+    def in_process(self) -> bool:
+        return True
+
+    async def node_info(self) -> NodeInfo:
+        return await self.local.node_info()
+
+    async def drain(self, grace_s: float) -> None:
+        await self.local.drain(grace_s)
+
+    async def aclose(self) -> None:
+        """The node belongs to whoever started it; closing the adapter leaves it running."""
+
+    def _refuse_if_draining(self) -> None:
+        if self.local.draining:
+            raise Unavailable(f"node {self.node.name} is draining: it accepts no new tasks")
+
     async def _where(self, task_id: str) -> _Where:
-        try:
-            return _Where("local", await self.node.task(task_id))
+        try:  # (a prefix of one of this node's tasks; else the SMS resolves it)
+            return _Where("local", await self.local.task(task_id))
         except NotFound:
             pass
         queued = self.scheduler.queued_task(task_id)
@@ -71,23 +122,35 @@ class ClusterNode(InProcessNode):
     # -- tasks -----------------------------------------------------------------------
 
     async def submit(self, spec: FunctionSpec, *, stdin: bytes | None = None) -> TaskHandle:
-        if self.draining:
-            raise Unavailable(f"node {self.node.name} is draining: it accepts no new tasks")
+        self._refuse_if_draining()
         return TaskHandle(self, await self.scheduler.submit(spec, stdin=stdin))
 
-    async def run(self, spec: FunctionSpec, *, stdin: bytes | None = None) -> Task:
+    async def run(
+        self,
+        spec: FunctionSpec,
+        *,
+        stdin: bytes | Literal["inherit"] | None = None,
+        stdout: Callable[[bytes], None] | None = None,
+        stderr: Callable[[bytes], None] | None = None,
+        on_created: Callable[[Task], None] | None = None,
+    ) -> Task:
         if self.scheduler.fits_here_now(spec):
             # Local first, as the scheduler would place it: run in the caller's task, as a
             # single node does (no PENDING record first, no wait for its end to be read).
-            return await super().run(spec, stdin=stdin)
-        handle = await self.submit(spec, stdin=stdin)  # placed by the scheduler
-        return await self.wait(handle.id)
+            return await self.local.run(
+                spec, stdin=stdin, stdout=stdout, stderr=stderr, on_created=on_created
+            )
+        stdin = read_own_stdin(stdin)  # placed by the scheduler, perhaps on another node
+        return await run_attached(
+            self, spec, stdin=stdin, stdout=stdout, stderr=stderr, on_created=on_created
+        )
 
     async def call(self, spec: FunctionSpec, *, stdin: bytes | None = None) -> TaskResult:
         if self.scheduler.fits_here_now(spec):
-            return await super().call(spec, stdin=stdin)  # here, as `run` runs it
-        handle = await self.submit(spec, stdin=stdin)  # placed by the scheduler
-        return await self.result(handle.id)  # from the node running it, once it ends
+            return await self.local.call(spec, stdin=stdin)  # here, as `run` runs it
+        self._refuse_if_draining()
+        task = await self.scheduler.submit(spec, stdin=stdin)  # placed by the scheduler
+        return await self.result(task.id)  # from the node running it, once it ends
 
     @contextlib.asynccontextmanager
     async def start_task(
@@ -95,11 +158,10 @@ class ClusterNode(InProcessNode):
     ) -> AsyncIterator[StreamingTask]:
         """A task with its caller stream: here, or on another node with its stream relayed
         through this one (see Scheduler.place_stream)."""
-        if self.draining:
-            raise Unavailable(f"node {self.node.name} is draining: it accepts no new tasks")
+        self._refuse_if_draining()
         target = await self.scheduler.place_stream(spec)
         if target is None:
-            async with super().start_task(spec, stdin=stdin) as task:
+            async with self.local.start_task(spec, stdin=stdin) as task:
                 yield task
             return
         async with self.peers.client(target.address).start_task(spec, stdin=stdin) as task:
@@ -112,7 +174,7 @@ class ClusterNode(InProcessNode):
             return await self.cluster.tasks(state, limit)
         except Unavailable as exc:
             logger.warning("listing this node's tasks only: {}", exc)
-            return await super().tasks(state, limit)
+            return await self.local.tasks(state, limit)
 
     async def task(self, task_id: str) -> Task:
         where = await self._where(task_id)
@@ -131,7 +193,7 @@ class ClusterNode(InProcessNode):
         while True:
             where = await self._where(task_id)
             if where.kind == "local":
-                return await super().wait(task_id)
+                return await self.local.wait(task_id)
             if where.client is not None:
                 try:
                     return await where.client.wait(task_id)
@@ -145,7 +207,7 @@ class ClusterNode(InProcessNode):
     async def watch(self, task_id: str) -> AsyncIterator[Task]:
         where = await self._where(task_id)
         if where.kind == "local":
-            async for task in super().watch(task_id):
+            async for task in self.local.watch(task_id):
                 yield task
         elif where.client is not None:
             async for task in where.client.watch(task_id):
@@ -160,7 +222,7 @@ class ClusterNode(InProcessNode):
     async def cancel(self, task_id: str, reason: str = "cancelled") -> Task:
         where = await self._where(task_id)
         if where.kind == "local":
-            return await super().cancel(task_id, reason)
+            return await self.local.cancel(task_id, reason)
         if where.kind == "queued":
             cancelled = await self.scheduler.cancel(task_id, reason)
             if cancelled is not None:
@@ -176,7 +238,7 @@ class ClusterNode(InProcessNode):
     async def result(self, task_id: str, *, wait: bool = True) -> TaskResult:
         where = await self._where(task_id)
         if where.kind == "local":
-            return await super().result(task_id, wait=wait)
+            return await self.local.result(task_id, wait=wait)
         if where.client is not None:
             return await where.client.result(task_id, wait=wait)
         task = await (self.wait(task_id) if wait else self.task(task_id))
@@ -199,7 +261,7 @@ class ClusterNode(InProcessNode):
                 yield chunk
             return
         if where.kind == "local":
-            async for chunk in super().logs(task_id, streams, follow=follow):
+            async for chunk in self.local.logs(task_id, streams, follow=follow):
                 yield chunk
 
     async def _until_placed(self, task_id: str) -> None:
@@ -216,7 +278,7 @@ class ClusterNode(InProcessNode):
     async def put_object(
         self, key: str, data: bytes, *, expected_version: int | None = None
     ) -> ObjectInfo:
-        info = await super().put_object(key, data, expected_version=expected_version)
+        info = await self.local.put_object(key, data, expected_version=expected_version)
         try:
             await self.cluster.put_object_location(
                 ObjectLocation(key, self.node.name, info.version, info.size)
@@ -227,7 +289,7 @@ class ClusterNode(InProcessNode):
 
     async def get_object(self, key: str) -> tuple[bytes, ObjectInfo]:
         try:
-            return await super().get_object(key)
+            return await self.local.get_object(key)
         except NotFound:
             pass
         for loc in await self.cluster.locate_object(key):
@@ -242,8 +304,23 @@ class ClusterNode(InProcessNode):
                 continue
         raise NotFound(f"no such object: {key} (on this node or any live node)")
 
+    async def list_objects(self, prefix: str = "") -> list[ObjectInfo]:
+        return await self.local.list_objects(prefix)
+
+    async def add_object_ref(self, key: str) -> ObjectInfo:
+        return await self.local.add_object_ref(key)
+
+    async def remove_object_ref(self, key: str) -> ObjectInfo:
+        return await self.local.remove_object_ref(key)
+
+    async def pin_object(self, key: str) -> ObjectInfo:
+        return await self.local.pin_object(key)
+
+    async def unpin_object(self, key: str) -> ObjectInfo:
+        return await self.local.unpin_object(key)
+
     async def delete_object(self, key: str) -> bool:
-        deleted = await super().delete_object(key)
+        deleted = await self.local.delete_object(key)
         if deleted:
             try:
                 await self.cluster.remove_object_location(key, self.node.name)

@@ -12,7 +12,7 @@ import dataclasses
 import functools
 import os
 import time
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Literal
 
 import anyio
 
@@ -21,12 +21,10 @@ from spear.errors import InvalidArgument, NotFound, Unavailable
 from spear.node.api import StreamingTask, TaskHandle
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator, Sequence
+    from collections.abc import AsyncIterator, Callable, Sequence
 
     from spear.core.models import FunctionSpec, Task, TaskState
     from spear.core.node import Spearlet
-    from spear.core.streams import TaskStream
-    from spear.store import objects
     from spear.store.objects import ObjectStore
 
 # How much of a log one chunk carries, and how often a follower looks for more output.
@@ -36,7 +34,7 @@ _FOLLOW_INTERVAL_S = 0.05
 
 @functools.cache
 def _wasmtime_version() -> str:
-    from spear.runtimes.wasm.agent import wasmtime_version
+    from spear.runtimes.wasm import wasmtime_version
 
     return wasmtime_version()  # (it takes ~0.2 ms: asked once per process)
 
@@ -67,13 +65,27 @@ class InProcessNode:
             raise Unavailable(f"node {self.node.name} is draining: it accepts no new tasks")
         return TaskHandle(self, await self.node.submit(spec, stdin=stdin))
 
-    async def run(self, spec: FunctionSpec, *, stdin: bytes | None = None) -> Task:
+    @property
+    def in_process(self) -> bool:
+        return True
+
+    async def run(
+        self,
+        spec: FunctionSpec,
+        *,
+        stdin: bytes | Literal["inherit"] | None = None,
+        stdout: Callable[[bytes], None] | None = None,
+        stderr: Callable[[bytes], None] | None = None,
+        on_created: Callable[[Task], None] | None = None,
+    ) -> Task:
         if self.draining:
             raise Unavailable(f"node {self.node.name} is draining: it accepts no new tasks")
         # Run in the caller's task (the node's quickest path), shielded: a caller that
         # goes away (a gRPC client that hangs up) leaves the task to finish as submitted.
         with anyio.CancelScope(shield=True):
-            task = await self.node.run(spec, stdin=stdin)
+            task = await self.node.run(
+                spec, stdin=stdin, tee_stdout=stdout, tee_stderr=stderr, on_created=on_created
+            )
         return task
 
     async def call(self, spec: FunctionSpec, *, stdin: bytes | None = None) -> TaskResult:
@@ -88,21 +100,29 @@ class InProcessNode:
             raise Unavailable(f"node {self.node.name} is draining: it accepts no new tasks")
         stream = await self.node.start_task(spec, stdin=stdin)
         try:
-            yield _LocalStreamingTask(self, stream)
+            yield StreamingTask(self, stream.task, stream)  # built on the node's TaskStream
         finally:
             await stream.close()
 
+    async def _full_id(self, task_id: str) -> str:
+        """The id `task_id` names: itself, or the one task id it is a prefix of."""
+        from spear.core.task_ids import resolve_task_id
+
+        return await resolve_task_id(self.node.kv, task_id)
+
     async def task(self, task_id: str) -> Task:
-        return await self.node.task(task_id)
+        return await self.node.task(await self._full_id(task_id))
 
     async def tasks(self, state: TaskState | None = None, limit: int | None = None) -> list[Task]:
         return await self.node.tasks(state, limit)
 
     async def watch(self, task_id: str) -> AsyncIterator[Task]:
+        task_id = await self._full_id(task_id)
         async for task in self.node.tasks_store.watch(task_id):
             yield task
 
     async def wait(self, task_id: str) -> Task:
+        task_id = await self._full_id(task_id)
         while True:
             task = await self.node.wait(task_id)
             if task.state.terminal:
@@ -111,7 +131,7 @@ class InProcessNode:
             await anyio.sleep(_FOLLOW_INTERVAL_S)
 
     async def cancel(self, task_id: str, reason: str = "cancelled") -> Task:
-        task = await self.node.cancel(task_id, reason)
+        task = await self.node.cancel(await self._full_id(task_id), reason)
         if not task.state.terminal:
             raise Unavailable(
                 f"task {task_id} is {task.state.value} in another process; stop that process"
@@ -119,6 +139,7 @@ class InProcessNode:
         return task
 
     async def result(self, task_id: str, *, wait: bool = True) -> TaskResult:
+        task_id = await self._full_id(task_id)
         task = await (self.wait(task_id) if wait else self.node.task(task_id))
         if not task.state.terminal:
             raise Unavailable(f"task {task_id} has not finished (it is {task.state.value})")
@@ -126,7 +147,7 @@ class InProcessNode:
 
     async def _output(self, task_id: str) -> bytes:
         """A finished task's result: what it set, else its stdout."""
-        store = self.node.services.get("objects")
+        store = self.node.services.objects
         if store is not None:  # what the task set as its result, else its stdout (seed §6)
             from spear.store.objects import result_key
 
@@ -148,6 +169,7 @@ class InProcessNode:
                 raise InvalidArgument(
                     f"unknown log stream {name!r} (one of {', '.join(LOG_STREAMS)})"
                 )
+        task_id = await self._full_id(task_id)
         task = await self.node.task(task_id)  # NotFound for an unknown id
         paths = {n: str(self.node.logs.path(task_id, n)) for n in names}
         offsets = dict.fromkeys(names, 0)
@@ -215,13 +237,13 @@ class InProcessNode:
     # -- objects ---------------------------------------------------------------------
 
     def _objects(self) -> ObjectStore:
-        store = self.node.services.get("objects")
+        store = self.node.services.objects
         if store is None:
             raise Unavailable(f"node {self.node.name} has no object store")
-        return store  # type: ignore[no-any-return]
+        return store
 
     async def _info(self, key: str) -> ObjectInfo:
-        return _object_info(await self._objects().info(key))
+        return await self._objects().info(key)
 
     async def put_object(
         self, key: str, data: bytes, *, expected_version: int | None = None
@@ -235,7 +257,7 @@ class InProcessNode:
         return bytes(value), dataclasses.replace(info, version=version, size=value.nbytes)
 
     async def list_objects(self, prefix: str = "") -> list[ObjectInfo]:
-        return [_object_info(i) for i in await self._objects().list(prefix)]
+        return await self._objects().list(prefix)
 
     async def delete_object(self, key: str) -> bool:
         try:
@@ -266,24 +288,3 @@ class InProcessNode:
 
     async def aclose(self) -> None:
         """The node belongs to whoever started it; closing the adapter leaves it running."""
-
-
-def _object_info(info: objects.ObjectInfo) -> ObjectInfo:
-    return ObjectInfo(
-        key=info.key, version=info.version, size=info.size, refs=info.refcount, pinned=info.pinned
-    )
-
-
-class _LocalStreamingTask(StreamingTask):
-    def __init__(self, api: InProcessNode, stream: TaskStream) -> None:
-        super().__init__(api, stream.task)
-        self._stream = stream
-
-    async def send(self, message: bytes | str) -> None:
-        await self._stream.send(message)
-
-    async def close(self) -> None:
-        await self._stream.close()
-
-    async def receive(self) -> bytes | None:
-        return await self._stream.receive()

@@ -14,6 +14,7 @@ from spear.errors import InvalidArgument
 from spear.node.client import Client
 from spear.transport import _convert as cv
 from spear.transport import _sms_convert as sc
+from spear.transport import _speedups
 from spear.transport._gen.spear import v1
 from spear.transport._status import (
     DEFAULT_MAX_MESSAGE_BYTES,
@@ -83,6 +84,7 @@ class Peers:
         found = self._channels.get(address)
         if found is None:
             host, port = parse_listen(address)
+            _speedups.install()
             channel = Channel(host, port, codec=LimitedCodec(self._max))
             listen_for_error_codes(channel)
             found = self._channels[address] = (channel, v1.SpearletPeerStub(channel))

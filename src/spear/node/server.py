@@ -16,12 +16,14 @@ from typing import TYPE_CHECKING, Any
 from grpclib.health.check import ServiceStatus
 from grpclib.health.service import Health
 from grpclib.server import Server
-from loguru import logger
 
+from spear._logging import logger
 from spear.core.artifacts import ArtifactStore
+from spear.core.node import Spearlet
 from spear.errors import InvalidArgument, ResourceExhausted, SpearError
 from spear.node.inprocess import InProcessNode
 from spear.transport import _convert as cv
+from spear.transport import _speedups
 from spear.transport._gen.pb import spearlet_pb2 as pb
 from spear.transport._gen.spear import v1
 from spear.transport._status import (
@@ -43,8 +45,8 @@ if TYPE_CHECKING:
     from grpclib.server import Stream
 
     from spear.core.models import FunctionSpec, Task, TaskResult
-    from spear.core.node import Spearlet
     from spear.node.api import NodeAPI
+    from spear.node.cluster import ClusterNode
 
 SERVICE_NAME = "spear.v1.Spearlet"
 
@@ -286,6 +288,7 @@ class SpearletServer:
         extra_services: Sequence[Any] = (),
     ) -> None:
         """`extra_services`: more grpclib handlers on the same port (e.g. SpearletPeer)."""
+        _speedups.install()
         self.api = api
         self.max_message_bytes = max_message_bytes
         self.service = SpearletService(api, artifacts, object_max_bytes)
@@ -332,14 +335,14 @@ class SpearletServer:
 
 
 async def serve_spearlet(
-    node: Spearlet | InProcessNode,
+    node: Spearlet | InProcessNode | ClusterNode,
     listen: str,
     *,
     max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
     extra_services: Sequence[Any] = (),
 ) -> SpearletServer:
     """Serve a started node on `listen`; `.address` of the result is the bound address."""
-    api = node if isinstance(node, InProcessNode) else InProcessNode(node)
+    api = InProcessNode(node) if isinstance(node, Spearlet) else node
     settings = api.node.settings
     api.max_message_bytes = max_message_bytes
     artifacts = ArtifactStore(settings.data_dir / "artifacts", settings.object_max_bytes)

@@ -1,22 +1,26 @@
-"""The KV seam on etcd v3 (etcd3aio, asyncio over grpc.aio).
+"""The KV seam on etcd v3, over spear's own gRPC stack (store/_etcd_client.py).
 
 An entry's version is etcd's `mod_revision`: the cluster revision of the key's last write.
 That is the seam's model exactly (one counter that only grows, 0 = absent), so
 compare-and-swap is one transaction comparing `mod_revision` and writing on success.
 Every key is stored under `namespace`, so several spear clusters (or tests) can share one
-etcd; callers never see the namespace.
+etcd; callers never see the namespace. Given several endpoints (the members of a
+cluster), requests fail over between them, and a watch resumes on another member from the
+revision after the last one it delivered, so no change is lost or repeated.
 """
 
 from __future__ import annotations
 
-import contextlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
-from spear.errors import StorageError, Unavailable, map_exceptions
+from spear.errors import StorageError
+from spear.store._etcd_client import EtcdClient, StreamResumer, prefix_range_end
+from spear.store._etcd_gen import kv_pb2
+from spear.store._etcd_gen import rpc_pb2 as pb
 from spear.store.kv import KV, Entry, EventKind, WatchEvent, Write
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator, Iterator, Sequence
+    from collections.abc import AsyncIterator, Sequence
 
 _DEFAULT_TIMEOUT_S = 10.0
 
@@ -34,37 +38,34 @@ def parse_endpoints(url: str) -> list[str]:
     return endpoints
 
 
-@contextlib.contextmanager
-def _etcd_errors(operation: str) -> Iterator[None]:
-    import grpc  # type: ignore[import-untyped]
-    from etcd3aio.errors import EtcdConnectionError, EtcdError, EtcdTransientError
+def _is_mod(raw: bytes, version: int) -> pb.Compare:
+    # etcd compares a missing key as if every revision were 0: MOD == 0 means "absent".
+    return pb.Compare(
+        result=pb.Compare.EQUAL,
+        target=pb.Compare.MOD,
+        key=raw,
+        mod_revision=version,
+    )
 
-    def describe(exc: BaseException) -> str:
-        detail = exc.details() if isinstance(exc, grpc.aio.AioRpcError) else str(exc)
-        return f"etcd {operation} failed: {detail}"
 
-    with map_exceptions(
-        {
-            EtcdConnectionError: Unavailable,
-            EtcdTransientError: Unavailable,
-            TimeoutError: Unavailable,
-            EtcdError: StorageError,
-            grpc.aio.AioRpcError: StorageError,
-        },
-        describe,
-    ):
-        yield
+def _write_op(raw: bytes, value: bytes | None) -> pb.RequestOp:
+    if value is None:
+        return pb.RequestOp(request_delete_range=pb.DeleteRangeRequest(key=raw))
+    return pb.RequestOp(request_put=pb.PutRequest(key=raw, value=value))
 
 
 class EtcdKV(KV):
     """etcd behind the KV seam. Use `await EtcdKV.connect(endpoints)`."""
 
-    def __init__(self, client: Any, namespace: str, timeout_s: float) -> None:
+    def __init__(self, client: EtcdClient, namespace: str) -> None:
         self._client = client
         self._ns = namespace
         self._nsb = namespace.encode()
-        self._timeout = timeout_s
-        self._closed = False
+
+    @property
+    def client(self) -> EtcdClient:
+        """The connection (leases and elections use it too: store/etcd_election.py)."""
+        return self._client
 
     @classmethod
     async def connect(
@@ -76,19 +77,15 @@ class EtcdKV(KV):
         check: bool = True,
     ) -> EtcdKV:
         """Connect to etcd (`['host:port', ...]` or an `etcd://` URL); checks it answers."""
-        from etcd3aio import Etcd3Client
-
         if isinstance(endpoints, str):
             endpoints = parse_endpoints(endpoints)
-        client = Etcd3Client(list(endpoints), rpc_max_attempts=3)
-        await client.connect()
-        kv = cls(client, namespace, timeout_s)
+        client = EtcdClient(list(endpoints), timeout_s=timeout_s)
+        kv = cls(client, namespace)
         if check:
             try:
-                with _etcd_errors("connect"):
-                    await kv._kv().get(b"\x00", timeout=min(timeout_s, 5.0))
+                await kv.revision()
             except BaseException:
-                await client.close()
+                await client.aclose()
                 raise
         return kv
 
@@ -98,67 +95,39 @@ class EtcdKV(KV):
     def _unkey(self, raw: bytes) -> str:
         return raw[len(self._nsb) :].decode()
 
-    def _kv(self) -> Any:
-        if self._closed or self._client.kv is None:
-            raise StorageError("the etcd connection is closed")
-        return self._client.kv
-
     async def get(self, key: str) -> Entry | None:
-        with _etcd_errors("get"):
-            resp = await self._kv().get(self._key(key), timeout=self._timeout)
+        resp = await self._client.range(pb.RangeRequest(key=self._key(key)))
         if not resp.kvs:
             return None
         item = resp.kvs[0]
         return Entry(key, bytes(item.value), int(item.mod_revision))
 
     async def put(self, key: str, value: bytes) -> int:
-        with _etcd_errors("put"):
-            resp = await self._kv().put(self._key(key), value, timeout=self._timeout)
+        resp = await self._client.put(pb.PutRequest(key=self._key(key), value=value))
         return int(resp.header.revision)
 
     async def delete(self, key: str) -> bool:
-        with _etcd_errors("delete"):
-            resp = await self._kv().delete(self._key(key), timeout=self._timeout)
+        resp = await self._client.delete_range(pb.DeleteRangeRequest(key=self._key(key)))
         return int(resp.deleted) > 0
 
     async def compare_and_swap(self, key: str, value: bytes | None, expected_version: int) -> int:
-        from etcd3aio._protobuf import Compare
-        from etcd3aio.kv import KVService
-
         raw = self._key(key)
-        # etcd compares a missing key as if every revision were 0: MOD == 0 means "absent".
-        compare = Compare(
-            result=Compare.EQUAL, target=Compare.MOD, key=raw, mod_revision=expected_version
+        request = pb.TxnRequest(
+            compare=[_is_mod(raw, expected_version)], success=[_write_op(raw, value)]
         )
-        op = KVService.txn_op_delete(raw) if value is None else KVService.txn_op_put(raw, value)
-        with _etcd_errors("compare-and-swap"):
-            resp = await self._kv().txn([compare], [op], timeout=self._timeout)
+        resp = await self._client.txn(request, "compare-and-swap")
         if not resp.succeeded:
             return -1
         return 0 if value is None else int(resp.header.revision)
 
     async def commit(self, writes: Sequence[Write]) -> int:
-        from etcd3aio._protobuf import Compare
-        from etcd3aio.kv import KVService
-
         compares, ops = [], []
         for w in writes:
             raw = self._key(w.key)
             if w.expected_version is not None:
-                compares.append(
-                    Compare(
-                        result=Compare.EQUAL,
-                        target=Compare.MOD,
-                        key=raw,
-                        mod_revision=w.expected_version,
-                    )
-                )
-            if w.value is None:
-                ops.append(KVService.txn_op_delete(raw))
-            else:
-                ops.append(KVService.txn_op_put(raw, w.value))
-        with _etcd_errors("commit"):
-            resp = await self._kv().txn(compares, ops, timeout=self._timeout)
+                compares.append(_is_mod(raw, w.expected_version))
+            ops.append(_write_op(raw, w.value))
+        resp = await self._client.txn(pb.TxnRequest(compare=compares, success=ops), "commit")
         if not resp.succeeded:
             return -1
         return int(resp.header.revision)
@@ -166,56 +135,67 @@ class EtcdKV(KV):
     async def scan(
         self, prefix: str, *, reverse: bool = False, limit: int | None = None
     ) -> list[Entry]:
-        from etcd3aio import SortOrder, SortTarget, prefix_range_end
-
         start = self._key(prefix)
-        with _etcd_errors("scan"):
-            resp = await self._kv().get(
-                start,
+        order = pb.RangeRequest.DESCEND if reverse else pb.RangeRequest.ASCEND
+        resp = await self._client.range(
+            pb.RangeRequest(
+                key=start,
                 range_end=prefix_range_end(start),
                 limit=limit or 0,
-                sort_order=SortOrder.DESCEND if reverse else SortOrder.ASCEND,
-                sort_target=SortTarget.KEY,
-                timeout=self._timeout,
+                sort_order=order,
+                sort_target=pb.RangeRequest.KEY,
             )
+        )
         return [
             Entry(self._unkey(bytes(item.key)), bytes(item.value), int(item.mod_revision))
             for item in resp.kvs
         ]
 
     async def watch(self, prefix: str) -> AsyncIterator[WatchEvent]:
-        from etcd3aio import prefix_range_end
-
-        if self._closed or self._client.watch is None:
-            raise StorageError("the etcd connection is closed")
         start = self._key(prefix)
-        stream = self._client.watch.watch(start, range_end=prefix_range_end(start))
-        try:
-            while True:
-                with _etcd_errors("watch"):
-                    try:
-                        response = await stream.__anext__()
-                    except StopAsyncIteration:
-                        return
-                for event in response.events:
-                    kind = EventKind.DELETE if event.type == 1 else EventKind.PUT
-                    yield WatchEvent(
-                        kind,
-                        self._unkey(bytes(event.kv.key)),
-                        b"" if kind is EventKind.DELETE else bytes(event.kv.value),
-                        int(event.kv.mod_revision),
-                    )
-        finally:
-            await stream.aclose()
+        end = prefix_range_end(start)
+        resumer = StreamResumer(self._client, "watch")
+        next_revision = 0  # 0: from now on; after the first stream, the one after the last seen
+        while True:
+            endpoint = self._client.current
+            request = pb.WatchRequest(
+                create_request=pb.WatchCreateRequest(
+                    key=start, range_end=end, start_revision=next_revision
+                )
+            )
+            try:
+                async with self._client.stream(
+                    endpoint, "/etcdserverpb.Watch/Watch", request, pb.WatchResponse
+                ) as responses:
+                    async for response in responses:
+                        if response.created:
+                            resumer.served()
+                            if next_revision == 0:
+                                next_revision = int(response.header.revision) + 1
+                        if response.canceled:
+                            raise StorageError(
+                                "etcd watch canceled: history compacted to revision "
+                                f"{response.compact_revision}"
+                                if response.compact_revision
+                                else f"etcd watch canceled: {response.cancel_reason}"
+                            )
+                        for event in response.events:
+                            kv = event.kv
+                            next_revision = int(kv.mod_revision) + 1
+                            deleted = event.type == kv_pb2.Event.DELETE
+                            yield WatchEvent(
+                                EventKind.DELETE if deleted else EventKind.PUT,
+                                self._unkey(bytes(kv.key)),
+                                b"" if deleted else bytes(kv.value),
+                                int(kv.mod_revision),
+                            )
+            except Exception as exc:
+                await resumer.failed(endpoint, exc)
 
     async def revision(self) -> int:
         """The cluster's current revision (what the next write exceeds)."""
-        with _etcd_errors("get"):
-            resp = await self._kv().get(self._key(""), timeout=self._timeout, count_only=True)
+        resp = await self._client.range(pb.RangeRequest(key=self._key(""), count_only=True))
         return int(resp.header.revision)
 
     async def aclose(self) -> None:
-        if self._closed:
-            return
-        self._closed = True
-        await self._client.close()
+        await self._client.aclose()

@@ -5,9 +5,10 @@ LevelDB admits one process per directory. Two ways of owning it:
 - held (a daemon, an embedded node): opened once, kept open, every operation inline.
   Operations take microseconds, so they run on the event loop rather than paying a
   thread hop each.
-- shared (short CLI processes such as `spear run`): opened for each operation and
-  closed again at once, retrying while another process holds the lock. Two `spear run`
-  processes on one data dir then interleave their few writes instead of failing.
+- shared (short CLI processes such as `spear run`): opened when an operation needs it and
+  closed once idle for a few ms (or open for 0.1 s), retrying while another process holds
+  the lock. Two `spear run` processes on one data dir then interleave their few writes
+  instead of failing.
 
 A process opens a directory through exactly one owner (`_OPEN` below): plyvel's failed
 second open of a directory inside one process silently drops the lock the first holds.
@@ -23,6 +24,7 @@ import threading
 import time
 from typing import TYPE_CHECKING, Any, TypeVar
 
+import anyio.to_thread
 import plyvel
 
 from spear._loopstate import ready_count
@@ -40,6 +42,15 @@ _VERSION_BYTES = 8
 
 _ABSENT = object()
 _RECENT_MAX = 100_000  # entries of LevelDBKV._recent (a few tens of MB of task records)
+
+# A shared handle stays open this long after an operation, and is closed after an
+# operation once open this long (measured: a `spear run` made six opens of ~1-3 ms each).
+_LINGER_S = 0.025
+_MAX_HOLD_S = 0.1
+# ... and then not reopened for this long, while a waiting process retries at least this
+# often: a busy user of the database lets another in (a failed open costs ~0.1 ms).
+_YIELD_S = 0.01
+_RETRY_MAX_S = 0.004
 
 _OPEN: dict[str, LevelDBKV] = {}
 _OPEN_LOCK = threading.Lock()
@@ -72,7 +83,11 @@ class LevelDBKV(KV):
         self._hold = hold
         self._busy_timeout_s = busy_timeout_s
         self._sync = sync
-        self._db: Any = None
+        self._db: Any = None  # held: always; shared: while it lingers after an operation
+        self._opened_at = 0.0
+        self._yielded_at = -1.0
+        self._last_used = 0.0
+        self._closer: threading.Timer | None = None
         self._rev: int | None = None  # the last revision written, known while held
         self._lock = threading.RLock()
         self._closed = False
@@ -118,12 +133,34 @@ class LevelDBKV(KV):
         if self._hold:
             yield self._db
             return
+        # Shared: the handle lingers `_LINGER_S` after an operation (a `spear run` makes
+        # half a dozen in a few ms: one open instead of six, and one memtable flush), and
+        # is closed after an operation once it has been open `_MAX_HOLD_S`, so another
+        # process waits at most about that long for its turn. (Callers hold self._lock.)
+        if self._db is None:
+            wait = self._yielded_at + _YIELD_S - time.monotonic()
+            if wait > 0:  # just let go after a long hold: give a waiting process its turn
+                time.sleep(wait)
+            self._db = self._open_shared()
+            self._opened_at = time.monotonic()
+        try:
+            yield self._db
+        finally:
+            self._last_used = time.monotonic()
+            if self._last_used - self._opened_at >= _MAX_HOLD_S:
+                self._close_shared()
+                self._yielded_at = self._last_used
+            elif self._closer is None:
+                self._closer = threading.Timer(_LINGER_S, self._close_idle)
+                self._closer.daemon = True
+                self._closer.start()
+
+    def _open_shared(self) -> Any:
         deadline = time.monotonic() + self._busy_timeout_s
         delay = 0.001
         while True:
             try:
-                db = _open(self._path, create=True)
-                break
+                return _open(self._path, create=True)
             except StorageBusy:
                 if time.monotonic() >= deadline:
                     raise StorageBusy(
@@ -131,11 +168,28 @@ class LevelDBKV(KV):
                         f"{self._busy_timeout_s:g}s (is a spear daemon serving it? use --node)"
                     ) from None
                 time.sleep(delay * (1 + random.random()))
-                delay = min(delay * 2, 0.05)
-        try:
-            yield db
-        finally:
-            db.close()
+                delay = min(delay * 2, _RETRY_MAX_S)
+
+    def _close_idle(self) -> None:
+        with self._lock:
+            self._closer = None
+            if self._db is None or self._hold:
+                return
+            idle = time.monotonic() - self._last_used
+            if idle >= _LINGER_S:
+                self._close_shared()
+            else:  # used since: look again when it will have been idle long enough
+                self._closer = threading.Timer(_LINGER_S - idle, self._close_idle)
+                self._closer.daemon = True
+                self._closer.start()
+
+    def _close_shared(self) -> None:
+        if self._closer is not None:
+            self._closer.cancel()
+            self._closer = None
+        if self._db is not None:
+            self._db.close()
+            self._db = None
 
     def _with_db(self, fn: Callable[[Any], T]) -> T:
         if self._hold:  # the common case, without a generator context manager per operation
@@ -155,7 +209,7 @@ class LevelDBKV(KV):
     async def _run(self, fn: Callable[[Any], T]) -> T:
         if self._hold:
             return self._with_db(fn)
-        return await asyncio.to_thread(self._with_db, fn)
+        return await anyio.to_thread.run_sync(self._with_db, fn)
 
     # -- writing: one revision per change, group-committed while held ----------------
     #
@@ -385,9 +439,12 @@ class LevelDBKV(KV):
             if self._overlay:
                 self._flush()
             self._closed = True
-            if self._db is not None:
-                self._db.close()
-                self._db = None
+            if self._hold:
+                if self._db is not None:
+                    self._db.close()
+                    self._db = None
+            else:
+                self._close_shared()
         with _OPEN_LOCK:
             if _OPEN.get(self._path) is self:
                 del _OPEN[self._path]

@@ -37,27 +37,25 @@ from __future__ import annotations
 import contextlib
 import mmap
 import os
-import secrets
 import shutil
 import time
 from collections import Counter
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import anyio
 import anyio.to_thread
 import orjson
-from loguru import logger
 
+from spear._logging import logger
 from spear.errors import (
     Conflict,
     InvalidArgument,
     NotFound,
     ResourceExhausted,
-    SpearError,
     StorageError,
 )
 from spear.store.kv import Write
+from spear.store.object_info import ObjectInfo
 
 if TYPE_CHECKING:
     import builtins
@@ -73,30 +71,6 @@ MAX_KEY_BYTES = 1024
 INLINE_MAX = 4096
 ORPHAN_GRACE_S = 600.0  # a value file no metadata names, older than this, is removed
 _RACE_RETRIES = 16
-
-
-@dataclass(frozen=True, slots=True)
-class ObjectInfo:
-    """What `list` and `info` report about one object."""
-
-    key: str
-    size: int
-    version: int
-    refcount: int
-    pinned: bool
-    created_at: float
-    updated_at: float
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "key": self.key,
-            "size": self.size,
-            "version": self.version,
-            "refcount": self.refcount,
-            "pinned": self.pinned,
-            "created_at": self.created_at,
-            "updated_at": self.updated_at,
-        }
 
 
 def check_key(key: str) -> str:
@@ -139,7 +113,7 @@ def _info(key: str, header: dict[str, Any], version: int) -> ObjectInfo:
         key=key,
         size=int(header["size"]),
         version=version,
-        refcount=int(header.get("refs", 0)),
+        refs=int(header.get("refs", 0)),
         pinned=bool(header.get("pinned", False)),
         created_at=float(header.get("created", 0.0)),
         updated_at=float(header.get("updated", 0.0)),
@@ -219,7 +193,7 @@ class ObjectStore:
         try:
             inline = b""
             if size > self._inline_max:
-                name = secrets.token_hex(16)
+                name = os.urandom(16).hex()
                 await anyio.to_thread.run_sync(self._stage, name, data, source)
             elif data is not None:
                 inline = bytes(data)
@@ -390,7 +364,7 @@ class ObjectStore:
         info = await self._change(key, inc)
         if holder is not None:
             self._held.setdefault(holder, Counter())[key] += 1
-        return info.refcount
+        return info.refs
 
     async def remove_ref(self, key: str, *, holder: str | None = None) -> int:
         """Drop one reference; returns the new count. At 0 an unpinned object is deleted."""
@@ -404,7 +378,7 @@ class ObjectStore:
         held = self._held.get(holder) if holder is not None else None
         if held is not None and held[key] > 0:
             held[key] -= 1
-        return info.refcount
+        return info.refs
 
     async def pin(self, key: str) -> None:
         """Keep the object until unpinned, whatever its references."""
@@ -495,10 +469,8 @@ class ObjectStore:
                         path.unlink()
 
     @contextlib.asynccontextmanager
-    async def serve_node(self, node: Any, task_group: TaskGroup) -> AsyncIterator[None]:
-        """Serve a node: keep task results, release a finished task's references, and
-        sweep every `gc_interval_s` while the node runs."""
-        node.controller.finished_hooks.append(_ResultsHook(self, node.logs))
+    async def sweeping(self, task_group: TaskGroup) -> AsyncIterator[None]:
+        """Collect every `gc_interval_s` (in `task_group`) until the context is left."""
         if self.gc_interval_s > 0:
             task_group.start_soon(self._sweep_forever)
         try:
@@ -555,28 +527,6 @@ class ObjectStore:
     def _unlink(self, name: str) -> None:
         with contextlib.suppress(FileNotFoundError):
             self._path(name).unlink()
-
-
-class _ResultsHook:
-    """The node's finished-task hook: a task's references dropped, its result stored.
-
-    `many` does the same for a wave of tasks (TaskController.run_many), their empty
-    results in one write."""
-
-    def __init__(self, store: ObjectStore, logs: Any) -> None:
-        self._store = store
-        self._logs = logs
-
-    async def __call__(self, task: Any) -> None:
-        await self.many([task])
-
-    async def many(self, tasks: Sequence[Any]) -> None:
-        try:
-            await self._store.release_holders([t.id for t in tasks])
-            await self._store.store_results([(t.id, self._logs.stdout_file(t.id)) for t in tasks])
-        except SpearError as exc:  # the tasks are over either way; say why there is no result
-            ids = ", ".join(t.id for t in tasks)
-            logger.warning("task(s) {}: references or result not stored: {}", ids, exc)
 
 
 def result_key(task_id: str) -> str:

@@ -16,14 +16,10 @@ from spear.core.models import (
     TaskState,
 )
 from spear.errors import InvalidArgument
-from spear.transport import _fastdefaults, _fastframes
 from spear.transport._gen.spear import v1
 
 if TYPE_CHECKING:
     from spear.transport._gen.pb import spearlet_pb2 as pb
-
-_fastdefaults.install()
-_fastframes.install()
 
 # The call whose messages are protobuf's own on both ends (client.call, SpearletService).
 RUN_TASK = "/spear.v1.Spearlet/RunTask"
@@ -52,7 +48,8 @@ def state_from_wire(state: v1.TaskState | int) -> TaskState | None:
 
 
 # The converters below serve two kinds of message of the same protos: betterproto2's (`v1`,
-# every call) and protobuf's own (`pb`, the calls where encoding costs count: _hot.py).
+# every call) and protobuf's own (`pb`, RUN_TASK's, where encoding costs count: see
+# `Client._run_task` in node/client.py and `SpearletService._run_task_pb` in node/server.py).
 # Both are built from keyword arguments (None leaves a field unset) and read by attribute;
 # they differ in how an unset optional field reads: None in betterproto2, its zero value in
 # protobuf, which says whether it is set with HasField.
@@ -170,10 +167,6 @@ def task_from_wire(info: v1.TaskInfo | pb.TaskInfo) -> Task:
             ((state_from_wire(h.state) or TaskState.PENDING).value, h.at) for h in info.history
         ),
     )
-
-
-def log_to_wire(chunk: LogChunk) -> v1.LogChunk:
-    return v1.LogChunk(stream=chunk.stream, data=chunk.data, offset=chunk.offset)
 
 
 def log_from_wire(chunk: v1.LogChunk) -> LogChunk:

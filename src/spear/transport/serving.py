@@ -9,8 +9,8 @@ from typing import TYPE_CHECKING, Any
 
 from grpclib.const import Status
 from grpclib.exceptions import GRPCError, StreamTerminatedError
-from loguru import logger
 
+from spear._logging import logger
 from spear.errors import InvalidArgument, SpearError
 from spear.transport._status import ERROR_CODE_KEY, status_for
 
@@ -20,8 +20,8 @@ if TYPE_CHECKING:
     from grpclib.server import Stream
 
 
-def parse_listen(listen: str) -> tuple[str, int]:
-    """'HOST:PORT', '[V6]:PORT', ':PORT' or 'PORT' -> (host, port)."""
+def parse_listen(listen: str, flag: str = "--listen") -> tuple[str, int]:
+    """'HOST:PORT', '[V6]:PORT', ':PORT' or 'PORT' -> (host, port); errors name `flag`."""
     host, sep, port = listen.rpartition(":")
     if not sep:
         host, port = "", listen
@@ -29,9 +29,9 @@ def parse_listen(listen: str) -> tuple[str, int]:
     try:
         number = int(port)
     except ValueError:
-        raise InvalidArgument(f"--listen expects HOST:PORT, got {listen!r}") from None
+        raise InvalidArgument(f"{flag} expects HOST:PORT, got {listen!r}") from None
     if not 0 <= number <= 65535:
-        raise InvalidArgument(f"--listen: port {number} is out of range")
+        raise InvalidArgument(f"{flag}: port {number} is out of range")
     return host, number
 
 
@@ -39,9 +39,9 @@ def format_address(host: str, port: int) -> str:
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
-def listening_socket(listen: str) -> socket.socket:
+def listening_socket(listen: str, flag: str = "--listen") -> socket.socket:
     """A bound, listening TCP socket for `listen` (port 0 picks a free port)."""
-    host, port = parse_listen(listen)
+    host, port = parse_listen(listen, flag)
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     # IPPROTO_TCP explicitly: grpclib turns Nagle off only on sockets that say TCP, and
     # with Nagle on, every small reply waits ~40 ms for a delayed ACK.

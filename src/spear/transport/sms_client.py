@@ -9,6 +9,7 @@ from grpclib.client import Channel
 from spear.core.cluster import Cluster
 from spear.transport import _convert as cv
 from spear.transport import _sms_convert as sc
+from spear.transport import _speedups
 from spear.transport._gen.spear import v1
 from spear.transport._status import (
     DEFAULT_MAX_MESSAGE_BYTES,
@@ -43,6 +44,7 @@ class SmsClient(Cluster):
         timeout_s: float = 10.0,
         max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
     ) -> None:
+        _speedups.install()
         host, port = parse_listen(address)
         self.address = address
         self._timeout = timeout_s

@@ -8,11 +8,12 @@ from typing import TYPE_CHECKING
 from grpclib.health.check import ServiceStatus
 from grpclib.health.service import Health
 from grpclib.server import Server
-from loguru import logger
 
+from spear._logging import logger
 from spear.errors import InvalidArgument
 from spear.transport import _convert as cv
 from spear.transport import _sms_convert as sc
+from spear.transport import _speedups
 from spear.transport._gen.spear import v1
 from spear.transport._status import DEFAULT_MAX_MESSAGE_BYTES, LimitedCodec
 from spear.transport.serving import format_address, guard, listening_socket
@@ -108,6 +109,7 @@ class SmsServer:
     def __init__(
         self, sms: MetadataServer, *, max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
     ) -> None:
+        _speedups.install()
         self.sms = sms
         self.service = MetadataService(sms)
         self._serving = ServiceStatus()

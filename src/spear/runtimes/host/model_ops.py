@@ -61,10 +61,10 @@ _MODEL_ERRNOS: ErrnoTable = (
 
 
 def _router(ctx: TaskContext) -> ModelRouter:
-    router = ctx.services.get("models")
+    router: ModelRouter | None = ctx.services.models
     if router is None:
         raise HostError(errno.ENOSYS, "this node offers no AI models")
-    return router  # type: ignore[no-any-return]
+    return router
 
 
 def _refused(ctx: TaskContext, exc: SpearError) -> HostError:
@@ -184,7 +184,7 @@ async def chat_start(ctx: TaskContext, request: Any, *, stream: bool) -> int:
         raise _refused(ctx, exc) from None
     if _calls(ctx) >= MAX_CALLS_PER_TASK:
         raise HostError(errno.EMFILE, f"at most {MAX_CALLS_PER_TASK} model calls per task")
-    registry = ctx.services.get("streams")
+    registry = ctx.services.streams
     streams = registry.for_task(ctx.task.id) if registry is not None else None
     call = ModelCall(streams, stream)
     loop = asyncio.get_running_loop()

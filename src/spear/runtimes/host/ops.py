@@ -52,13 +52,14 @@ from spear.errors import (
     ResourceExhausted,
     SpearError,
 )
-from spear.store.objects import ObjectInfo, ObjectStore, result_key
+from spear.store.objects import ObjectStore, result_key
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
 
     from spear.core.streams import StreamRegistry, TaskStreams
     from spear.core.worker import TaskContext
+    from spear.store.object_info import ObjectInfo
 
 LOG_LEVELS = ("TRACE", "DEBUG", "INFO", "WARNING", "ERROR")
 MAX_LOG_MESSAGE = 64 * 1024
@@ -99,17 +100,17 @@ def translate(exc: SpearError, specific: ErrnoTable = ()) -> HostError:
 
 
 def _objects(ctx: TaskContext) -> ObjectStore:
-    store = ctx.services.get("objects")
-    if not isinstance(store, ObjectStore):
+    store = ctx.services.objects
+    if store is None:
         raise HostError(errno.ENOSYS, "this node has no object store")
     return store
 
 
 def _streams(ctx: TaskContext) -> StreamRegistry:
-    registry = ctx.services.get("streams")
+    registry = ctx.services.streams
     if registry is None:
         raise HostError(errno.ENOSYS, "this node has no streams")
-    return registry  # type: ignore[no-any-return]
+    return registry
 
 
 # -- basics ---------------------------------------------------------------------------
@@ -223,7 +224,7 @@ async def obj_delete(ctx: TaskContext, key: str, expected_version: int | None = 
     store = _objects(ctx)
     try:
         info = await store.info(key)
-        if info.pinned or info.refcount > 0:
+        if info.pinned or info.refs > 0:
             raise HostError(errno.EBUSY, f"object {key!r} is pinned or referenced")
         await store.delete(key, expected_version)
     except SpearError as exc:
@@ -365,7 +366,7 @@ def _readiness(ctx: TaskContext, interests: Sequence[tuple[int, int]]) -> list[i
 
 
 def _condition(ctx: TaskContext) -> threading.Condition:
-    registry = ctx.services.get("streams")
+    registry = ctx.services.streams
     if registry is None:
         return threading.Condition()
     changed: threading.Condition = registry.for_task(ctx.task.id).changed
@@ -417,7 +418,7 @@ async def poll_async(
     """`poll` for callers on the event loop: it waits there, holding no thread."""
     if timeout_s is not None and timeout_s < 0:
         raise HostError(errno.EINVAL, "timeout must not be negative")
-    registry = ctx.services.get("streams")
+    registry = ctx.services.streams
     streams = registry.for_task(ctx.task.id) if registry is not None else None
     end = None if timeout_s is None else time.monotonic() + timeout_s
     while True:

@@ -8,21 +8,25 @@ set between fork and exec. stdout and stderr are pipes read in 64 KiB chunks int
 task's `TaskIO` sinks (files capped by `core/logs.py`, and the caller's live stream), so
 a program writing gigabytes costs disk up to the cap, not memory.
 
-One supervising thread per task (`process_supervisor.Supervisor`) does all of this with a
+One supervising thread per task (`supervisor.Supervisor`) does all of this with a
 selector over the pipes, the pidfd and a wake-up pipe; the event loop only starts it and
-awaits its outcome. What runs is decided before (`process_command.resolve_command`).
-`.py` agents with `FunctionSpec.warm` are forked from a pre-started Python instead
-(`forkserver.py`), under the same supervision.
+awaits its outcome. What runs is decided before (`command.resolve_command`).
+`.py` agents with `FunctionSpec.warm` run in children of a pre-started Python instead
+(`forkserver.py`), forked ahead of time (`warm_spares` of them wait at once), under the
+same supervision. A fork server no warm task used for `warm_idle_s` is stopped, with its
+spares; the next warm task starts another.
 """
 
 from __future__ import annotations
 
+import asyncio
+import time
 from typing import TYPE_CHECKING
 
 import anyio
 import anyio.to_thread
-from loguru import logger
 
+from spear._logging import logger
 from spear.core.models import Runtime
 from spear.core.worker import (
     Execution,
@@ -32,6 +36,7 @@ from spear.core.worker import (
 )
 from spear.runtimes.process.cgroups import NodeCgroup
 from spear.runtimes.process.command import Command, resolve_command
+from spear.runtimes.process.forkserver import DEFAULT_SPARES, WarmUnavailable
 from spear.runtimes.process.supervisor import Child, Supervisor, spawn
 
 if TYPE_CHECKING:
@@ -43,6 +48,7 @@ if TYPE_CHECKING:
     from spear.runtimes.process.forkserver import ForkServer
 
 DEFAULT_GRACE_S = 2.0
+DEFAULT_WARM_IDLE_S = 300.0
 
 
 # -- the worker agent -----------------------------------------------------------------
@@ -60,9 +66,15 @@ class ProcessWorkerAgent(WorkerAgent):
         grace_s: float = DEFAULT_GRACE_S,
         max_threads: int = 64,
         cgroups: bool = True,
+        warm_spares: int = DEFAULT_SPARES,
+        warm_idle_s: float = DEFAULT_WARM_IDLE_S,
     ) -> None:
+        if not 1 <= warm_spares <= 64 or warm_idle_s <= 0:
+            raise ValueError("warm_spares must be 1-64 and warm_idle_s > 0")
         self._runtime_dir = runtime_dir
         self.grace_s = grace_s
+        self.warm_spares = warm_spares  # children forked ahead, waiting for a warm task
+        self.warm_idle_s = warm_idle_s  # a fork server unused this long is stopped
         self._limiter = anyio.CapacityLimiter(max_threads)
         self._commands: dict[str, Command] = {}
         self._channel: AgentChannel | None = None
@@ -70,6 +82,10 @@ class ProcessWorkerAgent(WorkerAgent):
         self._forkserver_lock = anyio.Lock()
         self._channel_lock = anyio.Lock()
         self.warm_starts = 0  # tasks started from the warm pool (for tests and benchmarks)
+        self._warm_running = 0
+        self._warm_last = 0.0  # time.monotonic() when the last warm task ended
+        self._idle_timer: asyncio.TimerHandle | None = None
+        self._retiring: asyncio.Task[None] | None = None
         self._use_cgroups = cgroups
         self._cgroup: NodeCgroup | None = None
         self._cgroup_checked = False
@@ -100,10 +116,41 @@ class ProcessWorkerAgent(WorkerAgent):
                 if self._forkserver is not None:  # it died: reap it, close our end
                     await anyio.to_thread.run_sync(self._forkserver.stop)
 
-                server = ForkServer()
+                server = ForkServer(self.warm_spares)
                 await anyio.to_thread.run_sync(server.start)
                 self._forkserver = server
             return self._forkserver
+
+    def _warm_ended(self) -> None:
+        self._warm_running -= 1
+        self._warm_last = time.monotonic()
+        if self._idle_timer is None and self._forkserver is not None:
+            loop = asyncio.get_running_loop()
+            self._idle_timer = loop.call_later(self.warm_idle_s, self._idle_check)
+
+    def _idle_check(self) -> None:
+        self._idle_timer = None
+        if self._forkserver is None or self._retiring is not None:
+            return
+        left = self._warm_last + self.warm_idle_s - time.monotonic()
+        if self._warm_running == 0 and left <= 0:
+            self._retiring = asyncio.get_running_loop().create_task(self._retire_idle())
+        elif self._warm_running == 0:
+            self._idle_timer = asyncio.get_running_loop().call_later(left, self._idle_check)
+        # (with warm tasks running, the last of them to end arms the timer again)
+
+    async def _retire_idle(self) -> None:
+        """Stop the fork server and its spares: no warm task came for `warm_idle_s`."""
+        try:
+            async with self._forkserver_lock:
+                server = self._forkserver
+                if server is None or self._warm_running:
+                    return
+                self._forkserver = None
+                logger.debug("stopping the idle warm Python worker (pid {})", server.pid)
+                await anyio.to_thread.run_sync(server.stop)
+        finally:
+            self._retiring = None
 
     async def start(self, ctx: TaskContext) -> Execution:
         command = self._commands.pop(ctx.task.id, None) or resolve_command(ctx.task.spec)
@@ -112,18 +159,25 @@ class ProcessWorkerAgent(WorkerAgent):
             try:
                 server = await self.forkserver()
                 self.warm_starts += 1
+                self._warm_running += 1  # (an idle fork server is not stopped under it)
             except OSError as exc:  # a cold start still runs the task
                 logger.warning("warm Python worker unavailable ({}); starting cold", exc)
-        cgroup = None
-        if self._use_cgroups:
-            async with self._channel_lock:  # one per node, also when tasks start together
+        try:
+            cgroup = None
+            if self._use_cgroups:
                 if not self._cgroup_checked:
-                    self._cgroup = await anyio.to_thread.run_sync(NodeCgroup.create)
-                    self._cgroup_checked = True
-            if self._cgroup is not None:
-                cgroup = await anyio.to_thread.run_sync(self._cgroup.for_task, ctx.task.id)
-        channel = await self.channel()
-        credential = channel.register(ctx, cgroup)
+                    async with self._channel_lock:  # one per node, also when tasks start together
+                        if not self._cgroup_checked:
+                            self._cgroup = await anyio.to_thread.run_sync(NodeCgroup.create)
+                            self._cgroup_checked = True
+                if self._cgroup is not None:
+                    cgroup = self._cgroup.for_task(ctx.task.id)  # one mkdir: short
+            channel = self._channel or await self.channel()
+            credential = channel.register(ctx, cgroup)
+        except BaseException:
+            if server is not None:
+                self._warm_ended()
+            raise
         command.env.update(credential.env())
         return _ProcessExecution(self, ctx, command, credential, server, cgroup)
 
@@ -133,6 +187,12 @@ class ProcessWorkerAgent(WorkerAgent):
         return self._cgroup
 
     async def aclose(self) -> None:
+        if self._idle_timer is not None:
+            self._idle_timer.cancel()
+            self._idle_timer = None
+        if self._retiring is not None:
+            with anyio.CancelScope(shield=True):
+                await self._retiring
         if self._cgroup is not None:
             await anyio.to_thread.run_sync(self._cgroup.close)
             self._cgroup = None
@@ -160,6 +220,7 @@ class _ProcessExecution(Execution):
         self._command = command
         self._credential = credential
         self._forkserver = forkserver
+        self._warm = forkserver is not None
         self._cgroup = cgroup
         self._supervisor = Supervisor(ctx, agent.grace_s, cgroup)
         credential.on_protocol_error = self._protocol_error
@@ -172,18 +233,59 @@ class _ProcessExecution(Execution):
         self._supervisor.wake()
 
     def _start(self, stdin: int | None, stdout: int, stderr: int) -> Child:
-        if self._forkserver is not None:
-            procs = self._cgroup.procs if self._cgroup is not None else None
-            return self._forkserver.spawn(self._command, stdin, stdout, stderr, procs)
         return spawn(self._command, stdin, stdout, stderr, self._cgroup)
 
-    async def wait(self) -> Outcome:
+    def _start_warm(self, stdin: int | None, stdout: int, stderr: int) -> Child:
+        """On the event loop: one send that does not wait."""
+        assert self._forkserver is not None
+        procs = self._cgroup.procs if self._cgroup is not None else None
+        return self._forkserver.spawn(self._command, stdin, stdout, stderr, procs, block=False)
+
+    def _start_warm_waiting(self, stdin: int | None, stdout: int, stderr: int) -> Child:
+        """On a worker thread, when the fork server's queue was full: the send may wait."""
+        assert self._forkserver is not None
+        procs = self._cgroup.procs if self._cgroup is not None else None
         try:
+            return self._forkserver.spawn(self._command, stdin, stdout, stderr, procs)
+        except WarmUnavailable as exc:
+            logger.warning("warm Python worker unavailable ({}); starting cold", exc)
+            return self._start(stdin, stdout, stderr)
+
+    async def wait(self) -> Outcome:
+        agent = self._agent
+        supervisor = self._supervisor
+        try:
+            if self._forkserver is not None:
+                # The request goes out from here (one send, no fork), so the child starts
+                # while a worker thread wakes up to watch it.
+                try:
+                    started = supervisor.begin(
+                        self._start_warm, reraise=(WarmUnavailable, BlockingIOError)
+                    )
+                except WarmUnavailable as exc:  # it died (or was stopped) before the task began
+                    logger.warning("warm Python worker unavailable ({}); starting cold", exc)
+                except BlockingIOError:  # many tasks at once: its queue is full
+                    return await anyio.to_thread.run_sync(
+                        supervisor.run, self._start_warm_waiting, limiter=agent._limiter
+                    )
+                else:
+                    if isinstance(started, Outcome):
+                        return started
+                    try:
+                        return await anyio.to_thread.run_sync(
+                            supervisor.watch, started, limiter=agent._limiter
+                        )
+                    finally:
+                        supervisor.abandon(started)  # (nothing, once watched)
             return await anyio.to_thread.run_sync(
-                self._supervisor.run, self._start, limiter=self._agent._limiter
+                supervisor.run, self._start, limiter=agent._limiter
             )
         finally:
-            self._supervisor.close()
-            channel = self._agent._channel
+            supervisor.close()
+            if self._warm:
+                agent._warm_ended()
+            if self._cgroup is not None and agent._cgroup is not None:
+                agent._cgroup.retire(self._cgroup)
+            channel = agent._channel
             if channel is not None:
                 await channel.revoke(self._credential)

@@ -17,8 +17,10 @@ from __future__ import annotations
 
 import contextlib
 import os
+import queue
 import secrets
 import signal
+import threading
 import time
 from pathlib import Path
 
@@ -79,7 +81,11 @@ def _pid_alive(pid: int) -> bool:
 def kill_cgroup(directory: Path) -> None:
     """Kill every process in a cgroup (and below it)."""
     try:
-        (directory / "cgroup.kill").write_text("1")
+        fd = os.open(directory / "cgroup.kill", os.O_WRONLY | os.O_CLOEXEC)
+        try:
+            os.write(fd, b"1")
+        finally:
+            os.close(fd)
         return
     except OSError:
         pass
@@ -95,10 +101,18 @@ def remove_cgroup(directory: Path, wait_s: float = 1.0) -> bool:
     deadline = time.monotonic() + wait_s
     while True:
         try:
-            for child in sorted(directory.glob("*/"), reverse=True):
-                if child.is_dir():
-                    remove_cgroup(child, 0)
-            directory.rmdir()
+            os.rmdir(directory)  # the usual case: no processes, no cgroups below
+            return True
+        except FileNotFoundError:
+            return True
+        except OSError:
+            pass
+        with contextlib.suppress(OSError):
+            for entry in os.scandir(directory):
+                if entry.is_dir(follow_symlinks=False):
+                    remove_cgroup(Path(entry.path), 0)
+        try:
+            os.rmdir(directory)
             return True
         except FileNotFoundError:
             return True
@@ -114,6 +128,9 @@ class NodeCgroup:
     def __init__(self, directory: Path, path: str) -> None:
         self.directory = directory
         self.path = path  # as /proc/<pid>/cgroup shows it
+        self._retired: queue.SimpleQueue[TaskCgroup | None] = queue.SimpleQueue()
+        self._remover: threading.Thread | None = None
+        self._remover_lock = threading.Lock()
 
     @classmethod
     def create(cls) -> NodeCgroup | None:
@@ -151,7 +168,30 @@ class NodeCgroup:
             return None
         return TaskCgroup(directory, f"{self.path}/{task_id}")
 
+    def retire(self, task: TaskCgroup) -> None:
+        """Remove a task's cgroup, whose processes were killed: now if they are gone
+        already, else on a thread once they are (a task's end does not wait for that)."""
+        if remove_cgroup(task.directory, 0):
+            return
+        with self._remover_lock:
+            if self._remover is None:
+                self._remover = threading.Thread(
+                    target=self._remove_retired, name="spear-cgroup-remover", daemon=True
+                )
+                self._remover.start()
+        self._retired.put(task)
+
+    def _remove_retired(self) -> None:
+        while (task := self._retired.get()) is not None:
+            task.kill()  # (again: what it forked while being killed)
+            remove_cgroup(task.directory)
+
     def close(self) -> None:
+        with self._remover_lock:
+            remover, self._remover = self._remover, None
+        if remover is not None:
+            self._retired.put(None)
+            remover.join()
         kill_cgroup(self.directory)
         remove_cgroup(self.directory)
 

@@ -31,9 +31,10 @@ from typing import TYPE_CHECKING, Any
 
 import anyio
 import anyio.to_thread
-from loguru import logger
 
 from spear import _agent_wire as wire
+from spear._logging import logger
+from spear.core.stats import hostcall_counter
 from spear.runtimes.host import model_ops as hostops_models
 from spear.runtimes.host import ops as hostops
 from spear.runtimes.host.ops import HostError
@@ -297,6 +298,8 @@ class _Connection:
             logger.exception("hostcall {} failed", header.get("op"))
             await self.send_error(call_id, HostError(errno.EIO, f"host error: {exc}"))
             return
+        # Counted once served: an unknown op (an agent's typo) makes no metric label.
+        hostcall_counter("process", str(header.get("op")))[0] += 1
         await self.send({"id": call_id, "ok": True, "result": result}, out)
 
     async def close(self) -> None:
@@ -315,7 +318,7 @@ def _info(info: Any) -> dict[str, Any]:
         "key": info.key,
         "size": info.size,
         "version": info.version,
-        "refcount": info.refcount,
+        "refcount": info.refs,
         "pinned": info.pinned,
     }
 

@@ -27,6 +27,10 @@ INHERITED_ENV = (
 )  # fmt: skip
 
 
+# The directory `spear` is imported from (src/ of a checkout, or site-packages).
+PACKAGE_ROOT = str(Path(__file__).resolve().parents[3])
+
+
 @dataclass(frozen=True, slots=True)
 class Limits:
     """rlimits for one task's processes (None: inherit the node's)."""
@@ -96,9 +100,8 @@ def resolve_command(spec: FunctionSpec, node_env: dict[str, str] | None = None) 
     if is_python_agent(artifact):
         script = _existing_file(artifact, cwd)
         # The SDK (`from spear import agent`) is this node's, whatever else is installed.
-        package_root = str(Path(__file__).resolve().parents[2])
         path = [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p]
-        env["PYTHONPATH"] = os.pathsep.join([*path, package_root])
+        env["PYTHONPATH"] = os.pathsep.join([*path, PACKAGE_ROOT])
         env["PYTHONUNBUFFERED"] = "1"  # output streams to the caller as it is written
         env.update(spec.env)
         return Command((sys.executable, script, *spec.args), env, cwd, Limits.of(spec), script)

@@ -1,20 +1,35 @@
-"""Warm Python workers: a pre-started interpreter that forks one child per warm `.py` task.
+"""Warm Python workers: a pre-started interpreter whose children run warm `.py` tasks.
 
-A new interpreter costs milliseconds (`python -c pass`) plus whatever the agent imports
-(`from spear import agent` loads the SDK); a fork of an interpreter that has all of that
-loaded already costs a fraction of one. `ForkServer` (node side) starts
-`python -m spear.runtimes.process.forkserver`, which imports the SDK, then waits on a
-SOCK_SEQPACKET control socket. Each request carries the command and four descriptors
-(a status socket for this task, the child's stdin, stdout and stderr); the server forks,
-the child makes its own process group, applies its rlimits, takes the descriptors as
-0/1/2, and runs the script as `__main__` with `runpy`. The server sends the child's pid on
-the task's status socket and, once it has ended (its group killed, the child reaped), its
-wait status and CPU time. The node supervises the child exactly as it does a process it
-spawned itself (`process.Supervisor`), killing its group by pid.
+A new interpreter costs milliseconds (`python -c pass`) plus whatever the agent imports;
+a fork of an interpreter that has all of that loaded costs a fraction of one, and a child
+forked *before* its task arrives costs the task nothing. `ForkServer` (node side) starts
+`python -m spear.runtimes.process.forkserver`, which imports the SDK, freezes its heap
+(`gc.freeze`, so a child's collector does not copy it page by page), empties its
+environment and keeps `spares` children forked ahead.
+
+A spare rehearses a task's start on harmless inputs (/dev/null, an empty script), so the
+pages of the server's memory a start writes to are copied before a task comes, then
+waits on the SOCK_SEQPACKET control socket itself. A request carries the command and four
+descriptors (a status socket for this task, the child's stdin, stdout and stderr); the
+spare that takes it sends the node its pid on the status socket, passes the server its
+pid and a copy of the status socket (`report`; the server forks the next spare), joins
+the task's cgroup, applies its rlimits, takes the descriptors as 0/1/2 and runs the
+script as `__main__`. The server does not read requests; it forks, reaps and reports.
+
+How a task ends, on the status socket, after the pid:
+- the script returned (or raised SystemExit): the child flushes and closes 0/1/2, sends
+  `{"exit": code}` and waits, alive, for the node to kill its process group. The node
+  has the outcome without waiting for the child's address space to be torn down and
+  reaped; since the child is alive when the node kills the group, its pid (the group id)
+  cannot have been reused.
+- anything else (a signal, `os._exit`): the server reaps the child (its group killed
+  first) and sends `{"status": wait status, "cpu": seconds}`.
 
 When the node goes away (its end of the control socket closes, even on SIGKILL), the
-server kills the process group of every child it still has, reaps them and exits. A task
-whose status socket the node closes early is killed the same way.
+spares' reads end and the server, seeing the hang-up, kills the process group of every
+child it has, reaps them and exits; children die with their server (PR_SET_PDEATHSIG). A
+task whose status socket the node closes is killed the same way (the node closes it
+after every task). A server whose spares keep dying before any task gives up.
 """
 
 from __future__ import annotations
@@ -22,7 +37,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import selectors
+import select
 import signal
 import socket
 import subprocess
@@ -36,15 +51,25 @@ if TYPE_CHECKING:
 
 _MAX_MESSAGE = 1024 * 1024
 _START_TIMEOUT_S = 30.0
+DEFAULT_SPARES = 2
+_MAX_LOST_SPARES = 16  # spares in a row dead before taking a task: the server gives up
+
+
+class WarmUnavailable(OSError):
+    """The fork server could not start the task (it is gone): nothing of it ran."""
 
 
 class ForkServer:
     """The node's handle on one fork server process."""
 
-    def __init__(self) -> None:
+    def __init__(self, spares: int = DEFAULT_SPARES) -> None:
+        if spares < 1:
+            raise ValueError("a fork server keeps at least one spare (it takes the requests)")
+        self.spares = spares
         self._popen: subprocess.Popen[bytes] | None = None
         self._control: socket.socket | None = None
         self._lock = threading.Lock()
+        self._devnull: int | None = None
 
     @property
     def alive(self) -> bool:
@@ -57,14 +82,15 @@ class ForkServer:
     def start(self) -> None:
         """Start the server and wait until it has loaded the SDK (blocking)."""
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-        package_root = str(Path(__file__).resolve().parents[2])
+        package_root = str(Path(__file__).resolve().parents[3])
         env = dict(os.environ)
         env["PYTHONPATH"] = os.pathsep.join(
             p for p in (env.get("PYTHONPATH", ""), package_root) if p
         )
+        argv = [sys.executable, "-m", "spear.runtimes.process.forkserver"]
         try:
             self._popen = subprocess.Popen(
-                [sys.executable, "-m", "spear.runtimes.process.forkserver", str(theirs.fileno())],
+                [*argv, str(theirs.fileno()), str(self.spares)],
                 pass_fds=(theirs.fileno(),),
                 stdin=subprocess.DEVNULL,
                 stdout=subprocess.DEVNULL,
@@ -83,6 +109,7 @@ class ForkServer:
             self.stop()
             raise OSError("the warm Python worker did not start")
         self._control = ours
+        self._devnull = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
 
     def spawn(
         self,
@@ -91,45 +118,49 @@ class ForkServer:
         stdout: int,
         stderr: int,
         cgroup_procs: str | None = None,
+        *,
+        block: bool = True,
     ) -> WarmChild:
-        """Fork a child running `command` (a `.py` agent), in the cgroup whose
-        `cgroup.procs` is `cgroup_procs` if given; OSError if that fails."""
-        if self._control is None:
-            raise OSError("the warm Python worker is not running")
+        """Start a child running `command` (a `.py` agent), in the cgroup whose
+        `cgroup.procs` is `cgroup_procs` if given. `WarmUnavailable` if the server is
+        gone before the task started (it may run cold instead); with `block=False`,
+        BlockingIOError if the control socket's queue is full (nothing was sent)."""
+        control, devnull = self._control, self._devnull
+        if control is None or devnull is None:
+            raise WarmUnavailable("the warm Python worker is not running")
         status_ours, status_theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-        devnull = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC) if stdin is None else None
-        stdin_fd = stdin if stdin is not None else devnull
-        assert stdin_fd is not None
         request = {
-            "argv": list(command.argv[1:]),  # the script and its arguments
+            "argv": command.argv[1:],  # the script and its arguments
             "env": command.env,
             "cwd": command.cwd or os.getcwd(),
             "rlimits": command.limits.as_rlimits() if command.limits else [],
             "cgroup_procs": cgroup_procs,
         }
         try:
-            fds = [status_theirs.fileno(), stdin_fd, stdout, stderr]
+            fds = [status_theirs.fileno(), devnull if stdin is None else stdin, stdout, stderr]
+            flags = 0 if block else socket.MSG_DONTWAIT
             with self._lock:
-                socket.send_fds(self._control, [json.dumps(request).encode()], fds)
-            reply = status_ours.recv(_MAX_MESSAGE)
-        except OSError:
+                socket.send_fds(control, [json.dumps(request).encode()], fds, flags)
+        except BlockingIOError:
             status_ours.close()
             raise
+        except OSError as exc:  # nobody holds the other end: the server and its spares died
+            status_ours.close()
+            raise WarmUnavailable(exc.errno, f"the warm Python worker is gone: {exc}") from None
         finally:
             status_theirs.close()
-            if devnull is not None:
-                os.close(devnull)
-        message = json.loads(reply) if reply else {"error": "the warm Python worker exited"}
-        if "pid" not in message:
-            status_ours.close()
-            raise OSError(message.get("errno", 0), message.get("error", "fork failed"))
-        return WarmChild(int(message["pid"]), status_ours)
+        # Not waiting for the child's pid here: it is the first message on the status
+        # socket, read with the others (one wake-up of the supervising thread fewer).
+        return WarmChild(status_ours)
 
     def stop(self) -> None:
         """Stop the server; it kills the children it still has. Safe to call twice."""
         if self._control is not None:
             self._control.close()
             self._control = None
+        if self._devnull is not None:
+            os.close(self._devnull)
+            self._devnull = None
         if self._popen is not None:
             try:
                 self._popen.wait(timeout=5)
@@ -139,26 +170,38 @@ class ForkServer:
 
 
 class WarmChild:
-    """A child of the fork server, watched through its status socket."""
+    """A child of the fork server, watched through its status socket: first its pid,
+    then how it ended (from the child itself, or from the server that reaped it)."""
 
-    def __init__(self, pid: int, status: socket.socket) -> None:
-        self.pid = pid
+    in_cgroup = True  # it joins the task's cgroup itself, before it runs anything
+
+    def __init__(self, status: socket.socket) -> None:
+        self.pid: int | None = None  # known once the child has taken the task
         self._status = status
 
     @property
     def exit_fd(self) -> int:
         return self._status.fileno()
 
-    def collect(self) -> tuple[int, float]:
+    def collect(self) -> tuple[int, float] | None:
+        from spear.runtimes.process.supervisor import kill_group
+
         reply = b""
         with contextlib.suppress(OSError):
             reply = self._status.recv(_MAX_MESSAGE)
         if not reply:  # the server died: make sure the child's group did too
-            from spear.runtimes.process.supervisor import kill_group
-
-            kill_group(self.pid, signal.SIGKILL)
+            if self.pid is not None:
+                kill_group(self.pid, signal.SIGKILL)
             return signal.SIGKILL, 0.0  # a wait status meaning "killed by SIGKILL"
         message = json.loads(reply)
+        if "pid" in message:  # it started
+            self.pid = int(message["pid"])
+            return None
+        if "exit" in message:
+            # The child waits for this: what the task left in its group ends with it.
+            if self.pid is not None:
+                kill_group(self.pid, signal.SIGKILL)
+            return (int(message["exit"]) & 0xFF) << 8, float(message["cpu"])
         return int(message["status"]), float(message["cpu"])
 
     def close(self) -> None:
@@ -182,59 +225,153 @@ def _run_script(script: str) -> None:
     exec(code, main.__dict__)
 
 
-def _run_child(request: dict[str, Any], fds: list[int], closing: list[int]) -> None:
-    """In the forked child: become the task's process, run the script, never return."""
+def _spare(control: socket.socket, report: socket.socket) -> None:
+    """In a pre-forked child: take the next task from the control socket, run it, never
+    return. The server learns of it through `report` (this pid and a copy of the task's
+    status socket, for an end the child cannot report itself) and forks the next spare."""
+    try:
+        try:  # a task waiting already (many at once) is taken at once, unrehearsed
+            data, fds = _recv_request(control, socket.MSG_DONTWAIT)
+        except BlockingIOError:
+            _rehearse()
+            data, fds = _recv_request(control)
+    except (OSError, KeyboardInterrupt):
+        data, fds = b"", []
+    if not data or len(fds) != 4:  # the node is gone, or stopped its warm workers
+        os._exit(0)
+    control.close()
+    me = os.getpid()
+    status = socket.socket(fileno=fds[0])
+    with contextlib.suppress(OSError):
+        status.send(b'{"pid": %d}' % me)
+        socket.send_fds(report, [b"%d" % me], [fds[0]])
+    report.close()
+    _run_child(json.loads(data), status, fds[1:])
+
+
+_REQUEST = bytearray()  # the server's: a spare reads its request into it, no new buffer
+
+
+def _recv_request(control: socket.socket, flags: int = 0) -> tuple[bytes, list[int]]:
+    """`socket.recv_fds(control, _MAX_MESSAGE, 4)` without allocating (and, in a child,
+    faulting in) a new megabyte for each request."""
+    import array
+
+    fds = array.array("i")
+    ancsize = socket.CMSG_LEN(4 * fds.itemsize)
+    size, ancdata, _, _ = control.recvmsg_into([_REQUEST], ancsize, flags)
+    for level, kind, data in ancdata:
+        if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+            fds.frombytes(data[: len(data) - len(data) % fds.itemsize])
+    return bytes(memoryview(_REQUEST)[:size]), list(fds)
+
+
+def _rehearse() -> None:
+    """Do, before a task comes, what starting one does, on harmless inputs: become a
+    process whose stdio is /dev/null and run an empty script. A forked child copies each
+    page of the server's memory it first writes to (a reference count is a write); done
+    here while it waits, most of that costs the task nothing."""
+    null = os.open(os.devnull, os.O_RDWR)
+    a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    with a, b:  # what taking a task does: its pid to the node, the report to the server
+        socket.send_fds(a, [b"%d" % os.getpid()], [a.fileno()])
+        _, fds = _recv_request(b)
+        with socket.socket(fileno=fds[0]) as status:
+            status.send(b'{"pid": %d}' % os.getpid())
+        b.recv(64)
+    request = json.loads(_REHEARSAL)
+    request["cwd"] = os.getcwd()
+    request["argv"] = [os.devnull]
+    _become(request, [null, os.dup(null), os.dup(null)])
+    _execute(os.devnull)
+    import atexit
+
+    atexit._run_exitfuncs()
+    os.environ.clear()
+
+
+_REHEARSAL = json.dumps(
+    {
+        "argv": [],
+        "env": {"PATH": "/usr/bin", "SPEAR_AGENT_TOKEN": "t", "PYTHONUNBUFFERED": "1"},
+        "rlimits": [],
+        "cgroup_procs": None,
+    }
+).encode()
+
+
+def _become(request: dict[str, Any], fds: list[int]) -> None:
+    """Become the task's process: its cgroup, rlimits, stdio, directory, environment,
+    argv and `sys.path`."""
     import atexit
     import io
+
+    unjoined = None
+    if request.get("cgroup_procs"):  # first, before it can start anything
+        try:
+            fd = os.open(request["cgroup_procs"], os.O_WRONLY | os.O_CLOEXEC)
+            try:
+                os.write(fd, b"%d" % os.getpid())
+            finally:
+                os.close(fd)
+        except OSError as exc:
+            unjoined = exc
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    for res, soft, hard in request["rlimits"]:
+        import resource
+
+        resource.setrlimit(res, (soft, hard))
+    for target, fd in zip((0, 1, 2), fds, strict=True):
+        os.dup2(fd, target)
+    for fd in fds:
+        if fd > 2:
+            os.close(fd)
+    os.chdir(request["cwd"])
+    os.environ.clear()
+    os.environ.update(request["env"])
+    extra = [p for p in request["env"].get("PYTHONPATH", "").split(os.pathsep) if p]
+    script = request["argv"][0]
+    sys.argv = list(request["argv"])
+    sys.path[:] = [os.path.dirname(script), *extra, *sys.path[1:]]
+    sys.stdin = io.TextIOWrapper(io.FileIO(0, "r", closefd=False))
+    sys.stdout = io.TextIOWrapper(io.FileIO(1, "w", closefd=False), write_through=True)
+    sys.stderr = io.TextIOWrapper(
+        io.FileIO(2, "w", closefd=False), write_through=True, errors="backslashreplace"
+    )
+    atexit._clear()
+    if unjoined is not None:  # contained by its process group only; hostcalls refused
+        sys.stderr.write(f"spear: the task's cgroup could not be joined: {unjoined}\n")
+
+
+def _execute(script: str) -> int:
+    """Run the script as `python script` would; its exit code."""
     import traceback
 
+    try:
+        _run_script(script)
+        return 0
+    except SystemExit as exc:
+        if exc.code is None:
+            return 0
+        if isinstance(exc.code, int):
+            return exc.code & 0xFF
+        sys.stderr.write(f"{exc.code}\n")
+        return 1
+    except BaseException:
+        traceback.print_exc()
+        return 1
+
+
+def _run_child(request: dict[str, Any], status: socket.socket, fds: list[int]) -> None:
+    """In the child: become the task's process, run the script, never return."""
+    import atexit
+    import traceback
+
+    me = os.getpid()
     code = 1
     try:
-        if request.get("cgroup_procs"):  # first, before it can start anything
-            with contextlib.suppress(OSError), open(request["cgroup_procs"], "w") as f:
-                f.write(str(os.getpid()))
-        os.setpgid(0, 0)
-        signal.set_wakeup_fd(-1)
-        signal.signal(signal.SIGCHLD, signal.SIG_DFL)
-        for fd in closing:
-            with contextlib.suppress(OSError):
-                os.close(fd)
-        for res, soft, hard in request["rlimits"]:
-            import resource
-
-            resource.setrlimit(res, (soft, hard))
-        for target, fd in zip((0, 1, 2), fds, strict=True):
-            os.dup2(fd, target)
-        for fd in fds:
-            if fd > 2:
-                os.close(fd)
-        os.chdir(request["cwd"])
-        os.environ.clear()
-        os.environ.update(request["env"])
-        extra = [p for p in request["env"].get("PYTHONPATH", "").split(os.pathsep) if p]
-        script = request["argv"][0]
-        sys.argv = list(request["argv"])
-        sys.path[:] = [os.path.dirname(script), *extra, *sys.path[1:]]
-        sys.stdin = io.TextIOWrapper(io.FileIO(0, "r", closefd=False))
-        sys.stdout = io.TextIOWrapper(io.FileIO(1, "w", closefd=False), write_through=True)
-        sys.stderr = io.TextIOWrapper(
-            io.FileIO(2, "w", closefd=False), write_through=True, errors="backslashreplace"
-        )
-        atexit._clear()
-        try:
-            _run_script(script)
-            code = 0
-        except SystemExit as exc:
-            if exc.code is None:
-                code = 0
-            elif isinstance(exc.code, int):
-                code = exc.code & 0xFF
-            else:
-                sys.stderr.write(f"{exc.code}\n")
-                code = 1
-        except BaseException:
-            traceback.print_exc()
-            code = 1
+        _become(request, fds)
+        code = _execute(request["argv"][0])
         atexit._run_exitfuncs()
     except BaseException:  # noqa: B036 - the child must end here, whatever happened
         with contextlib.suppress(BaseException):
@@ -243,96 +380,208 @@ def _run_child(request: dict[str, Any], fds: list[int], closing: list[int]) -> N
         with contextlib.suppress(BaseException):
             sys.stdout.flush()
             sys.stderr.flush()
+        if os.getpid() == me:  # not a process the script forked, returning here
+            with contextlib.suppress(BaseException):
+                _report_exit(status, code)
         os._exit(code)
 
 
-def _serve(control_fd: int) -> None:
-    control = socket.socket(fileno=control_fd)
-    wake_r, wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
-    signal.set_wakeup_fd(wake_w)
-    signal.signal(signal.SIGCHLD, lambda *_: None)
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    # What warm children get for free: the SDK, and what running a script takes.
-    import atexit  # noqa: F401
-    import io  # noqa: F401
-    import resource  # noqa: F401
-    import traceback  # noqa: F401
+def _report_exit(status: socket.socket, code: int) -> None:
+    """Tell the node how the task ended, then wait, alive, for it to kill the group."""
+    import resource
 
-    import spear.agent  # noqa: F401
-
-    children: dict[int, socket.socket] = {}
-    by_fd: dict[int, int] = {}
-    sel = selectors.DefaultSelector()
-    sel.register(control, selectors.EVENT_READ)
-    sel.register(wake_r, selectors.EVENT_READ)
-    control.send(json.dumps({"ready": True, "pid": os.getpid()}).encode())
-
-    def finish(pid: int, status: int, cpu: float) -> None:
-        sock = children.pop(pid)
-        by_fd.pop(sock.fileno(), None)
-        sel.unregister(sock)
+    for fd in (0, 1, 2):  # the node's pipes see their end now, not after teardown
         with contextlib.suppress(OSError):
-            sock.send(json.dumps({"status": status, "cpu": cpu}).encode())
-        sock.close()
+            os.close(fd)
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    status.send(json.dumps({"exit": code, "cpu": usage.ru_utime + usage.ru_stime}).encode())
+    status.recv(1)  # the node's SIGKILL ends this; an empty read: the node is gone
 
-    def reap(pid: int, block: bool) -> None:
+
+def _pdeathsig() -> Any:
+    """prctl(PR_SET_PDEATHSIG, SIGKILL) for a child to call, so no spare, nor task,
+    outlives its fork server (None where libc has no prctl). Made before forking: a child
+    does as little as it can between fork and waiting for a task."""
+    import ctypes
+    import functools
+
+    try:
+        prctl = ctypes.CDLL(None, use_errno=True).prctl
+    except (OSError, AttributeError):
+        return None
+    return functools.partial(prctl, 1, signal.SIGKILL)
+
+
+class _Server:
+    """The fork server: its spares, the children running tasks, their status sockets."""
+
+    def __init__(self, control: socket.socket, spares: int) -> None:
+        self.control = control
+        self.target = max(1, spares)  # a spare is what takes requests
+        self.children: set[int] = set()  # every child not reaped yet
+        self.spares: set[int] = set()  # forked, waiting on the control socket
+        self.running: dict[int, socket.socket] = {}  # pid -> its task's status socket
+        self.ended: dict[int, tuple[int, float]] = {}  # reaped before their report came
+        self.lost_spares = 0  # spares in a row that died before taking a task
+        self.pid = os.getpid()
+        self.by_fd: dict[int, int] = {}  # status socket fd -> pid
+        self.report, self.report_child = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        self.wake_r, self.wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        self.poller = select.poll()
+        self.die_with_parent = _pdeathsig()
+
+    def fork_spare(self) -> None:
+        import gc
+
+        gc.freeze()  # what the server made since: the children's collector leaves it be
+        pid = os.fork()
+        if pid == 0:
+            try:
+                os.setpgid(0, 0)
+                if self.die_with_parent is not None:
+                    self.die_with_parent()
+                if os.getppid() != self.pid:  # it died before that took effect
+                    os._exit(0)
+                signal.set_wakeup_fd(-1)
+                signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+                for sock in (self.report, *self.running.values()):
+                    sock.close()
+                os.close(self.wake_r)
+                os.close(self.wake_w)
+                _spare(self.control, self.report_child)
+            finally:  # never return into the server's loop, whatever happened
+                os._exit(1)
+        with contextlib.suppress(OSError):
+            os.setpgid(pid, pid)  # also here, so the node can kill the group at once
+        self.children.add(pid)
+        self.spares.add(pid)
+
+    def refill(self) -> None:
+        while len(self.spares) < self.target:
+            try:
+                self.fork_spare()
+            except OSError:
+                return  # out of processes or memory: tried again on the next event
+
+    def take_report(self) -> None:
+        """A spare took a task: watch its status socket; its replacement is forked next."""
+        try:
+            data, fds, _, _ = socket.recv_fds(self.report, 64, 1)
+        except OSError:
+            return
+        if not fds:
+            return
+        status = socket.socket(fileno=fds[0])
+        pid = int(data)
+        self.spares.discard(pid)
+        ended = self.ended.pop(pid, None)
+        if ended is not None:  # it was reaped before its report came: say how it ended
+            with contextlib.suppress(OSError):
+                status.send(json.dumps({"status": ended[0], "cpu": ended[1]}).encode())
+            status.close()
+            return
+        self.running[pid] = status
+        self.by_fd[status.fileno()] = pid
+        self.poller.register(status.fileno(), select.POLLIN)
+
+    def finish(self, pid: int, wait_status: int, cpu: float) -> None:
+        self.children.discard(pid)
+        if pid in self.spares and self.target:  # it died unused (not stopped by us)
+            self.lost_spares += 1
+        elif pid in self.running:
+            self.lost_spares = 0
+        self.spares.discard(pid)
+        status = self.running.pop(pid, None)
+        if status is None:  # a spare, or a child whose report is still on its way
+            if len(self.ended) >= 1024:  # spares that died unused never report
+                self.ended.pop(next(iter(self.ended)))
+            self.ended[pid] = (wait_status, cpu)
+            return
+        if self.by_fd.pop(status.fileno(), None) is not None:
+            self.poller.unregister(status.fileno())
+        with contextlib.suppress(OSError):
+            status.send(json.dumps({"status": wait_status, "cpu": cpu}).encode())
+        status.close()
+
+    def reap(self, pid: int, block: bool) -> None:
         flags = os.WEXITED | os.WNOWAIT | (0 if block else os.WNOHANG)
         try:
             if os.waitid(os.P_PID, pid, flags) is None:
                 return
-        except ChildProcessError:
+        except ChildProcessError:  # (not ours, or reaped already)
+            self.finish(pid, signal.SIGKILL, 0.0)
             return
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(pid, signal.SIGKILL)  # what the task left in its group
-        _, status, usage = os.wait4(pid, 0)
-        finish(pid, status, usage.ru_utime + usage.ru_stime)
+        _, wait_status, usage = os.wait4(pid, 0)
+        self.finish(pid, wait_status, usage.ru_utime + usage.ru_stime)
 
-    running = True
-    while running or children:
-        for key, _ in sel.select(None if running else 1.0):
-            if key.fileobj is control:
-                try:
-                    data, fds, _, _ = socket.recv_fds(control, _MAX_MESSAGE, 4)
-                except OSError:
-                    data, fds = b"", []
-                if not data:  # the node is gone: stop every task
+    def kill_all(self) -> None:
+        for pid in self.children:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(pid, signal.SIGKILL)
+
+    def serve(self) -> None:
+        control, poller = self.control, self.poller
+        # Not POLLIN: requests are for the spares. A hang-up is the node gone (or stopping).
+        poller.register(control.fileno(), 0)
+        poller.register(self.report.fileno(), select.POLLIN)
+        poller.register(self.wake_r, select.POLLIN)
+        running = True
+        while running or self.children:
+            for fd, _ in poller.poll(None if running else 1000):
+                if fd == control.fileno():
                     running = False
-                    sel.unregister(control)
-                    for pid in list(children):
-                        with contextlib.suppress(ProcessLookupError, PermissionError):
-                            os.killpg(pid, signal.SIGKILL)
-                    continue
-                status_sock = socket.socket(fileno=fds[0])
-                closing = [control.fileno(), wake_r, wake_w, *by_fd]
-                try:
-                    pid = os.fork()
-                except OSError as exc:
-                    status_sock.send(json.dumps({"error": str(exc), "errno": exc.errno}).encode())
-                    status_sock.close()
-                    for fd in fds[1:]:
-                        os.close(fd)
-                    continue
-                if pid == 0:
-                    _run_child(json.loads(data), [*fds[1:]], [*closing, fds[0]])
-                with contextlib.suppress(OSError):
-                    os.setpgid(pid, pid)  # also here, so the node can kill the group at once
-                for fd in fds[1:]:
-                    os.close(fd)
-                children[pid] = status_sock
-                by_fd[status_sock.fileno()] = pid
-                sel.register(status_sock, selectors.EVENT_READ)
-                status_sock.send(json.dumps({"pid": pid}).encode())
-            elif key.fileobj == wake_r:
-                with contextlib.suppress(BlockingIOError):
-                    os.read(wake_r, 4096)
-            else:  # the node closed a task's status socket: that task is abandoned
-                pid = by_fd[key.fd]
-                with contextlib.suppress(ProcessLookupError, PermissionError):
-                    os.killpg(pid, signal.SIGKILL)
-                reap(pid, block=True)
-        for pid in list(children):
-            reap(pid, block=False)
+                    poller.unregister(fd)
+                    self.target = 0
+                    self.kill_all()
+                elif fd == self.report.fileno():
+                    self.take_report()
+                elif fd == self.wake_r:
+                    with contextlib.suppress(BlockingIOError):
+                        os.read(self.wake_r, 4096)
+                elif fd in self.by_fd:  # the node closed a task's status socket: done with
+                    pid = self.by_fd.pop(fd)  # it (after every task), or abandoned it
+                    poller.unregister(fd)
+                    with contextlib.suppress(ProcessLookupError, PermissionError):
+                        os.killpg(pid, signal.SIGKILL)  # (reaped below, or on its SIGCHLD)
+            for pid in list(self.children):
+                self.reap(pid, block=False)
+            if running and self.lost_spares >= _MAX_LOST_SPARES:  # broken: stop forking
+                running = False
+                self.target = 0
+                self.kill_all()
+            if running:
+                self.refill()
+
+
+def _serve(control_fd: int, spares: int) -> None:
+    control = socket.socket(fileno=control_fd)
+    server = _Server(control, spares)
+    signal.set_wakeup_fd(server.wake_w)
+    signal.signal(signal.SIGCHLD, lambda *_: None)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    # What warm children get for free: the SDK, and what running a script takes.
+    import atexit  # noqa: F401
+    import builtins  # noqa: F401
+    import ctypes  # noqa: F401
+    import gc
+    import io  # noqa: F401
+    import resource  # noqa: F401
+    import traceback  # noqa: F401
+    import types  # noqa: F401
+
+    import spear.agent  # noqa: F401
+
+    os.environ.clear()  # each task brings its own: a child then has nothing to remove
+    # Everything loaded so far is shared with the children; a collection in a child would
+    # write to (and so copy) every page of it.
+    _REQUEST.extend(bytes(_MAX_MESSAGE))
+    gc.freeze()
+    server.refill()
+    control.send(json.dumps({"ready": True, "pid": os.getpid()}).encode())
+    server.serve()
 
 
 if __name__ == "__main__":
-    _serve(int(sys.argv[1]))
+    _serve(int(sys.argv[1]), int(sys.argv[2]) if len(sys.argv) > 2 else DEFAULT_SPARES)

@@ -43,14 +43,19 @@ EXIT_NOT_FOUND = 127
 class Child(Protocol):
     """A started process the supervisor watches: its pid (also its process group id)."""
 
-    pid: int
+    in_cgroup: bool  # it joined the task's cgroup itself, before it ran anything
+
+    @property
+    def pid(self) -> int | None:
+        """None until a child started elsewhere says it has (see `collect`)."""
 
     @property
     def exit_fd(self) -> int:
         """A file descriptor that becomes readable once the process has ended."""
 
-    def collect(self) -> tuple[int, float]:
-        """Kill what the process left in its group, reap it: (wait status, CPU seconds)."""
+    def collect(self) -> tuple[int, float] | None:
+        """Kill what the process left in its group, reap it: (wait status, CPU seconds);
+        None if `exit_fd` only told of its start (its pid is known from then on)."""
 
     def close(self) -> None: ...
 
@@ -58,9 +63,10 @@ class Child(Protocol):
 class SpawnedChild:
     """A child of this process, started with subprocess (a new process group)."""
 
-    def __init__(self, popen: subprocess.Popen[bytes]) -> None:
+    def __init__(self, popen: subprocess.Popen[bytes], in_cgroup: bool = False) -> None:
         self.popen = popen
-        self.pid = popen.pid
+        self.pid: int = popen.pid
+        self.in_cgroup = in_cgroup
         try:
             self._pidfd = os.pidfd_open(popen.pid)
         except OSError:  # out of descriptors: a child nobody watches must not run on
@@ -130,7 +136,7 @@ def spawn(
         # Without a setup, subprocess can use vfork; preexec_fn forces a plain fork.
         preexec_fn=setup,
     )
-    return SpawnedChild(popen)
+    return SpawnedChild(popen, in_cgroup=setup is not None and cgroup is not None)
 
 
 # -- supervision ----------------------------------------------------------------------
@@ -153,6 +159,17 @@ class _Pump:
     pending: bytes = b""
 
 
+@dataclass(slots=True)
+class Started:
+    """A child `Supervisor.begin` started, with the read ends of its output pipes."""
+
+    child: Child
+    out_r: int
+    err_r: int
+    pump: _Pump | None
+    watched: bool = False
+
+
 class Supervisor:
     """Runs one task's process from start to end on a worker thread."""
 
@@ -163,6 +180,7 @@ class Supervisor:
         self.pid: int | None = None
         self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         self._stop = _Stop()
+        self._cgroup_killed = False
         self.protocol_error: str | None = None  # set by the hostcall channel, for the reason
 
     def wake(self) -> None:
@@ -176,6 +194,13 @@ class Supervisor:
 
     def run(self, start: Any) -> Outcome:
         """`start(stdin_fd, stdout_fd, stderr_fd) -> Child`; then watch it to its end."""
+        started = self.begin(start)
+        return started if isinstance(started, Outcome) else self.watch(started)
+
+    def begin(self, start: Any, reraise: tuple[type[BaseException], ...] = ()) -> Started | Outcome:
+        """Make the child's pipes and start it: what `watch` then follows, or the outcome
+        of a task that never started. Exceptions in `reraise` from `start` propagate (the
+        caller starts the task another way)."""
         ctx = self.ctx
         if ctx.control.cancelled:
             return Outcome(TaskState.CANCELLED, EXIT_CANCELLED, ctx.control.cancel_reason)
@@ -184,6 +209,10 @@ class Supervisor:
         stdin_fd, pump = self._stdin()
         try:
             child: Child = start(stdin_fd, out_w, err_w)
+        except reraise:
+            for fd in (out_r, err_r, *((pump.fd,) if pump else ())):
+                os.close(fd)
+            raise
         except (OSError, ValueError) as exc:
             for fd in (out_r, err_r, *((pump.fd,) if pump else ())):
                 os.close(fd)
@@ -194,16 +223,36 @@ class Supervisor:
             if stdin_fd is not None and (pump is not None or stdin_fd != 0):
                 os.close(stdin_fd)
         self.pid = child.pid
-        if self.cgroup is not None:
+        if self.cgroup is not None and not child.in_cgroup and child.pid is not None:
             self.cgroup.add(child.pid)
+        return Started(child, out_r, err_r, pump)
+
+    def watch(self, started: Started) -> Outcome:
+        """Follow a started child to its end (blocking: on a worker thread)."""
+        started.watched = True
+        child = started.child
         try:
-            status, cpu = self._watch(child, out_r, err_r, pump)
+            status, cpu = self._watch(child, started.out_r, started.err_r, started.pump)
         finally:
             child.close()
-            if self.cgroup is not None:  # what left the group is still in the cgroup
-                self.cgroup.kill()
-                self.cgroup.remove()
+            if self.cgroup is not None and not self._cgroup_killed:
+                self.cgroup.kill()  # what left the group is still in the cgroup
         return self._outcome(status, cpu)
+
+    def abandon(self, started: Started) -> None:
+        """Kill a started child nobody will watch (its watch was cancelled before it ran)."""
+        if started.watched:
+            return
+        started.watched = True
+        child = started.child
+        if child.pid is not None:
+            kill_group(child.pid, signal.SIGKILL)
+        child.close()  # (a warm child's server kills it when its status socket closes)
+        for fd in (started.out_r, started.err_r, *((started.pump.fd,) if started.pump else ())):
+            with contextlib.suppress(OSError):
+                os.close(fd)
+        if self.cgroup is not None:
+            self.cgroup.kill()
 
     def _stdin(self) -> tuple[int | None, _Pump | None]:
         stdin = self.ctx.io.stdin
@@ -252,10 +301,15 @@ class Supervisor:
                             os.close(fd)
                             del sinks[fd]
                     elif fd == child.exit_fd and result is None:
+                        ended = child.collect()
+                        if ended is None:  # it started: its pid is known now
+                            self.pid = child.pid
+                            continue
                         sel.unregister(fd)
-                        result = child.collect()
+                        result = ended
                         if self.cgroup is not None:
                             self.cgroup.kill()
+                            self._cgroup_killed = True
                         drain_until = time.monotonic() + DRAIN_S
                         if pump is not None:
                             self._close_pump(sel, pump)
@@ -274,7 +328,9 @@ class Supervisor:
                 self._close_pump(sel, pump)
             sel.close()
 
-    def _check_stop(self, pgid: int, now: float) -> None:
+    def _check_stop(self, pgid: int | None, now: float) -> None:
+        if pgid is None:  # not started yet: decided once it has (its pid comes first)
+            return
         stop = self._stop
         control = self.ctx.control
         if stop.kind is None:

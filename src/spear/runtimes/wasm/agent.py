@@ -9,9 +9,7 @@ task, whether to continue, or to trap because the task timed out or was cancelle
 
 from __future__ import annotations
 
-import ctypes
 import functools
-import importlib.metadata
 import itertools
 import os
 import tempfile
@@ -19,13 +17,11 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any
 
 import anyio.lowlevel
 import anyio.to_thread
 import wasmtime
-from wasmtime import _ffi
-from wasmtime import _func as _wasm_func
 
 from spear.core.models import FunctionSpec, Runtime, TaskState
 from spear.core.worker import (
@@ -39,7 +35,7 @@ from spear.core.worker import (
     WorkerAgent,
 )
 from spear.errors import InvalidArgument, InvalidModule, NotFound
-from spear.runtimes.wasm import hostcalls
+from spear.runtimes.wasm import _wasmtime, hostcalls, wasmtime_version
 from spear.runtimes.wasm.hostcalls import abi
 from spear.runtimes.wasm.modcache import ModuleCache, read_module_bytes
 from spear.runtimes.wasm.workers import WorkerPool
@@ -53,23 +49,6 @@ TICK_S = 0.005
 
 HostFunctions = Callable[[wasmtime.Linker, wasmtime.Engine], None]
 
-_DeadlineCallback = ctypes.CFUNCTYPE(
-    ctypes.c_size_t,
-    ctypes.POINTER(_ffi.wasmtime_context_t),
-    ctypes.c_void_p,
-    ctypes.POINTER(ctypes.c_uint64),
-    ctypes.POINTER(_ffi.wasmtime_update_deadline_kind_t),
-)
-_Finalizer = ctypes.CFUNCTYPE(None, ctypes.c_void_p)
-_NO_FINALIZER = _Finalizer(lambda _p: None)
-
-
-def wasmtime_version() -> str:
-    try:
-        return importlib.metadata.version("wasmtime")
-    except importlib.metadata.PackageNotFoundError:  # pragma: no cover
-        return "unknown"
-
 
 class _Ticker:
     """Advances the engines' epochs while tasks run, and for `LINGER_S` after the last one.
@@ -81,7 +60,7 @@ class _Ticker:
     LINGER_S = 2.0
 
     def __init__(self, engines: Sequence[wasmtime.Engine]) -> None:
-        self._engines = engines
+        self.engines = engines  # replaced whole (never changed in place) as flavors come
         self._active = 0
         self._last_exit = 0.0
         self._sleeping = False
@@ -118,7 +97,7 @@ class _Ticker:
                 if self._stopped:
                     return
             time.sleep(TICK_S)
-            for engine in self._engines:
+            for engine in self.engines:
                 engine.increment_epoch()
 
     def stop(self) -> None:
@@ -174,77 +153,29 @@ def _may_run_inline(module: wasmtime.Module) -> bool:
     )
 
 
-def _call(prepared: _Prepared, context: Any, entry: str, store: wasmtime.Store, pre: Any) -> None:
+def _call(prepared: _Prepared, entry: str, store: wasmtime.Store, pre: Any) -> None:
     """Instantiate the prepared module (`pre`: its InstancePre for the store's engine) in
-    `store` and call its `entry`.
-
-    A `() -> ()` entry (every WASI command's `_start`) is called through the C API
-    directly: wasmtime-py's wrappers (export maps, parameter checks) cost several times
-    what instantiating and running a trivial module does. Errors surface exactly as
-    wasmtime-py raises them (its `enter_wasm`): an exit, a trap, or a host exception.
-    """
-    if not prepared.plain_entry:
+    `store` and call its `entry`: a `() -> ()` one (every WASI command's `_start`) through
+    the C API directly (see `_wasmtime.call_plain_entry`)."""
+    if prepared.plain_entry:
+        _wasmtime.call_plain_entry(store, pre, entry)
+    else:
         instance = pre.instantiate(store)
         instance.exports(store)[entry](store)
-        return
-    trap = ctypes.POINTER(_ffi.wasm_trap_t)()
-    raw = _ffi.wasmtime_instance_t()
-    _check(
-        _ffi.wasmtime_instance_pre_instantiate(
-            pre.ptr(), context, ctypes.byref(raw), ctypes.byref(trap)
-        ),
-        trap,
-    )
-    name = entry.encode()
-    item = _ffi.wasmtime_extern_t()
-    found = _ffi.wasmtime_instance_export_get(
-        context, ctypes.byref(raw), name, len(name), ctypes.byref(item)
-    )
-    if not found or cast("int", item.kind) != _ffi.WASMTIME_EXTERN_FUNC.value:
-        raise wasmtime.WasmtimeError(f"the module exports no function {entry!r}")
-    _check(
-        _ffi.wasmtime_func_call(
-            context, ctypes.byref(item.of.func), None, 0, None, 0, ctypes.byref(trap)
-        ),
-        trap,
-    )
 
 
-def _check(error: Any, trap: Any) -> None:
-    if error:
-        exc = wasmtime.WasmtimeError._from_ptr(error)
-        _wasm_func.maybe_raise_last_exn()
-        raise exc
-    if trap:
-        trap_obj = wasmtime.Trap._from_ptr(trap)
-        _wasm_func.maybe_raise_last_exn()
-        raise trap_obj
+_LAUNCH: dict[FunctionSpec, _wasmtime.WasiArgs] = {}
 
 
-_LAUNCH: dict[FunctionSpec, tuple[Any, Any]] = {}
-
-
-def _launch_arrays(spec: FunctionSpec) -> tuple[Any, Any]:
-    """C arrays of argv and the environment for `spec`, made once per spec (by value)."""
+def _launch_args(spec: FunctionSpec) -> _wasmtime.WasiArgs:
+    """argv and the environment for `spec` as WASI takes them, made once per spec (by value)."""
     hit = _LAUNCH.get(spec)
     if hit is None:
-        args = [os.path.basename(spec.artifact), *spec.args]
-        argv = (len(args), _char_array(args))
-        names, values = [k for k, _ in spec.env], [v for _, v in spec.env]
-        env = (len(names), _char_array(names), _char_array(values))
         if len(_LAUNCH) >= 4096:
             _LAUNCH.clear()
-        hit = _LAUNCH[spec] = (argv, env)
+        argv = [os.path.basename(spec.artifact), *spec.args]
+        hit = _LAUNCH[spec] = _wasmtime.WasiArgs(argv, spec.env)
     return hit
-
-
-def _char_array(items: list[str]) -> Any:
-    buffers = [ctypes.create_string_buffer(item.encode()) for item in items]
-    array = (ctypes.POINTER(ctypes.c_char) * len(items))(
-        *(ctypes.cast(b, ctypes.POINTER(ctypes.c_char)) for b in buffers)
-    )
-    setattr(array, "_keep", buffers)  # noqa: B010 - the strings live as long as the array
-    return array
 
 
 def _engine_config(fuel: bool) -> wasmtime.Config:
@@ -264,17 +195,7 @@ _POOL_KEEP_RESIDENT = 64 * 1024  # bytes of a slot's memory kept mapped between 
 
 def _pooled_engine(fuel: bool) -> wasmtime.Engine:
     config = _engine_config(fuel)
-    pool = _ffi.wasmtime_pooling_allocation_config_new()
-    try:
-        for limit in ("total_core_instances", "total_memories", "total_tables", "total_stacks"):
-            getattr(_ffi, f"wasmtime_pooling_allocation_config_{limit}_set")(pool, POOL_SLOTS)
-        _ffi.wasmtime_pooling_allocation_config_linear_memory_keep_resident_set(
-            pool, _POOL_KEEP_RESIDENT
-        )
-        _ffi.wasmtime_pooling_allocation_config_table_keep_resident_set(pool, _POOL_KEEP_RESIDENT)
-        _ffi.wasmtime_pooling_allocation_strategy_set(config.ptr(), pool)  # (copied)
-    finally:
-        _ffi.wasmtime_pooling_allocation_config_delete(pool)
+    _wasmtime.enable_pooling_allocator(config, POOL_SLOTS, _POOL_KEEP_RESIDENT)
     return wasmtime.Engine(config)
 
 
@@ -321,7 +242,7 @@ class WasmWorkerAgent(WorkerAgent):
         # callback serves every store (a ctypes callback costs tens of microseconds to make).
         self._stops: dict[int, _Stop] = {}
         self._stop_keys = itertools.count(1)
-        self._on_deadline = _DeadlineCallback(self._deadline)
+        self._on_deadline = _wasmtime.DeadlineCallback(self._deadline)
         # Module files prepared before, by what stat said of them then, and the key of
         # what was prepared from their bytes: a warm run reads no file.
         self._seen_files: dict[tuple[str, str], tuple[tuple[int, ...], str, bool]] = {}
@@ -338,7 +259,7 @@ class WasmWorkerAgent(WorkerAgent):
     def _tick_engines(self) -> None:
         engines = [f.engine for f in self._flavors.values()]
         engines += [f.pooled[0] for f in self._flavors.values() if f.pooled is not None]
-        self._ticker._engines = engines
+        self._ticker.engines = engines
 
     def _make_pooled(self, flavor: _Flavor, prepared: _Prepared) -> None:
         """Make the prepared module's InstancePre on the flavor's pooled engine (on a
@@ -448,25 +369,21 @@ class WasmWorkerAgent(WorkerAgent):
         flavor = self._flavor(ctx.task.spec.fuel is not None)
         return _WasmExecution(self, flavor, prepared, ctx)
 
-    def _deadline(self, _ctx: Any, data: Any, delta: Any, kind: Any) -> int:
-        """A running store's epoch deadline passed: go on, or stop it (and say why)."""
-        stop = self._stops.get(data or 0)
+    def _deadline(self, key: int) -> str | None:
+        """A running store's epoch deadline passed: None to go on, or why to stop it."""
+        stop = self._stops.get(key)
         if stop is None:
-            reason = None
-        elif stop.control.cancelled:
-            reason = stop.reason = "cancelled"
+            return None
+        if stop.control.cancelled:
+            reason = "cancelled"
         elif stop.control.deadline is not None and time.monotonic() >= stop.control.deadline:
-            reason = stop.reason = "timeout"
+            reason = "timeout"
         elif stop.move_after is not None and time.monotonic() >= stop.move_after:
-            reason = stop.reason = "move"
+            reason = "move"
         else:
-            reason = None
-        if reason is None:
-            delta[0] = 1
-            kind[0] = 0  # continue
-            return 0
-        err = _ffi.wasmtime_error_new(ctypes.c_char_p(reason.encode()))
-        return ctypes.cast(err, ctypes.c_void_p).value or 0
+            return None
+        stop.reason = reason
+        return reason
 
     async def aclose(self) -> None:
         await anyio.to_thread.run_sync(self._pool.close)  # guests were told to stop
@@ -550,10 +467,7 @@ class _WasmExecution(Execution):
     ) -> None:
         spec = self._ctx.task.spec
         wasi = wasmtime.WasiConfig()
-        argv, env = _launch_arrays(spec)
-        if not _ffi.wasi_config_set_argv(wasi.ptr(), *argv) or (
-            env[0] and not _ffi.wasi_config_set_env(wasi.ptr(), *env)
-        ):
+        if not _wasmtime.set_wasi_args(wasi, _launch_args(spec)):
             raise InvalidArgument("the task's arguments or environment cannot be passed")
         for mapping in spec.dirs:
             try:
@@ -617,11 +531,7 @@ class _WasmExecution(Execution):
         stop = agent._stops[key] = _Stop(control)
         try:
             self._configure(store, stdin_path, stdout, stderr)
-            context = store._context()
-            _ffi.wasmtime_store_epoch_deadline_callback(
-                store.ptr(), agent._on_deadline, key, _NO_FINALIZER
-            )
-            _ffi.wasmtime_context_set_epoch_deadline(context, 1)
+            _wasmtime.set_epoch_callback(store, agent._on_deadline, key)
             # (An inline guest imports no hostcall: it needs no task bound to its thread.)
             previous = None if inline else abi.bind(ctx, self._token)
             started = time.monotonic()
@@ -629,7 +539,7 @@ class _WasmExecution(Execution):
                 stop.move_after = started + INLINE_BUDGET_S
             try:
                 with agent._ticker:
-                    _call(prepared, context, ctx.task.spec.entry, store, pre)
+                    _call(prepared, ctx.task.spec.entry, store, pre)
                 outcome = _COMPLETED
             except wasmtime.ExitTrap as exc:
                 code = exc.code

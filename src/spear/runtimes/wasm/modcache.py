@@ -19,8 +19,8 @@ import threading
 from pathlib import Path
 
 import wasmtime
-from loguru import logger
 
+from spear._logging import logger
 from spear.errors import InvalidModule, NotFound, StorageError
 
 _WASM_MAGIC = b"\x00asm"

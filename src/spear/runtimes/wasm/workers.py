@@ -24,7 +24,7 @@ import time
 from collections import deque
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from loguru import logger
+from spear._logging import logger
 
 if TYPE_CHECKING:
     from collections.abc import Callable

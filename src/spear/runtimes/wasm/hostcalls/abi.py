@@ -22,8 +22,9 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import anyio.from_thread
 import wasmtime
-from loguru import logger
 
+from spear._logging import logger
+from spear.core.stats import hostcall_counter
 from spear.runtimes.host.ops import HostError
 
 if TYPE_CHECKING:
@@ -199,8 +200,10 @@ def hostcall(
 
 def adapt(defn: _Definition) -> Callable[..., Any]:
     fn = defn.fn
+    calls = hostcall_counter("wasm", defn.name)
 
     def call(caller: wasmtime.Caller, *args: int) -> int:
+        calls[0] += 1
         try:
             return fn(GuestMemory(caller), current(), *args)
         except GuestFault:

@@ -104,7 +104,7 @@ def obj_info(mem: GuestMemory, ctx: TaskContext, key_ptr: int, key_len: int, out
     info = call(hostops.obj_info, ctx, key)
     mem.write(
         out & _U32,
-        struct.pack(INFO_FORMAT, info.size, info.version, info.refcount, int(info.pinned)),
+        struct.pack(INFO_FORMAT, info.size, info.version, info.refs, int(info.pinned)),
     )
     return 0
 

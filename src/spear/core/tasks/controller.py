@@ -1,0 +1,382 @@
+"""The task controller (seed §2.1): accepts tasks, admits them against the node's
+resources, runs them through their runtime's worker agent, records how they ended, and
+tells the finished hooks.
+
+One task (`run`, `submit`, `execute`) and a wave of them (`run_many`) take the same
+steps once admitted (running.py): start, outcome, release, settle.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import TYPE_CHECKING
+
+import anyio
+
+from spear._logging import logger
+from spear.core.models import Task, TaskState, new_task_id
+from spear.core.tasks.admission import Admission
+from spear.core.tasks.running import STOPPED, Run, RunningTasks, outcome_now, outcome_of
+from spear.core.worker import EXIT_CANCELLED, EXIT_LOST, ExecutionControl, NodeServices, Outcome
+from spear.errors import InvalidArgument, ResourceExhausted, SpearError
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Mapping, Sequence
+
+    from anyio.abc import TaskGroup
+
+    from spear.core.logs import TaskLogs, TaskLogWriter
+    from spear.core.models import FunctionSpec, Resources
+    from spear.core.tasks.hooks import FinishedHook
+    from spear.core.tasks.store import TaskStore
+    from spear.core.worker import Execution, WorkerAgent
+
+
+class TaskController:
+    """Accepts tasks, admits them against the node's resources, runs them, records them."""
+
+    def __init__(
+        self,
+        store: TaskStore,
+        agents: Mapping[str, WorkerAgent],
+        logs: TaskLogs,
+        capacity: Resources,
+        node_name: str,
+        services: NodeServices | None = None,
+    ) -> None:
+        self.store = store
+        self._agents = agents
+        self._admission = Admission(capacity)
+        self._node = node_name
+        self._running = RunningTasks(
+            store, agents, logs, self._admission, services or NodeServices()
+        )
+        self._task_group: TaskGroup | None = None
+
+    def bind(self, task_group: TaskGroup) -> None:
+        self._task_group = task_group
+
+    def add_finished_hook(self, hook: FinishedHook) -> None:
+        """Call `hook` whenever tasks have ended, after the hooks added before it."""
+        self._running.add_hook(hook)
+
+    def remove_finished_hook(self, hook: FinishedHook) -> None:
+        """Stop calling `hook` (one added before; a service that stops before the node)."""
+        self._running.remove_hook(hook)
+
+    @property
+    def capacity(self) -> Resources:
+        return self._admission.capacity
+
+    @property
+    def free(self) -> Resources:
+        return self._admission.free
+
+    @property
+    def running_count(self) -> int:
+        return len(self._running.runs)
+
+    @property
+    def waiting_count(self) -> int:
+        """Tasks waiting for the node's resources to free up."""
+        return self._admission.waiting
+
+    # -- recording new tasks ------------------------------------------------------------
+
+    async def create(
+        self, spec: FunctionSpec, *, task_id: str | None = None, running: bool = False
+    ) -> Task:
+        """Check the artifact of `spec` and record a new task for it (PENDING, or RUNNING
+        when `running`: admitted already, it starts at once).
+
+        A task whose artifact is refused is recorded too, FAILED with the reason, and the
+        refusal raised. `task_id`: keep an id given elsewhere (a task forwarded from
+        another node).
+        """
+        task = self._new_task(spec, task_id)
+        refused = await self._refusal(task)
+        if refused is not None:
+            raise refused[0]
+        if running:
+            task = task.transition(TaskState.RUNNING, task.created_at)
+        await self.store.create(task, fresh=task_id is None)
+        return task
+
+    def _new_task(self, spec: FunctionSpec, task_id: str | None = None) -> Task:
+        now = time.time()
+        return Task(
+            id=task_id or new_task_id(),
+            spec=spec,
+            created_at=now,
+            node=self._node,
+            history=((TaskState.PENDING.value, now),),
+        )
+
+    async def _refusal(
+        self, task: Task, *, must_fit: bool = False
+    ) -> tuple[SpearError, Task] | None:
+        """Check the task's artifact through its runtime's agent (and, `must_fit`, that it
+        can ever fit this node). A refused task is recorded FAILED with the reason: the
+        refusal and that record are returned."""
+        spec = task.spec
+        try:
+            agent = self._agents.get(spec.runtime.value)
+            if agent is None:
+                raise InvalidArgument(
+                    f"runtime {spec.runtime.value!r} is not available on this node"
+                )
+            if must_fit:
+                self._admission.check(spec.resources)
+            await agent.prepare(task)
+        except SpearError as exc:
+            await self.store.create(task)
+            return exc, await self._fail(task, exc)
+        return None
+
+    async def _fail(self, task: Task, exc: SpearError) -> Task:
+        """Record the task FAILED by `exc` before it ran, and tell the hooks."""
+        final = await self.store.transition(
+            task.id, TaskState.FAILED, reason=str(exc), exit_code=exc.exit_code
+        )
+        await self._running.settle([final])
+        return final
+
+    # -- running one task ---------------------------------------------------------------
+
+    async def run(
+        self,
+        spec: FunctionSpec,
+        *,
+        stdin: bytes | str | None = None,
+        tee_stdout: Callable[[bytes], None] | None = None,
+        tee_stderr: Callable[[bytes], None] | None = None,
+        on_created: Callable[[Task], None] | None = None,
+    ) -> Task:
+        """Run `spec` to the end in the caller's task; returns the finished task."""
+        # Admitted at once (the usual case), the task is recorded RUNNING from the start:
+        # one write fewer than PENDING, then RUNNING.
+        admitted = self._admission.try_acquire(spec.resources)
+        try:
+            task = await self.create(spec, running=admitted)
+        except BaseException:
+            if admitted:
+                self._admission.release(spec.resources)
+            raise
+        if on_created is not None:
+            on_created(task)
+        return await self.execute(
+            task, stdin=stdin, tee_stdout=tee_stdout, tee_stderr=tee_stderr, admitted=admitted
+        )
+
+    async def submit(
+        self, spec: FunctionSpec, *, stdin: bytes | None = None, task_id: str | None = None
+    ) -> Task:
+        """Start `spec` in the background; returns the PENDING task at once.
+
+        A task that fits the node's free resources now (and nobody waits before it) holds
+        them from here on, before its coroutine first runs: the next submission sees them
+        taken (the scheduler places the next task by that)."""
+        if self._task_group is None:
+            raise RuntimeError("the task controller is not started")
+        admitted = self._admission.try_acquire(spec.resources)
+        try:
+            task = await self.create(spec, task_id=task_id)
+            self._running.runs[task.id] = Run(ExecutionControl())
+            self._task_group.start_soon(self._execute_guarded, task, stdin, admitted)
+        except BaseException:
+            if admitted:
+                self._admission.release(spec.resources)
+            raise
+        return task
+
+    async def _execute_guarded(self, task: Task, stdin: bytes | None, admitted: bool) -> None:
+        try:
+            await self.execute(task, stdin=stdin, admitted=admitted)
+        except Exception:  # a task's failure must never take the node down
+            logger.exception("task {} failed in the controller", task.id)
+
+    async def execute(
+        self,
+        task: Task,
+        *,
+        stdin: bytes | str | None = None,
+        tee_stdout: Callable[[bytes], None] | None = None,
+        tee_stderr: Callable[[bytes], None] | None = None,
+        admitted: bool = False,
+    ) -> Task:
+        """Run a recorded task to its end. `admitted`: its resources are reserved already
+        (see `run` and `submit`)."""
+        run = self._running.runs.get(task.id)
+        if run is None:
+            run = self._running.runs[task.id] = Run(ExecutionControl())
+        control = run.control
+        writers: list[TaskLogWriter] = []  # made once admitted: thousands may wait before
+        final: Task | None = None
+        try:
+            if not admitted:
+                try:
+                    await self._admission.acquire(task.spec.resources)
+                    admitted = True
+                except ResourceExhausted as exc:
+                    final = await self.store.transition(
+                        task.id, TaskState.FAILED, reason=str(exc), exit_code=exc.exit_code
+                    )
+                    return final
+            if control.cancelled:
+                final = await self.store.transition(
+                    task.id,
+                    TaskState.CANCELLED,
+                    reason=control.cancel_reason,
+                    exit_code=EXIT_CANCELLED,
+                )
+                return final
+            if task.state is not TaskState.RUNNING:
+                await self.store.transition(task.id, TaskState.RUNNING)
+            started = await self._running.start(
+                task, control, writers, stdin, tee_stdout, tee_stderr
+            )
+            if isinstance(started, Outcome):
+                outcome = started
+            else:
+                run.execution = started
+                outcome = await outcome_of(started)
+            # The guest is done with the node's CPU and memory: the next task may start
+            # while this one's end is written.
+            self._running.release([task], writers)
+            admitted = False
+            final = await self.store.transition(
+                task.id, outcome.state, exit_code=outcome.exit_code, reason=outcome.reason
+            )
+            return final
+        except BaseException:
+            if final is None:
+                with anyio.CancelScope(shield=True):
+                    final = await self._running.lost(task.id)
+            raise
+        finally:
+            if admitted or writers:
+                self._running.release([task] if admitted else [], writers)
+            if final is None:  # not even marked lost (the store failed): still let go
+                self._running.forget(task.id)
+            else:
+                with anyio.CancelScope(shield=True):
+                    await self._running.settle([final])
+
+    # -- running many -------------------------------------------------------------------
+
+    async def run_many(self, specs: Sequence[FunctionSpec]) -> list[Task]:
+        """Run many tasks to their ends; returns them finished, in order.
+
+        What `run` does for each, with the bookkeeping shared: the tasks that fit the
+        node's free resources are recorded in one write, run (short guests one after
+        another right here, the others on their threads at once), and their ends written
+        in one write; then the next that fit, until all ran. A task whose artifact is
+        refused is recorded FAILED, as `run` records it.
+        """
+        if not specs:
+            return []
+        finished: dict[str, Task] = {}
+        ready: list[Task] = []
+        order: list[str] = []
+        for spec in specs:
+            task = self._new_task(spec)
+            order.append(task.id)
+            refused = await self._refusal(task, must_fit=True)
+            if refused is not None:
+                finished[task.id] = refused[1]
+            else:
+                ready.append(task)
+        while ready:
+            wave = []
+            for task in ready:  # in order, as many as fit now
+                if not self._admission.try_acquire(task.spec.resources):
+                    break
+                wave.append(task)
+            if not wave:  # the node is full with other work: wait for room, in turn
+                await self._admission.acquire(ready[0].spec.resources)
+                wave.append(ready[0])
+            ready = ready[len(wave) :]
+            for task in await self._run_wave(wave):
+                finished[task.id] = task
+        return [finished[task_id] for task_id in order]
+
+    async def _run_wave(self, admitted: list[Task]) -> list[Task]:
+        """Record, run and finish tasks whose resources are reserved already."""
+        tasks = [task.transition(TaskState.RUNNING, task.created_at) for task in admitted]
+        ends: list[tuple[Task, Outcome]] = []
+        writers: list[TaskLogWriter] = []
+        try:
+            marker = await self.store.create_wave(tasks)
+        except BaseException:
+            self._running.release(admitted, writers)
+            raise
+        try:
+            later: list[tuple[Task, Execution]] = []
+            for task in tasks:
+                control = ExecutionControl()
+                started = await self._running.start(task, control, writers)
+                if isinstance(started, Outcome):
+                    ends.append((task, started))
+                    continue
+                outcome = outcome_now(started)
+                if outcome is None:
+                    # Running on: it can be cancelled and waited for. (One run right here
+                    # ended before anything else could look for it.)
+                    self._running.runs[task.id] = Run(control, execution=started)
+                    later.append((task, started))
+                else:
+                    ends.append((task, outcome))
+            if later:  # guests on threads, all at once
+
+                async def wait(task: Task, execution: Execution) -> None:
+                    ends.append((task, await outcome_of(execution)))
+
+                async with anyio.create_task_group() as tg:
+                    for task, execution in later:
+                        tg.start_soon(wait, task, execution)
+        except BaseException:
+            with anyio.CancelScope(shield=True):
+                done = {task.id for task, _ in ends}
+                for task in tasks:
+                    if task.id not in done:
+                        ends.append((task, Outcome(TaskState.FAILED, EXIT_LOST, STOPPED)))
+                await self._end_wave(admitted, marker, ends, writers)
+            raise
+        return await self._end_wave(admitted, marker, ends, writers)
+
+    async def _end_wave(
+        self,
+        admitted: list[Task],
+        marker: str,
+        ends: list[tuple[Task, Outcome]],
+        writers: list[TaskLogWriter],
+    ) -> list[Task]:
+        self._running.release(admitted, writers)
+        finals = await self.store.finish_wave(marker, ends)
+        with anyio.CancelScope(shield=True):
+            await self._running.settle(finals)
+        return finals
+
+    # -- cancelling and waiting ---------------------------------------------------------
+
+    async def cancel(self, task_id: str, reason: str = "cancelled") -> Task:
+        """Stop a task: a running one is interrupted, a pending one never starts."""
+        run = await self._running.cancel(task_id, reason)
+        if run is not None:
+            return run.final or await self.store.get(task_id)
+        return await self.store.transition(
+            task_id,
+            TaskState.CANCELLED,
+            only_from=frozenset({TaskState.PENDING}),
+            reason=reason,
+            exit_code=EXIT_CANCELLED,
+        )
+
+    async def wait(self, task_id: str) -> Task:
+        run = await self._running.wait(task_id)
+        if run is not None and run.final is not None:
+            return run.final
+        return await self.store.get(task_id)
+
+    async def cancel_all(self, reason: str) -> None:
+        self._running.cancel_all(reason)

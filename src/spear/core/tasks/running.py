@@ -1,0 +1,178 @@
+"""What every task goes through once admitted, one at a time (`TaskController.execute`)
+or in a wave (`run_many`): started in its runtime with its deadline and log writer, its
+outcome (a SpearError is a FAILED one), its resources and writer released, then its
+waiters woken and the finished hooks told. And what `cancel` and `wait` find meanwhile.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import time
+from typing import TYPE_CHECKING
+
+from spear.core.models import TaskState
+from spear.core.tasks.hooks import TasksFinished
+from spear.core.worker import EXIT_LOST, Outcome, TaskContext
+from spear.errors import SpearError
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Mapping, Sequence
+
+    from spear.core.logs import TaskLogs, TaskLogWriter
+    from spear.core.models import Task
+    from spear.core.tasks.admission import Admission
+    from spear.core.tasks.hooks import FinishedHook
+    from spear.core.tasks.store import TaskStore
+    from spear.core.worker import Execution, ExecutionControl, NodeServices, WorkerAgent
+
+STOPPED = "node stopped while the task ran"  # the reason of a task the node left running
+_UNFINISHED = frozenset({TaskState.PENDING, TaskState.RUNNING})
+
+
+def failure(exc: SpearError) -> Outcome:
+    """The outcome of a task whose runtime raised `exc` starting or running it."""
+    return Outcome(TaskState.FAILED, exc.exit_code, str(exc))
+
+
+def outcome_now(execution: Execution) -> Outcome | None:
+    """Run a short guest to its end right here (None: it runs on, `wait` for it)."""
+    try:
+        return execution.run_now()
+    except SpearError as exc:
+        return failure(exc)
+
+
+async def outcome_of(execution: Execution) -> Outcome:
+    """How the task ended, once it did."""
+    try:
+        return await execution.wait()
+    except SpearError as exc:
+        return failure(exc)
+
+
+@dataclasses.dataclass(slots=True)
+class Run:
+    """One task this node runs (or will run, once admitted)."""
+
+    control: ExecutionControl
+    done: asyncio.Event = dataclasses.field(default_factory=asyncio.Event)
+    execution: Execution | None = None  # once started: what `cancel` kills
+    final: Task | None = None  # once its end is recorded
+
+
+class RunningTasks:
+    """The runs of a node's task controller, by task id, and the steps each goes through."""
+
+    def __init__(
+        self,
+        store: TaskStore,
+        agents: Mapping[str, WorkerAgent],
+        logs: TaskLogs,
+        admission: Admission,
+        services: NodeServices,
+    ) -> None:
+        self.runs: dict[str, Run] = {}
+        self._store = store
+        self._agents = agents
+        self._logs = logs
+        self._admission = admission
+        self._services = services
+        self._hooks: list[FinishedHook] = []
+
+    def add_hook(self, hook: FinishedHook) -> None:
+        self._hooks.append(hook)
+
+    def remove_hook(self, hook: FinishedHook) -> None:
+        self._hooks.remove(hook)
+
+    async def start(
+        self,
+        task: Task,
+        control: ExecutionControl,
+        writers: list[TaskLogWriter],
+        stdin: bytes | str | None = None,
+        tee_stdout: Callable[[bytes], None] | None = None,
+        tee_stderr: Callable[[bytes], None] | None = None,
+    ) -> Execution | Outcome:
+        """Start an admitted task in its runtime: its deadline counts from now, its output
+        goes to a new log writer (added to `writers`, for `release`). Returns its
+        execution, or its outcome if the runtime could not start it."""
+        spec = task.spec
+        if spec.timeout_s is not None:
+            control.deadline = time.monotonic() + spec.timeout_s
+        writer = self._logs.writer(task.id, tee_stdout, tee_stderr)
+        writers.append(writer)
+        ctx = TaskContext(
+            task=task,
+            control=control,
+            io=writer.io(stdin),
+            agent_log=writer.agent_log,
+            services=self._services,
+        )
+        try:
+            return await self._agents[spec.runtime.value].start(ctx)
+        except SpearError as exc:
+            return failure(exc)
+
+    def release(self, tasks: Sequence[Task], writers: list[TaskLogWriter]) -> None:
+        """Tasks done with the node: their resources freed, their log writers closed
+        (and dropped from `writers`)."""
+        for writer in writers:
+            writer.close()
+        writers.clear()
+        if len(tasks) == 1:
+            self._admission.release(tasks[0].spec.resources)
+        elif tasks:
+            self._admission.release_many([task.spec.resources for task in tasks])
+
+    async def lost(self, task_id: str) -> Task:
+        """Record a task the node stopped running FAILED (unless it ended meanwhile)."""
+        return await self._store.transition(
+            task_id, TaskState.FAILED, only_from=_UNFINISHED, reason=STOPPED, exit_code=EXIT_LOST
+        )
+
+    async def settle(self, finals: Sequence[Task]) -> None:
+        """Tasks whose ends are recorded: their waiters woken, then the finished hooks
+        called, one after another in the order they were added."""
+        runs = self.runs
+        for final in finals:
+            run = runs.pop(final.id, None)
+            if run is not None:
+                run.final = final
+                run.done.set()
+        if self._hooks:
+            finished = TasksFinished(tasks=finals)
+            for hook in self._hooks:
+                await hook(finished)
+
+    def forget(self, task_id: str) -> None:
+        """A run that ended with no record of its end (the store failed): waiters woken."""
+        run = self.runs.pop(task_id, None)
+        if run is not None:
+            run.done.set()
+
+    async def cancel(self, task_id: str, reason: str) -> Run | None:
+        """Interrupt the task's run and wait for its end; None if it does not run here."""
+        run = self.runs.get(task_id)
+        if run is not None:
+            _interrupt(run, reason)
+            await run.done.wait()
+        return run
+
+    def cancel_all(self, reason: str) -> None:
+        for run in list(self.runs.values()):
+            _interrupt(run, reason)
+
+    async def wait(self, task_id: str) -> Run | None:
+        """The task's run once it ended; None if it does not run here."""
+        run = self.runs.get(task_id)
+        if run is not None:
+            await run.done.wait()
+        return run
+
+
+def _interrupt(run: Run, reason: str) -> None:
+    run.control.cancel(reason)
+    if run.execution is not None:
+        run.execution.kill(reason)

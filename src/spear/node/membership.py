@@ -1,0 +1,115 @@
+"""A node's membership of a cluster: its cluster-wide name and labels, the record it
+registers, the peer service it serves, and the background work that keeps it a member
+(registration, heartbeats, task reports, placing queued tasks). assembly.py puts these
+together; this module imports nothing of it."""
+
+from __future__ import annotations
+
+import contextlib
+from typing import TYPE_CHECKING, Any
+
+import anyio
+
+from spear.errors import InvalidArgument
+
+if TYPE_CHECKING:
+    from collections.abc import AsyncIterator
+
+    from spear.config import Settings
+    from spear.core.cluster import NodeRecord
+    from spear.core.node import Spearlet
+    from spear.core.node_controller import NodeController
+    from spear.node.cluster import ClusterNode
+    from spear.node.inprocess import InProcessNode
+
+
+def node_name_for(settings: Settings) -> str:
+    """The cluster-wide name: `node_name` if set, else host name + a digest of the data dir."""
+    if settings.node_name != "local":
+        return settings.node_name
+    import hashlib
+    import socket
+
+    digest = hashlib.sha256(str(settings.data_dir.resolve()).encode()).hexdigest()[:8]
+    return f"{socket.gethostname()}-{digest}"
+
+
+def node_labels(settings: Settings) -> tuple[tuple[str, str], ...]:
+    """Labels from the settings file's `[labels]` table (or `labels = {k = "v"}`)."""
+    raw = settings.extra.get("labels", {})
+    if not isinstance(raw, dict):
+        raise InvalidArgument("setting labels must be a table of name = value")
+    return tuple(sorted((str(k), str(v)) for k, v in raw.items()))
+
+
+def describe_node(node: Spearlet, address: str) -> NodeRecord:
+    """The record a member registers with the SMS (and refreshes with each heartbeat)."""
+    from spear.core.cluster import AgentInfo, NodeRecord
+    from spear.runtimes.wasm import wasmtime_version
+
+    agents = tuple(
+        AgentInfo(runtime, wasmtime_version() if runtime == "wasm" else "")
+        for runtime in sorted(node.agents)
+    )
+    return NodeRecord(
+        name=node.name,
+        address=address,
+        capacity=node.controller.capacity,
+        free=node.controller.free,
+        labels=node_labels(node.settings),
+        agents=agents,
+    )
+
+
+def peer_services(api: InProcessNode | ClusterNode) -> list[Any]:
+    """The SpearletPeer service (forwarded tasks) for a ClusterNode; nothing in local mode."""
+    from spear.node.cluster import ClusterNode
+
+    if not isinstance(api, ClusterNode):
+        return []
+    from spear.core.artifacts import ArtifactStore
+    from spear.node.peer import PeerService
+
+    settings = api.node.settings
+    artifacts = ArtifactStore(settings.data_dir / "artifacts", settings.object_max_bytes)
+    return [PeerService(api.scheduler, artifacts)]
+
+
+@contextlib.asynccontextmanager
+async def joined_cluster(
+    api: InProcessNode | ClusterNode, address: str
+) -> AsyncIterator[NodeController | None]:
+    """While inside, the node behind `api` (serving on `address`) is a cluster member:
+    registered, heartbeating, reporting each task change, placing queued tasks.
+    Nothing happens for a local-mode node."""
+    from spear.core.cluster import ClusterTimings
+    from spear.core.node_controller import NodeController
+    from spear.core.task_reports import TaskReporter
+    from spear.node.cluster import ClusterNode
+
+    if not isinstance(api, ClusterNode):
+        yield None
+        return
+    node, cluster, scheduler = api.node, api.cluster, api.scheduler
+    timings = ClusterTimings.from_extra(node.settings.extra)
+
+    def load() -> Any:
+        return node.controller.free, node.controller.running_count, scheduler.queued
+
+    controller = NodeController(cluster, lambda: describe_node(node, address), load, timings)
+    reporter = TaskReporter(cluster, node.kv, node.tasks_store)
+    controller.on_registered = reporter.resync
+    try:
+        async with anyio.create_task_group() as tg:
+            await tg.start(reporter.run)
+            await tg.start(scheduler.run)
+            await tg.start(controller.run)
+            try:
+                yield controller
+            finally:
+                tg.cancel_scope.cancel()
+                with anyio.CancelScope(shield=True):
+                    await controller.leave()
+    finally:
+        await api.peers.aclose()
+        await cluster.aclose()

@@ -1,0 +1,189 @@
+"""What spear needs of wasmtime beyond wasmtime-py's public API: the only module that
+touches its private parts, so a wasmtime upgrade is checked here (pyproject pins
+`wasmtime>=50,<51`; tests/runtimes/test_wasmtime_private.py exercises every function).
+
+Each function exists because the public way was measured too slow or is missing:
+
+- `call_plain_entry`: instantiate and call a `() -> ()` export (every WASI command's
+  `_start`) straight through the C API. wasmtime-py's wrappers (export maps, parameter
+  checks) cost several times what instantiating and running a trivial module does.
+- `set_wasi_args`: argv and environment from C arrays made once per task spec
+  (`wasi_args`); `WasiConfig.argv`/`.env` build them again for every task.
+- `DeadlineCallback` / `set_epoch_callback`: a store's epoch-deadline callback, which
+  decides on each tick whether its guest goes on or traps (timeout, cancel, or a move
+  off the event loop). wasmtime-py has no binding for it.
+- `enable_pooling_allocator`: wasmtime's pooling instance allocator, which wasmtime-py's
+  `Config` does not expose.
+
+Private names relied on (wasmtime-py 50):
+- `wasmtime._ffi`: `wasmtime_context_t`, `wasmtime_update_deadline_kind_t`,
+  `wasm_trap_t`, `wasmtime_instance_t`, `wasmtime_extern_t`, `WASMTIME_EXTERN_FUNC`,
+  `wasmtime_instance_pre_instantiate`, `wasmtime_instance_export_get`,
+  `wasmtime_func_call`, `wasmtime_error_new`, `wasi_config_set_argv`,
+  `wasi_config_set_env`, `wasmtime_store_epoch_deadline_callback`,
+  `wasmtime_context_set_epoch_deadline`,
+  `wasmtime_pooling_allocation_config_{new,delete}`, its `..._{total_core_instances,
+  total_memories,total_tables,total_stacks,linear_memory_keep_resident,
+  table_keep_resident}_set`, and `wasmtime_pooling_allocation_strategy_set`;
+- `wasmtime._func.maybe_raise_last_exn` (re-raises a host function's exception, as
+  wasmtime-py's own calls do);
+- `Store._context()`, `WasmtimeError._from_ptr`, `Trap._from_ptr`; and `.ptr()` of
+  `Store`, `InstancePre`, `WasiConfig` and `Config` (public names, but wasmtime-py's own
+  plumbing: its `Managed` base class says it is not exported).
+"""
+
+from __future__ import annotations
+
+import ctypes
+from typing import TYPE_CHECKING, Any, cast
+
+import wasmtime
+from wasmtime import _ffi
+from wasmtime import _func as _wasm_func
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Sequence
+
+# -- calling an entry --------------------------------------------------------------------
+
+
+def call_plain_entry(store: wasmtime.Store, instance_pre: Any, entry: str) -> None:
+    """Instantiate `instance_pre` (a `wasmtime.InstancePre` for the store's engine) in
+    `store` and call its export `entry`, which takes and returns nothing.
+
+    Errors surface exactly as wasmtime-py raises them (its `enter_wasm`): `ExitTrap`,
+    `Trap`, `WasmtimeError`, or the exception a host function raised.
+    """
+    context = store._context()
+    trap = ctypes.POINTER(_ffi.wasm_trap_t)()
+    raw = _ffi.wasmtime_instance_t()
+    _check(
+        _ffi.wasmtime_instance_pre_instantiate(
+            instance_pre.ptr(), context, ctypes.byref(raw), ctypes.byref(trap)
+        ),
+        trap,
+    )
+    name = entry.encode()
+    item = _ffi.wasmtime_extern_t()
+    found = _ffi.wasmtime_instance_export_get(
+        context, ctypes.byref(raw), name, len(name), ctypes.byref(item)
+    )
+    if not found or cast("int", item.kind) != _ffi.WASMTIME_EXTERN_FUNC.value:
+        raise wasmtime.WasmtimeError(f"the module exports no function {entry!r}")
+    _check(
+        _ffi.wasmtime_func_call(
+            context, ctypes.byref(item.of.func), None, 0, None, 0, ctypes.byref(trap)
+        ),
+        trap,
+    )
+
+
+def _check(error: Any, trap: Any) -> None:
+    if error:
+        exc = wasmtime.WasmtimeError._from_ptr(error)
+        _wasm_func.maybe_raise_last_exn()
+        raise exc
+    if trap:
+        trap_obj = wasmtime.Trap._from_ptr(trap)
+        _wasm_func.maybe_raise_last_exn()
+        raise trap_obj
+
+
+# -- WASI arguments ----------------------------------------------------------------------
+
+
+class WasiArgs:
+    """argv and environment as the C arrays WASI takes: make once, set on many configs."""
+
+    __slots__ = ("_argv", "_env", "_keep")
+
+    def __init__(self, argv: Sequence[str], env: Sequence[tuple[str, str]]) -> None:
+        names, values = [k for k, _ in env], [v for _, v in env]
+        keep: list[Any] = []  # the strings live as long as the arrays
+        self._argv = (len(argv), _char_array(argv, keep))
+        self._env = (len(names), _char_array(names, keep), _char_array(values, keep))
+        self._keep = keep
+
+
+def _char_array(items: Sequence[str], keep: list[Any]) -> Any:
+    buffers = [ctypes.create_string_buffer(item.encode()) for item in items]
+    keep.extend(buffers)
+    return (ctypes.POINTER(ctypes.c_char) * len(items))(
+        *(ctypes.cast(b, ctypes.POINTER(ctypes.c_char)) for b in buffers)
+    )
+
+
+def set_wasi_args(wasi: wasmtime.WasiConfig, args: WasiArgs) -> bool:
+    """Give `wasi` the arguments and environment; False if wasmtime refused them."""
+    if not _ffi.wasi_config_set_argv(wasi.ptr(), *args._argv):
+        return False
+    return not args._env[0] or bool(_ffi.wasi_config_set_env(wasi.ptr(), *args._env))
+
+
+# -- epoch deadlines ---------------------------------------------------------------------
+
+_RawDeadlineCallback = ctypes.CFUNCTYPE(
+    ctypes.c_size_t,
+    ctypes.POINTER(_ffi.wasmtime_context_t),
+    ctypes.c_void_p,
+    ctypes.POINTER(ctypes.c_uint64),
+    ctypes.POINTER(_ffi.wasmtime_update_deadline_kind_t),
+)
+_Finalizer = ctypes.CFUNCTYPE(None, ctypes.c_void_p)
+_NO_FINALIZER = _Finalizer(lambda _p: None)
+_CONTINUE = 0  # WASMTIME_UPDATE_DEADLINE_CONTINUE
+
+
+class DeadlineCallback:
+    """One epoch-deadline callback for many stores, told apart by the key each was given.
+
+    `decide(key)` runs on the guest's thread at each epoch tick past the store's deadline:
+    None lets the guest run one more tick; a string traps it with that message. Keep one
+    per agent: making the C callback costs tens of microseconds.
+    """
+
+    def __init__(self, decide: Callable[[int], str | None]) -> None:
+        def on_deadline(_context: Any, key: Any, delta: Any, kind: Any) -> int:
+            reason = decide(key or 0)
+            if reason is None:
+                delta[0] = 1
+                kind[0] = _CONTINUE
+                return 0
+            err = _ffi.wasmtime_error_new(ctypes.c_char_p(reason.encode()))
+            return ctypes.cast(err, ctypes.c_void_p).value or 0
+
+        self._raw = _RawDeadlineCallback(on_deadline)
+
+
+def set_epoch_callback(store: wasmtime.Store, callback: DeadlineCallback, key: int) -> None:
+    """Have `callback` decide, with `key`, whether `store`'s guest goes on at each epoch
+    tick, starting from the next one."""
+    _ffi.wasmtime_store_epoch_deadline_callback(store.ptr(), callback._raw, key, _NO_FINALIZER)
+    _ffi.wasmtime_context_set_epoch_deadline(store._context(), 1)  # store.set_epoch_deadline(1)
+
+
+# -- the pooling allocator ---------------------------------------------------------------
+
+
+def enable_pooling_allocator(config: wasmtime.Config, slots: int, keep_resident: int) -> None:
+    """Use wasmtime's pooling instance allocator with `slots` instances, memories, tables
+    and stacks, keeping `keep_resident` bytes of each memory and table mapped between uses."""
+    pool = _ffi.wasmtime_pooling_allocation_config_new()
+    try:
+        for limit in ("total_core_instances", "total_memories", "total_tables", "total_stacks"):
+            getattr(_ffi, f"wasmtime_pooling_allocation_config_{limit}_set")(pool, slots)
+        _ffi.wasmtime_pooling_allocation_config_linear_memory_keep_resident_set(pool, keep_resident)
+        _ffi.wasmtime_pooling_allocation_config_table_keep_resident_set(pool, keep_resident)
+        _ffi.wasmtime_pooling_allocation_strategy_set(config.ptr(), pool)  # (copied)
+    finally:
+        _ffi.wasmtime_pooling_allocation_config_delete(pool)
+
+
+__all__ = [
+    "DeadlineCallback",
+    "WasiArgs",
+    "call_plain_entry",
+    "enable_pooling_allocator",
+    "set_epoch_callback",
+    "set_wasi_args",
+]

@@ -1,0 +1,198 @@
+"""The ASGI application one node (or the SMS) serves: dashboard, JSON API, live feeds,
+`/metrics`.
+
+Routes are read-only: with no authentication yet (issue 14), a page any website could
+make the browser POST to on loopback must not start or cancel tasks. The seam for it is
+`Authenticator`, applied to every request by one middleware; HTTP triggers and WebSocket
+streams (issue 19) will be routes of this same app, passed in as `extra_routes`.
+"""
+
+from __future__ import annotations
+
+from importlib import resources
+from typing import TYPE_CHECKING, Any, Protocol
+
+from starlette.applications import Starlette
+from starlette.middleware import Middleware
+from starlette.middleware.trustedhost import TrustedHostMiddleware
+from starlette.responses import FileResponse, JSONResponse, Response
+from starlette.routing import BaseRoute, Mount, Route
+from starlette.staticfiles import StaticFiles
+
+from spear.core.models import TaskState
+from spear.errors import InvalidArgument, NotFound, SpearError, Unavailable
+from spear.web._events import EventStream, task_feed, task_list_feed, task_summary
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+
+    import anyio
+    from starlette.requests import Request
+    from starlette.types import ASGIApp, Receive, Scope, Send
+
+    from spear.web._sources import Source
+    from spear.web.metrics import Exposition
+
+_STATIC = resources.files("spear.web") / "static"
+_MAX_LIST = 1000
+_RESULT_SHOWN = 256 * 1024  # the task page shows this much of a result, and says so
+_LOOPBACK_HOSTS = ["127.0.0.1", "localhost", "::1", "[::1]"]
+
+
+class Authenticator(Protocol):
+    """Decides whether a request may proceed (issue 14 plugs tokens/certificates in here).
+    Returns None to let it in, or the reason to refuse it (401)."""
+
+    async def __call__(self, scope: Scope) -> str | None: ...
+
+
+async def open_access(scope: Scope) -> str | None:
+    """No authentication yet: everyone who can reach the address may read."""
+    return None
+
+
+class _Authenticate:
+    def __init__(self, app: ASGIApp, authenticator: Authenticator) -> None:
+        self.app = app
+        self.authenticator = authenticator
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] in ("http", "websocket"):
+            refused = await self.authenticator(scope)
+            if refused is not None:
+                response = JSONResponse({"error": refused, "code": "unauthenticated"}, 401)
+                await response(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
+
+
+def _status(exc: SpearError) -> int:
+    if isinstance(exc, NotFound):
+        return 404
+    if isinstance(exc, InvalidArgument):
+        return 400
+    if isinstance(exc, Unavailable):
+        return 409
+    return 500
+
+
+async def _spear_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, SpearError)
+    return JSONResponse({"error": str(exc), "code": exc.code}, _status(exc))
+
+
+def _state(request: Request) -> TaskState | None:
+    raw = request.query_params.get("state")
+    if not raw:
+        return None
+    try:
+        return TaskState(raw.upper())
+    except ValueError:
+        raise InvalidArgument(f"unknown task state {raw!r}") from None
+
+
+def _limit(request: Request, default: int = 100) -> int:
+    raw = request.query_params.get("limit")
+    try:
+        limit = int(raw) if raw else default
+    except ValueError:
+        raise InvalidArgument(f"limit must be a number, got {raw!r}") from None
+    return max(1, min(limit, _MAX_LIST))
+
+
+def build_app(
+    source: Source,
+    exposition: Exposition,
+    *,
+    closing: anyio.Event,
+    loopback: bool,
+    authenticator: Authenticator = open_access,
+    extra_routes: Sequence[BaseRoute] = (),
+) -> Starlette:
+    """The app for `source`. `loopback`: answer only Host headers naming loopback (a
+    page on another site cannot reach it by DNS rebinding)."""
+
+    def need(feature: str) -> None:
+        if feature not in source.features:
+            raise NotFound(f"the {source.role} has no {feature}: they live on the nodes")
+
+    async def page(request: Request) -> Response:
+        return FileResponse(str(_STATIC / "index.html"), headers={"cache-control": "no-cache"})
+
+    async def metrics(request: Request) -> Response:
+        body, content_type = await exposition.render(request.headers.get("accept"))
+        return Response(body, headers={"content-type": content_type})
+
+    async def info(request: Request) -> Response:
+        return JSONResponse(await source.info())
+
+    async def nodes(request: Request) -> Response:
+        return JSONResponse(await source.nodes())
+
+    async def tasks(request: Request) -> Response:
+        found = await source.tasks(_state(request), _limit(request))
+        return JSONResponse([task_summary(t) for t in found])
+
+    async def task(request: Request) -> Response:
+        return JSONResponse((await source.task(request.path_params["id"])).to_json())
+
+    async def result(request: Request) -> Response:
+        need("results")
+        output: bytes = await source.result(request.path_params["id"])  # type: ignore[attr-defined]
+        shown = output[:_RESULT_SHOWN]
+        return JSONResponse(
+            {
+                "size": len(output),
+                "truncated": len(output) > len(shown),
+                "text": shown.decode("utf-8", errors="replace"),
+            }
+        )
+
+    async def objects(request: Request) -> Response:
+        need("objects")
+        prefix = request.query_params.get("prefix", "")
+        found = await source.objects(prefix)  # type: ignore[attr-defined]
+        return JSONResponse(found[:_MAX_LIST])
+
+    async def task_events(request: Request) -> Response:
+        stream = EventStream(task_list_feed(source, _state(request), _limit(request)), closing)
+        return _Raw(stream)
+
+    async def one_task_events(request: Request) -> Response:
+        return _Raw(EventStream(task_feed(source, request.path_params["id"]), closing))
+
+    routes: list[BaseRoute] = [
+        Route("/", page),
+        Route("/tasks/{id}", page),
+        Route("/objects", page),
+        Route("/metrics", metrics),
+        Route("/api/info", info),
+        Route("/api/nodes", nodes),
+        Route("/api/tasks", tasks),
+        Route("/api/tasks/{id}", task),
+        Route("/api/tasks/{id}/result", result),
+        Route("/api/objects", objects),
+        Route("/api/events/tasks", task_events),
+        Route("/api/events/tasks/{id}", one_task_events),
+        Mount("/static", StaticFiles(directory=str(_STATIC)), name="static"),
+        *extra_routes,
+    ]
+    middleware = [Middleware(_Authenticate, authenticator=authenticator)]
+    if loopback:
+        middleware.insert(0, Middleware(TrustedHostMiddleware, allowed_hosts=_LOOPBACK_HOSTS))
+    return Starlette(
+        routes=routes,
+        middleware=middleware,
+        exception_handlers={SpearError: _spear_error},
+    )
+
+
+class _Raw(Response):
+    """A Response that hands the connection to a plain ASGI callable (the event stream)."""
+
+    def __init__(self, asgi: Any) -> None:
+        super().__init__()
+        self._asgi = asgi
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await self._asgi(scope, receive, send)

@@ -1,0 +1,141 @@
+"""What the dashboard's JSON API reads: a node (through its NodeAPI) or the SMS.
+
+One small seam, `Source`, so the routes are written once: a SPEARlet answers everything;
+the SMS knows nodes and task records, but holds no logs, results or objects (those live on
+the nodes), and says so with `features`.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import TYPE_CHECKING, Any, Protocol
+
+import anyio
+
+from spear.core.cluster import NodeHealth, NodeRecord
+
+if TYPE_CHECKING:
+    from collections.abc import AsyncIterator
+
+    from spear.core.models import LogChunk, Task, TaskState
+    from spear.core.sms import MetadataServer
+    from spear.node.cluster import ClusterNode
+    from spear.node.inprocess import InProcessNode
+
+# How often a task's record is read again where no change notification exists (the SMS).
+_POLL_S = 0.25
+
+
+class Source(Protocol):
+    role: str
+    features: frozenset[str]  # of "logs", "results", "objects"
+
+    async def info(self) -> dict[str, Any]: ...
+    async def nodes(self) -> list[dict[str, Any]]: ...
+    async def tasks(self, state: TaskState | None, limit: int) -> list[Task]: ...
+    async def task(self, task_id: str) -> Task: ...
+    def watch(self, task_id: str) -> AsyncIterator[Task]: ...
+
+
+def node_json(record: NodeRecord) -> dict[str, Any]:
+    """A node as the dashboard shows it (the SMS's record, or a local node's own view)."""
+    return {
+        "name": record.name,
+        "address": record.address,
+        "health": record.health.value,
+        "cpu_millis": record.capacity.cpu_millis,
+        "cpu_free_millis": record.free.cpu_millis,
+        "memory_bytes": record.capacity.memory_bytes,
+        "memory_free_bytes": record.free.memory_bytes,
+        "running_tasks": record.running_tasks,
+        "queued_tasks": record.queued_tasks,
+        "runtimes": list(record.runtimes),
+        "labels": dict(record.labels),
+        "last_heartbeat": record.last_heartbeat,
+    }
+
+
+class NodeSource:
+    """A SPEARlet: its NodeAPI (an InProcessNode, or a ClusterNode that knows the SMS)."""
+
+    role = "spearlet"
+    features = frozenset({"logs", "results", "objects"})
+
+    def __init__(self, api: InProcessNode | ClusterNode) -> None:
+        self.api = api
+
+    async def info(self) -> dict[str, Any]:
+        info = await self.api.node_info()
+        return {"role": self.role, "features": sorted(self.features), **info.to_json()}
+
+    async def nodes(self) -> list[dict[str, Any]]:
+        cluster = getattr(self.api, "cluster", None)  # a ClusterNode: the SMS's view
+        if cluster is not None:
+            return [node_json(r) for r in await cluster.nodes()]
+        from spear.core.cluster import AgentInfo
+
+        info = await self.api.node_info()
+        own = NodeRecord(
+            name=info.name,
+            address=info.address,
+            capacity=info.capacity,
+            free=info.free,
+            agents=tuple(AgentInfo(r) for r in info.runtimes),
+            running_tasks=info.running_tasks,
+            queued_tasks=self.api.node.controller.waiting_count,
+            last_heartbeat=time.time(),
+            health=NodeHealth.HEALTHY if info.state == "running" else NodeHealth.UNHEALTHY,
+        )
+        return [node_json(own)]
+
+    async def tasks(self, state: TaskState | None, limit: int) -> list[Task]:
+        return await self.api.tasks(state, limit)
+
+    async def task(self, task_id: str) -> Task:
+        return await self.api.task(task_id)
+
+    def watch(self, task_id: str) -> AsyncIterator[Task]:
+        return self.api.watch(task_id)
+
+    def logs(self, task_id: str) -> AsyncIterator[LogChunk]:
+        return self.api.logs(task_id, follow=True)
+
+    async def result(self, task_id: str) -> bytes:
+        return (await self.api.result(task_id, wait=False)).output
+
+    async def objects(self, prefix: str) -> list[dict[str, Any]]:
+        return [o.to_json() for o in await self.api.list_objects(prefix)]
+
+
+class SmsSource:
+    """The metadata server: the cluster's nodes and the task records nodes report."""
+
+    role = "sms"
+    features: frozenset[str] = frozenset()
+
+    def __init__(self, sms: MetadataServer, address: str) -> None:
+        self.sms = sms
+        self.address = address
+
+    async def info(self) -> dict[str, Any]:
+        return {"role": self.role, "features": [], "name": "sms", "address": self.address}
+
+    async def nodes(self) -> list[dict[str, Any]]:
+        return [node_json(r) for r in await self.sms.nodes()]
+
+    async def tasks(self, state: TaskState | None, limit: int) -> list[Task]:
+        return await self.sms.tasks(state, limit)
+
+    async def task(self, task_id: str) -> Task:
+        return await self.sms.task(task_id)
+
+    async def watch(self, task_id: str) -> AsyncIterator[Task]:
+        last = None
+        while True:
+            task = await self.sms.task(task_id)
+            if task != last:
+                yield task
+                last = task
+            if task.state.terminal:
+                return
+            await anyio.sleep(_POLL_S)

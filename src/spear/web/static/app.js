@@ -1,0 +1,210 @@
+// spear's dashboard: plain DOM, no build step. Pages by path: /, /tasks/ID, /objects.
+"use strict";
+
+const main = document.getElementById("main");
+let info = { role: "", features: [] };
+
+function el(tag, attrs = {}, ...children) {
+  const node = document.createElement(tag);
+  for (const [k, v] of Object.entries(attrs)) {
+    if (k === "class") node.className = v;
+    else if (k.startsWith("data-")) node.setAttribute(k, v);
+    else node[k] = v;
+  }
+  for (const c of children) node.append(c instanceof Node ? c : String(c ?? ""));
+  return node;
+}
+
+async function getJSON(url) {
+  const r = await fetch(url);
+  const body = await r.json();
+  if (!r.ok) throw new Error(body.error || r.statusText);
+  return body;
+}
+
+const time = (t) => (t ? new Date(t * 1000).toLocaleTimeString() : "");
+const stamp = (t) => (t ? new Date(t * 1000).toISOString().replace("T", " ").slice(0, 23) : "");
+function duration(a, b) {
+  if (!a || !b) return "";
+  const s = b - a;
+  return s < 1 ? `${(s * 1000).toFixed(1)} ms` : `${s.toFixed(2)} s`;
+}
+function bytes(n) {
+  const units = ["B", "KiB", "MiB", "GiB", "TiB"];
+  let i = 0;
+  while (n >= 1024 && i < units.length - 1) { n /= 1024; i++; }
+  return `${i ? n.toFixed(1) : n} ${units[i]}`;
+}
+function bar(used, total) {
+  const pct = total ? Math.round((100 * used) / total) : 0;
+  return el("span", {}, el("span", { class: "bar", title: `${pct}% used` },
+    el("span", { style: `width:${pct}%` })), `${pct}%`);
+}
+const base = (p) => p.split("/").pop();
+
+// -- overview: nodes and live tasks ----------------------------------------------------
+
+async function overview() {
+  const nodesBody = el("tbody");
+  const tasksBody = el("tbody");
+  const filter = el("select", {},
+    ...["", "PENDING", "RUNNING", "COMPLETED", "FAILED", "CANCELLED"].map(
+      (s) => el("option", { value: s }, s || "all states")));
+  const live = el("span", { class: "live", hidden: true }, "live");
+  main.replaceChildren(
+    el("h2", {}, "Nodes"),
+    el("table", { id: "nodes" }, el("thead", {}, el("tr", {},
+      ...["Node", "Health", "Address", "Running", "Queued", "CPU used", "Memory used", "Runtimes"]
+        .map((h) => el("th", {}, h)))), nodesBody),
+    el("h2", {}, "Tasks", live, filter),
+    el("table", { id: "tasks" }, el("thead", {}, el("tr", {},
+      ...["Task", "State", "Agent", "Node", "Created", "Took", "Exit", "Reason"]
+        .map((h) => el("th", {}, h)))), tasksBody),
+  );
+
+  async function refreshNodes() {
+    try {
+      const nodes = await getJSON("/api/nodes");
+      nodesBody.replaceChildren(...nodes.map((n) => el("tr", { "data-node": n.name },
+        el("td", {}, n.name), el("td", { class: `state ${n.health}` }, n.health),
+        el("td", { class: "mono" }, n.address),
+        el("td", { class: "running" }, n.running_tasks), el("td", {}, n.queued_tasks),
+        el("td", {}, bar(n.cpu_millis - n.cpu_free_millis, n.cpu_millis)),
+        el("td", {}, bar(n.memory_bytes - n.memory_free_bytes, n.memory_bytes)),
+        el("td", {}, n.runtimes.join(", ")))));
+      if (!nodes.length) nodesBody.replaceChildren(el("tr", {}, el("td", { class: "empty", colSpan: 8 }, "no nodes")));
+    } catch (e) { /* the next refresh tries again */ }
+  }
+  refreshNodes();
+  setInterval(refreshNodes, 2000);
+  let nodesSoon = null; // a task started or ended: the load changed, show it now
+  const refreshNodesSoon = () => {
+    if (!nodesSoon) nodesSoon = setTimeout(() => { nodesSoon = null; refreshNodes(); }, 150);
+  };
+
+  function row(t) {
+    return el("tr", { "data-task-id": t.id, "data-state": t.state },
+      el("td", { class: "mono" }, el("a", { href: `/tasks/${t.id}` }, t.id)),
+      el("td", { class: `state ${t.state}` }, t.state),
+      el("td", { class: "mono", title: t.artifact }, [base(t.artifact), ...t.args].join(" ")),
+      el("td", {}, t.node || ""), el("td", {}, time(t.created_at)),
+      el("td", {}, duration(t.created_at, t.finished_at)),
+      el("td", {}, t.exit_code ?? ""), el("td", {}, t.reason || ""));
+  }
+
+  let source = null;
+  function connect() {
+    if (source) source.close();
+    const state = filter.value ? `&state=${filter.value}` : "";
+    source = new EventSource(`/api/events/tasks?limit=100${state}`);
+    source.addEventListener("snapshot", (e) => {
+      const tasks = JSON.parse(e.data);
+      tasksBody.replaceChildren(...tasks.map(row));
+      if (!tasks.length) tasksBody.append(el("tr", { class: "none" }, el("td", { class: "empty", colSpan: 8 }, "no tasks yet")));
+      live.hidden = false;
+    });
+    source.addEventListener("task", (e) => {
+      const t = JSON.parse(e.data);
+      const fresh = row(t);
+      fresh.classList.add("fresh");
+      const old = tasksBody.querySelector(`tr[data-task-id="${t.id}"]`);
+      tasksBody.querySelector("tr.none")?.remove();
+      if (old) old.replaceWith(fresh); else tasksBody.prepend(fresh);
+      refreshNodesSoon();
+    });
+    source.onerror = () => { live.hidden = true; };
+    source.onopen = () => { live.hidden = false; };
+  }
+  filter.onchange = connect;
+  connect();
+}
+
+// -- one task: record, history, result, logs as written ---------------------------------
+
+async function taskPage(id) {
+  const fields = el("dl", { id: "fields" });
+  const history = el("tbody");
+  const spec = el("pre", { class: "mono", id: "spec" });
+  const result = el("pre", { class: "mono", id: "result" }, "(when the task has finished)");
+  const logs = el("pre", { class: "mono logs", id: "logs" });
+  const live = el("span", { class: "live" }, "following");
+  const hasLogs = info.features.includes("logs");
+  main.replaceChildren(
+    el("h2", {}, "Task ", el("span", { class: "mono" }, id)),
+    el("div", { class: "grid" },
+      el("div", {}, fields, el("h2", {}, "State history"),
+        el("table", {}, el("thead", {}, el("tr", {}, el("th", {}, "State"), el("th", {}, "At"))), history)),
+      el("div", {}, el("h2", {}, "Spec"), spec)),
+    ...(hasLogs ? [el("h2", {}, "Logs", live), logs, el("h2", {}, "Result"), result] : []),
+  );
+
+  let shownResult = false;
+  function show(t) {
+    const put = (k, v, cls = "") => [el("dt", {}, k), el("dd", { class: cls }, v ?? "")];
+    fields.replaceChildren(
+      ...put("State", t.state, `state ${t.state}`),
+      ...put("Agent", t.spec.artifact, "mono"),
+      ...put("Runtime", t.spec.runtime),
+      ...put("Args", t.spec.args.join(" "), "mono"),
+      ...put("Node", t.node),
+      ...put("Created", stamp(t.created_at)),
+      ...put("Started", stamp(t.started_at)),
+      ...put("Finished", stamp(t.finished_at)),
+      ...put("Ran", duration(t.started_at, t.finished_at)),
+      ...put("Exit code", t.exit_code),
+      ...put("Reason", t.reason));
+    fields.firstElementChild.nextElementSibling.id = "task-state";
+    history.replaceChildren(...t.history.map(([s, at]) =>
+      el("tr", {}, el("td", { class: `state ${s}` }, s), el("td", {}, stamp(at)))));
+    spec.textContent = JSON.stringify(t.spec, null, 2);
+    if (hasLogs && !shownResult && ["COMPLETED", "FAILED", "CANCELLED"].includes(t.state)) {
+      shownResult = true;
+      getJSON(`/api/tasks/${id}/result`).then((r) => {
+        result.textContent = r.text + (r.truncated ? `\n… (${bytes(r.size)} in all)` : "");
+        if (!r.size) result.textContent = "(empty)";
+      }).catch((e) => { result.textContent = e.message; });
+    }
+  }
+
+  const source = new EventSource(`/api/events/tasks/${id}`);
+  source.addEventListener("task", (e) => show(JSON.parse(e.data)));
+  source.addEventListener("log", (e) => {
+    const chunk = JSON.parse(e.data);
+    logs.append(el("span", { class: chunk.stream }, chunk.text));
+    logs.scrollTop = logs.scrollHeight;
+  });
+  source.addEventListener("error", (e) => {
+    if (e.data) { main.replaceChildren(el("p", { class: "empty" }, JSON.parse(e.data).error)); source.close(); }
+  });
+  source.addEventListener("end", () => { source.close(); live.textContent = "ended"; live.className = "muted"; });
+}
+
+// -- objects by prefix --------------------------------------------------------------------
+
+async function objectsPage() {
+  const params = new URLSearchParams(location.search);
+  const prefix = el("input", { name: "prefix", placeholder: "prefix, e.g. results/", value: params.get("prefix") || "" });
+  const body = el("tbody");
+  main.replaceChildren(
+    el("h2", {}, "Objects", el("form", {}, prefix)),
+    el("table", { id: "objects" }, el("thead", {}, el("tr", {},
+      ...["Key", "Version", "Size", "Refs", "Pinned"].map((h) => el("th", {}, h)))), body));
+  const objects = await getJSON(`/api/objects?prefix=${encodeURIComponent(prefix.value)}`);
+  body.replaceChildren(...objects.map((o) => el("tr", { "data-key": o.key },
+    el("td", { class: "mono" }, o.key), el("td", {}, o.version), el("td", {}, bytes(o.size)),
+    el("td", {}, o.refs), el("td", {}, o.pinned ? "yes" : ""))));
+  if (!objects.length) body.append(el("tr", {}, el("td", { class: "empty", colSpan: 5 }, "no objects")));
+}
+
+async function start() {
+  info = await getJSON("/api/info");
+  document.getElementById("who").textContent =
+    info.role === "sms" ? `metadata server ${info.address}` : `node ${info.name} · ${info.address || info.data_dir}`;
+  document.getElementById("nav-objects").hidden = !info.features.includes("objects");
+  const path = location.pathname;
+  if (path.startsWith("/tasks/")) return taskPage(decodeURIComponent(path.slice(7)));
+  if (path === "/objects") return objectsPage();
+  return overview();
+}
+
+start().catch((e) => main.replaceChildren(el("p", { class: "empty" }, e.message)));

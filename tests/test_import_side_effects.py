@@ -1,0 +1,61 @@
+"""Importing spear changes nothing global: no patches of other libraries, no sys.path
+edits, no signal handlers, warning filters or logging handlers installed.
+
+Each check runs in a fresh interpreter, so what other tests started cannot hide a change.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+_SNAPSHOT = r"""
+import asyncio, json, logging, os, signal, sys, threading, warnings
+import betterproto2, hyperframe.frame, loguru
+
+def snapshot():
+    return {
+        "sys.path": list(sys.path),
+        "meta_path": [type(f).__name__ for f in sys.meta_path],
+        "signals": {
+            s.name: repr(signal.getsignal(s))
+            for s in (signal.SIGINT, signal.SIGTERM, signal.SIGCHLD, signal.SIGPIPE)
+        },
+        "warnings": len(warnings.filters),
+        "logging": [repr(h) for h in logging.getLogger().handlers],
+        "environ": dict(os.environ),
+        "loop_policy": type(asyncio.get_event_loop_policy()).__name__,
+        "excepthooks": [repr(sys.excepthook), repr(threading.excepthook)],
+        "hyperframe": repr(hyperframe.frame._raw_data_repr),
+        "betterproto2": repr(betterproto2.Message._get_field_default),
+        "loguru_handlers": len(loguru.logger._core.handlers),
+    }
+
+before = snapshot()
+import importlib, pkgutil, spear
+names = [
+    m.name
+    for m in pkgutil.walk_packages(spear.__path__, "spear.")
+    if ".__main__" not in m.name and m.name not in SKIP
+]
+for name in names:
+    importlib.import_module(name)
+for name in spear.__all__:
+    getattr(spear, name)
+after = snapshot()
+changed = {k: [before[k], after[k]] for k in before if before[k] != after[k]}
+print(json.dumps({"imported": len(names), "changed": changed}))
+"""
+
+# The embedded model imports llama.cpp (optional).
+_SKIP = {"spear.models.llama"}
+
+
+def test_importing_every_module_changes_nothing_global() -> None:
+    code = f"SKIP = {sorted(_SKIP)!r}\n{_SNAPSHOT}"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    report = json.loads(out.stdout.strip().splitlines()[-1])
+    assert report["imported"] > 60  # the walk really reached the package's modules
+    assert report["changed"] == {}

@@ -1,0 +1,131 @@
+"""transport/_speedups.py: importing spear patches nothing; starting a server or client
+does, once, and only on the library versions the patches were tested against."""
+
+from __future__ import annotations
+
+import importlib
+import os
+import pydoc
+import subprocess
+import sys
+import textwrap
+from typing import TYPE_CHECKING
+
+import pytest
+
+from spear.transport import _tested
+
+if TYPE_CHECKING:
+    from pathlib import Path
+
+
+def _run(code: str) -> str:
+    result = subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(code)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=os.environ,
+    )
+    assert result.returncode == 0, result.stderr
+    return result.stdout.strip()
+
+
+def test_importing_spear_patches_nothing() -> None:
+    out = _run(
+        """
+        import betterproto2, hyperframe.frame
+        frame_repr = hyperframe.frame._raw_data_repr
+        get_default = betterproto2.Message._get_field_default
+        import spear, spear.node.client, spear.transport._convert
+        import spear.node.server, spear.transport.sms_server, spear.transport.sms_client
+        print(hyperframe.frame._raw_data_repr is frame_repr,
+              betterproto2.Message._get_field_default is get_default,
+              frame_repr.__module__, get_default.__module__)
+        """
+    )
+    assert out == "True True hyperframe.frame betterproto2"
+
+
+def test_a_server_and_the_clients_install_both(tmp_path: Path) -> None:
+    out = _run(
+        f"""
+        import anyio, betterproto2, hyperframe.frame
+        from spear.core.sms import MetadataServer
+        from spear.store.leveldb import LevelDBKV
+        from spear.transport import _fastdefaults, _fastframes
+        from spear.transport.sms_client import SmsClient
+        from spear.transport.sms_server import SmsServer
+
+        def patched():
+            return (_fastframes.installed(), _fastdefaults.installed())
+
+        async def main():
+            seen = [patched()]
+            kv = LevelDBKV.open({str(tmp_path / "sms")!r})
+            async with SmsServer(MetadataServer(kv)) as server:
+                seen.append(patched())
+                address = await server.start("127.0.0.1:0")
+                client = SmsClient(address)
+                assert await client.nodes(live_only=False) == []
+                await client.aclose()
+            await kv.aclose()
+            print(seen, hyperframe.frame._raw_data_repr is _fastframes._raw_data_repr,
+                  betterproto2.Message._get_field_default is _fastdefaults._get_field_default)
+
+        anyio.run(main)
+        """
+    )
+    assert out == "[(False, False), (True, True)] True True"
+
+
+def test_install_is_idempotent() -> None:
+    out = _run(
+        """
+        import betterproto2, hyperframe.frame
+        from spear.transport import _fastdefaults, _fastframes, _speedups
+        _speedups.install()
+        first = (hyperframe.frame._raw_data_repr, betterproto2.Message._get_field_default)
+        _speedups.install()
+        again = (hyperframe.frame._raw_data_repr, betterproto2.Message._get_field_default)
+        print(first == again, _fastdefaults.upstream is not _fastdefaults._get_field_default,
+              _fastframes.upstream is not _fastframes._raw_data_repr)
+        """
+    )
+    assert out == "True True True"
+
+
+def test_an_untested_version_is_declined_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    from loguru import logger
+
+    messages: list[str] = []
+    sink = logger.add(messages.append, level="DEBUG", format="{message}")
+    logger.enable("spear")
+    monkeypatch.setattr(_tested, "_declined", set())
+    try:
+        assert _tested.tested_version("hyperframe", "0.0.") is False
+        assert _tested.tested_version("hyperframe", "0.0.") is False
+        assert _tested.tested_version("hyperframe", "6.1.") is True
+    finally:
+        logger.disable("spear")
+        logger.remove(sink)
+    assert len(messages) == 1 and "hyperframe" in messages[0] and "0.0." in messages[0]
+
+
+@pytest.mark.parametrize(
+    ("patch", "owner", "name"),
+    [
+        ("_fastframes", "hyperframe.frame", "_raw_data_repr"),
+        ("_fastdefaults", "betterproto2.Message", "_get_field_default"),
+    ],
+)
+def test_an_untested_version_is_left_alone(
+    monkeypatch: pytest.MonkeyPatch, patch: str, owner: str, name: str
+) -> None:
+    module = importlib.import_module(f"spear.transport.{patch}")
+    target = pydoc.locate(owner)
+    monkeypatch.setattr(target, name, module.upstream)
+    monkeypatch.setattr(module, "TESTED", "0.0.")
+    monkeypatch.setattr(_tested, "_declined", set())
+    assert module.install() is False
+    assert getattr(target, name) is module.upstream

@@ -1,0 +1,147 @@
+"""The dashboard in a real headless Chromium (Debian's `chromium`, driven by Playwright):
+no console errors, tasks submitted from the CLI appear and finish without a reload, logs
+stream, every page renders. Screenshots go to tmp, or to $SPEAR_SCREENSHOTS (the ones in
+docs/img were made with SPEAR_SCREENSHOTS=docs/img)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import pytest
+from conftest import Cli
+from wat_tasks import exits, hello, ticker
+from web_helpers import WebDaemon
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator
+
+pytestmark = pytest.mark.browser
+CHROMIUM = "/usr/bin/chromium"
+WAIT_MS = 20_000
+
+
+@pytest.fixture
+def browser() -> Iterator[Any]:
+    if not Path(CHROMIUM).exists():
+        pytest.fail("chromium missing: apt-get install chromium (scripts/quickstart.sh)")
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        b = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
+        try:
+            yield b
+        finally:
+            b.close()
+
+
+@pytest.fixture
+def shots(tmp_path: Path) -> Path:
+    out = Path(os.environ.get("SPEAR_SCREENSHOTS") or tmp_path / "shots")
+    out.mkdir(parents=True, exist_ok=True)
+    return out
+
+
+class Page:
+    """A browser tab that records console errors and uncaught exceptions."""
+
+    def __init__(self, browser: Any) -> None:
+        self.page = browser.new_page(viewport={"width": 1280, "height": 760})
+        self.errors: list[str] = []
+        self.page.on("console", lambda m: m.type == "error" and self.errors.append(m.text))
+        self.page.on("pageerror", lambda e: self.errors.append(str(e)))
+
+
+def submit(cli: Cli, *args: str, exit_code: int = 0) -> str:
+    proc = cli("submit", *args)
+    assert proc.returncode == exit_code, proc.stderr
+    return proc.stdout.decode().split()[0]
+
+
+def test_tasks_appear_finish_and_stream_logs_without_a_reload(
+    data_dir: Path, cli: Cli, tmp_path: Path, browser: Any, shots: Path
+) -> None:
+    node = WebDaemon(data_dir)
+    try:
+        tab = Page(browser)
+        page = tab.page
+        page.goto(node.url + "/")
+        page.wait_for_selector(".live:not([hidden])", timeout=WAIT_MS)  # the feed is open
+        page.wait_for_selector("#nodes td.state.healthy", timeout=WAIT_MS)
+        page.evaluate("window.__sameDocument = true")
+
+        # Submitted from the CLI: the row appears, then reaches COMPLETED, in place.
+        first = submit(cli, str(ticker(tmp_path, 3, 300)))
+        page.wait_for_selector(f'tr[data-task-id="{first}"]', timeout=WAIT_MS)
+        page.wait_for_selector(
+            f'tr[data-task-id="{first}"][data-state="COMPLETED"]', timeout=WAIT_MS
+        )
+        submit(cli, "--wait", str(hello(tmp_path)))
+        failed = submit(cli, "--wait", str(exits(tmp_path, 3)), exit_code=3)
+        page.wait_for_selector(f'tr[data-task-id="{failed}"][data-state="FAILED"]', timeout=WAIT_MS)
+        assert page.evaluate("window.__sameDocument") is True  # no reload happened
+
+        # One task's page while it runs: its logs arrive as written, then its end.
+        slow = submit(cli, str(ticker(tmp_path, 10, 400)))
+        page.wait_for_selector(f'tr[data-task-id="{slow}"][data-state="RUNNING"]', timeout=WAIT_MS)
+        page.wait_for_selector("#nodes td.running:text-is('1')", timeout=WAIT_MS)  # its load
+        page.screenshot(path=str(shots / "dashboard-overview.png"))
+        page.click(f'tr[data-task-id="{slow}"] a')
+        page.wait_for_url(f"**/tasks/{slow}")
+        page.wait_for_function(
+            "document.querySelector('#logs')?.textContent.includes('tick')", timeout=WAIT_MS
+        )
+        running = page.text_content("#task-state")
+        logs_so_far = page.text_content("#logs") or ""
+        assert running == "RUNNING" and "done" not in logs_so_far
+        page.wait_for_function(
+            "document.querySelector('#logs')?.textContent.endsWith('done\\n')", timeout=WAIT_MS
+        )
+        page.wait_for_selector("#task-state.COMPLETED", timeout=WAIT_MS)
+        page.wait_for_function(
+            "document.querySelector('#result')?.textContent.includes('done')", timeout=WAIT_MS
+        )
+        assert page.text_content("#logs") == "tick\n" * 10 + "done\n"
+        page.screenshot(path=str(shots / "dashboard-task.png"), full_page=True)
+
+        # Objects by prefix.
+        assert cli("obj", "put", "notes/hello", "-", input=b"hi there").returncode == 0
+        page.goto(node.url + "/objects?prefix=notes/")
+        page.wait_for_selector('tr[data-key="notes/hello"]', timeout=WAIT_MS)
+        assert page.locator("#objects tbody tr").count() == 1
+        page.goto(node.url + "/objects")
+        page.wait_for_selector(f'tr[data-key="results/{slow}"]', timeout=WAIT_MS)
+        page.screenshot(path=str(shots / "dashboard-objects.png"))
+        assert tab.errors == []
+    finally:
+        node.stop()
+
+
+def test_the_sms_dashboard_shows_the_cluster(tmp_path: Path, browser: Any, shots: Path) -> None:
+    config = tmp_path / "config.toml"
+    config.write_text("heartbeat_s = 0.2\n")
+    sms = WebDaemon(tmp_path / "sms", "--config", str(config), role="sms")
+    nodes: list[WebDaemon] = []
+    try:
+        for i in range(2):
+            nodes.append(
+                WebDaemon(tmp_path / f"node{i}", "--config", str(config), "--sms", sms.address)
+            )
+        task = submit(Cli(tmp_path / "node0"), "--wait", str(hello(tmp_path)))
+        tab = Page(browser)
+        page = tab.page
+        page.goto(sms.url + "/")
+        page.wait_for_function(
+            "document.querySelectorAll('#nodes td.state.healthy').length === 2", timeout=WAIT_MS
+        )
+        page.wait_for_selector(f'tr[data-task-id="{task}"][data-state="COMPLETED"]')
+        assert page.is_hidden("#nav-objects")  # the SMS holds no objects
+        page.screenshot(path=str(shots / "dashboard-sms.png"))
+        page.click(f'tr[data-task-id="{task}"] a')
+        page.wait_for_selector("#task-state.COMPLETED", timeout=WAIT_MS)
+        assert tab.errors == []
+    finally:
+        for n in nodes:
+            n.stop()
+        sms.stop()

@@ -1,0 +1,78 @@
+"""Real `spear serve` daemons (a SPEARlet, the SMS) with their HTTP servers on port 0."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+from typing import TYPE_CHECKING, Any
+
+import httpx
+import pytest
+from conftest import assert_eventually, cli_env
+
+if TYPE_CHECKING:
+    from pathlib import Path
+
+
+class WebDaemon:
+    """`spear serve` (`role` spearlet or sms) on free loopback ports; `url` is its HTTP
+    server's, read from the file the daemon writes (DATA/<role>.http)."""
+
+    def __init__(
+        self, data_dir: Path, *extra: str, role: str = "spearlet", http: str = "127.0.0.1:0"
+    ) -> None:
+        self.data_dir = data_dir
+        self.role = role
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "spear", "serve", "--role", role, "--listen", "127.0.0.1:0",
+             "--http", http, "--data-dir", str(data_dir), *extra],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=cli_env(data_dir),
+        )  # fmt: skip
+        assert self.proc.stdout is not None
+        line = self.proc.stdout.readline().decode().strip()
+        if not line:
+            self.fail()
+        self.address = line
+        self.url_file = data_dir / f"{role}.http"
+        self.url: str = "" if http == "off" else assert_eventually(self._url, timeout=30)
+
+    def _url(self) -> str | None:
+        if self.proc.poll() is not None:
+            self.fail()
+        try:
+            return self.url_file.read_text().strip() or None
+        except FileNotFoundError:
+            return None
+
+    def fail(self) -> None:
+        self.proc.wait(timeout=30)
+        err = self.proc.stderr.read().decode() if self.proc.stderr else ""
+        pytest.fail(f"spear serve exited {self.proc.returncode}: {err}")
+
+    def get(self, path: str, **kw: Any) -> httpx.Response:
+        return httpx.get(self.url + path, timeout=10, **kw)
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 60) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+        try:
+            return self.proc.wait(timeout=timeout)
+        finally:
+            if self.proc.poll() is None:
+                self.proc.kill()
+                self.proc.wait()
+            for stream in (self.proc.stdout, self.proc.stderr):
+                if stream is not None:
+                    stream.close()
+
+
+def samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    """An exposition parsed by prometheus_client: (sample name, sorted labels) -> value."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    out = {}
+    for family in text_string_to_metric_families(text):
+        for s in family.samples:
+            out[(s.name, tuple(sorted(s.labels.items())))] = s.value
+    return out
