@@ -1,4 +1,4 @@
-"""Developer sessions: tests, lint, typecheck, protos (regenerate), bench."""
+"""Developer sessions: tests, lint, typecheck, protos (regenerate), bench, mutation."""
 
 from __future__ import annotations
 
@@ -36,3 +36,11 @@ def protos(session: nox.Session) -> None:
     them again from Debian's golang-etcd-server-dev: `nox -s protos -- vendor`)."""
     session.run("python", "tools/gen_protos.py")
     session.run("python", "tools/gen_etcd_protos.py", *session.posargs)
+
+
+@nox.session
+def mutation(session: nox.Session) -> None:
+    """Mutation testing (mutmut) of the critical modules, one at a time, smallest first:
+    `nox -s mutation`, or `nox -s mutation -- status abi` for some. Long: not in CI's run.
+    Run it before resolving an issue that touches those modules (docs/testing.md)."""
+    session.run("python", "tools/mutation.py", *session.posargs)

@@ -14,11 +14,16 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 import wasmtime
+from hypothesis import settings
 
 if TYPE_CHECKING:
     from collections.abc import Callable
 
 ROOT = Path(__file__).resolve().parent.parent
+
+# `pytest --hypothesis-profile=mutation` (nox -s mutation): each mutant reruns the property
+# tests, so fewer examples, and no deadline (a loaded machine is not a failure).
+settings.register_profile("mutation", max_examples=20, deadline=None)
 _BUILD_CACHE = Path(os.environ.get("SPEAR_TEST_BUILD_DIR", "/tmp/spear-test-build"))
 
 

@@ -331,3 +331,38 @@ async def test_a_100_mib_value_is_not_copied_on_get(tmp_path: Path) -> None:
         assert peak < 1024**2  # Python allocated far less than the value: it was mapped
     finally:
         await kv.aclose()
+
+
+# -- what the first mutation run showed nothing checked (docs/mutation/REPORT.md) --------
+
+
+async def test_delete_keeps_a_stale_pinned_or_referenced_object(store: ObjectStore) -> None:
+    version = await store.put("k", b"keep me")
+    with pytest.raises(Conflict) as caught:
+        await store.delete("k", expected_version=version + 1)
+    assert str(caught.value) == f"object 'k' is at version {version}, not {version + 1}"
+    await store.pin("k")
+    with pytest.raises(Conflict) as caught:
+        await store.delete("k")
+    assert str(caught.value) == "object 'k' is pinned; unpin it, or delete with force"
+    await store.unpin("k")
+    await store.add_ref("k")
+    with pytest.raises(Conflict) as caught:
+        await store.delete("k", expected_version=version)
+    assert str(caught.value) == "object 'k' is referenced 1 time(s); unpin it, or delete with force"
+    value, _ = await store.get("k")
+    assert bytes(value) == b"keep me"  # every refusal left it whole
+    await store.delete("k", force=True)
+    with pytest.raises(NotFound):
+        await store.get("k")
+    other = await store.put("j", b"x")
+    await store.delete("j", expected_version=other)  # the right version deletes
+    assert await store.list("j") == []
+
+
+async def test_removing_a_reference_nobody_holds_is_refused(store: ObjectStore) -> None:
+    await store.put("r", b"x")
+    with pytest.raises(InvalidArgument) as caught:
+        await store.remove_ref("r")
+    assert str(caught.value) == "object 'r' has no references to remove"
+    assert (await store.info("r")).refs == 0  # and it is still there

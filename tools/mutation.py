@@ -1,0 +1,207 @@
+"""Mutation testing of the modules that must never be wrong (mutmut 3, one module at a time).
+
+    python tools/mutation.py                 # every module below, smallest first
+    python tools/mutation.py status abi      # only the modules whose name contains a word
+    python tools/mutation.py --list          # the modules, their tests and sizes
+
+Each module runs in a scratch copy of the repository (build/mutation/<name>/: src, tests
+and what the tests read), so mutmut's `mutants/` tree and cache never touch the work tree,
+and a module's run is resumed where it stopped when run again. mutmut runs with one
+worker (the machine is shared), the module's own tests only, and a per-mutant time
+limit (mutmut's: 15 times the tests' clean time plus a constant). What it found goes to
+docs/mutation/<name>.json (killed, survived, timed out, ...) and <name>.survivors.txt.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+SCRATCH = ROOT / "build" / "mutation"
+REPORTS = ROOT / "docs" / "mutation"
+# What the tests read besides src/ and tests/ (C agents' sources and headers, examples).
+COPIED = ("src", "tests", "sdk", "examples", "pyproject.toml")
+
+
+@dataclass(frozen=True)
+class Target:
+    name: str
+    modules: tuple[str, ...]  # paths under src/
+    tests: tuple[str, ...]  # pytest selections, relative to the repository
+
+    def size(self) -> int:
+        return sum(len((ROOT / "src" / m).read_text().splitlines()) for m in self.modules)
+
+
+_T = "tests/"
+TARGETS = (
+    Target(
+        "status",
+        ("spear/transport/_status.py",),
+        (
+            _T + "transport/test_wire_status.py",
+            _T + "transport/test_wire_codec.py",
+            _T + "transport/test_spearlet_service.py",
+        ),
+    ),
+    Target(
+        "abi",
+        ("spear/runtimes/wasm/hostcalls/abi.py",),
+        (
+            _T + "runtimes/test_hostcalls_buffers.py",
+            _T + "runtimes/test_hostcalls_memory.py",
+            _T + "runtimes/test_hostcalls_objects.py",
+            _T + "runtimes/test_hostcalls_streams.py",
+        ),
+    ),
+    Target("models", ("spear/core/models.py",), (_T + "core/test_models.py",)),
+    Target(
+        "scheduler",
+        ("spear/core/scheduler.py",),
+        (_T + "core/test_scheduler.py", _T + "core/test_sms.py"),
+    ),
+    Target(
+        "sms", ("spear/core/sms.py",), (_T + "core/test_sms.py", _T + "cluster/test_membership.py")
+    ),
+    Target(
+        "kv",
+        ("spear/store/kv.py", "spear/store/leveldb.py"),
+        (_T + "store/test_kv_contract.py", _T + "store/test_leveldb.py"),
+    ),
+    Target(
+        "hostops",
+        ("spear/runtimes/host/ops.py",),
+        (
+            _T + "runtimes/test_hostcalls_ops.py",
+            _T + "runtimes/test_hostcalls_objects.py",
+            _T + "runtimes/test_hostcalls_streams.py",
+            _T + "runtimes/test_hostcalls_buffers.py",
+        ),
+    ),
+    Target("objects", ("spear/store/objects.py",), (_T + "store/test_objects.py",)),
+)
+
+
+def _config(target: Target) -> str:
+    tests = [t for t in target.tests if (ROOT / t.split("::")[0]).exists()]
+    lines = [
+        "",
+        "[tool.mutmut]",
+        'source_paths = ["src"]',
+        # (into mutants/, where the tests run: C agents' sources and the SDK header)
+        'also_copy = ["sdk", "examples"]',
+        f"only_mutate = {json.dumps(['src/' + m for m in target.modules])}",
+        f"pytest_add_cli_args_test_selection = {json.dumps(tests)}",
+        # -p no:cacheprovider: no .pytest_cache in the copy; no per-test timeout beyond
+        # mutmut's own (a mutant that hangs is mutmut's "timeout", not a failure).
+        'pytest_add_cli_args = ["-p", "no:cacheprovider", "-q", "-x",'
+        ' "--hypothesis-profile=mutation"]',
+        # grpc and the wasm runtime start threads: fork workers from a clean server.
+        'process_isolation = "forkserver"',
+        "use_git_change_detection = false",
+        "timeout_multiplier = 5.0",
+        "timeout_constant = 5.0",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def _prepare(target: Target, resume: bool) -> Path:
+    work = SCRATCH / target.name
+    if not resume and work.exists():
+        shutil.rmtree(work)
+    work.mkdir(parents=True, exist_ok=True)
+    for name in COPIED:
+        source, dest = ROOT / name, work / name
+        if source.is_dir():
+            shutil.rmtree(dest, ignore_errors=True)
+            shutil.copytree(
+                source,
+                dest,
+                dirs_exist_ok=True,
+                ignore=shutil.ignore_patterns("__pycache__", "*.pyc", "*.egg-info"),
+            )
+        else:
+            shutil.copy2(source, dest)
+    pyproject = work / "pyproject.toml"
+    pyproject.write_text((ROOT / "pyproject.toml").read_text() + _config(target))
+    # It must exist when Python starts: a PYTHONPATH entry missing then is never looked at
+    # again (its finder is cached as None), and the tests would import the real package.
+    (work / "mutants" / "src").mkdir(parents=True, exist_ok=True)
+    return work
+
+
+def _stats(work: Path) -> dict[str, int]:
+    subprocess.run([sys.executable, "-m", "mutmut", "export-cicd-stats"], cwd=work, check=True)
+    data: dict[str, int] = json.loads((work / "mutants" / "mutmut-cicd-stats.json").read_text())
+    return data
+
+
+def run(target: Target, resume: bool = False) -> dict[str, int]:
+    work = _prepare(target, resume)
+    env = dict(os.environ)
+    # Subprocesses the tests start (the CLI, process agents) import the mutated copy too.
+    env["PYTHONPATH"] = str(work / "mutants" / "src")
+    started = time.monotonic()
+    proc = subprocess.run(
+        [sys.executable, "-m", "mutmut", "run", "--max-children", "1"], cwd=work, env=env
+    )
+    if proc.returncode != 0:
+        raise SystemExit(f"mutmut failed on {target.name} (exit {proc.returncode})")
+    stats = _stats(work)
+    stats["seconds"] = round(time.monotonic() - started)
+    results = subprocess.run(
+        [sys.executable, "-m", "mutmut", "results", "--all", "true"],
+        cwd=work,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    REPORTS.mkdir(parents=True, exist_ok=True)
+    summary = {"modules": list(target.modules), "tests": list(target.tests), **stats}
+    (REPORTS / f"{target.name}.json").write_text(json.dumps(summary, indent=2) + "\n")
+    lines = [ln.strip() for ln in results.splitlines() if ln.strip() and "killed" not in ln]
+    (REPORTS / f"{target.name}.survivors.txt").write_text(
+        "".join(_described(work, ln) for ln in lines)
+    )
+    return summary
+
+
+def _described(work: Path, line: str) -> str:
+    """A mutant that was not killed, as `name: status` and the lines it changed."""
+    name = line.split(":")[0]
+    diff = subprocess.run(
+        [sys.executable, "-m", "mutmut", "show", name], cwd=work, capture_output=True, text=True
+    ).stdout
+    changed = [d for d in diff.splitlines() if d[:2] in ("- ", "+ ")]
+    return line + "\n" + "".join(f"    {d}\n" for d in changed)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("names", nargs="*", help="only the targets whose name contains these")
+    parser.add_argument("--list", action="store_true", help="list the targets and stop")
+    parser.add_argument(
+        "--resume", action="store_true", help="keep the last run's results (mutants/) and go on"
+    )
+    args = parser.parse_args()
+    targets = sorted(TARGETS, key=Target.size)
+    if args.names:
+        targets = [t for t in targets if any(n in t.name for n in args.names)]
+    for target in targets:
+        if args.list:
+            print(f"{target.name:10} {target.size():5} lines  {' '.join(target.modules)}")  # noqa: T201
+            continue
+        summary = run(target, args.resume)
+        print(f"{target.name}: {json.dumps(summary)}", flush=True)  # noqa: T201
+
+
+if __name__ == "__main__":
+    main()
