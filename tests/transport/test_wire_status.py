@@ -26,12 +26,15 @@ from spear.transport._status import (
     listen_for_error_codes,
     received_error_code,
 )
-from spear.transport.serving import parse_listen
+from spear.transport.serving import Security, parse_listen
 
 if TYPE_CHECKING:
     from pathlib import Path
 
     from spear.core.models import Task
+
+# The error mapping is what these tests check, not authentication (tests/transport/test_auth.py).
+OPEN = Security.open()
 
 # Written out, not read from transport/_status.py: what a stock client relies on.
 WIRE_STATUS: dict[type[errors.SpearError], Status] = {
@@ -46,6 +49,7 @@ WIRE_STATUS: dict[type[errors.SpearError], Status] = {
     errors.Unavailable: Status.UNAVAILABLE,
     errors.DeadlineExceeded: Status.UNAVAILABLE,
     errors.PermissionDenied: Status.PERMISSION_DENIED,
+    errors.Unauthenticated: Status.UNAUTHENTICATED,
 }
 
 
@@ -94,7 +98,7 @@ async def _status_of(address: str, task_id: str) -> tuple[Status, str | None, An
 
 async def test_each_error_is_answered_with_its_status(tmp_path: Path) -> None:
     async with spear.LocalNode(tmp_path / "home") as node:
-        server = await serve_spearlet(_Raising(node), "127.0.0.1:0")
+        server = await serve_spearlet(_Raising(node), "127.0.0.1:0", security=OPEN)
         try:
             assert server.address is not None
             for cls, status in WIRE_STATUS.items():
@@ -107,7 +111,7 @@ async def test_each_error_is_answered_with_its_status(tmp_path: Path) -> None:
 async def test_real_failures_carry_their_status(tmp_path: Path) -> None:
     """The same through the node's own code paths, not raised on purpose."""
     async with spear.LocalNode(tmp_path / "home") as node:
-        server = await serve_spearlet(node, "127.0.0.1:0")
+        server = await serve_spearlet(node, "127.0.0.1:0", security=OPEN)
         try:
             assert server.address is not None
             status, message, code = await _status_of(server.address, "no-such-task")
@@ -120,7 +124,7 @@ async def test_real_failures_carry_their_status(tmp_path: Path) -> None:
 async def test_a_channel_listening_for_codes_rebuilds_the_exact_error(tmp_path: Path) -> None:
     """What node-to-node calls (peer.py) do: the trailer's code, not the status, decides."""
     async with spear.LocalNode(tmp_path / "home") as node:
-        server = await serve_spearlet(_Raising(node), "127.0.0.1:0")
+        server = await serve_spearlet(_Raising(node), "127.0.0.1:0", security=OPEN)
         try:
             assert server.address is not None
             host, port = parse_listen(server.address)
@@ -159,7 +163,7 @@ ERROR_BY_STATUS: dict[Status, type[errors.SpearError]] = {
     Status.UNAVAILABLE: errors.Unavailable,
     Status.DEADLINE_EXCEEDED: errors.Unavailable,
     Status.PERMISSION_DENIED: errors.PermissionDenied,
-    Status.UNAUTHENTICATED: errors.PermissionDenied,
+    Status.UNAUTHENTICATED: errors.Unauthenticated,
     Status.INTERNAL: errors.SpearError,
     Status.UNKNOWN: errors.SpearError,
 }
@@ -208,7 +212,7 @@ async def test_an_error_without_a_code_is_read_from_its_status(tmp_path: Path) -
     """A status the server sent without `spear-error-code` (its codec refused the request
     before any handler ran): the listening channel must not invent a code."""
     async with spear.LocalNode(tmp_path / "home") as node:
-        server = await serve_spearlet(node, "127.0.0.1:0", max_message_bytes=64)
+        server = await serve_spearlet(node, "127.0.0.1:0", max_message_bytes=64, security=OPEN)
         try:
             assert server.address is not None
             host, port = parse_listen(server.address)
