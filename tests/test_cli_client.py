@@ -327,3 +327,33 @@ def test_run_goes_through_the_daemon_holding_the_data_dir(
     assert streamed.returncode == 0, streamed.stderr
     assert streamed.stdout == b"1: ONE\n2: TWO\n"
     assert len(cli.json("tasks")) == 4  # run by the daemon, in its data dir's records
+
+
+def test_tokens_decide_who_may_use_the_daemon(daemon: Daemon, cli: Cli, tmp_path: Path) -> None:
+    module = str(hello(tmp_path))
+    # Someone else (another data dir, so not the owner's token) reaching the daemon.
+    stranger = Cli(tmp_path / "elsewhere")
+    refused = stranger("tasks", "--node", daemon.address)
+    assert refused.returncode == 77
+    assert "requires a credential" in one_error_line(refused.stderr)
+    # The owner makes a reader token and a submitter token (each printed once).
+    reader = cli("token", "create", "bob", "--role", "reader").stdout.decode().strip()
+    made = cli.json("token", "create", "carol")
+    assert made["role"] == "submitter" and made["token"].startswith("spear_")
+    listed = {t["name"]: t for t in cli.json("token", "ls")}
+    assert set(listed) == {"owner", "bob", "carol"}
+    assert all("token" not in t and "sha256" not in t for t in listed.values())
+    as_bob = {"SPEAR_TOKEN": reader}
+    assert stranger("tasks", "--node", daemon.address, **as_bob).returncode == 0
+    denied = stranger("submit", "--node", daemon.address, module, **as_bob)
+    assert denied.returncode == 77 and "needs submitter" in one_error_line(denied.stderr)
+    as_carol = {"SPEAR_TOKEN": made["token"]}
+    ran = stranger("submit", "--wait", "--node", daemon.address, module, **as_carol)
+    assert ran.returncode == 0, ran.stderr
+    # Revoked: refused within the second the node takes to see it.
+    gone = cli("token", "rm", "bob")
+    assert gone.returncode == 0 and b"revoked" in gone.stdout
+    assert_eventually(
+        lambda: stranger("tasks", "--node", daemon.address, **as_bob).returncode == 77
+    )
+    assert cli("token", "rm", "bob").returncode == 66
