@@ -10,6 +10,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import time
 from typing import TYPE_CHECKING, Any
 
 import pytest
@@ -282,12 +283,24 @@ def test_cluster_up_in_the_users_data_dir_with_progress(data_dir: Path) -> None:
 def test_a_large_modules_first_compile_shows_progress(data_dir: Path, tmp_path: Path) -> None:
     import wasmtime
 
+    from spear.cli._common import Progress
+
     body = " ".join(["(local.set 0 (i32.add (local.get 0) (i32.mul (local.get 0) (i32.const 7))))"]
                     * 40)  # fmt: skip
-    funcs = "\n".join(f"(func $f{i} (param i32) (result i32) {body} (local.get 0))"
-                      for i in range(4000))  # fmt: skip
-    big = tmp_path / "big.wasm"  # compiles in a second or more
-    big.write_bytes(wasmtime.wat2wasm(f'(module {funcs} (func (export "_start")))'))
+    # A module whose compile takes well past the spinner's delay on this machine, now:
+    # wasmtime compiles in parallel, so a quiet machine needs more functions than a busy one.
+    count = 4000
+    while True:
+        funcs = "\n".join(f"(func $f{i} (param i32) (result i32) {body} (local.get 0))"
+                          for i in range(count))  # fmt: skip
+        wasm = wasmtime.wat2wasm(f'(module {funcs} (func (export "_start")))')
+        started = time.perf_counter()
+        wasmtime.Module(wasmtime.Engine(), wasm)
+        if time.perf_counter() - started > 4 * Progress.DELAY_S or count >= 64000:
+            break
+        count *= 2
+    big = tmp_path / "big.wasm"
+    big.write_bytes(wasm)
     env = cli_env(data_dir)
     proc, shown = run_on_a_terminal(["run", str(big)], env)
     proc.communicate(timeout=120)
