@@ -1,11 +1,13 @@
 """`spear.Client`: a node daemon over gRPC, with the same methods as the CLI's commands.
 
-    async with spear.Client("127.0.0.1:7070") as client:
+    async with spear.Client("127.0.0.1:7070", token=TOKEN) as client:
         handle = await client.submit(spear.FunctionSpec("hello.wasm", args=("world",)))
         async for chunk in handle.logs():
             print(chunk.data.decode(), end="")
         result = await handle          # TaskResult: the finished task and its stdout
 
+TOKEN is a credential the node accepts (docs/security.md): its owner's is in the node's
+`DATA/auth/owner.token`; `spear token create NAME --role ROLE` makes one for anyone else.
 A module given by a local path is uploaded to the node (in chunks, once per content: the
 node keeps artifacts by sha256); a path that does not exist here is taken as the node's.
 """
