@@ -217,3 +217,26 @@ def test_version_and_help(cli: Cli) -> None:
         ).returncode
         == 0
     )
+
+
+def test_bytes_that_are_not_utf8_are_refused_in_one_line(
+    cli: Cli, hello_wasm: Path, data_dir: Path, tmp_path: Path
+) -> None:
+    from conftest import cli_env
+
+    odd_path = tmp_path / os.fsdecode(b"\xff.wasm")
+    odd_path.write_bytes(hello_wasm.read_bytes())
+    spear = [sys.executable, "-m", "spear", "run"]
+    cases = {
+        "argument 1": [*spear, os.fsencode(hello_wasm), b"\xff"],
+        "environment variable 'A'": [*spear, b"-e", b"A=\xff", os.fsencode(hello_wasm)],
+        "the module path": [*spear, os.fsencode(odd_path)],
+    }
+    for what, argv in cases.items():
+        proc = subprocess.run(argv, capture_output=True, env=cli_env(data_dir), timeout=60)
+        assert proc.returncode == 64, proc.stderr
+        line = one_error_line(proc.stderr)  # one line: no traceback
+        assert f"{what} is not valid UTF-8" in line and "\\udcff" in line
+    # Nothing was recorded, and the data dir still serves the next run.
+    assert cli.json("tasks") == []
+    assert cli("run", str(hello_wasm), "world").returncode == 0

@@ -96,6 +96,31 @@ class DirMapping:
         return cls(host=host, guest=guest if sep else host)
 
 
+def _utf8(what: str, text: str) -> None:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:  # bytes the OS gave as surrogates: no text a record can hold
+        raise InvalidArgument(f"{what} is not valid UTF-8: {text!r}") from None
+
+
+def _check_text(spec: FunctionSpec) -> None:
+    """Every text of a spec is UTF-8 (a record, the wire and the guest's WASI strings need
+    it): a non-UTF-8 argument, variable or path is refused with what it is, escaped."""
+    _utf8("the module path", spec.artifact)
+    _utf8("the entry point", spec.entry)
+    for i, arg in enumerate(spec.args, 1):
+        _utf8(f"argument {i}", arg)
+    for name, value in spec.env:
+        _utf8("an environment variable's name", name)
+        _utf8(f"environment variable {name!r}", value)
+    for mapping in spec.dirs:
+        _utf8("a --dir path", f"{mapping.host}{mapping.guest}")
+    for key, value in spec.labels:
+        _utf8("a label", f"{key}{value}")
+    if spec.workdir is not None:
+        _utf8("the working directory", spec.workdir)
+
+
 @dataclass(frozen=True, slots=True)
 class FunctionSpec:
     """Everything needed to run one task: what, with which inputs, under which limits.
@@ -136,6 +161,7 @@ class FunctionSpec:
         for name, _ in self.env:
             if not name or "=" in name:
                 raise InvalidArgument(f"invalid environment variable name {name!r}")
+        _check_text(self)
 
     def to_json(self) -> dict[str, Any]:
         data = dataclasses.asdict(self)
