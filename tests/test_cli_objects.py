@@ -124,3 +124,16 @@ def test_a_runs_result_is_an_object(cli: Cli, hello_wasm: Path) -> None:
     assert proc.returncode == 0, proc.stderr
     task_id = cli.json("tasks")[0]["id"]
     assert cli("obj", "get", f"results/{task_id}").stdout == b"Hello, objects!\n"
+
+
+def test_control_characters_in_keys_are_printed_escaped(cli: Cli) -> None:
+    key = "red\x1b[31mtext\nnext"
+    assert cli("obj", "put", key, "-", input=b"v").returncode == 0
+    listed = cli("obj", "ls")
+    assert listed.returncode == 0
+    assert b"\x1b" not in listed.stdout and listed.stdout.count(b"\n") == 1
+    assert listed.stdout.startswith(b"red\\x1b[31mtext\\nnext version 1 1 bytes")
+    # The key itself is unchanged: JSON has it exactly, and a get by it finds it.
+    [info] = cli.json("obj", "ls")
+    assert info["key"] == key
+    assert cli("obj", "get", key).stdout == b"v"

@@ -97,6 +97,14 @@ def emit_json(data: Any) -> None:
     sys.stdout.write(json.dumps(data, indent=2, sort_keys=True) + "\n")
 
 
+def printable(text: str) -> str:
+    """`text` for a terminal: control characters (an escape sequence in an object key, a
+    newline) written as escapes, so what is printed is what is stored, and inert."""
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode() for c in text)
+
+
 def report_unsuccessful(task: Task) -> None:
     """One line on stderr for an ending that is not the guest's own exit status."""
     from spear.core.models import TaskState

@@ -21,6 +21,7 @@ from spear.cli._common import (
     load_settings,
     on_local_node,
     on_node,
+    printable,
 )
 from spear.errors import InvalidArgument, NotFound
 
@@ -32,9 +33,8 @@ def _print_object(info: Any, as_json: bool) -> None:
         emit_json(info.to_json())
     else:
         pin = " pinned" if info.pinned else ""
-        sys.stdout.write(
-            f"{info.key} version {info.version} {info.size} bytes {info.refs} refs{pin}\n"
-        )
+        key = printable(info.key)
+        sys.stdout.write(f"{key} version {info.version} {info.size} bytes {info.refs} refs{pin}\n")
 
 
 @obj_app.command("put", help="Store FILE (or stdin with -) under KEY.")
