@@ -45,6 +45,9 @@ class DeferredAgent(WorkerAgent):
         if not self._serving:
             self._serving = True
             await agent.start_service()
+            # From now on a task's prepare and start are the real agent's own, called
+            # directly: no hop through this object on every task (~2-4 us each).
+            vars(self).update(prepare=agent.prepare, start=agent.start)
         return agent
 
     async def prepare(self, task: Task) -> None:
@@ -56,6 +59,8 @@ class DeferredAgent(WorkerAgent):
     async def aclose(self) -> None:
         if self._agent is not None:
             self._serving = False
+            vars(self).pop("prepare", None)
+            vars(self).pop("start", None)
             await self._agent.aclose()
 
     def __getattr__(self, name: str) -> Any:
