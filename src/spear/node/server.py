@@ -13,30 +13,23 @@ import dataclasses
 import hashlib
 from typing import TYPE_CHECKING, Any
 
-from grpclib.health.check import ServiceStatus
-from grpclib.health.service import Health
-from grpclib.server import Server
-
 from spear._logging import logger
 from spear.core.artifacts import ArtifactStore
 from spear.core.node import Spearlet
 from spear.errors import InvalidArgument, ResourceExhausted, SpearError
 from spear.node.inprocess import InProcessNode
 from spear.transport import _convert as cv
-from spear.transport import _speedups
 from spear.transport._gen.pb import spearlet_pb2 as pb
 from spear.transport._gen.spear import v1
 from spear.transport._status import (
     CHUNK_BYTES,
     DEFAULT_MAX_MESSAGE_BYTES,
-    LimitedCodec,
 )
 from spear.transport.auth import check_may_run
 from spear.transport.serving import (
+    GrpcServer,
     Security,
-    format_address,
     guard,
-    listening_socket,
     reflection_services,
 )
 
@@ -278,7 +271,7 @@ class SpearletService(v1.SpearletBase):
         return cv.object_to_wire(await self.api.unpin_object(message.key))
 
 
-class SpearletServer:
+class SpearletServer(GrpcServer):
     """spear.v1.Spearlet, health and reflection on one port. `start` reports the address."""
 
     def __init__(
@@ -293,53 +286,16 @@ class SpearletServer:
     ) -> None:
         """`extra_services`: more grpclib handlers on the same port (e.g. SpearletPeer);
         `security`: who may call (transport/serving.py: `Security.for_data_dir(...)`)."""
-        _speedups.install()
         self.api = api
-        self.security = security
         self.max_message_bytes = max_message_bytes
-        self.service = SpearletService(api, artifacts, object_max_bytes)
-        self._serving = ServiceStatus()
-        self._serving.set(True)
-        health = Health({self.service: [self._serving]})
-        self._server = Server(
-            [
-                self.service,
-                *extra_services,
-                health,
-                *reflection_services([SERVICE_NAME, "grpc.health.v1.Health"]),
-            ],
-            codec=LimitedCodec(max_message_bytes),
+        reflection = reflection_services([SERVICE_NAME, "grpc.health.v1.Health"])
+        super().__init__(
+            SpearletService(api, artifacts, object_max_bytes),
+            [*extra_services, *reflection],
+            name=SERVICE_NAME,
+            security=security,
+            max_message_bytes=max_message_bytes,
         )
-        self._ssl = security.install(self._server)
-        self.address: str | None = None
-
-    async def start(self, listen: str) -> str:
-        """Bind `listen` (port 0 picks a free port) and serve; returns the bound address."""
-        self.security.check_listen(listen)
-        sock = listening_socket(listen)
-        await self._server.start(sock=sock, ssl=self._ssl)
-        bound_host, bound_port = sock.getsockname()[:2]
-        self.address = format_address(bound_host, bound_port)
-        logger.info("serving spear.v1.Spearlet on {}", self.address)
-        return self.address
-
-    def set_serving(self, serving: bool) -> None:
-        """What health checks answer: SERVING, or NOT_SERVING while the node drains."""
-        self._serving.set(serving)
-
-    async def close(self) -> None:
-        """Stop accepting calls and end the running ones. Safe to call twice."""
-        if self.address is None:
-            return
-        self.address = None
-        self._server.close()
-        await self._server.wait_closed()
-
-    async def __aenter__(self) -> SpearletServer:
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.close()
 
 
 async def serve_spearlet(

@@ -1,23 +1,29 @@
 """What every spear gRPC server shares: listening sockets and addresses, the call guard
-that maps spear's errors to statuses, and server reflection over our descriptors."""
+that maps spear's errors to statuses, server reflection over our descriptors, who may
+call (`Security`), and a server on one port (`GrpcServer`)."""
 
 from __future__ import annotations
 
 import socket
 import time
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Self
 
 from grpclib.const import Status
 from grpclib.exceptions import GRPCError, StreamTerminatedError
 
 from spear._logging import logger
 from spear.errors import InvalidArgument, SpearError
-from spear.transport._status import ERROR_CODE_KEY, status_for
+from spear.transport._status import (
+    DEFAULT_MAX_MESSAGE_BYTES,
+    ERROR_CODE_KEY,
+    LimitedCodec,
+    status_for,
+)
 
 if TYPE_CHECKING:
     import ssl
-    from collections.abc import Awaitable, Callable
+    from collections.abc import Awaitable, Callable, Sequence
     from pathlib import Path
 
     from grpclib.server import Stream
@@ -200,3 +206,62 @@ class Security:
 
             install(server, self.authorizer)
         return None if self.tls is None else self.tls.server_context()
+
+
+class GrpcServer:
+    """`service` (with grpc.health.v1 for it, and `others` beside it) on one port, admitting
+    callers by `security`. `start` binds and reports the address; `close` is safe twice."""
+
+    def __init__(
+        self,
+        service: Any,
+        others: Sequence[Any] = (),
+        *,
+        name: str,
+        security: Security,
+        max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
+    ) -> None:
+        from grpclib.health.check import ServiceStatus
+        from grpclib.health.service import Health
+        from grpclib.server import Server
+
+        from spear.transport import _speedups
+
+        _speedups.install()
+        self.service = service
+        self.name = name
+        self.security = security
+        self._serving = ServiceStatus()
+        self._serving.set(True)
+        health = Health({service: [self._serving]})
+        self._server = Server([service, *others, health], codec=LimitedCodec(max_message_bytes))
+        self._ssl = security.install(self._server)
+        self.address: str | None = None
+
+    async def start(self, listen: str) -> str:
+        """Bind `listen` (port 0 picks a free port) and serve; returns the bound address."""
+        self.security.check_listen(listen)
+        sock = listening_socket(listen)
+        await self._server.start(sock=sock, ssl=self._ssl)
+        bound_host, bound_port = sock.getsockname()[:2]
+        self.address = format_address(bound_host, bound_port)
+        logger.info("serving {} on {}", self.name, self.address)
+        return self.address
+
+    def set_serving(self, serving: bool) -> None:
+        """What health checks answer: SERVING, or NOT_SERVING (a node draining)."""
+        self._serving.set(serving)
+
+    async def close(self) -> None:
+        """Stop accepting calls and end the running ones. Safe to call twice."""
+        if self.address is None:
+            return
+        self.address = None
+        self._server.close()
+        await self._server.wait_closed()
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()

@@ -5,19 +5,13 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from grpclib.health.check import ServiceStatus
-from grpclib.health.service import Health
-from grpclib.server import Server
-
-from spear._logging import logger
 from spear.errors import InvalidArgument, PermissionDenied
 from spear.transport import _convert as cv
 from spear.transport import _sms_convert as sc
-from spear.transport import _speedups
 from spear.transport._gen.spear import v1
-from spear.transport._status import DEFAULT_MAX_MESSAGE_BYTES, LimitedCodec
+from spear.transport._status import DEFAULT_MAX_MESSAGE_BYTES
 from spear.transport.auth import current_principal
-from spear.transport.serving import Security, format_address, guard, listening_socket
+from spear.transport.serving import GrpcServer, Security, guard
 
 if TYPE_CHECKING:
     from grpclib.const import Handler
@@ -128,7 +122,7 @@ class MetadataService(v1.MetadataServerBase):
         return v1.LocateObjectResponse(locations=[sc.location_to_wire(x) for x in found])
 
 
-class SmsServer:
+class SmsServer(GrpcServer):
     """spear.v1.MetadataServer and health on one port."""
 
     def __init__(
@@ -139,37 +133,10 @@ class SmsServer:
         max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
     ) -> None:
         """`security`: who may call; members need a certificate from the cluster's CA."""
-        _speedups.install()
         self.sms = sms
-        self.security = security
-        self.service = MetadataService(sms)
-        self._serving = ServiceStatus()
-        self._serving.set(True)
-        health = Health({self.service: [self._serving]})
-        self._server = Server([self.service, health], codec=LimitedCodec(max_message_bytes))
-        self._ssl = security.install(self._server)
-        self.address: str | None = None
-
-    async def start(self, listen: str) -> str:
-        """Bind `listen` (port 0 picks a free port) and serve; returns the bound address."""
-        self.security.check_listen(listen)
-        sock = listening_socket(listen)
-        await self._server.start(sock=sock, ssl=self._ssl)
-        bound_host, bound_port = sock.getsockname()[:2]
-        self.address = format_address(bound_host, bound_port)
-        logger.info("serving {} on {}", SERVICE_NAME, self.address)
-        return self.address
-
-    async def close(self) -> None:
-        """Stop serving. Safe to call twice."""
-        if self.address is None:
-            return
-        self.address = None
-        self._server.close()
-        await self._server.wait_closed()
-
-    async def __aenter__(self) -> SmsServer:
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.close()
+        super().__init__(
+            MetadataService(sms),
+            name=SERVICE_NAME,
+            security=security,
+            max_message_bytes=max_message_bytes,
+        )
