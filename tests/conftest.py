@@ -6,6 +6,7 @@ import hashlib
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -120,6 +121,24 @@ class Cli:
 @pytest.fixture
 def cli(data_dir: Path) -> Cli:
     return Cli(data_dir)
+
+
+def stop_process(
+    proc: subprocess.Popen[bytes], sig: int = signal.SIGTERM, timeout: float = 60
+) -> int:
+    """Signal a daemon and wait for its exit code; killed if it outlives `timeout`, and
+    its pipes closed either way."""
+    if proc.poll() is None:
+        proc.send_signal(sig)
+    try:
+        return proc.wait(timeout=timeout)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        for stream in (proc.stdout, proc.stderr):
+            if stream is not None:
+                stream.close()
 
 
 def assert_eventually(

@@ -9,7 +9,15 @@ import sys
 from typing import TYPE_CHECKING
 
 import pytest
-from conftest import ROOT, Cli, assert_eventually, build_c, cli_env, one_error_line
+from conftest import (
+    ROOT,
+    Cli,
+    assert_eventually,
+    build_c,
+    cli_env,
+    one_error_line,
+    stop_process,
+)
 from wat_tasks import exits, hello, ticker
 
 if TYPE_CHECKING:
@@ -38,17 +46,7 @@ class Daemon:
         assert (data_dir / "spearlet.addr").read_text().strip() == line
 
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 60) -> int:
-        if self.proc.poll() is None:
-            self.proc.send_signal(sig)
-        try:
-            return self.proc.wait(timeout=timeout)
-        finally:
-            if self.proc.poll() is None:
-                self.proc.kill()
-                self.proc.wait()
-            for stream in (self.proc.stdout, self.proc.stderr):
-                if stream is not None:
-                    stream.close()
+        return stop_process(self.proc, sig, timeout)
 
 
 @pytest.fixture

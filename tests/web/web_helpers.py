@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 import httpx
 import pytest
-from conftest import assert_eventually, cli_env
+from conftest import assert_eventually, cli_env, stop_process
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -61,17 +61,7 @@ class WebDaemon:
         return httpx.get(self.url + path, timeout=10, **kw)
 
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 60) -> int:
-        if self.proc.poll() is None:
-            self.proc.send_signal(sig)
-        try:
-            return self.proc.wait(timeout=timeout)
-        finally:
-            if self.proc.poll() is None:
-                self.proc.kill()
-                self.proc.wait()
-            for stream in (self.proc.stdout, self.proc.stderr):
-                if stream is not None:
-                    stream.close()
+        return stop_process(self.proc, sig, timeout)
 
 
 def samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:

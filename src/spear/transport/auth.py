@@ -118,10 +118,6 @@ POLICY: dict[str, Role] = {
 OPEN_METHODS = frozenset({"/grpc.health.v1.Health/Check", "/grpc.health.v1.Health/Watch"})
 
 
-def required_role(method: str) -> Role:
-    return POLICY.get(method, Role.ADMIN)
-
-
 # A runtime that runs programs on the node's host (as the node's user) needs more than
 # the right to submit: WASM guests reach only what their host gives them.
 RUNTIME_ROLES = {"process": Role.ADMIN}
@@ -142,7 +138,7 @@ def _digest(secret: str) -> str:
     return hashlib.sha256(secret.encode()).hexdigest()
 
 
-def _write_private(path: Path, data: bytes) -> None:
+def write_private(path: Path, data: bytes) -> None:
     """Write a file only its owner can read, atomically (a reader never sees half of it)."""
     path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
@@ -237,7 +233,7 @@ class TokenStore:
 
     def _save(self) -> None:
         body = {"tokens": sorted(self._records.values(), key=lambda r: r["created_at"])}
-        _write_private(self.path, orjson.dumps(body, option=orjson.OPT_INDENT_2))
+        write_private(self.path, orjson.dumps(body, option=orjson.OPT_INDENT_2))
         self._mtime = None  # read back on next use
         self._verified = {}
 
@@ -283,7 +279,7 @@ class TokenStore:
         except FileNotFoundError:
             pass
         token = self.issue("owner", Role.ADMIN)
-        _write_private(path, (token + "\n").encode())
+        write_private(path, (token + "\n").encode())
         return token
 
 

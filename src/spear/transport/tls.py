@@ -34,10 +34,10 @@ _CIPHERS = "ECDHE+AESGCM:ECDHE+CHACHA20"
 
 
 def _write(path: Path, data: bytes, *, private: bool) -> None:
-    from spear.transport.auth import _write_private
+    from spear.transport.auth import write_private
 
     if private:
-        _write_private(path, data)
+        write_private(path, data)
     else:
         path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
         path.write_bytes(data)
