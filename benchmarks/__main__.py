@@ -167,9 +167,16 @@ class Runner:
             "spear run hello.wasm, whole process, cold (first compile)": w.get("run_process", {})
             .get("spear_cli", {})
             .get("spear run (cold)"),
-            "spear run hello.wasm, whole process, warm (cached)": w.get("run_process", {})
+            "spear run hello.wasm, whole process, warm (cached, through the runner)": w.get(
+                "run_process", {}
+            )
             .get("spear_cli", {})
             .get("spear run (warm)"),
+            "spear run hello.wasm, whole process, warm (cached, own process)": w.get(
+                "run_process", {}
+            )
+            .get("spear_cli", {})
+            .get("spear run (warm, own process)"),
             "python -c pass (interpreter start alone, for scale)": w.get("run_process", {})
             .get("spear_cli", {})
             .get("python -c pass"),

@@ -151,3 +151,29 @@ def test_a_stranger_on_the_socket_is_ignored(cli: Cli, data_dir: Path, hello_was
         assert s.recv(100) == b""  # closed without a word
     proc = cli("run", str(hello_wasm))  # the runner goes on serving
     assert proc.returncode == 0, proc.stderr
+
+
+WARM_CHECK = """
+import os, sys
+from spear.cli import runner
+runner.preload()
+from spear.cli.app import main
+before = set(sys.modules)
+for argv in ({commands}):
+    main(list(argv))
+print(sorted(m for m in set(sys.modules) - before if not m.startswith("encodings.")))
+"""
+
+
+def test_a_child_has_nothing_left_to_import(data_dir: Path, hello_wasm: Path) -> None:
+    """What the runner preloads covers the short commands: a child imports nothing."""
+    commands = [("run", str(hello_wasm)), ("tasks",), ("status", "nosuch"), ("obj", "ls"),
+                ("logs", "nosuch"), ("node",)]  # fmt: skip
+    proc = subprocess.run(
+        [sys.executable, "-c", WARM_CHECK.format(commands=repr(commands)[1:-1] + ",")],
+        capture_output=True,
+        env=cli_env(data_dir),
+        timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.decode().splitlines()[-1] == "[]"

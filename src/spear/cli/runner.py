@@ -48,7 +48,9 @@ PRELOAD = (
     "spear.cli.app", "spear.cli.run", "spear.cli.stream", "spear.cli.tasks",
     "spear.cli.objects", "spear.cli.cluster", "spear.node.assembly", "spear.node.inprocess",
     "spear.node.client", "spear.runtimes.wasm.agent", "spear.runtimes.process.agent",
-    "anyio._backends._asyncio", "plyvel", "tomllib", "json",
+    "spear.runtimes.deferred", "spear.store.leveldb", "spear.models.router",
+    "spear.core.task_ids", "spear._loopstate", "spear._version", "anyio._backends._asyncio",
+    "anyio._core._fileio", "anyio._core._signals", "plyvel", "tomllib", "json",
 )  # fmt: skip
 _HEADER = 4
 
@@ -84,6 +86,15 @@ def start(argv: list[str]) -> None:
     )  # fmt: skip
 
 
+def preload() -> None:
+    """Import and build what the forwarded commands use, once for every child."""
+    for name in PRELOAD:
+        importlib.import_module(name)
+    from spear.cli.app import build_commands
+
+    build_commands(_runner_client.FORWARDED)
+
+
 def serve(data_dir: Path, idle_s: float) -> None:
     """Serve `data_dir`'s socket until `idle_s` pass without a command."""
     lock = (data_dir / _runner_client.LOCK_NAME).open("a+")
@@ -94,8 +105,7 @@ def serve(data_dir: Path, idle_s: float) -> None:
     lock.truncate(0)
     lock.write(str(os.getpid()))
     lock.flush()
-    for name in PRELOAD:
-        importlib.import_module(name)
+    preload()
     own = _spear_files()
     path = data_dir / _runner_client.SOCKET_NAME
     ready = data_dir / f".{_runner_client.SOCKET_NAME}.{os.getpid()}"
