@@ -76,7 +76,11 @@ TARGETS = (
     Target(
         "kv",
         ("spear/store/kv.py", "spear/store/leveldb.py"),
-        (_T + "store/test_kv_contract.py", _T + "store/test_leveldb.py"),
+        (
+            _T + "store/test_kv_contract.py",
+            _T + "store/test_leveldb.py",
+            _T + "store/test_leveldb_rules.py",
+        ),
     ),
     Target(
         "hostops",
@@ -163,18 +167,35 @@ def _stats(work: Path) -> dict[str, int]:
     return data
 
 
-def run(target: Target, resume: bool = False) -> dict[str, int]:
-    work = _prepare(target, resume)
+def _not_killed(work: Path) -> list[str]:
+    """The mutants of the last run that no test killed (survived, timed out, no tests)."""
+    if not (work / "mutants").exists():
+        return []
+    out = subprocess.run(
+        [sys.executable, "-m", "mutmut", "results", "--all", "true"],
+        cwd=work,
+        capture_output=True,
+        text=True,
+    ).stdout
+    lines = (ln.strip() for ln in out.splitlines())
+    return [ln.split(":")[0] for ln in lines if ln and "killed" not in ln and ":" in ln]
+
+
+def run(target: Target, resume: bool = False, again: bool = False) -> dict[str, int]:
+    work = _prepare(target, resume or again)
     env = dict(os.environ)
     # Subprocesses the tests start (the CLI, process agents) import the mutated copy too.
     env["PYTHONPATH"] = str(work / "mutants" / "src")
     env["SPEAR_MUTATION_RUN"] = "1"
     started = time.monotonic()
-    proc = subprocess.run(
-        [sys.executable, "-m", "mutmut", "run", "--max-children", "1"], cwd=work, env=env
-    )
-    if proc.returncode != 0:
-        raise SystemExit(f"mutmut failed on {target.name} (exit {proc.returncode})")
+    command = [sys.executable, "-m", "mutmut", "run", "--max-children", "1"]
+    # --again: the last run's mutants not killed, tried against the tests as they are now
+    # (a resumed run keeps every result it has); then whatever was never run.
+    rerun = _not_killed(work) if again else []
+    for names in ([rerun] if rerun else []) + [[]]:
+        proc = subprocess.run(command + names, cwd=work, env=env)
+        if proc.returncode != 0:
+            raise SystemExit(f"mutmut failed on {target.name} (exit {proc.returncode})")
     stats = _stats(work)
     stats["seconds"] = round(time.monotonic() - started)
     results = subprocess.run(
@@ -211,6 +232,11 @@ def main() -> None:
     parser.add_argument(
         "--resume", action="store_true", help="keep the last run's results (mutants/) and go on"
     )
+    parser.add_argument(
+        "--again",
+        action="store_true",
+        help="as --resume, but first run again the mutants the last run did not kill",
+    )
     args = parser.parse_args()
     targets = sorted(TARGETS, key=Target.size)
     if args.names:
@@ -219,7 +245,7 @@ def main() -> None:
         if args.list:
             print(f"{target.name:10} {target.size():5} lines  {' '.join(target.modules)}")  # noqa: T201
             continue
-        summary = run(target, args.resume)
+        summary = run(target, args.resume, args.again)
         print(f"{target.name}: {json.dumps(summary)}", flush=True)  # noqa: T201
 
 
