@@ -181,7 +181,7 @@ def _not_killed(work: Path) -> list[str]:
     return [ln.split(":")[0] for ln in lines if ln and "killed" not in ln and ":" in ln]
 
 
-def run(target: Target, resume: bool = False, again: bool = False) -> dict[str, int]:
+def run(target: Target, resume: bool = False, again: bool = False) -> dict[str, object]:
     work = _prepare(target, resume or again)
     env = dict(os.environ)
     # Subprocesses the tests start (the CLI, process agents) import the mutated copy too.
