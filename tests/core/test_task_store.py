@@ -13,6 +13,7 @@ import subprocess
 import sys
 from typing import TYPE_CHECKING
 
+import anyio
 import orjson
 import pytest
 
@@ -26,6 +27,9 @@ if TYPE_CHECKING:
     from collections.abc import AsyncIterator
     from pathlib import Path
 
+    from spear.store.kv import WatchEvent
+
+WATCH_LIMIT_S = 20
 LOST_REASON = "lost: the process running it exited without finishing it"
 SPEC = FunctionSpec("unused.wasm")
 
@@ -216,12 +220,17 @@ async def test_a_watch_sees_the_task_then_each_change_and_ends_with_it(kv: Level
     task = _task()
     await store.create(task)
     seen: list[TaskState] = []
-    async for now in store.watch(task.id):
-        seen.append(now.state)
-        if now.state is TaskState.PENDING:
-            await store.transition(task.id, TaskState.RUNNING)
-        elif now.state is TaskState.RUNNING:
-            await store.transition(task.id, TaskState.COMPLETED, exit_code=0)
+    with anyio.fail_after(WATCH_LIMIT_S):  # a watch that never ends fails, not hangs
+        async for now in store.watch(task.id):
+            seen.append(now.state)
+            if now.state is TaskState.PENDING:
+                await store.transition(task.id, TaskState.RUNNING)
+            elif now.state is TaskState.RUNNING:
+                # A rewrite that changes nothing is no new state: not seen twice.
+                entry = await kv.get(f"tasks/{task.id}")
+                assert entry is not None
+                await kv.put(entry.key, entry.value)
+                await store.transition(task.id, TaskState.COMPLETED, exit_code=0)
     assert seen == [TaskState.PENDING, TaskState.RUNNING, TaskState.COMPLETED]
 
 
@@ -230,16 +239,47 @@ async def test_a_watch_of_a_finished_task_gives_it_once(kv: LevelDBKV) -> None:
     task = _task()
     await store.create(task)
     done = await store.transition(task.id, TaskState.CANCELLED)
-    assert [t async for t in store.watch(task.id)] == [done]
+    with anyio.fail_after(WATCH_LIMIT_S):
+        assert [t async for t in store.watch(task.id)] == [done]
 
 
 async def test_a_watched_task_that_is_deleted_is_not_found(kv: LevelDBKV) -> None:
     store = TaskStore(kv)
     task = _task()
     await store.create(task)
-    with pytest.raises(NotFound, match=f"^task {task.id} was deleted$"):
-        async for _ in store.watch(task.id):
-            await kv.delete(f"tasks/{task.id}")
+    with anyio.fail_after(WATCH_LIMIT_S):
+        with pytest.raises(NotFound, match=f"^task {task.id} was deleted$"):
+            async for _ in store.watch(task.id):
+                await kv.delete(f"tasks/{task.id}")
+
+
+class LateWatchKV(LevelDBKV):
+    """A KV whose watch hears nothing (as a remote KV's watch may start after a change
+    was made): a TaskStore watch must still see each change, by reading the record
+    again."""
+
+    async def watch(self, prefix: str) -> AsyncIterator[WatchEvent]:
+        await anyio.sleep_forever()
+        yield  # type: ignore[misc]  # (never reached: an async generator that waits)
+
+
+async def test_a_watch_that_hears_nothing_still_sees_each_change(tmp_path: Path) -> None:
+    kv = LateWatchKV.open(str(tmp_path / "late"))
+    try:
+        store = TaskStore(kv)
+        task = _task()
+        await store.create(task)
+        seen: list[TaskState] = []
+        with anyio.fail_after(WATCH_LIMIT_S):
+            async for now in store.watch(task.id):
+                seen.append(now.state)
+                if now.state is TaskState.PENDING:
+                    await store.transition(task.id, TaskState.RUNNING)
+                elif now.state is TaskState.RUNNING:
+                    await store.transition(task.id, TaskState.FAILED, exit_code=1)
+        assert seen == [TaskState.PENDING, TaskState.RUNNING, TaskState.FAILED]
+    finally:
+        await kv.aclose()
 
 
 # -- lost tasks ------------------------------------------------------------------------
@@ -385,6 +425,36 @@ async def test_a_wave_with_a_task_ended_elsewhere_ends_each_task_once(kv: LevelD
         await store.finish_wave(marker, [(t, Outcome(TaskState.COMPLETED, 0)) for t in tasks])
     assert (await store.get(tasks[0].id)).state is TaskState.COMPLETED
     assert await store.get(tasks[1].id) == cancelled
+
+
+async def test_a_wave_never_overwrites_a_task_another_writer_ended(kv: LevelDBKV) -> None:
+    mine, theirs = TaskStore(kv), TaskStore(kv)
+    tasks = [_task().transition(TaskState.RUNNING) for _ in range(2)]
+    marker = await mine.create_wave(tasks)
+    cancelled = await theirs.transition(tasks[1].id, TaskState.CANCELLED, reason="theirs")
+    with pytest.raises(InvalidArgument, match="cannot go from CANCELLED to COMPLETED"):
+        await mine.finish_wave(marker, [(t, Outcome(TaskState.COMPLETED, 0)) for t in tasks])
+    assert (await mine.get(tasks[0].id)).state is TaskState.COMPLETED
+    assert await mine.get(tasks[1].id) == cancelled
+
+
+async def test_a_wave_whose_records_were_rewritten_keeps_each_ending(kv: LevelDBKV) -> None:
+    store = TaskStore(kv)
+    tasks = [_task().transition(TaskState.RUNNING) for _ in range(2)]
+    marker = await store.create_wave(tasks)
+    for task in tasks:  # rewritten as they were: new versions, same records
+        entry = await kv.get(f"tasks/{task.id}")
+        assert entry is not None
+        await kv.put(entry.key, entry.value)
+    ends = [
+        (tasks[0], Outcome(TaskState.FAILED, 4, "four")),
+        (tasks[1], Outcome(TaskState.CANCELLED, None, "stopped")),
+    ]
+    done = await store.finish_wave(marker, ends)
+    got = [(t.state, t.exit_code, t.reason) for t in done]
+    assert got == [(TaskState.FAILED, 4, "four"), (TaskState.CANCELLED, None, "stopped")]
+    assert [await store.get(t.id) for t in tasks] == done
+    assert await kv.scan("active/") == []
 
 
 async def test_a_wave_another_store_wrote_is_ended_through_the_records(kv: LevelDBKV) -> None:
