@@ -28,6 +28,20 @@ settings.register_profile("mutation", max_examples=20, deadline=None)
 # Every `spear` a test starts runs its command in its own process: no warm runner (cli/
 # runner.py) is left behind by a test; tests/test_cli_runner.py starts its own.
 os.environ["SPEAR_RUNNER_IDLE_S"] = "0"
+# Under mutation testing (tools/mutation.py sets SPEAR_MUTATION_RUN) a test stopped by
+# pytest-timeout is a hang, not an assertion: the run exits as mutmut's "timeout" (the
+# status of SIGXCPU, 128 + 24), so a mutant noticed only by hanging is not counted killed.
+_MUTATION_RUN = bool(os.environ.get("SPEAR_MUTATION_RUN"))
+_MUTMUT_TIMEOUT_EXIT = 152
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> None:
+    if _MUTATION_RUN and call.excinfo is not None:
+        if str(call.excinfo.value).startswith("Timeout (>"):
+            os._exit(_MUTMUT_TIMEOUT_EXIT)
+
+
 _BUILD_CACHE = Path(os.environ.get("SPEAR_TEST_BUILD_DIR", "/tmp/spear-test-build"))
 
 

@@ -7,9 +7,10 @@
 Each module runs in a scratch copy of the repository (build/mutation/<name>/: src, tests
 and what the tests read), so mutmut's `mutants/` tree and cache never touch the work tree,
 and a module's run is resumed where it stopped when run again. mutmut runs with one
-worker (the machine is shared), the module's own tests only, and a per-mutant time
-limit (mutmut's: 15 times the tests' clean time plus a constant). What it found goes to
-docs/mutation/<name>.json (killed, survived, timed out, ...) and <name>.survivors.txt.
+worker (the machine is shared), the module's own tests only, and two time limits: mutmut's
+on CPU time (6 times the tests' clean time plus 18 s) and WALL_S seconds per test (a test
+waiting forever uses no CPU). What it found goes to docs/mutation/<name>.json (killed,
+survived, timed out, ...) and <name>.survivors.txt.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ SCRATCH = ROOT / "build" / "mutation"
 REPORTS = ROOT / "docs" / "mutation"
 # What the tests read besides src/ and tests/ (C agents' sources and headers, examples).
 COPIED = ("src", "tests", "sdk", "examples", "pyproject.toml")
+WALL_S = 30  # a test of a mutant running longer than this is taken to hang
 
 
 @dataclass(frozen=True)
@@ -74,19 +76,39 @@ TARGETS = (
     Target(
         "kv",
         ("spear/store/kv.py", "spear/store/leveldb.py"),
-        (_T + "store/test_kv_contract.py", _T + "store/test_leveldb.py"),
+        (
+            _T + "store/test_kv_contract.py",
+            _T + "store/test_leveldb.py",
+            _T + "store/test_leveldb_rules.py",
+        ),
     ),
     Target(
         "hostops",
         ("spear/runtimes/host/ops.py",),
         (
             _T + "runtimes/test_hostcalls_ops.py",
+            _T + "runtimes/test_hostops_rules.py",
             _T + "runtimes/test_hostcalls_objects.py",
             _T + "runtimes/test_hostcalls_streams.py",
             _T + "runtimes/test_hostcalls_buffers.py",
         ),
     ),
     Target("objects", ("spear/store/objects.py",), (_T + "store/test_objects.py",)),
+    Target(
+        "taskstore",
+        ("spear/core/tasks/store.py", "spear/core/tasks/codec.py"),
+        (
+            _T + "core/test_task_store.py",
+            _T + "core/test_task_codec.py",
+            _T + "core/test_run_many.py",
+        ),
+    ),
+    Target("admission", ("spear/core/tasks/admission.py",), (_T + "core/test_admission.py",)),
+    Target(
+        "auth",
+        ("spear/transport/auth.py",),
+        (_T + "transport/test_auth.py", _T + "transport/test_auth_rules.py"),
+    ),
 )
 
 
@@ -100,15 +122,17 @@ def _config(target: Target) -> str:
         'also_copy = ["sdk", "examples"]',
         f"only_mutate = {json.dumps(['src/' + m for m in target.modules])}",
         f"pytest_add_cli_args_test_selection = {json.dumps(tests)}",
-        # -p no:cacheprovider: no .pytest_cache in the copy; no per-test timeout beyond
-        # mutmut's own (a mutant that hangs is mutmut's "timeout", not a failure).
+        # -p no:cacheprovider: no .pytest_cache in the copy. mutmut's own limit is on CPU
+        # time, which a test waiting forever (a lost wake-up) never reaches: a test over
+        # WALL_S seconds makes the run exit as mutmut's "timeout" (tests/conftest.py), so
+        # a hang is neither counted killed nor left to pytest's 120 s default.
         'pytest_add_cli_args = ["-p", "no:cacheprovider", "-q", "-x",'
-        ' "--hypothesis-profile=mutation"]',
+        f' "--hypothesis-profile=mutation", "--timeout={WALL_S}"]',
         # grpc and the wasm runtime start threads: fork workers from a clean server.
         'process_isolation = "forkserver"',
         "use_git_change_detection = false",
-        "timeout_multiplier = 5.0",
-        "timeout_constant = 5.0",
+        "timeout_multiplier = 3.0",
+        "timeout_constant = 3.0",
     ]
     return "\n".join(lines) + "\n"
 
@@ -144,17 +168,35 @@ def _stats(work: Path) -> dict[str, int]:
     return data
 
 
-def run(target: Target, resume: bool = False) -> dict[str, int]:
-    work = _prepare(target, resume)
+def _not_killed(work: Path) -> list[str]:
+    """The mutants of the last run that no test killed (survived, timed out, no tests)."""
+    if not (work / "mutants").exists():
+        return []
+    out = subprocess.run(
+        [sys.executable, "-m", "mutmut", "results", "--all", "true"],
+        cwd=work,
+        capture_output=True,
+        text=True,
+    ).stdout
+    lines = (ln.strip() for ln in out.splitlines())
+    return [ln.split(":")[0] for ln in lines if ln and "killed" not in ln and ":" in ln]
+
+
+def run(target: Target, resume: bool = False, again: bool = False) -> dict[str, object]:
+    work = _prepare(target, resume or again)
     env = dict(os.environ)
     # Subprocesses the tests start (the CLI, process agents) import the mutated copy too.
     env["PYTHONPATH"] = str(work / "mutants" / "src")
+    env["SPEAR_MUTATION_RUN"] = "1"
     started = time.monotonic()
-    proc = subprocess.run(
-        [sys.executable, "-m", "mutmut", "run", "--max-children", "1"], cwd=work, env=env
-    )
-    if proc.returncode != 0:
-        raise SystemExit(f"mutmut failed on {target.name} (exit {proc.returncode})")
+    command = [sys.executable, "-m", "mutmut", "run", "--max-children", "1"]
+    # --again: the last run's mutants not killed, tried against the tests as they are now
+    # (a resumed run keeps every result it has); then whatever was never run.
+    rerun = _not_killed(work) if again else []
+    for names in ([rerun] if rerun else []) + [[]]:
+        proc = subprocess.run(command + names, cwd=work, env=env)
+        if proc.returncode != 0:
+            raise SystemExit(f"mutmut failed on {target.name} (exit {proc.returncode})")
     stats = _stats(work)
     stats["seconds"] = round(time.monotonic() - started)
     results = subprocess.run(
@@ -191,6 +233,11 @@ def main() -> None:
     parser.add_argument(
         "--resume", action="store_true", help="keep the last run's results (mutants/) and go on"
     )
+    parser.add_argument(
+        "--again",
+        action="store_true",
+        help="as --resume, but first run again the mutants the last run did not kill",
+    )
     args = parser.parse_args()
     targets = sorted(TARGETS, key=Target.size)
     if args.names:
@@ -199,7 +246,7 @@ def main() -> None:
         if args.list:
             print(f"{target.name:10} {target.size():5} lines  {' '.join(target.modules)}")  # noqa: T201
             continue
-        summary = run(target, args.resume)
+        summary = run(target, args.resume, args.again)
         print(f"{target.name}: {json.dumps(summary)}", flush=True)  # noqa: T201
 
 

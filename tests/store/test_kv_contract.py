@@ -39,9 +39,15 @@ async def open_kv(backend: str, etcd_endpoint: str) -> AsyncIterator[KV]:
             await kv.aclose()
 
 
+def _endpoint(backend: str, request: pytest.FixtureRequest) -> str:
+    # etcd is started only for the etcd cases: the LevelDB ones run without it (mutation
+    # testing runs them once per mutant, tools/mutation.py).
+    return str(request.getfixturevalue("etcd_endpoint")) if backend == "etcd" else ""
+
+
 @pytest.fixture(params=BACKENDS)
-async def kv(request: pytest.FixtureRequest, etcd_endpoint: str) -> AsyncIterator[KV]:
-    async with open_kv(request.param, etcd_endpoint) as store:
+async def kv(request: pytest.FixtureRequest) -> AsyncIterator[KV]:
+    async with open_kv(request.param, _endpoint(request.param, request)) as store:
         yield store
 
 
@@ -263,10 +269,12 @@ async def _check_against_model(kv: KV, ops: list[tuple[Any, ...]]) -> None:
 )
 @given(ops=_OPS)
 def test_cas_and_versions_follow_the_model(
-    backend: str, etcd_endpoint: str, ops: list[tuple[Any, ...]]
+    backend: str, request: pytest.FixtureRequest, ops: list[tuple[Any, ...]]
 ) -> None:
+    endpoint = _endpoint(backend, request)
+
     async def body() -> None:
-        async with open_kv(backend, etcd_endpoint) as store:
+        async with open_kv(backend, endpoint) as store:
             await _check_against_model(store, ops)
 
     asyncio.run(body())

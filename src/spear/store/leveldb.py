@@ -119,7 +119,10 @@ class LevelDBKV(KV):
             if hold:
                 kv._db = _open(path, create=True)
             else:
-                os.makedirs(path, exist_ok=True)
+                try:
+                    os.makedirs(path, exist_ok=True)
+                except OSError as exc:
+                    raise StorageError(f"cannot open the database at {path}: {exc}") from None
                 kv._with_db(lambda db: None)  # fail early if the path is unusable
             _OPEN[path] = kv
             return kv

@@ -232,11 +232,13 @@ class TaskStore:
                 owner = orjson.loads(entry.value)
             except ValueError:
                 owner = {}
+            if not isinstance(owner, dict):  # valid JSON, but not a marker: no owner
+                owner = {}
             if _owner_alive(owner):
                 continue
             ids = [name]
             if name.startswith(_WAVE):
-                tasks = owner.get("tasks") if isinstance(owner, dict) else None
+                tasks = owner.get("tasks")
                 ids = [str(t) for t in tasks] if isinstance(tasks, list) else []
             for task_id in ids:
                 try:
