@@ -372,6 +372,11 @@ class FunctionSpec(betterproto2.Message):
     process runtime: RLIMIT_NOFILE
     """
 
+    namespace: "str" = betterproto2.field(16, betterproto2.TYPE_STRING)
+    """
+    empty: "default" (docs/security.md)
+    """
+
 
 default_message_pool.register_message("spear.v1", "FunctionSpec", FunctionSpec)
 
