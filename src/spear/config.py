@@ -130,6 +130,9 @@ class Settings:
     token: str | None = dataclasses.field(default=None, repr=False)
     tls_dir: Path | None = None
     insecure: bool = False
+    # Trust, part two (docs/security.md): the namespace a client acts in (None: its
+    # token's own, else "default").
+    namespace: str | None = None
     extra: Mapping[str, Any] = dataclasses.field(default_factory=dict)
 
     def __post_init__(self) -> None:

@@ -18,6 +18,8 @@ from spear.core.artifacts import ArtifactStore
 from spear.core.node import Spearlet
 from spear.errors import InvalidArgument, ResourceExhausted, SpearError
 from spear.node.inprocess import InProcessNode
+from spear.node.namespaced import scoped
+from spear.node.quotas import QuotaFile, TaskSlots
 from spear.transport import _convert as cv
 from spear.transport._gen.pb import spearlet_pb2 as pb
 from spear.transport._gen.spear import v1
@@ -25,7 +27,7 @@ from spear.transport._status import (
     CHUNK_BYTES,
     DEFAULT_MAX_MESSAGE_BYTES,
 )
-from spear.transport.auth import check_may_run
+from spear.transport.auth import AUTH_DIR, check_may_run
 from spear.transport.serving import (
     GrpcServer,
     Security,
@@ -61,10 +63,22 @@ def _chunks(data: bytes, size: int = CHUNK_BYTES) -> list[bytes]:
 class SpearletService(v1.SpearletBase):
     """spear.v1.Spearlet: converts messages at the boundary and calls the `NodeAPI`."""
 
-    def __init__(self, api: NodeAPI, artifacts: ArtifactStore, object_max_bytes: int) -> None:
-        self.api = api
+    def __init__(
+        self,
+        api: NodeAPI,
+        artifacts: ArtifactStore,
+        object_max_bytes: int,
+        slots: TaskSlots | None = None,
+    ) -> None:
+        self.node_api = api
         self.artifacts = artifacts
         self.object_max_bytes = object_max_bytes
+        self.slots = slots
+
+    @property
+    def api(self) -> NodeAPI:
+        """The node as the call being served may see it: its namespace's part."""
+        return scoped(self.node_api, self.slots)
 
     def __mapping__(self) -> dict[str, Handler]:
         handlers = super().__mapping__()
@@ -283,6 +297,7 @@ class SpearletServer(GrpcServer):
         object_max_bytes: int = 1024**3,
         extra_services: Sequence[Any] = (),
         security: Security,
+        slots: TaskSlots | None = None,
     ) -> None:
         """`extra_services`: more grpclib handlers on the same port (e.g. SpearletPeer);
         `security`: who may call (transport/serving.py: `Security.for_data_dir(...)`)."""
@@ -290,7 +305,7 @@ class SpearletServer(GrpcServer):
         self.max_message_bytes = max_message_bytes
         reflection = reflection_services([SERVICE_NAME, "grpc.health.v1.Health"])
         super().__init__(
-            SpearletService(api, artifacts, object_max_bytes),
+            SpearletService(api, artifacts, object_max_bytes, slots),
             [*extra_services, *reflection],
             name=SERVICE_NAME,
             security=security,
@@ -323,6 +338,7 @@ async def serve_spearlet(
         object_max_bytes=settings.object_max_bytes,
         extra_services=extra_services,
         security=security,
+        slots=TaskSlots(QuotaFile(settings.data_dir / AUTH_DIR)),
     )
     api.address = await server.start(listen)
     return server
