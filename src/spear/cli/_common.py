@@ -163,7 +163,6 @@ async def connect(settings: Settings, node: str | None) -> AsyncIterator[NodeAPI
             return
     from spear.node.assembly import build_local_node
     from spear.node.inprocess import InProcessNode
-
     from spear.node.namespaced import NamespacedNode
 
     async with build_local_node(settings, hold_kv=False) as local:
