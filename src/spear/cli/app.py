@@ -217,6 +217,11 @@ def main(argv: list[str] | None = None) -> int:
     except BrokenPipeError:
         return 141
     except OSError as exc:
+        from spear.store.diskspace import no_space
+
+        full = no_space(exc)
+        if full is not None:
+            return _error(full.code, str(full), full.exit_code, json_requested())
         return _error("io", str(exc.strerror or exc), 74, json_requested())
 
 

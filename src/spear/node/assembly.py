@@ -80,9 +80,11 @@ def local_components(settings: Settings, *, hold_kv: bool = True) -> SpearletPar
     """
     from spear.core.models import Runtime
     from spear.runtimes.deferred import DeferredAgent
+    from spear.store.diskspace import Reserve
     from spear.store.leveldb import LevelDBKV
 
     prepare_data_dir(settings)
+    Reserve(settings.data_dir).keep()  # room to open the database on a full disk
     kv = LevelDBKV.open(
         str(settings.kv_path),
         hold=hold_kv,
