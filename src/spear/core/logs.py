@@ -8,6 +8,7 @@ cap (a marker line says so) while the caller's live stream, if any, still gets e
 from __future__ import annotations
 
 import contextlib
+import os
 import threading
 import time
 from typing import TYPE_CHECKING, BinaryIO
@@ -200,3 +201,46 @@ class TaskLogs:
             return b""
         except NotADirectoryError:  # pragma: no cover
             raise NotFound(f"no logs for task {task_id}") from None
+
+
+def prune_task_logs(
+    root: Path, *, max_age_s: float, max_total_bytes: int, keep: frozenset[str] = frozenset()
+) -> list[str]:
+    """Delete finished tasks' logs by policy: those untouched for `max_age_s` (0: no age
+    limit), then the oldest while all together exceed `max_total_bytes` (0: no limit).
+    Tasks in `keep` (running here) and logs written in the last minute are kept.
+    Returns the task ids whose logs went."""
+    import shutil
+
+    now = time.time()
+    found: list[tuple[float, int, str]] = []  # (last write, bytes, task id)
+    try:
+        entries = list(os.scandir(root))
+    except FileNotFoundError:
+        return []
+    for entry in entries:
+        if not entry.is_dir(follow_symlinks=False) or entry.name in keep:
+            continue
+        newest, size = entry.stat().st_mtime, 0
+        with contextlib.suppress(OSError):
+            for f in os.scandir(entry.path):
+                st = f.stat(follow_symlinks=False)
+                newest, size = max(newest, st.st_mtime), size + st.st_size
+        found.append((newest, size, entry.name))
+    found.sort()
+    total = sum(size for _, size, _ in found)
+    gone: list[str] = []
+    for newest, size, task_id in found:
+        if now - newest < _RECENT_S:
+            break  # sorted by age: every later one is recent too
+        old = max_age_s > 0 and now - newest > max_age_s
+        over = max_total_bytes > 0 and total > max_total_bytes
+        if not (old or over):
+            continue
+        shutil.rmtree(root / task_id, ignore_errors=True)
+        total -= size
+        gone.append(task_id)
+    return gone
+
+
+_RECENT_S = 60.0

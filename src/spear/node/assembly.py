@@ -95,7 +95,11 @@ def local_components(settings: Settings, *, hold_kv: bool = True) -> SpearletPar
     def wasm() -> WorkerAgent:
         from spear.runtimes.wasm.agent import WasmWorkerAgent
 
-        return WasmWorkerAgent(settings.module_cache_dir, max_threads=settings.max_concurrent_tasks)
+        return WasmWorkerAgent(
+            settings.module_cache_dir,
+            max_threads=settings.max_concurrent_tasks,
+            default_memory_bytes=settings.wasm_memory_max_bytes,
+        )
 
     def process() -> WorkerAgent:
         from spear.runtimes.process.agent import ProcessWorkerAgent
@@ -118,6 +122,7 @@ def local_components(settings: Settings, *, hold_kv: bool = True) -> SpearletPar
         objects=_object_store(settings, kv),
         streams=_streams(settings),
         models=_models(settings),
+        result_max_bytes=settings.task_result_max_bytes,
     )
     return SpearletParts(
         settings=settings,

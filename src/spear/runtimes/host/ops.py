@@ -294,6 +294,9 @@ async def obj_unpin(ctx: TaskContext, key: str) -> None:
 
 async def result_set(ctx: TaskContext, value: bytes | bytearray | memoryview) -> int:
     """Set the task's result (instead of its stdout); returns the result object's version."""
+    cap = ctx.services.result_max_bytes
+    if memoryview(value).nbytes > cap:
+        raise HostError(errno.EFBIG, f"a result is at most {cap} bytes (task_result_max_bytes)")
     key = namespaces.result_key(ctx.task.spec.namespace, ctx.task.id)
     return await _put(ctx, key, value)
 
