@@ -302,6 +302,11 @@ class WasmWorkerAgent(WorkerAgent):
         spec = task.spec
         for mapping in spec.dirs:
             if not os.path.isdir(mapping.host):
+                if os.path.exists(mapping.host):
+                    raise InvalidArgument(
+                        f"--dir: {mapping.host} is not a directory (--dir maps a directory"
+                        " into the guest; to give it one file, map the directory holding it)"
+                    )
                 raise NotFound(f"--dir: no such directory: {mapping.host}")
         flavor = self._flavor(spec.fuel is not None)
         before = _stat_key(spec.artifact)
