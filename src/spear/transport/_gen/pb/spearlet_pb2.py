@@ -24,15 +24,15 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17spear/v1/spearlet.proto\x12\x08spear.v1\"&\n\x08KeyValue\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t\")\n\nDirMapping\x12\x0c\n\x04host\x18\x01 \x01(\t\x12\r\n\x05guest\x18\x02 \x01(\t\"5\n\tResources\x12\x12\n\ncpu_millis\x18\x01 \x01(\x04\x12\x14\n\x0cmemory_bytes\x18\x02 \x01(\x04\"\xec\x03\n\x0c\x46unctionSpec\x12\x10\n\x08\x61rtifact\x18\x01 \x01(\t\x12\x0f\n\x07runtime\x18\x02 \x01(\t\x12\x0c\n\x04\x61rgs\x18\x03 \x03(\t\x12\x1f\n\x03\x65nv\x18\x04 \x03(\x0b\x32\x12.spear.v1.KeyValue\x12\"\n\x04\x64irs\x18\x05 \x03(\x0b\x32\x14.spear.v1.DirMapping\x12\r\n\x05\x65ntry\x18\x06 \x01(\t\x12&\n\tresources\x18\x07 \x01(\x0b\x32\x13.spear.v1.Resources\x12\x16\n\ttimeout_s\x18\x08 \x01(\x01H\x00\x88\x01\x01\x12\x1f\n\x12memory_limit_bytes\x18\t \x01(\x04H\x01\x88\x01\x01\x12\x11\n\x04\x66uel\x18\n \x01(\x04H\x02\x88\x01\x01\x12\"\n\x06labels\x18\x0b \x03(\x0b\x32\x12.spear.v1.KeyValue\x12\x14\n\x07workdir\x18\x0c \x01(\tH\x03\x88\x01\x01\x12\x0c\n\x04warm\x18\r \x01(\x08\x12\x17\n\ncpu_time_s\x18\x0e \x01(\x01H\x04\x88\x01\x01\x12\x17\n\nopen_files\x18\x0f \x01(\x04H\x05\x88\x01\x01\x12\x11\n\tnamespace\x18\x10 \x01(\tB\x0c\n\n_timeout_sB\x15\n\x13_memory_limit_bytesB\x07\n\x05_fuelB\n\n\x08_workdirB\r\n\x0b_cpu_time_sB\r\n\x0b_open_files\"=\n\x0bStateChange\x12\"\n\x05state\x18\x01 \x01(\x0e\x32\x13.spear.v1.TaskState\x12\n\n\x02\x61t\x18\x02 \x01(\x01\"\xe2\x02\n\x08TaskInfo\x12\n\n\x02id\x18\x01 \x01(\t\x12$\n\x04spec\x18\x02 \x01(\x0b\x32\x16.spear.v1.FunctionSpec\x12\"\n\x05state\x18\x03 \x01(\x0e\x32\x13.spear.v1.TaskState\x12\x12\n\ncreated_at\x18\x04 \x01(\x01\x12\x17\n\nstarted_at\x18\x05 \x01(\x01H\x00\x88\x01\x01\x12\x18\n\x0b\x66inished_at\x18\x06 \x01(\x01H\x01\x88\x01\x01\x12\x16\n\texit_code\x18\x07 \x01(\x05H\x02\x88\x01\x01\x12\x13\n\x06reason\x18\x08 \x01(\tH\x03\x88\x01\x01\x12\x11\n\x04node\x18\t \x01(\tH\x04\x88\x01\x01\x12\x10\n\x08\x61ttempts\x18\n \x01(\r\x12&\n\x07history\x18\x0b \x03(\x0b\x32\x15.spear.v1.StateChangeB\r\n\x0b_started_atB\x0e\n\x0c_finished_atB\x0c\n\n_exit_codeB\t\n\x07_reasonB\x07\n\x05_node\"\x96\x01\n\x11SubmitTaskRequest\x12$\n\x04spec\x18\x01 \x01(\x0b\x32\x16.spear.v1.FunctionSpec\x12\x19\n\x0f\x61rtifact_digest\x18\x02 \x01(\tH\x00\x12\x19\n\x0f\x61rtifact_object\x18\x03 \x01(\tH\x00\x12\r\n\x05stdin\x18\x04 \x01(\x0c\x12\x0c\n\x04wait\x18\x05 \x01(\x08\x42\x08\n\x06source\"@\n\x12SubmitTasksRequest\x12*\n\x05tasks\x18\x01 \x03(\x0b\x32\x1b.spear.v1.SubmitTaskRequest\"`\n\rSubmitOutcome\x12\"\n\x04task\x18\x01 \x01(\x0b\x32\x12.spear.v1.TaskInfoH\x00\x12 \n\x05\x65rror\x18\x02 \x01(\x0b\x32\x0f.spear.v1.ErrorH\x00\x42\t\n\x07outcome\"@\n\x13SubmitTasksResponse\x12)\n\x08outcomes\x18\x01 \x03(\x0b\x32\x17.spear.v1.SubmitOutcome\"&\n\x05\x45rror\x12\x0c\n\x04\x63ode\x18\x01 \x01(\t\x12\x0f\n\x07message\x18\x02 \x01(\t\"!\n\x0eGetTaskRequest\x12\x0f\n\x07task_id\x18\x01 \x01(\t\"E\n\x10ListTasksRequest\x12\"\n\x05state\x18\x01 \x01(\x0e\x32\x13.spear.v1.TaskState\x12\r\n\x05limit\x18\x02 \x01(\r\"6\n\x11ListTasksResponse\x12!\n\x05tasks\x18\x01 \x03(\x0b\x32\x12.spear.v1.TaskInfo\"#\n\x10WatchTaskRequest\x12\x0f\n\x07task_id\x18\x01 \x01(\t\"4\n\x11\x43\x61ncelTaskRequest\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\"1\n\x10GetResultRequest\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12\x0c\n\x04wait\x18\x02 \x01(\x08\"=\n\x0bResultChunk\x12 \n\x04task\x18\x01 \x01(\x0b\x32\x12.spear.v1.TaskInfo\x12\x0c\n\x04\x64\x61ta\x18\x02 \x01(\x0c\"E\n\x11StreamLogsRequest\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12\x0f\n\x07streams\x18\x02 \x03(\t\x12\x0e\n\x06\x66ollow\x18\x03 \x01(\x08\"8\n\x08LogChunk\x12\x0e\n\x06stream\x18\x01 \x01(\t\x12\x0c\n\x04\x64\x61ta\x18\x02 \x01(\x0c\x12\x0e\n\x06offset\x18\x03 \x01(\x04\"{\n\rStreamMessage\x12+\n\x06submit\x18\x01 \x01(\x0b\x32\x1b.spear.v1.SubmitTaskRequest\x12 \n\x04task\x18\x02 \x01(\x0b\x32\x12.spear.v1.TaskInfo\x12\x0c\n\x04\x64\x61ta\x18\x03 \x01(\x0c\x12\r\n\x05\x63lose\x18\x04 \x01(\x08\"I\n\rArtifactChunk\x12\x0e\n\x06\x64igest\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x0c\n\x04size\x18\x03 \x01(\x04\x12\x0c\n\x04\x64\x61ta\x18\x04 \x01(\x0c\"\x1d\n\x0b\x41rtifactRef\x12\x0e\n\x06\x64igest\x18\x01 \x01(\t\"&\n\x13HasArtifactResponse\x12\x0f\n\x07present\x18\x01 \x01(\x08\"\x14\n\x12GetNodeInfoRequest\"\xa4\x02\n\x08NodeInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05state\x18\x02 \x01(\t\x12\x0f\n\x07\x61\x64\x64ress\x18\x03 \x01(\t\x12\x0f\n\x07version\x18\x04 \x01(\t\x12\x18\n\x10wasmtime_version\x18\x05 \x01(\t\x12%\n\x08\x63\x61pacity\x18\x06 \x01(\x0b\x32\x13.spear.v1.Resources\x12!\n\x04\x66ree\x18\x07 \x01(\x0b\x32\x13.spear.v1.Resources\x12\x15\n\rrunning_tasks\x18\x08 \x01(\r\x12\x10\n\x08runtimes\x18\t \x03(\t\x12\x12\n\nstarted_at\x18\n \x01(\x01\x12\x10\n\x08\x64\x61ta_dir\x18\x0b \x01(\t\x12\x0b\n\x03pid\x18\x0c \x01(\r\x12\x19\n\x11max_message_bytes\x18\r \x01(\x04\"V\n\nObjectInfo\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x04\x12\x0c\n\x04size\x18\x03 \x01(\x04\x12\x0c\n\x04refs\x18\x04 \x01(\r\x12\x0e\n\x06pinned\x18\x05 \x01(\x08\"\x80\x01\n\x0bObjectChunk\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\x1d\n\x10\x65xpected_version\x18\x02 \x01(\x04H\x00\x88\x01\x01\x12\x0c\n\x04\x64\x61ta\x18\x03 \x01(\x0c\x12\"\n\x04info\x18\x04 \x01(\x0b\x32\x14.spear.v1.ObjectInfoB\x13\n\x11_expected_version\"\x1f\n\x10GetObjectRequest\x12\x0b\n\x03key\x18\x01 \x01(\t\"$\n\x12ListObjectsRequest\x12\x0e\n\x06prefix\x18\x01 \x01(\t\"<\n\x13ListObjectsResponse\x12%\n\x07objects\x18\x01 \x03(\x0b\x32\x14.spear.v1.ObjectInfo\"\x1f\n\x10ObjectKeyRequest\x12\x0b\n\x03key\x18\x01 \x01(\t\"\'\n\x14\x44\x65leteObjectResponse\x12\x0f\n\x07\x64\x65leted\x18\x01 \x01(\x08*\xa2\x01\n\tTaskState\x12\x1a\n\x16TASK_STATE_UNSPECIFIED\x10\x00\x12\x16\n\x12TASK_STATE_PENDING\x10\x01\x12\x16\n\x12TASK_STATE_RUNNING\x10\x02\x12\x18\n\x14TASK_STATE_COMPLETED\x10\x03\x12\x15\n\x11TASK_STATE_FAILED\x10\x04\x12\x18\n\x14TASK_STATE_CANCELLED\x10\x05\x32\x85\x0b\n\x08Spearlet\x12=\n\nSubmitTask\x12\x1b.spear.v1.SubmitTaskRequest\x1a\x12.spear.v1.TaskInfo\x12J\n\x0bSubmitTasks\x12\x1c.spear.v1.SubmitTasksRequest\x1a\x1d.spear.v1.SubmitTasksResponse\x12\x37\n\x07GetTask\x12\x18.spear.v1.GetTaskRequest\x1a\x12.spear.v1.TaskInfo\x12\x44\n\tListTasks\x12\x1a.spear.v1.ListTasksRequest\x1a\x1b.spear.v1.ListTasksResponse\x12=\n\tWatchTask\x12\x1a.spear.v1.WatchTaskRequest\x1a\x12.spear.v1.TaskInfo0\x01\x12=\n\nCancelTask\x12\x1b.spear.v1.CancelTaskRequest\x1a\x12.spear.v1.TaskInfo\x12@\n\tGetResult\x12\x1a.spear.v1.GetResultRequest\x1a\x15.spear.v1.ResultChunk0\x01\x12?\n\x07RunTask\x12\x1b.spear.v1.SubmitTaskRequest\x1a\x15.spear.v1.ResultChunk0\x01\x12?\n\nStreamLogs\x12\x1b.spear.v1.StreamLogsRequest\x1a\x12.spear.v1.LogChunk0\x01\x12\x46\n\x0e\x45xchangeStream\x12\x17.spear.v1.StreamMessage\x1a\x17.spear.v1.StreamMessage(\x01\x30\x01\x12\x42\n\x0eUploadArtifact\x12\x17.spear.v1.ArtifactChunk\x1a\x15.spear.v1.ArtifactRef(\x01\x12\x43\n\x0bHasArtifact\x12\x15.spear.v1.ArtifactRef\x1a\x1d.spear.v1.HasArtifactResponse\x12?\n\x0bGetNodeInfo\x12\x1c.spear.v1.GetNodeInfoRequest\x1a\x12.spear.v1.NodeInfo\x12:\n\tPutObject\x12\x15.spear.v1.ObjectChunk\x1a\x14.spear.v1.ObjectInfo(\x01\x12@\n\tGetObject\x12\x1a.spear.v1.GetObjectRequest\x1a\x15.spear.v1.ObjectChunk0\x01\x12J\n\x0bListObjects\x12\x1c.spear.v1.ListObjectsRequest\x1a\x1d.spear.v1.ListObjectsResponse\x12J\n\x0c\x44\x65leteObject\x12\x1a.spear.v1.ObjectKeyRequest\x1a\x1e.spear.v1.DeleteObjectResponse\x12@\n\x0c\x41\x64\x64ObjectRef\x12\x1a.spear.v1.ObjectKeyRequest\x1a\x14.spear.v1.ObjectInfo\x12\x43\n\x0fRemoveObjectRef\x12\x1a.spear.v1.ObjectKeyRequest\x1a\x14.spear.v1.ObjectInfo\x12=\n\tPinObject\x12\x1a.spear.v1.ObjectKeyRequest\x1a\x14.spear.v1.ObjectInfo\x12?\n\x0bUnpinObject\x12\x1a.spear.v1.ObjectKeyRequest\x1a\x14.spear.v1.ObjectInfob\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17spear/v1/spearlet.proto\x12\x08spear.v1\"&\n\x08KeyValue\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t\")\n\nDirMapping\x12\x0c\n\x04host\x18\x01 \x01(\t\x12\r\n\x05guest\x18\x02 \x01(\t\"5\n\tResources\x12\x12\n\ncpu_millis\x18\x01 \x01(\x04\x12\x14\n\x0cmemory_bytes\x18\x02 \x01(\x04\"\xec\x03\n\x0c\x46unctionSpec\x12\x10\n\x08\x61rtifact\x18\x01 \x01(\t\x12\x0f\n\x07runtime\x18\x02 \x01(\t\x12\x0c\n\x04\x61rgs\x18\x03 \x03(\t\x12\x1f\n\x03\x65nv\x18\x04 \x03(\x0b\x32\x12.spear.v1.KeyValue\x12\"\n\x04\x64irs\x18\x05 \x03(\x0b\x32\x14.spear.v1.DirMapping\x12\r\n\x05\x65ntry\x18\x06 \x01(\t\x12&\n\tresources\x18\x07 \x01(\x0b\x32\x13.spear.v1.Resources\x12\x16\n\ttimeout_s\x18\x08 \x01(\x01H\x00\x88\x01\x01\x12\x1f\n\x12memory_limit_bytes\x18\t \x01(\x04H\x01\x88\x01\x01\x12\x11\n\x04\x66uel\x18\n \x01(\x04H\x02\x88\x01\x01\x12\"\n\x06labels\x18\x0b \x03(\x0b\x32\x12.spear.v1.KeyValue\x12\x14\n\x07workdir\x18\x0c \x01(\tH\x03\x88\x01\x01\x12\x0c\n\x04warm\x18\r \x01(\x08\x12\x17\n\ncpu_time_s\x18\x0e \x01(\x01H\x04\x88\x01\x01\x12\x17\n\nopen_files\x18\x0f \x01(\x04H\x05\x88\x01\x01\x12\x11\n\tnamespace\x18\x10 \x01(\tB\x0c\n\n_timeout_sB\x15\n\x13_memory_limit_bytesB\x07\n\x05_fuelB\n\n\x08_workdirB\r\n\x0b_cpu_time_sB\r\n\x0b_open_files\"=\n\x0bStateChange\x12\"\n\x05state\x18\x01 \x01(\x0e\x32\x13.spear.v1.TaskState\x12\n\n\x02\x61t\x18\x02 \x01(\x01\"\xe2\x02\n\x08TaskInfo\x12\n\n\x02id\x18\x01 \x01(\t\x12$\n\x04spec\x18\x02 \x01(\x0b\x32\x16.spear.v1.FunctionSpec\x12\"\n\x05state\x18\x03 \x01(\x0e\x32\x13.spear.v1.TaskState\x12\x12\n\ncreated_at\x18\x04 \x01(\x01\x12\x17\n\nstarted_at\x18\x05 \x01(\x01H\x00\x88\x01\x01\x12\x18\n\x0b\x66inished_at\x18\x06 \x01(\x01H\x01\x88\x01\x01\x12\x16\n\texit_code\x18\x07 \x01(\x05H\x02\x88\x01\x01\x12\x13\n\x06reason\x18\x08 \x01(\tH\x03\x88\x01\x01\x12\x11\n\x04node\x18\t \x01(\tH\x04\x88\x01\x01\x12\x10\n\x08\x61ttempts\x18\n \x01(\r\x12&\n\x07history\x18\x0b \x03(\x0b\x32\x15.spear.v1.StateChangeB\r\n\x0b_started_atB\x0e\n\x0c_finished_atB\x0c\n\n_exit_codeB\t\n\x07_reasonB\x07\n\x05_node\"\x96\x01\n\x11SubmitTaskRequest\x12$\n\x04spec\x18\x01 \x01(\x0b\x32\x16.spear.v1.FunctionSpec\x12\x19\n\x0f\x61rtifact_digest\x18\x02 \x01(\tH\x00\x12\x19\n\x0f\x61rtifact_object\x18\x03 \x01(\tH\x00\x12\r\n\x05stdin\x18\x04 \x01(\x0c\x12\x0c\n\x04wait\x18\x05 \x01(\x08\x42\x08\n\x06source\"@\n\x12SubmitTasksRequest\x12*\n\x05tasks\x18\x01 \x03(\x0b\x32\x1b.spear.v1.SubmitTaskRequest\"`\n\rSubmitOutcome\x12\"\n\x04task\x18\x01 \x01(\x0b\x32\x12.spear.v1.TaskInfoH\x00\x12 \n\x05\x65rror\x18\x02 \x01(\x0b\x32\x0f.spear.v1.ErrorH\x00\x42\t\n\x07outcome\"@\n\x13SubmitTasksResponse\x12)\n\x08outcomes\x18\x01 \x03(\x0b\x32\x17.spear.v1.SubmitOutcome\"&\n\x05\x45rror\x12\x0c\n\x04\x63ode\x18\x01 \x01(\t\x12\x0f\n\x07message\x18\x02 \x01(\t\"!\n\x0eGetTaskRequest\x12\x0f\n\x07task_id\x18\x01 \x01(\t\"l\n\x10ListTasksRequest\x12\"\n\x05state\x18\x01 \x01(\x0e\x32\x13.spear.v1.TaskState\x12\r\n\x05limit\x18\x02 \x01(\r\x12\x11\n\tpage_size\x18\x03 \x01(\r\x12\x12\n\npage_token\x18\x04 \x01(\t\"O\n\x11ListTasksResponse\x12!\n\x05tasks\x18\x01 \x03(\x0b\x32\x12.spear.v1.TaskInfo\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"#\n\x10WatchTaskRequest\x12\x0f\n\x07task_id\x18\x01 \x01(\t\"4\n\x11\x43\x61ncelTaskRequest\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\"1\n\x10GetResultRequest\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12\x0c\n\x04wait\x18\x02 \x01(\x08\"=\n\x0bResultChunk\x12 \n\x04task\x18\x01 \x01(\x0b\x32\x12.spear.v1.TaskInfo\x12\x0c\n\x04\x64\x61ta\x18\x02 \x01(\x0c\"E\n\x11StreamLogsRequest\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12\x0f\n\x07streams\x18\x02 \x03(\t\x12\x0e\n\x06\x66ollow\x18\x03 \x01(\x08\"8\n\x08LogChunk\x12\x0e\n\x06stream\x18\x01 \x01(\t\x12\x0c\n\x04\x64\x61ta\x18\x02 \x01(\x0c\x12\x0e\n\x06offset\x18\x03 \x01(\x04\"{\n\rStreamMessage\x12+\n\x06submit\x18\x01 \x01(\x0b\x32\x1b.spear.v1.SubmitTaskRequest\x12 \n\x04task\x18\x02 \x01(\x0b\x32\x12.spear.v1.TaskInfo\x12\x0c\n\x04\x64\x61ta\x18\x03 \x01(\x0c\x12\r\n\x05\x63lose\x18\x04 \x01(\x08\"I\n\rArtifactChunk\x12\x0e\n\x06\x64igest\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x0c\n\x04size\x18\x03 \x01(\x04\x12\x0c\n\x04\x64\x61ta\x18\x04 \x01(\x0c\"\x1d\n\x0b\x41rtifactRef\x12\x0e\n\x06\x64igest\x18\x01 \x01(\t\"&\n\x13HasArtifactResponse\x12\x0f\n\x07present\x18\x01 \x01(\x08\"\x14\n\x12GetNodeInfoRequest\"\xa4\x02\n\x08NodeInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05state\x18\x02 \x01(\t\x12\x0f\n\x07\x61\x64\x64ress\x18\x03 \x01(\t\x12\x0f\n\x07version\x18\x04 \x01(\t\x12\x18\n\x10wasmtime_version\x18\x05 \x01(\t\x12%\n\x08\x63\x61pacity\x18\x06 \x01(\x0b\x32\x13.spear.v1.Resources\x12!\n\x04\x66ree\x18\x07 \x01(\x0b\x32\x13.spear.v1.Resources\x12\x15\n\rrunning_tasks\x18\x08 \x01(\r\x12\x10\n\x08runtimes\x18\t \x03(\t\x12\x12\n\nstarted_at\x18\n \x01(\x01\x12\x10\n\x08\x64\x61ta_dir\x18\x0b \x01(\t\x12\x0b\n\x03pid\x18\x0c \x01(\r\x12\x19\n\x11max_message_bytes\x18\r \x01(\x04\"V\n\nObjectInfo\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x04\x12\x0c\n\x04size\x18\x03 \x01(\x04\x12\x0c\n\x04refs\x18\x04 \x01(\r\x12\x0e\n\x06pinned\x18\x05 \x01(\x08\"\x80\x01\n\x0bObjectChunk\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\x1d\n\x10\x65xpected_version\x18\x02 \x01(\x04H\x00\x88\x01\x01\x12\x0c\n\x04\x64\x61ta\x18\x03 \x01(\x0c\x12\"\n\x04info\x18\x04 \x01(\x0b\x32\x14.spear.v1.ObjectInfoB\x13\n\x11_expected_version\"\x1f\n\x10GetObjectRequest\x12\x0b\n\x03key\x18\x01 \x01(\t\"K\n\x12ListObjectsRequest\x12\x0e\n\x06prefix\x18\x01 \x01(\t\x12\x11\n\tpage_size\x18\x02 \x01(\r\x12\x12\n\npage_token\x18\x03 \x01(\t\"U\n\x13ListObjectsResponse\x12%\n\x07objects\x18\x01 \x03(\x0b\x32\x14.spear.v1.ObjectInfo\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\x1f\n\x10ObjectKeyRequest\x12\x0b\n\x03key\x18\x01 \x01(\t\"\'\n\x14\x44\x65leteObjectResponse\x12\x0f\n\x07\x64\x65leted\x18\x01 \x01(\x08*\xa2\x01\n\tTaskState\x12\x1a\n\x16TASK_STATE_UNSPECIFIED\x10\x00\x12\x16\n\x12TASK_STATE_PENDING\x10\x01\x12\x16\n\x12TASK_STATE_RUNNING\x10\x02\x12\x18\n\x14TASK_STATE_COMPLETED\x10\x03\x12\x15\n\x11TASK_STATE_FAILED\x10\x04\x12\x18\n\x14TASK_STATE_CANCELLED\x10\x05\x32\x85\x0b\n\x08Spearlet\x12=\n\nSubmitTask\x12\x1b.spear.v1.SubmitTaskRequest\x1a\x12.spear.v1.TaskInfo\x12J\n\x0bSubmitTasks\x12\x1c.spear.v1.SubmitTasksRequest\x1a\x1d.spear.v1.SubmitTasksResponse\x12\x37\n\x07GetTask\x12\x18.spear.v1.GetTaskRequest\x1a\x12.spear.v1.TaskInfo\x12\x44\n\tListTasks\x12\x1a.spear.v1.ListTasksRequest\x1a\x1b.spear.v1.ListTasksResponse\x12=\n\tWatchTask\x12\x1a.spear.v1.WatchTaskRequest\x1a\x12.spear.v1.TaskInfo0\x01\x12=\n\nCancelTask\x12\x1b.spear.v1.CancelTaskRequest\x1a\x12.spear.v1.TaskInfo\x12@\n\tGetResult\x12\x1a.spear.v1.GetResultRequest\x1a\x15.spear.v1.ResultChunk0\x01\x12?\n\x07RunTask\x12\x1b.spear.v1.SubmitTaskRequest\x1a\x15.spear.v1.ResultChunk0\x01\x12?\n\nStreamLogs\x12\x1b.spear.v1.StreamLogsRequest\x1a\x12.spear.v1.LogChunk0\x01\x12\x46\n\x0e\x45xchangeStream\x12\x17.spear.v1.StreamMessage\x1a\x17.spear.v1.StreamMessage(\x01\x30\x01\x12\x42\n\x0eUploadArtifact\x12\x17.spear.v1.ArtifactChunk\x1a\x15.spear.v1.ArtifactRef(\x01\x12\x43\n\x0bHasArtifact\x12\x15.spear.v1.ArtifactRef\x1a\x1d.spear.v1.HasArtifactResponse\x12?\n\x0bGetNodeInfo\x12\x1c.spear.v1.GetNodeInfoRequest\x1a\x12.spear.v1.NodeInfo\x12:\n\tPutObject\x12\x15.spear.v1.ObjectChunk\x1a\x14.spear.v1.ObjectInfo(\x01\x12@\n\tGetObject\x12\x1a.spear.v1.GetObjectRequest\x1a\x15.spear.v1.ObjectChunk0\x01\x12J\n\x0bListObjects\x12\x1c.spear.v1.ListObjectsRequest\x1a\x1d.spear.v1.ListObjectsResponse\x12J\n\x0c\x44\x65leteObject\x12\x1a.spear.v1.ObjectKeyRequest\x1a\x1e.spear.v1.DeleteObjectResponse\x12@\n\x0c\x41\x64\x64ObjectRef\x12\x1a.spear.v1.ObjectKeyRequest\x1a\x14.spear.v1.ObjectInfo\x12\x43\n\x0fRemoveObjectRef\x12\x1a.spear.v1.ObjectKeyRequest\x1a\x14.spear.v1.ObjectInfo\x12=\n\tPinObject\x12\x1a.spear.v1.ObjectKeyRequest\x1a\x14.spear.v1.ObjectInfo\x12?\n\x0bUnpinObject\x12\x1a.spear.v1.ObjectKeyRequest\x1a\x14.spear.v1.ObjectInfob\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'spear.v1.spearlet_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_TASKSTATE']._serialized_start=3024
-  _globals['_TASKSTATE']._serialized_end=3186
+  _globals['_TASKSTATE']._serialized_start=3152
+  _globals['_TASKSTATE']._serialized_end=3314
   _globals['_KEYVALUE']._serialized_start=37
   _globals['_KEYVALUE']._serialized_end=75
   _globals['_DIRMAPPING']._serialized_start=77
@@ -58,47 +58,47 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_GETTASKREQUEST']._serialized_start=1513
   _globals['_GETTASKREQUEST']._serialized_end=1546
   _globals['_LISTTASKSREQUEST']._serialized_start=1548
-  _globals['_LISTTASKSREQUEST']._serialized_end=1617
-  _globals['_LISTTASKSRESPONSE']._serialized_start=1619
-  _globals['_LISTTASKSRESPONSE']._serialized_end=1673
-  _globals['_WATCHTASKREQUEST']._serialized_start=1675
-  _globals['_WATCHTASKREQUEST']._serialized_end=1710
-  _globals['_CANCELTASKREQUEST']._serialized_start=1712
-  _globals['_CANCELTASKREQUEST']._serialized_end=1764
-  _globals['_GETRESULTREQUEST']._serialized_start=1766
-  _globals['_GETRESULTREQUEST']._serialized_end=1815
-  _globals['_RESULTCHUNK']._serialized_start=1817
-  _globals['_RESULTCHUNK']._serialized_end=1878
-  _globals['_STREAMLOGSREQUEST']._serialized_start=1880
-  _globals['_STREAMLOGSREQUEST']._serialized_end=1949
-  _globals['_LOGCHUNK']._serialized_start=1951
-  _globals['_LOGCHUNK']._serialized_end=2007
-  _globals['_STREAMMESSAGE']._serialized_start=2009
-  _globals['_STREAMMESSAGE']._serialized_end=2132
-  _globals['_ARTIFACTCHUNK']._serialized_start=2134
-  _globals['_ARTIFACTCHUNK']._serialized_end=2207
-  _globals['_ARTIFACTREF']._serialized_start=2209
-  _globals['_ARTIFACTREF']._serialized_end=2238
-  _globals['_HASARTIFACTRESPONSE']._serialized_start=2240
-  _globals['_HASARTIFACTRESPONSE']._serialized_end=2278
-  _globals['_GETNODEINFOREQUEST']._serialized_start=2280
-  _globals['_GETNODEINFOREQUEST']._serialized_end=2300
-  _globals['_NODEINFO']._serialized_start=2303
-  _globals['_NODEINFO']._serialized_end=2595
-  _globals['_OBJECTINFO']._serialized_start=2597
-  _globals['_OBJECTINFO']._serialized_end=2683
-  _globals['_OBJECTCHUNK']._serialized_start=2686
-  _globals['_OBJECTCHUNK']._serialized_end=2814
-  _globals['_GETOBJECTREQUEST']._serialized_start=2816
-  _globals['_GETOBJECTREQUEST']._serialized_end=2847
-  _globals['_LISTOBJECTSREQUEST']._serialized_start=2849
-  _globals['_LISTOBJECTSREQUEST']._serialized_end=2885
-  _globals['_LISTOBJECTSRESPONSE']._serialized_start=2887
-  _globals['_LISTOBJECTSRESPONSE']._serialized_end=2947
-  _globals['_OBJECTKEYREQUEST']._serialized_start=2949
-  _globals['_OBJECTKEYREQUEST']._serialized_end=2980
-  _globals['_DELETEOBJECTRESPONSE']._serialized_start=2982
-  _globals['_DELETEOBJECTRESPONSE']._serialized_end=3021
-  _globals['_SPEARLET']._serialized_start=3189
-  _globals['_SPEARLET']._serialized_end=4602
+  _globals['_LISTTASKSREQUEST']._serialized_end=1656
+  _globals['_LISTTASKSRESPONSE']._serialized_start=1658
+  _globals['_LISTTASKSRESPONSE']._serialized_end=1737
+  _globals['_WATCHTASKREQUEST']._serialized_start=1739
+  _globals['_WATCHTASKREQUEST']._serialized_end=1774
+  _globals['_CANCELTASKREQUEST']._serialized_start=1776
+  _globals['_CANCELTASKREQUEST']._serialized_end=1828
+  _globals['_GETRESULTREQUEST']._serialized_start=1830
+  _globals['_GETRESULTREQUEST']._serialized_end=1879
+  _globals['_RESULTCHUNK']._serialized_start=1881
+  _globals['_RESULTCHUNK']._serialized_end=1942
+  _globals['_STREAMLOGSREQUEST']._serialized_start=1944
+  _globals['_STREAMLOGSREQUEST']._serialized_end=2013
+  _globals['_LOGCHUNK']._serialized_start=2015
+  _globals['_LOGCHUNK']._serialized_end=2071
+  _globals['_STREAMMESSAGE']._serialized_start=2073
+  _globals['_STREAMMESSAGE']._serialized_end=2196
+  _globals['_ARTIFACTCHUNK']._serialized_start=2198
+  _globals['_ARTIFACTCHUNK']._serialized_end=2271
+  _globals['_ARTIFACTREF']._serialized_start=2273
+  _globals['_ARTIFACTREF']._serialized_end=2302
+  _globals['_HASARTIFACTRESPONSE']._serialized_start=2304
+  _globals['_HASARTIFACTRESPONSE']._serialized_end=2342
+  _globals['_GETNODEINFOREQUEST']._serialized_start=2344
+  _globals['_GETNODEINFOREQUEST']._serialized_end=2364
+  _globals['_NODEINFO']._serialized_start=2367
+  _globals['_NODEINFO']._serialized_end=2659
+  _globals['_OBJECTINFO']._serialized_start=2661
+  _globals['_OBJECTINFO']._serialized_end=2747
+  _globals['_OBJECTCHUNK']._serialized_start=2750
+  _globals['_OBJECTCHUNK']._serialized_end=2878
+  _globals['_GETOBJECTREQUEST']._serialized_start=2880
+  _globals['_GETOBJECTREQUEST']._serialized_end=2911
+  _globals['_LISTOBJECTSREQUEST']._serialized_start=2913
+  _globals['_LISTOBJECTSREQUEST']._serialized_end=2988
+  _globals['_LISTOBJECTSRESPONSE']._serialized_start=2990
+  _globals['_LISTOBJECTSRESPONSE']._serialized_end=3075
+  _globals['_OBJECTKEYREQUEST']._serialized_start=3077
+  _globals['_OBJECTKEYREQUEST']._serialized_end=3108
+  _globals['_DELETEOBJECTRESPONSE']._serialized_start=3110
+  _globals['_DELETEOBJECTRESPONSE']._serialized_end=3149
+  _globals['_SPEARLET']._serialized_start=3317
+  _globals['_SPEARLET']._serialized_end=4730
 # @@protoc_insertion_point(module_scope)
