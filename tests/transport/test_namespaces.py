@@ -16,6 +16,7 @@ from spear.errors import NotFound, PermissionDenied, ResourceExhausted
 from spear.node.client import Client
 from spear.node.quotas import Quota, QuotaFile
 from spear.node.server import serve_spearlet
+from spear.transport._gen.spear import v1
 from spear.transport.auth import AUTH_DIR, Role, TokenStore, read_owner_token
 from spear.transport.channels import Credentials
 
@@ -150,3 +151,40 @@ async def test_quotas_are_refused_with_resource_exhausted(tmp_path: Path) -> Non
                 await a.put_object("b", b"x" * 600)
             await a.put_object("a", b"y" * 900)  # replacing counts the new size only
             assert [o.key for o in await a.list_objects("a")] == ["a"]
+
+
+async def test_listings_come_in_pages_so_any_history_can_be_read(tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    module = str(hello(tmp_path))
+    async with node_served(home) as (node, address):
+        ran = await node.run_many([FunctionSpec(module)] * 2300)
+        for i in range(7):
+            await node.objects.put(f"k{i}", b"v")
+        owner = read_owner_token(home)
+        assert owner is not None
+        async with client(address, owner) as c:
+            # The client asks page after page (1000 tasks each) by itself.
+            listed = await c.tasks()
+            assert [t.id for t in listed] == sorted((t.id for t in ran), reverse=True)
+            assert len(await c.tasks(limit=1500)) == 1500
+            # Pages as the wire gives them: each token picks up where the last page ended.
+            stub = c._stub
+            first = await stub.list_tasks(v1.ListTasksRequest(page_size=1000))
+            second = await stub.list_tasks(
+                v1.ListTasksRequest(page_size=1000, page_token=first.next_page_token)
+            )
+            assert len(first.tasks) == len(second.tasks) == 1000
+            assert first.tasks[-1].id > second.tasks[0].id
+            keys: list[str] = []
+            token = ""
+            while True:
+                page = await stub.list_objects(
+                    v1.ListObjectsRequest(prefix="k", page_size=3, page_token=token)
+                )
+                assert len(page.objects) <= 3
+                keys += [o.key for o in page.objects]
+                token = page.next_page_token
+                if not token:
+                    break
+            assert keys == [f"k{i}" for i in range(7)]
+            assert [o.key for o in await c.list_objects("k")] == keys

@@ -19,6 +19,7 @@ from spear.core.node import Spearlet
 from spear.errors import InvalidArgument, ResourceExhausted, SpearError
 from spear.node.inprocess import InProcessNode
 from spear.node.namespaced import scoped
+from spear.node.paging import objects_page, page_size, tasks_page
 from spear.node.quotas import QuotaFile, TaskSlots
 from spear.transport import _convert as cv
 from spear.transport._gen.pb import spearlet_pb2 as pb
@@ -149,8 +150,10 @@ class SpearletService(v1.SpearletBase):
 
     async def list_tasks(self, message: v1.ListTasksRequest) -> v1.ListTasksResponse:
         state = cv.state_from_wire(message.state)
-        found = await self.api.tasks(state, message.limit or None)
-        return v1.ListTasksResponse(tasks=[cv.task_to_wire(t) for t in found])
+        size = page_size(message.page_size, message.limit or None)
+        found, token = await tasks_page(self.api, state, size, message.page_token)
+        tasks = [cv.task_to_wire(t) for t in found]
+        return v1.ListTasksResponse(tasks=tasks, next_page_token=token)
 
     async def watch_task(self, message: v1.WatchTaskRequest) -> AsyncIterator[v1.TaskInfo]:
         async for task in self.api.watch(message.task_id):
@@ -266,8 +269,10 @@ class SpearletService(v1.SpearletBase):
             )
 
     async def list_objects(self, message: v1.ListObjectsRequest) -> v1.ListObjectsResponse:
-        found = await self.api.list_objects(message.prefix)
-        return v1.ListObjectsResponse(objects=[cv.object_to_wire(o) for o in found])
+        size = page_size(message.page_size)
+        found, token = await objects_page(self.api, message.prefix, size, message.page_token)
+        objects = [cv.object_to_wire(o) for o in found]
+        return v1.ListObjectsResponse(objects=objects, next_page_token=token)
 
     async def delete_object(self, message: v1.ObjectKeyRequest) -> v1.DeleteObjectResponse:
         return v1.DeleteObjectResponse(deleted=await self.api.delete_object(message.key))
