@@ -355,3 +355,34 @@ def test_tokens_decide_who_may_use_the_daemon(daemon: Daemon, cli: Cli, tmp_path
         lambda: stranger("tasks", "--node", daemon.address, **as_bob).returncode == 77
     )
     assert cli("token", "rm", "bob").returncode == 66
+
+
+def test_a_namespace_token_and_its_quota_on_the_command_line(
+    daemon: Daemon, cli: Cli, tmp_path: Path
+) -> None:
+    slow = str(ticker(tmp_path, 400, 50))
+    made = cli.json("token", "create", "alice", "--namespace", "team-a")
+    assert made["namespace"] == "team-a"
+    listed = {t["name"]: t for t in cli.json("token", "ls")}
+    assert listed["alice"]["namespace"] == "team-a" and listed["owner"]["namespace"] is None
+    assert cli("quota", "set", "team-a", "--tasks", "1").returncode == 0
+    assert cli.json("quota", "ls") == [{"namespace": "team-a", "tasks": 1, "object_bytes": None}]
+    alice = Cli(tmp_path / "elsewhere")
+    as_alice = {"SPEAR_TOKEN": made["token"]}
+    first = alice("submit", "--node", daemon.address, slow, **as_alice)
+    assert first.returncode == 0, first.stderr
+    over = alice("submit", "--node", daemon.address, slow, **as_alice)
+    assert over.returncode == 71
+    assert "quota of 1 unfinished tasks" in one_error_line(over.stderr)
+    # The owner, in the default namespace, does not see alice's task; named, does.
+    assert cli.json("tasks") == []
+    task_id = first.stdout.decode().strip()
+    named = cli("tasks", "--json", SPEAR_NAMESPACE="team-a")
+    assert [t["id"] for t in json.loads(named.stdout)] == [task_id]
+    # Nobody but the node writes results/: one line, exit 77.
+    forged = tmp_path / "forged.txt"
+    forged.write_bytes(b"forged")
+    refused = cli("obj", "put", f"results/{task_id}", str(forged))
+    assert refused.returncode == 77
+    assert "written only by the node" in one_error_line(refused.stderr)
+    assert alice("stop", "--node", daemon.address, task_id, **as_alice).returncode == 0

@@ -85,6 +85,26 @@ def test_pin_unpin_and_gc(cli: Cli) -> None:
     assert cli.json("obj", "gc", "--grace", "0") == {"collected": ["keep"]}
 
 
+def test_unref_says_what_it_did(cli: Cli) -> None:
+    cli("obj", "put", "shared", "-", input=b"s")
+    assert cli.json("obj", "ref", "shared")["refs"] == 1
+    assert cli.json("obj", "ref", "shared")["refs"] == 2
+    one = cli("obj", "unref", "shared")
+    assert one.returncode == 0 and b"1 refs" in one.stdout
+    last = cli("obj", "unref", "shared")
+    assert last.stdout == b"shared: last reference removed; deleted\n"
+    gone = cli("obj", "get", "shared")
+    assert gone.returncode == 66
+
+
+def test_a_dir_that_is_a_file_is_one_clear_line(cli: Cli, tmp_path: Path, hello_wasm: Path) -> None:
+    a_file = tmp_path / "notes.txt"
+    a_file.write_text("x")
+    proc = cli("run", "--dir", str(a_file), str(hello_wasm))
+    assert proc.returncode == 64
+    assert "is not a directory" in one_error_line(proc.stderr)
+
+
 def test_bad_input_is_one_error_line(cli: Cli, tmp_path: Path) -> None:
     proc = cli("obj", "get", "nope")
     assert proc.returncode == 66 and "no such object" in one_error_line(proc.stderr)

@@ -131,6 +131,18 @@ class Settings:
     token: str | None = dataclasses.field(default=None, repr=False)
     tls_dir: Path | None = None
     insecure: bool = False
+    # Trust, part two (docs/security.md): the namespace a client acts in (None: its
+    # token's own, else "default").
+    namespace: str | None = None
+    # Finished tasks' logs are deleted after this long (0: kept), and the oldest go while
+    # all logs together exceed task_logs_max_bytes (0: no limit); a daemon looks every
+    # task_log_prune_interval_s (0: never).
+    task_log_retention_s: float = 7 * 86400.0
+    task_logs_max_bytes: int = 0
+    task_log_prune_interval_s: float = 300.0
+    task_result_max_bytes: int = 64 * 1024 * 1024  # what a task may set with result_set
+    # A wasm task's linear memory unless its spec says otherwise (0: wasm's own 4 GiB).
+    wasm_memory_max_bytes: int = 1024**3
     extra: Mapping[str, Any] = dataclasses.field(default_factory=dict)
 
     def __post_init__(self) -> None:

@@ -192,6 +192,7 @@ EVERY_FIELD = FunctionSpec(
     warm=True,
     cpu_time_s=2.0,
     open_files=10,
+    namespace="team-a",
 )
 
 
@@ -213,6 +214,7 @@ def test_every_spec_field_goes_through_json_under_its_name() -> None:
         "warm": True,
         "cpu_time_s": 2.0,
         "open_files": 10,
+        "namespace": "team-a",
     }
     assert FunctionSpec.from_json(data) == EVERY_FIELD
 
@@ -230,6 +232,14 @@ def test_a_minimal_spec_record_reads_with_the_defaults() -> None:
     assert spec.resources == Resources(cpu_millis=100, memory_bytes=64 * 1024 * 1024)
     assert (spec.timeout_s, spec.memory_limit_bytes, spec.fuel, spec.workdir) == (None,) * 4
     assert (spec.labels, spec.warm, spec.cpu_time_s, spec.open_files) == ((), False, None, None)
+    assert spec.namespace == "default"
+
+
+def test_a_namespace_is_a_dns_label() -> None:
+    assert FunctionSpec("m", namespace="team-a-1").namespace == "team-a-1"
+    for bad in ("", "Team", "-a", "a-", "a/b", "a" * 64, "@ns"):
+        with pytest.raises(InvalidArgument, match="invalid namespace"):
+            FunctionSpec("m", namespace=bad)
 
 
 def test_every_task_field_goes_through_json() -> None:

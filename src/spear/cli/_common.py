@@ -163,9 +163,12 @@ async def connect(settings: Settings, node: str | None) -> AsyncIterator[NodeAPI
             return
     from spear.node.assembly import build_local_node
     from spear.node.inprocess import InProcessNode
+    from spear.node.namespaced import NamespacedNode
 
     async with build_local_node(settings, hold_kv=False) as local:
-        yield InProcessNode(local)
+        # The data dir as a client of its daemon would see it: one namespace, results/
+        # written only by the node.
+        yield NamespacedNode(InProcessNode(local), settings.namespace or "default")
 
 
 def on_node(settings: Settings, node: str | None, fn: Callable[[NodeAPI], Awaitable[Any]]) -> Any:

@@ -47,13 +47,10 @@ _COMMANDS: dict[str, tuple[str, str, str]] = {
     "cluster": ("spear.cli.cluster", "cluster_app", "A development cluster on this machine."),
     "dashboard": ("spear.cli.dashboard", "app", "Print (or open) the web dashboard's URL."),
     "token": ("spear.cli.tokens", "token_app", "Tokens this node accepts: create, ls, rm."),
-    "runner": (
-        "spear.cli.runner_cmd",
-        "runner_app",
-        "The warm runner: status, stop.",
-    ),
+    "runner": ("spear.cli.runner_cmd", "runner_app", "The warm runner: status, stop."),
+    "quota": ("spear.cli.quotas", "quota_app", "Per-namespace quotas: set, ls, rm."),
 }
-_GROUPS = ("obj", "cluster", "token", "runner")
+_GROUPS = ("obj", "cluster", "token", "runner", "quota")
 
 HELP = """spear: a serverless runtime for AI agents (WebAssembly modules and processes).
 
@@ -246,6 +243,11 @@ def main(argv: list[str] | None = None) -> int:
     except BrokenPipeError:
         return 141
     except OSError as exc:
+        from spear.store.diskspace import no_space
+
+        full = no_space(exc)
+        if full is not None:
+            return _error(full.code, str(full), full.exit_code, json_requested())
         return _error("io", str(exc.strerror or exc), 74, json_requested())
 
 

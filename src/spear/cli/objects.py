@@ -135,6 +135,14 @@ def _object_op(name: str, help: str) -> None:
             "unref": "remove_object_ref",
         }[name]
         info = on_node(settings, node, lambda api: getattr(api, method)(key))
+        if name == "unref" and info.refs == 0 and not info.pinned:
+            # The last reference gone and no pin: the store deleted the object (say so,
+            # rather than show the object as if it were still there).
+            if as_json:
+                emit_json({**info.to_json(), "deleted": True})
+            else:
+                sys.stdout.write(f"{printable(key)}: last reference removed; deleted\n")
+            return
         _print_object(info, as_json)
 
     obj_app.command(name, help=help)(command)

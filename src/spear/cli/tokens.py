@@ -30,6 +30,13 @@ token_app = typer.Typer(
 def create(
     name: Annotated[str, typer.Argument(help="Who it is for (shown in `ls` and the log).")],
     role: Annotated[str, typer.Option("--role", help="reader, submitter or admin.")] = "submitter",
+    namespace: Annotated[
+        str | None,
+        typer.Option(
+            "--namespace",
+            help="The one namespace it may act in (default: 'default'; an admin's: any).",
+        ),
+    ] = None,
     data_dir: DataDirOpt = None,
     config: ConfigOpt = None,
     as_json: JsonOpt = False,
@@ -37,9 +44,9 @@ def create(
     from spear.transport.auth import Role, TokenStore
 
     settings = load_settings(data_dir, config)
-    token = TokenStore(settings.data_dir).issue(name, Role.parse(role))
+    token = TokenStore(settings.data_dir).issue(name, Role.parse(role), namespace)
     if as_json:
-        emit_json({"name": name, "role": role.lower(), "token": token})
+        emit_json({"name": name, "role": role.lower(), "namespace": namespace, "token": token})
     else:
         sys.stdout.write(token + "\n")
 
@@ -55,10 +62,11 @@ def list_tokens(
     if as_json:
         emit_json([t.to_json() for t in found])
         return
-    sys.stdout.write(f"{'ID':<10}{'ROLE':<11}{'CREATED':<21}NAME\n")
+    sys.stdout.write(f"{'ID':<10}{'ROLE':<11}{'NAMESPACE':<16}{'CREATED':<21}NAME\n")
     for t in found:
         created = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(t.created_at))
-        sys.stdout.write(f"{t.id:<10}{t.role.name.lower():<11}{created:<21}{t.name}\n")
+        space = t.namespace or "*"
+        sys.stdout.write(f"{t.id:<10}{t.role.name.lower():<11}{space:<16}{created:<21}{t.name}\n")
 
 
 @token_app.command("rm", help="Revoke a token by id, or every token with this name.")

@@ -10,6 +10,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+from spear.core.namespaces import check_name as check_namespace
 from spear.errors import InvalidArgument
 
 # The node API's object values are the store's own type (one ObjectInfo, light module).
@@ -144,6 +145,7 @@ class FunctionSpec:
     warm: bool = False
     cpu_time_s: float | None = None  # process runtime: RLIMIT_CPU
     open_files: int | None = None  # process runtime: RLIMIT_NOFILE
+    namespace: str = "default"  # core/namespaces.py
 
     def __post_init__(self) -> None:
         if not self.artifact:
@@ -162,10 +164,14 @@ class FunctionSpec:
             if not name or "=" in name:
                 raise InvalidArgument(f"invalid environment variable name {name!r}")
         _check_text(self)
+        if self.namespace != "default":
+            check_namespace(self.namespace)
 
     def to_json(self) -> dict[str, Any]:
         data = dataclasses.asdict(self)
         data["runtime"] = self.runtime.value
+        if self.namespace == "default":  # a record as it was before namespaces
+            del data["namespace"]
         return data
 
     @classmethod
@@ -187,6 +193,7 @@ class FunctionSpec:
                 warm=bool(data.get("warm", False)),
                 cpu_time_s=data.get("cpu_time_s"),
                 open_files=data.get("open_files"),
+                namespace=data.get("namespace", "default"),
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise InvalidArgument(f"malformed function spec: {exc}") from exc

@@ -3,19 +3,21 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 from enum import StrEnum
 from typing import TYPE_CHECKING, Any, Self
 
 import anyio
 
 from spear._logging import logger
+from spear.core.logs import prune_task_logs
 from spear.core.results import serving_objects
 from spear.core.tasks import TaskController, TaskStore
 from spear.core.worker import NodeServices
 from spear.errors import Unavailable
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Mapping, Sequence
+    from collections.abc import AsyncIterator, Callable, Mapping, Sequence
     from types import TracebackType
 
     from anyio.abc import TaskGroup
@@ -81,6 +83,7 @@ class Spearlet:
                 await stack.enter_async_context(objects)
             for service in self.services.with_background_work():  # streams, models
                 await stack.enter_async_context(service.serve_node(self, self._tg))
+            await stack.enter_async_context(self._pruning_logs(self._tg))
             lost = await self.tasks_store.recover_lost()
             if lost:
                 logger.warning("marked {} unfinished task(s) of dead processes as lost", len(lost))
@@ -91,6 +94,46 @@ class Spearlet:
         self._stack = stack
         self.state = NodeState.RUNNING
         logger.debug("node {} started", self.name)
+
+    @contextlib.asynccontextmanager
+    async def _pruning_logs(self, task_group: TaskGroup) -> AsyncIterator[None]:
+        """While the node runs: finished tasks' logs pruned by policy."""
+        scope = anyio.CancelScope()
+
+        async def prune() -> None:
+            with scope:
+                await self._prune_logs_forever()
+
+        task_group.start_soon(prune)
+        try:
+            yield
+        finally:
+            scope.cancel()
+
+    async def _prune_logs_forever(self) -> None:
+        """Finished tasks' logs deleted by the retention policy (core/logs.py); the first
+        look is one interval after the start, so short CLI commands never pay for it."""
+        every = self.settings.task_log_prune_interval_s
+        if every <= 0:
+            return
+        while True:
+            await anyio.sleep(every)
+            running = frozenset(self.controller._running.runs)  # (core's own: the live runs)
+            try:
+                gone = await anyio.to_thread.run_sync(
+                    functools.partial(
+                        prune_task_logs,
+                        self.settings.tasks_log_dir,
+                        max_age_s=self.settings.task_log_retention_s,
+                        max_total_bytes=self.settings.task_logs_max_bytes,
+                        keep=running,
+                    )
+                )
+            except OSError as exc:
+                logger.warning("pruning task logs failed: {}", exc)
+                continue
+            if gone:
+                logger.info("deleted the logs of {} finished task(s) by policy", len(gone))
 
     async def shutdown(self, reason: str = "node stopped") -> None:
         """Stop the node; running tasks are interrupted and marked. Safe to call twice."""

@@ -12,7 +12,8 @@ import contextlib
 from typing import TYPE_CHECKING
 
 from spear._logging import logger
-from spear.errors import SpearError
+from spear.core.namespaces import DEFAULT, result_key
+from spear.errors import Conflict, ResourceExhausted, SpearError
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator
@@ -20,6 +21,7 @@ if TYPE_CHECKING:
     from anyio.abc import TaskGroup
 
     from spear.core.logs import TaskLogs
+    from spear.core.models import Task
     from spear.core.node import Spearlet
     from spear.core.tasks import TasksFinished
     from spear.store.objects import ObjectStore
@@ -36,10 +38,29 @@ class TaskResults:
         tasks = finished.tasks
         try:
             await self._store.release_holders([t.id for t in tasks])
-            await self._store.store_results([(t.id, self._logs.stdout_file(t.id)) for t in tasks])
+            plain = [t for t in tasks if t.spec.namespace == DEFAULT]
+            await self._store.store_results([(t.id, self._logs.stdout_file(t.id)) for t in plain])
+            for task in tasks:
+                if task.spec.namespace != DEFAULT:
+                    await self._store_in_namespace(task)
         except SpearError as exc:  # the tasks are over either way; say why there is no result
             ids = ", ".join(t.id for t in tasks)
             logger.warning("task(s) {}: references or result not stored: {}", ids, exc)
+
+    async def _store_in_namespace(self, task: Task) -> None:
+        """A result kept in its task's namespace (core/namespaces.py): the store's own
+        `store_result`, at the namespace's key."""
+        key = result_key(task.spec.namespace, task.id)
+        stdout = self._logs.stdout_file(task.id)
+        try:
+            if stdout is not None:
+                await self._store.put_file(key, stdout, expected_version=0)
+            else:
+                await self._store.put(key, b"", expected_version=0)
+        except Conflict:
+            pass  # set explicitly by the task
+        except ResourceExhausted as exc:
+            logger.warning("task {}: result not stored: {}", task.id, exc)
 
 
 @contextlib.asynccontextmanager

@@ -340,10 +340,10 @@ class TaskStream:
 
     async def result(self) -> bytes:
         """Wait for the task to end; its result (what it set, else its stdout)."""
-        from spear.store.objects import result_key
+        from spear.core.namespaces import result_key
 
-        await self.wait()
-        value, _ = await self._node.objects.get(result_key(self.id))
+        task = await self.wait()
+        value, _ = await self._node.objects.get(result_key(task.spec.namespace, self.id))
         return bytes(value)
 
     async def cancel(self, reason: str = "cancelled") -> Task:

@@ -93,6 +93,7 @@ class NodeServices:
     # A spear.models.router.ModelRouter; typed Any because the models package imports
     # core, and core imports no package that imports it back.
     models: Any = None
+    result_max_bytes: int = 64 * 1024 * 1024  # what a task may set as its result
 
     def with_background_work(self) -> tuple[Any, ...]:
         """The services with a `serve_node` context (the object store is served by

@@ -80,9 +80,11 @@ def local_components(settings: Settings, *, hold_kv: bool = True) -> SpearletPar
     """
     from spear.core.models import Runtime
     from spear.runtimes.deferred import DeferredAgent
+    from spear.store.diskspace import Reserve
     from spear.store.leveldb import LevelDBKV
 
     prepare_data_dir(settings)
+    Reserve(settings.data_dir).keep()  # room to open the database on a full disk
     kv = LevelDBKV.open(
         str(settings.kv_path),
         hold=hold_kv,
@@ -93,7 +95,11 @@ def local_components(settings: Settings, *, hold_kv: bool = True) -> SpearletPar
     def wasm() -> WorkerAgent:
         from spear.runtimes.wasm.agent import WasmWorkerAgent
 
-        return WasmWorkerAgent(settings.module_cache_dir, max_threads=settings.max_concurrent_tasks)
+        return WasmWorkerAgent(
+            settings.module_cache_dir,
+            max_threads=settings.max_concurrent_tasks,
+            default_memory_bytes=settings.wasm_memory_max_bytes,
+        )
 
     def process() -> WorkerAgent:
         from spear.runtimes.process.agent import ProcessWorkerAgent
@@ -116,6 +122,7 @@ def local_components(settings: Settings, *, hold_kv: bool = True) -> SpearletPar
         objects=_object_store(settings, kv),
         streams=_streams(settings),
         models=_models(settings),
+        result_max_bytes=settings.task_result_max_bytes,
     )
     return SpearletParts(
         settings=settings,

@@ -326,10 +326,19 @@ class Client(AsyncResource):
             return cv.task_from_wire(await self._stub.get_task(v1.GetTaskRequest(task_id=task_id)))
 
     async def tasks(self, state: TaskState | None = None, limit: int | None = None) -> list[Task]:
-        request = v1.ListTasksRequest(state=cv.state_to_wire(state), limit=limit or 0)
-        with self._errors():
-            answer = await self._stub.list_tasks(request)
-        return [cv.task_from_wire(t) for t in answer.tasks]
+        found: list[Task] = []
+        token = ""
+        while True:  # page after page (node/paging.py): any history fits
+            left = 0 if limit is None else limit - len(found)
+            request = v1.ListTasksRequest(
+                state=cv.state_to_wire(state), limit=left, page_token=token
+            )
+            with self._errors():
+                answer = await self._stub.list_tasks(request)
+            found.extend(cv.task_from_wire(t) for t in answer.tasks)
+            token = answer.next_page_token
+            if not token or (limit is not None and len(found) >= limit):
+                return found if limit is None else found[:limit]
 
     async def watch(self, task_id: str) -> AsyncIterator[Task]:
         with self._errors():
@@ -427,9 +436,16 @@ class Client(AsyncResource):
         return b"".join(parts), info
 
     async def list_objects(self, prefix: str = "") -> list[ObjectInfo]:
-        with self._errors():
-            answer = await self._stub.list_objects(v1.ListObjectsRequest(prefix=prefix))
-        return [cv.object_from_wire(o) for o in answer.objects]
+        found: list[ObjectInfo] = []
+        token = ""
+        while True:  # page after page (node/paging.py)
+            request = v1.ListObjectsRequest(prefix=prefix, page_token=token)
+            with self._errors():
+                answer = await self._stub.list_objects(request)
+            found.extend(cv.object_from_wire(o) for o in answer.objects)
+            token = answer.next_page_token
+            if not token:
+                return found
 
     async def delete_object(self, key: str) -> bool:
         with self._errors():

@@ -90,7 +90,7 @@ class InProcessNode:
 
     async def call(self, spec: FunctionSpec, *, stdin: bytes | None = None) -> TaskResult:
         task = await self.run(spec, stdin=stdin)
-        return TaskResult(task, await self._output(task.id))
+        return TaskResult(task, await self._output(task))
 
     @contextlib.asynccontextmanager
     async def start_task(
@@ -143,20 +143,20 @@ class InProcessNode:
         task = await (self.wait(task_id) if wait else self.node.task(task_id))
         if not task.state.terminal:
             raise Unavailable(f"task {task_id} has not finished (it is {task.state.value})")
-        return TaskResult(task, await self._output(task_id))
+        return TaskResult(task, await self._output(task))
 
-    async def _output(self, task_id: str) -> bytes:
+    async def _output(self, task: Task) -> bytes:
         """A finished task's result: what it set, else its stdout."""
         store = self.node.services.objects
         if store is not None:  # what the task set as its result, else its stdout (seed §6)
-            from spear.store.objects import result_key
+            from spear.core.namespaces import result_key
 
             try:
-                value, _ = await store.get(result_key(task_id))
+                value, _ = await store.get(result_key(task.spec.namespace, task.id))
                 return bytes(value)
             except NotFound:
                 pass  # not stored (yet: the node stores it just after the task ends)
-        path = str(self.node.logs.path(task_id, "stdout"))
+        path = str(self.node.logs.path(task.id, "stdout"))
         output: bytes = await anyio.to_thread.run_sync(_read_at, path, 0, -1)
         return output
 

@@ -18,6 +18,9 @@ from spear.core.artifacts import ArtifactStore
 from spear.core.node import Spearlet
 from spear.errors import InvalidArgument, ResourceExhausted, SpearError
 from spear.node.inprocess import InProcessNode
+from spear.node.namespaced import scoped
+from spear.node.paging import objects_page, page_size, tasks_page
+from spear.node.quotas import QuotaFile, TaskSlots
 from spear.transport import _convert as cv
 from spear.transport._gen.pb import spearlet_pb2 as pb
 from spear.transport._gen.spear import v1
@@ -25,7 +28,7 @@ from spear.transport._status import (
     CHUNK_BYTES,
     DEFAULT_MAX_MESSAGE_BYTES,
 )
-from spear.transport.auth import check_may_run
+from spear.transport.auth import AUTH_DIR, check_may_run
 from spear.transport.serving import (
     GrpcServer,
     Security,
@@ -61,10 +64,22 @@ def _chunks(data: bytes, size: int = CHUNK_BYTES) -> list[bytes]:
 class SpearletService(v1.SpearletBase):
     """spear.v1.Spearlet: converts messages at the boundary and calls the `NodeAPI`."""
 
-    def __init__(self, api: NodeAPI, artifacts: ArtifactStore, object_max_bytes: int) -> None:
-        self.api = api
+    def __init__(
+        self,
+        api: NodeAPI,
+        artifacts: ArtifactStore,
+        object_max_bytes: int,
+        slots: TaskSlots | None = None,
+    ) -> None:
+        self.node_api = api
         self.artifacts = artifacts
         self.object_max_bytes = object_max_bytes
+        self.slots = slots
+
+    @property
+    def api(self) -> NodeAPI:
+        """The node as the call being served may see it: its namespace's part."""
+        return scoped(self.node_api, self.slots)
 
     def __mapping__(self) -> dict[str, Handler]:
         handlers = super().__mapping__()
@@ -135,8 +150,10 @@ class SpearletService(v1.SpearletBase):
 
     async def list_tasks(self, message: v1.ListTasksRequest) -> v1.ListTasksResponse:
         state = cv.state_from_wire(message.state)
-        found = await self.api.tasks(state, message.limit or None)
-        return v1.ListTasksResponse(tasks=[cv.task_to_wire(t) for t in found])
+        size = page_size(message.page_size, message.limit or None)
+        found, token = await tasks_page(self.api, state, size, message.page_token)
+        tasks = [cv.task_to_wire(t) for t in found]
+        return v1.ListTasksResponse(tasks=tasks, next_page_token=token)
 
     async def watch_task(self, message: v1.WatchTaskRequest) -> AsyncIterator[v1.TaskInfo]:
         async for task in self.api.watch(message.task_id):
@@ -252,8 +269,10 @@ class SpearletService(v1.SpearletBase):
             )
 
     async def list_objects(self, message: v1.ListObjectsRequest) -> v1.ListObjectsResponse:
-        found = await self.api.list_objects(message.prefix)
-        return v1.ListObjectsResponse(objects=[cv.object_to_wire(o) for o in found])
+        size = page_size(message.page_size)
+        found, token = await objects_page(self.api, message.prefix, size, message.page_token)
+        objects = [cv.object_to_wire(o) for o in found]
+        return v1.ListObjectsResponse(objects=objects, next_page_token=token)
 
     async def delete_object(self, message: v1.ObjectKeyRequest) -> v1.DeleteObjectResponse:
         return v1.DeleteObjectResponse(deleted=await self.api.delete_object(message.key))
@@ -283,6 +302,7 @@ class SpearletServer(GrpcServer):
         object_max_bytes: int = 1024**3,
         extra_services: Sequence[Any] = (),
         security: Security,
+        slots: TaskSlots | None = None,
     ) -> None:
         """`extra_services`: more grpclib handlers on the same port (e.g. SpearletPeer);
         `security`: who may call (transport/serving.py: `Security.for_data_dir(...)`)."""
@@ -290,7 +310,7 @@ class SpearletServer(GrpcServer):
         self.max_message_bytes = max_message_bytes
         reflection = reflection_services([SERVICE_NAME, "grpc.health.v1.Health"])
         super().__init__(
-            SpearletService(api, artifacts, object_max_bytes),
+            SpearletService(api, artifacts, object_max_bytes, slots),
             [*extra_services, *reflection],
             name=SERVICE_NAME,
             security=security,
@@ -323,6 +343,7 @@ async def serve_spearlet(
         object_max_bytes=settings.object_max_bytes,
         extra_services=extra_services,
         security=security,
+        slots=TaskSlots(QuotaFile(settings.data_dir / AUTH_DIR)),
     )
     api.address = await server.start(listen)
     return server

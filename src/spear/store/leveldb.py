@@ -22,13 +22,16 @@ import os
 import random
 import threading
 import time
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import anyio.to_thread
 import plyvel
 
+from spear._logging import logger
 from spear._loopstate import ready_count
-from spear.errors import StorageBusy, StorageError
+from spear.errors import ResourceExhausted, StorageBusy, StorageError
+from spear.store import diskspace
 from spear.store.kv import KV, Entry, EventKind, WatchEvent, Write
 
 if TYPE_CHECKING:
@@ -64,15 +67,27 @@ def _decode(raw: bytes) -> tuple[int, bytes]:
     return int.from_bytes(raw[:_VERSION_BYTES], "big"), raw[_VERSION_BYTES:]
 
 
-def _open(path: str, create: bool) -> Any:
+def _open(path: str, create: bool, *, reserved: bool = True) -> Any:
     try:
         return plyvel.DB(path, create_if_missing=create)
     except plyvel.IOError as exc:
         if b"lock" in str(exc).encode() or "lock" in str(exc):
             raise StorageBusy(f"the database at {path} is in use by another process") from exc
-        raise StorageError(f"cannot open the database at {path}: {exc}") from exc
+        if reserved and diskspace.is_no_space(exc):
+            # Opening writes (a new log, the manifest): the data dir's reserve gives it
+            # the room to, so that reading goes on while the owner frees space.
+            reserve = diskspace.Reserve(Path(path).parent)
+            if reserve.release():
+                logger.warning("the disk of {} is full: its reserve was given back", path)
+                return _open(path, create, reserved=False)
+        full = diskspace.no_space(exc, f"the database at {path}")
+        raise full or StorageError(f"cannot open the database at {path}: {exc}") from exc
     except plyvel.Error as exc:
         raise StorageError(f"cannot open the database at {path}: {exc}") from exc
+
+
+def _database_error(exc: Exception) -> StorageError | ResourceExhausted:
+    return diskspace.no_space(exc, "the database") or StorageError(f"database error: {exc}")
 
 
 class LevelDBKV(KV):
@@ -202,12 +217,12 @@ class LevelDBKV(KV):
                 try:
                     return fn(self._db)
                 except plyvel.Error as exc:
-                    raise StorageError(f"database error: {exc}") from exc
+                    raise _database_error(exc) from exc
         with self._lock, self._db_handle() as db:
             try:
                 return fn(db)
             except plyvel.Error as exc:
-                raise StorageError(f"database error: {exc}") from exc
+                raise _database_error(exc) from exc
 
     async def _run(self, fn: Callable[[Any], T]) -> T:
         if self._hold:
@@ -299,7 +314,7 @@ class LevelDBKV(KV):
                 try:
                     self._write_batch(self._db, self._rev or 0, staged)
                 except plyvel.Error as exc:
-                    error = StorageError(f"database error: {exc}")
+                    error = _database_error(exc)
                     self._rev = None  # read it back: the revisions handed out were not written
                 else:
                     self._keep_recent(staged)

@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
+from spear.core.namespaces import check_name as check_namespace
 from spear.errors import InvalidArgument, NotFound, PermissionDenied, Unauthenticated
 
 if TYPE_CHECKING:
@@ -67,6 +68,8 @@ class Principal:
     name: str
     role: Role
     via: str  # "token", "certificate" or "local"
+    # The one namespace it may act in; None: any it names (admins, cluster members).
+    namespace: str | None = None
 
 
 # The principal of the call being served (set by the call guard, read by services that
@@ -74,6 +77,12 @@ class Principal:
 current_principal: contextvars.ContextVar[Principal | None] = contextvars.ContextVar(
     "spear_principal", default=None
 )
+# The namespace the call acts in (node/namespaced.py scopes the node to it); None: the
+# whole node, unscoped (a cluster member that named none, or no authentication at all).
+current_namespace: contextvars.ContextVar[str | None] = contextvars.ContextVar(
+    "spear_namespace", default=None
+)
+NAMESPACE_KEY = "spear-namespace"
 
 _SPEARLET = "/spear.v1.Spearlet/"
 _PEER = "/spear.v1.SpearletPeer/"
@@ -159,6 +168,7 @@ class TokenInfo:
     name: str
     role: Role
     created_at: float
+    namespace: str | None = None  # None: any namespace (admin tokens only)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -166,7 +176,21 @@ class TokenInfo:
             "name": self.name,
             "role": self.role.name.lower(),
             "created_at": self.created_at,
+            "namespace": self.namespace,
         }
+
+    @classmethod
+    def from_record(cls, r: Mapping[str, Any]) -> TokenInfo:
+        role = Role.parse(r["role"])
+        return cls(r["id"], r["name"], role, r["created_at"], token_namespace(r, role))
+
+
+def token_namespace(record: Mapping[str, Any], role: Role) -> str | None:
+    """The namespace a token record is bound to: its own, else `default` (admins: any)."""
+    namespace = record.get("namespace")
+    if namespace is None and role < Role.ADMIN:
+        return "default"
+    return None if namespace is None else str(namespace)
 
 
 class TokenStore:
@@ -217,7 +241,8 @@ class TokenStore:
         record = self._records.get(token_id)
         if record is None or not hmac.compare_digest(_digest(secret), record["sha256"]):
             return None
-        principal = Principal(record["name"], Role.parse(record["role"]), "token")
+        role = Role.parse(record["role"])
+        principal = Principal(record["name"], role, "token", token_namespace(record, role))
         if len(self._verified) < 10_000:
             self._verified[token] = principal
         return principal
@@ -225,7 +250,7 @@ class TokenStore:
     def tokens(self) -> list[TokenInfo]:
         self._load()
         return [
-            TokenInfo(r["id"], r["name"], Role.parse(r["role"]), r["created_at"])
+            TokenInfo.from_record(r)
             for r in sorted(self._records.values(), key=lambda r: r["created_at"])
         ]
 
@@ -237,8 +262,9 @@ class TokenStore:
         self._mtime = None  # read back on next use
         self._verified = {}
 
-    def issue(self, name: str, role: Role) -> str:
-        """A new token for `name` with `role`; the secret is returned once, never stored."""
+    def issue(self, name: str, role: Role, namespace: str | None = None) -> str:
+        """A new token for `name` with `role`, acting only in `namespace` (None: `default`,
+        or any for an admin); the secret is returned once, never stored."""
         if role is Role.NODE:
             raise InvalidArgument("cluster members authenticate with certificates, not tokens")
         if not name or len(name) > 128 or not name.isprintable():
@@ -255,6 +281,8 @@ class TokenStore:
             "sha256": _digest(secret),
             "created_at": time.time(),
         }
+        if namespace is not None:
+            self._records[token_id]["namespace"] = check_namespace(namespace)
         self._save()
         return f"{TOKEN_PREFIX}{token_id}_{secret}"
 
@@ -267,7 +295,7 @@ class TokenStore:
         for r in gone:
             del self._records[r["id"]]
         self._save()
-        return [TokenInfo(r["id"], r["name"], Role.parse(r["role"]), r["created_at"]) for r in gone]
+        return [TokenInfo.from_record(r) for r in gone]
 
     def owner_token(self) -> str:
         """The node owner's admin token (`DATA/auth/owner.token`), made on first use."""
@@ -335,6 +363,24 @@ class Authorizer:
             )
         return principal
 
+    def namespace(self, principal: Principal | None, metadata: Mapping[str, Any]) -> str | None:
+        """The namespace the call acts in: the one it names (`spear-namespace` metadata),
+        which a bound principal must be bound to, else the principal's own, else
+        `default`; None (the whole node) for a cluster member that names none."""
+        asked = metadata.get(NAMESPACE_KEY)
+        if isinstance(asked, bytes):
+            asked = asked.decode("latin-1")
+        if asked:
+            check_namespace(str(asked))
+        if principal is None or principal.role is Role.NODE:
+            return str(asked) if asked else None
+        bound = principal.namespace
+        if asked and bound is not None and asked != bound:
+            raise PermissionDenied(
+                f"{principal.name} may act only in namespace {bound!r}, not {asked!r}"
+            )
+        return str(asked or bound or "default")
+
     def authenticate(self, metadata: Mapping[str, Any], peer: Any) -> Principal:
         name = certificate_name(peer)
         if name is not None:
@@ -363,6 +409,9 @@ def install(server: Any, authorizer: Authorizer) -> None:
     async def on_request(event: RecvRequest) -> None:
         try:
             principal = authorizer.authorize(event.method_name, event.metadata, event.peer)
+            namespace = authorizer.namespace(principal, event.metadata)
+        except InvalidArgument as exc:
+            raise GRPCError(Status.INVALID_ARGUMENT, str(exc)) from None
         except PermissionDenied as exc:
             status = (
                 Status.UNAUTHENTICATED
@@ -372,17 +421,22 @@ def install(server: Any, authorizer: Authorizer) -> None:
             logger.info("refused {}: {}", event.method_name, exc)
             raise GRPCError(status, str(exc)) from None
         current_principal.set(principal)
+        current_namespace.set(namespace)
 
     listen(server, RecvRequest, on_request)
 
 
-def attach_token(channel: Any, token: str) -> None:
-    """Send `token` with every call made on `channel`."""
+def attach_token(channel: Any, token: str | None, namespace: str | None = None) -> None:
+    """Send `token` (and the `namespace` to act in) with every call made on `channel`."""
     from grpclib.events import SendRequest, listen
 
-    value = f"Bearer {token}"
+    headers: dict[str, str] = {}
+    if token:
+        headers[METADATA_KEY] = f"Bearer {token}"
+    if namespace:
+        headers[NAMESPACE_KEY] = check_namespace(namespace)
 
     async def on_send(event: SendRequest) -> None:
-        event.metadata[METADATA_KEY] = value
+        event.metadata.update(headers)
 
     listen(channel, SendRequest, on_send)

@@ -28,6 +28,7 @@ class Credentials:
 
     token: str | None = None
     tls: TlsFiles | None = None
+    namespace: str | None = None  # the namespace to act in (None: the token's own)
 
     @classmethod
     def for_settings(cls, settings: Settings, *, member: bool = False) -> Credentials:
@@ -42,7 +43,7 @@ class Credentials:
             token = read_owner_token(settings.data_dir)
         tls_dir = settings.tls_files_dir
         tls = TlsFiles(tls_dir) if (tls_dir / CA_CERT).is_file() else None
-        return cls(token=token, tls=tls)
+        return cls(token=token, tls=tls, namespace=settings.namespace)
 
     def ssl_context(self) -> ssl.SSLContext | None:
         if self.tls is None:
@@ -68,8 +69,8 @@ def open_channel(
         ssl=credentials.ssl_context(),
     )
     listen_for_error_codes(channel)
-    if credentials.token:
-        attach_token(channel, credentials.token)
+    if credentials.token or credentials.namespace:
+        attach_token(channel, credentials.token, credentials.namespace)
     return channel
 
 

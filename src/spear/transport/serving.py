@@ -14,6 +14,7 @@ from grpclib.exceptions import GRPCError, StreamTerminatedError
 
 from spear._logging import logger
 from spear.errors import InvalidArgument, SpearError
+from spear.store.diskspace import no_space
 from spear.transport._status import (
     DEFAULT_MAX_MESSAGE_BYTES,
     ERROR_CODE_KEY,
@@ -93,6 +94,15 @@ def guard(
             outcome = "client gone"
             raise
         except Exception as exc:  # a bug: one failed call, logged; the node serves on
+            full = no_space(exc)
+            if full is not None:  # a full disk is a limit reached, not a bug
+                outcome = full.code
+                await stream.send_trailing_metadata(
+                    status=status_for(full),
+                    status_message=str(full),
+                    metadata={ERROR_CODE_KEY: full.code},
+                )
+                return
             outcome = "internal"
             logger.exception("rpc {} failed", name)
             if not stream._send_trailing_metadata_done:  # (no public way to ask)

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 from spear.core.models import TaskState
 from spear.core.tasks.hooks import TasksFinished
 from spear.core.worker import EXIT_LOST, Outcome, TaskContext
-from spear.errors import SpearError
+from spear.errors import ResourceExhausted, SpearError
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Mapping, Sequence
@@ -27,6 +27,8 @@ if TYPE_CHECKING:
     from spear.core.worker import Execution, ExecutionControl, NodeServices, WorkerAgent
 
 STOPPED = "node stopped while the task ran"  # the reason of a task the node left running
+# The reason of a task stopped because its output filled the disk (core/logs.py).
+NO_SPACE = "no space left on device: the task's output filled the disk (its log was released)"
 _UNFINISHED = frozenset({TaskState.PENDING, TaskState.RUNNING})
 
 
@@ -35,10 +37,18 @@ def failure(exc: SpearError) -> Outcome:
     return Outcome(TaskState.FAILED, exc.exit_code, str(exc))
 
 
+def _filled(outcome: Outcome) -> Outcome:
+    """A task stopped because the disk filled failed (it did not choose to stop)."""
+    if outcome.reason == NO_SPACE:
+        return Outcome(TaskState.FAILED, ResourceExhausted.exit_code, NO_SPACE)
+    return outcome
+
+
 def outcome_now(execution: Execution) -> Outcome | None:
     """Run a short guest to its end right here (None: it runs on, `wait` for it)."""
     try:
-        return execution.run_now()
+        outcome = execution.run_now()
+        return None if outcome is None else _filled(outcome)
     except SpearError as exc:
         return failure(exc)
 
@@ -46,7 +56,7 @@ def outcome_now(execution: Execution) -> Outcome | None:
 async def outcome_of(execution: Execution) -> Outcome:
     """How the task ended, once it did."""
     try:
-        return await execution.wait()
+        return _filled(await execution.wait())
     except SpearError as exc:
         return failure(exc)
 
@@ -103,6 +113,14 @@ class RunningTasks:
             control.deadline = time.monotonic() + spec.timeout_s
         writer = self._logs.writer(task.id, tee_stdout, tee_stderr)
         writers.append(writer)
+        started: list[Execution] = []
+
+        def full() -> None:  # the disk filled: stop the task (from the writing thread)
+            control.cancel(NO_SPACE)
+            for execution in started:
+                execution.kill(NO_SPACE)
+
+        writer.on_full = full
         ctx = TaskContext(
             task=task,
             control=control,
@@ -111,9 +129,13 @@ class RunningTasks:
             services=self._services,
         )
         try:
-            return await self._agents[spec.runtime.value].start(ctx)
+            execution = await self._agents[spec.runtime.value].start(ctx)
         except SpearError as exc:
             return failure(exc)
+        started.append(execution)
+        if writer.disk_full:
+            execution.kill(NO_SPACE)
+        return execution
 
     def release(self, tasks: Sequence[Task], writers: list[TaskLogWriter]) -> None:
         """Tasks done with the node: their resources freed, their log writers closed

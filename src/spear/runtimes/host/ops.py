@@ -17,6 +17,7 @@ errno meanings (the same for every operation):
     ENOENT        no such object
     ESTALE        optimistic concurrency: the object is not at the expected version
     EBUSY         delete of a pinned or referenced object
+    EACCES        a write of a key only the node writes (`results/...`)
     EFBIG         a value over the maximum object size
     EDQUOT        the object store is full
     ENOSPC        the caller's buffer is too small (`HostError.needed` says how much)
@@ -31,6 +32,7 @@ errno meanings (the same for every operation):
 
 from __future__ import annotations
 
+import dataclasses
 import errno
 import itertools
 import threading
@@ -40,6 +42,7 @@ from typing import TYPE_CHECKING, Any
 import anyio
 import anyio.to_thread
 
+from spear.core import namespaces
 from spear.core.streams import (
     POLLNVAL,
     MessageTooLarge,
@@ -52,7 +55,6 @@ from spear.errors import (
     ResourceExhausted,
     SpearError,
 )
-from spear.store.objects import ObjectStore, result_key
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -60,6 +62,7 @@ if TYPE_CHECKING:
     from spear.core.streams import StreamRegistry, TaskStreams
     from spear.core.worker import TaskContext
     from spear.store.object_info import ObjectInfo
+    from spear.store.objects import ObjectStore
 
 LOG_LEVELS = ("TRACE", "DEBUG", "INFO", "WARNING", "ERROR")
 MAX_LOG_MESSAGE = 64 * 1024
@@ -104,6 +107,22 @@ def _objects(ctx: TaskContext) -> ObjectStore:
     if store is None:
         raise HostError(errno.ENOSYS, "this node has no object store")
     return store
+
+
+def _key(ctx: TaskContext, key: str, *, write: bool = False) -> str:
+    """Where the task's `key` is stored: in its namespace (core/namespaces.py). A write of
+    a key only the node writes is EACCES: a task sets its own result with `result_set`."""
+    if write and namespaces.is_system_key(key):
+        raise HostError(errno.EACCES, f"{key!r} is written only by the node")
+    try:
+        return namespaces.stored_key(ctx.task.spec.namespace, key)
+    except SpearError as exc:
+        raise translate(exc) from None
+
+
+def _seen(ctx: TaskContext, info: ObjectInfo) -> ObjectInfo:
+    key = namespaces.user_key(ctx.task.spec.namespace, info.key)
+    return info if key is None or key == info.key else dataclasses.replace(info, key=key)
 
 
 def _streams(ctx: TaskContext) -> StreamRegistry:
@@ -182,6 +201,15 @@ async def obj_put(
     expected_version: int | None = None,
 ) -> int:
     """Write an object; returns its new version (see ObjectStore.put for versions)."""
+    return await _put(ctx, _key(ctx, key, write=True), value, expected_version)
+
+
+async def _put(
+    ctx: TaskContext,
+    key: str,
+    value: bytes | bytearray | memoryview,
+    expected_version: int | None = None,
+) -> int:
     store = _objects(ctx)
     size = memoryview(value).nbytes
     if size > store.max_bytes:
@@ -197,7 +225,7 @@ async def obj_get(
 ) -> tuple[memoryview, int]:
     """(value, version). With `capacity`, a larger value is ENOSPC with `needed` set."""
     try:
-        value, version = await _objects(ctx).get(key)
+        value, version = await _objects(ctx).get(_key(ctx, key))
     except SpearError as exc:
         raise translate(exc) from None
     if capacity is not None and value.nbytes > capacity:
@@ -207,14 +235,16 @@ async def obj_get(
 
 async def obj_info(ctx: TaskContext, key: str) -> ObjectInfo:
     try:
-        return await _objects(ctx).info(key)
+        return _seen(ctx, await _objects(ctx).info(_key(ctx, key)))
     except SpearError as exc:
         raise translate(exc) from None
 
 
 async def obj_list(ctx: TaskContext, prefix: str = "") -> list[ObjectInfo]:
     try:
-        return await _objects(ctx).list(prefix)
+        namespace = ctx.task.spec.namespace
+        found = await _objects(ctx).list(namespaces.stored_prefix(namespace, prefix))
+        return [_seen(ctx, i) for i in found if namespaces.user_key(namespace, i.key) is not None]
     except SpearError as exc:
         raise translate(exc) from None
 
@@ -222,6 +252,7 @@ async def obj_list(ctx: TaskContext, prefix: str = "") -> list[ObjectInfo]:
 async def obj_delete(ctx: TaskContext, key: str, expected_version: int | None = None) -> None:
     """Delete an object; EBUSY while it is pinned or referenced."""
     store = _objects(ctx)
+    key = _key(ctx, key, write=True)
     try:
         info = await store.info(key)
         if info.pinned or info.refs > 0:
@@ -234,7 +265,7 @@ async def obj_delete(ctx: TaskContext, key: str, expected_version: int | None = 
 async def obj_add_ref(ctx: TaskContext, key: str) -> int:
     """One more reference, held by this task until it ends or removes it; the new count."""
     try:
-        return await _objects(ctx).add_ref(key, holder=ctx.task.id)
+        return await _objects(ctx).add_ref(_key(ctx, key), holder=ctx.task.id)
     except SpearError as exc:
         raise translate(exc) from None
 
@@ -242,28 +273,32 @@ async def obj_add_ref(ctx: TaskContext, key: str) -> int:
 async def obj_remove_ref(ctx: TaskContext, key: str) -> int:
     """One reference fewer; the new count (at 0 an unpinned object is deleted)."""
     try:
-        return await _objects(ctx).remove_ref(key, holder=ctx.task.id)
+        return await _objects(ctx).remove_ref(_key(ctx, key), holder=ctx.task.id)
     except SpearError as exc:
         raise translate(exc) from None
 
 
 async def obj_pin(ctx: TaskContext, key: str) -> None:
     try:
-        await _objects(ctx).pin(key)
+        await _objects(ctx).pin(_key(ctx, key))
     except SpearError as exc:
         raise translate(exc) from None
 
 
 async def obj_unpin(ctx: TaskContext, key: str) -> None:
     try:
-        await _objects(ctx).unpin(key)
+        await _objects(ctx).unpin(_key(ctx, key))
     except SpearError as exc:
         raise translate(exc) from None
 
 
 async def result_set(ctx: TaskContext, value: bytes | bytearray | memoryview) -> int:
     """Set the task's result (instead of its stdout); returns the result object's version."""
-    return await obj_put(ctx, result_key(ctx.task.id), value)
+    cap = ctx.services.result_max_bytes
+    if memoryview(value).nbytes > cap:
+        raise HostError(errno.EFBIG, f"a result is at most {cap} bytes (task_result_max_bytes)")
+    key = namespaces.result_key(ctx.task.spec.namespace, ctx.task.id)
+    return await _put(ctx, key, value)
 
 
 # -- handles and streams --------------------------------------------------------------

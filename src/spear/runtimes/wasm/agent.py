@@ -227,7 +227,11 @@ class WasmWorkerAgent(WorkerAgent):
         cache_dir: Path | None,
         host_functions: Sequence[HostFunctions] = (),
         max_threads: int = 64,
+        default_memory_bytes: int = 0,
     ) -> None:
+        """`default_memory_bytes`: a guest's linear-memory cap unless its spec sets one
+        (0: wasm's own 4 GiB)."""
+        self.default_memory_bytes = default_memory_bytes
         self._cache_dir = cache_dir
         self._host_functions = [hostcalls.define_all, *host_functions]
         self._flavors: dict[bool, _Flavor] = {}
@@ -298,6 +302,11 @@ class WasmWorkerAgent(WorkerAgent):
         spec = task.spec
         for mapping in spec.dirs:
             if not os.path.isdir(mapping.host):
+                if os.path.exists(mapping.host):
+                    raise InvalidArgument(
+                        f"--dir: {mapping.host} is not a directory (--dir maps a directory"
+                        " into the guest; to give it one file, map the directory holding it)"
+                    )
                 raise NotFound(f"--dir: no such directory: {mapping.host}")
         flavor = self._flavor(spec.fuel is not None)
         before = _stat_key(spec.artifact)
@@ -482,8 +491,9 @@ class _WasmExecution(Execution):
         elif stdin_path is not None:
             wasi.stdin_file = stdin_path
         store.set_wasi(wasi)
-        if spec.memory_limit_bytes is not None:
-            store.set_limits(memory_size=spec.memory_limit_bytes)
+        memory = spec.memory_limit_bytes or self._agent.default_memory_bytes
+        if memory:
+            store.set_limits(memory_size=memory)
         if spec.fuel is not None:
             store.set_fuel(spec.fuel)
 

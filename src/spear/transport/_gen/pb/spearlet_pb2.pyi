@@ -47,7 +47,7 @@ class Resources(_message.Message):
     def __init__(self, cpu_millis: _Optional[int] = ..., memory_bytes: _Optional[int] = ...) -> None: ...
 
 class FunctionSpec(_message.Message):
-    __slots__ = ("artifact", "runtime", "args", "env", "dirs", "entry", "resources", "timeout_s", "memory_limit_bytes", "fuel", "labels", "workdir", "warm", "cpu_time_s", "open_files")
+    __slots__ = ("artifact", "runtime", "args", "env", "dirs", "entry", "resources", "timeout_s", "memory_limit_bytes", "fuel", "labels", "workdir", "warm", "cpu_time_s", "open_files", "namespace")
     ARTIFACT_FIELD_NUMBER: _ClassVar[int]
     RUNTIME_FIELD_NUMBER: _ClassVar[int]
     ARGS_FIELD_NUMBER: _ClassVar[int]
@@ -63,6 +63,7 @@ class FunctionSpec(_message.Message):
     WARM_FIELD_NUMBER: _ClassVar[int]
     CPU_TIME_S_FIELD_NUMBER: _ClassVar[int]
     OPEN_FILES_FIELD_NUMBER: _ClassVar[int]
+    NAMESPACE_FIELD_NUMBER: _ClassVar[int]
     artifact: str
     runtime: str
     args: _containers.RepeatedScalarFieldContainer[str]
@@ -78,7 +79,8 @@ class FunctionSpec(_message.Message):
     warm: bool
     cpu_time_s: float
     open_files: int
-    def __init__(self, artifact: _Optional[str] = ..., runtime: _Optional[str] = ..., args: _Optional[_Iterable[str]] = ..., env: _Optional[_Iterable[_Union[KeyValue, _Mapping]]] = ..., dirs: _Optional[_Iterable[_Union[DirMapping, _Mapping]]] = ..., entry: _Optional[str] = ..., resources: _Optional[_Union[Resources, _Mapping]] = ..., timeout_s: _Optional[float] = ..., memory_limit_bytes: _Optional[int] = ..., fuel: _Optional[int] = ..., labels: _Optional[_Iterable[_Union[KeyValue, _Mapping]]] = ..., workdir: _Optional[str] = ..., warm: _Optional[bool] = ..., cpu_time_s: _Optional[float] = ..., open_files: _Optional[int] = ...) -> None: ...
+    namespace: str
+    def __init__(self, artifact: _Optional[str] = ..., runtime: _Optional[str] = ..., args: _Optional[_Iterable[str]] = ..., env: _Optional[_Iterable[_Union[KeyValue, _Mapping]]] = ..., dirs: _Optional[_Iterable[_Union[DirMapping, _Mapping]]] = ..., entry: _Optional[str] = ..., resources: _Optional[_Union[Resources, _Mapping]] = ..., timeout_s: _Optional[float] = ..., memory_limit_bytes: _Optional[int] = ..., fuel: _Optional[int] = ..., labels: _Optional[_Iterable[_Union[KeyValue, _Mapping]]] = ..., workdir: _Optional[str] = ..., warm: _Optional[bool] = ..., cpu_time_s: _Optional[float] = ..., open_files: _Optional[int] = ..., namespace: _Optional[str] = ...) -> None: ...
 
 class StateChange(_message.Message):
     __slots__ = ("state", "at")
@@ -163,18 +165,24 @@ class GetTaskRequest(_message.Message):
     def __init__(self, task_id: _Optional[str] = ...) -> None: ...
 
 class ListTasksRequest(_message.Message):
-    __slots__ = ("state", "limit")
+    __slots__ = ("state", "limit", "page_size", "page_token")
     STATE_FIELD_NUMBER: _ClassVar[int]
     LIMIT_FIELD_NUMBER: _ClassVar[int]
+    PAGE_SIZE_FIELD_NUMBER: _ClassVar[int]
+    PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
     state: TaskState
     limit: int
-    def __init__(self, state: _Optional[_Union[TaskState, str]] = ..., limit: _Optional[int] = ...) -> None: ...
+    page_size: int
+    page_token: str
+    def __init__(self, state: _Optional[_Union[TaskState, str]] = ..., limit: _Optional[int] = ..., page_size: _Optional[int] = ..., page_token: _Optional[str] = ...) -> None: ...
 
 class ListTasksResponse(_message.Message):
-    __slots__ = ("tasks",)
+    __slots__ = ("tasks", "next_page_token")
     TASKS_FIELD_NUMBER: _ClassVar[int]
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
     tasks: _containers.RepeatedCompositeFieldContainer[TaskInfo]
-    def __init__(self, tasks: _Optional[_Iterable[_Union[TaskInfo, _Mapping]]] = ...) -> None: ...
+    next_page_token: str
+    def __init__(self, tasks: _Optional[_Iterable[_Union[TaskInfo, _Mapping]]] = ..., next_page_token: _Optional[str] = ...) -> None: ...
 
 class WatchTaskRequest(_message.Message):
     __slots__ = ("task_id",)
@@ -329,16 +337,22 @@ class GetObjectRequest(_message.Message):
     def __init__(self, key: _Optional[str] = ...) -> None: ...
 
 class ListObjectsRequest(_message.Message):
-    __slots__ = ("prefix",)
+    __slots__ = ("prefix", "page_size", "page_token")
     PREFIX_FIELD_NUMBER: _ClassVar[int]
+    PAGE_SIZE_FIELD_NUMBER: _ClassVar[int]
+    PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
     prefix: str
-    def __init__(self, prefix: _Optional[str] = ...) -> None: ...
+    page_size: int
+    page_token: str
+    def __init__(self, prefix: _Optional[str] = ..., page_size: _Optional[int] = ..., page_token: _Optional[str] = ...) -> None: ...
 
 class ListObjectsResponse(_message.Message):
-    __slots__ = ("objects",)
+    __slots__ = ("objects", "next_page_token")
     OBJECTS_FIELD_NUMBER: _ClassVar[int]
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
     objects: _containers.RepeatedCompositeFieldContainer[ObjectInfo]
-    def __init__(self, objects: _Optional[_Iterable[_Union[ObjectInfo, _Mapping]]] = ...) -> None: ...
+    next_page_token: str
+    def __init__(self, objects: _Optional[_Iterable[_Union[ObjectInfo, _Mapping]]] = ..., next_page_token: _Optional[str] = ...) -> None: ...
 
 class ObjectKeyRequest(_message.Message):
     __slots__ = ("key",)

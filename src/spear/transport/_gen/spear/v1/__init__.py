@@ -372,6 +372,11 @@ class FunctionSpec(betterproto2.Message):
     process runtime: RLIMIT_NOFILE
     """
 
+    namespace: "str" = betterproto2.field(16, betterproto2.TYPE_STRING)
+    """
+    empty: "default" (docs/security.md)
+    """
+
 
 default_message_pool.register_message("spear.v1", "FunctionSpec", FunctionSpec)
 
@@ -527,6 +532,16 @@ default_message_pool.register_message("spear.v1", "ListNodesResponse", ListNodes
 class ListObjectsRequest(betterproto2.Message):
     prefix: "str" = betterproto2.field(1, betterproto2.TYPE_STRING)
 
+    page_size: "int" = betterproto2.field(2, betterproto2.TYPE_UINT32)
+    """
+    0: the server's default page (1000 objects)
+    """
+
+    page_token: "str" = betterproto2.field(3, betterproto2.TYPE_STRING)
+    """
+    the next_page_token of the page before; empty: the first
+    """
+
 
 default_message_pool.register_message("spear.v1", "ListObjectsRequest", ListObjectsRequest)
 
@@ -534,6 +549,11 @@ default_message_pool.register_message("spear.v1", "ListObjectsRequest", ListObje
 @dataclass(eq=False, repr=False)
 class ListObjectsResponse(betterproto2.Message):
     objects: "list[ObjectInfo]" = betterproto2.field(1, betterproto2.TYPE_MESSAGE, repeated=True)
+
+    next_page_token: "str" = betterproto2.field(2, betterproto2.TYPE_STRING)
+    """
+    empty: this was the last page
+    """
 
 
 default_message_pool.register_message("spear.v1", "ListObjectsResponse", ListObjectsResponse)
@@ -553,6 +573,16 @@ class ListTasksRequest(betterproto2.Message):
     0: no limit
     """
 
+    page_size: "int" = betterproto2.field(3, betterproto2.TYPE_UINT32)
+    """
+    0: the server's default page (1000 tasks)
+    """
+
+    page_token: "str" = betterproto2.field(4, betterproto2.TYPE_STRING)
+    """
+    the next_page_token of the page before; empty: the first
+    """
+
 
 default_message_pool.register_message("spear.v1", "ListTasksRequest", ListTasksRequest)
 
@@ -560,6 +590,11 @@ default_message_pool.register_message("spear.v1", "ListTasksRequest", ListTasksR
 @dataclass(eq=False, repr=False)
 class ListTasksResponse(betterproto2.Message):
     tasks: "list[TaskInfo]" = betterproto2.field(1, betterproto2.TYPE_MESSAGE, repeated=True)
+
+    next_page_token: "str" = betterproto2.field(2, betterproto2.TYPE_STRING)
+    """
+    empty: this was the last page
+    """
 
 
 default_message_pool.register_message("spear.v1", "ListTasksResponse", ListTasksResponse)

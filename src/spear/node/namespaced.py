@@ -1,0 +1,203 @@
+"""A node as one namespace sees it: its tasks, its objects, its quotas (docs/security.md).
+
+`NamespacedNode(api, "team-a")` is a `NodeAPI` over any other: tasks are submitted in
+the namespace, and a task of another namespace is "not found" (as if it did not exist);
+object keys are mapped to the namespace's part of the store (core/namespaces.py), and
+keys under `results/` are the node's to write. The gRPC server wraps its node in one per
+call (`scoped`), in the namespace the call's credentials allow; the CLI does the same for
+a local data dir when `--namespace` / `SPEAR_NAMESPACE` names one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+from typing import TYPE_CHECKING, Any, Literal
+
+from spear.core import namespaces as ns
+from spear.errors import NotFound, ResourceExhausted
+
+if TYPE_CHECKING:
+    from collections.abc import AsyncIterator, Callable, Sequence
+
+    from spear.core.models import FunctionSpec, LogChunk, NodeInfo, Task, TaskResult, TaskState
+    from spear.node.api import NodeAPI, StreamingTask, TaskHandle
+    from spear.node.quotas import TaskSlots
+    from spear.store.object_info import ObjectInfo
+
+
+class NamespacedNode:
+    """`api` seen from `namespace`; `slots` holds the namespace's task quota (None: none)."""
+
+    def __init__(self, api: NodeAPI, namespace: str, slots: TaskSlots | None = None) -> None:
+        self.api = api
+        self.namespace = ns.check_name(namespace)
+        self.slots = slots
+
+    def __getattr__(self, name: str) -> Any:  # what the seam does not name: the node's own
+        return getattr(self.api, name)
+
+    @property
+    def in_process(self) -> bool:
+        return self.api.in_process
+
+    # -- tasks -----------------------------------------------------------------------
+
+    def _spec(self, spec: FunctionSpec) -> FunctionSpec:
+        if spec.namespace == self.namespace:
+            return spec
+        return dataclasses.replace(spec, namespace=self.namespace)
+
+    async def _done(self, task_id: str) -> bool:
+        try:
+            return (await self.api.task(task_id)).state.terminal
+        except NotFound:
+            return True
+
+    @contextlib.asynccontextmanager
+    async def _slot(self) -> AsyncIterator[Callable[[str], None]]:
+        if self.slots is None:
+            yield lambda _id: None
+            return
+        async with self.slots.slot(self.namespace, self._done) as keep:
+            yield keep
+
+    async def submit(self, spec: FunctionSpec, *, stdin: bytes | None = None) -> TaskHandle:
+        async with self._slot() as keep:
+            handle = await self.api.submit(self._spec(spec), stdin=stdin)
+            keep(handle.id)
+            return handle
+
+    async def run(
+        self,
+        spec: FunctionSpec,
+        *,
+        stdin: bytes | Literal["inherit"] | None = None,
+        stdout: Callable[[bytes], None] | None = None,
+        stderr: Callable[[bytes], None] | None = None,
+        on_created: Callable[[Task], None] | None = None,
+    ) -> Task:
+        async with self._slot():
+            return await self.api.run(
+                self._spec(spec), stdin=stdin, stdout=stdout, stderr=stderr, on_created=on_created
+            )
+
+    async def call(self, spec: FunctionSpec, *, stdin: bytes | None = None) -> TaskResult:
+        async with self._slot():
+            return await self.api.call(self._spec(spec), stdin=stdin)
+
+    @contextlib.asynccontextmanager
+    async def start_task(
+        self, spec: FunctionSpec, *, stdin: bytes | None = None
+    ) -> AsyncIterator[StreamingTask]:
+        async with self._slot(), self.api.start_task(self._spec(spec), stdin=stdin) as task:
+            yield task
+
+    def _mine(self, task: Task) -> Task:
+        if task.spec.namespace != self.namespace:
+            raise NotFound(f"no task {task.id!r} in namespace {self.namespace!r}")
+        return task
+
+    async def task(self, task_id: str) -> Task:
+        return self._mine(await self.api.task(task_id))
+
+    async def tasks(self, state: TaskState | None = None, limit: int | None = None) -> list[Task]:
+        fetch = limit
+        while True:  # the newest `limit` of this namespace: ask for more while others hide them
+            found = await self.api.tasks(state, fetch)
+            mine = [t for t in found if t.spec.namespace == self.namespace]
+            if fetch is None or limit is None or len(mine) >= limit or len(found) < fetch:
+                return mine[:limit]
+            fetch *= 4
+
+    async def watch(self, task_id: str) -> AsyncIterator[Task]:
+        task_id = (await self.task(task_id)).id
+        async for task in self.api.watch(task_id):
+            yield task
+
+    async def wait(self, task_id: str) -> Task:
+        return await self.api.wait((await self.task(task_id)).id)
+
+    async def cancel(self, task_id: str, reason: str = "cancelled") -> Task:
+        return await self.api.cancel((await self.task(task_id)).id, reason)
+
+    async def result(self, task_id: str, *, wait: bool = True) -> TaskResult:
+        return await self.api.result((await self.task(task_id)).id, wait=wait)
+
+    async def logs(
+        self, task_id: str, streams: Sequence[str] = (), *, follow: bool = False
+    ) -> AsyncIterator[LogChunk]:
+        task_id = (await self.task(task_id)).id
+        async for chunk in self.api.logs(task_id, streams, follow=follow):
+            yield chunk
+
+    async def node_info(self) -> NodeInfo:
+        return await self.api.node_info()
+
+    # -- objects ---------------------------------------------------------------------
+
+    def _key(self, key: str) -> str:
+        return ns.stored_key(self.namespace, key)
+
+    def _info(self, info: ObjectInfo) -> ObjectInfo:
+        key = ns.user_key(self.namespace, info.key)
+        return info if key is None or key == info.key else dataclasses.replace(info, key=key)
+
+    async def _check_bytes(self, key: str, size: int) -> None:
+        quota = self.slots.quotas.get(self.namespace) if self.slots is not None else None
+        if quota is None or quota.object_bytes is None:
+            return
+        used = 0
+        for info in await self.api.list_objects(ns.stored_prefix(self.namespace, "")):
+            if ns.user_key(self.namespace, info.key) not in (None, key):
+                used += info.size
+        if used + size > quota.object_bytes:
+            raise ResourceExhausted(
+                f"namespace {self.namespace!r} is at its quota of {quota.object_bytes} object"
+                f" bytes ({used} used; this object is {size})"
+            )
+
+    async def put_object(
+        self, key: str, data: bytes, *, expected_version: int | None = None
+    ) -> ObjectInfo:
+        ns.refuse_system_write(key)
+        await self._check_bytes(key, len(data))
+        info = await self.api.put_object(self._key(key), data, expected_version=expected_version)
+        return self._info(info)
+
+    async def get_object(self, key: str) -> tuple[bytes, ObjectInfo]:
+        data, info = await self.api.get_object(self._key(key))
+        return data, self._info(info)
+
+    async def list_objects(self, prefix: str = "") -> list[ObjectInfo]:
+        found = await self.api.list_objects(ns.stored_prefix(self.namespace, prefix))
+        return [self._info(i) for i in found if ns.user_key(self.namespace, i.key) is not None]
+
+    async def delete_object(self, key: str) -> bool:
+        return await self.api.delete_object(self._key(key))
+
+    async def add_object_ref(self, key: str) -> ObjectInfo:
+        return self._info(await self.api.add_object_ref(self._key(key)))
+
+    async def remove_object_ref(self, key: str) -> ObjectInfo:
+        return self._info(await self.api.remove_object_ref(self._key(key)))
+
+    async def pin_object(self, key: str) -> ObjectInfo:
+        return self._info(await self.api.pin_object(self._key(key)))
+
+    async def unpin_object(self, key: str) -> ObjectInfo:
+        return self._info(await self.api.unpin_object(self._key(key)))
+
+    async def aclose(self) -> None:
+        await self.api.aclose()
+
+
+def scoped(api: NodeAPI, slots: TaskSlots | None = None) -> NodeAPI:
+    """`api` in the namespace of the call being served (transport/auth.py), or itself
+    when the call is unscoped (a cluster member naming no namespace)."""
+    from spear.transport.auth import current_namespace
+
+    namespace = current_namespace.get()
+    if namespace is None:
+        return api
+    return NamespacedNode(api, namespace, slots)

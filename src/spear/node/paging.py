@@ -1,0 +1,50 @@
+"""Pages of a long listing, so any history can be read whatever the message limit.
+
+A page token is the last id (tasks) or key (objects) of the page before: tasks come
+newest first (their ids are time-ordered), so the next page is the tasks with smaller
+ids; objects come in key order, so the next page is the keys after it. A client asks page
+after page until the token comes back empty (`node/client.py` does so by itself).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from spear.core.models import Task, TaskState
+    from spear.node.api import NodeAPI
+    from spear.store.object_info import ObjectInfo
+
+PAGE_SIZE = 1000  # a page of tasks is at most ~1 MiB on the wire: well under 4 MiB
+MAX_PAGE_SIZE = 5000
+
+
+def page_size(asked: int, limit: int | None = None) -> int:
+    size = min(asked or PAGE_SIZE, MAX_PAGE_SIZE)
+    return size if limit is None else max(min(size, limit), 1)
+
+
+async def tasks_page(
+    api: NodeAPI, state: TaskState | None, size: int, token: str
+) -> tuple[list[Task], str]:
+    """The `size` newest tasks older than `token` (all, without one), and the next token."""
+    fetch = size + 1
+    while True:
+        found = await api.tasks(state, fetch)
+        after = [t for t in found if t.id < token] if token else found
+        if len(after) > size or len(found) < fetch:
+            break
+        fetch *= 4  # the token lies further back: look further
+    page = after[:size]
+    more = len(after) > size
+    return page, page[-1].id if more and page else ""
+
+
+async def objects_page(
+    api: NodeAPI, prefix: str, size: int, token: str
+) -> tuple[list[ObjectInfo], str]:
+    """The `size` objects under `prefix` whose keys come after `token`, and the next token."""
+    found = sorted(await api.list_objects(prefix), key=lambda o: o.key)
+    after = [o for o in found if o.key > token] if token else found
+    page = after[:size]
+    return page, page[-1].key if len(after) > size and page else ""

@@ -1,0 +1,74 @@
+"""A full disk is a limit reached, not a bug: one clear error, and a node that goes on.
+
+`no_space(exc)` is the ResourceExhausted (RESOURCE_EXHAUSTED on the wire, exit 71) that
+an OSError of a full disk or quota stands for. `Reserve` keeps a little space of the data
+dir aside (`DATA/reserve`), given back when the database cannot open for want of room, so
+that commands that read (`spear tasks`) work on a full disk while the owner frees space.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+from typing import TYPE_CHECKING
+
+from spear.errors import ResourceExhausted
+
+if TYPE_CHECKING:
+    from pathlib import Path
+
+NO_SPACE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT})
+RESERVE_FILE = "reserve"
+RESERVE_BYTES = 4 * 1024 * 1024
+
+
+def is_no_space(exc: BaseException) -> bool:
+    """Whether `exc` says the disk (or the user's disk quota) is full."""
+    if isinstance(exc, OSError) and exc.errno in NO_SPACE_ERRNOS:
+        return True
+    cause = exc.__cause__ or exc.__context__
+    text = str(exc)
+    if "No space left on device" in text or "Disk quota exceeded" in text:
+        return True
+    return cause is not None and cause is not exc and is_no_space(cause)
+
+
+def no_space(exc: BaseException, what: str = "") -> ResourceExhausted | None:
+    """The error to answer for `exc` if it is a full disk, else None."""
+    if not is_no_space(exc):
+        return None
+    where = f" ({what})" if what else ""
+    return ResourceExhausted(f"no space left on device{where}: free space in the data dir")
+
+
+class Reserve:
+    """A file of `size` bytes in the data dir, kept while there is room and given back
+    (deleted) when the node must write something to go on reading."""
+
+    def __init__(self, data_dir: Path, size: int = RESERVE_BYTES) -> None:
+        self.path = data_dir / RESERVE_FILE
+        self.size = size
+
+    def keep(self) -> bool:
+        """Make the reserve if it is missing and the disk has room; True if it exists."""
+        if self.path.exists():
+            return True
+        tmp = self.path.with_name(f".{RESERVE_FILE}.{os.getpid()}.tmp")
+        try:
+            with open(tmp, "wb") as f:
+                f.write(b"\0" * self.size)  # written, not sparse: the blocks are ours
+            os.replace(tmp, self.path)
+            return True
+        except OSError:
+            with contextlib.suppress(OSError):
+                tmp.unlink()
+            return False
+
+    def release(self) -> bool:
+        """Give the space back; True if there was a reserve to give."""
+        try:
+            self.path.unlink()
+            return True
+        except OSError:
+            return False

@@ -1,0 +1,95 @@
+"""A full disk never locks the node: on a real 20 MiB tmpfs, a guest that floods its
+stdout fails with a clear reason and its log is released; with the disk filled by someone
+else, reading goes on and a write is one line, exit 71 (RESOURCE_EXHAUSTED)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from typing import TYPE_CHECKING
+
+import pytest
+from conftest import Cli, build_wat, one_error_line
+from wat_tasks import hello
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator
+    from pathlib import Path
+
+FLOOD = """(module
+  (import "wasi_snapshot_preview1" "fd_write" (func $write (param i32 i32 i32 i32) (result i32)))
+  (memory (export "memory") 2)
+  (func (export "_start") (local $i i32)
+    (i32.store (i32.const 0) (i32.const 1024))
+    (i32.store (i32.const 4) (i32.const 65536))
+    (local.set $i (i32.const 16384))
+    (block $end (loop $again
+      (br_if $end (i32.eqz (local.get $i)))
+      (drop (call $write (i32.const 1) (i32.const 0) (i32.const 1) (i32.const 8)))
+      (local.set $i (i32.sub (local.get $i) (i32.const 1)))
+      (br $again)))))"""  # 16384 x 64 KiB = 1 GiB to stdout
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path) -> Iterator[Path]:
+    """A real 20 MiB file system (tmpfs), unmounted afterwards."""
+    mount = tmp_path / "disk"
+    mount.mkdir()
+    if os.geteuid() != 0 or shutil.which("mount") is None:
+        pytest.skip("mounting a tmpfs needs root")
+    made = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=20m", "tmpfs", str(mount)], capture_output=True
+    )
+    if made.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {made.stderr.decode().strip()}")
+    try:
+        yield mount
+    finally:
+        subprocess.run(["umount", "-l", str(mount)], check=False)
+
+
+def _fill(directory: Path) -> None:
+    with open(directory / "filler", "wb") as f:
+        try:
+            while True:
+                f.write(b"\0" * 1024 * 1024)
+        except OSError:
+            pass
+    assert shutil.disk_usage(directory).free < 64 * 1024
+
+
+def test_a_flooding_guest_fails_and_the_node_goes_on(small_disk: Path, tmp_path: Path) -> None:
+    cli = Cli(small_disk / "home")
+    flood = build_wat(FLOOD, tmp_path, "flood")
+    ran = cli("run", str(flood), timeout=120)
+    assert ran.returncode == 71
+    assert "no space left on device" in ran.stderr.decode()
+    # Its output was released: the disk has room again, and everything reads and runs.
+    assert shutil.disk_usage(small_disk).free > 10 * 1024 * 1024
+    [task] = cli.json("tasks")
+    assert task["state"] == "FAILED" and task["exit_code"] == 71
+    assert task["reason"].startswith("no space left on device")
+    again = cli("run", str(hello(tmp_path)))
+    assert again.returncode == 0 and again.stdout == b"hello\n"
+
+
+def test_on_a_disk_filled_by_others_reads_work_and_writes_say_so(
+    small_disk: Path, tmp_path: Path
+) -> None:
+    cli = Cli(small_disk / "home")
+    assert cli("run", str(hello(tmp_path))).returncode == 0
+    assert (small_disk / "home" / "reserve").is_file()
+    _fill(small_disk)
+    # Reading goes on: the data dir's reserve gives the database room to open.
+    listed = cli.json("tasks")
+    assert [t["state"] for t in listed] == ["COMPLETED"]
+    big = tmp_path / "big.bin"
+    big.write_bytes(os.urandom(8 * 1024 * 1024))  # more than the reserve gave back
+    refused = cli("obj", "put", "big", str(big))
+    assert refused.returncode == 71
+    assert "no space left on device" in one_error_line(refused.stderr)
+    # Space freed: the reserve is made again on the next use.
+    (small_disk / "filler").unlink()
+    assert cli("run", str(hello(tmp_path))).returncode == 0
+    assert (small_disk / "home" / "reserve").is_file()
