@@ -35,8 +35,10 @@ from spear.cli.spec import (
     EnvOpt,
     FuelOpt,
     InvokeOpt,
+    MaxRetriesOpt,
     MemoryOpt,
     OpenFilesOpt,
+    RetryOnOpt,
     RuntimeOpt,
     TimeoutOpt,
     WarmOpt,
@@ -88,6 +90,8 @@ def submit(
     cpu_time: CpuTimeOpt = None,
     open_files: OpenFilesOpt = None,
     workdir: WorkdirOpt = None,
+    max_retries: MaxRetriesOpt = 0,
+    retry_on: RetryOnOpt = None,
     stdin_file: Annotated[
         Path | None, typer.Option("--stdin", help="A file to give the task as stdin (- for ours).")
     ] = None,
@@ -131,6 +135,8 @@ def submit(
         cpu_time=cpu_time,
         open_files=open_files,
         workdir=workdir,
+        max_retries=max_retries,
+        retry_on=retry_on,
         labels=labels,
         resources=resources,
     )
@@ -234,6 +240,9 @@ def _print_task(task: Task) -> None:
         ("duration", _duration(task)),
         ("history", ", ".join(f"{s}@{t:.6f}" for s, t in task.history)),
     ]
+    for n, attempt in enumerate(task.attempt_log, 1):  # a retried task's earlier runs
+        where = attempt.node or "-"
+        lines.append((f"attempt {n}", f"on {where}: exit {attempt.exit_code}, {attempt.reason}"))
     for name, value in lines:
         sys.stdout.write(f"{name + ':':<11}{value}\n")
 

@@ -293,18 +293,24 @@ class Scheduler:
             self._queue.remove(item)
 
     async def _try_here(
-        self, spec: FunctionSpec, stdin: bytes | None, task_id: str | None
+        self,
+        spec: FunctionSpec,
+        stdin: bytes | None,
+        task_id: str | None,
+        previous: Task | None = None,
     ) -> Task | None:
         """Start a task on this node if it fits now (None if not). The controller reserves
         its resources as it accepts it, before its first await (so with no await between
         this check and that reservation): the next decision sees them taken."""
         if not self._fits_here_now(spec):
             return None
-        return await self.node.controller.submit(spec, stdin=stdin, task_id=task_id)
+        return await self.node.controller.submit(
+            spec, stdin=stdin, task_id=task_id, previous=previous
+        )
 
     async def adopt(self, task: Task, spec: FunctionSpec, stdin: bytes | None) -> Task:
         """Run a task forwarded by another node here, under its id, if it fits now."""
-        adopted = await self._try_here(spec, stdin, task.id)
+        adopted = await self._try_here(spec, stdin, task.id, previous=task)
         if adopted is None:
             free = self.node.controller.free
             raise ResourceExhausted(
