@@ -15,6 +15,7 @@ from hypothesis import strategies as st
 
 from spear.core.models import (
     ALLOWED_TRANSITIONS,
+    Attempt,
     DirMapping,
     FunctionSpec,
     NodeInfo,
@@ -192,6 +193,8 @@ EVERY_FIELD = FunctionSpec(
     warm=True,
     cpu_time_s=2.0,
     open_files=10,
+    max_retries=3,
+    retry_on=("timeout", "exit"),
 )
 
 
@@ -213,6 +216,8 @@ def test_every_spec_field_goes_through_json_under_its_name() -> None:
         "warm": True,
         "cpu_time_s": 2.0,
         "open_files": 10,
+        "max_retries": 3,
+        "retry_on": ["timeout", "exit"],
     }
     assert FunctionSpec.from_json(data) == EVERY_FIELD
 
@@ -230,6 +235,7 @@ def test_a_minimal_spec_record_reads_with_the_defaults() -> None:
     assert spec.resources == Resources(cpu_millis=100, memory_bytes=64 * 1024 * 1024)
     assert (spec.timeout_s, spec.memory_limit_bytes, spec.fuel, spec.workdir) == (None,) * 4
     assert (spec.labels, spec.warm, spec.cpu_time_s, spec.open_files) == ((), False, None, None)
+    assert (spec.max_retries, spec.retry_on) == (0, ("node-lost", "process-lost"))
 
 
 def test_every_task_field_goes_through_json() -> None:
@@ -245,6 +251,7 @@ def test_every_task_field_goes_through_json() -> None:
         node="n1",
         attempts=2,
         history=(("PENDING", 1.0), ("RUNNING", 2.0), ("FAILED", 3.0)),
+        attempt_log=(Attempt("n0", 0.5, 0.7, 137, "node lost"),),
     )
     data = json.loads(json.dumps(task.to_json()))
     assert {k: v for k, v in data.items() if k != "spec"} == {
@@ -258,6 +265,15 @@ def test_every_task_field_goes_through_json() -> None:
         "node": "n1",
         "attempts": 2,
         "history": [["PENDING", 1.0], ["RUNNING", 2.0], ["FAILED", 3.0]],
+        "attempt_log": [
+            {
+                "node": "n0",
+                "started_at": 0.5,
+                "finished_at": 0.7,
+                "exit_code": 137,
+                "reason": "node lost",
+            }
+        ],
     }
     assert Task.from_json(data) == task
     minimal = Task.from_json({"id": "t2", "spec": {"artifact": "m"}, "state": "PENDING"})

@@ -110,6 +110,13 @@ def submit(
     reserve: Annotated[
         str | None, typer.Option("--reserve", help="Memory to reserve, e.g. 256M (default: 64M).")
     ] = None,
+    idempotency_key: Annotated[
+        str | None,
+        typer.Option(
+            "--idempotency-key",
+            help="Submitting again with the same KEY returns the same task, never a second.",
+        ),
+    ] = None,
     node: NodeOpt = None,
     data_dir: DataDirOpt = None,
     config: ConfigOpt = None,
@@ -148,7 +155,7 @@ def submit(
             raise InvalidArgument(f"--stdin: cannot read {stdin_file}: {exc.strerror}") from None
 
     async def go(api: NodeAPI) -> Task:
-        handle = await api.submit(spec, stdin=stdin)
+        handle = await api.submit(spec, stdin=stdin, idempotency_key=idempotency_key)
         if not as_json:
             sys.stdout.write(handle.id + "\n")
             sys.stdout.flush()

@@ -182,6 +182,8 @@ class FunctionSpec:
     def to_json(self) -> dict[str, Any]:
         data = dataclasses.asdict(self)
         data["runtime"] = self.runtime.value
+        if not self.max_retries and self.retry_on == DEFAULT_RETRY_ON:
+            del data["max_retries"], data["retry_on"]  # (records as before retries existed)
         return data
 
     @classmethod
@@ -320,7 +322,9 @@ class Task:
             "node": self.node,
             "attempts": self.attempts,
             "history": self.history,  # pairs: JSON arrays, as tuples or lists
-            "attempt_log": [a.to_json() for a in self.attempt_log],
+            **(
+                {"attempt_log": [a.to_json() for a in self.attempt_log]} if self.attempt_log else {}
+            ),
         }
 
     @classmethod

@@ -150,15 +150,18 @@ class Scheduler:
         self.decisions.append(Decision(task, how, node))
         logger.bind(task_id=task.id).debug("task {}: {} ({})", task.id, how, node)
 
-    async def submit(self, spec: FunctionSpec, *, stdin: bytes | None = None) -> Task:
-        """Place a new task: here, on another node, in the queue, or FAILED at once."""
+    async def submit(
+        self, spec: FunctionSpec, *, stdin: bytes | None = None, task_id: str | None = None
+    ) -> Task:
+        """Place a new task: here, on another node, in the queue, or FAILED at once
+        (`task_id`: under that id, node/idempotency.py)."""
         if not self._queue:
-            here = await self._try_here(spec, stdin, None)
+            here = await self._try_here(spec, stdin, task_id)
             if here is not None:
                 self._note(here, "local", self.node.name)
                 return here
         task = Task(
-            id=new_task_id(),
+            id=task_id or new_task_id(),
             spec=spec,
             created_at=time.time(),
             node=self.node.name,
