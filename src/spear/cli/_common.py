@@ -149,6 +149,7 @@ async def connect(settings: Settings, node: str | None) -> AsyncIterator[NodeAPI
     if address is not None:
         from spear.errors import Unavailable
         from spear.node.client import Client  # (only then: it loads gRPC)
+        from spear.node.failover import DEFAULT_RETRIES
         from spear.transport.channels import Credentials
 
         # (A daemon found in the data dir is probed once: it may be gone, and then this
@@ -156,7 +157,7 @@ async def connect(settings: Settings, node: str | None) -> AsyncIterator[NodeAPI
         client = Client(
             address,
             credentials=Credentials.for_settings(settings),
-            **({"retries": 0} if node is None else {}),
+            retries=0 if node is None else DEFAULT_RETRIES,
         )
         try:
             if node is None:  # found in the data dir: it may be stale (a killed daemon)

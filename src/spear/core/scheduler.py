@@ -167,7 +167,14 @@ class Scheduler:
             node=self.node.name,
             history=((TaskState.PENDING.value, time.time()),),
         )
-        placement = await self.cluster.find_nodes(self._query(spec))
+        try:
+            placement = await self.cluster.find_nodes(self._query(spec))
+        except Unavailable as exc:  # the SMS is briefly away: wait in the queue (issue 16)
+            logger.info("task {} waits for the SMS: {}", task.id, exc)
+            self._queue.append(_Queued(task, stdin))
+            self._note(task, "queued", self.node.name)
+            self._wake.set()
+            return task
         if not placement.could_ever_fit and not self._could_ever_run_here(spec):
             failed = task.transition(
                 TaskState.FAILED,
