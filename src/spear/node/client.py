@@ -26,7 +26,14 @@ from anyio.abc import AsyncResource
 from grpclib.const import Cardinality
 
 from spear.core.models import LogChunk, NodeInfo, ObjectInfo, Runtime, TaskResult, new_task_id
-from spear.errors import InvalidArgument, NotFound, SpearError, Unavailable, error_from_code
+from spear.errors import (
+    InvalidArgument,
+    NotFound,
+    SpearError,
+    StorageError,
+    Unavailable,
+    error_from_code,
+)
 from spear.node.api import StreamingTask, TaskHandle, read_own_stdin, run_attached
 from spear.node.failover import DEFAULT_RETRIES, Failover
 from spear.transport import _convert as cv
@@ -112,7 +119,8 @@ class Client(AsyncResource):
     `address` may name several nodes, `HOST:PORT,HOST:PORT,...`: a call that finds its
     node unavailable (down, unreachable, draining) is tried again on the next one, after
     a back-off (node/failover.py), up to `retries` times; calls that change nothing twice
-    (reads, cancel, and submits, which carry an idempotency key) are retried, others not.
+    (reads, cancel, submits, which carry an idempotency key, and unconditional object
+    puts) are retried, others not.
     """
 
     def __init__(
@@ -175,7 +183,7 @@ class Client(AsyncResource):
             try:
                 with self._errors():
                     return await call()
-            except Unavailable as exc:
+            except (Unavailable, StorageError) as exc:
                 if not self._failover.should_retry(exc, attempt):
                     raise
             await self.aclose()  # the next call opens a channel to the next node
@@ -463,8 +471,10 @@ class Client(AsyncResource):
             for i in range(CHUNK_BYTES, len(data), CHUNK_BYTES):
                 yield v1.ObjectChunk(data=data[i : i + CHUNK_BYTES])
 
-        with self._errors():
-            return cv.object_from_wire(await self._stub.put_object(chunks()))
+        if expected_version is not None:  # a conditional put is not retried blindly
+            with self._errors():
+                return cv.object_from_wire(await self._stub.put_object(chunks()))
+        return cv.object_from_wire(await self._retrying(lambda: self._stub.put_object(chunks())))
 
     async def get_object(self, key: str) -> tuple[bytes, ObjectInfo]:
         info: ObjectInfo | None = None

@@ -3,15 +3,16 @@ and how long it waits first.
 
 A client given several addresses (`HOST:PORT,HOST:PORT`) starts with the first and moves
 to the next, round the list, each time a call finds its node unavailable (refused, reset,
-unreachable, draining). A call that ran out of time (DeadlineExceeded) is not retried:
-it may still be running there. Waits double from 0.1 s up to 2 s, with jitter.
+unreachable, draining) or its node's storage failing (a full disk). A call that ran out
+of time (DeadlineExceeded) is not retried: it may still be running there. Waits double
+from 0.1 s up to 2 s, with jitter.
 """
 
 from __future__ import annotations
 
 import random
 
-from spear.errors import DeadlineExceeded, InvalidArgument, Unavailable
+from spear.errors import DeadlineExceeded, InvalidArgument, StorageError, Unavailable
 
 DEFAULT_RETRIES = 4
 BACKOFF_FIRST_S = 0.1
@@ -34,7 +35,7 @@ class Failover:
     def address(self) -> str:
         return self.addresses[self._at]
 
-    def should_retry(self, exc: Unavailable, attempt: int) -> bool:
+    def should_retry(self, exc: Unavailable | StorageError, attempt: int) -> bool:
         """Whether a call that failed with `exc` on its `attempt`-th retry goes again."""
         return attempt < self.retries and not isinstance(exc, DeadlineExceeded)
 
