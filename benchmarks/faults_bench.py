@@ -130,15 +130,24 @@ def analyse(raw: dict[str, Any]) -> dict[str, Any]:
     finished = [j["finished_at"] for j in jobs if j.get("state") == "COMPLETED"]
     timeline = raw["timeline"]
     out: dict[str, Any] = {"faults": [], "totals": {}}
+    # Each job that did not complete is the first fault's whose window its run overlaps.
+    blame: dict[str, list[dict[str, Any]]] = {p["fault"]: [] for p in timeline}
+    for job in jobs:
+        if job.get("state") == "COMPLETED":
+            continue
+        end = job.get("finished_at") or float("inf")
+        for phase in timeline:
+            if job["submitted_at"] < phase["recovered"] and end >= phase["injected"]:
+                blame[phase["fault"]].append(job)
+                break
     for n, phase in enumerate(timeline):
         start = phase["injected"]
         # Until the next fault: what this one caused may land while it settles.
         end = timeline[n + 1]["injected"] if n + 1 < len(timeline) else float("inf")
         mine = [j for j in jobs if start <= j["submitted_at"] < end]
         retried = [j for j in jobs if any(start <= t < end for t in j.get("lost_at") or ())]
-        touched = {j["job"]: j for j in [*mine, *retried]}.values()
-        lost = [j for j in touched if j.get("state") != "COMPLETED"]
-        twice = [j for j in touched if ends.get(j["job"], 0) > 1]
+        lost = blame[phase["fault"]]
+        twice = [j for j in retried if ends.get(j["job"], 0) > 1]
         objs = [o for o in objects if start <= o["at"] < end]
         entry: dict[str, Any] = {
             "fault": phase["fault"],

@@ -23,7 +23,7 @@ from spear.core.models import Task, TaskState, new_task_id
 from spear.core.tasks.admission import Admission
 from spear.core.tasks.running import STOPPED, Run, RunningTasks, outcome_now, outcome_of
 from spear.core.worker import EXIT_CANCELLED, EXIT_LOST, ExecutionControl, NodeServices, Outcome
-from spear.errors import InvalidArgument, ResourceExhausted, SpearError
+from spear.errors import InvalidArgument, ResourceExhausted, SpearError, StorageError
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Mapping, Sequence
@@ -38,6 +38,8 @@ if TYPE_CHECKING:
 
 
 _CANCEL_POLL_S = 0.05  # how soon a cancel ends a retry's back-off
+_END_WRITE_TRIES = 60  # a task's end written again while storage fails: ~3 minutes
+_END_WRITE_MAX_WAIT_S = 3.0
 
 
 class TaskController:
@@ -275,9 +277,7 @@ class TaskController:
                     if again is not None:
                         task = again
                         continue
-                final = await self.store.transition(
-                    task.id, outcome.state, exit_code=outcome.exit_code, reason=outcome.reason
-                )
+                final = await self._record_end(task.id, outcome)
                 return final
         except BaseException:
             if final is None:
@@ -292,6 +292,23 @@ class TaskController:
             else:
                 with anyio.CancelScope(shield=True):
                     await self._running.settle([final])
+
+    async def _record_end(self, task_id: str, outcome: Outcome) -> Task:
+        """Write how the task ended; while the node's storage fails (a full disk), again
+        after a back-off, for up to a few minutes: the end is known only here."""
+        for attempt in range(_END_WRITE_TRIES):
+            try:
+                return await self.store.transition(
+                    task_id, outcome.state, exit_code=outcome.exit_code, reason=outcome.reason
+                )
+            except StorageError as exc:
+                if attempt + 1 == _END_WRITE_TRIES:
+                    raise
+                logger.bind(task_id=task_id).warning(
+                    "task {}: its end is not written yet ({}): trying again", task_id, exc
+                )
+                await anyio.sleep(min(_END_WRITE_MAX_WAIT_S, 0.1 * 2**attempt))
+        raise AssertionError("unreachable")  # pragma: no cover
 
     async def _retry(self, task: Task, outcome: Outcome, control: ExecutionControl) -> Task | None:
         """The task recorded PENDING for its next attempt here, once its back-off passed,
