@@ -3,10 +3,10 @@
 address), tasks and object writes at a fixed rate (chaos_load.py), and one fault after
 another: SIGKILL a SPEARlet (restarted after), SIGKILL an etcd member (restarted), cut a
 SPEARlet off the network, a narrow lossy link to a SPEARlet (tc tbf), a SPEARlet's disk
-full (a 64 MiB tmpfs). For each: tasks submitted, completed, retried, lost, run twice,
-objects lost, time to recover, and the throughput (tasks completed per second) before,
-during and after; for the SIGKILL, the time from the kill to its retryable tasks running
-on another node.
+full (a 64 MiB tmpfs), SIGKILL the SMS (restarted). For each: tasks submitted,
+completed, retried, lost, run twice, objects lost, time to recover, and the throughput
+(tasks completed per second) before, during and after; for the SIGKILL, the time from
+the kill to its retryable tasks running on another node.
 
 `python -m benchmarks.faults_bench [--quick]` writes benchmarks/results/faults.json and
 prints the table of docs/faults.md; the chaos test (tests/chaos) runs the same scenario.
@@ -70,6 +70,8 @@ FAULTS = (
           lambda lab: lab.slow_link("n1", True), lambda lab: lab.slow_link("n1", False)),
     Fault("disk-full", "n3's data dir (a 64 MiB tmpfs) filled, then freed",
           lambda lab: lab.fill_disk("n3", True), lambda lab: lab.fill_disk("n3", False)),
+    Fault("sms-sigkill", "SIGKILL the SMS, restart it on its address after",
+          lambda lab: lab.kill("sms", signal.SIGKILL), lambda lab: lab.start_sms()),
 )  # fmt: skip
 
 
@@ -85,12 +87,13 @@ def run_scenario(
         out, marks, stop = base / "load.json", base / "marks.log", base / "stop"
         marks.touch()
         cli = lab.procs["cli"]
-        load = subprocess.Popen(
-            ["ip", "netns", "exec", cli.ns, *load_command(lab, out, 600, rate, marks, stop)],
-            stdout=subprocess.DEVNULL,
-            stderr=open(base / "load.err", "wb"),  # (closed when this process ends)
-            env={**lab._env(cli), "SPEAR_CONFIG": ""},
-        )
+        with open(base / "load.err", "wb") as err:
+            load = subprocess.Popen(
+                ["ip", "netns", "exec", cli.ns, *load_command(lab, out, 600, rate, marks, stop)],
+                stdout=subprocess.DEVNULL,
+                stderr=err,
+                env={**lab._env(cli), "SPEAR_CONFIG": ""},
+            )
         timeline: list[dict[str, Any]] = []
         try:
             time.sleep(warmup_s)  # the load before the first fault (a phase's length)
@@ -164,6 +167,11 @@ def analyse(raw: dict[str, Any]) -> dict[str, Any]:
             "objects_written": sum(1 for o in objs if o["acked"]),
             "object_writes_refused": sum(1 for o in objs if not o["acked"]),
             "objects_lost": sum(1 for o in objs if o["acked"] and not o.get("read_back")),
+            "objects_lost_detail": [
+                {k: o.get(k) for k in ("key", "error")}
+                for o in objs
+                if o["acked"] and not o.get("read_back")
+            ][:5],
             "recover_s": round(phase["recovered"] - phase["healed"], 2),
             "throughput_before": _throughput(finished, start - WINDOW_S, start),
             "throughput_during": _throughput(finished, start, phase["healed"]),

@@ -39,4 +39,5 @@ def test_faults_under_steady_load(tmp_path: Path) -> None:
         assert by_name[name]["tasks_lost"] == 0, by_name[name]
     killed = by_name["spearlet-sigkill"]
     assert killed["tasks_retried"] > 0 and killed["kill_to_rerun_s"]["n"] > 0, killed
-    assert result["totals"]["objects_lost"] == 0, result["totals"]
+    lost_objects = [f["objects_lost_detail"] for f in by_name.values()]
+    assert result["totals"]["objects_lost"] == 0, lost_objects

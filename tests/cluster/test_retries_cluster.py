@@ -52,3 +52,25 @@ def test_lost_nodes_retryable_tasks_run_again_elsewhere(make_cluster: Any, loop_
     assert stopped.returncode == 0, stopped.stderr
     assert_eventually(lambda: sms_state(sms, retried) is TaskState.CANCELLED)
     assert sms_call(sms, "task", retried).attempts == 1
+
+
+def test_a_key_names_one_task_across_nodes_and_submits_wait_for_the_sms(
+    make_cluster: Any, loop_wasm: Path
+) -> None:
+    cluster = make_cluster(nodes=2, node_settings={"node-1": {"labels": {"zone": "a"}}})
+    sms = cluster.sms.address
+    node1, node2 = cluster.member("node-1").address, cluster.member("node-2").address
+    first = _submit(node1, loop_wasm, "--idempotency-key", "order-17")
+    assert_eventually(lambda: sms_state(sms, first) is TaskState.RUNNING)
+    # The same key through another node (a client failing over): the same task.
+    again = _submit(node2, loop_wasm, "--idempotency-key", "order-17")
+    assert again == first
+    assert [t.id for t in sms_call(sms, "tasks")].count(first) == 1
+
+    # With the SMS away, a task that does not fit node-2 (only node-1 has zone=a) waits
+    # in node-2's queue instead of being refused, and is placed once the SMS is back.
+    cluster.stop_member(cluster.sms, signal.SIGKILL)
+    queued = _submit(node2, loop_wasm, "--label", "zone=a")
+    cluster.start_sms(listen=sms)
+    assert_eventually(lambda: sms_state(sms, queued) is TaskState.RUNNING, timeout=20)
+    assert sms_call(sms, "task", queued).node == "node-1"

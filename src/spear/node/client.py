@@ -477,16 +477,18 @@ class Client(AsyncResource):
         return cv.object_from_wire(await self._retrying(lambda: self._stub.put_object(chunks())))
 
     async def get_object(self, key: str) -> tuple[bytes, ObjectInfo]:
-        info: ObjectInfo | None = None
-        parts: list[bytes] = []
-        with self._errors():
+        async def attempt() -> tuple[bytes, ObjectInfo]:
+            info: ObjectInfo | None = None
+            parts: list[bytes] = []
             async for chunk in self._stub.get_object(v1.GetObjectRequest(key=key)):
                 if chunk.info is not None:
                     info = cv.object_from_wire(chunk.info)
                 parts.append(chunk.data)
-        if info is None:
-            raise SpearError(f"node {self.address} sent no object for {key!r}")
-        return b"".join(parts), info
+            if info is None:
+                raise SpearError(f"node {self.address} sent no object for {key!r}")
+            return b"".join(parts), info
+
+        return await self._retrying(attempt)
 
     async def list_objects(self, prefix: str = "") -> list[ObjectInfo]:
         with self._errors():
