@@ -2,7 +2,10 @@
 
 When the sweeper declares a node dead (core/sms.py), each of its unfinished tasks whose
 spec retries "node-lost" (core/retries.py) is recorded PENDING for its next attempt
-instead of FAILED, and queued under `retry/<id>` with the time its back-off ends. Each
+instead of FAILED, on no node, and queued under `retry/<id>` with the time its back-off
+ends. So is a task a node reports FAILED with a failure its spec retries that the node
+could not retry itself: "process-lost", found by a node restarted after a SIGKILL, or
+stopped with its node. Each
 sweep then places the due ones, as a SPEARlet places a task it has no room for: a live
 node with room (core/scheduler.py's ranking), the task forwarded to it under its own id
 with its attempts and history (ForwardTask; the node adopts it, and reports it from
@@ -59,9 +62,10 @@ class RetryPlacement:
             return None
         now = self._clock()
         lost = dataclasses.replace(failed, history=failed.history[:-1])  # (FAILED re-added)
-        return retries.next_attempt(
+        again = retries.next_attempt(
             lost, failed.exit_code or 0, failed.reason or retries.NODE_LOST, now
         )
+        return dataclasses.replace(again, node=None)  # on no node until placed
 
     async def queue(self, task: Task) -> None:
         """Place `task` (recorded by `next_attempt`) once its back-off has passed."""
@@ -104,7 +108,6 @@ class RetryPlacement:
             runtime=spec.runtime.value,
             labels=selector_labels(spec.labels),
             objects=input_objects(spec.labels),
-            exclude=tuple(a.node for a in task.attempt_log[-1:]),
         )
         placement = await self._sms.find_nodes(query)
         if not placement.could_ever_fit:

@@ -249,6 +249,8 @@ class MetadataServer(Cluster):
                 return old  # a finished task stays as it finished (e.g. "node lost")
             if old is not None and len(old.history) > len(task.history):
                 return old  # a late report of an earlier state
+            if self.retries is not None and task.state is TaskState.FAILED:
+                task = self.retries.next_attempt(task) or task  # (e.g. found lost on restart)
             if await self.kv.compare_and_swap(_TASKS + task.id, encode_task(task), expected) > 0:
                 break
         if old is not None and old.node and old.node != task.node:
@@ -259,6 +261,8 @@ class MetadataServer(Cluster):
                 await self.kv.delete(index)
             else:
                 await self.kv.put(index, b"")
+        if task.attempts and task.node is None and self.retries is not None:
+            await self.retries.queue(task)
         return task
 
     async def report_tasks(self, tasks: Sequence[Task]) -> None:
