@@ -1,8 +1,8 @@
 """The chaos suite (issue 16): a cluster in network namespaces under a steady load of tasks
 and object writes, with faults injected one after another (benchmarks/faults_bench.py:
 SIGKILL a SPEARlet, SIGKILL an etcd member, a partition, a narrow lossy link, a full
-disk). Retryable tasks are never lost, acknowledged objects never; what else each fault
-cost is reported (docs/faults.md). Needs root: skipped, saying why, where it cannot run.
+disk, SIGKILL the SMS). Retryable tasks are never lost, acknowledged objects never; what
+else each fault cost is reported (docs/faults.md). Needs root: skipped, saying why, where it cannot run.
 """
 
 from __future__ import annotations
@@ -33,9 +33,9 @@ def test_faults_under_steady_load(tmp_path: Path) -> None:
     assert list(by_name) == [f.name for f in FAULTS]
     for fault in by_name.values():
         assert fault["tasks_submitted"] > 0, fault  # the load ran through every fault
-    # Retryable tasks are not lost to a dead node, a dead etcd member, a partition or a
-    # bad link: each ends COMPLETED, on its node or another.
-    for name in ("spearlet-sigkill", "etcd-member-kill", "partition", "slow-link"):
+    # Retryable tasks are not lost to a dead node, a dead etcd member, a partition, a
+    # bad link or a dead SMS: each ends COMPLETED, on its node or another.
+    for name in ("spearlet-sigkill", "etcd-member-kill", "partition", "slow-link", "sms-sigkill"):
         assert by_name[name]["tasks_lost"] == 0, by_name[name]
     killed = by_name["spearlet-sigkill"]
     assert killed["tasks_retried"] > 0 and killed["kill_to_rerun_s"]["n"] > 0, killed
