@@ -2,7 +2,8 @@
 and object writes, with faults injected one after another (benchmarks/faults_bench.py:
 SIGKILL a SPEARlet, SIGKILL an etcd member, a partition, a narrow lossy link, a full
 disk, SIGKILL the SMS). Retryable tasks are never lost, acknowledged objects never; what
-else each fault cost is reported (docs/faults.md). Needs root: skipped, saying why, where it cannot run.
+else each fault cost is reported (docs/faults.md). Needs root: skipped, saying why,
+where it cannot run.
 """
 
 from __future__ import annotations
