@@ -15,6 +15,7 @@ from hypothesis import strategies as st
 
 from spear.core.models import (
     ALLOWED_TRANSITIONS,
+    Attempt,
     DirMapping,
     FunctionSpec,
     NodeInfo,
@@ -193,6 +194,8 @@ EVERY_FIELD = FunctionSpec(
     cpu_time_s=2.0,
     open_files=10,
     namespace="team-a",
+    max_retries=3,
+    retry_on=("timeout", "exit"),
 )
 
 
@@ -215,6 +218,8 @@ def test_every_spec_field_goes_through_json_under_its_name() -> None:
         "cpu_time_s": 2.0,
         "open_files": 10,
         "namespace": "team-a",
+        "max_retries": 3,
+        "retry_on": ["timeout", "exit"],
     }
     assert FunctionSpec.from_json(data) == EVERY_FIELD
 
@@ -240,6 +245,7 @@ def test_a_namespace_is_a_dns_label() -> None:
     for bad in ("", "Team", "-a", "a-", "a/b", "a" * 64, "@ns"):
         with pytest.raises(InvalidArgument, match="invalid namespace"):
             FunctionSpec("m", namespace=bad)
+    assert (spec.max_retries, spec.retry_on) == (0, ("node-lost", "process-lost"))
 
 
 def test_every_task_field_goes_through_json() -> None:
@@ -255,6 +261,7 @@ def test_every_task_field_goes_through_json() -> None:
         node="n1",
         attempts=2,
         history=(("PENDING", 1.0), ("RUNNING", 2.0), ("FAILED", 3.0)),
+        attempt_log=(Attempt("n0", 0.5, 0.7, 137, "node lost"),),
     )
     data = json.loads(json.dumps(task.to_json()))
     assert {k: v for k, v in data.items() if k != "spec"} == {
@@ -268,6 +275,15 @@ def test_every_task_field_goes_through_json() -> None:
         "node": "n1",
         "attempts": 2,
         "history": [["PENDING", 1.0], ["RUNNING", 2.0], ["FAILED", 3.0]],
+        "attempt_log": [
+            {
+                "node": "n0",
+                "started_at": 0.5,
+                "finished_at": 0.7,
+                "exit_code": 137,
+                "reason": "node lost",
+            }
+        ],
     }
     assert Task.from_json(data) == task
     minimal = Task.from_json({"id": "t2", "spec": {"artifact": "m"}, "state": "PENDING"})

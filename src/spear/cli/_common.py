@@ -66,7 +66,10 @@ def json_requested() -> bool:
 NodeOpt = Annotated[
     str | None,
     typer.Option(
-        "--node", envvar="SPEAR_NODE", help="A node daemon's HOST:PORT (default: this data dir's)."
+        "--node",
+        envvar="SPEAR_NODE",
+        help="A node daemon's HOST:PORT, or several comma-separated to fail over between "
+        "(default: this data dir's).",
     ),
 ]
 
@@ -146,9 +149,16 @@ async def connect(settings: Settings, node: str | None) -> AsyncIterator[NodeAPI
     if address is not None:
         from spear.errors import Unavailable
         from spear.node.client import Client  # (only then: it loads gRPC)
+        from spear.node.failover import DEFAULT_RETRIES
         from spear.transport.channels import Credentials
 
-        client = Client(address, credentials=Credentials.for_settings(settings))
+        # (A daemon found in the data dir is probed once: it may be gone, and then this
+        # process is the node. One named with --node is retried and failed over.)
+        client = Client(
+            address,
+            credentials=Credentials.for_settings(settings),
+            retries=0 if node is None else DEFAULT_RETRIES,
+        )
         try:
             if node is None:  # found in the data dir: it may be stale (a killed daemon)
                 try:

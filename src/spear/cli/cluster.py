@@ -1,7 +1,7 @@
 """Distributed mode from the command line: `spear nodes`, `spear cluster up|down`.
 
     spear nodes [--sms HOST:PORT] [--json]
-    spear cluster up [--nodes N] [--etcd]
+    spear cluster up [--nodes N] [--etcd] [--etcd-members 1|3|5]
 
 `spear serve --role sms|spearlet --sms HOST:PORT` lives in serve.py; what it assembles
 (the SMS, a cluster member) is built in spear.node.assembly.
@@ -141,6 +141,14 @@ DirOpt = Annotated[
 def cluster_up(
     nodes: Annotated[int, typer.Option("--nodes", help="How many SPEARlets.")] = 3,
     etcd: Annotated[bool, typer.Option("--etcd", help="Keep the SMS's state in etcd.")] = False,
+    etcd_members: Annotated[
+        int | None,
+        typer.Option(
+            "--etcd-members",
+            help="With etcd: how many members, 1, 3 or 5, on etcd's fixed local ports "
+            "(default 1; implies --etcd). Its data is kept under the cluster's dir.",
+        ),
+    ] = None,
     base: DirOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
@@ -151,7 +159,12 @@ def cluster_up(
     root = base or _default_base()
     if (root / STATE_FILE).exists():
         raise InvalidArgument(f"a cluster is already up under {root} (spear cluster down)")
-    cluster = LocalCluster(root, nodes=nodes, etcd=etcd)
+    if etcd_members is not None and etcd_members not in (1, 3, 5):
+        raise InvalidArgument("--etcd-members must be 1, 3 or 5")
+    etcd = etcd or etcd_members is not None
+    cluster = LocalCluster(
+        root, nodes=nodes, etcd=etcd, etcd_members=(etcd_members or 1) if etcd else 0
+    )
     try:
         with Progress(f"starting an SMS and {nodes} SPEARlet(s) under {root}", not as_json):
             cluster.start()

@@ -28,8 +28,10 @@ from spear.cli.spec import (
     EnvOpt,
     FuelOpt,
     InvokeOpt,
+    MaxRetriesOpt,
     MemoryOpt,
     OpenFilesOpt,
+    RetryOnOpt,
     RuntimeOpt,
     TimeoutOpt,
     WarmOpt,
@@ -68,6 +70,8 @@ def run(
     cpu_time: CpuTimeOpt = None,
     open_files: OpenFilesOpt = None,
     workdir: WorkdirOpt = None,
+    max_retries: MaxRetriesOpt = 0,
+    retry_on: RetryOnOpt = None,
     stream: Annotated[
         bool,
         typer.Option(
@@ -107,6 +111,8 @@ def run(
         cpu_time=cpu_time,
         open_files=open_files,
         workdir=workdir,
+        max_retries=max_retries,
+        retry_on=retry_on,
     )
     if as_json:
         result: TaskResult = on_node(settings, None, lambda api: api.call(spec))

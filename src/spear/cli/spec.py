@@ -8,7 +8,7 @@ import click
 import typer
 
 from spear.config import parse_size
-from spear.core.models import DirMapping, FunctionSpec, Resources, Runtime
+from spear.core.models import DEFAULT_RETRY_ON, DirMapping, FunctionSpec, Resources, Runtime
 from spear.errors import InvalidArgument
 
 ArgsArg = Annotated[list[str] | None, typer.Argument(help="Arguments for the task.")]
@@ -43,6 +43,27 @@ OpenFilesOpt = Annotated[
 WorkdirOpt = Annotated[
     str | None, typer.Option("--workdir", help="process: the working directory.")
 ]
+MaxRetriesOpt = Annotated[
+    int,
+    typer.Option(
+        "--max-retries", help="Run the task again up to N times if it fails (see --retry-on)."
+    ),
+]
+RetryOnOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--retry-on",
+        help="Which failures to retry, comma-separated: node-lost, process-lost, timeout, "
+        "exit (default: node-lost,process-lost).",
+    ),
+]
+
+
+def parse_retry_on(text: str | None) -> tuple[str, ...]:
+    """`--retry-on`'s kinds (the spec checks each one)."""
+    if text is None:
+        return DEFAULT_RETRY_ON
+    return tuple(kind.strip() for kind in text.split(",") if kind.strip())
 
 
 def pick_runtime(module: str, flag: str | None) -> Runtime:
@@ -78,6 +99,8 @@ def build_spec(
     workdir: str | None,
     labels: list[str] | None = None,
     resources: Resources | None = None,
+    max_retries: int = 0,
+    retry_on: str | None = None,
 ) -> FunctionSpec:
     """The FunctionSpec the task options describe (a leading `--` in `args` is ours)."""
     task_args = list(args or ())
@@ -99,4 +122,6 @@ def build_spec(
         workdir=workdir,
         labels=tuple(parse_pair(lb, "--label") for lb in labels or ()),
         resources=resources if resources is not None else Resources(),
+        max_retries=max_retries,
+        retry_on=parse_retry_on(retry_on),
     )

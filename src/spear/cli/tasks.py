@@ -35,8 +35,10 @@ from spear.cli.spec import (
     EnvOpt,
     FuelOpt,
     InvokeOpt,
+    MaxRetriesOpt,
     MemoryOpt,
     OpenFilesOpt,
+    RetryOnOpt,
     RuntimeOpt,
     TimeoutOpt,
     WarmOpt,
@@ -88,6 +90,8 @@ def submit(
     cpu_time: CpuTimeOpt = None,
     open_files: OpenFilesOpt = None,
     workdir: WorkdirOpt = None,
+    max_retries: MaxRetriesOpt = 0,
+    retry_on: RetryOnOpt = None,
     stdin_file: Annotated[
         Path | None, typer.Option("--stdin", help="A file to give the task as stdin (- for ours).")
     ] = None,
@@ -105,6 +109,13 @@ def submit(
     ] = None,
     reserve: Annotated[
         str | None, typer.Option("--reserve", help="Memory to reserve, e.g. 256M (default: 64M).")
+    ] = None,
+    idempotency_key: Annotated[
+        str | None,
+        typer.Option(
+            "--idempotency-key",
+            help="Submitting again with the same KEY returns the same task, never a second.",
+        ),
     ] = None,
     node: NodeOpt = None,
     data_dir: DataDirOpt = None,
@@ -131,6 +142,8 @@ def submit(
         cpu_time=cpu_time,
         open_files=open_files,
         workdir=workdir,
+        max_retries=max_retries,
+        retry_on=retry_on,
         labels=labels,
         resources=resources,
     )
@@ -142,7 +155,7 @@ def submit(
             raise InvalidArgument(f"--stdin: cannot read {stdin_file}: {exc.strerror}") from None
 
     async def go(api: NodeAPI) -> Task:
-        handle = await api.submit(spec, stdin=stdin)
+        handle = await api.submit(spec, stdin=stdin, idempotency_key=idempotency_key)
         if not as_json:
             sys.stdout.write(handle.id + "\n")
             sys.stdout.flush()
@@ -234,6 +247,9 @@ def _print_task(task: Task) -> None:
         ("duration", _duration(task)),
         ("history", ", ".join(f"{s}@{t:.6f}" for s, t in task.history)),
     ]
+    for n, attempt in enumerate(task.attempt_log, 1):  # a retried task's earlier runs
+        where = attempt.node or "-"
+        lines.append((f"attempt {n}", f"on {where}: exit {attempt.exit_code}, {attempt.reason}"))
     for name, value in lines:
         sys.stdout.write(f"{name + ':':<11}{value}\n")
 

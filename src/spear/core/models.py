@@ -122,6 +122,14 @@ def _check_text(spec: FunctionSpec) -> None:
         _utf8("the working directory", spec.workdir)
 
 
+# The failures a task may be retried on (FunctionSpec.retry_on; core/retries.py tells
+# them apart). By default only the system's own: like Ray's tasks, an agent's error or
+# timeout is not retried unless asked, since running it again may not be harmless.
+RETRYABLE_FAILURES = ("node-lost", "process-lost", "timeout", "exit")
+DEFAULT_RETRY_ON = ("node-lost", "process-lost")
+MAX_RETRIES_LIMIT = 100
+
+
 @dataclass(frozen=True, slots=True)
 class FunctionSpec:
     """Everything needed to run one task: what, with which inputs, under which limits.
@@ -146,6 +154,8 @@ class FunctionSpec:
     cpu_time_s: float | None = None  # process runtime: RLIMIT_CPU
     open_files: int | None = None  # process runtime: RLIMIT_NOFILE
     namespace: str = "default"  # core/namespaces.py
+    max_retries: int = 0  # how often a failed task is run again (core/retries.py)
+    retry_on: tuple[str, ...] = DEFAULT_RETRY_ON  # on which failures (RETRYABLE_FAILURES)
 
     def __post_init__(self) -> None:
         if not self.artifact:
@@ -160,6 +170,12 @@ class FunctionSpec:
             raise InvalidArgument("CPU time limit must be a positive number of seconds")
         if self.open_files is not None and self.open_files < 1:
             raise InvalidArgument("open files limit must be at least 1")
+        if not 0 <= self.max_retries <= MAX_RETRIES_LIMIT:
+            raise InvalidArgument(f"max retries must be between 0 and {MAX_RETRIES_LIMIT}")
+        for kind in self.retry_on:
+            if kind not in RETRYABLE_FAILURES:
+                known = ", ".join(RETRYABLE_FAILURES)
+                raise InvalidArgument(f"unknown failure to retry on {kind!r} (one of {known})")
         for name, _ in self.env:
             if not name or "=" in name:
                 raise InvalidArgument(f"invalid environment variable name {name!r}")
@@ -172,6 +188,8 @@ class FunctionSpec:
         data["runtime"] = self.runtime.value
         if self.namespace == "default":  # a record as it was before namespaces
             del data["namespace"]
+        if not self.max_retries and self.retry_on == DEFAULT_RETRY_ON:
+            del data["max_retries"], data["retry_on"]  # (records as before retries existed)
         return data
 
     @classmethod
@@ -194,6 +212,8 @@ class FunctionSpec:
                 cpu_time_s=data.get("cpu_time_s"),
                 open_files=data.get("open_files"),
                 namespace=data.get("namespace", "default"),
+                max_retries=int(data.get("max_retries", 0)),
+                retry_on=tuple(data.get("retry_on", DEFAULT_RETRY_ON)),
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise InvalidArgument(f"malformed function spec: {exc}") from exc
@@ -219,6 +239,30 @@ os.register_at_fork(after_in_child=_reseed_ids)
 
 
 @dataclass(frozen=True, slots=True)
+class Attempt:
+    """An earlier run of a retried task: the node it ran on and how it ended."""
+
+    node: str
+    started_at: float | None
+    finished_at: float
+    exit_code: int
+    reason: str
+
+    def to_json(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Attempt:
+        return cls(
+            node=str(data.get("node", "")),
+            started_at=data.get("started_at"),
+            finished_at=float(data.get("finished_at", 0.0)),
+            exit_code=int(data.get("exit_code", 0)),
+            reason=str(data.get("reason", "")),
+        )
+
+
+@dataclass(frozen=True, slots=True)
 class Task:
     """One run of a FunctionSpec and everything known about how it went."""
 
@@ -233,6 +277,7 @@ class Task:
     node: str | None = None
     attempts: int = 0
     history: tuple[tuple[str, float], ...] = ()
+    attempt_log: tuple[Attempt, ...] = ()  # the runs before this one (core/retries.py)
 
     def transition(
         self,
@@ -264,6 +309,7 @@ class Task:
         _set_field(new, "node", self.node)
         _set_field(new, "attempts", self.attempts)
         _set_field(new, "history", (*self.history, (state._value_, now)))
+        _set_field(new, "attempt_log", self.attempt_log)
         return new
 
     def to_json(self, *, spec_json: Any = None) -> dict[str, Any]:
@@ -283,6 +329,9 @@ class Task:
             "node": self.node,
             "attempts": self.attempts,
             "history": self.history,  # pairs: JSON arrays, as tuples or lists
+            **(
+                {"attempt_log": [a.to_json() for a in self.attempt_log]} if self.attempt_log else {}
+            ),
         }
 
     @classmethod
@@ -299,6 +348,7 @@ class Task:
             node=data.get("node"),
             attempts=data.get("attempts", 0),
             history=tuple((str(s), float(t)) for s, t in data.get("history", ())),
+            attempt_log=tuple(Attempt.from_json(a) for a in data.get("attempt_log", ())),
         )
 
 

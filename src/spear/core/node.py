@@ -193,9 +193,12 @@ class Spearlet:
         each, with their records written together (see TaskController.run_many)."""
         return await self.controller.run_many(specs)
 
-    async def submit(self, spec: FunctionSpec, *, stdin: bytes | None = None) -> Task:
-        """Start a task in the background and return it at once (PENDING)."""
-        return await self.controller.submit(spec, stdin=stdin)
+    async def submit(
+        self, spec: FunctionSpec, *, stdin: bytes | None = None, task_id: str | None = None
+    ) -> Task:
+        """Start a task in the background and return it at once (PENDING); `task_id`:
+        under that id (refused if it exists)."""
+        return await self.controller.submit(spec, stdin=stdin, task_id=task_id)
 
     async def wait(self, task_id: str) -> Task:
         return await self.controller.wait(task_id)

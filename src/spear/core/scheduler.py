@@ -150,21 +150,31 @@ class Scheduler:
         self.decisions.append(Decision(task, how, node))
         logger.bind(task_id=task.id).debug("task {}: {} ({})", task.id, how, node)
 
-    async def submit(self, spec: FunctionSpec, *, stdin: bytes | None = None) -> Task:
-        """Place a new task: here, on another node, in the queue, or FAILED at once."""
+    async def submit(
+        self, spec: FunctionSpec, *, stdin: bytes | None = None, task_id: str | None = None
+    ) -> Task:
+        """Place a new task: here, on another node, in the queue, or FAILED at once
+        (`task_id`: under that id, node/idempotency.py)."""
         if not self._queue:
-            here = await self._try_here(spec, stdin, None)
+            here = await self._try_here(spec, stdin, task_id)
             if here is not None:
                 self._note(here, "local", self.node.name)
                 return here
         task = Task(
-            id=new_task_id(),
+            id=task_id or new_task_id(),
             spec=spec,
             created_at=time.time(),
             node=self.node.name,
             history=((TaskState.PENDING.value, time.time()),),
         )
-        placement = await self.cluster.find_nodes(self._query(spec))
+        try:
+            placement = await self.cluster.find_nodes(self._query(spec))
+        except Unavailable as exc:  # the SMS is briefly away: wait in the queue (issue 16)
+            logger.info("task {} waits for the SMS: {}", task.id, exc)
+            self._queue.append(_Queued(task, stdin))
+            self._note(task, "queued", self.node.name)
+            self._wake.set()
+            return task
         if not placement.could_ever_fit and not self._could_ever_run_here(spec):
             failed = task.transition(
                 TaskState.FAILED,
@@ -293,18 +303,24 @@ class Scheduler:
             self._queue.remove(item)
 
     async def _try_here(
-        self, spec: FunctionSpec, stdin: bytes | None, task_id: str | None
+        self,
+        spec: FunctionSpec,
+        stdin: bytes | None,
+        task_id: str | None,
+        previous: Task | None = None,
     ) -> Task | None:
         """Start a task on this node if it fits now (None if not). The controller reserves
         its resources as it accepts it, before its first await (so with no await between
         this check and that reservation): the next decision sees them taken."""
         if not self._fits_here_now(spec):
             return None
-        return await self.node.controller.submit(spec, stdin=stdin, task_id=task_id)
+        return await self.node.controller.submit(
+            spec, stdin=stdin, task_id=task_id, previous=previous
+        )
 
     async def adopt(self, task: Task, spec: FunctionSpec, stdin: bytes | None) -> Task:
         """Run a task forwarded by another node here, under its id, if it fits now."""
-        adopted = await self._try_here(spec, stdin, task.id)
+        adopted = await self._try_here(spec, stdin, task.id, previous=task)
         if adopted is None:
             free = self.node.controller.free
             raise ResourceExhausted(

@@ -42,6 +42,7 @@ if TYPE_CHECKING:
     from collections.abc import Callable, Sequence
 
     from spear.core.models import Resources, Task
+    from spear.core.retry_placement import RetryPlacement
     from spear.store.kv import KV
 
 _NODES = "nodes/"
@@ -74,6 +75,7 @@ class MetadataServer(Cluster):
         # gives every node a full period to speak before judging it.
         self._started = clock()
         self.stats = SmsStats()  # read by the SMS's /metrics (spear/web/metrics.py)
+        self.retries: RetryPlacement | None = None  # a lost node's tasks run again (issue 16)
 
     # -- nodes ------------------------------------------------------------------------
 
@@ -203,6 +205,8 @@ class MetadataServer(Cluster):
         while True:
             try:
                 await self.sweep()
+                if self.retries is not None:
+                    await self.retries.place_due()
             except Exception:  # a KV hiccup must not end the loop
                 logger.exception("the node sweep failed")
             await anyio.sleep(self.timings.heartbeat_s / 2)
@@ -245,6 +249,8 @@ class MetadataServer(Cluster):
                 return old  # a finished task stays as it finished (e.g. "node lost")
             if old is not None and len(old.history) > len(task.history):
                 return old  # a late report of an earlier state
+            if self.retries is not None and task.state is TaskState.FAILED:
+                task = self.retries.next_attempt(task) or task  # (e.g. found lost on restart)
             if await self.kv.compare_and_swap(_TASKS + task.id, encode_task(task), expected) > 0:
                 break
         if old is not None and old.node and old.node != task.node:
@@ -255,6 +261,8 @@ class MetadataServer(Cluster):
                 await self.kv.delete(index)
             else:
                 await self.kv.put(index, b"")
+        if task.attempts and task.node is None and self.retries is not None:
+            await self.retries.queue(task)
         return task
 
     async def report_tasks(self, tasks: Sequence[Task]) -> None:
@@ -299,9 +307,12 @@ class MetadataServer(Cluster):
                 if task.state.terminal or task.node != node:
                     break
                 failed = task.transition(TaskState.FAILED, reason=reason, exit_code=EXIT_LOST)
-                raw = encode_task(failed)
+                again = None if self.retries is None else self.retries.next_attempt(failed)
+                raw = encode_task(failed if again is None else again)
                 if await self.kv.compare_and_swap(_TASKS + task_id, raw, current.version) > 0:
                     count += 1
+                    if again is not None and self.retries is not None:
+                        await self.retries.queue(again)
                     break
             await self.kv.delete(entry.key)
         return count

@@ -32,8 +32,16 @@ class NodeAPI(Protocol):
         """True when the node runs in this process: its tasks end when this process does."""
         ...
 
-    async def submit(self, spec: FunctionSpec, *, stdin: bytes | None = None) -> TaskHandle:
-        """Start a task; returns at once with a handle on it (the task is PENDING)."""
+    async def submit(
+        self,
+        spec: FunctionSpec,
+        *,
+        stdin: bytes | None = None,
+        idempotency_key: str | None = None,
+    ) -> TaskHandle:
+        """Start a task; returns at once with a handle on it (the task is PENDING).
+        `idempotency_key`: a submit retried with the same key returns the same task
+        (node/idempotency.py)."""
         ...
 
     async def run(

@@ -31,6 +31,7 @@ if TYPE_CHECKING:
     from spear.models.router import ModelRouter
     from spear.node.cluster import ClusterNode
     from spear.node.inprocess import InProcessNode
+    from spear.node.peer import Peers
     from spear.node.server import SpearletServer
     from spear.store.kv import KV
     from spear.store.objects import ObjectStore
@@ -344,6 +345,7 @@ async def serving_sms(settings: Settings, kv_spec: str | None = None) -> AsyncIt
         if security.tls is None:
             member_credentials(settings)  # says what is missing: members prove who with TLS
         sms = MetadataServer(kv, timings)
+        peers = retry_placement(sms, settings)
         server = SmsServer(sms, security=security)
         address = await server.start(settings.listen)
         try:
@@ -356,6 +358,18 @@ async def serving_sms(settings: Settings, kv_spec: str | None = None) -> AsyncIt
         finally:
             with anyio.CancelScope(shield=True):
                 await server.close()
+                await peers.aclose()
+
+
+def retry_placement(sms: MetadataServer, settings: Settings) -> Peers:
+    """Let the SMS place a lost node's retryable tasks again (core/retry_placement.py),
+    forwarding them with the member certificate; returns the peers to close."""
+    from spear.core.retry_placement import RetryPlacement
+    from spear.node.peer import Peers
+
+    peers = Peers("sms", credentials=member_credentials(settings))
+    sms.retries = RetryPlacement(sms, peers)
+    return peers
 
 
 def serve_sms(

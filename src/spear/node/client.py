@@ -19,15 +19,23 @@ import dataclasses
 import hashlib
 import os
 import stat
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 import anyio
 from anyio.abc import AsyncResource
 from grpclib.const import Cardinality
 
-from spear.core.models import LogChunk, NodeInfo, ObjectInfo, Runtime, TaskResult
-from spear.errors import InvalidArgument, NotFound, SpearError, error_from_code
+from spear.core.models import LogChunk, NodeInfo, ObjectInfo, Runtime, TaskResult, new_task_id
+from spear.errors import (
+    InvalidArgument,
+    NotFound,
+    SpearError,
+    StorageError,
+    Unavailable,
+    error_from_code,
+)
 from spear.node.api import StreamingTask, TaskHandle, read_own_stdin, run_attached
+from spear.node.failover import DEFAULT_RETRIES, Failover
 from spear.transport import _convert as cv
 from spear.transport import _speedups
 from spear.transport._gen.pb import spearlet_pb2 as pb
@@ -40,11 +48,13 @@ from spear.transport._status import (
 from spear.transport.channels import Credentials, close_channel, open_channel
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+    from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 
     from grpclib.client import Channel, Stream
 
     from spear.core.models import FunctionSpec, Task, TaskState
+
+_T = TypeVar("_T")
 
 
 def _split_address(address: str) -> tuple[str, int]:
@@ -105,6 +115,12 @@ class Client(AsyncResource):
     `credentials`: a token and/or the TLS files of a cluster (transport/channels.py).
     `timeout`: seconds each call may take (None: no limit; a wait is one call too).
     `max_message_bytes`: the largest message sent or accepted (the node has its own).
+
+    `address` may name several nodes, `HOST:PORT,HOST:PORT,...`: a call that finds its
+    node unavailable (down, unreachable, draining) is tried again on the next one, after
+    a back-off (node/failover.py), up to `retries` times; calls that change nothing twice
+    (reads, cancel, submits, which carry an idempotency key, and unconditional object
+    puts) are retried, others not.
     """
 
     def __init__(
@@ -115,9 +131,13 @@ class Client(AsyncResource):
         credentials: Credentials | None = None,
         timeout: float | None = None,
         max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
+        retries: int = DEFAULT_RETRIES,
     ) -> None:
         _speedups.install()
-        self.address = address
+        self._failover = Failover(address, retries)
+        for each in self._failover.addresses:
+            _split_address(each)  # (each one checked now, not when failed over to)
+        self.address = address = self._failover.address
         if credentials is None:
             credentials = Credentials(token=token)
         elif token is not None:
@@ -154,6 +174,24 @@ class Client(AsyncResource):
         if channel is not None:
             await close_channel(channel)
         self._stub_ = None
+
+    async def _retrying(self, call: Callable[[], Awaitable[_T]]) -> _T:
+        """`call()`, again on the next node after a back-off while nodes are unavailable
+        (node/failover.py); `call` reads `self._stub` afresh each time."""
+        attempt = 0
+        while True:
+            try:
+                with self._errors():
+                    return await call()
+            except (Unavailable, StorageError) as exc:
+                if not self._failover.should_retry(exc, attempt):
+                    raise
+            await self.aclose()  # the next call opens a channel to the next node
+            self.address = self._failover.next_address()
+            self._host, self._port = _split_address(self.address)
+            self._uploaded.clear()  # the next node may lack what this one had
+            await anyio.sleep(self._failover.backoff_s(attempt))
+            attempt += 1
 
     # -- artifacts -------------------------------------------------------------------
 
@@ -243,12 +281,25 @@ class Client(AsyncResource):
 
     # -- tasks -----------------------------------------------------------------------
 
-    async def submit(self, spec: FunctionSpec, *, stdin: bytes | None = None) -> TaskHandle:
-        """Start a task on the node; the handle's `result()` (or `await handle`) waits."""
-        request = await self._request(spec, stdin, wait=False)
-        with self._errors():
-            info = await self._stub.submit_task(request)
-        return TaskHandle(self, cv.task_from_wire(info))
+    async def submit(
+        self,
+        spec: FunctionSpec,
+        *,
+        stdin: bytes | None = None,
+        idempotency_key: str | None = None,
+    ) -> TaskHandle:
+        """Start a task on the node; the handle's `result()` (or `await handle`) waits.
+
+        The submit carries an idempotency key (a new one unless given): retried after a
+        lost reply or on another node, it returns the task the first attempt made."""
+        key = idempotency_key or new_task_id()
+
+        async def attempt() -> Any:
+            request = await self._request(spec, stdin, wait=False)
+            request.idempotency_key = key
+            return await self._stub.submit_task(request)
+
+        return TaskHandle(self, cv.task_from_wire(await self._retrying(attempt)))
 
     @property
     def in_process(self) -> bool:
@@ -270,9 +321,14 @@ class Client(AsyncResource):
             return await run_attached(
                 self, spec, stdin=stdin, stdout=stdout, stderr=stderr, on_created=on_created
             )
-        request = await self._request(spec, stdin, wait=True)
-        with self._errors():
-            return cv.task_from_wire(await self._stub.submit_task(request))
+        key = new_task_id()
+
+        async def attempt() -> Any:
+            request = await self._request(spec, stdin, wait=True)
+            request.idempotency_key = key
+            return await self._stub.submit_task(request)
+
+        return cv.task_from_wire(await self._retrying(attempt))
 
     async def submit_many(
         self, specs: Sequence[FunctionSpec], *, wait: bool = False
@@ -322,8 +378,8 @@ class Client(AsyncResource):
                         await stream.cancel()
 
     async def task(self, task_id: str) -> Task:
-        with self._errors():
-            return cv.task_from_wire(await self._stub.get_task(v1.GetTaskRequest(task_id=task_id)))
+        request = v1.GetTaskRequest(task_id=task_id)
+        return cv.task_from_wire(await self._retrying(lambda: self._stub.get_task(request)))
 
     async def tasks(self, state: TaskState | None = None, limit: int | None = None) -> list[Task]:
         found: list[Task] = []
@@ -333,8 +389,7 @@ class Client(AsyncResource):
             request = v1.ListTasksRequest(
                 state=cv.state_to_wire(state), limit=left, page_token=token
             )
-            with self._errors():
-                answer = await self._stub.list_tasks(request)
+            answer = await self._retrying(lambda: self._stub.list_tasks(request))
             found.extend(cv.task_from_wire(t) for t in answer.tasks)
             token = answer.next_page_token
             if not token or (limit is not None and len(found) >= limit):
@@ -346,21 +401,26 @@ class Client(AsyncResource):
                 yield cv.task_from_wire(info)
 
     async def wait(self, task_id: str) -> Task:
-        last = None
-        async for task in self.watch(task_id):
-            last = task
+        async def watched() -> Task | None:
+            last = None
+            async for task in self.watch(task_id):
+                last = task
+            return last
+
+        last = await self._retrying(watched)
         if last is None:  # pragma: no cover - the node always sends the current state
             return await self.task(task_id)
         return last
 
     async def cancel(self, task_id: str, reason: str = "cancelled") -> Task:
         request = v1.CancelTaskRequest(task_id=task_id, reason=reason)
-        with self._errors():
-            return cv.task_from_wire(await self._stub.cancel_task(request))
+        return cv.task_from_wire(await self._retrying(lambda: self._stub.cancel_task(request)))
 
     async def result(self, task_id: str, *, wait: bool = True) -> TaskResult:
         request = v1.GetResultRequest(task_id=task_id, wait=wait)
-        return await self._result(self._stub.get_result(request), f"task {task_id}")
+        return await self._retrying(
+            lambda: self._result(self._stub.get_result(request), f"task {task_id}")
+        )
 
     async def call(self, spec: FunctionSpec, *, stdin: bytes | None = None) -> TaskResult:
         """Run a task and return its result, in one call (RunTask). Its messages are
@@ -405,8 +465,8 @@ class Client(AsyncResource):
     # -- the node --------------------------------------------------------------------
 
     async def node_info(self) -> NodeInfo:
-        with self._errors():
-            return cv.node_from_wire(await self._stub.get_node_info(v1.GetNodeInfoRequest()))
+        answer = await self._retrying(lambda: self._stub.get_node_info(v1.GetNodeInfoRequest()))
+        return cv.node_from_wire(answer)
 
     # -- objects ---------------------------------------------------------------------
 
@@ -420,28 +480,31 @@ class Client(AsyncResource):
             for i in range(CHUNK_BYTES, len(data), CHUNK_BYTES):
                 yield v1.ObjectChunk(data=data[i : i + CHUNK_BYTES])
 
-        with self._errors():
-            return cv.object_from_wire(await self._stub.put_object(chunks()))
+        if expected_version is not None:  # a conditional put is not retried blindly
+            with self._errors():
+                return cv.object_from_wire(await self._stub.put_object(chunks()))
+        return cv.object_from_wire(await self._retrying(lambda: self._stub.put_object(chunks())))
 
     async def get_object(self, key: str) -> tuple[bytes, ObjectInfo]:
-        info: ObjectInfo | None = None
-        parts: list[bytes] = []
-        with self._errors():
+        async def attempt() -> tuple[bytes, ObjectInfo]:
+            info: ObjectInfo | None = None
+            parts: list[bytes] = []
             async for chunk in self._stub.get_object(v1.GetObjectRequest(key=key)):
                 if chunk.info is not None:
                     info = cv.object_from_wire(chunk.info)
                 parts.append(chunk.data)
-        if info is None:
-            raise SpearError(f"node {self.address} sent no object for {key!r}")
-        return b"".join(parts), info
+            if info is None:
+                raise SpearError(f"node {self.address} sent no object for {key!r}")
+            return b"".join(parts), info
+
+        return await self._retrying(attempt)
 
     async def list_objects(self, prefix: str = "") -> list[ObjectInfo]:
         found: list[ObjectInfo] = []
         token = ""
         while True:  # page after page (node/paging.py)
             request = v1.ListObjectsRequest(prefix=prefix, page_token=token)
-            with self._errors():
-                answer = await self._stub.list_objects(request)
+            answer = await self._retrying(lambda: self._stub.list_objects(request))
             found.extend(cv.object_from_wire(o) for o in answer.objects)
             token = answer.next_page_token
             if not token:

@@ -121,8 +121,21 @@ class ClusterNode:
 
     # -- tasks -----------------------------------------------------------------------
 
-    async def submit(self, spec: FunctionSpec, *, stdin: bytes | None = None) -> TaskHandle:
+    async def submit(
+        self,
+        spec: FunctionSpec,
+        *,
+        stdin: bytes | None = None,
+        idempotency_key: str | None = None,
+    ) -> TaskHandle:
         self._refuse_if_draining()
+        if idempotency_key is not None:
+            from spear.node.idempotency import submit_once
+
+            async def start(task_id: str) -> Task:
+                return await self.scheduler.submit(spec, stdin=stdin, task_id=task_id)
+
+            return TaskHandle(self, await submit_once(idempotency_key, self.task, start))
         return TaskHandle(self, await self.scheduler.submit(spec, stdin=stdin))
 
     async def run(

@@ -60,9 +60,22 @@ class InProcessNode:
 
     # -- tasks -----------------------------------------------------------------------
 
-    async def submit(self, spec: FunctionSpec, *, stdin: bytes | None = None) -> TaskHandle:
+    async def submit(
+        self,
+        spec: FunctionSpec,
+        *,
+        stdin: bytes | None = None,
+        idempotency_key: str | None = None,
+    ) -> TaskHandle:
         if self.draining:
             raise Unavailable(f"node {self.node.name} is draining: it accepts no new tasks")
+        if idempotency_key is not None:
+            from spear.node.idempotency import submit_once
+
+            async def start(task_id: str) -> Task:
+                return await self.node.submit(spec, stdin=stdin, task_id=task_id)
+
+            return TaskHandle(self, await submit_once(idempotency_key, self.task, start))
         return TaskHandle(self, await self.node.submit(spec, stdin=stdin))
 
     @property

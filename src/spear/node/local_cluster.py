@@ -65,6 +65,11 @@ class LocalCluster:
     etcd_process: Any = None
     startup_timeout_s: float = 30.0
     ca: Path | None = None  # the cluster's CA (default base/ca); clusters may share one
+    # etcd on fixed addresses, its data kept under base/etcd/ across restarts (issue 16):
+    # 1, 3 or 5 members (0: one member on ports the kernel picks, for tests), on etcd's
+    # local ports or one host each (`etcd_hosts`, e.g. 127.x.y.1-3).
+    etcd_members: int = 0
+    etcd_hosts: tuple[str, ...] | None = None
 
     def _spawn(self, member: Member, args: list[str]) -> None:
         member.data_dir.mkdir(parents=True, exist_ok=True)
@@ -136,10 +141,14 @@ class LocalCluster:
         kv: list[str] = []
         if self.etcd:
             if self.etcd_process is None:
-                from spear.store.etcd_server import EtcdProcess
+                from spear.store.etcd_server import start_etcd
 
-                self.etcd_process = EtcdProcess(self.base / "etcd")
-                self.etcd_process.start()
+                self.etcd_process = start_etcd(
+                    self.base / "etcd",
+                    self.etcd_members or 1,
+                    hosts=self.etcd_hosts,
+                    ephemeral=not self.etcd_members,
+                )
             kv = ["--kv", self.etcd_process.url]
         self.write_config(self.sms, {})
         self._spawn(self.sms, ["serve", "--role", "sms", "--listen", listen, *kv])
@@ -202,7 +211,7 @@ class LocalCluster:
         state = {
             "sms": self.sms.address if self.sms else "",
             "etcd": self.etcd_process.url if self.etcd_process else "",
-            "etcd_pid": self.etcd_process.proc.pid if self.etcd_process else 0,
+            "etcd_pids": self.etcd_process.pids if self.etcd_process else [],
             "members": [
                 {"name": m.name, "address": m.address, "pid": m.pid, "data_dir": str(m.data_dir)}
                 for m in procs
@@ -249,8 +258,9 @@ def stop_saved(base: Path, timeout_s: float = 15.0) -> int:
     except FileNotFoundError:
         raise NotFound(f"no cluster is running under {base}") from None
     pids = [int(m["pid"]) for m in state.get("members", [])]
-    if state.get("etcd_pid"):
+    if state.get("etcd_pid"):  # (a cluster.json from before etcd clusters)
         pids.append(int(state["etcd_pid"]))
+    pids.extend(int(pid) for pid in state.get("etcd_pids", ()))
     stopped = 0
     for pid in pids:  # SPEARlets first (they deregister), then the SMS, then etcd
         try:

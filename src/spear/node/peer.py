@@ -82,7 +82,7 @@ class Peers:
         client = self._clients.get(address)
         if client is None:
             client = self._clients[address] = Client(
-                address, credentials=self._credentials, max_message_bytes=self._max
+                address, credentials=self._credentials, max_message_bytes=self._max, retries=0
             )
         return client
 

@@ -117,6 +117,10 @@ class SpearletService(v1.SpearletBase):
 
     async def _submit(self, request: v1.SubmitTaskRequest, *, wait: bool) -> Task:
         spec = await self._resolve(request)
+        if request.idempotency_key:  # (a retried submit: the same task, node/idempotency.py)
+            key = request.idempotency_key
+            handle = await self.api.submit(spec, stdin=request.stdin or None, idempotency_key=key)
+            return await self.api.wait(handle.id) if wait else handle.task
         if wait:
             task = await self.api.run(spec, stdin=request.stdin or None)
             logger.debug("task {} ran ({})", task.id, spec.artifact)

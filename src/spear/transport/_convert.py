@@ -5,6 +5,8 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from spear.core.models import (
+    DEFAULT_RETRY_ON,
+    Attempt,
     DirMapping,
     FunctionSpec,
     LogChunk,
@@ -95,6 +97,8 @@ def spec_to_wire(spec: FunctionSpec, m: _Messages = v1) -> v1.FunctionSpec:
         cpu_time_s=spec.cpu_time_s,
         open_files=spec.open_files,
         namespace=spec.namespace,
+        max_retries=spec.max_retries,
+        retry_on=[] if spec.retry_on == DEFAULT_RETRY_ON else list(spec.retry_on),
     )
 
 
@@ -123,6 +127,8 @@ def spec_from_wire(spec: v1.FunctionSpec | pb.FunctionSpec | None) -> FunctionSp
         cpu_time_s=optional(spec, "cpu_time_s"),
         open_files=optional(spec, "open_files"),
         namespace=spec.namespace or "default",
+        max_retries=spec.max_retries,
+        retry_on=tuple(spec.retry_on) or DEFAULT_RETRY_ON,
     )
 
 
@@ -147,6 +153,16 @@ def task_to_wire(task: Task, m: _Messages = v1) -> v1.TaskInfo:
         node=task.node,
         attempts=task.attempts,
         history=history,
+        attempt_log=[
+            m.Attempt(
+                node=a.node,
+                started_at=a.started_at,
+                finished_at=a.finished_at,
+                exit_code=a.exit_code,
+                reason=a.reason,
+            )
+            for a in task.attempt_log
+        ],
     )
 
 
@@ -167,6 +183,16 @@ def task_from_wire(info: v1.TaskInfo | pb.TaskInfo) -> Task:
         attempts=info.attempts,
         history=tuple(
             ((state_from_wire(h.state) or TaskState.PENDING).value, h.at) for h in info.history
+        ),
+        attempt_log=tuple(
+            Attempt(
+                node=a.node,
+                started_at=optional(a, "started_at"),
+                finished_at=a.finished_at,
+                exit_code=a.exit_code,
+                reason=a.reason,
+            )
+            for a in info.attempt_log
         ),
     )
 

@@ -8,17 +8,22 @@ steps once admitted (running.py): start, outcome, release, settle.
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
+import math
+import os
 import time
 from typing import TYPE_CHECKING
 
 import anyio
 
 from spear._logging import logger
+from spear.core import retries
 from spear.core.models import Task, TaskState, new_task_id
 from spear.core.tasks.admission import Admission
 from spear.core.tasks.running import STOPPED, Run, RunningTasks, outcome_now, outcome_of
 from spear.core.worker import EXIT_CANCELLED, EXIT_LOST, ExecutionControl, NodeServices, Outcome
-from spear.errors import InvalidArgument, ResourceExhausted, SpearError
+from spear.errors import InvalidArgument, ResourceExhausted, SpearError, StorageError
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Mapping, Sequence
@@ -30,6 +35,11 @@ if TYPE_CHECKING:
     from spear.core.tasks.hooks import FinishedHook
     from spear.core.tasks.store import TaskStore
     from spear.core.worker import Execution, WorkerAgent
+
+
+_CANCEL_POLL_S = 0.05  # how soon a cancel ends a retry's back-off
+_END_WRITE_TRIES = 60  # a task's end written again while storage fails: ~3 minutes
+_END_WRITE_MAX_WAIT_S = 3.0
 
 
 class TaskController:
@@ -48,6 +58,7 @@ class TaskController:
         self._agents = agents
         self._admission = Admission(capacity)
         self._node = node_name
+        self._logs = logs
         self._running = RunningTasks(
             store, agents, logs, self._admission, services or NodeServices()
         )
@@ -84,16 +95,26 @@ class TaskController:
     # -- recording new tasks ------------------------------------------------------------
 
     async def create(
-        self, spec: FunctionSpec, *, task_id: str | None = None, running: bool = False
+        self,
+        spec: FunctionSpec,
+        *,
+        task_id: str | None = None,
+        running: bool = False,
+        previous: Task | None = None,
     ) -> Task:
         """Check the artifact of `spec` and record a new task for it (PENDING, or RUNNING
         when `running`: admitted already, it starts at once).
 
         A task whose artifact is refused is recorded too, FAILED with the reason, and the
         refusal raised. `task_id`: keep an id given elsewhere (a task forwarded from
-        another node).
+        another node). `previous`: the record of a task retried here after its node was
+        lost (core/retries.py): its attempts and history go on.
         """
         task = self._new_task(spec, task_id)
+        if previous is not None and previous.attempts:
+            task = dataclasses.replace(
+                previous, spec=spec, state=TaskState.PENDING, node=self._node
+            )
         refused = await self._refusal(task)
         if refused is not None:
             raise refused[0]
@@ -169,7 +190,12 @@ class TaskController:
         )
 
     async def submit(
-        self, spec: FunctionSpec, *, stdin: bytes | None = None, task_id: str | None = None
+        self,
+        spec: FunctionSpec,
+        *,
+        stdin: bytes | None = None,
+        task_id: str | None = None,
+        previous: Task | None = None,
     ) -> Task:
         """Start `spec` in the background; returns the PENDING task at once.
 
@@ -180,7 +206,7 @@ class TaskController:
             raise RuntimeError("the task controller is not started")
         admitted = self._admission.try_acquire(spec.resources)
         try:
-            task = await self.create(spec, task_id=task_id)
+            task = await self.create(spec, task_id=task_id, previous=previous)
             self._running.runs[task.id] = Run(ExecutionControl())
             self._task_group.start_soon(self._execute_guarded, task, stdin, admitted)
         except BaseException:
@@ -213,41 +239,46 @@ class TaskController:
         writers: list[TaskLogWriter] = []  # made once admitted: thousands may wait before
         final: Task | None = None
         try:
-            if not admitted:
-                try:
-                    await self._admission.acquire(task.spec.resources)
-                    admitted = True
-                except ResourceExhausted as exc:
+            while True:  # once, and again for each retry its spec allows (retries.py)
+                if not admitted:
+                    try:
+                        await self._admission.acquire(task.spec.resources)
+                        admitted = True
+                    except ResourceExhausted as exc:
+                        final = await self.store.transition(
+                            task.id, TaskState.FAILED, reason=str(exc), exit_code=exc.exit_code
+                        )
+                        return final
+                if control.cancelled:
                     final = await self.store.transition(
-                        task.id, TaskState.FAILED, reason=str(exc), exit_code=exc.exit_code
+                        task.id,
+                        TaskState.CANCELLED,
+                        reason=control.cancel_reason,
+                        exit_code=EXIT_CANCELLED,
                     )
                     return final
-            if control.cancelled:
-                final = await self.store.transition(
-                    task.id,
-                    TaskState.CANCELLED,
-                    reason=control.cancel_reason,
-                    exit_code=EXIT_CANCELLED,
+                if task.state is not TaskState.RUNNING:
+                    task = await self.store.transition(task.id, TaskState.RUNNING)
+                started = await self._running.start(
+                    task, control, writers, stdin, tee_stdout, tee_stderr
                 )
+                if isinstance(started, Outcome):
+                    outcome = started
+                else:
+                    run.execution = started
+                    outcome = await outcome_of(started)
+                    run.execution = None
+                # The guest is done with the node's CPU and memory: the next task may start
+                # while this one's end is written.
+                self._running.release([task], writers)
+                admitted = False
+                if outcome.state is TaskState.FAILED and not control.cancelled:
+                    again = await self._retry(task, outcome, control)
+                    if again is not None:
+                        task = again
+                        continue
+                final = await self._record_end(task.id, outcome)
                 return final
-            if task.state is not TaskState.RUNNING:
-                await self.store.transition(task.id, TaskState.RUNNING)
-            started = await self._running.start(
-                task, control, writers, stdin, tee_stdout, tee_stderr
-            )
-            if isinstance(started, Outcome):
-                outcome = started
-            else:
-                run.execution = started
-                outcome = await outcome_of(started)
-            # The guest is done with the node's CPU and memory: the next task may start
-            # while this one's end is written.
-            self._running.release([task], writers)
-            admitted = False
-            final = await self.store.transition(
-                task.id, outcome.state, exit_code=outcome.exit_code, reason=outcome.reason
-            )
-            return final
         except BaseException:
             if final is None:
                 with anyio.CancelScope(shield=True):
@@ -261,6 +292,51 @@ class TaskController:
             else:
                 with anyio.CancelScope(shield=True):
                     await self._running.settle([final])
+
+    async def _record_end(self, task_id: str, outcome: Outcome) -> Task:
+        """Write how the task ended; while the node's storage fails (a full disk), again
+        after a back-off, for up to a few minutes: the end is known only here."""
+        for attempt in range(_END_WRITE_TRIES):
+            try:
+                return await self.store.transition(
+                    task_id, outcome.state, exit_code=outcome.exit_code, reason=outcome.reason
+                )
+            except StorageError as exc:
+                if attempt + 1 == _END_WRITE_TRIES:
+                    raise
+                logger.bind(task_id=task_id).warning(
+                    "task {}: its end is not written yet ({}): trying again", task_id, exc
+                )
+                await anyio.sleep(min(_END_WRITE_MAX_WAIT_S, 0.1 * 2**attempt))
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    async def _retry(self, task: Task, outcome: Outcome, control: ExecutionControl) -> Task | None:
+        """The task recorded PENDING for its next attempt here, once its back-off passed,
+        if its spec retries this failure (None: it ends as it failed)."""
+        code = outcome.exit_code if outcome.exit_code is not None else 1
+        reason = outcome.reason or f"exit status {code}"
+        if not retries.should_retry(task, code, reason):
+            return None
+        now = time.time()
+        again = await self.store.update(
+            task.id, lambda t: retries.next_attempt(t, code, reason, now, node=self._node)
+        )
+        # The result is the last attempt's output alone (stderr keeps every attempt's).
+        with contextlib.suppress(FileNotFoundError):
+            os.truncate(self._logs.path(task.id, "stdout"), 0)
+        logger.bind(task_id=task.id).info(
+            "task {} failed ({}): attempt {} of {} here",
+            task.id,
+            reason,
+            again.attempts + 1,
+            task.spec.max_retries + 1,
+        )
+        wait = retries.backoff_s(again.attempts)
+        for _ in range(math.ceil(wait / _CANCEL_POLL_S)):  # (a cancel ends the wait)
+            if control.cancelled:
+                break
+            await anyio.sleep(_CANCEL_POLL_S)
+        return again
 
     # -- running many -------------------------------------------------------------------
 

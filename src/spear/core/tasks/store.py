@@ -24,7 +24,7 @@ from spear.errors import InvalidArgument, NotFound
 from spear.store.kv import EventKind, Write
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator, Mapping, Sequence
+    from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 
     from spear.core.worker import Outcome
     from spear.store.kv import KV
@@ -177,6 +177,21 @@ class TaskStore:
                 )
             if new_version >= 0:
                 self._remember(new, new_version)
+                return new
+
+    async def update(self, task_id: str, change: Callable[[Task], Task]) -> Task:
+        """Replace an unfinished task's record by `change(record)` (a retry's next attempt,
+        core/retries.py), retrying if another writer got there in between."""
+        while True:
+            entry = await self._kv.get(_TASKS + task_id)
+            if entry is None:
+                raise NotFound(f"no such task: {task_id}")
+            new = change(decode_task(entry.value))
+            version = await self._kv.compare_and_swap(
+                _TASKS + task_id, encode_task(new), entry.version
+            )
+            if version >= 0:
+                self._remember(new, version)
                 return new
 
     async def list_tasks(

@@ -6,6 +6,7 @@
 __all__ = (
     "ArtifactChunk",
     "ArtifactRef",
+    "Attempt",
     "CancelTaskRequest",
     "DeleteObjectResponse",
     "DeregisterNodeRequest",
@@ -208,6 +209,26 @@ default_message_pool.register_message("spear.v1", "ArtifactRef", ArtifactRef)
 
 
 @dataclass(eq=False, repr=False)
+class Attempt(betterproto2.Message):
+    """
+    One earlier run of a retried task: where it ran and how it ended.
+    """
+
+    node: "str" = betterproto2.field(1, betterproto2.TYPE_STRING)
+
+    started_at: "float | None" = betterproto2.field(2, betterproto2.TYPE_DOUBLE, optional=True)
+
+    finished_at: "float" = betterproto2.field(3, betterproto2.TYPE_DOUBLE)
+
+    exit_code: "int" = betterproto2.field(4, betterproto2.TYPE_INT32)
+
+    reason: "str" = betterproto2.field(5, betterproto2.TYPE_STRING)
+
+
+default_message_pool.register_message("spear.v1", "Attempt", Attempt)
+
+
+@dataclass(eq=False, repr=False)
 class CancelTaskRequest(betterproto2.Message):
     task_id: "str" = betterproto2.field(1, betterproto2.TYPE_STRING)
 
@@ -376,6 +397,14 @@ class FunctionSpec(betterproto2.Message):
     """
     empty: "default" (docs/security.md)
     """
+
+    max_retries: "int" = betterproto2.field(17, betterproto2.TYPE_UINT32)
+    """
+    How often a failed task is run again, and on which failures ("node-lost",
+    "process-lost", "timeout", "exit"); empty: the default ones (core/retries.py).
+    """
+
+    retry_on: "list[str]" = betterproto2.field(18, betterproto2.TYPE_STRING, repeated=True)
 
 
 default_message_pool.register_message("spear.v1", "FunctionSpec", FunctionSpec)
@@ -988,6 +1017,12 @@ class SubmitTaskRequest(betterproto2.Message):
     Answer when the task has finished rather than when it is accepted.
     """
 
+    idempotency_key: "str" = betterproto2.field(6, betterproto2.TYPE_STRING)
+    """
+    A submit retried with the same key (after a lost reply) returns the task the first
+    one made, never a second task.
+    """
+
 
 default_message_pool.register_message("spear.v1", "SubmitTaskRequest", SubmitTaskRequest)
 
@@ -1037,6 +1072,11 @@ class TaskInfo(betterproto2.Message):
     attempts: "int" = betterproto2.field(10, betterproto2.TYPE_UINT32)
 
     history: "list[StateChange]" = betterproto2.field(11, betterproto2.TYPE_MESSAGE, repeated=True)
+
+    attempt_log: "list[Attempt]" = betterproto2.field(12, betterproto2.TYPE_MESSAGE, repeated=True)
+    """
+    the attempts before this one, oldest first
+    """
 
 
 default_message_pool.register_message("spear.v1", "TaskInfo", TaskInfo)

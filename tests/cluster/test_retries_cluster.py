@@ -1,0 +1,76 @@
+"""Retries across a cluster (issue 16): a SIGKILLed SPEARlet's retryable tasks run again
+on a live node, under the same id, with the lost attempt in their record."""
+# ruff: noqa: F401, F811  (fixtures imported from helpers.py are used as arguments)
+
+from __future__ import annotations
+
+import signal
+from typing import TYPE_CHECKING, Any
+
+import pytest
+from helpers import assert_eventually, loop_wasm, make_cluster, sms_call, sms_state, spear
+
+from spear.core.models import TaskState
+
+if TYPE_CHECKING:
+    from pathlib import Path
+
+pytestmark = pytest.mark.slow
+
+
+def _submit(node: str, module: Path, *flags: str) -> str:
+    proc = spear("submit", "--node", node, *flags, str(module))
+    assert proc.returncode == 0, proc.stderr
+    return proc.stdout.split()[0]
+
+
+def test_lost_nodes_retryable_tasks_run_again_elsewhere(make_cluster: Any, loop_wasm: Path) -> None:
+    cluster = make_cluster(nodes=2)
+    sms = cluster.sms.address
+    victim = cluster.member("node-1")
+    retried = _submit(victim.address, loop_wasm, "--max-retries", "2")
+    once = _submit(victim.address, loop_wasm)  # no retries: it ends with its node
+    for tid in (retried, once):
+        assert_eventually(lambda tid=tid: sms_state(sms, tid) is TaskState.RUNNING)
+    cluster.stop_member(victim, signal.SIGKILL)
+
+    def running_on_node2() -> bool:
+        task = sms_call(sms, "task", retried)
+        return task.state is TaskState.RUNNING and task.node == "node-2"
+
+    assert_eventually(running_on_node2, timeout=20)
+    task = sms_call(sms, "task", retried)
+    assert task.attempts == 1
+    [lost] = task.attempt_log
+    assert lost.node == "node-1" and lost.exit_code == 137 and lost.reason == "node lost"
+    assert [s for s, _ in task.history] == ["PENDING", "RUNNING", "FAILED", "PENDING", "RUNNING"]
+    gone = sms_call(sms, "task", once)
+    assert gone.state is TaskState.FAILED and gone.reason == "node lost" and gone.attempts == 0
+    # The survivor runs it: stopping it there ends it (no third attempt on a cancel).
+    node2 = cluster.member("node-2").address
+    stopped = spear("stop", "--node", node2, retried)
+    assert stopped.returncode == 0, stopped.stderr
+    assert_eventually(lambda: sms_state(sms, retried) is TaskState.CANCELLED)
+    assert sms_call(sms, "task", retried).attempts == 1
+
+
+def test_a_key_names_one_task_across_nodes_and_submits_wait_for_the_sms(
+    make_cluster: Any, loop_wasm: Path
+) -> None:
+    cluster = make_cluster(nodes=2, node_settings={"node-1": {"labels": {"zone": "a"}}})
+    sms = cluster.sms.address
+    node1, node2 = cluster.member("node-1").address, cluster.member("node-2").address
+    first = _submit(node1, loop_wasm, "--idempotency-key", "order-17")
+    assert_eventually(lambda: sms_state(sms, first) is TaskState.RUNNING)
+    # The same key through another node (a client failing over): the same task.
+    again = _submit(node2, loop_wasm, "--idempotency-key", "order-17")
+    assert again == first
+    assert [t.id for t in sms_call(sms, "tasks")].count(first) == 1
+
+    # With the SMS away, a task that does not fit node-2 (only node-1 has zone=a) waits
+    # in node-2's queue instead of being refused, and is placed once the SMS is back.
+    cluster.stop_member(cluster.sms, signal.SIGKILL)
+    queued = _submit(node2, loop_wasm, "--label", "zone=a")
+    cluster.start_sms(listen=sms)
+    assert_eventually(lambda: sms_state(sms, queued) is TaskState.RUNNING, timeout=20)
+    assert sms_call(sms, "task", queued).node == "node-1"
