@@ -238,6 +238,7 @@ def test_a_minimal_spec_record_reads_with_the_defaults() -> None:
     assert (spec.timeout_s, spec.memory_limit_bytes, spec.fuel, spec.workdir) == (None,) * 4
     assert (spec.labels, spec.warm, spec.cpu_time_s, spec.open_files) == ((), False, None, None)
     assert spec.namespace == "default"
+    assert (spec.max_retries, spec.retry_on) == (0, ("node-lost", "process-lost"))
 
 
 def test_a_namespace_is_a_dns_label() -> None:
@@ -245,7 +246,6 @@ def test_a_namespace_is_a_dns_label() -> None:
     for bad in ("", "Team", "-a", "a-", "a/b", "a" * 64, "@ns"):
         with pytest.raises(InvalidArgument, match="invalid namespace"):
             FunctionSpec("m", namespace=bad)
-    assert (spec.max_retries, spec.retry_on) == (0, ("node-lost", "process-lost"))
 
 
 def test_every_task_field_goes_through_json() -> None:
