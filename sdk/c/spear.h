@@ -140,6 +140,23 @@ int32_t spear_model_chat_error(int32_t handle, char *out, uint32_t *out_len);
 SPEAR_IMPORT("model_embed")
 int32_t spear_model_embed(const char *req, uint32_t req_len, char *out, uint32_t *out_len);
 
+/* -- MCP tools (docs/hostcalls.md "Tools", docs/toolkit.md) ------------------------- */
+
+/* The tools this task may call, as JSON {"tools": [{"name": "server/tool", "description",
+ * "input_schema"}], "unavailable": {"server": "why"}}: its length; -ENOSPC (needed in
+ * *out_len); -ENOSYS the node has no MCP servers. */
+SPEAR_IMPORT("tool_list") int32_t spear_tool_list(char *out, uint32_t *out_len);
+/* Start a tool call of {"name": "server/tool", "arguments": {...}, "timeout_s"?}: its
+ * handle (poll it for SPEAR_POLLIN). -ENOENT unknown server or tool, -EACCES not allowed
+ * to this task, -EINVAL malformed. */
+SPEAR_IMPORT("tool_call_start")
+int32_t spear_tool_call_start(const char *req, uint32_t req_len);
+/* The call's result {"content": [...], "text", "structured", "is_error"}: its length;
+ * -EAGAIN not finished; the call's error (-ETIMEDOUT, -ECONNREFUSED server down, -EINVAL
+ * arguments refused); -ENOSPC (needed in *out_len, kept). */
+SPEAR_IMPORT("tool_call_result")
+int32_t spear_tool_call_result(int32_t handle, char *out, uint32_t *out_len);
+
 /* -- helpers (header only) ---------------------------------------------------------- */
 
 /* 0 if the host speaks this header's ABI, else -ENOTSUP (after logging why). */
@@ -214,6 +231,25 @@ static inline int32_t spear_model_chat(const char *req, uint32_t req_len, char *
     for (;;) {
         *out_len = cap;
         r = spear_model_chat_result(handle, out, out_len);
+        if (r != -EAGAIN) break;
+        r = spear_wait(handle, SPEAR_POLLIN, -1);
+        if (r < 0) break;
+    }
+    spear_close(handle);
+    return r;
+}
+
+/* Blocking tool call: the result JSON into (out, *out_len), its length. The call is
+ * closed afterwards: on -ENOSPC (needed length in *out_len) the result is lost. */
+static inline int32_t spear_tool_call(const char *req, uint32_t req_len, char *out,
+                                      uint32_t *out_len) {
+    int32_t handle = spear_tool_call_start(req, req_len);
+    if (handle < 0) return handle;
+    uint32_t cap = *out_len;
+    int32_t r;
+    for (;;) {
+        *out_len = cap;
+        r = spear_tool_call_result(handle, out, out_len);
         if (r != -EAGAIN) break;
         r = spear_wait(handle, SPEAR_POLLIN, -1);
         if (r < 0) break;

@@ -337,6 +337,19 @@ class Agent:
         result, _ = self.call("model_embed", _embed_body(inputs, model))
         return [list(row["embedding"]) for row in result["data"]]
 
+    # -- MCP tools (docs/toolkit.md) ---------------------------------------------------
+
+    def list_tools(self) -> list[dict[str, Any]]:
+        """The MCP tools this task may call: `{"name": "server/tool", "description",
+        "input_schema"}` each (servers that do not answer are left out)."""
+        return list(self.call("tool_list")[0]["tools"])
+
+    def call_tool(
+        self, name: str, arguments: dict[str, Any] | None = None, *, timeout_s: float | None = None
+    ) -> dict[str, Any]:
+        """Call an MCP tool: `{"content", "text", "structured", "is_error"}`."""
+        return dict(self.call("tool_call", _tool_body(name, arguments, timeout_s))[0])
+
 
 class AsyncAgent:
     """The asyncio flavour: ``async with AsyncAgent() as a: await a.put("k", b"v")``."""
@@ -549,6 +562,14 @@ class AsyncAgent:
         result, _ = await self.call("model_embed", _embed_body(inputs, model))
         return [list(row["embedding"]) for row in result["data"]]
 
+    async def list_tools(self) -> list[dict[str, Any]]:
+        return list((await self.call("tool_list"))[0]["tools"])
+
+    async def call_tool(
+        self, name: str, arguments: dict[str, Any] | None = None, *, timeout_s: float | None = None
+    ) -> dict[str, Any]:
+        return dict((await self.call("tool_call", _tool_body(name, arguments, timeout_s)))[0])
+
 
 def _chat_body(
     messages: list[dict[str, Any]],
@@ -572,6 +593,15 @@ def _embed_body(inputs: str | list[str], model: str | None) -> bytes:
     request: dict[str, Any] = {"input": inputs}
     if model is not None:
         request["model"] = model
+    return json.dumps(request).encode()
+
+
+def _tool_body(name: str, arguments: dict[str, Any] | None, timeout: float | None) -> bytes:
+    import json
+
+    request: dict[str, Any] = {"name": name, "arguments": arguments or {}}
+    if timeout is not None:
+        request["timeout_s"] = timeout
     return json.dumps(request).encode()
 
 

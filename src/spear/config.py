@@ -130,6 +130,8 @@ class Settings:
     token: str | None = dataclasses.field(default=None, repr=False)
     tls_dir: Path | None = None
     insecure: bool = False
+    # The agent toolkit (docs/toolkit.md): a TOML file of MCP servers and tool allow-lists.
+    mcp_config: str | None = None
     extra: Mapping[str, Any] = dataclasses.field(default_factory=dict)
 
     def __post_init__(self) -> None:

@@ -116,6 +116,7 @@ def local_components(settings: Settings, *, hold_kv: bool = True) -> SpearletPar
         objects=_object_store(settings, kv),
         streams=_streams(settings),
         models=_models(settings),
+        **toolkit_services(settings),
     )
     return SpearletParts(
         settings=settings,
@@ -153,6 +154,13 @@ def _models(settings: Settings) -> ModelRouter:
     # The one place that hands the environment over: API keys are read from the variables
     # the routing file names.
     return ModelRouter(RoutingConfig.from_settings(settings), os.environ)
+
+
+def toolkit_services(settings: Settings) -> dict[str, Any]:
+    """The agent toolkit's services (spear/toolkit/services.py), each made lazily."""
+    from spear.toolkit.services import toolkit_services as build
+
+    return build(settings)
 
 
 def build_local_node(settings: Settings, *, hold_kv: bool = True) -> Spearlet:
