@@ -157,6 +157,21 @@ int32_t spear_tool_call_start(const char *req, uint32_t req_len);
 SPEAR_IMPORT("tool_call_result")
 int32_t spear_tool_call_result(int32_t handle, char *out, uint32_t *out_len);
 
+/* -- subtasks (docs/hostcalls.md "Subtasks", docs/toolkit.md) ----------------------- */
+
+/* Start a child task of a JSON spec {"artifact", "runtime"?, "args"?: [...], "env"?: {},
+ * "inputs"?: [object keys], "stdin"?, "timeout_s"?, "resources"?, ...}; a relative WASM
+ * artifact is beside the parent's module. Returns the child's handle: poll it
+ * (SPEAR_POLLIN) to wait for any or all children. -EINVAL malformed, -EACCES a child this
+ * task may not start, -EMFILE too many children, -ENOENT no such artifact. */
+SPEAR_IMPORT("task_spawn") int32_t spear_task_spawn(const char *spec, uint32_t spec_len);
+/* The child's end {"id", "state", "exit_code", "reason", "output"}: its length; -EAGAIN
+ * still running; -ENOSPC (needed in *out_len, kept). A failed child is a result. */
+SPEAR_IMPORT("task_result")
+int32_t spear_task_result(int32_t handle, char *out, uint32_t *out_len);
+/* Cancel the child (its result then says "cancelled"). */
+SPEAR_IMPORT("task_cancel") int32_t spear_task_cancel(int32_t handle);
+
 /* -- helpers (header only) ---------------------------------------------------------- */
 
 /* 0 if the host speaks this header's ABI, else -ENOTSUP (after logging why). */

@@ -350,6 +350,35 @@ class Agent:
         """Call an MCP tool: `{"content", "text", "structured", "is_error"}`."""
         return dict(self.call("tool_call", _tool_body(name, arguments, timeout_s))[0])
 
+    # -- subtasks (docs/toolkit.md) -----------------------------------------------------
+
+    def spawn(
+        self,
+        artifact: str,
+        args: list[str] | tuple[str, ...] = (),
+        *,
+        inputs: list[str] | tuple[str, ...] = (),
+        stdin: str | None = None,
+        **spec: Any,
+    ) -> Child:
+        """Start a child task (FunctionSpec's fields in `spec`: runtime, env, timeout_s,
+        resources, labels, ...); `inputs` are object keys held for it while it runs."""
+        body = _spawn_body(artifact, args, inputs, stdin, spec)
+        answer = self.call("task_spawn", body)[0]
+        return Child(self, int(answer["handle"]), str(answer["id"]))
+
+    def wait(
+        self, children: list[Child], *, return_when: str = "all", timeout_s: float | None = None
+    ) -> list[Child]:
+        """Wait until "all" (or "any") of `children` have ended; those that have."""
+        if return_when not in ("all", "any"):
+            raise ValueError('return_when is "all" or "any"')
+        by_handle = {c.handle: c for c in children}
+        done = self.call(
+            "task_wait", handles=list(by_handle), all=return_when == "all", timeout=timeout_s
+        )[0]
+        return [by_handle[h] for h in done]
+
 
 class AsyncAgent:
     """The asyncio flavour: ``async with AsyncAgent() as a: await a.put("k", b"v")``."""
@@ -603,6 +632,46 @@ def _tool_body(name: str, arguments: dict[str, Any] | None, timeout: float | Non
     if timeout is not None:
         request["timeout_s"] = timeout
     return json.dumps(request).encode()
+
+
+def _spawn_body(
+    artifact: str,
+    args: list[str] | tuple[str, ...],
+    inputs: list[str] | tuple[str, ...],
+    stdin: str | None,
+    spec: dict[str, Any],
+) -> bytes:
+    import json
+
+    request: dict[str, Any] = {"artifact": artifact, "args": list(args), **spec}
+    if inputs:
+        request["inputs"] = list(inputs)
+    if stdin is not None:
+        request["stdin"] = stdin
+    if "runtime" in request:
+        request["runtime"] = str(getattr(request["runtime"], "value", request["runtime"]))
+    return json.dumps(request).encode()
+
+
+class Child:
+    """A child task: `result()` waits for its end `{"id", "state", "exit_code",
+    "reason", "output"}`; `cancel()` stops it. Ended with its parent at the latest."""
+
+    def __init__(self, agent: Agent, handle: int, task_id: str) -> None:
+        self._agent = agent
+        self.handle = handle
+        self.id = task_id
+
+    def __repr__(self) -> str:
+        return f"Child({self.id})"
+
+    def result(self, timeout_s: float | None = None) -> dict[str, Any]:
+        if not self._agent.wait([self], timeout_s=timeout_s):
+            raise HostcallError(errno.ETIMEDOUT, f"child {self.id} has not ended")
+        return dict(self._agent.call("task_result", handle=self.handle)[0])
+
+    def cancel(self) -> None:
+        self._agent.call("task_cancel", handle=self.handle)
 
 
 class ChatStream:

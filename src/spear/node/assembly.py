@@ -214,7 +214,10 @@ def make_node_api(node: Spearlet, max_message_bytes: int = 0) -> InProcessNode |
     assert cluster is not None
     peers = Peers(node.name, credentials=member_credentials(settings))
     scheduler = Scheduler(node, cluster, peers, node_labels(settings), timings.heartbeat_s)
-    return ClusterNode(local, cluster, scheduler, peers)
+    api = ClusterNode(local, cluster, scheduler, peers)
+    if node.services.subtasks is not None:  # children are placed by the scheduler
+        node.services.subtasks.use_api(api)
+    return api
 
 
 @dataclass(frozen=True, slots=True)

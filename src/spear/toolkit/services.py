@@ -13,7 +13,9 @@ if TYPE_CHECKING:
 
 def toolkit_services(settings: Settings) -> dict[str, Any]:
     """`NodeServices` fields: tools (MCP), subtasks, vectors."""
-    services: dict[str, Any] = {}
+    from spear.toolkit.subtasks import Subtasks
+
+    services: dict[str, Any] = {"subtasks": Subtasks()}
     if settings.mcp_config:
         from spear.toolkit.mcp_config import McpConfig
         from spear.toolkit.mcp_hub import McpHub
