@@ -172,6 +172,15 @@ int32_t spear_task_result(int32_t handle, char *out, uint32_t *out_len);
 /* Cancel the child (its result then says "cancelled"). */
 SPEAR_IMPORT("task_cancel") int32_t spear_task_cancel(int32_t handle);
 
+/* -- vector store (docs/hostcalls.md "Vectors", docs/toolkit.md) -------------------- */
+
+/* One JSON request {"op": "create"|"drop"|"list"|"upsert"|"query"|"delete"|"count",
+ * "collection", ...} into (out, *out_len): the JSON answer's length. Every op may be
+ * repeated: on -ENOSPC (needed in *out_len) ask again. -ENOENT no such collection,
+ * -EINVAL malformed or a dimension mismatch, -ESTALE create with another dim. */
+SPEAR_IMPORT("vec_request")
+int32_t spear_vec_request(const char *req, uint32_t req_len, char *out, uint32_t *out_len);
+
 /* -- helpers (header only) ---------------------------------------------------------- */
 
 /* 0 if the host speaks this header's ABI, else -ENOTSUP (after logging why). */

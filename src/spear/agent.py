@@ -350,6 +350,16 @@ class Agent:
         """Call an MCP tool: `{"content", "text", "structured", "is_error"}`."""
         return dict(self.call("tool_call", _tool_body(name, arguments, timeout_s))[0])
 
+    # -- vector store (docs/toolkit.md) -------------------------------------------------
+
+    def vectors(self, op: str, collection: str | None = None, **fields: Any) -> Any:
+        """One vector store request: `vectors("query", "docs", vector=[...], k=5,
+        filter={"lang": "en"})`; ops create, drop, list, upsert, query, delete, count."""
+        import json
+
+        request = {"op": op, "collection": collection, **fields}
+        return self.call("vec_request", json.dumps(request).encode())[0]
+
     # -- subtasks (docs/toolkit.md) -----------------------------------------------------
 
     def spawn(

@@ -14,8 +14,12 @@ if TYPE_CHECKING:
 def toolkit_services(settings: Settings) -> dict[str, Any]:
     """`NodeServices` fields: tools (MCP), subtasks, vectors."""
     from spear.toolkit.subtasks import Subtasks
+    from spear.toolkit.vectors import VectorStore
 
-    services: dict[str, Any] = {"subtasks": Subtasks()}
+    services: dict[str, Any] = {
+        "subtasks": Subtasks(),
+        "vectors": VectorStore(settings.data_dir / "vectors"),
+    }
     if settings.mcp_config:
         from spear.toolkit.mcp_config import McpConfig
         from spear.toolkit.mcp_hub import McpHub

@@ -6,7 +6,7 @@ from __future__ import annotations
 import errno
 from typing import TYPE_CHECKING, Any
 
-from spear.runtimes.host import subtask_ops, tool_ops
+from spear.runtimes.host import subtask_ops, tool_ops, vector_ops
 from spear.runtimes.host.ops import HostError
 
 if TYPE_CHECKING:
@@ -21,4 +21,6 @@ async def dispatch(
         return await tool_ops.dispatch(ctx, op, header, body)
     if op.startswith("task_"):
         return await subtask_ops.dispatch(ctx, op, header, body)
+    if op.startswith("vec_"):
+        return await vector_ops.dispatch(ctx, op, header, body)
     raise HostError(errno.ENOSYS, f"no such operation: {op!r}")
