@@ -145,5 +145,9 @@ def vec_count(
 
 
 @vec_app.command("drop", help="Delete a whole collection.")
-def vec_drop(name: str, data_dir: DataDirOpt = None, config: ConfigOpt = None) -> None:
+def vec_drop(
+    name: str, data_dir: DataDirOpt = None, config: ConfigOpt = None, as_json: JsonOpt = False
+) -> None:
     _request(data_dir, config, {"op": "drop", "collection": name})
+    if as_json:
+        emit_json({"dropped": name})
