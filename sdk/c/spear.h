@@ -157,6 +157,17 @@ int32_t spear_tool_call_start(const char *req, uint32_t req_len);
 SPEAR_IMPORT("tool_call_result")
 int32_t spear_tool_call_result(int32_t handle, char *out, uint32_t *out_len);
 
+/* A host-run tool loop: a chat request with a "loop" object ({"mcp": true | [globs],
+ * "functions": [tools the agent answers], "max_steps", "then"}); the host runs MCP tools,
+ * feeds results back, until a text answer or the step limit. Read the handle with
+ * spear_model_chat_read (one JSON event a read: text, call, result) and
+ * spear_model_chat_result (the last chat.completion, with "steps"). */
+SPEAR_IMPORT("tool_loop_start")
+int32_t spear_tool_loop_start(const char *req, uint32_t req_len);
+/* Answer a call the loop asked of the agent ("by": "agent"): {"id", "content"}. */
+SPEAR_IMPORT("tool_loop_answer")
+int32_t spear_tool_loop_answer(int32_t handle, const char *answer, uint32_t answer_len);
+
 /* -- subtasks (docs/hostcalls.md "Subtasks", docs/toolkit.md) ----------------------- */
 
 /* Start a child task of a JSON spec {"artifact", "runtime"?, "args"?: [...], "env"?: {},

@@ -360,6 +360,31 @@ class Agent:
         request = {"op": op, "collection": collection, **fields}
         return self.call("vec_request", json.dumps(request).encode())[0]
 
+    def chat_loop(
+        self,
+        messages: list[dict[str, Any]],
+        *,
+        mcp: bool | list[str] = True,
+        functions: dict[str, tuple[dict[str, Any], Any]] | None = None,
+        max_steps: int = 8,
+        then: str = "auto",
+        **params: Any,
+    ) -> ToolLoop:
+        """A tool loop the host runs: MCP tools (globs in `mcp`) run on the node; each of
+        `functions` (name -> (OpenAI function schema, a callable taking the arguments and
+        returning text)) is answered here. Iterate for the events; then `.response`."""
+        import json
+
+        functions = functions or {}
+        loop: dict[str, Any] = {"mcp": mcp, "max_steps": max_steps, "then": then}
+        loop["functions"] = [
+            {"type": "function", "function": {"name": name, **schema}}
+            for name, (schema, _) in functions.items()
+        ]
+        body = json.dumps({"messages": messages, "loop": loop, **params}).encode()
+        handle = int(self.call("tool_loop_start", body)[0])
+        return ToolLoop(self, handle, {n: fn for n, (_, fn) in functions.items()})
+
     # -- subtasks (docs/toolkit.md) -----------------------------------------------------
 
     def spawn(
@@ -726,6 +751,46 @@ class ChatStream:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+class ToolLoop(ChatStream):
+    """A host-run tool loop: iterate for its events (`{"type": "text" | "call" |
+    "result", ...}`); calls to the agent's own functions are answered as they come.
+    Then `response` is the last `chat.completion` (with `steps`), `text` the answer."""
+
+    def __init__(self, agent: Agent, handle: int, functions: dict[str, Any]) -> None:
+        super().__init__(agent, handle)
+        self._functions = functions
+        self.text = ""
+
+    def events(self) -> Iterator[dict[str, Any]]:
+        import json
+
+        for piece in ChatStream.__iter__(self):
+            event = json.loads(piece)
+            if event.get("type") == "text":
+                self.text += event["text"]
+            elif event.get("type") == "call" and event.get("by") == "agent":
+                self._answer(event)
+            yield event
+
+    def _answer(self, event: dict[str, Any]) -> None:
+        import json
+
+        fn = self._functions.get(event["name"])
+        try:
+            content = "error: no such function" if fn is None else str(fn(**event["arguments"]))
+        except Exception as exc:  # the model sees the failure, the loop goes on
+            content = f"error: {exc}"
+        answer = json.dumps({"id": event["id"], "content": content}).encode()
+        self._agent.call("tool_loop_answer", answer, handle=self.handle)
+
+    def run(self) -> str:
+        """Run the loop to its end; the final text."""
+        for _ in self.events():
+            pass
+        message = (self.response or {}).get("choices", [{}])[0].get("message", {})
+        return str(message.get("content") or "")
 
 
 class AsyncChatStream:

@@ -32,6 +32,7 @@ from spear.errors import (
     SpearError,
     Unavailable,
 )
+from spear.runtimes.host import tool_loop
 from spear.runtimes.host.model_ops import ModelCall
 from spear.runtimes.host.ops import ErrnoTable, HostError, add_handle, translate
 
@@ -154,4 +155,9 @@ async def dispatch(
         return await tool_list(ctx), b""
     if op == "tool_call":
         return await tool_call(ctx, body), b""
+    if op == "tool_loop_start":
+        return await tool_loop.tool_loop_start(ctx, body), b""
+    if op == "tool_loop_answer":
+        await tool_loop.tool_loop_answer(ctx, int(header["handle"]), body)
+        return None, b""
     raise HostError(errno.ENOSYS, f"no such operation: {op!r}")
