@@ -19,6 +19,8 @@ if [ -n "$missing" ]; then
 fi
 
 python3 -m pip install -q -e '.[dev]'
+# The agent toolkit (docs/toolkit.md): the MCP SDK, a reference MCP server, the vector index.
+python3 -m pip install -q -e '.[toolkit]'
 
 # The embedded AI model (spear[llm], docs/models.md). llama-cpp-python builds from source
 # (about 4 minutes on 2 cores); a native build uses AVX-512/AMX code paths that crash on

@@ -140,6 +140,58 @@ int32_t spear_model_chat_error(int32_t handle, char *out, uint32_t *out_len);
 SPEAR_IMPORT("model_embed")
 int32_t spear_model_embed(const char *req, uint32_t req_len, char *out, uint32_t *out_len);
 
+/* -- MCP tools (docs/hostcalls.md "Tools", docs/toolkit.md) ------------------------- */
+
+/* The tools this task may call, as JSON {"tools": [{"name": "server/tool", "description",
+ * "input_schema"}], "unavailable": {"server": "why"}}: its length; -ENOSPC (needed in
+ * *out_len); -ENOSYS the node has no MCP servers. */
+SPEAR_IMPORT("tool_list") int32_t spear_tool_list(char *out, uint32_t *out_len);
+/* Start a tool call of {"name": "server/tool", "arguments": {...}, "timeout_s"?}: its
+ * handle (poll it for SPEAR_POLLIN). -ENOENT unknown server or tool, -EACCES not allowed
+ * to this task, -EINVAL malformed. */
+SPEAR_IMPORT("tool_call_start")
+int32_t spear_tool_call_start(const char *req, uint32_t req_len);
+/* The call's result {"content": [...], "text", "structured", "is_error"}: its length;
+ * -EAGAIN not finished; the call's error (-ETIMEDOUT, -ECONNREFUSED server down, -EINVAL
+ * arguments refused); -ENOSPC (needed in *out_len, kept). */
+SPEAR_IMPORT("tool_call_result")
+int32_t spear_tool_call_result(int32_t handle, char *out, uint32_t *out_len);
+
+/* A host-run tool loop: a chat request with a "loop" object ({"mcp": true | [globs],
+ * "functions": [tools the agent answers], "max_steps", "then"}); the host runs MCP tools,
+ * feeds results back, until a text answer or the step limit. Read the handle with
+ * spear_model_chat_read (one JSON event a read: text, call, result) and
+ * spear_model_chat_result (the last chat.completion, with "steps"). */
+SPEAR_IMPORT("tool_loop_start")
+int32_t spear_tool_loop_start(const char *req, uint32_t req_len);
+/* Answer a call the loop asked of the agent ("by": "agent"): {"id", "content"}. */
+SPEAR_IMPORT("tool_loop_answer")
+int32_t spear_tool_loop_answer(int32_t handle, const char *answer, uint32_t answer_len);
+
+/* -- subtasks (docs/hostcalls.md "Subtasks", docs/toolkit.md) ----------------------- */
+
+/* Start a child task of a JSON spec {"artifact", "runtime"?, "args"?: [...], "env"?: {},
+ * "inputs"?: [object keys], "stdin"?, "timeout_s"?, "resources"?, ...}; a relative WASM
+ * artifact is beside the parent's module. Returns the child's handle: poll it
+ * (SPEAR_POLLIN) to wait for any or all children. -EINVAL malformed, -EACCES a child this
+ * task may not start, -EMFILE too many children, -ENOENT no such artifact. */
+SPEAR_IMPORT("task_spawn") int32_t spear_task_spawn(const char *spec, uint32_t spec_len);
+/* The child's end {"id", "state", "exit_code", "reason", "output"}: its length; -EAGAIN
+ * still running; -ENOSPC (needed in *out_len, kept). A failed child is a result. */
+SPEAR_IMPORT("task_result")
+int32_t spear_task_result(int32_t handle, char *out, uint32_t *out_len);
+/* Cancel the child (its result then says "cancelled"). */
+SPEAR_IMPORT("task_cancel") int32_t spear_task_cancel(int32_t handle);
+
+/* -- vector store (docs/hostcalls.md "Vectors", docs/toolkit.md) -------------------- */
+
+/* One JSON request {"op": "create"|"drop"|"list"|"upsert"|"query"|"delete"|"count",
+ * "collection", ...} into (out, *out_len): the JSON answer's length. Every op may be
+ * repeated: on -ENOSPC (needed in *out_len) ask again. -ENOENT no such collection,
+ * -EINVAL malformed or a dimension mismatch, -ESTALE create with another dim. */
+SPEAR_IMPORT("vec_request")
+int32_t spear_vec_request(const char *req, uint32_t req_len, char *out, uint32_t *out_len);
+
 /* -- helpers (header only) ---------------------------------------------------------- */
 
 /* 0 if the host speaks this header's ABI, else -ENOTSUP (after logging why). */
@@ -214,6 +266,25 @@ static inline int32_t spear_model_chat(const char *req, uint32_t req_len, char *
     for (;;) {
         *out_len = cap;
         r = spear_model_chat_result(handle, out, out_len);
+        if (r != -EAGAIN) break;
+        r = spear_wait(handle, SPEAR_POLLIN, -1);
+        if (r < 0) break;
+    }
+    spear_close(handle);
+    return r;
+}
+
+/* Blocking tool call: the result JSON into (out, *out_len), its length. The call is
+ * closed afterwards: on -ENOSPC (needed length in *out_len) the result is lost. */
+static inline int32_t spear_tool_call(const char *req, uint32_t req_len, char *out,
+                                      uint32_t *out_len) {
+    int32_t handle = spear_tool_call_start(req, req_len);
+    if (handle < 0) return handle;
+    uint32_t cap = *out_len;
+    int32_t r;
+    for (;;) {
+        *out_len = cap;
+        r = spear_tool_call_result(handle, out, out_len);
         if (r != -EAGAIN) break;
         r = spear_wait(handle, SPEAR_POLLIN, -1);
         if (r < 0) break;

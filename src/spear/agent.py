@@ -337,6 +337,83 @@ class Agent:
         result, _ = self.call("model_embed", _embed_body(inputs, model))
         return [list(row["embedding"]) for row in result["data"]]
 
+    # -- MCP tools (docs/toolkit.md) ---------------------------------------------------
+
+    def list_tools(self) -> list[dict[str, Any]]:
+        """The MCP tools this task may call: `{"name": "server/tool", "description",
+        "input_schema"}` each (servers that do not answer are left out)."""
+        return list(self.call("tool_list")[0]["tools"])
+
+    def call_tool(
+        self, name: str, arguments: dict[str, Any] | None = None, *, timeout_s: float | None = None
+    ) -> dict[str, Any]:
+        """Call an MCP tool: `{"content", "text", "structured", "is_error"}`."""
+        return dict(self.call("tool_call", _tool_body(name, arguments, timeout_s))[0])
+
+    # -- vector store (docs/toolkit.md) -------------------------------------------------
+
+    def vectors(self, op: str, collection: str | None = None, **fields: Any) -> Any:
+        """One vector store request: `vectors("query", "docs", vector=[...], k=5,
+        filter={"lang": "en"})`; ops create, drop, list, upsert, query, delete, count."""
+        import json
+
+        request = {"op": op, "collection": collection, **fields}
+        return self.call("vec_request", json.dumps(request).encode())[0]
+
+    def chat_loop(
+        self,
+        messages: list[dict[str, Any]],
+        *,
+        mcp: bool | list[str] = True,
+        functions: dict[str, tuple[dict[str, Any], Any]] | None = None,
+        max_steps: int = 8,
+        then: str = "auto",
+        **params: Any,
+    ) -> ToolLoop:
+        """A tool loop the host runs: MCP tools (globs in `mcp`) run on the node; each of
+        `functions` (name -> (OpenAI function schema, a callable taking the arguments and
+        returning text)) is answered here. Iterate for the events; then `.response`."""
+        import json
+
+        functions = functions or {}
+        loop: dict[str, Any] = {"mcp": mcp, "max_steps": max_steps, "then": then}
+        loop["functions"] = [
+            {"type": "function", "function": {"name": name, **schema}}
+            for name, (schema, _) in functions.items()
+        ]
+        body = json.dumps({"messages": messages, "loop": loop, **params}).encode()
+        handle = int(self.call("tool_loop_start", body)[0])
+        return ToolLoop(self, handle, {n: fn for n, (_, fn) in functions.items()})
+
+    # -- subtasks (docs/toolkit.md) -----------------------------------------------------
+
+    def spawn(
+        self,
+        artifact: str,
+        args: list[str] | tuple[str, ...] = (),
+        *,
+        inputs: list[str] | tuple[str, ...] = (),
+        stdin: str | None = None,
+        **spec: Any,
+    ) -> Child:
+        """Start a child task (FunctionSpec's fields in `spec`: runtime, env, timeout_s,
+        resources, labels, ...); `inputs` are object keys held for it while it runs."""
+        body = _spawn_body(artifact, args, inputs, stdin, spec)
+        answer = self.call("task_spawn", body)[0]
+        return Child(self, int(answer["handle"]), str(answer["id"]))
+
+    def wait(
+        self, children: list[Child], *, return_when: str = "all", timeout_s: float | None = None
+    ) -> list[Child]:
+        """Wait until "all" (or "any") of `children` have ended; those that have."""
+        if return_when not in ("all", "any"):
+            raise ValueError('return_when is "all" or "any"')
+        by_handle = {c.handle: c for c in children}
+        done = self.call(
+            "task_wait", handles=list(by_handle), all=return_when == "all", timeout=timeout_s
+        )[0]
+        return [by_handle[h] for h in done]
+
 
 class AsyncAgent:
     """The asyncio flavour: ``async with AsyncAgent() as a: await a.put("k", b"v")``."""
@@ -549,6 +626,14 @@ class AsyncAgent:
         result, _ = await self.call("model_embed", _embed_body(inputs, model))
         return [list(row["embedding"]) for row in result["data"]]
 
+    async def list_tools(self) -> list[dict[str, Any]]:
+        return list((await self.call("tool_list"))[0]["tools"])
+
+    async def call_tool(
+        self, name: str, arguments: dict[str, Any] | None = None, *, timeout_s: float | None = None
+    ) -> dict[str, Any]:
+        return dict((await self.call("tool_call", _tool_body(name, arguments, timeout_s)))[0])
+
 
 def _chat_body(
     messages: list[dict[str, Any]],
@@ -573,6 +658,55 @@ def _embed_body(inputs: str | list[str], model: str | None) -> bytes:
     if model is not None:
         request["model"] = model
     return json.dumps(request).encode()
+
+
+def _tool_body(name: str, arguments: dict[str, Any] | None, timeout: float | None) -> bytes:
+    import json
+
+    request: dict[str, Any] = {"name": name, "arguments": arguments or {}}
+    if timeout is not None:
+        request["timeout_s"] = timeout
+    return json.dumps(request).encode()
+
+
+def _spawn_body(
+    artifact: str,
+    args: list[str] | tuple[str, ...],
+    inputs: list[str] | tuple[str, ...],
+    stdin: str | None,
+    spec: dict[str, Any],
+) -> bytes:
+    import json
+
+    request: dict[str, Any] = {"artifact": artifact, "args": list(args), **spec}
+    if inputs:
+        request["inputs"] = list(inputs)
+    if stdin is not None:
+        request["stdin"] = stdin
+    if "runtime" in request:
+        request["runtime"] = str(getattr(request["runtime"], "value", request["runtime"]))
+    return json.dumps(request).encode()
+
+
+class Child:
+    """A child task: `result()` waits for its end `{"id", "state", "exit_code",
+    "reason", "output"}`; `cancel()` stops it. Ended with its parent at the latest."""
+
+    def __init__(self, agent: Agent, handle: int, task_id: str) -> None:
+        self._agent = agent
+        self.handle = handle
+        self.id = task_id
+
+    def __repr__(self) -> str:
+        return f"Child({self.id})"
+
+    def result(self, timeout_s: float | None = None) -> dict[str, Any]:
+        if not self._agent.wait([self], timeout_s=timeout_s):
+            raise HostcallError(errno.ETIMEDOUT, f"child {self.id} has not ended")
+        return dict(self._agent.call("task_result", handle=self.handle)[0])
+
+    def cancel(self) -> None:
+        self._agent.call("task_cancel", handle=self.handle)
 
 
 class ChatStream:
@@ -617,6 +751,46 @@ class ChatStream:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+class ToolLoop(ChatStream):
+    """A host-run tool loop: iterate for its events (`{"type": "text" | "call" |
+    "result", ...}`); calls to the agent's own functions are answered as they come.
+    Then `response` is the last `chat.completion` (with `steps`), `text` the answer."""
+
+    def __init__(self, agent: Agent, handle: int, functions: dict[str, Any]) -> None:
+        super().__init__(agent, handle)
+        self._functions = functions
+        self.text = ""
+
+    def events(self) -> Iterator[dict[str, Any]]:
+        import json
+
+        for piece in ChatStream.__iter__(self):
+            event = json.loads(piece)
+            if event.get("type") == "text":
+                self.text += event["text"]
+            elif event.get("type") == "call" and event.get("by") == "agent":
+                self._answer(event)
+            yield event
+
+    def _answer(self, event: dict[str, Any]) -> None:
+        import json
+
+        fn = self._functions.get(event["name"])
+        try:
+            content = "error: no such function" if fn is None else str(fn(**event["arguments"]))
+        except Exception as exc:  # the model sees the failure, the loop goes on
+            content = f"error: {exc}"
+        answer = json.dumps({"id": event["id"], "content": content}).encode()
+        self._agent.call("tool_loop_answer", answer, handle=self.handle)
+
+    def run(self) -> str:
+        """Run the loop to its end; the final text."""
+        for _ in self.events():
+            pass
+        message = (self.response or {}).get("choices", [{}])[0].get("message", {})
+        return str(message.get("content") or "")
 
 
 class AsyncChatStream:

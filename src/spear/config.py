@@ -143,6 +143,8 @@ class Settings:
     task_result_max_bytes: int = 64 * 1024 * 1024  # what a task may set with result_set
     # A wasm task's linear memory unless its spec says otherwise (0: wasm's own 4 GiB).
     wasm_memory_max_bytes: int = 1024**3
+    # The agent toolkit (docs/toolkit.md): a TOML file of MCP servers and tool allow-lists.
+    mcp_config: str | None = None
     extra: Mapping[str, Any] = dataclasses.field(default_factory=dict)
 
     def __post_init__(self) -> None:

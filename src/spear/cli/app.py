@@ -49,8 +49,9 @@ _COMMANDS: dict[str, tuple[str, str, str]] = {
     "token": ("spear.cli.tokens", "token_app", "Tokens this node accepts: create, ls, rm."),
     "runner": ("spear.cli.runner_cmd", "runner_app", "The warm runner: status, stop."),
     "quota": ("spear.cli.quotas", "quota_app", "Per-namespace quotas: set, ls, rm."),
+    "vec": ("spear.cli.vectors", "vec_app", "Vector collections: create, upsert, query, ..."),
 }
-_GROUPS = ("obj", "cluster", "token", "runner", "quota")
+_GROUPS = ("obj", "cluster", "token", "runner", "quota", "vec")
 
 HELP = """spear: a serverless runtime for AI agents (WebAssembly modules and processes).
 

@@ -94,11 +94,17 @@ class NodeServices:
     # core, and core imports no package that imports it back.
     models: Any = None
     result_max_bytes: int = 64 * 1024 * 1024  # what a task may set as its result
+    # The agent toolkit (spear/toolkit, docs/toolkit.md): MCP connections (McpHub),
+    # subtasks (Subtasks) and the vector store (VectorStore).
+    tools: Any = None
+    subtasks: Any = None
+    vectors: Any = None
 
     def with_background_work(self) -> tuple[Any, ...]:
         """The services with a `serve_node` context (the object store is served by
         `core/results.py`, which keeps the node's task results in it)."""
-        return tuple(s for s in (self.streams, self.models) if s is not None)
+        services = (self.streams, self.models, self.tools, self.subtasks, self.vectors)
+        return tuple(s for s in services if s is not None)
 
 
 @dataclass(slots=True)

@@ -124,6 +124,7 @@ def local_components(settings: Settings, *, hold_kv: bool = True) -> SpearletPar
         streams=_streams(settings),
         models=_models(settings),
         result_max_bytes=settings.task_result_max_bytes,
+        **toolkit_services(settings),
     )
     return SpearletParts(
         settings=settings,
@@ -161,6 +162,13 @@ def _models(settings: Settings) -> ModelRouter:
     # The one place that hands the environment over: API keys are read from the variables
     # the routing file names.
     return ModelRouter(RoutingConfig.from_settings(settings), os.environ)
+
+
+def toolkit_services(settings: Settings) -> dict[str, Any]:
+    """The agent toolkit's services (spear/toolkit/services.py), each made lazily."""
+    from spear.toolkit.services import toolkit_services as build
+
+    return build(settings)
 
 
 def build_local_node(settings: Settings, *, hold_kv: bool = True) -> Spearlet:
@@ -214,7 +222,10 @@ def make_node_api(node: Spearlet, max_message_bytes: int = 0) -> InProcessNode |
     assert cluster is not None
     peers = Peers(node.name, credentials=member_credentials(settings))
     scheduler = Scheduler(node, cluster, peers, node_labels(settings), timings.heartbeat_s)
-    return ClusterNode(local, cluster, scheduler, peers)
+    api = ClusterNode(local, cluster, scheduler, peers)
+    if node.services.subtasks is not None:  # children are placed by the scheduler
+        node.services.subtasks.use_api(api)
+    return api
 
 
 @dataclass(frozen=True, slots=True)

@@ -38,6 +38,7 @@ from spear.core.stats import hostcall_counter
 from spear.runtimes.host import model_ops as hostops_models
 from spear.runtimes.host import ops as hostops
 from spear.runtimes.host.ops import HostError
+from spear.runtimes.host.toolkit_ops import dispatch as toolkit_dispatch
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -414,4 +415,6 @@ async def _dispatch(
         return await _poll(ctx, interests, timeout, poll_limiter), b""
     if isinstance(op, str) and op.startswith("model_"):
         return await hostops_models.dispatch(ctx, op, h, body)
+    if isinstance(op, str) and op.startswith(("tool_", "task_", "vec_")):
+        return await toolkit_dispatch(ctx, op, h, body)
     raise HostError(errno.ENOSYS, f"no such operation: {op!r}")

@@ -10,6 +10,9 @@ from __future__ import annotations
 import wasmtime
 
 from spear.runtimes.wasm.hostcalls import basic, models, objects, streams  # noqa: F401
+from spear.runtimes.wasm.hostcalls import subtasks as _subtasks  # noqa: F401
+from spear.runtimes.wasm.hostcalls import tools as _tools  # noqa: F401
+from spear.runtimes.wasm.hostcalls import vectors as _vectors  # noqa: F401
 from spear.runtimes.wasm.hostcalls.abi import MODULE, REGISTRY, adapt
 
 

@@ -1,0 +1,153 @@
+"""`spear vec ...`: the vector store's commands (docs/toolkit.md).
+
+They open the data dir's collections in this process; a collection a running node holds
+is refused with one line (stop the node, or use it through an agent)."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from spear.cli._common import ConfigOpt, DataDirOpt, JsonOpt, emit_json, load_settings
+from spear.errors import InvalidArgument
+
+vec_app = typer.Typer(help="Vector collections: create, ls, upsert, query, rm, count, drop.")
+
+
+def _request(data_dir: Path | None, config: Path | None, request: dict[str, Any]) -> Any:
+    from spear.toolkit.vectors import VectorStore
+
+    settings = load_settings(data_dir, config)
+    store = VectorStore(settings.data_dir / "vectors")
+    try:
+        return store.request(request)
+    finally:
+        store.close()
+
+
+def _json_arg(text: str, what: str) -> Any:
+    try:
+        return json.loads(text)
+    except ValueError:
+        raise InvalidArgument(f"{what} is not valid JSON") from None
+
+
+@vec_app.command("create", help="Make a collection of DIM-dimensional vectors.")
+def vec_create(
+    name: str,
+    dim: Annotated[int, typer.Option("--dim", help="The vectors' dimension.")],
+    metric: Annotated[str, typer.Option(help="cos, ip or l2sq.")] = "cos",
+    data_dir: DataDirOpt = None,
+    config: ConfigOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    info = _request(
+        data_dir, config, {"op": "create", "collection": name, "dim": dim, "metric": metric}
+    )
+    if as_json:
+        emit_json(info)
+    else:
+        sys.stdout.write(f"{info['name']} dim {info['dim']} {info['metric']}\n")
+
+
+@vec_app.command("ls", help="List the collections.")
+def vec_ls(data_dir: DataDirOpt = None, config: ConfigOpt = None, as_json: JsonOpt = False) -> None:
+    infos = _request(data_dir, config, {"op": "list"})
+    if as_json:
+        emit_json(infos)
+        return
+    for info in infos:
+        sys.stdout.write(f"{info['name']} dim {info['dim']} {info['metric']} {info['count']}\n")
+
+
+@vec_app.command("upsert", help="Insert or replace records from FILE (JSON lines, - stdin).")
+def vec_upsert(
+    name: str,
+    file: Annotated[
+        str, typer.Argument(help='{"id", "vector", "metadata"?, "text"?} a line')
+    ] = "-",
+    data_dir: DataDirOpt = None,
+    config: ConfigOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    try:
+        text = sys.stdin.read() if file == "-" else Path(file).read_text()
+    except OSError as exc:
+        raise InvalidArgument(f"cannot read {file}: {exc.strerror}") from None
+    records = [
+        _json_arg(line, f"line {n}") for n, line in enumerate(text.splitlines(), 1) if line.strip()
+    ]
+    count = _request(data_dir, config, {"op": "upsert", "collection": name, "records": records})
+    if as_json:
+        emit_json({"upserted": count})
+    else:
+        sys.stdout.write(f"{count} records\n")
+
+
+@vec_app.command("query", help="The K nearest records to a vector.")
+def vec_query(
+    name: str,
+    vector: Annotated[str, typer.Option(help="The query vector, a JSON list.")],
+    k: Annotated[int, typer.Option("-k", help="How many.")] = 10,
+    where: Annotated[
+        str | None, typer.Option("--filter", help='Metadata filter, JSON: {"lang": "en"}')
+    ] = None,
+    data_dir: DataDirOpt = None,
+    config: ConfigOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    request = {
+        "op": "query",
+        "collection": name,
+        "vector": _json_arg(vector, "--vector"),
+        "k": k,
+        "filter": None if where is None else _json_arg(where, "--filter"),
+    }
+    hits = _request(data_dir, config, request)
+    if as_json:
+        emit_json(hits)
+        return
+    for hit in hits:
+        text = (hit["text"] or "").replace("\n", " ")[:60]
+        sys.stdout.write(
+            f"{hit['id']}\t{hit['distance']:.4f}\t{json.dumps(hit['metadata'])}\t{text}\n"
+        )
+
+
+@vec_app.command("rm", help="Delete records by id.")
+def vec_rm(
+    name: str,
+    ids: list[str],
+    data_dir: DataDirOpt = None,
+    config: ConfigOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    gone = _request(data_dir, config, {"op": "delete", "collection": name, "ids": ids})
+    if as_json:
+        emit_json({"deleted": gone})
+    else:
+        sys.stdout.write(f"{gone} deleted\n")
+
+
+@vec_app.command("count", help="How many records a collection holds.")
+def vec_count(
+    name: str, data_dir: DataDirOpt = None, config: ConfigOpt = None, as_json: JsonOpt = False
+) -> None:
+    count = _request(data_dir, config, {"op": "count", "collection": name})
+    if as_json:
+        emit_json({"count": count})
+    else:
+        sys.stdout.write(f"{count}\n")
+
+
+@vec_app.command("drop", help="Delete a whole collection.")
+def vec_drop(
+    name: str, data_dir: DataDirOpt = None, config: ConfigOpt = None, as_json: JsonOpt = False
+) -> None:
+    _request(data_dir, config, {"op": "drop", "collection": name})
+    if as_json:
+        emit_json({"dropped": name})
