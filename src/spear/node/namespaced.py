@@ -15,7 +15,7 @@ import dataclasses
 from typing import TYPE_CHECKING, Any, Literal
 
 from spear.core import namespaces as ns
-from spear.errors import NotFound, ResourceExhausted
+from spear.errors import InvalidArgument, NotFound, ResourceExhausted
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Callable, Sequence
@@ -62,9 +62,21 @@ class NamespacedNode:
         async with self.slots.slot(self.namespace, self._done) as keep:
             yield keep
 
-    async def submit(self, spec: FunctionSpec, *, stdin: bytes | None = None) -> TaskHandle:
+    async def submit(
+        self,
+        spec: FunctionSpec,
+        *,
+        stdin: bytes | None = None,
+        idempotency_key: str | None = None,
+    ) -> TaskHandle:
         async with self._slot() as keep:
-            handle = await self.api.submit(self._spec(spec), stdin=stdin)
+            handle = await self.api.submit(
+                self._spec(spec), stdin=stdin, idempotency_key=idempotency_key
+            )
+            if handle.task.spec.namespace != self.namespace:  # a key another one used
+                raise InvalidArgument(
+                    f"idempotency key {idempotency_key!r} names a task of another namespace"
+                )
             keep(handle.id)
             return handle
 
