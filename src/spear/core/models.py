@@ -8,10 +8,13 @@ import itertools
 import os
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from spear.core.namespaces import check_name as check_namespace
 from spear.errors import InvalidArgument
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
 
 # The node API's object values are the store's own type (one ObjectInfo, light module).
 from spear.store.object_info import ObjectInfo as ObjectInfo
@@ -355,6 +358,15 @@ class Task:
 # -- what callers of a node get back (the NodeAPI's values) ------------------------
 
 LOG_STREAMS = ("stdout", "stderr", "agent")
+
+
+def log_streams(streams: Sequence[str]) -> tuple[str, ...]:
+    """The log streams asked for (all of them for none); InvalidArgument for an unknown one."""
+    names = tuple(streams) or LOG_STREAMS
+    for name in names:
+        if name not in LOG_STREAMS:
+            raise InvalidArgument(f"unknown log stream {name!r} (one of {', '.join(LOG_STREAMS)})")
+    return names
 
 
 @dataclass(frozen=True, slots=True)

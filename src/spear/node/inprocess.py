@@ -16,8 +16,8 @@ from typing import TYPE_CHECKING, Literal
 
 import anyio
 
-from spear.core.models import LOG_STREAMS, LogChunk, NodeInfo, ObjectInfo, TaskResult
-from spear.errors import InvalidArgument, NotFound, Unavailable
+from spear.core.models import LogChunk, NodeInfo, ObjectInfo, TaskResult, log_streams
+from spear.errors import NotFound, Unavailable
 from spear.node.api import StreamingTask, TaskHandle
 
 if TYPE_CHECKING:
@@ -176,12 +176,7 @@ class InProcessNode:
     async def logs(
         self, task_id: str, streams: Sequence[str] = (), *, follow: bool = False
     ) -> AsyncIterator[LogChunk]:
-        names = tuple(streams) or LOG_STREAMS
-        for name in names:
-            if name not in LOG_STREAMS:
-                raise InvalidArgument(
-                    f"unknown log stream {name!r} (one of {', '.join(LOG_STREAMS)})"
-                )
+        names = log_streams(streams)
         task_id = await self._full_id(task_id)
         task = await self.node.task(task_id)  # NotFound for an unknown id
         paths = {n: str(self.node.logs.path(task_id, n)) for n in names}

@@ -15,6 +15,7 @@ import dataclasses
 from typing import TYPE_CHECKING, Any, Literal
 
 from spear.core import namespaces as ns
+from spear.core.models import log_streams
 from spear.errors import InvalidArgument, NotFound, ResourceExhausted
 
 if TYPE_CHECKING:
@@ -139,6 +140,7 @@ class NamespacedNode:
     async def logs(
         self, task_id: str, streams: Sequence[str] = (), *, follow: bool = False
     ) -> AsyncIterator[LogChunk]:
+        log_streams(streams)  # an unknown stream is refused first, as by the node itself
         task_id = (await self.task(task_id)).id
         async for chunk in self.api.logs(task_id, streams, follow=follow):
             yield chunk
