@@ -115,9 +115,10 @@ def test_an_issued_token_stands_for_its_name_and_role(tmp_path: Path) -> None:
     assert token.startswith("spear_")
     token_id, _, secret = token[len("spear_") :].partition("_")
     assert len(token_id) == 8 and len(secret) >= 43
-    assert store.verify(token) == Principal("ci", Role.SUBMITTER, "token")
+    # A token that is not an admin's acts in one namespace: "default" unless it names one.
+    assert store.verify(token) == Principal("ci", Role.SUBMITTER, "token", "default")
     # Another store (another process) reads the same file.
-    assert TokenStore(tmp_path).verify(token) == Principal("ci", Role.SUBMITTER, "token")
+    assert TokenStore(tmp_path).verify(token) == Principal("ci", Role.SUBMITTER, "token", "default")
     record = orjson.loads((tmp_path / "auth" / "tokens.json").read_bytes())["tokens"][0]
     assert record["sha256"] == hashlib.sha256(secret.encode()).hexdigest()
     assert set(record) == {"id", "name", "role", "sha256", "created_at"}
@@ -183,6 +184,7 @@ def test_tokens_are_listed_oldest_first_and_revoked_by_id_or_name(tmp_path: Path
         "id": listed[0].id,
         "name": "one",
         "role": "reader",
+        "namespace": "default",
         "created_at": listed[0].created_at,
     }
     assert listed[0].created_at <= listed[1].created_at <= listed[2].created_at
@@ -300,7 +302,10 @@ def test_each_method_needs_its_role_and_no_less(
     for method, need in POLICY.items():
         for role, token in tokens.items():
             if role >= need:
-                assert _call(auth_, method, token) == Principal(role.name.lower(), role, "token")
+                namespace = None if role is Role.ADMIN else "default"
+                assert _call(auth_, method, token) == Principal(
+                    role.name.lower(), role, "token", namespace
+                )
             else:
                 with pytest.raises(PermissionDenied) as info:
                     _call(auth_, method, token)
