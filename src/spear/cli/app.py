@@ -44,8 +44,9 @@ _COMMANDS: dict[str, tuple[str, str, str]] = {
     "cluster": ("spear.cli.cluster", "cluster_app", "A development cluster on this machine."),
     "dashboard": ("spear.cli.dashboard", "app", "Print (or open) the web dashboard's URL."),
     "token": ("spear.cli.tokens", "token_app", "Tokens this node accepts: create, ls, rm."),
+    "route": ("spear.cli.routes", "route_app", "HTTP triggers and WebSocket routes: add, ls, rm."),
 }
-_GROUPS = ("obj", "cluster", "token")
+_GROUPS = ("obj", "cluster", "token", "route")
 
 HELP = """spear: a serverless runtime for AI agents (WebAssembly modules and processes).
 
