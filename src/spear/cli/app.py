@@ -50,8 +50,9 @@ _COMMANDS: dict[str, tuple[str, str, str]] = {
     "runner": ("spear.cli.runner_cmd", "runner_app", "The warm runner: status, stop."),
     "quota": ("spear.cli.quotas", "quota_app", "Per-namespace quotas: set, ls, rm."),
     "vec": ("spear.cli.vectors", "vec_app", "Vector collections: create, upsert, query, ..."),
+    "route": ("spear.cli.routes", "route_app", "HTTP triggers and WebSocket routes: add, ls, rm."),
 }
-_GROUPS = ("obj", "cluster", "token", "runner", "quota", "vec")
+_GROUPS = ("obj", "cluster", "token", "runner", "quota", "vec", "route")
 
 HELP = """spear: a serverless runtime for AI agents (WebAssembly modules and processes).
 

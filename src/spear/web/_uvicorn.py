@@ -28,8 +28,15 @@ class Server(uvicorn.Server):
         yield
 
 
+# uvicorn's WebSocket protocol (0.3x-0.5x) logs this after a handshake refused with an
+# HTTP answer (the websocket.http.response extension), which is how a route refuses one.
+_NOT_AN_ERROR = "ASGI callable returned without completing handshake."
+
+
 class _ToLoguru(logging.Handler):
     def emit(self, record: logging.LogRecord) -> None:
+        if record.getMessage() == _NOT_AN_ERROR:
+            return
         level = record.levelname if record.levelname in ("DEBUG", "INFO", "WARNING") else "ERROR"
         logger.opt(exception=record.exc_info).log(level, "http: {}", record.getMessage())
 
@@ -42,7 +49,7 @@ def _route_logs() -> None:
         log.propagate = False
 
 
-def make_server(app: ASGIApp) -> Server:
+def make_server(app: ASGIApp, *, ws_max_size: int = 1024**2) -> Server:
     _route_logs()
     return Server(
         uvicorn.Config(
@@ -52,7 +59,8 @@ def make_server(app: ASGIApp) -> Server:
             access_log=False,
             server_header=False,
             proxy_headers=False,
-            ws="none",  # WebSocket streams (issue 19) turn this on with their routes
+            ws="auto",  # WebSocket streams (web/_triggers.py): the websockets package
+            ws_max_size=ws_max_size,  # a message is at most what a task's stream takes
             timeout_graceful_shutdown=2,
         )
     )
