@@ -32,7 +32,9 @@ from spear.core.cluster import (
     Placement,
     PlacementQuery,
 )
+from spear.core.liveness import Liveness
 from spear.core.models import TaskState
+from spear.core.sms_leader import SoleLeader
 from spear.core.stats import SmsStats
 from spear.core.tasks.codec import decode_task, encode_task
 from spear.core.worker import EXIT_LOST
@@ -42,6 +44,7 @@ if TYPE_CHECKING:
     from collections.abc import Callable, Sequence
 
     from spear.core.models import Resources, Task
+    from spear.core.sms_leader import Leadership
     from spear.store.kv import KV
 
 _NODES = "nodes/"
@@ -74,6 +77,15 @@ class MetadataServer(Cluster):
         # gives every node a full period to speak before judging it.
         self._started = clock()
         self.stats = SmsStats()  # read by the SMS's /metrics (spear/web/metrics.py)
+        # Heartbeats renew leases in memory, checkpointed in batches (core/liveness.py);
+        # only the leader writes (core/sms_leader.py: SoleLeader on LevelDB, else elected).
+        self.liveness = Liveness()
+        self.leadership: Leadership = SoleLeader()
+
+    def take_over(self) -> None:
+        """This SMS starts leading: silence counts from now, and memory starts empty."""
+        self._started = self._clock()
+        self.liveness.clear()
 
     # -- nodes ------------------------------------------------------------------------
 
@@ -85,13 +97,15 @@ class MetadataServer(Cluster):
             entry = await self.kv.get(_NODES + name)
             if entry is None:
                 return None
-            new = change(NodeRecord.from_json(json.loads(entry.value)))
+            stored = NodeRecord.from_json(json.loads(entry.value))
+            new = change(self.liveness.current(stored))
             if new is None:
                 return None
-            if (
-                await self.kv.compare_and_swap(_NODES + name, _dump(new.to_json()), entry.version)
-                > 0
-            ):
+            version = await self.kv.compare_and_swap(
+                _NODES + name, _dump(new.to_json()), entry.version
+            )
+            if version > 0:
+                self.liveness.remember(new, version)
                 return new
 
     async def register(self, node: NodeRecord) -> NodeRecord:
@@ -102,7 +116,8 @@ class MetadataServer(Cluster):
             node, registered_at=now, last_heartbeat=now, health=NodeHealth.HEALTHY
         )
         previous = await self.kv.get(_NODES + node.name)
-        await self.kv.put(_NODES + node.name, _dump(record.to_json()))
+        version = await self.kv.put(_NODES + node.name, _dump(record.to_json()))
+        self.liveness.remember(record, version)
         if previous is not None:
             old = NodeRecord.from_json(json.loads(previous.value))
             if old.incarnation != node.incarnation and old.health.live:
@@ -116,6 +131,9 @@ class MetadataServer(Cluster):
     ) -> NodeRecord | None:
         now = self._clock()
         self.stats.heartbeats += 1
+        renewed = self.liveness.renew(name, incarnation, now, free, running, queued)
+        if renewed is not None:
+            return renewed
 
         def beat(rec: NodeRecord) -> NodeRecord | None:
             if rec.incarnation != incarnation or not rec.health.live:
@@ -148,10 +166,13 @@ class MetadataServer(Cluster):
         entry = await self.kv.get(_NODES + name)
         if entry is None:
             raise NotFound(f"no such node: {name}")
-        return NodeRecord.from_json(json.loads(entry.value))
+        return self.liveness.current(NodeRecord.from_json(json.loads(entry.value)))
 
     async def nodes(self, *, live_only: bool = False) -> list[NodeRecord]:
-        out = [NodeRecord.from_json(json.loads(e.value)) for e in await self.kv.scan(_NODES)]
+        current = self.liveness.current
+        out = [
+            current(NodeRecord.from_json(json.loads(e.value))) for e in await self.kv.scan(_NODES)
+        ]
         if live_only:
             out = [n for n in out if self._healthy(n)]
         return out
@@ -198,10 +219,20 @@ class MetadataServer(Cluster):
                 logger.warning("node {} missed its heartbeats", node.name)
         return changed
 
+    async def checkpoint(self) -> int:
+        """Write the node leases renewed since the last checkpoint (core/liveness.py)."""
+        return await self.liveness.flush(
+            self.kv,
+            lambda name: _NODES + name,
+            lambda record: _dump(record.to_json()),
+            lambda name: self._update_node(name, lambda rec: rec),
+        )
+
     async def run_sweeper(self) -> None:
-        """Sweep forever, a few times per heartbeat period."""
+        """Sweep and checkpoint forever, a few times per heartbeat period (the leader)."""
         while True:
             try:
+                await self.checkpoint()
                 await self.sweep()
             except Exception:  # a KV hiccup must not end the loop
                 logger.exception("the node sweep failed")

@@ -336,12 +336,15 @@ async def serving_sms(settings: Settings, kv_spec: str | None = None) -> AsyncIt
         security = Security.for_settings(settings)
         if security.tls is None:
             member_credentials(settings)  # says what is missing: members prove who with TLS
-        sms = MetadataServer(kv, timings)
-        server = SmsServer(sms, security=security)
+        server = SmsServer(MetadataServer(kv, timings), security=security)
         address = await server.start(settings.listen)
+        sms = server.sms
         try:
             async with anyio.create_task_group() as tg:
-                tg.start_soon(sms.run_sweeper)
+                from spear.core.sms_leader import sms_leadership
+
+                sms.leadership, sms.kv = sms_leadership(kv, address, settings.extra)
+                await tg.start(sms.leadership.run, sms)
                 try:
                     yield ServingSms(address, sms)
                 finally:
