@@ -73,7 +73,7 @@ def serve(
     ] = None,
     sms: Annotated[
         str | None,
-        typer.Option("--sms", envvar="SPEAR_SMS", help="The SMS's HOST:PORT: join its cluster."),
+        typer.Option("--sms", envvar="SPEAR_SMS", help="The SMS's HOST:PORT (several, comma-separated: the leader is followed): join its cluster."),
     ] = None,
     http: Annotated[
         str | None,
