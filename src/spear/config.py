@@ -78,6 +78,8 @@ EXTRA_KEYS: dict[str, type] = {
     "unhealthy_after_s": float,
     "dead_after_s": float,
     "labels": dict,
+    # The SMS's leadership lease on etcd (core/sms_leader.py): a takeover within about it.
+    "sms_lease_ttl_s": float,
 }
 _TRUE = ("1", "true", "yes", "on")
 _FALSE = ("0", "false", "no", "off")

@@ -193,12 +193,12 @@ def sms_leadership(kv: KV, address: str, extra: Mapping[str, Any]) -> tuple[Lead
         return SoleLeader(), kv
     raw = extra.get("sms_lease_ttl_s", DEFAULT_LEASE_TTL_S)
     try:
-        ttl_s = int(raw)
+        ttl = float(raw)
     except (TypeError, ValueError):
+        ttl = 0.0
+    if not ttl.is_integer() or ttl < 2:
         raise InvalidArgument(
-            f"setting sms_lease_ttl_s must be whole seconds, not {raw!r}"
-        ) from None
-    if ttl_s < 2:
-        raise InvalidArgument(f"setting sms_lease_ttl_s must be at least 2 seconds, not {ttl_s}")
-    elected = ElectedLeader(kv, address, ttl_s)
+            f"setting sms_lease_ttl_s must be whole seconds, at least 2, not {raw!r}"
+        )
+    elected = ElectedLeader(kv, address, int(ttl))
     return elected, elected.kv
