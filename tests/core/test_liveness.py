@@ -127,3 +127,23 @@ async def test_a_record_removed_under_the_leader_is_forgotten_at_the_checkpoint(
     assert await sms.checkpoint() == 0
     assert await kv.get("nodes/a") is None  # not written back
     assert await sms.heartbeat("a", "a-1", Resources(1, 1), 0, 0) is None  # register again
+
+
+async def test_the_leader_answers_reads_from_memory_once_it_holds_every_record(kv: KV) -> None:
+    import json
+
+    clock = Clock()
+    sms = MetadataServer(kv, TIMINGS, clock)
+    await sms.register(node("a"))
+    assert not sms.liveness.complete
+    assert [n.name for n in await sms.nodes()] == ["a"]  # scanned once, then held
+    assert sms.liveness.complete
+    # Only the leader writes node records, so it need not read them back: a record put
+    # behind its back is not seen by it (a new leader, reading the KV, would see it).
+    await kv.put("nodes/b", json.dumps(node("b").to_json()).encode())
+    assert [n.name for n in await sms.nodes()] == ["a"]
+    assert (await sms.node("a")).name == "a"
+    await sms.register(node("c"))
+    assert [n.name for n in await sms.nodes()] == ["a", "c"]
+    sms.take_over()
+    assert [n.name for n in await sms.nodes()] == ["a", "b", "c"]

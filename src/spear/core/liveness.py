@@ -45,7 +45,11 @@ class Liveness:
 
     def __init__(self) -> None:
         self._leases: dict[str, _Lease] = {}
+        self._names: list[str] | None = []  # sorted, None when a name was added
         self.checkpoints = 0  # commits written by `flush`
+        # Whether every node record of the KV is held here (`load`): the leader then
+        # answers from memory, since no one else writes them (no scan, no decoding).
+        self.complete = False
 
     def __len__(self) -> int:
         return len(self._leases)
@@ -53,10 +57,33 @@ class Liveness:
     def clear(self) -> None:
         """Forget every lease (this SMS stops leading, or starts to)."""
         self._leases.clear()
+        self._names = []
+        self.complete = False
 
     def remember(self, record: NodeRecord, version: int) -> None:
         """`record` was just read from or written to the KV at `version`."""
+        if record.name not in self._leases:
+            self._names = None
         self._leases[record.name] = _Lease(record, version)
+
+    def load(self, stored: list[tuple[NodeRecord, int]]) -> None:
+        """Every node record of the KV with its version, as just scanned: held from now
+        on (a record this SMS holds already is newer, and kept)."""
+        for record, version in stored:
+            if record.name not in self._leases:
+                self.remember(record, version)
+        self.complete = True
+
+    def records(self) -> list[NodeRecord]:
+        """Every record held, in name order (as a KV scan lists them)."""
+        if self._names is None:
+            self._names = sorted(self._leases)
+        leases = self._leases
+        return [leases[name].record for name in self._names]
+
+    def record(self, name: str) -> NodeRecord | None:
+        lease = self._leases.get(name)
+        return None if lease is None else lease.record
 
     def renew(
         self,
@@ -130,6 +157,7 @@ class Liveness:
                 if self._leases.get(name) is lease:
                     if await rewrite(name) is None:  # gone from the KV: forget it too
                         self._leases.pop(name, None)
+                        self._names = None
                     else:
                         written += 1
         return written

@@ -163,19 +163,33 @@ class MetadataServer(Cluster):
         return True
 
     async def node(self, name: str) -> NodeRecord:
+        if self._from_memory():
+            held = self.liveness.record(name)
+            if held is None:
+                raise NotFound(f"no such node: {name}")
+            return held
         entry = await self.kv.get(_NODES + name)
         if entry is None:
             raise NotFound(f"no such node: {name}")
         return self.liveness.current(NodeRecord.from_json(json.loads(entry.value)))
 
     async def nodes(self, *, live_only: bool = False) -> list[NodeRecord]:
-        current = self.liveness.current
-        out = [
-            current(NodeRecord.from_json(json.loads(e.value))) for e in await self.kv.scan(_NODES)
-        ]
+        if self._from_memory():
+            out = self.liveness.records()
+        else:
+            entries = await self.kv.scan(_NODES)
+            stored = [(NodeRecord.from_json(json.loads(e.value)), e.version) for e in entries]
+            if self.leadership.leading:
+                self.liveness.load(stored)
+            current = self.liveness.current
+            out = [current(record) for record, _ in stored]
         if live_only:
             out = [n for n in out if self._healthy(n)]
         return out
+
+    def _from_memory(self) -> bool:
+        """The leader holds every node record (core/liveness.py): no KV read needed."""
+        return self.liveness.complete and self.leadership.leading
 
     def _healthy(self, node: NodeRecord) -> bool:
         # Judged on the clock as well, so a lagging sweeper never offers a silent node.
