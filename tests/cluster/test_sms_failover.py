@@ -4,6 +4,7 @@ heartbeating and reporting; a follower, and a deposed leader, refuse writes."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import time
@@ -110,6 +111,10 @@ def test_the_leader_sigkilled_a_follower_takes_over_and_nodes_follow(
         )
 
     assert_eventually(beating, timeout=20)
+    # The CLI given every address (one of them dead) asks the others.
+    listed = spear("nodes", "--sms", everyone, "--json")
+    assert listed.returncode == 0, listed.stderr
+    assert {n["name"] for n in json.loads(listed.stdout)} == {"node-1", "node-2"}
     # A task run now is reported to the new leader.
     node1 = ha.member("node-1").address
     proc = spear("submit", "--node", node1, str(loop_wasm))
