@@ -153,10 +153,13 @@ class ElectedLeader(Leadership):
 
     async def _stand(self, sms: MetadataServer) -> None:
         """One candidacy on a new lease: campaign, then lead until deposed."""
-        from spear.store.etcd_election import Candidate, Lease
+        from spear.store.etcd_election import Candidate
+        from spear.store.etcd_lease_thread import ThreadedLease
 
+        # Refreshed on a thread of its own: a loop swamped by requests must not cost the
+        # lease (and the leadership with it) exactly when load is highest.
         async with (
-            Lease.keep(self._client, self.ttl_s) as lease,
+            ThreadedLease.keep(self._client, self.ttl_s) as lease,
             Candidate(self._client, self.name, self.address.encode(), lease) as me,
         ):
             await _first(me.elected, me.deposed)
