@@ -303,11 +303,11 @@ class MetadataServer(Cluster):
         return task
 
     async def report_tasks(self, tasks: Sequence[Task]) -> None:
-        """Each report applied as `report_task` applies it; the tasks differ, so their
-        records are written side by side (one KV batch where the KV groups writes)."""
-        async with anyio.create_task_group() as tg:
-            for task in tasks:
-                tg.start_soon(self.report_task, task)
+        """Each report applied as `report_task` applies it, in batched commits
+        (core/task_registry.py)."""
+        from spear.core.task_registry import apply_reports
+
+        await apply_reports(self.kv, tasks, self.report_task)
 
     async def task(self, task_id: str) -> Task:
         """A task by its id, or by a unique prefix of it (core/task_ids.py)."""
