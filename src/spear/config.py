@@ -80,6 +80,8 @@ EXTRA_KEYS: dict[str, type] = {
     "labels": dict,
     # HTTP triggers (docs/triggers.md): [routes."/ask"] tables, served by `spear serve`.
     "routes": dict,
+    # The SMS's leadership lease on etcd (core/sms_leader.py): a takeover within about it.
+    "sms_lease_ttl_s": float,
 }
 _TRUE = ("1", "true", "yes", "on")
 _FALSE = ("0", "false", "no", "off")

@@ -9,7 +9,8 @@
     ├── StorageError               code "storage"       exit 73   the data dir cannot be used
     │   └── StorageBusy            code "busy"          exit 75   another process holds it too long
     ├── Unavailable                code "unavailable"   exit 76   a node is down or draining
-    │   └── DeadlineExceeded       code "deadline"      exit 76   a call ran past its timeout
+    │   ├── DeadlineExceeded       code "deadline"      exit 76   a call ran past its timeout
+    │   └── NotLeader              code "not_leader"    exit 76   an SMS follower refused a write
     └── PermissionDenied           code "denied"        exit 77   a credential or allow-list refused
         └── Unauthenticated        code "unauthenticated" exit 77 no credential, or one not known
 
@@ -85,6 +86,12 @@ class DeadlineExceeded(Unavailable):
     code = "deadline"
 
 
+class NotLeader(Unavailable):
+    """A write sent to an SMS that does not lead; the message names the leader if known."""
+
+    code = "not_leader"
+
+
 class PermissionDenied(SpearError):
     code = "denied"
     exit_code = 77
@@ -109,6 +116,7 @@ _BY_CODE: dict[str, type[SpearError]] = {
         DeadlineExceeded,
         PermissionDenied,
         Unauthenticated,
+        NotLeader,
     )
 }
 

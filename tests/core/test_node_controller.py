@@ -56,6 +56,7 @@ async def test_register_heartbeat_reregister_leave(tmp_path: Path) -> None:
     rec = await sms.node("n1")
     assert rec.free.cpu_millis == 300 and rec.running_tasks == 2 and nc.heartbeats == 1
     await kv.delete("nodes/n1")  # the SMS forgot the node (a restart on an empty store)
+    sms.take_over()  # (and a restarted SMS holds no lease in memory: core/liveness.py)
     await nc.beat()
     assert nc.registrations == 2 and resynced == [1, 2]
     assert (await sms.node("n1")).health is NodeHealth.HEALTHY

@@ -271,3 +271,26 @@ def test_the_placement_policy_prefers_data_then_free_cpu() -> None:
     ranked = rank_candidates([cand("a", 500), cand("b", 1500), cand("c", 100, held=1)])
     assert [c.node.name for c in ranked] == ["c", "b", "a"]
     assert [c.node.name for c in rank_candidates([cand("y", 5), cand("x", 5)])] == ["x", "y"]
+
+
+async def test_a_batch_of_reports_is_applied_as_each_alone_would_be(kv: KV) -> None:
+    sms = MetadataServer(kv, TIMINGS, Clock())
+    await sms.register(node("a"))
+    await sms.register(node("b"))
+    moved = await sms.report_task(task_on("a", TaskState.PENDING))
+    finished = await sms.report_task(task_on("a").transition(TaskState.COMPLETED, exit_code=0))
+    late = dataclasses.replace(finished, state=TaskState.RUNNING, history=finished.history[:2])
+    many = [task_on("a") for _ in range(150)]  # more than one commit holds
+    ended = [t.transition(TaskState.FAILED, exit_code=1) for t in many[:40]]
+    running_on_b = dataclasses.replace(moved, node="b").transition(TaskState.RUNNING)
+    await sms.report_tasks([*many[40:], *ended, running_on_b, late])
+    assert (await sms.task(finished.id)).state is TaskState.COMPLETED  # late: ignored
+    assert await sms.task(running_on_b.id) == running_on_b
+    for task in [*many[40:], *ended]:
+        assert await sms.task(task.id) == task
+    index = {e.key for e in await kv.scan("node-tasks/")}
+    want = {f"node-tasks/a/{t.id}" for t in many[40:]} | {f"node-tasks/b/{moved.id}"}
+    assert index == want  # ended tasks and the moved one's old entry are gone
+    # When a node dies, every unfinished task of it is failed through that index.
+    await sms.deregister("a", "a-1")
+    assert {t.state for t in await sms.tasks(node="a")} == {TaskState.FAILED, TaskState.COMPLETED}

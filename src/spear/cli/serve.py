@@ -73,7 +73,11 @@ def serve(
     ] = None,
     sms: Annotated[
         str | None,
-        typer.Option("--sms", envvar="SPEAR_SMS", help="The SMS's HOST:PORT: join its cluster."),
+        typer.Option(
+            "--sms",
+            envvar="SPEAR_SMS",
+            help="The SMS's HOST:PORT[,HOST:PORT...] (several SMS: it follows their leader).",
+        ),
     ] = None,
     http: Annotated[
         str | None,

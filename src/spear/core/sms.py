@@ -32,7 +32,9 @@ from spear.core.cluster import (
     Placement,
     PlacementQuery,
 )
+from spear.core.liveness import Liveness
 from spear.core.models import TaskState
+from spear.core.sms_leader import SoleLeader
 from spear.core.stats import SmsStats
 from spear.core.tasks.codec import decode_task, encode_task
 from spear.core.worker import EXIT_LOST
@@ -43,6 +45,7 @@ if TYPE_CHECKING:
 
     from spear.core.models import Resources, Task
     from spear.core.retry_placement import RetryPlacement
+    from spear.core.sms_leader import Leadership
     from spear.store.kv import KV
 
 _NODES = "nodes/"
@@ -76,6 +79,15 @@ class MetadataServer(Cluster):
         self._started = clock()
         self.stats = SmsStats()  # read by the SMS's /metrics (spear/web/metrics.py)
         self.retries: RetryPlacement | None = None  # a lost node's tasks run again (issue 16)
+        # Heartbeats renew leases in memory, checkpointed in batches (core/liveness.py);
+        # only the leader writes (core/sms_leader.py: SoleLeader on LevelDB, else elected).
+        self.liveness = Liveness()
+        self.leadership: Leadership = SoleLeader()
+
+    def take_over(self) -> None:
+        """This SMS starts leading: silence counts from now, and memory starts empty."""
+        self._started = self._clock()
+        self.liveness.clear()
 
     # -- nodes ------------------------------------------------------------------------
 
@@ -87,13 +99,15 @@ class MetadataServer(Cluster):
             entry = await self.kv.get(_NODES + name)
             if entry is None:
                 return None
-            new = change(NodeRecord.from_json(json.loads(entry.value)))
+            stored = NodeRecord.from_json(json.loads(entry.value))
+            new = change(self.liveness.current(stored))
             if new is None:
                 return None
-            if (
-                await self.kv.compare_and_swap(_NODES + name, _dump(new.to_json()), entry.version)
-                > 0
-            ):
+            version = await self.kv.compare_and_swap(
+                _NODES + name, _dump(new.to_json()), entry.version
+            )
+            if version > 0:
+                self.liveness.remember(new, version)
                 return new
 
     async def register(self, node: NodeRecord) -> NodeRecord:
@@ -104,7 +118,8 @@ class MetadataServer(Cluster):
             node, registered_at=now, last_heartbeat=now, health=NodeHealth.HEALTHY
         )
         previous = await self.kv.get(_NODES + node.name)
-        await self.kv.put(_NODES + node.name, _dump(record.to_json()))
+        version = await self.kv.put(_NODES + node.name, _dump(record.to_json()))
+        self.liveness.remember(record, version)
         if previous is not None:
             old = NodeRecord.from_json(json.loads(previous.value))
             if old.incarnation != node.incarnation and old.health.live:
@@ -118,6 +133,9 @@ class MetadataServer(Cluster):
     ) -> NodeRecord | None:
         now = self._clock()
         self.stats.heartbeats += 1
+        renewed = self.liveness.renew(name, incarnation, now, free, running, queued)
+        if renewed is not None:
+            return renewed
 
         def beat(rec: NodeRecord) -> NodeRecord | None:
             if rec.incarnation != incarnation or not rec.health.live:
@@ -147,16 +165,33 @@ class MetadataServer(Cluster):
         return True
 
     async def node(self, name: str) -> NodeRecord:
+        if self._from_memory():
+            held = self.liveness.record(name)
+            if held is None:
+                raise NotFound(f"no such node: {name}")
+            return held
         entry = await self.kv.get(_NODES + name)
         if entry is None:
             raise NotFound(f"no such node: {name}")
-        return NodeRecord.from_json(json.loads(entry.value))
+        return self.liveness.current(NodeRecord.from_json(json.loads(entry.value)))
 
     async def nodes(self, *, live_only: bool = False) -> list[NodeRecord]:
-        out = [NodeRecord.from_json(json.loads(e.value)) for e in await self.kv.scan(_NODES)]
+        if self._from_memory():
+            out = self.liveness.records()
+        else:
+            entries = await self.kv.scan(_NODES)
+            stored = [(NodeRecord.from_json(json.loads(e.value)), e.version) for e in entries]
+            if self.leadership.leading:
+                self.liveness.load(stored)
+            current = self.liveness.current
+            out = [current(record) for record, _ in stored]
         if live_only:
             out = [n for n in out if self._healthy(n)]
         return out
+
+    def _from_memory(self) -> bool:
+        """The leader holds every node record (core/liveness.py): no KV read needed."""
+        return self.liveness.complete and self.leadership.leading
 
     def _healthy(self, node: NodeRecord) -> bool:
         # Judged on the clock as well, so a lagging sweeper never offers a silent node.
@@ -200,10 +235,20 @@ class MetadataServer(Cluster):
                 logger.warning("node {} missed its heartbeats", node.name)
         return changed
 
+    async def checkpoint(self) -> int:
+        """Write the node leases renewed since the last checkpoint (core/liveness.py)."""
+        return await self.liveness.flush(
+            self.kv,
+            lambda name: _NODES + name,
+            lambda record: _dump(record.to_json()),
+            lambda name: self._update_node(name, lambda rec: rec),
+        )
+
     async def run_sweeper(self) -> None:
-        """Sweep forever, a few times per heartbeat period."""
+        """Sweep and checkpoint forever, a few times per heartbeat period (the leader)."""
         while True:
             try:
+                await self.checkpoint()
                 await self.sweep()
                 if self.retries is not None:
                     await self.retries.place_due()
@@ -266,11 +311,11 @@ class MetadataServer(Cluster):
         return task
 
     async def report_tasks(self, tasks: Sequence[Task]) -> None:
-        """Each report applied as `report_task` applies it; the tasks differ, so their
-        records are written side by side (one KV batch where the KV groups writes)."""
-        async with anyio.create_task_group() as tg:
-            for task in tasks:
-                tg.start_soon(self.report_task, task)
+        """Each report applied as `report_task` applies it, in batched commits
+        (core/task_registry.py)."""
+        from spear.core.task_registry import apply_reports
+
+        await apply_reports(self.kv, tasks, self.report_task)
 
     async def task(self, task_id: str) -> Task:
         """A task by its id, or by a unique prefix of it (core/task_ids.py)."""

@@ -359,9 +359,13 @@ async def serving_sms(settings: Settings, kv_spec: str | None = None) -> AsyncIt
         peers = retry_placement(sms, settings)
         server = SmsServer(sms, security=security)
         address = await server.start(settings.listen)
+        sms = server.sms
         try:
             async with anyio.create_task_group() as tg:
-                tg.start_soon(sms.run_sweeper)
+                from spear.core.sms_leader import sms_leadership
+
+                sms.leadership, sms.kv = sms_leadership(kv, address, settings.extra)
+                await tg.start(sms.leadership.run, sms)
                 try:
                     yield ServingSms(address, sms)
                 finally:

@@ -67,6 +67,11 @@ class EtcdKV(KV):
         """The connection (leases and elections use it too: store/etcd_election.py)."""
         return self._client
 
+    @property
+    def namespace(self) -> str:
+        """The prefix every key is stored under (a fenced view shares it: etcd_fence.py)."""
+        return self._ns
+
     @classmethod
     async def connect(
         cls,

@@ -1,10 +1,21 @@
-"""The Cluster seam over gRPC: a SPEARlet's client of the metadata server."""
+"""The Cluster seam over gRPC: a SPEARlet's client of the metadata server.
+
+Given several SMS addresses (`HOST:PORT,HOST:PORT,...`: the SMS processes sharing one
+etcd), it follows the leader: a follower's NotLeader refusal names the leader, which the
+client calls from then on; an SMS that does not answer is skipped for the next address;
+once every address was tried it backs off and tries again, within the call's timeout.
+"""
 
 from __future__ import annotations
 
+import time
 from typing import TYPE_CHECKING, Any, TypeVar
 
+import anyio
+
 from spear.core.cluster import Cluster
+from spear.core.sms_leader import leader_named_in
+from spear.errors import DeadlineExceeded, InvalidArgument, NotLeader, Unavailable
 from spear.transport import _convert as cv
 from spear.transport import _sms_convert as sc
 from spear.transport import _speedups
@@ -18,7 +29,9 @@ from spear.transport.channels import NO_CREDENTIALS, Credentials, close_channel,
 from spear.transport.serving import parse_listen
 
 if TYPE_CHECKING:
-    from collections.abc import Awaitable, Sequence
+    from collections.abc import Awaitable, Callable, Sequence
+
+    from grpclib.client import Channel
 
     from spear.core.cluster import (
         NodeRecord,
@@ -30,38 +43,107 @@ if TYPE_CHECKING:
 
 T = TypeVar("T")
 
+_BACKOFF_FIRST_S = 0.05
+_BACKOFF_MAX_S = 0.5
+
+
+def parse_sms_addresses(addresses: str | Sequence[str]) -> list[str]:
+    """`HOST:PORT[,HOST:PORT...]` (or a list of them) -> the addresses, each checked."""
+    items = addresses.split(",") if isinstance(addresses, str) else list(addresses)
+    out = [a.strip() for a in items if a.strip()]
+    if not out:
+        raise InvalidArgument(f"no SMS address in {addresses!r} (expected HOST:PORT[,...])")
+    for address in out:
+        parse_listen(address)
+    return list(dict.fromkeys(out))
+
 
 class SmsClient(Cluster):
-    """Calls spear.v1.MetadataServer at `address` (HOST:PORT); errors are spear's own."""
+    """Calls spear.v1.MetadataServer at `address` (HOST:PORT, or several comma-separated:
+    it follows their leader); errors are spear's own."""
 
     def __init__(
         self,
-        address: str,
+        address: str | Sequence[str],
         *,
         timeout_s: float = 10.0,
         max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
         credentials: Credentials = NO_CREDENTIALS,
     ) -> None:
         _speedups.install()
-        host, port = parse_listen(address)
-        self.address = address
+        self.addresses = parse_sms_addresses(address)
+        self.address = self.addresses[0]  # the one calls go to now: the leader, if known
         self._timeout = timeout_s
-        self._channel = open_channel(
-            host, port, credentials=credentials, max_message_bytes=max_message_bytes
-        )
-        self._stub = v1.MetadataServerStub(self._channel)
+        self._max_message_bytes = max_message_bytes
+        self._credentials = credentials
+        self._channels: dict[str, tuple[Channel, v1.MetadataServerStub]] = {}
+        self.failovers = 0  # times a call moved to another address
 
-    async def _call(self, call: Awaitable[T]) -> T:
-        received_error_code.set(None)
-        with client_errors(f"SMS {self.address}"):
-            return await call
+    def _stub(self, address: str) -> v1.MetadataServerStub:
+        opened = self._channels.get(address)
+        if opened is None:
+            host, port = parse_listen(address)
+            channel = open_channel(
+                host,
+                port,
+                credentials=self._credentials,
+                max_message_bytes=self._max_message_bytes,
+            )
+            opened = (channel, v1.MetadataServerStub(channel))
+            self._channels[address] = opened
+        return opened[1]
+
+    def _move_to(self, address: str) -> None:
+        if address not in self.addresses:
+            self.addresses.append(address)
+        self.address = address
+        self.failovers += 1
+
+    async def _call(self, call: Callable[[v1.MetadataServerStub], Awaitable[T]]) -> T:
+        deadline = time.monotonic() + self._timeout
+        tried: set[str] = set()
+        backoff = _BACKOFF_FIRST_S
+        while True:
+            address = self.address
+            received_error_code.set(None)
+            try:
+                with client_errors(f"SMS {address}"):
+                    return await call(self._stub(address))
+            except DeadlineExceeded:
+                raise
+            except NotLeader as exc:
+                leader = leader_named_in(exc)
+                tried.add(address)
+                if leader and leader not in tried:
+                    self._move_to(leader)
+                    continue
+                if time.monotonic() >= deadline:
+                    raise
+                error: Unavailable = exc
+            except Unavailable as exc:
+                if len(self.addresses) == 1 or time.monotonic() >= deadline:
+                    raise
+                tried.add(address)
+                error = exc
+            untried = [a for a in self.addresses if a not in tried]
+            if untried:
+                self._move_to(untried[0])
+                continue
+            # Every address refused or failed: an election is under way, or all are down.
+            if time.monotonic() + backoff >= deadline:
+                raise error
+            await anyio.sleep(backoff)
+            backoff = min(2 * backoff, _BACKOFF_MAX_S)
+            tried.clear()
 
     def _opts(self) -> dict[str, Any]:
         return {"timeout": self._timeout}
 
     async def register(self, node: NodeRecord) -> NodeRecord:
         req = v1.RegisterNodeRequest(node=sc.node_to_wire(node))
-        return sc.node_from_wire(await self._call(self._stub.register_node(req, **self._opts())))
+        return sc.node_from_wire(
+            await self._call(lambda stub: stub.register_node(req, **self._opts()))
+        )
 
     async def heartbeat(
         self, name: str, incarnation: str, free: Resources, running: int, queued: int
@@ -73,38 +155,44 @@ class SmsClient(Cluster):
             running_tasks=running,
             queued_tasks=queued,
         )
-        resp = await self._call(self._stub.heartbeat(req, **self._opts()))
+        resp = await self._call(lambda stub: stub.heartbeat(req, **self._opts()))
         return sc.node_from_wire(resp.node) if resp.known else None
 
     async def deregister(self, name: str, incarnation: str) -> bool:
         req = v1.DeregisterNodeRequest(name=name, incarnation=incarnation)
-        resp = await self._call(self._stub.deregister_node(req, **self._opts()))
+        resp = await self._call(lambda stub: stub.deregister_node(req, **self._opts()))
         return resp.deregistered
 
     async def node(self, name: str) -> NodeRecord:
         req = v1.GetNodeRequest(name=name)
-        return sc.node_from_wire(await self._call(self._stub.get_node(req, **self._opts())))
+        return sc.node_from_wire(await self._call(lambda stub: stub.get_node(req, **self._opts())))
 
     async def nodes(self, *, live_only: bool = False) -> list[NodeRecord]:
         req = v1.ListNodesRequest(live_only=live_only)
-        resp = await self._call(self._stub.list_nodes(req, **self._opts()))
+        resp = await self._call(lambda stub: stub.list_nodes(req, **self._opts()))
         return [sc.node_from_wire(n) for n in resp.nodes]
 
     async def find_nodes(self, query: PlacementQuery) -> Placement:
         req = sc.query_to_wire(query)
-        return sc.placement_from_wire(await self._call(self._stub.find_nodes(req, **self._opts())))
+        return sc.placement_from_wire(
+            await self._call(lambda stub: stub.find_nodes(req, **self._opts()))
+        )
 
     async def report_task(self, task: Task) -> Task:
         req = v1.ReportTaskRequest(task=cv.task_to_wire(task))
-        return cv.task_from_wire(await self._call(self._stub.report_task(req, **self._opts())))
+        return cv.task_from_wire(
+            await self._call(lambda stub: stub.report_task(req, **self._opts()))
+        )
 
     async def report_tasks(self, tasks: Sequence[Task]) -> None:
         req = v1.ReportTasksRequest(tasks=[cv.task_to_wire(t) for t in tasks])
-        await self._call(self._stub.report_tasks(req, **self._opts()))
+        await self._call(lambda stub: stub.report_tasks(req, **self._opts()))
 
     async def task(self, task_id: str) -> Task:
         req = v1.LookupTaskRequest(task_id=task_id)
-        return cv.task_from_wire(await self._call(self._stub.lookup_task(req, **self._opts())))
+        return cv.task_from_wire(
+            await self._call(lambda stub: stub.lookup_task(req, **self._opts()))
+        )
 
     async def tasks(
         self, state: TaskState | None = None, limit: int | None = None, node: str | None = None
@@ -112,23 +200,25 @@ class SmsClient(Cluster):
         req = v1.ListClusterTasksRequest(
             state=cv.state_to_wire(state), limit=limit or 0, node=node or ""
         )
-        resp = await self._call(self._stub.list_cluster_tasks(req, **self._opts()))
+        resp = await self._call(lambda stub: stub.list_cluster_tasks(req, **self._opts()))
         return [cv.task_from_wire(t) for t in resp.tasks]
 
     async def put_object_location(self, location: ObjectLocation) -> ObjectLocation:
         req = sc.location_to_wire(location)
-        resp = await self._call(self._stub.put_object_location(req, **self._opts()))
+        resp = await self._call(lambda stub: stub.put_object_location(req, **self._opts()))
         return sc.location_from_wire(resp)
 
     async def remove_object_location(self, key: str, node: str) -> bool:
         req = v1.RemoveObjectLocationRequest(key=key, node=node)
-        resp = await self._call(self._stub.remove_object_location(req, **self._opts()))
+        resp = await self._call(lambda stub: stub.remove_object_location(req, **self._opts()))
         return resp.removed
 
     async def locate_object(self, key: str) -> list[ObjectLocation]:
         req = v1.LocateObjectRequest(key=key)
-        resp = await self._call(self._stub.locate_object(req, **self._opts()))
+        resp = await self._call(lambda stub: stub.locate_object(req, **self._opts()))
         return [sc.location_from_wire(x) for x in resp.locations]
 
     async def aclose(self) -> None:
-        await close_channel(self._channel)
+        channels, self._channels = self._channels, {}
+        for channel, _ in channels.values():
+            await close_channel(channel)

@@ -49,10 +49,12 @@ class MetadataService(v1.MetadataServerBase):
         }
 
     async def register_node(self, message: v1.RegisterNodeRequest) -> v1.NodeRecord:
+        self.sms.leadership.require()  # writes go to the leader only
         _speaks_for(message.node.name if message.node else "")
         return sc.node_to_wire(await self.sms.register(sc.node_from_wire(message.node)))
 
     async def heartbeat(self, message: v1.HeartbeatRequest) -> v1.HeartbeatResponse:
+        self.sms.leadership.require()  # writes go to the leader only
         _speaks_for(message.name)
         record = await self.sms.heartbeat(
             message.name,
@@ -66,6 +68,7 @@ class MetadataService(v1.MetadataServerBase):
         return v1.HeartbeatResponse(known=True, node=sc.node_to_wire(record))
 
     async def deregister_node(self, message: v1.DeregisterNodeRequest) -> v1.DeregisterNodeResponse:
+        self.sms.leadership.require()  # writes go to the leader only
         _speaks_for(message.name)
         done = await self.sms.deregister(message.name, message.incarnation)
         return v1.DeregisterNodeResponse(deregistered=done)
@@ -81,6 +84,7 @@ class MetadataService(v1.MetadataServerBase):
         return sc.placement_to_wire(await self.sms.find_nodes(sc.query_from_wire(message)))
 
     async def report_task(self, message: v1.ReportTaskRequest) -> v1.TaskInfo:
+        self.sms.leadership.require()  # writes go to the leader only
         if message.task is None:
             raise InvalidArgument("ReportTask needs a task")
         task = cv.task_from_wire(message.task)
@@ -88,6 +92,7 @@ class MetadataService(v1.MetadataServerBase):
         return cv.task_to_wire(await self.sms.report_task(task))
 
     async def report_tasks(self, message: v1.ReportTasksRequest) -> v1.ReportTasksResponse:
+        self.sms.leadership.require()  # writes go to the leader only
         tasks = [cv.task_from_wire(t) for t in message.tasks]
         for task in tasks:
             _reports_on(task)
@@ -106,6 +111,7 @@ class MetadataService(v1.MetadataServerBase):
         return v1.ListClusterTasksResponse(tasks=[cv.task_to_wire(t) for t in found])
 
     async def put_object_location(self, message: v1.ObjectLocation) -> v1.ObjectLocation:
+        self.sms.leadership.require()  # writes go to the leader only
         _speaks_for(message.node)
         loc = await self.sms.put_object_location(sc.location_from_wire(message))
         return sc.location_to_wire(loc)
@@ -113,6 +119,7 @@ class MetadataService(v1.MetadataServerBase):
     async def remove_object_location(
         self, message: v1.RemoveObjectLocationRequest
     ) -> v1.RemoveObjectLocationResponse:
+        self.sms.leadership.require()  # writes go to the leader only
         _speaks_for(message.node)
         removed = await self.sms.remove_object_location(message.key, message.node)
         return v1.RemoveObjectLocationResponse(removed=removed)

@@ -1,0 +1,149 @@
+"""Node liveness as leases in the leader SMS's memory, checkpointed in batches (real KVs)."""
+
+from __future__ import annotations
+
+import secrets
+from typing import TYPE_CHECKING
+
+import pytest
+from test_sms import TIMINGS, Clock, node
+
+from spear.core.cluster import NodeHealth, NodeRecord
+from spear.core.liveness import BATCH
+from spear.core.models import Resources
+from spear.core.sms import MetadataServer
+from spear.store.etcd import EtcdKV
+from spear.store.leveldb import LevelDBKV
+
+if TYPE_CHECKING:
+    from collections.abc import AsyncIterator
+    from pathlib import Path
+
+    from spear.store.kv import KV
+
+GiB = 1024**3
+
+
+@pytest.fixture(params=["leveldb", "etcd"])
+async def kv(
+    request: pytest.FixtureRequest, tmp_path: Path, etcd_endpoint: str
+) -> AsyncIterator[KV]:
+    if request.param == "leveldb":
+        store: KV = LevelDBKV.open(str(tmp_path / "sms.ldb"))
+    else:
+        store = await EtcdKV.connect([etcd_endpoint], namespace=f"live-{secrets.token_hex(4)}/")
+    try:
+        yield store
+    finally:
+        await store.aclose()
+
+
+async def stored(kv: KV, name: str) -> tuple[NodeRecord, int]:
+    import json
+
+    entry = await kv.get("nodes/" + name)
+    assert entry is not None
+    return NodeRecord.from_json(json.loads(entry.value)), entry.version
+
+
+async def test_a_heartbeat_writes_nothing_and_a_checkpoint_writes_it(kv: KV) -> None:
+    clock = Clock()
+    sms = MetadataServer(kv, TIMINGS, clock)
+    await sms.register(node("a"))
+    _, version = await stored(kv, "a")
+    clock.now += 1
+    beat = await sms.heartbeat("a", "a-1", Resources(500, GiB), 3, 1)
+    assert beat is not None and beat.last_heartbeat == clock.now
+    assert (await stored(kv, "a"))[1] == version  # no KV write for the heartbeat
+    # Reads through this SMS see the heartbeat at once.
+    seen = await sms.node("a")
+    assert seen.free == Resources(500, GiB) and seen.last_heartbeat == clock.now
+    assert [n.name for n in await sms.nodes(live_only=True)] == ["a"]
+    assert await sms.checkpoint() == 1
+    record, newer = await stored(kv, "a")
+    assert newer > version and record.last_heartbeat == clock.now and record.running_tasks == 3
+    assert await sms.checkpoint() == 0  # nothing changed since
+
+
+async def test_checkpoints_batch_many_nodes_into_few_commits(kv: KV) -> None:
+    clock = Clock()
+    sms = MetadataServer(kv, TIMINGS, clock)
+    count = 2 * BATCH + 7
+    for i in range(count):
+        await sms.register(node(f"n{i:03d}"))
+    clock.now += 1
+    for i in range(count):
+        assert await sms.heartbeat(f"n{i:03d}", f"n{i:03d}-1", Resources(1, 1), i, 0)
+    before = sms.liveness.checkpoints
+    assert await sms.checkpoint() == count
+    assert sms.liveness.checkpoints - before == 3  # ceil(count / BATCH) commits
+    for i in (0, BATCH, count - 1):
+        record, _ = await stored(kv, f"n{i:03d}")
+        assert record.running_tasks == i and record.last_heartbeat == clock.now
+
+
+async def test_the_sweeper_judges_by_the_leases_in_memory(kv: KV) -> None:
+    clock = Clock()
+    sms = MetadataServer(kv, TIMINGS, clock)
+    await sms.register(node("a"))
+    await sms.register(node("b"))
+    for _ in range(5):  # a speaks every second (memory only); b is silent
+        clock.now += 1
+        await sms.heartbeat("a", "a-1", Resources(1, 1), 0, 0)
+    assert await sms.sweep() == [("b", NodeHealth.UNHEALTHY)]
+    clock.now += 6
+    changes = dict(await sms.sweep())
+    assert changes == {"a": NodeHealth.UNHEALTHY, "b": NodeHealth.DEAD}
+    # A heartbeat brings an unhealthy node back (through the KV: its health changes).
+    assert await sms.heartbeat("a", "a-1", Resources(1, 1), 0, 0) is not None
+    record, _ = await stored(kv, "a")
+    assert record.health is NodeHealth.HEALTHY and record.last_heartbeat == clock.now
+
+
+async def test_a_new_leader_starts_from_the_checkpoint_with_a_full_grace(kv: KV) -> None:
+    clock = Clock()
+    old = MetadataServer(kv, TIMINGS, clock)
+    await old.register(node("a"))
+    clock.now += 1
+    await old.heartbeat("a", "a-1", Resources(7, 7), 2, 0)
+    await old.checkpoint()
+    clock.now += 1
+    await old.heartbeat("a", "a-1", Resources(8, 8), 3, 0)  # not checkpointed: lost
+    new = MetadataServer(kv, TIMINGS, clock)
+    clock.now += 2.5  # 3.5 s since the checkpointed beat, but the new leader just began
+    new.take_over()
+    clock.now += 2.5
+    assert (await new.node("a")).free == Resources(7, 7)
+    assert await new.sweep() == []
+    assert await new.heartbeat("a", "a-1", Resources(9, 9), 0, 0) is not None
+
+
+async def test_a_record_removed_under_the_leader_is_forgotten_at_the_checkpoint(kv: KV) -> None:
+    clock = Clock()
+    sms = MetadataServer(kv, TIMINGS, clock)
+    await sms.register(node("a"))
+    await kv.delete("nodes/a")
+    assert await sms.heartbeat("a", "a-1", Resources(1, 1), 0, 0) is not None  # (memory)
+    assert await sms.checkpoint() == 0
+    assert await kv.get("nodes/a") is None  # not written back
+    assert await sms.heartbeat("a", "a-1", Resources(1, 1), 0, 0) is None  # register again
+
+
+async def test_the_leader_answers_reads_from_memory_once_it_holds_every_record(kv: KV) -> None:
+    import json
+
+    clock = Clock()
+    sms = MetadataServer(kv, TIMINGS, clock)
+    await sms.register(node("a"))
+    assert not sms.liveness.complete
+    assert [n.name for n in await sms.nodes()] == ["a"]  # scanned once, then held
+    assert sms.liveness.complete
+    # Only the leader writes node records, so it need not read them back: a record put
+    # behind its back is not seen by it (a new leader, reading the KV, would see it).
+    await kv.put("nodes/b", json.dumps(node("b").to_json()).encode())
+    assert [n.name for n in await sms.nodes()] == ["a"]
+    assert (await sms.node("a")).name == "a"
+    await sms.register(node("c"))
+    assert [n.name for n in await sms.nodes()] == ["a", "c"]
+    sms.take_over()
+    assert [n.name for n in await sms.nodes()] == ["a", "b", "c"]
