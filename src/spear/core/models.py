@@ -189,10 +189,9 @@ class FunctionSpec:
     def to_json(self) -> dict[str, Any]:
         data = dataclasses.asdict(self)
         data["runtime"] = self.runtime.value
-        if self.namespace == "default":  # a record as it was before namespaces
-            del data["namespace"]
-        if not self.max_retries and self.retry_on == DEFAULT_RETRY_ON:
-            del data["max_retries"], data["retry_on"]  # (records as before retries existed)
+        # Every field, defaults too: the task codec writes a spec as orjson serializes the
+        # dataclass (core/tasks/codec.py), and a record reads the same either way. Records
+        # written before a field existed read back with its default (from_json).
         return data
 
     @classmethod
