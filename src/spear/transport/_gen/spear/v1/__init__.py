@@ -14,7 +14,10 @@ __all__ = (
     "Error",
     "FindNodesRequest",
     "FindNodesResponse",
+    "ForwardOutcome",
     "ForwardTaskRequest",
+    "ForwardTasksRequest",
+    "ForwardTasksResponse",
     "FunctionSpec",
     "GetNodeInfoRequest",
     "GetNodeRequest",
@@ -312,6 +315,32 @@ default_message_pool.register_message("spear.v1", "FindNodesResponse", FindNodes
 
 
 @dataclass(eq=False, repr=False)
+class ForwardOutcome(betterproto2.Message):
+    task: "TaskInfo | None" = betterproto2.field(1, betterproto2.TYPE_MESSAGE, optional=True)
+    """
+    accepted: as recorded here (finished, with `wait`)
+    """
+
+    output: "bytes" = betterproto2.field(2, betterproto2.TYPE_BYTES)
+    """
+    with `wait`: the task's result (what it set, else its stdout)
+    """
+
+    refused: "bool" = betterproto2.field(3, betterproto2.TYPE_BOOL)
+    """
+    no room here now: nothing was recorded; place it again
+    """
+
+    error: "Error | None" = betterproto2.field(4, betterproto2.TYPE_MESSAGE, optional=True)
+    """
+    the task itself was refused (a bad module, say)
+    """
+
+
+default_message_pool.register_message("spear.v1", "ForwardOutcome", ForwardOutcome)
+
+
+@dataclass(eq=False, repr=False)
 class ForwardTaskRequest(betterproto2.Message):
     task: "TaskInfo | None" = betterproto2.field(1, betterproto2.TYPE_MESSAGE, optional=True)
 
@@ -323,6 +352,38 @@ class ForwardTaskRequest(betterproto2.Message):
 
 
 default_message_pool.register_message("spear.v1", "ForwardTaskRequest", ForwardTaskRequest)
+
+
+@dataclass(eq=False, repr=False)
+class ForwardTasksRequest(betterproto2.Message):
+    tasks: "list[ForwardTaskRequest]" = betterproto2.field(
+        1, betterproto2.TYPE_MESSAGE, repeated=True
+    )
+
+    wait: "bool" = betterproto2.field(2, betterproto2.TYPE_BOOL)
+
+    from_node: "str" = betterproto2.field(3, betterproto2.TYPE_STRING)
+
+
+default_message_pool.register_message("spear.v1", "ForwardTasksRequest", ForwardTasksRequest)
+
+
+@dataclass(eq=False, repr=False)
+class ForwardTasksResponse(betterproto2.Message):
+    outcomes: "list[ForwardOutcome]" = betterproto2.field(
+        1, betterproto2.TYPE_MESSAGE, repeated=True
+    )
+    """
+    in the order of the request
+    """
+
+    free: "Resources | None" = betterproto2.field(2, betterproto2.TYPE_MESSAGE, optional=True)
+    """
+    this node's free resources as it answers
+    """
+
+
+default_message_pool.register_message("spear.v1", "ForwardTasksResponse", ForwardTasksResponse)
 
 
 @dataclass(eq=False, repr=False)
@@ -1749,6 +1810,30 @@ class SpearletPeerStub(betterproto2_grpclib.ServiceStub):
             metadata=metadata,
         )
 
+    async def forward_tasks(
+        self,
+        message: "ForwardTasksRequest",
+        *,
+        timeout: "float | None" = None,
+        deadline: "Deadline | None" = None,
+        metadata: "MetadataLike | None" = None,
+    ) -> "ForwardTasksResponse":
+        """
+        Many forwarded tasks in one call (placed by the sender from its view of the cluster).
+        Each is accepted (run here under its id) or refused because this node has no room for
+        it now (`refused`: the sender's view was stale; it places the task again). With `wait`
+        the answer comes when the accepted tasks have finished, with their results.
+        """
+
+        return await self._unary_unary(
+            "/spear.v1.SpearletPeer/ForwardTasks",
+            message,
+            ForwardTasksResponse,
+            timeout=timeout,
+            deadline=deadline,
+            metadata=metadata,
+        )
+
 
 class MetadataServerBase(betterproto2_grpclib.ServiceBase):
     async def register_node(self, message: "RegisterNodeRequest") -> "NodeRecord":
@@ -2464,6 +2549,16 @@ class SpearletPeerBase(betterproto2_grpclib.ServiceBase):
 
         raise grpclib.GRPCError(grpclib.const.Status.UNIMPLEMENTED)
 
+    async def forward_tasks(self, message: "ForwardTasksRequest") -> "ForwardTasksResponse":
+        """
+        Many forwarded tasks in one call (placed by the sender from its view of the cluster).
+        Each is accepted (run here under its id) or refused because this node has no room for
+        it now (`refused`: the sender's view was stale; it places the task again). With `wait`
+        the answer comes when the accepted tasks have finished, with their results.
+        """
+
+        raise grpclib.GRPCError(grpclib.const.Status.UNIMPLEMENTED)
+
     async def __rpc_forward_task(
         self, stream: "grpclib.server.Stream[ForwardTaskRequest, TaskInfo]"
     ) -> None:
@@ -2480,6 +2575,14 @@ class SpearletPeerBase(betterproto2_grpclib.ServiceBase):
         response = await self.list_cluster_nodes(request)
         await stream.send_message(response)
 
+    async def __rpc_forward_tasks(
+        self, stream: "grpclib.server.Stream[ForwardTasksRequest, ForwardTasksResponse]"
+    ) -> None:
+        request = await stream.recv_message()
+        assert request is not None
+        response = await self.forward_tasks(request)
+        await stream.send_message(response)
+
     def __mapping__(self) -> "dict[str, grpclib.const.Handler]":
         return {
             "/spear.v1.SpearletPeer/ForwardTask": grpclib.const.Handler(
@@ -2493,5 +2596,11 @@ class SpearletPeerBase(betterproto2_grpclib.ServiceBase):
                 grpclib.const.Cardinality.UNARY_UNARY,
                 ListNodesRequest,
                 ListNodesResponse,
+            ),
+            "/spear.v1.SpearletPeer/ForwardTasks": grpclib.const.Handler(
+                self.__rpc_forward_tasks,
+                grpclib.const.Cardinality.UNARY_UNARY,
+                ForwardTasksRequest,
+                ForwardTasksResponse,
             ),
         }
