@@ -85,7 +85,7 @@ def peer_services(api: InProcessNode | ClusterNode) -> list[Any]:
 
     settings = api.node.settings
     artifacts = ArtifactStore(settings.data_dir / "artifacts", settings.object_max_bytes)
-    return [PeerService(api.scheduler, artifacts)]
+    return [PeerService(api.scheduler, artifacts, api.local)]
 
 
 @contextlib.asynccontextmanager
@@ -116,6 +116,7 @@ async def joined_cluster(
         async with anyio.create_task_group() as tg:
             await tg.start(reporter.run)
             await tg.start(scheduler.run)
+            await tg.start(scheduler.watch_cluster, timings.heartbeat_s)
             await tg.start(controller.run)
             try:
                 yield controller

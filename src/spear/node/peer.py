@@ -1,5 +1,12 @@
-"""SPEARlet to SPEARlet: the ForwardTask service (peer.proto) and the pool of clients a
-node keeps for the other nodes it forwards to or proxies for."""
+"""SPEARlet to SPEARlet: the ForwardTask(s) service (peer.proto) and the pool of clients a
+node keeps for the other nodes it forwards to or proxies for.
+
+ForwardTasks takes a batch: the receiver accepts, in order, the tasks that fit its free
+room now and refuses the rest (`refused`: the sender's view was stale, it places them
+again); nothing is recorded for a refused task, so none is lost or run twice. With `wait`
+the accepted ones run as one `run_many` (their records written together) and the answer
+carries each one's end and result: a forwarded call costs one hop, not a hop to submit
+and another to fetch the result."""
 
 from __future__ import annotations
 
@@ -9,7 +16,8 @@ from typing import TYPE_CHECKING
 import anyio
 
 from spear.core.models import Runtime
-from spear.errors import InvalidArgument
+from spear.core.scheduler import BatchAnswer, Forwarded
+from spear.errors import InvalidArgument, SpearError, Unavailable, error_from_code
 from spear.node.client import Client
 from spear.transport import _convert as cv
 from spear.transport import _sms_convert as sc
@@ -23,13 +31,16 @@ from spear.transport.channels import NO_CREDENTIALS, Credentials, close_channel,
 from spear.transport.serving import guard, parse_listen
 
 if TYPE_CHECKING:
+    from collections.abc import Sequence
+
     from grpclib.client import Channel
     from grpclib.const import Handler
 
     from spear.core.artifacts import ArtifactStore
     from spear.core.cluster import NodeRecord
-    from spear.core.models import Task
+    from spear.core.models import FunctionSpec, Task
     from spear.core.scheduler import Scheduler
+    from spear.node.inprocess import InProcessNode
 
 PEER_SERVICE_NAME = "spear.v1.SpearletPeer"
 
@@ -37,9 +48,12 @@ PEER_SERVICE_NAME = "spear.v1.SpearletPeer"
 class PeerService(v1.SpearletPeerBase):
     """spear.v1.SpearletPeer: adopt a task another node forwards."""
 
-    def __init__(self, scheduler: Scheduler, artifacts: ArtifactStore) -> None:
+    def __init__(
+        self, scheduler: Scheduler, artifacts: ArtifactStore, local: InProcessNode | None = None
+    ) -> None:
         self.scheduler = scheduler
         self.artifacts = artifacts
+        self.local = local  # (reads a waited task's result)
 
     def __mapping__(self) -> dict[str, Handler]:
         return {
@@ -48,6 +62,15 @@ class PeerService(v1.SpearletPeerBase):
         }
 
     async def forward_task(self, message: v1.ForwardTaskRequest) -> v1.TaskInfo:
+        task, spec = self._received(message)
+        adopted = await self.scheduler.adopt(task, spec, message.stdin or None)
+        return cv.task_to_wire(adopted)
+
+    async def list_cluster_nodes(self, message: v1.ListNodesRequest) -> v1.ListNodesResponse:
+        nodes = await self.scheduler.cluster.nodes(live_only=message.live_only)
+        return v1.ListNodesResponse(nodes=[sc.node_to_wire(n) for n in nodes])
+
+    def _received(self, message: v1.ForwardTaskRequest) -> tuple[Task, FunctionSpec]:
         if message.task is None:
             raise InvalidArgument("ForwardTask needs a task")
         task = cv.task_from_wire(message.task)
@@ -55,12 +78,87 @@ class PeerService(v1.SpearletPeerBase):
         if message.artifact_digest:
             path = self.artifacts.path(message.artifact_digest)
             spec = dataclasses.replace(spec, artifact=str(path))
-        adopted = await self.scheduler.adopt(task, spec, message.stdin or None)
-        return cv.task_to_wire(adopted)
+        return task, spec
 
-    async def list_cluster_nodes(self, message: v1.ListNodesRequest) -> v1.ListNodesResponse:
-        nodes = await self.scheduler.cluster.nodes(live_only=message.live_only)
-        return v1.ListNodesResponse(nodes=[sc.node_to_wire(n) for n in nodes])
+    async def forward_tasks(self, message: v1.ForwardTasksRequest) -> v1.ForwardTasksResponse:
+        received = [self._received(m) for m in message.tasks]
+        scheduler = self.scheduler
+        taken = scheduler.accept_forwarded([spec for _, spec in received])
+        accepted = [i for i, ok in enumerate(taken) if ok]
+        outcomes = [v1.ForwardOutcome(refused=True) for _ in received]
+        specs = [received[i][1] for i in accepted]
+        try:
+            if message.wait:
+                await self._run_waited(message, received, accepted, outcomes)
+            else:
+                await self._adopt(message, received, accepted, outcomes)
+        finally:
+            scheduler.settle_forwarded(specs)
+        free = scheduler.node.controller.free - scheduler.promised
+        return v1.ForwardTasksResponse(outcomes=outcomes, free=cv.resources_to_wire(free))
+
+    async def _adopt(
+        self,
+        message: v1.ForwardTasksRequest,
+        received: Sequence[tuple[Task, FunctionSpec]],
+        accepted: Sequence[int],
+        outcomes: list[v1.ForwardOutcome],
+    ) -> None:
+        controller = self.scheduler.node.controller
+        for i in accepted:
+            task, spec = received[i]
+            try:
+                started = await controller.submit(
+                    spec, stdin=message.tasks[i].stdin or None, task_id=task.id
+                )
+            except SpearError as exc:
+                outcomes[i] = _error(exc)
+                continue
+            self.scheduler.note(started, "adopted", started.node or "")
+            outcomes[i] = v1.ForwardOutcome(task=cv.task_to_wire(started))
+
+    async def _run_waited(
+        self,
+        message: v1.ForwardTasksRequest,
+        received: Sequence[tuple[Task, FunctionSpec]],
+        accepted: Sequence[int],
+        outcomes: list[v1.ForwardOutcome],
+    ) -> None:
+        """Run the accepted tasks to their ends: those without stdin as one `run_many`
+        (records written together), the others one by one beside it."""
+        controller = self.scheduler.node.controller
+        plain = [i for i in accepted if not message.tasks[i].stdin]
+        with_stdin = [i for i in accepted if message.tasks[i].stdin]
+        ended: dict[int, Task] = {}
+
+        async def many() -> None:
+            tasks = await controller.run_many(
+                [received[i][1] for i in plain], task_ids=[received[i][0].id for i in plain]
+            )
+            ended.update(zip(plain, tasks, strict=True))
+
+        async def one(i: int) -> None:
+            task, spec = received[i]
+            try:
+                await controller.submit(spec, stdin=message.tasks[i].stdin, task_id=task.id)
+                ended[i] = await controller.wait(task.id)
+            except SpearError as exc:
+                outcomes[i] = _error(exc)
+
+        async with anyio.create_task_group() as tg:
+            if plain:
+                tg.start_soon(many)
+            for i in with_stdin:
+                tg.start_soon(one, i)
+        for i, task in ended.items():
+            output = b""
+            if self.local is not None:
+                output = (await self.local.result(task.id, wait=False)).output
+            outcomes[i] = v1.ForwardOutcome(task=cv.task_to_wire(task), output=output)
+
+
+def _error(exc: SpearError) -> v1.ForwardOutcome:
+    return v1.ForwardOutcome(error=v1.Error(code=exc.code, message=str(exc)))
 
 
 class Peers:
@@ -96,22 +194,42 @@ class Peers:
             found = self._channels[address] = (channel, v1.SpearletPeerStub(channel))
         return found[1]
 
-    async def forward(self, node: NodeRecord, task: Task, stdin: bytes | None) -> Task:
-        """Upload the task's module to `node` (unless it has it) and hand the task over."""
-        digest = ""
-        spec = task.spec
-        if spec.runtime is Runtime.WASM and await anyio.Path(spec.artifact).is_file():
-            digest = await self.client(node.address).upload(spec.artifact)
-        request = v1.ForwardTaskRequest(
-            task=cv.task_to_wire(task),
-            artifact_digest=digest,
-            stdin=stdin or b"",
-            from_node=self.own_name,
-        )
+    async def forward_batch(
+        self,
+        node: NodeRecord,
+        tasks: Sequence[tuple[Task, bytes | None]],
+        *,
+        wait: bool = False,
+    ) -> BatchAnswer:
+        """Hand `tasks` to `node` in one ForwardTasks call (each module uploaded first,
+        once per node); with `wait`, answered once the accepted ones have finished."""
+        requests = []
+        digests: dict[str, str] = {}
+        for task, stdin in tasks:
+            spec = task.spec
+            digest = digests.get(spec.artifact)
+            if digest is None:
+                digest = ""
+                if spec.runtime is Runtime.WASM and await anyio.Path(spec.artifact).is_file():
+                    digest = await self.client(node.address).upload(spec.artifact)
+                digests[spec.artifact] = digest
+            requests.append(
+                v1.ForwardTaskRequest(
+                    task=cv.task_to_wire(task), artifact_digest=digest, stdin=stdin or b""
+                )
+            )
+        request = v1.ForwardTasksRequest(tasks=requests, wait=wait, from_node=self.own_name)
         received_error_code.set(None)
         with client_errors(node.address):
-            info = await self._peer(node.address).forward_task(request, timeout=30)
-        return cv.task_from_wire(info)
+            answer = await self._peer(node.address).forward_tasks(
+                request, timeout=None if wait else 30
+            )
+        if len(answer.outcomes) != len(tasks):
+            raise Unavailable(f"node {node.name} answered {len(answer.outcomes)} of {len(tasks)}")
+        return BatchAnswer(
+            outcomes=tuple(_outcome(o) for o in answer.outcomes),
+            free=cv.resources_from_wire(answer.free),
+        )
 
     async def cluster_nodes(self, address: str) -> list[NodeRecord]:
         """The cluster's nodes, asked of the SPEARlet at `address`."""
@@ -127,3 +245,11 @@ class Peers:
             await close_channel(channel)
         self._clients.clear()
         self._channels.clear()
+
+
+def _outcome(o: v1.ForwardOutcome) -> Forwarded:
+    if o.error is not None and o.error.code:
+        return Forwarded(error=error_from_code(o.error.code, o.error.message))
+    if o.refused or o.task is None:
+        return Forwarded(refused=True)
+    return Forwarded(task=cv.task_from_wire(o.task), output=o.output)

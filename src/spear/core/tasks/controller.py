@@ -264,22 +264,25 @@ class TaskController:
 
     # -- running many -------------------------------------------------------------------
 
-    async def run_many(self, specs: Sequence[FunctionSpec]) -> list[Task]:
+    async def run_many(
+        self, specs: Sequence[FunctionSpec], task_ids: Sequence[str] | None = None
+    ) -> list[Task]:
         """Run many tasks to their ends; returns them finished, in order.
 
         What `run` does for each, with the bookkeeping shared: the tasks that fit the
         node's free resources are recorded in one write, run (short guests one after
         another right here, the others on their threads at once), and their ends written
         in one write; then the next that fit, until all ran. A task whose artifact is
-        refused is recorded FAILED, as `run` records it.
+        refused is recorded FAILED, as `run` records it. `task_ids` (one per spec) keeps
+        ids given elsewhere: tasks another node forwarded here.
         """
         if not specs:
             return []
         finished: dict[str, Task] = {}
         ready: list[Task] = []
         order: list[str] = []
-        for spec in specs:
-            task = self._new_task(spec)
+        for i, spec in enumerate(specs):
+            task = self._new_task(spec, None if task_ids is None else task_ids[i])
             order.append(task.id)
             refused = await self._refusal(task, must_fit=True)
             if refused is not None:
