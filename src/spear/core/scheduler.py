@@ -60,6 +60,19 @@ def max_queued_from(extra: Any) -> int:
     return value
 
 
+def view_refresh_from(extra: Any, heartbeat_s: float) -> float:
+    """How often the view is filled from the SMS (`view_refresh_s`, default: once per
+    heartbeat period, the SMS's own freshness)."""
+    raw = extra.get("view_refresh_s", heartbeat_s)
+    try:
+        value = float(raw)
+    except (TypeError, ValueError):
+        raise InvalidArgument("setting view_refresh_s must be a number") from None
+    if not value > 0:
+        raise InvalidArgument("setting view_refresh_s must be above 0")
+    return value
+
+
 @dataclass(slots=True)
 class _Queued:
     task: Task
@@ -222,7 +235,7 @@ class Scheduler:
                 f"{self.node.name} (at most {self.max_queued}); try again later"
             )
 
-    def _query(self, spec: FunctionSpec) -> PlacementQuery:
+    def query(self, spec: FunctionSpec) -> PlacementQuery:
         return PlacementQuery(
             need=spec.resources,
             runtime=spec.runtime.value,
@@ -244,7 +257,7 @@ class Scheduler:
                 return here
         self._refuse_if_full()
         task = self.new_task(spec)
-        query = self._query(spec)
+        query = self.query(spec)
         ranked, could_ever_fit = await self._ranked(query)
         if not could_ever_fit and not self._could_ever_run_here(spec):
             return await self._never_fits(task, query)
@@ -292,7 +305,7 @@ class Scheduler:
         taken since the view saw it) or does not answer is passed over, and the task is
         placed again from the corrected view, at most `max_hops` times. None: no room."""
         tried: set[str] = set()
-        query = self._query(task.spec)
+        query = self.query(task.spec)
         candidates = list(ranked)
         for _ in range(self.max_hops):
             candidates = [n for n in candidates if n.name not in tried]
@@ -346,14 +359,14 @@ class Scheduler:
         node's admission queue), else on the best node with room now."""
         if self._fits_here_now(spec):
             return None
-        ranked, could_ever_fit = await self._ranked(self._query(spec))
+        ranked, could_ever_fit = await self._ranked(self.query(spec))
         if ranked:
             return ranked[0]
         if self._could_ever_run_here(spec):
             return None
         if could_ever_fit:
             raise ResourceExhausted("no node has room for a task with a caller stream now")
-        placement = await self.cluster.find_nodes(self._query(spec))  # (the SMS says why)
+        placement = await self.cluster.find_nodes(self.query(spec))  # (the SMS says why)
         raise ResourceExhausted(f"no node in the cluster can run this task: {placement.reason}")
 
     async def cancel(self, task_id: str, reason: str) -> Task | None:
@@ -412,14 +425,14 @@ class Scheduler:
             self.note(here, "local", self.node.name)
             return True
         try:
-            ranked, _ = await self._ranked(self._query(spec))
+            ranked, _ = await self._ranked(self.query(spec))
         except SpearError:
             return False
         if not ranked and self.view.known:
             # No room anywhere as far as the view knows: probe the node most likely to
             # have some now (its refusal corrects the view; a task ending frees room
             # that the SMS hears of only at the next heartbeat).
-            ranked = self.view.could_ever_fit(self._query(spec))[:1]
+            ranked = self.view.could_ever_fit(self.query(spec))[:1]
         try:
             return await self._place_remotely(head.task, head.stdin, ranked) is not None
         except SpearError as exc:  # recorded FAILED; the queue moves on

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Literal
 import anyio
 
 from spear.core.models import LOG_STREAMS, LogChunk, NodeInfo, ObjectInfo, TaskResult
-from spear.errors import InvalidArgument, NotFound, Unavailable
+from spear.errors import InvalidArgument, NotFound, SpearError, Unavailable
 from spear.node.api import StreamingTask, TaskHandle
 
 if TYPE_CHECKING:
@@ -87,6 +87,34 @@ class InProcessNode:
                 spec, stdin=stdin, tee_stdout=stdout, tee_stderr=stderr, on_created=on_created
             )
         return task
+
+    async def run_many(
+        self, specs: Sequence[FunctionSpec], stdins: Sequence[bytes | None] | None = None
+    ) -> list[Task | SpearError]:
+        """Run tasks to their ends, those without stdin as one `run_many` wave (records
+        written together), the others one by one beside it; in order."""
+        if self.draining:
+            raise Unavailable(f"node {self.node.name} is draining: it accepts no new tasks")
+        stdins = stdins or [None] * len(specs)
+        plain = [i for i, data in enumerate(stdins) if not data]
+        out: list[Task | SpearError | None] = [None] * len(specs)
+
+        async def one(i: int) -> None:
+            try:
+                out[i] = await self.run(specs[i], stdin=stdins[i])
+            except SpearError as exc:
+                out[i] = exc
+
+        with anyio.CancelScope(shield=True):  # (as `run`: a caller hanging up stops nothing)
+            async with anyio.create_task_group() as tg:
+                for i in range(len(specs)):
+                    if stdins[i]:
+                        tg.start_soon(one, i)
+                if plain:
+                    ended = await self.node.run_many([specs[i] for i in plain])
+                    for i, task in zip(plain, ended, strict=True):
+                        out[i] = task
+        return [o for o in out if o is not None]
 
     async def call(self, spec: FunctionSpec, *, stdin: bytes | None = None) -> TaskResult:
         task = await self.run(spec, stdin=stdin)

@@ -97,6 +97,7 @@ async def joined_cluster(
     Nothing happens for a local-mode node."""
     from spear.core.cluster import ClusterTimings
     from spear.core.node_controller import NodeController
+    from spear.core.scheduler import view_refresh_from
     from spear.core.task_reports import TaskReporter
     from spear.node.cluster import ClusterNode
 
@@ -116,7 +117,8 @@ async def joined_cluster(
         async with anyio.create_task_group() as tg:
             await tg.start(reporter.run)
             await tg.start(scheduler.run)
-            await tg.start(scheduler.watch_cluster, timings.heartbeat_s)
+            refresh_s = view_refresh_from(node.settings.extra, timings.heartbeat_s)
+            await tg.start(scheduler.watch_cluster, refresh_s)
             await tg.start(controller.run)
             try:
                 yield controller
