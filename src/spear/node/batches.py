@@ -51,7 +51,7 @@ class _Batch:
     async def _output(self, task: Task) -> bytes:
         if not self.output:
             return b""
-        return (await self.api.local.result(task.id, wait=False)).output
+        return await self.api.local.output(task.id)
 
     async def run_here(self, indices: list[int]) -> None:
         """Run tasks here as one `run_many` (waves as room appears, first in first out)."""

@@ -118,7 +118,7 @@ class InProcessNode:
 
     async def call(self, spec: FunctionSpec, *, stdin: bytes | None = None) -> TaskResult:
         task = await self.run(spec, stdin=stdin)
-        return TaskResult(task, await self._output(task.id))
+        return TaskResult(task, await self.output(task.id))
 
     @contextlib.asynccontextmanager
     async def start_task(
@@ -171,9 +171,9 @@ class InProcessNode:
         task = await (self.wait(task_id) if wait else self.node.task(task_id))
         if not task.state.terminal:
             raise Unavailable(f"task {task_id} has not finished (it is {task.state.value})")
-        return TaskResult(task, await self._output(task_id))
+        return TaskResult(task, await self.output(task_id))
 
-    async def _output(self, task_id: str) -> bytes:
+    async def output(self, task_id: str) -> bytes:
         """A finished task's result: what it set, else its stdout."""
         store = self.node.services.objects
         if store is not None:  # what the task set as its result, else its stdout (seed §6)

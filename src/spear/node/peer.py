@@ -11,6 +11,7 @@ and another to fetch the result."""
 from __future__ import annotations
 
 import dataclasses
+import os
 from typing import TYPE_CHECKING
 
 import anyio
@@ -129,6 +130,8 @@ class PeerService(v1.SpearletPeerBase):
         controller = self.scheduler.node.controller
         plain = [i for i in accepted if not message.tasks[i].stdin]
         with_stdin = [i for i in accepted if message.tasks[i].stdin]
+        if len(plain) == 1:  # one task: the quickest path, run in this call's task
+            with_stdin, plain = plain + with_stdin, []
         ended: dict[int, Task] = {}
 
         async def many() -> None:
@@ -140,8 +143,8 @@ class PeerService(v1.SpearletPeerBase):
         async def one(i: int) -> None:
             task, spec = received[i]
             try:
-                await controller.submit(spec, stdin=message.tasks[i].stdin, task_id=task.id)
-                ended[i] = await controller.wait(task.id)
+                stdin = message.tasks[i].stdin or None
+                ended[i] = await controller.run(spec, stdin=stdin, task_id=task.id)
             except SpearError as exc:
                 outcomes[i] = _error(exc)
 
@@ -153,7 +156,7 @@ class PeerService(v1.SpearletPeerBase):
         for i, task in ended.items():
             output = b""
             if self.local is not None:
-                output = (await self.local.result(task.id, wait=False)).output
+                output = await self.local.output(task.id)
             outcomes[i] = v1.ForwardOutcome(task=cv.task_to_wire(task), output=output)
 
 
@@ -175,6 +178,7 @@ class Peers:
         self._credentials = credentials
         self._clients: dict[str, Client] = {}
         self._channels: dict[str, tuple[Channel, v1.SpearletPeerStub]] = {}
+        self._sent: dict[tuple[str, str], tuple[tuple[int, int], str]] = {}
 
     def client(self, address: str) -> Client:
         client = self._clients.get(address)
@@ -210,8 +214,8 @@ class Peers:
             digest = digests.get(spec.artifact)
             if digest is None:
                 digest = ""
-                if spec.runtime is Runtime.WASM and await anyio.Path(spec.artifact).is_file():
-                    digest = await self.client(node.address).upload(spec.artifact)
+                if spec.runtime is Runtime.WASM:
+                    digest = await self._uploaded(node.address, spec.artifact)
                 digests[spec.artifact] = digest
             requests.append(
                 v1.ForwardTaskRequest(
@@ -230,6 +234,24 @@ class Peers:
             outcomes=tuple(_outcome(o) for o in answer.outcomes),
             free=cv.resources_from_wire(answer.free),
         )
+
+    async def _uploaded(self, address: str, path: str) -> str:
+        """The digest of the module at `path`, uploaded to `address` unless it was sent
+        there already unchanged ("" if there is no such file: the receiver says so). A
+        stat (short) instead of hashing the file on a thread per forward: ~0.2 ms less."""
+        try:
+            st = os.stat(path)
+        except OSError:
+            return ""
+        stamp = (st.st_mtime_ns, st.st_size)
+        sent = self._sent.get((address, path))
+        if sent is not None and sent[0] == stamp:
+            return sent[1]
+        digest = await self.client(address).upload(path)
+        if len(self._sent) >= 10_000:
+            self._sent.clear()
+        self._sent[(address, path)] = (stamp, digest)
+        return digest
 
     async def cluster_nodes(self, address: str) -> list[NodeRecord]:
         """The cluster's nodes, asked of the SPEARlet at `address`."""

@@ -151,13 +151,15 @@ class TaskController:
         tee_stdout: Callable[[bytes], None] | None = None,
         tee_stderr: Callable[[bytes], None] | None = None,
         on_created: Callable[[Task], None] | None = None,
+        task_id: str | None = None,
     ) -> Task:
-        """Run `spec` to the end in the caller's task; returns the finished task."""
+        """Run `spec` to the end in the caller's task; returns the finished task.
+        `task_id`: keep an id given elsewhere (a task forwarded from another node)."""
         # Admitted at once (the usual case), the task is recorded RUNNING from the start:
         # one write fewer than PENDING, then RUNNING.
         admitted = self._admission.try_acquire(spec.resources)
         try:
-            task = await self.create(spec, running=admitted)
+            task = await self.create(spec, task_id=task_id, running=admitted)
         except BaseException:
             if admitted:
                 self._admission.release(spec.resources)
