@@ -351,3 +351,43 @@ class DeleteObjectResponse(_message.Message):
     DELETED_FIELD_NUMBER: _ClassVar[int]
     deleted: bool
     def __init__(self, deleted: _Optional[bool] = ...) -> None: ...
+
+class ForwardedTask(_message.Message):
+    __slots__ = ("task", "artifact_digest", "stdin")
+    TASK_FIELD_NUMBER: _ClassVar[int]
+    ARTIFACT_DIGEST_FIELD_NUMBER: _ClassVar[int]
+    STDIN_FIELD_NUMBER: _ClassVar[int]
+    task: TaskInfo
+    artifact_digest: str
+    stdin: bytes
+    def __init__(self, task: _Optional[_Union[TaskInfo, _Mapping]] = ..., artifact_digest: _Optional[str] = ..., stdin: _Optional[bytes] = ...) -> None: ...
+
+class ForwardTasksRequest(_message.Message):
+    __slots__ = ("tasks", "wait", "from_node")
+    TASKS_FIELD_NUMBER: _ClassVar[int]
+    WAIT_FIELD_NUMBER: _ClassVar[int]
+    FROM_NODE_FIELD_NUMBER: _ClassVar[int]
+    tasks: _containers.RepeatedCompositeFieldContainer[ForwardedTask]
+    wait: bool
+    from_node: str
+    def __init__(self, tasks: _Optional[_Iterable[_Union[ForwardedTask, _Mapping]]] = ..., wait: _Optional[bool] = ..., from_node: _Optional[str] = ...) -> None: ...
+
+class ForwardOutcome(_message.Message):
+    __slots__ = ("task", "output", "refused", "error")
+    TASK_FIELD_NUMBER: _ClassVar[int]
+    OUTPUT_FIELD_NUMBER: _ClassVar[int]
+    REFUSED_FIELD_NUMBER: _ClassVar[int]
+    ERROR_FIELD_NUMBER: _ClassVar[int]
+    task: TaskInfo
+    output: bytes
+    refused: bool
+    error: Error
+    def __init__(self, task: _Optional[_Union[TaskInfo, _Mapping]] = ..., output: _Optional[bytes] = ..., refused: _Optional[bool] = ..., error: _Optional[_Union[Error, _Mapping]] = ...) -> None: ...
+
+class ForwardTasksResponse(_message.Message):
+    __slots__ = ("outcomes", "free")
+    OUTCOMES_FIELD_NUMBER: _ClassVar[int]
+    FREE_FIELD_NUMBER: _ClassVar[int]
+    outcomes: _containers.RepeatedCompositeFieldContainer[ForwardOutcome]
+    free: Resources
+    def __init__(self, outcomes: _Optional[_Iterable[_Union[ForwardOutcome, _Mapping]]] = ..., free: _Optional[_Union[Resources, _Mapping]] = ...) -> None: ...

@@ -18,6 +18,7 @@ __all__ = (
     "ForwardTaskRequest",
     "ForwardTasksRequest",
     "ForwardTasksResponse",
+    "ForwardedTask",
     "FunctionSpec",
     "GetNodeInfoRequest",
     "GetNodeRequest",
@@ -315,6 +316,26 @@ default_message_pool.register_message("spear.v1", "FindNodesResponse", FindNodes
 
 
 @dataclass(eq=False, repr=False)
+class ForwardedTask(betterproto2.Message):
+    """
+    SpearletPeer.ForwardTasks (peer.proto): here so protobuf's own generated messages cover
+    them (a forwarded call's messages are a hot path, as RunTask's are).
+    """
+
+    task: "TaskInfo | None" = betterproto2.field(1, betterproto2.TYPE_MESSAGE, optional=True)
+
+    artifact_digest: "str" = betterproto2.field(2, betterproto2.TYPE_STRING)
+    """
+    the module, uploaded first (UploadArtifact)
+    """
+
+    stdin: "bytes" = betterproto2.field(3, betterproto2.TYPE_BYTES)
+
+
+default_message_pool.register_message("spear.v1", "ForwardedTask", ForwardedTask)
+
+
+@dataclass(eq=False, repr=False)
 class ForwardOutcome(betterproto2.Message):
     task: "TaskInfo | None" = betterproto2.field(1, betterproto2.TYPE_MESSAGE, optional=True)
     """
@@ -356,11 +377,12 @@ default_message_pool.register_message("spear.v1", "ForwardTaskRequest", ForwardT
 
 @dataclass(eq=False, repr=False)
 class ForwardTasksRequest(betterproto2.Message):
-    tasks: "list[ForwardTaskRequest]" = betterproto2.field(
-        1, betterproto2.TYPE_MESSAGE, repeated=True
-    )
+    tasks: "list[ForwardedTask]" = betterproto2.field(1, betterproto2.TYPE_MESSAGE, repeated=True)
 
     wait: "bool" = betterproto2.field(2, betterproto2.TYPE_BOOL)
+    """
+    answer once the accepted tasks have finished, with their results
+    """
 
     from_node: "str" = betterproto2.field(3, betterproto2.TYPE_STRING)
 
@@ -1823,6 +1845,8 @@ class SpearletPeerStub(betterproto2_grpclib.ServiceStub):
         Each is accepted (run here under its id) or refused because this node has no room for
         it now (`refused`: the sender's view was stale; it places the task again). With `wait`
         the answer comes when the accepted tasks have finished, with their results.
+
+        (spearlet.proto)
         """
 
         return await self._unary_unary(
@@ -2555,6 +2579,8 @@ class SpearletPeerBase(betterproto2_grpclib.ServiceBase):
         Each is accepted (run here under its id) or refused because this node has no room for
         it now (`refused`: the sender's view was stale; it places the task again). With `wait`
         the answer comes when the accepted tasks have finished, with their results.
+
+        (spearlet.proto)
         """
 
         raise grpclib.GRPCError(grpclib.const.Status.UNIMPLEMENTED)
