@@ -78,6 +78,9 @@ EXTRA_KEYS: dict[str, type] = {
     "unhealthy_after_s": float,
     "dead_after_s": float,
     "labels": dict,
+    # Placement in a cluster (core/scheduler.py, docs/distributed.md).
+    "view_refresh_s": float,
+    "max_queued_tasks": float,
 }
 _TRUE = ("1", "true", "yes", "on")
 _FALSE = ("0", "false", "no", "off")

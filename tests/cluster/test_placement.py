@@ -246,3 +246,21 @@ def _member(tmp_path: Path, name: str) -> Any:
     from spear.transport.channels import Credentials
 
     return Credentials(tls=tls.TlsFiles(tmp_path / name / "tls"))
+
+
+def test_placement_settings_are_read_from_the_settings_file(tmp_path: Path) -> None:
+    from spear.core.scheduler import max_queued_from, view_refresh_from
+    from spear.errors import InvalidArgument
+
+    cfg = tmp_path / "spear.toml"
+    cfg.write_text("max_queued_tasks = 50\nview_refresh_s = 0.25\n")
+    env = {"HOME": str(tmp_path / "home"), "SPEAR_HOME": str(tmp_path / "data")}
+    settings = Settings.load(env=env, config_file=cfg)
+    assert max_queued_from(settings.extra) == 50
+    assert view_refresh_from(settings.extra, 1.0) == 0.25
+    assert max_queued_from({}) == 10_000 and view_refresh_from({}, 2.0) == 2.0
+    with pytest.raises(InvalidArgument, match="max_queued_tasks"):
+        max_queued_from({"max_queued_tasks": "lots"})
+    cfg.write_text("view_refresh_s = -1\n")
+    with pytest.raises(InvalidArgument, match="view_refresh_s"):
+        Settings.load(env=env, config_file=cfg)
