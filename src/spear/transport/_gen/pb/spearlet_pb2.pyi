@@ -363,14 +363,16 @@ class ForwardedTask(_message.Message):
     def __init__(self, task: _Optional[_Union[TaskInfo, _Mapping]] = ..., artifact_digest: _Optional[str] = ..., stdin: _Optional[bytes] = ...) -> None: ...
 
 class ForwardTasksRequest(_message.Message):
-    __slots__ = ("tasks", "wait", "from_node")
+    __slots__ = ("tasks", "wait", "from_node", "output")
     TASKS_FIELD_NUMBER: _ClassVar[int]
     WAIT_FIELD_NUMBER: _ClassVar[int]
     FROM_NODE_FIELD_NUMBER: _ClassVar[int]
+    OUTPUT_FIELD_NUMBER: _ClassVar[int]
     tasks: _containers.RepeatedCompositeFieldContainer[ForwardedTask]
     wait: bool
     from_node: str
-    def __init__(self, tasks: _Optional[_Iterable[_Union[ForwardedTask, _Mapping]]] = ..., wait: _Optional[bool] = ..., from_node: _Optional[str] = ...) -> None: ...
+    output: bool
+    def __init__(self, tasks: _Optional[_Iterable[_Union[ForwardedTask, _Mapping]]] = ..., wait: _Optional[bool] = ..., from_node: _Optional[str] = ..., output: _Optional[bool] = ...) -> None: ...
 
 class ForwardOutcome(_message.Message):
     __slots__ = ("task", "output", "refused", "error")

@@ -344,7 +344,7 @@ class ForwardOutcome(betterproto2.Message):
 
     output: "bytes" = betterproto2.field(2, betterproto2.TYPE_BYTES)
     """
-    with `wait`: the task's result (what it set, else its stdout)
+    with `output`: the task's result (what it set, else its stdout)
     """
 
     refused: "bool" = betterproto2.field(3, betterproto2.TYPE_BOOL)
@@ -381,10 +381,15 @@ class ForwardTasksRequest(betterproto2.Message):
 
     wait: "bool" = betterproto2.field(2, betterproto2.TYPE_BOOL)
     """
-    answer once the accepted tasks have finished, with their results
+    answer once the accepted tasks have finished
     """
 
     from_node: "str" = betterproto2.field(3, betterproto2.TYPE_STRING)
+
+    output: "bool" = betterproto2.field(4, betterproto2.TYPE_BOOL)
+    """
+    with `wait`: each task's result too
+    """
 
 
 default_message_pool.register_message("spear.v1", "ForwardTasksRequest", ForwardTasksRequest)
