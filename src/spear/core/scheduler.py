@@ -115,9 +115,11 @@ class Forwarder(Protocol):
         tasks: Sequence[tuple[Task, bytes | None]],
         *,
         wait: bool = False,
+        output: bool = False,
     ) -> BatchAnswer:
         """Hand `tasks` (ids kept, each with its stdin) to `node` in one call; with `wait`
-        the answer comes once the accepted ones have finished, with their output."""
+        the answer comes once the accepted ones have finished (with their output if
+        `output`)."""
         ...
 
 

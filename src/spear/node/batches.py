@@ -85,7 +85,7 @@ class _Batch:
         """One ForwardTasks call to `node`, waited for; refused tasks go back to be placed."""
         try:
             answer = await self.scheduler.forwarder.forward_batch(
-                node, [(self.tasks[i], None) for i in indices], wait=True
+                node, [(self.tasks[i], None) for i in indices], wait=True, output=self.output
             )
         except Unavailable:
             self.scheduler.view.forget(node.name)

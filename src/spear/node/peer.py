@@ -177,7 +177,7 @@ class PeerService(v1.SpearletPeerBase):
                 tg.start_soon(one, i)
         for i, task in ended.items():
             output = b""
-            if self.local is not None:
+            if message.output and self.local is not None:
                 output = await self.local.output(task.id)
             outcomes[i] = pb.ForwardOutcome(task=_task_pb(task), output=output)
 
@@ -226,9 +226,11 @@ class Peers:
         tasks: Sequence[tuple[Task, bytes | None]],
         *,
         wait: bool = False,
+        output: bool = False,
     ) -> BatchAnswer:
         """Hand `tasks` to `node` in one ForwardTasks call (each module uploaded first,
-        once per node); with `wait`, answered once the accepted ones have finished."""
+        once per node); with `wait`, answered once the accepted ones have finished (with
+        their results if `output`)."""
         requests = []
         digests: dict[str, str] = {}
         for task, stdin in tasks:
@@ -242,7 +244,9 @@ class Peers:
             requests.append(
                 pb.ForwardedTask(task=_task_pb(task), artifact_digest=digest, stdin=stdin or b"")
             )
-        request = pb.ForwardTasksRequest(tasks=requests, wait=wait, from_node=self.own_name)
+        request = pb.ForwardTasksRequest(
+            tasks=requests, wait=wait, output=output, from_node=self.own_name
+        )
         self._peer(node.address)  # opens the channel
         channel = self._channels[node.address][0]
         received_error_code.set(None)
