@@ -214,11 +214,18 @@ def test_a_batch_runs_here_what_fits_and_forwards_the_rest_as_batches(
     tmp_path: Path, hello: str
 ) -> None:
     async def main() -> None:
-        async with cluster(tmp_path, {"a": (2, {}), "b": (2, {})}) as (_, n):
+        async with cluster(tmp_path, {"a": (2, {}), "b": (2, {"zone": "x"})}) as (_, n):
             tasks = await n["a"].run_many([FunctionSpec(hello)] * 30)
             assert all(t.state is TaskState.COMPLETED for t in tasks)
             assert "a" in {t.node for t in tasks}
             assert len({t.id for t in tasks}) == 30
+            # A bad module is refused as a single task's is, here or forwarded.
+            missing = str(tmp_path / "nope.wasm")
+            for labels in ((), ZONE_X):
+                out = await n["a"].run_many(
+                    [FunctionSpec(hello), FunctionSpec(missing, labels=labels)]
+                )
+                assert isinstance(out[1], NotFound), out[1]
 
     anyio.run(main)
 

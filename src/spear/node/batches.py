@@ -56,14 +56,16 @@ class _Batch:
     async def run_here(self, indices: list[int]) -> None:
         """Run tasks here as one `run_many` (waves as room appears, first in first out)."""
         controller = self.scheduler.node.controller
+        refusals: dict[str, SpearError] = {}
         try:
-            ended = await controller.run_many([self.specs[i] for i in indices])
+            ended = await controller.run_many([self.specs[i] for i in indices], refusals=refusals)
         except SpearError as exc:
             for i in indices:
                 self.results[i] = exc
             return
         for i, task in zip(indices, ended, strict=True):
-            self.results[i] = TaskResult(task, await self._output(task))
+            refused = refusals.get(task.id)  # (a bad module: refused as `submit` is)
+            self.results[i] = refused or TaskResult(task, await self._output(task))
 
     async def one_by_one(self, i: int) -> None:
         """The one-task path: placed by the scheduler (queued if need be), then waited for."""

@@ -111,9 +111,11 @@ class InProcessNode:
                     if stdins[i]:
                         tg.start_soon(one, i)
                 if plain:
-                    ended = await self.node.run_many([specs[i] for i in plain])
+                    refusals: dict[str, SpearError] = {}
+                    controller = self.node.controller
+                    ended = await controller.run_many([specs[i] for i in plain], refusals=refusals)
                     for i, task in zip(plain, ended, strict=True):
-                        out[i] = task
+                        out[i] = refusals.get(task.id, task)  # (refused as `submit` is)
         return [o for o in out if o is not None]
 
     async def call(self, spec: FunctionSpec, *, stdin: bytes | None = None) -> TaskResult:

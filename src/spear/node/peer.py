@@ -157,10 +157,18 @@ class PeerService(v1.SpearletPeerBase):
         ended: dict[int, Task] = {}
 
         async def many() -> None:
+            refusals: dict[str, SpearError] = {}
             tasks = await controller.run_many(
-                [received[i][1] for i in plain], task_ids=[received[i][0].id for i in plain]
+                [received[i][1] for i in plain],
+                task_ids=[received[i][0].id for i in plain],
+                refusals=refusals,
             )
-            ended.update(zip(plain, tasks, strict=True))
+            for i, task in zip(plain, tasks, strict=True):
+                refused = refusals.get(task.id)
+                if refused is None:
+                    ended[i] = task
+                else:  # a bad module: refused as a single forwarded task is
+                    outcomes[i] = _error(refused)
 
         async def one(i: int) -> None:
             task, spec = received[i]

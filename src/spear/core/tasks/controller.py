@@ -267,7 +267,10 @@ class TaskController:
     # -- running many -------------------------------------------------------------------
 
     async def run_many(
-        self, specs: Sequence[FunctionSpec], task_ids: Sequence[str] | None = None
+        self,
+        specs: Sequence[FunctionSpec],
+        task_ids: Sequence[str] | None = None,
+        refusals: dict[str, SpearError] | None = None,
     ) -> list[Task]:
         """Run many tasks to their ends; returns them finished, in order.
 
@@ -275,8 +278,9 @@ class TaskController:
         node's free resources are recorded in one write, run (short guests one after
         another right here, the others on their threads at once), and their ends written
         in one write; then the next that fit, until all ran. A task whose artifact is
-        refused is recorded FAILED, as `run` records it. `task_ids` (one per spec) keeps
-        ids given elsewhere: tasks another node forwarded here.
+        refused is recorded FAILED, as `run` records it (and, given `refusals`, its id
+        mapped there to the refusal). `task_ids` (one per spec) keeps ids given elsewhere:
+        tasks another node forwarded here.
         """
         if not specs:
             return []
@@ -289,6 +293,8 @@ class TaskController:
             refused = await self._refusal(task, must_fit=True)
             if refused is not None:
                 finished[task.id] = refused[1]
+                if refusals is not None:
+                    refusals[task.id] = refused[0]
             else:
                 ready.append(task)
         while ready:
