@@ -47,7 +47,7 @@ class Resources(_message.Message):
     def __init__(self, cpu_millis: _Optional[int] = ..., memory_bytes: _Optional[int] = ...) -> None: ...
 
 class FunctionSpec(_message.Message):
-    __slots__ = ("artifact", "runtime", "args", "env", "dirs", "entry", "resources", "timeout_s", "memory_limit_bytes", "fuel", "labels", "workdir", "warm", "cpu_time_s", "open_files")
+    __slots__ = ("artifact", "runtime", "args", "env", "dirs", "entry", "resources", "timeout_s", "memory_limit_bytes", "fuel", "labels", "workdir", "warm", "cpu_time_s", "open_files", "priority")
     ARTIFACT_FIELD_NUMBER: _ClassVar[int]
     RUNTIME_FIELD_NUMBER: _ClassVar[int]
     ARGS_FIELD_NUMBER: _ClassVar[int]
@@ -63,6 +63,7 @@ class FunctionSpec(_message.Message):
     WARM_FIELD_NUMBER: _ClassVar[int]
     CPU_TIME_S_FIELD_NUMBER: _ClassVar[int]
     OPEN_FILES_FIELD_NUMBER: _ClassVar[int]
+    PRIORITY_FIELD_NUMBER: _ClassVar[int]
     artifact: str
     runtime: str
     args: _containers.RepeatedScalarFieldContainer[str]
@@ -78,7 +79,8 @@ class FunctionSpec(_message.Message):
     warm: bool
     cpu_time_s: float
     open_files: int
-    def __init__(self, artifact: _Optional[str] = ..., runtime: _Optional[str] = ..., args: _Optional[_Iterable[str]] = ..., env: _Optional[_Iterable[_Union[KeyValue, _Mapping]]] = ..., dirs: _Optional[_Iterable[_Union[DirMapping, _Mapping]]] = ..., entry: _Optional[str] = ..., resources: _Optional[_Union[Resources, _Mapping]] = ..., timeout_s: _Optional[float] = ..., memory_limit_bytes: _Optional[int] = ..., fuel: _Optional[int] = ..., labels: _Optional[_Iterable[_Union[KeyValue, _Mapping]]] = ..., workdir: _Optional[str] = ..., warm: _Optional[bool] = ..., cpu_time_s: _Optional[float] = ..., open_files: _Optional[int] = ...) -> None: ...
+    priority: int
+    def __init__(self, artifact: _Optional[str] = ..., runtime: _Optional[str] = ..., args: _Optional[_Iterable[str]] = ..., env: _Optional[_Iterable[_Union[KeyValue, _Mapping]]] = ..., dirs: _Optional[_Iterable[_Union[DirMapping, _Mapping]]] = ..., entry: _Optional[str] = ..., resources: _Optional[_Union[Resources, _Mapping]] = ..., timeout_s: _Optional[float] = ..., memory_limit_bytes: _Optional[int] = ..., fuel: _Optional[int] = ..., labels: _Optional[_Iterable[_Union[KeyValue, _Mapping]]] = ..., workdir: _Optional[str] = ..., warm: _Optional[bool] = ..., cpu_time_s: _Optional[float] = ..., open_files: _Optional[int] = ..., priority: _Optional[int] = ...) -> None: ...
 
 class StateChange(_message.Message):
     __slots__ = ("state", "at")

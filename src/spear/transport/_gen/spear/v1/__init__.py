@@ -460,6 +460,11 @@ class FunctionSpec(betterproto2.Message):
     process runtime: RLIMIT_NOFILE
     """
 
+    priority: "int" = betterproto2.field(16, betterproto2.TYPE_SINT32)
+    """
+    Placement order among tasks waiting for room: higher first, then first come (0 default).
+    """
+
 
 default_message_pool.register_message("spear.v1", "FunctionSpec", FunctionSpec)
 
