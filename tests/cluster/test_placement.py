@@ -271,3 +271,35 @@ def test_placement_settings_are_read_from_the_settings_file(tmp_path: Path) -> N
     cfg.write_text("view_refresh_s = -1\n")
     with pytest.raises(InvalidArgument, match="view_refresh_s"):
         Settings.load(env=env, config_file=cfg)
+
+
+def test_queued_tasks_are_placed_by_priority_then_first_come(tmp_path: Path, loop: str) -> None:
+    async def main() -> None:
+        async with cluster(tmp_path, {"a": (1, {})}) as (_, n):
+            a = n["a"]
+            first = await a.submit(FunctionSpec(loop))  # takes the only slot
+            low = await a.submit(FunctionSpec(loop, timeout_s=0.05))
+            high = await a.submit(FunctionSpec(loop, timeout_s=0.05, priority=5))
+            also_high = await a.submit(FunctionSpec(loop, timeout_s=0.05, priority=5))
+            assert a.scheduler.queued == 3
+            order = [t.id for t in a.scheduler.queued_tasks()]
+            assert order == [high.id, also_high.id, low.id]
+            await a.cancel(first.id)  # room: the queue drains in that order
+            ends = [await a.wait(t.id) for t in (high, also_high, low)]
+            starts = [t.started_at or 0 for t in ends]
+            assert starts == sorted(starts) and all(s > 0 for s in starts)
+
+    anyio.run(main)
+
+
+def test_priority_travels_over_grpc_and_is_checked(tmp_path: Path, hello: str) -> None:
+    from spear.core.models import FunctionSpec as Spec
+    from spear.errors import InvalidArgument
+    from spear.transport import _convert as cv
+
+    spec = Spec(hello, priority=-7)
+    assert cv.spec_from_wire(cv.spec_to_wire(spec)) == spec
+    assert Spec.from_json(spec.to_json()) == spec
+    assert "priority" not in Spec(hello).to_json()  # (older records unchanged)
+    with pytest.raises(InvalidArgument, match="priority"):
+        Spec(hello, priority=10_000)

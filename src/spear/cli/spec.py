@@ -78,6 +78,7 @@ def build_spec(
     workdir: str | None,
     labels: list[str] | None = None,
     resources: Resources | None = None,
+    priority: int = 0,
 ) -> FunctionSpec:
     """The FunctionSpec the task options describe (a leading `--` in `args` is ours)."""
     task_args = list(args or ())
@@ -99,4 +100,5 @@ def build_spec(
         workdir=workdir,
         labels=tuple(parse_pair(lb, "--label") for lb in labels or ()),
         resources=resources if resources is not None else Resources(),
+        priority=priority,
     )

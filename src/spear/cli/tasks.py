@@ -106,6 +106,12 @@ def submit(
     reserve: Annotated[
         str | None, typer.Option("--reserve", help="Memory to reserve, e.g. 256M (default: 64M).")
     ] = None,
+    priority: Annotated[
+        int,
+        typer.Option(
+            "--priority", help="Placement order among tasks waiting for room: higher first."
+        ),
+    ] = 0,
     node: NodeOpt = None,
     data_dir: DataDirOpt = None,
     config: ConfigOpt = None,
@@ -133,6 +139,7 @@ def submit(
         workdir=workdir,
         labels=labels,
         resources=resources,
+        priority=priority,
     )
     stdin = None
     if stdin_file is not None:

@@ -121,6 +121,9 @@ def _check_text(spec: FunctionSpec) -> None:
         _utf8("the working directory", spec.workdir)
 
 
+MIN_PRIORITY, MAX_PRIORITY = -1000, 1000
+
+
 @dataclass(frozen=True, slots=True)
 class FunctionSpec:
     """Everything needed to run one task: what, with which inputs, under which limits.
@@ -144,6 +147,9 @@ class FunctionSpec:
     warm: bool = False
     cpu_time_s: float | None = None  # process runtime: RLIMIT_CPU
     open_files: int | None = None  # process runtime: RLIMIT_NOFILE
+    # Placement order among tasks waiting for room (seed's task priority): higher first,
+    # then first come. Not a preemption: a running task is never stopped for another.
+    priority: int = 0
 
     def __post_init__(self) -> None:
         if not self.artifact:
@@ -158,6 +164,8 @@ class FunctionSpec:
             raise InvalidArgument("CPU time limit must be a positive number of seconds")
         if self.open_files is not None and self.open_files < 1:
             raise InvalidArgument("open files limit must be at least 1")
+        if not MIN_PRIORITY <= self.priority <= MAX_PRIORITY:
+            raise InvalidArgument(f"priority must be from {MIN_PRIORITY} to {MAX_PRIORITY}")
         for name, _ in self.env:
             if not name or "=" in name:
                 raise InvalidArgument(f"invalid environment variable name {name!r}")
@@ -166,6 +174,8 @@ class FunctionSpec:
     def to_json(self) -> dict[str, Any]:
         data = dataclasses.asdict(self)
         data["runtime"] = self.runtime.value
+        if not self.priority:
+            del data["priority"]  # (records of tasks without one stay as they were)
         return data
 
     @classmethod
@@ -187,6 +197,7 @@ class FunctionSpec:
                 warm=bool(data.get("warm", False)),
                 cpu_time_s=data.get("cpu_time_s"),
                 open_files=data.get("open_files"),
+                priority=int(data.get("priority", 0)),
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise InvalidArgument(f"malformed function spec: {exc}") from exc

@@ -11,8 +11,10 @@ SMS instead (it holds the object index). When the view was stale the receiver re
 run fails at once, with the reason (the SMS confirms before a task fails). One that could
 run but finds no room anywhere waits in this node's queue, first in first out, and is
 placed as soon as room appears here (a task finishing) or elsewhere (looked for every
-heartbeat); the queue holds at most `max_queued` tasks, and a task beyond that is refused
-with ResourceExhausted (back-pressure rather than memory growing without bound).
+heartbeat); a task of a higher `priority` goes before those of lower ones, first come
+first served among equals. The queue holds at most `max_queued` tasks, and a task beyond
+that is refused with ResourceExhausted (back-pressure rather than memory growing without
+bound).
 
 The receiving node registers every task it queues with the SMS as PENDING (node =
 itself), so the task is visible cluster-wide, and "node lost" applies to a queued task
@@ -163,6 +165,10 @@ class Scheduler:
     def queued(self) -> int:
         return len(self._queue)
 
+    def queued_tasks(self) -> list[Task]:
+        """The queue's tasks in the order they will be placed."""
+        return [item.task for item in self._queue]
+
     def queued_task(self, task_id: str) -> Task | None:
         for item in self._queue:
             if item.task.id == task_id:
@@ -182,7 +188,12 @@ class Scheduler:
     def fits_here_now(self, spec: FunctionSpec) -> bool:
         """Whether a task submitted now would run here: it fits this node's free room now
         and no task waits in this node's queue before it."""
-        return not self._queue and self._fits_here_now(spec)
+        return not self.waiting_before(spec.priority) and self._fits_here_now(spec)
+
+    def waiting_before(self, priority: int) -> bool:
+        """Whether a queued task goes before a new one of `priority` (the queue is in
+        placement order: higher priority first, then first come)."""
+        return bool(self._queue) and self._queue[0].task.spec.priority >= priority
 
     def _fits_here_now(self, spec: FunctionSpec) -> bool:
         controller = self.node.controller
@@ -252,7 +263,7 @@ class Scheduler:
 
     async def submit(self, spec: FunctionSpec, *, stdin: bytes | None = None) -> Task:
         """Place a new task: here, on another node, in the queue, or FAILED at once."""
-        if not self._queue:
+        if not self.waiting_before(spec.priority):
             here = await self._try_here(spec, stdin, None)
             if here is not None:
                 self.note(here, "local", self.node.name)
@@ -263,11 +274,19 @@ class Scheduler:
         ranked, could_ever_fit = await self._ranked(query)
         if not could_ever_fit and not self._could_ever_run_here(spec):
             return await self._never_fits(task, query)
-        if not self._queue:
+        if not self.waiting_before(spec.priority):
             placed = await self._place_remotely(task, stdin, ranked)
             if placed is not None:
                 return placed  # (the node running it reports it to the SMS)
         return await self.enqueue(task, stdin)
+
+    def _insert(self, item: _Queued) -> None:
+        """Into the queue behind every task of its priority or higher (usually the end)."""
+        priority = item.task.spec.priority
+        at = len(self._queue)
+        while at > 0 and self._queue[at - 1].task.spec.priority < priority:
+            at -= 1
+        self._queue.insert(at, item)
 
     async def _never_fits(self, task: Task, query: PlacementQuery) -> Task:
         placement = await self.cluster.find_nodes(query)  # (the SMS says why)
@@ -295,7 +314,7 @@ class Scheduler:
         """Queue a task until room appears (ResourceExhausted when the queue is full)."""
         self._refuse_if_full()
         await self.cluster.report_task(task)  # waiting here: registered as this node's
-        self._queue.append(_Queued(task, stdin))
+        self._insert(_Queued(task, stdin))
         self.note(task, "queued", self.node.name)
         self._wake.set()
         return task
@@ -475,9 +494,14 @@ class Scheduler:
         controller = self.node.controller
         room = controller.free - self.promised
         taken: list[bool] = []
-        open_ = not self._queue and controller.waiting_count == 0
+        open_ = controller.waiting_count == 0
         for spec in specs:
-            open_ = open_ and self._could_ever_run_here(spec) and spec.resources.fits_in(room)
+            open_ = (
+                open_
+                and not self.waiting_before(spec.priority)
+                and self._could_ever_run_here(spec)
+                and spec.resources.fits_in(room)
+            )
             if open_:
                 room = room - spec.resources
                 self.promised = self.promised + spec.resources

@@ -115,12 +115,14 @@ class _Batch:
         scheduler = self.scheduler
         controller = scheduler.node.controller
         room = controller.free - scheduler.promised
-        open_ = scheduler.queued == 0 and controller.waiting_count == 0
+        open_ = controller.waiting_count == 0
         here: list[int] = []
         rest: list[int] = []
         for i in indices:
-            need = self.specs[i].resources
-            if open_ and scheduler.could_ever_run_here(self.specs[i]) and need.fits_in(room):
+            spec = self.specs[i]
+            need = spec.resources
+            open_ = open_ and not scheduler.waiting_before(spec.priority)
+            if open_ and scheduler.could_ever_run_here(spec) and need.fits_in(room):
                 room = room - need
                 here.append(i)
             else:

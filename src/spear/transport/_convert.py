@@ -94,6 +94,7 @@ def spec_to_wire(spec: FunctionSpec, m: _Messages = v1) -> v1.FunctionSpec:
         warm=spec.warm,
         cpu_time_s=spec.cpu_time_s,
         open_files=spec.open_files,
+        priority=spec.priority,
     )
 
 
@@ -121,6 +122,7 @@ def spec_from_wire(spec: v1.FunctionSpec | pb.FunctionSpec | None) -> FunctionSp
         warm=spec.warm,
         cpu_time_s=optional(spec, "cpu_time_s"),
         open_files=optional(spec, "open_files"),
+        priority=spec.priority,
     )
 
 
