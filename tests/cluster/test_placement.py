@@ -186,7 +186,8 @@ def test_batches_race_for_the_same_receivers_and_every_task_runs_once(
     members = {"a": (1, {}), "c": (1, {}), "b": (3, {"zone": "x"}), "d": (2, {"zone": "x"})}
 
     async def main() -> None:
-        async with cluster(tmp_path, members) as (sms, n):
+        # A small backlog, so that receivers refuse what exceeds it and senders re-place.
+        async with cluster(tmp_path, members, max_queued_tasks=4) as (sms, n):
             asked = placements(sms)
             spec = FunctionSpec(hello, labels=ZONE_X)
             results: dict[str, list[Any]] = {}
@@ -219,6 +220,10 @@ def test_a_batch_runs_here_what_fits_and_forwards_the_rest_as_batches(
             assert all(t.state is TaskState.COMPLETED for t in tasks)
             assert "a" in {t.node for t in tasks}
             assert len({t.id for t in tasks}) == 30
+            # More than b has room for, for b alone: taken into b's backlog, not refused.
+            far = await n["a"].run_many([FunctionSpec(hello, labels=ZONE_X)] * 30)
+            assert {t.node for t in far} == {"b"} and len({t.id for t in far}) == 30
+            assert n["b"].scheduler.refusals == 0 and n["b"].scheduler.backlog == 0
             # A bad module is refused as a single task's is, here or forwarded.
             missing = str(tmp_path / "nope.wasm")
             for labels in ((), ZONE_X):

@@ -27,7 +27,7 @@ from __future__ import annotations
 import contextlib
 import time
 from collections import deque
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
 import anyio
@@ -102,6 +102,15 @@ class Forwarded:
     error: SpearError | None = None
 
 
+@dataclass(slots=True)
+class Accepted:
+    """What a node took of a forwarded batch (`Scheduler.accept_forwarded`)."""
+
+    taken: list[bool] = field(default_factory=list)  # per task, in order
+    promised: list[FunctionSpec] = field(default_factory=list)  # given free room now
+    backlog: int = 0  # taken to wait here for room
+
+
 @dataclass(frozen=True, slots=True)
 class BatchAnswer:
     outcomes: tuple[Forwarded, ...]
@@ -149,6 +158,7 @@ class Scheduler:
         # placement here must not take the room they were given (see accept_forwarded).
         self.promised = Resources(cpu_millis=0, memory_bytes=0)
         self.refusals = 0  # forwarded tasks refused here for lack of room (spillback)
+        self.backlog = 0  # forwarded tasks taken to wait here for room (accept_forwarded)
         self._queue: deque[_Queued] = deque()
         self._wake = anyio.Event()
         self._placing: dict[str, anyio.Event] = {}
@@ -486,14 +496,17 @@ class Scheduler:
         self.note(adopted, "adopted", self.node.name)
         return adopted
 
-    def accept_forwarded(self, specs: Sequence[FunctionSpec]) -> list[bool]:
-        """Which of a forwarded batch this node takes now, in order, until one does not
-        fit its free room; the room they take is promised to them at once (no await
+    def accept_forwarded(self, specs: Sequence[FunctionSpec], *, backlog: bool = False) -> Accepted:
+        """Which of a forwarded batch this node takes now: in order, those that fit its
+        free room, until one does not; that room is promised to them at once (no await
         here), so a batch arriving meanwhile from another node is refused rather than
-        given the same room. Call `settle_forwarded` with the taken ones when they end."""
+        given the same room. With `backlog` (a waited batch, which runs in first-in
+        first-out waves here), the rest that could ever run here are taken too, while
+        this node's backlog stays within `max_queued`: one call instead of one per wave.
+        Call `settle_forwarded` with the answer once the taken tasks have ended."""
         controller = self.node.controller
         room = controller.free - self.promised
-        taken: list[bool] = []
+        accepted = Accepted()
         open_ = controller.waiting_count == 0
         for spec in specs:
             open_ = (
@@ -505,15 +518,22 @@ class Scheduler:
             if open_:
                 room = room - spec.resources
                 self.promised = self.promised + spec.resources
+                accepted.promised.append(spec)
+                accepted.taken.append(True)
+            elif backlog and self.backlog < self.max_queued and self._could_ever_run_here(spec):
+                self.backlog += 1
+                accepted.backlog += 1
+                accepted.taken.append(True)
             else:
                 self.refusals += 1
-            taken.append(open_)
-        return taken
+                accepted.taken.append(False)
+        return accepted
 
-    def settle_forwarded(self, specs: Sequence[FunctionSpec]) -> None:
+    def settle_forwarded(self, accepted: Accepted) -> None:
         """The forwarded tasks taken by `accept_forwarded` have ended."""
-        for spec in specs:
+        for spec in accepted.promised:
             self.promised = self.promised - spec.resources
+        self.backlog -= accepted.backlog
         self._wake.set()
 
 

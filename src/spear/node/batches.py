@@ -4,12 +4,14 @@
 with a call (RunTask) that does not fit here: the tasks that fit this node now run here
 as one `run_many` wave; the rest are placed from the node's view of the cluster, one
 ForwardTasks call per receiving node, answered with the tasks' ends and results (no
-second call to fetch them). A receiver that refuses some (the view was stale) has them
-placed again from the corrected view once an answer arrives, at most `max_hops` times
-each; tasks that could run here and find no room elsewhere wait here, in `run_many`'s
-first-in-first-out waves; the others wait in the scheduler's bounded queue, and over its
-bound they are refused with ResourceExhausted. Tasks with stdin or input objects (data
-affinity needs the SMS's object index) take the one-task path.
+second call to fetch them). Tasks that could run here and find no room elsewhere wait
+here, in `run_many`'s first-in-first-out waves; those that could not go with the batch
+of the likeliest node, which keeps them in its bounded backlog. A receiver that refuses
+some (the view was stale, its backlog full) has them placed again from the corrected
+view once an answer arrives, at most `max_hops` times each; then they wait in the
+scheduler's bounded queue, and over its bound they are refused with ResourceExhausted.
+Tasks with stdin or input objects (data affinity needs the SMS's object index) take the
+one-task path.
 """
 
 from __future__ import annotations
@@ -130,17 +132,27 @@ class _Batch:
         return here, rest
 
     def place(self, indices: Sequence[int]) -> tuple[dict[str, list[int]], list[int]]:
-        """Tasks given to other nodes by the view (their room debited), and the rest."""
-        view = self.scheduler.view
+        """Tasks given to other nodes by the view (their room debited), and the rest.
+        A task that could not run here and finds no room elsewhere joins the batch of
+        the likeliest node that could run it: the receiver keeps it in its backlog (a
+        wave of its own `run_many`) or refuses it, one call instead of one per wave."""
+        scheduler = self.scheduler
+        view = scheduler.view
         batches: dict[str, list[int]] = {}
         rest: list[int] = []
         for i in indices:
-            candidates = view.candidates(self.scheduler.query(self.specs[i]))
-            if not candidates:
+            query = scheduler.query(self.specs[i])
+            candidates = view.candidates(query)
+            if candidates:
+                name = candidates[0].node.name
+                view.reserve(name, self.specs[i].resources)
+            elif not scheduler.could_ever_run_here(self.specs[i]) and (
+                likeliest := view.could_ever_fit(query)
+            ):
+                name = likeliest[0].name
+            else:
                 rest.append(i)
                 continue
-            name = candidates[0].node.name
-            view.reserve(name, self.specs[i].resources)
             batches.setdefault(name, []).append(i)
         return batches, rest
 

@@ -4,9 +4,10 @@ node keeps for the other nodes it forwards to or proxies for.
 ForwardTasks takes a batch: the receiver accepts, in order, the tasks that fit its free
 room now and refuses the rest (`refused`: the sender's view was stale, it places them
 again); nothing is recorded for a refused task, so none is lost or run twice. With `wait`
-the accepted ones run as one `run_many` (their records written together) and the answer
-carries each one's end and result: a forwarded call costs one hop, not a hop to submit
-and another to fetch the result."""
+it also takes the rest that could run here into a bounded backlog, and runs them all as
+one `run_many` (waves as room appears, records written together); the answer carries
+each one's end and result: a forwarded call costs one hop, not a hop to submit and
+another to fetch the result, and a batch one hop, not one per wave."""
 
 from __future__ import annotations
 
@@ -106,17 +107,18 @@ class PeerService(v1.SpearletPeerBase):
     async def _forward_tasks(self, message: pb.ForwardTasksRequest) -> pb.ForwardTasksResponse:
         received = [self._received(m) for m in message.tasks]
         scheduler = self.scheduler
-        taken = scheduler.accept_forwarded([spec for _, spec in received])
-        accepted = [i for i, ok in enumerate(taken) if ok]
+        accepted_now = scheduler.accept_forwarded(
+            [spec for _, spec in received], backlog=message.wait
+        )
+        accepted = [i for i, ok in enumerate(accepted_now.taken) if ok]
         outcomes = [pb.ForwardOutcome(refused=True) for _ in received]
-        specs = [received[i][1] for i in accepted]
         try:
             if message.wait:
                 await self._run_waited(message, received, accepted, outcomes)
             else:
                 await self._adopt(message, received, accepted, outcomes)
         finally:
-            scheduler.settle_forwarded(specs)
+            scheduler.settle_forwarded(accepted_now)
         free = scheduler.node.controller.free - scheduler.promised
         return pb.ForwardTasksResponse(outcomes=outcomes, free=_resources_pb(free))
 
