@@ -252,7 +252,9 @@ class Peers:
                     digest = await self._uploaded(node.address, spec.artifact)
                 digests[spec.artifact] = digest
             requests.append(
-                pb.ForwardedTask(task=_task_pb(task), artifact_digest=digest, stdin=stdin or b"")
+                pb.ForwardedTask(
+                    task=_forwarded_pb(task), artifact_digest=digest, stdin=stdin or b""
+                )
             )
         request = pb.ForwardTasksRequest(
             tasks=requests, wait=wait, output=output, from_node=self.own_name
@@ -275,7 +277,9 @@ class Peers:
         if len(answer.outcomes) != len(tasks):
             raise Unavailable(f"node {node.name} answered {len(answer.outcomes)} of {len(tasks)}")
         return BatchAnswer(
-            outcomes=tuple(_outcome(o) for o in answer.outcomes),
+            outcomes=tuple(
+                _outcome(o, task.spec) for o, (task, _) in zip(answer.outcomes, tasks, strict=True)
+            ),
             free=cv.resources_from_wire(answer.free),
         )
 
@@ -313,15 +317,21 @@ class Peers:
         self._channels.clear()
 
 
-def _outcome(o: pb.ForwardOutcome) -> Forwarded:
+def _outcome(o: pb.ForwardOutcome, spec: FunctionSpec) -> Forwarded:
     if o.HasField("error"):
         return Forwarded(error=error_from_code(o.error.code, o.error.message))
     if o.refused or not o.HasField("task"):
         return Forwarded(refused=True)
-    return Forwarded(task=cv.task_from_wire(o.task), output=o.output)
+    return Forwarded(task=cv.task_from_wire(o.task, spec), output=o.output)
 
 
 def _task_pb(task: Task) -> pb.TaskInfo:
+    """A task taken here, for the answer: without its spec (the sender has it)."""
+    return cv.task_to_wire(task, pb, with_spec=False)  # type: ignore[return-value]
+
+
+def _forwarded_pb(task: Task) -> pb.TaskInfo:
+    """A task to forward: with its spec."""
     return cv.task_to_wire(task, pb)  # type: ignore[return-value]  # (pb given: pb's)
 
 

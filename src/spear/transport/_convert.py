@@ -126,8 +126,9 @@ def spec_from_wire(spec: v1.FunctionSpec | pb.FunctionSpec | None) -> FunctionSp
     )
 
 
-def task_to_wire(task: Task, m: _Messages = v1) -> v1.TaskInfo:
-    """`task` as a message of `m`'s kind (betterproto2's by default)."""
+def task_to_wire(task: Task, m: _Messages = v1, *, with_spec: bool = True) -> v1.TaskInfo:
+    """`task` as a message of `m`'s kind (betterproto2's by default); without its spec
+    if not `with_spec` (the other end has it: a forwarded task's answer)."""
     history = []
     for state, at in task.history:
         try:
@@ -137,7 +138,7 @@ def task_to_wire(task: Task, m: _Messages = v1) -> v1.TaskInfo:
         history.append(m.StateChange(state=wire, at=at))
     return m.TaskInfo(  # type: ignore[no-any-return]
         id=task.id,
-        spec=spec_to_wire(task.spec, m),
+        spec=spec_to_wire(task.spec, m) if with_spec else None,
         state=_STATE_TO_WIRE[task.state],
         created_at=task.created_at,
         started_at=task.started_at,
@@ -150,13 +151,14 @@ def task_to_wire(task: Task, m: _Messages = v1) -> v1.TaskInfo:
     )
 
 
-def task_from_wire(info: v1.TaskInfo | pb.TaskInfo) -> Task:
+def task_from_wire(info: v1.TaskInfo | pb.TaskInfo, spec: FunctionSpec | None = None) -> Task:
+    """The task `info` describes; with `spec`, that spec (the message may omit it)."""
     state = state_from_wire(info.state)
     if state is None:
         raise InvalidArgument(f"task {info.id} has no state")
     return Task(
         id=info.id,
-        spec=spec_from_wire(optional(info, "spec")),
+        spec=spec if spec is not None else spec_from_wire(optional(info, "spec")),
         state=state,
         created_at=info.created_at,
         started_at=optional(info, "started_at"),
