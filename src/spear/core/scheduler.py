@@ -50,6 +50,9 @@ if TYPE_CHECKING:
     from spear.core.tasks import TasksFinished
 
 
+_FIRST_PAUSE_S = 0.01  # the first pause before a queue's head is tried again
+
+
 def max_queued_from(extra: Any) -> int:
     """The queue's bound from settings' extra values (`max_queued_tasks`, default 10,000)."""
     raw = extra.get("max_queued_tasks", 10_000)
@@ -417,21 +420,30 @@ class Scheduler:
         return None
 
     async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
-        """Place queued tasks, oldest first, as room appears."""
+        """Place queued tasks, oldest first, as room appears. A head that found no room is
+        tried again on a wake-up (a task ended here, the view was refreshed) or after a
+        pause that starts at 10 ms and doubles up to `retry_s`: room freed on another node
+        is learnt by probing it (its answer says what it has free), so a queue drains at
+        the pace tasks end there, not once per heartbeat."""
         task_status.started()
+        pause = _FIRST_PAUSE_S
         while True:
             self._wake = anyio.Event()
+            placed = 0
             try:
-                await self._drain_queue()
+                placed = await self._drain_queue()
             except Exception:  # an SMS hiccup: try again on the next wake-up
                 logger.exception("placing queued tasks failed")
             if self._queue:
-                with anyio.move_on_after(self.retry_s):
+                pause = _FIRST_PAUSE_S if placed else min(pause * 2, self.retry_s)
+                with anyio.move_on_after(pause):
                     await self._wake.wait()
             else:
                 await self._wake.wait()
 
-    async def _drain_queue(self) -> None:
+    async def _drain_queue(self) -> int:
+        """Place the queue's tasks in order until the head finds no room; how many."""
+        placed_count = 0
         while self._queue:
             head = self._queue[0]
             # A stop that arrives while the head is being placed waits for the outcome.
@@ -442,8 +454,10 @@ class Scheduler:
                 del self._placing[head.task.id]
                 done.set()
             if not placed:
-                return  # the head waits; nothing behind it overtakes it
+                return placed_count  # the head waits; nothing behind it overtakes it
             self._discard(head)
+            placed_count += 1
+        return placed_count
 
     async def _place_head(self, head: _Queued) -> bool:
         spec = head.task.spec
