@@ -31,6 +31,7 @@ specs = st.builds(
     warm=st.booleans(),
     cpu_time_s=st.none() | st.floats(min_value=0.001, max_value=1e9),
     open_files=st.none() | st.integers(1, 2**20),
+    priority=st.integers(-1000, 1000),
 )
 times = st.floats(min_value=0, max_value=4e9)
 

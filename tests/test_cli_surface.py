@@ -92,9 +92,10 @@ def test_bash_completion(cli: Cli, data_dir: Path, tmp_path: Path) -> None:
         return proc.stdout.decode().split()
 
     assert complete("spear", "ta") == ["tasks"]
-    assert complete("spear", "obj", "g") == ["get", "gc"] or set(
-        complete("spear", "obj", "g")
-    ) == {"get", "gc"}
+    assert complete("spear", "obj", "g") == ["get", "gc"] or set(complete("spear", "obj", "g")) == {
+        "get",
+        "gc",
+    }
     states = {s.upper() for s in complete("spear", "tasks", "--state", "''")}
     assert states == {"PENDING", "RUNNING", "COMPLETED", "FAILED", "CANCELLED"}
     assert set(complete("spear", "serve", "--role", "''")) == {"spearlet", "sms"}

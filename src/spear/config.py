@@ -82,6 +82,9 @@ EXTRA_KEYS: dict[str, type] = {
     "routes": dict,
     # The SMS's leadership lease on etcd (core/sms_leader.py): a takeover within about it.
     "sms_lease_ttl_s": float,
+    # Placement in a cluster (core/scheduler.py, docs/distributed.md).
+    "view_refresh_s": float,
+    "max_queued_tasks": float,
 }
 _TRUE = ("1", "true", "yes", "on")
 _FALSE = ("0", "false", "no", "off")

@@ -101,6 +101,7 @@ def build_spec(
     resources: Resources | None = None,
     max_retries: int = 0,
     retry_on: str | None = None,
+    priority: int = 0,
 ) -> FunctionSpec:
     """The FunctionSpec the task options describe (a leading `--` in `args` is ours)."""
     task_args = list(args or ())
@@ -124,4 +125,5 @@ def build_spec(
         resources=resources if resources is not None else Resources(),
         max_retries=max_retries,
         retry_on=parse_retry_on(retry_on),
+        priority=priority,
     )

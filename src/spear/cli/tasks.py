@@ -117,6 +117,12 @@ def submit(
             help="Submitting again with the same KEY returns the same task, never a second.",
         ),
     ] = None,
+    priority: Annotated[
+        int,
+        typer.Option(
+            "--priority", help="Placement order among tasks waiting for room: higher first."
+        ),
+    ] = 0,
     node: NodeOpt = None,
     data_dir: DataDirOpt = None,
     config: ConfigOpt = None,
@@ -146,6 +152,7 @@ def submit(
         retry_on=retry_on,
         labels=labels,
         resources=resources,
+        priority=priority,
     )
     stdin = None
     if stdin_file is not None:

@@ -131,6 +131,7 @@ def _check_text(spec: FunctionSpec) -> None:
 RETRYABLE_FAILURES = ("node-lost", "process-lost", "timeout", "exit")
 DEFAULT_RETRY_ON = ("node-lost", "process-lost")
 MAX_RETRIES_LIMIT = 100
+MIN_PRIORITY, MAX_PRIORITY = -1000, 1000
 
 
 @dataclass(frozen=True, slots=True)
@@ -159,6 +160,9 @@ class FunctionSpec:
     namespace: str = "default"  # core/namespaces.py
     max_retries: int = 0  # how often a failed task is run again (core/retries.py)
     retry_on: tuple[str, ...] = DEFAULT_RETRY_ON  # on which failures (RETRYABLE_FAILURES)
+    # Placement order among tasks waiting for room (seed's task priority): higher first,
+    # then first come. Not a preemption: a running task is never stopped for another.
+    priority: int = 0
 
     def __post_init__(self) -> None:
         if not self.artifact:
@@ -179,6 +183,8 @@ class FunctionSpec:
             if kind not in RETRYABLE_FAILURES:
                 known = ", ".join(RETRYABLE_FAILURES)
                 raise InvalidArgument(f"unknown failure to retry on {kind!r} (one of {known})")
+        if not MIN_PRIORITY <= self.priority <= MAX_PRIORITY:
+            raise InvalidArgument(f"priority must be from {MIN_PRIORITY} to {MAX_PRIORITY}")
         for name, _ in self.env:
             if not name or "=" in name:
                 raise InvalidArgument(f"invalid environment variable name {name!r}")
@@ -216,6 +222,7 @@ class FunctionSpec:
                 namespace=data.get("namespace", "default"),
                 max_retries=int(data.get("max_retries", 0)),
                 retry_on=tuple(data.get("retry_on", DEFAULT_RETRY_ON)),
+                priority=int(data.get("priority", 0)),
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise InvalidArgument(f"malformed function spec: {exc}") from exc

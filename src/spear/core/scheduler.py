@@ -1,11 +1,20 @@
 """Two-stage scheduling (seed §4, §5.1), in the SPEARlet that receives a task.
 
 Stage one: if this node's free CPU and memory, runtimes and labels fit the task, it runs
-here. Stage two: otherwise the SMS is asked for live nodes that fit now, one is picked by
-`rank_candidates` and the task is forwarded to it, keeping its id. A task that no live node
-(this one included) could ever run fails at once, with the reason. One that could run but
-finds no room anywhere waits in this node's queue, first in first out, and is placed as
-soon as room appears here (a task finishing) or elsewhere (looked for every heartbeat).
+here. Stage two: otherwise the node picks another from its own view of the cluster
+(core/cluster_view.py: the SMS's node list, refreshed once per heartbeat period and
+corrected by every forward's answer) by `rank_candidates`, and forwards the task to it,
+keeping its id: no call to the SMS per task. A task naming input objects is placed by the
+SMS instead (it holds the object index). When the view was stale the receiver refuses
+(nothing recorded there) and this node places the task again, at most `max_hops` times
+(spillback); then it waits here. A task that no live node (this one included) could ever
+run fails at once, with the reason (the SMS confirms before a task fails). One that could
+run but finds no room anywhere waits in this node's queue, first in first out, and is
+placed as soon as room appears here (a task finishing) or elsewhere (looked for every
+heartbeat); a task of a higher `priority` goes before those of lower ones, first come
+first served among equals. The queue holds at most `max_queued` tasks, and a task beyond
+that is refused with ResourceExhausted (back-pressure rather than memory growing without
+bound).
 
 The receiving node registers every task it queues with the SMS as PENDING (node =
 itself), so the task is visible cluster-wide, and "node lost" applies to a queued task
@@ -18,41 +27,55 @@ from __future__ import annotations
 import contextlib
 import time
 from collections import deque
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Protocol
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Protocol
 
 import anyio
 
 from spear._logging import logger
 from spear.core.cluster import PlacementQuery, input_objects, selector_labels
-from spear.core.models import Task, TaskState, new_task_id
+from spear.core.cluster_view import ClusterView, rank_candidates
+from spear.core.models import Resources, Task, TaskState, new_task_id
 from spear.core.worker import EXIT_CANCELLED
-from spear.errors import NotFound, ResourceExhausted, SpearError, Unavailable
+from spear.errors import InvalidArgument, NotFound, ResourceExhausted, SpearError, Unavailable
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
 
     from anyio.abc import TaskStatus
 
-    from spear.core.cluster import Candidate, Cluster, NodeRecord
+    from spear.core.cluster import Cluster, NodeRecord
     from spear.core.models import FunctionSpec
     from spear.core.node import Spearlet
     from spear.core.tasks import TasksFinished
 
 
-def rank_candidates(candidates: Sequence[Candidate]) -> list[Candidate]:
-    """The placement policy, best first: the node holding most of the task's input objects
-    (data affinity), then the one with most free CPU, then most free memory (spreading
-    load), then by name (a stable tie-break)."""
-    return sorted(
-        candidates,
-        key=lambda c: (
-            -c.objects_held,
-            -c.node.free.cpu_millis,
-            -c.node.free.memory_bytes,
-            c.node.name,
-        ),
-    )
+_FIRST_PAUSE_S = 0.01  # the first pause before a queue's head is tried again
+
+
+def max_queued_from(extra: Any) -> int:
+    """The queue's bound from settings' extra values (`max_queued_tasks`, default 10,000)."""
+    raw = extra.get("max_queued_tasks", 10_000)
+    try:
+        value = int(raw)
+    except (TypeError, ValueError):
+        raise InvalidArgument("setting max_queued_tasks must be a whole number") from None
+    if value < 1:
+        raise InvalidArgument("setting max_queued_tasks must be at least 1")
+    return value
+
+
+def view_refresh_from(extra: Any, heartbeat_s: float) -> float:
+    """How often the view is filled from the SMS (`view_refresh_s`, default: once per
+    heartbeat period, the SMS's own freshness)."""
+    raw = extra.get("view_refresh_s", heartbeat_s)
+    try:
+        value = float(raw)
+    except (TypeError, ValueError):
+        raise InvalidArgument("setting view_refresh_s must be a number") from None
+    if not value > 0:
+        raise InvalidArgument("setting view_refresh_s must be above 0")
+    return value
 
 
 @dataclass(slots=True)
@@ -70,11 +93,47 @@ class Decision:
     node: str
 
 
-class Forwarder(Protocol):
-    """How a task placed on another node gets there (the node package's `Peers`)."""
+@dataclass(frozen=True, slots=True)
+class Forwarded:
+    """One task's outcome at the node it was forwarded to: `task` as that node recorded
+    it (finished, with its `output`, when waited for), or `refused` (no room there now:
+    nothing was recorded, place it again), or `error` (the task itself was refused)."""
 
-    async def forward(self, node: NodeRecord, task: Task, stdin: bytes | None) -> Task:
-        """Hand `task` (its id kept) to `node`; returns it as that node accepted it."""
+    task: Task | None = None
+    output: bytes = b""
+    refused: bool = False
+    error: SpearError | None = None
+
+
+@dataclass(slots=True)
+class Accepted:
+    """What a node took of a forwarded batch (`Scheduler.accept_forwarded`)."""
+
+    taken: list[bool] = field(default_factory=list)  # per task, in order
+    promised: list[FunctionSpec] = field(default_factory=list)  # given free room now
+    backlog: int = 0  # taken to wait here for room
+
+
+@dataclass(frozen=True, slots=True)
+class BatchAnswer:
+    outcomes: tuple[Forwarded, ...]
+    free: Resources  # the receiver's free resources as it answered
+
+
+class Forwarder(Protocol):
+    """How tasks placed on another node get there (the node package's `Peers`)."""
+
+    async def forward_batch(
+        self,
+        node: NodeRecord,
+        tasks: Sequence[tuple[Task, bytes | None]],
+        *,
+        wait: bool = False,
+        output: bool = False,
+    ) -> BatchAnswer:
+        """Hand `tasks` (ids kept, each with its stdin) to `node` in one call; with `wait`
+        the answer comes once the accepted ones have finished (with their output if
+        `output`)."""
         ...
 
 
@@ -86,12 +145,23 @@ class Scheduler:
         forwarder: Forwarder,
         labels: tuple[tuple[str, str], ...],
         retry_s: float,
+        *,
+        max_queued: int = 10_000,
+        max_hops: int = 3,
     ) -> None:
         self.node = node
         self.cluster = cluster
         self.forwarder = forwarder
         self.labels = labels
         self.retry_s = retry_s
+        self.max_queued = max_queued
+        self.max_hops = max_hops
+        self.view = ClusterView(node.name)
+        # Resources promised to forwarded batches accepted here and not yet finished: a
+        # placement here must not take the room they were given (see accept_forwarded).
+        self.promised = Resources(cpu_millis=0, memory_bytes=0)
+        self.refusals = 0  # forwarded tasks refused here for lack of room (spillback)
+        self.backlog = 0  # forwarded tasks taken to wait here for room (accept_forwarded)
         self._queue: deque[_Queued] = deque()
         self._wake = anyio.Event()
         self._placing: dict[str, anyio.Event] = {}
@@ -107,6 +177,10 @@ class Scheduler:
     @property
     def queued(self) -> int:
         return len(self._queue)
+
+    def queued_tasks(self) -> list[Task]:
+        """The queue's tasks in the order they will be placed."""
+        return [item.task for item in self._queue]
 
     def queued_task(self, task_id: str) -> Task | None:
         for item in self._queue:
@@ -127,17 +201,67 @@ class Scheduler:
     def fits_here_now(self, spec: FunctionSpec) -> bool:
         """Whether a task submitted now would run here: it fits this node's free room now
         and no task waits in this node's queue before it."""
-        return not self._queue and self._fits_here_now(spec)
+        return not self.waiting_before(spec.priority) and self._fits_here_now(spec)
+
+    def waiting_before(self, priority: int) -> bool:
+        """Whether a queued task goes before a new one of `priority` (the queue is in
+        placement order: higher priority first, then first come)."""
+        return bool(self._queue) and self._queue[0].task.spec.priority >= priority
 
     def _fits_here_now(self, spec: FunctionSpec) -> bool:
         controller = self.node.controller
         return (
             self._could_ever_run_here(spec)
             and controller.waiting_count == 0
-            and spec.resources.fits_in(controller.free)
+            and spec.resources.fits_in(controller.free - self.promised)
         )
 
-    def _query(self, spec: FunctionSpec) -> PlacementQuery:
+    def could_ever_run_here(self, spec: FunctionSpec) -> bool:
+        """Whether this node has the runtime, the labels and the capacity for `spec`."""
+        return self._could_ever_run_here(spec)
+
+    # -- the view of the cluster ---------------------------------------------------------
+
+    async def refresh_view(self) -> None:
+        """Fill the view from the SMS's node list."""
+        self.view.replace(await self.cluster.nodes(live_only=True))
+        self._wake.set()  # room may have appeared elsewhere: try the queue again
+
+    async def watch_cluster(
+        self, period_s: float, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED
+    ) -> None:
+        """Refresh the view every `period_s` while it runs (one SMS call per period)."""
+        task_status.started()
+        while True:
+            try:
+                await self.refresh_view()
+            except SpearError as exc:  # the SMS is away: keep the view we have
+                logger.debug("cluster view not refreshed: {}", exc)
+            await anyio.sleep(period_s)
+
+    async def _ranked(self, query: PlacementQuery) -> tuple[list[NodeRecord], bool]:
+        """Nodes with room for a task now, best first, and whether any node (this one
+        aside) could ever run it. From the view; from the SMS for data affinity, before
+        the view is filled, or to confirm that no node could ever run it."""
+        if not query.objects:
+            if not self.view.known:
+                with contextlib.suppress(SpearError):
+                    await self.refresh_view()
+            if self.view.known:
+                ranked = [c.node for c in self.view.candidates(query)]
+                if ranked or self.view.could_ever_fit(query):
+                    return ranked, True
+        placement = await self.cluster.find_nodes(query)
+        return [c.node for c in rank_candidates(placement.candidates)], placement.could_ever_fit
+
+    def _refuse_if_full(self) -> None:
+        if len(self._queue) >= self.max_queued:
+            raise ResourceExhausted(
+                f"the cluster is overloaded: {len(self._queue)} tasks wait for room at node "
+                f"{self.node.name} (at most {self.max_queued}); try again later"
+            )
+
+    def query(self, spec: FunctionSpec) -> PlacementQuery:
         return PlacementQuery(
             need=spec.resources,
             runtime=spec.runtime.value,
@@ -146,7 +270,7 @@ class Scheduler:
             exclude=(self.node.name,),
         )
 
-    def _note(self, task: Task, how: str, node: str) -> None:
+    def note(self, task: Task, how: str, node: str) -> None:
         self.decisions.append(Decision(task, how, node))
         logger.bind(task_id=task.id).debug("task {}: {} ({})", task.id, how, node)
 
@@ -155,65 +279,122 @@ class Scheduler:
     ) -> Task:
         """Place a new task: here, on another node, in the queue, or FAILED at once
         (`task_id`: under that id, node/idempotency.py)."""
-        if not self._queue:
+        if not self.waiting_before(spec.priority):
             here = await self._try_here(spec, stdin, task_id)
             if here is not None:
-                self._note(here, "local", self.node.name)
+                self.note(here, "local", self.node.name)
                 return here
-        task = Task(
-            id=task_id or new_task_id(),
-            spec=spec,
-            created_at=time.time(),
-            node=self.node.name,
-            history=((TaskState.PENDING.value, time.time()),),
-        )
+        self._refuse_if_full()
+        task = self.new_task(spec, task_id)
+        query = self.query(spec)
         try:
-            placement = await self.cluster.find_nodes(self._query(spec))
+            ranked, could_ever_fit = await self._ranked(query)
         except Unavailable as exc:  # the SMS is briefly away: wait in the queue (issue 16)
             logger.info("task {} waits for the SMS: {}", task.id, exc)
-            self._queue.append(_Queued(task, stdin))
-            self._note(task, "queued", self.node.name)
+            self._insert(_Queued(task, stdin))
+            self.note(task, "queued", self.node.name)
             self._wake.set()
             return task
-        if not placement.could_ever_fit and not self._could_ever_run_here(spec):
-            failed = task.transition(
-                TaskState.FAILED,
-                reason=f"no node in the cluster can run this task: {placement.reason}",
-                exit_code=ResourceExhausted.exit_code,
-            )
-            await self.cluster.report_task(failed)
-            self._note(failed, "failed", "")
-            return failed
-        if not self._queue:
-            placed = await self._place_remotely(task, stdin, rank_candidates(placement.candidates))
+        if not could_ever_fit and not self._could_ever_run_here(spec):
+            return await self._never_fits(task, query)
+        if not self.waiting_before(spec.priority):
+            placed = await self._place_remotely(task, stdin, ranked)
             if placed is not None:
                 return placed  # (the node running it reports it to the SMS)
+        return await self.enqueue(task, stdin)
+
+    def _insert(self, item: _Queued) -> None:
+        """Into the queue behind every task of its priority or higher (usually the end)."""
+        priority = item.task.spec.priority
+        at = len(self._queue)
+        while at > 0 and self._queue[at - 1].task.spec.priority < priority:
+            at -= 1
+        self._queue.insert(at, item)
+
+    async def _never_fits(self, task: Task, query: PlacementQuery) -> Task:
+        placement = await self.cluster.find_nodes(query)  # (the SMS says why)
+        failed = task.transition(
+            TaskState.FAILED,
+            reason=f"no node in the cluster can run this task: {placement.reason}",
+            exit_code=ResourceExhausted.exit_code,
+        )
+        await self.cluster.report_task(failed)
+        self.note(failed, "failed", "")
+        return failed
+
+    def new_task(self, spec: FunctionSpec, task_id: str | None = None) -> Task:
+        """A task made here, to be placed here or elsewhere under its id."""
+        now = time.time()
+        return Task(
+            id=task_id or new_task_id(),
+            spec=spec,
+            created_at=now,
+            node=self.node.name,
+            history=((TaskState.PENDING.value, now),),
+        )
+
+    async def enqueue(self, task: Task, stdin: bytes | None) -> Task:
+        """Queue a task until room appears (ResourceExhausted when the queue is full)."""
+        self._refuse_if_full()
         await self.cluster.report_task(task)  # waiting here: registered as this node's
-        self._queue.append(_Queued(task, stdin))
-        self._note(task, "queued", self.node.name)
+        self._insert(_Queued(task, stdin))
+        self.note(task, "queued", self.node.name)
         self._wake.set()
         return task
 
     async def _place_remotely(
-        self, task: Task, stdin: bytes | None, ranked: Sequence[Candidate]
+        self, task: Task, stdin: bytes | None, ranked: Sequence[NodeRecord]
     ) -> Task | None:
-        for candidate in ranked:
-            try:
-                placed = await self.forwarder.forward(candidate.node, task, stdin)
-            except (ResourceExhausted, Unavailable) as exc:
-                logger.info("forwarding {} to {} failed: {}", task.id, candidate.node.name, exc)
-                continue
-            except SpearError as exc:  # the task itself was refused: a bad module, say
-                failed = task.transition(TaskState.FAILED, reason=str(exc), exit_code=exc.exit_code)
-                with contextlib.suppress(SpearError):
-                    await self.cluster.report_task(failed)
-                raise
-            self._note(placed, "forwarded", candidate.node.name)
-            if len(self.forwarded_to) >= 10_000:
-                self.forwarded_to.clear()
-            self.forwarded_to[placed.id] = candidate.node
-            return placed
+        """Forward `task` to the best of `ranked`; a node that refuses it (its room was
+        taken since the view saw it) or does not answer is passed over, and the task is
+        placed again from the corrected view, at most `max_hops` times. None: no room."""
+        tried: set[str] = set()
+        query = self.query(task.spec)
+        candidates = list(ranked)
+        for _ in range(self.max_hops):
+            candidates = [n for n in candidates if n.name not in tried]
+            if not candidates:
+                return None
+            node = candidates[0]
+            tried.add(node.name)
+            placed = await self._forward_one(node, task, stdin)
+            if placed is not None:
+                return placed
+            # Spillback: place again from the view as the refusal corrected it.
+            candidates = [c.node for c in self.view.candidates(query)] if self.view.known else []
+            if not candidates and not self.view.known:
+                candidates = [n for n in ranked if n.name not in tried]
         return None
+
+    async def _forward_one(self, node: NodeRecord, task: Task, stdin: bytes | None) -> Task | None:
+        self.view.reserve(node.name, task.spec.resources)
+        try:
+            answer = await self.forwarder.forward_batch(node, [(task, stdin)])
+        except Unavailable as exc:
+            logger.info("forwarding {} to {} failed: {}", task.id, node.name, exc)
+            self.view.forget(node.name)
+            return None
+        self.view.set_free(node.name, answer.free)
+        outcome = answer.outcomes[0]
+        if outcome.error is not None:  # the task itself was refused: a bad module, say
+            refusal = outcome.error
+            failed = task.transition(
+                TaskState.FAILED, reason=str(refusal), exit_code=refusal.exit_code
+            )
+            with contextlib.suppress(SpearError):
+                await self.cluster.report_task(failed)
+            raise refusal
+        if outcome.refused or outcome.task is None:
+            logger.debug("task {} refused by {} (no room): placing it again", task.id, node.name)
+            return None
+        self.remember_forwarded(outcome.task, node)
+        return outcome.task
+
+    def remember_forwarded(self, task: Task, node: NodeRecord) -> None:
+        self.note(task, "forwarded", node.name)
+        if len(self.forwarded_to) >= 10_000:
+            self.forwarded_to.clear()
+        self.forwarded_to[task.id] = node
 
     async def place_stream(self, spec: FunctionSpec) -> NodeRecord | None:
         """Where a task started with a caller stream runs: None for here, else the node to
@@ -222,14 +403,14 @@ class Scheduler:
         node's admission queue), else on the best node with room now."""
         if self._fits_here_now(spec):
             return None
-        placement = await self.cluster.find_nodes(self._query(spec))
-        ranked = rank_candidates(placement.candidates)
+        ranked, could_ever_fit = await self._ranked(self.query(spec))
         if ranked:
-            return ranked[0].node
+            return ranked[0]
         if self._could_ever_run_here(spec):
             return None
-        if placement.could_ever_fit:
+        if could_ever_fit:
             raise ResourceExhausted("no node has room for a task with a caller stream now")
+        placement = await self.cluster.find_nodes(self.query(spec))  # (the SMS says why)
         raise ResourceExhausted(f"no node in the cluster can run this task: {placement.reason}")
 
     async def cancel(self, task_id: str, reason: str) -> Task | None:
@@ -249,21 +430,30 @@ class Scheduler:
         return None
 
     async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
-        """Place queued tasks, oldest first, as room appears."""
+        """Place queued tasks, oldest first, as room appears. A head that found no room is
+        tried again on a wake-up (a task ended here, the view was refreshed) or after a
+        pause that starts at 10 ms and doubles up to `retry_s`: room freed on another node
+        is learnt by probing it (its answer says what it has free), so a queue drains at
+        the pace tasks end there, not once per heartbeat."""
         task_status.started()
+        pause = _FIRST_PAUSE_S
         while True:
             self._wake = anyio.Event()
+            placed = 0
             try:
-                await self._drain_queue()
+                placed = await self._drain_queue()
             except Exception:  # an SMS hiccup: try again on the next wake-up
                 logger.exception("placing queued tasks failed")
             if self._queue:
-                with anyio.move_on_after(self.retry_s):
+                pause = _FIRST_PAUSE_S if placed else min(pause * 2, self.retry_s)
+                with anyio.move_on_after(pause):
                     await self._wake.wait()
             else:
                 await self._wake.wait()
 
-    async def _drain_queue(self) -> None:
+    async def _drain_queue(self) -> int:
+        """Place the queue's tasks in order until the head finds no room; how many."""
+        placed_count = 0
         while self._queue:
             head = self._queue[0]
             # A stop that arrives while the head is being placed waits for the outcome.
@@ -274,8 +464,10 @@ class Scheduler:
                 del self._placing[head.task.id]
                 done.set()
             if not placed:
-                return  # the head waits; nothing behind it overtakes it
+                return placed_count  # the head waits; nothing behind it overtakes it
             self._discard(head)
+            placed_count += 1
+        return placed_count
 
     async def _place_head(self, head: _Queued) -> bool:
         spec = head.task.spec
@@ -285,13 +477,17 @@ class Scheduler:
             logger.warning("queued task {} could not start: {}", head.task.id, exc)
             return True
         if here is not None:
-            self._note(here, "local", self.node.name)
+            self.note(here, "local", self.node.name)
             return True
         try:
-            placement = await self.cluster.find_nodes(self._query(spec))
+            ranked, _ = await self._ranked(self.query(spec))
         except SpearError:
             return False
-        ranked = rank_candidates(placement.candidates)
+        if not ranked and self.view.known:
+            # No room anywhere as far as the view knows: probe the node most likely to
+            # have some now (its refusal corrects the view; a task ending frees room
+            # that the SMS hears of only at the next heartbeat).
+            ranked = self.view.could_ever_fit(self.query(spec))[:1]
         try:
             return await self._place_remotely(head.task, head.stdin, ranked) is not None
         except SpearError as exc:  # recorded FAILED; the queue moves on
@@ -327,8 +523,48 @@ class Scheduler:
                 f"node {self.node.name} has no room for task {task.id} now "
                 f"({free.cpu_millis}m CPU, {free.memory_bytes} bytes free)"
             )
-        self._note(adopted, "adopted", self.node.name)
+        self.note(adopted, "adopted", self.node.name)
         return adopted
+
+    def accept_forwarded(self, specs: Sequence[FunctionSpec], *, backlog: bool = False) -> Accepted:
+        """Which of a forwarded batch this node takes now: in order, those that fit its
+        free room, until one does not; that room is promised to them at once (no await
+        here), so a batch arriving meanwhile from another node is refused rather than
+        given the same room. With `backlog` (a waited batch, which runs in first-in
+        first-out waves here), the rest that could ever run here are taken too, while
+        this node's backlog stays within `max_queued`: one call instead of one per wave.
+        Call `settle_forwarded` with the answer once the taken tasks have ended."""
+        controller = self.node.controller
+        room = controller.free - self.promised
+        accepted = Accepted()
+        open_ = controller.waiting_count == 0
+        for spec in specs:
+            open_ = (
+                open_
+                and not self.waiting_before(spec.priority)
+                and self._could_ever_run_here(spec)
+                and spec.resources.fits_in(room)
+            )
+            if open_:
+                room = room - spec.resources
+                self.promised = self.promised + spec.resources
+                accepted.promised.append(spec)
+                accepted.taken.append(True)
+            elif backlog and self.backlog < self.max_queued and self._could_ever_run_here(spec):
+                self.backlog += 1
+                accepted.backlog += 1
+                accepted.taken.append(True)
+            else:
+                self.refusals += 1
+                accepted.taken.append(False)
+        return accepted
+
+    def settle_forwarded(self, accepted: Accepted) -> None:
+        """The forwarded tasks taken by `accept_forwarded` have ended."""
+        for spec in accepted.promised:
+            self.promised = self.promised - spec.resources
+        self.backlog -= accepted.backlog
+        self._wake.set()
 
 
 async def owner_of(cluster: Cluster, task_id: str) -> tuple[Task, NodeRecord | None]:

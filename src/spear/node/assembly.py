@@ -213,7 +213,7 @@ def make_node_api(node: Spearlet, max_message_bytes: int = 0) -> InProcessNode |
     if not settings.sms:
         return local
     from spear.core.cluster import ClusterTimings
-    from spear.core.scheduler import Scheduler
+    from spear.core.scheduler import Scheduler, max_queued_from
     from spear.node.cluster import ClusterNode
     from spear.node.peer import Peers
 
@@ -221,7 +221,14 @@ def make_node_api(node: Spearlet, max_message_bytes: int = 0) -> InProcessNode |
     cluster = build_cluster(settings)
     assert cluster is not None
     peers = Peers(node.name, credentials=member_credentials(settings))
-    scheduler = Scheduler(node, cluster, peers, node_labels(settings), timings.heartbeat_s)
+    scheduler = Scheduler(
+        node,
+        cluster,
+        peers,
+        node_labels(settings),
+        timings.heartbeat_s,
+        max_queued=max_queued_from(settings.extra),
+    )
     api = ClusterNode(local, cluster, scheduler, peers)
     if node.services.subtasks is not None:  # children are placed by the scheduler
         node.services.subtasks.use_api(api)

@@ -162,8 +162,25 @@ class ClusterNode:
         if self.scheduler.fits_here_now(spec):
             return await self.local.call(spec, stdin=stdin)  # here, as `run` runs it
         self._refuse_if_draining()
-        task = await self.scheduler.submit(spec, stdin=stdin)  # placed by the scheduler
-        return await self.result(task.id)  # from the node running it, once it ends
+        from spear.node.batches import run_batch
+
+        # Placed by the scheduler; forwarded, its result comes back in the same call.
+        (outcome,) = await run_batch(self, [spec], [stdin], output=True)
+        if isinstance(outcome, SpearError):
+            raise outcome
+        return outcome
+
+    async def run_many(
+        self, specs: Sequence[FunctionSpec], stdins: Sequence[bytes | None] | None = None
+    ) -> list[Task | SpearError]:
+        """Run tasks to their ends, placed as batches across the cluster (node/batches.py);
+        each entry is the finished task, or why it was refused."""
+        self._refuse_if_draining()
+        from spear.node.batches import run_batch
+
+        return [
+            o if isinstance(o, SpearError) else o.task for o in await run_batch(self, specs, stdins)
+        ]
 
     @contextlib.asynccontextmanager
     async def start_task(

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Literal
 import anyio
 
 from spear.core.models import LogChunk, NodeInfo, ObjectInfo, TaskResult, log_streams
-from spear.errors import NotFound, Unavailable
+from spear.errors import NotFound, SpearError, Unavailable
 from spear.node.api import StreamingTask, TaskHandle
 
 if TYPE_CHECKING:
@@ -101,6 +101,36 @@ class InProcessNode:
             )
         return task
 
+    async def run_many(
+        self, specs: Sequence[FunctionSpec], stdins: Sequence[bytes | None] | None = None
+    ) -> list[Task | SpearError]:
+        """Run tasks to their ends, those without stdin as one `run_many` wave (records
+        written together), the others one by one beside it; in order."""
+        if self.draining:
+            raise Unavailable(f"node {self.node.name} is draining: it accepts no new tasks")
+        stdins = stdins or [None] * len(specs)
+        plain = [i for i, data in enumerate(stdins) if not data]
+        out: list[Task | SpearError | None] = [None] * len(specs)
+
+        async def one(i: int) -> None:
+            try:
+                out[i] = await self.run(specs[i], stdin=stdins[i])
+            except SpearError as exc:
+                out[i] = exc
+
+        with anyio.CancelScope(shield=True):  # (as `run`: a caller hanging up stops nothing)
+            async with anyio.create_task_group() as tg:
+                for i in range(len(specs)):
+                    if stdins[i]:
+                        tg.start_soon(one, i)
+                if plain:
+                    refusals: dict[str, SpearError] = {}
+                    controller = self.node.controller
+                    ended = await controller.run_many([specs[i] for i in plain], refusals=refusals)
+                    for i, task in zip(plain, ended, strict=True):
+                        out[i] = refusals.get(task.id, task)  # (refused as `submit` is)
+        return [o for o in out if o is not None]
+
     async def call(self, spec: FunctionSpec, *, stdin: bytes | None = None) -> TaskResult:
         task = await self.run(spec, stdin=stdin)
         return TaskResult(task, await self._output(task))
@@ -157,6 +187,10 @@ class InProcessNode:
         if not task.state.terminal:
             raise Unavailable(f"task {task_id} has not finished (it is {task.state.value})")
         return TaskResult(task, await self._output(task))
+
+    async def output(self, task_id: str) -> bytes:
+        """A finished task's result (node/peer.py: a forwarded call's answer)."""
+        return await self._output(await self.node.task(task_id))
 
     async def _output(self, task: Task) -> bytes:
         """A finished task's result: what it set, else its stdout."""

@@ -85,7 +85,7 @@ def peer_services(api: InProcessNode | ClusterNode) -> list[Any]:
 
     settings = api.node.settings
     artifacts = ArtifactStore(settings.data_dir / "artifacts", settings.object_max_bytes)
-    return [PeerService(api.scheduler, artifacts)]
+    return [PeerService(api.scheduler, artifacts, api.local)]
 
 
 @contextlib.asynccontextmanager
@@ -97,6 +97,7 @@ async def joined_cluster(
     Nothing happens for a local-mode node."""
     from spear.core.cluster import ClusterTimings
     from spear.core.node_controller import NodeController
+    from spear.core.scheduler import view_refresh_from
     from spear.core.task_reports import TaskReporter
     from spear.node.cluster import ClusterNode
 
@@ -116,6 +117,8 @@ async def joined_cluster(
         async with anyio.create_task_group() as tg:
             await tg.start(reporter.run)
             await tg.start(scheduler.run)
+            refresh_s = view_refresh_from(node.settings.extra, timings.heartbeat_s)
+            await tg.start(scheduler.watch_cluster, refresh_s)
             await tg.start(controller.run)
             try:
                 yield controller

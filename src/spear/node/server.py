@@ -37,7 +37,7 @@ from spear.transport.serving import (
 )
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator, Iterator, Sequence
+    from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 
     from grpclib.const import Handler
     from grpclib.server import Stream
@@ -133,6 +133,9 @@ class SpearletService(v1.SpearletBase):
         return cv.task_to_wire(await self._submit(message, wait=message.wait))
 
     async def submit_tasks(self, message: v1.SubmitTasksRequest) -> v1.SubmitTasksResponse:
+        run_many = getattr(self.api, "run_many", None)  # (nodes in this process have one)
+        if run_many is not None and message.tasks and all(r.wait for r in message.tasks):
+            return await _run_many(self._resolve, run_many, message)
         outcomes: list[Task | SpearError] = []
         for request in message.tasks:
             try:
@@ -354,3 +357,31 @@ async def serve_spearlet(
 
 
 __all__ = ["SERVICE_NAME", "SpearletServer", "SpearletService", "serve_spearlet"]
+
+
+async def _run_many(
+    resolve: Callable[[v1.SubmitTaskRequest], Awaitable[FunctionSpec]],
+    run_many: Callable[..., Awaitable[list[Task | SpearError]]],
+    message: v1.SubmitTasksRequest,
+) -> v1.SubmitTasksResponse:
+    """SubmitTasks with every task waited for: run as one batch (`run_many`: records
+    written together, placed as batches in a cluster), answered in order."""
+    outcomes: list[Task | SpearError | None] = []
+    specs: list[FunctionSpec] = []
+    stdins: list[bytes | None] = []
+    for request in message.tasks:
+        try:
+            specs.append(await resolve(request))
+            stdins.append(request.stdin or None)
+            outcomes.append(None)
+        except SpearError as exc:
+            outcomes.append(exc)
+    ran = iter(await run_many(specs, stdins) if specs else [])
+    answer: list[v1.SubmitOutcome] = []
+    for outcome in outcomes:
+        done = next(ran) if outcome is None else outcome
+        if isinstance(done, SpearError):
+            answer.append(v1.SubmitOutcome(error=v1.Error(code=done.code, message=str(done))))
+        else:
+            answer.append(v1.SubmitOutcome(task=cv.task_to_wire(done)))
+    return v1.SubmitTasksResponse(outcomes=answer)

@@ -99,6 +99,7 @@ def spec_to_wire(spec: FunctionSpec, m: _Messages = v1) -> v1.FunctionSpec:
         namespace=spec.namespace,
         max_retries=spec.max_retries,
         retry_on=[] if spec.retry_on == DEFAULT_RETRY_ON else list(spec.retry_on),
+        priority=spec.priority,
     )
 
 
@@ -129,11 +130,13 @@ def spec_from_wire(spec: v1.FunctionSpec | pb.FunctionSpec | None) -> FunctionSp
         namespace=spec.namespace or "default",
         max_retries=spec.max_retries,
         retry_on=tuple(spec.retry_on) or DEFAULT_RETRY_ON,
+        priority=spec.priority,
     )
 
 
-def task_to_wire(task: Task, m: _Messages = v1) -> v1.TaskInfo:
-    """`task` as a message of `m`'s kind (betterproto2's by default)."""
+def task_to_wire(task: Task, m: _Messages = v1, *, with_spec: bool = True) -> v1.TaskInfo:
+    """`task` as a message of `m`'s kind (betterproto2's by default); without its spec
+    if not `with_spec` (the other end has it: a forwarded task's answer)."""
     history = []
     for state, at in task.history:
         try:
@@ -143,7 +146,7 @@ def task_to_wire(task: Task, m: _Messages = v1) -> v1.TaskInfo:
         history.append(m.StateChange(state=wire, at=at))
     return m.TaskInfo(  # type: ignore[no-any-return]
         id=task.id,
-        spec=spec_to_wire(task.spec, m),
+        spec=spec_to_wire(task.spec, m) if with_spec else None,
         state=_STATE_TO_WIRE[task.state],
         created_at=task.created_at,
         started_at=task.started_at,
@@ -166,13 +169,14 @@ def task_to_wire(task: Task, m: _Messages = v1) -> v1.TaskInfo:
     )
 
 
-def task_from_wire(info: v1.TaskInfo | pb.TaskInfo) -> Task:
+def task_from_wire(info: v1.TaskInfo | pb.TaskInfo, spec: FunctionSpec | None = None) -> Task:
+    """The task `info` describes; with `spec`, that spec (the message may omit it)."""
     state = state_from_wire(info.state)
     if state is None:
         raise InvalidArgument(f"task {info.id} has no state")
     return Task(
         id=info.id,
-        spec=spec_from_wire(optional(info, "spec")),
+        spec=spec if spec is not None else spec_from_wire(optional(info, "spec")),
         state=state,
         created_at=info.created_at,
         started_at=optional(info, "started_at"),

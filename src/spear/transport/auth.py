@@ -108,6 +108,7 @@ POLICY: dict[str, Role] = {
     ),
     **_table(_PEER, Role.READER, "ListClusterNodes"),
     **_table(_PEER, Role.NODE, "ForwardTask"),
+    **_table(_PEER, Role.NODE, "ForwardTasks"),
     **_table(
         _SMS,
         Role.READER,

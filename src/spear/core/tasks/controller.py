@@ -172,13 +172,15 @@ class TaskController:
         tee_stdout: Callable[[bytes], None] | None = None,
         tee_stderr: Callable[[bytes], None] | None = None,
         on_created: Callable[[Task], None] | None = None,
+        task_id: str | None = None,
     ) -> Task:
-        """Run `spec` to the end in the caller's task; returns the finished task."""
+        """Run `spec` to the end in the caller's task; returns the finished task.
+        `task_id`: keep an id given elsewhere (a task forwarded from another node)."""
         # Admitted at once (the usual case), the task is recorded RUNNING from the start:
         # one write fewer than PENDING, then RUNNING.
         admitted = self._admission.try_acquire(spec.resources)
         try:
-            task = await self.create(spec, running=admitted)
+            task = await self.create(spec, task_id=task_id, running=admitted)
         except BaseException:
             if admitted:
                 self._admission.release(spec.resources)
@@ -340,26 +342,35 @@ class TaskController:
 
     # -- running many -------------------------------------------------------------------
 
-    async def run_many(self, specs: Sequence[FunctionSpec]) -> list[Task]:
+    async def run_many(
+        self,
+        specs: Sequence[FunctionSpec],
+        task_ids: Sequence[str] | None = None,
+        refusals: dict[str, SpearError] | None = None,
+    ) -> list[Task]:
         """Run many tasks to their ends; returns them finished, in order.
 
         What `run` does for each, with the bookkeeping shared: the tasks that fit the
         node's free resources are recorded in one write, run (short guests one after
         another right here, the others on their threads at once), and their ends written
         in one write; then the next that fit, until all ran. A task whose artifact is
-        refused is recorded FAILED, as `run` records it.
+        refused is recorded FAILED, as `run` records it (and, given `refusals`, its id
+        mapped there to the refusal). `task_ids` (one per spec) keeps ids given elsewhere:
+        tasks another node forwarded here.
         """
         if not specs:
             return []
         finished: dict[str, Task] = {}
         ready: list[Task] = []
         order: list[str] = []
-        for spec in specs:
-            task = self._new_task(spec)
+        for i, spec in enumerate(specs):
+            task = self._new_task(spec, None if task_ids is None else task_ids[i])
             order.append(task.id)
             refused = await self._refusal(task, must_fit=True)
             if refused is not None:
                 finished[task.id] = refused[1]
+                if refusals is not None:
+                    refusals[task.id] = refused[0]
             else:
                 ready.append(task)
         while ready:

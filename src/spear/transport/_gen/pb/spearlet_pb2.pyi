@@ -47,7 +47,7 @@ class Resources(_message.Message):
     def __init__(self, cpu_millis: _Optional[int] = ..., memory_bytes: _Optional[int] = ...) -> None: ...
 
 class FunctionSpec(_message.Message):
-    __slots__ = ("artifact", "runtime", "args", "env", "dirs", "entry", "resources", "timeout_s", "memory_limit_bytes", "fuel", "labels", "workdir", "warm", "cpu_time_s", "open_files", "namespace", "max_retries", "retry_on")
+    __slots__ = ("artifact", "runtime", "args", "env", "dirs", "entry", "resources", "timeout_s", "memory_limit_bytes", "fuel", "labels", "workdir", "warm", "cpu_time_s", "open_files", "priority")
     ARTIFACT_FIELD_NUMBER: _ClassVar[int]
     RUNTIME_FIELD_NUMBER: _ClassVar[int]
     ARGS_FIELD_NUMBER: _ClassVar[int]
@@ -63,9 +63,7 @@ class FunctionSpec(_message.Message):
     WARM_FIELD_NUMBER: _ClassVar[int]
     CPU_TIME_S_FIELD_NUMBER: _ClassVar[int]
     OPEN_FILES_FIELD_NUMBER: _ClassVar[int]
-    NAMESPACE_FIELD_NUMBER: _ClassVar[int]
-    MAX_RETRIES_FIELD_NUMBER: _ClassVar[int]
-    RETRY_ON_FIELD_NUMBER: _ClassVar[int]
+    PRIORITY_FIELD_NUMBER: _ClassVar[int]
     artifact: str
     runtime: str
     args: _containers.RepeatedScalarFieldContainer[str]
@@ -81,10 +79,8 @@ class FunctionSpec(_message.Message):
     warm: bool
     cpu_time_s: float
     open_files: int
-    namespace: str
-    max_retries: int
-    retry_on: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, artifact: _Optional[str] = ..., runtime: _Optional[str] = ..., args: _Optional[_Iterable[str]] = ..., env: _Optional[_Iterable[_Union[KeyValue, _Mapping]]] = ..., dirs: _Optional[_Iterable[_Union[DirMapping, _Mapping]]] = ..., entry: _Optional[str] = ..., resources: _Optional[_Union[Resources, _Mapping]] = ..., timeout_s: _Optional[float] = ..., memory_limit_bytes: _Optional[int] = ..., fuel: _Optional[int] = ..., labels: _Optional[_Iterable[_Union[KeyValue, _Mapping]]] = ..., workdir: _Optional[str] = ..., warm: _Optional[bool] = ..., cpu_time_s: _Optional[float] = ..., open_files: _Optional[int] = ..., namespace: _Optional[str] = ..., max_retries: _Optional[int] = ..., retry_on: _Optional[_Iterable[str]] = ...) -> None: ...
+    priority: int
+    def __init__(self, artifact: _Optional[str] = ..., runtime: _Optional[str] = ..., args: _Optional[_Iterable[str]] = ..., env: _Optional[_Iterable[_Union[KeyValue, _Mapping]]] = ..., dirs: _Optional[_Iterable[_Union[DirMapping, _Mapping]]] = ..., entry: _Optional[str] = ..., resources: _Optional[_Union[Resources, _Mapping]] = ..., timeout_s: _Optional[float] = ..., memory_limit_bytes: _Optional[int] = ..., fuel: _Optional[int] = ..., labels: _Optional[_Iterable[_Union[KeyValue, _Mapping]]] = ..., workdir: _Optional[str] = ..., warm: _Optional[bool] = ..., cpu_time_s: _Optional[float] = ..., open_files: _Optional[int] = ..., priority: _Optional[int] = ...) -> None: ...
 
 class StateChange(_message.Message):
     __slots__ = ("state", "at")
@@ -95,7 +91,7 @@ class StateChange(_message.Message):
     def __init__(self, state: _Optional[_Union[TaskState, str]] = ..., at: _Optional[float] = ...) -> None: ...
 
 class TaskInfo(_message.Message):
-    __slots__ = ("id", "spec", "state", "created_at", "started_at", "finished_at", "exit_code", "reason", "node", "attempts", "history", "attempt_log")
+    __slots__ = ("id", "spec", "state", "created_at", "started_at", "finished_at", "exit_code", "reason", "node", "attempts", "history")
     ID_FIELD_NUMBER: _ClassVar[int]
     SPEC_FIELD_NUMBER: _ClassVar[int]
     STATE_FIELD_NUMBER: _ClassVar[int]
@@ -107,7 +103,6 @@ class TaskInfo(_message.Message):
     NODE_FIELD_NUMBER: _ClassVar[int]
     ATTEMPTS_FIELD_NUMBER: _ClassVar[int]
     HISTORY_FIELD_NUMBER: _ClassVar[int]
-    ATTEMPT_LOG_FIELD_NUMBER: _ClassVar[int]
     id: str
     spec: FunctionSpec
     state: TaskState
@@ -119,24 +114,21 @@ class TaskInfo(_message.Message):
     node: str
     attempts: int
     history: _containers.RepeatedCompositeFieldContainer[StateChange]
-    attempt_log: _containers.RepeatedCompositeFieldContainer[Attempt]
-    def __init__(self, id: _Optional[str] = ..., spec: _Optional[_Union[FunctionSpec, _Mapping]] = ..., state: _Optional[_Union[TaskState, str]] = ..., created_at: _Optional[float] = ..., started_at: _Optional[float] = ..., finished_at: _Optional[float] = ..., exit_code: _Optional[int] = ..., reason: _Optional[str] = ..., node: _Optional[str] = ..., attempts: _Optional[int] = ..., history: _Optional[_Iterable[_Union[StateChange, _Mapping]]] = ..., attempt_log: _Optional[_Iterable[_Union[Attempt, _Mapping]]] = ...) -> None: ...
+    def __init__(self, id: _Optional[str] = ..., spec: _Optional[_Union[FunctionSpec, _Mapping]] = ..., state: _Optional[_Union[TaskState, str]] = ..., created_at: _Optional[float] = ..., started_at: _Optional[float] = ..., finished_at: _Optional[float] = ..., exit_code: _Optional[int] = ..., reason: _Optional[str] = ..., node: _Optional[str] = ..., attempts: _Optional[int] = ..., history: _Optional[_Iterable[_Union[StateChange, _Mapping]]] = ...) -> None: ...
 
 class SubmitTaskRequest(_message.Message):
-    __slots__ = ("spec", "artifact_digest", "artifact_object", "stdin", "wait", "idempotency_key")
+    __slots__ = ("spec", "artifact_digest", "artifact_object", "stdin", "wait")
     SPEC_FIELD_NUMBER: _ClassVar[int]
     ARTIFACT_DIGEST_FIELD_NUMBER: _ClassVar[int]
     ARTIFACT_OBJECT_FIELD_NUMBER: _ClassVar[int]
     STDIN_FIELD_NUMBER: _ClassVar[int]
     WAIT_FIELD_NUMBER: _ClassVar[int]
-    IDEMPOTENCY_KEY_FIELD_NUMBER: _ClassVar[int]
     spec: FunctionSpec
     artifact_digest: str
     artifact_object: str
     stdin: bytes
     wait: bool
-    idempotency_key: str
-    def __init__(self, spec: _Optional[_Union[FunctionSpec, _Mapping]] = ..., artifact_digest: _Optional[str] = ..., artifact_object: _Optional[str] = ..., stdin: _Optional[bytes] = ..., wait: _Optional[bool] = ..., idempotency_key: _Optional[str] = ...) -> None: ...
+    def __init__(self, spec: _Optional[_Union[FunctionSpec, _Mapping]] = ..., artifact_digest: _Optional[str] = ..., artifact_object: _Optional[str] = ..., stdin: _Optional[bytes] = ..., wait: _Optional[bool] = ...) -> None: ...
 
 class SubmitTasksRequest(_message.Message):
     __slots__ = ("tasks",)
@@ -173,24 +165,18 @@ class GetTaskRequest(_message.Message):
     def __init__(self, task_id: _Optional[str] = ...) -> None: ...
 
 class ListTasksRequest(_message.Message):
-    __slots__ = ("state", "limit", "page_size", "page_token")
+    __slots__ = ("state", "limit")
     STATE_FIELD_NUMBER: _ClassVar[int]
     LIMIT_FIELD_NUMBER: _ClassVar[int]
-    PAGE_SIZE_FIELD_NUMBER: _ClassVar[int]
-    PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
     state: TaskState
     limit: int
-    page_size: int
-    page_token: str
-    def __init__(self, state: _Optional[_Union[TaskState, str]] = ..., limit: _Optional[int] = ..., page_size: _Optional[int] = ..., page_token: _Optional[str] = ...) -> None: ...
+    def __init__(self, state: _Optional[_Union[TaskState, str]] = ..., limit: _Optional[int] = ...) -> None: ...
 
 class ListTasksResponse(_message.Message):
-    __slots__ = ("tasks", "next_page_token")
+    __slots__ = ("tasks",)
     TASKS_FIELD_NUMBER: _ClassVar[int]
-    NEXT_PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
     tasks: _containers.RepeatedCompositeFieldContainer[TaskInfo]
-    next_page_token: str
-    def __init__(self, tasks: _Optional[_Iterable[_Union[TaskInfo, _Mapping]]] = ..., next_page_token: _Optional[str] = ...) -> None: ...
+    def __init__(self, tasks: _Optional[_Iterable[_Union[TaskInfo, _Mapping]]] = ...) -> None: ...
 
 class WatchTaskRequest(_message.Message):
     __slots__ = ("task_id",)
@@ -345,22 +331,16 @@ class GetObjectRequest(_message.Message):
     def __init__(self, key: _Optional[str] = ...) -> None: ...
 
 class ListObjectsRequest(_message.Message):
-    __slots__ = ("prefix", "page_size", "page_token")
+    __slots__ = ("prefix",)
     PREFIX_FIELD_NUMBER: _ClassVar[int]
-    PAGE_SIZE_FIELD_NUMBER: _ClassVar[int]
-    PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
     prefix: str
-    page_size: int
-    page_token: str
-    def __init__(self, prefix: _Optional[str] = ..., page_size: _Optional[int] = ..., page_token: _Optional[str] = ...) -> None: ...
+    def __init__(self, prefix: _Optional[str] = ...) -> None: ...
 
 class ListObjectsResponse(_message.Message):
-    __slots__ = ("objects", "next_page_token")
+    __slots__ = ("objects",)
     OBJECTS_FIELD_NUMBER: _ClassVar[int]
-    NEXT_PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
     objects: _containers.RepeatedCompositeFieldContainer[ObjectInfo]
-    next_page_token: str
-    def __init__(self, objects: _Optional[_Iterable[_Union[ObjectInfo, _Mapping]]] = ..., next_page_token: _Optional[str] = ...) -> None: ...
+    def __init__(self, objects: _Optional[_Iterable[_Union[ObjectInfo, _Mapping]]] = ...) -> None: ...
 
 class ObjectKeyRequest(_message.Message):
     __slots__ = ("key",)
@@ -374,16 +354,44 @@ class DeleteObjectResponse(_message.Message):
     deleted: bool
     def __init__(self, deleted: _Optional[bool] = ...) -> None: ...
 
-class Attempt(_message.Message):
-    __slots__ = ("node", "started_at", "finished_at", "exit_code", "reason")
-    NODE_FIELD_NUMBER: _ClassVar[int]
-    STARTED_AT_FIELD_NUMBER: _ClassVar[int]
-    FINISHED_AT_FIELD_NUMBER: _ClassVar[int]
-    EXIT_CODE_FIELD_NUMBER: _ClassVar[int]
-    REASON_FIELD_NUMBER: _ClassVar[int]
-    node: str
-    started_at: float
-    finished_at: float
-    exit_code: int
-    reason: str
-    def __init__(self, node: _Optional[str] = ..., started_at: _Optional[float] = ..., finished_at: _Optional[float] = ..., exit_code: _Optional[int] = ..., reason: _Optional[str] = ...) -> None: ...
+class ForwardedTask(_message.Message):
+    __slots__ = ("task", "artifact_digest", "stdin")
+    TASK_FIELD_NUMBER: _ClassVar[int]
+    ARTIFACT_DIGEST_FIELD_NUMBER: _ClassVar[int]
+    STDIN_FIELD_NUMBER: _ClassVar[int]
+    task: TaskInfo
+    artifact_digest: str
+    stdin: bytes
+    def __init__(self, task: _Optional[_Union[TaskInfo, _Mapping]] = ..., artifact_digest: _Optional[str] = ..., stdin: _Optional[bytes] = ...) -> None: ...
+
+class ForwardTasksRequest(_message.Message):
+    __slots__ = ("tasks", "wait", "from_node", "output")
+    TASKS_FIELD_NUMBER: _ClassVar[int]
+    WAIT_FIELD_NUMBER: _ClassVar[int]
+    FROM_NODE_FIELD_NUMBER: _ClassVar[int]
+    OUTPUT_FIELD_NUMBER: _ClassVar[int]
+    tasks: _containers.RepeatedCompositeFieldContainer[ForwardedTask]
+    wait: bool
+    from_node: str
+    output: bool
+    def __init__(self, tasks: _Optional[_Iterable[_Union[ForwardedTask, _Mapping]]] = ..., wait: _Optional[bool] = ..., from_node: _Optional[str] = ..., output: _Optional[bool] = ...) -> None: ...
+
+class ForwardOutcome(_message.Message):
+    __slots__ = ("task", "output", "refused", "error")
+    TASK_FIELD_NUMBER: _ClassVar[int]
+    OUTPUT_FIELD_NUMBER: _ClassVar[int]
+    REFUSED_FIELD_NUMBER: _ClassVar[int]
+    ERROR_FIELD_NUMBER: _ClassVar[int]
+    task: TaskInfo
+    output: bytes
+    refused: bool
+    error: Error
+    def __init__(self, task: _Optional[_Union[TaskInfo, _Mapping]] = ..., output: _Optional[bytes] = ..., refused: _Optional[bool] = ..., error: _Optional[_Union[Error, _Mapping]] = ...) -> None: ...
+
+class ForwardTasksResponse(_message.Message):
+    __slots__ = ("outcomes", "free")
+    OUTCOMES_FIELD_NUMBER: _ClassVar[int]
+    FREE_FIELD_NUMBER: _ClassVar[int]
+    outcomes: _containers.RepeatedCompositeFieldContainer[ForwardOutcome]
+    free: Resources
+    def __init__(self, outcomes: _Optional[_Iterable[_Union[ForwardOutcome, _Mapping]]] = ..., free: _Optional[_Union[Resources, _Mapping]] = ...) -> None: ...

@@ -6,7 +6,6 @@
 __all__ = (
     "ArtifactChunk",
     "ArtifactRef",
-    "Attempt",
     "CancelTaskRequest",
     "DeleteObjectResponse",
     "DeregisterNodeRequest",
@@ -15,7 +14,11 @@ __all__ = (
     "Error",
     "FindNodesRequest",
     "FindNodesResponse",
+    "ForwardOutcome",
     "ForwardTaskRequest",
+    "ForwardTasksRequest",
+    "ForwardTasksResponse",
+    "ForwardedTask",
     "FunctionSpec",
     "GetNodeInfoRequest",
     "GetNodeRequest",
@@ -209,26 +212,6 @@ default_message_pool.register_message("spear.v1", "ArtifactRef", ArtifactRef)
 
 
 @dataclass(eq=False, repr=False)
-class Attempt(betterproto2.Message):
-    """
-    One earlier run of a retried task: where it ran and how it ended.
-    """
-
-    node: "str" = betterproto2.field(1, betterproto2.TYPE_STRING)
-
-    started_at: "float | None" = betterproto2.field(2, betterproto2.TYPE_DOUBLE, optional=True)
-
-    finished_at: "float" = betterproto2.field(3, betterproto2.TYPE_DOUBLE)
-
-    exit_code: "int" = betterproto2.field(4, betterproto2.TYPE_INT32)
-
-    reason: "str" = betterproto2.field(5, betterproto2.TYPE_STRING)
-
-
-default_message_pool.register_message("spear.v1", "Attempt", Attempt)
-
-
-@dataclass(eq=False, repr=False)
 class CancelTaskRequest(betterproto2.Message):
     task_id: "str" = betterproto2.field(1, betterproto2.TYPE_STRING)
 
@@ -333,6 +316,52 @@ default_message_pool.register_message("spear.v1", "FindNodesResponse", FindNodes
 
 
 @dataclass(eq=False, repr=False)
+class ForwardedTask(betterproto2.Message):
+    """
+    SpearletPeer.ForwardTasks (peer.proto): here so protobuf's own generated messages cover
+    them (a forwarded call's messages are a hot path, as RunTask's are).
+    """
+
+    task: "TaskInfo | None" = betterproto2.field(1, betterproto2.TYPE_MESSAGE, optional=True)
+
+    artifact_digest: "str" = betterproto2.field(2, betterproto2.TYPE_STRING)
+    """
+    the module, uploaded first (UploadArtifact)
+    """
+
+    stdin: "bytes" = betterproto2.field(3, betterproto2.TYPE_BYTES)
+
+
+default_message_pool.register_message("spear.v1", "ForwardedTask", ForwardedTask)
+
+
+@dataclass(eq=False, repr=False)
+class ForwardOutcome(betterproto2.Message):
+    task: "TaskInfo | None" = betterproto2.field(1, betterproto2.TYPE_MESSAGE, optional=True)
+    """
+    accepted: as recorded here (finished, with `wait`)
+    """
+
+    output: "bytes" = betterproto2.field(2, betterproto2.TYPE_BYTES)
+    """
+    with `output`: the task's result (what it set, else its stdout)
+    """
+
+    refused: "bool" = betterproto2.field(3, betterproto2.TYPE_BOOL)
+    """
+    no room here now: nothing was recorded; place it again
+    """
+
+    error: "Error | None" = betterproto2.field(4, betterproto2.TYPE_MESSAGE, optional=True)
+    """
+    the task itself was refused (a bad module, say)
+    """
+
+
+default_message_pool.register_message("spear.v1", "ForwardOutcome", ForwardOutcome)
+
+
+@dataclass(eq=False, repr=False)
 class ForwardTaskRequest(betterproto2.Message):
     task: "TaskInfo | None" = betterproto2.field(1, betterproto2.TYPE_MESSAGE, optional=True)
 
@@ -344,6 +373,44 @@ class ForwardTaskRequest(betterproto2.Message):
 
 
 default_message_pool.register_message("spear.v1", "ForwardTaskRequest", ForwardTaskRequest)
+
+
+@dataclass(eq=False, repr=False)
+class ForwardTasksRequest(betterproto2.Message):
+    tasks: "list[ForwardedTask]" = betterproto2.field(1, betterproto2.TYPE_MESSAGE, repeated=True)
+
+    wait: "bool" = betterproto2.field(2, betterproto2.TYPE_BOOL)
+    """
+    answer once the accepted tasks have finished
+    """
+
+    from_node: "str" = betterproto2.field(3, betterproto2.TYPE_STRING)
+
+    output: "bool" = betterproto2.field(4, betterproto2.TYPE_BOOL)
+    """
+    with `wait`: each task's result too
+    """
+
+
+default_message_pool.register_message("spear.v1", "ForwardTasksRequest", ForwardTasksRequest)
+
+
+@dataclass(eq=False, repr=False)
+class ForwardTasksResponse(betterproto2.Message):
+    outcomes: "list[ForwardOutcome]" = betterproto2.field(
+        1, betterproto2.TYPE_MESSAGE, repeated=True
+    )
+    """
+    in the order of the request
+    """
+
+    free: "Resources | None" = betterproto2.field(2, betterproto2.TYPE_MESSAGE, optional=True)
+    """
+    this node's free resources as it answers
+    """
+
+
+default_message_pool.register_message("spear.v1", "ForwardTasksResponse", ForwardTasksResponse)
 
 
 @dataclass(eq=False, repr=False)
@@ -393,18 +460,10 @@ class FunctionSpec(betterproto2.Message):
     process runtime: RLIMIT_NOFILE
     """
 
-    namespace: "str" = betterproto2.field(16, betterproto2.TYPE_STRING)
+    priority: "int" = betterproto2.field(16, betterproto2.TYPE_SINT32)
     """
-    empty: "default" (docs/security.md)
+    Placement order among tasks waiting for room: higher first, then first come (0 default).
     """
-
-    max_retries: "int" = betterproto2.field(17, betterproto2.TYPE_UINT32)
-    """
-    How often a failed task is run again, and on which failures ("node-lost",
-    "process-lost", "timeout", "exit"); empty: the default ones (core/retries.py).
-    """
-
-    retry_on: "list[str]" = betterproto2.field(18, betterproto2.TYPE_STRING, repeated=True)
 
 
 default_message_pool.register_message("spear.v1", "FunctionSpec", FunctionSpec)
@@ -561,16 +620,6 @@ default_message_pool.register_message("spear.v1", "ListNodesResponse", ListNodes
 class ListObjectsRequest(betterproto2.Message):
     prefix: "str" = betterproto2.field(1, betterproto2.TYPE_STRING)
 
-    page_size: "int" = betterproto2.field(2, betterproto2.TYPE_UINT32)
-    """
-    0: the server's default page (1000 objects)
-    """
-
-    page_token: "str" = betterproto2.field(3, betterproto2.TYPE_STRING)
-    """
-    the next_page_token of the page before; empty: the first
-    """
-
 
 default_message_pool.register_message("spear.v1", "ListObjectsRequest", ListObjectsRequest)
 
@@ -578,11 +627,6 @@ default_message_pool.register_message("spear.v1", "ListObjectsRequest", ListObje
 @dataclass(eq=False, repr=False)
 class ListObjectsResponse(betterproto2.Message):
     objects: "list[ObjectInfo]" = betterproto2.field(1, betterproto2.TYPE_MESSAGE, repeated=True)
-
-    next_page_token: "str" = betterproto2.field(2, betterproto2.TYPE_STRING)
-    """
-    empty: this was the last page
-    """
 
 
 default_message_pool.register_message("spear.v1", "ListObjectsResponse", ListObjectsResponse)
@@ -602,16 +646,6 @@ class ListTasksRequest(betterproto2.Message):
     0: no limit
     """
 
-    page_size: "int" = betterproto2.field(3, betterproto2.TYPE_UINT32)
-    """
-    0: the server's default page (1000 tasks)
-    """
-
-    page_token: "str" = betterproto2.field(4, betterproto2.TYPE_STRING)
-    """
-    the next_page_token of the page before; empty: the first
-    """
-
 
 default_message_pool.register_message("spear.v1", "ListTasksRequest", ListTasksRequest)
 
@@ -619,11 +653,6 @@ default_message_pool.register_message("spear.v1", "ListTasksRequest", ListTasksR
 @dataclass(eq=False, repr=False)
 class ListTasksResponse(betterproto2.Message):
     tasks: "list[TaskInfo]" = betterproto2.field(1, betterproto2.TYPE_MESSAGE, repeated=True)
-
-    next_page_token: "str" = betterproto2.field(2, betterproto2.TYPE_STRING)
-    """
-    empty: this was the last page
-    """
 
 
 default_message_pool.register_message("spear.v1", "ListTasksResponse", ListTasksResponse)
@@ -1017,12 +1046,6 @@ class SubmitTaskRequest(betterproto2.Message):
     Answer when the task has finished rather than when it is accepted.
     """
 
-    idempotency_key: "str" = betterproto2.field(6, betterproto2.TYPE_STRING)
-    """
-    A submit retried with the same key (after a lost reply) returns the task the first
-    one made, never a second task.
-    """
-
 
 default_message_pool.register_message("spear.v1", "SubmitTaskRequest", SubmitTaskRequest)
 
@@ -1072,11 +1095,6 @@ class TaskInfo(betterproto2.Message):
     attempts: "int" = betterproto2.field(10, betterproto2.TYPE_UINT32)
 
     history: "list[StateChange]" = betterproto2.field(11, betterproto2.TYPE_MESSAGE, repeated=True)
-
-    attempt_log: "list[Attempt]" = betterproto2.field(12, betterproto2.TYPE_MESSAGE, repeated=True)
-    """
-    the attempts before this one, oldest first
-    """
 
 
 default_message_pool.register_message("spear.v1", "TaskInfo", TaskInfo)
@@ -1824,6 +1842,32 @@ class SpearletPeerStub(betterproto2_grpclib.ServiceStub):
             metadata=metadata,
         )
 
+    async def forward_tasks(
+        self,
+        message: "ForwardTasksRequest",
+        *,
+        timeout: "float | None" = None,
+        deadline: "Deadline | None" = None,
+        metadata: "MetadataLike | None" = None,
+    ) -> "ForwardTasksResponse":
+        """
+        Many forwarded tasks in one call (placed by the sender from its view of the cluster).
+        Each is accepted (run here under its id) or refused because this node has no room for
+        it now (`refused`: the sender's view was stale; it places the task again). With `wait`
+        the answer comes when the accepted tasks have finished, with their results.
+
+        (spearlet.proto)
+        """
+
+        return await self._unary_unary(
+            "/spear.v1.SpearletPeer/ForwardTasks",
+            message,
+            ForwardTasksResponse,
+            timeout=timeout,
+            deadline=deadline,
+            metadata=metadata,
+        )
+
 
 class MetadataServerBase(betterproto2_grpclib.ServiceBase):
     async def register_node(self, message: "RegisterNodeRequest") -> "NodeRecord":
@@ -2539,6 +2583,18 @@ class SpearletPeerBase(betterproto2_grpclib.ServiceBase):
 
         raise grpclib.GRPCError(grpclib.const.Status.UNIMPLEMENTED)
 
+    async def forward_tasks(self, message: "ForwardTasksRequest") -> "ForwardTasksResponse":
+        """
+        Many forwarded tasks in one call (placed by the sender from its view of the cluster).
+        Each is accepted (run here under its id) or refused because this node has no room for
+        it now (`refused`: the sender's view was stale; it places the task again). With `wait`
+        the answer comes when the accepted tasks have finished, with their results.
+
+        (spearlet.proto)
+        """
+
+        raise grpclib.GRPCError(grpclib.const.Status.UNIMPLEMENTED)
+
     async def __rpc_forward_task(
         self, stream: "grpclib.server.Stream[ForwardTaskRequest, TaskInfo]"
     ) -> None:
@@ -2555,6 +2611,14 @@ class SpearletPeerBase(betterproto2_grpclib.ServiceBase):
         response = await self.list_cluster_nodes(request)
         await stream.send_message(response)
 
+    async def __rpc_forward_tasks(
+        self, stream: "grpclib.server.Stream[ForwardTasksRequest, ForwardTasksResponse]"
+    ) -> None:
+        request = await stream.recv_message()
+        assert request is not None
+        response = await self.forward_tasks(request)
+        await stream.send_message(response)
+
     def __mapping__(self) -> "dict[str, grpclib.const.Handler]":
         return {
             "/spear.v1.SpearletPeer/ForwardTask": grpclib.const.Handler(
@@ -2568,5 +2632,11 @@ class SpearletPeerBase(betterproto2_grpclib.ServiceBase):
                 grpclib.const.Cardinality.UNARY_UNARY,
                 ListNodesRequest,
                 ListNodesResponse,
+            ),
+            "/spear.v1.SpearletPeer/ForwardTasks": grpclib.const.Handler(
+                self.__rpc_forward_tasks,
+                grpclib.const.Cardinality.UNARY_UNARY,
+                ForwardTasksRequest,
+                ForwardTasksResponse,
             ),
         }
