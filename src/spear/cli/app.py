@@ -131,11 +131,13 @@ class _LazyGroup(typer.core.TyperGroup):
 _BUILT: dict[str, click.Command] = {}
 
 
-def _root_group() -> click.Command:
+def _root_group() -> click.Group:
     """The top-level group, built once (from `app`'s callback and options: ~5 ms)."""
     if "" not in _BUILT:
         _BUILT[""] = typer.main.get_command(app)
-    return _BUILT[""]
+    group = _BUILT[""]
+    assert isinstance(group, click.Group)
+    return group
 
 
 def build_commands(names: Iterable[str]) -> None:

@@ -26,8 +26,8 @@ from typing import TYPE_CHECKING
 from spear._logging import logger
 from spear.core import retries
 from spear.core.cluster import PlacementQuery, input_objects, selector_labels
+from spear.core.cluster_view import rank_candidates
 from spear.core.models import TaskState
-from spear.core.scheduler import rank_candidates
 from spear.errors import NotFound, ResourceExhausted, SpearError, Unavailable
 
 if TYPE_CHECKING:
@@ -123,7 +123,12 @@ class RetryPlacement:
             there = dataclasses.replace(task, node=candidate.node.name)
             await self._sms.report_task(there)  # (its node's loss is noticed from now on)
             try:
-                await self._forwarder.forward(candidate.node, there, None)
+                answer = await self._forwarder.forward_batch(candidate.node, [(there, None)])
+                [outcome] = answer.outcomes
+                if outcome.refused:  # no room there now (core/scheduler.py: spillback)
+                    raise ResourceExhausted(f"no room at {candidate.node.name} now")
+                if outcome.error is not None:
+                    raise outcome.error
             except (ResourceExhausted, Unavailable) as exc:
                 logger.info("retried task {}: {} refused it: {}", task_id, candidate.node.name, exc)
                 continue

@@ -389,7 +389,11 @@ class Client(AsyncResource):
             request = v1.ListTasksRequest(
                 state=cv.state_to_wire(state), limit=left, page_token=token
             )
-            answer = await self._retrying(lambda: self._stub.list_tasks(request))
+
+            def page(r: v1.ListTasksRequest = request) -> Awaitable[v1.ListTasksResponse]:
+                return self._stub.list_tasks(r)  # (the stub of whichever node is current)
+
+            answer = await self._retrying(page)
             found.extend(cv.task_from_wire(t) for t in answer.tasks)
             token = answer.next_page_token
             if not token or (limit is not None and len(found) >= limit):
@@ -504,7 +508,11 @@ class Client(AsyncResource):
         token = ""
         while True:  # page after page (node/paging.py)
             request = v1.ListObjectsRequest(prefix=prefix, page_token=token)
-            answer = await self._retrying(lambda: self._stub.list_objects(request))
+
+            def page(r: v1.ListObjectsRequest = request) -> Awaitable[v1.ListObjectsResponse]:
+                return self._stub.list_objects(r)
+
+            answer = await self._retrying(page)
             found.extend(cv.object_from_wire(o) for o in answer.objects)
             token = answer.next_page_token
             if not token:

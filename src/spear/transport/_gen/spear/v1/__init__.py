@@ -6,6 +6,7 @@
 __all__ = (
     "ArtifactChunk",
     "ArtifactRef",
+    "Attempt",
     "CancelTaskRequest",
     "DeleteObjectResponse",
     "DeregisterNodeRequest",
@@ -209,6 +210,26 @@ class ArtifactRef(betterproto2.Message):
 
 
 default_message_pool.register_message("spear.v1", "ArtifactRef", ArtifactRef)
+
+
+@dataclass(eq=False, repr=False)
+class Attempt(betterproto2.Message):
+    """
+    One earlier run of a retried task: where it ran and how it ended.
+    """
+
+    node: "str" = betterproto2.field(1, betterproto2.TYPE_STRING)
+
+    started_at: "float | None" = betterproto2.field(2, betterproto2.TYPE_DOUBLE, optional=True)
+
+    finished_at: "float" = betterproto2.field(3, betterproto2.TYPE_DOUBLE)
+
+    exit_code: "int" = betterproto2.field(4, betterproto2.TYPE_INT32)
+
+    reason: "str" = betterproto2.field(5, betterproto2.TYPE_STRING)
+
+
+default_message_pool.register_message("spear.v1", "Attempt", Attempt)
 
 
 @dataclass(eq=False, repr=False)
@@ -460,7 +481,20 @@ class FunctionSpec(betterproto2.Message):
     process runtime: RLIMIT_NOFILE
     """
 
-    priority: "int" = betterproto2.field(16, betterproto2.TYPE_SINT32)
+    namespace: "str" = betterproto2.field(16, betterproto2.TYPE_STRING)
+    """
+    empty: "default" (docs/security.md)
+    """
+
+    max_retries: "int" = betterproto2.field(17, betterproto2.TYPE_UINT32)
+    """
+    How often a failed task is run again, and on which failures ("node-lost",
+    "process-lost", "timeout", "exit"); empty: the default ones (core/retries.py).
+    """
+
+    retry_on: "list[str]" = betterproto2.field(18, betterproto2.TYPE_STRING, repeated=True)
+
+    priority: "int" = betterproto2.field(19, betterproto2.TYPE_SINT32)
     """
     Placement order among tasks waiting for room: higher first, then first come (0 default).
     """
@@ -620,6 +654,16 @@ default_message_pool.register_message("spear.v1", "ListNodesResponse", ListNodes
 class ListObjectsRequest(betterproto2.Message):
     prefix: "str" = betterproto2.field(1, betterproto2.TYPE_STRING)
 
+    page_size: "int" = betterproto2.field(2, betterproto2.TYPE_UINT32)
+    """
+    0: the server's default page (1000 objects)
+    """
+
+    page_token: "str" = betterproto2.field(3, betterproto2.TYPE_STRING)
+    """
+    the next_page_token of the page before; empty: the first
+    """
+
 
 default_message_pool.register_message("spear.v1", "ListObjectsRequest", ListObjectsRequest)
 
@@ -627,6 +671,11 @@ default_message_pool.register_message("spear.v1", "ListObjectsRequest", ListObje
 @dataclass(eq=False, repr=False)
 class ListObjectsResponse(betterproto2.Message):
     objects: "list[ObjectInfo]" = betterproto2.field(1, betterproto2.TYPE_MESSAGE, repeated=True)
+
+    next_page_token: "str" = betterproto2.field(2, betterproto2.TYPE_STRING)
+    """
+    empty: this was the last page
+    """
 
 
 default_message_pool.register_message("spear.v1", "ListObjectsResponse", ListObjectsResponse)
@@ -646,6 +695,16 @@ class ListTasksRequest(betterproto2.Message):
     0: no limit
     """
 
+    page_size: "int" = betterproto2.field(3, betterproto2.TYPE_UINT32)
+    """
+    0: the server's default page (1000 tasks)
+    """
+
+    page_token: "str" = betterproto2.field(4, betterproto2.TYPE_STRING)
+    """
+    the next_page_token of the page before; empty: the first
+    """
+
 
 default_message_pool.register_message("spear.v1", "ListTasksRequest", ListTasksRequest)
 
@@ -653,6 +712,11 @@ default_message_pool.register_message("spear.v1", "ListTasksRequest", ListTasksR
 @dataclass(eq=False, repr=False)
 class ListTasksResponse(betterproto2.Message):
     tasks: "list[TaskInfo]" = betterproto2.field(1, betterproto2.TYPE_MESSAGE, repeated=True)
+
+    next_page_token: "str" = betterproto2.field(2, betterproto2.TYPE_STRING)
+    """
+    empty: this was the last page
+    """
 
 
 default_message_pool.register_message("spear.v1", "ListTasksResponse", ListTasksResponse)
@@ -1046,6 +1110,12 @@ class SubmitTaskRequest(betterproto2.Message):
     Answer when the task has finished rather than when it is accepted.
     """
 
+    idempotency_key: "str" = betterproto2.field(6, betterproto2.TYPE_STRING)
+    """
+    A submit retried with the same key (after a lost reply) returns the task the first
+    one made, never a second task.
+    """
+
 
 default_message_pool.register_message("spear.v1", "SubmitTaskRequest", SubmitTaskRequest)
 
@@ -1095,6 +1165,11 @@ class TaskInfo(betterproto2.Message):
     attempts: "int" = betterproto2.field(10, betterproto2.TYPE_UINT32)
 
     history: "list[StateChange]" = betterproto2.field(11, betterproto2.TYPE_MESSAGE, repeated=True)
+
+    attempt_log: "list[Attempt]" = betterproto2.field(12, betterproto2.TYPE_MESSAGE, repeated=True)
+    """
+    the attempts before this one, oldest first
+    """
 
 
 default_message_pool.register_message("spear.v1", "TaskInfo", TaskInfo)
