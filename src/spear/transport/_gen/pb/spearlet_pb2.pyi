@@ -297,18 +297,20 @@ class NodeInfo(_message.Message):
     def __init__(self, name: _Optional[str] = ..., state: _Optional[str] = ..., address: _Optional[str] = ..., version: _Optional[str] = ..., wasmtime_version: _Optional[str] = ..., capacity: _Optional[_Union[Resources, _Mapping]] = ..., free: _Optional[_Union[Resources, _Mapping]] = ..., running_tasks: _Optional[int] = ..., runtimes: _Optional[_Iterable[str]] = ..., started_at: _Optional[float] = ..., data_dir: _Optional[str] = ..., pid: _Optional[int] = ..., max_message_bytes: _Optional[int] = ...) -> None: ...
 
 class ObjectInfo(_message.Message):
-    __slots__ = ("key", "version", "size", "refs", "pinned")
+    __slots__ = ("key", "version", "size", "refs", "pinned", "locations")
     KEY_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
     SIZE_FIELD_NUMBER: _ClassVar[int]
     REFS_FIELD_NUMBER: _ClassVar[int]
     PINNED_FIELD_NUMBER: _ClassVar[int]
+    LOCATIONS_FIELD_NUMBER: _ClassVar[int]
     key: str
     version: int
     size: int
     refs: int
     pinned: bool
-    def __init__(self, key: _Optional[str] = ..., version: _Optional[int] = ..., size: _Optional[int] = ..., refs: _Optional[int] = ..., pinned: _Optional[bool] = ...) -> None: ...
+    locations: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, key: _Optional[str] = ..., version: _Optional[int] = ..., size: _Optional[int] = ..., refs: _Optional[int] = ..., pinned: _Optional[bool] = ..., locations: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class ObjectChunk(_message.Message):
     __slots__ = ("key", "expected_version", "data", "info")
