@@ -33,6 +33,7 @@ from spear.core.cluster import (
     PlacementQuery,
 )
 from spear.core.models import TaskState
+from spear.core.object_index import ObjectIndex
 from spear.core.stats import SmsStats
 from spear.core.tasks.codec import decode_task, encode_task
 from spear.core.worker import EXIT_LOST
@@ -74,6 +75,8 @@ class MetadataServer(Cluster):
         # gives every node a full period to speak before judging it.
         self._started = clock()
         self.stats = SmsStats()  # read by the SMS's /metrics (spear/web/metrics.py)
+        # The authority for each object's version, holders, references (docs/objects.md).
+        self.objects = ObjectIndex(kv, self._live_node_names, clock)
 
     # -- nodes ------------------------------------------------------------------------
 
@@ -318,7 +321,16 @@ class MetadataServer(Cluster):
     async def remove_object_location(self, key: str, node: str) -> bool:
         return await self.kv.delete(f"{_OBJECTS}{key}{_SEP}{node}")
 
+    async def _live_node_names(self) -> set[str]:
+        return {n.name for n in await self.nodes() if n.health.live}
+
     async def locate_object(self, key: str) -> list[ObjectLocation]:
+        try:  # the object index first: the holders of the current version
+            record = await self.objects.lookup(key)
+            version, size = record.version, record.size
+            return [ObjectLocation(key, h.node, version, size) for h in record.holders]
+        except NotFound:
+            pass
         prefix = f"{_OBJECTS}{key}{_SEP}"
         found = []
         for entry in await self.kv.scan(prefix):

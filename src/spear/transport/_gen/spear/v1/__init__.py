@@ -191,6 +191,8 @@ class AnnouncedObject(betterproto2.Message):
 
     version: "int" = betterproto2.field(2, betterproto2.TYPE_UINT64)
 
+    size: "int" = betterproto2.field(3, betterproto2.TYPE_UINT64)
+
 
 default_message_pool.register_message("spear.v1", "AnnouncedObject", AnnouncedObject)
 
