@@ -34,7 +34,9 @@ def _print_object(info: Any, as_json: bool) -> None:
     else:
         pin = " pinned" if info.pinned else ""
         key = printable(info.key)
-        sys.stdout.write(f"{key} version {info.version} {info.size} bytes {info.refs} refs{pin}\n")
+        at = f" on {','.join(info.locations)}" if getattr(info, "locations", ()) else ""
+        line = f"{key} version {info.version} {info.size} bytes {info.refs} refs{pin}{at}\n"
+        sys.stdout.write(line)
 
 
 @obj_app.command("put", help="Store FILE (or stdin with -) under KEY.")

@@ -211,11 +211,15 @@ def node_from_wire(info: v1.NodeInfo) -> NodeInfo:
 
 def object_to_wire(info: ObjectInfo) -> v1.ObjectInfo:
     return v1.ObjectInfo(
-        key=info.key, version=info.version, size=info.size, refs=info.refs, pinned=info.pinned
-    )
+        key=info.key, version=info.version, size=info.size, refs=info.refs, pinned=info.pinned,
+        locations=list(info.locations),
+    )  # fmt: skip
 
 
 def object_from_wire(info: v1.ObjectInfo | None) -> ObjectInfo:
     if info is None:
         raise InvalidArgument("the answer has no object info")
-    return ObjectInfo(info.key, info.version, info.size, info.refs, info.pinned)
+    return ObjectInfo(
+        info.key, info.version, info.size, info.refs, info.pinned,
+        locations=tuple(info.locations),
+    )  # fmt: skip

@@ -1,0 +1,228 @@
+"""One object space across real SPEARlet processes and a real SMS (LevelDB and etcd): the
+SMS's object index decides versions cluster-wide, gets read the current version from any
+node, bytes move over the object transfer service (docs/objects.md)."""
+# ruff: noqa: F401, F811  (fixtures imported from helpers.py are used as arguments)
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import anyio
+import pytest
+from conftest import ROOT, build_c, build_wat
+from helpers import assert_eventually, cluster_credentials, make_cluster, sms_call, spear
+
+from spear.core.models import FunctionSpec, TaskState
+from spear.errors import Conflict, NotFound, Unavailable
+from spear.node.client import Client
+from spear.transport.object_transfer import ObjectTransferClient
+
+if TYPE_CHECKING:
+    from spear.node.local_cluster import LocalCluster
+
+pytestmark = pytest.mark.slow
+
+MiB = 1024 * 1024
+BACKENDS = pytest.mark.parametrize("etcd", [False, True], ids=["leveldb", "etcd"])
+
+HELLO_WAT = """(module
+  (import "wasi_snapshot_preview1" "fd_write" (func $w (param i32 i32 i32 i32) (result i32)))
+  (memory (export "memory") 1)
+  (data (i32.const 16) "hello from afar\\n")
+  (func (export "_start")
+    (i32.store (i32.const 0) (i32.const 16)) (i32.store (i32.const 4) (i32.const 16))
+    (drop (call $w (i32.const 1) (i32.const 0) (i32.const 1) (i32.const 8)))))"""
+
+
+def on(address: str, fn: Any) -> Any:
+    async def main() -> Any:
+        async with Client(address, credentials=cluster_credentials()) as client:
+            return await fn(client)
+
+    return anyio.run(main)
+
+
+def addresses(cluster: LocalCluster) -> list[str]:
+    return [m.address for m in cluster.members]
+
+
+def transfer_address(cluster: LocalCluster, node: str, key: str) -> str:
+    """Where `node`'s object transfer service listens, from the index entry of `key`."""
+    assert cluster.sms is not None
+    record = sms_call(cluster.sms.address, "lookup_object", key)
+    return next(h.address for h in record.holders if h.node == node)
+
+
+@BACKENDS
+def test_the_counter_across_three_nodes_ends_exact(make_cluster: Any, etcd: bool) -> None:
+    cluster = make_cluster(nodes=3, etcd=etcd)
+    counter = build_c(ROOT / "examples" / "counter" / "counter.c")
+    per_node = 5  # (60 tasks over 3 nodes: benchmarks/objects_cluster_bench.py --counter)
+
+    async def main() -> None:
+        clients = [Client(a, credentials=cluster_credentials()) for a in addresses(cluster)]
+        try:
+            handles = [
+                await c.submit(FunctionSpec(str(counter), timeout_s=120))
+                for _ in range(per_node)
+                for c in clients
+            ]
+            ends = [await h.wait() for h in handles]
+            assert {t.state for t in ends} == {TaskState.COMPLETED}, [t.reason for t in ends]
+            assert {t.node for t in ends} == {"node-1", "node-2", "node-3"}
+            for c in clients:  # the same, current value from every node
+                value, _ = await c.get_object("counter")
+                assert value == str(3 * per_node).encode()
+            # Each task wrote a different value: 1 .. N, each once.
+            written = sorted([int((await c.result(h.id)).output) for h in handles])
+            assert written == list(range(1, 3 * per_node + 1))
+        finally:
+            for c in clients:
+                await c.aclose()
+
+    anyio.run(main)
+
+
+@BACKENDS
+def test_of_same_version_writers_on_different_nodes_exactly_one_wins(
+    make_cluster: Any, etcd: bool
+) -> None:
+    cluster = make_cluster(nodes=3, etcd=etcd)
+    n1 = cluster.member("node-1").address
+    first = on(n1, lambda c: c.put_object("shared", b"v0"))
+
+    async def main() -> list[Any]:
+        outcomes: list[Any] = []
+
+        async def write(address: str, value: bytes) -> None:
+            async with Client(address, credentials=cluster_credentials()) as c:
+                try:
+                    outcomes.append(await c.put_object("shared", value, expected_version=first.version))
+                except Conflict as exc:
+                    outcomes.append(exc)
+
+        async with anyio.create_task_group() as tg:
+            for i, address in enumerate(addresses(cluster)):
+                tg.start_soon(write, address, f"v{i + 1}".encode())
+        return outcomes
+
+    outcomes = anyio.run(main)
+    winners = [o for o in outcomes if not isinstance(o, Conflict)]
+    assert len(winners) == 1 and len(outcomes) == 3, outcomes
+    for address in addresses(cluster):
+        data, info = on(address, lambda c: c.get_object("shared"))
+        assert info.version == winners[0].version and data != b"v0"
+
+
+def test_results_are_readable_from_any_node(make_cluster: Any, tmp_path: Path) -> None:
+    cluster = make_cluster(nodes=2)
+    n1, n2 = (m.address for m in cluster.members)
+    hello = build_wat(HELLO_WAT, tmp_path, "hello")
+
+    async def run_on_two(c: Client) -> str:
+        handle = await c.submit(FunctionSpec(str(hello)))
+        task = await handle.wait()
+        assert task.node == "node-2"
+        return task.id
+
+    task_id = on(n2, run_on_two)
+    data, info = on(n1, lambda c: c.get_object(f"results/{task_id}"))
+    assert data == b"hello from afar\n"
+    got = spear("obj", "get", "--node", n1, f"results/{task_id}")
+    assert got.returncode == 0 and got.stdout == "hello from afar\n", got.stderr
+    listed = spear("obj", "ls", "--node", n1, "--json", "results/")
+    assert listed.returncode == 0, listed.stderr
+    assert f"results/{task_id}" in listed.stdout and "node-2" in listed.stdout
+
+
+@BACKENDS
+def test_a_cached_copy_is_replaced_after_an_overwrite_elsewhere(
+    make_cluster: Any, etcd: bool
+) -> None:
+    cluster = make_cluster(nodes=3, etcd=etcd)
+    n1, n2, n3 = addresses(cluster)
+    on(n1, lambda c: c.put_object("doc", b"first" * 2000))  # (a file, not inline)
+    data, first = on(n2, lambda c: c.get_object("doc"))
+    assert data == b"first" * 2000
+    assert sms_call(cluster.sms.address, "lookup_object", "doc").holder_names() == (
+        "node-1", "node-2",
+    )  # fmt: skip
+    on(n3, lambda c: c.put_object("doc", b"second"))
+    data, second = on(n2, lambda c: c.get_object("doc"))
+    assert data == b"second" and second.version > first.version
+    # The overwrite made node-3 the only holder; node-2 now holds it again.
+    holders = sms_call(cluster.sms.address, "lookup_object", "doc").holder_names()
+    assert holders == ("node-2", "node-3")
+
+
+def test_refs_pins_and_delete_are_cluster_wide(make_cluster: Any) -> None:
+    cluster = make_cluster(nodes=2)
+    n1, n2 = addresses(cluster)
+    on(n1, lambda c: c.put_object("kept", b"x"))
+    assert on(n2, lambda c: c.pin_object("kept")).pinned
+    assert spear("obj", "rm", "--node", n1, "kept").returncode != 0  # pinned, cluster-wide
+    on(n1, lambda c: c.unpin_object("kept"))
+    assert on(n2, lambda c: c.add_object_ref("kept")).refs == 1
+    assert on(n1, lambda c: c.remove_object_ref("kept")).refs == 0  # the last one: gone
+    for address in (n1, n2):
+        with pytest.raises(NotFound):
+            on(address, lambda c: c.get_object("kept"))
+
+
+def test_the_only_holder_dead_is_a_clear_error(make_cluster: Any) -> None:
+    cluster = make_cluster(nodes=2)
+    n1, n2 = addresses(cluster)
+    on(n2, lambda c: c.put_object("lonely", b"y" * 10000))
+    cluster.stop_member(cluster.member("node-2"), signal.SIGKILL)
+    got = spear("obj", "get", "--node", n1, "lonely")
+    assert got.returncode == 76 and "node-2" in got.stderr, got.stderr
+    assert "Traceback" not in got.stderr
+
+
+def test_a_holder_killed_mid_transfer_leaves_nothing_half_written(
+    make_cluster: Any, tmp_path: Path
+) -> None:
+    cluster = make_cluster(nodes=2)
+    n1, n2 = addresses(cluster)
+    on(n2, lambda c: c.put_object("big", b"z"))
+    address = transfer_address(cluster, "node-2", "big")
+    size = 512 * MiB
+    payload = memoryview(bytearray(size))
+
+    async def put_big() -> None:
+        client = ObjectTransferClient(cluster_credentials())
+        try:
+            await client.put(address, "big", payload)
+        finally:
+            await client.aclose()
+
+    anyio.run(put_big)
+    del payload
+    objects = cluster.member("node-1").data_dir / "objects"
+    outcome: list[Any] = []
+
+    def get() -> None:
+        try:
+            outcome.append(on(n1, lambda c: c.get_object("big"))[1])
+        except Exception as exc:
+            outcome.append(exc)
+
+    reader = threading.Thread(target=get)
+    reader.start()
+
+    def receiving() -> bool:
+        return any(p.is_file() and p.stat().st_size > 0 for p in objects.rglob("*"))
+
+    assert_eventually(receiving, timeout=30, interval=0.002)
+    os.kill(cluster.member("node-2").pid, signal.SIGKILL)
+    reader.join(60)
+    assert len(outcome) == 1 and isinstance(outcome[0], Unavailable), outcome
+    assert "node-2" in str(outcome[0])
+    # Nothing half-written: no value file left, and node-1 holds no copy.
+    assert_eventually(lambda: not any(p.is_file() for p in objects.rglob("*")), timeout=10)
+    with pytest.raises(Unavailable):
+        on(n1, lambda c: c.get_object("big"))
