@@ -60,6 +60,7 @@ from spear.errors import (
     ResourceExhausted,
     SpearError,
     StorageError,
+    Unavailable,
 )
 from spear.store.kv import Write
 from spear.store.object_info import ObjectInfo
@@ -146,6 +147,8 @@ class ObjectStore:
     ) -> None:
         self._kv = kv
         self.authority = authority  # set when the node joins a cluster
+        # Puts committed with the authority whose copy is not kept here yet, by key.
+        self._landing: dict[str, builtins.list[anyio.Event]] = {}
         self.root = root
         self.max_bytes = max_bytes
         self.capacity_bytes = capacity_bytes
@@ -225,8 +228,13 @@ class ObjectStore:
             if self.authority is None:
                 version, old = await self._commit(key, size, name, inline, expected_version)
             else:
-                version = await self.authority.commit(key, size, expected_version)
-                kept, old = await self._keep(key, size, name, inline, version)
+                landing = anyio.Event()
+                self._landing.setdefault(key, []).append(landing)
+                try:
+                    version = await self.authority.commit(key, size, expected_version)
+                    kept, old = await self._keep(key, size, name, inline, version)
+                finally:
+                    self._landed(key, landing)
                 if not kept:
                     self._reserved -= size
                     if name is not None:
@@ -338,14 +346,37 @@ class ObjectStore:
             return f, int(header["size"]), version
         raise StorageError(f"object {key!r} kept changing while being read")
 
+    def _landed(self, key: str, landing: anyio.Event) -> None:
+        waiting = self._landing.get(key, [])
+        waiting.remove(landing)
+        if not waiting:
+            self._landing.pop(key, None)
+        landing.set()
+
+    async def landed(self, key: str) -> None:
+        """Wait until this node's puts of `key` committed so far are kept here too."""
+        for landing in list(self._landing.get(key, ())):
+            await landing.wait()
+
     async def _get_current(self, key: str, authority: ObjectAuthority) -> tuple[memoryview, int]:
-        info = await authority.current(key)
-        with contextlib.suppress(NotFound):
-            value, version = await self.get_local(key)
-            if version == info.version:
-                return value, version
-        await self._fetch(key, info, authority)
-        return await self.get_local(key)
+        for _ in range(_RACE_RETRIES):
+            info = await authority.current(key)
+            with contextlib.suppress(NotFound):
+                value, version = await self.get_local(key)
+                if version >= info.version:
+                    return value, version
+            if key in self._landing:  # written here a moment ago: its copy is landing
+                await self.landed(key)
+                continue
+            try:
+                await self._fetch(key, info, authority)
+            except Unavailable:
+                # Overwritten while we fetched (its holders moved on): read the new one.
+                if (await authority.current(key)).version == info.version:
+                    raise
+                continue
+            return await self.get_local(key)
+        raise StorageError(f"object {key!r} kept changing while being read")
 
     async def _fetch(self, key: str, info: ObjectInfo, authority: ObjectAuthority) -> None:
         """Copy version `info.version` of `key` from a holder and keep it here."""

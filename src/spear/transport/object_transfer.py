@@ -163,6 +163,11 @@ class ObjectTransferServer:
 
     async def _send(self, key: str, version: int, writer: asyncio.StreamWriter) -> None:
         value, size, held = await self._store.open_local(key)
+        if version and held < version:  # committed here a moment ago: its copy is landing
+            if not isinstance(value, bytes):
+                value.close()
+            await self._store.landed(key)
+            value, size, held = await self._store.open_local(key)
         try:
             if version and held != version:
                 raise Unavailable(f"this node holds version {held} of {key!r}, not {version}")

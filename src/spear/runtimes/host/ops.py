@@ -40,6 +40,7 @@ from typing import TYPE_CHECKING, Any
 import anyio
 import anyio.to_thread
 
+from spear._logging import logger
 from spear.core.streams import (
     POLLNVAL,
     MessageTooLarge,
@@ -96,6 +97,7 @@ def translate(exc: SpearError, specific: ErrnoTable = ()) -> HostError:
     for kind, err in (*specific, *_ERRNOS):
         if isinstance(exc, kind):
             return HostError(err, str(exc))
+    logger.warning("a host operation failed: {}", exc)  # (the agent sees only EIO)
     return HostError(errno.EIO, str(exc))
 
 
