@@ -333,8 +333,11 @@ class ObjectTransferClient:
         return int(answer["version"])
 
     async def aclose(self) -> None:
-        for pool in self._idle.values():
-            for _, writer in pool:
-                writer.close()
+        writers = [writer for pool in self._idle.values() for _, writer in pool]
         self._idle.clear()
-        await anyio.lowlevel.checkpoint()
+        for writer in writers:
+            writer.close()
+        with anyio.move_on_after(1.0):  # (TLS needs a few loop turns to close its socket)
+            for writer in writers:
+                with contextlib.suppress(Exception):
+                    await writer.wait_closed()
