@@ -101,7 +101,9 @@ def test_of_same_version_writers_on_different_nodes_exactly_one_wins(
         async def write(address: str, value: bytes) -> None:
             async with Client(address, credentials=cluster_credentials()) as c:
                 try:
-                    outcomes.append(await c.put_object("shared", value, expected_version=first.version))
+                    outcomes.append(
+                        await c.put_object("shared", value, expected_version=first.version)
+                    )
                 except Conflict as exc:
                     outcomes.append(exc)
 
