@@ -8,7 +8,6 @@ from __future__ import annotations
 import os
 import signal
 import threading
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import anyio
@@ -22,6 +21,8 @@ from spear.node.client import Client
 from spear.transport.object_transfer import ObjectTransferClient
 
 if TYPE_CHECKING:
+    from pathlib import Path
+
     from spear.node.local_cluster import LocalCluster
 
 pytestmark = pytest.mark.slow
@@ -192,18 +193,15 @@ def test_a_holder_killed_mid_transfer_leaves_nothing_half_written(
     n1, n2 = addresses(cluster)
     on(n2, lambda c: c.put_object("big", b"z"))
     address = transfer_address(cluster, "node-2", "big")
-    size = 512 * MiB
-    payload = memoryview(bytearray(size))
 
     async def put_big() -> None:
         client = ObjectTransferClient(cluster_credentials())
         try:
-            await client.put(address, "big", payload)
+            await client.put(address, "big", bytearray(512 * MiB))
         finally:
             await client.aclose()
 
     anyio.run(put_big)
-    del payload
     objects = cluster.member("node-1").data_dir / "objects"
     outcome: list[Any] = []
 
