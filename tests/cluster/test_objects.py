@@ -226,3 +226,47 @@ def test_a_holder_killed_mid_transfer_leaves_nothing_half_written(
     assert_eventually(lambda: not any(p.is_file() for p in objects.rglob("*")), timeout=10)
     with pytest.raises(Unavailable):
         on(n1, lambda c: c.get_object("big"))
+
+
+def _status_kib(pid: int, field: str) -> int:
+    for line in open(f"/proc/{pid}/status").read().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1])
+    raise AssertionError(f"no {field} in /proc/{pid}/status")
+
+
+def test_a_gib_crosses_nodes_with_bounded_memory(make_cluster: Any, tmp_path: Path) -> None:
+    cluster = make_cluster(nodes=2)
+    n1, n2 = addresses(cluster)
+    on(n1, lambda c: c.put_object("here/1", b"x"))
+    on(n2, lambda c: c.put_object("here/2", b"x"))
+    t1, t2 = (
+        transfer_address(cluster, "node-1", "here/1"),
+        transfer_address(cluster, "node-2", "here/2"),
+    )
+    source = tmp_path / "gib"
+    with open(source, "wb") as f:
+        f.truncate(1024 * MiB)  # sparse: nothing in this process's memory
+    pid1, pid2 = cluster.member("node-1").pid, cluster.member("node-2").pid
+
+    async def move() -> tuple[int, int]:
+        client = ObjectTransferClient(cluster_credentials())
+        try:
+            await client.put_file(t2, "gib", source)
+            return await client.prefetch(t1, "gib")  # node-1 pulls it from node-2
+        finally:
+            await client.aclose()
+
+    before = {
+        pid: max(_status_kib(pid, "VmHWM"), _status_kib(pid, "VmRSS")) for pid in (pid1, pid2)
+    }
+    version, size = anyio.run(move)
+    assert size == 1024 * MiB
+    for pid in (pid1, pid2):  # chunks, never the whole value: peak RSS grew by little
+        grown = _status_kib(pid, "VmHWM") - before[pid]
+        assert grown < 64 * 1024, f"process {pid} peak RSS grew by {grown} KiB"
+    held = [p for p in (cluster.member("node-1").data_dir / "objects").rglob("*") if p.is_file()]
+    assert [p.stat().st_size for p in held] == [1024 * MiB]
+    assert sms_call(cluster.sms.address, "lookup_object", "gib").holder_names() == (
+        "node-1", "node-2",
+    )  # fmt: skip

@@ -3,10 +3,13 @@ their own, not as protobuf messages through a pure-Python HTTP/2 stack (docs/obj
 
 One request per exchange, many exchanges per connection. A request is one line of JSON:
 
-    {"op": "get", "key": K, "version": V, "token": T?}            V = 0: whatever is held
+    {"op": "get", "key": K, "version": V, "body": B?, "token": T?}
     {"op": "put", "key": K, "size": N, "expected_version": E?, "token": T?}  + N bytes
 
-and the answer one line of JSON, `{"ok": true, "version": V, "size": N}` (a get's N bytes
+A get of version V > 0 (a node fetching a copy) is served only from this node's copy of V;
+V = 0 (a client) reads the current version as any get on this node does, fetching it from
+a holder first if need be; `"body": false` answers with the header only (a prefetch).
+The answer is one line of JSON, `{"ok": true, "version": V, "size": N}` (a get's N bytes
 follow), or `{"ok": false, "code": C, "message": M}` (spear's error codes). The value is
 sent from its file with the kernel's `sendfile` on plain TCP (chunks through TLS when the
 cluster has TLS) and received in chunks into a new file, so memory stays bounded whatever
@@ -21,7 +24,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, BinaryIO
 
 import anyio
 import orjson
@@ -144,7 +147,10 @@ class ObjectTransferServer:
         key = request["key"]
         if op == "get":
             self._check(request, writer, Role.READER)
-            await self._send(key, int(request.get("version") or 0), writer)
+            version = int(request.get("version") or 0)
+            if not version:
+                await self._store.get(key)  # the current version, held here from now on
+            await self._send(key, version, writer, body=request.get("body", True) is not False)
         elif op == "put":
             size = int(request["size"])
             try:
@@ -161,7 +167,9 @@ class ObjectTransferServer:
         else:
             raise InvalidArgument(f"unknown object transfer operation {op!r}")
 
-    async def _send(self, key: str, version: int, writer: asyncio.StreamWriter) -> None:
+    async def _send(
+        self, key: str, version: int, writer: asyncio.StreamWriter, *, body: bool = True
+    ) -> None:
         value, size, held = await self._store.open_local(key)
         if version and held < version:  # committed here a moment ago: its copy is landing
             if not isinstance(value, bytes):
@@ -172,7 +180,9 @@ class ObjectTransferServer:
             if version and held != version:
                 raise Unavailable(f"this node holds version {held} of {key!r}, not {version}")
             writer.write(orjson.dumps({"ok": True, "version": held, "size": size}) + b"\n")
-            if isinstance(value, bytes):
+            if not body:
+                await writer.drain()
+            elif isinstance(value, bytes):
                 writer.write(value)
                 await writer.drain()
             else:
@@ -260,7 +270,7 @@ class ObjectTransferClient:
         self._idle.setdefault(address, []).append(conn)
 
     async def _request(
-        self, address: str, request: dict[str, Any], body: memoryview | None = None
+        self, address: str, request: dict[str, Any], body: memoryview | BinaryIO | None = None
     ) -> tuple[tuple[asyncio.StreamReader, asyncio.StreamWriter], dict[str, Any]]:
         if self._credentials.token:
             request["token"] = self._credentials.token
@@ -268,11 +278,13 @@ class ObjectTransferClient:
         reader, writer = conn
         try:
             writer.write(orjson.dumps(request) + b"\n")
-            if body is not None:
+            if isinstance(body, memoryview):
                 for start in range(0, len(body), CHUNK):
                     writer.write(body[start : start + CHUNK])
                     await writer.drain()
             await writer.drain()
+            if body is not None and not isinstance(body, memoryview):
+                await asyncio.get_running_loop().sendfile(writer.transport, body)
             line = await asyncio.wait_for(reader.readline(), _TIMEOUT_S)
             if not line:
                 raise Unavailable(f"the object transfer service at {address} closed the connection")
@@ -319,6 +331,28 @@ class ObjectTransferClient:
             raise
         self._release(address, conn)
         return data, int(answer["version"])
+
+    async def prefetch(self, address: str, key: str) -> tuple[int, int]:
+        """Make the node at `address` hold the current version of `key` (fetching it from
+        a holder if need be) without sending it here; (version, size)."""
+        request = {"op": "get", "key": key, "version": 0, "body": False}
+        conn, answer = await self._request(address, request)
+        self._release(address, conn)
+        return int(answer["version"]), int(answer["size"])
+
+    async def put_file(
+        self, address: str, key: str, source: Path, expected_version: int | None = None
+    ) -> int:
+        """Write the file `source` under `key` at the node at `address` (sent with the
+        kernel's sendfile on plain TCP); the new version."""
+        with open(source, "rb") as f:  # noqa: ASYNC230 - opening is short
+            size = os.fstat(f.fileno()).st_size
+            request: dict[str, Any] = {"op": "put", "key": key, "size": size}
+            if expected_version is not None:
+                request["expected_version"] = expected_version
+            conn, answer = await self._request(address, request, f)
+        self._release(address, conn)
+        return int(answer["version"])
 
     async def put(
         self, address: str, key: str, value: bytes | memoryview, expected_version: int | None = None
