@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 import signal
 import threading
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import anyio
@@ -21,8 +22,6 @@ from spear.node.client import Client
 from spear.transport.object_transfer import ObjectTransferClient
 
 if TYPE_CHECKING:
-    from pathlib import Path
-
     from spear.node.local_cluster import LocalCluster
 
 pytestmark = pytest.mark.slow
@@ -229,7 +228,7 @@ def test_a_holder_killed_mid_transfer_leaves_nothing_half_written(
 
 
 def _status_kib(pid: int, field: str) -> int:
-    for line in open(f"/proc/{pid}/status").read().splitlines():
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith(field + ":"):
             return int(line.split()[1])
     raise AssertionError(f"no {field} in /proc/{pid}/status")
