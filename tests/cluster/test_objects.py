@@ -269,3 +269,39 @@ def test_a_gib_crosses_nodes_with_bounded_memory(make_cluster: Any, tmp_path: Pa
     assert sms_call(cluster.sms.address, "lookup_object", "gib").holder_names() == (
         "node-1", "node-2",
     )  # fmt: skip
+
+
+def test_a_restarted_holder_announces_what_it_holds(make_cluster: Any) -> None:
+    cluster = make_cluster(nodes=2)
+    n1 = cluster.member("node-1").address
+    on(cluster.member("node-2").address, lambda c: c.put_object("kept", b"k" * 10000))
+    before = transfer_address(cluster, "node-2", "kept")
+    cluster.stop_member(cluster.member("node-2"), signal.SIGKILL)
+    cluster.start_node(2)  # a new transfer port; the SMS hears of it when node-2 registers
+    cluster.wait_registered()
+    assert_eventually(lambda: transfer_address(cluster, "node-2", "kept") != before, timeout=20)
+    data, _ = on(n1, lambda c: c.get_object("kept"))
+    assert data == b"k" * 10000
+
+
+def test_gc_is_cluster_wide(make_cluster: Any) -> None:
+    quick_gc = {"object_gc_grace_s": 1.0, "object_gc_interval_s": 0.3}
+    cluster = make_cluster(nodes=2, node_settings={"node-1": quick_gc, "node-2": quick_gc})
+    n1, n2 = addresses(cluster)
+    on(n2, lambda c: c.put_object("pinned", b"p" * 10000))
+    on(n1, lambda c: c.pin_object("pinned"))
+    on(n2, lambda c: c.put_object("old", b"o" * 10000))
+    on(n1, lambda c: c.get_object("old"))  # node-1 holds a copy too
+
+    def files(node: str) -> int:
+        return sum(p.is_file() for p in (cluster.member(node).data_dir / "objects").rglob("*"))
+
+    def gone() -> bool:
+        try:
+            on(n1, lambda c: c.get_object("old"))
+        except NotFound:
+            return files("node-1") == 0 and files("node-2") == 1
+        return False
+
+    assert_eventually(gone, timeout=20, interval=0.2)
+    assert on(n1, lambda c: c.get_object("pinned"))[0] == b"p" * 10000
