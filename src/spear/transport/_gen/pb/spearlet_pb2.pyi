@@ -267,7 +267,7 @@ class GetNodeInfoRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class NodeInfo(_message.Message):
-    __slots__ = ("name", "state", "address", "version", "wasmtime_version", "capacity", "free", "running_tasks", "runtimes", "started_at", "data_dir", "pid", "max_message_bytes")
+    __slots__ = ("name", "state", "address", "version", "wasmtime_version", "capacity", "free", "running_tasks", "runtimes", "started_at", "data_dir", "pid", "max_message_bytes", "object_transfer_address")
     NAME_FIELD_NUMBER: _ClassVar[int]
     STATE_FIELD_NUMBER: _ClassVar[int]
     ADDRESS_FIELD_NUMBER: _ClassVar[int]
@@ -281,6 +281,7 @@ class NodeInfo(_message.Message):
     DATA_DIR_FIELD_NUMBER: _ClassVar[int]
     PID_FIELD_NUMBER: _ClassVar[int]
     MAX_MESSAGE_BYTES_FIELD_NUMBER: _ClassVar[int]
+    OBJECT_TRANSFER_ADDRESS_FIELD_NUMBER: _ClassVar[int]
     name: str
     state: str
     address: str
@@ -294,7 +295,8 @@ class NodeInfo(_message.Message):
     data_dir: str
     pid: int
     max_message_bytes: int
-    def __init__(self, name: _Optional[str] = ..., state: _Optional[str] = ..., address: _Optional[str] = ..., version: _Optional[str] = ..., wasmtime_version: _Optional[str] = ..., capacity: _Optional[_Union[Resources, _Mapping]] = ..., free: _Optional[_Union[Resources, _Mapping]] = ..., running_tasks: _Optional[int] = ..., runtimes: _Optional[_Iterable[str]] = ..., started_at: _Optional[float] = ..., data_dir: _Optional[str] = ..., pid: _Optional[int] = ..., max_message_bytes: _Optional[int] = ...) -> None: ...
+    object_transfer_address: str
+    def __init__(self, name: _Optional[str] = ..., state: _Optional[str] = ..., address: _Optional[str] = ..., version: _Optional[str] = ..., wasmtime_version: _Optional[str] = ..., capacity: _Optional[_Union[Resources, _Mapping]] = ..., free: _Optional[_Union[Resources, _Mapping]] = ..., running_tasks: _Optional[int] = ..., runtimes: _Optional[_Iterable[str]] = ..., started_at: _Optional[float] = ..., data_dir: _Optional[str] = ..., pid: _Optional[int] = ..., max_message_bytes: _Optional[int] = ..., object_transfer_address: _Optional[str] = ...) -> None: ...
 
 class ObjectInfo(_message.Message):
     __slots__ = ("key", "version", "size", "refs", "pinned", "locations")

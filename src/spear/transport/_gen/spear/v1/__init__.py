@@ -796,6 +796,11 @@ class NodeInfo(betterproto2.Message):
 
     max_message_bytes: "int" = betterproto2.field(13, betterproto2.TYPE_UINT64)
 
+    object_transfer_address: "str" = betterproto2.field(14, betterproto2.TYPE_STRING)
+    """
+    in a cluster (docs/objects.md)
+    """
+
 
 default_message_pool.register_message("spear.v1", "NodeInfo", NodeInfo)
 
