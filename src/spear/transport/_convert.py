@@ -188,6 +188,7 @@ def node_to_wire(info: NodeInfo) -> v1.NodeInfo:
         data_dir=info.data_dir,
         pid=info.pid,
         max_message_bytes=info.max_message_bytes,
+        object_transfer_address=info.object_transfer_address,
     )
 
 
@@ -206,6 +207,7 @@ def node_from_wire(info: v1.NodeInfo) -> NodeInfo:
         data_dir=info.data_dir,
         pid=info.pid,
         max_message_bytes=info.max_message_bytes,
+        object_transfer_address=info.object_transfer_address,
     )
 
 
