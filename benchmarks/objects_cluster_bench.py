@@ -161,11 +161,11 @@ async def _one_gib(n1: str, n3: str, credentials: Any, pid1: int, directory: Pat
     }
 
 
-def _counter(cluster: Any, tasks: int) -> dict[str, Any]:
+def _counter(cluster: Any, tasks: int, directory: Path) -> dict[str, Any]:
     from spear.core.models import FunctionSpec
     from spear.node.client import Client
 
-    module = build_c(ROOT / "examples" / "counter" / "counter.c")
+    module = build_c(ROOT / "examples" / "counter" / "counter.c", directory / "counter.wasm")
 
     async def go() -> dict[str, Any]:
         clients = [Client(m.address, credentials=cluster.credentials()) for m in cluster.members]
@@ -214,7 +214,7 @@ def spear_side(quick: bool, counter: bool) -> dict[str, Any]:
             pid1 = cluster.member("node-1").pid
             out["1GiB across nodes"] = anyio.run(_one_gib, n1, n3, credentials, pid1, directory)
             if counter:
-                out["counter"] = _counter(cluster, 60)
+                out["counter"] = _counter(cluster, 60, directory)
         return out
 
 

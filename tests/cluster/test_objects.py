@@ -17,9 +17,11 @@ from conftest import ROOT, build_c, build_wat
 from helpers import assert_eventually, cluster_credentials, make_cluster, sms_call, spear
 
 from spear.core.models import FunctionSpec, TaskState
-from spear.errors import Conflict, NotFound, Unavailable
+from spear.errors import Conflict, NotFound, PermissionDenied, Unavailable
 from spear.node.client import Client
+from spear.transport.channels import Credentials
 from spear.transport.object_transfer import ObjectTransferClient
+from spear.transport.tls import TlsFiles
 
 if TYPE_CHECKING:
     from spear.node.local_cluster import LocalCluster
@@ -55,6 +57,12 @@ def transfer_address(cluster: LocalCluster, node: str, key: str) -> str:
     assert cluster.sms is not None
     record = sms_call(cluster.sms.address, "lookup_object", key)
     return next(h.address for h in record.holders if h.node == node)
+
+
+def holders(cluster: LocalCluster, key: str) -> tuple[str, ...]:
+    assert cluster.sms is not None
+    names: tuple[str, ...] = sms_call(cluster.sms.address, "lookup_object", key).holder_names()
+    return names
 
 
 @BACKENDS
@@ -150,15 +158,12 @@ def test_a_cached_copy_is_replaced_after_an_overwrite_elsewhere(
     on(n1, lambda c: c.put_object("doc", b"first" * 2000))  # (a file, not inline)
     data, first = on(n2, lambda c: c.get_object("doc"))
     assert data == b"first" * 2000
-    assert sms_call(cluster.sms.address, "lookup_object", "doc").holder_names() == (
-        "node-1", "node-2",
-    )  # fmt: skip
+    assert_eventually(lambda: holders(cluster, "doc") == ("node-1", "node-2"))
     on(n3, lambda c: c.put_object("doc", b"second"))
     data, second = on(n2, lambda c: c.get_object("doc"))
     assert data == b"second" and second.version > first.version
     # The overwrite made node-3 the only holder; node-2 now holds it again.
-    holders = sms_call(cluster.sms.address, "lookup_object", "doc").holder_names()
-    assert holders == ("node-2", "node-3")
+    assert_eventually(lambda: holders(cluster, "doc") == ("node-2", "node-3"))
 
 
 def test_refs_pins_and_delete_are_cluster_wide(make_cluster: Any) -> None:
@@ -266,9 +271,7 @@ def test_a_gib_crosses_nodes_with_bounded_memory(make_cluster: Any, tmp_path: Pa
         assert grown < 64 * 1024, f"process {pid} peak RSS grew by {grown} KiB"
     held = [p for p in (cluster.member("node-1").data_dir / "objects").rglob("*") if p.is_file()]
     assert [p.stat().st_size for p in held] == [1024 * MiB]
-    assert sms_call(cluster.sms.address, "lookup_object", "gib").holder_names() == (
-        "node-1", "node-2",
-    )  # fmt: skip
+    assert_eventually(lambda: holders(cluster, "gib") == ("node-1", "node-2"))
 
 
 def test_a_restarted_holder_announces_what_it_holds(make_cluster: Any) -> None:
@@ -305,3 +308,51 @@ def test_gc_is_cluster_wide(make_cluster: Any) -> None:
 
     assert_eventually(gone, timeout=20, interval=0.2)
     assert on(n1, lambda c: c.get_object("pinned"))[0] == b"p" * 10000
+
+
+def test_the_cli_moves_bytes_over_the_transfer_service(make_cluster: Any, tmp_path: Path) -> None:
+    cluster = make_cluster(nodes=2)
+    n1, n2 = addresses(cluster)
+    source = tmp_path / "in.bin"
+    source.write_bytes(os.urandom(3 * MiB))
+    put = spear("obj", "put", "--node", n1, "blob", str(source))
+    assert put.returncode == 0 and "on node-1" in put.stdout, put.stderr
+    out = tmp_path / "out.bin"
+    got = spear("obj", "get", "--node", n2, "blob", "-o", str(out))
+    assert got.returncode == 0, got.stderr
+    assert out.read_bytes() == source.read_bytes()
+    listed = spear("obj", "ls", "--node", n2, "blob")
+    assert "on node-1,node-2" in listed.stdout, listed.stdout
+    stale = spear("obj", "put", "--node", n2, "blob", str(source), "--if-version", "1")
+    assert stale.returncode == 69 and "Traceback" not in stale.stderr, stale.stderr
+
+
+def test_the_transfer_service_refuses_callers_without_credentials(
+    make_cluster: Any, tmp_path: Path
+) -> None:
+    cluster = make_cluster(nodes=1)
+    n1 = cluster.member("node-1").address
+    on(n1, lambda c: c.put_object("secret", b"s"))
+    address = transfer_address(cluster, "node-1", "secret")
+    ca_only = tmp_path / "ca-only"
+    ca_only.mkdir()
+    ca = cluster_credentials().tls
+    assert ca is not None
+    (ca_only / "ca.crt").write_bytes((ca.directory / "ca.crt").read_bytes())
+
+    async def get(credentials: Credentials) -> Any:
+        client = ObjectTransferClient(credentials)
+        try:
+            return await client.get(address, "secret")
+        finally:
+            await client.aclose()
+
+    with pytest.raises(PermissionDenied, match="requires a token or certificate"):
+        anyio.run(get, Credentials(tls=TlsFiles(ca_only)))
+    with pytest.raises(PermissionDenied, match="not accepted"):
+        anyio.run(get, Credentials(token="spear_nope", tls=TlsFiles(ca_only)))
+    owner = (cluster.member("node-1").data_dir / "auth" / "owner.token").read_text().strip()
+    data, _ = anyio.run(get, Credentials(token=owner, tls=TlsFiles(ca_only)))
+    assert data == b"s"
+    with pytest.raises(Unavailable):  # plaintext to a TLS port: no answer it could trust
+        anyio.run(get, Credentials())

@@ -9,6 +9,7 @@ store (CLI and gRPC puts, WASM hostcalls, the Python SDK, task results) goes thr
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 from collections import OrderedDict
 from typing import TYPE_CHECKING
@@ -44,6 +45,7 @@ class ClusterObjects:
         self.address = address
         self._transfer = transfer
         self._records: OrderedDict[str, ObjectRecord] = OrderedDict()
+        self._holding: set[asyncio.Task[None]] = set()
 
     async def commit(self, key: str, size: int, expected_version: int | None) -> int:
         record = await self._sms.commit_object(key, self.node, self.address, size, expected_version)
@@ -80,7 +82,17 @@ class ClusterObjects:
         )
 
     async def hold(self, key: str, version: int) -> None:
-        await self._sms.hold_object(key, self.node, self.address, version)
+        """Entered in the background: the reader need not wait a round trip for it (until
+        it is, other nodes fetch from the holders they know)."""
+        task = asyncio.get_running_loop().create_task(self._hold(key, version))
+        self._holding.add(task)
+        task.add_done_callback(self._holding.discard)
+
+    async def _hold(self, key: str, version: int) -> None:
+        try:
+            await self._sms.hold_object(key, self.node, self.address, version)
+        except SpearError as exc:  # (a cache nobody hears of is still a cache)
+            logger.debug("copy of {} not entered in the index: {}", key, exc)
 
     async def change(
         self, key: str, change: str, count: int = 1, expected_version: int | None = None
