@@ -15,6 +15,7 @@ import anyio
 import pytest
 from conftest import ROOT, build_c, build_wat
 from helpers import assert_eventually, cluster_credentials, make_cluster, sms_call, spear
+from test_scheduling import HELLO_WAT, on
 
 from spear.core.models import FunctionSpec, TaskState
 from spear.errors import Conflict, NotFound, PermissionDenied, Unavailable
@@ -30,22 +31,6 @@ pytestmark = pytest.mark.slow
 
 MiB = 1024 * 1024
 BACKENDS = pytest.mark.parametrize("etcd", [False, True], ids=["leveldb", "etcd"])
-
-HELLO_WAT = """(module
-  (import "wasi_snapshot_preview1" "fd_write" (func $w (param i32 i32 i32 i32) (result i32)))
-  (memory (export "memory") 1)
-  (data (i32.const 16) "hello from afar\\n")
-  (func (export "_start")
-    (i32.store (i32.const 0) (i32.const 16)) (i32.store (i32.const 4) (i32.const 16))
-    (drop (call $w (i32.const 1) (i32.const 0) (i32.const 1) (i32.const 8)))))"""
-
-
-def on(address: str, fn: Any) -> Any:
-    async def main() -> Any:
-        async with Client(address, credentials=cluster_credentials()) as client:
-            return await fn(client)
-
-    return anyio.run(main)
 
 
 def addresses(cluster: LocalCluster) -> list[str]:

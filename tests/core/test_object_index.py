@@ -1,46 +1,20 @@
 """The SMS's object index (core/object_index.py) on LevelDB and a real etcd: versions by
 compare-and-swap, holders per version, lifecycle changes, announce and collect."""
+# ruff: noqa: F811  (the kv fixture imported from test_sms.py is used as an argument)
 
 from __future__ import annotations
 
-import secrets
 from typing import TYPE_CHECKING
 
 import anyio
 import pytest
+from test_sms import Clock, kv  # noqa: F401 - the KV fixture (LevelDB and etcd), the clock
 
 from spear.core.object_index import ObjectIndex
 from spear.errors import Conflict, InvalidArgument, NotFound
-from spear.store.etcd import EtcdKV
-from spear.store.leveldb import LevelDBKV
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator
-    from pathlib import Path
-
     from spear.store.kv import KV
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1_000_000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
-@pytest.fixture(params=["leveldb", "etcd"])
-async def kv(
-    request: pytest.FixtureRequest, tmp_path: Path, etcd_endpoint: str
-) -> AsyncIterator[KV]:
-    if request.param == "leveldb":
-        store: KV = LevelDBKV.open(str(tmp_path / "sms.ldb"))
-    else:
-        store = await EtcdKV.connect([etcd_endpoint], namespace=f"idx-{secrets.token_hex(4)}/")
-    try:
-        yield store
-    finally:
-        await store.aclose()
 
 
 async def test_a_commit_is_a_compare_and_swap_and_names_its_writer(kv: KV) -> None:
