@@ -130,6 +130,9 @@ class Settings:
     token: str | None = dataclasses.field(default=None, repr=False)
     tls_dir: Path | None = None
     insecure: bool = False
+    # The object transfer service between members (docs/objects.md): false sends object
+    # bytes in the clear once the two members authenticated each other by mutual TLS.
+    object_transfer_encrypt: bool = True
     extra: Mapping[str, Any] = dataclasses.field(default_factory=dict)
 
     def __post_init__(self) -> None:

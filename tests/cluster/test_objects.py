@@ -341,3 +341,40 @@ def test_the_transfer_service_refuses_callers_without_credentials(
     assert data == b"s"
     with pytest.raises(Unavailable):  # plaintext to a TLS port: no answer it could trust
         anyio.run(get, Credentials())
+
+
+def test_members_may_move_bytes_in_the_clear_after_mutual_tls(
+    make_cluster: Any, tmp_path: Path
+) -> None:
+    clear = {"object_transfer_encrypt": False}
+    cluster = make_cluster(nodes=2, node_settings={"node-1": clear, "node-2": clear})
+    n1, n2 = addresses(cluster)
+    value = os.urandom(3 * MiB)
+
+    async def put(c: Client) -> Any:
+        return await c.put_object("clear", value)
+
+    on(n2, put)
+    data, _ = on(n1, lambda c: c.get_object("clear"))  # node-1 pulled it from node-2
+    assert data == value
+    address = transfer_address(cluster, "node-1", "clear")
+
+    async def get(encrypt: bool) -> Any:
+        client = ObjectTransferClient(cluster_credentials(), encrypt=encrypt)
+        try:
+            return await client.get(address, "clear")
+        finally:
+            await client.aclose()
+
+    assert anyio.run(get, False)[0] == value  # a member asks for the clear: allowed
+    assert anyio.run(get, True)[0] == value
+    owner = (cluster.member("node-1").data_dir / "auth" / "owner.token").read_text().strip()
+    ca_only = tmp_path / "ca-only"
+    ca_only.mkdir()
+    tls = cluster_credentials().tls
+    assert tls is not None
+    (ca_only / "ca.crt").write_bytes((tls.directory / "ca.crt").read_bytes())
+    token_user = ObjectTransferClient(
+        Credentials(token=owner, tls=TlsFiles(ca_only)), encrypt=False
+    )
+    assert not token_user._plain  # a token is never sent in the clear

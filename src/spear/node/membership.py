@@ -149,7 +149,13 @@ async def sharing_node_objects(
     credentials = Credentials(tls=TlsFiles(settings.tls_files_dir))
     security = Security.for_settings(settings)
     async with sharing_objects(
-        store, api.cluster, api.node.name, host, security, credentials
+        store,
+        api.cluster,
+        api.node.name,
+        host,
+        security,
+        credentials,
+        encrypt=settings.object_transfer_encrypt,
     ) as authority:
         if authority is not None and store is not None:
             registered = controller.on_registered

@@ -131,6 +131,8 @@ async def sharing_objects(
     host: str,
     security: Security,
     credentials: Credentials,
+    *,
+    encrypt: bool = True,
 ) -> AsyncIterator[ClusterObjects | None]:
     """While inside, `store` is part of the cluster's object space: its copies served on
     `host` (a port of its own), its versions decided by the SMS."""
@@ -140,8 +142,8 @@ async def sharing_objects(
     from spear.transport.object_transfer import ObjectTransferClient, ObjectTransferServer
     from spear.transport.serving import format_address
 
-    server = ObjectTransferServer(store, security)
-    transfer = ObjectTransferClient(credentials)
+    server = ObjectTransferServer(store, security, allow_plain=not encrypt)
+    transfer = ObjectTransferClient(credentials, encrypt=encrypt)
     address = await server.start(format_address(host, 0))
     authority = ClusterObjects(sms, node, address, transfer)
     store.authority = authority

@@ -70,10 +70,11 @@ _limiter = anyio.CapacityLimiter(16)  # client transfers at once, per process
 class _Connection:
     """A blocking socket (TLS or not) with a buffered reader, for one side of a transfer."""
 
-    def __init__(self, sock: socket.socket) -> None:
+    def __init__(self, sock: socket.socket, *, tls: bool, peer: str | None = None) -> None:
         self.sock = sock
         self.rfile = sock.makefile("rb", buffering=CHUNK)
-        self.tls = hasattr(sock, "getpeercert")
+        self.tls = tls  # (an unwrapped SSLSocket still has getpeercert: say it plainly)
+        self.peer = peer  # the member's name from its certificate, on a server
 
     def send_line(self, message: dict[str, Any]) -> None:
         self.sock.sendall(orjson.dumps(message) + b"\n")
@@ -154,10 +155,8 @@ class _Connection:
             self.sock.close()
 
 
-def _peer_name(conn: _Connection) -> str | None:
-    if not conn.tls:
-        return None
-    cert = conn.sock.getpeercert()  # type: ignore[attr-defined]
+def _certificate_name(sock: Any) -> str | None:
+    cert = sock.getpeercert()
     for rdn in (cert or {}).get("subject", ()):
         for key, value in rdn:
             if key == "commonName":
@@ -168,9 +167,14 @@ def _peer_name(conn: _Connection) -> str | None:
 class ObjectTransferServer:
     """Serves the node's object store on a port of its own; a thread per connection."""
 
-    def __init__(self, store: ObjectStore, security: Security) -> None:
+    def __init__(
+        self, store: ObjectStore, security: Security, *, allow_plain: bool = False
+    ) -> None:
+        """`allow_plain`: a member may ask for the bytes in the clear after the TLS handshake
+        authenticated it (setting object_transfer_encrypt = false)."""
         self._store = store
         self._security = security
+        self._allow_plain = allow_plain
         self._ssl: ssl.SSLContext | None = None
         self._listener: socket.socket | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -226,7 +230,7 @@ class ObjectTransferServer:
 
     def _check(self, request: dict[str, Any], conn: _Connection, need: Role) -> None:
         authorizer = self._security.authorizer
-        if authorizer is None or _peer_name(conn) is not None:
+        if authorizer is None or conn.peer is not None:
             return  # open (tests, benchmarks), or a member (certificate checked by the CA)
         token = request.get("token")
         if not isinstance(token, str):
@@ -249,7 +253,8 @@ class ObjectTransferServer:
         except OSError:
             sock.close()
             return
-        conn = _Connection(sock)
+        tls = self._ssl is not None
+        conn = _Connection(sock, tls=tls, peer=_certificate_name(sock) if tls else None)
         with self._lock:
             self._open.add(conn)
         try:
@@ -261,6 +266,9 @@ class ObjectTransferServer:
                     return
                 if request is None:
                     return
+                if request.get("op") == "plain":
+                    conn = self._unwrap(conn)
+                    continue
                 try:
                     self._exchange(request, conn)
                 except SpearError as exc:
@@ -276,6 +284,18 @@ class ObjectTransferServer:
             with self._lock:
                 self._open.discard(conn)
             conn.close()
+
+    def _unwrap(self, conn: _Connection) -> _Connection:
+        """The rest of the connection in the clear, for a member (certificate) only."""
+        if not (self._allow_plain and conn.tls and conn.peer is not None):
+            conn.send_line({"ok": False, "code": "denied", "message": "bytes stay encrypted"})
+            return conn
+        conn.send_line({"ok": True})
+        plain = _Connection(conn.sock.unwrap(), tls=False, peer=conn.peer)  # type: ignore[attr-defined]
+        with self._lock:
+            self._open.discard(conn)
+            self._open.add(plain)
+        return plain
 
     def _exchange(self, request: dict[str, Any], conn: _Connection) -> None:
         op, key = request["op"], request["key"]
@@ -332,8 +352,11 @@ class ObjectTransferServer:
 class ObjectTransferClient:
     """Gets and puts objects at nodes' transfer services, reusing idle connections."""
 
-    def __init__(self, credentials: Credentials) -> None:
+    def __init__(self, credentials: Credentials, *, encrypt: bool = True) -> None:
+        """`encrypt` false: a member (presenting its certificate) asks nodes for the bytes
+        in the clear after the handshake; nodes that do not allow it keep TLS."""
         self._credentials = credentials
+        self._plain = not encrypt and credentials.tls is not None and credentials.tls.present
         self._ssl: ssl.SSLContext | None = credentials.ssl_context()
         if self._ssl is not None:
             self._ssl.set_alpn_protocols(_ALPN)
@@ -358,11 +381,17 @@ class ObjectTransferClient:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             if self._ssl is not None:
                 sock = self._ssl.wrap_socket(sock, server_hostname=host)
-        except OSError as exc:
+            conn = _Connection(sock, tls=self._ssl is not None)
+            if self._plain and conn.tls:
+                conn.send_line({"op": "plain"})
+                answer = conn.read_line()
+                if answer is not None and answer.get("ok"):
+                    conn = _Connection(sock.unwrap(), tls=False)  # type: ignore[attr-defined]
+        except (OSError, ValueError) as exc:
             raise Unavailable(
                 f"cannot reach the object transfer service at {address}: {exc}"
             ) from None
-        return _Connection(sock), False
+        return conn, False
 
     def _release(self, address: str, conn: _Connection) -> None:
         with self._lock:
