@@ -17,6 +17,8 @@ SMS (LevelDB) and three SPEARlets with the cluster's TLS, and `ray.cluster_utils
 - 1 GiB across nodes: written to node-3 from a sparse file, then node-1 pulls it
   (prefetch: no client copy); throughput and node-1's peak RSS growth.
 - `--counter`: examples/counter as 60 tasks over the 3 nodes; the final value.
+- `--clear`: spear once more with `object_transfer_encrypt = false` (members move bytes in
+  the clear after mutual TLS, as Ray moves them with no TLS at all).
 
 spear's data dirs are on tmpfs (/dev/shm) as Ray's object store is: this machine's disk
 writes about 130 MB/s, which a disk-backed run would measure instead.
@@ -38,6 +40,7 @@ from benchmarks.common import ROOT, build_c, standalone, summarize
 RESULT_FILE = ROOT / "benchmarks" / "results" / "objects_cluster.json"
 MiB = 1024 * 1024
 SIZES = {"1KiB": 1024, "1MiB": MiB, "64MiB": 64 * MiB}
+_ENCRYPT = [True]  # whether this run's clients keep TLS for the bytes (see --clear)
 
 
 def counts(quick: bool) -> dict[str, int]:
@@ -75,7 +78,7 @@ def _transfer_address(cluster: Any, node: str) -> str:
 async def _cross_node(n1: str, n3: str, credentials: Any, n: dict[str, int]) -> dict[str, Any]:
     from spear.transport.object_transfer import ObjectTransferClient
 
-    client = ObjectTransferClient(credentials)
+    client = ObjectTransferClient(credentials, encrypt=_ENCRYPT[0])
     out: dict[str, Any] = {}
     try:
         for label, size in SIZES.items():
@@ -102,7 +105,7 @@ async def _client(n1: str, grpc_n1: str, credentials: Any, n: int) -> dict[str, 
     for label in ("1MiB", "64MiB"):
         size, count = SIZES[label], n if label == "1MiB" else max(3, n // 10)
         payload = os.urandom(size)
-        client = ObjectTransferClient(credentials)
+        client = ObjectTransferClient(credentials, encrypt=_ENCRYPT[0])
         puts, gets = [], []
         try:
             await client.put(n1, "bench/client", payload)
@@ -139,7 +142,7 @@ async def _one_gib(n1: str, n3: str, credentials: Any, pid1: int, directory: Pat
     source = directory / "one.gib"
     with open(source, "wb") as f:  # noqa: ASYNC230 - a sparse file: no data written
         f.truncate(1024 * MiB)
-    client = ObjectTransferClient(credentials)
+    client = ObjectTransferClient(credentials, encrypt=_ENCRYPT[0])
     try:
         t0 = time.perf_counter()
         await client.put_file(n3, "bench/1GiB", source)
@@ -195,7 +198,7 @@ def _counter(cluster: Any, tasks: int, directory: Path) -> dict[str, Any]:
     return anyio.run(go)
 
 
-def spear_side(quick: bool, counter: bool) -> dict[str, Any]:
+def spear_side(quick: bool, counter: bool, encrypt: bool = True) -> dict[str, Any]:
     from spear.node.local_cluster import LocalCluster
 
     # On tmpfs where there is one, as Ray's object store is (/dev/shm): this machine's disk
@@ -203,7 +206,10 @@ def spear_side(quick: bool, counter: bool) -> dict[str, Any]:
     shm = "/dev/shm" if Path("/dev/shm").is_dir() else None
     with tempfile.TemporaryDirectory(prefix="spear-objbench-", dir=shm) as tmp:
         directory = Path(tmp)
-        cluster = LocalCluster(directory / "cluster", nodes=3)
+        _ENCRYPT[0] = encrypt
+        clear = {} if encrypt else {"object_transfer_encrypt": False}
+        settings = {f"node-{i}": clear for i in (1, 2, 3)}
+        cluster = LocalCluster(directory / "cluster", nodes=3, node_settings=settings)
         with cluster:
             credentials = cluster.credentials()
             n1, n3 = _transfer_address(cluster, "node-1"), _transfer_address(cluster, "node-3")
@@ -275,16 +281,20 @@ def ray_side(quick: bool) -> dict[str, Any]:
         nodes.shutdown()
 
 
-def run(quick: bool, counter: bool = False) -> dict[str, Any]:
-    return {"spear": spear_side(quick, counter), "ray": ray_side(quick)}
+def run(quick: bool, counter: bool = False, clear: bool = False) -> dict[str, Any]:
+    out = {"spear": spear_side(quick, counter)}
+    if clear:  # members move bytes in the clear after mutual TLS (object_transfer_encrypt)
+        out["spear, object_transfer_encrypt = false"] = spear_side(quick, False, encrypt=False)
+    out["ray"] = ray_side(quick)
+    return out
 
 
 def main(argv: list[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
-    counter = "--counter" in args
-    if counter:
-        args.remove("--counter")
-    standalone(__doc__, lambda quick: run(quick, counter), RESULT_FILE, args)
+    flags = {flag: flag in args for flag in ("--counter", "--clear")}
+    args = [a for a in args if a not in flags]
+    runs = lambda quick: run(quick, flags["--counter"], flags["--clear"])  # noqa: E731
+    standalone(__doc__, runs, RESULT_FILE, args)
     return 0
 
 
