@@ -152,6 +152,9 @@ class Settings:
     wasm_memory_max_bytes: int = 1024**3
     # The agent toolkit (docs/toolkit.md): a TOML file of MCP servers and tool allow-lists.
     mcp_config: str | None = None
+    # The object transfer service between members (docs/objects.md): false sends object
+    # bytes in the clear once the two members authenticated each other by mutual TLS.
+    object_transfer_encrypt: bool = True
     extra: Mapping[str, Any] = dataclasses.field(default_factory=dict)
 
     def __post_init__(self) -> None:

@@ -434,4 +434,5 @@ def test_values_shown_to_callers_as_json() -> None:
         "data_dir": "/d",
         "pid": 7,
         "max_message_bytes": 0,
+        "object_transfer_address": "",
     }

@@ -132,6 +132,8 @@ def _methods(service: str) -> list[str]:
         "RegisterNode", "Heartbeat", "DeregisterNode", "GetNode", "ListNodes", "FindNodes",
         "ReportTask", "ReportTasks", "LookupTask", "ListClusterTasks", "PutObjectLocation",
         "RemoveObjectLocation", "LocateObject",
+        "CommitObject", "LookupObject", "HoldObject", "ChangeObject", "ListObjectRecords",
+        "AnnounceObjects", "CollectObjects",
     ]  # fmt: skip
     names = spearlet if service == "spearlet" else sms
     package = "Spearlet" if service == "spearlet" else "MetadataServer"

@@ -34,7 +34,9 @@ def _print_object(info: Any, as_json: bool) -> None:
     else:
         pin = " pinned" if info.pinned else ""
         key = printable(info.key)
-        sys.stdout.write(f"{key} version {info.version} {info.size} bytes {info.refs} refs{pin}\n")
+        at = f" on {','.join(info.locations)}" if getattr(info, "locations", ()) else ""
+        line = f"{key} version {info.version} {info.size} bytes {info.refs} refs{pin}{at}\n"
+        sys.stdout.write(line)
 
 
 @obj_app.command("put", help="Store FILE (or stdin with -) under KEY.")
@@ -55,16 +57,26 @@ def obj_put(
     as_json: JsonOpt = False,
 ) -> None:
     settings = load_settings(data_dir, config)
-    try:
-        data = sys.stdin.buffer.read() if file == "-" else Path(file).read_bytes()
-    except FileNotFoundError:
-        raise NotFound(f"no such file: {file}") from None
-    except OSError as exc:
-        raise InvalidArgument(f"cannot read {file}: {exc.strerror}") from None
-    info = on_node(
-        settings, node, lambda api: api.put_object(key, data, expected_version=expected_version)
-    )
-    _print_object(info, as_json)
+    source = None if file == "-" else Path(file)
+    if source is not None and not source.is_file():
+        raise NotFound(f"no such file: {file}")
+
+    async def put(api: Any) -> Any:
+        transfer = await _transfer_address(api)
+        if transfer and source is not None:  # a cluster member: the bytes by sendfile
+            client = _transfer(settings)
+            try:
+                await client.put_file(transfer, key, source, expected_version)
+            finally:
+                await client.aclose()
+            return await _object_info(api, key)
+        try:
+            data = sys.stdin.buffer.read() if source is None else source.read_bytes()
+        except OSError as exc:
+            raise InvalidArgument(f"cannot read {file}: {exc.strerror}") from None
+        return await api.put_object(key, data, expected_version=expected_version)
+
+    _print_object(on_node(settings, node, put), as_json)
 
 
 @obj_app.command("get", help="Print the object KEY (or write it to -o FILE).")
@@ -77,13 +89,46 @@ def obj_get(
     as_json: JsonOpt = False,
 ) -> None:
     settings = load_settings(data_dir, config)
-    data, info = on_node(settings, node, lambda api: api.get_object(key))
+
+    async def get(api: Any) -> Any:
+        transfer = None if as_json else await _transfer_address(api)
+        if transfer:  # a cluster member: the bytes over its transfer service, not gRPC
+            client = _transfer(settings)
+            try:
+                data, _ = await client.get(transfer, key)
+            finally:
+                await client.aclose()
+            return data, None
+        return await api.get_object(key)
+
+    data, info = on_node(settings, node, get)
     if as_json:
         emit_json({**info.to_json(), "data": data.decode("utf-8", errors="replace")})
     elif output is not None:
         output.write_bytes(data)
     else:
         sys.stdout.buffer.write(data)
+
+
+async def _transfer_address(api: Any) -> str:
+    """A daemon's object transfer service (cluster members serve one), else ""."""
+    if api.in_process:
+        return ""
+    return str((await api.node_info()).object_transfer_address)
+
+
+def _transfer(settings: Any) -> Any:
+    from spear.transport.channels import Credentials
+    from spear.transport.object_transfer import ObjectTransferClient
+
+    return ObjectTransferClient(Credentials.for_settings(settings))
+
+
+async def _object_info(api: Any, key: str) -> Any:
+    for info in await api.list_objects(key):
+        if info.key == key:
+            return info
+    raise NotFound(f"no such object: {key}")
 
 
 @obj_app.command("ls", help="List objects (whose key starts with PREFIX).")

@@ -419,6 +419,7 @@ class NodeInfo:
     data_dir: str
     pid: int
     max_message_bytes: int = 0
+    object_transfer_address: str = ""  # in a cluster: the object transfer service
 
     def to_json(self) -> dict[str, Any]:
         data = dataclasses.asdict(self)

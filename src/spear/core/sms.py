@@ -35,6 +35,7 @@ from spear.core.cluster import (
 from spear.core.liveness import Liveness
 from spear.core.models import TaskState
 from spear.core.sms_leader import SoleLeader
+from spear.core.object_index import ObjectIndex
 from spear.core.stats import SmsStats
 from spear.core.tasks.codec import decode_task, encode_task
 from spear.core.worker import EXIT_LOST
@@ -88,6 +89,8 @@ class MetadataServer(Cluster):
         """This SMS starts leading: silence counts from now, and memory starts empty."""
         self._started = self._clock()
         self.liveness.clear()
+        # The authority for each object's version, holders, references (docs/objects.md).
+        self.objects = ObjectIndex(kv, self._live_node_names, clock)
 
     # -- nodes ------------------------------------------------------------------------
 
@@ -374,7 +377,16 @@ class MetadataServer(Cluster):
     async def remove_object_location(self, key: str, node: str) -> bool:
         return await self.kv.delete(f"{_OBJECTS}{key}{_SEP}{node}")
 
+    async def _live_node_names(self) -> set[str]:
+        return {n.name for n in await self.nodes() if n.health.live}
+
     async def locate_object(self, key: str) -> list[ObjectLocation]:
+        try:  # the object index first: the holders of the current version
+            record = await self.objects.lookup(key)
+            version, size = record.version, record.size
+            return [ObjectLocation(key, h.node, version, size) for h in record.holders]
+        except NotFound:
+            pass
         prefix = f"{_OBJECTS}{key}{_SEP}"
         found = []
         for entry in await self.kv.scan(prefix):

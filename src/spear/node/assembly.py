@@ -372,6 +372,7 @@ async def serving_sms(settings: Settings, kv_spec: str | None = None) -> AsyncIt
                 from spear.core.sms_leader import sms_leadership
 
                 sms.leadership, sms.kv = sms_leadership(kv, address, settings.extra)
+                sms.objects.kv = sms.kv  # the object index writes fenced as well
                 await tg.start(sms.leadership.run, sms)
                 try:
                     yield ServingSms(address, sms)

@@ -20,7 +20,6 @@ from typing import TYPE_CHECKING, Literal
 import anyio
 
 from spear._logging import logger
-from spear.core.cluster import ObjectLocation
 from spear.core.models import TaskResult
 from spear.core.scheduler import owner_of
 from spear.errors import NotFound, SpearError, Unavailable
@@ -308,14 +307,8 @@ class ClusterNode:
     async def put_object(
         self, key: str, data: bytes, *, expected_version: int | None = None
     ) -> ObjectInfo:
-        info = await self.local.put_object(key, data, expected_version=expected_version)
-        try:
-            await self.cluster.put_object_location(
-                ObjectLocation(key, self.node.name, info.version, info.size)
-            )
-        except SpearError as exc:
-            logger.warning("object {} not entered in the SMS index: {}", key, exc)
-        return info
+        # The store commits with the SMS's object index itself (node/object_space.py).
+        return await self.local.put_object(key, data, expected_version=expected_version)
 
     async def get_object(self, key: str) -> tuple[bytes, ObjectInfo]:
         try:

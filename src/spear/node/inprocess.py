@@ -258,6 +258,7 @@ class InProcessNode:
             data_dir=str(self.node.settings.data_dir),
             pid=os.getpid(),
             max_message_bytes=self.max_message_bytes,
+            object_transfer_address=_transfer_address(self.node.services.objects),
         )
 
     async def drain(self, grace_s: float) -> None:
@@ -330,3 +331,8 @@ class InProcessNode:
 
     async def aclose(self) -> None:
         """The node belongs to whoever started it; closing the adapter leaves it running."""
+
+
+def _transfer_address(store: ObjectStore | None) -> str:
+    """Where this node's object transfer service listens (a cluster member's), else ""."""
+    return str(getattr(store.authority, "address", "")) if store is not None else ""

@@ -114,7 +114,7 @@ async def joined_cluster(
     reporter = TaskReporter(cluster, node.kv, node.tasks_store)
     controller.on_registered = reporter.resync
     try:
-        async with anyio.create_task_group() as tg:
+        async with sharing_node_objects(api, address, controller), anyio.create_task_group() as tg:
             await tg.start(reporter.run)
             await tg.start(scheduler.run)
             refresh_s = view_refresh_from(node.settings.extra, timings.heartbeat_s)
@@ -129,3 +129,44 @@ async def joined_cluster(
     finally:
         await api.peers.aclose()
         await cluster.aclose()
+
+
+@contextlib.asynccontextmanager
+async def sharing_node_objects(
+    api: ClusterNode, address: str, controller: NodeController
+) -> AsyncIterator[None]:
+    """The node's object store joins the cluster's object space (node/object_space.py);
+    what it holds is announced after each registration."""
+    from spear.node.object_space import announce_held, sharing_objects
+    from spear.transport.channels import Credentials
+    from spear.transport.serving import Security, parse_listen
+    from spear.transport.sms_client import SmsClient
+    from spear.transport.tls import TlsFiles
+
+    store, settings = api.node.services.objects, api.node.settings
+    if not isinstance(api.cluster, SmsClient):
+        yield
+        return
+    host, _ = parse_listen(address)
+    # (the member's certificate, as assembly.member_credentials checked at start)
+    credentials = Credentials(tls=TlsFiles(settings.tls_files_dir))
+    security = Security.for_settings(settings)
+    async with sharing_objects(
+        store,
+        api.cluster,
+        api.node.name,
+        host,
+        security,
+        credentials,
+        encrypt=settings.object_transfer_encrypt,
+    ) as authority:
+        if authority is not None and store is not None:
+            registered = controller.on_registered
+
+            async def on_registered() -> None:
+                if registered is not None:
+                    await registered()
+                await announce_held(store, authority)
+
+            controller.on_registered = on_registered
+        yield

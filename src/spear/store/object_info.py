@@ -20,6 +20,7 @@ class ObjectInfo:
     pinned: bool = False
     created_at: float = 0.0
     updated_at: float = 0.0
+    locations: tuple[str, ...] = ()  # in a cluster: the nodes holding this version
 
     def to_json(self) -> dict[str, Any]:
         """The CLI's JSON for an object (`spear obj ... --json`)."""
@@ -29,4 +30,5 @@ class ObjectInfo:
             "size": self.size,
             "refs": self.refs,
             "pinned": self.pinned,
+            **({"locations": list(self.locations)} if self.locations else {}),
         }

@@ -27,6 +27,12 @@ Lifecycle (when objects are collected):
   does not collect at once (the object idles `gc_grace_s` from then, like a new one);
 - `delete` refuses a pinned or referenced object unless forced.
 
+In a cluster (docs/objects.md) an `authority` (the SMS's object index) decides versions,
+references and pins for every node; this store then keeps copies of values, each under
+the version the authority gave it: a put commits there first (a compare-and-swap across
+the cluster) and keeps the bytes here; a get asks for the current version and serves the
+local copy when it is that one, otherwise fetches it from a holder and keeps it.
+
 Limits: a value over `max_bytes` or one that would take the store over `capacity_bytes`
 is `ResourceExhausted` before anything is written. The capacity is exact within one
 process; processes sharing a data dir each check against the usage they see.
@@ -40,7 +46,7 @@ import os
 import shutil
 import time
 from collections import Counter
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, BinaryIO
 
 import anyio
 import anyio.to_thread
@@ -52,7 +58,9 @@ from spear.errors import (
     InvalidArgument,
     NotFound,
     ResourceExhausted,
+    SpearError,
     StorageError,
+    Unavailable,
 )
 from spear.store.kv import Write
 from spear.store.object_info import ObjectInfo
@@ -65,6 +73,7 @@ if TYPE_CHECKING:
     from anyio.abc import TaskGroup
 
     from spear.store.kv import KV, Entry
+    from spear.store.object_authority import ObjectAuthority
 
 META = "obj/"
 MAX_KEY_BYTES = 1024
@@ -134,8 +143,12 @@ class ObjectStore:
         gc_interval_s: float = 60.0,
         sync: bool = False,
         inline_max: int = INLINE_MAX,
+        authority: ObjectAuthority | None = None,
     ) -> None:
         self._kv = kv
+        self.authority = authority  # set when the node joins a cluster
+        # Puts committed with the authority whose copy is not kept here yet, by key.
+        self._landing: dict[str, builtins.list[anyio.Event]] = {}
         self.root = root
         self.max_bytes = max_bytes
         self.capacity_bytes = capacity_bytes
@@ -165,13 +178,22 @@ class ObjectStore:
         view = value if isinstance(value, bytes) else memoryview(value).cast("B")
         return await self._put(key, len(view), expected_version, view, None)
 
-    async def put_file(self, key: str, source: Path, expected_version: int | None = None) -> int:
-        """Write the contents of the file `source` under `key` (copied without reading it in)."""
+    async def put_file(
+        self, key: str, source: Path, expected_version: int | None = None, *, move: bool = False
+    ) -> int:
+        """Write the contents of the file `source` under `key` (copied without reading it
+        in; with `move`, a file from `staging_path` is taken over instead of copied)."""
         try:
             size = (await anyio.Path(source).stat()).st_size
         except FileNotFoundError:
             raise NotFound(f"no such file: {source}") from None
-        return await self._put(key, size, expected_version, None, source)
+        return await self._put(key, size, expected_version, None, source, move=move)
+
+    async def staging_path(self) -> Path:
+        """A new file name on the store's file system, for a value being received."""
+        staging = self.root / "staging"
+        await anyio.Path(staging).mkdir(parents=True, exist_ok=True)
+        return staging / os.urandom(16).hex()
 
     async def _put(
         self,
@@ -180,6 +202,8 @@ class ObjectStore:
         expected_version: int | None,
         data: bytes | memoryview | None,
         source: Path | None,
+        *,
+        move: bool = False,
     ) -> int:
         check_key(key)
         _check_expected(expected_version)
@@ -194,14 +218,28 @@ class ObjectStore:
             inline = b""
             if size > self._inline_max:
                 name = os.urandom(16).hex()
-                await anyio.to_thread.run_sync(self._stage, name, data, source)
+                await anyio.to_thread.run_sync(self._stage, name, data, source, move)
             elif data is not None:
                 inline = bytes(data)
             elif source is not None:
                 inline = await anyio.to_thread.run_sync(source.read_bytes)
                 if len(inline) != size:
                     raise StorageError(f"{source} changed size while being stored")
-            version, old = await self._commit(key, size, name, inline, expected_version)
+            if self.authority is None:
+                version, old = await self._commit(key, size, name, inline, expected_version)
+            else:
+                landing = anyio.Event()
+                self._landing.setdefault(key, []).append(landing)
+                try:
+                    version = await self.authority.commit(key, size, expected_version)
+                    kept, old = await self._keep(key, size, name, inline, version)
+                finally:
+                    self._landed(key, landing)
+                if not kept:
+                    self._reserved -= size
+                    if name is not None:
+                        self._unlink(name)
+                    return version
         except BaseException:
             self._reserved -= size
             if name is not None:
@@ -213,10 +251,14 @@ class ObjectStore:
             self._unlink(old["file"])
         return version
 
-    def _stage(self, name: str, data: bytes | memoryview | None, source: Path | None) -> None:
+    def _stage(
+        self, name: str, data: bytes | memoryview | None, source: Path | None, move: bool = False
+    ) -> None:
         path = self._path(name)
         path.parent.mkdir(parents=True, exist_ok=True)
-        if data is not None:
+        if move and source is not None:
+            os.rename(source, path)
+        elif data is not None:
             with open(path, "wb") as f:
                 f.write(data)
         elif source is not None:
@@ -272,6 +314,12 @@ class ObjectStore:
     async def get(self, key: str) -> tuple[memoryview, int]:
         """(value, version). A large value is a read-only map of its file, not a copy."""
         check_key(key)
+        if self.authority is not None:
+            return await self._get_current(key, self.authority)
+        return await self.get_local(key)
+
+    async def get_local(self, key: str) -> tuple[memoryview, int]:
+        """This node's copy of `key`, whatever the cluster's current version."""
         for _ in range(_RACE_RETRIES):
             _, header, inline, version = await self._load(key)
             if not header.get("file"):
@@ -281,6 +329,122 @@ class ObjectStore:
             except FileNotFoundError:
                 continue  # replaced or collected since we read the metadata: look again
         raise StorageError(f"object {key!r} kept changing while being read")
+
+    async def open_local(self, key: str) -> tuple[BinaryIO | bytes, int, int]:
+        """(an open file of the value or the inline bytes, size, version) of this node's
+        copy: what the object transfer service sends (the file with `sendfile`)."""
+        check_key(key)
+        for _ in range(_RACE_RETRIES):
+            _, header, inline, version = await self._load(key)
+            if not header.get("file"):
+                return inline, len(inline), version
+            try:
+                # (opening is short; the caller closes it)
+                f = open(self._path(header["file"]), "rb")  # noqa: ASYNC230
+            except FileNotFoundError:
+                continue
+            return f, int(header["size"]), version
+        raise StorageError(f"object {key!r} kept changing while being read")
+
+    def _landed(self, key: str, landing: anyio.Event) -> None:
+        waiting = self._landing.get(key, [])
+        waiting.remove(landing)
+        if not waiting:
+            self._landing.pop(key, None)
+        landing.set()
+
+    async def landed(self, key: str) -> None:
+        """Wait until this node's puts of `key` committed so far are kept here too."""
+        for landing in list(self._landing.get(key, ())):
+            await landing.wait()
+
+    async def _get_current(self, key: str, authority: ObjectAuthority) -> tuple[memoryview, int]:
+        for _ in range(_RACE_RETRIES):
+            info = await authority.current(key)
+            with contextlib.suppress(NotFound):
+                value, version = await self.get_local(key)
+                if version >= info.version:
+                    return value, version
+            if key in self._landing:  # written here a moment ago: its copy is landing
+                await self.landed(key)
+                continue
+            try:
+                await self._fetch(key, info, authority)
+            except Unavailable:
+                # Overwritten while we fetched (its holders moved on): read the new one.
+                if (await authority.current(key)).version == info.version:
+                    raise
+                continue
+            return await self.get_local(key)
+        raise StorageError(f"object {key!r} kept changing while being read")
+
+    async def _fetch(self, key: str, info: ObjectInfo, authority: ObjectAuthority) -> None:
+        """Copy version `info.version` of `key` from a holder and keep it here."""
+        await self._reserve(key, info.size)
+        name: str | None = os.urandom(16).hex()
+        assert name is not None
+        try:
+            path = self._path(name)
+            await anyio.Path(path.parent).mkdir(parents=True, exist_ok=True)
+            await authority.fetch(key, info, path)
+            inline = b""
+            if info.size <= self._inline_max:
+                inline = await anyio.Path(path).read_bytes()
+                self._unlink(name)
+                name = None
+            kept, old = await self._keep(key, info.size, name, inline, info.version)
+        except BaseException:
+            self._reserved -= info.size
+            if name is not None:
+                self._unlink(name)
+            raise
+        self._reserved -= info.size
+        if not kept:
+            if name is not None:
+                self._unlink(name)
+            return
+        self._used = (self._used or 0) + info.size - (int(old["size"]) if old else 0)
+        if old and old.get("file"):
+            self._unlink(old["file"])
+        with contextlib.suppress(SpearError):  # (a cache nobody hears of is still a cache)
+            await authority.hold(key, info.version)
+
+    async def _keep(
+        self, key: str, size: int, name: str | None, inline: bytes, version: int
+    ) -> tuple[bool, dict[str, Any] | None]:
+        """Keep a copy of `version` of `key` (the authority's version); (kept, the copy it
+        replaced). Not kept when this node already has that version or a later one."""
+        while True:
+            entry = await self._kv.get(META + key)
+            old: dict[str, Any] | None = None
+            if entry is not None:
+                old, _, current = _decode(entry)
+                if current >= version:
+                    return False, None
+            header = _new_header(size, name, time.time())
+            header["version"] = version
+            raw = _encode(header, inline)
+            if await self._kv.compare_and_swap(META + key, raw, entry.version if entry else 0) > 0:
+                return True, old
+
+    async def drop_local(self, key: str) -> None:
+        """Forget this node's copy of `key` (stale, or the object is gone)."""
+        while True:
+            entry = await self._kv.get(META + key)
+            if entry is None:
+                return
+            header, _, _ = _decode(entry)
+            if await self._kv.compare_and_swap(META + key, None, entry.version) == 0:
+                self._forget(header)
+                return
+
+    async def held(self) -> builtins.list[tuple[str, int, int]]:
+        """(key, version, size) of every copy this node holds."""
+        out = []
+        for entry in await self._kv.scan(META):
+            header, _, version = _decode(entry)
+            out.append((entry.key[len(META) :], version, int(header["size"])))
+        return out
 
     def _map(self, name: str, size: int) -> memoryview:
         with open(self._path(name), "rb") as f:
@@ -298,11 +462,15 @@ class ObjectStore:
 
     async def info(self, key: str) -> ObjectInfo:
         check_key(key)
+        if self.authority is not None:
+            return await self.authority.current(key)
         _, header, _, version = await self._load(key)
         return _info(key, header, version)
 
     async def list(self, prefix: str = "") -> list[ObjectInfo]:
         """Objects whose key starts with `prefix`, in key order."""
+        if self.authority is not None:
+            return await self.authority.list(prefix)
         out = []
         for entry in await self._kv.scan(META + prefix):
             header, _, version = _decode(entry)
@@ -315,6 +483,11 @@ class ObjectStore:
         """Remove an object; a pinned or referenced one only with `force`."""
         check_key(key)
         _check_expected(expected_version)
+        if self.authority is not None:
+            change = "force-delete" if force else "delete"
+            await self.authority.change(key, change, expected_version=expected_version)
+            await self.drop_local(key)
+            return
         while True:
             entry, header, _, version = await self._load(key)
             if expected_version is not None and expected_version != version:
@@ -335,9 +508,19 @@ class ObjectStore:
     # -- references and pins ----------------------------------------------------------
 
     async def _change(
-        self, key: str, change: Callable[[dict[str, Any]], None], *, collect_if_free: bool = False
+        self,
+        key: str,
+        change: Callable[[dict[str, Any]], None],
+        *,
+        collect_if_free: bool = False,
+        cluster_change: str | None = None,
     ) -> ObjectInfo:
         check_key(key)
+        if cluster_change is not None and self.authority is not None:
+            info, deleted = await self.authority.change(key, cluster_change)
+            if deleted:
+                await self.drop_local(key)
+            return info
         while True:
             entry, header, inline, version = await self._load(key)
             change(header)
@@ -361,7 +544,7 @@ class ObjectStore:
         def inc(header: dict[str, Any]) -> None:
             header["refs"] = int(header.get("refs", 0)) + 1
 
-        info = await self._change(key, inc)
+        info = await self._change(key, inc, cluster_change="ref")
         if holder is not None:
             self._held.setdefault(holder, Counter())[key] += 1
         return info.refs
@@ -374,7 +557,7 @@ class ObjectStore:
                 raise InvalidArgument(f"object {key!r} has no references to remove")
             header["refs"] = int(header["refs"]) - 1
 
-        info = await self._change(key, dec, collect_if_free=True)
+        info = await self._change(key, dec, collect_if_free=True, cluster_change="unref")
         held = self._held.get(holder) if holder is not None else None
         if held is not None and held[key] > 0:
             held[key] -= 1
@@ -382,11 +565,11 @@ class ObjectStore:
 
     async def pin(self, key: str) -> None:
         """Keep the object until unpinned, whatever its references."""
-        await self._change(key, lambda h: h.__setitem__("pinned", True))
+        await self._change(key, lambda h: h.__setitem__("pinned", True), cluster_change="pin")
 
     async def unpin(self, key: str) -> None:
         """Make the object collectable again (its idle time starts now)."""
-        await self._change(key, lambda h: h.__setitem__("pinned", False))
+        await self._change(key, lambda h: h.__setitem__("pinned", False), cluster_change="unpin")
 
     async def release_holders(self, holders: Sequence[str]) -> None:
         """`release_holder` for each of `holders` (most hold nothing)."""
@@ -406,7 +589,10 @@ class ObjectStore:
 
             # Not collected at once: the object then idles like a new one (gc_grace_s).
             with contextlib.suppress(NotFound):
-                await self._change(key, dec)
+                if self.authority is not None:
+                    await self.authority.change(key, "release", count)
+                else:
+                    await self._change(key, dec)
 
     # -- capacity ---------------------------------------------------------------------
 
@@ -436,6 +622,8 @@ class ObjectStore:
         """Delete objects with no references and no pin idle for `grace_s` (default
         `gc_grace_s`), and value files no metadata names. Returns the keys deleted."""
         grace = self.gc_grace_s if grace_s is None else grace_s
+        if self.authority is not None:
+            return await self._collect_cluster(grace, self.authority)
         now = time.time()
         deleted: builtins.list[str] = []
         live: set[str] = set()
@@ -455,6 +643,29 @@ class ObjectStore:
         await anyio.to_thread.run_sync(self._remove_orphans, live, now)
         if deleted:
             logger.info("collected {} unreferenced object(s)", len(deleted))
+        return deleted
+
+    async def _collect_cluster(
+        self, grace_s: float, authority: ObjectAuthority
+    ) -> builtins.list[str]:
+        """The cluster's collection, then this node's copies that are no longer current
+        (collected, deleted or overwritten elsewhere) and orphan files."""
+        deleted = await authority.collect(grace_s)
+        current = {info.key: info.version for info in await authority.list("")}
+        live: set[str] = set()
+        for entry in await self._kv.scan(META):
+            header, _, version = _decode(entry)
+            key = entry.key[len(META) :]
+            if current.get(key) == version:
+                if header.get("file"):
+                    live.add(header["file"])
+            elif await self._kv.compare_and_swap(entry.key, None, entry.version) == 0:
+                self._forget(header)
+            elif header.get("file"):
+                live.add(header["file"])
+        await anyio.to_thread.run_sync(self._remove_orphans, live, time.time())
+        if deleted:
+            logger.info("collected {} unreferenced object(s) in the cluster", len(deleted))
         return deleted
 
     def _remove_orphans(self, live: set[str], now: float) -> None:
@@ -492,6 +703,8 @@ class ObjectStore:
     async def store_results(self, items: Sequence[tuple[str, Path | None]]) -> None:
         """`store_result` for many finished tasks: the empty results in one write."""
         empty = [task_id for task_id, stdout in items if stdout is None]
+        if self.authority is not None:
+            empty = []  # each result is a commit with the cluster's authority
         if empty and await self.usage() + self._reserved > self.capacity_bytes:
             empty = []  # full: each one below says so
         batched = set(empty)

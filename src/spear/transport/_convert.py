@@ -220,6 +220,7 @@ def node_to_wire(info: NodeInfo) -> v1.NodeInfo:
         data_dir=info.data_dir,
         pid=info.pid,
         max_message_bytes=info.max_message_bytes,
+        object_transfer_address=info.object_transfer_address,
     )
 
 
@@ -238,16 +239,21 @@ def node_from_wire(info: v1.NodeInfo) -> NodeInfo:
         data_dir=info.data_dir,
         pid=info.pid,
         max_message_bytes=info.max_message_bytes,
+        object_transfer_address=info.object_transfer_address,
     )
 
 
 def object_to_wire(info: ObjectInfo) -> v1.ObjectInfo:
     return v1.ObjectInfo(
-        key=info.key, version=info.version, size=info.size, refs=info.refs, pinned=info.pinned
-    )
+        key=info.key, version=info.version, size=info.size, refs=info.refs, pinned=info.pinned,
+        locations=list(info.locations),
+    )  # fmt: skip
 
 
 def object_from_wire(info: v1.ObjectInfo | None) -> ObjectInfo:
     if info is None:
         raise InvalidArgument("the answer has no object info")
-    return ObjectInfo(info.key, info.version, info.size, info.refs, info.pinned)
+    return ObjectInfo(
+        info.key, info.version, info.size, info.refs, info.pinned,
+        locations=tuple(info.locations),
+    )  # fmt: skip

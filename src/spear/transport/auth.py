@@ -120,6 +120,7 @@ POLICY: dict[str, Role] = {
         "RegisterNode Heartbeat DeregisterNode ReportTask ReportTasks PutObjectLocation"
         " RemoveObjectLocation",
     ),
+    **_table(_SMS, Role.READER, "LookupObject ListObjectRecords"),  # the object index
     # Reflection describes the services (no data): any authenticated caller may ask.
     "/grpc.reflection.v1.ServerReflection/ServerReflectionInfo": Role.READER,
     "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo": Role.READER,

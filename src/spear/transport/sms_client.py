@@ -17,6 +17,7 @@ from spear.core.cluster import Cluster
 from spear.core.sms_leader import leader_named_in
 from spear.errors import DeadlineExceeded, InvalidArgument, NotLeader, Unavailable
 from spear.transport import _convert as cv
+from spear.transport import _object_convert as oc
 from spear.transport import _sms_convert as sc
 from spear.transport import _speedups
 from spear.transport._gen.spear import v1
@@ -40,6 +41,7 @@ if TYPE_CHECKING:
         PlacementQuery,
     )
     from spear.core.models import Resources, Task, TaskState
+    from spear.core.object_index import ObjectRecord
 
 T = TypeVar("T")
 
@@ -217,6 +219,53 @@ class SmsClient(Cluster):
         req = v1.LocateObjectRequest(key=key)
         resp = await self._call(lambda stub: stub.locate_object(req, **self._opts()))
         return [sc.location_from_wire(x) for x in resp.locations]
+
+    # -- the object index (docs/objects.md) ------------------------------------------
+
+    async def commit_object(
+        self, key: str, node: str, address: str, size: int, expected_version: int | None
+    ) -> ObjectRecord:
+        req = v1.CommitObjectRequest(
+            key=key, node=node, address=address, size=size, expected_version=expected_version
+        )
+        return oc.record_from_wire(await self._call(self._stub.commit_object(req, **self._opts())))
+
+    async def lookup_object(self, key: str) -> ObjectRecord:
+        req = v1.LookupObjectRequest(key=key)
+        return oc.record_from_wire(await self._call(self._stub.lookup_object(req, **self._opts())))
+
+    async def hold_object(self, key: str, node: str, address: str, version: int) -> None:
+        req = v1.HoldObjectRequest(key=key, node=node, address=address, version=version)
+        await self._call(self._stub.hold_object(req, **self._opts()))
+
+    async def change_object(
+        self, key: str, change: str, count: int = 1, expected_version: int | None = None
+    ) -> tuple[ObjectRecord, bool]:
+        req = v1.ChangeObjectRequest(
+            key=key, change=change, count=count, expected_version=expected_version
+        )
+        resp = await self._call(self._stub.change_object(req, **self._opts()))
+        return oc.record_from_wire(resp.record), resp.deleted
+
+    async def list_object_records(self, prefix: str = "") -> list[ObjectRecord]:
+        req = v1.ListObjectRecordsRequest(prefix=prefix)
+        resp = await self._call(self._stub.list_object_records(req, **self._opts()))
+        return [oc.record_from_wire(r) for r in resp.objects]
+
+    async def announce_objects(
+        self, node: str, address: str, held: Sequence[tuple[str, int, int]]
+    ) -> list[str]:
+        req = v1.AnnounceObjectsRequest(
+            node=node,
+            address=address,
+            held=[v1.AnnouncedObject(key=k, version=v, size=n) for k, v, n in held],
+        )
+        return list((await self._call(self._stub.announce_objects(req, **self._opts()))).stale)
+
+    async def collect_objects(self, grace_s: float) -> list[ObjectRecord]:
+        req = v1.CollectObjectsRequest(grace_s=grace_s)
+        resp = await self._call(self._stub.collect_objects(req, **self._opts()))
+        return [oc.record_from_wire(r) for r in resp.objects]
 
     async def aclose(self) -> None:
         channels, self._channels = self._channels, {}

@@ -11,6 +11,7 @@ from spear.transport import _sms_convert as sc
 from spear.transport._gen.spear import v1
 from spear.transport._status import DEFAULT_MAX_MESSAGE_BYTES
 from spear.transport.auth import current_principal
+from spear.transport.object_index_service import ObjectIndexService
 from spear.transport.serving import GrpcServer, Security, guard
 
 if TYPE_CHECKING:
@@ -35,7 +36,7 @@ def _reports_on(task: Task) -> None:
         _speaks_for(task.node)
 
 
-class MetadataService(v1.MetadataServerBase):
+class MetadataService(ObjectIndexService, v1.MetadataServerBase):
     """spear.v1.MetadataServer: converts messages at the boundary, calls the SMS logic."""
 
     def __init__(self, sms: MetadataServer) -> None:

@@ -43,6 +43,7 @@ import anyio
 import anyio.to_thread
 
 from spear.core import namespaces
+from spear._logging import logger
 from spear.core.streams import (
     POLLNVAL,
     MessageTooLarge,
@@ -99,6 +100,7 @@ def translate(exc: SpearError, specific: ErrnoTable = ()) -> HostError:
     for kind, err in (*specific, *_ERRNOS):
         if isinstance(exc, kind):
             return HostError(err, str(exc))
+    logger.warning("a host operation failed: {}", exc)  # (the agent sees only EIO)
     return HostError(errno.EIO, str(exc))
 
 

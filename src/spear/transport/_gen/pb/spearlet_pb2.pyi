@@ -285,7 +285,7 @@ class GetNodeInfoRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class NodeInfo(_message.Message):
-    __slots__ = ("name", "state", "address", "version", "wasmtime_version", "capacity", "free", "running_tasks", "runtimes", "started_at", "data_dir", "pid", "max_message_bytes")
+    __slots__ = ("name", "state", "address", "version", "wasmtime_version", "capacity", "free", "running_tasks", "runtimes", "started_at", "data_dir", "pid", "max_message_bytes", "object_transfer_address")
     NAME_FIELD_NUMBER: _ClassVar[int]
     STATE_FIELD_NUMBER: _ClassVar[int]
     ADDRESS_FIELD_NUMBER: _ClassVar[int]
@@ -299,6 +299,7 @@ class NodeInfo(_message.Message):
     DATA_DIR_FIELD_NUMBER: _ClassVar[int]
     PID_FIELD_NUMBER: _ClassVar[int]
     MAX_MESSAGE_BYTES_FIELD_NUMBER: _ClassVar[int]
+    OBJECT_TRANSFER_ADDRESS_FIELD_NUMBER: _ClassVar[int]
     name: str
     state: str
     address: str
@@ -312,21 +313,24 @@ class NodeInfo(_message.Message):
     data_dir: str
     pid: int
     max_message_bytes: int
-    def __init__(self, name: _Optional[str] = ..., state: _Optional[str] = ..., address: _Optional[str] = ..., version: _Optional[str] = ..., wasmtime_version: _Optional[str] = ..., capacity: _Optional[_Union[Resources, _Mapping]] = ..., free: _Optional[_Union[Resources, _Mapping]] = ..., running_tasks: _Optional[int] = ..., runtimes: _Optional[_Iterable[str]] = ..., started_at: _Optional[float] = ..., data_dir: _Optional[str] = ..., pid: _Optional[int] = ..., max_message_bytes: _Optional[int] = ...) -> None: ...
+    object_transfer_address: str
+    def __init__(self, name: _Optional[str] = ..., state: _Optional[str] = ..., address: _Optional[str] = ..., version: _Optional[str] = ..., wasmtime_version: _Optional[str] = ..., capacity: _Optional[_Union[Resources, _Mapping]] = ..., free: _Optional[_Union[Resources, _Mapping]] = ..., running_tasks: _Optional[int] = ..., runtimes: _Optional[_Iterable[str]] = ..., started_at: _Optional[float] = ..., data_dir: _Optional[str] = ..., pid: _Optional[int] = ..., max_message_bytes: _Optional[int] = ..., object_transfer_address: _Optional[str] = ...) -> None: ...
 
 class ObjectInfo(_message.Message):
-    __slots__ = ("key", "version", "size", "refs", "pinned")
+    __slots__ = ("key", "version", "size", "refs", "pinned", "locations")
     KEY_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
     SIZE_FIELD_NUMBER: _ClassVar[int]
     REFS_FIELD_NUMBER: _ClassVar[int]
     PINNED_FIELD_NUMBER: _ClassVar[int]
+    LOCATIONS_FIELD_NUMBER: _ClassVar[int]
     key: str
     version: int
     size: int
     refs: int
     pinned: bool
-    def __init__(self, key: _Optional[str] = ..., version: _Optional[int] = ..., size: _Optional[int] = ..., refs: _Optional[int] = ..., pinned: _Optional[bool] = ...) -> None: ...
+    locations: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, key: _Optional[str] = ..., version: _Optional[int] = ..., size: _Optional[int] = ..., refs: _Optional[int] = ..., pinned: _Optional[bool] = ..., locations: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class ObjectChunk(_message.Message):
     __slots__ = ("key", "expected_version", "data", "info")

@@ -4,10 +4,17 @@
 # This file has been @generated
 
 __all__ = (
+    "AnnounceObjectsRequest",
+    "AnnounceObjectsResponse",
+    "AnnouncedObject",
     "ArtifactChunk",
     "ArtifactRef",
     "Attempt",
     "CancelTaskRequest",
+    "ChangeObjectRequest",
+    "ChangeObjectResponse",
+    "CollectObjectsRequest",
+    "CommitObjectRequest",
     "DeleteObjectResponse",
     "DeregisterNodeRequest",
     "DeregisterNodeResponse",
@@ -29,11 +36,14 @@ __all__ = (
     "HasArtifactResponse",
     "HeartbeatRequest",
     "HeartbeatResponse",
+    "HoldObjectRequest",
     "KeyValue",
     "ListClusterTasksRequest",
     "ListClusterTasksResponse",
     "ListNodesRequest",
     "ListNodesResponse",
+    "ListObjectRecordsRequest",
+    "ListObjectRecordsResponse",
     "ListObjectsRequest",
     "ListObjectsResponse",
     "ListTasksRequest",
@@ -41,6 +51,7 @@ __all__ = (
     "LocateObjectRequest",
     "LocateObjectResponse",
     "LogChunk",
+    "LookupObjectRequest",
     "LookupTaskRequest",
     "MetadataServerBase",
     "MetadataServerStub",
@@ -49,9 +60,11 @@ __all__ = (
     "NodeInfo",
     "NodeRecord",
     "ObjectChunk",
+    "ObjectHolder",
     "ObjectInfo",
     "ObjectKeyRequest",
     "ObjectLocation",
+    "ObjectRecord",
     "RegisterNodeRequest",
     "RemoveObjectLocationRequest",
     "RemoveObjectLocationResponse",
@@ -178,6 +191,40 @@ class TaskState(betterproto2.Enum):
 
 
 @dataclass(eq=False, repr=False)
+class AnnouncedObject(betterproto2.Message):
+    key: "str" = betterproto2.field(1, betterproto2.TYPE_STRING)
+
+    version: "int" = betterproto2.field(2, betterproto2.TYPE_UINT64)
+
+    size: "int" = betterproto2.field(3, betterproto2.TYPE_UINT64)
+
+
+default_message_pool.register_message("spear.v1", "AnnouncedObject", AnnouncedObject)
+
+
+@dataclass(eq=False, repr=False)
+class AnnounceObjectsRequest(betterproto2.Message):
+    node: "str" = betterproto2.field(1, betterproto2.TYPE_STRING)
+
+    address: "str" = betterproto2.field(2, betterproto2.TYPE_STRING)
+
+    held: "list[AnnouncedObject]" = betterproto2.field(3, betterproto2.TYPE_MESSAGE, repeated=True)
+
+
+default_message_pool.register_message("spear.v1", "AnnounceObjectsRequest", AnnounceObjectsRequest)
+
+
+@dataclass(eq=False, repr=False)
+class AnnounceObjectsResponse(betterproto2.Message):
+    stale: "list[str]" = betterproto2.field(1, betterproto2.TYPE_STRING, repeated=True)
+
+
+default_message_pool.register_message(
+    "spear.v1", "AnnounceObjectsResponse", AnnounceObjectsResponse
+)
+
+
+@dataclass(eq=False, repr=False)
 class ArtifactChunk(betterproto2.Message):
     """
     ---- artifacts -----------------------------------------------------------------------
@@ -240,6 +287,60 @@ class CancelTaskRequest(betterproto2.Message):
 
 
 default_message_pool.register_message("spear.v1", "CancelTaskRequest", CancelTaskRequest)
+
+
+@dataclass(eq=False, repr=False)
+class ChangeObjectRequest(betterproto2.Message):
+    key: "str" = betterproto2.field(1, betterproto2.TYPE_STRING)
+
+    change: "str" = betterproto2.field(2, betterproto2.TYPE_STRING)
+    """
+    ref, unref, release (unref without collecting), pin, unpin, delete, force-delete
+    """
+
+    count: "int" = betterproto2.field(3, betterproto2.TYPE_UINT64)
+
+    expected_version: "int | None" = betterproto2.field(4, betterproto2.TYPE_UINT64, optional=True)
+
+
+default_message_pool.register_message("spear.v1", "ChangeObjectRequest", ChangeObjectRequest)
+
+
+@dataclass(eq=False, repr=False)
+class ChangeObjectResponse(betterproto2.Message):
+    record: "ObjectRecord | None" = betterproto2.field(1, betterproto2.TYPE_MESSAGE, optional=True)
+
+    deleted: "bool" = betterproto2.field(2, betterproto2.TYPE_BOOL)
+
+
+default_message_pool.register_message("spear.v1", "ChangeObjectResponse", ChangeObjectResponse)
+
+
+@dataclass(eq=False, repr=False)
+class CollectObjectsRequest(betterproto2.Message):
+    grace_s: "float" = betterproto2.field(1, betterproto2.TYPE_DOUBLE)
+
+
+default_message_pool.register_message("spear.v1", "CollectObjectsRequest", CollectObjectsRequest)
+
+
+@dataclass(eq=False, repr=False)
+class CommitObjectRequest(betterproto2.Message):
+    key: "str" = betterproto2.field(1, betterproto2.TYPE_STRING)
+
+    node: "str" = betterproto2.field(2, betterproto2.TYPE_STRING)
+
+    address: "str" = betterproto2.field(3, betterproto2.TYPE_STRING)
+
+    size: "int" = betterproto2.field(4, betterproto2.TYPE_UINT64)
+
+    expected_version: "int | None" = betterproto2.field(5, betterproto2.TYPE_UINT64, optional=True)
+    """
+    unset: unconditional; 0: create only
+    """
+
+
+default_message_pool.register_message("spear.v1", "CommitObjectRequest", CommitObjectRequest)
 
 
 @dataclass(eq=False, repr=False)
@@ -587,6 +688,20 @@ default_message_pool.register_message("spear.v1", "HeartbeatResponse", Heartbeat
 
 
 @dataclass(eq=False, repr=False)
+class HoldObjectRequest(betterproto2.Message):
+    key: "str" = betterproto2.field(1, betterproto2.TYPE_STRING)
+
+    node: "str" = betterproto2.field(2, betterproto2.TYPE_STRING)
+
+    address: "str" = betterproto2.field(3, betterproto2.TYPE_STRING)
+
+    version: "int" = betterproto2.field(4, betterproto2.TYPE_UINT64)
+
+
+default_message_pool.register_message("spear.v1", "HoldObjectRequest", HoldObjectRequest)
+
+
+@dataclass(eq=False, repr=False)
 class KeyValue(betterproto2.Message):
     key: "str" = betterproto2.field(1, betterproto2.TYPE_STRING)
 
@@ -648,6 +763,26 @@ class ListNodesResponse(betterproto2.Message):
 
 
 default_message_pool.register_message("spear.v1", "ListNodesResponse", ListNodesResponse)
+
+
+@dataclass(eq=False, repr=False)
+class ListObjectRecordsRequest(betterproto2.Message):
+    prefix: "str" = betterproto2.field(1, betterproto2.TYPE_STRING)
+
+
+default_message_pool.register_message(
+    "spear.v1", "ListObjectRecordsRequest", ListObjectRecordsRequest
+)
+
+
+@dataclass(eq=False, repr=False)
+class ListObjectRecordsResponse(betterproto2.Message):
+    objects: "list[ObjectRecord]" = betterproto2.field(1, betterproto2.TYPE_MESSAGE, repeated=True)
+
+
+default_message_pool.register_message(
+    "spear.v1", "ListObjectRecordsResponse", ListObjectRecordsResponse
+)
 
 
 @dataclass(eq=False, repr=False)
@@ -759,6 +894,14 @@ default_message_pool.register_message("spear.v1", "LogChunk", LogChunk)
 
 
 @dataclass(eq=False, repr=False)
+class LookupObjectRequest(betterproto2.Message):
+    key: "str" = betterproto2.field(1, betterproto2.TYPE_STRING)
+
+
+default_message_pool.register_message("spear.v1", "LookupObjectRequest", LookupObjectRequest)
+
+
+@dataclass(eq=False, repr=False)
 class LookupTaskRequest(betterproto2.Message):
     task_id: "str" = betterproto2.field(1, betterproto2.TYPE_STRING)
 
@@ -809,6 +952,11 @@ class NodeInfo(betterproto2.Message):
     pid: "int" = betterproto2.field(12, betterproto2.TYPE_UINT32)
 
     max_message_bytes: "int" = betterproto2.field(13, betterproto2.TYPE_UINT64)
+
+    object_transfer_address: "str" = betterproto2.field(14, betterproto2.TYPE_STRING)
+    """
+    in a cluster (docs/objects.md)
+    """
 
 
 default_message_pool.register_message("spear.v1", "NodeInfo", NodeInfo)
@@ -879,6 +1027,21 @@ default_message_pool.register_message("spear.v1", "ObjectChunk", ObjectChunk)
 
 
 @dataclass(eq=False, repr=False)
+class ObjectHolder(betterproto2.Message):
+    node: "str" = betterproto2.field(1, betterproto2.TYPE_STRING)
+
+    address: "str" = betterproto2.field(2, betterproto2.TYPE_STRING)
+    """
+    where its object transfer service listens (HOST:PORT)
+    """
+
+    live: "bool" = betterproto2.field(3, betterproto2.TYPE_BOOL)
+
+
+default_message_pool.register_message("spear.v1", "ObjectHolder", ObjectHolder)
+
+
+@dataclass(eq=False, repr=False)
 class ObjectInfo(betterproto2.Message):
     """
     ---- objects -------------------------------------------------------------------------
@@ -893,6 +1056,11 @@ class ObjectInfo(betterproto2.Message):
     refs: "int" = betterproto2.field(4, betterproto2.TYPE_UINT32)
 
     pinned: "bool" = betterproto2.field(5, betterproto2.TYPE_BOOL)
+
+    locations: "list[str]" = betterproto2.field(6, betterproto2.TYPE_STRING, repeated=True)
+    """
+    in a cluster: the nodes holding the current version
+    """
 
 
 default_message_pool.register_message("spear.v1", "ObjectInfo", ObjectInfo)
@@ -918,6 +1086,31 @@ class ObjectLocation(betterproto2.Message):
 
 
 default_message_pool.register_message("spear.v1", "ObjectLocation", ObjectLocation)
+
+
+@dataclass(eq=False, repr=False)
+class ObjectRecord(betterproto2.Message):
+    key: "str" = betterproto2.field(1, betterproto2.TYPE_STRING)
+
+    version: "int" = betterproto2.field(2, betterproto2.TYPE_UINT64)
+
+    size: "int" = betterproto2.field(3, betterproto2.TYPE_UINT64)
+
+    holders: "list[ObjectHolder]" = betterproto2.field(4, betterproto2.TYPE_MESSAGE, repeated=True)
+    """
+    live holders first
+    """
+
+    refs: "int" = betterproto2.field(5, betterproto2.TYPE_UINT64)
+
+    pinned: "bool" = betterproto2.field(6, betterproto2.TYPE_BOOL)
+
+    created_at: "float" = betterproto2.field(7, betterproto2.TYPE_DOUBLE)
+
+    updated_at: "float" = betterproto2.field(8, betterproto2.TYPE_DOUBLE)
+
+
+default_message_pool.register_message("spear.v1", "ObjectRecord", ObjectRecord)
 
 
 @dataclass(eq=False, repr=False)
@@ -1447,6 +1640,142 @@ class MetadataServerStub(betterproto2_grpclib.ServiceStub):
             "/spear.v1.MetadataServer/LocateObject",
             message,
             LocateObjectResponse,
+            timeout=timeout,
+            deadline=deadline,
+            metadata=metadata,
+        )
+
+    async def commit_object(
+        self,
+        message: "CommitObjectRequest",
+        *,
+        timeout: "float | None" = None,
+        deadline: "Deadline | None" = None,
+        metadata: "MetadataLike | None" = None,
+    ) -> "ObjectRecord":
+        """
+        One object space (docs/objects.md): the SMS is the authority for each key's version,
+        holders, references and pin. A put from any node is a compare-and-swap here.
+        """
+
+        return await self._unary_unary(
+            "/spear.v1.MetadataServer/CommitObject",
+            message,
+            ObjectRecord,
+            timeout=timeout,
+            deadline=deadline,
+            metadata=metadata,
+        )
+
+    async def lookup_object(
+        self,
+        message: "LookupObjectRequest",
+        *,
+        timeout: "float | None" = None,
+        deadline: "Deadline | None" = None,
+        metadata: "MetadataLike | None" = None,
+    ) -> "ObjectRecord":
+
+        return await self._unary_unary(
+            "/spear.v1.MetadataServer/LookupObject",
+            message,
+            ObjectRecord,
+            timeout=timeout,
+            deadline=deadline,
+            metadata=metadata,
+        )
+
+    async def hold_object(
+        self,
+        message: "HoldObjectRequest",
+        *,
+        timeout: "float | None" = None,
+        deadline: "Deadline | None" = None,
+        metadata: "MetadataLike | None" = None,
+    ) -> "ObjectRecord":
+        """
+        A node now holds a copy of the current version (a cached copy, or a re-announce).
+        """
+
+        return await self._unary_unary(
+            "/spear.v1.MetadataServer/HoldObject",
+            message,
+            ObjectRecord,
+            timeout=timeout,
+            deadline=deadline,
+            metadata=metadata,
+        )
+
+    async def change_object(
+        self,
+        message: "ChangeObjectRequest",
+        *,
+        timeout: "float | None" = None,
+        deadline: "Deadline | None" = None,
+        metadata: "MetadataLike | None" = None,
+    ) -> "ChangeObjectResponse":
+
+        return await self._unary_unary(
+            "/spear.v1.MetadataServer/ChangeObject",
+            message,
+            ChangeObjectResponse,
+            timeout=timeout,
+            deadline=deadline,
+            metadata=metadata,
+        )
+
+    async def list_object_records(
+        self,
+        message: "ListObjectRecordsRequest",
+        *,
+        timeout: "float | None" = None,
+        deadline: "Deadline | None" = None,
+        metadata: "MetadataLike | None" = None,
+    ) -> "ListObjectRecordsResponse":
+
+        return await self._unary_unary(
+            "/spear.v1.MetadataServer/ListObjectRecords",
+            message,
+            ListObjectRecordsResponse,
+            timeout=timeout,
+            deadline=deadline,
+            metadata=metadata,
+        )
+
+    async def announce_objects(
+        self,
+        message: "AnnounceObjectsRequest",
+        *,
+        timeout: "float | None" = None,
+        deadline: "Deadline | None" = None,
+        metadata: "MetadataLike | None" = None,
+    ) -> "AnnounceObjectsResponse":
+        """
+        A node (re)joining tells what it holds; the answer names the copies that are stale.
+        """
+
+        return await self._unary_unary(
+            "/spear.v1.MetadataServer/AnnounceObjects",
+            message,
+            AnnounceObjectsResponse,
+            timeout=timeout,
+            deadline=deadline,
+            metadata=metadata,
+        )
+
+    async def collect_objects(
+        self,
+        message: "CollectObjectsRequest",
+        *,
+        timeout: "float | None" = None,
+        deadline: "Deadline | None" = None,
+        metadata: "MetadataLike | None" = None,
+    ) -> "ListObjectRecordsResponse":
+
+        return await self._unary_unary(
+            "/spear.v1.MetadataServer/CollectObjects",
+            message,
+            ListObjectRecordsResponse,
             timeout=timeout,
             deadline=deadline,
             metadata=metadata,
@@ -2019,6 +2348,50 @@ class MetadataServerBase(betterproto2_grpclib.ServiceBase):
 
         raise grpclib.GRPCError(grpclib.const.Status.UNIMPLEMENTED)
 
+    async def commit_object(self, message: "CommitObjectRequest") -> "ObjectRecord":
+        """
+        One object space (docs/objects.md): the SMS is the authority for each key's version,
+        holders, references and pin. A put from any node is a compare-and-swap here.
+        """
+
+        raise grpclib.GRPCError(grpclib.const.Status.UNIMPLEMENTED)
+
+    async def lookup_object(self, message: "LookupObjectRequest") -> "ObjectRecord":
+
+        raise grpclib.GRPCError(grpclib.const.Status.UNIMPLEMENTED)
+
+    async def hold_object(self, message: "HoldObjectRequest") -> "ObjectRecord":
+        """
+        A node now holds a copy of the current version (a cached copy, or a re-announce).
+        """
+
+        raise grpclib.GRPCError(grpclib.const.Status.UNIMPLEMENTED)
+
+    async def change_object(self, message: "ChangeObjectRequest") -> "ChangeObjectResponse":
+
+        raise grpclib.GRPCError(grpclib.const.Status.UNIMPLEMENTED)
+
+    async def list_object_records(
+        self, message: "ListObjectRecordsRequest"
+    ) -> "ListObjectRecordsResponse":
+
+        raise grpclib.GRPCError(grpclib.const.Status.UNIMPLEMENTED)
+
+    async def announce_objects(
+        self, message: "AnnounceObjectsRequest"
+    ) -> "AnnounceObjectsResponse":
+        """
+        A node (re)joining tells what it holds; the answer names the copies that are stale.
+        """
+
+        raise grpclib.GRPCError(grpclib.const.Status.UNIMPLEMENTED)
+
+    async def collect_objects(
+        self, message: "CollectObjectsRequest"
+    ) -> "ListObjectRecordsResponse":
+
+        raise grpclib.GRPCError(grpclib.const.Status.UNIMPLEMENTED)
+
     async def __rpc_register_node(
         self, stream: "grpclib.server.Stream[RegisterNodeRequest, NodeRecord]"
     ) -> None:
@@ -2124,6 +2497,62 @@ class MetadataServerBase(betterproto2_grpclib.ServiceBase):
         response = await self.locate_object(request)
         await stream.send_message(response)
 
+    async def __rpc_commit_object(
+        self, stream: "grpclib.server.Stream[CommitObjectRequest, ObjectRecord]"
+    ) -> None:
+        request = await stream.recv_message()
+        assert request is not None
+        response = await self.commit_object(request)
+        await stream.send_message(response)
+
+    async def __rpc_lookup_object(
+        self, stream: "grpclib.server.Stream[LookupObjectRequest, ObjectRecord]"
+    ) -> None:
+        request = await stream.recv_message()
+        assert request is not None
+        response = await self.lookup_object(request)
+        await stream.send_message(response)
+
+    async def __rpc_hold_object(
+        self, stream: "grpclib.server.Stream[HoldObjectRequest, ObjectRecord]"
+    ) -> None:
+        request = await stream.recv_message()
+        assert request is not None
+        response = await self.hold_object(request)
+        await stream.send_message(response)
+
+    async def __rpc_change_object(
+        self, stream: "grpclib.server.Stream[ChangeObjectRequest, ChangeObjectResponse]"
+    ) -> None:
+        request = await stream.recv_message()
+        assert request is not None
+        response = await self.change_object(request)
+        await stream.send_message(response)
+
+    async def __rpc_list_object_records(
+        self, stream: "grpclib.server.Stream[ListObjectRecordsRequest, ListObjectRecordsResponse]"
+    ) -> None:
+        request = await stream.recv_message()
+        assert request is not None
+        response = await self.list_object_records(request)
+        await stream.send_message(response)
+
+    async def __rpc_announce_objects(
+        self, stream: "grpclib.server.Stream[AnnounceObjectsRequest, AnnounceObjectsResponse]"
+    ) -> None:
+        request = await stream.recv_message()
+        assert request is not None
+        response = await self.announce_objects(request)
+        await stream.send_message(response)
+
+    async def __rpc_collect_objects(
+        self, stream: "grpclib.server.Stream[CollectObjectsRequest, ListObjectRecordsResponse]"
+    ) -> None:
+        request = await stream.recv_message()
+        assert request is not None
+        response = await self.collect_objects(request)
+        await stream.send_message(response)
+
     def __mapping__(self) -> "dict[str, grpclib.const.Handler]":
         return {
             "/spear.v1.MetadataServer/RegisterNode": grpclib.const.Handler(
@@ -2203,6 +2632,48 @@ class MetadataServerBase(betterproto2_grpclib.ServiceBase):
                 grpclib.const.Cardinality.UNARY_UNARY,
                 LocateObjectRequest,
                 LocateObjectResponse,
+            ),
+            "/spear.v1.MetadataServer/CommitObject": grpclib.const.Handler(
+                self.__rpc_commit_object,
+                grpclib.const.Cardinality.UNARY_UNARY,
+                CommitObjectRequest,
+                ObjectRecord,
+            ),
+            "/spear.v1.MetadataServer/LookupObject": grpclib.const.Handler(
+                self.__rpc_lookup_object,
+                grpclib.const.Cardinality.UNARY_UNARY,
+                LookupObjectRequest,
+                ObjectRecord,
+            ),
+            "/spear.v1.MetadataServer/HoldObject": grpclib.const.Handler(
+                self.__rpc_hold_object,
+                grpclib.const.Cardinality.UNARY_UNARY,
+                HoldObjectRequest,
+                ObjectRecord,
+            ),
+            "/spear.v1.MetadataServer/ChangeObject": grpclib.const.Handler(
+                self.__rpc_change_object,
+                grpclib.const.Cardinality.UNARY_UNARY,
+                ChangeObjectRequest,
+                ChangeObjectResponse,
+            ),
+            "/spear.v1.MetadataServer/ListObjectRecords": grpclib.const.Handler(
+                self.__rpc_list_object_records,
+                grpclib.const.Cardinality.UNARY_UNARY,
+                ListObjectRecordsRequest,
+                ListObjectRecordsResponse,
+            ),
+            "/spear.v1.MetadataServer/AnnounceObjects": grpclib.const.Handler(
+                self.__rpc_announce_objects,
+                grpclib.const.Cardinality.UNARY_UNARY,
+                AnnounceObjectsRequest,
+                AnnounceObjectsResponse,
+            ),
+            "/spear.v1.MetadataServer/CollectObjects": grpclib.const.Handler(
+                self.__rpc_collect_objects,
+                grpclib.const.Cardinality.UNARY_UNARY,
+                CollectObjectsRequest,
+                ListObjectRecordsResponse,
             ),
         }
 

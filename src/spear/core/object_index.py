@@ -1,0 +1,235 @@
+"""The cluster's object index (docs/objects.md): the SMS's authority over every object.
+
+One entry per key in the SMS's KV, `objidx/<key>`, holding the object's size, references,
+pin, times and holders (node -> the address of its object transfer service). The object's
+version is the KV revision of the commit that wrote its value (kept explicitly once a
+reference or holder change rewrites the entry), so versions only grow, across nodes and
+across a delete and re-create, on LevelDB and on etcd alike.
+
+Every change is a compare-and-swap on the entry, so of many nodes committing against the
+same expected version exactly one wins and the others get `Conflict`; this is what makes
+optimistic concurrency cluster-wide. The bytes stay on the nodes: a commit names the
+writer as the only holder of the new version; a node that fetched a copy adds itself
+(`hold`), for that version only.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import orjson
+
+from spear.errors import Conflict, InvalidArgument, NotFound
+
+if TYPE_CHECKING:
+    import builtins
+    from collections.abc import Awaitable, Callable, Sequence
+
+    from spear.store.kv import KV, Entry
+
+INDEX = "objidx/"
+CHANGES = ("ref", "unref", "release", "pin", "unpin", "delete", "force-delete")
+
+
+@dataclass(frozen=True, slots=True)
+class ObjectHolder:
+    node: str
+    address: str
+    live: bool = True
+
+
+@dataclass(frozen=True, slots=True)
+class ObjectRecord:
+    """What the cluster knows of one object; `holders` live ones first."""
+
+    key: str
+    version: int
+    size: int
+    holders: tuple[ObjectHolder, ...] = ()
+    refs: int = 0
+    pinned: bool = False
+    created_at: float = 0.0
+    updated_at: float = 0.0
+
+    def holder_names(self) -> tuple[str, ...]:
+        return tuple(h.node for h in self.holders)
+
+
+def _load(entry: Entry) -> tuple[dict[str, Any], int]:
+    data: dict[str, Any] = orjson.loads(entry.value)
+    return data, int(data.get("version") or entry.version)
+
+
+def _record(key: str, data: dict[str, Any], version: int, live: set[str] | None) -> ObjectRecord:
+    holders = [
+        ObjectHolder(node, address, live is None or node in live)
+        for node, address in sorted(data.get("holders", {}).items())
+    ]
+    holders.sort(key=lambda h: not h.live)
+    return ObjectRecord(
+        key=key,
+        version=version,
+        size=int(data["size"]),
+        holders=tuple(holders),
+        refs=int(data.get("refs", 0)),
+        pinned=bool(data.get("pinned", False)),
+        created_at=float(data.get("created", 0.0)),
+        updated_at=float(data.get("updated", 0.0)),
+    )
+
+
+class ObjectIndex:
+    """The index over the SMS's KV. `live_nodes` names the nodes a holder may be served by."""
+
+    def __init__(
+        self,
+        kv: KV,
+        live_nodes: Callable[[], Awaitable[set[str]]] | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.kv = kv
+        self._live_nodes = live_nodes
+        self._clock = clock
+
+    async def _live(self) -> set[str] | None:
+        return None if self._live_nodes is None else await self._live_nodes()
+
+    async def commit(
+        self, key: str, node: str, address: str, size: int, expected_version: int | None
+    ) -> ObjectRecord:
+        """A new value of `key`, written on `node`: the new version, or `Conflict`."""
+        if not key or not node:
+            raise InvalidArgument("an object commit needs a key and a node")
+        if expected_version is not None and expected_version < 0:
+            raise InvalidArgument("an expected version must be 0 (absent) or a version")
+        while True:
+            entry = await self.kv.get(INDEX + key)
+            now = self._clock()
+            if entry is None:
+                if expected_version:
+                    raise Conflict(
+                        f"object {key!r} does not exist (expected version {expected_version})"
+                    )
+                data: dict[str, Any] = {"refs": 0, "pinned": False, "created": now}
+            else:
+                data, current = _load(entry)
+                if expected_version is not None and expected_version != current:
+                    raise Conflict(
+                        f"object {key!r} is at version {current}, not {expected_version}"
+                    )
+                data.pop("version", None)
+            data.update(size=size, holders={node: address}, updated=now)
+            rev = await self.kv.compare_and_swap(
+                INDEX + key, orjson.dumps(data), entry.version if entry else 0
+            )
+            if rev > 0:
+                return _record(key, data, rev, await self._live())
+
+    async def lookup(self, key: str) -> ObjectRecord:
+        entry = await self.kv.get(INDEX + key)
+        if entry is None:
+            raise NotFound(f"no such object: {key}")
+        data, version = _load(entry)
+        return _record(key, data, version, await self._live())
+
+    async def hold(self, key: str, node: str, address: str, version: int) -> ObjectRecord | None:
+        """`node` holds `version` of `key`; None (nothing changed) if that is not current."""
+        while True:
+            entry = await self.kv.get(INDEX + key)
+            if entry is None:
+                return None
+            data, current = _load(entry)
+            if current != version:
+                return None
+            if data.get("holders", {}).get(node) != address:
+                data["version"] = current
+                data.setdefault("holders", {})[node] = address
+                if (
+                    await self.kv.compare_and_swap(INDEX + key, orjson.dumps(data), entry.version)
+                    <= 0
+                ):
+                    continue
+            return _record(key, data, current, await self._live())
+
+    async def change(
+        self, key: str, change: str, count: int = 1, expected_version: int | None = None
+    ) -> tuple[ObjectRecord, bool]:
+        """Apply one lifecycle change; (the record as it now is or was last, deleted?).
+
+        `unref` to no references on an unpinned object deletes it (as on one node);
+        `release` drops `count` references without collecting (a task that ended)."""
+        if change not in CHANGES:
+            raise InvalidArgument(f"unknown object change {change!r}: one of {', '.join(CHANGES)}")
+        while True:
+            entry = await self.kv.get(INDEX + key)
+            if entry is None:
+                raise NotFound(f"no such object: {key}")
+            data, version = _load(entry)
+            if expected_version is not None and expected_version != version:
+                raise Conflict(f"object {key!r} is at version {version}, not {expected_version}")
+            refs, pinned = int(data.get("refs", 0)), bool(data.get("pinned", False))
+            delete = False
+            if change == "ref":
+                refs += 1
+            elif change == "unref":
+                if refs <= 0:
+                    raise InvalidArgument(f"object {key!r} has no references to remove")
+                refs -= 1
+                delete = refs == 0 and not pinned
+            elif change == "release":
+                refs = max(0, refs - count)
+            elif change in ("pin", "unpin"):
+                pinned = change == "pin"
+            elif change == "delete" and (pinned or refs > 0):
+                held = "pinned" if pinned else f"referenced {refs} time(s)"
+                raise Conflict(f"object {key!r} is {held}; unpin it, or delete with force")
+            else:
+                delete = True
+            data.update(refs=refs, pinned=pinned, version=version, updated=self._clock())
+            value = None if delete else orjson.dumps(data)
+            if await self.kv.compare_and_swap(INDEX + key, value, entry.version) >= 0:
+                return _record(key, data, version, await self._live()), delete
+
+    async def list(self, prefix: str = "") -> builtins.list[ObjectRecord]:
+        live = await self._live()
+        out = []
+        for entry in await self.kv.scan(INDEX + prefix):
+            data, version = _load(entry)
+            out.append(_record(entry.key[len(INDEX) :], data, version, live))
+        return out
+
+    async def announce(
+        self, node: str, address: str, held: Sequence[tuple[str, int, int]]
+    ) -> builtins.list[str]:
+        """A node (re)joining holds these (key, version, size)s: it is entered as a holder
+        of those that are current, and of those the index does not know (an SMS that lost
+        its store: the copy is kept under its version rather than lost); the keys of the
+        others (overwritten or deleted meanwhile) are returned: stale copies."""
+        stale = []
+        for key, version, size in held:
+            if await self.hold(key, node, address, version) is not None:
+                continue
+            now = self._clock()
+            data = {
+                "refs": 0, "pinned": False, "created": now, "updated": now, "size": size,
+                "holders": {node: address}, "version": version,
+            }  # fmt: skip
+            if await self.kv.compare_and_swap(INDEX + key, orjson.dumps(data), 0) <= 0:
+                if await self.hold(key, node, address, version) is None:
+                    stale.append(key)
+        return stale
+
+    async def collect(self, grace_s: float) -> builtins.list[ObjectRecord]:
+        """Delete entries with no references and no pin idle for `grace_s`; their records."""
+        now = self._clock()
+        deleted = []
+        for entry in await self.kv.scan(INDEX):
+            data, version = _load(entry)
+            idle = now - float(data.get("updated", 0.0))
+            if data.get("refs", 0) > 0 or data.get("pinned") or idle < grace_s:
+                continue
+            if await self.kv.compare_and_swap(entry.key, None, entry.version) == 0:
+                deleted.append(_record(entry.key[len(INDEX) :], data, version, None))
+        return deleted

@@ -1,0 +1,155 @@
+"""One object space across the cluster (docs/objects.md): a member's side of it.
+
+`ClusterObjects` is the ObjectAuthority a member's object store defers to: versions,
+references and pins are the SMS's object index (compare-and-swap there), bytes come from
+the holders' object transfer services. `sharing_objects` serves this node's copies and
+puts the authority in place for as long as the node is a member; every writer of the
+store (CLI and gRPC puts, WASM hostcalls, the Python SDK, task results) goes through it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections import OrderedDict
+from typing import TYPE_CHECKING
+
+from spear._logging import logger
+from spear.errors import SpearError, Unavailable
+from spear.transport._object_convert import record_info
+
+if TYPE_CHECKING:
+    import builtins
+    from collections.abc import AsyncIterator, Sequence
+    from pathlib import Path
+
+    from spear.core.object_index import ObjectRecord
+    from spear.store.object_info import ObjectInfo
+    from spear.store.objects import ObjectStore
+    from spear.transport.channels import Credentials
+    from spear.transport.object_transfer import ObjectTransferClient
+    from spear.transport.serving import Security
+    from spear.transport.sms_client import SmsClient
+
+_RECORDS_KEPT = 1024  # records of recent lookups, so a fetch need not look up again
+
+
+class ClusterObjects:
+    """The ObjectAuthority of a member named `node` whose transfer service is `address`."""
+
+    def __init__(
+        self, sms: SmsClient, node: str, address: str, transfer: ObjectTransferClient
+    ) -> None:
+        self._sms = sms
+        self.node = node
+        self.address = address
+        self._transfer = transfer
+        self._records: OrderedDict[str, ObjectRecord] = OrderedDict()
+        self._holding: set[asyncio.Task[None]] = set()
+
+    async def commit(self, key: str, size: int, expected_version: int | None) -> int:
+        record = await self._sms.commit_object(key, self.node, self.address, size, expected_version)
+        return record.version
+
+    async def current(self, key: str) -> ObjectInfo:
+        record = await self._sms.lookup_object(key)
+        self._records[key] = record
+        self._records.move_to_end(key)
+        while len(self._records) > _RECORDS_KEPT:
+            self._records.popitem(last=False)
+        return record_info(record)
+
+    async def fetch(self, key: str, info: ObjectInfo, dest: Path) -> None:
+        record = self._records.pop(key, None)
+        if record is None or record.version != info.version:
+            record = await self._sms.lookup_object(key)
+        others = [h for h in record.holders if h.node != self.node]
+        failures = []
+        for holder in others:
+            if not holder.live:
+                failures.append(f"{holder.node} is not live")
+                continue
+            try:
+                await self._transfer.fetch(holder.address, key, record.version, dest)
+                return
+            except Unavailable as exc:
+                failures.append(f"{holder.node}: {exc}")
+        if not others:
+            raise Unavailable(f"object {key!r} (version {record.version}) has no holder")
+        raise Unavailable(
+            f"object {key!r} (version {record.version}) could not be read from any holder: "
+            + "; ".join(failures)
+        )
+
+    async def hold(self, key: str, version: int) -> None:
+        """Entered in the background: the reader need not wait a round trip for it (until
+        it is, other nodes fetch from the holders they know)."""
+        task = asyncio.get_running_loop().create_task(self._hold(key, version))
+        self._holding.add(task)
+        task.add_done_callback(self._holding.discard)
+
+    async def _hold(self, key: str, version: int) -> None:
+        try:
+            await self._sms.hold_object(key, self.node, self.address, version)
+        except SpearError as exc:  # (a cache nobody hears of is still a cache)
+            logger.debug("copy of {} not entered in the index: {}", key, exc)
+
+    async def change(
+        self, key: str, change: str, count: int = 1, expected_version: int | None = None
+    ) -> tuple[ObjectInfo, bool]:
+        record, deleted = await self._sms.change_object(key, change, count, expected_version)
+        return record_info(record), deleted
+
+    async def list(self, prefix: str) -> builtins.list[ObjectInfo]:
+        return [record_info(r) for r in await self._sms.list_object_records(prefix)]
+
+    async def collect(self, grace_s: float) -> builtins.list[str]:
+        return [r.key for r in await self._sms.collect_objects(grace_s)]
+
+    async def announce(self, held: Sequence[tuple[str, int, int]]) -> builtins.list[str]:
+        return await self._sms.announce_objects(self.node, self.address, held)
+
+
+async def announce_held(store: ObjectStore, authority: ClusterObjects) -> None:
+    """Tell the SMS what this node holds (after each registration); drop stale copies."""
+    try:
+        held = await store.held()
+        stale = await authority.announce(held) if held else []
+        for key in stale:
+            await store.drop_local(key)
+        if held:
+            logger.info("announced {} object(s), {} stale copies dropped", len(held), len(stale))
+    except SpearError as exc:  # the next registration tries again
+        logger.warning("objects not announced to the SMS: {}", exc)
+
+
+@contextlib.asynccontextmanager
+async def sharing_objects(
+    store: ObjectStore | None,
+    sms: SmsClient,
+    node: str,
+    host: str,
+    security: Security,
+    credentials: Credentials,
+    *,
+    encrypt: bool = True,
+) -> AsyncIterator[ClusterObjects | None]:
+    """While inside, `store` is part of the cluster's object space: its copies served on
+    `host` (a port of its own), its versions decided by the SMS."""
+    if store is None:
+        yield None
+        return
+    from spear.transport.object_transfer import ObjectTransferClient, ObjectTransferServer
+    from spear.transport.serving import format_address
+
+    server = ObjectTransferServer(store, security, allow_plain=not encrypt)
+    transfer = ObjectTransferClient(credentials, encrypt=encrypt)
+    address = await server.start(format_address(host, 0))
+    authority = ClusterObjects(sms, node, address, transfer)
+    store.authority = authority
+    try:
+        yield authority
+    finally:
+        store.authority = None
+        await server.close()
+        await transfer.aclose()

@@ -1,0 +1,55 @@
+"""The ObjectAuthority seam: who decides an object's version when nodes share one object
+space (docs/objects.md). In local mode there is none and the node's store decides alone;
+in a cluster the SMS's object index does, reached through the node's implementation
+(spear/node/object_space.py). The store keeps the bytes either way."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Protocol
+
+if TYPE_CHECKING:
+    import builtins
+    from collections.abc import Sequence
+    from pathlib import Path
+
+    from spear.store.object_info import ObjectInfo
+
+
+class ObjectAuthority(Protocol):
+    """The cluster's record of each object: version, size, references, pin, holders
+    (`ObjectInfo.locations`). Every method raises spear's errors (NotFound, Conflict,
+    Unavailable)."""
+
+    async def commit(self, key: str, size: int, expected_version: int | None) -> int:
+        """This node wrote a new value of `key`: its version, or `Conflict`."""
+        ...
+
+    async def current(self, key: str) -> ObjectInfo:
+        """The current version of `key` and where it is held; `NotFound` if absent."""
+        ...
+
+    async def fetch(self, key: str, info: ObjectInfo, dest: Path) -> None:
+        """Write version `info.version` of `key` from a holder into the new file `dest`;
+        on any failure `dest` does not exist afterwards."""
+        ...
+
+    async def hold(self, key: str, version: int) -> None:
+        """This node now holds a copy of `version` of `key`."""
+        ...
+
+    async def change(
+        self, key: str, change: str, count: int = 1, expected_version: int | None = None
+    ) -> tuple[ObjectInfo, bool]:
+        """A lifecycle change (ref, unref, release, pin, unpin, delete, force-delete);
+        (the object's info, whether it was deleted)."""
+        ...
+
+    async def list(self, prefix: str) -> builtins.list[ObjectInfo]: ...
+
+    async def collect(self, grace_s: float) -> builtins.list[str]:
+        """Delete the cluster's unreferenced, unpinned objects idle for `grace_s`."""
+        ...
+
+    async def announce(self, held: Sequence[tuple[str, int, int]]) -> builtins.list[str]:
+        """This node holds these (key, version, size)s; the keys whose copies are stale."""
+        ...
