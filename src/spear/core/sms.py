@@ -34,8 +34,8 @@ from spear.core.cluster import (
 )
 from spear.core.liveness import Liveness
 from spear.core.models import TaskState
-from spear.core.sms_leader import SoleLeader
 from spear.core.object_index import ObjectIndex
+from spear.core.sms_leader import SoleLeader
 from spear.core.stats import SmsStats
 from spear.core.tasks.codec import decode_task, encode_task
 from spear.core.worker import EXIT_LOST
@@ -84,13 +84,13 @@ class MetadataServer(Cluster):
         # only the leader writes (core/sms_leader.py: SoleLeader on LevelDB, else elected).
         self.liveness = Liveness()
         self.leadership: Leadership = SoleLeader()
+        # The authority for each object's version, holders, references (docs/objects.md).
+        self.objects = ObjectIndex(kv, self._live_node_names, clock)
 
     def take_over(self) -> None:
         """This SMS starts leading: silence counts from now, and memory starts empty."""
         self._started = self._clock()
         self.liveness.clear()
-        # The authority for each object's version, holders, references (docs/objects.md).
-        self.objects = ObjectIndex(kv, self._live_node_names, clock)
 
     # -- nodes ------------------------------------------------------------------------
 

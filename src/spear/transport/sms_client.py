@@ -228,15 +228,19 @@ class SmsClient(Cluster):
         req = v1.CommitObjectRequest(
             key=key, node=node, address=address, size=size, expected_version=expected_version
         )
-        return oc.record_from_wire(await self._call(self._stub.commit_object(req, **self._opts())))
+        return oc.record_from_wire(
+            await self._call(lambda stub: stub.commit_object(req, **self._opts()))
+        )
 
     async def lookup_object(self, key: str) -> ObjectRecord:
         req = v1.LookupObjectRequest(key=key)
-        return oc.record_from_wire(await self._call(self._stub.lookup_object(req, **self._opts())))
+        return oc.record_from_wire(
+            await self._call(lambda stub: stub.lookup_object(req, **self._opts()))
+        )
 
     async def hold_object(self, key: str, node: str, address: str, version: int) -> None:
         req = v1.HoldObjectRequest(key=key, node=node, address=address, version=version)
-        await self._call(self._stub.hold_object(req, **self._opts()))
+        await self._call(lambda stub: stub.hold_object(req, **self._opts()))
 
     async def change_object(
         self, key: str, change: str, count: int = 1, expected_version: int | None = None
@@ -244,12 +248,12 @@ class SmsClient(Cluster):
         req = v1.ChangeObjectRequest(
             key=key, change=change, count=count, expected_version=expected_version
         )
-        resp = await self._call(self._stub.change_object(req, **self._opts()))
+        resp = await self._call(lambda stub: stub.change_object(req, **self._opts()))
         return oc.record_from_wire(resp.record), resp.deleted
 
     async def list_object_records(self, prefix: str = "") -> list[ObjectRecord]:
         req = v1.ListObjectRecordsRequest(prefix=prefix)
-        resp = await self._call(self._stub.list_object_records(req, **self._opts()))
+        resp = await self._call(lambda stub: stub.list_object_records(req, **self._opts()))
         return [oc.record_from_wire(r) for r in resp.objects]
 
     async def announce_objects(
@@ -260,11 +264,13 @@ class SmsClient(Cluster):
             address=address,
             held=[v1.AnnouncedObject(key=k, version=v, size=n) for k, v, n in held],
         )
-        return list((await self._call(self._stub.announce_objects(req, **self._opts()))).stale)
+        return list(
+            (await self._call(lambda stub: stub.announce_objects(req, **self._opts()))).stale
+        )
 
     async def collect_objects(self, grace_s: float) -> list[ObjectRecord]:
         req = v1.CollectObjectsRequest(grace_s=grace_s)
-        resp = await self._call(self._stub.collect_objects(req, **self._opts()))
+        resp = await self._call(lambda stub: stub.collect_objects(req, **self._opts()))
         return [oc.record_from_wire(r) for r in resp.objects]
 
     async def aclose(self) -> None:

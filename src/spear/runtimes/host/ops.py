@@ -42,8 +42,8 @@ from typing import TYPE_CHECKING, Any
 import anyio
 import anyio.to_thread
 
-from spear.core import namespaces
 from spear._logging import logger
+from spear.core import namespaces
 from spear.core.streams import (
     POLLNVAL,
     MessageTooLarge,
