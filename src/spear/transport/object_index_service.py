@@ -25,6 +25,7 @@ class ObjectIndexService:
     sms: MetadataServer
 
     async def commit_object(self, message: v1.CommitObjectRequest) -> v1.ObjectRecord:
+        self.sms.leadership.require()  # writes go to the leader only
         _speaks_for(message.node)
         record = await self.sms.objects.commit(
             message.key, message.node, message.address, message.size, message.expected_version
@@ -35,12 +36,14 @@ class ObjectIndexService:
         return oc.record_to_wire(await self.sms.objects.lookup(message.key))
 
     async def hold_object(self, message: v1.HoldObjectRequest) -> v1.ObjectRecord:
+        self.sms.leadership.require()  # writes go to the leader only
         _speaks_for(message.node)
         objects = self.sms.objects
         held = await objects.hold(message.key, message.node, message.address, message.version)
         return oc.record_to_wire(held or await objects.lookup(message.key))
 
     async def change_object(self, message: v1.ChangeObjectRequest) -> v1.ChangeObjectResponse:
+        self.sms.leadership.require()  # writes go to the leader only
         record, deleted = await self.sms.objects.change(
             message.key, message.change, message.count or 1, message.expected_version
         )
@@ -55,6 +58,7 @@ class ObjectIndexService:
     async def announce_objects(
         self, message: v1.AnnounceObjectsRequest
     ) -> v1.AnnounceObjectsResponse:
+        self.sms.leadership.require()  # writes go to the leader only
         _speaks_for(message.node)
         held = [(h.key, h.version, h.size) for h in message.held]
         stale = await self.sms.objects.announce(message.node, message.address, held)
@@ -63,5 +67,6 @@ class ObjectIndexService:
     async def collect_objects(
         self, message: v1.CollectObjectsRequest
     ) -> v1.ListObjectRecordsResponse:
+        self.sms.leadership.require()  # writes go to the leader only
         found = await self.sms.objects.collect(message.grace_s)
         return v1.ListObjectRecordsResponse(objects=[oc.record_to_wire(r) for r in found])
