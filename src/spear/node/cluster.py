@@ -25,6 +25,7 @@ from spear.core.models import TaskResult
 from spear.core.scheduler import owner_of
 from spear.errors import NotFound, SpearError, Unavailable
 from spear.node.api import TaskHandle, read_own_stdin, run_attached
+from spear.node.failover import persist
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Callable, Sequence
@@ -292,10 +293,9 @@ class ClusterNode:
         self, key: str, data: bytes, *, expected_version: int | None = None
     ) -> ObjectInfo:
         info = await self.local.put_object(key, data, expected_version=expected_version)
-        try:
-            await self.cluster.put_object_location(
-                ObjectLocation(key, self.node.name, info.version, info.size)
-            )
+        location = ObjectLocation(key, self.node.name, info.version, info.size)
+        try:  # (again while the SMS is briefly away: the chaos suite lost objects so)
+            await persist(lambda: self.cluster.put_object_location(location))
         except SpearError as exc:
             logger.warning("object {} not entered in the SMS index: {}", key, exc)
         return info
