@@ -96,6 +96,7 @@ def run_scenario(
             )
         timeline: list[dict[str, Any]] = []
         try:
+            _await_flowing(marks, load)
             time.sleep(warmup_s)  # the load before the first fault (a phase's length)
             for fault in FAULTS:
                 t_fault = time.time()
@@ -117,6 +118,18 @@ def run_scenario(
         return {"timeline": timeline, "load": load_result, "marks": marks.read_text()}
     finally:
         lab.down()
+
+
+def _await_flowing(marks: Path, load: subprocess.Popen[bytes], tasks: int = 8) -> None:
+    """Return once the load has finished `tasks` tasks (its start is slow on a busy box)."""
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        if marks.read_text().count("end ") >= tasks:
+            return
+        if load.poll() is not None:
+            raise RuntimeError(f"the load generator exited with {load.returncode}")
+        time.sleep(0.2)  # polling its marks, with a deadline
+    raise RuntimeError("the load did not start in time")
 
 
 def _throughput(finished: list[float], start: float, end: float) -> float:

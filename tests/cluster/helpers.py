@@ -70,6 +70,13 @@ def spear(
     )
 
 
+def submit(node: str, module: Path, *flags: str) -> str:
+    """`spear submit` of `module` to `node` (with `flags`); the task's id."""
+    proc = spear("submit", "--node", node, *flags, str(module))
+    assert proc.returncode == 0, proc.stderr
+    return proc.stdout.split()[0]
+
+
 def sms_state(address: str, task_id: str) -> Any:
     """The task's state as the SMS has it, None while no report of it arrived yet."""
     try:

@@ -9,7 +9,15 @@ import random
 from typing import TYPE_CHECKING, Any
 
 import pytest
-from helpers import assert_eventually, make_cluster, nodes_json, sms_call, sms_state, spear
+from helpers import (
+    assert_eventually,
+    make_cluster,
+    nodes_json,
+    sms_call,
+    sms_state,
+    spear,
+    submit,
+)
 from wat_tasks import ticker
 
 from spear.core.models import TaskState
@@ -29,12 +37,6 @@ def _hosts() -> tuple[str, ...]:
     return tuple(f"127.{x}.{y}.{i}" for i in (1, 2, 3))
 
 
-def _submit(node: str, module: Path) -> str:
-    proc = spear("submit", "--node", node, str(module))
-    assert proc.returncode == 0, proc.stderr
-    return proc.stdout.split()[0]
-
-
 def test_one_member_lost_changes_nothing_quorum_lost_pauses(
     make_cluster: Any, tmp_path: Path
 ) -> None:
@@ -45,18 +47,18 @@ def test_one_member_lost_changes_nothing_quorum_lost_pauses(
     assert len(etcd.pids) == 3 and etcd.url.count(",") == 2
     quick = tmp_path / "quick"
     quick.mkdir()
-    first = _submit(node, ticker(quick, 1, 1))
+    first = submit(node, ticker(quick, 1, 1))
     assert_eventually(lambda: sms_state(sms, first) is TaskState.COMPLETED, timeout=20)
 
     etcd.processes[0].kill()  # one of three: the others keep a quorum
-    second = _submit(node, ticker(quick, 1, 1))
+    second = submit(node, ticker(quick, 1, 1))
     assert_eventually(lambda: sms_state(sms, second) is TaskState.COMPLETED, timeout=30)
     assert nodes_json(sms)["node-1"]["health"] == "healthy"
 
     # A task that runs ~2 s; quorum goes while it runs, it ends meanwhile.
     slow_dir = tmp_path / "slow"
     slow_dir.mkdir()
-    slow = _submit(node, ticker(slow_dir, 8, 250))
+    slow = submit(node, ticker(slow_dir, 8, 250))
     assert_eventually(lambda: sms_state(sms, slow) is TaskState.RUNNING, timeout=20)
     etcd.processes[1].kill()
     # Its node runs it to its end with the SMS's store unwritable...

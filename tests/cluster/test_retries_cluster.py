@@ -8,7 +8,15 @@ import signal
 from typing import TYPE_CHECKING, Any
 
 import pytest
-from helpers import assert_eventually, loop_wasm, make_cluster, sms_call, sms_state, spear
+from helpers import (
+    assert_eventually,
+    loop_wasm,
+    make_cluster,
+    sms_call,
+    sms_state,
+    spear,
+    submit,
+)
 
 from spear.core.models import TaskState
 
@@ -18,18 +26,12 @@ if TYPE_CHECKING:
 pytestmark = pytest.mark.slow
 
 
-def _submit(node: str, module: Path, *flags: str) -> str:
-    proc = spear("submit", "--node", node, *flags, str(module))
-    assert proc.returncode == 0, proc.stderr
-    return proc.stdout.split()[0]
-
-
 def test_lost_nodes_retryable_tasks_run_again_elsewhere(make_cluster: Any, loop_wasm: Path) -> None:
     cluster = make_cluster(nodes=2)
     sms = cluster.sms.address
     victim = cluster.member("node-1")
-    retried = _submit(victim.address, loop_wasm, "--max-retries", "2")
-    once = _submit(victim.address, loop_wasm)  # no retries: it ends with its node
+    retried = submit(victim.address, loop_wasm, "--max-retries", "2")
+    once = submit(victim.address, loop_wasm)  # no retries: it ends with its node
     for tid in (retried, once):
         assert_eventually(lambda tid=tid: sms_state(sms, tid) is TaskState.RUNNING)
     cluster.stop_member(victim, signal.SIGKILL)
@@ -60,17 +62,17 @@ def test_a_key_names_one_task_across_nodes_and_submits_wait_for_the_sms(
     cluster = make_cluster(nodes=2, node_settings={"node-1": {"labels": {"zone": "a"}}})
     sms = cluster.sms.address
     node1, node2 = cluster.member("node-1").address, cluster.member("node-2").address
-    first = _submit(node1, loop_wasm, "--idempotency-key", "order-17")
+    first = submit(node1, loop_wasm, "--idempotency-key", "order-17")
     assert_eventually(lambda: sms_state(sms, first) is TaskState.RUNNING)
     # The same key through another node (a client failing over): the same task.
-    again = _submit(node2, loop_wasm, "--idempotency-key", "order-17")
+    again = submit(node2, loop_wasm, "--idempotency-key", "order-17")
     assert again == first
     assert [t.id for t in sms_call(sms, "tasks")].count(first) == 1
 
     # With the SMS away, a task that does not fit node-2 (only node-1 has zone=a) waits
     # in node-2's queue instead of being refused, and is placed once the SMS is back.
     cluster.stop_member(cluster.sms, signal.SIGKILL)
-    queued = _submit(node2, loop_wasm, "--label", "zone=a")
+    queued = submit(node2, loop_wasm, "--label", "zone=a")
     cluster.start_sms(listen=sms)
     assert_eventually(lambda: sms_state(sms, queued) is TaskState.RUNNING, timeout=20)
     assert sms_call(sms, "task", queued).node == "node-1"

@@ -11,8 +11,16 @@ from 0.1 s up to 2 s, with jitter.
 from __future__ import annotations
 
 import random
+from typing import TYPE_CHECKING, TypeVar
+
+import anyio
 
 from spear.errors import DeadlineExceeded, InvalidArgument, StorageError, Unavailable
+
+if TYPE_CHECKING:
+    from collections.abc import Awaitable, Callable
+
+_T = TypeVar("_T")
 
 DEFAULT_RETRIES = 4
 BACKOFF_FIRST_S = 0.1
@@ -47,3 +55,17 @@ class Failover:
     def backoff_s(attempt: int) -> float:
         ceiling = min(BACKOFF_MAX_S, BACKOFF_FIRST_S * 2.0**attempt)
         return ceiling * (0.5 + random.random() / 2)  # (spread, not secrecy)
+
+
+async def persist(call: Callable[[], Awaitable[_T]], retries: int = 6) -> _T:
+    """`call()`, again after a back-off while it finds its server unavailable or its
+    storage failing (an SMS whose etcd is electing a leader): for a write that must not
+    be dropped after one try, such as an object's entry in the SMS's index."""
+    for attempt in range(retries):
+        try:
+            return await call()
+        except (Unavailable, StorageError):
+            if attempt + 1 == retries:
+                raise
+        await anyio.sleep(Failover.backoff_s(attempt))
+    raise AssertionError("unreachable")  # pragma: no cover
