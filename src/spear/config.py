@@ -78,6 +78,8 @@ EXTRA_KEYS: dict[str, type] = {
     "unhealthy_after_s": float,
     "dead_after_s": float,
     "labels": dict,
+    # HTTP triggers (docs/triggers.md): [routes."/ask"] tables, served by `spear serve`.
+    "routes": dict,
 }
 _TRUE = ("1", "true", "yes", "on")
 _FALSE = ("0", "false", "no", "off")

@@ -52,8 +52,9 @@ _COMMANDS: dict[str, tuple[str, str, str]] = {
         "runner_app",
         "The warm runner: status, stop.",
     ),
+    "route": ("spear.cli.routes", "route_app", "HTTP triggers and WebSocket routes: add, ls, rm."),
 }
-_GROUPS = ("obj", "cluster", "token", "runner")
+_GROUPS = ("obj", "cluster", "token", "runner", "route")
 
 HELP = """spear: a serverless runtime for AI agents (WebAssembly modules and processes).
 

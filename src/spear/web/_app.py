@@ -1,10 +1,12 @@
 """The ASGI application one node (or the SMS) serves: dashboard, JSON API, live feeds,
 `/metrics`.
 
-Routes are read-only: with no authentication yet (issue 14), a page any website could
-make the browser POST to on loopback must not start or cancel tasks. The seam for it is
-`Authenticator`, applied to every request by one middleware; HTTP triggers and WebSocket
-streams (issue 19) will be routes of this same app, passed in as `extra_routes`.
+The dashboard's routes are read-only: with no authentication on them yet (issue 14), a
+page any website could make the browser POST to on loopback must not start or cancel
+tasks. The seam for it is `Authenticator`, applied to every request by one middleware.
+HTTP triggers and WebSocket streams (_triggers.py) and the route API that changes them
+(_route_api.py, which checks tokens itself) are routes of this same app, passed in as
+`extra_routes`.
 """
 
 from __future__ import annotations
@@ -20,7 +22,14 @@ from starlette.routing import BaseRoute, Mount, Route
 from starlette.staticfiles import StaticFiles
 
 from spear.core.models import TaskState
-from spear.errors import InvalidArgument, NotFound, SpearError, Unavailable
+from spear.errors import (
+    InvalidArgument,
+    NotFound,
+    PermissionDenied,
+    SpearError,
+    Unauthenticated,
+    Unavailable,
+)
 from spear.web._events import EventStream, task_feed, task_list_feed, task_summary
 
 if TYPE_CHECKING:
@@ -73,6 +82,10 @@ def _status(exc: SpearError) -> int:
         return 400
     if isinstance(exc, Unavailable):
         return 409
+    if isinstance(exc, Unauthenticated):
+        return 401
+    if isinstance(exc, PermissionDenied):
+        return 403
     return 500
 
 

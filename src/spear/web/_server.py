@@ -20,8 +20,10 @@ from loguru import logger
 
 if TYPE_CHECKING:
     import socket
-    from collections.abc import AsyncIterator
+    from collections.abc import AsyncIterator, Sequence
     from pathlib import Path
+
+    from starlette.routing import BaseRoute
 
     from spear.config import Settings
     from spear.core.sms import MetadataServer
@@ -80,12 +82,16 @@ async def serving(
         yield None
         return
     from spear.web._sources import NodeSource
+    from spear.web._wiring import trigger_routes
     from spear.web.metrics import Exposition, NodeCollector
 
+    extra = await trigger_routes(api, settings)
     collector = NodeCollector(api)
     collector.attach()
     try:
-        async with _serve(NodeSource(api), Exposition(collector), settings, "spearlet") as url:
+        async with _serve(
+            NodeSource(api), Exposition(collector), settings, "spearlet", extra
+        ) as url:
             yield url
     finally:
         collector.detach()
@@ -109,7 +115,11 @@ async def serving_sms(
 
 @contextlib.asynccontextmanager
 async def _serve(
-    source: Source, exposition: Exposition, settings: Settings, role: str
+    source: Source,
+    exposition: Exposition,
+    settings: Settings,
+    role: str,
+    extra_routes: Sequence[BaseRoute] = (),
 ) -> AsyncIterator[str]:
     from spear.transport.serving import listening_socket
     from spear.web._app import build_app
@@ -119,9 +129,13 @@ async def _serve(
     url = _url(sock)
     closing = anyio.Event()
     app = build_app(
-        source, exposition, closing=closing, loopback=_is_loopback(sock.getsockname()[0])
+        source,
+        exposition,
+        closing=closing,
+        loopback=_is_loopback(sock.getsockname()[0]),
+        extra_routes=extra_routes,
     )
-    server = make_server(app)
+    server = make_server(app, ws_max_size=settings.stream_message_max_bytes)
     path = http_address_file(settings.data_dir, role)
     done = anyio.Event()
 

@@ -42,7 +42,7 @@ def _route_logs() -> None:
         log.propagate = False
 
 
-def make_server(app: ASGIApp) -> Server:
+def make_server(app: ASGIApp, *, ws_max_size: int = 1024**2) -> Server:
     _route_logs()
     return Server(
         uvicorn.Config(
@@ -52,7 +52,8 @@ def make_server(app: ASGIApp) -> Server:
             access_log=False,
             server_header=False,
             proxy_headers=False,
-            ws="none",  # WebSocket streams (issue 19) turn this on with their routes
+            ws="auto",  # WebSocket streams (web/_triggers.py): the websockets package
+            ws_max_size=ws_max_size,  # a message is at most what a task's stream takes
             timeout_graceful_shutdown=2,
         )
     )

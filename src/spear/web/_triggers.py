@@ -1,0 +1,461 @@
+"""HTTP triggers and WebSocket streams: requests to a route run its agent as a task.
+
+HTTP (`kind = "http"`): the request becomes the task's environment and stdin (_cgi.py);
+what the task writes to stdout is the response, sent as it is written (chunked, or
+server-sent events when the agent says `Content-Type: text/event-stream`). WebSocket
+(`kind = "websocket"`): the connection starts the task with its caller stream; each
+browser message is a message to the task, each message of the task one to the browser.
+
+The task is submitted through the node's NodeAPI, so in a cluster it runs where the
+scheduler places it and its output or stream is relayed through this node. Every answer
+carries `x-request-id`; a task that fails before its response started is a 5xx naming it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import secrets
+import threading
+from typing import TYPE_CHECKING, Any
+
+import anyio
+import orjson
+from loguru import logger
+
+from spear.core.models import TaskState
+from spear.errors import ResourceExhausted, SpearError, Unavailable
+from spear.web._cgi import ResponseHead, request_env
+
+if TYPE_CHECKING:
+    from starlette.types import Message, Receive, Scope, Send
+
+    from spear.core.models import Task
+    from spear.node.api import NodeAPI, StreamingTask
+    from spear.transport.auth import TokenStore
+    from spear.web._routes import Route, RouteTable
+
+_HEAD_GRACE_S = 5.0  # past a route's timeout, how long the node has to report the task's end
+_WS_CLOSE_GRACE_S = 5.0  # after the browser left, how long the task has to end by itself
+_END = object()
+
+
+def new_request_id() -> str:
+    return secrets.token_hex(8)
+
+
+class Triggers:
+    """The ASGI endpoint behind every route path (the app's last, catch-all route)."""
+
+    def __init__(self, api: NodeAPI, table: RouteTable, tokens: TokenStore | None) -> None:
+        self.api = api
+        self.table = table
+        self.tokens = tokens
+        self._busy: dict[str, int] = {}
+        self.served = 0
+        self.failed = 0
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "websocket":
+            await self._websocket(scope, receive, send)
+        else:
+            await self._http(scope, receive, send)
+
+    # -- shared ------------------------------------------------------------------------
+
+    def _refusal(self, route: Route, scope: Scope) -> tuple[int, str] | None:
+        """Who may call `route`: anyone if it is public, else a submitter's token."""
+        if route.public:
+            return None
+        from spear.transport.auth import Role
+
+        token = None
+        for name, value in scope["headers"]:
+            if name == b"authorization":
+                scheme, _, rest = value.decode("latin-1").partition(" ")
+                if scheme.lower() == "bearer" and rest.strip():
+                    token = rest.strip()
+        if token is None:
+            return 401, f"{route.path} needs a token (Authorization: Bearer ...)"
+        principal = self.tokens.verify(token) if self.tokens is not None else None
+        if principal is None:
+            return 401, "the token was not accepted (unknown or revoked)"
+        if principal.role < Role.SUBMITTER:
+            return 403, f"{principal.name} ({principal.role.name.lower()}) may not run tasks"
+        return None
+
+    def _take_slot(self, route: Route) -> bool:
+        busy = self._busy.get(route.path, 0)
+        if busy >= route.concurrency:
+            return False
+        self._busy[route.path] = busy + 1
+        return True
+
+    def _give_slot(self, route: Route) -> None:
+        self._busy[route.path] -= 1
+
+    def _spec(
+        self, route: Route, scope: Scope, rest: str, body_length: int, request_id: str
+    ) -> Any:
+        headers = [(n.decode("latin-1"), v.decode("latin-1")) for n, v in scope["headers"]]
+        client = scope.get("client")
+        env = request_env(
+            method=scope.get("method", "GET"),
+            path=scope["path"],
+            script_name=route.base,
+            path_info=rest,
+            query=scope.get("query_string", b"").decode("latin-1"),
+            headers=headers,
+            body_length=body_length,
+            client=client[0] if client else "",
+            server=scope.get("server"),
+            request_id=request_id,
+            route=route.path,
+        )
+        spec = route.spec
+        timeout = (
+            route.timeout_s if spec.timeout_s is None else min(spec.timeout_s, route.timeout_s)
+        )
+        return dataclasses.replace(spec, env=(*spec.env, *env), timeout_s=timeout)
+
+    # -- HTTP --------------------------------------------------------------------------
+
+    async def _http(self, scope: Scope, receive: Receive, send: Send) -> None:
+        request_id = new_request_id()
+        found = self.table.match(scope["path"])
+        if found is None:
+            await _json(send, 404, {"error": f"no route for {scope['path']}"}, request_id)
+            return
+        route, rest = found
+        if route.kind != "http":
+            await _json(send, 426, {"error": f"{route.path} is a WebSocket route"}, request_id)
+            return
+        method = scope["method"]
+        if method not in route.methods:
+            extra = [(b"allow", ", ".join(route.methods).encode())]
+            await _json(send, 405, {"error": f"{route.path} takes {', '.join(route.methods)}"},
+                        request_id, extra)  # fmt: skip
+            return
+        refused = self._refusal(route, scope)
+        if refused is not None:
+            await _json(send, refused[0], {"error": refused[1]}, request_id)
+            return
+        if not self._take_slot(route):
+            await _json(send, 503, {"error": f"{route.path} is at its concurrency limit"},
+                        request_id, [(b"retry-after", b"1")])  # fmt: skip
+            return
+        try:
+            body = await _read_body(receive, route.max_body_bytes)
+            if body is None:
+                await _json(send, 413, {"error": f"the body is over {route.max_body_bytes} bytes"},
+                            request_id)  # fmt: skip
+                return
+            spec = self._spec(route, scope, rest, len(body), request_id)
+            await _Exchange(self, route, spec, body, request_id).serve(receive, send)
+        finally:
+            self._give_slot(route)
+
+    # -- WebSocket ---------------------------------------------------------------------
+
+    async def _websocket(self, scope: Scope, receive: Receive, send: Send) -> None:
+        request_id = new_request_id()
+        first = await receive()
+        if first["type"] != "websocket.connect":
+            return
+        found = self.table.match(scope["path"])
+        if found is None or found[0].kind != "websocket":
+            await _deny(scope, send, 404, f"no WebSocket route for {scope['path']}", request_id)
+            return
+        route, rest = found
+        refused = self._refusal(route, scope)
+        if refused is not None:
+            await _deny(scope, send, refused[0], refused[1], request_id)
+            return
+        if not self._take_slot(route):
+            await _deny(scope, send, 503, f"{route.path} is at its concurrency limit", request_id)
+            return
+        try:
+            spec = self._spec(route, scope, rest, 0, request_id)
+            await _WebSocketSession(self.api, spec, request_id, scope, receive, send).serve()
+        finally:
+            self._give_slot(route)
+
+
+class _Exchange:
+    """One HTTP request's task: run it, relay its output as the response."""
+
+    def __init__(self, triggers: Triggers, route: Route, spec: Any, body: bytes, rid: str) -> None:
+        self.triggers = triggers
+        self.api = triggers.api
+        self.route = route
+        self.spec = spec
+        self.body = body
+        self.request_id = rid
+        self.task_id: str | None = None
+        self.task: Task | None = None
+        self.error: BaseException | None = None
+        self.ended = False
+        self._loop = asyncio.get_running_loop()
+        self._loop_thread = threading.get_ident()
+        self._queue: asyncio.Queue[Any] = asyncio.Queue()
+        self._headers = [(b"x-request-id", rid.encode())]
+
+    def _out(self, data: bytes) -> None:
+        # Called as the task writes: from the event loop (a guest run inline, a relay) or
+        # from the guest's worker thread. The task's stdout cap bounds what it can queue.
+        if threading.get_ident() == self._loop_thread:
+            self._queue.put_nowait(data)
+        else:
+            self._loop.call_soon_threadsafe(self._queue.put_nowait, data)
+
+    def _created(self, task: Task) -> None:
+        self.task_id = task.id
+        self._headers.append((b"x-spear-task", task.id.encode()))
+
+    async def _run(self) -> None:
+        try:
+            self.task = await self.api.run(
+                self.spec, stdin=self.body or None, stdout=self._out, on_created=self._created
+            )
+        except Exception as exc:  # (the node refused it, or the cluster lost it)
+            self.error = exc
+        finally:
+            self._queue.put_nowait(_END)
+
+    async def serve(self, receive: Receive, send: Send) -> None:
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(self._run)
+            tg.start_soon(self._watch_disconnect, receive, tg.cancel_scope)
+            try:
+                await self._respond(send)
+            finally:
+                if not self.ended:
+                    with anyio.CancelScope(shield=True):
+                        await self._cancel("the client went away")
+                tg.cancel_scope.cancel()
+
+    async def _watch_disconnect(self, receive: Receive, scope: anyio.CancelScope) -> None:
+        while (await receive())["type"] != "http.disconnect":
+            pass
+        scope.cancel()
+
+    async def _cancel(self, reason: str) -> None:
+        if self.task_id is not None and not self.ended:
+            try:
+                await self.api.cancel(self.task_id, reason)
+            except SpearError:
+                pass  # it ended meanwhile
+
+    async def _next(self, deadline: float) -> Any:
+        with anyio.fail_after(max(0.0, deadline - anyio.current_time())):
+            item = await self._queue.get()
+        if item is _END:
+            self.ended = True
+        return item
+
+    async def _respond(self, send: Send) -> None:
+        head = ResponseHead()
+        deadline = anyio.current_time() + self.route.timeout_s + _HEAD_GRACE_S
+        try:
+            while not head.done:
+                item = await self._next(deadline)
+                if item is _END:
+                    head.end()
+                    break
+                head.feed(item)
+        except TimeoutError:
+            await self._cancel("no response in time")
+            await self._fail(send, 504, "the agent sent no response in time")
+            return
+        first = [head.body_start]
+        while not self.ended and not self._queue.empty():  # what is already written
+            item = self._queue.get_nowait()
+            if item is _END:
+                self.ended = True
+            else:
+                first.append(item)
+        if self.ended:
+            failure = self._failure()
+            if failure is not None:
+                await self._fail(send, *failure)
+                return
+        headers = [*head.headers, *self._headers]
+        body = b"".join(first)
+        if self.ended:  # the whole answer is here: one message with its length, no chunks
+            if not any(name == b"content-length" for name, _ in head.headers):
+                headers.append((b"content-length", str(len(body)).encode()))
+            await send({"type": "http.response.start", "status": head.status, "headers": headers})
+            await send({"type": "http.response.body", "body": body})
+            self.triggers.served += 1
+            return
+        await send({"type": "http.response.start", "status": head.status, "headers": headers})
+        if body:
+            await send({"type": "http.response.body", "body": body, "more_body": True})
+        while True:
+            # (the task's own timeout ends it; this bound only covers a lost node)
+            try:
+                item = await self._next(deadline + self.route.timeout_s)
+            except TimeoutError:
+                await self._cancel("no end in time")
+                return  # the response is left unfinished: the client sees it broken
+            if item is _END:
+                break
+            await send({"type": "http.response.body", "body": item, "more_body": True})
+        if self._failure() is not None:
+            self.triggers.failed += 1
+            logger.info("request {} ({}): the task failed mid-response", self.request_id,
+                        self.task_id)  # fmt: skip
+            return  # left unfinished: a failure after the head must not read as success
+        await send({"type": "http.response.body", "body": b""})
+        self.triggers.served += 1
+
+    def _failure(self) -> tuple[int, str] | None:
+        if self.error is not None:
+            status = 503 if isinstance(self.error, Unavailable | ResourceExhausted) else 500
+            return status, str(self.error)
+        task = self.task
+        if task is None or task.state is TaskState.COMPLETED:
+            return None
+        if task.exit_code == 124:
+            return 504, f"the agent ran out of time ({self.route.timeout_s:g} s)"
+        return 502, f"the agent failed: {task.reason or task.state.value}"
+
+    async def _fail(self, send: Send, status: int, message: str) -> None:
+        self.triggers.failed += 1
+        body: dict[str, Any] = {"error": message, "request_id": self.request_id}
+        if self.task_id is not None:
+            body["task_id"] = self.task_id
+        logger.info("request {} answered {}: {}", self.request_id, status, message)
+        await _json(send, status, body, self.request_id, self._headers[1:])
+
+
+class _WebSocketSession:
+    """A WebSocket bound to one task's caller stream, both ways, with backpressure: a
+    browser message is read only once the task's input queue took the one before, and a
+    task's message is taken only once the browser's connection took the one before."""
+
+    def __init__(
+        self, api: NodeAPI, spec: Any, rid: str, scope: Scope, receive: Receive, send: Send
+    ) -> None:
+        self.api = api
+        self.scope = scope
+        self.spec = spec
+        self.request_id = rid
+        self.receive = receive
+        self.send = send
+        self.browser_gone = False
+
+    async def serve(self) -> None:
+        accepted = False
+        try:
+            async with self.api.start_task(self.spec) as task:
+                await self.send({"type": "websocket.accept",
+                                 "headers": [(b"x-request-id", self.request_id.encode()),
+                                             (b"x-spear-task", task.id.encode())]})  # fmt: skip
+                accepted = True
+                async with anyio.create_task_group() as tg:
+                    tg.start_soon(self._inbound, task, tg.cancel_scope)
+                    await self._outbound(task)
+                    tg.cancel_scope.cancel()
+        except SpearError as exc:
+            logger.info("WebSocket {}: {}", self.request_id, exc)
+            if not accepted:  # refused before it started
+                await _deny(self.scope, self.send, 503, str(exc), self.request_id)
+            elif not self.browser_gone:
+                reason = f"{exc.code}: {exc}"[:120]
+                await self.send({"type": "websocket.close", "code": 1011, "reason": reason})
+
+    async def _inbound(self, task: StreamingTask, scope: anyio.CancelScope) -> None:
+        while True:
+            message: Message = await self.receive()
+            if message["type"] == "websocket.disconnect":
+                self.browser_gone = True
+                await task.close()
+                with anyio.move_on_after(_WS_CLOSE_GRACE_S) as waited:
+                    await task.wait()
+                if waited.cancelled_caught:
+                    await task.cancel("the browser closed the WebSocket")
+                scope.cancel()
+                return
+            if message["type"] != "websocket.receive":
+                continue
+            data = message.get("bytes")
+            payload = data if data is not None else message.get("text", "")
+            try:
+                await task.send(payload)
+            except Unavailable:
+                return  # the task stopped reading: its end closes the socket
+            except ResourceExhausted as exc:
+                await self.send({"type": "websocket.close", "code": 1009, "reason": str(exc)[:120]})
+                await task.cancel("message too large")
+                return
+
+    async def _outbound(self, task: StreamingTask) -> None:
+        async for message in task.messages():
+            try:
+                text = message.decode("utf-8")
+            except UnicodeDecodeError:
+                await self.send({"type": "websocket.send", "bytes": message})
+            else:
+                await self.send({"type": "websocket.send", "text": text})
+        finished = await task.wait()
+        if self.browser_gone:
+            return
+        if finished.state is TaskState.COMPLETED:
+            await self.send({"type": "websocket.close", "code": 1000, "reason": "the task ended"})
+        else:
+            reason = f"task {finished.id} {finished.state.value.lower()}: {finished.reason}"
+            await self.send({"type": "websocket.close", "code": 1011, "reason": reason[:120]})
+
+
+async def _read_body(receive: Receive, limit: int) -> bytes | None:
+    """The request body, or None once it is over `limit` bytes (nothing more is read)."""
+    chunks: list[bytes] = []
+    size = 0
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            return b"".join(chunks)
+        chunk = message.get("body", b"")
+        size += len(chunk)
+        if size > limit:
+            return None
+        if chunk:
+            chunks.append(chunk)
+        if not message.get("more_body", False):
+            return b"".join(chunks)
+
+
+async def _json(
+    send: Send,
+    status: int,
+    body: dict[str, Any],
+    request_id: str,
+    extra: list[tuple[bytes, bytes]] | None = None,
+) -> None:
+    body.setdefault("request_id", request_id)
+    data = orjson.dumps(body)
+    headers = [
+        (b"content-type", b"application/json"),
+        (b"content-length", str(len(data)).encode()),
+        (b"x-request-id", request_id.encode()),
+        *(extra or ()),
+    ]
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": data})
+
+
+async def _deny(scope: Scope, send: Send, status: int, message: str, request_id: str) -> None:
+    """Refuse a WebSocket handshake with an HTTP answer (the websocket.http.response
+    extension), or a plain close (403 to the client) where the server lacks it."""
+    if "websocket.http.response" in (scope.get("extensions") or {}):
+        data = orjson.dumps({"error": message, "request_id": request_id})
+        headers = [
+            (b"content-type", b"application/json"),
+            (b"content-length", str(len(data)).encode()),
+            (b"x-request-id", request_id.encode()),
+        ]
+        await send({"type": "websocket.http.response.start", "status": status, "headers": headers})
+        await send({"type": "websocket.http.response.body", "body": data})
+        return
+    await send({"type": "websocket.close", "code": 1008, "reason": f"{status}: {message}"[:120]})
