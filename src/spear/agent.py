@@ -771,3 +771,82 @@ def chat_stream(
 
 def embed(inputs: str | list[str], *, model: str | None = None) -> list[list[float]]:
     return default().embed(inputs, model=model)
+
+
+# -- HTTP triggers: the request and the response (docs/triggers.md) -------------------
+
+
+class HttpRequest:
+    """The HTTP request a route's task serves: read from the CGI variables and stdin."""
+
+    def __init__(self, environ: dict[str, str], body: bytes) -> None:
+        self.method = environ.get("REQUEST_METHOD", "GET")
+        self.path = environ.get("SCRIPT_NAME", "") + environ.get("PATH_INFO", "")
+        self.path_info = environ.get("PATH_INFO", "")
+        self.query_string = environ.get("QUERY_STRING", "")
+        self.request_id = environ.get("X_REQUEST_ID", "")
+        self.headers = {
+            k[5:].replace("_", "-").lower(): v for k, v in environ.items() if k.startswith("HTTP_")
+        }
+        if "CONTENT_TYPE" in environ:
+            self.headers["content-type"] = environ["CONTENT_TYPE"]
+        self.body = body
+
+    @property
+    def query(self) -> dict[str, str]:
+        """The query string's parameters (the last value of a repeated one)."""
+        from urllib.parse import parse_qsl
+
+        return dict(parse_qsl(self.query_string, keep_blank_values=True))
+
+    def text(self) -> str:
+        return self.body.decode("utf-8", errors="replace")
+
+    def json(self) -> Any:
+        import json
+
+        return json.loads(self.body or b"null")
+
+
+def http_request() -> HttpRequest:
+    """The request this task serves (its body read from stdin, once)."""
+    import sys
+
+    length = os.environ.get("CONTENT_LENGTH")
+    body = sys.stdin.buffer.read(int(length)) if length and length.isdigit() else b""
+    return HttpRequest(dict(os.environ), body)
+
+
+def http_start(status: int = 200, headers: dict[str, str] | None = None) -> None:
+    """Send the response's status and headers; the body follows (`http_write`, `sse`)."""
+    import sys
+
+    lines = [f"Status: {status}"]
+    lines += [f"{name}: {value}" for name, value in (headers or {}).items()]
+    sys.stdout.buffer.write(("\n".join(lines) + "\n\n").encode())
+    sys.stdout.buffer.flush()
+
+
+def http_write(data: bytes | str) -> None:
+    """Send part of the body now (it reaches the client as it is written)."""
+    import sys
+
+    sys.stdout.buffer.write(data.encode() if isinstance(data, str) else data)
+    sys.stdout.buffer.flush()
+
+
+def http_respond(
+    body: bytes | str = b"", status: int = 200, headers: dict[str, str] | None = None
+) -> None:
+    """The whole response at once."""
+    all_headers = {"Content-Type": "text/plain; charset=utf-8", **(headers or {})}
+    http_start(status, all_headers)
+    http_write(body)
+
+
+def sse(data: str, event: str | None = None) -> None:
+    """One server-sent event (after `http_start(headers={"Content-Type":
+    "text/event-stream"})`); each line of `data` is one `data:` line."""
+    lines = [f"event: {event}"] if event else []
+    lines += [f"data: {line}" for line in data.split("\n")]
+    http_write("\n".join(lines) + "\n\n")
