@@ -36,6 +36,8 @@ int main(void) {
         printf("event: end\ndata: done\n\n");
         return 0;
     }
+    const char *sleep = strstr(query, "sleep=");
+    if (sleep) nap_ms(atol(sleep + 6)); /* (the tests' slow agent) */
     if (strstr(query, "fail")) {
         fprintf(stderr, "asked to fail\n");
         return 3;
