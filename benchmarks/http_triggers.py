@@ -6,6 +6,9 @@ wrk) over keep-alive connections on loopback.
 - `spear_route`: `spear serve` (a real daemon) with a public route whose agent (WAT, no
   toolchain) writes `Content-Type: text/plain`, a blank line and `ok`: each request is
   a task (recorded, run, its result stored), answered through the CGI convention.
+- `spear_route_tmpfs`: the same with the node's data dir on /dev/shm: each task's stdout
+  is a log file and its result an object (a directory, files and an fsync'd write per
+  request), which this machine's disk makes the largest part of a request.
 - `stack_floor`: the same server (uvicorn + Starlette + the node app's middleware, on a
   node's event loop) with a catch-all route that answers `ok` itself: no task.
 - `ray_serve`: Ray Serve's HTTP proxy and a one-replica deployment returning "ok".
@@ -220,11 +223,14 @@ def run(quick: bool) -> dict[str, Any]:
             "spear_route": stack.enter_context(spear_route(Path(tmp))),
             "stack_floor": stack.enter_context(stack_floor(Path(tmp))),
         }
+        if Path("/dev/shm").is_dir():  # the same node with its data dir in memory
+            shm = Path(stack.enter_context(tempfile.TemporaryDirectory(dir="/dev/shm")))
+            urls["spear_route_tmpfs"] = stack.enter_context(spear_route(shm))
         try:
             urls["ray_serve"] = stack.enter_context(ray_serve())
         except ImportError as exc:
             print(f"Ray Serve not available: {exc}", file=sys.stderr)
-        for name, url in urls.items():
+        for url in urls.values():
             _check(url)
             wrk(url, 1)  # warm: compiled module, connections, Ray's replica
         for r in range(rounds):  # interleaved: each round runs every target once
