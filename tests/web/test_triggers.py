@@ -334,3 +334,43 @@ def _send_until_held(sock: socket.socket, data: memoryview) -> int:
             continue
     sock.setblocking(True)
     return sent
+
+
+def test_in_a_cluster_requests_and_streams_follow_the_task_to_its_node(
+    tmp_path: Path, hello_http: Path
+) -> None:
+    # Routes on node a whose agents need a label only node b has: the scheduler places
+    # each task on b, and a relays the response and the stream.
+    sms = WebDaemon(tmp_path / "sms", role="sms")
+    nodes: list[WebDaemon] = []
+    try:
+        for name, extra in (("a", ""), ("b", '[labels]\nzone = "b"\n')):
+            config = tmp_path / f"{name}.toml"
+            config.write_text(f'node_name = "{name}"\n{extra}')
+            nodes.append(WebDaemon(tmp_path / name, "--sms", sms.address, "--config", str(config)))
+        a, b = nodes
+        assert_eventually(lambda: len(sms.get("/api/nodes").json()) == 2, timeout=30)
+        cli_a = Cli(tmp_path / "a")
+        add(cli_a, "/h", str(hello_http), "--public", "--label", "zone=b")
+        add(cli_a, "/up", str(build_c(TRANSFORM)), "--websocket", "--public", "--label", "zone=b")
+
+        r = httpx.get(a.url + "/h?name=far", timeout=60)
+        assert r.status_code == 200 and r.text.startswith("Hello, far!"), r.text
+        assert b.get(f"/api/tasks/{r.headers['x-spear-task']}").json()["node"] == "b"
+        with httpx.stream("GET", a.url + "/h?events=3", timeout=60) as s:
+            events = [x[6:] for x in s.iter_lines() if x.startswith("data: ")]
+        assert events == ["1", "2", "3", "done"]
+
+        async def talk() -> tuple[str, str]:
+            async with websockets.connect(ws_url(a, "/up")) as ws:
+                await ws.send("over there")
+                reply = await ws.recv()
+                return str(reply), ws.response.headers["x-spear-task"]
+
+        reply, task_id = asyncio.run(talk())
+        assert reply == "1: OVER THERE"
+        assert b.get(f"/api/tasks/{task_id}").json()["node"] == "b"
+    finally:
+        for n in nodes:
+            n.stop()
+        sms.stop()

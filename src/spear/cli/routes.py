@@ -119,6 +119,10 @@ def add(
         int, typer.Option("--concurrency", help="Requests served at once (then 503).")
     ] = 16,
     replace: Annotated[bool, typer.Option("--replace", help="Replace PATH's route.")] = False,
+    labels: Annotated[
+        list[str] | None,
+        typer.Option("--label", help="NAME=VALUE a node must carry to run it (repeatable)."),
+    ] = None,
     runtime: RuntimeOpt = None,
     env: EnvOpt = None,
     dirs: DirOpt = None,
@@ -142,7 +146,7 @@ def add(
     spec = build_spec(
         artifact, args, runtime=runtime, env=env, dirs=dirs, timeout=None, memory=memory,
         fuel=fuel, invoke=invoke, warm=warm, cpu_time=cpu_time, open_files=open_files,
-        workdir=workdir,
+        workdir=workdir, labels=labels,
     )  # fmt: skip
     route = Route(
         path=path,
