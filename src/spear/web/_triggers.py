@@ -145,7 +145,10 @@ class Triggers:
                         request_id, [(b"retry-after", b"1")])  # fmt: skip
             return
         try:
-            body = await _read_body(receive, route.max_body_bytes)
+            try:
+                body = await _read_body(receive, route.max_body_bytes)
+            except ClientGone:
+                return  # nobody to run it for
             if body is None:
                 await _json(send, 413, {"error": f"the body is over {route.max_body_bytes} bytes"},
                             request_id)  # fmt: skip
@@ -408,6 +411,10 @@ class _WebSocketSession:
             await self.send({"type": "websocket.close", "code": 1011, "reason": reason[:120]})
 
 
+class ClientGone(Exception):
+    """The client disconnected before its request's body was read."""
+
+
 async def _read_body(receive: Receive, limit: int) -> bytes | None:
     """The request body, or None once it is over `limit` bytes (nothing more is read)."""
     chunks: list[bytes] = []
@@ -415,7 +422,7 @@ async def _read_body(receive: Receive, limit: int) -> bytes | None:
     while True:
         message = await receive()
         if message["type"] == "http.disconnect":
-            return b"".join(chunks)
+            raise ClientGone
         chunk = message.get("body", b"")
         size += len(chunk)
         if size > limit:

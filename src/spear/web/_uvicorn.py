@@ -28,8 +28,15 @@ class Server(uvicorn.Server):
         yield
 
 
+# uvicorn's WebSocket protocol (0.3x-0.5x) logs this after a handshake refused with an
+# HTTP answer (the websocket.http.response extension), which is how a route refuses one.
+_NOT_AN_ERROR = "ASGI callable returned without completing handshake."
+
+
 class _ToLoguru(logging.Handler):
     def emit(self, record: logging.LogRecord) -> None:
+        if record.getMessage() == _NOT_AN_ERROR:
+            return
         level = record.levelname if record.levelname in ("DEBUG", "INFO", "WARNING") else "ERROR"
         logger.opt(exception=record.exc_info).log(level, "http: {}", record.getMessage())
 
