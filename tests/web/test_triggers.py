@@ -7,6 +7,7 @@ import asyncio
 import base64
 import json
 import os
+import re
 import select
 import socket
 import struct
@@ -374,3 +375,41 @@ def test_in_a_cluster_requests_and_streams_follow_the_task_to_its_node(
         for n in nodes:
             n.stop()
         sms.stop()
+
+
+# Writes a head, then 64 KiB chunks without end (its route's timeout stops it, if nothing else).
+_FLOOD_WAT = """(module
+  (import "wasi_snapshot_preview1" "fd_write" (func $w (param i32 i32 i32 i32) (result i32)))
+  (memory (export "memory") 2)
+  (data (i32.const 64) "Content-Type: application/octet-stream\\n\\n")
+  (func (export "_start")
+    (i32.store (i32.const 0) (i32.const 64))
+    (i32.store (i32.const 4) (i32.const 40))
+    (drop (call $w (i32.const 1) (i32.const 0) (i32.const 1) (i32.const 8)))
+    (loop $more
+      (i32.store (i32.const 0) (i32.const 65536))
+      (i32.store (i32.const 4) (i32.const 65536))
+      (drop (call $w (i32.const 1) (i32.const 0) (i32.const 1) (i32.const 8)))
+      (br $more))))"""
+
+
+def test_an_agent_far_ahead_of_a_slow_client_is_stopped(
+    node: WebDaemon, cli: Cli, tmp_path: Path
+) -> None:
+    from conftest import build_wat
+
+    add(cli, "/flood", str(build_wat(_FLOOD_WAT, tmp_path, "flood")), "--public",
+        "--timeout", "60")  # fmt: skip
+    host, port = node.url.removeprefix("http://").rsplit(":", 1)
+    sock = socket.create_connection((host, int(port)))
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 * 1024)
+    sock.sendall(f"GET /flood HTTP/1.1\r\nHost: {host}:{port}\r\n\r\n".encode())
+    head = sock.recv(4096)  # the head, then nothing more is read
+    assert head.startswith(b"HTTP/1.1 200"), head[:100]
+    task_id = re.search(rb"x-spear-task: (\w+)", head).group(1).decode()  # type: ignore[union-attr]
+    stopped = assert_eventually(
+        lambda: (t := node.get(f"/api/tasks/{task_id}").json())["state"] != "RUNNING" and t,
+        timeout=40,
+    )
+    assert stopped["state"] == "CANCELLED" and "too slowly" in stopped["reason"]
+    sock.close()

@@ -26,18 +26,23 @@ from loguru import logger
 from spear.core.models import TaskState
 from spear.errors import ResourceExhausted, SpearError, Unavailable
 from spear.web._cgi import ResponseHead, request_env
+from spear.web._websocket import WebSocketSession, deny
 
 if TYPE_CHECKING:
-    from starlette.types import Message, Receive, Scope, Send
+    from starlette.types import Receive, Scope, Send
 
     from spear.core.models import Task
-    from spear.node.api import NodeAPI, StreamingTask
+    from spear.node.api import NodeAPI
     from spear.transport.auth import TokenStore
     from spear.web._routes import Route, RouteTable
 
 _HEAD_GRACE_S = 5.0  # past a route's timeout, how long the node has to report the task's end
-_WS_CLOSE_GRACE_S = 5.0  # after the browser left, how long the task has to end by itself
 _END = object()
+_OVERFLOW = object()
+# An agent writes to stdout without waiting (WASI fd_write cannot be told to), so what a
+# slow client has not taken yet is held here; past this much the task is stopped and the
+# response cut off, rather than holding more.
+MAX_PENDING_BYTES = 16 * 1024**2
 
 
 def new_request_id() -> str:
@@ -167,21 +172,25 @@ class Triggers:
             return
         found = self.table.match(scope["path"])
         if found is None or found[0].kind != "websocket":
-            await _deny(scope, send, 404, f"no WebSocket route for {scope['path']}", request_id)
+            await deny(scope, send, 404, f"no WebSocket route for {scope['path']}", request_id)
             return
         route, rest = found
         refused = self._refusal(route, scope)
         if refused is not None:
-            await _deny(scope, send, refused[0], refused[1], request_id)
+            await deny(scope, send, refused[0], refused[1], request_id)
             return
         if not self._take_slot(route):
-            await _deny(scope, send, 503, f"{route.path} is at its concurrency limit", request_id)
+            await deny(scope, send, 503, f"{route.path} is at its concurrency limit", request_id)
             return
         try:
             spec = self._spec(route, scope, rest, 0, request_id)
-            await _WebSocketSession(self.api, spec, request_id, scope, receive, send).serve()
+            await WebSocketSession(self.api, spec, request_id, scope, receive, send).serve()
         finally:
             self._give_slot(route)
+
+
+class _Overflow(Exception):
+    """The agent wrote more than MAX_PENDING_BYTES ahead of the client."""
 
 
 class _Exchange:
@@ -201,15 +210,28 @@ class _Exchange:
         self._loop = asyncio.get_running_loop()
         self._loop_thread = threading.get_ident()
         self._queue: asyncio.Queue[Any] = asyncio.Queue()
+        self._pending = 0  # bytes queued, not yet sent (see MAX_PENDING_BYTES)
+        self._overflowed = anyio.Event()
+        self._head_sent = anyio.Event()
         self._headers = [(b"x-request-id", rid.encode())]
 
     def _out(self, data: bytes) -> None:
         # Called as the task writes: from the event loop (a guest run inline, a relay) or
-        # from the guest's worker thread. The task's stdout cap bounds what it can queue.
+        # from the guest's worker thread.
         if threading.get_ident() == self._loop_thread:
+            self._put(data)
+        else:
+            self._loop.call_soon_threadsafe(self._put, data)
+
+    def _put(self, data: bytes) -> None:
+        if self._pending > MAX_PENDING_BYTES:
+            return  # (already overflowing: the task is being stopped)
+        self._pending += len(data)
+        if self._pending <= MAX_PENDING_BYTES:
             self._queue.put_nowait(data)
         else:
-            self._loop.call_soon_threadsafe(self._queue.put_nowait, data)
+            self._queue.put_nowait(_OVERFLOW)
+            self._overflowed.set()
 
     def _created(self, task: Task) -> None:
         self.task_id = task.id
@@ -229,6 +251,7 @@ class _Exchange:
         async with anyio.create_task_group() as tg:
             tg.start_soon(self._run)
             tg.start_soon(self._watch_disconnect, receive, tg.cancel_scope)
+            tg.start_soon(self._watch_overflow, tg.cancel_scope)
             try:
                 await self._respond(send)
             finally:
@@ -240,6 +263,15 @@ class _Exchange:
     async def _watch_disconnect(self, receive: Receive, scope: anyio.CancelScope) -> None:
         while (await receive())["type"] != "http.disconnect":
             pass
+        scope.cancel()
+
+    async def _watch_overflow(self, scope: anyio.CancelScope) -> None:
+        # Streaming, the responder may be held in `send` by the slow client, where it
+        # would never see the overflow in the queue: stop the task and cut the response.
+        await self._overflowed.wait()
+        await self._head_sent.wait()  # (before it, the responder reads the queue itself)
+        with anyio.CancelScope(shield=True):
+            await self._cancel("the client read its response too slowly")
         scope.cancel()
 
     async def _cancel(self, reason: str) -> None:
@@ -254,6 +286,10 @@ class _Exchange:
             item = await self._queue.get()
         if item is _END:
             self.ended = True
+        elif item is _OVERFLOW:
+            raise _Overflow
+        else:
+            self._pending -= len(item)
         return item
 
     async def _respond(self, send: Send) -> None:
@@ -270,12 +306,21 @@ class _Exchange:
             await self._cancel("no response in time")
             await self._fail(send, 504, "the agent sent no response in time")
             return
+        except _Overflow:
+            await self._cancel("its response head was too large")
+            await self._fail(send, 502, "the agent's response head was too large")
+            return
         first = [head.body_start]
         while not self.ended and not self._queue.empty():  # what is already written
             item = self._queue.get_nowait()
             if item is _END:
                 self.ended = True
+            elif item is _OVERFLOW:
+                await self._cancel("it wrote too much at once")
+                await self._fail(send, 502, "the agent wrote more than the node holds for a client")
+                return
             else:
+                self._pending -= len(item)
                 first.append(item)
         if self.ended:
             failure = self._failure()
@@ -292,6 +337,7 @@ class _Exchange:
             self.triggers.served += 1
             return
         await send({"type": "http.response.start", "status": head.status, "headers": headers})
+        self._head_sent.set()
         if body:
             await send({"type": "http.response.body", "body": body, "more_body": True})
         while True:
@@ -301,6 +347,9 @@ class _Exchange:
             except TimeoutError:
                 await self._cancel("no end in time")
                 return  # the response is left unfinished: the client sees it broken
+            except _Overflow:
+                await self._cancel("the client read its response too slowly")
+                return
             if item is _END:
                 break
             await send({"type": "http.response.body", "body": item, "more_body": True})
@@ -330,85 +379,6 @@ class _Exchange:
             body["task_id"] = self.task_id
         logger.info("request {} answered {}: {}", self.request_id, status, message)
         await _json(send, status, body, self.request_id, self._headers[1:])
-
-
-class _WebSocketSession:
-    """A WebSocket bound to one task's caller stream, both ways, with backpressure: a
-    browser message is read only once the task's input queue took the one before, and a
-    task's message is taken only once the browser's connection took the one before."""
-
-    def __init__(
-        self, api: NodeAPI, spec: Any, rid: str, scope: Scope, receive: Receive, send: Send
-    ) -> None:
-        self.api = api
-        self.scope = scope
-        self.spec = spec
-        self.request_id = rid
-        self.receive = receive
-        self.send = send
-        self.browser_gone = False
-
-    async def serve(self) -> None:
-        accepted = False
-        try:
-            async with self.api.start_task(self.spec) as task:
-                await self.send({"type": "websocket.accept",
-                                 "headers": [(b"x-request-id", self.request_id.encode()),
-                                             (b"x-spear-task", task.id.encode())]})  # fmt: skip
-                accepted = True
-                async with anyio.create_task_group() as tg:
-                    tg.start_soon(self._inbound, task, tg.cancel_scope)
-                    await self._outbound(task)
-                    tg.cancel_scope.cancel()
-        except SpearError as exc:
-            logger.info("WebSocket {}: {}", self.request_id, exc)
-            if not accepted:  # refused before it started
-                await _deny(self.scope, self.send, 503, str(exc), self.request_id)
-            elif not self.browser_gone:
-                reason = f"{exc.code}: {exc}"[:120]
-                await self.send({"type": "websocket.close", "code": 1011, "reason": reason})
-
-    async def _inbound(self, task: StreamingTask, scope: anyio.CancelScope) -> None:
-        while True:
-            message: Message = await self.receive()
-            if message["type"] == "websocket.disconnect":
-                self.browser_gone = True
-                await task.close()
-                with anyio.move_on_after(_WS_CLOSE_GRACE_S) as waited:
-                    await task.wait()
-                if waited.cancelled_caught:
-                    await task.cancel("the browser closed the WebSocket")
-                scope.cancel()
-                return
-            if message["type"] != "websocket.receive":
-                continue
-            data = message.get("bytes")
-            payload = data if data is not None else message.get("text", "")
-            try:
-                await task.send(payload)
-            except Unavailable:
-                return  # the task stopped reading: its end closes the socket
-            except ResourceExhausted as exc:
-                await self.send({"type": "websocket.close", "code": 1009, "reason": str(exc)[:120]})
-                await task.cancel("message too large")
-                return
-
-    async def _outbound(self, task: StreamingTask) -> None:
-        async for message in task.messages():
-            try:
-                text = message.decode("utf-8")
-            except UnicodeDecodeError:
-                await self.send({"type": "websocket.send", "bytes": message})
-            else:
-                await self.send({"type": "websocket.send", "text": text})
-        finished = await task.wait()
-        if self.browser_gone:
-            return
-        if finished.state is TaskState.COMPLETED:
-            await self.send({"type": "websocket.close", "code": 1000, "reason": "the task ended"})
-        else:
-            reason = f"task {finished.id} {finished.state.value.lower()}: {finished.reason}"
-            await self.send({"type": "websocket.close", "code": 1011, "reason": reason[:120]})
 
 
 class ClientGone(Exception):
@@ -450,19 +420,3 @@ async def _json(
     ]
     await send({"type": "http.response.start", "status": status, "headers": headers})
     await send({"type": "http.response.body", "body": data})
-
-
-async def _deny(scope: Scope, send: Send, status: int, message: str, request_id: str) -> None:
-    """Refuse a WebSocket handshake with an HTTP answer (the websocket.http.response
-    extension), or a plain close (403 to the client) where the server lacks it."""
-    if "websocket.http.response" in (scope.get("extensions") or {}):
-        data = orjson.dumps({"error": message, "request_id": request_id})
-        headers = [
-            (b"content-type", b"application/json"),
-            (b"content-length", str(len(data)).encode()),
-            (b"x-request-id", request_id.encode()),
-        ]
-        await send({"type": "websocket.http.response.start", "status": status, "headers": headers})
-        await send({"type": "websocket.http.response.body", "body": data})
-        return
-    await send({"type": "websocket.close", "code": 1008, "reason": f"{status}: {message}"[:120]})
