@@ -236,6 +236,15 @@ def test_a_websocket_talks_to_the_task_both_ways(node: WebDaemon, cli: Cli, tmp_
         with pytest.raises(websockets.InvalidStatus) as refused:
             await websockets.connect(ws_url(node, "/up"))
         got["refused"] = refused.value.response.status_code
+        # A browser's way to send its token: subprotocols (it cannot set headers).
+        secret = owner(node)["authorization"].removeprefix("Bearer ")
+        offered: Any = ["spear", "bearer." + secret]
+        async with websockets.connect(ws_url(node, "/up"), subprotocols=offered) as ws:
+            await ws.send("via protocol")
+            got["protocol"] = (ws.subprotocol, await ws.recv())
+        with pytest.raises(websockets.InvalidStatus) as wrong:
+            await websockets.connect(ws_url(node, "/up"), subprotocols=["spear", "bearer.x"])
+        got["wrong"] = wrong.value.response.status_code
         return got
 
     got = asyncio.run(talk())
@@ -244,7 +253,8 @@ def test_a_websocket_talks_to_the_task_both_ways(node: WebDaemon, cli: Cli, tmp_
     assert isinstance(binary, bytes) and binary.startswith(b"2: BIN") and len(binary) == 7
     assert got["done"] == 1000
     assert got["bad"][0] == 1011 and "failed" in got["bad"][1]
-    assert got["refused"] == 401
+    assert got["refused"] == 401 and got["wrong"] == 401
+    assert got["protocol"] == ("spear", "1: VIA PROTOCOL")
     # The browser closed: the task read the end of its input and finished.
     assert assert_eventually(
         lambda: node.get(f"/api/tasks/{got['task']}").json()["state"] == "COMPLETED"

@@ -26,7 +26,7 @@ from loguru import logger
 from spear.core.models import TaskState
 from spear.errors import ResourceExhausted, SpearError, Unavailable
 from spear.web._cgi import ResponseHead, request_env
-from spear.web._websocket import WebSocketSession, deny
+from spear.web._websocket import BEARER_SUBPROTOCOL, WebSocketSession, deny
 
 if TYPE_CHECKING:
     from starlette.types import Receive, Scope, Send
@@ -80,6 +80,10 @@ class Triggers:
                 scheme, _, rest = value.decode("latin-1").partition(" ")
                 if scheme.lower() == "bearer" and rest.strip():
                     token = rest.strip()
+        if token is None:  # a browser's WebSocket: new WebSocket(url, ["spear", "bearer.TOKEN"])
+            for offered in scope.get("subprotocols") or ():
+                if offered.startswith(BEARER_SUBPROTOCOL):
+                    token = offered[len(BEARER_SUBPROTOCOL) :]
         if token is None:
             return 401, f"{route.path} needs a token (Authorization: Bearer ...)"
         principal = self.tokens.verify(token) if self.tokens is not None else None

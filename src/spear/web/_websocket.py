@@ -16,6 +16,10 @@ if TYPE_CHECKING:
 
     from spear.node.api import NodeAPI, StreamingTask
 
+# Browsers cannot set headers on a WebSocket: one offers the subprotocols "spear" and
+# "bearer.<token>" instead, and the handshake accepts "spear" (never echoing the token).
+SUBPROTOCOL = "spear"
+BEARER_SUBPROTOCOL = "bearer."
 _WS_CLOSE_GRACE_S = 5.0  # after the browser left, how long the task has to end by itself
 
 
@@ -39,9 +43,16 @@ class WebSocketSession:
         accepted = False
         try:
             async with self.api.start_task(self.spec) as task:
-                await self.send({"type": "websocket.accept",
-                                 "headers": [(b"x-request-id", self.request_id.encode()),
-                                             (b"x-spear-task", task.id.encode())]})  # fmt: skip
+                accept: dict[str, Any] = {
+                    "type": "websocket.accept",
+                    "headers": [
+                        (b"x-request-id", self.request_id.encode()),
+                        (b"x-spear-task", task.id.encode()),
+                    ],
+                }
+                if SUBPROTOCOL in (self.scope.get("subprotocols") or ()):
+                    accept["subprotocol"] = SUBPROTOCOL
+                await self.send(accept)
                 accepted = True
                 async with anyio.create_task_group() as tg:
                     tg.start_soon(self._inbound, task, tg.cancel_scope)
