@@ -6,8 +6,8 @@ benchmarks/results/sms.json.
 - scale: N simulated nodes (each its own certificate and connection, as a SPEARlet)
   register with a fresh SMS process, then heartbeat at the nominal 1 Hz each, spread
   evenly, for a few seconds; the latency each heartbeat saw (p50/p99), the rate achieved
-  and the CPU the SMS (and etcd) used per heartbeat. N climbs 200, 1,000, 2,000, 4,000,
-  stopping once fewer than half the heartbeats are answered within the window; a step is
+  and the CPU the SMS (and etcd) used per heartbeat. N climbs 200, 1,000, 2,000,
+  stopping once fewer than a fifth of the heartbeats are answered within the window; a step is
   within target with p99 under 50 ms and 95% answered. On LevelDB and on etcd.
   With `--baseline SRC` (a spear source tree, e.g. the main branch's `src`) the same
   runs are made against that tree's SMS in the same run: the peer.
@@ -45,7 +45,7 @@ _PATIENT = {"heartbeat_s": 1.0, "unhealthy_after_s": 60.0, "dead_after_s": 120.0
 def _counts(quick: bool) -> dict[str, Any]:
     if quick:
         return {"steps": [200, 1000], "seconds": 4, "rounds": 2}
-    return {"steps": [200, 1000, 2000, 4000], "seconds": 6, "rounds": 5}
+    return {"steps": [200, 1000, 2000], "seconds": 6, "rounds": 5}
 
 
 def _cpu_s(pid: int) -> float:
@@ -101,7 +101,13 @@ async def _load_part(
 
         async def register(k: int) -> None:
             async with limit:
-                await clients[k].register(records[k])
+                for attempt in range(10):  # a starved SMS may time a registration out
+                    try:
+                        await clients[k].register(records[k])
+                        return
+                    except SpearError:
+                        if attempt == 9:
+                            raise
 
         async with anyio.create_task_group() as tg:
             for k in range(count):
@@ -273,7 +279,7 @@ def _scale(directory: Path, counts: dict[str, Any], src: Path | None) -> dict[st
                 f"{step['etcd_cpu_ms_per_heartbeat']}), load {step['load_average_1m']}",
                 file=sys.stderr,
             )
-            if step["delivered"] < 0.5:  # collapsed: larger steps would only queue more
+            if step["delivered"] < 0.2:  # collapsed: larger steps would only queue more
                 break
         held = [s["nodes"] for s in steps if not _broken(s)]
         out[store] = {"steps": steps, "largest_within_target": max(held) if held else 0}

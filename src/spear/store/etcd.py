@@ -125,13 +125,18 @@ class EtcdKV(KV):
             return -1
         return 0 if value is None else int(resp.header.revision)
 
-    async def commit(self, writes: Sequence[Write]) -> int:
+    def _commit_parts(self, writes: Sequence[Write]) -> tuple[list[pb.Compare], list[pb.RequestOp]]:
+        """A commit's transaction: its version compares and its writes."""
         compares, ops = [], []
         for w in writes:
             raw = self._key(w.key)
             if w.expected_version is not None:
                 compares.append(_is_mod(raw, w.expected_version))
             ops.append(_write_op(raw, w.value))
+        return compares, ops
+
+    async def commit(self, writes: Sequence[Write]) -> int:
+        compares, ops = self._commit_parts(writes)
         resp = await self._client.txn(pb.TxnRequest(compare=compares, success=ops), "commit")
         if not resp.succeeded:
             return -1

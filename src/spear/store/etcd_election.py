@@ -24,7 +24,7 @@ from __future__ import annotations
 import contextlib
 import enum
 import time
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Self
 
 import anyio
 from loguru import logger
@@ -73,13 +73,7 @@ class Lease:
     async def keep(cls, client: EtcdClient, ttl_s: int = 5) -> AsyncIterator[Lease]:
         """Grant a lease of `ttl_s` seconds (at least 1), keep it alive in the block,
         revoke it at the end (its keys go at once)."""
-        if ttl_s < 1:
-            raise InvalidArgument(f"a lease TTL is at least 1 second, not {ttl_s}")
-        sent = time.monotonic()
-        resp = await client.lease_grant(ttl_s)
-        if resp.error:
-            raise Unavailable(f"etcd refused a lease: {resp.error}")
-        lease = cls(client, int(resp.ID), int(resp.TTL), sent)
+        lease = await cls.grant(client, ttl_s)
         try:
             async with anyio.create_task_group() as tg:
                 tg.start_soon(lease._keep_alive)
@@ -88,6 +82,17 @@ class Lease:
         finally:
             with anyio.CancelScope(shield=True):
                 await lease.revoke()
+
+    @classmethod
+    async def grant(cls, client: EtcdClient, ttl_s: int) -> Self:
+        """A new lease of `ttl_s` seconds (at least 1), not kept alive yet."""
+        if ttl_s < 1:
+            raise InvalidArgument(f"a lease TTL is at least 1 second, not {ttl_s}")
+        sent = time.monotonic()
+        resp = await client.lease_grant(ttl_s)
+        if resp.error:
+            raise Unavailable(f"etcd refused a lease: {resp.error}")
+        return cls(client, int(resp.ID), int(resp.TTL), sent)
 
     @property
     def alive(self) -> bool:

@@ -114,12 +114,7 @@ class FencedEtcdKV(EtcdKV):
         return 0 if value is None else int(resp.header.revision)
 
     async def commit(self, writes: Sequence[Write]) -> int:
-        compares, ops = [], []
-        for w in writes:
-            raw = self._key(w.key)
-            if w.expected_version is not None:
-                compares.append(_is_mod(raw, w.expected_version))
-            ops.append(_write_op(raw, w.value))
+        compares, ops = self._commit_parts(writes)
         resp = await self._fenced_txn(compares, ops, "fenced commit")
         return -1 if resp is None else int(resp.header.revision)
 

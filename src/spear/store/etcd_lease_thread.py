@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING
 import anyio
 from loguru import logger
 
-from spear.errors import InvalidArgument, SpearError, Unavailable
+from spear.errors import SpearError
 from spear.store._etcd_client import EtcdClient
 from spear.store.etcd_election import _SAFETY_MARGIN, Lease
 
@@ -39,13 +39,7 @@ class ThreadedLease(Lease):
     @classmethod
     @contextlib.asynccontextmanager
     async def keep(cls, client: EtcdClient, ttl_s: int = 5) -> AsyncIterator[Lease]:
-        if ttl_s < 1:
-            raise InvalidArgument(f"a lease TTL is at least 1 second, not {ttl_s}")
-        sent = time.monotonic()
-        resp = await client.lease_grant(ttl_s)
-        if resp.error:
-            raise Unavailable(f"etcd refused a lease: {resp.error}")
-        lease = cls(client, int(resp.ID), int(resp.TTL), sent)
+        lease = await cls.grant(client, ttl_s)
         loop = asyncio.get_running_loop()
         stop = threading.Event()
         thread = threading.Thread(
