@@ -411,3 +411,26 @@ def test_a_tasks_references_are_cluster_wide_and_released_at_its_end(
         return bool(anyio.run(objects_on, n1)["shared"].refs == 0)
 
     assert_eventually(released, timeout=20)
+
+
+def test_an_sms_that_lost_its_store_adopts_what_the_nodes_announce(make_cluster: Any) -> None:
+    cluster = make_cluster(nodes=2)
+    n1, n2 = addresses(cluster)
+    on(n2, lambda c: c.put_object("survivor", b"s" * 10000))
+    sms = cluster.sms.address
+    cluster.stop_member(cluster.sms)
+    cluster.sms.data_dir = cluster.base / "sms-fresh"  # an empty store, same address
+    cluster.start_sms(listen=sms)
+
+    def readable() -> Any:
+        try:
+            return on(n1, lambda c: c.get_object("survivor"))
+        except (NotFound, Unavailable):
+            return None
+
+    data, adopted = assert_eventually(readable, timeout=30, interval=0.2)
+    assert data == b"s" * 10000
+    # Versions still only grow: an overwrite gets a later one, and every node sees it.
+    newer = on(n1, lambda c: c.put_object("survivor", b"new", expected_version=adopted.version))
+    assert newer.version > adopted.version
+    assert on(n2, lambda c: c.get_object("survivor"))[0] == b"new"

@@ -57,8 +57,10 @@ class ObjectIndexService:
     ) -> v1.AnnounceObjectsResponse:
         _speaks_for(message.node)
         held = [(h.key, h.version, h.size) for h in message.held]
-        stale = await self.sms.objects.announce(message.node, message.address, held)
-        return v1.AnnounceObjectsResponse(stale=stale)
+        stale, adopted = await self.sms.objects.announce(message.node, message.address, held)
+        return v1.AnnounceObjectsResponse(
+            stale=stale, adopted=[v1.AnnouncedObject(key=k, version=v) for k, v in adopted]
+        )
 
     async def collect_objects(
         self, message: v1.CollectObjectsRequest
