@@ -378,3 +378,59 @@ def test_members_may_move_bytes_in_the_clear_after_mutual_tls(
         Credentials(token=owner, tls=TlsFiles(ca_only)), encrypt=False
     )
     assert not token_user._plain  # a token is never sent in the clear
+
+
+def test_a_tasks_references_are_cluster_wide_and_released_at_its_end(
+    make_cluster: Any,
+) -> None:
+    cluster = make_cluster(nodes=2)
+    n1, n2 = addresses(cluster)
+    hostcalls = build_c(ROOT / "tests" / "wasm" / "hostcalls.c")
+    on(n1, lambda c: c.put_object("shared", b"x" * 10_000))
+
+    async def hold_on_two(c: Client) -> Any:
+        spec = FunctionSpec(str(hostcalls), args=("hold", "shared"))
+        async with c.start_task(spec) as stream:
+            assert await stream.receive() == b"holding"  # (it also failed to delete it)
+            during = await objects_on(n1)
+            refused = await anyio.to_thread.run_sync(
+                lambda: spear("obj", "rm", "--node", n1, "shared")
+            )
+            await stream.close()
+        return during, refused
+
+    async def objects_on(address: str) -> Any:
+        async with Client(address, credentials=cluster_credentials()) as c:
+            return {o.key: o for o in await c.list_objects("shared")}
+
+    during, refused = on(n2, hold_on_two)
+    assert during["shared"].refs == 1  # a reference taken on node-2, seen from node-1
+    assert refused.returncode == 69, refused.stderr
+
+    def released() -> bool:
+        return bool(anyio.run(objects_on, n1)["shared"].refs == 0)
+
+    assert_eventually(released, timeout=20)
+
+
+def test_an_sms_that_lost_its_store_adopts_what_the_nodes_announce(make_cluster: Any) -> None:
+    cluster = make_cluster(nodes=2)
+    n1, n2 = addresses(cluster)
+    on(n2, lambda c: c.put_object("survivor", b"s" * 10000))
+    sms = cluster.sms.address
+    cluster.stop_member(cluster.sms)
+    cluster.sms.data_dir = cluster.base / "sms-fresh"  # an empty store, same address
+    cluster.start_sms(listen=sms)
+
+    def readable() -> Any:
+        try:
+            return on(n1, lambda c: c.get_object("survivor"))
+        except (NotFound, Unavailable):
+            return None
+
+    data, adopted = assert_eventually(readable, timeout=30, interval=0.2)
+    assert data == b"s" * 10000
+    # Versions still only grow: an overwrite gets a later one, and every node sees it.
+    newer = on(n1, lambda c: c.put_object("survivor", b"new", expected_version=adopted.version))
+    assert newer.version > adopted.version
+    assert on(n2, lambda c: c.get_object("survivor"))[0] == b"new"

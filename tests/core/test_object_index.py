@@ -98,12 +98,14 @@ async def test_announce_and_collect(kv: KV) -> None:
     b = await index.commit("b", "node-1", "x", 1, None)
     await index.commit("b", "node-2", "y", 1, b.version)
     # node-1 comes back holding a (current), b (overwritten meanwhile) and c (unknown).
-    stale = await index.announce("node-1", "x2", [("a", a.version, 1), ("b", b.version, 1),
-                                                  ("c", 77, 3)])  # fmt: skip
+    held = [("a", a.version, 1), ("b", b.version, 1), ("c", 77, 3)]
+    stale, adopted = await index.announce("node-1", "x2", held)
     assert stale == ["b"]
     assert (await index.lookup("a")).holders[0].address == "x2"
+    # c is adopted under a version of the index's own (versions only grow from there).
     kept = await index.lookup("c")
-    assert (kept.version, kept.size, kept.holder_names()) == (77, 3, ("node-1",))
+    assert adopted == [("c", kept.version)] and kept.version > b.version
+    assert (kept.size, kept.holder_names()) == (3, ("node-1",))
     await index.change("a", "pin")
     clock.now += 100
     collected = await index.collect(50)

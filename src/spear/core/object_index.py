@@ -202,24 +202,26 @@ class ObjectIndex:
 
     async def announce(
         self, node: str, address: str, held: Sequence[tuple[str, int, int]]
-    ) -> builtins.list[str]:
-        """A node (re)joining holds these (key, version, size)s: it is entered as a holder
-        of those that are current, and of those the index does not know (an SMS that lost
-        its store: the copy is kept under its version rather than lost); the keys of the
-        others (overwritten or deleted meanwhile) are returned: stale copies."""
-        stale = []
+    ) -> tuple[builtins.list[str], builtins.list[tuple[str, int]]]:
+        """A node (re)joining holds these (key, version, size)s. It is entered as a holder
+        of those that are current. Keys the index does not know (an SMS that lost its
+        store) are adopted under a new version, so the copy is kept and versions still only
+        grow: (stale keys, adopted (key, new version)s). Stale copies (overwritten or
+        deleted meanwhile) are for the node to drop."""
+        stale: builtins.list[str] = []
+        adopted: builtins.list[tuple[str, int]] = []
         for key, version, size in held:
             if await self.hold(key, node, address, version) is not None:
                 continue
-            now = self._clock()
-            data = {
-                "refs": 0, "pinned": False, "created": now, "updated": now, "size": size,
-                "holders": {node: address}, "version": version,
-            }  # fmt: skip
-            if await self.kv.compare_and_swap(INDEX + key, orjson.dumps(data), 0) <= 0:
-                if await self.hold(key, node, address, version) is None:
-                    stale.append(key)
-        return stale
+            if await self.kv.get(INDEX + key) is None:
+                try:
+                    record = await self.commit(key, node, address, size, 0)
+                    adopted.append((key, record.version))
+                    continue
+                except Conflict:  # created meanwhile by someone else
+                    pass
+            stale.append(key)
+        return stale, adopted
 
     async def collect(self, grace_s: float) -> builtins.list[ObjectRecord]:
         """Delete entries with no references and no pin idle for `grace_s`; their records."""

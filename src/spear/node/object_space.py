@@ -106,7 +106,9 @@ class ClusterObjects:
     async def collect(self, grace_s: float) -> builtins.list[str]:
         return [r.key for r in await self._sms.collect_objects(grace_s)]
 
-    async def announce(self, held: Sequence[tuple[str, int, int]]) -> builtins.list[str]:
+    async def announce(
+        self, held: Sequence[tuple[str, int, int]]
+    ) -> tuple[builtins.list[str], builtins.list[tuple[str, int]]]:
         return await self._sms.announce_objects(self.node, self.address, held)
 
 
@@ -114,9 +116,12 @@ async def announce_held(store: ObjectStore, authority: ClusterObjects) -> None:
     """Tell the SMS what this node holds (after each registration); drop stale copies."""
     try:
         held = await store.held()
-        stale = await authority.announce(held) if held else []
+        stale, adopted = await authority.announce(held) if held else ([], [])
         for key in stale:
             await store.drop_local(key)
+        versions = {key: version for key, version, _ in held}
+        for key, version in adopted:
+            await store.relabel(key, versions[key], version)
         if held:
             logger.info("announced {} object(s), {} stale copies dropped", len(held), len(stale))
     except SpearError as exc:  # the next registration tries again

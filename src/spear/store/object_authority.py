@@ -50,6 +50,9 @@ class ObjectAuthority(Protocol):
         """Delete the cluster's unreferenced, unpinned objects idle for `grace_s`."""
         ...
 
-    async def announce(self, held: Sequence[tuple[str, int, int]]) -> builtins.list[str]:
-        """This node holds these (key, version, size)s; the keys whose copies are stale."""
+    async def announce(
+        self, held: Sequence[tuple[str, int, int]]
+    ) -> tuple[builtins.list[str], builtins.list[tuple[str, int]]]:
+        """This node holds these (key, version, size)s; (the keys whose copies are stale,
+        the (key, new version)s of copies the authority adopted)."""
         ...

@@ -438,6 +438,21 @@ class ObjectStore:
                 self._forget(header)
                 return
 
+    async def relabel(self, key: str, old: int, new: int) -> None:
+        """This node's copy of `key` at version `old` is version `new` from now on (the
+        authority adopted it under a version of its own)."""
+        while True:
+            entry = await self._kv.get(META + key)
+            if entry is None:
+                return
+            header, inline, version = _decode(entry)
+            if version != old:
+                return
+            header["version"] = new
+            raw = _encode(header, inline)
+            if await self._kv.compare_and_swap(META + key, raw, entry.version) > 0:
+                return
+
     async def held(self) -> builtins.list[tuple[str, int, int]]:
         """(key, version, size) of every copy this node holds."""
         out = []

@@ -61,8 +61,10 @@ class ObjectIndexService:
         self.sms.leadership.require()  # writes go to the leader only
         _speaks_for(message.node)
         held = [(h.key, h.version, h.size) for h in message.held]
-        stale = await self.sms.objects.announce(message.node, message.address, held)
-        return v1.AnnounceObjectsResponse(stale=stale)
+        stale, adopted = await self.sms.objects.announce(message.node, message.address, held)
+        return v1.AnnounceObjectsResponse(
+            stale=stale, adopted=[v1.AnnouncedObject(key=k, version=v) for k, v in adopted]
+        )
 
     async def collect_objects(
         self, message: v1.CollectObjectsRequest

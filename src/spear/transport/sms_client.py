@@ -258,15 +258,15 @@ class SmsClient(Cluster):
 
     async def announce_objects(
         self, node: str, address: str, held: Sequence[tuple[str, int, int]]
-    ) -> list[str]:
+    ) -> tuple[list[str], list[tuple[str, int]]]:
+        """(stale keys, adopted (key, new version)s): see core/object_index.py announce."""
         req = v1.AnnounceObjectsRequest(
             node=node,
             address=address,
             held=[v1.AnnouncedObject(key=k, version=v, size=n) for k, v, n in held],
         )
-        return list(
-            (await self._call(lambda stub: stub.announce_objects(req, **self._opts()))).stale
-        )
+        resp = await self._call(lambda stub: stub.announce_objects(req, **self._opts()))
+        return list(resp.stale), [(a.key, a.version) for a in resp.adopted]
 
     async def collect_objects(self, grace_s: float) -> list[ObjectRecord]:
         req = v1.CollectObjectsRequest(grace_s=grace_s)

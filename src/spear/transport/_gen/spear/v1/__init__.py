@@ -218,6 +218,13 @@ default_message_pool.register_message("spear.v1", "AnnounceObjectsRequest", Anno
 class AnnounceObjectsResponse(betterproto2.Message):
     stale: "list[str]" = betterproto2.field(1, betterproto2.TYPE_STRING, repeated=True)
 
+    adopted: "list[AnnouncedObject]" = betterproto2.field(
+        2, betterproto2.TYPE_MESSAGE, repeated=True
+    )
+    """
+    Copies of keys the index did not know, entered under a new version (key, version).
+    """
+
 
 default_message_pool.register_message(
     "spear.v1", "AnnounceObjectsResponse", AnnounceObjectsResponse
