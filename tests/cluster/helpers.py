@@ -78,9 +78,7 @@ def sms_state(address: str, task_id: str) -> Any:
         return None
 
 
-def sms_call(
-    address: str, method: str, *args: Any, tls_dir: Path | None = None, **kw: Any
-) -> Any:
+def sms_call(address: str, method: str, *args: Any, tls_dir: Path | None = None, **kw: Any) -> Any:
     """One call on the SMS client, from a test's synchronous code (as the launcher, or as
     the member whose TLS files are in `tls_dir`)."""
     credentials = Credentials(tls=TlsFiles(tls_dir)) if tls_dir else cluster_credentials()

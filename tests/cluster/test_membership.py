@@ -30,9 +30,7 @@ pytestmark = pytest.mark.slow
 PATIENT = {"heartbeat_s": 0.2, "unhealthy_after_s": 3.0, "dead_after_s": 8.0}
 
 
-def test_sms_port_zero_reports_its_address(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_sms_port_zero_reports_its_address(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     import subprocess
     import sys
 
