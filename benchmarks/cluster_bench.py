@@ -14,7 +14,8 @@ loopback: the SMS, the SPEARlets and etcd are real processes.
 - throughput: N tasks submitted one after another through node-1, until all have
   finished.
 - call: `client.call` (RunTask) through node-1, one at a time: beside Ray's
-  `ray.get(f.remote())` on three nodes.
+  `ray.get(f.remote())` on three nodes; with the CPU every process of the cluster (and
+  the client) spent per task (`cpu_ms_per_task`, as for at_once).
 - at_once: N tasks in one SubmitTasks call through node-1, answered when all have
   finished: beside Ray's `ray.get([f.remote() for ...])` on three nodes.
 - heartbeats: 200 simulated nodes register with a real SMS process, then heartbeat in a
@@ -153,14 +154,35 @@ def _spearlets(directory: Path, counts: dict[str, int], etcd: bool) -> dict[str,
     _CREDENTIALS[0] = cluster.credentials()
     with cluster:
         n1 = cluster.member("node-1").address
+        pids = [m.pid for m in cluster.members] + ([cluster.sms.pid] if cluster.sms else [])
         out: dict[str, Any] = {}
         for name, labels in (("local_first", ()), ("forwarded", far)):
             lat = anyio.run(_latencies, n1, str(module), counts["latency_n"], labels)
             thr = anyio.run(_throughput, n1, str(module), counts["throughput_n"], labels)
+            before = _cpu_s(pids)
             call = anyio.run(_calls, n1, str(module), counts["latency_n"], labels)
+            call["cpu_ms_per_task"] = round((_cpu_s(pids) - before) / call["n"] * 1000, 3)
+            before = _cpu_s(pids)
             at_once = anyio.run(_at_once, n1, str(module), counts["throughput_n"], labels)
+            spent = _cpu_s(pids) - before
+            at_once["cpu_ms_per_task"] = round(spent / at_once["tasks"] * 1000, 3)
             out[name] = {**lat, "throughput": thr, "call": call, "at_once": at_once}
     return out
+
+
+def _cpu_s(pids: list[int]) -> float:
+    """CPU seconds spent so far by the cluster's processes and this one (the client): per
+    task, steadier than wall time on a machine shared with other work."""
+    import resource
+
+    import psutil
+
+    total = 0.0
+    for pid in pids:
+        times = psutil.Process(pid).cpu_times()
+        total += times.user + times.system
+    own = resource.getrusage(resource.RUSAGE_SELF)
+    return total + own.ru_utime + own.ru_stime
 
 
 # -- the SMS under heartbeats -------------------------------------------------------------

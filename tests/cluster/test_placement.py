@@ -261,7 +261,7 @@ def _member(tmp_path: Path, name: str) -> Any:
 
 
 def test_placement_settings_are_read_from_the_settings_file(tmp_path: Path) -> None:
-    from spear.core.scheduler import max_queued_from, view_refresh_from
+    from spear.core.forwarding import max_queued_from, view_refresh_from
     from spear.errors import InvalidArgument
 
     cfg = tmp_path / "spear.toml"

@@ -27,17 +27,18 @@ from __future__ import annotations
 import contextlib
 import time
 from collections import deque
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Protocol
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import anyio
 
 from spear._logging import logger
 from spear.core.cluster import PlacementQuery, input_objects, selector_labels
 from spear.core.cluster_view import ClusterView, rank_candidates
+from spear.core.forwarding import Accepted
 from spear.core.models import Resources, Task, TaskState, new_task_id
 from spear.core.worker import EXIT_CANCELLED
-from spear.errors import InvalidArgument, NotFound, ResourceExhausted, SpearError, Unavailable
+from spear.errors import NotFound, ResourceExhausted, SpearError, Unavailable
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -45,37 +46,13 @@ if TYPE_CHECKING:
     from anyio.abc import TaskStatus
 
     from spear.core.cluster import Cluster, NodeRecord
+    from spear.core.forwarding import Forwarder
     from spear.core.models import FunctionSpec
     from spear.core.node import Spearlet
     from spear.core.tasks import TasksFinished
 
 
 _FIRST_PAUSE_S = 0.01  # the first pause before a queue's head is tried again
-
-
-def max_queued_from(extra: Any) -> int:
-    """The queue's bound from settings' extra values (`max_queued_tasks`, default 10,000)."""
-    raw = extra.get("max_queued_tasks", 10_000)
-    try:
-        value = int(raw)
-    except (TypeError, ValueError):
-        raise InvalidArgument("setting max_queued_tasks must be a whole number") from None
-    if value < 1:
-        raise InvalidArgument("setting max_queued_tasks must be at least 1")
-    return value
-
-
-def view_refresh_from(extra: Any, heartbeat_s: float) -> float:
-    """How often the view is filled from the SMS (`view_refresh_s`, default: once per
-    heartbeat period, the SMS's own freshness)."""
-    raw = extra.get("view_refresh_s", heartbeat_s)
-    try:
-        value = float(raw)
-    except (TypeError, ValueError):
-        raise InvalidArgument("setting view_refresh_s must be a number") from None
-    if not value > 0:
-        raise InvalidArgument("setting view_refresh_s must be above 0")
-    return value
 
 
 @dataclass(slots=True)
@@ -91,50 +68,6 @@ class Decision:
     task: Task
     how: str
     node: str
-
-
-@dataclass(frozen=True, slots=True)
-class Forwarded:
-    """One task's outcome at the node it was forwarded to: `task` as that node recorded
-    it (finished, with its `output`, when waited for), or `refused` (no room there now:
-    nothing was recorded, place it again), or `error` (the task itself was refused)."""
-
-    task: Task | None = None
-    output: bytes = b""
-    refused: bool = False
-    error: SpearError | None = None
-
-
-@dataclass(slots=True)
-class Accepted:
-    """What a node took of a forwarded batch (`Scheduler.accept_forwarded`)."""
-
-    taken: list[bool] = field(default_factory=list)  # per task, in order
-    promised: list[FunctionSpec] = field(default_factory=list)  # given free room now
-    backlog: int = 0  # taken to wait here for room
-
-
-@dataclass(frozen=True, slots=True)
-class BatchAnswer:
-    outcomes: tuple[Forwarded, ...]
-    free: Resources  # the receiver's free resources as it answered
-
-
-class Forwarder(Protocol):
-    """How tasks placed on another node get there (the node package's `Peers`)."""
-
-    async def forward_batch(
-        self,
-        node: NodeRecord,
-        tasks: Sequence[tuple[Task, bytes | None]],
-        *,
-        wait: bool = False,
-        output: bool = False,
-    ) -> BatchAnswer:
-        """Hand `tasks` (ids kept, each with its stdin) to `node` in one call; with `wait`
-        the answer comes once the accepted ones have finished (with their output if
-        `output`)."""
-        ...
 
 
 class Scheduler:

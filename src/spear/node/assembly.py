@@ -213,7 +213,8 @@ def make_node_api(node: Spearlet, max_message_bytes: int = 0) -> InProcessNode |
     if not settings.sms:
         return local
     from spear.core.cluster import ClusterTimings
-    from spear.core.scheduler import Scheduler, max_queued_from
+    from spear.core.forwarding import max_queued_from
+    from spear.core.scheduler import Scheduler
     from spear.node.cluster import ClusterNode
     from spear.node.peer import Peers
 

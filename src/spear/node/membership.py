@@ -96,8 +96,8 @@ async def joined_cluster(
     registered, heartbeating, reporting each task change, placing queued tasks.
     Nothing happens for a local-mode node."""
     from spear.core.cluster import ClusterTimings
+    from spear.core.forwarding import view_refresh_from
     from spear.core.node_controller import NodeController
-    from spear.core.scheduler import view_refresh_from
     from spear.core.task_reports import TaskReporter
     from spear.node.cluster import ClusterNode
 

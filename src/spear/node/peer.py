@@ -18,8 +18,8 @@ from typing import TYPE_CHECKING
 import anyio
 from grpclib.const import Cardinality
 
+from spear.core.forwarding import BatchAnswer, Forwarded
 from spear.core.models import Runtime
-from spear.core.scheduler import BatchAnswer, Forwarded
 from spear.errors import InvalidArgument, SpearError, Unavailable, error_from_code
 from spear.node.client import Client
 from spear.transport import _convert as cv
