@@ -113,6 +113,7 @@ async def _serve(
 ) -> AsyncIterator[str]:
     from spear.transport.serving import listening_socket
     from spear.web._app import build_app
+    from spear.web._auth import guarded
     from spear.web._uvicorn import make_server
 
     sock = listening_socket(settings.http_listen, _FLAG)
@@ -121,7 +122,7 @@ async def _serve(
     app = build_app(
         source, exposition, closing=closing, loopback=_is_loopback(sock.getsockname()[0])
     )
-    server = make_server(app)
+    server = make_server(guarded(app, settings.data_dir))
     path = http_address_file(settings.data_dir, role)
     done = anyio.Event()
 
