@@ -68,6 +68,8 @@ __all__ = (
     "SubmitTasksResponse",
     "TaskInfo",
     "TaskState",
+    "VerifyTokenRequest",
+    "VerifyTokenResponse",
     "WatchTaskRequest",
     "WorkerAgentInfo",
 )
@@ -1043,6 +1045,34 @@ default_message_pool.register_message("spear.v1", "TaskInfo", TaskInfo)
 
 
 @dataclass(eq=False, repr=False)
+class VerifyTokenRequest(betterproto2.Message):
+    token: "str" = betterproto2.field(1, betterproto2.TYPE_STRING)
+
+
+default_message_pool.register_message("spear.v1", "VerifyTokenRequest", VerifyTokenRequest)
+
+
+@dataclass(eq=False, repr=False)
+class VerifyTokenResponse(betterproto2.Message):
+    valid: "bool" = betterproto2.field(1, betterproto2.TYPE_BOOL)
+
+    name: "str" = betterproto2.field(2, betterproto2.TYPE_STRING)
+
+    role: "str" = betterproto2.field(3, betterproto2.TYPE_STRING)
+    """
+    reader, submitter or admin
+    """
+
+    namespace: "str" = betterproto2.field(4, betterproto2.TYPE_STRING)
+    """
+    empty: any namespace (an admin's)
+    """
+
+
+default_message_pool.register_message("spear.v1", "VerifyTokenResponse", VerifyTokenResponse)
+
+
+@dataclass(eq=False, repr=False)
 class WatchTaskRequest(betterproto2.Message):
     task_id: "str" = betterproto2.field(1, betterproto2.TYPE_STRING)
 
@@ -1314,6 +1344,27 @@ class MetadataServerStub(betterproto2_grpclib.ServiceStub):
             "/spear.v1.MetadataServer/LocateObject",
             message,
             LocateObjectResponse,
+            timeout=timeout,
+            deadline=deadline,
+            metadata=metadata,
+        )
+
+    async def verify_token(
+        self,
+        message: "VerifyTokenRequest",
+        *,
+        timeout: "float | None" = None,
+        deadline: "Deadline | None" = None,
+        metadata: "MetadataLike | None" = None,
+    ) -> "VerifyTokenResponse":
+        """
+        Cluster-wide tokens: a member asks the SMS about a token it does not know itself.
+        """
+
+        return await self._unary_unary(
+            "/spear.v1.MetadataServer/VerifyToken",
+            message,
+            VerifyTokenResponse,
             timeout=timeout,
             deadline=deadline,
             metadata=metadata,
@@ -1860,6 +1911,13 @@ class MetadataServerBase(betterproto2_grpclib.ServiceBase):
 
         raise grpclib.GRPCError(grpclib.const.Status.UNIMPLEMENTED)
 
+    async def verify_token(self, message: "VerifyTokenRequest") -> "VerifyTokenResponse":
+        """
+        Cluster-wide tokens: a member asks the SMS about a token it does not know itself.
+        """
+
+        raise grpclib.GRPCError(grpclib.const.Status.UNIMPLEMENTED)
+
     async def __rpc_register_node(
         self, stream: "grpclib.server.Stream[RegisterNodeRequest, NodeRecord]"
     ) -> None:
@@ -1965,6 +2023,14 @@ class MetadataServerBase(betterproto2_grpclib.ServiceBase):
         response = await self.locate_object(request)
         await stream.send_message(response)
 
+    async def __rpc_verify_token(
+        self, stream: "grpclib.server.Stream[VerifyTokenRequest, VerifyTokenResponse]"
+    ) -> None:
+        request = await stream.recv_message()
+        assert request is not None
+        response = await self.verify_token(request)
+        await stream.send_message(response)
+
     def __mapping__(self) -> "dict[str, grpclib.const.Handler]":
         return {
             "/spear.v1.MetadataServer/RegisterNode": grpclib.const.Handler(
@@ -2044,6 +2110,12 @@ class MetadataServerBase(betterproto2_grpclib.ServiceBase):
                 grpclib.const.Cardinality.UNARY_UNARY,
                 LocateObjectRequest,
                 LocateObjectResponse,
+            ),
+            "/spear.v1.MetadataServer/VerifyToken": grpclib.const.Handler(
+                self.__rpc_verify_token,
+                grpclib.const.Cardinality.UNARY_UNARY,
+                VerifyTokenRequest,
+                VerifyTokenResponse,
             ),
         }
 
