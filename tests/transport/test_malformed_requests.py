@@ -131,7 +131,7 @@ def _methods(service: str) -> list[str]:
     sms = [
         "RegisterNode", "Heartbeat", "DeregisterNode", "GetNode", "ListNodes", "FindNodes",
         "ReportTask", "ReportTasks", "LookupTask", "ListClusterTasks", "PutObjectLocation",
-        "RemoveObjectLocation", "LocateObject",
+        "RemoveObjectLocation", "LocateObject", "VerifyToken",
     ]  # fmt: skip
     names = spearlet if service == "spearlet" else sms
     package = "Spearlet" if service == "spearlet" else "MetadataServer"

@@ -15,7 +15,8 @@ import dataclasses
 from typing import TYPE_CHECKING, Any, Literal
 
 from spear.core import namespaces as ns
-from spear.errors import NotFound, ResourceExhausted
+from spear.core.models import LOG_STREAMS
+from spear.errors import InvalidArgument, NotFound, ResourceExhausted
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Callable, Sequence
@@ -127,6 +128,10 @@ class NamespacedNode:
     async def logs(
         self, task_id: str, streams: Sequence[str] = (), *, follow: bool = False
     ) -> AsyncIterator[LogChunk]:
+        for name in streams:  # a bad request is one whatever the task (as the node says)
+            if name not in LOG_STREAMS:
+                names = ", ".join(LOG_STREAMS)
+                raise InvalidArgument(f"unknown log stream {name!r} (one of {names})")
         task_id = (await self.task(task_id)).id
         async for chunk in self.api.logs(task_id, streams, follow=follow):
             yield chunk

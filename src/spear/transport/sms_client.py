@@ -130,5 +130,10 @@ class SmsClient(Cluster):
         resp = await self._call(self._stub.locate_object(req, **self._opts()))
         return [sc.location_from_wire(x) for x in resp.locations]
 
+    async def verify_token(self, token: str) -> v1.VerifyTokenResponse:
+        """What the SMS knows of `token` (transport/cluster_tokens.py)."""
+        req = v1.VerifyTokenRequest(token=token)
+        return await self._call(self._stub.verify_token(req, **self._opts()))
+
     async def aclose(self) -> None:
         await close_channel(self._channel)
