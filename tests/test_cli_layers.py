@@ -26,9 +26,9 @@ def _imports(path: Path) -> set[str]:
 def test_no_cli_command_module_imports_the_app_back() -> None:
     modules = sorted((SRC / "cli").glob("*.py"))
     assert {p.name for p in modules} >= {"app.py", "_common.py", "run.py", "tasks.py"}
-    shared = {"spear.cli._common", "spear.cli.spec", "spear.cli.stream"}
+    shared = {"spear.cli._common", "spear.cli.spec", "spear.cli.stream", "spear.cli._runner_client"}
     for path in modules:
-        if path.name in ("app.py", "__init__.py"):
+        if path.name in ("app.py", "__init__.py", "runner.py"):  # the entry: above the app
             continue
         from_cli = {m for m in _imports(path) if m == "spear.cli" or m.startswith("spear.cli.")}
         assert from_cli <= shared, f"cli/{path.name} imports {sorted(from_cli - shared)}"

@@ -118,6 +118,7 @@ class Settings:
     process_kill_grace_s: float = 2.0  # SIGTERM to a process task's group, then SIGKILL
     process_warm_spares: int = 2  # warm Python children forked ahead of the tasks they run
     process_warm_idle_s: float = 300.0  # a fork server no warm task used this long stops
+    runner_idle_s: float = 300.0  # the warm runner (cli/runner.py) stops this long idle; 0: none
     models_config: str | None = None  # a TOML routing file for AI models (docs/models.md)
     listen: str = "127.0.0.1:7070"
     # The dashboard and /metrics (docs/dashboard.md): loopback, a free port, unless set;
@@ -159,6 +160,8 @@ class Settings:
             raise InvalidArgument("process_warm_spares must be between 1 and 64")
         if self.process_warm_idle_s <= 0:
             raise InvalidArgument("process_warm_idle_s must be positive")
+        if self.runner_idle_s < 0:
+            raise InvalidArgument("runner_idle_s must be 0 (no runner) or positive")
 
     @property
     def tasks_log_dir(self) -> Path:

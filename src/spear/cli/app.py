@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import importlib
 import sys
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import click
 import typer
@@ -26,6 +26,9 @@ from click import exceptions as _click_exc
 
 from spear.cli._common import JsonOpt, choice, emit_json, json_requested
 from spear.errors import SpearError
+
+if TYPE_CHECKING:
+    from collections.abc import Iterable
 
 # name -> (module, its typer app, one-line help). A module's app holds one command or
 # several (tasks: submit, tasks, status, ...), or is the group itself (obj, cluster).
@@ -44,9 +47,14 @@ _COMMANDS: dict[str, tuple[str, str, str]] = {
     "cluster": ("spear.cli.cluster", "cluster_app", "A development cluster on this machine."),
     "dashboard": ("spear.cli.dashboard", "app", "Print (or open) the web dashboard's URL."),
     "token": ("spear.cli.tokens", "token_app", "Tokens this node accepts: create, ls, rm."),
+    "runner": (
+        "spear.cli.runner_cmd",
+        "runner_app",
+        "The warm runner: status, stop.",
+    ),
     "quota": ("spear.cli.quotas", "quota_app", "Per-namespace quotas: set, ls, rm."),
 }
-_GROUPS = ("obj", "cluster", "token", "quota")
+_GROUPS = ("obj", "cluster", "token", "runner", "quota")
 
 HELP = """spear: a serverless runtime for AI agents (WebAssembly modules and processes).
 
@@ -88,6 +96,8 @@ class _LazyGroup(typer.core.TyperGroup):
         return [*_COMMANDS, *own]
 
     def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        if cmd_name in _BUILT:
+            return _BUILT[cmd_name]
         if cmd_name not in _COMMANDS or cmd_name in self.commands:
             return super().get_command(ctx, cmd_name)
         module, attr, _ = _COMMANDS[cmd_name]
@@ -104,7 +114,7 @@ class _LazyGroup(typer.core.TyperGroup):
             command = typer.main.get_command_from_info(
                 info, pretty_exceptions_short=True, rich_markup_mode=None
             )
-        self.commands[cmd_name] = _plain_help(command)
+        self.commands[cmd_name] = _BUILT[cmd_name] = _plain_help(command)
         return command
 
     def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
@@ -116,6 +126,26 @@ class _LazyGroup(typer.core.TyperGroup):
                     rows.append((name, command.get_short_help_str(limit=70)))
         with formatter.section("Commands"):
             formatter.write_dl(rows)
+
+
+# Commands already built from their modules' typer apps (a click command holds no state of
+# one invocation): the warm runner builds the short commands once for all its children.
+_BUILT: dict[str, click.Command] = {}
+
+
+def _root_group() -> click.Command:
+    """The top-level group, built once (from `app`'s callback and options: ~5 ms)."""
+    if "" not in _BUILT:
+        _BUILT[""] = typer.main.get_command(app)
+    return _BUILT[""]
+
+
+def build_commands(names: Iterable[str]) -> None:
+    """Import and build these commands now (the warm runner, before it forks)."""
+    group = _root_group()
+    ctx = click.Context(group)
+    for name in names:
+        group.get_command(ctx, name)
 
 
 def _name_of(info: typer.models.CommandInfo) -> str:
@@ -197,7 +227,7 @@ def main(argv: list[str] | None = None) -> int:
     """Console entry point: one line on stderr for any error, never a traceback (and with
     --json, the error as JSON on stdout too)."""
     try:
-        code = app(args=argv, prog_name="spear", standalone_mode=False)
+        code = _root_group().main(args=argv, prog_name="spear", standalone_mode=False)
         return code if isinstance(code, int) else 0
     except _click_exc.NoArgsIsHelpError:
         return 2  # the help text is already printed
