@@ -6,6 +6,11 @@ One LocalNode served three ways on loopback, interleaved round by round:
 - `tls`: a member's certificate over mutual TLS (how cluster processes call each other).
 Each round measures `client.call` (RunTask) of a trivial task one at a time, and 16
 clients calling at once. Results go to benchmarks/results/auth.json and docs/security.md.
+
+Then, in the same run (unless Ray is not installed), the peer: a local Ray
+(`ray.init(num_cpus=2)`) with its token authentication on (`RAY_AUTH_MODE=token`, its
+default for a local cluster) and off, alternately: `ray.get(f.remote())` of a trivial
+function one at a time, and from 16 threads at once.
 """
 
 from __future__ import annotations
@@ -105,9 +110,85 @@ async def measure(rounds: int) -> dict[str, Any]:
     }
 
 
+def _ray_round(mode: str) -> tuple[list[float], float]:
+    """One round of Ray with token authentication `mode` ("token" or "disabled")."""
+    import concurrent.futures
+    import os
+
+    os.environ["RAY_AUTH_MODE"] = mode  # (read when ray is imported: set before)
+    os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+    import ray
+
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    try:
+
+        @ray.remote
+        def trivial() -> None:
+            return None
+
+        ray.get([trivial.remote() for _ in range(8)])  # workers started and warm
+        samples = []
+        for _ in range(ONE_BY_ONE):
+            t0 = time.perf_counter()
+            ray.get(trivial.remote())
+            samples.append(time.perf_counter() - t0)
+
+        def worker() -> None:
+            for _ in range(PER_CLIENT):
+                ray.get(trivial.remote())
+
+        t0 = time.perf_counter()
+        with concurrent.futures.ThreadPoolExecutor(CLIENTS) as pool:
+            for f in [pool.submit(worker) for _ in range(CLIENTS)]:
+                f.result()
+        return samples, CLIENTS * PER_CLIENT / (time.perf_counter() - t0)
+    finally:
+        ray.shutdown()
+
+
+def measure_ray(rounds: int) -> dict[str, Any]:
+    """Ray with its token authentication on and off, alternately, `rounds` rounds, each
+    in a process of its own (Ray keeps its authentication mode for the process)."""
+    import os
+    import subprocess
+
+    import ray
+
+    modes = ("token", "disabled")
+    latency: dict[str, list[float]] = {m: [] for m in modes}
+    rates: dict[str, list[float]] = {m: [] for m in modes}
+    for r in range(rounds):
+        for mode in modes if r % 2 == 0 else tuple(reversed(modes)):
+            done = subprocess.run(
+                [sys.executable, "-m", "benchmarks.auth_cost", "--ray-round", mode],
+                env={**os.environ, "RAY_AUTH_MODE": mode},
+                capture_output=True,
+                check=True,
+                timeout=600,
+            )
+            one = json.loads(done.stdout.decode().strip().splitlines()[-1])
+            latency[mode] += one["samples"]
+            rates[mode].append(one["rate"])
+    out: dict[str, Any] = {"version": ray.__version__}
+    for mode in modes:
+        out[mode] = {
+            "call": summarize(latency[mode]),
+            "16_clients_tasks_per_s": round(statistics.median(rates[mode]), 1),
+        }
+    return out
+
+
 def main(argv: list[str]) -> int:
+    if argv[:1] == ["--ray-round"]:  # one round of Ray, in this process (measure_ray)
+        samples, rate = _ray_round(argv[1])
+        sys.stdout.write(json.dumps({"samples": samples, "rate": rate}) + "\n")
+        return 0
     rounds = int(argv[0]) if argv else 4
     result = anyio.run(measure, rounds)
+    try:
+        result["ray"] = measure_ray(max(2, rounds // 2))
+    except ImportError:
+        result["ray"] = {"skipped": "Ray is not installed"}
     base = result["open"]
     for mode in ("token", "tls"):
         result[mode]["call_median_vs_open"] = round(

@@ -66,7 +66,7 @@ def test_tasks_appear_finish_and_stream_logs_without_a_reload(
     try:
         tab = Page(browser)
         page = tab.page
-        page.goto(node.url + "/")
+        page.goto(f"{node.url}/?token={node.token}")  # the link `spear dashboard` prints
         page.wait_for_selector(".live:not([hidden])", timeout=WAIT_MS)  # the feed is open
         page.wait_for_selector("#nodes td.state.healthy", timeout=WAIT_MS)
         page.evaluate("window.__sameDocument = true")
@@ -131,7 +131,7 @@ def test_the_sms_dashboard_shows_the_cluster(tmp_path: Path, browser: Any, shots
         task = submit(Cli(tmp_path / "node0"), "--wait", str(hello(tmp_path)))
         tab = Page(browser)
         page = tab.page
-        page.goto(sms.url + "/")
+        page.goto(f"{sms.url}/?token={sms.token}")
         page.wait_for_function(
             "document.querySelectorAll('#nodes td.state.healthy').length === 2", timeout=WAIT_MS
         )

@@ -50,10 +50,12 @@ def prometheus(tmp_path: Path) -> Iterator[Any]:
         url = ""
         proc: subprocess.Popen[bytes] | None = None
 
-        def start(self, targets: dict[str, str]) -> None:
+        def start(self, targets: dict[str, tuple[str, str]]) -> None:
+            # Each job sends its target's token (the HTTP server takes the node's tokens).
             jobs = "".join(
-                f"  - job_name: {job}\n    static_configs:\n      - targets: ['{target}']\n"
-                for job, target in targets.items()
+                f"  - job_name: {job}\n    authorization:\n      credentials: '{token}'\n"
+                f"    static_configs:\n      - targets: ['{target}']\n"
+                for job, (target, token) in targets.items()
             )
             config = tmp_path / "prometheus.yml"
             config.write_text(f"global:\n  scrape_interval: 1s\nscrape_configs:\n{jobs}")
@@ -103,7 +105,10 @@ def test_prometheus_scrapes_a_node_and_the_sms(tmp_path: Path, prometheus: Any) 
         proc = cli("submit", "--wait", str(hello(tmp_path)))
         assert proc.returncode == 0, proc.stderr
         prometheus.start(
-            {"spearlet": node.url.removeprefix("http://"), "sms": sms.url.removeprefix("http://")}
+            {
+                "spearlet": (node.url.removeprefix("http://"), node.token),
+                "sms": (sms.url.removeprefix("http://"), sms.token),
+            }
         )
 
         def scraped(expr: str, want: float) -> bool:

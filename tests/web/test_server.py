@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 import httpx
 import pytest
-from conftest import Cli, one_error_line
+from conftest import Cli, assert_eventually, one_error_line
 from wat_tasks import hello, ticker
 from web_helpers import WebDaemon, samples
 
@@ -79,16 +79,46 @@ def test_a_node_serves_its_tasks_results_and_metrics(
     assert got[("spear_objects_bytes", ())] == len("hello\n")
     assert got[("process_resident_memory_bytes", ())] > 0
 
-    # `spear dashboard` finds the URL the daemon wrote.
-    assert cli("dashboard").stdout.decode().strip() == node.url + "/"
+    # `spear dashboard` finds the URL the daemon wrote: a link with the owner's token.
+    assert cli("dashboard").stdout.decode().strip() == f"{node.url}/?token={node.token}"
     assert cli.json("dashboard")["metrics"] == node.url + "/metrics"
+
+
+def test_the_http_server_takes_the_same_tokens(node: WebDaemon, cli: Cli) -> None:
+    for path in ("/", "/api/tasks", "/metrics", "/static/app.js"):
+        refused = httpx.get(node.url + path, timeout=10)
+        assert refused.status_code == 401, path
+        assert refused.headers["www-authenticate"] == "Bearer"
+    forged = node.get("/api/tasks", headers={"authorization": "Bearer spear_x_y"})
+    assert forged.status_code == 401 and "not accepted" in forged.json()["error"]
+    # The link `spear dashboard` prints: the token goes into a cookie, out of the address.
+    link = cli("dashboard").stdout.decode().strip()
+    with httpx.Client(timeout=10) as browser:
+        first = browser.get(link)
+        assert first.status_code == 303 and first.headers["location"] == "/"
+        cookie = first.headers["set-cookie"].lower()
+        assert "httponly" in cookie and "samesite=strict" in cookie
+        page = browser.get(node.url + "/")
+        assert page.status_code == 200 and "/static/app.js" in page.text
+        assert browser.get(node.url + "/api/tasks").status_code == 200
+    # A token bound to a namespace scrapes /metrics, but the dashboard shows every
+    # namespace: refused.
+    reader = cli("token", "create", "prom", "--role", "reader").stdout.decode().strip()
+    as_reader = {"authorization": f"Bearer {reader}"}
+    # (a running node sees a new token within a second)
+    assert_eventually(lambda: node.get("/metrics", headers=as_reader).status_code == 200)
+    denied = node.get("/api/tasks", headers=as_reader)
+    assert denied.status_code == 403 and "namespace" in denied.json()["error"]
+    assert httpx.get(f"{node.url}/?token={reader}", timeout=10).status_code == 403
 
 
 def test_the_task_list_feed_shows_new_tasks_and_their_states(
     node: WebDaemon, cli: Cli, tmp_path: Path
 ) -> None:
     module = str(ticker(tmp_path, 3, 200))
-    with httpx.stream("GET", node.url + "/api/events/tasks", timeout=30) as response:
+    with httpx.stream(
+        "GET", node.url + "/api/events/tasks", timeout=30, headers=node.headers
+    ) as response:
         assert response.headers["content-type"].startswith("text/event-stream")
         feed = events(response)
         assert next(feed) == ("snapshot", [])
@@ -105,7 +135,9 @@ def test_the_task_list_feed_shows_new_tasks_and_their_states(
 def test_a_task_feed_follows_its_logs_as_written(node: WebDaemon, cli: Cli, tmp_path: Path) -> None:
     task_id = cli("submit", str(ticker(tmp_path, 6, 400))).stdout.decode().strip()
     order: list[tuple[str, str]] = []
-    with httpx.stream("GET", f"{node.url}/api/events/tasks/{task_id}", timeout=30) as response:
+    with httpx.stream(
+        "GET", f"{node.url}/api/events/tasks/{task_id}", timeout=30, headers=node.headers
+    ) as response:
         for event, data in events(response):
             if event == "end":
                 break
@@ -116,7 +148,9 @@ def test_a_task_feed_follows_its_logs_as_written(node: WebDaemon, cli: Cli, tmp_
     early = "".join(text for event, text in order[:ended] if event == "log")
     assert early.startswith("tick\n") and "done" not in early
     assert ("task", "RUNNING") in order[:ended]
-    with httpx.stream("GET", f"{node.url}/api/events/tasks/nosuch", timeout=30) as response:
+    with httpx.stream(
+        "GET", f"{node.url}/api/events/tasks/nosuch", timeout=30, headers=node.headers
+    ) as response:
         assert next(events(response))[0] == "error"
 
 
@@ -131,7 +165,9 @@ def test_a_stop_with_open_feeds_is_prompt_and_removes_the_url_file(
 ) -> None:
     node = WebDaemon(data_dir)
     try:
-        with httpx.stream("GET", node.url + "/api/events/tasks", timeout=30) as response:
+        with httpx.stream(
+            "GET", node.url + "/api/events/tasks", timeout=30, headers=node.headers
+        ) as response:
             assert next(events(response))[0] == "snapshot"
             t0 = time.monotonic()
             assert node.stop() == 0

@@ -43,6 +43,11 @@ class WebDaemon:
         self.address = line
         self.url_file = data_dir / f"{role}.http"
         self.url: str = "" if http == "off" else assert_eventually(self._url, timeout=30)
+        from spear.transport.auth import read_owner_token
+
+        # The HTTP server takes the gRPC server's tokens: the owner's, as `spear dashboard`.
+        self.token = read_owner_token(data_dir) or ""
+        self.headers = {"authorization": f"Bearer {self.token}"}
 
     def _url(self) -> str | None:
         if self.proc.poll() is not None:
@@ -58,7 +63,8 @@ class WebDaemon:
         pytest.fail(f"spear serve exited {self.proc.returncode}: {err}")
 
     def get(self, path: str, **kw: Any) -> httpx.Response:
-        return httpx.get(self.url + path, timeout=10, **kw)
+        headers = {**self.headers, **kw.pop("headers", {})}
+        return httpx.get(self.url + path, timeout=10, headers=headers, **kw)
 
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 60) -> int:
         return stop_process(self.proc, sig, timeout)

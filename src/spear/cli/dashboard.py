@@ -39,11 +39,18 @@ def dashboard(
             f"no dashboard on {settings.data_dir}: "
             f"no {what} serves there, or it runs with --http off"
         )
+    from spear.transport.auth import read_owner_token
+
+    # The page needs a token: the link carries the owner's (this user can read it), which
+    # the browser keeps in a cookie; Prometheus sends it as a bearer token (docs/security.md).
+    token = settings.token or read_owner_token(settings.data_dir)
+    link = url + "/" + (f"?token={token}" if token else "")
     if as_json:
-        sys.stdout.write(json.dumps({"url": url, "metrics": url + "/metrics", "role": role}) + "\n")
+        doc = {"url": url, "metrics": url + "/metrics", "role": role, "link": link}
+        sys.stdout.write(json.dumps(doc) + "\n")
     else:
-        sys.stdout.write(url + "/\n")
+        sys.stdout.write(link + "\n")
     if open_:
         import webbrowser
 
-        webbrowser.open(url + "/")
+        webbrowser.open(link)

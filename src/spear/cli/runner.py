@@ -50,6 +50,7 @@ PRELOAD = (
     "spear.node.client", "spear.runtimes.wasm.agent", "spear.runtimes.process.agent",
     "spear.runtimes.deferred", "spear.store.leveldb", "spear.models.router",
     "spear.core.task_ids", "spear._loopstate", "spear._version", "anyio._backends._asyncio",
+    "spear.node.namespaced",
     "anyio._core._fileio", "anyio._core._signals", "plyvel", "tomllib", "json",
 )  # fmt: skip
 _HEADER = 4

@@ -33,8 +33,8 @@ from spear.errors import NotFound, ResourceExhausted, SpearError, Unavailable
 if TYPE_CHECKING:
     from collections.abc import Callable
 
+    from spear.core.forwarding import Forwarder
     from spear.core.models import Task
-    from spear.core.scheduler import Forwarder
     from spear.core.sms import MetadataServer
 
 _RETRY = "retry/"

@@ -261,6 +261,7 @@ async def serving_node(
 
     from spear.node.server import serve_spearlet
     from spear.transport._status import DEFAULT_MAX_MESSAGE_BYTES
+    from spear.transport.cluster_tokens import with_cluster_tokens
     from spear.transport.serving import Security
 
     if settings.sms:  # distributed mode: a cluster-wide node name
@@ -276,7 +277,7 @@ async def serving_node(
             settings.listen,
             max_message_bytes=max_message_bytes or DEFAULT_MAX_MESSAGE_BYTES,
             extra_services=peer_services(api),
-            security=Security.for_settings(settings),
+            security=with_cluster_tokens(Security.for_settings(settings), api),
         )
         assert server.address is not None
         try:

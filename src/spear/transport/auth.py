@@ -118,7 +118,7 @@ POLICY: dict[str, Role] = {
         _SMS,
         Role.NODE,
         "RegisterNode Heartbeat DeregisterNode ReportTask ReportTasks PutObjectLocation"
-        " RemoveObjectLocation",
+        " RemoveObjectLocation VerifyToken",
     ),
     **_table(_SMS, Role.READER, "LookupObject ListObjectRecords"),  # the object index
     # Reflection describes the services (no data): any authenticated caller may ask.
@@ -352,6 +352,26 @@ class Authorizer:
 
     tokens: TokenStore | None
     policy: Mapping[str, Role] = dataclasses.field(default_factory=lambda: POLICY)
+    # A cluster member's: the SMS's tokens too (transport/cluster_tokens.py).
+    cluster: Any = None
+
+    async def authorize_by_cluster(
+        self, method: str, metadata: Mapping[str, Any]
+    ) -> Principal | None:
+        """The principal of a token the cluster's SMS knows (None: it does not)."""
+        token = bearer(metadata)
+        if self.cluster is None or token is None:
+            return None
+        principal: Principal | None = await self.cluster.verify(token)
+        if principal is None:
+            return None
+        need = self.policy.get(method, Role.ADMIN)
+        if principal.role < need:
+            raise PermissionDenied(
+                f"{principal.name} ({principal.role.name.lower()}) may not call {method}:"
+                f" it needs {need.name.lower()}"
+            )
+        return principal
 
     def authorize(self, method: str, metadata: Mapping[str, Any], peer: Any) -> Principal | None:
         if method in OPEN_METHODS:
@@ -410,7 +430,13 @@ def install(server: Any, authorizer: Authorizer) -> None:
 
     async def on_request(event: RecvRequest) -> None:
         try:
-            principal = authorizer.authorize(event.method_name, event.metadata, event.peer)
+            try:
+                principal = authorizer.authorize(event.method_name, event.metadata, event.peer)
+            except Unauthenticated:
+                found = await authorizer.authorize_by_cluster(event.method_name, event.metadata)
+                if found is None:
+                    raise
+                principal = found
             namespace = authorizer.namespace(principal, event.metadata)
         except InvalidArgument as exc:
             raise GRPCError(Status.INVALID_ARGUMENT, str(exc)) from None

@@ -273,6 +273,11 @@ class SmsClient(Cluster):
         resp = await self._call(lambda stub: stub.collect_objects(req, **self._opts()))
         return [oc.record_from_wire(r) for r in resp.objects]
 
+    async def verify_token(self, token: str) -> v1.VerifyTokenResponse:
+        """What the SMS knows of `token` (transport/cluster_tokens.py)."""
+        req = v1.VerifyTokenRequest(token=token)
+        return await self._call(lambda stub: stub.verify_token(req, **self._opts()))
+
     async def aclose(self) -> None:
         channels, self._channels = self._channels, {}
         for channel, _ in channels.values():

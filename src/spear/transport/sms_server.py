@@ -11,6 +11,7 @@ from spear.transport import _sms_convert as sc
 from spear.transport._gen.spear import v1
 from spear.transport._status import DEFAULT_MAX_MESSAGE_BYTES
 from spear.transport.auth import current_principal
+from spear.transport.cluster_tokens import verify_at_sms
 from spear.transport.object_index_service import ObjectIndexService
 from spear.transport.serving import GrpcServer, Security, guard
 
@@ -19,6 +20,7 @@ if TYPE_CHECKING:
 
     from spear.core.models import Task
     from spear.core.sms import MetadataServer
+    from spear.transport.auth import TokenStore
 
 SERVICE_NAME = "spear.v1.MetadataServer"
 
@@ -129,6 +131,11 @@ class MetadataService(ObjectIndexService, v1.MetadataServerBase):
         found = await self.sms.locate_object(message.key)
         return v1.LocateObjectResponse(locations=[sc.location_to_wire(x) for x in found])
 
+    tokens: TokenStore | None = None  # the SMS's own (SmsServer sets them)
+
+    async def verify_token(self, message: v1.VerifyTokenRequest) -> v1.VerifyTokenResponse:
+        return verify_at_sms(self.tokens, message.token)
+
 
 class SmsServer(GrpcServer):
     """spear.v1.MetadataServer and health on one port."""
@@ -142,8 +149,10 @@ class SmsServer(GrpcServer):
     ) -> None:
         """`security`: who may call; members need a certificate from the cluster's CA."""
         self.sms = sms
+        service = MetadataService(sms)
+        service.tokens = security.authorizer.tokens if security.authorizer else None
         super().__init__(
-            MetadataService(sms),
+            service,
             name=SERVICE_NAME,
             security=security,
             max_message_bytes=max_message_bytes,

@@ -123,6 +123,7 @@ async def _serve(
 ) -> AsyncIterator[str]:
     from spear.transport.serving import listening_socket
     from spear.web._app import build_app
+    from spear.web._auth import guarded
     from spear.web._uvicorn import make_server
 
     sock = listening_socket(settings.http_listen, _FLAG)
@@ -135,7 +136,9 @@ async def _serve(
         loopback=_is_loopback(sock.getsockname()[0]),
         extra_routes=extra_routes,
     )
-    server = make_server(app, ws_max_size=settings.stream_message_max_bytes)
+    server = make_server(
+        guarded(app, settings.data_dir), ws_max_size=settings.stream_message_max_bytes
+    )
     path = http_address_file(settings.data_dir, role)
     done = anyio.Event()
 

@@ -86,6 +86,8 @@ __all__ = (
     "SubmitTasksResponse",
     "TaskInfo",
     "TaskState",
+    "VerifyTokenRequest",
+    "VerifyTokenResponse",
     "WatchTaskRequest",
     "WorkerAgentInfo",
 )
@@ -1376,6 +1378,34 @@ default_message_pool.register_message("spear.v1", "TaskInfo", TaskInfo)
 
 
 @dataclass(eq=False, repr=False)
+class VerifyTokenRequest(betterproto2.Message):
+    token: "str" = betterproto2.field(1, betterproto2.TYPE_STRING)
+
+
+default_message_pool.register_message("spear.v1", "VerifyTokenRequest", VerifyTokenRequest)
+
+
+@dataclass(eq=False, repr=False)
+class VerifyTokenResponse(betterproto2.Message):
+    valid: "bool" = betterproto2.field(1, betterproto2.TYPE_BOOL)
+
+    name: "str" = betterproto2.field(2, betterproto2.TYPE_STRING)
+
+    role: "str" = betterproto2.field(3, betterproto2.TYPE_STRING)
+    """
+    reader, submitter or admin
+    """
+
+    namespace: "str" = betterproto2.field(4, betterproto2.TYPE_STRING)
+    """
+    empty: any namespace (an admin's)
+    """
+
+
+default_message_pool.register_message("spear.v1", "VerifyTokenResponse", VerifyTokenResponse)
+
+
+@dataclass(eq=False, repr=False)
 class WatchTaskRequest(betterproto2.Message):
     task_id: "str" = betterproto2.field(1, betterproto2.TYPE_STRING)
 
@@ -1783,6 +1813,27 @@ class MetadataServerStub(betterproto2_grpclib.ServiceStub):
             "/spear.v1.MetadataServer/CollectObjects",
             message,
             ListObjectRecordsResponse,
+            timeout=timeout,
+            deadline=deadline,
+            metadata=metadata,
+        )
+
+    async def verify_token(
+        self,
+        message: "VerifyTokenRequest",
+        *,
+        timeout: "float | None" = None,
+        deadline: "Deadline | None" = None,
+        metadata: "MetadataLike | None" = None,
+    ) -> "VerifyTokenResponse":
+        """
+        Cluster-wide tokens: a member asks the SMS about a token it does not know itself.
+        """
+
+        return await self._unary_unary(
+            "/spear.v1.MetadataServer/VerifyToken",
+            message,
+            VerifyTokenResponse,
             timeout=timeout,
             deadline=deadline,
             metadata=metadata,
@@ -2399,6 +2450,13 @@ class MetadataServerBase(betterproto2_grpclib.ServiceBase):
 
         raise grpclib.GRPCError(grpclib.const.Status.UNIMPLEMENTED)
 
+    async def verify_token(self, message: "VerifyTokenRequest") -> "VerifyTokenResponse":
+        """
+        Cluster-wide tokens: a member asks the SMS about a token it does not know itself.
+        """
+
+        raise grpclib.GRPCError(grpclib.const.Status.UNIMPLEMENTED)
+
     async def __rpc_register_node(
         self, stream: "grpclib.server.Stream[RegisterNodeRequest, NodeRecord]"
     ) -> None:
@@ -2560,6 +2618,14 @@ class MetadataServerBase(betterproto2_grpclib.ServiceBase):
         response = await self.collect_objects(request)
         await stream.send_message(response)
 
+    async def __rpc_verify_token(
+        self, stream: "grpclib.server.Stream[VerifyTokenRequest, VerifyTokenResponse]"
+    ) -> None:
+        request = await stream.recv_message()
+        assert request is not None
+        response = await self.verify_token(request)
+        await stream.send_message(response)
+
     def __mapping__(self) -> "dict[str, grpclib.const.Handler]":
         return {
             "/spear.v1.MetadataServer/RegisterNode": grpclib.const.Handler(
@@ -2681,6 +2747,12 @@ class MetadataServerBase(betterproto2_grpclib.ServiceBase):
                 grpclib.const.Cardinality.UNARY_UNARY,
                 CollectObjectsRequest,
                 ListObjectRecordsResponse,
+            ),
+            "/spear.v1.MetadataServer/VerifyToken": grpclib.const.Handler(
+                self.__rpc_verify_token,
+                grpclib.const.Cardinality.UNARY_UNARY,
+                VerifyTokenRequest,
+                VerifyTokenResponse,
             ),
         }
 

@@ -1,0 +1,128 @@
+"""The HTTP server accepts the same tokens as gRPC (docs/security.md, docs/dashboard.md).
+
+A request authenticates with `Authorization: Bearer spear_...` (Prometheus's
+`authorization` setting, curl), or with the cookie a browser got by opening the link
+`spear dashboard` prints (`/?token=...`: the token is checked, set as an HttpOnly,
+SameSite=Strict cookie, and the browser sent on to the page without it in the address).
+
+`/metrics` takes any valid token. Every other path shows the whole node (every
+namespace's tasks and objects), so it needs a token bound to no namespace (an admin's,
+such as the owner token).
+"""
+
+from __future__ import annotations
+
+from http.cookies import SimpleCookie
+from typing import TYPE_CHECKING
+from urllib.parse import parse_qsl, urlencode
+
+from starlette.responses import JSONResponse, PlainTextResponse, RedirectResponse, Response
+
+from spear.transport.auth import bearer
+
+if TYPE_CHECKING:
+    from pathlib import Path
+
+    from starlette.types import ASGIApp, Receive, Scope, Send
+
+    from spear.transport.auth import Principal, TokenStore
+
+OPEN_TO_ANY_TOKEN = frozenset({"/metrics"})
+_LOGIN_HINT = "open the link `spear dashboard` prints, or send Authorization: Bearer TOKEN"
+
+
+def cookie_name(port: int | None) -> str:
+    """One cookie per port: browsers share cookies between the ports of one host."""
+    return f"spear_token_{port}" if port else "spear_token"
+
+
+class TokenGate:
+    """ASGI middleware: refuse a request without a valid token (401) or whose token may
+    not see what it asks for (403), before the app sees it."""
+
+    def __init__(self, app: ASGIApp, tokens: TokenStore) -> None:
+        self.app = app
+        self.tokens = tokens
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] not in ("http", "websocket"):
+            await self.app(scope, receive, send)
+            return
+        response = self._check(scope)
+        if response is not None:
+            if scope["type"] == "websocket":
+                await send({"type": "websocket.close", "code": 1008})
+                return
+            await response(scope, receive, send)
+            return
+        await self.app(scope, receive, send)
+
+    def _check(self, scope: Scope) -> Response | None:
+        headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]}
+        port = (scope.get("server") or (None, None))[1]
+        query = parse_qsl(scope.get("query_string", b"").decode("latin-1"))
+        link_token = next((v for k, v in query if k == "token"), None)
+        if link_token is not None and scope["type"] == "http":
+            return self._login(scope, link_token, query, port)
+        token = bearer(headers) or _cookie(headers, cookie_name(port))
+        principal = self.tokens.verify(token) if token else None
+        return _refusal(scope, principal, token is not None)
+
+    def _login(
+        self, scope: Scope, token: str, query: list[tuple[str, str]], port: int | None
+    ) -> Response:
+        """`?token=`: checked, kept in a cookie, and taken out of the address."""
+        principal = self.tokens.verify(token)
+        refused = _refusal(scope, principal, True)
+        if refused is not None:
+            return refused
+        rest = urlencode([(k, v) for k, v in query if k != "token"])
+        response = RedirectResponse(scope["path"] + (f"?{rest}" if rest else ""), 303)
+        response.set_cookie(cookie_name(port), token, httponly=True, samesite="strict", path="/")
+        return response
+
+
+def _cookie(headers: dict[str, str], name: str) -> str | None:
+    raw = headers.get("cookie")
+    if not raw:
+        return None
+    jar: SimpleCookie = SimpleCookie()
+    try:
+        jar.load(raw)
+    except Exception:  # a malformed cookie header is no credential
+        return None
+    morsel = jar.get(name)
+    return morsel.value if morsel is not None else None
+
+
+def _refusal(scope: Scope, principal: Principal | None, had_token: bool) -> Response | None:
+    if principal is None:
+        why = (
+            "the token was not accepted (unknown or revoked)"
+            if had_token
+            else ("this dashboard requires a token: " + _LOGIN_HINT)
+        )
+        return _error(scope, why, "unauthenticated", 401)
+    if scope["path"] not in OPEN_TO_ANY_TOKEN and principal.namespace is not None:
+        why = (
+            f"{principal.name} acts only in namespace {principal.namespace!r}; the dashboard"
+            " shows every namespace and needs a token bound to none (an admin's)"
+        )
+        return _error(scope, why, "denied", 403)
+    return None
+
+
+def _error(scope: Scope, message: str, code: str, status: int) -> Response:
+    headers = {"www-authenticate": "Bearer"} if status == 401 else None
+    if scope["path"] == "/metrics":
+        return PlainTextResponse(message + "\n", status, headers=headers)
+    return JSONResponse({"error": message, "code": code}, status, headers=headers)
+
+
+def guarded(app: ASGIApp, data_dir: Path) -> ASGIApp:
+    """`app` behind the tokens of `data_dir` (the owner's made if missing)."""
+    from spear.transport.auth import TokenStore
+
+    tokens = TokenStore(data_dir)
+    tokens.owner_token()
+    return TokenGate(app, tokens)
