@@ -21,7 +21,7 @@ if TYPE_CHECKING:
 
     from models.model_fixtures import ModelServer
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
 
 AGENT = """
 import json
