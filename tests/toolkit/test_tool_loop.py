@@ -113,6 +113,7 @@ async def test_tool_loop_on_the_embedded_model(
         backend = "local"
         path = "{gguf}"
         max_tokens = 64
+        timeout_s = 600
         """,
     )
     _check(*await _run(tmp_path, mcp, routing))
@@ -138,6 +139,7 @@ async def test_tool_loop_on_an_openai_compatible_endpoint(
         backend = "srv"
         name = "smollm2"
         max_tokens = 64
+        timeout_s = 600
         """,
     )
     _check(*await _run(tmp_path, mcp, routing))
