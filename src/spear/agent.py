@@ -634,6 +634,12 @@ class AsyncAgent:
     ) -> dict[str, Any]:
         return dict((await self.call("tool_call", _tool_body(name, arguments, timeout_s)))[0])
 
+    async def vectors(self, op: str, collection: str | None = None, **fields: Any) -> Any:
+        import json
+
+        request = {"op": op, "collection": collection, **fields}
+        return (await self.call("vec_request", json.dumps(request).encode()))[0]
+
 
 def _chat_body(
     messages: list[dict[str, Any]],

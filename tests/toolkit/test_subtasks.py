@@ -64,9 +64,10 @@ async def test_children_run_and_their_ends_reach_the_parent(tmp_path: Path) -> N
         assert isinstance(bad, dict)
         assert bad["state"] == "FAILED" and bad["exit_code"] == 1
         # The children went through the node like any task, labelled with their parent.
-        children = [t for t in await node.tasks() if dict(t.spec.labels).get("spear.parent")]
+        children = [t for t in await node.tasks() if dict(t.spec.env).get("SPEAR_PARENT_TASK")]
         assert len(children) == 6
-        assert {dict(t.spec.labels)["spear.parent"] for t in children} == {task.id}
+        assert {dict(t.spec.env)["SPEAR_PARENT_TASK"] for t in children} == {task.id}
+        assert {dict(t.spec.env)["SPEAR_TASK_DEPTH"] for t in children} == {"1"}
 
 
 async def test_waiting_for_any_and_cancelling_a_child(tmp_path: Path) -> None:
@@ -121,7 +122,7 @@ async def test_cancelling_a_parent_cancels_its_children(tmp_path: Path) -> None:
             return [
                 t
                 for t in await node.tasks()
-                if dict(t.spec.labels).get("spear.parent") == handle.id
+                if dict(t.spec.env).get("SPEAR_PARENT_TASK") == handle.id
             ]
 
         async def two_running() -> bool:

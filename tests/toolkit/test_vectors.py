@@ -1,3 +1,4 @@
+# ruff: noqa: F811 - the gguf fixture imported from its module is redefined as a parameter
 """The vector store (spear/toolkit/vectors.py) on real files: usearch's index, SQLite
 records; through a process agent's SDK and the `spear vec` CLI."""
 
@@ -10,7 +11,8 @@ import sys
 from typing import TYPE_CHECKING
 
 import pytest
-from conftest import cli_env
+from conftest import ROOT, cli_env
+from models.model_fixtures import gguf  # noqa: F401 - the fixture (for the RAG test)
 
 from spear import FunctionSpec, LocalNode
 from spear.core.models import Runtime, TaskState
@@ -197,3 +199,41 @@ async def test_process_agent_sdk(tmp_path: Path) -> None:
     )
     assert bad.returncode != 0 and bad.stderr.count("\n") == 1
     assert "dimension mismatch" in bad.stderr and "Traceback" not in bad.stderr
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(900)
+async def test_rag_example(tmp_path: Path, gguf: Path) -> None:
+    """Ingest a folder with the local model's embeddings and answer from it (slow: the
+    embedded SmolLM2)."""
+    routing = tmp_path / "models.toml"
+    routing.write_text(
+        'default = "smollm2"\n[backends.local]\nkind = "llama"\nconcurrency = 1\n'
+        f'[models.smollm2]\nbackend = "local"\npath = "{gguf}"\nmax_tokens = 64\n'
+    )
+    script = ROOT / "examples" / "rag" / "rag.py"
+    docs = ROOT / "examples" / "rag" / "docs"
+    async with LocalNode(tmp_path / "home", models_config=str(routing)) as node:
+        # Asking with a paragraph's own words finds that paragraph first (same embedding).
+        question = "Mars has two small moons, Phobos and Deimos, both probably captured asteroids."
+        spec = FunctionSpec(
+            str(script), runtime=Runtime.PROCESS, args=(str(docs), question), timeout_s=300
+        )
+        task = await node.run(spec)
+        assert task.state is TaskState.COMPLETED, await node.logs_of(task.id, "stderr")
+        value, _ = await node.objects.get(f"results/{task.id}")
+        out = json.loads(bytes(value))
+        assert out["answer"]
+        assert out["sources"][0] == {"file": "mars.txt", "text": question}
+        assert len(out["sources"]) == 3
+        # A metadata filter keeps retrieval to one file; ingesting again adds nothing.
+        spec = FunctionSpec(
+            str(script),
+            runtime=Runtime.PROCESS,
+            args=(str(docs), question, "--only", "venus.txt"),
+            timeout_s=300,
+        )
+        task = await node.run(spec)
+        value, _ = await node.objects.get(f"results/{task.id}")
+        assert {s["file"] for s in json.loads(bytes(value))["sources"]} == {"venus.txt"}
+        assert node.services.vectors.request({"op": "count", "collection": "rag-docs"}) == 6

@@ -3,7 +3,8 @@
 A child goes through the node's normal submit path: on a cluster member that is the
 `ClusterNode` (bound by node/assembly.py), so the scheduler places it like any task;
 elsewhere the node's own controller. What a child may be is checked first (`check_child`):
-it inherits its parent's labels (so allow-lists and, later, namespaces carry over), a
+it inherits its parent's labels (so allow-lists and, later, namespaces carry over;
+labels are also placement constraints, which children then share), a
 WASM parent may start only WASM children (a process child could do anything the node's
 user can), a child sees only directories its parent sees, and trees are at most
 `MAX_DEPTH` deep with at most `MAX_CHILDREN` children a task. Input objects are held
@@ -32,8 +33,10 @@ if TYPE_CHECKING:
 
 MAX_DEPTH = 16
 MAX_CHILDREN = 1024  # unfinished children of one task at once
-PARENT_LABEL = "spear.parent"
-DEPTH_LABEL = "spear.depth"
+# In the child's environment (not its labels: a task's labels are also placement
+# constraints, which a parent's id would never meet).
+PARENT_ENV = "SPEAR_PARENT_TASK"
+DEPTH_ENV = "SPEAR_TASK_DEPTH"
 INPUTS_ENV = "SPEAR_INPUTS"  # the child's input object keys, comma-separated
 
 
@@ -147,14 +150,14 @@ def check_child(parent: Task, request: ChildRequest) -> FunctionSpec:
                 f"a child may see only its parent's directories, not {mapping.host!r}"
             )
     labels = dict(parent.spec.labels)
-    depth = int(labels.get(DEPTH_LABEL, "0")) + 1
+    parent_depth = dict(parent.spec.env).get(DEPTH_ENV, "0")
+    depth = (int(parent_depth) if parent_depth.isdigit() else 0) + 1
     if depth > MAX_DEPTH:
         raise ResourceExhausted(f"subtasks nest at most {MAX_DEPTH} deep")
-    own = {k: v for k, v in spec.labels if k not in labels and not k.startswith("spear.")}
-    labels.update(own)
-    labels[PARENT_LABEL] = parent.id
-    labels[DEPTH_LABEL] = str(depth)
+    labels.update({k: v for k, v in spec.labels if k not in labels})
     env = dict(spec.env)
+    env[PARENT_ENV] = parent.id
+    env[DEPTH_ENV] = str(depth)
     if request.inputs:
         env[INPUTS_ENV] = ",".join(request.inputs)
     artifact = spec.artifact

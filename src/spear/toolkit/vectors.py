@@ -12,17 +12,12 @@ directory). Calls block on SQLite and the index: the node runs them on worker th
 
 from __future__ import annotations
 
-import fcntl
 import json
 import os
 import re
-import shutil
-import sqlite3
 import threading
 from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING, Any
-
-import anyio.to_thread
 
 from spear.errors import Conflict, InvalidArgument, NotFound, Unavailable
 
@@ -104,6 +99,9 @@ class Collection:
     """One collection, open in this process. Methods block: call them on a worker thread."""
 
     def __init__(self, directory: Path) -> None:
+        import fcntl
+        import sqlite3
+
         from usearch.index import Index
 
         self.directory = directory
@@ -337,6 +335,8 @@ class VectorStore:
                 coll.close()
             if not (self.root / name / "collection.json").exists():
                 raise NotFound(f"no vector collection {name!r}")
+            import shutil
+
             shutil.rmtree(self.root / name)
 
     def names(self) -> list[str]:
@@ -377,6 +377,8 @@ class VectorStore:
         )
 
     async def request_async(self, data: Any) -> Any:
+        import anyio.to_thread
+
         return await anyio.to_thread.run_sync(self.request, data)
 
     def close(self) -> None:
@@ -387,6 +389,9 @@ class VectorStore:
 
     @asynccontextmanager
     async def serve_node(self, node: Spearlet, task_group: TaskGroup) -> AsyncIterator[None]:
+        import anyio
+        import anyio.to_thread
+
         try:
             yield
         finally:

@@ -42,6 +42,7 @@ from spear.runtimes.host.ops import ErrnoTable, HostError, add_handle, translate
 
 if TYPE_CHECKING:
     import asyncio
+    from collections.abc import Awaitable, Callable
 
     from spear.core.streams import TaskStreams
     from spear.core.worker import TaskContext
@@ -164,6 +165,30 @@ class ModelCall:
         if scope is not None and loop is not None:
             loop.call_soon_threadsafe(scope.cancel)
         self.fail(HostError(errno.ECANCELED, "the call was closed"))
+
+    async def run(
+        self,
+        work: Callable[[], Awaitable[dict[str, Any]]],
+        refused: Callable[[SpearError], HostError],
+    ) -> None:
+        """Run `work` on the event loop as this call's work: its answer finishes the
+        call, its failure fails it; closing the handle cancels it."""
+        import asyncio
+
+        with anyio.CancelScope() as scope:
+            if not self.bind(scope, asyncio.get_running_loop()):
+                return
+            try:
+                self.finish(await work())
+            except HostError as exc:
+                self.fail(exc)
+            except SpearError as exc:
+                self.fail(refused(exc))
+            except Exception as exc:  # a host bug: the agent must not wait forever
+                self.fail(HostError(errno.EIO, f"host error: {exc}"))
+                raise
+        if scope.cancelled_caught:
+            self.fail(HostError(errno.ECANCELED, "the call was stopped"))
 
 
 def _calls(ctx: TaskContext) -> int:

@@ -18,7 +18,6 @@ errno meanings beside hostops':
 
 from __future__ import annotations
 
-import asyncio
 import errno
 import json
 from typing import TYPE_CHECKING, Any
@@ -76,21 +75,16 @@ async def task_spawn(ctx: TaskContext, request: Any) -> tuple[int, str]:
     registry = ctx.services.streams
     entry = ChildTask(registry.for_task(ctx.task.id) if registry is not None else None, False)
     entry.task_id = child_id
-    loop = asyncio.get_running_loop()
     parent_id = ctx.task.id
 
+    async def end() -> dict[str, Any]:
+        task = await service.spawner.wait(child_id)
+        output = await service.spawner.output(child_id)
+        service.ended(parent_id, child_id)
+        return result_json(task, output)
+
     async def watch() -> None:
-        with anyio.CancelScope() as scope:
-            if not entry.bind(scope, loop):
-                return
-            try:
-                task = await service.spawner.wait(child_id)
-                output = await service.spawner.output(child_id)
-            except SpearError as exc:
-                entry.fail(translate(exc))
-                return
-            service.ended(parent_id, child_id)
-            entry.finish(result_json(task, output))
+        await entry.run(end, translate)
 
     service.task_group.start_soon(watch)
     ctx.agent_log("INFO", f"started child task {child_id} ({child.spec.artifact})")

@@ -24,7 +24,6 @@ call `by` it with `tool_loop_answer`), and `{"type": "result", "id", "content",
 
 from __future__ import annotations
 
-import asyncio
 import errno
 import json
 import re
@@ -241,21 +240,9 @@ async def tool_loop_start(ctx: TaskContext, request: Any) -> int:
         raise _refused(ctx, exc) from None
     registry = ctx.services.streams
     call = ToolLoopCall(registry.for_task(ctx.task.id) if registry is not None else None, True)
-    event_loop = asyncio.get_running_loop()
 
     async def run() -> None:
-        with anyio.CancelScope() as scope:
-            if not call.bind(scope, event_loop):
-                return
-            try:
-                call.finish(await _loop(ctx, call, body, loop))
-            except SpearError as exc:
-                call.fail(_refused(ctx, exc))
-            except Exception as exc:  # a host bug: the agent must not wait forever
-                call.fail(HostError(errno.EIO, f"host error: {exc}"))
-                raise
-        if scope.cancelled_caught:
-            call.fail(HostError(errno.ECANCELED, "the loop was stopped"))
+        await call.run(lambda: _loop(ctx, call, body, loop), lambda exc: _refused(ctx, exc))
 
     try:
         router.spawn(ctx.task.id, run)

@@ -17,13 +17,10 @@ A tool that runs and reports a failure is not an errno: its result has `is_error
 
 from __future__ import annotations
 
-import asyncio
 import errno
 import json
 import time
 from typing import TYPE_CHECKING, Any
-
-import anyio
 
 from spear.errors import (
     DeadlineExceeded,
@@ -118,18 +115,9 @@ async def tool_call_start(ctx: TaskContext, request: Any) -> int:
         raise HostError(errno.EMFILE, f"at most {MAX_TOOL_CALLS_PER_TASK} tool calls per task")
     registry = ctx.services.streams
     call = ToolCall(registry.for_task(ctx.task.id) if registry is not None else None, False)
-    loop = asyncio.get_running_loop()
 
     async def run() -> None:
-        with anyio.CancelScope() as scope:
-            if not call.bind(scope, loop):
-                return
-            try:
-                call.finish(await tool_call(ctx, request))
-            except HostError as exc:
-                call.fail(exc)
-        if scope.cancelled_caught:
-            call.fail(HostError(errno.ECANCELED, "the call was stopped"))
+        await call.run(lambda: tool_call(ctx, request), lambda exc: _refused(ctx, exc))
 
     try:
         hub.spawn(ctx.task.id, run)
