@@ -129,8 +129,9 @@ async def test_a_closed_database_refuses_every_operation(kv: LevelDBKV) -> None:
         kv.commit([Write("a", b"2")]),
         kv.scan(""),
     ):
-        with pytest.raises(StorageError, match="closed"):
+        with pytest.raises(StorageError) as info:
             await op
+        assert str(info.value) == "the database is closed"
 
 
 async def test_a_closed_database_may_be_opened_again_with_its_data(tmp_path: Path) -> None:
@@ -156,6 +157,7 @@ async def test_a_path_that_cannot_hold_a_database_is_refused_clearly(tmp_path: P
         with pytest.raises(StorageError) as info:
             LevelDBKV.open(str(file / "db"), hold=hold)
         assert type(info.value) is StorageError
+        assert str(info.value).startswith(f"cannot open the database at {file / 'db'}: ")
     with pytest.raises(StorageError, match=f"^cannot open the database at {file}"):
         LevelDBKV.open(str(file), hold=True)
     # The failed opens left nothing behind: the path can be used once it is fixed.
@@ -194,11 +196,19 @@ class _Spy:
         return getattr(self._real, name)
 
 
-@pytest.mark.parametrize("sync", [True, False])
-async def test_sync_writes_ask_leveldb_to_sync_each_batch(tmp_path: Path, sync: bool) -> None:
-    # A write survives power loss only if LevelDB syncs it: `sync=True` must reach it.
+@pytest.mark.parametrize("sync", [True, False, None], ids=["sync", "no-sync", "default"])
+async def test_sync_writes_ask_leveldb_to_sync_each_batch(
+    tmp_path: Path, sync: bool | None
+) -> None:
+    # A write survives power loss only if LevelDB syncs it: `sync=True` must reach it;
+    # by default it does not (a write still survives the process being killed).
     for hold in (True, False):
-        kv = LevelDBKV.open(str(tmp_path / f"db{hold}"), hold=hold, sync=sync)
+        path = str(tmp_path / f"db{hold}")
+        kv = (
+            LevelDBKV.open(path, hold=hold)
+            if sync is None
+            else LevelDBKV.open(path, hold=hold, sync=sync)
+        )
         asked: list[object] = []
         try:
             await kv.put("warm", b"")  # (shared: opens the handle the spy goes on)
@@ -216,7 +226,7 @@ async def test_sync_writes_ask_leveldb_to_sync_each_batch(tmp_path: Path, sync: 
             kv._db = real
         finally:
             await kv.aclose()
-        assert asked == [sync, sync]
+        assert asked == [bool(sync), bool(sync)]
 
 
 async def test_a_failed_write_says_what_the_database_said(tmp_path: Path) -> None:
@@ -266,3 +276,41 @@ async def test_a_watcher_that_stops_reading_keeps_the_first_10000_events(
     loop.set_exception_handler(None)
     await kv.aclose()
     assert errors == []
+
+
+async def test_a_database_another_process_holds_is_busy_by_name(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    from spear.errors import StorageBusy
+
+    path = str(tmp_path / "db")
+    await LevelDBKV.open(path).aclose()
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            f"import plyvel, sys; db = plyvel.DB({path!r}); print('held', flush=True);"
+            " sys.stdin.read()",
+        ],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+    )
+    try:
+        assert proc.stdout is not None and proc.stdout.readline() == b"held\n"
+        with pytest.raises(StorageBusy) as info:
+            LevelDBKV.open(path)
+        assert str(info.value) == f"the database at {path} is in use by another process"
+    finally:
+        proc.communicate(b"")
+    # Let go: it opens.
+    await LevelDBKV.open(path).aclose()
+
+
+async def test_a_corrupt_database_is_refused_by_name(tmp_path: Path) -> None:
+    path = tmp_path / "db"
+    await LevelDBKV.open(str(path)).aclose()
+    (path / "CURRENT").write_text("MANIFEST-999999\n")
+    with pytest.raises(StorageError) as info:
+        LevelDBKV.open(str(path))
+    assert str(info.value).startswith(f"cannot open the database at {path}: ")
