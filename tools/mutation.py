@@ -30,7 +30,7 @@ SCRATCH = ROOT / "build" / "mutation"
 REPORTS = ROOT / "docs" / "mutation"
 # What the tests read besides src/ and tests/ (C agents' sources and headers, examples).
 COPIED = ("src", "tests", "sdk", "examples", "pyproject.toml")
-WALL_S = 30  # a test of a mutant running longer than this is taken to hang
+WALL_S = 60  # a test of a mutant running longer than this is taken to hang
 
 
 @dataclass(frozen=True)

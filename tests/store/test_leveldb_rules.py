@@ -8,7 +8,7 @@ shared mode, closing, reopening, and the edges mutation testing found unchecked
 from __future__ import annotations
 
 import asyncio
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
@@ -129,8 +129,9 @@ async def test_a_closed_database_refuses_every_operation(kv: LevelDBKV) -> None:
         kv.commit([Write("a", b"2")]),
         kv.scan(""),
     ):
-        with pytest.raises(StorageError, match="closed"):
+        with pytest.raises(StorageError) as info:
             await op
+        assert str(info.value) == "the database is closed"
 
 
 async def test_a_closed_database_may_be_opened_again_with_its_data(tmp_path: Path) -> None:
@@ -156,6 +157,7 @@ async def test_a_path_that_cannot_hold_a_database_is_refused_clearly(tmp_path: P
         with pytest.raises(StorageError) as info:
             LevelDBKV.open(str(file / "db"), hold=hold)
         assert type(info.value) is StorageError
+        assert str(info.value).startswith(f"cannot open the database at {file / 'db'}: ")
     with pytest.raises(StorageError, match=f"^cannot open the database at {file}"):
         LevelDBKV.open(str(file), hold=True)
     # The failed opens left nothing behind: the path can be used once it is fixed.
@@ -178,3 +180,137 @@ async def test_writes_of_the_held_database_are_read_back_by_a_shared_one(tmp_pat
         assert await shared.put("z", b"") == 22
     finally:
         await shared.aclose()
+
+
+# -- what the first mutation run of leveldb.py showed unchecked ---------------------------
+
+
+class _Spy:
+    """A plyvel DB with some methods replaced."""
+
+    def __init__(self, real: Any, **methods: Any) -> None:
+        self._real = real
+        self.__dict__.update(methods)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._real, name)
+
+
+@pytest.mark.parametrize("sync", [True, False, None], ids=["sync", "no-sync", "default"])
+async def test_sync_writes_ask_leveldb_to_sync_each_batch(
+    tmp_path: Path, sync: bool | None
+) -> None:
+    # A write survives power loss only if LevelDB syncs it: `sync=True` must reach it;
+    # by default it does not (a write still survives the process being killed).
+    for hold in (True, False):
+        path = str(tmp_path / f"db{hold}")
+        kv = (
+            LevelDBKV.open(path, hold=hold)
+            if sync is None
+            else LevelDBKV.open(path, hold=hold, sync=sync)
+        )
+        asked: list[object] = []
+        try:
+            await kv.put("warm", b"")  # (shared: opens the handle the spy goes on)
+            real = kv._db
+
+            def write_batch(
+                *args: Any, real: Any = real, asked: list[object] = asked, **kwargs: Any
+            ) -> Any:
+                asked.append(kwargs.get("sync"))
+                return real.write_batch(*args, **kwargs)
+
+            kv._db = _Spy(real, write_batch=write_batch)
+            await kv.put("k", b"v")
+            await kv.delete("k")
+            kv._db = real
+        finally:
+            await kv.aclose()
+        assert asked == [bool(sync), bool(sync)]
+
+
+async def test_a_failed_write_says_what_the_database_said(tmp_path: Path) -> None:
+    import plyvel
+
+    kv = LevelDBKV.open(str(tmp_path / "db"))
+    real = kv._db
+
+    def broken(*args: Any, **kwargs: Any) -> Any:
+        raise plyvel.IOError("disk on fire")
+
+    kv._db = _Spy(real, write_batch=broken)
+    with pytest.raises(StorageError) as info:
+        await kv.put("a", b"1")
+    assert str(info.value) == "database error: disk on fire"
+    kv._db = real
+    await kv.aclose()
+
+
+async def test_a_commit_naming_a_key_twice_is_refused_by_name(kv: LevelDBKV) -> None:
+    with pytest.raises(ValueError) as info:
+        await kv.commit([Write("d", b"1"), Write("e", b"1"), Write("d", None)])
+    assert str(info.value) == "a commit names a key more than once"
+
+
+async def test_a_watcher_that_stops_reading_keeps_the_first_10000_events(
+    tmp_path: Path,
+) -> None:
+    # It loses later events rather than growing memory without bound, and the writers
+    # neither fail nor wait for it; nothing is reported as an error. (Held: the events of
+    # one commit_many reach the watcher at once; shared, they come from a thread.)
+    kv = LevelDBKV.open(str(tmp_path / "db"))
+    loop = asyncio.get_running_loop()
+    errors: list[dict[str, Any]] = []
+    loop.set_exception_handler(lambda _loop, context: errors.append(context))
+    events = kv.watch("k")
+    first = asyncio.ensure_future(anext(events))
+    await asyncio.sleep(0)
+    await kv.commit_many([[Write(f"k{i:05}", b"")] for i in range(10_002)])
+    got = [await asyncio.wait_for(first, 10)]
+    while len(got) < 10_000:
+        got.append(await asyncio.wait_for(anext(events), 10))
+    assert [e.key for e in got] == [f"k{i:05}" for i in range(10_000)]
+    await kv.put("k-after", b"")  # room again: the next event comes through
+    assert (await asyncio.wait_for(anext(events), 10)).key == "k-after"
+    await events.aclose()  # type: ignore[attr-defined]
+    loop.set_exception_handler(None)
+    await kv.aclose()
+    assert errors == []
+
+
+async def test_a_database_another_process_holds_is_busy_by_name(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    from spear.errors import StorageBusy
+
+    path = str(tmp_path / "db")
+    await LevelDBKV.open(path).aclose()
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            f"import plyvel, sys; db = plyvel.DB({path!r}); print('held', flush=True);"
+            " sys.stdin.read()",
+        ],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+    )
+    try:
+        assert proc.stdout is not None and proc.stdout.readline() == b"held\n"
+        with pytest.raises(StorageBusy) as info:
+            LevelDBKV.open(path)
+        assert str(info.value) == f"the database at {path} is in use by another process"
+    finally:
+        proc.communicate(b"")
+    # Let go: it opens.
+    await LevelDBKV.open(path).aclose()
+
+
+async def test_a_corrupt_database_is_refused_by_name(tmp_path: Path) -> None:
+    path = tmp_path / "db"
+    await LevelDBKV.open(str(path)).aclose()
+    (path / "CURRENT").write_text("MANIFEST-999999\n")
+    with pytest.raises(StorageError) as info:
+        LevelDBKV.open(str(path))
+    assert str(info.value).startswith(f"cannot open the database at {path}: ")

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextvars
 import hashlib
+import re
 import stat
 from typing import TYPE_CHECKING, Any
 
@@ -190,6 +191,7 @@ def test_tokens_are_listed_oldest_first_and_revoked_by_id_or_name(tmp_path: Path
     assert listed[0].created_at <= listed[1].created_at <= listed[2].created_at
     gone = store.revoke("two")
     assert sorted((t.name, t.role) for t in gone) == [("two", Role.SUBMITTER), ("two", Role.ADMIN)]
+    assert sorted(gone, key=lambda t: t.created_at) == listed[1:]  # as they were listed
     assert [t.name for t in store.tokens()] == ["one"]
     assert store.verify(second) is None and store.verify(third) is None
     assert store.verify(first) is not None
@@ -279,6 +281,7 @@ def test_the_name_of_a_client_certificate() -> None:
     assert certificate_name(Peer(cert)) == "node-1"
     assert certificate_name(Peer(_subject(("organizationName", "spear")))) is None
     assert certificate_name(Peer({})) is None
+    assert certificate_name(Peer({"issuer": ((("commonName", "ca"),),)})) is None
     assert certificate_name(Peer(None)) is None
     assert certificate_name(NO_TLS) is None
 
@@ -379,3 +382,47 @@ def test_module_constants_users_see() -> None:
         "owner.token",
     )
     assert (auth.METADATA_KEY, auth.TOKEN_PREFIX) == ("authorization", "spear_")
+
+
+async def test_a_refusal_on_the_wire_says_which_and_is_logged(tmp_path: Path) -> None:
+    # The status is what a client that is not spear's sees: UNAUTHENTICATED for a missing
+    # or unknown credential, PERMISSION_DENIED for a role too low; the node's log says
+    # which method was refused and why (never the token).
+    from loguru import logger
+    from wat_tasks import hello
+
+    import spear
+    from spear.core.models import FunctionSpec
+    from spear.node.client import Client
+    from spear.node.server import serve_spearlet
+
+    home = tmp_path / "home"
+    messages: list[str] = []
+    async with spear.LocalNode(home) as node:
+        server = await serve_spearlet(node, "127.0.0.1:0")
+        assert server.address is not None
+        reader = TokenStore(home).issue("ann", Role.READER)
+        sink = logger.add(messages.append, level="INFO", format="{message}", filter="spear")
+        logger.enable("spear")
+        try:
+            async with Client(server.address, token=reader) as client:
+                with pytest.raises(PermissionDenied) as info:
+                    await client.submit(FunctionSpec(str(hello(tmp_path))))
+                assert not isinstance(info.value, Unauthenticated)
+            async with Client(server.address, token=reader + "x") as client:
+                with pytest.raises(Unauthenticated):
+                    await client.node_info()
+        finally:
+            logger.disable("spear")
+            logger.remove(sink)
+            await server.close()
+    refused = [m.strip() for m in messages if m.startswith("refused ")]
+    # (the client's first call of a submission: it may upload the artifact first)
+    pattern = (
+        r"refused (/spear\.v1\.Spearlet/\w+): ann \(reader\) may not call \1: it needs submitter"
+    )
+    assert re.fullmatch(pattern, refused[0]), refused
+    assert refused[1] == (
+        "refused /spear.v1.Spearlet/GetNodeInfo: the token was not accepted (unknown or revoked)"
+    )
+    assert not any(reader.split("_")[-1] in m for m in messages)
