@@ -196,6 +196,7 @@ EVERY_FIELD = FunctionSpec(
     namespace="team-a",
     max_retries=3,
     retry_on=("timeout", "exit"),
+    priority=-7,
 )
 
 
@@ -220,6 +221,7 @@ def test_every_spec_field_goes_through_json_under_its_name() -> None:
         "namespace": "team-a",
         "max_retries": 3,
         "retry_on": ["timeout", "exit"],
+        "priority": -7,
     }
     assert FunctionSpec.from_json(data) == EVERY_FIELD
 
@@ -239,6 +241,7 @@ def test_a_minimal_spec_record_reads_with_the_defaults() -> None:
     assert (spec.labels, spec.warm, spec.cpu_time_s, spec.open_files) == ((), False, None, None)
     assert spec.namespace == "default"
     assert (spec.max_retries, spec.retry_on) == (0, ("node-lost", "process-lost"))
+    assert spec.priority == 0
 
 
 def test_a_namespace_is_a_dns_label() -> None:

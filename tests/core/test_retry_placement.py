@@ -9,13 +9,15 @@ from typing import TYPE_CHECKING
 
 from test_sms import TIMINGS, Clock, GiB, kv, node, task_on  # noqa: F401 (kv: a fixture)
 
+from spear.core.forwarding import BatchAnswer, Forwarded
 from spear.core.models import FunctionSpec, Resources, Task, TaskState
 from spear.core.retry_placement import RetryPlacement
 from spear.core.sms import MetadataServer
 from spear.core.worker import EXIT_LOST
-from spear.errors import ResourceExhausted
 
 if TYPE_CHECKING:
+    from collections.abc import Sequence
+
     from spear.core.cluster import NodeRecord
     from spear.store.kv import KV
 
@@ -27,11 +29,18 @@ class Recorder:
         self.sent: list[tuple[str, Task]] = []
         self.full: set[str] = set()
 
-    async def forward(self, node: NodeRecord, task: Task, stdin: bytes | None) -> Task:
-        if node.name in self.full:
-            raise ResourceExhausted(f"{node.name} is full")
-        self.sent.append((node.name, task))
-        return task
+    async def forward_batch(
+        self,
+        node: NodeRecord,
+        tasks: Sequence[tuple[Task, bytes | None]],
+        *,
+        wait: bool = False,
+        output: bool = False,
+    ) -> BatchAnswer:
+        if node.name in self.full:  # no room there now: refused, nothing recorded
+            return BatchAnswer(tuple(Forwarded(refused=True) for _ in tasks), Resources(0, 0))
+        self.sent.extend((node.name, task) for task, _ in tasks)
+        return BatchAnswer(tuple(Forwarded(task=t) for t, _ in tasks), Resources(0, 0))
 
 
 def retryable(task: Task, retries: int = 2) -> Task:

@@ -47,6 +47,7 @@ WIRE_STATUS: dict[type[errors.SpearError], Status] = {
     errors.StorageError: Status.UNAVAILABLE,
     errors.StorageBusy: Status.UNAVAILABLE,
     errors.Unavailable: Status.UNAVAILABLE,
+    errors.NotLeader: Status.UNAVAILABLE,  # (a follower SMS: the message names the leader)
     errors.DeadlineExceeded: Status.UNAVAILABLE,
     errors.PermissionDenied: Status.PERMISSION_DENIED,
     errors.Unauthenticated: Status.UNAUTHENTICATED,

@@ -50,8 +50,8 @@ PRELOAD = (
     "spear.node.client", "spear.runtimes.wasm.agent", "spear.runtimes.process.agent",
     "spear.runtimes.deferred", "spear.store.leveldb", "spear.models.router",
     "spear.core.task_ids", "spear._loopstate", "spear._version", "anyio._backends._asyncio",
-    "spear.node.namespaced",
-    "anyio._core._fileio", "anyio._core._signals", "plyvel", "tomllib", "json",
+    "spear.node.namespaced", "spear.toolkit.services", "spear.toolkit.subtasks",
+    "spear.toolkit.vectors", "anyio._core._fileio", "anyio._core._signals", "plyvel", "tomllib", "json",
 )  # fmt: skip
 _HEADER = 4
 
@@ -75,10 +75,16 @@ def start(argv: list[str]) -> None:
         return
     import subprocess
 
+    env = dict(os.environ)
+    if env.get("PYTHONPATH"):  # the runner starts in /: the same spear, found from there
+        env["PYTHONPATH"] = os.pathsep.join(
+            os.path.abspath(p) for p in env["PYTHONPATH"].split(os.pathsep)
+        )
     subprocess.Popen(  # our own interpreter and module
         [sys.executable, "-m", "spear.cli.runner", os.path.dirname(path),
          str(settings.runner_idle_s)],
         cwd="/",
+        env=env,
         stdin=subprocess.DEVNULL,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,

@@ -19,6 +19,7 @@ from urllib.parse import parse_qsl, urlencode
 from starlette.responses import JSONResponse, PlainTextResponse, RedirectResponse, Response
 
 from spear.transport.auth import bearer
+from spear.web._routes import RESERVED
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -29,6 +30,16 @@ if TYPE_CHECKING:
 
 OPEN_TO_ANY_TOKEN = frozenset({"/metrics"})
 _LOGIN_HINT = "open the link `spear dashboard` prints, or send Authorization: Bearer TOKEN"
+
+
+def node_page(path: str) -> bool:
+    """Whether `path` is one of the node's own pages (the dashboard, its API, /metrics),
+    which this gate guards. Other paths are HTTP triggers' routes, and `/api/routes`
+    their table: each checks its callers' tokens itself (web/_triggers.py, _route_api.py:
+    a route may be public, and a namespace's submitter may call or add routes)."""
+    if path == "/api/routes" or path.startswith("/api/routes/"):
+        return False
+    return path == "/" or any(path == own or path.startswith(own + "/") for own in RESERVED)
 
 
 def cookie_name(port: int | None) -> str:
@@ -45,8 +56,8 @@ class TokenGate:
         self.tokens = tokens
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] not in ("http", "websocket"):
-            await self.app(scope, receive, send)
+        if scope["type"] not in ("http", "websocket") or not node_page(scope["path"]):
+            await self.app(scope, receive, send)  # (a route checks its callers itself)
             return
         response = self._check(scope)
         if response is not None:
