@@ -224,31 +224,32 @@ async def _mcp(n: int) -> dict[str, Any]:
     from spear.core.models import Runtime
 
     direct: list[float] = []
+    hub_samples: list[float] = []
     params = StdioServerParameters(command=MCP_SERVER[0], args=MCP_SERVER[1:])
-    with open(os.devnull, "w") as sink:  # noqa: ASYNC230 - no I/O happens
-        from mcp.client.stdio import stdio_client
-
-        async with Client(stdio_client(params, errlog=sink), cache=None) as client:
-            for i in range(n):
-                t0 = time.perf_counter()
-                await client.call_tool("echo", {"text": str(i)})
-                direct.append(time.perf_counter() - t0)
     with tempfile.TemporaryDirectory() as tmp:
         config = Path(tmp) / "mcp.toml"
         config.write_text(f"[servers.test]\ncommand = {json.dumps(MCP_SERVER)}\n")
         agent = Path(tmp) / "agent.py"
         agent.write_text(MCP_AGENT)
-        async with LocalNode(Path(tmp) / "home", mcp_config=str(config)) as node:
-            hub = node.services.tools
-            hub_samples: list[float] = []
-            for i in range(n):
-                t0 = time.perf_counter()
-                await hub.call("test/echo", {"text": str(i)}, None)
-                hub_samples.append(time.perf_counter() - t0)
-            spec = FunctionSpec(str(agent), runtime=Runtime.PROCESS, args=(str(n),))
-            task = await node.run(spec)
-            value, _ = await node.objects.get(f"results/{task.id}")
-            via_agent: list[float] = json.loads(bytes(value))
+        with open(os.devnull, "w") as sink:  # noqa: ASYNC230 - no I/O happens
+            from mcp.client.stdio import stdio_client
+
+            async with (
+                LocalNode(Path(tmp) / "home", mcp_config=str(config)) as node,
+                Client(stdio_client(params, errlog=sink), cache=None) as client,
+            ):
+                hub = node.services.tools
+                for i in range(n):  # interleaved: the direct client, then the node's hub
+                    t0 = time.perf_counter()
+                    await client.call_tool("echo", {"text": str(i)})
+                    direct.append(time.perf_counter() - t0)
+                    t0 = time.perf_counter()
+                    await hub.call("test/echo", {"text": str(i)}, None)
+                    hub_samples.append(time.perf_counter() - t0)
+                spec = FunctionSpec(str(agent), runtime=Runtime.PROCESS, args=(str(n),))
+                task = await node.run(spec)
+                value, _ = await node.objects.get(f"results/{task.id}")
+                via_agent: list[float] = json.loads(bytes(value))
     return {
         "mcp_client_direct": summarize(direct[5:]),
         "spear_hub_call": summarize(hub_samples[5:]),
