@@ -355,3 +355,21 @@ def test_clocks(ctx: TaskContext) -> None:
     assert str(_fails(errno.EINVAL, lambda: hostops.now(ctx, 2))) == (
         "clock must be 0 (realtime) or 1 (monotonic)"
     )
+
+
+def test_a_spear_error_reaches_the_agent_as_its_errno_with_its_message() -> None:
+    from spear.errors import Conflict, InvalidArgument, NotFound, ResourceExhausted, SpearError
+
+    cases = [
+        (NotFound("no such object 'k'"), errno.ENOENT),
+        (Conflict("k is at version 3"), errno.ESTALE),
+        (ResourceExhausted("the store is full"), errno.EDQUOT),
+        (InvalidArgument("bad key"), errno.EINVAL),
+        (SpearError("the store failed"), errno.EIO),  # anything else
+    ]
+    for exc, err in cases:
+        got = hostops.translate(exc)
+        assert (got.errno, str(got), got.needed) == (err, str(exc), None)
+    # A hostcall family's own table is looked at first.
+    got = hostops.translate(NotFound("gone"), ((NotFound, errno.EPIPE),))
+    assert (got.errno, str(got)) == (errno.EPIPE, "gone")

@@ -115,7 +115,7 @@ def test_an_issued_token_stands_for_its_name_and_role(tmp_path: Path) -> None:
     token = store.issue("ci", Role.SUBMITTER)
     assert token.startswith("spear_")
     token_id, _, secret = token[len("spear_") :].partition("_")
-    assert len(token_id) == 8 and len(secret) >= 43
+    assert len(token_id) == 8 and len(secret) == 43  # 32 random bytes, base64url
     # A token that is not an admin's acts in one namespace: "default" unless it names one.
     assert store.verify(token) == Principal("ci", Role.SUBMITTER, "token", "default")
     # Another store (another process) reads the same file.
@@ -210,6 +210,14 @@ def test_a_store_without_a_file_accepts_nothing(tmp_path: Path) -> None:
     token = store.issue("ci", Role.READER)
     (tmp_path / "auth" / "tokens.json").unlink()
     assert TokenStore(tmp_path).verify(token) is None
+
+
+def test_a_token_file_without_tokens_accepts_nothing(tmp_path: Path) -> None:
+    token = TokenStore(tmp_path).issue("ci", Role.READER)
+    (tmp_path / "auth" / "tokens.json").write_text("{}")
+    store = TokenStore(tmp_path)
+    assert store.verify(token) is None
+    assert store.tokens() == []
 
 
 def test_an_unreadable_token_file_refuses_everyone_by_name(tmp_path: Path) -> None:
