@@ -133,8 +133,8 @@ class PeerService(v1.SpearletPeerBase):
         for i in accepted:
             task, spec = received[i]
             try:
-                started = await controller.submit(
-                    spec, stdin=message.tasks[i].stdin or None, task_id=task.id
+                started = await controller.submit(  # (as forwarded: its attempts go on)
+                    spec, stdin=message.tasks[i].stdin or None, task_id=task.id, previous=task
                 )
             except SpearError as exc:
                 outcomes[i] = _error(exc)
