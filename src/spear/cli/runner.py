@@ -51,7 +51,8 @@ PRELOAD = (
     "spear.runtimes.deferred", "spear.store.leveldb", "spear.models.router",
     "spear.core.task_ids", "spear._loopstate", "spear._version", "anyio._backends._asyncio",
     "spear.node.namespaced", "spear.toolkit.services", "spear.toolkit.subtasks",
-    "spear.toolkit.vectors", "anyio._core._fileio", "anyio._core._signals", "plyvel", "tomllib", "json",
+    "spear.toolkit.vectors", "anyio._core._fileio", "anyio._core._signals", "plyvel",
+    "tomllib", "json",
 )  # fmt: skip
 _HEADER = 4
 
