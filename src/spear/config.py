@@ -209,10 +209,10 @@ class Settings:
         origin: dict[str, str] = {}  # key -> where its value came from, for errors
         explicit = config_file or (Path(env["SPEAR_CONFIG"]) if env.get("SPEAR_CONFIG") else None)
         if explicit is not None:
-            _merge(files, origin, _read_file(Path(explicit), required=True), str(explicit))
+            _merge(files, origin, read_toml(Path(explicit), required=True), str(explicit))
         else:
             user = user_config_path(env)
-            _merge(files, origin, _read_file(user), str(user))
+            _merge(files, origin, read_toml(user), str(user))
         environment: dict[str, Any] = {}
         for name in _FIELD_NAMES - {"extra", "data_dir"}:
             raw = env.get("SPEAR_" + name.upper())
@@ -226,7 +226,7 @@ class Settings:
         data_dir = given.get("data_dir") or environment.get("data_dir") or files.get("data_dir")
         if explicit is None:  # the data dir's own file, over the user's
             path = Path(data_dir or default_data_dir(env)).expanduser() / "config.toml"
-            own = _read_file(path)
+            own = read_toml(path)
             if "data_dir" in own:
                 raise InvalidArgument(f"{path}: data_dir cannot be set in the data dir's own file")
             _merge(files, origin, own, str(path))
@@ -246,21 +246,24 @@ _FIELD_NAMES = frozenset(f.name for f in dataclasses.fields(Settings))
 _FIELD_TYPES = {f.name: f.type for f in dataclasses.fields(Settings)}
 
 
-def _read_file(path: Path, *, required: bool = False) -> dict[str, Any]:
+def read_toml(path: Path, what: str = "config file", *, required: bool = False) -> dict[str, Any]:
+    """A TOML file's top table ({} for a missing file unless `required`); InvalidArgument
+    in one line naming `what` and the path for a file missing, unreadable or not TOML.
+    (Settings files, and the models' and MCP servers' files.)"""
     try:
         text = path.read_text()
     except (FileNotFoundError, NotADirectoryError):
         if required:
-            raise InvalidArgument(f"config file not found: {path}") from None
+            raise InvalidArgument(f"{what} not found: {path}") from None
         return {}
     except (OSError, UnicodeDecodeError) as exc:
-        raise InvalidArgument(f"config file {path} cannot be read: {exc}") from None
+        raise InvalidArgument(f"{what} {path} cannot be read: {exc}") from None
     import tomllib  # (only when there is a file: ~3 ms)
 
     try:
         return tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
-        raise InvalidArgument(f"config file {path} is not valid TOML: {exc}") from None
+        raise InvalidArgument(f"{what} {path} is not valid TOML: {exc}") from None
 
 
 def _merge(values: dict[str, Any], origin: dict[str, str], new: dict[str, Any], where: str) -> None:

@@ -150,15 +150,9 @@ class RoutingConfig:
 
     @classmethod
     def load(cls, path: Path) -> RoutingConfig:
-        import tomllib  # (only with a routing file: every node builds a router)
+        from spear.config import read_toml
 
-        try:
-            data = tomllib.loads(path.read_text())
-        except FileNotFoundError:
-            raise InvalidArgument(f"models config not found: {path}") from None
-        except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
-            raise InvalidArgument(f"models config {path} is not valid TOML: {exc}") from None
-        return cls.from_mapping(data)
+        return cls.from_mapping(read_toml(path, "models config", required=True))
 
     @classmethod
     def from_mapping(cls, data: Mapping[str, Any]) -> RoutingConfig:

@@ -80,15 +80,9 @@ class McpConfig:
 
     @classmethod
     def load(cls, path: Path) -> McpConfig:
-        import tomllib
+        from spear.config import read_toml
 
-        try:
-            data = tomllib.loads(path.read_text())
-        except FileNotFoundError:
-            raise InvalidArgument(f"mcp config not found: {path}") from None
-        except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
-            raise InvalidArgument(f"mcp config {path} is not valid TOML: {exc}") from None
-        return cls.from_mapping(data)
+        return cls.from_mapping(read_toml(path, "mcp config", required=True))
 
     @classmethod
     def from_mapping(cls, data: Mapping[str, Any]) -> McpConfig:
