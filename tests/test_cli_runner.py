@@ -7,11 +7,13 @@ how it starts and stops, Ctrl-C and a vanished client, who it serves.
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import socket
 import stat
 import subprocess
 import sys
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import pytest
@@ -21,7 +23,6 @@ from test_cli_run import test_kill_9_mid_run_keeps_the_store as _in_process_only
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
-    from pathlib import Path
 
 # A SIGKILLed `spear run` leaves its task to the next command to find lost (test_cli_run);
 # through the runner, the child sees its client go and cancels the task (below).
@@ -107,20 +108,34 @@ def test_a_client_that_vanishes_cancels_its_run(cli: Cli, conformance_wasm: Path
     assert "signal" in task["reason"]
 
 
-def test_another_python_is_not_served(cli: Cli, tmp_path: Path, hello_wasm: Path) -> None:
-    other = tmp_path / "python3"
-    other.symlink_to(sys.executable)
-    env = cli_env(cli.data_dir, SPEAR_RUNNER="require")
+def test_another_spear_is_not_served(cli: Cli, tmp_path: Path, hello_wasm: Path) -> None:
+    import spear
+
+    other = tmp_path / "other"
+    shutil.copytree(Path(spear.__file__).parent, other / "spear")
+    env = cli_env(cli.data_dir, SPEAR_RUNNER="require", PYTHONPATH=str(other))
     proc = subprocess.run(
-        [str(other), "-m", "spear", "run", str(hello_wasm)], capture_output=True, env=env
+        [sys.executable, "-m", "spear", "run", str(hello_wasm)], capture_output=True, env=env
     )
     assert proc.returncode == 69
     assert b"declined: another spear or Python" in proc.stderr
     env["SPEAR_RUNNER"] = ""
     proc = subprocess.run(
-        [str(other), "-m", "spear", "run", str(hello_wasm)], capture_output=True, env=env
+        [sys.executable, "-m", "spear", "run", str(hello_wasm)], capture_output=True, env=env
     )
     assert (proc.returncode, proc.stdout) == (0, b"Hello, spear!\n")  # in its own process
+
+
+def test_the_same_python_by_another_path_is_served(
+    cli: Cli, tmp_path: Path, hello_wasm: Path
+) -> None:
+    same = tmp_path / "python3"  # as a console script's shebang names python3.11
+    same.symlink_to(sys.executable)
+    env = cli_env(cli.data_dir, SPEAR_RUNNER="require")
+    proc = subprocess.run(
+        [str(same), "-m", "spear", "run", str(hello_wasm)], capture_output=True, env=env
+    )
+    assert (proc.returncode, proc.stdout) == (0, b"Hello, spear!\n"), proc.stderr
 
 
 def test_a_runner_whose_spear_changed_declines_and_stops(

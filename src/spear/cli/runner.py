@@ -165,9 +165,8 @@ def _serve_one(conn: socket.socket, own: dict[str, int]) -> bool:
         _close(fds)
         return True
     keep = True
-    if (
-        request.get("spear") != sys.modules["spear"].__file__
-        or request.get("python") != sys.executable
+    if not _same_file(request.get("spear"), sys.modules["spear"].__file__) or not _same_file(
+        request.get("python"), sys.executable
     ):
         reason = "another spear or Python"
     elif _spear_files() != own:
@@ -186,6 +185,11 @@ def _serve_one(conn: socket.socket, own: dict[str, int]) -> bool:
         _child(conn, request, fds)  # never returns
     _close(fds)
     return True
+
+
+def _same_file(a: object, b: str | None) -> bool:
+    """Whether two paths name one file (a console script's python3.11 is our python3)."""
+    return isinstance(a, str) and b is not None and os.path.realpath(a) == os.path.realpath(b)
 
 
 def _receive(conn: socket.socket) -> tuple[dict[str, Any], list[int]]:
