@@ -27,7 +27,7 @@ import anyio
 import anyio.to_thread
 
 from spear._logging import logger
-from spear.core.models import Runtime
+from spear.core.models import Runtime, TaskState
 from spear.core.worker import (
     Execution,
     Outcome,
@@ -205,6 +205,10 @@ class ProcessWorkerAgent(WorkerAgent):
             self._channel = None
 
 
+# How long a failed agent's last bytes on the channel may take to be read, for its reason.
+_LAST_WORDS_S = 0.2
+
+
 class _ProcessExecution(Execution):
     def __init__(
         self,
@@ -252,6 +256,24 @@ class _ProcessExecution(Execution):
             return self._start(stdin, stdout, stderr)
 
     async def wait(self) -> Outcome:
+        try:
+            outcome = await self._wait()
+            if outcome.state is TaskState.FAILED and outcome.reason == (
+                f"exit status {outcome.exit_code}"
+            ):  # the channel may still be reading what the agent sent before it exited
+                await self._credential.connections_ended(_LAST_WORDS_S)
+                error = self._supervisor.protocol_error
+                if error is not None:
+                    reason = f"{outcome.reason} ({error})"
+                    outcome = Outcome(outcome.state, outcome.exit_code, reason)
+            return outcome
+        finally:
+            channel = self._agent._channel
+            if channel is not None:
+                with anyio.CancelScope(shield=True):
+                    await channel.revoke(self._credential)
+
+    async def _wait(self) -> Outcome:
         agent = self._agent
         supervisor = self._supervisor
         try:
@@ -286,6 +308,3 @@ class _ProcessExecution(Execution):
                 agent._warm_ended()
             if self._cgroup is not None and agent._cgroup is not None:
                 agent._cgroup.retire(self._cgroup)
-            channel = agent._channel
-            if channel is not None:
-                await channel.revoke(self._credential)

@@ -64,6 +64,14 @@ class Credential:
     connections: set[_Connection] = field(default_factory=set)
     on_protocol_error: Callable[[str], None] | None = None
     cgroup: TaskCgroup | None = None
+    served: anyio.Event = field(default_factory=anyio.Event)  # its last connection ended
+
+    async def connections_ended(self, timeout_s: float) -> None:
+        """Wait (at most `timeout_s`) until the task's connections have been read to
+        their ends: after its process exits, what it sent last is still being read."""
+        if self.connections:
+            with anyio.move_on_after(timeout_s):
+                await self.served.wait()
 
     def admits(self, writer: asyncio.StreamWriter) -> bool:
         """With a task cgroup, the connecting process must be one of the task's: a token
@@ -196,6 +204,8 @@ class AgentChannel:
                 await conn.serve(credential)
             finally:
                 credential.connections.discard(conn)
+                if not credential.connections:
+                    credential.served.set()
         finally:
             self._connections.discard(conn)
             with anyio.CancelScope(shield=True):
