@@ -318,7 +318,15 @@ class MetadataServer(Cluster):
         (core/task_registry.py)."""
         from spear.core.task_registry import apply_reports
 
-        await apply_reports(self.kv, tasks, self.report_task)
+        failed = [t for t in tasks if t.state is TaskState.FAILED]
+        if self.retries is None or not failed:
+            await apply_reports(self.kv, tasks, self.report_task)
+            return
+        # A failure may be retried (a task a restarted node found lost): report_task
+        # decides; the rest in batched commits, first (their states come before).
+        await apply_reports(self.kv, [t for t in tasks if t not in failed], self.report_task)
+        for task in failed:
+            await self.report_task(task)
 
     async def task(self, task_id: str) -> Task:
         """A task by its id, or by a unique prefix of it (core/task_ids.py)."""
