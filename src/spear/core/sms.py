@@ -318,13 +318,14 @@ class MetadataServer(Cluster):
         (core/task_registry.py)."""
         from spear.core.task_registry import apply_reports
 
-        failed = [t for t in tasks if t.state is TaskState.FAILED]
-        if self.retries is None or not failed:
+        if self.retries is None:
             await apply_reports(self.kv, tasks, self.report_task)
             return
         # A failure may be retried (a task a restarted node found lost): report_task
         # decides; the rest in batched commits, first (their states come before).
-        await apply_reports(self.kv, [t for t in tasks if t not in failed], self.report_task)
+        failed = [t for t in tasks if t.state is TaskState.FAILED]
+        rest = [t for t in tasks if t.state is not TaskState.FAILED]
+        await apply_reports(self.kv, rest, self.report_task)
         for task in failed:
             await self.report_task(task)
 
