@@ -173,7 +173,22 @@ def analyse(raw: dict[str, Any]) -> dict[str, Any]:
             "tasks_retried": len(retried),
             "tasks_lost": len(lost),
             "lost_detail": [
-                {k: j.get(k) for k in ("job", "state", "reason", "refused", "error")}
+                {
+                    k: j.get(k)
+                    for k in (
+                        "job",
+                        "id",
+                        "state",
+                        "exit_code",
+                        "reason",
+                        "refused",
+                        "error",
+                        "node",
+                        "attempt_nodes",
+                        "submitted_at",
+                        "finished_at",
+                    )
+                }
                 for j in lost[:5]
             ],
             "tasks_run_twice": len(twice),

@@ -37,7 +37,7 @@ def test_faults_under_steady_load(tmp_path: Path) -> None:
     # Retryable tasks are not lost to a dead node, a dead etcd member, a partition, a
     # bad link or a dead SMS: each ends COMPLETED, on its node or another.
     for name in ("spearlet-sigkill", "etcd-member-kill", "partition", "slow-link", "sms-sigkill"):
-        assert by_name[name]["tasks_lost"] == 0, by_name[name]
+        assert by_name[name]["tasks_lost"] == 0, json.dumps(by_name[name]["lost_detail"])
     killed = by_name["spearlet-sigkill"]
     assert killed["tasks_retried"] > 0 and killed["kill_to_rerun_s"]["n"] > 0, killed
     lost_objects = [f["objects_lost_detail"] for f in by_name.values()]
