@@ -137,6 +137,7 @@ def test_the_sms_dashboard_shows_the_cluster(tmp_path: Path, browser: Any, shots
         )
         page.wait_for_selector(f'tr[data-task-id="{task}"][data-state="COMPLETED"]')
         assert page.is_hidden("#nav-objects")  # the SMS holds no objects
+        assert page.locator("#submit").count() == 0  # nor runs tasks
         page.screenshot(path=str(shots / "dashboard-sms.png"))
         page.click(f'tr[data-task-id="{task}"] a')
         page.wait_for_selector("#task-state.COMPLETED", timeout=WAIT_MS)
@@ -145,3 +146,64 @@ def test_the_sms_dashboard_shows_the_cluster(tmp_path: Path, browser: Any, shots
         for n in nodes:
             n.stop()
         sms.stop()
+
+
+def test_submit_and_cancel_from_the_page(
+    data_dir: Path, tmp_path: Path, browser: Any, shots: Path
+) -> None:
+    from spear.transport.auth import Role, TokenStore
+
+    data_dir.mkdir(parents=True, exist_ok=True)
+    reader = TokenStore(data_dir).issue("ann", Role.READER)
+    node = WebDaemon(data_dir)
+    try:
+        tab = Page(browser)
+        page = tab.page
+        page.goto(f"{node.url}/?token={node.token}")
+        page.wait_for_selector(".live:not([hidden])", timeout=WAIT_MS)
+        page.evaluate("window.__sameDocument = true")
+
+        # Run a task from the form: it appears in the live list and completes.
+        page.fill("#submit input[name=artifact]", str(ticker(tmp_path, 3, 100)))
+        page.fill("#submit input[name=args]", "a 'b c'")
+        page.click("#submit-task")
+        link = page.wait_for_selector("#submit-result a", timeout=WAIT_MS)
+        first = link.text_content()
+        page.wait_for_selector(
+            f'tr[data-task-id="{first}"][data-state="COMPLETED"]', timeout=WAIT_MS
+        )
+        assert page.evaluate("window.__sameDocument") is True
+        agent = page.text_content(f'tr[data-task-id="{first}"] td:nth-child(3)') or ""
+        assert agent.endswith(".wasm a b c")
+        page.screenshot(path=str(shots / "dashboard-submit.png"))
+
+        # A long one, cancelled from its page.
+        page.fill("#submit input[name=artifact]", str(ticker(tmp_path, 500, 200)))
+        page.fill("#submit input[name=args]", "")
+        page.click("#submit-task")
+        page.wait_for_function(
+            f"document.querySelector('#submit-result a')?.textContent !== '{first}'",
+            timeout=WAIT_MS,
+        )
+        slow = page.text_content("#submit-result a")
+        page.click("#submit-result a")
+        page.wait_for_url(f"**/tasks/{slow}")
+        page.wait_for_selector("#task-state.RUNNING", timeout=WAIT_MS)
+        page.wait_for_function(
+            "document.querySelector('#logs')?.textContent.includes('tick')", timeout=WAIT_MS
+        )
+        page.click("#cancel-task")
+        page.wait_for_selector("#task-state.CANCELLED", timeout=WAIT_MS)
+        assert page.is_hidden("#cancel-task")
+        assert "dashboard" in (page.text_content("#fields") or "")
+        assert tab.errors == []
+
+        # A reader sees the page, without the form or the button.
+        context = browser.new_context(viewport={"width": 1280, "height": 760})
+        other = context.new_page()
+        other.goto(f"{node.url}/?token={reader}")
+        other.wait_for_selector(".live:not([hidden])", timeout=WAIT_MS)
+        assert other.locator("#submit").count() == 0
+        context.close()
+    finally:
+        node.stop()

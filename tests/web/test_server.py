@@ -101,15 +101,20 @@ def test_the_http_server_takes_the_same_tokens(node: WebDaemon, cli: Cli) -> Non
         page = browser.get(node.url + "/")
         assert page.status_code == 200 and "/static/app.js" in page.text
         assert browser.get(node.url + "/api/tasks").status_code == 200
-    # A token bound to a namespace scrapes /metrics, but the dashboard shows every
-    # namespace: refused.
-    reader = cli("token", "create", "prom", "--role", "reader").stdout.decode().strip()
+    # A token bound to a namespace scrapes /metrics, and sees its namespace's dashboard
+    # (test_dashboard_actions.py): the owner's tasks in `default` are not there.
+    assert cli("submit", "--wait", "--runtime", "process", "/bin/true").returncode == 0
+    reader = (
+        cli("token", "create", "prom", "--role", "reader", "--namespace", "team-a")
+        .stdout.decode()
+        .strip()
+    )
     as_reader = {"authorization": f"Bearer {reader}"}
     # (a running node sees a new token within a second)
     assert_eventually(lambda: node.get("/metrics", headers=as_reader).status_code == 200)
-    denied = node.get("/api/tasks", headers=as_reader)
-    assert denied.status_code == 403 and "namespace" in denied.json()["error"]
-    assert httpx.get(f"{node.url}/?token={reader}", timeout=10).status_code == 403
+    assert node.get("/api/tasks", headers=as_reader).json() == []
+    assert len(node.get("/api/tasks").json()) == 1
+    assert httpx.get(f"{node.url}/?token={reader}", timeout=10).status_code == 303
 
 
 def test_the_task_list_feed_shows_new_tasks_and_their_states(

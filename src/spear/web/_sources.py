@@ -28,7 +28,7 @@ _POLL_S = 0.25
 
 class Source(Protocol):
     role: str
-    features: frozenset[str]  # of "logs", "results", "objects"
+    features: frozenset[str]  # of "logs", "results", "objects", "submit"
 
     async def info(self) -> dict[str, Any]: ...
     async def nodes(self) -> list[dict[str, Any]]: ...
@@ -59,10 +59,17 @@ class NodeSource:
     """A SPEARlet: its NodeAPI (an InProcessNode, or a ClusterNode that knows the SMS)."""
 
     role = "spearlet"
-    features = frozenset({"logs", "results", "objects"})
+    features = frozenset({"logs", "results", "objects", "submit"})
 
-    def __init__(self, api: InProcessNode | ClusterNode) -> None:
+    def __init__(self, api: InProcessNode | ClusterNode, namespace: str | None = None) -> None:
         self.api = api
+        self.namespace = namespace  # None: the whole node (an admin's view)
+
+    def in_namespace(self, namespace: str) -> NodeSource:
+        """The node as a caller bound to `namespace` may see it (its tasks and objects)."""
+        from spear.node.namespaced import NamespacedNode
+
+        return NodeSource(NamespacedNode(self.api, namespace), namespace)  # type: ignore[arg-type]
 
     async def info(self) -> dict[str, Any]:
         info = await self.api.node_info()

@@ -22,6 +22,19 @@ async function getJSON(url) {
   return body;
 }
 
+async function postJSON(url, body) {
+  const r = await fetch(url, {
+    method: "POST",
+    headers: { "content-type": "application/json", "x-spear-csrf": info.caller?.csrf || "" },
+    body: JSON.stringify(body),
+  });
+  const answer = await r.json();
+  if (!r.ok) throw new Error(answer.error || r.statusText);
+  return answer;
+}
+const mayRun = () => info.caller?.may_run || [];
+const terminal = (s) => ["COMPLETED", "FAILED", "CANCELLED"].includes(s);
+
 const time = (t) => (t ? new Date(t * 1000).toLocaleTimeString() : "");
 const stamp = (t) => (t ? new Date(t * 1000).toISOString().replace("T", " ").slice(0, 23) : "");
 function duration(a, b) {
@@ -51,7 +64,9 @@ async function overview() {
     ...["", "PENDING", "RUNNING", "COMPLETED", "FAILED", "CANCELLED"].map(
       (s) => el("option", { value: s }, s || "all states")));
   const live = el("span", { class: "live", hidden: true }, "live");
+  const known = el("datalist", { id: "known-artifacts" });
   main.replaceChildren(
+    ...(mayRun().length ? [submitForm(known)] : []),
     el("h2", {}, "Nodes"),
     el("table", { id: "nodes" }, el("thead", {}, el("tr", {},
       ...["Node", "Health", "Address", "Running", "Queued", "CPU used", "Memory used", "Runtimes"]
@@ -99,6 +114,8 @@ async function overview() {
     source = new EventSource(`/api/events/tasks?limit=100${state}`);
     source.addEventListener("snapshot", (e) => {
       const tasks = JSON.parse(e.data);
+      const seen = [...new Set(tasks.map((t) => t.artifact))].slice(0, 20);
+      known.replaceChildren(...seen.map((a) => el("option", { value: a })));
       tasksBody.replaceChildren(...tasks.map(row));
       if (!tasks.length) tasksBody.append(el("tr", { class: "none" }, el("td", { class: "empty", colSpan: 8 }, "no tasks yet")));
       live.hidden = false;
@@ -119,6 +136,39 @@ async function overview() {
   connect();
 }
 
+// -- submitting: the caller's runtimes, an artifact on the node, args ---------------------
+
+function submitForm(known) {
+  const runtime = el("select", { name: "runtime" },
+    ...mayRun().map((r) => el("option", { value: r }, r)));
+  const artifact = el("input", { name: "artifact", required: true, size: 40,
+    placeholder: "/path/on/the/node/agent.wasm, or a command" });
+  artifact.setAttribute("list", "known-artifacts");
+  const args = el("input", { name: "args", size: 30, placeholder: "args, as a shell splits them" });
+  const stdin = el("input", { name: "stdin", size: 16, placeholder: "stdin (optional)" });
+  const timeout = el("input", { name: "timeout_s", type: "number", min: "0", step: "any",
+    placeholder: "timeout s", style: "width:7em" });
+  const button = el("button", { type: "submit", id: "submit-task" }, "Run");
+  const said = el("span", { id: "submit-result", class: "muted" });
+  const form = el("form", { id: "submit" }, runtime, artifact, known, args, stdin, timeout, button, said);
+  form.onsubmit = async (e) => {
+    e.preventDefault();
+    button.disabled = true;
+    said.className = "muted";
+    said.textContent = "submitting…";
+    try {
+      const t = await postJSON("/api/tasks", {
+        runtime: runtime.value, artifact: artifact.value, args: args.value, stdin: stdin.value,
+        timeout_s: timeout.value ? Number(timeout.value) : null });
+      said.replaceChildren("submitted ", el("a", { href: `/tasks/${t.id}`, class: "mono" }, t.id));
+    } catch (err) {
+      said.className = "error";
+      said.textContent = err.message;
+    } finally { button.disabled = false; }
+  };
+  return el("section", {}, el("h2", {}, "Run a task"), form);
+}
+
 // -- one task: record, history, result, logs as written ---------------------------------
 
 async function taskPage(id) {
@@ -129,8 +179,15 @@ async function taskPage(id) {
   const logs = el("pre", { class: "mono logs", id: "logs" });
   const live = el("span", { class: "live" }, "following");
   const hasLogs = info.features.includes("logs");
+  const cancel = el("button", { id: "cancel-task", hidden: true }, "Cancel");
+  const said = el("span", { id: "cancel-result", class: "error" });
+  cancel.onclick = async () => {
+    cancel.disabled = true;
+    try { await postJSON(`/api/tasks/${encodeURIComponent(id)}/cancel`, {}); said.textContent = ""; }
+    catch (err) { said.textContent = err.message; cancel.disabled = false; }
+  };
   main.replaceChildren(
-    el("h2", {}, "Task ", el("span", { class: "mono" }, id)),
+    el("h2", {}, "Task ", el("span", { class: "mono" }, id), cancel, said),
     el("div", { class: "grid" },
       el("div", {}, fields, el("h2", {}, "State history"),
         el("table", {}, el("thead", {}, el("tr", {}, el("th", {}, "State"), el("th", {}, "At"))), history)),
@@ -145,6 +202,7 @@ async function taskPage(id) {
       ...put("State", t.state, `state ${t.state}`),
       ...put("Agent", t.spec.artifact, "mono"),
       ...put("Runtime", t.spec.runtime),
+      ...put("Namespace", t.spec.namespace),
       ...put("Args", t.spec.args.join(" "), "mono"),
       ...put("Node", t.node),
       ...put("Created", stamp(t.created_at)),
@@ -157,7 +215,8 @@ async function taskPage(id) {
     history.replaceChildren(...t.history.map(([s, at]) =>
       el("tr", {}, el("td", { class: `state ${s}` }, s), el("td", {}, stamp(at)))));
     spec.textContent = JSON.stringify(t.spec, null, 2);
-    if (hasLogs && !shownResult && ["COMPLETED", "FAILED", "CANCELLED"].includes(t.state)) {
+    cancel.hidden = !info.caller?.may_cancel || terminal(t.state);
+    if (hasLogs && !shownResult && terminal(t.state)) {
       shownResult = true;
       getJSON(`/api/tasks/${id}/result`).then((r) => {
         result.textContent = r.text + (r.truncated ? `\n… (${bytes(r.size)} in all)` : "");
