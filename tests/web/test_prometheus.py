@@ -116,7 +116,10 @@ def test_prometheus_scrapes_a_node_and_the_sms(tmp_path: Path, prometheus: Any) 
 
         assert_eventually(lambda: scraped('sum(up{job=~"spearlet|sms"})', 2), timeout=60)
         assert_eventually(
-            lambda: scraped('spear_tasks_finished_total{job="spearlet",state="COMPLETED"}', 1)
+            lambda: scraped(
+                'spear_tasks_finished_total{job="spearlet",state="COMPLETED",namespace="default"}',
+                1,
+            )
         )
         assert prometheus.value('spear_task_end_to_end_seconds_count{runtime="wasm"}') == 1
         assert prometheus.value("spear_objects_bytes") == len("hello\n")

@@ -69,10 +69,12 @@ def test_a_node_serves_its_tasks_results_and_metrics(
     metrics = node.get("/metrics")
     assert metrics.headers["content-type"].startswith("text/plain")
     got = samples(metrics.text)
-    assert got[("spear_tasks_finished_total", (("runtime", "wasm"), ("state", "COMPLETED")))] == 1
+    done = (("namespace", "default"), ("runtime", "wasm"), ("state", "COMPLETED"))
+    assert got[("spear_tasks_finished_total", done)] == 1
     assert got[("spear_task_end_to_end_seconds_count", (("runtime", "wasm"),))] == 1
     assert got[("spear_task_run_seconds_count", (("runtime", "wasm"),))] == 1
-    assert got[("spear_tasks", (("state", "running"),))] == 0
+    running = (("namespace", "default"), ("runtime", "wasm"), ("state", "running"))
+    assert got[("spear_tasks", running)] == 0
     assert got[("spear_admission_queue_depth", ())] == 0
     assert got[("spear_resources_capacity", (("resource", "cpu_millis"),))] == own["cpu_millis"]
     assert got[("spear_objects", ())] == 1
