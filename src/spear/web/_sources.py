@@ -18,6 +18,7 @@ if TYPE_CHECKING:
     from collections.abc import AsyncIterator
 
     from spear.core.models import LogChunk, Task, TaskState
+    from spear.core.object_index import ObjectRecord
     from spear.core.sms import MetadataServer
     from spear.node.cluster import ClusterNode
     from spear.node.inprocess import InProcessNode
@@ -113,12 +114,35 @@ class NodeSource:
         return (await self.api.result(task_id, wait=False)).output
 
     async def objects(self, prefix: str) -> list[dict[str, Any]]:
-        return [o.to_json() for o in await self.api.list_objects(prefix)]
+        """This node's objects; in a cluster (seen whole, by an admin) also where the
+        object index says each one is held, and the objects only other nodes hold."""
+        rows = {o.key: {**o.to_json(), "here": True} for o in await self.api.list_objects(prefix)}
+        cluster = getattr(self.api, "cluster", None)
+        listing = getattr(cluster, "list_object_records", None)
+        if listing is not None and self.namespace is None:
+            for record in await listing(prefix):
+                row = rows.get(record.key)
+                if row is None:
+                    row = rows[record.key] = {**record_json(record), "here": False}
+                row["locations"] = [h.node for h in record.holders if h.live]
+        return sorted(rows.values(), key=lambda r: str(r["key"]))
 
     def models(self) -> list[dict[str, Any]]:
         """The node's models (docs/models.md) with what their calls did, and their load."""
         router = getattr(self.api.node.services, "models", None)
         return [] if router is None else model_rows(router)
+
+
+def record_json(record: ObjectRecord) -> dict[str, Any]:
+    """An object as the cluster's index knows it (the SMS's objects page)."""
+    return {
+        "key": record.key,
+        "version": record.version,
+        "size": record.size,
+        "refs": record.refs,
+        "pinned": record.pinned,
+        "locations": [h.node for h in record.holders if h.live],
+    }
 
 
 def model_rows(router: Any) -> list[dict[str, Any]]:
@@ -155,20 +179,24 @@ class SmsSource:
     """The metadata server: the cluster's nodes and the task records nodes report."""
 
     role = "sms"
-    features: frozenset[str] = frozenset()
+    features: frozenset[str] = frozenset({"objects"})  # the object index's records
 
     def __init__(self, sms: MetadataServer, address: str) -> None:
         self.sms = sms
         self.address = address
 
     async def info(self) -> dict[str, Any]:
-        return {"role": self.role, "features": [], "name": "sms", "address": self.address}
+        features = sorted(self.features)
+        return {"role": self.role, "features": features, "name": "sms", "address": self.address}
 
     async def nodes(self) -> list[dict[str, Any]]:
         return [node_json(r) for r in await self.sms.nodes()]
 
     async def tasks(self, state: TaskState | None, limit: int) -> list[Task]:
         return await self.sms.tasks(state, limit)
+
+    async def objects(self, prefix: str) -> list[dict[str, Any]]:
+        return [record_json(r) for r in await self.sms.objects.list(prefix)]
 
     async def task(self, task_id: str) -> Task:
         return await self.sms.task(task_id)

@@ -65,12 +65,17 @@ async function overview() {
       (s) => el("option", { value: s }, s || "all states")));
   const live = el("span", { class: "live", hidden: true }, "live");
   const known = el("datalist", { id: "known-artifacts" });
+  const modelsBody = el("tbody");
   main.replaceChildren(
     ...(mayRun().length ? [submitForm(known)] : []),
     el("h2", {}, "Nodes"),
     el("table", { id: "nodes" }, el("thead", {}, el("tr", {},
       ...["Node", "Health", "Address", "Running", "Queued", "CPU used", "Memory used", "Runtimes"]
         .map((h) => el("th", {}, h)))), nodesBody),
+    ...(info.features.includes("models") ? [el("h2", {}, "Models"),
+      el("table", { id: "models" }, el("thead", {}, el("tr", {},
+        ...["Model", "Backend", "Serves", "Calls", "Failed", "Tokens", "Tokens/s", "Running", "Backend slots"]
+          .map((h) => el("th", {}, h)))), modelsBody)] : []),
     el("h2", {}, "Tasks", live, filter),
     el("table", { id: "tasks" }, el("thead", {}, el("tr", {},
       ...["Task", "State", "Agent", "Node", "Created", "Took", "Exit", "Reason"]
@@ -90,8 +95,23 @@ async function overview() {
       if (!nodes.length) nodesBody.replaceChildren(el("tr", {}, el("td", { class: "empty", colSpan: 8 }, "no nodes")));
     } catch (e) { /* the next refresh tries again */ }
   }
-  refreshNodes();
-  setInterval(refreshNodes, 2000);
+  async function refreshModels() {
+    if (!info.features.includes("models")) return;
+    try {
+      const models = await getJSON("/api/models");
+      modelsBody.replaceChildren(...models.map((m) => el("tr", { "data-model": m.name },
+        el("td", {}, m.name, m.default ? el("span", { class: "muted" }, " (default)") : ""),
+        el("td", {}, `${m.backend} (${m.kind})`), el("td", { class: "mono" }, m.target),
+        el("td", { class: "calls" }, m.requests), el("td", {}, m.failed || ""),
+        el("td", { class: "tokens" }, m.tokens), el("td", {}, m.tokens_per_second || ""),
+        el("td", {}, m.in_flight),
+        el("td", { class: "slots" }, `${m.slots_in_use} of ${m.slots} in use`,
+          m.waiting ? ` · ${m.waiting} waiting` : ""))));
+    } catch (e) { /* the next refresh tries again */ }
+  }
+  const refreshLoad = () => { refreshNodes(); refreshModels(); };
+  refreshLoad();
+  setInterval(refreshLoad, 2000);
   let nodesSoon = null; // a task started or ended: the load changed, show it now
   const refreshNodesSoon = () => {
     if (!nodesSoon) nodesSoon = setTimeout(() => { nodesSoon = null; refreshNodes(); }, 150);
@@ -247,12 +267,15 @@ async function objectsPage() {
   main.replaceChildren(
     el("h2", {}, "Objects", el("form", {}, prefix)),
     el("table", { id: "objects" }, el("thead", {}, el("tr", {},
-      ...["Key", "Version", "Size", "Refs", "Pinned"].map((h) => el("th", {}, h)))), body));
+      ...["Key", "Version", "Size", "Refs", "Pinned", "Locations"].map((h) => el("th", {}, h)))), body));
   const objects = await getJSON(`/api/objects?prefix=${encodeURIComponent(prefix.value)}`);
+  const where = (o) => (o.locations?.length ? o.locations.join(", ")
+    : (info.role === "sms" ? "" : `${info.name} (here)`));
   body.replaceChildren(...objects.map((o) => el("tr", { "data-key": o.key },
     el("td", { class: "mono" }, o.key), el("td", {}, o.version), el("td", {}, bytes(o.size)),
-    el("td", {}, o.refs), el("td", {}, o.pinned ? "yes" : ""))));
-  if (!objects.length) body.append(el("tr", {}, el("td", { class: "empty", colSpan: 5 }, "no objects")));
+    el("td", {}, o.refs), el("td", {}, o.pinned ? "yes" : ""),
+    el("td", { class: "locations" }, where(o)))));
+  if (!objects.length) body.append(el("tr", {}, el("td", { class: "empty", colSpan: 6 }, "no objects")));
 }
 
 async function start() {
