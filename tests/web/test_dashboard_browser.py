@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pytest
-from conftest import ROOT, Cli, build_c
+from conftest import ROOT, Cli, assert_eventually, build_c
 from wat_tasks import exits, hello, ticker
 from web_helpers import WebDaemon
 
@@ -150,6 +150,20 @@ def test_the_sms_dashboard_shows_the_cluster(tmp_path: Path, browser: Any, shots
         page.wait_for_selector(f'tr[data-key="results/{task}"]', timeout=WAIT_MS)
         where = page.text_content(f'tr[data-key="results/{task}"] td.locations')
         assert where == "node0"
+        # A node's objects page: its own, and those only other nodes hold, with holders.
+        key = f"results/{task}"
+        on_other = {o["key"]: o for o in nodes[1].get("/api/objects?prefix=results/").json()}
+        assert on_other[key]["here"] is False and on_other[key]["locations"] == ["node0"]
+        on_own = {o["key"]: o for o in nodes[0].get("/api/objects?prefix=results/").json()}
+        assert on_own[key]["here"] is True and on_own[key]["locations"] == ["node0"]
+        # The SMS shows the whole cluster: a token bound to a namespace is refused there.
+        from spear.transport.auth import Role, TokenStore
+
+        bound = {"authorization": f"Bearer {TokenStore(sms.data_dir).issue('ann', Role.READER)}"}
+        refused = assert_eventually(
+            lambda: (r := sms.get("/api/tasks", headers=bound)).status_code == 403 and r
+        )
+        assert "namespace" in refused.json()["error"]
         assert tab.errors == []
     finally:
         for n in nodes:

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 import anyio
 
 from spear.core.cluster import NodeHealth, NodeRecord
+from spear.errors import SpearError
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator
@@ -120,7 +121,11 @@ class NodeSource:
         cluster = getattr(self.api, "cluster", None)
         listing = getattr(cluster, "list_object_records", None)
         if listing is not None and self.namespace is None:
-            for record in await listing(prefix):
+            try:
+                records = await listing(prefix)
+            except SpearError:  # the SMS is away: this node's own objects still show
+                records = []
+            for record in records:
                 row = rows.get(record.key)
                 if row is None:
                     row = rows[record.key] = {**record_json(record), "here": False}
