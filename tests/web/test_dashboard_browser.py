@@ -149,7 +149,7 @@ def test_the_sms_dashboard_shows_the_cluster(tmp_path: Path, browser: Any, shots
         page.goto(sms.url + "/objects?prefix=results/")
         page.wait_for_selector(f'tr[data-key="results/{task}"]', timeout=WAIT_MS)
         where = page.text_content(f'tr[data-key="results/{task}"] td.locations')
-        assert where == "node0"
+        assert where == "node0"  # (the SMS: no "here")
         # A node's objects page: its own, and those only other nodes hold, with holders.
         key = f"results/{task}"
         on_other = {o["key"]: o for o in nodes[1].get("/api/objects?prefix=results/").json()}

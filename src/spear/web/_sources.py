@@ -115,9 +115,10 @@ class NodeSource:
         return (await self.api.result(task_id, wait=False)).output
 
     async def objects(self, prefix: str) -> list[dict[str, Any]]:
-        """This node's objects; in a cluster (seen whole, by an admin) also where the
-        object index says each one is held, and the objects only other nodes hold."""
-        rows = {o.key: {**o.to_json(), "here": True} for o in await self.api.list_objects(prefix)}
+        """The objects this node lists; in a cluster (seen whole, by an admin) also where
+        the object index says each one is held, and the objects only other nodes hold.
+        `here`: whether this node holds it."""
+        rows = {o.key: o.to_json() for o in await self.api.list_objects(prefix)}
         cluster = getattr(self.api, "cluster", None)
         listing = getattr(cluster, "list_object_records", None)
         if listing is not None and self.namespace is None:
@@ -126,10 +127,11 @@ class NodeSource:
             except SpearError:  # the SMS is away: this node's own objects still show
                 records = []
             for record in records:
-                row = rows.get(record.key)
-                if row is None:
-                    row = rows[record.key] = {**record_json(record), "here": False}
+                row = rows.setdefault(record.key, record_json(record))
                 row["locations"] = [h.node for h in record.holders if h.live]
+        own = self.api.node.name
+        for row in rows.values():
+            row["here"] = not row.get("locations") or own in row["locations"]
         return sorted(rows.values(), key=lambda r: str(r["key"]))
 
     def models(self) -> list[dict[str, Any]]:

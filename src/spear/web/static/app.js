@@ -269,7 +269,8 @@ async function objectsPage() {
     el("table", { id: "objects" }, el("thead", {}, el("tr", {},
       ...["Key", "Version", "Size", "Refs", "Pinned", "Locations"].map((h) => el("th", {}, h)))), body));
   const objects = await getJSON(`/api/objects?prefix=${encodeURIComponent(prefix.value)}`);
-  const where = (o) => (o.locations?.length ? o.locations.join(", ")
+  const where = (o) => (o.locations?.length
+    ? o.locations.map((n) => (n === info.name && info.role !== "sms" ? `${n} (here)` : n)).join(", ")
     : (info.role === "sms" ? "" : `${info.name} (here)`));
   body.replaceChildren(...objects.map((o) => el("tr", { "data-key": o.key },
     el("td", { class: "mono" }, o.key), el("td", {}, o.version), el("td", {}, bytes(o.size)),
