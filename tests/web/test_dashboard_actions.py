@@ -152,6 +152,7 @@ def test_a_browser_change_needs_the_csrf_token_and_this_origin(
         ({"artifact": "/x.wasm", "args": [1, 2]}, "args must be"),
         ({"artifact": "/x.wasm", "timeout_s": -1}, "timeout_s"),
         ([1, 2], "JSON object"),
+        ({"artifact": "/x.wasm", "stdin": "x" * (1024 * 1024)}, "larger than"),
     ],
 )
 def test_a_bad_form_is_one_clear_error(

@@ -65,9 +65,14 @@ def _check_request(request: Request, who: Caller | None) -> Caller:
 
 
 async def _form(request: Request) -> dict[str, Any]:
-    body = await request.body()
-    if len(body) > _MAX_FORM_BYTES:
-        raise InvalidArgument(f"the form is larger than {_MAX_FORM_BYTES} bytes")
+    parts: list[bytes] = []
+    size = 0
+    async for part in request.stream():  # read no more than the cap
+        size += len(part)
+        if size > _MAX_FORM_BYTES:
+            raise InvalidArgument(f"the form is larger than {_MAX_FORM_BYTES} bytes")
+        parts.append(part)
+    body = b"".join(parts)
     try:
         form = orjson.loads(body)
     except orjson.JSONDecodeError:
