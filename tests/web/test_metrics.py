@@ -3,6 +3,7 @@ read through prometheus_client's own parser."""
 
 from __future__ import annotations
 
+import dataclasses
 from typing import TYPE_CHECKING
 
 import anyio
@@ -67,21 +68,27 @@ async def test_node_metrics_count_ends_latencies_waiting_tasks_and_hostcalls(
         got = await scrape()
         assert got[log_calls] - before.get(log_calls, 0) == 8
         wasm = (("runtime", "wasm"),)
-        assert got[("spear_tasks_finished_total", (*wasm, ("state", "COMPLETED")))] == 4
-        assert got[("spear_tasks_finished_total", (*wasm, ("state", "FAILED")))] == 1
+        default = (("namespace", "default"), *wasm)
+        assert got[("spear_tasks_finished_total", (*default, ("state", "COMPLETED")))] == 4
+        assert got[("spear_tasks_finished_total", (*default, ("state", "FAILED")))] == 1
         assert got[("spear_task_end_to_end_seconds_count", wasm)] == 5
         assert got[("spear_task_run_seconds_bucket", (("le", "+Inf"), *wasm))] == 5
         assert 0 < got[("spear_task_run_seconds_sum", wasm)] < 5
 
-        # Three slow tasks on a node with room for one: one runs, two wait.
+        # Three slow tasks on a node with room for one: one runs, two wait (one of them
+        # in namespace team-a).
         slow = FunctionSpec(str(ticker(tmp_path, 2, 300)), resources=Resources(100, 1 << 20))
-        tasks = [await node.submit(slow) for _ in range(3)]
+        team = dataclasses.replace(slow, namespace="team-a")
+        tasks = [await node.submit(s) for s in (slow, slow, team)]
         with anyio.fail_after(10):
             while node.controller.waiting_count < 2:
                 await anyio.sleep(0.01)
         got = await scrape()
-        assert got[("spear_tasks", (("state", "running"),))] == 1
-        assert got[("spear_tasks", (("state", "pending"),))] == 2
+        live = (("runtime", "wasm"), ("state", "running"))
+        assert got[("spear_tasks", (("namespace", "default"), *live))] == 1
+        waiting = (("runtime", "wasm"), ("state", "pending"))
+        assert got[("spear_tasks", (("namespace", "default"), *waiting))] == 1
+        assert got[("spear_tasks", (("namespace", "team-a"), *waiting))] == 1
         assert got[("spear_admission_queue_depth", ())] == 2
         assert got[("spear_resources_used", (("resource", "cpu_millis"),))] == 100
         assert got[("spear_resources_free", (("resource", "cpu_millis"),))] == 0
@@ -103,6 +110,9 @@ async def test_node_metrics_count_ends_latencies_waiting_tasks_and_hostcalls(
         # (The hooks run in turn: once the results are stored, ours has counted too.)
         settled = await scrape()
         assert settled[("spear_task_end_to_end_seconds_count", wasm)] == 8
+        team_done = (("namespace", "team-a"), *wasm, ("state", "COMPLETED"))
+        assert settled[("spear_tasks_finished_total", team_done)] == 1
+        assert settled[("spear_tasks", (("namespace", "team-a"), *waiting))] == 0  # not gone
         collector.detach()  # no longer counts
         assert (await node.run(FunctionSpec(logs_twice))).state is TaskState.COMPLETED
         after = await scrape()

@@ -5,12 +5,13 @@ from __future__ import annotations
 
 import os
 import shutil
+import socket
 import subprocess
 from typing import TYPE_CHECKING, Any
 
 import httpx
 import pytest
-from conftest import Cli, assert_eventually
+from conftest import ROOT, Cli, assert_eventually, build_c
 from wat_tasks import hello
 from web_helpers import WebDaemon
 
@@ -95,8 +96,14 @@ def prometheus(tmp_path: Path) -> Iterator[Any]:
 
 
 def test_prometheus_scrapes_a_node_and_the_sms(tmp_path: Path, prometheus: Any) -> None:
+    # A model whose endpoint is down: a model call counted without loading a model.
+    with socket.socket() as closed:
+        closed.bind(("127.0.0.1", 0))
+        port = closed.getsockname()[1]
+    routing = tmp_path / "models.toml"
+    routing.write_text(f'[models.down]\nbase_url = "http://127.0.0.1:{port}/v1"\n')
     config = tmp_path / "config.toml"
-    config.write_text("heartbeat_s = 0.2\n")
+    config.write_text(f'heartbeat_s = 0.2\nmodels_config = "{routing}"\n')
     sms = WebDaemon(tmp_path / "sms", "--config", str(config), role="sms")
     node = None
     try:
@@ -104,6 +111,9 @@ def test_prometheus_scrapes_a_node_and_the_sms(tmp_path: Path, prometheus: Any) 
         cli = Cli(tmp_path / "node")
         proc = cli("submit", "--wait", str(hello(tmp_path)))
         assert proc.returncode == 0, proc.stderr
+        agent = str(build_c(ROOT / "tests" / "wasm" / "model_agent.c"))
+        ask = '{"model": "down", "messages": [{"role": "user", "content": "hi"}]}'
+        cli("submit", "--wait", agent, "chat", ask)
         prometheus.start(
             {
                 "spearlet": (node.url.removeprefix("http://"), node.token),
@@ -116,10 +126,16 @@ def test_prometheus_scrapes_a_node_and_the_sms(tmp_path: Path, prometheus: Any) 
 
         assert_eventually(lambda: scraped('sum(up{job=~"spearlet|sms"})', 2), timeout=60)
         assert_eventually(
-            lambda: scraped('spear_tasks_finished_total{job="spearlet",state="COMPLETED"}', 1)
+            lambda: scraped(
+                'spear_tasks_finished_total{job="spearlet",state="COMPLETED",namespace="default"}',
+                1,
+            )
         )
-        assert prometheus.value('spear_task_end_to_end_seconds_count{runtime="wasm"}') == 1
-        assert prometheus.value("spear_objects_bytes") == len("hello\n")
+        assert prometheus.value('spear_task_end_to_end_seconds_count{runtime="wasm"}') == 2
+        assert prometheus.value("spear_objects") == 2  # the two tasks' results
+        assert (prometheus.value("spear_objects_bytes") or 0) > len("hello\n")
+        down = 'spear_model_requests_total{model="down",kind="chat",outcome="unavailable"}'
+        assert prometheus.value(down) == 1
         assert prometheus.value('spear_sms_nodes{health="healthy"}') == 1
         [age] = prometheus.query("spear_sms_node_heartbeat_age_seconds")
         assert float(age["value"][1]) < 5

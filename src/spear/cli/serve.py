@@ -172,7 +172,8 @@ async def _serve_spearlet(
                 )  # fmt: skip
                 from spear import web
 
-                async with web.serving(served.api, settings):
+                slots = getattr(served.server.service, "slots", None)  # quotas shared
+                async with web.serving(served.api, settings, slots):
                     await _run_until_signalled(served.api, served.server, signals, drain_s)
             finally:
                 _remove_if_ours(addr_path, address)

@@ -52,14 +52,15 @@ class Histogram:
 
 
 class RuntimeStats:
-    """What the finished-task hook counts for one runtime: ends by final state, and the
-    queue (created to started), run (started to finished) and end-to-end (created to
-    finished) times. A task that never started counts in end to end only."""
+    """What the finished-task hook counts for one runtime: ends by final state and
+    namespace, and the queue (created to started), run (started to finished) and
+    end-to-end (created to finished) times. A task that never started counts in end to
+    end only."""
 
     __slots__ = ("end_to_end", "finished", "queue", "run")
 
     def __init__(self) -> None:
-        self.finished: dict[str, int] = {}
+        self.finished: dict[tuple[str, str], int] = {}  # (state, namespace) -> n
         self.queue = Histogram()
         self.run = Histogram()
         self.end_to_end = Histogram()
@@ -91,8 +92,8 @@ class TaskStatsHook:
         if stats is None:
             stats = self.by_runtime[runtime] = RuntimeStats()
         finished = stats.finished
-        state = task.state._value_
-        finished[state] = finished.get(state, 0) + 1
+        key = (task.state._value_, task.spec.namespace)
+        finished[key] = finished.get(key, 0) + 1
         end = task.finished_at
         if end is None:
             return

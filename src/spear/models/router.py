@@ -54,6 +54,7 @@ from spear.errors import (
     Unavailable,
 )
 from spear.models.limiter import FairLimiter
+from spear.models.stats import CountedBackend, ModelStats
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
@@ -245,6 +246,7 @@ class ModelRouter:
         }
         self._task_group: TaskGroup | None = None
         self._scopes: dict[str, set[anyio.CancelScope]] = {}
+        self.stats = ModelStats()  # requests, tokens, time to first token (/metrics)
 
     # -- routing --------------------------------------------------------------------
 
@@ -290,8 +292,8 @@ class ModelRouter:
                         "pip install 'spear[llm]' (docs/models.md)"
                     )
                 target = str(found)
-            return backend, target
-        return backend, model.target or model.name
+            return CountedBackend(backend, model.name, self.stats), target
+        return CountedBackend(backend, model.name, self.stats), model.target or model.name
 
     def _make(self, config: BackendConfig) -> ModelBackend:
         if config.kind == "llama":

@@ -1,12 +1,12 @@
 """The ASGI application one node (or the SMS) serves: dashboard, JSON API, live feeds,
 `/metrics`.
 
-The dashboard's routes are read-only: with no authentication on them yet (issue 14), a
-page any website could make the browser POST to on loopback must not start or cancel
-tasks. The seam for it is `Authenticator`, applied to every request by one middleware.
-HTTP triggers and WebSocket streams (_triggers.py) and the route API that changes them
-(_route_api.py, which checks tokens itself) are routes of this same app, passed in as
-`extra_routes`.
+The dashboard's routes read; the two that change tasks (submit, cancel: web/_actions.py)
+come in `extra_routes` from a SPEARlet, and check the caller's role and CSRF token. The
+token gate (web/_auth.py) wraps the app in a daemon; a caller bound to a namespace sees
+`source.in_namespace(...)`, the node as that namespace sees it. HTTP triggers and
+WebSocket streams (_triggers.py) and the route API that changes them (_route_api.py,
+which checks tokens itself) are routes of this same app, passed in as `extra_routes`.
 """
 
 from __future__ import annotations
@@ -30,6 +30,7 @@ from spear.errors import (
     Unauthenticated,
     Unavailable,
 )
+from spear.web._auth import caller
 from spear.web._events import EventStream, task_feed, task_list_feed, task_summary
 
 if TYPE_CHECKING:
@@ -129,6 +130,13 @@ def build_app(
         if feature not in source.features:
             raise NotFound(f"the {source.role} has no {feature}: they live on the nodes")
 
+    def seen(request: Request) -> Any:
+        """The source as the caller may see it: a namespace's part for a bound token."""
+        who = caller(request.scope)
+        if who is not None and who.principal.namespace is not None:
+            return source.in_namespace(who.principal.namespace)  # type: ignore[attr-defined]
+        return source
+
     async def page(request: Request) -> Response:
         return FileResponse(str(_STATIC / "index.html"), headers={"cache-control": "no-cache"})
 
@@ -137,21 +145,36 @@ def build_app(
         return Response(body, headers={"content-type": content_type})
 
     async def info(request: Request) -> Response:
-        return JSONResponse(await source.info())
+        body = await seen(request).info()
+        who = caller(request.scope)
+        if who is not None:
+            from spear.web._actions import may_run
+
+            p = who.principal
+            changes = "submit" in source.features
+            body["caller"] = {
+                "name": p.name,
+                "role": p.role.name.lower(),
+                "namespace": p.namespace,
+                "may_run": may_run(p.role) if changes else [],
+                "may_cancel": changes and bool(may_run(p.role)),
+                "csrf": who.csrf,
+            }
+        return JSONResponse(body)
 
     async def nodes(request: Request) -> Response:
-        return JSONResponse(await source.nodes())
+        return JSONResponse(await seen(request).nodes())
 
     async def tasks(request: Request) -> Response:
-        found = await source.tasks(_state(request), _limit(request))
+        found = await seen(request).tasks(_state(request), _limit(request))
         return JSONResponse([task_summary(t) for t in found])
 
     async def task(request: Request) -> Response:
-        return JSONResponse((await source.task(request.path_params["id"])).to_json())
+        return JSONResponse((await seen(request).task(request.path_params["id"])).to_json())
 
     async def result(request: Request) -> Response:
         need("results")
-        output: bytes = await source.result(request.path_params["id"])  # type: ignore[attr-defined]
+        output: bytes = await seen(request).result(request.path_params["id"])
         shown = output[:_RESULT_SHOWN]
         return JSONResponse(
             {
@@ -164,15 +187,19 @@ def build_app(
     async def objects(request: Request) -> Response:
         need("objects")
         prefix = request.query_params.get("prefix", "")
-        found = await source.objects(prefix)  # type: ignore[attr-defined]
+        found = await seen(request).objects(prefix)
         return JSONResponse(found[:_MAX_LIST])
 
+    async def models(request: Request) -> Response:
+        need("models")
+        return JSONResponse(source.models())  # type: ignore[attr-defined]
+
     async def task_events(request: Request) -> Response:
-        stream = EventStream(task_list_feed(source, _state(request), _limit(request)), closing)
-        return _Raw(stream)
+        feed = task_list_feed(seen(request), _state(request), _limit(request))
+        return _Raw(EventStream(feed, closing))
 
     async def one_task_events(request: Request) -> Response:
-        return _Raw(EventStream(task_feed(source, request.path_params["id"]), closing))
+        return _Raw(EventStream(task_feed(seen(request), request.path_params["id"]), closing))
 
     routes: list[BaseRoute] = [
         Route("/", page),
@@ -185,6 +212,7 @@ def build_app(
         Route("/api/tasks/{id}", task),
         Route("/api/tasks/{id}/result", result),
         Route("/api/objects", objects),
+        Route("/api/models", models),
         Route("/api/events/tasks", task_events),
         Route("/api/events/tasks/{id}", one_task_events),
         Mount("/static", StaticFiles(directory=str(_STATIC)), name="static"),

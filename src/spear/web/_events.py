@@ -90,6 +90,7 @@ def task_summary(task: Task) -> dict[str, Any]:
         "id": task.id,
         "state": task.state.value,
         "runtime": task.spec.runtime.value,
+        "namespace": task.spec.namespace,
         "artifact": task.spec.artifact,
         "args": list(task.spec.args),
         "node": task.node,

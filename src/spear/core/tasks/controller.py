@@ -92,6 +92,11 @@ class TaskController:
         """Tasks waiting for the node's resources to free up."""
         return self._admission.waiting
 
+    @property
+    def live_ids(self) -> list[str]:
+        """The tasks this node runs, or holds waiting for room (their ids; /metrics)."""
+        return list(self._running.runs)
+
     # -- recording new tasks ------------------------------------------------------------
 
     async def create(

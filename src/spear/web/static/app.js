@@ -22,6 +22,19 @@ async function getJSON(url) {
   return body;
 }
 
+async function postJSON(url, body) {
+  const r = await fetch(url, {
+    method: "POST",
+    headers: { "content-type": "application/json", "x-spear-csrf": info.caller?.csrf || "" },
+    body: JSON.stringify(body),
+  });
+  const answer = await r.json();
+  if (!r.ok) throw new Error(answer.error || r.statusText);
+  return answer;
+}
+const mayRun = () => info.caller?.may_run || [];
+const terminal = (s) => ["COMPLETED", "FAILED", "CANCELLED"].includes(s);
+
 const time = (t) => (t ? new Date(t * 1000).toLocaleTimeString() : "");
 const stamp = (t) => (t ? new Date(t * 1000).toISOString().replace("T", " ").slice(0, 23) : "");
 function duration(a, b) {
@@ -51,11 +64,18 @@ async function overview() {
     ...["", "PENDING", "RUNNING", "COMPLETED", "FAILED", "CANCELLED"].map(
       (s) => el("option", { value: s }, s || "all states")));
   const live = el("span", { class: "live", hidden: true }, "live");
+  const known = el("datalist", { id: "known-artifacts" });
+  const modelsBody = el("tbody");
   main.replaceChildren(
+    ...(mayRun().length ? [submitForm(known)] : []),
     el("h2", {}, "Nodes"),
     el("table", { id: "nodes" }, el("thead", {}, el("tr", {},
       ...["Node", "Health", "Address", "Running", "Queued", "CPU used", "Memory used", "Runtimes"]
         .map((h) => el("th", {}, h)))), nodesBody),
+    ...(info.features.includes("models") ? [el("h2", {}, "Models"),
+      el("table", { id: "models" }, el("thead", {}, el("tr", {},
+        ...["Model", "Backend", "Serves", "Calls", "Failed", "Tokens", "Tokens/s", "Running", "Backend slots"]
+          .map((h) => el("th", {}, h)))), modelsBody)] : []),
     el("h2", {}, "Tasks", live, filter),
     el("table", { id: "tasks" }, el("thead", {}, el("tr", {},
       ...["Task", "State", "Agent", "Node", "Created", "Took", "Exit", "Reason"]
@@ -75,8 +95,23 @@ async function overview() {
       if (!nodes.length) nodesBody.replaceChildren(el("tr", {}, el("td", { class: "empty", colSpan: 8 }, "no nodes")));
     } catch (e) { /* the next refresh tries again */ }
   }
-  refreshNodes();
-  setInterval(refreshNodes, 2000);
+  async function refreshModels() {
+    if (!info.features.includes("models")) return;
+    try {
+      const models = await getJSON("/api/models");
+      modelsBody.replaceChildren(...models.map((m) => el("tr", { "data-model": m.name },
+        el("td", {}, m.name, m.default ? el("span", { class: "muted" }, " (default)") : ""),
+        el("td", {}, `${m.backend} (${m.kind})`), el("td", { class: "mono" }, m.target),
+        el("td", { class: "calls" }, m.requests), el("td", {}, m.failed || ""),
+        el("td", { class: "tokens" }, m.tokens), el("td", {}, m.tokens_per_second || ""),
+        el("td", {}, m.in_flight),
+        el("td", { class: "slots" }, `${m.slots_in_use} of ${m.slots} in use`,
+          m.waiting ? ` · ${m.waiting} waiting` : ""))));
+    } catch (e) { /* the next refresh tries again */ }
+  }
+  const refreshLoad = () => { refreshNodes(); refreshModels(); };
+  refreshLoad();
+  setInterval(refreshLoad, 2000);
   let nodesSoon = null; // a task started or ended: the load changed, show it now
   const refreshNodesSoon = () => {
     if (!nodesSoon) nodesSoon = setTimeout(() => { nodesSoon = null; refreshNodes(); }, 150);
@@ -99,6 +134,8 @@ async function overview() {
     source = new EventSource(`/api/events/tasks?limit=100${state}`);
     source.addEventListener("snapshot", (e) => {
       const tasks = JSON.parse(e.data);
+      const seen = [...new Set(tasks.map((t) => t.artifact))].slice(0, 20);
+      known.replaceChildren(...seen.map((a) => el("option", { value: a })));
       tasksBody.replaceChildren(...tasks.map(row));
       if (!tasks.length) tasksBody.append(el("tr", { class: "none" }, el("td", { class: "empty", colSpan: 8 }, "no tasks yet")));
       live.hidden = false;
@@ -119,6 +156,39 @@ async function overview() {
   connect();
 }
 
+// -- submitting: the caller's runtimes, an artifact on the node, args ---------------------
+
+function submitForm(known) {
+  const runtime = el("select", { name: "runtime" },
+    ...mayRun().map((r) => el("option", { value: r }, r)));
+  const artifact = el("input", { name: "artifact", required: true, size: 40,
+    placeholder: "/path/on/the/node/agent.wasm, or a command" });
+  artifact.setAttribute("list", "known-artifacts");
+  const args = el("input", { name: "args", size: 30, placeholder: "args, as a shell splits them" });
+  const stdin = el("input", { name: "stdin", size: 16, placeholder: "stdin (optional)" });
+  const timeout = el("input", { name: "timeout_s", type: "number", min: "0", step: "any",
+    placeholder: "timeout s", style: "width:7em" });
+  const button = el("button", { type: "submit", id: "submit-task" }, "Run");
+  const said = el("span", { id: "submit-result", class: "muted" });
+  const form = el("form", { id: "submit" }, runtime, artifact, known, args, stdin, timeout, button, said);
+  form.onsubmit = async (e) => {
+    e.preventDefault();
+    button.disabled = true;
+    said.className = "muted";
+    said.textContent = "submitting…";
+    try {
+      const t = await postJSON("/api/tasks", {
+        runtime: runtime.value, artifact: artifact.value, args: args.value, stdin: stdin.value,
+        timeout_s: timeout.value ? Number(timeout.value) : null });
+      said.replaceChildren("submitted ", el("a", { href: `/tasks/${t.id}`, class: "mono" }, t.id));
+    } catch (err) {
+      said.className = "error";
+      said.textContent = err.message;
+    } finally { button.disabled = false; }
+  };
+  return el("section", {}, el("h2", {}, "Run a task"), form);
+}
+
 // -- one task: record, history, result, logs as written ---------------------------------
 
 async function taskPage(id) {
@@ -129,8 +199,15 @@ async function taskPage(id) {
   const logs = el("pre", { class: "mono logs", id: "logs" });
   const live = el("span", { class: "live" }, "following");
   const hasLogs = info.features.includes("logs");
+  const cancel = el("button", { id: "cancel-task", hidden: true }, "Cancel");
+  const said = el("span", { id: "cancel-result", class: "error" });
+  cancel.onclick = async () => {
+    cancel.disabled = true;
+    try { await postJSON(`/api/tasks/${encodeURIComponent(id)}/cancel`, {}); said.textContent = ""; }
+    catch (err) { said.textContent = err.message; cancel.disabled = false; }
+  };
   main.replaceChildren(
-    el("h2", {}, "Task ", el("span", { class: "mono" }, id)),
+    el("h2", {}, "Task ", el("span", { class: "mono" }, id), cancel, said),
     el("div", { class: "grid" },
       el("div", {}, fields, el("h2", {}, "State history"),
         el("table", {}, el("thead", {}, el("tr", {}, el("th", {}, "State"), el("th", {}, "At"))), history)),
@@ -145,6 +222,7 @@ async function taskPage(id) {
       ...put("State", t.state, `state ${t.state}`),
       ...put("Agent", t.spec.artifact, "mono"),
       ...put("Runtime", t.spec.runtime),
+      ...put("Namespace", t.spec.namespace),
       ...put("Args", t.spec.args.join(" "), "mono"),
       ...put("Node", t.node),
       ...put("Created", stamp(t.created_at)),
@@ -157,7 +235,8 @@ async function taskPage(id) {
     history.replaceChildren(...t.history.map(([s, at]) =>
       el("tr", {}, el("td", { class: `state ${s}` }, s), el("td", {}, stamp(at)))));
     spec.textContent = JSON.stringify(t.spec, null, 2);
-    if (hasLogs && !shownResult && ["COMPLETED", "FAILED", "CANCELLED"].includes(t.state)) {
+    cancel.hidden = !info.caller?.may_cancel || terminal(t.state);
+    if (hasLogs && !shownResult && terminal(t.state)) {
       shownResult = true;
       getJSON(`/api/tasks/${id}/result`).then((r) => {
         result.textContent = r.text + (r.truncated ? `\n… (${bytes(r.size)} in all)` : "");
@@ -188,12 +267,16 @@ async function objectsPage() {
   main.replaceChildren(
     el("h2", {}, "Objects", el("form", {}, prefix)),
     el("table", { id: "objects" }, el("thead", {}, el("tr", {},
-      ...["Key", "Version", "Size", "Refs", "Pinned"].map((h) => el("th", {}, h)))), body));
+      ...["Key", "Version", "Size", "Refs", "Pinned", "Locations"].map((h) => el("th", {}, h)))), body));
   const objects = await getJSON(`/api/objects?prefix=${encodeURIComponent(prefix.value)}`);
+  const where = (o) => (o.locations?.length
+    ? o.locations.map((n) => (n === info.name && info.role !== "sms" ? `${n} (here)` : n)).join(", ")
+    : (info.role === "sms" ? "" : `${info.name} (here)`));
   body.replaceChildren(...objects.map((o) => el("tr", { "data-key": o.key },
     el("td", { class: "mono" }, o.key), el("td", {}, o.version), el("td", {}, bytes(o.size)),
-    el("td", {}, o.refs), el("td", {}, o.pinned ? "yes" : ""))));
-  if (!objects.length) body.append(el("tr", {}, el("td", { class: "empty", colSpan: 5 }, "no objects")));
+    el("td", {}, o.refs), el("td", {}, o.pinned ? "yes" : ""),
+    el("td", { class: "locations" }, where(o)))));
+  if (!objects.length) body.append(el("tr", {}, el("td", { class: "empty", colSpan: 6 }, "no objects")));
 }
 
 async function start() {
