@@ -47,9 +47,19 @@ class ClusterObjects:
         self._records: OrderedDict[str, ObjectRecord] = OrderedDict()
         self._holding: set[asyncio.Task[None]] = set()
 
-    async def commit(self, key: str, size: int, expected_version: int | None) -> int:
-        record = await self._sms.commit_object(key, self.node, self.address, size, expected_version)
+    async def commit(
+        self, key: str, size: int, expected_version: int | None, value: bytes | None = None
+    ) -> int:
+        record = await self._sms.commit_object(
+            key, self.node, self.address, size, expected_version, value
+        )
         return record.version
+
+    def small_value(self, key: str, version: int) -> bytes | None:
+        record = self._records.get(key)
+        if record is None or record.version != version:
+            return None
+        return record.value
 
     async def current(self, key: str) -> ObjectInfo:
         record = await self._sms.lookup_object(key)

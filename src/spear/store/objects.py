@@ -231,7 +231,8 @@ class ObjectStore:
                 landing = anyio.Event()
                 self._landing.setdefault(key, []).append(landing)
                 try:
-                    version = await self.authority.commit(key, size, expected_version)
+                    small = inline if size <= self._inline_max else None
+                    version = await self.authority.commit(key, size, expected_version, small)
                     kept, old = await self._keep(key, size, name, inline, version)
                 finally:
                     self._landed(key, landing)
@@ -361,6 +362,9 @@ class ObjectStore:
     async def _get_current(self, key: str, authority: ObjectAuthority) -> tuple[memoryview, int]:
         for _ in range(_RACE_RETRIES):
             info = await authority.current(key)
+            small = authority.small_value(key, info.version)
+            if small is not None:  # kept in the index: no copy here, no hop to a holder
+                return memoryview(small), info.version
             with contextlib.suppress(NotFound):
                 value, version = await self.get_local(key)
                 if version >= info.version:

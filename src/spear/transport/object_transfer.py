@@ -302,9 +302,18 @@ class ObjectTransferServer:
         if op == "get":
             self._check(request, conn, Role.READER)
             version = int(request.get("version") or 0)
-            if not version:
-                self._call(self._store.get(key))  # the current version, held here from now on
-            self._send(key, version, conn, body=request.get("body", True) is not False)
+            body = request.get("body", True) is not False
+            if version:
+                self._send(key, version, conn, body=body)
+                return
+            # A client: the current version as any get here (one hand-off to the loop).
+            value, version = self._call(self._store.get(key))
+            if conn.tls or len(value) <= CHUNK:  # (a small one may live in the index only)
+                conn.send_line({"ok": True, "version": version, "size": len(value)})
+                if body:
+                    conn.send_bytes(value)
+            else:  # held here from now on: its file goes with the kernel's sendfile
+                self._send(key, version, conn, body=body)
         elif op == "put":
             size = int(request["size"])
             try:
