@@ -15,7 +15,8 @@ from collections import OrderedDict
 from typing import TYPE_CHECKING
 
 from spear._logging import logger
-from spear.errors import SpearError, Unavailable
+from spear.core import namespaces as ns
+from spear.errors import ResourceExhausted, SpearError, Unavailable
 from spear.transport._object_convert import record_info
 
 if TYPE_CHECKING:
@@ -24,6 +25,7 @@ if TYPE_CHECKING:
     from pathlib import Path
 
     from spear.core.object_index import ObjectRecord
+    from spear.node.quotas import QuotaFile
     from spear.store.object_info import ObjectInfo
     from spear.store.objects import ObjectStore
     from spear.transport.channels import Credentials
@@ -138,6 +140,29 @@ async def announce_held(store: ObjectStore, authority: ClusterObjects) -> None:
         logger.warning("objects not announced to the SMS: {}", exc)
 
 
+class NamespaceBytes:
+    """A namespace's object-bytes quota (node/quotas.py) for puts through the transfer
+    service, counted as `NamespacedNode` counts it for puts over gRPC."""
+
+    def __init__(self, store: ObjectStore, quotas: QuotaFile) -> None:
+        self._store = store
+        self._quotas = quotas
+
+    async def admit(self, namespace: str, key: str, size: int) -> None:
+        quota = self._quotas.get(namespace)
+        if quota is None or quota.object_bytes is None:
+            return
+        used = 0
+        for info in await self._store.list(ns.stored_prefix(namespace, "")):
+            if ns.user_key(namespace, info.key) not in (None, key):
+                used += info.size
+        if used + size > quota.object_bytes:
+            raise ResourceExhausted(
+                f"namespace {namespace!r} is at its quota of {quota.object_bytes} object"
+                f" bytes ({used} used; this object is {size})"
+            )
+
+
 @contextlib.asynccontextmanager
 async def sharing_objects(
     store: ObjectStore | None,
@@ -148,6 +173,7 @@ async def sharing_objects(
     credentials: Credentials,
     *,
     encrypt: bool = True,
+    quotas: QuotaFile | None = None,
 ) -> AsyncIterator[ClusterObjects | None]:
     """While inside, `store` is part of the cluster's object space: its copies served on
     `host` (a port of its own), its versions decided by the SMS."""
@@ -157,7 +183,8 @@ async def sharing_objects(
     from spear.transport.object_transfer import ObjectTransferClient, ObjectTransferServer
     from spear.transport.serving import format_address
 
-    server = ObjectTransferServer(store, security, allow_plain=not encrypt)
+    admit = NamespaceBytes(store, quotas).admit if quotas is not None else None
+    server = ObjectTransferServer(store, security, allow_plain=not encrypt, admit_put=admit)
     transfer = ObjectTransferClient(credentials, encrypt=encrypt)
     address = await server.start(format_address(host, 0))
     authority = ClusterObjects(sms, node, address, transfer)
