@@ -79,6 +79,9 @@ META = "obj/"
 MAX_KEY_BYTES = 1024
 INLINE_MAX = 4096
 ORPHAN_GRACE_S = 600.0  # a value file no metadata names, older than this, is removed
+# A value being received (staging_path) untouched this long was cut short: each MiB
+# received touches it, and a transfer with no progress for 30 s is given up.
+STAGING_GRACE_S = 300.0
 _RACE_RETRIES = 16
 
 
@@ -194,6 +197,23 @@ class ObjectStore:
         staging = self.root / "staging"
         await anyio.Path(staging).mkdir(parents=True, exist_ok=True)
         return staging / os.urandom(16).hex()
+
+    async def clear_staging(self, older_than_s: float = 0.0) -> int:
+        """Remove values left half-received (a transfer cut short by a crash or restart),
+        untouched for `older_than_s`; how many. The receiver removes its own on failure."""
+        return await anyio.to_thread.run_sync(self._clear_staging, older_than_s, time.time())
+
+    def _clear_staging(self, older_than_s: float, now: float) -> int:
+        removed = 0
+        with contextlib.suppress(FileNotFoundError):
+            for path in (self.root / "staging").iterdir():
+                with contextlib.suppress(FileNotFoundError):
+                    if now - path.stat().st_mtime >= older_than_s:
+                        path.unlink()
+                        removed += 1
+        if removed:
+            logger.info("removed {} half-received object value(s)", removed)
+        return removed
 
     async def _put(
         self,
@@ -690,6 +710,7 @@ class ObjectStore:
     def _remove_orphans(self, live: set[str], now: float) -> None:
         if not self.root.is_dir():
             return
+        self._clear_staging(STAGING_GRACE_S, now)
         for sub in self.root.iterdir():
             if not sub.is_dir() or len(sub.name) != 2:
                 continue

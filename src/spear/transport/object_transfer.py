@@ -215,6 +215,9 @@ class ObjectTransferServer:
         self.address: str | None = None
 
     async def start(self, listen: str) -> str:
+        """Serve on `listen`; values a previous run left half-received are removed first
+        (only this service receives into the store's staging files)."""
+        await self._store.clear_staging()
         host, port = parse_listen(listen)
         if self._security.tls is not None:
             self._ssl = self._security.tls.server_context()
