@@ -459,3 +459,18 @@ def test_an_sms_that_lost_its_store_adopts_what_the_nodes_announce(make_cluster:
     newer = on(n1, lambda c: c.put_object("survivor", b"new", expected_version=adopted.version))
     assert newer.version > adopted.version
     assert on(n2, lambda c: c.get_object("survivor"))[0] == b"new"
+
+
+def test_with_object_replicas_a_value_outlives_its_writer(make_cluster: Any) -> None:
+    replicas = {"object_replicas": 2}
+    settings = {f"node-{i}": replicas for i in (1, 2, 3)}
+    cluster = make_cluster(nodes=3, node_settings=settings)
+    n1, n2, n3 = addresses(cluster)
+    value = os.urandom(100_000)
+    on(n1, lambda c: c.put_object("kept-twice", value))
+    # A second member holds a copy soon after the put, without anyone reading it.
+    assert_eventually(lambda: len(holders(cluster, "kept-twice")) == 2)
+    copy = next(n for n in holders(cluster, "kept-twice") if n != "node-1")
+    cluster.stop_member(cluster.member("node-1"), signal.SIGKILL)
+    reader = n2 if copy == "node-3" else n3  # a member with no copy: it fetches one
+    assert on(reader, lambda c: c.get_object("kept-twice"))[0] == value

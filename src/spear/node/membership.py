@@ -163,6 +163,7 @@ async def sharing_node_objects(
         credentials,
         encrypt=settings.object_transfer_encrypt,
         quotas=_quotas(settings),
+        replicas=settings.object_replicas,
     ) as authority:
         if authority is not None and store is not None:
             registered = controller.on_registered
