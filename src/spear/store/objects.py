@@ -41,6 +41,7 @@ process; processes sharing a data dir each check against the usage they see.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import mmap
 import os
 import shutil
@@ -130,6 +131,13 @@ def _info(key: str, header: dict[str, Any], version: int) -> ObjectInfo:
         created_at=float(header.get("created", 0.0)),
         updated_at=float(header.get("updated", 0.0)),
     )
+
+
+def _as_read(info: ObjectInfo, version: int, size: int) -> ObjectInfo:
+    """`info` of the version actually read (a later one landed here meanwhile)."""
+    if (info.version, info.size) == (version, size):
+        return info
+    return dataclasses.replace(info, version=version, size=size)
 
 
 class ObjectStore:
@@ -336,8 +344,23 @@ class ObjectStore:
         """(value, version). A large value is a read-only map of its file, not a copy."""
         check_key(key)
         if self.authority is not None:
-            return await self._get_current(key, self.authority)
+            value, info = await self._get_current(key, self.authority)
+            return value, info.version
         return await self.get_local(key)
+
+    async def get_with_info(self, key: str) -> tuple[memoryview, ObjectInfo]:
+        """`get`, and what `info` says of that version, found by the same reads."""
+        check_key(key)
+        if self.authority is not None:
+            return await self._get_current(key, self.authority)
+        for _ in range(_RACE_RETRIES):
+            _, header, inline, version = await self._load(key)
+            info = _info(key, header, version)
+            if not header.get("file"):
+                return memoryview(inline), info
+            with contextlib.suppress(FileNotFoundError):
+                return self._map(header["file"], int(header["size"])), info
+        raise StorageError(f"object {key!r} kept changing while being read")
 
     async def get_local(self, key: str) -> tuple[memoryview, int]:
         """This node's copy of `key`, whatever the cluster's current version."""
@@ -379,16 +402,18 @@ class ObjectStore:
         for landing in list(self._landing.get(key, ())):
             await landing.wait()
 
-    async def _get_current(self, key: str, authority: ObjectAuthority) -> tuple[memoryview, int]:
+    async def _get_current(
+        self, key: str, authority: ObjectAuthority
+    ) -> tuple[memoryview, ObjectInfo]:
         for _ in range(_RACE_RETRIES):
             info = await authority.current(key)
             small = authority.small_value(key, info.version)
             if small is not None:  # kept in the index: no copy here, no hop to a holder
-                return memoryview(small), info.version
+                return memoryview(small), info
             with contextlib.suppress(NotFound):
                 value, version = await self.get_local(key)
                 if version >= info.version:
-                    return value, version
+                    return value, _as_read(info, version, len(value))
             if key in self._landing:  # written here a moment ago: its copy is landing
                 await self.landed(key)
                 continue
@@ -399,7 +424,8 @@ class ObjectStore:
                 if (await authority.current(key)).version == info.version:
                     raise
                 continue
-            return await self.get_local(key)
+            value, version = await self.get_local(key)
+            return value, _as_read(info, version, len(value))
         raise StorageError(f"object {key!r} kept changing while being read")
 
     async def _fetch(self, key: str, info: ObjectInfo, authority: ObjectAuthority) -> None:

@@ -386,11 +386,12 @@ class ObjectTransferServer:
             raise InvalidArgument(f"unknown object transfer operation {op!r}")
 
     async def _read(self, key: str, info: bool) -> tuple[memoryview, dict[str, Any]]:
-        value, version = await self._store.get(key)
-        answer = {"ok": True, "version": version, "size": len(value)}
-        if info:
-            answer.update(_info_fields(await self._store.info(key)))
-        return value, answer
+        if not info:
+            value, version = await self._store.get(key)
+            return value, {"ok": True, "version": version, "size": len(value)}
+        value, found = await self._store.get_with_info(key)  # (no second lookup)
+        answer = {"ok": True, "version": found.version, "size": len(value)}
+        return value, answer | _info_fields(found)
 
     async def _write(
         self, key: str, path: Path, size: int, expected: int | None, info: bool
