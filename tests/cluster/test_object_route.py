@@ -12,7 +12,14 @@ from test_embedding import _certify
 
 import spear
 from spear import join_cluster
-from spear.errors import Conflict, InvalidArgument, NotFound, PermissionDenied, ResourceExhausted
+from spear.errors import (
+    Conflict,
+    InvalidArgument,
+    NotFound,
+    PermissionDenied,
+    ResourceExhausted,
+    Unavailable,
+)
 from spear.node.client import Client
 from spear.node.object_route import STREAM_MIN_BYTES, ObjectRoute
 from spear.node.quotas import Quota, QuotaFile
@@ -62,6 +69,18 @@ def test_client_objects_go_through_the_transfer_service_in_the_callers_namespace
                 finally:
                     await route.aclose()
                 assert streamed is not None and streamed[0] == big
+                # A service that cannot be reached: the route says "use gRPC" (None) and
+                # asks the node afresh next time; a conditional put is not sent again.
+                dead = ObjectRoute(alice)
+                dead._addresses[on_b.address] = "127.0.0.1:1"  # (nothing listens there)
+                try:
+                    assert await dead.get(on_b, "notes") is None
+                    assert on_b.address not in dead._addresses
+                    dead._addresses[on_b.address] = "127.0.0.1:1"
+                    with pytest.raises(Unavailable):
+                        await dead.put(on_b, "notes", big, expected_version=put.version)
+                finally:
+                    await dead.aclose()
                 data, info = await on_b.get_object("notes")  # from a, across nodes
                 assert data == big and (info.version, info.refs) == (put.version, 1)
             async with Client(b.address, credentials=bob) as as_bob:
