@@ -12,8 +12,9 @@ SMS (LevelDB) and three SPEARlets with the cluster's TLS, and `ray.cluster_utils
   task on the `far` raylet returns the bytes; once it finished (`ray.wait(...,
   fetch_local=False)`), timed is the driver's `ray.get(ref)` on the head.
 - client put/get: a client's put and get of a value held by node-1, over a connection
-  to its transfer service (TLS, as the cluster runs); and the same through gRPC
-  (`spear.Client.put_object/get_object`). Ray: `ray.put` / `ray.get` in the driver.
+  to its transfer service (TLS, as the cluster runs); and the same through
+  `spear.Client.put_object/get_object` (which use that service too: node/object_route.py;
+  before, gRPC). Ray: `ray.put` / `ray.get` in the driver.
 - 1 GiB across nodes: written to node-3 from a sparse file, then node-1 pulls it
   (prefetch: no client copy); throughput and node-1's peak RSS growth.
 - `--counter`: examples/counter as 60 tasks over the 3 nodes; the final value.
@@ -131,8 +132,8 @@ async def _client(n1: str, grpc_n1: str, credentials: Any, n: int) -> dict[str, 
                 t0 = time.perf_counter()
                 await grpc.get_object("bench/grpc")
                 gets.append(time.perf_counter() - t0)
-        out[f"client put {label} (gRPC)"] = summarize(puts)
-        out[f"client get {label} (gRPC)"] = summarize(gets)
+        out[f"client put {label} (spear.Client)"] = summarize(puts)
+        out[f"client get {label} (spear.Client)"] = summarize(gets)
     return out
 
 

@@ -155,6 +155,9 @@ class Settings:
     # The object transfer service between members (docs/objects.md): false sends object
     # bytes in the clear once the two members authenticated each other by mutual TLS.
     object_transfer_encrypt: bool = True
+    # Copies of each new value larger than 4 KiB kept on this many members (the writer and
+    # others, chosen among the live ones), so it outlives its writer (docs/objects.md).
+    object_replicas: int = 1
     extra: Mapping[str, Any] = dataclasses.field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -174,6 +177,8 @@ class Settings:
             raise InvalidArgument("process_warm_idle_s must be positive")
         if self.runner_idle_s < 0:
             raise InvalidArgument("runner_idle_s must be 0 (no runner) or positive")
+        if not 1 <= self.object_replicas <= 16:
+            raise InvalidArgument("object_replicas must be between 1 and 16")
 
     @property
     def tasks_log_dir(self) -> Path:

@@ -144,11 +144,36 @@ def test_a_cached_copy_is_replaced_after_an_overwrite_elsewhere(
     data, first = on(n2, lambda c: c.get_object("doc"))
     assert data == b"first" * 2000
     assert_eventually(lambda: holders(cluster, "doc") == ("node-1", "node-2"))
-    on(n3, lambda c: c.put_object("doc", b"second"))
+    on(n3, lambda c: c.put_object("doc", b"second" * 2000))
     data, second = on(n2, lambda c: c.get_object("doc"))
-    assert data == b"second" and second.version > first.version
+    assert data == b"second" * 2000 and second.version > first.version
     # The overwrite made node-3 the only holder; node-2 now holds it again.
     assert_eventually(lambda: holders(cluster, "doc") == ("node-2", "node-3"))
+    on(n1, lambda c: c.put_object("doc", b"third"))  # small: kept in the index itself
+    data, third = on(n2, lambda c: c.get_object("doc"))
+    assert data == b"third" and third.version > second.version
+
+
+def test_a_small_value_is_read_from_the_index_even_with_its_holder_dead(
+    make_cluster: Any,
+) -> None:
+    cluster = make_cluster(nodes=3)
+    n1, n2, n3 = addresses(cluster)
+    small, big = b"s" * 4096, b"b" * 4097  # (the index keeps values of at most 4 KiB)
+    on(n3, lambda c: c.put_object("small", small))
+    on(n3, lambda c: c.put_object("big", big))
+    assert sms_call(cluster.sms.address, "lookup_object", "small").value == small
+    assert sms_call(cluster.sms.address, "lookup_object", "big").value is None
+    assert on(n1, lambda c: c.get_object("small"))[0] == small
+    assert on(n1, lambda c: c.get_object("big"))[0] == big
+    # Read from the index, node-1 did not fetch a copy of the small one: no second hop.
+    assert_eventually(lambda: holders(cluster, "big") == ("node-1", "node-3"))
+    assert holders(cluster, "small") == ("node-3",)
+    cluster.stop_member(cluster.member("node-3"), signal.SIGKILL)
+    assert on(n2, lambda c: c.get_object("small"))[0] == small
+    assert on(n2, lambda c: c.get_object("big"))[0] == big  # from node-1's copy
+    got = spear("obj", "get", "--node", n2, "small")  # over the transfer service
+    assert got.returncode == 0 and got.stdout == small.decode(), got.stderr
 
 
 def test_refs_pins_and_delete_are_cluster_wide(make_cluster: Any) -> None:
@@ -434,3 +459,18 @@ def test_an_sms_that_lost_its_store_adopts_what_the_nodes_announce(make_cluster:
     newer = on(n1, lambda c: c.put_object("survivor", b"new", expected_version=adopted.version))
     assert newer.version > adopted.version
     assert on(n2, lambda c: c.get_object("survivor"))[0] == b"new"
+
+
+def test_with_object_replicas_a_value_outlives_its_writer(make_cluster: Any) -> None:
+    replicas = {"object_replicas": 2}
+    settings = {f"node-{i}": replicas for i in (1, 2, 3)}
+    cluster = make_cluster(nodes=3, node_settings=settings)
+    n1, n2, n3 = addresses(cluster)
+    value = os.urandom(100_000)
+    on(n1, lambda c: c.put_object("kept-twice", value))
+    # A second member holds a copy soon after the put, without anyone reading it.
+    assert_eventually(lambda: len(holders(cluster, "kept-twice")) == 2)
+    copy = next(n for n in holders(cluster, "kept-twice") if n != "node-1")
+    cluster.stop_member(cluster.member("node-1"), signal.SIGKILL)
+    reader = n2 if copy == "node-3" else n3  # a member with no copy: it fetches one
+    assert on(reader, lambda c: c.get_object("kept-twice"))[0] == value

@@ -111,3 +111,22 @@ async def test_announce_and_collect(kv: KV) -> None:
     collected = await index.collect(50)
     assert sorted(r.key for r in collected) == ["b", "c"]
     assert [r.key for r in await index.list()] == ["a"]
+
+
+async def test_a_small_value_lives_in_the_entry_with_its_version_only(kv: KV) -> None:
+    index = ObjectIndex(kv)
+    small = bytes(range(256)) * 16  # 4 KiB: the most the index keeps
+    first = await index.commit("k", "node-1", "a1", len(small), None, small)
+    assert first.value is None  # (only a lookup carries it)
+    found = await index.lookup("k")
+    assert found.value == small and found.version == first.version
+    await index.change("k", "ref")  # a rewrite of the entry keeps it
+    await index.hold("k", "node-2", "a2", first.version)
+    assert (await index.lookup("k")).value == small
+    assert [r.value for r in await index.list("")] == [None]  # not in listings
+    # An overwrite without (or with too big, or a mis-sized) value drops the old one.
+    for value, size in ((None, 3), (b"x" * 4097, 4097), (b"abc", 4)):
+        await index.commit("k", "node-1", "a1", size, None, value)
+        assert (await index.lookup("k")).value is None
+    await index.commit("k", "node-1", "a1", 0, None, b"")  # an empty value is one too
+    assert (await index.lookup("k")).value == b""

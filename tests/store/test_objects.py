@@ -366,3 +366,14 @@ async def test_removing_a_reference_nobody_holds_is_refused(store: ObjectStore) 
         await store.remove_ref("r")
     assert str(caught.value) == "object 'r' has no references to remove"
     assert (await store.info("r")).refs == 0  # and it is still there
+
+
+async def test_get_with_info_is_get_and_info_of_that_version(store: ObjectStore) -> None:
+    for value in (b"small", b"x" * 10_000):
+        version = await store.put("k", value)
+        await store.add_ref("k")
+        data, info = await store.get_with_info("k")
+        assert bytes(data) == value
+        assert info == await store.info("k") and info.version == version and info.refs >= 1
+    with pytest.raises(NotFound):
+        await store.get_with_info("absent")

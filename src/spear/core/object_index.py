@@ -11,10 +11,16 @@ same expected version exactly one wins and the others get `Conflict`; this is wh
 optimistic concurrency cluster-wide. The bytes stay on the nodes: a commit names the
 writer as the only holder of the new version; a node that fetched a copy adds itself
 (`hold`), for that version only.
+
+Small values (at most `INLINE_MAX` bytes) are kept in the entry itself (base64 in its
+JSON), and LookupObject answers with them: a node reads one from the index in the round
+trip it makes anyway, with no hop to a holder (the small-object fast path). The value is
+replaced in the same compare-and-swap as the version, so it is always that version's.
 """
 
 from __future__ import annotations
 
+import base64
 import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -30,6 +36,7 @@ if TYPE_CHECKING:
     from spear.store.kv import KV, Entry
 
 INDEX = "objidx/"
+INLINE_MAX = 4096  # values up to this size live in the index entry (as the node's store inlines)
 CHANGES = ("ref", "unref", "release", "pin", "unpin", "delete", "force-delete")
 
 
@@ -52,6 +59,7 @@ class ObjectRecord:
     pinned: bool = False
     created_at: float = 0.0
     updated_at: float = 0.0
+    value: bytes | None = None  # the value itself, kept in the index (small ones; lookups)
 
     def holder_names(self) -> tuple[str, ...]:
         return tuple(h.node for h in self.holders)
@@ -62,7 +70,9 @@ def _load(entry: Entry) -> tuple[dict[str, Any], int]:
     return data, int(data.get("version") or entry.version)
 
 
-def _record(key: str, data: dict[str, Any], version: int, live: set[str] | None) -> ObjectRecord:
+def _record(
+    key: str, data: dict[str, Any], version: int, live: set[str] | None, *, value: bool = False
+) -> ObjectRecord:
     holders = [
         ObjectHolder(node, address, live is None or node in live)
         for node, address in sorted(data.get("holders", {}).items())
@@ -77,7 +87,13 @@ def _record(key: str, data: dict[str, Any], version: int, live: set[str] | None)
         pinned=bool(data.get("pinned", False)),
         created_at=float(data.get("created", 0.0)),
         updated_at=float(data.get("updated", 0.0)),
+        value=_inline(data) if value else None,
     )
+
+
+def _inline(data: dict[str, Any]) -> bytes | None:
+    inline = data.get("inline")
+    return None if inline is None else base64.b64decode(inline)
 
 
 class ObjectIndex:
@@ -97,9 +113,16 @@ class ObjectIndex:
         return None if self._live_nodes is None else await self._live_nodes()
 
     async def commit(
-        self, key: str, node: str, address: str, size: int, expected_version: int | None
+        self,
+        key: str,
+        node: str,
+        address: str,
+        size: int,
+        expected_version: int | None,
+        value: bytes | None = None,
     ) -> ObjectRecord:
-        """A new value of `key`, written on `node`: the new version, or `Conflict`."""
+        """A new value of `key`, written on `node`: the new version, or `Conflict`. `value`
+        (the bytes themselves, if at most INLINE_MAX) is kept in the entry."""
         if not key or not node:
             raise InvalidArgument("an object commit needs a key and a node")
         if expected_version is not None and expected_version < 0:
@@ -121,6 +144,9 @@ class ObjectIndex:
                     )
                 data.pop("version", None)
             data.update(size=size, holders={node: address}, updated=now)
+            data.pop("inline", None)
+            if value is not None and len(value) == size <= INLINE_MAX:
+                data["inline"] = base64.b64encode(value).decode()
             rev = await self.kv.compare_and_swap(
                 INDEX + key, orjson.dumps(data), entry.version if entry else 0
             )
@@ -132,7 +158,7 @@ class ObjectIndex:
         if entry is None:
             raise NotFound(f"no such object: {key}")
         data, version = _load(entry)
-        return _record(key, data, version, await self._live())
+        return _record(key, data, version, await self._live(), value=True)
 
     async def hold(self, key: str, node: str, address: str, version: int) -> ObjectRecord | None:
         """`node` holds `version` of `key`; None (nothing changed) if that is not current."""

@@ -36,6 +36,7 @@ from spear.errors import (
 )
 from spear.node.api import StreamingTask, TaskHandle, read_own_stdin, run_attached
 from spear.node.failover import DEFAULT_RETRIES, Failover
+from spear.node.object_route import ObjectRoute
 from spear.transport import _convert as cv
 from spear.transport import _speedups
 from spear.transport._gen.pb import spearlet_pb2 as pb
@@ -153,6 +154,7 @@ class Client(AsyncResource):
         # The wire form of the specs sent lately (with the module's name as the node
         # knows it, when it is uploaded): building one costs more than the rest of a call.
         self._wire_specs: dict[tuple[FunctionSpec, bool, Any], Any] = {}
+        self._objects = ObjectRoute(credentials)  # object bytes: the transfer service
 
     @property
     def _stub(self) -> v1.SpearletStub:
@@ -170,6 +172,7 @@ class Client(AsyncResource):
         return client_errors(self.address)
 
     async def aclose(self) -> None:
+        await self._objects.aclose()
         channel, self._channel = self._channel, None
         if channel is not None:
             await close_channel(channel)
@@ -484,12 +487,19 @@ class Client(AsyncResource):
             for i in range(CHUNK_BYTES, len(data), CHUNK_BYTES):
                 yield v1.ObjectChunk(data=data[i : i + CHUNK_BYTES])
 
+        streamed = await self._objects.put(self, key, data, expected_version)
+        if streamed is not None:
+            return streamed
         if expected_version is not None:  # a conditional put is not retried blindly
             with self._errors():
                 return cv.object_from_wire(await self._stub.put_object(chunks()))
         return cv.object_from_wire(await self._retrying(lambda: self._stub.put_object(chunks())))
 
     async def get_object(self, key: str) -> tuple[bytes, ObjectInfo]:
+        streamed = await self._objects.get(self, key)
+        if streamed is not None:
+            return streamed
+
         async def attempt() -> tuple[bytes, ObjectInfo]:
             info: ObjectInfo | None = None
             parts: list[bytes] = []

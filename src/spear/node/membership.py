@@ -21,6 +21,7 @@ if TYPE_CHECKING:
     from spear.core.node_controller import NodeController
     from spear.node.cluster import ClusterNode
     from spear.node.inprocess import InProcessNode
+    from spear.node.quotas import QuotaFile
 
 
 def node_name_for(settings: Settings) -> str:
@@ -150,7 +151,9 @@ async def sharing_node_objects(
     host, _ = parse_listen(address)
     # (the member's certificate, as assembly.member_credentials checked at start)
     credentials = Credentials(tls=TlsFiles(settings.tls_files_dir))
-    security = Security.for_settings(settings)
+    from spear.transport.cluster_tokens import with_cluster_tokens
+
+    security = with_cluster_tokens(Security.for_settings(settings), api)  # (the SMS's too)
     async with sharing_objects(
         store,
         api.cluster,
@@ -159,6 +162,8 @@ async def sharing_node_objects(
         security,
         credentials,
         encrypt=settings.object_transfer_encrypt,
+        quotas=_quotas(settings),
+        replicas=settings.object_replicas,
     ) as authority:
         if authority is not None and store is not None:
             registered = controller.on_registered
@@ -170,3 +175,11 @@ async def sharing_node_objects(
 
             controller.on_registered = on_registered
         yield
+
+
+def _quotas(settings: Settings) -> QuotaFile:
+    """The node's namespace quotas, for puts through its object transfer service."""
+    from spear.node.quotas import QuotaFile
+    from spear.transport.auth import AUTH_DIR
+
+    return QuotaFile(settings.data_dir / AUTH_DIR)

@@ -11,11 +11,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import zlib
 from collections import OrderedDict
 from typing import TYPE_CHECKING
 
 from spear._logging import logger
-from spear.errors import SpearError, Unavailable
+from spear.core import namespaces as ns
+from spear.core.object_index import INLINE_MAX
+from spear.errors import ResourceExhausted, SpearError, Unavailable
 from spear.transport._object_convert import record_info
 
 if TYPE_CHECKING:
@@ -23,7 +26,9 @@ if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Sequence
     from pathlib import Path
 
+    from spear.core.cluster import NodeRecord
     from spear.core.object_index import ObjectRecord
+    from spear.node.quotas import QuotaFile
     from spear.store.object_info import ObjectInfo
     from spear.store.objects import ObjectStore
     from spear.transport.channels import Credentials
@@ -46,10 +51,23 @@ class ClusterObjects:
         self._transfer = transfer
         self._records: OrderedDict[str, ObjectRecord] = OrderedDict()
         self._holding: set[asyncio.Task[None]] = set()
+        self.replicas: Replicas | None = None  # setting object_replicas > 1
 
-    async def commit(self, key: str, size: int, expected_version: int | None) -> int:
-        record = await self._sms.commit_object(key, self.node, self.address, size, expected_version)
+    async def commit(
+        self, key: str, size: int, expected_version: int | None, value: bytes | None = None
+    ) -> int:
+        record = await self._sms.commit_object(
+            key, self.node, self.address, size, expected_version, value
+        )
+        if self.replicas is not None and size > INLINE_MAX:  # (the index holds small ones)
+            self.replicas.copy(key)
         return record.version
+
+    def small_value(self, key: str, version: int) -> bytes | None:
+        record = self._records.get(key)
+        if record is None or record.version != version:
+            return None
+        return record.value
 
     async def current(self, key: str) -> ObjectInfo:
         record = await self._sms.lookup_object(key)
@@ -128,6 +146,91 @@ async def announce_held(store: ObjectStore, authority: ClusterObjects) -> None:
         logger.warning("objects not announced to the SMS: {}", exc)
 
 
+class Replicas:
+    """Copies of each new value on `count - 1` other live members besides its writer
+    (setting object_replicas): each is asked, in the background, to hold the current
+    version (a prefetch: it pulls the value from a holder and enters itself in the index).
+    Small values need none: the index holds them. A copy that fails is logged; the value
+    still has its writer, and the next put tries again."""
+
+    def __init__(
+        self,
+        sms: SmsClient,
+        node: str,
+        transfer: ObjectTransferClient,
+        credentials: Credentials,
+        count: int,
+    ) -> None:
+        self._sms = sms
+        self._node = node
+        self._transfer = transfer
+        self._credentials = credentials
+        self._count = count
+        self._addresses: dict[tuple[str, str], str] = {}  # (node, incarnation) -> service
+        self._copying: set[asyncio.Task[None]] = set()
+
+    def copy(self, key: str) -> None:
+        task = asyncio.get_running_loop().create_task(self._copy(key))
+        self._copying.add(task)
+        task.add_done_callback(self._copying.discard)
+
+    async def _copy(self, key: str) -> None:
+        try:
+            others = [n for n in await self._sms.nodes(live_only=True) if n.name != self._node]
+        except SpearError as exc:
+            logger.warning("no copies of {} made: {}", key, exc)
+            return
+        # Spread keys over the members: start at a place of the ring the key decides.
+        others.sort(key=lambda n: n.name)
+        start = zlib.crc32(key.encode()) % len(others) if others else 0
+        chosen = (others[start:] + others[:start])[: self._count - 1]
+        for record in chosen:
+            try:
+                address = await self._address(record)
+                if address:
+                    await self._transfer.prefetch(address, key)
+            except SpearError as exc:
+                logger.warning("no copy of {} on {}: {}", key, record.name, exc)
+
+    async def _address(self, record: NodeRecord) -> str:
+        """The member's transfer service (from its NodeInfo, once per incarnation)."""
+        known = self._addresses.get((record.name, record.incarnation))
+        if known is None:
+            from spear.node.client import Client
+
+            async with Client(record.address, credentials=self._credentials) as client:
+                known = (await client.node_info()).object_transfer_address
+            self._addresses[(record.name, record.incarnation)] = known
+        return known
+
+    async def aclose(self) -> None:
+        for task in list(self._copying):
+            task.cancel()
+
+
+class NamespaceBytes:
+    """A namespace's object-bytes quota (node/quotas.py) for puts through the transfer
+    service, counted as `NamespacedNode` counts it for puts over gRPC."""
+
+    def __init__(self, store: ObjectStore, quotas: QuotaFile) -> None:
+        self._store = store
+        self._quotas = quotas
+
+    async def admit(self, namespace: str, key: str, size: int) -> None:
+        quota = self._quotas.get(namespace)
+        if quota is None or quota.object_bytes is None:
+            return
+        used = 0
+        for info in await self._store.list(ns.stored_prefix(namespace, "")):
+            if ns.user_key(namespace, info.key) not in (None, key):
+                used += info.size
+        if used + size > quota.object_bytes:
+            raise ResourceExhausted(
+                f"namespace {namespace!r} is at its quota of {quota.object_bytes} object"
+                f" bytes ({used} used; this object is {size})"
+            )
+
+
 @contextlib.asynccontextmanager
 async def sharing_objects(
     store: ObjectStore | None,
@@ -138,6 +241,8 @@ async def sharing_objects(
     credentials: Credentials,
     *,
     encrypt: bool = True,
+    quotas: QuotaFile | None = None,
+    replicas: int = 1,
 ) -> AsyncIterator[ClusterObjects | None]:
     """While inside, `store` is part of the cluster's object space: its copies served on
     `host` (a port of its own), its versions decided by the SMS."""
@@ -147,14 +252,19 @@ async def sharing_objects(
     from spear.transport.object_transfer import ObjectTransferClient, ObjectTransferServer
     from spear.transport.serving import format_address
 
-    server = ObjectTransferServer(store, security, allow_plain=not encrypt)
+    admit = NamespaceBytes(store, quotas).admit if quotas is not None else None
+    server = ObjectTransferServer(store, security, allow_plain=not encrypt, admit_put=admit)
     transfer = ObjectTransferClient(credentials, encrypt=encrypt)
     address = await server.start(format_address(host, 0))
     authority = ClusterObjects(sms, node, address, transfer)
+    if replicas > 1:
+        authority.replicas = Replicas(sms, node, transfer, credentials, replicas)
     store.authority = authority
     try:
         yield authority
     finally:
         store.authority = None
+        if authority.replicas is not None:
+            await authority.replicas.aclose()
         await server.close()
         await transfer.aclose()

@@ -20,12 +20,20 @@ class ObjectAuthority(Protocol):
     (`ObjectInfo.locations`). Every method raises spear's errors (NotFound, Conflict,
     Unavailable)."""
 
-    async def commit(self, key: str, size: int, expected_version: int | None) -> int:
-        """This node wrote a new value of `key`: its version, or `Conflict`."""
+    async def commit(
+        self, key: str, size: int, expected_version: int | None, value: bytes | None = None
+    ) -> int:
+        """This node wrote a new value of `key`: its version, or `Conflict`. `value`: the
+        bytes themselves when small (the authority may keep them, see `small_value`)."""
         ...
 
     async def current(self, key: str) -> ObjectInfo:
         """The current version of `key` and where it is held; `NotFound` if absent."""
+        ...
+
+    def small_value(self, key: str, version: int) -> bytes | None:
+        """The value of `version` of `key` if the authority keeps it itself (a small one,
+        as the last `current` of `key` said), else None: then it is fetched from a holder."""
         ...
 
     async def fetch(self, key: str, info: ObjectInfo, dest: Path) -> None:

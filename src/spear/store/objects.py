@@ -41,6 +41,7 @@ process; processes sharing a data dir each check against the usage they see.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import mmap
 import os
 import shutil
@@ -79,6 +80,9 @@ META = "obj/"
 MAX_KEY_BYTES = 1024
 INLINE_MAX = 4096
 ORPHAN_GRACE_S = 600.0  # a value file no metadata names, older than this, is removed
+# A value being received (staging_path) untouched this long was cut short: each MiB
+# received touches it, and a transfer with no progress for 30 s is given up.
+STAGING_GRACE_S = 300.0
 _RACE_RETRIES = 16
 
 
@@ -127,6 +131,13 @@ def _info(key: str, header: dict[str, Any], version: int) -> ObjectInfo:
         created_at=float(header.get("created", 0.0)),
         updated_at=float(header.get("updated", 0.0)),
     )
+
+
+def _as_read(info: ObjectInfo, version: int, size: int) -> ObjectInfo:
+    """`info` of the version actually read (a later one landed here meanwhile)."""
+    if (info.version, info.size) == (version, size):
+        return info
+    return dataclasses.replace(info, version=version, size=size)
 
 
 class ObjectStore:
@@ -195,6 +206,23 @@ class ObjectStore:
         await anyio.Path(staging).mkdir(parents=True, exist_ok=True)
         return staging / os.urandom(16).hex()
 
+    async def clear_staging(self, older_than_s: float = 0.0) -> int:
+        """Remove values left half-received (a transfer cut short by a crash or restart),
+        untouched for `older_than_s`; how many. The receiver removes its own on failure."""
+        return await anyio.to_thread.run_sync(self._clear_staging, older_than_s, time.time())
+
+    def _clear_staging(self, older_than_s: float, now: float) -> int:
+        removed = 0
+        with contextlib.suppress(FileNotFoundError):
+            for path in (self.root / "staging").iterdir():
+                with contextlib.suppress(FileNotFoundError):
+                    if now - path.stat().st_mtime >= older_than_s:
+                        path.unlink()
+                        removed += 1
+        if removed:
+            logger.info("removed {} half-received object value(s)", removed)
+        return removed
+
     async def _put(
         self,
         key: str,
@@ -231,7 +259,8 @@ class ObjectStore:
                 landing = anyio.Event()
                 self._landing.setdefault(key, []).append(landing)
                 try:
-                    version = await self.authority.commit(key, size, expected_version)
+                    small = inline if size <= self._inline_max else None
+                    version = await self.authority.commit(key, size, expected_version, small)
                     kept, old = await self._keep(key, size, name, inline, version)
                 finally:
                     self._landed(key, landing)
@@ -315,8 +344,23 @@ class ObjectStore:
         """(value, version). A large value is a read-only map of its file, not a copy."""
         check_key(key)
         if self.authority is not None:
-            return await self._get_current(key, self.authority)
+            value, info = await self._get_current(key, self.authority)
+            return value, info.version
         return await self.get_local(key)
+
+    async def get_with_info(self, key: str) -> tuple[memoryview, ObjectInfo]:
+        """`get`, and what `info` says of that version, found by the same reads."""
+        check_key(key)
+        if self.authority is not None:
+            return await self._get_current(key, self.authority)
+        for _ in range(_RACE_RETRIES):
+            _, header, inline, version = await self._load(key)
+            info = _info(key, header, version)
+            if not header.get("file"):
+                return memoryview(inline), info
+            with contextlib.suppress(FileNotFoundError):
+                return self._map(header["file"], int(header["size"])), info
+        raise StorageError(f"object {key!r} kept changing while being read")
 
     async def get_local(self, key: str) -> tuple[memoryview, int]:
         """This node's copy of `key`, whatever the cluster's current version."""
@@ -358,13 +402,18 @@ class ObjectStore:
         for landing in list(self._landing.get(key, ())):
             await landing.wait()
 
-    async def _get_current(self, key: str, authority: ObjectAuthority) -> tuple[memoryview, int]:
+    async def _get_current(
+        self, key: str, authority: ObjectAuthority
+    ) -> tuple[memoryview, ObjectInfo]:
         for _ in range(_RACE_RETRIES):
             info = await authority.current(key)
+            small = authority.small_value(key, info.version)
+            if small is not None:  # kept in the index: no copy here, no hop to a holder
+                return memoryview(small), info
             with contextlib.suppress(NotFound):
                 value, version = await self.get_local(key)
                 if version >= info.version:
-                    return value, version
+                    return value, _as_read(info, version, len(value))
             if key in self._landing:  # written here a moment ago: its copy is landing
                 await self.landed(key)
                 continue
@@ -375,7 +424,8 @@ class ObjectStore:
                 if (await authority.current(key)).version == info.version:
                     raise
                 continue
-            return await self.get_local(key)
+            value, version = await self.get_local(key)
+            return value, _as_read(info, version, len(value))
         raise StorageError(f"object {key!r} kept changing while being read")
 
     async def _fetch(self, key: str, info: ObjectInfo, authority: ObjectAuthority) -> None:
@@ -686,6 +736,7 @@ class ObjectStore:
     def _remove_orphans(self, live: set[str], now: float) -> None:
         if not self.root.is_dir():
             return
+        self._clear_staging(STAGING_GRACE_S, now)
         for sub in self.root.iterdir():
             if not sub.is_dir() or len(sub.name) != 2:
                 continue

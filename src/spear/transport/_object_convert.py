@@ -19,6 +19,7 @@ def record_to_wire(record: ObjectRecord) -> v1.ObjectRecord:
         pinned=record.pinned,
         created_at=record.created_at,
         updated_at=record.updated_at,
+        value=record.value,
     )
 
 
@@ -34,6 +35,7 @@ def record_from_wire(message: v1.ObjectRecord | None) -> ObjectRecord:
         pinned=message.pinned,
         created_at=message.created_at,
         updated_at=message.updated_at,
+        value=message.value,
     )
 
 

@@ -28,7 +28,12 @@ class ObjectIndexService:
         self.sms.leadership.require()  # writes go to the leader only
         _speaks_for(message.node)
         record = await self.sms.objects.commit(
-            message.key, message.node, message.address, message.size, message.expected_version
+            message.key,
+            message.node,
+            message.address,
+            message.size,
+            message.expected_version,
+            message.value,
         )
         return oc.record_to_wire(record)
 

@@ -3,14 +3,17 @@ their own, not as protobuf messages through a pure-Python HTTP/2 stack (docs/obj
 
 One request per exchange, many exchanges per connection. A request is one line of JSON:
 
-    {"op": "get", "key": K, "version": V, "body": B?, "token": T?}
-    {"op": "put", "key": K, "size": N, "expected_version": E?, "token": T?}  + N bytes
+    {"op": "get", "key": K, "version": V, "body": B?, "info": I?, "token": T?, "namespace": S?}
+    {"op": "put", "key": K, "size": N, "expected_version": E?, "info": I?, ...}  + N bytes
 
 A get of version V > 0 (a node fetching a copy) is served only from this node's copy of V;
 V = 0 (a client) reads the current version as any get on this node does, fetching it from
 a holder first if need be; `"body": false` answers with the header only (a prefetch).
 The answer is one line of JSON, `{"ok": true, "version": V, "size": N}` (a get's N bytes
-follow), or `{"ok": false, "code": C, "message": M}` (spear's error codes).
+follow; with `"info": true` also the object's `refs`, `pinned` and `locations`), or
+`{"ok": false, "code": C, "message": M}` (spear's error codes). Keys are a namespace's, as
+over gRPC: the token's namespace (or the one named, if the token may act in it); a member
+naming none reads the store's own keys.
 
 Bytes move on blocking sockets in threads (the GIL is released in every send and
 receive): the sender uses the kernel's `sendfile` from the value's file on plain TCP, or
@@ -38,6 +41,7 @@ import anyio.to_thread
 import orjson
 
 from spear._logging import logger
+from spear.core import namespaces as ns
 from spear.errors import (
     InvalidArgument,
     PermissionDenied,
@@ -46,12 +50,13 @@ from spear.errors import (
     Unavailable,
     error_from_code,
 )
-from spear.transport.auth import Role
+from spear.store.object_info import ObjectInfo
+from spear.transport.auth import NAMESPACE_KEY, Role
 from spear.transport.serving import format_address, parse_listen
 
 if TYPE_CHECKING:
     import ssl
-    from collections.abc import Coroutine
+    from collections.abc import Callable, Coroutine
     from pathlib import Path
 
     from spear.store.objects import ObjectStore
@@ -65,6 +70,11 @@ _ANSWER_TIMEOUT_S = 600.0  # a node may fetch a large value before it answers a 
 _MAX_CONNECTIONS = 64
 _ALPN = ["spear-objects"]
 _limiter = anyio.CapacityLimiter(16)  # client transfers at once, per process
+
+
+class TransferBroken(Unavailable):
+    """The transfer service could not be reached, or the connection broke (rather than
+    the service answering that the object is unavailable)."""
 
 
 class _Connection:
@@ -164,15 +174,37 @@ def _certificate_name(sock: Any) -> str | None:
     return None
 
 
+def _info_fields(info: ObjectInfo) -> dict[str, Any]:
+    return {"refs": info.refs, "pinned": info.pinned, "locations": list(info.locations)}
+
+
+def _answer_info(key: str, answer: dict[str, Any]) -> ObjectInfo:
+    return ObjectInfo(
+        key=key,
+        version=int(answer["version"]),
+        size=int(answer["size"]),
+        refs=int(answer.get("refs", 0)),
+        pinned=bool(answer.get("pinned", False)),
+        locations=tuple(str(n) for n in answer.get("locations", ())),
+    )
+
+
 class ObjectTransferServer:
     """Serves the node's object store on a port of its own; a thread per connection."""
 
     def __init__(
-        self, store: ObjectStore, security: Security, *, allow_plain: bool = False
+        self,
+        store: ObjectStore,
+        security: Security,
+        *,
+        allow_plain: bool = False,
+        admit_put: Callable[[str, str, int], Coroutine[Any, Any, None]] | None = None,
     ) -> None:
         """`allow_plain`: a member may ask for the bytes in the clear after the TLS handshake
-        authenticated it (setting object_transfer_encrypt = false)."""
+        authenticated it (setting object_transfer_encrypt = false). `admit_put(namespace,
+        key, size)` raises if a namespace's put would break its quota."""
         self._store = store
+        self._admit_put = admit_put
         self._security = security
         self._allow_plain = allow_plain
         self._ssl: ssl.SSLContext | None = None
@@ -183,6 +215,9 @@ class ObjectTransferServer:
         self.address: str | None = None
 
     async def start(self, listen: str) -> str:
+        """Serve on `listen`; values a previous run left half-received are removed first
+        (only this service receives into the store's staging files)."""
+        await self._store.clear_staging()
         host, port = parse_listen(listen)
         if self._security.tls is not None:
             self._ssl = self._security.tls.server_context()
@@ -228,14 +263,21 @@ class ObjectTransferServer:
         assert self._loop is not None
         return asyncio.run_coroutine_threadsafe(coro, self._loop).result()
 
-    def _check(self, request: dict[str, Any], conn: _Connection, need: Role) -> None:
+    def _check(self, request: dict[str, Any], conn: _Connection, need: Role) -> str | None:
+        """Whether the caller may; the namespace it acts in (None: the store's own keys)."""
+        asked = request.get("namespace") or None
+        if asked is not None:
+            ns.check_name(str(asked))
         authorizer = self._security.authorizer
         if authorizer is None or conn.peer is not None:
-            return  # open (tests, benchmarks), or a member (certificate checked by the CA)
+            # open (tests, benchmarks), or a member (certificate checked by the CA)
+            return None if asked is None else str(asked)
         token = request.get("token")
         if not isinstance(token, str):
             raise Unauthenticated("the object transfer service requires a token or certificate")
         principal = authorizer.tokens.verify(token) if authorizer.tokens is not None else None
+        if principal is None and authorizer.cluster is not None:  # a token of the SMS's
+            principal = self._call(authorizer.cluster.verify(token))
         if principal is None:
             raise Unauthenticated("the token was not accepted (unknown or revoked)")
         if principal.role < need:
@@ -243,6 +285,7 @@ class ObjectTransferServer:
                 f"{principal.name} ({principal.role.name.lower()}) may not"
                 f" {request.get('op')} objects: it needs {need.name.lower()}"
             )
+        return authorizer.namespace(principal, {NAMESPACE_KEY: asked or ""})
 
     def _serve(self, sock: socket.socket) -> None:
         try:
@@ -298,36 +341,76 @@ class ObjectTransferServer:
         return plain
 
     def _exchange(self, request: dict[str, Any], conn: _Connection) -> None:
-        op, key = request["op"], request["key"]
+        op, key, info = request["op"], request["key"], request.get("info") is True
         if op == "get":
-            self._check(request, conn, Role.READER)
+            namespace = self._check(request, conn, Role.READER)
+            key = key if namespace is None else ns.stored_key(namespace, key)
             version = int(request.get("version") or 0)
-            if not version:
-                self._call(self._store.get(key))  # the current version, held here from now on
-            self._send(key, version, conn, body=request.get("body", True) is not False)
+            body = request.get("body", True) is not False
+            if version:
+                self._send(key, version, conn, body=body)
+                return
+            # A client: the current version as any get here (one hand-off to the loop).
+            value, answer = self._call(self._read(key, info))
+            if conn.tls or len(value) <= CHUNK:  # (a small one may live in the index only)
+                conn.send_line(answer)
+                if body:
+                    conn.send_bytes(value)
+            else:  # held here from now on: its file goes with the kernel's sendfile
+                self._send(key, answer["version"], conn, body=body, answer=answer)
         elif op == "put":
             size = int(request["size"])
             try:
-                self._check(request, conn, Role.SUBMITTER)
+                namespace = self._check(request, conn, Role.SUBMITTER)
+                if namespace is not None:
+                    ns.refuse_system_write(key)
+                    if self._admit_put is not None:
+                        self._call(self._admit_put(namespace, key, size))
+                    key = ns.stored_key(namespace, key)
             except SpearError:
                 conn.discard(size)  # (keeps the connection in step)
                 raise
             expected = request.get("expected_version")
+            expected = None if expected is None else int(expected)
             path = self._call(self._store.staging_path())
             try:
                 conn.read_into_file(size, path)
-                put = self._store.put_file(
-                    key, path, None if expected is None else int(expected), move=True
+                put = self._write(
+                    key, path, size, None if expected is None else int(expected), info
                 )
-                version = self._call(put)
+                conn.send_line(self._call(put))
             finally:
                 with contextlib.suppress(FileNotFoundError):
                     os.unlink(path)
-            conn.send_line({"ok": True, "version": version, "size": size})
         else:
             raise InvalidArgument(f"unknown object transfer operation {op!r}")
 
-    def _send(self, key: str, version: int, conn: _Connection, *, body: bool) -> None:
+    async def _read(self, key: str, info: bool) -> tuple[memoryview, dict[str, Any]]:
+        if not info:
+            value, version = await self._store.get(key)
+            return value, {"ok": True, "version": version, "size": len(value)}
+        value, found = await self._store.get_with_info(key)  # (no second lookup)
+        answer = {"ok": True, "version": found.version, "size": len(value)}
+        return value, answer | _info_fields(found)
+
+    async def _write(
+        self, key: str, path: Path, size: int, expected: int | None, info: bool
+    ) -> dict[str, Any]:
+        version = await self._store.put_file(key, path, expected, move=True)
+        answer = {"ok": True, "version": version, "size": size}
+        if info:
+            answer.update(_info_fields(await self._store.info(key)))
+        return answer
+
+    def _send(
+        self,
+        key: str,
+        version: int,
+        conn: _Connection,
+        *,
+        body: bool,
+        answer: dict[str, Any] | None = None,
+    ) -> None:
         value, size, held = self._call(self._store.open_local(key))
         if version and held < version:  # committed here a moment ago: its copy is landing
             if not isinstance(value, bytes):
@@ -337,7 +420,7 @@ class ObjectTransferServer:
         try:
             if version and held != version:
                 raise Unavailable(f"this node holds version {held} of {key!r}, not {version}")
-            conn.send_line({"ok": True, "version": held, "size": size})
+            conn.send_line({**(answer or {}), "ok": True, "version": held, "size": size})
             if not body:
                 return
             if isinstance(value, bytes):
@@ -388,7 +471,7 @@ class ObjectTransferClient:
                 if answer is not None and answer.get("ok"):
                     conn = _Connection(sock.unwrap(), tls=False)  # type: ignore[attr-defined]
         except (OSError, ValueError) as exc:
-            raise Unavailable(
+            raise TransferBroken(
                 f"cannot reach the object transfer service at {address}: {exc}"
             ) from None
         return conn, False
@@ -407,6 +490,8 @@ class ObjectTransferClient:
         """One request and its answer; `receive` reads what follows a good answer."""
         if self._credentials.token:
             request["token"] = self._credentials.token
+        if self._credentials.namespace:
+            request["namespace"] = self._credentials.namespace
         while True:
             conn, pooled = self._connect(address)
             try:
@@ -424,7 +509,7 @@ class ObjectTransferClient:
                 conn.close()
                 if pooled and body is None and not isinstance(exc, TimeoutError):
                     continue  # closed by the peer while idle: a get is safe to send again
-                raise Unavailable(f"the object transfer with {address} failed: {exc}") from None
+                raise TransferBroken(f"the object transfer with {address} failed: {exc}") from None
             except BaseException:
                 conn.close()
                 raise
@@ -435,7 +520,7 @@ class ObjectTransferClient:
                 out = receive(conn, answer)
             except (OSError, ValueError, SpearError) as exc:
                 conn.close()
-                raise Unavailable(f"the object transfer with {address} failed: {exc}") from None
+                raise TransferBroken(f"the object transfer with {address} failed: {exc}") from None
             except BaseException:
                 conn.close()
                 raise
@@ -469,6 +554,33 @@ class ObjectTransferClient:
             self._exchange, address, request, None, receive
         )
         return out
+
+    async def get_object(self, address: str, key: str) -> tuple[bytearray, ObjectInfo]:
+        """(value, what is known of it): `key` as the node at `address` reads it."""
+
+        def receive(conn: _Connection, answer: dict[str, Any]) -> tuple[bytearray, ObjectInfo]:
+            return conn.read_exactly(int(answer["size"])), _answer_info(key, answer)
+
+        request = {"op": "get", "key": key, "version": 0, "info": True}
+        out: tuple[bytearray, ObjectInfo] = await self._run(
+            self._exchange, address, request, None, receive
+        )
+        return out
+
+    async def put_object(
+        self, address: str, key: str, value: bytes | memoryview, expected_version: int | None = None
+    ) -> ObjectInfo:
+        """`put`, answered with what is known of the object after it."""
+        view = memoryview(value).cast("B")
+        request: dict[str, Any] = {"op": "put", "key": key, "size": len(view), "info": True}
+        if expected_version is not None:
+            request["expected_version"] = expected_version
+
+        def receive(conn: _Connection, answer: dict[str, Any]) -> ObjectInfo:
+            return _answer_info(key, answer)
+
+        info: ObjectInfo = await self._run(self._exchange, address, request, view, receive)
+        return info
 
     async def prefetch(self, address: str, key: str) -> tuple[int, int]:
         """Make the node at `address` hold the current version of `key` (fetching it from

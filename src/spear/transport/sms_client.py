@@ -223,10 +223,21 @@ class SmsClient(Cluster):
     # -- the object index (docs/objects.md) ------------------------------------------
 
     async def commit_object(
-        self, key: str, node: str, address: str, size: int, expected_version: int | None
+        self,
+        key: str,
+        node: str,
+        address: str,
+        size: int,
+        expected_version: int | None,
+        value: bytes | None = None,
     ) -> ObjectRecord:
         req = v1.CommitObjectRequest(
-            key=key, node=node, address=address, size=size, expected_version=expected_version
+            key=key,
+            node=node,
+            address=address,
+            size=size,
+            expected_version=expected_version,
+            value=value,  # a small value, kept in the index (docs/objects.md)
         )
         return oc.record_from_wire(
             await self._call(lambda stub: stub.commit_object(req, **self._opts()))

@@ -348,6 +348,11 @@ class CommitObjectRequest(betterproto2.Message):
     unset: unconditional; 0: create only
     """
 
+    value: "bytes | None" = betterproto2.field(6, betterproto2.TYPE_BYTES, optional=True)
+    """
+    the value itself, if small: kept in the index
+    """
+
 
 default_message_pool.register_message("spear.v1", "CommitObjectRequest", CommitObjectRequest)
 
@@ -1117,6 +1122,11 @@ class ObjectRecord(betterproto2.Message):
     created_at: "float" = betterproto2.field(7, betterproto2.TYPE_DOUBLE)
 
     updated_at: "float" = betterproto2.field(8, betterproto2.TYPE_DOUBLE)
+
+    value: "bytes | None" = betterproto2.field(9, betterproto2.TYPE_BYTES, optional=True)
+    """
+    a small value kept in the index (LookupObject only)
+    """
 
 
 default_message_pool.register_message("spear.v1", "ObjectRecord", ObjectRecord)
