@@ -3,8 +3,9 @@
 A child goes through the node's normal submit path: on a cluster member that is the
 `ClusterNode` (bound by node/assembly.py), so the scheduler places it like any task;
 elsewhere the node's own controller. What a child may be is checked first (`check_child`):
-it inherits its parent's labels (so allow-lists and, later, namespaces carry over;
-labels are also placement constraints, which children then share), a
+it runs in its parent's namespace (a spec naming another is refused), it inherits its
+parent's labels (so allow-lists carry over; labels are also placement constraints, which
+children then share), a
 WASM parent may start only WASM children (a process child could do anything the node's
 user can), a child sees only directories its parent sees, and trees are at most
 `MAX_DEPTH` deep with at most `MAX_CHILDREN` children a task. Input objects are held
@@ -49,7 +50,7 @@ class TaskSpawner(Protocol):
 
     async def cancel(self, task_id: str, reason: str) -> None: ...
 
-    async def output(self, task_id: str) -> bytes: ...
+    async def output(self, task: Task) -> bytes: ...
 
 
 class SpearletSpawner:
@@ -67,18 +68,18 @@ class SpearletSpawner:
     async def cancel(self, task_id: str, reason: str) -> None:
         await self._node.cancel(task_id, reason)
 
-    async def output(self, task_id: str) -> bytes:
-        """What the child set as its result, else its stdout."""
+    async def output(self, task: Task) -> bytes:
+        """What the child (ended) set as its result, else its stdout."""
         store = self._node.services.objects
         if store is not None:
-            from spear.store.objects import result_key
+            from spear.core.namespaces import result_key
 
             try:
-                value, _ = await store.get(result_key(task_id))
+                value, _ = await store.get(result_key(task.spec.namespace, task.id))
                 return bytes(value)
             except NotFound:
                 pass
-        return await self._node.logs_of(task_id, "stdout")
+        return await self._node.logs_of(task.id, "stdout")
 
 
 class NodeApiSpawner:
@@ -99,8 +100,8 @@ class NodeApiSpawner:
     async def cancel(self, task_id: str, reason: str) -> None:
         await self._api.cancel(task_id, reason)
 
-    async def output(self, task_id: str) -> bytes:
-        return bytes((await self._api.result(task_id, wait=False)).output)
+    async def output(self, task: Task) -> bytes:
+        return bytes((await self._api.result(task.id, wait=False)).output)
 
 
 @dataclass(frozen=True, slots=True)
@@ -110,6 +111,7 @@ class ChildRequest:
     spec: FunctionSpec
     stdin: bytes | None
     inputs: tuple[str, ...]
+    named: frozenset[str] = frozenset()  # the spec fields the request gave
 
 
 def parse_child(data: Any) -> ChildRequest:
@@ -133,6 +135,7 @@ def parse_child(data: Any) -> ChildRequest:
         spec=FunctionSpec.from_json(fields),
         stdin=None if stdin is None else stdin.encode(),
         inputs=tuple(inputs),
+        named=frozenset(fields),
     )
 
 
@@ -141,6 +144,11 @@ def check_child(parent: Task, request: ChildRequest) -> FunctionSpec:
     import dataclasses
 
     spec = request.spec
+    if "namespace" in request.named and spec.namespace != parent.spec.namespace:
+        raise PermissionDenied(
+            f"a task of namespace {parent.spec.namespace!r} may not start a child in"
+            f" {spec.namespace!r}"
+        )
     if parent.spec.runtime is Runtime.WASM and spec.runtime is not Runtime.WASM:
         raise PermissionDenied("a WASM task may start only WASM children")
     allowed = set(parent.spec.dirs)
@@ -165,7 +173,11 @@ def check_child(parent: Task, request: ChildRequest) -> FunctionSpec:
         # Beside the parent's own module, so a tree of agents ships as one folder.
         artifact = os.path.join(os.path.dirname(parent.spec.artifact), artifact)
     return dataclasses.replace(
-        spec, artifact=artifact, labels=tuple(labels.items()), env=tuple(env.items())
+        spec,
+        artifact=artifact,
+        labels=tuple(labels.items()),
+        env=tuple(env.items()),
+        namespace=parent.spec.namespace,
     )
 
 
