@@ -4,10 +4,30 @@ named with --node, with the daemon's token rules and namespaces."""
 from __future__ import annotations
 
 import json
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
+import anyio
+import pytest
 from conftest import Cli, one_error_line
 from test_cli_client import daemon  # noqa: F401 - the fixture
+
+from spear.errors import InvalidArgument
+from spear.transport._gen.spear import v1
+from spear.transport._status import client_errors
+from spear.transport.channels import Credentials, close_channel, open_channel
+from spear.transport.serving import parse_listen
+
+
+async def _read_rpc(address: str, token: str, request: dict[str, Any]) -> Any:
+    """`request` sent as ReadVectors, whatever its op, with `token`."""
+    channel = open_channel(*parse_listen(address), credentials=Credentials(token=token))
+    try:
+        stub = v1.SpearletVectorsStub(channel)
+        with client_errors(address):
+            return await stub.read_vectors(v1.VectorRequest(request=json.dumps(request).encode()))
+    finally:
+        await close_channel(channel)
+
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -53,6 +73,10 @@ def test_spear_vec_through_the_daemon(
     assert [c["name"] for c in json.loads(listed.stdout)] == ["notes"], listed.stderr
     denied = stranger("vec", "rm", "notes", "x", "--node", daemon.address, **as_bob)
     assert denied.returncode == 77 and "needs submitter" in one_error_line(denied.stderr)
+    # ... nor by asking a write through the reading RPC.
+    with pytest.raises(InvalidArgument, match="is asked with WriteVectors"):
+        anyio.run(_read_rpc, daemon.address, reader, {"op": "drop", "collection": "notes"})
+    assert cli.json("vec", "count", "notes") == {"count": 2}
     alice = cli.json("token", "create", "alice", "--namespace", "team-a")["token"]
     as_alice = {"SPEAR_TOKEN": alice}
     theirs = stranger("vec", "count", "notes", "--node", daemon.address, **as_alice)
