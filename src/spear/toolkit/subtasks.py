@@ -8,7 +8,9 @@ parent's labels (so allow-lists carry over; labels are also placement constraint
 children then share), a
 WASM parent may start only WASM children (a process child could do anything the node's
 user can), a child sees only directories its parent sees, and trees are at most
-`MAX_DEPTH` deep with at most `MAX_CHILDREN` children a task. Input objects are held
+`MAX_DEPTH` deep with at most `MAX_CHILDREN` children a task; on a daemon, a child holds
+a slot of its namespace's task quota like any task submitted there (node/quotas.py).
+Input objects are held
 (a reference with the child as holder) until the child ends. When a parent ends, by
 any means, its unfinished children are cancelled, with the reason naming the parent.
 """
@@ -24,7 +26,8 @@ from spear.core.models import FunctionSpec, Runtime, TaskState
 from spear.errors import InvalidArgument, NotFound, PermissionDenied, ResourceExhausted
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator
+    from collections.abc import AsyncIterator, Awaitable, Callable
+    from contextlib import AbstractAsyncContextManager
 
     from anyio.abc import TaskGroup
 
@@ -51,6 +54,16 @@ class TaskSpawner(Protocol):
     async def cancel(self, task_id: str, reason: str) -> None: ...
 
     async def output(self, task: Task) -> bytes: ...
+
+    async def done(self, task_id: str) -> bool: ...
+
+
+class TaskQuota(Protocol):
+    """A namespace's task slots (node/quotas.py `TaskSlots`)."""
+
+    def slot(
+        self, namespace: str, is_done: Callable[[str], Awaitable[bool]]
+    ) -> AbstractAsyncContextManager[Callable[[str], None]]: ...
 
 
 class SpearletSpawner:
@@ -81,6 +94,12 @@ class SpearletSpawner:
                 pass
         return await self._node.logs_of(task.id, "stdout")
 
+    async def done(self, task_id: str) -> bool:
+        try:
+            return (await self._node.task(task_id)).state.terminal
+        except NotFound:
+            return True
+
 
 class NodeApiSpawner:
     """Children through a NodeAPI (a cluster member's ClusterNode: the scheduler places
@@ -102,6 +121,12 @@ class NodeApiSpawner:
 
     async def output(self, task: Task) -> bytes:
         return bytes((await self._api.result(task.id, wait=False)).output)
+
+    async def done(self, task_id: str) -> bool:
+        try:
+            return bool((await self._api.task(task_id)).state.terminal)
+        except NotFound:
+            return True
 
 
 @dataclass(frozen=True, slots=True)
@@ -189,6 +214,7 @@ class Subtasks:
         self._node: Spearlet | None = None
         self._task_group: TaskGroup | None = None
         self._children: dict[str, set[str]] = {}  # parent id -> unfinished children
+        self._quota: TaskQuota | None = None
 
     def use(self, spawner: TaskSpawner) -> None:
         """Submit children through `spawner` (a cluster member's NodeAPI)."""
@@ -196,6 +222,10 @@ class Subtasks:
 
     def use_api(self, api: Any) -> None:
         self.use(NodeApiSpawner(api))
+
+    def use_quota(self, quota: TaskQuota) -> None:
+        """Hold a slot of the child's namespace's task quota for each child (a daemon's)."""
+        self._quota = quota
 
     @asynccontextmanager
     async def serve_node(self, node: Spearlet, task_group: TaskGroup) -> AsyncIterator[None]:
@@ -226,7 +256,12 @@ class Subtasks:
         live = self._children.setdefault(parent.id, set())
         if len(live) >= MAX_CHILDREN:
             raise ResourceExhausted(f"at most {MAX_CHILDREN} unfinished children a task")
-        child_id = await self.spawner.submit(spec, request.stdin)
+        if self._quota is None:
+            child_id = await self.spawner.submit(spec, request.stdin)
+        else:
+            async with self._quota.slot(spec.namespace, self.spawner.done) as keep:
+                child_id = await self.spawner.submit(spec, request.stdin)
+                keep(child_id)
         live.add(child_id)
         if request.inputs and self._node is not None and self._node.services.objects:
             store = self._node.services.objects
