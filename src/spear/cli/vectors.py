@@ -29,45 +29,70 @@ from spear.errors import InvalidArgument, Unavailable
 if TYPE_CHECKING:
     from spear.config import Settings
 
+# Records a request: a message stays well below gRPC's size limit (384 floats as JSON
+# are ~8 KB a record).
+UPSERT_BATCH = 500
+
 vec_app = typer.Typer(help="Vector collections: create, ls, upsert, query, rm, count, drop.")
 
 
 def _request(
     data_dir: Path | None, config: Path | None, node: str | None, request: dict[str, Any]
 ) -> Any:
+    return _requests(data_dir, config, node, [request])[0]
+
+
+def _requests(
+    data_dir: Path | None, config: Path | None, node: str | None, requests: list[dict[str, Any]]
+) -> list[Any]:
+    """The answers to `requests`, in order, from the node `--node` names, else the data
+    dir's daemon, else the data dir itself."""
     settings = load_settings(data_dir, config)
     found = node or read_address_file(settings.data_dir)
     if found is not None:
         try:
-            return _ask_daemon(settings, found, request)
-        except Unavailable:
+            return _ask_daemon(settings, found, requests)
+        except _Unreachable as exc:
             if node is not None:  # (one found in the data dir may be a killed daemon's)
-                raise
+                raise exc.error from None
     from spear.toolkit.vectors import VectorStore
 
     store = VectorStore(settings.data_dir / "vectors")
     try:
-        return store.request(request, settings.namespace or "default")
+        return [store.request(r, settings.namespace or "default") for r in requests]
     finally:
         store.close()
 
 
-def _ask_daemon(settings: Settings, addresses: str, request: dict[str, Any]) -> Any:
-    """`request` answered by the first of `addresses` that can be reached."""
+class _Unreachable(Exception):
+    """No node named could be reached (not: a node answered with an error)."""
+
+    def __init__(self, error: Unavailable) -> None:
+        self.error = error
+
+
+def _ask_daemon(settings: Settings, addresses: str, requests: list[dict[str, Any]]) -> list[Any]:
+    """`requests` answered by the first of `addresses` that can be reached."""
     import anyio
 
     from spear.node.vector_peers import call_vectors
     from spear.transport._gen.spear import v1
+    from spear.transport._status import received_error_code
     from spear.transport.channels import Credentials, close_channel, open_channel
     from spear.transport.serving import parse_listen
 
     credentials = Credentials.for_settings(settings)
 
-    async def ask(address: str) -> Any:
+    async def ask(address: str) -> list[Any]:
         host, port = parse_listen(address)
         channel = open_channel(host, port, credentials=credentials)
         try:
-            return await call_vectors(v1.SpearletVectorsStub(channel), address, request)
+            stub = v1.SpearletVectorsStub(channel)
+            return [await call_vectors(stub, address, r) for r in requests]
+        except Unavailable as exc:
+            if received_error_code.get() is not None:  # the node's own answer
+                raise
+            raise _Unreachable(exc) from None
         finally:
             await close_channel(channel)
 
@@ -75,7 +100,7 @@ def _ask_daemon(settings: Settings, addresses: str, request: dict[str, Any]) -> 
     for n, address in enumerate(candidates):
         try:
             return anyio.run(ask, address)
-        except Unavailable:
+        except _Unreachable:
             if n == len(candidates) - 1:
                 raise
     raise InvalidArgument(f"--node names no address: {addresses!r}")
@@ -140,9 +165,11 @@ def vec_upsert(
     records = [
         _json_arg(line, f"line {n}") for n, line in enumerate(text.splitlines(), 1) if line.strip()
     ]
-    count = _request(
-        data_dir, config, node, {"op": "upsert", "collection": name, "records": records}
-    )
+    batches = [
+        {"op": "upsert", "collection": name, "records": records[i : i + UPSERT_BATCH]}
+        for i in range(0, len(records), UPSERT_BATCH)
+    ] or [{"op": "upsert", "collection": name, "records": []}]
+    count = sum(_requests(data_dir, config, node, batches))
     if as_json:
         emit_json({"upserted": count})
     else:
