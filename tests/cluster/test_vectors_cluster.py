@@ -144,3 +144,12 @@ def test_collections_are_seen_from_every_node(
         {"name": "notes", "dim": 2, "metric": "cos", "count": 0, "node": "node-2"}
     ]
     assert _vec("count", "notes", "--node", n1, namespace="team-a") == {"count": 1}
+
+    # A collection is as available as its home: with node-2 gone, one clean line.
+    cluster.stop_member(cluster.member("node-2"))
+    down = spear("vec", "count", "notes", "--node", n1)
+    assert down.returncode != 0 and down.stderr.count("\n") == 1, down.stderr
+    assert "Traceback" not in down.stderr
+    listed = spear("vec", "ls", "--node", n1)
+    assert listed.returncode == 0 and "notes" in listed.stdout, listed.stderr
+    assert "unavailable" in listed.stdout

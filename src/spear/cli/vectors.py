@@ -144,7 +144,12 @@ def vec_ls(
         emit_json(infos)
         return
     for info in infos:
-        sys.stdout.write(f"{info['name']} dim {info['dim']} {info['metric']} {info['count']}\n")
+        where = f" on {info['node']}" if info.get("node") else ""
+        if "unavailable" in info:
+            sys.stdout.write(f"{info['name']}{where} unavailable: {info['unavailable']}\n")
+        else:
+            line = f"{info['name']} dim {info['dim']} {info['metric']} {info['count']}{where}"
+            sys.stdout.write(line + "\n")
 
 
 @vec_app.command("upsert", help="Insert or replace records from FILE (JSON lines, - stdin).")

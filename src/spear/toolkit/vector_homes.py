@@ -19,7 +19,6 @@ from __future__ import annotations
 import json
 from typing import TYPE_CHECKING, Any
 
-from spear._logging import logger
 from spear.errors import Conflict, NotFound, SpearError, Unavailable
 from spear.toolkit.vectors import check_create, check_name, check_request
 
@@ -138,17 +137,18 @@ class VectorHomes:
         whose home does not answer is listed with the reason (`unavailable`)."""
         prefix = record_key(namespace, "")
         by_home: dict[str, list[str]] = {}
+        unread: dict[str, dict[str, Any]] = {}
         for info in await self.objects.list(prefix):
             name = info.key[len(prefix) :]
             try:
                 home = await self._home(namespace, name, fresh=True)
-            except SpearError as exc:
-                logger.warning("vector collection {}: no home record: {}", name, exc)
+            except SpearError as exc:  # (its record is held by a node that is down)
+                unread[name] = {"name": name, "node": None, "unavailable": str(exc)}
                 continue
             if home is not None:
                 by_home.setdefault(home, []).append(name)
         here = await self.store.request_async({"op": "list"}, namespace, here=True)
-        found = {info["name"]: {**info, "node": self.node_name} for info in here}
+        found = {**unread, **{info["name"]: {**info, "node": self.node_name} for info in here}}
         for home, names in by_home.items():
             if home == self.node_name:
                 continue
