@@ -6,8 +6,11 @@ namespace (docs/toolkit.md, "On a cluster")."""
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 import textwrap
-from typing import TYPE_CHECKING, Any
+from pathlib import Path
+from typing import Any
 
 import anyio
 import pytest
@@ -18,9 +21,6 @@ from spear.core.models import Runtime, TaskState
 from spear.node.client import Client
 
 pytestmark = pytest.mark.slow
-
-if TYPE_CHECKING:
-    from pathlib import Path
 
 AGENT = """
 import errno, json, sys
@@ -62,6 +62,10 @@ def _agent(
     assert result.task.state is TaskState.COMPLETED, result.task.reason
     assert result.task.node == node
     return json.loads(result.output)
+
+
+def _vectors_dir(cluster: Any, node: str) -> Path:
+    return Path(cluster.member(node).data_dir) / "vectors"
 
 
 def _vec(*args: str, namespace: str | None = None) -> Any:
@@ -144,6 +148,25 @@ def test_collections_are_seen_from_every_node(
         {"name": "notes", "dim": 2, "metric": "cos", "count": 0, "node": "node-2"}
     ]
     assert _vec("count", "notes", "--node", n1, namespace="team-a") == {"count": 1}
+
+    # Two nodes making one name at once: one becomes its home, the other forwards to it.
+    racers = [
+        subprocess.Popen(
+            [sys.executable, "-m", "spear", "vec", "create", "race", "--dim", "4", "--node", n],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for n in (n1, n2)
+    ]
+    for racer in racers:
+        _, err = racer.communicate(timeout=60)
+        assert racer.returncode == 0, err
+    seen_from = [{c["name"]: c["node"] for c in _vec("ls", "--node", n)} for n in (n1, n2)]
+    home = seen_from[0]["race"]
+    assert seen_from[1]["race"] == home
+    made_on = [m for m in ("node-1", "node-2") if (_vectors_dir(cluster, m) / "race").exists()]
+    assert made_on == [home]  # (the other node made no collection of its own)
 
     # A collection is as available as its home: with node-2 gone, one clean line.
     cluster.stop_member(cluster.member("node-2"))
