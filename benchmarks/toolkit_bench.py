@@ -9,7 +9,8 @@
   directly, the node's hub (McpHub.call), and a process agent's `call_tool` (the whole
   host path: agent socket, allow-list, hub, server).
 
-`python -m benchmarks.toolkit_bench [--quick]` writes benchmarks/results/toolkit.json.
+`python -m benchmarks.toolkit_bench [--quick]` writes benchmarks/results/toolkit.json;
+with `--mcp-only`, only the MCP rows, to benchmarks/results/toolkit-mcp.json.
 Nothing here asserts a timing.
 """
 
@@ -29,6 +30,7 @@ import anyio
 from benchmarks.common import ROOT, TRIVIAL_WAT, not_available, standalone, summarize
 
 RESULT_FILE = ROOT / "benchmarks" / "results" / "toolkit.json"
+MCP_RESULT_FILE = ROOT / "benchmarks" / "results" / "toolkit-mcp.json"
 DIM = 384
 MCP_SERVER = [sys.executable, str(ROOT / "tests" / "toolkit" / "mcp_test_server.py")]
 
@@ -217,14 +219,16 @@ a.set_result(json.dumps(samples).encode())
 """
 
 
-async def _mcp(n: int) -> dict[str, Any]:
+async def _mcp(n: int, per_round: int = 30) -> dict[str, Any]:
+    """The three interleaved in rounds of `per_round` calls each (the order rotating from
+    round to round), so the machine's load falls on all three alike; each block's first
+    2 calls are left out (a new agent process's first calls set up its socket)."""
     from mcp import Client, StdioServerParameters
 
     from spear import FunctionSpec, LocalNode
     from spear.core.models import Runtime
 
-    direct: list[float] = []
-    hub_samples: list[float] = []
+    samples: dict[str, list[float]] = {"direct": [], "hub": [], "agent": []}
     params = StdioServerParameters(command=MCP_SERVER[0], args=MCP_SERVER[1:])
     with tempfile.TemporaryDirectory() as tmp:
         config = Path(tmp) / "mcp.toml"
@@ -239,29 +243,47 @@ async def _mcp(n: int) -> dict[str, Any]:
                 Client(stdio_client(params, errlog=sink), cache=None) as client,
             ):
                 hub = node.services.tools
-                for i in range(n):  # interleaved: the direct client, then the node's hub
-                    t0 = time.perf_counter()
-                    await client.call_tool("echo", {"text": str(i)})
-                    direct.append(time.perf_counter() - t0)
-                    t0 = time.perf_counter()
-                    await hub.call("test/echo", {"text": str(i)}, None)
-                    hub_samples.append(time.perf_counter() - t0)
-                spec = FunctionSpec(str(agent), runtime=Runtime.PROCESS, args=(str(n),))
-                task = await node.run(spec)
-                value, _ = await node.objects.get(f"results/{task.id}")
-                via_agent: list[float] = json.loads(bytes(value))
+
+                async def direct() -> list[float]:
+                    out = []
+                    for i in range(per_round):
+                        t0 = time.perf_counter()
+                        await client.call_tool("echo", {"text": str(i)})
+                        out.append(time.perf_counter() - t0)
+                    return out
+
+                async def via_hub() -> list[float]:
+                    out = []
+                    for i in range(per_round):
+                        t0 = time.perf_counter()
+                        await hub.call("test/echo", {"text": str(i)}, None)
+                        out.append(time.perf_counter() - t0)
+                    return out
+
+                async def via_agent() -> list[float]:
+                    spec = FunctionSpec(str(agent), runtime=Runtime.PROCESS, args=(str(per_round),))
+                    task = await node.run(spec)
+                    value, _ = await node.objects.get(f"results/{task.id}")
+                    return list(json.loads(bytes(value)))
+
+                ways = [("direct", direct), ("hub", via_hub), ("agent", via_agent)]
+                await direct()  # (warm-up: the server's first calls)
+                for r in range(max(1, n // per_round)):
+                    for name, way in ways[r % 3 :] + ways[: r % 3]:
+                        samples[name].extend((await way())[2:])
+    median = {name: statistics.median(v) for name, v in samples.items()}
     return {
-        "mcp_client_direct": summarize(direct[5:]),
-        "spear_hub_call": summarize(hub_samples[5:]),
-        "spear_process_agent_call_tool": summarize(via_agent[5:]),
-        "overhead_agent_vs_direct_ms": round(
-            (statistics.median(via_agent[5:]) - statistics.median(direct[5:])) * 1e3, 3
-        ),
+        "rounds_of": per_round,
+        "mcp_client_direct": summarize(samples["direct"]),
+        "spear_hub_call": summarize(samples["hub"]),
+        "spear_process_agent_call_tool": summarize(samples["agent"]),
+        "overhead_hub_vs_direct_ms": round((median["hub"] - median["direct"]) * 1e3, 3),
+        "overhead_agent_vs_direct_ms": round((median["agent"] - median["direct"]) * 1e3, 3),
     }
 
 
 def mcp(quick: bool) -> dict[str, Any]:
-    return anyio.run(_mcp, 30 if quick else 300)
+    return anyio.run(_mcp, 60 if quick else 600)
 
 
 def run(quick: bool) -> dict[str, Any]:
@@ -269,4 +291,9 @@ def run(quick: bool) -> dict[str, Any]:
 
 
 if __name__ == "__main__":
-    standalone(__doc__, run, RESULT_FILE, sys.argv[1:])
+    argv = sys.argv[1:]
+    if "--mcp-only" in argv:  # (the MCP rows alone, into toolkit-mcp.json)
+        argv.remove("--mcp-only")
+        standalone(__doc__, lambda quick: {"mcp": mcp(quick)}, MCP_RESULT_FILE, argv)
+    else:
+        standalone(__doc__, run, RESULT_FILE, argv)

@@ -45,10 +45,13 @@ async def serving(config: dict[str, Any], tmp_path: Path) -> AsyncIterator[McpHu
         tg.cancel_scope.cancel()
 
 
-def _task(labels: dict[str, str], artifact: str = "/agents/a.py") -> Any:
+def _task(
+    labels: dict[str, str], artifact: str = "/agents/a.py", namespace: str = "default"
+) -> Any:
     from spear.core.models import FunctionSpec, Task
 
-    return Task(id="t1", spec=FunctionSpec(artifact, labels=tuple(labels.items())))
+    spec = FunctionSpec(artifact, labels=tuple(labels.items()), namespace=namespace)
+    return Task(id="t1", spec=spec)
 
 
 async def test_the_reference_time_server_lists_and_answers(
@@ -108,6 +111,42 @@ async def test_allow_lists_by_rule_and_by_the_tasks_own_label(
         with pytest.raises(PermissionDenied):
             await hub.call("test/add", {"a": 1, "b": 2}, narrow)
         assert (await hub.call("test/add", {"a": 1, "b": 2}, _task({"team": "ops"})))["text"] == "3"
+
+
+async def test_allow_lists_by_namespace(
+    time_server: list[str],
+    test_server: list[str],
+    tmp_path: Path,
+) -> None:
+    config = {
+        "servers": {"time": {"command": time_server}, "test": {"command": test_server}},
+        "allow": ["time/*"],
+        "rules": [
+            {"namespace": "team-a", "label": "role=calc", "allow": ["test/add"]},
+            {"namespace": "team-a", "allow": ["test/echo"]},
+            {"namespace": "team-b", "allow": []},
+        ],
+    }
+    async with serving(config, tmp_path) as hub:
+
+        async def names(task: Any) -> set[str]:
+            return {t["name"] for t in (await hub.list_tools(task))["tools"]}
+
+        assert await names(_task({})) == {"time/get_current_time", "time/convert_time"}
+        assert await names(_task({}, namespace="team-a")) == {"test/echo"}
+        assert await names(_task({"role": "calc"}, namespace="team-a")) == {"test/add"}
+        assert await names(_task({"role": "calc"})) == {  # the rule is team-a's only
+            "time/get_current_time",
+            "time/convert_time",
+        }
+        assert await names(_task({}, namespace="team-b")) == set()
+        with pytest.raises(PermissionDenied, match="time/get_current_time"):
+            await hub.call("time/get_current_time", {}, _task({}, namespace="team-b"))
+        echoed = await hub.call("test/echo", {"text": "hi"}, _task({}, namespace="team-a"))
+        assert echoed["text"] == "hi"
+        # The task's own label narrows its namespace's list, never widens it.
+        narrow = _task({"mcp.allow": "time/*"}, namespace="team-a")
+        assert await names(narrow) == set()
 
 
 async def test_a_slow_tool_times_out_and_the_server_stays_usable(
@@ -176,6 +215,8 @@ async def test_streamable_http_servers(http_server: str, tmp_path: Path) -> None
         ({"servres": {}}, "servres"),
         ({"rules": [{"label": "nokv", "allow": []}]}, "KEY=VALUE"),
         ({"call_timeout_s": 0}, "positive"),
+        ({"rules": [{"namespace": "Team A", "allow": []}]}, "invalid namespace"),
+        ({"rules": [{"zone": "x", "allow": []}]}, "namespace"),
     ],
 )
 def test_bad_config_is_one_clear_error(config: dict[str, Any], message: str) -> None:

@@ -128,3 +128,50 @@ async def test_a_node_without_mcp_config_answers_enosys(tmp_path: Path) -> None:
     async with LocalNode(tmp_path / "home") as node:
         task = await node.run(FunctionSpec(str(script), runtime=Runtime.PROCESS, timeout_s=60))
         assert (await node.logs_of(task.id, "stdout")).decode().strip() == "ENOSYS"
+
+
+LIST_AGENT = """
+import json
+from spear import agent
+a = agent.Agent()
+print(json.dumps(sorted(t["name"] for t in a.list_tools())))
+"""
+
+
+async def test_namespace_rules_and_task_labels_reach_agents(
+    tmp_path: Path,
+    time_server: list[str],
+    test_server: list[str],
+) -> None:
+    config = tmp_path / "mcp.toml"
+    config.write_text(
+        textwrap.dedent(
+            f"""
+            allow = ["time/*", "test/echo"]
+            [servers.time]
+            command = {json.dumps(time_server)}
+            [servers.test]
+            command = {json.dumps(test_server)}
+            [[rules]]
+            namespace = "team-a"
+            allow = ["test/*"]
+            """
+        )
+    )
+    script = tmp_path / "list_agent.py"
+    script.write_text(LIST_AGENT)
+    async with LocalNode(tmp_path / "home", mcp_config=str(config)) as node:
+
+        async def tools(**spec: object) -> list[str]:
+            fn = FunctionSpec(str(script), runtime=Runtime.PROCESS, timeout_s=60, **spec)  # type: ignore[arg-type]
+            task = await node.run(fn)
+            assert task.state is TaskState.COMPLETED, await node.logs_of(task.id, "stderr")
+            return json.loads(await node.logs_of(task.id, "stdout"))  # type: ignore[no-any-return]
+
+        assert await tools() == ["test/echo", "time/convert_time", "time/get_current_time"]
+        team = await tools(namespace="team-a")
+        assert "test/add" in team and not any(n.startswith("time/") for n in team)
+        # A task's own label narrows what its namespace allows, never widens it.
+        assert await tools(labels=(("mcp.allow", "time/convert_time"),)) == ["time/convert_time"]
+        narrowed = await tools(namespace="team-a", labels=(("mcp.allow", "test/add,time/*"),))
+        assert narrowed == ["test/add"]

@@ -163,3 +163,44 @@ async def test_map_reduce_example(tmp_path: Path) -> None:
         assert task.state is TaskState.COMPLETED, await node.logs_of(task.id, "stderr")
         counts = await _result(node, task.id)
         assert counts == {"the": 3, "sat": 2, "cat": 1, "on": 1, "mat": 1, "dog": 1}
+
+
+async def test_children_stay_in_their_parents_namespace(tmp_path: Path) -> None:
+    _script(
+        tmp_path,
+        "child.py",
+        """
+        from spear import agent
+        agent.Agent().set_result(b"from the child")
+        """,
+    )
+    child = str(tmp_path / "child.py")
+    parent = _script(
+        tmp_path,
+        "parent.py",
+        f"""
+        import errno, json
+        from spear import agent
+        a = agent.Agent()
+        kid = a.spawn({child!r}, runtime="process").result()
+        out = {{"state": kid["state"], "output": kid["output"]}}
+        for namespace in ("default", "team-b"):
+            try:
+                a.spawn({child!r}, runtime="process", namespace=namespace)
+            except agent.HostcallError as exc:
+                out[namespace] = [errno.errorcode[exc.errno], str(exc)]
+        a.set_result(json.dumps(out).encode())
+        """,
+    )
+    async with LocalNode(tmp_path / "home") as node:
+        spec = FunctionSpec(str(parent), runtime=Runtime.PROCESS, namespace="team-a", timeout_s=60)
+        task = await node.run(spec)
+        assert task.state is TaskState.COMPLETED, await node.logs_of(task.id, "stderr")
+        value, _ = await node.objects.get(f"@ns/team-a/results/{task.id}")
+        out = json.loads(bytes(value))
+        # The child ran in team-a, and its result (stored in team-a's part) reached the parent.
+        kids = [t for t in await node.tasks() if dict(t.spec.env).get("SPEAR_PARENT_TASK")]
+        assert [k.spec.namespace for k in kids] == ["team-a"]
+        assert out["state"] == "COMPLETED" and out["output"] == "from the child"
+        for other in ("default", "team-b"):
+            assert out[other][0] == "EACCES" and "may not start a child in" in out[other][1]

@@ -233,6 +233,11 @@ def make_node_api(node: Spearlet, max_message_bytes: int = 0) -> InProcessNode |
     api = ClusterNode(local, cluster, scheduler, peers)
     if node.services.subtasks is not None:  # children are placed by the scheduler
         node.services.subtasks.use_api(api)
+    from spear.node.vector_peers import join_vectors  # a collection lives on its home node
+
+    join_vectors(
+        node.services.vectors, node.objects, node.name, cluster, member_credentials(settings)
+    )
     return api
 
 
@@ -260,6 +265,7 @@ async def serving_node(
     import dataclasses
 
     from spear.node.server import serve_spearlet
+    from spear.node.vector_peers import vector_services
     from spear.transport._status import DEFAULT_MAX_MESSAGE_BYTES
     from spear.transport.cluster_tokens import with_cluster_tokens
     from spear.transport.serving import Security
@@ -276,7 +282,7 @@ async def serving_node(
             api,
             settings.listen,
             max_message_bytes=max_message_bytes or DEFAULT_MAX_MESSAGE_BYTES,
-            extra_services=peer_services(api),
+            extra_services=[*peer_services(api), *vector_services(node.services.vectors)],
             security=with_cluster_tokens(Security.for_settings(settings), api),
         )
         assert server.address is not None

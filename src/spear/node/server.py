@@ -343,6 +343,7 @@ async def serve_spearlet(
         security = Security.for_data_dir(settings.data_dir)
     api.max_message_bytes = max_message_bytes
     artifacts = ArtifactStore(settings.data_dir / "artifacts", settings.object_max_bytes)
+    slots = TaskSlots(QuotaFile(settings.data_dir / AUTH_DIR))
     server = SpearletServer(
         api,
         artifacts,
@@ -350,8 +351,10 @@ async def serve_spearlet(
         object_max_bytes=settings.object_max_bytes,
         extra_services=extra_services,
         security=security,
-        slots=TaskSlots(QuotaFile(settings.data_dir / AUTH_DIR)),
+        slots=slots,
     )
+    if api.node.services.subtasks is not None:  # children hold their namespace's slots too
+        api.node.services.subtasks.use_quota(slots)
     api.address = await server.start(listen)
     return server
 

@@ -13,8 +13,8 @@ The file named by the `mcp_config` setting (TOML, docs/toolkit.md):
     url = "http://127.0.0.1:8000/mcp"
 
     [[rules]]                           # first match wins, else `allow`
-    label = "team=research"             # or artifact = "*/agents/*.py"
-    allow = ["time/*"]
+    label = "team=research"             # or artifact = "*/agents/*.py", or
+    allow = ["time/*"]                  # namespace = "team-a" (every key given must match)
 
 A task can narrow what it may call (never widen it) with its label `mcp.allow`, a
 comma-separated list of the same globs.
@@ -26,6 +26,7 @@ import fnmatch
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from spear.core.namespaces import check_name as check_namespace
 from spear.errors import InvalidArgument
 
 if TYPE_CHECKING:
@@ -38,6 +39,7 @@ TASK_ALLOW_LABEL = "mcp.allow"
 DEFAULT_CALL_TIMEOUT_S = 30.0
 DEFAULT_CONNECT_TIMEOUT_S = 20.0
 DEFAULT_MAX_RESTARTS = 3
+_RULE_KEYS = {"allow", "artifact", "label", "namespace"}
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,8 +66,11 @@ class ToolRule:
     allow: tuple[str, ...]
     artifact: str | None = None
     label: tuple[str, str] | None = None
+    namespace: str | None = None
 
     def matches(self, task: Task) -> bool:
+        if self.namespace is not None and task.spec.namespace != self.namespace:
+            return False
         if self.artifact is not None and not fnmatch.fnmatchcase(task.spec.artifact, self.artifact):
             return False
         return self.label is None or self.label in task.spec.labels
@@ -95,15 +100,30 @@ class McpConfig:
         rules = []
         for i, rule in enumerate(data.get("rules") or []):
             where = f"rules[{i}]"
-            if not isinstance(rule, dict) or set(rule) - {"allow", "artifact", "label"}:
-                raise InvalidArgument(f"mcp config: {where} takes allow, artifact and label")
+            if not isinstance(rule, dict) or set(rule) - _RULE_KEYS:
+                raise InvalidArgument(
+                    f"mcp config: {where} takes allow, artifact, label and namespace"
+                )
             label = None
             if rule.get("label") is not None:
                 key, sep, value = str(rule["label"]).partition("=")
                 if not sep:
                     raise InvalidArgument(f"mcp config: {where}.label must be KEY=VALUE")
                 label = (key, value)
-            rules.append(ToolRule(_patterns(rule.get("allow"), where), rule.get("artifact"), label))
+            namespace = rule.get("namespace")
+            if namespace is not None:
+                try:
+                    check_namespace(namespace)
+                except InvalidArgument as exc:
+                    raise InvalidArgument(f"mcp config: {where}.namespace: {exc}") from None
+            rules.append(
+                ToolRule(
+                    allow=_patterns(rule.get("allow"), where),
+                    artifact=rule.get("artifact"),
+                    label=label,
+                    namespace=namespace,
+                )
+            )
         timeout = data.get("call_timeout_s", DEFAULT_CALL_TIMEOUT_S)
         if not isinstance(timeout, int | float) or isinstance(timeout, bool) or timeout <= 0:
             raise InvalidArgument("mcp config: call_timeout_s must be a positive number")

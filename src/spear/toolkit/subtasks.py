@@ -3,11 +3,14 @@
 A child goes through the node's normal submit path: on a cluster member that is the
 `ClusterNode` (bound by node/assembly.py), so the scheduler places it like any task;
 elsewhere the node's own controller. What a child may be is checked first (`check_child`):
-it inherits its parent's labels (so allow-lists and, later, namespaces carry over;
-labels are also placement constraints, which children then share), a
+it runs in its parent's namespace (a spec naming another is refused), it inherits its
+parent's labels (so allow-lists carry over; labels are also placement constraints, which
+children then share), a
 WASM parent may start only WASM children (a process child could do anything the node's
 user can), a child sees only directories its parent sees, and trees are at most
-`MAX_DEPTH` deep with at most `MAX_CHILDREN` children a task. Input objects are held
+`MAX_DEPTH` deep with at most `MAX_CHILDREN` children a task; on a daemon, a child holds
+a slot of its namespace's task quota like any task submitted there (node/quotas.py).
+Input objects are held
 (a reference with the child as holder) until the child ends. When a parent ends, by
 any means, its unfinished children are cancelled, with the reason naming the parent.
 """
@@ -23,7 +26,8 @@ from spear.core.models import FunctionSpec, Runtime, TaskState
 from spear.errors import InvalidArgument, NotFound, PermissionDenied, ResourceExhausted
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator
+    from collections.abc import AsyncIterator, Awaitable, Callable
+    from contextlib import AbstractAsyncContextManager
 
     from anyio.abc import TaskGroup
 
@@ -49,7 +53,17 @@ class TaskSpawner(Protocol):
 
     async def cancel(self, task_id: str, reason: str) -> None: ...
 
-    async def output(self, task_id: str) -> bytes: ...
+    async def output(self, task: Task) -> bytes: ...
+
+    async def done(self, task_id: str) -> bool: ...
+
+
+class TaskQuota(Protocol):
+    """A namespace's task slots (node/quotas.py `TaskSlots`)."""
+
+    def slot(
+        self, namespace: str, is_done: Callable[[str], Awaitable[bool]]
+    ) -> AbstractAsyncContextManager[Callable[[str], None]]: ...
 
 
 class SpearletSpawner:
@@ -67,18 +81,24 @@ class SpearletSpawner:
     async def cancel(self, task_id: str, reason: str) -> None:
         await self._node.cancel(task_id, reason)
 
-    async def output(self, task_id: str) -> bytes:
-        """What the child set as its result, else its stdout."""
+    async def output(self, task: Task) -> bytes:
+        """What the child (ended) set as its result, else its stdout."""
         store = self._node.services.objects
         if store is not None:
-            from spear.store.objects import result_key
+            from spear.core.namespaces import result_key
 
             try:
-                value, _ = await store.get(result_key(task_id))
+                value, _ = await store.get(result_key(task.spec.namespace, task.id))
                 return bytes(value)
             except NotFound:
                 pass
-        return await self._node.logs_of(task_id, "stdout")
+        return await self._node.logs_of(task.id, "stdout")
+
+    async def done(self, task_id: str) -> bool:
+        try:
+            return (await self._node.task(task_id)).state.terminal
+        except NotFound:
+            return True
 
 
 class NodeApiSpawner:
@@ -99,8 +119,14 @@ class NodeApiSpawner:
     async def cancel(self, task_id: str, reason: str) -> None:
         await self._api.cancel(task_id, reason)
 
-    async def output(self, task_id: str) -> bytes:
-        return bytes((await self._api.result(task_id, wait=False)).output)
+    async def output(self, task: Task) -> bytes:
+        return bytes((await self._api.result(task.id, wait=False)).output)
+
+    async def done(self, task_id: str) -> bool:
+        try:
+            return bool((await self._api.task(task_id)).state.terminal)
+        except NotFound:
+            return True
 
 
 @dataclass(frozen=True, slots=True)
@@ -110,6 +136,7 @@ class ChildRequest:
     spec: FunctionSpec
     stdin: bytes | None
     inputs: tuple[str, ...]
+    named: frozenset[str] = frozenset()  # the spec fields the request gave
 
 
 def parse_child(data: Any) -> ChildRequest:
@@ -133,6 +160,7 @@ def parse_child(data: Any) -> ChildRequest:
         spec=FunctionSpec.from_json(fields),
         stdin=None if stdin is None else stdin.encode(),
         inputs=tuple(inputs),
+        named=frozenset(fields),
     )
 
 
@@ -141,6 +169,11 @@ def check_child(parent: Task, request: ChildRequest) -> FunctionSpec:
     import dataclasses
 
     spec = request.spec
+    if "namespace" in request.named and spec.namespace != parent.spec.namespace:
+        raise PermissionDenied(
+            f"a task of namespace {parent.spec.namespace!r} may not start a child in"
+            f" {spec.namespace!r}"
+        )
     if parent.spec.runtime is Runtime.WASM and spec.runtime is not Runtime.WASM:
         raise PermissionDenied("a WASM task may start only WASM children")
     allowed = set(parent.spec.dirs)
@@ -165,7 +198,11 @@ def check_child(parent: Task, request: ChildRequest) -> FunctionSpec:
         # Beside the parent's own module, so a tree of agents ships as one folder.
         artifact = os.path.join(os.path.dirname(parent.spec.artifact), artifact)
     return dataclasses.replace(
-        spec, artifact=artifact, labels=tuple(labels.items()), env=tuple(env.items())
+        spec,
+        artifact=artifact,
+        labels=tuple(labels.items()),
+        env=tuple(env.items()),
+        namespace=parent.spec.namespace,
     )
 
 
@@ -177,6 +214,7 @@ class Subtasks:
         self._node: Spearlet | None = None
         self._task_group: TaskGroup | None = None
         self._children: dict[str, set[str]] = {}  # parent id -> unfinished children
+        self._quota: TaskQuota | None = None
 
     def use(self, spawner: TaskSpawner) -> None:
         """Submit children through `spawner` (a cluster member's NodeAPI)."""
@@ -184,6 +222,10 @@ class Subtasks:
 
     def use_api(self, api: Any) -> None:
         self.use(NodeApiSpawner(api))
+
+    def use_quota(self, quota: TaskQuota) -> None:
+        """Hold a slot of the child's namespace's task quota for each child (a daemon's)."""
+        self._quota = quota
 
     @asynccontextmanager
     async def serve_node(self, node: Spearlet, task_group: TaskGroup) -> AsyncIterator[None]:
@@ -214,7 +256,12 @@ class Subtasks:
         live = self._children.setdefault(parent.id, set())
         if len(live) >= MAX_CHILDREN:
             raise ResourceExhausted(f"at most {MAX_CHILDREN} unfinished children a task")
-        child_id = await self.spawner.submit(spec, request.stdin)
+        if self._quota is None:
+            child_id = await self.spawner.submit(spec, request.stdin)
+        else:
+            async with self._quota.slot(spec.namespace, self.spawner.done) as keep:
+                child_id = await self.spawner.submit(spec, request.stdin)
+                keep(child_id)
         live.add(child_id)
         if request.inputs and self._node is not None and self._node.services.objects:
             store = self._node.services.objects

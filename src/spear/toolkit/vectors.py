@@ -19,7 +19,10 @@ import threading
 from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING, Any
 
+from spear.core.namespaces import DEFAULT as DEFAULT_NAMESPACE
 from spear.errors import Conflict, InvalidArgument, NotFound, Unavailable
+from spear.toolkit.vector_filters import check_filter
+from spear.toolkit.vector_filters import matches as matches_filter
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Mapping, Sequence
@@ -28,12 +31,12 @@ if TYPE_CHECKING:
     from anyio.abc import TaskGroup
 
     from spear.core.node import Spearlet
+    from spear.toolkit.vector_homes import VectorHomes
 
 METRICS = ("cos", "ip", "l2sq")
 MAX_DIM = 8192
 MAX_K = 1000
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
-_OPS = ("$eq", "$ne", "$in", "$nin", "$gt", "$gte", "$lt", "$lte")
 
 
 def check_name(name: Any) -> str:
@@ -44,55 +47,28 @@ def check_name(name: Any) -> str:
     return name
 
 
-def _holds(op: str, value: Any, arg: Any) -> bool:
-    if op == "$eq":
-        return bool(value == arg)
-    if op == "$ne":
-        return bool(value != arg)
-    if op == "$in":
-        return value in arg
-    if op == "$nin":
-        return value not in arg
-    if value is None:
-        return False
-    if op == "$gt":
-        return bool(value > arg)
-    if op == "$gte":
-        return bool(value >= arg)
-    if op == "$lt":
-        return bool(value < arg)
-    return bool(value <= arg)  # $lte
+READ_OPS = ("list", "query", "count")
+WRITE_OPS = ("create", "upsert", "delete", "drop")
 
 
-def _matches(metadata: Mapping[str, Any], where: Mapping[str, Any]) -> bool:
-    for field, cond in where.items():
-        value = metadata.get(field)
-        ops = cond if isinstance(cond, dict) else {"$eq": cond}
-        for op, arg in ops.items():
-            try:
-                if not _holds(op, value, arg):
-                    return False
-            except TypeError:  # comparing unlike types: not a match
-                return False
-    return True
+def check_request(data: Any) -> str:
+    """The op of a well-formed request (an object with a known `op`)."""
+    if not isinstance(data, dict) or not isinstance(data.get("op"), str):
+        raise InvalidArgument('a vector request is {"op": ..., "collection": ...}')
+    op: str = data["op"]
+    if op not in READ_OPS + WRITE_OPS:
+        raise InvalidArgument(
+            f"unknown vector op {op!r} (create, drop, list, upsert, query, delete, count)"
+        )
+    return op
 
 
-def check_filter(where: Any) -> dict[str, Any]:
-    if where is None:
-        return {}
-    if not isinstance(where, dict):
-        raise InvalidArgument("a filter is an object of field: value or field: {op: value}")
-    for field, cond in where.items():
-        if isinstance(cond, dict):
-            unknown = set(cond) - set(_OPS)
-            if unknown or not cond:
-                raise InvalidArgument(
-                    f"filter on {field!r}: operators are {', '.join(_OPS)}, not {sorted(unknown)}"
-                )
-            for op in ("$in", "$nin"):
-                if op in cond and not isinstance(cond[op], list):
-                    raise InvalidArgument(f"filter on {field!r}: {op} takes a list")
-    return where
+def check_create(name: Any, dim: Any, metric: Any) -> None:
+    check_name(name)
+    if not isinstance(dim, int) or isinstance(dim, bool) or not 1 <= dim <= MAX_DIM:
+        raise InvalidArgument(f"dim is 1..{MAX_DIM}")
+    if metric not in METRICS:
+        raise InvalidArgument(f"metric is one of {', '.join(METRICS)}")
 
 
 class Collection:
@@ -229,7 +205,7 @@ class Collection:
                 found = [
                     (int(key), float(dist))
                     for key, dist in zip(matches.keys, matches.distances, strict=True)
-                    if not where or _matches(self._meta[int(key)][1], where)
+                    if not where or matches_filter(self._meta[int(key)][1], where)
                 ]
                 if len(found) >= k or fetch >= total:
                     break
@@ -286,31 +262,41 @@ class Collection:
 
 
 class VectorStore:
-    """The node's `vectors` service: its collections, under one directory."""
+    """The node's `vectors` service: its collections, under one directory, by namespace
+    (`default`'s in `root/<name>`, another's in `root/@ns/<namespace>/<name>`: a
+    collection name cannot start with `@`). With `homes` set (a cluster member), a
+    request for a collection homed on another node goes there (toolkit/vector_homes.py)."""
 
     def __init__(self, root: Path) -> None:
         self.root = root
-        self._open: dict[str, Collection] = {}
+        self._open: dict[tuple[str, str], Collection] = {}
         self._guard = threading.Lock()
+        self.homes: VectorHomes | None = None
 
-    def _collection(self, name: str) -> Collection:
+    def _dir(self, namespace: str, name: str = "") -> Path:
+        base = self.root if namespace == DEFAULT_NAMESPACE else self.root / "@ns" / namespace
+        return base / name if name else base
+
+    def has(self, namespace: str, name: str) -> bool:
+        return (self._dir(namespace, check_name(name)) / "collection.json").exists()
+
+    def _collection(self, namespace: str, name: str) -> Collection:
         check_name(name)
         with self._guard:
-            coll = self._open.get(name)
+            coll = self._open.get((namespace, name))
             if coll is None:
-                if not (self.root / name / "collection.json").exists():
+                directory = self._dir(namespace, name)
+                if not (directory / "collection.json").exists():
                     raise NotFound(f"no vector collection {name!r}")
-                coll = self._open[name] = Collection(self.root / name)
+                coll = self._open[(namespace, name)] = Collection(directory)
             return coll
 
-    def create(self, name: str, dim: int, metric: str = "cos") -> dict[str, Any]:
+    def create(
+        self, name: str, dim: int, metric: str = "cos", namespace: str = DEFAULT_NAMESPACE
+    ) -> dict[str, Any]:
         """Make a collection (again with the same dim and metric: nothing changes)."""
-        check_name(name)
-        if not isinstance(dim, int) or isinstance(dim, bool) or not 1 <= dim <= MAX_DIM:
-            raise InvalidArgument(f"dim is 1..{MAX_DIM}")
-        if metric not in METRICS:
-            raise InvalidArgument(f"metric is one of {', '.join(METRICS)}")
-        directory = self.root / name
+        check_create(name, dim, metric)
+        directory = self._dir(namespace, name)
         with self._guard:
             spec = directory / "collection.json"
             if spec.exists():
@@ -325,42 +311,43 @@ class VectorStore:
                 tmp = directory / "collection.json.tmp"
                 tmp.write_text(json.dumps({"dim": dim, "metric": metric}))
                 os.replace(tmp, spec)
-        return self._collection(name).info()
+        return self._collection(namespace, name).info()
 
-    def drop(self, name: str) -> None:
+    def drop(self, name: str, namespace: str = DEFAULT_NAMESPACE) -> None:
         check_name(name)
         with self._guard:
-            coll = self._open.pop(name, None)
+            coll = self._open.pop((namespace, name), None)
             if coll is not None:
                 coll.close()
-            if not (self.root / name / "collection.json").exists():
+            directory = self._dir(namespace, name)
+            if not (directory / "collection.json").exists():
                 raise NotFound(f"no vector collection {name!r}")
             import shutil
 
-            shutil.rmtree(self.root / name)
+            shutil.rmtree(directory)
 
-    def names(self) -> list[str]:
-        if not self.root.is_dir():
+    def names(self, namespace: str = DEFAULT_NAMESPACE) -> list[str]:
+        base = self._dir(namespace)
+        if not base.is_dir():
             return []
-        return sorted(p.name for p in self.root.iterdir() if (p / "collection.json").exists())
+        return sorted(p.name for p in base.iterdir() if (p / "collection.json").exists())
 
-    def list(self) -> list[dict[str, Any]]:
-        return [self._collection(name).info() for name in self.names()]
+    def list(self, namespace: str = DEFAULT_NAMESPACE) -> list[dict[str, Any]]:
+        return [self._collection(namespace, name).info() for name in self.names(namespace)]
 
-    def request(self, data: Any) -> Any:
-        """One JSON request `{"op", "collection", ...}` (the hostcall's and the SDK's)."""
-        if not isinstance(data, dict) or not isinstance(data.get("op"), str):
-            raise InvalidArgument('a vector request is {"op": ..., "collection": ...}')
-        op = data["op"]
+    def request(self, data: Any, namespace: str = DEFAULT_NAMESPACE) -> Any:
+        """One JSON request `{"op", "collection", ...}` (the hostcall's and the SDK's) on
+        this node's collections of `namespace`."""
+        op = check_request(data)
         if op == "list":
-            return self.list()
+            return self.list(namespace)
         name = data.get("collection")
         if op == "create":
-            return self.create(name, data.get("dim"), data.get("metric", "cos"))  # type: ignore[arg-type]
+            return self.create(name, data.get("dim"), data.get("metric", "cos"), namespace)
         if op == "drop":
-            self.drop(name)  # type: ignore[arg-type]
+            self.drop(name, namespace)
             return None
-        coll = self._collection(name)  # type: ignore[arg-type]
+        coll = self._collection(namespace, name)
         if op == "upsert":
             records = data.get("records")
             if not isinstance(records, list):
@@ -369,17 +356,19 @@ class VectorStore:
         if op == "query":
             return coll.query(data.get("vector"), data.get("k", 10), data.get("filter"))
         if op == "delete":
-            return coll.delete(data.get("ids"))  # type: ignore[arg-type]
-        if op == "count":
-            return coll.count()
-        raise InvalidArgument(
-            f"unknown vector op {op!r} (create, drop, list, upsert, query, delete, count)"
-        )
+            return coll.delete(data.get("ids"))
+        return coll.count()  # (check_request knows no other op)
 
-    async def request_async(self, data: Any) -> Any:
+    async def request_async(
+        self, data: Any, namespace: str = DEFAULT_NAMESPACE, *, here: bool = False
+    ) -> Any:
+        """`request` off the event loop; in a cluster (unless `here`), at the
+        collection's home node."""
+        if self.homes is not None and not here:
+            return await self.homes.request(data, namespace)
         import anyio.to_thread
 
-        return await anyio.to_thread.run_sync(self.request, data)
+        return await anyio.to_thread.run_sync(self.request, data, namespace)
 
     def close(self) -> None:
         with self._guard:
@@ -396,4 +385,6 @@ class VectorStore:
             yield
         finally:
             with anyio.CancelScope(shield=True):
+                if self.homes is not None:
+                    await self.homes.aclose()
                 await anyio.to_thread.run_sync(self.close)

@@ -121,6 +121,8 @@ POLICY: dict[str, Role] = {
         " RemoveObjectLocation VerifyToken",
     ),
     **_table(_SMS, Role.READER, "LookupObject ListObjectRecords"),  # the object index
+    **_table("/spear.v1.SpearletVectors/", Role.READER, "ReadVectors"),  # vector collections
+    **_table("/spear.v1.SpearletVectors/", Role.SUBMITTER, "WriteVectors"),
     # Reflection describes the services (no data): any authenticated caller may ask.
     "/grpc.reflection.v1.ServerReflection/ServerReflectionInfo": Role.READER,
     "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo": Role.READER,

@@ -79,7 +79,7 @@ async def task_spawn(ctx: TaskContext, request: Any) -> tuple[int, str]:
 
     async def end() -> dict[str, Any]:
         task = await service.spawner.wait(child_id)
-        output = await service.spawner.output(child_id)
+        output = await service.spawner.output(task)
         service.ended(parent_id, child_id)
         return result_json(task, output)
 

@@ -1,7 +1,8 @@
 """Vector store operations an agent may ask of its host (docs/hostcalls.md, "Vectors").
 
 One JSON request `{"op": "create" | "drop" | "list" | "upsert" | "query" | "delete" |
-"count", "collection", ...}` answers JSON (toolkit/vectors.py has each op's fields). Every
+"count", "collection", ...}` answers JSON (toolkit/vectors.py has each op's fields), in the
+task's namespace; on a cluster member, at the collection's home node. Every
 op may be repeated safely (a guest that got -ENOSPC asks again with a larger buffer).
 
 errno meanings beside hostops':
@@ -43,7 +44,7 @@ async def vec_request(ctx: TaskContext, request: Any) -> Any:
     except ValueError:
         raise HostError(errno.EINVAL, "a vector request is a JSON object") from None
     try:
-        return await store.request_async(data)
+        return await store.request_async(data, ctx.task.spec.namespace)
     except SpearError as exc:
         err = translate(exc, _VECTOR_ERRNOS)
         ctx.agent_log("WARNING", f"vector request failed: {err}")

@@ -1,0 +1,156 @@
+"""spear.v1.SpearletVectors (vectors.proto): a node's vector collections over gRPC, for
+`spear vec --node` and for the members that forward a request to a collection's home
+(toolkit/vector_homes.py), and the clients a member forwards with.
+
+The call acts in the namespace its credentials allow (transport/auth.py): a user's token
+names its own; a member forwarding for a task names the task's (`spear-namespace`)."""
+
+from __future__ import annotations
+
+import json
+from typing import TYPE_CHECKING, Any
+
+from spear.core.namespaces import DEFAULT
+from spear.errors import InvalidArgument, NotFound, SpearError, Unavailable
+from spear.toolkit.vectors import WRITE_OPS, check_request
+from spear.transport._gen.spear import v1
+from spear.transport._status import client_errors
+from spear.transport.auth import NAMESPACE_KEY, current_namespace
+from spear.transport.channels import NO_CREDENTIALS, Credentials, close_channel, open_channel
+from spear.transport.serving import guard, parse_listen
+
+if TYPE_CHECKING:
+    from grpclib.client import Channel
+    from grpclib.const import Handler
+
+    from spear.core.cluster import Cluster
+    from spear.toolkit.vectors import VectorStore
+
+VECTORS_SERVICE_NAME = "spear.v1.SpearletVectors"
+# A forwarded request's bound: an upsert of many records takes a while on a busy node.
+FORWARD_TIMEOUT_S = 120.0
+
+
+def _decode(raw: bytes) -> dict[str, Any]:
+    try:
+        data = json.loads(raw)
+    except ValueError:
+        raise InvalidArgument("a vector request is a JSON object") from None
+    check_request(data)
+    return data  # type: ignore[no-any-return]
+
+
+class VectorService(v1.SpearletVectorsBase):
+    """spear.v1.SpearletVectors over the node's `VectorStore`."""
+
+    def __init__(self, store: VectorStore) -> None:
+        self.store = store
+
+    def __mapping__(self) -> dict[str, Handler]:
+        return {
+            name: handler._replace(func=guard(name, handler.func))
+            for name, handler in super().__mapping__().items()
+        }
+
+    async def _serve(self, message: v1.VectorRequest, *, write: bool) -> v1.VectorAnswer:
+        data = _decode(message.request)
+        if (data["op"] in WRITE_OPS) != write:
+            rpc = "WriteVectors" if data["op"] in WRITE_OPS else "ReadVectors"
+            raise InvalidArgument(f"the vector op {data['op']!r} is asked with {rpc}")
+        namespace = current_namespace.get() or DEFAULT
+        answer = await self.store.request_async(data, namespace, here=message.here)
+        return v1.VectorAnswer(answer=json.dumps(answer).encode())
+
+    async def read_vectors(self, message: v1.VectorRequest) -> v1.VectorAnswer:
+        return await self._serve(message, write=False)
+
+    async def write_vectors(self, message: v1.VectorRequest) -> v1.VectorAnswer:
+        return await self._serve(message, write=True)
+
+
+async def call_vectors(
+    stub: v1.SpearletVectorsStub,
+    address: str,
+    data: dict[str, Any],
+    *,
+    here: bool = False,
+    namespace: str | None = None,
+    timeout_s: float | None = FORWARD_TIMEOUT_S,
+) -> Any:
+    """One vector request to the node behind `stub`; its JSON answer."""
+    call = stub.write_vectors if data.get("op") in WRITE_OPS else stub.read_vectors
+    request = v1.VectorRequest(request=json.dumps(data).encode(), here=here)
+    metadata = {NAMESPACE_KEY: namespace} if namespace else None
+    with client_errors(address):
+        answer = await call(request, metadata=metadata, timeout=timeout_s)
+    return json.loads(answer.answer)
+
+
+class VectorPeers:
+    """A member's clients for the other members' vector services (one channel each)."""
+
+    def __init__(self, cluster: Cluster, credentials: Credentials = NO_CREDENTIALS) -> None:
+        self.cluster = cluster
+        self._credentials = credentials
+        self._addresses: dict[str, str] = {}
+        self._channels: dict[str, tuple[Channel, v1.SpearletVectorsStub]] = {}
+
+    async def _address(self, node: str, *, fresh: bool) -> str:
+        address = None if fresh else self._addresses.get(node)
+        if address is None:
+            try:
+                address = (await self.cluster.node(node)).address
+            except NotFound:
+                raise Unavailable(f"the home node {node!r} is not in the cluster") from None
+            self._addresses[node] = address
+        return address
+
+    def _stub(self, address: str) -> v1.SpearletVectorsStub:
+        found = self._channels.get(address)
+        if found is None:
+            host, port = parse_listen(address)
+            channel = open_channel(host, port, credentials=self._credentials)
+            found = self._channels[address] = (channel, v1.SpearletVectorsStub(channel))
+        return found[1]
+
+    async def forward(self, node: str, namespace: str, data: dict[str, Any]) -> Any:
+        """`data` answered by `node` from its own collections of `namespace`."""
+        for fresh in (False, True):
+            address = await self._address(node, fresh=fresh)
+            try:
+                return await call_vectors(
+                    self._stub(address), address, data, here=True, namespace=namespace
+                )
+            except Unavailable:
+                if fresh:
+                    raise
+            except SpearError:
+                raise
+        raise AssertionError("unreachable")
+
+    async def aclose(self) -> None:
+        for channel, _ in self._channels.values():
+            await close_channel(channel)
+        self._channels.clear()
+
+
+def vector_services(store: VectorStore | None) -> list[Any]:
+    """The SpearletVectors service of a node with a vector store."""
+    return [] if store is None else [VectorService(store)]
+
+
+def join_vectors(
+    store: VectorStore | None,
+    objects: Any,
+    node_name: str,
+    cluster: Cluster,
+    credentials: Credentials,
+) -> VectorPeers | None:
+    """Make `store` route by home node (a cluster member's); its peers, to close."""
+    if store is None:
+        return None
+    from spear.toolkit.vector_homes import VectorHomes
+
+    peers = VectorPeers(cluster, credentials)
+    store.homes = VectorHomes(store, objects, node_name, peers.forward, peers.aclose)
+    return peers
