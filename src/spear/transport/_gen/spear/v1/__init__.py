@@ -16,6 +16,8 @@ __all__ = (
     "CollectObjectsRequest",
     "CommitObjectRequest",
     "DeleteObjectResponse",
+    "DeleteTasksRequest",
+    "DeleteTasksResponse",
     "DeregisterNodeRequest",
     "DeregisterNodeResponse",
     "DirMapping",
@@ -358,6 +360,43 @@ class DeleteObjectResponse(betterproto2.Message):
 
 
 default_message_pool.register_message("spear.v1", "DeleteObjectResponse", DeleteObjectResponse)
+
+
+@dataclass(eq=False, repr=False)
+class DeleteTasksRequest(betterproto2.Message):
+    """
+    Spearlet.DeleteTasks: the named finished tasks, and those a policy no longer keeps, of
+    the caller's namespace (of the whole node for a cluster member naming none).
+    """
+
+    task_ids: "list[str]" = betterproto2.field(1, betterproto2.TYPE_STRING, repeated=True)
+    """
+    these (finished; a running one is refused)
+    """
+
+    older_than_s: "float | None" = betterproto2.field(2, betterproto2.TYPE_DOUBLE, optional=True)
+    """
+    and every finished task that ended longer ago
+    """
+
+    keep: "int | None" = betterproto2.field(3, betterproto2.TYPE_UINT64, optional=True)
+    """
+    and every finished task beyond the newest `keep`
+    """
+
+
+default_message_pool.register_message("spear.v1", "DeleteTasksRequest", DeleteTasksRequest)
+
+
+@dataclass(eq=False, repr=False)
+class DeleteTasksResponse(betterproto2.Message):
+    task_ids: "list[str]" = betterproto2.field(1, betterproto2.TYPE_STRING, repeated=True)
+    """
+    the tasks deleted
+    """
+
+
+default_message_pool.register_message("spear.v1", "DeleteTasksResponse", DeleteTasksResponse)
 
 
 @dataclass(eq=False, repr=False)
@@ -2258,6 +2297,27 @@ class SpearletStub(betterproto2_grpclib.ServiceStub):
             metadata=metadata,
         )
 
+    async def delete_tasks(
+        self,
+        message: "DeleteTasksRequest",
+        *,
+        timeout: "float | None" = None,
+        deadline: "Deadline | None" = None,
+        metadata: "MetadataLike | None" = None,
+    ) -> "DeleteTasksResponse":
+        """
+        Delete finished tasks: their records, logs and results (docs/security.md).
+        """
+
+        return await self._unary_unary(
+            "/spear.v1.Spearlet/DeleteTasks",
+            message,
+            DeleteTasksResponse,
+            timeout=timeout,
+            deadline=deadline,
+            metadata=metadata,
+        )
+
 
 class SpearletPeerStub(betterproto2_grpclib.ServiceStub):
     async def forward_task(
@@ -2877,6 +2937,13 @@ class SpearletBase(betterproto2_grpclib.ServiceBase):
 
         raise grpclib.GRPCError(grpclib.const.Status.UNIMPLEMENTED)
 
+    async def delete_tasks(self, message: "DeleteTasksRequest") -> "DeleteTasksResponse":
+        """
+        Delete finished tasks: their records, logs and results (docs/security.md).
+        """
+
+        raise grpclib.GRPCError(grpclib.const.Status.UNIMPLEMENTED)
+
     async def __rpc_submit_task(
         self, stream: "grpclib.server.Stream[SubmitTaskRequest, TaskInfo]"
     ) -> None:
@@ -3060,6 +3127,14 @@ class SpearletBase(betterproto2_grpclib.ServiceBase):
         response = await self.unpin_object(request)
         await stream.send_message(response)
 
+    async def __rpc_delete_tasks(
+        self, stream: "grpclib.server.Stream[DeleteTasksRequest, DeleteTasksResponse]"
+    ) -> None:
+        request = await stream.recv_message()
+        assert request is not None
+        response = await self.delete_tasks(request)
+        await stream.send_message(response)
+
     def __mapping__(self) -> "dict[str, grpclib.const.Handler]":
         return {
             "/spear.v1.Spearlet/SubmitTask": grpclib.const.Handler(
@@ -3187,6 +3262,12 @@ class SpearletBase(betterproto2_grpclib.ServiceBase):
                 grpclib.const.Cardinality.UNARY_UNARY,
                 ObjectKeyRequest,
                 ObjectInfo,
+            ),
+            "/spear.v1.Spearlet/DeleteTasks": grpclib.const.Handler(
+                self.__rpc_delete_tasks,
+                grpclib.const.Cardinality.UNARY_UNARY,
+                DeleteTasksRequest,
+                DeleteTasksResponse,
             ),
         }
 
