@@ -155,6 +155,11 @@ class Settings:
     # The object transfer service between members (docs/objects.md): false sends object
     # bytes in the clear once the two members authenticated each other by mutual TLS.
     object_transfer_encrypt: bool = True
+    # Retention of finished tasks' records, logs and results (core/retention.py): deleted
+    # this long after they ended (0: kept), and beyond the newest task_retention_records
+    # finished ones (0: no limit); a daemon looks every task_log_prune_interval_s.
+    task_retention_s: float = 0.0
+    task_retention_records: int = 0
     extra: Mapping[str, Any] = dataclasses.field(default_factory=dict)
 
     def __post_init__(self) -> None:

@@ -126,7 +126,7 @@ def _methods(service: str) -> list[str]:
         "SubmitTask", "SubmitTasks", "GetTask", "ListTasks", "WatchTask", "CancelTask",
         "GetResult", "RunTask", "StreamLogs", "ExchangeStream", "UploadArtifact",
         "HasArtifact", "GetNodeInfo", "PutObject", "GetObject", "ListObjects", "DeleteObject",
-        "AddObjectRef", "RemoveObjectRef", "PinObject", "UnpinObject",
+        "AddObjectRef", "RemoveObjectRef", "PinObject", "UnpinObject", "DeleteTasks",
     ]  # fmt: skip
     sms = [
         "RegisterNode", "Heartbeat", "DeregisterNode", "GetNode", "ListNodes", "FindNodes",

@@ -226,6 +226,20 @@ class NamespacedNode:
     async def aclose(self) -> None:
         await self.api.aclose()
 
+    async def delete_tasks(
+        self,
+        task_ids: Sequence[str] = (),
+        *,
+        older_than_s: float | None = None,
+        keep: int | None = None,
+        namespace: str | None = None,
+    ) -> list[str]:
+        """Only this namespace's tasks: another's named one is "not found"."""
+        ids = [(await self.task(task_id)).id for task_id in task_ids]
+        return await self.api.delete_tasks(
+            ids, older_than_s=older_than_s, keep=keep, namespace=self.namespace
+        )
+
 
 def scoped(api: NodeAPI, slots: TaskSlots | None = None) -> NodeAPI:
     """`api` in the namespace of the call being served (transport/auth.py), or itself

@@ -104,7 +104,7 @@ POLICY: dict[str, Role] = {
         _SPEARLET,
         Role.SUBMITTER,
         "SubmitTask SubmitTasks RunTask ExchangeStream CancelTask UploadArtifact PutObject"
-        " DeleteObject AddObjectRef RemoveObjectRef PinObject UnpinObject",
+        " DeleteObject AddObjectRef RemoveObjectRef PinObject UnpinObject DeleteTasks",
     ),
     **_table(_PEER, Role.READER, "ListClusterNodes"),
     **_table(_PEER, Role.NODE, "ForwardTask"),
