@@ -56,17 +56,34 @@ class NamespacedNode:
             return True
 
     def _limited(self) -> bool:
-        """Whether the namespace has a task quota (most have none: they skip `_slot`)."""
+        """Whether the namespace has a task or log quota (most have none: they skip
+        `_slot`)."""
         if self.slots is None:
             return False
         quota = self.slots.quotas.get(self.namespace)
-        return quota is not None and quota.tasks is not None
+        return quota is not None and (quota.tasks is not None or quota.log_bytes is not None)
+
+    async def _check_logs(self) -> None:
+        """ResourceExhausted if the namespace's tasks keep its quota of log bytes here."""
+        quota = self.slots.quotas.get(self.namespace) if self.slots is not None else None
+        if self.slots is None or quota is None or quota.log_bytes is None:
+            return
+        node = getattr(self.api, "node", None)  # (InProcessNode, ClusterNode: the Spearlet)
+        if node is None:
+            return
+        namespace = self.namespace
+
+        async def ids() -> list[str]:
+            return [t.id for t in await node.tasks() if t.spec.namespace == namespace]
+
+        await self.slots.log_usage.check(quota, ids, node.logs)
 
     @contextlib.asynccontextmanager
     async def _slot(self) -> AsyncIterator[Callable[[str], None]]:
         if self.slots is None:
             yield lambda _id: None
             return
+        await self._check_logs()
         async with self.slots.slot(self.namespace, self._done) as keep:
             yield keep
 
