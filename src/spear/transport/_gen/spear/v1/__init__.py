@@ -778,6 +778,16 @@ class ListClusterTasksRequest(betterproto2.Message):
     empty: every node
     """
 
+    page_size: "int" = betterproto2.field(4, betterproto2.TYPE_UINT32)
+    """
+    0: the server's default page (1000 tasks)
+    """
+
+    page_token: "str" = betterproto2.field(5, betterproto2.TYPE_STRING)
+    """
+    the next_page_token of the page before; empty: the first
+    """
+
 
 default_message_pool.register_message(
     "spear.v1", "ListClusterTasksRequest", ListClusterTasksRequest
@@ -787,6 +797,11 @@ default_message_pool.register_message(
 @dataclass(eq=False, repr=False)
 class ListClusterTasksResponse(betterproto2.Message):
     tasks: "list[TaskInfo]" = betterproto2.field(1, betterproto2.TYPE_MESSAGE, repeated=True)
+
+    next_page_token: "str" = betterproto2.field(2, betterproto2.TYPE_STRING)
+    """
+    empty: this was the last page
+    """
 
 
 default_message_pool.register_message(
