@@ -199,11 +199,20 @@ class SmsClient(Cluster):
     async def tasks(
         self, state: TaskState | None = None, limit: int | None = None, node: str | None = None
     ) -> list[Task]:
-        req = v1.ListClusterTasksRequest(
-            state=cv.state_to_wire(state), limit=limit or 0, node=node or ""
-        )
-        resp = await self._call(lambda stub: stub.list_cluster_tasks(req, **self._opts()))
-        return [cv.task_from_wire(t) for t in resp.tasks]
+        found: list[Task] = []
+        token = ""
+        while True:  # page after page (core/task_pages.py): any history fits
+            left = 0 if limit is None else limit - len(found)
+            req = v1.ListClusterTasksRequest(
+                state=cv.state_to_wire(state), limit=left, node=node or "", page_token=token
+            )
+            resp = await self._call(
+                lambda stub, r=req: stub.list_cluster_tasks(r, **self._opts())  # type: ignore[misc]
+            )
+            found.extend(cv.task_from_wire(t) for t in resp.tasks)
+            token = resp.next_page_token
+            if not token or (limit is not None and len(found) >= limit):
+                return found if limit is None else found[:limit]
 
     async def put_object_location(self, location: ObjectLocation) -> ObjectLocation:
         req = sc.location_to_wire(location)

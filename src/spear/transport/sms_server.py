@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from spear.core.task_pages import newest_page, page_size
 from spear.errors import InvalidArgument, PermissionDenied
 from spear.transport import _convert as cv
 from spear.transport import _sms_convert as sc
@@ -108,10 +109,13 @@ class MetadataService(ObjectIndexService, v1.MetadataServerBase):
     async def list_cluster_tasks(
         self, message: v1.ListClusterTasksRequest
     ) -> v1.ListClusterTasksResponse:
-        found = await self.sms.tasks(
-            cv.state_from_wire(message.state), message.limit or None, message.node or None
+        state, node = cv.state_from_wire(message.state), message.node or None
+        size = page_size(message.page_size, message.limit or None)
+        found, token = await newest_page(
+            lambda n: self.sms.tasks(state, n, node), size, message.page_token
         )
-        return v1.ListClusterTasksResponse(tasks=[cv.task_to_wire(t) for t in found])
+        tasks = [cv.task_to_wire(t) for t in found]
+        return v1.ListClusterTasksResponse(tasks=tasks, next_page_token=token)
 
     async def put_object_location(self, message: v1.ObjectLocation) -> v1.ObjectLocation:
         self.sms.leadership.require()  # writes go to the leader only
