@@ -38,7 +38,11 @@ _SIZE_SUFFIXES = {
 
 def parse_size(text: str | int) -> int:
     """'64M', '1GiB', '4096' -> bytes."""
+    if isinstance(text, bool) or not isinstance(text, int | str):  # (a TOML float, array)
+        raise InvalidArgument(f"not a size: {text!r} (try 64M or 1GiB)")
     if isinstance(text, int):
+        if text < 0:
+            raise InvalidArgument(f"not a size: {text!r} (a size is not negative)")
         return text
     s = text.strip().lower()
     num = s.rstrip("abcdefghijklmnopqrstuvwxyz")
