@@ -87,6 +87,8 @@ __all__ = (
     "SubmitTasksRequest",
     "SubmitTasksResponse",
     "TaskInfo",
+    "TaskSlotRequest",
+    "TaskSlotResponse",
     "TaskState",
     "VerifyTokenRequest",
     "VerifyTokenResponse",
@@ -1432,6 +1434,37 @@ default_message_pool.register_message("spear.v1", "TaskInfo", TaskInfo)
 
 
 @dataclass(eq=False, repr=False)
+class TaskSlotRequest(betterproto2.Message):
+    """
+    MetadataServer.TakeTaskSlot / ReleaseTaskSlot: one slot of `namespace`'s cluster-wide
+    quota of unfinished tasks, named by the task's id (its record at the SMS ends it).
+    """
+
+    namespace: "str" = betterproto2.field(1, betterproto2.TYPE_STRING)
+
+    task_id: "str" = betterproto2.field(2, betterproto2.TYPE_STRING)
+
+    until_released: "bool" = betterproto2.field(3, betterproto2.TYPE_BOOL)
+    """
+    a run held by its caller: no record ends it, a release does
+    """
+
+
+default_message_pool.register_message("spear.v1", "TaskSlotRequest", TaskSlotRequest)
+
+
+@dataclass(eq=False, repr=False)
+class TaskSlotResponse(betterproto2.Message):
+    limited: "bool" = betterproto2.field(1, betterproto2.TYPE_BOOL)
+    """
+    the namespace has a cluster-wide task quota (false: none to hold)
+    """
+
+
+default_message_pool.register_message("spear.v1", "TaskSlotResponse", TaskSlotResponse)
+
+
+@dataclass(eq=False, repr=False)
 class VerifyTokenRequest(betterproto2.Message):
     token: "str" = betterproto2.field(1, betterproto2.TYPE_STRING)
 
@@ -1888,6 +1921,46 @@ class MetadataServerStub(betterproto2_grpclib.ServiceStub):
             "/spear.v1.MetadataServer/VerifyToken",
             message,
             VerifyTokenResponse,
+            timeout=timeout,
+            deadline=deadline,
+            metadata=metadata,
+        )
+
+    async def take_task_slot(
+        self,
+        message: "TaskSlotRequest",
+        *,
+        timeout: "float | None" = None,
+        deadline: "Deadline | None" = None,
+        metadata: "MetadataLike | None" = None,
+    ) -> "TaskSlotResponse":
+        """
+        Cluster-wide quotas (docs/security.md): a member holds a slot of a namespace's
+        unfinished tasks at the SMS before a task starts, and gives it back.
+        """
+
+        return await self._unary_unary(
+            "/spear.v1.MetadataServer/TakeTaskSlot",
+            message,
+            TaskSlotResponse,
+            timeout=timeout,
+            deadline=deadline,
+            metadata=metadata,
+        )
+
+    async def release_task_slot(
+        self,
+        message: "TaskSlotRequest",
+        *,
+        timeout: "float | None" = None,
+        deadline: "Deadline | None" = None,
+        metadata: "MetadataLike | None" = None,
+    ) -> "TaskSlotResponse":
+
+        return await self._unary_unary(
+            "/spear.v1.MetadataServer/ReleaseTaskSlot",
+            message,
+            TaskSlotResponse,
             timeout=timeout,
             deadline=deadline,
             metadata=metadata,
@@ -2532,6 +2605,18 @@ class MetadataServerBase(betterproto2_grpclib.ServiceBase):
 
         raise grpclib.GRPCError(grpclib.const.Status.UNIMPLEMENTED)
 
+    async def take_task_slot(self, message: "TaskSlotRequest") -> "TaskSlotResponse":
+        """
+        Cluster-wide quotas (docs/security.md): a member holds a slot of a namespace's
+        unfinished tasks at the SMS before a task starts, and gives it back.
+        """
+
+        raise grpclib.GRPCError(grpclib.const.Status.UNIMPLEMENTED)
+
+    async def release_task_slot(self, message: "TaskSlotRequest") -> "TaskSlotResponse":
+
+        raise grpclib.GRPCError(grpclib.const.Status.UNIMPLEMENTED)
+
     async def __rpc_register_node(
         self, stream: "grpclib.server.Stream[RegisterNodeRequest, NodeRecord]"
     ) -> None:
@@ -2701,6 +2786,22 @@ class MetadataServerBase(betterproto2_grpclib.ServiceBase):
         response = await self.verify_token(request)
         await stream.send_message(response)
 
+    async def __rpc_take_task_slot(
+        self, stream: "grpclib.server.Stream[TaskSlotRequest, TaskSlotResponse]"
+    ) -> None:
+        request = await stream.recv_message()
+        assert request is not None
+        response = await self.take_task_slot(request)
+        await stream.send_message(response)
+
+    async def __rpc_release_task_slot(
+        self, stream: "grpclib.server.Stream[TaskSlotRequest, TaskSlotResponse]"
+    ) -> None:
+        request = await stream.recv_message()
+        assert request is not None
+        response = await self.release_task_slot(request)
+        await stream.send_message(response)
+
     def __mapping__(self) -> "dict[str, grpclib.const.Handler]":
         return {
             "/spear.v1.MetadataServer/RegisterNode": grpclib.const.Handler(
@@ -2828,6 +2929,18 @@ class MetadataServerBase(betterproto2_grpclib.ServiceBase):
                 grpclib.const.Cardinality.UNARY_UNARY,
                 VerifyTokenRequest,
                 VerifyTokenResponse,
+            ),
+            "/spear.v1.MetadataServer/TakeTaskSlot": grpclib.const.Handler(
+                self.__rpc_take_task_slot,
+                grpclib.const.Cardinality.UNARY_UNARY,
+                TaskSlotRequest,
+                TaskSlotResponse,
+            ),
+            "/spear.v1.MetadataServer/ReleaseTaskSlot": grpclib.const.Handler(
+                self.__rpc_release_task_slot,
+                grpclib.const.Cardinality.UNARY_UNARY,
+                TaskSlotRequest,
+                TaskSlotResponse,
             ),
         }
 
