@@ -133,7 +133,7 @@ def _methods(service: str) -> list[str]:
         "ReportTask", "ReportTasks", "LookupTask", "ListClusterTasks", "PutObjectLocation",
         "RemoveObjectLocation", "LocateObject",
         "CommitObject", "LookupObject", "HoldObject", "ChangeObject", "ListObjectRecords",
-        "AnnounceObjects", "CollectObjects", "VerifyToken",
+        "AnnounceObjects", "CollectObjects", "VerifyToken", "TakeTaskSlot", "ReleaseTaskSlot",
     ]  # fmt: skip
     names = spearlet if service == "spearlet" else sms
     package = "Spearlet" if service == "spearlet" else "MetadataServer"

@@ -12,11 +12,15 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import time
 from typing import TYPE_CHECKING, Any, Literal
 
+import anyio
+
 from spear.core import namespaces as ns
-from spear.core.models import log_streams
-from spear.errors import InvalidArgument, NotFound, ResourceExhausted
+from spear.core.models import log_streams, new_task_id
+from spear.errors import InvalidArgument, NotFound, ResourceExhausted, SpearError
+from spear.node.idempotency import task_id_for_key
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Callable, Sequence
@@ -94,6 +98,12 @@ class NamespacedNode:
         stdin: bytes | None = None,
         idempotency_key: str | None = None,
     ) -> TaskHandle:
+        async with self._cluster_slot(idempotency_key, keep=True) as key:
+            return await self._submit(spec, stdin, key)
+
+    async def _submit(
+        self, spec: FunctionSpec, stdin: bytes | None, idempotency_key: str | None
+    ) -> TaskHandle:
         if not self._limited():
             handle = await self.api.submit(
                 self._spec(spec), stdin=stdin, idempotency_key=idempotency_key
@@ -122,27 +132,72 @@ class NamespacedNode:
         stderr: Callable[[bytes], None] | None = None,
         on_created: Callable[[Task], None] | None = None,
     ) -> Task:
-        if not self._limited():
-            return await self.api.run(
-                self._spec(spec), stdin=stdin, stdout=stdout, stderr=stderr, on_created=on_created
-            )
-        async with self._slot():
-            return await self.api.run(
-                self._spec(spec), stdin=stdin, stdout=stdout, stderr=stderr, on_created=on_created
-            )
+        async with self._cluster_slot(None):
+            if not self._limited():
+                return await self.api.run(
+                    self._spec(spec),
+                    stdin=stdin,
+                    stdout=stdout,
+                    stderr=stderr,
+                    on_created=on_created,
+                )
+            async with self._slot():
+                return await self.api.run(
+                    self._spec(spec),
+                    stdin=stdin,
+                    stdout=stdout,
+                    stderr=stderr,
+                    on_created=on_created,
+                )
 
     async def call(self, spec: FunctionSpec, *, stdin: bytes | None = None) -> TaskResult:
-        if not self._limited():
-            return await self.api.call(self._spec(spec), stdin=stdin)
-        async with self._slot():
-            return await self.api.call(self._spec(spec), stdin=stdin)
+        async with self._cluster_slot(None):
+            if not self._limited():
+                return await self.api.call(self._spec(spec), stdin=stdin)
+            async with self._slot():
+                return await self.api.call(self._spec(spec), stdin=stdin)
 
     @contextlib.asynccontextmanager
     async def start_task(
         self, spec: FunctionSpec, *, stdin: bytes | None = None
     ) -> AsyncIterator[StreamingTask]:
-        async with self._slot(), self.api.start_task(self._spec(spec), stdin=stdin) as task:
+        async with (
+            self._cluster_slot(None),
+            self._slot(),
+            self.api.start_task(self._spec(spec), stdin=stdin) as task,
+        ):
             yield task
+
+    @contextlib.asynccontextmanager
+    async def _cluster_slot(
+        self, idempotency_key: str | None, *, keep: bool = False
+    ) -> AsyncIterator[str | None]:
+        """A slot of the namespace's cluster-wide task quota, held at the SMS while the
+        block runs (core/cluster_quotas.py), on a cluster member. `keep`: a submit, whose
+        slot its task's record at the SMS ends; the block gets the idempotency key that
+        names the task in advance (the caller's, or a new id). Without a quota: one SMS
+        call a second per namespace, to learn there is none."""
+        cluster = getattr(self.api, "cluster", None)  # (ClusterNode: its SMS client)
+        take = getattr(cluster, "take_task_slot", None)
+        slots = self.slots
+        now = time.monotonic()
+        if take is None or slots is None or slots.cluster_unlimited.get(self.namespace, 0) > now:
+            yield idempotency_key
+            return
+        key = idempotency_key or new_task_id()
+        task_id = task_id_for_key(key)
+        if not await take(self.namespace, task_id, until_released=not keep):
+            slots.cluster_unlimited[self.namespace] = now + 1.0
+            yield idempotency_key
+            return
+        started = False
+        try:
+            yield key
+            started = True
+        finally:
+            if not (keep and started):
+                with anyio.CancelScope(shield=True), contextlib.suppress(SpearError):
+                    await cluster.release_task_slot(self.namespace, task_id)
 
     def _mine(self, task: Task) -> Task:
         if task.spec.namespace != self.namespace:

@@ -27,7 +27,9 @@ if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Awaitable, Callable
     from pathlib import Path
 
+    from spear.core.cluster_quotas import ClusterTaskSlots
     from spear.core.logs import TaskLogs
+    from spear.core.sms import MetadataServer
 
 QUOTAS_FILE = "quotas.json"
 _RELOAD_EVERY_S = 1.0
@@ -131,6 +133,8 @@ class TaskSlots:
         self._pending: dict[str, int] = {}
         self._locks: dict[str, asyncio.Lock] = {}
         self.log_usage = LogUsage()
+        # namespace -> until when it is known to have no cluster-wide quota (the SMS's)
+        self.cluster_unlimited: dict[str, float] = {}
 
     @contextlib.asynccontextmanager
     async def slot(
@@ -197,3 +201,24 @@ def _bytes_of(directories: list[Path]) -> int:
                 with contextlib.suppress(OSError):
                     total += entry.stat(follow_symlinks=False).st_size
     return total
+
+
+def cluster_task_slots(sms: MetadataServer, data_dir: Path) -> ClusterTaskSlots:
+    """The SMS's cluster-wide task quotas: the `tasks` of the quotas in its own data dir
+    (`spear quota set NS --tasks N --data-dir SMS_DIR`), held against its task records."""
+    from spear.core.cluster_quotas import ClusterTaskSlots
+    from spear.transport.auth import AUTH_DIR
+
+    quotas = QuotaFile(data_dir / AUTH_DIR)
+
+    def limit_of(namespace: str) -> int | None:
+        quota = quotas.get(namespace)
+        return None if quota is None else quota.tasks
+
+    async def finished(task_id: str) -> bool | None:
+        try:
+            return (await sms.task(task_id)).state.terminal
+        except NotFound:
+            return None
+
+    return ClusterTaskSlots(limit_of, finished)

@@ -118,7 +118,7 @@ POLICY: dict[str, Role] = {
         _SMS,
         Role.NODE,
         "RegisterNode Heartbeat DeregisterNode ReportTask ReportTasks PutObjectLocation"
-        " RemoveObjectLocation VerifyToken",
+        " RemoveObjectLocation VerifyToken TakeTaskSlot ReleaseTaskSlot",
     ),
     **_table(_SMS, Role.READER, "LookupObject ListObjectRecords"),  # the object index
     # Reflection describes the services (no data): any authenticated caller may ask.

@@ -287,6 +287,21 @@ class SmsClient(Cluster):
         req = v1.VerifyTokenRequest(token=token)
         return await self._call(lambda stub: stub.verify_token(req, **self._opts()))
 
+    async def take_task_slot(
+        self, namespace: str, task_id: str, *, until_released: bool = False
+    ) -> bool:
+        """Hold a slot of `namespace`'s cluster-wide task quota for `task_id`
+        (core/cluster_quotas.py); False if the namespace has none."""
+        req = v1.TaskSlotRequest(
+            namespace=namespace, task_id=task_id, until_released=until_released
+        )
+        resp = await self._call(lambda stub: stub.take_task_slot(req, **self._opts()))
+        return resp.limited
+
+    async def release_task_slot(self, namespace: str, task_id: str) -> None:
+        req = v1.TaskSlotRequest(namespace=namespace, task_id=task_id)
+        await self._call(lambda stub: stub.release_task_slot(req, **self._opts()))
+
     async def aclose(self) -> None:
         channels, self._channels = self._channels, {}
         for channel, _ in channels.values():

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from spear.core.namespaces import check_name
 from spear.core.task_pages import newest_page, page_size
 from spear.errors import InvalidArgument, PermissionDenied
 from spear.transport import _convert as cv
@@ -19,6 +20,7 @@ from spear.transport.serving import GrpcServer, Security, guard
 if TYPE_CHECKING:
     from grpclib.const import Handler
 
+    from spear.core.cluster_quotas import ClusterTaskSlots
     from spear.core.models import Task
     from spear.core.sms import MetadataServer
     from spear.transport.auth import TokenStore
@@ -105,6 +107,23 @@ class MetadataService(ObjectIndexService, v1.MetadataServerBase):
 
     async def lookup_task(self, message: v1.LookupTaskRequest) -> v1.TaskInfo:
         return cv.task_to_wire(await self.sms.task(message.task_id))
+
+    task_slots: ClusterTaskSlots | None = None  # cluster-wide quotas (set by the assembly)
+
+    async def take_task_slot(self, message: v1.TaskSlotRequest) -> v1.TaskSlotResponse:
+        self.sms.leadership.require()  # the slots live in the leader
+        if self.task_slots is None:
+            return v1.TaskSlotResponse(limited=False)
+        limited = await self.task_slots.take(
+            check_name(message.namespace), message.task_id, until_released=message.until_released
+        )
+        return v1.TaskSlotResponse(limited=limited)
+
+    async def release_task_slot(self, message: v1.TaskSlotRequest) -> v1.TaskSlotResponse:
+        self.sms.leadership.require()
+        if self.task_slots is not None:
+            self.task_slots.release(message.namespace, message.task_id)
+        return v1.TaskSlotResponse(limited=self.task_slots is not None)
 
     async def list_cluster_tasks(
         self, message: v1.ListClusterTasksRequest
