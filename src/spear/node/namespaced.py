@@ -17,9 +17,10 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import anyio
 
+from spear._logging import logger
 from spear.core import namespaces as ns
 from spear.core.models import log_streams, new_task_id
-from spear.errors import InvalidArgument, NotFound, ResourceExhausted, SpearError
+from spear.errors import InvalidArgument, NotFound, ResourceExhausted, SpearError, Unavailable
 from spear.node.idempotency import task_id_for_key
 
 if TYPE_CHECKING:
@@ -184,9 +185,15 @@ class NamespacedNode:
         if take is None or slots is None or slots.cluster_unlimited.get(self.namespace, 0) > now:
             yield idempotency_key
             return
+        assert cluster is not None  # (it has take_task_slot)
         key = idempotency_key or new_task_id()
         task_id = task_id_for_key(key)
-        if not await take(self.namespace, task_id, until_released=not keep):
+        try:
+            limited = await take(self.namespace, task_id, until_released=not keep)
+        except Unavailable as exc:  # no SMS: the cluster quota is not kept (the node's is)
+            logger.warning("namespace {}: cluster quota not checked: {}", self.namespace, exc)
+            limited = False
+        if not limited:
             slots.cluster_unlimited[self.namespace] = now + 1.0
             yield idempotency_key
             return
