@@ -97,3 +97,34 @@ async def test_slots_are_freed_by_records_by_release_and_by_grace() -> None:
     with pytest.raises(ResourceExhausted):
         await slots.take("team-a", "t4")  # r1 is not dropped for want of a record
     assert await slots.take("team-a", "t3")  # the same task again: its own slot
+
+
+async def test_without_an_sms_the_cluster_quota_is_not_kept_and_the_task_runs(
+    tmp_path: Path,
+) -> None:
+    """A member whose SMS does not answer admits the task without a cluster slot (the
+    cluster's own placement needs the SMS anyway; here the node runs it itself)."""
+    import socket
+
+    from spear.node.inprocess import InProcessNode
+    from spear.node.namespaced import NamespacedNode
+    from spear.node.quotas import TaskSlots
+    from spear.transport.sms_client import SmsClient
+
+    hello = FunctionSpec(str(build_wat(HELLO_WAT, tmp_path, "hello")))
+    with socket.socket() as probe:  # a loopback port nobody listens on
+        probe.bind(("127.0.0.1", 0))
+        closed = f"127.0.0.1:{probe.getsockname()[1]}"
+    async with spear.LocalNode(tmp_path / "home") as node:
+        api = InProcessNode(node)
+        sms = SmsClient(closed, timeout_s=2)
+        api.cluster = sms  # type: ignore[attr-defined]  (as a ClusterNode's)
+        try:
+            slots = TaskSlots(QuotaFile(tmp_path / "home" / AUTH_DIR))
+            scoped = NamespacedNode(api, "team-a", slots)
+            done = await scoped.call(hello)
+            assert done.output == b"hello from b\n" and done.task.spec.namespace == "team-a"
+            assert slots.cluster_unlimited["team-a"] > 0  # not asked again for a second
+            assert (await scoped.submit(hello)).task.spec.namespace == "team-a"
+        finally:
+            await sms.aclose()

@@ -20,7 +20,14 @@ import anyio
 from spear._logging import logger
 from spear.core import namespaces as ns
 from spear.core.models import log_streams, new_task_id
-from spear.errors import InvalidArgument, NotFound, ResourceExhausted, SpearError, Unavailable
+from spear.errors import (
+    InvalidArgument,
+    NotFound,
+    ResourceExhausted,
+    SpearError,
+    StorageError,
+    Unavailable,
+)
 from spear.node.idempotency import task_id_for_key
 
 if TYPE_CHECKING:
@@ -190,7 +197,7 @@ class NamespacedNode:
         task_id = task_id_for_key(key)
         try:
             limited = await take(self.namespace, task_id, until_released=not keep)
-        except Unavailable as exc:  # no SMS: the cluster quota is not kept (the node's is)
+        except (Unavailable, StorageError) as exc:  # no SMS: the cluster quota is not kept
             logger.warning("namespace {}: cluster quota not checked: {}", self.namespace, exc)
             limited = False
         if not limited:
