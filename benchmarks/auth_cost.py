@@ -4,13 +4,14 @@ One LocalNode served three ways on loopback, interleaved round by round:
 - `open`: no credential checked (`Security.open()`, what spear served before issue 14);
 - `token`: every call authorized by its bearer token (the default);
 - `tls`: a member's certificate over mutual TLS (how cluster processes call each other).
-Each round measures `client.call` (RunTask) of a trivial task one at a time, and 16
-clients calling at once. Results go to benchmarks/results/auth.json and docs/security.md.
+Each round measures `client.call` (RunTask) of a trivial task one at a time, 16
+clients calling at once, and batches (`submit_many(..., wait=True)`, SubmitTasks) of
+200 tasks. Results go to benchmarks/results/auth.json and docs/security.md.
 
 Then, in the same run (unless Ray is not installed), the peer: a local Ray
 (`ray.init(num_cpus=2)`) with its token authentication on (`RAY_AUTH_MODE=token`, its
 default for a local cluster) and off, alternately: `ray.get(f.remote())` of a trivial
-function one at a time, and from 16 threads at once.
+function one at a time, from 16 threads at once, and `ray.get` of 200 at once.
 """
 
 from __future__ import annotations
@@ -38,6 +39,8 @@ from spear.transport.serving import Security
 ONE_BY_ONE = 300
 CLIENTS = 16
 PER_CLIENT = 40
+BATCH = 200
+BATCHES = 3
 
 
 async def _one_by_one(client: Client, spec: FunctionSpec) -> list[float]:
@@ -61,10 +64,19 @@ async def _at_once(clients: list[Client], spec: FunctionSpec) -> float:
     return CLIENTS * PER_CLIENT / (time.perf_counter() - t0)
 
 
+async def _batches(client: Client, spec: FunctionSpec) -> float:
+    t0 = time.perf_counter()
+    for _ in range(BATCHES):
+        done = await client.submit_many([spec] * BATCH, wait=True)
+        assert all(not isinstance(t, Exception) for t in done)
+    return BATCHES * BATCH / (time.perf_counter() - t0)
+
+
 async def measure(rounds: int) -> dict[str, Any]:
     modes = ("open", "token", "tls")
     latency: dict[str, list[float]] = {m: [] for m in modes}
     rates: dict[str, list[float]] = {m: [] for m in modes}
+    batches: dict[str, list[float]] = {m: [] for m in modes}
     with tempfile.TemporaryDirectory(prefix="spear-auth-cost-") as tmp:
         root = Path(tmp)
         module = root / "trivial.wasm"
@@ -97,6 +109,7 @@ async def measure(rounds: int) -> dict[str, Any]:
                             await c.call(spec)  # connected and warm
                         latency[mode] += await _one_by_one(clients[0], spec)
                         rates[mode].append(await _at_once(clients, spec))
+                        batches[mode].append(await _batches(clients[0], spec))
                     finally:
                         for c in clients:
                             await c.aclose()
@@ -105,12 +118,13 @@ async def measure(rounds: int) -> dict[str, Any]:
         mode: {
             "call": summarize(latency[mode]),
             "16_clients_tasks_per_s": round(statistics.median(rates[mode]), 1),
+            "batch_tasks_per_s": round(statistics.median(batches[mode]), 1),
         }
         for mode in modes
     }
 
 
-def _ray_round(mode: str) -> tuple[list[float], float]:
+def _ray_round(mode: str) -> tuple[list[float], float, float]:
     """One round of Ray with token authentication `mode` ("token" or "disabled")."""
     import concurrent.futures
     import os
@@ -141,7 +155,11 @@ def _ray_round(mode: str) -> tuple[list[float], float]:
         with concurrent.futures.ThreadPoolExecutor(CLIENTS) as pool:
             for f in [pool.submit(worker) for _ in range(CLIENTS)]:
                 f.result()
-        return samples, CLIENTS * PER_CLIENT / (time.perf_counter() - t0)
+        rate = CLIENTS * PER_CLIENT / (time.perf_counter() - t0)
+        t0 = time.perf_counter()
+        for _ in range(BATCHES):
+            ray.get([trivial.remote() for _ in range(BATCH)])
+        return samples, rate, BATCHES * BATCH / (time.perf_counter() - t0)
     finally:
         ray.shutdown()
 
@@ -157,6 +175,7 @@ def measure_ray(rounds: int) -> dict[str, Any]:
     modes = ("token", "disabled")
     latency: dict[str, list[float]] = {m: [] for m in modes}
     rates: dict[str, list[float]] = {m: [] for m in modes}
+    batches: dict[str, list[float]] = {m: [] for m in modes}
     for r in range(rounds):
         for mode in modes if r % 2 == 0 else tuple(reversed(modes)):
             done = subprocess.run(
@@ -169,19 +188,21 @@ def measure_ray(rounds: int) -> dict[str, Any]:
             one = json.loads(done.stdout.decode().strip().splitlines()[-1])
             latency[mode] += one["samples"]
             rates[mode].append(one["rate"])
+            batches[mode].append(one["batch"])
     out: dict[str, Any] = {"version": ray.__version__}
     for mode in modes:
         out[mode] = {
             "call": summarize(latency[mode]),
             "16_clients_tasks_per_s": round(statistics.median(rates[mode]), 1),
+            "batch_tasks_per_s": round(statistics.median(batches[mode]), 1),
         }
     return out
 
 
 def main(argv: list[str]) -> int:
     if argv[:1] == ["--ray-round"]:  # one round of Ray, in this process (measure_ray)
-        samples, rate = _ray_round(argv[1])
-        sys.stdout.write(json.dumps({"samples": samples, "rate": rate}) + "\n")
+        samples, rate, batch = _ray_round(argv[1])
+        sys.stdout.write(json.dumps({"samples": samples, "rate": rate, "batch": batch}) + "\n")
         return 0
     rounds = int(argv[0]) if argv else 4
     result = anyio.run(measure, rounds)
@@ -196,6 +217,9 @@ def main(argv: list[str]) -> int:
         )
         result[mode]["16_clients_vs_open"] = round(
             result[mode]["16_clients_tasks_per_s"] / base["16_clients_tasks_per_s"], 3
+        )
+        result[mode]["batch_vs_open"] = round(
+            result[mode]["batch_tasks_per_s"] / base["batch_tasks_per_s"], 3
         )
     out = Path(__file__).parent / "results" / "auth.json"
     out.write_text(json.dumps(result, indent=2) + "\n")

@@ -366,7 +366,9 @@ def test_a_namespace_token_and_its_quota_on_the_command_line(
     listed = {t["name"]: t for t in cli.json("token", "ls")}
     assert listed["alice"]["namespace"] == "team-a" and listed["owner"]["namespace"] is None
     assert cli("quota", "set", "team-a", "--tasks", "1").returncode == 0
-    assert cli.json("quota", "ls") == [{"namespace": "team-a", "tasks": 1, "object_bytes": None}]
+    assert cli.json("quota", "ls") == [
+        {"namespace": "team-a", "tasks": 1, "object_bytes": None, "log_bytes": None}
+    ]
     alice = Cli(tmp_path / "elsewhere")
     as_alice = {"SPEAR_TOKEN": made["token"]}
     first = alice("submit", "--node", daemon.address, slow, **as_alice)

@@ -38,7 +38,11 @@ _SIZE_SUFFIXES = {
 
 def parse_size(text: str | int) -> int:
     """'64M', '1GiB', '4096' -> bytes."""
+    if isinstance(text, bool) or not isinstance(text, int | str):  # (a TOML float, array)
+        raise InvalidArgument(f"not a size: {text!r} (try 64M or 1GiB)")
     if isinstance(text, int):
+        if text < 0:
+            raise InvalidArgument(f"not a size: {text!r} (a size is not negative)")
         return text
     s = text.strip().lower()
     num = s.rstrip("abcdefghijklmnopqrstuvwxyz")
@@ -158,6 +162,11 @@ class Settings:
     # Copies of each new value larger than 4 KiB kept on this many members (the writer and
     # others, chosen among the live ones), so it outlives its writer (docs/objects.md).
     object_replicas: int = 1
+    # Retention of finished tasks' records, logs and results (core/retention.py): deleted
+    # this long after they ended (0: kept), and beyond the newest task_retention_records
+    # finished ones (0: no limit); a daemon looks every task_log_prune_interval_s.
+    task_retention_s: float = 0.0
+    task_retention_records: int = 0
     extra: Mapping[str, Any] = dataclasses.field(default_factory=dict)
 
     def __post_init__(self) -> None:

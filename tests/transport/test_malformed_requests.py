@@ -126,14 +126,14 @@ def _methods(service: str) -> list[str]:
         "SubmitTask", "SubmitTasks", "GetTask", "ListTasks", "WatchTask", "CancelTask",
         "GetResult", "RunTask", "StreamLogs", "ExchangeStream", "UploadArtifact",
         "HasArtifact", "GetNodeInfo", "PutObject", "GetObject", "ListObjects", "DeleteObject",
-        "AddObjectRef", "RemoveObjectRef", "PinObject", "UnpinObject",
+        "AddObjectRef", "RemoveObjectRef", "PinObject", "UnpinObject", "DeleteTasks",
     ]  # fmt: skip
     sms = [
         "RegisterNode", "Heartbeat", "DeregisterNode", "GetNode", "ListNodes", "FindNodes",
         "ReportTask", "ReportTasks", "LookupTask", "ListClusterTasks", "PutObjectLocation",
         "RemoveObjectLocation", "LocateObject",
         "CommitObject", "LookupObject", "HoldObject", "ChangeObject", "ListObjectRecords",
-        "AnnounceObjects", "CollectObjects", "VerifyToken",
+        "AnnounceObjects", "CollectObjects", "VerifyToken", "TakeTaskSlot", "ReleaseTaskSlot",
     ]  # fmt: skip
     names = spearlet if service == "spearlet" else sms
     package = "Spearlet" if service == "spearlet" else "MetadataServer"

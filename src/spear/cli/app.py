@@ -51,6 +51,7 @@ _COMMANDS: dict[str, tuple[str, str, str]] = {
     "quota": ("spear.cli.quotas", "quota_app", "Per-namespace quotas: set, ls, rm."),
     "vec": ("spear.cli.vectors", "vec_app", "Vector collections: create, upsert, query, ..."),
     "route": ("spear.cli.routes", "route_app", "HTTP triggers and WebSocket routes: add, ls, rm."),
+    "delete": ("spear.cli.retention", "app", "Delete finished tasks: records, logs, results."),
 }
 _GROUPS = ("obj", "cluster", "token", "runner", "quota", "vec", "route")
 

@@ -17,7 +17,7 @@ if TYPE_CHECKING:
     from spear.node.quotas import Quota, QuotaFile
 
 quota_app = typer.Typer(
-    help="Per-namespace quotas: unfinished tasks at once, bytes of objects.",
+    help="Per-namespace quotas: unfinished tasks at once, bytes of objects, bytes of logs.",
     no_args_is_help=True,
 )
 
@@ -38,6 +38,10 @@ def set_quota(
     object_bytes: Annotated[
         str | None, typer.Option("--object-bytes", help="Bytes of objects kept (e.g. 512M).")
     ] = None,
+    log_bytes: Annotated[
+        str | None,
+        typer.Option("--log-bytes", help="Bytes of task logs kept; then no new task (e.g. 1G)."),
+    ] = None,
     data_dir: DataDirOpt = None,
     config: ConfigOpt = None,
     as_json: JsonOpt = False,
@@ -46,7 +50,8 @@ def set_quota(
     from spear.node.quotas import Quota
 
     size = None if object_bytes is None else parse_size(object_bytes)
-    quota = Quota(namespace, tasks=tasks, object_bytes=size)
+    logs = None if log_bytes is None else parse_size(log_bytes)
+    quota = Quota(namespace, tasks=tasks, object_bytes=size, log_bytes=logs)
     _quotas(data_dir, config).set(quota)
     if as_json:
         emit_json(quota.to_json())
@@ -57,7 +62,8 @@ def set_quota(
 def _line(quota: Quota) -> str:
     tasks = "-" if quota.tasks is None else str(quota.tasks)
     size = "-" if quota.object_bytes is None else str(quota.object_bytes)
-    return f"{quota.namespace:<24}{tasks:<8}{size}\n"
+    logs = "-" if quota.log_bytes is None else str(quota.log_bytes)
+    return f"{quota.namespace:<24}{tasks:<8}{size:<16}{logs}\n"
 
 
 @quota_app.command("ls", help="List the namespaces' quotas.")
@@ -68,7 +74,7 @@ def list_quotas(
     if as_json:
         emit_json([q.to_json() for q in found])
         return
-    sys.stdout.write(f"{'NAMESPACE':<24}{'TASKS':<8}OBJECT BYTES\n")
+    sys.stdout.write(f"{'NAMESPACE':<24}{'TASKS':<8}{'OBJECT BYTES':<16}LOG BYTES\n")
     for quota in found:
         sys.stdout.write(_line(quota))
 

@@ -101,6 +101,8 @@ class DirMapping:
 
 
 def _utf8(what: str, text: str) -> None:
+    if not isinstance(text, str):  # (a spec from JSON: any type may come)
+        raise InvalidArgument(f"{what} must be text, not {text!r}")
     try:
         text.encode("utf-8")
     except UnicodeEncodeError:  # bytes the OS gave as surrogates: no text a record can hold

@@ -14,7 +14,7 @@ from spear.core.logs import prune_task_logs
 from spear.core.results import serving_objects
 from spear.core.tasks import TaskController, TaskStore
 from spear.core.worker import NodeServices
-from spear.errors import Unavailable
+from spear.errors import SpearError, Unavailable
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Callable, Mapping, Sequence
@@ -134,6 +134,22 @@ class Spearlet:
                 continue
             if gone:
                 logger.info("deleted the logs of {} finished task(s) by policy", len(gone))
+            await self._apply_retention()
+
+    async def _apply_retention(self) -> None:
+        """Finished tasks' records, logs and results deleted by the retention policy."""
+        from spear.core.retention import delete_by_policy
+
+        age, records = self.settings.task_retention_s, self.settings.task_retention_records
+        try:
+            gone = await delete_by_policy(
+                self, older_than_s=age if age > 0 else None, keep=records if records > 0 else None
+            )
+        except SpearError as exc:
+            logger.warning("applying the task retention policy failed: {}", exc)
+            return
+        if gone:
+            logger.info("deleted {} finished task(s) by the retention policy", len(gone))
 
     async def shutdown(self, reason: str = "node stopped") -> None:
         """Stop the node; running tasks are interrupted and marked. Safe to call twice."""

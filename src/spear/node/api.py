@@ -120,6 +120,19 @@ class NodeAPI(Protocol):
 
     async def aclose(self) -> None: ...
 
+    async def delete_tasks(
+        self,
+        task_ids: Sequence[str] = (),
+        *,
+        older_than_s: float | None = None,
+        keep: int | None = None,
+        namespace: str | None = None,
+    ) -> list[str]:
+        """Delete finished tasks (records, logs, results): `task_ids`, and those that
+        ended over `older_than_s` ago or beyond the newest `keep` (of `namespace` only,
+        if named; a client's namespace is its credentials'). Returns the ids deleted."""
+        ...
+
 
 class TaskHandle:
     """A submitted task: `await handle` (or `handle.result()`) for its result."""

@@ -361,6 +361,7 @@ async def serving_sms(settings: Settings, kv_spec: str | None = None) -> AsyncIt
     `kv_spec`: leveldb:PATH, etcd://..., or None for DATA/sms.ldb; its sweeper running)."""
     from spear.core.cluster import ClusterTimings
     from spear.core.sms import MetadataServer
+    from spear.node.quotas import cluster_task_slots
     from spear.transport.serving import Security
     from spear.transport.sms_server import SmsServer
 
@@ -373,6 +374,7 @@ async def serving_sms(settings: Settings, kv_spec: str | None = None) -> AsyncIt
         sms = MetadataServer(kv, timings)
         peers = retry_placement(sms, settings)
         server = SmsServer(sms, security=security)
+        server.service.task_slots = cluster_task_slots(sms, settings.data_dir)
         address = await server.start(settings.listen)
         sms = server.sms
         try:

@@ -551,3 +551,20 @@ class Client(AsyncResource):
         with self._errors():
             answer = await self._stub.unpin_object(v1.ObjectKeyRequest(key=key))
         return cv.object_from_wire(answer)
+
+    async def delete_tasks(
+        self,
+        task_ids: Sequence[str] = (),
+        *,
+        older_than_s: float | None = None,
+        keep: int | None = None,
+        namespace: str | None = None,
+    ) -> list[str]:
+        """DeleteTasks, in the namespace of this client's credentials (`namespace` is
+        the server's to decide)."""
+        request = v1.DeleteTasksRequest(
+            task_ids=list(task_ids), older_than_s=older_than_s, keep=keep
+        )
+        with self._errors():
+            answer = await self._stub.delete_tasks(request)
+        return list(answer.task_ids)

@@ -342,6 +342,19 @@ class ClusterNode:
     async def unpin_object(self, key: str) -> ObjectInfo:
         return await self.local.unpin_object(key)
 
+    async def delete_tasks(
+        self,
+        task_ids: Sequence[str] = (),
+        *,
+        older_than_s: float | None = None,
+        keep: int | None = None,
+        namespace: str | None = None,
+    ) -> list[str]:
+        """This node's own finished tasks (core/retention.py: deleting is per node)."""
+        return await self.local.delete_tasks(
+            task_ids, older_than_s=older_than_s, keep=keep, namespace=namespace
+        )
+
     async def delete_object(self, key: str) -> bool:
         deleted = await self.local.delete_object(key)
         if deleted:

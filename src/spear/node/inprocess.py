@@ -332,6 +332,27 @@ class InProcessNode:
     async def aclose(self) -> None:
         """The node belongs to whoever started it; closing the adapter leaves it running."""
 
+    async def delete_tasks(
+        self,
+        task_ids: Sequence[str] = (),
+        *,
+        older_than_s: float | None = None,
+        keep: int | None = None,
+        namespace: str | None = None,
+    ) -> list[str]:
+        from spear.core import retention
+
+        named = [await self.task(task_id) for task_id in task_ids]
+        if namespace is not None:
+            for task in named:
+                if task.spec.namespace != namespace:
+                    raise NotFound(f"no task {task.id!r} in namespace {namespace!r}")
+        gone = await retention.delete_tasks(self.node, named)
+        more = await retention.delete_by_policy(
+            self.node, older_than_s=older_than_s, keep=keep, namespace=namespace
+        )
+        return gone + more
+
 
 def _transfer_address(store: ObjectStore | None) -> str:
     """Where this node's object transfer service listens (a cluster member's), else ""."""

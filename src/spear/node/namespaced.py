@@ -12,11 +12,23 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import time
 from typing import TYPE_CHECKING, Any, Literal
 
+import anyio
+
+from spear._logging import logger
 from spear.core import namespaces as ns
-from spear.core.models import log_streams
-from spear.errors import InvalidArgument, NotFound, ResourceExhausted
+from spear.core.models import log_streams, new_task_id
+from spear.errors import (
+    InvalidArgument,
+    NotFound,
+    ResourceExhausted,
+    SpearError,
+    StorageError,
+    Unavailable,
+)
+from spear.node.idempotency import task_id_for_key
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Callable, Sequence
@@ -56,17 +68,34 @@ class NamespacedNode:
             return True
 
     def _limited(self) -> bool:
-        """Whether the namespace has a task quota (most have none: they skip `_slot`)."""
+        """Whether the namespace has a task or log quota (most have none: they skip
+        `_slot`)."""
         if self.slots is None:
             return False
         quota = self.slots.quotas.get(self.namespace)
-        return quota is not None and quota.tasks is not None
+        return quota is not None and (quota.tasks is not None or quota.log_bytes is not None)
+
+    async def _check_logs(self) -> None:
+        """ResourceExhausted if the namespace's tasks keep its quota of log bytes here."""
+        quota = self.slots.quotas.get(self.namespace) if self.slots is not None else None
+        if self.slots is None or quota is None or quota.log_bytes is None:
+            return
+        node = getattr(self.api, "node", None)  # (InProcessNode, ClusterNode: the Spearlet)
+        if node is None:
+            return
+        namespace = self.namespace
+
+        async def ids() -> list[str]:
+            return [t.id for t in await node.tasks() if t.spec.namespace == namespace]
+
+        await self.slots.log_usage.check(quota, ids, node.logs)
 
     @contextlib.asynccontextmanager
     async def _slot(self) -> AsyncIterator[Callable[[str], None]]:
         if self.slots is None:
             yield lambda _id: None
             return
+        await self._check_logs()
         async with self.slots.slot(self.namespace, self._done) as keep:
             yield keep
 
@@ -76,6 +105,12 @@ class NamespacedNode:
         *,
         stdin: bytes | None = None,
         idempotency_key: str | None = None,
+    ) -> TaskHandle:
+        async with self._cluster_slot(idempotency_key, keep=True) as key:
+            return await self._submit(spec, stdin, key)
+
+    async def _submit(
+        self, spec: FunctionSpec, stdin: bytes | None, idempotency_key: str | None
     ) -> TaskHandle:
         if not self._limited():
             handle = await self.api.submit(
@@ -105,27 +140,78 @@ class NamespacedNode:
         stderr: Callable[[bytes], None] | None = None,
         on_created: Callable[[Task], None] | None = None,
     ) -> Task:
-        if not self._limited():
-            return await self.api.run(
-                self._spec(spec), stdin=stdin, stdout=stdout, stderr=stderr, on_created=on_created
-            )
-        async with self._slot():
-            return await self.api.run(
-                self._spec(spec), stdin=stdin, stdout=stdout, stderr=stderr, on_created=on_created
-            )
+        async with self._cluster_slot(None):
+            if not self._limited():
+                return await self.api.run(
+                    self._spec(spec),
+                    stdin=stdin,
+                    stdout=stdout,
+                    stderr=stderr,
+                    on_created=on_created,
+                )
+            async with self._slot():
+                return await self.api.run(
+                    self._spec(spec),
+                    stdin=stdin,
+                    stdout=stdout,
+                    stderr=stderr,
+                    on_created=on_created,
+                )
 
     async def call(self, spec: FunctionSpec, *, stdin: bytes | None = None) -> TaskResult:
-        if not self._limited():
-            return await self.api.call(self._spec(spec), stdin=stdin)
-        async with self._slot():
-            return await self.api.call(self._spec(spec), stdin=stdin)
+        async with self._cluster_slot(None):
+            if not self._limited():
+                return await self.api.call(self._spec(spec), stdin=stdin)
+            async with self._slot():
+                return await self.api.call(self._spec(spec), stdin=stdin)
 
     @contextlib.asynccontextmanager
     async def start_task(
         self, spec: FunctionSpec, *, stdin: bytes | None = None
     ) -> AsyncIterator[StreamingTask]:
-        async with self._slot(), self.api.start_task(self._spec(spec), stdin=stdin) as task:
+        async with (
+            self._cluster_slot(None),
+            self._slot(),
+            self.api.start_task(self._spec(spec), stdin=stdin) as task,
+        ):
             yield task
+
+    @contextlib.asynccontextmanager
+    async def _cluster_slot(
+        self, idempotency_key: str | None, *, keep: bool = False
+    ) -> AsyncIterator[str | None]:
+        """A slot of the namespace's cluster-wide task quota, held at the SMS while the
+        block runs (core/cluster_quotas.py), on a cluster member. `keep`: a submit, whose
+        slot its task's record at the SMS ends; the block gets the idempotency key that
+        names the task in advance (the caller's, or a new id). Without a quota: one SMS
+        call a second per namespace, to learn there is none."""
+        cluster = getattr(self.api, "cluster", None)  # (ClusterNode: its SMS client)
+        take = getattr(cluster, "take_task_slot", None)
+        slots = self.slots
+        now = time.monotonic()
+        if take is None or slots is None or slots.cluster_unlimited.get(self.namespace, 0) > now:
+            yield idempotency_key
+            return
+        assert cluster is not None  # (it has take_task_slot)
+        key = idempotency_key or new_task_id()
+        task_id = task_id_for_key(key)
+        try:
+            limited = await take(self.namespace, task_id, until_released=not keep)
+        except (Unavailable, StorageError) as exc:  # no SMS: the cluster quota is not kept
+            logger.warning("namespace {}: cluster quota not checked: {}", self.namespace, exc)
+            limited = False
+        if not limited:
+            slots.cluster_unlimited[self.namespace] = now + 1.0
+            yield idempotency_key
+            return
+        started = False
+        try:
+            yield key
+            started = True
+        finally:
+            if not (keep and started):
+                with anyio.CancelScope(shield=True), contextlib.suppress(SpearError):
+                    await cluster.release_task_slot(self.namespace, task_id)
 
     def _mine(self, task: Task) -> Task:
         if task.spec.namespace != self.namespace:
@@ -225,6 +311,20 @@ class NamespacedNode:
 
     async def aclose(self) -> None:
         await self.api.aclose()
+
+    async def delete_tasks(
+        self,
+        task_ids: Sequence[str] = (),
+        *,
+        older_than_s: float | None = None,
+        keep: int | None = None,
+        namespace: str | None = None,
+    ) -> list[str]:
+        """Only this namespace's tasks: another's named one is "not found"."""
+        ids = [(await self.task(task_id)).id for task_id in task_ids]
+        return await self.api.delete_tasks(
+            ids, older_than_s=older_than_s, keep=keep, namespace=self.namespace
+        )
 
 
 def scoped(api: NodeAPI, slots: TaskSlots | None = None) -> NodeAPI:

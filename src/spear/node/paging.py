@@ -10,34 +10,21 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from spear.core.task_pages import MAX_PAGE_SIZE, PAGE_SIZE, newest_page, page_size
+
+__all__ = ["MAX_PAGE_SIZE", "PAGE_SIZE", "objects_page", "page_size", "tasks_page"]
+
 if TYPE_CHECKING:
     from spear.core.models import Task, TaskState
     from spear.node.api import NodeAPI
     from spear.store.object_info import ObjectInfo
-
-PAGE_SIZE = 1000  # a page of tasks is at most ~1 MiB on the wire: well under 4 MiB
-MAX_PAGE_SIZE = 5000
-
-
-def page_size(asked: int, limit: int | None = None) -> int:
-    size = min(asked or PAGE_SIZE, MAX_PAGE_SIZE)
-    return size if limit is None else max(min(size, limit), 1)
 
 
 async def tasks_page(
     api: NodeAPI, state: TaskState | None, size: int, token: str
 ) -> tuple[list[Task], str]:
     """The `size` newest tasks older than `token` (all, without one), and the next token."""
-    fetch = size + 1
-    while True:
-        found = await api.tasks(state, fetch)
-        after = [t for t in found if t.id < token] if token else found
-        if len(after) > size or len(found) < fetch:
-            break
-        fetch *= 4  # the token lies further back: look further
-    page = after[:size]
-    more = len(after) > size
-    return page, page[-1].id if more and page else ""
+    return await newest_page(lambda n: api.tasks(state, n), size, token)
 
 
 async def objects_page(

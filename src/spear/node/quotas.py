@@ -1,5 +1,5 @@
 """Per-namespace quotas: how many tasks a namespace may have unfinished on a node at
-once, and how many bytes of objects it may keep there.
+once, how many bytes of objects it may keep there, and how many bytes of task logs.
 
 The node's owner sets them with `spear quota set NS --tasks N --object-bytes SIZE`; they
 live in `DATA/auth/quotas.json` (owner-only, beside the tokens) and a running node sees a
@@ -11,10 +11,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+import anyio
 import orjson
 
 from spear.core.namespaces import check_name
@@ -24,6 +26,10 @@ from spear.transport.auth import write_private
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Awaitable, Callable
     from pathlib import Path
+
+    from spear.core.cluster_quotas import ClusterTaskSlots
+    from spear.core.logs import TaskLogs
+    from spear.core.sms import MetadataServer
 
 QUOTAS_FILE = "quotas.json"
 _RELOAD_EVERY_S = 1.0
@@ -36,10 +42,11 @@ class Quota:
     namespace: str
     tasks: int | None = None
     object_bytes: int | None = None
+    log_bytes: int | None = None
 
     def __post_init__(self) -> None:
         check_name(self.namespace)
-        for name in ("tasks", "object_bytes"):
+        for name in ("tasks", "object_bytes", "log_bytes"):
             value = getattr(self, name)
             if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
                 raise InvalidArgument(f"quota {name} must be a whole number")
@@ -47,7 +54,12 @@ class Quota:
                 raise InvalidArgument(f"quota {name} must not be negative")
 
     def to_json(self) -> dict[str, Any]:
-        return {"namespace": self.namespace, "tasks": self.tasks, "object_bytes": self.object_bytes}
+        return {
+            "namespace": self.namespace,
+            "tasks": self.tasks,
+            "object_bytes": self.object_bytes,
+            "log_bytes": self.log_bytes,
+        }
 
 
 class QuotaFile:
@@ -120,6 +132,9 @@ class TaskSlots:
         self._live: dict[str, set[str]] = {}
         self._pending: dict[str, int] = {}
         self._locks: dict[str, asyncio.Lock] = {}
+        self.log_usage = LogUsage()
+        # namespace -> until when it is known to have no cluster-wide quota (the SMS's)
+        self.cluster_unlimited: dict[str, float] = {}
 
     @contextlib.asynccontextmanager
     async def slot(
@@ -148,3 +163,62 @@ class TaskSlots:
             yield live.add
         finally:
             self._pending[namespace] -= 1
+
+
+class LogUsage:
+    """The bytes of task logs each namespace keeps on this node, measured at most once a
+    second per namespace (only for a namespace with a log quota: others pay nothing)."""
+
+    def __init__(self) -> None:
+        self._seen: dict[str, tuple[float, int]] = {}
+
+    async def check(
+        self, quota: Quota, task_ids: Callable[[], Awaitable[list[str]]], logs: TaskLogs
+    ) -> None:
+        """ResourceExhausted if `quota.namespace`'s tasks (`task_ids`) keep `quota.log_bytes`
+        of logs or more in `logs`."""
+        limit = quota.log_bytes
+        if limit is None:
+            return
+        now = time.monotonic()
+        seen = self._seen.get(quota.namespace)
+        if seen is None or now - seen[0] >= _RELOAD_EVERY_S:
+            ids = await task_ids()
+            used = await anyio.to_thread.run_sync(_bytes_of, [logs.directory(i) for i in ids])
+            seen = self._seen[quota.namespace] = (now, used)
+        if seen[1] >= limit:
+            raise ResourceExhausted(
+                f"namespace {quota.namespace!r} is at its quota of {limit} log bytes"
+                f" ({seen[1]} kept; delete finished tasks with `spear delete`)"
+            )
+
+
+def _bytes_of(directories: list[Path]) -> int:
+    total = 0
+    for directory in directories:
+        with contextlib.suppress(OSError):
+            for entry in os.scandir(directory):
+                with contextlib.suppress(OSError):
+                    total += entry.stat(follow_symlinks=False).st_size
+    return total
+
+
+def cluster_task_slots(sms: MetadataServer, data_dir: Path) -> ClusterTaskSlots:
+    """The SMS's cluster-wide task quotas: the `tasks` of the quotas in its own data dir
+    (`spear quota set NS --tasks N --data-dir SMS_DIR`), held against its task records."""
+    from spear.core.cluster_quotas import ClusterTaskSlots
+    from spear.transport.auth import AUTH_DIR
+
+    quotas = QuotaFile(data_dir / AUTH_DIR)
+
+    def limit_of(namespace: str) -> int | None:
+        quota = quotas.get(namespace)
+        return None if quota is None else quota.tasks
+
+    async def finished(task_id: str) -> bool | None:
+        try:
+            return (await sms.task(task_id)).state.terminal
+        except NotFound:
+            return None
+
+    return ClusterTaskSlots(limit_of, finished)

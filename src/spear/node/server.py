@@ -296,6 +296,14 @@ class SpearletService(v1.SpearletBase):
     async def unpin_object(self, message: v1.ObjectKeyRequest) -> v1.ObjectInfo:
         return cv.object_to_wire(await self.api.unpin_object(message.key))
 
+    async def delete_tasks(self, message: v1.DeleteTasksRequest) -> v1.DeleteTasksResponse:
+        gone = await self.api.delete_tasks(
+            message.task_ids, older_than_s=message.older_than_s, keep=message.keep
+        )
+        if gone:
+            logger.info("deleted {} finished task(s) at a client's request", len(gone))
+        return v1.DeleteTasksResponse(task_ids=gone)
+
 
 class SpearletServer(GrpcServer):
     """spear.v1.Spearlet, health and reflection on one port. `start` reports the address."""

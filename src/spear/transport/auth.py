@@ -104,7 +104,7 @@ POLICY: dict[str, Role] = {
         _SPEARLET,
         Role.SUBMITTER,
         "SubmitTask SubmitTasks RunTask ExchangeStream CancelTask UploadArtifact PutObject"
-        " DeleteObject AddObjectRef RemoveObjectRef PinObject UnpinObject",
+        " DeleteObject AddObjectRef RemoveObjectRef PinObject UnpinObject DeleteTasks",
     ),
     **_table(_PEER, Role.READER, "ListClusterNodes"),
     **_table(_PEER, Role.NODE, "ForwardTask"),
@@ -118,7 +118,7 @@ POLICY: dict[str, Role] = {
         _SMS,
         Role.NODE,
         "RegisterNode Heartbeat DeregisterNode ReportTask ReportTasks PutObjectLocation"
-        " RemoveObjectLocation VerifyToken",
+        " RemoveObjectLocation VerifyToken TakeTaskSlot ReleaseTaskSlot",
     ),
     **_table(_SMS, Role.READER, "LookupObject ListObjectRecords"),  # the object index
     **_table("/spear.v1.SpearletVectors/", Role.READER, "ReadVectors"),  # vector collections

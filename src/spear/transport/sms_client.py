@@ -199,11 +199,20 @@ class SmsClient(Cluster):
     async def tasks(
         self, state: TaskState | None = None, limit: int | None = None, node: str | None = None
     ) -> list[Task]:
-        req = v1.ListClusterTasksRequest(
-            state=cv.state_to_wire(state), limit=limit or 0, node=node or ""
-        )
-        resp = await self._call(lambda stub: stub.list_cluster_tasks(req, **self._opts()))
-        return [cv.task_from_wire(t) for t in resp.tasks]
+        found: list[Task] = []
+        token = ""
+        while True:  # page after page (core/task_pages.py): any history fits
+            left = 0 if limit is None else limit - len(found)
+            req = v1.ListClusterTasksRequest(
+                state=cv.state_to_wire(state), limit=left, node=node or "", page_token=token
+            )
+            resp = await self._call(
+                lambda stub, r=req: stub.list_cluster_tasks(r, **self._opts())  # type: ignore[misc]
+            )
+            found.extend(cv.task_from_wire(t) for t in resp.tasks)
+            token = resp.next_page_token
+            if not token or (limit is not None and len(found) >= limit):
+                return found if limit is None else found[:limit]
 
     async def put_object_location(self, location: ObjectLocation) -> ObjectLocation:
         req = sc.location_to_wire(location)
@@ -288,6 +297,21 @@ class SmsClient(Cluster):
         """What the SMS knows of `token` (transport/cluster_tokens.py)."""
         req = v1.VerifyTokenRequest(token=token)
         return await self._call(lambda stub: stub.verify_token(req, **self._opts()))
+
+    async def take_task_slot(
+        self, namespace: str, task_id: str, *, until_released: bool = False
+    ) -> bool:
+        """Hold a slot of `namespace`'s cluster-wide task quota for `task_id`
+        (core/cluster_quotas.py); False if the namespace has none."""
+        req = v1.TaskSlotRequest(
+            namespace=namespace, task_id=task_id, until_released=until_released
+        )
+        resp = await self._call(lambda stub: stub.take_task_slot(req, **self._opts()))
+        return resp.limited
+
+    async def release_task_slot(self, namespace: str, task_id: str) -> None:
+        req = v1.TaskSlotRequest(namespace=namespace, task_id=task_id)
+        await self._call(lambda stub: stub.release_task_slot(req, **self._opts()))
 
     async def aclose(self) -> None:
         channels, self._channels = self._channels, {}

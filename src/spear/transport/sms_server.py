@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from spear.core.namespaces import check_name
+from spear.core.task_pages import newest_page, page_size
 from spear.errors import InvalidArgument, PermissionDenied
 from spear.transport import _convert as cv
 from spear.transport import _sms_convert as sc
@@ -18,6 +20,7 @@ from spear.transport.serving import GrpcServer, Security, guard
 if TYPE_CHECKING:
     from grpclib.const import Handler
 
+    from spear.core.cluster_quotas import ClusterTaskSlots
     from spear.core.models import Task
     from spear.core.sms import MetadataServer
     from spear.transport.auth import TokenStore
@@ -105,13 +108,33 @@ class MetadataService(ObjectIndexService, v1.MetadataServerBase):
     async def lookup_task(self, message: v1.LookupTaskRequest) -> v1.TaskInfo:
         return cv.task_to_wire(await self.sms.task(message.task_id))
 
+    task_slots: ClusterTaskSlots | None = None  # cluster-wide quotas (set by the assembly)
+
+    async def take_task_slot(self, message: v1.TaskSlotRequest) -> v1.TaskSlotResponse:
+        self.sms.leadership.require()  # the slots live in the leader
+        if self.task_slots is None:
+            return v1.TaskSlotResponse(limited=False)
+        limited = await self.task_slots.take(
+            check_name(message.namespace), message.task_id, until_released=message.until_released
+        )
+        return v1.TaskSlotResponse(limited=limited)
+
+    async def release_task_slot(self, message: v1.TaskSlotRequest) -> v1.TaskSlotResponse:
+        self.sms.leadership.require()
+        if self.task_slots is not None:
+            self.task_slots.release(message.namespace, message.task_id)
+        return v1.TaskSlotResponse(limited=self.task_slots is not None)
+
     async def list_cluster_tasks(
         self, message: v1.ListClusterTasksRequest
     ) -> v1.ListClusterTasksResponse:
-        found = await self.sms.tasks(
-            cv.state_from_wire(message.state), message.limit or None, message.node or None
+        state, node = cv.state_from_wire(message.state), message.node or None
+        size = page_size(message.page_size, message.limit or None)
+        found, token = await newest_page(
+            lambda n: self.sms.tasks(state, n, node), size, message.page_token
         )
-        return v1.ListClusterTasksResponse(tasks=[cv.task_to_wire(t) for t in found])
+        tasks = [cv.task_to_wire(t) for t in found]
+        return v1.ListClusterTasksResponse(tasks=tasks, next_page_token=token)
 
     async def put_object_location(self, message: v1.ObjectLocation) -> v1.ObjectLocation:
         self.sms.leadership.require()  # writes go to the leader only

@@ -435,3 +435,19 @@ class ForwardTasksResponse(_message.Message):
     outcomes: _containers.RepeatedCompositeFieldContainer[ForwardOutcome]
     free: Resources
     def __init__(self, outcomes: _Optional[_Iterable[_Union[ForwardOutcome, _Mapping]]] = ..., free: _Optional[_Union[Resources, _Mapping]] = ...) -> None: ...
+
+class DeleteTasksRequest(_message.Message):
+    __slots__ = ("task_ids", "older_than_s", "keep")
+    TASK_IDS_FIELD_NUMBER: _ClassVar[int]
+    OLDER_THAN_S_FIELD_NUMBER: _ClassVar[int]
+    KEEP_FIELD_NUMBER: _ClassVar[int]
+    task_ids: _containers.RepeatedScalarFieldContainer[str]
+    older_than_s: float
+    keep: int
+    def __init__(self, task_ids: _Optional[_Iterable[str]] = ..., older_than_s: _Optional[float] = ..., keep: _Optional[int] = ...) -> None: ...
+
+class DeleteTasksResponse(_message.Message):
+    __slots__ = ("task_ids",)
+    TASK_IDS_FIELD_NUMBER: _ClassVar[int]
+    task_ids: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, task_ids: _Optional[_Iterable[str]] = ...) -> None: ...

@@ -16,6 +16,8 @@ __all__ = (
     "CollectObjectsRequest",
     "CommitObjectRequest",
     "DeleteObjectResponse",
+    "DeleteTasksRequest",
+    "DeleteTasksResponse",
     "DeregisterNodeRequest",
     "DeregisterNodeResponse",
     "DirMapping",
@@ -87,6 +89,8 @@ __all__ = (
     "SubmitTasksRequest",
     "SubmitTasksResponse",
     "TaskInfo",
+    "TaskSlotRequest",
+    "TaskSlotResponse",
     "TaskState",
     "VectorAnswer",
     "VectorRequest",
@@ -367,6 +371,43 @@ class DeleteObjectResponse(betterproto2.Message):
 
 
 default_message_pool.register_message("spear.v1", "DeleteObjectResponse", DeleteObjectResponse)
+
+
+@dataclass(eq=False, repr=False)
+class DeleteTasksRequest(betterproto2.Message):
+    """
+    Spearlet.DeleteTasks: the named finished tasks, and those a policy no longer keeps, of
+    the caller's namespace (of the whole node for a cluster member naming none).
+    """
+
+    task_ids: "list[str]" = betterproto2.field(1, betterproto2.TYPE_STRING, repeated=True)
+    """
+    these (finished; a running one is refused)
+    """
+
+    older_than_s: "float | None" = betterproto2.field(2, betterproto2.TYPE_DOUBLE, optional=True)
+    """
+    and every finished task that ended longer ago
+    """
+
+    keep: "int | None" = betterproto2.field(3, betterproto2.TYPE_UINT64, optional=True)
+    """
+    and every finished task beyond the newest `keep`
+    """
+
+
+default_message_pool.register_message("spear.v1", "DeleteTasksRequest", DeleteTasksRequest)
+
+
+@dataclass(eq=False, repr=False)
+class DeleteTasksResponse(betterproto2.Message):
+    task_ids: "list[str]" = betterproto2.field(1, betterproto2.TYPE_STRING, repeated=True)
+    """
+    the tasks deleted
+    """
+
+
+default_message_pool.register_message("spear.v1", "DeleteTasksResponse", DeleteTasksResponse)
 
 
 @dataclass(eq=False, repr=False)
@@ -748,6 +789,16 @@ class ListClusterTasksRequest(betterproto2.Message):
     empty: every node
     """
 
+    page_size: "int" = betterproto2.field(4, betterproto2.TYPE_UINT32)
+    """
+    0: the server's default page (1000 tasks)
+    """
+
+    page_token: "str" = betterproto2.field(5, betterproto2.TYPE_STRING)
+    """
+    the next_page_token of the page before; empty: the first
+    """
+
 
 default_message_pool.register_message(
     "spear.v1", "ListClusterTasksRequest", ListClusterTasksRequest
@@ -757,6 +808,11 @@ default_message_pool.register_message(
 @dataclass(eq=False, repr=False)
 class ListClusterTasksResponse(betterproto2.Message):
     tasks: "list[TaskInfo]" = betterproto2.field(1, betterproto2.TYPE_MESSAGE, repeated=True)
+
+    next_page_token: "str" = betterproto2.field(2, betterproto2.TYPE_STRING)
+    """
+    empty: this was the last page
+    """
 
 
 default_message_pool.register_message(
@@ -1392,6 +1448,37 @@ default_message_pool.register_message("spear.v1", "TaskInfo", TaskInfo)
 
 
 @dataclass(eq=False, repr=False)
+class TaskSlotRequest(betterproto2.Message):
+    """
+    MetadataServer.TakeTaskSlot / ReleaseTaskSlot: one slot of `namespace`'s cluster-wide
+    quota of unfinished tasks, named by the task's id (its record at the SMS ends it).
+    """
+
+    namespace: "str" = betterproto2.field(1, betterproto2.TYPE_STRING)
+
+    task_id: "str" = betterproto2.field(2, betterproto2.TYPE_STRING)
+
+    until_released: "bool" = betterproto2.field(3, betterproto2.TYPE_BOOL)
+    """
+    a run held by its caller: no record ends it, a release does
+    """
+
+
+default_message_pool.register_message("spear.v1", "TaskSlotRequest", TaskSlotRequest)
+
+
+@dataclass(eq=False, repr=False)
+class TaskSlotResponse(betterproto2.Message):
+    limited: "bool" = betterproto2.field(1, betterproto2.TYPE_BOOL)
+    """
+    the namespace has a cluster-wide task quota (false: none to hold)
+    """
+
+
+default_message_pool.register_message("spear.v1", "TaskSlotResponse", TaskSlotResponse)
+
+
+@dataclass(eq=False, repr=False)
 class VectorAnswer(betterproto2.Message):
     answer: "bytes" = betterproto2.field(1, betterproto2.TYPE_BYTES)
     """
@@ -1881,6 +1968,46 @@ class MetadataServerStub(betterproto2_grpclib.ServiceStub):
             metadata=metadata,
         )
 
+    async def take_task_slot(
+        self,
+        message: "TaskSlotRequest",
+        *,
+        timeout: "float | None" = None,
+        deadline: "Deadline | None" = None,
+        metadata: "MetadataLike | None" = None,
+    ) -> "TaskSlotResponse":
+        """
+        Cluster-wide quotas (docs/security.md): a member holds a slot of a namespace's
+        unfinished tasks at the SMS before a task starts, and gives it back.
+        """
+
+        return await self._unary_unary(
+            "/spear.v1.MetadataServer/TakeTaskSlot",
+            message,
+            TaskSlotResponse,
+            timeout=timeout,
+            deadline=deadline,
+            metadata=metadata,
+        )
+
+    async def release_task_slot(
+        self,
+        message: "TaskSlotRequest",
+        *,
+        timeout: "float | None" = None,
+        deadline: "Deadline | None" = None,
+        metadata: "MetadataLike | None" = None,
+    ) -> "TaskSlotResponse":
+
+        return await self._unary_unary(
+            "/spear.v1.MetadataServer/ReleaseTaskSlot",
+            message,
+            TaskSlotResponse,
+            timeout=timeout,
+            deadline=deadline,
+            metadata=metadata,
+        )
+
 
 class SpearletStub(betterproto2_grpclib.ServiceStub):
     async def submit_task(
@@ -2300,6 +2427,27 @@ class SpearletStub(betterproto2_grpclib.ServiceStub):
             metadata=metadata,
         )
 
+    async def delete_tasks(
+        self,
+        message: "DeleteTasksRequest",
+        *,
+        timeout: "float | None" = None,
+        deadline: "Deadline | None" = None,
+        metadata: "MetadataLike | None" = None,
+    ) -> "DeleteTasksResponse":
+        """
+        Delete finished tasks: their records, logs and results (docs/security.md).
+        """
+
+        return await self._unary_unary(
+            "/spear.v1.Spearlet/DeleteTasks",
+            message,
+            DeleteTasksResponse,
+            timeout=timeout,
+            deadline=deadline,
+            metadata=metadata,
+        )
+
 
 class SpearletPeerStub(betterproto2_grpclib.ServiceStub):
     async def forward_task(
@@ -2543,6 +2691,18 @@ class MetadataServerBase(betterproto2_grpclib.ServiceBase):
 
         raise grpclib.GRPCError(grpclib.const.Status.UNIMPLEMENTED)
 
+    async def take_task_slot(self, message: "TaskSlotRequest") -> "TaskSlotResponse":
+        """
+        Cluster-wide quotas (docs/security.md): a member holds a slot of a namespace's
+        unfinished tasks at the SMS before a task starts, and gives it back.
+        """
+
+        raise grpclib.GRPCError(grpclib.const.Status.UNIMPLEMENTED)
+
+    async def release_task_slot(self, message: "TaskSlotRequest") -> "TaskSlotResponse":
+
+        raise grpclib.GRPCError(grpclib.const.Status.UNIMPLEMENTED)
+
     async def __rpc_register_node(
         self, stream: "grpclib.server.Stream[RegisterNodeRequest, NodeRecord]"
     ) -> None:
@@ -2712,6 +2872,22 @@ class MetadataServerBase(betterproto2_grpclib.ServiceBase):
         response = await self.verify_token(request)
         await stream.send_message(response)
 
+    async def __rpc_take_task_slot(
+        self, stream: "grpclib.server.Stream[TaskSlotRequest, TaskSlotResponse]"
+    ) -> None:
+        request = await stream.recv_message()
+        assert request is not None
+        response = await self.take_task_slot(request)
+        await stream.send_message(response)
+
+    async def __rpc_release_task_slot(
+        self, stream: "grpclib.server.Stream[TaskSlotRequest, TaskSlotResponse]"
+    ) -> None:
+        request = await stream.recv_message()
+        assert request is not None
+        response = await self.release_task_slot(request)
+        await stream.send_message(response)
+
     def __mapping__(self) -> "dict[str, grpclib.const.Handler]":
         return {
             "/spear.v1.MetadataServer/RegisterNode": grpclib.const.Handler(
@@ -2840,6 +3016,18 @@ class MetadataServerBase(betterproto2_grpclib.ServiceBase):
                 VerifyTokenRequest,
                 VerifyTokenResponse,
             ),
+            "/spear.v1.MetadataServer/TakeTaskSlot": grpclib.const.Handler(
+                self.__rpc_take_task_slot,
+                grpclib.const.Cardinality.UNARY_UNARY,
+                TaskSlotRequest,
+                TaskSlotResponse,
+            ),
+            "/spear.v1.MetadataServer/ReleaseTaskSlot": grpclib.const.Handler(
+                self.__rpc_release_task_slot,
+                grpclib.const.Cardinality.UNARY_UNARY,
+                TaskSlotRequest,
+                TaskSlotResponse,
+            ),
         }
 
 
@@ -2960,6 +3148,13 @@ class SpearletBase(betterproto2_grpclib.ServiceBase):
         raise grpclib.GRPCError(grpclib.const.Status.UNIMPLEMENTED)
 
     async def unpin_object(self, message: "ObjectKeyRequest") -> "ObjectInfo":
+
+        raise grpclib.GRPCError(grpclib.const.Status.UNIMPLEMENTED)
+
+    async def delete_tasks(self, message: "DeleteTasksRequest") -> "DeleteTasksResponse":
+        """
+        Delete finished tasks: their records, logs and results (docs/security.md).
+        """
 
         raise grpclib.GRPCError(grpclib.const.Status.UNIMPLEMENTED)
 
@@ -3146,6 +3341,14 @@ class SpearletBase(betterproto2_grpclib.ServiceBase):
         response = await self.unpin_object(request)
         await stream.send_message(response)
 
+    async def __rpc_delete_tasks(
+        self, stream: "grpclib.server.Stream[DeleteTasksRequest, DeleteTasksResponse]"
+    ) -> None:
+        request = await stream.recv_message()
+        assert request is not None
+        response = await self.delete_tasks(request)
+        await stream.send_message(response)
+
     def __mapping__(self) -> "dict[str, grpclib.const.Handler]":
         return {
             "/spear.v1.Spearlet/SubmitTask": grpclib.const.Handler(
@@ -3273,6 +3476,12 @@ class SpearletBase(betterproto2_grpclib.ServiceBase):
                 grpclib.const.Cardinality.UNARY_UNARY,
                 ObjectKeyRequest,
                 ObjectInfo,
+            ),
+            "/spear.v1.Spearlet/DeleteTasks": grpclib.const.Handler(
+                self.__rpc_delete_tasks,
+                grpclib.const.Cardinality.UNARY_UNARY,
+                DeleteTasksRequest,
+                DeleteTasksResponse,
             ),
         }
 
