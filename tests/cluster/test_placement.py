@@ -19,6 +19,7 @@ from conftest import build_wat
 import spear
 from spear import FunctionSpec, ResourceExhausted, TaskState, join_cluster
 from spear.config import Settings
+from spear.core.node import NodeState
 from spear.errors import NotFound
 from spear.node.client import Client
 from spear.transport import tls
@@ -187,6 +188,22 @@ def test_two_senders_racing_for_one_slot_spill_back_and_nothing_runs_twice(
             third = await n["a"].submit(spec)
             assert third.task.state is TaskState.PENDING and n["a"].scheduler.queued == 1
             assert await holders(n, third.id) == []
+
+    anyio.run(main)
+
+
+def test_a_stopping_receiver_refuses_forwarded_tasks_and_they_wait_at_the_sender(
+    tmp_path: Path, loop: str
+) -> None:
+    async def main() -> None:
+        async with cluster(tmp_path, {"a": (1, {}), "b": (2, {"zone": "x"})}) as (_, n):
+            # b's node is stopping (Spearlet.shutdown's first step) while its server
+            # still serves a's open connection, as in a cluster's close: what a forwards
+            # then is refused, not taken and cancelled there.
+            n["b"].node.state = NodeState.DRAINING
+            task = (await n["a"].submit(FunctionSpec(loop, labels=ZONE_X))).task
+            assert n["b"].scheduler.refusals == 1
+            assert task.state is TaskState.PENDING and n["a"].scheduler.queued == 1
 
     anyio.run(main)
 
