@@ -129,6 +129,14 @@ def test_local_first_then_forwarded_from_the_view_without_asking_the_sms(
             handle = await n["a"].submit(FunctionSpec(hello, labels=ZONE_X))
             assert (await handle).task.node == "b"
             assert placements(sms) == asked  # placed from the view: no FindNodes
+            # The call was answered before b kept its result (hooks_later): kept still.
+            key = f"results/{called.task.id}"
+            with anyio.fail_after(10):
+                while True:
+                    with contextlib.suppress(NotFound):
+                        assert bytes((await n["b"].node.objects.get(key))[0]) == b"hello\n"
+                        break
+                    await anyio.sleep(0.02)
 
     anyio.run(main)
 

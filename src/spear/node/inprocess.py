@@ -198,8 +198,13 @@ class InProcessNode:
         if store is not None:  # what the task set as its result, else its stdout (seed §6)
             from spear.core.namespaces import result_key
 
+            key = result_key(task.spec.namespace, task.id)
             try:
-                value, _ = await store.get(result_key(task.spec.namespace, task.id))
+                # A task that ran here stored its result here first: this node's copy,
+                # without asking the SMS for the current version (a round trip on every
+                # call's path, local or forwarded: issue 17's breakdown).
+                ran_here = task.node == self.node.name
+                value, _ = await (store.get_local(key) if ran_here else store.get(key))
                 return bytes(value)
             except NotFound:
                 pass  # not stored (yet: the node stores it just after the task ends)

@@ -173,9 +173,13 @@ class TaskController:
         tee_stderr: Callable[[bytes], None] | None = None,
         on_created: Callable[[Task], None] | None = None,
         task_id: str | None = None,
+        hooks_later: bool = False,
     ) -> Task:
         """Run `spec` to the end in the caller's task; returns the finished task.
-        `task_id`: keep an id given elsewhere (a task forwarded from another node)."""
+        `task_id`: keep an id given elsewhere (a task forwarded from another node).
+        `hooks_later`: return once its end is recorded, the finished hooks (its result
+        kept, which in a cluster is a commit with the SMS) running on in the node's
+        task group: a forwarded call's answer does not wait for them (node/peer.py)."""
         # Admitted at once (the usual case), the task is recorded RUNNING from the start:
         # one write fewer than PENDING, then RUNNING.
         admitted = self._admission.try_acquire(spec.resources)
@@ -188,7 +192,12 @@ class TaskController:
         if on_created is not None:
             on_created(task)
         return await self.execute(
-            task, stdin=stdin, tee_stdout=tee_stdout, tee_stderr=tee_stderr, admitted=admitted
+            task,
+            stdin=stdin,
+            tee_stdout=tee_stdout,
+            tee_stderr=tee_stderr,
+            admitted=admitted,
+            hooks_later=hooks_later,
         )
 
     async def submit(
@@ -231,9 +240,10 @@ class TaskController:
         tee_stdout: Callable[[bytes], None] | None = None,
         tee_stderr: Callable[[bytes], None] | None = None,
         admitted: bool = False,
+        hooks_later: bool = False,
     ) -> Task:
         """Run a recorded task to its end. `admitted`: its resources are reserved already
-        (see `run` and `submit`)."""
+        (see `run` and `submit`); `hooks_later`: see `run`."""
         run = self._running.runs.get(task.id)
         if run is None:
             run = self._running.runs[task.id] = Run(ExecutionControl())
@@ -291,9 +301,14 @@ class TaskController:
                 self._running.release([task] if admitted else [], writers)
             if final is None:  # not even marked lost (the store failed): still let go
                 self._running.forget(task.id)
+            elif hooks_later and self._task_group is not None:
+                self._task_group.start_soon(self._settle, [final])
             else:
-                with anyio.CancelScope(shield=True):
-                    await self._running.settle([final])
+                await self._settle([final])
+
+    async def _settle(self, finals: list[Task]) -> None:
+        with anyio.CancelScope(shield=True):
+            await self._running.settle(finals)
 
     async def _record_end(self, task_id: str, outcome: Outcome) -> Task:
         """Write how the task ended; while the node's storage fails (a full disk), again

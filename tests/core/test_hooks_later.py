@@ -1,0 +1,41 @@
+"""`TaskController.run(hooks_later=True)`: the call returns once the task's end is
+recorded; the finished hooks (its result kept: in a cluster a commit with the SMS) run on
+in the node's task group. A forwarded call answers this way (node/peer.py, issue 17)."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import anyio
+from wat_tasks import hello
+
+from spear import FunctionSpec, LocalNode, TaskState
+
+if TYPE_CHECKING:
+    from pathlib import Path
+
+    from spear.core.tasks import TasksFinished
+
+
+async def test_run_returns_before_its_hooks_and_they_still_run(tmp_path: Path) -> None:
+    spec = FunctionSpec(str(hello(tmp_path)))
+    async with LocalNode(tmp_path / "home", cpu_millis=200) as node:
+        release, done = anyio.Event(), anyio.Event()
+        heard: list[str] = []
+
+        async def slow_hook(finished: TasksFinished, /) -> None:
+            await release.wait()
+            heard.extend(t.id for t in finished.tasks)
+            done.set()
+
+        node.controller.add_finished_hook(slow_hook)
+        with anyio.fail_after(10):  # (awaiting the hooks: this would wait for `release`)
+            task = await node.controller.run(spec, hooks_later=True)
+        assert task.state is TaskState.COMPLETED and heard == []
+        release.set()
+        with anyio.fail_after(10):
+            await done.wait()
+        assert heard == [task.id]
+        # Its result is kept by the node's own hook, before the slow one, as always.
+        value, _ = await node.objects.get(f"results/{task.id}")
+        assert bytes(value) == b"hello\n"
