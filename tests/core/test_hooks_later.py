@@ -39,3 +39,25 @@ async def test_run_returns_before_its_hooks_and_they_still_run(tmp_path: Path) -
         # Its result is kept by the node's own hook, before the slow one, as always.
         value, _ = await node.objects.get(f"results/{task.id}")
         assert bytes(value) == b"hello\n"
+
+
+async def test_run_many_returns_before_its_waves_hooks(tmp_path: Path) -> None:
+    spec = FunctionSpec(str(hello(tmp_path)))
+    async with LocalNode(tmp_path / "home", cpu_millis=200) as node:
+        release, done = anyio.Event(), anyio.Event()
+        heard: list[str] = []
+
+        async def slow_hook(finished: TasksFinished, /) -> None:
+            await release.wait()
+            heard.extend(t.id for t in finished.tasks)
+            if len(heard) == 5:
+                done.set()
+
+        node.controller.add_finished_hook(slow_hook)
+        with anyio.fail_after(10):  # five tasks, two at a time: three waves, none waiting
+            tasks = await node.controller.run_many([spec] * 5, hooks_later=True)
+        assert {t.state for t in tasks} == {TaskState.COMPLETED} and heard == []
+        release.set()
+        with anyio.fail_after(10):
+            await done.wait()
+        assert sorted(heard) == sorted(t.id for t in tasks)

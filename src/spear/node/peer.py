@@ -164,6 +164,7 @@ class PeerService(v1.SpearletPeerBase):
                 [received[i][1] for i in plain],
                 task_ids=[received[i][0].id for i in plain],
                 refusals=refusals,
+                hooks_later=True,  # (as `one` below)
             )
             for i, task in zip(plain, tasks, strict=True):
                 refused = refusals.get(task.id)

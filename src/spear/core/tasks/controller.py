@@ -362,6 +362,7 @@ class TaskController:
         specs: Sequence[FunctionSpec],
         task_ids: Sequence[str] | None = None,
         refusals: dict[str, SpearError] | None = None,
+        hooks_later: bool = False,
     ) -> list[Task]:
         """Run many tasks to their ends; returns them finished, in order.
 
@@ -371,7 +372,8 @@ class TaskController:
         in one write; then the next that fit, until all ran. A task whose artifact is
         refused is recorded FAILED, as `run` records it (and, given `refusals`, its id
         mapped there to the refusal). `task_ids` (one per spec) keeps ids given elsewhere:
-        tasks another node forwarded here.
+        tasks another node forwarded here. `hooks_later`: as for `run`, per wave (the
+        next wave does not wait for the last one's results to be kept).
         """
         if not specs:
             return []
@@ -398,11 +400,11 @@ class TaskController:
                 await self._admission.acquire(ready[0].spec.resources)
                 wave.append(ready[0])
             ready = ready[len(wave) :]
-            for task in await self._run_wave(wave):
+            for task in await self._run_wave(wave, hooks_later=hooks_later):
                 finished[task.id] = task
         return [finished[task_id] for task_id in order]
 
-    async def _run_wave(self, admitted: list[Task]) -> list[Task]:
+    async def _run_wave(self, admitted: list[Task], *, hooks_later: bool = False) -> list[Task]:
         """Record, run and finish tasks whose resources are reserved already."""
         tasks = [task.transition(TaskState.RUNNING, task.created_at) for task in admitted]
         ends: list[tuple[Task, Outcome]] = []
@@ -444,7 +446,7 @@ class TaskController:
                         ends.append((task, Outcome(TaskState.FAILED, EXIT_LOST, STOPPED)))
                 await self._end_wave(admitted, marker, ends, writers)
             raise
-        return await self._end_wave(admitted, marker, ends, writers)
+        return await self._end_wave(admitted, marker, ends, writers, hooks_later=hooks_later)
 
     async def _end_wave(
         self,
@@ -452,11 +454,15 @@ class TaskController:
         marker: str,
         ends: list[tuple[Task, Outcome]],
         writers: list[TaskLogWriter],
+        *,
+        hooks_later: bool = False,
     ) -> list[Task]:
         self._running.release(admitted, writers)
         finals = await self.store.finish_wave(marker, ends)
-        with anyio.CancelScope(shield=True):
-            await self._running.settle(finals)
+        if hooks_later and self._task_group is not None:
+            self._task_group.start_soon(self._settle, finals)
+        else:
+            await self._settle(finals)
         return finals
 
     # -- cancelling and waiting ---------------------------------------------------------
