@@ -42,15 +42,6 @@ ZONE_X = (("zone", "x"),)
 SLOT = 100  # millicores: a task's default reservation
 
 
-# A known bug (issue 17's note): about one run in 30, a racing sender's submit or the
-# cluster's close hangs. Only that hang (pytest-timeout's Failed) is tolerated here; a
-# wrong placement still fails the test.
-KNOWN_HANG = [
-    pytest.mark.timeout(45),
-    pytest.mark.xfail(raises=pytest.fail.Exception, strict=False, reason="known hang, issue 17"),
-]
-
-
 @pytest.fixture
 def hello(tmp_path: Path) -> str:
     return str(build_wat(HELLO_WAT, tmp_path, "hello"))
@@ -167,8 +158,6 @@ def test_a_new_node_the_view_has_not_seen_is_found_through_the_sms(
     anyio.run(main)
 
 
-@KNOWN_HANG[0]
-@KNOWN_HANG[1]
 def test_two_senders_racing_for_one_slot_spill_back_and_nothing_runs_twice(
     tmp_path: Path, loop: str
 ) -> None:
@@ -216,8 +205,6 @@ def test_a_stopping_receiver_refuses_forwarded_tasks_and_they_wait_at_the_sender
     anyio.run(main)
 
 
-@KNOWN_HANG[0]
-@KNOWN_HANG[1]
 def test_batches_race_for_the_same_receivers_and_every_task_runs_once(
     tmp_path: Path, hello: str
 ) -> None:
