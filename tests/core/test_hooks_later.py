@@ -14,6 +14,9 @@ from spear import FunctionSpec, LocalNode, TaskState
 if TYPE_CHECKING:
     from pathlib import Path
 
+    import pytest
+
+    from spear.core.models import Task
     from spear.core.tasks import TasksFinished
 
 
@@ -61,3 +64,36 @@ async def test_run_many_returns_before_its_waves_hooks(tmp_path: Path) -> None:
         with anyio.fail_after(10):
             await done.wait()
         assert sorted(heard) == sorted(t.id for t in tasks)
+
+
+async def test_past_the_bound_a_run_waits_for_its_hooks_again(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from spear.core.tasks import controller
+
+    monkeypatch.setattr(controller, "_HOOKS_LATER_MAX", 1)
+    spec = FunctionSpec(str(hello(tmp_path)))
+    async with LocalNode(tmp_path / "home", cpu_millis=200) as node:
+        release = anyio.Event()
+
+        async def slow_hook(finished: TasksFinished, /) -> None:
+            await release.wait()
+
+        node.controller.add_finished_hook(slow_hook)
+        with anyio.fail_after(10):
+            await node.controller.run(spec, hooks_later=True)  # its hooks: the one allowed
+        second: list[Task] = []
+
+        async def run_second() -> None:
+            second.append(await node.controller.run(spec, hooks_later=True))
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(run_second)
+            try:
+                with anyio.move_on_after(0.5):  # (it must not return while the hook is held)
+                    while not second:
+                        await anyio.sleep(0.01)
+                assert second == []
+            finally:
+                release.set()
+        assert second[0].state is TaskState.COMPLETED

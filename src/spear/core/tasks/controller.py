@@ -40,6 +40,9 @@ if TYPE_CHECKING:
 _CANCEL_POLL_S = 0.05  # how soon a cancel ends a retry's back-off
 _END_WRITE_TRIES = 60  # a task's end written again while storage fails: ~3 minutes
 _END_WRITE_MAX_WAIT_S = 3.0
+# Finished hooks run after the answer (`hooks_later`) at most this many batches at once;
+# past it they are awaited again: a slow SMS slows the calls instead of piling up work.
+_HOOKS_LATER_MAX = 256
 
 
 class TaskController:
@@ -63,6 +66,7 @@ class TaskController:
             store, agents, logs, self._admission, services or NodeServices()
         )
         self._task_group: TaskGroup | None = None
+        self._hooks_later = 0  # batches whose finished hooks run after their answer
 
     def bind(self, task_group: TaskGroup) -> None:
         self._task_group = task_group
@@ -301,14 +305,25 @@ class TaskController:
                 self._running.release([task] if admitted else [], writers)
             if final is None:  # not even marked lost (the store failed): still let go
                 self._running.forget(task.id)
-            elif hooks_later and self._task_group is not None:
-                self._task_group.start_soon(self._settle, [final])
             else:
-                await self._settle([final])
+                await self._settle([final], later=hooks_later)
 
-    async def _settle(self, finals: list[Task]) -> None:
+    async def _settle(self, finals: list[Task], *, later: bool = False) -> None:
+        """The tasks' ends known: waiters woken, finished hooks called; `later`: the
+        hooks in the node's task group, this returning at once (while under the bound)."""
+        if later and self._task_group is not None and self._hooks_later < _HOOKS_LATER_MAX:
+            self._hooks_later += 1
+            self._task_group.start_soon(self._settle_later, finals)
+            return
         with anyio.CancelScope(shield=True):
             await self._running.settle(finals)
+
+    async def _settle_later(self, finals: list[Task]) -> None:
+        try:
+            with anyio.CancelScope(shield=True):
+                await self._running.settle(finals)
+        finally:
+            self._hooks_later -= 1
 
     async def _record_end(self, task_id: str, outcome: Outcome) -> Task:
         """Write how the task ended; while the node's storage fails (a full disk), again
@@ -459,10 +474,7 @@ class TaskController:
     ) -> list[Task]:
         self._running.release(admitted, writers)
         finals = await self.store.finish_wave(marker, ends)
-        if hooks_later and self._task_group is not None:
-            self._task_group.start_soon(self._settle, finals)
-        else:
-            await self._settle(finals)
+        await self._settle(finals, later=hooks_later)
         return finals
 
     # -- cancelling and waiting ---------------------------------------------------------
