@@ -198,10 +198,17 @@ class Spearlet:
         tee_stdout: Callable[[bytes], None] | None = None,
         tee_stderr: Callable[[bytes], None] | None = None,
         on_created: Callable[[Task], None] | None = None,
+        hooks_later: bool = False,
     ) -> Task:
-        """Run a task to its end and return it (COMPLETED, FAILED or CANCELLED)."""
+        """Run a task to its end and return it (COMPLETED, FAILED or CANCELLED);
+        `hooks_later`: see `TaskController.run`."""
         return await self.controller.run(
-            spec, stdin=stdin, tee_stdout=tee_stdout, tee_stderr=tee_stderr, on_created=on_created
+            spec,
+            stdin=stdin,
+            tee_stdout=tee_stdout,
+            tee_stderr=tee_stderr,
+            on_created=on_created,
+            hooks_later=hooks_later,
         )
 
     async def run_many(self, specs: Sequence[FunctionSpec]) -> list[Task]:

@@ -37,6 +37,7 @@ from spear.core.cluster import PlacementQuery, input_objects, selector_labels
 from spear.core.cluster_view import ClusterView, rank_candidates
 from spear.core.forwarding import Accepted
 from spear.core.models import Resources, Task, TaskState, new_task_id
+from spear.core.node import NodeState
 from spear.core.worker import EXIT_CANCELLED
 from spear.errors import NotFound, ResourceExhausted, SpearError, Unavailable
 
@@ -470,7 +471,10 @@ class Scheduler:
         controller = self.node.controller
         room = controller.free - self.promised
         accepted = Accepted()
-        open_ = controller.waiting_count == 0
+        # A stopping node takes nothing (its server may still serve a peer's open
+        # connection): refused, the tasks are placed elsewhere, not cancelled here.
+        running = self.node.state is NodeState.RUNNING
+        open_ = running and controller.waiting_count == 0
         for spec in specs:
             open_ = (
                 open_
@@ -483,7 +487,12 @@ class Scheduler:
                 self.promised = self.promised + spec.resources
                 accepted.promised.append(spec)
                 accepted.taken.append(True)
-            elif backlog and self.backlog < self.max_queued and self._could_ever_run_here(spec):
+            elif (
+                backlog
+                and running
+                and self.backlog < self.max_queued
+                and self._could_ever_run_here(spec)
+            ):
                 self.backlog += 1
                 accepted.backlog += 1
                 accepted.taken.append(True)

@@ -60,7 +60,11 @@ class _Batch:
         controller = self.scheduler.node.controller
         refusals: dict[str, SpearError] = {}
         try:
-            ended = await controller.run_many([self.specs[i] for i in indices], refusals=refusals)
+            # Answered once the ends are recorded; results kept right after (each a commit
+            # with the SMS: one after another, they held up every wave).
+            ended = await controller.run_many(
+                [self.specs[i] for i in indices], refusals=refusals, hooks_later=True
+            )
         except SpearError as exc:
             for i in indices:
                 self.results[i] = exc

@@ -159,7 +159,8 @@ class ClusterNode:
 
     async def call(self, spec: FunctionSpec, *, stdin: bytes | None = None) -> TaskResult:
         if self.scheduler.fits_here_now(spec):
-            return await self.local.call(spec, stdin=stdin)  # here, as `run` runs it
+            # Here, as `run` runs it; answered before its result is committed to the SMS.
+            return await self.local.call(spec, stdin=stdin, hooks_later=True)
         self._refuse_if_draining()
         from spear.node.batches import run_batch
 

@@ -90,6 +90,7 @@ class InProcessNode:
         stdout: Callable[[bytes], None] | None = None,
         stderr: Callable[[bytes], None] | None = None,
         on_created: Callable[[Task], None] | None = None,
+        hooks_later: bool = False,
     ) -> Task:
         if self.draining:
             raise Unavailable(f"node {self.node.name} is draining: it accepts no new tasks")
@@ -97,7 +98,12 @@ class InProcessNode:
         # goes away (a gRPC client that hangs up) leaves the task to finish as submitted.
         with anyio.CancelScope(shield=True):
             task = await self.node.run(
-                spec, stdin=stdin, tee_stdout=stdout, tee_stderr=stderr, on_created=on_created
+                spec,
+                stdin=stdin,
+                tee_stdout=stdout,
+                tee_stderr=stderr,
+                on_created=on_created,
+                hooks_later=hooks_later,
             )
         return task
 
@@ -131,8 +137,13 @@ class InProcessNode:
                         out[i] = refusals.get(task.id, task)  # (refused as `submit` is)
         return [o for o in out if o is not None]
 
-    async def call(self, spec: FunctionSpec, *, stdin: bytes | None = None) -> TaskResult:
-        task = await self.run(spec, stdin=stdin)
+    async def call(
+        self, spec: FunctionSpec, *, stdin: bytes | None = None, hooks_later: bool = False
+    ) -> TaskResult:
+        """Run a task and return its result; `hooks_later`: answered once its end is
+        recorded (a cluster member's call: keeping its result is a commit with the SMS,
+        made right after; see `TaskController.run`)."""
+        task = await self.run(spec, stdin=stdin, hooks_later=hooks_later)
         return TaskResult(task, await self._output(task))
 
     @contextlib.asynccontextmanager
@@ -198,8 +209,13 @@ class InProcessNode:
         if store is not None:  # what the task set as its result, else its stdout (seed §6)
             from spear.core.namespaces import result_key
 
+            key = result_key(task.spec.namespace, task.id)
             try:
-                value, _ = await store.get(result_key(task.spec.namespace, task.id))
+                # A task that ran here stored its result here first: this node's copy,
+                # without asking the SMS for the current version (a round trip on every
+                # call's path, local or forwarded: issue 17's breakdown).
+                ran_here = task.node == self.node.name
+                value, _ = await (store.get_local(key) if ran_here else store.get(key))
                 return bytes(value)
             except NotFound:
                 pass  # not stored (yet: the node stores it just after the task ends)

@@ -164,6 +164,7 @@ class PeerService(v1.SpearletPeerBase):
                 [received[i][1] for i in plain],
                 task_ids=[received[i][0].id for i in plain],
                 refusals=refusals,
+                hooks_later=True,  # (as `one` below)
             )
             for i, task in zip(plain, tasks, strict=True):
                 refused = refusals.get(task.id)
@@ -176,7 +177,11 @@ class PeerService(v1.SpearletPeerBase):
             task, spec = received[i]
             try:
                 stdin = message.tasks[i].stdin or None
-                ended[i] = await controller.run(spec, stdin=stdin, task_id=task.id)
+                # Answered once its end is recorded: keeping its result (a commit with
+                # the SMS) goes on after the answer, off the forwarded call's path.
+                ended[i] = await controller.run(
+                    spec, stdin=stdin, task_id=task.id, hooks_later=True
+                )
             except SpearError as exc:
                 outcomes[i] = _error(exc)
 

@@ -40,6 +40,9 @@ if TYPE_CHECKING:
 _CANCEL_POLL_S = 0.05  # how soon a cancel ends a retry's back-off
 _END_WRITE_TRIES = 60  # a task's end written again while storage fails: ~3 minutes
 _END_WRITE_MAX_WAIT_S = 3.0
+# Finished hooks run after the answer (`hooks_later`) at most this many batches at once;
+# past it they are awaited again: a slow SMS slows the calls instead of piling up work.
+_HOOKS_LATER_MAX = 256
 
 
 class TaskController:
@@ -63,6 +66,7 @@ class TaskController:
             store, agents, logs, self._admission, services or NodeServices()
         )
         self._task_group: TaskGroup | None = None
+        self._hooks_later = 0  # batches whose finished hooks run after their answer
 
     def bind(self, task_group: TaskGroup) -> None:
         self._task_group = task_group
@@ -178,9 +182,13 @@ class TaskController:
         tee_stderr: Callable[[bytes], None] | None = None,
         on_created: Callable[[Task], None] | None = None,
         task_id: str | None = None,
+        hooks_later: bool = False,
     ) -> Task:
         """Run `spec` to the end in the caller's task; returns the finished task.
-        `task_id`: keep an id given elsewhere (a task forwarded from another node)."""
+        `task_id`: keep an id given elsewhere (a task forwarded from another node).
+        `hooks_later`: return once its end is recorded, the finished hooks (its result
+        kept, which in a cluster is a commit with the SMS) running on in the node's
+        task group: a forwarded call's answer does not wait for them (node/peer.py)."""
         # Admitted at once (the usual case), the task is recorded RUNNING from the start:
         # one write fewer than PENDING, then RUNNING.
         admitted = self._admission.try_acquire(spec.resources)
@@ -193,7 +201,12 @@ class TaskController:
         if on_created is not None:
             on_created(task)
         return await self.execute(
-            task, stdin=stdin, tee_stdout=tee_stdout, tee_stderr=tee_stderr, admitted=admitted
+            task,
+            stdin=stdin,
+            tee_stdout=tee_stdout,
+            tee_stderr=tee_stderr,
+            admitted=admitted,
+            hooks_later=hooks_later,
         )
 
     async def submit(
@@ -236,9 +249,10 @@ class TaskController:
         tee_stdout: Callable[[bytes], None] | None = None,
         tee_stderr: Callable[[bytes], None] | None = None,
         admitted: bool = False,
+        hooks_later: bool = False,
     ) -> Task:
         """Run a recorded task to its end. `admitted`: its resources are reserved already
-        (see `run` and `submit`)."""
+        (see `run` and `submit`); `hooks_later`: see `run`."""
         run = self._running.runs.get(task.id)
         if run is None:
             run = self._running.runs[task.id] = Run(ExecutionControl())
@@ -297,8 +311,24 @@ class TaskController:
             if final is None:  # not even marked lost (the store failed): still let go
                 self._running.forget(task.id)
             else:
-                with anyio.CancelScope(shield=True):
-                    await self._running.settle([final])
+                await self._settle([final], later=hooks_later)
+
+    async def _settle(self, finals: list[Task], *, later: bool = False) -> None:
+        """The tasks' ends known: waiters woken, finished hooks called; `later`: the
+        hooks in the node's task group, this returning at once (while under the bound)."""
+        if later and self._task_group is not None and self._hooks_later < _HOOKS_LATER_MAX:
+            self._hooks_later += 1
+            self._task_group.start_soon(self._settle_later, finals)
+            return
+        with anyio.CancelScope(shield=True):
+            await self._running.settle(finals)
+
+    async def _settle_later(self, finals: list[Task]) -> None:
+        try:
+            with anyio.CancelScope(shield=True):
+                await self._running.settle(finals)
+        finally:
+            self._hooks_later -= 1
 
     async def _record_end(self, task_id: str, outcome: Outcome) -> Task:
         """Write how the task ended; while the node's storage fails (a full disk), again
@@ -352,6 +382,7 @@ class TaskController:
         specs: Sequence[FunctionSpec],
         task_ids: Sequence[str] | None = None,
         refusals: dict[str, SpearError] | None = None,
+        hooks_later: bool = False,
     ) -> list[Task]:
         """Run many tasks to their ends; returns them finished, in order.
 
@@ -361,7 +392,8 @@ class TaskController:
         in one write; then the next that fit, until all ran. A task whose artifact is
         refused is recorded FAILED, as `run` records it (and, given `refusals`, its id
         mapped there to the refusal). `task_ids` (one per spec) keeps ids given elsewhere:
-        tasks another node forwarded here.
+        tasks another node forwarded here. `hooks_later`: as for `run`, per wave (the
+        next wave does not wait for the last one's results to be kept).
         """
         if not specs:
             return []
@@ -388,11 +420,11 @@ class TaskController:
                 await self._admission.acquire(ready[0].spec.resources)
                 wave.append(ready[0])
             ready = ready[len(wave) :]
-            for task in await self._run_wave(wave):
+            for task in await self._run_wave(wave, hooks_later=hooks_later):
                 finished[task.id] = task
         return [finished[task_id] for task_id in order]
 
-    async def _run_wave(self, admitted: list[Task]) -> list[Task]:
+    async def _run_wave(self, admitted: list[Task], *, hooks_later: bool = False) -> list[Task]:
         """Record, run and finish tasks whose resources are reserved already."""
         tasks = [task.transition(TaskState.RUNNING, task.created_at) for task in admitted]
         ends: list[tuple[Task, Outcome]] = []
@@ -434,7 +466,7 @@ class TaskController:
                         ends.append((task, Outcome(TaskState.FAILED, EXIT_LOST, STOPPED)))
                 await self._end_wave(admitted, marker, ends, writers)
             raise
-        return await self._end_wave(admitted, marker, ends, writers)
+        return await self._end_wave(admitted, marker, ends, writers, hooks_later=hooks_later)
 
     async def _end_wave(
         self,
@@ -442,11 +474,12 @@ class TaskController:
         marker: str,
         ends: list[tuple[Task, Outcome]],
         writers: list[TaskLogWriter],
+        *,
+        hooks_later: bool = False,
     ) -> list[Task]:
         self._running.release(admitted, writers)
         finals = await self.store.finish_wave(marker, ends)
-        with anyio.CancelScope(shield=True):
-            await self._running.settle(finals)
+        await self._settle(finals, later=hooks_later)
         return finals
 
     # -- cancelling and waiting ---------------------------------------------------------

@@ -89,6 +89,12 @@ class RunningTasks:
         self._admission = admission
         self._services = services
         self._hooks: list[FinishedHook] = []
+        # Set by `cancel_all` (the node is stopping): a guest that starts after it is
+        # stopped at once. A task can still reach `start` then (a forwarded one taken on a
+        # connection the closing server still serves, a run admitted as the cancelled ones
+        # freed room): without this it would run on, unseen by `cancel_all`, and the
+        # node's task group would never close (issue 17's hang of the placement races).
+        self.stopping: str | None = None
 
     def add_hook(self, hook: FinishedHook) -> None:
         self._hooks.append(hook)
@@ -135,6 +141,9 @@ class RunningTasks:
         started.append(execution)
         if writer.disk_full:
             execution.kill(NO_SPACE)
+        if self.stopping is not None:  # (after the await: cancel_all may have run meanwhile)
+            control.cancel(self.stopping)
+            execution.kill(self.stopping)
         return execution
 
     def release(self, tasks: Sequence[Task], writers: list[TaskLogWriter]) -> None:
@@ -183,6 +192,7 @@ class RunningTasks:
         return run
 
     def cancel_all(self, reason: str) -> None:
+        self.stopping = reason
         for run in list(self.runs.values()):
             _interrupt(run, reason)
 
