@@ -155,6 +155,10 @@ class Settings:
     # The object transfer service between members (docs/objects.md): false sends object
     # bytes in the clear once the two members authenticated each other by mutual TLS.
     object_transfer_encrypt: bool = True
+    # OpenTelemetry traces (docs/observability.md): the OTLP/HTTP collector to export each
+    # task's spans to (a base URL, as OTEL_EXPORTER_OTLP_ENDPOINT, which is read when this
+    # is unset); unset: tracing off.
+    trace_otlp_endpoint: str | None = None
     extra: Mapping[str, Any] = dataclasses.field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -236,12 +240,15 @@ class Settings:
             origin[name] = "--" + name.replace("_", "-")
         values = {**files, **environment, **given}
         values.setdefault("data_dir", default_data_dir(env))
+        if "trace_otlp_endpoint" not in values and env.get(_OTLP_ENV):  # below every setting
+            values["trace_otlp_endpoint"], origin["trace_otlp_endpoint"] = env[_OTLP_ENV], _OTLP_ENV
         extra = {k: values.pop(k) for k in list(values) if k not in _FIELD_NAMES}
         for key, value in extra.items():
             _check_extra(key, value, origin[key])
         return cls(**_coerce(values, origin), extra=extra)
 
 
+_OTLP_ENV = "OTEL_EXPORTER_OTLP_ENDPOINT"  # OpenTelemetry's own variable for the collector
 _FIELD_NAMES = frozenset(f.name for f in dataclasses.fields(Settings))
 _FIELD_TYPES = {f.name: f.type for f in dataclasses.fields(Settings)}
 

@@ -36,6 +36,7 @@ from spear.errors import (
 )
 from spear.node.api import StreamingTask, TaskHandle, read_own_stdin, run_attached
 from spear.node.failover import DEFAULT_RETRIES, Failover
+from spear.node.traced_calls import traced_submit
 from spear.transport import _convert as cv
 from spear.transport import _speedups
 from spear.transport._gen.pb import spearlet_pb2 as pb
@@ -46,6 +47,7 @@ from spear.transport._status import (
     client_errors,
 )
 from spear.transport.channels import Credentials, close_channel, open_channel
+from spear.transport.trace_metadata import send_traceparent
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
@@ -53,6 +55,7 @@ if TYPE_CHECKING:
     from grpclib.client import Channel, Stream
 
     from spear.core.models import FunctionSpec, Task, TaskState
+    from spear.tracing.base import Tracing
 
 _T = TypeVar("_T")
 
@@ -132,6 +135,7 @@ class Client(AsyncResource):
         timeout: float | None = None,
         max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
         retries: int = DEFAULT_RETRIES,
+        tracing: Tracing | None = None,
     ) -> None:
         _speedups.install()
         self._failover = Failover(address, retries)
@@ -153,6 +157,8 @@ class Client(AsyncResource):
         # The wire form of the specs sent lately (with the module's name as the node
         # knows it, when it is uploaded): building one costs more than the rest of a call.
         self._wire_specs: dict[tuple[FunctionSpec, bool, Any], Any] = {}
+        # Traces (docs/observability.md): a submit's span, its context sent with the call.
+        self.tracing = tracing
 
     @property
     def _stub(self) -> v1.SpearletStub:
@@ -164,6 +170,8 @@ class Client(AsyncResource):
                 max_message_bytes=self._max_message_bytes,
             )
             self._stub_ = v1.SpearletStub(self._channel, timeout=self._timeout)
+            if self.tracing is not None:
+                send_traceparent(self._channel)
         return self._stub_
 
     def _errors(self) -> Any:
@@ -299,6 +307,11 @@ class Client(AsyncResource):
             request.idempotency_key = key
             return await self._stub.submit_task(request)
 
+        if self.tracing is not None:
+            return await traced_submit(self.tracing, "submit", spec, self._submitted(attempt))
+        return await self._submitted(attempt)
+
+    async def _submitted(self, attempt: Callable[[], Awaitable[Any]]) -> TaskHandle:
         return TaskHandle(self, cv.task_from_wire(await self._retrying(attempt)))
 
     @property
@@ -328,6 +341,11 @@ class Client(AsyncResource):
             request.idempotency_key = key
             return await self._stub.submit_task(request)
 
+        if self.tracing is not None:
+            return await traced_submit(self.tracing, "run", spec, self._ran(attempt))
+        return cv.task_from_wire(await self._retrying(attempt))
+
+    async def _ran(self, attempt: Callable[[], Awaitable[Any]]) -> Task:
         return cv.task_from_wire(await self._retrying(attempt))
 
     async def submit_many(
@@ -430,6 +448,9 @@ class Client(AsyncResource):
         """Run a task and return its result, in one call (RunTask). Its messages are
         protobuf's own (see transport/_gen/pb): a third of the call's time otherwise."""
         request = await self._request(spec, stdin, wait=True, m=pb)
+        if self.tracing is not None:
+            result = self._result(self._run_task(request), spec.artifact)
+            return await traced_submit(self.tracing, "call", spec, result)
         return await self._result(self._run_task(request), spec.artifact)
 
     async def _run_task(self, request: pb.SubmitTaskRequest) -> AsyncIterator[pb.ResultChunk]:

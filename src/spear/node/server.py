@@ -352,6 +352,10 @@ async def serve_spearlet(
         security=security,
         slots=TaskSlots(QuotaFile(settings.data_dir / AUTH_DIR)),
     )
+    if api.node.services.tracing is not None:  # callers' trace contexts (docs/observability.md)
+        from spear.transport.trace_metadata import accept_traceparent
+
+        accept_traceparent(server._server)  # (the grpclib server under GrpcServer)
     api.address = await server.start(listen)
     return server
 

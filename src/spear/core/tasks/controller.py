@@ -20,6 +20,7 @@ import anyio
 from spear._logging import logger
 from spear.core import retries
 from spear.core.models import Task, TaskState, new_task_id
+from spear.core.tasks import traced
 from spear.core.tasks.admission import Admission
 from spear.core.tasks.running import STOPPED, Run, RunningTasks, outcome_now, outcome_of
 from spear.core.worker import EXIT_CANCELLED, EXIT_LOST, ExecutionControl, NodeServices, Outcome
@@ -63,6 +64,10 @@ class TaskController:
             store, agents, logs, self._admission, services or NodeServices()
         )
         self._task_group: TaskGroup | None = None
+        # Traces (spear/tracing): None when off; each task then pays this one check.
+        self.tracing = services.tracing if services is not None else None
+        if self.tracing is not None:
+            self.add_finished_hook(traced.ended_hook(self.tracing))
 
     def bind(self, task_group: TaskGroup) -> None:
         self._task_group = task_group
@@ -110,7 +115,7 @@ class TaskController:
         another node). `previous`: the record of a task retried here after its node was
         lost (core/retries.py): its attempts and history go on.
         """
-        task = self._new_task(spec, task_id)
+        task = self._new_task(spec, task_id, previous.traceparent if previous else None)
         if previous is not None and previous.attempts:
             task = dataclasses.replace(
                 previous, spec=spec, state=TaskState.PENDING, node=self._node
@@ -123,15 +128,20 @@ class TaskController:
         await self.store.create(task, fresh=task_id is None)
         return task
 
-    def _new_task(self, spec: FunctionSpec, task_id: str | None = None) -> Task:
+    def _new_task(
+        self, spec: FunctionSpec, task_id: str | None = None, parent: str | None = None
+    ) -> Task:
         now = time.time()
-        return Task(
+        task = Task(
             id=task_id or new_task_id(),
             spec=spec,
             created_at=now,
             node=self._node,
             history=((TaskState.PENDING.value, now),),
         )
+        if self.tracing is not None:  # (`parent`: a forwarded task's trace context)
+            task = traced.opened(self.tracing, task, parent)
+        return task
 
     async def _refusal(
         self, task: Task, *, must_fit: bool = False
@@ -347,6 +357,7 @@ class TaskController:
         specs: Sequence[FunctionSpec],
         task_ids: Sequence[str] | None = None,
         refusals: dict[str, SpearError] | None = None,
+        parents: Sequence[str] | None = None,
     ) -> list[Task]:
         """Run many tasks to their ends; returns them finished, in order.
 
@@ -356,7 +367,7 @@ class TaskController:
         in one write; then the next that fit, until all ran. A task whose artifact is
         refused is recorded FAILED, as `run` records it (and, given `refusals`, its id
         mapped there to the refusal). `task_ids` (one per spec) keeps ids given elsewhere:
-        tasks another node forwarded here.
+        tasks another node forwarded here; `parents` (one per spec) their trace contexts.
         """
         if not specs:
             return []
@@ -364,7 +375,11 @@ class TaskController:
         ready: list[Task] = []
         order: list[str] = []
         for i, spec in enumerate(specs):
-            task = self._new_task(spec, None if task_ids is None else task_ids[i])
+            task = self._new_task(
+                spec,
+                None if task_ids is None else task_ids[i],
+                None if parents is None else parents[i] or None,
+            )
             order.append(task.id)
             refused = await self._refusal(task, must_fit=True)
             if refused is not None:

@@ -17,6 +17,7 @@ import ctypes
 import errno
 import struct
 import threading
+import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -204,8 +205,18 @@ def adapt(defn: _Definition) -> Callable[..., Any]:
 
     def call(caller: wasmtime.Caller, *args: int) -> int:
         calls[0] += 1
+        ctx = current()
+        trace = ctx.trace
+        if trace is None:
+            return served(caller, ctx, args)
+        started = time.time_ns()  # a traced task: a span per hostcall
+        result = served(caller, ctx, args)
+        trace.hostcall(defn.name, started, result)
+        return result
+
+    def served(caller: wasmtime.Caller, ctx: TaskContext, args: tuple[int, ...]) -> int:
         try:
-            return fn(GuestMemory(caller), current(), *args)
+            return fn(GuestMemory(caller), ctx, *args)
         except GuestFault:
             return -wasi_errno(errno.EFAULT)
         except HostError as exc:

@@ -1,0 +1,31 @@
+"""A traced task's model calls as spans (docs/observability.md): one `spear.model <kind>`
+span per chat or embedding, under the task's run span. Untraced tasks pay a None check."""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator
+
+    from spear.core.worker import TaskContext
+
+
+@contextlib.contextmanager
+def model_span(ctx: TaskContext, kind: str, model: str | None) -> Iterator[None]:
+    """Record the block as one model call of the task (failed, with why, if it raises)."""
+    trace = ctx.trace
+    if trace is None:
+        yield
+        return
+    started = time.time_ns()
+    error: str | None = None
+    try:
+        yield
+    except BaseException as exc:
+        error = str(exc) or type(exc).__name__
+        raise
+    finally:
+        trace.model_call(kind, model or "", started, error)
