@@ -215,8 +215,11 @@ async def chat_start(ctx: TaskContext, request: Any, *, stream: bool) -> int:
     call = ModelCall(streams, stream)
     loop = asyncio.get_running_loop()
 
+    def model_of() -> str:
+        return router.route(parsed.model, ctx.task).name
+
     async def run() -> None:
-        with model_span(ctx, "chat", parsed.model), anyio.CancelScope() as scope:
+        with model_span(ctx, "chat", model_of), anyio.CancelScope() as scope:
             if not call.bind(scope, loop):
                 return
             try:
@@ -284,7 +287,7 @@ async def chat(ctx: TaskContext, request: Any) -> dict[str, Any]:
     router = _router(ctx)
     try:
         parsed = ChatRequest.from_json(request)
-        with model_span(ctx, "chat", parsed.model):
+        with model_span(ctx, "chat", lambda: router.route(parsed.model, ctx.task).name):
             return (await router.chat(parsed, ctx.task)).to_json()
     except SpearError as exc:
         raise _refused(ctx, exc) from None
@@ -297,7 +300,7 @@ async def embed(ctx: TaskContext, request: Any) -> dict[str, Any]:
     router = _router(ctx)
     try:
         model, inputs = embedding_inputs(request)
-        with model_span(ctx, "embed", model):
+        with model_span(ctx, "embed", lambda: router.route(model, ctx.task).name):
             return (await router.embed(inputs, model, ctx.task)).to_json()
     except SpearError as exc:
         raise _refused(ctx, exc) from None

@@ -8,14 +8,15 @@ import time
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from collections.abc import Iterator
+    from collections.abc import Callable, Iterator
 
     from spear.core.worker import TaskContext
 
 
 @contextlib.contextmanager
-def model_span(ctx: TaskContext, kind: str, model: str | None) -> Iterator[None]:
-    """Record the block as one model call of the task (failed, with why, if it raises)."""
+def model_span(ctx: TaskContext, kind: str, model: Callable[[], str]) -> Iterator[None]:
+    """Record the block as one model call of the task (failed, with why, if it raises);
+    `model()` names the model it was routed to (asked only when the task is traced)."""
     trace = ctx.trace
     if trace is None:
         yield
@@ -23,9 +24,13 @@ def model_span(ctx: TaskContext, kind: str, model: str | None) -> Iterator[None]
     started = time.time_ns()
     error: str | None = None
     try:
+        name = model()
+    except Exception as exc:  # (refused: the call itself says so)
+        name = f"? ({exc})"
+    try:
         yield
     except BaseException as exc:
         error = str(exc) or type(exc).__name__
         raise
     finally:
-        trace.model_call(kind, model or "", started, error)
+        trace.model_call(kind, name, started, error)
