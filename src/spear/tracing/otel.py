@@ -146,7 +146,7 @@ class OtelTracing:
             "spear.task",
             context=context_of(parent or current_traceparent.get()),
             kind=SpanKind.SERVER,
-            attributes={"spear.task.id": task_id, "spear.node": self._node, **attributes},
+            attributes={"spear.task.id": task_id, **attributes},  # (the node: its resource)
         )
         if len(self._open) >= _MAX_OPEN_TASKS:
             self._end_all("the node traced too many unfinished tasks")
@@ -185,15 +185,19 @@ class OtelTracing:
             return
         span, run = found
         end = int(finished_at * 1e9) if finished_at else time.time_ns()
-        for s in (run.run_span if run is not None else None, span):
-            if s is None:
-                continue
-            s.set_attribute("spear.task.state", state)
-            if exit_code is not None:
-                s.set_attribute("spear.task.exit_code", exit_code)
-            if state != "COMPLETED":
-                s.set_status(Status(StatusCode.ERROR, reason or state))
-            s.end(end_time=end)
+        failed = None if state == "COMPLETED" else Status(StatusCode.ERROR, reason or state)
+        if run is not None:  # (its outcome is the task's: said once, on the task's span)
+            if failed is not None:
+                run.run_span.set_status(failed)
+            run.run_span.end(end_time=end)
+        span.set_attributes(
+            {"spear.task.state": state}
+            if exit_code is None
+            else {"spear.task.state": state, "spear.task.exit_code": exit_code}
+        )
+        if failed is not None:
+            span.set_status(failed)
+        span.end(end_time=end)
 
     def _end_all(self, why: str) -> None:
         for span, run in self._open.values():
