@@ -155,21 +155,23 @@ class OtelTracing:
 
     def run_started(self, task_id: str, traceparent: str) -> OtelTaskTrace:
         found = self._open.get(task_id)
-        if found is not None:
-            task_span, earlier = found
-            if earlier is not None:  # a retried task's earlier attempt
-                earlier.run_span.end()
-            context = trace.set_span_in_context(task_span)
-        else:  # opened elsewhere (another process made the record)
-            task_span, context = None, context_of(traceparent)  # type: ignore[assignment]
+        if found is None:  # opened elsewhere (another process made the record)
+            run = self._tracer.start_span(
+                "spear.run", context=context_of(traceparent), attributes={"spear.task.id": task_id}
+            )
+            self._open[task_id] = (run, None)  # (ended as the task's own span)
+            return OtelTaskTrace(self._tracer, run)
+        task_span, earlier = found
+        if earlier is not None:  # a retried task's earlier attempt: it failed
+            earlier.run_span.set_status(Status(StatusCode.ERROR, "failed, run again"))
+            earlier.run_span.end()
         run = self._tracer.start_span(
-            "spear.run", context=context, attributes={"spear.task.id": task_id}
+            "spear.run",
+            context=trace.set_span_in_context(task_span),
+            attributes={"spear.task.id": task_id},
         )
         traced = OtelTaskTrace(self._tracer, run)
-        if task_span is not None:
-            self._open[task_id] = (task_span, traced)
-        else:
-            self._open[task_id] = (run, None)  # (ended as the task's own span)
+        self._open[task_id] = (task_span, traced)
         return traced
 
     def task_ended(
