@@ -9,6 +9,7 @@ tracing is configured) and tests import this module.
 from __future__ import annotations
 
 import contextlib
+import threading
 import time
 from typing import TYPE_CHECKING
 
@@ -37,6 +38,7 @@ if TYPE_CHECKING:
     from opentelemetry.context import Context
     from opentelemetry.trace import Span
 
+_SHUTDOWN_WAIT_S = 2.0
 _MAX_OPEN_TASKS = 100_000  # a task never ended (its node lost it) must not grow this forever
 
 
@@ -247,9 +249,14 @@ class OtelTracing:
             current_traceparent.reset(token)
             handle.end(error)
 
-    def shutdown(self) -> None:
+    def shutdown(self, timeout_s: float = _SHUTDOWN_WAIT_S) -> None:
+        """Export what is pending and stop, waiting at most `timeout_s`: a collector that
+        is down makes the exporter retry for its whole timeout (10 s), which must not
+        hold a short `spear run` or a stopping node (the spans are lost either way)."""
         if self._closed:
             return
         self._closed = True
         self._end_all("the node stopped before the task ended")
-        self.provider.shutdown()
+        stopping = threading.Thread(target=self.provider.shutdown, daemon=True)
+        stopping.start()
+        stopping.join(timeout_s)
