@@ -15,7 +15,7 @@ from trace_helpers import by_name, parent_id, traced_node
 
 from spear import FunctionSpec
 from spear.config import Settings
-from spear.core.models import TaskState
+from spear.core.models import Runtime, TaskState
 from spear.tracing.otel import context_of
 from spear.tracing.setup import otlp_traces_url
 
@@ -181,3 +181,17 @@ def test_a_nodes_tracer_provider_is_its_own_never_the_global_one() -> None:
     )
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "ProxyTracerProvider"  # the API's default: nothing set
+
+
+async def test_a_process_agents_hostcalls_are_spans_too(tmp_path: Path) -> None:
+    agent = tmp_path / "putter.py"
+    agent.write_text("from spear import agent\nagent.put('k', b'v')\nagent.get('k')\n")
+    exporter = InMemorySpanExporter()
+    async with traced_node(tmp_path / "home", exporter) as node:
+        task = await node.run(FunctionSpec(str(agent), runtime=Runtime.PROCESS, timeout_s=60))
+        assert task.state is TaskState.COMPLETED, await node.logs_of(task.id, "stderr")
+    spans = exporter.get_finished_spans()
+    (run_span,) = by_name(spans, "spear.run")
+    ops = [s.attributes["spear.hostcall"] for s in by_name(spans, "spear.hostcall") if s.attributes]
+    assert "obj_put" in ops and "obj_get" in ops, ops
+    assert all(parent_id(s) == run_span.context.span_id for s in by_name(spans, "spear.hostcall"))

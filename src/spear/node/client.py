@@ -124,6 +124,9 @@ class Client(AsyncResource):
     a back-off (node/failover.py), up to `retries` times; calls that change nothing twice
     (reads, cancel, submits, which carry an idempotency key, and unconditional object
     puts) are retried, others not.
+
+    `tracing` (a `spear.tracing.otel.OtelTracing`, docs/observability.md): each submit,
+    run and call is a `spear.submit` span whose context the node's spans join.
     """
 
     def __init__(
