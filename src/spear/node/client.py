@@ -312,7 +312,7 @@ class Client(AsyncResource):
 
         if self.tracing is not None:
             return await traced_submit(self.tracing, "submit", spec, self._submitted(attempt))
-        return await self._submitted(attempt)
+        return TaskHandle(self, cv.task_from_wire(await self._retrying(attempt)))
 
     async def _submitted(self, attempt: Callable[[], Awaitable[Any]]) -> TaskHandle:
         return TaskHandle(self, cv.task_from_wire(await self._retrying(attempt)))
