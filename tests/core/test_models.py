@@ -292,6 +292,7 @@ def test_every_task_field_goes_through_json() -> None:
             }
         ],
         "traceparent": TRACEPARENT,
+        "trace_id": "0af7651916cd43dd8448eb211c80319c",
     }
     assert Task.from_json(data) == task
     assert task.trace_id == "0af7651916cd43dd8448eb211c80319c"

@@ -273,7 +273,7 @@ def status(
     settings = load_settings(data_dir, config)
     task: Task = on_node(settings, node, lambda api: api.task(task_id))
     if as_json:
-        emit_json({**task.to_json(), "trace_id": task.trace_id})
+        emit_json(task.to_json())  # (with `trace_id` when traced)
     else:
         _print_task(task)
 

@@ -345,6 +345,8 @@ class Task:
                 {"attempt_log": [a.to_json() for a in self.attempt_log]} if self.attempt_log else {}
             ),
             "traceparent": self.traceparent,
+            # (derived, for readers: `spear status --json`, `run --json`; not read back)
+            **({"trace_id": self.trace_id} if self.traceparent else {}),
         }
 
     @property
