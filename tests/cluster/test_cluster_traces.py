@@ -14,18 +14,11 @@ import pytest
 from conftest import assert_eventually, build_wat
 from helpers import make_cluster, spear
 from trace_helpers import OtlpReceiver
+from wat_tasks import hello as hello_wasm
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
     from pathlib import Path
-
-HELLO_WAT = """(module
-  (import "wasi_snapshot_preview1" "fd_write" (func $w (param i32 i32 i32 i32) (result i32)))
-  (memory (export "memory") 1)
-  (data (i32.const 16) "hello from afar\\n")
-  (func (export "_start")
-    (i32.store (i32.const 0) (i32.const 16)) (i32.store (i32.const 4) (i32.const 16))
-    (drop (call $w (i32.const 1) (i32.const 0) (i32.const 1) (i32.const 8)))))"""
 
 
 @pytest.fixture
@@ -47,7 +40,7 @@ def test_a_forwarded_task_is_one_trace_across_three_processes(
         node_settings={"node-1": traced, "node-2": {**traced, "labels": {"zone": "b"}}},
     )
     n1 = cluster.member("node-1").address
-    hello = build_wat(HELLO_WAT, tmp_path, "hello")
+    hello = hello_wasm(tmp_path)
     otel = {"OTEL_EXPORTER_OTLP_ENDPOINT": receiver.url}
     sent = spear("submit", "--node", n1, "--label", "zone=b", str(hello), env=otel)
     assert sent.returncode == 0, sent.stderr

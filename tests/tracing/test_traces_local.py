@@ -9,9 +9,11 @@ import sys
 from typing import TYPE_CHECKING
 
 import pytest
-from conftest import ROOT, build_c, build_wat
+from conftest import ROOT, build_c
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from trace_helpers import by_name, parent_id, traced_node
+from wat_tasks import exits as exits_wasm
+from wat_tasks import hello as hello_wasm
 
 from spear import FunctionSpec
 from spear.config import Settings
@@ -21,16 +23,6 @@ from spear.tracing.setup import otlp_traces_url
 
 if TYPE_CHECKING:
     from pathlib import Path
-
-HELLO_WAT = """
-(module
-  (import "wasi_snapshot_preview1" "fd_write" (func $w (param i32 i32 i32 i32) (result i32)))
-  (memory (export "memory") 1)
-  (data (i32.const 16) "hi\\n")
-  (func (export "_start")
-    (i32.store (i32.const 0) (i32.const 16)) (i32.store (i32.const 4) (i32.const 3))
-    (drop (call $w (i32.const 1) (i32.const 0) (i32.const 1) (i32.const 8)))))
-"""
 
 
 async def test_a_task_its_run_and_its_hostcalls_are_one_trace(tmp_path: Path) -> None:
@@ -62,12 +54,7 @@ async def test_a_task_its_run_and_its_hostcalls_are_one_trace(tmp_path: Path) ->
 
 
 async def test_a_failed_task_marks_its_spans_failed(tmp_path: Path) -> None:
-    exits = build_wat(
-        '(module (import "wasi_snapshot_preview1" "proc_exit" (func $e (param i32)))'
-        ' (memory (export "memory") 1) (func (export "_start") (call $e (i32.const 3))))',
-        tmp_path,
-        "exits",
-    )
+    exits = exits_wasm(tmp_path, 3)
     exporter = InMemorySpanExporter()
     async with traced_node(tmp_path / "home", exporter) as node:
         task = await node.run(FunctionSpec(str(exits)))
@@ -79,7 +66,7 @@ async def test_a_failed_task_marks_its_spans_failed(tmp_path: Path) -> None:
 
 
 async def test_run_many_gives_each_task_its_own_trace(tmp_path: Path) -> None:
-    hello = build_wat(HELLO_WAT, tmp_path, "hello")
+    hello = hello_wasm(tmp_path)
     exporter = InMemorySpanExporter()
     async with traced_node(tmp_path / "home", exporter) as node:
         tasks = await node.run_many([FunctionSpec(str(hello))] * 5)
@@ -92,7 +79,7 @@ async def test_run_many_gives_each_task_its_own_trace(tmp_path: Path) -> None:
 
 
 async def test_a_task_made_under_a_callers_span_joins_its_trace(tmp_path: Path) -> None:
-    hello = build_wat(HELLO_WAT, tmp_path, "hello")
+    hello = hello_wasm(tmp_path)
     exporter = InMemorySpanExporter()
     caller = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
     from spear.tracing.base import current_traceparent
@@ -161,7 +148,7 @@ print(type(trace.get_tracer_provider()).__name__)
 
 
 def test_with_tracing_off_no_opentelemetry_module_is_loaded(tmp_path: Path) -> None:
-    hello = build_wat(HELLO_WAT, tmp_path, "hello")
+    hello = hello_wasm(tmp_path)
     env = {"PATH": "/usr/bin:/bin", "PYTHONPATH": str(ROOT / "src")}
     out = subprocess.run(
         [sys.executable, "-c", _OFF, str(tmp_path / "home"), str(hello)],
