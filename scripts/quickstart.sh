@@ -21,6 +21,8 @@ fi
 python3 -m pip install -q -e '.[dev]'
 # The agent toolkit (docs/toolkit.md): the MCP SDK, a reference MCP server, the vector index.
 python3 -m pip install -q -e '.[toolkit]'
+# OpenTelemetry traces (docs/observability.md): the SDK and the OTLP/HTTP exporter.
+python3 -m pip install -q -e '.[tracing]'
 
 # The embedded AI model (spear[llm], docs/models.md). llama-cpp-python builds from source
 # (about 4 minutes on 2 cores); a native build uses AVX-512/AMX code paths that crash on

@@ -51,4 +51,7 @@ def tasks(draw: st.DrawFn) -> Task:
         node=draw(st.none() | text),
         attempts=draw(st.integers(0, 2**32 - 1)),
         history=tuple((s.value, draw(times)) for s in states),
+        traceparent=draw(
+            st.just("") | st.from_regex(r"00-[0-9a-f]{32}-[0-9a-f]{16}-0[01]", fullmatch=True)
+        ),
     )

@@ -167,6 +167,10 @@ class Settings:
     # finished ones (0: no limit); a daemon looks every task_log_prune_interval_s.
     task_retention_s: float = 0.0
     task_retention_records: int = 0
+    # OpenTelemetry traces (docs/observability.md): the OTLP/HTTP collector to export each
+    # task's spans to (a base URL, as OTEL_EXPORTER_OTLP_ENDPOINT, which is read when this
+    # is unset); unset: tracing off.
+    trace_otlp_endpoint: str | None = None
     extra: Mapping[str, Any] = dataclasses.field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -250,12 +254,15 @@ class Settings:
             origin[name] = "--" + name.replace("_", "-")
         values = {**files, **environment, **given}
         values.setdefault("data_dir", default_data_dir(env))
+        if "trace_otlp_endpoint" not in values and env.get(_OTLP_ENV):  # below every setting
+            values["trace_otlp_endpoint"], origin["trace_otlp_endpoint"] = env[_OTLP_ENV], _OTLP_ENV
         extra = {k: values.pop(k) for k in list(values) if k not in _FIELD_NAMES}
         for key, value in extra.items():
             _check_extra(key, value, origin[key])
         return cls(**_coerce(values, origin), extra=extra)
 
 
+_OTLP_ENV = "OTEL_EXPORTER_OTLP_ENDPOINT"  # OpenTelemetry's own variable for the collector
 _FIELD_NAMES = frozenset(f.name for f in dataclasses.fields(Settings))
 _FIELD_TYPES = {f.name: f.type for f in dataclasses.fields(Settings)}
 

@@ -251,6 +251,9 @@ def test_a_namespace_is_a_dns_label() -> None:
             FunctionSpec("m", namespace=bad)
 
 
+TRACEPARENT = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+
+
 def test_every_task_field_goes_through_json() -> None:
     task = Task(
         id="t1",
@@ -265,6 +268,7 @@ def test_every_task_field_goes_through_json() -> None:
         attempts=2,
         history=(("PENDING", 1.0), ("RUNNING", 2.0), ("FAILED", 3.0)),
         attempt_log=(Attempt("n0", 0.5, 0.7, 137, "node lost"),),
+        traceparent=TRACEPARENT,
     )
     data = json.loads(json.dumps(task.to_json()))
     assert {k: v for k, v in data.items() if k != "spec"} == {
@@ -287,8 +291,13 @@ def test_every_task_field_goes_through_json() -> None:
                 "reason": "node lost",
             }
         ],
+        "traceparent": TRACEPARENT,
+        "trace_id": "0af7651916cd43dd8448eb211c80319c",
     }
     assert Task.from_json(data) == task
+    assert task.trace_id == "0af7651916cd43dd8448eb211c80319c"
+    fresh = Task(id="t3", spec=FunctionSpec("m"), traceparent=TRACEPARENT)
+    assert fresh.transition(TaskState.RUNNING, 4.0).traceparent == TRACEPARENT
     minimal = Task.from_json({"id": "t2", "spec": {"artifact": "m"}, "state": "PENDING"})
     assert minimal == Task(id="t2", spec=FunctionSpec("m"))
     assert (minimal.created_at, minimal.attempts, minimal.history) == (0.0, 0, ())

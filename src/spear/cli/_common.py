@@ -22,6 +22,7 @@ if TYPE_CHECKING:
     from spear.core.models import Task
     from spear.core.node import Spearlet
     from spear.node.api import NodeAPI
+    from spear.tracing.base import Tracing
 
 DataDirOpt = Annotated[
     Path | None,
@@ -158,6 +159,7 @@ async def connect(settings: Settings, node: str | None) -> AsyncIterator[NodeAPI
             address,
             credentials=Credentials.for_settings(settings),
             retries=0 if node is None else DEFAULT_RETRIES,
+            tracing=client_tracing(settings),
         )
         try:
             if node is None:  # found in the data dir: it may be stale (a killed daemon)
@@ -169,6 +171,8 @@ async def connect(settings: Settings, node: str | None) -> AsyncIterator[NodeAPI
                 yield client
         finally:
             await client.aclose()
+            if client.tracing is not None:  # the submit's span exported before exiting
+                client.tracing.shutdown()
         if address is not None:
             return
     from spear.node.assembly import build_local_node
@@ -179,6 +183,15 @@ async def connect(settings: Settings, node: str | None) -> AsyncIterator[NodeAPI
         # The data dir as a client of its daemon would see it: one namespace, results/
         # written only by the node.
         yield NamespacedNode(InProcessNode(local), settings.namespace or "default")
+
+
+def client_tracing(settings: Settings) -> Tracing | None:
+    """The CLI's tracer (docs/observability.md): None, importing nothing, unless set."""
+    if not settings.trace_otlp_endpoint:
+        return None
+    from spear.tracing.setup import build_tracing
+
+    return build_tracing(settings.trace_otlp_endpoint, "spear-cli")
 
 
 def on_node(settings: Settings, node: str | None, fn: Callable[[NodeAPI], Awaitable[Any]]) -> Any:

@@ -257,6 +257,7 @@ def _print_task(task: Task) -> None:
     for n, attempt in enumerate(task.attempt_log, 1):  # a retried task's earlier runs
         where = attempt.node or "-"
         lines.append((f"attempt {n}", f"on {where}: exit {attempt.exit_code}, {attempt.reason}"))
+    lines.append(("trace", task.trace_id or "-"))  # its OpenTelemetry trace (docs/observability.md)
     for name, value in lines:
         sys.stdout.write(f"{name + ':':<11}{value}\n")
 
@@ -272,7 +273,7 @@ def status(
     settings = load_settings(data_dir, config)
     task: Task = on_node(settings, node, lambda api: api.task(task_id))
     if as_json:
-        emit_json(task.to_json())
+        emit_json(task.to_json())  # (with `trace_id` when traced)
     else:
         _print_task(task)
 

@@ -289,6 +289,8 @@ class Task:
     attempts: int = 0
     history: tuple[tuple[str, float], ...] = ()
     attempt_log: tuple[Attempt, ...] = ()  # the runs before this one (core/retries.py)
+    # W3C traceparent of the task's span when traced (spear/tracing, docs/observability.md)
+    traceparent: str = ""
 
     def transition(
         self,
@@ -321,6 +323,7 @@ class Task:
         _set_field(new, "attempts", self.attempts)
         _set_field(new, "history", (*self.history, (state._value_, now)))
         _set_field(new, "attempt_log", self.attempt_log)
+        _set_field(new, "traceparent", self.traceparent)
         return new
 
     def to_json(self, *, spec_json: Any = None) -> dict[str, Any]:
@@ -343,7 +346,16 @@ class Task:
             **(
                 {"attempt_log": [a.to_json() for a in self.attempt_log]} if self.attempt_log else {}
             ),
+            "traceparent": self.traceparent,
+            # (derived, for readers: `spear status --json`, `run --json`; not read back)
+            **({"trace_id": self.trace_id} if self.traceparent else {}),
         }
+
+    @property
+    def trace_id(self) -> str:
+        """The id of the task's trace (32 hex digits), "" when it was not traced."""
+        tp = self.traceparent
+        return tp[3:35] if len(tp) == 55 else ""
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> Task:
@@ -360,6 +372,7 @@ class Task:
             attempts=data.get("attempts", 0),
             history=tuple((str(s), float(t)) for s, t in data.get("history", ())),
             attempt_log=tuple(Attempt.from_json(a) for a in data.get("attempt_log", ())),
+            traceparent=str(data.get("traceparent") or ""),
         )
 
 

@@ -64,6 +64,9 @@ class Spearlet:
         self._stack: contextlib.AsyncExitStack | None = None
         self._tg: TaskGroup | None = None
         self._closers = closers or []
+        if self.services.tracing is not None:  # its last spans exported as the node stops
+            shutdown = self.services.tracing.shutdown
+            self._closers.insert(0, functools.partial(anyio.to_thread.run_sync, shutdown))
 
     @property
     def name(self) -> str:

@@ -38,8 +38,10 @@ from spear.core.cluster_view import ClusterView, rank_candidates
 from spear.core.forwarding import Accepted
 from spear.core.models import Resources, Task, TaskState, new_task_id
 from spear.core.node import NodeState
+from spear.core.traced_placement import traced_placement
 from spear.core.worker import EXIT_CANCELLED
 from spear.errors import NotFound, ResourceExhausted, SpearError, Unavailable
+from spear.tracing.base import current_traceparent
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -208,6 +210,7 @@ class Scheduler:
         self.decisions.append(Decision(task, how, node))
         logger.bind(task_id=task.id).debug("task {}: {} ({})", task.id, how, node)
 
+    @traced_placement  # a `spear.place` span when the node traces (docs/observability.md)
     async def submit(
         self, spec: FunctionSpec, *, stdin: bytes | None = None, task_id: str | None = None
     ) -> Task:
@@ -265,6 +268,7 @@ class Scheduler:
             created_at=now,
             node=self.node.name,
             history=((TaskState.PENDING.value, now),),
+            traceparent=current_traceparent.get() or "",  # (set when the node traces)
         )
 
     async def enqueue(self, task: Task, stdin: bytes | None) -> Task:

@@ -20,6 +20,7 @@ if TYPE_CHECKING:
     from spear.core.models import Runtime, Task, TaskState
     from spear.core.streams import StreamRegistry
     from spear.store.objects import ObjectStore
+    from spear.tracing.base import TaskTrace, Tracing
 
 # How the CLI reports outcomes that are not the guest's own exit code.
 EXIT_TIMEOUT = 124  # like coreutils `timeout`
@@ -99,6 +100,8 @@ class NodeServices:
     tools: Any = None
     subtasks: Any = None
     vectors: Any = None
+    # OpenTelemetry traces (spear/tracing): None when off (each hook one None check).
+    tracing: Tracing | None = None
 
     def with_background_work(self) -> tuple[Any, ...]:
         """The services with a `serve_node` context (the object store is served by
@@ -121,6 +124,7 @@ class TaskContext:
     agent_log: Callable[[str, str], None]
     services: NodeServices = field(default_factory=NodeServices)
     handles: dict[int, Any] = field(default_factory=dict)
+    trace: TaskTrace | None = None  # the run's span when traced (spear/tracing)
 
 
 class Execution(abc.ABC):

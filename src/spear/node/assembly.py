@@ -35,6 +35,7 @@ if TYPE_CHECKING:
     from spear.node.server import SpearletServer
     from spear.store.kv import KV
     from spear.store.objects import ObjectStore
+    from spear.tracing.base import Tracing
     from spear.transport.channels import Credentials
 
 
@@ -125,6 +126,7 @@ def local_components(settings: Settings, *, hold_kv: bool = True) -> SpearletPar
         models=_models(settings),
         result_max_bytes=settings.task_result_max_bytes,
         **toolkit_services(settings),
+        tracing=node_tracing(settings),
     )
     return SpearletParts(
         settings=settings,
@@ -134,6 +136,15 @@ def local_components(settings: Settings, *, hold_kv: bool = True) -> SpearletPar
         capacity=_machine_capacity(settings),
         services=services,
     )
+
+
+def node_tracing(settings: Settings) -> Tracing | None:
+    """The node's tracer (spear/tracing): None, importing nothing, unless configured."""
+    if not settings.trace_otlp_endpoint:
+        return None
+    from spear.tracing.setup import build_tracing
+
+    return build_tracing(settings.trace_otlp_endpoint, settings.node_name)
 
 
 def _object_store(settings: Settings, kv: KV) -> ObjectStore:
@@ -222,6 +233,7 @@ def make_node_api(node: Spearlet, max_message_bytes: int = 0) -> InProcessNode |
     cluster = build_cluster(settings)
     assert cluster is not None
     peers = Peers(node.name, credentials=member_credentials(settings))
+    peers.tracing = node.services.tracing
     scheduler = Scheduler(
         node,
         cluster,

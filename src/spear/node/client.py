@@ -37,6 +37,7 @@ from spear.errors import (
 from spear.node.api import StreamingTask, TaskHandle, read_own_stdin, run_attached
 from spear.node.failover import DEFAULT_RETRIES, Failover
 from spear.node.object_route import ObjectRoute
+from spear.node.traced_calls import traced_submit
 from spear.transport import _convert as cv
 from spear.transport import _speedups
 from spear.transport._gen.pb import spearlet_pb2 as pb
@@ -47,6 +48,7 @@ from spear.transport._status import (
     client_errors,
 )
 from spear.transport.channels import Credentials, close_channel, open_channel
+from spear.transport.trace_metadata import send_traceparent
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
@@ -54,6 +56,7 @@ if TYPE_CHECKING:
     from grpclib.client import Channel, Stream
 
     from spear.core.models import FunctionSpec, Task, TaskState
+    from spear.tracing.base import Tracing
 
 _T = TypeVar("_T")
 
@@ -122,6 +125,9 @@ class Client(AsyncResource):
     a back-off (node/failover.py), up to `retries` times; calls that change nothing twice
     (reads, cancel, submits, which carry an idempotency key, and unconditional object
     puts) are retried, others not.
+
+    `tracing` (a `spear.tracing.otel.OtelTracing`, docs/observability.md): each submit,
+    run and call is a `spear.submit` span whose context the node's spans join.
     """
 
     def __init__(
@@ -133,6 +139,7 @@ class Client(AsyncResource):
         timeout: float | None = None,
         max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
         retries: int = DEFAULT_RETRIES,
+        tracing: Tracing | None = None,
     ) -> None:
         _speedups.install()
         self._failover = Failover(address, retries)
@@ -155,6 +162,8 @@ class Client(AsyncResource):
         # knows it, when it is uploaded): building one costs more than the rest of a call.
         self._wire_specs: dict[tuple[FunctionSpec, bool, Any], Any] = {}
         self._objects = ObjectRoute(credentials)  # object bytes: the transfer service
+        # Traces (docs/observability.md): a submit's span, its context sent with the call.
+        self.tracing = tracing
 
     @property
     def _stub(self) -> v1.SpearletStub:
@@ -166,6 +175,8 @@ class Client(AsyncResource):
                 max_message_bytes=self._max_message_bytes,
             )
             self._stub_ = v1.SpearletStub(self._channel, timeout=self._timeout)
+            if self.tracing is not None:
+                send_traceparent(self._channel)
         return self._stub_
 
     def _errors(self) -> Any:
@@ -302,6 +313,11 @@ class Client(AsyncResource):
             request.idempotency_key = key
             return await self._stub.submit_task(request)
 
+        if self.tracing is not None:
+            return await traced_submit(self.tracing, "submit", spec, self._submitted(attempt))
+        return TaskHandle(self, cv.task_from_wire(await self._retrying(attempt)))
+
+    async def _submitted(self, attempt: Callable[[], Awaitable[Any]]) -> TaskHandle:
         return TaskHandle(self, cv.task_from_wire(await self._retrying(attempt)))
 
     @property
@@ -331,6 +347,11 @@ class Client(AsyncResource):
             request.idempotency_key = key
             return await self._stub.submit_task(request)
 
+        if self.tracing is not None:
+            return await traced_submit(self.tracing, "run", spec, self._ran(attempt))
+        return cv.task_from_wire(await self._retrying(attempt))
+
+    async def _ran(self, attempt: Callable[[], Awaitable[Any]]) -> Task:
         return cv.task_from_wire(await self._retrying(attempt))
 
     async def submit_many(
@@ -433,6 +454,9 @@ class Client(AsyncResource):
         """Run a task and return its result, in one call (RunTask). Its messages are
         protobuf's own (see transport/_gen/pb): a third of the call's time otherwise."""
         request = await self._request(spec, stdin, wait=True, m=pb)
+        if self.tracing is not None:
+            result = self._result(self._run_task(request), spec.artifact)
+            return await traced_submit(self.tracing, "call", spec, result)
         return await self._result(self._run_task(request), spec.artifact)
 
     async def _run_task(self, request: pb.SubmitTaskRequest) -> AsyncIterator[pb.ResultChunk]:

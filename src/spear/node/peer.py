@@ -11,6 +11,7 @@ another to fetch the result, and a batch one hop, not one per wave."""
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 from typing import TYPE_CHECKING
@@ -22,6 +23,8 @@ from spear.core.forwarding import BatchAnswer, Forwarded
 from spear.core.models import Runtime
 from spear.errors import InvalidArgument, SpearError, Unavailable, error_from_code
 from spear.node.client import Client
+from spear.node.traced_forwarding import ForwardSpans
+from spear.tracing.base import current_traceparent
 from spear.transport import _convert as cv
 from spear.transport import _sms_convert as sc
 from spear.transport._gen.pb import spearlet_pb2 as pb
@@ -46,6 +49,7 @@ if TYPE_CHECKING:
     from spear.core.models import FunctionSpec, Resources, Task
     from spear.core.scheduler import Scheduler
     from spear.node.inprocess import InProcessNode
+    from spear.tracing.base import Tracing
 
 PEER_SERVICE_NAME = "spear.v1.SpearletPeer"
 FORWARD_TASKS = f"/{PEER_SERVICE_NAME}/ForwardTasks"
@@ -165,6 +169,9 @@ class PeerService(v1.SpearletPeerBase):
                 task_ids=[received[i][0].id for i in plain],
                 refusals=refusals,
                 hooks_later=True,  # (as `one` below)
+                parents=None
+                if controller.tracing is None
+                else [received[i][0].traceparent for i in plain],
             )
             for i, task in zip(plain, tasks, strict=True):
                 refused = refusals.get(task.id)
@@ -175,6 +182,8 @@ class PeerService(v1.SpearletPeerBase):
 
         async def one(i: int) -> None:
             task, spec = received[i]
+            if task.traceparent:  # its spans join its trace (docs/observability.md)
+                current_traceparent.set(task.traceparent)
             try:
                 stdin = message.tasks[i].stdin or None
                 # Answered once its end is recorded: keeping its result (a commit with
@@ -216,6 +225,7 @@ class Peers:
         self._clients: dict[str, Client] = {}
         self._channels: dict[str, tuple[Channel, v1.SpearletPeerStub]] = {}
         self._sent: dict[tuple[str, str], tuple[tuple[int, int], str]] = {}
+        self.tracing: Tracing | None = None  # a traced node's (node/assembly.py)
 
     def client(self, address: str) -> Client:
         client = self._clients.get(address)
@@ -246,6 +256,9 @@ class Peers:
         """Hand `tasks` to `node` in one ForwardTasks call (each module uploaded first,
         once per node); with `wait`, answered once the accepted ones have finished (with
         their results if `output`)."""
+        spans = None if self.tracing is None else ForwardSpans(self.tracing, node.name, tasks)
+        if spans is not None:  # (each task sent naming its forward span)
+            tasks = spans.tasks
         requests = []
         digests: dict[str, str] = {}
         for task, stdin in tasks:
@@ -267,13 +280,14 @@ class Peers:
         self._peer(node.address)  # opens the channel
         channel = self._channels[node.address][0]
         received_error_code.set(None)
-        with client_errors(node.address):
+        with client_errors(node.address), spans.open() if spans else contextlib.nullcontext():
             async with channel.request(
                 FORWARD_TASKS,
                 Cardinality.UNARY_UNARY,
                 pb.ForwardTasksRequest,
                 pb.ForwardTasksResponse,
                 timeout=None if wait else 30,
+                metadata=None if spans is None else spans.metadata,
             ) as stream:
                 await stream.send_message(request, end=True)
                 answer = await stream.recv_message()

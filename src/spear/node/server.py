@@ -363,6 +363,10 @@ async def serve_spearlet(
     )
     if api.node.services.subtasks is not None:  # children hold their namespace's slots too
         api.node.services.subtasks.use_quota(slots)
+    if api.node.services.tracing is not None:  # callers' trace contexts (docs/observability.md)
+        from spear.transport.trace_metadata import accept_traceparent
+
+        accept_traceparent(server._server)  # (the grpclib server under GrpcServer)
     api.address = await server.start(listen)
     return server
 

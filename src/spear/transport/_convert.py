@@ -166,6 +166,7 @@ def task_to_wire(task: Task, m: _Messages = v1, *, with_spec: bool = True) -> v1
             )
             for a in task.attempt_log
         ],
+        traceparent=task.traceparent,
     )
 
 
@@ -198,6 +199,7 @@ def task_from_wire(info: v1.TaskInfo | pb.TaskInfo, spec: FunctionSpec | None = 
             )
             for a in info.attempt_log
         ),
+        traceparent=info.traceparent,
     )
 
 

@@ -20,6 +20,7 @@ import anyio
 from spear._logging import logger
 from spear.core import retries
 from spear.core.models import Task, TaskState, new_task_id
+from spear.core.tasks import traced
 from spear.core.tasks.admission import Admission
 from spear.core.tasks.running import STOPPED, Run, RunningTasks, outcome_now, outcome_of
 from spear.core.worker import EXIT_CANCELLED, EXIT_LOST, ExecutionControl, NodeServices, Outcome
@@ -67,6 +68,10 @@ class TaskController:
         )
         self._task_group: TaskGroup | None = None
         self._hooks_later = 0  # batches whose finished hooks run after their answer
+        # Traces (spear/tracing): None when off; each task then pays this one check.
+        self.tracing = services.tracing if services is not None else None
+        if self.tracing is not None:
+            self.add_finished_hook(traced.ended_hook(self.tracing))
 
     def bind(self, task_group: TaskGroup) -> None:
         self._task_group = task_group
@@ -119,7 +124,7 @@ class TaskController:
         another node). `previous`: the record of a task retried here after its node was
         lost (core/retries.py): its attempts and history go on.
         """
-        task = self._new_task(spec, task_id)
+        task = self._new_task(spec, task_id, previous.traceparent if previous else None)
         if previous is not None and previous.attempts:
             task = dataclasses.replace(
                 previous, spec=spec, state=TaskState.PENDING, node=self._node
@@ -132,15 +137,20 @@ class TaskController:
         await self.store.create(task, fresh=task_id is None)
         return task
 
-    def _new_task(self, spec: FunctionSpec, task_id: str | None = None) -> Task:
+    def _new_task(
+        self, spec: FunctionSpec, task_id: str | None = None, parent: str | None = None
+    ) -> Task:
         now = time.time()
-        return Task(
+        task = Task(
             id=task_id or new_task_id(),
             spec=spec,
             created_at=now,
             node=self._node,
             history=((TaskState.PENDING.value, now),),
         )
+        if self.tracing is not None:  # (`parent`: a forwarded task's trace context)
+            task = traced.opened(self.tracing, task, parent)
+        return task
 
     async def _refusal(
         self, task: Task, *, must_fit: bool = False
@@ -383,6 +393,7 @@ class TaskController:
         task_ids: Sequence[str] | None = None,
         refusals: dict[str, SpearError] | None = None,
         hooks_later: bool = False,
+        parents: Sequence[str] | None = None,
     ) -> list[Task]:
         """Run many tasks to their ends; returns them finished, in order.
 
@@ -392,8 +403,9 @@ class TaskController:
         in one write; then the next that fit, until all ran. A task whose artifact is
         refused is recorded FAILED, as `run` records it (and, given `refusals`, its id
         mapped there to the refusal). `task_ids` (one per spec) keeps ids given elsewhere:
-        tasks another node forwarded here. `hooks_later`: as for `run`, per wave (the
-        next wave does not wait for the last one's results to be kept).
+        tasks another node forwarded here; `parents` (one per spec) their trace contexts.
+        `hooks_later`: as for `run`, per wave (the next wave does not wait for the last
+        one's results to be kept).
         """
         if not specs:
             return []
@@ -401,7 +413,11 @@ class TaskController:
         ready: list[Task] = []
         order: list[str] = []
         for i, spec in enumerate(specs):
-            task = self._new_task(spec, None if task_ids is None else task_ids[i])
+            task = self._new_task(
+                spec,
+                None if task_ids is None else task_ids[i],
+                None if parents is None else parents[i] or None,
+            )
             order.append(task.id)
             refused = await self._refusal(task, must_fit=True)
             if refused is not None:

@@ -134,6 +134,9 @@ class RunningTasks:
             agent_log=writer.agent_log,
             services=self._services,
         )
+        tracing = self._services.tracing
+        if tracing is not None:
+            ctx.trace = tracing.run_started(task.id, task.traceparent)
         try:
             execution = await self._agents[spec.runtime.value].start(ctx)
         except SpearError as exc:

@@ -39,6 +39,7 @@ from spear.errors import (
     Unavailable,
 )
 from spear.runtimes.host.ops import ErrnoTable, HostError, add_handle, translate
+from spear.runtimes.host.traced_models import model_span
 
 if TYPE_CHECKING:
     import asyncio
@@ -214,8 +215,11 @@ async def chat_start(ctx: TaskContext, request: Any, *, stream: bool) -> int:
     call = ModelCall(streams, stream)
     loop = asyncio.get_running_loop()
 
+    def model_of() -> str:
+        return router.route(parsed.model, ctx.task).name
+
     async def run() -> None:
-        with anyio.CancelScope() as scope:
+        with model_span(ctx, "chat", model_of), anyio.CancelScope() as scope:
             if not call.bind(scope, loop):
                 return
             try:
@@ -282,7 +286,9 @@ async def chat(ctx: TaskContext, request: Any) -> dict[str, Any]:
 
     router = _router(ctx)
     try:
-        return (await router.chat(ChatRequest.from_json(request), ctx.task)).to_json()
+        parsed = ChatRequest.from_json(request)
+        with model_span(ctx, "chat", lambda: router.route(parsed.model, ctx.task).name):
+            return (await router.chat(parsed, ctx.task)).to_json()
     except SpearError as exc:
         raise _refused(ctx, exc) from None
 
@@ -294,7 +300,8 @@ async def embed(ctx: TaskContext, request: Any) -> dict[str, Any]:
     router = _router(ctx)
     try:
         model, inputs = embedding_inputs(request)
-        return (await router.embed(inputs, model, ctx.task)).to_json()
+        with model_span(ctx, "embed", lambda: router.route(model, ctx.task).name):
+            return (await router.embed(inputs, model, ctx.task)).to_json()
     except SpearError as exc:
         raise _refused(ctx, exc) from None
 

@@ -296,6 +296,16 @@ class _Connection:
             logger.opt(exception=call.exception()).error("hostcall channel call failed")
 
     async def _call(self, ctx: TaskContext, header: dict[str, Any], body: bytes) -> None:
+        trace = ctx.trace
+        if trace is None:
+            return await self._serve_call(ctx, header, body)
+        started = time.time_ns()  # a traced task: a span per hostcall (docs/observability.md)
+        try:
+            await self._serve_call(ctx, header, body)
+        finally:
+            trace.hostcall(str(header.get("op")), started)
+
+    async def _serve_call(self, ctx: TaskContext, header: dict[str, Any], body: bytes) -> None:
         call_id = header.get("id", 0)
         try:
             result, out = await _dispatch(ctx, header, body, self._poll_limiter)

@@ -17,6 +17,7 @@ import ctypes
 import errno
 import struct
 import threading
+import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -204,14 +205,20 @@ def adapt(defn: _Definition) -> Callable[..., Any]:
 
     def call(caller: wasmtime.Caller, *args: int) -> int:
         calls[0] += 1
+        ctx = current()
+        trace = ctx.trace  # a traced task's hostcalls are spans (docs/observability.md)
+        started = 0 if trace is None else time.time_ns()
         try:
-            return fn(GuestMemory(caller), current(), *args)
+            result: int = fn(GuestMemory(caller), ctx, *args)
         except GuestFault:
-            return -wasi_errno(errno.EFAULT)
+            result = -wasi_errno(errno.EFAULT)
         except HostError as exc:
-            return -wasi_errno(exc.errno)
+            result = -wasi_errno(exc.errno)
         except Exception:  # a host bug must fail this call, never the node
             logger.exception("hostcall spear.{} failed", defn.name)
-            return -wasi_errno(errno.EIO)
+            result = -wasi_errno(errno.EIO)
+        if trace is not None:
+            trace.hostcall(defn.name, started, result)
+        return result
 
     return call

@@ -97,7 +97,7 @@ class StateChange(_message.Message):
     def __init__(self, state: _Optional[_Union[TaskState, str]] = ..., at: _Optional[float] = ...) -> None: ...
 
 class TaskInfo(_message.Message):
-    __slots__ = ("id", "spec", "state", "created_at", "started_at", "finished_at", "exit_code", "reason", "node", "attempts", "history", "attempt_log")
+    __slots__ = ("id", "spec", "state", "created_at", "started_at", "finished_at", "exit_code", "reason", "node", "attempts", "history", "attempt_log", "traceparent")
     ID_FIELD_NUMBER: _ClassVar[int]
     SPEC_FIELD_NUMBER: _ClassVar[int]
     STATE_FIELD_NUMBER: _ClassVar[int]
@@ -110,6 +110,7 @@ class TaskInfo(_message.Message):
     ATTEMPTS_FIELD_NUMBER: _ClassVar[int]
     HISTORY_FIELD_NUMBER: _ClassVar[int]
     ATTEMPT_LOG_FIELD_NUMBER: _ClassVar[int]
+    TRACEPARENT_FIELD_NUMBER: _ClassVar[int]
     id: str
     spec: FunctionSpec
     state: TaskState
@@ -122,7 +123,8 @@ class TaskInfo(_message.Message):
     attempts: int
     history: _containers.RepeatedCompositeFieldContainer[StateChange]
     attempt_log: _containers.RepeatedCompositeFieldContainer[Attempt]
-    def __init__(self, id: _Optional[str] = ..., spec: _Optional[_Union[FunctionSpec, _Mapping]] = ..., state: _Optional[_Union[TaskState, str]] = ..., created_at: _Optional[float] = ..., started_at: _Optional[float] = ..., finished_at: _Optional[float] = ..., exit_code: _Optional[int] = ..., reason: _Optional[str] = ..., node: _Optional[str] = ..., attempts: _Optional[int] = ..., history: _Optional[_Iterable[_Union[StateChange, _Mapping]]] = ..., attempt_log: _Optional[_Iterable[_Union[Attempt, _Mapping]]] = ...) -> None: ...
+    traceparent: str
+    def __init__(self, id: _Optional[str] = ..., spec: _Optional[_Union[FunctionSpec, _Mapping]] = ..., state: _Optional[_Union[TaskState, str]] = ..., created_at: _Optional[float] = ..., started_at: _Optional[float] = ..., finished_at: _Optional[float] = ..., exit_code: _Optional[int] = ..., reason: _Optional[str] = ..., node: _Optional[str] = ..., attempts: _Optional[int] = ..., history: _Optional[_Iterable[_Union[StateChange, _Mapping]]] = ..., attempt_log: _Optional[_Iterable[_Union[Attempt, _Mapping]]] = ..., traceparent: _Optional[str] = ...) -> None: ...
 
 class SubmitTaskRequest(_message.Message):
     __slots__ = ("spec", "artifact_digest", "artifact_object", "stdin", "wait", "idempotency_key")

@@ -1443,6 +1443,11 @@ class TaskInfo(betterproto2.Message):
     the attempts before this one, oldest first
     """
 
+    traceparent: "str" = betterproto2.field(13, betterproto2.TYPE_STRING)
+    """
+    W3C traceparent of the task's span (docs/observability.md); "" when not traced.
+    """
+
 
 default_message_pool.register_message("spear.v1", "TaskInfo", TaskInfo)
 
