@@ -38,7 +38,7 @@ from spear.core.cluster_view import ClusterView, rank_candidates
 from spear.core.forwarding import Accepted
 from spear.core.models import Resources, Task, TaskState, new_task_id
 from spear.core.node import NodeState
-from spear.core.traced_placement import traced_placement
+from spear.core.traced_placement import in_its_trace, traced_placement
 from spear.core.worker import EXIT_CANCELLED
 from spear.errors import NotFound, ResourceExhausted, SpearError, Unavailable
 from spear.tracing.base import current_traceparent
@@ -407,6 +407,7 @@ class Scheduler:
             placed_count += 1
         return placed_count
 
+    @in_its_trace  # a queued task placed later stays in its trace (docs/observability.md)
     async def _place_head(self, head: _Queued) -> bool:
         spec = head.task.spec
         try:
