@@ -127,20 +127,22 @@ class TaskInfo(_message.Message):
     def __init__(self, id: _Optional[str] = ..., spec: _Optional[_Union[FunctionSpec, _Mapping]] = ..., state: _Optional[_Union[TaskState, str]] = ..., created_at: _Optional[float] = ..., started_at: _Optional[float] = ..., finished_at: _Optional[float] = ..., exit_code: _Optional[int] = ..., reason: _Optional[str] = ..., node: _Optional[str] = ..., attempts: _Optional[int] = ..., history: _Optional[_Iterable[_Union[StateChange, _Mapping]]] = ..., attempt_log: _Optional[_Iterable[_Union[Attempt, _Mapping]]] = ..., traceparent: _Optional[str] = ...) -> None: ...
 
 class SubmitTaskRequest(_message.Message):
-    __slots__ = ("spec", "artifact_digest", "artifact_object", "stdin", "wait", "idempotency_key")
+    __slots__ = ("spec", "artifact_digest", "artifact_object", "stdin", "wait", "idempotency_key", "traceparent")
     SPEC_FIELD_NUMBER: _ClassVar[int]
     ARTIFACT_DIGEST_FIELD_NUMBER: _ClassVar[int]
     ARTIFACT_OBJECT_FIELD_NUMBER: _ClassVar[int]
     STDIN_FIELD_NUMBER: _ClassVar[int]
     WAIT_FIELD_NUMBER: _ClassVar[int]
     IDEMPOTENCY_KEY_FIELD_NUMBER: _ClassVar[int]
+    TRACEPARENT_FIELD_NUMBER: _ClassVar[int]
     spec: FunctionSpec
     artifact_digest: str
     artifact_object: str
     stdin: bytes
     wait: bool
     idempotency_key: str
-    def __init__(self, spec: _Optional[_Union[FunctionSpec, _Mapping]] = ..., artifact_digest: _Optional[str] = ..., artifact_object: _Optional[str] = ..., stdin: _Optional[bytes] = ..., wait: _Optional[bool] = ..., idempotency_key: _Optional[str] = ...) -> None: ...
+    traceparent: str
+    def __init__(self, spec: _Optional[_Union[FunctionSpec, _Mapping]] = ..., artifact_digest: _Optional[str] = ..., artifact_object: _Optional[str] = ..., stdin: _Optional[bytes] = ..., wait: _Optional[bool] = ..., idempotency_key: _Optional[str] = ..., traceparent: _Optional[str] = ...) -> None: ...
 
 class SubmitTasksRequest(_message.Message):
     __slots__ = ("tasks",)

@@ -1388,6 +1388,12 @@ class SubmitTaskRequest(betterproto2.Message):
     one made, never a second task.
     """
 
+    traceparent: "str" = betterproto2.field(7, betterproto2.TYPE_STRING)
+    """
+    W3C traceparent of this task's client span, in a SubmitTasks batch whose tasks each
+    have their own trace (docs/observability.md); "" when the client does not trace.
+    """
+
 
 default_message_pool.register_message("spear.v1", "SubmitTaskRequest", SubmitTaskRequest)
 
