@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import hashlib
 import os
 import stat
@@ -37,7 +38,7 @@ from spear.errors import (
 from spear.node.api import StreamingTask, TaskHandle, read_own_stdin, run_attached
 from spear.node.failover import DEFAULT_RETRIES, Failover
 from spear.node.object_route import ObjectRoute
-from spear.node.traced_calls import traced_submit
+from spear.node.traced_calls import traced_batch, traced_submit
 from spear.transport import _convert as cv
 from spear.transport import _speedups
 from spear.transport._gen.pb import spearlet_pb2 as pb
@@ -359,6 +360,12 @@ class Client(AsyncResource):
     ) -> list[Task | SpearError]:
         """Submit many tasks in one call; each entry is the task, or why it was refused."""
         requests = [await self._request(spec, None, wait) for spec in specs]
+        if self.tracing is not None:  # (each task its own span and trace)
+            send = functools.partial(self._submitted_many, requests)
+            return await traced_batch(self.tracing, "submit_many", specs, requests, send)
+        return await self._submitted_many(requests)
+
+    async def _submitted_many(self, requests: list[Any]) -> list[Task | SpearError]:
         with self._errors():
             answer = await self._stub.submit_tasks(v1.SubmitTasksRequest(tasks=requests))
         out: list[Task | SpearError] = []

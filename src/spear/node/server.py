@@ -134,12 +134,17 @@ class SpearletService(v1.SpearletBase):
 
     async def submit_tasks(self, message: v1.SubmitTasksRequest) -> v1.SubmitTasksResponse:
         run_many = getattr(self.api, "run_many", None)  # (nodes in this process have one)
+        from spear.transport.trace_metadata import has_own_traceparents, in_trace
+
+        traced = has_own_traceparents(message.tasks)  # (each task its own trace: one by one)
         if run_many is not None and message.tasks and all(r.wait for r in message.tasks):
-            return await _run_many(self._resolve, run_many, message)
+            if not traced:
+                return await _run_many(self._resolve, run_many, message)
         outcomes: list[Task | SpearError] = []
         for request in message.tasks:
             try:
-                outcomes.append(await self._submit(request, wait=False))
+                with in_trace(request.traceparent):
+                    outcomes.append(await self._submit(request, wait=False))
             except SpearError as exc:
                 outcomes.append(exc)
         waited: list[v1.SubmitOutcome] = []

@@ -8,9 +8,13 @@ with every call.
 
 from __future__ import annotations
 
-from typing import Any
+import contextlib
+from typing import TYPE_CHECKING, Any
 
 from spear.tracing.base import TRACEPARENT_KEY, current_traceparent, trace_id_of
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator, Sequence
 
 
 def accept_traceparent(server: Any) -> None:
@@ -35,3 +39,22 @@ def send_traceparent(channel: Any) -> None:
             event.metadata[TRACEPARENT_KEY] = value
 
     listen(channel, SendRequest, on_send)
+
+
+def has_own_traceparents(requests: Sequence[Any]) -> bool:
+    """Whether a SubmitTasks batch carries a context per task (a tracing client's)."""
+    return any(getattr(r, "traceparent", "") for r in requests)
+
+
+@contextlib.contextmanager
+def in_trace(traceparent: str) -> Iterator[None]:
+    """Make one task's `traceparent` (a well-formed one) current in the block: each task
+    of a SubmitTasks batch joins its own client span's trace."""
+    if not trace_id_of(traceparent):
+        yield
+        return
+    token = current_traceparent.set(traceparent)
+    try:
+        yield
+    finally:
+        current_traceparent.reset(token)
