@@ -32,5 +32,8 @@ def build_tracing(endpoint: str | None, node_name: str) -> Tracing | None:
             "(pip install 'spear[tracing]')"
         ) from None
     from spear.tracing.otel import OtelTracing
+    from spear.tracing.sdk_logs import route_sdk_logs
 
-    return OtelTracing(OTLPSpanExporter(endpoint=otlp_traces_url(endpoint)), node_name=node_name)
+    url = otlp_traces_url(endpoint)
+    route_sdk_logs(url)  # (the SDK's retries: in spear's log, not on stderr)
+    return OtelTracing(OTLPSpanExporter(endpoint=url), node_name=node_name)
