@@ -19,6 +19,8 @@ import sys
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from loguru import Logger
 
     from spear.config import Settings
@@ -86,6 +88,17 @@ def _loguru(level: str) -> Logger | None:
     return logger
 
 
+_context_extras: list[Callable[[], dict[str, Any]]] = []
+
+
+def add_context_extra(extra: Callable[[], dict[str, Any]]) -> None:
+    """Have every message written from now on carry `extra()` in its loguru `extra` (what
+    the context it is written in says: spear/tracing adds the current trace id when a
+    node traces). Once per function, however often it is added."""
+    if extra not in _context_extras:
+        _context_extras.append(extra)
+
+
 class _DeferredLogger:
     """The part of loguru's `Logger` spear uses, forwarding to loguru when it may write."""
 
@@ -99,8 +112,11 @@ class _DeferredLogger:
         real = _loguru(level)
         if real is None:
             return
-        if self._extra:
-            real = real.bind(**self._extra)
+        extra = self._extra
+        for more in _context_extras:  # (e.g. the current trace id, spear/tracing)
+            extra = {**extra, **more()}
+        if extra:
+            real = real.bind(**extra)
         # depth=2: the record names the caller of debug()/info()/..., not this front.
         real.opt(depth=2, exception=exception).log(level, message, *args, **kwargs)
 

@@ -31,6 +31,7 @@ from opentelemetry.trace import (
 )
 
 from spear.tracing.base import current_traceparent
+from spear.tracing.log_context import correlate_logs
 
 if TYPE_CHECKING:
     from collections.abc import Iterator, Mapping
@@ -135,6 +136,7 @@ class OtelTracing:
         processor = BatchSpanProcessor(exporter) if batch else SimpleSpanProcessor(exporter)
         self.provider.add_span_processor(processor)
         self._tracer = self.provider.get_tracer("spear")
+        correlate_logs()  # (log lines written in a trace name it: tracing/log_context.py)
         self._node = node_name
         self._open: dict[str, tuple[Span, OtelTaskTrace | None]] = {}
         self._closed = False
