@@ -198,8 +198,8 @@ def token_namespace(record: Mapping[str, Any], role: Role) -> str | None:
 
 
 class TokenStore:
-    """The tokens a node accepts, in `DATA/auth/tokens.json`; changes are seen within a
-    second by a running node (a revoked token stops working)."""
+    """The tokens a node accepts, in `DATA/auth/tokens.json`; a running node sees a new
+    token at once, and a revoked one stops working within a second."""
 
     def __init__(self, data_dir: Path) -> None:
         self.directory = data_dir / AUTH_DIR
@@ -243,6 +243,9 @@ class TokenStore:
             return None
         token_id, _, secret = token[len(TOKEN_PREFIX) :].partition("_")
         record = self._records.get(token_id)
+        if record is None:  # issued within the last second? (a stat; a read if it changed)
+            self._load()
+            record = self._records.get(token_id)
         if record is None or not hmac.compare_digest(_digest(secret), record["sha256"]):
             return None
         role = Role.parse(record["role"])
