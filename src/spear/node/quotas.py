@@ -69,7 +69,6 @@ class QuotaFile:
         self.path = auth_dir / QUOTAS_FILE
         self._quotas: dict[str, Quota] = {}
         self._mtime: int | None = None
-        self._checked_at = 0.0
 
     def _load(self) -> None:
         try:
@@ -87,10 +86,9 @@ class QuotaFile:
         self._mtime = stat.st_mtime_ns
 
     def get(self, namespace: str) -> Quota | None:
-        now = time.monotonic()
-        if now - self._checked_at >= _RELOAD_EVERY_S or self._mtime is None:
-            self._checked_at = now
-            self._load()
+        # A stat per call (~2 us; the file is read again only when it changed): a quota
+        # set by `spear quota set` holds from the next submit on, not a second later.
+        self._load()
         return self._quotas.get(namespace)
 
     def all(self) -> list[Quota]:
