@@ -106,11 +106,18 @@ class WasiArgs:
 
 
 def _char_array(items: Sequence[str], keep: list[Any]) -> Any:
-    buffers = [ctypes.create_string_buffer(item.encode()) for item in items]
-    keep.extend(buffers)
-    return (ctypes.POINTER(ctypes.c_char) * len(items))(
-        *(ctypes.cast(b, ctypes.POINTER(ctypes.c_char)) for b in buffers)
-    )
+    # One buffer of NUL-terminated strings and an array of their addresses: a buffer and
+    # a cast per string cost several times more (an HTTP request's environment has many).
+    encoded = [item.encode() for item in items]
+    blob = ctypes.create_string_buffer(b"\0".join(encoded))
+    base = ctypes.addressof(blob)
+    addresses = []
+    for item in encoded:
+        addresses.append(base)
+        base += len(item) + 1
+    array = (ctypes.c_void_p * len(items))(*addresses)
+    keep.extend((blob, array))
+    return ctypes.cast(array, ctypes.POINTER(ctypes.POINTER(ctypes.c_char)))
 
 
 def set_wasi_args(wasi: wasmtime.WasiConfig, args: WasiArgs) -> bool:

@@ -115,6 +115,10 @@ class _Ticker:
 INLINE_AFTER_RUNS = 3
 INLINE_SHORT_S = 0.001
 INLINE_BUDGET_S = 0.002
+# An execution that prefers inline runs (`prefer_inline`: HTTP request mode) runs its
+# guest inline without the short-run history, unless the module was moved off the loop
+# in its last INLINE_RETRY_AFTER runs.
+INLINE_RETRY_AFTER = 32
 # What a guest run inline may import: WASI calls that cannot block without preopened
 # directories or an inherited stdin (both rule inline out). No sleeping (poll_oneoff), no
 # sockets, no spear hostcalls (they reach the event loop, which is busy running it).
@@ -133,11 +137,17 @@ class _Prepared:
     # Its InstancePre on the flavor's pooled engine, for inline runs (see POOL_SLOTS); None
     # until the module qualifies for inline runs, False if the pool cannot hold it.
     pooled_pre: Any = None
+    wasi_only: bool = False  # it imports WASI alone (no spear hostcalls, no host functions)
+    skip_inline: int = 0  # runs left before `prefer_inline` tries inline again (after a move)
 
     def ran(self, seconds: float, moved: bool) -> None:
         if moved:
             self.short_runs = 0
-        elif seconds >= INLINE_SHORT_S:  # long, or one short run held up (a GC pause)
+            self.skip_inline = INLINE_RETRY_AFTER
+            return
+        if self.skip_inline:
+            self.skip_inline -= 1
+        if seconds >= INLINE_SHORT_S:  # long, or one short run held up (a GC pause)
             self.short_runs = max(0, self.short_runs - 1)
         elif self.short_runs < INLINE_AFTER_RUNS:
             self.short_runs += 1
@@ -334,6 +344,7 @@ class WasmWorkerAgent(WorkerAgent):
         prepared = _Prepared(
             digest, pre, module, plain_entry=plain, inline=plain and _may_run_inline(module)
         )
+        prepared.wasi_only = all(imp.module in _WASI_MODULES for imp in module.imports)
         with flavor.lock:
             if len(flavor.prepared) > 1024:
                 flavor.prepared.clear()
@@ -429,9 +440,18 @@ class _WasmExecution(Execution):
         self._store: wasmtime.Store | None = None
         self._pooled = False  # its store is one of the pool's (see POOL_SLOTS)
         self._token: Any = None
+        # Run inline whenever the module allows it (see INLINE_RETRY_AFTER), not only
+        # once its runs proved short: for callers that wait on the loop anyway.
+        self.prefer_inline = False
 
     def kill(self, reason: str = "cancelled") -> None:
         self._ctx.control.cancel(reason)
+
+    @property
+    def wasi_only(self) -> bool:
+        """Whether the guest imports WASI alone: it needs nothing of its context but its
+        standard streams, environment and limits (HTTP request mode, web/_direct.py)."""
+        return self._prepared.wasi_only
 
     async def wait(self) -> Outcome:
         outcome = self.run_now()
@@ -457,9 +477,12 @@ class _WasmExecution(Execution):
         a guest that can neither block nor touch anything outside itself, whose last runs
         were all short, and whose module file is as it was prepared."""
         prepared, ctx = self._prepared, self._ctx
+        proven = prepared.short_runs >= INLINE_AFTER_RUNS or (
+            self.prefer_inline and not prepared.skip_inline and prepared.pooled_pre is not None
+        )
         return (
             prepared.inline
-            and prepared.short_runs >= INLINE_AFTER_RUNS
+            and proven
             and not ctx.task.spec.dirs
             and ctx.io.stdin != "inherit"
             and not ctx.control.cancelled
@@ -567,7 +590,7 @@ class _WasmExecution(Execution):
                 not inline
                 and prepared.pooled_pre is None
                 and prepared.inline
-                and prepared.short_runs >= INLINE_AFTER_RUNS
+                and (prepared.short_runs >= INLINE_AFTER_RUNS or self.prefer_inline)
             ):  # its next runs are inline: ready its pooled instances here, on the thread
                 agent._make_pooled(self._flavor, prepared)
         except BaseException:
