@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 
 import httpx
 import pytest
-from conftest import ROOT, Cli, build_c, build_wat, one_error_line
+from conftest import ROOT, Cli, assert_eventually, build_c, build_wat, one_error_line
 from web_helpers import WebDaemon
 
 if TYPE_CHECKING:
@@ -165,3 +165,33 @@ def test_request_mode_is_for_wasm_http_routes(cli: Cli, tmp_path: Path) -> None:
     assert "request mode" in one_error_line(proc.stderr) and proc.returncode != 0
     proc = cli("route", "add", "/x", "a.wasm", "--mode", "fast", "--url", "http://127.0.0.1:9")
     assert "mode" in one_error_line(proc.stderr) and proc.returncode != 0
+
+
+def test_in_a_cluster_a_request_placed_elsewhere_runs_as_a_task_there(
+    tmp_path: Path, hello_http: Path
+) -> None:
+    # Node a serves both routes; /far's agent needs a label only node b has.
+    sms = WebDaemon(tmp_path / "sms", role="sms")
+    nodes: list[WebDaemon] = []
+    try:
+        for name, extra in (("a", ""), ("b", '[labels]\nzone = "b"\n')):
+            config = tmp_path / f"{name}.toml"
+            config.write_text(f'node_name = "{name}"\n{extra}')
+            nodes.append(WebDaemon(tmp_path / name, "--sms", sms.address, "--config", str(config)))
+        a, b = nodes
+        assert_eventually(lambda: len(sms.get("/api/nodes").json()) == 2, timeout=30)
+        cli_a = Cli(tmp_path / "a")
+        add(cli_a, "/near", str(hello_http), "--public")
+        add(cli_a, "/far", str(hello_http), "--public", "--label", "zone=b")
+        near = httpx.get(a.url + "/near?name=here", timeout=60)
+        assert near.status_code == 200 and near.text.startswith("Hello, here!")
+        assert "x-spear-task" not in near.headers
+        far = httpx.get(a.url + "/far?name=far", timeout=60)
+        assert far.status_code == 200 and far.text.startswith("Hello, far!"), far.text
+        task_id = far.headers["x-spear-task"]
+        assert b.get(f"/api/tasks/{task_id}").json()["node"] == "b"
+        assert lookup(cli_a, far.headers["x-request-id"])["ran"] == f"task {task_id}"
+    finally:
+        for n in nodes:
+            n.stop()
+        sms.stop()

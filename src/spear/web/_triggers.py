@@ -452,6 +452,7 @@ class _DirectExchange(_Exchange):
             return False
         self.execution = execution = started[0]
         execution.prefer_inline = True  # type: ignore[attr-defined]
+        execution.one_off_spec = True  # type: ignore[attr-defined]
         outcome = execution.run_now()
         if outcome is None:
             return False

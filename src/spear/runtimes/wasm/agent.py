@@ -443,6 +443,9 @@ class _WasmExecution(Execution):
         # Run inline whenever the module allows it (see INLINE_RETRY_AFTER), not only
         # once its runs proved short: for callers that wait on the loop anyway.
         self.prefer_inline = False
+        # Its spec is this run's alone (an HTTP request's environment): its WASI
+        # arguments are made for it, not kept in the cache of specs (`_launch_args`).
+        self.one_off_spec = False
 
     def kill(self, reason: str = "cancelled") -> None:
         self._ctx.control.cancel(reason)
@@ -499,7 +502,12 @@ class _WasmExecution(Execution):
     ) -> None:
         spec = self._ctx.task.spec
         wasi = wasmtime.WasiConfig()
-        if not _wasmtime.set_wasi_args(wasi, _launch_args(spec)):
+        args = (
+            _wasmtime.WasiArgs([os.path.basename(spec.artifact), *spec.args], spec.env)
+            if self.one_off_spec
+            else _launch_args(spec)
+        )
+        if not _wasmtime.set_wasi_args(wasi, args):
             raise InvalidArgument("the task's arguments or environment cannot be passed")
         for mapping in spec.dirs:
             try:
