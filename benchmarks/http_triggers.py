@@ -217,7 +217,7 @@ def _check(url: str) -> None:
 def run(quick: bool) -> dict[str, Any]:
     if shutil.which("wrk") is None:
         raise SystemExit("wrk is missing: apt-get install wrk")
-    seconds, rounds = (3, 2) if quick else (8, 3)
+    seconds, rounds = (3, 2) if quick else (8, 5)
     samples: dict[str, list[dict[str, Any]]] = {}
     with (
         tempfile.TemporaryDirectory(prefix="spear-http-bench-") as tmp,
