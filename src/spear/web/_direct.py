@@ -13,17 +13,17 @@ place it elsewhere) runs as a task, as in task mode (docs/triggers.md#request-mo
 from __future__ import annotations
 
 import collections
+import dataclasses
 import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from spear.core.models import Runtime, Task, TaskState
+from spear.core.models import FunctionSpec, Runtime, Task, TaskState
 from spear.core.worker import ExecutionControl, TaskContext, TaskIO
 
 if TYPE_CHECKING:
     from collections.abc import Callable
 
-    from spear.core.models import FunctionSpec
     from spear.core.worker import Execution
     from spear.node.api import NodeAPI
 
@@ -156,3 +156,16 @@ class DirectRunner:
 
 def _no_agent_log(_level: str, _message: str) -> None:
     """A WASI-only guest has no hostcall to log with; nothing reaches here."""
+
+
+_SPEC_FIELDS = tuple(f.name for f in dataclasses.fields(FunctionSpec))
+
+
+def with_fields(spec: FunctionSpec, **changes: Any) -> FunctionSpec:
+    """`dataclasses.replace(spec, **changes)` without checking the spec again: for a
+    route's spec (checked when the route was added) given a request's CGI variables
+    (header names are HTTP tokens, values have no NUL: web/_cgi.py), for each request."""
+    new = object.__new__(FunctionSpec)
+    for name in _SPEC_FIELDS:
+        object.__setattr__(new, name, changes[name] if name in changes else getattr(spec, name))
+    return new

@@ -27,7 +27,7 @@ from loguru import logger
 from spear.core.models import Task, TaskState
 from spear.errors import ResourceExhausted, SpearError, Unavailable
 from spear.web._cgi import ResponseHead, request_env
-from spear.web._direct import DirectRunner, RequestRecord
+from spear.web._direct import DirectRunner, RequestRecord, with_fields
 from spear.web._websocket import BEARER_SUBPROTOCOL, WebSocketSession, deny
 
 if TYPE_CHECKING:
@@ -129,6 +129,8 @@ class Triggers:
         timeout = (
             route.timeout_s if spec.timeout_s is None else min(spec.timeout_s, route.timeout_s)
         )
+        if route.mode == "request":  # (checked when the route was added: not again)
+            return with_fields(spec, env=(*spec.env, *env), timeout_s=timeout)
         return dataclasses.replace(spec, env=(*spec.env, *env), timeout_s=timeout)
 
     # -- HTTP --------------------------------------------------------------------------
@@ -167,7 +169,7 @@ class Triggers:
                             request_id)  # fmt: skip
                 return
             spec = self._spec(route, scope, rest, len(body), request_id)
-            if route.mode == "request" and self.direct.here(spec):
+            if route.mode == "request":
                 await self._direct(route, spec, body, request_id, scope, receive, send)
             else:
                 await _Exchange(self, route, spec, body, request_id).serve(receive, send)
@@ -188,6 +190,7 @@ class Triggers:
             await send(message)
 
         exchange = _DirectExchange(self, route, spec, body, request_id, record)
+        exchange.as_task = not self.direct.here(spec)  # (draining, or placed elsewhere)
         try:
             if not await exchange.answer_now(noting):
                 await exchange.serve(receive, noting)
@@ -430,49 +433,76 @@ class _DirectExchange(_Exchange):
         self, triggers: Triggers, route: Route, spec: Any, body: bytes, rid: str,
         record: RequestRecord,
     ) -> None:  # fmt: skip
-        super().__init__(triggers, route, spec, body, rid)
+        # The relay's parts (`_Exchange.__init__`: its queue, events) are made only if the
+        # guest does not run inline (`_relay`); an inline run's output is held here.
+        self.triggers = triggers
+        self.route = route
+        self.spec = spec
+        self.body = body
+        self.request_id = rid
         self.record = record
+        self.task_id = None
+        self.task = None
+        self.error = None
+        self.ended = False
         self.execution: Execution | None = None
-        self._as_task = False
+        self.as_task = False  # run it as a task: as in task mode, only recorded here
+        self._relaying = False
+        self._held: list[bytes] = []
+        self._held_bytes = 0
+
+    def _relay(self) -> None:
+        super().__init__(self.triggers, self.route, self.spec, self.body, self.request_id)
+        self._relaying = True
+
+    def _stdout(self, data: bytes) -> None:
+        if self._relaying:
+            self._out(data)
+        else:
+            self._held_bytes += len(data)
+            self._held.append(data)
 
     async def answer_now(self, send: Send) -> bool:
         """Start the guest and, if it can run inline, run it and answer: True if the
         request is answered, False if `serve` must run it (on a thread, or as a task)."""
+        if self.as_task:
+            self._relay()
+            return False
         try:
             started = await self.triggers.direct.start(
-                self.spec, self.request_id, self.body or None, self._out, self.record.write_stderr
-            )
+                self.spec, self.request_id, self.body or None, self._stdout,
+                self.record.write_stderr,
+            )  # fmt: skip
         except Exception as exc:  # (no such module, not a module, it cannot be linked)
             self.record.reason = str(exc)
             self.error = exc
             await self._fail(send, *(self._failure() or (500, str(exc))))
             return True
         if started is None:
-            self._as_task = True
+            self.as_task = True
+            self._relay()
             return False
         self.execution = execution = started[0]
         execution.prefer_inline = True  # type: ignore[attr-defined]
         execution.one_off_spec = True  # type: ignore[attr-defined]
         outcome = execution.run_now()
         if outcome is None:
+            self._held.clear()  # (a run moved off the loop starts again: nothing was sent)
+            self._relay()
             return False
         self.ended = True
         self._ended(outcome)
-        chunks = []
-        while not self._queue.empty():
-            item = self._queue.get_nowait()
-            if item is _OVERFLOW:
-                await self._fail(send, 502, "the agent wrote more than the node holds for a client")
-                return True
-            chunks.append(item)
+        if self._held_bytes > MAX_PENDING_BYTES:
+            await self._fail(send, 502, "the agent wrote more than the node holds for a client")
+            return True
         failure = self._failure()
         if failure is not None:
             await self._fail(send, *failure)
             return True
         head = ResponseHead()
-        if not head.feed(b"".join(chunks)):
+        if not head.feed(b"".join(self._held)):
             head.end()
-        headers = [*head.headers, *self._headers]
+        headers = [*head.headers, (b"x-request-id", self.request_id.encode())]
         if not any(name == b"content-length" for name, _ in head.headers):
             headers.append((b"content-length", str(len(head.body_start)).encode()))
         await send({"type": "http.response.start", "status": head.status, "headers": headers})
@@ -488,7 +518,7 @@ class _DirectExchange(_Exchange):
                          exit_code=outcome.exit_code, reason=outcome.reason)  # fmt: skip
 
     async def _run(self) -> None:
-        if self._as_task:  # it needs more than WASI: a task, as in task mode
+        if self.as_task:  # (it needs more than WASI, or runs elsewhere) as in task mode
             await super()._run()
             return
         assert self.execution is not None
