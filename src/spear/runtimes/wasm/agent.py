@@ -9,6 +9,7 @@ task, whether to continue, or to trap because the task timed out or was cancelle
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import itertools
 import os
@@ -35,7 +36,7 @@ from spear.core.worker import (
     WorkerAgent,
 )
 from spear.errors import InvalidArgument, InvalidModule, NotFound
-from spear.runtimes.wasm import _wasmtime, hostcalls, wasmtime_version
+from spear.runtimes.wasm import _wasmtime, held_output, hostcalls, wasmtime_version
 from spear.runtimes.wasm.hostcalls import abi
 from spear.runtimes.wasm.modcache import ModuleCache, read_module_bytes
 from spear.runtimes.wasm.workers import WorkerPool
@@ -154,6 +155,7 @@ class _Prepared:
 
 
 _MOVED = Outcome(TaskState.RUNNING, 0, "moved to a worker thread")
+_NO_HOLD = contextlib.nullcontext()
 _COMPLETED = Outcome(TaskState.COMPLETED, 0)
 
 
@@ -284,6 +286,7 @@ class WasmWorkerAgent(WorkerAgent):
                 engine = _pooled_engine(flavor.fuel)
                 linker = wasmtime.Linker(engine)
                 linker.define_wasi()  # all an inline guest may import
+                held_output.define_fd_write(linker)  # (its output: held_output.py)
                 flavor.pooled = (engine, linker)
                 self._tick_engines()
             engine, linker = flavor.pooled
@@ -579,7 +582,7 @@ class _WasmExecution(Execution):
             if inline:
                 stop.move_after = started + INLINE_BUDGET_S
             try:
-                with agent._ticker:
+                with agent._ticker, held_output.holding(stdout, stderr) if pooled else _NO_HOLD:
                     _call(prepared, ctx.task.spec.entry, store, pre)
                 outcome = _COMPLETED
             except wasmtime.ExitTrap as exc:
