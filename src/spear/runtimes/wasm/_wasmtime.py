@@ -186,10 +186,58 @@ def enable_pooling_allocator(config: wasmtime.Config, slots: int, keep_resident:
         _ffi.wasmtime_pooling_allocation_config_delete(pool)
 
 
+# -- raw host functions ------------------------------------------------------------------
+
+_kept: list[Any] = []  # the C callbacks of raw functions, alive as long as the process
+_MEMORY = b"memory"
+
+
+def define_raw_function(
+    linker: wasmtime.Linker, module: str, name: str, params: int, fn: Callable[..., int]
+) -> None:
+    """Define `module.name`, `(i32 x params) -> i32`, in `linker`, calling `fn(base, size,
+    *args)` with the caller's exported memory as its address and size (0, 0 without one)
+    and the arguments as unsigned ints; its result is the function's.
+
+    Through the C API's unchecked callback: wasmtime-py's `define_func` trampoline (its
+    value conversions, a Caller and an Extern object per call) costs several times what a
+    small host function does. `fn` must not raise: an exception is the result 29 (EIO).
+    """
+    i32 = wasmtime.ValType.i32()
+    ty = wasmtime.FuncType([i32] * params, [i32])
+
+    def callback(_env: Any, caller: Any, raw: Any, _count: int) -> int:
+        try:
+            item = _ffi.wasmtime_extern_t()
+            base = size = 0
+            if _ffi.wasmtime_caller_export_get(caller, _MEMORY, len(_MEMORY), ctypes.byref(item)):
+                if cast("int", item.kind) == _ffi.WASMTIME_EXTERN_MEMORY.value:
+                    context = _ffi.wasmtime_caller_context(caller)
+                    memory = ctypes.byref(item.of.memory)
+                    data = _ffi.wasmtime_memory_data(context, memory)
+                    base = ctypes.cast(data, ctypes.c_void_p).value or 0
+                    size = _ffi.wasmtime_memory_data_size(context, memory)
+            args = [raw[i].i32 & 0xFFFFFFFF for i in range(params)]
+            raw[0].i32 = fn(base, size, *args)
+        except Exception:
+            raw[0].i32 = 29
+        return 0  # (no trap)
+
+    raw_callback = _ffi.wasmtime_func_unchecked_callback_t(callback)
+    _kept.append(raw_callback)
+    m, n = module.encode(), name.encode()
+    error = _ffi.wasmtime_linker_define_func_unchecked(
+        linker.ptr(), m, len(m), n, len(n), ty.ptr(), raw_callback, None, _NO_FINALIZER
+    )
+    if error:
+        raise wasmtime.WasmtimeError._from_ptr(error)
+
+
 __all__ = [
     "DeadlineCallback",
     "WasiArgs",
     "call_plain_entry",
+    "define_raw_function",
     "enable_pooling_allocator",
     "set_epoch_callback",
     "set_wasi_args",

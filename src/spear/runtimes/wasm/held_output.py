@@ -19,12 +19,14 @@ import contextlib
 import ctypes
 import struct
 import threading
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
-import wasmtime
+from spear.runtimes.wasm import _wasmtime
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterator
+
+    import wasmtime
 
 WASI = "wasi_snapshot_preview1"
 _ERRNO_BADF = 8
@@ -47,26 +49,19 @@ def holding(stdout: Callable[[bytes], None], stderr: Callable[[bytes], None]) ->
 
 def define_fd_write(linker: wasmtime.Linker) -> None:
     """Shadow WASI's `fd_write` in `linker` (one already given `define_wasi`)."""
-    i32 = wasmtime.ValType.i32()
     linker.allow_shadowing = True
     try:
-        ty = wasmtime.FuncType([i32, i32, i32, i32], [i32])
-        linker.define_func(WASI, "fd_write", ty, _fd_write, access_caller=True)
+        _wasmtime.define_raw_function(linker, WASI, "fd_write", 4, _fd_write)
     finally:
         linker.allow_shadowing = False
 
 
-def _fd_write(caller: Any, fd: int, iovs: int, count: int, written_at: int) -> int:
+def _fd_write(base: int, size: int, fd: int, iovs: int, count: int, written_at: int) -> int:
     sinks = getattr(_local, "sinks", None)
-    if sinks is None or fd not in (1, 2):
-        return _ERRNO_BADF
-    memory = caller.get("memory")
-    if not isinstance(memory, wasmtime.Memory):
+    if sinks is None or fd not in (1, 2) or not base:
         return _ERRNO_BADF
     if count > _MAX_IOVS:
         return _ERRNO_INVAL
-    size = memory.data_len(caller)
-    base = ctypes.addressof(memory.data_ptr(caller).contents)
     if iovs + 8 * count > size or written_at + 4 > size:
         return _ERRNO_FAULT
     sink = sinks[fd - 1]
