@@ -34,6 +34,7 @@ Private names relied on (wasmtime-py 50):
 
 from __future__ import annotations
 
+import array
 import ctypes
 from typing import TYPE_CHECKING, Any, cast
 
@@ -98,26 +99,35 @@ class WasiArgs:
     __slots__ = ("_argv", "_env", "_keep")
 
     def __init__(self, argv: Sequence[str], env: Sequence[tuple[str, str]]) -> None:
-        names, values = [k for k, _ in env], [v for _, v in env]
         keep: list[Any] = []  # the strings live as long as the arrays
-        self._argv = (len(argv), _char_array(argv, keep))
-        self._env = (len(names), _char_array(names, keep), _char_array(values, keep))
+        self._argv = (len(argv), _char_arrays([argv], keep)[0])
+        names, values = _char_arrays([[k for k, _ in env], [v for _, v in env]], keep)
+        self._env = (len(env), names, values)
         self._keep = keep
 
 
-def _char_array(items: Sequence[str], keep: list[Any]) -> Any:
-    # One buffer of NUL-terminated strings and an array of their addresses: a buffer and
-    # a cast per string cost several times more (an HTTP request's environment has many).
-    encoded = [item.encode() for item in items]
-    blob = ctypes.create_string_buffer(b"\0".join(encoded))
-    base = ctypes.addressof(blob)
-    addresses = []
-    for item in encoded:
-        addresses.append(base)
-        base += len(item) + 1
-    array = (ctypes.c_void_p * len(items))(*addresses)
-    keep.extend((blob, array))
-    return ctypes.cast(array, ctypes.POINTER(ctypes.POINTER(ctypes.c_char)))
+_CHAR_PP = ctypes.POINTER(ctypes.POINTER(ctypes.c_char))
+
+
+def _char_arrays(lists: Sequence[Sequence[str]], keep: list[Any]) -> list[Any]:
+    """Each list of strings as a C `char **`: one buffer of NUL-terminated strings for
+    all of them and one array of addresses each (a buffer and a cast per string cost
+    several times more, and an HTTP request's environment has many)."""
+    encoded = [[item.encode() for item in items] for items in lists]
+    blob = ctypes.create_string_buffer(b"\0".join(b"\0".join(e) for e in encoded if e))
+    keep.append(blob)
+    address = ctypes.addressof(blob)
+    out = []
+    for items in encoded:
+        offsets = array.array("Q", bytes(8 * len(items)))
+        for i, item in enumerate(items):
+            offsets[i] = address
+            address += len(item) + 1
+        keep.append(offsets)
+        pointers = (ctypes.c_void_p * len(items)).from_buffer(offsets) if items else None
+        keep.append(pointers)
+        out.append(ctypes.cast(pointers, _CHAR_PP) if items else _CHAR_PP())
+    return out
 
 
 def set_wasi_args(wasi: wasmtime.WasiConfig, args: WasiArgs) -> bool:
