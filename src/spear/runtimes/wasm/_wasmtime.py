@@ -123,10 +123,12 @@ def _char_arrays(lists: Sequence[Sequence[str]], keep: list[Any]) -> list[Any]:
         for i, item in enumerate(items):
             offsets[i] = address
             address += len(item) + 1
-        keep.append(offsets)
-        pointers = (ctypes.c_void_p * len(items)).from_buffer(offsets) if items else None
-        keep.append(pointers)
-        out.append(ctypes.cast(pointers, _CHAR_PP) if items else _CHAR_PP())
+        if not items:
+            out.append(_CHAR_PP())
+            continue
+        pointers = (ctypes.c_void_p * len(items)).from_buffer(offsets)
+        keep.extend((offsets, pointers))
+        out.append(ctypes.cast(pointers, _CHAR_PP))
     return out
 
 
