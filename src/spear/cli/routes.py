@@ -4,6 +4,8 @@
     spear route add /chat examples/http/chat_agent.py --websocket --public
     spear route ls
     spear route rm /ask
+    spear route add /hi build/hi.wasm --mode request --public   # no task per request
+    spear route requests [REQUEST_ID] [--failed]
 
 They call the node's route API (`/api/routes`, docs/triggers.md) at the HTTP address the
 daemon wrote (DATA/spearlet.http, or --url), with the token of the settings (SPEAR_TOKEN)
@@ -62,12 +64,12 @@ def _target(url: str | None, data_dir: Any, config: Any) -> tuple[str, str | Non
     return found.rstrip("/"), settings.token or read_owner_token(settings.data_dir)
 
 
-def _call(method: str, url: str, token: str | None, **kw: Any) -> Any:
+def _call(method: str, url: str, token: str | None, api: str = "/api/routes", **kw: Any) -> Any:
     import httpx
 
     headers = {"authorization": f"Bearer {token}"} if token else {}
     try:
-        response = httpx.request(method, url + "/api/routes", headers=headers, timeout=30, **kw)
+        response = httpx.request(method, url + api, headers=headers, timeout=30, **kw)
     except httpx.HTTPError as exc:
         raise Unavailable(f"cannot reach the node at {url}: {exc}") from None
     try:
@@ -119,6 +121,14 @@ def add(
         int, typer.Option("--concurrency", help="Requests served at once (then 503).")
     ] = 16,
     replace: Annotated[bool, typer.Option("--replace", help="Replace PATH's route.")] = False,
+    mode: Annotated[
+        str,
+        typer.Option(
+            "--mode",
+            help="task: each request is a task (recorded, logged); request: a WASM agent "
+            "runs in the node's process, only the last requests kept in memory.",
+        ),
+    ] = "task",
     labels: Annotated[
         list[str] | None,
         typer.Option("--label", help="NAME=VALUE a node must carry to run it (repeatable)."),
@@ -157,6 +167,7 @@ def add(
         max_body_bytes=parse_size(max_body),
         timeout_s=timeout,
         concurrency=concurrency,
+        mode=mode,
     )  # checked here: a bad route is one line before anything is sent
     base, token = _target(url, data_dir, config)
     added = _call("POST", base, token, json=route.to_json(), params={"replace": int(replace)})
@@ -196,3 +207,45 @@ def rm(
         emit_json(removed)
     else:
         sys.stdout.write(f"removed {printable(removed['path'])}\n")
+
+
+@route_app.command(
+    "requests",
+    help="Request-mode routes' last requests (or failures), or one by its x-request-id: "
+    "status, time, exit code, reason and the end of its stderr.",
+)
+def requests(
+    request_id: Annotated[
+        str | None, typer.Argument(metavar="[REQUEST_ID]", help="One request's id.")
+    ] = None,
+    failed: Annotated[bool, typer.Option("--failed", help="Only failed requests.")] = False,
+    limit: Annotated[int, typer.Option("--limit", help="At most this many.")] = 20,
+    url: UrlOpt = None,
+    data_dir: DataDirOpt = None,
+    config: ConfigOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    base, token = _target(url, data_dir, config)
+    api = "/api/routes/requests"
+    if request_id is not None:
+        record = _call("GET", base, token, api, params={"id": request_id})
+        if as_json:
+            emit_json(record)
+            return
+        for key, value in record.items():
+            if key != "stderr":
+                sys.stdout.write(printable(f"{key:<11} {value}") + "\n")
+        if record["stderr"]:
+            sys.stdout.write("stderr:\n")
+            for line in record["stderr"].splitlines():
+                sys.stdout.write("  " + printable(line) + "\n")
+        return
+    params = {"failed": int(failed), "limit": max(0, limit)}
+    records = _call("GET", base, token, api, params=params)
+    if as_json:
+        emit_json(records)
+        return
+    for r in records:
+        what = r["reason"] or ""
+        line = f"{r['request_id']}  {r['status']:>3}  {r['seconds'] * 1000:8.2f} ms  "
+        sys.stdout.write(printable(line + f"{r['method']} {r['path']}  {what}") + "\n")

@@ -13,7 +13,7 @@ import orjson
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route, WebSocketRoute
 
-from spear.errors import InvalidArgument, PermissionDenied, Unauthenticated
+from spear.errors import InvalidArgument, NotFound, PermissionDenied, Unauthenticated
 from spear.transport.auth import RUNTIME_ROLES, Role, bearer
 from spear.web._routes import Route as TriggerRoute
 
@@ -69,7 +69,25 @@ def route_api(table: RouteTable, triggers: Triggers, tokens: TokenStore | None) 
         removed = await table.remove(path)
         return JSONResponse(removed.to_json())
 
+    async def requests(request: Request) -> Response:
+        """Request mode's record: the last requests (`?failed=1`: failures), or one by id."""
+        _principal(request, tokens, Role.READER)
+        log = triggers.direct.log
+        wanted = request.query_params.get("id")
+        if wanted:
+            record = log.find(wanted)
+            if record is None:
+                raise NotFound(f"no request {wanted} in this node's last {log.recent.maxlen}"
+                               " requests or failures (request mode keeps no more)")  # fmt: skip
+            return JSONResponse(record.to_json())
+        failed = request.query_params.get("failed") in ("1", "true")
+        raw = request.query_params.get("limit", "50")
+        if not raw.isdigit():
+            raise InvalidArgument(f"limit is a number, not {raw!r}")
+        return JSONResponse([r.to_json() for r in log.latest(int(raw), failed)])
+
     return [
+        Route("/api/routes/requests", requests, methods=["GET"]),
         Route("/api/routes", list_routes, methods=["GET"]),
         Route("/api/routes", add_route, methods=["POST"]),
         Route("/api/routes", remove_route, methods=["DELETE"]),

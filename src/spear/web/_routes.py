@@ -27,6 +27,10 @@ if TYPE_CHECKING:
 
 KV_PREFIX = "web/routes/"
 KINDS = ("http", "websocket")
+# How an http route runs a request: as a task (recorded, logged, its result stored), or,
+# for a WASM agent, right in the node's process with only a bounded in-memory record
+# (docs/triggers.md#request-mode; web/_direct.py).
+MODES = ("task", "request")
 METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
 WILDCARD = "/..."
 # Paths the node's own pages and API live under: a route may not shadow them.
@@ -47,11 +51,16 @@ class Route:
     timeout_s: float = 30.0
     concurrency: int = 16
     source: str = "api"  # "api" (the KV) or "config" (the settings file)
+    mode: str = "task"
 
     def __post_init__(self) -> None:
         check_path(self.path)
         if self.kind not in KINDS:
             raise InvalidArgument(f"a route's kind is one of {', '.join(KINDS)}, not {self.kind!r}")
+        if self.mode not in MODES:
+            raise InvalidArgument(f"a route's mode is one of {', '.join(MODES)}, not {self.mode!r}")
+        if self.mode == "request" and (self.kind != "http" or self.spec.runtime != "wasm"):
+            raise InvalidArgument("request mode serves http routes of WASM agents only")
         for method in self.methods:
             if method not in METHODS:
                 raise InvalidArgument(f"unknown HTTP method {method!r} ({', '.join(METHODS)})")
@@ -113,6 +122,7 @@ class Route:
                 timeout_s=float(data.get("timeout_s", 30.0)),
                 concurrency=int(data.get("concurrency", 16)),
                 source=source,
+                mode=str(data.get("mode", "task")),
             )
         except KeyError as exc:
             raise InvalidArgument(f"a route needs {exc.args[0]!r}") from None

@@ -15,23 +15,25 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import secrets
+import random
 import threading
+import time
 from typing import TYPE_CHECKING, Any
 
 import anyio
 import orjson
 from loguru import logger
 
-from spear.core.models import TaskState
+from spear.core.models import Task, TaskState
 from spear.errors import ResourceExhausted, SpearError, Unavailable
 from spear.web._cgi import ResponseHead, request_env
+from spear.web._direct import DirectRunner, RequestRecord, with_fields
 from spear.web._websocket import BEARER_SUBPROTOCOL, WebSocketSession, deny
 
 if TYPE_CHECKING:
     from starlette.types import Receive, Scope, Send
 
-    from spear.core.models import Task
+    from spear.core.worker import Execution
     from spear.node.api import NodeAPI
     from spear.transport.auth import TokenStore
     from spear.web._routes import Route, RouteTable
@@ -46,7 +48,8 @@ MAX_PENDING_BYTES = 16 * 1024**2
 
 
 def new_request_id() -> str:
-    return secrets.token_hex(8)
+    # (an id to look a request up by, not a secret: the random module's, no system call)
+    return f"{random.getrandbits(64):016x}"
 
 
 class Triggers:
@@ -57,6 +60,7 @@ class Triggers:
         self.table = table
         self.tokens = tokens
         self._busy: dict[str, int] = {}
+        self.direct = DirectRunner(api)  # request mode (web/_direct.py)
         self.served = 0
         self.failed = 0
 
@@ -125,6 +129,8 @@ class Triggers:
         timeout = (
             route.timeout_s if spec.timeout_s is None else min(spec.timeout_s, route.timeout_s)
         )
+        if route.mode == "request":  # (checked when the route was added: not again)
+            return with_fields(spec, env=(*spec.env, *env), timeout_s=timeout)
         return dataclasses.replace(spec, env=(*spec.env, *env), timeout_s=timeout)
 
     # -- HTTP --------------------------------------------------------------------------
@@ -163,9 +169,40 @@ class Triggers:
                             request_id)  # fmt: skip
                 return
             spec = self._spec(route, scope, rest, len(body), request_id)
-            await _Exchange(self, route, spec, body, request_id).serve(receive, send)
+            if route.mode == "request":
+                await self._direct(route, spec, body, request_id, scope, receive, send)
+            else:
+                await _Exchange(self, route, spec, body, request_id).serve(receive, send)
         finally:
             self._give_slot(route)
+
+    async def _direct(
+        self, route: Route, spec: Any, body: bytes, request_id: str,
+        scope: Scope, receive: Receive, send: Send,
+    ) -> None:  # fmt: skip
+        """A request-mode request: its guest run here, what is kept of it in the log."""
+        record = RequestRecord(request_id, route.path, scope["method"], scope["path"], time.time())
+        started = time.monotonic()
+
+        async def noting(message: Any) -> None:
+            if message["type"] == "http.response.start":
+                record.status = message["status"]
+            await send(message)
+
+        exchange = _DirectExchange(self, route, spec, body, request_id, record)
+        exchange.as_task = not self.direct.here(spec)  # (draining, or placed elsewhere)
+        try:
+            if not await exchange.answer_now(noting):
+                await exchange.serve(receive, noting)
+        finally:
+            record.seconds = time.monotonic() - started
+            if exchange.task_id is not None:
+                record.ran = f"task {exchange.task_id}"
+            self.direct.log.add(record)
+            if record.failed:
+                why = record.reason or "see its record"
+                logger.warning("request {} to {} answered {}: {}", request_id, route.path,
+                               record.status or "nothing", why)  # fmt: skip
 
     # -- WebSocket ---------------------------------------------------------------------
 
@@ -253,9 +290,10 @@ class _Exchange:
 
     async def serve(self, receive: Receive, send: Send) -> None:
         async with anyio.create_task_group() as tg:
-            tg.start_soon(self._run)
-            tg.start_soon(self._watch_disconnect, receive, tg.cancel_scope)
-            tg.start_soon(self._watch_overflow, tg.cancel_scope)
+            # (named: anyio otherwise works out each one's name, which costs)
+            tg.start_soon(self._run, name="run")
+            tg.start_soon(self._watch_disconnect, receive, tg.cancel_scope, name="disconnect")
+            tg.start_soon(self._watch_overflow, tg.cancel_scope, name="overflow")
             try:
                 await self._respond(send)
             finally:
@@ -383,6 +421,134 @@ class _Exchange:
             body["task_id"] = self.task_id
         logger.info("request {} answered {}: {}", self.request_id, status, message)
         await _json(send, status, body, self.request_id, self._headers[1:])
+
+
+class _DirectExchange(_Exchange):
+    """A request-mode request: the guest runs in this process (web/_direct.py), inline
+    on the loop when it can (then answered in one piece, no relay), else on a worker
+    thread with its output relayed exactly as a task's; one that cannot run here (its
+    module needs more than WASI) runs as a task."""
+
+    def __init__(
+        self, triggers: Triggers, route: Route, spec: Any, body: bytes, rid: str,
+        record: RequestRecord,
+    ) -> None:  # fmt: skip
+        # The relay's parts (`_Exchange.__init__`: its queue, events) are made only if the
+        # guest does not run inline (`_relay`); an inline run's output is held here.
+        self.triggers = triggers
+        self.route = route
+        self.spec = spec
+        self.body = body
+        self.request_id = rid
+        self.record = record
+        self.task_id = None
+        self.task = None
+        self.error = None
+        self.ended = False
+        self.execution: Execution | None = None
+        self.as_task = False  # run it as a task: as in task mode, only recorded here
+        self._relaying = False
+        self._held: list[bytes] = []
+        self._held_bytes = 0
+
+    def _relay(self) -> None:
+        super().__init__(self.triggers, self.route, self.spec, self.body, self.request_id)
+        self._relaying = True
+
+    def _stdout(self, data: bytes) -> None:
+        if self._relaying:
+            self._out(data)
+        else:
+            self._held_bytes += len(data)
+            self._held.append(data)
+
+    async def answer_now(self, send: Send) -> bool:
+        """Start the guest and, if it can run inline, run it and answer: True if the
+        request is answered, False if `serve` must run it (on a thread, or as a task)."""
+        if self.as_task:
+            self._relay()
+            return False
+        try:
+            started = await self.triggers.direct.start(
+                self.spec, self.request_id, self.body or None, self._stdout,
+                self.record.write_stderr,
+            )  # fmt: skip
+        except Exception as exc:  # (no such module, not a module, it cannot be linked)
+            self.record.reason = str(exc)
+            self.error = exc
+            await self._fail(send, *(self._failure() or (500, str(exc))))
+            return True
+        if started is None:
+            self.as_task = True
+            self._relay()
+            return False
+        self.execution = execution = started[0]
+        execution.prefer_inline = True  # type: ignore[attr-defined]
+        execution.one_off_spec = True  # type: ignore[attr-defined]
+        outcome = execution.run_now()
+        if outcome is None:
+            self._held.clear()  # (a run moved off the loop starts again: nothing was sent)
+            self._relay()
+            return False
+        self.ended = True
+        self._ended(outcome)
+        if self._held_bytes > MAX_PENDING_BYTES:
+            await self._fail(send, 502, "the agent wrote more than the node holds for a client")
+            return True
+        failure = self._failure()
+        if failure is not None:
+            await self._fail(send, *failure)
+            return True
+        head = ResponseHead()
+        if not head.feed(b"".join(self._held)):
+            head.end()
+        headers = [*head.headers, (b"x-request-id", self.request_id.encode())]
+        if not any(name == b"content-length" for name, _ in head.headers):
+            headers.append((b"content-length", str(len(head.body_start)).encode()))
+        await send({"type": "http.response.start", "status": head.status, "headers": headers})
+        await send({"type": "http.response.body", "body": head.body_start})
+        self.triggers.served += 1
+        return True
+
+    def _ended(self, outcome: Any) -> None:
+        if outcome.state is not TaskState.COMPLETED:
+            self.record.exit_code = outcome.exit_code
+            self.record.reason = outcome.reason or outcome.state.value
+        self.task = Task(id="", spec=self.spec, state=outcome.state,
+                         exit_code=outcome.exit_code, reason=outcome.reason)  # fmt: skip
+
+    async def _run(self) -> None:
+        if self.as_task:  # (it needs more than WASI, or runs elsewhere) as in task mode
+            await super()._run()
+            return
+        assert self.execution is not None
+        try:
+            # Shielded: a client that goes away has the guest killed (`_cancel`), and
+            # this waits for it to stop before its slot is given back.
+            with anyio.CancelScope(shield=True):
+                outcome = await self.execution.wait()
+            self._ended(outcome)
+        except Exception as exc:
+            self.error = exc
+            self.record.reason = str(exc)
+        finally:
+            self._queue.put_nowait(_END)
+
+    async def _cancel(self, reason: str) -> None:
+        if self.execution is None:
+            await super()._cancel(reason)
+        elif not self.ended:
+            self.execution.kill(reason)
+
+    async def _fail(self, send: Send, status: int, message: str) -> None:
+        if self.task_id is not None:
+            await super()._fail(send, status, message)  # (it ran as a task)
+            return
+        self.triggers.failed += 1
+        self.record.reason = self.record.reason or message
+        body = {"error": message, "request_id": self.request_id,
+                "lookup": f"spear route requests {self.request_id}"}  # fmt: skip
+        await _json(send, status, body, self.request_id)
 
 
 class ClientGone(Exception):

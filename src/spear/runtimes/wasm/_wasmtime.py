@@ -34,6 +34,7 @@ Private names relied on (wasmtime-py 50):
 
 from __future__ import annotations
 
+import array
 import ctypes
 from typing import TYPE_CHECKING, Any, cast
 
@@ -98,19 +99,37 @@ class WasiArgs:
     __slots__ = ("_argv", "_env", "_keep")
 
     def __init__(self, argv: Sequence[str], env: Sequence[tuple[str, str]]) -> None:
-        names, values = [k for k, _ in env], [v for _, v in env]
         keep: list[Any] = []  # the strings live as long as the arrays
-        self._argv = (len(argv), _char_array(argv, keep))
-        self._env = (len(names), _char_array(names, keep), _char_array(values, keep))
+        self._argv = (len(argv), _char_arrays([argv], keep)[0])
+        names, values = _char_arrays([[k for k, _ in env], [v for _, v in env]], keep)
+        self._env = (len(env), names, values)
         self._keep = keep
 
 
-def _char_array(items: Sequence[str], keep: list[Any]) -> Any:
-    buffers = [ctypes.create_string_buffer(item.encode()) for item in items]
-    keep.extend(buffers)
-    return (ctypes.POINTER(ctypes.c_char) * len(items))(
-        *(ctypes.cast(b, ctypes.POINTER(ctypes.c_char)) for b in buffers)
-    )
+_CHAR_PP = ctypes.POINTER(ctypes.POINTER(ctypes.c_char))
+
+
+def _char_arrays(lists: Sequence[Sequence[str]], keep: list[Any]) -> list[Any]:
+    """Each list of strings as a C `char **`: one buffer of NUL-terminated strings for
+    all of them and one array of addresses each (a buffer and a cast per string cost
+    several times more, and an HTTP request's environment has many)."""
+    encoded = [[item.encode() for item in items] for items in lists]
+    blob = ctypes.create_string_buffer(b"\0".join(b"\0".join(e) for e in encoded if e))
+    keep.append(blob)
+    address = ctypes.addressof(blob)
+    out = []
+    for items in encoded:
+        offsets = array.array("Q", bytes(8 * len(items)))
+        for i, item in enumerate(items):
+            offsets[i] = address
+            address += len(item) + 1
+        if not items:
+            out.append(_CHAR_PP())
+            continue
+        pointers = (ctypes.c_void_p * len(items)).from_buffer(offsets)
+        keep.extend((offsets, pointers))
+        out.append(ctypes.cast(pointers, _CHAR_PP))
+    return out
 
 
 def set_wasi_args(wasi: wasmtime.WasiConfig, args: WasiArgs) -> bool:
@@ -179,10 +198,58 @@ def enable_pooling_allocator(config: wasmtime.Config, slots: int, keep_resident:
         _ffi.wasmtime_pooling_allocation_config_delete(pool)
 
 
+# -- raw host functions ------------------------------------------------------------------
+
+_kept: list[Any] = []  # the C callbacks of raw functions, alive as long as the process
+_MEMORY = b"memory"
+
+
+def define_raw_function(
+    linker: wasmtime.Linker, module: str, name: str, params: int, fn: Callable[..., int]
+) -> None:
+    """Define `module.name`, `(i32 x params) -> i32`, in `linker`, calling `fn(base, size,
+    *args)` with the caller's exported memory as its address and size (0, 0 without one)
+    and the arguments as unsigned ints; its result is the function's.
+
+    Through the C API's unchecked callback: wasmtime-py's `define_func` trampoline (its
+    value conversions, a Caller and an Extern object per call) costs several times what a
+    small host function does. `fn` must not raise: an exception is the result 29 (EIO).
+    """
+    i32 = wasmtime.ValType.i32()
+    ty = wasmtime.FuncType([i32] * params, [i32])
+
+    def callback(_env: Any, caller: Any, raw: Any, _count: int) -> int:
+        try:
+            item = _ffi.wasmtime_extern_t()
+            base = size = 0
+            if _ffi.wasmtime_caller_export_get(caller, _MEMORY, len(_MEMORY), ctypes.byref(item)):
+                if cast("int", item.kind) == _ffi.WASMTIME_EXTERN_MEMORY.value:
+                    context = _ffi.wasmtime_caller_context(caller)
+                    memory = ctypes.byref(item.of.memory)
+                    data = _ffi.wasmtime_memory_data(context, memory)
+                    base = ctypes.cast(data, ctypes.c_void_p).value or 0
+                    size = _ffi.wasmtime_memory_data_size(context, memory)
+            args = [raw[i].i32 & 0xFFFFFFFF for i in range(params)]
+            raw[0].i32 = fn(base, size, *args)
+        except Exception:
+            raw[0].i32 = 29
+        return 0  # (no trap)
+
+    raw_callback = _ffi.wasmtime_func_unchecked_callback_t(callback)
+    _kept.append(raw_callback)
+    m, n = module.encode(), name.encode()
+    error = _ffi.wasmtime_linker_define_func_unchecked(
+        linker.ptr(), m, len(m), n, len(n), ty.ptr(), raw_callback, None, _NO_FINALIZER
+    )
+    if error:
+        raise wasmtime.WasmtimeError._from_ptr(error)
+
+
 __all__ = [
     "DeadlineCallback",
     "WasiArgs",
     "call_plain_entry",
+    "define_raw_function",
     "enable_pooling_allocator",
     "set_epoch_callback",
     "set_wasi_args",

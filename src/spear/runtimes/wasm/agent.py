@@ -9,6 +9,7 @@ task, whether to continue, or to trap because the task timed out or was cancelle
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import itertools
 import os
@@ -35,7 +36,7 @@ from spear.core.worker import (
     WorkerAgent,
 )
 from spear.errors import InvalidArgument, InvalidModule, NotFound
-from spear.runtimes.wasm import _wasmtime, hostcalls, wasmtime_version
+from spear.runtimes.wasm import _wasmtime, held_output, hostcalls, wasmtime_version
 from spear.runtimes.wasm.hostcalls import abi
 from spear.runtimes.wasm.modcache import ModuleCache, read_module_bytes
 from spear.runtimes.wasm.workers import WorkerPool
@@ -115,6 +116,10 @@ class _Ticker:
 INLINE_AFTER_RUNS = 3
 INLINE_SHORT_S = 0.001
 INLINE_BUDGET_S = 0.002
+# An execution that prefers inline runs (`prefer_inline`: HTTP request mode) runs its
+# guest inline without the short-run history, unless the module was moved off the loop
+# in its last INLINE_RETRY_AFTER runs.
+INLINE_RETRY_AFTER = 32
 # What a guest run inline may import: WASI calls that cannot block without preopened
 # directories or an inherited stdin (both rule inline out). No sleeping (poll_oneoff), no
 # sockets, no spear hostcalls (they reach the event loop, which is busy running it).
@@ -133,17 +138,24 @@ class _Prepared:
     # Its InstancePre on the flavor's pooled engine, for inline runs (see POOL_SLOTS); None
     # until the module qualifies for inline runs, False if the pool cannot hold it.
     pooled_pre: Any = None
+    wasi_only: bool = False  # it imports WASI alone (no spear hostcalls, no host functions)
+    skip_inline: int = 0  # runs left before `prefer_inline` tries inline again (after a move)
 
     def ran(self, seconds: float, moved: bool) -> None:
         if moved:
             self.short_runs = 0
-        elif seconds >= INLINE_SHORT_S:  # long, or one short run held up (a GC pause)
+            self.skip_inline = INLINE_RETRY_AFTER
+            return
+        if self.skip_inline:
+            self.skip_inline -= 1
+        if seconds >= INLINE_SHORT_S:  # long, or one short run held up (a GC pause)
             self.short_runs = max(0, self.short_runs - 1)
         elif self.short_runs < INLINE_AFTER_RUNS:
             self.short_runs += 1
 
 
 _MOVED = Outcome(TaskState.RUNNING, 0, "moved to a worker thread")
+_NO_HOLD = contextlib.nullcontext()
 _COMPLETED = Outcome(TaskState.COMPLETED, 0)
 
 
@@ -274,6 +286,7 @@ class WasmWorkerAgent(WorkerAgent):
                 engine = _pooled_engine(flavor.fuel)
                 linker = wasmtime.Linker(engine)
                 linker.define_wasi()  # all an inline guest may import
+                held_output.define_fd_write(linker)  # (its output: held_output.py)
                 flavor.pooled = (engine, linker)
                 self._tick_engines()
             engine, linker = flavor.pooled
@@ -334,6 +347,7 @@ class WasmWorkerAgent(WorkerAgent):
         prepared = _Prepared(
             digest, pre, module, plain_entry=plain, inline=plain and _may_run_inline(module)
         )
+        prepared.wasi_only = all(imp.module in _WASI_MODULES for imp in module.imports)
         with flavor.lock:
             if len(flavor.prepared) > 1024:
                 flavor.prepared.clear()
@@ -429,9 +443,21 @@ class _WasmExecution(Execution):
         self._store: wasmtime.Store | None = None
         self._pooled = False  # its store is one of the pool's (see POOL_SLOTS)
         self._token: Any = None
+        # Run inline whenever the module allows it (see INLINE_RETRY_AFTER), not only
+        # once its runs proved short: for callers that wait on the loop anyway.
+        self.prefer_inline = False
+        # Its spec is this run's alone (an HTTP request's environment): its WASI
+        # arguments are made for it, not kept in the cache of specs (`_launch_args`).
+        self.one_off_spec = False
 
     def kill(self, reason: str = "cancelled") -> None:
         self._ctx.control.cancel(reason)
+
+    @property
+    def wasi_only(self) -> bool:
+        """Whether the guest imports WASI alone: it needs nothing of its context but its
+        standard streams, environment and limits (HTTP request mode, web/_direct.py)."""
+        return self._prepared.wasi_only
 
     async def wait(self) -> Outcome:
         outcome = self.run_now()
@@ -457,9 +483,12 @@ class _WasmExecution(Execution):
         a guest that can neither block nor touch anything outside itself, whose last runs
         were all short, and whose module file is as it was prepared."""
         prepared, ctx = self._prepared, self._ctx
+        proven = prepared.short_runs >= INLINE_AFTER_RUNS or (
+            self.prefer_inline and not prepared.skip_inline and prepared.pooled_pre is not None
+        )
         return (
             prepared.inline
-            and prepared.short_runs >= INLINE_AFTER_RUNS
+            and proven
             and not ctx.task.spec.dirs
             and ctx.io.stdin != "inherit"
             and not ctx.control.cancelled
@@ -476,7 +505,12 @@ class _WasmExecution(Execution):
     ) -> None:
         spec = self._ctx.task.spec
         wasi = wasmtime.WasiConfig()
-        if not _wasmtime.set_wasi_args(wasi, _launch_args(spec)):
+        args = (
+            _wasmtime.WasiArgs([os.path.basename(spec.artifact), *spec.args], spec.env)
+            if self.one_off_spec
+            else _launch_args(spec)
+        )
+        if not _wasmtime.set_wasi_args(wasi, args):
             raise InvalidArgument("the task's arguments or environment cannot be passed")
         for mapping in spec.dirs:
             try:
@@ -548,7 +582,7 @@ class _WasmExecution(Execution):
             if inline:
                 stop.move_after = started + INLINE_BUDGET_S
             try:
-                with agent._ticker:
+                with agent._ticker, held_output.holding(stdout, stderr) if pooled else _NO_HOLD:
                     _call(prepared, ctx.task.spec.entry, store, pre)
                 outcome = _COMPLETED
             except wasmtime.ExitTrap as exc:
@@ -567,7 +601,7 @@ class _WasmExecution(Execution):
                 not inline
                 and prepared.pooled_pre is None
                 and prepared.inline
-                and prepared.short_runs >= INLINE_AFTER_RUNS
+                and (prepared.short_runs >= INLINE_AFTER_RUNS or self.prefer_inline)
             ):  # its next runs are inline: ready its pooled instances here, on the thread
                 agent._make_pooled(self._flavor, prepared)
         except BaseException:

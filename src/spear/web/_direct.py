@@ -1,0 +1,171 @@
+"""Request mode: an HTTP route's WASM agent run in the node's process, without a task.
+
+A route in `mode = "request"` runs each request's guest straight through the node's
+WASM worker agent (its compiled-module cache, InstancePre and pooled instances, inline on
+the event loop once the module's runs proved short): no task record in the KV, no log
+file, no stored result. What is kept is this module's `RequestLog`, the last requests and
+the last failures in memory, which `spear route requests` (GET /api/routes/requests)
+shows by request id, the id every answer carries. A request that cannot run here (the
+module imports spear hostcalls, the node is draining, or in a cluster the scheduler would
+place it elsewhere) runs as a task, as in task mode (docs/triggers.md#request-mode).
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import time
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from spear.core.models import FunctionSpec, Runtime, Task, TaskState
+from spear.core.worker import ExecutionControl, TaskContext, TaskIO
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    from spear.core.worker import Execution
+    from spear.node.api import NodeAPI
+
+KEEP_REQUESTS = 512  # the last requests kept, and separately the last failures
+STDERR_TAIL_BYTES = 4096  # of what a request's guest wrote to stderr, the last bytes kept
+
+
+@dataclass(slots=True)
+class RequestRecord:
+    """What is kept of one request-mode request (in memory, see `RequestLog`)."""
+
+    request_id: str
+    route: str
+    method: str
+    path: str
+    started_at: float  # wall clock
+    status: int = 0  # the HTTP status answered (0: none, the client went away first)
+    seconds: float = 0.0
+    ran: str = "here"  # "here" (request mode), or "task <id>" (it fell back to a task)
+    exit_code: int | None = None
+    reason: str | None = None  # why the guest failed (exit status, trap, timeout, cancel)
+    stderr: bytearray = field(default_factory=bytearray)
+
+    def write_stderr(self, data: bytes) -> None:
+        self.stderr += data
+        if len(self.stderr) > STDERR_TAIL_BYTES:
+            del self.stderr[: len(self.stderr) - STDERR_TAIL_BYTES]
+
+    @property
+    def failed(self) -> bool:
+        return self.status == 0 or self.status >= 500 or self.reason is not None
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "request_id": self.request_id,
+            "route": self.route,
+            "method": self.method,
+            "path": self.path,
+            "started_at": self.started_at,
+            "status": self.status,
+            "seconds": round(self.seconds, 6),
+            "ran": self.ran,
+            "exit_code": self.exit_code,
+            "reason": self.reason,
+            "stderr": self.stderr.decode("utf-8", "replace"),
+        }
+
+
+class RequestLog:
+    """The node's last request-mode requests, and its last failed ones, in memory.
+
+    Two bounded rings: a burst of successes never pushes the failures out. The records
+    are gone when the node stops (request mode's trade: docs/triggers.md#request-mode)."""
+
+    def __init__(self, keep: int = KEEP_REQUESTS) -> None:
+        self.recent: collections.deque[RequestRecord] = collections.deque(maxlen=keep)
+        self.failures: collections.deque[RequestRecord] = collections.deque(maxlen=keep)
+        self.served = 0
+        self.failed = 0
+
+    def add(self, record: RequestRecord) -> None:
+        self.recent.append(record)
+        self.served += 1
+        if record.failed:
+            self.failures.append(record)
+            self.failed += 1
+
+    def find(self, request_id: str) -> RequestRecord | None:
+        for ring in (self.failures, self.recent):
+            for record in reversed(ring):
+                if record.request_id == request_id:
+                    return record
+        return None
+
+    def latest(self, limit: int, failed: bool = False) -> list[RequestRecord]:
+        ring = self.failures if failed else self.recent
+        return list(ring)[::-1][:limit]
+
+
+class DirectRunner:
+    """Starts request-mode guests on the node behind `api` (an InProcessNode or a
+    ClusterNode: anything with `.node`, the Spearlet, and for a cluster `.scheduler`)."""
+
+    def __init__(self, api: NodeAPI) -> None:
+        self.api = api
+        self.log = RequestLog()
+        self._name = ""
+
+    def here(self, spec: FunctionSpec) -> bool:
+        """Whether a request of `spec` may run here, in this process, now."""
+        api: Any = self.api
+        if spec.runtime is not Runtime.WASM or getattr(api, "draining", False):
+            return False
+        local = getattr(api, "local", None)  # a ClusterNode: its InProcessNode
+        if local is not None and getattr(local, "draining", False):
+            return False
+        scheduler = getattr(api, "scheduler", None)
+        return scheduler is None or bool(scheduler.fits_here_now(spec))
+
+    async def start(
+        self,
+        spec: FunctionSpec,
+        request_id: str,
+        stdin: bytes | None,
+        stdout: Callable[[bytes], None],
+        stderr: Callable[[bytes], None],
+    ) -> tuple[Execution, ExecutionControl] | None:
+        """The guest's execution, ready to run (`run_now()`, else `await wait()`), or None
+        if its module needs more than WASI (it runs as a task then)."""
+        node: Any = getattr(self.api, "node", None)
+        agent = None if node is None else node.agents.get(Runtime.WASM)
+        if agent is None:
+            return None
+        task = Task(
+            id=f"request-{request_id}",
+            spec=spec,
+            state=TaskState.RUNNING,
+            created_at=time.time(),
+            node=node.name,
+        )
+        await agent.prepare(task)  # (the compiled module and its InstancePre, cached)
+        timeout = spec.timeout_s
+        control = ExecutionControl(None if timeout is None else time.monotonic() + timeout)
+        ctx = TaskContext(task, control, TaskIO(stdout, stderr, stdin), _no_agent_log)
+        execution = await agent.start(ctx)
+        if not getattr(execution, "wasi_only", False):
+            return None
+        return execution, control
+
+
+def _no_agent_log(_level: str, _message: str) -> None:
+    """A WASI-only guest has no hostcall to log with; nothing reaches here."""
+
+
+_SPEC_FIELDS = tuple(f.name for f in dataclasses.fields(FunctionSpec))
+
+
+def with_fields(spec: FunctionSpec, **changes: Any) -> FunctionSpec:
+    """`dataclasses.replace(spec, **changes)` without checking the spec again: for a
+    route's spec (checked when the route was added) given a request's CGI variables
+    (header names are HTTP tokens, values have no NUL: web/_cgi.py), for each request."""
+    new = object.__new__(FunctionSpec)
+    for name in _SPEC_FIELDS:
+        object.__setattr__(new, name, changes[name] if name in changes else getattr(spec, name))
+    return new
