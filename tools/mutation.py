@@ -88,6 +88,7 @@ TARGETS = (
         (
             _T + "runtimes/test_hostcalls_ops.py",
             _T + "runtimes/test_hostops_rules.py",
+            _T + "runtimes/test_hostops_edges.py",
             _T + "runtimes/test_hostcalls_objects.py",
             _T + "runtimes/test_hostcalls_streams.py",
             _T + "runtimes/test_hostcalls_buffers.py",
