@@ -68,7 +68,7 @@ TARGETS = (
     Target(
         "scheduler",
         ("spear/core/scheduler.py",),
-        (_T + "core/test_scheduler.py", _T + "core/test_sms.py"),
+        (_T + "core/test_scheduler.py", _T + "cluster/test_placement.py"),
     ),
     Target(
         "sms", ("spear/core/sms.py",), (_T + "core/test_sms.py", _T + "cluster/test_membership.py")
@@ -102,6 +102,17 @@ TARGETS = (
             _T + "core/test_task_store.py",
             _T + "core/test_task_codec.py",
             _T + "core/test_run_many.py",
+        ),
+    ),
+    Target(
+        "controller",
+        ("spear/core/tasks/controller.py",),
+        (
+            _T + "core/test_controller_rules.py",
+            _T + "test_local_node.py",
+            _T + "core/test_run_many.py",
+            _T + "core/test_finished_hooks.py",
+            _T + "core/test_retries.py",
         ),
     ),
     Target("admission", ("spear/core/tasks/admission.py",), (_T + "core/test_admission.py",)),
