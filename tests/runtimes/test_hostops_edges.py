@@ -241,3 +241,24 @@ async def test_a_long_wait_ends_at_the_tasks_deadline() -> None:
     ctx, h = _idle_ctx(time.monotonic() + 0.1)
     error = await _afails(errno.ECANCELED, hostops.poll_async(ctx, [(h, POLLIN)], FAR))
     assert str(error) == "the task ran out of time"
+
+
+# -- what only the node writes, and a result's size -----------------------------------
+
+
+async def test_a_task_cannot_delete_what_only_the_node_writes(ctx: TaskContext) -> None:
+    key = "results/" + "another-task"
+    version = await hostops.result_set(ctx, b"mine")
+    error = await _afails(errno.EACCES, hostops.obj_delete(ctx, key))
+    assert str(error) == f"{key!r} is written only by the node"
+    mine = [i.key for i in await hostops.obj_list(ctx, "results/")]
+    assert mine == ["results/t1"]
+    await _afails(errno.EACCES, hostops.obj_delete(ctx, "results/t1"))
+    assert (await hostops.obj_info(ctx, "results/t1")).version == version
+
+
+async def test_a_result_is_at_most_its_cap(store: ObjectStore) -> None:
+    ctx = _context(NodeServices(objects=store, result_max_bytes=10))
+    assert await hostops.result_set(ctx, b"x" * 10) > 0  # exactly the cap
+    error = await _afails(errno.EFBIG, hostops.result_set(ctx, b"x" * 11))
+    assert str(error) == "a result is at most 10 bytes (task_result_max_bytes)"

@@ -1,0 +1,152 @@
+"""The task controller's rules (core/tasks/controller.py) stated exactly, on a real
+LocalNode with wasm tasks: what a refused task's record says, the ids a forwarded wave
+keeps, which refusal belongs to which task, a wave that waits for room behind other work
+and runs in order, that every reservation comes back (also when a wave cannot even be
+recorded), and a finished hook removed is no longer called. Written for mutation testing
+(issue 22); the broader behaviour is in test_local_node.py, test_run_many.py and
+test_finished_hooks.py.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import anyio
+import pytest
+import wasmtime
+from wat_tasks import exits, hello
+
+from spear import FunctionSpec, LocalNode, Resources, TaskState
+from spear.core.models import new_task_id
+from spear.errors import SpearError
+
+if TYPE_CHECKING:
+    from pathlib import Path
+
+    from spear.core.tasks import TasksFinished
+
+LOOP_WAT = '(module (memory (export "memory") 1) (func (export "_start") (loop (br 0))))'
+
+
+def _junk(tmp_path: Path) -> str:
+    path = tmp_path / "junk.wasm"
+    path.write_bytes(b"not wasm")
+    return str(path)
+
+
+def _loop(tmp_path: Path) -> str:
+    path = tmp_path / "loop.wasm"
+    path.write_bytes(wasmtime.wat2wasm(LOOP_WAT))
+    return str(path)
+
+
+async def _until(check: object, seconds: float = 20.0) -> None:
+    with anyio.fail_after(seconds):
+        while not check():  # type: ignore[operator]
+            await anyio.sleep(0.01)
+
+
+async def test_a_refused_task_is_recorded_failed_with_the_refusals_words(
+    tmp_path: Path,
+) -> None:
+    async with LocalNode(tmp_path / "home") as node:
+        task_id = new_task_id()
+        with pytest.raises(SpearError) as info:
+            await node.controller.run(FunctionSpec(_junk(tmp_path)), task_id=task_id)
+        record = await node.task(task_id)
+        assert (record.state, record.exit_code) == (TaskState.FAILED, info.value.exit_code)
+        assert record.reason == str(info.value) and record.reason
+        assert node.controller.free == node.controller.capacity
+
+
+async def test_a_wave_keeps_the_ids_it_is_given_and_maps_each_refusal(tmp_path: Path) -> None:
+    ok, junk = str(hello(tmp_path)), _junk(tmp_path)
+    ids = [new_task_id() for _ in range(3)]
+    async with LocalNode(tmp_path / "home") as node:
+        refusals: dict[str, SpearError] = {}
+        done = await node.controller.run_many(
+            [FunctionSpec(ok), FunctionSpec(junk), FunctionSpec(ok)],
+            task_ids=ids,
+            refusals=refusals,
+        )
+        assert [t.id for t in done] == ids
+        assert [t.state for t in done] == [
+            TaskState.COMPLETED,
+            TaskState.FAILED,
+            TaskState.COMPLETED,
+        ]
+        assert list(refusals) == [ids[1]]
+        refusal = refusals[ids[1]]
+        assert isinstance(refusal, SpearError)
+        assert done[1].reason == str(refusal) and done[1].exit_code == refusal.exit_code
+        for task in done:
+            assert await node.task(task.id) == task
+
+
+async def test_a_wave_is_recorded_running_from_its_creation(tmp_path: Path) -> None:
+    async with LocalNode(tmp_path / "home") as node:
+        (done,) = await node.controller.run_many([FunctionSpec(str(hello(tmp_path)))])
+        (pending, pending_at), (running, running_at), (ended, _) = done.history
+        assert (pending, running, ended) == ("PENDING", "RUNNING", "COMPLETED")
+        assert running_at == pending_at == done.created_at  # one write: admitted at once
+
+
+async def test_a_wave_behind_other_work_waits_for_room_and_runs_in_order(
+    tmp_path: Path,
+) -> None:
+    first = FunctionSpec(str(hello(tmp_path)), resources=Resources(100, 1 << 20))
+    second = FunctionSpec(str(exits(tmp_path, 3)), resources=Resources(200, 2 << 20))
+    async with LocalNode(tmp_path / "home", cpu_millis=300) as node:
+        controller = node.controller
+        blocker = await controller.submit(
+            FunctionSpec(_loop(tmp_path), resources=Resources(250, 1 << 20))
+        )
+        await _until(lambda: controller.free.cpu_millis == 50)
+        ended: list[list[str]] = []
+
+        async def run() -> None:
+            done = await controller.run_many([first, second, first])
+            ended.append([f"{t.state}:{t.exit_code}:{t.spec.artifact}" for t in done])
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(run)
+            await _until(lambda: controller.waiting_count == 1)  # the wave waits in turn
+            assert ended == []
+            await controller.cancel(blocker.id)
+        assert ended == [
+            [
+                f"COMPLETED:0:{first.artifact}",
+                f"FAILED:3:{second.artifact}",
+                f"COMPLETED:0:{first.artifact}",
+            ]
+        ]
+        assert controller.free == controller.capacity  # every reservation returned
+        assert controller.running_count == 0 and controller.waiting_count == 0
+
+
+async def test_a_wave_that_cannot_be_recorded_gives_its_room_back(tmp_path: Path) -> None:
+    task_id = new_task_id()
+    spec = FunctionSpec(str(hello(tmp_path)))
+    async with LocalNode(tmp_path / "home") as node:
+        # One id twice: the wave's one write is refused (by LevelDBKV.commit).
+        with pytest.raises(ValueError, match="names a key more than once"):
+            await node.controller.run_many([spec, spec], task_ids=[task_id, task_id])
+        assert node.controller.free == node.controller.capacity
+        (after,) = await node.controller.run_many([spec])
+        assert after.state is TaskState.COMPLETED
+
+
+async def test_a_removed_finished_hook_is_not_called_again(tmp_path: Path) -> None:
+    heard: list[str] = []
+
+    async def hook(finished: TasksFinished, /) -> None:
+        heard.extend(t.id for t in finished.tasks)
+
+    spec = FunctionSpec(str(hello(tmp_path)))
+    async with LocalNode(tmp_path / "home") as node:
+        node.controller.add_finished_hook(hook)
+        one = await node.run(spec)
+        node.controller.remove_finished_hook(hook)
+        await node.run(spec)
+        await node.run_many([spec])
+        assert heard == [one.id]
