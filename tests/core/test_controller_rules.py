@@ -17,7 +17,9 @@ import wasmtime
 from wat_tasks import exits, hello
 
 from spear import FunctionSpec, LocalNode, Resources, TaskState
-from spear.core.models import new_task_id
+from spear.core.models import Task, new_task_id
+from spear.core.tasks.running import STOPPED
+from spear.core.worker import EXIT_CANCELLED, EXIT_LOST
 from spear.errors import SpearError
 
 if TYPE_CHECKING:
@@ -150,3 +152,64 @@ async def test_a_removed_finished_hook_is_not_called_again(tmp_path: Path) -> No
         await node.run(spec)
         await node.run_many([spec])
         assert heard == [one.id]
+
+
+async def test_a_wave_task_past_its_timeout_fails_as_a_single_one_does(tmp_path: Path) -> None:
+    spec = FunctionSpec(_loop(tmp_path), timeout_s=0.2)
+    async with LocalNode(tmp_path / "home") as node:
+        with anyio.fail_after(30):
+            single = await node.controller.run(spec)
+            (waved,) = await node.controller.run_many([spec])
+        assert single.state is TaskState.FAILED
+        assert (waved.state, waved.exit_code, waved.reason) == (
+            single.state,
+            single.exit_code,
+            single.reason,
+        )
+
+
+async def test_a_running_wave_task_can_be_cancelled(tmp_path: Path) -> None:
+    ids = [new_task_id(), new_task_id()]
+    spec = FunctionSpec(_loop(tmp_path))
+    async with LocalNode(tmp_path / "home") as node:
+        controller = node.controller
+        ended: list[Task] = []
+
+        async def run() -> None:
+            ended.extend(await controller.run_many([spec, spec], task_ids=ids))
+
+        with anyio.fail_after(30):
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(run)
+                await _until(lambda: controller.running_count == 2)
+                # (Both at once: a wave's ends are written together, so a cancel of one
+                # of its tasks returns once the whole wave has ended.)
+                tg.start_soon(controller.cancel, ids[0], "enough")
+                tg.start_soon(controller.cancel, ids[1])
+        assert [(t.id, t.state, t.exit_code, t.reason) for t in ended] == [
+            (ids[0], TaskState.CANCELLED, EXIT_CANCELLED, "enough"),
+            (ids[1], TaskState.CANCELLED, EXIT_CANCELLED, "cancelled"),
+        ]
+        assert controller.free == controller.capacity
+
+
+async def test_a_wave_stopped_by_its_caller_records_its_tasks_lost(tmp_path: Path) -> None:
+    ids = [new_task_id(), new_task_id()]
+    spec = FunctionSpec(_loop(tmp_path))
+    async with LocalNode(tmp_path / "home") as node:
+        controller = node.controller
+        with anyio.fail_after(30):
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(controller.run_many, [spec, spec], ids)
+                await _until(lambda: controller.running_count == 2)
+                tg.cancel_scope.cancel()
+        for task_id in ids:
+            record = await node.task(task_id)
+            assert (record.state, record.exit_code, record.reason) == (
+                TaskState.FAILED,
+                EXIT_LOST,
+                STOPPED,
+            )
+        assert await node.kv.scan("active/") == []  # the wave's marker went with them
+        assert controller.free == controller.capacity
+        assert controller.running_count == 0
