@@ -20,7 +20,7 @@ from spear import FunctionSpec, LocalNode, Resources, TaskState
 from spear.core.models import Task, new_task_id
 from spear.core.tasks.running import STOPPED
 from spear.core.worker import EXIT_CANCELLED, EXIT_LOST
-from spear.errors import SpearError
+from spear.errors import NotFound, SpearError
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -213,3 +213,56 @@ async def test_a_wave_stopped_by_its_caller_records_its_tasks_lost(tmp_path: Pat
         assert await node.kv.scan("active/") == []  # the wave's marker went with them
         assert controller.free == controller.capacity
         assert controller.running_count == 0
+
+
+# -- cancel and wait ----------------------------------------------------------------------
+
+
+async def test_a_recorded_task_not_yet_started_is_cancelled_in_its_record(
+    tmp_path: Path,
+) -> None:
+    async with LocalNode(tmp_path / "home") as node:
+        controller = node.controller
+        task = await controller.create(FunctionSpec(str(hello(tmp_path))))
+        with anyio.fail_after(20):
+            cancelled = await controller.cancel(task.id, "changed my mind")
+            assert (cancelled.id, cancelled.state, cancelled.reason, cancelled.exit_code) == (
+                task.id,
+                TaskState.CANCELLED,
+                "changed my mind",
+                EXIT_CANCELLED,
+            )
+            assert await node.task(task.id) == cancelled
+            assert await controller.cancel(task.id, "again") == cancelled  # it stays so
+            assert await controller.wait(task.id) == cancelled
+            done = await controller.run(FunctionSpec(str(hello(tmp_path))))
+            assert await controller.cancel(done.id) == done  # a finished task stays done
+            with pytest.raises(NotFound):
+                await controller.cancel(new_task_id())
+
+
+async def test_a_task_waiting_for_room_and_a_running_one_are_cancelled(
+    tmp_path: Path,
+) -> None:
+    async with LocalNode(tmp_path / "home", cpu_millis=100) as node:
+        controller = node.controller
+        with anyio.fail_after(20):
+            running = await controller.submit(FunctionSpec(_loop(tmp_path)))
+            waiting = await controller.submit(FunctionSpec(str(hello(tmp_path))))
+            await _until(lambda: controller.waiting_count == 1)
+            cancelled = await controller.cancel(waiting.id, "not needed")
+            assert (cancelled.state, cancelled.reason, cancelled.exit_code) == (
+                TaskState.CANCELLED,
+                "not needed",
+                EXIT_CANCELLED,
+            )
+            assert [s for s, _ in cancelled.history] == ["PENDING", "CANCELLED"]  # never ran
+            stopped = await controller.cancel(running.id)
+            assert (stopped.state, stopped.reason, stopped.exit_code) == (
+                TaskState.CANCELLED,
+                "cancelled",
+                EXIT_CANCELLED,
+            )
+            assert await controller.wait(running.id) == stopped == await node.task(running.id)
+            assert await controller.wait(waiting.id) == cancelled
+        assert controller.free == controller.capacity and controller.waiting_count == 0
