@@ -68,7 +68,9 @@ TARGETS = (
     Target(
         "scheduler",
         ("spear/core/scheduler.py",),
-        (_T + "core/test_scheduler.py", _T + "cluster/test_placement.py"),
+        # (Not tests/cluster/test_placement.py: its tests marked KNOWN_HANG hang about one
+        # run in 30 on their own, which a mutation run reads as the mutant's timeout.)
+        (_T + "core/test_scheduler.py",),
     ),
     Target(
         "sms", ("spear/core/sms.py",), (_T + "core/test_sms.py", _T + "cluster/test_membership.py")
