@@ -9,6 +9,7 @@ seconds, instead of hanging until the test's time limit.
 
 from __future__ import annotations
 
+import dataclasses
 import errno
 import threading
 import time
@@ -262,3 +263,50 @@ async def test_a_result_is_at_most_its_cap(store: ObjectStore) -> None:
     assert await hostops.result_set(ctx, b"x" * 10) > 0  # exactly the cap
     error = await _afails(errno.EFBIG, hostops.result_set(ctx, b"x" * 11))
     assert str(error) == "a result is at most 10 bytes (task_result_max_bytes)"
+
+
+async def test_a_task_cannot_write_what_only_the_node_writes(ctx: TaskContext) -> None:
+    error = await _afails(errno.EACCES, hostops.obj_put(ctx, "results/other", b"forged"))
+    assert str(error) == "'results/other' is written only by the node"
+    assert await hostops.obj_list(ctx, "results/") == []
+
+
+def test_a_store_failure_is_eio_and_logged_with_its_cause() -> None:
+    from loguru import logger
+
+    from spear.errors import SpearError
+
+    logged: list[str] = []
+    sink = logger.add(
+        lambda m: logged.append(f"{m.record['level'].name} {m}"),
+        format="{message}",
+        level="INFO",
+        filter="spear",
+    )
+    logger.enable("spear")  # (spear's log is off as a library: on for this test only)
+    try:
+        error = hostops.translate(SpearError("the disk broke"))
+    finally:
+        logger.disable("spear")
+        logger.remove(sink)
+    assert (error.errno, str(error)) == (errno.EIO, "the disk broke")
+    assert logged == ["WARNING a host operation failed: the disk broke\n"]
+
+
+# -- namespaces: a task sees its own keys -------------------------------------------------
+
+
+async def test_a_namespaced_task_sees_its_keys_as_it_named_them(store: ObjectStore) -> None:
+    ctx = _context(NodeServices(objects=store))
+    ctx = dataclasses.replace(
+        ctx, task=Task(id="t1", spec=FunctionSpec("x.wasm", namespace="team-a"))
+    )
+    plain = _context(NodeServices(objects=store))
+    await hostops.obj_put(ctx, "k", b"theirs")
+    await hostops.obj_put(plain, "k", b"ours")
+    info = await hostops.obj_info(ctx, "k")
+    assert (info.key, info.size) == ("k", 6)
+    assert [(i.key, i.size) for i in await hostops.obj_list(ctx)] == [("k", 6)]
+    assert (await hostops.obj_info(plain, "k")).key == "k"
+    assert [i.key for i in await hostops.obj_list(plain)] == ["k"]  # not team-a's
+    assert (await store.info("@ns/team-a/k")).size == 6
