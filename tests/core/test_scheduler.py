@@ -17,7 +17,7 @@ import pytest
 import wasmtime
 from wat_tasks import exits, hello
 
-from spear import FunctionSpec, LocalNode, Resources, TaskState
+from spear import FunctionSpec, LocalNode, Resources, Runtime, TaskState
 from spear.core.cluster import INPUTS_LABEL, AgentInfo, NodeRecord
 from spear.core.forwarding import BatchAnswer, Forwarded
 from spear.core.scheduler import Scheduler, owner_of
@@ -666,3 +666,115 @@ async def test_an_exit_code_reaches_the_sms_for_a_local_task(tmp_path: Path) -> 
         task = await a.submit(FunctionSpec(str(exits(world.tmp_path, 3))))
         done = await a.node.controller.wait(task.id)
         assert (done.state, done.exit_code) == (TaskState.FAILED, 3)
+
+
+# -- more exact rules (mutation survivors) -------------------------------------------------
+
+
+async def test_an_adopted_task_gets_its_stdin_and_keeps_its_attempts(tmp_path: Path) -> None:
+    script = tmp_path / "cat.sh"
+    script.write_text("#!/bin/sh\ncat\n")
+    script.chmod(0o755)
+    async with _world(tmp_path) as world:
+        a = await world.node("a", 1)
+        b = await world.node("b", 1)
+        spec = FunctionSpec(str(script), runtime=Runtime.PROCESS)
+        task = dataclasses.replace(a.new_task(spec), attempts=1)
+        adopted = await b.adopt(task, spec, b"from the caller\n")
+        assert adopted.attempts == 1  # its attempts go on (core/retries.py)
+        done = await b.node.controller.wait(adopted.id)
+        assert done.state is TaskState.COMPLETED
+        assert await b.node.logs_of(done.id) == b"from the caller\n"
+
+
+class Gate:
+    """Holds the forward to one node until opened (a placement caught in the middle)."""
+
+    def __init__(self, forwarder: Loopback, node: str) -> None:
+        self.entered = anyio.Event()
+        self.open = anyio.Event()
+        inner = forwarder.forward_batch
+
+        async def held(node_: NodeRecord, tasks: Any, **kw: Any) -> BatchAnswer:
+            if node_.name == node:
+                self.entered.set()
+                await self.open.wait()
+            return await inner(node_, tasks, **kw)
+
+        forwarder.forward_batch = held  # type: ignore[method-assign]
+
+
+async def test_a_cancel_during_the_heads_placement_waits_for_its_outcome(
+    tmp_path: Path,
+) -> None:
+    async with _world(tmp_path) as world:
+        a = await world.node("a", 1)
+        b = await world.node("b", 1)
+        await world.occupy("a", 1)
+        b_blockers = await world.occupy("b", 1)
+        await world.register("b")
+        await a.refresh_view()
+        task = await a.submit(FunctionSpec(world.hello))
+        assert a.queued == 1
+        gate = Gate(world.forwarder, "b")
+        await b.node.controller.cancel(b_blockers[0].id)
+        await world.register("b")  # b has room again, as the SMS hears it
+        answers: list[Task | None] = []
+        with anyio.fail_after(20):
+            async with anyio.create_task_group() as tg:
+                await tg.start(a.run)
+                a._wake.set()  # (room elsewhere: look again now)
+                await gate.entered.wait()  # the head is being forwarded to b
+
+                async def cancel() -> None:
+                    answers.append(await a.cancel(task.id, "too late"))
+
+                tg.start_soon(cancel)
+                await anyio.sleep(0.05)
+                assert answers == []  # the cancel waits for the placement's outcome
+                gate.open.set()
+                await _until(lambda: _true(bool(answers)))
+                tg.cancel_scope.cancel()
+        assert answers == [None]  # placed meanwhile: no longer queued here
+        assert a.queued == 0 and a.forwarded_to[task.id].name == "b"
+        assert (await b.node.controller.wait(task.id)).state is TaskState.COMPLETED
+
+
+async def _true(value: bool) -> bool:
+    return value
+
+
+async def test_a_view_that_cannot_be_refreshed_is_kept_and_the_reason_logged(
+    tmp_path: Path,
+) -> None:
+    import socket
+
+    from loguru import logger
+
+    from spear.transport.sms_client import SmsClient
+
+    async with _world(tmp_path) as world:
+        a = await world.node("a", 1)
+        await world.node("b", 1)
+        await a.refresh_view()
+        with socket.socket() as s:  # bound, never listening: connections are refused
+            s.bind(("127.0.0.1", 0))
+            address = f"127.0.0.1:{s.getsockname()[1]}"
+            async with SmsClient(address, timeout_s=1) as away:
+                a.cluster = away  # the SMS is away now
+                logged: list[str] = []
+                sink = logger.add(logged.append, level="DEBUG", format="{message}", filter="spear")
+                logger.enable("spear")
+                try:
+                    with anyio.fail_after(20):
+                        async with anyio.create_task_group() as tg:
+                            await tg.start(a.watch_cluster, 0.01)
+                            await _until(lambda: _true(len(logged) >= 2))
+                            tg.cancel_scope.cancel()
+                finally:
+                    logger.disable("spear")
+                    logger.remove(sink)
+        assert a.view.node("b") is not None  # the view it had
+        refused = [m for m in logged if m.startswith("cluster view not refreshed: ")]
+        assert len(refused) >= 2
+        assert all(f"cannot reach node SMS {address}" in m for m in refused)  # the reason
