@@ -16,7 +16,7 @@ import pytest
 import wasmtime
 from wat_tasks import exits, hello
 
-from spear import FunctionSpec, LocalNode, Resources, TaskState
+from spear import FunctionSpec, LocalNode, Resources, Runtime, TaskState
 from spear.core.models import Task, new_task_id
 from spear.core.tasks.running import STOPPED
 from spear.core.worker import EXIT_CANCELLED, EXIT_LOST
@@ -266,3 +266,70 @@ async def test_a_task_waiting_for_room_and_a_running_one_are_cancelled(
             assert await controller.wait(running.id) == stopped == await node.task(running.id)
             assert await controller.wait(waiting.id) == cancelled
         assert controller.free == controller.capacity and controller.waiting_count == 0
+
+
+# -- submit and retries: what is handed on --------------------------------------------------
+
+
+def _script(tmp_path: Path, name: str, body: str) -> str:
+    path = tmp_path / name
+    path.write_text("#!/bin/sh\n" + body + "\n")
+    path.chmod(0o755)
+    return str(path)
+
+
+async def test_a_submitted_task_gets_its_id_its_stdin_and_its_earlier_attempts(
+    tmp_path: Path,
+) -> None:
+    spec = FunctionSpec(_script(tmp_path, "cat.sh", "cat"), runtime=Runtime.PROCESS)
+    async with LocalNode(tmp_path / "home", node_name="n1") as node:
+        controller = node.controller
+        task_id = new_task_id()
+        earlier = Task(id=task_id, spec=spec, node="n0", attempts=1)
+        with anyio.fail_after(30):
+            task = await controller.submit(
+                spec, stdin=b"from the caller\n", task_id=task_id, previous=earlier
+            )
+            assert (task.id, task.node, task.attempts) == (task_id, "n1", 1)
+            done = await controller.wait(task_id)
+        assert (done.state, done.attempts) == (TaskState.COMPLETED, 1)
+        assert await node.logs_of(task_id) == b"from the caller\n"
+
+
+async def test_a_controller_not_started_says_so() -> None:
+    from spear.core.tasks import TaskController
+
+    controller = TaskController.__new__(TaskController)
+    controller._task_group = None
+    with pytest.raises(RuntimeError) as info:
+        await controller.submit(FunctionSpec("x.wasm"))
+    assert str(info.value) == "the task controller is not started"
+
+
+async def test_a_retried_failure_is_logged_and_kept_with_its_code_and_reason(
+    tmp_path: Path,
+) -> None:
+    from loguru import logger
+
+    spec = FunctionSpec(
+        _script(tmp_path, "three.sh", "echo out; exit 3"),
+        runtime=Runtime.PROCESS,
+        max_retries=1,
+        retry_on=("exit",),
+    )
+    logged: list[str] = []
+    sink = logger.add(logged.append, level="INFO", format="{message}", filter="spear")
+    logger.enable("spear")
+    try:
+        async with LocalNode(tmp_path / "home", node_name="n1") as node:
+            with anyio.fail_after(60):
+                done = await node.controller.run(spec)
+            assert (done.state, done.exit_code, done.attempts) == (TaskState.FAILED, 3, 1)
+            (attempt,) = done.attempt_log
+            assert (attempt.node, attempt.exit_code, attempt.reason) == ("n1", 3, "exit status 3")
+            assert await node.logs_of(done.id) == b"out\n"  # the last attempt's output alone
+    finally:
+        logger.disable("spear")
+        logger.remove(sink)
+    retried = [m for m in logged if "attempt" in m]
+    assert retried == [f"task {done.id} failed (exit status 3): attempt 2 of 2 here\n"]
