@@ -128,7 +128,7 @@ class World:
                 capacity=controller.capacity,
                 free=controller.free,
                 labels=scheduler.labels,
-                agents=(AgentInfo("wasm", "1"),),
+                agents=tuple(AgentInfo(runtime, "1") for runtime in scheduler.node.agents),
                 incarnation="1",
             )
         )
@@ -778,3 +778,133 @@ async def test_a_view_that_cannot_be_refreshed_is_kept_and_the_reason_logged(
         refused = [m for m in logged if m.startswith("cluster view not refreshed: ")]
         assert len(refused) >= 2
         assert all(f"cannot reach node SMS {address}" in m for m in refused)  # the reason
+
+
+def _cat(tmp_path: Path) -> FunctionSpec:
+    script = tmp_path / "cat.sh"
+    script.write_text("#!/bin/sh\ncat\n")
+    script.chmod(0o755)
+    return FunctionSpec(str(script), runtime=Runtime.PROCESS)
+
+
+async def test_stdin_goes_with_a_task_here_forwarded_and_queued(tmp_path: Path) -> None:
+    async with _world(tmp_path) as world:
+        a = await world.node("a", 1)
+        b = await world.node("b", 1)
+        await a.refresh_view()
+        spec = _cat(tmp_path)
+        with anyio.fail_after(30):
+            here = await a.submit(spec, stdin=b"here\n")
+            assert here.node == "a"
+            assert (await a.node.controller.wait(here.id)).state is TaskState.COMPLETED
+            await world.occupy("a", 1)
+            await _until(lambda: _not_free(a))
+            there = await a.submit(spec, stdin=b"there\n")
+            assert there.node == "b"
+            await world.occupy("b", 1)
+            await world.register("b")
+            await a.refresh_view()
+            queued = await a.submit(spec, stdin=b"queued\n")
+            assert a.queued == 1
+            await b.node.controller.cancel_all("room for the queued one")
+            await world.register("b")
+            async with anyio.create_task_group() as tg:
+                await tg.start(a.run)
+                a._wake.set()
+                await _until(lambda: _true(a.queued == 0))
+                tg.cancel_scope.cancel()
+            assert (await a.node.controller.wait(here.id)).state is TaskState.COMPLETED
+            assert await a.node.logs_of(here.id) == b"here\n"
+            assert (await b.node.controller.wait(there.id)).state is TaskState.COMPLETED
+            assert await b.node.logs_of(there.id) == b"there\n"
+            assert (await b.node.controller.wait(queued.id)).state is TaskState.COMPLETED
+            assert await b.node.logs_of(queued.id) == b"queued\n"
+
+
+async def test_a_refused_task_is_reported_failed_with_the_receivers_reason(
+    tmp_path: Path,
+) -> None:
+    async with _world(tmp_path) as world:
+        a = await world.node("a", 1)
+        await world.node("b", 1, ZONE_X)
+        await a.refresh_view()
+        junk = world.tmp_path / "junk.wasm"
+        junk.write_bytes(b"not wasm")
+        with pytest.raises(SpearError) as info:
+            await a.submit(FunctionSpec(str(junk), labels=ZONE_X))
+        (_, (task_id,)), *_ = world.forwarder.calls
+        record = await world.sms.task(task_id)
+        assert (record.state, record.reason, record.exit_code) == (
+            TaskState.FAILED,
+            str(info.value),
+            info.value.exit_code,
+        )
+
+
+async def test_forwarding_failures_and_refusals_are_logged(tmp_path: Path) -> None:
+    from loguru import logger
+
+    async with _world(tmp_path) as world:
+        a = await world.node("a", 1)
+        await world.node("b", 3)
+        await world.node("c", 2)
+        await world.occupy("a", 1)
+        await a.refresh_view()
+        world.forwarder.down.add("b")
+        logged: list[str] = []
+        sink = logger.add(logged.append, level="DEBUG", format="{message}", filter="spear")
+        logger.enable("spear")
+        try:
+            first = await a.submit(FunctionSpec(world.hello))
+            await world.occupy("c", 2)  # full since the view saw it: it refuses
+            world.forwarder.down.clear()
+            second = await a.submit(FunctionSpec(world.hello))
+        finally:
+            logger.disable("spear")
+            logger.remove(sink)
+        assert first.node == "c" and second.state is TaskState.PENDING
+        assert f"forwarding {first.id} to b failed: node b does not answer\n" in logged
+        assert f"task {second.id} refused by c (no room): placing it again\n" in logged
+
+
+async def test_a_receiver_with_queued_work_refuses_forwarded_tasks_not_above_it(
+    tmp_path: Path,
+) -> None:
+    async with _world(tmp_path) as world:
+        b = await world.node("b", 2)
+        blockers = await world.occupy("b", 2)
+        await b.refresh_view()
+        await b.submit(FunctionSpec(world.hello, priority=1))  # waits in b's queue
+        await b.node.controller.cancel(blockers[0].id)
+        await _until(lambda: _free(b, SLOT))
+        same = b.accept_forwarded([FunctionSpec(world.hello, priority=1)])
+        assert same.taken == [False]
+        higher = b.accept_forwarded([FunctionSpec(world.hello, priority=2)])
+        assert higher.taken == [True]
+        b.settle_forwarded(higher)
+
+
+async def test_a_higher_priority_goes_before_every_lower_one_queued(tmp_path: Path) -> None:
+    async with _world(tmp_path) as world:
+        a = await world.node("a", 1)
+        await world.occupy("a", 1)
+        await a.refresh_view()
+        for name, priority in [("a0", 0), ("b0", 0), ("c0", 0), ("d5", 5), ("e3", 3)]:
+            await a.submit(FunctionSpec(world.hello, priority=priority), task_id=name)
+        assert [t.id for t in a.queued_tasks()] == ["d5", "e3", "a0", "b0", "c0"]
+
+
+async def test_no_room_anywhere_is_learnt_from_the_view_without_asking_the_sms(
+    tmp_path: Path,
+) -> None:
+    async with _world(tmp_path) as world:
+        a = await world.node("a", 1)
+        await world.node("b", 1)
+        await world.occupy("a", 1)
+        await world.occupy("b", 1)
+        await world.register("b")
+        await a.refresh_view()
+        asked = sum(world.sms.stats.placement.counts)
+        task = await a.submit(FunctionSpec(world.hello))
+        assert task.state is TaskState.PENDING and a.queued == 1
+        assert sum(world.sms.stats.placement.counts) == asked  # no FindNodes
