@@ -908,3 +908,47 @@ async def test_no_room_anywhere_is_learnt_from_the_view_without_asking_the_sms(
         task = await a.submit(FunctionSpec(world.hello))
         assert task.state is TaskState.PENDING and a.queued == 1
         assert sum(world.sms.stats.placement.counts) == asked  # no FindNodes
+
+
+async def test_a_queued_task_that_cannot_start_fails_and_the_queue_moves_on(
+    tmp_path: Path,
+) -> None:
+    from loguru import logger
+
+    async with _world(tmp_path) as world:
+        a = await world.node("a", 1)
+        blockers = await world.occupy("a", 1)
+        await a.refresh_view()
+        junk = world.tmp_path / "junk.wasm"
+        junk.write_bytes(b"not wasm")
+        bad = await a.submit(FunctionSpec(str(junk)))  # checked only once it is placed
+        good = await a.submit(FunctionSpec(world.hello))
+        assert [t.id for t in a.queued_tasks()] == [bad.id, good.id]
+        logged: list[str] = []
+        sink = logger.add(logged.append, level="WARNING", format="{message}", filter="spear")
+        logger.enable("spear")
+        try:
+            with anyio.fail_after(30):
+                async with anyio.create_task_group() as tg:
+                    await tg.start(a.run)
+                    await a.node.controller.cancel(blockers[0].id)
+                    await _until(lambda: _true(a.queued == 0))
+                    tg.cancel_scope.cancel()
+                done = await a.node.controller.wait(good.id)
+        finally:
+            logger.disable("spear")
+            logger.remove(sink)
+        assert done.state is TaskState.COMPLETED
+        assert (await a.node.task(bad.id)).state is TaskState.FAILED
+        assert [d.how for d in a.decisions if d.task.id == good.id] == ["queued", "local"]
+        assert [d.node for d in a.decisions if d.task.id == good.id] == ["a", "a"]
+        assert any(m.startswith(f"queued task {bad.id} could not start: ") for m in logged)
+
+
+async def test_a_new_task_is_made_pending_here_now(tmp_path: Path) -> None:
+    async with _world(tmp_path) as world:
+        a = await world.node("a", 1)
+        task = a.new_task(FunctionSpec(world.hello))
+        ((state, at),) = task.history
+        assert (state, task.node, task.state) == ("PENDING", "a", TaskState.PENDING)
+        assert task.created_at == at and at > 1_700_000_000
