@@ -333,3 +333,28 @@ async def test_a_retried_failure_is_logged_and_kept_with_its_code_and_reason(
         logger.remove(sink)
     retried = [m for m in logged if "attempt" in m]
     assert retried == [f"task {done.id} failed (exit status 3): attempt 2 of 2 here\n"]
+
+
+async def test_run_hands_on_stdin_tees_both_streams_and_tells_the_caller_the_id(
+    tmp_path: Path,
+) -> None:
+    spec = FunctionSpec(_script(tmp_path, "both.sh", "cat; echo err >&2"), runtime=Runtime.PROCESS)
+    out: list[bytes] = []
+    err: list[bytes] = []
+    created: list[Task] = []
+    async with LocalNode(tmp_path / "home") as node:
+        with anyio.fail_after(30):
+            done = await node.controller.run(
+                spec,
+                stdin=b"in\n",
+                tee_stdout=out.append,
+                tee_stderr=err.append,
+                on_created=created.append,
+            )
+        assert done.state is TaskState.COMPLETED
+        assert (b"".join(out), b"".join(err)) == (b"in\n", b"err\n")
+        assert [t.id for t in created] == [done.id]
+        # Admitted at once: recorded RUNNING from its creation (one write).
+        (_, pending_at), (running, running_at), _ = done.history
+        assert (running, running_at) == ("RUNNING", pending_at)
+        assert created[0].state is TaskState.RUNNING
