@@ -801,12 +801,14 @@ async def test_stdin_goes_with_a_task_here_forwarded_and_queued(tmp_path: Path) 
             await _until(lambda: _not_free(a))
             there = await a.submit(spec, stdin=b"there\n")
             assert there.node == "b"
-            await world.occupy("b", 1)
+            assert (await b.node.controller.wait(there.id)).state is TaskState.COMPLETED
+            b_blockers = await world.occupy("b", 1)
+            await _until(lambda: _not_free(b))
             await world.register("b")
             await a.refresh_view()
             queued = await a.submit(spec, stdin=b"queued\n")
             assert a.queued == 1
-            await b.node.controller.cancel_all("room for the queued one")
+            await b.node.controller.cancel(b_blockers[0].id)
             await world.register("b")
             async with anyio.create_task_group() as tg:
                 await tg.start(a.run)
