@@ -310,3 +310,8 @@ async def test_a_namespaced_task_sees_its_keys_as_it_named_them(store: ObjectSto
     assert (await hostops.obj_info(plain, "k")).key == "k"
     assert [i.key for i in await hostops.obj_list(plain)] == ["k"]  # not team-a's
     assert (await store.info("@ns/team-a/k")).size == 6
+
+
+async def test_a_reserved_key_is_einval_with_its_reason(ctx: TaskContext) -> None:
+    error = await _afails(errno.EINVAL, hostops.obj_get(ctx, "@ns/other/k"))
+    assert str(error) == "object keys starting with '@ns/' are reserved"
