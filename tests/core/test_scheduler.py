@@ -954,3 +954,66 @@ async def test_a_new_task_is_made_pending_here_now(tmp_path: Path) -> None:
         ((state, at),) = task.history
         assert (state, task.node, task.state) == ("PENDING", "a", TaskState.PENDING)
         assert task.created_at == at and at > 1_700_000_000
+
+
+async def test_with_the_sms_away_a_task_waits_in_the_queue_and_runs_once_it_is_back(
+    tmp_path: Path,
+) -> None:
+    import socket
+
+    from loguru import logger
+
+    from spear.transport.sms_client import SmsClient
+
+    async with _world(tmp_path) as world:
+        a = await world.node("a", 1)
+        blockers = await world.occupy("a", 1)
+        logged: list[str] = []
+        with socket.socket() as s:  # bound, never listening: connections are refused
+            s.bind(("127.0.0.1", 0))
+            async with SmsClient(f"127.0.0.1:{s.getsockname()[1]}", timeout_s=1) as away:
+                a.cluster = away  # never reached: the view is empty, the SMS away
+                sink = logger.add(logged.append, level="INFO", format="{message}", filter="spear")
+                logger.enable("spear")
+                try:
+                    task = await a.submit(_cat(tmp_path), stdin=b"kept\n")
+                finally:
+                    logger.disable("spear")
+                    logger.remove(sink)
+        assert task.state is TaskState.PENDING and a.queued_task(task.id) == task
+        assert [(d.task.id, d.how, d.node) for d in a.decisions] == [(task.id, "queued", "a")]
+        assert any(m.startswith(f"task {task.id} waits for the SMS: ") for m in logged)
+        a.cluster = world.sms  # back
+        with anyio.fail_after(30):
+            async with anyio.create_task_group() as tg:
+                await tg.start(a.run)
+                await a.node.controller.cancel(blockers[0].id)
+                await _until(lambda: _true(a.queued == 0))
+                tg.cancel_scope.cancel()
+            done = await a.node.controller.wait(task.id)
+        assert done.state is TaskState.COMPLETED
+        assert await a.node.logs_of(task.id) == b"kept\n"
+
+
+async def test_each_decision_is_logged_with_its_task_and_node(tmp_path: Path) -> None:
+    from loguru import logger
+
+    async with _world(tmp_path) as world:
+        a = await world.node("a", 1)
+        assert (a.max_queued, a.max_hops) == (10_000, 3)  # as the world made it
+        default = Scheduler(a.node, world.sms, world.forwarder, (), 1.0)
+        assert (default.max_queued, default.max_hops) == (10_000, 3)  # the defaults
+        records: list[tuple[str, Any]] = []
+        sink = logger.add(
+            lambda m: records.append((str(m), m.record["extra"].get("task_id"))),
+            level="DEBUG",
+            format="{message}",
+            filter="spear.core.scheduler",
+        )
+        logger.enable("spear")
+        try:
+            task = await a.submit(FunctionSpec(world.hello))
+        finally:
+            logger.disable("spear")
+            logger.remove(sink)
+        assert (f"task {task.id}: local (a)\n", task.id) in records
