@@ -358,3 +358,27 @@ async def test_run_hands_on_stdin_tees_both_streams_and_tells_the_caller_the_id(
         (_, pending_at), (running, running_at), _ = done.history
         assert (running, running_at) == ("RUNNING", pending_at)
         assert created[0].state is TaskState.RUNNING
+
+
+async def test_a_wave_task_whose_program_is_gone_fails_and_the_rest_still_run(
+    tmp_path: Path,
+) -> None:
+    gone = _script(tmp_path, "gone.sh", "echo never")
+    first = _script(tmp_path, "first.sh", f"rm {gone}; echo first")
+    last = _script(tmp_path, "last.sh", "echo last")
+    specs = [  # the first takes the whole node: the other two run in the next wave
+        FunctionSpec(first, runtime=Runtime.PROCESS, resources=Resources(200)),
+        FunctionSpec(gone, runtime=Runtime.PROCESS),
+        FunctionSpec(last, runtime=Runtime.PROCESS),
+    ]
+    async with LocalNode(tmp_path / "home", cpu_millis=200) as node:
+        with anyio.fail_after(30):
+            done = await node.controller.run_many(specs)
+        assert [(t.state, t.exit_code) for t in done] == [
+            (TaskState.COMPLETED, 0),
+            (TaskState.FAILED, 127),
+            (TaskState.COMPLETED, 0),
+        ]
+        assert done[1].reason == f"cannot execute {gone}: No such file or directory"
+        assert await node.logs_of(done[2].id) == b"last\n"
+        assert node.controller.free == node.controller.capacity
