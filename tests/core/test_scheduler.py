@@ -14,7 +14,6 @@ from typing import TYPE_CHECKING, Any
 
 import anyio
 import pytest
-import wasmtime
 from wat_tasks import exits, hello
 
 from spear import FunctionSpec, LocalNode, Resources, Runtime, TaskState
@@ -31,7 +30,6 @@ if TYPE_CHECKING:
 
     from spear.core.models import Task
 
-LOOP_WAT = '(module (memory (export "memory") 1) (func (export "_start") (loop (br 0))))'
 SLOT = 100  # millicores: a task's default reservation
 ZONE_X = (("zone", "x"),)
 
@@ -88,8 +86,12 @@ class World:
         self.forwarder = Loopback()
         self.nodes: dict[str, Scheduler] = {}
         self.hello = str(hello(tmp_path))
-        self.loop = str(tmp_path / "loop.wasm")
-        (tmp_path / "loop.wasm").write_bytes(wasmtime.wat2wasm(LOOP_WAT))
+        # A blocker that holds its slot without using this process's CPU (a spinning guest
+        # would use up the CPU time a mutation run allows each mutant); a cancel kills it.
+        script = tmp_path / "sleeper.sh"
+        script.write_text("#!/bin/sh\nexec sleep 3600\n")
+        script.chmod(0o755)
+        self.sleeper = FunctionSpec(str(script), runtime=Runtime.PROCESS)
 
     async def node(
         self,
@@ -136,7 +138,7 @@ class World:
     async def occupy(self, name: str, slots: int) -> list[Task]:
         """Fill `slots` of a node with tasks that run until cancelled."""
         controller = self.nodes[name].node.controller
-        return [await controller.submit(FunctionSpec(self.loop)) for _ in range(slots)]
+        return [await controller.submit(self.sleeper) for _ in range(slots)]
 
 
 @contextlib.asynccontextmanager
@@ -151,7 +153,7 @@ async def _world(tmp_path: Path) -> AsyncIterator[World]:
         await kv.aclose()
 
 
-async def _until(check: Any, seconds: float = 20.0) -> None:
+async def _until(check: Any, seconds: float = 10.0) -> None:
     with anyio.fail_after(seconds):
         while not await check():
             await anyio.sleep(0.01)
