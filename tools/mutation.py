@@ -68,7 +68,9 @@ TARGETS = (
     Target(
         "scheduler",
         ("spear/core/scheduler.py",),
-        (_T + "core/test_scheduler.py", _T + "core/test_sms.py"),
+        # (Not tests/cluster/test_placement.py: its tests marked KNOWN_HANG hang about one
+        # run in 30 on their own, which a mutation run reads as the mutant's timeout.)
+        (_T + "core/test_scheduler.py",),
     ),
     Target(
         "sms", ("spear/core/sms.py",), (_T + "core/test_sms.py", _T + "cluster/test_membership.py")
@@ -88,6 +90,7 @@ TARGETS = (
         (
             _T + "runtimes/test_hostcalls_ops.py",
             _T + "runtimes/test_hostops_rules.py",
+            _T + "runtimes/test_hostops_edges.py",
             _T + "runtimes/test_hostcalls_objects.py",
             _T + "runtimes/test_hostcalls_streams.py",
             _T + "runtimes/test_hostcalls_buffers.py",
@@ -101,6 +104,17 @@ TARGETS = (
             _T + "core/test_task_store.py",
             _T + "core/test_task_codec.py",
             _T + "core/test_run_many.py",
+        ),
+    ),
+    Target(
+        "controller",
+        ("spear/core/tasks/controller.py",),
+        (
+            _T + "core/test_controller_rules.py",
+            _T + "test_local_node.py",
+            _T + "core/test_run_many.py",
+            _T + "core/test_finished_hooks.py",
+            _T + "core/test_retries.py",
         ),
     ),
     Target("admission", ("spear/core/tasks/admission.py",), (_T + "core/test_admission.py",)),

@@ -9,9 +9,11 @@ test_hostcalls_ops.py.
 from __future__ import annotations
 
 import errno
+import threading
 import time
 from typing import TYPE_CHECKING, Any
 
+import anyio
 import pytest
 
 from spear import FunctionSpec, Task
@@ -32,6 +34,30 @@ POLLERR, POLLHUP = 0x8, 0x10
 class Logged(list[tuple[str, str]]):
     def __call__(self, level: str, message: str) -> None:
         self.append((level, message))
+
+
+BOUND_S = 10.0  # far above any wait here, far below a test's time limit
+
+
+def _bounded(call: Callable[[], Any]) -> Any:
+    """`call()` on a daemon thread: its result or its exception, or an assertion failure
+    if it still runs after BOUND_S (a wait made endless by a bug)."""
+    outcome: list[tuple[bool, Any]] = []
+
+    def run() -> None:
+        try:
+            outcome.append((True, call()))
+        except BaseException as exc:  # handed to the test's thread
+            outcome.append((False, exc))
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    thread.join(BOUND_S)
+    assert not thread.is_alive(), f"still waiting after {BOUND_S} s"
+    ok, value = outcome[0]
+    if not ok:
+        raise value
+    return value
 
 
 def _context(services: NodeServices, deadline: float | None = None) -> TaskContext:
@@ -56,13 +82,14 @@ async def ctx(tmp_path: Path) -> AsyncIterator[TaskContext]:
 
 def _fails(err: int, call: Callable[[], Any]) -> HostError:
     with pytest.raises(HostError) as info:
-        call()
+        _bounded(call)
     assert info.value.errno == err, (errno.errorcode[info.value.errno], info.value)
     return info.value
 
 
 async def _afails(err: int, call: Any) -> HostError:
-    with pytest.raises(HostError) as info:
+    # Bounded: a wait that a wrong deadline rule makes endless fails here by assertion.
+    with pytest.raises(HostError) as info, anyio.fail_after(BOUND_S):
         await call
     assert info.value.errno == err, (errno.errorcode[info.value.errno], info.value)
     return info.value

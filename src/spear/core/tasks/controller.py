@@ -273,8 +273,10 @@ class TaskController:
             while True:  # once, and again for each retry its spec allows (retries.py)
                 if not admitted:
                     try:
-                        await self._admission.acquire(task.spec.resources)
-                        admitted = True
+                        with anyio.CancelScope() as run.waiting:  # (a cancel ends the wait)
+                            await self._admission.acquire(task.spec.resources)
+                            admitted = True
+                        run.waiting = None
                     except ResourceExhausted as exc:
                         final = await self.store.transition(
                             task.id, TaskState.FAILED, reason=str(exc), exit_code=exc.exit_code

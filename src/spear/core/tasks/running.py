@@ -19,6 +19,8 @@ from spear.errors import ResourceExhausted, SpearError
 if TYPE_CHECKING:
     from collections.abc import Callable, Mapping, Sequence
 
+    import anyio
+
     from spear.core.logs import TaskLogs, TaskLogWriter
     from spear.core.models import Task
     from spear.core.tasks.admission import Admission
@@ -69,6 +71,7 @@ class Run:
     done: asyncio.Event = dataclasses.field(default_factory=asyncio.Event)
     execution: Execution | None = None  # once started: what `cancel` kills
     final: Task | None = None  # once its end is recorded
+    waiting: anyio.CancelScope | None = None  # while it waits for room: what cancel ends
 
 
 class RunningTasks:
@@ -209,5 +212,7 @@ class RunningTasks:
 
 def _interrupt(run: Run, reason: str) -> None:
     run.control.cancel(reason)
+    if run.waiting is not None:
+        run.waiting.cancel()
     if run.execution is not None:
         run.execution.kill(reason)
