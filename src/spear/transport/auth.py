@@ -120,6 +120,7 @@ POLICY: dict[str, Role] = {
         "RegisterNode Heartbeat DeregisterNode ReportTask ReportTasks PutObjectLocation"
         " RemoveObjectLocation VerifyToken TakeTaskSlot ReleaseTaskSlot",
     ),
+    **_table(_SMS, Role.NODE, "DeleteClusterTasks"),  # a member's deleted finished tasks
     **_table(_SMS, Role.READER, "LookupObject ListObjectRecords"),  # the object index
     **_table("/spear.v1.SpearletVectors/", Role.READER, "ReadVectors"),  # vector collections
     **_table("/spear.v1.SpearletVectors/", Role.SUBMITTER, "WriteVectors"),
