@@ -17,7 +17,7 @@ from spear.core.worker import NodeServices
 from spear.errors import SpearError, Unavailable
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+    from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
     from types import TracebackType
 
     from anyio.abc import TaskGroup
@@ -64,6 +64,9 @@ class Spearlet:
         self._stack: contextlib.AsyncExitStack | None = None
         self._tg: TaskGroup | None = None
         self._closers = closers or []
+        # On a cluster member: `await forget_tasks(ids)` deletes finished tasks' records at
+        # the SMS once this node deleted its own copies (core/retention.py); else None.
+        self.forget_tasks: Callable[[list[str]], Awaitable[object]] | None = None
         if self.services.tracing is not None:  # its last spans exported as the node stops
             shutdown = self.services.tracing.shutdown
             self._closers.insert(0, functools.partial(anyio.to_thread.run_sync, shutdown))

@@ -7,7 +7,8 @@ those beyond the newest `keep` finished ones. A node applies its configured poli
 `spear tasks rm` asks for either by hand (docs/security.md).
 
 A running or pending task is never deleted: cancel it first. Deleting is per node: a
-task's record, logs and result are where it ran.
+task's record, logs and result are where it ran; on a cluster member the SMS's record of
+each deleted task goes too (`Spearlet.forget_tasks`, core/sms_retention.py).
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import time
 from typing import TYPE_CHECKING
 
 from spear.core.namespaces import result_key
-from spear.errors import Conflict, InvalidArgument, NotFound
+from spear.errors import Conflict, InvalidArgument, NotFound, SpearError
 from spear.store.kv import Write
 
 if TYPE_CHECKING:
@@ -80,7 +81,22 @@ async def delete_tasks(node: Spearlet, tasks: Sequence[Task]) -> list[str]:
                 with contextlib.suppress(NotFound):
                     await store.delete(result_key(task.spec.namespace, task.id), force=True)
             gone.append(task.id)
+        await _forget_at_sms(node, [t.id for t in batch])
     return gone
+
+
+async def _forget_at_sms(node: Spearlet, task_ids: list[str]) -> None:
+    """On a cluster member, the SMS's records of the tasks deleted here go too, so no
+    member lists them any more (core/sms_retention.py)."""
+    forget = node.forget_tasks
+    if forget is None or not task_ids:
+        return
+    try:
+        await forget(task_ids)
+    except SpearError as exc:
+        raise type(exc)(
+            f"deleted {len(task_ids)} task(s) on this node, but the SMS still lists them: {exc}"
+        ) from exc
 
 
 async def delete_by_policy(

@@ -114,6 +114,8 @@ async def joined_cluster(
     controller = NodeController(cluster, lambda: describe_node(node, address), load, timings)
     reporter = TaskReporter(cluster, node.kv, node.tasks_store)
     controller.on_registered = reporter.resync
+    # (core/retention.py: an SMS client forgets the finished tasks deleted here)
+    node.forget_tasks = getattr(cluster, "delete_cluster_tasks", None)
     try:
         async with sharing_node_objects(api, address, controller), anyio.create_task_group() as tg:
             await tg.start(reporter.run)
@@ -128,6 +130,7 @@ async def joined_cluster(
                 with anyio.CancelScope(shield=True):
                     await controller.leave()
     finally:
+        node.forget_tasks = None
         await api.peers.aclose()
         await cluster.aclose()
 

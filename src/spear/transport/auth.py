@@ -16,6 +16,7 @@ the node's owner gets an admin token in `DATA/auth/owner.token`, which the CLI r
 
 from __future__ import annotations
 
+import contextlib
 import contextvars
 import dataclasses
 import enum
@@ -24,6 +25,7 @@ import hmac
 import os
 import secrets
 import time
+import weakref
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -120,6 +122,7 @@ POLICY: dict[str, Role] = {
         "RegisterNode Heartbeat DeregisterNode ReportTask ReportTasks PutObjectLocation"
         " RemoveObjectLocation VerifyToken TakeTaskSlot ReleaseTaskSlot",
     ),
+    **_table(_SMS, Role.NODE, "DeleteClusterTasks"),  # a member's deleted finished tasks
     **_table(_SMS, Role.READER, "LookupObject ListObjectRecords"),  # the object index
     **_table("/spear.v1.SpearletVectors/", Role.READER, "ReadVectors"),  # vector collections
     **_table("/spear.v1.SpearletVectors/", Role.SUBMITTER, "WriteVectors"),
@@ -336,8 +339,26 @@ def bearer(metadata: Mapping[str, Any]) -> str | None:
     return token.strip() if scheme.lower() == "bearer" and token else None
 
 
+# A connection's certificate name, read once: the certificate is fixed at the handshake
+# (TLS 1.3 has no renegotiation; the server refuses it on TLS 1.2, transport/tls.py), and
+# `getpeercert()` decodes the whole certificate each time (docs/security.md, the cost).
+_NAMES: weakref.WeakKeyDictionary[Any, str | None] = weakref.WeakKeyDictionary()
+
+
 def certificate_name(peer: Any) -> str | None:
     """The common name of a verified client certificate, if the caller presented one."""
+    transport = getattr(peer, "_transport", None)  # (grpclib's Peer: one per connection)
+    try:
+        return _NAMES[transport]
+    except (KeyError, TypeError):  # not seen yet, or no transport to remember it by
+        pass
+    name = _read_certificate_name(peer)
+    with contextlib.suppress(TypeError):
+        _NAMES[transport] = name
+    return name
+
+
+def _read_certificate_name(peer: Any) -> str | None:
     try:
         cert = peer.cert()
     except Exception:  # no TLS on this connection

@@ -313,6 +313,15 @@ class SmsClient(Cluster):
         req = v1.TaskSlotRequest(namespace=namespace, task_id=task_id)
         await self._call(lambda stub: stub.release_task_slot(req, **self._opts()))
 
+    async def delete_cluster_tasks(
+        self, task_ids: Sequence[str], namespace: str | None = None
+    ) -> list[str]:
+        """Forget finished tasks this node deleted (core/sms_retention.py); the ids
+        the SMS deleted."""
+        req = v1.DeleteClusterTasksRequest(task_ids=list(task_ids), namespace=namespace or "")
+        resp = await self._call(lambda stub: stub.delete_cluster_tasks(req, **self._opts()))
+        return list(resp.task_ids)
+
     async def aclose(self) -> None:
         channels, self._channels = self._channels, {}
         for channel, _ in channels.values():

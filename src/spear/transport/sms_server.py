@@ -159,6 +159,20 @@ class MetadataService(ObjectIndexService, v1.MetadataServerBase):
     async def verify_token(self, message: v1.VerifyTokenRequest) -> v1.VerifyTokenResponse:
         return verify_at_sms(self.tokens, message.token)
 
+    async def delete_cluster_tasks(
+        self, message: v1.DeleteClusterTasksRequest
+    ) -> v1.DeleteClusterTasksResponse:
+        from spear.core.sms_retention import delete_finished_records
+
+        self.sms.leadership.require()  # writes go to the leader only
+        principal = current_principal.get()
+        node = principal.name if principal is not None and principal.via == "certificate" else None
+        namespace = check_name(message.namespace) if message.namespace else None
+        gone = await delete_finished_records(
+            self.sms.kv, list(message.task_ids), namespace=namespace, node=node
+        )
+        return v1.DeleteClusterTasksResponse(task_ids=gone)
+
 
 class SmsServer(GrpcServer):
     """spear.v1.MetadataServer and health on one port."""

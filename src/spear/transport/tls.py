@@ -195,6 +195,7 @@ class TlsFiles:
         ctx.minimum_version = ssl.TLSVersion.TLSv1_2
         ctx.set_ciphers(_CIPHERS)
         ctx.verify_mode = ssl.CERT_OPTIONAL
+        ctx.options |= ssl.OP_NO_RENEGOTIATION  # a connection's certificate never changes
         ctx.load_verify_locations(self.directory / CA_CERT)
         ctx.load_cert_chain(self.directory / NODE_CERT, self.directory / NODE_KEY)
         ctx.set_alpn_protocols(["h2"])

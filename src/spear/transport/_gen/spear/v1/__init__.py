@@ -15,6 +15,8 @@ __all__ = (
     "ChangeObjectResponse",
     "CollectObjectsRequest",
     "CommitObjectRequest",
+    "DeleteClusterTasksRequest",
+    "DeleteClusterTasksResponse",
     "DeleteObjectResponse",
     "DeleteTasksRequest",
     "DeleteTasksResponse",
@@ -363,6 +365,38 @@ class CommitObjectRequest(betterproto2.Message):
 
 
 default_message_pool.register_message("spear.v1", "CommitObjectRequest", CommitObjectRequest)
+
+
+@dataclass(eq=False, repr=False)
+class DeleteClusterTasksRequest(betterproto2.Message):
+    """
+    MetadataServer.DeleteClusterTasks: the records of these finished tasks (ids as stored).
+    """
+
+    task_ids: "list[str]" = betterproto2.field(1, betterproto2.TYPE_STRING, repeated=True)
+
+    namespace: "str" = betterproto2.field(2, betterproto2.TYPE_STRING)
+    """
+    empty: any namespace (a node's own retention policy)
+    """
+
+
+default_message_pool.register_message(
+    "spear.v1", "DeleteClusterTasksRequest", DeleteClusterTasksRequest
+)
+
+
+@dataclass(eq=False, repr=False)
+class DeleteClusterTasksResponse(betterproto2.Message):
+    task_ids: "list[str]" = betterproto2.field(1, betterproto2.TYPE_STRING, repeated=True)
+    """
+    the records deleted (an unknown id is skipped)
+    """
+
+
+default_message_pool.register_message(
+    "spear.v1", "DeleteClusterTasksResponse", DeleteClusterTasksResponse
+)
 
 
 @dataclass(eq=False, repr=False)
@@ -2019,6 +2053,28 @@ class MetadataServerStub(betterproto2_grpclib.ServiceStub):
             metadata=metadata,
         )
 
+    async def delete_cluster_tasks(
+        self,
+        message: "DeleteClusterTasksRequest",
+        *,
+        timeout: "float | None" = None,
+        deadline: "Deadline | None" = None,
+        metadata: "MetadataLike | None" = None,
+    ) -> "DeleteClusterTasksResponse":
+        """
+        A member deleted finished tasks it ran (`spear delete`, retention): their records
+        here go too. Only finished tasks of `namespace` that ran on the caller.
+        """
+
+        return await self._unary_unary(
+            "/spear.v1.MetadataServer/DeleteClusterTasks",
+            message,
+            DeleteClusterTasksResponse,
+            timeout=timeout,
+            deadline=deadline,
+            metadata=metadata,
+        )
+
 
 class SpearletStub(betterproto2_grpclib.ServiceStub):
     async def submit_task(
@@ -2714,6 +2770,16 @@ class MetadataServerBase(betterproto2_grpclib.ServiceBase):
 
         raise grpclib.GRPCError(grpclib.const.Status.UNIMPLEMENTED)
 
+    async def delete_cluster_tasks(
+        self, message: "DeleteClusterTasksRequest"
+    ) -> "DeleteClusterTasksResponse":
+        """
+        A member deleted finished tasks it ran (`spear delete`, retention): their records
+        here go too. Only finished tasks of `namespace` that ran on the caller.
+        """
+
+        raise grpclib.GRPCError(grpclib.const.Status.UNIMPLEMENTED)
+
     async def __rpc_register_node(
         self, stream: "grpclib.server.Stream[RegisterNodeRequest, NodeRecord]"
     ) -> None:
@@ -2899,6 +2965,14 @@ class MetadataServerBase(betterproto2_grpclib.ServiceBase):
         response = await self.release_task_slot(request)
         await stream.send_message(response)
 
+    async def __rpc_delete_cluster_tasks(
+        self, stream: "grpclib.server.Stream[DeleteClusterTasksRequest, DeleteClusterTasksResponse]"
+    ) -> None:
+        request = await stream.recv_message()
+        assert request is not None
+        response = await self.delete_cluster_tasks(request)
+        await stream.send_message(response)
+
     def __mapping__(self) -> "dict[str, grpclib.const.Handler]":
         return {
             "/spear.v1.MetadataServer/RegisterNode": grpclib.const.Handler(
@@ -3038,6 +3112,12 @@ class MetadataServerBase(betterproto2_grpclib.ServiceBase):
                 grpclib.const.Cardinality.UNARY_UNARY,
                 TaskSlotRequest,
                 TaskSlotResponse,
+            ),
+            "/spear.v1.MetadataServer/DeleteClusterTasks": grpclib.const.Handler(
+                self.__rpc_delete_cluster_tasks,
+                grpclib.const.Cardinality.UNARY_UNARY,
+                DeleteClusterTasksRequest,
+                DeleteClusterTasksResponse,
             ),
         }
 
