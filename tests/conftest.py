@@ -42,6 +42,20 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
             os._exit(_MUTMUT_TIMEOUT_EXIT)
 
 
+# Tests that run the local model (SmolLM2 through llama.cpp, in process or behind its own
+# server) take most of a core for seconds each, and a tool loop's sampled answers can take
+# minutes: they run in CI's second job (`-m "chaos or browser or model"`), with the other
+# slow suites, and the default run keeps its ten minutes.
+_MODEL_FIXTURES = {"gguf", "model_server", "local_model"}
+
+
+@pytest.hookimpl(tryfirst=True)  # (before `-m` deselects)
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if _MODEL_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.model)
+
+
 _BUILD_CACHE = Path(os.environ.get("SPEAR_TEST_BUILD_DIR", "/tmp/spear-test-build"))
 
 
