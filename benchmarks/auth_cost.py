@@ -43,25 +43,28 @@ BATCH = 200
 BATCHES = 3
 
 
-async def _one_by_one(client: Client, spec: FunctionSpec) -> list[float]:
+async def one_by_one(client: Client, spec: FunctionSpec, n: int = ONE_BY_ONE) -> list[float]:
+    """Latency samples of `n` calls, one at a time."""
     samples = []
-    for _ in range(ONE_BY_ONE):
+    for _ in range(n):
         t0 = time.perf_counter()
         await client.call(spec)
         samples.append(time.perf_counter() - t0)
     return samples
 
 
-async def _at_once(clients: list[Client], spec: FunctionSpec) -> float:
+async def at_once(clients: list[Client], spec: FunctionSpec, per_client: int = PER_CLIENT) -> float:
+    """Tasks/s of every client making `per_client` calls, all at once."""
+
     async def worker(c: Client) -> None:
-        for _ in range(PER_CLIENT):
+        for _ in range(per_client):
             await c.call(spec)
 
     t0 = time.perf_counter()
     async with anyio.create_task_group() as tg:
         for c in clients:
             tg.start_soon(worker, c)
-    return CLIENTS * PER_CLIENT / (time.perf_counter() - t0)
+    return len(clients) * per_client / (time.perf_counter() - t0)
 
 
 async def _batches(client: Client, spec: FunctionSpec) -> float:
@@ -107,8 +110,8 @@ async def measure(rounds: int) -> dict[str, Any]:
                     try:
                         for c in clients:
                             await c.call(spec)  # connected and warm
-                        latency[mode] += await _one_by_one(clients[0], spec)
-                        rates[mode].append(await _at_once(clients, spec))
+                        latency[mode] += await one_by_one(clients[0], spec)
+                        rates[mode].append(await at_once(clients, spec))
                         batches[mode].append(await _batches(clients[0], spec))
                     finally:
                         for c in clients:

@@ -15,7 +15,6 @@ import json
 import statistics
 import sys
 import tempfile
-import time
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +22,7 @@ import anyio
 import wasmtime
 from grpclib.protocol import H2Protocol
 
+from benchmarks.auth_cost import at_once, one_by_one
 from benchmarks.common import TRIVIAL_WAT, summarize
 from spear import FunctionSpec, LocalNode
 from spear.node.client import Client
@@ -62,20 +62,8 @@ async def measure(rounds: int) -> dict[str, Any]:
                     try:
                         for c in clients:
                             await c.call(spec)  # connected and warm
-                        for _ in range(ONE_BY_ONE):
-                            t0 = time.perf_counter()
-                            await clients[0].call(spec)
-                            latency[way].append(time.perf_counter() - t0)
-
-                        async def worker(c: Client) -> None:
-                            for _ in range(PER_CLIENT):
-                                await c.call(spec)
-
-                        t0 = time.perf_counter()
-                        async with anyio.create_task_group() as tg:
-                            for c in clients:
-                                tg.start_soon(worker, c)
-                        rates[way].append(CLIENTS * PER_CLIENT / (time.perf_counter() - t0))
+                        latency[way] += await one_by_one(clients[0], spec, ONE_BY_ONE)
+                        rates[way].append(await at_once(clients, spec, PER_CLIENT))
                     finally:
                         for c in clients:
                             await c.aclose()
