@@ -117,3 +117,45 @@ async def test_a_guest_spinning_inline_times_out_there(tmp_path: Path) -> None:
         # It ran inline and timed out there: not moved to a thread to time out later.
         assert after["inline"] == before["inline"] + 1, (before, after)
         assert after["moved"] == before["moved"] and after["thread"] == before["thread"]
+
+
+# Sleeps an hour through the `sleep` hostcall, then exits 3 at once: nothing in between
+# runs wasm code the epoch check could stop, so the exit itself tells how it ended.
+SLEEP_THEN_EXIT = """(module
+  (import "spear" "sleep" (func $sleep (param i64) (result i32)))
+  (import "wasi_snapshot_preview1" "proc_exit" (func $exit (param i32)))
+  (memory (export "memory") 1)
+  (func (export "_start")
+    (drop (call $sleep (i64.const 3600000000000)))
+    (call $exit (i32.const 3))))"""
+
+
+async def test_a_guest_that_exits_because_it_was_cancelled_is_cancelled(tmp_path: Path) -> None:
+    """A cancel ends the guest's hostcall (ECANCELED) and the guest exits non-zero before
+    the runtime's epoch check stops it: the task was cancelled, it did not fail."""
+    module = build_wat(SLEEP_THEN_EXIT, tmp_path, "sleep_exit")
+    async with LocalNode(tmp_path / "home") as node:
+        task = await node.submit(FunctionSpec(str(module)))
+        with anyio.fail_after(BOUND_S):
+            while (await node.task(task.id)).state is not TaskState.RUNNING:
+                await anyio.sleep(0.01)
+        await anyio.sleep(0.1)  # (into its sleep)
+        with anyio.fail_after(BOUND_S):
+            final = await node.cancel(task.id, "enough")
+        assert (final.state, final.reason, final.exit_code) == (
+            TaskState.CANCELLED,
+            "enough",
+            EXIT_CANCELLED,
+        )
+
+
+async def test_a_guest_that_exits_because_its_deadline_passed_timed_out(tmp_path: Path) -> None:
+    module = build_wat(SLEEP_THEN_EXIT, tmp_path, "sleep_exit")
+    async with LocalNode(tmp_path / "home") as node:
+        with anyio.fail_after(BOUND_S):
+            task = await node.run(FunctionSpec(str(module), timeout_s=0.2))
+        assert (task.state, task.reason, task.exit_code) == (
+            TaskState.FAILED,
+            "timeout",
+            EXIT_TIMEOUT,
+        )

@@ -589,6 +589,10 @@ class _WasmExecution(Execution):
                 code = exc.code
                 if code == 0:
                     outcome = _COMPLETED
+                elif (why := agent._deadline(key)) in ("cancelled", "timeout"):
+                    # It exited on its own, but because it was being stopped (a hostcall
+                    # it waited in answered ECANCELED) before the epoch check caught it.
+                    outcome = self._failure(exc, why)
                 else:
                     outcome = Outcome(TaskState.FAILED, code, f"exit status {code}")
             except (wasmtime.Trap, wasmtime.WasmtimeError) as exc:
