@@ -4,6 +4,7 @@ on a live node, under the same id, with the lost attempt in their record."""
 
 from __future__ import annotations
 
+import json
 import signal
 from typing import TYPE_CHECKING, Any
 
@@ -76,3 +77,59 @@ def test_a_key_names_one_task_across_nodes_and_submits_wait_for_the_sms(
     cluster.start_sms(listen=sms)
     assert_eventually(lambda: sms_state(sms, queued) is TaskState.RUNNING, timeout=20)
     assert sms_call(sms, "task", queued).node == "node-1"
+
+
+def _status(node: str, task_id: str) -> dict[str, Any]:
+    shown = spear("status", "--node", node, task_id, "--json")
+    assert shown.returncode == 0, shown.stderr
+    data: dict[str, Any] = json.loads(shown.stdout)
+    return data
+
+
+def test_a_restarted_node_runs_its_lost_task_again_over_its_own_record(
+    make_cluster: Any, loop_wasm: Path
+) -> None:
+    """A SIGKILLed node restarts and finds its task lost (its own record: FAILED 137); the
+    SMS places the retry on it again, the only node: the retry replaces that record."""
+    cluster = make_cluster(nodes=1)
+    sms = cluster.sms.address
+    victim = cluster.member("node-1")
+    task_id = submit(victim.address, loop_wasm, "--max-retries", "2")
+    assert_eventually(lambda: sms_state(sms, task_id) is TaskState.RUNNING)
+    cluster.stop_member(victim, signal.SIGKILL)
+    node = cluster.start_node(1).address
+
+    def running_again() -> bool:
+        task = sms_call(sms, "task", task_id)
+        assert task.state is not TaskState.FAILED, task.reason
+        return task.state is TaskState.RUNNING and task.attempts == 1
+
+    assert_eventually(running_again, timeout=20)
+    shown = _status(node, task_id)  # the node's own record: this attempt's
+    assert (shown["state"], shown["attempts"], shown["node"]) == ("RUNNING", 1, "node-1")
+    assert spear("stop", "--node", node, task_id).returncode == 0
+    assert_eventually(lambda: sms_state(sms, task_id) is TaskState.CANCELLED)
+
+
+def test_a_node_that_lost_a_task_says_where_it_went_on(make_cluster: Any, loop_wasm: Path) -> None:
+    """The node a task was lost on keeps a record of it (FAILED 137, found on restart);
+    asked about the task, it answers with the attempt running elsewhere, not that."""
+    cluster = make_cluster(nodes=2)
+    sms = cluster.sms.address
+    victim = cluster.member("node-1")
+    task_id = submit(victim.address, loop_wasm, "--max-retries", "2")
+    assert_eventually(lambda: sms_state(sms, task_id) is TaskState.RUNNING)
+    cluster.stop_member(victim, signal.SIGKILL)
+
+    def on_node2() -> bool:
+        task = sms_call(sms, "task", task_id)
+        return task.state is TaskState.RUNNING and task.node == "node-2"
+
+    assert_eventually(on_node2, timeout=20)
+    restarted = cluster.start_node(1).address
+    cluster.wait_registered()
+    shown = _status(restarted, task_id)
+    assert (shown["state"], shown["attempts"], shown["node"]) == ("RUNNING", 1, "node-2")
+    node2 = cluster.member("node-2").address
+    assert spear("stop", "--node", restarted, task_id).returncode == 0
+    assert_eventually(lambda: _status(node2, task_id)["state"] == "CANCELLED")

@@ -20,8 +20,9 @@ from typing import TYPE_CHECKING, Literal
 import anyio
 
 from spear._logging import logger
-from spear.core.models import TaskResult
+from spear.core.models import TaskResult, TaskState
 from spear.core.scheduler import owner_of
+from spear.core.worker import EXIT_LOST
 from spear.errors import NotFound, SpearError, Unavailable
 from spear.node.api import TaskHandle, read_own_stdin, run_attached
 
@@ -29,7 +30,7 @@ if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Callable, Sequence
 
     from spear.core.cluster import Cluster
-    from spear.core.models import FunctionSpec, LogChunk, NodeInfo, ObjectInfo, Task, TaskState
+    from spear.core.models import FunctionSpec, LogChunk, NodeInfo, ObjectInfo, Task
     from spear.core.node import Spearlet
     from spear.core.scheduler import Scheduler
     from spear.node.api import StreamingTask
@@ -38,6 +39,12 @@ if TYPE_CHECKING:
     from spear.node.peer import Peers
 
 _POLL_S = 0.05
+
+
+def _lost(task: Task) -> bool:
+    """Whether a node's record says the task was lost with its node or process: the
+    cluster may have run it again since, so the SMS's record says more."""
+    return task.state is TaskState.FAILED and task.exit_code == EXIT_LOST
 
 
 @dataclass(slots=True)
@@ -104,19 +111,40 @@ class ClusterNode:
 
     async def _where(self, task_id: str) -> _Where:
         try:  # (a prefix of one of this node's tasks; else the SMS resolves it)
-            return _Where("local", await self.local.task(task_id))
+            here = await self.local.task(task_id)
         except NotFound:
             pass
+        else:
+            moved_on = await self._moved_on(here) if _lost(here) else None
+            return moved_on or _Where("local", here)
         queued = self.scheduler.queued_task(task_id)
         if queued is not None:
             return _Where("queued", queued)
         sent = self.scheduler.forwarded_to.get(task_id)
-        if sent is not None:  # forwarded from here: tasks do not move once placed
+        if sent is not None:  # forwarded from here: it stays there, unless lost there
             return _Where("remote", None, self.peers.client(sent.address))
+        return await self._by_record(task_id)
+
+    async def _by_record(self, task_id: str) -> _Where:
+        """Where the SMS's record says the task is."""
         record, owner = await owner_of(self.cluster, task_id)
         if owner is None or owner.name == self.node.name or not owner.health.live:
             return _Where("record", record)
         return _Where("remote", record, self.peers.client(owner.address))
+
+    async def _moved_on(self, lost: Task) -> _Where | None:
+        """Where a task went on after a node recorded it `lost` (this node before a
+        restart, or the node it was forwarded to): the cluster may have run it again
+        elsewhere, or here (core/retries.py). None if the SMS knows no more than `lost`."""
+        self.scheduler.forwarded_to.pop(lost.id, None)
+        try:
+            where = await self._by_record(lost.id)
+        except SpearError:
+            return None
+        record = where.record
+        if record is None or (record.state.terminal and record.attempts <= lost.attempts):
+            return None
+        return where
 
     # -- tasks -----------------------------------------------------------------------
 
@@ -210,28 +238,39 @@ class ClusterNode:
         where = await self._where(task_id)
         if where.client is not None:
             try:
-                return await where.client.task(task_id)
+                answer = await where.client.task(task_id)
             except Unavailable as exc:
                 logger.debug("task {}: its node did not answer ({})", task_id, exc)
                 if where.record is None:  # known from forwarding it: ask the SMS now
                     self.scheduler.forwarded_to.pop(task_id, None)
                     return await self.task(task_id)
+            else:
+                moved_on = await self._moved_on(answer) if _lost(answer) else None
+                if moved_on is None:
+                    return answer
+                where = moved_on
+                if where.client is not None:  # (one more hop: no loop)
+                    with contextlib.suppress(Unavailable):
+                        return await where.client.task(task_id)
         assert where.record is not None
         return where.record
 
     async def wait(self, task_id: str) -> Task:
         while True:
             where = await self._where(task_id)
+            final = None
             if where.kind == "local":
-                return await self.local.wait(task_id)
-            if where.client is not None:
+                final = await self.local.wait(task_id)
+            elif where.client is not None:
                 try:
-                    return await where.client.wait(task_id)
+                    final = await where.client.wait(task_id)
                 except Unavailable:  # its node went away: the SMS will say how it ended
                     self.scheduler.forwarded_to.pop(task_id, None)
             elif where.kind == "record" and where.record is not None:
                 if where.record.state.terminal:
-                    return where.record
+                    final = where.record
+            if final is not None and (not _lost(final) or await self._moved_on(final) is None):
+                return final
             await anyio.sleep(_POLL_S)
 
     async def watch(self, task_id: str) -> AsyncIterator[Task]:

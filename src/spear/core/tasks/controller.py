@@ -135,6 +135,9 @@ class TaskController:
         if running:
             task = task.transition(TaskState.RUNNING, task.created_at)
         await self.store.create(task, fresh=task_id is None)
+        if task.attempts:  # (an earlier attempt may have run here: the result is this one's)
+            with contextlib.suppress(FileNotFoundError):
+                os.truncate(self._logs.path(task.id, "stdout"), 0)
         return task
 
     def _new_task(

@@ -85,9 +85,23 @@ class TaskStore:
         exists already, unless `fresh`: the id is a new one made here (`new_task_id`, see
         `create_wave`), written without reading it back first."""
         version = await self._kv.commit(_creation(task, fresh))
+        if version < 0 and task.attempts:
+            version = await self._over_earlier_attempt(task)
         if version < 0:
             raise InvalidArgument(f"task {task.id} exists already")
         self._remember(task, version)
+
+    async def _over_earlier_attempt(self, task: Task) -> int:
+        """`create` of a retried task over this node's finished record of an earlier
+        attempt of it (run here before a restart, found lost, then placed here again by
+        the cluster: core/retry_placement.py); -1 if the record here is not that."""
+        entry = await self._kv.get(_TASKS + task.id)
+        if entry is None:
+            return -1
+        earlier = decode_task(entry.value)
+        if not earlier.state.terminal or earlier.attempts >= task.attempts:
+            return -1
+        return await self._kv.commit(_creation(task, False, over=entry.version))
 
     async def create_wave(self, tasks: Sequence[Task]) -> str:
         """Record new tasks and one unfinished marker naming them all, in one atomic
@@ -275,13 +289,13 @@ class TaskStore:
 _OWNER: dict[str | None, bytes] = {}  # the unfinished marker's value, per node name
 
 
-def _creation(task: Task, fresh: bool) -> list[Write]:
-    """The writes that record a new task: its record (only if absent, unless `fresh`), its
-    marker."""
+def _creation(task: Task, fresh: bool, over: int = 0) -> list[Write]:
+    """The writes that record a new task: its record (only if absent, unless `fresh`; or
+    over the record at version `over`), its marker."""
     owner = _OWNER.get(task.node)
     if owner is None:
         owner = _OWNER[task.node] = orjson.dumps({**_SELF, "node": task.node})
-    record = Write(_TASKS + task.id, encode_task(task), None if fresh else 0)
+    record = Write(_TASKS + task.id, encode_task(task), None if fresh else over)
     return [record, Write(_ACTIVE + task.id, owner)]
 
 
