@@ -33,6 +33,7 @@ from typing import TYPE_CHECKING
 import anyio
 
 from spear._logging import logger
+from spear.core import task_inputs
 from spear.core.cluster import PlacementQuery, input_objects, selector_labels
 from spear.core.cluster_view import ClusterView, rank_candidates
 from spear.core.forwarding import Accepted
@@ -62,6 +63,7 @@ _FIRST_PAUSE_S = 0.01  # the first pause before a queue's head is tried again
 class _Queued:
     task: Task
     stdin: bytes | None
+    keep_input: bool = False  # its stdin is still to be kept at the SMS (task_inputs.py)
 
 
 @dataclass(frozen=True, slots=True)
@@ -216,6 +218,11 @@ class Scheduler:
     ) -> Task:
         """Place a new task: here, on another node, in the queue, or FAILED at once
         (`task_id`: under that id, node/idempotency.py)."""
+        if task_inputs.kept_for_retries(spec, stdin):  # (refused here if too big)
+            task_id = task_id or new_task_id()
+            queued = await self._keep_input(spec, stdin, task_id)
+            if queued is not None:
+                return queued
         if not self.waiting_before(spec.priority):
             here = await self._try_here(spec, stdin, task_id)
             if here is not None:
@@ -239,6 +246,24 @@ class Scheduler:
             if placed is not None:
                 return placed  # (the node running it reports it to the SMS)
         return await self.enqueue(task, stdin)
+
+    async def _keep_input(
+        self, spec: FunctionSpec, stdin: bytes | None, task_id: str
+    ) -> Task | None:
+        """Keep a retryable task's stdin at the SMS before it runs anywhere; while the
+        SMS is away the task waits in the queue (returned), its stdin kept when placed."""
+        assert stdin is not None
+        try:
+            await self.cluster.keep_task_input(task_id, stdin)
+            return None
+        except Unavailable as exc:
+            logger.info("task {} waits for the SMS to keep its stdin: {}", task_id, exc)
+        self._refuse_if_full()
+        task = self.new_task(spec, task_id)
+        self._insert(_Queued(task, stdin, keep_input=True))
+        self.note(task, "queued", self.node.name)
+        self._wake.set()
+        return task
 
     def _insert(self, item: _Queued) -> None:
         """Into the queue behind every task of its priority or higher (usually the end)."""
@@ -410,6 +435,12 @@ class Scheduler:
     @in_its_trace  # a queued task placed later stays in its trace (docs/observability.md)
     async def _place_head(self, head: _Queued) -> bool:
         spec = head.task.spec
+        if head.keep_input and head.stdin is not None:
+            try:
+                await self.cluster.keep_task_input(head.task.id, head.stdin)
+            except Unavailable:
+                return False  # the SMS is still away: the head waits
+            head.keep_input = False
         try:
             here = await self._try_here(spec, head.stdin, head.task.id)
         except SpearError as exc:  # e.g. a bad module: it fails, the queue moves on
