@@ -161,11 +161,17 @@ def test_a_retried_task_gets_its_stdin_again_on_another_node(
     assert_eventually(on_node2, timeout=20)
     node2 = cluster.member("node-2").address
 
+    seen: list[str] = []
+
     def printed() -> bool:
         logs = spear("logs", "--node", node2, task_id)
+        seen.append(f"{logs.returncode} {logs.stdout!r} {logs.stderr!r}")
         return logs.stdout == given.read_text()
 
-    assert_eventually(printed, timeout=20)
+    try:
+        assert_eventually(printed, timeout=20)
+    except AssertionError:
+        raise AssertionError(f"its output: {seen[-1]}; {sms_call(sms, 'task', task_id)}") from None
     assert spear("stop", "--node", node2, task_id).returncode == 0
 
 

@@ -150,6 +150,25 @@ async def test_a_kept_stdin_goes_with_the_retry_and_is_forgotten_once_it_ends(
     assert await task_inputs.kept(kv, kept.id) is None
 
 
+async def test_a_stdin_kept_before_its_task_is_reported_stays_a_while(
+    kv: KV,  # noqa: F811
+) -> None:
+    """The node keeps a task's stdin before the task runs and reports it: a look that
+    finds no record yet keeps it; one more look that still finds none forgets it."""
+    from spear.core import retry_placement, task_inputs
+
+    clock = Clock()
+    sms = MetadataServer(kv, TIMINGS, clock)
+    sms.retries = RetryPlacement(sms, Recorder(), clock)
+    await sms.keep_task_input("not-reported-yet", b"input")
+    for _ in range(retry_placement._FORGET_EVERY):
+        await sms.retries.place_due()
+    assert await task_inputs.kept(kv, "not-reported-yet") == b"input"
+    for _ in range(retry_placement._FORGET_EVERY):
+        await sms.retries.place_due()
+    assert await task_inputs.kept(kv, "not-reported-yet") is None
+
+
 def test_only_a_task_that_may_run_elsewhere_keeps_its_stdin_and_not_a_huge_one() -> None:
     import pytest
 

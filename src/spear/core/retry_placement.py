@@ -56,6 +56,9 @@ class RetryPlacement:
         self._clock = clock
         self.placed = 0  # tasks sent to a live node again (read by tests and benchmarks)
         self._sweeps = 0
+        # Kept stdin of tasks the SMS had no record of, at the last look and at this one.
+        self._unknown: set[str] = set()
+        self._seen_unknown: set[str] = set()
 
     def next_attempt(self, failed: Task) -> Task | None:
         """The record to write instead of `failed` (a task of a lost node, FAILED "node
@@ -79,7 +82,9 @@ class RetryPlacement:
         Now and then, the kept stdin of tasks that ended is forgotten."""
         self._sweeps += 1
         if self._sweeps % _FORGET_EVERY == 0:
+            self._seen_unknown = set()
             await task_inputs.forget_finished(self._sms.kv, self._finished)
+            self._unknown = self._seen_unknown
         now = self._clock()
         placed = 0
         for entry in await self._sms.kv.scan(_RETRY, limit=_BATCH):
@@ -101,10 +106,16 @@ class RetryPlacement:
         return placed
 
     async def _finished(self, task_id: str) -> bool:
+        """Whether the task of a kept stdin has ended. One with no record yet may not be
+        reported yet (its stdin is kept before it runs): gone only if still unknown at
+        the next look."""
         try:
             return (await self._sms.task(task_id)).state.terminal
         except NotFound:
-            return True
+            if task_id in self._unknown:
+                return True
+            self._seen_unknown.add(task_id)
+            return False
 
     async def _place(self, task_id: str) -> bool:
         """Send the task to a live node; False if none has room now (it stays queued)."""
