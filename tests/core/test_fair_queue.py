@@ -62,4 +62,4 @@ def test_a_removed_task_leaves_the_turns_of_the_rest() -> None:
     with pytest.raises(ValueError):
         queue.remove("a0")
     with pytest.raises(IndexError):
-        FairQueue[str]().head
+        _ = FairQueue[str]().head
