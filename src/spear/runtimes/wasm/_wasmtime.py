@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import array
 import ctypes
+import itertools
 from typing import TYPE_CHECKING, Any, cast
 
 import wasmtime
@@ -105,6 +106,16 @@ class WasiArgs:
         self._env = (len(env), names, values)
         self._keep = keep
 
+    def with_env(self, names: Sequence[bytes], values: Sequence[bytes]) -> WasiArgs:
+        """These arguments with an environment of UTF-8 `names` and `values` (no NUL in
+        any), made without encoding a string: an HTTP request's, per request."""
+        new = WasiArgs.__new__(WasiArgs)
+        keep: list[Any] = [self._keep]
+        new._argv = self._argv
+        new._env = (len(names), *_encoded_arrays(names, values, keep))
+        new._keep = keep
+        return new
+
 
 _CHAR_PP = ctypes.POINTER(ctypes.POINTER(ctypes.c_char))
 
@@ -130,6 +141,27 @@ def _char_arrays(lists: Sequence[Sequence[str]], keep: list[Any]) -> list[Any]:
         keep.extend((offsets, pointers))
         out.append(ctypes.cast(pointers, _CHAR_PP))
     return out
+
+
+_CHAR_P = ctypes.POINTER(ctypes.c_char)
+
+
+def _encoded_arrays(names: Sequence[bytes], values: Sequence[bytes], keep: list[Any]) -> Any:
+    """`names` and `values` as two C `char **` over one buffer: the addresses are sums
+    of lengths (`accumulate`), and the arrays are arrays of `char *`, which ctypes takes
+    for a `char **` without a cast."""
+    if not names:
+        return _CHAR_PP(), _CHAR_PP()
+    blob = ctypes.create_string_buffer(b"\0".join((*names, *values)))
+    keep.append(blob)
+    count = len(names)
+    starts = array.array(
+        "Q", itertools.accumulate([len(x) + 1 for x in (*names, *values)],
+                                  initial=ctypes.addressof(blob))
+    )  # fmt: skip
+    keep.append(starts)
+    array_type = _CHAR_P * count
+    return array_type.from_buffer(starts), array_type.from_buffer(starts, 8 * count)
 
 
 def set_wasi_args(wasi: wasmtime.WasiConfig, args: WasiArgs) -> bool:
