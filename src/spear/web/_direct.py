@@ -216,7 +216,7 @@ class DirectRunner:
         if not getattr(execution, "wasi_only", False):
             return None
         if env is not None:
-            execution.wasi_env = env  # type: ignore[attr-defined]
+            execution.wasi_env = env
         return execution, control
 
 
