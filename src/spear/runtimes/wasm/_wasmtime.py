@@ -148,20 +148,27 @@ _CHAR_P = ctypes.POINTER(ctypes.c_char)
 
 def _encoded_arrays(names: Sequence[bytes], values: Sequence[bytes], keep: list[Any]) -> Any:
     """`names` and `values` as two C `char **` over one buffer: the addresses are sums
-    of lengths (`accumulate`), and the arrays are arrays of `char *`, which ctypes takes
-    for a `char **` without a cast."""
-    if not names:
-        return _CHAR_PP(), _CHAR_PP()
-    blob = ctypes.create_string_buffer(b"\0".join((*names, *values)))
-    keep.append(blob)
+    of lengths (`accumulate`) in one array of `char *`, which ctypes takes for a `char **`
+    without a cast (its two halves, by address: `from_buffer` costs more)."""
     count = len(names)
+    if not count:
+        return _CHAR_PP(), _CHAR_PP()
+    items = (*names, *values)
+    blob = ctypes.create_string_buffer(b"\0".join(items))
     starts = array.array(
-        "Q", itertools.accumulate([len(x) + 1 for x in (*names, *values)],
-                                  initial=ctypes.addressof(blob))
-    )  # fmt: skip
-    keep.append(starts)
-    array_type = _CHAR_P * count
-    return array_type.from_buffer(starts), array_type.from_buffer(starts, 8 * count)
+        "Q", itertools.accumulate([len(x) + 1 for x in items], initial=ctypes.addressof(blob))
+    )
+    keep += (blob, starts)
+    half = _POINTER_ARRAYS.get(count)
+    if half is None:
+        half = _CHAR_P * count
+        if count <= 1024:
+            _POINTER_ARRAYS[count] = half
+    at = starts.buffer_info()[0]
+    return half.from_address(at), half.from_address(at + 8 * count)
+
+
+_POINTER_ARRAYS: dict[int, Any] = {}  # count -> the ctypes type `char *[count]`
 
 
 def set_wasi_args(wasi: wasmtime.WasiConfig, args: WasiArgs) -> bool:
