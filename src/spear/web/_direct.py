@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from spear.core.models import FunctionSpec, Runtime, Task, TaskState
-from spear.core.worker import ExecutionControl, TaskContext, TaskIO
+from spear.core.worker import ExecutionControl, NodeServices, TaskContext, TaskIO
 from spear.web._cgi import EncodedEnv, ResponseHead
 
 if TYPE_CHECKING:
@@ -211,13 +211,17 @@ class DirectRunner:
         await agent.prepare(task)  # (the compiled module and its InstancePre, cached)
         timeout = spec.timeout_s
         control = ExecutionControl(None if timeout is None else time.monotonic() + timeout)
-        ctx = TaskContext(task, control, TaskIO(stdout, stderr, stdin), _no_agent_log)
+        ctx = TaskContext(task, control, TaskIO(stdout, stderr, stdin), _no_agent_log, _NO_SERVICES)
         execution = await agent.start(ctx)
         if not getattr(execution, "wasi_only", False):
             return None
         if env is not None:
             execution.wasi_env = env
         return execution, control
+
+
+# A WASI-only guest's context offers it no service (it has no hostcall to reach one).
+_NO_SERVICES = NodeServices()
 
 
 def _no_agent_log(_level: str, _message: str) -> None:

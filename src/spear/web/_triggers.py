@@ -501,6 +501,7 @@ class _DirectExchange(_Exchange):
             self._relay()
             return False
         self.ended = True
+        self.execution = None  # (it holds this exchange's output: no cycle left for the GC)
         self._ended(outcome)
         if self._held_bytes > MAX_PENDING_BYTES:
             await self._fail(send, 502, "the agent wrote more than the node holds for a client")

@@ -239,6 +239,7 @@ def enable_pooling_allocator(config: wasmtime.Config, slots: int, keep_resident:
 
 # -- raw host functions ------------------------------------------------------------------
 
+_ADDRESS = ctypes.c_void_p
 _kept: list[Any] = []  # the C callbacks of raw functions, alive as long as the process
 _MEMORY = b"memory"
 
@@ -266,7 +267,8 @@ def define_raw_function(
                     context = _ffi.wasmtime_caller_context(caller)
                     memory = ctypes.byref(item.of.memory)
                     data = _ffi.wasmtime_memory_data(context, memory)
-                    base = ctypes.cast(data, ctypes.c_void_p).value or 0
+                    # (the pointer's value read by address: `ctypes.cast` makes a cycle)
+                    base = _ADDRESS.from_address(ctypes.addressof(data)).value or 0
                     size = _ffi.wasmtime_memory_data_size(context, memory)
             args = [raw[i].i32 & 0xFFFFFFFF for i in range(params)]
             raw[0].i32 = fn(base, size, *args)
