@@ -183,18 +183,18 @@ class Triggers:
         """A request-mode request: its guest run here, what is kept of it in the log."""
         record = RequestRecord(request_id, route.path, scope["method"], scope["path"], time.time())
         started = time.monotonic()
-
-        async def noting(message: Any) -> None:
-            if message["type"] == "http.response.start":
-                record.status = message["status"]
-            await send(message)
-
         plan = self.direct.plan(route)
         exchange = _DirectExchange(self, route, plan, body, request_id, record, scope, rest)
         exchange.as_task = not self.direct.here(plan.spec)  # (draining, or placed elsewhere)
         try:
-            # (answered here, it notes its status itself: `noting` is for the relay)
+            # (answered here, it notes its status itself; relayed, `noting` does)
             if not await exchange.answer_now(send):
+
+                async def noting(message: Any) -> None:
+                    if message["type"] == "http.response.start":
+                        record.status = message["status"]
+                    await send(message)
+
                 await exchange.serve(receive, noting)
         finally:
             record.seconds = time.monotonic() - started
@@ -494,7 +494,6 @@ class _DirectExchange(_Exchange):
             return False
         self.execution = execution = started[0]
         execution.prefer_inline = True  # type: ignore[attr-defined]
-        execution.one_off_spec = True  # type: ignore[attr-defined]
         outcome = execution.run_now()
         if outcome is None:
             self._held.clear()  # (a run moved off the loop starts again: nothing was sent)
@@ -520,9 +519,10 @@ class _DirectExchange(_Exchange):
         return True
 
     def _ended(self, outcome: Any) -> None:
-        if outcome.state is not TaskState.COMPLETED:
-            self.record.exit_code = outcome.exit_code
-            self.record.reason = outcome.reason or outcome.state.value
+        if outcome.state is TaskState.COMPLETED:
+            return  # (no task: `_failure` finds none)
+        self.record.exit_code = outcome.exit_code
+        self.record.reason = outcome.reason or outcome.state.value
         self.task = Task(id="", spec=self.spec, state=outcome.state,
                          exit_code=outcome.exit_code, reason=outcome.reason)  # fmt: skip
 
