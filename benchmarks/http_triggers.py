@@ -42,6 +42,7 @@ if TYPE_CHECKING:
 
 OUTPUT = ROOT / "benchmarks" / "results" / "http_triggers.json"
 CONNECTIONS = 8
+_PIDS: dict[str, int] = {}  # a spear target's URL: its server's process (CPU per request)
 # The agent: "Content-Type: text/plain\n\nok\n" to stdout, through WASI fd_write.
 TINY_HTTP_WAT = """(module
   (import "wasi_snapshot_preview1" "fd_write" (func $w (param i32 i32 i32 i32) (result i32)))
@@ -93,6 +94,7 @@ def spear_route(tmp: Path, mode: str = "task") -> Iterator[str]:
             [sys.executable, "-m", "spear", "route", "add", "/tiny", str(module), "--public",
              "--concurrency", "64", "--mode", mode], env=env, check=True, capture_output=True,
         )  # fmt: skip
+        _PIDS[url + "/tiny"] = proc.pid
         yield url + "/tiny"
     finally:
         proc.send_signal(signal.SIGTERM)
@@ -109,7 +111,9 @@ def stack_floor(tmp: Path) -> Iterator[str]:
         env=_env(data_dir), cwd=ROOT,
     )  # fmt: skip
     try:
-        yield _wait_file(data_dir / "spearlet.http", proc) + "/tiny"
+        url = _wait_file(data_dir / "spearlet.http", proc) + "/tiny"
+        _PIDS[url] = proc.pid
+        yield url
     finally:
         proc.send_signal(signal.SIGTERM)
         proc.wait(timeout=60)
@@ -180,13 +184,24 @@ def ray_serve() -> Iterator[str]:
         ray.shutdown()
 
 
+def _cpu_seconds(pid: int) -> float:
+    """The CPU time (user and system, all threads) process `pid` has used."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def wrk(url: str, seconds: int, connections: int = CONNECTIONS) -> dict[str, Any]:
-    """One `wrk` run (one thread, keep-alive): requests/s, p50 and p99 in ms, errors."""
+    """One `wrk` run (one thread, keep-alive): requests/s, p50 and p99 in ms, errors, and
+    for a spear target the CPU its server process spent per request (steadier than
+    requests/s on a shared machine: the other work there slows a run, not its CPU)."""
+    pid = _PIDS.get(url)
+    cpu_before = _cpu_seconds(pid) if pid is not None else 0.0
     proc = subprocess.run(
         ["nice", "-n", "10", "wrk", "-t1", f"-c{connections}", f"-d{seconds}s", "--latency",
          url], capture_output=True, text=True, check=True,
     )  # fmt: skip
     out = proc.stdout
+    cpu = _cpu_seconds(pid) - cpu_before if pid is not None else None
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
 
     def ms(label: str) -> float:
@@ -197,12 +212,14 @@ def wrk(url: str, seconds: int, connections: int = CONNECTIONS) -> dict[str, Any
 
     bad = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", out)
     errors = re.search(r"Socket errors: (.*)", out)
+    done = int(re.search(r"(\d+) requests in", out).group(1))  # type: ignore[union-attr]
     return {
         "requests_per_s": rps,
         "p50_ms": ms("50"),
         "p99_ms": ms("99"),
         "non_2xx": int(bad.group(1)) if bad else 0,
         "socket_errors": errors.group(1) if errors else None,
+        "cpu_us_per_request": None if cpu is None or not done else round(cpu * 1e6 / done, 1),
     }
 
 
@@ -249,6 +266,7 @@ def run(quick: bool) -> dict[str, Any]:
             "requests_per_s": sorted(x["requests_per_s"] for x in runs)[len(runs) // 2],
             "p50_ms": sorted(x["p50_ms"] for x in runs)[len(runs) // 2],
             "p99_ms": sorted(x["p99_ms"] for x in runs)[len(runs) // 2],
+            "cpu_us_per_request": _median([x.get("cpu_us_per_request") for x in runs]),
         }
         for name, runs in samples.items()
     }
@@ -258,6 +276,10 @@ def run(quick: bool) -> dict[str, Any]:
         "request_mode_over_floor": request / floor,
         "task_mode_over_floor": summary["spear_route"]["requests_per_s"] / floor,
     }
+    cpu_floor = summary["stack_floor"]["cpu_us_per_request"]
+    cpu_request = summary["spear_route_request"]["cpu_us_per_request"]
+    if cpu_floor and cpu_request:  # (the floor's CPU per request over request mode's)
+        ratios["request_mode_over_floor_cpu"] = cpu_floor / cpu_request
     if "ray_serve" in summary:
         ray = summary["ray_serve"]["requests_per_s"]
         ratios["request_mode_over_ray_serve"] = request / ray
@@ -273,6 +295,11 @@ def run(quick: bool) -> dict[str, Any]:
     }
 
 
+def _median(values: list[float | None]) -> float | None:
+    known = sorted(v for v in values if v is not None)
+    return known[len(known) // 2] if known else None
+
+
 def main(argv: list[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["--floor"]:
@@ -280,8 +307,10 @@ def main(argv: list[str] | None = None) -> None:
         return
     result = standalone(__doc__, run, OUTPUT, argv)
     for name, row in result["median"].items():
+        cpu = row["cpu_us_per_request"]
         print(f"{name:20} {row['requests_per_s']:9.0f} req/s  p50 {row['p50_ms']:7.2f} ms"
-              f"  p99 {row['p99_ms']:7.2f} ms")  # fmt: skip
+              f"  p99 {row['p99_ms']:7.2f} ms"
+              + ("" if cpu is None else f"  {cpu:6.1f} us CPU/request"))  # fmt: skip
     print(json.dumps(result["ratios"]))
 
 

@@ -88,7 +88,10 @@ def _line(route: dict[str, Any]) -> str:
     what = " ".join([spec["artifact"], *spec.get("args", ())])
     access = "public" if route["public"] else "token"
     methods = "WS" if route["kind"] == "websocket" else ",".join(route["methods"])
-    return printable(f"{route['path']:<20} {methods:<10} {access:<7} {route['source']:<7} {what}")
+    mode = route.get("mode", "task")  # (a node before request mode sends none)
+    return printable(
+        f"{route['path']:<20} {methods:<10} {mode:<7} {access:<7} {route['source']:<7} {what}"
+    )
 
 
 @route_app.command(

@@ -10,10 +10,10 @@ whose first line is not a header is all body (200, text/plain). docs/triggers.md
 from __future__ import annotations
 
 import re
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from collections.abc import Mapping
+    from collections.abc import Mapping, Sequence
 
 GATEWAY = "CGI/1.1"
 SERVER_SOFTWARE = "spear"
@@ -81,6 +81,97 @@ def request_env(
 def _printable(value: str) -> str:
     # An environment value holds no NUL; a header value is latin-1 text from the wire.
     return value.replace("\x00", "")
+
+
+class EncodedEnv:
+    """`request_env` for one route's requests, after the spec's own `env`, made as the
+    UTF-8 names and values WASI takes (request mode, web/_direct.py): the names and
+    what does not change per request encoded once, header values passed on as they came
+    when they are ASCII (the same variables, in the same order, as `request_env`)."""
+
+    _KEEP_HEADER_NAMES = 256  # distinct request header names remembered as CGI keys
+
+    def __init__(self, base: Sequence[tuple[str, str]], script_name: str, route: str) -> None:
+        self._names = [
+            *(k.encode() for k, _ in base),
+            *(b"GATEWAY_INTERFACE", b"SERVER_SOFTWARE", b"SERVER_PROTOCOL", b"REQUEST_METHOD"),
+            *(b"SCRIPT_NAME", b"PATH_INFO", b"QUERY_STRING", b"REQUEST_URI", b"REMOTE_ADDR"),
+            *(b"X_MATCHED_ROUTE", b"X_REQUEST_ID"),
+        ]
+        self._values = [v.encode() for _, v in base]
+        self._fixed = (GATEWAY.encode(), SERVER_SOFTWARE.encode(), b"HTTP/1.1")
+        self._script_name = _text(script_name)
+        self._route = _text(route)
+        self._keys: dict[bytes, bytes | None] = {}  # a header's name: its HTTP_ key, or None
+
+    def encode(
+        self, scope: Mapping[str, Any], path_info: str, body_length: int, request_id: str
+    ) -> tuple[list[bytes], list[bytes]]:
+        """The names and values of the request in ASGI `scope` (see `request_env`)."""
+        method: str = scope.get("method", "GET")
+        path = _text(scope["path"])
+        query = _wire(scope.get("query_string", b""))
+        client = scope.get("client")
+        names = self._names.copy()
+        values = [
+            *self._values,
+            *self._fixed,
+            _text(method),
+            self._script_name,
+            _text(path_info),
+            query,
+            path + b"?" + query if query else path,
+            _text(client[0]) if client else b"",
+            self._route,
+            request_id.encode(),
+        ]
+        server = scope.get("server")
+        if server is not None:
+            names += (b"SERVER_NAME", b"SERVER_PORT")
+            values += (_text(server[0]), str(server[1]).encode())
+        seen: dict[bytes, int] = {}
+        keys = self._keys
+        for raw_name, raw_value in scope["headers"]:
+            key = keys.get(raw_name, b"")
+            if key == b"":
+                key = self._key(raw_name)
+            if key is None:
+                if raw_name.lower() == b"content-type":
+                    names.append(b"CONTENT_TYPE")
+                    values.append(_wire(raw_value))
+                continue
+            value = _wire(raw_value)
+            at = seen.get(key)
+            if at is not None:  # a repeated header: joined, as CGI does
+                values[at] += b", " + value
+            else:
+                seen[key] = len(values)
+                names.append(key)
+                values.append(value)
+        if body_length or method in ("POST", "PUT", "PATCH"):
+            names.append(b"CONTENT_LENGTH")
+            values.append(str(body_length).encode())
+        return names, values
+
+    def _key(self, raw_name: bytes) -> bytes | None:
+        name = raw_name.decode("latin-1").lower()
+        key = None if name in _HIDDEN else _text("HTTP_" + name.upper().replace("-", "_"))
+        if len(self._keys) >= self._KEEP_HEADER_NAMES:
+            self._keys.clear()
+        self._keys[raw_name] = key
+        return key
+
+
+def _text(value: str) -> bytes:
+    """A variable's text as WASI takes it: UTF-8, without NUL."""
+    return _printable(value).encode()
+
+
+def _wire(value: bytes) -> bytes:
+    """Bytes from the wire (latin-1 text) as a variable's value: UTF-8, without NUL."""
+    if value.isascii():
+        return value.replace(b"\x00", b"") if b"\x00" in value else value
+    return _text(value.decode("latin-1"))
 
 
 class ResponseHead:

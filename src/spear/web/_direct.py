@@ -19,13 +19,15 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from spear.core.models import FunctionSpec, Runtime, Task, TaskState
-from spear.core.worker import ExecutionControl, TaskContext, TaskIO
+from spear.core.worker import ExecutionControl, NodeServices, TaskContext, TaskIO
+from spear.web._cgi import EncodedEnv, ResponseHead
 
 if TYPE_CHECKING:
     from collections.abc import Callable
 
     from spear.core.worker import Execution
     from spear.node.api import NodeAPI
+    from spear.web._routes import Route
 
 KEEP_REQUESTS = 512  # the last requests kept, and separately the last failures
 STDERR_TAIL_BYTES = 4096  # of what a request's guest wrote to stderr, the last bytes kept
@@ -103,6 +105,56 @@ class RequestLog:
         return list(ring)[::-1][:limit]
 
 
+class RoutePlan:
+    """What a request-mode route's requests share, made on its first: its spec with the
+    route's timeout, its environment's fixed part (`EncodedEnv`), and the responses its
+    guest wrote before, parsed (a guest that answers the same bytes again is not parsed
+    again)."""
+
+    __slots__ = ("env", "heads", "route", "spec")
+    KEEP_HEADS = 64  # distinct responses remembered, each up to HEAD_CACHE_BYTES
+    HEAD_CACHE_BYTES = 1024
+
+    def __init__(self, route: Route) -> None:
+        spec = route.spec
+        timeout = (
+            route.timeout_s if spec.timeout_s is None else min(spec.timeout_s, route.timeout_s)
+        )
+        self.route = route
+        self.spec = with_fields(spec, timeout_s=timeout)  # (its env: the route's own)
+        self.env = EncodedEnv(spec.env, route.base, route.path)
+        self.heads: dict[bytes, Answer] = {}
+
+    def answer(self, output: bytes) -> Answer:
+        """The guest's whole `output` as a response: status, headers, body."""
+        known = self.heads.get(output)
+        if known is not None:
+            return known
+        head = ResponseHead()
+        if not head.feed(output):
+            head.end()
+        length = () if any(name == b"content-length" for name, _ in head.headers) else (
+            (b"content-length", str(len(head.body_start)).encode()),
+        )  # fmt: skip
+        answer = Answer(head.status, tuple(head.headers), length, head.body_start)
+        if len(output) <= self.HEAD_CACHE_BYTES:
+            if len(self.heads) >= self.KEEP_HEADS:
+                self.heads.clear()
+            self.heads[output] = answer
+        return answer
+
+
+@dataclass(frozen=True, slots=True)
+class Answer:
+    """A guest's parsed response: its headers, then `x-request-id`, then `length` (its
+    Content-Length, if the guest set none)."""
+
+    status: int
+    headers: tuple[tuple[bytes, bytes], ...]
+    length: tuple[tuple[bytes, bytes], ...]
+    body: bytes
+
+
 class DirectRunner:
     """Starts request-mode guests on the node behind `api` (an InProcessNode or a
     ClusterNode: anything with `.node`, the Spearlet, and for a cluster `.scheduler`)."""
@@ -111,6 +163,16 @@ class DirectRunner:
         self.api = api
         self.log = RequestLog()
         self._name = ""
+        self._plans: dict[str, RoutePlan] = {}
+
+    def plan(self, route: Route) -> RoutePlan:
+        """`route`'s plan, made again when the route was replaced."""
+        plan = self._plans.get(route.path)
+        if plan is None or plan.route is not route:
+            if len(self._plans) >= 4096:
+                self._plans.clear()
+            plan = self._plans[route.path] = RoutePlan(route)
+        return plan
 
     def here(self, spec: FunctionSpec) -> bool:
         """Whether a request of `spec` may run here, in this process, now."""
@@ -130,9 +192,11 @@ class DirectRunner:
         stdin: bytes | None,
         stdout: Callable[[bytes], None],
         stderr: Callable[[bytes], None],
+        env: tuple[list[bytes], list[bytes]] | None = None,
     ) -> tuple[Execution, ExecutionControl] | None:
         """The guest's execution, ready to run (`run_now()`, else `await wait()`), or None
-        if its module needs more than WASI (it runs as a task then)."""
+        if its module needs more than WASI (it runs as a task then). `env`: its
+        environment, encoded (`EncodedEnv`), in place of the spec's."""
         node: Any = getattr(self.api, "node", None)
         agent = None if node is None else node.agents.get(Runtime.WASM)
         if agent is None:
@@ -147,11 +211,17 @@ class DirectRunner:
         await agent.prepare(task)  # (the compiled module and its InstancePre, cached)
         timeout = spec.timeout_s
         control = ExecutionControl(None if timeout is None else time.monotonic() + timeout)
-        ctx = TaskContext(task, control, TaskIO(stdout, stderr, stdin), _no_agent_log)
+        ctx = TaskContext(task, control, TaskIO(stdout, stderr, stdin), _no_agent_log, _NO_SERVICES)
         execution = await agent.start(ctx)
         if not getattr(execution, "wasi_only", False):
             return None
+        if env is not None:
+            execution.wasi_env = env
         return execution, control
+
+
+# A WASI-only guest's context offers it no service (it has no hostcall to reach one).
+_NO_SERVICES = NodeServices()
 
 
 def _no_agent_log(_level: str, _message: str) -> None:

@@ -27,7 +27,7 @@ from loguru import logger
 from spear.core.models import Task, TaskState
 from spear.errors import ResourceExhausted, SpearError, Unavailable
 from spear.web._cgi import ResponseHead, request_env
-from spear.web._direct import DirectRunner, RequestRecord, with_fields
+from spear.web._direct import DirectRunner, RequestRecord, RoutePlan, with_fields
 from spear.web._websocket import BEARER_SUBPROTOCOL, WebSocketSession, deny
 
 if TYPE_CHECKING:
@@ -168,31 +168,33 @@ class Triggers:
                 await _json(send, 413, {"error": f"the body is over {route.max_body_bytes} bytes"},
                             request_id)  # fmt: skip
                 return
-            spec = self._spec(route, scope, rest, len(body), request_id)
             if route.mode == "request":
-                await self._direct(route, spec, body, request_id, scope, receive, send)
+                await self._direct(route, rest, body, request_id, scope, receive, send)
             else:
+                spec = self._spec(route, scope, rest, len(body), request_id)
                 await _Exchange(self, route, spec, body, request_id).serve(receive, send)
         finally:
             self._give_slot(route)
 
     async def _direct(
-        self, route: Route, spec: Any, body: bytes, request_id: str,
+        self, route: Route, rest: str, body: bytes, request_id: str,
         scope: Scope, receive: Receive, send: Send,
     ) -> None:  # fmt: skip
         """A request-mode request: its guest run here, what is kept of it in the log."""
         record = RequestRecord(request_id, route.path, scope["method"], scope["path"], time.time())
         started = time.monotonic()
-
-        async def noting(message: Any) -> None:
-            if message["type"] == "http.response.start":
-                record.status = message["status"]
-            await send(message)
-
-        exchange = _DirectExchange(self, route, spec, body, request_id, record)
-        exchange.as_task = not self.direct.here(spec)  # (draining, or placed elsewhere)
+        plan = self.direct.plan(route)
+        exchange = _DirectExchange(self, route, plan, body, request_id, record, scope, rest)
+        exchange.as_task = not self.direct.here(plan.spec)  # (draining, or placed elsewhere)
         try:
-            if not await exchange.answer_now(noting):
+            # (answered here, it notes its status itself; relayed, `noting` does)
+            if not await exchange.answer_now(send):
+
+                async def noting(message: Any) -> None:
+                    if message["type"] == "http.response.start":
+                        record.status = message["status"]
+                    await send(message)
+
                 await exchange.serve(receive, noting)
         finally:
             record.seconds = time.monotonic() - started
@@ -430,14 +432,17 @@ class _DirectExchange(_Exchange):
     module needs more than WASI) runs as a task."""
 
     def __init__(
-        self, triggers: Triggers, route: Route, spec: Any, body: bytes, rid: str,
-        record: RequestRecord,
+        self, triggers: Triggers, route: Route, plan: RoutePlan, body: bytes, rid: str,
+        record: RequestRecord, scope: Scope, rest: str,
     ) -> None:  # fmt: skip
         # The relay's parts (`_Exchange.__init__`: its queue, events) are made only if the
         # guest does not run inline (`_relay`); an inline run's output is held here.
         self.triggers = triggers
         self.route = route
-        self.spec = spec
+        self.plan = plan
+        self.spec = plan.spec  # (with the request's variables only if it runs as a task)
+        self.scope = scope
+        self.rest = rest
         self.body = body
         self.request_id = rid
         self.record = record
@@ -452,6 +457,10 @@ class _DirectExchange(_Exchange):
         self._held_bytes = 0
 
     def _relay(self) -> None:
+        if self.as_task:  # a task gets the request's variables in its spec, as in task mode
+            self.spec = self.triggers._spec(
+                self.route, self.scope, self.rest, len(self.body), self.request_id
+            )
         super().__init__(self.triggers, self.route, self.spec, self.body, self.request_id)
         self._relaying = True
 
@@ -469,9 +478,10 @@ class _DirectExchange(_Exchange):
             self._relay()
             return False
         try:
+            env = self.plan.env.encode(self.scope, self.rest, len(self.body), self.request_id)
             started = await self.triggers.direct.start(
                 self.spec, self.request_id, self.body or None, self._stdout,
-                self.record.write_stderr,
+                self.record.write_stderr, env,
             )  # fmt: skip
         except Exception as exc:  # (no such module, not a module, it cannot be linked)
             self.record.reason = str(exc)
@@ -484,13 +494,13 @@ class _DirectExchange(_Exchange):
             return False
         self.execution = execution = started[0]
         execution.prefer_inline = True  # type: ignore[attr-defined]
-        execution.one_off_spec = True  # type: ignore[attr-defined]
         outcome = execution.run_now()
         if outcome is None:
             self._held.clear()  # (a run moved off the loop starts again: nothing was sent)
             self._relay()
             return False
         self.ended = True
+        self.execution = None  # (it holds this exchange's output: no cycle left for the GC)
         self._ended(outcome)
         if self._held_bytes > MAX_PENDING_BYTES:
             await self._fail(send, 502, "the agent wrote more than the node holds for a client")
@@ -499,21 +509,20 @@ class _DirectExchange(_Exchange):
         if failure is not None:
             await self._fail(send, *failure)
             return True
-        head = ResponseHead()
-        if not head.feed(b"".join(self._held)):
-            head.end()
-        headers = [*head.headers, (b"x-request-id", self.request_id.encode())]
-        if not any(name == b"content-length" for name, _ in head.headers):
-            headers.append((b"content-length", str(len(head.body_start)).encode()))
-        await send({"type": "http.response.start", "status": head.status, "headers": headers})
-        await send({"type": "http.response.body", "body": head.body_start})
+        held = self._held
+        answer = self.plan.answer(held[0] if len(held) == 1 else b"".join(held))
+        headers = [*answer.headers, (b"x-request-id", self.request_id.encode()), *answer.length]
+        self.record.status = answer.status
+        await send({"type": "http.response.start", "status": answer.status, "headers": headers})
+        await send({"type": "http.response.body", "body": answer.body})
         self.triggers.served += 1
         return True
 
     def _ended(self, outcome: Any) -> None:
-        if outcome.state is not TaskState.COMPLETED:
-            self.record.exit_code = outcome.exit_code
-            self.record.reason = outcome.reason or outcome.state.value
+        if outcome.state is TaskState.COMPLETED:
+            return  # (no task: `_failure` finds none)
+        self.record.exit_code = outcome.exit_code
+        self.record.reason = outcome.reason or outcome.state.value
         self.task = Task(id="", spec=self.spec, state=outcome.state,
                          exit_code=outcome.exit_code, reason=outcome.reason)  # fmt: skip
 
@@ -546,6 +555,7 @@ class _DirectExchange(_Exchange):
             return
         self.triggers.failed += 1
         self.record.reason = self.record.reason or message
+        self.record.status = status
         body = {"error": message, "request_id": self.request_id,
                 "lookup": f"spear route requests {self.request_id}"}  # fmt: skip
         await _json(send, status, body, self.request_id)

@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import array
 import ctypes
+import itertools
 from typing import TYPE_CHECKING, Any, cast
 
 import wasmtime
@@ -105,6 +106,16 @@ class WasiArgs:
         self._env = (len(env), names, values)
         self._keep = keep
 
+    def with_env(self, names: Sequence[bytes], values: Sequence[bytes]) -> WasiArgs:
+        """These arguments with an environment of UTF-8 `names` and `values` (no NUL in
+        any), made without encoding a string: an HTTP request's, per request."""
+        new = WasiArgs.__new__(WasiArgs)
+        keep: list[Any] = [self._keep]
+        new._argv = self._argv
+        new._env = (len(names), *_encoded_arrays(names, values, keep))
+        new._keep = keep
+        return new
+
 
 _CHAR_PP = ctypes.POINTER(ctypes.POINTER(ctypes.c_char))
 
@@ -130,6 +141,34 @@ def _char_arrays(lists: Sequence[Sequence[str]], keep: list[Any]) -> list[Any]:
         keep.extend((offsets, pointers))
         out.append(ctypes.cast(pointers, _CHAR_PP))
     return out
+
+
+_CHAR_P = ctypes.POINTER(ctypes.c_char)
+
+
+def _encoded_arrays(names: Sequence[bytes], values: Sequence[bytes], keep: list[Any]) -> Any:
+    """`names` and `values` as two C `char **` over one buffer: the addresses are sums
+    of lengths (`accumulate`) in one array of `char *`, which ctypes takes for a `char **`
+    without a cast (its two halves, by address: `from_buffer` costs more)."""
+    count = len(names)
+    if not count:
+        return _CHAR_PP(), _CHAR_PP()
+    items = (*names, *values)
+    blob = ctypes.create_string_buffer(b"\0".join(items))
+    starts = array.array(
+        "Q", itertools.accumulate([len(x) + 1 for x in items], initial=ctypes.addressof(blob))
+    )
+    keep += (blob, starts)
+    half = _POINTER_ARRAYS.get(count)
+    if half is None:
+        half = _CHAR_P * count
+        if count <= 1024:
+            _POINTER_ARRAYS[count] = half
+    at = starts.buffer_info()[0]
+    return half.from_address(at), half.from_address(at + 8 * count)
+
+
+_POINTER_ARRAYS: dict[int, Any] = {}  # count -> the ctypes type `char *[count]`
 
 
 def set_wasi_args(wasi: wasmtime.WasiConfig, args: WasiArgs) -> bool:
@@ -200,6 +239,7 @@ def enable_pooling_allocator(config: wasmtime.Config, slots: int, keep_resident:
 
 # -- raw host functions ------------------------------------------------------------------
 
+_ADDRESS = ctypes.c_void_p
 _kept: list[Any] = []  # the C callbacks of raw functions, alive as long as the process
 _MEMORY = b"memory"
 
@@ -227,7 +267,8 @@ def define_raw_function(
                     context = _ffi.wasmtime_caller_context(caller)
                     memory = ctypes.byref(item.of.memory)
                     data = _ffi.wasmtime_memory_data(context, memory)
-                    base = ctypes.cast(data, ctypes.c_void_p).value or 0
+                    # (the pointer's value read by address: `ctypes.cast` makes a cycle)
+                    base = _ADDRESS.from_address(ctypes.addressof(data)).value or 0
                     size = _ffi.wasmtime_memory_data_size(context, memory)
             args = [raw[i].i32 & 0xFFFFFFFF for i in range(params)]
             raw[0].i32 = fn(base, size, *args)

@@ -190,6 +190,20 @@ def _launch_args(spec: FunctionSpec) -> _wasmtime.WasiArgs:
     return hit
 
 
+_ARGV: dict[tuple[str, tuple[str, ...]], _wasmtime.WasiArgs] = {}
+
+
+def _argv_args(spec: FunctionSpec) -> _wasmtime.WasiArgs:
+    """argv for `spec` as WASI takes it, without an environment (see `wasi_env`)."""
+    key = (spec.artifact, spec.args)
+    hit = _ARGV.get(key)
+    if hit is None:
+        if len(_ARGV) >= 4096:
+            _ARGV.clear()
+        hit = _ARGV[key] = _wasmtime.WasiArgs([os.path.basename(spec.artifact), *spec.args], ())
+    return hit
+
+
 def _engine_config(fuel: bool) -> wasmtime.Config:
     config = wasmtime.Config()
     config.epoch_interruption = True
@@ -449,6 +463,9 @@ class _WasmExecution(Execution):
         # Its spec is this run's alone (an HTTP request's environment): its WASI
         # arguments are made for it, not kept in the cache of specs (`_launch_args`).
         self.one_off_spec = False
+        # The guest's environment as UTF-8 names and values, in place of its spec's `env`
+        # (an HTTP request's, encoded by web/_cgi.py's EncodedEnv): set before it runs.
+        self.wasi_env: tuple[Sequence[bytes], Sequence[bytes]] | None = None
 
     def kill(self, reason: str = "cancelled") -> None:
         self._ctx.control.cancel(reason)
@@ -505,11 +522,12 @@ class _WasmExecution(Execution):
     ) -> None:
         spec = self._ctx.task.spec
         wasi = wasmtime.WasiConfig()
-        args = (
-            _wasmtime.WasiArgs([os.path.basename(spec.artifact), *spec.args], spec.env)
-            if self.one_off_spec
-            else _launch_args(spec)
-        )
+        if self.wasi_env is not None:
+            args = _argv_args(spec).with_env(*self.wasi_env)
+        elif self.one_off_spec:
+            args = _wasmtime.WasiArgs([os.path.basename(spec.artifact), *spec.args], spec.env)
+        else:
+            args = _launch_args(spec)
         if not _wasmtime.set_wasi_args(wasi, args):
             raise InvalidArgument("the task's arguments or environment cannot be passed")
         for mapping in spec.dirs:
@@ -518,8 +536,9 @@ class _WasmExecution(Execution):
             except wasmtime.WasmtimeError:
                 raise InvalidArgument(f"--dir: cannot open {mapping.host}") from None
         io = self._ctx.io
-        wasi.stdout_custom = _writer(stdout)
-        wasi.stderr_custom = _writer(stderr)
+        if not self._pooled:  # (a pooled run's fd_write is held_output's: no WASI stream)
+            wasi.stdout_custom = _writer(stdout)
+            wasi.stderr_custom = _writer(stderr)
         if io.stdin == "inherit":
             wasi.inherit_stdin()
         elif stdin_path is not None:

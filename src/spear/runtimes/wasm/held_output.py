@@ -15,16 +15,15 @@ per thread.
 
 from __future__ import annotations
 
-import contextlib
 import ctypes
 import struct
 import threading
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from spear.runtimes.wasm import _wasmtime
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Iterator
+    from collections.abc import Callable
 
     import wasmtime
 
@@ -36,15 +35,25 @@ _MAX_IOVS = 1024  # (IOV_MAX)
 _local = threading.local()
 
 
-@contextlib.contextmanager
-def holding(stdout: Callable[[bytes], None], stderr: Callable[[bytes], None]) -> Iterator[None]:
+def holding(stdout: Callable[[bytes], None], stderr: Callable[[bytes], None]) -> _Holding:
     """While it is held, this thread's inline guest writes fd 1 to `stdout`, 2 to `stderr`."""
-    previous = getattr(_local, "sinks", None)
-    _local.sinks = (stdout, stderr)
-    try:
-        yield
-    finally:
-        _local.sinks = previous
+    return _Holding((stdout, stderr))
+
+
+class _Holding:
+    # (a class, not a generator's context manager: entered once per inline run)
+    __slots__ = ("_previous", "_sinks")
+
+    def __init__(self, sinks: tuple[Callable[[bytes], None], Callable[[bytes], None]]) -> None:
+        self._sinks = sinks
+        self._previous: Any = None
+
+    def __enter__(self) -> None:
+        self._previous = getattr(_local, "sinks", None)
+        _local.sinks = self._sinks
+
+    def __exit__(self, *exc: object) -> None:
+        _local.sinks = self._previous
 
 
 def define_fd_write(linker: wasmtime.Linker) -> None:
