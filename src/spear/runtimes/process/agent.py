@@ -37,6 +37,7 @@ from spear.core.worker import (
 from spear.runtimes.process.cgroups import NodeCgroup
 from spear.runtimes.process.command import Command, resolve_command
 from spear.runtimes.process.forkserver import DEFAULT_SPARES, WarmUnavailable
+from spear.runtimes.process.loop_watch import watch_end_on_loop
 from spear.runtimes.process.supervisor import Child, Supervisor, spawn
 
 if TYPE_CHECKING:
@@ -82,6 +83,7 @@ class ProcessWorkerAgent(WorkerAgent):
         self._forkserver_lock = anyio.Lock()
         self._channel_lock = anyio.Lock()
         self.warm_starts = 0  # tasks started from the warm pool (for tests and benchmarks)
+        self.ends_on_loop = 0  # tasks whose end the event loop saw (loop_watch.py)
         self._warm_running = 0
         self._warm_last = 0.0  # time.monotonic() when the last warm task ended
         self._idle_timer: asyncio.TimerHandle | None = None
@@ -294,6 +296,11 @@ class _ProcessExecution(Execution):
                     if isinstance(started, Outcome):
                         return started
                     try:
+                        # A short task's end is seen on the loop (one wake-up, no thread).
+                        outcome = await watch_end_on_loop(supervisor, started)
+                        if outcome is not None:
+                            agent.ends_on_loop += 1
+                            return outcome
                         return await anyio.to_thread.run_sync(
                             supervisor.watch, started, limiter=agent._limiter
                         )
