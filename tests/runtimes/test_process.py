@@ -403,11 +403,11 @@ async def test_warm_tasks_beyond_the_fork_servers_queue_still_run(
     refused: list[int] = []
     spawn = ForkServer.spawn
 
-    def sometimes_full(self: ForkServer, *args: Any, block: bool = True) -> Any:
+    def sometimes_full(self: ForkServer, *args: Any, block: bool = True, **kw: Any) -> Any:
         if not block and len(refused) < 6:
             refused.append(1)
             raise BlockingIOError(errno.EAGAIN, "queue full")
-        return spawn(self, *args, block=block)
+        return spawn(self, *args, block=block, **kw)
 
     monkeypatch.setattr(ForkServer, "spawn", sometimes_full)
     async with new_node(tmp_path) as node:
@@ -583,11 +583,19 @@ async def test_a_warm_child_that_cannot_join_its_cgroup_says_so(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from spear.runtimes.process.cgroups import NodeCgroup, TaskCgroup
+    from spear.runtimes.process.forkserver import ForkServer
 
     def gone(self: NodeCgroup, task_id: str) -> TaskCgroup:  # removed under the task
         return TaskCgroup(self.directory / "gone" / task_id, f"{self.path}/gone/{task_id}")
 
     monkeypatch.setattr(NodeCgroup, "for_task", gone)
+    # A warm child runs in the cgroup its spare made while it waited: there, that failed.
+    init = ForkServer.__init__
+
+    def spares_cannot_make_theirs(self: ForkServer, spares: int, cgroup_dir: str | None) -> None:
+        init(self, spares, None if cgroup_dir is None else f"{cgroup_dir}/gone")
+
+    monkeypatch.setattr(ForkServer, "__init__", spares_cannot_make_theirs)
     agent_py = script(tmp_path, "print('ran')\n")
     async with new_node(tmp_path) as node:
         task = await node.run(FunctionSpec(agent_py, runtime=Runtime.PROCESS, warm=True))

@@ -38,6 +38,7 @@ from spear.runtimes.process.cgroups import NodeCgroup
 from spear.runtimes.process.command import Command, resolve_command
 from spear.runtimes.process.forkserver import DEFAULT_SPARES, WarmUnavailable
 from spear.runtimes.process.loop_watch import watch_end_on_loop
+from spear.runtimes.process.spare_cgroups import ChildCgroup
 from spear.runtimes.process.supervisor import Child, Supervisor, spawn
 
 if TYPE_CHECKING:
@@ -118,7 +119,9 @@ class ProcessWorkerAgent(WorkerAgent):
                 if self._forkserver is not None:  # it died: reap it, close our end
                     await anyio.to_thread.run_sync(self._forkserver.stop)
 
-                server = ForkServer(self.warm_spares)
+                node_cgroup = await self._node_cgroup()  # its spares make theirs in it
+                cgroup_dir = str(node_cgroup.directory) if node_cgroup is not None else None
+                server = ForkServer(self.warm_spares, cgroup_dir)
                 await anyio.to_thread.run_sync(server.start)
                 self._forkserver = server
             return self._forkserver
@@ -165,23 +168,32 @@ class ProcessWorkerAgent(WorkerAgent):
             except OSError as exc:  # a cold start still runs the task
                 logger.warning("warm Python worker unavailable ({}); starting cold", exc)
         try:
-            cgroup = None
-            if self._use_cgroups:
-                if not self._cgroup_checked:
-                    async with self._channel_lock:  # one per node, also when tasks start together
-                        if not self._cgroup_checked:
-                            self._cgroup = await anyio.to_thread.run_sync(NodeCgroup.create)
-                            self._cgroup_checked = True
-                if self._cgroup is not None:
-                    cgroup = self._cgroup.for_task(ctx.task.id)  # one mkdir: short
+            cgroup = child_cgroup = None
+            node_cgroup = await self._node_cgroup() if self._use_cgroups else None
+            if node_cgroup is not None and server is not None and server.cgroup_dir:
+                child_cgroup = ChildCgroup(node_cgroup)  # its spare's, known with its pid
+            elif node_cgroup is not None:
+                cgroup = node_cgroup.for_task(ctx.task.id)  # one mkdir: short
             channel = self._channel or await self.channel()
             credential = channel.register(ctx, cgroup)
+            if child_cgroup is not None:
+                credential.late_cgroup = child_cgroup.task_cgroup
         except BaseException:
             if server is not None:
                 self._warm_ended()
             raise
         command.env.update(credential.env())
-        return _ProcessExecution(self, ctx, command, credential, server, cgroup)
+        execution = _ProcessExecution(self, ctx, command, credential, server, cgroup)
+        execution.child_cgroup = child_cgroup
+        return execution
+
+    async def _node_cgroup(self) -> NodeCgroup | None:
+        if not self._cgroup_checked:
+            async with self._channel_lock:  # one per node, also when tasks start together
+                if not self._cgroup_checked:
+                    self._cgroup = await anyio.to_thread.run_sync(NodeCgroup.create)
+                    self._cgroup_checked = True
+        return self._cgroup
 
     @property
     def cgroup(self) -> NodeCgroup | None:
@@ -195,13 +207,13 @@ class ProcessWorkerAgent(WorkerAgent):
         if self._retiring is not None:
             with anyio.CancelScope(shield=True):
                 await self._retiring
+        if self._forkserver is not None:  # (first: its spares are in the node's cgroup)
+            await anyio.to_thread.run_sync(self._forkserver.stop)
+            self._forkserver = None
         if self._cgroup is not None:
             await anyio.to_thread.run_sync(self._cgroup.close)
             self._cgroup = None
             self._cgroup_checked = False
-        if self._forkserver is not None:
-            await anyio.to_thread.run_sync(self._forkserver.stop)
-            self._forkserver = None
         if self._channel is not None:
             await self._channel.aclose()
             self._channel = None
@@ -228,6 +240,7 @@ class _ProcessExecution(Execution):
         self._forkserver = forkserver
         self._warm = forkserver is not None
         self._cgroup = cgroup
+        self.child_cgroup: ChildCgroup | None = None  # a warm child's own (spare_cgroups.py)
         self._supervisor = Supervisor(ctx, agent.grace_s, cgroup)
         credential.on_protocol_error = self._protocol_error
 
@@ -239,20 +252,35 @@ class _ProcessExecution(Execution):
         self._supervisor.wake()
 
     def _start(self, stdin: int | None, stdout: int, stderr: int) -> Child:
+        if self.child_cgroup is not None:  # a warm task started cold: a cgroup of its own
+            self.child_cgroup = None
+            self._cgroup = self._own_task_cgroup()
         return spawn(self._command, stdin, stdout, stderr, self._cgroup)
+
+    def _own_task_cgroup(self) -> TaskCgroup | None:
+        node_cgroup = self._agent._cgroup
+        cgroup = node_cgroup.for_task(self._ctx.task.id) if node_cgroup is not None else None
+        self._supervisor.cgroup = cgroup
+        self._credential.cgroup = cgroup
+        self._credential.late_cgroup = None
+        return cgroup
 
     def _start_warm(self, stdin: int | None, stdout: int, stderr: int) -> Child:
         """On the event loop: one send that does not wait."""
         assert self._forkserver is not None
         procs = self._cgroup.procs if self._cgroup is not None else None
-        return self._forkserver.spawn(self._command, stdin, stdout, stderr, procs, block=False)
+        return self._forkserver.spawn(
+            self._command, stdin, stdout, stderr, procs, block=False, cgroup=self.child_cgroup
+        )
 
     def _start_warm_waiting(self, stdin: int | None, stdout: int, stderr: int) -> Child:
         """On a worker thread, when the fork server's queue was full: the send may wait."""
         assert self._forkserver is not None
         procs = self._cgroup.procs if self._cgroup is not None else None
         try:
-            return self._forkserver.spawn(self._command, stdin, stdout, stderr, procs)
+            return self._forkserver.spawn(
+                self._command, stdin, stdout, stderr, procs, cgroup=self.child_cgroup
+            )
         except WarmUnavailable as exc:
             logger.warning("warm Python worker unavailable ({}); starting cold", exc)
             return self._start(stdin, stdout, stderr)
@@ -313,5 +341,6 @@ class _ProcessExecution(Execution):
             supervisor.close()
             if self._warm:
                 agent._warm_ended()
-            if self._cgroup is not None and agent._cgroup is not None:
-                agent._cgroup.retire(self._cgroup)
+            cgroup = supervisor.cgroup  # (a warm child's is known once it started)
+            if cgroup is not None and agent._cgroup is not None:
+                agent._cgroup.retire(cgroup)

@@ -57,7 +57,7 @@ async def watch_end_on_loop(supervisor: Supervisor, started: Started) -> Outcome
         nonlocal ended
         got = child.collect()
         if got is None:  # its start (the pid); its end is the next message
-            supervisor.pid = child.pid
+            supervisor.child_started(child)
             return
         ended = got
         loop.remove_reader(child.exit_fd)

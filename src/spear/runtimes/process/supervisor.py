@@ -57,6 +57,9 @@ class Child(Protocol):
         """Kill what the process left in its group, reap it: (wait status, CPU seconds);
         None if `exit_fd` only told of its start (its pid is known from then on)."""
 
+    def task_cgroup(self) -> TaskCgroup | None:
+        """The cgroup it made for itself, once started (a warm child's, or None)."""
+
     def close(self) -> None: ...
 
 
@@ -86,6 +89,9 @@ class SpawnedChild:
         _, status, usage = os.wait4(self.pid, 0)
         self.popen.returncode = os.waitstatus_to_exitcode(status)
         return status, usage.ru_utime + usage.ru_stime
+
+    def task_cgroup(self) -> None:
+        return None
 
     def close(self) -> None:
         with contextlib.suppress(OSError):
@@ -188,6 +194,12 @@ class Supervisor:
     def wake_fd(self) -> int:
         """Readable once `wake` was called (a cancel to act on)."""
         return self._wake_r
+
+    def child_started(self, child: Child) -> None:
+        """Its pid is known (and, for a warm child in a cgroup of its own, its cgroup)."""
+        self.pid = child.pid
+        if self.cgroup is None:
+            self.cgroup = child.task_cgroup()
 
     def wake(self) -> None:
         with contextlib.suppress(OSError):
@@ -330,7 +342,7 @@ class Supervisor:
                     elif fd == child.exit_fd and result is None:
                         ended = child.collect()
                         if ended is None:  # it started: its pid is known now
-                            self.pid = child.pid
+                            self.child_started(child)
                             continue
                         sel.unregister(fd)
                         result = ended
