@@ -12,6 +12,7 @@ import anyio
 
 from spear import FunctionSpec, Runtime, TaskState
 from spear.runtimes.process import loop_watch
+from tests.conftest import assert_eventually
 from tests.runtimes.test_process import agent_of, alive, new_node, no_children_left, script
 
 if TYPE_CHECKING:
@@ -100,4 +101,5 @@ async def test_what_a_short_warm_task_leaves_holding_its_output_is_killed(
         task = await node.run(warm(leaver))
         assert task.state is TaskState.COMPLETED
         assert time.monotonic() - t0 < 30
-        assert not alive(int((await node.logs_of(task.id)).split()[0]))
+        left = int((await node.logs_of(task.id)).split()[0])
+        assert_eventually(lambda: not alive(left), timeout=5)  # (its files closed: exiting)
