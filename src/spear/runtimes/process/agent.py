@@ -10,7 +10,9 @@ a program writing gigabytes costs disk up to the cap, not memory.
 
 One supervising thread per task (`supervisor.Supervisor`) does all of this with a
 selector over the pipes, the pidfd and a wake-up pipe; the event loop only starts it and
-awaits its outcome. What runs is decided before (`command.resolve_command`).
+awaits its outcome. A warm task that ends within 50 ms is watched by the event loop
+itself (`loop_watch.py`), a wake-up fewer on its path. What runs is decided before
+(`command.resolve_command`).
 `.py` agents with `FunctionSpec.warm` run in children of a pre-started Python instead
 (`forkserver.py`), forked ahead of time (`warm_spares` of them wait at once), under the
 same supervision. A fork server no warm task used for `warm_idle_s` is stopped, with its

@@ -14,7 +14,10 @@ descriptors (a status socket for this task, the child's stdin, stdout and stderr
 spare that takes it sends the node its pid on the status socket, passes the server its
 pid and a copy of the status socket (`report`; the server forks the next spare), joins
 the task's cgroup, applies its rlimits, takes the descriptors as 0/1/2 and runs the
-script as `__main__`. The server does not read requests; it forks, reaps and reports.
+script as `__main__`. Given the node's cgroup directory, each spare instead makes a
+cgroup of its own there and moves in while it waits (`spare_cgroups.py`): its task runs
+in it, and no move into a cgroup is left on the task's path. The server does not read
+requests; it forks, reaps and reports.
 
 How a task ends, on the status socket, after the pid:
 - the script returned (or raised SystemExit): the child flushes and closes 0/1/2, sends
