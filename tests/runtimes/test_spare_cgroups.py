@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 
 import pytest
 
-from spear import FunctionSpec, NotFound, Runtime, TaskState
+from spear import FunctionSpec, Runtime, TaskState
 from tests.conftest import assert_eventually
 from tests.runtimes.test_process import (
     agent_of,
@@ -54,51 +54,6 @@ async def test_a_warm_task_runs_in_its_spares_own_cgroup_removed_after(tmp_path:
         spares = agent_of(node).warm_spares  # the spares waiting, each in its own
         assert_eventually(lambda: len(list(node_cgroup.directory.glob("warm-*"))) == spares)
     assert not node_cgroup.directory.exists()  # (and gone with the node)
-
-
-async def test_hostcalls_are_admitted_from_the_task_only(tmp_path: Path) -> None:
-    """The warm task's own connection is admitted (its pid known, or peeked from the
-    status socket); another warm task holding its token is refused."""
-    holder = script(
-        tmp_path,
-        """
-        import os
-        from spear import agent
-        agent.send(os.environ["SPEAR_AGENT_TOKEN"])
-        agent.put("mine", b"ok")
-        agent.receive()
-        """,
-        "holder.py",
-    )
-    thief = script(
-        tmp_path,
-        """
-        import errno
-        from spear import agent
-        stolen = agent.receive().decode()
-        try:
-            agent.Agent(token=stolen).put("stolen", b"x")
-        except agent.HostcallError as exc:
-            agent.send(errno.errorcode[exc.errno])
-        else:
-            agent.send(b"accepted")
-        """,
-        "thief.py",
-    )
-    async with new_node(tmp_path) as node:
-        first = await node.start_task(warm(holder))
-        second = await node.start_task(warm(thief))
-        token = await first.receive()
-        assert token is not None
-        await second.send(token)
-        assert await second.receive() == b"EACCES"
-        await first.close()
-        assert (await second.wait()).state is TaskState.COMPLETED
-        assert (await first.wait()).state is TaskState.COMPLETED
-        assert bytes((await node.objects.get("mine"))[0]) == b"ok"
-        with pytest.raises(NotFound):  # nothing was written as the first task
-            await node.objects.get("stolen")
-        assert agent_of(node).warm_starts == 2
 
 
 async def test_a_warm_task_started_cold_gets_a_task_cgroup(
