@@ -11,7 +11,10 @@ benchmarks/results/process.json. Nothing here asserts a timing.
 - `task` is an agent whose body is `pass`; `task (imports SDK)` does
   `from spear import agent` and one `agent.log`, a realistic smallest agent;
 - `exec /bin/true` is the runtime's floor for a non-Python program;
-- `python -c pass` is a bare interpreter start on this machine, outside spear.
+- `python -c pass` is a bare interpreter start on this machine, outside spear;
+- `beside_ray` (only when `python -m benchmarks` has started Ray already): the warm
+  trivial agent and Ray's trivial remote function in alternating rounds of the same
+  minutes, since the `latency` workload measures Ray a minute earlier, under another load.
 """
 
 from __future__ import annotations
@@ -67,6 +70,27 @@ async def _failure(node: LocalNode, task: Task) -> str:
     return f"benchmark agent ended {task.state.value}: {task.reason}: {last}"
 
 
+async def _beside_ray(node: LocalNode, spec: FunctionSpec, n: int) -> dict[str, Any] | None:
+    """Warm trivial agents and Ray's trivial task, `n` of each, in 10 alternating rounds
+    (None when Ray was not started by this run)."""
+    from benchmarks import ray_bench
+
+    trivial = ray_bench._remote.get("trivial")
+    if trivial is None:
+        return None
+    spear: list[float] = []
+    ray: list[float] = []
+    rounds = 10
+    for _ in range(rounds):
+        spear += await _latency(node, spec, max(1, n // rounds))
+        ray += ray_bench.latency(max(1, n // rounds), trivial)  # (blocks the loop: idle now)
+    return {
+        "spear_process_warm": {"task": summarize(spear)},
+        "ray_remote_function": {"task": summarize(ray)},
+        "rounds": rounds,
+    }
+
+
 def _python_startup(n: int) -> list[float]:
     samples = []
     for _ in range(n):
@@ -108,6 +132,7 @@ def run(quick: bool) -> dict[str, Any]:
                 throughput[variant] = {
                     "tasks": await concurrent_runs(node, spec(trivial, warm), n["throughput"])
                 }
+            beside_ray = await _beside_ray(node, spec(trivial, True), n["warm"])
             true = FunctionSpec("/bin/true", runtime=Runtime.PROCESS)
             latency["spear_process_exec"] = {
                 "exec /bin/true": summarize(await _latency(node, true, n["cold"]))
@@ -117,6 +142,7 @@ def run(quick: bool) -> dict[str, Any]:
             "throughput": throughput,
             "baseline": {"python -c pass": summarize(_python_startup(n["cold"]))},
             "counts": n,
+            **({"beside_ray": beside_ray} if beside_ray is not None else {}),
         }
 
     with tempfile.TemporaryDirectory(prefix="spear-procbench-") as tmp:

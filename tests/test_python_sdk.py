@@ -362,7 +362,11 @@ def test_spear_run_stream_with_a_python_agent(tmp_path: Path, warm: list[str]) -
     assert done.stdout == b"HELLO\nWORLD\n"
 
 
-async def test_a_token_taken_from_another_task_is_refused(tmp_path: Path) -> None:
+@pytest.mark.parametrize("holder_warm", [False, True], ids=["cold", "warm"])
+async def test_a_token_taken_from_another_task_is_refused(
+    tmp_path: Path, holder_warm: bool
+) -> None:
+    """Also from a warm task, whose cgroup is the one its child made as a spare."""
     holder = write(
         tmp_path,
         """
@@ -393,7 +397,7 @@ async def test_a_token_taken_from_another_task_is_refused(tmp_path: Path) -> Non
             await node.run(py(write(tmp_path, "pass\n", "probe.py")))
         if node.agents["process"].cgroup is None:  # type: ignore[attr-defined]
             pytest.skip("cgroup v2 is not writable here: the token alone is the credential")
-        first = await node.start_task(py(holder))
+        first = await node.start_task(py(holder, warm=holder_warm))
         second = await node.start_task(py(thief, warm=True))
         token = await first.receive()
         assert token is not None

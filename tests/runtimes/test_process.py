@@ -330,7 +330,8 @@ async def test_warm_agents_are_stopped_and_limited_as_cold_ones(tmp_path: Path) 
             FunctionSpec(stubborn, runtime=Runtime.PROCESS, warm=True, timeout_s=1)
         )
         assert (task.state, task.reason) == (TaskState.FAILED, "timeout")
-        assert not alive(int((await node.logs_of(task.id)).split()[0]))
+        left = int((await node.logs_of(task.id)).split()[0])
+        assert_eventually(lambda: not alive(left), timeout=5)  # (its files closed: exiting)
         hog = script(tmp_path, "x = bytearray(512 * 1024 * 1024)\n", "hog.py")
         limited = FunctionSpec(
             hog, runtime=Runtime.PROCESS, warm=True, memory_limit_bytes=256 << 20
@@ -377,7 +378,9 @@ async def test_the_warm_pool_keeps_its_spares_and_no_more(tmp_path: Path) -> Non
     async with new_node(tmp_path) as node:
         agent = agent_of(node)
         agent.warm_spares = 3
-        spec = FunctionSpec(script(tmp_path, "print('ok')\n"), runtime=Runtime.PROCESS, warm=True)
+        spec = FunctionSpec(
+            script(tmp_path, "import os\nprint(os.getpid())\n"), runtime=Runtime.PROCESS, warm=True
+        )
         assert (await node.run(spec)).state is TaskState.COMPLETED
         server = agent._forkserver
         assert server is not None and server.pid is not None
@@ -388,6 +391,9 @@ async def test_the_warm_pool_keeps_its_spares_and_no_more(tmp_path: Path) -> Non
             tasks = await asyncio.gather(*(node.run(spec) for _ in range(8)))
         assert {t.state for t in tasks} == {TaskState.COMPLETED}
         assert agent.warm_starts == 9
+        # (a task's child, killed at its end, is the server's until it has died)
+        ran = [int(await node.logs_of(t.id)) for t in tasks]
+        await eventually(lambda: not any(alive(pid) for pid in ran))
         await eventually(lambda: len(spares_of(server.pid)) == 3)  # type: ignore[arg-type]
         assert len(spares_of(server.pid)) == 3
 
@@ -403,11 +409,11 @@ async def test_warm_tasks_beyond_the_fork_servers_queue_still_run(
     refused: list[int] = []
     spawn = ForkServer.spawn
 
-    def sometimes_full(self: ForkServer, *args: Any, block: bool = True) -> Any:
+    def sometimes_full(self: ForkServer, *args: Any, block: bool = True, **kw: Any) -> Any:
         if not block and len(refused) < 6:
             refused.append(1)
             raise BlockingIOError(errno.EAGAIN, "queue full")
-        return spawn(self, *args, block=block)
+        return spawn(self, *args, block=block, **kw)
 
     monkeypatch.setattr(ForkServer, "spawn", sometimes_full)
     async with new_node(tmp_path) as node:
@@ -583,11 +589,19 @@ async def test_a_warm_child_that_cannot_join_its_cgroup_says_so(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from spear.runtimes.process.cgroups import NodeCgroup, TaskCgroup
+    from spear.runtimes.process.forkserver import ForkServer
 
     def gone(self: NodeCgroup, task_id: str) -> TaskCgroup:  # removed under the task
         return TaskCgroup(self.directory / "gone" / task_id, f"{self.path}/gone/{task_id}")
 
     monkeypatch.setattr(NodeCgroup, "for_task", gone)
+    # A warm child runs in the cgroup its spare made while it waited: there, that failed.
+    init = ForkServer.__init__
+
+    def spares_cannot_make_theirs(self: ForkServer, spares: int, cgroup_dir: str | None) -> None:
+        init(self, spares, None if cgroup_dir is None else f"{cgroup_dir}/gone")
+
+    monkeypatch.setattr(ForkServer, "__init__", spares_cannot_make_theirs)
     agent_py = script(tmp_path, "print('ran')\n")
     async with new_node(tmp_path) as node:
         task = await node.run(FunctionSpec(agent_py, runtime=Runtime.PROCESS, warm=True))

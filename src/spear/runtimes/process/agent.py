@@ -10,7 +10,9 @@ a program writing gigabytes costs disk up to the cap, not memory.
 
 One supervising thread per task (`supervisor.Supervisor`) does all of this with a
 selector over the pipes, the pidfd and a wake-up pipe; the event loop only starts it and
-awaits its outcome. What runs is decided before (`command.resolve_command`).
+awaits its outcome. A warm task that ends within 50 ms is watched by the event loop
+itself (`loop_watch.py`), a wake-up fewer on its path. What runs is decided before
+(`command.resolve_command`).
 `.py` agents with `FunctionSpec.warm` run in children of a pre-started Python instead
 (`forkserver.py`), forked ahead of time (`warm_spares` of them wait at once), under the
 same supervision. A fork server no warm task used for `warm_idle_s` is stopped, with its
@@ -37,6 +39,8 @@ from spear.core.worker import (
 from spear.runtimes.process.cgroups import NodeCgroup
 from spear.runtimes.process.command import Command, resolve_command
 from spear.runtimes.process.forkserver import DEFAULT_SPARES, WarmUnavailable
+from spear.runtimes.process.loop_watch import watch_end_on_loop
+from spear.runtimes.process.spare_cgroups import ChildCgroup
 from spear.runtimes.process.supervisor import Child, Supervisor, spawn
 
 if TYPE_CHECKING:
@@ -82,6 +86,7 @@ class ProcessWorkerAgent(WorkerAgent):
         self._forkserver_lock = anyio.Lock()
         self._channel_lock = anyio.Lock()
         self.warm_starts = 0  # tasks started from the warm pool (for tests and benchmarks)
+        self.ends_on_loop = 0  # tasks whose end the event loop saw (loop_watch.py)
         self._warm_running = 0
         self._warm_last = 0.0  # time.monotonic() when the last warm task ended
         self._idle_timer: asyncio.TimerHandle | None = None
@@ -116,7 +121,9 @@ class ProcessWorkerAgent(WorkerAgent):
                 if self._forkserver is not None:  # it died: reap it, close our end
                     await anyio.to_thread.run_sync(self._forkserver.stop)
 
-                server = ForkServer(self.warm_spares)
+                node_cgroup = await self._node_cgroup()  # its spares make theirs in it
+                cgroup_dir = str(node_cgroup.directory) if node_cgroup is not None else None
+                server = ForkServer(self.warm_spares, cgroup_dir)
                 await anyio.to_thread.run_sync(server.start)
                 self._forkserver = server
             return self._forkserver
@@ -163,23 +170,32 @@ class ProcessWorkerAgent(WorkerAgent):
             except OSError as exc:  # a cold start still runs the task
                 logger.warning("warm Python worker unavailable ({}); starting cold", exc)
         try:
-            cgroup = None
-            if self._use_cgroups:
-                if not self._cgroup_checked:
-                    async with self._channel_lock:  # one per node, also when tasks start together
-                        if not self._cgroup_checked:
-                            self._cgroup = await anyio.to_thread.run_sync(NodeCgroup.create)
-                            self._cgroup_checked = True
-                if self._cgroup is not None:
-                    cgroup = self._cgroup.for_task(ctx.task.id)  # one mkdir: short
+            cgroup = child_cgroup = None
+            node_cgroup = await self._node_cgroup() if self._use_cgroups else None
+            if node_cgroup is not None and server is not None and server.cgroup_dir:
+                child_cgroup = ChildCgroup(node_cgroup)  # its spare's, known with its pid
+            elif node_cgroup is not None:
+                cgroup = node_cgroup.for_task(ctx.task.id)  # one mkdir: short
             channel = self._channel or await self.channel()
             credential = channel.register(ctx, cgroup)
+            if child_cgroup is not None:
+                credential.late_cgroup = child_cgroup.task_cgroup
         except BaseException:
             if server is not None:
                 self._warm_ended()
             raise
         command.env.update(credential.env())
-        return _ProcessExecution(self, ctx, command, credential, server, cgroup)
+        execution = _ProcessExecution(self, ctx, command, credential, server, cgroup)
+        execution.child_cgroup = child_cgroup
+        return execution
+
+    async def _node_cgroup(self) -> NodeCgroup | None:
+        if not self._cgroup_checked:
+            async with self._channel_lock:  # one per node, also when tasks start together
+                if not self._cgroup_checked:
+                    self._cgroup = await anyio.to_thread.run_sync(NodeCgroup.create)
+                    self._cgroup_checked = True
+        return self._cgroup
 
     @property
     def cgroup(self) -> NodeCgroup | None:
@@ -193,13 +209,13 @@ class ProcessWorkerAgent(WorkerAgent):
         if self._retiring is not None:
             with anyio.CancelScope(shield=True):
                 await self._retiring
+        if self._forkserver is not None:  # (first: its spares are in the node's cgroup)
+            await anyio.to_thread.run_sync(self._forkserver.stop)
+            self._forkserver = None
         if self._cgroup is not None:
             await anyio.to_thread.run_sync(self._cgroup.close)
             self._cgroup = None
             self._cgroup_checked = False
-        if self._forkserver is not None:
-            await anyio.to_thread.run_sync(self._forkserver.stop)
-            self._forkserver = None
         if self._channel is not None:
             await self._channel.aclose()
             self._channel = None
@@ -226,6 +242,7 @@ class _ProcessExecution(Execution):
         self._forkserver = forkserver
         self._warm = forkserver is not None
         self._cgroup = cgroup
+        self.child_cgroup: ChildCgroup | None = None  # a warm child's own (spare_cgroups.py)
         self._supervisor = Supervisor(ctx, agent.grace_s, cgroup)
         credential.on_protocol_error = self._protocol_error
 
@@ -237,20 +254,35 @@ class _ProcessExecution(Execution):
         self._supervisor.wake()
 
     def _start(self, stdin: int | None, stdout: int, stderr: int) -> Child:
+        if self.child_cgroup is not None:  # a warm task started cold: a cgroup of its own
+            self.child_cgroup = None
+            self._cgroup = self._own_task_cgroup()
         return spawn(self._command, stdin, stdout, stderr, self._cgroup)
+
+    def _own_task_cgroup(self) -> TaskCgroup | None:
+        node_cgroup = self._agent._cgroup
+        cgroup = node_cgroup.for_task(self._ctx.task.id) if node_cgroup is not None else None
+        self._supervisor.cgroup = cgroup
+        self._credential.cgroup = cgroup
+        self._credential.late_cgroup = None
+        return cgroup
 
     def _start_warm(self, stdin: int | None, stdout: int, stderr: int) -> Child:
         """On the event loop: one send that does not wait."""
         assert self._forkserver is not None
         procs = self._cgroup.procs if self._cgroup is not None else None
-        return self._forkserver.spawn(self._command, stdin, stdout, stderr, procs, block=False)
+        return self._forkserver.spawn(
+            self._command, stdin, stdout, stderr, procs, block=False, cgroup=self.child_cgroup
+        )
 
     def _start_warm_waiting(self, stdin: int | None, stdout: int, stderr: int) -> Child:
         """On a worker thread, when the fork server's queue was full: the send may wait."""
         assert self._forkserver is not None
         procs = self._cgroup.procs if self._cgroup is not None else None
         try:
-            return self._forkserver.spawn(self._command, stdin, stdout, stderr, procs)
+            return self._forkserver.spawn(
+                self._command, stdin, stdout, stderr, procs, cgroup=self.child_cgroup
+            )
         except WarmUnavailable as exc:
             logger.warning("warm Python worker unavailable ({}); starting cold", exc)
             return self._start(stdin, stdout, stderr)
@@ -294,6 +326,11 @@ class _ProcessExecution(Execution):
                     if isinstance(started, Outcome):
                         return started
                     try:
+                        # A short task's end is seen on the loop (one wake-up, no thread).
+                        outcome = await watch_end_on_loop(supervisor, started)
+                        if outcome is not None:
+                            agent.ends_on_loop += 1
+                            return outcome
                         return await anyio.to_thread.run_sync(
                             supervisor.watch, started, limiter=agent._limiter
                         )
@@ -306,5 +343,6 @@ class _ProcessExecution(Execution):
             supervisor.close()
             if self._warm:
                 agent._warm_ended()
-            if self._cgroup is not None and agent._cgroup is not None:
-                agent._cgroup.retire(self._cgroup)
+            cgroup = supervisor.cgroup  # (a warm child's is known once it started)
+            if cgroup is not None and agent._cgroup is not None:
+                agent._cgroup.retire(cgroup)

@@ -64,6 +64,9 @@ class Credential:
     connections: set[_Connection] = field(default_factory=set)
     on_protocol_error: Callable[[str], None] | None = None
     cgroup: TaskCgroup | None = None
+    # Where the task's cgroup is known only once its process started (a warm child's own,
+    # spare_cgroups.py): asked at each connection; None from it refuses the connection.
+    late_cgroup: Callable[[], TaskCgroup | None] | None = None
     served: anyio.Event = field(default_factory=anyio.Event)  # its last connection ended
 
     async def connections_ended(self, timeout_s: float) -> None:
@@ -76,15 +79,16 @@ class Credential:
     def admits(self, writer: asyncio.StreamWriter) -> bool:
         """With a task cgroup, the connecting process must be one of the task's: a token
         read out of another task's environment is no use elsewhere."""
-        if self.cgroup is None:
-            return True
+        cgroup = self.cgroup if self.late_cgroup is None else self.late_cgroup()
+        if cgroup is None:
+            return self.late_cgroup is None
         sock = writer.get_extra_info("socket")
         try:
             raw = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _PEERCRED.size)
         except (OSError, AttributeError):
             return False
         pid, _, _ = _PEERCRED.unpack(raw)
-        return self.cgroup.holds(pid)
+        return cgroup.holds(pid)
 
     @property
     def task_id(self) -> str:

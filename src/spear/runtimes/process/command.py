@@ -18,6 +18,8 @@ from typing import TYPE_CHECKING
 from spear.errors import InvalidArgument, InvalidModule, NotFound
 
 if TYPE_CHECKING:
+    from collections.abc import Mapping
+
     from spear.core.models import FunctionSpec
 
 # What a process agent inherits from the node's environment; the spec's env adds to it.
@@ -92,8 +94,7 @@ def resolve_command(spec: FunctionSpec, node_env: dict[str, str] | None = None) 
     for text in (artifact, *spec.args, *(f"{k}={v}" for k, v in spec.env)):
         if "\0" in text:
             raise InvalidArgument("a command, argument or environment value contains NUL")
-    node_env = dict(os.environ) if node_env is None else node_env
-    env = {k: v for k, v in node_env.items() if k in INHERITED_ENV or k.startswith("LC_")}
+    env = _inherited(os.environ if node_env is None else node_env)
     cwd = spec.workdir
     if cwd is not None and not os.path.isdir(cwd):
         raise NotFound(f"working directory not found: {cwd}")
@@ -116,6 +117,14 @@ def resolve_command(spec: FunctionSpec, node_env: dict[str, str] | None = None) 
         program = found
     env.update(spec.env)
     return Command((program, *spec.args), env, cwd, Limits.of(spec))
+
+
+def _inherited(node_env: Mapping[str, str]) -> dict[str, str]:
+    """What a task inherits of the node's environment. Reads only those values: copying
+    all of `os.environ` (each value decoded) was ~0.1 ms of a warm task's 0.9 ms of node CPU."""
+    env = {k: node_env[k] for k in INHERITED_ENV if k in node_env}
+    env.update((k, node_env[k]) for k in node_env if k.startswith("LC_"))
+    return env
 
 
 def _existing_file(artifact: str, cwd: str | None) -> str:

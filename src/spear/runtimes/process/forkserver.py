@@ -14,7 +14,10 @@ descriptors (a status socket for this task, the child's stdin, stdout and stderr
 spare that takes it sends the node its pid on the status socket, passes the server its
 pid and a copy of the status socket (`report`; the server forks the next spare), joins
 the task's cgroup, applies its rlimits, takes the descriptors as 0/1/2 and runs the
-script as `__main__`. The server does not read requests; it forks, reaps and reports.
+script as `__main__`. Given the node's cgroup directory, each spare instead makes a
+cgroup of its own there and moves in while it waits (`spare_cgroups.py`): its task runs
+in it, and no move into a cgroup is left on the task's path. The server does not read
+requests; it forks, reaps and reports.
 
 How a task ends, on the status socket, after the pid:
 - the script returned (or raised SystemExit): the child flushes and closes 0/1/2, sends
@@ -47,7 +50,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from spear.runtimes.process.cgroups import TaskCgroup
     from spear.runtimes.process.command import Command
+    from spear.runtimes.process.spare_cgroups import ChildCgroup
 
 _MAX_MESSAGE = 1024 * 1024
 _START_TIMEOUT_S = 30.0
@@ -62,10 +67,11 @@ class WarmUnavailable(OSError):
 class ForkServer:
     """The node's handle on one fork server process."""
 
-    def __init__(self, spares: int = DEFAULT_SPARES) -> None:
+    def __init__(self, spares: int = DEFAULT_SPARES, cgroup_dir: str | None = None) -> None:
         if spares < 1:
             raise ValueError("a fork server keeps at least one spare (it takes the requests)")
         self.spares = spares
+        self.cgroup_dir = cgroup_dir  # each spare makes its own cgroup here (spare_cgroups.py)
         self._popen: subprocess.Popen[bytes] | None = None
         self._control: socket.socket | None = None
         self._lock = threading.Lock()
@@ -90,7 +96,7 @@ class ForkServer:
         argv = [sys.executable, "-m", "spear.runtimes.process.forkserver"]
         try:
             self._popen = subprocess.Popen(
-                [*argv, str(theirs.fileno()), str(self.spares)],
+                [*argv, str(theirs.fileno()), str(self.spares), self.cgroup_dir or ""],
                 pass_fds=(theirs.fileno(),),
                 stdin=subprocess.DEVNULL,
                 stdout=subprocess.DEVNULL,
@@ -120,15 +126,19 @@ class ForkServer:
         cgroup_procs: str | None = None,
         *,
         block: bool = True,
+        cgroup: ChildCgroup | None = None,
     ) -> WarmChild:
         """Start a child running `command` (a `.py` agent), in the cgroup whose
-        `cgroup.procs` is `cgroup_procs` if given. `WarmUnavailable` if the server is
-        gone before the task started (it may run cold instead); with `block=False`,
+        `cgroup.procs` is `cgroup_procs` if given, else (with `cgroup_dir`) in the one
+        its spare made, which `cgroup` learns. `WarmUnavailable` if the server is gone
+        before the task started (it may run cold instead); with `block=False`,
         BlockingIOError if the control socket's queue is full (nothing was sent)."""
         control, devnull = self._control, self._devnull
         if control is None or devnull is None:
             raise WarmUnavailable("the warm Python worker is not running")
         status_ours, status_theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        if cgroup is not None:
+            cgroup.watch(status_ours)
         request = {
             "argv": command.argv[1:],  # the script and its arguments
             "env": command.env,
@@ -151,7 +161,7 @@ class ForkServer:
             status_theirs.close()
         # Not waiting for the child's pid here: it is the first message on the status
         # socket, read with the others (one wake-up of the supervising thread fewer).
-        return WarmChild(status_ours)
+        return WarmChild(status_ours, cgroup)
 
     def stop(self) -> None:
         """Stop the server; it kills the children it still has. Safe to call twice."""
@@ -175,9 +185,10 @@ class WarmChild:
 
     in_cgroup = True  # it joins the task's cgroup itself, before it runs anything
 
-    def __init__(self, status: socket.socket) -> None:
+    def __init__(self, status: socket.socket, cgroup: ChildCgroup | None = None) -> None:
         self.pid: int | None = None  # known once the child has taken the task
         self._status = status
+        self.cgroup = cgroup  # the cgroup its spare made, if it made one
 
     @property
     def exit_fd(self) -> int:
@@ -187,22 +198,28 @@ class WarmChild:
         from spear.runtimes.process.supervisor import kill_group
 
         reply = b""
-        with contextlib.suppress(OSError):
-            reply = self._status.recv(_MAX_MESSAGE)
+        with contextlib.nullcontext() if self.cgroup is None else self.cgroup.lock:
+            with contextlib.suppress(OSError):
+                reply = self._status.recv(_MAX_MESSAGE)
+            message = json.loads(reply) if reply else {}
+            if "pid" in message:  # it started
+                self.pid = int(message["pid"])
+                if self.cgroup is not None:
+                    self.cgroup.started(message)
+                return None
         if not reply:  # the server died: make sure the child's group did too
             if self.pid is not None:
                 kill_group(self.pid, signal.SIGKILL)
             return signal.SIGKILL, 0.0  # a wait status meaning "killed by SIGKILL"
-        message = json.loads(reply)
-        if "pid" in message:  # it started
-            self.pid = int(message["pid"])
-            return None
         if "exit" in message:
             # The child waits for this: what the task left in its group ends with it.
             if self.pid is not None:
                 kill_group(self.pid, signal.SIGKILL)
             return (int(message["exit"]) & 0xFF) << 8, float(message["cpu"])
         return int(message["status"]), float(message["cpu"])
+
+    def task_cgroup(self) -> TaskCgroup | None:
+        return self.cgroup.task_cgroup() if self.cgroup is not None else None
 
     def close(self) -> None:
         self._status.close()
@@ -242,12 +259,18 @@ def _spare(control: socket.socket, report: socket.socket) -> None:
     control.close()
     me = os.getpid()
     status = socket.socket(fileno=fds[0])
+    joined = b"true" if _SPARE_CGROUP and _SPARE_UNJOINED is None else b"false"
     with contextlib.suppress(OSError):
-        status.send(b'{"pid": %d}' % me)
+        status.send(b'{"pid": %d, "cgroup": %s}' % (me, joined))
         socket.send_fds(report, [b"%d" % me], [fds[0]])
     report.close()
     _run_child(json.loads(data), status, fds[1:])
 
+
+# In a spare: the node's cgroup directory its own cgroup is made in, if any, and why the
+# spare could not move into it (spare_cgroups.py).
+_SPARE_CGROUP = ""
+_SPARE_UNJOINED: OSError | None = None
 
 _REQUEST = bytearray()  # the server's: a spare reads its request into it, no new buffer
 
@@ -316,6 +339,8 @@ def _become(request: dict[str, Any], fds: list[int]) -> None:
                 os.close(fd)
         except OSError as exc:
             unjoined = exc
+    elif _SPARE_CGROUP:
+        unjoined = _SPARE_UNJOINED  # (the spare's own cgroup, made while it waited)
     signal.signal(signal.SIGINT, signal.default_int_handler)
     for res, soft, hard in request["rlimits"]:
         import resource
@@ -415,8 +440,9 @@ def _pdeathsig() -> Any:
 class _Server:
     """The fork server: its spares, the children running tasks, their status sockets."""
 
-    def __init__(self, control: socket.socket, spares: int) -> None:
+    def __init__(self, control: socket.socket, spares: int, cgroup_dir: str = "") -> None:
         self.control = control
+        self.cgroup_dir = cgroup_dir
         self.target = max(1, spares)  # a spare is what takes requests
         self.children: set[int] = set()  # every child not reaped yet
         self.spares: set[int] = set()  # forked, waiting on the control socket
@@ -448,6 +474,11 @@ class _Server:
                     sock.close()
                 os.close(self.wake_r)
                 os.close(self.wake_w)
+                if self.cgroup_dir:
+                    from spear.runtimes.process.spare_cgroups import join_own
+
+                    global _SPARE_CGROUP, _SPARE_UNJOINED
+                    _SPARE_CGROUP, _SPARE_UNJOINED = self.cgroup_dir, join_own(self.cgroup_dir)
                 _spare(self.control, self.report_child)
             finally:  # never return into the server's loop, whatever happened
                 os._exit(1)
@@ -492,6 +523,10 @@ class _Server:
             self.lost_spares = 0
         self.spares.discard(pid)
         status = self.running.pop(pid, None)
+        if status is None and self.cgroup_dir:  # a spare: its cgroup, now empty
+            from spear.runtimes.process.spare_cgroups import remove_unused
+
+            remove_unused(self.cgroup_dir, pid)  # (a task's is the node's, gone already)
         if status is None:  # a spare, or a child whose report is still on its way
             if len(self.ended) >= 1024:  # spares that died unused never report
                 self.ended.pop(next(iter(self.ended)))
@@ -555,9 +590,9 @@ class _Server:
                 self.refill()
 
 
-def _serve(control_fd: int, spares: int) -> None:
+def _serve(control_fd: int, spares: int, cgroup_dir: str = "") -> None:
     control = socket.socket(fileno=control_fd)
-    server = _Server(control, spares)
+    server = _Server(control, spares, cgroup_dir)
     signal.set_wakeup_fd(server.wake_w)
     signal.signal(signal.SIGCHLD, lambda *_: None)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
@@ -571,7 +606,10 @@ def _serve(control_fd: int, spares: int) -> None:
     import traceback  # noqa: F401
     import types  # noqa: F401
 
-    import spear.agent  # noqa: F401
+    import spear.agent
+
+    if cgroup_dir:
+        import spear.runtimes.process.spare_cgroups  # noqa: F401
 
     os.environ.clear()  # each task brings its own: a child then has nothing to remove
     # Everything loaded so far is shared with the children; a collection in a child would
@@ -584,4 +622,8 @@ def _serve(control_fd: int, spares: int) -> None:
 
 
 if __name__ == "__main__":
-    _serve(int(sys.argv[1]), int(sys.argv[2]) if len(sys.argv) > 2 else DEFAULT_SPARES)
+    _serve(
+        int(sys.argv[1]),
+        int(sys.argv[2]) if len(sys.argv) > 2 else DEFAULT_SPARES,
+        sys.argv[3] if len(sys.argv) > 3 else "",
+    )

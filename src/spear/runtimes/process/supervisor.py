@@ -57,6 +57,9 @@ class Child(Protocol):
         """Kill what the process left in its group, reap it: (wait status, CPU seconds);
         None if `exit_fd` only told of its start (its pid is known from then on)."""
 
+    def task_cgroup(self) -> TaskCgroup | None:
+        """The cgroup it made for itself, once started (a warm child's, or None)."""
+
     def close(self) -> None: ...
 
 
@@ -86,6 +89,9 @@ class SpawnedChild:
         _, status, usage = os.wait4(self.pid, 0)
         self.popen.returncode = os.waitstatus_to_exitcode(status)
         return status, usage.ru_utime + usage.ru_stime
+
+    def task_cgroup(self) -> None:
+        return None
 
     def close(self) -> None:
         with contextlib.suppress(OSError):
@@ -164,10 +170,11 @@ class Started:
     """A child `Supervisor.begin` started, with the read ends of its output pipes."""
 
     child: Child
-    out_r: int
+    out_r: int  # -1 once read to its end and closed
     err_r: int
     pump: _Pump | None
     watched: bool = False
+    ended: tuple[int, float] | None = None  # (wait status, CPU s), once collected
 
 
 class Supervisor:
@@ -182,6 +189,17 @@ class Supervisor:
         self._stop = _Stop()
         self._cgroup_killed = False
         self.protocol_error: str | None = None  # set by the hostcall channel, for the reason
+
+    @property
+    def wake_fd(self) -> int:
+        """Readable once `wake` was called (a cancel to act on)."""
+        return self._wake_r
+
+    def child_started(self, child: Child) -> None:
+        """Its pid is known (and, for a warm child in a cgroup of its own, its cgroup)."""
+        self.pid = child.pid
+        if self.cgroup is None:
+            self.cgroup = child.task_cgroup()
 
     def wake(self) -> None:
         with contextlib.suppress(OSError):
@@ -230,14 +248,25 @@ class Supervisor:
     def watch(self, started: Started) -> Outcome:
         """Follow a started child to its end (blocking: on a worker thread)."""
         started.watched = True
-        child = started.child
         try:
-            status, cpu = self._watch(child, started.out_r, started.err_r, started.pump)
+            started.ended = self._watch(started)
         finally:
-            child.close()
-            if self.cgroup is not None and not self._cgroup_killed:
-                self.cgroup.kill()  # what left the group is still in the cgroup
-        return self._outcome(status, cpu)
+            self._release(started)
+        return self._outcome(*started.ended)
+
+    def finish(self, started: Started) -> Outcome:
+        """The outcome of a child whose end was collected elsewhere (`started.ended`, its
+        pipes read to their end): what `watch` returns once it has followed it."""
+        assert started.ended is not None
+        self._release(started)
+        return self._outcome(*started.ended)
+
+    def _release(self, started: Started) -> None:
+        started.watched = True
+        started.child.close()
+        if self.cgroup is not None and not self._cgroup_killed:
+            self.cgroup.kill()  # what left the group is still in the cgroup
+            self._cgroup_killed = True
 
     def abandon(self, started: Started) -> None:
         """Kill a started child nobody will watch (its watch was cancelled before it ran)."""
@@ -273,20 +302,30 @@ class Supervisor:
         os.set_blocking(w, False)
         return r, _Pump(w, data=memoryview(bytes(stdin)))
 
-    def _watch(self, child: Child, out_r: int, err_r: int, pump: _Pump | None) -> tuple[int, float]:
+    def _watch(self, started: Started) -> tuple[int, float]:
+        """Follow the child to its end (or, if `started.ended` already, its pipes for
+        `DRAIN_S` at most); its wait status and CPU seconds."""
+        child, pump = started.child, started.pump
         io = self.ctx.io
-        sinks = {out_r: io.stdout, err_r: io.stderr}
+        pipes = ((started.out_r, io.stdout), (started.err_r, io.stderr))
+        sinks = {fd: sink for fd, sink in pipes if fd >= 0}  # (-1: read to its end already)
+        result = started.ended
+        drain_until = math.inf
+        if result is not None:  # it ended; something outside its group holds a pipe
+            drain_until = time.monotonic() + DRAIN_S
+            if self.cgroup is not None and not self._cgroup_killed:
+                self.cgroup.kill()
+                self._cgroup_killed = True
         sel = selectors.DefaultSelector()
         try:
             for fd in sinks:
                 os.set_blocking(fd, False)
                 sel.register(fd, selectors.EVENT_READ)
-            sel.register(child.exit_fd, selectors.EVENT_READ)
+            if result is None:
+                sel.register(child.exit_fd, selectors.EVENT_READ)
             sel.register(self._wake_r, selectors.EVENT_READ)
             if pump is not None:
                 self._register_pump(sel, pump)
-            result: tuple[int, float] | None = None
-            drain_until = math.inf
             while sinks or result is None:
                 now = time.monotonic()
                 if result is not None and now >= drain_until:
@@ -303,7 +342,7 @@ class Supervisor:
                     elif fd == child.exit_fd and result is None:
                         ended = child.collect()
                         if ended is None:  # it started: its pid is known now
-                            self.pid = child.pid
+                            self.child_started(child)
                             continue
                         sel.unregister(fd)
                         result = ended
