@@ -11,9 +11,10 @@ for that key applied the invalidation, or its lease surely ended (a member that 
 answering, a broken stream, a partition): no member serves the old version after the
 writer heard "done".
 
-A restarted SMS does not know which leases the last one granted: the time the last grant
-runs to is kept in the KV (`objlease/until`, wall clock), and the first write after a
-start waits until then. Only the leader grants leases (WatchObjects is a write).
+A restarted SMS, or one that (again) leads, does not know which leases the last leader
+granted: the time the last grant runs to is kept in the KV (`objlease/until`, wall
+clock), and a write waits until then (read again whenever this SMS is not granting leases
+itself). Only the leader grants leases (WatchObjects is a write).
 """
 
 from __future__ import annotations
@@ -115,6 +116,10 @@ class ObjectLeases:
         """`key` changed in the index: return once no member can serve its old version.
         `writer` (the member that wrote it, told by the answer itself) is not waited for,
         and stays noted: it caches what it wrote."""
+        if self._persisted < self._wall():
+            # Not granting leases now: another SMS may have since (a leadership that
+            # moved away and back), so read again how long its leases may run.
+            self._grace = None
         await self._load_grace(kv)
         assert self._grace is not None
         left = self._grace - self._wall()
