@@ -51,8 +51,23 @@ def test_a_kept_record_is_served_only_while_the_lease_runs() -> None:
     assert cache.fresh("k") == _record(5)
     clock.now += 2.0  # (the lease counts from when the ping was sent)
     assert cache.fresh("k") is None
-    cache.renewed(clock.now, 2.0)
-    assert cache.fresh("k") == _record(5)
+
+
+def test_a_lease_that_lapsed_drops_the_cache_even_once_renewed() -> None:
+    # (meanwhile the SMS acknowledged writes without waiting for this member)
+    cache, clock, sms = _leased_cache()
+    cache.keep("k", _record(5), cache.ticket(sms), sms)
+    in_flight = cache.ticket(sms)
+    clock.now += 2.5
+    cache.renewed(clock.now - 0.1, 2.0)
+    assert cache.fresh("k") is None
+    cache.keep("k", _record(5), in_flight, sms)  # (read before the lapse: maybe stale)
+    assert cache.fresh("k") is None
+    cache.keep("k", _record(6), cache.ticket(sms), sms)
+    assert cache.fresh("k") == _record(6)
+    clock.now += 1.0
+    cache.renewed(clock.now, 2.0)  # renewed in time: kept
+    assert cache.fresh("k") == _record(6)
 
 
 def test_an_answer_older_than_an_invalidation_is_not_kept() -> None:

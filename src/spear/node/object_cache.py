@@ -11,7 +11,8 @@ it asks no one. The rules that keep it correct:
 - a record is served only while the lease runs: renewed by pings the SMS answers, it
   counts from when the ping was sent, so it ends before the SMS's view of it;
 - every invalidation is applied before it is acknowledged; a broken or silent watch, or a
-  lapsed lease, drops everything (the member asks the SMS again, as before).
+  lease that lapsed (even if renewed since), drops everything (the member asks the SMS
+  again, as before): the SMS acknowledges writes without waiting for a lapsed lease.
 """
 
 from __future__ import annotations
@@ -106,6 +107,10 @@ class VersionCache:
             self._floor = max(self._floor, seq)
 
     def renewed(self, sent_at: float, lease_s: float) -> None:
+        if self.clock() >= self._expiry:
+            # The lease lapsed: meanwhile the SMS may have acknowledged writes without
+            # hearing from us. What was cached, or is being looked up, may be stale.
+            self._forget()
         self._expiry = max(self._expiry, sent_at + lease_s)
 
     def opened(self, address: str) -> None:
@@ -118,13 +123,16 @@ class VersionCache:
             self._end()
 
     def _end(self) -> None:
+        self._forget()
+        self._address = None
+        self._expiry = 0.0
+
+    def _forget(self) -> None:
         self._session += 1
         self._seq += 1
         self._floor = self._seq
         self._touched.clear()
         self._records.clear()
-        self._address = None
-        self._expiry = 0.0
 
 
 async def watch_index(sms: SmsClient, node: str, cache: VersionCache) -> None:
