@@ -134,7 +134,7 @@ def _methods(service: str) -> list[str]:
         "RemoveObjectLocation", "LocateObject",
         "CommitObject", "LookupObject", "HoldObject", "ChangeObject", "ListObjectRecords",
         "AnnounceObjects", "CollectObjects", "VerifyToken", "TakeTaskSlot", "ReleaseTaskSlot",
-        "DeleteClusterTasks",
+        "DeleteClusterTasks", "KeepTaskInput", "WatchObjects",
     ]  # fmt: skip
     names = spearlet if service == "spearlet" else sms
     package = "Spearlet" if service == "spearlet" else "MetadataServer"

@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
+from spear.core.object_leases import ObjectLeases
 from spear.errors import Conflict, InvalidArgument, NotFound
 
 if TYPE_CHECKING:
@@ -108,6 +109,8 @@ class ObjectIndex:
         self.kv = kv
         self._live_nodes = live_nodes
         self._clock = clock
+        # Members that may have cached versions, told of each change (object_leases.py).
+        self.leases = ObjectLeases()
 
     async def _live(self) -> set[str] | None:
         return None if self._live_nodes is None else await self._live_nodes()
@@ -127,6 +130,7 @@ class ObjectIndex:
             raise InvalidArgument("an object commit needs a key and a node")
         if expected_version is not None and expected_version < 0:
             raise InvalidArgument("an expected version must be 0 (absent) or a version")
+        self.leases.noted(node, key)  # (before reading: see object_leases.py)
         while True:
             entry = await self.kv.get(INDEX + key)
             now = self._clock()
@@ -151,9 +155,12 @@ class ObjectIndex:
                 INDEX + key, orjson.dumps(data), entry.version if entry else 0
             )
             if rev > 0:
+                await self.leases.changed(self.kv, key, writer=node)
                 return _record(key, data, rev, await self._live())
 
-    async def lookup(self, key: str) -> ObjectRecord:
+    async def lookup(self, key: str, node: str | None = None) -> ObjectRecord:
+        """The current record of `key`; `node`: the member asking (it may cache it)."""
+        self.leases.noted(node, key)  # (before reading: see object_leases.py)
         entry = await self.kv.get(INDEX + key)
         if entry is None:
             raise NotFound(f"no such object: {key}")
@@ -216,6 +223,7 @@ class ObjectIndex:
             data.update(refs=refs, pinned=pinned, version=version, updated=self._clock())
             value = None if delete else orjson.dumps(data)
             if await self.kv.compare_and_swap(INDEX + key, value, entry.version) >= 0:
+                await self.leases.changed(self.kv, key)
                 return _record(key, data, version, await self._live()), delete
 
     async def list(self, prefix: str = "") -> builtins.list[ObjectRecord]:
@@ -259,5 +267,6 @@ class ObjectIndex:
             if data.get("refs", 0) > 0 or data.get("pinned") or idle < grace_s:
                 continue
             if await self.kv.compare_and_swap(entry.key, None, entry.version) == 0:
+                await self.leases.changed(self.kv, entry.key[len(INDEX) :])
                 deleted.append(_record(entry.key[len(INDEX) :], data, version, None))
         return deleted

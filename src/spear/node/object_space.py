@@ -19,6 +19,7 @@ from spear._logging import logger
 from spear.core import namespaces as ns
 from spear.core.object_index import INLINE_MAX
 from spear.errors import ResourceExhausted, SpearError, Unavailable
+from spear.node.object_cache import VersionCache, watch_index
 from spear.transport._object_convert import record_info
 
 if TYPE_CHECKING:
@@ -52,13 +53,17 @@ class ClusterObjects:
         self._records: OrderedDict[str, ObjectRecord] = OrderedDict()
         self._holding: set[asyncio.Task[None]] = set()
         self.replicas: Replicas | None = None  # setting object_replicas > 1
+        self.cache = VersionCache()  # current versions, while the index's watch runs
 
     async def commit(
         self, key: str, size: int, expected_version: int | None, value: bytes | None = None
     ) -> int:
+        self.cache.touch(key)
+        ticket = self.cache.ticket(self._sms)
         record = await self._sms.commit_object(
             key, self.node, self.address, size, expected_version, value
         )
+        self.cache.keep(key, record, ticket, self._sms)
         if self.replicas is not None and size > INLINE_MAX:  # (the index holds small ones)
             self.replicas.copy(key)
         return record.version
@@ -70,7 +75,11 @@ class ClusterObjects:
         return record.value
 
     async def current(self, key: str) -> ObjectInfo:
-        record = await self._sms.lookup_object(key)
+        record = self.cache.fresh(key)
+        if record is None:
+            ticket = self.cache.ticket(self._sms)
+            record = await self._sms.lookup_object(key)
+            self.cache.keep(key, record, ticket, self._sms)
         self._records[key] = record
         self._records.move_to_end(key)
         while len(self._records) > _RECORDS_KEPT:
@@ -81,6 +90,16 @@ class ClusterObjects:
         record = self._records.pop(key, None)
         if record is None or record.version != info.version:
             record = await self._sms.lookup_object(key)
+        try:
+            await self._fetch_from(record, key, dest)
+        except Unavailable:
+            # A cached record may not name holders added since: ask the index once more.
+            fresh = await self._sms.lookup_object(key)
+            if fresh.version != record.version or fresh.holders == record.holders:
+                raise
+            await self._fetch_from(fresh, key, dest)
+
+    async def _fetch_from(self, record: ObjectRecord, key: str, dest: Path) -> None:
         others = [h for h in record.holders if h.node != self.node]
         failures = []
         for holder in others:
@@ -260,9 +279,14 @@ async def sharing_objects(
     if replicas > 1:
         authority.replicas = Replicas(sms, node, transfer, credentials, replicas)
     store.authority = authority
+    watching = asyncio.get_running_loop().create_task(watch_index(sms, node, authority.cache))
     try:
         yield authority
     finally:
+        watching.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await watching
+        authority.cache.closed()
         store.authority = None
         if authority.replicas is not None:
             await authority.replicas.aclose()

@@ -3,14 +3,18 @@ service (transport/sms_server.py) inherits them."""
 
 from __future__ import annotations
 
+import asyncio
 from typing import TYPE_CHECKING
 
-from spear.errors import PermissionDenied
+from spear._logging import logger
+from spear.errors import InvalidArgument, PermissionDenied
 from spear.transport import _object_convert as oc
 from spear.transport._gen.spear import v1
 from spear.transport.auth import current_principal
 
 if TYPE_CHECKING:
+    from collections.abc import AsyncIterator
+
     from spear.core.sms import MetadataServer
 
 
@@ -38,7 +42,9 @@ class ObjectIndexService:
         return oc.record_to_wire(record)
 
     async def lookup_object(self, message: v1.LookupObjectRequest) -> v1.ObjectRecord:
-        return oc.record_to_wire(await self.sms.objects.lookup(message.key))
+        principal = current_principal.get()
+        member = principal.name if principal and principal.via == "certificate" else None
+        return oc.record_to_wire(await self.sms.objects.lookup(message.key, member))
 
     async def hold_object(self, message: v1.HoldObjectRequest) -> v1.ObjectRecord:
         self.sms.leadership.require()  # writes go to the leader only
@@ -77,3 +83,41 @@ class ObjectIndexService:
         self.sms.leadership.require()  # writes go to the leader only
         found = await self.sms.objects.collect(message.grace_s)
         return v1.ListObjectRecordsResponse(objects=[oc.record_to_wire(r) for r in found])
+
+    async def watch_objects(
+        self, messages: AsyncIterator[v1.ObjectWatchRequest]
+    ) -> AsyncIterator[v1.ObjectWatchEvent]:
+        """A member's lease and the invalidations of what it may have cached
+        (core/object_leases.py). Only the leader grants leases: it decides every write."""
+        self.sms.leadership.require()
+        first = await anext(messages, None)
+        if first is None or not first.node:
+            raise InvalidArgument("a watch of the object index names its member first")
+        _speaks_for(first.node)
+        leases, kv = self.sms.objects.leases, self.sms.objects.kv
+        watcher = leases.watch(first.node)
+
+        async def read() -> None:
+            try:
+                async for message in messages:
+                    if message.ack:
+                        watcher.acked(message.ack)
+                    if message.ping:
+                        if not self.sms.leadership.leading:
+                            break  # (a deposed leader grants no more leases)
+                        await leases.renew(kv, watcher, message.ping)
+            except Exception as exc:  # (the member went away: its lease runs out)
+                logger.debug("object watch of {} ended: {}", watcher.node, exc)
+            finally:
+                watcher.close()
+
+        reader = asyncio.get_running_loop().create_task(read())
+        try:
+            if first.ping:
+                await leases.renew(kv, watcher, first.ping)
+            while (event := await watcher.outbox.get()) is not None:
+                pong, lease_s, seq, keys = event
+                yield v1.ObjectWatchEvent(pong=pong, lease_s=lease_s, seq=seq, keys=list(keys))
+        finally:
+            leases.unwatch(watcher)
+            reader.cancel()

@@ -30,7 +30,7 @@ from spear.transport.channels import NO_CREDENTIALS, Credentials, close_channel,
 from spear.transport.serving import parse_listen
 
 if TYPE_CHECKING:
-    from collections.abc import Awaitable, Callable, Sequence
+    from collections.abc import AsyncGenerator, AsyncIterable, Awaitable, Callable, Sequence
 
     from grpclib.client import Channel
 
@@ -325,6 +325,32 @@ class SmsClient(Cluster):
     async def keep_task_input(self, task_id: str, stdin: bytes) -> None:
         req = v1.KeepTaskInputRequest(task_id=task_id, stdin=stdin)
         await self._call(lambda stub: stub.keep_task_input(req, **self._opts()))
+
+    def watch_objects(
+        self, requests: AsyncIterable[tuple[str, int, int]]
+    ) -> tuple[str, AsyncGenerator[tuple[int, float, int, tuple[str, ...]]]]:
+        """(the SMS it goes to, its events) of a watch of the object index: `requests` are
+        (node, ping, ack)s, events (pong, lease_s, seq, keys) (core/object_leases.py).
+        One address, no failover: a broken watch is the caller's to open again."""
+        address = self.address
+        stub = self._stub(address)
+
+        async def events() -> AsyncGenerator[tuple[int, float, int, tuple[str, ...]]]:
+            messages = (
+                v1.ObjectWatchRequest(node=node, ping=ping, ack=ack)
+                async for node, ping, ack in requests
+            )
+            try:
+                with client_errors(f"SMS {address}"):
+                    async for event in stub.watch_objects(messages):
+                        yield event.pong, event.lease_s, event.seq, tuple(event.keys)
+            except NotLeader as exc:
+                leader = leader_named_in(exc)
+                if leader and leader != address:
+                    self._move_to(leader)
+                raise
+
+        return address, events()
 
     async def aclose(self) -> None:
         channels, self._channels = self._channels, {}

@@ -71,6 +71,8 @@ __all__ = (
     "ObjectKeyRequest",
     "ObjectLocation",
     "ObjectRecord",
+    "ObjectWatchEvent",
+    "ObjectWatchRequest",
     "RegisterNodeRequest",
     "RemoveObjectLocationRequest",
     "RemoveObjectLocationResponse",
@@ -1254,6 +1256,43 @@ default_message_pool.register_message("spear.v1", "ObjectRecord", ObjectRecord)
 
 
 @dataclass(eq=False, repr=False)
+class ObjectWatchEvent(betterproto2.Message):
+    """
+    MetadataServer.WatchObjects, SMS -> member: a `pong` (the lease of `lease_s` counts from
+    when the member sent that ping) or an invalidation `seq` of `keys`.
+    """
+
+    pong: "int" = betterproto2.field(1, betterproto2.TYPE_UINT64)
+
+    lease_s: "float" = betterproto2.field(2, betterproto2.TYPE_DOUBLE)
+
+    seq: "int" = betterproto2.field(3, betterproto2.TYPE_UINT64)
+
+    keys: "list[str]" = betterproto2.field(4, betterproto2.TYPE_STRING, repeated=True)
+
+
+default_message_pool.register_message("spear.v1", "ObjectWatchEvent", ObjectWatchEvent)
+
+
+@dataclass(eq=False, repr=False)
+class ObjectWatchRequest(betterproto2.Message):
+    """
+    MetadataServer.WatchObjects, member -> SMS: the first message names the member; then
+    lease renewals (`ping`, answered by a `pong` of the same number) and acknowledgements
+    (`ack`: the invalidation of that number is applied).
+    """
+
+    node: "str" = betterproto2.field(1, betterproto2.TYPE_STRING)
+
+    ping: "int" = betterproto2.field(2, betterproto2.TYPE_UINT64)
+
+    ack: "int" = betterproto2.field(3, betterproto2.TYPE_UINT64)
+
+
+default_message_pool.register_message("spear.v1", "ObjectWatchRequest", ObjectWatchRequest)
+
+
+@dataclass(eq=False, repr=False)
 class RegisterNodeRequest(betterproto2.Message):
     node: "NodeRecord | None" = betterproto2.field(1, betterproto2.TYPE_MESSAGE, optional=True)
 
@@ -2124,6 +2163,31 @@ class MetadataServerStub(betterproto2_grpclib.ServiceStub):
             metadata=metadata,
         )
 
+    async def watch_objects(
+        self,
+        messages: "AsyncIterable[ObjectWatchRequest] | Iterable[ObjectWatchRequest]",
+        *,
+        timeout: "float | None" = None,
+        deadline: "Deadline | None" = None,
+        metadata: "MetadataLike | None" = None,
+    ) -> "AsyncIterator[ObjectWatchEvent]":
+        """
+        A member's watch of the object index (docs/objects.md, "Cached versions"): the SMS
+        pushes which keys' versions a member may have cached are no longer current, and a
+        write is acknowledged only once every such member applied it or its lease ran out.
+        """
+
+        async for response in self._stream_stream(
+            "/spear.v1.MetadataServer/WatchObjects",
+            messages,
+            ObjectWatchRequest,
+            ObjectWatchEvent,
+            timeout=timeout,
+            deadline=deadline,
+            metadata=metadata,
+        ):
+            yield response
+
 
 class SpearletStub(betterproto2_grpclib.ServiceStub):
     async def submit_task(
@@ -2837,6 +2901,18 @@ class MetadataServerBase(betterproto2_grpclib.ServiceBase):
 
         raise grpclib.GRPCError(grpclib.const.Status.UNIMPLEMENTED)
 
+    async def watch_objects(
+        self, messages: "AsyncIterator[ObjectWatchRequest]"
+    ) -> "AsyncIterator[ObjectWatchEvent]":
+        """
+        A member's watch of the object index (docs/objects.md, "Cached versions"): the SMS
+        pushes which keys' versions a member may have cached are no longer current, and a
+        write is acknowledged only once every such member applied it or its lease ran out.
+        """
+
+        raise grpclib.GRPCError(grpclib.const.Status.UNIMPLEMENTED)
+        yield ObjectWatchEvent()
+
     async def __rpc_register_node(
         self, stream: "grpclib.server.Stream[RegisterNodeRequest, NodeRecord]"
     ) -> None:
@@ -3038,6 +3114,16 @@ class MetadataServerBase(betterproto2_grpclib.ServiceBase):
         response = await self.keep_task_input(request)
         await stream.send_message(response)
 
+    async def __rpc_watch_objects(
+        self, stream: "grpclib.server.Stream[ObjectWatchRequest, ObjectWatchEvent]"
+    ) -> None:
+        request = stream.__aiter__()
+        await self._call_rpc_handler_server_stream(
+            self.watch_objects,
+            stream,
+            request,
+        )
+
     def __mapping__(self) -> "dict[str, grpclib.const.Handler]":
         return {
             "/spear.v1.MetadataServer/RegisterNode": grpclib.const.Handler(
@@ -3189,6 +3275,12 @@ class MetadataServerBase(betterproto2_grpclib.ServiceBase):
                 grpclib.const.Cardinality.UNARY_UNARY,
                 KeepTaskInputRequest,
                 KeepTaskInputResponse,
+            ),
+            "/spear.v1.MetadataServer/WatchObjects": grpclib.const.Handler(
+                self.__rpc_watch_objects,
+                grpclib.const.Cardinality.STREAM_STREAM,
+                ObjectWatchRequest,
+                ObjectWatchEvent,
             ),
         }
 

@@ -1,0 +1,147 @@
+"""The rules of cached object versions, each on its own (core/object_leases.py, the SMS's
+side; node/object_cache.py, a member's): clocks are given, nothing sleeps. The same rules
+against a real SMS and real members: tests/cluster/test_object_version_cache.py."""
+
+# ruff: noqa: F811  (the kv fixture imported from test_sms.py is used as an argument)
+from __future__ import annotations
+
+import asyncio
+from typing import TYPE_CHECKING, Any
+
+from test_sms import kv  # noqa: F401 - the KV fixture (LevelDB and etcd)
+
+from spear.core.object_index import ObjectRecord
+from spear.core.object_leases import LEASE_KEY, ObjectLeases
+from spear.node.object_cache import VersionCache
+
+if TYPE_CHECKING:
+    from spear.store.kv import KV
+
+
+class _Sms:
+    """What the cache reads of an SmsClient: where calls go, and how often that moved."""
+
+    address = "sms:1"
+    failovers = 0
+
+
+class _Clock:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def _record(version: int) -> ObjectRecord:
+    return ObjectRecord(key="k", version=version, size=1)
+
+
+def _leased_cache() -> tuple[VersionCache, _Clock, Any]:
+    clock = _Clock()
+    cache = VersionCache(clock)
+    cache.opened("sms:1")
+    cache.renewed(clock.now, 2.0)
+    return cache, clock, _Sms()
+
+
+def test_a_kept_record_is_served_only_while_the_lease_runs() -> None:
+    cache, clock, sms = _leased_cache()
+    cache.keep("k", _record(5), cache.ticket(sms), sms)
+    assert cache.fresh("k") == _record(5)
+    clock.now += 2.0  # (the lease counts from when the ping was sent)
+    assert cache.fresh("k") is None
+
+
+def test_a_lease_that_lapsed_drops_the_cache_even_once_renewed() -> None:
+    # (meanwhile the SMS acknowledged writes without waiting for this member)
+    cache, clock, sms = _leased_cache()
+    cache.keep("k", _record(5), cache.ticket(sms), sms)
+    in_flight = cache.ticket(sms)
+    clock.now += 2.5
+    cache.renewed(clock.now - 0.1, 2.0)
+    assert cache.fresh("k") is None
+    cache.keep("k", _record(5), in_flight, sms)  # (read before the lapse: maybe stale)
+    assert cache.fresh("k") is None
+    cache.keep("k", _record(6), cache.ticket(sms), sms)
+    assert cache.fresh("k") == _record(6)
+    clock.now += 1.0
+    cache.renewed(clock.now, 2.0)  # renewed in time: kept
+    assert cache.fresh("k") == _record(6)
+
+
+def test_an_answer_older_than_an_invalidation_is_not_kept() -> None:
+    cache, _, sms = _leased_cache()
+    ticket = cache.ticket(sms)  # a lookup starts
+    cache.touch("k")  # an invalidation of k arrives while it is in flight
+    cache.keep("k", _record(5), ticket, sms)
+    assert cache.fresh("k") is None
+    cache.keep("k", _record(6), cache.ticket(sms), sms)  # a lookup started after it
+    assert cache.fresh("k") == _record(6)
+
+
+def test_a_slower_answer_never_replaces_a_newer_version() -> None:
+    cache, _, sms = _leased_cache()
+    slow = cache.ticket(sms)
+    cache.keep("k", _record(7), cache.ticket(sms), sms)
+    cache.keep("k", _record(6), slow, sms)
+    assert cache.fresh("k") == _record(7)
+
+
+def test_nothing_is_kept_outside_a_session_or_from_another_sms() -> None:
+    clock = _Clock()
+    cache, sms = VersionCache(clock), _Sms()
+    assert cache.ticket(sms) is None  # no lease granted yet: nothing to keep
+    cache.opened("sms:1")
+    cache.renewed(clock.now, 2.0)
+    ticket = cache.ticket(sms)
+    cache.closed()  # the watch broke while the lookup was in flight
+    cache.opened("sms:1")
+    cache.renewed(clock.now, 2.0)
+    cache.keep("k", _record(5), ticket, sms)
+    assert cache.fresh("k") is None
+    moved = _Sms()
+    ticket = cache.ticket(moved)
+    moved.failovers = 1  # the call went elsewhere: the watched SMS did not note it
+    cache.keep("k", _record(5), ticket, moved)
+    assert cache.fresh("k") is None
+
+
+def test_forgotten_invalidations_still_refuse_answers_in_flight() -> None:
+    cache, _, sms = _leased_cache()
+    ticket = cache.ticket(sms)
+    cache.touch("k")
+    for i in range(5000):  # (more keys than it remembers)
+        cache.touch(f"other-{i}")
+    cache.keep("k", _record(5), ticket, sms)
+    assert cache.fresh("k") is None
+
+
+async def test_a_write_waits_for_the_members_that_may_cache_its_key(kv: KV) -> None:
+    leases = ObjectLeases(lease_s=30.0)
+    reader = leases.watch("node-2")
+    await leases.renew(kv, reader, 1)
+    assert await reader.outbox.get() == (1, 30.0, 0, ())
+    assert float((await kv.get(LEASE_KEY)).value) > 0  # (for a restarted SMS)
+    leases.noted("node-2", "k")  # node-2 looked k up
+    leases.noted("node-3", "k")  # (never leased: it caches nothing)
+    write = asyncio.ensure_future(leases.changed(kv, "k", writer="node-1"))
+    assert await reader.outbox.get() == (0, 0.0, 1, ("k",))
+    await asyncio.sleep(0)
+    assert not write.done()  # not acknowledged before node-2 applied it
+    reader.acked(1)
+    await asyncio.wait_for(write, 5)
+    # node-2 is no longer noted for k: the next write does not wait for it.
+    await asyncio.wait_for(leases.changed(kv, "k"), 5)
+    assert reader.outbox.empty()
+
+
+async def test_a_silent_member_is_waited_for_until_its_lease_ends(kv: KV) -> None:
+    leases = ObjectLeases(lease_s=0.05)
+    member = leases.watch("node-2")
+    await leases.renew(kv, member, 1)
+    leases.noted("node-2", "k")
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    await asyncio.wait_for(leases.changed(kv, "k"), 5)  # never acked
+    assert loop.time() - started >= 0.05  # (its lease, at least)
