@@ -429,14 +429,15 @@ async def test_warm_tasks_beyond_the_fork_servers_queue_still_run(
 async def test_an_idle_warm_pool_is_stopped_and_restarted_on_demand(tmp_path: Path) -> None:
     async with new_node(tmp_path) as node:
         agent = agent_of(node)
-        agent.warm_idle_s = 0.5
+        # Idle for 2 s: a task every 0.2 s keeps it, even when a run takes a second here.
+        agent.warm_idle_s = 2.0
         spec = FunctionSpec(script(tmp_path, "print('ok')\n"), runtime=Runtime.PROCESS, warm=True)
         assert (await node.run(spec)).state is TaskState.COMPLETED
         server = agent._forkserver
         assert server is not None and server.pid is not None
         await eventually(lambda: len(spares_of(server.pid)) == 2)  # type: ignore[arg-type]
         pids = [server.pid, *spares_of(server.pid)]
-        # Kept while used: a task every 0.2 s for 1 s.
+        # Kept while used: a task every 0.2 s for 1 s (and more).
         for _ in range(5):
             await anyio.sleep(0.2)
             assert (await node.run(spec)).state is TaskState.COMPLETED

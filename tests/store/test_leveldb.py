@@ -201,9 +201,9 @@ async def test_shared_handle_lingers_then_lets_go(tmp_path: Path) -> None:
     opened = []
     real_open = leveldb._open
 
-    def counting_open(*args: Any) -> Any:
+    def counting_open(*args: Any, **kwargs: Any) -> Any:
         opened.append(args)
-        return real_open(*args)
+        return real_open(*args, **kwargs)
 
     leveldb._open = counting_open  # type: ignore[assignment]
     try:
