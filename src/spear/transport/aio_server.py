@@ -160,7 +160,10 @@ class AioServer:
                 await _abort_internal(context, exc)
             finally:
                 logger.debug(
-                    "rpc {} {} in {:.2f} ms", full, outcome, (time.perf_counter() - start) * 1e3
+                    "rpc {} {} in {:.2f} ms (grpc.aio)",
+                    full,
+                    outcome,
+                    (time.perf_counter() - start) * 1e3,
                 )
 
         return handle
