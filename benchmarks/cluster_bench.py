@@ -18,6 +18,9 @@ loopback: the SMS, the SPEARlets and etcd are real processes.
   the client) spent per task (`cpu_ms_per_task`, as for at_once).
 - at_once: N tasks in one SubmitTasks call through node-1, answered when all have
   finished: beside Ray's `ray.get([f.remote() for ...])` on three nodes.
+- grpclib peers: the forwarded call and at_once again on a cluster whose members forward
+  over grpclib (`peer_transport = "grpclib"`) instead of grpc.aio, in the same run
+  (`spear_3_spearlets_grpclib_peers`).
 - heartbeats: 200 simulated nodes register with a real SMS process, then heartbeat in a
   closed loop for a few seconds (the SMS's capacity: heartbeats/s and latency), then at
   the nominal rate of one per node per second (latency under the normal load).
@@ -137,7 +140,16 @@ async def _at_once(address: str, module: str, n: int, labels: Any) -> dict[str, 
     }
 
 
-def _spearlets(directory: Path, counts: dict[str, int], etcd: bool) -> dict[str, Any]:
+def _spearlets(
+    directory: Path,
+    counts: dict[str, int],
+    etcd: bool,
+    *,
+    peer_transport: str = "grpc.aio",
+    wheres: tuple[str, ...] = ("local_first", "forwarded"),
+) -> dict[str, Any]:
+    """The workloads through node-1 of 3 SPEARlets that forward to each other over
+    `peer_transport` (the setting: "grpc.aio", the default, or "grpclib")."""
     from spear.node.local_cluster import LocalCluster
 
     module = directory / "trivial.wasm"
@@ -145,11 +157,16 @@ def _spearlets(directory: Path, counts: dict[str, int], etcd: bool) -> dict[str,
 
     module.write_bytes(wasmtime.wat2wasm(TRIVIAL_WAT))
     far = (("bench", "far"),)
+    transport = {"peer_transport": peer_transport}
     cluster = LocalCluster(
-        directory / ("cluster-etcd" if etcd else "cluster"),
+        directory / f"cluster-{'etcd' if etcd else 'leveldb'}-{peer_transport}",
         nodes=3,
         etcd=etcd,
-        node_settings={"node-2": {"labels": {"bench": "far"}}},
+        node_settings={
+            "node-1": transport,
+            "node-2": {"labels": {"bench": "far"}, **transport},
+            "node-3": transport,
+        },
     )
     _CREDENTIALS[0] = cluster.credentials()
     with cluster:
@@ -157,6 +174,8 @@ def _spearlets(directory: Path, counts: dict[str, int], etcd: bool) -> dict[str,
         pids = [m.pid for m in cluster.members] + ([cluster.sms.pid] if cluster.sms else [])
         out: dict[str, Any] = {}
         for name, labels in (("local_first", ()), ("forwarded", far)):
+            if name not in wheres:
+                continue
             lat = anyio.run(_latencies, n1, str(module), counts["latency_n"], labels)
             thr = anyio.run(_throughput, n1, str(module), counts["throughput_n"], labels)
             before = _cpu_s(pids)
@@ -289,6 +308,11 @@ def run(quick: bool) -> dict[str, Any]:
         directory = Path(tmp)
         spearlets = {
             "leveldb": _spearlets(directory, counts, etcd=False),
+            # The same forwarded workloads, the members forwarding over grpclib (issue 17:
+            # the grpc.aio port of ForwardTasks beside the stack it replaced, in one run).
+            "leveldb_grpclib": _spearlets(
+                directory, counts, etcd=False, peer_transport="grpclib", wheres=("forwarded",)
+            ),
             "etcd": _spearlets(directory, counts, etcd=True),
         }
         sms = {
@@ -311,8 +335,15 @@ def run(quick: bool) -> dict[str, Any]:
         "sms_heartbeats_per_s_leveldb": sms["leveldb"]["closed_loop"]["heartbeats_per_s"],
         "sms_heartbeats_per_s_etcd": sms["etcd"]["closed_loop"]["heartbeats_per_s"],
     }
+    grpclib = spearlets["leveldb_grpclib"]["forwarded"]
     return {
-        "cluster": {"spear_3_spearlets": headline},
+        "cluster": {
+            "spear_3_spearlets": headline,
+            "spear_3_spearlets_grpclib_peers": {
+                "task_forwarded": grpclib["call"],
+                "tasks_forwarded": grpclib["at_once"],
+            },
+        },
         "spearlets": spearlets,
         "sms_heartbeats": sms,
         "counts": counts,
