@@ -140,6 +140,37 @@ async def _at_once(address: str, module: str, n: int, labels: Any) -> dict[str, 
     }
 
 
+FAR = (("bench", "far"),)  # the label only node-2 has: "forwarded" tasks ask for it
+
+
+def trivial_module(directory: Path) -> Path:
+    import wasmtime
+
+    module = directory / "trivial.wasm"
+    module.write_bytes(wasmtime.wat2wasm(TRIVIAL_WAT))
+    return module
+
+
+def three_spearlets(directory: Path, etcd: bool, peer_transport: str = "grpc.aio") -> Any:
+    """A LocalCluster (not started) of 3 SPEARlets forwarding over `peer_transport`,
+    node-2 labelled `FAR`; this benchmark calls it with the launcher's certificate."""
+    from spear.node.local_cluster import LocalCluster
+
+    transport = {"peer_transport": peer_transport}
+    cluster = LocalCluster(
+        directory / f"cluster-{'etcd' if etcd else 'leveldb'}-{peer_transport}",
+        nodes=3,
+        etcd=etcd,
+        node_settings={
+            "node-1": transport,
+            "node-2": {"labels": dict(FAR), **transport},
+            "node-3": transport,
+        },
+    )
+    _CREDENTIALS[0] = cluster.credentials()
+    return cluster
+
+
 def _spearlets(
     directory: Path,
     counts: dict[str, int],
@@ -150,46 +181,29 @@ def _spearlets(
 ) -> dict[str, Any]:
     """The workloads through node-1 of 3 SPEARlets that forward to each other over
     `peer_transport` (the setting: "grpc.aio", the default, or "grpclib")."""
-    from spear.node.local_cluster import LocalCluster
-
-    module = directory / "trivial.wasm"
-    import wasmtime
-
-    module.write_bytes(wasmtime.wat2wasm(TRIVIAL_WAT))
-    far = (("bench", "far"),)
-    transport = {"peer_transport": peer_transport}
-    cluster = LocalCluster(
-        directory / f"cluster-{'etcd' if etcd else 'leveldb'}-{peer_transport}",
-        nodes=3,
-        etcd=etcd,
-        node_settings={
-            "node-1": transport,
-            "node-2": {"labels": {"bench": "far"}, **transport},
-            "node-3": transport,
-        },
-    )
-    _CREDENTIALS[0] = cluster.credentials()
+    module = trivial_module(directory)
+    cluster = three_spearlets(directory, etcd, peer_transport)
     with cluster:
         n1 = cluster.member("node-1").address
         pids = [m.pid for m in cluster.members] + ([cluster.sms.pid] if cluster.sms else [])
         out: dict[str, Any] = {}
-        for name, labels in (("local_first", ()), ("forwarded", far)):
+        for name, labels in (("local_first", ()), ("forwarded", FAR)):
             if name not in wheres:
                 continue
             lat = anyio.run(_latencies, n1, str(module), counts["latency_n"], labels)
             thr = anyio.run(_throughput, n1, str(module), counts["throughput_n"], labels)
-            before = _cpu_s(pids)
+            before = cpu_s(pids)
             call = anyio.run(_calls, n1, str(module), counts["latency_n"], labels)
-            call["cpu_ms_per_task"] = round((_cpu_s(pids) - before) / call["n"] * 1000, 3)
-            before = _cpu_s(pids)
+            call["cpu_ms_per_task"] = round((cpu_s(pids) - before) / call["n"] * 1000, 3)
+            before = cpu_s(pids)
             at_once = anyio.run(_at_once, n1, str(module), counts["throughput_n"], labels)
-            spent = _cpu_s(pids) - before
+            spent = cpu_s(pids) - before
             at_once["cpu_ms_per_task"] = round(spent / at_once["tasks"] * 1000, 3)
             out[name] = {**lat, "throughput": thr, "call": call, "at_once": at_once}
     return out
 
 
-def _cpu_s(pids: list[int]) -> float:
+def cpu_s(pids: list[int]) -> float:
     """CPU seconds spent so far by the cluster's processes and this one (the client): per
     task, steadier than wall time on a machine shared with other work."""
     import resource
