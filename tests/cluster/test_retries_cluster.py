@@ -133,3 +133,58 @@ def test_a_node_that_lost_a_task_says_where_it_went_on(make_cluster: Any, loop_w
     node2 = cluster.member("node-2").address
     assert spear("stop", "--node", restarted, task_id).returncode == 0
     assert_eventually(lambda: _status(node2, task_id)["state"] == "CANCELLED")
+
+
+def test_a_retried_task_gets_its_stdin_again_on_another_node(
+    make_cluster: Any, tmp_path: Path
+) -> None:
+    """The SMS places the retry of a lost node's task, but never saw its stdin: the node
+    it was submitted to kept it there (core/task_inputs.py), and the retry gets it."""
+    cluster = make_cluster(nodes=2)
+    sms = cluster.sms.address
+    victim = cluster.member("node-1")
+    given = tmp_path / "input.txt"
+    given.write_text("the input, kept for a retry\n")
+    proc = spear(
+        "submit", "--node", victim.address, "--runtime", "process", "--max-retries", "2",
+        "--stdin", str(given), "--", "/bin/sh", "-c", "cat; exec sleep 3600",
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    task_id = proc.stdout.split()[0]
+    assert_eventually(lambda: sms_state(sms, task_id) is TaskState.RUNNING)
+    cluster.stop_member(victim, signal.SIGKILL)
+
+    def on_node2() -> bool:
+        task = sms_call(sms, "task", task_id)
+        return task.state is TaskState.RUNNING and task.node == "node-2"
+
+    assert_eventually(on_node2, timeout=20)
+    node2 = cluster.member("node-2").address
+
+    def printed() -> bool:
+        logs = spear("logs", "--node", node2, task_id)
+        return logs.stdout == given.read_text()
+
+    assert_eventually(printed, timeout=20)
+    assert spear("stop", "--node", node2, task_id).returncode == 0
+
+
+def test_a_stdin_too_big_to_keep_for_retries_is_refused_in_one_line(
+    make_cluster: Any, tmp_path: Path
+) -> None:
+    cluster = make_cluster(nodes=1)
+    big = tmp_path / "big.bin"
+    big.write_bytes(b"x" * (1024 * 1024 + 1))
+    proc = spear(
+        "submit", "--node", cluster.member("node-1").address, "--runtime", "process",
+        "--max-retries", "1", "--stdin", str(big), "--", "/bin/cat",
+    )  # fmt: skip
+    assert proc.returncode != 0
+    assert "Traceback" not in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
+    assert "--max-retries 0" in proc.stderr
+    # Without retries the same stdin is taken (nothing needs keeping).
+    proc = spear(
+        "submit", "--node", cluster.member("node-1").address, "--runtime", "process",
+        "--stdin", str(big), "--", "/bin/cat",
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr

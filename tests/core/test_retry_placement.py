@@ -103,3 +103,66 @@ async def test_no_room_now_waits_and_a_lost_report_is_retried_too(kv: KV) -> Non
     assert [name for name, _ in forwarder.sent] == ["a"]
     # A late report of the first attempt changes nothing.
     assert (await sms.report_task(lost)).attempts == 1
+
+
+async def test_a_kept_stdin_goes_with_the_retry_and_is_forgotten_once_it_ends(
+    kv: KV,  # noqa: F811
+) -> None:
+    from spear.core import retry_placement, task_inputs
+
+    clock = Clock()
+    sms = MetadataServer(kv, TIMINGS, clock)
+    stdins: list[bytes | None] = []
+
+    class Keeping(Recorder):
+        async def forward_batch(
+            self,
+            node: NodeRecord,
+            tasks: Sequence[tuple[Task, bytes | None]],
+            *,
+            wait: bool = False,
+            output: bool = False,
+        ) -> BatchAnswer:
+            stdins.extend(stdin for _, stdin in tasks)
+            return await super().forward_batch(node, tasks, wait=wait, output=output)
+
+    sms.retries = RetryPlacement(sms, Keeping(), clock)
+    await sms.register(node("a"))
+    await sms.register(node("b"))
+    kept = await sms.report_task(retryable(task_on("a")))
+    bare = await sms.report_task(retryable(task_on("a")))
+    await sms.keep_task_input(kept.id, b"the input")
+    clock.now += 11
+    await _alive(sms, clock, "b")
+    await sms.sweep()  # a is dead: both retried, one with its stdin
+    clock.now += 1
+    assert await sms.retries.place_due() == 2
+    assert sorted(stdins, key=repr) == sorted([b"the input", None], key=repr)
+    # While it runs again its stdin stays (it may be lost again); once it ended, it goes.
+    for _ in range(retry_placement._FORGET_EVERY):
+        await sms.retries.place_due()
+    assert await task_inputs.kept(kv, kept.id) == b"the input"
+    running = (await sms.task(kept.id)).transition(TaskState.RUNNING)
+    await sms.report_task(running.transition(TaskState.COMPLETED, exit_code=0))
+    assert (await sms.task(bare.id)).state is TaskState.PENDING
+    for _ in range(retry_placement._FORGET_EVERY):
+        await sms.retries.place_due()
+    assert await task_inputs.kept(kv, kept.id) is None
+
+
+def test_only_a_task_that_may_run_elsewhere_keeps_its_stdin_and_not_a_huge_one() -> None:
+    import pytest
+
+    from spear.core.task_inputs import MAX_KEPT_BYTES, kept_for_retries
+    from spear.errors import InvalidArgument
+
+    spec = FunctionSpec("m.wasm", max_retries=1)
+    assert kept_for_retries(spec, b"x")
+    assert not kept_for_retries(spec, b"")
+    assert not kept_for_retries(spec, None)
+    assert not kept_for_retries(FunctionSpec("m.wasm"), b"x")  # no retries
+    assert not kept_for_retries(FunctionSpec("m.wasm", max_retries=1, retry_on=("exit",)), b"x")
+    assert kept_for_retries(FunctionSpec("m.wasm", max_retries=1, retry_on=("process-lost",)), b"x")
+    assert kept_for_retries(spec, b"x" * MAX_KEPT_BYTES)
+    with pytest.raises(InvalidArgument, match="--max-retries 0"):
+        kept_for_retries(spec, b"x" * (MAX_KEPT_BYTES + 1))

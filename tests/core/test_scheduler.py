@@ -257,6 +257,16 @@ async def test_the_queue_is_in_priority_order_first_come_among_equals(tmp_path: 
         assert a.waiting_before(9) and a.waiting_before(0) and not a.waiting_before(10)
 
 
+async def test_namespaces_take_turns_in_the_queue(tmp_path: Path) -> None:
+    async with _world(tmp_path) as world:
+        a = await world.node("a", 1)
+        await world.occupy("a", 1)
+        await a.refresh_view()
+        for name, namespace in [("x1", "x"), ("x2", "x"), ("x3", "x"), ("y1", "y"), ("y2", "y")]:
+            await a.submit(FunctionSpec(world.hello, namespace=namespace), task_id=name)
+        assert [t.id for t in a.queued_tasks()] == ["x1", "y1", "x2", "y2", "x3"]
+
+
 async def test_a_full_queue_refuses_with_the_reason(tmp_path: Path) -> None:
     async with _world(tmp_path) as world:
         a = await world.node("a", 1, max_queued=2)

@@ -238,5 +238,10 @@ class Cluster(AsyncResource):
     @abc.abstractmethod
     async def locate_object(self, key: str) -> list[ObjectLocation]: ...
 
+    async def keep_task_input(self, task_id: str, stdin: bytes) -> None:
+        """Keep a retryable task's stdin, for a retry placed by the SMS elsewhere
+        (core/task_inputs.py). A cluster that places no retries keeps nothing."""
+        return None
+
     async def aclose(self) -> None:
         return None

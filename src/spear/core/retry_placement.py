@@ -12,8 +12,8 @@ with its attempts and history (ForwardTask; the node adopts it, and reports it f
 then on). The queue is in the KV, so an SMS that takes over finds it.
 
 A task that no node can ever run ends FAILED with the reason; one that fits nowhere now
-waits in the queue for room. A task given stdin is retried without it: the SMS never
-held it.
+waits in the queue for room. A task given stdin is retried with it: the node it was
+submitted to kept it here (core/task_inputs.py).
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ import time
 from typing import TYPE_CHECKING
 
 from spear._logging import logger
-from spear.core import retries
+from spear.core import retries, task_inputs
 from spear.core.cluster import PlacementQuery, input_objects, selector_labels
 from spear.core.cluster_view import rank_candidates
 from spear.core.models import TaskState
@@ -39,6 +39,7 @@ if TYPE_CHECKING:
 
 _RETRY = "retry/"
 _BATCH = 500  # tasks placed per sweep at most (the rest on the next)
+_FORGET_EVERY = 20  # sweeps between looks for the kept stdin of finished tasks
 
 
 class RetryPlacement:
@@ -54,6 +55,7 @@ class RetryPlacement:
         self._forwarder = forwarder
         self._clock = clock
         self.placed = 0  # tasks sent to a live node again (read by tests and benchmarks)
+        self._sweeps = 0
 
     def next_attempt(self, failed: Task) -> Task | None:
         """The record to write instead of `failed` (a task of a lost node, FAILED "node
@@ -73,7 +75,11 @@ class RetryPlacement:
         await self._sms.kv.put(_RETRY + task.id, repr(due).encode())
 
     async def place_due(self) -> int:
-        """Place each queued task whose back-off has passed; returns how many went."""
+        """Place each queued task whose back-off has passed; returns how many went.
+        Now and then, the kept stdin of tasks that ended is forgotten."""
+        self._sweeps += 1
+        if self._sweeps % _FORGET_EVERY == 0:
+            await task_inputs.forget_finished(self._sms.kv, self._finished)
         now = self._clock()
         placed = 0
         for entry in await self._sms.kv.scan(_RETRY, limit=_BATCH):
@@ -93,6 +99,12 @@ class RetryPlacement:
                 placed += 1
                 await self._sms.kv.delete(entry.key)
         return placed
+
+    async def _finished(self, task_id: str) -> bool:
+        try:
+            return (await self._sms.task(task_id)).state.terminal
+        except NotFound:
+            return True
 
     async def _place(self, task_id: str) -> bool:
         """Send the task to a live node; False if none has room now (it stays queued)."""
@@ -119,11 +131,12 @@ class RetryPlacement:
                 )
             )
             return True
+        stdin = await task_inputs.kept(self._sms.kv, task_id)
         for candidate in rank_candidates(placement.candidates):
             there = dataclasses.replace(task, node=candidate.node.name)
             await self._sms.report_task(there)  # (its node's loss is noticed from now on)
             try:
-                answer = await self._forwarder.forward_batch(candidate.node, [(there, None)])
+                answer = await self._forwarder.forward_batch(candidate.node, [(there, stdin)])
                 [outcome] = answer.outcomes
                 if outcome.refused:  # no room there now (core/scheduler.py: spillback)
                     raise ResourceExhausted(f"no room at {candidate.node.name} now")

@@ -12,9 +12,10 @@ run fails at once, with the reason (the SMS confirms before a task fails). One t
 run but finds no room anywhere waits in this node's queue, first in first out, and is
 placed as soon as room appears here (a task finishing) or elsewhere (looked for every
 heartbeat); a task of a higher `priority` goes before those of lower ones, first come
-first served among equals. The queue holds at most `max_queued` tasks, and a task beyond
-that is refused with ResourceExhausted (back-pressure rather than memory growing without
-bound).
+first served among equals, and namespaces take turns (core/fair_queue.py: one task of
+each namespace per round within a priority). The queue holds at most `max_queued` tasks,
+and a task beyond that is refused with ResourceExhausted (back-pressure rather than
+memory growing without bound).
 
 The receiving node registers every task it queues with the SMS as PENDING (node =
 itself), so the task is visible cluster-wide, and "node lost" applies to a queued task
@@ -33,8 +34,10 @@ from typing import TYPE_CHECKING
 import anyio
 
 from spear._logging import logger
+from spear.core import task_inputs
 from spear.core.cluster import PlacementQuery, input_objects, selector_labels
 from spear.core.cluster_view import ClusterView, rank_candidates
+from spear.core.fair_queue import FairQueue
 from spear.core.forwarding import Accepted
 from spear.core.models import Resources, Task, TaskState, new_task_id
 from spear.core.node import NodeState
@@ -62,6 +65,7 @@ _FIRST_PAUSE_S = 0.01  # the first pause before a queue's head is tried again
 class _Queued:
     task: Task
     stdin: bytes | None
+    keep_input: bool = False  # its stdin is still to be kept at the SMS (task_inputs.py)
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,7 +102,7 @@ class Scheduler:
         self.promised = Resources(cpu_millis=0, memory_bytes=0)
         self.refusals = 0  # forwarded tasks refused here for lack of room (spillback)
         self.backlog = 0  # forwarded tasks taken to wait here for room (accept_forwarded)
-        self._queue: deque[_Queued] = deque()
+        self._queue: FairQueue[_Queued] = FairQueue()
         self._wake = anyio.Event()
         self._placing: dict[str, anyio.Event] = {}
         # Tasks this node forwarded, and to which node: asked about them next (wait,
@@ -142,7 +146,7 @@ class Scheduler:
     def waiting_before(self, priority: int) -> bool:
         """Whether a queued task goes before a new one of `priority` (the queue is in
         placement order: higher priority first, then first come)."""
-        return bool(self._queue) and self._queue[0].task.spec.priority >= priority
+        return bool(self._queue) and self._queue.head_priority >= priority
 
     def _fits_here_now(self, spec: FunctionSpec) -> bool:
         controller = self.node.controller
@@ -216,6 +220,11 @@ class Scheduler:
     ) -> Task:
         """Place a new task: here, on another node, in the queue, or FAILED at once
         (`task_id`: under that id, node/idempotency.py)."""
+        if task_inputs.kept_for_retries(spec, stdin):  # (refused here if too big)
+            task_id = task_id or new_task_id()
+            queued = await self._keep_input(spec, stdin, task_id)
+            if queued is not None:
+                return queued
         if not self.waiting_before(spec.priority):
             here = await self._try_here(spec, stdin, task_id)
             if here is not None:
@@ -240,13 +249,28 @@ class Scheduler:
                 return placed  # (the node running it reports it to the SMS)
         return await self.enqueue(task, stdin)
 
+    async def _keep_input(
+        self, spec: FunctionSpec, stdin: bytes | None, task_id: str
+    ) -> Task | None:
+        """Keep a retryable task's stdin at the SMS before it runs anywhere; while the
+        SMS is away the task waits in the queue (returned), its stdin kept when placed."""
+        assert stdin is not None
+        try:
+            await self.cluster.keep_task_input(task_id, stdin)
+            return None
+        except Unavailable as exc:
+            logger.info("task {} waits for the SMS to keep its stdin: {}", task_id, exc)
+        self._refuse_if_full()
+        task = self.new_task(spec, task_id)
+        self._insert(_Queued(task, stdin, keep_input=True))
+        self.note(task, "queued", self.node.name)
+        self._wake.set()
+        return task
+
     def _insert(self, item: _Queued) -> None:
-        """Into the queue behind every task of its priority or higher (usually the end)."""
-        priority = item.task.spec.priority
-        at = len(self._queue)
-        while at > 0 and self._queue[at - 1].task.spec.priority < priority:
-            at -= 1
-        self._queue.insert(at, item)
+        """Into the queue in placement order (core/fair_queue.py)."""
+        spec = item.task.spec
+        self._queue.push(item, spec.priority, spec.namespace)
 
     async def _never_fits(self, task: Task, query: PlacementQuery) -> Task:
         placement = await self.cluster.find_nodes(query)  # (the SMS says why)
@@ -393,7 +417,7 @@ class Scheduler:
         """Place the queue's tasks in order until the head finds no room; how many."""
         placed_count = 0
         while self._queue:
-            head = self._queue[0]
+            head = self._queue.head
             # A stop that arrives while the head is being placed waits for the outcome.
             self._placing[head.task.id] = done = anyio.Event()
             try:
@@ -410,6 +434,12 @@ class Scheduler:
     @in_its_trace  # a queued task placed later stays in its trace (docs/observability.md)
     async def _place_head(self, head: _Queued) -> bool:
         spec = head.task.spec
+        if head.keep_input and head.stdin is not None:
+            try:
+                await self.cluster.keep_task_input(head.task.id, head.stdin)
+            except Unavailable:
+                return False  # the SMS is still away: the head waits
+            head.keep_input = False
         try:
             here = await self._try_here(spec, head.stdin, head.task.id)
         except SpearError as exc:  # e.g. a bad module: it fails, the queue moves on

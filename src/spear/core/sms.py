@@ -351,6 +351,12 @@ class MetadataServer(Cluster):
                     break
         return out
 
+    async def keep_task_input(self, task_id: str, stdin: bytes) -> None:
+        """Keep a retryable task's stdin for a retry placed here (core/task_inputs.py)."""
+        from spear.core import task_inputs
+
+        await task_inputs.keep(self.kv, task_id, stdin)
+
     async def _fail_tasks_of(self, node: str, reason: str) -> int:
         count = 0
         prefix = f"{_NODE_TASKS}{node}/"

@@ -123,6 +123,7 @@ POLICY: dict[str, Role] = {
         " RemoveObjectLocation VerifyToken TakeTaskSlot ReleaseTaskSlot",
     ),
     **_table(_SMS, Role.NODE, "DeleteClusterTasks"),  # a member's deleted finished tasks
+    **_table(_SMS, Role.NODE, "KeepTaskInput"),  # a retryable task's stdin
     **_table(_SMS, Role.READER, "LookupObject ListObjectRecords"),  # the object index
     **_table("/spear.v1.SpearletVectors/", Role.READER, "ReadVectors"),  # vector collections
     **_table("/spear.v1.SpearletVectors/", Role.SUBMITTER, "WriteVectors"),

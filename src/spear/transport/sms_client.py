@@ -322,6 +322,10 @@ class SmsClient(Cluster):
         resp = await self._call(lambda stub: stub.delete_cluster_tasks(req, **self._opts()))
         return list(resp.task_ids)
 
+    async def keep_task_input(self, task_id: str, stdin: bytes) -> None:
+        req = v1.KeepTaskInputRequest(task_id=task_id, stdin=stdin)
+        await self._call(lambda stub: stub.keep_task_input(req, **self._opts()))
+
     async def aclose(self) -> None:
         channels, self._channels = self._channels, {}
         for channel, _ in channels.values():

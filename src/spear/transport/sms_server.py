@@ -173,6 +173,13 @@ class MetadataService(ObjectIndexService, v1.MetadataServerBase):
         )
         return v1.DeleteClusterTasksResponse(task_ids=gone)
 
+    async def keep_task_input(self, message: v1.KeepTaskInputRequest) -> v1.KeepTaskInputResponse:
+        self.sms.leadership.require()  # writes go to the leader only
+        if not message.task_id:
+            raise InvalidArgument("KeepTaskInput needs a task id")
+        await self.sms.keep_task_input(message.task_id, bytes(message.stdin))
+        return v1.KeepTaskInputResponse()
+
 
 class SmsServer(GrpcServer):
     """spear.v1.MetadataServer and health on one port."""

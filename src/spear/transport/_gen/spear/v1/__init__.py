@@ -41,6 +41,8 @@ __all__ = (
     "HeartbeatRequest",
     "HeartbeatResponse",
     "HoldObjectRequest",
+    "KeepTaskInputRequest",
+    "KeepTaskInputResponse",
     "KeyValue",
     "ListClusterTasksRequest",
     "ListClusterTasksResponse",
@@ -792,6 +794,31 @@ class HoldObjectRequest(betterproto2.Message):
 
 
 default_message_pool.register_message("spear.v1", "HoldObjectRequest", HoldObjectRequest)
+
+
+@dataclass(eq=False, repr=False)
+class KeepTaskInputRequest(betterproto2.Message):
+    """
+    MetadataServer.KeepTaskInput: a retryable task's stdin, before it is placed.
+    """
+
+    task_id: "str" = betterproto2.field(1, betterproto2.TYPE_STRING)
+
+    stdin: "bytes" = betterproto2.field(2, betterproto2.TYPE_BYTES)
+    """
+    at most 1 MiB (core/task_inputs.py)
+    """
+
+
+default_message_pool.register_message("spear.v1", "KeepTaskInputRequest", KeepTaskInputRequest)
+
+
+@dataclass(eq=False, repr=False)
+class KeepTaskInputResponse(betterproto2.Message):
+    pass
+
+
+default_message_pool.register_message("spear.v1", "KeepTaskInputResponse", KeepTaskInputResponse)
 
 
 @dataclass(eq=False, repr=False)
@@ -2080,6 +2107,28 @@ class MetadataServerStub(betterproto2_grpclib.ServiceStub):
             metadata=metadata,
         )
 
+    async def keep_task_input(
+        self,
+        message: "KeepTaskInputRequest",
+        *,
+        timeout: "float | None" = None,
+        deadline: "Deadline | None" = None,
+        metadata: "MetadataLike | None" = None,
+    ) -> "KeepTaskInputResponse":
+        """
+        The stdin of a task that is retried on node loss, kept so that a retry placed by the
+        SMS on another node gets it too (core/task_inputs.py); forgotten once it ends.
+        """
+
+        return await self._unary_unary(
+            "/spear.v1.MetadataServer/KeepTaskInput",
+            message,
+            KeepTaskInputResponse,
+            timeout=timeout,
+            deadline=deadline,
+            metadata=metadata,
+        )
+
 
 class SpearletStub(betterproto2_grpclib.ServiceStub):
     async def submit_task(
@@ -2785,6 +2834,14 @@ class MetadataServerBase(betterproto2_grpclib.ServiceBase):
 
         raise grpclib.GRPCError(grpclib.const.Status.UNIMPLEMENTED)
 
+    async def keep_task_input(self, message: "KeepTaskInputRequest") -> "KeepTaskInputResponse":
+        """
+        The stdin of a task that is retried on node loss, kept so that a retry placed by the
+        SMS on another node gets it too (core/task_inputs.py); forgotten once it ends.
+        """
+
+        raise grpclib.GRPCError(grpclib.const.Status.UNIMPLEMENTED)
+
     async def __rpc_register_node(
         self, stream: "grpclib.server.Stream[RegisterNodeRequest, NodeRecord]"
     ) -> None:
@@ -2978,6 +3035,14 @@ class MetadataServerBase(betterproto2_grpclib.ServiceBase):
         response = await self.delete_cluster_tasks(request)
         await stream.send_message(response)
 
+    async def __rpc_keep_task_input(
+        self, stream: "grpclib.server.Stream[KeepTaskInputRequest, KeepTaskInputResponse]"
+    ) -> None:
+        request = await stream.recv_message()
+        assert request is not None
+        response = await self.keep_task_input(request)
+        await stream.send_message(response)
+
     def __mapping__(self) -> "dict[str, grpclib.const.Handler]":
         return {
             "/spear.v1.MetadataServer/RegisterNode": grpclib.const.Handler(
@@ -3123,6 +3188,12 @@ class MetadataServerBase(betterproto2_grpclib.ServiceBase):
                 grpclib.const.Cardinality.UNARY_UNARY,
                 DeleteClusterTasksRequest,
                 DeleteClusterTasksResponse,
+            ),
+            "/spear.v1.MetadataServer/KeepTaskInput": grpclib.const.Handler(
+                self.__rpc_keep_task_input,
+                grpclib.const.Cardinality.UNARY_UNARY,
+                KeepTaskInputRequest,
+                KeepTaskInputResponse,
             ),
         }
 
