@@ -18,6 +18,9 @@ loopback: the SMS, the SPEARlets and etcd are real processes.
   the client) spent per task (`cpu_ms_per_task`, as for at_once).
 - at_once: N tasks in one SubmitTasks call through node-1, answered when all have
   finished: beside Ray's `ray.get([f.remote() for ...])` on three nodes.
+- grpclib peers: the forwarded call and at_once again on a cluster whose members forward
+  over grpclib (`peer_transport = "grpclib"`) instead of grpc.aio, in the same run
+  (`spear_3_spearlets_grpclib_peers`).
 - heartbeats: 200 simulated nodes register with a real SMS process, then heartbeat in a
   closed loop for a few seconds (the SMS's capacity: heartbeats/s and latency), then at
   the nominal rate of one per node per second (latency under the normal load).
@@ -137,40 +140,70 @@ async def _at_once(address: str, module: str, n: int, labels: Any) -> dict[str, 
     }
 
 
-def _spearlets(directory: Path, counts: dict[str, int], etcd: bool) -> dict[str, Any]:
-    from spear.node.local_cluster import LocalCluster
+FAR = (("bench", "far"),)  # the label only node-2 has: "forwarded" tasks ask for it
 
-    module = directory / "trivial.wasm"
+
+def trivial_module(directory: Path) -> Path:
     import wasmtime
 
+    module = directory / "trivial.wasm"
     module.write_bytes(wasmtime.wat2wasm(TRIVIAL_WAT))
-    far = (("bench", "far"),)
+    return module
+
+
+def three_spearlets(directory: Path, etcd: bool, peer_transport: str = "grpc.aio") -> Any:
+    """A LocalCluster (not started) of 3 SPEARlets forwarding over `peer_transport`,
+    node-2 labelled `FAR`; this benchmark calls it with the launcher's certificate."""
+    from spear.node.local_cluster import LocalCluster
+
+    transport = {"peer_transport": peer_transport}
     cluster = LocalCluster(
-        directory / ("cluster-etcd" if etcd else "cluster"),
+        directory / f"cluster-{'etcd' if etcd else 'leveldb'}-{peer_transport}",
         nodes=3,
         etcd=etcd,
-        node_settings={"node-2": {"labels": {"bench": "far"}}},
+        node_settings={
+            "node-1": transport,
+            "node-2": {"labels": dict(FAR), **transport},
+            "node-3": transport,
+        },
     )
     _CREDENTIALS[0] = cluster.credentials()
+    return cluster
+
+
+def _spearlets(
+    directory: Path,
+    counts: dict[str, int],
+    etcd: bool,
+    *,
+    peer_transport: str = "grpc.aio",
+    wheres: tuple[str, ...] = ("local_first", "forwarded"),
+) -> dict[str, Any]:
+    """The workloads through node-1 of 3 SPEARlets that forward to each other over
+    `peer_transport` (the setting: "grpc.aio", the default, or "grpclib")."""
+    module = trivial_module(directory)
+    cluster = three_spearlets(directory, etcd, peer_transport)
     with cluster:
         n1 = cluster.member("node-1").address
         pids = [m.pid for m in cluster.members] + ([cluster.sms.pid] if cluster.sms else [])
         out: dict[str, Any] = {}
-        for name, labels in (("local_first", ()), ("forwarded", far)):
+        for name, labels in (("local_first", ()), ("forwarded", FAR)):
+            if name not in wheres:
+                continue
             lat = anyio.run(_latencies, n1, str(module), counts["latency_n"], labels)
             thr = anyio.run(_throughput, n1, str(module), counts["throughput_n"], labels)
-            before = _cpu_s(pids)
+            before = cpu_s(pids)
             call = anyio.run(_calls, n1, str(module), counts["latency_n"], labels)
-            call["cpu_ms_per_task"] = round((_cpu_s(pids) - before) / call["n"] * 1000, 3)
-            before = _cpu_s(pids)
+            call["cpu_ms_per_task"] = round((cpu_s(pids) - before) / call["n"] * 1000, 3)
+            before = cpu_s(pids)
             at_once = anyio.run(_at_once, n1, str(module), counts["throughput_n"], labels)
-            spent = _cpu_s(pids) - before
+            spent = cpu_s(pids) - before
             at_once["cpu_ms_per_task"] = round(spent / at_once["tasks"] * 1000, 3)
             out[name] = {**lat, "throughput": thr, "call": call, "at_once": at_once}
     return out
 
 
-def _cpu_s(pids: list[int]) -> float:
+def cpu_s(pids: list[int]) -> float:
     """CPU seconds spent so far by the cluster's processes and this one (the client): per
     task, steadier than wall time on a machine shared with other work."""
     import resource
@@ -289,6 +322,11 @@ def run(quick: bool) -> dict[str, Any]:
         directory = Path(tmp)
         spearlets = {
             "leveldb": _spearlets(directory, counts, etcd=False),
+            # The same forwarded workloads, the members forwarding over grpclib (issue 17:
+            # the grpc.aio port of ForwardTasks beside the stack it replaced, in one run).
+            "leveldb_grpclib": _spearlets(
+                directory, counts, etcd=False, peer_transport="grpclib", wheres=("forwarded",)
+            ),
             "etcd": _spearlets(directory, counts, etcd=True),
         }
         sms = {
@@ -311,8 +349,15 @@ def run(quick: bool) -> dict[str, Any]:
         "sms_heartbeats_per_s_leveldb": sms["leveldb"]["closed_loop"]["heartbeats_per_s"],
         "sms_heartbeats_per_s_etcd": sms["etcd"]["closed_loop"]["heartbeats_per_s"],
     }
+    grpclib = spearlets["leveldb_grpclib"]["forwarded"]
     return {
-        "cluster": {"spear_3_spearlets": headline},
+        "cluster": {
+            "spear_3_spearlets": headline,
+            "spear_3_spearlets_grpclib_peers": {
+                "task_forwarded": grpclib["call"],
+                "tasks_forwarded": grpclib["at_once"],
+            },
+        },
         "spearlets": spearlets,
         "sms_heartbeats": sms,
         "counts": counts,

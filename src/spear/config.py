@@ -90,6 +90,7 @@ EXTRA_KEYS: dict[str, type] = {
     "view_refresh_s": float,
     "max_queued_tasks": float,
 }
+PEER_TRANSPORTS = ("grpc.aio", "grpclib")
 _TRUE = ("1", "true", "yes", "on")
 _FALSE = ("0", "false", "no", "off")
 
@@ -171,6 +172,9 @@ class Settings:
     # task's spans to (a base URL, as OTEL_EXPORTER_OTLP_ENDPOINT, which is read when this
     # is unset); unset: tracing off.
     trace_otlp_endpoint: str | None = None
+    # How members forward tasks to each other (node/peer_aio.py, docs/scheduling.md):
+    # "grpc.aio" on a port of its own beside the node's, or "grpclib" on the node's port.
+    peer_transport: str = "grpc.aio"
     extra: Mapping[str, Any] = dataclasses.field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -192,6 +196,10 @@ class Settings:
             raise InvalidArgument("runner_idle_s must be 0 (no runner) or positive")
         if not 1 <= self.object_replicas <= 16:
             raise InvalidArgument("object_replicas must be between 1 and 16")
+        if self.peer_transport not in PEER_TRANSPORTS:
+            raise InvalidArgument(
+                f"setting peer_transport must be one of {', '.join(PEER_TRANSPORTS)}"
+            )
 
     @property
     def tasks_log_dir(self) -> Path:

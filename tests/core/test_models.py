@@ -447,4 +447,5 @@ def test_values_shown_to_callers_as_json() -> None:
         "pid": 7,
         "max_message_bytes": 0,
         "object_transfer_address": "",
+        "peer_address": "",
     }

@@ -435,6 +435,7 @@ class NodeInfo:
     pid: int
     max_message_bytes: int = 0
     object_transfer_address: str = ""  # in a cluster: the object transfer service
+    peer_address: str = ""  # in a cluster: ForwardTasks on grpc.aio (node/peer_aio.py)
 
     def to_json(self) -> dict[str, Any]:
         data = dataclasses.asdict(self)

@@ -57,6 +57,7 @@ class InProcessNode:
         self.max_message_bytes = max_message_bytes
         self.started_at = time.time()
         self.draining = False
+        self.peer_address = ""  # in a cluster: ForwardTasks on grpc.aio (node/peer_aio.py)
 
     # -- tasks -----------------------------------------------------------------------
 
@@ -275,6 +276,7 @@ class InProcessNode:
             pid=os.getpid(),
             max_message_bytes=self.max_message_bytes,
             object_transfer_address=_transfer_address(self.node.services.objects),
+            peer_address=self.peer_address,
         )
 
     async def drain(self, grace_s: float) -> None:

@@ -116,8 +116,14 @@ async def joined_cluster(
     controller.on_registered = reporter.resync
     # (core/retention.py: an SMS client forgets the finished tasks deleted here)
     node.forget_tasks = getattr(cluster, "delete_cluster_tasks", None)
+    from spear.node.peer_aio import serving_peer_aio
+
     try:
-        async with sharing_node_objects(api, address, controller), anyio.create_task_group() as tg:
+        async with (
+            sharing_node_objects(api, address, controller),
+            serving_peer_aio(api, address),
+            anyio.create_task_group() as tg,
+        ):
             await tg.start(reporter.run)
             await tg.start(scheduler.run)
             refresh_s = view_refresh_from(node.settings.extra, timings.heartbeat_s)

@@ -14,7 +14,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import os
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import anyio
 from grpclib.const import Cardinality
@@ -50,6 +50,8 @@ if TYPE_CHECKING:
     from spear.core.scheduler import Scheduler
     from spear.node.inprocess import InProcessNode
     from spear.tracing.base import Tracing
+    from spear.transport.aio_client import AioChannel
+    from spear.transport.aio_server import UnaryMethod
 
 PEER_SERVICE_NAME = "spear.v1.SpearletPeer"
 FORWARD_TASKS = f"/{PEER_SERVICE_NAME}/ForwardTasks"
@@ -77,6 +79,18 @@ class PeerService(v1.SpearletPeerBase):
         return {
             name: handler._replace(func=guard(name, handler.func))
             for name, handler in handlers.items()
+        }
+
+    def aio_methods(self) -> dict[str, UnaryMethod[Any, Any]]:
+        """ForwardTasks as served on grpc.aio (node/peer_aio.py), with the same handler."""
+        from spear.transport.aio_server import UnaryMethod
+
+        return {
+            FORWARD_TASKS: UnaryMethod(
+                self._forward_tasks,
+                decode=pb.ForwardTasksRequest.FromString,
+                encode=pb.ForwardTasksResponse.SerializeToString,
+            )
         }
 
     async def forward_task(self, message: v1.ForwardTaskRequest) -> v1.TaskInfo:
@@ -226,6 +240,10 @@ class Peers:
         self._channels: dict[str, tuple[Channel, v1.SpearletPeerStub]] = {}
         self._sent: dict[tuple[str, str], tuple[tuple[int, int], str]] = {}
         self.tracing: Tracing | None = None  # a traced node's (node/assembly.py)
+        # Forward over grpc.aio to peers that serve it (set by node/peer_aio.py); per node
+        # address and incarnation, its grpc.aio channel (None: it serves none).
+        self.use_aio = False
+        self._aio: dict[tuple[str, str], AioChannel | None] = {}
 
     def client(self, address: str) -> Client:
         client = self._clients.get(address)
@@ -277,22 +295,13 @@ class Peers:
         request = pb.ForwardTasksRequest(
             tasks=requests, wait=wait, output=output, from_node=self.own_name
         )
-        self._peer(node.address)  # opens the channel
-        channel = self._channels[node.address][0]
-        received_error_code.set(None)
-        with client_errors(node.address), spans.open() if spans else contextlib.nullcontext():
-            async with channel.request(
-                FORWARD_TASKS,
-                Cardinality.UNARY_UNARY,
-                pb.ForwardTasksRequest,
-                pb.ForwardTasksResponse,
-                timeout=None if wait else 30,
+        with spans.open() if spans else contextlib.nullcontext():
+            answer = await self._forward(
+                node,
+                request,
+                deadline_s=None if wait else 30,
                 metadata=None if spans is None else spans.metadata,
-            ) as stream:
-                await stream.send_message(request, end=True)
-                answer = await stream.recv_message()
-                await stream.recv_trailing_metadata()
-        assert answer is not None
+            )
         if len(answer.outcomes) != len(tasks):
             raise Unavailable(f"node {node.name} answered {len(answer.outcomes)} of {len(tasks)}")
         return BatchAnswer(
@@ -301,6 +310,66 @@ class Peers:
             ),
             free=cv.resources_from_wire(answer.free),
         )
+
+    async def _forward(
+        self,
+        node: NodeRecord,
+        request: pb.ForwardTasksRequest,
+        *,
+        deadline_s: float | None,
+        metadata: dict[str, str] | None,
+    ) -> pb.ForwardTasksResponse:
+        """One ForwardTasks call: over grpc.aio where `node` serves it, else grpclib."""
+        aio = await self._aio_channel(node) if self.use_aio else None
+        if aio is not None:
+            call = aio.unary(
+                FORWARD_TASKS,
+                pb.ForwardTasksRequest.SerializeToString,
+                pb.ForwardTasksResponse.FromString,
+            )
+            answered: pb.ForwardTasksResponse = await call(
+                request, deadline_s=deadline_s, metadata=metadata
+            )
+            return answered
+        self._peer(node.address)  # opens the channel
+        channel = self._channels[node.address][0]
+        received_error_code.set(None)
+        with client_errors(node.address):
+            async with channel.request(
+                FORWARD_TASKS,
+                Cardinality.UNARY_UNARY,
+                pb.ForwardTasksRequest,
+                pb.ForwardTasksResponse,
+                timeout=deadline_s,
+                metadata=metadata,
+            ) as stream:
+                await stream.send_message(request, end=True)
+                answer = await stream.recv_message()
+                await stream.recv_trailing_metadata()
+        assert answer is not None
+        return answer
+
+    async def _aio_channel(self, node: NodeRecord) -> AioChannel | None:
+        """The grpc.aio channel to `node`'s peer port, which its NodeInfo names (asked once
+        per incarnation: a restarted node serves on another port); None if it has none."""
+        key = (node.address, node.incarnation)
+        if key in self._aio:
+            return self._aio[key]
+        peer_address = (await self.client(node.address).node_info()).peer_address
+        if key in self._aio:  # (made by another forward while this one asked)
+            return self._aio[key]
+        for old in [k for k in self._aio if k[0] == node.address]:  # an earlier incarnation
+            stale = self._aio.pop(old)
+            if stale is not None:
+                await stale.aclose()
+        from spear.transport.aio_client import AioChannel
+
+        found = self._aio[key] = (
+            AioChannel(peer_address, self._credentials, max_message_bytes=self._max)
+            if peer_address
+            else None
+        )
+        return found
 
     async def _uploaded(self, address: str, path: str) -> str:
         """The digest of the module at `path`, uploaded to `address` unless it was sent
@@ -332,8 +401,12 @@ class Peers:
             await client.aclose()
         for channel, _ in self._channels.values():
             await close_channel(channel)
+        aio = [c for c in self._aio.values() if c is not None]
         self._clients.clear()
         self._channels.clear()
+        self._aio.clear()
+        for made in aio:
+            await made.aclose()
 
 
 def _outcome(o: pb.ForwardOutcome, spec: FunctionSpec) -> Forwarded:

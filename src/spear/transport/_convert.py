@@ -223,6 +223,7 @@ def node_to_wire(info: NodeInfo) -> v1.NodeInfo:
         pid=info.pid,
         max_message_bytes=info.max_message_bytes,
         object_transfer_address=info.object_transfer_address,
+        peer_address=info.peer_address,
     )
 
 
@@ -242,6 +243,7 @@ def node_from_wire(info: v1.NodeInfo) -> NodeInfo:
         pid=info.pid,
         max_message_bytes=info.max_message_bytes,
         object_transfer_address=info.object_transfer_address,
+        peer_address=info.peer_address,
     )
 
 

@@ -458,14 +458,7 @@ def install(server: Any, authorizer: Authorizer) -> None:
 
     async def on_request(event: RecvRequest) -> None:
         try:
-            try:
-                principal = authorizer.authorize(event.method_name, event.metadata, event.peer)
-            except Unauthenticated:
-                found = await authorizer.authorize_by_cluster(event.method_name, event.metadata)
-                if found is None:
-                    raise
-                principal = found
-            namespace = authorizer.namespace(principal, event.metadata)
+            await admit(authorizer, event.method_name, event.metadata, event.peer)
         except InvalidArgument as exc:
             raise GRPCError(Status.INVALID_ARGUMENT, str(exc)) from None
         except PermissionDenied as exc:
@@ -476,10 +469,28 @@ def install(server: Any, authorizer: Authorizer) -> None:
             )
             logger.info("refused {}: {}", event.method_name, exc)
             raise GRPCError(status, str(exc)) from None
-        current_principal.set(principal)
-        current_namespace.set(namespace)
 
     listen(server, RecvRequest, on_request)
+
+
+async def admit(
+    authorizer: Authorizer, method: str, metadata: Mapping[str, Any], peer: Any
+) -> Principal | None:
+    """Decide one call as every server of ours does (grpclib's `install`, grpc.aio's
+    `transport/aio_server.py`): its principal (a certificate, a token of this node or of
+    the cluster's SMS) and namespace made current for the handler, or a PermissionDenied
+    (Unauthenticated) or InvalidArgument refusal."""
+    try:
+        principal = authorizer.authorize(method, metadata, peer)
+    except Unauthenticated:
+        found = await authorizer.authorize_by_cluster(method, metadata)
+        if found is None:
+            raise
+        principal = found
+    namespace = authorizer.namespace(principal, metadata)
+    current_principal.set(principal)
+    current_namespace.set(namespace)
+    return principal
 
 
 def attach_token(channel: Any, token: str | None, namespace: str | None = None) -> None:

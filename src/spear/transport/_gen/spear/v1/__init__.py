@@ -1095,6 +1095,11 @@ class NodeInfo(betterproto2.Message):
     in a cluster (docs/objects.md)
     """
 
+    peer_address: "str" = betterproto2.field(15, betterproto2.TYPE_STRING)
+    """
+    in a cluster: ForwardTasks on grpc.aio (docs/scheduling.md)
+    """
+
 
 default_message_pool.register_message("spear.v1", "NodeInfo", NodeInfo)
 

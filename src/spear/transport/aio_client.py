@@ -1,0 +1,138 @@
+"""How spear calls a grpc.aio server of ours (transport/aio_server.py): a channel with the
+caller's credentials (the member's certificate over mutual TLS, or a token) and the
+message size limit, and unary calls whose failures come back as spear's own errors (the
+`spear-error-code` trailer, else the status, as `_status.error_from_grpc` reads them)."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
+
+from grpclib.const import Status
+from grpclib.exceptions import GRPCError
+
+from spear.errors import SpearError, Unavailable
+from spear.transport._status import (
+    DEFAULT_MAX_MESSAGE_BYTES,
+    ERROR_CODE_KEY,
+    error_from_grpc,
+    received_error_code,
+)
+from spear.transport.aio_server import channel_options
+from spear.transport.auth import METADATA_KEY, NAMESPACE_KEY
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Mapping
+
+    import grpc
+    import grpc.aio
+
+    from spear.transport.channels import Credentials
+
+Request = TypeVar("Request")
+Response = TypeVar("Response")
+
+
+def channel_credentials(credentials: Credentials) -> grpc.ChannelCredentials | None:
+    """TLS verifying the server against the cluster's CA, presenting the member's
+    certificate when it has one; None for plaintext (no TLS files)."""
+    import grpc
+
+    tls = credentials.tls
+    if tls is None:
+        return None
+    from spear.transport.tls import CA_CERT, NODE_CERT, NODE_KEY
+
+    directory = tls.directory
+    if not tls.present:
+        return grpc.ssl_channel_credentials(root_certificates=(directory / CA_CERT).read_bytes())
+    return grpc.ssl_channel_credentials(
+        root_certificates=(directory / CA_CERT).read_bytes(),
+        private_key=(directory / NODE_KEY).read_bytes(),
+        certificate_chain=(directory / NODE_CERT).read_bytes(),
+    )
+
+
+class AioChannel:
+    """One connection to `address` (made on the first call, kept for the next ones)."""
+
+    def __init__(
+        self,
+        address: str,
+        credentials: Credentials,
+        *,
+        max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
+    ) -> None:
+        import grpc.aio
+
+        self.address = address
+        options = channel_options(max_message_bytes)
+        secure = channel_credentials(credentials)
+        self._channel = (
+            grpc.aio.insecure_channel(address, options=options)
+            if secure is None
+            else grpc.aio.secure_channel(address, secure, options=options)
+        )
+        self._metadata: tuple[tuple[str, str], ...] = ()
+        if credentials.token:
+            self._metadata += ((METADATA_KEY, f"Bearer {credentials.token}"),)
+        if credentials.namespace:
+            self._metadata += ((NAMESPACE_KEY, credentials.namespace),)
+        self._methods: dict[str, UnaryCall[Any, Any]] = {}
+
+    def unary(
+        self,
+        method: str,
+        encode: Callable[[Request], bytes],
+        decode: Callable[[bytes], Response],
+    ) -> UnaryCall[Request, Response]:
+        """A callable for the unary `method` (`/package.Service/Method`) on this channel."""
+        found = self._methods.get(method)
+        if found is None:
+            found = self._methods[method] = UnaryCall(
+                self,
+                self._channel.unary_unary(
+                    method, request_serializer=encode, response_deserializer=decode
+                ),
+            )
+        return found
+
+    async def aclose(self) -> None:
+        await self._channel.close()
+
+
+class UnaryCall(Generic[Request, Response]):
+    def __init__(self, channel: AioChannel, call: Any) -> None:
+        self._channel = channel
+        self._call = call
+
+    async def __call__(
+        self,
+        request: Request,
+        *,
+        deadline_s: float | None = None,
+        metadata: Mapping[str, str] | None = None,
+    ) -> Response:
+        """The answer; a failure as the SpearError the server raised (else its status's)."""
+        sent = self._channel._metadata
+        if metadata:
+            sent = (*sent, *metadata.items())
+        import grpc.aio
+
+        try:
+            answer: Response = await self._call(request, timeout=deadline_s, metadata=sent or None)
+        except grpc.aio.AioRpcError as exc:
+            raise error_from_aio(exc, self._channel.address) from None
+        return answer
+
+
+def error_from_aio(exc: grpc.aio.AioRpcError, address: str) -> SpearError:
+    """A failed grpc.aio call as spear's error: the trailer's code decides, else the
+    status (the same mapping as grpclib's calls)."""
+    trailers = exc.trailing_metadata() or ()
+    code = next((str(v) for k, v in trailers if k == ERROR_CODE_KEY), None)
+    try:
+        status = Status[exc.code().name]
+    except KeyError:  # (every grpc status has grpclib's name; kept safe all the same)
+        return Unavailable(f"node {address}: {exc.details()}")
+    received_error_code.set(code)
+    return error_from_grpc(GRPCError(status, exc.details() or None), address)
