@@ -70,7 +70,7 @@ TARGETS = (
         ("spear/core/scheduler.py",),
         # (Not tests/cluster/test_placement.py: its tests marked KNOWN_HANG hang about one
         # run in 30 on their own, which a mutation run reads as the mutant's timeout.)
-        (_T + "core/test_scheduler.py",),
+        (_T + "core/test_scheduler.py", _T + "core/test_scheduler_rules.py"),
     ),
     Target(
         "sms", ("spear/core/sms.py",), (_T + "core/test_sms.py", _T + "cluster/test_membership.py")
