@@ -188,3 +188,77 @@ async def test_a_node_the_view_has_not_seen_yet_is_tried_in_the_smss_order(
 
 async def _true(value: bool) -> bool:
     return value
+
+
+async def test_a_node_being_forwarded_to_is_debited_until_it_answers(tmp_path: Path) -> None:
+    """While a forward to b waits for b's answer, the view counts the room as taken: the
+    next task goes to c, not to b again."""
+    async with _world(tmp_path) as world:
+        a = await world.node("a", 1)
+        await world.node("b", 1)
+        await world.node("c", 1)
+        await world.occupy("a", 1)
+        await a.refresh_view()
+        inner = world.forwarder.forward_batch
+        targets: list[str] = []
+        entered, release = anyio.Event(), anyio.Event()
+
+        async def held_at_b(node: NodeRecord, tasks: Any, **kw: Any) -> Any:
+            targets.append(node.name)
+            if node.name == "b":
+                entered.set()
+                await release.wait()
+            return await inner(node, tasks, **kw)
+
+        world.forwarder.forward_batch = held_at_b  # type: ignore[method-assign]
+        placed: dict[str, Any] = {}
+
+        async def submit(name: str) -> None:
+            placed[name] = await a.submit(FunctionSpec(world.hello))
+
+        with anyio.fail_after(30):
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(submit, "first")
+                await entered.wait()  # b (first by name among equals) is being asked
+                tg.start_soon(submit, "second")
+                await _until(lambda: _true(len(targets) == 2))
+                assert targets == ["b", "c"]  # the second did not go where the first went
+                release.set()
+        assert (placed["first"].node, placed["second"].node) == ("b", "c")
+
+
+class _NoReports:
+    """The SMS's logic, but a task's report cannot be written (its storage fails)."""
+
+    def __init__(self, sms: MetadataServer) -> None:
+        self._sms = sms
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._sms, name)
+
+    async def report_task(self, task: Any) -> None:
+        from spear.errors import StorageError
+
+        raise StorageError("the SMS cannot write the report")
+
+
+async def test_a_refused_task_raises_its_refusal_even_if_it_cannot_be_reported(
+    tmp_path: Path,
+) -> None:
+    async with _world(tmp_path) as world:
+        a = await world.node("a", 1)
+        await world.node("b", 1, (("zone", "x"),))
+        await a.refresh_view()
+        a.cluster = _NoReports(world.sms)  # type: ignore[assignment]
+        junk = world.tmp_path / "junk.wasm"
+        junk.write_bytes(b"not wasm")
+        from spear.errors import SpearError, StorageError
+
+        try:
+            await a.submit(FunctionSpec(str(junk), labels=(("zone", "x"),)))
+        except SpearError as exc:
+            raised: SpearError = exc
+        else:
+            raise AssertionError("a task its receiver refuses must raise the refusal")
+        assert not isinstance(raised, StorageError)
+        assert raised.exit_code == 65 and "wasm" in str(raised).lower()
