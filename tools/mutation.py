@@ -9,8 +9,11 @@ and what the tests read), so mutmut's `mutants/` tree and cache never touch the 
 and a module's run is resumed where it stopped when run again. mutmut runs with one
 worker (the machine is shared), the module's own tests only, and two time limits: mutmut's
 on CPU time (6 times the tests' clean time plus 60 s; half that of wall time) and WALL_S
-seconds per test (a test waiting forever uses no CPU). What it found goes to docs/mutation/<name>.json (killed,
-survived, timed out, ...) and <name>.survivors.txt.
+seconds per test (a test waiting forever uses no CPU). What it found goes to
+docs/mutation/<name>.json (killed, survived, timed out, ...) and <name>.survivors.txt.
+
+    python tools/mutation.py --only-not-killed scheduler   # after adding tests: only the
+                                                           # mutants not killed run again
 """
 
 from __future__ import annotations
