@@ -262,3 +262,41 @@ async def test_a_refused_task_raises_its_refusal_even_if_it_cannot_be_reported(
             raise AssertionError("a task its receiver refuses must raise the refusal")
         assert not isinstance(raised, StorageError)
         assert raised.exit_code == 65 and "wasm" in str(raised).lower()
+
+
+async def test_a_new_task_carries_the_trace_it_was_submitted_in(tmp_path: Path) -> None:
+    from spear.tracing.base import current_traceparent
+
+    async with _world(tmp_path) as world:
+        a = await world.node("a", 1)
+        assert a.new_task(FunctionSpec(world.hello)).traceparent == ""  # no trace: none
+        parent = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+        token = current_traceparent.set(parent)
+        try:
+            assert a.new_task(FunctionSpec(world.hello)).traceparent == parent
+        finally:
+            current_traceparent.reset(token)
+
+
+async def test_after_a_refusal_a_known_view_decides_where_next(tmp_path: Path) -> None:
+    """The SMS placed a task (it names input objects) on nodes the view thinks full; the
+    first refuses: the next try is from the view as that refusal corrected it (no room
+    anywhere: the task waits here), not from the SMS's older list."""
+    async with _world(tmp_path) as world:
+        a = await world.node("a", 1)
+        b = await world.node("b", 1)
+        c = await world.node("c", 1)
+        await world.occupy("a", 1)
+        (b_blocker,) = await world.occupy("b", 1)
+        (c_blocker,) = await world.occupy("c", 1)
+        await world.register("b")
+        await world.register("c")
+        await a.refresh_view()  # the view: b and c full
+        for node, blocker in ((b, b_blocker), (c, c_blocker)):
+            await node.node.controller.cancel(blocker.id)
+            await world.register(node.node.name)  # the SMS: b and c have room
+        await world.occupy("b", 1)  # b is full again, unknown to the SMS
+        spec = FunctionSpec(world.hello, labels=((INPUTS_LABEL, "k1"),))
+        task = await a.submit(spec)
+        assert [n for n, _ in world.forwarder.calls] == ["b"]
+        assert task.state is TaskState.PENDING and a.queued_task(task.id) == task
