@@ -114,6 +114,7 @@ TARGETS = (
         ("spear/core/tasks/controller.py",),
         (
             _T + "core/test_controller_rules.py",
+            _T + "core/test_controller_room.py",
             _T + "test_local_node.py",
             _T + "core/test_run_many.py",
             _T + "core/test_finished_hooks.py",

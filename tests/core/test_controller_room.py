@@ -250,3 +250,23 @@ async def test_a_retried_task_with_no_output_runs_again(tmp_path: Path) -> None:
         )
         assert [a.reason for a in done.attempt_log] == ["exit status 3"] * 2
         assert [a.node for a in done.attempt_log] == ["n1"] * 2
+
+
+async def test_a_timed_out_task_retried_on_timeouts_runs_again_and_says_why(
+    tmp_path: Path,
+) -> None:
+    spec = FunctionSpec(
+        _loop(tmp_path).artifact, timeout_s=0.2, max_retries=1, retry_on=("timeout",)
+    )
+    with _Logged("INFO") as logged:
+        async with _node(tmp_path, 1) as node:
+            with anyio.fail_after(30):
+                done = await node.controller.run(spec)
+    assert (done.state, done.attempts) == (TaskState.FAILED, 1)
+    (attempt,) = done.attempt_log
+    assert (attempt.reason, attempt.exit_code, done.reason) == ("timeout", 124, "timeout")
+    retried = [m for m in logged if "attempt 2 of 2" in m]
+    assert retried == [
+        f"INFO|{{'task_id': '{done.id}'}}|task {done.id} failed ({attempt.reason}): "
+        "attempt 2 of 2 here\n"
+    ]
