@@ -115,6 +115,7 @@ TARGETS = (
         (
             _T + "core/test_controller_rules.py",
             _T + "core/test_controller_room.py",
+            _T + "core/test_hooks_later.py",
             _T + "test_local_node.py",
             _T + "core/test_run_many.py",
             _T + "core/test_finished_hooks.py",

@@ -270,3 +270,19 @@ async def test_a_timed_out_task_retried_on_timeouts_runs_again_and_says_why(
         f"INFO|{{'task_id': '{done.id}'}}|task {done.id} failed ({attempt.reason}): "
         "attempt 2 of 2 here\n"
     ]
+
+
+async def test_each_task_of_a_forwarded_wave_joins_its_own_callers_trace(tmp_path: Path) -> None:
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+    from trace_helpers import traced_node
+
+    first = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+    third = "00-1bf7651916cd43dd8448eb211c80319d-c7ad6b7169203332-01"
+    spec = _hello(tmp_path)
+    async with traced_node(tmp_path / "home", InMemorySpanExporter()) as node:
+        done = await node.controller.run_many([spec] * 3, parents=[first, "", third])
+    assert [t.state for t in done] == [TaskState.COMPLETED] * 3
+    assert done[0].trace_id == "0af7651916cd43dd8448eb211c80319c"
+    assert done[2].trace_id == "1bf7651916cd43dd8448eb211c80319d"
+    assert len(done[1].trace_id) == 32  # no parent: a trace of its own
+    assert done[1].trace_id not in (done[0].trace_id, done[2].trace_id)
