@@ -286,3 +286,68 @@ async def test_each_task_of_a_forwarded_wave_joins_its_own_callers_trace(tmp_pat
     assert done[2].trace_id == "1bf7651916cd43dd8448eb211c80319d"
     assert len(done[1].trace_id) == 32  # no parent: a trace of its own
     assert done[1].trace_id not in (done[0].trace_id, done[2].trace_id)
+
+
+class _CannotStart:
+    """The node's wasm agent, but it cannot start the tasks of one module (a runtime that
+    refuses at start what it prepared: the outcome is then known before anything ran)."""
+
+    def __init__(self, agent: Any, artifact: str) -> None:
+        self._agent = agent
+        self._artifact = artifact
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._agent, name)
+
+    async def start(self, ctx: Any) -> Any:
+        from spear.errors import Unavailable
+
+        if ctx.task.spec.artifact == self._artifact:
+            raise Unavailable("the runtime cannot start it now")
+        return await self._agent.start(ctx)
+
+
+async def test_a_task_its_runtime_cannot_start_fails_alone_in_a_run_and_a_wave(
+    tmp_path: Path,
+) -> None:
+    other = tmp_path / "other"
+    other.mkdir()
+    broken = FunctionSpec(str(hello(other)), resources=SLOT)
+    async with _node(tmp_path, 3) as node:
+        node.agents["wasm"] = _CannotStart(node.agents["wasm"], broken.artifact)
+        alone = await node.controller.run(broken)
+        assert (alone.state, alone.reason) == (TaskState.FAILED, "the runtime cannot start it now")
+        done = await node.controller.run_many([_hello(tmp_path), broken, _hello(tmp_path)])
+        assert [t.state for t in done] == [
+            TaskState.COMPLETED,
+            TaskState.FAILED,
+            TaskState.COMPLETED,
+        ]
+        assert done[1].reason == "the runtime cannot start it now"
+        assert done[1].exit_code == alone.exit_code != 0
+        assert node.controller.free == node.controller.capacity
+
+
+PURE_WAT = """(module
+  (import "wasi_snapshot_preview1" "args_sizes_get" (func $argsz (param i32 i32) (result i32)))
+  (memory (export "memory") 1)
+  (func (export "_start") (drop (call $argsz (i32.const 0) (i32.const 4)))))"""
+
+
+async def test_short_guests_of_a_wave_run_right_here_and_end_recorded(tmp_path: Path) -> None:
+    path = tmp_path / "pure.wasm"
+    path.write_bytes(wasmtime.wat2wasm(PURE_WAT))
+    spec = FunctionSpec(str(path), resources=SLOT)
+    async with _node(tmp_path, 3) as node:
+        agent: Any = node.agents["wasm"]
+        # On a busy machine a quick run may count as long: try until a wave ran inline.
+        for _ in range(100):
+            before = dict(agent.run_stats)
+            done = await node.controller.run_many([spec] * 3)
+            assert [t.state for t in done] == [TaskState.COMPLETED] * 3
+            if agent.run_stats["inline"] > before["inline"]:
+                break
+        assert agent.run_stats["inline"] > before["inline"]  # some ran on the event loop
+        for task in done:
+            assert (await node.task(task.id)).state is TaskState.COMPLETED
+        assert node.controller.free == node.controller.capacity
