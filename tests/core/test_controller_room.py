@@ -351,3 +351,42 @@ async def test_short_guests_of_a_wave_run_right_here_and_end_recorded(tmp_path: 
         for task in done:
             assert (await node.task(task.id)).state is TaskState.COMPLETED
         assert node.controller.free == node.controller.capacity
+
+
+async def test_a_task_cancelled_before_it_started_gives_back_the_room_it_was_given(
+    tmp_path: Path,
+) -> None:
+    async with _node(tmp_path, 1) as node:
+        controller = node.controller
+        task = await controller.submit(_hello(tmp_path))  # admitted at once: room taken
+        assert controller.free == controller.capacity - SLOT
+        cancelled = await controller.cancel(task.id, "not wanted")
+        assert (cancelled.state, cancelled.reason) == (TaskState.CANCELLED, "not wanted")
+        assert controller.free == controller.capacity
+
+
+async def test_a_task_whose_end_and_loss_cannot_be_written_is_let_go(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The store fails for good: the task's end cannot be written, nor its loss; the
+    caller hears the failure, and nothing here waits for the task any more."""
+    monkeypatch.setattr(controller_module, "_END_WRITE_TRIES", 1)
+    async with _node(tmp_path, 1) as node:
+        store = node.controller.store
+        real = store.transition
+        ids: list[str] = []
+
+        async def transition(task_id: str, state: TaskState, *args: Any, **kw: Any) -> Any:
+            if state in (TaskState.COMPLETED, TaskState.FAILED):
+                raise StorageError("no space left on device")
+            return await real(task_id, state, *args, **kw)
+
+        store.transition = transition  # type: ignore[method-assign]
+        with anyio.fail_after(30), pytest.raises(StorageError):
+            await node.controller.run(_hello(tmp_path), on_created=_keep(ids))
+        assert ids and ids[0] not in node.controller.live_ids
+        assert node.controller.running_count == 0
+        assert node.controller.free == node.controller.capacity
+        with anyio.fail_after(10):
+            record = await node.controller.wait(ids[0])  # answered from the store at once
+        assert record.id == ids[0]
