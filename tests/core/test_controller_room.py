@@ -390,3 +390,51 @@ async def test_a_task_whose_end_and_loss_cannot_be_written_is_let_go(
         with anyio.fail_after(10):
             record = await node.controller.wait(ids[0])  # answered from the store at once
         assert record.id == ids[0]
+
+
+def _echo(tmp_path: Path, words: str) -> FunctionSpec:
+    from spear import Runtime
+
+    script = tmp_path / f"echo-{words}.sh"
+    script.write_text(f"#!/bin/sh\necho {words}\n")
+    script.chmod(0o755)
+    return FunctionSpec(str(script), runtime=Runtime.PROCESS, resources=SLOT)
+
+
+async def test_an_attempt_placed_again_where_an_earlier_one_ran_keeps_only_its_output(
+    tmp_path: Path,
+) -> None:
+    """A task lost elsewhere and placed here again, where an earlier attempt of it ran
+    (before a restart): its result is this attempt's output alone."""
+    import dataclasses
+
+    async with _node(tmp_path, 1) as node:
+        earlier = await node.controller.run(_echo(tmp_path, "earlier"))
+        assert await node.logs_of(earlier.id) == b"earlier\n"
+        lost = dataclasses.replace(earlier, attempts=1)  # as the cluster hands it on
+        again = await node.controller.submit(
+            _echo(tmp_path, "again"), task_id=earlier.id, previous=lost
+        )
+        done = await node.controller.wait(again.id)
+        assert (done.id, done.state, done.attempts) == (earlier.id, TaskState.COMPLETED, 1)
+        assert await node.logs_of(done.id) == b"again\n"
+        assert done.trace_id == earlier.trace_id  # (its trace goes on too)
+
+
+async def test_a_forwarded_task_joins_the_trace_it_was_forwarded_in(tmp_path: Path) -> None:
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+    from trace_helpers import by_name, traced_node
+
+    from spear.core.models import Task, new_task_id
+
+    parent = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+    spec = _hello(tmp_path)
+    exporter = InMemorySpanExporter()
+    async with traced_node(tmp_path / "home", exporter) as node:
+        sent = Task(id=new_task_id(), spec=spec, created_at=0.0, traceparent=parent)
+        task = await node.controller.submit(spec, task_id=sent.id, previous=sent)
+        done = await node.controller.wait(task.id)
+    assert done.state is TaskState.COMPLETED
+    assert done.trace_id == "0af7651916cd43dd8448eb211c80319c"
+    runs = by_name(exporter.get_finished_spans(), "spear.run")
+    assert runs and all(f"{s.context.trace_id:032x}" == done.trace_id for s in runs)
