@@ -75,7 +75,8 @@ async def test_each_task_gives_back_exactly_its_own_room(tmp_path: Path) -> None
             retried = await controller.run(failing)  # two attempts, one reservation each
         assert (retried.state, retried.attempts) == (TaskState.FAILED, 1)
         assert controller.free == full - SLOT
-        await controller.cancel(looping.id)
+        with anyio.fail_after(20):  # (a cancel that does not stop it fails here)
+            await controller.cancel(looping.id)
         assert controller.free == full
 
 
@@ -438,3 +439,16 @@ async def test_a_forwarded_task_joins_the_trace_it_was_forwarded_in(tmp_path: Pa
     assert done.trace_id == "0af7651916cd43dd8448eb211c80319c"
     runs = by_name(exporter.get_finished_spans(), "spear.run")
     assert runs and all(f"{s.context.trace_id:032x}" == done.trace_id for s in runs)
+
+
+async def test_a_task_exiting_with_a_refusals_code_is_still_retried_on_exit(
+    tmp_path: Path,
+) -> None:
+    """An agent's own exit is retried whatever its code (65 is also what a refused module
+    exits with: only the reason tells them apart)."""
+    spec = FunctionSpec(str(exits(tmp_path, 65)), max_retries=1, retry_on=("exit",))
+    async with _node(tmp_path, 1) as node:
+        with anyio.fail_after(30):
+            done = await node.controller.run(spec)
+    assert (done.state, done.exit_code, done.attempts) == (TaskState.FAILED, 65, 1)
+    assert [a.reason for a in done.attempt_log] == ["exit status 65"]
