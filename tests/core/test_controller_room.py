@@ -435,7 +435,7 @@ async def test_a_forwarded_task_joins_the_trace_it_was_forwarded_in(tmp_path: Pa
         sent = Task(id=new_task_id(), spec=spec, created_at=0.0, traceparent=parent)
         task = await node.controller.submit(spec, task_id=sent.id, previous=sent)
         done = await node.controller.wait(task.id)
-    assert done.state is TaskState.COMPLETED
+    assert (done.id, done.state) == (sent.id, TaskState.COMPLETED)  # under its own id
     assert done.trace_id == "0af7651916cd43dd8448eb211c80319c"
     runs = by_name(exporter.get_finished_spans(), "spear.run")
     assert runs and all(f"{s.context.trace_id:032x}" == done.trace_id for s in runs)
@@ -452,3 +452,17 @@ async def test_a_task_exiting_with_a_refusals_code_is_still_retried_on_exit(
             done = await node.controller.run(spec)
     assert (done.state, done.exit_code, done.attempts) == (TaskState.FAILED, 65, 1)
     assert [a.reason for a in done.attempt_log] == ["exit status 65"]
+
+
+async def test_run_returns_after_its_finished_hooks_ran(tmp_path: Path) -> None:
+    heard: list[str] = []
+
+    async def hook(finished: TasksFinished) -> None:
+        heard.extend(t.id for t in finished.tasks)
+
+    async with _node(tmp_path, 1) as node:
+        node.controller.add_finished_hook(hook)
+        done = await node.controller.run(_hello(tmp_path))
+        assert heard == [done.id]  # (unless asked with hooks_later)
+        many = await node.controller.run_many([_hello(tmp_path)] * 2)
+        assert heard == [done.id, *(t.id for t in many)]
