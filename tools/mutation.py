@@ -8,9 +8,12 @@ Each module runs in a scratch copy of the repository (build/mutation/<name>/: sr
 and what the tests read), so mutmut's `mutants/` tree and cache never touch the work tree,
 and a module's run is resumed where it stopped when run again. mutmut runs with one
 worker (the machine is shared), the module's own tests only, and two time limits: mutmut's
-on CPU time (6 times the tests' clean time plus 18 s) and WALL_S seconds per test (a test
-waiting forever uses no CPU). What it found goes to docs/mutation/<name>.json (killed,
-survived, timed out, ...) and <name>.survivors.txt.
+on CPU time (6 times the tests' clean time plus 60 s; half that of wall time) and WALL_S
+seconds per test (a test waiting forever uses no CPU). What it found goes to
+docs/mutation/<name>.json (killed, survived, timed out, ...) and <name>.survivors.txt.
+
+    python tools/mutation.py --only-not-killed scheduler   # after adding tests: only the
+                                                           # mutants not killed run again
 """
 
 from __future__ import annotations
@@ -70,7 +73,7 @@ TARGETS = (
         ("spear/core/scheduler.py",),
         # (Not tests/cluster/test_placement.py: its tests marked KNOWN_HANG hang about one
         # run in 30 on their own, which a mutation run reads as the mutant's timeout.)
-        (_T + "core/test_scheduler.py",),
+        (_T + "core/test_scheduler.py", _T + "core/test_scheduler_rules.py"),
     ),
     Target(
         "sms", ("spear/core/sms.py",), (_T + "core/test_sms.py", _T + "cluster/test_membership.py")
@@ -111,6 +114,8 @@ TARGETS = (
         ("spear/core/tasks/controller.py",),
         (
             _T + "core/test_controller_rules.py",
+            _T + "core/test_controller_room.py",
+            _T + "core/test_hooks_later.py",
             _T + "test_local_node.py",
             _T + "core/test_run_many.py",
             _T + "core/test_finished_hooks.py",
@@ -146,7 +151,10 @@ def _config(target: Target) -> str:
         'process_isolation = "forkserver"',
         "use_git_change_detection = false",
         "timeout_multiplier = 3.0",
-        "timeout_constant = 3.0",
+        # mutmut also stops a mutant's tests after (their clean time + 10 s) x 3 of wall
+        # time: longer than the tests' own bounded waits (20-30 s), so a mutant that makes
+        # a wait endless fails by the test's assertion instead of being read as a timeout.
+        "timeout_constant = 10.0",
     ]
     return "\n".join(lines) + "\n"
 
@@ -196,7 +204,34 @@ def _not_killed(work: Path) -> list[str]:
     return [ln.split(":")[0] for ln in lines if ln and "killed" not in ln and ":" in ln]
 
 
-def run(target: Target, resume: bool = False, again: bool = False) -> dict[str, object]:
+def _verdicts(work: Path) -> dict[Path, dict[str, object]]:
+    """mutmut's saved results, per mutated file (its .meta files under mutants/)."""
+    metas = sorted((work / "mutants").rglob("*.py.meta"))
+    return {meta: json.loads(meta.read_text()) for meta in metas}
+
+
+def _keep_verdicts(saved: dict[Path, dict[str, object]], rerun: set[str]) -> None:
+    """Put back every verdict of `saved` but those of `rerun`: a change of the tests makes
+    mutmut forget all its results, but a mutant killed stays killed when tests are only
+    added, and only the mutants not killed need running again."""
+    for meta, before in saved.items():
+        if not meta.exists():
+            continue
+        after = json.loads(meta.read_text())
+        for table in ("exit_code_by_key", "durations_by_key"):
+            old, new = before.get(table, {}), after.setdefault(table, {})
+            assert isinstance(old, dict) and isinstance(new, dict)
+            for key, value in old.items():
+                if key not in rerun:
+                    new[key] = value
+        meta.write_text(json.dumps(after))
+
+
+def run(
+    target: Target, resume: bool = False, again: bool = False, only: bool = False
+) -> dict[str, object]:
+    if only:
+        return _run_only_not_killed(target)
     work = _prepare(target, resume or again)
     env = dict(os.environ)
     # Subprocesses the tests start (the CLI, process agents) import the mutated copy too.
@@ -211,6 +246,31 @@ def run(target: Target, resume: bool = False, again: bool = False) -> dict[str, 
         proc = subprocess.run(command + names, cwd=work, env=env)
         if proc.returncode != 0:
             raise SystemExit(f"mutmut failed on {target.name} (exit {proc.returncode})")
+    return _report(target, work, started)
+
+
+def _run_only_not_killed(target: Target) -> dict[str, object]:
+    """The last run's mutants not killed, against the tests as they are now (new tests
+    added to the target included); every other verdict is kept."""
+    work = SCRATCH / target.name
+    rerun = _not_killed(work)
+    if not rerun:
+        raise SystemExit(f"{target.name}: no earlier run to take the mutants not killed from")
+    saved = _verdicts(work)
+    work = _prepare(target, resume=True)
+    env = dict(os.environ)
+    env["PYTHONPATH"] = str(work / "mutants" / "src")
+    env["SPEAR_MUTATION_RUN"] = "1"
+    started = time.monotonic()
+    command = [sys.executable, "-m", "mutmut", "run", "--max-children", "1", *rerun]
+    proc = subprocess.run(command, cwd=work, env=env)
+    _keep_verdicts(saved, set(rerun))
+    if proc.returncode != 0:
+        raise SystemExit(f"mutmut failed on {target.name} (exit {proc.returncode})")
+    return _report(target, work, started)
+
+
+def _report(target: Target, work: Path, started: float) -> dict[str, object]:
     stats = _stats(work)
     stats["seconds"] = round(time.monotonic() - started)
     results = subprocess.run(
@@ -252,6 +312,12 @@ def main() -> None:
         action="store_true",
         help="as --resume, but first run again the mutants the last run did not kill",
     )
+    parser.add_argument(
+        "--only-not-killed",
+        action="store_true",
+        help="run only the last run's mutants not killed, against the tests as they are now"
+        " (with tests added since), and keep every other verdict",
+    )
     args = parser.parse_args()
     targets = sorted(TARGETS, key=Target.size)
     if args.names:
@@ -260,7 +326,7 @@ def main() -> None:
         if args.list:
             print(f"{target.name:10} {target.size():5} lines  {' '.join(target.modules)}")  # noqa: T201
             continue
-        summary = run(target, args.resume, args.again)
+        summary = run(target, args.resume, args.again, args.only_not_killed)
         print(f"{target.name}: {json.dumps(summary)}", flush=True)  # noqa: T201
 
 

@@ -27,15 +27,22 @@ async def test_run_returns_before_its_hooks_and_they_still_run(tmp_path: Path) -
         heard: list[str] = []
 
         async def slow_hook(finished: TasksFinished, /) -> None:
-            await release.wait()
+            # (bounded: hooks are awaited shielded, and a run that awaited them here
+            # must end, to fail by assertion, not hang)
+            with anyio.move_on_after(8):
+                await release.wait()
             heard.extend(t.id for t in finished.tasks)
             done.set()
 
         node.controller.add_finished_hook(slow_hook)
-        with anyio.fail_after(10):  # (awaiting the hooks: this would wait for `release`)
-            task = await node.controller.run(spec, hooks_later=True)
-        assert task.state is TaskState.COMPLETED and heard == []
-        release.set()
+        try:
+            with anyio.fail_after(10):  # (awaiting the hooks: this would wait for `release`)
+                task = await node.controller.run(spec, hooks_later=True)
+        finally:  # (else the node, stopping, would wait for the held hook forever)
+            heard_before = list(heard)
+            release.set()
+        assert heard_before == []
+        assert task.state is TaskState.COMPLETED
         with anyio.fail_after(10):
             await done.wait()
         assert heard == [task.id]
@@ -51,16 +58,22 @@ async def test_run_many_returns_before_its_waves_hooks(tmp_path: Path) -> None:
         heard: list[str] = []
 
         async def slow_hook(finished: TasksFinished, /) -> None:
-            await release.wait()
+            # (bounded: hooks are awaited shielded, and a run that awaited them here
+            # must end, to fail by assertion, not hang)
+            with anyio.move_on_after(8):
+                await release.wait()
             heard.extend(t.id for t in finished.tasks)
             if len(heard) == 5:
                 done.set()
 
         node.controller.add_finished_hook(slow_hook)
-        with anyio.fail_after(10):  # five tasks, two at a time: three waves, none waiting
-            tasks = await node.controller.run_many([spec] * 5, hooks_later=True)
-        assert {t.state for t in tasks} == {TaskState.COMPLETED} and heard == []
-        release.set()
+        try:
+            with anyio.fail_after(10):  # five tasks, two at a time: three waves, none waiting
+                tasks = await node.controller.run_many([spec] * 5, hooks_later=True)
+        finally:  # (else the node, stopping, would wait for the held hook forever)
+            heard_before = list(heard)
+            release.set()
+        assert {t.state for t in tasks} == {TaskState.COMPLETED} and heard_before == []
         with anyio.fail_after(10):
             await done.wait()
         assert sorted(heard) == sorted(t.id for t in tasks)
