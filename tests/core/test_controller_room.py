@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 import anyio
 import pytest
 import wasmtime
+from log_capture import SpearLog
 from wat_tasks import exits, hello
 
 from spear import FunctionSpec, LocalNode, Resources, TaskState
@@ -143,35 +144,11 @@ async def test_a_submitted_task_refused_raises_its_refusal_and_holds_no_room(
         assert done.state is TaskState.COMPLETED
 
 
-class _Logged:
-    def __init__(self, level: str) -> None:
-        self.level = level
-        self.messages: list[str] = []
-
-    def __enter__(self) -> list[str]:
-        from loguru import logger
-
-        self._sink = logger.add(
-            lambda m: self.messages.append(str(m)),
-            level=self.level,
-            format="{level}|{extra}|{message}",
-            filter="spear",
-        )
-        logger.enable("spear")
-        return self.messages
-
-    def __exit__(self, *exc: object) -> None:
-        from loguru import logger
-
-        logger.disable("spear")
-        logger.remove(self._sink)
-
-
 async def test_a_finished_hook_that_breaks_is_logged_and_the_node_goes_on(tmp_path: Path) -> None:
     async def broken(finished: TasksFinished) -> None:
         raise RuntimeError("a hook with a bug")
 
-    with _Logged("ERROR") as logged:
+    with SpearLog("ERROR", "{level}|{extra}|{message}") as logged:
         async with _node(tmp_path, 1) as node:
             node.controller.add_finished_hook(broken)
             task = await node.controller.submit(_hello(tmp_path))
@@ -211,7 +188,7 @@ async def test_an_end_is_written_again_while_storage_fails(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(controller_module, "_END_WRITE_MAX_WAIT_S", 0.05)
-    with _Logged("WARNING") as logged:
+    with SpearLog("WARNING", "{level}|{extra}|{message}") as logged:
         async with _node(tmp_path, 1) as node:
             tries = _failing_ends(node, 2)
             with anyio.fail_after(30):
@@ -259,7 +236,7 @@ async def test_a_timed_out_task_retried_on_timeouts_runs_again_and_says_why(
     spec = FunctionSpec(
         _loop(tmp_path).artifact, timeout_s=0.2, max_retries=1, retry_on=("timeout",)
     )
-    with _Logged("INFO") as logged:
+    with SpearLog("INFO", "{level}|{extra}|{message}") as logged:
         async with _node(tmp_path, 1) as node:
             with anyio.fail_after(30):
                 done = await node.controller.run(spec)

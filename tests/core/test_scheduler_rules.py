@@ -12,6 +12,7 @@ import time
 from typing import TYPE_CHECKING, Any
 
 import anyio
+from log_capture import SpearLog
 from test_scheduler import _until, _world
 
 from spear import FunctionSpec, TaskState
@@ -22,32 +23,6 @@ if TYPE_CHECKING:
 
     from spear.core.cluster import NodeRecord, PlacementQuery
     from spear.core.sms import MetadataServer
-
-
-class _Logged:
-    """The spear messages logged at `level` or above while it is entered."""
-
-    def __init__(self, level: str) -> None:
-        self.level = level
-        self.messages: list[str] = []
-
-    def __enter__(self) -> list[str]:
-        from loguru import logger
-
-        self._sink = logger.add(
-            lambda m: self.messages.append(str(m)),
-            level=self.level,
-            format="{level}: {message}",
-            filter="spear",
-        )
-        logger.enable("spear")
-        return self.messages
-
-    def __exit__(self, *exc: object) -> None:
-        from loguru import logger
-
-        logger.disable("spear")
-        logger.remove(self._sink)
 
 
 async def test_a_head_with_no_room_anywhere_is_tried_again_less_and_less_often(
@@ -65,7 +40,7 @@ async def test_a_head_with_no_room_anywhere_is_tried_again_less_and_less_often(
         a.retry_s = 60.0  # only the doubling bounds the pace here
         task = await a.submit(FunctionSpec(world.hello))
         assert a.queued == 1
-        with _Logged("WARNING") as logged:
+        with SpearLog("WARNING") as logged:
             async with anyio.create_task_group() as tg:
                 await tg.start(a.run)
                 started = time.monotonic()
@@ -88,7 +63,7 @@ async def test_a_queue_drains_in_one_pass_without_an_error(tmp_path: Path) -> No
         await a.refresh_view()
         queued = [await a.submit(FunctionSpec(world.hello), task_id=f"q{i}") for i in range(3)]
         assert a.queued == 3
-        with _Logged("WARNING") as logged:
+        with SpearLog("WARNING") as logged:
             async with anyio.create_task_group() as tg:
                 await tg.start(a.run)
                 for blocker in blockers:
@@ -124,7 +99,7 @@ async def test_an_unexpected_error_while_placing_is_logged_and_the_queue_tried_a
             return await inner(node, tasks, **kw)
 
         world.forwarder.forward_batch = once_broken  # type: ignore[method-assign]
-        with _Logged("ERROR") as logged:
+        with SpearLog("ERROR") as logged:
             with anyio.fail_after(30):
                 async with anyio.create_task_group() as tg:
                     await tg.start(a.run)
