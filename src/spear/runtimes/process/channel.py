@@ -188,7 +188,7 @@ class AgentChannel:
             if credential is None:
                 await conn.send_error(header.get("id", 0), HostError(errno.EACCES, "bad token"))
                 return
-            if not credential.admits(writer):
+            if not await _admitted(credential, writer):
                 message = "not a process of the task this token belongs to"
                 await conn.send_error(header.get("id", 0), HostError(errno.EACCES, message))
                 return
@@ -214,6 +214,21 @@ class AgentChannel:
             self._connections.discard(conn)
             with anyio.CancelScope(shield=True):
                 await conn.close()
+
+
+async def _admitted(credential: Credential, writer: asyncio.StreamWriter) -> bool:
+    """`credential.admits(writer)`, looked at again for a moment: a child started cold is
+    moved into its task's cgroup just after it started (supervisor.py), and on a busy
+    machine it may connect before that."""
+    for _ in range(_ADMIT_TRIES):
+        if credential.admits(writer):
+            return True
+        await asyncio.sleep(_ADMIT_PAUSE_S)
+    return credential.admits(writer)
+
+
+_ADMIT_TRIES = 100
+_ADMIT_PAUSE_S = 0.02  # (2 s in all before a process is refused)
 
 
 class _Connection:

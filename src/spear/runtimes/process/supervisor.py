@@ -26,8 +26,11 @@ from spear.core.worker import (
     Outcome,
     TaskContext,
 )
+from spear.runtimes.process import die_with_node
 
 if TYPE_CHECKING:
+    from collections.abc import Sequence
+
     from spear.runtimes.process.cgroups import TaskCgroup
     from spear.runtimes.process.command import Command
 
@@ -121,17 +124,23 @@ def spawn(
     """
     limits = command.limits
     setup = None
+    argv: Sequence[str] = command.argv
     if limits:
         procs = cgroup.procs if cgroup is not None else None
+        die_with_parent = die_with_node.in_child()
 
         def setup() -> None:
+            if die_with_parent is not None:
+                die_with_parent()
             if procs is not None:
                 with contextlib.suppress(OSError), open(procs, "w") as f:
                     f.write(str(os.getpid()))
             limits.apply()
 
+    else:
+        argv = die_with_node.wrapped(argv)
     popen = subprocess.Popen(
-        command.argv,
+        argv,
         stdin=stdin if stdin is not None else subprocess.DEVNULL,
         stdout=stdout,
         stderr=stderr,
