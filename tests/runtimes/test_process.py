@@ -217,7 +217,9 @@ async def test_what_a_task_leaves_in_its_group_is_killed(tmp_path: Path) -> None
     async with new_node(tmp_path) as node:
         task = await node.run(proc("sh", "-c", "sleep 60 >/dev/null & echo $!"))
         assert task.state is TaskState.COMPLETED
-        assert not alive(int((await node.logs_of(task.id)).split()[0]))
+        left = int((await node.logs_of(task.id)).split()[0])
+        # SIGKILL was sent as the task ended; on a busy machine it takes effect a moment later
+        await eventually(lambda: not alive(left))
 
 
 async def test_no_zombies_after_many_tasks(tmp_path: Path) -> None:
