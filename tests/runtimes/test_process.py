@@ -198,7 +198,7 @@ async def test_timeout_kills_a_group_that_ignores_sigterm(tmp_path: Path) -> Non
         )
         assert (task.state, task.exit_code, task.reason) == (TaskState.FAILED, 124, "timeout")
         grandchild = int((await node.logs_of(task.id)).split()[0])
-        assert not alive(grandchild)
+        await eventually(lambda: not alive(grandchild))  # (SIGKILL takes effect soon after)
         assert [c for c in children_of(os.getpid()) if c[1] == "Z"] == []
 
 
@@ -210,7 +210,7 @@ async def test_cancel_stops_the_whole_group(tmp_path: Path) -> None:
         cancelled = await node.cancel(task.id, "no longer needed")
         assert cancelled.state is TaskState.CANCELLED
         assert (cancelled.exit_code, cancelled.reason) == (130, "no longer needed")
-        assert not alive(grandchild)
+        await eventually(lambda: not alive(grandchild))  # (SIGKILL takes effect soon after)
 
 
 async def test_what_a_task_leaves_in_its_group_is_killed(tmp_path: Path) -> None:
@@ -244,7 +244,7 @@ async def test_no_processes_outlive_the_node(tmp_path: Path) -> None:
         assert server is not None and server.pid is not None
         pids.append(server.pid)
         assert all(alive(p) for p in pids)
-    assert not any(alive(p) for p in pids)
+    await eventually(lambda: not any(alive(p) for p in pids))  # (SIGKILL: soon after)
     assert [c for c in children_of(os.getpid()) if c[1] == "Z"] == []
 
 
@@ -524,7 +524,10 @@ def test_cli_timeout_kills_a_sigterm_ignoring_program(cli: Cli) -> None:
     )  # fmt: skip
     assert proc_.returncode == 124
     assert proc_.stderr.decode().endswith("failed: timeout\n")
-    assert not alive(int(proc_.stdout.split()[0]))
+    left, deadline = int(proc_.stdout.split()[0]), time.monotonic() + 10
+    while alive(left):  # (SIGKILL takes effect soon after on a busy machine)
+        assert time.monotonic() < deadline, "the program outlived its timeout"
+        time.sleep(0.02)
 
 
 async def test_nul_bytes_are_refused(tmp_path: Path) -> None:
