@@ -1,0 +1,104 @@
+"""The task controller's waits, stated for the mutants its fifth mutation run let live
+(issue 22, docs/mutation/REPORT.md): how long it waits before writing a task's end again
+while the node's storage fails (doubling from 0.1 s up to 3 s), how a retry's back-off is
+slept (in short steps a cancel can end), and that a submitted task can be waited for at
+once. The controller's own sleeps are recorded (and made instant) through its `anyio`;
+everything else is real: a LocalNode on LevelDB running wasm tasks.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import anyio
+import pytest
+from wat_tasks import exits, hello
+
+from spear import FunctionSpec, LocalNode, Resources, TaskState
+from spear.core import retries
+from spear.core.tasks import controller as controller_module
+from spear.errors import StorageError
+
+if TYPE_CHECKING:
+    from pathlib import Path
+
+SLOT = Resources(cpu_millis=100, memory_bytes=64 * 1024 * 1024)
+
+
+class _Sleeps:
+    """The controller's `anyio`, its sleeps recorded and not slept (yielding once)."""
+
+    def __init__(self) -> None:
+        self.slept: list[float] = []
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(anyio, name)
+
+    async def sleep(self, seconds: float) -> None:
+        self.slept.append(seconds)
+        await anyio.sleep(0)
+
+
+def _node(tmp_path: Path) -> LocalNode:
+    return LocalNode(
+        tmp_path / "home",
+        node_name="n1",
+        cpu_millis=SLOT.cpu_millis,
+        memory_bytes=SLOT.memory_bytes,
+    )
+
+
+def _failing_ends(node: LocalNode, failures: int) -> list[int]:
+    """Make the node's store fail to write a COMPLETED end `failures` times."""
+    store = node.controller.store
+    real = store.transition
+    tries: list[int] = []
+
+    async def transition(task_id: str, state: TaskState, *args: Any, **kw: Any) -> Any:
+        if state is TaskState.COMPLETED:
+            tries.append(1)
+            if len(tries) <= failures:
+                raise StorageError("no space left on device")
+        return await real(task_id, state, *args, **kw)
+
+    store.transition = transition  # type: ignore[method-assign]
+    return tries
+
+
+async def test_an_end_not_written_is_tried_again_after_a_pause_doubling_up_to_3_s(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    sleeps = _Sleeps()
+    monkeypatch.setattr(controller_module, "anyio", sleeps)
+    async with _node(tmp_path) as node:
+        tries = _failing_ends(node, 8)
+        with anyio.fail_after(30):
+            done = await node.controller.run(FunctionSpec(str(hello(tmp_path)), resources=SLOT))
+        assert done.state is TaskState.COMPLETED and len(tries) == 9
+    assert sleeps.slept == pytest.approx([0.1, 0.2, 0.4, 0.8, 1.6, 3.0, 3.0, 3.0])
+
+
+async def test_a_retry_waits_its_back_off_in_steps_a_cancel_can_end(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    sleeps = _Sleeps()
+    monkeypatch.setattr(controller_module, "anyio", sleeps)
+    monkeypatch.setattr(retries, "backoff_s", lambda attempts: 0.32)
+    spec = FunctionSpec(str(exits(tmp_path, 3)), resources=SLOT, max_retries=1, retry_on=("exit",))
+    async with _node(tmp_path) as node:
+        with anyio.fail_after(30):
+            done = await node.controller.run(spec)
+    assert (done.state, done.attempts) == (TaskState.FAILED, 1)
+    # 0.32 s in 0.05 s steps: 7 of them (a cancel is noticed within one step)
+    assert sleeps.slept == pytest.approx([0.05] * 7)
+
+
+async def test_a_submitted_task_can_be_waited_for_at_once(tmp_path: Path) -> None:
+    """`submit` registers the task's run before it starts; `execute` must go on with that
+    run (a waiter may already wait on it), not put a new one in its place."""
+    async with _node(tmp_path) as node:
+        with anyio.fail_after(20):  # (a waiter left on a run nobody ends fails here)
+            task = await node.controller.submit(FunctionSpec(str(hello(tmp_path)), resources=SLOT))
+            done = await node.controller.wait(task.id)
+        assert (done.id, done.state) == (task.id, TaskState.COMPLETED)
+        assert node.controller.live_ids == []
