@@ -229,12 +229,13 @@ def _keep_verdicts(saved: dict[Path, dict[str, object]], rerun: set[str]) -> Non
 
 
 def _not_checked(work: Path) -> list[str]:
-    """The mutants the last run never ran (stopped part way)."""
+    """The mutants the last run never ran (stopped part way) or ran with no test reaching
+    them (mutmut's exit code 33: tests added since may reach them)."""
     return sorted(
         key
         for verdicts in _verdicts(work).values()
         for key, code in dict(verdicts.get("exit_code_by_key", {})).items()
-        if code is None
+        if code is None or code == 33
     )
 
 

@@ -22,6 +22,9 @@ from spear.errors import StorageError
 if TYPE_CHECKING:
     from pathlib import Path
 
+    from spear.core.models import Task
+    from spear.core.tasks import TasksFinished
+
 SLOT = Resources(cpu_millis=100, memory_bytes=64 * 1024 * 1024)
 
 
@@ -102,3 +105,52 @@ async def test_a_submitted_task_can_be_waited_for_at_once(tmp_path: Path) -> Non
             done = await node.controller.wait(task.id)
         assert (done.id, done.state) == (task.id, TaskState.COMPLETED)
         assert node.controller.live_ids == []
+
+
+async def test_at_most_the_bound_of_runs_leave_their_hooks_running_and_each_frees_its_place(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With room for two batches of hooks running after their answers, two runs return
+    while their hooks are held, a third waits for its own; once the hooks are done, their
+    places are free again (two more runs return at once)."""
+    monkeypatch.setattr(controller_module, "_HOOKS_LATER_MAX", 2)
+    spec = FunctionSpec(str(hello(tmp_path)), resources=SLOT)
+    gates = [anyio.Event()]
+    heard: list[str] = []
+
+    async def held(finished: TasksFinished, /) -> None:
+        with anyio.move_on_after(10):  # (bounded: a run awaiting a held hook must end)
+            await gates[-1].wait()
+        heard.extend(t.id for t in finished.tasks)
+
+    async with _node(tmp_path) as node:
+        node.controller.add_finished_hook(held)
+        with anyio.fail_after(5):
+            for _ in range(2):
+                done = await node.controller.run(spec, hooks_later=True)
+                assert done.id not in heard  # answered before its hooks ran
+        third: list[Task] = []
+
+        async def run_third() -> None:
+            third.append(await node.controller.run(spec, hooks_later=True))
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(run_third)
+            try:
+                with anyio.move_on_after(0.5):  # (it must not return while its hook is held)
+                    while not third:
+                        await anyio.sleep(0.01)
+                assert third == []
+            finally:
+                gates[0].set()
+        with anyio.fail_after(10):
+            while len(heard) < 3:
+                await anyio.sleep(0.01)
+        gates.append(anyio.Event())
+        try:
+            with anyio.fail_after(5):  # both places free again
+                for _ in range(2):
+                    done = await node.controller.run(spec, hooks_later=True)
+                    assert done.id not in heard
+        finally:
+            gates[-1].set()
