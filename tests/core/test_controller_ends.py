@@ -11,12 +11,15 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 import anyio
+import anyio.lowlevel
 import pytest
+import wasmtime
 from wat_tasks import exits, hello
 
 from spear import FunctionSpec, LocalNode, Resources, TaskState
 from spear.core import retries
 from spear.core.tasks import controller as controller_module
+from spear.core.worker import EXIT_LOST
 from spear.errors import StorageError
 
 if TYPE_CHECKING:
@@ -26,6 +29,7 @@ if TYPE_CHECKING:
     from spear.core.tasks import TasksFinished
 
 SLOT = Resources(cpu_millis=100, memory_bytes=64 * 1024 * 1024)
+LOOP_WAT = '(module (memory (export "memory") 1) (func (export "_start") (loop (br 0))))'
 
 
 class _Sleeps:
@@ -154,3 +158,36 @@ async def test_at_most_the_bound_of_runs_leave_their_hooks_running_and_each_free
                     assert done.id not in heard
         finally:
             gates[-1].set()
+
+
+async def test_a_task_stopped_by_its_caller_is_recorded_lost_though_the_write_yields(
+    tmp_path: Path,
+) -> None:
+    """A store on the network (etcd) yields on every write: the record of a task whose
+    caller stopped must still be written, not cancelled with the caller."""
+    loop = tmp_path / "loop.wasm"
+    loop.write_bytes(wasmtime.wat2wasm(LOOP_WAT))
+    async with _node(tmp_path) as node:
+        store = node.controller.store
+        real = store.transition
+
+        async def transition(*args: Any, **kw: Any) -> Any:
+            await anyio.lowlevel.checkpoint()  # (as a write over the network would)
+            return await real(*args, **kw)
+
+        store.transition = transition  # type: ignore[method-assign]
+        ids: list[str] = []
+        with anyio.fail_after(30):
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(
+                    lambda: node.controller.run(
+                        FunctionSpec(str(loop), resources=SLOT),
+                        on_created=lambda task: ids.append(task.id),
+                    )
+                )
+                while not (ids and node.controller.free == Resources(0, 0)):
+                    await anyio.sleep(0.01)
+                tg.cancel_scope.cancel()  # its caller stops while it runs
+        record = await node.task(ids[0])
+        assert (record.state, record.exit_code) == (TaskState.FAILED, EXIT_LOST)
+        assert node.controller.free == node.controller.capacity
