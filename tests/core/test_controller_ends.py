@@ -116,48 +116,66 @@ async def test_at_most_the_bound_of_runs_leave_their_hooks_running_and_each_free
 ) -> None:
     """With room for two batches of hooks running after their answers, two runs return
     while their hooks are held, a third waits for its own; once the hooks are done, their
-    places are free again (two more runs return at once)."""
+    places are free again (the same again)."""
     monkeypatch.setattr(controller_module, "_HOOKS_LATER_MAX", 2)
     spec = FunctionSpec(str(hello(tmp_path)), resources=SLOT)
-    gates = [anyio.Event()]
+    gate = anyio.Event()
     heard: list[str] = []
 
     async def held(finished: TasksFinished, /) -> None:
         with anyio.move_on_after(10):  # (bounded: a run awaiting a held hook must end)
-            await gates[-1].wait()
+            await gate.wait()
         heard.extend(t.id for t in finished.tasks)
 
     async with _node(tmp_path) as node:
         node.controller.add_finished_hook(held)
-        with anyio.fail_after(5):
-            for _ in range(2):
-                done = await node.controller.run(spec, hooks_later=True)
-                assert done.id not in heard  # answered before its hooks ran
-        third: list[Task] = []
-
-        async def run_third() -> None:
-            third.append(await node.controller.run(spec, hooks_later=True))
-
-        async with anyio.create_task_group() as tg:
-            tg.start_soon(run_third)
-            try:
-                with anyio.move_on_after(0.5):  # (it must not return while its hook is held)
-                    while not third:
-                        await anyio.sleep(0.01)
-                assert third == []
-            finally:
-                gates[0].set()
-        with anyio.fail_after(10):
-            while len(heard) < 3:
-                await anyio.sleep(0.01)
-        gates.append(anyio.Event())
-        try:
-            with anyio.fail_after(5):  # both places free again
+        for _ in range(2):
+            with anyio.fail_after(5):
                 for _ in range(2):
                     done = await node.controller.run(spec, hooks_later=True)
-                    assert done.id not in heard
-        finally:
-            gates[-1].set()
+                    assert done.id not in heard  # answered before its hooks ran
+            third: list[Task] = []
+
+            async def run_into(into: list[Task]) -> None:
+                into.append(await node.controller.run(spec, hooks_later=True))
+
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(run_into, third)
+                try:
+                    with anyio.move_on_after(0.5):  # (not returning while its hook is held)
+                        while not third:
+                            await anyio.sleep(0.01)
+                    assert third == []
+                finally:
+                    gate.set()
+            with anyio.fail_after(10):
+                while len(heard) % 3:
+                    await anyio.sleep(0.01)
+            gate = anyio.Event()
+        assert len(heard) == 6
+
+
+async def test_hooks_running_after_the_answer_finish_when_the_node_is_stopped(
+    tmp_path: Path,
+) -> None:
+    """A node stopped by its owner's cancel (Ctrl-C) still lets the hooks running after an
+    answer finish: they keep the task's result (in a cluster, its commit with the SMS)."""
+    heard: list[str] = []
+
+    async def slow(finished: TasksFinished, /) -> None:
+        await anyio.sleep(0.2)
+        heard.extend(t.id for t in finished.tasks)
+
+    with anyio.fail_after(20), anyio.CancelScope() as owner:
+        async with _node(tmp_path) as node:
+            node.controller.add_finished_hook(slow)
+            done = await node.controller.run(
+                FunctionSpec(str(hello(tmp_path)), resources=SLOT), hooks_later=True
+            )
+            assert heard == []
+            owner.cancel()  # the node stops, cancelled
+    assert owner.cancelled_caught
+    assert heard == [done.id]
 
 
 async def test_a_task_stopped_by_its_caller_is_recorded_lost_though_the_write_yields(
