@@ -209,3 +209,33 @@ async def test_a_task_stopped_by_its_caller_is_recorded_lost_though_the_write_yi
         record = await node.task(ids[0])
         assert (record.state, record.exit_code) == (TaskState.FAILED, EXIT_LOST)
         assert node.controller.free == node.controller.capacity
+
+
+async def test_a_runs_hooks_finish_though_its_caller_stops_while_they_run(
+    tmp_path: Path,
+) -> None:
+    """The finished hooks keep a task's result (in a cluster, its commit with the SMS): a
+    caller that stops while they run does not cut them short."""
+    started = anyio.Event()
+    heard: list[str] = []
+
+    async def slow(finished: TasksFinished, /) -> None:
+        started.set()
+        await anyio.sleep(0.2)
+        heard.extend(t.id for t in finished.tasks)
+
+    async with _node(tmp_path) as node:
+        node.controller.add_finished_hook(slow)
+        ids: list[str] = []
+        with anyio.fail_after(20):
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(
+                    lambda: node.controller.run(
+                        FunctionSpec(str(hello(tmp_path)), resources=SLOT),
+                        on_created=lambda task: ids.append(task.id),
+                    )
+                )
+                await started.wait()
+                tg.cancel_scope.cancel()  # its caller stops while its hooks run
+        assert heard == ids
+        assert (await node.task(ids[0])).state is TaskState.COMPLETED
