@@ -18,9 +18,10 @@ from wat_tasks import exits, hello
 
 from spear import FunctionSpec, LocalNode, Resources, TaskState
 from spear.core import retries
+from spear.core.models import Runtime
 from spear.core.tasks import controller as controller_module
 from spear.core.worker import EXIT_LOST
-from spear.errors import StorageError
+from spear.errors import InvalidArgument, StorageError
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -239,3 +240,32 @@ async def test_a_runs_hooks_finish_though_its_caller_stops_while_they_run(
                 tg.cancel_scope.cancel()  # its caller stops while its hooks run
         assert heard == ids
         assert (await node.task(ids[0])).state is TaskState.COMPLETED
+
+
+async def test_a_runtime_the_node_does_not_offer_is_refused_by_name(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    script = tmp_path / "true.sh"
+    script.write_text("#!/bin/sh\ntrue\n")
+    script.chmod(0o755)
+    async with _node(tmp_path) as node:
+        controller = node.controller
+        # (a node built without the process runtime: only its wasm agent)
+        monkeypatch.setattr(controller, "_agents", {"wasm": controller._agents["wasm"]})
+        with pytest.raises(InvalidArgument) as info:
+            await controller.run(FunctionSpec(str(script), runtime=Runtime.PROCESS))
+        message = "runtime 'process' is not available on this node"
+        assert str(info.value) == message
+        (record,) = await node.tasks()
+        assert (record.state, record.reason) == (TaskState.FAILED, message)
+
+
+async def test_a_node_not_started_refuses_a_submission(tmp_path: Path) -> None:
+    node = _node(tmp_path)
+    with pytest.raises(RuntimeError) as info:
+        await node.controller.submit(FunctionSpec(str(hello(tmp_path)), resources=SLOT))
+    assert str(info.value) == "the task controller is not started"
+    async with node:  # (started, it takes it)
+        task = await node.controller.submit(FunctionSpec(str(hello(tmp_path)), resources=SLOT))
+        with anyio.fail_after(20):
+            assert (await node.controller.wait(task.id)).state is TaskState.COMPLETED
