@@ -19,6 +19,7 @@ from wat_tasks import exits, hello
 from spear import FunctionSpec, LocalNode, Resources, TaskState
 from spear.core import retries
 from spear.core.models import Runtime
+from spear.core.tasks import TaskController
 from spear.core.tasks import controller as controller_module
 from spear.core.worker import EXIT_LOST
 from spear.errors import InvalidArgument, StorageError
@@ -269,3 +270,27 @@ async def test_a_node_not_started_refuses_a_submission(tmp_path: Path) -> None:
         task = await node.controller.submit(FunctionSpec(str(hello(tmp_path)), resources=SLOT))
         with anyio.fail_after(20):
             assert (await node.controller.wait(task.id)).state is TaskState.COMPLETED
+
+
+async def test_a_node_stopping_stops_its_running_tasks_and_says_why(tmp_path: Path) -> None:
+    loop = tmp_path / "loop.wasm"
+    loop.write_bytes(wasmtime.wat2wasm(LOOP_WAT))
+    with anyio.fail_after(30):
+        async with _node(tmp_path) as node:
+            task = await node.controller.submit(FunctionSpec(str(loop), resources=SLOT))
+            while node.controller.free != Resources(0, 0):
+                await anyio.sleep(0.01)
+            await node.shutdown("maintenance")
+        async with _node(tmp_path) as node:
+            record = await node.task(task.id)
+    assert (record.state, record.reason) == (TaskState.CANCELLED, "maintenance")
+
+
+async def test_a_controller_made_without_services_runs_tasks_untraced(tmp_path: Path) -> None:
+    async with _node(tmp_path) as node:
+        parts = node.controller
+        controller = TaskController(parts.store, parts._agents, parts._logs, SLOT, "n2")
+        assert controller.tracing is None
+        with anyio.fail_after(20):
+            done = await controller.run(FunctionSpec(str(hello(tmp_path)), resources=SLOT))
+        assert (done.state, done.node) == (TaskState.COMPLETED, "n2")
