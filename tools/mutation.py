@@ -231,12 +231,12 @@ def _keep_verdicts(saved: dict[Path, dict[str, object]], rerun: set[str]) -> Non
 def _not_checked(work: Path) -> list[str]:
     """The mutants the last run never ran (stopped part way) or ran with no test reaching
     them (mutmut's exit code 33: tests added since may reach them)."""
-    return sorted(
-        key
-        for verdicts in _verdicts(work).values()
-        for key, code in dict(verdicts.get("exit_code_by_key", {})).items()
-        if code is None or code == 33
-    )
+    names = []
+    for verdicts in _verdicts(work).values():
+        codes = verdicts.get("exit_code_by_key", {})
+        assert isinstance(codes, dict)
+        names += [key for key, code in codes.items() if code is None or code == 33]
+    return sorted(names)
 
 
 def run(
