@@ -14,6 +14,8 @@ docs/mutation/<name>.json (killed, survived, timed out, ...) and <name>.survivor
 
     python tools/mutation.py --only-not-killed scheduler   # after adding tests: only the
                                                            # mutants not killed run again
+    python tools/mutation.py --not-checked controller      # a run stopped part way: only
+                                                           # the mutants it never ran
 """
 
 from __future__ import annotations
