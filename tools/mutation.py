@@ -14,6 +14,8 @@ docs/mutation/<name>.json (killed, survived, timed out, ...) and <name>.survivor
 
     python tools/mutation.py --only-not-killed scheduler   # after adding tests: only the
                                                            # mutants not killed run again
+    python tools/mutation.py --not-checked controller      # a run stopped part way: only
+                                                           # the mutants it never ran
 """
 
 from __future__ import annotations
@@ -115,6 +117,7 @@ TARGETS = (
         (
             _T + "core/test_controller_rules.py",
             _T + "core/test_controller_room.py",
+            _T + "core/test_controller_ends.py",
             _T + "core/test_hooks_later.py",
             _T + "test_local_node.py",
             _T + "core/test_run_many.py",
@@ -227,11 +230,26 @@ def _keep_verdicts(saved: dict[Path, dict[str, object]], rerun: set[str]) -> Non
         meta.write_text(json.dumps(after))
 
 
+def _not_checked(work: Path) -> list[str]:
+    """The mutants the last run never ran (stopped part way) or ran with no test reaching
+    them (mutmut's exit code 33: tests added since may reach them)."""
+    names = []
+    for verdicts in _verdicts(work).values():
+        codes = verdicts.get("exit_code_by_key", {})
+        assert isinstance(codes, dict)
+        names += [key for key, code in codes.items() if code is None or code == 33]
+    return sorted(names)
+
+
 def run(
-    target: Target, resume: bool = False, again: bool = False, only: bool = False
+    target: Target,
+    resume: bool = False,
+    again: bool = False,
+    only: bool = False,
+    unchecked: bool = False,
 ) -> dict[str, object]:
-    if only:
-        return _run_only_not_killed(target)
+    if only or unchecked:
+        return _run_only_not_killed(target, unchecked)
     work = _prepare(target, resume or again)
     env = dict(os.environ)
     # Subprocesses the tests start (the CLI, process agents) import the mutated copy too.
@@ -249,13 +267,14 @@ def run(
     return _report(target, work, started)
 
 
-def _run_only_not_killed(target: Target) -> dict[str, object]:
-    """The last run's mutants not killed, against the tests as they are now (new tests
-    added to the target included); every other verdict is kept."""
+def _run_only_not_killed(target: Target, unchecked: bool = False) -> dict[str, object]:
+    """The last run's mutants not killed (`unchecked`: only those it never ran), against
+    the tests as they are now (new tests added to the target included); every other
+    verdict is kept."""
     work = SCRATCH / target.name
-    rerun = _not_killed(work)
+    rerun = _not_checked(work) if unchecked else _not_killed(work)
     if not rerun:
-        raise SystemExit(f"{target.name}: no earlier run to take the mutants not killed from")
+        raise SystemExit(f"{target.name}: no earlier run to take the mutants to run from")
     saved = _verdicts(work)
     work = _prepare(target, resume=True)
     env = dict(os.environ)
@@ -318,6 +337,12 @@ def main() -> None:
         help="run only the last run's mutants not killed, against the tests as they are now"
         " (with tests added since), and keep every other verdict",
     )
+    parser.add_argument(
+        "--not-checked",
+        action="store_true",
+        help="go on with a run stopped part way: only the mutants it never ran, against the"
+        " tests as they are now (with tests added since), keeping every verdict it has",
+    )
     args = parser.parse_args()
     targets = sorted(TARGETS, key=Target.size)
     if args.names:
@@ -326,7 +351,7 @@ def main() -> None:
         if args.list:
             print(f"{target.name:10} {target.size():5} lines  {' '.join(target.modules)}")  # noqa: T201
             continue
-        summary = run(target, args.resume, args.again, args.only_not_killed)
+        summary = run(target, args.resume, args.again, args.only_not_killed, args.not_checked)
         print(f"{target.name}: {json.dumps(summary)}", flush=True)  # noqa: T201
 
 
