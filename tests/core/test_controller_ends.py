@@ -14,6 +14,7 @@ import anyio
 import anyio.lowlevel
 import pytest
 import wasmtime
+from test_controller_room import _failing_ends
 from wat_tasks import exits, hello
 
 from spear import FunctionSpec, LocalNode, Resources, TaskState
@@ -22,7 +23,7 @@ from spear.core.models import Runtime
 from spear.core.tasks import TaskController
 from spear.core.tasks import controller as controller_module
 from spear.core.worker import EXIT_LOST
-from spear.errors import InvalidArgument, StorageError
+from spear.errors import InvalidArgument
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -55,23 +56,6 @@ def _node(tmp_path: Path) -> LocalNode:
         cpu_millis=SLOT.cpu_millis,
         memory_bytes=SLOT.memory_bytes,
     )
-
-
-def _failing_ends(node: LocalNode, failures: int) -> list[int]:
-    """Make the node's store fail to write a COMPLETED end `failures` times."""
-    store = node.controller.store
-    real = store.transition
-    tries: list[int] = []
-
-    async def transition(task_id: str, state: TaskState, *args: Any, **kw: Any) -> Any:
-        if state is TaskState.COMPLETED:
-            tries.append(1)
-            if len(tries) <= failures:
-                raise StorageError("no space left on device")
-        return await real(task_id, state, *args, **kw)
-
-    store.transition = transition  # type: ignore[method-assign]
-    return tries
 
 
 async def test_an_end_not_written_is_tried_again_after_a_pause_doubling_up_to_3_s(
