@@ -10,6 +10,9 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import os
+import shutil
+import subprocess
 from typing import TYPE_CHECKING, Any
 
 import anyio
@@ -22,6 +25,7 @@ from spear.core.forwarding import BatchAnswer, Forwarded
 from spear.core.scheduler import Scheduler, owner_of
 from spear.core.sms import MetadataServer
 from spear.errors import NotFound, ResourceExhausted, SpearError, Unavailable
+from spear.store.diskspace import DiskRoom
 from spear.store.leveldb import LevelDBKV
 
 if TYPE_CHECKING:
@@ -1029,3 +1033,109 @@ async def test_each_decision_is_logged_with_its_task_and_node(tmp_path: Path) ->
             logger.disable("spear")
             logger.remove(sink)
         assert (f"task {task.id}: local (a)\n", task.id) in records
+
+
+# -- a node whose disk is full (issue 16) ------------------------------------------------
+
+
+def _disk_full(scheduler: Scheduler) -> None:
+    """Its data dir's disk counts as full: less room than a threshold nothing has."""
+    scheduler.disk = DiskRoom(scheduler.node.settings.data_dir, low_bytes=2**62)
+
+
+async def test_a_node_whose_disk_is_full_sends_new_tasks_elsewhere(tmp_path: Path) -> None:
+    async with _world(tmp_path) as world:
+        a = await world.node("a", 2)
+        b = await world.node("b", 2)
+        await a.refresh_view()
+        _disk_full(a)
+        assert a.room_here() == Resources(0, 0)
+        assert not a.fits_here_now(FunctionSpec(world.hello))
+        task = await a.submit(FunctionSpec(world.hello))
+        assert task.node == "b" and [(d.how, d.node) for d in a.decisions] == [("forwarded", "b")]
+        assert (await b.node.controller.wait(task.id)).state is TaskState.COMPLETED
+        a.disk = DiskRoom(a.node.settings.data_dir)  # room again: tasks run here
+        assert a.room_here() == Resources(2 * SLOT, a.node.controller.free.memory_bytes)
+        here = await a.submit(FunctionSpec(world.hello))
+        assert here.node == "a"
+
+
+async def test_a_node_whose_disk_is_full_takes_no_forwarded_task(tmp_path: Path) -> None:
+    async with _world(tmp_path) as world:
+        b = await world.node("b", 3)
+        _disk_full(b)
+        spec = FunctionSpec(world.hello)
+        accepted = b.accept_forwarded([spec, spec], backlog=True)
+        assert accepted.taken == [False, False] and accepted.backlog == 0
+        assert b.promised == Resources(0, 0) and b.refusals == 2
+        with pytest.raises(ResourceExhausted, match="has no room"):
+            await b.adopt(b.new_task(spec, "fwd-full"), spec, None)
+
+
+async def test_a_task_whose_record_cannot_be_written_here_is_placed_elsewhere(
+    tmp_path: Path,
+) -> None:
+    """The disk filled since it was last looked at: the write says so, and the task goes
+    to another node instead of being refused."""
+    async with _world(tmp_path) as world:
+        a = await world.node("a", 2)
+        b = await world.node("b", 2)
+        await a.refresh_view()
+        looks: list[bool] = []
+        real = a.disk
+
+        class FillsOnWrite(DiskRoom):
+            def full(self, *, look_now: bool = False) -> bool:
+                looks.append(look_now)
+                return look_now  # full only when looked at after the failed write
+
+        a.disk = FillsOnWrite(real.path)
+
+        async def no_space(*args: Any, **kw: Any) -> Any:
+            raise ResourceExhausted("no space left on device (the database): free space")
+
+        a.node.controller.create = no_space  # type: ignore[method-assign]
+        task = await a.submit(FunctionSpec(world.hello))
+        assert task.node == "b" and True in looks
+        assert (await b.node.controller.wait(task.id)).state is TaskState.COMPLETED
+        assert a.node.controller.free == Resources(
+            2 * SLOT, a.node.controller.capacity.memory_bytes
+        )
+        a.disk = real
+        with pytest.raises(ResourceExhausted, match="no space"):  # room, yet refused: said
+            await a.submit(FunctionSpec(world.hello))
+
+
+async def test_a_node_on_a_real_disk_that_fills_sends_tasks_elsewhere_until_freed(
+    tmp_path: Path,
+) -> None:
+    """A real 24 MiB tmpfs under node a's data dir, filled by someone else."""
+    disk = tmp_path / "a"
+    disk.mkdir()
+    if os.geteuid() != 0 or shutil.which("mount") is None:
+        pytest.skip("mounting a tmpfs needs root")
+    made = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=24m", "tmpfs", str(disk)])
+    if made.returncode != 0:
+        pytest.skip("cannot mount a tmpfs here")
+    try:
+        async with _world(tmp_path) as world:
+            a = await world.node("a", 2)
+            b = await world.node("b", 2)
+            await a.refresh_view()
+            assert (await a.submit(FunctionSpec(world.hello))).node == "a"
+            with open(disk / "filler", "wb") as f, contextlib.suppress(OSError):
+                for _ in range(64):  # (bounded: 64 MiB, more than the disk holds)
+                    f.write(b"\0" * 1024 * 1024)
+
+            async def noticed(full: bool) -> bool:
+                return a.disk.full() is full
+
+            await _until(lambda: noticed(True))
+            task = await a.submit(FunctionSpec(world.hello))
+            assert task.node == "b"
+            assert (await b.node.controller.wait(task.id)).state is TaskState.COMPLETED
+            (disk / "filler").unlink()
+            await _until(lambda: noticed(False))
+            assert (await a.submit(FunctionSpec(world.hello))).node == "a"
+    finally:
+        subprocess.run(["umount", "-l", str(disk)], check=False)

@@ -44,6 +44,7 @@ from spear.core.node import NodeState
 from spear.core.traced_placement import in_its_trace, traced_placement
 from spear.core.worker import EXIT_CANCELLED
 from spear.errors import NotFound, ResourceExhausted, SpearError, Unavailable
+from spear.store.diskspace import DiskRoom
 from spear.tracing.base import current_traceparent
 
 if TYPE_CHECKING:
@@ -59,6 +60,7 @@ if TYPE_CHECKING:
 
 
 _FIRST_PAUSE_S = 0.01  # the first pause before a queue's head is tried again
+NO_ROOM = Resources(cpu_millis=0, memory_bytes=0)  # what a node with a full disk offers
 
 
 @dataclass(slots=True)
@@ -109,6 +111,9 @@ class Scheduler:
         # result), it calls that node without asking the SMS where they are first.
         self.forwarded_to: dict[str, NodeRecord] = {}
         self.decisions: deque[Decision] = deque(maxlen=1000)
+        # A node whose disk is full takes no new task: it could write neither the task's
+        # record nor its end. The cluster places it elsewhere (issue 16's disk-full fault).
+        self.disk = DiskRoom(node.settings.data_dir)
         node.controller.add_finished_hook(self._tasks_finished)
 
     async def _tasks_finished(self, finished: TasksFinished) -> None:
@@ -149,12 +154,18 @@ class Scheduler:
         return bool(self._queue) and self._queue.head_priority >= priority
 
     def _fits_here_now(self, spec: FunctionSpec) -> bool:
-        controller = self.node.controller
         return (
             self._could_ever_run_here(spec)
-            and controller.waiting_count == 0
-            and spec.resources.fits_in(controller.free - self.promised)
+            and self.node.controller.waiting_count == 0
+            and spec.resources.fits_in(self.room_here())
         )
+
+    def room_here(self) -> Resources:
+        """What a new task may take here now: the node's free room less what forwarded
+        batches were promised; none while the node's disk is full."""
+        if self.disk.full():
+            return NO_ROOM
+        return self.node.controller.free - self.promised
 
     def could_ever_run_here(self, spec: FunctionSpec) -> bool:
         """Whether this node has the runtime, the labels and the capacity for `spec`."""
@@ -479,9 +490,14 @@ class Scheduler:
         this check and that reservation): the next decision sees them taken."""
         if not self._fits_here_now(spec):
             return None
-        return await self.node.controller.submit(
-            spec, stdin=stdin, task_id=task_id, previous=previous
-        )
+        try:
+            return await self.node.controller.submit(
+                spec, stdin=stdin, task_id=task_id, previous=previous
+            )
+        except ResourceExhausted:
+            if self.disk.full(look_now=True):  # its record could not be written here
+                return None
+            raise
 
     async def adopt(self, task: Task, spec: FunctionSpec, stdin: bytes | None) -> Task:
         """Run a task forwarded by another node here, under its id, if it fits now."""
@@ -507,8 +523,9 @@ class Scheduler:
         room = controller.free - self.promised
         accepted = Accepted()
         # A stopping node takes nothing (its server may still serve a peer's open
-        # connection): refused, the tasks are placed elsewhere, not cancelled here.
-        running = self.node.state is NodeState.RUNNING
+        # connection), nor one whose disk is full: refused, the tasks are placed
+        # elsewhere, not cancelled here.
+        running = self.node.state is NodeState.RUNNING and not self.disk.full()
         open_ = running and controller.waiting_count == 0
         for spec in specs:
             open_ = (

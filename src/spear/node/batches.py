@@ -120,7 +120,7 @@ class _Batch:
         before them), and the rest."""
         scheduler = self.scheduler
         controller = scheduler.node.controller
-        room = controller.free - scheduler.promised
+        room = scheduler.room_here()
         open_ = controller.waiting_count == 0
         here: list[int] = []
         rest: list[int] = []

@@ -11,16 +11,23 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
+import time
 from typing import TYPE_CHECKING
 
 from spear.errors import ResourceExhausted
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
     from pathlib import Path
 
 NO_SPACE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT})
 RESERVE_FILE = "reserve"
 RESERVE_BYTES = 4 * 1024 * 1024
+# Below this much room for an unprivileged writer, a node's disk counts as full: it takes
+# no new task (its record and its end could not be written) and the cluster places it
+# elsewhere. LevelDB writes logs of a few KiB and compacts in MiBs.
+LOW_SPACE_BYTES = 8 * 1024 * 1024
+LOOK_EVERY_S = 0.5  # statvfs costs microseconds, but a node places thousands a second
 
 
 def is_no_space(exc: BaseException) -> bool:
@@ -72,3 +79,36 @@ class Reserve:
             return True
         except OSError:
             return False
+
+
+class DiskRoom:
+    """Whether the disk under `path` is (nearly) full, looked up at most every
+    `LOOK_EVERY_S` (or at once, when a write has just said so)."""
+
+    def __init__(
+        self,
+        path: Path,
+        low_bytes: int = LOW_SPACE_BYTES,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.path = path
+        self.low_bytes = low_bytes
+        self._clock = clock
+        self._full = False
+        self._next_look = 0.0
+
+    def full(self, *, look_now: bool = False) -> bool:
+        now = self._clock()
+        if look_now or now >= self._next_look:
+            self._full = self.free_bytes() < self.low_bytes
+            self._next_look = now + LOOK_EVERY_S
+        return self._full
+
+    def free_bytes(self) -> int:
+        """Room for an unprivileged writer; a path that cannot be looked at has room
+        (the write itself will say what is wrong)."""
+        try:
+            st = os.statvfs(self.path)
+        except OSError:
+            return self.low_bytes
+        return st.f_bavail * st.f_frsize

@@ -13,7 +13,7 @@ import dataclasses
 import math
 import os
 import time
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeVar
 
 import anyio
 
@@ -27,7 +27,7 @@ from spear.core.worker import EXIT_CANCELLED, EXIT_LOST, ExecutionControl, NodeS
 from spear.errors import InvalidArgument, ResourceExhausted, SpearError, StorageError
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Mapping, Sequence
+    from collections.abc import Awaitable, Callable, Mapping, Sequence
 
     from anyio.abc import TaskGroup
 
@@ -41,6 +41,7 @@ if TYPE_CHECKING:
 _CANCEL_POLL_S = 0.05  # how soon a cancel ends a retry's back-off
 _END_WRITE_TRIES = 60  # a task's end written again while storage fails: ~3 minutes
 _END_WRITE_MAX_WAIT_S = 3.0
+_T = TypeVar("_T")
 # Finished hooks run after the answer (`hooks_later`) at most this many batches at once;
 # past it they are awaited again: a slow SMS slows the calls instead of piling up work.
 _HOOKS_LATER_MAX = 256
@@ -346,21 +347,17 @@ class TaskController:
             self._hooks_later -= 1
 
     async def _record_end(self, task_id: str, outcome: Outcome) -> Task:
-        """Write how the task ended; while the node's storage fails (a full disk), again
-        after a back-off, for up to a few minutes: the end is known only here."""
-        for attempt in range(_END_WRITE_TRIES):
-            try:
-                return await self.store.transition(
-                    task_id, outcome.state, exit_code=outcome.exit_code, reason=outcome.reason
-                )
-            except StorageError as exc:
-                if attempt + 1 == _END_WRITE_TRIES:
-                    raise
-                logger.bind(task_id=task_id).warning(
-                    "task {}: its end is not written yet ({}): trying again", task_id, exc
-                )
-                await anyio.sleep(min(_END_WRITE_MAX_WAIT_S, 0.1 * 2**attempt))
-        raise AssertionError("unreachable")  # pragma: no cover
+        """Write how the task ended (again while the node's storage fails)."""
+
+        async def write() -> Task:
+            return await self.store.transition(
+                task_id, outcome.state, exit_code=outcome.exit_code, reason=outcome.reason
+            )
+
+        log = logger.bind(task_id=task_id)
+        return await _until_written(write, lambda exc: log.warning(
+            "task {}: its end is not written yet ({}): trying again", task_id, exc
+        ))  # fmt: skip
 
     async def _retry(self, task: Task, outcome: Outcome, control: ExecutionControl) -> Task | None:
         """The task recorded PENDING for its next attempt here, once its back-off passed,
@@ -499,7 +496,13 @@ class TaskController:
         hooks_later: bool = False,
     ) -> list[Task]:
         self._running.release(admitted, writers)
-        finals = await self.store.finish_wave(marker, ends)
+
+        async def write() -> list[Task]:
+            return await self.store.finish_wave(marker, ends)
+
+        finals = await _until_written(write, lambda exc: logger.warning(
+            "the ends of {} tasks are not written yet ({}): trying again", len(ends), exc
+        ))  # fmt: skip
         await self._settle(finals, later=hooks_later)
         return finals
 
@@ -526,3 +529,20 @@ class TaskController:
 
     async def cancel_all(self, reason: str) -> None:
         self._running.cancel_all(reason)
+
+
+async def _until_written(
+    write: Callable[[], Awaitable[_T]], not_yet: Callable[[SpearError], None]
+) -> _T:
+    """`write` tasks' ends; while the node's storage fails (a full disk is a
+    ResourceExhausted), again after a back-off, for up to a few minutes: the ends are
+    known only here."""
+    for attempt in range(_END_WRITE_TRIES):
+        try:
+            return await write()
+        except (StorageError, ResourceExhausted) as exc:
+            if attempt + 1 == _END_WRITE_TRIES:
+                raise
+            not_yet(exc)
+            await anyio.sleep(min(_END_WRITE_MAX_WAIT_S, 0.1 * 2**attempt))
+    raise AssertionError("unreachable")  # pragma: no cover

@@ -1,0 +1,87 @@
+"""A task that ends while the node's disk is full (issue 16's disk-full fault): its end
+is written again until there is room, alone or in a wave, and the task ends as it ended,
+not RUNNING for ever. The failures are the very error LevelDB's store raises for a full
+disk (a ResourceExhausted, `store/diskspace.py`), not a StorageError; everything else is
+real: a LocalNode on LevelDB running wasm tasks.
+"""
+
+from __future__ import annotations
+
+import errno
+from typing import TYPE_CHECKING, Any
+
+import anyio
+import pytest
+from log_capture import SpearLog
+from wat_tasks import hello
+
+from spear import FunctionSpec, LocalNode, Resources, TaskState
+from spear.core.tasks import controller as controller_module
+from spear.store.diskspace import no_space
+
+if TYPE_CHECKING:
+    from pathlib import Path
+
+    from spear.errors import ResourceExhausted
+
+SLOT = Resources(cpu_millis=100, memory_bytes=64 * 1024 * 1024)
+
+
+def _full_disk() -> ResourceExhausted:
+    error = no_space(OSError(errno.ENOSPC, "No space left on device"), "the database")
+    assert error is not None
+    return error
+
+
+def _failing(node: LocalNode, method: str, failures: int) -> list[int]:
+    """The node's task store's `method` fails `failures` times as a full disk does."""
+    store = node.controller.store
+    real = getattr(store, method)
+    tries: list[int] = []
+
+    async def write(*args: Any, **kw: Any) -> Any:
+        if method != "transition" or args[1] is TaskState.COMPLETED:
+            tries.append(1)
+            if len(tries) <= failures:
+                raise _full_disk()
+        return await real(*args, **kw)
+
+    setattr(store, method, write)
+    return tries
+
+
+@pytest.fixture(autouse=True)
+def _short_waits(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(controller_module, "_END_WRITE_MAX_WAIT_S", 0.05)
+
+
+async def test_an_end_that_meets_a_full_disk_is_written_once_there_is_room(
+    tmp_path: Path,
+) -> None:
+    with SpearLog("WARNING", "{message}") as logged:
+        async with LocalNode(tmp_path / "home", node_name="n1", cpu_millis=200) as node:
+            tries = _failing(node, "transition", 2)
+            with anyio.fail_after(30):
+                done = await node.controller.run(FunctionSpec(str(hello(tmp_path))))
+            assert (done.state, done.exit_code) == (TaskState.COMPLETED, 0)
+            assert (await node.task(done.id)).state is TaskState.COMPLETED
+            assert len(tries) == 3
+    said = f"task {done.id}: its end is not written yet ({_full_disk()}): trying again\n"
+    assert logged == [said, said]
+
+
+async def test_the_ends_of_a_wave_that_meet_a_full_disk_are_written_once_there_is_room(
+    tmp_path: Path,
+) -> None:
+    with SpearLog("WARNING", "{message}") as logged:
+        async with LocalNode(tmp_path / "home", node_name="n1", cpu_millis=300) as node:
+            tries = _failing(node, "finish_wave", 2)
+            spec = FunctionSpec(str(hello(tmp_path)), resources=SLOT)
+            with anyio.fail_after(30):
+                done = await node.controller.run_many([spec, spec, spec])
+            assert [t.state for t in done] == [TaskState.COMPLETED] * 3
+            for task in done:
+                assert (await node.task(task.id)).state is TaskState.COMPLETED
+            assert len(tries) == 3
+    said = f"the ends of 3 tasks are not written yet ({_full_disk()}): trying again\n"
+    assert logged == [said, said]
