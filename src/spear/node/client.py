@@ -30,6 +30,7 @@ from spear.core.models import LogChunk, NodeInfo, ObjectInfo, Runtime, TaskResul
 from spear.errors import (
     InvalidArgument,
     NotFound,
+    ResourceExhausted,
     SpearError,
     StorageError,
     Unavailable,
@@ -198,7 +199,7 @@ class Client(AsyncResource):
             try:
                 with self._errors():
                     return await call()
-            except (Unavailable, StorageError) as exc:
+            except (Unavailable, StorageError, ResourceExhausted) as exc:
                 if not self._failover.should_retry(exc, attempt):
                     raise
             await self.aclose()  # the next call opens a channel to the next node

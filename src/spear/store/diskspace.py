@@ -21,6 +21,7 @@ if TYPE_CHECKING:
     from pathlib import Path
 
 NO_SPACE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT})
+NO_SPACE = "no space left on device"  # how the refusals of a full disk begin
 RESERVE_FILE = "reserve"
 RESERVE_BYTES = 4 * 1024 * 1024
 # Below this much room for an unprivileged writer, a node's disk counts as full: it takes
@@ -46,7 +47,7 @@ def no_space(exc: BaseException, what: str = "") -> ResourceExhausted | None:
     if not is_no_space(exc):
         return None
     where = f" ({what})" if what else ""
-    return ResourceExhausted(f"no space left on device{where}: free space in the data dir")
+    return ResourceExhausted(f"{NO_SPACE}{where}: free space in the data dir")
 
 
 class Reserve:
