@@ -18,6 +18,7 @@ between rounds, so a member election (about a second) is ridden out.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import random
 import time
@@ -164,7 +165,7 @@ class EtcdClient:
                         break
                     per_attempt = min(remaining, attempt_timeout_s or self.attempt_timeout_s)
                 try:
-                    return await attempt(self.channel(endpoint), per_attempt)
+                    return await _in_a_task_of_its_own(attempt(self.channel(endpoint), per_attempt))
                 except Exception as exc:
                     failed = classify(exc, idempotent=idempotent)
                     if failed is None:
@@ -309,11 +310,11 @@ class EtcdClient:
             response_type,
             metadata=REQUIRE_LEADER,
         ) as stream:
-            await stream.send_message(request, end=unary)
+            await _in_a_task_of_its_own(stream.send_message(request, end=unary))
 
             async def responses() -> AsyncIterator[T]:
                 while True:
-                    response = await stream.recv_message()
+                    response = await _in_a_task_of_its_own(stream.recv_message())
                     if response is None:
                         raise StreamTerminatedError(f"{route} ended")
                     yield response
@@ -326,6 +327,17 @@ class EtcdClient:
         channels, self._channels = self._channels, {}
         for channel in channels.values():
             channel.close()
+
+
+async def _in_a_task_of_its_own(call: Awaitable[T]) -> T:
+    """Await `call` in a task of its own. When a connection closes, grpclib wakes the calls
+    waiting on it with a plain asyncio cancel of their task (`grpclib.utils.Wrapper`), then
+    raises its own error there and never takes the cancel back. Left in the caller's task,
+    that stray cancel makes anyio's cancel scopes above it let their own cancellations
+    through as if they came from outside: an SMS whose election campaign was cut off with
+    its etcd member stopped standing for good. A cancel of the caller still reaches the
+    call (asyncio cancels the task it awaits)."""
+    return await asyncio.ensure_future(call)
 
 
 def _storage_error(operation: str, exc: BaseException) -> StorageError:

@@ -24,7 +24,7 @@ from __future__ import annotations
 import contextlib
 import enum
 import time
-from typing import TYPE_CHECKING, Self
+from typing import TYPE_CHECKING, Any, Self
 
 import anyio
 from loguru import logger
@@ -231,11 +231,14 @@ class Candidate:
         self._tasks.start_soon(self._run)
         return self
 
-    async def __aexit__(self, *exc: object) -> None:
+    async def __aexit__(self, *exc: Any) -> None:
         self._campaign.cancel()
         tasks, self._tasks = self._tasks, None
         if tasks is not None:
-            await tasks.__aexit__(None, None, None)
+            # The exception the block ends with goes to the task group: a cancellation of
+            # its own scope (its task failed) ends there, instead of leaking out as a
+            # cancel of the caller (which stopped an SMS from standing again, for good).
+            await tasks.__aexit__(*exc)
         with anyio.CancelScope(shield=True):
             await self.resign()
 
