@@ -1,8 +1,9 @@
 """A spear cluster in network namespaces, for the chaos suite and the faults benchmark.
 
-Every process has an address of its own: the three etcd members, the SMS, the SPEARlets
-and the load generator each live in a network namespace this lab creates, joined by veth
-pairs to a bridge in one more namespace (the hub), on a random 10.x.y.0/24. Faults are
+Every process has an address of its own: the three etcd members, two SMS processes (one
+leads, elected through etcd; the other stands by), the SPEARlets and the load generator
+each live in a network namespace this lab creates, joined by veth pairs to a bridge in
+one more namespace (the hub), on a random 10.x.y.0/24. Faults are
 the kernel's: SIGKILL, a link set down (a partition), a token bucket on a link (tc tbf:
 delay, and drops once its queue is full; this kernel has no netem module and no
 iptables), a full tmpfs under a node's data dir. `down()` removes every namespace,
@@ -30,6 +31,8 @@ ETCD_BINARY = shutil.which("etcd") or "/usr/bin/etcd"
 SMS_PORT = 7000
 NODE_PORT = 7070
 TIMINGS = {"heartbeat_s": 0.3, "unhealthy_after_s": 1.5, "dead_after_s": 3.0}
+SMS_NAMES = ("sms", "sms2")
+SMS_LEASE_TTL_S = 2  # the leader's election lease (core/sms_leader.py), its least
 
 
 def _run(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
@@ -115,7 +118,8 @@ class Lab:
         _run("ip", "-n", hub, "link", "set", "br0", "up")
         for i in range(1, self.etcd_members + 1):
             self._add_host(f"e{i}", 10 + i)
-        self._add_host("sms", 20)
+        for i, name in enumerate(SMS_NAMES):
+            self._add_host(name, 20 + i)
         for i in range(1, self.nodes + 1):
             self._add_host(f"n{i}", 30 + i)
         self._add_host("cli", 50)
@@ -202,22 +206,51 @@ class Lab:
         self.etcd.start(timeout_s=60)
         return str(self.etcd.url)
 
-    def start_sms(self) -> str:
-        sms = self.procs["sms"]
-        self._config(sms, {})
+    def start_sms(self, name: str | None = None) -> str:
+        """Start one SMS (`name`), or each of them (the first to stand leads)."""
+        if name is None:
+            for each in SMS_NAMES:
+                self.start_sms(each)
+            return self.sms_addresses()
+        sms = self.procs[name]
+        self._config(sms, {"sms_lease_ttl_s": SMS_LEASE_TTL_S})
         kv = self.start_etcd() if self.etcd is None else str(self.etcd.url)
         listen = f"{sms.ip}:{SMS_PORT}"
-        self.spawn("sms", [sys.executable, "-m", "spear", "serve", "--role", "sms",
-                           "--listen", listen, "--kv", kv])  # fmt: skip
+        self.spawn(name, [sys.executable, "-m", "spear", "serve", "--role", "sms",
+                          "--listen", listen, "--kv", kv])  # fmt: skip
         return self._await_address(sms)
+
+    def sms_addresses(self) -> str:
+        """Every SMS's address, as SPEARlets and clients take them (`--sms a,b`)."""
+        return ",".join(f"{self.procs[n].ip}:{SMS_PORT}" for n in SMS_NAMES)
+
+    def leader(self, timeout_s: float = 30.0) -> str:
+        """The name of the one SMS whose log says it leads now (waiting for one)."""
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            leading = [n for n in SMS_NAMES if self._leads(n)]
+            if len(leading) == 1:
+                return leading[0]
+            time.sleep(0.05)  # polling the logs, with a deadline
+        raise RuntimeError("no single SMS leads")
+
+    def _leads(self, name: str) -> bool:
+        proc = self.procs[name]
+        if not proc.alive():
+            return False
+        try:
+            text = (proc.data_dir / "stderr.log").read_text(errors="replace")
+        except OSError:
+            return False
+        said = [ln for ln in text.splitlines() if "this SMS (" in ln and "leads" in ln]
+        return bool(said) and "no longer leads" not in said[-1]
 
     def start_node(self, name: str) -> str:
         node = self.procs[name]
         self._config(node, {"node_name": name, "cpu_millis": 2000})
-        sms = self.procs["sms"].address
         listen = f"{node.ip}:{NODE_PORT}"
         self.spawn(name, [sys.executable, "-m", "spear", "serve", "--role", "spearlet",
-                          "--listen", listen, "--sms", sms])  # fmt: skip
+                          "--listen", listen, "--sms", self.sms_addresses()])  # fmt: skip
         return self._await_address(node)
 
     def node_names(self) -> list[str]:
@@ -263,7 +296,7 @@ class Lab:
         )  # fmt: skip
 
     def nodes_health(self) -> dict[str, str]:
-        out = self.cli("nodes", "--sms", self.procs["sms"].address, "--json")
+        out = self.cli("nodes", "--sms", self.sms_addresses(), "--json")
         if out.returncode != 0:
             return {}
         return {n["name"]: n["health"] for n in json.loads(out.stdout)}

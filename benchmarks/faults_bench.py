@@ -3,10 +3,11 @@
 address), tasks and object writes at a fixed rate (chaos_load.py), and one fault after
 another: SIGKILL a SPEARlet (restarted after), SIGKILL an etcd member (restarted), cut a
 SPEARlet off the network, a narrow lossy link to a SPEARlet (tc tbf), a SPEARlet's disk
-full (a 64 MiB tmpfs), SIGKILL the SMS (restarted). For each: tasks submitted,
-completed, retried, lost, run twice, objects lost, time to recover, and the throughput
-(tasks completed per second) before, during and after; for the SIGKILL, the time from
-the kill to its retryable tasks running on another node.
+full (a 64 MiB tmpfs), SIGKILL the leading SMS of two (restarted). For each: tasks
+submitted, completed, retried, lost, run twice, objects lost, time to recover, and the
+throughput (tasks completed per second) before, during and after; for the SPEARlet's
+SIGKILL, the time from the kill to its retryable tasks running on another node; for the
+leader's, the time from the kill to the other SMS leading.
 
 `python -m benchmarks.faults_bench [--quick]` writes benchmarks/results/faults.json and
 prints the table of docs/faults.md; the chaos test (tests/chaos) runs the same scenario.
@@ -59,6 +60,22 @@ def _restart_spearlet(lab: Lab) -> None:
     lab.start_node("n2")
 
 
+_killed: dict[str, Any] = {}  # the SMS the last fault killed, and how its loss went
+
+
+def _kill_leader(lab: Lab) -> None:
+    """SIGKILL the SMS that leads, and time until the other leads (its log says so)."""
+    leader = lab.leader()
+    killed = time.monotonic()
+    lab.kill(leader, signal.SIGKILL)
+    lab.leader()  # (waits, bounded: only the other one can lead now)
+    _killed.update(name=leader, takeover_s=round(time.monotonic() - killed, 2))
+
+
+def _restart_leader(lab: Lab) -> None:
+    lab.start_sms(_killed["name"])  # (a candidate again; the other keeps leading)
+
+
 FAULTS = (
     Fault("spearlet-sigkill", "SIGKILL SPEARlet n2, restart it after", _kill_spearlet,
           _restart_spearlet),
@@ -70,8 +87,8 @@ FAULTS = (
           lambda lab: lab.slow_link("n1", True), lambda lab: lab.slow_link("n1", False)),
     Fault("disk-full", "n3's data dir (a 64 MiB tmpfs) filled, then freed",
           lambda lab: lab.fill_disk("n3", True), lambda lab: lab.fill_disk("n3", False)),
-    Fault("sms-sigkill", "SIGKILL the SMS, restart it on its address after",
-          lambda lab: lab.kill("sms", signal.SIGKILL), lambda lab: lab.start_sms()),
+    Fault("sms-leader-sigkill", "SIGKILL the leading SMS of two, restart it after",
+          _kill_leader, _restart_leader),
 )  # fmt: skip
 
 
@@ -115,7 +132,8 @@ def run_scenario(
             stop.touch()
             load.wait(timeout=400)
         load_result = json.loads(out.read_text())
-        return {"timeline": timeline, "load": load_result, "marks": marks.read_text()}
+        return {"timeline": timeline, "load": load_result, "marks": marks.read_text(),
+                "leader_takeover_s": _killed.get("takeover_s")}  # fmt: skip
     finally:
         lab.down()
 
@@ -218,6 +236,8 @@ def analyse(raw: dict[str, Any]) -> dict[str, Any]:
                 "median": round(statistics.median(reruns), 2) if reruns else None,
                 "max": round(max(reruns), 2) if reruns else None,
             }
+        if phase["fault"] == "sms-leader-sigkill":
+            entry["leader_takeover_s"] = raw.get("leader_takeover_s")
         out["faults"].append(entry)
     out["totals"] = {
         "tasks_submitted": len(jobs),

@@ -1,9 +1,9 @@
 """The chaos suite (issue 16): a cluster in network namespaces under a steady load of tasks
 and object writes, with faults injected one after another (benchmarks/faults_bench.py:
 SIGKILL a SPEARlet, SIGKILL an etcd member, a partition, a narrow lossy link, a full
-disk, SIGKILL the SMS). Retryable tasks are never lost, acknowledged objects never; what
-else each fault cost is reported (docs/faults.md). Needs root: skipped, saying why,
-where it cannot run.
+disk, SIGKILL the leading SMS of two). Retryable tasks are never lost, acknowledged
+objects never; what else each fault cost is reported (docs/faults.md). Needs root:
+skipped, saying why, where it cannot run.
 """
 
 from __future__ import annotations
@@ -38,6 +38,8 @@ def test_faults_under_steady_load(tmp_path: Path) -> None:
     # bad link, a full disk or a dead SMS: each ends COMPLETED, on its node or another.
     for name in by_name:
         assert by_name[name]["tasks_lost"] == 0, json.dumps(by_name[name]["lost_detail"])
+    # The leading SMS of two SIGKILLed: the other took over (and nothing was lost).
+    assert by_name["sms-leader-sigkill"]["leader_takeover_s"] is not None
     killed = by_name["spearlet-sigkill"]
     assert killed["tasks_retried"] > 0 and killed["kill_to_rerun_s"]["n"] > 0, killed
     lost_objects = [f["objects_lost_detail"] for f in by_name.values()]
