@@ -6,11 +6,11 @@ from __future__ import annotations
 
 import os
 import shutil
-import subprocess
 from typing import TYPE_CHECKING
 
 import pytest
 from conftest import Cli, build_wat, one_error_line
+from small_disk import fill, small_disk
 from wat_tasks import hello
 
 if TYPE_CHECKING:
@@ -32,41 +32,20 @@ FLOOD = """(module
 
 
 @pytest.fixture
-def small_disk(tmp_path: Path) -> Iterator[Path]:
+def disk(tmp_path: Path) -> Iterator[Path]:
     """A real 20 MiB file system (tmpfs), unmounted afterwards."""
-    mount = tmp_path / "disk"
-    mount.mkdir()
-    if os.geteuid() != 0 or shutil.which("mount") is None:
-        pytest.skip("mounting a tmpfs needs root")
-    made = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=20m", "tmpfs", str(mount)], capture_output=True
-    )
-    if made.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {made.stderr.decode().strip()}")
-    try:
+    with small_disk(tmp_path / "disk", 20) as mount:
         yield mount
-    finally:
-        subprocess.run(["umount", "-l", str(mount)], check=False)
 
 
-def _fill(directory: Path) -> None:
-    with open(directory / "filler", "wb") as f:
-        try:
-            while True:
-                f.write(b"\0" * 1024 * 1024)
-        except OSError:
-            pass
-    assert shutil.disk_usage(directory).free < 64 * 1024
-
-
-def test_a_flooding_guest_fails_and_the_node_goes_on(small_disk: Path, tmp_path: Path) -> None:
-    cli = Cli(small_disk / "home")
+def test_a_flooding_guest_fails_and_the_node_goes_on(disk: Path, tmp_path: Path) -> None:
+    cli = Cli(disk / "home")
     flood = build_wat(FLOOD, tmp_path, "flood")
     ran = cli("run", str(flood), timeout=120)
     assert ran.returncode == 71
     assert "no space left on device" in ran.stderr.decode()
     # Its output was released: the disk has room again, and everything reads and runs.
-    assert shutil.disk_usage(small_disk).free > 10 * 1024 * 1024
+    assert shutil.disk_usage(disk).free > 10 * 1024 * 1024
     [task] = cli.json("tasks")
     assert task["state"] == "FAILED" and task["exit_code"] == 71
     assert task["reason"].startswith("no space left on device")
@@ -75,12 +54,12 @@ def test_a_flooding_guest_fails_and_the_node_goes_on(small_disk: Path, tmp_path:
 
 
 def test_on_a_disk_filled_by_others_reads_work_and_writes_say_so(
-    small_disk: Path, tmp_path: Path
+    disk: Path, tmp_path: Path
 ) -> None:
-    cli = Cli(small_disk / "home")
+    cli = Cli(disk / "home")
     assert cli("run", str(hello(tmp_path))).returncode == 0
-    assert (small_disk / "home" / "reserve").is_file()
-    _fill(small_disk)
+    assert (disk / "home" / "reserve").is_file()
+    fill(disk)
     # Reading goes on: the data dir's reserve gives the database room to open.
     listed = cli.json("tasks")
     assert [t["state"] for t in listed] == ["COMPLETED"]
@@ -90,6 +69,6 @@ def test_on_a_disk_filled_by_others_reads_work_and_writes_say_so(
     assert refused.returncode == 71
     assert "no space left on device" in one_error_line(refused.stderr)
     # Space freed: the reserve is made again on the next use.
-    (small_disk / "filler").unlink()
+    (disk / "filler").unlink()
     assert cli("run", str(hello(tmp_path))).returncode == 0
-    assert (small_disk / "home" / "reserve").is_file()
+    assert (disk / "home" / "reserve").is_file()

@@ -10,13 +10,11 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import os
-import shutil
-import subprocess
 from typing import TYPE_CHECKING, Any
 
 import anyio
 import pytest
+from small_disk import fill, small_disk
 from wat_tasks import exits, hello
 
 from spear import FunctionSpec, LocalNode, Resources, Runtime, TaskState
@@ -1110,22 +1108,13 @@ async def test_a_node_on_a_real_disk_that_fills_sends_tasks_elsewhere_until_free
     tmp_path: Path,
 ) -> None:
     """A real 24 MiB tmpfs under node a's data dir, filled by someone else."""
-    disk = tmp_path / "a"
-    disk.mkdir()
-    if os.geteuid() != 0 or shutil.which("mount") is None:
-        pytest.skip("mounting a tmpfs needs root")
-    made = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=24m", "tmpfs", str(disk)])
-    if made.returncode != 0:
-        pytest.skip("cannot mount a tmpfs here")
-    try:
+    with small_disk(tmp_path / "a", 24) as disk:
         async with _world(tmp_path) as world:
             a = await world.node("a", 2)
             b = await world.node("b", 2)
             await a.refresh_view()
             assert (await a.submit(FunctionSpec(world.hello))).node == "a"
-            with open(disk / "filler", "wb") as f, contextlib.suppress(OSError):
-                for _ in range(64):  # (bounded: 64 MiB, more than the disk holds)
-                    f.write(b"\0" * 1024 * 1024)
+            fill(disk)
 
             async def noticed(full: bool) -> bool:
                 return a.disk.full() is full
@@ -1137,5 +1126,3 @@ async def test_a_node_on_a_real_disk_that_fills_sends_tasks_elsewhere_until_free
             (disk / "filler").unlink()
             await _until(lambda: noticed(False))
             assert (await a.submit(FunctionSpec(world.hello))).node == "a"
-    finally:
-        subprocess.run(["umount", "-l", str(disk)], check=False)

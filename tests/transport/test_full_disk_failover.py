@@ -5,13 +5,11 @@ gRPC on loopback, a real 16 MiB tmpfs under the full node's data dir."""
 
 from __future__ import annotations
 
-import contextlib
-import os
 import shutil
-import subprocess
 from typing import TYPE_CHECKING
 
 import pytest
+from small_disk import fill, small_disk
 from test_spearlet_service import served
 
 from spear.errors import ResourceExhausted, StorageError, Unavailable
@@ -25,24 +23,9 @@ if TYPE_CHECKING:
 
 
 @pytest.fixture
-def small_disk(tmp_path: Path) -> Iterator[Path]:
-    mount = tmp_path / "disk"
-    mount.mkdir()
-    if os.geteuid() != 0 or shutil.which("mount") is None:
-        pytest.skip("mounting a tmpfs needs root")
-    made = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=16m", "tmpfs", str(mount)])
-    if made.returncode != 0:
-        pytest.skip("cannot mount a tmpfs here")
-    try:
+def disk(tmp_path: Path) -> Iterator[Path]:
+    with small_disk(tmp_path / "disk", 16) as mount:
         yield mount
-    finally:
-        subprocess.run(["umount", "-l", str(mount)], check=False)
-
-
-def _fill(directory: Path) -> None:
-    with open(directory / "filler", "wb") as f, contextlib.suppress(OSError):
-        for _ in range(32):  # (bounded: more than the disk holds)
-            f.write(b"\0" * 1024 * 1024)
 
 
 def test_a_full_disk_is_a_reason_to_try_another_node_and_nothing_else_is() -> None:
@@ -57,13 +40,13 @@ def test_a_full_disk_is_a_reason_to_try_another_node_and_nothing_else_is() -> No
 
 
 async def test_a_put_to_a_node_whose_disk_is_full_goes_to_the_next_address(
-    small_disk: Path, tmp_path: Path
+    disk: Path, tmp_path: Path
 ) -> None:
-    full_home, other_home = small_disk / "home", tmp_path / "other"
+    full_home, other_home = disk / "home", tmp_path / "other"
     async with served(full_home) as (_, full_server, _):
         shutil.copytree(full_home / AUTH_DIR, other_home / AUTH_DIR)  # one owner for both
         async with served(other_home) as (_, other_server, _):
-            _fill(small_disk)
+            fill(disk)
             token = read_owner_token(full_home)
             addresses = f"{full_server.address},{other_server.address}"
             async with Client(addresses, token=token) as client:
