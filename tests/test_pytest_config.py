@@ -58,7 +58,8 @@ def test_a_failing_hypothesis_test_is_named(tmp_path: Path) -> None:
     (tmp_path / "conftest.py").write_text(CONFTEST)
     (tmp_path / "test_scratch.py").write_text(TESTS)
     proc = subprocess.run(
-        [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-q"],
+        # (-n 0: in this process, not on the suite's xdist workers)
+        [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-q", "-n", "0"],
         cwd=tmp_path,
         capture_output=True,
         text=True,

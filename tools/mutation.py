@@ -148,7 +148,8 @@ def _config(target: Target) -> str:
         # time, which a test waiting forever (a lost wake-up) never reaches: a test over
         # WALL_S seconds makes the run exit as mutmut's "timeout" (tests/conftest.py), so
         # a hang is neither counted killed nor left to pytest's 120 s default.
-        'pytest_add_cli_args = ["-p", "no:cacheprovider", "-q", "-x",'
+        # -n 0: mutmut runs pytest in its own process, not on the addopts' xdist workers.
+        'pytest_add_cli_args = ["-p", "no:cacheprovider", "-q", "-x", "-n", "0",'
         f' "--hypothesis-profile=mutation", "--timeout={WALL_S}"]',
         # grpc and the wasm runtime start threads: fork workers from a clean server.
         'process_isolation = "forkserver"',

@@ -134,7 +134,10 @@ def test_events_stream_as_written_and_limits_hold(
     too_big = httpx.post(url, content=b"x" * 2048, headers=auth, timeout=30)
     assert too_big.status_code == 413
     seen: list[str] = []
-    with httpx.stream("GET", url + "?events=20", headers=auth, timeout=30) as first:
+    # 100 events 50 ms apart: the guest writes for 5 s, time enough for the `spear`
+    # command below to look while it still writes, on a loaded machine too (at 20, 1 s
+    # of writes, a loaded machine's slow start of that command saw the record already).
+    with httpx.stream("GET", url + "?events=100", headers=auth, timeout=30) as first:
         assert first.headers["content-type"] == "text/event-stream"
         rid = first.headers["x-request-id"]
         busy = httpx.get(url, headers=auth, timeout=30)  # it holds the only slot
@@ -144,7 +147,7 @@ def test_events_stream_as_written_and_limits_hold(
                 if not seen:  # the first event, while the guest still writes: no record yet
                     assert rid not in {x["request_id"] for x in lookup(cli)}
                 seen.append(line[6:])
-    assert seen == [str(i) for i in range(1, 21)] + ["done"]
+    assert seen == [str(i) for i in range(1, 101)] + ["done"]
     assert lookup(cli, rid)["status"] == 200
 
 
