@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import anyio
+import anyio.lowlevel
 from grpclib.client import Channel
 
 from spear.transport import _speedups
@@ -88,3 +89,9 @@ async def close_channel(channel: Channel, *, wait_s: float = 0.5) -> None:
     with anyio.move_on_after(wait_s):
         while sock.fileno() != -1:  # noqa: ASYNC110 - no event tells; polled, bounded
             await anyio.sleep(0.001)
+    if transport is not None and sock.fileno() != -1:
+        # Not closed within the bound (a loaded machine, a peer that never answers the TLS
+        # close): abort, which closes the socket on the loop's next turn, rather than leave
+        # it to the garbage collector (a ResourceWarning in whatever runs then).
+        transport.abort()
+        await anyio.lowlevel.checkpoint()
