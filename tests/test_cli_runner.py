@@ -38,7 +38,13 @@ def start_runner(data_dir: Path, idle_s: float = 120) -> subprocess.Popen[bytes]
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
     )
-    assert_eventually(lambda: (data_dir / "run.sock").exists() or proc.poll() is not None)
+    try:  # (60 s: a runner's start took over 10 on a machine at load 20)
+        assert_eventually(
+            lambda: (data_dir / "run.sock").exists() or proc.poll() is not None, timeout=60
+        )
+    except AssertionError:
+        stop_process(proc)  # not left running for a later test to find (ResourceWarning)
+        raise
     assert proc.poll() is None, proc.communicate()
     return proc
 
