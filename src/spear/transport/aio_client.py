@@ -19,7 +19,7 @@ from spear.transport._status import (
     received_error_code,
 )
 from spear.transport.aio_server import channel_options
-from spear.transport.aio_streams import AioCallStream
+from spear.transport.aio_streams import AioCallStream, multicallable
 from spear.transport.auth import METADATA_KEY, NAMESPACE_KEY
 
 if TYPE_CHECKING:
@@ -85,6 +85,7 @@ class AioChannel:
         if credentials.namespace:
             self._metadata += ((NAMESPACE_KEY, credentials.namespace),)
         self._methods: dict[str, UnaryCall[Any, Any]] = {}
+        self._callables: dict[tuple[str, Cardinality], Any] = {}
 
     def unary(
         self,
@@ -129,8 +130,12 @@ class AioChannel:
         if metadata:
             items = metadata.items() if hasattr(metadata, "items") else metadata
             sent = (*sent, *((str(k), str(v)) for k, v in items))
+        key = (route, cardinality)
+        method = self._callables.get(key)
+        if method is None:
+            method = self._callables[key] = multicallable(self._channel, route, cardinality)
         return AioCallStream(
-            self._channel,
+            method,
             self.name,
             route,
             cardinality,

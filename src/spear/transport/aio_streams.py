@@ -36,13 +36,25 @@ if TYPE_CHECKING:
 _WRITE_LOST_STATUS = "Internal error from Core"
 
 
+def multicallable(channel: grpc.aio.Channel, route: str, cardinality: Cardinality) -> Any:
+    """grpc.aio's callable for `route` of `cardinality` (bytes in and out)."""
+    if cardinality.client_streaming:
+        if cardinality.server_streaming:
+            return channel.stream_stream(route)
+        return channel.stream_unary(route)
+    if cardinality.server_streaming:
+        return channel.unary_stream(route)
+    return channel.unary_unary(route)
+
+
 class AioCallStream:
-    """One call of `cardinality` on `channel` (a grpc.aio channel): made when the first
-    message is sent (unary requests) or on entering the block (streaming ones)."""
+    """One call of `cardinality` through `method` (grpc.aio's callable for it, from
+    `multicallable`): made when the first message is sent (unary requests) or on
+    entering the block (streaming ones)."""
 
     def __init__(
         self,
-        channel: grpc.aio.Channel,
+        method: Any,
         address: str,
         route: str,
         cardinality: Cardinality,
@@ -52,7 +64,7 @@ class AioCallStream:
         timeout: float | None,
         metadata: Sequence[tuple[str, str]],
     ) -> None:
-        self._channel = channel
+        self._method = method
         self._address = address
         self._route = route
         self._cardinality = cardinality
@@ -67,12 +79,7 @@ class AioCallStream:
 
     async def __aenter__(self) -> Self:
         if self._cardinality.client_streaming:
-            make = (
-                self._channel.stream_stream
-                if self._cardinality.server_streaming
-                else self._channel.stream_unary
-            )
-            self._call = make(self._route)(timeout=self._timeout, metadata=self._metadata)
+            self._call = self._method(timeout=self._timeout, metadata=self._metadata)
         return self
 
     async def __aexit__(self, *exc: object) -> None:
@@ -87,11 +94,7 @@ class AioCallStream:
         if not self._cardinality.client_streaming:
             if self._call is not None:
                 raise SpearError(f"{self._route} takes one request message")
-            if self._cardinality.server_streaming:
-                call = self._channel.unary_stream(self._route)
-            else:
-                call = self._channel.unary_unary(self._route)
-            self._call = call(data, timeout=self._timeout, metadata=self._metadata)
+            self._call = self._method(data, timeout=self._timeout, metadata=self._metadata)
             return
         await self._writing(self._call.write(data))
         if end:
@@ -129,12 +132,7 @@ class AioCallStream:
         change nothing on an empty stream (they refuse it as INVALID_ARGUMENT)."""
         import grpc.aio
 
-        make = (
-            self._channel.stream_stream
-            if self._cardinality.server_streaming
-            else self._channel.stream_unary
-        )
-        again = make(self._route)(timeout=self._timeout, metadata=self._metadata)
+        again = self._method(timeout=self._timeout, metadata=self._metadata)
         try:
             await again.done_writing()
             await (again.read() if self._cardinality.server_streaming else again)
