@@ -52,12 +52,14 @@ class _Proxy:
         self._tasks: set[asyncio.Task[None]] = set()
 
     async def _pipe(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        with contextlib.suppress(OSError):
-            while data := await reader.read(65536):
-                await self.healed.wait()
-                writer.write(data)
-                await writer.drain()
-        writer.close()
+        try:
+            with contextlib.suppress(OSError):
+                while data := await reader.read(65536):
+                    await self.healed.wait()
+                    writer.write(data)
+                    await writer.drain()
+        finally:  # (cancelled too: a relay left open is a ResourceWarning at collection)
+            writer.close()
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         up_reader, up_writer = await asyncio.open_connection(self.host, self.port)
