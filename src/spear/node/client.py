@@ -404,6 +404,9 @@ class Client(AsyncResource):
                 finally:
                     if not exchange.ended:
                         await stream.cancel()
+                    else:  # the node ends the call after its last message: let it
+                        while await stream.recv_message() is not None:
+                            pass
 
     async def task(self, task_id: str) -> Task:
         request = v1.GetTaskRequest(task_id=task_id)
