@@ -10,6 +10,10 @@ machine. Each round, through node-1, of a trivial WASM task only node-2 may run:
   every process of that cluster and the client spent per task;
 - at_once: N in one SubmitTasks call, waited (forwarded as batches), tasks/s and CPU.
 
+Since every spear client moved to grpc.aio (docs/scheduling.md), "grpclib" is the
+node port's grpclib server called by a grpc.aio client, against the second port's grpc.aio
+server: the server side of the hop is what differs.
+
 The CPU per task is the steadier reading on a shared machine; the whole cluster benchmark
 beside Ray is `python -m benchmarks --only cluster` (it measures both transports too).
 """

@@ -50,17 +50,22 @@ class _Proxy:
         self.healed = asyncio.Event()
         self.healed.set()
         self._tasks: set[asyncio.Task[None]] = set()
+        self._writers: list[asyncio.StreamWriter] = []
 
     async def _pipe(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        with contextlib.suppress(OSError):
-            while data := await reader.read(65536):
-                await self.healed.wait()
-                writer.write(data)
-                await writer.drain()
-        writer.close()
+        try:
+            with contextlib.suppress(OSError):
+                while data := await reader.read(65536):
+                    await self.healed.wait()
+                    writer.write(data)
+                    await writer.drain()
+        finally:  # (cancelled too: a relay left open is a ResourceWarning at collection)
+            writer.close()
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self._writers.append(writer)
         up_reader, up_writer = await asyncio.open_connection(self.host, self.port)
+        self._writers.append(up_writer)
         for pipe in (self._pipe(reader, up_writer), self._pipe(up_reader, writer)):
             task = asyncio.get_running_loop().create_task(pipe)
             self._tasks.add(task)
@@ -75,6 +80,11 @@ class _Proxy:
             server.close()
             for task in list(self._tasks):
                 task.cancel()
+            # (every relayed connection closed here: a pipe cancelled before it ran never
+            # closes its own, and grpc.aio's callers close theirs in the background)
+            for writer in self._writers:
+                writer.close()
+            await asyncio.sleep(0)  # (one turn: the loop closes their sockets)
 
 
 @contextlib.asynccontextmanager

@@ -78,23 +78,23 @@ def _ask_daemon(settings: Settings, addresses: str, requests: list[dict[str, Any
     from spear.node.vector_peers import call_vectors
     from spear.transport._gen.spear import v1
     from spear.transport._status import received_error_code
-    from spear.transport.channels import Credentials, close_channel, open_channel
-    from spear.transport.serving import parse_listen
+    from spear.transport.aio_client import AioChannel
+    from spear.transport.channels import Credentials
+    from spear.transport.serving import format_address, parse_listen
 
     credentials = Credentials.for_settings(settings)
 
     async def ask(address: str) -> list[Any]:
-        host, port = parse_listen(address)
-        channel = open_channel(host, port, credentials=credentials)
+        channel = AioChannel(format_address(*parse_listen(address)), credentials)
         try:
-            stub = v1.SpearletVectorsStub(channel)
+            stub = v1.SpearletVectorsStub(channel)  # type: ignore[arg-type]
             return [await call_vectors(stub, address, r) for r in requests]
         except Unavailable as exc:
             if received_error_code.get() is not None:  # the node's own answer
                 raise
             raise _Unreachable(exc) from None
         finally:
-            await close_channel(channel)
+            await channel.aclose()
 
     candidates = [a.strip() for a in addresses.split(",") if a.strip()]
     for n, address in enumerate(candidates):

@@ -41,7 +41,6 @@ from spear.node.failover import DEFAULT_RETRIES, Failover
 from spear.node.object_route import ObjectRoute
 from spear.node.traced_calls import traced_batch, traced_submit
 from spear.transport import _convert as cv
-from spear.transport import _speedups
 from spear.transport._gen.pb import spearlet_pb2 as pb
 from spear.transport._gen.spear import v1
 from spear.transport._status import (
@@ -49,16 +48,15 @@ from spear.transport._status import (
     DEFAULT_MAX_MESSAGE_BYTES,
     client_errors,
 )
-from spear.transport.channels import Credentials, close_channel, open_channel
-from spear.transport.trace_metadata import send_traceparent
+from spear.transport.channels import Credentials
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 
-    from grpclib.client import Channel, Stream
-
     from spear.core.models import FunctionSpec, Task, TaskState
     from spear.tracing.base import Tracing
+    from spear.transport.aio_client import AioChannel
+    from spear.transport.aio_streams import AioCallStream
 
 _T = TypeVar("_T")
 
@@ -77,9 +75,7 @@ class _ExchangeStream:
     """A task's caller stream carried by one ExchangeStream call (a `CallerStream`); the
     task's final record, sent at the end, updates the handle's `task`."""
 
-    def __init__(
-        self, address: str, task_id: str, stream: Stream[v1.StreamMessage, v1.StreamMessage]
-    ) -> None:
+    def __init__(self, address: str, task_id: str, stream: AioCallStream) -> None:
         self._address = address
         self._task_id = task_id
         self._stream = stream
@@ -111,7 +107,8 @@ class _ExchangeStream:
             if message is not None and message.task is not None and self.handle is not None:
                 self.handle.task = cv.task_from_wire(message.task)
             return None
-        return message.data
+        data: bytes = message.data
+        return data
 
 
 class Client(AsyncResource):
@@ -143,7 +140,6 @@ class Client(AsyncResource):
         retries: int = DEFAULT_RETRIES,
         tracing: Tracing | None = None,
     ) -> None:
-        _speedups.install()
         self._failover = Failover(address, retries)
         for each in self._failover.addresses:
             _split_address(each)  # (each one checked now, not when failed over to)
@@ -156,7 +152,7 @@ class Client(AsyncResource):
         self._host, self._port = _split_address(address)
         self._timeout = timeout
         self._max_message_bytes = max_message_bytes
-        self._channel: Channel | None = None
+        self._channel: AioChannel | None = None
         self._stub_: v1.SpearletStub | None = None
         self._uploaded: set[str] = set()
         self._digests: dict[tuple[str, int, int], str] = {}
@@ -170,15 +166,16 @@ class Client(AsyncResource):
     @property
     def _stub(self) -> v1.SpearletStub:
         if self._stub_ is None:
-            self._channel = open_channel(
-                self._host,
-                self._port,
-                credentials=self._credentials,
+            from spear.transport.aio_client import AioChannel
+
+            self._channel = AioChannel(
+                self.address,
+                self._credentials,
                 max_message_bytes=self._max_message_bytes,
+                traced=self.tracing is not None,
             )
-            self._stub_ = v1.SpearletStub(self._channel, timeout=self._timeout)
-            if self.tracing is not None:
-                send_traceparent(self._channel)
+            # (betterproto2's stub calls `channel.request(...)`, which AioChannel has)
+            self._stub_ = v1.SpearletStub(self._channel, timeout=self._timeout)  # type: ignore[arg-type]
         return self._stub_
 
     def _errors(self) -> Any:
@@ -187,9 +184,9 @@ class Client(AsyncResource):
     async def aclose(self) -> None:
         await self._objects.aclose()
         channel, self._channel = self._channel, None
-        if channel is not None:
-            await close_channel(channel)
         self._stub_ = None
+        if channel is not None:
+            await channel.aclose()
 
     async def _retrying(self, call: Callable[[], Awaitable[_T]]) -> _T:
         """`call()`, again on the next node after a back-off while nodes are unavailable
@@ -408,6 +405,9 @@ class Client(AsyncResource):
                 finally:
                     if not exchange.ended:
                         await stream.cancel()
+                    else:  # the node ends the call after its last message: let it
+                        while await stream.recv_message() is not None:
+                            pass
 
     async def task(self, task_id: str) -> Task:
         request = v1.GetTaskRequest(task_id=task_id)

@@ -34,13 +34,12 @@ from spear.transport._status import (
     client_errors,
     received_error_code,
 )
-from spear.transport.channels import NO_CREDENTIALS, Credentials, close_channel, open_channel
-from spear.transport.serving import guard, parse_listen
+from spear.transport.channels import NO_CREDENTIALS, Credentials
+from spear.transport.serving import format_address, guard, parse_listen
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
 
-    from grpclib.client import Channel
     from grpclib.const import Handler
     from grpclib.server import Stream
 
@@ -237,7 +236,7 @@ class Peers:
         self._max = max_message_bytes
         self._credentials = credentials
         self._clients: dict[str, Client] = {}
-        self._channels: dict[str, tuple[Channel, v1.SpearletPeerStub]] = {}
+        self._channels: dict[str, tuple[AioChannel, v1.SpearletPeerStub]] = {}
         self._sent: dict[tuple[str, str], tuple[tuple[int, int], str]] = {}
         self.tracing: Tracing | None = None  # a traced node's (node/assembly.py)
         # Forward over grpc.aio to peers that serve it (set by node/peer_aio.py); per node
@@ -256,11 +255,14 @@ class Peers:
     def _peer(self, address: str) -> v1.SpearletPeerStub:
         found = self._channels.get(address)
         if found is None:
+            from spear.transport.aio_client import AioChannel
+
             host, port = parse_listen(address)
-            channel = open_channel(
-                host, port, credentials=self._credentials, max_message_bytes=self._max
+            channel = AioChannel(
+                format_address(host, port), self._credentials, max_message_bytes=self._max
             )
-            found = self._channels[address] = (channel, v1.SpearletPeerStub(channel))
+            stub = v1.SpearletPeerStub(channel)  # type: ignore[arg-type]
+            found = self._channels[address] = (channel, stub)
         return found[1]
 
     async def forward_batch(
@@ -319,7 +321,8 @@ class Peers:
         deadline_s: float | None,
         metadata: dict[str, str] | None,
     ) -> pb.ForwardTasksResponse:
-        """One ForwardTasks call: over grpc.aio where `node` serves it, else grpclib."""
+        """One ForwardTasks call: on `node`'s second port where it serves one (grpc.aio
+        there), else on its node port (a grpclib server, called over grpc.aio too)."""
         aio = await self._aio_channel(node) if self.use_aio else None
         if aio is not None:
             call = aio.unary(
@@ -344,8 +347,7 @@ class Peers:
                 metadata=metadata,
             ) as stream:
                 await stream.send_message(request, end=True)
-                answer = await stream.recv_message()
-                await stream.recv_trailing_metadata()
+                answer: pb.ForwardTasksResponse | None = await stream.recv_message()
         assert answer is not None
         return answer
 
@@ -400,7 +402,7 @@ class Peers:
         for client in self._clients.values():
             await client.aclose()
         for channel, _ in self._channels.values():
-            await close_channel(channel)
+            await channel.aclose()
         aio = [c for c in self._aio.values() if c is not None]
         self._clients.clear()
         self._channels.clear()

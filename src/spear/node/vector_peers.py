@@ -16,15 +16,15 @@ from spear.toolkit.vectors import WRITE_OPS, check_request
 from spear.transport._gen.spear import v1
 from spear.transport._status import client_errors
 from spear.transport.auth import NAMESPACE_KEY, current_namespace
-from spear.transport.channels import NO_CREDENTIALS, Credentials, close_channel, open_channel
-from spear.transport.serving import guard, parse_listen
+from spear.transport.channels import NO_CREDENTIALS, Credentials
+from spear.transport.serving import format_address, guard, parse_listen
 
 if TYPE_CHECKING:
-    from grpclib.client import Channel
     from grpclib.const import Handler
 
     from spear.core.cluster import Cluster
     from spear.toolkit.vectors import VectorStore
+    from spear.transport.aio_client import AioChannel
 
 VECTORS_SERVICE_NAME = "spear.v1.SpearletVectors"
 # A forwarded request's bound: an upsert of many records takes a while on a busy node.
@@ -93,7 +93,7 @@ class VectorPeers:
         self.cluster = cluster
         self._credentials = credentials
         self._addresses: dict[str, str] = {}
-        self._channels: dict[str, tuple[Channel, v1.SpearletVectorsStub]] = {}
+        self._channels: dict[str, tuple[AioChannel, v1.SpearletVectorsStub]] = {}
 
     async def _address(self, node: str, *, fresh: bool) -> str:
         address = None if fresh else self._addresses.get(node)
@@ -108,9 +108,11 @@ class VectorPeers:
     def _stub(self, address: str) -> v1.SpearletVectorsStub:
         found = self._channels.get(address)
         if found is None:
-            host, port = parse_listen(address)
-            channel = open_channel(host, port, credentials=self._credentials)
-            found = self._channels[address] = (channel, v1.SpearletVectorsStub(channel))
+            from spear.transport.aio_client import AioChannel
+
+            channel = AioChannel(format_address(*parse_listen(address)), self._credentials)
+            stub = v1.SpearletVectorsStub(channel)  # type: ignore[arg-type]
+            found = self._channels[address] = (channel, stub)
         return found[1]
 
     async def forward(self, node: str, namespace: str, data: dict[str, Any]) -> Any:
@@ -129,9 +131,10 @@ class VectorPeers:
         raise AssertionError("unreachable")
 
     async def aclose(self) -> None:
-        for channel, _ in self._channels.values():
-            await close_channel(channel)
+        channels = [channel for channel, _ in self._channels.values()]
         self._channels.clear()
+        for channel in channels:
+            await channel.aclose()
 
 
 def vector_services(store: VectorStore | None) -> list[Any]:

@@ -7,17 +7,19 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
-from grpclib.const import Status
+from grpclib.const import Cardinality, Status
 from grpclib.exceptions import GRPCError
 
 from spear.errors import SpearError, Unavailable
 from spear.transport._status import (
     DEFAULT_MAX_MESSAGE_BYTES,
     ERROR_CODE_KEY,
+    LimitedCodec,
     error_from_grpc,
     received_error_code,
 )
 from spear.transport.aio_server import channel_options
+from spear.transport.aio_streams import AioCallStream, multicallable
 from spear.transport.auth import METADATA_KEY, NAMESPACE_KEY
 
 if TYPE_CHECKING:
@@ -61,10 +63,15 @@ class AioChannel:
         credentials: Credentials,
         *,
         max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
+        traced: bool = False,
+        name: str | None = None,
     ) -> None:
         import grpc.aio
 
         self.address = address
+        self.name = name or address  # what errors call the server ("SMS HOST:PORT")
+        self.traced = traced  # send the current `traceparent` with each call
+        self._codec = LimitedCodec(max_message_bytes)
         options = channel_options(max_message_bytes)
         secure = channel_credentials(credentials)
         self._channel = (
@@ -78,6 +85,7 @@ class AioChannel:
         if credentials.namespace:
             self._metadata += ((NAMESPACE_KEY, credentials.namespace),)
         self._methods: dict[str, UnaryCall[Any, Any]] = {}
+        self._callables: dict[tuple[str, Cardinality], Any] = {}
 
     def unary(
         self,
@@ -95,6 +103,47 @@ class AioChannel:
                 ),
             )
         return found
+
+    def request(
+        self,
+        route: str,
+        cardinality: Cardinality,
+        request_type: type[Any],
+        reply_type: type[Any],
+        *,
+        timeout: float | None = None,
+        deadline: Any = None,
+        metadata: Any = None,
+    ) -> AioCallStream:
+        """One call of any cardinality, as grpclib's `Channel.request` makes one: what
+        betterproto2's stubs call (`v1.SpearletStub(channel)`); transport/aio_streams.py."""
+        if deadline is not None:
+            remaining = deadline.time_remaining()
+            timeout = remaining if timeout is None else min(timeout, remaining)
+        sent = self._metadata
+        if self.traced:
+            from spear.tracing.base import TRACEPARENT_KEY, current_traceparent
+
+            value = current_traceparent.get()
+            if value:
+                sent = (*sent, (TRACEPARENT_KEY, value))
+        if metadata:
+            items = metadata.items() if hasattr(metadata, "items") else metadata
+            sent = (*sent, *((str(k), str(v)) for k, v in items))
+        key = (route, cardinality)
+        method = self._callables.get(key)
+        if method is None:
+            method = self._callables[key] = multicallable(self._channel, route, cardinality)
+        return AioCallStream(
+            method,
+            self.name,
+            route,
+            cardinality,
+            reply_type,
+            self._codec,
+            timeout=timeout,
+            metadata=sent,
+        )
 
     async def aclose(self) -> None:
         await self._channel.close()

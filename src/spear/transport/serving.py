@@ -6,9 +6,12 @@ from __future__ import annotations
 
 import socket
 import time
+import weakref
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Self
 
+import anyio
+import anyio.lowlevel
 from grpclib.const import Status
 from grpclib.exceptions import GRPCError, StreamTerminatedError
 
@@ -247,6 +250,17 @@ class GrpcServer:
         self._server = Server([service, *others, health], codec=LimitedCodec(max_message_bytes))
         self._ssl = security.install(self._server)
         self.address: str | None = None
+        # The connections that made a call, closed with the server (grpclib leaves that to
+        # its callers; a grpc.aio caller closes in the background, after the loop is gone).
+        self._transports: weakref.WeakSet[Any] = weakref.WeakSet()
+        from grpclib.events import RecvRequest, listen
+
+        listen(self._server, RecvRequest, self._remember_connection)
+
+    async def _remember_connection(self, event: Any) -> None:
+        transport = getattr(event.peer, "_transport", None)  # (no public handle)
+        if transport is not None:
+            self._transports.add(transport)
 
     async def start(self, listen: str) -> str:
         """Bind `listen` (port 0 picks a free port) and serve; returns the bound address."""
@@ -269,6 +283,11 @@ class GrpcServer:
         self.address = None
         self._server.close()
         await self._server.wait_closed()
+        open_ones = [t for t in self._transports if not t.is_closing()]
+        for transport in open_ones:
+            transport.close()
+        if open_ones:
+            await anyio.lowlevel.checkpoint()  # (one turn: the loop closes their sockets)
 
     async def __aenter__(self) -> Self:
         return self

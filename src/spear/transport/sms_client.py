@@ -19,20 +19,17 @@ from spear.errors import DeadlineExceeded, InvalidArgument, NotLeader, Unavailab
 from spear.transport import _convert as cv
 from spear.transport import _object_convert as oc
 from spear.transport import _sms_convert as sc
-from spear.transport import _speedups
 from spear.transport._gen.spear import v1
 from spear.transport._status import (
     DEFAULT_MAX_MESSAGE_BYTES,
     client_errors,
     received_error_code,
 )
-from spear.transport.channels import NO_CREDENTIALS, Credentials, close_channel, open_channel
-from spear.transport.serving import parse_listen
+from spear.transport.channels import NO_CREDENTIALS, Credentials
+from spear.transport.serving import format_address, parse_listen
 
 if TYPE_CHECKING:
     from collections.abc import AsyncGenerator, AsyncIterable, Awaitable, Callable, Sequence
-
-    from grpclib.client import Channel
 
     from spear.core.cluster import (
         NodeRecord,
@@ -42,6 +39,7 @@ if TYPE_CHECKING:
     )
     from spear.core.models import Resources, Task, TaskState
     from spear.core.object_index import ObjectRecord
+    from spear.transport.aio_client import AioChannel
 
 T = TypeVar("T")
 
@@ -72,26 +70,28 @@ class SmsClient(Cluster):
         max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
         credentials: Credentials = NO_CREDENTIALS,
     ) -> None:
-        _speedups.install()
         self.addresses = parse_sms_addresses(address)
         self.address = self.addresses[0]  # the one calls go to now: the leader, if known
         self._timeout = timeout_s
         self._max_message_bytes = max_message_bytes
         self._credentials = credentials
-        self._channels: dict[str, tuple[Channel, v1.MetadataServerStub]] = {}
+        self._channels: dict[str, tuple[AioChannel, v1.MetadataServerStub]] = {}
         self.failovers = 0  # times a call moved to another address
 
     def _stub(self, address: str) -> v1.MetadataServerStub:
         opened = self._channels.get(address)
         if opened is None:
-            host, port = parse_listen(address)
-            channel = open_channel(
-                host,
-                port,
-                credentials=self._credentials,
+            from spear.transport.aio_client import AioChannel
+
+            host, port = parse_listen(address)  # (checked: one clear error if malformed)
+            channel = AioChannel(
+                format_address(host, port),
+                self._credentials,
                 max_message_bytes=self._max_message_bytes,
+                name=f"SMS {address}",
             )
-            opened = (channel, v1.MetadataServerStub(channel))
+            # (betterproto2's stub calls `channel.request(...)`, which AioChannel has)
+            opened = (channel, v1.MetadataServerStub(channel))  # type: ignore[arg-type]
             self._channels[address] = opened
         return opened[1]
 
@@ -355,4 +355,4 @@ class SmsClient(Cluster):
     async def aclose(self) -> None:
         channels, self._channels = self._channels, {}
         for channel, _ in channels.values():
-            await close_channel(channel)
+            await channel.aclose()
