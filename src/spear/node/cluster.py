@@ -223,6 +223,9 @@ class ClusterNode:
                 yield task
             return
         async with self.peers.client(target.address).start_task(spec, stdin=stdin) as task:
+            # Asked about it later (wait, result), this node calls the one running it,
+            # without asking the SMS, which may not have heard of it yet.
+            self.scheduler.remember_forwarded(task.task, target)
             yield task
 
     async def tasks(self, state: TaskState | None = None, limit: int | None = None) -> list[Task]:
