@@ -25,6 +25,11 @@ ROOT = Path(__file__).resolve().parent.parent
 # `pytest --hypothesis-profile=mutation` (nox -s mutation): each mutant reruns the property
 # tests, so fewer examples, and no deadline (a loaded machine is not a failure).
 settings.register_profile("mutation", max_examples=20, deadline=None)
+# The default run: no deadline either. Its workers share the machine's cores, and an
+# example that waits for one is not a failure (hypothesis's 200 ms deadline made the
+# property tests flaky on 4 workers under load). `--hypothesis-profile` still overrides.
+settings.register_profile("spear", deadline=None)
+settings.load_profile("spear")
 # Every `spear` a test starts runs its command in its own process: no warm runner (cli/
 # runner.py) is left behind by a test; tests/test_cli_runner.py starts its own.
 os.environ["SPEAR_RUNNER_IDLE_S"] = "0"
