@@ -185,3 +185,40 @@ def test_only_a_task_that_may_run_elsewhere_keeps_its_stdin_and_not_a_huge_one()
     assert kept_for_retries(spec, b"x" * MAX_KEPT_BYTES)
     with pytest.raises(InvalidArgument, match="--max-retries 0"):
         kept_for_retries(spec, b"x" * (MAX_KEPT_BYTES + 1))
+
+
+async def test_with_no_live_node_at_all_a_retry_waits_for_one(kv: KV) -> None:  # noqa: F811
+    """The only node died: its retry is not failed for want of a node, it waits, and goes
+    to the node once it is back (a one-node cluster whose node restarts)."""
+    clock = Clock()
+    sms = MetadataServer(kv, TIMINGS, clock)
+    forwarder = Recorder()
+    sms.retries = RetryPlacement(sms, forwarder, clock)
+    await sms.register(node("a"))
+    again = await sms.report_task(retryable(task_on("a")))
+    clock.now += 11
+    await sms.sweep()  # a is dead: no live node at all
+    clock.now += 1
+    assert await sms.retries.place_due() == 0
+    waiting = await sms.task(again.id)
+    assert (waiting.state, waiting.attempts, waiting.node) == (TaskState.PENDING, 1, None)
+    assert forwarder.sent == []
+    await sms.register(dataclasses.replace(node("a"), incarnation="a-2"))  # a restarted
+    clock.now += 1
+    assert await sms.retries.place_due() == 1
+    assert [(name, t.id) for name, t in forwarder.sent] == [("a", again.id)]
+    # With a live node, a task no live node could ever run still fails, with the reason.
+    await sms.register(node("b"))
+    gpu = FunctionSpec("m.wasm", max_retries=2, labels=(("gpu", "yes"),))
+    never = await sms.report_task(dataclasses.replace(task_on("b"), spec=gpu))
+    clock.now += 11
+    await sms.heartbeat("a", "a-2", Resources(2000, 4 * GiB), 0, 0)
+    await sms.sweep()  # b is dead, a lives
+    clock.now += 1
+    await sms.retries.place_due()
+    failed = await sms.task(never.id)
+    assert failed.state is TaskState.FAILED
+    assert (
+        failed.reason
+        == "no node in the cluster can run this task: no live node has the labels gpu=yes"
+    )

@@ -11,7 +11,8 @@ node with room (core/scheduler.py's ranking), the task forwarded to it under its
 with its attempts and history (ForwardTask; the node adopts it, and reports it from
 then on). The queue is in the KV, so an SMS that takes over finds it.
 
-A task that no node can ever run ends FAILED with the reason; one that fits nowhere now
+A task that no live node can ever run ends FAILED with the reason (with no live node at
+all, it waits for one: a one-node cluster restarting); one that fits nowhere now
 waits in the queue for room. A task given stdin is retried with it: the node it was
 submitted to kept it here (core/task_inputs.py).
 """
@@ -117,6 +118,9 @@ class RetryPlacement:
             self._seen_unknown.add(task_id)
             return False
 
+    async def _any_live_node(self) -> bool:
+        return any(n.health.live for n in await self._sms.nodes())
+
     async def _place(self, task_id: str) -> bool:
         """Send the task to a live node; False if none has room now (it stays queued)."""
         try:
@@ -133,6 +137,8 @@ class RetryPlacement:
             objects=input_objects(spec.labels),
         )
         placement = await self._sms.find_nodes(query)
+        if not placement.could_ever_fit and not await self._any_live_node():
+            return False  # no live node at all (the cluster restarting): it waits for one
         if not placement.could_ever_fit:
             await self._sms.report_task(
                 task.transition(
