@@ -1,0 +1,214 @@
+"""The object index's rules one at a time (core/object_index.py, the cluster's
+ObjectAuthority on the SMS), on a real LevelDB KV with a clock we move: what a commit
+keeps and refuses, what each lifecycle change does to references, pin and version, when
+collection takes an object, and which members are told of a change.
+tests/core/test_object_index.py runs the main paths on LevelDB and etcd alike."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import TYPE_CHECKING, Any
+
+import pytest
+from test_sms import Clock
+
+from spear.core.object_index import INDEX, ObjectIndex
+from spear.errors import Conflict, InvalidArgument, NotFound
+from spear.store.leveldb import LevelDBKV
+
+if TYPE_CHECKING:
+    from collections.abc import AsyncIterator
+    from pathlib import Path
+
+    from spear.core.object_leases import Watcher
+    from spear.store.kv import KV
+
+
+@pytest.fixture
+async def kv(tmp_path: Path) -> AsyncIterator[KV]:
+    store = LevelDBKV.open(str(tmp_path / "index.ldb"))
+    try:
+        yield store
+    finally:
+        await store.aclose()
+
+
+async def test_a_commit_needs_a_key_a_node_and_a_sane_expected_version(kv: KV) -> None:
+    index = ObjectIndex(kv)
+    for key, node in (("", "n"), ("k", "")):
+        with pytest.raises(InvalidArgument, match="a key and a node"):
+            await index.commit(key, node, "a", 1, None)
+    with pytest.raises(InvalidArgument, match="expected version"):
+        await index.commit("k", "n", "a", 1, -1)
+    assert await index.list() == []
+    first = await index.commit("k", "n", "a", 1, 0)  # 0: only if absent
+    again = await index.commit("k", "n", "a", 1, None)  # None: whatever is there
+    assert again.version > first.version
+
+
+async def test_an_overwrite_keeps_references_pin_and_creation_time(kv: KV) -> None:
+    clock = Clock()
+    index = ObjectIndex(kv, clock=clock)
+    first = await index.commit("k", "node-1", "a1", 3, None)
+    assert (first.refs, first.pinned, first.created_at, first.updated_at) == (
+        0,
+        False,
+        clock.now,
+        clock.now,
+    )
+    await index.change("k", "ref")
+    await index.change("k", "pin")
+    created = clock.now
+    clock.now += 5
+    after = await index.commit("k", "node-2", "a2", 8, None)
+    assert (after.refs, after.pinned, after.size) == (1, True, 8)
+    assert (after.created_at, after.updated_at) == (created, clock.now)
+    assert after.holders[0].address == "a2"
+    looked = await index.lookup("k")
+    assert (looked.refs, looked.pinned, looked.version) == (1, True, after.version)
+
+
+async def test_each_lifecycle_change_keeps_the_version_and_stamps_the_time(kv: KV) -> None:
+    clock = Clock()
+    index = ObjectIndex(kv, clock=clock)
+    rec = await index.commit("k", "n", "a", 1, None)
+    clock.now += 1
+    info, deleted = await index.change("k", "ref")
+    assert (info.refs, info.version, info.updated_at, deleted) == (1, rec.version, clock.now, False)
+    info, _ = await index.change("k", "ref")
+    assert info.refs == 2
+    info, _ = await index.change("k", "pin")
+    assert info.pinned and info.refs == 2
+    info, _ = await index.change("k", "unpin")
+    assert not info.pinned
+    info, deleted = await index.change("k", "release", 1)
+    assert (info.refs, deleted) == (1, False)
+    info, deleted = await index.change("k", "unref")
+    assert (info.refs, deleted) == (0, True)  # its last reference, not pinned: gone
+    with pytest.raises(NotFound):
+        await index.lookup("k")
+    with pytest.raises(NotFound):
+        await index.change("k", "ref")
+
+
+async def test_a_delete_names_what_holds_the_object_and_force_overrides_it(kv: KV) -> None:
+    index = ObjectIndex(kv)
+    rec = await index.commit("k", "n", "a", 1, None)
+    await index.change("k", "ref")
+    await index.change("k", "ref")
+    with pytest.raises(Conflict, match=r"referenced 2 time\(s\)"):
+        await index.change("k", "delete")
+    with pytest.raises(Conflict, match=f"at version {rec.version}, not {rec.version + 1}"):
+        await index.change("k", "force-delete", expected_version=rec.version + 1)
+    assert (await index.lookup("k")).refs == 2  # refused: nothing changed
+    await index.change("k", "pin")
+    info, deleted = await index.change("k", "force-delete", expected_version=rec.version)
+    assert deleted and info.key == "k"
+    assert await kv.get(INDEX + "k") is None
+
+
+async def test_a_release_never_goes_below_zero_nor_collects(kv: KV) -> None:
+    index = ObjectIndex(kv)
+    await index.commit("k", "n", "a", 1, None)
+    await index.change("k", "ref")
+    info, deleted = await index.change("k", "release", 3)
+    assert (info.refs, deleted) == (0, False)
+    assert (await index.lookup("k")).refs == 0
+    with pytest.raises(InvalidArgument, match="one of ref, unref"):
+        await index.change("k", "drop")
+
+
+async def test_holding_the_same_copy_again_changes_nothing(kv: KV) -> None:
+    index = ObjectIndex(kv)
+    assert await index.hold("absent", "n", "a", 1) is None
+    rec = await index.commit("k", "node-1", "a1", 1, None)
+    before = await kv.get(INDEX + "k")
+    held = await index.hold("k", "node-1", "a1", rec.version)
+    assert held is not None and held.holder_names() == ("node-1",)
+    assert await kv.get(INDEX + "k") == before  # not rewritten
+    moved = await index.hold("k", "node-1", "a9", rec.version)  # a new address: rewritten
+    assert moved is not None and moved.holders[0].address == "a9"
+    assert (await index.lookup("k")).version == rec.version
+
+
+async def test_records_list_by_prefix_with_their_keys(kv: KV) -> None:
+    index = ObjectIndex(kv)
+    for key in ("in/a", "in/b", "out/c"):
+        await index.commit(key, "n", "a", len(key), None)
+    listed = await index.list("in/")
+    assert [(r.key, r.size) for r in listed] == [("in/a", 4), ("in/b", 4)]
+    assert [r.key for r in await index.list()] == ["in/a", "in/b", "out/c"]
+
+
+async def test_collection_takes_only_the_free_objects_idle_at_least_the_grace(kv: KV) -> None:
+    clock = Clock()
+    index = ObjectIndex(kv, clock=clock)
+    for key in ("free", "young", "referenced", "pinned"):
+        await index.commit(key, "n", "a", 1, None)
+    await index.change("referenced", "ref")
+    await index.change("pinned", "pin")
+    clock.now += 10
+    await index.change("young", "unpin")  # (a change: its idle time starts again)
+    clock.now += 50  # free: idle 60 s exactly; young: 50 s
+    collected = await index.collect(60)
+    assert [(r.key, r.size) for r in collected] == [("free", 1)]
+    assert [r.key for r in await index.list()] == ["pinned", "referenced", "young"]
+    assert [r.key for r in await index.collect(50)] == ["young"]
+    assert await index.collect(0) == []
+
+
+async def test_an_announced_copy_of_a_key_created_meanwhile_is_stale(kv: KV) -> None:
+    index = ObjectIndex(kv)
+    rec = await index.commit("k", "node-2", "b", 1, None)
+    stale, adopted = await index.announce("node-1", "a", [("k", rec.version + 5, 1)])
+    assert (stale, adopted) == (["k"], [])
+    assert (await index.lookup("k")).holder_names() == ("node-2",)
+    assert await index.announce("node-1", "a", []) == ([], [])
+
+
+async def _watching(index: ObjectIndex, kv: KV, node: str, key: str) -> Watcher:
+    """`node` holds a lease and has looked `key` up (so it may serve it from its cache)."""
+    watcher = index.leases.watch(node)
+    await index.leases.renew(kv, watcher, 1)
+    await watcher.outbox.get()  # (the pong)
+    await index.lookup(key, node=node)
+    return watcher
+
+
+async def _told(watcher: Watcher, write: asyncio.Future[Any]) -> tuple[str, ...]:
+    """The keys `watcher` was told of by `write`, acknowledged so the write can finish."""
+    _, _, seq, keys = await asyncio.wait_for(watcher.outbox.get(), 5)
+    watcher.acked(seq)
+    await asyncio.wait_for(write, 5)
+    return keys
+
+
+async def test_every_kind_of_write_tells_the_members_that_may_cache_the_key(kv: KV) -> None:
+    clock = Clock()
+    index = ObjectIndex(kv, clock=clock)
+    index.leases.lease_s = 30.0
+    rec = await index.commit("k", "node-1", "a1", 1, None)
+    reader = await _watching(index, kv, "node-2", "k")
+    write = asyncio.ensure_future(index.commit("k", "node-1", "a1", 2, rec.version))
+    assert await _told(reader, write) == ("k",)
+    await index.lookup("k", node="node-2")
+    assert await _told(reader, asyncio.ensure_future(index.change("k", "pin"))) == ("k",)
+    await index.change("k", "unpin")  # (node-2 did not look again: not told)
+    assert reader.outbox.empty()
+    await index.lookup("k", node="node-2")
+    clock.now += 100
+    collect = asyncio.ensure_future(index.collect(50))
+    assert await _told(reader, collect) == ("k",)
+    assert [r.key for r in collect.result()] == ["k"]
+
+
+async def test_the_writer_is_not_told_of_its_own_commit(kv: KV) -> None:
+    index = ObjectIndex(kv)
+    index.leases.lease_s = 30.0
+    await index.commit("k", "node-2", "a2", 1, None)
+    writer = await _watching(index, kv, "node-2", "k")
+    await asyncio.wait_for(index.commit("k", "node-2", "a2", 1, None), 5)
+    assert writer.outbox.empty()
+    # It stays noted (it caches what it wrote): another's write tells it.
+    write = asyncio.ensure_future(index.commit("k", "node-3", "a3", 1, None))
+    assert await _told(writer, write) == ("k",)
