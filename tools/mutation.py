@@ -156,6 +156,11 @@ TARGETS = (
             _T + "core/test_retries.py",
         ),
     ),
+    Target(
+        "namespaces",
+        ("spear/core/namespaces.py",),
+        (_T + "core/test_namespaces_rules.py", _T + "transport/test_namespaces.py"),
+    ),
     Target("admission", ("spear/core/tasks/admission.py",), (_T + "core/test_admission.py",)),
     Target(
         "auth",
