@@ -157,6 +157,15 @@ TARGETS = (
         ),
     ),
     Target(
+        "etcd",
+        ("spear/store/etcd.py",),
+        (
+            _T + "store/test_kv_contract.py",
+            _T + "store/test_etcd_client.py",
+            _T + "store/test_etcd_rules.py",
+        ),
+    ),
+    Target(
         "namespaces",
         ("spear/core/namespaces.py",),
         (_T + "core/test_namespaces_rules.py", _T + "transport/test_namespaces.py"),
