@@ -11,6 +11,7 @@ import json
 from typing import TYPE_CHECKING
 
 import pytest
+from log_capture import SpearLog
 from test_sms import TIMINGS, Clock, GiB, node, task_on
 
 from spear.core.cluster import NodeHealth, ObjectLocation, PlacementQuery
@@ -286,3 +287,25 @@ async def test_the_object_index_answers_before_the_old_locations(kv: KV) -> None
     record = await sms.objects.commit("k", "a", "a:1", 7, None)
     found = await sms.locate_object("k")
     assert found == [ObjectLocation("k", "a", record.version, 7)]
+
+
+async def test_what_an_operator_reads_in_the_sms_log(kv: KV) -> None:
+    clock = Clock()
+    sms = MetadataServer(kv, TIMINGS, clock)
+    with SpearLog("INFO") as logged:
+        await sms.register(node("a"))
+        await sms.register(node("b"))
+        await sms.report_task(task_on("a"))
+        await sms.report_task(task_on("a"))
+        await sms.deregister("b", "b-1")
+        clock.now += TIMINGS.unhealthy_after_s + 1
+        await sms.sweep()
+        clock.now += TIMINGS.dead_after_s
+        await sms.sweep()
+    assert [line.rstrip("\n") for line in logged] == [
+        "INFO: node a registered at 127.0.0.1:7001",
+        "INFO: node b registered at 127.0.0.1:7001",
+        "INFO: node b left",
+        "WARNING: node a missed its heartbeats",
+        "WARNING: node a is dead; 2 task(s) failed",
+    ]
