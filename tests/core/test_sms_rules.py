@@ -14,8 +14,8 @@ import pytest
 from log_capture import SpearLog
 from test_sms import TIMINGS, Clock, GiB, node, task_on
 
-from spear.core.cluster import NodeHealth, ObjectLocation, PlacementQuery
-from spear.core.models import Resources, TaskState
+from spear.core.cluster import ClusterTimings, NodeHealth, ObjectLocation, PlacementQuery
+from spear.core.models import Resources, Task, TaskState
 from spear.core.sms import NODE_LOST, MetadataServer
 from spear.core.worker import EXIT_LOST
 from spear.errors import InvalidArgument, NotFound
@@ -309,3 +309,82 @@ async def test_what_an_operator_reads_in_the_sms_log(kv: KV) -> None:
         "WARNING: node a missed its heartbeats",
         "WARNING: node a is dead; 2 task(s) failed",
     ]
+
+
+async def test_the_timings_given_are_the_ones_used(kv: KV) -> None:
+    clock = Clock()
+    slow = ClusterTimings(heartbeat_s=2, unhealthy_after_s=7, dead_after_s=30)
+    sms = MetadataServer(kv, slow, clock)
+    await sms.register(node("a"))
+    clock.now += 6  # past the default 3 s, within these 7
+    assert await sms.sweep() == []
+    assert [n.name for n in await sms.nodes(live_only=True)] == ["a"]
+    clock.now += 20  # 26 s: past the default 10 s, within these 30
+    assert await sms.sweep() == [("a", NodeHealth.UNHEALTHY)]
+
+
+async def test_unknown_nodes_and_tasks_are_named_in_the_error(kv: KV) -> None:
+    sms = MetadataServer(kv, TIMINGS, Clock())
+    await sms.register(node("a"))
+    with pytest.raises(NotFound, match="^no such node: nobody$"):
+        await sms.node("nobody")  # (read from the KV)
+    await sms.nodes()  # the leader now holds every record: answered from memory
+    assert (await sms.node("a")).name == "a"
+    with pytest.raises(NotFound, match="^no such node: nobody$"):
+        await sms.node("nobody")
+    with pytest.raises(NotFound, match="^no such task: "):
+        await sms.task("0" * 24)
+
+
+async def test_a_stale_task_index_entry_fails_no_task_that_moved_or_ended(kv: KV) -> None:
+    """The index entry `node-tasks/<node>/<id>` may outlive its task's move or end (a
+    crash between the two writes): a node's death then fails only its own live tasks,
+    whatever order the entries come in, and clears every entry of it."""
+    sms = MetadataServer(kv, TIMINGS, Clock())
+    await sms.register(node("a"))
+    await sms.register(node("b"))
+
+    def with_id(first: str, task: Task) -> Task:
+        return dataclasses.replace(task, id=first * 24)
+
+    moved = await sms.report_task(with_id("1", task_on("b")))
+    ended = await sms.report_task(
+        with_id("2", task_on("a").transition(TaskState.COMPLETED, exit_code=0))
+    )
+    mine = [await sms.report_task(with_id(c, task_on("a"))) for c in ("3", "5")]
+    for stale in (moved.id, ended.id, "4" * 24):  # ("4...": no such task at all)
+        await kv.put(f"node-tasks/a/{stale}", b"")
+    await sms.deregister("a", "a-1")
+    assert (await sms.task(moved.id)).state is TaskState.RUNNING
+    assert (await sms.task(ended.id)).state is TaskState.COMPLETED
+    for task in mine:
+        lost = await sms.task(task.id)
+        assert (lost.state, lost.exit_code) == (TaskState.FAILED, EXIT_LOST)
+    assert {e.key for e in await kv.scan("node-tasks/")} == {f"node-tasks/b/{moved.id}"}
+
+
+async def test_the_object_index_judges_holders_by_the_smss_nodes_and_clock(kv: KV) -> None:
+    clock = Clock()
+    sms = MetadataServer(kv, TIMINGS, clock)
+    await sms.register(node("a"))
+    await sms.register(node("b"))
+    record = await sms.objects.commit("k", "a", "a:1", 1, None)
+    assert record.created_at == clock.now
+    await sms.objects.hold("k", "b", "b:1", record.version)
+    await sms.deregister("b", "b-1")
+    found = await sms.objects.lookup("k")
+    assert [(h.node, h.live) for h in found.holders] == [("a", True), ("b", False)]
+
+
+async def test_placements_and_heartbeats_are_counted_for_the_metrics(kv: KV) -> None:
+    sms = MetadataServer(kv, TIMINGS, Clock())
+    await sms.register(node("a"))
+    for _ in range(3):
+        await sms.heartbeat("a", "a-1", Resources(1, 1), 0, 0)
+    await sms.heartbeat("a", "a-0", Resources(1, 1), 0, 0)  # refused, but heard
+    assert sms.stats.heartbeats == 4
+    await sms.find_nodes(PlacementQuery(Resources(1, 1), "wasm"))
+    none = await sms.find_nodes(PlacementQuery(Resources(1, 1), "process"))
+    assert none.candidates == ()
+    assert sms.stats.placement.count == 2
+    assert 0 <= sms.stats.placement.sum < 60  # seconds taken, not a clock reading
