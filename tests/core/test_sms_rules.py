@@ -388,3 +388,19 @@ async def test_placements_and_heartbeats_are_counted_for_the_metrics(kv: KV) -> 
     assert none.candidates == ()
     assert sms.stats.placement.count == 2
     assert 0 <= sms.stats.placement.sum < 60  # seconds taken, not a clock reading
+
+
+async def test_one_sweep_judges_every_node_whatever_comes_before_it(kv: KV) -> None:
+    clock = Clock()
+    sms = MetadataServer(kv, TIMINGS, clock)
+    for name in ("a", "b", "c", "d"):
+        await sms.register(node(name))
+    await sms.deregister("a", "a-1")  # left: skipped
+    clock.now += TIMINGS.unhealthy_after_s + 1
+    await sms.heartbeat("b", "b-1", Resources(1, 1), 0, 0)  # spoke: no change
+    assert await sms.sweep() == [("c", NodeHealth.UNHEALTHY), ("d", NodeHealth.UNHEALTHY)]
+    await sms.heartbeat("c", "c-1", Resources(1, 1), 0, 0)
+    clock.now += TIMINGS.dead_after_s
+    await sms.heartbeat("b", "b-1", Resources(1, 1), 0, 0)
+    await sms.heartbeat("c", "c-1", Resources(1, 1), 0, 0)
+    assert await sms.sweep() == [("d", NodeHealth.DEAD)]
