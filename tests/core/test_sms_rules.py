@@ -10,6 +10,7 @@ import dataclasses
 import json
 from typing import TYPE_CHECKING
 
+import anyio
 import pytest
 from log_capture import SpearLog
 from test_sms import TIMINGS, Clock, GiB, node, task_on
@@ -22,7 +23,7 @@ from spear.errors import InvalidArgument, NotFound
 from spear.store.leveldb import LevelDBKV
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator
+    from collections.abc import AsyncIterator, Awaitable, Callable
     from pathlib import Path
 
     from spear.store.kv import KV
@@ -46,7 +47,9 @@ async def stored_health(kv: KV, name: str) -> NodeHealth:
 async def test_a_node_needs_a_name_and_an_address(kv: KV) -> None:
     sms = MetadataServer(kv, TIMINGS, Clock())
     for bad in (node(""), dataclasses.replace(node("a"), address="")):
-        with pytest.raises(InvalidArgument, match="a name and an address"):
+        with pytest.raises(
+            InvalidArgument, match="^a node needs a name and an address to register$"
+        ):
             await sms.register(bad)
     assert await sms.nodes() == []
 
@@ -124,6 +127,8 @@ async def test_a_node_that_left_is_not_judged_and_its_tasks_end(kv: KV) -> None:
     assert await sms.deregister("a", "a-0") is False  # another life: refused
     assert (await sms.node("a")).health is NodeHealth.HEALTHY
     assert (await sms.task(task.id)).state is TaskState.RUNNING
+    await sms.heartbeat("a", "a-1", Resources(1, 1), 3, 0)
+    assert (await sms.node("a")).running_tasks == 3
     assert await sms.deregister("a", "a-1") is True
     assert (await sms.node("a")).running_tasks == 0
     assert await sms.deregister("nobody", "x") is False
@@ -257,7 +262,7 @@ async def test_task_listings_filter_then_count(kv: KV) -> None:
 async def test_an_object_location_needs_a_key_and_a_node(kv: KV) -> None:
     sms = MetadataServer(kv, TIMINGS, Clock())
     for bad in (ObjectLocation("", "a", 1, 1), ObjectLocation("k", "", 1, 1)):
-        with pytest.raises(InvalidArgument, match="a key and a node"):
+        with pytest.raises(InvalidArgument, match="^an object location needs a key and a node$"):
             await sms.put_object_location(bad)
     assert await sms.locate_object("k") == []
 
@@ -277,7 +282,7 @@ async def test_copies_on_healthy_nodes_come_first_then_the_newest(kv: KV) -> Non
         await sms.heartbeat(name, f"{name}-1", Resources(2000, 4 * GiB), 0, 0)
     found = await sms.locate_object("k")
     assert [(loc.node, loc.version) for loc in found] == [("c", 3), ("b", 2), ("gone", 9), ("a", 5)]
-    assert {loc.size for loc in found} == {10}
+    assert {(loc.key, loc.size) for loc in found} == {("k", 10)}
 
 
 async def test_the_object_index_answers_before_the_old_locations(kv: KV) -> None:
@@ -404,3 +409,129 @@ async def test_one_sweep_judges_every_node_whatever_comes_before_it(kv: KV) -> N
     await sms.heartbeat("b", "b-1", Resources(1, 1), 0, 0)
     await sms.heartbeat("c", "c-1", Resources(1, 1), 0, 0)
     assert await sms.sweep() == [("d", NodeHealth.DEAD)]
+
+
+async def test_the_sms_decides_a_registering_nodes_health(kv: KV) -> None:
+    sms = MetadataServer(kv, TIMINGS, Clock())
+    claimed = dataclasses.replace(node("a"), health=NodeHealth.DEAD)
+    assert (await sms.register(claimed)).health is NodeHealth.HEALTHY
+    assert await stored_health(kv, "a") is NodeHealth.HEALTHY
+
+
+async def test_a_checkpoint_never_overwrites_another_smss_newer_record(kv: KV) -> None:
+    clock = Clock()
+    leader = MetadataServer(kv, TIMINGS, clock)
+    other = MetadataServer(kv, TIMINGS, clock)
+    await leader.register(node("a"))
+    await leader.heartbeat("a", "a-1", Resources(5, 5), 1, 0)  # (in memory)
+    moved = dataclasses.replace(node("a"), incarnation="a-2", address="10.0.0.9:1")
+    await other.register(moved)
+    assert await leader.checkpoint() == 1  # rewritten on the newer record: it wins
+    entry = await kv.get("nodes/a")
+    assert entry is not None
+    stored = json.loads(entry.value)
+    assert (stored["incarnation"], stored["address"]) == ("a-2", "10.0.0.9:1")
+    # The leader now follows the new life, and still yields to a newer write.
+    assert await leader.heartbeat("a", "a-2", Resources(6, 6), 2, 0) is not None
+    await other.register(dataclasses.replace(moved, incarnation="a-3"))
+    await leader.checkpoint()
+    entry = await kv.get("nodes/a")
+    assert entry is not None and json.loads(entry.value)["incarnation"] == "a-3"
+
+
+class HookedKV:
+    """A real KV that runs `hook` (once) just before the next read of `key`."""
+
+    def __init__(self, kv: KV) -> None:
+        self._kv = kv
+        self.key = ""
+        self.hook: Callable[[], Awaitable[object]] | None = None
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self._kv, name)
+
+    async def get(self, key: str) -> object:
+        hook, self.hook = (self.hook, None) if key == self.key else (None, self.hook)
+        if hook is not None:
+            await hook()
+        return await self._kv.get(key)
+
+
+async def test_a_node_that_speaks_while_the_sweep_judges_it_is_spared(kv: KV) -> None:
+    clock = Clock()
+    hooked = HookedKV(kv)
+    sms = MetadataServer(hooked, TIMINGS, clock)  # type: ignore[arg-type]
+    for name in ("a", "b"):
+        await sms.register(node(name))
+    clock.now += TIMINGS.unhealthy_after_s + 1
+    hooked.key = "nodes/a"
+    hooked.hook = lambda: sms.heartbeat("a", "a-1", Resources(1, 1), 0, 0)
+    # a spoke between the sweep's listing and its write: spared; b is judged all the same.
+    assert await sms.sweep() == [("b", NodeHealth.UNHEALTHY)]
+    assert await stored_health(kv, "a") is NodeHealth.HEALTHY
+
+
+async def test_reports_and_node_changes_end(kv: KV) -> None:
+    """Each compare-and-swap loop ends (a wrong expected version would retry forever)."""
+    sms = MetadataServer(kv, TIMINGS, Clock())
+    with anyio.fail_after(10):
+        await sms.register(node("a"))
+        task = await sms.report_task(task_on("a"))
+        await sms.report_task(task.transition(TaskState.COMPLETED, exit_code=0))
+        await sms.report_task(task_on("a"))
+        other = MetadataServer(kv, TIMINGS, Clock())  # (heartbeats through the KV)
+        assert await other.heartbeat("a", "a-1", Resources(1, 1), 0, 0) is not None
+        assert await sms.deregister("a", "a-1")
+
+
+async def test_a_retried_task_reported_without_retries_here_is_recorded(kv: KV) -> None:
+    sms = MetadataServer(kv, TIMINGS, Clock())
+    await sms.register(node("a"))
+    again = dataclasses.replace(task_on("a"), attempts=1)
+    assert (await sms.report_task(again)).attempts == 1
+    assert (await sms.task(again.id)).attempts == 1
+
+
+async def test_a_batch_with_retries_retries_the_lost_and_applies_the_rest(kv: KV) -> None:
+    from test_retry_placement import Recorder, retryable
+
+    from spear.core.retry_placement import RetryPlacement
+
+    clock = Clock()
+    sms = MetadataServer(kv, TIMINGS, clock)
+    sms.retries = RetryPlacement(sms, Recorder(), clock)
+    await sms.register(node("a"))
+    running = task_on("a")
+    lost = retryable(task_on("a")).transition(TaskState.FAILED, reason="lost", exit_code=EXIT_LOST)
+    done = task_on("a").transition(TaskState.COMPLETED, exit_code=0)
+    await sms.report_tasks([running, lost, done])
+    assert await sms.task(running.id) == running
+    assert await sms.task(done.id) == done
+    retried = await sms.task(lost.id)
+    assert (retried.state, retried.attempts) == (TaskState.PENDING, 1)
+
+
+async def test_the_sweeper_runs_until_cancelled_and_outlives_a_failure(kv: KV) -> None:
+    clock = Clock()
+    timings = ClusterTimings(heartbeat_s=0.02, unhealthy_after_s=3, dead_after_s=10)
+    sms = MetadataServer(kv, timings, clock)
+
+    class Failing:
+        calls = 0
+
+        async def place_due(self) -> int:
+            self.calls += 1
+            raise RuntimeError("placement broke")
+
+    failing = Failing()
+    sms.retries = failing  # type: ignore[assignment]
+    await sms.register(node("a"))
+    with SpearLog("ERROR", "{message}") as logged:
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(sms.run_sweeper)
+            clock.now += timings.dead_after_s + 1
+            with anyio.fail_after(20):
+                while await stored_health(kv, "a") is not NodeHealth.DEAD or failing.calls < 2:
+                    await anyio.sleep(0.01)
+            tg.cancel_scope.cancel()
+    assert logged and all(m.startswith("the node sweep failed") for m in logged)
