@@ -36,9 +36,11 @@ async def kv(tmp_path: Path) -> AsyncIterator[KV]:
 async def test_a_commit_needs_a_key_a_node_and_a_sane_expected_version(kv: KV) -> None:
     index = ObjectIndex(kv)
     for key, node in (("", "n"), ("k", "")):
-        with pytest.raises(InvalidArgument, match="a key and a node"):
+        with pytest.raises(InvalidArgument, match="^an object commit needs a key and a node$"):
             await index.commit(key, node, "a", 1, None)
-    with pytest.raises(InvalidArgument, match="expected version"):
+    with pytest.raises(
+        InvalidArgument, match=r"^an expected version must be 0 \(absent\) or a version$"
+    ):
         await index.commit("k", "n", "a", 1, -1)
     assert await index.list() == []
     first = await index.commit("k", "n", "a", 1, 0)  # 0: only if absent
@@ -212,3 +214,119 @@ async def test_the_writer_is_not_told_of_its_own_commit(kv: KV) -> None:
     # It stays noted (it caches what it wrote): another's write tells it.
     write = asyncio.ensure_future(index.commit("k", "node-3", "a3", 1, None))
     assert await _told(writer, write) == ("k",)
+
+
+async def test_a_member_that_only_wrote_a_key_is_told_of_the_next_write(kv: KV) -> None:
+    index = ObjectIndex(kv)
+    index.leases.lease_s = 30.0
+    writer = index.leases.watch("node-2")
+    await index.leases.renew(kv, writer, 1)
+    await writer.outbox.get()
+    await index.commit("k", "node-2", "a2", 1, None)  # no lookup: it caches what it wrote
+    write = asyncio.ensure_future(index.commit("k", "node-3", "a3", 1, None))
+    assert await _told(writer, write) == ("k",)
+
+
+async def test_every_answer_names_its_key_version_and_which_holders_live(kv: KV) -> None:
+    live = {"node-1"}
+
+    async def live_nodes() -> set[str]:
+        return live
+
+    index = ObjectIndex(kv, live_nodes)
+    rec = await index.commit("k", "node-2", "a2", 1, None)
+    assert (rec.key, [h.live for h in rec.holders]) == ("k", [False])
+    held = await index.hold("k", "node-1", "a1", rec.version)
+    assert held is not None and held.key == "k"
+    assert [(h.node, h.live) for h in held.holders] == [("node-1", True), ("node-2", False)]
+    looked = await index.lookup("k")
+    assert (looked.key, looked.version) == ("k", rec.version)
+    assert [h.live for h in looked.holders] == [True, False]
+    info, _ = await index.change("k", "ref")
+    assert [h.live for h in info.holders] == [True, False]
+    (listed,) = await index.list()
+    assert (listed.key, listed.version) == ("k", rec.version)
+    assert [h.live for h in listed.holders] == [True, False]
+    for call in (index.lookup("absent"), index.change("absent", "ref")):
+        with pytest.raises(NotFound, match="^no such object: absent$"):
+            await call
+
+
+async def test_the_words_of_each_refusal_and_a_single_reference(kv: KV) -> None:
+    index = ObjectIndex(kv)
+    await index.commit("k", "n", "a", 1, None)
+    with pytest.raises(InvalidArgument, match="^object 'k' has no references to remove$"):
+        await index.change("k", "unref")
+    await index.change("k", "ref")
+    with pytest.raises(Conflict, match=r"^object 'k' is referenced 1 time\(s\); unpin it"):
+        await index.change("k", "delete")
+    await index.change("k", "ref")
+    info, _ = await index.change("k", "release")  # one reference by default
+    assert info.refs == 1
+    await index.change("k", "pin")
+    with pytest.raises(Conflict, match="^object 'k' is pinned; unpin it, or delete with force$"):
+        await index.change("k", "delete")
+
+
+async def test_collected_records_carry_their_version(kv: KV) -> None:
+    clock = Clock()
+    index = ObjectIndex(kv, clock=clock)
+    rec = await index.commit("k", "n", "a", 1, None)
+    clock.now += 10
+    (collected,) = await index.collect(5)
+    assert (collected.key, collected.version) == ("k", rec.version)
+
+
+class RacingKV:
+    """A real KV that runs `hook` once, just before the `nth` call of `method` on `key`."""
+
+    def __init__(self, kv: KV, method: str, key: str, nth: int, hook: Any) -> None:
+        self._kv, self._method, self._key, self._left, self._hook = kv, method, key, nth, hook
+
+    def __getattr__(self, name: str) -> Any:
+        real = getattr(self._kv, name)
+        if name != self._method:
+            return real
+
+        async def call(key: str, *args: Any) -> Any:
+            if key == self._key and self._left > 0:
+                self._left -= 1
+                if self._left == 0:
+                    await self._hook()
+            return await real(key, *args)
+
+        return call
+
+
+async def test_a_hold_racing_another_change_is_still_entered(kv: KV) -> None:
+    index = ObjectIndex(kv)
+    rec = await index.commit("k", "node-1", "a1", 1, None)
+    racing = ObjectIndex(
+        RacingKV(kv, "compare_and_swap", INDEX + "k", 1, lambda: index.change("k", "ref")),  # type: ignore[arg-type]
+    )
+    held = await racing.hold("k", "node-2", "a2", rec.version)
+    assert held is not None and held.holder_names() == ("node-1", "node-2")
+    after = await index.lookup("k")
+    assert (after.refs, after.holder_names()) == (1, ("node-1", "node-2"))
+
+
+async def test_an_announced_key_created_meanwhile_is_not_overwritten(kv: KV) -> None:
+    index = ObjectIndex(kv)
+    # node-2 creates k just as node-1's announce decided to adopt its copy of it.
+    racing = ObjectIndex(
+        RacingKV(kv, "get", INDEX + "k", 3, lambda: index.commit("k", "node-2", "b", 9, None)),  # type: ignore[arg-type]
+    )
+    stale, adopted = await racing.announce("node-1", "a", [("k", 4, 1)])
+    assert (stale, adopted) == (["k"], [])
+    found = await index.lookup("k")
+    assert (found.size, found.holder_names()) == (9, ("node-2",))
+
+
+async def test_every_unknown_key_announced_is_adopted_with_its_holder(kv: KV) -> None:
+    index = ObjectIndex(kv)
+    stale, adopted = await index.announce("node-1", "addr-1", [("x", 3, 1), ("y", 5, 2)])
+    assert stale == [] and [key for key, _ in adopted] == ["x", "y"]
+    for key, version in adopted:
+        found = await index.lookup(key)
+        assert found.version == version
+        assert [(h.node, h.address) for h in found.holders] == [("node-1", "addr-1")]
