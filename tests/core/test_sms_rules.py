@@ -535,3 +535,24 @@ async def test_the_sweeper_runs_until_cancelled_and_outlives_a_failure(kv: KV) -
                     await anyio.sleep(0.01)
             tg.cancel_scope.cancel()
     assert logged and all(m.startswith("the node sweep failed") for m in logged)
+
+
+@pytest.mark.parametrize("with_retries", [False, True], ids=["alone", "with-retries"])
+async def test_a_batch_naming_a_task_twice_applies_both_in_order(
+    kv: KV, with_retries: bool
+) -> None:
+    from test_retry_placement import Recorder
+
+    from spear.core.retry_placement import RetryPlacement
+
+    clock = Clock()
+    sms = MetadataServer(kv, TIMINGS, clock)
+    if with_retries:
+        sms.retries = RetryPlacement(sms, Recorder(), clock)
+    await sms.register(node("a"))
+    running = task_on("a")
+    done = running.transition(TaskState.COMPLETED, exit_code=0)
+    other = task_on("a")
+    await sms.report_tasks([running, other, done])
+    assert await sms.task(running.id) == done
+    assert await sms.task(other.id) == other
