@@ -330,3 +330,23 @@ async def test_every_unknown_key_announced_is_adopted_with_its_holder(kv: KV) ->
         found = await index.lookup(key)
         assert found.version == version
         assert [(h.node, h.address) for h in found.holders] == [("node-1", "addr-1")]
+
+
+async def test_an_entry_with_only_its_size_reads_as_a_new_free_object(kv: KV) -> None:
+    """An entry written with no references, pin, times or holders (by hand, or by an
+    older SMS) is read as a new object: unreferenced, unpinned, held by nobody, idle
+    since ever; and every change works on it."""
+    clock = Clock()
+    index = ObjectIndex(kv, clock=clock)
+    for key in ("bare", "held", "gone"):
+        await kv.put(INDEX + key, b'{"size": 3}')
+    bare = await index.lookup("bare")
+    assert (bare.refs, bare.pinned, bare.holders, bare.size) == (0, False, (), 3)
+    assert (bare.created_at, bare.updated_at) == (0.0, 0.0)
+    held = await index.hold("held", "node-1", "a1", bare.version + 1)
+    assert held is not None and held.holder_names() == ("node-1",)
+    info, deleted = await index.change("bare", "ref")
+    assert (info.refs, info.pinned, deleted) == (1, False, False)
+    _, deleted = await index.change("gone", "unpin")
+    assert not deleted and not (await index.lookup("gone")).pinned
+    assert [r.key for r in await index.collect(grace_s=clock.now - 1)] == ["held"]
