@@ -78,7 +78,16 @@ TARGETS = (
         (_T + "core/test_scheduler.py", _T + "core/test_scheduler_rules.py"),
     ),
     Target(
-        "sms", ("spear/core/sms.py",), (_T + "core/test_sms.py", _T + "cluster/test_membership.py")
+        "sms",
+        ("spear/core/sms.py",),
+        (
+            _T + "core/test_sms.py",
+            _T + "core/test_sms_rules.py",
+            _T + "core/test_liveness.py",
+            _T + "core/test_sms_leader.py",
+            _T + "core/test_retry_placement.py",
+            _T + "cluster/test_membership.py",
+        ),
     ),
     Target(
         "kv",
@@ -101,7 +110,29 @@ TARGETS = (
             _T + "runtimes/test_hostcalls_buffers.py",
         ),
     ),
-    Target("objects", ("spear/store/objects.py",), (_T + "store/test_objects.py",)),
+    Target(
+        "objects",
+        ("spear/store/objects.py",),
+        (
+            _T + "store/test_objects.py",
+            _T + "store/test_objects_rules.py",
+            _T + "runtimes/test_hostcalls_ops.py",
+            _T + "runtimes/test_hostops_rules.py",
+            _T + "runtimes/test_hostops_edges.py",
+            _T + "transport/test_object_transfer_staging.py",
+        ),
+    ),
+    Target(
+        # The ObjectAuthority seam (a Protocol: no code of its own, so no mutant) and the
+        # SMS's implementation of it, which decides every object's version in a cluster.
+        "authority",
+        ("spear/store/object_authority.py", "spear/core/object_index.py"),
+        (
+            _T + "core/test_object_index.py",
+            _T + "core/test_object_leases.py",
+            _T + "core/test_object_index_rules.py",
+        ),
+    ),
     Target(
         "taskstore",
         ("spear/core/tasks/store.py", "spear/core/tasks/codec.py"),
@@ -124,6 +155,20 @@ TARGETS = (
             _T + "core/test_finished_hooks.py",
             _T + "core/test_retries.py",
         ),
+    ),
+    Target(
+        "etcd",
+        ("spear/store/etcd.py",),
+        (
+            _T + "store/test_kv_contract.py",
+            _T + "store/test_etcd_client.py",
+            _T + "store/test_etcd_rules.py",
+        ),
+    ),
+    Target(
+        "namespaces",
+        ("spear/core/namespaces.py",),
+        (_T + "core/test_namespaces_rules.py", _T + "transport/test_namespaces.py"),
     ),
     Target("admission", ("spear/core/tasks/admission.py",), (_T + "core/test_admission.py",)),
     Target(
