@@ -27,7 +27,7 @@ _DEFAULT_TIMEOUT_S = 10.0
 
 def parse_endpoints(url: str) -> list[str]:
     """`etcd://HOST:PORT[,HOST:PORT...]` (or bare `HOST:PORT,...`) -> ['HOST:PORT', ...]."""
-    text = url.removeprefix("etcd://").strip().rstrip("/")
+    text = url.strip().removeprefix("etcd://").strip().rstrip("/")
     endpoints = [e.strip() for e in text.split(",") if e.strip()]
     if not endpoints:
         raise StorageError(f"no etcd endpoint in {url!r} (expected etcd://HOST:PORT[,...])")
