@@ -79,7 +79,7 @@ class _GrpclibCaller:
         await close_channel(self._channel)
 
 
-class _AioCaller:
+class _AioCaller(_GrpclibCaller):
     """The same two calls as `spear.Client` now makes them (grpc.aio, `AioChannel`)."""
 
     def __init__(self, address: str, token: str | None) -> None:
@@ -87,31 +87,6 @@ class _AioCaller:
         from spear.transport.channels import Credentials
 
         self._channel = AioChannel(address, Credentials(token=token))
-
-    async def call(self, request: Any) -> None:
-        from grpclib.const import Cardinality
-
-        from spear.transport._gen.pb import spearlet_pb2 as pb
-
-        async with self._channel.request(
-            "/spear.v1.Spearlet/RunTask", Cardinality.UNARY_STREAM, pb.SubmitTaskRequest,
-            pb.ResultChunk,
-        ) as stream:  # fmt: skip
-            await stream.send_message(request, end=True)
-            chunks = [c async for c in stream]
-        assert chunks and chunks[0].task.state == pb.TASK_STATE_COMPLETED
-
-    async def node_info(self) -> None:
-        from grpclib.const import Cardinality
-
-        from spear.transport._gen.pb import spearlet_pb2 as pb
-
-        async with self._channel.request(
-            "/spear.v1.Spearlet/GetNodeInfo", Cardinality.UNARY_UNARY, pb.GetNodeInfoRequest,
-            pb.NodeInfo,
-        ) as stream:  # fmt: skip
-            await stream.send_message(pb.GetNodeInfoRequest(), end=True)
-            await stream.recv_message()
 
     async def aclose(self) -> None:
         await self._channel.aclose()
