@@ -161,11 +161,14 @@ class Scheduler:
         )
 
     def room_here(self) -> Resources:
-        """What a new task may take here now: the node's free room less what forwarded
-        batches were promised; none while the node's disk is full."""
-        if self.disk.full():
-            return NO_ROOM
-        return self.node.controller.free - self.promised
+        """What a new task may take here now: the room this node offers less what
+        forwarded batches were promised."""
+        return self.offered() - self.promised
+
+    def offered(self) -> Resources:
+        """The room this node offers the cluster: its free room, none while its disk is
+        full (what its heartbeats report)."""
+        return NO_ROOM if self.disk.full() else self.node.controller.free
 
     def could_ever_run_here(self, spec: FunctionSpec) -> bool:
         """Whether this node has the runtime, the labels and the capacity for `spec`."""

@@ -99,7 +99,6 @@ async def joined_cluster(
     from spear.core.cluster import ClusterTimings
     from spear.core.forwarding import view_refresh_from
     from spear.core.node_controller import NodeController
-    from spear.core.scheduler import NO_ROOM
     from spear.core.task_reports import TaskReporter
     from spear.node.cluster import ClusterNode
 
@@ -110,9 +109,7 @@ async def joined_cluster(
     timings = ClusterTimings.from_extra(node.settings.extra)
 
     def load() -> Any:
-        # A node whose disk is full offers no room (core/scheduler.py `room_here`).
-        free = NO_ROOM if scheduler.disk.full() else node.controller.free
-        return free, node.controller.running_count, scheduler.queued
+        return scheduler.offered(), node.controller.running_count, scheduler.queued
 
     controller = NodeController(cluster, lambda: describe_node(node, address), load, timings)
     reporter = TaskReporter(cluster, node.kv, node.tasks_store)
