@@ -697,6 +697,12 @@ class FunctionSpec(betterproto2.Message):
     Placement order among tasks waiting for room: higher first, then first come (0 default).
     """
 
+    reuse: "bool" = betterproto2.field(20, betterproto2.TYPE_BOOL)
+    """
+    process runtime, with warm: a worker that ran a task of this function cleanly takes
+    its next one, its process and imports kept (docs/python-agents.md).
+    """
+
 
 default_message_pool.register_message("spear.v1", "FunctionSpec", FunctionSpec)
 
