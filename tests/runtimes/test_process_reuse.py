@@ -246,6 +246,15 @@ async def test_idle_workers_are_bounded(tmp_path: Path) -> None:
         assert len(agent_of(node).workers) == 1
 
 
+async def test_an_idle_worker_is_ended(tmp_path: Path) -> None:
+    async with new_node(tmp_path) as node:
+        agent = agent_of(node)
+        agent.warm_idle_s = 0.3
+        pid = await pid_of(node, await node.run(reused(counter(tmp_path))))
+        await eventually(lambda: not alive(pid))
+        assert len(agent.workers) == 0
+
+
 async def test_concurrent_tasks_of_one_function_each_get_a_worker(tmp_path: Path) -> None:
     async with new_node(tmp_path) as node:
         path = counter(tmp_path)

@@ -140,6 +140,7 @@ class ProcessWorkerAgent(WorkerAgent):
 
     def _idle_check(self) -> None:
         self._idle_timer = None
+        self._end_workers(self.workers.expired(self.warm_idle_s))
         if self._forkserver is None or self._retiring is not None:
             return
         left = self._warm_last + self.warm_idle_s - time.monotonic()
