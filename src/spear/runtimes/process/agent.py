@@ -353,6 +353,9 @@ class _ProcessExecution(Execution):
 
     def _keep_or_end(self, outcome: Outcome | None) -> None:
         """A kept worker: back to the pool if its task completed, else ended now."""
+        if self.worker is not None:  # taken for a task that never started (cancelled)
+            self._agent._keep(self.worker)
+            self.worker = None
         child = self._warm_child
         if child is None or not child.kept:
             return

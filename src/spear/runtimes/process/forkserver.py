@@ -502,6 +502,14 @@ def _report_exit(status: socket.socket, code: int, cpu: float, reusable: bool = 
 def _next_request(status: socket.socket) -> tuple[dict[str, Any], list[int]]:
     """A reused worker's next task (its stdin, stdout and stderr with it); the node
     closing the status socket ends the worker."""
+    # 0, 1 and 2 (closed at the task's end) become /dev/null: the next task's descriptors
+    # arrive above them, and a stale handle on sys.stdout writes nowhere meanwhile.
+    null = os.open(os.devnull, os.O_RDWR)
+    for fd in (0, 1, 2):
+        if fd != null:
+            os.dup2(null, fd)
+    if null > 2:
+        os.close(null)
     data, fds = _recv_request(status)
     if not data or len(fds) != 3:
         for fd in fds:
