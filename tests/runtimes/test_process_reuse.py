@@ -280,14 +280,28 @@ def test_reuse_is_validated_and_carried() -> None:
     assert FunctionSpec.from_json({"artifact": "a.py"}).reuse is False
 
 
-def test_the_cli_asks_for_reuse(tmp_path: Path) -> None:
+def test_spear_run_reuse_keeps_the_daemons_worker(tmp_path: Path) -> None:
+    """Through a serving daemon (the spec over gRPC), two `spear run --reuse` commands
+    are served by one process; `--warm` alone still forks one per task."""
     from tests.conftest import Cli, one_error_line
+    from tests.test_cli_client import Daemon
 
-    cli = Cli(tmp_path / "data")
-    agent_py = script(tmp_path, "import os\nprint(os.getpid())\n")
-    done = cli("run", "--reuse", agent_py)
-    assert done.returncode == 0, done.stderr
-    assert done.stdout.strip().isdigit()
+    data_dir = tmp_path / "data"
+    cli = Cli(data_dir)
+    agent_py = counter(tmp_path)
     bad = cli("run", "--reuse", "--runtime", "wasm", agent_py)
     assert bad.returncode == 64
     assert "reuse needs a warm process agent" in one_error_line(bad.stderr)
+    daemon = Daemon(data_dir)
+    try:
+        runs = [cli("run", "--reuse", agent_py, "--", "0", str(i)) for i in range(2)]
+        assert [r.returncode for r in runs] == [0, 0], runs[-1].stderr
+        first, second = (r.stdout.decode().split() for r in runs)
+        assert first[0] == second[0] and (first[1], second[1]) == ("1", "2")
+        warm = cli("run", "--warm", agent_py)
+        assert warm.returncode == 0
+        assert warm.stdout.decode().split()[:2] != [first[0], "3"]
+        assert warm.stdout.decode().split()[1] == "1"
+    finally:
+        assert daemon.stop() == 0
+    assert not alive(int(first[0]))
