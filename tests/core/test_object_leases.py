@@ -117,16 +117,57 @@ def test_forgotten_invalidations_still_refuse_answers_in_flight() -> None:
     assert cache.fresh("k") is None
 
 
+def test_a_pushed_record_is_served_as_current() -> None:
+    cache, _, sms = _leased_cache()
+    cache.keep("k", _record(5), cache.ticket(sms), sms)
+    in_flight = cache.ticket(sms)
+    cache.pushed("k", _record(7))
+    assert cache.fresh("k") == _record(7)
+    cache.keep("k", _record(5), in_flight, sms)  # (an answer older than the push)
+    assert cache.fresh("k") == _record(7)
+
+
+def test_a_late_push_of_an_older_version_is_never_kept() -> None:
+    # Two quick commits' pushes may arrive out of order: the older must not win.
+    cache, clock, _ = _leased_cache()
+    cache.pushed("k", _record(7))
+    cache.pushed("k", _record(6))
+    assert cache.fresh("k") is None  # (dropped: asking the SMS again is always safe)
+    cache.pushed("k", _record(8))
+    assert cache.fresh("k") == _record(8)
+    # Not after a lapsed lease either (the push may still be on its way on this stream),
+    clock.now += 5.0
+    cache.renewed(clock.now, 2.0)
+    cache.pushed("k", _record(6))
+    assert cache.fresh("k") is None
+    # nor once the newer version was forgotten among many other keys' pushes.
+    for i in range(5000):
+        cache.pushed(f"other-{i}", ObjectRecord(key=f"other-{i}", version=100 + i, size=1))
+    cache.pushed("k", _record(50))
+    assert cache.fresh("k") is None
+    cache.pushed("k", _record(10_000))
+    assert cache.fresh("k") == _record(10_000)
+
+
+def test_nothing_pushed_is_kept_outside_a_session() -> None:
+    clock = _Clock()
+    cache = VersionCache(clock)
+    cache.pushed("k", _record(5))
+    cache.opened("sms:1")
+    cache.renewed(clock.now, 2.0)
+    assert cache.fresh("k") is None
+
+
 async def test_a_write_waits_for_the_members_that_may_cache_its_key(kv: KV) -> None:
     leases = ObjectLeases(lease_s=30.0)
     reader = leases.watch("node-2")
     await leases.renew(kv, reader, 1)
-    assert await reader.outbox.get() == (1, 30.0, 0, ())
+    assert await reader.outbox.get() == (1, 30.0, 0, (), None)
     assert float((await kv.get(LEASE_KEY)).value) > 0  # (for a restarted SMS)
     leases.noted("node-2", "k")  # node-2 looked k up
     leases.noted("node-3", "k")  # (never leased: it caches nothing)
     write = asyncio.ensure_future(leases.changed(kv, "k", writer="node-1"))
-    assert await reader.outbox.get() == (0, 0.0, 1, ("k",))
+    assert await reader.outbox.get() == (0, 0.0, 1, ("k",), None)
     await asyncio.sleep(0)
     assert not write.done()  # not acknowledged before node-2 applied it
     reader.acked(1)

@@ -11,6 +11,12 @@ for that key applied the invalidation, or its lease surely ended (a member that 
 answering, a broken stream, a partition): no member serves the old version after the
 writer heard "done".
 
+A commit's invalidation carries the key's new record: a member caches it as current (a
+get of the new version then asks no one), so it stays noted for the key's next change.
+Two quick commits' invalidations may reach a member out of order; versions are the KV's
+revisions, which only grow, so a member keeps a pushed record only if no newer one was
+pushed (node/object_cache.py).
+
 A restarted SMS, or one that (again) leads, does not know which leases the last leader
 granted: the time the last grant runs to is kept in the KV (`objlease/until`, wall
 clock), and a write waits until then (read again whenever this SMS is not granting leases
@@ -28,11 +34,15 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from collections.abc import Callable
 
+    from spear.core.object_index import ObjectRecord
     from spear.store.kv import KV
 
 LEASE_S = 2.0  # how long a member may serve cached versions after a renewal answered
 _MARGIN_S = 0.1  # clock rates differ a little between the SMS and its members
 LEASE_KEY = "objlease/until"  # wall-clock time the last lease granted may run to
+
+# What a watch sends: (pong, lease_s, seq, keys, the new record of a commit's key or None).
+Event = tuple[int, float, int, tuple[str, ...], "ObjectRecord | None"]
 
 
 @dataclass(eq=False)
@@ -40,9 +50,7 @@ class Watcher:
     """One member's open watch: what to send it, and the invalidations it has not acked."""
 
     node: str
-    outbox: asyncio.Queue[tuple[int, float, int, tuple[str, ...]] | None] = field(
-        default_factory=asyncio.Queue
-    )
+    outbox: asyncio.Queue[Event | None] = field(default_factory=asyncio.Queue)
     pending: dict[int, asyncio.Future[bool]] = field(default_factory=dict)
     seq: int = 0
 
@@ -103,7 +111,7 @@ class ObjectLeases:
         # Set before the pong is queued: a write that queues an invalidation after this
         # point finds the pong ahead of it, so the member's lease is bounded by this.
         self._lease_until[watcher.node] = self._clock() + self.lease_s + _MARGIN_S
-        watcher.outbox.put_nowait((ping, self.lease_s, 0, ()))
+        watcher.outbox.put_nowait((ping, self.lease_s, 0, (), None))
 
     # -- reads and writes of the index --------------------------------------------------
 
@@ -112,10 +120,13 @@ class ObjectLeases:
         if node is not None and node in self._lease_until:
             self._cached_by.setdefault(key, set()).add(node)
 
-    async def changed(self, kv: KV, key: str, writer: str | None = None) -> None:
+    async def changed(
+        self, kv: KV, key: str, writer: str | None = None, record: ObjectRecord | None = None
+    ) -> None:
         """`key` changed in the index: return once no member can serve its old version.
         `writer` (the member that wrote it, told by the answer itself) is not waited for,
-        and stays noted: it caches what it wrote."""
+        and stays noted: it caches what it wrote. `record` (a commit's new record) goes
+        with each invalidation: the members told cache it, so they stay noted too."""
         if self._persisted < self._wall():
             # Not granting leases now: another SMS may have since (a leadership that
             # moved away and back), so read again how long its leases may run.
@@ -138,11 +149,15 @@ class ObjectLeases:
             if until <= now:
                 continue  # its lease ended: it serves nothing cached until it asks again
             watcher = self._watchers.get(node)
-            waits.append(self._invalidate(watcher, key, until - now))
+            if watcher is not None and record is not None:  # it will cache the pushed record
+                self._cached_by.setdefault(key, set()).add(node)
+            waits.append(self._invalidate(watcher, key, until - now, record))
         if waits:
             await asyncio.gather(*waits)
 
-    async def _invalidate(self, watcher: Watcher | None, key: str, lease_left: float) -> None:
+    async def _invalidate(
+        self, watcher: Watcher | None, key: str, lease_left: float, record: ObjectRecord | None
+    ) -> None:
         if watcher is None:  # (its stream broke: its lease may still run)
             await asyncio.sleep(lease_left)
             return
@@ -150,7 +165,7 @@ class ObjectLeases:
         seq = watcher.seq
         future: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
         watcher.pending[seq] = future
-        watcher.outbox.put_nowait((0, 0.0, seq, (key,)))
+        watcher.outbox.put_nowait((0, 0.0, seq, (key,), record))
         deadline = self._clock() + lease_left
         try:
             applied = await asyncio.wait_for(asyncio.shield(future), lease_left)

@@ -12,7 +12,11 @@ it asks no one. The rules that keep it correct:
   counts from when the ping was sent, so it ends before the SMS's view of it;
 - every invalidation is applied before it is acknowledged; a broken or silent watch, or a
   lease that lapsed (even if renewed since), drops everything (the member asks the SMS
-  again, as before): the SMS acknowledges writes without waiting for a lapsed lease.
+  again, as before): the SMS acknowledges writes without waiting for a lapsed lease;
+- a commit's invalidation carries the key's new record, kept as current (a get of a
+  version written elsewhere then asks no one) unless a newer version of the key was
+  pushed already: two quick commits' pushes may arrive out of order, and versions (the
+  KV's revisions) only grow.
 """
 
 from __future__ import annotations
@@ -36,6 +40,7 @@ if TYPE_CHECKING:
 
 _KEPT = 4096  # records cached
 _TOUCHED_KEPT = 4096  # keys' latest invalidations remembered for lookups in flight
+_PUSHED_KEPT = 4096  # keys' newest pushed versions remembered against late pushes
 _FIRST_LEASE_S = 2.0  # until the SMS says how long its leases are
 
 
@@ -57,6 +62,8 @@ class VersionCache:
         self._records: OrderedDict[str, ObjectRecord] = OrderedDict()
         self._touched: OrderedDict[str, int] = OrderedDict()  # key -> seq of its last change
         self._floor = 0  # the seq of every change forgotten from `_touched`
+        self._pushed: OrderedDict[str, int] = OrderedDict()  # key -> newest version pushed
+        self._pushed_floor = 0  # the newest version forgotten from `_pushed`
         self._seq = 0
         self._session = 0
         self._address: str | None = None  # the SMS a live session watches
@@ -96,6 +103,22 @@ class VersionCache:
         while len(self._records) > _KEPT:
             self.touch(next(iter(self._records)))
 
+    def pushed(self, key: str, record: ObjectRecord) -> None:
+        """`key` changed to `record` (a commit's invalidation, with its new record)."""
+        self.touch(key)
+        if self._address is None:
+            return
+        if record.version <= max(self._pushed_floor, self._pushed.get(key, 0)):
+            return  # (a late push: a newer version was pushed, or may have been)
+        self._pushed[key] = record.version
+        self._pushed.move_to_end(key)
+        while len(self._pushed) > _PUSHED_KEPT:
+            _, version = self._pushed.popitem(last=False)
+            self._pushed_floor = max(self._pushed_floor, version)
+        self._records[key] = record
+        while len(self._records) > _KEPT:
+            self.touch(next(iter(self._records)))
+
     def touch(self, key: str) -> None:
         """`key` changed (or is about to): drop it; lookups already in flight keep nothing."""
         self._seq += 1
@@ -132,7 +155,7 @@ class VersionCache:
         self._seq += 1
         self._floor = self._seq
         self._touched.clear()
-        self._records.clear()
+        self._records.clear()  # (`_pushed` stays: a late push may still come on this stream)
 
 
 async def watch_index(sms: SmsClient, node: str, cache: VersionCache) -> None:
@@ -190,12 +213,15 @@ class _Watch:
         try:
             async with anyio.create_task_group() as tg, contextlib.aclosing(events):
                 tg.start_soon(self._pinger, tg.cancel_scope)
-                async for pong, lease_s, seq, keys in events:
+                async for pong, lease_s, seq, keys, record in events:
                     if pong:
                         self._renewed(address, pong, lease_s)
-                    if seq:
-                        for key in keys:
-                            self._cache.touch(key)  # applied before it is acknowledged
+                    if seq:  # (applied before it is acknowledged)
+                        if record is not None and keys == (record.key,):
+                            self._cache.pushed(record.key, record)
+                        else:
+                            for key in keys:
+                                self._cache.touch(key)
                         self._outbox.put_nowait((self._node, 0, seq))
                 tg.cancel_scope.cancel()
         finally:

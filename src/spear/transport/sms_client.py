@@ -39,6 +39,7 @@ if TYPE_CHECKING:
     )
     from spear.core.models import Resources, Task, TaskState
     from spear.core.object_index import ObjectRecord
+    from spear.core.object_leases import Event as WatchEvent
     from spear.transport.aio_client import AioChannel
 
 T = TypeVar("T")
@@ -328,14 +329,15 @@ class SmsClient(Cluster):
 
     def watch_objects(
         self, requests: AsyncIterable[tuple[str, int, int]]
-    ) -> tuple[str, AsyncGenerator[tuple[int, float, int, tuple[str, ...]]]]:
+    ) -> tuple[str, AsyncGenerator[WatchEvent]]:
         """(the SMS it goes to, its events) of a watch of the object index: `requests` are
-        (node, ping, ack)s, events (pong, lease_s, seq, keys) (core/object_leases.py).
+        (node, ping, ack)s, events (pong, lease_s, seq, keys, a commit's new record or
+        None) (core/object_leases.py).
         One address, no failover: a broken watch is the caller's to open again."""
         address = self.address
         stub = self._stub(address)
 
-        async def events() -> AsyncGenerator[tuple[int, float, int, tuple[str, ...]]]:
+        async def events() -> AsyncGenerator[WatchEvent]:
             messages = (
                 v1.ObjectWatchRequest(node=node, ping=ping, ack=ack)
                 async for node, ping, ack in requests
@@ -343,7 +345,14 @@ class SmsClient(Cluster):
             try:
                 with client_errors(f"SMS {address}"):
                     async for event in stub.watch_objects(messages):
-                        yield event.pong, event.lease_s, event.seq, tuple(event.keys)
+                        record = event.record
+                        yield (
+                            event.pong,
+                            event.lease_s,
+                            event.seq,
+                            tuple(event.keys),
+                            None if record is None else oc.record_from_wire(record),
+                        )
             except NotLeader as exc:
                 leader = leader_named_in(exc)
                 if leader and leader != address:

@@ -1264,7 +1264,9 @@ default_message_pool.register_message("spear.v1", "ObjectRecord", ObjectRecord)
 class ObjectWatchEvent(betterproto2.Message):
     """
     MetadataServer.WatchObjects, SMS -> member: a `pong` (the lease of `lease_s` counts from
-    when the member sent that ping) or an invalidation `seq` of `keys`.
+    when the member sent that ping) or an invalidation `seq` of `keys`. An invalidation by
+    a commit carries the key's new `record` (its small value too): the member may cache it
+    as current, and stays noted for the key's next change.
     """
 
     pong: "int" = betterproto2.field(1, betterproto2.TYPE_UINT64)
@@ -1274,6 +1276,8 @@ class ObjectWatchEvent(betterproto2.Message):
     seq: "int" = betterproto2.field(3, betterproto2.TYPE_UINT64)
 
     keys: "list[str]" = betterproto2.field(4, betterproto2.TYPE_STRING, repeated=True)
+
+    record: "ObjectRecord | None" = betterproto2.field(5, betterproto2.TYPE_MESSAGE, optional=True)
 
 
 default_message_pool.register_message("spear.v1", "ObjectWatchEvent", ObjectWatchEvent)
