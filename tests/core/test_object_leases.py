@@ -149,6 +149,17 @@ def test_a_late_push_of_an_older_version_is_never_kept() -> None:
     assert cache.fresh("k") == _record(10_000)
 
 
+def test_a_late_push_never_replaces_what_this_member_wrote_since() -> None:
+    # node-3's commit (6) is pushed late, after this member's own commit (7) was answered
+    # and dropped again by another change (a reference released: no record pushed).
+    cache, _, sms = _leased_cache()
+    cache.touch("k")  # (a commit starts)
+    cache.keep("k", _record(7), cache.ticket(sms), sms)
+    cache.touch("k")
+    cache.pushed("k", _record(6))
+    assert cache.fresh("k") is None
+
+
 def test_nothing_pushed_is_kept_outside_a_session() -> None:
     clock = _Clock()
     cache = VersionCache(clock)
