@@ -26,7 +26,7 @@ from spear.transport._status import (
     received_error_code,
 )
 from spear.transport.channels import NO_CREDENTIALS, Credentials
-from spear.transport.serving import format_address, parse_listen
+from spear.transport.serving import parse_listen
 
 if TYPE_CHECKING:
     from collections.abc import AsyncGenerator, AsyncIterable, Awaitable, Callable, Sequence
@@ -84,9 +84,8 @@ class SmsClient(Cluster):
         if opened is None:
             from spear.transport.aio_client import AioChannel
 
-            host, port = parse_listen(address)  # (checked: one clear error if malformed)
-            channel = AioChannel(
-                format_address(host, port),
+            channel = AioChannel.to(
+                address,
                 self._credentials,
                 max_message_bytes=self._max_message_bytes,
                 name=f"SMS {address}",
