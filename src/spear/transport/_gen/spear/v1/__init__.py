@@ -530,6 +530,12 @@ class FindNodesResponse(betterproto2.Message):
 
     reason: "str" = betterproto2.field(3, betterproto2.TYPE_STRING)
 
+    no_live_node: "bool" = betterproto2.field(4, betterproto2.TYPE_BOOL)
+    """
+    Nothing could fit because no node at all is live (a cluster restarting): a retry waits
+    for one rather than failing the task.
+    """
+
 
 default_message_pool.register_message("spear.v1", "FindNodesResponse", FindNodesResponse)
 
