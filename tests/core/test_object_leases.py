@@ -8,10 +8,12 @@ from __future__ import annotations
 import asyncio
 from typing import TYPE_CHECKING, Any
 
+import pytest
 from test_sms import kv  # noqa: F401 - the KV fixture (LevelDB and etcd)
 
 from spear.core.object_index import ObjectRecord
-from spear.core.object_leases import LEASE_KEY, ObjectLeases
+from spear.core.object_leases import LEASE_KEY, LEASE_S, ObjectLeases, lease_from
+from spear.errors import InvalidArgument
 from spear.node.object_cache import VersionCache
 
 if TYPE_CHECKING:
@@ -197,3 +199,11 @@ async def test_a_silent_member_is_waited_for_until_its_lease_ends(kv: KV) -> Non
     started = loop.time()
     await asyncio.wait_for(leases.changed(kv, "k"), 5)  # never acked
     assert loop.time() - started >= 0.05  # (its lease, at least)
+
+
+def test_the_lease_setting_is_read_and_bounded() -> None:
+    assert lease_from({}) == LEASE_S
+    assert lease_from({"object_lease_s": 5}) == 5.0
+    for bad in (0.1, 61, "soon"):
+        with pytest.raises(InvalidArgument, match="^setting object_lease_s must be seconds"):
+            lease_from({"object_lease_s": bad})

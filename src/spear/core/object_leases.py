@@ -29,20 +29,40 @@ import asyncio
 import contextlib
 import time
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
+
+from spear.errors import InvalidArgument
 
 if TYPE_CHECKING:
-    from collections.abc import Callable
+    from collections.abc import Callable, Mapping
 
     from spear.core.object_index import ObjectRecord
     from spear.store.kv import KV
 
 LEASE_S = 2.0  # how long a member may serve cached versions after a renewal answered
+LEASE_RANGE_S = (0.5, 60.0)  # what the setting `object_lease_s` may be
 _MARGIN_S = 0.1  # clock rates differ a little between the SMS and its members
 LEASE_KEY = "objlease/until"  # wall-clock time the last lease granted may run to
 
 # What a watch sends: (pong, lease_s, seq, keys, the new record of a commit's key or None).
 Event = tuple[int, float, int, tuple[str, ...], "ObjectRecord | None"]
+
+
+def lease_from(extra: Mapping[str, Any]) -> float:
+    """The setting `object_lease_s` (an SMS's): how long a member may serve cached versions
+    after a renewal the SMS answered. Shorter: a write waits less for a member cut off
+    (partitioned, stalled) and members ping more often (every quarter of it)."""
+    raw = extra.get("object_lease_s", LEASE_S)
+    low, high = LEASE_RANGE_S
+    try:
+        value = float(raw)
+    except (TypeError, ValueError):
+        value = -1.0
+    if not low <= value <= high:
+        raise InvalidArgument(
+            f"setting object_lease_s must be seconds from {low} to {high:g}, not {raw!r}"
+        )
+    return value
 
 
 @dataclass(eq=False)

@@ -372,18 +372,21 @@ async def serving_sms(settings: Settings, kv_spec: str | None = None) -> AsyncIt
     """The metadata server on `settings.listen` while inside (its store opened from
     `kv_spec`: leveldb:PATH, etcd://..., or None for DATA/sms.ldb; its sweeper running)."""
     from spear.core.cluster import ClusterTimings
+    from spear.core.object_leases import lease_from
     from spear.core.sms import MetadataServer
     from spear.node.quotas import cluster_task_slots
     from spear.transport.serving import Security
     from spear.transport.sms_server import SmsServer
 
     timings = ClusterTimings.from_extra(settings.extra)
+    object_lease_s = lease_from(settings.extra)
     kv = await open_sms_kv(kv_spec, settings.data_dir)
     async with kv:
         security = Security.for_settings(settings)
         if security.tls is None:
             member_credentials(settings)  # says what is missing: members prove who with TLS
         sms = MetadataServer(kv, timings)
+        sms.objects.leases.lease_s = object_lease_s
         peers = retry_placement(sms, settings)
         server = SmsServer(sms, security=security)
         server.service.task_slots = cluster_task_slots(sms, settings.data_dir)
