@@ -276,6 +276,7 @@ async def serving_node(
     `join_cluster` both build theirs here."""
     import dataclasses
 
+    from spear.node.local_objects import serving_local_objects
     from spear.node.server import serve_spearlet
     from spear.node.vector_peers import vector_services
     from spear.transport._status import DEFAULT_MAX_MESSAGE_BYTES
@@ -290,16 +291,20 @@ async def serving_node(
         node.controller.add_finished_hook(on_finished)
     async with node:
         api = make_node_api(node)
+        security = with_cluster_tokens(Security.for_settings(settings), api)
         server = await serve_spearlet(
             api,
             settings.listen,
             max_message_bytes=max_message_bytes or DEFAULT_MAX_MESSAGE_BYTES,
             extra_services=[*peer_services(api), *vector_services(node.services.vectors)],
-            security=with_cluster_tokens(Security.for_settings(settings), api),
+            security=security,
         )
         assert server.address is not None
         try:
-            async with joined_cluster(api, server.address) as membership:
+            async with (
+                serving_local_objects(api, server.address, security),
+                joined_cluster(api, server.address) as membership,
+            ):
                 yield ServingNode(api, server, server.address, membership)
         finally:
             with anyio.CancelScope(shield=True):

@@ -58,6 +58,7 @@ class InProcessNode:
         self.started_at = time.time()
         self.draining = False
         self.peer_address = ""  # in a cluster: ForwardTasks on grpc.aio (node/peer_aio.py)
+        self.object_transfer_address = ""  # a daemon's, standalone (node/local_objects.py)
 
     # -- tasks -----------------------------------------------------------------------
 
@@ -275,7 +276,8 @@ class InProcessNode:
             data_dir=str(self.node.settings.data_dir),
             pid=os.getpid(),
             max_message_bytes=self.max_message_bytes,
-            object_transfer_address=_transfer_address(self.node.services.objects),
+            object_transfer_address=self.object_transfer_address
+            or _transfer_address(self.node.services.objects),
             peer_address=self.peer_address,
         )
 
