@@ -276,7 +276,7 @@ async def serving_node(
     `join_cluster` both build theirs here."""
     import dataclasses
 
-    from spear.node.local_objects import serving_local_objects
+    from spear.node.object_ports import serving_object_ports
     from spear.node.server import serve_spearlet
     from spear.node.vector_peers import vector_services
     from spear.transport._status import DEFAULT_MAX_MESSAGE_BYTES
@@ -302,7 +302,7 @@ async def serving_node(
         assert server.address is not None
         try:
             async with (
-                serving_local_objects(api, server.address, security),
+                serving_object_ports(api, server.address, security),
                 joined_cluster(api, server.address) as membership,
             ):
                 yield ServingNode(api, server, server.address, membership)

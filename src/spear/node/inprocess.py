@@ -58,7 +58,8 @@ class InProcessNode:
         self.started_at = time.time()
         self.draining = False
         self.peer_address = ""  # in a cluster: ForwardTasks on grpc.aio (node/peer_aio.py)
-        self.object_transfer_address = ""  # a daemon's, standalone (node/local_objects.py)
+        self.object_transfer_address = ""  # a daemon's, standalone (node/object_ports.py)
+        self.object_socket = ""  # a daemon's (node/object_ports.py)
 
     # -- tasks -----------------------------------------------------------------------
 
@@ -279,6 +280,7 @@ class InProcessNode:
             object_transfer_address=self.object_transfer_address
             or _transfer_address(self.node.services.objects),
             peer_address=self.peer_address,
+            object_socket=self.object_socket,
         )
 
     async def drain(self, grace_s: float) -> None:

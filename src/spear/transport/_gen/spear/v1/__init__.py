@@ -1106,6 +1106,11 @@ class NodeInfo(betterproto2.Message):
     in a cluster: ForwardTasks on grpc.aio (docs/scheduling.md)
     """
 
+    object_socket: "str" = betterproto2.field(16, betterproto2.TYPE_STRING)
+    """
+    a Unix socket on the node's host, for clients there (docs/objects.md)
+    """
+
 
 default_message_pool.register_message("spear.v1", "NodeInfo", NodeInfo)
 
