@@ -207,3 +207,32 @@ def test_the_lease_setting_is_read_and_bounded() -> None:
     for bad in (0.1, 61, "soon"):
         with pytest.raises(InvalidArgument, match="^setting object_lease_s must be seconds"):
             lease_from({"object_lease_s": bad})
+
+
+async def test_a_commit_whose_newer_one_was_announced_goes_as_a_plain_invalidation(
+    kv: KV,
+) -> None:
+    # Two commits of k reach `changed` in the wrong order (each runs after its own
+    # compare-and-swap). node-2 was not noted when the newer one was announced; it is
+    # noted before the older one's turn (its own commit lost the compare-and-swap, so it
+    # learnt nothing). Caching the older record would serve it after the newer write
+    # was acknowledged.
+    leases = ObjectLeases(lease_s=30.0)
+    reader = leases.watch("node-2")
+    await leases.renew(kv, reader, 1)
+    await reader.outbox.get()
+    await asyncio.wait_for(leases.changed(kv, "k", record=_record(15)), 5)
+    assert reader.outbox.empty()
+    leases.noted("node-2", "k")
+    late = asyncio.ensure_future(leases.changed(kv, "k", record=_record(14)))
+    _, _, seq, keys, record = await asyncio.wait_for(reader.outbox.get(), 5)
+    assert (keys, record) == (("k",), None)
+    reader.acked(seq)
+    await asyncio.wait_for(late, 5)
+    # The newest still goes with its record, and node-2 stays noted for it.
+    leases.noted("node-2", "k")
+    newest = asyncio.ensure_future(leases.changed(kv, "k", record=_record(16)))
+    _, _, seq, _, record = await asyncio.wait_for(reader.outbox.get(), 5)
+    assert record == _record(16)
+    reader.acked(seq)
+    await asyncio.wait_for(newest, 5)

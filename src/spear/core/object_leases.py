@@ -13,9 +13,11 @@ writer heard "done".
 
 A commit's invalidation carries the key's new record: a member caches it as current (a
 get of the new version then asks no one), so it stays noted for the key's next change.
-Two quick commits' invalidations may reach a member out of order; versions are the KV's
-revisions, which only grow, so a member keeps a pushed record only if no newer one was
-pushed (node/object_cache.py).
+Two quick commits of a key may reach `changed` in either order (each after its own
+compare-and-swap): versions are the KV's revisions, which only grow, so a record older
+than one already announced for that key goes as a plain invalidation instead (a member
+noted in between, by a commit that lost its compare-and-swap, must not cache it), and a
+member keeps a pushed record only if no newer one is known there (node/object_cache.py).
 
 A restarted SMS, or one that (again) leads, does not know which leases the last leader
 granted: the time the last grant runs to is kept in the KV (`objlease/until`, wall
@@ -28,6 +30,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -43,6 +46,7 @@ LEASE_S = 2.0  # how long a member may serve cached versions after a renewal ans
 LEASE_RANGE_S = (0.5, 60.0)  # what the setting `object_lease_s` may be
 _MARGIN_S = 0.1  # clock rates differ a little between the SMS and its members
 LEASE_KEY = "objlease/until"  # wall-clock time the last lease granted may run to
+_ANNOUNCED_KEPT = 65536  # keys' newest announced versions remembered against late ones
 
 # What a watch sends: (pong, lease_s, seq, keys, the new record of a commit's key or None).
 Event = tuple[int, float, int, tuple[str, ...], "ObjectRecord | None"]
@@ -102,6 +106,8 @@ class ObjectLeases:
         self._watchers: dict[str, Watcher] = {}
         self._lease_until: dict[str, float] = {}  # node -> its lease surely ended by (clock)
         self._cached_by: dict[str, set[str]] = {}  # key -> nodes that may have it cached
+        self._announced: OrderedDict[str, int] = OrderedDict()  # key -> newest version
+        self._announced_floor = 0  # the newest version forgotten from `_announced`
         self._persisted = 0.0  # wall-clock time written to the KV: no lease runs past it
         self._grace: float | None = None  # wall clock: the last SMS's leases ran to this
 
@@ -156,6 +162,8 @@ class ObjectLeases:
         left = self._grace - self._wall()
         if left > 0:  # the first writes after a restart: the last SMS's leases may run
             await asyncio.sleep(left + _MARGIN_S)
+        if record is not None and not self._newest(key, record.version):
+            record = None  # (a later commit's record went out already)
         nodes = self._cached_by.pop(key, set())
         if writer is not None and writer in nodes:
             nodes.discard(writer)
@@ -174,6 +182,17 @@ class ObjectLeases:
             waits.append(self._invalidate(watcher, key, until - now, record))
         if waits:
             await asyncio.gather(*waits)
+
+    def _newest(self, key: str, version: int) -> bool:
+        """Whether `version` of `key` is newer than any announced (and remember it)."""
+        if version <= max(self._announced_floor, self._announced.get(key, 0)):
+            return False
+        self._announced[key] = version
+        self._announced.move_to_end(key)
+        while len(self._announced) > _ANNOUNCED_KEPT:
+            _, forgotten = self._announced.popitem(last=False)
+            self._announced_floor = max(self._announced_floor, forgotten)
+        return True
 
     async def _invalidate(
         self, watcher: Watcher | None, key: str, lease_left: float, record: ObjectRecord | None

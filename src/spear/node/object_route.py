@@ -46,8 +46,10 @@ class _Paths:
 class ObjectRoute:
     """Where a Client's object bytes go; one per Client, closed with it."""
 
-    def __init__(self, credentials: Credentials) -> None:
+    def __init__(self, credentials: Credentials, *, socket: bool = True) -> None:
+        """`socket` false: never the object socket (the transfer service, else gRPC)."""
         self._credentials = credentials
+        self._use_socket = socket
         self._paths: dict[str, _Paths] = {}  # node's gRPC address -> what it offers
         self._transfer: ObjectTransferClient | None = None
 
@@ -64,7 +66,7 @@ class ObjectRoute:
 
     async def _socket(self, info: NodeInfo) -> ObjectSocketClient | None:
         """The node's object socket, if it is on this host and this node's own."""
-        if not (info.object_socket and self._credentials.token):
+        if not (self._use_socket and info.object_socket and self._credentials.token):
             return None
         from spear.transport.object_socket import ObjectSocketClient
 
