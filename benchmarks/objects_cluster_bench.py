@@ -12,9 +12,11 @@ SMS (LevelDB) and three SPEARlets with the cluster's TLS, and `ray.cluster_utils
   task on the `far` raylet returns the bytes; once it finished (`ray.wait(...,
   fetch_local=False)`), timed is the driver's `ray.get(ref)` on the head.
 - client put/get: a client's put and get of a value held by node-1, over a connection
-  to its transfer service (TLS, as the cluster runs); and the same through
-  `spear.Client.put_object/get_object` (which use that service too: node/object_route.py;
-  before, gRPC). Ray: `ray.put` / `ray.get` in the driver.
+  to its transfer service (TLS, as the cluster runs, as from another host); through
+  node-1's object socket (a client on its host, with node-1's owner token: the value's
+  file handed over and mapped, no byte over TCP); and through
+  `spear.Client.put_object/get_object` with that token (which takes the socket:
+  node/object_route.py). Ray: `ray.put` / `ray.get` in the driver.
 - 1 GiB across nodes: written to node-3 from a sparse file, then node-1 pulls it
   (prefetch: no client copy); throughput and node-1's peak RSS growth.
 - `--counter`: examples/counter as 60 tasks over the 3 nodes; the final value.
@@ -98,9 +100,16 @@ async def _cross_node(n1: str, n3: str, credentials: Any, n: dict[str, int]) -> 
     return out
 
 
-async def _client(n1: str, grpc_n1: str, credentials: Any, n: int) -> dict[str, Any]:
+async def _client(
+    n1: str, grpc_n1: str, credentials: Any, n: int, data_dir: Path
+) -> dict[str, Any]:
     from spear.node.client import Client
+    from spear.transport.auth import read_owner_token
+    from spear.transport.channels import Credentials
+    from spear.transport.object_socket import ObjectSocketClient, socket_path
     from spear.transport.object_transfer import ObjectTransferClient
+
+    owner = Credentials(token=read_owner_token(data_dir))
 
     out: dict[str, Any] = {}
     for label in ("1MiB", "64MiB"):
@@ -123,7 +132,23 @@ async def _client(n1: str, grpc_n1: str, credentials: Any, n: int) -> dict[str, 
         out[f"client put {label} (transfer)"] = summarize(puts)
         out[f"client get {label} (transfer)"] = summarize(gets)
         puts, gets = [], []
-        async with Client(grpc_n1, credentials=credentials) as grpc:
+        local = ObjectSocketClient(str(socket_path(data_dir)), owner)
+        try:
+            await local.put("bench/socket", payload)
+            for _ in range(count):
+                t0 = time.perf_counter()
+                await local.put("bench/socket", payload)
+                puts.append(time.perf_counter() - t0)
+                t0 = time.perf_counter()
+                data, _ = await local.get("bench/socket")
+                gets.append(time.perf_counter() - t0)
+                assert len(data) == size
+        finally:
+            await local.aclose()
+        out[f"client put {label} (object socket)"] = summarize(puts)
+        out[f"client get {label} (object socket)"] = summarize(gets)
+        puts, gets = [], []
+        async with Client(grpc_n1, credentials=owner) as grpc:
             await grpc.put_object("bench/grpc", payload)
             for _ in range(count):
                 t0 = time.perf_counter()
@@ -217,7 +242,9 @@ def spear_side(quick: bool, counter: bool, encrypt: bool = True) -> dict[str, An
             out: dict[str, Any] = {}
             out.update(anyio.run(_cross_node, n1, n3, credentials, counts(quick)))
             grpc_n1 = cluster.member("node-1").address
-            out.update(anyio.run(_client, n1, grpc_n1, credentials, 30 if quick else 100))
+            node1_dir = cluster.member("node-1").data_dir
+            n = 30 if quick else 100
+            out.update(anyio.run(_client, n1, grpc_n1, credentials, n, node1_dir))
             pid1 = cluster.member("node-1").pid
             out["1GiB across nodes"] = anyio.run(_one_gib, n1, n3, credentials, pid1, directory)
             if counter:

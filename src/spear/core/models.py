@@ -442,6 +442,7 @@ class NodeInfo:
     max_message_bytes: int = 0
     object_transfer_address: str = ""  # in a cluster: the object transfer service
     peer_address: str = ""  # in a cluster: ForwardTasks on grpc.aio (node/peer_aio.py)
+    object_socket: str = ""  # for clients on the node's host (transport/object_socket.py)
 
     def to_json(self) -> dict[str, Any]:
         data = dataclasses.asdict(self)

@@ -29,8 +29,8 @@ from grpclib.const import Cardinality
 from spear.core.models import LogChunk, NodeInfo, ObjectInfo, Runtime, TaskResult, new_task_id
 from spear.errors import (
     InvalidArgument,
+    NoSpace,
     NotFound,
-    ResourceExhausted,
     SpearError,
     StorageError,
     Unavailable,
@@ -196,7 +196,7 @@ class Client(AsyncResource):
             try:
                 with self._errors():
                     return await call()
-            except (Unavailable, StorageError, ResourceExhausted) as exc:
+            except (Unavailable, StorageError, NoSpace) as exc:
                 if not self._failover.should_retry(exc, attempt):
                     raise
             await self.aclose()  # the next call opens a channel to the next node

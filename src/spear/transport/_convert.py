@@ -226,6 +226,7 @@ def node_to_wire(info: NodeInfo) -> v1.NodeInfo:
         max_message_bytes=info.max_message_bytes,
         object_transfer_address=info.object_transfer_address,
         peer_address=info.peer_address,
+        object_socket=info.object_socket,
     )
 
 
@@ -246,6 +247,7 @@ def node_from_wire(info: v1.NodeInfo) -> NodeInfo:
         max_message_bytes=info.max_message_bytes,
         object_transfer_address=info.object_transfer_address,
         peer_address=info.peer_address,
+        object_socket=info.object_socket,
     )
 
 

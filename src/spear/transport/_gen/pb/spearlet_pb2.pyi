@@ -291,7 +291,7 @@ class GetNodeInfoRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class NodeInfo(_message.Message):
-    __slots__ = ("name", "state", "address", "version", "wasmtime_version", "capacity", "free", "running_tasks", "runtimes", "started_at", "data_dir", "pid", "max_message_bytes", "object_transfer_address", "peer_address")
+    __slots__ = ("name", "state", "address", "version", "wasmtime_version", "capacity", "free", "running_tasks", "runtimes", "started_at", "data_dir", "pid", "max_message_bytes", "object_transfer_address", "peer_address", "object_socket")
     NAME_FIELD_NUMBER: _ClassVar[int]
     STATE_FIELD_NUMBER: _ClassVar[int]
     ADDRESS_FIELD_NUMBER: _ClassVar[int]
@@ -307,6 +307,7 @@ class NodeInfo(_message.Message):
     MAX_MESSAGE_BYTES_FIELD_NUMBER: _ClassVar[int]
     OBJECT_TRANSFER_ADDRESS_FIELD_NUMBER: _ClassVar[int]
     PEER_ADDRESS_FIELD_NUMBER: _ClassVar[int]
+    OBJECT_SOCKET_FIELD_NUMBER: _ClassVar[int]
     name: str
     state: str
     address: str
@@ -322,7 +323,8 @@ class NodeInfo(_message.Message):
     max_message_bytes: int
     object_transfer_address: str
     peer_address: str
-    def __init__(self, name: _Optional[str] = ..., state: _Optional[str] = ..., address: _Optional[str] = ..., version: _Optional[str] = ..., wasmtime_version: _Optional[str] = ..., capacity: _Optional[_Union[Resources, _Mapping]] = ..., free: _Optional[_Union[Resources, _Mapping]] = ..., running_tasks: _Optional[int] = ..., runtimes: _Optional[_Iterable[str]] = ..., started_at: _Optional[float] = ..., data_dir: _Optional[str] = ..., pid: _Optional[int] = ..., max_message_bytes: _Optional[int] = ..., object_transfer_address: _Optional[str] = ..., peer_address: _Optional[str] = ...) -> None: ...
+    object_socket: str
+    def __init__(self, name: _Optional[str] = ..., state: _Optional[str] = ..., address: _Optional[str] = ..., version: _Optional[str] = ..., wasmtime_version: _Optional[str] = ..., capacity: _Optional[_Union[Resources, _Mapping]] = ..., free: _Optional[_Union[Resources, _Mapping]] = ..., running_tasks: _Optional[int] = ..., runtimes: _Optional[_Iterable[str]] = ..., started_at: _Optional[float] = ..., data_dir: _Optional[str] = ..., pid: _Optional[int] = ..., max_message_bytes: _Optional[int] = ..., object_transfer_address: _Optional[str] = ..., peer_address: _Optional[str] = ..., object_socket: _Optional[str] = ...) -> None: ...
 
 class ObjectInfo(_message.Message):
     __slots__ = ("key", "version", "size", "refs", "pinned", "locations")
