@@ -450,4 +450,5 @@ def test_values_shown_to_callers_as_json() -> None:
         "max_message_bytes": 0,
         "object_transfer_address": "",
         "peer_address": "",
+        "object_socket": "",
     }
