@@ -298,9 +298,14 @@ def test_spear_run_reuse_keeps_the_daemons_worker(tmp_path: Path) -> None:
         assert [r.returncode for r in runs] == [0, 0], runs[-1].stderr
         first, second = (r.stdout.decode().split() for r in runs)
         assert first[0] == second[0] and (first[1], second[1]) == ("1", "2")
+        submitted = cli("submit", "--reuse", "--wait", agent_py, "--", "0", "2")
+        assert submitted.returncode == 0, submitted.stderr
+        task_id = submitted.stdout.decode().split()[0]
+        third = cli("result", task_id)
+        assert third.stdout.decode().split()[:2] == [first[0], "3"]  # (the same worker)
         warm = cli("run", "--warm", agent_py)
         assert warm.returncode == 0
-        assert warm.stdout.decode().split()[:2] != [first[0], "3"]
+        assert warm.stdout.decode().split()[:2] != [first[0], "4"]
         assert warm.stdout.decode().split()[1] == "1"
     finally:
         assert daemon.stop() == 0
