@@ -188,10 +188,10 @@ async def test_a_watch_broken_after_changes_resumes_after_the_last_it_delivered(
             await writer.delete("k/first")
             relay.cut()
             got = [await events.next() for _ in range(3)]
-            assert [(e.kind.name, e.key) for e in got] == [
-                ("PUT", "k/0"),
-                ("PUT", "k/1"),
-                ("DELETE", "k/first"),
+            assert [(e.kind.name, e.key, e.value) for e in got] == [
+                ("PUT", "k/0", b"0"),
+                ("PUT", "k/1", b"1"),
+                ("DELETE", "k/first", b""),  # (a delete has no value)
             ]
             assert [e.version for e in got[:2]] == during and got[2].version > during[1]
             after = await writer.put("k/after", b"")
