@@ -1,6 +1,7 @@
 """etcd behind the KV seam (store/etcd.py) at its edges, against a real etcd: where a
-cluster's keys live when no namespace is given, the deadline a caller sets, and the error
-each operation gives when etcd refuses it (it names the operation)."""
+cluster's keys live when no namespace is given, the deadline a caller sets, the error
+each operation gives when etcd refuses it (it names the operation), a bad endpoint
+quoted as written."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from typing import TYPE_CHECKING
 import pytest
 
 from spear.errors import StorageError
-from spear.store.etcd import EtcdKV
+from spear.store.etcd import EtcdKV, parse_endpoints
 from spear.store.kv import Write
 
 if TYPE_CHECKING:
@@ -18,6 +19,13 @@ if TYPE_CHECKING:
 
 # etcd refuses a request over --max-request-bytes (1.5 MiB by default) before applying it.
 _TOO_LARGE = b"x" * (1024 * 1024 * 3 // 2 + 1024)
+
+
+def test_a_bad_endpoint_is_quoted_as_written() -> None:
+    # Only the URL's trailing slashes are dropped: the error shows the rest as it was typed.
+    with pytest.raises(StorageError) as caught:
+        parse_endpoints("etcd://h:12X/")
+    assert str(caught.value) == "not an etcd endpoint: 'h:12X' (expected HOST:PORT)"
 
 
 async def test_keys_live_under_spear_slash_unless_told_otherwise(etcd_endpoint: str) -> None:
