@@ -29,16 +29,23 @@ writes about 130 MB/s, which a disk-backed run would measure instead.
 
 from __future__ import annotations
 
+import functools
 import os
 import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import anyio
 
 from benchmarks.common import ROOT, build_c, standalone, summarize
+
+if TYPE_CHECKING:
+    from collections.abc import Awaitable, Callable
+    from typing import TypeAlias
+
+    _Call: TypeAlias = Callable[[], Awaitable[Any]]  # a put or a get, ready to await
 
 RESULT_FILE = ROOT / "benchmarks" / "results" / "objects_cluster.json"
 MiB = 1024 * 1024
@@ -100,8 +107,35 @@ async def _cross_node(n1: str, n3: str, credentials: Any, n: dict[str, int]) -> 
     return out
 
 
+async def _puts_and_gets(
+    put: Callable[[], Awaitable[Any]], get: Callable[[], Awaitable[Any]], count: int, size: int
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """`count` puts, each followed by a get, timed one by one (after one put to warm up)."""
+    await put()
+    puts, gets = [], []
+    for _ in range(count):
+        t0 = time.perf_counter()
+        await put()
+        puts.append(time.perf_counter() - t0)
+        t0 = time.perf_counter()
+        got = await get()
+        gets.append(time.perf_counter() - t0)
+        assert len(got[0]) == size
+    return summarize(puts), summarize(gets)
+
+
 async def _client(
     n1: str, grpc_n1: str, credentials: Any, n: int, data_dir: Path
+) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for label in ("1MiB", "64MiB"):
+        count = n if label == "1MiB" else max(3, n // 10)
+        out.update(await _client_paths(label, n1, grpc_n1, credentials, count, data_dir))
+    return out
+
+
+async def _client_paths(
+    label: str, n1: str, grpc_n1: str, credentials: Any, count: int, data_dir: Path
 ) -> dict[str, Any]:
     from spear.node.client import Client
     from spear.transport.auth import read_owner_token
@@ -109,56 +143,34 @@ async def _client(
     from spear.transport.object_socket import ObjectSocketClient, socket_path
     from spear.transport.object_transfer import ObjectTransferClient
 
+    size = SIZES[label]
+    payload = os.urandom(size)
     owner = Credentials(token=read_owner_token(data_dir))
-
+    transfer = ObjectTransferClient(credentials, encrypt=_ENCRYPT[0])
+    local = ObjectSocketClient(str(socket_path(data_dir)), owner)
     out: dict[str, Any] = {}
-    for label in ("1MiB", "64MiB"):
-        size, count = SIZES[label], n if label == "1MiB" else max(3, n // 10)
-        payload = os.urandom(size)
-        client = ObjectTransferClient(credentials, encrypt=_ENCRYPT[0])
-        puts, gets = [], []
-        try:
-            await client.put(n1, "bench/client", payload)
-            for _ in range(count):
-                t0 = time.perf_counter()
-                await client.put(n1, "bench/client", payload)
-                puts.append(time.perf_counter() - t0)
-                t0 = time.perf_counter()
-                data, _ = await client.get(n1, "bench/client")
-                gets.append(time.perf_counter() - t0)
-                assert len(data) == size
-        finally:
-            await client.aclose()
-        out[f"client put {label} (transfer)"] = summarize(puts)
-        out[f"client get {label} (transfer)"] = summarize(gets)
-        puts, gets = [], []
-        local = ObjectSocketClient(str(socket_path(data_dir)), owner)
-        try:
-            await local.put("bench/socket", payload)
-            for _ in range(count):
-                t0 = time.perf_counter()
-                await local.put("bench/socket", payload)
-                puts.append(time.perf_counter() - t0)
-                t0 = time.perf_counter()
-                data, _ = await local.get("bench/socket")
-                gets.append(time.perf_counter() - t0)
-                assert len(data) == size
-        finally:
-            await local.aclose()
-        out[f"client put {label} (object socket)"] = summarize(puts)
-        out[f"client get {label} (object socket)"] = summarize(gets)
-        puts, gets = [], []
-        async with Client(grpc_n1, credentials=owner) as grpc:
-            await grpc.put_object("bench/grpc", payload)
-            for _ in range(count):
-                t0 = time.perf_counter()
-                await grpc.put_object("bench/grpc", payload)
-                puts.append(time.perf_counter() - t0)
-                t0 = time.perf_counter()
-                await grpc.get_object("bench/grpc")
-                gets.append(time.perf_counter() - t0)
-        out[f"client put {label} (spear.Client)"] = summarize(puts)
-        out[f"client get {label} (spear.Client)"] = summarize(gets)
+    try:
+        async with Client(grpc_n1, credentials=owner) as client:
+            paths: dict[str, tuple[_Call, _Call]] = {
+                "transfer": (
+                    functools.partial(transfer.put, n1, "bench/client", payload),
+                    functools.partial(transfer.get, n1, "bench/client"),
+                ),
+                "object socket": (
+                    functools.partial(local.put, "bench/socket", payload),
+                    functools.partial(local.get, "bench/socket"),
+                ),
+                "spear.Client": (
+                    functools.partial(client.put_object, "bench/grpc", payload),
+                    functools.partial(client.get_object, "bench/grpc"),
+                ),
+            }
+            for name, (put, get) in paths.items():
+                timed = await _puts_and_gets(put, get, count, size)
+                out[f"client put {label} ({name})"], out[f"client get {label} ({name})"] = timed
+    finally:
+        await transfer.aclose()
+        await local.aclose()
     return out
 
 
