@@ -145,7 +145,7 @@ async def _client_paths(
 
     size = SIZES[label]
     payload = os.urandom(size)
-    owner = Credentials(token=read_owner_token(data_dir))
+    owner = Credentials(token=read_owner_token(data_dir), tls=credentials.tls)  # (the CA too)
     transfer = ObjectTransferClient(credentials, encrypt=_ENCRYPT[0])
     local = ObjectSocketClient(str(socket_path(data_dir)), owner)
     out: dict[str, Any] = {}
