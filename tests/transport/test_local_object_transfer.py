@@ -15,7 +15,13 @@ import anyio
 import pytest
 
 from spear.config import Settings
-from spear.errors import Conflict, PermissionDenied, ResourceExhausted, Unauthenticated
+from spear.errors import (
+    Conflict,
+    NotFound,
+    PermissionDenied,
+    ResourceExhausted,
+    Unauthenticated,
+)
 from spear.node.assembly import serving_node
 from spear.node.client import Client
 from spear.node.object_route import ObjectRoute
@@ -133,6 +139,20 @@ def test_a_client_on_the_daemons_host_goes_through_the_object_socket(tmp_path: P
                     await raw.aclose()
                 data, now = await client.get_object("notes")
                 assert (data, now.version) == (b"v2", newer["version"])
+                # A file is handed over whole (not read in here), and without the socket
+                # sent to the transfer service: the same object either way.
+                source = tmp_path / "big.bin"
+                source.write_bytes(big[::-1])
+                by_file = await client.put_object_file("file", source)
+                assert (await client.get_object("file")) == (big[::-1], by_file)
+                route = ObjectRoute(owner, socket=False)
+                try:
+                    sent = await route.put_file(client, "file", source, by_file.version)
+                    assert sent is not None and sent.version > by_file.version
+                finally:
+                    await route.aclose()
+                with pytest.raises(NotFound):
+                    await client.put_object_file("gone", tmp_path / "missing.bin")
 
     anyio.run(main)
 

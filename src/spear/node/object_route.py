@@ -20,10 +20,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from spear.errors import SpearError, Unavailable
+from spear.errors import NotFound, SpearError, Unavailable
 from spear.transport.object_transfer import TransferBroken, answer_info
 
 if TYPE_CHECKING:
+    from pathlib import Path
+
     from spear.core.models import NodeInfo
     from spear.node.client import Client
     from spear.store.object_info import ObjectInfo
@@ -139,6 +141,28 @@ class ObjectRoute:
                 return None  # (an unconditional put may be sent again)
             raise
 
+    async def put_file(
+        self, client: Client, key: str, source: Path, expected_version: int | None
+    ) -> ObjectInfo | None:
+        """Write the file `source` under `key` without reading it in here (the object
+        socket takes the file itself, the transfer service has it sent by `sendfile`), or
+        None: then the caller reads it and puts the bytes."""
+        paths = await self._paths_of(client)
+        try:
+            if paths.socket is not None:
+                answer = await paths.socket.put_file(key, source, expected_version, info=True)
+                return answer_info(key, answer)
+            if paths.transfer:
+                await self._client().put_file(paths.transfer, key, source, expected_version)
+                return await _after_put(client, key)
+        except FileNotFoundError:
+            raise NotFound(f"no such file: {source}") from None
+        except Unavailable as exc:
+            if expected_version is not None or not _unreachable(exc):
+                raise
+            await self._forget(client)  # (an unconditional put may be sent again)
+        return None
+
     async def _forget(self, client: Client) -> None:
         paths = self._paths.pop(client.address, None)
         if paths is not None and paths.socket is not None:
@@ -152,6 +176,13 @@ class ObjectRoute:
         for known in paths.values():
             if known.socket is not None:
                 await known.socket.aclose()
+
+
+async def _after_put(client: Client, key: str) -> ObjectInfo:
+    for info in await client.list_objects(key):
+        if info.key == key:
+            return info
+    raise Unavailable(f"object {key!r} was written but could not be read back")
 
 
 def _unreachable(exc: Unavailable) -> bool:

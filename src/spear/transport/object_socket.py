@@ -344,6 +344,23 @@ class ObjectSocketClient:
             os.close(fd)
         return answer
 
+    async def put_file(
+        self, key: str, source: Path, expected_version: int | None = None, *, info: bool = False
+    ) -> dict[str, Any]:
+        """Write the file `source` under `key`: the file itself is handed over (the node
+        copies it in the kernel); the answer, as `put`'s."""
+        fd = os.open(source, os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            request: dict[str, Any] = {"op": "put", "key": key, "size": os.fstat(fd).st_size}
+            if expected_version is not None:
+                request["expected_version"] = expected_version
+            if info:
+                request["info"] = True
+            answer, _, _ = await self._exchange(request, [fd])
+        finally:
+            os.close(fd)
+        return answer
+
     async def _exchange(
         self, request: dict[str, Any], fds: list[int]
     ) -> tuple[dict[str, Any], bytes, list[int]]:
