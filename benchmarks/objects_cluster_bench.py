@@ -7,8 +7,10 @@ SMS (LevelDB) and three SPEARlets with the cluster's TLS, and `ray.cluster_utils
 (a head and two raylets).
 
 - cross-node get: the object lives on node-3 only (a new version written there before
-  each sample); timed is a client's get through node-1's object transfer service, which
-  asks the SMS for the current version, pulls it from node-3 and sends it on. Ray: a
+  each sample); timed is a client's get through node-1, which knows the new version
+  (pushed to it with the write), pulls it from node-3 and hands it on: over node-1's
+  object transfer service (as a client on another host), and over its object socket
+  (a client on node-1's host, as Ray's driver is on the head's). Ray: a
   task on the `far` raylet returns the bytes; once it finished (`ray.wait(...,
   fetch_local=False)`), timed is the driver's `ray.get(ref)` on the head.
 - client put/get: a client's put and get of a value held by node-1, over a connection
@@ -85,25 +87,41 @@ def _transfer_address(cluster: Any, node: str) -> str:
     return anyio.run(go)
 
 
-async def _cross_node(n1: str, n3: str, credentials: Any, n: dict[str, int]) -> dict[str, Any]:
+async def _cross_node(
+    n1: str, n3: str, credentials: Any, n: dict[str, int], data_dir: Path
+) -> dict[str, Any]:
+    """A client's get through node-1 of a value just written on node-3: over node-1's
+    transfer service (as from another host), and over its object socket (a client on
+    node-1's host, as Ray's driver is on its head node's)."""
+    from spear.transport.auth import read_owner_token
+    from spear.transport.channels import Credentials
+    from spear.transport.object_socket import ObjectSocketClient, socket_path
     from spear.transport.object_transfer import ObjectTransferClient
 
     client = ObjectTransferClient(credentials, encrypt=_ENCRYPT[0])
+    owner = Credentials(token=read_owner_token(data_dir))
+    local = ObjectSocketClient(str(socket_path(data_dir)), owner)
+    readers = {
+        "": functools.partial(client.get, n1),
+        " (object socket)": local.get,
+    }
     out: dict[str, Any] = {}
     try:
         for label, size in SIZES.items():
             payload = os.urandom(size)
-            samples = []
-            for i in range(n[label] + 1):
-                await client.put(n3, f"bench/{label}", payload)  # a new version, on node-3
-                t0 = time.perf_counter()
-                data, _ = await client.get(n1, f"bench/{label}")
-                if i:  # (the first warms connections)
-                    samples.append(time.perf_counter() - t0)
-                assert len(data) == size
-            out[f"cross-node get {label}"] = summarize(samples)
+            for how, get in readers.items():
+                samples = []
+                for i in range(n[label] + 1):
+                    await client.put(n3, f"bench/{label}", payload)  # a new version, on node-3
+                    t0 = time.perf_counter()
+                    data, _ = await get(f"bench/{label}")
+                    if i:  # (the first warms connections)
+                        samples.append(time.perf_counter() - t0)
+                    assert len(data) == size
+                out[f"cross-node get {label}{how}"] = summarize(samples)
     finally:
         await client.aclose()
+        await local.aclose()
     return out
 
 
@@ -252,9 +270,9 @@ def spear_side(quick: bool, counter: bool, encrypt: bool = True) -> dict[str, An
             credentials = cluster.credentials()
             n1, n3 = _transfer_address(cluster, "node-1"), _transfer_address(cluster, "node-3")
             out: dict[str, Any] = {}
-            out.update(anyio.run(_cross_node, n1, n3, credentials, counts(quick)))
-            grpc_n1 = cluster.member("node-1").address
             node1_dir = cluster.member("node-1").data_dir
+            out.update(anyio.run(_cross_node, n1, n3, credentials, counts(quick), node1_dir))
+            grpc_n1 = cluster.member("node-1").address
             n = 30 if quick else 100
             out.update(anyio.run(_client, n1, grpc_n1, credentials, n, node1_dir))
             pid1 = cluster.member("node-1").pid
