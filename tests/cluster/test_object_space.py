@@ -461,6 +461,25 @@ def test_an_sms_that_lost_its_store_adopts_what_the_nodes_announce(make_cluster:
     assert on(n2, lambda c: c.get_object("survivor"))[0] == b"new"
 
 
+def test_a_copy_lost_with_its_member_is_made_again_elsewhere(make_cluster: Any) -> None:
+    # Two copies (node-1, the writer, and one other); the other dies: node-1 makes a new
+    # copy on the third member, so the value outlives node-1's death as well.
+    replicas = {"object_replicas": 2}
+    settings = {f"node-{i}": replicas for i in (1, 2, 3)}
+    cluster = make_cluster(nodes=3, node_settings=settings)
+    n1, n2, n3 = addresses(cluster)
+    value = os.urandom(100_000)
+    on(n1, lambda c: c.put_object("kept", value))
+    assert_eventually(lambda: len(holders(cluster, "kept")) == 2)
+    first_copy = next(n for n in holders(cluster, "kept") if n != "node-1")
+    cluster.stop_member(cluster.member(first_copy), signal.SIGKILL)
+    third = "node-3" if first_copy == "node-2" else "node-2"
+    assert_eventually(lambda: third in holders(cluster, "kept"), timeout=60, interval=0.2)
+    cluster.stop_member(cluster.member("node-1"), signal.SIGKILL)
+    reader = n3 if third == "node-3" else n2  # (the new copy's member: the only one left)
+    assert on(reader, lambda c: c.get_object("kept"))[0] == value
+
+
 def test_with_object_replicas_a_value_outlives_its_writer(make_cluster: Any) -> None:
     replicas = {"object_replicas": 2}
     settings = {f"node-{i}": replicas for i in (1, 2, 3)}

@@ -15,10 +15,12 @@ import zlib
 from collections import OrderedDict
 from typing import TYPE_CHECKING
 
+import anyio
+
 from spear._logging import logger
 from spear.core import namespaces as ns
 from spear.core.object_index import INLINE_MAX
-from spear.errors import ResourceExhausted, SpearError, Unavailable
+from spear.errors import NotFound, ResourceExhausted, SpearError, Unavailable
 from spear.node.object_cache import VersionCache, watch_index
 from spear.transport._object_convert import record_info
 
@@ -37,6 +39,8 @@ if TYPE_CHECKING:
     from spear.transport.serving import Security
     from spear.transport.sms_client import SmsClient
 
+REPAIR_EVERY_S = 2.0  # how often a member looks whether the live members changed
+REPAIR_LOOKS = 15  # and a repair pass every this many looks whatever it saw
 _RECORDS_KEPT = 1024  # records of recent lookups, so a fetch need not look up again
 
 
@@ -170,7 +174,12 @@ class Replicas:
     (setting object_replicas): each is asked, in the background, to hold the current
     version (a prefetch: it pulls the value from a holder and enters itself in the index).
     Small values need none: the index holds them. A copy that fails is logged; the value
-    still has its writer, and the next put tries again."""
+    still has its writer, and the next put tries again.
+
+    Copies lost later are made again (`repairing`): when the live members change, each
+    value this member holds that has fewer than `count` live holders gets copies on other
+    live members, made by the first of its live holders by name (one member repairs each
+    value; the others see it held enough by their next look)."""
 
     def __init__(
         self,
@@ -187,6 +196,59 @@ class Replicas:
         self._count = count
         self._addresses: dict[tuple[str, str], str] = {}  # (node, incarnation) -> service
         self._copying: set[asyncio.Task[None]] = set()
+
+    async def repairing(self, store: ObjectStore, every_s: float = REPAIR_EVERY_S) -> None:
+        """Until cancelled: a repair pass whenever the live members changed since the last
+        look (one died, or one joined where there was no room for a copy before), and
+        every `REPAIR_LOOKS` looks in any case (a copy that failed is tried again)."""
+        known: set[str] | None = None
+        looks = 0
+        while True:
+            try:
+                live = {n.name for n in await self._sms.nodes(live_only=True)}
+                looks += 1
+                if live != known or looks >= REPAIR_LOOKS:
+                    await self.repair(store, live)
+                    looks = 0
+                known = live
+            except SpearError as exc:  # (the SMS away: look again later)
+                logger.debug("object copies not checked: {}", exc)
+            await anyio.sleep(every_s)
+
+    async def repair(self, store: ObjectStore, live: set[str]) -> int:
+        """Copies made again of the values this member holds that have fewer than `count`
+        live holders (`live`: the live members' names); how many were asked for."""
+        asked = 0
+        for key, version, size in await store.held():
+            if size <= INLINE_MAX:
+                continue  # (the index holds it)
+            try:
+                record = await self._sms.lookup_object(key)
+            except NotFound:
+                continue
+            holders = set(record.holder_names())
+            alive = sorted(holders & live)
+            if record.version != version or not alive or alive[0] != self._node:
+                continue  # (not current here, or another live holder repairs it)
+            missing = self._count - len(alive)
+            if missing <= 0:
+                continue
+            others = sorted(live - holders)
+            start = zlib.crc32(key.encode()) % len(others) if others else 0
+            for name in (others[start:] + others[:start])[:missing]:
+                asked += 1
+                await self._copy_to(key, name)
+        return asked
+
+    async def _copy_to(self, key: str, name: str) -> None:
+        try:
+            records = {n.name: n for n in await self._sms.nodes(live_only=True)}
+            record = records.get(name)
+            address = await self._address(record) if record is not None else ""
+            if address:
+                await self._transfer.prefetch(address, key)
+        except SpearError as exc:
+            logger.warning("no copy of {} on {}: {}", key, name, exc)
 
     def copy(self, key: str) -> None:
         task = asyncio.get_running_loop().create_task(self._copy(key))
@@ -279,13 +341,17 @@ async def sharing_objects(
     if replicas > 1:
         authority.replicas = Replicas(sms, node, transfer, credentials, replicas)
     store.authority = authority
-    watching = asyncio.get_running_loop().create_task(watch_index(sms, node, authority.cache))
+    loop = asyncio.get_running_loop()
+    background = [loop.create_task(watch_index(sms, node, authority.cache))]
+    if authority.replicas is not None:
+        background.append(loop.create_task(authority.replicas.repairing(store)))
     try:
         yield authority
     finally:
-        watching.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await watching
+        for task in background:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
         authority.cache.closed()
         store.authority = None
         if authority.replicas is not None:
