@@ -632,3 +632,96 @@ async def test_what_an_operator_reads_of_collections(kv: KV, nodes: Nodes) -> No
         "INFO: collected 1 unreferenced object(s) in the cluster",
         "DEBUG: object r collected: its last reference went away",
     ]
+
+
+# -- more of the local store: usage, races on a last reference, orphans, the sweeper -------
+
+
+async def test_usage_follows_puts_overwrites_and_deletes_exactly(
+    kv: KV, store: ObjectStore
+) -> None:
+    await store.put("a", b"a" * 10_000)
+    await store.put("b", b"b" * 300)
+    await store.put("c", b"c" * 7000)
+    await store.put("b", b"B" * 500)  # replaced: its old size no longer counts
+    assert await store.usage() == 17_500
+    await store.delete("c")
+    assert await store.usage() == 10_500
+    await store.add_ref("a")
+    await store.remove_ref("a")  # its last reference: collected at once
+    assert await store.usage() == 500
+    assert await ObjectStore(kv, store.root).usage() == 500  # as read back from disk
+
+
+async def test_a_last_reference_dropped_as_another_is_taken_keeps_the_object(
+    kv: KV, store: ObjectStore
+) -> None:
+    await store.put("k", b"v" * 9000)
+    await store.add_ref("k")
+
+    async def take_one() -> None:
+        await ObjectStore(kv, store.root).add_ref("k")
+
+    racing_kv = RacingKV(kv, "compare_and_swap", META + "k", take_one, before=True)
+    racing = ObjectStore(racing_kv, store.root)  # type: ignore[arg-type]
+    assert await racing.remove_ref("k") == 1  # counted again: one reference left
+    assert (await store.info("k")).refs == 1
+    assert bytes((await store.get("k"))[0]) == b"v" * 9000
+
+
+async def test_collection_removes_only_old_files_no_object_names(
+    clock: Clock, kv: KV, store: ObjectStore
+) -> None:
+    await store.put("lost", LARGE)
+    await kv.delete(META + "lost")  # its metadata gone (as after a crash): an orphan
+    (lost,) = value_files(store)
+    make_old(lost, clock.now)
+    at_grace = store.root / "cd" / ("cd" + "1" * 30)  # unnamed exactly ORPHAN_GRACE_S
+    young = store.root / "ef" / ("ef" + "2" * 30)  # a put still writing its value
+    foreign = [store.root / "keep-me" / "notes.txt", store.root / "xyz" / "old.bin"]
+    for path in (at_grace, young, *foreign):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(b"x")
+    os.utime(at_grace, (clock.now - objects.ORPHAN_GRACE_S,) * 2)
+    for path in foreign:
+        make_old(path, clock.now)
+    (store.root / "gh").write_bytes(b"a file where a value directory would be")
+    vanished = store.root / "ij" / ("ij" + "3" * 30)
+    vanished.parent.mkdir()
+    vanished.symlink_to(store.root / "nothing")  # gone by the time it is looked at
+    orphans = []
+    for i in range(5):  # in several directories, whatever order they are listed in
+        orphan = store.root / f"0{i}" / (f"0{i}" + "4" * 30)
+        orphan.parent.mkdir()
+        orphan.write_bytes(b"o")
+        make_old(orphan, clock.now)
+        orphans.append(orphan)
+    assert await store.collect(HOUR) == []
+    assert not lost.exists() and not any(o.exists() for o in orphans)
+    assert at_grace.exists() and young.exists() and all(p.exists() for p in foreign)
+
+
+async def test_an_object_whose_value_file_was_lost_can_still_be_deleted(
+    store: ObjectStore,
+) -> None:
+    await store.put("k", LARGE)
+    (file,) = value_files(store)
+    file.unlink()
+    await store.delete("k")
+    assert await store.list() == [] and await store.usage() == 0
+
+
+async def test_a_failed_sweep_is_logged_and_the_next_one_runs(kv: KV, tmp_path: Path) -> None:
+    store = ObjectStore(kv, tmp_path / "objects", gc_grace_s=0.0, gc_interval_s=0.01)
+    await store.put("idle", b"x")
+    await kv.put(META + "bad", b"{not json\0")
+    with SpearLog("ERROR", "{message}") as logged:
+        async with anyio.create_task_group() as tg, store.sweeping(tg):
+            with anyio.fail_after(30):
+                while not logged:
+                    await anyio.sleep(0.01)
+                await kv.delete(META + "bad")
+                while await kv.get(META + "idle") is not None:
+                    await anyio.sleep(0.01)
+    assert logged[0].startswith("object collection failed\n")
+    assert "corrupt object metadata for 'obj/bad'" in logged[0]
