@@ -190,7 +190,7 @@ async def test_an_overwrite_reads_back_under_its_own_version_keeping_refs_and_pi
     value, version = await store.get("k")
     assert (bytes(value), version) == (b"two", second)
     info = await store.info("k")
-    assert (info.version, info.refs, info.pinned) == (second, 1, True)
+    assert (info.key, info.version, info.refs, info.pinned) == ("k", second, 1, True)
     assert [i.version for i in await store.list("k")] == [second]
     assert await store.put("k", b"three", expected_version=second) > second
 
@@ -324,6 +324,7 @@ class HookedAuthority(IndexAuthority):
     def __init__(self, index: ObjectIndex, node: str, stores: dict[str, ObjectStore]) -> None:
         super().__init__(index, node, stores)
         self.gate: anyio.Event | None = None
+        self.gate_once = False  # only the first commit waits at the gate
         self.committed = anyio.Event()
         self.before_fetch: Callable[[], Awaitable[Any]] | None = None
         self.cut_fetch = False
@@ -335,7 +336,7 @@ class HookedAuthority(IndexAuthority):
         self, key: str, size: int, expected_version: int | None, value: bytes | None = None
     ) -> int:
         version = await super().commit(key, size, expected_version, value)
-        if self.gate is not None:
+        if self.gate is not None and not (self.gate_once and self.committed.is_set()):
             self.committed.set()
             await self.gate.wait()
         return version
@@ -650,7 +651,9 @@ async def test_usage_follows_puts_overwrites_and_deletes_exactly(
     await store.add_ref("a")
     await store.remove_ref("a")  # its last reference: collected at once
     assert await store.usage() == 500
-    assert await ObjectStore(kv, store.root).usage() == 500  # as read back from disk
+    await store.put("d", b"d" * 250)
+    assert await store.usage() == 750
+    assert await ObjectStore(kv, store.root).usage() == 750  # as read back from disk
 
 
 async def test_a_last_reference_dropped_as_another_is_taken_keeps_the_object(
@@ -725,3 +728,72 @@ async def test_a_failed_sweep_is_logged_and_the_next_one_runs(kv: KV, tmp_path: 
                     await anyio.sleep(0.01)
     assert logged[0].startswith("object collection failed\n")
     assert "corrupt object metadata for 'obj/bad'" in logged[0]
+
+
+async def test_limits_and_absence_are_said_in_full(store: ObjectStore) -> None:
+    with pytest.raises(ResourceExhausted) as caught:
+        await store.put("big", b"b" * 100_001)
+    assert str(caught.value) == (
+        "object 'big' is 100001 bytes; the maximum is 100000 (setting object_max_bytes)"
+    )
+    await store.put("a", b"a" * 100_000)
+    await store.put("b", b"b" * 99_000)
+    with pytest.raises(ResourceExhausted) as caught:
+        await store.put("c", b"c" * 1001)
+    assert str(caught.value) == (
+        "object store full: 'c' needs 1001 bytes, 199000 of 200000 are in use"
+        " (setting object_store_capacity_bytes)"
+    )
+    for read in (store.get, store.info, store.delete, store.open_local):
+        with pytest.raises(NotFound) as missing:
+            await read("c")
+        assert str(missing.value) == "no such object: c"
+
+
+async def test_a_value_up_to_the_inline_size_lives_in_the_metadata(store: ObjectStore) -> None:
+    await store.put("at", b"a" * objects.INLINE_MAX)
+    assert value_files(store) == []
+    await store.put("over", b"o" * (objects.INLINE_MAX + 1))
+    assert len(value_files(store)) == 1
+    assert bytes((await store.get("at"))[0]) == b"a" * objects.INLINE_MAX
+
+
+async def test_a_file_that_changes_while_it_is_stored_is_refused(kv: KV, tmp_path: Path) -> None:
+    source = tmp_path / "stdout"
+    source.write_bytes(b"first line\n")
+
+    async def write_more() -> None:
+        with source.open("ab") as f:
+            f.write(b"second line\n")  # the task is still writing it
+
+    # (the store's first look at its usage comes between the file's size and its read)
+    racing_kv = RacingKV(kv, "scan", META, write_more, before=True)
+    racing = ObjectStore(racing_kv, tmp_path / "o", capacity_bytes=1000)  # type: ignore[arg-type]
+    with pytest.raises(StorageError) as caught:
+        await racing.put_file("r", source)
+    assert str(caught.value) == f"{source} changed size while being stored"
+    with pytest.raises(NotFound):
+        await racing.get("r")
+    assert await racing.usage() == 0
+    await racing.put("fill", b"f" * 1000)  # the capacity exactly: nothing still reserved
+
+
+async def test_a_put_overtaken_by_a_later_one_keeps_the_later(nodes: Nodes) -> None:
+    one, authority = nodes.stores["node-1"], nodes.authorities["node-1"]
+    authority.gate = anyio.Event()
+    authority.gate_once = True
+    versions: list[int] = []
+
+    async def first_put() -> None:
+        versions.append(await one.put("k", LARGE))
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(first_put)
+        await authority.committed.wait()  # committed, its copy not kept yet
+        later = await one.put("k", b"N" * 20_000)  # committed and kept meanwhile
+        authority.gate.set()
+    assert versions[0] < later
+    assert await held(one) == {"k": later} and len(value_files(one)) == 1
+    assert bytes((await one.get("k"))[0]) == b"N" * 20_000
+    assert await one.usage() == 20_000
+    await one.put("fill", b"f" * (10**6 - 20_000))  # nothing left reserved
