@@ -797,3 +797,51 @@ async def test_a_put_overtaken_by_a_later_one_keeps_the_later(nodes: Nodes) -> N
     assert bytes((await one.get("k"))[0]) == b"N" * 20_000
     assert await one.usage() == 20_000
     await one.put("fill", b"f" * (10**6 - 20_000))  # nothing left reserved
+
+
+async def test_half_received_values_are_cleared_and_counted_to_the_second(
+    clock: Clock, store: ObjectStore
+) -> None:
+    stale = [await store.staging_path() for _ in range(2)]
+    at_limit, fresh = await store.staging_path(), await store.staging_path()
+    for path, age in ((stale[0], 80), (stale[1], 90), (at_limit, 50), (fresh, 49)):
+        path.write_bytes(b"part")
+        os.utime(path, (clock.now - age,) * 2)
+    (store.root / "staging" / "gone").symlink_to(store.root / "nothing")  # (removed meanwhile)
+    with SpearLog("INFO", "{message}") as logged:
+        assert await store.clear_staging(older_than_s=50) == 3
+    assert [p.exists() for p in (*stale, at_limit, fresh)] == [False, False, False, True]
+    assert [line.rstrip("\n") for line in logged] == ["removed 3 half-received object value(s)"]
+
+
+async def test_a_large_file_removed_before_it_is_copied_is_not_found(
+    kv: KV, tmp_path: Path
+) -> None:
+    source = tmp_path / "stdout"
+    source.write_bytes(LARGE)
+
+    async def remove() -> None:
+        source.unlink()
+
+    racing_kv = RacingKV(kv, "scan", META, remove, before=True)
+    racing = ObjectStore(racing_kv, tmp_path / "o", capacity_bytes=len(LARGE))  # type: ignore[arg-type]
+    with pytest.raises(NotFound) as caught:
+        await racing.put_file("r", source)
+    assert str(caught.value) == f"no such file: {source}"
+    assert value_files(racing) == [] and await racing.usage() == 0
+    await racing.put("fill", LARGE)  # the capacity exactly: nothing still reserved
+
+
+async def test_a_nodes_copies_read_as_objects_when_it_runs_alone_again(
+    clock: Clock, nodes: Nodes
+) -> None:
+    one, two = nodes.stores["node-1"], nodes.stores["node-2"]
+    version = await one.put("k", LARGE)
+    await two.get("k")
+    alone = ObjectStore(nodes.kvs[1], two.root)  # node-2 restarted out of the cluster
+    info = await alone.info("k")
+    assert (info.version, info.size, info.refs, info.pinned) == (version, len(LARGE), 0, False)
+    assert info.created_at == info.updated_at == clock.now
+    assert await alone.collect(HOUR) == []
+    clock.now += HOUR
+    assert await alone.collect(HOUR) == ["k"]
