@@ -18,7 +18,14 @@ import pytest
 from log_capture import SpearLog
 
 from spear.core.object_index import ObjectIndex
-from spear.errors import Conflict, NotFound, ResourceExhausted, StorageError, Unavailable
+from spear.errors import (
+    Conflict,
+    InvalidArgument,
+    NotFound,
+    ResourceExhausted,
+    StorageError,
+    Unavailable,
+)
 from spear.store import objects
 from spear.store.leveldb import LevelDBKV
 from spear.store.objects import META, ObjectStore, result_key
@@ -845,3 +852,30 @@ async def test_a_nodes_copies_read_as_objects_when_it_runs_alone_again(
     assert await alone.collect(HOUR) == []
     clock.now += HOUR
     assert await alone.collect(HOUR) == ["k"]
+
+
+async def test_metadata_with_only_a_size_reads_as_a_new_free_object(
+    kv: KV, store: ObjectStore
+) -> None:
+    # Written by hand (or by a tool that knows only the size): every other field is the
+    # value a new object has, and every operation works on it.
+    for key in ("info", "ref", "unref", "delete", "collect"):
+        await kv.put(META + key, b'{"size":1}\0v')
+    info = await store.info("info")
+    assert (info.size, info.refs, info.pinned, info.created_at, info.updated_at) == (
+        1,
+        0,
+        False,
+        0.0,
+        0.0,
+    )
+    assert info.version == (await kv.get(META + "info")).version  # type: ignore[union-attr]
+    assert bytes((await store.get("info"))[0]) == b"v"
+    assert await store.add_ref("ref") == 1
+    with pytest.raises(InvalidArgument, match="has no references to remove"):
+        await store.remove_ref("unref")
+    await store.delete("delete")  # neither pinned nor referenced: no force needed
+    # idle since ever: all collected but the one referenced
+    assert await store.collect(HOUR) == ["collect", "info", "unref"]
+    assert [i.key for i in await store.list()] == ["ref"]
+    assert await store.usage() == 1
