@@ -473,7 +473,13 @@ async def test_a_transfer_cut_short_leaves_no_part_and_no_reservation(nodes: Nod
     assert bytes((await two.get("k"))[0]) == LARGE
 
 
-async def test_two_reads_fetching_at_once_keep_one_copy(nodes: Nodes) -> None:
+@pytest.mark.parametrize("inline_max", [objects.INLINE_MAX, 20_000], ids=["file", "inline"])
+async def test_two_reads_fetching_at_once_keep_one_copy(tmp_path: Path, inline_max: int) -> None:
+    async for nodes in nodes_on(tmp_path, **{"node-2": {"inline_max": inline_max}}):
+        await two_reads_fetching_at_once(nodes, in_files=len(LARGE) > inline_max)
+
+
+async def two_reads_fetching_at_once(nodes: Nodes, in_files: bool) -> None:
     one, two = nodes.stores["node-1"], nodes.stores["node-2"]
     version = await one.put("k", LARGE)
     both_fetching = anyio.Event()
@@ -500,7 +506,7 @@ async def test_two_reads_fetching_at_once_keep_one_copy(nodes: Nodes) -> None:
         tg.start_soon(read)
     assert got == [(LARGE, version), (LARGE, version)]
     assert len(nodes.authorities["node-2"].fetches) == 2
-    assert await held(two) == {"k": version} and len(value_files(two)) == 1
+    assert await held(two) == {"k": version} and len(value_files(two)) == int(in_files)
     assert await two.usage() == len(LARGE)
     await two.put("fill", b"f" * (10**6 - len(LARGE)))  # nothing left reserved
 
@@ -859,7 +865,9 @@ async def test_metadata_with_only_a_size_reads_as_a_new_free_object(
 ) -> None:
     # Written by hand (or by a tool that knows only the size): every other field is the
     # value a new object has, and every operation works on it.
-    for key in ("info", "ref", "unref", "delete", "collect"):
+    await store.put("released", b"v")
+    await store.add_ref("released", holder="task-1")
+    for key in ("info", "ref", "unref", "delete", "collect", "released"):
         await kv.put(META + key, b'{"size":1}\0v')
     info = await store.info("info")
     assert (info.size, info.refs, info.pinned, info.created_at, info.updated_at) == (
@@ -875,7 +883,9 @@ async def test_metadata_with_only_a_size_reads_as_a_new_free_object(
     with pytest.raises(InvalidArgument, match="has no references to remove"):
         await store.remove_ref("unref")
     await store.delete("delete")  # neither pinned nor referenced: no force needed
-    # idle since ever: all collected but the one referenced
+    await store.release_holder("task-1")  # (its reference is not there to release)
+    assert (await store.info("released")).refs == 0
+    # idle since ever: all collected but the one referenced and the one just released
     assert await store.collect(HOUR) == ["collect", "info", "unref"]
-    assert [i.key for i in await store.list()] == ["ref"]
-    assert await store.usage() == 1
+    assert [i.key for i in await store.list()] == ["ref", "released"]
+    assert await store.usage() == 2
