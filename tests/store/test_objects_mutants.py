@@ -203,6 +203,7 @@ async def test_an_overwrite_reads_back_under_its_own_version_keeping_refs_and_pi
 
 
 async def test_a_conflict_says_what_the_object_is_at(store: ObjectStore) -> None:
+    await store.put("large", LARGE)  # (the value directories exist)
     with pytest.raises(Conflict) as caught:
         await store.put("k", b"v", expected_version=1)  # absent, version 1 expected
     assert str(caught.value) == "object 'k' does not exist (expected version 1)"
@@ -889,3 +890,85 @@ async def test_metadata_with_only_a_size_reads_as_a_new_free_object(
     assert await store.collect(HOUR) == ["collect", "info", "unref"]
     assert [i.key for i in await store.list()] == ["ref", "released"]
     assert await ObjectStore(kv, store.root).usage() == 2  # (counted afresh: written by hand)
+
+
+async def test_a_bad_key_or_expected_version_is_said_in_full(store: ObjectStore) -> None:
+    cases = [
+        ("", None, "an object key must be a non-empty string"),
+        ("a\0b", None, "an object key must not contain NUL"),
+        ("k", -1, "an expected version must be 0 (absent) or a version"),
+    ]
+    for key, expected, said in cases:
+        with pytest.raises(InvalidArgument) as caught:
+            await store.put(key, b"v", expected_version=expected)
+        assert str(caught.value) == said
+
+
+async def test_a_store_that_syncs_flushes_each_value_file_before_naming_it(
+    monkeypatch: pytest.MonkeyPatch, kv: KV, tmp_path: Path
+) -> None:
+    flushed: list[str] = []
+    fsync = os.fsync
+
+    def recording_fsync(fd: int) -> None:
+        flushed.append(os.path.basename(os.readlink(f"/proc/self/fd/{fd}")))
+        fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", recording_fsync)
+    source = tmp_path / "source.bin"
+    source.write_bytes(b"F" * 9000)
+    plain = ObjectStore(kv, tmp_path / "plain")  # (the default: no fsync)
+    await plain.put("k", LARGE)
+    await plain.put_file("f", source)
+    assert flushed == []
+    synced = ObjectStore(kv, tmp_path / "synced", sync=True)
+    await synced.put("k", LARGE)
+    await synced.put_file("f", source)
+    assert sorted(flushed) == sorted(p.name for p in value_files(synced))
+    assert len(flushed) == 2
+
+
+async def test_a_buffer_of_wide_items_is_stored_as_its_bytes(store: ObjectStore) -> None:
+    import array
+
+    wide = array.array("i", range(3000))  # 12,000 bytes in 3,000 items: a value file
+    narrow = array.array("i", [1, 2, 3])  # 12 bytes: inline
+    for key, value in (("wide", wide), ("narrow", narrow)):
+        await store.put(key, memoryview(value))
+        assert bytes((await store.get(key))[0]) == value.tobytes()
+        assert (await store.info(key)).size == len(value.tobytes())
+    await store.put("bytearray", bytearray(b"ba"))
+    assert bytes((await store.get("bytearray"))[0]) == b"ba"
+
+
+async def test_puts_in_flight_count_against_the_capacity(store: ObjectStore) -> None:
+    # Three puts at once that fit two at a time: the third is refused while the first
+    # two are still writing their files (their room reserved, not yet used).
+    outcomes: dict[str, str] = {}
+
+    async def put(key: str) -> None:
+        try:
+            await store.put(key, b"p" * 80_000)
+            outcomes[key] = "stored"
+        except ResourceExhausted as exc:
+            outcomes[key] = str(exc)
+
+    async with anyio.create_task_group() as tg:
+        for key in ("a", "b", "c"):
+            tg.start_soon(put, key)
+    assert outcomes == {
+        "a": "stored",
+        "b": "stored",
+        "c": "object store full: 'c' needs 80000 bytes, 160000 of 200000 are in use"
+        " (setting object_store_capacity_bytes)",
+    }
+    assert await store.usage() == 160_000
+    await store.put("rest", b"r" * 40_000)  # exactly the room left
+
+
+async def test_a_value_of_exactly_the_inline_size_is_read_from_the_index(nodes: Nodes) -> None:
+    one, two = nodes.stores["node-1"], nodes.stores["node-2"]
+    version = await one.put("k", b"i" * objects.INLINE_MAX)
+    value, got = await two.get("k")
+    assert (bytes(value), got) == (b"i" * objects.INLINE_MAX, version)
+    assert nodes.authorities["node-2"].fetches == [] and await held(two) == {}
