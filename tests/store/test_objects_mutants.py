@@ -972,3 +972,21 @@ async def test_a_value_of_exactly_the_inline_size_is_read_from_the_index(nodes: 
     value, got = await two.get("k")
     assert (bytes(value), got) == (b"i" * objects.INLINE_MAX, version)
     assert nodes.authorities["node-2"].fetches == [] and await held(two) == {}
+
+
+async def test_a_read_overtaken_at_every_fetch_gives_up_saying_so(nodes: Nodes) -> None:
+    one, two = nodes.stores["node-1"], nodes.stores["node-2"]
+    await one.put("k", LARGE)
+    overwrites = 0
+
+    async def overwrite() -> None:  # the holder moves on during every fetch
+        nonlocal overwrites
+        overwrites += 1
+        await one.put("k", bytes([overwrites]) * 10_000)
+        nodes.authorities["node-2"].before_fetch = overwrite
+
+    nodes.authorities["node-2"].before_fetch = overwrite
+    with pytest.raises(StorageError) as caught:
+        await two.get("k")
+    assert str(caught.value) == "object 'k' kept changing while being read"
+    assert overwrites == 16 and await held(two) == {} and value_files(two) == []
