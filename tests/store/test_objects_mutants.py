@@ -990,3 +990,25 @@ async def test_a_read_overtaken_at_every_fetch_gives_up_saying_so(nodes: Nodes) 
         await two.get("k")
     assert str(caught.value) == "object 'k' kept changing while being read"
     assert overwrites == 16 and await held(two) == {} and value_files(two) == []
+
+
+async def test_a_store_made_without_settings_has_the_nodes_defaults(
+    clock: Clock, kv: KV, tmp_path: Path
+) -> None:
+    import dataclasses
+
+    from spear.config import Settings
+
+    default = {f.name: f.default for f in dataclasses.fields(Settings)}
+    store = ObjectStore(kv, tmp_path / "objects")
+    assert (store.max_bytes, store.capacity_bytes, store.gc_grace_s, store.gc_interval_s) == (
+        default["object_max_bytes"],
+        default["object_store_capacity_bytes"],
+        default["object_gc_grace_s"],
+        default["object_gc_interval_s"],
+    )
+    await store.put("k", b"v")  # a plain put lives a day unless referenced or pinned
+    clock.now += 86_399
+    assert await store.collect() == []
+    clock.now += 1
+    assert await store.collect() == ["k"]
