@@ -828,22 +828,24 @@ async def test_half_received_values_are_cleared_and_counted_to_the_second(
     assert [line.rstrip("\n") for line in logged] == ["removed 3 half-received object value(s)"]
 
 
-async def test_a_large_file_removed_before_it_is_copied_is_not_found(
-    kv: KV, tmp_path: Path
+@pytest.mark.parametrize("move", [False, True], ids=["copied", "moved"])
+@pytest.mark.parametrize("value", [LARGE, b"tiny"], ids=["large", "small"])
+async def test_a_file_removed_before_it_is_stored_is_not_found(
+    kv: KV, tmp_path: Path, value: bytes, move: bool
 ) -> None:
     source = tmp_path / "stdout"
-    source.write_bytes(LARGE)
+    source.write_bytes(value)
 
     async def remove() -> None:
         source.unlink()
 
     racing_kv = RacingKV(kv, "scan", META, remove, before=True)
-    racing = ObjectStore(racing_kv, tmp_path / "o", capacity_bytes=len(LARGE))  # type: ignore[arg-type]
+    racing = ObjectStore(racing_kv, tmp_path / "o", capacity_bytes=len(value))  # type: ignore[arg-type]
     with pytest.raises(NotFound) as caught:
-        await racing.put_file("r", source)
+        await racing.put_file("r", source, move=move)
     assert str(caught.value) == f"no such file: {source}"
     assert value_files(racing) == [] and await racing.usage() == 0
-    await racing.put("fill", LARGE)  # the capacity exactly: nothing still reserved
+    await racing.put("fill", value)  # the capacity exactly: nothing still reserved
 
 
 async def test_a_nodes_copies_read_as_objects_when_it_runs_alone_again(
@@ -896,6 +898,7 @@ async def test_a_bad_key_or_expected_version_is_said_in_full(store: ObjectStore)
     cases = [
         ("", None, "an object key must be a non-empty string"),
         ("a\0b", None, "an object key must not contain NUL"),
+        ("\udcff", None, "an object key must be valid UTF-8 text"),  # argv's byte 0xff
         ("k", -1, "an expected version must be 0 (absent) or a version"),
     ]
     for key, expected, said in cases:
