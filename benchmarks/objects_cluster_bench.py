@@ -7,14 +7,18 @@ SMS (LevelDB) and three SPEARlets with the cluster's TLS, and `ray.cluster_utils
 (a head and two raylets).
 
 - cross-node get: the object lives on node-3 only (a new version written there before
-  each sample); timed is a client's get through node-1's object transfer service, which
-  asks the SMS for the current version, pulls it from node-3 and sends it on. Ray: a
+  each sample); timed is a client's get through node-1, which knows the new version
+  (pushed to it with the write), pulls it from node-3 and hands it on: over node-1's
+  object transfer service (as a client on another host), and over its object socket
+  (a client on node-1's host, as Ray's driver is on the head's). Ray: a
   task on the `far` raylet returns the bytes; once it finished (`ray.wait(...,
   fetch_local=False)`), timed is the driver's `ray.get(ref)` on the head.
 - client put/get: a client's put and get of a value held by node-1, over a connection
-  to its transfer service (TLS, as the cluster runs); and the same through
-  `spear.Client.put_object/get_object` (which use that service too: node/object_route.py;
-  before, gRPC). Ray: `ray.put` / `ray.get` in the driver.
+  to its transfer service (TLS, as the cluster runs, as from another host); through
+  node-1's object socket (a client on its host, with node-1's owner token: the value's
+  file handed over and mapped, no byte over TCP); and through
+  `spear.Client.put_object/get_object` with that token (which takes the socket:
+  node/object_route.py). Ray: `ray.put` / `ray.get` in the driver.
 - 1 GiB across nodes: written to node-3 from a sparse file, then node-1 pulls it
   (prefetch: no client copy); throughput and node-1's peak RSS growth.
 - `--counter`: examples/counter as 60 tasks over the 3 nodes; the final value.
@@ -27,16 +31,23 @@ writes about 130 MB/s, which a disk-backed run would measure instead.
 
 from __future__ import annotations
 
+import functools
 import os
 import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import anyio
 
 from benchmarks.common import ROOT, build_c, standalone, summarize
+
+if TYPE_CHECKING:
+    from collections.abc import Awaitable, Callable
+    from typing import TypeAlias
+
+    _Call: TypeAlias = Callable[[], Awaitable[Any]]  # a put or a get, ready to await
 
 RESULT_FILE = ROOT / "benchmarks" / "results" / "objects_cluster.json"
 MiB = 1024 * 1024
@@ -76,64 +87,108 @@ def _transfer_address(cluster: Any, node: str) -> str:
     return anyio.run(go)
 
 
-async def _cross_node(n1: str, n3: str, credentials: Any, n: dict[str, int]) -> dict[str, Any]:
+async def _cross_node(
+    n1: str, n3: str, credentials: Any, n: dict[str, int], data_dir: Path
+) -> dict[str, Any]:
+    """A client's get through node-1 of a value just written on node-3: over node-1's
+    transfer service (as from another host), and over its object socket (a client on
+    node-1's host, as Ray's driver is on its head node's)."""
+    from spear.transport.auth import read_owner_token
+    from spear.transport.channels import Credentials
+    from spear.transport.object_socket import ObjectSocketClient, socket_path
     from spear.transport.object_transfer import ObjectTransferClient
 
     client = ObjectTransferClient(credentials, encrypt=_ENCRYPT[0])
+    owner = Credentials(token=read_owner_token(data_dir))
+    local = ObjectSocketClient(str(socket_path(data_dir)), owner)
+    readers = {
+        "": functools.partial(client.get, n1),
+        " (object socket)": local.get,
+    }
     out: dict[str, Any] = {}
     try:
         for label, size in SIZES.items():
             payload = os.urandom(size)
-            samples = []
-            for i in range(n[label] + 1):
-                await client.put(n3, f"bench/{label}", payload)  # a new version, on node-3
-                t0 = time.perf_counter()
-                data, _ = await client.get(n1, f"bench/{label}")
-                if i:  # (the first warms connections)
-                    samples.append(time.perf_counter() - t0)
-                assert len(data) == size
-            out[f"cross-node get {label}"] = summarize(samples)
+            for how, get in readers.items():
+                samples = []
+                for i in range(n[label] + 1):
+                    await client.put(n3, f"bench/{label}", payload)  # a new version, on node-3
+                    t0 = time.perf_counter()
+                    data, _ = await get(f"bench/{label}")
+                    if i:  # (the first warms connections)
+                        samples.append(time.perf_counter() - t0)
+                    assert len(data) == size
+                out[f"cross-node get {label}{how}"] = summarize(samples)
     finally:
         await client.aclose()
+        await local.aclose()
     return out
 
 
-async def _client(n1: str, grpc_n1: str, credentials: Any, n: int) -> dict[str, Any]:
-    from spear.node.client import Client
-    from spear.transport.object_transfer import ObjectTransferClient
+async def _puts_and_gets(
+    put: Callable[[], Awaitable[Any]], get: Callable[[], Awaitable[Any]], count: int, size: int
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """`count` puts, each followed by a get, timed one by one (after one put to warm up)."""
+    await put()
+    puts, gets = [], []
+    for _ in range(count):
+        t0 = time.perf_counter()
+        await put()
+        puts.append(time.perf_counter() - t0)
+        t0 = time.perf_counter()
+        got = await get()
+        gets.append(time.perf_counter() - t0)
+        assert len(got[0]) == size
+    return summarize(puts), summarize(gets)
 
+
+async def _client(
+    n1: str, grpc_n1: str, credentials: Any, n: int, data_dir: Path
+) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for label in ("1MiB", "64MiB"):
-        size, count = SIZES[label], n if label == "1MiB" else max(3, n // 10)
-        payload = os.urandom(size)
-        client = ObjectTransferClient(credentials, encrypt=_ENCRYPT[0])
-        puts, gets = [], []
-        try:
-            await client.put(n1, "bench/client", payload)
-            for _ in range(count):
-                t0 = time.perf_counter()
-                await client.put(n1, "bench/client", payload)
-                puts.append(time.perf_counter() - t0)
-                t0 = time.perf_counter()
-                data, _ = await client.get(n1, "bench/client")
-                gets.append(time.perf_counter() - t0)
-                assert len(data) == size
-        finally:
-            await client.aclose()
-        out[f"client put {label} (transfer)"] = summarize(puts)
-        out[f"client get {label} (transfer)"] = summarize(gets)
-        puts, gets = [], []
-        async with Client(grpc_n1, credentials=credentials) as grpc:
-            await grpc.put_object("bench/grpc", payload)
-            for _ in range(count):
-                t0 = time.perf_counter()
-                await grpc.put_object("bench/grpc", payload)
-                puts.append(time.perf_counter() - t0)
-                t0 = time.perf_counter()
-                await grpc.get_object("bench/grpc")
-                gets.append(time.perf_counter() - t0)
-        out[f"client put {label} (spear.Client)"] = summarize(puts)
-        out[f"client get {label} (spear.Client)"] = summarize(gets)
+        count = n if label == "1MiB" else max(3, n // 10)
+        out.update(await _client_paths(label, n1, grpc_n1, credentials, count, data_dir))
+    return out
+
+
+async def _client_paths(
+    label: str, n1: str, grpc_n1: str, credentials: Any, count: int, data_dir: Path
+) -> dict[str, Any]:
+    from spear.node.client import Client
+    from spear.transport.auth import read_owner_token
+    from spear.transport.channels import Credentials
+    from spear.transport.object_socket import ObjectSocketClient, socket_path
+    from spear.transport.object_transfer import ObjectTransferClient
+
+    size = SIZES[label]
+    payload = os.urandom(size)
+    owner = Credentials(token=read_owner_token(data_dir), tls=credentials.tls)  # (the CA too)
+    transfer = ObjectTransferClient(credentials, encrypt=_ENCRYPT[0])
+    local = ObjectSocketClient(str(socket_path(data_dir)), owner)
+    out: dict[str, Any] = {}
+    try:
+        async with Client(grpc_n1, credentials=owner) as client:
+            paths: dict[str, tuple[_Call, _Call]] = {
+                "transfer": (
+                    functools.partial(transfer.put, n1, "bench/client", payload),
+                    functools.partial(transfer.get, n1, "bench/client"),
+                ),
+                "object socket": (
+                    functools.partial(local.put, "bench/socket", payload),
+                    functools.partial(local.get, "bench/socket"),
+                ),
+                "spear.Client": (
+                    functools.partial(client.put_object, "bench/grpc", payload),
+                    functools.partial(client.get_object, "bench/grpc"),
+                ),
+            }
+            for name, (put, get) in paths.items():
+                timed = await _puts_and_gets(put, get, count, size)
+                out[f"client put {label} ({name})"], out[f"client get {label} ({name})"] = timed
+    finally:
+        await transfer.aclose()
+        await local.aclose()
     return out
 
 
@@ -215,9 +270,11 @@ def spear_side(quick: bool, counter: bool, encrypt: bool = True) -> dict[str, An
             credentials = cluster.credentials()
             n1, n3 = _transfer_address(cluster, "node-1"), _transfer_address(cluster, "node-3")
             out: dict[str, Any] = {}
-            out.update(anyio.run(_cross_node, n1, n3, credentials, counts(quick)))
+            node1_dir = cluster.member("node-1").data_dir
+            out.update(anyio.run(_cross_node, n1, n3, credentials, counts(quick), node1_dir))
             grpc_n1 = cluster.member("node-1").address
-            out.update(anyio.run(_client, n1, grpc_n1, credentials, 30 if quick else 100))
+            n = 30 if quick else 100
+            out.update(anyio.run(_client, n1, grpc_n1, credentials, n, node1_dir))
             pid1 = cluster.member("node-1").pid
             out["1GiB across nodes"] = anyio.run(_one_gib, n1, n3, credentials, pid1, directory)
             if counter:

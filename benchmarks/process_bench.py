@@ -8,13 +8,16 @@ benchmarks/results/process.json. Nothing here asserts a timing.
   start-up, the script, exit, reap), the task recorded as for any task;
 - warm: the same spec with `warm=True`, forked from the pre-started Python
   (`runtimes/process/forkserver.py`), which has the SDK imported already;
+- reuse: `warm=True, reuse=True`: the warm process that ran the last task of the same
+  function runs the next (`runtimes/process/reuse.py`), as Ray reuses a worker;
 - `task` is an agent whose body is `pass`; `task (imports SDK)` does
   `from spear import agent` and one `agent.log`, a realistic smallest agent;
 - `exec /bin/true` is the runtime's floor for a non-Python program;
 - `python -c pass` is a bare interpreter start on this machine, outside spear;
 - `beside_ray` (only when `python -m benchmarks` has started Ray already): the warm
-  trivial agent and Ray's trivial remote function in alternating rounds of the same
-  minutes, since the `latency` workload measures Ray a minute earlier, under another load.
+  trivial agent (a process per task, and reused) and Ray's trivial remote function in
+  alternating rounds of the same minutes, since the `latency` workload measures Ray a
+  minute earlier, under another load.
 """
 
 from __future__ import annotations
@@ -35,6 +38,11 @@ if TYPE_CHECKING:
     from spear import FunctionSpec, LocalNode, Task
 
 RESULT_FILE = ROOT / "benchmarks" / "results" / "process.json"
+VARIANTS = (  # name, warm, reuse
+    ("spear_process_cold", False, False),
+    ("spear_process_warm", True, False),
+    ("spear_process_reuse", True, True),
+)
 TRIVIAL = "pass\n"
 WITH_SDK = "from spear import agent\nagent.log('hello')\n"
 
@@ -70,22 +78,27 @@ async def _failure(node: LocalNode, task: Task) -> str:
     return f"benchmark agent ended {task.state.value}: {task.reason}: {last}"
 
 
-async def _beside_ray(node: LocalNode, spec: FunctionSpec, n: int) -> dict[str, Any] | None:
-    """Warm trivial agents and Ray's trivial task, `n` of each, in 10 alternating rounds
-    (None when Ray was not started by this run)."""
+async def _beside_ray(
+    node: LocalNode, spec: FunctionSpec, reused: FunctionSpec, n: int
+) -> dict[str, Any] | None:
+    """Warm trivial agents (a process per task, and reused) and Ray's trivial task, `n` of
+    each, in 10 alternating rounds (None when Ray was not started by this run)."""
     from benchmarks import ray_bench
 
     trivial = ray_bench._remote.get("trivial")
     if trivial is None:
         return None
     spear: list[float] = []
+    reuse: list[float] = []
     ray: list[float] = []
     rounds = 10
     for _ in range(rounds):
         spear += await _latency(node, spec, max(1, n // rounds))
+        reuse += await _latency(node, reused, max(1, n // rounds))
         ray += ray_bench.latency(max(1, n // rounds), trivial)  # (blocks the loop: idle now)
     return {
         "spear_process_warm": {"task": summarize(spear)},
+        "spear_process_reuse": {"task": summarize(reuse)},
         "ray_remote_function": {"task": summarize(ray)},
         "rounds": rounds,
     }
@@ -112,27 +125,29 @@ def run(quick: bool) -> dict[str, Any]:
         with_sdk = directory / "with_sdk.py"
         with_sdk.write_text(WITH_SDK)
 
-        def spec(path: Path, warm: bool) -> FunctionSpec:
-            return FunctionSpec(str(path), runtime=Runtime.PROCESS, warm=warm)
+        def spec(path: Path, warm: bool, reuse: bool = False) -> FunctionSpec:
+            return FunctionSpec(str(path), runtime=Runtime.PROCESS, warm=warm, reuse=reuse)
 
         # Generous capacity: throughput measures the runtime, not the admission queue.
         async with LocalNode(directory / "home", cpu_millis=10**6, memory_bytes=1 << 50) as node:
             latency: dict[str, dict[str, Any]] = {}
             throughput: dict[str, dict[str, Any]] = {}
-            for variant, warm, count in (
-                ("spear_process_cold", False, n["cold"]),
-                ("spear_process_warm", True, n["warm"]),
-            ):
+            for variant, warm, reuse in VARIANTS:
+                count = n["warm"] if warm else n["cold"]
                 latency[variant] = {
-                    "task": summarize(await _latency(node, spec(trivial, warm), count)),
+                    "task": summarize(await _latency(node, spec(trivial, warm, reuse), count)),
                     "task (imports SDK)": summarize(
-                        await _latency(node, spec(with_sdk, warm), count)
+                        await _latency(node, spec(with_sdk, warm, reuse), count)
                     ),
                 }
                 throughput[variant] = {
-                    "tasks": await concurrent_runs(node, spec(trivial, warm), n["throughput"])
+                    "tasks": await concurrent_runs(
+                        node, spec(trivial, warm, reuse), n["throughput"]
+                    )
                 }
-            beside_ray = await _beside_ray(node, spec(trivial, True), n["warm"])
+            beside_ray = await _beside_ray(
+                node, spec(trivial, True), spec(trivial, True, True), n["warm"]
+            )
             true = FunctionSpec("/bin/true", runtime=Runtime.PROCESS)
             latency["spear_process_exec"] = {
                 "exec /bin/true": summarize(await _latency(node, true, n["cold"]))

@@ -16,8 +16,13 @@ def test_process_bench_shape(monkeypatch: pytest.MonkeyPatch) -> None:
     )
     result = process_bench.run(quick=True)
     latency = result["latency"]
-    assert set(latency) == {"spear_process_cold", "spear_process_warm", "spear_process_exec"}
-    for variant in ("spear_process_cold", "spear_process_warm"):
+    assert set(latency) == {
+        "spear_process_cold",
+        "spear_process_warm",
+        "spear_process_reuse",
+        "spear_process_exec",
+    }
+    for variant in ("spear_process_cold", "spear_process_warm", "spear_process_reuse"):
         assert latency[variant]["task"]["n"] in (2, 3)
         assert latency[variant]["task (imports SDK)"]["median_ms"] > 0
         assert result["throughput"][variant]["tasks"]["failed"] == 0

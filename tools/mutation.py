@@ -164,6 +164,8 @@ TARGETS = (
             _T + "store/test_kv_contract.py",
             _T + "store/test_etcd_client.py",
             _T + "store/test_etcd_rules.py",
+            _T + "store/test_etcd_watch.py",
+            _T + "store/test_etcd_edges.py",
         ),
     ),
     Target(

@@ -86,6 +86,8 @@ EXTRA_KEYS: dict[str, type] = {
     "routes": dict,
     # The SMS's leadership lease on etcd (core/sms_leader.py): a takeover within about it.
     "sms_lease_ttl_s": float,
+    # How long a member may serve cached object versions unheard (core/object_leases.py).
+    "object_lease_s": float,
     # Placement in a cluster (core/scheduler.py, docs/distributed.md).
     "view_refresh_s": float,
     "max_queued_tasks": float,

@@ -6,6 +6,7 @@
     ├── NotFound                   code "not_found"     exit 66   a missing file, task or object
     ├── Conflict                   code "conflict"      exit 69   a stale version (OCC)
     ├── ResourceExhausted          code "exhausted"     exit 71   a size, capacity or queue limit
+    │   └── NoSpace                code "no_space"      exit 71   a full disk: nothing was written
     ├── StorageError               code "storage"       exit 73   the data dir cannot be used
     │   └── StorageBusy            code "busy"          exit 75   another process holds it too long
     ├── Unavailable                code "unavailable"   exit 76   a node is down or draining
@@ -67,6 +68,13 @@ class ResourceExhausted(SpearError):
     exit_code = 71
 
 
+class NoSpace(ResourceExhausted):
+    """A disk (or a disk quota) is full: nothing was written, and another node may have
+    room (store/diskspace.py)."""
+
+    code = "no_space"
+
+
 class StorageError(SpearError):
     code = "storage"
     exit_code = 73
@@ -110,6 +118,7 @@ _BY_CODE: dict[str, type[SpearError]] = {
         NotFound,
         Conflict,
         ResourceExhausted,
+        NoSpace,
         StorageError,
         StorageBusy,
         Unavailable,

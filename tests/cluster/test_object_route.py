@@ -21,7 +21,7 @@ from spear.errors import (
     Unavailable,
 )
 from spear.node.client import Client
-from spear.node.object_route import STREAM_MIN_BYTES, ObjectRoute
+from spear.node.object_route import STREAM_MIN_BYTES, ObjectRoute, _Paths
 from spear.node.quotas import Quota, QuotaFile
 from spear.transport.auth import AUTH_DIR, Role, TokenStore
 from spear.transport.channels import Credentials
@@ -63,7 +63,11 @@ def test_client_objects_go_through_the_transfer_service_in_the_callers_namespace
                 with pytest.raises(PermissionDenied):
                     await on_a.put_object("results/forged", big)  # the node's keys
             async with Client(b.address, credentials=alice) as on_b:
-                route = ObjectRoute(alice)  # (what the Client does: the transfer service)
+                # A member serves the object socket too, for clients on its host (the
+                # calls above went through a's).
+                assert (await on_b.node_info()).object_socket.endswith("objects.sock")
+                # (what the Client does from another host: the transfer service)
+                route = ObjectRoute(alice, socket=False)
                 try:
                     streamed = await route.get(on_b, "notes")
                 finally:
@@ -72,11 +76,12 @@ def test_client_objects_go_through_the_transfer_service_in_the_callers_namespace
                 # A service that cannot be reached: the route says "use gRPC" (None) and
                 # asks the node afresh next time; a conditional put is not sent again.
                 dead = ObjectRoute(alice)
-                dead._addresses[on_b.address] = "127.0.0.1:1"  # (nothing listens there)
+                nowhere = _Paths(None, "127.0.0.1:1")  # (nothing listens there)
+                dead._paths[on_b.address] = nowhere
                 try:
                     assert await dead.get(on_b, "notes") is None
-                    assert on_b.address not in dead._addresses
-                    dead._addresses[on_b.address] = "127.0.0.1:1"
+                    assert on_b.address not in dead._paths
+                    dead._paths[on_b.address] = nowhere
                     with pytest.raises(Unavailable):
                         await dead.put(on_b, "notes", big, expected_version=put.version)
                 finally:

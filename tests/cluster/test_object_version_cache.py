@@ -20,6 +20,7 @@ from test_embedding import _certify
 from test_scheduling import on
 
 import spear
+from spear.config import Settings
 from spear.errors import Unavailable
 from spear.node.object_cache import watch_index
 from spear.node.object_space import ClusterObjects
@@ -133,8 +134,10 @@ def test_cached_versions_are_served_and_invalidated(tmp_path: Path) -> None:
                 for round_ in range(5):
                     value = b"v%d" % round_
                     version = await n3.commit("doc", len(value), None, value)
+                    hits = n2.cache.hits
                     info = await n2.current("doc")
                     assert info.version == version
+                    assert n2.cache.hits == hits + 1  # (the new record came with the push)
                     assert n2.small_value("doc", version) == value
                     assert (await n2.current("doc")).version == version  # (cached again)
                 # The writer caches what it wrote; a change of references is pushed too.
@@ -152,6 +155,21 @@ def test_cached_versions_are_served_and_invalidated(tmp_path: Path) -> None:
                 assert n2.cache.fresh("doc") is None
                 proxy_of_node_2.healed.set()
                 assert (await n2.current("doc")).version == newer
+
+    anyio.run(main)
+
+
+def test_the_lease_is_the_sms_setting_object_lease_s(tmp_path: Path) -> None:
+    _certify(tmp_path, "sms", "node-1")
+    extra = {"object_lease_s": 6.0}
+    settings = Settings(data_dir=tmp_path / "sms", listen="127.0.0.1:0", extra=extra)
+
+    async def main() -> None:
+        async with spear.serve_sms(settings) as sms:
+            async with _member(tmp_path, "node-1", sms.address) as n1:
+                await _eventually(lambda: _leased(n1))
+                # (the default, 2 s, would end a lease granted a moment ago within 2 s)
+                assert n1.cache._expiry - n1.cache.clock() > 4.0
 
     anyio.run(main)
 

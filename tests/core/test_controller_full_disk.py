@@ -1,7 +1,7 @@
 """A task that ends while the node's disk is full (issue 16's disk-full fault): its end
 is written again until there is room, alone or in a wave, and the task ends as it ended,
 not RUNNING for ever. The failures are the very error LevelDB's store raises for a full
-disk (a ResourceExhausted, `store/diskspace.py`), not a StorageError; everything else is
+disk (NoSpace, a ResourceExhausted: `store/diskspace.py`), not a StorageError; everything else is
 real: a LocalNode on LevelDB running wasm tasks.
 """
 
@@ -22,12 +22,12 @@ from spear.store.diskspace import no_space
 if TYPE_CHECKING:
     from pathlib import Path
 
-    from spear.errors import ResourceExhausted
+    from spear.errors import NoSpace
 
 SLOT = Resources(cpu_millis=100, memory_bytes=64 * 1024 * 1024)
 
 
-def _full_disk() -> ResourceExhausted:
+def _full_disk() -> NoSpace:
     error = no_space(OSError(errno.ENOSPC, "No space left on device"), "the database")
     assert error is not None
     return error

@@ -197,6 +197,7 @@ EVERY_FIELD = FunctionSpec(
     max_retries=3,
     retry_on=("timeout", "exit"),
     priority=-7,
+    reuse=True,
 )
 
 
@@ -222,6 +223,7 @@ def test_every_spec_field_goes_through_json_under_its_name() -> None:
         "max_retries": 3,
         "retry_on": ["timeout", "exit"],
         "priority": -7,
+        "reuse": True,
     }
     assert FunctionSpec.from_json(data) == EVERY_FIELD
 
@@ -448,4 +450,5 @@ def test_values_shown_to_callers_as_json() -> None:
         "max_message_bytes": 0,
         "object_transfer_address": "",
         "peer_address": "",
+        "object_socket": "",
     }

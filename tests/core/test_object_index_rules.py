@@ -179,7 +179,7 @@ async def _watching(index: ObjectIndex, kv: KV, node: str, key: str) -> Watcher:
 
 async def _told(watcher: Watcher, write: asyncio.Future[Any]) -> tuple[str, ...]:
     """The keys `watcher` was told of by `write`, acknowledged so the write can finish."""
-    _, _, seq, keys = await asyncio.wait_for(watcher.outbox.get(), 5)
+    _, _, seq, keys, _ = await asyncio.wait_for(watcher.outbox.get(), 5)
     watcher.acked(seq)
     await asyncio.wait_for(write, 5)
     return keys
@@ -202,6 +202,28 @@ async def test_every_kind_of_write_tells_the_members_that_may_cache_the_key(kv: 
     collect = asyncio.ensure_future(index.collect(50))
     assert await _told(reader, collect) == ("k",)
     assert [r.key for r in collect.result()] == ["k"]
+
+
+async def test_a_commit_pushes_its_new_record_and_the_reader_stays_noted(kv: KV) -> None:
+    index = ObjectIndex(kv)
+    index.leases.lease_s = 30.0
+    rec = await index.commit("k", "node-1", "a1", 5, None, b"first")
+    reader = await _watching(index, kv, "node-2", "k")
+    write = asyncio.ensure_future(index.commit("k", "node-3", "a3", 6, rec.version, b"second"))
+    _, _, seq, keys, pushed = await asyncio.wait_for(reader.outbox.get(), 5)
+    reader.acked(seq)
+    new = await asyncio.wait_for(write, 5)
+    assert keys == ("k",) and pushed is not None
+    assert (pushed.key, pushed.version, pushed.size) == ("k", new.version, 6)
+    assert (pushed.value, pushed.holder_names()) == (b"second", ("node-3",))
+    # node-2 caches what was pushed: the next change tells it, though it did not look again.
+    write = asyncio.ensure_future(index.change("k", "pin"))
+    _, _, seq, keys, pushed = await asyncio.wait_for(reader.outbox.get(), 5)
+    assert (keys, pushed) == (("k",), None)  # (a change of references pushes no record)
+    reader.acked(seq)
+    await asyncio.wait_for(write, 5)
+    await asyncio.wait_for(index.change("k", "unpin"), 5)  # so node-2 is noted no more
+    assert reader.outbox.empty()
 
 
 async def test_the_writer_is_not_told_of_its_own_commit(kv: KV) -> None:

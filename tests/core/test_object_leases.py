@@ -8,10 +8,12 @@ from __future__ import annotations
 import asyncio
 from typing import TYPE_CHECKING, Any
 
+import pytest
 from test_sms import kv  # noqa: F401 - the KV fixture (LevelDB and etcd)
 
 from spear.core.object_index import ObjectRecord
-from spear.core.object_leases import LEASE_KEY, ObjectLeases
+from spear.core.object_leases import LEASE_KEY, LEASE_S, ObjectLeases, lease_from
+from spear.errors import InvalidArgument
 from spear.node.object_cache import VersionCache
 
 if TYPE_CHECKING:
@@ -117,16 +119,68 @@ def test_forgotten_invalidations_still_refuse_answers_in_flight() -> None:
     assert cache.fresh("k") is None
 
 
+def test_a_pushed_record_is_served_as_current() -> None:
+    cache, _, sms = _leased_cache()
+    cache.keep("k", _record(5), cache.ticket(sms), sms)
+    in_flight = cache.ticket(sms)
+    cache.pushed("k", _record(7))
+    assert cache.fresh("k") == _record(7)
+    cache.keep("k", _record(5), in_flight, sms)  # (an answer older than the push)
+    assert cache.fresh("k") == _record(7)
+
+
+def test_a_late_push_of_an_older_version_is_never_kept() -> None:
+    # Two quick commits' pushes may arrive out of order: the older must not win.
+    cache, clock, _ = _leased_cache()
+    cache.pushed("k", _record(7))
+    cache.pushed("k", _record(6))
+    assert cache.fresh("k") is None  # (dropped: asking the SMS again is always safe)
+    cache.pushed("k", _record(8))
+    assert cache.fresh("k") == _record(8)
+    # Not after a lapsed lease either (the push may still be on its way on this stream),
+    clock.now += 5.0
+    cache.renewed(clock.now, 2.0)
+    cache.pushed("k", _record(6))
+    assert cache.fresh("k") is None
+    # nor once the newer version was forgotten among many other keys' pushes.
+    for i in range(5000):
+        cache.pushed(f"other-{i}", ObjectRecord(key=f"other-{i}", version=100 + i, size=1))
+    cache.pushed("k", _record(50))
+    assert cache.fresh("k") is None
+    cache.pushed("k", _record(10_000))
+    assert cache.fresh("k") == _record(10_000)
+
+
+def test_a_late_push_never_replaces_what_this_member_wrote_since() -> None:
+    # node-3's commit (6) is pushed late, after this member's own commit (7) was answered
+    # and dropped again by another change (a reference released: no record pushed).
+    cache, _, sms = _leased_cache()
+    cache.touch("k")  # (a commit starts)
+    cache.keep("k", _record(7), cache.ticket(sms), sms)
+    cache.touch("k")
+    cache.pushed("k", _record(6))
+    assert cache.fresh("k") is None
+
+
+def test_nothing_pushed_is_kept_outside_a_session() -> None:
+    clock = _Clock()
+    cache = VersionCache(clock)
+    cache.pushed("k", _record(5))
+    cache.opened("sms:1")
+    cache.renewed(clock.now, 2.0)
+    assert cache.fresh("k") is None
+
+
 async def test_a_write_waits_for_the_members_that_may_cache_its_key(kv: KV) -> None:
     leases = ObjectLeases(lease_s=30.0)
     reader = leases.watch("node-2")
     await leases.renew(kv, reader, 1)
-    assert await reader.outbox.get() == (1, 30.0, 0, ())
+    assert await reader.outbox.get() == (1, 30.0, 0, (), None)
     assert float((await kv.get(LEASE_KEY)).value) > 0  # (for a restarted SMS)
     leases.noted("node-2", "k")  # node-2 looked k up
     leases.noted("node-3", "k")  # (never leased: it caches nothing)
     write = asyncio.ensure_future(leases.changed(kv, "k", writer="node-1"))
-    assert await reader.outbox.get() == (0, 0.0, 1, ("k",))
+    assert await reader.outbox.get() == (0, 0.0, 1, ("k",), None)
     await asyncio.sleep(0)
     assert not write.done()  # not acknowledged before node-2 applied it
     reader.acked(1)
@@ -145,3 +199,40 @@ async def test_a_silent_member_is_waited_for_until_its_lease_ends(kv: KV) -> Non
     started = loop.time()
     await asyncio.wait_for(leases.changed(kv, "k"), 5)  # never acked
     assert loop.time() - started >= 0.05  # (its lease, at least)
+
+
+def test_the_lease_setting_is_read_and_bounded() -> None:
+    assert lease_from({}) == LEASE_S
+    assert lease_from({"object_lease_s": 5}) == 5.0
+    for bad in (0.1, 61, "soon"):
+        with pytest.raises(InvalidArgument, match="^setting object_lease_s must be seconds"):
+            lease_from({"object_lease_s": bad})
+
+
+async def test_a_commit_whose_newer_one_was_announced_goes_as_a_plain_invalidation(
+    kv: KV,
+) -> None:
+    # Two commits of k reach `changed` in the wrong order (each runs after its own
+    # compare-and-swap). node-2 was not noted when the newer one was announced; it is
+    # noted before the older one's turn (its own commit lost the compare-and-swap, so it
+    # learnt nothing). Caching the older record would serve it after the newer write
+    # was acknowledged.
+    leases = ObjectLeases(lease_s=30.0)
+    reader = leases.watch("node-2")
+    await leases.renew(kv, reader, 1)
+    await reader.outbox.get()
+    await asyncio.wait_for(leases.changed(kv, "k", record=_record(15)), 5)
+    assert reader.outbox.empty()
+    leases.noted("node-2", "k")
+    late = asyncio.ensure_future(leases.changed(kv, "k", record=_record(14)))
+    _, _, seq, keys, record = await asyncio.wait_for(reader.outbox.get(), 5)
+    assert (keys, record) == (("k",), None)
+    reader.acked(seq)
+    await asyncio.wait_for(late, 5)
+    # The newest still goes with its record, and node-2 stays noted for it.
+    leases.noted("node-2", "k")
+    newest = asyncio.ensure_future(leases.changed(kv, "k", record=_record(16)))
+    _, _, seq, _, record = await asyncio.wait_for(reader.outbox.get(), 5)
+    assert record == _record(16)
+    reader.acked(seq)
+    await asyncio.wait_for(newest, 5)

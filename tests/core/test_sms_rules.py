@@ -163,11 +163,13 @@ async def test_the_reason_a_task_cannot_be_placed(kv: KV) -> None:
     need = Resources(1000, GiB)
     nothing = await sms.find_nodes(PlacementQuery(need, "wasm"))
     assert (nothing.could_ever_fit, nothing.reason) == (False, "no live node in the cluster")
+    assert nothing.no_live_node
     await sms.register(node("small", cpu=500, mem=8 * GiB, labels=(("zone", "a"),)))
     await sms.register(node("big", cpu=4000, mem=2 * GiB, labels=(("zone", "a"),)))
     await sms.register(node("other", cpu=9000, labels=(("zone", "b"),)))
     labels = await sms.find_nodes(PlacementQuery(need, "wasm", (("zone", "c"), ("gpu", "y"))))
     assert labels.reason == "no live node has the labels zone=c, gpu=y"
+    assert not labels.no_live_node  # (nodes live; none fits)
     large = await sms.find_nodes(PlacementQuery(Resources(5000, GiB), "wasm", (("zone", "a"),)))
     assert large.reason == (
         f"the task needs 5000m CPU and {GiB} bytes of memory; no live node is that large"
@@ -193,6 +195,7 @@ async def test_an_unhealthy_node_could_fit_but_is_not_offered_and_a_dead_one_nei
     await sms.sweep()
     never = await sms.find_nodes(PlacementQuery(Resources(100, GiB), "wasm"))
     assert (never.could_ever_fit, never.reason) == (False, "no live node in the cluster")
+    assert never.no_live_node  # (one node, dead)
 
 
 async def test_a_candidate_needs_the_room_free_now_not_only_in_total(kv: KV) -> None:

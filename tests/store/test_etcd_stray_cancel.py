@@ -42,6 +42,7 @@ async def test_a_campaign_cut_off_with_its_member_leaves_no_stray_cancel(tmp_pat
             )
 
         await campaign(int(holder.ID))  # leads; the next candidate waits behind it
+
         async def kill_soon() -> None:
             await anyio.sleep(0.5)  # (the campaign is waiting at etcd by now)
             etcd.kill()  # its connection closes under the waiting call

@@ -1,5 +1,5 @@
 """A client fails over from a node whose disk is full (issue 16's disk-full fault): the
-node's refusal (RESOURCE_EXHAUSTED, "no space left on device ...") wrote nothing, so an
+node's refusal (NoSpace: RESOURCE_EXHAUSTED with the code "no_space") wrote nothing, so an
 unconditional put goes to the next address, as it would from an unavailable node. Real
 gRPC on loopback, a real 16 MiB tmpfs under the full node's data dir."""
 
@@ -12,9 +12,9 @@ import pytest
 from small_disk import fill, small_disk
 from test_spearlet_service import served
 
-from spear.errors import ResourceExhausted, StorageError, Unavailable
+from spear.errors import NoSpace, ResourceExhausted, StorageError, Unavailable
 from spear.node.client import Client
-from spear.node.failover import Failover, full_disk
+from spear.node.failover import Failover
 from spear.transport.auth import AUTH_DIR, read_owner_token
 
 if TYPE_CHECKING:
@@ -30,11 +30,13 @@ def disk(tmp_path: Path) -> Iterator[Path]:
 
 def test_a_full_disk_is_a_reason_to_try_another_node_and_nothing_else_is() -> None:
     failover = Failover("a:1,b:2", retries=2)
-    full = ResourceExhausted("no space left on device (the database): free space in the data dir")
-    assert full_disk(full) and failover.should_retry(full, 0) and failover.should_retry(full, 1)
+    full = NoSpace("no space left on device (the database): free space in the data dir")
+    assert failover.should_retry(full, 0) and failover.should_retry(full, 1)
     assert not failover.should_retry(full, 2)  # its retries used up
     busy = ResourceExhausted("the cluster is overloaded: 10 tasks wait for room")
-    assert not full_disk(busy) and not failover.should_retry(busy, 0)
+    assert not failover.should_retry(busy, 0)
+    # Told by its class (its own code on the wire), not by what the message says.
+    assert not failover.should_retry(ResourceExhausted("no space left on device"), 0)
     assert failover.should_retry(Unavailable("gone"), 0)
     assert failover.should_retry(StorageError("database error"), 0)
 
@@ -55,5 +57,5 @@ async def test_a_put_to_a_node_whose_disk_is_full_goes_to_the_next_address(
                 data, _ = await client.get_object("notes/1")  # (from the other node)
                 assert data == b"x" * 256 * 1024
             async with Client(str(full_server.address), token=token, retries=1) as alone:
-                with pytest.raises(ResourceExhausted, match="^no space left on device"):
+                with pytest.raises(NoSpace, match="^no space left on device"):
                     await alone.put_object("notes/2", b"x" * 256 * 1024)

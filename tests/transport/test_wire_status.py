@@ -45,6 +45,7 @@ WIRE_STATUS: dict[type[errors.SpearError], Status] = {
     errors.NotFound: Status.NOT_FOUND,
     errors.Conflict: Status.ABORTED,
     errors.ResourceExhausted: Status.RESOURCE_EXHAUSTED,
+    errors.NoSpace: Status.RESOURCE_EXHAUSTED,  # (a full disk: its own code, "no_space")
     errors.StorageError: Status.UNAVAILABLE,
     errors.StorageBusy: Status.UNAVAILABLE,
     errors.Unavailable: Status.UNAVAILABLE,

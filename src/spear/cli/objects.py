@@ -62,14 +62,8 @@ def obj_put(
         raise NotFound(f"no such file: {file}")
 
     async def put(api: Any) -> Any:
-        transfer = await _transfer_address(api)
-        if transfer and source is not None:  # a cluster member: the bytes by sendfile
-            client = _transfer(settings)
-            try:
-                await client.put_file(transfer, key, source, expected_version)
-            finally:
-                await client.aclose()
-            return await _object_info(api, key)
+        if source is not None and not api.in_process:  # (the file itself, where it can)
+            return await api.put_object_file(key, source, expected_version=expected_version)
         try:
             data = sys.stdin.buffer.read() if source is None else source.read_bytes()
         except OSError as exc:
@@ -91,14 +85,7 @@ def obj_get(
     settings = load_settings(data_dir, config)
 
     async def get(api: Any) -> Any:
-        transfer = None if as_json else await _transfer_address(api)
-        if transfer:  # a cluster member: the bytes over its transfer service, not gRPC
-            client = _transfer(settings)
-            try:
-                data, _ = await client.get(transfer, key)
-            finally:
-                await client.aclose()
-            return data, None
+        # (a daemon's: its object socket on this host, else its transfer service, else gRPC)
         return await api.get_object(key)
 
     data, info = on_node(settings, node, get)
@@ -108,27 +95,6 @@ def obj_get(
         output.write_bytes(data)
     else:
         sys.stdout.buffer.write(data)
-
-
-async def _transfer_address(api: Any) -> str:
-    """A daemon's object transfer service (cluster members serve one), else ""."""
-    if api.in_process:
-        return ""
-    return str((await api.node_info()).object_transfer_address)
-
-
-def _transfer(settings: Any) -> Any:
-    from spear.transport.channels import Credentials
-    from spear.transport.object_transfer import ObjectTransferClient
-
-    return ObjectTransferClient(Credentials.for_settings(settings))
-
-
-async def _object_info(api: Any, key: str) -> Any:
-    for info in await api.list_objects(key):
-        if info.key == key:
-            return info
-    raise NotFound(f"no such object: {key}")
 
 
 @obj_app.command("ls", help="List objects (whose key starts with PREFIX).")

@@ -32,6 +32,7 @@ from spear.cli.spec import (
     MemoryOpt,
     OpenFilesOpt,
     RetryOnOpt,
+    ReuseOpt,
     RuntimeOpt,
     TimeoutOpt,
     WarmOpt,
@@ -67,6 +68,7 @@ def run(
     invoke: InvokeOpt = "_start",
     runtime: RuntimeOpt = None,
     warm: WarmOpt = False,
+    reuse: ReuseOpt = False,
     cpu_time: CpuTimeOpt = None,
     open_files: OpenFilesOpt = None,
     workdir: WorkdirOpt = None,
@@ -113,6 +115,7 @@ def run(
         workdir=workdir,
         max_retries=max_retries,
         retry_on=retry_on,
+        reuse=reuse,
     )
     if as_json:
         result: TaskResult = on_node(settings, None, lambda api: api.call(spec))

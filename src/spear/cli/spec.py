@@ -34,6 +34,14 @@ RuntimeOpt = Annotated[
 WarmOpt = Annotated[
     bool, typer.Option("--warm", help="process: fork a .py agent from a warm Python.")
 ]
+ReuseOpt = Annotated[
+    bool,
+    typer.Option(
+        "--reuse",
+        help="process: keep a warm .py agent's process for the next task of the same "
+        "function, its imports and globals kept (implies --warm).",
+    ),
+]
 CpuTimeOpt = Annotated[
     float | None, typer.Option("--cpu-time", help="process: CPU seconds (RLIMIT_CPU).")
 ]
@@ -102,6 +110,7 @@ def build_spec(
     max_retries: int = 0,
     retry_on: str | None = None,
     priority: int = 0,
+    reuse: bool = False,
 ) -> FunctionSpec:
     """The FunctionSpec the task options describe (a leading `--` in `args` is ours)."""
     task_args = list(args or ())
@@ -117,7 +126,7 @@ def build_spec(
         timeout_s=timeout,
         memory_limit_bytes=parse_size(memory) if memory is not None else None,
         fuel=fuel,
-        warm=warm,
+        warm=warm or reuse,
         cpu_time_s=cpu_time,
         open_files=open_files,
         workdir=workdir,
@@ -126,4 +135,5 @@ def build_spec(
         max_retries=max_retries,
         retry_on=parse_retry_on(retry_on),
         priority=priority,
+        reuse=reuse,
     )

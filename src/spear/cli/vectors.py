@@ -80,12 +80,11 @@ def _ask_daemon(settings: Settings, addresses: str, requests: list[dict[str, Any
     from spear.transport._status import received_error_code
     from spear.transport.aio_client import AioChannel
     from spear.transport.channels import Credentials
-    from spear.transport.serving import format_address, parse_listen
 
     credentials = Credentials.for_settings(settings)
 
     async def ask(address: str) -> list[Any]:
-        channel = AioChannel(format_address(*parse_listen(address)), credentials)
+        channel = AioChannel.to(address, credentials)
         try:
             stub = v1.SpearletVectorsStub(channel)  # type: ignore[arg-type]
             return [await call_vectors(stub, address, r) for r in requests]

@@ -149,11 +149,13 @@ class Candidate:
 @dataclass(frozen=True, slots=True)
 class Placement:
     """The SMS's answer to "who could run this": nodes with room now, and whether any
-    live node could ever run it (if not, `reason` says why)."""
+    live node could ever run it (if not, `reason` says why, and `no_live_node` whether
+    that is because no node at all is live)."""
 
     candidates: tuple[Candidate, ...]
     could_ever_fit: bool
     reason: str = ""
+    no_live_node: bool = False
 
 
 @dataclass(frozen=True, slots=True)

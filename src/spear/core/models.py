@@ -165,6 +165,9 @@ class FunctionSpec:
     # Placement order among tasks waiting for room (seed's task priority): higher first,
     # then first come. Not a preemption: a running task is never stopped for another.
     priority: int = 0
+    # process runtime, with `warm`: a worker that ran a task of this function cleanly
+    # takes its next one, its process and imports kept (runtimes/process/reuse.py).
+    reuse: bool = False
 
     def __post_init__(self) -> None:
         if not self.artifact:
@@ -193,6 +196,8 @@ class FunctionSpec:
         _check_text(self)
         if self.namespace != "default":
             check_namespace(self.namespace)
+        if self.reuse and not (self.warm and self.runtime is Runtime.PROCESS):
+            raise InvalidArgument("reuse needs a warm process agent (warm=True, runtime process)")
 
     def to_json(self) -> dict[str, Any]:
         data = dataclasses.asdict(self)
@@ -225,6 +230,7 @@ class FunctionSpec:
                 max_retries=int(data.get("max_retries", 0)),
                 retry_on=tuple(data.get("retry_on", DEFAULT_RETRY_ON)),
                 priority=int(data.get("priority", 0)),
+                reuse=bool(data.get("reuse", False)),
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise InvalidArgument(f"malformed function spec: {exc}") from exc
@@ -436,6 +442,7 @@ class NodeInfo:
     max_message_bytes: int = 0
     object_transfer_address: str = ""  # in a cluster: the object transfer service
     peer_address: str = ""  # in a cluster: ForwardTasks on grpc.aio (node/peer_aio.py)
+    object_socket: str = ""  # for clients on the node's host (transport/object_socket.py)
 
     def to_json(self) -> dict[str, Any]:
         data = dataclasses.asdict(self)

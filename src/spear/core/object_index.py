@@ -155,8 +155,10 @@ class ObjectIndex:
                 INDEX + key, orjson.dumps(data), entry.version if entry else 0
             )
             if rev > 0:
-                await self.leases.changed(self.kv, key, writer=node)
-                return _record(key, data, rev, await self._live())
+                live = await self._live()
+                pushed = _record(key, data, rev, live, value=True)  # (to members caching it)
+                await self.leases.changed(self.kv, key, writer=node, record=pushed)
+                return _record(key, data, rev, live)
 
     async def lookup(self, key: str, node: str | None = None) -> ObjectRecord:
         """The current record of `key`; `node`: the member asking (it may cache it)."""

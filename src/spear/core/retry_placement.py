@@ -118,9 +118,6 @@ class RetryPlacement:
             self._seen_unknown.add(task_id)
             return False
 
-    async def _any_live_node(self) -> bool:
-        return any(n.health.live for n in await self._sms.nodes())
-
     async def _place(self, task_id: str) -> bool:
         """Send the task to a live node; False if none has room now (it stays queued)."""
         try:
@@ -137,7 +134,7 @@ class RetryPlacement:
             objects=input_objects(spec.labels),
         )
         placement = await self._sms.find_nodes(query)
-        if not placement.could_ever_fit and not await self._any_live_node():
+        if placement.no_live_node:
             return False  # no live node at all (the cluster restarting): it waits for one
         if not placement.could_ever_fit:
             await self._sms.report_task(

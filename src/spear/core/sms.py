@@ -274,7 +274,8 @@ class MetadataServer(Cluster):
         with_labels = [n for n in with_runtime if n.has_labels(query.labels)]
         big_enough = [n for n in with_labels if query.need.fits_in(n.capacity)]
         if not big_enough:
-            return Placement((), False, _why_not(query, live, with_runtime, with_labels))
+            why = _why_not(query, live, with_runtime, with_labels)
+            return Placement((), False, why, no_live_node=not live)
         holders: dict[str, int] = {}
         for key in query.objects:
             for loc in await self.locate_object(key):

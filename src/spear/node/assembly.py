@@ -276,6 +276,7 @@ async def serving_node(
     `join_cluster` both build theirs here."""
     import dataclasses
 
+    from spear.node.object_ports import serving_object_ports
     from spear.node.server import serve_spearlet
     from spear.node.vector_peers import vector_services
     from spear.transport._status import DEFAULT_MAX_MESSAGE_BYTES
@@ -290,16 +291,20 @@ async def serving_node(
         node.controller.add_finished_hook(on_finished)
     async with node:
         api = make_node_api(node)
+        security = with_cluster_tokens(Security.for_settings(settings), api)
         server = await serve_spearlet(
             api,
             settings.listen,
             max_message_bytes=max_message_bytes or DEFAULT_MAX_MESSAGE_BYTES,
             extra_services=[*peer_services(api), *vector_services(node.services.vectors)],
-            security=with_cluster_tokens(Security.for_settings(settings), api),
+            security=security,
         )
         assert server.address is not None
         try:
-            async with joined_cluster(api, server.address) as membership:
+            async with (
+                serving_object_ports(api, server.address, security),
+                joined_cluster(api, server.address) as membership,
+            ):
                 yield ServingNode(api, server, server.address, membership)
         finally:
             with anyio.CancelScope(shield=True):
@@ -372,18 +377,21 @@ async def serving_sms(settings: Settings, kv_spec: str | None = None) -> AsyncIt
     """The metadata server on `settings.listen` while inside (its store opened from
     `kv_spec`: leveldb:PATH, etcd://..., or None for DATA/sms.ldb; its sweeper running)."""
     from spear.core.cluster import ClusterTimings
+    from spear.core.object_leases import lease_from
     from spear.core.sms import MetadataServer
     from spear.node.quotas import cluster_task_slots
     from spear.transport.serving import Security
     from spear.transport.sms_server import SmsServer
 
     timings = ClusterTimings.from_extra(settings.extra)
+    object_lease_s = lease_from(settings.extra)
     kv = await open_sms_kv(kv_spec, settings.data_dir)
     async with kv:
         security = Security.for_settings(settings)
         if security.tls is None:
             member_credentials(settings)  # says what is missing: members prove who with TLS
         sms = MetadataServer(kv, timings)
+        sms.objects.leases.lease_s = object_lease_s
         peers = retry_placement(sms, settings)
         server = SmsServer(sms, security=security)
         server.service.task_slots = cluster_task_slots(sms, settings.data_dir)

@@ -20,6 +20,7 @@ import functools
 import hashlib
 import os
 import stat
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 import anyio
@@ -29,8 +30,8 @@ from grpclib.const import Cardinality
 from spear.core.models import LogChunk, NodeInfo, ObjectInfo, Runtime, TaskResult, new_task_id
 from spear.errors import (
     InvalidArgument,
+    NoSpace,
     NotFound,
-    ResourceExhausted,
     SpearError,
     StorageError,
     Unavailable,
@@ -196,7 +197,7 @@ class Client(AsyncResource):
             try:
                 with self._errors():
                     return await call()
-            except (Unavailable, StorageError, ResourceExhausted) as exc:
+            except (Unavailable, StorageError, NoSpace) as exc:
                 if not self._failover.should_retry(exc, attempt):
                     raise
             await self.aclose()  # the next call opens a channel to the next node
@@ -526,6 +527,22 @@ class Client(AsyncResource):
             with self._errors():
                 return cv.object_from_wire(await self._stub.put_object(chunks()))
         return cv.object_from_wire(await self._retrying(lambda: self._stub.put_object(chunks())))
+
+    async def put_object_file(
+        self, key: str, source: str | os.PathLike[str], *, expected_version: int | None = None
+    ) -> ObjectInfo:
+        """`put_object` of the file `source`, not read into this process where the node
+        allows (its object socket on this host takes the file itself; its transfer
+        service has it sent with `sendfile`)."""
+        path = Path(source)
+        done = await self._objects.put_file(self, key, path, expected_version)
+        if done is not None:
+            return done
+        try:
+            data = await anyio.Path(path).read_bytes()
+        except FileNotFoundError:
+            raise NotFound(f"no such file: {source}") from None
+        return await self.put_object(key, data, expected_version=expected_version)
 
     async def get_object(self, key: str) -> tuple[bytes, ObjectInfo]:
         streamed = await self._objects.get(self, key)

@@ -18,12 +18,11 @@ import anyio
 from spear.errors import (
     DeadlineExceeded,
     InvalidArgument,
-    ResourceExhausted,
+    NoSpace,
     SpearError,
     StorageError,
     Unavailable,
 )
-from spear.store.diskspace import NO_SPACE
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable
@@ -53,7 +52,8 @@ class Failover:
 
     def should_retry(self, exc: SpearError, attempt: int) -> bool:
         """Whether a call that failed with `exc` on its `attempt`-th retry goes again."""
-        node_failed = isinstance(exc, (Unavailable, StorageError)) or full_disk(exc)
+        # (a full disk: nothing was written there, and another node may have room)
+        node_failed = isinstance(exc, (Unavailable, StorageError, NoSpace))
         return node_failed and attempt < self.retries and not isinstance(exc, DeadlineExceeded)
 
     def next_address(self) -> str:
@@ -64,12 +64,6 @@ class Failover:
     def backoff_s(attempt: int) -> float:
         ceiling = min(BACKOFF_MAX_S, BACKOFF_FIRST_S * 2.0**attempt)
         return ceiling * (0.5 + random.random() / 2)  # (spread, not secrecy)
-
-
-def full_disk(exc: SpearError) -> bool:
-    """Whether `exc` is a node's refusal for want of disk space (`store/diskspace.py`):
-    nothing was written there, and another node may have room."""
-    return isinstance(exc, ResourceExhausted) and str(exc).startswith(NO_SPACE)
 
 
 async def persist(call: Callable[[], Awaitable[_T]], retries: int = 6) -> _T:

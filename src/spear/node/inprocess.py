@@ -58,6 +58,8 @@ class InProcessNode:
         self.started_at = time.time()
         self.draining = False
         self.peer_address = ""  # in a cluster: ForwardTasks on grpc.aio (node/peer_aio.py)
+        self.object_transfer_address = ""  # a daemon's, standalone (node/object_ports.py)
+        self.object_socket = ""  # a daemon's (node/object_ports.py)
 
     # -- tasks -----------------------------------------------------------------------
 
@@ -275,8 +277,10 @@ class InProcessNode:
             data_dir=str(self.node.settings.data_dir),
             pid=os.getpid(),
             max_message_bytes=self.max_message_bytes,
-            object_transfer_address=_transfer_address(self.node.services.objects),
+            object_transfer_address=self.object_transfer_address
+            or _transfer_address(self.node.services.objects),
             peer_address=self.peer_address,
+            object_socket=self.object_socket,
         )
 
     async def drain(self, grace_s: float) -> None:

@@ -12,7 +12,12 @@ it asks no one. The rules that keep it correct:
   counts from when the ping was sent, so it ends before the SMS's view of it;
 - every invalidation is applied before it is acknowledged; a broken or silent watch, or a
   lease that lapsed (even if renewed since), drops everything (the member asks the SMS
-  again, as before): the SMS acknowledges writes without waiting for a lapsed lease.
+  again, as before): the SMS acknowledges writes without waiting for a lapsed lease;
+- a commit's invalidation carries the key's new record, kept as current (a get of a
+  version written elsewhere then asks no one) unless a newer version of the key is known
+  here (pushed, written or looked up): two quick commits' pushes may arrive out of order,
+  even after this member's own later commit was answered, and versions (the KV's
+  revisions) only grow.
 """
 
 from __future__ import annotations
@@ -36,6 +41,7 @@ if TYPE_CHECKING:
 
 _KEPT = 4096  # records cached
 _TOUCHED_KEPT = 4096  # keys' latest invalidations remembered for lookups in flight
+_NEWEST_KEPT = 4096  # keys' newest versions known, remembered against late pushes
 _FIRST_LEASE_S = 2.0  # until the SMS says how long its leases are
 
 
@@ -57,6 +63,8 @@ class VersionCache:
         self._records: OrderedDict[str, ObjectRecord] = OrderedDict()
         self._touched: OrderedDict[str, int] = OrderedDict()  # key -> seq of its last change
         self._floor = 0  # the seq of every change forgotten from `_touched`
+        self._newest: OrderedDict[str, int] = OrderedDict()  # key -> newest version known
+        self._newest_floor = 0  # the newest version forgotten from `_newest`
         self._seq = 0
         self._session = 0
         self._address: str | None = None  # the SMS a live session watches
@@ -91,10 +99,30 @@ class VersionCache:
         held = self._records.get(key)
         if held is not None and held.version > record.version:
             return  # (a slower answer of an older version)
+        self._known(key, record.version)
         self._records[key] = record
         self._records.move_to_end(key)
         while len(self._records) > _KEPT:
             self.touch(next(iter(self._records)))
+
+    def pushed(self, key: str, record: ObjectRecord) -> None:
+        """`key` changed to `record` (a commit's invalidation, with its new record)."""
+        self.touch(key)
+        if self._address is None:
+            return
+        if record.version <= max(self._newest_floor, self._newest.get(key, 0)):
+            return  # (a late push: a newer version is known, or may have been)
+        self._known(key, record.version)
+        self._records[key] = record
+        while len(self._records) > _KEPT:
+            self.touch(next(iter(self._records)))
+
+    def _known(self, key: str, version: int) -> None:
+        self._newest[key] = max(version, self._newest.get(key, 0))
+        self._newest.move_to_end(key)
+        while len(self._newest) > _NEWEST_KEPT:
+            _, forgotten = self._newest.popitem(last=False)
+            self._newest_floor = max(self._newest_floor, forgotten)
 
     def touch(self, key: str) -> None:
         """`key` changed (or is about to): drop it; lookups already in flight keep nothing."""
@@ -132,7 +160,7 @@ class VersionCache:
         self._seq += 1
         self._floor = self._seq
         self._touched.clear()
-        self._records.clear()
+        self._records.clear()  # (`_newest` stays: a late push may still come on this stream)
 
 
 async def watch_index(sms: SmsClient, node: str, cache: VersionCache) -> None:
@@ -190,12 +218,15 @@ class _Watch:
         try:
             async with anyio.create_task_group() as tg, contextlib.aclosing(events):
                 tg.start_soon(self._pinger, tg.cancel_scope)
-                async for pong, lease_s, seq, keys in events:
+                async for pong, lease_s, seq, keys, record in events:
                     if pong:
                         self._renewed(address, pong, lease_s)
-                    if seq:
-                        for key in keys:
-                            self._cache.touch(key)  # applied before it is acknowledged
+                    if seq:  # (applied before it is acknowledged)
+                        if record is not None and keys == (record.key,):
+                            self._cache.pushed(record.key, record)
+                        else:
+                            for key in keys:
+                                self._cache.touch(key)
                         self._outbox.put_nowait((self._node, 0, seq))
                 tg.cancel_scope.cancel()
         finally:

@@ -35,7 +35,7 @@ from spear.transport._status import (
     received_error_code,
 )
 from spear.transport.channels import NO_CREDENTIALS, Credentials
-from spear.transport.serving import format_address, guard, parse_listen
+from spear.transport.serving import guard
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -257,10 +257,7 @@ class Peers:
         if found is None:
             from spear.transport.aio_client import AioChannel
 
-            host, port = parse_listen(address)
-            channel = AioChannel(
-                format_address(host, port), self._credentials, max_message_bytes=self._max
-            )
+            channel = AioChannel.to(address, self._credentials, max_message_bytes=self._max)
             stub = v1.SpearletPeerStub(channel)  # type: ignore[arg-type]
             found = self._channels[address] = (channel, stub)
         return found[1]

@@ -17,7 +17,7 @@ from spear.transport._gen.spear import v1
 from spear.transport._status import client_errors
 from spear.transport.auth import NAMESPACE_KEY, current_namespace
 from spear.transport.channels import NO_CREDENTIALS, Credentials
-from spear.transport.serving import format_address, guard, parse_listen
+from spear.transport.serving import guard
 
 if TYPE_CHECKING:
     from grpclib.const import Handler
@@ -110,7 +110,7 @@ class VectorPeers:
         if found is None:
             from spear.transport.aio_client import AioChannel
 
-            channel = AioChannel(format_address(*parse_listen(address)), self._credentials)
+            channel = AioChannel.to(address, self._credentials)
             stub = v1.SpearletVectorsStub(channel)  # type: ignore[arg-type]
             found = self._channels[address] = (channel, stub)
         return found[1]

@@ -1,9 +1,10 @@
 """A full disk is a limit reached, not a bug: one clear error, and a node that goes on.
 
-`no_space(exc)` is the ResourceExhausted (RESOURCE_EXHAUSTED on the wire, exit 71) that
-an OSError of a full disk or quota stands for. `Reserve` keeps a little space of the data
-dir aside (`DATA/reserve`), given back when the database cannot open for want of room, so
-that commands that read (`spear tasks`) work on a full disk while the owner frees space.
+`no_space(exc)` is the NoSpace error (a ResourceExhausted: RESOURCE_EXHAUSTED on the wire,
+with its own code; exit 71) that an OSError of a full disk or quota stands for. `Reserve`
+keeps a little space of the data dir aside (`DATA/reserve`), given back when the database
+cannot open for want of room, so that commands that read (`spear tasks`) work on a full
+disk while the owner frees space.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import os
 import time
 from typing import TYPE_CHECKING
 
-from spear.errors import ResourceExhausted
+from spear.errors import NoSpace
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -42,12 +43,12 @@ def is_no_space(exc: BaseException) -> bool:
     return cause is not None and cause is not exc and is_no_space(cause)
 
 
-def no_space(exc: BaseException, what: str = "") -> ResourceExhausted | None:
+def no_space(exc: BaseException, what: str = "") -> NoSpace | None:
     """The error to answer for `exc` if it is a full disk, else None."""
     if not is_no_space(exc):
         return None
     where = f" ({what})" if what else ""
-    return ResourceExhausted(f"{NO_SPACE}{where}: free space in the data dir")
+    return NoSpace(f"{NO_SPACE}{where}: free space in the data dir")
 
 
 class Reserve:

@@ -100,6 +100,7 @@ def spec_to_wire(spec: FunctionSpec, m: _Messages = v1) -> v1.FunctionSpec:
         max_retries=spec.max_retries,
         retry_on=[] if spec.retry_on == DEFAULT_RETRY_ON else list(spec.retry_on),
         priority=spec.priority,
+        reuse=spec.reuse,
     )
 
 
@@ -131,6 +132,7 @@ def spec_from_wire(spec: v1.FunctionSpec | pb.FunctionSpec | None) -> FunctionSp
         max_retries=spec.max_retries,
         retry_on=tuple(spec.retry_on) or DEFAULT_RETRY_ON,
         priority=spec.priority,
+        reuse=spec.reuse,
     )
 
 
@@ -224,6 +226,7 @@ def node_to_wire(info: NodeInfo) -> v1.NodeInfo:
         max_message_bytes=info.max_message_bytes,
         object_transfer_address=info.object_transfer_address,
         peer_address=info.peer_address,
+        object_socket=info.object_socket,
     )
 
 
@@ -244,6 +247,7 @@ def node_from_wire(info: v1.NodeInfo) -> NodeInfo:
         max_message_bytes=info.max_message_bytes,
         object_transfer_address=info.object_transfer_address,
         peer_address=info.peer_address,
+        object_socket=info.object_socket,
     )
 
 

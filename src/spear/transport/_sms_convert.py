@@ -95,6 +95,7 @@ def placement_to_wire(placement: Placement) -> v1.FindNodesResponse:
         ],
         could_ever_fit=placement.could_ever_fit,
         reason=placement.reason,
+        no_live_node=placement.no_live_node,
     )
 
 
@@ -103,6 +104,7 @@ def placement_from_wire(message: v1.FindNodesResponse) -> Placement:
         tuple(Candidate(node_from_wire(c.node), c.objects_held) for c in message.candidates),
         message.could_ever_fit,
         message.reason,
+        message.no_live_node,
     )
 
 

@@ -87,6 +87,26 @@ class AioChannel:
         self._methods: dict[str, UnaryCall[Any, Any]] = {}
         self._callables: dict[tuple[str, Cardinality], Any] = {}
 
+    @classmethod
+    def to(
+        cls,
+        listen: str,
+        credentials: Credentials,
+        *,
+        max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
+        name: str | None = None,
+    ) -> AioChannel:
+        """A channel to an address as users and settings write it (`HOST:PORT`, `[V6]:PORT`,
+        `:PORT`): checked here, one clear error if malformed."""
+        from spear.transport.serving import format_address, parse_listen
+
+        return cls(
+            format_address(*parse_listen(listen)),
+            credentials,
+            max_message_bytes=max_message_bytes,
+            name=name,
+        )
+
     def unary(
         self,
         method: str,

@@ -116,8 +116,14 @@ class ObjectIndexService:
             if first.ping:
                 await leases.renew(kv, watcher, first.ping)
             while (event := await watcher.outbox.get()) is not None:
-                pong, lease_s, seq, keys = event
-                yield v1.ObjectWatchEvent(pong=pong, lease_s=lease_s, seq=seq, keys=list(keys))
+                pong, lease_s, seq, keys, record = event
+                yield v1.ObjectWatchEvent(
+                    pong=pong,
+                    lease_s=lease_s,
+                    seq=seq,
+                    keys=list(keys),
+                    record=None if record is None else oc.record_to_wire(record),
+                )
         finally:
             leases.unwatch(watcher)
             reader.cancel()

@@ -60,6 +60,7 @@ if TYPE_CHECKING:
     from pathlib import Path
 
     from spear.store.objects import ObjectStore
+    from spear.transport.auth import Authorizer, Principal
     from spear.transport.channels import Credentials
     from spear.transport.serving import Security
 
@@ -165,6 +166,23 @@ class _Connection:
             self.sock.close()
 
 
+def token_namespace(
+    authorizer: Authorizer, principal: Principal | None, request: dict[str, Any], need: Role
+) -> str:
+    """The namespace a request acts in, for the principal its token named (None: the
+    token is unknown), if that principal may do what it asks (`need`)."""
+    if principal is None:
+        raise Unauthenticated("the token was not accepted (unknown or revoked)")
+    if principal.role < need:
+        raise PermissionDenied(
+            f"{principal.name} ({principal.role.name.lower()}) may not"
+            f" {request.get('op')} objects: it needs {need.name.lower()}"
+        )
+    namespace = authorizer.namespace(principal, {NAMESPACE_KEY: request.get("namespace") or ""})
+    assert namespace is not None  # (a principal with a token is no member)
+    return namespace
+
+
 def _certificate_name(sock: Any) -> str | None:
     cert = sock.getpeercert()
     for rdn in (cert or {}).get("subject", ()):
@@ -178,7 +196,8 @@ def _info_fields(info: ObjectInfo) -> dict[str, Any]:
     return {"refs": info.refs, "pinned": info.pinned, "locations": list(info.locations)}
 
 
-def _answer_info(key: str, answer: dict[str, Any]) -> ObjectInfo:
+def answer_info(key: str, answer: dict[str, Any]) -> ObjectInfo:
+    """What an answer says of the object `key` (its version, size, refs, pin, holders)."""
     return ObjectInfo(
         key=key,
         version=int(answer["version"]),
@@ -278,14 +297,7 @@ class ObjectTransferServer:
         principal = authorizer.tokens.verify(token) if authorizer.tokens is not None else None
         if principal is None and authorizer.cluster is not None:  # a token of the SMS's
             principal = self._call(authorizer.cluster.verify(token))
-        if principal is None:
-            raise Unauthenticated("the token was not accepted (unknown or revoked)")
-        if principal.role < need:
-            raise PermissionDenied(
-                f"{principal.name} ({principal.role.name.lower()}) may not"
-                f" {request.get('op')} objects: it needs {need.name.lower()}"
-            )
-        return authorizer.namespace(principal, {NAMESPACE_KEY: asked or ""})
+        return token_namespace(authorizer, principal, request, need)
 
     def _serve(self, sock: socket.socket) -> None:
         try:
@@ -559,7 +571,7 @@ class ObjectTransferClient:
         """(value, what is known of it): `key` as the node at `address` reads it."""
 
         def receive(conn: _Connection, answer: dict[str, Any]) -> tuple[bytearray, ObjectInfo]:
-            return conn.read_exactly(int(answer["size"])), _answer_info(key, answer)
+            return conn.read_exactly(int(answer["size"])), answer_info(key, answer)
 
         request = {"op": "get", "key": key, "version": 0, "info": True}
         out: tuple[bytearray, ObjectInfo] = await self._run(
@@ -577,7 +589,7 @@ class ObjectTransferClient:
             request["expected_version"] = expected_version
 
         def receive(conn: _Connection, answer: dict[str, Any]) -> ObjectInfo:
-            return _answer_info(key, answer)
+            return answer_info(key, answer)
 
         info: ObjectInfo = await self._run(self._exchange, address, request, view, receive)
         return info

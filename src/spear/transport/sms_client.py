@@ -26,7 +26,7 @@ from spear.transport._status import (
     received_error_code,
 )
 from spear.transport.channels import NO_CREDENTIALS, Credentials
-from spear.transport.serving import format_address, parse_listen
+from spear.transport.serving import parse_listen
 
 if TYPE_CHECKING:
     from collections.abc import AsyncGenerator, AsyncIterable, Awaitable, Callable, Sequence
@@ -39,6 +39,7 @@ if TYPE_CHECKING:
     )
     from spear.core.models import Resources, Task, TaskState
     from spear.core.object_index import ObjectRecord
+    from spear.core.object_leases import Event as WatchEvent
     from spear.transport.aio_client import AioChannel
 
 T = TypeVar("T")
@@ -83,9 +84,8 @@ class SmsClient(Cluster):
         if opened is None:
             from spear.transport.aio_client import AioChannel
 
-            host, port = parse_listen(address)  # (checked: one clear error if malformed)
-            channel = AioChannel(
-                format_address(host, port),
+            channel = AioChannel.to(
+                address,
                 self._credentials,
                 max_message_bytes=self._max_message_bytes,
                 name=f"SMS {address}",
@@ -328,14 +328,15 @@ class SmsClient(Cluster):
 
     def watch_objects(
         self, requests: AsyncIterable[tuple[str, int, int]]
-    ) -> tuple[str, AsyncGenerator[tuple[int, float, int, tuple[str, ...]]]]:
+    ) -> tuple[str, AsyncGenerator[WatchEvent]]:
         """(the SMS it goes to, its events) of a watch of the object index: `requests` are
-        (node, ping, ack)s, events (pong, lease_s, seq, keys) (core/object_leases.py).
+        (node, ping, ack)s, events (pong, lease_s, seq, keys, a commit's new record or
+        None) (core/object_leases.py).
         One address, no failover: a broken watch is the caller's to open again."""
         address = self.address
         stub = self._stub(address)
 
-        async def events() -> AsyncGenerator[tuple[int, float, int, tuple[str, ...]]]:
+        async def events() -> AsyncGenerator[WatchEvent]:
             messages = (
                 v1.ObjectWatchRequest(node=node, ping=ping, ack=ack)
                 async for node, ping, ack in requests
@@ -343,7 +344,14 @@ class SmsClient(Cluster):
             try:
                 with client_errors(f"SMS {address}"):
                     async for event in stub.watch_objects(messages):
-                        yield event.pong, event.lease_s, event.seq, tuple(event.keys)
+                        record = event.record
+                        yield (
+                            event.pong,
+                            event.lease_s,
+                            event.seq,
+                            tuple(event.keys),
+                            None if record is None else oc.record_from_wire(record),
+                        )
             except NotLeader as exc:
                 leader = leader_named_in(exc)
                 if leader and leader != address:

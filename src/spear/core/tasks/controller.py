@@ -24,7 +24,7 @@ from spear.core.tasks import traced
 from spear.core.tasks.admission import Admission
 from spear.core.tasks.running import STOPPED, Run, RunningTasks, outcome_now, outcome_of
 from spear.core.worker import EXIT_CANCELLED, EXIT_LOST, ExecutionControl, NodeServices, Outcome
-from spear.errors import InvalidArgument, ResourceExhausted, SpearError, StorageError
+from spear.errors import InvalidArgument, NoSpace, ResourceExhausted, SpearError, StorageError
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable, Mapping, Sequence
@@ -534,13 +534,12 @@ class TaskController:
 async def _until_written(
     write: Callable[[], Awaitable[_T]], not_yet: Callable[[SpearError], None]
 ) -> _T:
-    """`write` tasks' ends; while the node's storage fails (a full disk is a
-    ResourceExhausted), again after a back-off, for up to a few minutes: the ends are
-    known only here."""
+    """`write` tasks' ends; while the node's storage fails (or its disk is full), again
+    after a back-off, for up to a few minutes: the ends are known only here."""
     for attempt in range(_END_WRITE_TRIES):
         try:
             return await write()
-        except (StorageError, ResourceExhausted) as exc:
+        except (StorageError, NoSpace) as exc:
             if attempt + 1 == _END_WRITE_TRIES:
                 raise
             not_yet(exc)

@@ -16,7 +16,8 @@ itself (`loop_watch.py`), a wake-up fewer on its path. What runs is decided befo
 `.py` agents with `FunctionSpec.warm` run in children of a pre-started Python instead
 (`forkserver.py`), forked ahead of time (`warm_spares` of them wait at once), under the
 same supervision. A fork server no warm task used for `warm_idle_s` is stopped, with its
-spares; the next warm task starts another.
+spares; the next warm task starts another. With `FunctionSpec.reuse`, a warm child that
+ended its task cleanly is kept for the next task of the same function (`reuse.py`).
 """
 
 from __future__ import annotations
@@ -40,6 +41,7 @@ from spear.runtimes.process.cgroups import NodeCgroup
 from spear.runtimes.process.command import Command, resolve_command
 from spear.runtimes.process.forkserver import DEFAULT_SPARES, WarmUnavailable
 from spear.runtimes.process.loop_watch import watch_end_on_loop
+from spear.runtimes.process.reuse import IdleWorker, ReuseKey, WorkerPool, reuse_key
 from spear.runtimes.process.spare_cgroups import ChildCgroup
 from spear.runtimes.process.supervisor import Child, Supervisor, spawn
 
@@ -49,7 +51,7 @@ if TYPE_CHECKING:
     from spear.core.models import Task
     from spear.runtimes.process.cgroups import TaskCgroup
     from spear.runtimes.process.channel import AgentChannel, Credential
-    from spear.runtimes.process.forkserver import ForkServer
+    from spear.runtimes.process.forkserver import ForkServer, WarmChild
 
 DEFAULT_GRACE_S = 2.0
 DEFAULT_WARM_IDLE_S = 300.0
@@ -94,6 +96,7 @@ class ProcessWorkerAgent(WorkerAgent):
         self._use_cgroups = cgroups
         self._cgroup: NodeCgroup | None = None
         self._cgroup_checked = False
+        self.workers = WorkerPool()  # idle reused warm workers (FunctionSpec.reuse)
 
     async def prepare(self, task: Task) -> None:
         command = resolve_command(task.spec)
@@ -137,6 +140,7 @@ class ProcessWorkerAgent(WorkerAgent):
 
     def _idle_check(self) -> None:
         self._idle_timer = None
+        self._end_workers(self.workers.expired(self.warm_idle_s))
         if self._forkserver is None or self._retiring is not None:
             return
         left = self._warm_last + self.warm_idle_s - time.monotonic()
@@ -154,6 +158,7 @@ class ProcessWorkerAgent(WorkerAgent):
                 if server is None or self._warm_running:
                     return
                 self._forkserver = None
+                self._end_workers(self.workers.drain())
                 logger.debug("stopping the idle warm Python worker (pid {})", server.pid)
                 await anyio.to_thread.run_sync(server.stop)
         finally:
@@ -162,6 +167,8 @@ class ProcessWorkerAgent(WorkerAgent):
     async def start(self, ctx: TaskContext) -> Execution:
         command = self._commands.pop(ctx.task.id, None) or resolve_command(ctx.task.spec)
         server = None
+        worker: IdleWorker | None = None
+        key = reuse_key(ctx.task.spec, command) if ctx.task.spec.reuse else None
         if ctx.task.spec.warm and command.python_script is not None:
             try:
                 server = await self.forkserver()
@@ -169,10 +176,15 @@ class ProcessWorkerAgent(WorkerAgent):
                 self._warm_running += 1  # (an idle fork server is not stopped under it)
             except OSError as exc:  # a cold start still runs the task
                 logger.warning("warm Python worker unavailable ({}); starting cold", exc)
+            if server is not None and key is not None:
+                worker, dead = self.workers.take(key)
+                self._end_workers(dead)
         try:
             cgroup = child_cgroup = None
             node_cgroup = await self._node_cgroup() if self._use_cgroups else None
-            if node_cgroup is not None and server is not None and server.cgroup_dir:
+            if worker is not None:
+                cgroup = worker.cgroup  # its own since its first task (or none)
+            elif node_cgroup is not None and server is not None and server.cgroup_dir:
                 child_cgroup = ChildCgroup(node_cgroup)  # its spare's, known with its pid
             elif node_cgroup is not None:
                 cgroup = node_cgroup.for_task(ctx.task.id)  # one mkdir: short
@@ -183,11 +195,26 @@ class ProcessWorkerAgent(WorkerAgent):
         except BaseException:
             if server is not None:
                 self._warm_ended()
+            if worker is not None:
+                self._end_workers([worker])
             raise
         command.env.update(credential.env())
         execution = _ProcessExecution(self, ctx, command, credential, server, cgroup)
         execution.child_cgroup = child_cgroup
+        execution.reuse = key if server is not None else None
+        execution.worker = worker
         return execution
+
+    def _keep(self, worker: IdleWorker) -> None:
+        """A worker that ended its task cleanly waits for the next task of its function."""
+        self._end_workers(self.workers.put(worker))
+        self._end_workers(self.workers.expired(self.warm_idle_s))
+
+    def _end_workers(self, workers: list[IdleWorker]) -> None:
+        for worker in workers:
+            worker.close()  # (its fork server kills its group)
+            if worker.cgroup is not None and self._cgroup is not None:
+                self._cgroup.retire(worker.cgroup)
 
     async def _node_cgroup(self) -> NodeCgroup | None:
         if not self._cgroup_checked:
@@ -203,6 +230,7 @@ class ProcessWorkerAgent(WorkerAgent):
         return self._cgroup
 
     async def aclose(self) -> None:
+        self._end_workers(self.workers.drain())
         if self._idle_timer is not None:
             self._idle_timer.cancel()
             self._idle_timer = None
@@ -243,6 +271,9 @@ class _ProcessExecution(Execution):
         self._warm = forkserver is not None
         self._cgroup = cgroup
         self.child_cgroup: ChildCgroup | None = None  # a warm child's own (spare_cgroups.py)
+        self.reuse: ReuseKey | None = None  # its function, if its worker may be kept
+        self.worker: IdleWorker | None = None  # the kept worker that takes it, if any
+        self._warm_child: WarmChild | None = None
         self._supervisor = Supervisor(ctx, agent.grace_s, cgroup)
         credential.on_protocol_error = self._protocol_error
 
@@ -270,10 +301,23 @@ class _ProcessExecution(Execution):
     def _start_warm(self, stdin: int | None, stdout: int, stderr: int) -> Child:
         """On the event loop: one send that does not wait."""
         assert self._forkserver is not None
-        procs = self._cgroup.procs if self._cgroup is not None else None
-        return self._forkserver.spawn(
-            self._command, stdin, stdout, stderr, procs, block=False, cgroup=self.child_cgroup
-        )
+        worker, self.worker = self.worker, None
+        if worker is not None:  # a kept worker of this function takes it
+            try:
+                child = worker.send(self._command, stdin, stdout, stderr, self._forkserver.devnull)
+            except WarmUnavailable:
+                self._agent._end_workers([worker])
+                self._cgroup = self._own_task_cgroup()  # (it runs cold: a cgroup of its own)
+                raise
+            self._agent.workers.reused += 1
+        else:
+            procs = self._cgroup.procs if self._cgroup is not None else None
+            child = self._forkserver.spawn(
+                self._command, stdin, stdout, stderr, procs, block=False,
+                cgroup=self.child_cgroup, reuse=self.reuse is not None,
+            )  # fmt: skip
+        self._warm_child = child
+        return child
 
     def _start_warm_waiting(self, stdin: int | None, stdout: int, stderr: int) -> Child:
         """On a worker thread, when the fork server's queue was full: the send may wait."""
@@ -288,6 +332,7 @@ class _ProcessExecution(Execution):
             return self._start(stdin, stdout, stderr)
 
     async def wait(self) -> Outcome:
+        outcome: Outcome | None = None
         try:
             outcome = await self._wait()
             if outcome.state is TaskState.FAILED and outcome.reason == (
@@ -304,6 +349,23 @@ class _ProcessExecution(Execution):
             if channel is not None:
                 with anyio.CancelScope(shield=True):
                     await channel.revoke(self._credential)
+            self._keep_or_end(outcome)
+
+    def _keep_or_end(self, outcome: Outcome | None) -> None:
+        """A kept worker: back to the pool if its task completed, else ended now."""
+        if self.worker is not None:  # taken for a task that never started (cancelled)
+            self._agent._keep(self.worker)
+            self.worker = None
+        child = self._warm_child
+        if child is None or not child.kept:
+            return
+        assert child.pid is not None and self.reuse is not None
+        worker = IdleWorker(self.reuse, child.pid, child.status, self._supervisor.cgroup)
+        ok = outcome is not None and outcome.state is TaskState.COMPLETED
+        if ok and not self._ctx.control.cancelled and self._supervisor.protocol_error is None:
+            self._agent._keep(worker)
+        else:
+            self._agent._end_workers([worker])
 
     async def _wait(self) -> Outcome:
         agent = self._agent
@@ -344,5 +406,6 @@ class _ProcessExecution(Execution):
             if self._warm:
                 agent._warm_ended()
             cgroup = supervisor.cgroup  # (a warm child's is known once it started)
-            if cgroup is not None and agent._cgroup is not None:
+            kept = self._warm_child is not None and self._warm_child.kept
+            if cgroup is not None and agent._cgroup is not None and not kept:
                 agent._cgroup.retire(cgroup)

@@ -85,6 +85,13 @@ class ForkServer:
     def pid(self) -> int | None:
         return self._popen.pid if self._popen is not None else None
 
+    @property
+    def devnull(self) -> int:
+        """/dev/null, open for reading: a task's stdin when it has none."""
+        if self._devnull is None:
+            raise WarmUnavailable("the warm Python worker is not running")
+        return self._devnull
+
     def start(self) -> None:
         """Start the server and wait until it has loaded the SDK (blocking)."""
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
@@ -127,12 +134,15 @@ class ForkServer:
         *,
         block: bool = True,
         cgroup: ChildCgroup | None = None,
+        reuse: bool = False,
     ) -> WarmChild:
         """Start a child running `command` (a `.py` agent), in the cgroup whose
         `cgroup.procs` is `cgroup_procs` if given, else (with `cgroup_dir`) in the one
         its spare made, which `cgroup` learns. `WarmUnavailable` if the server is gone
         before the task started (it may run cold instead); with `block=False`,
-        BlockingIOError if the control socket's queue is full (nothing was sent)."""
+        BlockingIOError if the control socket's queue is full (nothing was sent). With
+        `reuse`, a child that ends the task cleanly stays, for the next task of the same
+        function (`WarmChild.kept`, `reuse.py`)."""
         control, devnull = self._control, self._devnull
         if control is None or devnull is None:
             raise WarmUnavailable("the warm Python worker is not running")
@@ -145,6 +155,7 @@ class ForkServer:
             "cwd": command.cwd or os.getcwd(),
             "rlimits": command.limits.as_rlimits() if command.limits else [],
             "cgroup_procs": cgroup_procs,
+            **({"reuse": True} if reuse else {}),
         }
         try:
             fds = [status_theirs.fileno(), devnull if stdin is None else stdin, stdout, stderr]
@@ -161,7 +172,7 @@ class ForkServer:
             status_theirs.close()
         # Not waiting for the child's pid here: it is the first message on the status
         # socket, read with the others (one wake-up of the supervising thread fewer).
-        return WarmChild(status_ours, cgroup)
+        return WarmChild(status_ours, cgroup, keep=reuse)
 
     def stop(self) -> None:
         """Stop the server; it kills the children it still has. Safe to call twice."""
@@ -185,10 +196,23 @@ class WarmChild:
 
     in_cgroup = True  # it joins the task's cgroup itself, before it runs anything
 
-    def __init__(self, status: socket.socket, cgroup: ChildCgroup | None = None) -> None:
-        self.pid: int | None = None  # known once the child has taken the task
+    def __init__(
+        self,
+        status: socket.socket,
+        cgroup: ChildCgroup | None = None,
+        *,
+        keep: bool = False,
+        pid: int | None = None,
+    ) -> None:
+        self.pid: int | None = pid  # known once the child has taken the task
         self._status = status
         self.cgroup = cgroup  # the cgroup its spare made, if it made one
+        self.keep = keep  # a reused worker: kept if it ends cleanly and alone
+        self.kept = False  # it did: alive, waiting for its next task on `status`
+
+    @property
+    def status(self) -> socket.socket:
+        return self._status
 
     @property
     def exit_fd(self) -> int:
@@ -212,8 +236,10 @@ class WarmChild:
                 kill_group(self.pid, signal.SIGKILL)
             return signal.SIGKILL, 0.0  # a wait status meaning "killed by SIGKILL"
         if "exit" in message:
-            # The child waits for this: what the task left in its group ends with it.
-            if self.pid is not None:
+            if self.keep and message.get("reusable") and not message["exit"]:
+                self.kept = True  # nothing left in its group: it waits for another task
+            elif self.pid is not None:
+                # The child waits for this: what the task left in its group ends with it.
                 kill_group(self.pid, signal.SIGKILL)
             return (int(message["exit"]) & 0xFF) << 8, float(message["cpu"])
         return int(message["status"]), float(message["cpu"])
@@ -222,24 +248,46 @@ class WarmChild:
         return self.cgroup.task_cgroup() if self.cgroup is not None else None
 
     def close(self) -> None:
-        self._status.close()
+        if not self.kept:  # (a kept worker's socket is its pool's now)
+            self._status.close()
 
 
 # -- the server process ---------------------------------------------------------------
 
 
-def _run_script(script: str) -> None:
-    """Run a file as `__main__`, as `python script` would (runpy costs ~3 ms more)."""
+def _run_script(script: str, keep: bool = False) -> None:
+    """Run a file as `__main__`, as `python script` would (runpy costs ~3 ms more). With
+    `keep` (a reused worker), the same `__main__` module and compiled code as the last
+    task of this script: its globals are still there."""
     import builtins
     import types
 
-    with open(script, "rb") as f:
-        code = compile(f.read(), script, "exec")
-    main = types.ModuleType("__main__")
-    main.__file__ = script
-    main.__dict__["__builtins__"] = builtins
+    global _MAIN, _CODE
+    code = None
+    if keep:
+        stat = os.stat(script)
+        version = (script, stat.st_mtime_ns, stat.st_size)
+        if _CODE is not None and _CODE[0] == version:
+            code = _CODE[1]
+    if code is None:
+        with open(script, "rb") as f:
+            code = compile(f.read(), script, "exec")
+        if keep:
+            _CODE = (version, code)
+    main = _MAIN if keep and _MAIN is not None and _MAIN.__file__ == script else None
+    if main is None:
+        main = types.ModuleType("__main__")
+        main.__file__ = script
+        main.__dict__["__builtins__"] = builtins
+        if keep:
+            _MAIN = main
     sys.modules["__main__"] = main
     exec(code, main.__dict__)
+
+
+# In a reused worker: its script's `__main__` module and compiled code, kept between tasks.
+_MAIN: Any = None
+_CODE: tuple[tuple[str, int, int], Any] | None = None
 
 
 def _spare(control: socket.socket, report: socket.socket) -> None:
@@ -271,6 +319,8 @@ def _spare(control: socket.socket, report: socket.socket) -> None:
 # spare could not move into it (spare_cgroups.py).
 _SPARE_CGROUP = ""
 _SPARE_UNJOINED: OSError | None = None
+
+_PATH_BASE: list[str] | None = None  # in a child: `sys.path` after its script's directory
 
 _REQUEST = bytearray()  # the server's: a spare reads its request into it, no new buffer
 
@@ -357,7 +407,10 @@ def _become(request: dict[str, Any], fds: list[int]) -> None:
     extra = [p for p in request["env"].get("PYTHONPATH", "").split(os.pathsep) if p]
     script = request["argv"][0]
     sys.argv = list(request["argv"])
-    sys.path[:] = [os.path.dirname(script), *extra, *sys.path[1:]]
+    global _PATH_BASE
+    if _PATH_BASE is None:  # (the first task of this process: the server's own path)
+        _PATH_BASE = sys.path[1:]
+    sys.path[:] = [os.path.dirname(script), *extra, *_PATH_BASE]
     sys.stdin = io.TextIOWrapper(io.FileIO(0, "r", closefd=False))
     sys.stdout = io.TextIOWrapper(io.FileIO(1, "w", closefd=False), write_through=True)
     sys.stderr = io.TextIOWrapper(
@@ -368,12 +421,12 @@ def _become(request: dict[str, Any], fds: list[int]) -> None:
         sys.stderr.write(f"spear: the task's cgroup could not be joined: {unjoined}\n")
 
 
-def _execute(script: str) -> int:
+def _execute(script: str, keep: bool = False) -> int:
     """Run the script as `python script` would; its exit code."""
     import traceback
 
     try:
-        _run_script(script)
+        _run_script(script, keep)
         return 0
     except SystemExit as exc:
         if exc.code is None:
@@ -388,39 +441,117 @@ def _execute(script: str) -> int:
 
 
 def _run_child(request: dict[str, Any], status: socket.socket, fds: list[int]) -> None:
-    """In the child: become the task's process, run the script, never return."""
+    """In the child: become the task's process, run the script, never return. A reused
+    worker (`"reuse"` in its first request) that ran a task cleanly and is alone again
+    takes the next task of the same function from the node, on the same status socket."""
     import atexit
     import traceback
 
     me = os.getpid()
-    code = 1
-    try:
-        _become(request, fds)
-        code = _execute(request["argv"][0])
-        atexit._run_exitfuncs()
-    except BaseException:  # noqa: B036 - the child must end here, whatever happened
-        with contextlib.suppress(BaseException):
-            traceback.print_exc()
-    finally:
-        with contextlib.suppress(BaseException):
-            sys.stdout.flush()
-            sys.stderr.flush()
-        if os.getpid() == me:  # not a process the script forked, returning here
+    reuse = bool(request.get("reuse"))
+    if reuse:  # what its tasks leave behind, even orphaned, stays its children: seen
+        _subreaper()
+    while True:
+        code = 1
+        cpu = _cpu_seconds()
+        try:
+            _become(request, fds)
+            code = _execute(request["argv"][0], keep=reuse)
+            atexit._run_exitfuncs()
+        except BaseException:  # noqa: B036 - the child must end here, whatever happened
             with contextlib.suppress(BaseException):
-                _report_exit(status, code)
-        os._exit(code)
+                traceback.print_exc()
+        finally:
+            with contextlib.suppress(BaseException):
+                sys.stdout.flush()
+                sys.stderr.flush()
+            if os.getpid() != me:  # a process the script forked, returning here
+                os._exit(code)
+        kept = reuse and code == 0 and _alone()
+        try:
+            _report_exit(status, code, _cpu_seconds() - cpu, kept)
+            if not kept:
+                os._exit(code)
+            _forget_task()
+            request, fds = _next_request(status)
+        except BaseException:  # noqa: B036 - the node is gone, or sent nonsense
+            os._exit(code)
 
 
-def _report_exit(status: socket.socket, code: int) -> None:
-    """Tell the node how the task ended, then wait, alive, for it to kill the group."""
+def _cpu_seconds() -> float:
     import resource
 
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+def _report_exit(status: socket.socket, code: int, cpu: float, reusable: bool = False) -> None:
+    """Tell the node how the task ended; unless `reusable`, wait, alive, for it to kill
+    the group."""
     for fd in (0, 1, 2):  # the node's pipes see their end now, not after teardown
         with contextlib.suppress(OSError):
             os.close(fd)
-    usage = resource.getrusage(resource.RUSAGE_SELF)
-    status.send(json.dumps({"exit": code, "cpu": usage.ru_utime + usage.ru_stime}).encode())
-    status.recv(1)  # the node's SIGKILL ends this; an empty read: the node is gone
+    message = {"exit": code, "cpu": cpu}
+    if reusable:
+        message["reusable"] = True
+    status.send(json.dumps(message).encode())
+    if not reusable:
+        status.recv(1)  # the node's SIGKILL ends this; an empty read: the node is gone
+
+
+def _next_request(status: socket.socket) -> tuple[dict[str, Any], list[int]]:
+    """A reused worker's next task (its stdin, stdout and stderr with it); the node
+    closing the status socket ends the worker."""
+    # 0, 1 and 2 (closed at the task's end) become /dev/null: the next task's descriptors
+    # arrive above them, and a stale handle on sys.stdout writes nowhere meanwhile.
+    null = os.open(os.devnull, os.O_RDWR)
+    for fd in (0, 1, 2):
+        if fd != null:
+            os.dup2(null, fd)
+    if null > 2:
+        os.close(null)
+    data, fds = _recv_request(status)
+    if not data or len(fds) != 3:
+        for fd in fds:
+            os.close(fd)
+        os._exit(0)
+    return json.loads(data), fds
+
+
+def _alone() -> bool:
+    """Whether this process is as it was before its task: one thread, no child process
+    (those ended are reaped here). Read from /proc; if it cannot be, not alone."""
+    with contextlib.suppress(ChildProcessError):
+        while os.waitpid(-1, os.WNOHANG)[0] > 0:
+            pass
+    try:
+        threads = os.listdir("/proc/self/task")
+        if len(threads) != 1:
+            return False
+        with open(f"/proc/self/task/{threads[0]}/children", "rb") as f:
+            return not f.read().strip()
+    except OSError:
+        return False
+
+
+def _forget_task() -> None:
+    """Between two tasks of a reused worker: what tied it to the last one. The SDK's
+    shared connection carried that task's credential (revoked now)."""
+    agent = sys.modules.get("spear.agent")
+    default = getattr(agent, "_default", None)
+    if default is not None:
+        with contextlib.suppress(Exception):
+            default.close()
+        agent._default = None  # type: ignore[union-attr]
+
+
+def _subreaper() -> None:
+    """prctl(PR_SET_CHILD_SUBREAPER): an orphaned grandchild becomes this process's
+    child, not init's, so `_alone` sees it."""
+    import ctypes
+
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(None, use_errno=True).prctl(36, 1, 0, 0, 0)
 
 
 def _pdeathsig() -> Any:
@@ -513,7 +644,8 @@ class _Server:
             return
         self.running[pid] = status
         self.by_fd[status.fileno()] = pid
-        self.poller.register(status.fileno(), select.POLLIN)
+        # A hang-up only: the node sends a reused worker its next task on this socket.
+        self.poller.register(status.fileno(), 0)
 
     def finish(self, pid: int, wait_status: int, cpu: float) -> None:
         self.children.discard(pid)

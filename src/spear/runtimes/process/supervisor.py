@@ -47,6 +47,7 @@ class Child(Protocol):
     """A started process the supervisor watches: its pid (also its process group id)."""
 
     in_cgroup: bool  # it joined the task's cgroup itself, before it ran anything
+    kept: bool  # a reused warm worker that ended its task cleanly: alive, not to be killed
 
     @property
     def pid(self) -> int | None:
@@ -68,6 +69,8 @@ class Child(Protocol):
 
 class SpawnedChild:
     """A child of this process, started with subprocess (a new process group)."""
+
+    kept = False
 
     def __init__(self, popen: subprocess.Popen[bytes], in_cgroup: bool = False) -> None:
         self.popen = popen
@@ -273,7 +276,7 @@ class Supervisor:
     def _release(self, started: Started) -> None:
         started.watched = True
         started.child.close()
-        if self.cgroup is not None and not self._cgroup_killed:
+        if self.cgroup is not None and not self._cgroup_killed and not started.child.kept:
             self.cgroup.kill()  # what left the group is still in the cgroup
             self._cgroup_killed = True
 
@@ -322,7 +325,7 @@ class Supervisor:
         drain_until = math.inf
         if result is not None:  # it ended; something outside its group holds a pipe
             drain_until = time.monotonic() + DRAIN_S
-            if self.cgroup is not None and not self._cgroup_killed:
+            if self.cgroup is not None and not self._cgroup_killed and not child.kept:
                 self.cgroup.kill()
                 self._cgroup_killed = True
         sel = selectors.DefaultSelector()
@@ -355,7 +358,7 @@ class Supervisor:
                             continue
                         sel.unregister(fd)
                         result = ended
-                        if self.cgroup is not None:
+                        if self.cgroup is not None and not child.kept:
                             self.cgroup.kill()
                             self._cgroup_killed = True
                         drain_until = time.monotonic() + DRAIN_S

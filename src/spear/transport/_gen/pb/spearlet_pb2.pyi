@@ -47,7 +47,7 @@ class Resources(_message.Message):
     def __init__(self, cpu_millis: _Optional[int] = ..., memory_bytes: _Optional[int] = ...) -> None: ...
 
 class FunctionSpec(_message.Message):
-    __slots__ = ("artifact", "runtime", "args", "env", "dirs", "entry", "resources", "timeout_s", "memory_limit_bytes", "fuel", "labels", "workdir", "warm", "cpu_time_s", "open_files", "namespace", "max_retries", "retry_on", "priority")
+    __slots__ = ("artifact", "runtime", "args", "env", "dirs", "entry", "resources", "timeout_s", "memory_limit_bytes", "fuel", "labels", "workdir", "warm", "cpu_time_s", "open_files", "namespace", "max_retries", "retry_on", "priority", "reuse")
     ARTIFACT_FIELD_NUMBER: _ClassVar[int]
     RUNTIME_FIELD_NUMBER: _ClassVar[int]
     ARGS_FIELD_NUMBER: _ClassVar[int]
@@ -67,6 +67,7 @@ class FunctionSpec(_message.Message):
     MAX_RETRIES_FIELD_NUMBER: _ClassVar[int]
     RETRY_ON_FIELD_NUMBER: _ClassVar[int]
     PRIORITY_FIELD_NUMBER: _ClassVar[int]
+    REUSE_FIELD_NUMBER: _ClassVar[int]
     artifact: str
     runtime: str
     args: _containers.RepeatedScalarFieldContainer[str]
@@ -86,7 +87,8 @@ class FunctionSpec(_message.Message):
     max_retries: int
     retry_on: _containers.RepeatedScalarFieldContainer[str]
     priority: int
-    def __init__(self, artifact: _Optional[str] = ..., runtime: _Optional[str] = ..., args: _Optional[_Iterable[str]] = ..., env: _Optional[_Iterable[_Union[KeyValue, _Mapping]]] = ..., dirs: _Optional[_Iterable[_Union[DirMapping, _Mapping]]] = ..., entry: _Optional[str] = ..., resources: _Optional[_Union[Resources, _Mapping]] = ..., timeout_s: _Optional[float] = ..., memory_limit_bytes: _Optional[int] = ..., fuel: _Optional[int] = ..., labels: _Optional[_Iterable[_Union[KeyValue, _Mapping]]] = ..., workdir: _Optional[str] = ..., warm: _Optional[bool] = ..., cpu_time_s: _Optional[float] = ..., open_files: _Optional[int] = ..., namespace: _Optional[str] = ..., max_retries: _Optional[int] = ..., retry_on: _Optional[_Iterable[str]] = ..., priority: _Optional[int] = ...) -> None: ...
+    reuse: bool
+    def __init__(self, artifact: _Optional[str] = ..., runtime: _Optional[str] = ..., args: _Optional[_Iterable[str]] = ..., env: _Optional[_Iterable[_Union[KeyValue, _Mapping]]] = ..., dirs: _Optional[_Iterable[_Union[DirMapping, _Mapping]]] = ..., entry: _Optional[str] = ..., resources: _Optional[_Union[Resources, _Mapping]] = ..., timeout_s: _Optional[float] = ..., memory_limit_bytes: _Optional[int] = ..., fuel: _Optional[int] = ..., labels: _Optional[_Iterable[_Union[KeyValue, _Mapping]]] = ..., workdir: _Optional[str] = ..., warm: _Optional[bool] = ..., cpu_time_s: _Optional[float] = ..., open_files: _Optional[int] = ..., namespace: _Optional[str] = ..., max_retries: _Optional[int] = ..., retry_on: _Optional[_Iterable[str]] = ..., priority: _Optional[int] = ..., reuse: _Optional[bool] = ...) -> None: ...
 
 class StateChange(_message.Message):
     __slots__ = ("state", "at")
@@ -289,7 +291,7 @@ class GetNodeInfoRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class NodeInfo(_message.Message):
-    __slots__ = ("name", "state", "address", "version", "wasmtime_version", "capacity", "free", "running_tasks", "runtimes", "started_at", "data_dir", "pid", "max_message_bytes", "object_transfer_address", "peer_address")
+    __slots__ = ("name", "state", "address", "version", "wasmtime_version", "capacity", "free", "running_tasks", "runtimes", "started_at", "data_dir", "pid", "max_message_bytes", "object_transfer_address", "peer_address", "object_socket")
     NAME_FIELD_NUMBER: _ClassVar[int]
     STATE_FIELD_NUMBER: _ClassVar[int]
     ADDRESS_FIELD_NUMBER: _ClassVar[int]
@@ -305,6 +307,7 @@ class NodeInfo(_message.Message):
     MAX_MESSAGE_BYTES_FIELD_NUMBER: _ClassVar[int]
     OBJECT_TRANSFER_ADDRESS_FIELD_NUMBER: _ClassVar[int]
     PEER_ADDRESS_FIELD_NUMBER: _ClassVar[int]
+    OBJECT_SOCKET_FIELD_NUMBER: _ClassVar[int]
     name: str
     state: str
     address: str
@@ -320,7 +323,8 @@ class NodeInfo(_message.Message):
     max_message_bytes: int
     object_transfer_address: str
     peer_address: str
-    def __init__(self, name: _Optional[str] = ..., state: _Optional[str] = ..., address: _Optional[str] = ..., version: _Optional[str] = ..., wasmtime_version: _Optional[str] = ..., capacity: _Optional[_Union[Resources, _Mapping]] = ..., free: _Optional[_Union[Resources, _Mapping]] = ..., running_tasks: _Optional[int] = ..., runtimes: _Optional[_Iterable[str]] = ..., started_at: _Optional[float] = ..., data_dir: _Optional[str] = ..., pid: _Optional[int] = ..., max_message_bytes: _Optional[int] = ..., object_transfer_address: _Optional[str] = ..., peer_address: _Optional[str] = ...) -> None: ...
+    object_socket: str
+    def __init__(self, name: _Optional[str] = ..., state: _Optional[str] = ..., address: _Optional[str] = ..., version: _Optional[str] = ..., wasmtime_version: _Optional[str] = ..., capacity: _Optional[_Union[Resources, _Mapping]] = ..., free: _Optional[_Union[Resources, _Mapping]] = ..., running_tasks: _Optional[int] = ..., runtimes: _Optional[_Iterable[str]] = ..., started_at: _Optional[float] = ..., data_dir: _Optional[str] = ..., pid: _Optional[int] = ..., max_message_bytes: _Optional[int] = ..., object_transfer_address: _Optional[str] = ..., peer_address: _Optional[str] = ..., object_socket: _Optional[str] = ...) -> None: ...
 
 class ObjectInfo(_message.Message):
     __slots__ = ("key", "version", "size", "refs", "pinned", "locations")

@@ -530,6 +530,12 @@ class FindNodesResponse(betterproto2.Message):
 
     reason: "str" = betterproto2.field(3, betterproto2.TYPE_STRING)
 
+    no_live_node: "bool" = betterproto2.field(4, betterproto2.TYPE_BOOL)
+    """
+    Nothing could fit because no node at all is live (a cluster restarting): a retry waits
+    for one rather than failing the task.
+    """
+
 
 default_message_pool.register_message("spear.v1", "FindNodesResponse", FindNodesResponse)
 
@@ -695,6 +701,12 @@ class FunctionSpec(betterproto2.Message):
     priority: "int" = betterproto2.field(19, betterproto2.TYPE_SINT32)
     """
     Placement order among tasks waiting for room: higher first, then first come (0 default).
+    """
+
+    reuse: "bool" = betterproto2.field(20, betterproto2.TYPE_BOOL)
+    """
+    process runtime, with warm: a worker that ran a task of this function cleanly takes
+    its next one, its process and imports kept (docs/python-agents.md).
     """
 
 
@@ -1100,6 +1112,11 @@ class NodeInfo(betterproto2.Message):
     in a cluster: ForwardTasks on grpc.aio (docs/scheduling.md)
     """
 
+    object_socket: "str" = betterproto2.field(16, betterproto2.TYPE_STRING)
+    """
+    a Unix socket on the node's host, for clients there (docs/objects.md)
+    """
+
 
 default_message_pool.register_message("spear.v1", "NodeInfo", NodeInfo)
 
@@ -1264,7 +1281,9 @@ default_message_pool.register_message("spear.v1", "ObjectRecord", ObjectRecord)
 class ObjectWatchEvent(betterproto2.Message):
     """
     MetadataServer.WatchObjects, SMS -> member: a `pong` (the lease of `lease_s` counts from
-    when the member sent that ping) or an invalidation `seq` of `keys`.
+    when the member sent that ping) or an invalidation `seq` of `keys`. An invalidation by
+    a commit carries the key's new `record` (its small value too): the member may cache it
+    as current, and stays noted for the key's next change.
     """
 
     pong: "int" = betterproto2.field(1, betterproto2.TYPE_UINT64)
@@ -1274,6 +1293,8 @@ class ObjectWatchEvent(betterproto2.Message):
     seq: "int" = betterproto2.field(3, betterproto2.TYPE_UINT64)
 
     keys: "list[str]" = betterproto2.field(4, betterproto2.TYPE_STRING, repeated=True)
+
+    record: "ObjectRecord | None" = betterproto2.field(5, betterproto2.TYPE_MESSAGE, optional=True)
 
 
 default_message_pool.register_message("spear.v1", "ObjectWatchEvent", ObjectWatchEvent)
