@@ -116,6 +116,7 @@ TARGETS = (
         (
             _T + "store/test_objects.py",
             _T + "store/test_objects_rules.py",
+            _T + "store/test_objects_mutants.py",
             _T + "runtimes/test_hostcalls_ops.py",
             _T + "runtimes/test_hostops_rules.py",
             _T + "runtimes/test_hostops_edges.py",

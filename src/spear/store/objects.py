@@ -92,7 +92,11 @@ def check_key(key: str) -> str:
         raise InvalidArgument("an object key must be a non-empty string")
     if "\0" in key:
         raise InvalidArgument("an object key must not contain NUL")
-    if len(key.encode("utf-8", errors="surrogatepass")) > MAX_KEY_BYTES:
+    try:
+        size = len(key.encode("utf-8"))
+    except UnicodeEncodeError:  # a lone surrogate: bytes that were not UTF-8 (argv)
+        raise InvalidArgument("an object key must be valid UTF-8 text") from None
+    if size > MAX_KEY_BYTES:
         raise InvalidArgument(f"an object key must be at most {MAX_KEY_BYTES} bytes")
     return key
 
@@ -250,7 +254,10 @@ class ObjectStore:
             elif data is not None:
                 inline = bytes(data)
             elif source is not None:
-                inline = await anyio.to_thread.run_sync(source.read_bytes)
+                try:
+                    inline = await anyio.to_thread.run_sync(source.read_bytes)
+                except FileNotFoundError:
+                    raise NotFound(f"no such file: {source}") from None
                 if len(inline) != size:
                     raise StorageError(f"{source} changed size while being stored")
             if self.authority is None:
@@ -285,14 +292,15 @@ class ObjectStore:
     ) -> None:
         path = self._path(name)
         path.parent.mkdir(parents=True, exist_ok=True)
-        if move and source is not None:
-            os.rename(source, path)
-        elif data is not None:
+        if data is not None:
             with open(path, "wb") as f:
                 f.write(data)
         elif source is not None:
             try:
-                shutil.copyfile(source, path)
+                if move:
+                    os.rename(source, path)
+                else:
+                    shutil.copyfile(source, path)
             except FileNotFoundError:
                 raise NotFound(f"no such file: {source}") from None
         if self._sync:
