@@ -140,7 +140,9 @@ def test_the_task_list_feed_shows_new_tasks_and_their_states(
 
 
 def test_a_task_feed_follows_its_logs_as_written(node: WebDaemon, cli: Cli, tmp_path: Path) -> None:
-    task_id = cli("submit", str(ticker(tmp_path, 6, 400))).stdout.decode().strip()
+    # (4.8 s of naps: room for a daemon starved by a busy machine to stream the first
+    # ticks while the task still runs; at 2.4 s a loaded CI run saw none before the end)
+    task_id = cli("submit", str(ticker(tmp_path, 8, 600))).stdout.decode().strip()
     order: list[tuple[str, str]] = []
     with httpx.stream(
         "GET", f"{node.url}/api/events/tasks/{task_id}", timeout=30, headers=node.headers
@@ -149,8 +151,8 @@ def test_a_task_feed_follows_its_logs_as_written(node: WebDaemon, cli: Cli, tmp_
             if event == "end":
                 break
             order.append((event, data["text"] if event == "log" else data["state"]))
-    assert "".join(text for event, text in order if event == "log") == "tick\n" * 6 + "done\n"
-    # As written: ticks arrived while the task ran (2.4 s of naps), before its end.
+    assert "".join(text for event, text in order if event == "log") == "tick\n" * 8 + "done\n"
+    # As written: ticks arrived while the task ran, before its end.
     ended = order.index(("task", "COMPLETED"))
     early = "".join(text for event, text in order[:ended] if event == "log")
     assert early.startswith("tick\n") and "done" not in early
