@@ -134,10 +134,8 @@ def test_cached_versions_are_served_and_invalidated(tmp_path: Path) -> None:
                 for round_ in range(5):
                     value = b"v%d" % round_
                     version = await n3.commit("doc", len(value), None, value)
-                    hits = n2.cache.hits
                     info = await n2.current("doc")
                     assert info.version == version
-                    assert n2.cache.hits == hits + 1  # (the new record came with the push)
                     assert n2.small_value("doc", version) == value
                     assert (await n2.current("doc")).version == version  # (cached again)
                 # The writer caches what it wrote; a change of references is pushed too.

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 import pytest
 from test_sms import Clock
 
+from spear.core import object_index
 from spear.core.object_index import INDEX, ObjectIndex
 from spear.errors import Conflict, InvalidArgument, NotFound
 from spear.store.leveldb import LevelDBKV
@@ -204,7 +205,10 @@ async def test_every_kind_of_write_tells_the_members_that_may_cache_the_key(kv: 
     assert [r.key for r in collect.result()] == ["k"]
 
 
-async def test_a_commit_pushes_its_new_record_and_the_reader_stays_noted(kv: KV) -> None:
+async def test_a_commit_pushes_its_new_record_and_the_reader_stays_noted(
+    kv: KV, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(object_index, "PUSH_RECORDS", True)  # (off by default: see there)
     index = ObjectIndex(kv)
     index.leases.lease_s = 30.0
     rec = await index.commit("k", "node-1", "a1", 5, None, b"first")
@@ -372,3 +376,15 @@ async def test_an_entry_with_only_its_size_reads_as_a_new_free_object(kv: KV) ->
     _, deleted = await index.change("gone", "unpin")
     assert not deleted and not (await index.lookup("gone")).pinned
     assert [r.key for r in await index.collect(grace_s=clock.now - 1)] == ["held"]
+
+
+async def test_by_default_a_commit_pushes_no_record(kv: KV) -> None:
+    index = ObjectIndex(kv)
+    index.leases.lease_s = 30.0
+    rec = await index.commit("k", "node-1", "a1", 5, None, b"first")
+    reader = await _watching(index, kv, "node-2", "k")
+    write = asyncio.ensure_future(index.commit("k", "node-3", "a3", 6, rec.version, b"second"))
+    _, _, seq, keys, pushed = await asyncio.wait_for(reader.outbox.get(), 5)
+    reader.acked(seq)
+    await asyncio.wait_for(write, 5)
+    assert (keys, pushed) == (("k",), None)
