@@ -136,6 +136,14 @@ MAX_RETRIES_LIMIT = 100
 MIN_PRIORITY, MAX_PRIORITY = -1000, 1000
 
 
+UINT64_MAX = 2**64 - 1
+_UINT64_FIELDS = (
+    ("memory_limit_bytes", "memory limit"),
+    ("fuel", "fuel"),
+    ("open_files", "open files limit"),
+)
+
+
 @dataclass(frozen=True, slots=True)
 class FunctionSpec:
     """Everything needed to run one task: what, with which inputs, under which limits.
@@ -182,6 +190,10 @@ class FunctionSpec:
             raise InvalidArgument("CPU time limit must be a positive number of seconds")
         if self.open_files is not None and self.open_files < 1:
             raise InvalidArgument("open files limit must be at least 1")
+        for name, what in _UINT64_FIELDS:  # (64-bit on the wire and in the task record)
+            value = getattr(self, name)
+            if value is not None and value > UINT64_MAX:
+                raise InvalidArgument(f"{what} must be at most {UINT64_MAX}")
         if not 0 <= self.max_retries <= MAX_RETRIES_LIMIT:
             raise InvalidArgument(f"max retries must be between 0 and {MAX_RETRIES_LIMIT}")
         for kind in self.retry_on:
