@@ -26,7 +26,7 @@ from spear.transport._object_convert import record_info
 
 if TYPE_CHECKING:
     import builtins
-    from collections.abc import AsyncIterator, Sequence
+    from collections.abc import AsyncIterator, Mapping, Sequence
     from pathlib import Path
 
     from spear.core.cluster import NodeRecord
@@ -205,19 +205,19 @@ class Replicas:
         looks = 0
         while True:
             try:
-                live = {n.name for n in await self._sms.nodes(live_only=True)}
+                live = {n.name: n for n in await self._sms.nodes(live_only=True)}
                 looks += 1
-                if live != known or looks >= REPAIR_LOOKS:
+                if set(live) != known or looks >= REPAIR_LOOKS:
                     await self.repair(store, live)
                     looks = 0
-                known = live
+                known = set(live)
             except SpearError as exc:  # (the SMS away: look again later)
                 logger.debug("object copies not checked: {}", exc)
             await anyio.sleep(every_s)
 
-    async def repair(self, store: ObjectStore, live: set[str]) -> int:
+    async def repair(self, store: ObjectStore, live: Mapping[str, NodeRecord]) -> int:
         """Copies made again of the values this member holds that have fewer than `count`
-        live holders (`live`: the live members' names); how many were asked for."""
+        live holders (`live`: the live members by name); how many were asked for."""
         asked = 0
         for key, version, size in await store.held():
             if size <= INLINE_MAX:
@@ -227,28 +227,25 @@ class Replicas:
             except NotFound:
                 continue
             holders = set(record.holder_names())
-            alive = sorted(holders & live)
+            alive = sorted(holders & live.keys())
             if record.version != version or not alive or alive[0] != self._node:
                 continue  # (not current here, or another live holder repairs it)
             missing = self._count - len(alive)
             if missing <= 0:
                 continue
-            others = sorted(live - holders)
-            start = zlib.crc32(key.encode()) % len(others) if others else 0
-            for name in (others[start:] + others[:start])[:missing]:
+            for member in _ring(key, [n for n in live.values() if n.name not in holders])[:missing]:
                 asked += 1
-                await self._copy_to(key, name)
+                await self._copy_to(key, member)
         return asked
 
-    async def _copy_to(self, key: str, name: str) -> None:
+    async def _copy_to(self, key: str, member: NodeRecord) -> None:
+        """Ask `member` to hold the current version of `key` (it pulls it from a holder)."""
         try:
-            records = {n.name: n for n in await self._sms.nodes(live_only=True)}
-            record = records.get(name)
-            address = await self._address(record) if record is not None else ""
+            address = await self._address(member)
             if address:
                 await self._transfer.prefetch(address, key)
         except SpearError as exc:
-            logger.warning("no copy of {} on {}: {}", key, name, exc)
+            logger.warning("no copy of {} on {}: {}", key, member.name, exc)
 
     def copy(self, key: str) -> None:
         task = asyncio.get_running_loop().create_task(self._copy(key))
@@ -261,17 +258,8 @@ class Replicas:
         except SpearError as exc:
             logger.warning("no copies of {} made: {}", key, exc)
             return
-        # Spread keys over the members: start at a place of the ring the key decides.
-        others.sort(key=lambda n: n.name)
-        start = zlib.crc32(key.encode()) % len(others) if others else 0
-        chosen = (others[start:] + others[:start])[: self._count - 1]
-        for record in chosen:
-            try:
-                address = await self._address(record)
-                if address:
-                    await self._transfer.prefetch(address, key)
-            except SpearError as exc:
-                logger.warning("no copy of {} on {}: {}", key, record.name, exc)
+        for member in _ring(key, others)[: self._count - 1]:
+            await self._copy_to(key, member)
 
     async def _address(self, record: NodeRecord) -> str:
         """The member's transfer service (from its NodeInfo, once per incarnation)."""
@@ -287,6 +275,14 @@ class Replicas:
     async def aclose(self) -> None:
         for task in list(self._copying):
             task.cancel()
+
+
+def _ring(key: str, members: Sequence[NodeRecord]) -> list[NodeRecord]:
+    """`members` in the order a key's copies go to: by name, from a place of the ring the
+    key decides (so keys spread over the members)."""
+    ordered = sorted(members, key=lambda n: n.name)
+    start = zlib.crc32(key.encode()) % len(ordered) if ordered else 0
+    return ordered[start:] + ordered[:start]
 
 
 class NamespaceBytes:

@@ -44,7 +44,7 @@ from spear.errors import (
     error_from_code,
 )
 from spear.transport.auth import Role
-from spear.transport.object_transfer import TransferBroken, token_namespace
+from spear.transport.object_transfer import TransferBroken, info_fields, token_namespace
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Callable, Coroutine
@@ -222,8 +222,7 @@ class _SocketServer:
             value, found = await self._store.get_with_info(key)  # (fetched here if need be)
             answer: dict[str, Any] = {"ok": True, "version": found.version, "size": len(value)}
             if info:
-                answer |= {"refs": found.refs, "pinned": found.pinned}
-                answer["locations"] = list(found.locations)
+                answer |= info_fields(found)
             if len(value) <= TAIL_MAX:
                 return answer, bytes(value), []
             f, _, held = await self._store.open_local(key)
@@ -259,8 +258,7 @@ class _SocketServer:
         answer: dict[str, Any] = {"ok": True, "version": version, "size": size}
         if info:
             found = await self._store.info(key)
-            answer |= {"refs": found.refs, "pinned": found.pinned}
-            answer["locations"] = list(found.locations)
+            answer |= info_fields(found)
         return answer, b"", []
 
 

@@ -192,7 +192,8 @@ def _certificate_name(sock: Any) -> str | None:
     return None
 
 
-def _info_fields(info: ObjectInfo) -> dict[str, Any]:
+def info_fields(info: ObjectInfo) -> dict[str, Any]:
+    """What an answer with `"info": true` adds: the object's refs, pin and holders."""
     return {"refs": info.refs, "pinned": info.pinned, "locations": list(info.locations)}
 
 
@@ -403,7 +404,7 @@ class ObjectTransferServer:
             return value, {"ok": True, "version": version, "size": len(value)}
         value, found = await self._store.get_with_info(key)  # (no second lookup)
         answer = {"ok": True, "version": found.version, "size": len(value)}
-        return value, answer | _info_fields(found)
+        return value, answer | info_fields(found)
 
     async def _write(
         self, key: str, path: Path, size: int, expected: int | None, info: bool
@@ -411,7 +412,7 @@ class ObjectTransferServer:
         version = await self._store.put_file(key, path, expected, move=True)
         answer = {"ok": True, "version": version, "size": size}
         if info:
-            answer.update(_info_fields(await self._store.info(key)))
+            answer.update(info_fields(await self._store.info(key)))
         return answer
 
     def _send(
