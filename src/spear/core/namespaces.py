@@ -18,7 +18,7 @@ from spear.errors import InvalidArgument, PermissionDenied
 
 DEFAULT = "default"
 RESERVED_PREFIX = "@ns/"
-SYSTEM_PREFIXES = ("results/",)
+SYSTEM_PREFIX = "results/"
 _NAME = re.compile(r"[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?")
 
 
@@ -46,7 +46,7 @@ def stored_key(namespace: str, key: str) -> str:
 
 def stored_prefix(namespace: str, prefix: str) -> str:
     """The store's prefix to list for `prefix` in `namespace`."""
-    return stored_key(namespace, prefix) if prefix else _prefix(namespace)
+    return stored_key(namespace, prefix)
 
 
 def user_key(namespace: str, stored: str) -> str | None:
@@ -59,17 +59,16 @@ def user_key(namespace: str, stored: str) -> str | None:
 
 def is_system_key(key: str) -> bool:
     """A key only the node writes (a task's result)."""
-    return key.startswith(SYSTEM_PREFIXES)
+    return key.startswith(SYSTEM_PREFIX)
 
 
 def refuse_system_write(key: str) -> None:
     if is_system_key(key):
         raise PermissionDenied(
-            f"{key!r} is written only by the node (keys under"
-            f" {', '.join(SYSTEM_PREFIXES)} hold task results)"
+            f"{key!r} is written only by the node (keys under {SYSTEM_PREFIX} hold task results)"
         )
 
 
 def result_key(namespace: str, task_id: str) -> str:
     """Where the result of a task of `namespace` is stored."""
-    return _prefix(namespace) + f"results/{task_id}"
+    return _prefix(namespace) + SYSTEM_PREFIX + task_id
