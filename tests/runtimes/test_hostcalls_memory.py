@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import errno
 import struct
+import threading
 from typing import TYPE_CHECKING, Any
 
+import wasmtime
 from conftest import build_wat
 from loguru import logger
 
@@ -124,3 +126,55 @@ def test_bind_returns_what_it_replaces() -> None:
     finally:
         bind(*outer)
     assert bind(*outer) == outer  # put back: this thread acts for no task again
+
+
+def test_a_hostcall_on_a_thread_bound_to_no_task_is_a_clear_host_error() -> None:
+    # An embedder that runs a guest without `bind` (a host bug) is told so, by name,
+    # instead of a hostcall failing on None somewhere inside.
+    raised: list[BaseException] = []
+
+    def unbound() -> None:
+        try:
+            abi.current()
+        except BaseException as exc:  # (the test reads what was raised)
+            raised.append(exc)
+
+    thread = threading.Thread(target=unbound)
+    thread.start()
+    thread.join(timeout=60)
+    assert [type(exc) for exc in raised] == [RuntimeError]
+    assert str(raised[0]) == "hostcall outside a task: no task bound to this thread"
+
+
+# Calls the host's t.poke with the address 8, then ends.
+POKES = """(module
+  (import "t" "poke" (func $poke (param i32)))
+  (memory (export "memory") 1)
+  (func (export "run") (call $poke (i32.const 8))))"""
+
+
+def test_guest_memory_writes_the_whole_unsigned_range() -> None:
+    # What hostcalls write back is unsigned: u32 lengths and capacities (a capacity past
+    # 2 GiB is read unsigned, above), u64 versions and clocks. The largest of each is
+    # written as the guest reads it, not refused as out of a signed range.
+    store = wasmtime.Store()
+
+    def poke(caller: wasmtime.Caller, ptr: int) -> None:
+        mem = abi.GuestMemory(caller)
+        mem.write_u32(ptr, 0xFFFFFFFF)
+        mem.write_u64(ptr + 4, 0xFFFFFFFFFFFFFFFF)
+        mem.write_u32(ptr + 12, 0x80000000)
+        mem.write_u64(ptr + 16, 1 << 63)
+
+    func = wasmtime.Func(store, wasmtime.FuncType([I32], []), poke, access_caller=True)
+    instance = wasmtime.Instance(store, wasmtime.Module(store.engine, POKES), [func])
+    exports = instance.exports(store)
+    run, memory = exports["run"], exports["memory"]
+    assert isinstance(run, wasmtime.Func) and isinstance(memory, wasmtime.Memory)
+    run(store)
+    assert struct.unpack("<IQIQ", memory.read(store, 8, 32)) == (
+        0xFFFFFFFF,
+        0xFFFFFFFFFFFFFFFF,
+        0x80000000,
+        1 << 63,
+    )

@@ -65,20 +65,32 @@ _WASI_ERRNO: dict[int, int] = {
 }
 
 
+WASI_EIO = _WASI_ERRNO[errno.EIO]
+
+
 def wasi_errno(err: int) -> int:
     """The WASI preview 1 number of a Python (host) errno; EIO if WASI has none."""
-    return _WASI_ERRNO.get(err, _WASI_ERRNO[errno.EIO])
+    return _WASI_ERRNO.get(err, WASI_EIO)
 
 
 T = TypeVar("T")
 _U32 = 0xFFFFFFFF  # guest pointers and lengths arrive as i32: read them unsigned
-_local = threading.local()
+
+
+class _Bound(threading.local):
+    """What this thread's hostcalls act for: no task and no event loop until `bind`."""
+
+    ctx: TaskContext | None = None
+    token: Any = None
+
+
+_local = _Bound()
 
 
 def bind(ctx: TaskContext | None, token: Any = None) -> tuple[TaskContext | None, Any]:
     """Make `ctx` the task this thread's hostcalls act for, and `token` (anyio's
     `current_token()`) the event loop they call into; returns what they replace."""
-    previous = (getattr(_local, "ctx", None), getattr(_local, "token", None))
+    previous = (_local.ctx, _local.token)
     _local.ctx = ctx
     _local.token = token
     return previous
@@ -86,13 +98,14 @@ def bind(ctx: TaskContext | None, token: Any = None) -> tuple[TaskContext | None
 
 def in_loop(fn: Callable[..., Coroutine[Any, Any, T]], *args: Any) -> T:
     """Run a coroutine function on the node's event loop from the guest's thread."""
-    return anyio.from_thread.run(fn, *args, token=getattr(_local, "token", None))
+    return anyio.from_thread.run(fn, *args, token=_local.token)
 
 
 def current() -> TaskContext:
-    ctx: TaskContext | None = getattr(_local, "ctx", None)
-    if ctx is None:  # pragma: no cover - a hostcall outside any task is a host bug
-        raise RuntimeError("hostcall outside a task")
+    """The task this thread's hostcalls act for (a host bug if there is none)."""
+    ctx = _local.ctx
+    if ctx is None:
+        raise RuntimeError("hostcall outside a task: no task bound to this thread")
     return ctx
 
 
@@ -116,20 +129,21 @@ def fill(mem: GuestMemory, out: int, out_len: int, produce: Callable[[int], byte
 class GuestMemory:
     """Bounds-checked access to the calling instance's exported `memory`."""
 
+    _size: int  # the memory's length, set when `_mem` is
+
     def __init__(self, caller: wasmtime.Caller) -> None:
         self._store = caller
         self._mem: wasmtime.Memory | None = None
-        self._size = 0
 
     def _check(self, ptr: int, length: int) -> None:
         if self._mem is None:  # looked up on first use: most calls that need none are cheaper
             mem = self._store.get("memory")
             if not isinstance(mem, wasmtime.Memory):
-                raise GuestFault("module exports no memory")
+                raise GuestFault  # the module exports no memory
             self._mem = mem
             self._size = mem.data_len(self._store)
         if ptr < 0 or length < 0 or ptr + length > self._size:
-            raise GuestFault(f"range {ptr}+{length} outside memory of {self._size} bytes")
+            raise GuestFault  # (answered -EFAULT: the guest sees no message)
 
     def view(self, ptr: int, length: int) -> memoryview:
         """The guest's bytes [ptr, ptr+length) in place: valid only during this hostcall."""
@@ -161,9 +175,9 @@ class GuestMemory:
 
     def read_str(self, ptr: int, length: int) -> str:
         try:
-            return self.read(ptr, length).decode("utf-8")
-        except UnicodeDecodeError:
-            raise HostcallError(errno.EINVAL, "not UTF-8") from None
+            return self.read(ptr, length).decode()  # (UTF-8)
+        except UnicodeDecodeError:  # the guest sees -EINVAL, no message
+            raise HostcallError(errno.EINVAL) from None
 
     def fill(self, out_ptr: int, out_len_ptr: int, data: bytes | memoryview) -> int:
         """Write `data` to a guest buffer (out_ptr, out_len_ptr); -ENOSPC when too small."""
@@ -216,7 +230,7 @@ def adapt(defn: _Definition) -> Callable[..., Any]:
             result = -wasi_errno(exc.errno)
         except Exception:  # a host bug must fail this call, never the node
             logger.exception("hostcall spear.{} failed", defn.name)
-            result = -wasi_errno(errno.EIO)
+            result = -WASI_EIO
         if trace is not None:
             trace.hostcall(defn.name, started, result)
         return result
