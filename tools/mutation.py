@@ -68,6 +68,7 @@ TARGETS = (
             _T + "runtimes/test_hostcalls_objects.py",
             _T + "runtimes/test_hostcalls_streams.py",
             _T + "runtimes/test_guest_memory_faults.py",
+            _T + "runtimes/test_hostcalls_counted_and_traced.py",
         ),
     ),
     Target("models", ("spear/core/models.py",), (_T + "core/test_models.py",)),

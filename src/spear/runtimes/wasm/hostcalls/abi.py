@@ -214,25 +214,29 @@ def hostcall(
 
 
 def adapt(defn: _Definition) -> Callable[..., Any]:
-    fn = defn.fn
-    calls = hostcall_counter("wasm", defn.name)
+    fn, name = defn.fn, defn.name
+    calls = hostcall_counter("wasm", name)
+
+    def answer(caller: wasmtime.Caller, ctx: TaskContext, args: tuple[int, ...]) -> int:
+        try:
+            return fn(GuestMemory(caller), ctx, *args)
+        except GuestFault:
+            return -wasi_errno(errno.EFAULT)
+        except HostError as exc:
+            return -wasi_errno(exc.errno)
+        except Exception:  # a host bug must fail this call, never the node
+            logger.exception("hostcall spear.{} failed", name)
+            return -WASI_EIO
 
     def call(caller: wasmtime.Caller, *args: int) -> int:
         calls[0] += 1
         ctx = current()
         trace = ctx.trace  # a traced task's hostcalls are spans (docs/observability.md)
-        started = 0 if trace is None else time.time_ns()
-        try:
-            result: int = fn(GuestMemory(caller), ctx, *args)
-        except GuestFault:
-            result = -wasi_errno(errno.EFAULT)
-        except HostError as exc:
-            result = -wasi_errno(exc.errno)
-        except Exception:  # a host bug must fail this call, never the node
-            logger.exception("hostcall spear.{} failed", defn.name)
-            result = -WASI_EIO
-        if trace is not None:
-            trace.hostcall(defn.name, started, result)
+        if trace is None:
+            return answer(caller, ctx, args)
+        started = time.time_ns()
+        result = answer(caller, ctx, args)
+        trace.hostcall(name, started, result)
         return result
 
     return call
