@@ -83,4 +83,5 @@ async def test_a_traced_tasks_hostcalls_are_spans_with_their_answers(tmp_path: P
         assert run_span.start_time <= span.start_time <= span.end_time <= run_span.end_time
     sleep = calls[2]
     assert sleep.end_time is not None and sleep.start_time is not None
-    assert sleep.end_time - sleep.start_time >= SLEEP_NS
+    # (time.time_ns at both ends, a wall clock: 10% spared for its adjustments)
+    assert sleep.end_time - sleep.start_time >= SLEEP_NS * 9 // 10
