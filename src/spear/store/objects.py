@@ -204,9 +204,9 @@ class ObjectStore:
         """Write the contents of the file `source` under `key` (copied without reading it
         in; with `move`, a file from `staging_path` is taken over instead of copied)."""
         try:
-            # (a staged file is on the store's own file system: its stat is not worth a
-            # worker thread, which costs more than a 1 MiB put's copy)
-            size = os.stat(source).st_size if move else (await anyio.Path(source).stat()).st_size
+            # (a local file: its stat is not worth a worker thread's round trip, which
+            # costs more than a 1 MiB put's copy)
+            size = os.stat(source).st_size
         except FileNotFoundError:
             raise NotFound(f"no such file: {source}") from None
         return await self._put(key, size, expected_version, None, source, move=move)
