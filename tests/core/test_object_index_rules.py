@@ -205,10 +205,8 @@ async def test_every_kind_of_write_tells_the_members_that_may_cache_the_key(kv: 
     assert [r.key for r in collect.result()] == ["k"]
 
 
-async def test_a_commit_pushes_its_new_record_and_the_reader_stays_noted(
-    kv: KV, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.setattr(object_index, "PUSH_RECORDS", True)  # (off by default: see there)
+async def test_a_commit_pushes_its_new_record_and_the_reader_stays_noted(kv: KV) -> None:
+    assert object_index.PUSH_RECORDS  # (on by default; off: the next test)
     index = ObjectIndex(kv)
     index.leases.lease_s = 30.0
     rec = await index.commit("k", "node-1", "a1", 5, None, b"first")
@@ -378,7 +376,10 @@ async def test_an_entry_with_only_its_size_reads_as_a_new_free_object(kv: KV) ->
     assert [r.key for r in await index.collect(grace_s=clock.now - 1)] == ["held"]
 
 
-async def test_by_default_a_commit_pushes_no_record(kv: KV) -> None:
+async def test_with_pushes_off_a_commit_is_a_plain_invalidation(
+    kv: KV, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(object_index, "PUSH_RECORDS", False)
     index = ObjectIndex(kv)
     index.leases.lease_s = 30.0
     rec = await index.commit("k", "node-1", "a1", 5, None, b"first")

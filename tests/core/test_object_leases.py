@@ -162,6 +162,39 @@ def test_a_late_push_never_replaces_what_this_member_wrote_since() -> None:
     assert cache.fresh("k") is None
 
 
+def test_an_older_push_that_beat_this_members_own_commit_is_dropped_by_its_answer() -> None:
+    # The third race of examples/counter on three nodes: this member commits 15 while
+    # node-2's commit of 14 is pushed to it; the push arrives first (and, as a change of
+    # the key, keeps the commit's answer from being cached). The SMS does not tell a
+    # writer of its own commit, so 14 would stay current here after 15 was acknowledged.
+    cache, _, sms = _leased_cache()
+    cache.touch("k")  # (this member's commit starts)
+    ticket = cache.ticket(sms)
+    cache.pushed("k", _record(14))
+    assert cache.fresh("k") == _record(14)
+    cache.keep("k", _record(15), ticket, sms)  # the answer: 15, not kept (see above)
+    assert cache.fresh("k") is None  # and 14 is not current any more
+    cache.pushed("k", _record(14))  # nor when pushed once more, late
+    assert cache.fresh("k") is None
+    cache.keep("k", _record(15), cache.ticket(sms), sms)  # a lookup after it is kept
+    assert cache.fresh("k") == _record(15)
+    cache.keep("k", _record(14), ticket, sms)  # (an older answer drops nothing newer)
+    assert cache.fresh("k") == _record(15)
+
+
+def test_after_a_commit_whose_answer_was_lost_no_push_of_its_key_is_kept() -> None:
+    cache, _, sms = _leased_cache()
+    cache.pushed("k", _record(14))
+    cache.unsure("k")  # a commit's call failed: 15 may have been written, unheard
+    assert cache.fresh("k") is None
+    cache.pushed("k", _record(16))
+    assert cache.fresh("k") is None  # (only a lookup says what is current now)
+    cache.keep("k", _record(16), cache.ticket(sms), sms)
+    assert cache.fresh("k") == _record(16)
+    cache.pushed("other", ObjectRecord(key="other", version=17, size=1))
+    assert cache.fresh("other") == ObjectRecord(key="other", version=17, size=1)
+
+
 def test_nothing_pushed_is_kept_outside_a_session() -> None:
     clock = _Clock()
     cache = VersionCache(clock)

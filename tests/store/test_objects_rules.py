@@ -8,9 +8,10 @@ milliseconds). Also the local store's rules the mutation run found unchecked."""
 
 from __future__ import annotations
 
+import io
 import os
 import time
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, BinaryIO
 
 import pytest
 
@@ -193,6 +194,50 @@ async def test_a_copy_newer_than_the_answer_is_served_as_what_it_is(cluster: Clu
     await one.relabel("k", version, version + 20)  # not at that version now: unchanged
     assert await held(one) == {"k": version + 10}
     await one.relabel("absent", 1, 2)
+
+
+async def test_an_open_read_is_the_clusters_current_version_as_a_file(
+    cluster: Cluster, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """What the object socket hands over: the current version's file (fetched first when
+    this node has none, or an older copy), a small value's bytes from the index."""
+    one, two = cluster["node-1"], cluster["node-2"]
+    first = await one.put("k", LARGE)
+    opened, info = await two.open_with_info("k")  # none here yet: fetched, then opened
+    assert isinstance(opened, io.IOBase)
+    with opened:
+        assert (opened.read(), info.version, info.size) == (LARGE, first, len(LARGE))
+    assert cluster.authorities["node-2"].fetches == [("k", first)]
+    second = await one.put("k", b"N" * 20_000, expected_version=first)
+    closed: list[bool] = []  # every file of an older copy opened on the way is closed
+    real_open_local = two.open_local
+
+    async def open_local(key: str) -> tuple[BinaryIO | bytes, int, int]:
+        got = await real_open_local(key)
+        if isinstance(got[0], io.IOBase):
+            stale = got[0]
+            real_close = stale.close
+            closed.append(False)
+
+            def close() -> None:
+                closed[-1] = True
+                real_close()
+
+            monkeypatch.setattr(stale, "close", close)
+        return got
+
+    monkeypatch.setattr(two, "open_local", open_local)
+    opened, info = await two.open_with_info("k")  # the copy here is `first`: fetched again
+    assert isinstance(opened, io.IOBase)
+    with opened:
+        assert (opened.read(), info.version, info.size) == (b"N" * 20_000, second, 20_000)
+    assert closed == [True, True]  # the stale copy's file, then the one handed out
+    assert cluster.authorities["node-2"].fetches == [("k", first), ("k", second)]
+    small = await one.put("s", b"small")
+    assert await two.open_with_info("s") == (memoryview(b"small"), await two.info("s"))
+    assert (await two.open_with_info("s"))[1].version == small
+    with pytest.raises(NotFound):
+        await two.open_with_info("absent")
 
 
 async def test_info_list_refs_and_pins_are_the_clusters(cluster: Cluster) -> None:
@@ -409,6 +454,7 @@ async def test_a_key_is_checked_on_every_operation(store: ObjectStore) -> None:
         store.add_ref(""),
         store.pin(""),
         store.open_local(""),
+        store.open_with_info("a\0b"),
     )
     for call in calls:
         with pytest.raises(InvalidArgument):
@@ -442,6 +488,24 @@ async def test_the_transfer_service_reads_a_copy_as_a_file_or_bytes(store: Objec
     with pytest.raises(NotFound):
         await store.open_local("absent")
     assert sorted(await store.held()) == [("large", large, len(LARGE)), ("small", small, 3)]
+
+
+async def test_an_open_read_gives_the_file_or_bytes_with_what_info_says(
+    store: ObjectStore,
+) -> None:
+    large = await store.put("large", LARGE)
+    await store.pin("large")
+    opened, info = await store.open_with_info("large")
+    assert isinstance(opened, io.IOBase)
+    with opened:
+        assert opened.read() == LARGE
+    assert info == await store.info("large")
+    assert (info.version, info.size, info.pinned) == (large, len(LARGE), True)
+    small = await store.put("small", b"abc")
+    assert await store.open_with_info("small") == (b"abc", await store.info("small"))
+    assert (await store.info("small")).version == small
+    with pytest.raises(NotFound):
+        await store.open_with_info("absent")
 
 
 async def test_the_sweeper_collects_on_its_interval_until_stopped(tmp_path: Path) -> None:

@@ -157,6 +157,43 @@ def test_a_client_on_the_daemons_host_goes_through_the_object_socket(tmp_path: P
     anyio.run(main)
 
 
+def test_each_put_over_the_socket_stores_exactly_its_own_bytes(tmp_path: Path) -> None:
+    """A client reuses its memfd for the next put (up to 4 MiB) and hands over one larger
+    than the value: the node stores the value's bytes only, whatever the one before."""
+    home = tmp_path / "home"
+    values = [
+        b"a" * (3 * MiB),  # then shorter ones into the same memfd
+        b"b" * 70_000,
+        b"c" * 10,
+        b"",
+        b"d" * (2 * MiB + 1),
+        b"e" * (5 * MiB),  # past what is kept: a memfd of its own
+        b"f" * 100_000,
+    ]
+
+    async def main() -> None:
+        async with _daemon(home) as address:
+            owner = Credentials(token=read_owner_token(home))
+            async with Client(address, credentials=owner) as client:
+                raw = ObjectSocketClient((await client.node_info()).object_socket, owner)
+                try:
+                    for value in values:
+                        answer = await raw.put("k", value)
+                        assert answer["size"] == len(value)
+                        got, read = await raw.get("k")
+                        assert (got, read["version"]) == (value, answer["version"])
+                        data, info = await client.get_object("k")
+                        assert (data, info.size) == (value, len(value))
+                    with pytest.raises(Conflict):  # refused: its memfd is not reused broken
+                        await raw.put("k", b"x" * 1000, expected_version=1)
+                    assert (await raw.put("k", b"y" * 1000))["size"] == 1000
+                    assert (await raw.get("k"))[0] == b"y" * 1000
+                finally:
+                    await raw.aclose()
+
+    anyio.run(main)
+
+
 def test_the_object_socket_keeps_the_daemons_rules(tmp_path: Path) -> None:
     home = tmp_path / "home"
 

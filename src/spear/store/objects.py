@@ -42,12 +42,13 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import io
 import mmap
 import os
 import shutil
 import time
 from collections import Counter
-from typing import TYPE_CHECKING, Any, BinaryIO
+from typing import TYPE_CHECKING, Any, BinaryIO, TypeVar
 
 import anyio
 import anyio.to_thread
@@ -68,7 +69,7 @@ from spear.store.object_info import ObjectInfo
 
 if TYPE_CHECKING:
     import builtins
-    from collections.abc import AsyncIterator, Callable, Sequence
+    from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
     from pathlib import Path
 
     from anyio.abc import TaskGroup
@@ -84,6 +85,10 @@ ORPHAN_GRACE_S = 600.0  # a value file no metadata names, older than this, is re
 # received touches it, and a transfer with no progress for 30 s is given up.
 STAGING_GRACE_S = 300.0
 _RACE_RETRIES = 16
+_Value = TypeVar("_Value")
+if TYPE_CHECKING:
+    # Reads this node's copy of a key: (the value, mapped or opened; its size; version).
+    _Read = Callable[[str], Awaitable[tuple[_Value, int, int]]]
 
 
 def check_key(key: str) -> str:
@@ -199,7 +204,9 @@ class ObjectStore:
         """Write the contents of the file `source` under `key` (copied without reading it
         in; with `move`, a file from `staging_path` is taken over instead of copied)."""
         try:
-            size = (await anyio.Path(source).stat()).st_size
+            # (a local file: its stat is not worth a worker thread's round trip, which
+            # costs more than a 1 MiB put's copy)
+            size = os.stat(source).st_size
         except FileNotFoundError:
             raise NotFound(f"no such file: {source}") from None
         return await self._put(key, size, expected_version, None, source, move=move)
@@ -207,7 +214,7 @@ class ObjectStore:
     async def staging_path(self) -> Path:
         """A new file name on the store's file system, for a value being received."""
         staging = self.root / "staging"
-        await anyio.Path(staging).mkdir(parents=True, exist_ok=True)
+        staging.mkdir(parents=True, exist_ok=True)  # (on the store's file system: short)
         return staging / os.urandom(16).hex()
 
     async def clear_staging(self, older_than_s: float = 0.0) -> int:
@@ -250,7 +257,10 @@ class ObjectStore:
             inline = b""
             if size > self._inline_max:
                 name = os.urandom(16).hex()
-                await anyio.to_thread.run_sync(self._stage, name, data, source, move)
+                if move and not self._sync:  # a rename on the store's file system
+                    self._stage(name, data, source, move)
+                else:
+                    await anyio.to_thread.run_sync(self._stage, name, data, source, move)
             elif data is not None:
                 inline = bytes(data)
             elif source is not None:
@@ -352,7 +362,7 @@ class ObjectStore:
         """(value, version). A large value is a read-only map of its file, not a copy."""
         check_key(key)
         if self.authority is not None:
-            value, info = await self._get_current(key, self.authority)
+            value, info = await self._get_current(key, self.authority, self._map_local)
             return value, info.version
         return await self.get_local(key)
 
@@ -360,7 +370,7 @@ class ObjectStore:
         """`get`, and what `info` says of that version, found by the same reads."""
         check_key(key)
         if self.authority is not None:
-            return await self._get_current(key, self.authority)
+            return await self._get_current(key, self.authority, self._map_local)
         for _ in range(_RACE_RETRIES):
             _, header, inline, version = await self._load(key)
             info = _info(key, header, version)
@@ -368,6 +378,22 @@ class ObjectStore:
                 return memoryview(inline), info
             with contextlib.suppress(FileNotFoundError):
                 return self._map(header["file"], int(header["size"])), info
+        raise StorageError(f"object {key!r} kept changing while being read")
+
+    async def open_with_info(self, key: str) -> tuple[BinaryIO | bytes | memoryview, ObjectInfo]:
+        """`get_with_info`, the value as an open file of this node's copy (or a small
+        value's bytes): what the object socket hands over. The caller closes the file."""
+        check_key(key)
+        if self.authority is not None:
+            return await self._get_current(key, self.authority, self.open_local)
+        for _ in range(_RACE_RETRIES):
+            _, header, inline, version = await self._load(key)
+            if not header.get("file"):
+                return inline, _info(key, header, version)
+            with contextlib.suppress(FileNotFoundError):
+                # (opening is short; the caller closes it)
+                f = open(self._path(header["file"]), "rb")  # noqa: ASYNC230
+                return f, _info(key, header, version)
         raise StorageError(f"object {key!r} kept changing while being read")
 
     async def get_local(self, key: str) -> tuple[memoryview, int]:
@@ -410,18 +436,26 @@ class ObjectStore:
         for landing in list(self._landing.get(key, ())):
             await landing.wait()
 
+    async def _map_local(self, key: str) -> tuple[memoryview, int, int]:
+        value, version = await self.get_local(key)
+        return value, len(value), version
+
     async def _get_current(
-        self, key: str, authority: ObjectAuthority
-    ) -> tuple[memoryview, ObjectInfo]:
+        self, key: str, authority: ObjectAuthority, read: _Read[_Value]
+    ) -> tuple[_Value | memoryview, ObjectInfo]:
+        """The current version of `key`, read from this node's copy by `read` (mapped,
+        or opened: (value, size, version)), fetched here first if this node has none."""
         for _ in range(_RACE_RETRIES):
             info = await authority.current(key)
             small = authority.small_value(key, info.version)
             if small is not None:  # kept in the index: no copy here, no hop to a holder
                 return memoryview(small), info
             with contextlib.suppress(NotFound):
-                value, version = await self.get_local(key)
+                value, size, version = await read(key)
                 if version >= info.version:
-                    return value, _as_read(info, version, len(value))
+                    return value, _as_read(info, version, size)
+                if isinstance(value, io.IOBase):
+                    value.close()  # an older copy, opened
             if key in self._landing:  # written here a moment ago: its copy is landing
                 await self.landed(key)
                 continue
@@ -432,8 +466,8 @@ class ObjectStore:
                 if (await authority.current(key)).version == info.version:
                     raise
                 continue
-            value, version = await self.get_local(key)
-            return value, _as_read(info, version, len(value))
+            value, size, version = await read(key)
+            return value, _as_read(info, version, size)
         raise StorageError(f"object {key!r} kept changing while being read")
 
     async def _fetch(self, key: str, info: ObjectInfo, authority: ObjectAuthority) -> None:

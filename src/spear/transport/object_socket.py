@@ -2,9 +2,9 @@
 
 A Unix socket in the data dir (`DATA/objects.sock`, owner-only; SOCK_SEQPACKET, so each
 request and each answer is one message). No value's bytes cross it: a get is answered
-with the value's open file (SCM_RIGHTS), which the client maps and reads, and a put
-hands over a memfd the client filled, which the node copies into its store in the
-kernel. That is how Ray's driver reads its raylet's shared memory; over TCP (the object
+with the value's open file (SCM_RIGHTS), which the client reads, and a put hands over a
+memfd the client filled (kept for its next put), which the node copies into its store in
+the kernel. That is how Ray's driver reads its raylet's shared memory; over TCP (the object
 transfer service) the same value crosses a socket and, with TLS, is encrypted twice.
 
     {"op": "hello", "token": T}
@@ -24,7 +24,6 @@ needs a reader's. Everything runs on the node's event loop: a request costs no t
 from __future__ import annotations
 
 import contextlib
-import mmap
 import os
 import socket
 import stat
@@ -40,7 +39,6 @@ from spear.errors import (
     InvalidArgument,
     SpearError,
     Unauthenticated,
-    Unavailable,
     error_from_code,
 )
 from spear.transport.auth import Role
@@ -59,7 +57,7 @@ MESSAGE_MAX = 256 * 1024  # a request or an answer, with a small value after its
 TAIL_MAX = 64 * 1024  # a value up to this goes inside the answer, not as a file
 _PATH_MAX = 107  # sun_path, less its terminating NUL
 _COPY_IN_LOOP = 1024 * 1024  # a put or a read up to this is copied on the event loop
-_RETRIES = 3  # a value replaced between reading it and opening its file: read again
+_SPARE_MAX = 4 * 1024 * 1024  # a put up to this reuses a memfd of the client's
 
 
 def socket_path(data_dir: Path) -> Path:
@@ -218,24 +216,18 @@ class _SocketServer:
         raise InvalidArgument(f"unknown object socket operation {op!r}")
 
     async def _get(self, key: str, info: bool) -> tuple[dict[str, Any], bytes, list[int]]:
-        for _ in range(_RETRIES):
-            value, found = await self._store.get_with_info(key)  # (fetched here if need be)
-            answer: dict[str, Any] = {"ok": True, "version": found.version, "size": len(value)}
-            if info:
-                answer |= info_fields(found)
-            if len(value) <= TAIL_MAX:
-                return answer, bytes(value), []
-            f, _, held = await self._store.open_local(key)
-            if isinstance(f, bytes):
-                continue
-            if held != found.version:  # replaced meanwhile (or its copy still landing)
-                f.close()
-                await self._store.landed(key)
-                continue
-            fd = os.dup(f.fileno())  # (sent, then closed after the send)
-            f.close()
+        opened, found = await self._store.open_with_info(key)  # (fetched here if need be)
+        answer: dict[str, Any] = {"ok": True, "version": found.version, "size": found.size}
+        if info:
+            answer |= info_fields(found)
+        if isinstance(opened, (bytes, memoryview)):  # a small value, kept in its record
+            if len(opened) <= TAIL_MAX:
+                return answer, bytes(opened), []
+            fd = os.memfd_create("spear-get", os.MFD_CLOEXEC)  # (sent, then closed)
+            _write_all(fd, memoryview(opened))
             return answer, b"", [fd]
-        raise Unavailable(f"object {key!r} kept changing while being read")
+        with opened:
+            return answer, b"", [os.dup(opened.fileno())]  # (sent, then closed)
 
     async def _put(
         self, key: str, fd: int, size: int, expected: Any, info: bool
@@ -293,6 +285,7 @@ class ObjectSocketClient:
         self.path = path
         self._credentials = credentials
         self._idle: list[socket.socket] = []
+        self._spare: list[int] = []  # memfds of earlier puts, to write the next into
 
     async def hello(self) -> dict[str, Any]:
         """What the node says of itself (its name, pid and start): is it the one meant?"""
@@ -331,14 +324,27 @@ class ObjectSocketClient:
             request["expected_version"] = expected_version
         if info:
             request["info"] = True
-        fd = os.memfd_create("spear-put", os.MFD_CLOEXEC)
+        # A small value goes through a memfd kept for the next put: its pages are then
+        # written over, not allocated and freed again (the node has copied them out by
+        # the time it answers).
+        kept = len(view) <= _SPARE_MAX
+        fd = (
+            self._spare.pop()
+            if kept and self._spare
+            else os.memfd_create("spear-put", os.MFD_CLOEXEC)
+        )
         try:
             if len(view) <= _COPY_IN_LOOP:
                 _write_all(fd, view)
             else:
                 await anyio.to_thread.run_sync(_write_all, fd, view)
             answer, _, _ = await self._exchange(request, [fd])
-        finally:
+        except BaseException:
+            os.close(fd)
+            raise
+        if kept:
+            self._spare.append(fd)
+        else:
             os.close(fd)
         return answer
 
@@ -404,13 +410,20 @@ class ObjectSocketClient:
         idle, self._idle = self._idle, []
         for sock in idle:
             sock.close()
+        spare, self._spare = self._spare, []
+        _close_all(spare)
 
 
 def _read_mapped(fd: int, size: int) -> bytes:
-    with mmap.mmap(fd, size, prot=mmap.PROT_READ) as mapped:
-        return bytes(mapped)
+    value = os.pread(fd, size, 0)
+    if len(value) != size:
+        raise TransferBroken(f"the value's file handed over has {len(value)} of {size} bytes")
+    return value
 
 
 def _write_all(fd: int, view: memoryview) -> None:
-    while view:
-        view = view[os.write(fd, view) :]
+    """`view` at the start of the file `fd` (what lies past its end is left: a put names
+    its size)."""
+    offset = 0
+    while offset < len(view):
+        offset += os.pwrite(fd, view[offset:], offset)
