@@ -56,7 +56,7 @@ _MAX_HOLD_S = 0.1
 _YIELD_S = 0.01
 _RETRY_MAX_S = 0.004
 
-_OPEN: dict[str, LevelDBKV] = {}
+_OPEN: set[str] = set()  # the paths open in this process
 _OPEN_LOCK = threading.Lock()
 
 
@@ -144,7 +144,7 @@ class LevelDBKV(KV):
                 except OSError as exc:
                     raise StorageError(f"cannot open the database at {path}: {exc}") from None
                 kv._with_db(lambda db: None)  # fail early if the path is unusable
-            _OPEN[path] = kv
+            _OPEN.add(path)
             return kv
 
     # -- owning the handle ----------------------------------------------------------
@@ -453,7 +453,7 @@ class LevelDBKV(KV):
             self._flush()
             self._closed = True
             self._close_handle()
-            del _OPEN[self._path]
+            _OPEN.remove(self._path)
 
 
 class _Batch:
