@@ -9,16 +9,17 @@ from __future__ import annotations
 
 import asyncio
 import random
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pytest
 
+from spear.errors import StorageError
 from spear.store.kv import EventKind, WatchEvent, Write
 from spear.store.leveldb import LevelDBKV
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator
-    from pathlib import Path
 
 
 class _Counting:
@@ -368,3 +369,135 @@ async def test_the_read_cache_keeps_at_most_its_bound_then_starts_again(
     assert await kv.get("x0") is None
     assert await kv.get("x3") is None
     assert db.gets == 5
+
+
+# -- a full disk (issue 16): one clear error, and the data dir's reserve given back once --
+
+_FULL = "No space left on device"
+
+
+def _opens_on_a_full_disk(
+    monkeypatch: pytest.MonkeyPatch, failures: int, refill: bool = False
+) -> list[str]:
+    """LevelDB's open fails as on a full disk `failures` times (`refill`: and something
+    makes the data dir's reserve again meanwhile, as a node's `Reserve.keep` would)."""
+    import plyvel
+
+    real = plyvel.DB
+    tried: list[str] = []
+
+    def db(path: str, **kwargs: Any) -> Any:
+        tried.append(path)
+        if len(tried) <= failures:
+            if refill:
+                (Path(path).parent / "reserve").write_bytes(b"\0" * 16)
+            raise plyvel.IOError(f"IO error: {path}/LOG: {_FULL}")
+        return real(path, **kwargs)
+
+    monkeypatch.setattr(plyvel, "DB", db)
+    return tried
+
+
+@pytest.mark.parametrize("hold", [True, False], ids=["held", "shared"])
+async def test_an_open_on_a_full_disk_gives_the_reserve_back_and_goes_on(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, hold: bool
+) -> None:
+    from log_capture import SpearLog
+
+    (tmp_path / "reserve").write_bytes(b"\0" * 16)
+    path = str(tmp_path / "db")  # new: opened only if LevelDB may create it
+    tried = _opens_on_a_full_disk(monkeypatch, failures=1)
+    with SpearLog("WARNING") as messages:
+        kv = LevelDBKV.open(path, hold=hold)
+    try:
+        assert tried == [path, path] and not (tmp_path / "reserve").exists()
+        assert [m.rstrip() for m in messages] == [
+            f"WARNING: the disk of {path} is full: its reserve was given back"
+        ]
+        assert await kv.put("a", b"1") == 1
+    finally:
+        await kv.aclose()
+
+
+async def test_an_open_on_a_full_disk_without_a_reserve_says_so(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from spear.errors import NoSpace
+
+    path = str(tmp_path / "db")
+    tried = _opens_on_a_full_disk(monkeypatch, failures=1)
+    with pytest.raises(NoSpace) as info:
+        LevelDBKV.open(path)
+    assert str(info.value) == (
+        f"no space left on device (the database at {path}): free space in the data dir"
+    )
+    assert tried == [path]
+
+
+async def test_an_open_gives_the_reserve_back_at_most_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from spear.errors import NoSpace
+
+    (tmp_path / "reserve").write_bytes(b"\0" * 16)
+    path = str(tmp_path / "db")
+    tried = _opens_on_a_full_disk(monkeypatch, failures=2, refill=True)
+    with pytest.raises(NoSpace):
+        LevelDBKV.open(path)
+    assert tried == [path, path] and (tmp_path / "reserve").exists()
+
+
+async def test_a_database_that_fails_otherwise_keeps_the_reserve(tmp_path: Path) -> None:
+    path = tmp_path / "db"
+    await LevelDBKV.open(str(path)).aclose()
+    (path / "CURRENT").write_text("MANIFEST-999999\n")
+    (tmp_path / "reserve").write_bytes(b"\0" * 16)
+    with pytest.raises(StorageError):
+        LevelDBKV.open(str(path))
+    assert (tmp_path / "reserve").exists()
+
+
+class _Failing:
+    """A plyvel DB whose reads of user keys fail as a bad disk's do and whose writes fail
+    as a full disk's do."""
+
+    def __init__(self, real: Any) -> None:
+        self._real = real
+
+    def get(self, key: bytes) -> Any:
+        import plyvel
+
+        if key.startswith(b"d/"):  # the users' keys (the revision reads fine)
+            raise plyvel.IOError("disk on fire")
+        return self._real.get(key)
+
+    def write_batch(self, *args: Any, **kwargs: Any) -> Any:
+        import plyvel
+
+        raise plyvel.IOError(f"IO error: 000005.log: {_FULL}")
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._real, name)
+
+
+@pytest.mark.parametrize("hold", [True, False], ids=["held", "shared"])
+async def test_reads_and_writes_that_fail_say_what_the_database_said(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, hold: bool
+) -> None:
+    from spear.errors import NoSpace
+    from spear.store import leveldb
+
+    real_open = leveldb._open
+    monkeypatch.setattr(leveldb, "_open", lambda *a, **k: _Failing(real_open(*a, **k)))
+    kv = LevelDBKV.open(str(tmp_path / "db"), hold=hold)
+    try:
+        with pytest.raises(StorageError) as failed:
+            await kv.get("a")
+        assert str(failed.value) == "database error: disk on fire"
+        with pytest.raises(NoSpace) as full:
+            await kv.put("a", b"1")
+        assert str(full.value) == (
+            "no space left on device (the database): free space in the data dir"
+        )
+    finally:
+        await kv.aclose()
