@@ -98,6 +98,7 @@ TARGETS = (
             _T + "store/test_kv_contract.py",
             _T + "store/test_leveldb.py",
             _T + "store/test_leveldb_rules.py",
+            _T + "store/test_kv_mutants.py",
         ),
     ),
     Target(

@@ -173,6 +173,9 @@ async def _synced_watch(kv: KV, prefix: str) -> AsyncIterator[asyncio.Queue[Watc
     try:
         marker = prefix + "~sync"
         for _ in range(500):
+            if reader.done():  # the watch ended or failed: say so now, not after 25 s
+                reader.result()
+                raise AssertionError("the watch ended")
             await kv.put(marker, b"")
             try:
                 first = await asyncio.wait_for(queue.get(), timeout=0.05)

@@ -20,6 +20,7 @@ import asyncio
 import contextlib
 import os
 import random
+import struct
 import threading
 import time
 from pathlib import Path
@@ -41,7 +42,7 @@ T = TypeVar("T")
 
 _REV_KEY = b"\x00meta/revision"
 _DATA = b"d/"  # user keys live under this prefix so metadata never shows in scans
-_VERSION_BYTES = 8
+_VERSION = struct.Struct(">Q")  # a stored value starts with its version, 8 bytes big-endian
 
 _ABSENT = object()
 _RECENT_MAX = 100_000  # entries of LevelDBKV._recent (a few tens of MB of task records)
@@ -55,23 +56,28 @@ _MAX_HOLD_S = 0.1
 _YIELD_S = 0.01
 _RETRY_MAX_S = 0.004
 
-_OPEN: dict[str, LevelDBKV] = {}
+_OPEN: set[str] = set()  # the paths open in this process
 _OPEN_LOCK = threading.Lock()
 
 
 def _encode(version: int, value: bytes) -> bytes:
-    return version.to_bytes(_VERSION_BYTES, "big") + value
+    return _VERSION.pack(version) + value
 
 
 def _decode(raw: bytes) -> tuple[int, bytes]:
-    return int.from_bytes(raw[:_VERSION_BYTES], "big"), raw[_VERSION_BYTES:]
+    return _version_of(raw), raw[_VERSION.size :]
+
+
+def _version_of(raw: bytes) -> int:
+    version: int = _VERSION.unpack_from(raw)[0]
+    return version
 
 
 def _open(path: str, create: bool, *, reserved: bool = True) -> Any:
     try:
         return plyvel.DB(path, create_if_missing=create)
     except plyvel.IOError as exc:
-        if b"lock" in str(exc).encode() or "lock" in str(exc):
+        if "lock" in str(exc):
             raise StorageBusy(f"the database at {path} is in use by another process") from exc
         if reserved and diskspace.is_no_space(exc):
             # Opening writes (a new log, the manifest): the data dir's reserve gives it
@@ -99,9 +105,9 @@ class LevelDBKV(KV):
         self._busy_timeout_s = busy_timeout_s
         self._sync = sync
         self._db: Any = None  # held: always; shared: while it lingers after an operation
-        self._opened_at = 0.0
-        self._yielded_at = -1.0
-        self._last_used = 0.0
+        self._opened_at: float  # (shared) when `_db` was opened
+        self._reopen_at = 0.0  # (shared) not reopened before then: another's turn
+        self._last_used: float  # (shared) when `_db` was last used
         self._closer: threading.Timer | None = None
         self._rev: int | None = None  # the last revision written, known while held
         self._lock = threading.RLock()
@@ -113,7 +119,6 @@ class LevelDBKV(KV):
         self._recent: dict[bytes, bytes | None] = {}
         self._staged_events: list[WatchEvent] = []
         self._batch: _Batch | None = None  # how the write of what is staged went
-        self._flush_due = False  # a flush of the batch is scheduled
         self._watchers: list[tuple[str, asyncio.Queue[WatchEvent], asyncio.AbstractEventLoop]] = []
 
     @classmethod
@@ -128,7 +133,7 @@ class LevelDBKV(KV):
         """
         path = os.path.abspath(path)
         with _OPEN_LOCK:
-            if path in _OPEN and not _OPEN[path]._closed:
+            if path in _OPEN:
                 raise StorageError(f"the database at {path} is already open in this process")
             kv = cls(path, hold=hold, busy_timeout_s=busy_timeout_s, sync=sync)
             if hold:
@@ -139,7 +144,7 @@ class LevelDBKV(KV):
                 except OSError as exc:
                     raise StorageError(f"cannot open the database at {path}: {exc}") from None
                 kv._with_db(lambda db: None)  # fail early if the path is unusable
-            _OPEN[path] = kv
+            _OPEN.add(path)
             return kv
 
     # -- owning the handle ----------------------------------------------------------
@@ -156,7 +161,7 @@ class LevelDBKV(KV):
         # is closed after an operation once it has been open `_MAX_HOLD_S`, so another
         # process waits at most about that long for its turn. (Callers hold self._lock.)
         if self._db is None:
-            wait = self._yielded_at + _YIELD_S - time.monotonic()
+            wait = self._reopen_at - time.monotonic()
             if wait > 0:  # just let go after a long hold: give a waiting process its turn
                 time.sleep(wait)
             self._db = self._open_shared()
@@ -166,12 +171,10 @@ class LevelDBKV(KV):
         finally:
             self._last_used = time.monotonic()
             if self._last_used - self._opened_at >= _MAX_HOLD_S:
-                self._close_shared()
-                self._yielded_at = self._last_used
+                self._close_handle()
+                self._reopen_at = self._last_used + _YIELD_S
             elif self._closer is None:
-                self._closer = threading.Timer(_LINGER_S, self._close_idle)
-                self._closer.daemon = True
-                self._closer.start()
+                self._close_idle_in(_LINGER_S)
 
     def _open_shared(self) -> Any:
         deadline = time.monotonic() + self._busy_timeout_s
@@ -188,20 +191,24 @@ class LevelDBKV(KV):
                 time.sleep(delay * (1 + random.random()))
                 delay = min(delay * 2, _RETRY_MAX_S)
 
-    def _close_idle(self) -> None:
+    def _close_idle_in(self, delay_s: float) -> None:
+        # A daemon thread: a process ending with the handle lingering is not held up.
+        self._closer = threading.Timer(delay_s, self._close_idle)
+        self._closer.daemon = True
+        self._closer.start()
+
+    def _close_idle(self) -> None:  # (only shared handles linger)
         with self._lock:
             self._closer = None
-            if self._db is None or self._hold:
+            if self._db is None:
                 return
             idle = time.monotonic() - self._last_used
             if idle >= _LINGER_S:
-                self._close_shared()
+                self._close_handle()
             else:  # used since: look again when it will have been idle long enough
-                self._closer = threading.Timer(_LINGER_S - idle, self._close_idle)
-                self._closer.daemon = True
-                self._closer.start()
+                self._close_idle_in(_LINGER_S - idle)
 
-    def _close_shared(self) -> None:
+    def _close_handle(self) -> None:
         if self._closer is not None:
             self._closer.cancel()
             self._closer = None
@@ -236,13 +243,13 @@ class LevelDBKV(KV):
     # write batch, at the start of the next turn; each writer awaits that batch. Ten
     # thousand tasks submitted together then cost a few batches, not sixty thousand
     # writes, and with `sync=True` one fsync serves them all. Nothing is acknowledged
-    # before its batch is written.
+    # before its batch is written. The revision is staged as a change of `_REV_KEY`.
 
     def _next_revision(self, db: Any) -> int:
         if self._rev is not None:
             return self._rev + 1
         raw = db.get(_REV_KEY)
-        return (int.from_bytes(raw, "big") if raw else 0) + 1
+        return (_version_of(raw) if raw else 0) + 1
 
     def _raw(self, db: Any, key: bytes) -> bytes | None:
         """The stored bytes of `key`, staged changes included."""
@@ -266,7 +273,7 @@ class LevelDBKV(KV):
 
     def _version(self, db: Any, key: bytes) -> int:
         raw = self._raw(db, key)
-        return 0 if raw is None else int.from_bytes(raw[:_VERSION_BYTES], "big")
+        return 0 if raw is None else _version_of(raw)
 
     def _change(self, db: Any, writes: list[tuple[bytes, bytes | None]], rev: int) -> None:
         """Make `writes` (raw key, value or None to delete) at revision `rev`."""
@@ -282,8 +289,9 @@ class LevelDBKV(KV):
             else []
         )
         staged = {k: None if v is None else _encode(rev, v) for k, v in writes}
+        staged[_REV_KEY] = _VERSION.pack(rev)
         if not self._hold:
-            self._write_batch(db, rev, staged)
+            self._write_batch(db, staged)
             self._notify(events)
             return
         self._rev = rev  # no other process writes a database we hold
@@ -292,10 +300,9 @@ class LevelDBKV(KV):
         if self._batch is None:
             self._batch = _Batch()
 
-    def _write_batch(self, db: Any, rev: int, staged: dict[bytes, bytes | None]) -> None:
-        """Write `staged` (raw key: stored bytes, None to delete) and the revision."""
+    def _write_batch(self, db: Any, staged: dict[bytes, bytes | None]) -> None:
+        """Write `staged` (raw key: stored bytes, None to delete) as one batch."""
         with db.write_batch(sync=self._sync) as batch:
-            batch.put(_REV_KEY, rev.to_bytes(_VERSION_BYTES, "big"))
             for key, raw in staged.items():
                 if raw is None:
                     batch.delete(key)
@@ -303,51 +310,41 @@ class LevelDBKV(KV):
                     batch.put(key, raw)
 
     def _flush(self) -> None:
-        """Write every staged change as one batch and tell its writers (loop thread)."""
+        """Write every staged change as one batch and tell its writers (loop thread).
+
+        (Nothing is staged in a closed database: `aclose` flushes, then every operation
+        is refused.)
+        """
         with self._lock:
-            self._flush_due = False
             batch, self._batch = self._batch, None
+            if batch is None:  # nothing staged
+                return
             staged, self._overlay = self._overlay, {}
             events, self._staged_events = self._staged_events, []
-            error: BaseException | None = None
-            if staged and not self._closed:
-                try:
-                    self._write_batch(self._db, self._rev or 0, staged)
-                except plyvel.Error as exc:
-                    error = _database_error(exc)
-                    self._rev = None  # read it back: the revisions handed out were not written
-                else:
-                    self._keep_recent(staged)
-            elif staged:
-                error = StorageError("the database was closed before the change was written")
-        if batch is not None:
-            batch.done = True
-            batch.error = error
-        if error is None:
-            self._notify(events)
+            try:
+                self._write_batch(self._db, staged)
+            except plyvel.Error as exc:
+                batch.error = _database_error(exc)
+                self._rev = None  # read it back: the revisions handed out were not written
+                return
+            self._keep_recent(staged)
+        self._notify(events)
 
     async def _written(self) -> None:
         """Wait until what this task staged is written.
 
         With nothing else ready to run, the batch is written at once: no other writer
-        could join it before the next turn of the loop anyway. Otherwise the write is
-        scheduled for the next turn, ahead of this task's wake-up, so every writer of
-        this turn shares it; this task yields once, and finds it written (or failed).
+        could join it before the next turn of the loop anyway. Otherwise this task yields
+        once, so that every writer of this turn stages its changes too, and the first of
+        them to wake writes the batch for all (the others find it written, or failed).
         """
         batch = self._batch
         if batch is None:
             return
-        if not self._flush_due:
-            loop = asyncio.get_running_loop()
-            if ready_count(loop) == 0:
-                self._flush()
-            else:
-                loop.call_soon(self._flush)
-                self._flush_due = True
-        if not batch.done:
+        if ready_count(asyncio.get_running_loop()) > 0:
             await asyncio.sleep(0)
-            if not batch.done:  # another loop ran in between: write it now
-                self._flush()
+        if self._batch is batch:
+            self._flush()
         if batch.error is not None:
             raise batch.error
 
@@ -364,17 +361,16 @@ class LevelDBKV(KV):
         return await self.commit([Write(key, value)])
 
     async def delete(self, key: str) -> bool:
-        def op(db: Any) -> int:
+        def op(db: Any) -> bool:
             raw_key = _DATA + key.encode()
             if self._raw(db, raw_key) is None:
-                return 0
-            rev = self._next_revision(db)
-            self._change(db, [(raw_key, None)], rev)
-            return rev
+                return False
+            self._change(db, [(raw_key, None)], self._next_revision(db))
+            return True
 
-        rev = await self._run(op)
+        existed = await self._run(op)
         await self._written()
-        return rev > 0
+        return existed
 
     async def compare_and_swap(self, key: str, value: bytes | None, expected_version: int) -> int:
         def op(db: Any) -> int:
@@ -403,16 +399,16 @@ class LevelDBKV(KV):
         return revs
 
     def _commit_one(self, db: Any, writes: Sequence[Write]) -> int:
-        keys = [_DATA + w.key.encode() for w in writes]
-        if len(set(keys)) != len(keys):
+        changes = [(_DATA + w.key.encode(), w) for w in writes]
+        if len({raw_key for raw_key, _ in changes}) != len(changes):
             raise ValueError("a commit names a key more than once")
-        for raw_key, w in zip(keys, writes, strict=True):
+        for raw_key, w in changes:
             if w.expected_version is not None and (
                 self._version(db, raw_key) != w.expected_version
             ):
                 return -1
         rev = self._next_revision(db)
-        self._change(db, [(k, w.value) for k, w in zip(keys, writes, strict=True)], rev)
+        self._change(db, [(raw_key, w.value) for raw_key, w in changes], rev)
         return rev
 
     async def scan(
@@ -421,8 +417,7 @@ class LevelDBKV(KV):
         raw_prefix = _DATA + prefix.encode()
 
         def op(db: Any) -> list[Entry]:
-            if self._overlay:  # a range read sees every change made before it
-                self._flush()
+            self._flush()  # a range read sees every change made before it
             out: list[Entry] = []
             with db.iterator(prefix=raw_prefix, reverse=reverse) as it:
                 for k, raw in it:
@@ -451,29 +446,23 @@ class LevelDBKV(KV):
                     loop.call_soon_threadsafe(_offer, queue, event)
 
     async def aclose(self) -> None:
-        with self._lock:
+        # Under the registry's lock: the path is free for another open once closed.
+        with _OPEN_LOCK, self._lock:
             if self._closed:
                 return
-            if self._overlay:
-                self._flush()
+            self._flush()
             self._closed = True
-            if self._hold:
-                if self._db is not None:
-                    self._db.close()
-                    self._db = None
-            else:
-                self._close_shared()
-        with _OPEN_LOCK:
-            if _OPEN.get(self._path) is self:
-                del _OPEN[self._path]
+            self._close_handle()
+            _OPEN.remove(self._path)
 
 
 class _Batch:
-    __slots__ = ("done", "error")
+    """The changes staged since the last write; written once it is no longer `_batch`."""
+
+    __slots__ = ("error",)
 
     def __init__(self) -> None:
-        self.done = False
-        self.error: BaseException | None = None
+        self.error: BaseException | None = None  # why its write failed
 
 
 def _offer(queue: asyncio.Queue[WatchEvent], event: WatchEvent) -> None:
