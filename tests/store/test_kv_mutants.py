@@ -8,12 +8,16 @@ started, and a broken delivery is reported at once rather than waited for.
 from __future__ import annotations
 
 import asyncio
+import os
 import random
+import subprocess
+import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pytest
 
+import spear
 from spear.errors import StorageError
 from spear.store.kv import EventKind, WatchEvent, Write
 from spear.store.leveldb import LevelDBKV
@@ -116,6 +120,54 @@ def test_a_lone_write_is_acknowledged_without_a_turn_of_the_loop(tmp_path: Path)
             await kv.aclose()
 
     asyncio.run(main())
+
+
+_CANCELLED_WRITER = """
+import asyncio, os, sys
+from spear.store.leveldb import LevelDBKV
+
+async def main() -> None:
+    kv = LevelDBKV.open(sys.argv[1])
+    writer = asyncio.ensure_future(kv.put("kept", b"v"))
+    other = asyncio.ensure_future(asyncio.sleep(0))  # (ready: the writer yields a turn)
+    await asyncio.sleep(0)  # the writer staged its change and yielded
+    writer.cancel()
+    try:
+        await writer
+    except asyncio.CancelledError:
+        print("cancelled", flush=True)
+    await other
+    os._exit(0)  # ends at once: no close, nothing flushed on the way out
+
+asyncio.run(main())
+"""
+
+
+def test_a_writer_cancelled_while_its_batch_waits_still_has_it_written(
+    tmp_path: Path,
+) -> None:
+    # Its change was staged, so later reads saw it: it must reach LevelDB with its turn,
+    # not whenever the next writer happens to come (a crash meanwhile would lose it).
+    path = str(tmp_path / "db")
+    env = dict(os.environ, PYTHONPATH=str(Path(spear.__file__).parent.parent))
+    run = subprocess.run(
+        [sys.executable, "-c", _CANCELLED_WRITER, path],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=env,
+    )
+    assert run.stdout == "cancelled\n", run.stderr
+
+    async def read() -> Any:
+        kv = LevelDBKV.open(path)
+        try:
+            return await kv.get("kept")
+        finally:
+            await kv.aclose()
+
+    entry = asyncio.run(read())
+    assert entry is not None and entry.value == b"v"
 
 
 async def test_keys_read_or_written_lately_are_not_read_from_leveldb_again(

@@ -341,10 +341,12 @@ class LevelDBKV(KV):
         batch = self._batch
         if batch is None:
             return
-        if ready_count(asyncio.get_running_loop()) > 0:
-            await asyncio.sleep(0)
-        if self._batch is batch:
-            self._flush()
+        try:
+            if ready_count(asyncio.get_running_loop()) > 0:
+                await asyncio.sleep(0)
+        finally:  # (cancelled meanwhile too: what it staged is written with its turn)
+            if self._batch is batch:
+                self._flush()
         if batch.error is not None:
             raise batch.error
 
