@@ -11,12 +11,19 @@ from __future__ import annotations
 import io
 import os
 import time
-from typing import TYPE_CHECKING, BinaryIO
+from typing import TYPE_CHECKING, Any, BinaryIO
 
 import pytest
 
 from spear.core.object_index import ObjectIndex
-from spear.errors import Conflict, InvalidArgument, NotFound, ResourceExhausted, Unavailable
+from spear.errors import (
+    Conflict,
+    InvalidArgument,
+    NotFound,
+    ResourceExhausted,
+    StorageError,
+    Unavailable,
+)
 from spear.store.leveldb import LevelDBKV
 from spear.store.objects import ObjectStore, result_key
 from spear.transport._object_convert import record_info
@@ -443,6 +450,51 @@ async def test_half_received_values_are_cleared_by_age(store: ObjectStore) -> No
     assert await store.clear_staging(older_than_s=50) == 1
     assert fresh.exists() and not stale.exists()
     assert await store.clear_staging() == 1 and not fresh.exists()
+
+
+async def test_a_staged_file_is_moved_in_a_store_that_syncs_too(tmp_path: Path) -> None:
+    # (A syncing store stages on a worker thread, to fsync there: the file is still taken
+    # over, not copied and left behind.)
+    kv = LevelDBKV.open(str(tmp_path / "db"))
+    try:
+        store = ObjectStore(kv, tmp_path / "objects", sync=True)
+        staged = await store.staging_path()
+        staged.write_bytes(LARGE)
+        version = await store.put_file("k", staged, move=True)
+        assert not staged.exists()
+        assert await store.get("k") == (memoryview(LARGE), version)
+    finally:
+        await kv.aclose()
+
+
+async def test_an_open_read_of_a_value_replaced_meanwhile_reads_again(
+    store: ObjectStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The record read names a file a later put has since removed: the open read looks at
+    the record again (the next is the new value's), or, if it keeps changing, says so."""
+    await store.put("k", LARGE)
+    stale = await store._load("k")
+    newer = await store.put("k", b"N" * 20_000)
+    real_load = store._load
+    loads = 0
+
+    async def load_stale_once(key: str) -> Any:
+        nonlocal loads
+        loads += 1
+        return stale if loads == 1 else await real_load(key)
+
+    monkeypatch.setattr(store, "_load", load_stale_once)
+    opened, info = await store.open_with_info("k")
+    assert isinstance(opened, io.IOBase)
+    with opened:
+        assert (opened.read(), info.version, loads) == (b"N" * 20_000, newer, 2)
+
+    async def load_stale(key: str) -> Any:
+        return stale
+
+    monkeypatch.setattr(store, "_load", load_stale)
+    with pytest.raises(StorageError, match="'k' kept changing while being read"):
+        await store.open_with_info("k")
 
 
 async def test_a_key_is_checked_on_every_operation(store: ObjectStore) -> None:

@@ -298,7 +298,7 @@ class ObjectStore:
         return version
 
     def _stage(
-        self, name: str, data: bytes | memoryview | None, source: Path | None, move: bool = False
+        self, name: str, data: bytes | memoryview | None, source: Path | None, move: bool
     ) -> None:
         path = self._path(name)
         path.parent.mkdir(parents=True, exist_ok=True)
