@@ -98,10 +98,17 @@ class _Ticker:
                 if self._stopped:
                     return
             time.sleep(TICK_S)
-            for engine in self.engines:
-                engine.increment_epoch()
+            with self._cond:  # (see `stop`)
+                if self._stopped:
+                    return
+                for engine in self.engines:
+                    engine.increment_epoch()
 
     def stop(self) -> None:
+        """No engine is touched once this returns, even if the thread is slow to end: an
+        increment still running while the interpreter exits would use an engine being
+        freed (a likely cause of the rare abort "panic in a function that cannot unwind"
+        at the end of `spear run` under heavy load, not reproduced on demand)."""
         with self._cond:
             self._stopped = True
             self._cond.notify()
