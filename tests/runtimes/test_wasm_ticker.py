@@ -6,10 +6,12 @@ from __future__ import annotations
 
 import threading
 import time
-
-import pytest
+from typing import TYPE_CHECKING
 
 from spear.runtimes.wasm import agent
+
+if TYPE_CHECKING:
+    import pytest
 
 
 class _Engine:
