@@ -177,7 +177,11 @@ TARGETS = (
     Target(
         "auth",
         ("spear/transport/auth.py",),
-        (_T + "transport/test_auth.py", _T + "transport/test_auth_rules.py"),
+        (
+            _T + "transport/test_auth.py",
+            _T + "transport/test_auth_rules.py",
+            _T + "transport/test_auth_mutants.py",
+        ),
     ),
 )
 
