@@ -181,6 +181,7 @@ TARGETS = (
             _T + "transport/test_auth.py",
             _T + "transport/test_auth_rules.py",
             _T + "transport/test_auth_mutants.py",
+            _T + "transport/test_token_store_fresh.py",
         ),
     ),
 )

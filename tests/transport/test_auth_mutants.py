@@ -31,6 +31,8 @@ from spear.transport.auth import Authorizer, Principal, Role, TokenStore, instal
 if TYPE_CHECKING:
     from pathlib import Path
 
+    from conftest import Cli
+
 REFLECTION = "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo"
 
 
@@ -218,3 +220,18 @@ async def test_a_refused_call_ends_with_its_status(tmp_path: Path) -> None:
         finally:
             server.close()
             await server.wait_closed()
+
+
+def test_the_token_commands_a_user_types(cli: Cli, data_dir: Path) -> None:
+    # `spear token create|ls|rm` in a process of their own (what loads auth.py from
+    # scratch: its policy table is built when it is imported).
+    made = cli("token", "create", "ci", "--role", "reader")
+    assert made.returncode == 0, made.stderr.decode()
+    token = made.stdout.decode().strip()
+    assert TokenStore(data_dir).verify(token) == Principal("ci", Role.READER, "token", "default")
+    listed = cli("token", "ls")
+    assert listed.returncode == 0, listed.stderr.decode()
+    assert listed.stdout.decode().split()[-1] == "ci"
+    gone = cli("token", "rm", "ci")
+    assert gone.stdout.decode() == f"revoked {token.split('_')[1]} (ci)\n"
+    assert TokenStore(data_dir).verify(token) is None
