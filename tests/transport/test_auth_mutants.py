@@ -289,8 +289,8 @@ async def test_a_channel_sends_its_token_and_namespace_with_every_call(tmp_path:
 
 
 def test_the_token_commands_a_user_types(cli: Cli, data_dir: Path) -> None:
-    # `spear token create|ls|rm` in a process of their own (what loads auth.py from
-    # scratch: its policy table is built when it is imported).
+    # `spear token create|ls|rm` in processes of their own, each importing auth.py (and
+    # building its policy table) from scratch, on the same token file.
     made = cli("token", "create", "ci", "--role", "reader")
     assert made.returncode == 0, made.stderr.decode()
     token = made.stdout.decode().strip()
