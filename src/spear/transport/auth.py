@@ -334,10 +334,13 @@ def read_owner_token(data_dir: Path) -> str | None:
         return None
 
 
+def _text(value: object) -> object:
+    """A metadata value as text (grpclib gives text; other servers may give bytes)."""
+    return value.decode("latin-1") if isinstance(value, bytes) else value
+
+
 def bearer(metadata: Mapping[str, Any]) -> str | None:
-    value = metadata.get(METADATA_KEY)
-    if isinstance(value, bytes):
-        value = value.decode("latin-1")
+    value = _text(metadata.get(METADATA_KEY))
     if not isinstance(value, str):
         return None
     scheme, _, token = value.partition(" ")
@@ -420,9 +423,7 @@ class Authorizer:
         """The namespace the call acts in: the one it names (`spear-namespace` metadata),
         which a bound principal must be bound to, else the principal's own, else
         `default`; None (the whole node) for a cluster member that names none."""
-        asked = metadata.get(NAMESPACE_KEY)
-        if isinstance(asked, bytes):
-            asked = asked.decode("latin-1")
+        asked = _text(metadata.get(NAMESPACE_KEY))
         if asked:
             check_namespace(str(asked))
         if principal is None or principal.role is Role.NODE:
