@@ -174,8 +174,8 @@ def test_a_revoke_within_the_same_clock_tick_is_still_seen(tmp_path: Path, clock
 
 
 def test_an_operator_can_read_the_token_file(tmp_path: Path) -> None:
-    # docs/security.md: a token is revoked by deleting its entry; the file is laid out for
-    # a person, one field a line.
+    # An operator reads (and may edit) the file by hand: it is laid out for a person, one
+    # field a line.
     TokenStore(tmp_path).issue("ci", Role.READER)
     text = (tmp_path / "auth" / "tokens.json").read_text()
     lines = [line.strip() for line in text.splitlines()]
