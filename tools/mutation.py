@@ -180,7 +180,12 @@ TARGETS = (
     Target(
         "auth",
         ("spear/transport/auth.py",),
-        (_T + "transport/test_auth.py", _T + "transport/test_auth_rules.py"),
+        (
+            _T + "transport/test_auth.py",
+            _T + "transport/test_auth_rules.py",
+            _T + "transport/test_auth_mutants.py",
+            _T + "transport/test_token_store_fresh.py",
+        ),
     ),
 )
 

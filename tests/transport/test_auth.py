@@ -3,6 +3,7 @@ cluster members, and nothing changed by a caller who is refused."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import stat
@@ -32,7 +33,7 @@ from spear.transport.sms_client import SmsClient
 from spear.transport.sms_server import SmsServer
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator
+    from collections.abc import AsyncIterator, Awaitable
     from pathlib import Path
 
 
@@ -45,6 +46,12 @@ async def node_served(home: Path, **kwargs: Any) -> AsyncIterator[str]:
             yield server.address
         finally:
             await server.close()
+
+
+async def refused(call: Awaitable[object]) -> None:
+    """Await a call that must be refused, within a bound: a refusal that never reaches the
+    client (a call left waiting) fails the test instead of hanging it."""
+    await asyncio.wait_for(call, 10)
 
 
 def test_tokens_are_stored_as_digests_in_owner_only_files(tmp_path: Path) -> None:
@@ -83,11 +90,11 @@ async def test_a_call_without_a_valid_token_is_refused_and_changes_nothing(
         for token in (None, "spear_00000000_forged", owner + "x"):
             async with Client(address, token=token) as stranger:
                 with pytest.raises(Unauthenticated):
-                    await stranger.submit(FunctionSpec(str(module)))
+                    await refused(stranger.submit(FunctionSpec(str(module))))
                 with pytest.raises(Unauthenticated):
-                    await stranger.put_object("k", b"v")
+                    await refused(stranger.put_object("k", b"v"))
                 with pytest.raises(Unauthenticated):
-                    await stranger.tasks()
+                    await refused(stranger.tasks())
         async with Client(address, token=owner) as client:
             assert await client.tasks() == []
             assert await client.list_objects() == []
@@ -105,15 +112,15 @@ async def test_roles_decide_what_a_token_may_do(tmp_path: Path) -> None:
         async with Client(address, token=reader) as client:
             assert (await client.node_info()).name
             with pytest.raises(PermissionDenied, match="needs submitter"):
-                await client.submit(FunctionSpec(str(module)))
+                await refused(client.submit(FunctionSpec(str(module))))
             with pytest.raises(PermissionDenied):
-                await client.put_object("k", b"v")
+                await refused(client.put_object("k", b"v"))
         async with Client(address, token=submitter) as client:
             result = await client.call(FunctionSpec(str(module)))
             assert result.output == b"hello\n"
             # A program on the node's host needs admin: submitters run WASM only.
             with pytest.raises(PermissionDenied, match="process runtime needs admin"):
-                await client.submit(FunctionSpec(sys.executable, runtime=Runtime.PROCESS))
+                await refused(client.submit(FunctionSpec(sys.executable, runtime=Runtime.PROCESS)))
         async with Client(address, token=read_owner_token(home)) as owner:
             tasks = await owner.tasks()
             assert [t.spec.runtime for t in tasks] == [Runtime.WASM]  # nothing else ran

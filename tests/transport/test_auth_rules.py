@@ -396,6 +396,7 @@ async def test_a_refusal_on_the_wire_says_which_and_is_logged(tmp_path: Path) ->
     # The status is what a client that is not spear's sees: UNAUTHENTICATED for a missing
     # or unknown credential, PERMISSION_DENIED for a role too low; the node's log says
     # which method was refused and why (never the token).
+    # (A client deadline: a refusal that never reaches the client fails, not hangs.)
     from loguru import logger
     from wat_tasks import hello
 
@@ -413,11 +414,11 @@ async def test_a_refusal_on_the_wire_says_which_and_is_logged(tmp_path: Path) ->
         sink = logger.add(messages.append, level="INFO", format="{message}", filter="spear")
         logger.enable("spear")
         try:
-            async with Client(server.address, token=reader) as client:
+            async with Client(server.address, token=reader, timeout=10) as client:
                 with pytest.raises(PermissionDenied) as info:
                     await client.submit(FunctionSpec(str(hello(tmp_path))))
                 assert not isinstance(info.value, Unauthenticated)
-            async with Client(server.address, token=reader + "x") as client:
+            async with Client(server.address, token=reader + "x", timeout=10) as client:
                 with pytest.raises(Unauthenticated):
                     await client.node_info()
         finally:

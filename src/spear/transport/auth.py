@@ -209,20 +209,26 @@ class TokenStore:
     def __init__(self, data_dir: Path) -> None:
         self.directory = data_dir / AUTH_DIR
         self.path = self.directory / TOKENS_FILE
-        self._records: dict[str, dict[str, Any]] = {}
-        self._verified: dict[str, Principal] = {}
-        self._mtime: float | None = None
-        self._checked_at = 0.0
+        # The file as last read (its records, the tokens verified against them, when it
+        # was checked), set by `_load`, which every reader runs first (`_seen` is None).
+        self._records: dict[str, dict[str, Any]]
+        self._verified: dict[str, Principal]
+        self._checked_at: float
+        # Which version of the file that was: its modification time, inode and size (each write
+        # replaces the file, and a change within the same clock tick keeps the time).
+        self._seen: tuple[int, int, int] | None = None
 
     # -- reading ---------------------------------------------------------------------
 
     def _load(self) -> None:
+        self._checked_at = time.monotonic()
         try:
             stat = self.path.stat()
         except FileNotFoundError:
-            self._records, self._verified, self._mtime = {}, {}, None
+            self._records, self._verified, self._seen = {}, {}, None
             return
-        if stat.st_mtime_ns == self._mtime:
+        seen = (stat.st_mtime_ns, stat.st_ino, stat.st_size)
+        if seen == self._seen:
             return
         try:
             records = orjson.loads(self.path.read_bytes())
@@ -230,12 +236,10 @@ class TokenStore:
             raise PermissionDenied(f"the token file {self.path} cannot be read: {exc}") from None
         self._records = {r["id"]: r for r in records.get("tokens", [])}
         self._verified = {}
-        self._mtime = stat.st_mtime_ns
+        self._seen = seen
 
     def _fresh(self) -> None:
-        now = time.monotonic()
-        if now - self._checked_at >= _RELOAD_EVERY_S or self._mtime is None:
-            self._checked_at = now
+        if self._seen is None or time.monotonic() - self._checked_at >= _RELOAD_EVERY_S:
             self._load()
 
     def verify(self, token: str) -> Principal | None:
@@ -255,8 +259,8 @@ class TokenStore:
             return None
         role = Role.parse(record["role"])
         principal = Principal(record["name"], role, "token", token_namespace(record, role))
-        if len(self._verified) < 10_000:
-            self._verified[token] = principal
+        # (at most one entry per token of the file: a secret has one digest)
+        self._verified[token] = principal
         return principal
 
     def tokens(self) -> list[TokenInfo]:
@@ -271,8 +275,7 @@ class TokenStore:
     def _save(self) -> None:
         body = {"tokens": sorted(self._records.values(), key=lambda r: r["created_at"])}
         write_private(self.path, orjson.dumps(body, option=orjson.OPT_INDENT_2))
-        self._mtime = None  # read back on next use
-        self._verified = {}
+        self._seen = None  # read back on next use, which forgets the verified tokens
 
     def issue(self, name: str, role: Role, namespace: str | None = None) -> str:
         """A new token for `name` with `role`, acting only in `namespace` (None: `default`,
@@ -331,10 +334,13 @@ def read_owner_token(data_dir: Path) -> str | None:
         return None
 
 
+def _text(value: object) -> object:
+    """A metadata value as text (grpclib gives text; other servers may give bytes)."""
+    return value.decode("latin-1") if isinstance(value, bytes) else value
+
+
 def bearer(metadata: Mapping[str, Any]) -> str | None:
-    value = metadata.get(METADATA_KEY)
-    if isinstance(value, bytes):
-        value = value.decode("latin-1")
+    value = _text(metadata.get(METADATA_KEY))
     if not isinstance(value, str):
         return None
     scheme, _, token = value.partition(" ")
@@ -417,9 +423,7 @@ class Authorizer:
         """The namespace the call acts in: the one it names (`spear-namespace` metadata),
         which a bound principal must be bound to, else the principal's own, else
         `default`; None (the whole node) for a cluster member that names none."""
-        asked = metadata.get(NAMESPACE_KEY)
-        if isinstance(asked, bytes):
-            asked = asked.decode("latin-1")
+        asked = _text(metadata.get(NAMESPACE_KEY))
         if asked:
             check_namespace(str(asked))
         if principal is None or principal.role is Role.NODE:
