@@ -1,7 +1,8 @@
 """Mutation testing of the modules that must never be wrong (mutmut 3, one module at a time).
 
     python tools/mutation.py                 # every module below, smallest first
-    python tools/mutation.py status abi      # only the modules whose name contains a word
+    python tools/mutation.py status abi      # only the targets so named (or, for a word that
+                                             # names none, whose name contains it)
     python tools/mutation.py --list          # the modules, their tests and sizes
 
 Each module runs in a scratch copy of the repository (build/mutation/<name>/: src, tests
@@ -188,6 +189,9 @@ TARGETS = (
         ),
     ),
 )
+
+
+NAMES = {t.name for t in TARGETS}
 
 
 def _config(target: Target) -> str:
@@ -378,7 +382,9 @@ def _described(work: Path, line: str) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("names", nargs="*", help="only the targets whose name contains these")
+    parser.add_argument(
+        "names", nargs="*", help="only the targets so named, or whose name contains these"
+    )
     parser.add_argument("--list", action="store_true", help="list the targets and stop")
     parser.add_argument(
         "--resume", action="store_true", help="keep the last run's results (mutants/) and go on"
@@ -402,8 +408,12 @@ def main() -> None:
     )
     args = parser.parse_args()
     targets = sorted(TARGETS, key=Target.size)
-    if args.names:
-        targets = [t for t in targets if any(n in t.name for n in args.names)]
+    if args.names:  # a target's exact name is that target alone ("auth", not "authority")
+        targets = [
+            t
+            for t in targets
+            if any(n == t.name or (n in t.name and n not in NAMES) for n in args.names)
+        ]
     for target in targets:
         if args.list:
             print(f"{target.name:10} {target.size():5} lines  {' '.join(target.modules)}")  # noqa: T201
