@@ -376,6 +376,28 @@ async def test_an_entry_with_only_its_size_reads_as_a_new_free_object(kv: KV) ->
     assert [r.key for r in await index.collect(grace_s=clock.now - 1)] == ["held"]
 
 
+async def test_a_pushed_record_says_which_holders_are_live_as_a_lookup_does(kv: KV) -> None:
+    # (a member fetching from a pushed record skips a holder the SMS knows is not live)
+    live = {"node-2"}
+
+    async def live_nodes() -> set[str]:
+        return set(live)
+
+    index = ObjectIndex(kv, live_nodes)
+    index.leases.lease_s = 30.0
+    rec = await index.commit("k", "node-1", "a1", 5, None, b"first")
+    reader = await _watching(index, kv, "node-2", "k")
+    write = asyncio.ensure_future(index.commit("k", "node-3", "a3", 6, rec.version, b"second"))
+    _, _, seq, _, pushed = await asyncio.wait_for(reader.outbox.get(), 5)
+    reader.acked(seq)
+    await asyncio.wait_for(write, 5)
+    assert pushed is not None
+    assert [(h.node, h.live) for h in pushed.holders] == [("node-3", False)]
+    live.add("node-3")
+    looked_up = await index.lookup("k")
+    assert [(h.node, h.live) for h in looked_up.holders] == [("node-3", True)]
+
+
 async def test_with_pushes_off_a_commit_is_a_plain_invalidation(
     kv: KV, monkeypatch: pytest.MonkeyPatch
 ) -> None:
