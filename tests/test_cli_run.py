@@ -240,3 +240,26 @@ def test_bytes_that_are_not_utf8_are_refused_in_one_line(
     # Nothing was recorded, and the data dir still serves the next run.
     assert cli.json("tasks") == []
     assert cli("run", str(hello_wasm), "world").returncode == 0
+
+
+def test_a_run_ends_without_interpreter_teardown_yet_as_a_normal_exit(
+    cli: Cli, conformance_wasm: Path, data_dir: Path
+) -> None:
+    # `spear run` ends with os._exit after the atexit handlers and a flush (no teardown of
+    # the interpreter under daemon threads still inside wasmtime): what a process ending
+    # normally promises still holds: its handlers run, its output is all there, its code.
+    script = (
+        "import atexit, sys\n"
+        "atexit.register(lambda: print('atexit ran', flush=False))\n"
+        "sys.stdout.write('written before the command\\n')\n"
+        f"sys.argv = ['spear', 'run', {str(conformance_wasm)!r}, 'exit', '42']\n"
+        "from spear.cli import entry\n"
+        "entry()\n"
+        "print('not reached')\n"
+    )
+    from conftest import cli_env
+
+    env = cli_env(data_dir, SPEAR_RUNNER_IDLE_S="0")
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, timeout=120, env=env)
+    assert proc.returncode == 42, proc.stderr
+    assert proc.stdout == b"written before the command\natexit ran\n"

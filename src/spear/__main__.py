@@ -1,5 +1,3 @@
-import sys
+from spear.cli import entry
 
-from spear.cli import main
-
-sys.exit(main())
+entry()
