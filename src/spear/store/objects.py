@@ -386,15 +386,8 @@ class ObjectStore:
         check_key(key)
         if self.authority is not None:
             return await self._get_current(key, self.authority, self.open_local)
-        for _ in range(_RACE_RETRIES):
-            _, header, inline, version = await self._load(key)
-            if not header.get("file"):
-                return inline, _info(key, header, version)
-            with contextlib.suppress(FileNotFoundError):
-                # (opening is short; the caller closes it)
-                f = open(self._path(header["file"]), "rb")  # noqa: ASYNC230
-                return f, _info(key, header, version)
-        raise StorageError(f"object {key!r} kept changing while being read")
+        opened, header, version = await self._open(key)
+        return opened, _info(key, header, version)
 
     async def get_local(self, key: str) -> tuple[memoryview, int]:
         """This node's copy of `key`, whatever the cluster's current version."""
@@ -412,16 +405,23 @@ class ObjectStore:
         """(an open file of the value or the inline bytes, size, version) of this node's
         copy: what the object transfer service sends (the file with `sendfile`)."""
         check_key(key)
+        opened, header, version = await self._open(key)
+        if isinstance(opened, bytes):
+            return opened, len(opened), version
+        return opened, int(header["size"]), version
+
+    async def _open(self, key: str) -> tuple[BinaryIO | bytes, dict[str, Any], int]:
+        """(an open file of this node's copy, or its inline bytes; its header; version)."""
         for _ in range(_RACE_RETRIES):
             _, header, inline, version = await self._load(key)
             if not header.get("file"):
-                return inline, len(inline), version
+                return inline, header, version
             try:
                 # (opening is short; the caller closes it)
                 f = open(self._path(header["file"]), "rb")  # noqa: ASYNC230
             except FileNotFoundError:
-                continue
-            return f, int(header["size"]), version
+                continue  # replaced or collected since its header was read: look again
+            return f, header, version
         raise StorageError(f"object {key!r} kept changing while being read")
 
     def _landed(self, key: str, landing: anyio.Event) -> None:
