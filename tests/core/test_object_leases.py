@@ -193,6 +193,25 @@ def test_after_a_commit_whose_answer_was_lost_no_push_of_its_key_is_kept() -> No
     assert cache.fresh("k") == _record(16)
     cache.pushed("other", ObjectRecord(key="other", version=17, size=1))
     assert cache.fresh("other") == ObjectRecord(key="other", version=17, size=1)
+    # That answer named k's version: pushes of k are kept again, older ones still refused,
+    cache.pushed("k", _record(16))
+    assert cache.fresh("k") is None
+    cache.pushed("k", _record(18))
+    assert cache.fresh("k") == _record(18)
+    # and forgetting k among many other keys' versions refuses nothing newer.
+    for i in range(5000):
+        cache.pushed(f"many-{i}", ObjectRecord(key=f"many-{i}", version=100 + i, size=1))
+    cache.pushed("k", _record(10_000))
+    assert cache.fresh("k") == _record(10_000)
+
+
+def test_an_answer_to_a_lookup_older_than_the_lost_commit_leaves_it_unsure() -> None:
+    cache, _, sms = _leased_cache()
+    before = cache.ticket(sms)  # a lookup starts, then a commit's answer is lost
+    cache.unsure("k")
+    cache.keep("k", _record(14), before, sms)  # (it may predate that commit)
+    cache.pushed("k", _record(15))
+    assert cache.fresh("k") is None
 
 
 def test_nothing_pushed_is_kept_outside_a_session() -> None:

@@ -46,7 +46,7 @@ if TYPE_CHECKING:
 _KEPT = 4096  # records cached
 _TOUCHED_KEPT = 4096  # keys' latest invalidations remembered for lookups in flight
 _NEWEST_KEPT = 4096  # keys' newest versions known, remembered against late pushes
-_UNSURE = 2**63  # a key's newest version when a commit of it may have been made unheard
+_UNSURE_KEPT = 4096  # keys whose commit's answer was lost, until an answer names them
 _FIRST_LEASE_S = 2.0  # until the SMS says how long its leases are
 
 
@@ -70,6 +70,7 @@ class VersionCache:
         self._floor = 0  # the seq of every change forgotten from `_touched`
         self._newest: OrderedDict[str, int] = OrderedDict()  # key -> newest version known
         self._newest_floor = 0  # the newest version forgotten from `_newest`
+        self._unsure: OrderedDict[str, None] = OrderedDict()  # no push kept (see `unsure`)
         self._seq = 0
         self._session = 0
         self._address: str | None = None  # the SMS a live session watches
@@ -107,6 +108,7 @@ class VersionCache:
             or max(self._floor, self._touched.get(key, 0)) > ticket.seq
         ):
             return
+        self._unsure.pop(key, None)  # (asked after that commit: its answer covers it)
         held = self._records.get(key)
         if held is not None and held.version > record.version:
             return  # (a slower answer of an older version)
@@ -118,7 +120,7 @@ class VersionCache:
     def pushed(self, key: str, record: ObjectRecord) -> None:
         """`key` changed to `record` (a commit's invalidation, with its new record)."""
         self.touch(key)
-        if self._address is None:
+        if self._address is None or key in self._unsure:
             return
         if record.version <= max(self._newest_floor, self._newest.get(key, 0)):
             return  # (a late push: a newer version is known, or may have been)
@@ -129,9 +131,14 @@ class VersionCache:
 
     def unsure(self, key: str) -> None:
         """A commit of `key` from here may or may not have been made (its answer was
-        lost): no pushed record of it is kept from now on (lookups still are)."""
+        lost): no pushed record of it is kept until an answer of the SMS to a lookup or
+        commit started since names its version (and so refuses older pushes)."""
         self.touch(key)
-        self._known(key, _UNSURE)
+        self._unsure[key] = None
+        self._unsure.move_to_end(key)
+        if len(self._unsure) > _UNSURE_KEPT:  # (forgetting one is unsafe: no push kept)
+            self._unsure.popitem(last=False)
+            self._newest_floor = max(self._newest_floor, 2**63)
 
     def _outdated(self, key: str, version: int) -> None:
         """`key` reached `version`: drop an older record; refuse older pushes."""
