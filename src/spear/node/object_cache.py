@@ -21,7 +21,8 @@ it asks no one. The rules that keep it correct:
 - an answer of the SMS drops any older record of its key, kept or not: a member is not
   told of its own commits (the answer carries the record), so an older commit's push that
   arrived while the answer was on its way would otherwise stay current; a commit whose
-  answer was lost (it may have been made) stops pushes of the key being kept.
+  answer was lost (it may have been made) stops pushes of the key being kept until
+  an SMS answer to a lookup or commit started since names the key's version.
 """
 
 from __future__ import annotations
