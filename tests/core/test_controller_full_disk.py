@@ -1,6 +1,7 @@
 """A task that ends while the node's disk is full (issue 16's disk-full fault): its end
 is written again until there is room, alone or in a wave, and the task ends as it ended,
-not RUNNING for ever. The failures are the very error LevelDB's store raises for a full
+not RUNNING for ever; so are a waiting task's start and a retried task's next attempt
+(the chaos suite once saw a task left PENDING for ever on the full node). The failures are the very error LevelDB's store raises for a full
 disk (NoSpace, a ResourceExhausted: `store/diskspace.py`), not a StorageError; everything else is
 real: a LocalNode on LevelDB running wasm tasks.
 """
@@ -13,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 import anyio
 import pytest
 from log_capture import SpearLog
-from wat_tasks import hello
+from wat_tasks import exits, hello
 
 from spear import FunctionSpec, LocalNode, Resources, TaskState
 from spear.core.tasks import controller as controller_module
@@ -33,14 +34,17 @@ def _full_disk() -> NoSpace:
     return error
 
 
-def _failing(node: LocalNode, method: str, failures: int) -> list[int]:
-    """The node's task store's `method` fails `failures` times as a full disk does."""
+def _failing(
+    node: LocalNode, method: str, failures: int, state: TaskState = TaskState.COMPLETED
+) -> list[int]:
+    """The node's task store's `method` fails `failures` times as a full disk does (a
+    `transition`: only those to `state`)."""
     store = node.controller.store
     real = getattr(store, method)
     tries: list[int] = []
 
     async def write(*args: Any, **kw: Any) -> Any:
-        if method != "transition" or args[1] is TaskState.COMPLETED:
+        if method != "transition" or args[1] is state:
             tries.append(1)
             if len(tries) <= failures:
                 raise _full_disk()
@@ -85,3 +89,38 @@ async def test_the_ends_of_a_wave_that_meet_a_full_disk_are_written_once_there_i
             assert len(tries) == 3
     said = f"the ends of 3 tasks are not written yet ({_full_disk()}): trying again\n"
     assert logged == [said, said]
+
+
+async def test_a_start_that_meets_a_full_disk_is_written_once_there_is_room(
+    tmp_path: Path,
+) -> None:
+    with SpearLog("WARNING", "{message}") as logged:
+        async with LocalNode(tmp_path / "home", node_name="n1", cpu_millis=200) as node:
+            tries = _failing(node, "transition", 2, TaskState.RUNNING)
+            submitted = await node.controller.submit(FunctionSpec(str(hello(tmp_path))))
+            assert submitted.state is TaskState.PENDING
+            with anyio.fail_after(30):
+                done = await node.controller.wait(submitted.id)
+            assert (done.state, done.exit_code) == (TaskState.COMPLETED, 0)
+            assert (await node.task(done.id)).state is TaskState.COMPLETED
+            assert len(tries) == 3
+    said = f"task {done.id}: its start is not written yet ({_full_disk()}): trying again\n"
+    assert logged == [said, said]
+
+
+async def test_a_next_attempt_that_meets_a_full_disk_is_written_once_there_is_room(
+    tmp_path: Path,
+) -> None:
+    spec = FunctionSpec(str(exits(tmp_path, 3)), max_retries=1, retry_on=("exit",))
+    with SpearLog("WARNING", "{message}") as logged:
+        async with LocalNode(tmp_path / "home", node_name="n1", cpu_millis=200) as node:
+            tries = _failing(node, "update", 2)
+            with anyio.fail_after(30):
+                done = await node.controller.run(spec)
+            assert (done.state, done.exit_code, done.attempts) == (TaskState.FAILED, 3, 1)
+            assert [a.reason for a in done.attempt_log] == ["exit status 3"]
+            assert len(tries) == 3
+    said = (
+        f"task {done.id}: its next attempt is not written yet ({_full_disk()}): trying again\n"
+    )
+    assert [line for line in logged if "next attempt" in line] == [said, said]

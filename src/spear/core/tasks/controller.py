@@ -295,7 +295,7 @@ class TaskController:
                     )
                     return final
                 if task.state is not TaskState.RUNNING:
-                    task = await self.store.transition(task.id, TaskState.RUNNING)
+                    task = await self._record_start(task.id)
                 started = await self._running.start(
                     task, control, writers, stdin, tee_stdout, tee_stderr
                 )
@@ -346,6 +346,18 @@ class TaskController:
         finally:
             self._hooks_later -= 1
 
+    async def _record_start(self, task_id: str) -> Task:
+        """Write that the admitted task runs (again while the node's storage fails): a
+        start that failed once would leave it PENDING here for ever, run by nobody."""
+
+        async def write() -> Task:
+            return await self.store.transition(task_id, TaskState.RUNNING)
+
+        log = logger.bind(task_id=task_id)
+        return await _until_written(write, lambda exc: log.warning(
+            "task {}: its start is not written yet ({}): trying again", task_id, exc
+        ))  # fmt: skip
+
     async def _record_end(self, task_id: str, outcome: Outcome) -> Task:
         """Write how the task ended (again while the node's storage fails)."""
 
@@ -367,9 +379,15 @@ class TaskController:
         if not retries.should_retry(task, code, reason):
             return None
         now = time.time()
-        again = await self.store.update(
-            task.id, lambda t: retries.next_attempt(t, code, reason, now, node=self._node)
-        )
+
+        async def write() -> Task:
+            return await self.store.update(
+                task.id, lambda t: retries.next_attempt(t, code, reason, now, node=self._node)
+            )
+
+        again = await _until_written(write, lambda exc: logger.bind(task_id=task.id).warning(
+            "task {}: its next attempt is not written yet ({}): trying again", task.id, exc
+        ))  # fmt: skip
         # The result is the last attempt's output alone (stderr keeps every attempt's).
         with contextlib.suppress(FileNotFoundError):
             os.truncate(self._logs.path(task.id, "stdout"), 0)
@@ -534,8 +552,9 @@ class TaskController:
 async def _until_written(
     write: Callable[[], Awaitable[_T]], not_yet: Callable[[SpearError], None]
 ) -> _T:
-    """`write` tasks' ends; while the node's storage fails (or its disk is full), again
-    after a back-off, for up to a few minutes: the ends are known only here."""
+    """`write` tasks' starts, retries or ends; while the node's storage fails (or its
+    disk is full), again after a back-off, for up to a few minutes: they are known only
+    here."""
     for attempt in range(_END_WRITE_TRIES):
         try:
             return await write()
