@@ -1,9 +1,10 @@
 """A task that ends while the node's disk is full (issue 16's disk-full fault): its end
 is written again until there is room, alone or in a wave, and the task ends as it ended,
 not RUNNING for ever; so are a waiting task's start and a retried task's next attempt
-(the chaos suite once saw a task left PENDING for ever on the full node). The failures are the very error LevelDB's store raises for a full
-disk (NoSpace, a ResourceExhausted: `store/diskspace.py`), not a StorageError; everything else is
-real: a LocalNode on LevelDB running wasm tasks.
+(the chaos suite once saw a task left PENDING for ever on the full node). The failures
+are the very error LevelDB's store raises for a full disk (NoSpace, a ResourceExhausted:
+`store/diskspace.py`), not a StorageError; everything else is real: a LocalNode on
+LevelDB running wasm tasks.
 """
 
 from __future__ import annotations
@@ -120,7 +121,5 @@ async def test_a_next_attempt_that_meets_a_full_disk_is_written_once_there_is_ro
             assert (done.state, done.exit_code, done.attempts) == (TaskState.FAILED, 3, 1)
             assert [a.reason for a in done.attempt_log] == ["exit status 3"]
             assert len(tries) == 3
-    said = (
-        f"task {done.id}: its next attempt is not written yet ({_full_disk()}): trying again\n"
-    )
+    said = f"task {done.id}: its next attempt is not written yet ({_full_disk()}): trying again\n"
     assert [line for line in logged if "next attempt" in line] == [said, said]
