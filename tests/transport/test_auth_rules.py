@@ -30,6 +30,7 @@ from spear.transport.auth import (
     check_may_run,
     current_principal,
     read_owner_token,
+    require_role,
     write_private,
 )
 
@@ -101,6 +102,24 @@ def test_a_runtime_needs_its_role(role: Role, runtime: str, allowed: bool) -> No
     assert str(info.value) == (
         f"ann ({role.name.lower()}) may not run {runtime} tasks: the {runtime} runtime needs {need}"
     )
+
+
+@pytest.mark.parametrize("role", list(Role))
+def test_a_role_refusal_names_who_what_and_the_role_needed(role: Role) -> None:
+    ann = Principal("ann", role, "token")
+    for need in Role:
+        if role >= need:
+            require_role(ann, need, "call /x")  # (a role at least the one needed passes)
+            continue
+        with pytest.raises(PermissionDenied) as info:
+            require_role(ann, need, "call /x")
+        assert (
+            str(info.value)
+            == f"ann ({role.name.lower()}) may not call /x: it needs {need.name.lower()}"
+        )
+        with pytest.raises(PermissionDenied) as info:
+            require_role(ann, need, "run wasm tasks", needer="the wasm runtime")
+        assert str(info.value).endswith(": the wasm runtime needs " + need.name.lower())
 
 
 def test_a_call_made_in_process_may_run_anything() -> None:

@@ -94,7 +94,11 @@ def test_the_transfer_port_keeps_the_daemons_roles_namespaces_and_quotas(
                 await as_alice.put(transfer, "plan", b"team-a's")
                 value, _ = await as_viewer.get(transfer, "plan")  # (its namespace's key)
                 assert bytes(value) == b"team-a's"
-                with pytest.raises(PermissionDenied, match="needs submitter"):
+                # (the wording of every role refusal: auth.require_role)
+                with pytest.raises(
+                    PermissionDenied,
+                    match=r"^vic \(reader\) may not put objects: it needs submitter$",
+                ):
                     await as_viewer.put(transfer, "plan", b"mine now")
                 with pytest.raises(PermissionDenied):  # (results/ are the node's to write)
                     await as_alice.put(transfer, "results/forged", b"x")
@@ -209,7 +213,10 @@ def test_the_object_socket_keeps_the_daemons_rules(tmp_path: Path) -> None:
                 await as_alice.put("plan", b"x" * 100_000)
                 value, _ = await as_viewer.get("plan")
                 assert value == b"x" * 100_000
-                with pytest.raises(PermissionDenied, match="needs submitter"):
+                with pytest.raises(
+                    PermissionDenied,
+                    match=r"^vic \(reader\) may not put objects: it needs submitter$",
+                ):
                     await as_viewer.put("plan", b"mine now")
                 with pytest.raises(Unauthenticated):
                     await stranger.get("plan")

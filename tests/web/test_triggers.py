@@ -141,7 +141,9 @@ def test_routes_need_a_submitter_token_unless_public(
     assert httpx.post(api, json=wasm, headers=reader).status_code == 403
     assert httpx.post(api, json=wasm, headers=submitter).status_code == 201
     py = {"path": "/y", "spec": {"artifact": str(PY_HTTP), "runtime": "process"}}
-    assert httpx.post(api, json=py, headers=submitter).status_code == 403
+    refused = httpx.post(api, json=py, headers=submitter)
+    assert refused.status_code == 403
+    assert refused.json()["error"] == "s (submitter) may not do this: it needs admin"
     assert httpx.post(api, json=py, headers=owner(node)).status_code == 201
     assert httpx.delete(api, params={"path": "/x"}).status_code == 401
     assert httpx.post(api, content=b"{", headers=submitter).status_code == 400

@@ -141,15 +141,23 @@ OPEN_METHODS = frozenset({"/grpc.health.v1.Health/Check", "/grpc.health.v1.Healt
 RUNTIME_ROLES = {"process": Role.ADMIN}
 
 
+def require_role(principal: Principal, need: Role, doing: str, *, needer: str = "it") -> None:
+    """Refuse `principal` what it is `doing` unless its role is at least `need`: the one
+    wording of every role refusal (the gRPC guard, object transfer, the web API), e.g.
+    "ann (reader) may not call /spear.v1.Spearlet/Submit: it needs submitter"."""
+    if principal.role < need:
+        raise PermissionDenied(
+            f"{principal.name} ({principal.role.name.lower()}) may not {doing}:"
+            f" {needer} needs {need.name.lower()}"
+        )
+
+
 def check_may_run(runtime: str) -> None:
     """Refuse the call's principal a runtime its role does not allow."""
     principal = current_principal.get()
-    need = RUNTIME_ROLES.get(str(runtime), Role.SUBMITTER)
-    if principal is not None and principal.role < need:
-        raise PermissionDenied(
-            f"{principal.name} ({principal.role.name.lower()}) may not run {runtime} tasks:"
-            f" the {runtime} runtime needs {need.name.lower()}"
-        )
+    if principal is not None:
+        need = RUNTIME_ROLES.get(str(runtime), Role.SUBMITTER)
+        require_role(principal, need, f"run {runtime} tasks", needer=f"the {runtime} runtime")
 
 
 def _digest(secret: str) -> str:
@@ -399,24 +407,14 @@ class Authorizer:
         principal: Principal | None = await self.cluster.verify(token)
         if principal is None:
             return None
-        need = self.policy.get(method, Role.ADMIN)
-        if principal.role < need:
-            raise PermissionDenied(
-                f"{principal.name} ({principal.role.name.lower()}) may not call {method}:"
-                f" it needs {need.name.lower()}"
-            )
+        require_role(principal, self.policy.get(method, Role.ADMIN), f"call {method}")
         return principal
 
     def authorize(self, method: str, metadata: Mapping[str, Any], peer: Any) -> Principal | None:
         if method in OPEN_METHODS:
             return None
         principal = self.authenticate(metadata, peer)
-        need = self.policy.get(method, Role.ADMIN)
-        if principal.role < need:
-            raise PermissionDenied(
-                f"{principal.name} ({principal.role.name.lower()}) may not call {method}:"
-                f" it needs {need.name.lower()}"
-            )
+        require_role(principal, self.policy.get(method, Role.ADMIN), f"call {method}")
         return principal
 
     def namespace(self, principal: Principal | None, metadata: Mapping[str, Any]) -> str | None:

@@ -44,14 +44,13 @@ from spear._logging import logger
 from spear.core import namespaces as ns
 from spear.errors import (
     InvalidArgument,
-    PermissionDenied,
     SpearError,
     Unauthenticated,
     Unavailable,
     error_from_code,
 )
 from spear.store.object_info import ObjectInfo
-from spear.transport.auth import NAMESPACE_KEY, Role
+from spear.transport.auth import NAMESPACE_KEY, Role, require_role
 from spear.transport.serving import format_address, parse_listen
 
 if TYPE_CHECKING:
@@ -173,11 +172,7 @@ def token_namespace(
     token is unknown), if that principal may do what it asks (`need`)."""
     if principal is None:
         raise Unauthenticated("the token was not accepted (unknown or revoked)")
-    if principal.role < need:
-        raise PermissionDenied(
-            f"{principal.name} ({principal.role.name.lower()}) may not"
-            f" {request.get('op')} objects: it needs {need.name.lower()}"
-        )
+    require_role(principal, need, f"{request.get('op')} objects")
     namespace = authorizer.namespace(principal, {NAMESPACE_KEY: request.get("namespace") or ""})
     assert namespace is not None  # (a principal with a token is no member)
     return namespace

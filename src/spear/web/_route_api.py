@@ -13,8 +13,8 @@ import orjson
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route, WebSocketRoute
 
-from spear.errors import InvalidArgument, NotFound, PermissionDenied, Unauthenticated
-from spear.transport.auth import RUNTIME_ROLES, Role, bearer
+from spear.errors import InvalidArgument, NotFound, Unauthenticated
+from spear.transport.auth import RUNTIME_ROLES, Role, bearer, require_role
 from spear.web._routes import Route as TriggerRoute
 
 if TYPE_CHECKING:
@@ -32,11 +32,7 @@ def _principal(request: Request, tokens: TokenStore | None, need: Role) -> Princ
     principal = tokens.verify(token) if tokens is not None else None
     if principal is None:
         raise Unauthenticated("the token was not accepted (unknown or revoked)")
-    if principal.role < need:
-        raise PermissionDenied(
-            f"{principal.name} ({principal.role.name.lower()}) may not do this:"
-            f" it needs {need.name.lower()}"
-        )
+    require_role(principal, need, "do this")
     return principal
 
 
