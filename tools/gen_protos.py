@@ -2,8 +2,9 @@
 
 betterproto2 messages with grpclib stubs (async client and server), plus one serialized
 FileDescriptorSet (`descriptors.binpb`) that server reflection serves; and protobuf's own
-messages (`pb/spearlet_pb2.py`, with its stub `.pyi`) for the calls where encoding costs
-count (transport/_hot.py): protobuf's C implementation is ten to a hundred times faster.
+messages (`pb/spearlet_pb2.py` and `pb/sms_pb2.py`, with their stubs `.pyi`) for the calls
+where encoding costs count (RunTask, SubmitTasks, ForwardTasks, ReportTasks, CommitObject):
+protobuf's C implementation is ten to a hundred times faster.
 Run through `nox -s protos`; tests/transport/test_generated_code.py fails when the
 committed output is stale.
 """
@@ -21,8 +22,10 @@ PROTOS = ROOT / "protos"
 GENERATED = ROOT / "src" / "spear" / "transport" / "_gen"
 DESCRIPTORS = "descriptors.binpb"
 OPTIONS = "client_generation=async,server_generation=async"
-# Compiled with protobuf's own generator as well (it must import no other of our protos).
-PROTOBUF_FILES = ("spear/v1/spearlet.proto",)
+# Compiled with protobuf's own generator as well, flat into pb/ (an import of another of
+# them is rewritten to name it there: see `_flat_imports`).
+PROTOBUF_FILES = ("spear/v1/spearlet.proto", "spear/v1/sms.proto")
+_PB_PACKAGE = "spear.transport._gen.pb"
 
 
 def proto_files() -> list[Path]:
@@ -52,12 +55,19 @@ def generate(out: Path) -> None:
             if proc.returncode != 0:
                 raise SystemExit(f"protoc failed:\n{proc.stderr}")
         for made in list(pb.rglob("*_pb2.py*")):  # flat: pb/spearlet_pb2.py
+            made.write_text(_flat_imports(made.read_text()))
             made.rename(pb / made.name)
         shutil.rmtree(pb / "spear")
         (pb / "__init__.py").write_text('"""protobuf\'s messages for spear.v1 (see gen_protos.py)."""\n')
         if out.exists():
             shutil.rmtree(out)
         shutil.copytree(tmp, out)
+
+
+def _flat_imports(source: str) -> str:
+    """protoc writes `from spear.v1 import spearlet_pb2` for an imported proto, a package
+    that does not exist here (`spear` is ours): name the flat module in pb/ instead."""
+    return source.replace("from spear.v1 import ", f"from {_PB_PACKAGE} import ")
 
 
 if __name__ == "__main__":

@@ -9,6 +9,7 @@ task again. Races are injected by giving two senders the same stale view of a re
 from __future__ import annotations
 
 import contextlib
+from collections import Counter
 from typing import TYPE_CHECKING, Any
 
 import anyio
@@ -256,6 +257,26 @@ def test_a_batch_runs_here_what_fits_and_forwards_the_rest_as_batches(
                     [FunctionSpec(hello), FunctionSpec(missing, labels=labels)]
                 )
                 assert isinstance(out[1], NotFound), out[1]
+
+    anyio.run(main)
+
+
+def test_a_batch_larger_than_the_clusters_room_runs_on_every_node_at_once(
+    tmp_path: Path, hello: str
+) -> None:
+    async def main() -> None:
+        members = {"a": (2, {}), "b": (2, {}), "c": (2, {})}
+        async with cluster(tmp_path, members) as (_, n):
+            tasks = await n["a"].run_many([FunctionSpec(hello)] * 60)
+            assert all(t.state is TaskState.COMPLETED for t in tasks), tasks[:2]
+            assert len({t.id for t in tasks}) == 60
+            ran = Counter(t.node for t in tasks)
+            # What fits nowhere now is dealt in turn to a, b and c (each keeps its share
+            # in its waves or its backlog), not left to wait at a while b and c idle.
+            assert ran == {"a": 20, "b": 20, "c": 20}, ran
+            assert n["b"].scheduler.refusals == n["c"].scheduler.refusals == 0
+            for t in tasks[::9]:
+                assert await holders(n, t.id) == [t.node]
 
     anyio.run(main)
 

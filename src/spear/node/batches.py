@@ -4,14 +4,15 @@
 with a call (RunTask) that does not fit here: the tasks that fit this node now run here
 as one `run_many` wave; the rest are placed from the node's view of the cluster, one
 ForwardTasks call per receiving node, answered with the tasks' ends and results (no
-second call to fetch them). Tasks that could run here and find no room elsewhere wait
-here, in `run_many`'s first-in-first-out waves; those that could not go with the batch
-of the likeliest node, which keeps them in its bounded backlog. A receiver that refuses
-some (the view was stale, its backlog full) has them placed again from the corrected
-view once an answer arrives, at most `max_hops` times each; then they wait in the
-scheduler's bounded queue, and over its bound they are refused with ResourceExhausted.
-Tasks with stdin or input objects (data affinity needs the SMS's object index) take the
-one-task path.
+second call to fetch them). Tasks that find no room anywhere now are dealt in turn to
+this node and every other that could run them: each runs its share in first-in-first-out
+waves (`run_many`; a receiver keeps it in its bounded backlog), so a batch larger than
+the cluster's free room runs on every node at once, not on this one while the others
+idle. A receiver that refuses some (the view was stale, its backlog full) has them
+placed again from the corrected view once an answer arrives, at most `max_hops` times
+each; then they wait in the scheduler's bounded queue, and over its bound they are
+refused with ResourceExhausted. Tasks with stdin or input objects (data affinity needs
+the SMS's object index) take the one-task path.
 """
 
 from __future__ import annotations
@@ -48,6 +49,7 @@ class _Batch:
         self.hops: dict[int, int] = {}
         self.refused: list[int] = []
         self.in_flight = 0
+        self.turn = 0  # whose turn it is to take a task no node has room for now
         self.changed = anyio.Event()
 
     async def _output(self, task: Task) -> bytes:
@@ -136,10 +138,11 @@ class _Batch:
         return here, rest
 
     def place(self, indices: Sequence[int]) -> tuple[dict[str, list[int]], list[int]]:
-        """Tasks given to other nodes by the view (their room debited), and the rest.
-        A task that could not run here and finds no room elsewhere joins the batch of
-        the likeliest node that could run it: the receiver keeps it in its backlog (a
-        wave of its own `run_many`) or refuses it, one call instead of one per wave."""
+        """Tasks given to other nodes (their room debited in the view), and those no node
+        could ever run now: those the view finds room for go there; those that find none
+        anywhere are dealt in turn to this node (if it could run them: the rest returned)
+        and the others that could, which keep them in their backlogs (a wave of their own
+        `run_many`) or refuse them: one call per node, not one per wave."""
         scheduler = self.scheduler
         view = scheduler.view
         batches: dict[str, list[int]] = {}
@@ -150,13 +153,15 @@ class _Batch:
             if candidates:
                 name = candidates[0].node.name
                 view.reserve(name, self.specs[i].resources)
-            elif not scheduler.could_ever_run_here(self.specs[i]) and (
-                likeliest := view.could_ever_fit(query)
-            ):
-                name = likeliest[0].name
             else:
-                rest.append(i)
-                continue
+                others = sorted(n.name for n in view.could_ever_fit(query))
+                here = [""] if scheduler.could_ever_run_here(self.specs[i]) else []
+                turns = here + others
+                if not turns:
+                    rest.append(i)
+                    continue
+                name = turns[self.turn % len(turns)]
+                self.turn += 1
             batches.setdefault(name, []).append(i)
         return batches, rest
 
@@ -189,16 +194,15 @@ async def run_batch(
         for i in solo:
             tg.start_soon(batch.one_by_one, i)
         while True:
-            placed, rest = batch.place(sorted(pending))
+            placed, pending = batch.place(sorted(pending))
+            later_here = placed.pop("", None)
+            if later_here:  # this node's share of what finds no room now: its waves
+                tg.start_soon(batch.run_here, later_here)
             for name, indices in placed.items():
                 node = scheduler.view.node(name)
                 assert node is not None
                 batch.in_flight += 1
                 tg.start_soon(batch.forward, node, indices)
-            later_here = [i for i in rest if scheduler.could_ever_run_here(specs[i])]
-            if later_here:  # no room elsewhere either: wait here, in turn
-                tg.start_soon(batch.run_here, later_here)
-            pending = [i for i in rest if i not in set(later_here)]
             if pending and batch.in_flight == 0:
                 # Nothing in flight will free room: the scheduler's queue places them.
                 for i in pending:

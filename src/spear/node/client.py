@@ -358,22 +358,34 @@ class Client(AsyncResource):
         self, specs: Sequence[FunctionSpec], *, wait: bool = False
     ) -> list[Task | SpearError]:
         """Submit many tasks in one call; each entry is the task, or why it was refused."""
-        requests = [await self._request(spec, None, wait) for spec in specs]
+        requests = [await self._request(spec, None, wait, m=pb) for spec in specs]
         if self.tracing is not None:  # (each task its own span and trace)
             send = functools.partial(self._submitted_many, requests)
             return await traced_batch(self.tracing, "submit_many", specs, requests, send)
         return await self._submitted_many(requests)
 
     async def _submitted_many(self, requests: list[Any]) -> list[Task | SpearError]:
+        """SubmitTasks, in protobuf's own messages (a batch: every spec out, every record
+        back; see transport/_gen/pb)."""
+        self._stub  # noqa: B018 - opens the channel
+        assert self._channel is not None
         with self._errors():
-            answer = await self._stub.submit_tasks(v1.SubmitTasksRequest(tasks=requests))
+            async with self._channel.request(
+                cv.SUBMIT_TASKS, Cardinality.UNARY_UNARY, pb.SubmitTasksRequest,
+                pb.SubmitTasksResponse, timeout=self._timeout,
+            ) as stream:  # fmt: skip
+                await stream.send_message(pb.SubmitTasksRequest(tasks=requests), end=True)
+                answer = await stream.recv_message()
+        if answer is None:
+            raise SpearError(f"node {self.address} did not answer SubmitTasks")
         out: list[Task | SpearError] = []
         for outcome in answer.outcomes:
-            if outcome.task is not None:
+            if outcome.HasField("task"):
                 out.append(cv.task_from_wire(outcome.task))
+            elif outcome.HasField("error"):
+                out.append(error_from_code(outcome.error.code, outcome.error.message))
             else:
-                error = outcome.error or v1.Error(code="internal", message="no outcome")
-                out.append(error_from_code(error.code, error.message))
+                out.append(error_from_code("internal", "no outcome"))
         return out
 
     @contextlib.asynccontextmanager

@@ -88,6 +88,12 @@ class SpearletService(v1.SpearletBase):
         handlers[cv.RUN_TASK] = handlers[cv.RUN_TASK]._replace(
             func=self._run_task_pb, request_type=pb.SubmitTaskRequest, reply_type=pb.ResultChunk
         )
+        # So are SubmitTasks' (a batch: every task's spec in, every task's record out).
+        handlers[cv.SUBMIT_TASKS] = handlers[cv.SUBMIT_TASKS]._replace(
+            func=self._submit_tasks_pb,
+            request_type=pb.SubmitTasksRequest,
+            reply_type=pb.SubmitTasksResponse,
+        )
         return {
             name: handler._replace(func=guard(name, handler.func))
             for name, handler in handlers.items()
@@ -115,7 +121,9 @@ class SpearletService(v1.SpearletBase):
             return dataclasses.replace(spec, artifact=str(found))
         return spec
 
-    async def _submit(self, request: v1.SubmitTaskRequest, *, wait: bool) -> Task:
+    async def _submit(
+        self, request: v1.SubmitTaskRequest | pb.SubmitTaskRequest, *, wait: bool
+    ) -> Task:
         spec = await self._resolve(request)
         if request.idempotency_key:  # (a retried submit: the same task, node/idempotency.py)
             key = request.idempotency_key
@@ -132,7 +140,15 @@ class SpearletService(v1.SpearletBase):
     async def submit_task(self, message: v1.SubmitTaskRequest) -> v1.TaskInfo:
         return cv.task_to_wire(await self._submit(message, wait=message.wait))
 
-    async def submit_tasks(self, message: v1.SubmitTasksRequest) -> v1.SubmitTasksResponse:
+    async def _submit_tasks_pb(
+        self, stream: Stream[pb.SubmitTasksRequest, pb.SubmitTasksResponse]
+    ) -> None:
+        """SubmitTasks, in protobuf's own messages (see `__mapping__`)."""
+        request = await stream.recv_message()
+        assert request is not None  # (grpclib ends a unary call without one itself)
+        await stream.send_message(await self._submit_tasks(request))
+
+    async def _submit_tasks(self, message: pb.SubmitTasksRequest) -> pb.SubmitTasksResponse:
         run_many = getattr(self.api, "run_many", None)  # (nodes in this process have one)
         from spear.transport.trace_metadata import has_own_traceparents, in_trace
 
@@ -147,15 +163,14 @@ class SpearletService(v1.SpearletBase):
                     outcomes.append(await self._submit(request, wait=False))
             except SpearError as exc:
                 outcomes.append(exc)
-        waited: list[v1.SubmitOutcome] = []
+        waited: list[pb.SubmitOutcome] = []
         for request, outcome in zip(message.tasks, outcomes, strict=True):
             if isinstance(outcome, SpearError):
-                error = v1.Error(code=outcome.code, message=str(outcome))
-                waited.append(v1.SubmitOutcome(error=error))
+                waited.append(_refused_pb(outcome))
                 continue
             task = await self.api.wait(outcome.id) if request.wait else outcome
-            waited.append(v1.SubmitOutcome(task=cv.task_to_wire(task)))
-        return v1.SubmitTasksResponse(outcomes=waited)
+            waited.append(_outcome_pb(task))
+        return pb.SubmitTasksResponse(outcomes=waited)
 
     async def get_task(self, message: v1.GetTaskRequest) -> v1.TaskInfo:
         return cv.task_to_wire(await self.api.task(message.task_id))
@@ -379,11 +394,19 @@ async def serve_spearlet(
 __all__ = ["SERVICE_NAME", "SpearletServer", "SpearletService", "serve_spearlet"]
 
 
+def _outcome_pb(task: Task) -> pb.SubmitOutcome:
+    return pb.SubmitOutcome(task=cv.task_to_wire(task, pb))  # type: ignore[arg-type]
+
+
+def _refused_pb(exc: SpearError) -> pb.SubmitOutcome:
+    return pb.SubmitOutcome(error=pb.Error(code=exc.code, message=str(exc)))
+
+
 async def _run_many(
-    resolve: Callable[[v1.SubmitTaskRequest], Awaitable[FunctionSpec]],
+    resolve: Callable[[pb.SubmitTaskRequest], Awaitable[FunctionSpec]],
     run_many: Callable[..., Awaitable[list[Task | SpearError]]],
-    message: v1.SubmitTasksRequest,
-) -> v1.SubmitTasksResponse:
+    message: pb.SubmitTasksRequest,
+) -> pb.SubmitTasksResponse:
     """SubmitTasks with every task waited for: run as one batch (`run_many`: records
     written together, placed as batches in a cluster), answered in order."""
     outcomes: list[Task | SpearError | None] = []
@@ -397,11 +420,8 @@ async def _run_many(
         except SpearError as exc:
             outcomes.append(exc)
     ran = iter(await run_many(specs, stdins) if specs else [])
-    answer: list[v1.SubmitOutcome] = []
+    answer: list[pb.SubmitOutcome] = []
     for outcome in outcomes:
         done = next(ran) if outcome is None else outcome
-        if isinstance(done, SpearError):
-            answer.append(v1.SubmitOutcome(error=v1.Error(code=done.code, message=str(done))))
-        else:
-            answer.append(v1.SubmitOutcome(task=cv.task_to_wire(done)))
-    return v1.SubmitTasksResponse(outcomes=answer)
+        answer.append(_refused_pb(done) if isinstance(done, SpearError) else _outcome_pb(done))
+    return pb.SubmitTasksResponse(outcomes=answer)

@@ -25,6 +25,7 @@ if TYPE_CHECKING:
 
 # The call whose messages are protobuf's own on both ends (client.call, SpearletService).
 RUN_TASK = "/spear.v1.Spearlet/RunTask"
+SUBMIT_TASKS = "/spear.v1.Spearlet/SubmitTasks"
 
 _STATE_TO_WIRE = {
     TaskState.PENDING: v1.TaskState.PENDING,

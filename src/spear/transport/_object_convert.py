@@ -1,19 +1,28 @@
-"""The object index's wire messages <-> core/object_index.py and store ObjectInfo."""
+"""The object index's wire messages <-> core/object_index.py and store ObjectInfo.
+
+Records convert to and from either kind of message of sms.proto: betterproto2's (`v1`) and
+protobuf's own (`pb`, CommitObject's: see transport/_convert.py)."""
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Any
+
 from spear.core.object_index import ObjectHolder, ObjectRecord
 from spear.store.object_info import ObjectInfo
+from spear.transport._convert import optional
 from spear.transport._gen.spear import v1
 
+if TYPE_CHECKING:
+    from spear.transport._gen.pb import sms_pb2
 
-def record_to_wire(record: ObjectRecord) -> v1.ObjectRecord:
-    return v1.ObjectRecord(
+
+def record_to_wire(record: ObjectRecord, m: Any = v1) -> v1.ObjectRecord:
+    return m.ObjectRecord(  # type: ignore[no-any-return]
         key=record.key,
         version=record.version,
         size=record.size,
         holders=[
-            v1.ObjectHolder(node=h.node, address=h.address, live=h.live) for h in record.holders
+            m.ObjectHolder(node=h.node, address=h.address, live=h.live) for h in record.holders
         ],
         refs=record.refs,
         pinned=record.pinned,
@@ -23,7 +32,7 @@ def record_to_wire(record: ObjectRecord) -> v1.ObjectRecord:
     )
 
 
-def record_from_wire(message: v1.ObjectRecord | None) -> ObjectRecord:
+def record_from_wire(message: v1.ObjectRecord | sms_pb2.ObjectRecord | None) -> ObjectRecord:
     if message is None:
         raise ValueError("an object record is missing")
     return ObjectRecord(
@@ -35,7 +44,7 @@ def record_from_wire(message: v1.ObjectRecord | None) -> ObjectRecord:
         pinned=message.pinned,
         created_at=message.created_at,
         updated_at=message.updated_at,
-        value=message.value,
+        value=optional(message, "value"),
     )
 
 

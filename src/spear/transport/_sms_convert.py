@@ -14,6 +14,11 @@ from spear.core.cluster import (
 from spear.transport._convert import resources_from_wire, resources_to_wire
 from spear.transport._gen.spear import v1
 
+# The SMS's calls in protobuf's own messages (sms_server.MetadataService.__mapping__ and
+# SmsClient._call_pb): the two every task makes.
+REPORT_TASKS = "/spear.v1.MetadataServer/ReportTasks"
+COMMIT_OBJECT = "/spear.v1.MetadataServer/CommitObject"
+
 _HEALTH_TO_WIRE = {
     NodeHealth.HEALTHY: v1.NodeHealth.HEALTHY,
     NodeHealth.UNHEALTHY: v1.NodeHealth.UNHEALTHY,

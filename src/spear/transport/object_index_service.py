@@ -9,12 +9,17 @@ from typing import TYPE_CHECKING
 from spear._logging import logger
 from spear.errors import InvalidArgument, PermissionDenied
 from spear.transport import _object_convert as oc
+from spear.transport._convert import optional
+from spear.transport._gen.pb import sms_pb2
 from spear.transport._gen.spear import v1
 from spear.transport.auth import current_principal
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator
 
+    from grpclib.server import Stream
+
+    from spear.core.object_index import ObjectRecord
     from spear.core.sms import MetadataServer
 
 
@@ -29,17 +34,31 @@ class ObjectIndexService:
     sms: MetadataServer
 
     async def commit_object(self, message: v1.CommitObjectRequest) -> v1.ObjectRecord:
+        return oc.record_to_wire(await self._commit(message))
+
+    async def _commit_object_pb(
+        self, stream: Stream[sms_pb2.CommitObjectRequest, sms_pb2.ObjectRecord]
+    ) -> None:
+        """CommitObject in protobuf's own messages (one per value a member writes: every
+        task's result; see sms_server.MetadataService.__mapping__)."""
+        request = await stream.recv_message()
+        assert request is not None  # (grpclib ends a unary call without one itself)
+        record = await self._commit(request)
+        await stream.send_message(oc.record_to_wire(record, sms_pb2))  # type: ignore[arg-type]
+
+    async def _commit(
+        self, message: v1.CommitObjectRequest | sms_pb2.CommitObjectRequest
+    ) -> ObjectRecord:
         self.sms.leadership.require()  # writes go to the leader only
         _speaks_for(message.node)
-        record = await self.sms.objects.commit(
+        return await self.sms.objects.commit(
             message.key,
             message.node,
             message.address,
             message.size,
-            message.expected_version,
-            message.value,
+            optional(message, "expected_version"),
+            optional(message, "value"),
         )
-        return oc.record_to_wire(record)
 
     async def lookup_object(self, message: v1.LookupObjectRequest) -> v1.ObjectRecord:
         principal = current_principal.get()

@@ -12,6 +12,7 @@ import time
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import anyio
+from grpclib.const import Cardinality
 
 from spear.core.cluster import Cluster
 from spear.core.sms_leader import leader_named_in
@@ -19,6 +20,8 @@ from spear.errors import DeadlineExceeded, InvalidArgument, NotLeader, Unavailab
 from spear.transport import _convert as cv
 from spear.transport import _object_convert as oc
 from spear.transport import _sms_convert as sc
+from spear.transport._gen.pb import sms_pb2
+from spear.transport._gen.pb import spearlet_pb2 as pb
 from spear.transport._gen.spear import v1
 from spear.transport._status import (
     DEFAULT_MAX_MESSAGE_BYTES,
@@ -141,6 +144,22 @@ class SmsClient(Cluster):
     def _opts(self) -> dict[str, Any]:
         return {"timeout": self._timeout}
 
+    async def _call_pb(self, route: str, request: Any, reply_type: type[T]) -> T:
+        """A unary call in protobuf's own messages (the calls every task makes: its
+        reports, its result's commit; the server's side is sms_server's `__mapping__`),
+        over the same channel, with the same failover, as the stub's calls."""
+
+        async def call(stub: v1.MetadataServerStub) -> T:
+            async with stub.channel.request(
+                route, Cardinality.UNARY_UNARY, type(request), reply_type, timeout=self._timeout
+            ) as stream:
+                await stream.send_message(request, end=True)
+                reply: T | None = await stream.recv_message()
+            assert reply is not None
+            return reply
+
+        return await self._call(call)
+
     async def register(self, node: NodeRecord) -> NodeRecord:
         req = v1.RegisterNodeRequest(node=sc.node_to_wire(node))
         return sc.node_from_wire(
@@ -187,8 +206,9 @@ class SmsClient(Cluster):
         )
 
     async def report_tasks(self, tasks: Sequence[Task]) -> None:
-        req = v1.ReportTasksRequest(tasks=[cv.task_to_wire(t) for t in tasks])
-        await self._call(lambda stub: stub.report_tasks(req, **self._opts()))
+        wire: list[Any] = [cv.task_to_wire(t, pb) for t in tasks]  # (protobuf's TaskInfo)
+        req = sms_pb2.ReportTasksRequest(tasks=wire)
+        await self._call_pb(sc.REPORT_TASKS, req, sms_pb2.ReportTasksResponse)
 
     async def task(self, task_id: str) -> Task:
         req = v1.LookupTaskRequest(task_id=task_id)
@@ -240,7 +260,7 @@ class SmsClient(Cluster):
         expected_version: int | None,
         value: bytes | None = None,
     ) -> ObjectRecord:
-        req = v1.CommitObjectRequest(
+        req = sms_pb2.CommitObjectRequest(
             key=key,
             node=node,
             address=address,
@@ -248,9 +268,7 @@ class SmsClient(Cluster):
             expected_version=expected_version,
             value=value,  # a small value, kept in the index (docs/objects.md)
         )
-        return oc.record_from_wire(
-            await self._call(lambda stub: stub.commit_object(req, **self._opts()))
-        )
+        return oc.record_from_wire(await self._call_pb(sc.COMMIT_OBJECT, req, sms_pb2.ObjectRecord))
 
     async def lookup_object(self, key: str) -> ObjectRecord:
         req = v1.LookupObjectRequest(key=key)

@@ -10,6 +10,7 @@ from spear.core.task_pages import newest_page, page_size
 from spear.errors import InvalidArgument, PermissionDenied
 from spear.transport import _convert as cv
 from spear.transport import _sms_convert as sc
+from spear.transport._gen.pb import sms_pb2
 from spear.transport._gen.spear import v1
 from spear.transport._status import DEFAULT_MAX_MESSAGE_BYTES
 from spear.transport.auth import current_principal
@@ -19,6 +20,7 @@ from spear.transport.serving import GrpcServer, Security, guard
 
 if TYPE_CHECKING:
     from grpclib.const import Handler
+    from grpclib.server import Stream
 
     from spear.core.cluster_quotas import ClusterTaskSlots
     from spear.core.models import Task
@@ -48,10 +50,22 @@ class MetadataService(ObjectIndexService, v1.MetadataServerBase):
         self.sms = sms
 
     def __mapping__(self) -> dict[str, Handler]:
+        handlers = super().__mapping__()
+        # The calls every task makes (its reports, its result's commit) in protobuf's own
+        # messages: the same bytes, a tenth of the time to decode and encode.
+        for route, func, request, reply in (
+            (sc.REPORT_TASKS, self._report_tasks_pb, sms_pb2.ReportTasksRequest,
+             sms_pb2.ReportTasksResponse),
+            (sc.COMMIT_OBJECT, self._commit_object_pb, sms_pb2.CommitObjectRequest,
+             sms_pb2.ObjectRecord),
+        ):  # fmt: skip
+            handlers[route] = handlers[route]._replace(
+                func=func, request_type=request, reply_type=reply
+            )
         # The same guard as the Spearlet service: SpearError -> status + spear-error-code.
         return {
             name: handler._replace(func=guard(name, handler.func))
-            for name, handler in super().__mapping__().items()
+            for name, handler in handlers.items()
         }
 
     async def register_node(self, message: v1.RegisterNodeRequest) -> v1.NodeRecord:
@@ -98,12 +112,24 @@ class MetadataService(ObjectIndexService, v1.MetadataServerBase):
         return cv.task_to_wire(await self.sms.report_task(task))
 
     async def report_tasks(self, message: v1.ReportTasksRequest) -> v1.ReportTasksResponse:
+        await self._report(message)
+        return v1.ReportTasksResponse()
+
+    async def _report_tasks_pb(
+        self, stream: Stream[sms_pb2.ReportTasksRequest, sms_pb2.ReportTasksResponse]
+    ) -> None:
+        """ReportTasks in protobuf's own messages (see `__mapping__`)."""
+        request = await stream.recv_message()
+        assert request is not None  # (grpclib ends a unary call without one itself)
+        await self._report(request)
+        await stream.send_message(sms_pb2.ReportTasksResponse())
+
+    async def _report(self, message: v1.ReportTasksRequest | sms_pb2.ReportTasksRequest) -> None:
         self.sms.leadership.require()  # writes go to the leader only
         tasks = [cv.task_from_wire(t) for t in message.tasks]
         for task in tasks:
             _reports_on(task)
         await self.sms.report_tasks(tasks)
-        return v1.ReportTasksResponse()
 
     async def lookup_task(self, message: v1.LookupTaskRequest) -> v1.TaskInfo:
         return cv.task_to_wire(await self.sms.task(message.task_id))
