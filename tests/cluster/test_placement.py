@@ -281,6 +281,25 @@ def test_a_batch_larger_than_the_clusters_room_runs_on_every_node_at_once(
     anyio.run(main)
 
 
+def test_a_member_is_ready_for_its_first_tasks_before_they_come(tmp_path: Path) -> None:
+    async def main() -> None:
+        async with cluster(tmp_path, {"a": (1, {}), "b": (1, {})}) as (_, n):
+            a, b = n["a"], n["b"]
+            with anyio.fail_after(30):
+                # Its wasm runtime made, and its channel to b's peer port connected,
+                # before any task asked for either (node/membership.py warm_up).
+                while not (a.node.agents["wasm"].made and a.peers._aio):
+                    await anyio.sleep(0.05)
+            record = a.scheduler.view.node("b")
+            assert record is not None
+            assert list(a.peers._aio) == [(b.address, record.incarnation)]
+            channel = a.peers._aio[(b.address, record.incarnation)]
+            assert channel is not None
+            await channel.ready()  # (already: returns at once)
+
+    anyio.run(main)
+
+
 def test_an_overloaded_node_refuses_with_resource_exhausted(tmp_path: Path, loop: str) -> None:
     async def main() -> None:
         members = {"a": (1, {}), "b": (1, {})}

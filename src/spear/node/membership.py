@@ -10,7 +10,8 @@ from typing import TYPE_CHECKING, Any
 
 import anyio
 
-from spear.errors import InvalidArgument
+from spear._logging import logger
+from spear.errors import InvalidArgument, SpearError
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator
@@ -129,6 +130,7 @@ async def joined_cluster(
             refresh_s = view_refresh_from(node.settings.extra, timings.heartbeat_s)
             await tg.start(scheduler.watch_cluster, refresh_s)
             await tg.start(controller.run)
+            tg.start_soon(warm_up, api)
             try:
                 yield controller
             finally:
@@ -139,6 +141,41 @@ async def joined_cluster(
         node.forget_tasks = None
         await api.peers.aclose()
         await cluster.aclose()
+
+
+WARM_PEERS = 8  # peers a member opens channels to before its first forward
+_WARM_LOOK_S = 1.0  # how often it looks at its view for peers not warmed yet
+
+
+async def warm_up(api: ClusterNode) -> None:
+    """Ready a new member for its first tasks before they come: its wasm runtime made
+    (an import and an engine: ~10 ms on the first task otherwise) and its channels open
+    to the first WARM_PEERS peers its view shows (two TLS handshakes on the first forward
+    to each otherwise), looked for every second until it has as many. Best effort: what
+    fails here is done again when first needed."""
+    warm = getattr(api.node.agents.get("wasm"), "warm", None)  # (node/assembly.py)
+    if warm is not None:
+        try:
+            await warm()
+        except Exception as exc:  # (the first wasm task will say what is wrong)
+            logger.debug("the wasm runtime was not made ahead: {}", exc)
+    warmed: set[str] = set()
+    while len(warmed) < WARM_PEERS:
+        fresh = [r for r in api.scheduler.view.nodes() if r.name not in warmed]
+        fresh = fresh[: WARM_PEERS - len(warmed)]
+        warmed.update(r.name for r in fresh)
+        async with anyio.create_task_group() as tg:
+            for record in fresh:
+                tg.start_soon(_warm_peer, api, record)
+        await anyio.sleep(_WARM_LOOK_S)
+
+
+async def _warm_peer(api: ClusterNode, record: NodeRecord) -> None:
+    try:
+        with anyio.fail_after(10):
+            await api.peers.warm(record)
+    except (SpearError, OSError, TimeoutError) as exc:
+        logger.debug("no channel to {} ahead of a forward: {}", record.name, exc)
 
 
 @contextlib.asynccontextmanager

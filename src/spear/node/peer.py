@@ -348,6 +348,15 @@ class Peers:
         assert answer is not None
         return answer
 
+    async def warm(self, node: NodeRecord) -> None:
+        """Open now the channels a first forward to `node` would open (to its node port,
+        then to its peer port), so that forward does not wait for their handshakes."""
+        aio = await self._aio_channel(node) if self.use_aio else None
+        if aio is not None:
+            await aio.ready()
+        elif not self.use_aio:
+            await self.client(node.address).node_info()
+
     async def _aio_channel(self, node: NodeRecord) -> AioChannel | None:
         """The grpc.aio channel to `node`'s peer port, which its NodeInfo names (asked once
         per incarnation: a restarted node serves on another port); None if it has none."""

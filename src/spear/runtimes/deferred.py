@@ -50,6 +50,10 @@ class DeferredAgent(WorkerAgent):
             vars(self).update(prepare=agent.prepare, start=agent.start)
         return agent
 
+    async def warm(self) -> None:
+        """Make and start the real agent now (a daemon, before its first task)."""
+        await self._started()
+
     async def prepare(self, task: Task) -> None:
         await (await self._started()).prepare(task)
 

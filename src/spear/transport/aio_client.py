@@ -165,6 +165,10 @@ class AioChannel:
             metadata=sent,
         )
 
+    async def ready(self) -> None:
+        """Connected (the TLS handshake done): the next call need not wait for it."""
+        await self._channel.channel_ready()
+
     async def aclose(self) -> None:
         await self._channel.close()
 
