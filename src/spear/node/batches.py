@@ -138,11 +138,12 @@ class _Batch:
         return here, rest
 
     def place(self, indices: Sequence[int]) -> tuple[dict[str, list[int]], list[int]]:
-        """Tasks given to other nodes (their room debited in the view), and those no node
-        could ever run now: those the view finds room for go there; those that find none
-        anywhere are dealt in turn to this node (if it could run them: the rest returned)
-        and the others that could, which keep them in their backlogs (a wave of their own
-        `run_many`) or refuse them: one call per node, not one per wave."""
+        """Tasks given to nodes ("": this one), and those no node could run: those the
+        view finds room for go there (the room debited); those that find none anywhere
+        are dealt in turn to this node and the others that could run them, or, if this
+        node could not, go to the likeliest other. A node other than this one keeps them
+        in its backlog (a wave of its own `run_many`) or refuses them: one call per node,
+        not one per wave."""
         scheduler = self.scheduler
         view = scheduler.view
         batches: dict[str, list[int]] = {}
@@ -153,15 +154,18 @@ class _Batch:
             if candidates:
                 name = candidates[0].node.name
                 view.reserve(name, self.specs[i].resources)
-            else:
-                others = sorted(n.name for n in view.could_ever_fit(query))
-                here = [""] if scheduler.could_ever_run_here(self.specs[i]) else []
-                turns = here + others
-                if not turns:
-                    rest.append(i)
-                    continue
+            elif scheduler.could_ever_run_here(self.specs[i]):
+                # Dealt in turn to this node and the others that could run it; one that
+                # was refused already waits here (it is sure of a place in its waves).
+                others = [] if i in self.hops else view.could_ever_fit(query)
+                turns = ["", *sorted(n.name for n in others)]
                 name = turns[self.turn % len(turns)]
                 self.turn += 1
+            elif likeliest := view.could_ever_fit(query):
+                name = likeliest[0].name  # its backlog, or a refusal: placed again then
+            else:
+                rest.append(i)
+                continue
             batches.setdefault(name, []).append(i)
         return batches, rest
 
