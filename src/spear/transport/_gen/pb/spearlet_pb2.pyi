@@ -223,12 +223,14 @@ class GetResultRequest(_message.Message):
     def __init__(self, task_id: _Optional[str] = ..., wait: _Optional[bool] = ...) -> None: ...
 
 class ResultChunk(_message.Message):
-    __slots__ = ("task", "data")
+    __slots__ = ("task", "data", "ran_at")
     TASK_FIELD_NUMBER: _ClassVar[int]
     DATA_FIELD_NUMBER: _ClassVar[int]
+    RAN_AT_FIELD_NUMBER: _ClassVar[int]
     task: TaskInfo
     data: bytes
-    def __init__(self, task: _Optional[_Union[TaskInfo, _Mapping]] = ..., data: _Optional[bytes] = ...) -> None: ...
+    ran_at: str
+    def __init__(self, task: _Optional[_Union[TaskInfo, _Mapping]] = ..., data: _Optional[bytes] = ..., ran_at: _Optional[str] = ...) -> None: ...
 
 class StreamLogsRequest(_message.Message):
     __slots__ = ("task_id", "streams", "follow")

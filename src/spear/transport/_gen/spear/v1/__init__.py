@@ -1394,6 +1394,12 @@ class ResultChunk(betterproto2.Message):
     the task's output (its stdout)
     """
 
+    ran_at: "str" = betterproto2.field(3, betterproto2.TYPE_STRING)
+    """
+    RunTask, in the first message: the gRPC address of the member that ran the task, when
+    it was forwarded there (a client may send its next like call there directly).
+    """
+
 
 default_message_pool.register_message("spear.v1", "ResultChunk", ResultChunk)
 
