@@ -300,6 +300,36 @@ def test_a_member_is_ready_for_its_first_tasks_before_they_come(tmp_path: Path) 
     anyio.run(main)
 
 
+def test_a_clients_next_like_call_goes_to_the_member_that_ran_its_forwarded_one(
+    tmp_path: Path, hello: str
+) -> None:
+    from spear.transport.auth import read_owner_token
+    from spear.transport.channels import Credentials
+
+    async def main() -> None:
+        async with cluster(tmp_path, {"a": (1, {}), "b": (1, {"zone": "x"})}) as (_, n):
+            spec = FunctionSpec(hello, labels=ZONE_X)
+            forwards = n["a"].scheduler.forwarded_to
+            async with Client(n["a"].address, credentials=_member(tmp_path, "a")) as client:
+                first = await client.call(spec)
+                assert len(forwards) == 1  # a placed it on b and forwarded it
+                again = [await client.call(spec) for _ in range(3)]
+                assert len(forwards) == 1  # the next three went to b directly
+                for result in (first, *again):
+                    assert (result.task.node, result.output) == ("b", b"hello\n")
+                    assert await holders(n, result.task.id) == ["b"]
+            # A token b does not accept (a's own): the call is refused at b before anything
+            # runs, made through a, and b is not tried again by this client.
+            owner = Credentials(token=read_owner_token(tmp_path / "a"), tls=_ca(tmp_path))
+            async with Client(n["a"].address, credentials=owner) as client:
+                results = [await client.call(spec) for _ in range(3)]
+                assert [r.task.node for r in results] == ["b"] * 3
+                assert len(forwards) == 1 + 3  # each through a: b refused the second
+                assert client._refused == {n["b"].address}
+
+    anyio.run(main)
+
+
 def test_an_overloaded_node_refuses_with_resource_exhausted(tmp_path: Path, loop: str) -> None:
     async def main() -> None:
         members = {"a": (1, {}), "b": (1, {})}
@@ -317,6 +347,17 @@ def test_an_overloaded_node_refuses_with_resource_exhausted(tmp_path: Path, loop
             assert n["a"].scheduler.queued == 2  # the queue did not grow past its bound
 
     anyio.run(main)
+
+
+def _ca(tmp_path: Path) -> Any:
+    """TLS files that hold only the cluster's CA (a user's: no certificate of its own)."""
+    import shutil
+
+    user = tmp_path / "user-tls"
+    if not user.exists():
+        user.mkdir()
+        shutil.copy(tmp_path / "a" / "tls" / "ca.crt", user / "ca.crt")
+    return tls.TlsFiles(user)
 
 
 def _member(tmp_path: Path, name: str) -> Any:

@@ -32,8 +32,10 @@ from spear.errors import (
     InvalidArgument,
     NoSpace,
     NotFound,
+    PermissionDenied,
     SpearError,
     StorageError,
+    Unauthenticated,
     Unavailable,
     error_from_code,
 )
@@ -60,6 +62,8 @@ if TYPE_CHECKING:
     from spear.transport.aio_streams import AioCallStream
 
 _T = TypeVar("_T")
+_RAN_AT_KEPT = 1024  # specs whose forwarded call's member is remembered (`call`)
+_MEMBER_CONNECT_S = 1.0  # how long a call waits for a channel to that member
 
 
 def _split_address(address: str) -> tuple[str, int]:
@@ -163,6 +167,12 @@ class Client(AsyncResource):
         self._objects = ObjectRoute(credentials)  # object bytes: the transfer service
         # Traces (docs/observability.md): a submit's span, its context sent with the call.
         self.tracing = tracing
+        # RunTask's forwards (see `call`): the member that ran each spec's last call, and a
+        # client per such member; `_follows`: whether this client sends calls there.
+        self._ran_at: dict[FunctionSpec, str] = {}
+        self._members: dict[str, Client] = {}
+        self._refused: set[str] = set()  # members that did not accept this client
+        self._follows = True
 
     @property
     def _stub(self) -> v1.SpearletStub:
@@ -183,6 +193,9 @@ class Client(AsyncResource):
         return client_errors(self.address)
 
     async def aclose(self) -> None:
+        members, self._members = list(self._members.values()), {}
+        for member in members:
+            await member.aclose()
         await self._objects.aclose()
         channel, self._channel = self._channel, None
         self._stub_ = None
@@ -473,12 +486,64 @@ class Client(AsyncResource):
 
     async def call(self, spec: FunctionSpec, *, stdin: bytes | None = None) -> TaskResult:
         """Run a task and return its result, in one call (RunTask). Its messages are
-        protobuf's own (see transport/_gen/pb): a third of the call's time otherwise."""
+        protobuf's own (see transport/_gen/pb): a third of the call's time otherwise.
+
+        A call the node forwarded names the member that ran it; the next call of the same
+        spec goes to that member directly (one hop instead of two, as Ray's driver reuses
+        its lease of a remote worker), while that member answers: see `_member_for`."""
+        member = await self._member_for(spec)
+        if member is not None:
+            try:
+                return await member.call(spec, stdin=stdin)
+            except (Unauthenticated, PermissionDenied):
+                # Not accepted there (nothing ran; a token of this node's, say): this node
+                # then, for this member from now on.
+                self._refused.add(member.address)
+                self._ran_at.pop(spec, None)
+            except SpearError:
+                self._ran_at.pop(spec, None)  # (it may have run: not sent again)
+                raise
         request = await self._request(spec, stdin, wait=True, m=pb)
+        ran_at: list[str] = []
         if self.tracing is not None:
-            result = self._result(self._run_task(request), spec.artifact)
-            return await traced_submit(self.tracing, "call", spec, result)
-        return await self._result(self._run_task(request), spec.artifact)
+            result = self._result(self._run_task(request), spec.artifact, ran_at)
+            answer = await traced_submit(self.tracing, "call", spec, result)
+        else:
+            answer = await self._result(self._run_task(request), spec.artifact, ran_at)
+        if ran_at and ran_at[0] and self._follows and ran_at[0] not in self._refused:
+            if len(self._ran_at) >= _RAN_AT_KEPT:
+                self._ran_at.clear()
+            self._ran_at[spec] = ran_at[0]
+        return answer
+
+    async def _member_for(self, spec: FunctionSpec) -> Client | None:
+        """The client of the member that ran the last call of `spec` if this node forwarded
+        it there, once connected (None: call this node). A member that cannot be
+        connected to is forgotten before anything is sent to it."""
+        address = self._ran_at.get(spec)
+        if address is None:
+            return None
+        member = self._members.get(address)
+        if member is None:
+            member = self._members[address] = Client(
+                address,
+                credentials=self._credentials,
+                timeout=self._timeout,
+                max_message_bytes=self._max_message_bytes,
+                retries=0,
+                tracing=self.tracing,
+            )
+            member._follows = False  # (it does not send calls on again)
+        if await member.connected(_MEMBER_CONNECT_S):
+            return member
+        self._ran_at.pop(spec, None)
+        return None
+
+    async def connected(self, within_s: float) -> bool:
+        """Whether the channel to the node is connected, or connects within `within_s`."""
+        self._stub  # noqa: B018 - opens the channel
+        assert self._channel is not None
+        return await self._channel.connected(within_s)
 
     async def _run_task(self, request: pb.SubmitTaskRequest) -> AsyncIterator[pb.ResultChunk]:
         self._stub  # noqa: B018 - opens the channel
@@ -492,8 +557,13 @@ class Client(AsyncResource):
                 yield chunk
 
     async def _result(
-        self, chunks: AsyncIterator[v1.ResultChunk | pb.ResultChunk], what: str
+        self,
+        chunks: AsyncIterator[v1.ResultChunk | pb.ResultChunk],
+        what: str,
+        ran_at: list[str] | None = None,
     ) -> TaskResult:
+        """The result the chunks carry; `ran_at` gets the first chunk's `ran_at` (RunTask:
+        the member that ran a forwarded task)."""
         task: Task | None = None
         parts: list[bytes] = []
         with self._errors():
@@ -501,6 +571,8 @@ class Client(AsyncResource):
                 info = cv.optional(chunk, "task")
                 if info is not None:
                     task = cv.task_from_wire(info)
+                    if ran_at is not None:
+                        ran_at.append(getattr(chunk, "ran_at", ""))
                 parts.append(chunk.data)
         if task is None:
             raise SpearError(f"node {self.address} sent no result for {what}")

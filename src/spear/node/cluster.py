@@ -198,6 +198,12 @@ class ClusterNode:
             raise outcome
         return outcome
 
+    def forwarded_address(self, task_id: str) -> str | None:
+        """The gRPC address of the member this node forwarded `task_id` to (None: it ran
+        here, or was not seen here)."""
+        record = self.scheduler.forwarded_to.get(task_id)
+        return None if record is None else record.address
+
     async def run_many(
         self, specs: Sequence[FunctionSpec], stdins: Sequence[bytes | None] | None = None
     ) -> list[Task | SpearError]:

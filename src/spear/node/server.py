@@ -203,7 +203,11 @@ class SpearletService(v1.SpearletBase):
         spec = await self._resolve(request)
         result = await self.api.call(spec, stdin=request.stdin or None)
         logger.debug("task {} ran ({})", result.task.id, spec.artifact)
-        for chunk in _result_chunks(result, pb):
+        forwarded_to = getattr(self.node_api, "forwarded_address", None)  # (a member's)
+        ran_at = forwarded_to(result.task.id) if forwarded_to is not None else None
+        for i, chunk in enumerate(_result_chunks(result, pb)):
+            if i == 0 and ran_at:
+                chunk.ran_at = ran_at  # (the client may call there next: Client.call)
             await stream.send_message(chunk)
 
     async def stream_logs(self, message: v1.StreamLogsRequest) -> AsyncIterator[v1.LogChunk]:

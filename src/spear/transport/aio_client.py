@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
+import anyio
 from grpclib.const import Cardinality, Status
 from grpclib.exceptions import GRPCError
 
@@ -168,6 +169,21 @@ class AioChannel:
     async def ready(self) -> None:
         """Connected (the TLS handshake done): the next call need not wait for it."""
         await self._channel.channel_ready()
+
+    async def connected(self, within_s: float) -> bool:
+        """Whether the channel is connected, or connects within `within_s`; False at once
+        when its last attempt failed (nothing is sent either way)."""
+        import grpc
+
+        state = self._channel.get_state(try_to_connect=True)
+        if state is grpc.ChannelConnectivity.READY:
+            return True
+        if state in (grpc.ChannelConnectivity.TRANSIENT_FAILURE, grpc.ChannelConnectivity.SHUTDOWN):
+            return False
+        with anyio.move_on_after(within_s):
+            await self._channel.channel_ready()
+            return True
+        return False
 
     async def aclose(self) -> None:
         await self._channel.close()
