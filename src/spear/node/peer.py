@@ -35,13 +35,12 @@ from spear.transport._status import (
     received_error_code,
 )
 from spear.transport.channels import NO_CREDENTIALS, Credentials
-from spear.transport.serving import guard
+from spear.transport.serving import guard, unary
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
 
     from grpclib.const import Handler
-    from grpclib.server import Stream
 
     from spear.core.artifacts import ArtifactStore
     from spear.core.cluster import NodeRecord
@@ -71,7 +70,7 @@ class PeerService(v1.SpearletPeerBase):
         # ForwardTasks' messages are protobuf's own (as RunTask's, node/server.py): a
         # forwarded call's hop costs a fraction of what betterproto's would.
         handlers[FORWARD_TASKS] = handlers[FORWARD_TASKS]._replace(
-            func=self._forward_tasks_pb,
+            func=unary(self._forward_tasks),
             request_type=pb.ForwardTasksRequest,
             reply_type=pb.ForwardTasksResponse,
         )
@@ -113,13 +112,6 @@ class PeerService(v1.SpearletPeerBase):
             path = self.artifacts.path(message.artifact_digest)
             spec = dataclasses.replace(spec, artifact=str(path))
         return task, spec
-
-    async def _forward_tasks_pb(
-        self, stream: Stream[pb.ForwardTasksRequest, pb.ForwardTasksResponse]
-    ) -> None:
-        request = await stream.recv_message()
-        assert request is not None  # (grpclib ends a unary call without one itself)
-        await stream.send_message(await self._forward_tasks(request))
 
     async def _forward_tasks(self, message: pb.ForwardTasksRequest) -> pb.ForwardTasksResponse:
         received = [self._received(m) for m in message.tasks]

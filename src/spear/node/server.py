@@ -34,6 +34,7 @@ from spear.transport.serving import (
     Security,
     guard,
     reflection_services,
+    unary,
 )
 
 if TYPE_CHECKING:
@@ -90,7 +91,7 @@ class SpearletService(v1.SpearletBase):
         )
         # So are SubmitTasks' (a batch: every task's spec in, every task's record out).
         handlers[cv.SUBMIT_TASKS] = handlers[cv.SUBMIT_TASKS]._replace(
-            func=self._submit_tasks_pb,
+            func=unary(self._submit_tasks),
             request_type=pb.SubmitTasksRequest,
             reply_type=pb.SubmitTasksResponse,
         )
@@ -140,15 +141,8 @@ class SpearletService(v1.SpearletBase):
     async def submit_task(self, message: v1.SubmitTaskRequest) -> v1.TaskInfo:
         return cv.task_to_wire(await self._submit(message, wait=message.wait))
 
-    async def _submit_tasks_pb(
-        self, stream: Stream[pb.SubmitTasksRequest, pb.SubmitTasksResponse]
-    ) -> None:
-        """SubmitTasks, in protobuf's own messages (see `__mapping__`)."""
-        request = await stream.recv_message()
-        assert request is not None  # (grpclib ends a unary call without one itself)
-        await stream.send_message(await self._submit_tasks(request))
-
     async def _submit_tasks(self, message: pb.SubmitTasksRequest) -> pb.SubmitTasksResponse:
+        """SubmitTasks, in protobuf's own messages (see `__mapping__`)."""
         run_many = getattr(self.api, "run_many", None)  # (nodes in this process have one)
         from spear.transport.trace_metadata import has_own_traceparents, in_trace
 

@@ -17,8 +17,6 @@ from spear.transport.auth import current_principal
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator
 
-    from grpclib.server import Stream
-
     from spear.core.object_index import ObjectRecord
     from spear.core.sms import MetadataServer
 
@@ -36,15 +34,11 @@ class ObjectIndexService:
     async def commit_object(self, message: v1.CommitObjectRequest) -> v1.ObjectRecord:
         return oc.record_to_wire(await self._commit(message))
 
-    async def _commit_object_pb(
-        self, stream: Stream[sms_pb2.CommitObjectRequest, sms_pb2.ObjectRecord]
-    ) -> None:
+    async def _commit_object_pb(self, message: sms_pb2.CommitObjectRequest) -> sms_pb2.ObjectRecord:
         """CommitObject in protobuf's own messages (one per value a member writes: every
         task's result; see sms_server.MetadataService.__mapping__)."""
-        request = await stream.recv_message()
-        assert request is not None  # (grpclib ends a unary call without one itself)
-        record = await self._commit(request)
-        await stream.send_message(oc.record_to_wire(record, sms_pb2))  # type: ignore[arg-type]
+        record = await self._commit(message)
+        return oc.record_to_wire(record, sms_pb2)  # type: ignore[return-value]
 
     async def _commit(
         self, message: v1.CommitObjectRequest | sms_pb2.CommitObjectRequest

@@ -8,7 +8,7 @@ import socket
 import time
 import weakref
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Self
+from typing import TYPE_CHECKING, Any, Self, TypeVar
 
 import anyio
 import anyio.lowlevel
@@ -35,6 +35,10 @@ if TYPE_CHECKING:
     from spear.config import Settings
     from spear.transport.auth import Authorizer
     from spear.transport.tls import TlsFiles
+
+
+Request = TypeVar("Request")
+Reply = TypeVar("Reply")
 
 
 def parse_listen(listen: str, flag: str = "--listen") -> tuple[str, int]:
@@ -71,6 +75,20 @@ def listening_socket(listen: str, flag: str = "--listen") -> socket.socket:
         sock.close()
         raise InvalidArgument(f"cannot listen on {listen}: {exc.strerror or exc}") from None
     return sock
+
+
+def unary(
+    func: Callable[[Request], Awaitable[Reply]],
+) -> Callable[[Stream[Request, Reply]], Awaitable[None]]:
+    """A grpclib handler of a unary call answered by `func(request)`: how the calls in
+    protobuf's own messages are served (their generated handlers are betterproto2's)."""
+
+    async def handle(stream: Stream[Request, Reply]) -> None:
+        request = await stream.recv_message()
+        assert request is not None  # (grpclib ends a unary call without one itself)
+        await stream.send_message(await func(request))
+
+    return handle
 
 
 def guard(
