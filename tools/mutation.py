@@ -159,6 +159,7 @@ TARGETS = (
             _T + "core/test_run_many.py",
             _T + "core/test_finished_hooks.py",
             _T + "core/test_retries.py",
+            _T + "core/test_controller_full_disk.py",
         ),
     ),
     Target(
