@@ -38,11 +38,16 @@ from spear.core import namespaces as ns
 from spear.errors import (
     InvalidArgument,
     SpearError,
-    Unauthenticated,
     error_from_code,
 )
 from spear.transport.auth import Role
-from spear.transport.object_transfer import TransferBroken, info_fields, token_namespace
+from spear.transport.object_transfer import (
+    TransferBroken,
+    asked_namespace,
+    info_fields,
+    request_token,
+    token_namespace,
+)
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Callable, Coroutine
@@ -173,15 +178,11 @@ class _SocketServer:
             return {"ok": False, "code": "internal", "message": str(exc)}, b"", []
 
     async def _admit(self, request: dict[str, Any], need: Role) -> str | None:
-        asked = request.get("namespace") or None
-        if asked is not None:
-            ns.check_name(str(asked))
+        asked = asked_namespace(request)
         authorizer = self._security.authorizer
         if authorizer is None:  # open (tests, benchmarks)
-            return None if asked is None else str(asked)
-        token = request.get("token")
-        if not isinstance(token, str):
-            raise Unauthenticated("the object socket requires a token")
+            return asked
+        token = request_token(request, "the object socket requires a token")
         principal = authorizer.tokens.verify(token) if authorizer.tokens is not None else None
         if principal is None and authorizer.cluster is not None:  # a token of the SMS's
             principal = await authorizer.cluster.verify(token)

@@ -165,6 +165,22 @@ class _Connection:
             self.sock.close()
 
 
+def asked_namespace(request: dict[str, Any]) -> str | None:
+    """The namespace a request names (checked: one clear error if malformed), or None."""
+    asked = request.get("namespace") or None
+    if asked is None:
+        return None
+    return ns.check_name(str(asked))
+
+
+def request_token(request: dict[str, Any], missing: str) -> str:
+    """The token a request carries; Unauthenticated with `missing` if it carries none."""
+    token = request.get("token")
+    if not isinstance(token, str):
+        raise Unauthenticated(missing)
+    return token
+
+
 def token_namespace(
     authorizer: Authorizer, principal: Principal | None, request: dict[str, Any], need: Role
 ) -> str:
@@ -280,16 +296,14 @@ class ObjectTransferServer:
 
     def _check(self, request: dict[str, Any], conn: _Connection, need: Role) -> str | None:
         """Whether the caller may; the namespace it acts in (None: the store's own keys)."""
-        asked = request.get("namespace") or None
-        if asked is not None:
-            ns.check_name(str(asked))
+        asked = asked_namespace(request)
         authorizer = self._security.authorizer
         if authorizer is None or conn.peer is not None:
             # open (tests, benchmarks), or a member (certificate checked by the CA)
-            return None if asked is None else str(asked)
-        token = request.get("token")
-        if not isinstance(token, str):
-            raise Unauthenticated("the object transfer service requires a token or certificate")
+            return asked
+        token = request_token(
+            request, "the object transfer service requires a token or certificate"
+        )
         principal = authorizer.tokens.verify(token) if authorizer.tokens is not None else None
         if principal is None and authorizer.cluster is not None:  # a token of the SMS's
             principal = self._call(authorizer.cluster.verify(token))
