@@ -95,7 +95,7 @@ async def test_the_ends_of_a_wave_that_meet_a_full_disk_are_written_once_there_i
 async def test_a_start_that_meets_a_full_disk_is_written_once_there_is_room(
     tmp_path: Path,
 ) -> None:
-    with SpearLog("WARNING", "{message}") as logged:
+    with SpearLog("WARNING", "{extra}|{message}") as logged:
         async with LocalNode(tmp_path / "home", node_name="n1", cpu_millis=200) as node:
             tries = _failing(node, "transition", 2, TaskState.RUNNING)
             submitted = await node.controller.submit(FunctionSpec(str(hello(tmp_path))))
@@ -106,14 +106,14 @@ async def test_a_start_that_meets_a_full_disk_is_written_once_there_is_room(
             assert (await node.task(done.id)).state is TaskState.COMPLETED
             assert len(tries) == 3
     said = f"task {done.id}: its start is not written yet ({_full_disk()}): trying again\n"
-    assert logged == [said, said]
+    assert logged == [f"{{'task_id': '{done.id}'}}|{said}"] * 2  # (bound to the task)
 
 
 async def test_a_next_attempt_that_meets_a_full_disk_is_written_once_there_is_room(
     tmp_path: Path,
 ) -> None:
     spec = FunctionSpec(str(exits(tmp_path, 3)), max_retries=1, retry_on=("exit",))
-    with SpearLog("WARNING", "{message}") as logged:
+    with SpearLog("WARNING", "{extra}|{message}") as logged:
         async with LocalNode(tmp_path / "home", node_name="n1", cpu_millis=200) as node:
             tries = _failing(node, "update", 2)
             with anyio.fail_after(30):
@@ -122,4 +122,5 @@ async def test_a_next_attempt_that_meets_a_full_disk_is_written_once_there_is_ro
             assert [a.reason for a in done.attempt_log] == ["exit status 3"]
             assert len(tries) == 3
     said = f"task {done.id}: its next attempt is not written yet ({_full_disk()}): trying again\n"
-    assert [line for line in logged if "next attempt" in line] == [said, said]
+    bound = f"{{'task_id': '{done.id}'}}|{said}"  # (bound to the task)
+    assert [line for line in logged if "next attempt" in line] == [bound, bound]
