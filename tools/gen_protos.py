@@ -58,7 +58,8 @@ def generate(out: Path) -> None:
             made.write_text(_flat_imports(made.read_text()))
             made.rename(pb / made.name)
         shutil.rmtree(pb / "spear")
-        (pb / "__init__.py").write_text('"""protobuf\'s messages for spear.v1 (see gen_protos.py)."""\n')
+        doc = '"""protobuf\'s messages for spear.v1 (see gen_protos.py)."""\n'
+        (pb / "__init__.py").write_text(doc)
         if out.exists():
             shutil.rmtree(out)
         shutil.copytree(tmp, out)
