@@ -15,6 +15,7 @@ from test_embedding import _certify
 import spear
 from spear.core.sms_leader import leader_named_in
 from spear.errors import NotLeader
+from spear.transport._gen.pb import sms_pb2
 from spear.transport._gen.spear import v1
 from spear.transport.channels import Credentials
 from spear.transport.sms_client import SmsClient
@@ -47,8 +48,8 @@ def test_only_the_leading_sms_writes_the_object_index(tmp_path: Path, etcd_endpo
             await _eventually(lambda: follower.metadata.leadership.leader == leader.address)
             at_follower = MetadataService(follower.metadata)
             writes = [
-                at_follower.commit_object(
-                    v1.CommitObjectRequest(key="k", node="node-1", address="a", size=1)
+                at_follower._commit_object_pb(  # (the handler CommitObject is served by)
+                    sms_pb2.CommitObjectRequest(key="k", node="node-1", address="a", size=1)
                 ),
                 at_follower.hold_object(
                     v1.HoldObjectRequest(key="k", node="node-1", address="a", version=1)

@@ -17,7 +17,6 @@ from spear.transport.auth import current_principal
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator
 
-    from spear.core.object_index import ObjectRecord
     from spear.core.sms import MetadataServer
 
 
@@ -31,21 +30,12 @@ def _speaks_for(node: str) -> None:
 class ObjectIndexService:
     sms: MetadataServer
 
-    async def commit_object(self, message: v1.CommitObjectRequest) -> v1.ObjectRecord:
-        return oc.record_to_wire(await self._commit(message))
-
     async def _commit_object_pb(self, message: sms_pb2.CommitObjectRequest) -> sms_pb2.ObjectRecord:
-        """CommitObject in protobuf's own messages (one per value a member writes: every
-        task's result; see sms_server.MetadataService.__mapping__)."""
-        record = await self._commit(message)
-        return oc.record_to_wire(record, sms_pb2)  # type: ignore[return-value]
-
-    async def _commit(
-        self, message: v1.CommitObjectRequest | sms_pb2.CommitObjectRequest
-    ) -> ObjectRecord:
+        """CommitObject, in protobuf's own messages (one per value a member writes: every
+        task's result; sms_server.MetadataService.__mapping__ serves it only so)."""
         self.sms.leadership.require()  # writes go to the leader only
         _speaks_for(message.node)
-        return await self.sms.objects.commit(
+        record = await self.sms.objects.commit(
             message.key,
             message.node,
             message.address,
@@ -53,6 +43,7 @@ class ObjectIndexService:
             optional(message, "expected_version"),
             optional(message, "value"),
         )
+        return oc.record_to_wire(record, sms_pb2)  # type: ignore[return-value]
 
     async def lookup_object(self, message: v1.LookupObjectRequest) -> v1.ObjectRecord:
         principal = current_principal.get()

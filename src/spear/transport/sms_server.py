@@ -110,23 +110,17 @@ class MetadataService(ObjectIndexService, v1.MetadataServerBase):
         _reports_on(task)
         return cv.task_to_wire(await self.sms.report_task(task))
 
-    async def report_tasks(self, message: v1.ReportTasksRequest) -> v1.ReportTasksResponse:
-        await self._report(message)
-        return v1.ReportTasksResponse()
-
     async def _report_tasks_pb(
         self, message: sms_pb2.ReportTasksRequest
     ) -> sms_pb2.ReportTasksResponse:
-        """ReportTasks in protobuf's own messages (see `__mapping__`)."""
-        await self._report(message)
-        return sms_pb2.ReportTasksResponse()
-
-    async def _report(self, message: v1.ReportTasksRequest | sms_pb2.ReportTasksRequest) -> None:
+        """ReportTasks, in protobuf's own messages (see `__mapping__`: the only way it is
+        served)."""
         self.sms.leadership.require()  # writes go to the leader only
         tasks = [cv.task_from_wire(t) for t in message.tasks]
         for task in tasks:
             _reports_on(task)
         await self.sms.report_tasks(tasks)
+        return sms_pb2.ReportTasksResponse()
 
     async def lookup_task(self, message: v1.LookupTaskRequest) -> v1.TaskInfo:
         return cv.task_to_wire(await self.sms.task(message.task_id))
