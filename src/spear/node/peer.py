@@ -342,12 +342,15 @@ class Peers:
 
     async def warm(self, node: NodeRecord) -> None:
         """Open now the channels a first forward to `node` would open (to its node port,
-        then to its peer port), so that forward does not wait for their handshakes."""
-        aio = await self._aio_channel(node) if self.use_aio else None
+        then to its peer port), so that forward does not wait for their handshakes. Over
+        grpclib (`peer_transport = "grpclib"`) only the node port's client is opened: the
+        forward's own grpclib channel connects on its first call."""
+        if not self.use_aio:  # (the node's info: the channel its uploads go over)
+            await self.client(node.address).node_info()
+            return
+        aio = await self._aio_channel(node)  # (asks the node's info first, the same way)
         if aio is not None:
             await aio.ready()
-        elif not self.use_aio:
-            await self.client(node.address).node_info()
 
     async def _aio_channel(self, node: NodeRecord) -> AioChannel | None:
         """The grpc.aio channel to `node`'s peer port, which its NodeInfo names (asked once

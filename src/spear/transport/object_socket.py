@@ -304,8 +304,8 @@ class ObjectSocketClient:
             return tail, answer
         try:
             if size <= _COPY_IN_LOOP:
-                return _read_mapped(fds[0], size), answer
-            return await anyio.to_thread.run_sync(_read_mapped, fds[0], size), answer
+                return _read_file(fds[0], size), answer
+            return await anyio.to_thread.run_sync(_read_file, fds[0], size), answer
         finally:
             _close_all(fds)
 
@@ -415,7 +415,7 @@ class ObjectSocketClient:
         _close_all(spare)
 
 
-def _read_mapped(fd: int, size: int) -> bytes:
+def _read_file(fd: int, size: int) -> bytes:
     value = os.pread(fd, size, 0)
     if len(value) != size:
         raise TransferBroken(f"the value's file handed over has {len(value)} of {size} bytes")
