@@ -51,6 +51,11 @@ def test_only_the_leading_sms_writes_the_object_index(tmp_path: Path, etcd_endpo
                 at_follower._commit_object_pb(  # (the handler CommitObject is served by)
                     sms_pb2.CommitObjectRequest(key="k", node="node-1", address="a", size=1)
                 ),
+                at_follower._commit_objects_pb(
+                    sms_pb2.CommitObjectsRequest(
+                        commits=[sms_pb2.CommitObjectRequest(key="k", node="node-1", size=1)]
+                    )
+                ),
                 at_follower.hold_object(
                     v1.HoldObjectRequest(key="k", node="node-1", address="a", version=1)
                 ),

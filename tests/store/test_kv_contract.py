@@ -138,6 +138,24 @@ async def test_commit_many_commits_each_on_its_own(kv: KV) -> None:
     assert await kv.commit_many([]) == []
 
 
+async def test_get_many_reads_each_key_in_order(kv: KV) -> None:
+    va = await kv.put("a", b"1")
+    vc = await kv.put("c", b"3")
+    keys = [f"many/{i:03}" for i in range(300)]  # (more than one etcd transaction holds)
+    await kv.commit([Write(k, k.encode()) for k in keys[::7]])
+    found = await kv.get_many(["c", "b", "a", "c", *keys])
+    assert [(e.key, e.value, e.version) if e else None for e in found[:4]] == [
+        ("c", b"3", vc),
+        None,
+        ("a", b"1", va),
+        ("c", b"3", vc),
+    ]
+    assert [e.key if e else None for e in found[4:]] == [
+        k if i % 7 == 0 else None for i, k in enumerate(keys)
+    ]
+    assert await kv.get_many([]) == []
+
+
 async def test_concurrent_commits_have_one_winner(kv: KV) -> None:
     base = await kv.put("x", b"0")
     results = await asyncio.gather(

@@ -14,8 +14,6 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-import anyio
-
 from spear.core.tasks.codec import decode_task, encode_task
 from spear.store.kv import Write
 
@@ -53,14 +51,7 @@ async def apply_reports(
         for task in tasks:
             await report_one(task)
         return
-    entries: list[Entry | None] = [None] * len(tasks)
-
-    async def read(i: int) -> None:
-        entries[i] = await kv.get(TASKS + tasks[i].id)
-
-    async with anyio.create_task_group() as tg:
-        for i in range(len(tasks)):
-            tg.start_soon(read, i)
+    entries = await kv.get_many([TASKS + task.id for task in tasks])
     batch: list[Write] = []
     members: list[Task] = []
     for task, entry in zip(tasks, entries, strict=True):

@@ -22,7 +22,9 @@ from spear.core import namespaces as ns
 from spear.core.object_index import INLINE_MAX
 from spear.errors import Conflict, NotFound, ResourceExhausted, SpearError, Unavailable
 from spear.node.object_cache import VersionCache, watch_index
+from spear.node.object_commits import CommitQueue
 from spear.transport._object_convert import record_info
+from spear.transport.sms_client import ObjectCommit
 
 if TYPE_CHECKING:
     import builtins
@@ -56,6 +58,7 @@ class ClusterObjects:
         self._transfer = transfer
         self._records: OrderedDict[str, ObjectRecord] = OrderedDict()
         self._holding: set[asyncio.Task[None]] = set()
+        self._commits = CommitQueue(sms)  # (grouped while one is on the wire)
         self.replicas: Replicas | None = None  # setting object_replicas > 1
         self.cache = VersionCache()  # current versions, while the index's watch runs
 
@@ -65,8 +68,8 @@ class ClusterObjects:
         self.cache.touch(key)
         ticket = self.cache.ticket(self._sms)
         try:
-            record = await self._sms.commit_object(
-                key, self.node, self.address, size, expected_version, value
+            record = await self._commits.commit(
+                ObjectCommit(key, self.node, self.address, size, expected_version, value)
             )
         except Conflict:
             raise  # (refused: nothing was written)
@@ -77,6 +80,10 @@ class ClusterObjects:
         if self.replicas is not None and size > INLINE_MAX:  # (the index holds small ones)
             self.replicas.copy(key)
         return record.version
+
+    async def aclose(self) -> None:
+        """Stop committing (commits still waiting end cancelled, their keys unsure)."""
+        await self._commits.aclose()
 
     def small_value(self, key: str, version: int) -> bytes | None:
         record = self._records.get(key)
@@ -356,6 +363,7 @@ async def sharing_objects(
                 await task
         authority.cache.closed()
         store.authority = None
+        await authority.aclose()
         if authority.replicas is not None:
             await authority.replicas.aclose()
         await server.close()

@@ -23,6 +23,7 @@ if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Sequence
 
 _DEFAULT_TIMEOUT_S = 10.0
+_TXN_OPS = 128  # operations in one transaction (etcd's --max-txn-ops default)
 
 
 def parse_endpoints(url: str) -> list[str]:
@@ -106,6 +107,19 @@ class EtcdKV(KV):
             return None
         item = resp.kvs[0]
         return Entry(key, bytes(item.value), int(item.mod_revision))
+
+    async def get_many(self, keys: Sequence[str]) -> list[Entry | None]:
+        entries: list[Entry | None] = []
+        for start in range(0, len(keys), _TXN_OPS):  # (etcd's --max-txn-ops: 128)
+            part = keys[start : start + _TXN_OPS]
+            ops = [pb.RequestOp(request_range=pb.RangeRequest(key=self._key(k))) for k in part]
+            resp = await self._client.txn(pb.TxnRequest(success=ops), "read")
+            for key, answer in zip(part, resp.responses, strict=True):
+                kvs = answer.response_range.kvs
+                entries.append(
+                    Entry(key, bytes(kvs[0].value), int(kvs[0].mod_revision)) if kvs else None
+                )
+        return entries
 
     async def put(self, key: str, value: bytes) -> int:
         resp = await self._client.put(pb.PutRequest(key=self._key(key), value=value))

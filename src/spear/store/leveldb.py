@@ -359,6 +359,17 @@ class LevelDBKV(KV):
         version, value = _decode(raw)
         return Entry(key, value, version)
 
+    async def get_many(self, keys: Sequence[str]) -> list[Entry | None]:
+        raws = await self._run(lambda db: [self._raw(db, _DATA + k.encode()) for k in keys])
+        entries: list[Entry | None] = []
+        for key, raw in zip(keys, raws, strict=True):
+            if raw is None:
+                entries.append(None)
+            else:
+                version, value = _decode(raw)
+                entries.append(Entry(key, value, version))
+        return entries
+
     async def put(self, key: str, value: bytes) -> int:
         return await self.commit([Write(key, value)])
 

@@ -15,9 +15,10 @@ from spear.transport._convert import resources_from_wire, resources_to_wire
 from spear.transport._gen.spear import v1
 
 # The SMS's calls in protobuf's own messages (sms_server.MetadataService.__mapping__ and
-# SmsClient._call_pb): the two every task makes.
+# SmsClient._call_pb): the ones every task makes.
 REPORT_TASKS = "/spear.v1.MetadataServer/ReportTasks"
 COMMIT_OBJECT = "/spear.v1.MetadataServer/CommitObject"
+COMMIT_OBJECTS = "/spear.v1.MetadataServer/CommitObjects"
 
 _HEALTH_TO_WIRE = {
     NodeHealth.HEALTHY: v1.NodeHealth.HEALTHY,

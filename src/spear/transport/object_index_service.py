@@ -7,7 +7,8 @@ import asyncio
 from typing import TYPE_CHECKING
 
 from spear._logging import logger
-from spear.errors import InvalidArgument, PermissionDenied
+from spear.errors import InvalidArgument, PermissionDenied, SpearError
+from spear.store.diskspace import no_space
 from spear.transport import _object_convert as oc
 from spear.transport._convert import optional
 from spear.transport._gen.pb import sms_pb2
@@ -44,6 +45,48 @@ class ObjectIndexService:
             optional(message, "value"),
         )
         return oc.record_to_wire(record, sms_pb2)  # type: ignore[return-value]
+
+    async def _commit_objects_pb(
+        self, message: sms_pb2.CommitObjectsRequest
+    ) -> sms_pb2.CommitObjectsResponse:
+        """CommitObjects: each commit as CommitObject would answer it, refused or not on
+        its own. Commits of one key are applied in the request's order; different keys
+        at once (on etcd each commit is two round trips to it)."""
+        self.sms.leadership.require()  # writes go to the leader only
+        commits = list(message.commits)
+        for commit in commits:  # (all or none: a member speaks only for itself)
+            _speaks_for(commit.node)
+        outcomes: list[sms_pb2.CommitOutcome | None] = [None] * len(commits)
+        by_key: dict[str, list[int]] = {}
+        for i, commit in enumerate(commits):
+            by_key.setdefault(commit.key, []).append(i)
+
+        async def in_order(indexes: list[int]) -> None:
+            for i in indexes:
+                outcomes[i] = await self._one_commit(commits[i])
+
+        await asyncio.gather(*(in_order(indexes) for indexes in by_key.values()))
+        return sms_pb2.CommitObjectsResponse(outcomes=outcomes)
+
+    async def _one_commit(self, message: sms_pb2.CommitObjectRequest) -> sms_pb2.CommitOutcome:
+        try:
+            record = await self.sms.objects.commit(
+                message.key,
+                message.node,
+                message.address,
+                message.size,
+                optional(message, "expected_version"),
+                optional(message, "value"),
+            )
+        except SpearError as exc:
+            return sms_pb2.CommitOutcome(error_code=exc.code, error=str(exc))
+        except Exception as exc:  # a full disk, or a bug: this commit fails, not the others
+            error = no_space(exc)
+            if error is None:
+                logger.exception("commit of {!r} failed", message.key)
+                error = SpearError(f"internal error: {type(exc).__name__}: {exc}")
+            return sms_pb2.CommitOutcome(error_code=error.code, error=str(error))
+        return sms_pb2.CommitOutcome(record=oc.record_to_wire(record, sms_pb2))
 
     async def lookup_object(self, message: v1.LookupObjectRequest) -> v1.ObjectRecord:
         principal = current_principal.get()

@@ -9,14 +9,21 @@ once every address was tried it backs off and tries again, within the call's tim
 from __future__ import annotations
 
 import time
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, NamedTuple, TypeVar
 
 import anyio
 from grpclib.const import Cardinality
 
 from spear.core.cluster import Cluster
 from spear.core.sms_leader import leader_named_in
-from spear.errors import DeadlineExceeded, InvalidArgument, NotLeader, Unavailable
+from spear.errors import (
+    DeadlineExceeded,
+    InvalidArgument,
+    NotLeader,
+    SpearError,
+    Unavailable,
+    error_from_code,
+)
 from spear.transport import _convert as cv
 from spear.transport import _object_convert as oc
 from spear.transport import _sms_convert as sc
@@ -46,6 +53,18 @@ if TYPE_CHECKING:
     from spear.transport.aio_client import AioChannel
 
 T = TypeVar("T")
+
+
+class ObjectCommit(NamedTuple):
+    """One commit of CommitObjects: as `SmsClient.commit_object`'s arguments."""
+
+    key: str
+    node: str
+    address: str
+    size: int
+    expected_version: int | None
+    value: bytes | None = None
+
 
 _BACKOFF_FIRST_S = 0.05
 _BACKOFF_MAX_S = 0.5
@@ -269,6 +288,34 @@ class SmsClient(Cluster):
             value=value,  # a small value, kept in the index (docs/objects.md)
         )
         return oc.record_from_wire(await self._call_pb(sc.COMMIT_OBJECT, req, sms_pb2.ObjectRecord))
+
+    async def commit_objects(
+        self, commits: Sequence[ObjectCommit]
+    ) -> list[ObjectRecord | SpearError]:
+        """Several commits in one call (CommitObjects), each a compare-and-swap of its
+        own: per commit, its record or the error that refused it (nothing written)."""
+        req = sms_pb2.CommitObjectsRequest(
+            commits=[
+                sms_pb2.CommitObjectRequest(
+                    key=c.key,
+                    node=c.node,
+                    address=c.address,
+                    size=c.size,
+                    expected_version=c.expected_version,
+                    value=c.value,
+                )
+                for c in commits
+            ]
+        )
+        answer = await self._call_pb(sc.COMMIT_OBJECTS, req, sms_pb2.CommitObjectsResponse)
+        if len(answer.outcomes) != len(commits):
+            raise Unavailable(f"the SMS answered {len(answer.outcomes)} of {len(commits)} commits")
+        return [
+            error_from_code(o.error_code, o.error)
+            if o.error_code
+            else oc.record_from_wire(o.record)
+            for o in answer.outcomes
+        ]
 
     async def lookup_object(self, key: str) -> ObjectRecord:
         req = v1.LookupObjectRequest(key=key)

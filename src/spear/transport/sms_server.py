@@ -57,6 +57,8 @@ class MetadataService(ObjectIndexService, v1.MetadataServerBase):
              sms_pb2.ReportTasksResponse),
             (sc.COMMIT_OBJECT, unary(self._commit_object_pb), sms_pb2.CommitObjectRequest,
              sms_pb2.ObjectRecord),
+            (sc.COMMIT_OBJECTS, unary(self._commit_objects_pb), sms_pb2.CommitObjectsRequest,
+             sms_pb2.CommitObjectsResponse),
         ):  # fmt: skip
             handlers[route] = handlers[route]._replace(
                 func=func, request_type=request, reply_type=reply

@@ -281,6 +281,28 @@ class CommitObjectRequest(_message.Message):
     value: bytes
     def __init__(self, key: _Optional[str] = ..., node: _Optional[str] = ..., address: _Optional[str] = ..., size: _Optional[int] = ..., expected_version: _Optional[int] = ..., value: _Optional[bytes] = ...) -> None: ...
 
+class CommitObjectsRequest(_message.Message):
+    __slots__ = ("commits",)
+    COMMITS_FIELD_NUMBER: _ClassVar[int]
+    commits: _containers.RepeatedCompositeFieldContainer[CommitObjectRequest]
+    def __init__(self, commits: _Optional[_Iterable[_Union[CommitObjectRequest, _Mapping]]] = ...) -> None: ...
+
+class CommitOutcome(_message.Message):
+    __slots__ = ("record", "error_code", "error")
+    RECORD_FIELD_NUMBER: _ClassVar[int]
+    ERROR_CODE_FIELD_NUMBER: _ClassVar[int]
+    ERROR_FIELD_NUMBER: _ClassVar[int]
+    record: ObjectRecord
+    error_code: str
+    error: str
+    def __init__(self, record: _Optional[_Union[ObjectRecord, _Mapping]] = ..., error_code: _Optional[str] = ..., error: _Optional[str] = ...) -> None: ...
+
+class CommitObjectsResponse(_message.Message):
+    __slots__ = ("outcomes",)
+    OUTCOMES_FIELD_NUMBER: _ClassVar[int]
+    outcomes: _containers.RepeatedCompositeFieldContainer[CommitOutcome]
+    def __init__(self, outcomes: _Optional[_Iterable[_Union[CommitOutcome, _Mapping]]] = ...) -> None: ...
+
 class LookupObjectRequest(_message.Message):
     __slots__ = ("key",)
     KEY_FIELD_NUMBER: _ClassVar[int]

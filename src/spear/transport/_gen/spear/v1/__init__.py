@@ -15,6 +15,9 @@ __all__ = (
     "ChangeObjectResponse",
     "CollectObjectsRequest",
     "CommitObjectRequest",
+    "CommitObjectsRequest",
+    "CommitObjectsResponse",
+    "CommitOutcome",
     "DeleteClusterTasksRequest",
     "DeleteClusterTasksResponse",
     "DeleteObjectResponse",
@@ -369,6 +372,46 @@ class CommitObjectRequest(betterproto2.Message):
 
 
 default_message_pool.register_message("spear.v1", "CommitObjectRequest", CommitObjectRequest)
+
+
+@dataclass(eq=False, repr=False)
+class CommitObjectsRequest(betterproto2.Message):
+    commits: "list[CommitObjectRequest]" = betterproto2.field(
+        1, betterproto2.TYPE_MESSAGE, repeated=True
+    )
+
+
+default_message_pool.register_message("spear.v1", "CommitObjectsRequest", CommitObjectsRequest)
+
+
+@dataclass(eq=False, repr=False)
+class CommitObjectsResponse(betterproto2.Message):
+    outcomes: "list[CommitOutcome]" = betterproto2.field(
+        1, betterproto2.TYPE_MESSAGE, repeated=True
+    )
+    """
+    one per commit, in the request's order
+    """
+
+
+default_message_pool.register_message("spear.v1", "CommitObjectsResponse", CommitObjectsResponse)
+
+
+@dataclass(eq=False, repr=False)
+class CommitOutcome(betterproto2.Message):
+    """
+    One commit's outcome: its record, or the error that refused it (a spear error code,
+    e.g. "conflict", and its message); nothing was written for a refused one.
+    """
+
+    record: "ObjectRecord | None" = betterproto2.field(1, betterproto2.TYPE_MESSAGE, optional=True)
+
+    error_code: "str" = betterproto2.field(2, betterproto2.TYPE_STRING)
+
+    error: "str" = betterproto2.field(3, betterproto2.TYPE_STRING)
+
+
+default_message_pool.register_message("spear.v1", "CommitOutcome", CommitOutcome)
 
 
 @dataclass(eq=False, repr=False)
@@ -1976,6 +2019,28 @@ class MetadataServerStub(betterproto2_grpclib.ServiceStub):
             metadata=metadata,
         )
 
+    async def commit_objects(
+        self,
+        message: "CommitObjectsRequest",
+        *,
+        timeout: "float | None" = None,
+        deadline: "Deadline | None" = None,
+        metadata: "MetadataLike | None" = None,
+    ) -> "CommitObjectsResponse":
+        """
+        Several commits in one call, each a compare-and-swap of its own, applied in order:
+        a member's commits made while its previous call was on the wire (tasks' results).
+        """
+
+        return await self._unary_unary(
+            "/spear.v1.MetadataServer/CommitObjects",
+            message,
+            CommitObjectsResponse,
+            timeout=timeout,
+            deadline=deadline,
+            metadata=metadata,
+        )
+
     async def lookup_object(
         self,
         message: "LookupObjectRequest",
@@ -2860,6 +2925,14 @@ class MetadataServerBase(betterproto2_grpclib.ServiceBase):
 
         raise grpclib.GRPCError(grpclib.const.Status.UNIMPLEMENTED)
 
+    async def commit_objects(self, message: "CommitObjectsRequest") -> "CommitObjectsResponse":
+        """
+        Several commits in one call, each a compare-and-swap of its own, applied in order:
+        a member's commits made while its previous call was on the wire (tasks' results).
+        """
+
+        raise grpclib.GRPCError(grpclib.const.Status.UNIMPLEMENTED)
+
     async def lookup_object(self, message: "LookupObjectRequest") -> "ObjectRecord":
 
         raise grpclib.GRPCError(grpclib.const.Status.UNIMPLEMENTED)
@@ -3058,6 +3131,14 @@ class MetadataServerBase(betterproto2_grpclib.ServiceBase):
         response = await self.commit_object(request)
         await stream.send_message(response)
 
+    async def __rpc_commit_objects(
+        self, stream: "grpclib.server.Stream[CommitObjectsRequest, CommitObjectsResponse]"
+    ) -> None:
+        request = await stream.recv_message()
+        assert request is not None
+        response = await self.commit_objects(request)
+        await stream.send_message(response)
+
     async def __rpc_lookup_object(
         self, stream: "grpclib.server.Stream[LookupObjectRequest, ObjectRecord]"
     ) -> None:
@@ -3241,6 +3322,12 @@ class MetadataServerBase(betterproto2_grpclib.ServiceBase):
                 grpclib.const.Cardinality.UNARY_UNARY,
                 CommitObjectRequest,
                 ObjectRecord,
+            ),
+            "/spear.v1.MetadataServer/CommitObjects": grpclib.const.Handler(
+                self.__rpc_commit_objects,
+                grpclib.const.Cardinality.UNARY_UNARY,
+                CommitObjectsRequest,
+                CommitObjectsResponse,
             ),
             "/spear.v1.MetadataServer/LookupObject": grpclib.const.Handler(
                 self.__rpc_lookup_object,

@@ -1,0 +1,148 @@
+"""A member's object commits grouped while one is on the wire (node/object_commits.py):
+a real SMS serving gRPC with TLS, a member's SmsClient with its certificate. Grouped or
+not, each commit is a compare-and-swap of its own: answered on its own, in order per key."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import anyio
+import pytest
+from test_embedding import _certify
+
+import spear
+from spear.errors import Conflict, InvalidArgument, PermissionDenied, Unavailable
+from spear.node.object_commits import CommitQueue
+from spear.transport.channels import Credentials
+from spear.transport.sms_client import ObjectCommit, SmsClient
+from spear.transport.tls import TlsFiles
+
+if TYPE_CHECKING:
+    from pathlib import Path
+
+    from spear.core.object_index import ObjectRecord
+
+
+def _member(tmp_path: Path, address: str, timeout_s: float = 10) -> SmsClient:
+    credentials = Credentials(tls=TlsFiles(tmp_path / "node-1" / "tls"))
+    return SmsClient(address, timeout_s=timeout_s, credentials=credentials)
+
+
+async def _all(queue: CommitQueue, commits: list[ObjectCommit]) -> list[ObjectRecord | Exception]:
+    """Every commit made at once (as a wave of tasks' results is): each one's outcome."""
+    outcomes: list[ObjectRecord | Exception] = [Exception("not answered")] * len(commits)
+
+    async def one(i: int) -> None:
+        try:
+            outcomes[i] = await queue.commit(commits[i])
+        except Exception as exc:
+            outcomes[i] = exc
+
+    async with anyio.create_task_group() as tg:
+        for i in range(len(commits)):
+            tg.start_soon(one, i)
+    return outcomes
+
+
+def test_commits_made_at_once_go_in_few_calls_each_answered(tmp_path: Path) -> None:
+    _certify(tmp_path, "sms", "node-1")
+
+    async def main() -> None:
+        async with spear.serve_sms(tmp_path / "sms") as sms:
+            client = _member(tmp_path, sms.address)
+            queue = CommitQueue(client)
+            try:
+                commits = [
+                    ObjectCommit(f"results/{i}", "node-1", "a:1", 2, None, b"ok") for i in range(60)
+                ]
+                outcomes = await _all(queue, commits)
+                keys = [r.key for r in outcomes]  # type: ignore[union-attr]
+                assert keys == [f"results/{i}" for i in range(60)]
+                assert queue.calls < 10  # (60 alone would be 60 calls)
+                record = await client.lookup_object("results/7")
+                assert (record.version, record.value) == (outcomes[7].version, b"ok")  # type: ignore[union-attr]
+                # A commit alone is one CommitObject call.
+                before = queue.calls
+                alone = await queue.commit(ObjectCommit("solo", "node-1", "a:1", 1, 0, b"x"))
+                assert alone.version > 0 and queue.calls == before + 1
+            finally:
+                await queue.aclose()
+                await client.aclose()
+
+    anyio.run(main)
+
+
+def test_a_refused_commit_refuses_only_itself_and_one_key_keeps_its_order(
+    tmp_path: Path,
+) -> None:
+    _certify(tmp_path, "sms", "node-1")
+
+    async def main() -> None:
+        async with spear.serve_sms(tmp_path / "sms") as sms:
+            client = _member(tmp_path, sms.address)
+            queue = CommitQueue(client)
+            try:
+                await queue.commit(ObjectCommit("first", "node-1", "a:1", 1, None))
+                commits = [
+                    # Five writers expecting "absent" of one new key: one wins.
+                    *(ObjectCommit("counter", "node-1", "a:1", 1, 0, b"1") for _ in range(5)),
+                    ObjectCommit("", "node-1", "a:1", 1, None),  # malformed: refused alone
+                    # One key written twice in one group: in that order.
+                    ObjectCommit("log", "node-1", "a:1", 1, None, b"a"),
+                    ObjectCommit("log", "node-1", "a:1", 2, None, b"ab"),
+                ]
+                outcomes = await _all(queue, commits)
+                won = [o for o in outcomes[:5] if not isinstance(o, Exception)]
+                assert len(won) == 1
+                assert all(isinstance(o, Conflict) for o in outcomes[:5] if o is not won[0])
+                assert isinstance(outcomes[5], InvalidArgument)
+                first, second = outcomes[6:]
+                assert first.version < second.version  # type: ignore[union-attr]
+                log = await client.lookup_object("log")
+                assert (log.version, log.value) == (second.version, b"ab")  # type: ignore[union-attr]
+            finally:
+                await queue.aclose()
+                await client.aclose()
+
+    anyio.run(main)
+
+
+def test_a_member_cannot_commit_for_another_node_even_in_a_group(tmp_path: Path) -> None:
+    _certify(tmp_path, "sms", "node-1")
+
+    async def main() -> None:
+        async with spear.serve_sms(tmp_path / "sms") as sms:
+            client = _member(tmp_path, sms.address)
+            try:
+                with pytest.raises(PermissionDenied, match="node-2"):
+                    await client.commit_objects(
+                        [
+                            ObjectCommit("mine", "node-1", "a:1", 1, None),
+                            ObjectCommit("theirs", "node-2", "a:1", 1, None),
+                        ]
+                    )
+                # All or none: the member's own commit of that call was not written.
+                assert [r.key for r in await client.list_object_records("")] == []
+            finally:
+                await client.aclose()
+
+    anyio.run(main)
+
+
+def test_every_commit_waiting_fails_when_the_sms_cannot_be_reached(tmp_path: Path) -> None:
+    _certify(tmp_path, "sms", "node-1")
+
+    async def main() -> None:
+        async with spear.serve_sms(tmp_path / "sms") as sms:
+            address = sms.address
+        client = _member(tmp_path, address, timeout_s=1)
+        queue = CommitQueue(client)
+        try:
+            commits = [ObjectCommit(f"k{i}", "node-1", "a:1", 1, None) for i in range(5)]
+            outcomes = await _all(queue, commits)
+            assert all(isinstance(o, Unavailable) for o in outcomes), outcomes
+        finally:
+            await queue.aclose()
+            await client.aclose()
+
+    anyio.run(main)
