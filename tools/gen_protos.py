@@ -24,7 +24,12 @@ DESCRIPTORS = "descriptors.binpb"
 OPTIONS = "client_generation=async,server_generation=async"
 # Compiled with protobuf's own generator as well, flat into pb/ (an import of another of
 # them is rewritten to name it there: see `_flat_imports`).
-PROTOBUF_FILES = ("spear/v1/spearlet.proto", "spear/v1/sms.proto")
+PROTOBUF_FILES = (
+    "spear/v1/spearlet.proto",
+    "spear/v1/sms.proto",
+    "spear/v1/peer.proto",
+    "spear/v1/vectors.proto",
+)
 _PB_PACKAGE = "spear.transport._gen.pb"
 
 

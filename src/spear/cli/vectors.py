@@ -75,8 +75,7 @@ def _ask_daemon(settings: Settings, addresses: str, requests: list[dict[str, Any
     """`requests` answered by the first of `addresses` that can be reached."""
     import anyio
 
-    from spear.node.vector_peers import call_vectors
-    from spear.transport._gen.spear import v1
+    from spear.node.vector_peers import call_vectors, vectors_stub
     from spear.transport._status import received_error_code
     from spear.transport.aio_client import AioChannel
     from spear.transport.channels import Credentials
@@ -86,7 +85,7 @@ def _ask_daemon(settings: Settings, addresses: str, requests: list[dict[str, Any
     async def ask(address: str) -> list[Any]:
         channel = AioChannel.to(address, credentials)
         try:
-            stub = v1.SpearletVectorsStub(channel)  # type: ignore[arg-type]
+            stub = vectors_stub(channel)
             return [await call_vectors(stub, address, r) for r in requests]
         except Unavailable as exc:
             if received_error_code.get() is not None:  # the node's own answer

@@ -13,10 +13,11 @@ from typing import TYPE_CHECKING, Any
 from spear.core.namespaces import DEFAULT
 from spear.errors import InvalidArgument, NotFound, SpearError, Unavailable
 from spear.toolkit.vectors import WRITE_OPS, check_request
-from spear.transport._gen.spear import v1
+from spear.transport._gen.pb import vectors_pb2 as vpb
 from spear.transport._status import client_errors
 from spear.transport.auth import NAMESPACE_KEY, current_namespace
 from spear.transport.channels import NO_CREDENTIALS, Credentials
+from spear.transport.services import ServiceBase, Stub
 from spear.transport.serving import guard
 
 if TYPE_CHECKING:
@@ -40,8 +41,18 @@ def _decode(raw: bytes) -> dict[str, Any]:
     return data  # type: ignore[no-any-return]
 
 
-class VectorService(v1.SpearletVectorsBase):
+SERVICE = vpb.DESCRIPTOR.services_by_name["SpearletVectors"]
+
+
+def vectors_stub(channel: Any) -> Stub:
+    """A client of a node's vector service over `channel` (an AioChannel)."""
+    return Stub(channel, SERVICE)
+
+
+class VectorService(ServiceBase):
     """spear.v1.SpearletVectors over the node's `VectorStore`."""
+
+    SERVICE = SERVICE
 
     def __init__(self, store: VectorStore) -> None:
         self.store = store
@@ -52,24 +63,24 @@ class VectorService(v1.SpearletVectorsBase):
             for name, handler in super().__mapping__().items()
         }
 
-    async def _serve(self, message: v1.VectorRequest, *, write: bool) -> v1.VectorAnswer:
+    async def _serve(self, message: vpb.VectorRequest, *, write: bool) -> vpb.VectorAnswer:
         data = _decode(message.request)
         if (data["op"] in WRITE_OPS) != write:
             rpc = "WriteVectors" if data["op"] in WRITE_OPS else "ReadVectors"
             raise InvalidArgument(f"the vector op {data['op']!r} is asked with {rpc}")
         namespace = current_namespace.get() or DEFAULT
         answer = await self.store.request_async(data, namespace, here=message.here)
-        return v1.VectorAnswer(answer=json.dumps(answer).encode())
+        return vpb.VectorAnswer(answer=json.dumps(answer).encode())
 
-    async def read_vectors(self, message: v1.VectorRequest) -> v1.VectorAnswer:
+    async def read_vectors(self, message: vpb.VectorRequest) -> vpb.VectorAnswer:
         return await self._serve(message, write=False)
 
-    async def write_vectors(self, message: v1.VectorRequest) -> v1.VectorAnswer:
+    async def write_vectors(self, message: vpb.VectorRequest) -> vpb.VectorAnswer:
         return await self._serve(message, write=True)
 
 
 async def call_vectors(
-    stub: v1.SpearletVectorsStub,
+    stub: Stub,
     address: str,
     data: dict[str, Any],
     *,
@@ -79,7 +90,7 @@ async def call_vectors(
 ) -> Any:
     """One vector request to the node behind `stub`; its JSON answer."""
     call = stub.write_vectors if data.get("op") in WRITE_OPS else stub.read_vectors
-    request = v1.VectorRequest(request=json.dumps(data).encode(), here=here)
+    request = vpb.VectorRequest(request=json.dumps(data).encode(), here=here)
     metadata = {NAMESPACE_KEY: namespace} if namespace else None
     with client_errors(address):
         answer = await call(request, metadata=metadata, timeout=timeout_s)
@@ -93,7 +104,7 @@ class VectorPeers:
         self.cluster = cluster
         self._credentials = credentials
         self._addresses: dict[str, str] = {}
-        self._channels: dict[str, tuple[AioChannel, v1.SpearletVectorsStub]] = {}
+        self._channels: dict[str, tuple[AioChannel, Stub]] = {}
 
     async def _address(self, node: str, *, fresh: bool) -> str:
         address = None if fresh else self._addresses.get(node)
@@ -105,13 +116,13 @@ class VectorPeers:
             self._addresses[node] = address
         return address
 
-    def _stub(self, address: str) -> v1.SpearletVectorsStub:
+    def _stub(self, address: str) -> Stub:
         found = self._channels.get(address)
         if found is None:
             from spear.transport.aio_client import AioChannel
 
             channel = AioChannel.to(address, self._credentials)
-            stub = v1.SpearletVectorsStub(channel)  # type: ignore[arg-type]
+            stub = vectors_stub(channel)
             found = self._channels[address] = (channel, stub)
         return found[1]
 

@@ -1,0 +1,240 @@
+"""gRPC services and stubs made from protobuf's own descriptors (protoc's `python_out`,
+the one code generator: transport/_gen/pb).
+
+protoc's Python output has the messages and each service's descriptor, not grpclib's
+server and client classes; these are the few lines that make them from a descriptor:
+
+- `ServiceBase`: a grpclib service (`__mapping__`) whose methods are the subclass's own,
+  named as the RPC in snake case (`GetNodeInfo` -> `get_node_info`), each taking the
+  request (or, for a client stream, an async iterator of requests) and returning the
+  reply (or, for a server stream, yielding replies). An RPC the subclass does not define
+  is answered UNIMPLEMENTED by grpclib.
+- `Stub`: a client of one service over a channel with grpclib's `request(...)` (spear's
+  `AioChannel` over grpc.aio, or grpclib's own): `await stub.get_node_info(request)`,
+  `async for chunk in stub.run_task(request)`, `await stub.upload_artifact(chunks)`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import re
+from collections.abc import AsyncIterable
+from typing import TYPE_CHECKING, Any, NamedTuple
+
+from google.protobuf import message_factory
+from grpclib.const import Cardinality, Handler
+
+if TYPE_CHECKING:
+    from collections.abc import AsyncIterator, Callable, Iterable
+
+    from google.protobuf.descriptor import MethodDescriptor, ServiceDescriptor
+    from grpclib.server import Stream
+
+_CAPITAL = re.compile(r"(?<!^)(?=[A-Z])")
+
+
+class Method(NamedTuple):
+    """One RPC of a service: its route, its Python name, and its messages."""
+
+    route: str  # "/spear.v1.Spearlet/GetNodeInfo"
+    name: str  # "get_node_info"
+    cardinality: Cardinality
+    request: type[Any]
+    reply: type[Any]
+
+
+def _cardinality(method: MethodDescriptor) -> Cardinality:
+    return {
+        (False, False): Cardinality.UNARY_UNARY,
+        (False, True): Cardinality.UNARY_STREAM,
+        (True, False): Cardinality.STREAM_UNARY,
+        (True, True): Cardinality.STREAM_STREAM,
+    }[(method.client_streaming, method.server_streaming)]
+
+
+@functools.cache
+def methods(service: ServiceDescriptor) -> tuple[Method, ...]:
+    """The RPCs of `service`, in the order the proto declares them."""
+    return tuple(
+        Method(
+            route=f"/{service.full_name}/{m.name}",
+            name=_CAPITAL.sub("_", m.name).lower(),
+            cardinality=_cardinality(m),
+            request=message_factory.GetMessageClass(m.input_type),
+            reply=message_factory.GetMessageClass(m.output_type),
+        )
+        for m in service.methods
+    )
+
+
+def _unary_unary(func: Callable[[Any], Any]) -> Callable[[Stream[Any, Any]], Any]:
+    async def handle(stream: Stream[Any, Any]) -> None:
+        request = await stream.recv_message()
+        assert request is not None  # (grpclib ends a unary call without one itself)
+        await stream.send_message(await func(request))
+
+    return handle
+
+
+def _unary_stream(func: Callable[[Any], Any]) -> Callable[[Stream[Any, Any]], Any]:
+    async def handle(stream: Stream[Any, Any]) -> None:
+        request = await stream.recv_message()
+        assert request is not None
+        async for reply in func(request):
+            await stream.send_message(reply)
+
+    return handle
+
+
+def _stream_unary(func: Callable[[Any], Any]) -> Callable[[Stream[Any, Any]], Any]:
+    async def handle(stream: Stream[Any, Any]) -> None:
+        await stream.send_message(await func(stream.__aiter__()))
+
+    return handle
+
+
+def _stream_stream(func: Callable[[Any], Any]) -> Callable[[Stream[Any, Any]], Any]:
+    async def handle(stream: Stream[Any, Any]) -> None:
+        async for reply in func(stream.__aiter__()):
+            await stream.send_message(reply)
+
+    return handle
+
+
+_HANDLERS = {
+    Cardinality.UNARY_UNARY: _unary_unary,
+    Cardinality.UNARY_STREAM: _unary_stream,
+    Cardinality.STREAM_UNARY: _stream_unary,
+    Cardinality.STREAM_STREAM: _stream_stream,
+}
+
+
+class ServiceBase:
+    """A grpclib service of the RPCs of `SERVICE` that the subclass defines."""
+
+    SERVICE: ServiceDescriptor
+
+    def __mapping__(self) -> dict[str, Handler]:
+        handlers = {}
+        for method in methods(self.SERVICE):
+            func = getattr(self, method.name, None)
+            if func is not None:
+                handlers[method.route] = Handler(
+                    _HANDLERS[method.cardinality](func),
+                    method.cardinality,
+                    method.request,
+                    method.reply,
+                )
+        return handlers
+
+
+class Stub:
+    """A client of `service` over `channel`: one async method per RPC (see the module's
+    docstring); `timeout` (seconds) unless a call gives its own."""
+
+    def __init__(self, channel: Any, service: ServiceDescriptor, *, timeout: float | None = None):
+        self.channel = channel
+        self.timeout = timeout
+        for method in methods(service):
+            setattr(self, method.name, functools.partial(_CALLS[method.cardinality], self, method))
+
+    def _options(self, timeout: float | None, metadata: Any) -> dict[str, Any]:
+        return {"timeout": self.timeout if timeout is None else timeout, "metadata": metadata}
+
+    def __getattr__(self, name: str) -> Any:  # (for type checkers: every RPC is a method)
+        raise AttributeError(name)
+
+
+async def _call_unary_unary(
+    stub: Stub,
+    method: Method,
+    request: Any,
+    *,
+    timeout: float | None = None,  # noqa: ASYNC109 (the stubs' call options, as grpclib's)
+    metadata: Any = None,
+) -> Any:
+    async with stub.channel.request(
+        method.route, method.cardinality, method.request, method.reply,
+        **stub._options(timeout, metadata),
+    ) as stream:  # fmt: skip
+        await stream.send_message(request, end=True)
+        reply = await stream.recv_message()
+    assert reply is not None
+    return reply
+
+
+async def _call_unary_stream(
+    stub: Stub,
+    method: Method,
+    request: Any,
+    *,
+    timeout: float | None = None,  # noqa: ASYNC109 (the stubs' call options, as grpclib's)
+    metadata: Any = None,
+) -> AsyncIterator[Any]:
+    async with stub.channel.request(
+        method.route, method.cardinality, method.request, method.reply,
+        **stub._options(timeout, metadata),
+    ) as stream:  # fmt: skip
+        await stream.send_message(request, end=True)
+        async for reply in stream:
+            yield reply
+
+
+async def _send_all(stream: Any, requests: Iterable[Any] | AsyncIterable[Any]) -> None:
+    if isinstance(requests, AsyncIterable):
+        async for request in requests:
+            await stream.send_message(request)
+    else:
+        for request in requests:
+            await stream.send_message(request)
+    await stream.end()
+
+
+async def _call_stream_unary(
+    stub: Stub,
+    method: Method,
+    requests: Iterable[Any] | AsyncIterable[Any],
+    *,
+    timeout: float | None = None,  # noqa: ASYNC109 (the stubs' call options, as grpclib's)
+    metadata: Any = None,
+) -> Any:
+    async with stub.channel.request(
+        method.route, method.cardinality, method.request, method.reply,
+        **stub._options(timeout, metadata),
+    ) as stream:  # fmt: skip
+        await stream.send_request()
+        await _send_all(stream, requests)
+        reply = await stream.recv_message()
+    assert reply is not None
+    return reply
+
+
+async def _call_stream_stream(
+    stub: Stub,
+    method: Method,
+    requests: Iterable[Any] | AsyncIterable[Any],
+    *,
+    timeout: float | None = None,  # noqa: ASYNC109 (the stubs' call options, as grpclib's)
+    metadata: Any = None,
+) -> AsyncIterator[Any]:
+    async with stub.channel.request(
+        method.route, method.cardinality, method.request, method.reply,
+        **stub._options(timeout, metadata),
+    ) as stream:  # fmt: skip
+        await stream.send_request()
+        sending = asyncio.ensure_future(_send_all(stream, requests))
+        try:
+            async for reply in stream:
+                yield reply
+        except BaseException:
+            sending.cancel()
+            raise
+
+
+_CALLS: dict[Cardinality, Callable[..., Any]] = {
+    Cardinality.UNARY_UNARY: _call_unary_unary,
+    Cardinality.UNARY_STREAM: _call_unary_stream,
+    Cardinality.STREAM_UNARY: _call_stream_unary,
+    Cardinality.STREAM_STREAM: _call_stream_stream,
+}
