@@ -292,17 +292,19 @@ def _scale(directory: Path, counts: dict[str, Any], src: Path | None) -> dict[st
 async def _accepts_write(address: str, credentials: Any) -> bool:
     """Whether the SMS at `address` itself takes a write (a heartbeat of no node)."""
     from spear.errors import SpearError
-    from spear.transport._gen.spear import v1
+    from spear.transport._gen.pb import sms_pb2
     from spear.transport._status import client_errors
     from spear.transport.channels import close_channel, open_channel
+    from spear.transport.services import Stub
     from spear.transport.serving import parse_listen
+    from spear.transport.sms_client import SERVICE
 
     host, port = parse_listen(address)
     channel = open_channel(host, port, credentials=credentials)
     try:
         with client_errors(f"SMS {address}"):
-            await v1.MetadataServerStub(channel).heartbeat(
-                v1.HeartbeatRequest(name="launcher", incarnation="x"), timeout=2
+            await Stub(channel, SERVICE).heartbeat(
+                sms_pb2.HeartbeatRequest(name="launcher", incarnation="x"), timeout=2
             )
         return True
     except SpearError:

@@ -16,7 +16,6 @@ import spear
 from spear.core.sms_leader import leader_named_in
 from spear.errors import NotLeader
 from spear.transport._gen.pb import sms_pb2
-from spear.transport._gen.spear import v1
 from spear.transport.channels import Credentials
 from spear.transport.sms_client import SmsClient
 from spear.transport.sms_server import MetadataService
@@ -48,20 +47,20 @@ def test_only_the_leading_sms_writes_the_object_index(tmp_path: Path, etcd_endpo
             await _eventually(lambda: follower.metadata.leadership.leader == leader.address)
             at_follower = MetadataService(follower.metadata)
             writes = [
-                at_follower._commit_object_pb(  # (the handler CommitObject is served by)
+                at_follower.commit_object(
                     sms_pb2.CommitObjectRequest(key="k", node="node-1", address="a", size=1)
                 ),
-                at_follower._commit_objects_pb(
+                at_follower.commit_objects(
                     sms_pb2.CommitObjectsRequest(
                         commits=[sms_pb2.CommitObjectRequest(key="k", node="node-1", size=1)]
                     )
                 ),
                 at_follower.hold_object(
-                    v1.HoldObjectRequest(key="k", node="node-1", address="a", version=1)
+                    sms_pb2.HoldObjectRequest(key="k", node="node-1", address="a", version=1)
                 ),
-                at_follower.change_object(v1.ChangeObjectRequest(key="k", change="pin")),
-                at_follower.announce_objects(v1.AnnounceObjectsRequest(node="node-1")),
-                at_follower.collect_objects(v1.CollectObjectsRequest(grace_s=0)),
+                at_follower.change_object(sms_pb2.ChangeObjectRequest(key="k", change="pin")),
+                at_follower.announce_objects(sms_pb2.AnnounceObjectsRequest(node="node-1")),
+                at_follower.collect_objects(sms_pb2.CollectObjectsRequest(grace_s=0)),
             ]
             for write in writes:
                 with pytest.raises(NotLeader) as refused:
@@ -75,9 +74,9 @@ def test_only_the_leading_sms_writes_the_object_index(tmp_path: Path, etcd_endpo
                 record = await client.commit_object("k", "node-1", "a", 2, 0, b"hi")
             finally:
                 await client.aclose()
-            found = await at_follower.lookup_object(v1.LookupObjectRequest(key="k"))
+            found = await at_follower.lookup_object(sms_pb2.LookupObjectRequest(key="k"))
             assert (found.version, found.value) == (record.version, b"hi")
-            listed = await at_follower.list_object_records(v1.ListObjectRecordsRequest())
+            listed = await at_follower.list_object_records(sms_pb2.ListObjectRecordsRequest())
             assert [r.key for r in listed.objects] == ["k"]
 
     anyio.run(main)

@@ -19,10 +19,12 @@ from spear.core.models import TaskState
 from spear.core.sms_leader import leader_named_in
 from spear.errors import NotLeader
 from spear.node.ha_cluster import HaCluster
-from spear.transport._gen.spear import v1
+from spear.transport._gen.pb import sms_pb2
 from spear.transport._status import client_errors
 from spear.transport.channels import close_channel, open_channel
+from spear.transport.services import Stub
 from spear.transport.serving import parse_listen
+from spear.transport.sms_client import SERVICE as SMS_SERVICE
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -69,8 +71,8 @@ def raw_write(cluster: HaCluster, address: str) -> None:
         channel = open_channel(host, port, credentials=cluster.credentials())
         try:
             with client_errors(f"SMS {address}"):
-                await v1.MetadataServerStub(channel).heartbeat(
-                    v1.HeartbeatRequest(name="launcher", incarnation="x"), timeout=5
+                await Stub(channel, SMS_SERVICE).heartbeat(
+                    sms_pb2.HeartbeatRequest(name="launcher", incarnation="x"), timeout=5
                 )
         finally:
             await close_channel(channel)

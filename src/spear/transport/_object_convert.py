@@ -1,22 +1,18 @@
-"""The object index's wire messages <-> core/object_index.py and store ObjectInfo.
-
-Records convert to and from either kind of message of sms.proto: betterproto2's (`v1`) and
-protobuf's own (`pb`, CommitObject's: see transport/_convert.py)."""
+"""The object index's wire messages <-> core/object_index.py and store ObjectInfo."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from spear.core.object_index import ObjectHolder, ObjectRecord
 from spear.store.object_info import ObjectInfo
 from spear.transport._convert import optional
-from spear.transport._gen.spear import v1
-
-if TYPE_CHECKING:
-    from spear.transport._gen.pb import sms_pb2
+from spear.transport._gen.pb import sms_pb2
 
 
-def record_to_wire(record: ObjectRecord, m: Any = v1) -> v1.ObjectRecord:
+def record_to_wire(record: ObjectRecord, m: Any = sms_pb2) -> sms_pb2.ObjectRecord:
+    """`record` as a message of `m`: protobuf's `sms_pb2` (or another module of sms.proto's
+    messages: benchmarks/wire_messages.py's betterproto2)."""
     return m.ObjectRecord(  # type: ignore[no-any-return]
         key=record.key,
         version=record.version,
@@ -32,7 +28,7 @@ def record_to_wire(record: ObjectRecord, m: Any = v1) -> v1.ObjectRecord:
     )
 
 
-def record_from_wire(message: v1.ObjectRecord | sms_pb2.ObjectRecord | None) -> ObjectRecord:
+def record_from_wire(message: sms_pb2.ObjectRecord | None) -> ObjectRecord:
     if message is None:
         raise ValueError("an object record is missing")
     return ObjectRecord(

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from spear.core.cluster import (
     AgentInfo,
     Candidate,
@@ -11,40 +13,38 @@ from spear.core.cluster import (
     Placement,
     PlacementQuery,
 )
-from spear.transport._convert import resources_from_wire, resources_to_wire
-from spear.transport._gen.spear import v1
+from spear.transport._convert import optional, resources_from_wire, resources_to_wire
+from spear.transport._gen.pb import sms_pb2
+from spear.transport._gen.pb import spearlet_pb2 as pb
 
-# The SMS's calls in protobuf's own messages (sms_server.MetadataService.__mapping__ and
-# SmsClient._call_pb): the ones every task makes.
-REPORT_TASKS = "/spear.v1.MetadataServer/ReportTasks"
-COMMIT_OBJECT = "/spear.v1.MetadataServer/CommitObject"
-COMMIT_OBJECTS = "/spear.v1.MetadataServer/CommitObjects"
+if TYPE_CHECKING:
+    from collections.abc import Iterable
 
 _HEALTH_TO_WIRE = {
-    NodeHealth.HEALTHY: v1.NodeHealth.HEALTHY,
-    NodeHealth.UNHEALTHY: v1.NodeHealth.UNHEALTHY,
-    NodeHealth.DEAD: v1.NodeHealth.DEAD,
-    NodeHealth.LEFT: v1.NodeHealth.LEFT,
+    NodeHealth.HEALTHY: sms_pb2.NODE_HEALTH_HEALTHY,
+    NodeHealth.UNHEALTHY: sms_pb2.NODE_HEALTH_UNHEALTHY,
+    NodeHealth.DEAD: sms_pb2.NODE_HEALTH_DEAD,
+    NodeHealth.LEFT: sms_pb2.NODE_HEALTH_LEFT,
 }
-_HEALTH_FROM_WIRE = {wire: health for health, wire in _HEALTH_TO_WIRE.items()}
+_HEALTH_FROM_WIRE = {int(wire): health for health, wire in _HEALTH_TO_WIRE.items()}
 
 
-def pairs_to_wire(items: tuple[tuple[str, str], ...]) -> list[v1.KeyValue]:
-    return [v1.KeyValue(key=k, value=v) for k, v in items]
+def pairs_to_wire(items: tuple[tuple[str, str], ...]) -> list[pb.KeyValue]:
+    return [pb.KeyValue(key=k, value=v) for k, v in items]
 
 
-def pairs_from_wire(items: list[v1.KeyValue]) -> tuple[tuple[str, str], ...]:
+def pairs_from_wire(items: Iterable[pb.KeyValue]) -> tuple[tuple[str, str], ...]:
     return tuple((kv.key, kv.value) for kv in items)
 
 
-def node_to_wire(node: NodeRecord) -> v1.NodeRecord:
-    return v1.NodeRecord(
+def node_to_wire(node: NodeRecord) -> sms_pb2.NodeRecord:
+    return sms_pb2.NodeRecord(
         name=node.name,
         address=node.address,
         labels=pairs_to_wire(node.labels),
-        capacity=resources_to_wire(node.capacity),
-        free=resources_to_wire(node.free),
-        agents=[v1.WorkerAgentInfo(runtime=a.runtime, version=a.version) for a in node.agents],
+        capacity=resources_to_wire(node.capacity, pb),
+        free=resources_to_wire(node.free, pb),
+        agents=[sms_pb2.WorkerAgentInfo(runtime=a.runtime, version=a.version) for a in node.agents],
         running_tasks=node.running_tasks,
         queued_tasks=node.queued_tasks,
         registered_at=node.registered_at,
@@ -54,28 +54,29 @@ def node_to_wire(node: NodeRecord) -> v1.NodeRecord:
     )
 
 
-def node_from_wire(node: v1.NodeRecord | None) -> NodeRecord:
+def node_from_wire(node: sms_pb2.NodeRecord | None) -> NodeRecord:
     if node is None:
-        node = v1.NodeRecord()
+        node = sms_pb2.NodeRecord()
     return NodeRecord(
         name=node.name,
         address=node.address,
         labels=pairs_from_wire(node.labels),
-        capacity=resources_from_wire(node.capacity),
-        free=resources_from_wire(node.free),
+        # (an unset message reads as a default instance: its zeros are not Resources()'s)
+        capacity=resources_from_wire(optional(node, "capacity")),
+        free=resources_from_wire(optional(node, "free")),
         agents=tuple(AgentInfo(a.runtime, a.version) for a in node.agents),
         running_tasks=node.running_tasks,
         queued_tasks=node.queued_tasks,
         registered_at=node.registered_at,
         last_heartbeat=node.last_heartbeat,
-        health=_HEALTH_FROM_WIRE.get(v1.NodeHealth(node.health), NodeHealth.HEALTHY),
+        health=_HEALTH_FROM_WIRE.get(int(node.health), NodeHealth.HEALTHY),
         incarnation=node.incarnation,
     )
 
 
-def query_to_wire(query: PlacementQuery) -> v1.FindNodesRequest:
-    return v1.FindNodesRequest(
-        need=resources_to_wire(query.need),
+def query_to_wire(query: PlacementQuery) -> sms_pb2.FindNodesRequest:
+    return sms_pb2.FindNodesRequest(
+        need=resources_to_wire(query.need, pb),
         runtime=query.runtime,
         labels=pairs_to_wire(query.labels),
         objects=list(query.objects),
@@ -83,9 +84,9 @@ def query_to_wire(query: PlacementQuery) -> v1.FindNodesRequest:
     )
 
 
-def query_from_wire(message: v1.FindNodesRequest) -> PlacementQuery:
+def query_from_wire(message: sms_pb2.FindNodesRequest) -> PlacementQuery:
     return PlacementQuery(
-        need=resources_from_wire(message.need),
+        need=resources_from_wire(optional(message, "need")),
         runtime=message.runtime,
         labels=pairs_from_wire(message.labels),
         objects=tuple(message.objects),
@@ -93,10 +94,10 @@ def query_from_wire(message: v1.FindNodesRequest) -> PlacementQuery:
     )
 
 
-def placement_to_wire(placement: Placement) -> v1.FindNodesResponse:
-    return v1.FindNodesResponse(
+def placement_to_wire(placement: Placement) -> sms_pb2.FindNodesResponse:
+    return sms_pb2.FindNodesResponse(
         candidates=[
-            v1.NodeCandidate(node=node_to_wire(c.node), objects_held=c.objects_held)
+            sms_pb2.NodeCandidate(node=node_to_wire(c.node), objects_held=c.objects_held)
             for c in placement.candidates
         ],
         could_ever_fit=placement.could_ever_fit,
@@ -105,7 +106,7 @@ def placement_to_wire(placement: Placement) -> v1.FindNodesResponse:
     )
 
 
-def placement_from_wire(message: v1.FindNodesResponse) -> Placement:
+def placement_from_wire(message: sms_pb2.FindNodesResponse) -> Placement:
     return Placement(
         tuple(Candidate(node_from_wire(c.node), c.objects_held) for c in message.candidates),
         message.could_ever_fit,
@@ -114,9 +115,9 @@ def placement_from_wire(message: v1.FindNodesResponse) -> Placement:
     )
 
 
-def location_to_wire(loc: ObjectLocation) -> v1.ObjectLocation:
-    return v1.ObjectLocation(key=loc.key, node=loc.node, version=loc.version, size=loc.size)
+def location_to_wire(loc: ObjectLocation) -> sms_pb2.ObjectLocation:
+    return sms_pb2.ObjectLocation(key=loc.key, node=loc.node, version=loc.version, size=loc.size)
 
 
-def location_from_wire(loc: v1.ObjectLocation) -> ObjectLocation:
+def location_from_wire(loc: sms_pb2.ObjectLocation) -> ObjectLocation:
     return ObjectLocation(loc.key, loc.node, loc.version, loc.size)

@@ -17,7 +17,7 @@ from spear.transport.auth import Principal, Role
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable
 
-    from spear.transport._gen.spear import v1
+    from spear.transport._gen.pb import sms_pb2
     from spear.transport.auth import TokenStore
 
 TTL_S = 1.0
@@ -27,7 +27,7 @@ _MAX_CACHED = 10_000
 class ClusterTokens:
     """What the SMS says of tokens this node does not know, cached for `TTL_S`."""
 
-    def __init__(self, ask: Callable[[str], Awaitable[v1.VerifyTokenResponse]]) -> None:
+    def __init__(self, ask: Callable[[str], Awaitable[sms_pb2.VerifyTokenResponse]]) -> None:
         self._ask = ask
         self._cache: dict[str, tuple[Principal | None, float]] = {}
 
@@ -47,7 +47,7 @@ class ClusterTokens:
         return principal
 
 
-def principal_from_wire(answer: v1.VerifyTokenResponse) -> Principal | None:
+def principal_from_wire(answer: sms_pb2.VerifyTokenResponse) -> Principal | None:
     if not answer.valid:
         return None
     role = Role.parse(answer.role)
@@ -56,14 +56,14 @@ def principal_from_wire(answer: v1.VerifyTokenResponse) -> Principal | None:
     return Principal(answer.name, role, "cluster token", answer.namespace or None)
 
 
-def verify_at_sms(tokens: TokenStore | None, token: str) -> v1.VerifyTokenResponse:
+def verify_at_sms(tokens: TokenStore | None, token: str) -> sms_pb2.VerifyTokenResponse:
     """The SMS's answer for `token`, from its own token store."""
-    from spear.transport._gen.spear import v1
+    from spear.transport._gen.pb import sms_pb2
 
     principal = tokens.verify(token) if tokens is not None else None
     if principal is None:
-        return v1.VerifyTokenResponse(valid=False)
-    return v1.VerifyTokenResponse(
+        return sms_pb2.VerifyTokenResponse(valid=False)
+    return sms_pb2.VerifyTokenResponse(
         valid=True,
         name=principal.name,
         role=principal.role.name.lower(),

@@ -12,7 +12,6 @@ from spear.store.diskspace import no_space
 from spear.transport import _object_convert as oc
 from spear.transport._convert import optional
 from spear.transport._gen.pb import sms_pb2
-from spear.transport._gen.spear import v1
 from spear.transport.auth import current_principal
 
 if TYPE_CHECKING:
@@ -31,9 +30,8 @@ def _speaks_for(node: str) -> None:
 class ObjectIndexService:
     sms: MetadataServer
 
-    async def _commit_object_pb(self, message: sms_pb2.CommitObjectRequest) -> sms_pb2.ObjectRecord:
-        """CommitObject, in protobuf's own messages (one per value a member writes: every
-        task's result; sms_server.MetadataService.__mapping__ serves it only so)."""
+    async def commit_object(self, message: sms_pb2.CommitObjectRequest) -> sms_pb2.ObjectRecord:
+        """CommitObject: one per value a member writes (every task's result)."""
         self.sms.leadership.require()  # writes go to the leader only
         _speaks_for(message.node)
         record = await self.sms.objects.commit(
@@ -44,9 +42,9 @@ class ObjectIndexService:
             optional(message, "expected_version"),
             optional(message, "value"),
         )
-        return oc.record_to_wire(record, sms_pb2)  # type: ignore[return-value]
+        return oc.record_to_wire(record)
 
-    async def _commit_objects_pb(
+    async def commit_objects(
         self, message: sms_pb2.CommitObjectsRequest
     ) -> sms_pb2.CommitObjectsResponse:
         """CommitObjects: each commit as CommitObject would answer it, refused or not on
@@ -86,54 +84,56 @@ class ObjectIndexService:
                 logger.exception("commit of {!r} failed", message.key)
                 error = SpearError(f"internal error: {type(exc).__name__}: {exc}")
             return sms_pb2.CommitOutcome(error_code=error.code, error=str(error))
-        return sms_pb2.CommitOutcome(record=oc.record_to_wire(record, sms_pb2))
+        return sms_pb2.CommitOutcome(record=oc.record_to_wire(record))
 
-    async def lookup_object(self, message: v1.LookupObjectRequest) -> v1.ObjectRecord:
+    async def lookup_object(self, message: sms_pb2.LookupObjectRequest) -> sms_pb2.ObjectRecord:
         principal = current_principal.get()
         member = principal.name if principal and principal.via == "certificate" else None
         return oc.record_to_wire(await self.sms.objects.lookup(message.key, member))
 
-    async def hold_object(self, message: v1.HoldObjectRequest) -> v1.ObjectRecord:
+    async def hold_object(self, message: sms_pb2.HoldObjectRequest) -> sms_pb2.ObjectRecord:
         self.sms.leadership.require()  # writes go to the leader only
         _speaks_for(message.node)
         objects = self.sms.objects
         held = await objects.hold(message.key, message.node, message.address, message.version)
         return oc.record_to_wire(held or await objects.lookup(message.key))
 
-    async def change_object(self, message: v1.ChangeObjectRequest) -> v1.ChangeObjectResponse:
+    async def change_object(
+        self, message: sms_pb2.ChangeObjectRequest
+    ) -> sms_pb2.ChangeObjectResponse:
         self.sms.leadership.require()  # writes go to the leader only
         record, deleted = await self.sms.objects.change(
-            message.key, message.change, message.count or 1, message.expected_version
+            message.key, message.change, message.count or 1, optional(message, "expected_version")
         )
-        return v1.ChangeObjectResponse(record=oc.record_to_wire(record), deleted=deleted)
+        return sms_pb2.ChangeObjectResponse(record=oc.record_to_wire(record), deleted=deleted)
 
     async def list_object_records(
-        self, message: v1.ListObjectRecordsRequest
-    ) -> v1.ListObjectRecordsResponse:
+        self, message: sms_pb2.ListObjectRecordsRequest
+    ) -> sms_pb2.ListObjectRecordsResponse:
         found = await self.sms.objects.list(message.prefix)
-        return v1.ListObjectRecordsResponse(objects=[oc.record_to_wire(r) for r in found])
+        return sms_pb2.ListObjectRecordsResponse(objects=[oc.record_to_wire(r) for r in found])
 
     async def announce_objects(
-        self, message: v1.AnnounceObjectsRequest
-    ) -> v1.AnnounceObjectsResponse:
+        self, message: sms_pb2.AnnounceObjectsRequest
+    ) -> sms_pb2.AnnounceObjectsResponse:
         self.sms.leadership.require()  # writes go to the leader only
         _speaks_for(message.node)
         held = [(h.key, h.version, h.size) for h in message.held]
         stale, adopted = await self.sms.objects.announce(message.node, message.address, held)
-        return v1.AnnounceObjectsResponse(
-            stale=stale, adopted=[v1.AnnouncedObject(key=k, version=v) for k, v in adopted]
+        return sms_pb2.AnnounceObjectsResponse(
+            stale=stale, adopted=[sms_pb2.AnnouncedObject(key=k, version=v) for k, v in adopted]
         )
 
     async def collect_objects(
-        self, message: v1.CollectObjectsRequest
-    ) -> v1.ListObjectRecordsResponse:
+        self, message: sms_pb2.CollectObjectsRequest
+    ) -> sms_pb2.ListObjectRecordsResponse:
         self.sms.leadership.require()  # writes go to the leader only
         found = await self.sms.objects.collect(message.grace_s)
-        return v1.ListObjectRecordsResponse(objects=[oc.record_to_wire(r) for r in found])
+        return sms_pb2.ListObjectRecordsResponse(objects=[oc.record_to_wire(r) for r in found])
 
     async def watch_objects(
-        self, messages: AsyncIterator[v1.ObjectWatchRequest]
-    ) -> AsyncIterator[v1.ObjectWatchEvent]:
+        self, messages: AsyncIterator[sms_pb2.ObjectWatchRequest]
+    ) -> AsyncIterator[sms_pb2.ObjectWatchEvent]:
         """A member's lease and the invalidations of what it may have cached
         (core/object_leases.py). Only the leader grants leases: it decides every write."""
         self.sms.leadership.require()
@@ -164,7 +164,7 @@ class ObjectIndexService:
                 await leases.renew(kv, watcher, first.ping)
             while (event := await watcher.outbox.get()) is not None:
                 pong, lease_s, seq, keys, record = event
-                yield v1.ObjectWatchEvent(
+                yield sms_pb2.ObjectWatchEvent(
                     pong=pong,
                     lease_s=lease_s,
                     seq=seq,

@@ -12,7 +12,6 @@ import time
 from typing import TYPE_CHECKING, Any, NamedTuple, TypeVar
 
 import anyio
-from grpclib.const import Cardinality
 
 from spear.core.cluster import Cluster
 from spear.core.sms_leader import leader_named_in
@@ -27,15 +26,16 @@ from spear.errors import (
 from spear.transport import _convert as cv
 from spear.transport import _object_convert as oc
 from spear.transport import _sms_convert as sc
+from spear.transport._convert import optional
 from spear.transport._gen.pb import sms_pb2
 from spear.transport._gen.pb import spearlet_pb2 as pb
-from spear.transport._gen.spear import v1
 from spear.transport._status import (
     DEFAULT_MAX_MESSAGE_BYTES,
     client_errors,
     received_error_code,
 )
 from spear.transport.channels import NO_CREDENTIALS, Credentials
+from spear.transport.services import Stub
 from spear.transport.serving import parse_listen
 
 if TYPE_CHECKING:
@@ -53,6 +53,8 @@ if TYPE_CHECKING:
     from spear.transport.aio_client import AioChannel
 
 T = TypeVar("T")
+
+SERVICE = sms_pb2.DESCRIPTOR.services_by_name["MetadataServer"]
 
 
 class ObjectCommit(NamedTuple):
@@ -98,10 +100,10 @@ class SmsClient(Cluster):
         self._timeout = timeout_s
         self._max_message_bytes = max_message_bytes
         self._credentials = credentials
-        self._channels: dict[str, tuple[AioChannel, v1.MetadataServerStub]] = {}
+        self._channels: dict[str, tuple[AioChannel, Stub]] = {}
         self.failovers = 0  # times a call moved to another address
 
-    def _stub(self, address: str) -> v1.MetadataServerStub:
+    def _stub(self, address: str) -> Stub:
         opened = self._channels.get(address)
         if opened is None:
             from spear.transport.aio_client import AioChannel
@@ -112,8 +114,7 @@ class SmsClient(Cluster):
                 max_message_bytes=self._max_message_bytes,
                 name=f"SMS {address}",
             )
-            # (betterproto2's stub calls `channel.request(...)`, which AioChannel has)
-            opened = (channel, v1.MetadataServerStub(channel))  # type: ignore[arg-type]
+            opened = (channel, Stub(channel, SERVICE))
             self._channels[address] = opened
         return opened[1]
 
@@ -123,7 +124,7 @@ class SmsClient(Cluster):
         self.address = address
         self.failovers += 1
 
-    async def _call(self, call: Callable[[v1.MetadataServerStub], Awaitable[T]]) -> T:
+    async def _call(self, call: Callable[[Stub], Awaitable[T]]) -> T:
         deadline = time.monotonic() + self._timeout
         tried: set[str] = set()
         backoff = _BACKOFF_FIRST_S
@@ -163,24 +164,8 @@ class SmsClient(Cluster):
     def _opts(self) -> dict[str, Any]:
         return {"timeout": self._timeout}
 
-    async def _call_pb(self, route: str, request: Any, reply_type: type[T]) -> T:
-        """A unary call in protobuf's own messages (the calls every task makes: its
-        reports, its result's commit; the server's side is sms_server's `__mapping__`),
-        over the same channel, with the same failover, as the stub's calls."""
-
-        async def call(stub: v1.MetadataServerStub) -> T:
-            async with stub.channel.request(
-                route, Cardinality.UNARY_UNARY, type(request), reply_type, timeout=self._timeout
-            ) as stream:
-                await stream.send_message(request, end=True)
-                reply: T | None = await stream.recv_message()
-            assert reply is not None
-            return reply
-
-        return await self._call(call)
-
     async def register(self, node: NodeRecord) -> NodeRecord:
-        req = v1.RegisterNodeRequest(node=sc.node_to_wire(node))
+        req = sms_pb2.RegisterNodeRequest(node=sc.node_to_wire(node))
         return sc.node_from_wire(
             await self._call(lambda stub: stub.register_node(req, **self._opts()))
         )
@@ -188,10 +173,10 @@ class SmsClient(Cluster):
     async def heartbeat(
         self, name: str, incarnation: str, free: Resources, running: int, queued: int
     ) -> NodeRecord | None:
-        req = v1.HeartbeatRequest(
+        req = sms_pb2.HeartbeatRequest(
             name=name,
             incarnation=incarnation,
-            free=cv.resources_to_wire(free),
+            free=cv.resources_to_wire(free, pb),
             running_tasks=running,
             queued_tasks=queued,
         )
@@ -199,16 +184,18 @@ class SmsClient(Cluster):
         return sc.node_from_wire(resp.node) if resp.known else None
 
     async def deregister(self, name: str, incarnation: str) -> bool:
-        req = v1.DeregisterNodeRequest(name=name, incarnation=incarnation)
-        resp = await self._call(lambda stub: stub.deregister_node(req, **self._opts()))
+        req = sms_pb2.DeregisterNodeRequest(name=name, incarnation=incarnation)
+        resp: sms_pb2.DeregisterNodeResponse = await self._call(
+            lambda stub: stub.deregister_node(req, **self._opts())
+        )
         return resp.deregistered
 
     async def node(self, name: str) -> NodeRecord:
-        req = v1.GetNodeRequest(name=name)
+        req = sms_pb2.GetNodeRequest(name=name)
         return sc.node_from_wire(await self._call(lambda stub: stub.get_node(req, **self._opts())))
 
     async def nodes(self, *, live_only: bool = False) -> list[NodeRecord]:
-        req = v1.ListNodesRequest(live_only=live_only)
+        req = sms_pb2.ListNodesRequest(live_only=live_only)
         resp = await self._call(lambda stub: stub.list_nodes(req, **self._opts()))
         return [sc.node_from_wire(n) for n in resp.nodes]
 
@@ -219,18 +206,18 @@ class SmsClient(Cluster):
         )
 
     async def report_task(self, task: Task) -> Task:
-        req = v1.ReportTaskRequest(task=cv.task_to_wire(task))
+        req = sms_pb2.ReportTaskRequest(task=cv.task_to_wire(task, pb))
         return cv.task_from_wire(
             await self._call(lambda stub: stub.report_task(req, **self._opts()))
         )
 
     async def report_tasks(self, tasks: Sequence[Task]) -> None:
-        wire: list[Any] = [cv.task_to_wire(t, pb) for t in tasks]  # (protobuf's TaskInfo)
+        wire: list[Any] = [cv.task_to_wire(t, pb) for t in tasks]
         req = sms_pb2.ReportTasksRequest(tasks=wire)
-        await self._call_pb(sc.REPORT_TASKS, req, sms_pb2.ReportTasksResponse)
+        await self._call(lambda stub: stub.report_tasks(req, **self._opts()))
 
     async def task(self, task_id: str) -> Task:
-        req = v1.LookupTaskRequest(task_id=task_id)
+        req = sms_pb2.LookupTaskRequest(task_id=task_id)
         return cv.task_from_wire(
             await self._call(lambda stub: stub.lookup_task(req, **self._opts()))
         )
@@ -242,7 +229,7 @@ class SmsClient(Cluster):
         token = ""
         while True:  # page after page (core/task_pages.py): any history fits
             left = 0 if limit is None else limit - len(found)
-            req = v1.ListClusterTasksRequest(
+            req = sms_pb2.ListClusterTasksRequest(
                 state=cv.state_to_wire(state), limit=left, node=node or "", page_token=token
             )
             resp = await self._call(
@@ -259,12 +246,14 @@ class SmsClient(Cluster):
         return sc.location_from_wire(resp)
 
     async def remove_object_location(self, key: str, node: str) -> bool:
-        req = v1.RemoveObjectLocationRequest(key=key, node=node)
-        resp = await self._call(lambda stub: stub.remove_object_location(req, **self._opts()))
+        req = sms_pb2.RemoveObjectLocationRequest(key=key, node=node)
+        resp: sms_pb2.RemoveObjectLocationResponse = await self._call(
+            lambda stub: stub.remove_object_location(req, **self._opts())
+        )
         return resp.removed
 
     async def locate_object(self, key: str) -> list[ObjectLocation]:
-        req = v1.LocateObjectRequest(key=key)
+        req = sms_pb2.LocateObjectRequest(key=key)
         resp = await self._call(lambda stub: stub.locate_object(req, **self._opts()))
         return [sc.location_from_wire(x) for x in resp.locations]
 
@@ -287,7 +276,9 @@ class SmsClient(Cluster):
             expected_version=expected_version,
             value=value,  # a small value, kept in the index (docs/objects.md)
         )
-        return oc.record_from_wire(await self._call_pb(sc.COMMIT_OBJECT, req, sms_pb2.ObjectRecord))
+        return oc.record_from_wire(
+            await self._call(lambda stub: stub.commit_object(req, **self._opts()))
+        )
 
     async def commit_objects(
         self, commits: Sequence[ObjectCommit]
@@ -307,7 +298,7 @@ class SmsClient(Cluster):
                 for c in commits
             ]
         )
-        answer = await self._call_pb(sc.COMMIT_OBJECTS, req, sms_pb2.CommitObjectsResponse)
+        answer = await self._call(lambda stub: stub.commit_objects(req, **self._opts()))
         if len(answer.outcomes) != len(commits):
             raise Unavailable(f"the SMS answered {len(answer.outcomes)} of {len(commits)} commits")
         return [
@@ -318,26 +309,26 @@ class SmsClient(Cluster):
         ]
 
     async def lookup_object(self, key: str) -> ObjectRecord:
-        req = v1.LookupObjectRequest(key=key)
+        req = sms_pb2.LookupObjectRequest(key=key)
         return oc.record_from_wire(
             await self._call(lambda stub: stub.lookup_object(req, **self._opts()))
         )
 
     async def hold_object(self, key: str, node: str, address: str, version: int) -> None:
-        req = v1.HoldObjectRequest(key=key, node=node, address=address, version=version)
+        req = sms_pb2.HoldObjectRequest(key=key, node=node, address=address, version=version)
         await self._call(lambda stub: stub.hold_object(req, **self._opts()))
 
     async def change_object(
         self, key: str, change: str, count: int = 1, expected_version: int | None = None
     ) -> tuple[ObjectRecord, bool]:
-        req = v1.ChangeObjectRequest(
+        req = sms_pb2.ChangeObjectRequest(
             key=key, change=change, count=count, expected_version=expected_version
         )
         resp = await self._call(lambda stub: stub.change_object(req, **self._opts()))
         return oc.record_from_wire(resp.record), resp.deleted
 
     async def list_object_records(self, prefix: str = "") -> list[ObjectRecord]:
-        req = v1.ListObjectRecordsRequest(prefix=prefix)
+        req = sms_pb2.ListObjectRecordsRequest(prefix=prefix)
         resp = await self._call(lambda stub: stub.list_object_records(req, **self._opts()))
         return [oc.record_from_wire(r) for r in resp.objects]
 
@@ -345,22 +336,22 @@ class SmsClient(Cluster):
         self, node: str, address: str, held: Sequence[tuple[str, int, int]]
     ) -> tuple[list[str], list[tuple[str, int]]]:
         """(stale keys, adopted (key, new version)s): see core/object_index.py announce."""
-        req = v1.AnnounceObjectsRequest(
+        req = sms_pb2.AnnounceObjectsRequest(
             node=node,
             address=address,
-            held=[v1.AnnouncedObject(key=k, version=v, size=n) for k, v, n in held],
+            held=[sms_pb2.AnnouncedObject(key=k, version=v, size=n) for k, v, n in held],
         )
         resp = await self._call(lambda stub: stub.announce_objects(req, **self._opts()))
         return list(resp.stale), [(a.key, a.version) for a in resp.adopted]
 
     async def collect_objects(self, grace_s: float) -> list[ObjectRecord]:
-        req = v1.CollectObjectsRequest(grace_s=grace_s)
+        req = sms_pb2.CollectObjectsRequest(grace_s=grace_s)
         resp = await self._call(lambda stub: stub.collect_objects(req, **self._opts()))
         return [oc.record_from_wire(r) for r in resp.objects]
 
-    async def verify_token(self, token: str) -> v1.VerifyTokenResponse:
+    async def verify_token(self, token: str) -> sms_pb2.VerifyTokenResponse:
         """What the SMS knows of `token` (transport/cluster_tokens.py)."""
-        req = v1.VerifyTokenRequest(token=token)
+        req = sms_pb2.VerifyTokenRequest(token=token)
         return await self._call(lambda stub: stub.verify_token(req, **self._opts()))
 
     async def take_task_slot(
@@ -368,14 +359,16 @@ class SmsClient(Cluster):
     ) -> bool:
         """Hold a slot of `namespace`'s cluster-wide task quota for `task_id`
         (core/cluster_quotas.py); False if the namespace has none."""
-        req = v1.TaskSlotRequest(
+        req = sms_pb2.TaskSlotRequest(
             namespace=namespace, task_id=task_id, until_released=until_released
         )
-        resp = await self._call(lambda stub: stub.take_task_slot(req, **self._opts()))
+        resp: sms_pb2.TaskSlotResponse = await self._call(
+            lambda stub: stub.take_task_slot(req, **self._opts())
+        )
         return resp.limited
 
     async def release_task_slot(self, namespace: str, task_id: str) -> None:
-        req = v1.TaskSlotRequest(namespace=namespace, task_id=task_id)
+        req = sms_pb2.TaskSlotRequest(namespace=namespace, task_id=task_id)
         await self._call(lambda stub: stub.release_task_slot(req, **self._opts()))
 
     async def delete_cluster_tasks(
@@ -383,12 +376,12 @@ class SmsClient(Cluster):
     ) -> list[str]:
         """Forget finished tasks this node deleted (core/sms_retention.py); the ids
         the SMS deleted."""
-        req = v1.DeleteClusterTasksRequest(task_ids=list(task_ids), namespace=namespace or "")
+        req = sms_pb2.DeleteClusterTasksRequest(task_ids=list(task_ids), namespace=namespace or "")
         resp = await self._call(lambda stub: stub.delete_cluster_tasks(req, **self._opts()))
         return list(resp.task_ids)
 
     async def keep_task_input(self, task_id: str, stdin: bytes) -> None:
-        req = v1.KeepTaskInputRequest(task_id=task_id, stdin=stdin)
+        req = sms_pb2.KeepTaskInputRequest(task_id=task_id, stdin=stdin)
         await self._call(lambda stub: stub.keep_task_input(req, **self._opts()))
 
     def watch_objects(
@@ -403,13 +396,13 @@ class SmsClient(Cluster):
 
         async def events() -> AsyncGenerator[WatchEvent]:
             messages = (
-                v1.ObjectWatchRequest(node=node, ping=ping, ack=ack)
+                sms_pb2.ObjectWatchRequest(node=node, ping=ping, ack=ack)
                 async for node, ping, ack in requests
             )
             try:
                 with client_errors(f"SMS {address}"):
                     async for event in stub.watch_objects(messages):
-                        record = event.record
+                        record = optional(event, "record")
                         yield (
                             event.pong,
                             event.lease_s,

@@ -10,13 +10,15 @@ from spear.core.task_pages import newest_page, page_size
 from spear.errors import InvalidArgument, PermissionDenied
 from spear.transport import _convert as cv
 from spear.transport import _sms_convert as sc
+from spear.transport._convert import optional
 from spear.transport._gen.pb import sms_pb2
-from spear.transport._gen.spear import v1
+from spear.transport._gen.pb import spearlet_pb2 as pb
 from spear.transport._status import DEFAULT_MAX_MESSAGE_BYTES
 from spear.transport.auth import current_principal
 from spear.transport.cluster_tokens import verify_at_sms
 from spear.transport.object_index_service import ObjectIndexService
-from spear.transport.serving import GrpcServer, Security, guard, unary
+from spear.transport.services import ServiceBase
+from spear.transport.serving import GrpcServer, Security, guard
 
 if TYPE_CHECKING:
     from grpclib.const import Handler
@@ -42,81 +44,71 @@ def _reports_on(task: Task) -> None:
         _speaks_for(task.node)
 
 
-class MetadataService(ObjectIndexService, v1.MetadataServerBase):
+class MetadataService(ObjectIndexService, ServiceBase):
     """spear.v1.MetadataServer: converts messages at the boundary, calls the SMS logic."""
+
+    SERVICE = sms_pb2.DESCRIPTOR.services_by_name["MetadataServer"]
 
     def __init__(self, sms: MetadataServer) -> None:
         self.sms = sms
 
     def __mapping__(self) -> dict[str, Handler]:
         handlers = super().__mapping__()
-        # The calls every task makes (its reports, its result's commit) in protobuf's own
-        # messages: the same bytes, a tenth of the time to decode and encode.
-        for route, func, request, reply in (
-            (sc.REPORT_TASKS, unary(self._report_tasks_pb), sms_pb2.ReportTasksRequest,
-             sms_pb2.ReportTasksResponse),
-            (sc.COMMIT_OBJECT, unary(self._commit_object_pb), sms_pb2.CommitObjectRequest,
-             sms_pb2.ObjectRecord),
-            (sc.COMMIT_OBJECTS, unary(self._commit_objects_pb), sms_pb2.CommitObjectsRequest,
-             sms_pb2.CommitObjectsResponse),
-        ):  # fmt: skip
-            handlers[route] = handlers[route]._replace(
-                func=func, request_type=request, reply_type=reply
-            )
         # The same guard as the Spearlet service: SpearError -> status + spear-error-code.
         return {
             name: handler._replace(func=guard(name, handler.func))
             for name, handler in handlers.items()
         }
 
-    async def register_node(self, message: v1.RegisterNodeRequest) -> v1.NodeRecord:
+    async def register_node(self, message: sms_pb2.RegisterNodeRequest) -> sms_pb2.NodeRecord:
         self.sms.leadership.require()  # writes go to the leader only
-        _speaks_for(message.node.name if message.node else "")
+        _speaks_for(message.node.name)  # (unset: a default record, named "")
         return sc.node_to_wire(await self.sms.register(sc.node_from_wire(message.node)))
 
-    async def heartbeat(self, message: v1.HeartbeatRequest) -> v1.HeartbeatResponse:
+    async def heartbeat(self, message: sms_pb2.HeartbeatRequest) -> sms_pb2.HeartbeatResponse:
         self.sms.leadership.require()  # writes go to the leader only
         _speaks_for(message.name)
         record = await self.sms.heartbeat(
             message.name,
             message.incarnation,
-            cv.resources_from_wire(message.free),
+            cv.resources_from_wire(optional(message, "free")),
             message.running_tasks,
             message.queued_tasks,
         )
         if record is None:
-            return v1.HeartbeatResponse(known=False)
-        return v1.HeartbeatResponse(known=True, node=sc.node_to_wire(record))
+            return sms_pb2.HeartbeatResponse(known=False)
+        return sms_pb2.HeartbeatResponse(known=True, node=sc.node_to_wire(record))
 
-    async def deregister_node(self, message: v1.DeregisterNodeRequest) -> v1.DeregisterNodeResponse:
+    async def deregister_node(
+        self, message: sms_pb2.DeregisterNodeRequest
+    ) -> sms_pb2.DeregisterNodeResponse:
         self.sms.leadership.require()  # writes go to the leader only
         _speaks_for(message.name)
         done = await self.sms.deregister(message.name, message.incarnation)
-        return v1.DeregisterNodeResponse(deregistered=done)
+        return sms_pb2.DeregisterNodeResponse(deregistered=done)
 
-    async def get_node(self, message: v1.GetNodeRequest) -> v1.NodeRecord:
+    async def get_node(self, message: sms_pb2.GetNodeRequest) -> sms_pb2.NodeRecord:
         return sc.node_to_wire(await self.sms.node(message.name))
 
-    async def list_nodes(self, message: v1.ListNodesRequest) -> v1.ListNodesResponse:
+    async def list_nodes(self, message: sms_pb2.ListNodesRequest) -> sms_pb2.ListNodesResponse:
         nodes = await self.sms.nodes(live_only=message.live_only)
-        return v1.ListNodesResponse(nodes=[sc.node_to_wire(n) for n in nodes])
+        return sms_pb2.ListNodesResponse(nodes=[sc.node_to_wire(n) for n in nodes])
 
-    async def find_nodes(self, message: v1.FindNodesRequest) -> v1.FindNodesResponse:
+    async def find_nodes(self, message: sms_pb2.FindNodesRequest) -> sms_pb2.FindNodesResponse:
         return sc.placement_to_wire(await self.sms.find_nodes(sc.query_from_wire(message)))
 
-    async def report_task(self, message: v1.ReportTaskRequest) -> v1.TaskInfo:
+    async def report_task(self, message: sms_pb2.ReportTaskRequest) -> pb.TaskInfo:
         self.sms.leadership.require()  # writes go to the leader only
-        if message.task is None:
+        if not message.HasField("task"):
             raise InvalidArgument("ReportTask needs a task")
         task = cv.task_from_wire(message.task)
         _reports_on(task)
-        return cv.task_to_wire(await self.sms.report_task(task))
+        return cv.task_to_wire(await self.sms.report_task(task), pb)
 
-    async def _report_tasks_pb(
+    async def report_tasks(
         self, message: sms_pb2.ReportTasksRequest
     ) -> sms_pb2.ReportTasksResponse:
-        """ReportTasks, in protobuf's own messages (see `__mapping__`: the only way it is
-        served)."""
+        """ReportTasks: the reports of every task, batched by the member."""
         self.sms.leadership.require()  # writes go to the leader only
         tasks = [cv.task_from_wire(t) for t in message.tasks]
         for task in tasks:
@@ -124,63 +116,67 @@ class MetadataService(ObjectIndexService, v1.MetadataServerBase):
         await self.sms.report_tasks(tasks)
         return sms_pb2.ReportTasksResponse()
 
-    async def lookup_task(self, message: v1.LookupTaskRequest) -> v1.TaskInfo:
-        return cv.task_to_wire(await self.sms.task(message.task_id))
+    async def lookup_task(self, message: sms_pb2.LookupTaskRequest) -> pb.TaskInfo:
+        return cv.task_to_wire(await self.sms.task(message.task_id), pb)
 
     task_slots: ClusterTaskSlots | None = None  # cluster-wide quotas (set by the assembly)
 
-    async def take_task_slot(self, message: v1.TaskSlotRequest) -> v1.TaskSlotResponse:
+    async def take_task_slot(self, message: sms_pb2.TaskSlotRequest) -> sms_pb2.TaskSlotResponse:
         self.sms.leadership.require()  # the slots live in the leader
         if self.task_slots is None:
-            return v1.TaskSlotResponse(limited=False)
+            return sms_pb2.TaskSlotResponse(limited=False)
         limited = await self.task_slots.take(
             check_name(message.namespace), message.task_id, until_released=message.until_released
         )
-        return v1.TaskSlotResponse(limited=limited)
+        return sms_pb2.TaskSlotResponse(limited=limited)
 
-    async def release_task_slot(self, message: v1.TaskSlotRequest) -> v1.TaskSlotResponse:
+    async def release_task_slot(self, message: sms_pb2.TaskSlotRequest) -> sms_pb2.TaskSlotResponse:
         self.sms.leadership.require()
         if self.task_slots is not None:
             self.task_slots.release(message.namespace, message.task_id)
-        return v1.TaskSlotResponse(limited=self.task_slots is not None)
+        return sms_pb2.TaskSlotResponse(limited=self.task_slots is not None)
 
     async def list_cluster_tasks(
-        self, message: v1.ListClusterTasksRequest
-    ) -> v1.ListClusterTasksResponse:
+        self, message: sms_pb2.ListClusterTasksRequest
+    ) -> sms_pb2.ListClusterTasksResponse:
         state, node = cv.state_from_wire(message.state), message.node or None
         size = page_size(message.page_size, message.limit or None)
         found, token = await newest_page(
             lambda n: self.sms.tasks(state, n, node), size, message.page_token
         )
-        tasks = [cv.task_to_wire(t) for t in found]
-        return v1.ListClusterTasksResponse(tasks=tasks, next_page_token=token)
+        tasks = [cv.task_to_wire(t, pb) for t in found]
+        return sms_pb2.ListClusterTasksResponse(tasks=tasks, next_page_token=token)
 
-    async def put_object_location(self, message: v1.ObjectLocation) -> v1.ObjectLocation:
+    async def put_object_location(self, message: sms_pb2.ObjectLocation) -> sms_pb2.ObjectLocation:
         self.sms.leadership.require()  # writes go to the leader only
         _speaks_for(message.node)
         loc = await self.sms.put_object_location(sc.location_from_wire(message))
         return sc.location_to_wire(loc)
 
     async def remove_object_location(
-        self, message: v1.RemoveObjectLocationRequest
-    ) -> v1.RemoveObjectLocationResponse:
+        self, message: sms_pb2.RemoveObjectLocationRequest
+    ) -> sms_pb2.RemoveObjectLocationResponse:
         self.sms.leadership.require()  # writes go to the leader only
         _speaks_for(message.node)
         removed = await self.sms.remove_object_location(message.key, message.node)
-        return v1.RemoveObjectLocationResponse(removed=removed)
+        return sms_pb2.RemoveObjectLocationResponse(removed=removed)
 
-    async def locate_object(self, message: v1.LocateObjectRequest) -> v1.LocateObjectResponse:
+    async def locate_object(
+        self, message: sms_pb2.LocateObjectRequest
+    ) -> sms_pb2.LocateObjectResponse:
         found = await self.sms.locate_object(message.key)
-        return v1.LocateObjectResponse(locations=[sc.location_to_wire(x) for x in found])
+        return sms_pb2.LocateObjectResponse(locations=[sc.location_to_wire(x) for x in found])
 
     tokens: TokenStore | None = None  # the SMS's own (SmsServer sets them)
 
-    async def verify_token(self, message: v1.VerifyTokenRequest) -> v1.VerifyTokenResponse:
+    async def verify_token(
+        self, message: sms_pb2.VerifyTokenRequest
+    ) -> sms_pb2.VerifyTokenResponse:
         return verify_at_sms(self.tokens, message.token)
 
     async def delete_cluster_tasks(
-        self, message: v1.DeleteClusterTasksRequest
-    ) -> v1.DeleteClusterTasksResponse:
+        self, message: sms_pb2.DeleteClusterTasksRequest
+    ) -> sms_pb2.DeleteClusterTasksResponse:
         from spear.core.sms_retention import delete_finished_records
 
         self.sms.leadership.require()  # writes go to the leader only
@@ -190,14 +186,16 @@ class MetadataService(ObjectIndexService, v1.MetadataServerBase):
         gone = await delete_finished_records(
             self.sms.kv, list(message.task_ids), namespace=namespace, node=node
         )
-        return v1.DeleteClusterTasksResponse(task_ids=gone)
+        return sms_pb2.DeleteClusterTasksResponse(task_ids=gone)
 
-    async def keep_task_input(self, message: v1.KeepTaskInputRequest) -> v1.KeepTaskInputResponse:
+    async def keep_task_input(
+        self, message: sms_pb2.KeepTaskInputRequest
+    ) -> sms_pb2.KeepTaskInputResponse:
         self.sms.leadership.require()  # writes go to the leader only
         if not message.task_id:
             raise InvalidArgument("KeepTaskInput needs a task id")
         await self.sms.keep_task_input(message.task_id, bytes(message.stdin))
-        return v1.KeepTaskInputResponse()
+        return sms_pb2.KeepTaskInputResponse()
 
 
 class SmsServer(GrpcServer):
