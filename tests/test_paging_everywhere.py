@@ -17,8 +17,9 @@ from spear.core.sms import MetadataServer
 from spear.node.client import Client
 from spear.node.server import serve_spearlet
 from spear.store.leveldb import LevelDBKV
-from spear.transport._gen.spear import v1
+from spear.transport._gen.pb import sms_pb2
 from spear.transport.auth import read_owner_token
+from spear.transport.services import Stub
 from spear.transport.serving import Security
 from spear.transport.sms_client import SmsClient
 from spear.transport.sms_server import SmsServer
@@ -52,11 +53,11 @@ async def test_list_cluster_tasks_pages_and_the_client_reads_every_page(tmp_path
         await sms.report_tasks(tasks)
         host, port = address.rsplit(":", 1)
         async with Channel(host, int(port)) as channel:
-            stub = v1.MetadataServerStub(channel)
-            first = await stub.list_cluster_tasks(v1.ListClusterTasksRequest())
+            stub = Stub(channel, sms_pb2.DESCRIPTOR.services_by_name["MetadataServer"])
+            first = await stub.list_cluster_tasks(sms_pb2.ListClusterTasksRequest())
             assert len(first.tasks) == 1000 and first.next_page_token
             second = await stub.list_cluster_tasks(
-                v1.ListClusterTasksRequest(page_token=first.next_page_token, page_size=2000)
+                sms_pb2.ListClusterTasksRequest(page_token=first.next_page_token, page_size=2000)
             )
             assert len(second.tasks) == 1300 and second.next_page_token == ""
             ids = [t.id for t in (*first.tasks, *second.tasks)]

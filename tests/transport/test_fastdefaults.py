@@ -24,11 +24,11 @@ def _messages() -> list[betterproto2.Message]:
     task = Task(id="t1", spec=full, state=TaskState.FAILED, exit_code=3, reason="x",
                 history=(("PENDING", 1.0), ("FAILED", 2.0)))  # fmt: skip
     return [
-        cv.spec_to_wire(bare),
-        cv.spec_to_wire(full),
-        cv.task_to_wire(Task(id="t0", spec=bare)),
-        cv.task_to_wire(task),
-        v1.SubmitTaskRequest(spec=cv.spec_to_wire(full), wait=True),
+        cv.spec_to_wire(bare, v1),
+        cv.spec_to_wire(full, v1),
+        cv.task_to_wire(Task(id="t0", spec=bare), v1),
+        cv.task_to_wire(task, v1),
+        v1.SubmitTaskRequest(spec=cv.spec_to_wire(full, v1), wait=True),
         v1.SubmitTaskRequest(),
     ]
 
@@ -48,7 +48,7 @@ def test_encoding_is_unchanged_and_round_trips() -> None:
     # Mutable defaults (lists) are never shared: changing one message's list, then
     # encoding another, still sees the other's empty list as its default.
     a, b = v1.ListTasksResponse.parse(b""), v1.ListTasksResponse.parse(b"")
-    a.tasks.append(cv.task_to_wire(Task(id="t", spec=FunctionSpec("m.wasm"))))
+    a.tasks.append(cv.task_to_wire(Task(id="t", spec=FunctionSpec("m.wasm")), v1))
     assert b.tasks == [] and bytes(b) == b"" and bytes(a) != b""
 
 

@@ -132,9 +132,9 @@ def _methods(service: str) -> list[str]:
         "RegisterNode", "Heartbeat", "DeregisterNode", "GetNode", "ListNodes", "FindNodes",
         "ReportTask", "ReportTasks", "LookupTask", "ListClusterTasks", "PutObjectLocation",
         "RemoveObjectLocation", "LocateObject",
-        "CommitObject", "LookupObject", "HoldObject", "ChangeObject", "ListObjectRecords",
-        "AnnounceObjects", "CollectObjects", "VerifyToken", "TakeTaskSlot", "ReleaseTaskSlot",
-        "DeleteClusterTasks", "KeepTaskInput", "WatchObjects",
+        "CommitObject", "CommitObjects", "LookupObject", "HoldObject", "ChangeObject",
+        "ListObjectRecords", "AnnounceObjects", "CollectObjects", "VerifyToken", "TakeTaskSlot",
+        "ReleaseTaskSlot", "DeleteClusterTasks", "KeepTaskInput", "WatchObjects",
     ]  # fmt: skip
     names = spearlet if service == "spearlet" else sms
     package = "Spearlet" if service == "spearlet" else "MetadataServer"

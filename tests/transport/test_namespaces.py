@@ -15,10 +15,11 @@ from spear.core.models import FunctionSpec, TaskState
 from spear.errors import NotFound, PermissionDenied, ResourceExhausted
 from spear.node.client import Client
 from spear.node.quotas import Quota, QuotaFile
-from spear.node.server import serve_spearlet
-from spear.transport._gen.spear import v1
+from spear.node.server import SpearletService, serve_spearlet
+from spear.transport._gen.pb import spearlet_pb2 as pb
 from spear.transport.auth import AUTH_DIR, Role, TokenStore, read_owner_token
 from spear.transport.channels import Credentials
+from spear.transport.services import Stub
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator
@@ -168,10 +169,11 @@ async def test_listings_come_in_pages_so_any_history_can_be_read(tmp_path: Path)
             assert [t.id for t in listed] == sorted((t.id for t in ran), reverse=True)
             assert len(await c.tasks(limit=1500)) == 1500
             # Pages as the wire gives them: each token picks up where the last page ended.
-            stub = c._stub
-            first = await stub.list_tasks(v1.ListTasksRequest(page_size=1000))
+            assert c._stub is not None  # (opens the client's channel)
+            stub = Stub(c._channel, SpearletService.SERVICE)
+            first = await stub.list_tasks(pb.ListTasksRequest(page_size=1000))
             second = await stub.list_tasks(
-                v1.ListTasksRequest(page_size=1000, page_token=first.next_page_token)
+                pb.ListTasksRequest(page_size=1000, page_token=first.next_page_token)
             )
             assert len(first.tasks) == len(second.tasks) == 1000
             assert first.tasks[-1].id > second.tasks[0].id
@@ -179,7 +181,7 @@ async def test_listings_come_in_pages_so_any_history_can_be_read(tmp_path: Path)
             token = ""
             while True:
                 page = await stub.list_objects(
-                    v1.ListObjectsRequest(prefix="k", page_size=3, page_token=token)
+                    pb.ListObjectsRequest(prefix="k", page_size=3, page_token=token)
                 )
                 assert len(page.objects) <= 3
                 keys += [o.key for o in page.objects]

@@ -74,14 +74,18 @@ async def test_call_runs_a_task_and_returns_its_result_in_one_call(tmp_path: Pat
         # In process, the same call on the same node.
         local = await node_api(node).call(FunctionSpec(str(hello(tmp_path))))
         assert local.output == b"hello\n" and local.task.state is TaskState.COMPLETED
-        # RunTask's messages are protobuf's own at both ends; a client with the generated
-        # (betterproto2) stub speaks the same bytes.
+        # RunTask called with a stub made from the service's descriptor: the result streamed,
+        # the task's record in the first chunk.
+        from spear.node.server import SpearletService
         from spear.transport import _convert as cv
-        from spear.transport._gen.spear import v1
+        from spear.transport._gen.pb import spearlet_pb2 as pb
+        from spear.transport.services import Stub
 
+        assert client._stub is not None  # (opens the client's channel)
+        stub = Stub(client._channel, SpearletService.SERVICE)
         spec = cv.spec_to_wire(FunctionSpec(str(hello(tmp_path))))
-        chunks = [c async for c in client._stub.run_task(v1.SubmitTaskRequest(spec=spec))]
-        assert chunks[0].task is not None
+        chunks = [c async for c in stub.run_task(pb.SubmitTaskRequest(spec=spec))]
+        assert chunks[0].HasField("task")
         assert cv.task_from_wire(chunks[0].task).state is TaskState.COMPLETED
         assert b"".join(c.data for c in chunks) == b"hello\n"
 

@@ -83,14 +83,17 @@ async def test_submit_a_module_stored_as_an_object(tmp_path: Path) -> None:
 
     async with served(tmp_path / "home") as (node, server, client):
         await client.put_object("modules/hello.wasm", hello(tmp_path).read_bytes())
-        from spear.transport._gen.spear import v1
+        from spear.node.server import SpearletService
+        from spear.transport._gen.pb import spearlet_pb2 as pb
+        from spear.transport.services import Stub
 
-        stub = client._stub
-        request = v1.SubmitTaskRequest(
-            spec=v1.FunctionSpec(artifact="hello.wasm", runtime="wasm"),
+        assert client._stub is not None  # (opens the client's channel)
+        stub = Stub(client._channel, SpearletService.SERVICE)
+        request = pb.SubmitTaskRequest(
+            spec=pb.FunctionSpec(artifact="hello.wasm", runtime="wasm"),
             artifact_object="modules/hello.wasm",
             wait=True,
         )
         info = await stub.submit_task(request)
-        assert info.state == v1.TaskState.COMPLETED
+        assert info.state == pb.TaskState.TASK_STATE_COMPLETED
         assert (await client.result(info.id)).output == b"hello\n"

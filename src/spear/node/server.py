@@ -23,25 +23,23 @@ from spear.node.paging import objects_page, page_size, tasks_page
 from spear.node.quotas import QuotaFile, TaskSlots
 from spear.transport import _convert as cv
 from spear.transport._gen.pb import spearlet_pb2 as pb
-from spear.transport._gen.spear import v1
 from spear.transport._status import (
     CHUNK_BYTES,
     DEFAULT_MAX_MESSAGE_BYTES,
 )
 from spear.transport.auth import AUTH_DIR, check_may_run
+from spear.transport.services import ServiceBase
 from spear.transport.serving import (
     GrpcServer,
     Security,
     guard,
     reflection_services,
-    unary,
 )
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 
     from grpclib.const import Handler
-    from grpclib.server import Stream
 
     from spear.core.models import FunctionSpec, Task, TaskResult
     from spear.node.api import NodeAPI
@@ -50,20 +48,21 @@ if TYPE_CHECKING:
 SERVICE_NAME = "spear.v1.Spearlet"
 
 
-def _result_chunks(result: TaskResult, m: Any = v1) -> Iterator[Any]:
-    """A result on the wire (messages of `m`'s kind): the task in the first chunk, its
-    output across all."""
+def _result_chunks(result: TaskResult) -> Iterator[pb.ResultChunk]:
+    """A result on the wire: the task in the first chunk, its output across all."""
     for i, piece in enumerate(_chunks(result.output)):
-        task = cv.task_to_wire(result.task, m) if i == 0 else None
-        yield m.ResultChunk(task=task, data=piece)
+        task = cv.task_to_wire(result.task) if i == 0 else None
+        yield pb.ResultChunk(task=task, data=piece)
 
 
 def _chunks(data: bytes, size: int = CHUNK_BYTES) -> list[bytes]:
     return [data[i : i + size] for i in range(0, len(data), size)] or [b""]
 
 
-class SpearletService(v1.SpearletBase):
+class SpearletService(ServiceBase):
     """spear.v1.Spearlet: converts messages at the boundary and calls the `NodeAPI`."""
+
+    SERVICE = pb.DESCRIPTOR.services_by_name["Spearlet"]
 
     def __init__(
         self,
@@ -83,26 +82,14 @@ class SpearletService(v1.SpearletBase):
         return scoped(self.node_api, self.slots)
 
     def __mapping__(self) -> dict[str, Handler]:
-        handlers = super().__mapping__()
-        # RunTask's messages are protobuf's own (see client.call): same bytes, a fraction
-        # of the time to decode and encode.
-        handlers[cv.RUN_TASK] = handlers[cv.RUN_TASK]._replace(
-            func=self._run_task_pb, request_type=pb.SubmitTaskRequest, reply_type=pb.ResultChunk
-        )
-        # So are SubmitTasks' (a batch: every task's spec in, every task's record out).
-        handlers[cv.SUBMIT_TASKS] = handlers[cv.SUBMIT_TASKS]._replace(
-            func=unary(self._submit_tasks),
-            request_type=pb.SubmitTasksRequest,
-            reply_type=pb.SubmitTasksResponse,
-        )
         return {
             name: handler._replace(func=guard(name, handler.func))
-            for name, handler in handlers.items()
+            for name, handler in super().__mapping__().items()
         }
 
     # -- tasks -----------------------------------------------------------------------
 
-    async def _resolve(self, request: v1.SubmitTaskRequest | pb.SubmitTaskRequest) -> FunctionSpec:
+    async def _resolve(self, request: pb.SubmitTaskRequest) -> FunctionSpec:
         spec = cv.spec_from_wire(cv.optional(request, "spec"))
         check_may_run(spec.runtime)
         if request.artifact_digest:
@@ -122,9 +109,7 @@ class SpearletService(v1.SpearletBase):
             return dataclasses.replace(spec, artifact=str(found))
         return spec
 
-    async def _submit(
-        self, request: v1.SubmitTaskRequest | pb.SubmitTaskRequest, *, wait: bool
-    ) -> Task:
+    async def _submit(self, request: pb.SubmitTaskRequest, *, wait: bool) -> Task:
         spec = await self._resolve(request)
         if request.idempotency_key:  # (a retried submit: the same task, node/idempotency.py)
             key = request.idempotency_key
@@ -138,11 +123,11 @@ class SpearletService(v1.SpearletBase):
         logger.debug("task {} submitted ({})", handle.id, spec.artifact)
         return handle.task
 
-    async def submit_task(self, message: v1.SubmitTaskRequest) -> v1.TaskInfo:
+    async def submit_task(self, message: pb.SubmitTaskRequest) -> pb.TaskInfo:
         return cv.task_to_wire(await self._submit(message, wait=message.wait))
 
-    async def _submit_tasks(self, message: pb.SubmitTasksRequest) -> pb.SubmitTasksResponse:
-        """SubmitTasks, in protobuf's own messages (see `__mapping__`)."""
+    async def submit_tasks(self, message: pb.SubmitTasksRequest) -> pb.SubmitTasksResponse:
+        """A batch: every task's spec in, every task's record (or refusal) out, in order."""
         run_many = getattr(self.api, "run_many", None)  # (nodes in this process have one)
         from spear.transport.trace_metadata import has_own_traceparents, in_trace
 
@@ -166,62 +151,61 @@ class SpearletService(v1.SpearletBase):
             waited.append(_outcome_pb(task))
         return pb.SubmitTasksResponse(outcomes=waited)
 
-    async def get_task(self, message: v1.GetTaskRequest) -> v1.TaskInfo:
+    async def get_task(self, message: pb.GetTaskRequest) -> pb.TaskInfo:
         return cv.task_to_wire(await self.api.task(message.task_id))
 
-    async def list_tasks(self, message: v1.ListTasksRequest) -> v1.ListTasksResponse:
+    async def list_tasks(self, message: pb.ListTasksRequest) -> pb.ListTasksResponse:
         state = cv.state_from_wire(message.state)
         size = page_size(message.page_size, message.limit or None)
         found, token = await tasks_page(self.api, state, size, message.page_token)
         tasks = [cv.task_to_wire(t) for t in found]
-        return v1.ListTasksResponse(tasks=tasks, next_page_token=token)
+        return pb.ListTasksResponse(tasks=tasks, next_page_token=token)
 
-    async def watch_task(self, message: v1.WatchTaskRequest) -> AsyncIterator[v1.TaskInfo]:
+    async def watch_task(self, message: pb.WatchTaskRequest) -> AsyncIterator[pb.TaskInfo]:
         async for task in self.api.watch(message.task_id):
             yield cv.task_to_wire(task)
 
-    async def cancel_task(self, message: v1.CancelTaskRequest) -> v1.TaskInfo:
+    async def cancel_task(self, message: pb.CancelTaskRequest) -> pb.TaskInfo:
         task = await self.api.cancel(message.task_id, message.reason or "cancelled")
         logger.info("task {} cancelled by a client: {}", task.id, task.reason)
         return cv.task_to_wire(task)
 
-    async def get_result(self, message: v1.GetResultRequest) -> AsyncIterator[v1.ResultChunk]:
+    async def get_result(self, message: pb.GetResultRequest) -> AsyncIterator[pb.ResultChunk]:
         result = await self.api.result(message.task_id, wait=message.wait)
         for chunk in _result_chunks(result):
             yield chunk
 
-    async def _run_task_pb(self, stream: Stream[pb.SubmitTaskRequest, pb.ResultChunk]) -> None:
-        """RunTask, in protobuf's own messages (see `__mapping__`)."""
-        request = await stream.recv_message()
-        assert request is not None  # (grpclib ends a unary call without one itself)
+    async def run_task(self, request: pb.SubmitTaskRequest) -> AsyncIterator[pb.ResultChunk]:
+        """The task run, and its result streamed back (client.call)."""
         spec = await self._resolve(request)
         result = await self.api.call(spec, stdin=request.stdin or None)
         logger.debug("task {} ran ({})", result.task.id, spec.artifact)
         forwarded_to = getattr(self.node_api, "forwarded_address", None)  # (a member's)
         ran_at = forwarded_to(result.task.id) if forwarded_to is not None else None
-        for i, chunk in enumerate(_result_chunks(result, pb)):
+        for i, chunk in enumerate(_result_chunks(result)):
             if i == 0 and ran_at:
                 chunk.ran_at = ran_at  # (the client may call there next: Client.call)
-            await stream.send_message(chunk)
+            yield chunk
 
-    async def stream_logs(self, message: v1.StreamLogsRequest) -> AsyncIterator[v1.LogChunk]:
+    async def stream_logs(self, message: pb.StreamLogsRequest) -> AsyncIterator[pb.LogChunk]:
         async for chunk in self.api.logs(
             message.task_id, tuple(message.streams), follow=message.follow
         ):
             for i in range(0, max(len(chunk.data), 1), CHUNK_BYTES):
                 piece = chunk.data[i : i + CHUNK_BYTES]
-                yield v1.LogChunk(stream=chunk.stream, data=piece, offset=chunk.offset + i)
+                yield pb.LogChunk(stream=chunk.stream, data=piece, offset=chunk.offset + i)
 
     async def exchange_stream(
-        self, messages: AsyncIterator[v1.StreamMessage]
-    ) -> AsyncIterator[v1.StreamMessage]:
+        self, messages: AsyncIterator[pb.StreamMessage]
+    ) -> AsyncIterator[pb.StreamMessage]:
         first = await anext(messages, None)
-        if first is None or first.submit is None:
+        submit = None if first is None else cv.optional(first, "submit")
+        if submit is None:
             raise InvalidArgument("a stream exchange starts with a message submitting the task")
-        spec = await self._resolve(first.submit)
-        async with self.api.start_task(spec, stdin=first.submit.stdin or None) as task:
+        spec = await self._resolve(submit)
+        async with self.api.start_task(spec, stdin=submit.stdin or None) as task:
             logger.debug("task {} submitted with a caller stream ({})", task.id, spec.artifact)
-            yield v1.StreamMessage(task=cv.task_to_wire(task.task))
+            yield pb.StreamMessage(task=cv.task_to_wire(task.task))
 
             async def pump_in() -> None:
                 async for message in messages:
@@ -234,17 +218,17 @@ class SpearletService(v1.SpearletBase):
             inbound = asyncio.ensure_future(pump_in())
             try:
                 async for data in task.messages():
-                    yield v1.StreamMessage(data=data)
+                    yield pb.StreamMessage(data=data)
                 final = await task.wait()
             finally:
                 inbound.cancel()
                 with contextlib.suppress(asyncio.CancelledError, Exception):
                     await inbound
-            yield v1.StreamMessage(task=cv.task_to_wire(final), close=True)
+            yield pb.StreamMessage(task=cv.task_to_wire(final), close=True)
 
     # -- artifacts -------------------------------------------------------------------
 
-    async def upload_artifact(self, messages: AsyncIterator[v1.ArtifactChunk]) -> v1.ArtifactRef:
+    async def upload_artifact(self, messages: AsyncIterator[pb.ArtifactChunk]) -> pb.ArtifactRef:
         first = await anext(messages, None)
         if first is None:
             raise InvalidArgument("an artifact upload needs at least one message")
@@ -256,19 +240,19 @@ class SpearletService(v1.SpearletBase):
 
         path = await self.artifacts.store(first.digest, first.name, first.size, data())
         logger.info("artifact sha256:{} stored as {}", first.digest, path)
-        return v1.ArtifactRef(digest=first.digest)
+        return pb.ArtifactRef(digest=first.digest)
 
-    async def has_artifact(self, message: v1.ArtifactRef) -> v1.HasArtifactResponse:
-        return v1.HasArtifactResponse(present=self.artifacts.find(message.digest) is not None)
+    async def has_artifact(self, message: pb.ArtifactRef) -> pb.HasArtifactResponse:
+        return pb.HasArtifactResponse(present=self.artifacts.find(message.digest) is not None)
 
     # -- the node --------------------------------------------------------------------
 
-    async def get_node_info(self, message: v1.GetNodeInfoRequest) -> v1.NodeInfo:
+    async def get_node_info(self, message: pb.GetNodeInfoRequest) -> pb.NodeInfo:
         return cv.node_to_wire(await self.api.node_info())
 
     # -- objects ---------------------------------------------------------------------
 
-    async def put_object(self, messages: AsyncIterator[v1.ObjectChunk]) -> v1.ObjectInfo:
+    async def put_object(self, messages: AsyncIterator[pb.ObjectChunk]) -> pb.ObjectInfo:
         first = await anext(messages, None)
         if first is None or not first.key:
             raise InvalidArgument("an object upload starts with a message naming its key")
@@ -282,45 +266,47 @@ class SpearletService(v1.SpearletBase):
                 )
             parts.append(chunk.data)
         info = await self.api.put_object(
-            first.key, b"".join(parts), expected_version=first.expected_version
+            first.key, b"".join(parts), expected_version=cv.optional(first, "expected_version")
         )
         return cv.object_to_wire(info)
 
-    async def get_object(self, message: v1.GetObjectRequest) -> AsyncIterator[v1.ObjectChunk]:
+    async def get_object(self, message: pb.GetObjectRequest) -> AsyncIterator[pb.ObjectChunk]:
         data, info = await self.api.get_object(message.key)
         for i, piece in enumerate(_chunks(data)):
-            yield v1.ObjectChunk(
+            yield pb.ObjectChunk(
                 key=message.key, data=piece, info=cv.object_to_wire(info) if i == 0 else None
             )
 
-    async def list_objects(self, message: v1.ListObjectsRequest) -> v1.ListObjectsResponse:
+    async def list_objects(self, message: pb.ListObjectsRequest) -> pb.ListObjectsResponse:
         size = page_size(message.page_size)
         found, token = await objects_page(self.api, message.prefix, size, message.page_token)
         objects = [cv.object_to_wire(o) for o in found]
-        return v1.ListObjectsResponse(objects=objects, next_page_token=token)
+        return pb.ListObjectsResponse(objects=objects, next_page_token=token)
 
-    async def delete_object(self, message: v1.ObjectKeyRequest) -> v1.DeleteObjectResponse:
-        return v1.DeleteObjectResponse(deleted=await self.api.delete_object(message.key))
+    async def delete_object(self, message: pb.ObjectKeyRequest) -> pb.DeleteObjectResponse:
+        return pb.DeleteObjectResponse(deleted=await self.api.delete_object(message.key))
 
-    async def add_object_ref(self, message: v1.ObjectKeyRequest) -> v1.ObjectInfo:
+    async def add_object_ref(self, message: pb.ObjectKeyRequest) -> pb.ObjectInfo:
         return cv.object_to_wire(await self.api.add_object_ref(message.key))
 
-    async def remove_object_ref(self, message: v1.ObjectKeyRequest) -> v1.ObjectInfo:
+    async def remove_object_ref(self, message: pb.ObjectKeyRequest) -> pb.ObjectInfo:
         return cv.object_to_wire(await self.api.remove_object_ref(message.key))
 
-    async def pin_object(self, message: v1.ObjectKeyRequest) -> v1.ObjectInfo:
+    async def pin_object(self, message: pb.ObjectKeyRequest) -> pb.ObjectInfo:
         return cv.object_to_wire(await self.api.pin_object(message.key))
 
-    async def unpin_object(self, message: v1.ObjectKeyRequest) -> v1.ObjectInfo:
+    async def unpin_object(self, message: pb.ObjectKeyRequest) -> pb.ObjectInfo:
         return cv.object_to_wire(await self.api.unpin_object(message.key))
 
-    async def delete_tasks(self, message: v1.DeleteTasksRequest) -> v1.DeleteTasksResponse:
+    async def delete_tasks(self, message: pb.DeleteTasksRequest) -> pb.DeleteTasksResponse:
         gone = await self.api.delete_tasks(
-            message.task_ids, older_than_s=message.older_than_s, keep=message.keep
+            list(message.task_ids),
+            older_than_s=cv.optional(message, "older_than_s"),
+            keep=cv.optional(message, "keep"),
         )
         if gone:
             logger.info("deleted {} finished task(s) at a client's request", len(gone))
-        return v1.DeleteTasksResponse(task_ids=gone)
+        return pb.DeleteTasksResponse(task_ids=gone)
 
 
 class SpearletServer(GrpcServer):
@@ -393,7 +379,7 @@ __all__ = ["SERVICE_NAME", "SpearletServer", "SpearletService", "serve_spearlet"
 
 
 def _outcome_pb(task: Task) -> pb.SubmitOutcome:
-    return pb.SubmitOutcome(task=cv.task_to_wire(task, pb))  # type: ignore[arg-type]
+    return pb.SubmitOutcome(task=cv.task_to_wire(task))
 
 
 def _refused_pb(exc: SpearError) -> pb.SubmitOutcome:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from spear.core.models import (
     DEFAULT_RETRY_ON,
@@ -18,45 +18,44 @@ from spear.core.models import (
     TaskState,
 )
 from spear.errors import InvalidArgument
-from spear.transport._gen.spear import v1
+from spear.transport._gen.pb import spearlet_pb2 as pb
 
-if TYPE_CHECKING:
-    from spear.transport._gen.pb import spearlet_pb2 as pb
-
-# The call whose messages are protobuf's own on both ends (client.call, SpearletService).
+# The calls whose client sends them with grpclib's channel.request itself (client.call).
 RUN_TASK = "/spear.v1.Spearlet/RunTask"
 SUBMIT_TASKS = "/spear.v1.Spearlet/SubmitTasks"
 
-_STATE_TO_WIRE = {
-    TaskState.PENDING: v1.TaskState.PENDING,
-    TaskState.RUNNING: v1.TaskState.RUNNING,
-    TaskState.COMPLETED: v1.TaskState.COMPLETED,
-    TaskState.FAILED: v1.TaskState.FAILED,
-    TaskState.CANCELLED: v1.TaskState.CANCELLED,
+_UNSPECIFIED: pb.TaskState = pb.TaskState.TASK_STATE_UNSPECIFIED
+_STATE_TO_WIRE: dict[TaskState, pb.TaskState] = {
+    TaskState.PENDING: pb.TaskState.TASK_STATE_PENDING,
+    TaskState.RUNNING: pb.TaskState.TASK_STATE_RUNNING,
+    TaskState.COMPLETED: pb.TaskState.TASK_STATE_COMPLETED,
+    TaskState.FAILED: pb.TaskState.TASK_STATE_FAILED,
+    TaskState.CANCELLED: pb.TaskState.TASK_STATE_CANCELLED,
 }
-_STATE_FROM_WIRE = {wire: state for state, wire in _STATE_TO_WIRE.items()}
+_STATE_FROM_WIRE = {int(wire): state for state, wire in _STATE_TO_WIRE.items()}
 
 
-def state_to_wire(state: TaskState | None) -> v1.TaskState:
-    return v1.TaskState.UNSPECIFIED if state is None else _STATE_TO_WIRE[state]
+def state_to_wire(state: TaskState | None) -> pb.TaskState:
+    """`state` as the wire's enum value (an int); UNSPECIFIED for None."""
+    return _UNSPECIFIED if state is None else _STATE_TO_WIRE[state]
 
 
-def state_from_wire(state: v1.TaskState | int) -> TaskState | None:
-    if state == v1.TaskState.UNSPECIFIED:
+def state_from_wire(state: int) -> TaskState | None:
+    """The state of a wire enum value (an int), None for UNSPECIFIED."""
+    if state == _UNSPECIFIED:
         return None
     try:
-        return _STATE_FROM_WIRE[v1.TaskState(state)]
-    except (KeyError, ValueError):
+        return _STATE_FROM_WIRE[int(state)]
+    except (KeyError, TypeError, ValueError):
         raise InvalidArgument(f"unknown task state {state!r}") from None
 
 
-# The converters below serve two kinds of message of the same protos: betterproto2's (`v1`,
-# every call) and protobuf's own (`pb`, RUN_TASK's, where encoding costs count: see
-# `Client._run_task` in node/client.py and `SpearletService._run_task_pb` in node/server.py).
-# Both are built from keyword arguments (None leaves a field unset) and read by attribute;
-# they differ in how an unset optional field reads: None in betterproto2, its zero value in
-# protobuf, which says whether it is set with HasField.
-_Messages = Any  # the module of either kind: v1, or pb
+# The converters below build protobuf's own messages (`pb`, or the module given as `m`) and
+# read messages of either kind of the same protos (protobuf's, or betterproto2's while the
+# last callers move over): both are read by attribute, and differ in how an unset optional
+# field reads (None in betterproto2; its zero value in protobuf, which says whether it is
+# set with HasField): `optional` reads either.
+_Messages = Any  # the module of the messages to build: pb (spearlet_pb2)
 
 
 def optional(message: Any, name: str) -> Any:
@@ -67,11 +66,11 @@ def optional(message: Any, name: str) -> Any:
     return getattr(message, name) if has(name) else None
 
 
-def resources_to_wire(r: Resources, m: _Messages = v1) -> v1.Resources:
+def resources_to_wire(r: Resources, m: _Messages = pb) -> pb.Resources:
     return m.Resources(cpu_millis=r.cpu_millis, memory_bytes=r.memory_bytes)  # type: ignore[no-any-return]
 
 
-def resources_from_wire(r: v1.Resources | pb.Resources | None) -> Resources:
+def resources_from_wire(r: pb.Resources | None) -> Resources:
     return Resources() if r is None else Resources(r.cpu_millis, r.memory_bytes)
 
 
@@ -79,8 +78,8 @@ def _pairs(items: tuple[tuple[str, str], ...], m: _Messages) -> list[Any]:
     return [m.KeyValue(key=k, value=v) for k, v in items]
 
 
-def spec_to_wire(spec: FunctionSpec, m: _Messages = v1) -> v1.FunctionSpec:
-    """`spec` as a message of `m`'s kind (betterproto2's by default)."""
+def spec_to_wire(spec: FunctionSpec, m: _Messages = pb) -> pb.FunctionSpec:
+    """`spec` as a message of `m`'s kind (protobuf's by default)."""
     return m.FunctionSpec(  # type: ignore[no-any-return]
         artifact=spec.artifact,
         runtime=spec.runtime.value,
@@ -105,7 +104,7 @@ def spec_to_wire(spec: FunctionSpec, m: _Messages = v1) -> v1.FunctionSpec:
     )
 
 
-def spec_from_wire(spec: v1.FunctionSpec | pb.FunctionSpec | None) -> FunctionSpec:
+def spec_from_wire(spec: pb.FunctionSpec | None) -> FunctionSpec:
     if spec is None:
         raise InvalidArgument("the request has no function spec")
     try:
@@ -137,15 +136,15 @@ def spec_from_wire(spec: v1.FunctionSpec | pb.FunctionSpec | None) -> FunctionSp
     )
 
 
-def task_to_wire(task: Task, m: _Messages = v1, *, with_spec: bool = True) -> v1.TaskInfo:
-    """`task` as a message of `m`'s kind (betterproto2's by default); without its spec
+def task_to_wire(task: Task, m: _Messages = pb, *, with_spec: bool = True) -> pb.TaskInfo:
+    """`task` as a message of `m`'s kind (protobuf's by default); without its spec
     if not `with_spec` (the other end has it: a forwarded task's answer)."""
     history = []
     for state, at in task.history:
         try:
             wire = _STATE_TO_WIRE[TaskState(state)]
         except ValueError:
-            wire = v1.TaskState.UNSPECIFIED
+            wire = _UNSPECIFIED
         history.append(m.StateChange(state=wire, at=at))
     return m.TaskInfo(  # type: ignore[no-any-return]
         id=task.id,
@@ -173,7 +172,7 @@ def task_to_wire(task: Task, m: _Messages = v1, *, with_spec: bool = True) -> v1
     )
 
 
-def task_from_wire(info: v1.TaskInfo | pb.TaskInfo, spec: FunctionSpec | None = None) -> Task:
+def task_from_wire(info: pb.TaskInfo, spec: FunctionSpec | None = None) -> Task:
     """The task `info` describes; with `spec`, that spec (the message may omit it)."""
     state = state_from_wire(info.state)
     if state is None:
@@ -206,12 +205,12 @@ def task_from_wire(info: v1.TaskInfo | pb.TaskInfo, spec: FunctionSpec | None = 
     )
 
 
-def log_from_wire(chunk: v1.LogChunk) -> LogChunk:
+def log_from_wire(chunk: pb.LogChunk) -> LogChunk:
     return LogChunk(chunk.stream, chunk.data, chunk.offset)
 
 
-def node_to_wire(info: NodeInfo) -> v1.NodeInfo:
-    return v1.NodeInfo(
+def node_to_wire(info: NodeInfo) -> pb.NodeInfo:
+    return pb.NodeInfo(
         name=info.name,
         state=info.state,
         address=info.address,
@@ -231,15 +230,15 @@ def node_to_wire(info: NodeInfo) -> v1.NodeInfo:
     )
 
 
-def node_from_wire(info: v1.NodeInfo) -> NodeInfo:
+def node_from_wire(info: pb.NodeInfo) -> NodeInfo:
     return NodeInfo(
         name=info.name,
         state=info.state,
         address=info.address,
         version=info.version,
         wasmtime_version=info.wasmtime_version,
-        capacity=resources_from_wire(info.capacity),
-        free=resources_from_wire(info.free),
+        capacity=resources_from_wire(optional(info, "capacity")),
+        free=resources_from_wire(optional(info, "free")),
         running_tasks=info.running_tasks,
         runtimes=tuple(info.runtimes),
         started_at=info.started_at,
@@ -252,14 +251,14 @@ def node_from_wire(info: v1.NodeInfo) -> NodeInfo:
     )
 
 
-def object_to_wire(info: ObjectInfo) -> v1.ObjectInfo:
-    return v1.ObjectInfo(
+def object_to_wire(info: ObjectInfo) -> pb.ObjectInfo:
+    return pb.ObjectInfo(
         key=info.key, version=info.version, size=info.size, refs=info.refs, pinned=info.pinned,
         locations=list(info.locations),
     )  # fmt: skip
 
 
-def object_from_wire(info: v1.ObjectInfo | None) -> ObjectInfo:
+def object_from_wire(info: pb.ObjectInfo | None) -> ObjectInfo:
     if info is None:
         raise InvalidArgument("the answer has no object info")
     return ObjectInfo(

@@ -80,8 +80,8 @@ def listening_socket(listen: str, flag: str = "--listen") -> socket.socket:
 def unary(
     func: Callable[[Request], Awaitable[Reply]],
 ) -> Callable[[Stream[Request, Reply]], Awaitable[None]]:
-    """A grpclib handler of a unary call answered by `func(request)`: how the calls in
-    protobuf's own messages are served (their generated handlers are betterproto2's)."""
+    """A grpclib handler of a unary call answered by `func(request)` (services.py's
+    ServiceBase makes one of each method it maps; this is for a route set by hand)."""
 
     async def handle(stream: Stream[Request, Reply]) -> None:
         request = await stream.recv_message()
