@@ -443,7 +443,8 @@ class Client(AsyncResource):
             )
 
             def page(r: pb.ListTasksRequest = request) -> Awaitable[pb.ListTasksResponse]:
-                return self._stub.list_tasks(r)  # (the stub of whichever node is current)
+                listed: Awaitable[pb.ListTasksResponse] = self._stub.list_tasks(r)
+                return listed  # (the stub of whichever node is current)
 
             answer = await self._retrying(page)
             found.extend(cv.task_from_wire(t) for t in answer.tasks)
@@ -635,7 +636,8 @@ class Client(AsyncResource):
             request = pb.ListObjectsRequest(prefix=prefix, page_token=token)
 
             def page(r: pb.ListObjectsRequest = request) -> Awaitable[pb.ListObjectsResponse]:
-                return self._stub.list_objects(r)
+                listed: Awaitable[pb.ListObjectsResponse] = self._stub.list_objects(r)
+                return listed
 
             answer = await self._retrying(page)
             found.extend(cv.object_from_wire(o) for o in answer.objects)
@@ -645,7 +647,9 @@ class Client(AsyncResource):
 
     async def delete_object(self, key: str) -> bool:
         with self._errors():
-            answer = await self._stub.delete_object(pb.ObjectKeyRequest(key=key))
+            answer: pb.DeleteObjectResponse = await self._stub.delete_object(
+                pb.ObjectKeyRequest(key=key)
+            )
         return answer.deleted
 
     async def add_object_ref(self, key: str) -> ObjectInfo:
