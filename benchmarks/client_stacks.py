@@ -106,12 +106,11 @@ async def _timed(n: int, fn: Callable[[], Awaitable[Any]]) -> tuple[list[float],
 async def _measure(address: str, token: str | None, module: Path, quick: bool) -> dict[str, Any]:
     from spear import FunctionSpec
     from spear.node.client import Client
-    from spear.transport._gen.pb import spearlet_pb2 as pb
 
     spec = FunctionSpec(str(module))
     async with Client(address, token=token) as warm:  # the module uploaded once
         await warm.call(spec)
-        request = await warm._request(spec, None, wait=True, m=pb)
+        request = await warm._request(spec, None, wait=True)
 
     def make(stack: str) -> Any:
         if stack == "grpclib":

@@ -31,13 +31,12 @@ DIM = 384
 async def _queries(home: str, other: str, credentials: Any, size: int, n: int) -> dict[str, Any]:
     import numpy as np
 
-    from spear.node.vector_peers import call_vectors
-    from spear.transport._gen.spear import v1
+    from spear.node.vector_peers import call_vectors, vectors_stub
     from spear.transport.channels import close_channel, open_channel
     from spear.transport.serving import parse_listen
 
     channels = [open_channel(*parse_listen(a), credentials=credentials) for a in (home, other)]
-    stubs = [v1.SpearletVectorsStub(c) for c in channels]
+    stubs = [vectors_stub(c) for c in channels]
     try:
         await call_vectors(stubs[0], home, {"op": "create", "collection": "bench", "dim": DIM})
         rng = np.random.default_rng(7)

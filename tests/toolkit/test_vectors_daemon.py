@@ -13,7 +13,8 @@ from conftest import Cli, one_error_line
 from test_cli_client import daemon  # noqa: F401 - the fixture
 
 from spear.errors import InvalidArgument
-from spear.transport._gen.spear import v1
+from spear.node.vector_peers import vectors_stub
+from spear.transport._gen.pb import vectors_pb2 as vpb
 from spear.transport._status import client_errors
 from spear.transport.channels import Credentials, close_channel, open_channel
 from spear.transport.serving import parse_listen
@@ -23,9 +24,9 @@ async def _read_rpc(address: str, token: str, request: dict[str, Any]) -> Any:
     """`request` sent as ReadVectors, whatever its op, with `token`."""
     channel = open_channel(*parse_listen(address), credentials=Credentials(token=token))
     try:
-        stub = v1.SpearletVectorsStub(channel)
+        stub = vectors_stub(channel)
         with client_errors(address):
-            return await stub.read_vectors(v1.VectorRequest(request=json.dumps(request).encode()))
+            return await stub.read_vectors(vpb.VectorRequest(request=json.dumps(request).encode()))
     finally:
         await close_channel(channel)
 

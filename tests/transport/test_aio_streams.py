@@ -18,7 +18,7 @@ from spear.core.models import FunctionSpec
 from spear.node.client import Client
 from spear.node.server import serve_spearlet
 from spear.tracing.base import current_traceparent
-from spear.transport._gen.spear import v1
+from spear.transport._gen.pb import spearlet_pb2 as pb
 from spear.transport.aio_client import AioChannel
 from spear.transport.auth import read_owner_token
 from spear.transport.channels import Credentials
@@ -42,7 +42,7 @@ class Recorder:
         self.metadata.append({k: v for k, v in context.invocation_metadata() or ()})
         try:
             while True:
-                yield bytes(v1.TaskInfo(id="t1"))
+                yield pb.TaskInfo(id="t1").SerializeToString()
                 await anyio.sleep(0.01)
         except BaseException:  # (grpc.aio cancels the handler's task when the call ends)
             self.cancelled.set()
@@ -65,9 +65,9 @@ async def test_a_stream_carries_the_credentials_and_trace_and_leaving_it_cancels
         token = current_traceparent.set(TRACEPARENT)
         try:
             async with channel.request(
-                WATCH, Cardinality.UNARY_STREAM, v1.WatchTaskRequest, v1.TaskInfo
+                WATCH, Cardinality.UNARY_STREAM, pb.WatchTaskRequest, pb.TaskInfo
             ) as stream:
-                await stream.send_message(v1.WatchTaskRequest(task_id="t1"), end=True)
+                await stream.send_message(pb.WatchTaskRequest(task_id="t1"), end=True)
                 first = await stream.recv_message()
                 assert first.id == "t1"
         finally:

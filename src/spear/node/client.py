@@ -45,13 +45,13 @@ from spear.node.object_route import ObjectRoute
 from spear.node.traced_calls import traced_batch, traced_submit
 from spear.transport import _convert as cv
 from spear.transport._gen.pb import spearlet_pb2 as pb
-from spear.transport._gen.spear import v1
 from spear.transport._status import (
     CHUNK_BYTES,
     DEFAULT_MAX_MESSAGE_BYTES,
     client_errors,
 )
 from spear.transport.channels import Credentials
+from spear.transport.services import Stub
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
@@ -62,6 +62,7 @@ if TYPE_CHECKING:
     from spear.transport.aio_streams import AioCallStream
 
 _T = TypeVar("_T")
+SERVICE = pb.DESCRIPTOR.services_by_name["Spearlet"]
 _RAN_AT_KEPT = 1024  # specs whose forwarded call's member is remembered (`call`)
 _MEMBER_CONNECT_S = 1.0  # how long a call waits for a channel to that member
 
@@ -93,14 +94,14 @@ class _ExchangeStream:
             raise InvalidArgument(f"the input of task {self._task_id} is already closed")
         data = message.encode() if isinstance(message, str) else bytes(message)
         with client_errors(self._address):
-            await self._stream.send_message(v1.StreamMessage(data=data))
+            await self._stream.send_message(pb.StreamMessage(data=data))
 
     async def close(self) -> None:
         if self._input_closed:
             return
         self._input_closed = True
         with client_errors(self._address):
-            await self._stream.send_message(v1.StreamMessage(close=True), end=True)
+            await self._stream.send_message(pb.StreamMessage(close=True), end=True)
 
     async def receive(self) -> bytes | None:
         if self.ended:
@@ -109,7 +110,7 @@ class _ExchangeStream:
             message = await self._stream.recv_message()
         if message is None or message.close:
             self.ended = True
-            if message is not None and message.task is not None and self.handle is not None:
+            if message is not None and message.HasField("task") and self.handle is not None:
                 self.handle.task = cv.task_from_wire(message.task)
             return None
         data: bytes = message.data
@@ -158,12 +159,12 @@ class Client(AsyncResource):
         self._timeout = timeout
         self._max_message_bytes = max_message_bytes
         self._channel: AioChannel | None = None
-        self._stub_: v1.SpearletStub | None = None
+        self._stub_: Stub | None = None
         self._uploaded: set[str] = set()
         self._digests: dict[tuple[str, int, int], str] = {}
         # The wire form of the specs sent lately (with the module's name as the node
         # knows it, when it is uploaded): building one costs more than the rest of a call.
-        self._wire_specs: dict[tuple[FunctionSpec, bool, Any], Any] = {}
+        self._wire_specs: dict[tuple[FunctionSpec, bool], Any] = {}
         self._objects = ObjectRoute(credentials)  # object bytes: the transfer service
         # Traces (docs/observability.md): a submit's span, its context sent with the call.
         self.tracing = tracing
@@ -175,7 +176,7 @@ class Client(AsyncResource):
         self._follows = True
 
     @property
-    def _stub(self) -> v1.SpearletStub:
+    def _stub(self) -> Stub:
         if self._stub_ is None:
             from spear.transport.aio_client import AioChannel
 
@@ -185,8 +186,7 @@ class Client(AsyncResource):
                 max_message_bytes=self._max_message_bytes,
                 traced=self.tracing is not None,
             )
-            # (betterproto2's stub calls `channel.request(...)`, which AioChannel has)
-            self._stub_ = v1.SpearletStub(self._channel, timeout=self._timeout)  # type: ignore[arg-type]
+            self._stub_ = Stub(self._channel, SERVICE, timeout=self._timeout)
         return self._stub_
 
     def _errors(self) -> Any:
@@ -259,52 +259,54 @@ class Client(AsyncResource):
         if digest in self._uploaded:
             return digest
         with self._errors():
-            present = await self._stub.has_artifact(v1.ArtifactRef(digest=digest))
+            present = await self._stub.has_artifact(pb.ArtifactRef(digest=digest))
             if not present.present:
                 await self._stub.upload_artifact(self._artifact_chunks(path, digest, size))
         self._uploaded.add(digest)
         return digest
 
     @staticmethod
-    def _artifact_chunks(path: str, digest: str, size: int) -> Iterator[v1.ArtifactChunk]:
+    def _artifact_chunks(path: str, digest: str, size: int) -> Iterator[pb.ArtifactChunk]:
         name = os.path.basename(path)
         with open(path, "rb") as f:
             first = True
             while True:
                 data = f.read(CHUNK_BYTES)
                 if first:
-                    yield v1.ArtifactChunk(digest=digest, name=name, size=size, data=data)
+                    yield pb.ArtifactChunk(digest=digest, name=name, size=size, data=data)
                     first = False
                 elif data:
-                    yield v1.ArtifactChunk(data=data)
+                    yield pb.ArtifactChunk(data=data)
                 if len(data) < CHUNK_BYTES:
                     return
 
     async def _request(
-        self, spec: FunctionSpec, stdin: bytes | None, wait: bool, m: Any = v1
-    ) -> Any:
-        """The SubmitTaskRequest for `spec`, as a message of `m`'s kind (betterproto2's,
-        or protobuf's: `pb`), its module uploaded first if the node lacks it."""
+        self, spec: FunctionSpec, stdin: bytes | None, wait: bool
+    ) -> pb.SubmitTaskRequest:
+        """The SubmitTaskRequest for `spec`, its module uploaded first if the node lacks
+        it."""
         digest = None
         found = None
         if spec.runtime is Runtime.WASM:
             found = self._known_digest(spec.artifact)
             if found is None:  # hashing a file may take a while: on a thread
                 found = await anyio.to_thread.run_sync(self._digest, spec.artifact)
-        key = (spec, found is not None, m)
+        key = (spec, found is not None)
         wire = self._wire_specs.get(key)
         if found is not None:  # a local module: upload it (once); else a path on the node
             digest = await self._upload(spec.artifact, *found)
             if wire is None:
                 wire = cv.spec_to_wire(
-                    dataclasses.replace(spec, artifact=os.path.basename(spec.artifact)), m
+                    dataclasses.replace(spec, artifact=os.path.basename(spec.artifact)), pb
                 )
         elif wire is None:
-            wire = cv.spec_to_wire(spec, m)
+            wire = cv.spec_to_wire(spec, pb)
         if len(self._wire_specs) >= 1024:
             self._wire_specs.clear()
-        self._wire_specs[key] = wire  # (never changed once made: encoded as it is)
-        return m.SubmitTaskRequest(spec=wire, artifact_digest=digest, stdin=stdin or b"", wait=wait)
+        self._wire_specs[key] = wire  # (never changed once made: copied into the request)
+        return pb.SubmitTaskRequest(
+            spec=wire, artifact_digest=digest, stdin=stdin or b"", wait=wait
+        )
 
     # -- tasks -----------------------------------------------------------------------
 
@@ -371,26 +373,18 @@ class Client(AsyncResource):
         self, specs: Sequence[FunctionSpec], *, wait: bool = False
     ) -> list[Task | SpearError]:
         """Submit many tasks in one call; each entry is the task, or why it was refused."""
-        requests = [await self._request(spec, None, wait, m=pb) for spec in specs]
+        requests = [await self._request(spec, None, wait) for spec in specs]
         if self.tracing is not None:  # (each task its own span and trace)
             send = functools.partial(self._submitted_many, requests)
             return await traced_batch(self.tracing, "submit_many", specs, requests, send)
         return await self._submitted_many(requests)
 
-    async def _submitted_many(self, requests: list[Any]) -> list[Task | SpearError]:
-        """SubmitTasks, in protobuf's own messages (a batch: every spec out, every record
-        back; see transport/_gen/pb)."""
-        self._stub  # noqa: B018 - opens the channel
-        assert self._channel is not None
+    async def _submitted_many(
+        self, requests: list[pb.SubmitTaskRequest]
+    ) -> list[Task | SpearError]:
+        """SubmitTasks (a batch: every spec out, every record back)."""
         with self._errors():
-            async with self._channel.request(
-                cv.SUBMIT_TASKS, Cardinality.UNARY_UNARY, pb.SubmitTasksRequest,
-                pb.SubmitTasksResponse, timeout=self._timeout,
-            ) as stream:  # fmt: skip
-                await stream.send_message(pb.SubmitTasksRequest(tasks=requests), end=True)
-                answer = await stream.recv_message()
-        if answer is None:
-            raise SpearError(f"node {self.address} did not answer SubmitTasks")
+            answer = await self._stub.submit_tasks(pb.SubmitTasksRequest(tasks=requests))
         out: list[Task | SpearError] = []
         for outcome in answer.outcomes:
             if outcome.HasField("task"):
@@ -414,13 +408,13 @@ class Client(AsyncResource):
             async with self._channel.request(
                 "/spear.v1.Spearlet/ExchangeStream",
                 Cardinality.STREAM_STREAM,
-                v1.StreamMessage,
-                v1.StreamMessage,
+                pb.StreamMessage,
+                pb.StreamMessage,
                 timeout=self._timeout,
             ) as stream:
-                await stream.send_message(v1.StreamMessage(submit=request))
+                await stream.send_message(pb.StreamMessage(submit=request))
                 first = await stream.recv_message()
-                if first is None or first.task is None:
+                if first is None or not first.HasField("task"):
                     raise SpearError(f"node {self.address} did not start the task")
                 task = cv.task_from_wire(first.task)
                 exchange = _ExchangeStream(self.address, task.id, stream)
@@ -436,7 +430,7 @@ class Client(AsyncResource):
                             pass
 
     async def task(self, task_id: str) -> Task:
-        request = v1.GetTaskRequest(task_id=task_id)
+        request = pb.GetTaskRequest(task_id=task_id)
         return cv.task_from_wire(await self._retrying(lambda: self._stub.get_task(request)))
 
     async def tasks(self, state: TaskState | None = None, limit: int | None = None) -> list[Task]:
@@ -444,12 +438,13 @@ class Client(AsyncResource):
         token = ""
         while True:  # page after page (node/paging.py): any history fits
             left = 0 if limit is None else limit - len(found)
-            request = v1.ListTasksRequest(
+            request = pb.ListTasksRequest(
                 state=cv.state_to_wire(state), limit=left, page_token=token
             )
 
-            def page(r: v1.ListTasksRequest = request) -> Awaitable[v1.ListTasksResponse]:
-                return self._stub.list_tasks(r)  # (the stub of whichever node is current)
+            def page(r: pb.ListTasksRequest = request) -> Awaitable[pb.ListTasksResponse]:
+                listed: Awaitable[pb.ListTasksResponse] = self._stub.list_tasks(r)
+                return listed  # (the stub of whichever node is current)
 
             answer = await self._retrying(page)
             found.extend(cv.task_from_wire(t) for t in answer.tasks)
@@ -459,7 +454,7 @@ class Client(AsyncResource):
 
     async def watch(self, task_id: str) -> AsyncIterator[Task]:
         with self._errors():
-            async for info in self._stub.watch_task(v1.WatchTaskRequest(task_id=task_id)):
+            async for info in self._stub.watch_task(pb.WatchTaskRequest(task_id=task_id)):
                 yield cv.task_from_wire(info)
 
     async def wait(self, task_id: str) -> Task:
@@ -475,18 +470,17 @@ class Client(AsyncResource):
         return last
 
     async def cancel(self, task_id: str, reason: str = "cancelled") -> Task:
-        request = v1.CancelTaskRequest(task_id=task_id, reason=reason)
+        request = pb.CancelTaskRequest(task_id=task_id, reason=reason)
         return cv.task_from_wire(await self._retrying(lambda: self._stub.cancel_task(request)))
 
     async def result(self, task_id: str, *, wait: bool = True) -> TaskResult:
-        request = v1.GetResultRequest(task_id=task_id, wait=wait)
+        request = pb.GetResultRequest(task_id=task_id, wait=wait)
         return await self._retrying(
             lambda: self._result(self._stub.get_result(request), f"task {task_id}")
         )
 
     async def call(self, spec: FunctionSpec, *, stdin: bytes | None = None) -> TaskResult:
-        """Run a task and return its result, in one call (RunTask). Its messages are
-        protobuf's own (see transport/_gen/pb): a third of the call's time otherwise.
+        """Run a task and return its result, in one call (RunTask).
 
         A call the node forwarded names the member that ran it; the next call of the same
         spec goes to that member directly (one hop instead of two, as Ray's driver reuses
@@ -503,13 +497,13 @@ class Client(AsyncResource):
             except SpearError:
                 self._ran_at.pop(spec, None)  # (it may have run: not sent again)
                 raise
-        request = await self._request(spec, stdin, wait=True, m=pb)
+        request = await self._request(spec, stdin, wait=True)
         ran_at: list[str] = []
         if self.tracing is not None:
-            result = self._result(self._run_task(request), spec.artifact, ran_at)
+            result = self._result(self._stub.run_task(request), spec.artifact, ran_at)
             answer = await traced_submit(self.tracing, "call", spec, result)
         else:
-            answer = await self._result(self._run_task(request), spec.artifact, ran_at)
+            answer = await self._result(self._stub.run_task(request), spec.artifact, ran_at)
         if ran_at and ran_at[0] and self._follows and ran_at[0] not in self._refused:
             if len(self._ran_at) >= _RAN_AT_KEPT:
                 self._ran_at.clear()
@@ -545,20 +539,9 @@ class Client(AsyncResource):
         assert self._channel is not None
         return await self._channel.connected(within_s)
 
-    async def _run_task(self, request: pb.SubmitTaskRequest) -> AsyncIterator[pb.ResultChunk]:
-        self._stub  # noqa: B018 - opens the channel
-        assert self._channel is not None
-        async with self._channel.request(
-            cv.RUN_TASK, Cardinality.UNARY_STREAM, pb.SubmitTaskRequest, pb.ResultChunk,
-            timeout=self._timeout,
-        ) as stream:  # fmt: skip
-            await stream.send_message(request, end=True)
-            async for chunk in stream:
-                yield chunk
-
     async def _result(
         self,
-        chunks: AsyncIterator[v1.ResultChunk | pb.ResultChunk],
+        chunks: AsyncIterator[pb.ResultChunk],
         what: str,
         ran_at: list[str] | None = None,
     ) -> TaskResult:
@@ -572,7 +555,7 @@ class Client(AsyncResource):
                 if info is not None:
                     task = cv.task_from_wire(info)
                     if ran_at is not None:
-                        ran_at.append(getattr(chunk, "ran_at", ""))
+                        ran_at.append(chunk.ran_at)
                 parts.append(chunk.data)
         if task is None:
             raise SpearError(f"node {self.address} sent no result for {what}")
@@ -581,7 +564,7 @@ class Client(AsyncResource):
     async def logs(
         self, task_id: str, streams: Sequence[str] = (), *, follow: bool = False
     ) -> AsyncIterator[LogChunk]:
-        request = v1.StreamLogsRequest(task_id=task_id, streams=list(streams), follow=follow)
+        request = pb.StreamLogsRequest(task_id=task_id, streams=list(streams), follow=follow)
         with self._errors():
             async for chunk in self._stub.stream_logs(request):
                 yield cv.log_from_wire(chunk)
@@ -589,7 +572,7 @@ class Client(AsyncResource):
     # -- the node --------------------------------------------------------------------
 
     async def node_info(self) -> NodeInfo:
-        answer = await self._retrying(lambda: self._stub.get_node_info(v1.GetNodeInfoRequest()))
+        answer = await self._retrying(lambda: self._stub.get_node_info(pb.GetNodeInfoRequest()))
         return cv.node_from_wire(answer)
 
     # -- objects ---------------------------------------------------------------------
@@ -597,12 +580,12 @@ class Client(AsyncResource):
     async def put_object(
         self, key: str, data: bytes, *, expected_version: int | None = None
     ) -> ObjectInfo:
-        def chunks() -> Iterator[v1.ObjectChunk]:
-            yield v1.ObjectChunk(
+        def chunks() -> Iterator[pb.ObjectChunk]:
+            yield pb.ObjectChunk(
                 key=key, expected_version=expected_version, data=data[:CHUNK_BYTES]
             )
             for i in range(CHUNK_BYTES, len(data), CHUNK_BYTES):
-                yield v1.ObjectChunk(data=data[i : i + CHUNK_BYTES])
+                yield pb.ObjectChunk(data=data[i : i + CHUNK_BYTES])
 
         streamed = await self._objects.put(self, key, data, expected_version)
         if streamed is not None:
@@ -636,8 +619,8 @@ class Client(AsyncResource):
         async def attempt() -> tuple[bytes, ObjectInfo]:
             info: ObjectInfo | None = None
             parts: list[bytes] = []
-            async for chunk in self._stub.get_object(v1.GetObjectRequest(key=key)):
-                if chunk.info is not None:
+            async for chunk in self._stub.get_object(pb.GetObjectRequest(key=key)):
+                if chunk.HasField("info"):
                     info = cv.object_from_wire(chunk.info)
                 parts.append(chunk.data)
             if info is None:
@@ -650,10 +633,11 @@ class Client(AsyncResource):
         found: list[ObjectInfo] = []
         token = ""
         while True:  # page after page (node/paging.py)
-            request = v1.ListObjectsRequest(prefix=prefix, page_token=token)
+            request = pb.ListObjectsRequest(prefix=prefix, page_token=token)
 
-            def page(r: v1.ListObjectsRequest = request) -> Awaitable[v1.ListObjectsResponse]:
-                return self._stub.list_objects(r)
+            def page(r: pb.ListObjectsRequest = request) -> Awaitable[pb.ListObjectsResponse]:
+                listed: Awaitable[pb.ListObjectsResponse] = self._stub.list_objects(r)
+                return listed
 
             answer = await self._retrying(page)
             found.extend(cv.object_from_wire(o) for o in answer.objects)
@@ -663,26 +647,28 @@ class Client(AsyncResource):
 
     async def delete_object(self, key: str) -> bool:
         with self._errors():
-            answer = await self._stub.delete_object(v1.ObjectKeyRequest(key=key))
+            answer: pb.DeleteObjectResponse = await self._stub.delete_object(
+                pb.ObjectKeyRequest(key=key)
+            )
         return answer.deleted
 
     async def add_object_ref(self, key: str) -> ObjectInfo:
         with self._errors():
-            answer = await self._stub.add_object_ref(v1.ObjectKeyRequest(key=key))
+            answer = await self._stub.add_object_ref(pb.ObjectKeyRequest(key=key))
         return cv.object_from_wire(answer)
 
     async def remove_object_ref(self, key: str) -> ObjectInfo:
         with self._errors():
-            answer = await self._stub.remove_object_ref(v1.ObjectKeyRequest(key=key))
+            answer = await self._stub.remove_object_ref(pb.ObjectKeyRequest(key=key))
         return cv.object_from_wire(answer)
 
     async def pin_object(self, key: str) -> ObjectInfo:
         with self._errors():
-            return cv.object_from_wire(await self._stub.pin_object(v1.ObjectKeyRequest(key=key)))
+            return cv.object_from_wire(await self._stub.pin_object(pb.ObjectKeyRequest(key=key)))
 
     async def unpin_object(self, key: str) -> ObjectInfo:
         with self._errors():
-            answer = await self._stub.unpin_object(v1.ObjectKeyRequest(key=key))
+            answer = await self._stub.unpin_object(pb.ObjectKeyRequest(key=key))
         return cv.object_from_wire(answer)
 
     async def delete_tasks(
@@ -695,7 +681,7 @@ class Client(AsyncResource):
     ) -> list[str]:
         """DeleteTasks, in the namespace of this client's credentials (`namespace` is
         the server's to decide)."""
-        request = v1.DeleteTasksRequest(
+        request = pb.DeleteTasksRequest(
             task_ids=list(task_ids), older_than_s=older_than_s, keep=keep
         )
         with self._errors():

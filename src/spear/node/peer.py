@@ -17,8 +17,8 @@ import os
 from typing import TYPE_CHECKING, Any
 
 import anyio
-from grpclib.const import Cardinality
 
+from spear.core.cluster import NodeHealth
 from spear.core.forwarding import BatchAnswer, Forwarded
 from spear.core.models import Runtime
 from spear.errors import InvalidArgument, SpearError, Unavailable, error_from_code
@@ -27,15 +27,16 @@ from spear.node.traced_forwarding import ForwardSpans
 from spear.tracing.base import current_traceparent
 from spear.transport import _convert as cv
 from spear.transport import _sms_convert as sc
+from spear.transport._gen.pb import peer_pb2, sms_pb2
 from spear.transport._gen.pb import spearlet_pb2 as pb
-from spear.transport._gen.spear import v1
 from spear.transport._status import (
     DEFAULT_MAX_MESSAGE_BYTES,
     client_errors,
     received_error_code,
 )
 from spear.transport.channels import NO_CREDENTIALS, Credentials
-from spear.transport.serving import guard, unary
+from spear.transport.services import ServiceBase, Stub
+from spear.transport.serving import guard
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -53,10 +54,13 @@ if TYPE_CHECKING:
 
 PEER_SERVICE_NAME = "spear.v1.SpearletPeer"
 FORWARD_TASKS = f"/{PEER_SERVICE_NAME}/ForwardTasks"
+SERVICE = peer_pb2.DESCRIPTOR.services_by_name["SpearletPeer"]
 
 
-class PeerService(v1.SpearletPeerBase):
+class PeerService(ServiceBase):
     """spear.v1.SpearletPeer: adopt a task another node forwards."""
+
+    SERVICE = SERVICE
 
     def __init__(
         self, scheduler: Scheduler, artifacts: ArtifactStore, local: InProcessNode | None = None
@@ -66,17 +70,9 @@ class PeerService(v1.SpearletPeerBase):
         self.local = local  # (reads a waited task's result)
 
     def __mapping__(self) -> dict[str, Handler]:
-        handlers = super().__mapping__()
-        # ForwardTasks' messages are protobuf's own (as RunTask's, node/server.py): a
-        # forwarded call's hop costs a fraction of what betterproto's would.
-        handlers[FORWARD_TASKS] = handlers[FORWARD_TASKS]._replace(
-            func=unary(self._forward_tasks),
-            request_type=pb.ForwardTasksRequest,
-            reply_type=pb.ForwardTasksResponse,
-        )
         return {
             name: handler._replace(func=guard(name, handler.func))
-            for name, handler in handlers.items()
+            for name, handler in super().__mapping__().items()
         }
 
     def aio_methods(self) -> dict[str, UnaryMethod[Any, Any]]:
@@ -85,23 +81,25 @@ class PeerService(v1.SpearletPeerBase):
 
         return {
             FORWARD_TASKS: UnaryMethod(
-                self._forward_tasks,
+                self.forward_tasks,
                 decode=pb.ForwardTasksRequest.FromString,
                 encode=pb.ForwardTasksResponse.SerializeToString,
             )
         }
 
-    async def forward_task(self, message: v1.ForwardTaskRequest) -> v1.TaskInfo:
+    async def forward_task(self, message: peer_pb2.ForwardTaskRequest) -> pb.TaskInfo:
         task, spec = self._received(message)
         adopted = await self.scheduler.adopt(task, spec, message.stdin or None)
-        return cv.task_to_wire(adopted)
+        return cv.task_to_wire(adopted, pb)  # type: ignore[return-value]  # (pb given: pb's)
 
-    async def list_cluster_nodes(self, message: v1.ListNodesRequest) -> v1.ListNodesResponse:
+    async def list_cluster_nodes(
+        self, message: sms_pb2.ListNodesRequest
+    ) -> sms_pb2.ListNodesResponse:
         nodes = await self.scheduler.cluster.nodes(live_only=message.live_only)
-        return v1.ListNodesResponse(nodes=[sc.node_to_wire(n) for n in nodes])
+        return sms_pb2.ListNodesResponse(nodes=[_node_pb(n) for n in nodes])
 
     def _received(
-        self, message: v1.ForwardTaskRequest | pb.ForwardedTask
+        self, message: peer_pb2.ForwardTaskRequest | pb.ForwardedTask
     ) -> tuple[Task, FunctionSpec]:
         info = cv.optional(message, "task")
         if info is None:
@@ -113,7 +111,7 @@ class PeerService(v1.SpearletPeerBase):
             spec = dataclasses.replace(spec, artifact=str(path))
         return task, spec
 
-    async def _forward_tasks(self, message: pb.ForwardTasksRequest) -> pb.ForwardTasksResponse:
+    async def forward_tasks(self, message: pb.ForwardTasksRequest) -> pb.ForwardTasksResponse:
         received = [self._received(m) for m in message.tasks]
         scheduler = self.scheduler
         accepted_now = scheduler.accept_forwarded(
@@ -228,7 +226,7 @@ class Peers:
         self._max = max_message_bytes
         self._credentials = credentials
         self._clients: dict[str, Client] = {}
-        self._channels: dict[str, tuple[AioChannel, v1.SpearletPeerStub]] = {}
+        self._channels: dict[str, tuple[AioChannel, Stub]] = {}
         self._sent: dict[tuple[str, str], tuple[tuple[int, int], str]] = {}
         self.tracing: Tracing | None = None  # a traced node's (node/assembly.py)
         # Forward over grpc.aio to peers that serve it (set by node/peer_aio.py); per node
@@ -244,13 +242,13 @@ class Peers:
             )
         return client
 
-    def _peer(self, address: str) -> v1.SpearletPeerStub:
+    def _peer(self, address: str) -> Stub:
         found = self._channels.get(address)
         if found is None:
             from spear.transport.aio_client import AioChannel
 
             channel = AioChannel.to(address, self._credentials, max_message_bytes=self._max)
-            stub = v1.SpearletPeerStub(channel)  # type: ignore[arg-type]
+            stub = Stub(channel, SERVICE)
             found = self._channels[address] = (channel, stub)
         return found[1]
 
@@ -323,21 +321,11 @@ class Peers:
                 request, deadline_s=deadline_s, metadata=metadata
             )
             return answered
-        self._peer(node.address)  # opens the channel
-        channel = self._channels[node.address][0]
         received_error_code.set(None)
         with client_errors(node.address):
-            async with channel.request(
-                FORWARD_TASKS,
-                Cardinality.UNARY_UNARY,
-                pb.ForwardTasksRequest,
-                pb.ForwardTasksResponse,
-                timeout=deadline_s,
-                metadata=metadata,
-            ) as stream:
-                await stream.send_message(request, end=True)
-                answer: pb.ForwardTasksResponse | None = await stream.recv_message()
-        assert answer is not None
+            answer: pb.ForwardTasksResponse = await self._peer(node.address).forward_tasks(
+                request, timeout=deadline_s, metadata=metadata
+            )
         return answer
 
     async def warm(self, node: NodeRecord) -> None:
@@ -396,7 +384,9 @@ class Peers:
         """The cluster's nodes, asked of the SPEARlet at `address`."""
         received_error_code.set(None)
         with client_errors(address):
-            answer = await self._peer(address).list_cluster_nodes(v1.ListNodesRequest(), timeout=10)
+            answer = await self._peer(address).list_cluster_nodes(
+                sms_pb2.ListNodesRequest(), timeout=10
+            )
         return [sc.node_from_wire(n) for n in answer.nodes]
 
     async def aclose(self) -> None:
@@ -432,3 +422,29 @@ def _forwarded_pb(task: Task) -> pb.TaskInfo:
 
 def _resources_pb(free: Resources) -> pb.Resources:
     return cv.resources_to_wire(free, pb)  # type: ignore[return-value]  # (pb given: pb's)
+
+
+def _node_pb(node: NodeRecord) -> sms_pb2.NodeRecord:
+    """`node` as protobuf's message (as `_sms_convert.node_to_wire` builds betterproto2's)."""
+    return sms_pb2.NodeRecord(
+        name=node.name,
+        address=node.address,
+        labels=[pb.KeyValue(key=k, value=v) for k, v in node.labels],
+        capacity=_resources_pb(node.capacity),
+        free=_resources_pb(node.free),
+        agents=[sms_pb2.WorkerAgentInfo(runtime=a.runtime, version=a.version) for a in node.agents],
+        running_tasks=node.running_tasks,
+        queued_tasks=node.queued_tasks,
+        registered_at=node.registered_at,
+        last_heartbeat=node.last_heartbeat,
+        health=_HEALTH_PB[node.health],
+        incarnation=node.incarnation,
+    )
+
+
+_HEALTH_PB = {
+    NodeHealth.HEALTHY: sms_pb2.NODE_HEALTH_HEALTHY,
+    NodeHealth.UNHEALTHY: sms_pb2.NODE_HEALTH_UNHEALTHY,
+    NodeHealth.DEAD: sms_pb2.NODE_HEALTH_DEAD,
+    NodeHealth.LEFT: sms_pb2.NODE_HEALTH_LEFT,
+}

@@ -137,7 +137,7 @@ class AioChannel:
         metadata: Any = None,
     ) -> AioCallStream:
         """One call of any cardinality, as grpclib's `Channel.request` makes one: what
-        betterproto2's stubs call (`v1.SpearletStub(channel)`); transport/aio_streams.py."""
+        spear's stubs call (`services.Stub(channel, SERVICE)`); transport/aio_streams.py."""
         if deadline is not None:
             remaining = deadline.time_remaining()
             timeout = remaining if timeout is None else min(timeout, remaining)

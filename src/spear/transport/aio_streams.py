@@ -1,10 +1,10 @@
-"""Calls on a grpc.aio channel in the shape betterproto2's generated stubs and spear's
-own callers use (they were written for grpclib's `Channel.request(...)`): an async
+"""Calls on a grpc.aio channel in the shape spear's stubs (transport/services.py) and
+its own callers use (they were written for grpclib's `Channel.request(...)`): an async
 context manager with `send_message`, `recv_message`, `end`, `cancel` and `async for`.
 
-This is the client half of moving spear's calls to grpc.aio (issue 17, item 6) while the
-messages stay betterproto2's: the stubs run unchanged on a grpc.aio channel
-(`AioChannel.request`). Each call keeps what the grpclib channel gave it:
+This is the client half of moving spear's calls to grpc.aio (issue 17, item 6): the
+same stubs run on a grpclib channel or on a grpc.aio one (`AioChannel.request`), with
+protobuf's own messages either way. Each call keeps what the grpclib channel gave it:
 
 - the message size limit both ways (encoded and decoded here by `LimitedCodec`: the
   same "exceeds the limit" refusal before a byte is sent, and grpc's own limit on what
