@@ -32,7 +32,6 @@ def _kinds() -> tuple[str, ...]:
     """The kinds of message to measure: betterproto2's only while it can be imported."""
     try:
         import betterproto2  # noqa: F401
-
         from spear.transport._gen.spear import v1  # noqa: F401
     except ImportError:
         return ("protobuf",)

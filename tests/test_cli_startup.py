@@ -19,7 +19,7 @@ if TYPE_CHECKING:
 
 # What a start can do without: the gRPC stack (only with a daemon to talk to), the system
 # log's library (only once a message is written), rich (typer's, for help we do not use).
-REMOTE = ("grpc", "grpclib", "betterproto2", "google.protobuf", "h2")
+REMOTE = ("grpc", "grpclib", "google.protobuf", "h2")
 NEVER = ("loguru", "rich", *REMOTE)
 NODE = ("asyncio", "anyio", "plyvel", "spear.node.assembly")
 WASM = ("wasmtime", "spear.runtimes.wasm.agent")

@@ -12,7 +12,8 @@ import sys
 
 _SNAPSHOT = r"""
 import asyncio, json, logging, os, signal, sys, threading, warnings
-import betterproto2, hyperframe.frame, loguru
+import hyperframe.frame, loguru
+from grpclib.protocol import H2Protocol
 
 def snapshot():
     return {
@@ -28,7 +29,7 @@ def snapshot():
         "loop_policy": type(asyncio.get_event_loop_policy()).__name__,
         "excepthooks": [repr(sys.excepthook), repr(threading.excepthook)],
         "hyperframe": repr(hyperframe.frame._raw_data_repr),
-        "betterproto2": repr(betterproto2.Message._get_field_default),
+        "grpclib": repr(H2Protocol.connection_made),
         "loguru_handlers": len(loguru.logger._core.handlers),
     }
 

@@ -101,9 +101,11 @@ def _localize(text: str, module: str) -> str:
         "# @@protoc_insertion_point(imports)\n",
         "# @@protoc_insertion_point(imports)\nfrom ._pool import POOL as _POOL\n",
     )
-    return re.sub(r"BuildTopDescriptorsAndMessages\(DESCRIPTOR, '[\w.]+'", (
-        f"BuildTopDescriptorsAndMessages(DESCRIPTOR, '{_PACKAGE}.{module}'"
-    ), text)
+    return re.sub(
+        r"BuildTopDescriptorsAndMessages\(DESCRIPTOR, '[\w.]+'",
+        (f"BuildTopDescriptorsAndMessages(DESCRIPTOR, '{_PACKAGE}.{module}'"),
+        text,
+    )
 
 
 def generate(out: Path = GENERATED) -> None:

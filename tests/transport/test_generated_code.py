@@ -28,6 +28,32 @@ def test_every_proto_is_generated() -> None:
     protos = [p.relative_to(gen.PROTOS) for p in gen.proto_files()]
     assert any(p.name == "spearlet.proto" for p in protos)
     for proto in protos:
-        package = gen.GENERATED.joinpath(*proto.parent.parts) / "__init__.py"
-        assert package.is_file(), proto
-        assert proto.as_posix() in package.read_text().split("\n", 3)[1], proto  # "# sources:"
+        module = gen.GENERATED / "pb" / f"{proto.stem}_pb2.py"
+        assert module.is_file(), proto
+        assert f"source: {proto.as_posix()}" in module.read_text(), proto
+
+
+def test_services_come_from_the_generated_descriptors() -> None:
+    """Each service of the protos is served and called through transport/services.py:
+    every RPC has a Python name, its cardinality and its two message classes."""
+    from grpclib.const import Cardinality
+
+    from spear.transport._gen.pb import peer_pb2, sms_pb2, spearlet_pb2, vectors_pb2
+    from spear.transport.services import methods
+
+    by_route = {
+        m.route: m
+        for module in (spearlet_pb2, sms_pb2, peer_pb2, vectors_pb2)
+        for service in module.DESCRIPTOR.services_by_name.values()
+        for m in methods(service)
+    }
+    run = by_route["/spear.v1.Spearlet/RunTask"]
+    assert (run.name, run.cardinality) == ("run_task", Cardinality.UNARY_STREAM)
+    assert (run.request, run.reply) == (spearlet_pb2.SubmitTaskRequest, spearlet_pb2.ResultChunk)
+    upload = by_route["/spear.v1.Spearlet/UploadArtifact"]
+    assert (upload.name, upload.cardinality) == ("upload_artifact", Cardinality.STREAM_UNARY)
+    exchange = by_route["/spear.v1.Spearlet/ExchangeStream"]
+    assert exchange.cardinality == Cardinality.STREAM_STREAM
+    commits = by_route["/spear.v1.MetadataServer/CommitObjects"]
+    assert (commits.name, commits.reply) == ("commit_objects", sms_pb2.CommitObjectsResponse)
+    assert by_route["/spear.v1.SpearletPeer/ListClusterNodes"].name == "list_cluster_nodes"

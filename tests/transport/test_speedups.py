@@ -34,32 +34,34 @@ def _run(code: str) -> str:
 def test_importing_spear_patches_nothing() -> None:
     out = _run(
         """
-        import betterproto2, hyperframe.frame
+        import hyperframe.frame
+        from grpclib.protocol import H2Protocol
         frame_repr = hyperframe.frame._raw_data_repr
-        get_default = betterproto2.Message._get_field_default
+        made = H2Protocol.connection_made
         import spear, spear.node.client, spear.transport._convert
         import spear.node.server, spear.transport.sms_server, spear.transport.sms_client
         print(hyperframe.frame._raw_data_repr is frame_repr,
-              betterproto2.Message._get_field_default is get_default,
-              frame_repr.__module__, get_default.__module__)
+              H2Protocol.connection_made is made,
+              frame_repr.__module__, made.__module__)
         """
     )
-    assert out == "True True hyperframe.frame betterproto2"
+    assert out == "True True hyperframe.frame grpclib.protocol"
 
 
 def test_a_server_and_the_clients_install_both(tmp_path: Path) -> None:
     out = _run(
         f"""
-        import anyio, betterproto2, hyperframe.frame
+        import anyio, hyperframe.frame
+        from grpclib.protocol import H2Protocol
         from spear.core.sms import MetadataServer
         from spear.store.leveldb import LevelDBKV
-        from spear.transport import _fastdefaults, _fastframes
+        from spear.transport import _fastframes, _tls_writes
         from spear.transport.sms_client import SmsClient
         from spear.transport.serving import Security
         from spear.transport.sms_server import SmsServer
 
         def patched():
-            return (_fastframes.installed(), _fastdefaults.installed())
+            return (_fastframes.installed(), _tls_writes.installed())
 
         async def main():
             seen = [patched()]
@@ -72,7 +74,7 @@ def test_a_server_and_the_clients_install_both(tmp_path: Path) -> None:
                 await client.aclose()
             await kv.aclose()
             print(seen, hyperframe.frame._raw_data_repr is _fastframes._raw_data_repr,
-                  betterproto2.Message._get_field_default is _fastdefaults._get_field_default)
+                  H2Protocol.connection_made is _tls_writes._connection_made)
 
         anyio.run(main)
         """
@@ -83,13 +85,14 @@ def test_a_server_and_the_clients_install_both(tmp_path: Path) -> None:
 def test_install_is_idempotent() -> None:
     out = _run(
         """
-        import betterproto2, hyperframe.frame
-        from spear.transport import _fastdefaults, _fastframes, _speedups
+        import hyperframe.frame
+        from grpclib.protocol import H2Protocol
+        from spear.transport import _fastframes, _speedups, _tls_writes
         _speedups.install()
-        first = (hyperframe.frame._raw_data_repr, betterproto2.Message._get_field_default)
+        first = (hyperframe.frame._raw_data_repr, H2Protocol.connection_made)
         _speedups.install()
-        again = (hyperframe.frame._raw_data_repr, betterproto2.Message._get_field_default)
-        print(first == again, _fastdefaults.upstream is not _fastdefaults._get_field_default,
+        again = (hyperframe.frame._raw_data_repr, H2Protocol.connection_made)
+        print(first == again, _tls_writes.upstream is not _tls_writes._connection_made,
               _fastframes.upstream is not _fastframes._raw_data_repr)
         """
     )
@@ -117,7 +120,7 @@ def test_an_untested_version_is_declined_once(monkeypatch: pytest.MonkeyPatch) -
     ("patch", "owner", "name"),
     [
         ("_fastframes", "hyperframe.frame", "_raw_data_repr"),
-        ("_fastdefaults", "betterproto2.Message", "_get_field_default"),
+        ("_tls_writes", "grpclib.protocol.H2Protocol", "connection_made"),
     ],
 )
 def test_an_untested_version_is_left_alone(

@@ -3,7 +3,7 @@ and a node answers malformed bytes with a status, not a crash."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -14,7 +14,6 @@ from spear.transport import _convert as cv
 from spear.transport import _object_convert as oc
 from spear.transport._gen.pb import sms_pb2
 from spear.transport._gen.pb import spearlet_pb2 as pb
-from spear.transport._gen.spear import v1
 from tests.strategies import specs, tasks
 
 if TYPE_CHECKING:
@@ -44,31 +43,8 @@ def test_task_round_trips(task: Task) -> None:
     assert cv.task_from_wire(wire) == task
 
 
-# The converters build protobuf's own messages (transport/_gen/pb) and still read
-# betterproto2's (`v1`, while the last callers move over): the bytes of one kind are the
-# other's.
-
-
-@settings(max_examples=200, deadline=None)
-@given(tasks())
-def test_task_round_trips_through_protobufs_messages(task: Task) -> None:
-    raw = cv.task_to_wire(task, pb).SerializeToString()
-    assert cv.task_from_wire(pb.TaskInfo.FromString(raw)) == task
-    assert cv.task_from_wire(v1.TaskInfo.parse(raw)) == task
-    assert cv.task_from_wire(pb.TaskInfo.FromString(bytes(cv.task_to_wire(task, v1)))) == task
-
-
-@settings(max_examples=100, deadline=None)
-@given(specs)
-def test_function_spec_round_trips_through_protobufs_messages(spec: FunctionSpec) -> None:
-    raw = cv.spec_to_wire(spec, pb).SerializeToString()
-    assert cv.spec_from_wire(pb.FunctionSpec.FromString(raw)) == spec
-    assert cv.spec_from_wire(v1.FunctionSpec.parse(raw)) == spec
-
-
-# ReportTasks, CommitObject and SubmitTasks are protobuf's too (the calls every task
-# makes); their object records carry an optional value whose presence matters: an empty
-# value kept in the index (an empty result) is not "no value kept".
+# Object records carry an optional value whose presence matters: an empty value kept in
+# the index (an empty result) is not "no value kept".
 
 
 @settings(max_examples=100, deadline=None)
@@ -89,22 +65,20 @@ def test_function_spec_round_trips_through_protobufs_messages(spec: FunctionSpec
         value=st.none() | st.binary(max_size=16),
     )
 )
-def test_object_record_round_trips_through_both_kinds(record: ObjectRecord) -> None:
-    raw = oc.record_to_wire(record, sms_pb2).SerializeToString()
+def test_object_record_round_trips(record: ObjectRecord) -> None:
+    raw = oc.record_to_wire(record).SerializeToString()
     assert oc.record_from_wire(sms_pb2.ObjectRecord.FromString(raw)) == record
-    assert oc.record_from_wire(v1.ObjectRecord.parse(raw)) == record
-    old = bytes(oc.record_to_wire(record))
-    assert oc.record_from_wire(sms_pb2.ObjectRecord.FromString(old)) == record
 
 
-def test_a_report_of_protobufs_kind_reads_as_betterprotos() -> None:
+def test_a_report_and_a_commit_keep_what_is_set_and_what_is_not() -> None:
     task = Task(id="t1", spec=FunctionSpec("m.wasm"), created_at=1.0, node="node-1")
-    wire: list[Any] = [cv.task_to_wire(task, pb)]
-    raw = sms_pb2.ReportTasksRequest(tasks=wire).SerializeToString()
-    assert [cv.task_from_wire(t) for t in v1.ReportTasksRequest.parse(raw).tasks] == [task]
+    raw = sms_pb2.ReportTasksRequest(tasks=[cv.task_to_wire(task)]).SerializeToString()
+    assert [cv.task_from_wire(t) for t in sms_pb2.ReportTasksRequest.FromString(raw).tasks] == [
+        task
+    ]
     commit = sms_pb2.CommitObjectRequest(key="k", node="n", address="a", size=0, value=b"")
-    read = v1.CommitObjectRequest.parse(commit.SerializeToString())
-    assert (read.value, read.expected_version) == (b"", None)
+    read = sms_pb2.CommitObjectRequest.FromString(commit.SerializeToString())
+    assert (cv.optional(read, "value"), cv.optional(read, "expected_version")) == (b"", None)
 
 
 def test_an_empty_protobuf_spec_reads_as_unset_fields() -> None:

@@ -18,7 +18,6 @@ from typing import TYPE_CHECKING, Any
 
 import anyio
 
-from spear.core.cluster import NodeHealth
 from spear.core.forwarding import BatchAnswer, Forwarded
 from spear.core.models import Runtime
 from spear.errors import InvalidArgument, SpearError, Unavailable, error_from_code
@@ -96,7 +95,7 @@ class PeerService(ServiceBase):
         self, message: sms_pb2.ListNodesRequest
     ) -> sms_pb2.ListNodesResponse:
         nodes = await self.scheduler.cluster.nodes(live_only=message.live_only)
-        return sms_pb2.ListNodesResponse(nodes=[_node_pb(n) for n in nodes])
+        return sms_pb2.ListNodesResponse(nodes=[sc.node_to_wire(n) for n in nodes])
 
     def _received(
         self, message: peer_pb2.ForwardTaskRequest | pb.ForwardedTask
@@ -422,29 +421,3 @@ def _forwarded_pb(task: Task) -> pb.TaskInfo:
 
 def _resources_pb(free: Resources) -> pb.Resources:
     return cv.resources_to_wire(free, pb)  # type: ignore[return-value]  # (pb given: pb's)
-
-
-def _node_pb(node: NodeRecord) -> sms_pb2.NodeRecord:
-    """`node` as protobuf's message (as `_sms_convert.node_to_wire` builds betterproto2's)."""
-    return sms_pb2.NodeRecord(
-        name=node.name,
-        address=node.address,
-        labels=[pb.KeyValue(key=k, value=v) for k, v in node.labels],
-        capacity=_resources_pb(node.capacity),
-        free=_resources_pb(node.free),
-        agents=[sms_pb2.WorkerAgentInfo(runtime=a.runtime, version=a.version) for a in node.agents],
-        running_tasks=node.running_tasks,
-        queued_tasks=node.queued_tasks,
-        registered_at=node.registered_at,
-        last_heartbeat=node.last_heartbeat,
-        health=_HEALTH_PB[node.health],
-        incarnation=node.incarnation,
-    )
-
-
-_HEALTH_PB = {
-    NodeHealth.HEALTHY: sms_pb2.NODE_HEALTH_HEALTHY,
-    NodeHealth.UNHEALTHY: sms_pb2.NODE_HEALTH_UNHEALTHY,
-    NodeHealth.DEAD: sms_pb2.NODE_HEALTH_DEAD,
-    NodeHealth.LEFT: sms_pb2.NODE_HEALTH_LEFT,
-}

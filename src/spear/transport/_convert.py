@@ -50,20 +50,15 @@ def state_from_wire(state: int) -> TaskState | None:
         raise InvalidArgument(f"unknown task state {state!r}") from None
 
 
-# The converters below build protobuf's own messages (`pb`, or the module given as `m`) and
-# read messages of either kind of the same protos (protobuf's, or betterproto2's while the
-# last callers move over): both are read by attribute, and differ in how an unset optional
-# field reads (None in betterproto2; its zero value in protobuf, which says whether it is
-# set with HasField): `optional` reads either.
+# The converters below build protobuf's own messages (`pb`, or the module given as `m`).
+# An unset optional field or sub-message reads as its zero value, not None: `optional`
+# says None for it (HasField).
 _Messages = Any  # the module of the messages to build: pb (spearlet_pb2)
 
 
 def optional(message: Any, name: str) -> Any:
     """The field `name` of `message`, None if unset (an optional field, or a message)."""
-    has = getattr(message, "HasField", None)
-    if has is None:
-        return getattr(message, name)
-    return getattr(message, name) if has(name) else None
+    return getattr(message, name) if message.HasField(name) else None
 
 
 def resources_to_wire(r: Resources, m: _Messages = pb) -> pb.Resources:

@@ -11,8 +11,8 @@ from spear.transport._gen.pb import sms_pb2
 
 
 def record_to_wire(record: ObjectRecord, m: Any = sms_pb2) -> sms_pb2.ObjectRecord:
-    """`record` as a message of `m`: protobuf's `sms_pb2` (or another module of sms.proto's
-    messages: benchmarks/wire_messages.py's betterproto2)."""
+    """`record` as a message of `m` (protobuf's `sms_pb2`; benchmarks/wire_messages.py
+    passed betterproto2's while it measured the two)."""
     return m.ObjectRecord(  # type: ignore[no-any-return]
         key=record.key,
         version=record.version,

@@ -2,7 +2,7 @@
 gRPC server or client (never on import): `install()`, idempotent.
 
 Each replacement is tested against the library's own output for the same input
-(tests/transport/test_fastframes.py, test_fastdefaults.py) on the versions pinned in
+(tests/transport/test_fastframes.py, test_tls_writes.py) on the versions pinned in
 pyproject.toml. On any other version a patch does nothing and says so once at debug
 level: the library's own, slower code runs, and behaviour is unchanged.
 """
@@ -12,8 +12,7 @@ from __future__ import annotations
 
 def install() -> None:
     """Install both speed-ups (each only on the library version it was tested against)."""
-    from spear.transport import _fastdefaults, _fastframes, _tls_writes
+    from spear.transport import _fastframes, _tls_writes
 
-    _fastdefaults.install()
     _fastframes.install()
     _tls_writes.install()  # (TLS connections only: fewer records a call)

@@ -11,7 +11,6 @@ import contextlib
 import contextvars
 from typing import TYPE_CHECKING, Any
 
-import betterproto2
 from grpclib.const import Status
 from grpclib.encoding.proto import ProtoCodec
 from grpclib.exceptions import GRPCError, StreamTerminatedError
@@ -28,7 +27,6 @@ from spear.errors import (
     Unavailable,
     error_from_code,
 )
-from spear.transport._wellformed import check
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -134,14 +132,8 @@ class LimitedCodec(ProtoCodec):
                 f"message of {len(data)} bytes exceeds the limit of {self.max_bytes} bytes",
             )
         try:
-            message = super().decode(data, message_type)
+            return super().decode(data, message_type)
         except Exception as exc:  # whatever the bytes made the decoder trip on
             raise GRPCError(
                 Status.INVALID_ARGUMENT, f"malformed {message_type.__name__} message: {exc}"
             ) from None
-        if isinstance(message, betterproto2.Message) and (field := check(message)) is not None:
-            raise GRPCError(
-                Status.INVALID_ARGUMENT,
-                f"malformed {message_type.__name__} message: field {field} has the wrong type",
-            )
-        return message

@@ -1,1 +1,1 @@
-"""protobuf's messages for spear.v1 (see gen_protos.py)."""
+"""protobuf's messages for spear.v1 (see tools/gen_protos.py)."""
