@@ -98,9 +98,11 @@ def preload() -> None:
     """Import and build what the forwarded commands use, once for every child."""
     for name in PRELOAD:
         importlib.import_module(name)
+    from spear._version import version
     from spear.cli.app import build_commands
 
     build_commands(_runner_client.FORWARDED)
+    version()  # (cached: `spear node` prints it; importlib.metadata reads it slowly)
 
 
 def serve(data_dir: Path, idle_s: float) -> None:
