@@ -220,6 +220,44 @@ def test_system_log_in_json(data_dir: Path, cli: Cli, tmp_path: Path) -> None:
     assert any(m.startswith("resources: ") for m in records)
 
 
+def test_a_batch_is_one_line_of_the_system_log_at_info(data_dir: Path, tmp_path: Path) -> None:
+    """A wave of finished tasks is counted in one info line; each completed one is a debug
+    line (a failed one stays an info line of its own)."""
+    import anyio
+
+    from spear.core.models import FunctionSpec
+    from spear.node.client import Client
+    from spear.transport.auth import read_owner_token
+
+    daemon = Daemon(data_dir, "--log-format", "json")  # (the default level: info)
+    try:
+
+        async def batch() -> None:
+            # A guest that touches nothing outside itself, run a few times first: a wave of
+            # them then runs right on the event loop, and ends as one TasksFinished.
+            trivial = tmp_path / "trivial.wat"
+            trivial.write_text('(module (memory (export "memory") 1) (func (export "_start")))')
+            spec = FunctionSpec(str(trivial))
+            async with Client(daemon.address, token=read_owner_token(data_dir)) as client:
+                for _ in range(4):
+                    await client.call(spec)
+                await client.submit_many([spec] * 20, wait=True)
+
+        anyio.run(batch)
+    finally:
+        daemon.stop()
+    records = [
+        json.loads(line)["record"]
+        for line in (data_dir / "logs" / "spear.log").read_text().splitlines()
+    ]
+    counts = [r["message"] for r in records if r["message"].endswith("completed")]
+    assert counts and all(m.endswith(" tasks finished, " + m.split()[0] + " completed")
+                          for m in counts)  # fmt: skip
+    assert 2 <= sum(int(m.split()[0]) for m in counts) <= 20
+    per_task = [r for r in records if " COMPLETED (exit code 0)" in r["message"]]
+    assert 4 <= len(per_task) <= 24 - sum(int(m.split()[0]) for m in counts)
+
+
 def test_long_waits_show_progress_on_a_terminal(daemon: Daemon, tmp_path: Path) -> None:
     import os
     import pty

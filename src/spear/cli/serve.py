@@ -207,11 +207,21 @@ async def _run_until_signalled(
 
 
 async def _log_finished(finished: TasksFinished) -> None:
-    for task in finished.tasks:
-        logger.info(
+    """The system log's line of each finished task; of a wave of several (a batch), the
+    completed ones at debug level under one count at info (a line is ~16 us: a tenth of a
+    short task's CPU), the others each at info."""
+    tasks = finished.tasks
+    several = len(tasks) > 1
+    completed = 0
+    for task in tasks:
+        ok = task.state.value == "COMPLETED"
+        completed += ok
+        (logger.debug if several and ok else logger.info)(
             "task {} {} (exit code {}){}",
             task.id, task.state.value, task.exit_code, f": {task.reason}" if task.reason else "",
         )  # fmt: skip
+    if several:
+        logger.info("{} tasks finished, {} completed", len(tasks), completed)
 
 
 async def _report_resources(api: InProcessNode | ClusterNode) -> None:
