@@ -180,6 +180,13 @@ TARGETS = (
     ),
     Target("admission", ("spear/core/tasks/admission.py",), (_T + "core/test_admission.py",)),
     Target(
+        # A member's object commits grouped while one is on the wire: each must still be
+        # answered on its own, in order per key (a real SMS over gRPC with TLS).
+        "commits",
+        ("spear/node/object_commits.py",),
+        (_T + "cluster/test_object_commits.py",),
+    ),
+    Target(
         "auth",
         ("spear/transport/auth.py",),
         (

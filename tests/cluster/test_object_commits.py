@@ -4,6 +4,7 @@ not, each commit is a compare-and-swap of its own: answered on its own, in order
 
 from __future__ import annotations
 
+import socket
 from typing import TYPE_CHECKING
 
 import anyio
@@ -12,7 +13,7 @@ from test_embedding import _certify
 
 import spear
 from spear.errors import Conflict, InvalidArgument, PermissionDenied, Unavailable
-from spear.node.object_commits import CommitQueue
+from spear.node.object_commits import CLOSED, CommitQueue
 from spear.transport.channels import Credentials
 from spear.transport.sms_client import ObjectCommit, SmsClient
 from spear.transport.tls import TlsFiles
@@ -28,8 +29,11 @@ def _member(tmp_path: Path, address: str, timeout_s: float = 10) -> SmsClient:
     return SmsClient(address, timeout_s=timeout_s, credentials=credentials)
 
 
-async def _all(queue: CommitQueue, commits: list[ObjectCommit]) -> list[ObjectRecord | Exception]:
-    """Every commit made at once (as a wave of tasks' results is): each one's outcome."""
+async def _all(
+    queue: CommitQueue, commits: list[ObjectCommit], within_s: float = 5
+) -> list[ObjectRecord | Exception]:
+    """Every commit made at once (as a wave of tasks' results is): each one's outcome,
+    all within `within_s` (a commit never answered fails the test, it does not hang it)."""
     outcomes: list[ObjectRecord | Exception] = [Exception("not answered")] * len(commits)
 
     async def one(i: int) -> None:
@@ -38,9 +42,10 @@ async def _all(queue: CommitQueue, commits: list[ObjectCommit]) -> list[ObjectRe
         except Exception as exc:
             outcomes[i] = exc
 
-    async with anyio.create_task_group() as tg:
-        for i in range(len(commits)):
-            tg.start_soon(one, i)
+    with anyio.fail_after(within_s):
+        async with anyio.create_task_group() as tg:
+            for i in range(len(commits)):
+                tg.start_soon(one, i)
     return outcomes
 
 
@@ -55,13 +60,15 @@ def test_commits_made_at_once_go_in_few_calls_each_answered(tmp_path: Path) -> N
                 commits = [
                     ObjectCommit(f"results/{i}", "node-1", "a:1", 2, None, b"ok") for i in range(60)
                 ]
-                outcomes = await _all(queue, commits)
+                first = await _all(queue, commits[:1])  # alone: one call
+                assert queue.calls == 1 and first[0].key == "results/0"  # type: ignore[union-attr]
+                outcomes = first + await _all(queue, commits[1:])
                 keys = [r.key for r in outcomes]  # type: ignore[union-attr]
                 assert keys == [f"results/{i}" for i in range(60)]
-                assert queue.calls < 10  # (60 alone would be 60 calls)
+                assert queue.calls < 11  # (60 alone would be 60 calls)
                 record = await client.lookup_object("results/7")
                 assert (record.version, record.value) == (outcomes[7].version, b"ok")  # type: ignore[union-attr]
-                # A commit alone is one CommitObject call.
+                # A commit alone is one call.
                 before = queue.calls
                 alone = await queue.commit(ObjectCommit("solo", "node-1", "a:1", 1, 0, b"x"))
                 assert alone.version > 0 and queue.calls == before + 1
@@ -146,3 +153,92 @@ def test_every_commit_waiting_fails_when_the_sms_cannot_be_reached(tmp_path: Pat
             await client.aclose()
 
     anyio.run(main)
+
+
+def test_a_cancelled_caller_leaves_the_others_answered(tmp_path: Path) -> None:
+    _certify(tmp_path, "sms", "node-1")
+
+    async def main() -> None:
+        async with spear.serve_sms(tmp_path / "sms") as sms:
+            client = _member(tmp_path, sms.address)
+            queue = CommitQueue(client)
+            answered: dict[int, ObjectRecord] = {}
+
+            async def one(i: int, scope: anyio.CancelScope) -> None:
+                with scope:
+                    answered[i] = await queue.commit(
+                        ObjectCommit(f"k{i}", "node-1", "a:1", 1, None)
+                    )
+
+            try:
+                with anyio.fail_after(5):
+                    async with anyio.create_task_group() as tg:
+                        scopes = [anyio.CancelScope() for _ in range(6)]
+                        for i, scope in enumerate(scopes):
+                            tg.start_soon(one, i, scope)
+                        await anyio.sleep(0)  # (all six queued, none sent yet)
+                        scopes[0].cancel()
+                        scopes[3].cancel()
+                assert sorted(answered) == [1, 2, 4, 5]
+            finally:
+                await queue.aclose()
+                await client.aclose()
+
+    anyio.run(main)
+
+
+def test_commits_made_during_a_failing_call_fail_too_and_close_ends_a_wait(
+    tmp_path: Path,
+) -> None:
+    _certify(tmp_path, "node-1")
+    # An SMS that never answers: a socket that accepts connections and reads nothing.
+    silent = socket.socket()
+    silent.bind(("127.0.0.1", 0))
+    silent.listen(16)
+    address = f"127.0.0.1:{silent.getsockname()[1]}"
+    outcomes: list[Exception | None] = []
+
+    async def one(queue: CommitQueue, i: int) -> None:
+        try:
+            await queue.commit(ObjectCommit(f"k{i}", "node-1", "a:1", 1, None))
+        except Exception as exc:
+            outcomes[i] = exc
+
+    async def failing_calls() -> None:
+        client = _member(tmp_path, address, timeout_s=1)  # (each call fails after 1 s)
+        queue = CommitQueue(client)
+        outcomes[:] = [None] * 4
+        try:
+            with anyio.fail_after(6):
+                async with anyio.create_task_group() as tg:
+                    tg.start_soon(one, queue, 0)
+                    await anyio.sleep(0.3)  # (the first call on the wire)
+                    for i in (1, 2, 3):
+                        tg.start_soon(one, queue, i)
+            assert all(isinstance(o, Unavailable) for o in outcomes), outcomes
+            assert queue.calls == 2  # (the three made meanwhile went together)
+        finally:
+            await client.aclose()
+
+    async def closed_meanwhile() -> None:
+        client = _member(tmp_path, address, timeout_s=60)
+        queue = CommitQueue(client)
+        outcomes[:] = [None]
+        try:
+            for wait_s in (0.3, 0):  # (on the wire; and before the call was even made)
+                outcomes[:] = [None]
+                with anyio.fail_after(5):
+                    async with anyio.create_task_group() as tg:
+                        tg.start_soon(one, queue, 0)
+                        await anyio.sleep(wait_s)
+                        await queue.aclose()  # (the wait ends at once)
+                assert isinstance(outcomes[0], Unavailable), outcomes
+                assert str(outcomes[0]) == CLOSED
+        finally:
+            await client.aclose()
+
+    try:
+        anyio.run(failing_calls)
+        anyio.run(closed_meanwhile)
+    finally:
+        silent.close()

@@ -3,9 +3,9 @@
 Every value a member writes is committed at the SMS (a compare-and-swap there): every
 task's result is one. One call per commit made the SMS's gRPC and TLS the largest cost of
 a batch of short tasks, so `CommitQueue` groups them as a database groups its log
-writes: a commit made while none is on the wire goes at once, alone (CommitObject: no
-wait added); those made while a call is on the wire wait for it and then go together in
-one CommitObjects call. Each is still a compare-and-swap of its own at the SMS, answered
+writes: a commit made while none is on the wire goes at once (no wait added); those made
+while a call is on the wire wait for it and then go together in the next CommitObjects
+call. Each is still a compare-and-swap of its own at the SMS, answered
 on its own (a conflict refuses that commit only); commits of one key keep their order.
 """
 
@@ -15,9 +15,11 @@ import asyncio
 import contextlib
 from typing import TYPE_CHECKING
 
-from spear.errors import SpearError
+from spear.errors import Unavailable
 
 if TYPE_CHECKING:
+    from collections.abc import Sequence
+
     from spear.core.object_index import ObjectRecord
     from spear.transport.sms_client import ObjectCommit, SmsClient
 
@@ -35,57 +37,63 @@ class CommitQueue:
 
     async def commit(self, commit: ObjectCommit) -> ObjectRecord:
         """`commit`'s new record, or the error that refused it (Conflict: nothing
-        written); a call that failed (the SMS unreachable) is every waiting commit's
-        error, as it would be each one's alone."""
-        future: asyncio.Future[ObjectRecord] = asyncio.get_running_loop().create_future()
+        written); a call that failed (the SMS unreachable) is the error of every commit
+        in it, as it would have been of each alone."""
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[ObjectRecord] = loop.create_future()
         self._waiting.append((commit, future))
         if self._sender is None:
-            self._sender = asyncio.get_running_loop().create_task(self._send())
+            self._sender = loop.create_task(self._send())
         return await future
 
     async def _send(self) -> None:
+        group: list[tuple[ObjectCommit, asyncio.Future[ObjectRecord]]] = []
         try:
             while self._waiting:
                 group, self._waiting = self._waiting[:MAX_GROUP], self._waiting[MAX_GROUP:]
-                await self._call(group)
-        finally:
-            self._sender = None
-            for _, future in self._waiting:  # (only if this task was cancelled)
-                future.cancel()
-            self._waiting = []
-
-    async def _call(self, group: list[tuple[ObjectCommit, asyncio.Future[ObjectRecord]]]) -> None:
-        self.calls += 1
-        try:
-            if len(group) == 1:
-                commit = group[0][0]
-                outcomes: list[ObjectRecord | SpearError] = [await self._sms.commit_object(*commit)]
-            else:
-                outcomes = await self._sms.commit_objects([commit for commit, _ in group])
-        except BaseException as exc:
-            for _, future in group:
-                if future.done():
-                    continue
-                if isinstance(exc, Exception):
-                    future.set_exception(exc)
+                self.calls += 1
+                try:
+                    outcomes = await self._sms.commit_objects([commit for commit, _ in group])
+                except Exception as exc:
+                    _answer(group, [exc] * len(group))
                 else:
-                    future.cancel()
-            if not isinstance(exc, Exception):
-                raise
-            return
-        for (_, future), outcome in zip(group, outcomes, strict=True):
-            if future.done():  # (its caller was cancelled: it treats the key as unsure)
-                continue
-            if isinstance(outcome, SpearError):
-                future.set_exception(outcome)
-            else:
-                future.set_result(outcome)
+                    _answer(group, outcomes)
+        finally:  # (cancelled: `aclose`) what was not answered will not be
+            self._sender = None
+            _closed(group)
+            self._close_waiting()
+
+    def _close_waiting(self) -> None:
+        waiting, self._waiting = self._waiting, []
+        _closed(waiting)
 
     async def aclose(self) -> None:
-        """Stop sending: commits still waiting end cancelled (their callers treat their
-        keys as unsure, as after any commit whose answer was not heard)."""
-        sender, self._sender = self._sender, None
+        """Stop sending: commits still waiting fail with Unavailable (their callers treat
+        their keys as unsure, as after any commit whose answer was not heard)."""
+        sender = self._sender
         if sender is not None:
             sender.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await sender
+        self._close_waiting()  # (a sender cancelled before it ran did not)
+
+
+CLOSED = "the commit was not answered: the node's object space closed"
+
+
+def _closed(group: list[tuple[ObjectCommit, asyncio.Future[ObjectRecord]]]) -> None:
+    _answer(group, [Unavailable(CLOSED)] * len(group))
+
+
+def _answer(
+    group: list[tuple[ObjectCommit, asyncio.Future[ObjectRecord]]],
+    outcomes: Sequence[ObjectRecord | Exception],
+) -> None:
+    # (one outcome per commit: commit_objects checks the SMS's answer has as many)
+    for (_, future), outcome in zip(group, outcomes):  # noqa: B905
+        if future.done():  # (its caller was cancelled: it treats the key as unsure)
+            continue
+        if isinstance(outcome, Exception):
+            future.set_exception(outcome)
+        else:
+            future.set_result(outcome)
