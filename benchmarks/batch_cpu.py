@@ -30,7 +30,7 @@ from benchmarks.common import ROOT
 RESULT_FILE = ROOT / "benchmarks" / "results" / "batch_cpu.json"
 
 _ONE = r"""
-import json, sys, tempfile, anyio, psutil
+import json, statistics, sys, tempfile, anyio, psutil
 from pathlib import Path
 from benchmarks import cluster_bench as cb
 

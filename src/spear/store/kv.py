@@ -13,7 +13,6 @@ import enum
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-import anyio
 from anyio.abc import AsyncResource
 
 if TYPE_CHECKING:
@@ -56,20 +55,10 @@ class KV(AsyncResource):
     @abc.abstractmethod
     async def get(self, key: str) -> Entry | None: ...
 
+    @abc.abstractmethod
     async def get_many(self, keys: Sequence[str]) -> list[Entry | None]:
-        """The entries of `keys`, in order (None where absent), read at once.
-
-        A store that can read them together overrides this (LevelDB: one pass on its
-        thread; etcd: one read-only transaction per 128 keys)."""
-        entries: list[Entry | None] = [None] * len(keys)
-
-        async def read(i: int) -> None:
-            entries[i] = await self.get(keys[i])
-
-        async with anyio.create_task_group() as tg:
-            for i in range(len(keys)):
-                tg.start_soon(read, i)
-        return entries
+        """The entries of `keys`, in order (None where absent), read together (LevelDB:
+        one pass on its thread; etcd: one read-only transaction per 128 keys)."""
 
     @abc.abstractmethod
     async def put(self, key: str, value: bytes) -> int:

@@ -362,7 +362,7 @@ class LevelDBKV(KV):
     async def get_many(self, keys: Sequence[str]) -> list[Entry | None]:
         raws = await self._run(lambda db: [self._raw(db, _DATA + k.encode()) for k in keys])
         entries: list[Entry | None] = []
-        for key, raw in zip(keys, raws, strict=True):
+        for key, raw in zip(keys, raws):  # noqa: B905 (one raw per key, made just above)
             if raw is None:
                 entries.append(None)
             else:
