@@ -4,6 +4,7 @@ not, each commit is a compare-and-swap of its own: answered on its own, in order
 
 from __future__ import annotations
 
+import contextlib
 import socket
 from typing import TYPE_CHECKING
 
@@ -19,6 +20,7 @@ from spear.transport.sms_client import ObjectCommit, SmsClient
 from spear.transport.tls import TlsFiles
 
 if TYPE_CHECKING:
+    from collections.abc import AsyncIterator
     from pathlib import Path
 
     from spear.core.object_index import ObjectRecord
@@ -27,6 +29,20 @@ if TYPE_CHECKING:
 def _member(tmp_path: Path, address: str, timeout_s: float = 10) -> SmsClient:
     credentials = Credentials(tls=TlsFiles(tmp_path / "node-1" / "tls"))
     return SmsClient(address, timeout_s=timeout_s, credentials=credentials)
+
+
+@contextlib.asynccontextmanager
+async def _queue(
+    tmp_path: Path, address: str, timeout_s: float = 10
+) -> AsyncIterator[tuple[SmsClient, CommitQueue]]:
+    """node-1's SMS client (its certificate) and a commit queue over it, both closed after."""
+    client = _member(tmp_path, address, timeout_s)
+    queue = CommitQueue(client)
+    try:
+        yield client, queue
+    finally:
+        await queue.aclose()
+        await client.aclose()
 
 
 async def _all(
@@ -53,28 +69,25 @@ def test_commits_made_at_once_go_in_few_calls_each_answered(tmp_path: Path) -> N
     _certify(tmp_path, "sms", "node-1")
 
     async def main() -> None:
-        async with spear.serve_sms(tmp_path / "sms") as sms:
-            client = _member(tmp_path, sms.address)
-            queue = CommitQueue(client)
-            try:
-                commits = [
-                    ObjectCommit(f"results/{i}", "node-1", "a:1", 2, None, b"ok") for i in range(60)
-                ]
-                first = await _all(queue, commits[:1])  # alone: one call
-                assert queue.calls == 1 and first[0].key == "results/0"  # type: ignore[union-attr]
-                outcomes = first + await _all(queue, commits[1:])
-                keys = [r.key for r in outcomes]  # type: ignore[union-attr]
-                assert keys == [f"results/{i}" for i in range(60)]
-                assert queue.calls < 11  # (60 alone would be 60 calls)
-                record = await client.lookup_object("results/7")
-                assert (record.version, record.value) == (outcomes[7].version, b"ok")  # type: ignore[union-attr]
-                # A commit alone is one call.
-                before = queue.calls
-                alone = await queue.commit(ObjectCommit("solo", "node-1", "a:1", 1, 0, b"x"))
-                assert alone.version > 0 and queue.calls == before + 1
-            finally:
-                await queue.aclose()
-                await client.aclose()
+        async with (
+            spear.serve_sms(tmp_path / "sms") as sms,
+            _queue(tmp_path, sms.address) as (client, queue),
+        ):
+            commits = [
+                ObjectCommit(f"results/{i}", "node-1", "a:1", 2, None, b"ok") for i in range(60)
+            ]
+            first = await _all(queue, commits[:1])  # alone: one call
+            assert queue.calls == 1 and first[0].key == "results/0"  # type: ignore[union-attr]
+            outcomes = first + await _all(queue, commits[1:])
+            keys = [r.key for r in outcomes]  # type: ignore[union-attr]
+            assert keys == [f"results/{i}" for i in range(60)]
+            assert queue.calls < 11  # (60 alone would be 60 calls)
+            record = await client.lookup_object("results/7")
+            assert (record.version, record.value) == (outcomes[7].version, b"ok")  # type: ignore[union-attr]
+            # A commit alone is one call.
+            before = queue.calls
+            alone = await queue.commit(ObjectCommit("solo", "node-1", "a:1", 1, 0, b"x"))
+            assert alone.version > 0 and queue.calls == before + 1
 
     anyio.run(main)
 
@@ -85,31 +98,28 @@ def test_a_refused_commit_refuses_only_itself_and_one_key_keeps_its_order(
     _certify(tmp_path, "sms", "node-1")
 
     async def main() -> None:
-        async with spear.serve_sms(tmp_path / "sms") as sms:
-            client = _member(tmp_path, sms.address)
-            queue = CommitQueue(client)
-            try:
-                await queue.commit(ObjectCommit("first", "node-1", "a:1", 1, None))
-                commits = [
-                    # Five writers expecting "absent" of one new key: one wins.
-                    *(ObjectCommit("counter", "node-1", "a:1", 1, 0, b"1") for _ in range(5)),
-                    ObjectCommit("", "node-1", "a:1", 1, None),  # malformed: refused alone
-                    # One key written twice in one group: in that order.
-                    ObjectCommit("log", "node-1", "a:1", 1, None, b"a"),
-                    ObjectCommit("log", "node-1", "a:1", 2, None, b"ab"),
-                ]
-                outcomes = await _all(queue, commits)
-                won = [o for o in outcomes[:5] if not isinstance(o, Exception)]
-                assert len(won) == 1
-                assert all(isinstance(o, Conflict) for o in outcomes[:5] if o is not won[0])
-                assert isinstance(outcomes[5], InvalidArgument)
-                first, second = outcomes[6:]
-                assert first.version < second.version  # type: ignore[union-attr]
-                log = await client.lookup_object("log")
-                assert (log.version, log.value) == (second.version, b"ab")  # type: ignore[union-attr]
-            finally:
-                await queue.aclose()
-                await client.aclose()
+        async with (
+            spear.serve_sms(tmp_path / "sms") as sms,
+            _queue(tmp_path, sms.address) as (client, queue),
+        ):
+            await queue.commit(ObjectCommit("first", "node-1", "a:1", 1, None))
+            commits = [
+                # Five writers expecting "absent" of one new key: one wins.
+                *(ObjectCommit("counter", "node-1", "a:1", 1, 0, b"1") for _ in range(5)),
+                ObjectCommit("", "node-1", "a:1", 1, None),  # malformed: refused alone
+                # One key written twice in one group: in that order.
+                ObjectCommit("log", "node-1", "a:1", 1, None, b"a"),
+                ObjectCommit("log", "node-1", "a:1", 2, None, b"ab"),
+            ]
+            outcomes = await _all(queue, commits)
+            won = [o for o in outcomes[:5] if not isinstance(o, Exception)]
+            assert len(won) == 1
+            assert all(isinstance(o, Conflict) for o in outcomes[:5] if o is not won[0])
+            assert isinstance(outcomes[5], InvalidArgument)
+            first, second = outcomes[6:]
+            assert first.version < second.version  # type: ignore[union-attr]
+            log = await client.lookup_object("log")
+            assert (log.version, log.value) == (second.version, b"ab")  # type: ignore[union-attr]
 
     anyio.run(main)
 
@@ -142,15 +152,10 @@ def test_every_commit_waiting_fails_when_the_sms_cannot_be_reached(tmp_path: Pat
     async def main() -> None:
         async with spear.serve_sms(tmp_path / "sms") as sms:
             address = sms.address
-        client = _member(tmp_path, address, timeout_s=1)
-        queue = CommitQueue(client)
-        try:
+        async with _queue(tmp_path, address, timeout_s=1) as (_, queue):
             commits = [ObjectCommit(f"k{i}", "node-1", "a:1", 1, None) for i in range(5)]
             outcomes = await _all(queue, commits)
             assert all(isinstance(o, Unavailable) for o in outcomes), outcomes
-        finally:
-            await queue.aclose()
-            await client.aclose()
 
     anyio.run(main)
 
@@ -159,9 +164,10 @@ def test_a_cancelled_caller_leaves_the_others_answered(tmp_path: Path) -> None:
     _certify(tmp_path, "sms", "node-1")
 
     async def main() -> None:
-        async with spear.serve_sms(tmp_path / "sms") as sms:
-            client = _member(tmp_path, sms.address)
-            queue = CommitQueue(client)
+        async with (
+            spear.serve_sms(tmp_path / "sms") as sms,
+            _queue(tmp_path, sms.address) as (client, queue),
+        ):
             answered: dict[int, ObjectRecord] = {}
 
             async def one(i: int, scope: anyio.CancelScope) -> None:
@@ -170,19 +176,15 @@ def test_a_cancelled_caller_leaves_the_others_answered(tmp_path: Path) -> None:
                         ObjectCommit(f"k{i}", "node-1", "a:1", 1, None)
                     )
 
-            try:
-                with anyio.fail_after(5):
-                    async with anyio.create_task_group() as tg:
-                        scopes = [anyio.CancelScope() for _ in range(6)]
-                        for i, scope in enumerate(scopes):
-                            tg.start_soon(one, i, scope)
-                        await anyio.sleep(0)  # (all six queued, none sent yet)
-                        scopes[0].cancel()
-                        scopes[3].cancel()
-                assert sorted(answered) == [1, 2, 4, 5]
-            finally:
-                await queue.aclose()
-                await client.aclose()
+            with anyio.fail_after(5):
+                async with anyio.create_task_group() as tg:
+                    scopes = [anyio.CancelScope() for _ in range(6)]
+                    for i, scope in enumerate(scopes):
+                        tg.start_soon(one, i, scope)
+                    await anyio.sleep(0)  # (all six queued, none sent yet)
+                    scopes[0].cancel()
+                    scopes[3].cancel()
+            assert sorted(answered) == [1, 2, 4, 5]
 
     anyio.run(main)
 
@@ -205,10 +207,9 @@ def test_commits_made_during_a_failing_call_fail_too_and_close_ends_a_wait(
             outcomes[i] = exc
 
     async def failing_calls() -> None:
-        client = _member(tmp_path, address, timeout_s=1)  # (each call fails after 1 s)
-        queue = CommitQueue(client)
         outcomes[:] = [None] * 4
-        try:
+        # (each call fails after 1 s)
+        async with _queue(tmp_path, address, timeout_s=1) as (_, queue):
             with anyio.fail_after(6):
                 async with anyio.create_task_group() as tg:
                     tg.start_soon(one, queue, 0)
@@ -217,14 +218,9 @@ def test_commits_made_during_a_failing_call_fail_too_and_close_ends_a_wait(
                         tg.start_soon(one, queue, i)
             assert all(isinstance(o, Unavailable) for o in outcomes), outcomes
             assert queue.calls == 2  # (the three made meanwhile went together)
-        finally:
-            await client.aclose()
 
     async def closed_meanwhile() -> None:
-        client = _member(tmp_path, address, timeout_s=60)
-        queue = CommitQueue(client)
-        outcomes[:] = [None]
-        try:
+        async with _queue(tmp_path, address, timeout_s=60) as (_, queue):
             for wait_s in (0.3, 0):  # (on the wire; and before the call was even made)
                 outcomes[:] = [None]
                 with anyio.fail_after(5):
@@ -234,8 +230,6 @@ def test_commits_made_during_a_failing_call_fail_too_and_close_ends_a_wait(
                         await queue.aclose()  # (the wait ends at once)
                 assert isinstance(outcomes[0], Unavailable), outcomes
                 assert str(outcomes[0]) == CLOSED
-        finally:
-            await client.aclose()
 
     try:
         anyio.run(failing_calls)

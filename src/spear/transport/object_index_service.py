@@ -17,6 +17,7 @@ from spear.transport.auth import current_principal
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator
 
+    from spear.core.object_index import ObjectRecord
     from spear.core.sms import MetadataServer
 
 
@@ -34,7 +35,10 @@ class ObjectIndexService:
         """CommitObject: one per value a member writes (every task's result)."""
         self.sms.leadership.require()  # writes go to the leader only
         _speaks_for(message.node)
-        record = await self.sms.objects.commit(
+        return oc.record_to_wire(await self._commit(message))
+
+    async def _commit(self, message: sms_pb2.CommitObjectRequest) -> ObjectRecord:
+        return await self.sms.objects.commit(
             message.key,
             message.node,
             message.address,
@@ -42,7 +46,6 @@ class ObjectIndexService:
             optional(message, "expected_version"),
             optional(message, "value"),
         )
-        return oc.record_to_wire(record)
 
     async def commit_objects(
         self, message: sms_pb2.CommitObjectsRequest
@@ -68,14 +71,7 @@ class ObjectIndexService:
 
     async def _one_commit(self, message: sms_pb2.CommitObjectRequest) -> sms_pb2.CommitOutcome:
         try:
-            record = await self.sms.objects.commit(
-                message.key,
-                message.node,
-                message.address,
-                message.size,
-                optional(message, "expected_version"),
-                optional(message, "value"),
-            )
+            record = await self._commit(message)
         except SpearError as exc:
             return sms_pb2.CommitOutcome(error_code=exc.code, error=str(exc))
         except Exception as exc:  # a full disk, or a bug: this commit fails, not the others

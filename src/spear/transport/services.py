@@ -139,8 +139,13 @@ class Stub:
         for method in methods(service):
             setattr(self, method.name, functools.partial(_CALLS[method.cardinality], self, method))
 
-    def _options(self, timeout: float | None, metadata: Any) -> dict[str, Any]:
-        return {"timeout": self.timeout if timeout is None else timeout, "metadata": metadata}
+    def _open(self, method: Method, timeout: float | None, metadata: Any) -> Any:
+        """One call of `method` (grpclib's `Channel.request` shape: a stream to use in
+        `async with`), with this stub's timeout unless the call gives its own."""
+        return self.channel.request(
+            method.route, method.cardinality, method.request, method.reply,
+            timeout=self.timeout if timeout is None else timeout, metadata=metadata,
+        )  # fmt: skip
 
     def __getattr__(self, name: str) -> Any:  # (for type checkers: every RPC is a method)
         raise AttributeError(name)
@@ -154,10 +159,7 @@ async def _call_unary_unary(
     timeout: float | None = None,  # noqa: ASYNC109 (the stubs' call options, as grpclib's)
     metadata: Any = None,
 ) -> Any:
-    async with stub.channel.request(
-        method.route, method.cardinality, method.request, method.reply,
-        **stub._options(timeout, metadata),
-    ) as stream:  # fmt: skip
+    async with stub._open(method, timeout, metadata) as stream:
         await stream.send_message(request, end=True)
         reply = await stream.recv_message()
     assert reply is not None
@@ -172,10 +174,7 @@ async def _call_unary_stream(
     timeout: float | None = None,  # noqa: ASYNC109 (the stubs' call options, as grpclib's)
     metadata: Any = None,
 ) -> AsyncIterator[Any]:
-    async with stub.channel.request(
-        method.route, method.cardinality, method.request, method.reply,
-        **stub._options(timeout, metadata),
-    ) as stream:  # fmt: skip
+    async with stub._open(method, timeout, metadata) as stream:
         await stream.send_message(request, end=True)
         async for reply in stream:
             yield reply
@@ -199,10 +198,7 @@ async def _call_stream_unary(
     timeout: float | None = None,  # noqa: ASYNC109 (the stubs' call options, as grpclib's)
     metadata: Any = None,
 ) -> Any:
-    async with stub.channel.request(
-        method.route, method.cardinality, method.request, method.reply,
-        **stub._options(timeout, metadata),
-    ) as stream:  # fmt: skip
+    async with stub._open(method, timeout, metadata) as stream:
         await stream.send_request()
         await _send_all(stream, requests)
         reply = await stream.recv_message()
@@ -218,10 +214,7 @@ async def _call_stream_stream(
     timeout: float | None = None,  # noqa: ASYNC109 (the stubs' call options, as grpclib's)
     metadata: Any = None,
 ) -> AsyncIterator[Any]:
-    async with stub.channel.request(
-        method.route, method.cardinality, method.request, method.reply,
-        **stub._options(timeout, metadata),
-    ) as stream:  # fmt: skip
+    async with stub._open(method, timeout, metadata) as stream:
         await stream.send_request()
         sending = asyncio.ensure_future(_send_all(stream, requests))
         try:
