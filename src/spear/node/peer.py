@@ -89,7 +89,7 @@ class PeerService(ServiceBase):
     async def forward_task(self, message: peer_pb2.ForwardTaskRequest) -> pb.TaskInfo:
         task, spec = self._received(message)
         adopted = await self.scheduler.adopt(task, spec, message.stdin or None)
-        return cv.task_to_wire(adopted, pb)  # type: ignore[return-value]  # (pb given: pb's)
+        return cv.task_to_wire(adopted)
 
     async def list_cluster_nodes(
         self, message: sms_pb2.ListNodesRequest
@@ -411,13 +411,13 @@ def _outcome(o: pb.ForwardOutcome, spec: FunctionSpec) -> Forwarded:
 
 def _task_pb(task: Task) -> pb.TaskInfo:
     """A task taken here, for the answer: without its spec (the sender has it)."""
-    return cv.task_to_wire(task, pb, with_spec=False)  # type: ignore[return-value]
+    return cv.task_to_wire(task, with_spec=False)
 
 
 def _forwarded_pb(task: Task) -> pb.TaskInfo:
     """A task to forward: with its spec."""
-    return cv.task_to_wire(task, pb)  # type: ignore[return-value]  # (pb given: pb's)
+    return cv.task_to_wire(task)
 
 
 def _resources_pb(free: Resources) -> pb.Resources:
-    return cv.resources_to_wire(free, pb)  # type: ignore[return-value]  # (pb given: pb's)
+    return cv.resources_to_wire(free)

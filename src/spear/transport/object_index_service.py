@@ -57,7 +57,7 @@ class ObjectIndexService:
         commits = list(message.commits)
         for commit in commits:  # (all or none: a member speaks only for itself)
             _speaks_for(commit.node)
-        outcomes: list[sms_pb2.CommitOutcome | None] = [None] * len(commits)
+        outcomes: list[sms_pb2.CommitOutcome] = [sms_pb2.CommitOutcome()] * len(commits)
         by_key: dict[str, list[int]] = {}
         for i, commit in enumerate(commits):
             by_key.setdefault(commit.key, []).append(i)
@@ -75,7 +75,7 @@ class ObjectIndexService:
         except SpearError as exc:
             return sms_pb2.CommitOutcome(error_code=exc.code, error=str(exc))
         except Exception as exc:  # a full disk, or a bug: this commit fails, not the others
-            error = no_space(exc)
+            error: SpearError | None = no_space(exc)
             if error is None:
                 logger.exception("commit of {!r} failed", message.key)
                 error = SpearError(f"internal error: {type(exc).__name__}: {exc}")

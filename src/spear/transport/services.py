@@ -22,13 +22,16 @@ import re
 from collections.abc import AsyncIterable
 from typing import TYPE_CHECKING, Any, NamedTuple
 
-from google.protobuf import message_factory
+from google.protobuf import message_factory  # type: ignore[import-untyped]
 from grpclib.const import Cardinality, Handler
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Callable, Iterable
 
-    from google.protobuf.descriptor import MethodDescriptor, ServiceDescriptor
+    from google.protobuf.descriptor import (  # type: ignore[import-untyped]
+        MethodDescriptor,
+        ServiceDescriptor,
+    )
     from grpclib.server import Stream
 
 _CAPITAL = re.compile(r"(?<!^)(?=[A-Z])")
