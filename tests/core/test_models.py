@@ -381,6 +381,12 @@ def test_malformed_spec_json_says_so() -> None:
         FunctionSpec.from_json({"runtime": "wasm"})
 
 
+def test_an_infinite_count_in_spec_json_is_malformed_not_a_crash() -> None:
+    for field in ("max_retries", "priority"):
+        with pytest.raises(InvalidArgument, match="^malformed function spec: cannot convert"):
+            FunctionSpec.from_json({"artifact": "m.wasm", field: float("inf")})
+
+
 def test_task_ids_carry_their_millisecond() -> None:
     before = time.time_ns() // 1_000_000
     task_id = new_task_id()

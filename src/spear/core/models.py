@@ -244,7 +244,7 @@ class FunctionSpec:
                 priority=int(data.get("priority", 0)),
                 reuse=bool(data.get("reuse", False)),
             )
-        except (KeyError, TypeError, ValueError) as exc:
+        except (KeyError, TypeError, ValueError, OverflowError) as exc:  # (int(inf))
             raise InvalidArgument(f"malformed function spec: {exc}") from exc
 
 
