@@ -1,20 +1,17 @@
-"""betterproto2's messages against protobuf's own (upb) on the messages every task sends
-(issue #17, item 6): building and encoding, then decoding and converting, in this process.
+"""What the messages every task sends cost in CPU (issue #17, item 6): building and
+encoding, then decoding and converting, in this process, with protobuf's own (upb)
+messages and the converters spear uses (transport/_convert.py, _object_convert.py).
 
     python -m benchmarks.wire_messages [--quick]   # writes benchmarks/results/wire_messages.json
-
-Measured, per task, with the converters spear uses (transport/_convert.py,
-_object_convert.py), the two kinds alternating round after round:
 
 - report: a ReportTasksRequest of 200 task records (a member -> the SMS, batched);
 - submit: a SubmitTasksRequest of 300 specs (a client -> a node), and its answer of 300
   task records (SubmitTasksResponse);
 - commit: one CommitObjectRequest and its ObjectRecord (a task's result, member -> SMS).
 
-The same bytes either way (tests/transport/test_wire_codec.py): the choice is only the
-CPU each end spends. spear's own messages are protobuf's now; betterproto2's are measured
-beside them only where betterproto2 and its generated package (transport/_gen/spear) are
-still importable, else protobuf's alone (no speed-up column).
+The ninth stop ran it with betterproto2's messages beside protobuf's (docs/benchmarks.md,
+"Protobuf's messages for the calls every task makes"); betterproto2 is no longer a
+dependency, so it measures protobuf's alone.
 """
 
 from __future__ import annotations
@@ -26,16 +23,6 @@ from typing import Any
 from benchmarks.common import ROOT, standalone
 
 RESULT_FILE = ROOT / "benchmarks" / "results" / "wire_messages.json"
-
-
-def _kinds() -> tuple[str, ...]:
-    """The kinds of message to measure: betterproto2's only while it can be imported."""
-    try:
-        import betterproto2  # noqa: F401
-        from spear.transport._gen.spear import v1  # noqa: F401
-    except ImportError:
-        return ("protobuf",)
-    return ("betterproto2", "protobuf")
 
 
 def _task() -> Any:
@@ -53,21 +40,14 @@ def _task() -> Any:
     )
 
 
-def _cases(kind: str) -> dict[str, tuple[int, Any, Any]]:
-    """Per case: (tasks per call, build+encode, decode+convert), in `kind`'s messages."""
+def _cases() -> dict[str, tuple[int, Any, Any]]:
+    """Per case: (tasks per call, build+encode, decode+convert)."""
     from spear.core.object_index import ObjectHolder, ObjectRecord
     from spear.transport import _convert as cv
     from spear.transport import _object_convert as oc
     from spear.transport._gen.pb import sms_pb2
     from spear.transport._gen.pb import spearlet_pb2 as pb
 
-    bp = kind == "betterproto2"
-    if bp:
-        from spear.transport._gen.spear import v1
-
-        m, sms = v1, v1
-    else:
-        m, sms = pb, sms_pb2
     task = _task()
     tasks = [task] * 200
     specs = [task.spec] * 300
@@ -79,44 +59,44 @@ def _cases(kind: str) -> dict[str, tuple[int, Any, Any]]:
         value=b"",
     )
 
-    def encode(message: Any) -> bytes:
-        return bytes(message) if bp else message.SerializeToString()  # type: ignore[no-any-return]
-
-    def decode(cls: Any, raw: bytes) -> Any:
-        return cls.parse(raw) if bp else cls.FromString(raw)
-
     def report() -> bytes:
-        return encode(sms.ReportTasksRequest(tasks=[cv.task_to_wire(t, m) for t in tasks]))
+        return sms_pb2.ReportTasksRequest(
+            tasks=[cv.task_to_wire(t) for t in tasks]
+        ).SerializeToString()
 
     def submit() -> bytes:
-        wire = [m.SubmitTaskRequest(spec=cv.spec_to_wire(s, m), wait=True) for s in specs]
-        return encode(m.SubmitTasksRequest(tasks=wire))
+        wire = [pb.SubmitTaskRequest(spec=cv.spec_to_wire(s), wait=True) for s in specs]
+        return pb.SubmitTasksRequest(tasks=wire).SerializeToString()
 
     def answer() -> bytes:
-        outcomes = [m.SubmitOutcome(task=cv.task_to_wire(task, m)) for _ in specs]
-        return encode(m.SubmitTasksResponse(outcomes=outcomes))
+        outcomes = [pb.SubmitOutcome(task=cv.task_to_wire(task)) for _ in specs]
+        return pb.SubmitTasksResponse(outcomes=outcomes).SerializeToString()
 
     def commit() -> bytes:
-        request = sms.CommitObjectRequest(
+        request = sms_pb2.CommitObjectRequest(
             key=record.key, node="node-1", address="127.0.0.1:41234", size=0, value=b""
         )
-        return encode(request) + encode(oc.record_to_wire(record, sms))
+        return request.SerializeToString() + oc.record_to_wire(record).SerializeToString()
 
     raw_report, raw_submit, raw_answer = report(), submit(), answer()
-    raw_commit = encode(oc.record_to_wire(record, sms))
+    raw_commit = oc.record_to_wire(record).SerializeToString()
 
     def read_report() -> Any:
-        return [cv.task_from_wire(t) for t in decode(sms.ReportTasksRequest, raw_report).tasks]
+        return [
+            cv.task_from_wire(t) for t in sms_pb2.ReportTasksRequest.FromString(raw_report).tasks
+        ]
 
     def read_submit() -> Any:
-        return [cv.spec_from_wire(r.spec) for r in decode(m.SubmitTasksRequest, raw_submit).tasks]
+        return [
+            cv.spec_from_wire(r.spec) for r in pb.SubmitTasksRequest.FromString(raw_submit).tasks
+        ]
 
     def read_answer() -> Any:
-        answered = decode(m.SubmitTasksResponse, raw_answer)
+        answered = pb.SubmitTasksResponse.FromString(raw_answer)
         return [cv.task_from_wire(o.task) for o in answered.outcomes]
 
     def read_commit() -> Any:
-        return oc.record_from_wire(decode(sms.ObjectRecord, raw_commit))
+        return oc.record_from_wire(sms_pb2.ObjectRecord.FromString(raw_commit))
 
     return {
         "report (200 task records)": (200, report, read_report),
@@ -135,30 +115,20 @@ def _per_task_us(fn: Any, per_call: int, calls: int) -> float:
 
 def run(quick: bool) -> dict[str, Any]:
     rounds = 3 if quick else 7
-    kinds = _kinds()
-    cases = {kind: _cases(kind) for kind in kinds}
-    samples: dict[str, dict[str, dict[str, list[float]]]] = {
-        kind: {name: {"encode": [], "decode": []} for name in cases[kind]} for kind in kinds
-    }
+    cases = _cases()
+    samples = {name: {"encode": [], "decode": []} for name in cases}
     for _ in range(rounds):
-        for kind in kinds:
-            for name, (per_call, encode, decode) in cases[kind].items():
-                calls = max(5, 2000 // per_call)
-                samples[kind][name]["encode"].append(_per_task_us(encode, per_call, calls))
-                samples[kind][name]["decode"].append(_per_task_us(decode, per_call, calls))
-    out: dict[str, Any] = {}
-    for name in cases[kinds[0]]:
-        row: dict[str, Any] = {}
-        for kind in kinds:
-            for step in ("encode", "decode"):
-                row[f"{kind} {step} us/task"] = round(
-                    sorted(samples[kind][name][step])[rounds // 2], 2
-                )
-        for step in ("encode", "decode") if len(kinds) > 1 else ():
-            row[f"{step}: protobuf's speed-up"] = round(
-                row[f"betterproto2 {step} us/task"] / row[f"protobuf {step} us/task"], 1
-            )
-        out[name] = row
+        for name, (per_call, encode, decode) in cases.items():
+            calls = max(5, 2000 // per_call)
+            samples[name]["encode"].append(_per_task_us(encode, per_call, calls))
+            samples[name]["decode"].append(_per_task_us(decode, per_call, calls))
+    out = {
+        name: {
+            f"protobuf {step} us/task": round(sorted(steps[step])[rounds // 2], 2)
+            for step in ("encode", "decode")
+        }
+        for name, steps in samples.items()
+    }
     return {"wire_messages": out, "rounds": rounds}
 
 

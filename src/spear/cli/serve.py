@@ -29,6 +29,7 @@ from spear.cli._common import (
     choice,
 )
 from spear.config import LOG_FORMATS, LOG_LEVELS, Settings, parse_size
+from spear.core.models import TaskState
 from spear.errors import InvalidArgument
 
 if TYPE_CHECKING:
@@ -214,7 +215,7 @@ async def _log_finished(finished: TasksFinished) -> None:
     several = len(tasks) > 1
     completed = 0
     for task in tasks:
-        ok = task.state.value == "COMPLETED"
+        ok = task.state is TaskState.COMPLETED
         completed += ok
         (logger.debug if several and ok else logger.info)(
             "task {} {} (exit code {}){}",

@@ -297,10 +297,10 @@ class Client(AsyncResource):
             digest = await self._upload(spec.artifact, *found)
             if wire is None:
                 wire = cv.spec_to_wire(
-                    dataclasses.replace(spec, artifact=os.path.basename(spec.artifact)), pb
+                    dataclasses.replace(spec, artifact=os.path.basename(spec.artifact))
                 )
         elif wire is None:
-            wire = cv.spec_to_wire(spec, pb)
+            wire = cv.spec_to_wire(spec)
         if len(self._wire_specs) >= 1024:
             self._wire_specs.clear()
         self._wire_specs[key] = wire  # (never changed once made: copied into the request)

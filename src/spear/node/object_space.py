@@ -82,7 +82,7 @@ class ClusterObjects:
         return record.version
 
     async def aclose(self) -> None:
-        """Stop committing (commits still waiting end cancelled, their keys unsure)."""
+        """Stop committing (commits still waiting fail with Unavailable, their keys unsure)."""
         await self._commits.aclose()
 
     def small_value(self, key: str, version: int) -> bytes | None:

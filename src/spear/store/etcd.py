@@ -103,22 +103,16 @@ class EtcdKV(KV):
 
     async def get(self, key: str) -> Entry | None:
         resp = await self._client.range(pb.RangeRequest(key=self._key(key)))
-        if not resp.kvs:
-            return None
-        item = resp.kvs[0]
-        return Entry(key, bytes(item.value), int(item.mod_revision))
+        return _entry(key, resp.kvs)
 
     async def get_many(self, keys: Sequence[str]) -> list[Entry | None]:
         entries: list[Entry | None] = []
-        for start in range(0, len(keys), _TXN_OPS):  # (etcd's --max-txn-ops: 128)
+        for start in range(0, len(keys), _TXN_OPS):
             part = keys[start : start + _TXN_OPS]
             ops = [pb.RequestOp(request_range=pb.RangeRequest(key=self._key(k))) for k in part]
             resp = await self._client.txn(pb.TxnRequest(success=ops), "read")
             for key, answer in zip(part, resp.responses, strict=True):
-                kvs = answer.response_range.kvs
-                entries.append(
-                    Entry(key, bytes(kvs[0].value), int(kvs[0].mod_revision)) if kvs else None
-                )
+                entries.append(_entry(key, answer.response_range.kvs))
         return entries
 
     async def put(self, key: str, value: bytes) -> int:
@@ -223,3 +217,10 @@ class EtcdKV(KV):
 
     async def aclose(self) -> None:
         await self._client.aclose()
+
+
+def _entry(key: str, kvs: Sequence[kv_pb2.KeyValue]) -> Entry | None:
+    """The entry of `key` from a range's answer (None: absent)."""
+    if not kvs:
+        return None
+    return Entry(key, bytes(kvs[0].value), int(kvs[0].mod_revision))

@@ -64,6 +64,14 @@ def _encode(version: int, value: bytes) -> bytes:
     return _VERSION.pack(version) + value
 
 
+def _entry(key: str, raw: bytes | None) -> Entry | None:
+    """The entry of `key` from its stored bytes (None: absent)."""
+    if raw is None:
+        return None
+    version, value = _decode(raw)
+    return Entry(key, value, version)
+
+
 def _decode(raw: bytes) -> tuple[int, bytes]:
     return _version_of(raw), raw[_VERSION.size :]
 
@@ -353,22 +361,12 @@ class LevelDBKV(KV):
     # -- the seam -------------------------------------------------------------------
 
     async def get(self, key: str) -> Entry | None:
-        raw = await self._run(lambda db: self._raw(db, _DATA + key.encode()))
-        if raw is None:
-            return None
-        version, value = _decode(raw)
-        return Entry(key, value, version)
+        return _entry(key, await self._run(lambda db: self._raw(db, _DATA + key.encode())))
 
     async def get_many(self, keys: Sequence[str]) -> list[Entry | None]:
         raws = await self._run(lambda db: [self._raw(db, _DATA + k.encode()) for k in keys])
-        entries: list[Entry | None] = []
-        for key, raw in zip(keys, raws):  # noqa: B905 (one raw per key, made just above)
-            if raw is None:
-                entries.append(None)
-            else:
-                version, value = _decode(raw)
-                entries.append(Entry(key, value, version))
-        return entries
+        # (one raw per key, made just above)
+        return [_entry(key, raw) for key, raw in zip(keys, raws)]  # noqa: B905
 
     async def put(self, key: str, value: bytes) -> int:
         return await self.commit([Write(key, value)])

@@ -20,10 +20,6 @@ from spear.core.models import (
 from spear.errors import InvalidArgument
 from spear.transport._gen.pb import spearlet_pb2 as pb
 
-# The calls whose client sends them with grpclib's channel.request itself (client.call).
-RUN_TASK = "/spear.v1.Spearlet/RunTask"
-SUBMIT_TASKS = "/spear.v1.Spearlet/SubmitTasks"
-
 _UNSPECIFIED: pb.TaskState = pb.TaskState.TASK_STATE_UNSPECIFIED
 _STATE_TO_WIRE: dict[TaskState, pb.TaskState] = {
     TaskState.PENDING: pb.TaskState.TASK_STATE_PENDING,
@@ -50,10 +46,8 @@ def state_from_wire(state: int) -> TaskState | None:
         raise InvalidArgument(f"unknown task state {state!r}") from None
 
 
-# The converters below build protobuf's own messages (`pb`, or the module given as `m`).
-# An unset optional field or sub-message reads as its zero value, not None: `optional`
-# says None for it (HasField).
-_Messages = Any  # the module of the messages to build: pb (spearlet_pb2)
+# An unset optional field or sub-message of a protobuf message reads as its zero value, not
+# None: `optional` says None for it (HasField).
 
 
 def optional(message: Any, name: str) -> Any:
@@ -61,32 +55,31 @@ def optional(message: Any, name: str) -> Any:
     return getattr(message, name) if message.HasField(name) else None
 
 
-def resources_to_wire(r: Resources, m: _Messages = pb) -> pb.Resources:
-    return m.Resources(cpu_millis=r.cpu_millis, memory_bytes=r.memory_bytes)  # type: ignore[no-any-return]
+def resources_to_wire(r: Resources) -> pb.Resources:
+    return pb.Resources(cpu_millis=r.cpu_millis, memory_bytes=r.memory_bytes)
 
 
 def resources_from_wire(r: pb.Resources | None) -> Resources:
     return Resources() if r is None else Resources(r.cpu_millis, r.memory_bytes)
 
 
-def _pairs(items: tuple[tuple[str, str], ...], m: _Messages) -> list[Any]:
-    return [m.KeyValue(key=k, value=v) for k, v in items]
+def _pairs(items: tuple[tuple[str, str], ...]) -> list[pb.KeyValue]:
+    return [pb.KeyValue(key=k, value=v) for k, v in items]
 
 
-def spec_to_wire(spec: FunctionSpec, m: _Messages = pb) -> pb.FunctionSpec:
-    """`spec` as a message of `m`'s kind (protobuf's by default)."""
-    return m.FunctionSpec(  # type: ignore[no-any-return]
+def spec_to_wire(spec: FunctionSpec) -> pb.FunctionSpec:
+    return pb.FunctionSpec(
         artifact=spec.artifact,
         runtime=spec.runtime.value,
         args=list(spec.args),
-        env=_pairs(spec.env, m),
-        dirs=[m.DirMapping(host=d.host, guest=d.guest) for d in spec.dirs],
+        env=_pairs(spec.env),
+        dirs=[pb.DirMapping(host=d.host, guest=d.guest) for d in spec.dirs],
         entry=spec.entry,
-        resources=resources_to_wire(spec.resources, m),
+        resources=resources_to_wire(spec.resources),
         timeout_s=spec.timeout_s,
         memory_limit_bytes=spec.memory_limit_bytes,
         fuel=spec.fuel,
-        labels=_pairs(spec.labels, m),
+        labels=_pairs(spec.labels),
         workdir=spec.workdir,
         warm=spec.warm,
         cpu_time_s=spec.cpu_time_s,
@@ -131,19 +124,19 @@ def spec_from_wire(spec: pb.FunctionSpec | None) -> FunctionSpec:
     )
 
 
-def task_to_wire(task: Task, m: _Messages = pb, *, with_spec: bool = True) -> pb.TaskInfo:
-    """`task` as a message of `m`'s kind (protobuf's by default); without its spec
-    if not `with_spec` (the other end has it: a forwarded task's answer)."""
+def task_to_wire(task: Task, *, with_spec: bool = True) -> pb.TaskInfo:
+    """`task` on the wire; without its spec if not `with_spec` (the other end has it: a
+    forwarded task's answer)."""
     history = []
     for state, at in task.history:
         try:
             wire = _STATE_TO_WIRE[TaskState(state)]
         except ValueError:
             wire = _UNSPECIFIED
-        history.append(m.StateChange(state=wire, at=at))
-    return m.TaskInfo(  # type: ignore[no-any-return]
+        history.append(pb.StateChange(state=wire, at=at))
+    return pb.TaskInfo(
         id=task.id,
-        spec=spec_to_wire(task.spec, m) if with_spec else None,
+        spec=spec_to_wire(task.spec) if with_spec else None,
         state=_STATE_TO_WIRE[task.state],
         created_at=task.created_at,
         started_at=task.started_at,
@@ -154,7 +147,7 @@ def task_to_wire(task: Task, m: _Messages = pb, *, with_spec: bool = True) -> pb
         attempts=task.attempts,
         history=history,
         attempt_log=[
-            m.Attempt(
+            pb.Attempt(
                 node=a.node,
                 started_at=a.started_at,
                 finished_at=a.finished_at,

@@ -2,23 +2,20 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 from spear.core.object_index import ObjectHolder, ObjectRecord
 from spear.store.object_info import ObjectInfo
 from spear.transport._convert import optional
 from spear.transport._gen.pb import sms_pb2
 
 
-def record_to_wire(record: ObjectRecord, m: Any = sms_pb2) -> sms_pb2.ObjectRecord:
-    """`record` as a message of `m` (protobuf's `sms_pb2`; benchmarks/wire_messages.py
-    passed betterproto2's while it measured the two)."""
-    return m.ObjectRecord(  # type: ignore[no-any-return]
+def record_to_wire(record: ObjectRecord) -> sms_pb2.ObjectRecord:
+    return sms_pb2.ObjectRecord(
         key=record.key,
         version=record.version,
         size=record.size,
         holders=[
-            m.ObjectHolder(node=h.node, address=h.address, live=h.live) for h in record.holders
+            sms_pb2.ObjectHolder(node=h.node, address=h.address, live=h.live)
+            for h in record.holders
         ],
         refs=record.refs,
         pinned=record.pinned,

@@ -42,8 +42,8 @@ def node_to_wire(node: NodeRecord) -> sms_pb2.NodeRecord:
         name=node.name,
         address=node.address,
         labels=pairs_to_wire(node.labels),
-        capacity=resources_to_wire(node.capacity, pb),
-        free=resources_to_wire(node.free, pb),
+        capacity=resources_to_wire(node.capacity),
+        free=resources_to_wire(node.free),
         agents=[sms_pb2.WorkerAgentInfo(runtime=a.runtime, version=a.version) for a in node.agents],
         running_tasks=node.running_tasks,
         queued_tasks=node.queued_tasks,
@@ -76,7 +76,7 @@ def node_from_wire(node: sms_pb2.NodeRecord | None) -> NodeRecord:
 
 def query_to_wire(query: PlacementQuery) -> sms_pb2.FindNodesRequest:
     return sms_pb2.FindNodesRequest(
-        need=resources_to_wire(query.need, pb),
+        need=resources_to_wire(query.need),
         runtime=query.runtime,
         labels=pairs_to_wire(query.labels),
         objects=list(query.objects),

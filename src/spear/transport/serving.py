@@ -8,7 +8,7 @@ import socket
 import time
 import weakref
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Self, TypeVar
+from typing import TYPE_CHECKING, Any, Self
 
 import anyio
 import anyio.lowlevel
@@ -35,10 +35,6 @@ if TYPE_CHECKING:
     from spear.config import Settings
     from spear.transport.auth import Authorizer
     from spear.transport.tls import TlsFiles
-
-
-Request = TypeVar("Request")
-Reply = TypeVar("Reply")
 
 
 def parse_listen(listen: str, flag: str = "--listen") -> tuple[str, int]:
@@ -75,20 +71,6 @@ def listening_socket(listen: str, flag: str = "--listen") -> socket.socket:
         sock.close()
         raise InvalidArgument(f"cannot listen on {listen}: {exc.strerror or exc}") from None
     return sock
-
-
-def unary(
-    func: Callable[[Request], Awaitable[Reply]],
-) -> Callable[[Stream[Request, Reply]], Awaitable[None]]:
-    """A grpclib handler of a unary call answered by `func(request)` (services.py's
-    ServiceBase makes one of each method it maps; this is for a route set by hand)."""
-
-    async def handle(stream: Stream[Request, Reply]) -> None:
-        request = await stream.recv_message()
-        assert request is not None  # (grpclib ends a unary call without one itself)
-        await stream.send_message(await func(request))
-
-    return handle
 
 
 def guard(

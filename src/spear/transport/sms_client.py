@@ -28,7 +28,6 @@ from spear.transport import _object_convert as oc
 from spear.transport import _sms_convert as sc
 from spear.transport._convert import optional
 from spear.transport._gen.pb import sms_pb2
-from spear.transport._gen.pb import spearlet_pb2 as pb
 from spear.transport._status import (
     DEFAULT_MAX_MESSAGE_BYTES,
     client_errors,
@@ -66,6 +65,11 @@ class ObjectCommit(NamedTuple):
     size: int
     expected_version: int | None
     value: bytes | None = None
+
+
+def _commit_request(commit: ObjectCommit) -> sms_pb2.CommitObjectRequest:
+    """`commit` on the wire (its fields are CommitObjectRequest's, by name)."""
+    return sms_pb2.CommitObjectRequest(**commit._asdict())
 
 
 _BACKOFF_FIRST_S = 0.05
@@ -176,7 +180,7 @@ class SmsClient(Cluster):
         req = sms_pb2.HeartbeatRequest(
             name=name,
             incarnation=incarnation,
-            free=cv.resources_to_wire(free, pb),
+            free=cv.resources_to_wire(free),
             running_tasks=running,
             queued_tasks=queued,
         )
@@ -206,13 +210,13 @@ class SmsClient(Cluster):
         )
 
     async def report_task(self, task: Task) -> Task:
-        req = sms_pb2.ReportTaskRequest(task=cv.task_to_wire(task, pb))
+        req = sms_pb2.ReportTaskRequest(task=cv.task_to_wire(task))
         return cv.task_from_wire(
             await self._call(lambda stub: stub.report_task(req, **self._opts()))
         )
 
     async def report_tasks(self, tasks: Sequence[Task]) -> None:
-        wire: list[Any] = [cv.task_to_wire(t, pb) for t in tasks]
+        wire: list[Any] = [cv.task_to_wire(t) for t in tasks]
         req = sms_pb2.ReportTasksRequest(tasks=wire)
         await self._call(lambda stub: stub.report_tasks(req, **self._opts()))
 
@@ -268,14 +272,8 @@ class SmsClient(Cluster):
         expected_version: int | None,
         value: bytes | None = None,
     ) -> ObjectRecord:
-        req = sms_pb2.CommitObjectRequest(
-            key=key,
-            node=node,
-            address=address,
-            size=size,
-            expected_version=expected_version,
-            value=value,  # a small value, kept in the index (docs/objects.md)
-        )
+        # (`value`: a small value, kept in the index: docs/objects.md)
+        req = _commit_request(ObjectCommit(key, node, address, size, expected_version, value))
         return oc.record_from_wire(
             await self._call(lambda stub: stub.commit_object(req, **self._opts()))
         )
@@ -285,19 +283,7 @@ class SmsClient(Cluster):
     ) -> list[ObjectRecord | SpearError]:
         """Several commits in one call (CommitObjects), each a compare-and-swap of its
         own: per commit, its record or the error that refused it (nothing written)."""
-        req = sms_pb2.CommitObjectsRequest(
-            commits=[
-                sms_pb2.CommitObjectRequest(
-                    key=c.key,
-                    node=c.node,
-                    address=c.address,
-                    size=c.size,
-                    expected_version=c.expected_version,
-                    value=c.value,
-                )
-                for c in commits
-            ]
-        )
+        req = sms_pb2.CommitObjectsRequest(commits=[_commit_request(c) for c in commits])
         answer = await self._call(lambda stub: stub.commit_objects(req, **self._opts()))
         if len(answer.outcomes) != len(commits):
             raise Unavailable(f"the SMS answered {len(answer.outcomes)} of {len(commits)} commits")

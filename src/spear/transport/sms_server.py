@@ -103,7 +103,7 @@ class MetadataService(ObjectIndexService, ServiceBase):
             raise InvalidArgument("ReportTask needs a task")
         task = cv.task_from_wire(message.task)
         _reports_on(task)
-        return cv.task_to_wire(await self.sms.report_task(task), pb)
+        return cv.task_to_wire(await self.sms.report_task(task))
 
     async def report_tasks(
         self, message: sms_pb2.ReportTasksRequest
@@ -117,7 +117,7 @@ class MetadataService(ObjectIndexService, ServiceBase):
         return sms_pb2.ReportTasksResponse()
 
     async def lookup_task(self, message: sms_pb2.LookupTaskRequest) -> pb.TaskInfo:
-        return cv.task_to_wire(await self.sms.task(message.task_id), pb)
+        return cv.task_to_wire(await self.sms.task(message.task_id))
 
     task_slots: ClusterTaskSlots | None = None  # cluster-wide quotas (set by the assembly)
 
@@ -144,7 +144,7 @@ class MetadataService(ObjectIndexService, ServiceBase):
         found, token = await newest_page(
             lambda n: self.sms.tasks(state, n, node), size, message.page_token
         )
-        tasks = [cv.task_to_wire(t, pb) for t in found]
+        tasks = [cv.task_to_wire(t) for t in found]
         return sms_pb2.ListClusterTasksResponse(tasks=tasks, next_page_token=token)
 
     async def put_object_location(self, message: sms_pb2.ObjectLocation) -> sms_pb2.ObjectLocation:
