@@ -1,6 +1,7 @@
 """The grpc.aio server and client that carry ForwardTasks between members
 (transport/aio_server.py, aio_client.py): real servers on loopback with the cluster's
-certificates, refusing who the grpclib server refuses and answering errors as it does."""
+certificates (a client certificate required), refusing who the node's port refuses and
+answering errors as it does."""
 
 from __future__ import annotations
 
@@ -17,9 +18,10 @@ from spear.tracing.base import current_traceparent
 from spear.transport import tls
 from spear.transport._gen.pb import spearlet_pb2 as pb
 from spear.transport.aio_client import AioChannel
-from spear.transport.aio_server import AioServer, UnaryMethod
+from spear.transport.aio_server import AioServer
 from spear.transport.auth import Authorizer, Role, TokenStore, current_principal
 from spear.transport.channels import Credentials
+from spear.transport.services import ServedMethod
 from spear.transport.serving import Security
 
 if TYPE_CHECKING:
@@ -63,10 +65,10 @@ class Handler:
         return pb.ForwardTasksResponse(outcomes=[pb.ForwardOutcome(refused=True)])
 
 
-def _methods(handler: Handler) -> dict[str, UnaryMethod[Any, Any]]:
+def _methods(handler: Handler) -> dict[str, ServedMethod]:
     return {
-        FORWARD_TASKS: UnaryMethod(
-            handler,
+        FORWARD_TASKS: ServedMethod(
+            lambda request, _context: handler(request),
             decode=pb.ForwardTasksRequest.FromString,
             encode=pb.ForwardTasksResponse.SerializeToString,
         )
@@ -165,7 +167,7 @@ async def test_a_certificate_of_another_ca_is_refused_before_the_handler(
 async def test_the_authorizer_decides_each_call(
     server: tuple[AioServer, Handler], ca: Path, tmp_path: Path
 ) -> None:
-    """The same Authorizer as grpclib's: a malformed namespace is refused by it."""
+    """The same Authorizer as the node port's: a malformed namespace is refused by it."""
     served, handler = server
     assert served.address is not None
     member = _member(ca, "node-2", tmp_path / "node-2")

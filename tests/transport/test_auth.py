@@ -10,11 +10,10 @@ import stat
 import sys
 from typing import TYPE_CHECKING, Any
 
+import grpc.aio
 import pytest
 from conftest import assert_eventually
-from grpclib.client import Channel
-from grpclib.health.v1.health_grpc import HealthStub
-from grpclib.health.v1.health_pb2 import HealthCheckRequest, HealthCheckResponse
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 from wat_tasks import hello
 
 import spear
@@ -132,10 +131,10 @@ async def test_roles_decide_what_a_token_may_do(tmp_path: Path) -> None:
 
 async def test_health_checks_need_no_credential(tmp_path: Path) -> None:
     async with node_served(tmp_path / "home") as address:
-        host, port = address.rsplit(":", 1)
-        async with Channel(host, int(port)) as channel:
-            reply = await HealthStub(channel).Check(HealthCheckRequest())
-        assert reply is not None and reply.status == HealthCheckResponse.SERVING
+        async with grpc.aio.insecure_channel(address) as channel:
+            health = health_pb2_grpc.HealthStub(channel)
+            reply = await health.Check(health_pb2.HealthCheckRequest(), timeout=10)
+        assert reply.status == health_pb2.HealthCheckResponse.SERVING
 
 
 async def test_serving_beyond_loopback_without_tls_is_refused_unless_forced(

@@ -10,26 +10,22 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import os
 import re
-import socket
 from pathlib import PosixPath
 from typing import TYPE_CHECKING, Any
 
 import orjson
 import pytest
+from grpc_reflection.v1alpha import reflection_pb2
 from grpclib.client import Channel
-from grpclib.const import Status
-from grpclib.events import RecvRequest, listen
+from grpclib.const import Cardinality, Status
 from grpclib.exceptions import GRPCError
-from grpclib.health.service import Health
-from grpclib.reflection.service import ServerReflection
-from grpclib.reflection.v1alpha.reflection_grpc import ServerReflectionStub
-from grpclib.reflection.v1alpha.reflection_pb2 import ServerReflectionRequest
-from grpclib.server import Server
 
 from spear.errors import InvalidArgument, PermissionDenied, Unauthenticated
 from spear.transport import auth
+from spear.transport.aio_server import AioServer
 from spear.transport.auth import (
     Authorizer,
     Principal,
@@ -40,15 +36,18 @@ from spear.transport.auth import (
     certificate_name,
     current_namespace,
     current_principal,
-    install,
 )
 from spear.transport.cluster_tokens import ClusterTokens, verify_at_sms
+from spear.transport.serving import Security
+from spear.transport.standard_services import reflection_methods
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator
     from pathlib import Path
 
     from conftest import Cli
+
+    from spear.transport.services import ServedMethod
 
 
 class _NoTls:
@@ -219,32 +218,43 @@ def test_a_new_token_never_takes_the_id_of_one_the_file_holds(
 async def served(
     tmp_path: Path, policy: dict[str, Role] | None = None
 ) -> AsyncIterator[tuple[Channel, list[dict[str, Any]]]]:
-    """A real grpclib server (reflection and health) behind `install`, a channel to it, and
-    the metadata of each call it received."""
-    server = Server(ServerReflection.extend([Health()]))
+    """A real server of ours (grpc.aio, reflection) admitting callers by an Authorizer with
+    `policy`, a (grpclib) channel to it, and the metadata of each call its handler ran."""
     seen: list[dict[str, Any]] = []
 
-    async def remember(event: RecvRequest) -> None:
-        seen.append(dict(event.metadata))
+    def recording(method: ServedMethod) -> ServedMethod:
+        async def handler(requests: Any, context: Any) -> AsyncIterator[Any]:
+            seen.append(dict(context.invocation_metadata()))
+            async for reply in method.handler(requests, context):
+                yield reply
 
-    listen(server, RecvRequest, remember)
-    install(server, Authorizer(TokenStore(tmp_path), policy=policy or auth.POLICY))
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    await server.start(sock=sock)
+        return dataclasses.replace(method, handler=handler)
+
+    authorizer = Authorizer(TokenStore(tmp_path), policy=policy or auth.POLICY)
+    methods = {route: recording(m) for route, m in reflection_methods([]).items()}
+    server = AioServer(methods, name="reflection", security=Security(authorizer))
+    address = await server.start("127.0.0.1:0")
     try:
-        async with Channel("127.0.0.1", sock.getsockname()[1]) as channel:
+        host, port = address.rsplit(":", 1)
+        async with Channel(host, int(port)) as channel:
             yield channel, seen
     finally:
-        server.close()
-        await server.wait_closed()
+        await server.close()
 
 
 async def reflect(channel: Channel, metadata: dict[str, str] | None = None) -> Any:
     # (a client deadline: a call the server never answers fails the test, not hangs it)
-    return await ServerReflectionStub(channel).ServerReflectionInfo(
-        [ServerReflectionRequest(list_services="")], timeout=10, metadata=metadata
-    )
+    async with channel.request(
+        REFLECTION,
+        Cardinality.STREAM_STREAM,
+        reflection_pb2.ServerReflectionRequest,
+        reflection_pb2.ServerReflectionResponse,
+        timeout=10,
+        metadata=metadata,
+    ) as stream:
+        await stream.send_message(reflection_pb2.ServerReflectionRequest(list_services=""))
+        await stream.end()
+        return [reply async for reply in stream]
 
 
 async def test_a_refused_call_ends_with_its_status(tmp_path: Path) -> None:
@@ -277,9 +287,9 @@ async def test_a_channel_sends_its_token_and_namespace_with_every_call(tmp_path:
     ] * 2
     async with served(tmp_path) as (channel, seen):
         attach_token(channel, None)
-        with pytest.raises(GRPCError):
+        with pytest.raises(GRPCError) as refused:  # (it sent no token: none to accept)
             await reflect(channel)
-    assert "authorization" not in seen[0] and "spear-namespace" not in seen[0]
+    assert refused.value.status is Status.UNAUTHENTICATED and seen == []
     async with served(tmp_path) as (channel, seen):
         attach_token(channel, admin, None)
         await reflect(channel)

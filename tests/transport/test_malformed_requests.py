@@ -26,6 +26,7 @@ from spear.core.cluster import ClusterTimings
 from spear.core.sms import MetadataServer
 from spear.node.server import serve_spearlet
 from spear.store.leveldb import LevelDBKV
+from spear.transport.services import ServiceBase, methods
 from spear.transport.serving import Security
 from spear.transport.sms_server import SmsServer
 
@@ -78,6 +79,11 @@ class _Target:
                 return exc.status
 
 
+def _cardinalities(service: ServiceBase) -> dict[str, Cardinality]:
+    """The routes `service` serves, and how (as the grpclib channel that calls them asks)."""
+    return {m.route: m.cardinality for m in methods(service.SERVICE) if m.route in service.served()}
+
+
 @pytest.fixture(scope="module")
 def targets(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, _Target]]:
     home: Path = tmp_path_factory.mktemp("malformed")
@@ -99,11 +105,11 @@ def targets(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, _Tar
                     yield {
                         "spearlet": _Target(
                             str(spearlet.address),
-                            {n: h.cardinality for n, h in spearlet.service.__mapping__().items()},
+                            _cardinalities(spearlet.service),
                         ),
                         "sms": _Target(
                             str(sms.address),
-                            {n: h.cardinality for n, h in sms.service.__mapping__().items()},
+                            _cardinalities(sms.service),
                         ),
                     }
                 finally:

@@ -1,5 +1,7 @@
-"""transport/_speedups.py: importing spear patches nothing; starting a server or client
-does, once, and only on the library versions the patches were tested against."""
+"""transport/_speedups.py: importing spear patches nothing, nor does starting spear's
+servers or its grpc.aio clients; opening a grpclib channel (the etcd client's, the
+benchmarks') does, once, and only on the library versions the patches were tested
+against."""
 
 from __future__ import annotations
 
@@ -48,7 +50,7 @@ def test_importing_spear_patches_nothing() -> None:
     assert out == "True True hyperframe.frame grpclib.protocol"
 
 
-def test_a_server_and_the_clients_install_both(tmp_path: Path) -> None:
+def test_servers_patch_nothing_and_a_grpclib_channel_installs_both(tmp_path: Path) -> None:
     out = _run(
         f"""
         import anyio, hyperframe.frame
@@ -56,6 +58,7 @@ def test_a_server_and_the_clients_install_both(tmp_path: Path) -> None:
         from spear.core.sms import MetadataServer
         from spear.store.leveldb import LevelDBKV
         from spear.transport import _fastframes, _tls_writes
+        from spear.transport.channels import open_channel
         from spear.transport.sms_client import SmsClient
         from spear.transport.serving import Security
         from spear.transport.sms_server import SmsServer
@@ -72,6 +75,11 @@ def test_a_server_and_the_clients_install_both(tmp_path: Path) -> None:
                 client = SmsClient(address)
                 assert await client.nodes(live_only=False) == []
                 await client.aclose()
+                seen.append(patched())
+                host, port = address.rsplit(":", 1)
+                channel = open_channel(host, int(port))
+                seen.append(patched())
+                channel.close()
             await kv.aclose()
             print(seen, hyperframe.frame._raw_data_repr is _fastframes._raw_data_repr,
                   H2Protocol.connection_made is _tls_writes._connection_made)
@@ -79,7 +87,7 @@ def test_a_server_and_the_clients_install_both(tmp_path: Path) -> None:
         anyio.run(main)
         """
     )
-    assert out == "[(False, False), (True, True)] True True"
+    assert out == "[(False, False), (False, False), (False, False), (True, True)] True True"
 
 
 def test_install_is_idempotent() -> None:

@@ -14,7 +14,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import os
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import anyio
 
@@ -35,12 +35,9 @@ from spear.transport._status import (
 )
 from spear.transport.channels import NO_CREDENTIALS, Credentials
 from spear.transport.services import ServiceBase, Stub
-from spear.transport.serving import guard
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
-
-    from grpclib.const import Handler
 
     from spear.core.artifacts import ArtifactStore
     from spear.core.cluster import NodeRecord
@@ -49,7 +46,7 @@ if TYPE_CHECKING:
     from spear.node.inprocess import InProcessNode
     from spear.tracing.base import Tracing
     from spear.transport.aio_client import AioChannel
-    from spear.transport.aio_server import UnaryMethod
+    from spear.transport.services import ServedMethod
 
 PEER_SERVICE_NAME = "spear.v1.SpearletPeer"
 FORWARD_TASKS = f"/{PEER_SERVICE_NAME}/ForwardTasks"
@@ -68,23 +65,9 @@ class PeerService(ServiceBase):
         self.artifacts = artifacts
         self.local = local  # (reads a waited task's result)
 
-    def __mapping__(self) -> dict[str, Handler]:
-        return {
-            name: handler._replace(func=guard(name, handler.func))
-            for name, handler in super().__mapping__().items()
-        }
-
-    def aio_methods(self) -> dict[str, UnaryMethod[Any, Any]]:
-        """ForwardTasks as served on grpc.aio (node/peer_aio.py), with the same handler."""
-        from spear.transport.aio_server import UnaryMethod
-
-        return {
-            FORWARD_TASKS: UnaryMethod(
-                self.forward_tasks,
-                decode=pb.ForwardTasksRequest.FromString,
-                encode=pb.ForwardTasksResponse.SerializeToString,
-            )
-        }
+    def aio_methods(self) -> dict[str, ServedMethod]:
+        """ForwardTasks alone, as the members' grpc.aio port serves it (node/peer_aio.py)."""
+        return {FORWARD_TASKS: self.served()[FORWARD_TASKS]}
 
     async def forward_task(self, message: peer_pb2.ForwardTaskRequest) -> pb.TaskInfo:
         task, spec = self._received(message)

@@ -1,5 +1,5 @@
 """The gRPC server of a SPEARlet: spear.v1.Spearlet over any `NodeAPI`, plus the standard
-grpc.health.v1 and server reflection services beside it (grpclib).
+grpc.health.v1 and server reflection services beside it (grpc.aio: transport/serving.py).
 
 `serve_spearlet(node, "127.0.0.1:0")` starts one on a Spearlet and reports the address it
 bound; `SpearletServer` wraps any `NodeAPI` (a node that forwards or proxies, too).
@@ -11,7 +11,7 @@ import asyncio
 import contextlib
 import dataclasses
 import hashlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from spear._logging import logger
 from spear.core.artifacts import ArtifactStore
@@ -29,17 +29,10 @@ from spear.transport._status import (
 )
 from spear.transport.auth import AUTH_DIR, check_may_run
 from spear.transport.services import ServiceBase
-from spear.transport.serving import (
-    GrpcServer,
-    Security,
-    guard,
-    reflection_services,
-)
+from spear.transport.serving import GrpcServer, Security
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
-
-    from grpclib.const import Handler
 
     from spear.core.models import FunctionSpec, Task, TaskResult
     from spear.node.api import NodeAPI
@@ -80,12 +73,6 @@ class SpearletService(ServiceBase):
     def api(self) -> NodeAPI:
         """The node as the call being served may see it: its namespace's part."""
         return scoped(self.node_api, self.slots)
-
-    def __mapping__(self) -> dict[str, Handler]:
-        return {
-            name: handler._replace(func=guard(name, handler.func))
-            for name, handler in super().__mapping__().items()
-        }
 
     # -- tasks -----------------------------------------------------------------------
 
@@ -319,18 +306,17 @@ class SpearletServer(GrpcServer):
         *,
         max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
         object_max_bytes: int = 1024**3,
-        extra_services: Sequence[Any] = (),
+        extra_services: Sequence[ServiceBase] = (),
         security: Security,
         slots: TaskSlots | None = None,
     ) -> None:
-        """`extra_services`: more grpclib handlers on the same port (e.g. SpearletPeer);
-        `security`: who may call (transport/serving.py: `Security.for_data_dir(...)`)."""
+        """`extra_services`: more services on the same port (`ServiceBase`s: SpearletPeer,
+        SpearletVectors); `security`: who may call (transport/serving.py:
+        `Security.for_data_dir(...)`)."""
         self.api = api
-        self.max_message_bytes = max_message_bytes
-        reflection = reflection_services([SERVICE_NAME, "grpc.health.v1.Health"])
         super().__init__(
             SpearletService(api, artifacts, object_max_bytes, slots),
-            [*extra_services, *reflection],
+            extra_services,
             name=SERVICE_NAME,
             security=security,
             max_message_bytes=max_message_bytes,
@@ -342,7 +328,7 @@ async def serve_spearlet(
     listen: str,
     *,
     max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
-    extra_services: Sequence[Any] = (),
+    extra_services: Sequence[ServiceBase] = (),
     security: Security | None = None,
 ) -> SpearletServer:
     """Serve a started node on `listen`; `.address` of the result is the bound address.
@@ -367,10 +353,8 @@ async def serve_spearlet(
     )
     if api.node.services.subtasks is not None:  # children hold their namespace's slots too
         api.node.services.subtasks.use_quota(slots)
-    if api.node.services.tracing is not None:  # callers' trace contexts (docs/observability.md)
-        from spear.transport.trace_metadata import accept_traceparent
-
-        accept_traceparent(server._server)  # (the grpclib server under GrpcServer)
+    # Callers' trace contexts made current in their calls (docs/observability.md).
+    server.traced = api.node.services.tracing is not None
     api.address = await server.start(listen)
     return server
 

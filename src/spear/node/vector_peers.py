@@ -18,11 +18,8 @@ from spear.transport._status import client_errors
 from spear.transport.auth import NAMESPACE_KEY, current_namespace
 from spear.transport.channels import NO_CREDENTIALS, Credentials
 from spear.transport.services import ServiceBase, Stub
-from spear.transport.serving import guard
 
 if TYPE_CHECKING:
-    from grpclib.const import Handler
-
     from spear.core.cluster import Cluster
     from spear.toolkit.vectors import VectorStore
     from spear.transport.aio_client import AioChannel
@@ -56,12 +53,6 @@ class VectorService(ServiceBase):
 
     def __init__(self, store: VectorStore) -> None:
         self.store = store
-
-    def __mapping__(self) -> dict[str, Handler]:
-        return {
-            name: handler._replace(func=guard(name, handler.func))
-            for name, handler in super().__mapping__().items()
-        }
 
     async def _serve(self, message: vpb.VectorRequest, *, write: bool) -> vpb.VectorAnswer:
         data = _decode(message.request)

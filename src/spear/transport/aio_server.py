@@ -1,55 +1,47 @@
-"""A grpc.aio server for the calls whose transport cost counts most (issue 17: the
-node-to-node ForwardTasks), on a port of its own beside the node's grpclib server.
+"""spear's gRPC server: grpc.aio (issue 17, item 6: one gRPC stack), carrying the methods
+registered with it, of any cardinality, and giving every call the same things:
 
-grpc.aio cannot share a port with grpclib, and moving every service is a larger step:
-this server carries only unary methods registered with it, with what the grpclib
-server gives every call (transport/serving.py):
-
-- mutual TLS with the cluster's certificates: a caller must present a certificate of the
-  cluster's CA at the handshake (the methods served here are members' only), and the
-  same `Authorizer` then decides the call (`auth.admit`: role per method, namespace);
+- admission first (`auth.admit`: a certificate, a token of this node or of the cluster's
+  SMS; role per method, namespace), before the request's bytes are decoded; a refusal is
+  UNAUTHENTICATED, PERMISSION_DENIED or INVALID_ARGUMENT, logged `refused {method}: ...`;
+  the caller's principal and namespace are `auth.current_principal`/`current_namespace`
+  in the handler's task;
+- the error mapping: a SpearError (or a full disk) is its status, message and
+  `spear-error-code` trailer (`_status.py`), a bug one INTERNAL call, logged with its
+  traceback, the server serving on; a client that goes away cancels the handler;
 - the message size limit, as channel options (a larger message is RESOURCE_EXHAUSTED);
-- the error mapping: a SpearError is its status, message and `spear-error-code` trailer
-  (`_status.py`), a bug one INTERNAL call, logged;
-- a caller's `traceparent` made current in the handler when the node traces.
+- a caller's `traceparent` made current in the handler when the node traces (`traced`).
 
-Measured (benchmarks/grpc_stacks.py): grpc.aio's C-core HTTP/2 takes a fraction of
-grpclib's CPU per call; docs/benchmarks.md, "ForwardTasks on grpc.aio".
+TLS: `require_client_certificate=True` (the members' ForwardTasks port, node/peer_aio.py)
+admits only callers with a certificate of the cluster's CA; False (the users' ports: the
+node's and the SMS's, transport/serving.py `GrpcServer`) serves the node's certificate
+and asks for none, because grpc's Python API cannot ask for an optional one
+(docs/scheduling.md); members then prove who they are in metadata (transport/auth.py).
 """
 
 from __future__ import annotations
 
+import asyncio
+import inspect
 import time
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Generic, Self, TypeVar
+from typing import TYPE_CHECKING, Any, Self
 
 from spear._logging import logger
-from spear.errors import SpearError
+from spear.errors import InvalidArgument, SpearError
 from spear.store.diskspace import no_space
 from spear.transport._status import DEFAULT_MAX_MESSAGE_BYTES, ERROR_CODE_KEY, status_for
 from spear.transport.serving import format_address, parse_listen
 
 if TYPE_CHECKING:
-    from collections.abc import Awaitable, Callable, Mapping
+    from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 
     import grpc
     import grpc.aio
 
     from spear.transport.auth import Authorizer
+    from spear.transport.services import ServedMethod
     from spear.transport.serving import Security
     from spear.transport.tls import TlsFiles
-
-Request = TypeVar("Request")
-Response = TypeVar("Response")
-
-
-@dataclass(frozen=True, slots=True)
-class UnaryMethod(Generic[Request, Response]):
-    """One unary method: its handler and its messages' (protobuf's) decode and encode."""
-
-    handler: Callable[[Request], Awaitable[Response]]
-    decode: Callable[[bytes], Request]
-    encode: Callable[[Response], bytes]
 
 
 def channel_options(max_message_bytes: int) -> list[tuple[str, Any]]:
@@ -60,24 +52,26 @@ def channel_options(max_message_bytes: int) -> list[tuple[str, Any]]:
     ]
 
 
-def server_credentials(tls: TlsFiles) -> grpc.ServerCredentials:
-    """Serve TLS with the member's certificate; require and verify a caller's against the
-    cluster's CA bundle (several CAs during a rotation)."""
+def server_credentials(tls: TlsFiles, *, require_client_certificate: bool) -> Any:
+    """Serve TLS with the node's certificate; with `require_client_certificate`, require
+    and verify a caller's against the cluster's CA bundle (several CAs during a rotation),
+    else ask for none (grpc cannot ask for an optional one)."""
     import grpc
 
     from spear.transport.tls import CA_CERT, NODE_CERT, NODE_KEY
 
     directory = tls.directory
+    pair = ((directory / NODE_KEY).read_bytes(), (directory / NODE_CERT).read_bytes())
+    if not require_client_certificate:
+        return grpc.ssl_server_credentials([pair])
     return grpc.ssl_server_credentials(
-        [((directory / NODE_KEY).read_bytes(), (directory / NODE_CERT).read_bytes())],
-        root_certificates=(directory / CA_CERT).read_bytes(),
-        require_client_auth=True,
+        [pair], root_certificates=(directory / CA_CERT).read_bytes(), require_client_auth=True
     )
 
 
 class _Peer:
-    """A grpc.aio caller as the Authorizer reads a grpclib one: `cert()`, the verified
-    certificate's subject (grpc checked it against the CA at the handshake)."""
+    """A grpc.aio caller as the Authorizer reads one: `cert()`, the verified certificate's
+    subject (grpc checked it against the CA at the handshake), None without one."""
 
     def __init__(self, context: grpc.aio.ServicerContext[Any, Any]) -> None:
         self._auth = context.auth_context()
@@ -95,24 +89,26 @@ def _metadata(context: grpc.aio.ServicerContext[Any, Any]) -> dict[str, Any]:
 
 
 class AioServer:
-    """`methods` (full names, `/package.Service/Method`) served by grpc.aio on one port,
+    """`methods` (by route, `/package.Service/Method`) served by grpc.aio on one port,
     admitting callers by `security`. `start` binds and reports the address; `close` is
     safe twice."""
 
     def __init__(
         self,
-        methods: Mapping[str, UnaryMethod[Any, Any]],
+        methods: Mapping[str, ServedMethod],
         *,
         name: str,
         security: Security,
         max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
         traced: bool = False,
+        require_client_certificate: bool = True,
     ) -> None:
         self.methods = dict(methods)
         self.name = name
         self.security = security
         self.max_message_bytes = max_message_bytes
         self.traced = traced
+        self.require_client_certificate = require_client_certificate
         self._server: grpc.aio.Server | None = None
         self.address: str | None = None
 
@@ -120,50 +116,76 @@ class AioServer:
         import grpc
 
         by_service: dict[str, dict[str, grpc.RpcMethodHandler]] = {}
-        for full, method in self.methods.items():
-            service, _, short = full.strip("/").partition("/")
+        for route, method in self.methods.items():
+            service, _, short = route.strip("/").partition("/")
             # (bytes in: decoded in the guard, after the caller is admitted, so a malformed
-            # message is INVALID_ARGUMENT, as grpclib's codec answers, not grpc's INTERNAL)
-            by_service.setdefault(service, {})[short] = grpc.unary_unary_rpc_method_handler(
-                self._guarded(full, method), response_serializer=method.encode
+            # message is INVALID_ARGUMENT, not grpc's INTERNAL)
+            make = {
+                (False, False): grpc.unary_unary_rpc_method_handler,
+                (False, True): grpc.unary_stream_rpc_method_handler,
+                (True, False): grpc.stream_unary_rpc_method_handler,
+                (True, True): grpc.stream_stream_rpc_method_handler,
+            }[(method.client_streaming, method.server_streaming)]
+            by_service.setdefault(service, {})[short] = make(
+                self._guarded(route, method, _request_name(method)),
+                response_serializer=method.encode,
             )
         return [grpc.method_handlers_generic_handler(s, h) for s, h in by_service.items()]
 
     def _guarded(
-        self, full: str, method: UnaryMethod[Any, Any]
-    ) -> Callable[[bytes, grpc.aio.ServicerContext[Any, Any]], Awaitable[Any]]:
-        """The call admitted (or refused) as the grpclib server admits it, then run; a
-        SpearError answered with its status and code; every call logged."""
+        self, route: str, method: ServedMethod, request_name: str
+    ) -> Callable[[Any, grpc.aio.ServicerContext[Any, Any]], Awaitable[Any]]:
+        """The call admitted (or refused), then run; a SpearError answered with its
+        status and code, a bug with INTERNAL; every call logged."""
+        import grpc.aio
+
         authorizer = self.security.authorizer
         traced = self.traced
 
-        async def handle(data: bytes, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+        async def handle(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
             start = time.perf_counter()
             outcome = "OK"
             try:
-                metadata = _metadata(context)
-                if authorizer is not None:
-                    await _admit(authorizer, full, metadata, context)
-                if traced:
-                    _adopt_traceparent(metadata)
-                return await method.handler(_decoded(method, data))
-            except SpearError as exc:
-                outcome = exc.code
-                await _abort(context, exc)
-            except Exception as exc:  # a bug: one failed call, logged; the node serves on
-                full_disk = no_space(exc)
-                if full_disk is not None:  # a full disk is a limit reached, not a bug
-                    outcome = full_disk.code
-                    await _abort(context, full_disk)
-                outcome = "internal"
-                logger.exception("rpc {} failed", full)
+                if authorizer is not None or traced:
+                    metadata = _metadata(context)
+                    if authorizer is not None:
+                        await _admit(authorizer, route, metadata, context)
+                    if traced:
+                        _adopt_traceparent(metadata)
+                if method.client_streaming:
+                    argument = _decoding(method.decode, request_name, request)
+                else:
+                    argument = _decoded(method.decode, request_name, request)
+                answer = method.handler(argument, context)
+                if not method.server_streaming:
+                    return await answer
+                if inspect.isawaitable(answer):  # (a handler that writes to the context)
+                    await answer
+                else:
+                    try:
+                        async for reply in answer:
+                            await context.write(reply)
+                    finally:  # (its cleanup now, in this call's task, not when collected)
+                        if hasattr(answer, "aclose"):
+                            await answer.aclose()
+                return None
+            except grpc.aio.AbortError:  # (a handler's own abort: its status stands)
+                outcome = "aborted"
+                raise
+            except asyncio.CancelledError:
+                outcome = "cancelled"
+                raise
+            except Exception as exc:
+                error = exc if isinstance(exc, SpearError) else no_space(exc)
+                if error is not None:  # (a full disk is a limit reached, not a bug)
+                    outcome = error.code
+                    await _abort(context, error)
+                outcome = "internal"  # a bug: one failed call, logged; the server serves on
+                logger.exception("rpc {} failed", route)
                 await _abort_internal(context, exc)
             finally:
                 logger.debug(
-                    "rpc {} {} in {:.2f} ms (grpc.aio)",
-                    full,
-                    outcome,
-                    (time.perf_counter() - start) * 1e3,
+                    "rpc {} {} in {:.2f} ms", route, outcome, (time.perf_counter() - start) * 1e3
                 )
 
         return handle
@@ -182,19 +204,21 @@ class AioServer:
         server = grpc.aio.server(options=options)
         server.add_generic_rpc_handlers(self._handlers())
         target = format_address(host, port)
+        tls = self.security.tls
         try:
-            if self.security.tls is None:
+            if tls is None:
                 bound = server.add_insecure_port(target)
             else:
-                bound = server.add_secure_port(target, server_credentials(self.security.tls))
+                credentials = server_credentials(
+                    tls, require_client_certificate=self.require_client_certificate
+                )
+                bound = server.add_secure_port(target, credentials)
         except RuntimeError as exc:
-            from spear.errors import InvalidArgument
-
             raise InvalidArgument(f"cannot listen on {target}: {exc}") from None
         await server.start()
         self._server = server
         self.address = format_address(host, bound)
-        logger.info("serving {} (grpc.aio) on {}", self.name, self.address)
+        logger.info("serving {} on {}", self.name, self.address)
         return self.address
 
     async def close(self, grace_s: float | None = None) -> None:
@@ -210,13 +234,23 @@ class AioServer:
         await self.close()
 
 
-def _decoded(method: UnaryMethod[Request, Response], data: bytes) -> Request:
-    try:
-        return method.decode(data)
-    except Exception as exc:  # whatever the bytes made the decoder trip on
-        from spear.errors import InvalidArgument
+def _request_name(method: ServedMethod) -> str:
+    """The request message's name (`decode` is its class's FromString), for errors."""
+    return str(getattr(getattr(method.decode, "__self__", None), "__name__", "request"))
 
-        raise InvalidArgument(f"malformed request message: {exc}") from None
+
+def _decoded(decode: Callable[[bytes], Any], name: str, data: bytes) -> Any:
+    try:
+        return decode(data)
+    except Exception as exc:  # whatever the bytes made the decoder trip on
+        raise InvalidArgument(f"malformed {name} message: {exc}") from None
+
+
+async def _decoding(
+    decode: Callable[[bytes], Any], name: str, requests: AsyncIterator[bytes]
+) -> AsyncIterator[Any]:
+    async for data in requests:
+        yield _decoded(decode, name, data)
 
 
 async def _admit(
@@ -230,7 +264,7 @@ async def _admit(
 
     try:
         await admit(authorizer, method, metadata, _Peer(context))
-    except PermissionDenied as exc:
+    except (PermissionDenied, InvalidArgument) as exc:
         logger.info("refused {}: {}", method, exc)
         raise
 

@@ -343,7 +343,7 @@ def read_owner_token(data_dir: Path) -> str | None:
 
 
 def _text(value: object) -> object:
-    """A metadata value as text (grpclib gives text; other servers may give bytes)."""
+    """A metadata value as text (grpc gives text for text keys; bytes are read too)."""
     return value.decode("latin-1") if isinstance(value, bytes) else value
 
 
@@ -449,39 +449,13 @@ class Authorizer:
         return principal
 
 
-def install(server: Any, authorizer: Authorizer) -> None:
-    """Check every call `server` receives (every service on it, health and reflection too)
-    before its handler runs; a refusal is UNAUTHENTICATED or PERMISSION_DENIED and the
-    handler never runs. The caller's principal is `current_principal` in the handler."""
-    from grpclib.const import Status
-    from grpclib.events import RecvRequest, listen
-    from grpclib.exceptions import GRPCError
-    from loguru import logger
-
-    async def on_request(event: RecvRequest) -> None:
-        try:
-            await admit(authorizer, event.method_name, event.metadata, event.peer)
-        except InvalidArgument as exc:
-            raise GRPCError(Status.INVALID_ARGUMENT, str(exc)) from None
-        except PermissionDenied as exc:
-            status = (
-                Status.UNAUTHENTICATED
-                if isinstance(exc, Unauthenticated)
-                else Status.PERMISSION_DENIED
-            )
-            logger.info("refused {}: {}", event.method_name, exc)
-            raise GRPCError(status, str(exc)) from None
-
-    listen(server, RecvRequest, on_request)
-
-
 async def admit(
     authorizer: Authorizer, method: str, metadata: Mapping[str, Any], peer: Any
 ) -> Principal | None:
-    """Decide one call as every server of ours does (grpclib's `install`, grpc.aio's
-    `transport/aio_server.py`): its principal (a certificate, a token of this node or of
-    the cluster's SMS) and namespace made current for the handler, or a PermissionDenied
-    (Unauthenticated) or InvalidArgument refusal."""
+    """Decide one call as every server of ours does (`transport/aio_server.py`): its
+    principal (a certificate, a token of this node or of the cluster's SMS) and namespace
+    made current for the handler, or a PermissionDenied (Unauthenticated) or
+    InvalidArgument refusal."""
     try:
         principal = authorizer.authorize(method, metadata, peer)
     except Unauthenticated:

@@ -1,14 +1,14 @@
 """gRPC services and stubs made from protobuf's own descriptors (protoc's `python_out`,
 the one code generator: transport/_gen/pb).
 
-protoc's Python output has the messages and each service's descriptor, not grpclib's
-server and client classes; these are the few lines that make them from a descriptor:
+protoc's Python output has the messages and each service's descriptor, not server and
+client classes; these are the few lines that make them from a descriptor:
 
-- `ServiceBase`: a grpclib service (`__mapping__`) whose methods are the subclass's own,
-  named as the RPC in snake case (`GetNodeInfo` -> `get_node_info`), each taking the
-  request (or, for a client stream, an async iterator of requests) and returning the
-  reply (or, for a server stream, yielding replies). An RPC the subclass does not define
-  is answered UNIMPLEMENTED by grpclib.
+- `ServiceBase`: a service whose methods are the subclass's own, named as the RPC in
+  snake case (`GetNodeInfo` -> `get_node_info`), each taking the request (or, for a
+  client stream, an async iterator of requests) and returning the reply (or, for a
+  server stream, yielding replies); `served()` gives them to a grpc.aio server of ours
+  (transport/aio_server.py). An RPC the subclass does not define is UNIMPLEMENTED.
 - `Stub`: a client of one service over a channel with grpclib's `request(...)` (spear's
   `AioChannel` over grpc.aio, or grpclib's own): `await stub.get_node_info(request)`,
   `async for chunk in stub.run_task(request)`, `await stub.upload_artifact(chunks)`.
@@ -20,10 +20,11 @@ import asyncio
 import functools
 import re
 from collections.abc import AsyncIterable
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 from google.protobuf import message_factory  # type: ignore[import-untyped]
-from grpclib.const import Cardinality, Handler
+from grpclib.const import Cardinality
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Callable, Iterable
@@ -32,7 +33,6 @@ if TYPE_CHECKING:
         MethodDescriptor,
         ServiceDescriptor,
     )
-    from grpclib.server import Stream
 
 _CAPITAL = re.compile(r"(?<!^)(?=[A-Z])")
 
@@ -71,65 +71,56 @@ def methods(service: ServiceDescriptor) -> tuple[Method, ...]:
     )
 
 
-def _unary_unary(func: Callable[[Any], Any]) -> Callable[[Stream[Any, Any]], Any]:
-    async def handle(stream: Stream[Any, Any]) -> None:
-        request = await stream.recv_message()
-        assert request is not None  # (grpclib ends a unary call without one itself)
-        await stream.send_message(await func(request))
+@dataclass(frozen=True, slots=True)
+class ServedMethod:
+    """One method as a server of ours serves it (transport/aio_server.py): `handler` takes
+    the request (for a client stream, an async iterator of requests) and the call's
+    grpc.aio context, and returns the reply (for a server stream, an async iterator of
+    replies, or a coroutine that writes them to the context); `decode` and `encode` are
+    its messages' protobuf parse and serialise."""
 
-    return handle
-
-
-def _unary_stream(func: Callable[[Any], Any]) -> Callable[[Stream[Any, Any]], Any]:
-    async def handle(stream: Stream[Any, Any]) -> None:
-        request = await stream.recv_message()
-        assert request is not None
-        async for reply in func(request):
-            await stream.send_message(reply)
-
-    return handle
+    handler: Callable[[Any, Any], Any]
+    decode: Callable[[bytes], Any]
+    encode: Callable[[Any], bytes]
+    client_streaming: bool = False
+    server_streaming: bool = False
 
 
-def _stream_unary(func: Callable[[Any], Any]) -> Callable[[Stream[Any, Any]], Any]:
-    async def handle(stream: Stream[Any, Any]) -> None:
-        await stream.send_message(await func(stream.__aiter__()))
+def served(
+    descriptor: ServiceDescriptor, lookup: Callable[[Method], Any]
+) -> dict[str, ServedMethod]:
+    """The methods of `descriptor` that `lookup` finds a handler for (None: not served, so
+    the server answers UNIMPLEMENTED), by route."""
+    found = {}
+    for method in methods(descriptor):
+        handler = lookup(method)
+        if handler is not None:
+            found[method.route] = ServedMethod(
+                handler,
+                decode=method.request.FromString,
+                encode=method.reply.SerializeToString,
+                client_streaming=method.cardinality.client_streaming,
+                server_streaming=method.cardinality.server_streaming,
+            )
+    return found
 
-    return handle
 
-
-def _stream_stream(func: Callable[[Any], Any]) -> Callable[[Stream[Any, Any]], Any]:
-    async def handle(stream: Stream[Any, Any]) -> None:
-        async for reply in func(stream.__aiter__()):
-            await stream.send_message(reply)
-
-    return handle
-
-
-_HANDLERS = {
-    Cardinality.UNARY_UNARY: _unary_unary,
-    Cardinality.UNARY_STREAM: _unary_stream,
-    Cardinality.STREAM_UNARY: _stream_unary,
-    Cardinality.STREAM_STREAM: _stream_stream,
-}
+def _without_context(func: Callable[[Any], Any]) -> Callable[[Any, Any], Any]:
+    return lambda request, _context: func(request)
 
 
 class ServiceBase:
-    """A grpclib service of the RPCs of `SERVICE` that the subclass defines."""
+    """A service of the RPCs of `SERVICE` that the subclass defines (see the module's
+    docstring); `served()` is what a server of ours serves of it."""
 
     SERVICE: ServiceDescriptor
 
-    def __mapping__(self) -> dict[str, Handler]:
-        handlers = {}
-        for method in methods(self.SERVICE):
+    def served(self) -> dict[str, ServedMethod]:
+        def lookup(method: Method) -> Any:
             func = getattr(self, method.name, None)
-            if func is not None:
-                handlers[method.route] = Handler(
-                    _HANDLERS[method.cardinality](func),
-                    method.cardinality,
-                    method.request,
-                    method.reply,
-                )
-        return handlers
+            return None if func is None else _without_context(func)
+
+        return served(self.SERVICE, lookup)
 
 
 class Stub:

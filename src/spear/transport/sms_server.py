@@ -1,5 +1,6 @@
 """The gRPC server of the metadata server: spear.v1.MetadataServer over `MetadataServer`,
-plus grpc.health.v1 beside it (grpclib). `SmsServer.start` reports the bound address."""
+plus grpc.health.v1 and reflection beside it (grpc.aio). `SmsServer.start` reports the
+bound address."""
 
 from __future__ import annotations
 
@@ -18,11 +19,9 @@ from spear.transport.auth import current_principal
 from spear.transport.cluster_tokens import verify_at_sms
 from spear.transport.object_index_service import ObjectIndexService
 from spear.transport.services import ServiceBase
-from spear.transport.serving import GrpcServer, Security, guard
+from spear.transport.serving import GrpcServer, Security
 
 if TYPE_CHECKING:
-    from grpclib.const import Handler
-
     from spear.core.cluster_quotas import ClusterTaskSlots
     from spear.core.models import Task
     from spear.core.sms import MetadataServer
@@ -51,14 +50,6 @@ class MetadataService(ObjectIndexService, ServiceBase):
 
     def __init__(self, sms: MetadataServer) -> None:
         self.sms = sms
-
-    def __mapping__(self) -> dict[str, Handler]:
-        handlers = super().__mapping__()
-        # The same guard as the Spearlet service: SpearError -> status + spear-error-code.
-        return {
-            name: handler._replace(func=guard(name, handler.func))
-            for name, handler in handlers.items()
-        }
 
     async def register_node(self, message: sms_pb2.RegisterNodeRequest) -> sms_pb2.NodeRecord:
         self.sms.leadership.require()  # writes go to the leader only

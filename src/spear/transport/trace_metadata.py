@@ -1,9 +1,9 @@
 """A call's trace context in gRPC metadata (W3C `traceparent`; docs/observability.md).
 
-Installed only where tracing is on: a server whose node traces makes each call's
-`traceparent` the current one in its handler (`spear.tracing.base.current_traceparent`,
-so the task it makes joins the caller's trace); a tracing client sends the current one
-with every call.
+Used only where tracing is on: a server whose node traces makes each call's
+`traceparent` the current one in its handler (transport/aio_server.py `traced`:
+`spear.tracing.base.current_traceparent`, so the task it makes joins the caller's trace);
+a tracing client sends the current one with every call.
 """
 
 from __future__ import annotations
@@ -15,18 +15,6 @@ from spear.tracing.base import TRACEPARENT_KEY, current_traceparent, trace_id_of
 
 if TYPE_CHECKING:
     from collections.abc import Iterator, Sequence
-
-
-def accept_traceparent(server: Any) -> None:
-    """Make a call's `traceparent` metadata (a well-formed one) current in its handler."""
-    from grpclib.events import RecvRequest, listen
-
-    async def on_request(event: RecvRequest) -> None:
-        value = event.metadata.get(TRACEPARENT_KEY)
-        if isinstance(value, str) and trace_id_of(value):
-            current_traceparent.set(value)
-
-    listen(server, RecvRequest, on_request)
 
 
 def send_traceparent(channel: Any) -> None:
