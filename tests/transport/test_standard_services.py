@@ -10,14 +10,10 @@ from pathlib import Path
 from typing import Any
 
 import anyio
-import pytest
 
 import spear
 from spear.node.server import serve_spearlet
 from spear.transport.auth import read_owner_token
-
-pytest.importorskip("grpc_health", reason="grpcio-health-checking is in the dev extra")
-pytest.importorskip("grpc_reflection", reason="grpcio-reflection is in the dev extra")
 
 PROBE = Path(__file__).with_name("grpcio_probe.py")
 

@@ -190,7 +190,9 @@ class MetadataService(ObjectIndexService, ServiceBase):
 
 
 class SmsServer(GrpcServer):
-    """spear.v1.MetadataServer and health on one port."""
+    """spear.v1.MetadataServer, health and reflection on one port."""
+
+    service: MetadataService
 
     def __init__(
         self,
