@@ -22,6 +22,7 @@ from spear.transport._status import (
 from spear.transport.aio_server import channel_options
 from spear.transport.aio_streams import AioCallStream, multicallable
 from spear.transport.auth import METADATA_KEY, NAMESPACE_KEY
+from spear.transport.member_proof import METADATA_KEY as MEMBER_KEY
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Mapping
@@ -30,6 +31,7 @@ if TYPE_CHECKING:
     import grpc.aio
 
     from spear.transport.channels import Credentials
+    from spear.transport.member_proof import MemberProof
 
 Request = TypeVar("Request")
 Response = TypeVar("Response")
@@ -80,13 +82,25 @@ class AioChannel:
             if secure is None
             else grpc.aio.secure_channel(address, secure, options=options)
         )
-        self._metadata: tuple[tuple[str, str], ...] = ()
+        self._fixed: tuple[tuple[str, str], ...] = ()  # sent with every call
+        # A member proves who it is in each call: the servers that take users too cannot
+        # ask for its certificate at the handshake (transport/member_proof.py).
+        self._proof: MemberProof | None = None
+        if credentials.tls is not None and credentials.tls.present:
+            self._proof = credentials.tls.member_proof()
         if credentials.token:
-            self._metadata += ((METADATA_KEY, f"Bearer {credentials.token}"),)
+            self._fixed += ((METADATA_KEY, f"Bearer {credentials.token}"),)
         if credentials.namespace:
-            self._metadata += ((NAMESPACE_KEY, credentials.namespace),)
+            self._fixed += ((NAMESPACE_KEY, credentials.namespace),)
         self._methods: dict[str, UnaryCall[Any, Any]] = {}
         self._callables: dict[tuple[str, Cardinality], Any] = {}
+
+    @property
+    def _metadata(self) -> tuple[tuple[str, str], ...]:
+        """What every call sends: the token and namespace, and a member's current proof."""
+        if self._proof is None:
+            return self._fixed
+        return (*self._fixed, (MEMBER_KEY, self._proof.value()))
 
     @classmethod
     def to(

@@ -33,10 +33,13 @@ import orjson
 
 from spear.core.namespaces import check_name as check_namespace
 from spear.errors import InvalidArgument, NotFound, PermissionDenied, Unauthenticated
+from spear.transport.member_proof import METADATA_KEY as MEMBER_KEY
 
 if TYPE_CHECKING:
     from collections.abc import Mapping
     from pathlib import Path
+
+    from spear.transport.member_proof import MemberVerifier
 
 TOKEN_PREFIX = "spear_"
 AUTH_DIR = "auth"
@@ -396,6 +399,10 @@ class Authorizer:
     policy: Mapping[str, Role] = dataclasses.field(default_factory=lambda: POLICY)
     # A cluster member's: the SMS's tokens too (transport/cluster_tokens.py).
     cluster: Any = None
+    # Members' proofs (`spear-member` metadata) checked against the cluster's CA bundle:
+    # how members are known where TLS does not ask for their certificate
+    # (transport/member_proof.py); None: no cluster CA here, members are not admitted.
+    members: MemberVerifier | None = None
 
     async def authorize_by_cluster(
         self, method: str, metadata: Mapping[str, Any]
@@ -437,6 +444,13 @@ class Authorizer:
         name = certificate_name(peer)
         if name is not None:
             return Principal(name, Role.NODE, "certificate")
+        proof = _text(metadata.get(MEMBER_KEY))
+        if proof:
+            if self.members is None:
+                raise Unauthenticated(
+                    "a member's proof was sent, but this server has no cluster CA to check it"
+                )
+            return Principal(self.members.name(str(proof)), Role.NODE, "certificate")
         token = bearer(metadata)
         if token is None:
             raise Unauthenticated(

@@ -72,7 +72,24 @@ def open_channel(
     listen_for_error_codes(channel)
     if credentials.token or credentials.namespace:
         attach_token(channel, credentials.token, credentials.namespace)
+    if credentials.tls is not None and credentials.tls.present:
+        _attach_member_proof(channel, credentials.tls)
     return channel
+
+
+def _attach_member_proof(channel: Channel, tls: TlsFiles) -> None:
+    """Send the member's current proof with every call (transport/member_proof.py), as
+    `AioChannel` does: a server that takes users too does not see its certificate."""
+    from grpclib.events import SendRequest, listen
+
+    from spear.transport.member_proof import METADATA_KEY
+
+    proof = tls.member_proof()
+
+    async def on_send(event: SendRequest) -> None:
+        event.metadata[METADATA_KEY] = proof.value()
+
+    listen(channel, SendRequest, on_send)
 
 
 async def close_channel(channel: Channel, *, wait_s: float = 0.5) -> None:

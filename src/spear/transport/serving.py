@@ -84,7 +84,12 @@ class Security:
         tokens = TokenStore(data_dir)
         tokens.owner_token()
         tls = TlsFiles(tls_dir or data_dir / "tls")
-        return cls(Authorizer(tokens), tls if tls.present else None)
+        if not tls.present:
+            return cls(Authorizer(tokens))
+        from spear.transport.member_proof import MemberVerifier
+        from spear.transport.tls import CA_CERT
+
+        return cls(Authorizer(tokens, members=MemberVerifier(tls.directory / CA_CERT)), tls)
 
     def check_listen(self, listen: str) -> None:
         """Refuse to serve beyond this machine without TLS and authentication (unforced)."""

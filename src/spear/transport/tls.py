@@ -26,6 +26,8 @@ from spear.errors import InvalidArgument, NotFound
 if TYPE_CHECKING:
     from pathlib import Path
 
+    from spear.transport.member_proof import MemberProof
+
 CA_CERT = "ca.crt"
 CA_KEY = "ca.key"
 NODE_CERT = "node.crt"
@@ -186,6 +188,15 @@ class TlsFiles:
         cert = x509.load_pem_x509_certificate((self.directory / NODE_CERT).read_bytes())
         [attribute] = cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
         return str(attribute.value)
+
+    def member_proof(self) -> MemberProof:
+        """This member's proof of who it is, for calls (transport/member_proof.py)."""
+        from spear.transport.member_proof import MemberProof
+
+        self._check()
+        return MemberProof(
+            (self.directory / NODE_CERT).read_bytes(), (self.directory / NODE_KEY).read_bytes()
+        )
 
     def server_context(self) -> ssl.SSLContext:
         """Serve TLS; ask callers for a certificate (members present one, users may not:
