@@ -30,7 +30,7 @@ from spear._logging import logger
 from spear.errors import InvalidArgument, SpearError
 from spear.store.diskspace import no_space
 from spear.transport._status import DEFAULT_MAX_MESSAGE_BYTES, ERROR_CODE_KEY, status_for
-from spear.transport.serving import format_address, parse_listen
+from spear.transport.serving import format_address, listening_socket, parse_listen
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
@@ -184,9 +184,8 @@ class AioServer:
                 logger.exception("rpc {} failed", route)
                 await _abort_internal(context, exc)
             finally:
-                logger.debug(
-                    "rpc {} {} in {:.2f} ms", route, outcome, (time.perf_counter() - start) * 1e3
-                )
+                took_ms = (time.perf_counter() - start) * 1e3
+                logger.debug("rpc {} {} in {:.2f} ms on {}", route, outcome, took_ms, self.address)
 
         return handle
 
@@ -196,6 +195,8 @@ class AioServer:
         import grpc.aio
 
         self.security.check_listen(listen)
+        # (a port taken or a host not ours: one clear error, before grpc's own log line)
+        listening_socket(listen).close()
         host, port = parse_listen(listen)
         options = [
             *channel_options(self.max_message_bytes),
