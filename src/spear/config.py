@@ -175,7 +175,8 @@ class Settings:
     # is unset); unset: tracing off.
     trace_otlp_endpoint: str | None = None
     # How members forward tasks to each other (node/peer_aio.py, docs/scheduling.md):
-    # "grpc.aio" on a port of its own beside the node's, or "grpclib" on the node's port.
+    # "grpc.aio" on a port of its own beside the node's, or "grpclib" on the node's port
+    # only (named when that port was grpclib's; both are grpc.aio now).
     peer_transport: str = "grpc.aio"
     extra: Mapping[str, Any] = dataclasses.field(default_factory=dict)
 

@@ -1,10 +1,11 @@
-"""ForwardTasks on grpc.aio (issue 17): a member serves it on a port of its own beside its
-grpclib server (grpc.aio cannot share grpclib's port), names that port in its NodeInfo
-(`peer_address`), and forwards to the peers that name one over grpc.aio; to a peer that
-names none (the setting off there, or an older node) over grpclib on its node port.
+"""ForwardTasks on a members' port (issue 17): a member serves it on a port of its own
+beside its node port, requiring the cluster's client certificate at the handshake, names
+that port in its NodeInfo (`peer_address`), and forwards to the peers that name one
+there; to a peer that names none (the setting off there, or an older node) on its node
+port. Both ports are grpc.aio (transport/aio_server.py).
 
 Setting `peer_transport`: "grpc.aio" (default) or "grpclib" (neither serve nor call the
-grpc.aio port). Why a second port and not the whole server moved: docs/scheduling.md.
+members' port; the name is from when the node port was grpclib's): docs/scheduling.md.
 """
 
 from __future__ import annotations
