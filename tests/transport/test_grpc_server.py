@@ -1,4 +1,4 @@
-"""transport/serving.py `GrpcServer` on grpc.aio: every cardinality served through one
+"""transport/aio_server.py `GrpcServer` (grpc.aio): every cardinality served through one
 guard (admission first, spear's errors as statuses, a bug one INTERNAL call), health and
 reflection beside the services; a real server on loopback, called by spear's own
 grpc.aio client (`AioChannel`, `Stub`) and by stock grpcio."""
@@ -19,10 +19,11 @@ from spear import errors
 from spear.transport._gen.pb import spearlet_pb2 as pb
 from spear.transport._status import client_errors
 from spear.transport.aio_client import AioChannel
+from spear.transport.aio_server import GrpcServer
 from spear.transport.auth import Authorizer, Role, TokenStore, current_principal
 from spear.transport.channels import Credentials
 from spear.transport.services import ServiceBase, Stub
-from spear.transport.serving import GrpcServer, Security
+from spear.transport.serving import Security
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator

@@ -27,9 +27,10 @@ from spear.transport._status import (
     CHUNK_BYTES,
     DEFAULT_MAX_MESSAGE_BYTES,
 )
+from spear.transport.aio_server import GrpcServer
 from spear.transport.auth import AUTH_DIR, check_may_run
 from spear.transport.services import ServiceBase
-from spear.transport.serving import GrpcServer, Security
+from spear.transport.serving import Security
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence

@@ -14,7 +14,7 @@ registered with it, of any cardinality, and giving every call the same things:
 
 TLS: `require_client_certificate=True` (the members' ForwardTasks port, node/peer_aio.py)
 admits only callers with a certificate of the cluster's CA; False (the users' ports: the
-node's and the SMS's, transport/serving.py `GrpcServer`) serves the node's certificate
+node's and the SMS's, `GrpcServer` below) serves the node's certificate
 and asks for none, because grpc's Python API cannot ask for an optional one
 (docs/scheduling.md); members then prove who they are in metadata (transport/auth.py).
 """
@@ -31,15 +31,16 @@ from spear.errors import InvalidArgument, SpearError
 from spear.store.diskspace import no_space
 from spear.transport._status import DEFAULT_MAX_MESSAGE_BYTES, ERROR_CODE_KEY, status_for
 from spear.transport.serving import format_address, listening_socket, parse_listen
+from spear.transport.standard_services import Health, reflection_methods
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+    from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 
     import grpc
     import grpc.aio
 
     from spear.transport.auth import Authorizer
-    from spear.transport.services import ServedMethod
+    from spear.transport.services import ServedMethod, ServiceBase
     from spear.transport.serving import Security
     from spear.transport.tls import TlsFiles
 
@@ -293,3 +294,71 @@ async def _abort_internal(context: grpc.aio.ServicerContext[Any, Any], exc: Exce
         f"internal error: {type(exc).__name__}: {exc}",
         trailing_metadata=((ERROR_CODE_KEY, "internal"),),
     )
+
+
+class GrpcServer:
+    """`service` (with grpc.health.v1 and server reflection for it, and `others` beside it:
+    `ServiceBase`s) on one port (the node's, the SMS's), admitting callers by `security`.
+    `start` binds and reports the address; `close` is safe twice."""
+
+    def __init__(
+        self,
+        service: ServiceBase,
+        others: Sequence[ServiceBase] = (),
+        *,
+        name: str,
+        security: Security,
+        max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
+    ) -> None:
+        self.service = service
+        self.name = name
+        self.security = security
+        self.max_message_bytes = max_message_bytes
+        self.traced = False  # adopt callers' `traceparent` (set before `start`)
+        services = [service, *others]
+        names = [s.SERVICE.full_name for s in services]
+        self._health = Health(names)
+        self._methods: dict[str, ServedMethod] = {}
+        for each in services:
+            self._methods.update(each.served())
+        self._methods.update(self._health.methods())
+        self._methods.update(reflection_methods(names))
+        self._server: AioServer | None = None
+
+    @property
+    def address(self) -> str | None:
+        """The bound address while serving, else None."""
+        return None if self._server is None else self._server.address
+
+    async def start(self, listen: str) -> str:
+        """Bind `listen` (port 0 picks a free port) and serve; returns the bound address."""
+        server = AioServer(
+            self._methods,
+            name=self.name,
+            security=self.security,
+            max_message_bytes=self.max_message_bytes,
+            traced=self.traced,
+            # Users' port: tokens over server-authenticated TLS; members prove who they
+            # are in metadata (grpc cannot ask for an optional client certificate).
+            require_client_certificate=False,
+        )
+        await self._health.set(True)  # (each service named: SERVING, as the server is)
+        address = await server.start(listen)
+        self._server = server
+        return address
+
+    def set_serving(self, serving: bool) -> None:
+        """What health checks answer: SERVING, or NOT_SERVING (a node draining)."""
+        self._health.set_serving(serving)
+
+    async def close(self) -> None:
+        """Stop accepting calls and end the running ones. Safe to call twice."""
+        server, self._server = self._server, None
+        if server is not None:
+            await server.close()
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()

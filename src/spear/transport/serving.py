@@ -1,25 +1,19 @@
-"""What every spear server shares: listening sockets and addresses, who may call
-(`Security`), and a gRPC server of services on one port (`GrpcServer`, on grpc.aio: the
-call guard that admits callers and maps spear's errors to statuses is
-transport/aio_server.py's)."""
+"""What every spear server shares: listening sockets and addresses, and who may call
+(`Security`). The gRPC server itself is transport/aio_server.py's (`GrpcServer`)."""
 
 from __future__ import annotations
 
 import socket
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Self
+from typing import TYPE_CHECKING
 
 from spear.errors import InvalidArgument
-from spear.transport._status import DEFAULT_MAX_MESSAGE_BYTES
 
 if TYPE_CHECKING:
-    from collections.abc import Sequence
     from pathlib import Path
 
     from spear.config import Settings
-    from spear.transport.aio_server import AioServer
     from spear.transport.auth import Authorizer
-    from spear.transport.services import ServedMethod, ServiceBase
     from spear.transport.tls import TlsFiles
 
 
@@ -122,75 +116,3 @@ class Security:
         """A server's security from its settings (data dir, tls_dir, insecure)."""
         found = cls.for_data_dir(settings.data_dir, settings.tls_files_dir)
         return cls(found.authorizer, found.tls, allow_insecure=settings.insecure)
-
-
-class GrpcServer:
-    """`service` (with grpc.health.v1 and server reflection for it, and `others` beside it:
-    `ServiceBase`s) on one port, on grpc.aio (transport/aio_server.py), admitting callers
-    by `security`. `start` binds and reports the address; `close` is safe twice."""
-
-    def __init__(
-        self,
-        service: ServiceBase,
-        others: Sequence[ServiceBase] = (),
-        *,
-        name: str,
-        security: Security,
-        max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
-    ) -> None:
-        from spear.transport.standard_services import Health, reflection_methods
-
-        self.service = service
-        self.name = name
-        self.security = security
-        self.max_message_bytes = max_message_bytes
-        self.traced = False  # adopt callers' `traceparent` (set before `start`)
-        services = [service, *others]
-        names = [s.SERVICE.full_name for s in services]
-        self._health = Health(names)
-        self._methods: dict[str, ServedMethod] = {}
-        for each in services:
-            self._methods.update(each.served())
-        self._methods.update(self._health.methods())
-        self._methods.update(reflection_methods(names))
-        self._server: AioServer | None = None
-
-    @property
-    def address(self) -> str | None:
-        """The bound address while serving, else None."""
-        return None if self._server is None else self._server.address
-
-    async def start(self, listen: str) -> str:
-        """Bind `listen` (port 0 picks a free port) and serve; returns the bound address."""
-        from spear.transport.aio_server import AioServer
-
-        server = AioServer(
-            self._methods,
-            name=self.name,
-            security=self.security,
-            max_message_bytes=self.max_message_bytes,
-            traced=self.traced,
-            # Users' port: tokens over server-authenticated TLS; members prove who they
-            # are in metadata (grpc cannot ask for an optional client certificate).
-            require_client_certificate=False,
-        )
-        await self._health.set(True)  # (each service named: SERVING, as the server is)
-        address = await server.start(listen)
-        self._server = server
-        return address
-
-    def set_serving(self, serving: bool) -> None:
-        """What health checks answer: SERVING, or NOT_SERVING (a node draining)."""
-        self._health.set_serving(serving)
-
-    async def close(self) -> None:
-        """Stop accepting calls and end the running ones. Safe to call twice."""
-        server, self._server = self._server, None
-        if server is not None:
-            await server.close()
-
-    async def __aenter__(self) -> Self:
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.close()

@@ -15,17 +15,18 @@ from spear.transport._convert import optional
 from spear.transport._gen.pb import sms_pb2
 from spear.transport._gen.pb import spearlet_pb2 as pb
 from spear.transport._status import DEFAULT_MAX_MESSAGE_BYTES
+from spear.transport.aio_server import GrpcServer
 from spear.transport.auth import current_principal
 from spear.transport.cluster_tokens import verify_at_sms
 from spear.transport.object_index_service import ObjectIndexService
 from spear.transport.services import ServiceBase
-from spear.transport.serving import GrpcServer, Security
 
 if TYPE_CHECKING:
     from spear.core.cluster_quotas import ClusterTaskSlots
     from spear.core.models import Task
     from spear.core.sms import MetadataServer
     from spear.transport.auth import TokenStore
+    from spear.transport.serving import Security
 
 SERVICE_NAME = "spear.v1.MetadataServer"
 
