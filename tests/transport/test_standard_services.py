@@ -1,5 +1,5 @@
-"""Stock gRPC tooling talks to a node: health and reflection, checked with grpcio (another
-gRPC implementation than the server's grpclib), and calls built from reflection alone."""
+"""Stock gRPC tooling talks to a node: health and reflection, checked with grpcio's own
+blocking client in a process of its own, and calls built from reflection alone."""
 
 from __future__ import annotations
 

@@ -291,7 +291,7 @@ class Peers:
         metadata: dict[str, str] | None,
     ) -> pb.ForwardTasksResponse:
         """One ForwardTasks call: on `node`'s second port where it serves one (grpc.aio
-        there), else on its node port (a grpclib server, called over grpc.aio too)."""
+        there), else on its node port (grpc.aio as well)."""
         aio = await self._aio_channel(node) if self.use_aio else None
         if aio is not None:
             call = aio.unary(
