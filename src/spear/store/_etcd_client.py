@@ -14,7 +14,9 @@ applying it ("no leader") is safe to send to another member, whatever it does. A
 safe to send again after any failure. A write whose fate is unknown (the connection broke
 or timed out after it was sent) is not retried: the caller gets `Unavailable` and decides.
 Every call has one deadline (`timeout_s`) across its attempts, with a short back-off
-between rounds, so a member election (about a second) is ridden out.
+between rounds, so a member election (about a second) is ridden out. A caller's cancel
+cancels its RPC at etcd; `aclose` closes every channel, and a call it cuts off ends with
+`StorageError` (see `_awaited`).
 """
 
 from __future__ import annotations
