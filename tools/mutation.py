@@ -187,6 +187,13 @@ TARGETS = (
         (_T + "cluster/test_object_commits.py",),
     ),
     Target(
+        # Members' proofs: what admits a caller as a cluster member on the ports that
+        # take users too (the certificate is not asked for at their handshake)
+        "member_proof",
+        ("spear/transport/member_proof.py",),
+        (_T + "transport/test_member_proof.py",),
+    ),
+    Target(
         "auth",
         ("spear/transport/auth.py",),
         (

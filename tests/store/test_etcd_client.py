@@ -5,28 +5,42 @@ from __future__ import annotations
 
 import socket
 
+import grpc
+import grpc.aio
 import pytest
-from grpclib.const import Status
-from grpclib.exceptions import GRPCError, StreamTerminatedError
 
 from spear.errors import StorageError, Unavailable
-from spear.store._etcd_client import classify, prefix_range_end
+from spear.store._etcd_client import StreamEnded, classify, prefix_range_end
 from spear.store.etcd import EtcdKV
+
+Code = grpc.StatusCode
+
+
+def status(code: grpc.StatusCode, details: str) -> grpc.aio.AioRpcError:
+    """A failed call as grpc.aio raises it."""
+    return grpc.aio.AioRpcError(code, grpc.aio.Metadata(), grpc.aio.Metadata(), details)
+
+
+# grpc's words for a member it could not connect to (refused, no route): nothing was sent.
+_REFUSED = (
+    "failed to connect to all addresses; last error: UNKNOWN: ipv4:127.0.0.1:1: "
+    "Failed to connect to remote host: Connection refused"
+)
 
 
 @pytest.mark.parametrize(
     ("exc", "read", "write"),
     [
-        (ConnectionRefusedError(111, "refused"), True, True),  # never sent
-        (GRPCError(Status.UNAVAILABLE, "etcdserver: no leader"), True, True),  # not applied
-        (StreamTerminatedError("Connection lost"), True, False),  # sent: fate unknown
-        (OSError(113, "No route to host"), True, True),
-        (ConnectionResetError(104, "reset"), True, False),
-        (BrokenPipeError(32, "broken pipe"), True, False),
-        (TimeoutError(), True, False),
-        (GRPCError(Status.UNKNOWN, "etcdserver: request timed out"), True, False),
-        (GRPCError(Status.UNAVAILABLE, "etcdserver: request timed out"), True, False),
-        (GRPCError(Status.DEADLINE_EXCEEDED, "Deadline exceeded"), True, False),
+        (status(Code.UNAVAILABLE, _REFUSED), True, True),  # never sent
+        (status(Code.UNAVAILABLE, "DNS resolution failed for etcd-9:2379"), True, True),
+        (status(Code.UNAVAILABLE, "etcdserver: no leader"), True, True),  # not applied
+        (status(Code.UNAVAILABLE, "etcdserver: leader changed"), True, True),
+        (status(Code.UNAVAILABLE, "Socket closed"), True, False),  # sent: fate unknown
+        (status(Code.UNAVAILABLE, "recvmsg:Connection reset by peer"), True, False),
+        (StreamEnded("/etcdserverpb.Watch/Watch ended"), True, False),
+        (status(Code.UNKNOWN, "etcdserver: request timed out"), True, False),
+        (status(Code.UNAVAILABLE, "etcdserver: request timed out"), True, False),
+        (status(Code.DEADLINE_EXCEEDED, "Deadline Exceeded"), True, False),
     ],
 )
 def test_what_may_go_to_another_member(exc: BaseException, read: bool, write: bool) -> None:
@@ -38,9 +52,11 @@ def test_what_may_go_to_another_member(exc: BaseException, read: bool, write: bo
 @pytest.mark.parametrize(
     "exc",
     [
-        GRPCError(Status.INVALID_ARGUMENT, "etcdserver: key is not provided"),
-        GRPCError(Status.UNKNOWN, "election: no leader"),  # an answer: nobody leads
-        GRPCError(Status.FAILED_PRECONDITION, "mvcc: required revision has been compacted"),
+        status(Code.INVALID_ARGUMENT, "etcdserver: key is not provided"),
+        status(Code.UNKNOWN, "election: no leader"),  # an answer: nobody leads
+        status(Code.OUT_OF_RANGE, "etcdserver: mvcc: required revision has been compacted"),
+        status(Code.NOT_FOUND, "etcdserver: requested lease not found"),
+        status(Code.CANCELLED, "Locally cancelled by application!"),
         ValueError("a bug of ours"),
     ],
 )

@@ -5,7 +5,8 @@ waiting task and raises its own error there, never taking the cancel back. In th
 caller's task that stray cancel made every anyio cancel scope above it let its own
 cancellation through, as if it came from outside: an SMS whose election campaign was cut
 off with its etcd member stopped standing, for good, and the other SMS never took over
-from a dead leader (found by the chaos lab's leader kill). Real etcd, real election."""
+from a dead leader (found by the chaos lab's leader kill). The client is on grpc.aio since,
+which cancels no task of the caller's; the behaviour is kept. Real etcd, real election."""
 
 from __future__ import annotations
 
