@@ -18,9 +18,10 @@ loopback: the SMS, the SPEARlets and etcd are real processes.
   the client) spent per task (`cpu_ms_per_task`, as for at_once).
 - at_once: N tasks in one SubmitTasks call through node-1, answered when all have
   finished: beside Ray's `ray.get([f.remote() for ...])` on three nodes.
-- grpclib peers: the forwarded call and at_once again on a cluster whose members forward
-  over grpclib (`peer_transport = "grpclib"`) instead of grpc.aio, in the same run
-  (`spear_3_spearlets_grpclib_peers`).
+- node-port peers: the forwarded call and at_once again on a cluster whose members
+  forward on each other's node port (`peer_transport = "node-port"`) instead of the
+  members' port, in the same run (`spear_3_spearlets_node_port_peers`; named
+  `..._grpclib_peers` in results from when the node port was grpclib's).
 - heartbeats: 200 simulated nodes register with a real SMS process, then heartbeat in a
   closed loop for a few seconds (the SMS's capacity: heartbeats/s and latency), then at
   the nominal rate of one per node per second (latency under the normal load).
@@ -180,7 +181,7 @@ def _spearlets(
     wheres: tuple[str, ...] = ("local_first", "forwarded"),
 ) -> dict[str, Any]:
     """The workloads through node-1 of 3 SPEARlets that forward to each other over
-    `peer_transport` (the setting: "grpc.aio", the default, or "grpclib")."""
+    `peer_transport` (the setting: "grpc.aio", the default, or "node-port")."""
     module = trivial_module(directory)
     cluster = three_spearlets(directory, etcd, peer_transport)
     with cluster:
@@ -322,10 +323,10 @@ def run(quick: bool) -> dict[str, Any]:
         directory = Path(tmp)
         spearlets = {
             "leveldb": _spearlets(directory, counts, etcd=False),
-            # The same forwarded workloads, the members forwarding over grpclib (issue 17:
-            # the grpc.aio port of ForwardTasks beside the stack it replaced, in one run).
-            "leveldb_grpclib": _spearlets(
-                directory, counts, etcd=False, peer_transport="grpclib", wheres=("forwarded",)
+            # The same forwarded workloads, the members forwarding on the node port (issue
+            # 17: the members' port of ForwardTasks beside the node port, in one run).
+            "leveldb_node_port": _spearlets(
+                directory, counts, etcd=False, peer_transport="node-port", wheres=("forwarded",)
             ),
             "etcd": _spearlets(directory, counts, etcd=True),
         }
@@ -349,13 +350,13 @@ def run(quick: bool) -> dict[str, Any]:
         "sms_heartbeats_per_s_leveldb": sms["leveldb"]["closed_loop"]["heartbeats_per_s"],
         "sms_heartbeats_per_s_etcd": sms["etcd"]["closed_loop"]["heartbeats_per_s"],
     }
-    grpclib = spearlets["leveldb_grpclib"]["forwarded"]
+    node_port = spearlets["leveldb_node_port"]["forwarded"]
     return {
         "cluster": {
             "spear_3_spearlets": headline,
-            "spear_3_spearlets_grpclib_peers": {
-                "task_forwarded": grpclib["call"],
-                "tasks_forwarded": grpclib["at_once"],
+            "spear_3_spearlets_node_port_peers": {
+                "task_forwarded": node_port["call"],
+                "tasks_forwarded": node_port["at_once"],
             },
         },
         "spearlets": spearlets,

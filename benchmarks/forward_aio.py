@@ -1,18 +1,20 @@
-"""ForwardTasks over grpc.aio against grpclib, side by side (issue 17; docs/scheduling.md).
+"""ForwardTasks on the members' port against the node port, side by side (issue 17;
+docs/scheduling.md).
 
     nice -n 10 python -m benchmarks.forward_aio [--quick]   # benchmarks/results/forward_aio.json
 
 Two clusters of 3 SPEARlets on LevelDB run at once, alike but for `peer_transport`
-("grpc.aio" and "grpclib"); rounds alternate between them, so both see the same
+("grpc.aio" and "node-port"); rounds alternate between them, so both see the same
 machine. Each round, through node-1, of a trivial WASM task only node-2 may run:
 
 - call: `client.call` one at a time (RunTask, forwarded; median and p99), with the CPU
   every process of that cluster and the client spent per task;
 - at_once: N in one SubmitTasks call, waited (forwarded as batches), tasks/s and CPU.
 
-Since every spear client moved to grpc.aio (docs/scheduling.md), "grpclib" is the
-node port's grpclib server called by a grpc.aio client, against the second port's grpc.aio
-server: the server side of the hop is what differs.
+Both ports are grpc.aio servers now (grpclib is gone: docs/scheduling.md), so what
+differs is the port: the members' own (a certificate at the handshake) or the node port
+(which takes users too). Results from before name "node-port" "grpclib" (then the node
+port's grpclib server).
 
 The CPU per task is the steadier reading on a shared machine; the whole cluster benchmark
 beside Ray is `python -m benchmarks --only cluster` (it measures both transports too).
@@ -33,7 +35,7 @@ from benchmarks import cluster_bench
 from benchmarks.common import ROOT, standalone
 
 RESULT_FILE = ROOT / "benchmarks" / "results" / "forward_aio.json"
-TRANSPORTS = ("grpc.aio", "grpclib")
+TRANSPORTS = ("grpc.aio", "node-port")
 
 
 def counts(quick: bool) -> dict[str, int]:
@@ -88,8 +90,8 @@ def run(quick: bool) -> dict[str, Any]:
             for cluster in clusters.values():
                 cluster.stop()
     summary = {t: _medians(rounds[t]) for t in TRANSPORTS}
-    aio, plain = summary["grpc.aio"], summary["grpclib"]
-    summary["grpclib_over_grpc_aio"] = {
+    aio, plain = summary["grpc.aio"], summary["node-port"]
+    summary["node_port_over_grpc_aio"] = {
         key: round(plain[key] / aio[key], 3) for key in aio if aio[key]
     }
     return {"forward_aio": summary, "rounds": rounds, "counts": n}

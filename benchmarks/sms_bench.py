@@ -294,13 +294,11 @@ async def _accepts_write(address: str, credentials: Any) -> bool:
     from spear.errors import SpearError
     from spear.transport._gen.pb import sms_pb2
     from spear.transport._status import client_errors
-    from spear.transport.channels import close_channel, open_channel
+    from spear.transport.aio_client import AioChannel
     from spear.transport.services import Stub
-    from spear.transport.serving import parse_listen
     from spear.transport.sms_client import SERVICE
 
-    host, port = parse_listen(address)
-    channel = open_channel(host, port, credentials=credentials)
+    channel = AioChannel.to(address, credentials)
     try:
         with client_errors(f"SMS {address}"):
             await Stub(channel, SERVICE).heartbeat(
@@ -310,7 +308,7 @@ async def _accepts_write(address: str, credentials: Any) -> bool:
     except SpearError:
         return False
     finally:
-        await close_channel(channel)
+        await channel.aclose()
 
 
 def _failover(directory: Path, counts: dict[str, Any], ttl_s: int) -> dict[str, Any]:

@@ -32,10 +32,9 @@ async def _queries(home: str, other: str, credentials: Any, size: int, n: int) -
     import numpy as np
 
     from spear.node.vector_peers import call_vectors, vectors_stub
-    from spear.transport.channels import close_channel, open_channel
-    from spear.transport.serving import parse_listen
+    from spear.transport.aio_client import AioChannel
 
-    channels = [open_channel(*parse_listen(a), credentials=credentials) for a in (home, other)]
+    channels = [AioChannel.to(a, credentials) for a in (home, other)]
     stubs = [vectors_stub(c) for c in channels]
     try:
         await call_vectors(stubs[0], home, {"op": "create", "collection": "bench", "dim": DIM})
@@ -65,7 +64,7 @@ async def _queries(home: str, other: str, credentials: Any, size: int, n: int) -
                     samples[name].append(time.perf_counter() - t0)
     finally:
         for channel in channels:
-            await close_channel(channel)
+            await channel.aclose()
     return {
         "vectors": size,
         "at_home": summarize(samples["at_home"]),

@@ -12,8 +12,7 @@ import sys
 
 _SNAPSHOT = r"""
 import asyncio, json, logging, os, signal, sys, threading, warnings
-import hyperframe.frame, loguru
-from grpclib.protocol import H2Protocol
+import loguru
 
 def snapshot():
     return {
@@ -28,8 +27,6 @@ def snapshot():
         "environ": dict(os.environ),
         "loop_policy": type(asyncio.get_event_loop_policy()).__name__,
         "excepthooks": [repr(sys.excepthook), repr(threading.excepthook)],
-        "hyperframe": repr(hyperframe.frame._raw_data_repr),
-        "grpclib": repr(H2Protocol.connection_made),
         "loguru_handlers": len(loguru.logger._core.handlers),
     }
 
@@ -60,3 +57,18 @@ def test_importing_every_module_changes_nothing_global() -> None:
     report = json.loads(out.stdout.strip().splitlines()[-1])
     assert report["imported"] > 60  # the walk really reached the package's modules
     assert report["changed"] == {}
+
+
+def test_the_daemons_and_clients_load_one_grpc_stack() -> None:
+    """grpc.aio is spear's one gRPC stack (issue 17, item 6): the node's and the SMS's
+    servers, the node's client and the CLI load no grpclib (nor its h2 libraries)."""
+    code = (
+        "import sys, spear.cli, spear.cli.app, spear.cli.serve, spear.node.server, "
+        "spear.node.client, spear.node.peer, spear.transport.sms_server, spear.transport.sms_client, "
+        "spear.store.etcd; "
+        "print(sorted(m for m in sys.modules if m.split('.')[0] in "
+        "('grpclib', 'h2', 'hyperframe', 'hpack')))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "[]"

@@ -8,7 +8,6 @@ import contextlib
 from typing import TYPE_CHECKING
 
 import pytest
-from grpclib.client import Channel
 
 import spear
 from spear.core.cluster import ClusterTimings
@@ -18,7 +17,9 @@ from spear.node.client import Client
 from spear.node.server import serve_spearlet
 from spear.store.leveldb import LevelDBKV
 from spear.transport._gen.pb import sms_pb2
+from spear.transport.aio_client import AioChannel
 from spear.transport.auth import read_owner_token
+from spear.transport.channels import NO_CREDENTIALS
 from spear.transport.services import Stub
 from spear.transport.serving import Security
 from spear.transport.sms_client import SmsClient
@@ -51,8 +52,8 @@ async def test_list_cluster_tasks_pages_and_the_client_reads_every_page(tmp_path
     async with _sms(tmp_path) as (sms, address):
         tasks = [_done("n1" if i % 2 else "n2") for i in range(2300)]
         await sms.report_tasks(tasks)
-        host, port = address.rsplit(":", 1)
-        async with Channel(host, int(port)) as channel:
+        channel = AioChannel(address, NO_CREDENTIALS)
+        try:
             stub = Stub(channel, sms_pb2.DESCRIPTOR.services_by_name["MetadataServer"])
             first = await stub.list_cluster_tasks(sms_pb2.ListClusterTasksRequest())
             assert len(first.tasks) == 1000 and first.next_page_token
@@ -62,6 +63,8 @@ async def test_list_cluster_tasks_pages_and_the_client_reads_every_page(tmp_path
             assert len(second.tasks) == 1300 and second.next_page_token == ""
             ids = [t.id for t in (*first.tasks, *second.tasks)]
             assert ids == sorted((t.id for t in tasks), reverse=True)  # newest first, once
+        finally:
+            await channel.aclose()
         client = SmsClient(address, timeout_s=10)
         try:
             assert len(await client.tasks()) == 2300

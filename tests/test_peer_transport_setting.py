@@ -1,5 +1,6 @@
-"""The `peer_transport` setting (docs/scheduling.md): two values, anything else refused in
-one line by any command that reads the settings."""
+"""The `peer_transport` setting (docs/scheduling.md): two values ("grpclib" read as its old
+name for "node-port"), anything else refused in one line by any command that reads the
+settings."""
 
 from __future__ import annotations
 
@@ -17,11 +18,15 @@ if TYPE_CHECKING:
     from pathlib import Path
 
 
-def test_grpc_aio_is_the_default_and_grpclib_the_other_choice(tmp_path: Path) -> None:
+def test_grpc_aio_is_the_default_and_node_port_the_other_choice(tmp_path: Path) -> None:
     assert Settings(data_dir=tmp_path).peer_transport == "grpc.aio"
-    assert Settings(data_dir=tmp_path, peer_transport="grpclib").peer_transport == "grpclib"
-    with pytest.raises(InvalidArgument, match="peer_transport must be one of grpc.aio, grpclib"):
+    assert Settings(data_dir=tmp_path, peer_transport="node-port").peer_transport == "node-port"
+    with pytest.raises(InvalidArgument, match="peer_transport must be one of grpc.aio, node-port"):
         Settings(data_dir=tmp_path, peer_transport="h2")
+
+
+def test_grpclib_is_read_as_the_old_name_of_node_port(tmp_path: Path) -> None:
+    assert Settings(data_dir=tmp_path, peer_transport="grpclib").peer_transport == "node-port"
 
 
 def test_a_wrong_value_in_the_settings_file_is_one_line_and_exit_64(tmp_path: Path) -> None:

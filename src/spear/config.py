@@ -92,7 +92,9 @@ EXTRA_KEYS: dict[str, type] = {
     "view_refresh_s": float,
     "max_queued_tasks": float,
 }
-PEER_TRANSPORTS = ("grpc.aio", "grpclib")
+PEER_TRANSPORTS = ("grpc.aio", "node-port")
+# The old name of "node-port", from when the node port was grpclib's: still read as it.
+_PEER_TRANSPORT_ALIASES = {"grpclib": "node-port"}
 _TRUE = ("1", "true", "yes", "on")
 _FALSE = ("0", "false", "no", "off")
 
@@ -175,8 +177,8 @@ class Settings:
     # is unset); unset: tracing off.
     trace_otlp_endpoint: str | None = None
     # How members forward tasks to each other (node/peer_aio.py, docs/scheduling.md):
-    # "grpc.aio" on a port of its own beside the node's, or "grpclib" on the node's port
-    # only (named when that port was grpclib's; both are grpc.aio now).
+    # "grpc.aio" on a port of its own beside the node's, or "node-port" on the node's port
+    # only ("grpclib", its old name, is read as "node-port"; both ports are grpc.aio).
     peer_transport: str = "grpc.aio"
     extra: Mapping[str, Any] = dataclasses.field(default_factory=dict)
 
@@ -199,6 +201,8 @@ class Settings:
             raise InvalidArgument("runner_idle_s must be 0 (no runner) or positive")
         if not 1 <= self.object_replicas <= 16:
             raise InvalidArgument("object_replicas must be between 1 and 16")
+        transport = _PEER_TRANSPORT_ALIASES.get(self.peer_transport, self.peer_transport)
+        object.__setattr__(self, "peer_transport", transport)
         if self.peer_transport not in PEER_TRANSPORTS:
             raise InvalidArgument(
                 f"setting peer_transport must be one of {', '.join(PEER_TRANSPORTS)}"

@@ -1,5 +1,6 @@
-"""Members forward to each other over grpc.aio (node/peer_aio.py), and over grpclib to a
-member that serves no grpc.aio port (`peer_transport = "grpclib"`): real processes."""
+"""Members forward to each other on their members' port (node/peer_aio.py), and on the
+node port to a member that serves no members' port (`peer_transport = "node-port"`; its
+old name "grpclib" in this test's settings file, still read as it): real processes."""
 # ruff: noqa: F401, F811  (fixtures imported from helpers.py are used as arguments)
 
 from __future__ import annotations
@@ -37,7 +38,7 @@ def on(address: str, fn: Any) -> Any:
     return anyio.run(main)
 
 
-def test_members_forward_over_grpc_aio_and_over_grpclib_to_a_member_without_it(
+def test_members_forward_on_the_members_port_and_on_the_node_port_to_a_member_without_it(
     make_cluster: Any, tmp_path: Path
 ) -> None:
     cluster = make_cluster(

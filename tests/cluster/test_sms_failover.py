@@ -21,9 +21,8 @@ from spear.errors import NotLeader
 from spear.node.ha_cluster import HaCluster
 from spear.transport._gen.pb import sms_pb2
 from spear.transport._status import client_errors
-from spear.transport.channels import close_channel, open_channel
+from spear.transport.aio_client import AioChannel
 from spear.transport.services import Stub
-from spear.transport.serving import parse_listen
 from spear.transport.sms_client import SERVICE as SMS_SERVICE
 
 if TYPE_CHECKING:
@@ -67,15 +66,14 @@ def raw_write(cluster: HaCluster, address: str) -> None:
     """One write (a heartbeat of an unknown node) sent to `address` only: no following."""
 
     async def call() -> None:
-        host, port = parse_listen(address)
-        channel = open_channel(host, port, credentials=cluster.credentials())
+        channel = AioChannel.to(address, cluster.credentials())
         try:
             with client_errors(f"SMS {address}"):
                 await Stub(channel, SMS_SERVICE).heartbeat(
                     sms_pb2.HeartbeatRequest(name="launcher", incarnation="x"), timeout=5
                 )
         finally:
-            await close_channel(channel)
+            await channel.aclose()
 
     anyio.run(call)
 

@@ -16,19 +16,19 @@ from spear.errors import InvalidArgument
 from spear.node.vector_peers import vectors_stub
 from spear.transport._gen.pb import vectors_pb2 as vpb
 from spear.transport._status import client_errors
-from spear.transport.channels import Credentials, close_channel, open_channel
-from spear.transport.serving import parse_listen
+from spear.transport.aio_client import AioChannel
+from spear.transport.channels import Credentials
 
 
 async def _read_rpc(address: str, token: str, request: dict[str, Any]) -> Any:
     """`request` sent as ReadVectors, whatever its op, with `token`."""
-    channel = open_channel(*parse_listen(address), credentials=Credentials(token=token))
+    channel = AioChannel.to(address, Credentials(token=token))
     try:
         stub = vectors_stub(channel)
         with client_errors(address):
             return await stub.read_vectors(vpb.VectorRequest(request=json.dumps(request).encode()))
     finally:
-        await close_channel(channel)
+        await channel.aclose()
 
 
 if TYPE_CHECKING:

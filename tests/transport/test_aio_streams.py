@@ -10,7 +10,6 @@ import anyio
 import grpc
 import grpc.aio
 import pytest
-from grpclib.const import Cardinality
 from wat_tasks import ticker
 
 import spear
@@ -22,6 +21,7 @@ from spear.transport._gen.pb import spearlet_pb2 as pb
 from spear.transport.aio_client import AioChannel
 from spear.transport.auth import read_owner_token
 from spear.transport.channels import Credentials
+from spear.transport.services import Cardinality
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator

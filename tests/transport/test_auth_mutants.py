@@ -19,12 +19,11 @@ from typing import TYPE_CHECKING, Any
 import orjson
 import pytest
 from grpc_reflection.v1alpha import reflection_pb2
-from grpclib.client import Channel
-from grpclib.const import Cardinality, Status
-from grpclib.exceptions import GRPCError
 
 from spear.errors import InvalidArgument, PermissionDenied, Unauthenticated
 from spear.transport import auth
+from spear.transport._status import RpcError, Status
+from spear.transport.aio_client import AioChannel
 from spear.transport.aio_server import AioServer
 from spear.transport.auth import (
     Authorizer,
@@ -32,12 +31,13 @@ from spear.transport.auth import (
     Role,
     TokenStore,
     admit,
-    attach_token,
     certificate_name,
     current_namespace,
     current_principal,
 )
+from spear.transport.channels import NO_CREDENTIALS, Credentials
 from spear.transport.cluster_tokens import ClusterTokens, verify_at_sms
+from spear.transport.services import Cardinality
 from spear.transport.serving import Security
 from spear.transport.standard_services import reflection_methods
 
@@ -217,9 +217,9 @@ def test_a_new_token_never_takes_the_id_of_one_the_file_holds(
 @contextlib.asynccontextmanager
 async def served(
     tmp_path: Path, policy: dict[str, Role] | None = None
-) -> AsyncIterator[tuple[Channel, list[dict[str, Any]]]]:
+) -> AsyncIterator[tuple[str, list[dict[str, Any]]]]:
     """A real server of ours (grpc.aio, reflection) admitting callers by an Authorizer with
-    `policy`, a (grpclib) channel to it, and the metadata of each call its handler ran."""
+    `policy`, its address, and the metadata of each call its handler ran."""
     seen: list[dict[str, Any]] = []
 
     def recording(method: ServedMethod) -> ServedMethod:
@@ -235,26 +235,33 @@ async def served(
     server = AioServer(methods, name="reflection", security=Security(authorizer))
     address = await server.start("127.0.0.1:0")
     try:
-        host, port = address.rsplit(":", 1)
-        async with Channel(host, int(port)) as channel:
-            yield channel, seen
+        yield address, seen
     finally:
         await server.close()
 
 
-async def reflect(channel: Channel, metadata: dict[str, str] | None = None) -> Any:
-    # (a client deadline: a call the server never answers fails the test, not hangs it)
-    async with channel.request(
-        REFLECTION,
-        Cardinality.STREAM_STREAM,
-        reflection_pb2.ServerReflectionRequest,
-        reflection_pb2.ServerReflectionResponse,
-        timeout=10,
-        metadata=metadata,
-    ) as stream:
-        await stream.send_message(reflection_pb2.ServerReflectionRequest(list_services=""))
-        await stream.end()
-        return [reply async for reply in stream]
+async def reflect(
+    address: str,
+    metadata: dict[str, str] | None = None,
+    credentials: Credentials = NO_CREDENTIALS,
+) -> Any:
+    """One reflection call on a channel of spear's presenting `credentials`."""
+    channel = AioChannel(address, credentials)
+    try:
+        # (a client deadline: a call the server never answers fails the test, not hangs it)
+        async with channel.request(
+            REFLECTION,
+            Cardinality.STREAM_STREAM,
+            reflection_pb2.ServerReflectionRequest,
+            reflection_pb2.ServerReflectionResponse,
+            timeout=10,
+            metadata=metadata,
+        ) as stream:
+            await stream.send_message(reflection_pb2.ServerReflectionRequest(list_services=""))
+            await stream.end()
+            return [reply async for reply in stream]
+    finally:
+        await channel.aclose()
 
 
 async def test_a_refused_call_ends_with_its_status(tmp_path: Path) -> None:
@@ -267,35 +274,31 @@ async def test_a_refused_call_ends_with_its_status(tmp_path: Path) -> None:
         ({REFLECTION: Role.ADMIN}, bearer, Status.PERMISSION_DENIED, "ann (reader) may not"),
         (None, {**bearer, "spear-namespace": "Team A"}, Status.INVALID_ARGUMENT, "invalid "),
     ):
-        async with served(tmp_path, policy) as (channel, _):
-            with pytest.raises(GRPCError) as info:
-                await reflect(channel, metadata)
+        async with served(tmp_path, policy) as (address, _):
+            with pytest.raises(RpcError) as info:
+                await reflect(address, metadata)
             assert info.value.status is status, info.value
             assert (info.value.message or "").startswith(message), info.value
-    async with served(tmp_path) as (channel, _):
-        assert len(await reflect(channel, bearer)) == 1  # and the reader is let in
+    async with served(tmp_path) as (address, _):
+        assert len(await reflect(address, bearer)) == 1  # and the reader is let in
 
 
 async def test_a_channel_sends_its_token_and_namespace_with_every_call(tmp_path: Path) -> None:
     admin = TokenStore(tmp_path).issue("root", Role.ADMIN)
-    async with served(tmp_path) as (channel, seen):
-        attach_token(channel, admin, "team-a")
-        await reflect(channel)
-        await reflect(channel)
+    async with served(tmp_path) as (address, seen):
+        credentials = Credentials(token=admin, namespace="team-a")
+        await reflect(address, credentials=credentials)
+        await reflect(address, credentials=credentials)
     assert [(m["authorization"], m["spear-namespace"]) for m in seen] == [
         (f"Bearer {admin}", "team-a")
     ] * 2
-    async with served(tmp_path) as (channel, seen):
-        attach_token(channel, None)
-        with pytest.raises(GRPCError) as refused:  # (it sent no token: none to accept)
-            await reflect(channel)
+    async with served(tmp_path) as (address, seen):
+        with pytest.raises(RpcError) as refused:  # (it sent no token: none to accept)
+            await reflect(address, credentials=Credentials(token=None))
     assert refused.value.status is Status.UNAUTHENTICATED and seen == []
-    async with served(tmp_path) as (channel, seen):
-        attach_token(channel, admin, None)
-        await reflect(channel)
+    async with served(tmp_path) as (address, seen):
+        await reflect(address, credentials=Credentials(token=admin, namespace=None))
     assert seen[0]["authorization"] == f"Bearer {admin}" and "spear-namespace" not in seen[0]
-    with pytest.raises(InvalidArgument, match="^invalid namespace 'Team A'"):
-        attach_token(channel, admin, "Team A")
 
 
 def test_the_token_commands_a_user_types(cli: Cli, data_dir: Path) -> None:

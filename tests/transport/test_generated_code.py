@@ -36,10 +36,8 @@ def test_every_proto_is_generated() -> None:
 def test_services_come_from_the_generated_descriptors() -> None:
     """Each service of the protos is served and called through transport/services.py:
     every RPC has a Python name, its cardinality and its two message classes."""
-    from grpclib.const import Cardinality
-
     from spear.transport._gen.pb import peer_pb2, sms_pb2, spearlet_pb2, vectors_pb2
-    from spear.transport.services import methods
+    from spear.transport.services import Cardinality, methods
 
     by_route = {
         m.route: m

@@ -3,7 +3,7 @@ over real gRPC: each call is answered with a status that names the caller's mist
 (never INTERNAL or UNKNOWN), nothing is logged as a failed call, and the server serves on.
 
 Hypothesis draws the bytes (and shrinks a failing case to a small one); the servers live
-in one event loop on a portal thread for the whole module.
+in one event loop on a portal thread for the whole module, and the calls are made there.
 """
 
 from __future__ import annotations
@@ -12,11 +12,9 @@ import contextlib
 from typing import TYPE_CHECKING, Any
 
 import anyio.from_thread
+import grpc
+import grpc.aio
 import pytest
-from grpclib.client import Channel
-from grpclib.const import Cardinality, Status
-from grpclib.encoding.proto import ProtoCodec
-from grpclib.exceptions import GRPCError
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from loguru import logger
@@ -26,13 +24,16 @@ from spear.core.cluster import ClusterTimings
 from spear.core.sms import MetadataServer
 from spear.node.server import serve_spearlet
 from spear.store.leveldb import LevelDBKV
-from spear.transport.services import ServiceBase, methods
+from spear.transport.aio_streams import multicallable
+from spear.transport.services import Cardinality, ServiceBase, methods
 from spear.transport.serving import Security
 from spear.transport.sms_server import SmsServer
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
     from pathlib import Path
+
+Status = grpc.StatusCode
 
 # What a caller's mistake may be answered with (OK too: some garbage decodes to a valid,
 # harmless request, e.g. listing tasks).
@@ -49,38 +50,35 @@ ALLOWED = {
 }
 
 
-class _RawCodec(ProtoCodec):
-    """Sends and receives bytes as they are: the test writes the request's wire form."""
-
-    def encode(self, message: Any, message_type: Any) -> bytes:
-        return bytes(message)
-
-    def decode(self, data: bytes, message_type: Any) -> bytes:
-        return data
-
-
 class _Target:
     def __init__(self, address: str, methods: dict[str, Cardinality]) -> None:
-        host, port = address.rsplit(":", 1)
-        self.host, self.port, self.methods = host, int(port), methods
+        self.address, self.methods = address, methods
         self.failures: list[str] = []
+        self.portal: Any = None  # the servers' (the calls are made in their loop)
 
     async def call(self, method: str, data: bytes) -> Status:
-        async with Channel(self.host, self.port, codec=_RawCodec()) as channel:
+        """`data` sent as they are (the request's wire form) on a channel of its own."""
+        cardinality = self.methods[method]
+        async with grpc.aio.insecure_channel(self.address) as channel:
+            calling = multicallable(channel, method, cardinality)  # (bytes in and out)
             try:
-                async with channel.request(
-                    method, self.methods[method], bytes, bytes, timeout=5
-                ) as stream:
-                    await stream.send_message(data, end=True)
-                    while await stream.recv_message() is not None:
+                call = calling(iter([data]) if cardinality.client_streaming else data, timeout=5)
+                if cardinality.server_streaming:
+                    async for _ in call:
                         pass
+                else:
+                    await call
                 return Status.OK
-            except GRPCError as exc:
-                return exc.status
+            except grpc.aio.AioRpcError as exc:
+                return exc.code()
+
+    def called(self, method: str, data: bytes) -> Status:
+        status: Status = self.portal.call(self.call, method, data)
+        return status
 
 
 def _cardinalities(service: ServiceBase) -> dict[str, Cardinality]:
-    """The routes `service` serves, and how (as the grpclib channel that calls them asks)."""
+    """The routes `service` serves, and how (as the channel that calls them asks)."""
     return {m.route: m.cardinality for m in methods(service.SERVICE) if m.route in service.served()}
 
 
@@ -121,6 +119,7 @@ def targets(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, _Tar
             with portal.wrap_async_context_manager(servers()) as found:
                 for target in found.values():
                     target.failures = failures
+                    target.portal = portal
                 yield found
     finally:
         logger.remove(sink)
@@ -163,17 +162,11 @@ def test_malformed_bytes_get_a_callers_status(
     target = targets[service]
     method = data.draw(st.sampled_from(_methods(service)), label="method")
     payload = data.draw(st.binary(max_size=64), label="payload")
-    with anyio.from_thread.start_blocking_portal() as portal:
-        status = portal.call(target.call, method, payload)
+    status = target.called(method, payload)
     assert status in ALLOWED, f"{method} answered {status.name}"
     assert not target.failures, target.failures[-1]
 
 
 def test_the_servers_serve_on_after_the_fuzzing(targets: dict[str, _Target]) -> None:
-    with anyio.from_thread.start_blocking_portal() as portal:
-        assert portal.call(targets["spearlet"].call, "/spear.v1.Spearlet/GetNodeInfo", b"") is (
-            Status.OK
-        )
-        assert portal.call(targets["sms"].call, "/spear.v1.MetadataServer/ListNodes", b"") is (
-            Status.OK
-        )
+    assert targets["spearlet"].called("/spear.v1.Spearlet/GetNodeInfo", b"") is Status.OK
+    assert targets["sms"].called("/spear.v1.MetadataServer/ListNodes", b"") is Status.OK

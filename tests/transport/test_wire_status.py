@@ -2,17 +2,16 @@
 
 Spear's own client rebuilds errors from the `spear-error-code` trailer, so it cannot tell
 a wrong status; other gRPC clients (grpcurl, a Go or Java client, a load balancer) only
-see the status. Here a raw grpclib channel reads it off the wire.
+see the status. Here a stock grpc.aio channel reads it off the wire.
 """
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+import grpc
+import grpc.aio
 import pytest
-from grpclib.client import Channel
-from grpclib.const import Cardinality, Status
-from grpclib.exceptions import GRPCError
 
 import spear
 from spear import errors
@@ -21,13 +20,16 @@ from spear.node.server import serve_spearlet
 from spear.transport._gen.pb import spearlet_pb2 as pb
 from spear.transport._status import (
     LimitedCodec,
+    RpcError,
     client_errors,
     error_from_grpc,
-    listen_for_error_codes,
     received_error_code,
 )
+from spear.transport.aio_client import AioChannel
+from spear.transport.channels import NO_CREDENTIALS
 from spear.transport.object_transfer import TransferBroken
-from spear.transport.serving import Security, parse_listen
+from spear.transport.services import Cardinality
+from spear.transport.serving import Security
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -36,6 +38,8 @@ if TYPE_CHECKING:
 
 # The error mapping is what these tests check, not authentication (tests/transport/test_auth.py).
 OPEN = Security.open()
+
+Status = grpc.StatusCode
 
 # Written out, not read from transport/_status.py: what a stock client relies on.
 WIRE_STATUS: dict[type[errors.SpearError], Status] = {
@@ -85,23 +89,16 @@ class _Raising(InProcessNode):
 
 
 async def _status_of(address: str, task_id: str) -> tuple[Status, str | None, Any]:
-    host, port = parse_listen(address)
-    channel = Channel(host, port)
-    try:
-        async with channel.request(
+    async with grpc.aio.insecure_channel(address) as channel:
+        get_task = channel.unary_unary(
             "/spear.v1.Spearlet/GetTask",
-            Cardinality.UNARY_UNARY,
-            pb.GetTaskRequest,
-            pb.TaskInfo,
-        ) as stream:
-            await stream.send_message(pb.GetTaskRequest(task_id=task_id), end=True)
-            with pytest.raises(GRPCError) as caught:
-                await stream.recv_message()
-                await stream.recv_trailing_metadata()
-            trailers = dict(stream.trailing_metadata or ())
-    finally:
-        channel.close()
-    return caught.value.status, caught.value.message, trailers.get("spear-error-code")
+            request_serializer=pb.GetTaskRequest.SerializeToString,
+            response_deserializer=pb.TaskInfo.FromString,
+        )
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await get_task(pb.GetTaskRequest(task_id=task_id))
+    trailers = dict(caught.value.trailing_metadata() or ())
+    return caught.value.code(), caught.value.details(), trailers.get("spear-error-code")
 
 
 async def test_each_error_is_answered_with_its_status(tmp_path: Path) -> None:
@@ -129,25 +126,23 @@ async def test_real_failures_carry_their_status(tmp_path: Path) -> None:
             await server.close()
 
 
-async def test_a_channel_listening_for_codes_rebuilds_the_exact_error(tmp_path: Path) -> None:
+async def test_a_spear_channel_rebuilds_the_exact_error(tmp_path: Path) -> None:
     """What node-to-node calls (peer.py) do: the trailer's code, not the status, decides."""
     async with spear.LocalNode(tmp_path / "home") as node:
         server = await serve_spearlet(_Raising(node), "127.0.0.1:0", security=OPEN)
         try:
             assert server.address is not None
-            host, port = parse_listen(server.address)
-            channel = Channel(host, port)
-            listen_for_error_codes(channel)
+            channel = AioChannel(server.address, NO_CREDENTIALS)
             try:
                 for cls in WIRE_STATUS:
                     await _call_get_task(channel, server.address, cls)
             finally:
-                channel.close()
+                await channel.aclose()
         finally:
             await server.close()
 
 
-async def _call_get_task(channel: Channel, address: str, cls: type[errors.SpearError]) -> None:
+async def _call_get_task(channel: AioChannel, address: str, cls: type[errors.SpearError]) -> None:
     with pytest.raises(errors.SpearError) as caught:
         with client_errors(address):
             async with channel.request(
@@ -180,21 +175,21 @@ ERROR_BY_STATUS: dict[Status, type[errors.SpearError]] = {
 @pytest.mark.parametrize("status", list(ERROR_BY_STATUS))
 def test_a_status_without_a_code_still_gives_a_spear_error(status: Status) -> None:
     received_error_code.set(None)
-    error = error_from_grpc(GRPCError(status, "what the server said"), "10.0.0.1:5")
+    error = error_from_grpc(RpcError(status, "what the server said"), "10.0.0.1:5")
     assert type(error) is ERROR_BY_STATUS[status]
     assert str(error) == "what the server said"
     # Without a message: the status's name, or for UNAVAILABLE which node it was.
-    bare = error_from_grpc(GRPCError(status), "10.0.0.1:5")
+    bare = error_from_grpc(RpcError(status), "10.0.0.1:5")
     expected = "node 10.0.0.1:5 is unavailable" if status is Status.UNAVAILABLE else None
     assert str(bare) == (expected or status.name.lower())
 
 
 def test_a_code_received_wins_over_the_status_once() -> None:
     received_error_code.set("busy")
-    error = error_from_grpc(GRPCError(Status.UNAVAILABLE, "held"), "a:1")
+    error = error_from_grpc(RpcError(Status.UNAVAILABLE, "held"), "a:1")
     assert (type(error), str(error)) == (errors.StorageBusy, "held")
     # Used up: the next call's error is decided by its own status.
-    assert type(error_from_grpc(GRPCError(Status.NOT_FOUND, "x"), "a:1")) is errors.NotFound
+    assert type(error_from_grpc(RpcError(Status.NOT_FOUND, "x"), "a:1")) is errors.NotFound
 
 
 def test_the_codec_allows_exactly_its_limit_either_way() -> None:
@@ -208,7 +203,7 @@ def test_the_codec_allows_exactly_its_limit_either_way() -> None:
         lambda: smaller.encode(message, pb.GetTaskRequest),
         lambda: smaller.decode(data, pb.GetTaskRequest),
     ):
-        with pytest.raises(GRPCError) as caught:
+        with pytest.raises(RpcError) as caught:
             call()
         assert caught.value.status is Status.RESOURCE_EXHAUSTED
         assert caught.value.message == (
@@ -218,14 +213,12 @@ def test_the_codec_allows_exactly_its_limit_either_way() -> None:
 
 async def test_an_error_without_a_code_is_read_from_its_status(tmp_path: Path) -> None:
     """A status the server sent without `spear-error-code` (its codec refused the request
-    before any handler ran): the listening channel must not invent a code."""
+    before any handler ran): the channel must not invent a code."""
     async with spear.LocalNode(tmp_path / "home") as node:
         server = await serve_spearlet(node, "127.0.0.1:0", max_message_bytes=64, security=OPEN)
         try:
             assert server.address is not None
-            host, port = parse_listen(server.address)
-            channel = Channel(host, port)
-            listen_for_error_codes(channel)
+            channel = AioChannel(server.address, NO_CREDENTIALS)
             try:
                 with pytest.raises(errors.SpearError) as caught:
                     with client_errors(server.address):
@@ -242,6 +235,6 @@ async def test_an_error_without_a_code_is_read_from_its_status(tmp_path: Path) -
                 # (grpc's own wording: the server's limit refused it before any handler)
                 assert "larger than max (203 vs. 64)" in str(caught.value)
             finally:
-                channel.close()
+                await channel.aclose()
         finally:
             await server.close()

@@ -25,7 +25,6 @@ from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 import anyio
 from anyio.abc import AsyncResource
-from grpclib.const import Cardinality
 
 from spear.core.models import LogChunk, NodeInfo, ObjectInfo, Runtime, TaskResult, new_task_id
 from spear.errors import (
@@ -51,7 +50,7 @@ from spear.transport._status import (
     client_errors,
 )
 from spear.transport.channels import Credentials
-from spear.transport.services import Stub
+from spear.transport.services import Cardinality, Stub
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence

@@ -312,9 +312,9 @@ class Peers:
 
     async def warm(self, node: NodeRecord) -> None:
         """Open now the channels a first forward to `node` would open (to its node port,
-        then to its peer port), so that forward does not wait for their handshakes. Over
-        grpclib (`peer_transport = "grpclib"`) only the node port's client is opened: the
-        forward's own grpclib channel connects on its first call."""
+        then to its peer port), so that forward does not wait for their handshakes. With
+        `peer_transport = "node-port"` only the node port's client is opened: forwards go
+        over it."""
         if not self.use_aio:  # (the node's info: the channel its uploads go over)
             await self.client(node.address).node_info()
             return

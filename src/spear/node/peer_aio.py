@@ -4,8 +4,9 @@ that port in its NodeInfo (`peer_address`), and forwards to the peers that name 
 there; to a peer that names none (the setting off there, or an older node) on its node
 port. Both ports are grpc.aio (transport/aio_server.py).
 
-Setting `peer_transport`: "grpc.aio" (default) or "grpclib" (neither serve nor call the
-members' port; the name is from when the node port was grpclib's): docs/scheduling.md.
+Setting `peer_transport`: "grpc.aio" (default) or "node-port" (neither serve nor call the
+members' port; "grpclib" is its old name, from when the node port was grpclib's):
+docs/scheduling.md.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ if TYPE_CHECKING:
 @contextlib.asynccontextmanager
 async def serving_peer_aio(api: ClusterNode, address: str) -> AsyncIterator[str]:
     """While inside, the member behind `api` (serving gRPC on `address`) serves ForwardTasks
-    on grpc.aio on the same host (a free port; "" with `peer_transport = "grpclib"`), and
+    on grpc.aio on the same host (a free port; "" with `peer_transport = "node-port"`), and
     forwards over grpc.aio to the peers that serve it."""
     settings = api.node.settings
     if settings.peer_transport != "grpc.aio":

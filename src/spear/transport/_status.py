@@ -11,9 +11,7 @@ import contextlib
 import contextvars
 from typing import TYPE_CHECKING, Any
 
-from grpclib.const import Status
-from grpclib.encoding.proto import ProtoCodec
-from grpclib.exceptions import GRPCError, StreamTerminatedError
+import grpc
 
 from spear.errors import (
     Conflict,
@@ -35,6 +33,22 @@ ERROR_CODE_KEY = "spear-error-code"
 DEFAULT_MAX_MESSAGE_BYTES = 4 * 1024 * 1024
 # Payload bytes per chunk of a streamed artifact, object or result: well under the limit.
 CHUNK_BYTES = 1024 * 1024
+
+Status = grpc.StatusCode
+
+
+class RpcError(Exception):
+    """A call that ended with a status other than OK: what the server answered, or what
+    this side refused to send or read (`LimitedCodec`). `client_errors` makes it the
+    SpearError a caller sees; it never leaves the transport."""
+
+    def __init__(self, status: grpc.StatusCode, message: str | None = None) -> None:
+        super().__init__(status, message)
+        self.status = status
+        self.message = message
+
+    def __str__(self) -> str:
+        return f"{self.status.name}: {self.message}" if self.message else self.status.name
 
 _STATUS_BY_ERROR: list[tuple[type[SpearError], Status]] = [
     (InvalidArgument, Status.INVALID_ARGUMENT),
@@ -65,26 +79,14 @@ def status_for(error: SpearError) -> Status:
     return Status.INTERNAL
 
 
-# The spear error code a call's trailers carried, set by a channel event listener in the
-# task that made the call (see Client), read when that call's GRPCError is translated.
+# The spear error code a call's trailers carried, set in the task that made the call when
+# its failure is read (transport/aio_streams.py), read when its RpcError is translated.
 received_error_code: contextvars.ContextVar[str | None] = contextvars.ContextVar(
     "spear_received_error_code", default=None
 )
 
 
-async def _remember_error_code(event: Any) -> None:
-    code = event.metadata.get(ERROR_CODE_KEY)
-    received_error_code.set(str(code) if code else None)
-
-
-def listen_for_error_codes(channel: Any) -> None:
-    """Have `channel` record each call's `spear-error-code` trailer for error_from_grpc."""
-    from grpclib.events import RecvTrailingMetadata, listen
-
-    listen(channel, RecvTrailingMetadata, _remember_error_code)
-
-
-def error_from_grpc(exc: GRPCError, address: str) -> SpearError:
+def error_from_grpc(exc: RpcError, address: str) -> SpearError:
     code = received_error_code.get()
     received_error_code.set(None)
     message = exc.message or exc.status.name.lower()
@@ -101,39 +103,40 @@ def client_errors(address: str) -> Iterator[None]:
     received_error_code.set(None)
     try:
         yield
-    except GRPCError as exc:
+    except RpcError as exc:
         raise error_from_grpc(exc, address) from None
-    except StreamTerminatedError as exc:
-        raise Unavailable(f"the connection to node {address} broke: {exc}") from None
     except (ConnectionError, OSError) as exc:
         reason = getattr(exc, "strerror", None) or str(exc) or type(exc).__name__
         raise Unavailable(f"cannot reach node {address}: {reason}") from None
 
 
-class LimitedCodec(ProtoCodec):
-    """The protobuf codec, refusing any message larger than `max_bytes` either way."""
+class LimitedCodec:
+    """protobuf's encoding, refusing any message larger than `max_bytes` either way (as
+    RESOURCE_EXHAUSTED, before a byte is sent), and bytes that are no message of the
+    expected type (as INVALID_ARGUMENT)."""
 
     def __init__(self, max_bytes: int = DEFAULT_MAX_MESSAGE_BYTES) -> None:
         self.max_bytes = max_bytes
 
-    def encode(self, message: Any, message_type: Any) -> bytes:
-        data = super().encode(message, message_type)
-        if len(data) > self.max_bytes:
-            raise GRPCError(
-                Status.RESOURCE_EXHAUSTED,
-                f"message of {len(data)} bytes exceeds the limit of {self.max_bytes} bytes",
-            )
+    def encode(self, message: Any, message_type: type[Any]) -> bytes:
+        if not isinstance(message, message_type):
+            raise TypeError(f"message must be of type {message_type!r}, not {type(message)!r}")
+        data: bytes = message.SerializeToString()
+        self._check_size(data)
         return data
 
-    def decode(self, data: bytes, message_type: Any) -> Any:
+    def decode(self, data: bytes, message_type: type[Any]) -> Any:
+        self._check_size(data)
+        try:
+            return message_type.FromString(data)
+        except Exception as exc:  # whatever the bytes made the decoder trip on
+            raise RpcError(
+                Status.INVALID_ARGUMENT, f"malformed {message_type.__name__} message: {exc}"
+            ) from None
+
+    def _check_size(self, data: bytes) -> None:
         if len(data) > self.max_bytes:
-            raise GRPCError(
+            raise RpcError(
                 Status.RESOURCE_EXHAUSTED,
                 f"message of {len(data)} bytes exceeds the limit of {self.max_bytes} bytes",
             )
-        try:
-            return super().decode(data, message_type)
-        except Exception as exc:  # whatever the bytes made the decoder trip on
-            raise GRPCError(
-                Status.INVALID_ARGUMENT, f"malformed {message_type.__name__} message: {exc}"
-            ) from None

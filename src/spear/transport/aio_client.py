@@ -8,14 +8,12 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 import anyio
-from grpclib.const import Cardinality, Status
-from grpclib.exceptions import GRPCError
 
-from spear.errors import SpearError, Unavailable
 from spear.transport._status import (
     DEFAULT_MAX_MESSAGE_BYTES,
     ERROR_CODE_KEY,
     LimitedCodec,
+    RpcError,
     error_from_grpc,
     received_error_code,
 )
@@ -30,8 +28,10 @@ if TYPE_CHECKING:
     import grpc
     import grpc.aio
 
+    from spear.errors import SpearError
     from spear.transport.channels import Credentials
     from spear.transport.member_proof import MemberProof
+    from spear.transport.services import Cardinality
 
 Request = TypeVar("Request")
 Response = TypeVar("Response")
@@ -150,8 +150,8 @@ class AioChannel:
         deadline: Any = None,
         metadata: Any = None,
     ) -> AioCallStream:
-        """One call of any cardinality, as grpclib's `Channel.request` makes one: what
-        spear's stubs call (`services.Stub(channel, SERVICE)`); transport/aio_streams.py."""
+        """One call of any cardinality, a stream to use in `async with`: what spear's
+        stubs call (`services.Stub(channel, SERVICE)`); transport/aio_streams.py."""
         if deadline is not None:
             remaining = deadline.time_remaining()
             timeout = remaining if timeout is None else min(timeout, remaining)
@@ -230,12 +230,8 @@ class UnaryCall(Generic[Request, Response]):
 
 def error_from_aio(exc: grpc.aio.AioRpcError, address: str) -> SpearError:
     """A failed grpc.aio call as spear's error: the trailer's code decides, else the
-    status (the same mapping as grpclib's calls)."""
+    status (the same mapping as a stub's calls)."""
     trailers = exc.trailing_metadata() or ()
     code = next((str(v) for k, v in trailers if k == ERROR_CODE_KEY), None)
-    try:
-        status = Status[exc.code().name]
-    except KeyError:  # (every grpc status has grpclib's name; kept safe all the same)
-        return Unavailable(f"node {address}: {exc.details()}")
     received_error_code.set(code)
-    return error_from_grpc(GRPCError(status, exc.details() or None), address)
+    return error_from_grpc(RpcError(exc.code(), exc.details() or None), address)

@@ -1,17 +1,14 @@
 """Calls on a grpc.aio channel in the shape spear's stubs (transport/services.py) and
-its own callers use (they were written for grpclib's `Channel.request(...)`): an async
-context manager with `send_message`, `recv_message`, `end`, `cancel` and `async for`.
+its own callers use: an async context manager with `send_message`, `recv_message`,
+`end`, `cancel` and `async for` (`AioChannel.request`, transport/aio_client.py), with
+protobuf's own messages. Each call keeps:
 
-This is the client half of moving spear's calls to grpc.aio (issue 17, item 6): the
-same stubs run on a grpclib channel or on a grpc.aio one (`AioChannel.request`), with
-protobuf's own messages either way. Each call keeps what the grpclib channel gave it:
-
-- the message size limit both ways (encoded and decoded here by `LimitedCodec`: the
-  same "exceeds the limit" refusal before a byte is sent, and grpc's own limit on what
-  it receives);
+- the message size limit both ways (encoded and decoded here by `LimitedCodec`: an
+  "exceeds the limit" refusal before a byte is sent, and grpc's own limit on what it
+  receives);
 - the caller's token, namespace and (when tracing) current `traceparent` as metadata;
-- a failure as the server's status and, through `received_error_code`, its
-  `spear-error-code` trailer (so `_status.client_errors` rebuilds the server's own
+- a failure as the server's status (an `RpcError`) and, through `received_error_code`,
+  its `spear-error-code` trailer (so `_status.client_errors` rebuilds the server's own
   SpearError); a peer it cannot reach as `Unavailable("cannot reach node ...")`;
 - the deadline (`timeout`) and cancellation (`cancel()`, or leaving the block early).
 """
@@ -21,16 +18,17 @@ from __future__ import annotations
 import asyncio
 from typing import TYPE_CHECKING, Any, Self
 
-from grpclib.const import Cardinality, Status
-from grpclib.exceptions import GRPCError
+import grpc
 
 from spear.errors import DeadlineExceeded, SpearError, Unavailable
-from spear.transport._status import ERROR_CODE_KEY, LimitedCodec, received_error_code
+from spear.transport._status import ERROR_CODE_KEY, LimitedCodec, RpcError, received_error_code
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Awaitable, Sequence
 
     import grpc.aio
+
+    from spear.transport.services import Cardinality
 
 # What grpc.aio reports when a write fails because the server already ended the call.
 _WRITE_LOST_STATUS = "Internal error from Core"
@@ -87,7 +85,7 @@ class AioCallStream:
             self._call.cancel()  # (left early: the server's handler is cancelled too)
 
     async def send_request(self) -> None:
-        """(grpclib's stubs send the headers first; grpc.aio sends them with the call.)"""
+        """(Nothing to do: grpc.aio sends the headers with the call's first message.)"""
 
     async def send_message(self, message: Any, *, end: bool = False) -> None:
         data = self._encode(message)
@@ -141,7 +139,7 @@ class AioCallStream:
                 try:
                     with self._translated():
                         raise exc
-                except Exception as translated:  # (GRPCError or SpearError: either way)
+                except Exception as translated:  # (RpcError or SpearError: either way)
                     return translated
         finally:
             again.cancel()
@@ -194,8 +192,9 @@ class AioCallStream:
 
 
 class _Translated:
-    """grpc.aio's failures as grpclib's (a `GRPCError`, its trailer's spear code kept
-    in `received_error_code`), or as spear's own where grpclib raised no status."""
+    """grpc.aio's failures as an `RpcError` (its trailer's spear code kept in
+    `received_error_code`), or as spear's own where no server answered (unreachable, or
+    out of time before a status)."""
 
     def __init__(self, stream: AioCallStream) -> None:
         self._stream = stream
@@ -207,7 +206,7 @@ class _Translated:
         import grpc.aio
 
         if isinstance(exc, asyncio.CancelledError) and self._stream._ended:
-            raise GRPCError(Status.CANCELLED, "the call was cancelled") from None
+            raise RpcError(grpc.StatusCode.CANCELLED, "the call was cancelled") from None
         if not isinstance(exc, grpc.aio.AioRpcError):
             return
         self._stream._ended = True
@@ -221,7 +220,7 @@ class _Translated:
                 raise DeadlineExceeded(
                     f"node {address} did not answer {self._stream._route} in time"
                 ) from None
-        raise _status_error(code, exc.details(), trailers) from None
+        raise _status_error(exc.code(), exc.details(), trailers) from None
 
 
 def _spear_code(trailers: Any) -> str | None:
@@ -231,10 +230,6 @@ def _spear_code(trailers: Any) -> str | None:
     return None
 
 
-def _status_error(code: str, details: str | None, trailers: Any) -> GRPCError:
+def _status_error(status: grpc.StatusCode, details: str | None, trailers: Any) -> RpcError:
     received_error_code.set(_spear_code(trailers))
-    try:
-        status = Status[code]
-    except KeyError:  # (every grpc status has grpclib's name; kept safe all the same)
-        status = Status.UNKNOWN
-    return GRPCError(status, details or None)
+    return RpcError(status, details or None)

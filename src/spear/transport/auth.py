@@ -366,7 +366,7 @@ _NAMES: weakref.WeakKeyDictionary[Any, str | None] = weakref.WeakKeyDictionary()
 
 def certificate_name(peer: Any) -> str | None:
     """The common name of a verified client certificate, if the caller presented one."""
-    transport = getattr(peer, "_transport", None)  # (grpclib's Peer: one per connection)
+    transport = getattr(peer, "_transport", None)  # (one per connection, where it has one)
     try:
         return _NAMES[transport]
     except (KeyError, TypeError):  # not seen yet, or no transport to remember it by
@@ -482,18 +482,3 @@ async def admit(
     current_namespace.set(namespace)
     return principal
 
-
-def attach_token(channel: Any, token: str | None, namespace: str | None = None) -> None:
-    """Send `token` (and the `namespace` to act in) with every call made on `channel`."""
-    from grpclib.events import SendRequest, listen
-
-    headers: dict[str, str] = {}
-    if token:
-        headers[METADATA_KEY] = f"Bearer {token}"
-    if namespace:
-        headers[NAMESPACE_KEY] = check_namespace(namespace)
-
-    async def on_send(event: SendRequest) -> None:
-        event.metadata.update(headers)
-
-    listen(channel, SendRequest, on_send)

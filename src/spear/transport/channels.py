@@ -1,19 +1,12 @@
-"""How spear calls a gRPC server: one way to open a channel, with the message-size codec,
-TLS when the caller has the cluster's CA, a token when it has one, and the listener that
-keeps each call's spear error code (so errors come back as spear's own)."""
+"""What a caller presents to a server of spear's: a token, the cluster's TLS files, the
+namespace to act in. The channel that presents them is `AioChannel`
+(transport/aio_client.py; grpclib's `open_channel` was here until grpc.aio was the one
+stack: docs/scheduling.md)."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
-
-import anyio
-import anyio.lowlevel
-from grpclib.client import Channel
-
-from spear.transport import _speedups
-from spear.transport._status import DEFAULT_MAX_MESSAGE_BYTES, LimitedCodec, listen_for_error_codes
-from spear.transport.auth import attach_token
 
 if TYPE_CHECKING:
     import ssl
@@ -53,62 +46,3 @@ class Credentials:
 
 
 NO_CREDENTIALS = Credentials()
-
-
-def open_channel(
-    host: str,
-    port: int,
-    *,
-    credentials: Credentials = NO_CREDENTIALS,
-    max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
-) -> Channel:
-    _speedups.install()
-    channel = Channel(
-        host,
-        port,
-        codec=LimitedCodec(max_message_bytes),
-        ssl=credentials.ssl_context(),
-    )
-    listen_for_error_codes(channel)
-    if credentials.token or credentials.namespace:
-        attach_token(channel, credentials.token, credentials.namespace)
-    if credentials.tls is not None and credentials.tls.present:
-        _attach_member_proof(channel, credentials.tls)
-    return channel
-
-
-def _attach_member_proof(channel: Channel, tls: TlsFiles) -> None:
-    """Send the member's current proof with every call (transport/member_proof.py), as
-    `AioChannel` does: a server that takes users too does not see its certificate."""
-    from grpclib.events import SendRequest, listen
-
-    from spear.transport.member_proof import METADATA_KEY
-
-    proof = tls.member_proof()
-
-    async def on_send(event: SendRequest) -> None:
-        event.metadata[METADATA_KEY] = proof.value()
-
-    listen(channel, SendRequest, on_send)
-
-
-async def close_channel(channel: Channel, *, wait_s: float = 0.5) -> None:
-    """Close `channel` and, over TLS, give the TLS shutdown the few loop turns it needs to
-    close the socket (bounded by `wait_s`): left half-closed, the socket would be closed by
-    the garbage collector after the loop is gone (a ResourceWarning)."""
-    protocol = getattr(channel, "_protocol", None)  # (grpclib keeps no public handle)
-    transport = getattr(getattr(protocol, "connection", None), "_transport", None)
-    sock = transport.get_extra_info("socket") if transport is not None else None
-    tls = transport is not None and transport.get_extra_info("sslcontext") is not None
-    channel.close()
-    if not tls or sock is None:
-        return
-    with anyio.move_on_after(wait_s):
-        while sock.fileno() != -1:  # noqa: ASYNC110 - no event tells; polled, bounded
-            await anyio.sleep(0.001)
-    if transport is not None and sock.fileno() != -1:
-        # Not closed within the bound (a loaded machine, a peer that never answers the TLS
-        # close): abort, which closes the socket on the loop's next turn, rather than leave
-        # it to the garbage collector (a ResourceWarning in whatever runs then).
-        transport.abort()
-        await anyio.lowlevel.checkpoint()

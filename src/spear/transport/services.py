@@ -9,14 +9,15 @@ client classes; these are the few lines that make them from a descriptor:
   client stream, an async iterator of requests) and returning the reply (or, for a
   server stream, yielding replies); `served()` gives them to a grpc.aio server of ours
   (transport/aio_server.py). An RPC the subclass does not define is UNIMPLEMENTED.
-- `Stub`: a client of one service over a channel with grpclib's `request(...)` (spear's
-  `AioChannel` over grpc.aio, or grpclib's own): `await stub.get_node_info(request)`,
+- `Stub`: a client of one service over a channel's `request(...)` (spear's `AioChannel`
+  over grpc.aio, transport/aio_client.py): `await stub.get_node_info(request)`,
   `async for chunk in stub.run_task(request)`, `await stub.upload_artifact(chunks)`.
 """
 
 from __future__ import annotations
 
 import asyncio
+import enum
 import functools
 import re
 from collections.abc import AsyncIterable
@@ -24,7 +25,6 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 from google.protobuf import message_factory  # type: ignore[import-untyped]
-from grpclib.const import Cardinality
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Callable, Iterable
@@ -35,6 +35,24 @@ if TYPE_CHECKING:
     )
 
 _CAPITAL = re.compile(r"(?<!^)(?=[A-Z])")
+
+
+class Cardinality(enum.Enum):
+    """Whether a method takes a stream of requests, and whether it answers with a stream
+    of replies (else one message): how a call of it is made and served."""
+
+    UNARY_UNARY = (False, False)
+    UNARY_STREAM = (False, True)
+    STREAM_UNARY = (True, False)
+    STREAM_STREAM = (True, True)
+
+    @property
+    def client_streaming(self) -> bool:
+        return bool(self.value[0])
+
+    @property
+    def server_streaming(self) -> bool:
+        return bool(self.value[1])
 
 
 class Method(NamedTuple):
@@ -48,12 +66,7 @@ class Method(NamedTuple):
 
 
 def _cardinality(method: MethodDescriptor) -> Cardinality:
-    return {
-        (False, False): Cardinality.UNARY_UNARY,
-        (False, True): Cardinality.UNARY_STREAM,
-        (True, False): Cardinality.STREAM_UNARY,
-        (True, True): Cardinality.STREAM_STREAM,
-    }[(method.client_streaming, method.server_streaming)]
+    return Cardinality((bool(method.client_streaming), bool(method.server_streaming)))
 
 
 @functools.cache
@@ -134,8 +147,8 @@ class Stub:
             setattr(self, method.name, functools.partial(_CALLS[method.cardinality], self, method))
 
     def _open(self, method: Method, timeout: float | None, metadata: Any) -> Any:
-        """One call of `method` (grpclib's `Channel.request` shape: a stream to use in
-        `async with`), with this stub's timeout unless the call gives its own."""
+        """One call of `method` (`AioChannel.request`: a stream to use in `async with`),
+        with this stub's timeout unless the call gives its own."""
         return self.channel.request(
             method.route, method.cardinality, method.request, method.reply,
             timeout=self.timeout if timeout is None else timeout, metadata=metadata,
@@ -150,7 +163,7 @@ async def _call_unary_unary(
     method: Method,
     request: Any,
     *,
-    timeout: float | None = None,  # noqa: ASYNC109 (the stubs' call options, as grpclib's)
+    timeout: float | None = None,  # noqa: ASYNC109 (the stubs' call options)
     metadata: Any = None,
 ) -> Any:
     async with stub._open(method, timeout, metadata) as stream:
@@ -165,7 +178,7 @@ async def _call_unary_stream(
     method: Method,
     request: Any,
     *,
-    timeout: float | None = None,  # noqa: ASYNC109 (the stubs' call options, as grpclib's)
+    timeout: float | None = None,  # noqa: ASYNC109 (the stubs' call options)
     metadata: Any = None,
 ) -> AsyncIterator[Any]:
     async with stub._open(method, timeout, metadata) as stream:
@@ -189,7 +202,7 @@ async def _call_stream_unary(
     method: Method,
     requests: Iterable[Any] | AsyncIterable[Any],
     *,
-    timeout: float | None = None,  # noqa: ASYNC109 (the stubs' call options, as grpclib's)
+    timeout: float | None = None,  # noqa: ASYNC109 (the stubs' call options)
     metadata: Any = None,
 ) -> Any:
     async with stub._open(method, timeout, metadata) as stream:
@@ -205,7 +218,7 @@ async def _call_stream_stream(
     method: Method,
     requests: Iterable[Any] | AsyncIterable[Any],
     *,
-    timeout: float | None = None,  # noqa: ASYNC109 (the stubs' call options, as grpclib's)
+    timeout: float | None = None,  # noqa: ASYNC109 (the stubs' call options)
     metadata: Any = None,
 ) -> AsyncIterator[Any]:
     async with stub._open(method, timeout, metadata) as stream:

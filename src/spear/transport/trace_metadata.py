@@ -3,7 +3,7 @@
 Used only where tracing is on: a server whose node traces makes each call's
 `traceparent` the current one in its handler (transport/aio_server.py `traced`:
 `spear.tracing.base.current_traceparent`, so the task it makes joins the caller's trace);
-a tracing client sends the current one with every call.
+a tracing client sends the current one with every call (`AioChannel(traced=True)`).
 """
 
 from __future__ import annotations
@@ -11,22 +11,10 @@ from __future__ import annotations
 import contextlib
 from typing import TYPE_CHECKING, Any
 
-from spear.tracing.base import TRACEPARENT_KEY, current_traceparent, trace_id_of
+from spear.tracing.base import current_traceparent, trace_id_of
 
 if TYPE_CHECKING:
     from collections.abc import Iterator, Sequence
-
-
-def send_traceparent(channel: Any) -> None:
-    """Send the current trace context (if any) with every call made on `channel`."""
-    from grpclib.events import SendRequest, listen
-
-    async def on_send(event: SendRequest) -> None:
-        value = current_traceparent.get()
-        if value:
-            event.metadata[TRACEPARENT_KEY] = value
-
-    listen(channel, SendRequest, on_send)
 
 
 def has_own_traceparents(requests: Sequence[Any]) -> bool:
