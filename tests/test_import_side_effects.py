@@ -64,8 +64,8 @@ def test_the_daemons_and_clients_load_one_grpc_stack() -> None:
     servers, the node's client and the CLI load no grpclib (nor its h2 libraries)."""
     code = (
         "import sys, spear.cli, spear.cli.app, spear.cli.serve, spear.node.server, "
-        "spear.node.client, spear.node.peer, spear.transport.sms_server, spear.transport.sms_client, "
-        "spear.store.etcd; "
+        "spear.node.client, spear.node.peer, spear.transport.sms_server, "
+        "spear.transport.sms_client, spear.store.etcd; "
         "print(sorted(m for m in sys.modules if m.split('.')[0] in "
         "('grpclib', 'h2', 'hyperframe', 'hpack')))"
     )

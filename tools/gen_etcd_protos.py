@@ -9,7 +9,7 @@ Two steps:
   the HTTP gateway, and need protos that are not in the package. Run it when Debian's etcd
   moves: `python tools/gen_etcd_protos.py vendor [ETCD_SOURCE_DIR]`.
 - `generate` (the default, run by `nox -s protos`): protobuf's own messages (`*_pb2.py`
-  with `.pyi` stubs), which spear sends over grpclib like every other call. Not
+  with `.pyi` stubs), which spear sends over grpc.aio like every other call. Not
   betterproto2: a 100-key range response decodes in 4.6 ms there against a few
   microseconds on protobuf's C implementation (upb), and scans are the SMS's common read.
   The output is one flat package whose modules import each other relatively and register

@@ -3,7 +3,7 @@
 One generator, protoc's own (`python_out`, with `.pyi` stubs): protobuf's messages (upb,
 its C implementation), flat in `pb/` (`pb/spearlet_pb2.py`, `pb/sms_pb2.py`, ...), and
 one serialized FileDescriptorSet (`descriptors.binpb`) that server reflection serves.
-The services' grpclib handlers and the stubs are made from the messages' descriptors at
+The services' handlers and the stubs are made from the messages' descriptors at
 run time (transport/services.py): protoc writes no service code for Python.
 Run through `nox -s protos`; tests/transport/test_generated_code.py fails when the
 committed output is stale.

@@ -1,4 +1,4 @@
-"""A stock grpcio client (run as its own process: grpcio's health protos and grpclib's
+"""A stock grpcio client (run as its own process: grpcio's health protos and spear's
 cannot share one protobuf descriptor pool). Prints what it saw as JSON.
 
     python grpcio_probe.py ADDRESS health SERVICE

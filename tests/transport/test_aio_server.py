@@ -29,7 +29,7 @@ if TYPE_CHECKING:
     from pathlib import Path
 
 # Written out, not read from transport/_status.py: what a stock gRPC client relies on
-# (as tests/transport/test_wire_status.py has it for the grpclib server).
+# (as tests/transport/test_wire_status.py has it for the node's server).
 WIRE_STATUS: dict[type[errors.SpearError], grpc.StatusCode] = {
     errors.SpearError: grpc.StatusCode.INTERNAL,
     errors.InvalidArgument: grpc.StatusCode.INVALID_ARGUMENT,

@@ -406,7 +406,7 @@ async def test_a_token_made_at_the_sms_is_accepted_by_its_members(tmp_path: Path
 
 def test_a_connection_certificate_is_read_once() -> None:
     class Transport:
-        """One connection (grpclib's peer keeps it as `_transport`)."""
+        """One connection (a peer that has one keeps it as `_transport`)."""
 
     class Peer:
         def __init__(self, transport: Transport | None) -> None:

@@ -39,7 +39,7 @@ if TYPE_CHECKING:
 
 
 class Peer:
-    """What grpclib's peer gives: `cert()`, the verified client certificate (or raises
+    """What a server's peer gives: `cert()`, the verified client certificate (or raises
     without TLS)."""
 
     def __init__(self, cert: Any = None, error: bool = False) -> None:

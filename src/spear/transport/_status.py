@@ -50,6 +50,7 @@ class RpcError(Exception):
     def __str__(self) -> str:
         return f"{self.status.name}: {self.message}" if self.message else self.status.name
 
+
 _STATUS_BY_ERROR: list[tuple[type[SpearError], Status]] = [
     (InvalidArgument, Status.INVALID_ARGUMENT),
     (NotFound, Status.NOT_FOUND),

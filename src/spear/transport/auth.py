@@ -481,4 +481,3 @@ async def admit(
     current_principal.set(principal)
     current_namespace.set(namespace)
     return principal
-
