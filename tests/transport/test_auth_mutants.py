@@ -16,13 +16,14 @@ import re
 from pathlib import PosixPath
 from typing import TYPE_CHECKING, Any
 
+import grpc
 import orjson
 import pytest
 from grpc_reflection.v1alpha import reflection_pb2
 
 from spear.errors import InvalidArgument, PermissionDenied, Unauthenticated
 from spear.transport import auth
-from spear.transport._status import RpcError, Status
+from spear.transport._status import RpcError
 from spear.transport.aio_client import AioChannel
 from spear.transport.aio_server import AioServer
 from spear.transport.auth import (
@@ -270,9 +271,9 @@ async def test_a_refused_call_ends_with_its_status(tmp_path: Path) -> None:
     reader = TokenStore(tmp_path).issue("ann", Role.READER)
     bearer = {"authorization": f"Bearer {reader}"}
     for policy, metadata, status, message in (
-        (None, None, Status.UNAUTHENTICATED, "this node requires a credential: "),
-        ({REFLECTION: Role.ADMIN}, bearer, Status.PERMISSION_DENIED, "ann (reader) may not"),
-        (None, {**bearer, "spear-namespace": "Team A"}, Status.INVALID_ARGUMENT, "invalid "),
+        (None, None, grpc.StatusCode.UNAUTHENTICATED, "this node requires a credential: "),
+        ({REFLECTION: Role.ADMIN}, bearer, grpc.StatusCode.PERMISSION_DENIED, "ann (reader) may not"),
+        (None, {**bearer, "spear-namespace": "Team A"}, grpc.StatusCode.INVALID_ARGUMENT, "invalid "),
     ):
         async with served(tmp_path, policy) as (address, _):
             with pytest.raises(RpcError) as info:
@@ -295,7 +296,7 @@ async def test_a_channel_sends_its_token_and_namespace_with_every_call(tmp_path:
     async with served(tmp_path) as (address, seen):
         with pytest.raises(RpcError) as refused:  # (it sent no token: none to accept)
             await reflect(address, credentials=Credentials(token=None))
-    assert refused.value.status is Status.UNAUTHENTICATED and seen == []
+    assert refused.value.status is grpc.StatusCode.UNAUTHENTICATED and seen == []
     async with served(tmp_path) as (address, seen):
         await reflect(address, credentials=Credentials(token=admin, namespace=None))
     assert seen[0]["authorization"] == f"Bearer {admin}" and "spear-namespace" not in seen[0]

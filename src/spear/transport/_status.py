@@ -34,8 +34,6 @@ DEFAULT_MAX_MESSAGE_BYTES = 4 * 1024 * 1024
 # Payload bytes per chunk of a streamed artifact, object or result: well under the limit.
 CHUNK_BYTES = 1024 * 1024
 
-Status = grpc.StatusCode
-
 
 class RpcError(Exception):
     """A call that ended with a status other than OK: what the server answered, or what
@@ -51,33 +49,33 @@ class RpcError(Exception):
         return f"{self.status.name}: {self.message}" if self.message else self.status.name
 
 
-_STATUS_BY_ERROR: list[tuple[type[SpearError], Status]] = [
-    (InvalidArgument, Status.INVALID_ARGUMENT),
-    (NotFound, Status.NOT_FOUND),
-    (Conflict, Status.ABORTED),
-    (ResourceExhausted, Status.RESOURCE_EXHAUSTED),
-    (Unavailable, Status.UNAVAILABLE),
-    (StorageError, Status.UNAVAILABLE),
-    (Unauthenticated, Status.UNAUTHENTICATED),
-    (PermissionDenied, Status.PERMISSION_DENIED),
+_STATUS_BY_ERROR: list[tuple[type[SpearError], grpc.StatusCode]] = [
+    (InvalidArgument, grpc.StatusCode.INVALID_ARGUMENT),
+    (NotFound, grpc.StatusCode.NOT_FOUND),
+    (Conflict, grpc.StatusCode.ABORTED),
+    (ResourceExhausted, grpc.StatusCode.RESOURCE_EXHAUSTED),
+    (Unavailable, grpc.StatusCode.UNAVAILABLE),
+    (StorageError, grpc.StatusCode.UNAVAILABLE),
+    (Unauthenticated, grpc.StatusCode.UNAUTHENTICATED),
+    (PermissionDenied, grpc.StatusCode.PERMISSION_DENIED),
 ]
-_ERROR_BY_STATUS: dict[Status, type[SpearError]] = {
-    Status.INVALID_ARGUMENT: InvalidArgument,
-    Status.NOT_FOUND: NotFound,
-    Status.ABORTED: Conflict,
-    Status.RESOURCE_EXHAUSTED: ResourceExhausted,
-    Status.UNAVAILABLE: Unavailable,
-    Status.DEADLINE_EXCEEDED: Unavailable,
-    Status.PERMISSION_DENIED: PermissionDenied,
-    Status.UNAUTHENTICATED: Unauthenticated,
+_ERROR_BY_STATUS: dict[grpc.StatusCode, type[SpearError]] = {
+    grpc.StatusCode.INVALID_ARGUMENT: InvalidArgument,
+    grpc.StatusCode.NOT_FOUND: NotFound,
+    grpc.StatusCode.ABORTED: Conflict,
+    grpc.StatusCode.RESOURCE_EXHAUSTED: ResourceExhausted,
+    grpc.StatusCode.UNAVAILABLE: Unavailable,
+    grpc.StatusCode.DEADLINE_EXCEEDED: Unavailable,
+    grpc.StatusCode.PERMISSION_DENIED: PermissionDenied,
+    grpc.StatusCode.UNAUTHENTICATED: Unauthenticated,
 }
 
 
-def status_for(error: SpearError) -> Status:
+def status_for(error: SpearError) -> grpc.StatusCode:
     for cls, status in _STATUS_BY_ERROR:
         if isinstance(error, cls):
             return status
-    return Status.INTERNAL
+    return grpc.StatusCode.INTERNAL
 
 
 # The spear error code a call's trailers carried, set in the task that made the call when
@@ -93,7 +91,7 @@ def error_from_grpc(exc: RpcError, address: str) -> SpearError:
     message = exc.message or exc.status.name.lower()
     if code:
         return error_from_code(code, message)
-    if exc.status is Status.UNAVAILABLE and not exc.message:
+    if exc.status is grpc.StatusCode.UNAVAILABLE and not exc.message:
         message = f"node {address} is unavailable"
     return _ERROR_BY_STATUS.get(exc.status, SpearError)(message)
 
@@ -132,12 +130,13 @@ class LimitedCodec:
             return message_type.FromString(data)
         except Exception as exc:  # whatever the bytes made the decoder trip on
             raise RpcError(
-                Status.INVALID_ARGUMENT, f"malformed {message_type.__name__} message: {exc}"
+                grpc.StatusCode.INVALID_ARGUMENT,
+                f"malformed {message_type.__name__} message: {exc}",
             ) from None
 
     def _check_size(self, data: bytes) -> None:
         if len(data) > self.max_bytes:
             raise RpcError(
-                Status.RESOURCE_EXHAUSTED,
+                grpc.StatusCode.RESOURCE_EXHAUSTED,
                 f"message of {len(data)} bytes exceeds the limit of {self.max_bytes} bytes",
             )
