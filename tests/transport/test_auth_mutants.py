@@ -58,6 +58,7 @@ class _NoTls:
 
 NO_TLS = _NoTls()
 REFLECTION = "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo"
+Status = grpc.StatusCode
 
 
 class Clock:
@@ -271,9 +272,9 @@ async def test_a_refused_call_ends_with_its_status(tmp_path: Path) -> None:
     reader = TokenStore(tmp_path).issue("ann", Role.READER)
     bearer = {"authorization": f"Bearer {reader}"}
     for policy, metadata, status, message in (
-        (None, None, grpc.StatusCode.UNAUTHENTICATED, "this node requires a credential: "),
-        ({REFLECTION: Role.ADMIN}, bearer, grpc.StatusCode.PERMISSION_DENIED, "ann (reader) may not"),
-        (None, {**bearer, "spear-namespace": "Team A"}, grpc.StatusCode.INVALID_ARGUMENT, "invalid "),
+        (None, None, Status.UNAUTHENTICATED, "this node requires a credential: "),
+        ({REFLECTION: Role.ADMIN}, bearer, Status.PERMISSION_DENIED, "ann (reader) may not"),
+        (None, {**bearer, "spear-namespace": "Team A"}, Status.INVALID_ARGUMENT, "invalid "),
     ):
         async with served(tmp_path, policy) as (address, _):
             with pytest.raises(RpcError) as info:
@@ -296,7 +297,7 @@ async def test_a_channel_sends_its_token_and_namespace_with_every_call(tmp_path:
     async with served(tmp_path) as (address, seen):
         with pytest.raises(RpcError) as refused:  # (it sent no token: none to accept)
             await reflect(address, credentials=Credentials(token=None))
-    assert refused.value.status is grpc.StatusCode.UNAUTHENTICATED and seen == []
+    assert refused.value.status is Status.UNAUTHENTICATED and seen == []
     async with served(tmp_path) as (address, seen):
         await reflect(address, credentials=Credentials(token=admin, namespace=None))
     assert seen[0]["authorization"] == f"Bearer {admin}" and "spear-namespace" not in seen[0]
