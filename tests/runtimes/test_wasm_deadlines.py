@@ -159,3 +159,22 @@ async def test_a_guest_that_exits_because_its_deadline_passed_timed_out(tmp_path
             "timeout",
             EXIT_TIMEOUT,
         )
+
+
+async def test_a_guest_still_spinning_when_its_node_closes_is_stopped(tmp_path: Path) -> None:
+    """Without a timeout and never cancelled, a spinning guest is stopped by the node's
+    close: once the node's epoch ticker stops, nothing else could interrupt it, and its
+    thread would spin for the life of the process."""
+    import threading
+
+    module = build_wat(SPIN, tmp_path, "spin")
+    before = set(threading.enumerate())
+    async with LocalNode(tmp_path / "home") as node:
+        task = await node.submit(FunctionSpec(str(module)))
+        with anyio.fail_after(BOUND_S):
+            while (await node.task(task.id)).state is not TaskState.RUNNING:
+                await anyio.sleep(0.01)
+    guests = [t for t in set(threading.enumerate()) - before if t.name == "spear-wasm"]
+    for thread in guests:
+        thread.join(BOUND_S)
+    assert not [t for t in guests if t.is_alive()], "a guest's thread outlived its node"
