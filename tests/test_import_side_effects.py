@@ -72,3 +72,32 @@ def test_the_daemons_and_clients_load_one_grpc_stack() -> None:
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "[]"
+
+
+def test_the_spear_executable_quiets_grpc_core_logs_and_importing_spear_does_not() -> None:
+    """grpc's core writes INFO lines (a server's GOAWAY) on stderr by default; a `spear`
+    command's stderr is its own one-line errors, so the executable sets GRPC_VERBOSITY
+    (unless the user did), and `import spear` changes no environment."""
+    import os
+
+    script = (
+        "import os, sys\n"
+        "import spear, spear.cli\n"
+        "print(os.environ.get('GRPC_VERBOSITY'))\n"
+        "sys.argv = ['spear', '--help']\n"
+        "try:\n"
+        "    spear.cli.entry()\n"
+        "except SystemExit:\n"
+        "    pass\n"
+        "print(os.environ.get('GRPC_VERBOSITY'))\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "GRPC_VERBOSITY"}
+    out = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, env=env, check=True
+    ).stdout.split()
+    assert out[0] == "None" and out[-1] == "ERROR", out
+    env["GRPC_VERBOSITY"] = "DEBUG"  # the user's own choice stands
+    out = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, env=env, check=True
+    ).stdout.split()
+    assert out[-1] == "DEBUG", out

@@ -34,6 +34,11 @@ def entry() -> None:
     a task's run: a daemon thread still inside wasmtime while the interpreter finalizes
     can abort the process ("thread caused non-unwinding panic", exit -6 instead of the
     task's code; seen rarely under heavy load at the end of `spear run`)."""
+    import os
+
+    # grpc's core logs at INFO on stderr (a server's GOAWAY, say) unless told otherwise:
+    # a command's stderr is its own one-line errors. Set by the executable, not on import.
+    os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
     args = sys.argv[1:]
     code = main(args)
     from spear.cli import _runner_client
@@ -41,7 +46,6 @@ def entry() -> None:
     if args and args[0] in _runner_client.FORWARDED:
         import atexit
         import contextlib
-        import os
 
         with contextlib.suppress(Exception):
             atexit._run_exitfuncs()
