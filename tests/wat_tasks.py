@@ -69,3 +69,27 @@ def ticker(directory: Path, ticks: int, nap_ms: int) -> Path:
         directory,
         f"ticker{ticks}x{nap_ms}",
     )
+
+
+def blob(directory: Path, size: int) -> Path:
+    """Writes `size` bytes to stdout in one write: byte i is i % 251 (`blob_bytes`)."""
+    pages = size // 65536 + 1
+    return build_wat(
+        f"""(module {_WRITE}
+  (func (export "_start") (local $i i32)
+    (drop (memory.grow (i32.const {pages})))
+    (block $end (loop $again
+      (br_if $end (i32.eq (local.get $i) (i32.const {size})))
+      (i32.store8 (i32.add (i32.const 65536) (local.get $i))
+        (i32.rem_u (local.get $i) (i32.const 251)))
+      (local.set $i (i32.add (local.get $i) (i32.const 1)))
+      (br $again)))
+    (call $out (i32.const 1) (i32.const 65536) (i32.const {size}))))""",
+        directory,
+        f"blob{size}",
+    )
+
+
+def blob_bytes(size: int) -> bytes:
+    """What `blob(directory, size)` writes."""
+    return bytes(i % 251 for i in range(size))

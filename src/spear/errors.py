@@ -12,8 +12,9 @@
     ├── Unavailable                code "unavailable"   exit 76   a node is down or draining
     │   ├── DeadlineExceeded       code "deadline"      exit 76   a call ran past its timeout
     │   └── NotLeader              code "not_leader"    exit 76   an SMS follower refused a write
-    └── PermissionDenied           code "denied"        exit 77   a credential or allow-list refused
-        └── Unauthenticated        code "unauthenticated" exit 77 no credential, or one not known
+    ├── PermissionDenied           code "denied"        exit 77   a credential or allow-list refused
+    │   └── Unauthenticated        code "unauthenticated" exit 77 no credential, or one not known
+    └── Unimplemented              code "unimplemented" exit 70   a node older than the call it got
 
 Each error has a stable ``code`` (used on the wire and in ``--json`` output) and an
 ``exit_code`` the CLI returns. The CLI's own usage errors exit 2; a guest's exit code
@@ -109,6 +110,13 @@ class Unauthenticated(PermissionDenied):
     code = "unauthenticated"
 
 
+class Unimplemented(SpearError):
+    """The server does not know the method called (a node older than the caller): nothing
+    ran, and an older method may serve instead (`Client.call`: CallTask, then RunTask)."""
+
+    code = "unimplemented"
+
+
 _BY_CODE: dict[str, type[SpearError]] = {
     cls.code: cls
     for cls in (
@@ -126,6 +134,7 @@ _BY_CODE: dict[str, type[SpearError]] = {
         PermissionDenied,
         Unauthenticated,
         NotLeader,
+        Unimplemented,
     )
 }
 

@@ -359,6 +359,9 @@ def test_a_method_no_table_names_needs_admin(
 def test_the_policy_names_the_roles_of_the_calls_users_rely_on() -> None:
     assert POLICY["/spear.v1.Spearlet/GetTask"] is Role.READER
     assert POLICY["/spear.v1.Spearlet/SubmitTask"] is Role.SUBMITTER
+    # A call is a submit: CallTask as RunTask, the same role (not admin, the default).
+    assert POLICY["/spear.v1.Spearlet/CallTask"] is POLICY["/spear.v1.Spearlet/RunTask"]
+    assert POLICY["/spear.v1.Spearlet/CallTask"] is Role.SUBMITTER
     assert POLICY["/spear.v1.SpearletPeer/ForwardTask"] is Role.NODE
     assert POLICY["/spear.v1.MetadataServer/RegisterNode"] is Role.NODE
     assert POLICY["/spear.v1.MetadataServer/ListNodes"] is Role.READER

@@ -48,6 +48,9 @@ def test_services_come_from_the_generated_descriptors() -> None:
     run = by_route["/spear.v1.Spearlet/RunTask"]
     assert (run.name, run.cardinality) == ("run_task", Cardinality.UNARY_STREAM)
     assert (run.request, run.reply) == (spearlet_pb2.SubmitTaskRequest, spearlet_pb2.ResultChunk)
+    call = by_route["/spear.v1.Spearlet/CallTask"]
+    assert (call.name, call.cardinality) == ("call_task", Cardinality.UNARY_UNARY)
+    assert (call.request, call.reply) == (run.request, run.reply)
     upload = by_route["/spear.v1.Spearlet/UploadArtifact"]
     assert (upload.name, upload.cardinality) == ("upload_artifact", Cardinality.STREAM_UNARY)
     exchange = by_route["/spear.v1.Spearlet/ExchangeStream"]

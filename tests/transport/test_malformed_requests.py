@@ -129,7 +129,7 @@ def targets(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, _Tar
 def _methods(service: str) -> list[str]:
     spearlet = [
         "SubmitTask", "SubmitTasks", "GetTask", "ListTasks", "WatchTask", "CancelTask",
-        "GetResult", "RunTask", "StreamLogs", "ExchangeStream", "UploadArtifact",
+        "GetResult", "RunTask", "CallTask", "StreamLogs", "ExchangeStream", "UploadArtifact",
         "HasArtifact", "GetNodeInfo", "PutObject", "GetObject", "ListObjects", "DeleteObject",
         "AddObjectRef", "RemoveObjectRef", "PinObject", "UnpinObject", "DeleteTasks",
     ]  # fmt: skip

@@ -57,6 +57,7 @@ WIRE_STATUS: dict[type[errors.SpearError], Status] = {
     errors.DeadlineExceeded: Status.UNAVAILABLE,
     errors.PermissionDenied: Status.PERMISSION_DENIED,
     errors.Unauthenticated: Status.UNAUTHENTICATED,
+    errors.Unimplemented: Status.UNIMPLEMENTED,  # (what grpc answers a method it lacks)
 }
 
 

@@ -36,6 +36,7 @@ from spear.errors import (
     StorageError,
     Unauthenticated,
     Unavailable,
+    Unimplemented,
     error_from_code,
 )
 from spear.node.api import StreamingTask, TaskHandle, read_own_stdin, run_attached
@@ -167,12 +168,14 @@ class Client(AsyncResource):
         self._objects = ObjectRoute(credentials)  # object bytes: the transfer service
         # Traces (docs/observability.md): a submit's span, its context sent with the call.
         self.tracing = tracing
-        # RunTask's forwards (see `call`): the member that ran each spec's last call, and a
+        # Forwarded calls (see `call`): the member that ran each spec's last call, and a
         # client per such member; `_follows`: whether this client sends calls there.
         self._ran_at: dict[FunctionSpec, str] = {}
         self._members: dict[str, Client] = {}
         self._refused: set[str] = set()  # members that did not accept this client
         self._follows = True
+        # Nodes that answered CallTask with UNIMPLEMENTED (older ones): RunTask there.
+        self._streamed_calls: set[str] = set()
 
     @property
     def _stub(self) -> Stub:
@@ -479,7 +482,8 @@ class Client(AsyncResource):
         )
 
     async def call(self, spec: FunctionSpec, *, stdin: bytes | None = None) -> TaskResult:
-        """Run a task and return its result, in one call (RunTask).
+        """Run a task and return its result, in one call (CallTask; RunTask on an older
+        node).
 
         A call the node forwarded names the member that ran it; the next call of the same
         spec goes to that member directly (one hop instead of two, as Ray's driver reuses
@@ -499,15 +503,38 @@ class Client(AsyncResource):
         request = await self._request(spec, stdin, wait=True)
         ran_at: list[str] = []
         if self.tracing is not None:
-            result = self._result(self._stub.run_task(request), spec.artifact, ran_at)
+            result = self._call(request, spec.artifact, ran_at)
             answer = await traced_submit(self.tracing, "call", spec, result)
         else:
-            answer = await self._result(self._stub.run_task(request), spec.artifact, ran_at)
+            answer = await self._call(request, spec.artifact, ran_at)
         if ran_at and ran_at[0] and self._follows and ran_at[0] not in self._refused:
             if len(self._ran_at) >= _RAN_AT_KEPT:
                 self._ran_at.clear()
             self._ran_at[spec] = ran_at[0]
         return answer
+
+    async def _call(
+        self, request: pb.SubmitTaskRequest, what: str, ran_at: list[str]
+    ) -> TaskResult:
+        """The task run on this node and its result: CallTask, one reply (the output
+        read with GetResult when it did not fit); RunTask's stream on a node without
+        CallTask (an older one: UNIMPLEMENTED, nothing ran), remembered for its address."""
+        if self.address not in self._streamed_calls:
+            try:
+                with self._errors():
+                    reply = await self._stub.call_task(request)
+            except Unimplemented:
+                self._streamed_calls.add(self.address)
+            else:
+                info = cv.optional(reply, "task")
+                if info is None:
+                    raise SpearError(f"node {self.address} sent no result for {what}")
+                task = cv.task_from_wire(info)
+                ran_at.append(reply.ran_at)
+                if not reply.fetch_output:
+                    return TaskResult(task, reply.data)
+                return TaskResult(task, (await self.result(task.id, wait=False)).output)
+        return await self._result(self._stub.run_task(request), what, ran_at)
 
     async def _member_for(self, spec: FunctionSpec) -> Client | None:
         """The client of the member that ran the last call of `spec` if this node forwarded

@@ -164,16 +164,34 @@ class SpearletService(ServiceBase):
             yield chunk
 
     async def run_task(self, request: pb.SubmitTaskRequest) -> AsyncIterator[pb.ResultChunk]:
-        """The task run, and its result streamed back (client.call)."""
+        """The task run, and its result streamed back (client.call on a node before
+        CallTask)."""
+        result, ran_at = await self._call(request)
+        for i, chunk in enumerate(_result_chunks(result)):
+            if i == 0 and ran_at:
+                chunk.ran_at = ran_at  # (the client may call there next: Client.call)
+            yield chunk
+
+    async def call_task(self, request: pb.SubmitTaskRequest) -> pb.ResultChunk:
+        """The task run, and its result in one reply (client.call): its whole output when
+        that fits one chunk, else `fetch_output` (the client reads it with GetResult)."""
+        result, ran_at = await self._call(request)
+        reply = pb.ResultChunk(task=cv.task_to_wire(result.task), ran_at=ran_at or "")
+        if len(result.output) <= CHUNK_BYTES:
+            reply.data = result.output
+        else:
+            reply.fetch_output = True
+        return reply
+
+    async def _call(self, request: pb.SubmitTaskRequest) -> tuple[TaskResult, str | None]:
+        """RunTask's and CallTask's run: the result, and the member that ran it when this
+        node forwarded it (None: it ran here)."""
         spec = await self._resolve(request)
         result = await self.api.call(spec, stdin=request.stdin or None)
         logger.debug("task {} ran ({})", result.task.id, spec.artifact)
         forwarded_to = getattr(self.node_api, "forwarded_address", None)  # (a member's)
         ran_at = forwarded_to(result.task.id) if forwarded_to is not None else None
-        for i, chunk in enumerate(_result_chunks(result)):
-            if i == 0 and ran_at:
-                chunk.ran_at = ran_at  # (the client may call there next: Client.call)
-            yield chunk
+        return result, ran_at
 
     async def stream_logs(self, message: pb.StreamLogsRequest) -> AsyncIterator[pb.LogChunk]:
         async for chunk in self.api.logs(

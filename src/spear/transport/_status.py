@@ -23,6 +23,7 @@ from spear.errors import (
     StorageError,
     Unauthenticated,
     Unavailable,
+    Unimplemented,
     error_from_code,
 )
 
@@ -58,6 +59,7 @@ _STATUS_BY_ERROR: list[tuple[type[SpearError], grpc.StatusCode]] = [
     (StorageError, grpc.StatusCode.UNAVAILABLE),
     (Unauthenticated, grpc.StatusCode.UNAUTHENTICATED),
     (PermissionDenied, grpc.StatusCode.PERMISSION_DENIED),
+    (Unimplemented, grpc.StatusCode.UNIMPLEMENTED),
 ]
 _ERROR_BY_STATUS: dict[grpc.StatusCode, type[SpearError]] = {
     grpc.StatusCode.INVALID_ARGUMENT: InvalidArgument,
@@ -68,6 +70,7 @@ _ERROR_BY_STATUS: dict[grpc.StatusCode, type[SpearError]] = {
     grpc.StatusCode.DEADLINE_EXCEEDED: Unavailable,
     grpc.StatusCode.PERMISSION_DENIED: PermissionDenied,
     grpc.StatusCode.UNAUTHENTICATED: Unauthenticated,
+    grpc.StatusCode.UNIMPLEMENTED: Unimplemented,
 }
 
 

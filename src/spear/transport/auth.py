@@ -108,8 +108,8 @@ POLICY: dict[str, Role] = {
     **_table(
         _SPEARLET,
         Role.SUBMITTER,
-        "SubmitTask SubmitTasks RunTask ExchangeStream CancelTask UploadArtifact PutObject"
-        " DeleteObject AddObjectRef RemoveObjectRef PinObject UnpinObject DeleteTasks",
+        "SubmitTask SubmitTasks RunTask CallTask ExchangeStream CancelTask UploadArtifact"
+        " PutObject DeleteObject AddObjectRef RemoveObjectRef PinObject UnpinObject DeleteTasks",
     ),
     **_table(_PEER, Role.READER, "ListClusterNodes"),
     **_table(_PEER, Role.NODE, "ForwardTask"),

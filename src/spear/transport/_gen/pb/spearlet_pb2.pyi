@@ -223,14 +223,16 @@ class GetResultRequest(_message.Message):
     def __init__(self, task_id: _Optional[str] = ..., wait: _Optional[bool] = ...) -> None: ...
 
 class ResultChunk(_message.Message):
-    __slots__ = ("task", "data", "ran_at")
+    __slots__ = ("task", "data", "ran_at", "fetch_output")
     TASK_FIELD_NUMBER: _ClassVar[int]
     DATA_FIELD_NUMBER: _ClassVar[int]
     RAN_AT_FIELD_NUMBER: _ClassVar[int]
+    FETCH_OUTPUT_FIELD_NUMBER: _ClassVar[int]
     task: TaskInfo
     data: bytes
     ran_at: str
-    def __init__(self, task: _Optional[_Union[TaskInfo, _Mapping]] = ..., data: _Optional[bytes] = ..., ran_at: _Optional[str] = ...) -> None: ...
+    fetch_output: bool
+    def __init__(self, task: _Optional[_Union[TaskInfo, _Mapping]] = ..., data: _Optional[bytes] = ..., ran_at: _Optional[str] = ..., fetch_output: _Optional[bool] = ...) -> None: ...
 
 class StreamLogsRequest(_message.Message):
     __slots__ = ("task_id", "streams", "follow")
