@@ -20,6 +20,7 @@ from helpers import (  # fixtures too: loop_wasm, make_cluster
     sms_state,
     spear,
 )
+from wat_tasks import blob, blob_bytes
 
 from spear.core.cluster import INPUTS_LABEL
 from spear.core.models import FunctionSpec, Resources, TaskState
@@ -144,6 +145,15 @@ def test_label_affinity_sends_the_task_to_the_labelled_node(
     # its output brought back; and run on node-1 itself when it fits there.
     afar = on(n1, lambda c: c.call(FunctionSpec(str(hello), labels=(("zone", "b"),))))
     assert afar.task.node == "node-2" and afar.output == b"hello from afar\n"
+    # An output larger than one message: CallTask answers with the task, and the client
+    # reads the output with GetResult through node-1; whole, from the one run on node-2.
+    size = 2 * MiB + 7
+    big_spec = FunctionSpec(str(blob(tmp_path, size)), labels=(("zone", "b"),))
+    big = on(n1, lambda c: c.call(big_spec))
+    assert big.task.node == "node-2" and big.output == blob_bytes(size)
+    assert_eventually(
+        lambda: [t.id for t in sms_call(sms, "tasks") if "blob" in t.spec.artifact] == [big.task.id]
+    )
     here = on(n1, lambda c: c.call(FunctionSpec(str(hello))))
     assert here.task.node == "node-1" and here.output == b"hello from afar\n"
     assert here.task.state is TaskState.COMPLETED
