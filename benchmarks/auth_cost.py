@@ -4,7 +4,7 @@ One LocalNode served three ways on loopback, interleaved round by round:
 - `open`: no credential checked (`Security.open()`, what spear served before issue 14);
 - `token`: every call authorized by its bearer token (the default);
 - `tls`: a member's certificate over mutual TLS (how cluster processes call each other).
-Each round measures `client.call` (RunTask) of a trivial task one at a time, 16
+Each round measures `client.call` (CallTask) of a trivial task one at a time, 16
 clients calling at once, and batches (`submit_many(..., wait=True)`, SubmitTasks) of
 200 tasks. Results go to benchmarks/results/auth.json and docs/security.md.
 

@@ -13,7 +13,7 @@ loopback: the SMS, the SPEARlets and etcd are real processes.
 - run: submit and wait for the task to finish, through node-1.
 - throughput: N tasks submitted one after another through node-1, until all have
   finished.
-- call: `client.call` (RunTask) through node-1, one at a time: beside Ray's
+- call: `client.call` (CallTask) through node-1, one at a time: beside Ray's
   `ray.get(f.remote())` on three nodes; with the CPU every process of the cluster (and
   the client) spent per task (`cpu_ms_per_task`, as for at_once).
 - at_once: N tasks in one SubmitTasks call through node-1, answered when all have
@@ -102,7 +102,7 @@ async def _throughput(address: str, module: str, n: int, labels: Any) -> dict[st
 
 
 async def _calls(address: str, module: str, n: int, labels: Any) -> dict[str, Any]:
-    """`n` trivial tasks one at a time through `address`: `client.call` (RunTask), the task
+    """`n` trivial tasks one at a time through `address`: `client.call` (CallTask), the task
     and its result in one call: Ray's `ray.get(f.remote())`."""
     from spear.core.models import FunctionSpec
     from spear.node.client import Client

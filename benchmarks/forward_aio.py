@@ -7,7 +7,7 @@ Two clusters of 3 SPEARlets on LevelDB run at once, alike but for `peer_transpor
 ("grpc.aio" and "node-port"); rounds alternate between them, so both see the same
 machine. Each round, through node-1, of a trivial WASM task only node-2 may run:
 
-- call: `client.call` one at a time (RunTask, forwarded; median and p99), with the CPU
+- call: `client.call` one at a time (CallTask, forwarded; median and p99), with the CPU
   every process of that cluster and the client spent per task;
 - at_once: N in one SubmitTasks call, waited (forwarded as batches), tasks/s and CPU.
 

@@ -3,7 +3,7 @@
     python -m benchmarks.grpc_bench [--quick]     # writes benchmarks/results/grpc.json
 
 - latency: a trivial WASM task, submit to result, one client, one task at a time: in one
-  call (`client.call(spec)`: RunTask, the task and its result) and through the handle
+  call (`client.call(spec)`: CallTask, the task and its result) and through the handle
   (`await (await client.submit(spec))`: SubmitTask, then GetResult);
 - throughput: many concurrent clients (one connection each), one call per task; and the
   batch call (SubmitTasks, `client.submit_many(..., wait=True)`) from a few clients;

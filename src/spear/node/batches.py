@@ -1,7 +1,7 @@
 """A batch of tasks run to their ends across a cluster, placed as batches (issue #17).
 
 `run_batch` is what a cluster member does with SubmitTasks (every task waited for) and
-with a call (RunTask) that does not fit here: the tasks that fit this node now run here
+with a call (CallTask, RunTask) that does not fit here: the tasks that fit this node now run here
 as one `run_many` wave; the rest are placed from the node's view of the cluster, one
 ForwardTasks call per receiving node, answered with the tasks' ends and results (no
 second call to fetch them). Tasks that find no room anywhere now are dealt in turn to
