@@ -80,6 +80,7 @@ if TYPE_CHECKING:
 META = "obj/"
 MAX_KEY_BYTES = 1024
 INLINE_MAX = 4096
+_READ_ON_LOOP_MAX = 64 * 1024  # a value this small is read on the event loop
 ORPHAN_GRACE_S = 600.0  # a value file no metadata names, older than this, is removed
 # A value being received (staging_path) untouched this long was cut short: each MiB
 # received touches it, and a transfer with no progress for 30 s is given up.
@@ -265,7 +266,13 @@ class ObjectStore:
                 inline = bytes(data)
             elif source is not None:
                 try:
-                    inline = await anyio.to_thread.run_sync(source.read_bytes)
+                    # A few KiB (a task's result, most often) read here: a worker
+                    # thread's hop and back costs far more than the read.
+                    inline = (
+                        source.read_bytes()  # noqa: ASYNC240 - a few KiB
+                        if size <= _READ_ON_LOOP_MAX
+                        else await anyio.to_thread.run_sync(source.read_bytes)
+                    )
                 except FileNotFoundError:
                     raise NotFound(f"no such file: {source}") from None
                 if len(inline) != size:
