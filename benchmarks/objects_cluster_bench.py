@@ -20,7 +20,9 @@ SMS (LevelDB) and three SPEARlets with the cluster's TLS, and `ray.cluster_utils
   `spear.Client.put_object/get_object` with that token (which takes the socket:
   node/object_route.py). Ray: `ray.put` / `ray.get` in the driver.
 - 1 GiB across nodes: written to node-3 from a sparse file, then node-1 pulls it
-  (prefetch: no client copy); throughput and node-1's peak RSS growth.
+  (prefetch: no client copy), three times (Ray: three objects made on the far raylet);
+  throughput of the first round and the median of the others, and node-1's peak RSS
+  growth. The first GiB moved on a new VM is slow for both (`gib_figures`).
 - `--counter`: examples/counter as 60 tasks over the 3 nodes; the final value.
 - `--clear`: spear once more with `object_transfer_encrypt = false` (members move bytes in
   the clear after mutual TLS, as Ray moves them with no TLS at all).
@@ -192,6 +194,23 @@ async def _client_paths(
     return out
 
 
+GIB_ROUNDS = 3  # 1 GiB moved this many times; the first is reported on its own (see below)
+
+
+def gib_figures(seconds: list[float]) -> dict[str, Any]:
+    """Throughput of 1 GiB moved in each of `seconds`: the first round alone, and the
+    median of the others. The first GiB a new machine (a VM) moves lands in memory its
+    host has not backed yet: on this machine it runs at a third of the later rounds'
+    speed for Ray and spear alike, whatever the transport (docs/benchmarks.md)."""
+    later = sorted(seconds[1:]) or seconds
+    median = later[len(later) // 2]
+    return {
+        "rounds (s)": [round(s, 3) for s in seconds],
+        "first round GiB/s": round(1 / seconds[0], 2),
+        "GiB/s": round(1 / median, 2),
+    }
+
+
 async def _one_gib(n1: str, n3: str, credentials: Any, pid1: int, directory: Path) -> Any:
     from spear.transport.object_transfer import ObjectTransferClient
 
@@ -199,22 +218,25 @@ async def _one_gib(n1: str, n3: str, credentials: Any, pid1: int, directory: Pat
     with open(source, "wb") as f:  # noqa: ASYNC230 - a sparse file: no data written
         f.truncate(1024 * MiB)
     client = ObjectTransferClient(credentials, encrypt=_ENCRYPT[0])
+    puts, pulls = [], []
     try:
-        t0 = time.perf_counter()
-        await client.put_file(n3, "bench/1GiB", source)
-        put_s = time.perf_counter() - t0
         rss0, hwm0 = _rss_kib(pid1, "VmRSS"), _rss_kib(pid1, "VmHWM")
-        t0 = time.perf_counter()
-        _, size = await client.prefetch(n1, "bench/1GiB")
-        get_s = time.perf_counter() - t0
+        for _ in range(GIB_ROUNDS):  # each round a new version, written to node-3 only
+            t0 = time.perf_counter()
+            await client.put_file(n3, "bench/1GiB", source)
+            puts.append(time.perf_counter() - t0)
+            t0 = time.perf_counter()
+            _, size = await client.prefetch(n1, "bench/1GiB")
+            pulls.append(time.perf_counter() - t0)
+            assert size == 1024 * MiB
         hwm1 = _rss_kib(pid1, "VmHWM")
     finally:
         await client.aclose()
         source.unlink()
     return {
-        "client put to node-3 (s)": round(put_s, 3),
-        "node-1 pulls from node-3 (s)": round(get_s, 3),
-        "GiB/s": round(size / get_s / 1024**3, 2),
+        "client put to node-3 (s)": [round(s, 3) for s in puts],
+        "node-1 pulls from node-3": gib_figures(pulls),
+        "GiB/s": gib_figures(pulls)["GiB/s"],
         "node-1 RSS before (MiB)": rss0 // 1024,
         "node-1 peak RSS growth (MiB)": max(0, hwm1 - max(hwm0, rss0)) // 1024,
     }
@@ -327,12 +349,16 @@ def ray_side(quick: bool) -> dict[str, Any]:
                 del ref
             out[f"driver put {label}"] = summarize(puts)
             out[f"driver get {label}"] = summarize(gets)
-        one = produce.remote(1024 * MiB, 0)
-        ray.wait([one], fetch_local=False)
-        t0 = time.perf_counter()
-        ray.get(one)
-        took = time.perf_counter() - t0
-        out["1GiB across nodes"] = {"get (s)": round(took, 3), "GiB/s": round(1 / took, 2)}
+        rounds = []
+        for salt in range(GIB_ROUNDS):  # as spear's: a new object each round
+            one = produce.remote(1024 * MiB, salt)
+            ray.wait([one], fetch_local=False)
+            t0 = time.perf_counter()
+            value = ray.get(one)
+            rounds.append(time.perf_counter() - t0)
+            del one, value
+        figures = gib_figures(rounds)
+        out["1GiB across nodes"] = {"get": figures, "GiB/s": figures["GiB/s"]}
         return out
     finally:
         ray.shutdown()
