@@ -214,6 +214,11 @@ class ObjectStore:
 
     async def staging_path(self) -> Path:
         """A new file name on the store's file system, for a value being received."""
+        return self.staging_file()
+
+    def staging_file(self) -> Path:
+        """`staging_path`, for a caller off the event loop (the transfer service's
+        threads: no hop to the loop and back for a name)."""
         staging = self.root / "staging"
         staging.mkdir(parents=True, exist_ok=True)  # (on the store's file system: short)
         return staging / os.urandom(16).hex()
