@@ -11,6 +11,8 @@ from __future__ import annotations
 import contextlib
 from typing import TYPE_CHECKING
 
+import anyio
+
 from spear._logging import logger
 from spear.core.namespaces import DEFAULT, result_key
 from spear.errors import Conflict, ResourceExhausted, SpearError
@@ -40,12 +42,22 @@ class TaskResults:
             await self._store.release_holders([t.id for t in tasks])
             plain = [t for t in tasks if t.spec.namespace == DEFAULT]
             await self._store.store_results([(t.id, self._logs.stdout_file(t.id)) for t in plain])
-            for task in tasks:
-                if task.spec.namespace != DEFAULT:
-                    await self._store_in_namespace(task)
+            namespaced = [t for t in tasks if t.spec.namespace != DEFAULT]
+            if len(namespaced) > 1:  # together: in a cluster, their commits go grouped
+                async with anyio.create_task_group() as tg:
+                    for task in namespaced:
+                        tg.start_soon(self._store_in_namespace_or_say, task)
+            elif namespaced:
+                await self._store_in_namespace(namespaced[0])
         except SpearError as exc:  # the tasks are over either way; say why there is no result
             ids = ", ".join(t.id for t in tasks)
             logger.warning("task(s) {}: references or result not stored: {}", ids, exc)
+
+    async def _store_in_namespace_or_say(self, task: Task) -> None:
+        try:
+            await self._store_in_namespace(task)
+        except SpearError as exc:
+            logger.warning("task {}: result not stored: {}", task.id, exc)
 
     async def _store_in_namespace(self, task: Task) -> None:
         """A result kept in its task's namespace (core/namespaces.py): the store's own
