@@ -125,6 +125,7 @@ TARGETS = (
             _T + "runtimes/test_hostops_rules.py",
             _T + "runtimes/test_hostops_edges.py",
             _T + "transport/test_object_transfer_staging.py",
+            _T + "cluster/test_object_commits.py",  # (store_results in a cluster)
         ),
     ),
     Target(
