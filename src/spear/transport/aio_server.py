@@ -85,6 +85,17 @@ class _Peer:
         return {"subject": ((("commonName", name),),)}
 
 
+class _NoCertificate:
+    """The caller of a port that asks for no client certificate: none to read (and no
+    `auth_context()` built per call to find that out)."""
+
+    def cert(self) -> None:
+        return None
+
+
+_NO_CERTIFICATE = _NoCertificate()
+
+
 def _metadata(context: grpc.aio.ServicerContext[Any, Any]) -> dict[str, Any]:
     return {key: value for key, value in context.invocation_metadata() or ()}
 
@@ -142,6 +153,8 @@ class AioServer:
 
         authorizer = self.security.authorizer
         traced = self.traced
+        # Only a port that asks for client certificates has one to read.
+        certificates = self.security.tls is not None and self.require_client_certificate
 
         async def handle(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
             start = time.perf_counter()
@@ -150,7 +163,8 @@ class AioServer:
                 if authorizer is not None or traced:
                     metadata = _metadata(context)
                     if authorizer is not None:
-                        await _admit(authorizer, route, metadata, context)
+                        peer = _Peer(context) if certificates else _NO_CERTIFICATE
+                        await _admit(authorizer, route, metadata, peer)
                     if traced:
                         _adopt_traceparent(metadata)
                 if method.client_streaming:
@@ -256,16 +270,13 @@ async def _decoding(
 
 
 async def _admit(
-    authorizer: Authorizer,
-    method: str,
-    metadata: Mapping[str, Any],
-    context: grpc.aio.ServicerContext[Any, Any],
+    authorizer: Authorizer, method: str, metadata: Mapping[str, Any], peer: Any
 ) -> None:
     from spear.errors import PermissionDenied
     from spear.transport.auth import admit
 
     try:
-        await admit(authorizer, method, metadata, _Peer(context))
+        await admit(authorizer, method, metadata, peer)
     except (PermissionDenied, InvalidArgument) as exc:
         logger.info("refused {}: {}", method, exc)
         raise

@@ -367,6 +367,8 @@ _NAMES: weakref.WeakKeyDictionary[Any, str | None] = weakref.WeakKeyDictionary()
 def certificate_name(peer: Any) -> str | None:
     """The common name of a verified client certificate, if the caller presented one."""
     transport = getattr(peer, "_transport", None)  # (one per connection, where it has one)
+    if transport is None:  # (grpc.aio's callers: nothing to remember it by)
+        return _read_certificate_name(peer)
     try:
         return _NAMES[transport]
     except (KeyError, TypeError):  # not seen yet, or no transport to remember it by
