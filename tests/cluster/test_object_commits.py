@@ -238,7 +238,7 @@ def test_commits_made_during_a_failing_call_fail_too_and_close_ends_a_wait(
         silent.close()
 
 
-def test_a_wave_of_results_is_committed_in_one_or_two_calls(tmp_path: Path) -> None:
+def test_a_wave_of_results_is_committed_in_a_few_calls(tmp_path: Path) -> None:
     """A member's store keeps the results of tasks that ended together (one finished hook,
     `store_results`) by making their commits together: they go to the SMS grouped, not
     one call each (a batch of 300 tasks was ~67 calls), and every result is indexed."""
