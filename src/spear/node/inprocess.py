@@ -19,6 +19,7 @@ import anyio
 from spear.core.models import LogChunk, NodeInfo, ObjectInfo, TaskResult, log_streams
 from spear.errors import NotFound, SpearError, Unavailable
 from spear.node.api import StreamingTask, TaskHandle
+from spear.store.small_files import read_file
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Callable, Sequence
@@ -39,23 +40,12 @@ def _wasmtime_version() -> str:
     return wasmtime_version()  # (it takes ~0.2 ms: asked once per process)
 
 
-# A finished task's stdout up to this size is read on the event loop: reading a few KiB
-# takes microseconds, and a hop to a worker thread and back cost ~0.5 ms of each call on
-# a busy member (the largest part of a cluster call's time, issue 17). Larger ones go to a
-# thread as every large file does.
-_READ_ON_LOOP_MAX = 64 * 1024
-
-
 async def _read_output(path: str) -> bytes:
     """The whole file at `path` (b"" if there is none)."""
     try:
-        size = os.stat(path).st_size
+        return await read_file(path)
     except (FileNotFoundError, NotADirectoryError):
         return b""
-    if size <= _READ_ON_LOOP_MAX:
-        return _read_at(path, 0, -1)
-    output: bytes = await anyio.to_thread.run_sync(_read_at, path, 0, -1)
-    return output
 
 
 def _read_at(path: str, offset: int, limit: int) -> bytes:

@@ -66,6 +66,7 @@ from spear.errors import (
 )
 from spear.store.kv import Write
 from spear.store.object_info import ObjectInfo
+from spear.store.small_files import read_file
 
 if TYPE_CHECKING:
     import builtins
@@ -80,7 +81,6 @@ if TYPE_CHECKING:
 META = "obj/"
 MAX_KEY_BYTES = 1024
 INLINE_MAX = 4096
-_READ_ON_LOOP_MAX = 64 * 1024  # a value this small is read on the event loop
 _RESULTS_AT_ONCE = 256  # results committed together (store_results in a cluster)
 ORPHAN_GRACE_S = 600.0  # a value file no metadata names, older than this, is removed
 # A value being received (staging_path) untouched this long was cut short: each MiB
@@ -272,13 +272,7 @@ class ObjectStore:
                 inline = bytes(data)
             elif source is not None:
                 try:
-                    # A few KiB (a task's result, most often) read here: a worker
-                    # thread's hop and back costs far more than the read.
-                    inline = (
-                        source.read_bytes()  # noqa: ASYNC240 - a few KiB
-                        if size <= _READ_ON_LOOP_MAX
-                        else await anyio.to_thread.run_sync(source.read_bytes)
-                    )
+                    inline = await read_file(source, size)  # (a few KiB: on the loop)
                 except FileNotFoundError:
                     raise NotFound(f"no such file: {source}") from None
                 if len(inline) != size:
@@ -494,7 +488,7 @@ class ObjectStore:
             await authority.fetch(key, info, path)
             inline = b""
             if info.size <= self._inline_max:
-                inline = await anyio.Path(path).read_bytes()
+                inline = await read_file(path, info.size)
                 self._unlink(name)
                 name = None
             kept, old = await self._keep(key, info.size, name, inline, info.version)
