@@ -816,8 +816,8 @@ async def test_a_put_overtaken_by_a_later_one_keeps_the_later(nodes: Nodes) -> N
 async def test_half_received_values_are_cleared_and_counted_to_the_second(
     clock: Clock, store: ObjectStore
 ) -> None:
-    stale = [await store.staging_path() for _ in range(2)]
-    at_limit, fresh = await store.staging_path(), await store.staging_path()
+    stale = [store.staging_path() for _ in range(2)]
+    at_limit, fresh = store.staging_path(), store.staging_path()
     for path, age in ((stale[0], 80), (stale[1], 90), (at_limit, 50), (fresh, 49)):
         path.write_bytes(b"part")
         os.utime(path, (clock.now - age,) * 2)

@@ -424,7 +424,7 @@ async def test_a_file_put_copies_or_moves_its_source(store: ObjectStore, tmp_pat
     source.write_bytes(LARGE)
     version = await store.put_file("copied", source)
     assert source.exists() and bytes((await store.get("copied"))[0]) == LARGE
-    staged = await store.staging_path()
+    staged = store.staging_path()
     staged.write_bytes(b"M" * 5000)
     await store.put_file("moved", staged, move=True)
     assert not staged.exists() and bytes((await store.get("moved"))[0]) == b"M" * 5000
@@ -441,7 +441,7 @@ async def test_a_file_put_copies_or_moves_its_source(store: ObjectStore, tmp_pat
 
 async def test_half_received_values_are_cleared_by_age(store: ObjectStore) -> None:
     assert await store.clear_staging() == 0  # (no staging directory yet)
-    fresh, stale = await store.staging_path(), await store.staging_path()
+    fresh, stale = store.staging_path(), store.staging_path()
     assert fresh != stale and fresh.parent == stale.parent == store.root / "staging"
     fresh.write_bytes(b"f")
     stale.write_bytes(b"s")
@@ -458,7 +458,7 @@ async def test_a_staged_file_is_moved_in_a_store_that_syncs_too(tmp_path: Path) 
     kv = LevelDBKV.open(str(tmp_path / "db"))
     try:
         store = ObjectStore(kv, tmp_path / "objects", sync=True)
-        staged = await store.staging_path()
+        staged = store.staging_path()
         staged.write_bytes(LARGE)
         version = await store.put_file("k", staged, move=True)
         assert not staged.exists()

@@ -213,13 +213,9 @@ class ObjectStore:
             raise NotFound(f"no such file: {source}") from None
         return await self._put(key, size, expected_version, None, source, move=move)
 
-    async def staging_path(self) -> Path:
-        """A new file name on the store's file system, for a value being received."""
-        return self.staging_file()
-
-    def staging_file(self) -> Path:
-        """`staging_path`, for a caller off the event loop (the transfer service's
-        threads: no hop to the loop and back for a name)."""
+    def staging_path(self) -> Path:
+        """A new file name on the store's file system, for a value being received (from
+        the event loop or a transfer thread alike: a name and a short mkdir)."""
         staging = self.root / "staging"
         staging.mkdir(parents=True, exist_ok=True)  # (on the store's file system: short)
         return staging / os.urandom(16).hex()

@@ -236,7 +236,7 @@ class _SocketServer:
         held = os.fstat(fd)
         if not stat.S_ISREG(held.st_mode) or held.st_size < size or size < 0:
             raise InvalidArgument(f"a put of {size} bytes hands over a file of that size")
-        path = await self._store.staging_path()
+        path = self._store.staging_path()
         try:
             if size <= _COPY_IN_LOOP:
                 _copy(fd, path, size)

@@ -394,7 +394,7 @@ class ObjectTransferServer:
                 raise
             expected = request.get("expected_version")
             expected = None if expected is None else int(expected)
-            path = self._store.staging_file()
+            path = self._store.staging_path()
             try:
                 conn.read_into_file(size, path)
                 put = self._write(
