@@ -21,6 +21,7 @@ from spear.errors import (
     InvalidArgument,
     NotFound,
     ResourceExhausted,
+    SpearError,
     StorageError,
     Unavailable,
 )
@@ -55,6 +56,17 @@ class IndexAuthority:
     ) -> int:
         record = await self.index.commit(key, self.node, self.node, size, expected_version, value)
         return record.version
+
+    async def commit_many(
+        self, commits: Sequence[tuple[str, int, int | None, bytes | None]]
+    ) -> builtins.list[int | Exception]:
+        answers: builtins.list[int | Exception] = []
+        for key, size, expected_version, value in commits:
+            try:
+                answers.append(await self.commit(key, size, expected_version, value))
+            except SpearError as exc:
+                answers.append(exc)
+        return answers
 
     async def current(self, key: str) -> ObjectInfo:
         record = await self.index.lookup(key, self.node)
@@ -356,6 +368,70 @@ async def test_task_results_in_a_cluster_are_each_a_commit(
         "results/t-none",
         "results/t-set",
     }
+
+
+async def test_small_results_in_a_cluster_are_one_commit_call_and_one_write(
+    cluster: Cluster, tmp_path: Path
+) -> None:
+    one, authority = cluster["node-1"], cluster.authorities["node-1"]
+    calls: list[tuple[str, int]] = []
+    commit, commit_many = authority.commit, authority.commit_many
+    inside = [False]  # (the fake's commit_many calls commit: not counted)
+
+    async def counted_commit(*args: Any) -> int:
+        calls.extend([] if inside[0] else [("commit", 1)])
+        return await commit(*args)
+
+    async def counted_many(commits: Any) -> builtins.list[int | Exception]:
+        calls.append(("commit_many", len(commits)))
+        inside[0] = True
+        try:
+            return await commit_many(commits)
+        finally:
+            inside[0] = False
+
+    authority.commit, authority.commit_many = counted_commit, counted_many  # type: ignore[method-assign]
+    outputs = {"a": b"a", "b": b"bb", "large": LARGE}
+    for name, data in outputs.items():
+        (tmp_path / name).write_bytes(data)
+    items = [(name, tmp_path / name) for name in outputs]
+    items += [("none", None), ("gone", tmp_path / "no-such-file")]
+    with pytest.raises(NotFound, match="no-such-file"):  # (raised once all others are kept)
+        await one.store_results(items)
+    assert sorted(calls) == [("commit", 1), ("commit_many", 3)]
+    for name, data in [*outputs.items(), ("none", b"")]:
+        assert bytes((await one.get_local(result_key(name)))[0]) == data
+        assert bytes((await cluster["node-2"].get(result_key(name)))[0]) == data
+    assert {i.key for i in await cluster.index.list("results/")} == {
+        result_key(n) for n in ("a", "b", "large", "none")
+    }
+    assert await one.usage() == 1 + 2 + len(LARGE)
+
+
+async def test_a_small_result_this_node_held_an_older_copy_of_replaces_it(
+    cluster: Cluster, tmp_path: Path
+) -> None:
+    one = cluster["node-1"]
+    await one.put(result_key("old"), b"an older copy")
+    await cluster.index.change(result_key("old"), "force-delete")  # (the SMS forgot it)
+    (tmp_path / "out").write_bytes(b"new")
+    await one.store_results([("old", tmp_path / "out"), ("fresh", None)])
+    assert bytes((await one.get_local(result_key("old")))[0]) == b"new"
+    assert bytes((await one.get_local(result_key("fresh")))[0]) == b""
+    assert await one.usage() == 3
+
+
+async def test_small_results_that_find_the_store_full_are_each_refused_alone(
+    cluster: Cluster, tmp_path: Path
+) -> None:
+    one = cluster["node-1"]
+    await one.put("filler", b"F" * (10**6 - 4))
+    (tmp_path / "out").write_bytes(b"12345")
+    await one.store_results([("big", tmp_path / "out"), ("empty", None)])  # logged, not raised
+    assert {i.key for i in await cluster.index.list("results/")} == {result_key("empty")}
+    with pytest.raises(NotFound):
+        await one.get_local(result_key("big"))
+    assert await one.usage() == 10**6 - 4
 
 
 # -- the local store (no authority) --------------------------------------------------------

@@ -39,12 +39,35 @@ class CommitQueue:
         """`commit`'s new record, or the error that refused it (Conflict: nothing
         written); a call that failed (the SMS unreachable) is the error of every commit
         in it, as it would have been of each alone."""
+        (future,) = self._enqueue([commit])
+        return await future
+
+    async def commit_many(self, commits: Sequence[ObjectCommit]) -> list[ObjectRecord | Exception]:
+        """`commit` of each of `commits`, queued together (so they go in as few calls as
+        there are groups, with no task of their own each): each one's record, or the
+        error that refused it. Cancelled, the ones not answered yet are given up (their
+        callers treat those keys as unsure, as after any commit not heard)."""
+        futures = self._enqueue(commits)
+        outcomes: list[ObjectRecord | Exception] = []
+        try:
+            for future in futures:
+                try:
+                    outcomes.append(await future)
+                except Exception as exc:  # (that commit's own error, as `commit` raises it)
+                    outcomes.append(exc)
+        except BaseException:
+            for future in futures:
+                future.cancel()
+            raise
+        return outcomes
+
+    def _enqueue(self, commits: Sequence[ObjectCommit]) -> list[asyncio.Future[ObjectRecord]]:
         loop = asyncio.get_running_loop()
-        future: asyncio.Future[ObjectRecord] = loop.create_future()
-        self._waiting.append((commit, future))
+        futures: list[asyncio.Future[ObjectRecord]] = [loop.create_future() for _ in commits]
+        self._waiting.extend(zip(commits, futures, strict=True))
         if self._sender is None:
             self._sender = loop.create_task(self._send())
-        return await future
+        return futures
 
     async def _send(self) -> None:
         group: list[tuple[ObjectCommit, asyncio.Future[ObjectRecord]]] = []

@@ -81,6 +81,36 @@ class ClusterObjects:
             self.replicas.copy(key)
         return record.version
 
+    async def commit_many(
+        self, commits: Sequence[tuple[str, int, int | None, bytes | None]]
+    ) -> builtins.list[int | Exception]:
+        for key, *_ in commits:
+            self.cache.touch(key)
+        ticket = self.cache.ticket(self._sms)
+        try:
+            outcomes = await self._commits.commit_many(
+                [
+                    ObjectCommit(key, self.node, self.address, size, expected, value)
+                    for key, size, expected, value in commits
+                ]
+            )
+        except BaseException:
+            for key, *_ in commits:
+                self.cache.unsure(key)  # (any of them may have been written, unheard)
+            raise
+        answers: builtins.list[int | Exception] = []
+        for (key, size, *_), outcome in zip(commits, outcomes, strict=True):
+            if isinstance(outcome, Exception):
+                if not isinstance(outcome, Conflict):
+                    self.cache.unsure(key)
+                answers.append(outcome)
+                continue
+            self.cache.keep(key, outcome, ticket, self._sms)
+            if self.replicas is not None and size > INLINE_MAX:
+                self.replicas.copy(key)
+            answers.append(outcome.version)
+        return answers
+
     async def aclose(self) -> None:
         """Stop committing (commits still waiting fail with Unavailable, their keys unsure)."""
         await self._commits.aclose()

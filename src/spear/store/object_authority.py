@@ -27,6 +27,13 @@ class ObjectAuthority(Protocol):
         bytes themselves when small (the authority may keep them, see `small_value`)."""
         ...
 
+    async def commit_many(
+        self, commits: Sequence[tuple[str, int, int | None, bytes | None]]
+    ) -> builtins.list[int | Exception]:
+        """`commit` of each (key, size, expected version, small value) at once: they may
+        go to the authority together. Each one's version, or the error that refused it."""
+        ...
+
     async def current(self, key: str) -> ObjectInfo:
         """The current version of `key` and where it is held; `NotFound` if absent."""
         ...

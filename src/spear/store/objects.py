@@ -821,7 +821,7 @@ class ObjectStore:
         batched = set(empty)
         rest = [(task_id, stdout) for task_id, stdout in items if task_id not in batched]
         if self.authority is not None and len(rest) > 1:
-            await self._store_results_together(rest)
+            await self._store_results_in_cluster(rest)
         else:
             for task_id, stdout in rest:
                 await self.store_result(task_id, stdout)
@@ -833,12 +833,104 @@ class ObjectStore:
             if len(writes) == 1 or await self._kv.commit(writes) < 0:
                 await self._kv.commit_many([[w] for w in writes])
 
-    async def _store_results_together(self, items: Sequence[tuple[str, Path | None]]) -> None:
+    async def _store_results_in_cluster(self, items: Sequence[tuple[str, Path | None]]) -> None:
+        """`store_result` for each of `items`, in a cluster: the small ones (the index
+        keeps their bytes) committed together and kept here in one write, the larger ones
+        each as a put of its own, all at once. Every one is tried; the first failure is
+        raised once all have ended."""
+        small: list[tuple[str, Path | None, int]] = []
+        large: list[tuple[str, Path | None]] = []
+        for task_id, stdout in items:
+            try:
+                size = 0 if stdout is None else os.stat(stdout).st_size
+            except FileNotFoundError:
+                size = self._inline_max + 1  # (store_result says so)
+            if size <= self._inline_max:
+                small.append((task_id, stdout, size))
+            else:
+                large.append((task_id, stdout))
+        failures = await self._store_small_results(small) if small else []
+        if large:
+            failures += await self._store_results_together(large)
+        if failures:
+            raise failures[0]
+
+    async def _store_small_results(
+        self, items: Sequence[tuple[str, Path | None, int]]
+    ) -> builtins.list[SpearError]:
+        """Small results (each at most `inline_max`: no value file) committed with the
+        authority in one `commit_many` and kept here in one KV write, with no task of
+        their own each: spawning a task and writing the KV for each result cost a cluster
+        member about a seventh of its CPU under batches of short tasks. The failures."""
+        authority = self.authority
+        assert authority is not None
+        failures: list[SpearError] = []
+        values: list[tuple[str, bytes]] = []
+        read: list[tuple[str, Path | None]] = []
+        for task_id, stdout, size in items:
+            try:
+                value = b"" if stdout is None else await read_file(stdout, size)
+            except FileNotFoundError:
+                failures.append(NotFound(f"no such file: {stdout}"))
+                continue
+            if len(value) != size:
+                failures.append(StorageError(f"{stdout} changed size while being stored"))
+                continue
+            values.append((result_key(task_id), value))
+            read.append((task_id, stdout))
+        total = sum(len(value) for _, value in values)
+        try:
+            await self._reserve("results/", total)
+        except ResourceExhausted:  # full: each one says so on its own
+            for task_id, stdout in read:
+                await self.store_result(task_id, stdout)
+            return failures
+        landings = [(key, anyio.Event()) for key, _ in values]
+        for key, landing in landings:
+            self._landing.setdefault(key, []).append(landing)
+        try:
+            outcomes = await authority.commit_many([(k, len(v), 0, v) for k, v in values])
+            committed: list[tuple[str, bytes, int]] = []
+            for (key, value), outcome in zip(values, outcomes, strict=True):
+                if isinstance(outcome, Conflict):
+                    continue  # set explicitly by the task
+                if isinstance(outcome, SpearError):
+                    failures.append(outcome)
+                elif isinstance(outcome, Exception):
+                    raise outcome
+                else:
+                    committed.append((key, value, outcome))
+            await self._keep_small(committed)
+        finally:
+            self._reserved -= total
+            for key, landing in landings:
+                self._landed(key, landing)
+        return failures
+
+    async def _keep_small(self, committed: Sequence[tuple[str, bytes, int]]) -> None:
+        """Keep copies of new small values (key, value, the authority's version): in one
+        create-only write, or, if this node has any of those keys already, each by `_keep`."""
+        now = time.time()
+        writes = []
+        for key, value, version in committed:
+            header = _new_header(len(value), None, now)
+            header["version"] = version
+            writes.append(Write(META + key, _encode(header, value), 0))
+        if writes and (len(writes) == 1 or await self._kv.commit(writes) < 0):
+            for key, value, version in committed:
+                kept, old = await self._keep(key, len(value), None, value, version)
+                if kept:
+                    self._used = (self._used or 0) + len(value) - (int(old["size"]) if old else 0)
+            return
+        self._used = (self._used or 0) + sum(len(value) for _, value, _ in committed)
+
+    async def _store_results_together(
+        self, items: Sequence[tuple[str, Path | None]]
+    ) -> builtins.list[SpearError]:
         """`store_result` for each of `items` at once: each is a commit with the cluster's
         authority, and commits made together go to it in one or two calls
         (node/object_commits.py), where one after another they went one call each (a
-        batch of 300 tasks made ~67 calls to the SMS). Every one is tried; the first
-        failure is raised once all have ended."""
+        batch of 300 tasks made ~67 calls to the SMS). Every one is tried; the failures."""
         failures: list[SpearError] = []
 
         async def one(task_id: str, stdout: Path | None) -> None:
@@ -851,8 +943,7 @@ class ObjectStore:
             async with anyio.create_task_group() as tg:
                 for task_id, stdout in items[start : start + _RESULTS_AT_ONCE]:
                     tg.start_soon(one, task_id, stdout)
-        if failures:
-            raise failures[0]
+        return failures
 
     async def store_result(self, task_id: str, stdout: Path | None) -> None:
         """The task's result is its stdout unless it set one explicitly (hostcall)."""
