@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 from conftest import cli_env
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from wat_tasks import hello
 
@@ -179,6 +179,7 @@ _FLAGS = {
     ),
     args=st.lists(st.text(max_size=6), max_size=2),
 )
+@example(flags=[("--timeout", "1.2891934942969205e-174")], args=[])  # (a run that times out)
 def test_run_with_random_flags_is_a_run_or_one_error_line(
     tmp_path: Path, flags: list[tuple[str, str]], args: list[str]
 ) -> None:
