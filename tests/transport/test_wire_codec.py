@@ -3,6 +3,7 @@ and a node answers malformed bytes with a status, not a crash."""
 
 from __future__ import annotations
 
+import itertools
 from typing import TYPE_CHECKING
 
 from hypothesis import given, settings
@@ -41,6 +42,36 @@ def test_function_spec_round_trips(spec: FunctionSpec) -> None:
 def test_task_round_trips(task: Task) -> None:
     wire = pb.TaskInfo.FromString(cv.task_to_wire(task).SerializeToString())
     assert cv.task_from_wire(wire) == task
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.lists(tasks(), max_size=6), st.lists(st.integers(0, 5), max_size=12))
+def test_a_batch_of_tasks_round_trips_its_specs_converted_once_each_run(
+    some: list[Task], picks: list[int]
+) -> None:
+    import dataclasses
+
+    # A batch with runs of one spec, as a SubmitTasks of copies or a wave's reports has,
+    # and equal specs that are not the same object.
+    batch = [some[i % len(some)] for i in picks] if some else []
+    batch += [dataclasses.replace(t, spec=dataclasses.replace(t.spec)) for t in batch[:2]]
+    wire = [pb.TaskInfo.FromString(m.SerializeToString()) for m in cv.tasks_to_wire(batch)]
+    assert wire == [cv.task_to_wire(t) for t in batch]
+    back = cv.tasks_from_wire(wire)
+    assert back == batch
+    for before, after in itertools.pairwise(back):
+        if before.spec == after.spec:
+            assert after.spec is before.spec  # (converted once, shared: it is immutable)
+
+
+def test_a_batch_with_a_task_without_its_spec_is_refused() -> None:
+    import pytest
+
+    from spear.errors import InvalidArgument
+
+    info = pb.TaskInfo(id="t", state=pb.TaskState.TASK_STATE_PENDING)
+    with pytest.raises(InvalidArgument, match="no function spec"):
+        cv.tasks_from_wire([info])
 
 
 # Object records carry an optional value whose presence matters: an empty value kept in

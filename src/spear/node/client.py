@@ -388,9 +388,10 @@ class Client(AsyncResource):
         with self._errors():
             answer = await self._stub.submit_tasks(pb.SubmitTasksRequest(tasks=requests))
         out: list[Task | SpearError] = []
+        tasks = iter(cv.tasks_from_wire(o.task for o in answer.outcomes if o.HasField("task")))
         for outcome in answer.outcomes:
             if outcome.HasField("task"):
-                out.append(cv.task_from_wire(outcome.task))
+                out.append(next(tasks))
             elif outcome.HasField("error"):
                 out.append(error_from_code(outcome.error.code, outcome.error.message))
             else:

@@ -83,18 +83,31 @@ class PeerService(ServiceBase):
     def _received(
         self, message: peer_pb2.ForwardTaskRequest | pb.ForwardedTask
     ) -> tuple[Task, FunctionSpec]:
-        info = cv.optional(message, "task")
-        if info is None:
+        return self._received_many([message])[0]
+
+    def _received_many(
+        self, messages: Sequence[peer_pb2.ForwardTaskRequest | pb.ForwardedTask]
+    ) -> list[tuple[Task, FunctionSpec]]:
+        """Each forwarded task, and the spec it runs with here (the module as uploaded
+        here); tasks that share a spec and a module share the one spec."""
+        if not all(m.HasField("task") for m in messages):
             raise InvalidArgument("a forwarded task needs its task")
-        task = cv.task_from_wire(info)
-        spec = task.spec
-        if message.artifact_digest:
-            path = self.artifacts.path(message.artifact_digest)
-            spec = dataclasses.replace(spec, artifact=str(path))
-        return task, spec
+        tasks = cv.tasks_from_wire(m.task for m in messages)
+        local: dict[tuple[int, str], FunctionSpec] = {}  # (by the shared spec's id)
+        received = []
+        for message, task in zip(messages, tasks, strict=True):
+            spec = task.spec
+            if digest := message.artifact_digest:
+                here = local.get((id(spec), digest))
+                if here is None:
+                    path = self.artifacts.path(digest)
+                    here = local[id(spec), digest] = dataclasses.replace(spec, artifact=str(path))
+                spec = here
+            received.append((task, spec))
+        return received
 
     async def forward_tasks(self, message: pb.ForwardTasksRequest) -> pb.ForwardTasksResponse:
-        received = [self._received(m) for m in message.tasks]
+        received = self._received_many(message.tasks)
         scheduler = self.scheduler
         accepted_now = scheduler.accept_forwarded(
             [spec for _, spec in received], backlog=message.wait
@@ -250,7 +263,8 @@ class Peers:
             tasks = spans.tasks
         requests = []
         digests: dict[str, str] = {}
-        for task, stdin in tasks:
+        infos = cv.tasks_to_wire([task for task, _ in tasks])  # (each with its spec)
+        for (task, stdin), info in zip(tasks, infos, strict=True):
             spec = task.spec
             digest = digests.get(spec.artifact)
             if digest is None:
@@ -258,11 +272,7 @@ class Peers:
                 if spec.runtime is Runtime.WASM:
                     digest = await self._uploaded(node.address, spec.artifact)
                 digests[spec.artifact] = digest
-            requests.append(
-                pb.ForwardedTask(
-                    task=_forwarded_pb(task), artifact_digest=digest, stdin=stdin or b""
-                )
-            )
+            requests.append(pb.ForwardedTask(task=info, artifact_digest=digest, stdin=stdin or b""))
         request = pb.ForwardTasksRequest(
             tasks=requests, wait=wait, output=output, from_node=self.own_name
         )
@@ -395,11 +405,6 @@ def _outcome(o: pb.ForwardOutcome, spec: FunctionSpec) -> Forwarded:
 def _task_pb(task: Task) -> pb.TaskInfo:
     """A task taken here, for the answer: without its spec (the sender has it)."""
     return cv.task_to_wire(task, with_spec=False)
-
-
-def _forwarded_pb(task: Task) -> pb.TaskInfo:
-    """A task to forward: with its spec."""
-    return cv.task_to_wire(task)
 
 
 def _resources_pb(free: Resources) -> pb.Resources:

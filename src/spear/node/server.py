@@ -407,8 +407,10 @@ async def _run_many(
         except SpearError as exc:
             outcomes.append(exc)
     ran = iter(await run_many(specs, stdins) if specs else [])
-    answer: list[pb.SubmitOutcome] = []
-    for outcome in outcomes:
-        done = next(ran) if outcome is None else outcome
-        answer.append(_refused_pb(done) if isinstance(done, SpearError) else _outcome_pb(done))
+    ended = [next(ran) if outcome is None else outcome for outcome in outcomes]
+    wire = iter(cv.tasks_to_wire([t for t in ended if not isinstance(t, SpearError)]))
+    answer = [
+        _refused_pb(done) if isinstance(done, SpearError) else pb.SubmitOutcome(task=next(wire))
+        for done in ended
+    ]
     return pb.SubmitTasksResponse(outcomes=answer)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from spear.core.models import (
     DEFAULT_RETRY_ON,
@@ -19,6 +19,9 @@ from spear.core.models import (
 )
 from spear.errors import InvalidArgument
 from spear.transport._gen.pb import spearlet_pb2 as pb
+
+if TYPE_CHECKING:
+    from collections.abc import Iterable, Sequence
 
 _UNSPECIFIED: pb.TaskState = pb.TaskState.TASK_STATE_UNSPECIFIED
 _STATE_TO_WIRE: dict[TaskState, pb.TaskState] = {
@@ -124,9 +127,11 @@ def spec_from_wire(spec: pb.FunctionSpec | None) -> FunctionSpec:
     )
 
 
-def task_to_wire(task: Task, *, with_spec: bool = True) -> pb.TaskInfo:
+def task_to_wire(
+    task: Task, *, with_spec: bool = True, spec: pb.FunctionSpec | None = None
+) -> pb.TaskInfo:
     """`task` on the wire; without its spec if not `with_spec` (the other end has it: a
-    forwarded task's answer)."""
+    forwarded task's answer); `spec`: its spec already on the wire (`tasks_to_wire`)."""
     history = []
     for state, at in task.history:
         try:
@@ -136,7 +141,7 @@ def task_to_wire(task: Task, *, with_spec: bool = True) -> pb.TaskInfo:
         history.append(pb.StateChange(state=wire, at=at))
     return pb.TaskInfo(
         id=task.id,
-        spec=spec_to_wire(task.spec) if with_spec else None,
+        spec=(spec if spec is not None else spec_to_wire(task.spec)) if with_spec else None,
         state=_STATE_TO_WIRE[task.state],
         created_at=task.created_at,
         started_at=task.started_at,
@@ -191,6 +196,38 @@ def task_from_wire(info: pb.TaskInfo, spec: FunctionSpec | None = None) -> Task:
         ),
         traceparent=info.traceparent,
     )
+
+
+# A batch's tasks mostly share one spec (a SubmitTasks of N copies, a wave's reports): its
+# conversion, 3 us one way and 7.5 the other, was a third and a half of each task's.
+
+
+def tasks_to_wire(tasks: Sequence[Task]) -> list[pb.TaskInfo]:
+    """Each of `tasks` on the wire, a spec equal to the one before converted once."""
+    out: list[pb.TaskInfo] = []
+    last: FunctionSpec | None = None
+    wire: pb.FunctionSpec | None = None
+    for task in tasks:
+        if wire is None or (task.spec is not last and task.spec != last):
+            last, wire = task.spec, spec_to_wire(task.spec)
+        out.append(task_to_wire(task, spec=wire))
+    return out
+
+
+def tasks_from_wire(infos: Iterable[pb.TaskInfo]) -> list[Task]:
+    """The tasks `infos` describe, a spec equal to the one before converted once (the
+    tasks then share one FunctionSpec: it is immutable)."""
+    out: list[Task] = []
+    last: pb.FunctionSpec | None = None
+    spec: FunctionSpec | None = None
+    for info in infos:
+        if not info.HasField("spec"):
+            out.append(task_from_wire(info))  # (refused: it says why)
+            continue
+        if spec is None or info.spec != last:
+            last, spec = info.spec, spec_from_wire(info.spec)
+        out.append(task_from_wire(info, spec))
+    return out
 
 
 def log_from_wire(chunk: pb.LogChunk) -> LogChunk:

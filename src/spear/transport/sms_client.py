@@ -216,7 +216,7 @@ class SmsClient(Cluster):
         )
 
     async def report_tasks(self, tasks: Sequence[Task]) -> None:
-        wire: list[Any] = [cv.task_to_wire(t) for t in tasks]
+        wire: list[Any] = cv.tasks_to_wire(tasks)
         req = sms_pb2.ReportTasksRequest(tasks=wire)
         await self._call(lambda stub: stub.report_tasks(req, **self._opts()))
 

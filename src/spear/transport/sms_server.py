@@ -102,7 +102,7 @@ class MetadataService(ObjectIndexService, ServiceBase):
     ) -> sms_pb2.ReportTasksResponse:
         """ReportTasks: the reports of every task, batched by the member."""
         self.sms.leadership.require()  # writes go to the leader only
-        tasks = [cv.task_from_wire(t) for t in message.tasks]
+        tasks = cv.tasks_from_wire(message.tasks)
         for task in tasks:
             _reports_on(task)
         await self.sms.report_tasks(tasks)
