@@ -1,0 +1,182 @@
+"""The floor of 16 single-call gRPC clients on this machine (issue 17: "16 gRPC clients at
+least 1.5x Ray"): a bare grpc.aio server whose handler answers at once, beside a `spear
+serve` daemon running a trivial WASM task per call (CallTask), with the same 16 clients,
+in alternating rounds of one run.
+
+    python -m benchmarks.grpc_floor [--rounds 3] [--seconds 6]
+    # benchmarks/results/grpc_floor.json
+
+Each side runs in a process of its own, the clients in this one (16 channels, one call at
+a time each), as `grpc_bench`'s 16-client workload does; each round reports calls per
+second and the server process's CPU per call. What lies between the two rows is spear's
+own path (admission, the task's records, its run, its result), not gRPC's.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from benchmarks.common import ROOT, TRIVIAL_WAT, machine
+
+RESULT_FILE = ROOT / "benchmarks" / "results" / "grpc_floor.json"
+CLIENTS = 16
+_METHOD = "/floor.Bare/Call"
+_REQUEST = b"\x0a\x10" + b"y" * 16
+
+_BARE_SERVER = r"""
+import asyncio, sys, grpc, grpc.aio
+
+async def main():
+    async def call(request, context):
+        return b"\x0a\x20" + b"x" * 32
+    handler = grpc.unary_unary_rpc_method_handler(call)
+    server = grpc.aio.server()
+    server.add_generic_rpc_handlers(
+        [grpc.method_handlers_generic_handler("floor.Bare", {"Call": handler})])
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    print(f"127.0.0.1:{port}", flush=True)
+    await server.wait_for_termination()
+
+asyncio.run(main())
+"""
+
+
+def _cpu_s(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+async def _bare_load(address: str, seconds: float) -> int:
+    import grpc.aio
+
+    channels = [grpc.aio.insecure_channel(address) for _ in range(CLIENTS)]
+    calls = [c.unary_unary(_METHOD) for c in channels]
+    done = 0
+    try:
+        for call in calls:
+            await call(_REQUEST)
+        end = time.perf_counter() + seconds
+
+        async def worker(call: Any) -> None:
+            nonlocal done
+            while time.perf_counter() < end:
+                await call(_REQUEST)
+                done += 1
+
+        await asyncio.gather(*(worker(c) for c in calls))
+    finally:
+        for channel in channels:
+            await channel.close()
+    return done
+
+
+async def _spear_load(address: str, token: str, module: str, seconds: float) -> int:
+    from spear import FunctionSpec
+    from spear.node.client import Client
+
+    spec = FunctionSpec(module)
+    clients = [Client(address, token=token) for _ in range(CLIENTS)]
+    done = 0
+    try:
+        for client in clients:
+            await client.call(spec)
+        end = time.perf_counter() + seconds
+
+        async def worker(client: Client) -> None:
+            nonlocal done
+            while time.perf_counter() < end:
+                await client.call(spec)
+                done += 1
+
+        await asyncio.gather(*(worker(c) for c in clients))
+    finally:
+        for client in clients:
+            await client.aclose()
+    return done
+
+
+def _timed(pid: int, seconds: float, load: Any) -> dict[str, float]:
+    asyncio.run(load(1.0))  # (warm: connections, the module's compile)
+    cpu, start = _cpu_s(pid), time.perf_counter()
+    calls = asyncio.run(load(seconds))
+    elapsed, spent = time.perf_counter() - start, _cpu_s(pid) - cpu
+    return {
+        "calls_per_s": round(calls / elapsed, 1),
+        "server_cpu_us_per_call": round(spent / calls * 1e6, 1),
+    }
+
+
+def _bare_round(seconds: float) -> dict[str, float]:
+    server = subprocess.Popen(
+        [sys.executable, "-c", _BARE_SERVER], stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert server.stdout is not None
+        address = server.stdout.readline().strip()
+        return _timed(server.pid, seconds, lambda s: _bare_load(address, s))
+    finally:
+        server.kill()
+        server.wait()
+
+
+def _spear_round(seconds: float) -> dict[str, float]:
+    import wasmtime
+
+    from benchmarks.grpc_bench import _Daemon
+    from spear.transport.auth import read_owner_token
+
+    with tempfile.TemporaryDirectory(prefix="spear-floor-") as tmp:
+        module = Path(tmp) / "trivial.wasm"
+        module.write_bytes(wasmtime.wat2wasm(TRIVIAL_WAT))
+        daemon = _Daemon(Path(tmp) / "home")
+        try:
+            token = read_owner_token(Path(tmp) / "home")
+            assert token is not None
+            load = lambda s: _spear_load(daemon.address, token, str(module), s)  # noqa: E731
+            return _timed(daemon.proc.pid, seconds, load)
+        finally:
+            daemon.stop()
+
+
+def run(rounds: int, seconds: float) -> dict[str, Any]:
+    found: dict[str, list[dict[str, float]]] = {"bare_grpc_aio": [], "spear_call_task": []}
+    for i in range(rounds):
+        order = [("bare_grpc_aio", _bare_round), ("spear_call_task", _spear_round)]
+        for name, one in order if i % 2 == 0 else order[::-1]:
+            found[name].append(one(seconds))
+            print(name, json.dumps(found[name][-1]), flush=True)
+    medians = {
+        name: {k: statistics.median(r[k] for r in rs) for k in rs[0]} for name, rs in found.items()
+    }
+    return {"clients": CLIENTS, "seconds": seconds, "rounds": found, "medians": medians}
+
+
+def main(argv: list[str] | None = None) -> int:
+    import argparse
+
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--seconds", type=float, default=6.0)
+    p.add_argument("--out", type=Path, default=RESULT_FILE)
+    args = p.parse_args(argv)
+    result = run(args.rounds, args.seconds)
+    result["measured_at"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    result["load_average"] = os.getloadavg()
+    result["machine"] = machine()
+    args.out.write_text(json.dumps(result, indent=2) + "\n")
+    print(json.dumps(result["medians"], indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
