@@ -75,3 +75,9 @@ def test_members_forward_on_the_members_port_and_on_the_node_port_to_a_member_wi
     spec = FunctionSpec(str(hello), labels=(("zone", "b"),))
     ran = on(n1.address, lambda c: c.submit_many([spec] * 5, wait=True))
     assert [(t.state, t.node) for t in ran] == [(TaskState.COMPLETED, "node-2")] * 5
+    # Two specs of one module in one batch: each task runs with its own (the receiver
+    # makes each spec local once, not once per module).
+    starved = FunctionSpec(str(hello), labels=(("zone", "b"),), fuel=1)
+    ran = on(n1.address, lambda c: c.submit_many([spec, starved, spec, starved], wait=True))
+    assert [t.state for t in ran] == [TaskState.COMPLETED, TaskState.FAILED] * 2
+    assert {t.node for t in ran} == {"node-2"} and "fuel" in (ran[1].reason or "")

@@ -198,6 +198,42 @@ def test_commits_queued_together_go_in_groups_each_answered_in_order(tmp_path: P
     anyio.run(main)
 
 
+def test_a_members_commits_made_together_each_answered_an_unheard_one_unsure(
+    tmp_path: Path,
+) -> None:
+    _certify(tmp_path, "sms", "node-1")
+
+    from spear.node.object_space import ClusterObjects
+    from spear.transport.object_transfer import ObjectTransferClient
+
+    async def main() -> None:
+        credentials = Credentials(tls=TlsFiles(tmp_path / "node-1" / "tls"))
+        async with spear.serve_sms(tmp_path / "sms") as sms:
+            client = _member(tmp_path, sms.address)
+            transfer = ObjectTransferClient(credentials)
+            authority = ClusterObjects(client, "node-1", "127.0.0.1:1", transfer)
+            try:
+                await authority.commit("exists", 1, 0, b"x")
+                with anyio.fail_after(10):
+                    answers = await authority.commit_many(
+                        [("", 1, None, None), ("exists", 1, 0, b"y"), ("fresh", 1, 0, b"z")]
+                    )
+                assert isinstance(answers[0], InvalidArgument)
+                assert isinstance(answers[1], Conflict)  # (refused: nothing written)
+                assert answers[2] == (await client.lookup_object("fresh")).version
+                # A refused commit wrote nothing; any other failure may have: unsure.
+                assert "" in authority.cache._unsure
+                assert "exists" not in authority.cache._unsure
+                assert "fresh" not in authority.cache._unsure
+                assert authority._commits.calls == 2  # (the three together: one call)
+            finally:
+                await authority.aclose()
+                await transfer.aclose()
+                await client.aclose()
+
+    anyio.run(main)
+
+
 def test_a_cancelled_caller_leaves_the_others_answered(tmp_path: Path) -> None:
     _certify(tmp_path, "sms", "node-1")
 

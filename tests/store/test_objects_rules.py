@@ -26,7 +26,7 @@ from spear.errors import (
     Unavailable,
 )
 from spear.store.leveldb import LevelDBKV
-from spear.store.objects import ObjectStore, result_key
+from spear.store.objects import INLINE_MAX, ObjectStore, result_key
 from spear.transport._object_convert import record_info
 
 if TYPE_CHECKING:
@@ -391,21 +391,43 @@ async def test_small_results_in_a_cluster_are_one_commit_call_and_one_write(
             inside[0] = False
 
     authority.commit, authority.commit_many = counted_commit, counted_many  # type: ignore[method-assign]
-    outputs = {"a": b"a", "b": b"bb", "large": LARGE}
+    outputs = {"a": b"a", "b": b"bb", "edge": b"e" * INLINE_MAX, "large": LARGE}
     for name, data in outputs.items():
         (tmp_path / name).write_bytes(data)
     items = [(name, tmp_path / name) for name in outputs]
     items += [("none", None), ("gone", tmp_path / "no-such-file")]
     with pytest.raises(NotFound, match="no-such-file"):  # (raised once all others are kept)
         await one.store_results(items)
-    assert sorted(calls) == [("commit", 1), ("commit_many", 3)]
+    assert sorted(calls) == [("commit", 1), ("commit_many", 4)]  # (at most INLINE_MAX: small)
     for name, data in [*outputs.items(), ("none", b"")]:
-        assert bytes((await one.get_local(result_key(name)))[0]) == data
+        value, version = await one.get_local(result_key(name))
+        assert bytes(value) == data
+        assert version == (await cluster.index.lookup(result_key(name))).version
         assert bytes((await cluster["node-2"].get(result_key(name)))[0]) == data
     assert {i.key for i in await cluster.index.list("results/")} == {
-        result_key(n) for n in ("a", "b", "large", "none")
+        result_key(n) for n in ("a", "b", "edge", "large", "none")
     }
-    assert await one.usage() == 1 + 2 + len(LARGE)
+    used = 1 + 2 + INLINE_MAX + len(LARGE)
+    assert await one.usage() == used
+    await one.put("the rest", b"R" * (10**6 - used))  # (the room they reserved is free again)
+
+
+async def test_a_small_result_the_authority_refuses_is_raised_after_the_others_are_kept(
+    cluster: Cluster,
+) -> None:
+    one, authority = cluster["node-1"], cluster.authorities["node-1"]
+    commit_many = authority.commit_many
+
+    async def one_unavailable(commits: Any) -> builtins.list[int | Exception]:
+        answers = await commit_many(commits[1:])
+        return [Unavailable("the SMS went away"), *answers]
+
+    authority.commit_many = one_unavailable  # type: ignore[method-assign]
+    with pytest.raises(Unavailable, match="went away"):
+        await one.store_results([("lost", None), ("kept", None)])
+    assert bytes((await one.get_local(result_key("kept")))[0]) == b""
+    with pytest.raises(NotFound):
+        await one.get_local(result_key("lost"))
 
 
 async def test_a_small_result_this_node_held_an_older_copy_of_replaces_it(
