@@ -88,6 +88,14 @@ def _loguru(level: str) -> Logger | None:
     return logger
 
 
+def _lowest_handler_level(logger: Logger) -> float:
+    """The lowest level any of loguru's handlers writes (none: infinity). A message below
+    it is dropped before `opt()` and `log()` build anything: a node's per-call debug lines
+    cost ~7 us each on the way to loguru's own check (loguru keeps this as `_core.min_level`
+    and returns on it first thing in `_log`; 0, every message, if that ever moves)."""
+    return getattr(getattr(logger, "_core", None), "min_level", 0)
+
+
 _context_extras: list[Callable[[], dict[str, Any]]] = []
 
 
@@ -110,7 +118,7 @@ class _DeferredLogger:
 
     def _log(self, level: str, message: str, args: Any, kwargs: Any, exception: Any) -> None:
         real = _loguru(level)
-        if real is None:
+        if real is None or _SEVERITY.get(level, 0) < _lowest_handler_level(real):
             return
         extra = self._extra
         for more in _context_extras:  # (e.g. the current trace id, spear/tracing)

@@ -90,6 +90,15 @@ async def test_call_runs_a_task_and_returns_its_result_in_one_call(tmp_path: Pat
         assert b"".join(c.data for c in chunks) == b"hello\n"
 
 
+async def test_specs_of_one_uploaded_module_each_run_as_sent(tmp_path: Path) -> None:
+    async with served(tmp_path / "home") as (_, _, client):
+        module = str(hello(tmp_path))
+        plain, starved = FunctionSpec(module), FunctionSpec(module, fuel=1)
+        outcomes = [await client.call(spec) for spec in (plain, starved, plain, starved)]
+        assert [r.task.state for r in outcomes] == [TaskState.COMPLETED, TaskState.FAILED] * 2
+        assert [r.task.spec.fuel for r in outcomes] == [None, 1, None, 1]
+
+
 def node_api(node: spear.LocalNode) -> Any:
     from spear.node.inprocess import InProcessNode
 

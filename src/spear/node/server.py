@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import dataclasses
 import hashlib
+from collections import OrderedDict
 from typing import TYPE_CHECKING
 
 from spear._logging import logger
@@ -40,6 +41,7 @@ if TYPE_CHECKING:
     from spear.node.cluster import ClusterNode
 
 SERVICE_NAME = "spear.v1.Spearlet"
+_RESOLVED_KEPT = 256  # resolved specs kept (SpearletService._resolve)
 
 
 def _result_chunks(result: TaskResult) -> Iterator[pb.ResultChunk]:
@@ -69,6 +71,10 @@ class SpearletService(ServiceBase):
         self.artifacts = artifacts
         self.object_max_bytes = object_max_bytes
         self.slots = slots
+        # Specs of uploaded modules as resolved here, by (the spec's bytes, the module's
+        # path): a client calls the same spec again and again, and its conversion and the
+        # path's replacement were ~20 us of every call.
+        self._resolved: OrderedDict[tuple[bytes, str], FunctionSpec] = OrderedDict()
 
     @property
     def api(self) -> NodeAPI:
@@ -78,11 +84,20 @@ class SpearletService(ServiceBase):
     # -- tasks -----------------------------------------------------------------------
 
     async def _resolve(self, request: pb.SubmitTaskRequest) -> FunctionSpec:
+        if request.artifact_digest and request.HasField("spec"):
+            # (the module must be here still: NotFound has the client upload it again)
+            path = str(self.artifacts.path(request.artifact_digest))
+            key = (request.spec.SerializeToString(deterministic=True), path)
+            resolved = self._resolved.get(key)
+            if resolved is None:
+                resolved = dataclasses.replace(cv.spec_from_wire(request.spec), artifact=path)
+                self._resolved[key] = resolved
+                if len(self._resolved) > _RESOLVED_KEPT:
+                    self._resolved.popitem(last=False)
+            check_may_run(resolved.runtime)
+            return resolved
         spec = cv.spec_from_wire(cv.optional(request, "spec"))
         check_may_run(spec.runtime)
-        if request.artifact_digest:
-            path = self.artifacts.path(request.artifact_digest)
-            return dataclasses.replace(spec, artifact=str(path))
         if request.artifact_object:
             data, _ = await self.api.get_object(request.artifact_object)
             digest = hashlib.sha256(data).hexdigest()
