@@ -17,15 +17,11 @@ alternate which version goes first.
 
 from __future__ import annotations
 
-import json
-import os
-import statistics
-import subprocess
 import sys
-from pathlib import Path
 from typing import Any
 
 from benchmarks.common import ROOT
+from benchmarks.versions import alternate, main, measure_in
 
 RESULT_FILE = ROOT / "benchmarks" / "results" / "batch_cpu.json"
 
@@ -59,60 +55,22 @@ print(json.dumps({
 
 
 def _measure(src: str, batches: int) -> dict[str, Any]:
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(src).resolve()), str(ROOT)])}
-    out = subprocess.run(
-        [sys.executable, "-c", _ONE, str(batches)],
-        env=env,
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        check=True,
-        timeout=900,
-    )
-    found: dict[str, Any] = json.loads(out.stdout.strip().splitlines()[-1])
+    found = measure_in(src, _ONE, str(batches))
     found["cpu_ms_per_task"]["total"] = round(sum(found["cpu_ms_per_task"].values()), 4)
     return found
 
 
-def run(before: str, after: str, rounds: int, batches: int) -> dict[str, Any]:
-    runs: dict[str, list[dict[str, Any]]] = {"before": [], "after": []}
-    for i in range(rounds):
-        order = [("before", before), ("after", after)]
-        for name, src in order if i % 2 == 0 else order[::-1]:
-            runs[name].append(_measure(src, batches))
-            print(name, json.dumps(runs[name][-1]), flush=True)
-    medians = {
-        name: {
-            "tasks_per_s": statistics.median(r["tasks_per_s_median"] for r in found),
-            "cpu_ms_per_task": {
-                k: statistics.median(r["cpu_ms_per_task"][k] for r in found)
-                for k in found[0]["cpu_ms_per_task"]
-            },
-        }
-        for name, found in runs.items()
-    }
-    return {"before": before, "after": after, "rounds": rounds, "batches": batches,
-            "medians": medians, "runs": runs}  # fmt: skip
-
-
-def main(argv: list[str] | None = None) -> int:
-    import argparse
-    import time
-
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("before")
-    p.add_argument("after")
-    p.add_argument("--rounds", type=int, default=4)
-    p.add_argument("--batches", type=int, default=30)
-    p.add_argument("--out", type=Path, default=RESULT_FILE)
-    args = p.parse_args(argv)
-    result = run(args.before, args.after, args.rounds, args.batches)
-    result["measured_at"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-    result["load_average"] = os.getloadavg()
-    args.out.write_text(json.dumps(result, indent=2) + "\n")
-    print(json.dumps(result["medians"], indent=2))
-    return 0
+def run(before: str, after: str, rounds: int, counts: dict[str, int]) -> dict[str, Any]:
+    return alternate(before, after, rounds, lambda src: _measure(src, counts["batches"]))
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(
+        main(
+            None,
+            description=__doc__.split("\n")[0],
+            result_file=RESULT_FILE,
+            counts={"batches": 30},
+            run=run,
+        )
+    )

@@ -1,7 +1,7 @@
 """A cluster member's CPU for keeping its tasks' results (issue 17: a batch's CPU), for two
 versions of spear side by side.
 
-    python -m benchmarks.results_cpu BEFORE_SRC AFTER_SRC [--rounds 2] [--waves 300]
+    python -m benchmarks.results_cpu BEFORE_SRC AFTER_SRC [--rounds 4] [--waves 300]
     # benchmarks/results/results_cpu.json
 
 Each version runs in a process of its own (PYTHONPATH=its src): a real SMS in another
@@ -14,15 +14,11 @@ which version goes first.
 
 from __future__ import annotations
 
-import json
-import os
-import statistics
-import subprocess
 import sys
-from pathlib import Path
 from typing import Any
 
 from benchmarks.common import ROOT
+from benchmarks.versions import alternate, main, measure_in
 
 RESULT_FILE = ROOT / "benchmarks" / "results" / "results_cpu.json"
 PER_WAVE = 20
@@ -90,53 +86,19 @@ finally:
 """
 
 
-def _measure(src: str, waves: int) -> dict[str, Any]:
-    env = {**os.environ, "PYTHONPATH": str(Path(src).resolve())}
-    out = subprocess.run(
-        [sys.executable, "-c", _ONE, str(waves), str(PER_WAVE)],
-        env=env,
-        capture_output=True,
-        text=True,
-        check=True,
-        timeout=600,
-    )
-    found: dict[str, Any] = json.loads(out.stdout.strip().splitlines()[-1])
-    return found
-
-
-def run(before: str, after: str, rounds: int, waves: int) -> dict[str, Any]:
-    runs: dict[str, list[dict[str, Any]]] = {"before": [], "after": []}
-    for i in range(rounds):
-        order = [("before", before), ("after", after)]
-        for name, src in order if i % 2 == 0 else order[::-1]:
-            runs[name].append(_measure(src, waves))
-            print(name, json.dumps(runs[name][-1]), flush=True)
-    medians = {
-        name: {k: statistics.median(r[k] for r in found) for k in found[0]}
-        for name, found in runs.items()
-    }
-    return {"before": before, "after": after, "rounds": rounds, "waves": waves,
-            "per_wave": PER_WAVE, "medians": medians, "runs": runs}  # fmt: skip
-
-
-def main(argv: list[str] | None = None) -> int:
-    import argparse
-    import time
-
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("before")
-    p.add_argument("after")
-    p.add_argument("--rounds", type=int, default=2)
-    p.add_argument("--waves", type=int, default=300)
-    p.add_argument("--out", type=Path, default=RESULT_FILE)
-    args = p.parse_args(argv)
-    result = run(args.before, args.after, args.rounds, args.waves)
-    result["measured_at"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-    result["load_average"] = os.getloadavg()
-    args.out.write_text(json.dumps(result, indent=2) + "\n")
-    print(json.dumps(result["medians"], indent=2))
-    return 0
+def run(before: str, after: str, rounds: int, counts: dict[str, int]) -> dict[str, Any]:
+    script = (_ONE, str(counts["waves"]), str(PER_WAVE))
+    found = alternate(before, after, rounds, lambda src: measure_in(src, *script, timeout_s=600))
+    return {**found, "per_wave": PER_WAVE}
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(
+        main(
+            None,
+            description=__doc__.split("\n")[0],
+            result_file=RESULT_FILE,
+            counts={"waves": 300},
+            run=run,
+        )
+    )
