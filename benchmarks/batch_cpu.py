@@ -65,12 +65,4 @@ def run(before: str, after: str, rounds: int, counts: dict[str, int]) -> dict[st
 
 
 if __name__ == "__main__":
-    sys.exit(
-        main(
-            None,
-            description=__doc__.split("\n")[0],
-            result_file=RESULT_FILE,
-            counts={"batches": 30},
-            run=run,
-        )
-    )
+    sys.exit(main(None, __doc__, RESULT_FILE, {"batches": 30}, run))

@@ -15,6 +15,7 @@ own path (admission, the task's records, its run, its result), not gRPC's.
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import os
 import statistics
@@ -23,9 +24,12 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from benchmarks.common import ROOT, TRIVIAL_WAT, machine
+
+if TYPE_CHECKING:
+    from collections.abc import Awaitable, Callable
 
 RESULT_FILE = ROOT / "benchmarks" / "results" / "grpc_floor.json"
 CLIENTS = 16
@@ -56,28 +60,34 @@ def _cpu_s(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+async def _closed_loop(calls: list[Callable[[], Awaitable[Any]]], seconds: float) -> int:
+    """Each of `calls` made again and again, one at a time each, for `seconds` (after one
+    call each to connect); how many were made."""
+    for call in calls:
+        await call()
+    done = 0
+    end = time.perf_counter() + seconds
+
+    async def worker(call: Callable[[], Awaitable[Any]]) -> None:
+        nonlocal done
+        while time.perf_counter() < end:
+            await call()
+            done += 1
+
+    await asyncio.gather(*(worker(c) for c in calls))
+    return done
+
+
 async def _bare_load(address: str, seconds: float) -> int:
     import grpc.aio
 
     channels = [grpc.aio.insecure_channel(address) for _ in range(CLIENTS)]
-    calls = [c.unary_unary(_METHOD) for c in channels]
-    done = 0
     try:
-        for call in calls:
-            await call(_REQUEST)
-        end = time.perf_counter() + seconds
-
-        async def worker(call: Any) -> None:
-            nonlocal done
-            while time.perf_counter() < end:
-                await call(_REQUEST)
-                done += 1
-
-        await asyncio.gather(*(worker(c) for c in calls))
+        methods = [c.unary_unary(_METHOD) for c in channels]
+        return await _closed_loop([functools.partial(m, _REQUEST) for m in methods], seconds)
     finally:
         for channel in channels:
             await channel.close()
-    return done
 
 
 async def _spear_load(address: str, token: str, module: str, seconds: float) -> int:
@@ -86,23 +96,11 @@ async def _spear_load(address: str, token: str, module: str, seconds: float) -> 
 
     spec = FunctionSpec(module)
     clients = [Client(address, token=token) for _ in range(CLIENTS)]
-    done = 0
     try:
-        for client in clients:
-            await client.call(spec)
-        end = time.perf_counter() + seconds
-
-        async def worker(client: Client) -> None:
-            nonlocal done
-            while time.perf_counter() < end:
-                await client.call(spec)
-                done += 1
-
-        await asyncio.gather(*(worker(c) for c in clients))
+        return await _closed_loop([functools.partial(c.call, spec) for c in clients], seconds)
     finally:
         for client in clients:
             await client.aclose()
-    return done
 
 
 def _timed(pid: int, seconds: float, load: Any) -> dict[str, float]:

@@ -64,17 +64,17 @@ def _medians(found: list[dict[str, Any]]) -> dict[str, Any]:
 
 def main(
     argv: list[str] | None,
-    *,
-    description: str,
+    doc: str | None,
     result_file: Path,
     counts: dict[str, int],
     run: Callable[[str, str, int, dict[str, int]], dict[str, Any]],
 ) -> int:
-    """The command line of a two-version benchmark: BEFORE_SRC AFTER_SRC, --rounds, one
-    flag per count (its default), --out; writes the results file and prints the medians."""
+    """The command line of a two-version benchmark (`doc`: its module's docstring):
+    BEFORE_SRC AFTER_SRC, --rounds, one flag per count (its default), --out; writes the
+    results file and prints the medians."""
     import argparse
 
-    p = argparse.ArgumentParser(description=description)
+    p = argparse.ArgumentParser(description=(doc or "").split("\n")[0])
     p.add_argument("before")
     p.add_argument("after")
     p.add_argument("--rounds", type=int, default=4)
