@@ -213,8 +213,8 @@ def test_a_members_commits_made_together_each_answered_an_unheard_one_unsure(
             transfer = ObjectTransferClient(credentials)
             authority = ClusterObjects(client, "node-1", "127.0.0.1:1", transfer)
             try:
-                await authority.commit("exists", 1, 0, b"x")
-                with anyio.fail_after(10):
+                with anyio.fail_after(10):  # (a commit never answered fails, not hangs)
+                    await authority.commit("exists", 1, 0, b"x")
                     answers = await authority.commit_many(
                         [("", 1, None, None), ("exists", 1, 0, b"y"), ("fresh", 1, 0, b"z")]
                     )

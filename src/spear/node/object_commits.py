@@ -64,7 +64,7 @@ class CommitQueue:
     def _enqueue(self, commits: Sequence[ObjectCommit]) -> list[asyncio.Future[ObjectRecord]]:
         loop = asyncio.get_running_loop()
         futures: list[asyncio.Future[ObjectRecord]] = [loop.create_future() for _ in commits]
-        self._waiting.extend(zip(commits, futures, strict=True))
+        self._waiting.extend(zip(commits, futures))  # noqa: B905  (equal by construction)
         if self._sender is None:
             self._sender = loop.create_task(self._send())
         return futures
