@@ -10,6 +10,10 @@ Each side runs in a process of its own, the clients in this one (16 channels, on
 a time each), as `grpc_bench`'s 16-client workload does; each round reports calls per
 second and the server process's CPU per call. What lies between the two rows is spear's
 own path (admission, the task's records, its run, its result), not gRPC's.
+
+Then, in a process of its own, the task's part of that path without gRPC: a `LocalNode`'s
+CPU per trivial task run one at a time (`node.run`), by 16 concurrent callers, and in
+`run_many` waves of 8 and 16 (what concurrent calls coalesced into waves would cost).
 """
 
 from __future__ import annotations
@@ -146,6 +150,59 @@ def _spear_round(seconds: float) -> dict[str, float]:
             daemon.stop()
 
 
+_IN_PROCESS = r"""
+import json, sys, tempfile, time, anyio, wasmtime
+from pathlib import Path
+import spear
+from benchmarks.common import TRIVIAL_WAT
+
+async def main(n):
+    tmp = Path(tempfile.mkdtemp(prefix="spear-floor-"))
+    module = tmp / "trivial.wasm"
+    module.write_bytes(wasmtime.wat2wasm(TRIVIAL_WAT))
+    spec = spear.FunctionSpec(str(module))
+    out = {}
+    async with spear.LocalNode(tmp / "home") as node:
+        for _ in range(50):
+            await node.run(spec)
+
+        async def callers(count):
+            async def one():
+                for _ in range(n // count):
+                    await node.run(spec)
+            async with anyio.create_task_group() as tg:
+                for _ in range(count):
+                    tg.start_soon(one)
+
+        async def waves(size):
+            for _ in range(n // size):
+                await node.run_many([spec] * size)
+
+        for name, work in (("run_one_at_a_time", callers(1)), ("run_16_callers", callers(16)),
+                           ("run_many_waves_of_8", waves(8)), ("run_many_waves_of_16", waves(16))):
+            cpu = time.process_time()
+            await work
+            out[name] = round((time.process_time() - cpu) / n * 1e6, 1)
+    print(json.dumps(out))
+
+anyio.run(main, int(sys.argv[1]))
+"""
+
+
+def _in_process(tasks: int = 4000) -> dict[str, float]:
+    """CPU us per task of the node's task path alone, in a process of its own."""
+    out = subprocess.run(
+        [sys.executable, "-c", _IN_PROCESS, str(tasks)],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=600,
+        cwd=ROOT,
+    )
+    found: dict[str, float] = json.loads(out.stdout.strip().splitlines()[-1])
+    return found
+
+
 def run(rounds: int, seconds: float) -> dict[str, Any]:
     found: dict[str, list[dict[str, float]]] = {"bare_grpc_aio": [], "spear_call_task": []}
     for i in range(rounds):
@@ -156,7 +213,13 @@ def run(rounds: int, seconds: float) -> dict[str, Any]:
     medians = {
         name: {k: statistics.median(r[k] for r in rs) for k in rs[0]} for name, rs in found.items()
     }
-    return {"clients": CLIENTS, "seconds": seconds, "rounds": found, "medians": medians}
+    in_process = [_in_process() for _ in range(rounds)]
+    print("in_process_cpu_us_per_task", json.dumps(in_process), flush=True)
+    medians["in_process_cpu_us_per_task"] = {
+        k: statistics.median(r[k] for r in in_process) for k in in_process[0]
+    }
+    return {"clients": CLIENTS, "seconds": seconds, "rounds": found, "medians": medians,
+            "in_process_cpu_us_per_task": in_process}  # fmt: skip
 
 
 def main(argv: list[str] | None = None) -> int:
