@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from benchmarks.common import ROOT, TRIVIAL_WAT, machine
+from benchmarks.versions import measure_in
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable
@@ -190,17 +191,11 @@ anyio.run(main, int(sys.argv[1]))
 
 
 def _in_process(tasks: int = 4000) -> dict[str, float]:
-    """CPU us per task of the node's task path alone, in a process of its own."""
-    out = subprocess.run(
-        [sys.executable, "-c", _IN_PROCESS, str(tasks)],
-        capture_output=True,
-        text=True,
-        check=True,
-        timeout=600,
-        cwd=ROOT,
-    )
-    found: dict[str, float] = json.loads(out.stdout.strip().splitlines()[-1])
-    return found
+    """CPU us per task of the node's task path alone, in a process of its own (the spear
+    this one imports)."""
+    import spear
+
+    return measure_in(str(Path(spear.__file__).parents[1]), _IN_PROCESS, str(tasks))
 
 
 def run(rounds: int, seconds: float) -> dict[str, Any]:
