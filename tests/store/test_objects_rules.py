@@ -413,7 +413,7 @@ async def test_small_results_in_a_cluster_are_one_commit_call_and_one_write(
 
 
 async def test_a_small_result_the_authority_refuses_is_raised_after_the_others_are_kept(
-    cluster: Cluster,
+    cluster: Cluster, tmp_path: Path
 ) -> None:
     one, authority = cluster["node-1"], cluster.authorities["node-1"]
     commit_many = authority.commit_many
@@ -423,8 +423,11 @@ async def test_a_small_result_the_authority_refuses_is_raised_after_the_others_a
         return [Unavailable("the SMS went away"), *answers]
 
     authority.commit_many = one_unavailable  # type: ignore[method-assign]
+    large = tmp_path / "large"
+    large.write_bytes(LARGE)  # (one large result beside them: its put goes on its own)
     with pytest.raises(Unavailable, match="went away"):
-        await one.store_results([("lost", None), ("kept", None)])
+        await one.store_results([("lost", None), ("kept", None), ("large", large)])
+    assert bytes((await one.get_local(result_key("large")))[0]) == LARGE
     assert bytes((await one.get_local(result_key("kept")))[0]) == b""
     with pytest.raises(NotFound):
         await one.get_local(result_key("lost"))
@@ -441,6 +444,51 @@ async def test_a_small_result_this_node_held_an_older_copy_of_replaces_it(
     assert bytes((await one.get_local(result_key("old")))[0]) == b"new"
     assert bytes((await one.get_local(result_key("fresh")))[0]) == b""
     assert await one.usage() == 3
+    held = {key: size for key, _, size in await one.held()}
+    assert (held[result_key("old")], held[result_key("fresh")]) == (3, 0)
+
+
+async def test_small_results_after_one_the_task_set_itself_are_kept_and_held_at_their_size(
+    cluster: Cluster, tmp_path: Path
+) -> None:
+    one = cluster["node-1"]
+    await one.put(result_key("set"), b"set by the task")  # (its commit will conflict)
+    (tmp_path / "out").write_bytes(b"four")
+    await one.store_results([("set", None), ("after", tmp_path / "out"), ("empty", None)])
+    assert bytes((await one.get_local(result_key("set")))[0]) == b"set by the task"
+    assert bytes((await one.get_local(result_key("after")))[0]) == b"four"
+    held = {key: (version, size) for key, version, size in await one.held()}
+    for key, size in ((result_key("after"), 4), (result_key("empty"), 0)):
+        assert held[key] == ((await cluster.index.lookup(key)).version, size)
+
+
+async def test_a_small_result_whose_file_vanishes_or_grows_is_refused_alone(
+    cluster: Cluster, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import spear.store.objects as objects_module
+
+    one = cluster["node-1"]
+    for name in ("gone", "grown", "fine"):
+        (tmp_path / name).write_bytes(b"abc")
+    read_file = objects_module.read_file
+
+    async def racing_read(path: Any, size: int | None = None) -> bytes:
+        if str(path).endswith("gone"):  # (removed between its stat and its read)
+            raise FileNotFoundError(path)
+        data = await read_file(path, size)
+        return data + b"more" if str(path).endswith("grown") else data
+
+    monkeypatch.setattr(objects_module, "read_file", racing_read)
+    items = [(name, tmp_path / name) for name in ("gone", "grown", "fine")]
+    with pytest.raises(NotFound, match="gone"):
+        await one.store_results([*items, ("large", None)])
+    assert bytes((await one.get_local(result_key("fine")))[0]) == b"abc"
+    assert {i.key for i in await cluster.index.list("results/")} == {
+        result_key("fine"),
+        result_key("large"),
+    }
+    with pytest.raises(StorageError, match="changed size"):
+        await one.store_results([("grown-again", tmp_path / "grown"), ("x", None)])
 
 
 async def test_small_results_that_find_the_store_full_are_each_refused_alone(
