@@ -460,6 +460,7 @@ async def test_small_results_after_one_the_task_set_itself_are_kept_and_held_at_
     held = {key: (version, size) for key, version, size in await one.held()}
     for key, size in ((result_key("after"), 4), (result_key("empty"), 0)):
         assert held[key] == ((await cluster.index.lookup(key)).version, size)
+    assert await one.usage() == len(b"set by the task") + 4  # (added to what was there)
 
 
 async def test_a_small_result_whose_file_vanishes_or_grows_is_refused_alone(
