@@ -433,6 +433,23 @@ async def test_a_small_result_the_authority_refuses_is_raised_after_the_others_a
         await one.get_local(result_key("lost"))
 
 
+async def test_results_of_a_namespace_are_kept_at_its_keys_small_and_large_alike(
+    cluster: Cluster, tmp_path: Path
+) -> None:
+    import functools
+
+    from spear.core.namespaces import result_key as namespaced
+
+    one, key = cluster["node-1"], functools.partial(namespaced, "team-a")
+    (tmp_path / "small").write_bytes(b"s")
+    (tmp_path / "large").write_bytes(LARGE)
+    items = [("s", tmp_path / "small"), ("l", tmp_path / "large"), ("e", None)]
+    await one.store_results(items, key=key)
+    for task_id, data in (("s", b"s"), ("l", LARGE), ("e", b"")):
+        assert bytes((await cluster["node-2"].get(key(task_id)))[0]) == data
+    assert await cluster.index.list("results/") == []  # (none at the default's keys)
+
+
 async def test_a_small_result_this_node_held_an_older_copy_of_replaces_it(
     cluster: Cluster, tmp_path: Path
 ) -> None:

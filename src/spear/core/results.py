@@ -9,16 +9,15 @@ nothing of tasks or nodes; this finished hook is where the two meet.
 from __future__ import annotations
 
 import contextlib
+import functools
 from typing import TYPE_CHECKING
 
-import anyio
-
 from spear._logging import logger
-from spear.core.namespaces import DEFAULT, result_key
-from spear.errors import Conflict, ResourceExhausted, SpearError
+from spear.core.namespaces import result_key
+from spear.errors import SpearError
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator
+    from collections.abc import AsyncIterator, Sequence
 
     from anyio.abc import TaskGroup
 
@@ -40,39 +39,27 @@ class TaskResults:
         tasks = finished.tasks
         try:
             await self._store.release_holders([t.id for t in tasks])
-            plain = [t for t in tasks if t.spec.namespace == DEFAULT]
-            await self._store.store_results([(t.id, self._logs.stdout_file(t.id)) for t in plain])
-            namespaced = [t for t in tasks if t.spec.namespace != DEFAULT]
-            if len(namespaced) > 1:  # together: in a cluster, their commits go grouped
-                async with anyio.create_task_group() as tg:
-                    for task in namespaced:
-                        tg.start_soon(self._store_in_namespace_or_say, task)
-            elif namespaced:
-                await self._store_in_namespace(namespaced[0])
-        except SpearError as exc:  # the tasks are over either way; say why there is no result
-            ids = ", ".join(t.id for t in tasks)
-            logger.warning("task(s) {}: references or result not stored: {}", ids, exc)
-
-    async def _store_in_namespace_or_say(self, task: Task) -> None:
-        try:
-            await self._store_in_namespace(task)
         except SpearError as exc:
-            logger.warning("task {}: result not stored: {}", task.id, exc)
+            _not_stored(tasks, exc)
+            return
+        # Each namespace's results together (in a cluster, their commits go grouped), at
+        # the namespace's keys; one namespace's failure does not keep the others'.
+        by_namespace: dict[str, list[Task]] = {}
+        for task in tasks:
+            by_namespace.setdefault(task.spec.namespace, []).append(task)
+        for namespace, group in by_namespace.items():
+            try:
+                await self._store.store_results(
+                    [(t.id, self._logs.stdout_file(t.id)) for t in group],
+                    key=functools.partial(result_key, namespace),
+                )
+            except SpearError as exc:  # the tasks are over either way: say why
+                _not_stored(group, exc)
 
-    async def _store_in_namespace(self, task: Task) -> None:
-        """A result kept in its task's namespace (core/namespaces.py): the store's own
-        `store_result`, at the namespace's key."""
-        key = result_key(task.spec.namespace, task.id)
-        stdout = self._logs.stdout_file(task.id)
-        try:
-            if stdout is not None:
-                await self._store.put_file(key, stdout, expected_version=0)
-            else:
-                await self._store.put(key, b"", expected_version=0)
-        except Conflict:
-            pass  # set explicitly by the task
-        except ResourceExhausted as exc:
-            logger.warning("task {}: result not stored: {}", task.id, exc)
+
+def _not_stored(tasks: Sequence[Task], exc: SpearError) -> None:
+    ids = ", ".join(t.id for t in tasks)
+    logger.warning("task(s) {}: references or result not stored: {}", ids, exc)
 
 
 @contextlib.asynccontextmanager

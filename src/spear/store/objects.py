@@ -93,6 +93,11 @@ if TYPE_CHECKING:
     _Read = Callable[[str], Awaitable[tuple[_Value, int, int]]]
 
 
+def result_key(task_id: str) -> str:
+    """Where a task's result lives in the object store."""
+    return f"results/{task_id}"
+
+
 def check_key(key: str) -> str:
     """A key is non-empty UTF-8 text of at most 1 KiB without NUL bytes."""
     if not isinstance(key, str) or not key:
@@ -811,8 +816,11 @@ class ObjectStore:
             except Exception:  # a failed sweep must not stop the node; the next one retries
                 logger.exception("object collection failed")
 
-    async def store_results(self, items: Sequence[tuple[str, Path | None]]) -> None:
-        """`store_result` for many finished tasks: the empty results in one write."""
+    async def store_results(
+        self, items: Sequence[tuple[str, Path | None]], *, key: Callable[[str], str] = result_key
+    ) -> None:
+        """`store_result` for many finished tasks: the empty results in one write. `key`:
+        where a task's result is kept (a namespace's tasks keep theirs in it)."""
         empty = [task_id for task_id, stdout in items if stdout is None]
         if self.authority is not None:
             empty = []  # each result is a commit with the cluster's authority
@@ -821,19 +829,21 @@ class ObjectStore:
         batched = set(empty)
         rest = [(task_id, stdout) for task_id, stdout in items if task_id not in batched]
         if self.authority is not None and len(rest) > 1:
-            await self._store_results_in_cluster(rest)
+            await self._store_results_in_cluster(rest, key)
         else:
             for task_id, stdout in rest:
-                await self.store_result(task_id, stdout)
+                await self.store_result(task_id, stdout, key=key)
         if empty:
             raw = _encode(_new_header(0, None, time.time()), b"")
-            writes = [Write(META + result_key(t), raw, 0) for t in empty]
+            writes = [Write(META + key(t), raw, 0) for t in empty]
             # All in one write; if a task set its result itself (which is kept, as
             # store_result keeps it), each is written on its own: that one fails alone.
             if len(writes) == 1 or await self._kv.commit(writes) < 0:
                 await self._kv.commit_many([[w] for w in writes])
 
-    async def _store_results_in_cluster(self, items: Sequence[tuple[str, Path | None]]) -> None:
+    async def _store_results_in_cluster(
+        self, items: Sequence[tuple[str, Path | None]], key: Callable[[str], str]
+    ) -> None:
         """`store_result` for each of `items`, in a cluster: the small ones (the index
         keeps their bytes) committed together and kept here in one write, the larger ones
         each as a put of its own, all at once. Every one is tried; the first failure is
@@ -849,14 +859,14 @@ class ObjectStore:
                 small.append((task_id, stdout, size))
             else:
                 large.append((task_id, stdout))
-        failures = await self._store_small_results(small) if small else []
+        failures = await self._store_small_results(small, key) if small else []
         if large:
-            failures += await self._store_results_together(large)
+            failures += await self._store_results_together(large, key)
         if failures:
             raise failures[0]
 
     async def _store_small_results(
-        self, items: Sequence[tuple[str, Path | None, int]]
+        self, items: Sequence[tuple[str, Path | None, int]], key: Callable[[str], str]
     ) -> builtins.list[SpearError]:
         """Small results (each at most `inline_max`: no value file) committed with the
         authority in one `commit_many` and kept here in one KV write, with no task of
@@ -876,22 +886,22 @@ class ObjectStore:
             if len(value) != size:
                 failures.append(StorageError(f"{stdout} changed size while being stored"))
                 continue
-            values.append((result_key(task_id), value))
+            values.append((key(task_id), value))
             read.append((task_id, stdout))
         total = sum(len(value) for _, value in values)
         try:
             await self._reserve("results/", total)
         except ResourceExhausted:  # full: each one says so on its own
             for task_id, stdout in read:
-                await self.store_result(task_id, stdout)
+                await self.store_result(task_id, stdout, key=key)
             return failures
-        landings = [(key, anyio.Event()) for key, _ in values]
-        for key, landing in landings:
-            self._landing.setdefault(key, []).append(landing)
+        landings = [(k, anyio.Event()) for k, _ in values]
+        for k, landing in landings:
+            self._landing.setdefault(k, []).append(landing)
         try:
             outcomes = await authority.commit_many([(k, len(v), 0, v) for k, v in values])
             committed: list[tuple[str, bytes, int]] = []
-            for (key, value), outcome in zip(values, outcomes, strict=True):
+            for (k, value), outcome in zip(values, outcomes, strict=True):
                 if isinstance(outcome, Conflict):
                     continue  # set explicitly by the task
                 if isinstance(outcome, SpearError):
@@ -899,12 +909,12 @@ class ObjectStore:
                 elif isinstance(outcome, Exception):
                     raise outcome
                 else:
-                    committed.append((key, value, outcome))
+                    committed.append((k, value, outcome))
             await self._keep_small(committed)
         finally:
             self._reserved -= total
-            for key, landing in landings:
-                self._landed(key, landing)
+            for k, landing in landings:
+                self._landed(k, landing)
         return failures
 
     async def _keep_small(self, committed: Sequence[tuple[str, bytes, int]]) -> None:
@@ -925,7 +935,7 @@ class ObjectStore:
         self._used = (self._used or 0) + sum(len(value) for _, value, _ in committed)
 
     async def _store_results_together(
-        self, items: Sequence[tuple[str, Path | None]]
+        self, items: Sequence[tuple[str, Path | None]], key: Callable[[str], str]
     ) -> builtins.list[SpearError]:
         """`store_result` for each of `items` at once: each is a commit with the cluster's
         authority, and commits made together go to it in one or two calls
@@ -935,7 +945,7 @@ class ObjectStore:
 
         async def one(task_id: str, stdout: Path | None) -> None:
             try:
-                await self.store_result(task_id, stdout)
+                await self.store_result(task_id, stdout, key=key)
             except SpearError as exc:
                 failures.append(exc)
 
@@ -945,14 +955,16 @@ class ObjectStore:
                     tg.start_soon(one, task_id, stdout)
         return failures
 
-    async def store_result(self, task_id: str, stdout: Path | None) -> None:
-        """The task's result is its stdout unless it set one explicitly (hostcall)."""
-        key = result_key(task_id)
+    async def store_result(
+        self, task_id: str, stdout: Path | None, *, key: Callable[[str], str] = result_key
+    ) -> None:
+        """The task's result is its stdout unless it set one explicitly (hostcall), kept
+        at `key(task_id)`."""
         try:
             if stdout is not None:
-                await self.put_file(key, stdout, expected_version=0)
+                await self.put_file(key(task_id), stdout, expected_version=0)
             else:
-                await self.put(key, b"", expected_version=0)
+                await self.put(key(task_id), b"", expected_version=0)
         except Conflict:
             pass  # set explicitly by the task
         except ResourceExhausted as exc:
@@ -966,8 +978,3 @@ class ObjectStore:
     def _unlink(self, name: str) -> None:
         with contextlib.suppress(FileNotFoundError):
             self._path(name).unlink()
-
-
-def result_key(task_id: str) -> str:
-    """Where a task's result lives in the object store."""
-    return f"results/{task_id}"
