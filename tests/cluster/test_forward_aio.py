@@ -81,3 +81,12 @@ def test_members_forward_on_the_members_port_and_on_the_node_port_to_a_member_wi
     ran = on(n1.address, lambda c: c.submit_many([spec, starved, spec, starved], wait=True))
     assert [t.state for t in ran] == [TaskState.COMPLETED, TaskState.FAILED] * 2
     assert {t.node for t in ran} == {"node-2"} and "fuel" in (ran[1].reason or "")
+    # The receivers' modules removed by hand: each says it lacks the module, node-1 sends
+    # it again and the batch (none of it taken) is forwarded again, on either port.
+    import shutil
+
+    for zone, node in (("b", n2), ("c", n3)):
+        shutil.rmtree(node.data_dir / "artifacts")
+        answer = call(zone)
+        assert answer.task.state is TaskState.COMPLETED and answer.task.node == node.name
+        assert len(list((node.data_dir / "artifacts").iterdir())) == 1

@@ -99,6 +99,45 @@ async def test_specs_of_one_uploaded_module_each_run_as_sent(tmp_path: Path) -> 
         assert [r.task.spec.fuel for r in outcomes] == [None, 1, None, 1]
 
 
+async def test_a_module_removed_from_the_node_is_uploaded_again(tmp_path: Path) -> None:
+    import shutil
+
+    async with served(tmp_path / "home") as (_, _, client):
+        module = str(hello(tmp_path))
+        assert (await client.call(FunctionSpec(module))).output == b"hello\n"
+        artifacts = tmp_path / "home" / "artifacts"
+        assert len(list(artifacts.iterdir())) == 1
+        # Each way of sending a task, after the node's modules were removed by hand: the
+        # node says it lacks the module, the client sends it again and the task runs.
+        for send in (
+            lambda: client.call(FunctionSpec(module)),
+            lambda: client.run(FunctionSpec(module)),
+            lambda: client.submit(FunctionSpec(module)),
+            lambda: client.submit_many([FunctionSpec(module)] * 3, wait=True),
+        ):
+            shutil.rmtree(artifacts)
+            sent = await send()
+            for outcome in sent if isinstance(sent, list) else [sent]:
+                task = getattr(outcome, "task", outcome)
+                task = (await client.wait(task.id)) if task.state is TaskState.PENDING else task
+                assert task.state is TaskState.COMPLETED, outcome
+            assert len(list(artifacts.iterdir())) == 1
+        # A module the client never sent is not sent on that say-so: the error stands.
+        with pytest.raises(spear.NotFound, match="no artifact sha256:"):
+            await _call_with_digest(client, "0" * 64)
+
+
+async def _call_with_digest(client: Client, digest: str) -> Any:
+    """A CallTask naming a module by a digest this client never uploaded."""
+    from spear.transport import _convert as cv
+    from spear.transport._gen.pb import spearlet_pb2 as pb
+
+    request = pb.SubmitTaskRequest(
+        spec=cv.spec_to_wire(FunctionSpec("m.wasm")), artifact_digest=digest, wait=True
+    )
+    return await client._retrying(lambda: client._stub.call_task(request))
+
+
 def node_api(node: spear.LocalNode) -> Any:
     from spear.node.inprocess import InProcessNode
 

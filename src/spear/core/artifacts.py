@@ -43,13 +43,16 @@ class ArtifactStore:
     def __init__(self, root: Path, max_bytes: int) -> None:
         self.root = root
         self.max_bytes = max_bytes
-        self._known: dict[str, Path] = {}  # digest -> file: artifacts are never removed
+        self._known: dict[str, Path] = {}  # digest -> file, while it is there
 
     def find(self, digest: str) -> Path | None:
-        """The stored file for `digest`, or None."""
+        """The stored file for `digest`, or None (also when it was removed by hand: a
+        client told NotFound uploads it again)."""
         known = self._known.get(digest)
         if known is not None:
-            return known
+            if os.path.exists(known):  # (one stat: the runtime stats it again anyway)
+                return known
+            del self._known[digest]
         directory = self.root / check_digest(digest)
         try:
             names = [p for p in directory.iterdir() if not p.name.startswith(".")]

@@ -19,6 +19,7 @@ import dataclasses
 import functools
 import hashlib
 import os
+import re
 import stat
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, TypeVar
@@ -65,6 +66,8 @@ _T = TypeVar("_T")
 SERVICE = pb.DESCRIPTOR.services_by_name["Spearlet"]
 _RAN_AT_KEPT = 1024  # specs whose forwarded call's member is remembered (`call`)
 _MEMBER_CONNECT_S = 1.0  # how long a call waits for a channel to that member
+# What a node says of a module it no longer has (core/artifacts.py: `ArtifactStore.path`).
+_LOST_ARTIFACT = re.compile(r"no artifact sha256:([0-9a-f]{64}) on this node")
 
 
 def _split_address(address: str) -> tuple[str, int]:
@@ -208,10 +211,16 @@ class Client(AsyncResource):
         """`call()`, again on the next node after a back-off while nodes are unavailable
         (node/failover.py); `call` reads `self._stub` afresh each time."""
         attempt = 0
+        uploaded_again = False
         while True:
             try:
                 with self._errors():
                     return await call()
+            except NotFound as exc:
+                if uploaded_again or not self._lost_upload(exc):
+                    raise
+                uploaded_again = True
+                continue  # (at once, to the same node: `call` uploads the module again)
             except (Unavailable, StorageError, NoSpace) as exc:
                 if not self._failover.should_retry(exc, attempt):
                     raise
@@ -223,6 +232,22 @@ class Client(AsyncResource):
             attempt += 1
 
     # -- artifacts -------------------------------------------------------------------
+
+    def _lost_upload(self, error: BaseException) -> bool:
+        """Whether `error` is the node saying it no longer has a module this client
+        uploaded to it (its artifacts removed by hand, say): then forgotten as uploaded,
+        so that the next request sends it again."""
+        digest = self._lost_digest(error)
+        if digest is None:
+            return False
+        self._uploaded.discard(digest)
+        return True
+
+    def _lost_digest(self, error: object) -> str | None:
+        found = _LOST_ARTIFACT.search(str(error)) if isinstance(error, NotFound) else None
+        if found is None or found.group(1) not in self._uploaded:
+            return None
+        return found.group(1)
 
     def _digest(self, path: str) -> tuple[str, int] | None:
         """(sha256, size) of a local file, None if `path` is not one (hashed once per
@@ -375,6 +400,18 @@ class Client(AsyncResource):
         self, specs: Sequence[FunctionSpec], *, wait: bool = False
     ) -> list[Task | SpearError]:
         """Submit many tasks in one call; each entry is the task, or why it was refused."""
+        out = await self._sent_many(specs, wait)
+        lost = [i for i, outcome in enumerate(out) if self._lost_digest(outcome)]
+        if lost:  # modules the node no longer had: forgotten, and sent again with these
+            self._uploaded -= {self._lost_digest(out[i]) for i in lost}
+            again = await self._sent_many([specs[i] for i in lost], wait)
+            for i, outcome in zip(lost, again, strict=True):
+                out[i] = outcome
+        return out
+
+    async def _sent_many(
+        self, specs: Sequence[FunctionSpec], wait: bool
+    ) -> list[Task | SpearError]:
         requests = [await self._request(spec, None, wait) for spec in specs]
         if self.tracing is not None:  # (each task its own span and trace)
             send = functools.partial(self._submitted_many, requests)
@@ -501,18 +538,27 @@ class Client(AsyncResource):
             except SpearError:
                 self._ran_at.pop(spec, None)  # (it may have run: not sent again)
                 raise
-        request = await self._request(spec, stdin, wait=True)
         ran_at: list[str] = []
-        if self.tracing is not None:
-            result = self._call(request, spec.artifact, ran_at)
-            answer = await traced_submit(self.tracing, "call", spec, result)
-        else:
-            answer = await self._call(request, spec.artifact, ran_at)
+        try:
+            answer = await self._called(spec, stdin, ran_at)
+        except NotFound as exc:
+            if not self._lost_upload(exc):
+                raise
+            answer = await self._called(spec, stdin, ran_at)  # (the module sent again)
         if ran_at and ran_at[0] and self._follows and ran_at[0] not in self._refused:
             if len(self._ran_at) >= _RAN_AT_KEPT:
                 self._ran_at.clear()
             self._ran_at[spec] = ran_at[0]
         return answer
+
+    async def _called(
+        self, spec: FunctionSpec, stdin: bytes | None, ran_at: list[str]
+    ) -> TaskResult:
+        request = await self._request(spec, stdin, wait=True)
+        if self.tracing is not None:
+            result = self._call(request, spec.artifact, ran_at)
+            return await traced_submit(self.tracing, "call", spec, result)
+        return await self._call(request, spec.artifact, ran_at)
 
     async def _call(
         self, request: pb.SubmitTaskRequest, what: str, ran_at: list[str]

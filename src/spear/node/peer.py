@@ -20,7 +20,7 @@ import anyio
 
 from spear.core.forwarding import BatchAnswer, Forwarded
 from spear.core.models import Runtime
-from spear.errors import InvalidArgument, SpearError, Unavailable, error_from_code
+from spear.errors import InvalidArgument, NotFound, SpearError, Unavailable, error_from_code
 from spear.node.client import Client
 from spear.node.traced_forwarding import ForwardSpans
 from spear.tracing.base import current_traceparent
@@ -261,9 +261,43 @@ class Peers:
         spans = None if self.tracing is None else ForwardSpans(self.tracing, node.name, tasks)
         if spans is not None:  # (each task sent naming its forward span)
             tasks = spans.tasks
+        infos = cv.tasks_to_wire([task for task, _ in tasks])  # (each with its spec)
+        with spans.open() if spans else contextlib.nullcontext():
+            metadata = None if spans is None else spans.metadata
+            request = await self._batch_request(node, tasks, infos, wait, output)
+            try:
+                answer = await self._forward(
+                    node, request, deadline_s=None if wait else 30, metadata=metadata
+                )
+            except NotFound as exc:
+                # A module the node had lost (removed by hand): none of the batch was
+                # taken (the receiver finds every module first), so sent again whole.
+                if not self._lost_upload(node.address, exc):
+                    raise
+                request = await self._batch_request(node, tasks, infos, wait, output)
+                answer = await self._forward(
+                    node, request, deadline_s=None if wait else 30, metadata=metadata
+                )
+        if len(answer.outcomes) != len(tasks):
+            raise Unavailable(f"node {node.name} answered {len(answer.outcomes)} of {len(tasks)}")
+        return BatchAnswer(
+            outcomes=tuple(
+                _outcome(o, task.spec) for o, (task, _) in zip(answer.outcomes, tasks, strict=True)
+            ),
+            free=cv.resources_from_wire(answer.free),
+        )
+
+    async def _batch_request(
+        self,
+        node: NodeRecord,
+        tasks: Sequence[tuple[Task, bytes | None]],
+        infos: list[pb.TaskInfo],
+        wait: bool,
+        output: bool,
+    ) -> pb.ForwardTasksRequest:
+        """The ForwardTasks request for `tasks`, each module uploaded to `node` first."""
         requests = []
         digests: dict[str, str] = {}
-        infos = cv.tasks_to_wire([task for task, _ in tasks])  # (each with its spec)
         for (task, stdin), info in zip(tasks, infos, strict=True):
             spec = task.spec
             digest = digests.get(spec.artifact)
@@ -273,24 +307,18 @@ class Peers:
                     digest = await self._uploaded(node.address, spec.artifact)
                 digests[spec.artifact] = digest
             requests.append(pb.ForwardedTask(task=info, artifact_digest=digest, stdin=stdin or b""))
-        request = pb.ForwardTasksRequest(
+        return pb.ForwardTasksRequest(
             tasks=requests, wait=wait, output=output, from_node=self.own_name
         )
-        with spans.open() if spans else contextlib.nullcontext():
-            answer = await self._forward(
-                node,
-                request,
-                deadline_s=None if wait else 30,
-                metadata=None if spans is None else spans.metadata,
-            )
-        if len(answer.outcomes) != len(tasks):
-            raise Unavailable(f"node {node.name} answered {len(answer.outcomes)} of {len(tasks)}")
-        return BatchAnswer(
-            outcomes=tuple(
-                _outcome(o, task.spec) for o, (task, _) in zip(answer.outcomes, tasks, strict=True)
-            ),
-            free=cv.resources_from_wire(answer.free),
-        )
+
+    def _lost_upload(self, address: str, error: BaseException) -> bool:
+        """Whether `error` is the node at `address` saying it lost a module sent to it:
+        then every module sent there is forgotten as sent, to be uploaded again."""
+        if not self.client(address)._lost_upload(error):
+            return False
+        for key in [key for key in self._sent if key[0] == address]:
+            del self._sent[key]
+        return True
 
     async def _forward(
         self,
