@@ -103,6 +103,8 @@ def test_clean_errors(store: VectorStore) -> None:
         store.create("docs", 4)
     with pytest.raises(InvalidArgument, match="collection name"):
         store.create("../etc", 3)
+    with pytest.raises(InvalidArgument, match="collection name"):
+        store.create("docs\n", 3)  # (`$` alone would let a trailing newline through)
     with pytest.raises(InvalidArgument, match="operators"):
         store.request(
             {

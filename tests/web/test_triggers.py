@@ -65,6 +65,16 @@ def ws_url(node: WebDaemon, path: str) -> str:
     return node.url.replace("http://", "ws://") + path
 
 
+@pytest.mark.parametrize("path", ["/hello\n", "/hello/...\n", "/...\n", "/a/../b", "/a//b"])
+def test_a_route_path_with_a_trailing_newline_or_a_bad_segment_is_refused(path: str) -> None:
+    from spear.errors import InvalidArgument
+    from spear.web._routes import check_path
+
+    with pytest.raises(InvalidArgument):
+        check_path(path)
+    check_path("/hello/...")  # (the same without the newline is a route path)
+
+
 def test_routes_are_added_listed_removed_and_outlive_a_restart(
     data_dir: Path, cli: Cli, hello_http: Path
 ) -> None:

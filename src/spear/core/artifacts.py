@@ -21,11 +21,11 @@ if TYPE_CHECKING:
     from collections.abc import AsyncIterable
     from pathlib import Path
 
-_DIGEST = re.compile(r"^[0-9a-f]{64}$")
+_DIGEST = re.compile(r"[0-9a-f]{64}")
 
 
 def check_digest(digest: str) -> str:
-    if not _DIGEST.match(digest):
+    if not _DIGEST.fullmatch(digest):  # (not `$`: it lets a trailing newline through)
         raise InvalidArgument(f"not a sha256 digest: {digest!r}")
     return digest
 

@@ -138,7 +138,7 @@ def _boolean(value: Any) -> bool:
 
 def check_path(path: str) -> None:
     """Raise InvalidArgument, one line, unless `path` is a route path we serve."""
-    if not isinstance(path, str) or not _PATH.match(path) or "//" in path:
+    if not isinstance(path, str) or not _PATH.fullmatch(path) or "//" in path:
         raise InvalidArgument(
             f"a route path is /-separated URL segments, optionally ending in /..., not {path!r}"
         )
