@@ -195,6 +195,24 @@ TARGETS = (
         (_T + "transport/test_member_proof.py",),
     ),
     Target(
+        # A member's cache of current object versions: a get served from it must never
+        # return a version older than one already acknowledged elsewhere.
+        "object_cache",
+        ("spear/node/object_cache.py",),
+        (
+            _T + "core/test_object_leases.py",
+            _T + "cluster/test_object_version_cache.py"
+            "::test_cached_versions_are_served_and_invalidated",
+        ),
+    ),
+    Target(
+        # Uploaded modules kept by digest: what runs is what was checked, and a name
+        # cannot place a module outside its digest's directory.
+        "artifacts",
+        ("spear/core/artifacts.py",),
+        (_T + "core/test_artifacts.py", _T + "transport/test_spearlet_service.py"),
+    ),
+    Target(
         "auth",
         ("spear/transport/auth.py",),
         (

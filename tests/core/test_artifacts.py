@@ -177,3 +177,14 @@ async def test_a_module_removed_by_hand_is_not_found_then_stored_again(
     assert store.find(DIGEST) is None
     again = await store.store(DIGEST, "n.wasm", len(MODULE), chunks(MODULE))
     assert again == store.root / DIGEST / "n.wasm" and store.find(DIGEST) == again
+
+
+async def test_a_found_module_is_found_again_without_listing_its_directory(
+    store: ArtifactStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """(A call names its module by digest: one stat, not a directory listing, per call.)"""
+    path = await store.store(DIGEST, "m.wasm", len(MODULE), chunks(MODULE))
+    fresh = ArtifactStore(store.root, store.max_bytes)
+    assert fresh.find(DIGEST) == path  # (listed once)
+    monkeypatch.setattr(type(path), "iterdir", lambda self: pytest.fail(f"listed {self}"))
+    assert fresh.find(DIGEST) == path and fresh.path(DIGEST) == path

@@ -55,6 +55,21 @@ async def test_leaving_early_ends_the_task_input(tmp_path: Path, transform_wasm:
         assert (await client.result(task.id)).output == b"transformed 1 messages\n"
 
 
+async def test_a_stream_whose_module_the_node_lost_starts_after_a_new_upload(
+    tmp_path: Path, transform_wasm: Path
+) -> None:
+    import shutil
+
+    spec = FunctionSpec(str(transform_wasm), timeout_s=60)
+    async with served(tmp_path / "home") as (_, _, client):
+        for _ in range(2):  # (the second start after the node's modules were removed)
+            async with client.start_task(spec) as task:
+                await task.send("one")
+                assert await task.receive() == b"1: ONE"
+            assert (await task.wait()).state is TaskState.COMPLETED
+            shutil.rmtree(tmp_path / "home" / "artifacts")
+
+
 async def test_objects_over_grpc(tmp_path: Path) -> None:
     async with served(tmp_path / "home") as (_, _, client):
         big = bytes(range(256)) * (6 * 4096)  # 6 MiB: more than one message, in chunks

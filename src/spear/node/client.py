@@ -441,19 +441,15 @@ class Client(AsyncResource):
     ) -> AsyncIterator[StreamingTask]:
         """Start a task with its caller stream (one bidirectional call for its lifetime):
         `async with client.start_task(spec) as t: await t.send(b"hi"); await t.receive()`."""
-        request = await self._request(spec, stdin, wait=False)
-        self._stub  # noqa: B018 - opens the channel
-        assert self._channel is not None
         with self._errors():
-            async with self._channel.request(
-                "/spear.v1.Spearlet/ExchangeStream",
-                Cardinality.STREAM_STREAM,
-                pb.StreamMessage,
-                pb.StreamMessage,
-                timeout=self._timeout,
-            ) as stream:
-                await stream.send_message(pb.StreamMessage(submit=request))
-                first = await stream.recv_message()
+            async with contextlib.AsyncExitStack() as opened:
+                try:
+                    stream, first = await self._exchange(opened, spec, stdin)
+                except NotFound as exc:
+                    if not self._lost_upload(exc):
+                        raise
+                    await opened.aclose()  # (nothing started: the module sent again)
+                    stream, first = await self._exchange(opened, spec, stdin)
                 if first is None or not first.HasField("task"):
                     raise SpearError(f"node {self.address} did not start the task")
                 task = cv.task_from_wire(first.task)
@@ -468,6 +464,27 @@ class Client(AsyncResource):
                     else:  # the node ends the call after its last message: let it
                         while await stream.recv_message() is not None:
                             pass
+
+    async def _exchange(
+        self, opened: contextlib.AsyncExitStack, spec: FunctionSpec, stdin: bytes | None
+    ) -> tuple[AioCallStream, pb.StreamMessage | None]:
+        """An ExchangeStream call opened in `opened`, the task's submit sent, and the
+        node's first answer (a spear error if it refused the task)."""
+        request = await self._request(spec, stdin, wait=False)
+        self._stub  # noqa: B018 - opens the channel
+        assert self._channel is not None
+        with self._errors():
+            stream = await opened.enter_async_context(
+                self._channel.request(
+                    "/spear.v1.Spearlet/ExchangeStream",
+                    Cardinality.STREAM_STREAM,
+                    pb.StreamMessage,
+                    pb.StreamMessage,
+                    timeout=self._timeout,
+                )
+            )
+            await stream.send_message(pb.StreamMessage(submit=request))
+            return stream, await stream.recv_message()
 
     async def task(self, task_id: str) -> Task:
         request = pb.GetTaskRequest(task_id=task_id)
