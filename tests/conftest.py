@@ -34,6 +34,16 @@ settings.register_profile("mutation", max_examples=20, deadline=None)
 settings.register_profile("spear", deadline=None, derandomize=True)
 settings.register_profile("explore", deadline=None, max_examples=500)
 settings.load_profile("spear")
+
+
+def examples(n: int) -> int:
+    """How many examples a property test draws: its own `n` in the default profile's fixed
+    draw, the explorer's count (at least `n`) under `--hypothesis-profile=explore` (an
+    explicit `max_examples` would otherwise override any profile's)."""
+    current = settings.default
+    return n if current.derandomize else max(n, current.max_examples)
+
+
 # Every `spear` a test starts runs its command in its own process: no warm runner (cli/
 # runner.py) is left behind by a test; tests/test_cli_runner.py starts its own.
 os.environ["SPEAR_RUNNER_IDLE_S"] = "0"

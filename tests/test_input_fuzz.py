@@ -15,7 +15,7 @@ import sys
 from typing import TYPE_CHECKING, Any
 
 import pytest
-from conftest import cli_env
+from conftest import cli_env, examples
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from wat_tasks import hello
@@ -85,7 +85,7 @@ def _same(a: FunctionSpec, b: FunctionSpec) -> bool:
     }
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=examples(300), deadline=None)
 @given(data=_spec_json())
 def test_a_spec_from_json_is_valid_or_refused_in_one_error(data: dict[str, Any]) -> None:
     try:
@@ -101,7 +101,7 @@ def test_a_spec_from_json_is_valid_or_refused_in_one_error(data: dict[str, Any])
     assert wired.artifact == spec.artifact and wired.args == spec.args
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=examples(200), deadline=None)
 @given(data=st.one_of(_spec_json(), _JSON))
 def test_a_guests_child_request_is_valid_or_refused(data: Any) -> None:
     try:
@@ -138,7 +138,9 @@ def _toml(draw: st.DrawFn) -> bytes:
 
 
 @settings(
-    max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+    max_examples=examples(150),
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture],
 )
 @given(text=_toml())
 def test_a_settings_file_is_read_or_refused_in_one_error(tmp_path: Path, text: bytes) -> None:
@@ -168,7 +170,7 @@ _FLAGS = {
 
 
 @settings(
-    max_examples=12,  # (each a whole `spear run` process)
+    max_examples=examples(12),  # (each a whole `spear run` process)
     deadline=None,
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
 )

@@ -7,6 +7,7 @@ import json
 from typing import TYPE_CHECKING
 
 import orjson
+from conftest import examples
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -18,20 +19,20 @@ if TYPE_CHECKING:
     import pytest
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=examples(300), deadline=None)
 @given(tasks())
 def test_a_record_reads_back_to_its_task(task: Task) -> None:
     assert decode_task(encode_task(task)) == task
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=examples(300), deadline=None)
 @given(tasks())
 def test_the_fast_encoding_says_what_to_json_says(task: Task) -> None:
     # The plain path: the JSON form through the standard library, spec encoded each time.
     assert orjson.loads(encode_task(task)) == json.loads(json.dumps(task.to_json()))
 
 
-@settings(max_examples=100, deadline=None)
+@settings(max_examples=examples(100), deadline=None)
 @given(st.lists(st.tuples(tasks(), st.booleans()), min_size=1, max_size=6))
 def test_each_record_has_its_own_spec(items: list[tuple[Task, bool]]) -> None:
     """Records of many tasks, some sharing a spec object, some an equal spec made anew
@@ -78,7 +79,7 @@ def test_a_record_written_before_reads_back() -> None:
     assert b'"namespace":"default"' in again
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=examples(200), deadline=None)
 @given(specs)
 def test_a_spec_reads_back_through_a_record(spec: FunctionSpec) -> None:
     task = Task(id="t", spec=spec)

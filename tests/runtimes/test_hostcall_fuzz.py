@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 import anyio.from_thread
 import pytest
 import wasmtime
+from conftest import examples
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from loguru import logger
@@ -156,7 +157,7 @@ def fuzz_node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[_Node]:
 
 
 @settings(
-    max_examples=150,
+    max_examples=examples(150),
     deadline=None,
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
 )

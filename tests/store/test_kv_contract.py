@@ -9,6 +9,7 @@ import tempfile
 from typing import TYPE_CHECKING, Any
 
 import pytest
+from conftest import examples
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -286,7 +287,9 @@ async def _check_against_model(kv: KV, ops: list[tuple[Any, ...]]) -> None:
 
 @pytest.mark.parametrize("backend", BACKENDS)
 @settings(
-    max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+    max_examples=examples(40),
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture],
 )
 @given(ops=_OPS)
 def test_cas_and_versions_follow_the_model(

@@ -15,6 +15,7 @@ import anyio.from_thread
 import grpc
 import grpc.aio
 import pytest
+from conftest import examples
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from loguru import logger
@@ -154,7 +155,7 @@ def test_every_method_is_fuzzed(targets: dict[str, _Target]) -> None:
 
 
 @pytest.mark.parametrize("service", ["spearlet", "sms"])
-@settings(max_examples=150, deadline=None)
+@settings(max_examples=examples(150), deadline=None)
 @given(data=st.data())
 def test_malformed_bytes_get_a_callers_status(
     targets: dict[str, _Target], service: str, data: st.DataObject

@@ -6,6 +6,7 @@ from __future__ import annotations
 import itertools
 from typing import TYPE_CHECKING
 
+from conftest import examples
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -30,21 +31,21 @@ def test_every_model_field_is_on_the_wire() -> None:
         assert not missing, f"{model.__name__} fields not in {message.__name__}: {missing}"
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=examples(200), deadline=None)
 @given(specs)
 def test_function_spec_round_trips(spec: FunctionSpec) -> None:
     wire = pb.FunctionSpec.FromString(cv.spec_to_wire(spec).SerializeToString())
     assert cv.spec_from_wire(wire) == spec
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=examples(200), deadline=None)
 @given(tasks())
 def test_task_round_trips(task: Task) -> None:
     wire = pb.TaskInfo.FromString(cv.task_to_wire(task).SerializeToString())
     assert cv.task_from_wire(wire) == task
 
 
-@settings(max_examples=100, deadline=None)
+@settings(max_examples=examples(100), deadline=None)
 @given(st.lists(tasks(), max_size=6), st.lists(st.integers(0, 5), max_size=12))
 def test_a_batch_of_tasks_round_trips_its_specs_converted_once_each_run(
     some: list[Task], picks: list[int]
@@ -78,7 +79,7 @@ def test_a_batch_with_a_task_without_its_spec_is_refused() -> None:
 # the index (an empty result) is not "no value kept".
 
 
-@settings(max_examples=100, deadline=None)
+@settings(max_examples=examples(100), deadline=None)
 @given(
     st.builds(
         ObjectRecord,
