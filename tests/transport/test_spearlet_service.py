@@ -138,6 +138,21 @@ async def _call_with_digest(client: Client, digest: str) -> Any:
     return await client._retrying(lambda: client._stub.call_task(request))
 
 
+async def test_the_specs_resolved_last_are_kept_least_recently_used_first_out(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from spear.node import server as served_module
+
+    monkeypatch.setattr(served_module, "_RESOLVED_KEPT", 2)
+    async with served(tmp_path / "home") as (_, server, client):
+        module = str(hello(tmp_path))
+        a, b, c = (FunctionSpec(module, args=(name,)) for name in "abc")
+        for spec in (a, b, a, c):  # (a used again before c comes: b is the one let go)
+            assert (await client.call(spec)).task.state is TaskState.COMPLETED
+        kept = server.service._resolved.values()  # type: ignore[attr-defined]
+        assert [spec.args for spec in kept] == [("a",), ("c",)]
+
+
 def node_api(node: spear.LocalNode) -> Any:
     from spear.node.inprocess import InProcessNode
 

@@ -93,7 +93,9 @@ class SpearletService(ServiceBase):
                 resolved = dataclasses.replace(cv.spec_from_wire(request.spec), artifact=path)
                 self._resolved[key] = resolved
                 if len(self._resolved) > _RESOLVED_KEPT:
-                    self._resolved.popitem(last=False)
+                    self._resolved.popitem(last=False)  # (the least recently used)
+            else:
+                self._resolved.move_to_end(key)
             check_may_run(resolved.runtime)
             return resolved
         spec = cv.spec_from_wire(cv.optional(request, "spec"))
