@@ -182,6 +182,7 @@ _FLAGS = {
     args=st.lists(st.text(max_size=6), max_size=2),
 )
 @example(flags=[("--timeout", "1.2891934942969205e-174")], args=[])  # (a run that times out)
+@example(flags=[("--fuel", "1")], args=[])  # (a run that runs out of fuel: 134, as a trap)
 def test_run_with_random_flags_is_a_run_or_one_error_line(
     tmp_path: Path, flags: list[tuple[str, str]], args: list[str]
 ) -> None:
@@ -200,10 +201,13 @@ def test_run_with_random_flags_is_a_run_or_one_error_line(
     if proc.returncode == 0:
         assert proc.stdout == b"hello\n"
         return
-    assert proc.returncode in (2, 64, 65, 66, 71, 77, 124), (argv, proc.returncode, err)
+    assert proc.returncode in (2, 64, 65, 66, 71, 77, 124, 134), (argv, proc.returncode, err)
     lines = [ln for ln in err.splitlines() if ln.strip()]
     if proc.returncode == 124:  # a tiny --timeout (1e-174 s) is valid: the task ran out of it
         assert len(lines) == 1 and re.fullmatch(r"spear: task \S+ failed: timeout", lines[0])
+        return
+    if proc.returncode == 134:  # a small --fuel is valid: the guest ran out of it
+        assert len(lines) == 1 and re.fullmatch(r"spear: task \S+ failed: fuel exhausted", lines[0])
         return
     assert len(lines) == 1 and lines[0].startswith("spear: error: "), (argv, err)
 
