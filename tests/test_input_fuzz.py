@@ -183,6 +183,7 @@ _FLAGS = {
 )
 @example(flags=[("--timeout", "1.2891934942969205e-174")], args=[])  # (a run that times out)
 @example(flags=[("--fuel", "1")], args=[])  # (a run that runs out of fuel: 134, as a trap)
+@example(flags=[("--memory", "1e3")], args=[])  # (less than the module's one page: a trap)
 def test_run_with_random_flags_is_a_run_or_one_error_line(
     tmp_path: Path, flags: list[tuple[str, str]], args: list[str]
 ) -> None:
@@ -206,8 +207,9 @@ def test_run_with_random_flags_is_a_run_or_one_error_line(
     if proc.returncode == 124:  # a tiny --timeout (1e-174 s) is valid: the task ran out of it
         assert len(lines) == 1 and re.fullmatch(r"spear: task \S+ failed: timeout", lines[0])
         return
-    if proc.returncode == 134:  # a small --fuel is valid: the guest ran out of it
-        assert len(lines) == 1 and re.fullmatch(r"spear: task \S+ failed: fuel exhausted", lines[0])
+    if proc.returncode == 134:  # a small --fuel or --memory is valid: the guest ran out of it
+        failed = r"spear: task \S+ failed: (fuel exhausted|trap: .+)"
+        assert len(lines) == 1 and re.fullmatch(failed, lines[0]), (argv, err)
         return
     assert len(lines) == 1 and lines[0].startswith("spear: error: "), (argv, err)
 
