@@ -288,3 +288,170 @@ async def test_a_commit_whose_newer_one_was_announced_goes_as_a_plain_invalidati
     assert record == _record(16)
     reader.acked(seq)
     await asyncio.wait_for(newest, 5)
+
+
+# -- the watch that keeps a member's lease (node/object_cache.py: watch_index, _Watch) ----
+# A scripted SMS answers the watch's requests; the cache's clock is given and anyio's
+# sleep only records what was asked and yields, so each rule is exact and nothing waits.
+
+L = 2.0**-4  # a lease (and its quarter) exact in binary: the silence bound is exact too
+
+
+class _ScriptedSms(_Sms):
+    """watch_objects as an SmsClient's: requests (node, ping, ack) in, events out, one
+    stream per call. `answer(request)` gives the events a request brings (a list), or
+    None to end the stream; `refuse` makes the next calls fail before any event."""
+
+    def __init__(self, answer: Any, *, refuse: int = 0) -> None:
+        self.answer = answer
+        self.refuse = refuse
+        self.streams: list[list[tuple[str, int, int]]] = []
+
+    def watch_objects(self, requests: Any) -> tuple[str, Any]:
+        sent: list[tuple[str, int, int]] = []
+        self.streams.append(sent)
+        refused = self.refuse > 0
+        self.refuse -= 1
+
+        async def events() -> Any:
+            if refused:
+                raise ConnectionError("refused")
+            async for request in requests:
+                sent.append(request)
+                answers = self.answer(request)
+                if answers is None:
+                    return
+                for event in answers:
+                    yield event
+
+        return self.address, events()
+
+
+@pytest.fixture
+def sleeps(monkeypatch: pytest.MonkeyPatch) -> list[float]:
+    """Each anyio.sleep asked for, answered at once (one turn of the loop)."""
+    import anyio
+
+    asked: list[float] = []
+
+    async def sleep(seconds: float) -> None:
+        asked.append(seconds)
+        await asyncio.sleep(0)
+
+    monkeypatch.setattr(anyio, "sleep", sleep)
+    return asked
+
+
+async def test_a_watch_pings_every_quarter_lease_and_ends_after_three_silent_leases(
+    sleeps: list[float],
+) -> None:
+    from spear.node.object_cache import _Watch
+
+    clock = _Clock()
+    cache = VersionCache(clock)
+
+    def answer(request: tuple[str, int, int]) -> list[Any]:
+        _, ping, _ = request
+        if ping == 1:
+            return [(1, L, 0, (), None)]  # only the first ping is answered: a lease of L
+        clock.now += L / 4  # (each later ping a quarter lease later, unanswered)
+        return []
+
+    sms = _ScriptedSms(answer)
+    watch = _Watch(sms, "node-1", cache)  # type: ignore[arg-type]
+    with anyio_fail_after(5):
+        await watch.run()  # (ends by itself: the SMS fell silent)
+    pings = [ping for _, ping, _ in sms.streams[0]]
+    # Answered at 100.0; silent once more than 3 leases passed: the 14th ping is sent at
+    # exactly 3 leases (12 quarters after the answer), the 15th never.
+    assert pings == list(range(1, 15)) and watch.granted
+    assert set(sleeps) == {L / 4} and len(sleeps) == 14
+    assert all(node == "node-1" for node, _, _ in sms.streams[0])
+    # The lease counted from when ping 1 was sent: the cache served until 100 + L.
+    clock.now = 100.0 + L - 0.001
+    cache._records["k"] = _record(1)  # (as `keep` would)
+    assert cache.fresh("k") == _record(1)
+    clock.now = 100.0 + L
+    assert cache.fresh("k") is None
+
+
+async def test_a_pong_without_a_lease_means_the_first_lease_and_acks_follow_events(
+    sleeps: list[float],
+) -> None:
+    from spear.node.object_cache import _FIRST_LEASE_S, _Watch
+
+    clock = _Clock()
+    cache = VersionCache(clock)
+    pushed = ObjectRecord(key="k", version=7, size=1)
+
+    def answer(request: tuple[str, int, int]) -> list[Any] | None:
+        _, ping, ack = request
+        if ping == 1:  # a pong naming no lease, then a push and a plain invalidation
+            return [(1, 0.0, 0, (), None), (0, 0.0, 5, ("k",), pushed), (0, 0.0, 6, ("j",), None)]
+        return None if ack == 6 else []  # (the stream ends once both are acknowledged)
+
+    sms = _ScriptedSms(answer)
+    watch = _Watch(sms, "node-1", cache)  # type: ignore[arg-type]
+    with anyio_fail_after(5):
+        await watch.run()
+    assert sms.streams[0] == [("node-1", 1, 0), ("node-1", 0, 5), ("node-1", 0, 6)]
+    assert watch._lease_s == _FIRST_LEASE_S
+    assert cache.fresh("k") == pushed  # (the push was applied before its ack)
+    clock.now += _FIRST_LEASE_S
+    assert cache.fresh("k") is None
+
+
+async def test_a_broken_watch_is_opened_again_after_a_doubling_backoff(
+    sleeps: list[float],
+) -> None:
+    import anyio
+
+    from spear.node.object_cache import _FIRST_LEASE_S, watch_index
+
+    clock = _Clock()
+    cache = VersionCache(clock)
+    granted = {"count": 0}
+
+    def answer(request: tuple[str, int, int]) -> list[Any] | None:
+        if request[1] == 1 and granted["count"] == 0:
+            granted["count"] += 1
+            return [(1, L, 0, (), None)]  # the 8th stream is granted a lease, then ends
+        return None
+
+    sms = _ScriptedSms(answer, refuse=7)
+    backoffs: list[float] = []
+    pings = (L / 4, _FIRST_LEASE_S / 4)  # (each stream's pinger: before and after a lease)
+    with anyio_fail_after(5):
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(watch_index, sms, "node-1", cache)
+            while len(backoffs := [s for s in sleeps if s not in pings]) < 11:
+                await asyncio.sleep(0)
+            tg.cancel_scope.cancel()
+    # Doubling from 0.1 to at most 2 s while refused; from 0.1 again after a granted
+    # watch (which ended: its session closed), then doubling again.
+    assert backoffs[:11] == [0.1, 0.2, 0.4, 0.8, 1.6, 2.0, 2.0, 0.1, 0.2, 0.4, 0.8]
+    assert cache.ticket(sms) is None  # (closed: nothing cached is served)
+
+
+def anyio_fail_after(seconds: float) -> Any:
+    import anyio
+
+    return anyio.fail_after(seconds)
+
+
+def test_past_the_bound_of_unsure_keys_no_push_is_kept_for_any_key(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from spear.node import object_cache
+
+    monkeypatch.setattr(object_cache, "_UNSURE_KEPT", 2)
+    cache, _, _ = _leased_cache()
+    cache.unsure("a")
+    cache.unsure("b")  # (at the bound: other keys' pushes are still kept)
+    c = ObjectRecord(key="c", version=5, size=1)
+    cache.pushed("c", c)
+    assert cache.fresh("c") == c
+    cache.unsure("d")  # past it: one unsure key forgotten, so no push can be trusted
+    for key, version in (("e", 1000), ("a", 2**62), ("c", 6)):
+        cache.pushed(key, ObjectRecord(key=key, version=version, size=1))
+        assert cache.fresh(key) is None, key
