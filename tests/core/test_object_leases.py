@@ -455,3 +455,111 @@ def test_past_the_bound_of_unsure_keys_no_push_is_kept_for_any_key(
     for key, version in (("e", 1000), ("a", 2**62), ("c", 6)):
         cache.pushed(key, ObjectRecord(key=key, version=version, size=1))
         assert cache.fresh(key) is None, key
+
+
+# -- the cache's own bounds and edges (its mutation run's survivors) ---------------------
+
+
+def _rec(key: str, version: int, refs: int = 0) -> ObjectRecord:
+    return ObjectRecord(key=key, version=version, size=1, refs=refs)
+
+
+def test_an_answer_without_a_session_or_from_an_older_one_is_not_kept() -> None:
+    cache, _, sms = _leased_cache()
+    cache.keep("k", _record(5), None, sms)  # (a lookup started with no session)
+    assert cache.fresh("k") is None
+    ticket = cache.ticket(sms)
+    cache.closed()
+    cache.opened("sms:1")  # the same SMS, a new session: the old ticket is refused
+    cache.renewed(cache.clock(), 2.0)
+    cache.keep("k", _record(5), ticket, sms)
+    assert cache.fresh("k") is None
+    cache.keep("k", _record(5), cache.ticket(sms), sms)
+    assert cache.fresh("k") == _record(5)
+
+
+def test_a_lease_renewed_exactly_at_its_end_had_lapsed() -> None:
+    cache, clock, sms = _leased_cache()  # leased until 102.0
+    cache.keep("k", _record(5), cache.ticket(sms), sms)
+    clock.now = 102.0
+    cache.renewed(101.5, 2.0)  # (answered at the very end: the SMS may not have waited)
+    assert cache.fresh("k") is None
+    cache.keep("k", _record(5), cache.ticket(sms), sms)
+    assert cache.fresh("k") == _record(5)  # (leased again, until 103.5)
+    clock.now = 103.4
+    cache.renewed(103.3, 2.0)  # renewed before its end: nothing is forgotten
+    assert cache.fresh("k") == _record(5)
+
+
+def test_a_closed_watch_serves_nothing_and_every_hit_is_counted() -> None:
+    cache, _, sms = _leased_cache()
+    cache.keep("k", _record(5), cache.ticket(sms), sms)
+    assert [cache.fresh("k") for _ in range(3)] == [_record(5)] * 3 and cache.hits == 3
+    assert cache.fresh("other") is None and cache.hits == 3
+    cache.closed()
+    assert cache.fresh("k") is None and cache.ticket(sms) is None
+
+
+def test_a_push_of_the_first_version_is_kept() -> None:
+    cache, _, _ = _leased_cache()
+    cache.pushed("k", _record(1))
+    assert cache.fresh("k") == _record(1)
+
+
+def test_an_answer_of_the_version_held_replaces_it_and_a_refused_one_leaves_it() -> None:
+    cache, _, sms = _leased_cache()
+    stale = cache.ticket(sms)
+    cache.touch("k")  # (a change since `stale` was taken)
+    cache.keep("k", _rec("k", 5), cache.ticket(sms), sms)
+    cache.keep("k", _rec("k", 5, refs=1), cache.ticket(sms), sms)  # (its refs moved)
+    assert cache.fresh("k") == _rec("k", 5, refs=1)
+    cache.keep("k", _rec("k", 5), stale, sms)  # refused: the record held stays
+    assert cache.fresh("k") == _rec("k", 5, refs=1)
+
+
+def test_the_newest_version_known_never_goes_back() -> None:
+    cache, _, sms = _leased_cache()
+    cache.pushed("k", _record(10))
+    cache.keep("k", _record(8), cache.ticket(sms), sms)  # (an older answer, late)
+    cache.pushed("k", _record(9))  # older than 10: not kept, whatever came in between
+    assert cache.fresh("k") is None  # (a push drops what was held, kept or not)
+
+
+def test_the_bounds_keep_exactly_their_size_forgetting_the_oldest(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from spear.node import object_cache
+
+    for name in ("_KEPT", "_NEWEST_KEPT", "_TOUCHED_KEPT"):
+        monkeypatch.setattr(object_cache, name, 2)
+    cache, _, sms = _leased_cache()
+    # Records: two kept (by answers, then by pushes); a third lets the oldest go.
+    cache.keep("a", _rec("a", 5), cache.ticket(sms), sms)
+    cache.keep("b", _rec("b", 6), cache.ticket(sms), sms)
+    assert cache.fresh("a") == _rec("a", 5) and cache.fresh("b") == _rec("b", 6)
+    cache.keep("c", _rec("c", 7), cache.ticket(sms), sms)  # (b was used last: a goes)
+    assert cache.fresh("c") == _rec("c", 7)
+    assert [cache.fresh(k) is not None for k in "ab"] == [False, True]  # (c, b: b last)
+    cache.pushed("d", _rec("d", 8))  # (c goes)
+    assert cache.fresh("d") == _rec("d", 8) and cache.fresh("c") is None
+    assert cache.fresh("b") == _rec("b", 6)
+    # Newest versions: two remembered; the oldest forgotten raises the floor to its own
+    # version only (a later push above it is kept).
+    cache2, _, _ = _leased_cache()
+    for key, version in (("a", 5), ("b", 6), ("c", 7)):
+        cache2.pushed(key, _rec(key, version))
+    cache2.pushed("a", _rec("a", 6))
+    assert cache2.fresh("a") == _rec("a", 6)
+    cache2.pushed("e", _rec("e", 5))  # (at the floor: may be older than what was known)
+    assert cache2.fresh("e") is None
+    # Touched keys: two remembered; a lookup that started after the one forgotten is
+    # still kept for an untouched key.
+    cache3, _, sms3 = _leased_cache()
+    cache3.touch("x")
+    after_x = cache3.ticket(sms3)
+    cache3.touch("y")
+    cache3.touch("z")  # (x's change forgotten: the floor is x's, not z's)
+    cache3.keep("w", _rec("w", 3), after_x, sms3)
+    assert cache3.fresh("w") == _rec("w", 3)
+    cache3.keep("y", _rec("y", 3), after_x, sms3)  # (y changed after it: refused)
+    assert cache3.fresh("y") is None
