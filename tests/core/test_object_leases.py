@@ -563,3 +563,53 @@ def test_the_bounds_keep_exactly_their_size_forgetting_the_oldest(
     assert cache3.fresh("w") == _rec("w", 3)
     cache3.keep("y", _rec("y", 3), after_x, sms3)  # (y changed after it: refused)
     assert cache3.fresh("y") is None
+
+
+async def test_a_watch_never_answered_ends_after_three_first_leases(
+    sleeps: list[float],
+) -> None:
+    from spear.node.object_cache import _FIRST_LEASE_S, _Watch
+
+    clock = _Clock()
+    cache = VersionCache(clock)
+
+    def answer(request: tuple[str, int, int]) -> list[Any]:
+        if request[1] > 1:
+            clock.now += _FIRST_LEASE_S / 4
+        return []
+
+    sms = _ScriptedSms(answer)
+    watch = _Watch(sms, "node-1", cache)  # type: ignore[arg-type]
+    with anyio_fail_after(5):
+        await watch.run()
+    assert [ping for _, ping, _ in sms.streams[0]] == list(range(1, 15))
+    assert not watch.granted and cache.ticket(sms) is None
+
+
+async def test_a_late_answer_to_an_older_ping_renews_nothing_and_breaks_nothing(
+    sleeps: list[float],
+) -> None:
+    from spear.node.object_cache import _Watch
+
+    clock = _Clock()
+    cache = VersionCache(clock)
+
+    def answer(request: tuple[str, int, int]) -> list[Any] | None:
+        ping = request[1]
+        if ping == 1:
+            return [(1, L, 0, (), None)]
+        if ping == 3:  # ping 3 answered, then ping 2's answer, late
+            clock.now += 1.0
+            return [(3, L, 0, (), None), (2, L, 0, (), None)]
+        return None if ping == 4 else []
+
+    sms = _ScriptedSms(answer)
+    watch = _Watch(sms, "node-1", cache)  # type: ignore[arg-type]
+    with anyio_fail_after(5):
+        await watch.run()  # (ended by the SMS at ping 4, not by an error)
+    assert [ping for _, ping, _ in sms.streams[0]] == [1, 2, 3, 4]
+    cache._records["k"] = _record(1)  # (as `keep` would)
+    clock.now = 100.0 + L - 0.001  # leased from ping 1's sending (at 100.0) and no later
+    assert cache.fresh("k") == _record(1)
+    clock.now = 100.0 + L
+    assert cache.fresh("k") is None
