@@ -206,6 +206,13 @@ TARGETS = (
         ),
     ),
     Target(
+        # Client failover: which node is asked next, which failures are retried (never a
+        # call that may still be running), and how long the client waits first.
+        "failover",
+        ("spear/node/failover.py",),
+        (_T + "core/test_failover_rules.py",),
+    ),
+    Target(
         # Uploaded modules kept by digest: what runs is what was checked, and a name
         # cannot place a module outside its digest's directory.
         "artifacts",
