@@ -113,6 +113,10 @@ async def test_persist_retries_a_failing_server_then_gives_up(
     with pytest.raises(Unavailable, match="down"):
         await persist(down, retries=3)
     assert len(calls) == 3 and waits == pytest.approx([0.1, 0.2])  # (no wait after the last)
+    calls.clear()
+    with pytest.raises(Unavailable):
+        await persist(down)  # (six tries unless told)
+    assert len(calls) == 6
 
     calls.clear()
 
