@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 from typing import TYPE_CHECKING, Any
 
+import anyio
 import pytest
 from test_sms import kv  # noqa: F401 - the KV fixture (LevelDB and etcd)
 
@@ -330,8 +331,6 @@ class _ScriptedSms(_Sms):
 @pytest.fixture
 def sleeps(monkeypatch: pytest.MonkeyPatch) -> list[float]:
     """Each anyio.sleep asked for, answered at once (one turn of the loop)."""
-    import anyio
-
     asked: list[float] = []
 
     async def sleep(seconds: float) -> None:
@@ -359,7 +358,7 @@ async def test_a_watch_pings_every_quarter_lease_and_ends_after_three_silent_lea
 
     sms = _ScriptedSms(answer)
     watch = _Watch(sms, "node-1", cache)  # type: ignore[arg-type]
-    with anyio_fail_after(5):
+    with anyio.fail_after(5):
         await watch.run()  # (ends by itself: the SMS fell silent)
     pings = [ping for _, ping, _ in sms.streams[0]]
     # Answered at 100.0; silent once more than 3 leases passed: the 14th ping is sent at
@@ -392,7 +391,7 @@ async def test_a_pong_without_a_lease_means_the_first_lease_and_acks_follow_even
 
     sms = _ScriptedSms(answer)
     watch = _Watch(sms, "node-1", cache)  # type: ignore[arg-type]
-    with anyio_fail_after(5):
+    with anyio.fail_after(5):
         await watch.run()
     assert sms.streams[0] == [("node-1", 1, 0), ("node-1", 0, 5), ("node-1", 0, 6)]
     assert watch._lease_s == _FIRST_LEASE_S
@@ -404,8 +403,6 @@ async def test_a_pong_without_a_lease_means_the_first_lease_and_acks_follow_even
 async def test_a_broken_watch_is_opened_again_after_a_doubling_backoff(
     sleeps: list[float],
 ) -> None:
-    import anyio
-
     from spear.node.object_cache import _FIRST_LEASE_S, watch_index
 
     clock = _Clock()
@@ -421,7 +418,7 @@ async def test_a_broken_watch_is_opened_again_after_a_doubling_backoff(
     sms = _ScriptedSms(answer, refuse=7)
     backoffs: list[float] = []
     pings = (L / 4, _FIRST_LEASE_S / 4)  # (each stream's pinger: before and after a lease)
-    with anyio_fail_after(5):
+    with anyio.fail_after(5):
         async with anyio.create_task_group() as tg:
             tg.start_soon(watch_index, sms, "node-1", cache)
             while len(backoffs := [s for s in sleeps if s not in pings]) < 11:
@@ -431,12 +428,6 @@ async def test_a_broken_watch_is_opened_again_after_a_doubling_backoff(
     # watch (which ended: its session closed), then doubling again.
     assert backoffs[:11] == [0.1, 0.2, 0.4, 0.8, 1.6, 2.0, 2.0, 0.1, 0.2, 0.4, 0.8]
     assert cache.ticket(sms) is None  # (closed: nothing cached is served)
-
-
-def anyio_fail_after(seconds: float) -> Any:
-    import anyio
-
-    return anyio.fail_after(seconds)
 
 
 def test_past_the_bound_of_unsure_keys_no_push_is_kept_for_any_key(
@@ -580,7 +571,7 @@ async def test_a_watch_never_answered_ends_after_three_first_leases(
 
     sms = _ScriptedSms(answer)
     watch = _Watch(sms, "node-1", cache)  # type: ignore[arg-type]
-    with anyio_fail_after(5):
+    with anyio.fail_after(5):
         await watch.run()
     assert [ping for _, ping, _ in sms.streams[0]] == list(range(1, 15))
     assert not watch.granted and cache.ticket(sms) is None
@@ -605,7 +596,7 @@ async def test_a_late_answer_to_an_older_ping_renews_nothing_and_breaks_nothing(
 
     sms = _ScriptedSms(answer)
     watch = _Watch(sms, "node-1", cache)  # type: ignore[arg-type]
-    with anyio_fail_after(5):
+    with anyio.fail_after(5):
         await watch.run()  # (ended by the SMS at ping 4, not by an error)
     assert [ping for _, ping, _ in sms.streams[0]] == [1, 2, 3, 4]
     cache._records["k"] = _record(1)  # (as `keep` would)
