@@ -206,6 +206,13 @@ TARGETS = (
         ),
     ),
     Target(
+        # The hook that keeps ended tasks' results: each namespace's at its keys, one
+        # namespace's failure said and not keeping the others'.
+        "results",
+        ("spear/core/results.py",),
+        (_T + "core/test_task_results.py",),
+    ),
+    Target(
         # Client failover: which node is asked next, which failures are retried (never a
         # call that may still be running), and how long the client waits first.
         "failover",
