@@ -206,6 +206,12 @@ TARGETS = (
         ),
     ),
     Target(
+        # Idempotent submission: a key makes at most one task however often it is sent.
+        "idempotency",
+        ("spear/node/idempotency.py",),
+        (_T + "core/test_idempotency_rules.py", _T + "transport/test_idempotent_submit.py"),
+    ),
+    Target(
         # The hook that keeps ended tasks' results: each namespace's at its keys, one
         # namespace's failure said and not keeping the others'.
         "results",
