@@ -206,6 +206,24 @@ TARGETS = (
         ),
     ),
     Target(
+        # Queued tasks: first come first served per namespace and priority, with a bound.
+        "fair_queue",
+        ("spear/core/fair_queue.py",),
+        (_T + "core/test_fair_queue.py",),
+    ),
+    Target(
+        # Which nodes are live: what a lost task's retry and every placement trust.
+        "liveness",
+        ("spear/core/liveness.py",),
+        (_T + "core/test_liveness.py",),
+    ),
+    Target(
+        # Retries of tasks lost with their node or failed: run again, never twice.
+        "retries",
+        ("spear/core/retries.py", "spear/core/retry_placement.py"),
+        (_T + "core/test_retries.py", _T + "core/test_retry_placement.py"),
+    ),
+    Target(
         # Idempotent submission: a key makes at most one task however often it is sent.
         "idempotency",
         ("spear/node/idempotency.py",),
