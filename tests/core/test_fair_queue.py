@@ -63,3 +63,41 @@ def test_a_removed_task_leaves_the_turns_of_the_rest() -> None:
         queue.remove("a0")
     with pytest.raises(IndexError):
         _ = FairQueue[str]().head
+
+
+def test_a_queue_is_true_while_anything_waits_and_a_stranger_is_named_not_queued() -> None:
+    queue = _queue(("a0", 0, "a"))
+    assert queue and bool(queue) is True
+    with pytest.raises(ValueError, match="^not queued$"):
+        queue.remove("zz")
+
+
+def test_a_namespace_keeps_its_own_next_round_after_its_head_was_placed() -> None:
+    queue = _queue(*[(f"a{i}", 0, "a") for i in range(4)])
+    for placed in ("a0", "a1"):
+        queue.remove(placed)
+    queue.push("a4", 0, "a")  # after a3's round, not in it (a has two waiting still)
+    for i in range(3):
+        queue.push(f"b{i}", 0, "b")  # b joins the round being served (a2's)
+    assert list(queue) == ["a2", "b0", "a3", "b1", "a4", "b2"]
+
+
+def test_a_namespace_whose_tasks_were_all_taken_out_starts_afresh() -> None:
+    queue = _queue(("a0", 0, "a"), ("a1", 0, "a"), ("b0", 0, "b"), ("b1", 0, "b"), ("b2", 0, "b"))
+    queue.remove("a1")  # (cancelled: the last of a's first)
+    queue.remove("a0")
+    queue.push("a2", 0, "a")  # nothing of a waits: a2 joins b0's round
+    assert list(queue) == ["b0", "a2", "b1", "b2"]
+    queue = _queue(("a0", 0, "a"), ("a1", 0, "a"), ("a2", 0, "a"), ("b0", 0, "b"))
+    queue.remove("a1")  # one of three out: a still has two waiting
+    queue.push("a3", 0, "a")  # after a2's round
+    queue.push("b1", 0, "b")
+    assert list(queue) == ["a0", "b0", "b1", "a2", "a3"]
+
+
+def test_a_lower_priority_is_inserted_behind_every_higher_one() -> None:
+    queue = _queue(("h0", 5, "a"), ("h1", 5, "b"), ("l0", 1, "a"))
+    queue.push("m0", 3, "c")
+    queue.push("l1", 1, "b")
+    queue.push("h2", 5, "c")
+    assert list(queue) == ["h0", "h1", "h2", "m0", "l0", "l1"]
