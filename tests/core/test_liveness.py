@@ -147,3 +147,77 @@ async def test_the_leader_answers_reads_from_memory_once_it_holds_every_record(k
     assert [n.name for n in await sms.nodes()] == ["a", "c"]
     sms.take_over()
     assert [n.name for n in await sms.nodes()] == ["a", "b", "c"]
+
+
+# -- the lease table itself (core/liveness.py), its mutation run's survivors -------------
+
+
+async def test_a_checkpoint_keeps_each_leases_version_so_the_next_is_one_commit(kv: KV) -> None:
+    import json
+
+    from spear.core.liveness import Liveness
+
+    live = Liveness()
+    records = {}
+    for name in ("a", "b"):
+        records[name] = node(name)
+        version = await kv.put("nodes/" + name, json.dumps(records[name].to_json()).encode())
+        records[name] = (records[name], version)
+    live.load(list(records.values()))
+    assert live.complete and live.checkpoints == 0 and len(live) == 2
+    assert live.record("zz") is None and live.record("a") == records["a"][0]
+    rewritten: list[str] = []
+
+    async def rewrite(name: str) -> NodeRecord | None:
+        rewritten.append(name)
+        return live.record(name)
+
+    def flush() -> object:
+        return live.flush(kv, "nodes/".__add__, lambda r: json.dumps(r.to_json()).encode(), rewrite)
+
+    for beat in (1, 2):  # each checkpoint one commit on the versions the last one wrote
+        renewed = live.renew("a", "a-1", 1000.0 + beat, Resources(7, 9), 2, 7)
+        assert renewed is not None and renewed.queued_tasks == 7 and renewed.running_tasks == 2
+        assert (renewed.free, renewed.last_heartbeat) == (Resources(7, 9), 1000.0 + beat)
+        assert await flush() == 1 and live.checkpoints == beat and rewritten == []
+        assert (await stored(kv, "a"))[0].queued_tasks == 7
+    # Another writer changed a's record: the batch's versions no longer match, so each
+    # record is rewritten on its own; b, removed meanwhile, is forgotten.
+    await kv.put("nodes/a", json.dumps(node("a").to_json()).encode())
+    await kv.delete("nodes/b")
+    live.renew("a", "a-1", 1003.0, Resources(1, 1), 0, 0)
+    live.renew("b", "b-1", 1003.0, Resources(1, 1), 0, 0)
+
+    async def rewrite_gone_b(name: str) -> NodeRecord | None:
+        rewritten.append(name)
+        return None if name == "b" else live.record(name)
+
+    written = await live.flush(
+        kv, "nodes/".__add__, lambda r: json.dumps(r.to_json()).encode(), rewrite_gone_b
+    )
+    assert written == 1 and sorted(rewritten) == ["a", "b"] and live.checkpoints == 3
+    assert live.record("b") is None and len(live) == 1
+    assert [r.name for r in live.records()] == ["a"]
+
+
+async def test_a_checkpoint_after_a_load_is_made_on_the_versions_loaded(kv: KV) -> None:
+    import json
+
+    from spear.core.liveness import Liveness
+
+    record = node("a")
+    version = await kv.put("nodes/a", json.dumps(record.to_json()).encode())
+    live = Liveness()
+    live.load([(record, version)])
+    await kv.put("nodes/a", json.dumps(node("a", cpu=1).to_json()).encode())  # (moved on)
+    live.renew("a", "a-1", 1001.0, Resources(1, 1), 0, 0)
+    rewritten: list[str] = []
+
+    async def rewrite(name: str) -> NodeRecord | None:
+        rewritten.append(name)
+        return live.record(name)
+
+    encode = lambda r: json.dumps(r.to_json()).encode()  # noqa: E731
+    assert await live.flush(kv, "nodes/".__add__, encode, rewrite) == 1
+    assert rewritten == ["a"]  # (not written over the newer record blindly)
+    assert (await stored(kv, "a"))[0].capacity == Resources(1, 4 * GiB)
