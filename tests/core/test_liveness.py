@@ -221,3 +221,33 @@ async def test_a_checkpoint_after_a_load_is_made_on_the_versions_loaded(kv: KV) 
     assert await live.flush(kv, "nodes/".__add__, encode, rewrite) == 1
     assert rewritten == ["a"]  # (not written over the newer record blindly)
     assert (await stored(kv, "a"))[0].capacity == Resources(1, 4 * GiB)
+
+
+async def test_records_moved_on_after_a_checkpoint_are_each_rewritten_at_the_next(
+    kv: KV,
+) -> None:
+    import json
+
+    from spear.core.liveness import Liveness
+
+    encode = lambda r: json.dumps(r.to_json()).encode()  # noqa: E731
+    live = Liveness()
+    loaded = [(node(n), await kv.put("nodes/" + n, encode(node(n)))) for n in "abc"]
+    live.load(loaded)
+    rewritten: list[str] = []
+
+    async def rewrite(name: str) -> NodeRecord | None:
+        rewritten.append(name)
+        return live.record(name)
+
+    def renew_all(now: float) -> None:
+        for n in "abc":
+            live.renew(n, f"{n}-1", now, Resources(1, 1), 0, 0)
+
+    renew_all(1001.0)
+    assert await live.flush(kv, "nodes/".__add__, encode, rewrite) == 3 and rewritten == []
+    for n in "ab":  # another writer, after that checkpoint
+        await kv.put("nodes/" + n, encode(node(n, cpu=1)))
+    renew_all(1002.0)
+    assert await live.flush(kv, "nodes/".__add__, encode, rewrite) == 3
+    assert sorted(rewritten) == ["a", "b", "c"]  # (the batch as a whole did not match)
