@@ -57,6 +57,20 @@ def test_should_retry_follows_the_spec() -> None:
     assert not retries.should_retry(used, 1, "exit status 1")  # none left
 
 
+def test_an_agents_own_exit_is_judged_by_its_reason_not_its_code() -> None:
+    opted = _task(max_retries=1, retry_on=("exit",))
+    assert retries.should_retry(opted, 64, "exit status 64")  # (64 is the agent's, here)
+    assert not retries.should_retry(opted, 64, "bad input")  # (a refusal before it ran)
+
+
+def test_the_jitter_spans_half_to_all_of_the_ceiling(monkeypatch: pytest.MonkeyPatch) -> None:
+    import random
+
+    for draw, share in ((0.0, 0.5), (1.0, 1.0), (0.5, 0.75)):
+        monkeypatch.setattr(random, "random", lambda draw=draw: draw)
+        assert retries.backoff_s(3) == pytest.approx(0.4 * share)
+
+
 def test_backoff_doubles_with_jitter_and_a_ceiling() -> None:
     for attempts in range(12):
         ceiling = min(retries.BACKOFF_MAX_S, retries.BACKOFF_FIRST_S * 2 ** max(0, attempts - 1))
@@ -72,6 +86,10 @@ def test_next_attempt_keeps_the_id_and_logs_the_failed_run() -> None:
     assert again.attempt_log == (Attempt("n1", 1.0, 2.0, 137, "node lost"),)
     assert [s for s, _ in again.history][-2:] == ["FAILED", "PENDING"]
     assert again.started_at is None and again.exit_code is None
+    assert again.finished_at is None  # (the failed run's end is in its attempt)
+    finished = task.transition(TaskState.FAILED, exit_code=137, reason="node lost")
+    here = retries.next_attempt(finished, 137, "node lost", 3.0)
+    assert (here.node, here.exit_code, here.finished_at) == ("n1", None, None)
     # Its record and its wire form keep every attempt.
     assert decode_task(encode_task(again)) == again
     assert cv.task_from_wire(cv.task_to_wire(again)) == again

@@ -18,6 +18,8 @@ from spear.core.worker import EXIT_LOST
 if TYPE_CHECKING:
     from collections.abc import Sequence
 
+    import pytest
+
     from spear.core.cluster import NodeRecord
     from spear.store.kv import KV
 
@@ -222,3 +224,156 @@ async def test_with_no_live_node_at_all_a_retry_waits_for_one(kv: KV) -> None:  
         failed.reason
         == "no node in the cluster can run this task: no live node has the labels gpu=yes"
     )
+
+
+# -- each rule of a sweep on its own (the mutation run's survivors) ----------------------
+
+
+async def _one_queued(
+    kv: KV,  # noqa: F811
+    forwarder: Recorder,
+    *live: str,
+    task: Task | None = None,
+) -> tuple[MetadataServer, Clock, Task]:
+    """An SMS whose node a died with one retryable task, queued and due; `live` alive."""
+    clock = Clock()
+    sms = MetadataServer(kv, TIMINGS, clock)
+    sms.retries = RetryPlacement(sms, forwarder, clock)
+    for name in ("a", *live):
+        await sms.register(node(name))
+    again = await sms.report_task(task or retryable(task_on("a")))
+    clock.now += 11
+    await _alive(sms, clock, *live)
+    await sms.sweep()
+    clock.now += 1
+    await _alive(sms, clock, *live)
+    return sms, clock, again
+
+
+async def test_a_retried_record_says_its_failed_attempt_once(kv: KV) -> None:  # noqa: F811
+    sms, _, again = await _one_queued(kv, Recorder(), "b")
+    pending = await sms.task(again.id)
+    assert [state for state, _ in pending.history] == ["PENDING", "RUNNING", "FAILED", "PENDING"]
+    (attempt,) = pending.attempt_log
+    assert attempt.node == "a" and attempt.exit_code == EXIT_LOST
+    assert attempt.reason is not None and attempt.reason.startswith("node lost")
+    assert pending.reason == f"retry 1 of 2 after: {attempt.reason}"
+    assert (pending.exit_code, pending.finished_at, pending.node) == (None, None, None)
+
+
+async def test_a_queued_task_cancelled_adopted_or_gone_is_dropped_not_placed(
+    kv: KV,  # noqa: F811
+) -> None:
+    forwarder = Recorder()
+    sms, clock, again = await _one_queued(kv, forwarder, "b")
+    pending = await sms.task(again.id)
+    adopted = dataclasses.replace(pending, node="b").transition(TaskState.RUNNING)
+    await sms.report_task(adopted)  # (a node took it meanwhile: never placed twice)
+    await kv.put("retry/no-such-task", repr(clock.now).encode())
+    await sms.retries.place_due()
+    assert forwarder.sent == [] and await kv.scan("retry/") == []
+    assert (await sms.task(again.id)).state is TaskState.RUNNING
+    sms2, _, again2 = await _one_queued(kv, forwarder, "b")
+    queued = await kv.get("retry/" + again2.id)
+    cancelled = (await sms2.task(again2.id)).transition(TaskState.CANCELLED, reason="cancelled")
+    await sms2.report_task(cancelled)  # (not queued again: its entry waits for a sweep)
+    assert queued is not None and await kv.get("retry/" + again2.id) == queued
+    await sms2.retries.place_due()
+    assert forwarder.sent == [] and await kv.get("retry/" + again2.id) is None
+    assert sms.retries.placed == sms2.retries.placed == 0
+
+
+async def test_a_task_refused_where_it_first_went_goes_to_the_next_node_at_once(
+    kv: KV,  # noqa: F811
+) -> None:
+    class RefusesTheFirst(Recorder):
+        async def forward_batch(
+            self,
+            node: NodeRecord,
+            tasks: Sequence[tuple[Task, bytes | None]],
+            *,
+            wait: bool = False,
+            output: bool = False,
+        ) -> BatchAnswer:
+            if not self.full:
+                self.full.add(node.name)  # (whichever node ranks first: full now)
+            return await super().forward_batch(node, tasks, wait=wait, output=output)
+
+    forwarder = RefusesTheFirst()
+    sms, _, again = await _one_queued(kv, forwarder, "b", "c")
+    assert await sms.retries.place_due() == 1 and sms.retries.placed == 1
+    [(went, task)] = forwarder.sent
+    assert went not in forwarder.full and task.id == again.id
+    assert (await sms.task(again.id)).node == went
+    assert await sms.retries.place_due() == 0 and sms.retries.placed == 1
+
+
+async def test_a_task_its_node_refuses_for_itself_ends_failed_with_why(
+    kv: KV,  # noqa: F811
+) -> None:
+    from spear.errors import InvalidModule
+
+    class ModuleGone(Recorder):
+        async def forward_batch(
+            self,
+            node: NodeRecord,
+            tasks: Sequence[tuple[Task, bytes | None]],
+            *,
+            wait: bool = False,
+            output: bool = False,
+        ) -> BatchAnswer:
+            error = InvalidModule("its module is gone")
+            return BatchAnswer(tuple(Forwarded(error=error) for _ in tasks), Resources(0, 0))
+
+    sms, _, again = await _one_queued(kv, ModuleGone(), "b")
+    await sms.retries.place_due()
+    ended = await sms.task(again.id)
+    assert ended.state is TaskState.FAILED and ended.reason == "its module is gone"
+    assert ended.exit_code == InvalidModule.exit_code and ended.node == "b"
+    assert await kv.scan("retry/") == [] and sms.retries.placed == 0
+
+
+async def test_a_task_no_node_could_ever_run_ends_failed_with_why(
+    kv: KV,  # noqa: F811
+) -> None:
+    from spear.errors import ResourceExhausted
+
+    huge = dataclasses.replace(
+        task_on("a"),
+        spec=FunctionSpec("m.wasm", max_retries=2, resources=Resources(10**9, 1)),
+    )
+    forwarder = Recorder()
+    sms, _, again = await _one_queued(kv, forwarder, "b", task=huge)
+    await sms.retries.place_due()
+    ended = await sms.task(again.id)
+    assert ended.state is TaskState.FAILED and forwarder.sent == []
+    assert (ended.reason or "").startswith("no node in the cluster can run this task: ")
+    assert ended.exit_code == ResourceExhausted.exit_code
+    assert await kv.scan("retry/") == []
+
+
+async def test_due_tasks_are_placed_whatever_their_order_at_their_time_and_in_batches(
+    kv: KV,  # noqa: F811
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from spear.core import retry_placement
+
+    forwarder = Recorder()
+    sms, clock, first = await _one_queued(kv, forwarder, "b")
+    ids = [first.id]
+    for _ in range(3):
+        task = await sms.report_task(
+            dataclasses.replace(retryable(task_on("b")), node=None, state=TaskState.PENDING,
+                                attempts=1)
+        )  # fmt: skip
+        ids.append(task.id)
+    keys = sorted(ids)  # (the queue is scanned in key order)
+    await kv.put("retry/" + keys[0], repr(clock.now + 100).encode())  # not due yet
+    await kv.put("retry/" + keys[1], repr(clock.now).encode())  # due exactly now
+    await kv.put("retry/" + keys[2], b"not a time")  # unreadable: due at once
+    await kv.put("retry/" + keys[3], repr(clock.now - 1).encode())
+    monkeypatch.setattr(retry_placement, "_BATCH", 3)  # (a sweep scans 3 entries at most)
+    assert await sms.retries.place_due() == 2  # keys[1] and keys[2]: keys[3] is 4th
+    assert await sms.retries.place_due() == 1  # keys[3]
+    assert sorted(t.id for _, t in forwarder.sent) == sorted(keys[1:])
+    assert [e.key for e in await kv.scan("retry/")] == ["retry/" + keys[0]]

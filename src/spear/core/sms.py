@@ -310,7 +310,12 @@ class MetadataServer(Cluster):
                 await self.kv.delete(index)
             else:
                 await self.kv.put(index, b"")
-        if task.attempts and task.node is None and self.retries is not None:
+        if (
+            task.attempts
+            and task.node is None
+            and task.state is TaskState.PENDING  # (not a retry cancelled while it waited)
+            and self.retries is not None
+        ):
             await self.retries.queue(task)
         return task
 
