@@ -377,3 +377,58 @@ async def test_due_tasks_are_placed_whatever_their_order_at_their_time_and_in_ba
     assert await sms.retries.place_due() == 1  # keys[3]
     assert sorted(t.id for _, t in forwarder.sent) == sorted(keys[1:])
     assert [e.key for e in await kv.scan("retry/")] == ["retry/" + keys[0]]
+
+
+async def test_a_retry_goes_where_its_inputs_are(kv: KV) -> None:  # noqa: F811
+    from spear.core.cluster import INPUTS_LABEL, ObjectLocation
+
+    task = dataclasses.replace(
+        task_on("a"),
+        spec=FunctionSpec("m.wasm", max_retries=2, labels=((INPUTS_LABEL, "in/x"),)),
+    )
+    forwarder = Recorder()
+    sms, _, again = await _one_queued(kv, forwarder, "b", "c", task=task)
+    await sms.put_object_location(ObjectLocation("in/x", "c", 1, 10))  # (c holds the input)
+    await sms.retries.place_due()
+    assert [(went, t.id) for went, t in forwarder.sent] == [("c", again.id)]
+
+
+async def test_a_spec_that_retries_only_lost_processes_is_not_retried_for_a_lost_node(
+    kv: KV,  # noqa: F811
+) -> None:
+    from spear.core import retries
+
+    for retry_on, retried in (((retries.NODE_LOST,), True), ((retries.PROCESS_LOST,), False)):
+        spec = FunctionSpec("m.wasm", max_retries=2, retry_on=retry_on)
+        task = dataclasses.replace(task_on("a"), spec=spec)
+        sms, _, again = await _one_queued(kv, Recorder(), "b", task=task)
+        ended = await sms.task(again.id)
+        assert (ended.state is TaskState.PENDING) is retried, retry_on
+
+
+async def test_one_tasks_placement_failing_leaves_the_others_placed_in_that_sweep(
+    kv: KV,  # noqa: F811
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from spear.errors import StorageError
+
+    forwarder = Recorder()
+    sms, clock, first = await _one_queued(kv, forwarder, "b")
+    second = await sms.report_task(
+        dataclasses.replace(retryable(task_on("b")), node=None, state=TaskState.PENDING, attempts=1)
+    )
+    await kv.put("retry/" + second.id, repr(clock.now).encode())  # (due now too)
+    failing = min(first.id, second.id)  # (the first in the queue's key order)
+    real = sms.task
+
+    async def task(task_id: str) -> Task:
+        if task_id == failing:
+            raise StorageError("the SMS's store hiccuped")
+        return await real(task_id)
+
+    monkeypatch.setattr(sms, "task", task)
+    assert await sms.retries.place_due() == 1 and sms.retries.placed == 1
+    assert [t.id for _, t in forwarder.sent] == [max(first.id, second.id)]
+    assert [e.key for e in await kv.scan("retry/")] == ["retry/" + failing]  # (next sweep)
+    monkeypatch.setattr(sms, "task", real)
+    assert await sms.retries.place_due() == 1 and sms.retries.placed == 2
