@@ -432,3 +432,39 @@ async def test_one_tasks_placement_failing_leaves_the_others_placed_in_that_swee
     assert [e.key for e in await kv.scan("retry/")] == ["retry/" + failing]  # (next sweep)
     monkeypatch.setattr(sms, "task", real)
     assert await sms.retries.place_due() == 1 and sms.retries.placed == 2
+
+
+async def test_a_refused_tasks_end_that_cannot_be_recorded_is_tried_again_next_sweep(
+    kv: KV,  # noqa: F811
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from spear.errors import InvalidModule, StorageError
+
+    class ModuleGone(Recorder):
+        async def forward_batch(
+            self,
+            node: NodeRecord,
+            tasks: Sequence[tuple[Task, bytes | None]],
+            *,
+            wait: bool = False,
+            output: bool = False,
+        ) -> BatchAnswer:  # noqa: E501
+            error = InvalidModule("its module is gone")
+            return BatchAnswer(tuple(Forwarded(error=error) for _ in tasks), Resources(0, 0))
+
+    sms, _, again = await _one_queued(kv, ModuleGone(), "b")
+    real = sms.report_task
+
+    async def report_task(task: Task) -> Task:
+        if task.state is TaskState.FAILED:
+            raise StorageError("the SMS's store hiccuped")
+        return await real(task)
+
+    monkeypatch.setattr(sms, "report_task", report_task)
+    await sms.retries.place_due()
+    assert await kv.get("retry/" + again.id) is not None  # (not dropped: not ended yet)
+    monkeypatch.setattr(sms, "report_task", real)
+    await sms.retries.place_due()
+    ended = await sms.task(again.id)
+    assert ended.state is TaskState.FAILED and ended.reason == "its module is gone"
+    assert await kv.get("retry/" + again.id) is None

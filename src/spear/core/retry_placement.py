@@ -160,10 +160,11 @@ class RetryPlacement:
                 logger.info("retried task {}: {} refused it: {}", task_id, candidate.node.name, exc)
                 continue
             except SpearError as exc:  # the task itself refused (its module gone, say)
-                with contextlib.suppress(SpearError):
-                    await self._sms.report_task(
-                        there.transition(TaskState.FAILED, reason=str(exc), exit_code=exc.exit_code)
-                    )
+                # (if this report fails too, the error leaves it queued: placed again and
+                # refused again at the next sweep, not left PENDING on a node without it)
+                await self._sms.report_task(
+                    there.transition(TaskState.FAILED, reason=str(exc), exit_code=exc.exit_code)
+                )
                 return True
             self.placed += 1
             logger.info(
