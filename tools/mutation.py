@@ -224,6 +224,12 @@ TARGETS = (
         (_T + "core/test_retries.py", _T + "core/test_retry_placement.py"),
     ),
     Target(
+        # Deleting finished tasks: never a running one, only what the policy lets go.
+        "retention",
+        ("spear/core/retention.py",),
+        (_T + "test_task_deletion.py",),
+    ),
+    Target(
         # Idempotent submission: a key makes at most one task however often it is sent.
         "idempotency",
         ("spear/node/idempotency.py",),
