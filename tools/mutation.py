@@ -224,6 +224,13 @@ TARGETS = (
         (_T + "core/test_retries.py", _T + "core/test_retry_placement.py"),
     ),
     Target(
+        # A member's task reports to the SMS: each task's latest state, in order, none lost
+        # while the SMS is away or while a report is on the way.
+        "task_reports",
+        ("spear/core/task_reports.py",),
+        (_T + "core/test_task_reports.py",),
+    ),
+    Target(
         # Deleting finished tasks: never a running one, only what the policy lets go.
         "retention",
         ("spear/core/retention.py",),

@@ -448,7 +448,7 @@ async def test_a_refused_tasks_end_that_cannot_be_recorded_is_tried_again_next_s
             *,
             wait: bool = False,
             output: bool = False,
-        ) -> BatchAnswer:  # noqa: E501
+        ) -> BatchAnswer:
             error = InvalidModule("its module is gone")
             return BatchAnswer(tuple(Forwarded(error=error) for _ in tasks), Resources(0, 0))
 

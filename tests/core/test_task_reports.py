@@ -21,6 +21,8 @@ from spear.store.leveldb import LevelDBKV
 if TYPE_CHECKING:
     from pathlib import Path
 
+    import pytest
+
 
 def _task() -> Task:
     return Task(
@@ -78,3 +80,109 @@ async def test_each_tasks_latest_state_is_reported_and_a_bad_record_is_skipped(
             await store.transition(long.id, TaskState.FAILED)
             await _reported(sms, long.id, TaskState.FAILED)
             tg.cancel_scope.cancel()
+
+
+class _Away:
+    """The SMS behind a link that fails while `down`: every report call noted."""
+
+    def __init__(self, sms: MetadataServer) -> None:
+        self.sms = sms
+        self.down = False
+        self.calls: list[list[tuple[str, str]]] = []
+        self.arrived: anyio.Event | None = None
+        self.gate: anyio.Event | None = None  # (set: a report waits for it, in flight)
+
+    async def report_tasks(self, tasks: list[Task]) -> None:
+        from spear.errors import Unavailable
+
+        self.calls.append([(t.id, t.state.value) for t in tasks])
+        if self.arrived is not None:
+            self.arrived.set()
+        if self.gate is not None:
+            await self.gate.wait()
+        if self.down:
+            raise Unavailable("the SMS is away")
+        await self.sms.report_tasks(tasks)
+
+
+async def test_reports_wait_while_the_sms_is_away_in_batches_in_order_and_none_is_lost(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from spear.core import task_reports
+
+    monkeypatch.setattr(task_reports, "_BATCH", 2)
+    monkeypatch.setattr(task_reports, "_RETRY_S", 0.01)
+    async with (
+        LevelDBKV.open(str(tmp_path / "sms.ldb")) as sms_kv,
+        LevelDBKV.open(str(tmp_path / "node.ldb")) as node_kv,
+    ):
+        sms = MetadataServer(sms_kv, TIMINGS, Clock())
+        await sms.register(node("a"))
+        store = TaskStore(node_kv)
+        link = _Away(sms)
+        link.down = True
+        reporter = TaskReporter(link, node_kv, store)  # type: ignore[arg-type]
+        tasks = [_task() for _ in range(5)]
+        async with anyio.create_task_group() as tg:
+            await tg.start(reporter.run)
+            for task in tasks:
+                await store.create(task)
+            with anyio.fail_after(5):
+                while len(link.calls) < 3:  # (tried, and tried again: still away)
+                    await anyio.sleep(0.005)
+            assert reporter.sent == 0 and len(reporter._pending) == 5
+            link.down = False
+            for task in tasks:
+                await _reported(sms, task.id, TaskState.PENDING)
+            tg.cancel_scope.cancel()
+    assert all(len(call) <= 2 for call in link.calls)
+    sent = [task_id for call in link.calls[-3:] for task_id, _ in call]
+    assert sent == [t.id for t in tasks]  # (the oldest first, each once)
+    assert reporter.sent == 5 and not reporter._pending
+
+
+async def test_a_change_made_while_its_report_is_on_the_way_is_reported_after_it(
+    tmp_path: Path,
+) -> None:
+    async with (
+        LevelDBKV.open(str(tmp_path / "sms.ldb")) as sms_kv,
+        LevelDBKV.open(str(tmp_path / "node.ldb")) as node_kv,
+    ):
+        sms = MetadataServer(sms_kv, TIMINGS, Clock())
+        await sms.register(node("a"))
+        store = TaskStore(node_kv)
+        link = _Away(sms)
+        reporter = TaskReporter(link, node_kv, store)  # type: ignore[arg-type]
+        task = _task()
+        async with anyio.create_task_group() as tg:
+            await tg.start(reporter.run)
+            link.arrived, link.gate = anyio.Event(), anyio.Event()
+            await store.create(task)
+            with anyio.fail_after(5):
+                await link.arrived.wait()  # (its PENDING report is on the way)
+            link.arrived = None
+            await store.transition(task.id, TaskState.RUNNING)
+            with anyio.fail_after(5):
+                while not isinstance(reporter._pending.get(task.id), bytes):
+                    await anyio.sleep(0.001)  # (the change seen: it waits behind the report)
+            gate, link.gate = link.gate, None
+            gate.set()
+            await _reported(sms, task.id, TaskState.RUNNING)
+            tg.cancel_scope.cancel()
+
+
+async def test_a_resync_offers_every_unfinished_task_and_no_finished_one(
+    tmp_path: Path,
+) -> None:
+    async with LevelDBKV.open(str(tmp_path / "node.ldb")) as node_kv:
+        store = TaskStore(node_kv)
+        waiting, running, done = _task(), _task(), _task()
+        for task in (waiting, running, done):
+            await store.create(task)
+        await store.transition(running.id, TaskState.RUNNING)
+        await store.transition(done.id, TaskState.RUNNING)
+        await store.transition(done.id, TaskState.COMPLETED)
+        reporter = TaskReporter(None, node_kv, store)  # type: ignore[arg-type]
+        await reporter.resync()
+        offered = {task_id: task.state for task_id, task in reporter._pending.items()}
+        assert offered == {waiting.id: TaskState.PENDING, running.id: TaskState.RUNNING}
