@@ -222,3 +222,67 @@ def test_delete_help_imports_no_node(data_dir: Path) -> None:
         timeout=60,
     )
     assert proc.returncode == 0 and b"--older-than" in proc.stdout
+
+
+def test_expired_keeps_a_task_exactly_as_old_as_allowed_and_dates_old_records_as_it_can() -> None:
+    no_end = Task(
+        "h", FunctionSpec("m.wasm"), state=TaskState.CANCELLED, created_at=10.0,
+        history=(("PENDING", 10.0), ("RUNNING", 20.0), ("CANCELLED", 30.0)),
+    )  # fmt: skip
+    bare = Task("n", FunctionSpec("m.wasm"), state=TaskState.FAILED, created_at=40.0)
+    tasks = [_ended("a", 100.0), no_end, bare]
+    ids = lambda found: sorted(t.id for t in found)  # noqa: E731
+    assert ids(expired(tasks, older_than_s=50, now=150)) == ["h", "n"]  # (a: exactly 50)
+    assert ids(expired(tasks, older_than_s=69, now=100)) == ["h"]  # (ended at 30: its last)
+    assert ids(expired(tasks, older_than_s=75, now=100)) == []  # (not at 20 or 10)
+    assert ids(expired(tasks, older_than_s=59, now=100)) == ["h", "n"]  # (n: created 40)
+    assert [t.id for t in expired(tasks, keep=1, now=100)] == ["n", "h"]  # (newest end kept)
+    for bad, words in (({"older_than_s": -1}, "older-than"), ({"keep": -1}, "keep")):
+        with pytest.raises(InvalidArgument) as caught:
+            expired(tasks, **bad)  # type: ignore[arg-type]
+        assert str(caught.value) == f"{words} must not be negative"
+
+
+async def test_a_deleted_tasks_result_goes_even_if_pinned_and_a_missing_one_is_no_error(
+    tmp_path: Path,
+) -> None:
+    from spear.core.retention import delete_tasks
+
+    module = str(hello(tmp_path))
+    async with spear.LocalNode(tmp_path / "home") as node:
+        pinned, missing = await node.run(FunctionSpec(module)), await node.run(FunctionSpec(module))
+        await node.objects.pin(f"results/{pinned.id}")
+        await node.objects.delete(f"results/{missing.id}", force=True)  # (removed already)
+        assert await delete_tasks(node, [pinned, missing]) == [pinned.id, missing.id]
+        assert not await _has_result(node, f"results/{pinned.id}")
+
+
+async def test_on_a_cluster_member_the_sms_forgets_each_deleted_batch(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from spear.core import retention
+    from spear.errors import Unavailable
+
+    monkeypatch.setattr(retention, "_BATCH", 2)
+    module = str(hello(tmp_path))
+    async with spear.LocalNode(tmp_path / "home") as node:
+        tasks = [await node.run(FunctionSpec(module)) for _ in range(3)]
+        forgotten: list[list[str]] = []
+
+        async def forget(task_ids: list[str]) -> None:
+            forgotten.append(list(task_ids))
+
+        monkeypatch.setattr(node, "forget_tasks", forget)
+        assert await retention.delete_tasks(node, tasks) == [t.id for t in tasks]
+        assert forgotten == [[tasks[0].id, tasks[1].id], [tasks[2].id]]
+        more = [await node.run(FunctionSpec(module))]
+
+        async def away(task_ids: list[str]) -> None:
+            raise Unavailable("the SMS is away")
+
+        monkeypatch.setattr(node, "forget_tasks", away)
+        with pytest.raises(Unavailable) as caught:
+            await retention.delete_tasks(node, more)
+        assert str(caught.value) == (
+            "deleted 1 task(s) on this node, but the SMS still lists them: the SMS is away"
+        )
