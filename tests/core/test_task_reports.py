@@ -186,3 +186,45 @@ async def test_a_resync_offers_every_unfinished_task_and_no_finished_one(
         await reporter.resync()
         offered = {task_id: task.state for task_id, task in reporter._pending.items()}
         assert offered == {waiting.id: TaskState.PENDING, running.id: TaskState.RUNNING}
+
+
+async def test_a_lone_unreadable_record_is_dropped_and_said_and_offered_tasks_still_go(
+    tmp_path: Path,
+) -> None:
+    from log_capture import SpearLog
+
+    async with (
+        LevelDBKV.open(str(tmp_path / "sms.ldb")) as sms_kv,
+        LevelDBKV.open(str(tmp_path / "node.ldb")) as node_kv,
+    ):
+        sms = MetadataServer(sms_kv, TIMINGS, Clock())
+        await sms.register(node("a"))
+        store = TaskStore(node_kv)
+        reporter = TaskReporter(sms, node_kv, store)
+        async with anyio.create_task_group() as tg:
+            await tg.start(reporter.run)
+            with SpearLog("WARNING", "{message}") as logged:
+                await node_kv.commit([Write("tasks/" + "e" * 12, b"{not json", None)])
+                with anyio.fail_after(5):
+                    while not logged or reporter._pending:  # (dropped, not resent forever)
+                        await anyio.sleep(0.005)
+            assert [line.rstrip() for line in logged] == [
+                "unreadable task record tasks/" + "e" * 12 + " not reported"
+            ]
+            one, two = _task(), _task()  # offered as tasks (a resync's), in one batch
+            reporter.offer(one)
+            reporter.offer(two)
+            for task in (one, two):
+                await _reported(sms, task.id, TaskState.PENDING)
+            tg.cancel_scope.cancel()
+
+
+async def test_a_tasks_newer_change_waits_behind_older_changes_of_others(tmp_path: Path) -> None:
+    async with LevelDBKV.open(str(tmp_path / "node.ldb")) as node_kv:
+        reporter = TaskReporter(None, node_kv, TaskStore(node_kv))  # type: ignore[arg-type]
+        a, b = _task(), _task()
+        reporter.offer(a)
+        reporter.offer(b)
+        reporter.offer(a.transition(TaskState.RUNNING))
+        assert list(reporter._pending) == [b.id, a.id]
+        assert reporter._pending[a.id].state is TaskState.RUNNING  # type: ignore[union-attr]
