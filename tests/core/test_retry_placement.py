@@ -14,6 +14,7 @@ from spear.core.models import FunctionSpec, Resources, Task, TaskState
 from spear.core.retry_placement import RetryPlacement
 from spear.core.sms import MetadataServer
 from spear.core.worker import EXIT_LOST
+from spear.errors import InvalidModule
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -43,6 +44,21 @@ class Recorder:
             return BatchAnswer(tuple(Forwarded(refused=True) for _ in tasks), Resources(0, 0))
         self.sent.extend((node.name, task) for task, _ in tasks)
         return BatchAnswer(tuple(Forwarded(task=t) for t, _ in tasks), Resources(0, 0))
+
+
+class ModuleGone(Recorder):
+    """A Forwarder whose every node refuses the task for itself: its module is gone."""
+
+    async def forward_batch(
+        self,
+        node: NodeRecord,
+        tasks: Sequence[tuple[Task, bytes | None]],
+        *,
+        wait: bool = False,
+        output: bool = False,
+    ) -> BatchAnswer:
+        error = InvalidModule("its module is gone")
+        return BatchAnswer(tuple(Forwarded(error=error) for _ in tasks), Resources(0, 0))
 
 
 def retryable(task: Task, retries: int = 2) -> Task:
@@ -311,20 +327,6 @@ async def test_a_task_refused_where_it_first_went_goes_to_the_next_node_at_once(
 async def test_a_task_its_node_refuses_for_itself_ends_failed_with_why(
     kv: KV,  # noqa: F811
 ) -> None:
-    from spear.errors import InvalidModule
-
-    class ModuleGone(Recorder):
-        async def forward_batch(
-            self,
-            node: NodeRecord,
-            tasks: Sequence[tuple[Task, bytes | None]],
-            *,
-            wait: bool = False,
-            output: bool = False,
-        ) -> BatchAnswer:
-            error = InvalidModule("its module is gone")
-            return BatchAnswer(tuple(Forwarded(error=error) for _ in tasks), Resources(0, 0))
-
     sms, _, again = await _one_queued(kv, ModuleGone(), "b")
     await sms.retries.place_due()
     ended = await sms.task(again.id)
@@ -438,19 +440,7 @@ async def test_a_refused_tasks_end_that_cannot_be_recorded_is_tried_again_next_s
     kv: KV,  # noqa: F811
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    from spear.errors import InvalidModule, StorageError
-
-    class ModuleGone(Recorder):
-        async def forward_batch(
-            self,
-            node: NodeRecord,
-            tasks: Sequence[tuple[Task, bytes | None]],
-            *,
-            wait: bool = False,
-            output: bool = False,
-        ) -> BatchAnswer:
-            error = InvalidModule("its module is gone")
-            return BatchAnswer(tuple(Forwarded(error=error) for _ in tasks), Resources(0, 0))
+    from spear.errors import StorageError
 
     sms, _, again = await _one_queued(kv, ModuleGone(), "b")
     real = sms.report_task

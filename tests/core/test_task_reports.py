@@ -4,6 +4,7 @@ latest state reported, a record that cannot be read dropped without holding up t
 
 from __future__ import annotations
 
+import contextlib
 import secrets
 from typing import TYPE_CHECKING
 
@@ -19,6 +20,7 @@ from spear.store.kv import Write
 from spear.store.leveldb import LevelDBKV
 
 if TYPE_CHECKING:
+    from collections.abc import AsyncIterator
     from pathlib import Path
 
     import pytest
@@ -32,6 +34,18 @@ def _task() -> Task:
         node="a",
         history=(("PENDING", 1.0),),
     )
+
+
+@contextlib.asynccontextmanager
+async def _member(tmp_path: Path) -> AsyncIterator[tuple[MetadataServer, LevelDBKV, TaskStore]]:
+    """A real SMS with node "a" registered, and that member's real task store (LevelDB)."""
+    async with (
+        LevelDBKV.open(str(tmp_path / "sms.ldb")) as sms_kv,
+        LevelDBKV.open(str(tmp_path / "node.ldb")) as node_kv,
+    ):
+        sms = MetadataServer(sms_kv, TIMINGS, Clock())
+        await sms.register(node("a"))
+        yield sms, node_kv, TaskStore(node_kv)
 
 
 async def _reported(sms: MetadataServer, task_id: str, state: TaskState) -> Task:
@@ -50,13 +64,7 @@ async def _reported(sms: MetadataServer, task_id: str, state: TaskState) -> Task
 async def test_each_tasks_latest_state_is_reported_and_a_bad_record_is_skipped(
     tmp_path: Path,
 ) -> None:
-    async with (
-        LevelDBKV.open(str(tmp_path / "sms.ldb")) as sms_kv,
-        LevelDBKV.open(str(tmp_path / "node.ldb")) as node_kv,
-    ):
-        sms = MetadataServer(sms_kv, TIMINGS, Clock())
-        await sms.register(node("a"))
-        store = TaskStore(node_kv)
+    async with _member(tmp_path) as (sms, node_kv, store):
         reporter = TaskReporter(sms, node_kv, store)
         async with anyio.create_task_group() as tg:
             await tg.start(reporter.run)
@@ -112,13 +120,7 @@ async def test_reports_wait_while_the_sms_is_away_in_batches_in_order_and_none_i
 
     monkeypatch.setattr(task_reports, "_BATCH", 2)
     monkeypatch.setattr(task_reports, "_RETRY_S", 0.01)
-    async with (
-        LevelDBKV.open(str(tmp_path / "sms.ldb")) as sms_kv,
-        LevelDBKV.open(str(tmp_path / "node.ldb")) as node_kv,
-    ):
-        sms = MetadataServer(sms_kv, TIMINGS, Clock())
-        await sms.register(node("a"))
-        store = TaskStore(node_kv)
+    async with _member(tmp_path) as (sms, node_kv, store):
         link = _Away(sms)
         link.down = True
         reporter = TaskReporter(link, node_kv, store)  # type: ignore[arg-type]
@@ -144,13 +146,7 @@ async def test_reports_wait_while_the_sms_is_away_in_batches_in_order_and_none_i
 async def test_a_change_made_while_its_report_is_on_the_way_is_reported_after_it(
     tmp_path: Path,
 ) -> None:
-    async with (
-        LevelDBKV.open(str(tmp_path / "sms.ldb")) as sms_kv,
-        LevelDBKV.open(str(tmp_path / "node.ldb")) as node_kv,
-    ):
-        sms = MetadataServer(sms_kv, TIMINGS, Clock())
-        await sms.register(node("a"))
-        store = TaskStore(node_kv)
+    async with _member(tmp_path) as (sms, node_kv, store):
         link = _Away(sms)
         reporter = TaskReporter(link, node_kv, store)  # type: ignore[arg-type]
         task = _task()
@@ -193,13 +189,7 @@ async def test_a_lone_unreadable_record_is_dropped_and_said_and_offered_tasks_st
 ) -> None:
     from log_capture import SpearLog
 
-    async with (
-        LevelDBKV.open(str(tmp_path / "sms.ldb")) as sms_kv,
-        LevelDBKV.open(str(tmp_path / "node.ldb")) as node_kv,
-    ):
-        sms = MetadataServer(sms_kv, TIMINGS, Clock())
-        await sms.register(node("a"))
-        store = TaskStore(node_kv)
+    async with _member(tmp_path) as (sms, node_kv, store):
         reporter = TaskReporter(sms, node_kv, store)
         async with anyio.create_task_group() as tg:
             await tg.start(reporter.run)
