@@ -237,6 +237,13 @@ TARGETS = (
         (_T + "test_task_deletion.py",),
     ),
     Target(
+        # The SMS forgetting deleted tasks: only finished ones, of the caller's namespace,
+        # run on the calling member, all or nothing.
+        "sms_retention",
+        ("spear/core/sms_retention.py",),
+        (_T + "core/test_sms_retention_rules.py",),
+    ),
+    Target(
         # Idempotent submission: a key makes at most one task however often it is sent.
         "idempotency",
         ("spear/node/idempotency.py",),
