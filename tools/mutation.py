@@ -244,6 +244,12 @@ TARGETS = (
         (_T + "core/test_sms_retention_rules.py",),
     ),
     Target(
+        # The stdin of tasks that may run again elsewhere, kept at the SMS until they end.
+        "task_inputs",
+        ("spear/core/task_inputs.py",),
+        (_T + "core/test_retry_placement.py",),
+    ),
+    Target(
         # Idempotent submission: a key makes at most one task however often it is sent.
         "idempotency",
         ("spear/node/idempotency.py",),

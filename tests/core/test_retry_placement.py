@@ -7,6 +7,7 @@ from __future__ import annotations
 import dataclasses
 from typing import TYPE_CHECKING
 
+import pytest
 from test_sms import TIMINGS, Clock, GiB, kv, node, task_on  # noqa: F401 (kv: a fixture)
 
 from spear.core.forwarding import BatchAnswer, Forwarded
@@ -18,8 +19,6 @@ from spear.errors import InvalidModule
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
-
-    import pytest
 
     from spear.core.cluster import NodeRecord
     from spear.store.kv import KV
@@ -458,3 +457,27 @@ async def test_a_refused_tasks_end_that_cannot_be_recorded_is_tried_again_next_s
     ended = await sms.task(again.id)
     assert ended.state is TaskState.FAILED and ended.reason == "its module is gone"
     assert await kv.get("retry/" + again.id) is None
+
+
+async def test_a_kept_stdin_is_at_most_a_mib_and_forgetting_counts_what_went(
+    kv: KV,  # noqa: F811
+) -> None:
+    from spear.core import task_inputs
+    from spear.errors import InvalidArgument
+
+    most = task_inputs.MAX_KEPT_BYTES
+    await task_inputs.keep(kv, "t1", b"x" * most)
+    with pytest.raises(InvalidArgument) as caught:
+        await task_inputs.keep(kv, "t2", b"x" * (most + 1))
+    assert str(caught.value) == f"a kept stdin is at most {most} bytes"
+    assert await task_inputs.kept(kv, "t2") is None
+    for task_id in ("t3", "t4"):
+        await task_inputs.keep(kv, task_id, b"in")
+
+    async def finished(task_id: str) -> bool:
+        return task_id != "t3"
+
+    assert await task_inputs.forget_finished(kv, finished) == 2  # (t1 and t4)
+    assert await task_inputs.kept(kv, "t3") == b"in"
+    assert await task_inputs.kept(kv, "t1") is None and await task_inputs.kept(kv, "t4") is None
+    assert await task_inputs.forget_finished(kv, finished) == 0
