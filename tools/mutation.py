@@ -250,6 +250,12 @@ TARGETS = (
         (_T + "core/test_retry_placement.py",),
     ),
     Target(
+        # A task named by a prefix: exactly one task, never a guess among several.
+        "task_ids",
+        ("spear/core/task_ids.py",),
+        (_T + "core/test_task_ids.py",),
+    ),
+    Target(
         # Idempotent submission: a key makes at most one task however often it is sent.
         "idempotency",
         ("spear/node/idempotency.py",),
