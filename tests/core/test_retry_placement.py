@@ -15,7 +15,7 @@ from spear.core.models import FunctionSpec, Resources, Task, TaskState
 from spear.core.retry_placement import RetryPlacement
 from spear.core.sms import MetadataServer
 from spear.core.worker import EXIT_LOST
-from spear.errors import InvalidModule
+from spear.errors import InvalidModule, SpearError
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -25,11 +25,16 @@ if TYPE_CHECKING:
 
 
 class Recorder:
-    """A Forwarder that takes every task (or refuses the nodes in `full`)."""
+    """A Forwarder that takes every task, noting where it went and its stdin, except on
+    the nodes in `full` (no room there now: refused). With `refuse_first`, the first node
+    asked is full from then on; with `error`, every node refuses each task for itself."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, refuse_first: bool = False, error: SpearError | None = None) -> None:
         self.sent: list[tuple[str, Task]] = []
+        self.stdins: list[bytes | None] = []
         self.full: set[str] = set()
+        self.refuse_first = refuse_first
+        self.error = error
 
     async def forward_batch(
         self,
@@ -39,25 +44,20 @@ class Recorder:
         wait: bool = False,
         output: bool = False,
     ) -> BatchAnswer:
+        if self.refuse_first and not self.full:
+            self.full.add(node.name)  # (whichever node ranks first: full now)
         if node.name in self.full:  # no room there now: refused, nothing recorded
             return BatchAnswer(tuple(Forwarded(refused=True) for _ in tasks), Resources(0, 0))
+        if self.error is not None:
+            return BatchAnswer(tuple(Forwarded(error=self.error) for _ in tasks), Resources(0, 0))
         self.sent.extend((node.name, task) for task, _ in tasks)
+        self.stdins.extend(stdin for _, stdin in tasks)
         return BatchAnswer(tuple(Forwarded(task=t) for t, _ in tasks), Resources(0, 0))
 
 
-class ModuleGone(Recorder):
+def module_gone() -> Recorder:
     """A Forwarder whose every node refuses the task for itself: its module is gone."""
-
-    async def forward_batch(
-        self,
-        node: NodeRecord,
-        tasks: Sequence[tuple[Task, bytes | None]],
-        *,
-        wait: bool = False,
-        output: bool = False,
-    ) -> BatchAnswer:
-        error = InvalidModule("its module is gone")
-        return BatchAnswer(tuple(Forwarded(error=error) for _ in tasks), Resources(0, 0))
+    return Recorder(error=InvalidModule("its module is gone"))
 
 
 def retryable(task: Task, retries: int = 2) -> Task:
@@ -129,21 +129,8 @@ async def test_a_kept_stdin_goes_with_the_retry_and_is_forgotten_once_it_ends(
 
     clock = Clock()
     sms = MetadataServer(kv, TIMINGS, clock)
-    stdins: list[bytes | None] = []
-
-    class Keeping(Recorder):
-        async def forward_batch(
-            self,
-            node: NodeRecord,
-            tasks: Sequence[tuple[Task, bytes | None]],
-            *,
-            wait: bool = False,
-            output: bool = False,
-        ) -> BatchAnswer:
-            stdins.extend(stdin for _, stdin in tasks)
-            return await super().forward_batch(node, tasks, wait=wait, output=output)
-
-    sms.retries = RetryPlacement(sms, Keeping(), clock)
+    forwarder = Recorder()
+    sms.retries = RetryPlacement(sms, forwarder, clock)
     await sms.register(node("a"))
     await sms.register(node("b"))
     kept = await sms.report_task(retryable(task_on("a")))
@@ -154,7 +141,7 @@ async def test_a_kept_stdin_goes_with_the_retry_and_is_forgotten_once_it_ends(
     await sms.sweep()  # a is dead: both retried, one with its stdin
     clock.now += 1
     assert await sms.retries.place_due() == 2
-    assert sorted(stdins, key=repr) == sorted([b"the input", None], key=repr)
+    assert sorted(forwarder.stdins, key=repr) == sorted([b"the input", None], key=repr)
     # While it runs again its stdin stays (it may be lost again); once it ended, it goes.
     for _ in range(retry_placement._FORGET_EVERY):
         await sms.retries.place_due()
@@ -301,20 +288,7 @@ async def test_a_queued_task_cancelled_adopted_or_gone_is_dropped_not_placed(
 async def test_a_task_refused_where_it_first_went_goes_to_the_next_node_at_once(
     kv: KV,  # noqa: F811
 ) -> None:
-    class RefusesTheFirst(Recorder):
-        async def forward_batch(
-            self,
-            node: NodeRecord,
-            tasks: Sequence[tuple[Task, bytes | None]],
-            *,
-            wait: bool = False,
-            output: bool = False,
-        ) -> BatchAnswer:
-            if not self.full:
-                self.full.add(node.name)  # (whichever node ranks first: full now)
-            return await super().forward_batch(node, tasks, wait=wait, output=output)
-
-    forwarder = RefusesTheFirst()
+    forwarder = Recorder(refuse_first=True)
     sms, _, again = await _one_queued(kv, forwarder, "b", "c")
     assert await sms.retries.place_due() == 1 and sms.retries.placed == 1
     [(went, task)] = forwarder.sent
@@ -326,7 +300,7 @@ async def test_a_task_refused_where_it_first_went_goes_to_the_next_node_at_once(
 async def test_a_task_its_node_refuses_for_itself_ends_failed_with_why(
     kv: KV,  # noqa: F811
 ) -> None:
-    sms, _, again = await _one_queued(kv, ModuleGone(), "b")
+    sms, _, again = await _one_queued(kv, module_gone(), "b")
     await sms.retries.place_due()
     ended = await sms.task(again.id)
     assert ended.state is TaskState.FAILED and ended.reason == "its module is gone"
@@ -441,7 +415,7 @@ async def test_a_refused_tasks_end_that_cannot_be_recorded_is_tried_again_next_s
 ) -> None:
     from spear.errors import StorageError
 
-    sms, _, again = await _one_queued(kv, ModuleGone(), "b")
+    sms, _, again = await _one_queued(kv, module_gone(), "b")
     real = sms.report_task
 
     async def report_task(task: Task) -> Task:
