@@ -401,9 +401,11 @@ class Client(AsyncResource):
     ) -> list[Task | SpearError]:
         """Submit many tasks in one call; each entry is the task, or why it was refused."""
         out = await self._sent_many(specs, wait)
-        lost = [i for i, outcome in enumerate(out) if self._lost_digest(outcome)]
+        lost = {
+            i: digest for i, outcome in enumerate(out) if (digest := self._lost_digest(outcome))
+        }
         if lost:  # modules the node no longer had: forgotten, and sent again with these
-            self._uploaded -= {self._lost_digest(out[i]) for i in lost}
+            self._uploaded -= set(lost.values())
             again = await self._sent_many([specs[i] for i in lost], wait)
             for i, outcome in zip(lost, again, strict=True):
                 out[i] = outcome
