@@ -297,6 +297,23 @@ def test_a_restarted_holder_announces_what_it_holds(make_cluster: Any) -> None:
     assert data == b"k" * 10000
 
 
+def test_an_object_removed_while_its_holder_was_down_stays_removed(make_cluster: Any) -> None:
+    """`spear obj rm` while the only holder is down; when it comes back and announces its
+    copy, the copy is dropped (before: it was adopted and the object came back)."""
+    cluster = make_cluster(nodes=2)
+    n1 = cluster.member("node-1").address
+    on(cluster.member("node-2").address, lambda c: c.put_object("doomed", b"d" * 10000))
+    cluster.stop_member(cluster.member("node-2"), signal.SIGKILL)
+    on(n1, lambda c: c.delete_object("doomed"))
+    cluster.start_node(2)
+    cluster.wait_registered()
+    objects = cluster.member("node-2").data_dir / "objects"
+    assert_eventually(lambda: not any(p.is_file() for p in objects.rglob("*")), timeout=20)
+    with pytest.raises(NotFound):
+        on(n1, lambda c: c.get_object("doomed"))
+    assert on(n1, lambda c: c.list_objects("doomed")) == []
+
+
 def test_gc_is_cluster_wide(make_cluster: Any) -> None:
     quick_gc = {"object_gc_grace_s": 1.0, "object_gc_interval_s": 0.3}
     cluster = make_cluster(nodes=2, node_settings={"node-1": quick_gc, "node-2": quick_gc})

@@ -7,10 +7,11 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 import anyio
+import orjson
 import pytest
 from test_sms import Clock, kv  # noqa: F401 - the KV fixture (LevelDB and etcd), the clock
 
-from spear.core.object_index import ObjectIndex
+from spear.core.object_index import TOMBSTONE_KEEP_S, ObjectIndex
 from spear.errors import Conflict, InvalidArgument, NotFound
 
 if TYPE_CHECKING:
@@ -130,3 +131,89 @@ async def test_a_small_value_lives_in_the_entry_with_its_version_only(kv: KV) ->
         assert (await index.lookup("k")).value is None
     await index.commit("k", "node-1", "a1", 0, None, b"")  # an empty value is one too
     assert (await index.lookup("k")).value == b""
+
+
+async def test_a_deleted_object_is_not_adopted_back_from_a_node_that_was_away(kv: KV) -> None:
+    """rm while a holder is down, then the holder comes back: its copy is stale, the
+    object stays deleted (before: the copy was adopted under a new version)."""
+    index = ObjectIndex(kv)
+    old = await index.commit("k", "node-2", "a2", 5, None)
+    await index.hold("k", "node-3", "a3", old.version)
+    new = await index.commit("k", "node-2", "a2", 6, old.version)  # node-3's copy now old
+    await index.hold("k", "node-3", "a3", new.version)
+    _, deleted = await index.change("k", "delete", asker="node-1")
+    assert deleted
+    # node-2 holds the last version, node-3 an old one (its sweep had not run): both stale.
+    assert await index.announce("node-2", "b2", [("k", new.version, 6)]) == (["k"], [])
+    assert await index.announce("node-3", "b3", [("k", old.version, 5)]) == (["k"], [])
+    with pytest.raises(NotFound):
+        await index.lookup("k")
+    assert await kv.scan("objgone/") == []  # every holder told: the tombstone is gone
+    # A key nobody deleted is still adopted (an SMS that lost its store).
+    assert (await index.announce("node-2", "b2", [("other", 3, 1)]))[0] == []
+    assert (await index.lookup("other")).holder_names() == ("node-2",)
+
+
+async def test_a_tombstone_names_the_holders_but_the_asker_and_lasts_until_each_is_told(
+    kv: KV,
+) -> None:
+    index = ObjectIndex(kv)
+    rec = await index.commit("k", "node-1", "a1", 5, None)
+    await index.change("k", "delete", asker="node-1")  # its only holder asked: no tombstone
+    assert await kv.scan("objgone/") == []
+    rec = await index.commit("k", "node-1", "a1", 5, None)
+    await index.hold("k", "node-2", "a2", rec.version)
+    await index.hold("k", "node-3", "a3", rec.version)
+    await index.change("k", "force-delete", asker="node-1")
+    assert await index.announce("node-2", "a2", [("k", rec.version, 5)]) == (["k"], [])
+    [stone] = await kv.scan("objgone/")
+    assert orjson.loads(stone.value)["holders"] == ["node-3"]
+    # A later copy (the key created again after the delete) is not buried by it.
+    again = await index.commit("k", "node-4", "a4", 5, None)
+    await index.change("k", "delete", asker="node-4")
+    stale, adopted = await index.announce("node-5", "a5", [("k", again.version + 1, 5)])
+    assert stale == [] and [k for k, _ in adopted] == ["k"]
+
+
+async def test_collection_leaves_tombstones_for_holders_away_and_sweeps_strike_them(
+    kv: KV,
+) -> None:
+    clock, live = Clock(), {"node-1", "node-2"}
+
+    async def live_nodes() -> set[str]:
+        return live
+
+    index = ObjectIndex(kv, live_nodes, clock=clock)
+    rec = await index.commit("k", "node-1", "a1", 5, None)
+    await index.hold("k", "node-2", "a2", rec.version)
+    await index.hold("k", "node-3", "a3", rec.version)
+    gone = await index.commit("j", "node-1", "a1", 5, None)  # held by live members only
+    clock.now += 100
+    collected = await index.collect(50, asker="node-1")
+    assert sorted(r.key for r in collected) == ["j", "k"]
+    [stone] = await kv.scan("objgone/")  # only k, and only for node-3 (away)
+    assert stone.key == "objgone/k" and orjson.loads(stone.value)["holders"] == ["node-3"]
+    assert await index.announce("node-1", "a1", [("j", gone.version, 5)]) != ([], [])
+    # node-3's sweeps: the first only marks when it swept; the second strikes it off.
+    live.add("node-3")
+    clock.now += 1
+    await index.collect(50, asker="node-3")
+    assert len(await kv.scan("objgone/")) == 1
+    clock.now += 1
+    await index.collect(50, asker="node-3")
+    assert await kv.scan("objgone/") == []
+
+
+async def test_a_tombstone_is_kept_at_most_tombstone_keep_s(kv: KV) -> None:
+    clock = Clock()
+    index = ObjectIndex(kv, clock=clock)
+    rec = await index.commit("k", "node-1", "a1", 5, None)
+    await index.change("k", "delete", asker="node-9")
+    clock.now += TOMBSTONE_KEEP_S
+    await index.collect(50)
+    assert len(await kv.scan("objgone/")) == 1
+    clock.now += 1
+    await index.collect(50)
+    assert await kv.scan("objgone/") == []
+    stale, adopted = await index.announce("node-1", "a1", [("k", rec.version, 5)])
+    assert stale == [] and [k for k, _ in adopted] == ["k"]  # too late: adopted again

@@ -16,6 +16,16 @@ Small values (at most `INLINE_MAX` bytes) are kept in the entry itself (base64 i
 JSON), and LookupObject answers with them: a node reads one from the index in the round
 trip it makes anyway, with no hop to a holder (the small-object fast path). The value is
 replaced in the same compare-and-swap as the version, so it is always that version's.
+
+A deleted object stays deleted. Its copies on nodes that were away (or that had not yet
+dropped theirs) are named in a tombstone, `objgone/<key>` (its last version, when, and
+those holders), written in the same transaction as the delete; a node coming back that
+announces such a copy is told it is stale instead of having it adopted. A tombstone names
+every holder but the node that asked for an explicit delete (it drops its own copy at
+once), and for a collection only the holders that were not live (a live one drops its
+copy at its next sweep). A holder is struck off when it announces the copy, or at its
+second collection since the delete (its sweep after the first dropped the copy); a
+tombstone with no holder left, or older than `TOMBSTONE_KEEP_S`, is removed.
 """
 
 from __future__ import annotations
@@ -29,6 +39,7 @@ import orjson
 
 from spear.core.object_leases import ObjectLeases
 from spear.errors import Conflict, InvalidArgument, NotFound
+from spear.store.kv import Write
 
 if TYPE_CHECKING:
     import builtins
@@ -37,6 +48,8 @@ if TYPE_CHECKING:
     from spear.store.kv import KV, Entry
 
 INDEX = "objidx/"
+GONE = "objgone/"  # tombstones of deleted keys whose copies some nodes may still hold
+TOMBSTONE_KEEP_S = 30 * 86400.0  # a holder away longer than this finds its copy adopted
 INLINE_MAX = 4096  # values up to this size live in the index entry (as the node's store inlines)
 CHANGES = ("ref", "unref", "release", "pin", "unpin", "delete", "force-delete")
 
@@ -117,6 +130,8 @@ class ObjectIndex:
         self._clock = clock
         # Members that may have cached versions, told of each change (object_leases.py).
         self.leases = ObjectLeases()
+        # When each member last asked for a collection (a sweep of its copies followed).
+        self._swept: dict[str, float] = {}
 
     async def _live(self) -> set[str] | None:
         return None if self._live_nodes is None else await self._live_nodes()
@@ -195,12 +210,18 @@ class ObjectIndex:
             return _record(key, data, current, await self._live())
 
     async def change(
-        self, key: str, change: str, count: int = 1, expected_version: int | None = None
+        self,
+        key: str,
+        change: str,
+        count: int = 1,
+        expected_version: int | None = None,
+        asker: str | None = None,
     ) -> tuple[ObjectRecord, bool]:
         """Apply one lifecycle change; (the record as it now is or was last, deleted?).
 
         `unref` to no references on an unpinned object deletes it (as on one node);
-        `release` drops `count` references without collecting (a task that ended)."""
+        `release` drops `count` references without collecting (a task that ended).
+        `asker`: the member that asked (it drops its own copy of a deleted object)."""
         if change not in CHANGES:
             raise InvalidArgument(f"unknown object change {change!r}: one of {', '.join(CHANGES)}")
         while True:
@@ -229,10 +250,29 @@ class ObjectIndex:
             else:
                 delete = True
             data.update(refs=refs, pinned=pinned, version=version, updated=self._clock())
-            value = None if delete else orjson.dumps(data)
-            if await self.kv.compare_and_swap(INDEX + key, value, entry.version) >= 0:
+            if delete:
+                away = set(data.get("holders", {})) - {asker}
+                done = await self._delete(entry, key, version, away)
+            else:
+                done = (
+                    await self.kv.compare_and_swap(INDEX + key, orjson.dumps(data), entry.version)
+                    >= 0
+                )
+            if done:
                 await self.leases.changed(self.kv, key)
                 return _record(key, data, version, await self._live()), delete
+
+    async def _delete(self, entry: Entry, key: str, version: int, holders: set[str]) -> bool:
+        """Delete the index entry of `key` (at `entry`'s version: else False), leaving a
+        tombstone naming `holders` (with those of an earlier one) if there are any."""
+        if not holders:
+            return await self.kv.compare_and_swap(entry.key, None, entry.version) >= 0
+        old = await self.kv.get(GONE + key)
+        if old is not None:
+            holders |= set(orjson.loads(old.value).get("holders", ()))
+        stone = {"version": version, "at": self._clock(), "holders": sorted(holders)}
+        writes = [Write(entry.key, None, entry.version), Write(GONE + key, orjson.dumps(stone))]
+        return await self.kv.commit(writes) >= 0
 
     async def list(self, prefix: str = "") -> builtins.list[ObjectRecord]:
         live = await self._live()
@@ -255,6 +295,9 @@ class ObjectIndex:
         for key, version, size in held:
             if await self.hold(key, node, address, version) is not None:
                 continue
+            if await self._buried(key, version, node):  # deleted while this node was away
+                stale.append(key)
+                continue
             if await self.kv.get(INDEX + key) is None:
                 try:
                     record = await self.commit(key, node, address, size, 0)
@@ -265,16 +308,56 @@ class ObjectIndex:
             stale.append(key)
         return stale, adopted
 
-    async def collect(self, grace_s: float) -> builtins.list[ObjectRecord]:
-        """Delete entries with no references and no pin idle for `grace_s`; their records."""
+    async def _buried(self, key: str, version: int, node: str) -> bool:
+        """Whether `version` of `key` was deleted (a tombstone at or past it); `node`, which
+        announced that copy and now drops it, is struck off the tombstone."""
+        entry = await self.kv.get(GONE + key)
+        if entry is None:
+            return False
+        stone = orjson.loads(entry.value)
+        if int(stone["version"]) < version:
+            return False
+        if node in stone["holders"]:
+            await self._strike(entry, stone, {node})
+        return True
+
+    async def _strike(self, entry: Entry, stone: dict[str, Any], nodes: set[str]) -> None:
+        """Take `nodes` off a tombstone; remove it when no holder is left. (A tombstone
+        changed meanwhile is left as it is: it is struck again later.)"""
+        holders = [n for n in stone["holders"] if n not in nodes]
+        value = orjson.dumps({**stone, "holders": holders}) if holders else None
+        await self.kv.compare_and_swap(entry.key, value, entry.version)
+
+    async def collect(
+        self, grace_s: float, asker: str | None = None
+    ) -> builtins.list[ObjectRecord]:
+        """Delete entries with no references and no pin idle for `grace_s`; their records.
+        `asker`: the member whose sweep this is (core docstring: tombstones)."""
         now = self._clock()
+        live = await self._live()
         deleted = []
         for entry in await self.kv.scan(INDEX):
             data, version = _load(entry)
             idle = now - float(data.get("updated", 0.0))
             if data.get("refs", 0) > 0 or data.get("pinned") or idle < grace_s:
                 continue
-            if await self.kv.compare_and_swap(entry.key, None, entry.version) == 0:
+            away = set() if live is None else set(data.get("holders", {})) - live
+            if await self._delete(entry, entry.key[len(INDEX) :], version, away):
                 await self.leases.changed(self.kv, entry.key[len(INDEX) :])
                 deleted.append(_record(entry.key[len(INDEX) :], data, version, None))
+        await self._prune(now, asker)
         return deleted
+
+    async def _prune(self, now: float, asker: str | None) -> None:
+        """Strike `asker` off the tombstones older than its last collection (its sweep
+        since dropped those copies); remove tombstones past `TOMBSTONE_KEEP_S`."""
+        swept = self._swept.get(asker) if asker else None
+        if asker:
+            self._swept[asker] = now
+        for entry in await self.kv.scan(GONE):
+            stone = orjson.loads(entry.value)
+            if now - float(stone["at"]) > TOMBSTONE_KEEP_S:
+                await self.kv.compare_and_swap(entry.key, None, entry.version)
+            elif asker and swept is not None and float(stone["at"]) < swept:
+                if asker in stone["holders"]:
+                    await self._strike(entry, stone, {asker})

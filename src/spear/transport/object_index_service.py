@@ -28,6 +28,12 @@ def _speaks_for(node: str) -> None:
         raise PermissionDenied(f"{principal.name} may not speak for node {node or '(none)'!r}")
 
 
+def _member() -> str | None:
+    """The cluster member making this call (by its certificate), if one is."""
+    principal = current_principal.get()
+    return principal.name if principal and principal.via == "certificate" else None
+
+
 class ObjectIndexService:
     sms: MetadataServer
 
@@ -83,9 +89,7 @@ class ObjectIndexService:
         return sms_pb2.CommitOutcome(record=oc.record_to_wire(record))
 
     async def lookup_object(self, message: sms_pb2.LookupObjectRequest) -> sms_pb2.ObjectRecord:
-        principal = current_principal.get()
-        member = principal.name if principal and principal.via == "certificate" else None
-        return oc.record_to_wire(await self.sms.objects.lookup(message.key, member))
+        return oc.record_to_wire(await self.sms.objects.lookup(message.key, _member()))
 
     async def hold_object(self, message: sms_pb2.HoldObjectRequest) -> sms_pb2.ObjectRecord:
         self.sms.leadership.require()  # writes go to the leader only
@@ -99,7 +103,11 @@ class ObjectIndexService:
     ) -> sms_pb2.ChangeObjectResponse:
         self.sms.leadership.require()  # writes go to the leader only
         record, deleted = await self.sms.objects.change(
-            message.key, message.change, message.count or 1, optional(message, "expected_version")
+            message.key,
+            message.change,
+            message.count or 1,
+            optional(message, "expected_version"),
+            asker=_member(),
         )
         return sms_pb2.ChangeObjectResponse(record=oc.record_to_wire(record), deleted=deleted)
 
@@ -124,7 +132,7 @@ class ObjectIndexService:
         self, message: sms_pb2.CollectObjectsRequest
     ) -> sms_pb2.ListObjectRecordsResponse:
         self.sms.leadership.require()  # writes go to the leader only
-        found = await self.sms.objects.collect(message.grace_s)
+        found = await self.sms.objects.collect(message.grace_s, asker=_member())
         return sms_pb2.ListObjectRecordsResponse(objects=[oc.record_to_wire(r) for r in found])
 
     async def watch_objects(
