@@ -28,6 +28,20 @@ def test_cluster_up_nodes_down(tmp_path: Path) -> None:
         # As `cluster up` tells a user: node-1's data dir holds the credentials to call with.
         stranger = spear("nodes", "--sms", info["sms"], env={"SPEAR_HOME": str(tmp_path / "x")})
         assert stranger.returncode != 0
+        # A user outside: plain TCP to a TLS member is told how to give the CA ...
+        outside = {"SPEAR_HOME": str(tmp_path / "x")}
+        plain = spear("tasks", "--node", info["nodes"]["node-1"], env=outside)
+        assert plain.returncode == 76 and "SPEAR_TLS_DIR" in one_error_line(plain.stderr.encode())
+        # ... and with only the CA's certificate and a token it is served as that token.
+        ca = tmp_path / "ca"
+        ca.mkdir()
+        (ca / "ca.crt").write_bytes((base / "node-1" / "tls" / "ca.crt").read_bytes())
+        outside["SPEAR_TLS_DIR"] = str(ca)
+        no_token = spear("tasks", "--node", info["nodes"]["node-1"], env=outside)
+        assert no_token.returncode == 77, no_token.stderr
+        outside["SPEAR_TOKEN"] = (base / "node-1" / "auth" / "owner.token").read_text().strip()
+        served = spear("tasks", "--node", info["nodes"]["node-1"], env=outside)
+        assert served.returncode == 0 and served.stdout.startswith("ID"), served.stderr
         member = {"SPEAR_HOME": str(base / "node-1")}
         listed = spear("nodes", "--sms", info["sms"], env=member)
         assert listed.returncode == 0, listed.stderr

@@ -99,6 +99,18 @@ def error_from_grpc(exc: RpcError, address: str) -> SpearError:
     return _ERROR_BY_STATUS.get(exc.status, SpearError)(message)
 
 
+def unreachable(address: str, reason: str) -> Unavailable:
+    """A node that could not be reached, with a hint where grpc's reason fits a client
+    speaking plain TCP to a node that serves TLS (it closes the socket unanswered)."""
+    message = f"cannot reach node {address}: {reason}"
+    if reason.endswith("Socket closed"):
+        message += (
+            " (if it serves TLS, as cluster members do, give the cluster's CA:"
+            " SPEAR_TLS_DIR=DIR with its ca.crt, or tls_dir in the settings)"
+        )
+    return Unavailable(message)
+
+
 @contextlib.contextmanager
 def client_errors(address: str) -> Iterator[None]:
     """Translate what a gRPC call can raise into spear's errors."""

@@ -16,6 +16,7 @@ from spear.transport._status import (
     RpcError,
     error_from_grpc,
     received_error_code,
+    unreachable,
 )
 from spear.transport.aio_server import channel_options
 from spear.transport.aio_streams import AioCallStream, multicallable
@@ -231,7 +232,11 @@ class UnaryCall(Generic[Request, Response]):
 def error_from_aio(exc: grpc.aio.AioRpcError, address: str) -> SpearError:
     """A failed grpc.aio call as spear's error: the trailer's code decides, else the
     status (the same mapping as a stub's calls)."""
+    import grpc
+
     trailers = exc.trailing_metadata() or ()
     code = next((str(v) for k, v in trailers if k == ERROR_CODE_KEY), None)
+    if code is None and exc.code() is grpc.StatusCode.UNAVAILABLE and exc.details():
+        return unreachable(address, exc.details())
     received_error_code.set(code)
     return error_from_grpc(RpcError(exc.code(), exc.details() or None), address)

@@ -21,7 +21,13 @@ from typing import TYPE_CHECKING, Any, Self
 import grpc
 
 from spear.errors import DeadlineExceeded, SpearError, Unavailable
-from spear.transport._status import ERROR_CODE_KEY, LimitedCodec, RpcError, received_error_code
+from spear.transport._status import (
+    ERROR_CODE_KEY,
+    LimitedCodec,
+    RpcError,
+    received_error_code,
+    unreachable,
+)
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Awaitable, Sequence
@@ -215,7 +221,7 @@ class _Translated:
         address = self._stream._address
         if _spear_code(trailers) is None:
             if code == "UNAVAILABLE":
-                raise Unavailable(f"cannot reach node {address}: {exc.details()}") from None
+                raise unreachable(address, exc.details() or "") from None
             if code == "DEADLINE_EXCEEDED":
                 raise DeadlineExceeded(
                     f"node {address} did not answer {self._stream._route} in time"
