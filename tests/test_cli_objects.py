@@ -115,6 +115,12 @@ def test_bad_input_is_one_error_line(cli: Cli, tmp_path: Path) -> None:
     assert proc.returncode == 64 and "key" in one_error_line(proc.stderr)
     proc = cli("obj", "put", "k", "-", "--if-version", "abc", input=b"v")
     assert proc.returncode == 2
+    proc = cli("obj", "put", "k", str(tmp_path))
+    assert proc.returncode == 64 and "is a directory" in one_error_line(proc.stderr)
+    assert cli("obj", "put", "k", "-", input=b"kept").returncode == 0
+    nowhere = tmp_path / "missing" / "out.bin"
+    proc = cli("obj", "get", "k", "-o", str(nowhere))
+    assert proc.returncode == 74 and str(nowhere) in one_error_line(proc.stderr)
 
 
 def test_run_stream_lines(cli: Cli, transform_wasm: Path) -> None:

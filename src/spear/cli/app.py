@@ -253,7 +253,9 @@ def main(argv: list[str] | None = None) -> int:
         full = no_space(exc)
         if full is not None:
             return _error(full.code, str(full), full.exit_code, json_requested())
-        return _error("io", str(exc.strerror or exc), 74, json_requested())
+        reason = str(exc.strerror or exc)
+        where = f"{exc.filename}: " if exc.filename else ""  # (which file, when it is known)
+        return _error("io", where + reason, 74, json_requested())
 
 
 def _error(code: str, message: str, exit_code: int, as_json: bool, hint: str = "") -> int:

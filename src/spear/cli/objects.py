@@ -59,6 +59,8 @@ def obj_put(
     settings = load_settings(data_dir, config)
     source = None if file == "-" else Path(file)
     if source is not None and not source.is_file():
+        if source.is_dir():
+            raise InvalidArgument(f"{file} is a directory: give a file, or - for stdin")
         raise NotFound(f"no such file: {file}")
 
     async def put(api: Any) -> Any:
