@@ -1,14 +1,14 @@
 """map_reduce: a word count over objects, one child task per object (subtasks).
 
-    spear obj put docs/a "the cat sat on the mat"
-    spear obj put docs/b "the dog sat"
-    spear run examples/map_reduce/map_reduce.py docs/
-    spear result ID                     # {"the": 3, "sat": 2, ...}
+    echo "the cat sat on the mat" | spear obj put docs/a -
+    echo "the dog sat" | spear obj put docs/b -
+    spear run examples/map_reduce/map_reduce.py docs/   # prints {"the": 3, "sat": 2, ...}
 
 The parent lists the objects under a prefix and starts `word_count.py` for each, with
 the object as its input (held for the child while it runs). Children go through the
 node's normal submit path, so in a cluster the scheduler spreads them. The parent waits
-for all of them, merges their counts and sets the total as its result. A child that
+for all of them, merges their counts, prints the total and sets it as its result (`spear
+result ID` reads it again later). A child that
 fails fails the whole job with the child's reason.
 """
 
@@ -40,7 +40,9 @@ def main() -> int:
             return 1
         total.update(json.loads(end["output"]))
     a.log(f"counted {sum(total.values())} words in {len(keys)} objects")
-    a.set_result(json.dumps(dict(total.most_common())).encode())
+    counts = json.dumps(dict(total.most_common()))
+    print(counts)
+    a.set_result(counts.encode())
     return 0
 
 

@@ -163,6 +163,7 @@ async def test_map_reduce_example(tmp_path: Path) -> None:
         assert task.state is TaskState.COMPLETED, await node.logs_of(task.id, "stderr")
         counts = await _result(node, task.id)
         assert counts == {"the": 3, "sat": 2, "cat": 1, "on": 1, "mat": 1, "dog": 1}
+        assert json.loads(await node.logs_of(task.id, "stdout")) == counts  # printed too
 
 
 async def test_children_stay_in_their_parents_namespace(tmp_path: Path) -> None:
