@@ -65,6 +65,18 @@ def test_delete_on_a_member_removes_the_task_everywhere(make_cluster: Any, tmp_p
         sms_call(sms, "task", task_id)
     assert sms_call(sms, "task", kept).id == kept
 
+    # Through a member the task did not run on: that member asks the one it ran on.
+    kept_on = sms_call(sms, "task", kept).node
+    elsewhere = next(address[name] for name in address if name != kept_on)
+    gone = spear("delete", "--node", elsewhere, kept[:12], "--json")
+    assert gone.returncode == 0, gone.stderr
+    assert json.loads(gone.stdout) == {"deleted": [kept]}
+    with pytest.raises(NotFound):
+        sms_call(sms, "task", kept)
+    for name in address:
+        assert kept not in _listed(address[name]), name
+    assert spear("obj", "get", "--node", elsewhere, f"results/{kept}").returncode == 66
+
 
 def test_the_sms_keeps_unfinished_tasks(make_cluster: Any, tmp_path: Path) -> None:
     cluster = make_cluster(nodes=1)

@@ -399,9 +399,24 @@ class ClusterNode:
         keep: int | None = None,
         namespace: str | None = None,
     ) -> list[str]:
-        """This node's own finished tasks (core/retention.py: deleting is per node)."""
-        return await self.local.delete_tasks(
-            task_ids, older_than_s=older_than_s, keep=keep, namespace=namespace
+        """Finished tasks, each deleted by the node that ran it (its record, logs and
+        result; core/retention.py): tasks named by id wherever they ran, the rules
+        (`older_than_s`, `keep`) only over this node's own."""
+        here: list[str] = []
+        gone: list[str] = []
+        for task_id in task_ids:  # (ids already resolved and in the caller's namespace)
+            where = await self._where(task_id)
+            if where.client is not None:
+                gone += await where.client.delete_tasks([task_id])
+            elif where.kind == "record" and where.record and where.record.node != self.node.name:
+                raise Unavailable(
+                    f"task {task_id} ran on node {where.record.node}, which is not live:"
+                    " its record, logs and result are deleted there"
+                )
+            else:
+                here.append(task_id)
+        return gone + await self.local.delete_tasks(
+            here, older_than_s=older_than_s, keep=keep, namespace=namespace
         )
 
     async def delete_object(self, key: str) -> bool:
