@@ -33,6 +33,10 @@ if TYPE_CHECKING:
 
 QUOTAS_FILE = "quotas.json"
 _RELOAD_EVERY_S = 1.0
+# File systems stamp an mtime from a clock that ticks coarsely (a jiffy on ext4 before
+# Linux 6.13, 1 s on HFS+, 2 s on FAT): a rewrite in the tick of a read keeps the mtime the
+# read saw. A file changed less than this long before a read is read again at the next call.
+_SETTLED_NS = 2_000_000_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,6 +75,7 @@ class QuotaFile:
         self._mtime: int | None = None
 
     def _load(self) -> None:
+        now = time.time_ns()
         try:
             stat = self.path.stat()
         except FileNotFoundError:
@@ -80,14 +85,17 @@ class QuotaFile:
             return
         try:
             records = orjson.loads(self.path.read_bytes())
+            if not isinstance(records, dict):
+                raise TypeError("not a JSON object")
             self._quotas = {q["namespace"]: Quota(**q) for q in records.get("quotas", [])}
         except (OSError, orjson.JSONDecodeError, TypeError, KeyError, InvalidArgument) as exc:
             raise StorageError(f"the quota file {self.path} cannot be read: {exc}") from None
-        self._mtime = stat.st_mtime_ns
+        self._mtime = stat.st_mtime_ns if now - stat.st_mtime_ns >= _SETTLED_NS else None
 
     def get(self, namespace: str) -> Quota | None:
-        # A stat per call (~2 us; the file is read again only when it changed): a quota
-        # set by `spear quota set` holds from the next submit on, not a second later.
+        # A stat per call (~2 us; the file is read again only when it changed, or changed
+        # less than 2 s before the last read): a quota set by `spear quota set` holds from
+        # the next submit on, not a second later.
         self._load()
         return self._quotas.get(namespace)
 
