@@ -37,6 +37,18 @@ def test_env_and_dir_flags(cli: Cli, hello_wasm: Path, tmp_path: Path) -> None:
     assert (data / "visits.txt").read_text().startswith("bob visited at ")
 
 
+def test_labels_are_kept_with_the_task(cli: Cli, hello_wasm: Path) -> None:
+    """`spear run --label` (docs/toolkit.md: `--label mcp.allow=time/*` narrows the MCP tools
+    a task may call): the labels are the task's, as `spear submit --label` makes them."""
+    proc = cli("run", "--label", "mcp.allow=time/*", "--label", "team=a", str(hello_wasm))
+    assert proc.returncode == 0, proc.stderr
+    [task] = cli.json("tasks")
+    labels = cli.json("status", task["id"])["spec"]["labels"]
+    assert labels == [["mcp.allow", "time/*"], ["team", "a"]]
+    proc = cli("run", "--label", "no-equals-sign", str(hello_wasm))
+    assert proc.returncode == 64 and b"NAME=VALUE" in proc.stderr
+
+
 def test_separator_before_guest_flags(cli: Cli, conformance_wasm: Path) -> None:
     proc = cli("run", str(conformance_wasm), "--", "args", "--flag", "-x")
     assert proc.returncode == 0, proc.stderr

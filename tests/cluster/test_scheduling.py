@@ -119,6 +119,10 @@ def test_label_affinity_sends_the_task_to_the_labelled_node(
     n1, n2 = cluster.member("node-1").address, cluster.member("node-2").address
     hello = build_wat(HELLO_WAT, tmp_path, "hello")
     task_id = submit(n1, FunctionSpec(str(hello), labels=(("zone", "b"),)))
+    # A task-side label (the MCP tools it may call) is no node selector: it runs (before:
+    # "no live node has the labels mcp.allow=time/*").
+    narrowed = spear("submit", "--wait", "--node", n1, "--label", "mcp.allow=time/*", str(hello))
+    assert narrowed.returncode == 0, narrowed.stderr
     # Everything from the receiving node, which does not run it: wait, result, logs, status.
     result = on(n1, lambda c: c.result(task_id))
     assert result.task.state is TaskState.COMPLETED and result.task.node == "node-2"

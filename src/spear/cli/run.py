@@ -28,6 +28,7 @@ from spear.cli.spec import (
     EnvOpt,
     FuelOpt,
     InvokeOpt,
+    LabelOpt,
     MaxRetriesOpt,
     MemoryOpt,
     OpenFilesOpt,
@@ -74,6 +75,7 @@ def run(
     workdir: WorkdirOpt = None,
     max_retries: MaxRetriesOpt = 0,
     retry_on: RetryOnOpt = None,
+    labels: LabelOpt = None,
     stream: Annotated[
         bool,
         typer.Option(
@@ -116,6 +118,7 @@ def run(
         max_retries=max_retries,
         retry_on=retry_on,
         reuse=reuse,
+        labels=labels,
     )
     if as_json:
         result: TaskResult = on_node(settings, None, lambda api: api.call(spec))

@@ -66,6 +66,15 @@ RetryOnOpt = Annotated[
     ),
 ]
 
+LabelOpt = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--label",
+        help="NAME=VALUE a node must carry (repeatable); spear/inputs=KEY,... names input "
+        "objects (data affinity), mcp.allow=GLOB,... narrows the MCP tools it may call.",
+    ),
+]
+
 
 def parse_retry_on(text: str | None) -> tuple[str, ...]:
     """`--retry-on`'s kinds (the spec checks each one)."""

@@ -35,6 +35,7 @@ from spear.cli.spec import (
     EnvOpt,
     FuelOpt,
     InvokeOpt,
+    LabelOpt,
     MaxRetriesOpt,
     MemoryOpt,
     OpenFilesOpt,
@@ -98,14 +99,7 @@ def submit(
         Path | None, typer.Option("--stdin", help="A file to give the task as stdin (- for ours).")
     ] = None,
     wait: Annotated[bool, typer.Option("--wait", help="Wait; exit with its exit code.")] = False,
-    labels: Annotated[
-        list[str] | None,
-        typer.Option(
-            "--label",
-            help="NAME=VALUE a node must carry (repeatable); spear/inputs=KEY,... names "
-            "input objects (data affinity).",
-        ),
-    ] = None,
+    labels: LabelOpt = None,
     cpu: Annotated[
         int | None, typer.Option("--cpu", help="CPU to reserve, in millicores (default: 100).")
     ] = None,

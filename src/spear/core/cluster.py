@@ -24,8 +24,12 @@ if TYPE_CHECKING:
     from spear.core.models import Task, TaskState
 
 # A FunctionSpec label with this key names the task's input objects (comma-separated):
-# a placement hint for data affinity, not a node selector. Every other label is a selector.
+# a placement hint for data affinity, not a node selector.
 INPUTS_LABEL = "spear/inputs"
+# This one narrows the MCP tools the task may call (toolkit/mcp_config.py): it describes
+# the task, and no node carries it. Every other label is a node selector.
+MCP_ALLOW_LABEL = "mcp.allow"
+TASK_SIDE_LABELS = frozenset({INPUTS_LABEL, MCP_ALLOW_LABEL})
 
 
 class NodeHealth(enum.StrEnum):
@@ -176,8 +180,8 @@ class ObjectLocation:
 
 
 def selector_labels(labels: tuple[tuple[str, str], ...]) -> tuple[tuple[str, str], ...]:
-    """A spec's labels that select nodes (all but the placement hints)."""
-    return tuple((k, v) for k, v in labels if k != INPUTS_LABEL)
+    """A spec's labels that select nodes (all but those that describe the task)."""
+    return tuple((k, v) for k, v in labels if k not in TASK_SIDE_LABELS)
 
 
 def input_objects(labels: tuple[tuple[str, str], ...]) -> tuple[str, ...]:

@@ -26,6 +26,7 @@ import fnmatch
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from spear.core.cluster import MCP_ALLOW_LABEL
 from spear.core.namespaces import check_name as check_namespace
 from spear.errors import InvalidArgument
 
@@ -35,7 +36,7 @@ if TYPE_CHECKING:
 
     from spear.core.models import Task
 
-TASK_ALLOW_LABEL = "mcp.allow"
+TASK_ALLOW_LABEL = MCP_ALLOW_LABEL  # (a label of the task, never a node selector)
 DEFAULT_CALL_TIMEOUT_S = 30.0
 DEFAULT_CONNECT_TIMEOUT_S = 20.0
 DEFAULT_MAX_RESTARTS = 3
