@@ -83,6 +83,11 @@ def test_pin_unpin_and_gc(cli: Cli) -> None:
     assert cli.json("obj", "gc", "--grace", "0") == {"collected": ["drop"]}
     assert cli.json("obj", "unpin", "keep")["pinned"] is False
     assert cli.json("obj", "gc", "--grace", "0") == {"collected": ["keep"]}
+    cli("obj", "put", "held", "-", input=b"h")
+    cli("obj", "ref", "held")
+    assert cli("obj", "rm", "held").returncode == 69
+    assert cli.json("obj", "rm", "--force", "held") == {"key": "held", "deleted": True}
+    assert cli("obj", "get", "held").returncode == 66
 
 
 def test_unref_says_what_it_did(cli: Cli) -> None:

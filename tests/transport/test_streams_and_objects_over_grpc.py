@@ -91,6 +91,13 @@ async def test_objects_over_grpc(tmp_path: Path) -> None:
         await client.put_object("tmp/x", b"1")
         assert await client.delete_object("tmp/x") is True
         assert await client.delete_object("tmp/x") is False
+        await client.put_object("tmp/pinned", b"p")
+        await client.pin_object("tmp/pinned")
+        with pytest.raises(spear.Conflict, match="pinned"):
+            await client.delete_object("tmp/pinned")
+        assert await client.delete_object("tmp/pinned", force=True) is True
+        with pytest.raises(spear.NotFound):
+            await client.get_object("tmp/pinned")
 
 
 async def test_submit_a_module_stored_as_an_object(tmp_path: Path) -> None:

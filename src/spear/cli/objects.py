@@ -119,13 +119,16 @@ def obj_ls(
 @obj_app.command("rm", help="Delete the object KEY.")
 def obj_rm(
     key: str,
+    force: Annotated[
+        bool, typer.Option("--force", help="Delete it even if it is pinned or referenced.")
+    ] = False,
     node: NodeOpt = None,
     data_dir: DataDirOpt = None,
     config: ConfigOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
     settings = load_settings(data_dir, config)
-    deleted = on_node(settings, node, lambda api: api.delete_object(key))
+    deleted = on_node(settings, node, lambda api: api.delete_object(key, force=force))
     if not deleted:  # (with --json too: the error is the JSON, and the exit code 66)
         raise NotFound(f"no such object: {key}")
     if as_json:

@@ -737,10 +737,10 @@ class Client(AsyncResource):
             if not token:
                 return found
 
-    async def delete_object(self, key: str) -> bool:
+    async def delete_object(self, key: str, *, force: bool = False) -> bool:
         with self._errors():
             answer: pb.DeleteObjectResponse = await self._stub.delete_object(
-                pb.ObjectKeyRequest(key=key)
+                pb.DeleteObjectRequest(key=key, force=force)
             )
         return answer.deleted
 

@@ -419,8 +419,8 @@ class ClusterNode:
             here, older_than_s=older_than_s, keep=keep, namespace=namespace
         )
 
-    async def delete_object(self, key: str) -> bool:
-        deleted = await self.local.delete_object(key)
+    async def delete_object(self, key: str, *, force: bool = False) -> bool:
+        deleted = await self.local.delete_object(key, force=force)
         if deleted:
             try:
                 await self.cluster.remove_object_location(key, self.node.name)

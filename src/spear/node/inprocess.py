@@ -331,9 +331,9 @@ class InProcessNode:
     async def list_objects(self, prefix: str = "") -> list[ObjectInfo]:
         return await self._objects().list(prefix)
 
-    async def delete_object(self, key: str) -> bool:
+    async def delete_object(self, key: str, *, force: bool = False) -> bool:
         try:
-            await self._objects().delete(key)
+            await self._objects().delete(key, force=force)
         except NotFound:
             return False
         return True

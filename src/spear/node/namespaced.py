@@ -294,8 +294,8 @@ class NamespacedNode:
         found = await self.api.list_objects(ns.stored_prefix(self.namespace, prefix))
         return [self._info(i) for i in found if ns.user_key(self.namespace, i.key) is not None]
 
-    async def delete_object(self, key: str) -> bool:
-        return await self.api.delete_object(self._key(key))
+    async def delete_object(self, key: str, *, force: bool = False) -> bool:
+        return await self.api.delete_object(self._key(key), force=force)
 
     async def add_object_ref(self, key: str) -> ObjectInfo:
         return self._info(await self.api.add_object_ref(self._key(key)))

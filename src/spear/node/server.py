@@ -306,8 +306,9 @@ class SpearletService(ServiceBase):
         objects = [cv.object_to_wire(o) for o in found]
         return pb.ListObjectsResponse(objects=objects, next_page_token=token)
 
-    async def delete_object(self, message: pb.ObjectKeyRequest) -> pb.DeleteObjectResponse:
-        return pb.DeleteObjectResponse(deleted=await self.api.delete_object(message.key))
+    async def delete_object(self, message: pb.DeleteObjectRequest) -> pb.DeleteObjectResponse:
+        deleted = await self.api.delete_object(message.key, force=message.force)
+        return pb.DeleteObjectResponse(deleted=deleted)
 
     async def add_object_ref(self, message: pb.ObjectKeyRequest) -> pb.ObjectInfo:
         return cv.object_to_wire(await self.api.add_object_ref(message.key))

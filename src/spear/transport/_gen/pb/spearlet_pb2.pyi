@@ -388,6 +388,14 @@ class ObjectKeyRequest(_message.Message):
     key: str
     def __init__(self, key: _Optional[str] = ...) -> None: ...
 
+class DeleteObjectRequest(_message.Message):
+    __slots__ = ("key", "force")
+    KEY_FIELD_NUMBER: _ClassVar[int]
+    FORCE_FIELD_NUMBER: _ClassVar[int]
+    key: str
+    force: bool
+    def __init__(self, key: _Optional[str] = ..., force: _Optional[bool] = ...) -> None: ...
+
 class DeleteObjectResponse(_message.Message):
     __slots__ = ("deleted",)
     DELETED_FIELD_NUMBER: _ClassVar[int]
