@@ -27,6 +27,7 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -276,6 +277,25 @@ TARGETS = (
         (_T + "core/test_failover_rules.py",),
     ),
     Target(
+        # A batch run to its ends across a cluster (SubmitTasks, a call that does not fit
+        # here): every task placed, run once, its end or its refusal answered.
+        "batches",
+        ("spear/node/batches.py",),
+        (_T + "cluster/test_batches_rules.py", _T + "cluster/test_placement.py"),
+    ),
+    Target(
+        # Per-namespace quotas (unfinished tasks, object bytes, log bytes): what one
+        # namespace may take of a node; a change of the file is seen at the next call.
+        "quotas",
+        ("spear/node/quotas.py",),
+        (
+            _T + "test_quota_rules.py",
+            _T + "test_log_quota.py",
+            _T + "transport/test_namespaces.py",
+            _T + "cluster/test_cluster_quotas.py",
+        ),
+    ),
+    Target(
         # Uploaded modules kept by digest: what runs is what was checked, and a name
         # cannot place a module outside its digest's directory.
         "artifacts",
@@ -292,6 +312,18 @@ TARGETS = (
             _T + "transport/test_token_store_fresh.py",
         ),
     ),
+    Target(
+        # The node's Unix object socket for clients on its host: a get hands over the
+        # value's file, a put takes a memfd; tokens, roles, namespaces and quotas checked
+        # there as on the transfer port (a security boundary).
+        "object_socket",
+        ("spear/transport/object_socket.py",),
+        (
+            _T + "transport/test_object_socket_rules.py",
+            _T + "transport/test_local_object_transfer.py",
+            _T + "cluster/test_object_route.py",
+        ),
+    ),
 )
 
 
@@ -299,6 +331,7 @@ NAMES = {t.name for t in TARGETS}
 
 
 def _config(target: Target) -> str:
+    basetemp = Path(tempfile.gettempdir()) / f"spear-mut-{target.name}"  # (short: Unix sockets)
     tests = [t for t in target.tests if (ROOT / t.split("::")[0]).exists()]
     lines = [
         "",
@@ -313,8 +346,12 @@ def _config(target: Target) -> str:
         # WALL_S seconds makes the run exit as mutmut's "timeout" (tests/conftest.py), so
         # a hang is neither counted killed nor left to pytest's 120 s default.
         # -n 0: mutmut runs pytest in its own process, not on the addopts' xdist workers.
+        # --basetemp: one directory per target, emptied by each mutant's session. (The
+        # default, /tmp/pytest-of-USER/pytest-N, is kept by every forked child, which
+        # exits without pytest's clean-up: ~80 GB over three targets' runs filled a disk.)
         'pytest_add_cli_args = ["-p", "no:cacheprovider", "-q", "-x", "-n", "0",'
-        f' "--hypothesis-profile=mutation", "--timeout={WALL_S}"]',
+        f' "--hypothesis-profile=mutation", "--timeout={WALL_S}",'
+        f' "--basetemp={basetemp}"]',
         # grpc and the wasm runtime start threads: fork workers from a clean server.
         'process_isolation = "forkserver"',
         "use_git_change_detection = false",

@@ -15,15 +15,18 @@ transfer service) the same value crosses a socket and, with TLS, is encrypted tw
     {"op": "put", "key": K, "size": N, "expected_version": E?, "info": I?, ...} + a file
         -> {"ok": true, "version": V, "size": N, ...}
 
-Errors are `{"ok": false, "code": C, "message": M}`. Who may: a token in each request,
-checked as the transfer service checks it (roles, namespaces, the `object_bytes` quota);
-`hello` (the node's name, pid and start, so a client knows the socket is its node's)
-needs a reader's. Everything runs on the node's event loop: a request costs no thread.
+Errors are `{"ok": false, "code": C, "message": M}` (so is the answer to a request the
+kernel cut short: longer than MESSAGE_MAX, or with more than one file). Who may: a token
+in each request, checked as the transfer service checks it (roles, namespaces, the
+`object_bytes` quota); `hello` (the node's name, pid and start, so a client knows the
+socket is its node's) needs a reader's. Everything runs on the node's event loop: a
+request costs no thread.
 """
 
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import os
 import socket
 import stat
@@ -142,7 +145,7 @@ class _SocketServer:
             while True:
                 await anyio.wait_readable(sock)
                 try:
-                    message, fds, _, _ = socket.recv_fds(sock, MESSAGE_MAX, 1)
+                    message, fds, flags, _ = socket.recv_fds(sock, MESSAGE_MAX, 1)
                 except BlockingIOError:
                     continue
                 except OSError:
@@ -151,7 +154,7 @@ class _SocketServer:
                     _close_all(fds)
                     return
                 try:
-                    answer, tail, send_fd = await self._answer(message, fds)
+                    answer, tail, send_fd = await self._answer(message, fds, flags)
                 finally:
                     _close_all(fds)
                 try:
@@ -162,9 +165,17 @@ class _SocketServer:
                     _close_all(send_fd)
 
     async def _answer(
-        self, message: bytes, fds: list[int]
+        self, message: bytes, fds: list[int], flags: int
     ) -> tuple[dict[str, Any], bytes, list[int]]:
         try:
+            if flags & (socket.MSG_TRUNC | socket.MSG_CTRUNC):
+                # The kernel cut the request to what fits (the files past the first are
+                # closed unseen): it is not what was sent, so "one file" could not be
+                # checked, nor a request's end.
+                raise InvalidArgument(
+                    f"a request is one message of at most {MESSAGE_MAX} bytes, with at most"
+                    " one file"
+                )
             request = orjson.loads(message)
             if not isinstance(request, dict):
                 raise InvalidArgument("bad request")
@@ -236,6 +247,8 @@ class _SocketServer:
         held = os.fstat(fd)
         if not stat.S_ISREG(held.st_mode) or held.st_size < size or size < 0:
             raise InvalidArgument(f"a put of {size} bytes hands over a file of that size")
+        if fcntl.fcntl(fd, fcntl.F_GETFL) & os.O_ACCMODE == os.O_WRONLY:
+            raise InvalidArgument("a put hands over a file open for reading, not write-only")
         path = self._store.staging_path()
         try:
             if size <= _COPY_IN_LOOP:
