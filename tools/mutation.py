@@ -138,6 +138,7 @@ TARGETS = (
             _T + "core/test_object_index.py",
             _T + "core/test_object_leases.py",
             _T + "core/test_object_index_rules.py",
+            _T + "core/test_object_tombstones.py",
         ),
     ),
     Target(
