@@ -2,8 +2,8 @@
 first tests let live (issue 22, docs/mutation/REPORT.md): how fast a queue's head is tried
 again, what the queue loop does with an unexpected error, what a failed view refresh
 falls back to, and where a task goes when the SMS names nodes the view does not know.
-Same real parts as tests/core/test_scheduler.py (its `World`): LocalNodes on LevelDB, the
-SMS's logic on LevelDB, a loopback forwarder.
+Same real parts as tests/core/test_scheduler.py (tests/placement_world.py `World`):
+LocalNodes on LevelDB, the SMS's logic on LevelDB, a loopback forwarder.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 import anyio
 from log_capture import SpearLog
-from test_scheduler import _until, _world
+from placement_world import _until, _world
 
 from spear import FunctionSpec, TaskState
 from spear.core.cluster import INPUTS_LABEL

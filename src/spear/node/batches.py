@@ -12,7 +12,10 @@ idle. A receiver that refuses some (the view was stale, its backlog full) has th
 placed again from the corrected view once an answer arrives, at most `max_hops` times
 each; then they wait in the scheduler's bounded queue, and over its bound they are
 refused with ResourceExhausted. Tasks with stdin or input objects (data affinity needs
-the SMS's object index) take the one-task path.
+the SMS's object index) take the one-task path, and so do those no node in the view could
+ever run: the SMS may know a node that joined since, else they fail at once with the
+reason, as a task submitted alone does (not wait in the queue for ever, and the batch's
+answer with them).
 """
 
 from __future__ import annotations
@@ -37,13 +40,17 @@ Outcome = TaskResult | SpearError
 
 class _Batch:
     def __init__(
-        self, api: ClusterNode, specs: Sequence[FunctionSpec], stdins: Sequence[bytes | None]
+        self,
+        api: ClusterNode,
+        specs: Sequence[FunctionSpec],
+        stdins: Sequence[bytes | None],
+        output: bool,
     ) -> None:
         self.api = api
         self.scheduler = api.scheduler
         self.specs = specs
         self.stdins = stdins
-        self.output = False
+        self.output = output
         self.results: list[Outcome | None] = [None] * len(specs)
         self.tasks: dict[int, Task] = {}
         self.hops: dict[int, int] = {}
@@ -179,8 +186,7 @@ async def run_batch(
 ) -> list[Outcome]:
     """Run `specs` to their ends across the cluster; each entry is the task's result (its
     output only with `output`), or why it was refused."""
-    batch = _Batch(api, specs, stdins or [None] * len(specs))
-    batch.output = output
+    batch = _Batch(api, specs, stdins or [None] * len(specs), output)
     scheduler = api.scheduler
     solo = [i for i, s in enumerate(specs) if batch.stdins[i] or input_objects(s.labels)]
     plain = [i for i in range(len(specs)) if i not in set(solo)]
@@ -207,12 +213,12 @@ async def run_batch(
                 assert node is not None
                 batch.in_flight += 1
                 tg.start_soon(batch.forward, node, indices)
-            if pending and batch.in_flight == 0:
-                # Nothing in flight will free room: the scheduler's queue places them.
-                for i in pending:
-                    tg.start_soon(batch.queued, i)
-                pending = []
-            if not pending and batch.in_flight == 0:
+            # No node in the view could ever run these, whatever room frees up: placed as
+            # one task is, by the SMS (a node the view does not know yet), or failed.
+            for i in pending:
+                tg.start_soon(batch.one_by_one, i)
+            pending = []
+            if batch.in_flight == 0:
                 break
             await batch.changed.wait()
             batch.changed = anyio.Event()
