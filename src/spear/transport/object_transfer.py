@@ -95,12 +95,15 @@ class _Connection:
             return None
         if not line.endswith(b"\n"):
             raise InvalidArgument("bad request line")
-        answer: dict[str, Any] = orjson.loads(line)
+        answer = orjson.loads(line)
+        if not isinstance(answer, dict):
+            raise InvalidArgument("a request or answer is one JSON object")
         return answer
 
     def send_file(self, f: BinaryIO, size: int) -> None:
         if not self.tls:  # the kernel's sendfile (socket.sendfile copes with the timeout)
-            if self.sock.sendfile(f, 0, size) != size:
+            # (an empty file sends nothing: socket.sendfile refuses a count of 0)
+            if size and self.sock.sendfile(f, 0, size) != size:
                 raise ConnectionError("the value file ended early")
             return
         buf = bytearray(min(CHUNK, size) or 1)
@@ -364,6 +367,8 @@ class ObjectTransferServer:
 
     def _exchange(self, request: dict[str, Any], conn: _Connection) -> None:
         op, key, info = request["op"], request["key"], request.get("info") is True
+        if not isinstance(key, str):  # (malformed: answered so, and the connection closed)
+            raise TypeError(f"an object key is text, not {key!r}")
         if op == "get":
             namespace = self._check(request, conn, Role.READER)
             key = key if namespace is None else ns.stored_key(namespace, key)
