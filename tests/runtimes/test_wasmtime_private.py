@@ -3,6 +3,7 @@ public one does (or, where it has none, what wasmtime documents), on real module
 
 from __future__ import annotations
 
+import signal
 import threading
 from typing import Any
 
@@ -169,7 +170,10 @@ def test_no_other_module_touches_wasmtimes_private_api() -> None:
     import spear
 
     root = Path(spear.__file__).parent
+    # (and wasmtime-py's custom output, whose finalizer aborts a process that exits
+    # right after a guest: see test_a_process_that_exits_right_after_its_guest_...)
     private = {"_ffi", "_func", "_from_ptr", "maybe_raise_last_exn"}
+    custom_output = {"stdout_custom", "stderr_custom"}
     found = []
     for path in sorted(root.rglob("*.py")):
         if path.name == "_wasmtime.py" or "_gen" in path.parts:
@@ -182,6 +186,8 @@ def test_no_other_module_touches_wasmtimes_private_api() -> None:
                 names = [a.name for a in node.names if a.name.startswith("wasmtime.")]
             elif isinstance(node, ast.Attribute) and node.attr in private:
                 names = [node.attr]
+            elif isinstance(node, ast.Attribute) and node.attr in custom_output:
+                names = [f"_{node.attr}"]
             elif (  # store._context() (other classes have a `_context` of their own)
                 isinstance(node, ast.Call)
                 and isinstance(node.func, ast.Attribute)
@@ -192,3 +198,101 @@ def test_no_other_module_touches_wasmtimes_private_api() -> None:
                 found.append(f"{path.relative_to(root)}:{node.lineno}")
     assert found == []
     assert (root / "runtimes" / "wasm" / "_wasmtime.py").is_file()
+
+
+_WRITE = f"""(module {_EXIT}
+  (import "wasi_snapshot_preview1" "fd_write" (func $write (param i32 i32 i32 i32) (result i32)))
+  (memory (export "memory") 1)
+  (data (i32.const 16) "to out")
+  (data (i32.const 32) "to err")
+  (func $put (param $fd i32) (param $at i32) (result i32)
+    (i32.store (i32.const 0) (local.get $at))
+    (i32.store (i32.const 4) (i32.const 6))
+    (call $write (local.get $fd) (i32.const 0) (i32.const 1) (i32.const 8)))
+  (func (export "_start")
+    (call $exit (i32.add (call $put (i32.const 1) (i32.const 16))
+                         (i32.mul (i32.ne (call $put (i32.const 2) (i32.const 32)) (i32.const 0))
+                                  (i32.const 50))))))"""
+_EIO = 29  # (WASI's errno)
+
+
+def test_output_reaches_its_sinks_until_unrouted() -> None:
+    # The exit status is stdout's fd_write errno, + 50 if stderr's failed.
+    engine = _engine()
+    pre = _pre(engine, _WRITE)
+    out: list[bytes] = []
+    err: list[bytes] = []
+
+    def broken(_data: bytes) -> None:
+        raise OSError("the sink is gone")
+
+    def run(route: Any) -> tuple[str, Any]:
+        wasi = wasmtime.WasiConfig()
+        keys = route(wasi)
+        try:
+            return _outcome(lambda: _wasmtime.call_plain_entry(_store(engine, wasi), pre, "_start"))
+        finally:
+            _wasmtime.unroute_output(keys)
+
+    assert run(lambda w: _wasmtime.route_output(w, out.append, err.append)) == ("exit", 0)
+    assert (out, err) == ([b"to out"], [b"to err"])
+    assert run(lambda w: _wasmtime.route_output(w, broken, err.append)) == ("exit", _EIO)
+    assert err == [b"to err", b"to err"]
+
+    def routed_then_forgotten(wasi: wasmtime.WasiConfig) -> tuple[int, int]:
+        keys = _wasmtime.route_output(wasi, out.append, err.append)
+        _wasmtime.unroute_output(keys)
+        return keys
+
+    assert run(routed_then_forgotten) == ("exit", _EIO + 50)
+    assert (out, err) == ([b"to out"], [b"to err", b"to err"])
+
+
+# A process whose guest's store is freed just before it exits. The store is freed with
+# the GIL held (wasmtime-py's ctypes call would let it go: then wasmtime's threads may
+# finish up before the process exits, and the race below is won by chance), and held
+# until the interpreter is exiting, when Python ends any thread that takes it with
+# pthread_exit. The GIL is let go only then.
+_EXIT_RIGHT_AFTER = """
+import ctypes, sys, time
+import wasmtime
+from spear.runtimes.wasm import _wasmtime
+sys.setswitchinterval(100)  # (a thread waiting for the GIL does not get it by asking)
+engine = wasmtime.Engine()
+linker = wasmtime.Linker(engine)
+linker.define_wasi()
+store = wasmtime.Store(engine)
+wasi = wasmtime.WasiConfig()
+{route}
+store.set_wasi(wasi)
+try:
+    linker.instantiate(store, wasmtime.Module(engine, {wat!r})).exports(store)["_start"](store)
+except wasmtime.ExitTrap as exc:
+    assert exc.code == 0, exc.code
+delete = ctypes.PyDLL(wasmtime._ffi.dll._name).wasmtime_store_delete  # (the GIL held)
+delete.argtypes = [ctypes.c_void_p]
+delete(ctypes.cast(store._consume(), ctypes.c_void_p))
+class Late:
+    def __del__(self):
+        time.sleep(0.2)  # (at exit, after Python began to finalize: the GIL let go)
+late = Late()
+"""
+
+
+def _exit_right_after(tmp_path: Any, route: str) -> int:
+    import subprocess
+    import sys
+
+    code = _EXIT_RIGHT_AFTER.format(route=route, wat=_WRITE)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, cwd=tmp_path)
+    return out.returncode
+
+
+def test_a_process_that_exits_right_after_its_guest_is_not_aborted(tmp_path: Any) -> None:
+    # wasmtime-py's own stdout_custom gives wasmtime a finalizer in Python, which it runs
+    # on a tokio thread after the store is freed: this process aborts ("panic in a
+    # function that cannot unwind"), the harness is sound.
+    own = "wasi.stdout_custom = wasi.stderr_custom = lambda data: len(data)"
+    assert _exit_right_after(tmp_path, own) == -signal.SIGABRT
+    ours = "keys = _wasmtime.route_output(wasi, print, print)"
+    assert [_exit_right_after(tmp_path, ours) for _ in range(3)] == [0, 0, 0]

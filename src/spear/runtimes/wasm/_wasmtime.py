@@ -14,13 +14,23 @@ Each function exists because the public way was measured too slow or is missing:
   off the event loop). wasmtime-py has no binding for it.
 - `enable_pooling_allocator`: wasmtime's pooling instance allocator, which wasmtime-py's
   `Config` does not expose.
+- `route_output` / `unroute_output`: a guest's stdout and stderr to Python sinks.
+  wasmtime-py's `stdout_custom` hands wasmtime a finalizer written in Python, which
+  wasmtime calls from one of its tokio threads a little after the store is gone.
+
+No C callback here has a finalizer (each is given NULL). wasmtime may run a finalizer on a
+thread of its own; one in Python that runs after the interpreter began to exit is ended by
+Python with `pthread_exit`, whose unwinding through Rust aborts the whole process ("panic
+in a function that cannot unwind"). So nothing enters Python from wasmtime's threads once
+a run is over.
 
 Private names relied on (wasmtime-py 50):
 - `wasmtime._ffi`: `wasmtime_context_t`, `wasmtime_update_deadline_kind_t`,
   `wasm_trap_t`, `wasmtime_instance_t`, `wasmtime_extern_t`, `WASMTIME_EXTERN_FUNC`,
   `wasmtime_instance_pre_instantiate`, `wasmtime_instance_export_get`,
   `wasmtime_func_call`, `wasmtime_error_new`, `wasi_config_set_argv`,
-  `wasi_config_set_env`, `wasmtime_store_epoch_deadline_callback`,
+  `wasi_config_set_env`, `wasi_config_set_{stdout,stderr}_custom`,
+  `wasmtime_store_epoch_deadline_callback`,
   `wasmtime_context_set_epoch_deadline`,
   `wasmtime_pooling_allocation_config_{new,delete}`, its `..._{total_core_instances,
   total_memories,total_tables,total_stacks,linear_memory_keep_resident,
@@ -36,6 +46,7 @@ from __future__ import annotations
 
 import array
 import ctypes
+import errno
 import itertools
 from typing import TYPE_CHECKING, Any, cast
 
@@ -188,7 +199,7 @@ _RawDeadlineCallback = ctypes.CFUNCTYPE(
     ctypes.POINTER(_ffi.wasmtime_update_deadline_kind_t),
 )
 _Finalizer = ctypes.CFUNCTYPE(None, ctypes.c_void_p)
-_NO_FINALIZER = _Finalizer(lambda _p: None)
+_NO_FINALIZER = _Finalizer()  # (NULL: see the module's docstring)
 _CONTINUE = 0  # WASMTIME_UPDATE_DEADLINE_CONTINUE
 
 
@@ -235,6 +246,49 @@ def enable_pooling_allocator(config: wasmtime.Config, slots: int, keep_resident:
         _ffi.wasmtime_pooling_allocation_strategy_set(config.ptr(), pool)  # (copied)
     finally:
         _ffi.wasmtime_pooling_allocation_config_delete(pool)
+
+
+# -- guest output ------------------------------------------------------------------------
+
+_OutputCallback = ctypes.CFUNCTYPE(
+    ctypes.c_ssize_t, ctypes.c_void_p, ctypes.POINTER(ctypes.c_ubyte), ctypes.c_size_t
+)
+_sinks: dict[int, Callable[[bytes], object]] = {}
+_sink_keys = itertools.count(1)
+
+
+def _on_output(key: Any, data: Any, size: int) -> int:
+    # On a tokio thread of wasmtime's, inside the guest's fd_write, which waits for it.
+    sink = _sinks.get(key or 0)
+    if sink is None:
+        return -errno.EIO
+    try:
+        sink(ctypes.string_at(data, size))
+    except Exception:
+        return -errno.EIO
+    return size
+
+
+_ON_OUTPUT = _OutputCallback(_on_output)
+
+
+def route_output(
+    wasi: wasmtime.WasiConfig, stdout: Callable[[bytes], object], stderr: Callable[[bytes], object]
+) -> tuple[int, int]:
+    """Send the guest's stdout and stderr to `stdout` and `stderr` (called on wasmtime's
+    threads, each write whole) until `unroute_output` is given the keys returned. A write
+    after that, which WASI never makes once the guest has returned, fails with EIO."""
+    keys = next(_sink_keys), next(_sink_keys)
+    _sinks[keys[0]], _sinks[keys[1]] = stdout, stderr
+    _ffi.wasi_config_set_stdout_custom(wasi.ptr(), _ON_OUTPUT, keys[0], _NO_FINALIZER)
+    _ffi.wasi_config_set_stderr_custom(wasi.ptr(), _ON_OUTPUT, keys[1], _NO_FINALIZER)
+    return keys
+
+
+def unroute_output(keys: tuple[int, int]) -> None:
+    """Forget the sinks `route_output` gave `keys`: call once the guest has returned."""
+    for key in keys:
+        _sinks.pop(key, None)
 
 
 # -- raw host functions ------------------------------------------------------------------
@@ -292,6 +346,8 @@ __all__ = [
     "call_plain_entry",
     "define_raw_function",
     "enable_pooling_allocator",
+    "route_output",
     "set_epoch_callback",
     "set_wasi_args",
+    "unroute_output",
 ]

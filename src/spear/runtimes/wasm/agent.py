@@ -463,6 +463,7 @@ class _WasmExecution(Execution):
         self._ctx = ctx
         self._store: wasmtime.Store | None = None
         self._pooled = False  # its store is one of the pool's (see POOL_SLOTS)
+        self._output: tuple[int, int] | None = None  # its guest's route_output keys
         self._token: Any = None
         # Run inline whenever the module allows it (see INLINE_RETRY_AFTER), not only
         # once its runs proved short: for callers that wait on the loop anyway.
@@ -544,8 +545,7 @@ class _WasmExecution(Execution):
                 raise InvalidArgument(f"--dir: cannot open {mapping.host}") from None
         io = self._ctx.io
         if not self._pooled:  # (a pooled run's fd_write is held_output's: no WASI stream)
-            wasi.stdout_custom = _writer(stdout)
-            wasi.stderr_custom = _writer(stderr)
+            self._output = _wasmtime.route_output(wasi, stdout, stderr)
         if io.stdin == "inherit":
             wasi.inherit_stdin()
         elif stdin_path is not None:
@@ -640,6 +640,9 @@ class _WasmExecution(Execution):
             raise
         finally:
             del agent._stops[key]
+            if self._output is not None:
+                _wasmtime.unroute_output(self._output)
+                self._output = None
             if stdin_path is not None:
                 os.unlink(stdin_path)
         if outcome is not _MOVED:
@@ -679,11 +682,3 @@ def _trap_message(exc: Exception) -> str:
         if line.startswith("Caused by:") and i + 1 < len(lines):
             return lines[-1].lstrip("0123456789: ")
     return lines[0] if lines else type(exc).__name__
-
-
-def _writer(sink: Callable[[bytes], None]) -> Callable[[bytes], int]:
-    def write(data: bytes) -> int:
-        sink(data)
-        return len(data)
-
-    return write
