@@ -64,6 +64,7 @@ class Loopback:
         `output` are not followed here) or refused."""
         accepted = receiver.accept_forwarded([t.spec for t, _ in tasks], backlog=wait)
         outcomes: list[Forwarded] = []
+        promise = 0  # (the first ones taken were promised room, in order)
         try:
             for (task, stdin), taken in zip(tasks, accepted.taken, strict=True):
                 if not taken:
@@ -76,6 +77,10 @@ class Loopback:
                 except SpearError as exc:
                     outcomes.append(Forwarded(error=exc))
                     continue
+                finally:
+                    if promise < len(accepted.promised):
+                        receiver.keep_promise(accepted, promise)
+                        promise += 1
                 outcomes.append(Forwarded(task=started))
         finally:
             receiver.settle_forwarded(accepted)

@@ -13,10 +13,12 @@ that hands each batch to the receiver's own ForwardTasks handler (node/peer.py
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import errno
 from typing import TYPE_CHECKING, Any
 
 import anyio
+import pytest
 from placement_world import SLOT, Loopback, World, _cat, world_of
 
 from spear import FunctionSpec, Resources, Runtime, TaskState
@@ -35,8 +37,6 @@ from spear.transport._gen.pb import spearlet_pb2 as pb
 if TYPE_CHECKING:
     from collections.abc import Sequence
     from pathlib import Path
-
-    import pytest
 
     from spear.core.models import Task
     from spear.core.scheduler import Scheduler
@@ -359,6 +359,41 @@ async def test_the_view_takes_a_receivers_free_room_from_its_answer(tmp_path: Pa
         seen = a.scheduler.view.node("b")
         # b's answer said 1 slot free (its view less the task's slot would say 2)
         assert seen is not None and seen.free.cpu_millis == SLOT
+
+
+@pytest.mark.parametrize("size", [1, 2], ids=["one", "many"])  # (run alone / run_many)
+async def test_a_waited_batch_running_on_its_receiver_counts_its_room_once(
+    tmp_path: Path, size: int
+) -> None:
+    """The room a receiver promised a forwarded batch is the controller's once the tasks
+    are admitted: while they run, the receiver takes another batch into the room left,
+    and says that room is free."""
+    async with _members(tmp_path) as world:
+        a = await world.member("a", 1)
+        await world.member("b", 3, ZONE_X)
+        await a.scheduler.refresh_view()
+        b = world.nodes["b"]
+        sleeper_x = dataclasses.replace(world.sleeper, labels=ZONE_X)
+        outcomes: list[Outcome] = []
+
+        async def batch() -> None:
+            outcomes.extend(await run_batch(a, [sleeper_x] * size))
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(batch)
+            with anyio.fail_after(10):
+                while b.node.controller.running_count < size:
+                    await anyio.sleep(0.01)
+            assert b.promised == Resources(0, 0)
+            left = 3 - size
+            another = b.accept_forwarded([world.hello_spec] * 3)
+            assert another.taken == [True] * left + [False] * size
+            b.settle_forwarded(another)
+            async with anyio.create_task_group() as stops:
+                for task_id in b.node.controller.live_ids:
+                    stops.start_soon(b.node.controller.cancel, task_id)
+        assert [r.task.state for r in _ended(outcomes)] == [TaskState.CANCELLED] * size
+        assert b.promised == Resources(0, 0)
 
 
 # -- where the rest goes ----------------------------------------------------------------

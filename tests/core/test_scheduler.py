@@ -331,6 +331,25 @@ async def test_a_receiver_takes_what_fits_in_order_and_promises_it(tmp_path: Pat
         assert b.fits_here_now(small)
 
 
+async def test_a_promise_kept_is_counted_once(tmp_path: Path) -> None:
+    async with _world(tmp_path) as world:
+        b = await world.node("b", 3)
+        small, big = FunctionSpec(world.hello), FunctionSpec(world.hello, resources=Resources(200))
+        accepted = b.accept_forwarded([small, big])
+        b.keep_promise(accepted, 1)  # (the big one is admitted by the controller first)
+        assert b.promised == small.resources
+        b.keep_promise(accepted, 1)  # (once only)
+        assert b.promised == small.resources
+        b.settle_forwarded(accepted)  # (and only the promise not kept is settled)
+        assert b.promised == Resources(0, 0)
+        both = b.accept_forwarded([small, small])
+        b.keep_promise(both, 0)
+        b.keep_promise(both, 1)
+        assert b.promised == Resources(0, 0)
+        b.settle_forwarded(both)
+        assert b.promised == Resources(0, 0)
+
+
 async def test_after_one_task_does_not_fit_the_rest_of_a_batch_is_refused(
     tmp_path: Path,
 ) -> None:

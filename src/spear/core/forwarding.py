@@ -66,6 +66,7 @@ class Accepted:
     taken: list[bool] = field(default_factory=list)  # per task, in order
     promised: list[FunctionSpec] = field(default_factory=list)  # given free room now
     backlog: int = 0  # taken to wait here for room
+    kept: set[int] = field(default_factory=set)  # (of `promised`) held by the controller
 
 
 @dataclass(frozen=True, slots=True)

@@ -521,7 +521,8 @@ class Scheduler:
         given the same room. With `backlog` (a waited batch, which runs in first-in
         first-out waves here), the rest that could ever run here are taken too, while
         this node's backlog stays within `max_queued`: one call instead of one per wave.
-        Call `settle_forwarded` with the answer once the taken tasks have ended."""
+        Call `keep_promise` as each promised task is admitted by the controller, and
+        `settle_forwarded` with the answer once the taken tasks have ended."""
         controller = self.node.controller
         room = controller.free - self.promised
         accepted = Accepted()
@@ -556,10 +557,19 @@ class Scheduler:
                 accepted.taken.append(False)
         return accepted
 
+    def keep_promise(self, accepted: Accepted, index: int) -> None:
+        """The task `accepted.promised[index]` holds its room in the controller now (or
+        will not run here): its promise ends, so that room is not counted twice while the
+        forwarded call goes on (a waited batch's goes on until its last task ends)."""
+        if index not in accepted.kept:
+            accepted.kept.add(index)
+            self.promised = self.promised - accepted.promised[index].resources
+
     def settle_forwarded(self, accepted: Accepted) -> None:
         """The forwarded tasks taken by `accept_forwarded` have ended."""
-        for spec in accepted.promised:
-            self.promised = self.promised - spec.resources
+        for index, spec in enumerate(accepted.promised):
+            if index not in accepted.kept:
+                self.promised = self.promised - spec.resources
         self.backlog -= accepted.backlog
         self._wake.set()
 

@@ -37,7 +37,7 @@ from spear.transport.channels import NO_CREDENTIALS, Credentials
 from spear.transport.services import ServiceBase, Stub
 
 if TYPE_CHECKING:
-    from collections.abc import Sequence
+    from collections.abc import Callable, Sequence
 
     from spear.core.artifacts import ArtifactStore
     from spear.core.cluster import NodeRecord
@@ -114,11 +114,18 @@ class PeerService(ServiceBase):
         )
         accepted = [i for i, ok in enumerate(accepted_now.taken) if ok]
         outcomes = [pb.ForwardOutcome(refused=True) for _ in received]
+        # (the first ones taken were promised room: see Scheduler.keep_promise)
+        promises = {i: j for j, i in enumerate(accepted[: len(accepted_now.promised)])}
+
+        def admitted(i: int) -> None:
+            if (j := promises.get(i)) is not None:
+                scheduler.keep_promise(accepted_now, j)
+
         try:
             if message.wait:
-                await self._run_waited(message, received, accepted, outcomes)
+                await self._run_waited(message, received, accepted, outcomes, admitted)
             else:
-                await self._adopt(message, received, accepted, outcomes)
+                await self._adopt(message, received, accepted, outcomes, admitted)
         finally:
             scheduler.settle_forwarded(accepted_now)
         free = scheduler.node.controller.free - scheduler.promised
@@ -130,6 +137,7 @@ class PeerService(ServiceBase):
         received: Sequence[tuple[Task, FunctionSpec]],
         accepted: Sequence[int],
         outcomes: list[pb.ForwardOutcome],
+        admitted: Callable[[int], None],
     ) -> None:
         controller = self.scheduler.node.controller
         for i in accepted:
@@ -141,6 +149,8 @@ class PeerService(ServiceBase):
             except SpearError as exc:
                 outcomes[i] = _error(exc)
                 continue
+            finally:  # (its room is the controller's now, or it will not run here)
+                admitted(i)
             self.scheduler.note(started, "adopted", started.node or "")
             outcomes[i] = pb.ForwardOutcome(task=_task_pb(started))
 
@@ -150,9 +160,11 @@ class PeerService(ServiceBase):
         received: Sequence[tuple[Task, FunctionSpec]],
         accepted: Sequence[int],
         outcomes: list[pb.ForwardOutcome],
+        admitted: Callable[[int], None],
     ) -> None:
         """Run the accepted tasks to their ends: those without stdin as one `run_many`
-        (records written together), the others one by one beside it."""
+        (records written together), the others one by one beside it; `admitted(i)` as
+        each one's room is reserved."""
         controller = self.scheduler.node.controller
         plain = [i for i in accepted if not message.tasks[i].stdin]
         with_stdin = [i for i in accepted if message.tasks[i].stdin]
@@ -162,6 +174,7 @@ class PeerService(ServiceBase):
 
         async def many() -> None:
             refusals: dict[str, SpearError] = {}
+            index = {received[i][0].id: i for i in plain}
             tasks = await controller.run_many(
                 [received[i][1] for i in plain],
                 task_ids=[received[i][0].id for i in plain],
@@ -170,6 +183,7 @@ class PeerService(ServiceBase):
                 parents=None
                 if controller.tracing is None
                 else [received[i][0].traceparent for i in plain],
+                on_admitted=lambda task: admitted(index[task.id]),
             )
             for i, task in zip(plain, tasks, strict=True):
                 refused = refusals.get(task.id)
@@ -187,7 +201,11 @@ class PeerService(ServiceBase):
                 # Answered once its end is recorded: keeping its result (a commit with
                 # the SMS) goes on after the answer, off the forwarded call's path.
                 ended[i] = await controller.run(
-                    spec, stdin=stdin, task_id=task.id, hooks_later=True
+                    spec,
+                    stdin=stdin,
+                    task_id=task.id,
+                    hooks_later=True,
+                    on_created=lambda _task: admitted(i),  # (its room reserved by now, or queued)
                 )
             except SpearError as exc:
                 outcomes[i] = _error(exc)

@@ -414,6 +414,7 @@ class TaskController:
         refusals: dict[str, SpearError] | None = None,
         hooks_later: bool = False,
         parents: Sequence[str] | None = None,
+        on_admitted: Callable[[Task], None] | None = None,
     ) -> list[Task]:
         """Run many tasks to their ends; returns them finished, in order.
 
@@ -425,7 +426,7 @@ class TaskController:
         mapped there to the refusal). `task_ids` (one per spec) keeps ids given elsewhere:
         tasks another node forwarded here; `parents` (one per spec) their trace contexts.
         `hooks_later`: as for `run`, per wave (the next wave does not wait for the last
-        one's results to be kept).
+        one's results to be kept). `on_admitted(task)`: each task's room is reserved now.
         """
         if not specs:
             return []
@@ -455,6 +456,9 @@ class TaskController:
             if not wave:  # the node is full with other work: wait for room, in turn
                 await self._admission.acquire(ready[0].spec.resources)
                 wave.append(ready[0])
+            if on_admitted is not None:
+                for task in wave:
+                    on_admitted(task)
             ready = ready[len(wave) :]
             for task in await self._run_wave(wave, hooks_later=hooks_later):
                 finished[task.id] = task
