@@ -6,11 +6,12 @@ import subprocess
 import sys
 from typing import TYPE_CHECKING, Any
 
+import anyio
 import pytest
 from conftest import build_wat
 from wat_tasks import exits, hello
 
-from spear import FunctionSpec, InvalidArgument, LocalNode, Resources, TaskState
+from spear import FunctionSpec, InvalidArgument, LocalNode, Resources, Runtime, TaskState
 from spear.core.models import Task, new_task_id
 from spear.core.tasks import TaskStore
 from spear.core.worker import EXIT_LOST, Outcome
@@ -146,3 +147,53 @@ async def test_a_task_id_given_from_elsewhere_is_never_recorded_twice(tmp_path: 
         with pytest.raises(InvalidArgument, match="exists already"):
             await node.controller.create(again, task_id=first.id)
         assert await node.task(first.id) == first
+
+
+async def test_a_task_that_ends_while_its_wave_runs_on_is_finished_at_once(
+    tmp_path: Path,
+) -> None:
+    """Ended, a task of a wave is recorded so, its room freed, its result kept and its
+    waiters woken, while a task of its wave still runs: not when the slowest one ends."""
+    sleeper, quick = tmp_path / "sleeper.sh", tmp_path / "quick.sh"
+    sleeper.write_text("#!/bin/sh\nexec sleep 3600\n")
+    quick.write_text("#!/bin/sh\necho quick\n")
+    for script in (sleeper, quick):
+        script.chmod(0o755)
+    specs = [
+        FunctionSpec(str(sleeper), runtime=Runtime.PROCESS),  # on a thread, until cancelled
+        FunctionSpec(str(quick), runtime=Runtime.PROCESS),  # on a thread, ends at once
+        FunctionSpec(str(hello(tmp_path))),  # run right here as the wave starts
+    ]
+    ids = [new_task_id() for _ in specs]
+    async with LocalNode(tmp_path / "home", cpu_millis=300) as node:  # one wave
+        controller = node.controller
+        done: list[Task] = []
+
+        async def wave() -> None:
+            done.extend(await controller.run_many(specs, task_ids=ids))
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(wave)
+            try:
+                with anyio.fail_after(10):
+                    while len(await node.tasks(TaskState.COMPLETED)) < 2:
+                        await anyio.sleep(0.01)
+                    for task_id in ids[1:]:
+                        assert (await controller.wait(task_id)).state is TaskState.COMPLETED
+                assert [t.id for t in await node.tasks(TaskState.RUNNING)] == ids[:1]
+                assert controller.free.cpu_millis == 200  # (their room is free)
+                for task_id, output in zip(ids[1:], [b"quick\n", b"hello\n"], strict=True):
+                    value, _ = await node.objects.get(f"results/{task_id}")
+                    assert bytes(value) == output
+                assert [e.key for e in await node.kv.scan("active/")] == [f"active/wave-{ids[0]}"]
+                with anyio.fail_after(10):  # (answered once it ended: its wave has no other)
+                    cancelled = await controller.cancel(ids[0])
+                assert cancelled.state is TaskState.CANCELLED
+            finally:  # (failing, the test ends its tasks: nothing waits on for an hour)
+                await controller.cancel_all("the test ended")
+        assert [t.id for t in done] == ids
+        assert [t.state for t in done] == [TaskState.CANCELLED] + [TaskState.COMPLETED] * 2
+        for task in done:
+            assert await node.task(task.id) == task
+        assert controller.free == controller.capacity
+        assert await node.kv.scan("active/") == []  # (the marker went with the last)

@@ -36,6 +36,7 @@ import spear
 from spear import join_cluster
 from spear.config import Settings
 from spear.core import namespaces as ns
+from spear.core.object_index import ObjectIndex
 from spear.errors import (
     Conflict,
     InvalidArgument,
@@ -50,7 +51,7 @@ from spear.node.quotas import Quota, QuotaFile
 from spear.store.leveldb import LevelDBKV
 from spear.store.object_info import ObjectInfo
 from spear.store.objects import ObjectStore
-from spear.transport import tls
+from spear.transport import object_transfer, tls
 from spear.transport.auth import AUTH_DIR, Authorizer, Role, TokenStore
 from spear.transport.channels import Credentials
 from spear.transport.cluster_tokens import ClusterTokens, verify_at_sms
@@ -1589,3 +1590,274 @@ def test_the_node_serves_on_ipv6_and_names_its_protocol(tmp_path: Path) -> None:
             assert await anyio.to_thread.run_sync(handshake) == "spear-objects"
 
     anyio.run(alpn)
+
+
+# -- time limits, files and logs (what the second mutation run found unchecked) -----------
+
+
+def test_a_peer_that_stalls_mid_put_is_dropped_after_the_idle_timeout(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A peer that sends part of a value and then nothing (without closing) is dropped by
+    the node once no byte came for its idle timeout, and what it sent is not kept. (The
+    timeout is shortened here: 30 s is the real one.)"""
+    monkeypatch.setattr(object_transfer, "_TIMEOUT_S", 0.5)
+
+    async def main() -> None:
+        async with _serving(tmp_path, with_tls=False, open_to_all=True) as node:
+            raw = await node.raw()
+            await raw.send({"op": "put", "key": "stalled", "size": 3 * CHUNK})
+            await raw.send(b"y" * (CHUNK + 100))
+            await _until(lambda: len(node.staged()) == 1)  # being received
+            # nothing more sent, and the connection left open: the node ends it
+            assert await raw.closed_by_node()
+            await _until(lambda: node.staged() == [] and node.connections() == 0)
+            with pytest.raises(NotFound):
+                await node.store.get("stalled")
+
+    anyio.run(main)
+
+
+def test_the_client_gives_up_on_a_node_that_stops_mid_exchange(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A node that takes a request and then sends nothing more (without closing) is given
+    up by the client: waiting for its answer after the answer timeout, for the bytes after
+    it or for room to send a value's bytes after the idle timeout; each a TransferBroken
+    that says it timed out (the node ends nothing itself). (Both timeouts shortened here:
+    600 s and 30 s are the real ones.)"""
+    monkeypatch.setattr(object_transfer, "_TIMEOUT_S", 0.5)
+    monkeypatch.setattr(object_transfer, "_ANSWER_TIMEOUT_S", 1.0)
+    released = threading.Event()  # (the node's end of each connection: the test's end)
+
+    def script(number: int, conn: ScriptedNode.Conn) -> None:
+        if conn.request() is None:
+            return
+        if number == 1:  # an answer, and 3 of the 10 bytes it promised
+            conn.answer({"ok": True, "version": 1, "size": 10}, b"abc")
+        # number 0: no answer; number 2: the put's bytes never read
+        released.wait(WAIT_S / 2)
+
+    async def main() -> None:
+        with _scripted(script, connections=3) as peer:
+            client = ObjectTransferClient(Credentials())
+            timed_out = f"^the object transfer with {peer.address} failed: timed out$"
+            try:
+                with pytest.raises(TransferBroken, match=timed_out):  # no answer
+                    await client.get(peer.address, "k")
+                with pytest.raises(TransferBroken, match=timed_out):  # the value cut off
+                    await client.get(peer.address, "k")
+                with pytest.raises(TransferBroken, match=timed_out):  # never read
+                    await client.put(peer.address, "k", bytes(32 * CHUNK))
+                assert client._idle == {}
+            finally:
+                released.set()
+                await client.aclose()
+            assert [[r["op"] for r in asked] for asked in peer.asked] == [["get"], ["get"], ["put"]]
+
+    anyio.run(main)
+
+
+def test_an_unexpected_failure_is_logged_and_ends_only_its_connection(tmp_path: Path) -> None:
+    """A failure that is neither the caller's mistake nor a refusal (here the namespace's
+    quota check breaking) is logged with its traceback, and its connection ended; the
+    node serves the others."""
+
+    async def admit(namespace: str, key: str, size: int) -> None:
+        raise RuntimeError("the quota file is unreadable")
+
+    async def main() -> None:
+        async with _serving(tmp_path, with_tls=False, open_to_all=True, admit=admit) as node:
+            await node.store.put("k", b"v")
+            with SpearLog("ERROR") as logged:
+                raw = await node.raw()
+                await raw.send({"op": "put", "key": "k", "size": 3, "namespace": "team-a"})
+                assert await raw.closed_by_node()
+            [message] = logged
+            first, *_, last = message.splitlines()
+            assert first == "ERROR: object transfer failed"
+            assert last == "RuntimeError: the quota file is unreadable"
+            other = await node.raw()
+            assert await other.ask({"op": "get", "key": "k"}) == {
+                "ok": True,
+                "version": 1,
+                "size": 1,
+            }
+            assert await other.read(1) == b"v"
+            assert node.staged() == []
+
+    anyio.run(main)
+
+
+def test_a_fetch_whose_file_was_removed_meanwhile_breaks_as_any_other(tmp_path: Path) -> None:
+    """The file a fetch receives into, removed by someone else before the node died
+    mid-value: still TransferBroken (nothing to remove), not a Python error."""
+    removed = threading.Event()
+    value = _value(2 * CHUNK)
+
+    def script(number: int, conn: ScriptedNode.Conn) -> None:
+        if conn.request() is not None:
+            conn.answer({"ok": True, "version": 3, "size": len(value)}, value[:CHUNK])
+            removed.wait(WAIT_S / 2)
+
+    async def main() -> None:
+        with _scripted(script, connections=1) as peer:
+            client = ObjectTransferClient(Credentials())
+            dest = tmp_path / "copy"
+
+            async def fetch() -> None:
+                message = f"failed: the transfer broke after {CHUNK} of {len(value)} bytes$"
+                with pytest.raises(TransferBroken, match=message):
+                    await client.fetch(peer.address, "plan", 3, dest)
+
+            try:
+                async with anyio.create_task_group() as tg:
+                    tg.start_soon(fetch)
+                    await _until(lambda: dest.exists() and dest.stat().st_size == CHUNK)
+                    dest.unlink()
+                    removed.set()
+                assert not dest.exists()
+                assert client._idle == {}
+            finally:
+                removed.set()
+                await client.aclose()
+
+    anyio.run(main)
+
+
+def test_a_received_value_is_kept_in_the_file_it_was_received_into(tmp_path: Path) -> None:
+    """The bytes of a put are written once: the file they were received into becomes the
+    value's file (taken over, not copied)."""
+
+    async def main() -> None:
+        async with _serving(tmp_path, with_tls=False, open_to_all=True) as node:
+            value = _value(2 * CHUNK)
+            raw = await node.raw()
+            await raw.send({"op": "put", "key": "plan", "size": len(value)})
+            await raw.send(value[:CHUNK])
+            await _until(lambda: len(node.staged()) == 1)
+            [staged] = node.staged()
+            received_into = staged.stat()
+            await raw.send(value[CHUNK:])
+            assert await raw.line() == {"ok": True, "version": 1, "size": len(value)}
+            [kept] = [
+                p
+                for p in (node.home / "objects").rglob("*")
+                if p.is_file() and "staging" not in p.parts
+            ]
+            assert kept.read_bytes() == value
+            kept_as = kept.stat()
+            assert (kept_as.st_dev, kept_as.st_ino) == (received_into.st_dev, received_into.st_ino)
+            assert node.staged() == []
+
+    anyio.run(main)
+
+
+@pytest.mark.parametrize("with_tls", [True, False], ids=["tls", "plain"])
+def test_a_values_file_goes_by_the_kernels_sendfile_on_plain_tcp_only(
+    tmp_path: Path, with_tls: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """On plain TCP a value's file is sent by the kernel (the node's answer to a get, the
+    client's put of a file), never read through this process; through TLS never (the
+    kernel would send it in the clear)."""
+    sent: list[int] = []
+    sendfile = os.sendfile
+
+    def counted(out_fd: int, in_fd: int, offset: int | None, count: int) -> int:
+        n = sendfile(out_fd, in_fd, offset, count)
+        sent.append(n)
+        return n
+
+    monkeypatch.setattr(os, "sendfile", counted)
+    value = _value(2 * CHUNK + 5)
+    source = tmp_path / "source"
+    source.write_bytes(value[::-1])
+
+    async def main() -> None:
+        async with _serving(tmp_path, with_tls=with_tls) as node:
+            await node.store.put("plan", value)
+            client = node.client(node.owner)
+            assert await client.get(node.address, "plan") == (bytearray(value), 1)
+            assert sum(sent) == (0 if with_tls else len(value))
+            sent.clear()
+            assert await client.put_file(node.address, "plan", source) == 2
+            assert bytes((await node.store.get("plan"))[0]) == value[::-1]
+            assert sum(sent) == (0 if with_tls else len(value))
+
+    anyio.run(main)
+
+
+class _HeldCommits:
+    """A node's authority in a cluster (a real ObjectIndex on LevelDB, as the SMS keeps
+    it) whose commits can be held once the index took them (`gate`): a put committed, its
+    copy not kept on its node yet."""
+
+    def __init__(self, index: ObjectIndex, node: str) -> None:
+        self.index, self.node = index, node
+        self.gate: anyio.Event | None = None
+        self.committed: list[int] = []
+
+    async def commit(
+        self, key: str, size: int, expected_version: int | None, value: bytes | None = None
+    ) -> int:
+        record = await self.index.commit(key, self.node, self.node, size, expected_version, value)
+        self.committed.append(record.version)
+        if self.gate is not None:
+            await self.gate.wait()
+        return record.version
+
+
+def test_a_version_committed_here_a_moment_ago_is_served_once_its_copy_lands(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A node asked for the version it committed a moment ago (its copy not kept yet: in a
+    cluster the index takes a put first) waits for that copy and serves it; asked for the
+    version it holds, it serves it at once, not held up by a newer one landing."""
+    first, second, third = _value(10_000, 1), _value(10_001, 2), _value(10_002, 3)
+
+    async def main() -> None:
+        async with _serving(tmp_path, with_tls=False, open_to_all=True) as node:
+            sms = LevelDBKV.open(str(tmp_path / "sms.ldb"))
+            try:
+                authority = _HeldCommits(ObjectIndex(sms), "node-1")
+                node.store.authority = authority  # type: ignore[assignment]  # (joined)
+                await node.store.put("plan", first)
+                waited: list[str] = []
+                landed = node.store.landed
+
+                async def waits_for(key: str) -> None:
+                    waited.append(key)
+                    assert authority.gate is not None
+                    authority.gate.set()  # (the put goes on once the node waits for it)
+                    await landed(key)
+
+                monkeypatch.setattr(node.store, "landed", waits_for)
+                client = node.client()
+
+                async def put(value: bytes) -> None:
+                    await node.store.put("plan", value)
+
+                authority.gate = anyio.Event()
+                async with anyio.create_task_group() as tg:
+                    tg.start_soon(put, second)
+                    await _until(lambda: len(authority.committed) == 2)
+                    version = authority.committed[-1]
+                    dest = tmp_path / "second"
+                    assert await client.fetch(node.address, "plan", version, dest) == len(second)
+                assert dest.read_bytes() == second
+                assert waited == ["plan"]
+                assert (await node.store.get_local("plan"))[1] == version
+                # Its copy of `version` held: served at once, while a third is committed.
+                authority.gate = anyio.Event()
+                async with anyio.create_task_group() as tg:
+                    tg.start_soon(put, third)
+                    await _until(lambda: len(authority.committed) == 3)
+                    again = tmp_path / "again"
+                    assert await client.fetch(node.address, "plan", version, again) == len(second)
+                    authority.gate.set()
+                assert again.read_bytes() == second
+                assert waited == ["plan"]
+            finally:
+                await sms.aclose()
+
+    anyio.run(main)

@@ -45,6 +45,10 @@ _T = TypeVar("_T")
 # Finished hooks run after the answer (`hooks_later`) at most this many batches at once;
 # past it they are awaited again: a slow SMS slows the calls instead of piling up work.
 _HOOKS_LATER_MAX = 256
+# A task of a wave (run_many) that ended this long while others of its wave run on is
+# finished without them, with those that ended meanwhile: one write for a wave whose
+# tasks end together, and no finished task held until the slowest of its wave ends.
+EARLY_FINISH_S = 0.05
 
 
 class TaskController:
@@ -465,7 +469,13 @@ class TaskController:
         return [finished[task_id] for task_id in order]
 
     async def _run_wave(self, admitted: list[Task], *, hooks_later: bool = False) -> list[Task]:
-        """Record, run and finish tasks whose resources are reserved already."""
+        """Record, run and finish tasks whose resources are reserved already.
+
+        Their starts are one write, and so are their ends when they end together (all of
+        them when each runs right here). Those that ended `EARLY_FINISH_S` before the
+        others of their wave (on their threads) are finished without them: their ends
+        recorded in one write, their room freed, their waiters woken, not held until the
+        slowest of the wave ends."""
         tasks = [task.transition(TaskState.RUNNING, task.created_at) for task in admitted]
         ends: list[tuple[Task, Outcome]] = []
         writers: list[TaskLogWriter] = []
@@ -474,11 +484,26 @@ class TaskController:
         except BaseException:
             self._running.release(admitted, writers)
             raise
+        left = {task.id: task for task in admitted}  # (not finished yet)
+        writer_of: dict[str, TaskLogWriter] = {}
+        finals: list[Task] = []
+
+        async def finish_part(part: list[tuple[Task, Outcome]]) -> None:
+            finished = await self._finish_wave_part(marker, part)
+            for task, _ in part:
+                writer = writer_of.pop(task.id)
+                writer.close()
+                writers.remove(writer)
+            self._running.release([left.pop(task.id) for task, _ in part], [])
+            finals.extend(finished)
+            await self._settle(finished, later=hooks_later)
+
         try:
             later: list[tuple[Task, Execution]] = []
             for task in tasks:
                 control = ExecutionControl()
                 started = await self._running.start(task, control, writers)
+                writer_of[task.id] = writers[-1]
                 if isinstance(started, Outcome):
                     ends.append((task, started))
                     continue
@@ -491,22 +516,52 @@ class TaskController:
                 else:
                     ends.append((task, outcome))
             if later:  # guests on threads, all at once
+                running = len(later)
+                flushing = anyio.CancelScope()
 
                 async def wait(task: Task, execution: Execution) -> None:
+                    nonlocal running
                     ends.append((task, await outcome_of(execution)))
+                    running -= 1
+                    if not running:  # (the rest end with the wave, dropping its marker)
+                        flushing.cancel()
+
+                async def flush() -> None:  # what ended while others run on
+                    with flushing:
+                        while True:
+                            await anyio.sleep(EARLY_FINISH_S)
+                            if ends:
+                                part = ends[:]
+                                ends.clear()
+                                with anyio.CancelScope(shield=True):
+                                    await finish_part(part)
 
                 async with anyio.create_task_group() as tg:
                     for task, execution in later:
                         tg.start_soon(wait, task, execution)
+                    tg.start_soon(flush)
         except BaseException:
             with anyio.CancelScope(shield=True):
                 done = {task.id for task, _ in ends}
-                for task in tasks:
-                    if task.id not in done:
+                for task_id, task in left.items():
+                    if task_id not in done:
                         ends.append((task, Outcome(TaskState.FAILED, EXIT_LOST, STOPPED)))
-                await self._end_wave(admitted, marker, ends, writers)
+                await self._end_wave(list(left.values()), marker, ends, writers)
             raise
-        return await self._end_wave(admitted, marker, ends, writers, hooks_later=hooks_later)
+        finals.extend(
+            await self._end_wave(
+                list(left.values()), marker, ends, writers, hooks_later=hooks_later
+            )
+        )
+        return finals
+
+    async def _finish_wave_part(self, marker: str, part: list[tuple[Task, Outcome]]) -> list[Task]:
+        async def write() -> list[Task]:
+            return await self.store.finish_wave(marker, part, last=False)
+
+        return await _until_written(write, lambda exc: logger.warning(
+            "the ends of {} tasks are not written yet ({}): trying again", len(part), exc
+        ))  # fmt: skip
 
     async def _end_wave(
         self,

@@ -120,10 +120,13 @@ class TaskStore:
             self._remember(task, version)
         return marker
 
-    async def finish_wave(self, marker: str, ends: Sequence[tuple[Task, Outcome]]) -> list[Task]:
-        """Move the tasks of a wave (`create_wave`) to how they ended and drop its marker,
-        in one atomic write; if another writer changed one meanwhile, each goes through
-        `transition`, and the marker goes last."""
+    async def finish_wave(
+        self, marker: str, ends: Sequence[tuple[Task, Outcome]], *, last: bool = True
+    ) -> list[Task]:
+        """Move the tasks of a wave (`create_wave`) to how they ended and drop its marker
+        (unless not `last`: others of the wave run on), in one atomic write; if another
+        writer changed one meanwhile, each goes through `transition`, and the marker goes
+        last. (`recover_lost` passes over the wave's tasks that have ended.)"""
         news: list[Task] = []
         writes: list[Write] = []
         for task, outcome in ends:
@@ -136,7 +139,8 @@ class TaskStore:
             news.append(new)
             writes.append(Write(_TASKS + task.id, encode_task(new), known[0]))
         else:
-            writes.append(Write(marker, None))
+            if last:
+                writes.append(Write(marker, None))
             version = await self._kv.commit(writes)
             if version >= 0:
                 for new in news:
@@ -148,7 +152,8 @@ class TaskStore:
             )
             for task, outcome in ends
         ]
-        await self._kv.delete(marker)
+        if last:
+            await self._kv.delete(marker)
         return out
 
     async def get(self, task_id: str) -> Task:
