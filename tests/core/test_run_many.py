@@ -197,3 +197,38 @@ async def test_a_task_that_ends_while_its_wave_runs_on_is_finished_at_once(
             assert await node.task(task.id) == task
         assert controller.free == controller.capacity
         assert await node.kv.scan("active/") == []  # (the marker went with the last)
+
+
+async def test_the_next_wave_starts_in_room_a_task_of_the_last_one_freed(
+    tmp_path: Path,
+) -> None:
+    """First in, first out: the rest of a run_many take the room its ended tasks free,
+    while a long task of an earlier wave runs on."""
+    sleeper, quick = tmp_path / "sleeper.sh", tmp_path / "quick.sh"
+    sleeper.write_text("#!/bin/sh\nexec sleep 3600\n")
+    quick.write_text("#!/bin/sh\necho quick\n")
+    for script in (sleeper, quick):
+        script.chmod(0o755)
+    long_one = FunctionSpec(str(sleeper), runtime=Runtime.PROCESS)
+    specs = [long_one] + [FunctionSpec(str(quick), runtime=Runtime.PROCESS)] * 4
+    ids = [new_task_id() for _ in specs]
+    async with LocalNode(tmp_path / "home", cpu_millis=200) as node:  # two at a time
+        controller = node.controller
+        done: list[Task] = []
+
+        async def many() -> None:
+            done.extend(await controller.run_many(specs, task_ids=ids))
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(many)
+            try:
+                with anyio.fail_after(10):  # (one slot for all four, one after another)
+                    while len(await node.tasks(TaskState.COMPLETED)) < 4:
+                        await anyio.sleep(0.01)
+                assert [t.id for t in await node.tasks(TaskState.RUNNING)] == ids[:1]
+                await controller.cancel(ids[0])
+            finally:  # (failing, the test ends its tasks: nothing waits on for an hour)
+                await controller.cancel_all("the test ended")
+        assert [t.state for t in done] == [TaskState.CANCELLED] + [TaskState.COMPLETED] * 4
+        assert controller.free == controller.capacity
+        assert await node.kv.scan("active/") == []

@@ -13,7 +13,7 @@ import dataclasses
 import math
 import os
 import time
-from typing import TYPE_CHECKING, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import anyio
 
@@ -27,7 +27,7 @@ from spear.core.worker import EXIT_CANCELLED, EXIT_LOST, ExecutionControl, NodeS
 from spear.errors import InvalidArgument, NoSpace, ResourceExhausted, SpearError, StorageError
 
 if TYPE_CHECKING:
-    from collections.abc import Awaitable, Callable, Mapping, Sequence
+    from collections.abc import Awaitable, Callable, Coroutine, Mapping, Sequence
 
     from anyio.abc import TaskGroup
 
@@ -425,7 +425,8 @@ class TaskController:
         What `run` does for each, with the bookkeeping shared: the tasks that fit the
         node's free resources are recorded in one write, run (short guests one after
         another right here, the others on their threads at once), and their ends written
-        in one write; then the next that fit, until all ran. A task whose artifact is
+        in one write; then the next that fit, as soon as room frees up (not only when
+        the whole of the last wave ended), until all ran. A task whose artifact is
         refused is recorded FAILED, as `run` records it (and, given `refusals`, its id
         mapped there to the refusal). `task_ids` (one per spec) keeps ids given elsewhere:
         tasks another node forwarded here; `parents` (one per spec) their trace contexts.
@@ -451,22 +452,41 @@ class TaskController:
                     refusals[task.id] = refused[0]
             else:
                 ready.append(task)
-        while ready:
-            wave = []
-            for task in ready:  # in order, as many as fit now
-                if not self._admission.try_acquire(task.spec.resources):
-                    break
-                wave.append(task)
-            if not wave:  # the node is full with other work: wait for room, in turn
-                await self._admission.acquire(ready[0].spec.resources)
-                wave.append(ready[0])
-            if on_admitted is not None:
-                for task in wave:
-                    on_admitted(task)
-            ready = ready[len(wave) :]
+
+        async def run_wave(wave: list[Task]) -> None:
             for task in await self._run_wave(wave, hooks_later=hooks_later):
                 finished[task.id] = task
+
+        try:
+            await self._run_waves(ready, run_wave, on_admitted)
+        except BaseExceptionGroup as group:  # (a wave's failure, as a wave run alone raises)
+            raise _first(group) from group
         return [finished[task_id] for task_id in order]
+
+    async def _run_waves(
+        self,
+        ready: list[Task],
+        run_wave: Callable[[list[Task]], Coroutine[Any, Any, None]],
+        on_admitted: Callable[[Task], None] | None,
+    ) -> None:
+        async with anyio.create_task_group() as waves:
+            while ready:
+                wave = []
+                for task in ready:  # in order, as many as fit now
+                    if not self._admission.try_acquire(task.spec.resources):
+                        break
+                    wave.append(task)
+                if not wave:  # the node is full (with earlier waves or other work): wait
+                    await self._admission.acquire(ready[0].spec.resources)  # (in turn)
+                    wave.append(ready[0])
+                if on_admitted is not None:
+                    for task in wave:
+                        on_admitted(task)
+                ready = ready[len(wave) :]
+                if ready:  # (room freed by a task of this wave starts the next one)
+                    waves.start_soon(run_wave, wave)
+                else:
+                    await run_wave(wave)
 
     async def _run_wave(self, admitted: list[Task], *, hooks_later: bool = False) -> list[Task]:
         """Record, run and finish tasks whose resources are reserved already.
@@ -606,6 +626,13 @@ class TaskController:
 
     async def cancel_all(self, reason: str) -> None:
         self._running.cancel_all(reason)
+
+
+def _first(group: BaseExceptionGroup[BaseException]) -> BaseException:
+    first: BaseException = group
+    while isinstance(first, BaseExceptionGroup):
+        first = first.exceptions[0]
+    return first
 
 
 async def _until_written(
