@@ -76,8 +76,10 @@ async def test_an_end_that_meets_a_full_disk_is_written_once_there_is_room(
 
 
 async def test_the_ends_of_a_wave_that_meet_a_full_disk_are_written_once_there_is_room(
-    tmp_path: Path,
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    # (the wave's ends in one write however far apart its tasks end: see EARLY_FINISH_S)
+    monkeypatch.setattr(controller_module, "EARLY_FINISH_S", 3600.0)
     with SpearLog("WARNING", "{message}") as logged:
         async with LocalNode(tmp_path / "home", node_name="n1", cpu_millis=300) as node:
             tries = _failing(node, "finish_wave", 2)
