@@ -40,7 +40,7 @@ async def main():
         script = Path(tmp) / "sleep.sh"
         script.write_text('#!/bin/sh\nexec sleep "$1"\n')
         script.chmod(0o755)
-        specs = [FunctionSpec(str(script), args=[str(s)], runtime=Runtime.PROCESS)
+        specs = [FunctionSpec(str(script), args=(str(s),), runtime=Runtime.PROCESS)
                  for s in seconds]
         async with LocalNode(Path(tmp) / "home", cpu_millis=100 * slots) as node:
             await node.run_many(specs[:slots])  # (warm)

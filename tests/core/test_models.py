@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import re
 import time
 import warnings
 from typing import Any
@@ -461,3 +462,22 @@ def test_values_shown_to_callers_as_json() -> None:
         "peer_address": "",
         "object_socket": "",
     }
+
+
+def test_a_spec_given_lists_keeps_tuples_and_refuses_a_string() -> None:
+    # (from Python, a list is the natural way to give args: the spec must still be kept,
+    # hashed and recorded as one given tuples)
+    spec = FunctionSpec(
+        "a.wasm", args=["x", "y"], env={"K": "V"}, labels=[["zone", "x"]], retry_on=["exit"]
+    )
+    same = FunctionSpec(
+        "a.wasm", args=("x", "y"), env=(("K", "V"),), labels=(("zone", "x"),), retry_on=("exit",)
+    )
+    assert spec == same and hash(spec) == hash(same)
+    assert FunctionSpec.from_json(spec.to_json()) == same
+    for bad, message in [
+        ({"args": "xy"}, "args must be a list, not str: 'xy'"),
+        ({"env": 3}, "env must be a list, not int: 3"),
+    ]:
+        with pytest.raises(InvalidArgument, match=f"^{re.escape(message)}$"):
+            FunctionSpec("a.wasm", **bad)  # type: ignore[arg-type]

@@ -7,6 +7,7 @@ import enum
 import itertools
 import os
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -137,6 +138,19 @@ MIN_PRIORITY, MAX_PRIORITY = -1000, 1000
 
 
 UINT64_MAX = 2**64 - 1
+_TUPLE_FIELDS = ("args", "env", "dirs", "labels", "retry_on")
+
+
+def _as_tuple(name: str, value: Any) -> tuple[Any, ...]:
+    """A spec's sequence field as the tuple it is kept as: a list's items, a dict's pairs
+    (env, labels); a pair given as a list is a tuple too."""
+    if isinstance(value, dict):
+        return tuple(value.items())
+    if isinstance(value, str | bytes) or not isinstance(value, Iterable):
+        raise InvalidArgument(f"{name} must be a list, not {type(value).__name__}: {value!r}")
+    return tuple(tuple(item) if isinstance(item, list) else item for item in value)
+
+
 _UINT64_FIELDS = (
     ("memory_limit_bytes", "memory limit"),
     ("fuel", "fuel"),
@@ -178,6 +192,10 @@ class FunctionSpec:
     reuse: bool = False
 
     def __post_init__(self) -> None:
+        for name in _TUPLE_FIELDS:  # (given as a list, or a dict of pairs: kept as tuples)
+            value = getattr(self, name)
+            if type(value) is not tuple:
+                object.__setattr__(self, name, _as_tuple(name, value))
         if not self.artifact:
             raise InvalidArgument("a function spec needs an artifact")
         if self.timeout_s is not None and not self.timeout_s > 0:
