@@ -13,7 +13,7 @@ import dataclasses
 import math
 import os
 import time
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 import anyio
 
@@ -27,7 +27,7 @@ from spear.core.worker import EXIT_CANCELLED, EXIT_LOST, ExecutionControl, NodeS
 from spear.errors import InvalidArgument, NoSpace, ResourceExhausted, SpearError, StorageError
 
 if TYPE_CHECKING:
-    from collections.abc import Awaitable, Callable, Coroutine, Mapping, Sequence
+    from collections.abc import Awaitable, Callable, Mapping, Sequence
 
     from anyio.abc import TaskGroup
 
@@ -453,12 +453,8 @@ class TaskController:
             else:
                 ready.append(task)
 
-        async def run_wave(wave: list[Task]) -> None:
-            for task in await self._run_wave(wave, hooks_later=hooks_later):
-                finished[task.id] = task
-
         try:
-            await self._run_waves(ready, run_wave, on_admitted)
+            await self._run_waves(ready, finished, on_admitted, hooks_later)
         except BaseExceptionGroup as group:  # (a wave's failure, as a wave run alone raises)
             raise _first(group) from group
         return [finished[task_id] for task_id in order]
@@ -466,10 +462,22 @@ class TaskController:
     async def _run_waves(
         self,
         ready: list[Task],
-        run_wave: Callable[[list[Task]], Coroutine[Any, Any, None]],
+        finished: dict[str, Task],
         on_admitted: Callable[[Task], None] | None,
+        hooks_later: bool,
     ) -> None:
+        """`ready` run in waves (`_run_wave`), their ends put in `finished`. A wave whose
+        guests run on, on their threads, is waited for beside the next waves, which start
+        in the room its ended tasks free; one run right here is over when it returns."""
         async with anyio.create_task_group() as waves:
+
+            def detach(rest: Callable[[], Awaitable[list[Task]]]) -> None:
+                async def finish() -> None:
+                    for task in await rest():
+                        finished[task.id] = task
+
+                waves.start_soon(finish)
+
             while ready:
                 wave = []
                 for task in ready:  # in order, as many as fit now
@@ -479,23 +487,35 @@ class TaskController:
                 if not wave:  # the node is full (with earlier waves or other work): wait
                     await self._admission.acquire(ready[0].spec.resources)  # (in turn)
                     wave.append(ready[0])
+                    for task in ready[1:]:  # (and those the room freed with it fits)
+                        if not self._admission.try_acquire(task.spec.resources):
+                            break
+                        wave.append(task)
                 if on_admitted is not None:
                     for task in wave:
                         on_admitted(task)
                 ready = ready[len(wave) :]
-                if ready:  # (room freed by a task of this wave starts the next one)
-                    waves.start_soon(run_wave, wave)
-                else:
-                    await run_wave(wave)
+                ended = await self._run_wave(
+                    wave, hooks_later=hooks_later, detach=detach if ready else None
+                )
+                for task in ended or ():
+                    finished[task.id] = task
 
-    async def _run_wave(self, admitted: list[Task], *, hooks_later: bool = False) -> list[Task]:
+    async def _run_wave(
+        self,
+        admitted: list[Task],
+        *,
+        hooks_later: bool = False,
+        detach: Callable[[Callable[[], Awaitable[list[Task]]]], None] | None = None,
+    ) -> list[Task] | None:
         """Record, run and finish tasks whose resources are reserved already.
 
         Their starts are one write, and so are their ends when they end together (all of
         them when each runs right here). Those that ended `EARLY_FINISH_S` before the
         others of their wave (on their threads) are finished without them: their ends
         recorded in one write, their room freed, their waiters woken, not held until the
-        slowest of the wave ends."""
+        slowest of the wave ends. With `detach`, a wave whose guests run on is handed to
+        it to wait for (a callable that returns the wave's ends), and None returned."""
         tasks = [task.transition(TaskState.RUNNING, task.created_at) for task in admitted]
         ends: list[tuple[Task, Outcome]] = []
         writers: list[TaskLogWriter] = []
@@ -518,8 +538,56 @@ class TaskController:
             finals.extend(finished)
             await self._settle(finished, later=hooks_later)
 
+        async def abort() -> None:  # (shielded) the wave stopped part way
+            done = {task.id for task, _ in ends}
+            for task_id, task in left.items():
+                if task_id not in done:
+                    ends.append((task, Outcome(TaskState.FAILED, EXIT_LOST, STOPPED)))
+            await self._end_wave(list(left.values()), marker, ends, writers)
+
+        async def rest(later: list[tuple[Task, Execution]]) -> list[Task]:
+            try:
+                if later:  # guests on threads, all at once
+                    await wait_for(later)
+            except BaseException:
+                with anyio.CancelScope(shield=True):
+                    await abort()
+                raise
+            finals.extend(
+                await self._end_wave(
+                    list(left.values()), marker, ends, writers, hooks_later=hooks_later
+                )
+            )
+            return finals
+
+        async def wait_for(later: list[tuple[Task, Execution]]) -> None:
+            running = len(later)
+            flushing = anyio.CancelScope()
+
+            async def wait(task: Task, execution: Execution) -> None:
+                nonlocal running
+                ends.append((task, await outcome_of(execution)))
+                running -= 1
+                if not running:  # (the rest end with the wave, dropping its marker)
+                    flushing.cancel()
+
+            async def flush() -> None:  # what ended while others run on
+                with flushing:
+                    while True:
+                        await anyio.sleep(EARLY_FINISH_S)
+                        if ends:
+                            part = ends[:]
+                            ends.clear()
+                            with anyio.CancelScope(shield=True):
+                                await finish_part(part)
+
+            async with anyio.create_task_group() as tg:
+                for task, execution in later:
+                    tg.start_soon(wait, task, execution)
+                tg.start_soon(flush)
+
+        later: list[tuple[Task, Execution]] = []
         try:
-            later: list[tuple[Task, Execution]] = []
             for task in tasks:
                 control = ExecutionControl()
                 started = await self._running.start(task, control, writers)
@@ -535,45 +603,14 @@ class TaskController:
                     later.append((task, started))
                 else:
                     ends.append((task, outcome))
-            if later:  # guests on threads, all at once
-                running = len(later)
-                flushing = anyio.CancelScope()
-
-                async def wait(task: Task, execution: Execution) -> None:
-                    nonlocal running
-                    ends.append((task, await outcome_of(execution)))
-                    running -= 1
-                    if not running:  # (the rest end with the wave, dropping its marker)
-                        flushing.cancel()
-
-                async def flush() -> None:  # what ended while others run on
-                    with flushing:
-                        while True:
-                            await anyio.sleep(EARLY_FINISH_S)
-                            if ends:
-                                part = ends[:]
-                                ends.clear()
-                                with anyio.CancelScope(shield=True):
-                                    await finish_part(part)
-
-                async with anyio.create_task_group() as tg:
-                    for task, execution in later:
-                        tg.start_soon(wait, task, execution)
-                    tg.start_soon(flush)
         except BaseException:
             with anyio.CancelScope(shield=True):
-                done = {task.id for task, _ in ends}
-                for task_id, task in left.items():
-                    if task_id not in done:
-                        ends.append((task, Outcome(TaskState.FAILED, EXIT_LOST, STOPPED)))
-                await self._end_wave(list(left.values()), marker, ends, writers)
+                await abort()
             raise
-        finals.extend(
-            await self._end_wave(
-                list(left.values()), marker, ends, writers, hooks_later=hooks_later
-            )
-        )
-        return finals
+        if later and detach is not None:
+            detach(lambda: rest(later))
+            return None
+        return await rest(later)
 
     async def _finish_wave_part(self, marker: str, part: list[tuple[Task, Outcome]]) -> list[Task]:
         async def write() -> list[Task]:
