@@ -175,7 +175,7 @@ async def test_a_tombstone_names_the_holders_but_the_asker_and_lasts_until_each_
     assert stale == [] and [k for k, _ in adopted] == ["k"]
 
 
-async def test_collection_leaves_tombstones_for_holders_away_and_sweeps_strike_them(
+async def test_collection_leaves_tombstones_for_every_holder_struck_off_as_each_drops_its_copy(
     kv: KV,
 ) -> None:
     clock, live = Clock(), {"node-1", "node-2"}
@@ -191,16 +191,17 @@ async def test_collection_leaves_tombstones_for_holders_away_and_sweeps_strike_t
     clock.now += 100
     collected = await index.collect(50, asker="node-1")
     assert sorted(r.key for r in collected) == ["j", "k"]
-    [stone] = await kv.scan("objgone/")  # only k, and only for node-3 (away)
-    assert stone.key == "objgone/k" and orjson.loads(stone.value)["holders"] == ["node-3"]
+    stones = {e.key: orjson.loads(e.value)["holders"] for e in await kv.scan("objgone/")}
+    assert stones == {"objgone/j": ["node-1"], "objgone/k": ["node-1", "node-2", "node-3"]}
     assert await index.announce("node-1", "a1", [("j", gone.version, 5)]) != ([], [])
-    # node-3's sweeps: the first only marks when it swept; the second strikes it off.
+    # node-2's sweep drops its copy and says so with its next collection; node-1's too.
+    await index.collect(50, asker="node-2")
+    await index.collect(50, asker="node-2", dropped=[("k", rec.version)])
+    await index.collect(50, asker="node-1", dropped=[("k", rec.version)])
+    [(_, holders)] = [(e.key, orjson.loads(e.value)["holders"]) for e in await kv.scan("objgone/")]
+    assert holders == ["node-3"]  # (away: it is told when it comes back)
     live.add("node-3")
-    clock.now += 1
-    await index.collect(50, asker="node-3")
-    assert len(await kv.scan("objgone/")) == 1
-    clock.now += 1
-    await index.collect(50, asker="node-3")
+    assert await index.announce("node-3", "a3", [("k", rec.version, 5)]) == (["k"], [])
     assert await kv.scan("objgone/") == []
 
 

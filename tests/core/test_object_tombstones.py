@@ -70,9 +70,13 @@ async def test_a_collected_objects_tombstone_buries_the_version_collected(kv: KV
     clock.now += 100
     [collected] = await index.collect(50, asker="node-1")
     assert collected.version == rec.version
-    assert await _stone(kv) == {"version": rec.version, "at": clock.now, "holders": ["node-3"]}
+    holders = ["node-1", "node-3"]  # (live or not: a live one may restart before its sweep)
+    assert await _stone(kv) == {"version": rec.version, "at": clock.now, "holders": holders}
     # node-3, away at the collection, comes back with its copy: stale, and struck off.
     assert await index.announce("node-3", "a3", [("k", rec.version, 5)]) == (["k"], [])
+    assert (await _stone(kv) or {})["holders"] == ["node-1"]
+    # node-1's sweep dropped its copy, and says so with its next collection.
+    await index.collect(50, asker="node-1", dropped=[("k", rec.version)])
     assert await _stone(kv) is None
     assert await kv.get(INDEX + "k") is None
 
@@ -127,29 +131,47 @@ async def test_a_delete_racing_a_hold_buries_the_new_holders_copy_too(kv: KV) ->
     assert await index.announce("node-3", "a3", [("k", rec.version, 5)]) == (["k"], [])
 
 
-async def test_a_holder_is_struck_off_only_at_its_second_collection_after_the_delete(
+async def test_a_holder_is_struck_off_once_it_says_it_dropped_that_version_or_a_later_one(
     kv: KV,
 ) -> None:
     clock = Clock()
     _, live_nodes = _live("node-1", "node-3", "node-4", "node-5")
     index = ObjectIndex(kv, live_nodes, clock=clock)
-    rec = await index.commit("k", "node-1", "a1", 5, None)
+    older = await index.commit("k", "node-1", "a1", 5, None)
+    rec = await index.commit("k", "node-1", "a1", 5, older.version)
     for node in ("node-3", "node-4"):
         await index.hold("k", node, f"a{node[-1]}", rec.version)
-    await index.collect(50, asker="node-3")
-    # The delete at the instant of node-3's collection: it may have come after that sweep
-    # listed what is current, so node-3's copy may still be there.
     await index.change("k", "delete", asker="node-1")
     stone = await kv.get(GONE + "k")
-    clock.now += 1
-    await index.collect(50, asker="node-3")
-    await index.collect(50, asker="node-5")  # (not named in it)
-    await index.collect(50, asker="node-5")
-    await index.collect(50)  # (a collection nobody asked for strikes no one)
+    for asker, dropped in [
+        ("node-3", []),  # a sweep (however many) that says nothing of the copy
+        ("node-3", []),
+        ("node-3", [("k", older.version)]),  # an earlier version: it may hold the later
+        ("node-3", [("other", rec.version)]),
+        ("node-5", [("k", rec.version)]),  # not named in it
+        (None, [("k", rec.version)]),  # a collection nobody asked for
+    ]:
+        await index.collect(50, asker=asker, dropped=dropped)
     assert await kv.get(GONE + "k") == stone  # nobody struck, the tombstone not rewritten
-    clock.now += 1
-    await index.collect(50, asker="node-3")  # after a sweep that followed the delete
+    await index.collect(50, asker="node-3", dropped=[("k", rec.version)])
     assert (await _stone(kv) or {})["holders"] == ["node-4"]
+    await index.collect(50, asker="node-4", dropped=[("k", rec.version + 7)])  # (a later one)
+    assert await _stone(kv) is None
+
+
+async def test_a_holder_live_at_a_collection_that_restarts_before_its_sweep_finds_it_stale(
+    kv: KV,
+) -> None:
+    clock = Clock()
+    _, live_nodes = _live("node-1", "node-2")
+    index = ObjectIndex(kv, live_nodes, clock=clock)
+    rec = await index.commit("k", "node-1", "a1", 5, None)
+    await index.hold("k", "node-2", "a2", rec.version)
+    clock.now += 100
+    assert [r.key for r in await index.collect(50, asker="node-1")] == ["k"]
+    # node-2 restarts before its next sweep, and announces the copy it still has.
+    assert await index.announce("node-2", "a2", [("k", rec.version, 5)]) == (["k"], [])
+    assert await kv.get(INDEX + "k") is None  # not adopted again
 
 
 async def test_an_entry_with_only_its_size_is_deleted_and_collected_with_no_tombstone(

@@ -13,9 +13,10 @@ import os
 import time
 from typing import TYPE_CHECKING, Any, BinaryIO
 
+import orjson
 import pytest
 
-from spear.core.object_index import ObjectIndex
+from spear.core.object_index import GONE, ObjectIndex
 from spear.errors import (
     Conflict,
     InvalidArgument,
@@ -50,6 +51,7 @@ class IndexAuthority:
         self.stores = stores  # every node's store, by name: where a fetch reads from
         self.records: dict[str, ObjectRecord] = {}
         self.fetches: list[tuple[str, int]] = []
+        self.told: list[list[tuple[str, int]]] = []  # the dropped copies of each collect
 
     async def commit(
         self, key: str, size: int, expected_version: int | None, value: bytes | None = None
@@ -106,8 +108,11 @@ class IndexAuthority:
     async def list(self, prefix: str) -> builtins.list[ObjectInfo]:
         return [record_info(r) for r in await self.index.list(prefix)]
 
-    async def collect(self, grace_s: float) -> builtins.list[str]:
-        return [r.key for r in await self.index.collect(grace_s)]
+    async def collect(
+        self, grace_s: float, dropped: Sequence[tuple[str, int]] = ()
+    ) -> builtins.list[str]:
+        self.told.append(list(dropped))
+        return [r.key for r in await self.index.collect(grace_s, self.node, dropped)]
 
     async def announce(
         self, held: Sequence[tuple[str, int, int]]
@@ -329,6 +334,29 @@ async def test_collection_is_the_clusters_and_keeps_current_copies(cluster: Clus
     assert "idle" in await held(two)  # until node-2 collects too
     assert await two.collect(0) == []
     assert await held(two) == {}
+
+
+async def test_each_node_says_which_copies_it_dropped_with_its_next_collection(
+    cluster: Cluster,
+) -> None:
+    """And is struck off their tombstones then: a collected object's tombstone names
+    every holder (one may restart before its sweep drops its copy) until each says so."""
+    one, two = cluster["node-1"], cluster["node-2"]
+    version = await one.put("idle", LARGE)
+    await two.get("idle")
+    assert await one.collect(0) == ["idle"]  # node-1's copy dropped by this sweep
+    stone = await cluster.index.kv.get(GONE + "idle")
+    assert stone is not None and orjson.loads(stone.value)["holders"] == ["node-1", "node-2"]
+    assert await two.collect(0) == []  # node-2's copy dropped by this one
+    assert "idle" not in await held(two)
+    await one.collect(0)
+    await two.collect(0)
+    told = {n: a.told for n, a in cluster.authorities.items()}
+    assert told == {
+        "node-1": [[], [("idle", version)]],
+        "node-2": [[], [("idle", version)]],  # (each once: told, it is not told again)
+    }
+    assert await cluster.index.kv.get(GONE + "idle") is None  # no holder left
 
 
 async def test_a_copy_already_there_is_not_kept_twice(cluster: Cluster) -> None:

@@ -22,10 +22,11 @@ dropped theirs) are named in a tombstone, `objgone/<key>` (its last version, whe
 those holders), written in the same transaction as the delete; a node coming back that
 announces such a copy is told it is stale instead of having it adopted. A tombstone names
 every holder but the node that asked for an explicit delete (it drops its own copy at
-once), and for a collection only the holders that were not live (a live one drops its
-copy at its next sweep). A holder is struck off when it announces the copy, or at its
-second collection since the delete (its sweep after the first dropped the copy); a
-tombstone with no holder left, or older than `TOMBSTONE_KEEP_S`, is removed.
+once), and for a collection every holder, live or not (a live one drops its copy at its
+next sweep, but may restart before it). A holder is struck off when it announces the
+copy, or when it says it dropped that version or a later one (each member's collection
+names the copies its last sweep dropped); a tombstone with no holder left, or older than
+`TOMBSTONE_KEEP_S`, is removed.
 """
 
 from __future__ import annotations
@@ -130,8 +131,6 @@ class ObjectIndex:
         self._clock = clock
         # Members that may have cached versions, told of each change (object_leases.py).
         self.leases = ObjectLeases()
-        # When each member last asked for a collection (a sweep of its copies followed).
-        self._swept: dict[str, float] = {}
 
     async def _live(self) -> set[str] | None:
         return None if self._live_nodes is None else await self._live_nodes()
@@ -329,35 +328,43 @@ class ObjectIndex:
         await self.kv.compare_and_swap(entry.key, value, entry.version)
 
     async def collect(
-        self, grace_s: float, asker: str | None = None
+        self,
+        grace_s: float,
+        asker: str | None = None,
+        dropped: Sequence[tuple[str, int]] = (),
     ) -> builtins.list[ObjectRecord]:
         """Delete entries with no references and no pin idle for `grace_s`; their records.
-        `asker`: the member whose sweep this is (core docstring: tombstones)."""
+        `asker`: the member whose sweep this is, which `dropped` these (key, version)
+        copies since its last one (core docstring: tombstones)."""
         now = self._clock()
-        live = await self._live()
         deleted = []
         for entry in await self.kv.scan(INDEX):
             data, version = _load(entry)
             idle = now - float(data.get("updated", 0.0))
             if data.get("refs", 0) > 0 or data.get("pinned") or idle < grace_s:
                 continue
-            away = set() if live is None else set(data.get("holders", {})) - live
-            if await self._delete(entry, entry.key[len(INDEX) :], version, away):
+            holders = set(data.get("holders", {}))
+            if await self._delete(entry, entry.key[len(INDEX) :], version, holders):
                 await self.leases.changed(self.kv, entry.key[len(INDEX) :])
                 deleted.append(_record(entry.key[len(INDEX) :], data, version, None))
-        await self._prune(now, asker)
+        if asker:
+            for key, version in dropped:
+                await self._dropped(key, version, asker)
+        await self._prune(now)
         return deleted
 
-    async def _prune(self, now: float, asker: str | None) -> None:
-        """Strike `asker` off the tombstones older than its last collection (its sweep
-        since dropped those copies); remove tombstones past `TOMBSTONE_KEEP_S`."""
-        swept = self._swept.get(asker) if asker else None
-        if asker:
-            self._swept[asker] = now
-        for entry in await self.kv.scan(GONE):
+    async def _dropped(self, key: str, version: int, node: str) -> None:
+        """`node` dropped its copy of `key` at `version`: struck off the key's tombstone if
+        that is the version buried or a later one (a copy of an earlier version says
+        nothing of one it may have fetched since)."""
+        entry = await self.kv.get(GONE + key)
+        if entry is not None:
             stone = orjson.loads(entry.value)
-            if now - float(stone["at"]) > TOMBSTONE_KEEP_S:
+            if version >= int(stone["version"]) and node in stone["holders"]:
+                await self._strike(entry, stone, {node})
+
+    async def _prune(self, now: float) -> None:
+        """Remove tombstones past `TOMBSTONE_KEEP_S`."""
+        for entry in await self.kv.scan(GONE):
+            if now - float(orjson.loads(entry.value)["at"]) > TOMBSTONE_KEEP_S:
                 await self.kv.compare_and_swap(entry.key, None, entry.version)
-            elif asker and swept is not None and float(stone["at"]) < swept:
-                if asker in stone["holders"]:
-                    await self._strike(entry, stone, {asker})

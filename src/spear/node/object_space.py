@@ -187,8 +187,10 @@ class ClusterObjects:
     async def list(self, prefix: str) -> builtins.list[ObjectInfo]:
         return [record_info(r) for r in await self._sms.list_object_records(prefix)]
 
-    async def collect(self, grace_s: float) -> builtins.list[str]:
-        return [r.key for r in await self._sms.collect_objects(grace_s)]
+    async def collect(
+        self, grace_s: float, dropped: Sequence[tuple[str, int]] = ()
+    ) -> builtins.list[str]:
+        return [r.key for r in await self._sms.collect_objects(grace_s, dropped)]
 
     async def announce(
         self, held: Sequence[tuple[str, int, int]]

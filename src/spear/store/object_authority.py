@@ -61,8 +61,11 @@ class ObjectAuthority(Protocol):
 
     async def list(self, prefix: str) -> builtins.list[ObjectInfo]: ...
 
-    async def collect(self, grace_s: float) -> builtins.list[str]:
-        """Delete the cluster's unreferenced, unpinned objects idle for `grace_s`."""
+    async def collect(
+        self, grace_s: float, dropped: Sequence[tuple[str, int]] = ()
+    ) -> builtins.list[str]:
+        """Delete the cluster's unreferenced, unpinned objects idle for `grace_s`; `dropped`:
+        the (key, version) copies this node dropped since its last collection."""
         ...
 
     async def announce(

@@ -83,6 +83,9 @@ MAX_KEY_BYTES = 1024
 INLINE_MAX = 4096
 _RESULTS_AT_ONCE = 256  # results committed together (store_results in a cluster)
 ORPHAN_GRACE_S = 600.0  # a value file no metadata names, older than this, is removed
+# Dropped copies kept to tell the authority while it cannot be told (past it, their
+# tombstones name this node until TOMBSTONE_KEEP_S: no harm but a KV entry each).
+DROPPED_TOLD_MAX = 100_000
 # A value being received (staging_path) untouched this long was cut short: each MiB
 # received touches it, and a transfer with no progress for 30 s is given up.
 STAGING_GRACE_S = 300.0
@@ -187,6 +190,9 @@ class ObjectStore:
         self._reserved = 0
         self._usage_lock = anyio.Lock()
         self._held: dict[str, Counter[str]] = {}  # task id -> key -> references it holds
+        # The copies a cluster member's collection dropped, not yet told to the authority
+        # (with its next collection: struck off their tombstones; core/object_index.py).
+        self._dropped: builtins.list[tuple[str, int]] = []
         self._stop = anyio.Event()
 
     # -- values -----------------------------------------------------------------------
@@ -765,7 +771,9 @@ class ObjectStore:
     ) -> builtins.list[str]:
         """The cluster's collection, then this node's copies that are no longer current
         (collected, deleted or overwritten elsewhere) and orphan files."""
-        deleted = await authority.collect(grace_s)
+        told = self._dropped[:]
+        deleted = await authority.collect(grace_s, told)
+        del self._dropped[: len(told)]
         current = {info.key: info.version for info in await authority.list("")}
         live: set[str] = set()
         for entry in await self._kv.scan(META):
@@ -776,6 +784,8 @@ class ObjectStore:
                     live.add(header["file"])
             elif await self._kv.compare_and_swap(entry.key, None, entry.version) == 0:
                 self._forget(header)
+                if len(self._dropped) < DROPPED_TOLD_MAX:
+                    self._dropped.append((key, version))
             elif header.get("file"):
                 live.add(header["file"])
         await anyio.to_thread.run_sync(self._remove_orphans, live, time.time())

@@ -132,7 +132,8 @@ class ObjectIndexService:
         self, message: sms_pb2.CollectObjectsRequest
     ) -> sms_pb2.ListObjectRecordsResponse:
         self.sms.leadership.require()  # writes go to the leader only
-        found = await self.sms.objects.collect(message.grace_s, asker=_member())
+        dropped = [(d.key, d.version) for d in message.dropped]
+        found = await self.sms.objects.collect(message.grace_s, asker=_member(), dropped=dropped)
         return sms_pb2.ListObjectRecordsResponse(objects=[oc.record_to_wire(r) for r in found])
 
     async def watch_objects(

@@ -330,8 +330,13 @@ class SmsClient(Cluster):
         resp = await self._call(lambda stub: stub.announce_objects(req, **self._opts()))
         return list(resp.stale), [(a.key, a.version) for a in resp.adopted]
 
-    async def collect_objects(self, grace_s: float) -> list[ObjectRecord]:
-        req = sms_pb2.CollectObjectsRequest(grace_s=grace_s)
+    async def collect_objects(
+        self, grace_s: float, dropped: Sequence[tuple[str, int]] = ()
+    ) -> list[ObjectRecord]:
+        req = sms_pb2.CollectObjectsRequest(
+            grace_s=grace_s,
+            dropped=[sms_pb2.AnnouncedObject(key=k, version=v) for k, v in dropped],
+        )
         resp = await self._call(lambda stub: stub.collect_objects(req, **self._opts()))
         return [oc.record_from_wire(r) for r in resp.objects]
 

@@ -382,10 +382,12 @@ class AnnounceObjectsResponse(_message.Message):
     def __init__(self, stale: _Optional[_Iterable[str]] = ..., adopted: _Optional[_Iterable[_Union[AnnouncedObject, _Mapping]]] = ...) -> None: ...
 
 class CollectObjectsRequest(_message.Message):
-    __slots__ = ("grace_s",)
+    __slots__ = ("grace_s", "dropped")
     GRACE_S_FIELD_NUMBER: _ClassVar[int]
+    DROPPED_FIELD_NUMBER: _ClassVar[int]
     grace_s: float
-    def __init__(self, grace_s: _Optional[float] = ...) -> None: ...
+    dropped: _containers.RepeatedCompositeFieldContainer[AnnouncedObject]
+    def __init__(self, grace_s: _Optional[float] = ..., dropped: _Optional[_Iterable[_Union[AnnouncedObject, _Mapping]]] = ...) -> None: ...
 
 class VerifyTokenRequest(_message.Message):
     __slots__ = ("token",)
