@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import json
+import os
 import signal
 import subprocess
 import sys
+import threading
 from typing import TYPE_CHECKING
 
 import pytest
@@ -78,6 +80,22 @@ def test_cli_against_a_daemon(daemon: Daemon, cli: Cli, tmp_path: Path) -> None:
     node = cli.json("node")
     assert node["address"] == daemon.address and node["pid"] == daemon.proc.pid
     assert "wasm" in node["runtimes"]
+
+
+def test_a_pipe_is_put_through_the_daemon(daemon: Daemon, cli: Cli, tmp_path: Path) -> None:
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    writer = threading.Thread(target=fifo.write_bytes, args=(b"from a pipe",))
+    writer.start()
+    try:
+        put = cli("obj", "put", "piped", str(fifo), "--node", daemon.address)
+    finally:
+        if writer.is_alive():  # (never read: its open waits for a reader)
+            with fifo.open("rb") as unblock:
+                unblock.read()
+        writer.join()
+    assert put.returncode == 0, put.stderr
+    assert cli("obj", "get", "piped", "--node", daemon.address).stdout == b"from a pipe"
 
 
 def test_submit_wait_exits_with_the_task_code(daemon: Daemon, cli: Cli, tmp_path: Path) -> None:

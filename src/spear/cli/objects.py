@@ -58,13 +58,18 @@ def obj_put(
 ) -> None:
     settings = load_settings(data_dir, config)
     source = None if file == "-" else Path(file)
-    if source is not None and not source.is_file():
+    # A pipe or a device (`<(cmd)`, /dev/stdin) is read through, as stdin is: only a
+    # regular file has the size the node's own file path needs.
+    regular = source is not None and source.is_file()
+    if source is not None and not regular:
         if source.is_dir():
             raise InvalidArgument(f"{file} is a directory: give a file, or - for stdin")
-        raise NotFound(f"no such file: {file}")
+        if not source.exists():
+            raise NotFound(f"no such file: {file}")
 
     async def put(api: Any) -> Any:
-        if source is not None and not api.in_process:  # (the file itself, where it can)
+        if regular and not api.in_process:  # (the file itself, where it can)
+            assert source is not None
             return await api.put_object_file(key, source, expected_version=expected_version)
         try:
             data = sys.stdin.buffer.read() if source is None else source.read_bytes()
