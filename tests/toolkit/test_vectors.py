@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import random
+import re
 import subprocess
 import sys
 from typing import TYPE_CHECKING
@@ -116,6 +117,16 @@ def test_clean_errors(store: VectorStore) -> None:
         )
     with pytest.raises(InvalidArgument, match="unknown vector op"):
         store.request({"op": "explode", "collection": "docs"})
+    for record, message in [
+        ({"id": "x", "vector": [1, "a", 0]}, "record 'x': a vector is a list of numbers"),
+        (  # (a misspelt field is refused, not dropped)
+            {"id": "x", "vector": [1, 0, 0], "meta": {"lang": "en"}},
+            "record 'x': unknown field(s) meta (a record has id, metadata, text, vector)",
+        ),
+    ]:
+        with pytest.raises(InvalidArgument, match=f"^{re.escape(message)}$"):
+            store.request({"op": "upsert", "collection": "docs", "records": [record]})
+    assert store.request({"op": "count", "collection": "docs"}) == 0  # (nothing written)
 
 
 def test_collections_persist_and_rebuild_an_unsaved_index(tmp_path: Path) -> None:

@@ -176,7 +176,7 @@ def vec_upsert(
     if as_json:
         emit_json({"upserted": count})
     else:
-        sys.stdout.write(f"{count} records\n")
+        sys.stdout.write(f"{count} record{'' if count == 1 else 's'}\n")
 
 
 @vec_app.command("query", help="The K nearest records to a vector.")

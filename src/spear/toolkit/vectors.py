@@ -36,6 +36,7 @@ if TYPE_CHECKING:
 METRICS = ("cos", "ip", "l2sq")
 MAX_DIM = 8192
 MAX_K = 1000
+RECORD_FIELDS = frozenset({"id", "vector", "metadata", "text"})
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 
 
@@ -132,7 +133,7 @@ class Collection:
         if not isinstance(raw, list) or not all(
             isinstance(x, int | float) and not isinstance(x, bool) for x in raw
         ):
-            raise InvalidArgument(f"{what} is a list of numbers")
+            raise InvalidArgument(f"{what}: a vector is a list of numbers")
         if len(raw) != self.dim:
             raise InvalidArgument(
                 f"dimension mismatch: collection {self.name!r} holds {self.dim}-dimensional"
@@ -148,6 +149,12 @@ class Collection:
         for i, rec in enumerate(records):
             if not isinstance(rec, dict) or not isinstance(rec.get("id"), str) or not rec["id"]:
                 raise InvalidArgument(f"record {i} needs a string id")
+            if unknown := sorted(set(rec) - RECORD_FIELDS):  # (a misspelt field is not lost)
+                known = ", ".join(sorted(RECORD_FIELDS))
+                raise InvalidArgument(
+                    f"record {rec['id']!r}: unknown field(s) {', '.join(unknown)}"
+                    f" (a record has {known})"
+                )
             metadata = rec.get("metadata") or {}
             text = rec.get("text")
             if not isinstance(metadata, dict) or (text is not None and not isinstance(text, str)):
