@@ -1606,9 +1606,8 @@ def test_a_peer_that_stalls_mid_put_is_dropped_after_the_idle_timeout(
     async def main() -> None:
         async with _serving(tmp_path, with_tls=False, open_to_all=True) as node:
             raw = await node.raw()
-            await raw.send({"op": "put", "key": "stalled", "size": 3 * CHUNK})
-            await raw.send(b"y" * (CHUNK + 100))
-            await _until(lambda: len(node.staged()) == 1)  # being received
+            request = orjson.dumps({"op": "put", "key": "stalled", "size": 3 * CHUNK})
+            await raw.send(request + b"\n" + b"y" * (CHUNK + 100))
             # nothing more sent, and the connection left open: the node ends it
             assert await raw.closed_by_node()
             await _until(lambda: node.staged() == [] and node.connections() == 0)
