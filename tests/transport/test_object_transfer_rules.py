@@ -951,6 +951,31 @@ def test_answers_say_exactly_what_is_known_of_the_object(
     anyio.run(main)
 
 
+@pytest.mark.parametrize("with_tls", [True, False], ids=["tls", "plain"])
+def test_a_clients_get_racing_a_put_gets_one_version_whole(tmp_path: Path, with_tls: bool) -> None:
+    """A put that lands between a client's get looking the key up and sending it: the get
+    is answered with one version whole (on plain TCP, the one that landed: its file goes
+    by sendfile), never refused."""
+    first, second = _value(2 * CHUNK + 3, 1), _value(2 * CHUNK + 5, 2)
+
+    async def main() -> None:
+        async with _serving(tmp_path, with_tls=with_tls) as node:
+            versions = [await node.store.put("plan", first)]
+            read = node.server._read
+
+            async def racing(key: str, info: bool) -> Any:
+                looked_up = await read(key, info)
+                versions.append(await node.store.put("plan", second))  # (lands first)
+                return looked_up
+
+            node.server._read = racing  # type: ignore[method-assign]
+            data, info = await node.client(node.owner).get_object(node.address, "plan")
+            assert (data, info.version) in zip([first, second], versions, strict=True)
+            assert info.size == len(data)
+
+    anyio.run(main)
+
+
 def test_an_expected_version_is_kept_to(tmp_path: Path) -> None:
     async def main() -> None:
         async with _serving(tmp_path) as node:

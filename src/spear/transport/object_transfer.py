@@ -384,7 +384,7 @@ class ObjectTransferServer:
                 if body:
                     conn.send_bytes(value)
             else:  # held here from now on: its file goes with the kernel's sendfile
-                self._send(key, answer["version"], conn, body=body, answer=answer)
+                self._send(key, answer["version"], conn, body=body, answer=answer, newer=True)
         elif op == "put":
             size = int(request["size"])
             try:
@@ -437,7 +437,11 @@ class ObjectTransferServer:
         *,
         body: bool,
         answer: dict[str, Any] | None = None,
+        newer: bool = False,
     ) -> None:
+        """Send `version` of `key` from this node's copy (waiting for a copy committed a
+        moment ago to land); `newer`: a client's get of the current version, which is
+        sent a version that landed since it was looked up, not refused."""
         value, size, held = self._call(self._store.open_local(key))
         if version and held < version:  # committed here a moment ago: its copy is landing
             if not isinstance(value, bytes):
@@ -445,7 +449,7 @@ class ObjectTransferServer:
             self._call(self._store.landed(key))
             value, size, held = self._call(self._store.open_local(key))
         try:
-            if version and held != version:
+            if version and held != version and not (newer and held > version):
                 raise Unavailable(f"this node holds version {held} of {key!r}, not {version}")
             conn.send_line({**(answer or {}), "ok": True, "version": held, "size": size})
             if not body:
