@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -9,6 +10,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -18,7 +20,7 @@ import wasmtime
 from hypothesis import settings
 
 if TYPE_CHECKING:
-    from collections.abc import Callable
+    from collections.abc import Callable, Iterator
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -263,3 +265,19 @@ def assert_same_tree(fresh: Path, committed: Path) -> None:
         if not filecmp.cmp(fresh / name, committed / name, shallow=False)
     ]
     assert not stale, f"stale generated files {stale}: run `nox -s protos` and commit them"
+
+
+@contextlib.contextmanager
+def fifo_giving(path: Path, data: bytes) -> Iterator[Path]:
+    """A FIFO at `path` that gives `data` to its first reader (read here at the end if
+    nobody did: its writer's open waits for a reader)."""
+    os.mkfifo(path)
+    writer = threading.Thread(target=path.write_bytes, args=(data,))
+    writer.start()
+    try:
+        yield path
+    finally:
+        if writer.is_alive():
+            with path.open("rb") as unblock:
+                unblock.read()
+        writer.join()

@@ -7,7 +7,6 @@ import os
 import signal
 import subprocess
 import sys
-import threading
 from typing import TYPE_CHECKING
 
 import pytest
@@ -17,6 +16,7 @@ from conftest import (
     assert_eventually,
     build_c,
     cli_env,
+    fifo_giving,
     one_error_line,
     stop_process,
 )
@@ -83,17 +83,8 @@ def test_cli_against_a_daemon(daemon: Daemon, cli: Cli, tmp_path: Path) -> None:
 
 
 def test_a_pipe_is_put_through_the_daemon(daemon: Daemon, cli: Cli, tmp_path: Path) -> None:
-    fifo = tmp_path / "fifo"
-    os.mkfifo(fifo)
-    writer = threading.Thread(target=fifo.write_bytes, args=(b"from a pipe",))
-    writer.start()
-    try:
+    with fifo_giving(tmp_path / "fifo", b"from a pipe") as fifo:
         put = cli("obj", "put", "piped", str(fifo), "--node", daemon.address)
-    finally:
-        if writer.is_alive():  # (never read: its open waits for a reader)
-            with fifo.open("rb") as unblock:
-                unblock.read()
-        writer.join()
     assert put.returncode == 0, put.stderr
     assert cli("obj", "get", "piped", "--node", daemon.address).stdout == b"from a pipe"
 
@@ -277,7 +268,6 @@ def test_a_batch_is_one_line_of_the_system_log_at_info(data_dir: Path, tmp_path:
 
 
 def test_long_waits_show_progress_on_a_terminal(daemon: Daemon, tmp_path: Path) -> None:
-    import os
     import pty
 
     leader, follower = pty.openpty()

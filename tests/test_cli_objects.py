@@ -5,11 +5,10 @@ from __future__ import annotations
 import json
 import os
 import struct
-import threading
 from typing import TYPE_CHECKING
 
 import pytest
-from conftest import ROOT, build_c, one_error_line
+from conftest import ROOT, build_c, fifo_giving, one_error_line
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -113,17 +112,8 @@ def test_a_dir_that_is_a_file_is_one_clear_line(cli: Cli, tmp_path: Path, hello_
 
 def test_a_pipe_or_a_device_is_read_through(cli: Cli, tmp_path: Path) -> None:
     # (what `spear obj put KEY <(command)` hands over: a pipe's /dev/fd path)
-    fifo = tmp_path / "fifo"
-    os.mkfifo(fifo)
-    writer = threading.Thread(target=fifo.write_bytes, args=(b"from a pipe",))
-    writer.start()
-    try:
+    with fifo_giving(tmp_path / "fifo", b"from a pipe") as fifo:
         put = cli("obj", "put", "piped", str(fifo))
-    finally:
-        if writer.is_alive():  # (never read: its open waits for a reader)
-            with fifo.open("rb") as unblock:
-                unblock.read()
-        writer.join()
     assert put.returncode == 0, put.stderr
     assert cli("obj", "get", "piped").stdout == b"from a pipe"
     put = cli("obj", "put", "empty", "/dev/null")

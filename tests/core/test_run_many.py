@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import subprocess
 import sys
 from typing import TYPE_CHECKING, Any
@@ -26,6 +28,7 @@ from spear.core.worker import EXIT_LOST, Outcome
 from spear.store.leveldb import LevelDBKV
 
 if TYPE_CHECKING:
+    from collections.abc import AsyncIterator
     from pathlib import Path
 
 SLEEP_20MS = """(module
@@ -162,45 +165,32 @@ async def test_a_task_that_ends_while_its_wave_runs_on_is_finished_at_once(
 ) -> None:
     """Ended, a task of a wave is recorded so, its room freed, its result kept and its
     waiters woken, while a task of its wave still runs: not when the slowest one ends."""
-    sleeper, quick = tmp_path / "sleeper.sh", tmp_path / "quick.sh"
-    sleeper.write_text("#!/bin/sh\nexec sleep 3600\n")
-    quick.write_text("#!/bin/sh\necho quick\n")
-    for script in (sleeper, quick):
-        script.chmod(0o755)
+    sleeper, quick = _scripts(tmp_path)
     specs = [
-        FunctionSpec(str(sleeper), runtime=Runtime.PROCESS),  # on a thread, until cancelled
-        FunctionSpec(str(quick), runtime=Runtime.PROCESS),  # on a thread, ends at once
+        sleeper,  # on a thread, until cancelled
+        quick,  # on a thread, ends at once
         FunctionSpec(str(hello(tmp_path))),  # run right here as the wave starts
     ]
     ids = [new_task_id() for _ in specs]
     async with LocalNode(tmp_path / "home", cpu_millis=300) as node:  # one wave
         controller = node.controller
-        done: list[Task] = []
-
-        async def wave() -> None:
-            done.extend(await controller.run_many(specs, task_ids=ids))
-
-        async with anyio.create_task_group() as tg:
-            tg.start_soon(wave)
-            try:
-                with anyio.fail_after(10):
-                    while len(await node.tasks(TaskState.COMPLETED)) < 2:
+        async with _many_beside(node, specs, ids) as done:
+            with anyio.fail_after(10):
+                while len(await node.tasks(TaskState.COMPLETED)) < 2:
+                    await anyio.sleep(0.01)
+                for task_id in ids[1:]:
+                    assert (await controller.wait(task_id)).state is TaskState.COMPLETED
+            assert [t.id for t in await node.tasks(TaskState.RUNNING)] == ids[:1]
+            assert controller.free.cpu_millis == 200  # (their room is free)
+            for task_id, output in zip(ids[1:], [b"quick\n", b"hello\n"], strict=True):
+                with anyio.fail_after(10):  # (kept by a finished hook, after the wake-up)
+                    while (value := await _value(node, f"results/{task_id}")) is None:
                         await anyio.sleep(0.01)
-                    for task_id in ids[1:]:
-                        assert (await controller.wait(task_id)).state is TaskState.COMPLETED
-                assert [t.id for t in await node.tasks(TaskState.RUNNING)] == ids[:1]
-                assert controller.free.cpu_millis == 200  # (their room is free)
-                for task_id, output in zip(ids[1:], [b"quick\n", b"hello\n"], strict=True):
-                    with anyio.fail_after(10):  # (kept by a finished hook, after the wake-up)
-                        while (value := await _value(node, f"results/{task_id}")) is None:
-                            await anyio.sleep(0.01)
-                    assert value == output
-                assert [e.key for e in await node.kv.scan("active/")] == [f"active/wave-{ids[0]}"]
-                with anyio.fail_after(10):  # (answered once it ended: its wave has no other)
-                    cancelled = await controller.cancel(ids[0])
-                assert cancelled.state is TaskState.CANCELLED
-            finally:  # (failing, the test ends its tasks: nothing waits on for an hour)
-                await controller.cancel_all("the test ended")
+                assert value == output
+            assert [e.key for e in await node.kv.scan("active/")] == [f"active/wave-{ids[0]}"]
+            with anyio.fail_after(10):  # (answered once it ended: its wave has no other)
+                cancelled = await controller.cancel(ids[0])
+            assert cancelled.state is TaskState.CANCELLED
         assert [t.id for t in done] == ids
         assert [t.state for t in done] == [TaskState.CANCELLED] + [TaskState.COMPLETED] * 2
         for task in done:
@@ -214,34 +204,50 @@ async def test_the_next_wave_starts_in_room_a_task_of_the_last_one_freed(
 ) -> None:
     """First in, first out: the rest of a run_many take the room its ended tasks free,
     while a long task of an earlier wave runs on."""
+    sleeper, quick = _scripts(tmp_path)
+    specs = [sleeper] + [quick] * 4
+    ids = [new_task_id() for _ in specs]
+    async with LocalNode(tmp_path / "home", cpu_millis=200) as node:  # two at a time
+        controller = node.controller
+        async with _many_beside(node, specs, ids) as done:
+            with anyio.fail_after(10):  # (one slot for all four, one after another)
+                while len(await node.tasks(TaskState.COMPLETED)) < 4:
+                    await anyio.sleep(0.01)
+            assert [t.id for t in await node.tasks(TaskState.RUNNING)] == ids[:1]
+            await controller.cancel(ids[0])
+        assert [t.state for t in done] == [TaskState.CANCELLED] + [TaskState.COMPLETED] * 4
+        assert controller.free == controller.capacity
+        assert await node.kv.scan("active/") == []
+
+
+def _scripts(tmp_path: Path) -> tuple[FunctionSpec, FunctionSpec]:
+    """Two process tasks, run on threads: one sleeps until cancelled, one ends at once."""
     sleeper, quick = tmp_path / "sleeper.sh", tmp_path / "quick.sh"
     sleeper.write_text("#!/bin/sh\nexec sleep 3600\n")
     quick.write_text("#!/bin/sh\necho quick\n")
     for script in (sleeper, quick):
         script.chmod(0o755)
-    long_one = FunctionSpec(str(sleeper), runtime=Runtime.PROCESS)
-    specs = [long_one] + [FunctionSpec(str(quick), runtime=Runtime.PROCESS)] * 4
-    ids = [new_task_id() for _ in specs]
-    async with LocalNode(tmp_path / "home", cpu_millis=200) as node:  # two at a time
-        controller = node.controller
-        done: list[Task] = []
+    spec = functools.partial(FunctionSpec, runtime=Runtime.PROCESS)
+    return spec(str(sleeper)), spec(str(quick))
 
-        async def many() -> None:
-            done.extend(await controller.run_many(specs, task_ids=ids))
 
-        async with anyio.create_task_group() as tg:
-            tg.start_soon(many)
-            try:
-                with anyio.fail_after(10):  # (one slot for all four, one after another)
-                    while len(await node.tasks(TaskState.COMPLETED)) < 4:
-                        await anyio.sleep(0.01)
-                assert [t.id for t in await node.tasks(TaskState.RUNNING)] == ids[:1]
-                await controller.cancel(ids[0])
-            finally:  # (failing, the test ends its tasks: nothing waits on for an hour)
-                await controller.cancel_all("the test ended")
-        assert [t.state for t in done] == [TaskState.CANCELLED] + [TaskState.COMPLETED] * 4
-        assert controller.free == controller.capacity
-        assert await node.kv.scan("active/") == []
+@contextlib.asynccontextmanager
+async def _many_beside(
+    node: LocalNode, specs: list[FunctionSpec], ids: list[str]
+) -> AsyncIterator[list[Task]]:
+    """`run_many(specs)` running beside the body; the tasks it returned, once it did (after
+    the body). The body's end stops every task left: a failing test waits on for none."""
+    done: list[Task] = []
+
+    async def many() -> None:
+        done.extend(await node.controller.run_many(specs, task_ids=ids))
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(many)
+        try:
+            yield done
+        finally:
+            await node.controller.cancel_all("the test ended")
 
 
 async def _value(node: LocalNode, key: str) -> bytes | None:
