@@ -17,13 +17,14 @@ import pytest
 from log_capture import SpearLog
 from wat_tasks import exits, hello
 
-from spear import FunctionSpec, LocalNode, Resources, TaskState
+from spear import FunctionSpec, LocalNode, Resources, Runtime, TaskState
 from spear.core.tasks import controller as controller_module
 from spear.store.diskspace import no_space
 
 if TYPE_CHECKING:
     from pathlib import Path
 
+    from spear.core.models import Task
     from spear.errors import NoSpace
 
 SLOT = Resources(cpu_millis=100, memory_bytes=64 * 1024 * 1024)
@@ -126,3 +127,38 @@ async def test_a_next_attempt_that_meets_a_full_disk_is_written_once_there_is_ro
     said = f"task {done.id}: its next attempt is not written yet ({_full_disk()}): trying again\n"
     bound = f"{{'task_id': '{done.id}'}}|{said}"  # (bound to the task)
     assert [line for line in logged if "next attempt" in line] == [bound, bound]
+
+
+async def test_the_ends_of_a_waves_early_part_that_meet_a_full_disk_are_written_once_there_is_room(
+    tmp_path: Path,
+) -> None:
+    """(A task of a wave finished while another runs on: see EARLY_FINISH_S.)"""
+    sleeper, quick = tmp_path / "sleeper.sh", tmp_path / "quick.sh"
+    sleeper.write_text("#!/bin/sh\nexec sleep 3600\n")
+    quick.write_text("#!/bin/sh\nexit 0\n")
+    for script in (sleeper, quick):
+        script.chmod(0o755)
+    specs = [FunctionSpec(str(s), runtime=Runtime.PROCESS) for s in (sleeper, quick)]
+    with SpearLog("WARNING", "{message}") as logged:
+        async with LocalNode(tmp_path / "home", node_name="n1", cpu_millis=200) as node:
+            controller = node.controller
+            tries = _failing(node, "finish_wave", 2)
+            done: list[Task] = []
+
+            async def many() -> None:
+                done.extend(await controller.run_many(specs))
+
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(many)
+                try:
+                    with anyio.fail_after(30):
+                        while len(await node.tasks(TaskState.COMPLETED)) < 1:
+                            await anyio.sleep(0.01)
+                    [running] = await node.tasks(TaskState.RUNNING)  # (the sleeper)
+                    await controller.cancel(running.id)
+                finally:
+                    await controller.cancel_all("the test ended")
+            assert [t.state for t in done] == [TaskState.CANCELLED, TaskState.COMPLETED]
+            assert len(tries) == 4  # (the early part's three, the wave's last)
+    said = f"the ends of 1 tasks are not written yet ({_full_disk()}): trying again\n"
+    assert logged == [said, said]

@@ -220,6 +220,46 @@ async def test_the_next_wave_starts_in_room_a_task_of_the_last_one_freed(
         assert await node.kv.scan("active/") == []
 
 
+async def test_each_task_is_said_admitted_as_its_room_is_reserved(tmp_path: Path) -> None:
+    spec = FunctionSpec(str(hello(tmp_path)))
+    async with LocalNode(tmp_path / "home", cpu_millis=200) as node:  # (three waves)
+        admitted: list[tuple[str, int]] = []
+
+        def seen(task: Task) -> None:
+            admitted.append((task.id, node.controller.free.cpu_millis))
+
+        done = await node.controller.run_many([spec] * 5, on_admitted=seen)
+    assert [task_id for task_id, _ in admitted] == [t.id for t in done]
+    assert all(free <= 100 for _, free in admitted)  # (said once its room is taken)
+
+
+async def test_an_early_part_being_written_as_its_wave_ends_is_written_whole(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The last task of a wave ends while the ends of an early part are being written:
+    that write goes on (the wave's end waits for it), the part's tasks are not lost."""
+    _, quick = _scripts(tmp_path)
+    slow = tmp_path / "slow.sh"
+    slow.write_text("#!/bin/sh\nexec sleep 0.3\n")
+    slow.chmod(0o755)
+    async with LocalNode(tmp_path / "home", cpu_millis=200) as node:
+        store = node.controller.store
+        finish = store.finish_wave
+
+        async def slow_part(marker: str, ends: Any, *, last: bool = True) -> Any:
+            if not last:
+                await anyio.sleep(1.0)  # (the wave's last task ends meanwhile)
+            return await finish(marker, ends, last=last)
+
+        monkeypatch.setattr(store, "finish_wave", slow_part)
+        specs = [quick, FunctionSpec(str(slow), runtime=Runtime.PROCESS)]
+        with anyio.fail_after(30):
+            done = await node.controller.run_many(specs)
+        assert [t.state for t in done] == [TaskState.COMPLETED] * 2
+        assert [(await node.task(t.id)).state for t in done] == [TaskState.COMPLETED] * 2
+        assert await node.kv.scan("active/") == []
+
+
 def _scripts(tmp_path: Path) -> tuple[FunctionSpec, FunctionSpec]:
     """Two process tasks, run on threads: one sleeps until cancelled, one ends at once."""
     sleeper, quick = tmp_path / "sleeper.sh", tmp_path / "quick.sh"
