@@ -479,18 +479,14 @@ class TaskController:
                 waves.start_soon(finish)
 
             while ready:
-                wave = []
-                for task in ready:  # in order, as many as fit now
+                # In order, as many as fit: the first waits its turn while the node is full
+                # (with earlier waves or other work), the rest only fill the room left.
+                await self._admission.acquire(ready[0].spec.resources)
+                wave = [ready[0]]
+                for task in ready[1:]:
                     if not self._admission.try_acquire(task.spec.resources):
                         break
                     wave.append(task)
-                if not wave:  # the node is full (with earlier waves or other work): wait
-                    await self._admission.acquire(ready[0].spec.resources)  # (in turn)
-                    wave.append(ready[0])
-                    for task in ready[1:]:  # (and those the room freed with it fits)
-                        if not self._admission.try_acquire(task.spec.resources):
-                            break
-                        wave.append(task)
                 if on_admitted is not None:
                     for task in wave:
                         on_admitted(task)
@@ -538,20 +534,20 @@ class TaskController:
             finals.extend(finished)
             await self._settle(finished, later=hooks_later)
 
-        async def abort() -> None:  # (shielded) the wave stopped part way
-            done = {task.id for task, _ in ends}
-            for task_id, task in left.items():
-                if task_id not in done:
-                    ends.append((task, Outcome(TaskState.FAILED, EXIT_LOST, STOPPED)))
-            await self._end_wave(list(left.values()), marker, ends, writers)
+        async def abort() -> None:  # the wave stopped part way: what is left ends lost
+            with anyio.CancelScope(shield=True):
+                done = {task.id for task, _ in ends}
+                for task_id, task in left.items():
+                    if task_id not in done:
+                        ends.append((task, Outcome(TaskState.FAILED, EXIT_LOST, STOPPED)))
+                await self._end_wave(list(left.values()), marker, ends, writers)
 
         async def rest(later: list[tuple[Task, Execution]]) -> list[Task]:
             try:
                 if later:  # guests on threads, all at once
                     await wait_for(later)
             except BaseException:
-                with anyio.CancelScope(shield=True):
-                    await abort()
+                await abort()
                 raise
             finals.extend(
                 await self._end_wave(
@@ -604,8 +600,7 @@ class TaskController:
                 else:
                     ends.append((task, outcome))
         except BaseException:
-            with anyio.CancelScope(shield=True):
-                await abort()
+            await abort()
             raise
         if later and detach is not None:
             detach(lambda: rest(later))
