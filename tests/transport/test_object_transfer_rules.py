@@ -31,6 +31,7 @@ import anyio.to_thread
 import orjson
 import pytest
 from log_capture import SpearLog
+from test_object_socket_rules import _cluster  # (the SMS's tokens, as a member sees them)
 
 import spear
 from spear import join_cluster
@@ -54,7 +55,6 @@ from spear.store.objects import ObjectStore
 from spear.transport import object_transfer, tls
 from spear.transport.auth import AUTH_DIR, Authorizer, Role, TokenStore
 from spear.transport.channels import Credentials
-from spear.transport.cluster_tokens import ClusterTokens, verify_at_sms
 from spear.transport.object_transfer import (
     CHUNK,
     ObjectTransferClient,
@@ -68,7 +68,6 @@ from spear.transport.tls import CA_CERT, TlsFiles
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Callable, Coroutine, Iterator
 
-    from spear.transport._gen.pb import sms_pb2
 
 WAIT_S = 20  # an answer not there by then is a node that will never answer
 HEADER_MAX = 64 * 1024  # a request line's bytes, its newline not counted
@@ -223,16 +222,6 @@ class Node:
         """Connections the node is serving now."""
         with self.server._lock:
             return len(self.server._open)
-
-
-def _cluster(sms: TokenStore) -> ClusterTokens:
-    """A member's view of the SMS's tokens: what the SMS answers VerifyToken with (its own
-    token store), without the network in between."""
-
-    async def ask(token: str) -> sms_pb2.VerifyTokenResponse:
-        return verify_at_sms(sms, token)
-
-    return ClusterTokens(ask)
 
 
 @contextlib.asynccontextmanager
