@@ -24,7 +24,7 @@ from wat_tasks import blob, blob_bytes
 
 from spear.core.cluster import INPUTS_LABEL
 from spear.core.models import FunctionSpec, Resources, TaskState
-from spear.errors import InvalidModule
+from spear.errors import InvalidModule, NotFound
 from spear.node.client import Client
 
 if TYPE_CHECKING:
@@ -60,7 +60,12 @@ def submit(address: str, spec: FunctionSpec) -> str:
 
 
 def sms_node_of(sms: str, task_id: str) -> str | None:
-    return sms_call(sms, "task", task_id).node  # type: ignore[no-any-return]
+    """The node the SMS has the task on, None while no report of it arrived yet (a task run
+    where it was sent is reported after it ends, in the node's next batch of reports)."""
+    try:
+        return sms_call(sms, "task", task_id).node  # type: ignore[no-any-return]
+    except NotFound:
+        return None
 
 
 def test_local_first_then_spill_over_then_fifo_wait(make_cluster: Any, loop_wasm: Path) -> None:
