@@ -22,7 +22,8 @@ from spear.core import retries
 from spear.core.models import Runtime
 from spear.core.tasks import TaskController
 from spear.core.tasks import controller as controller_module
-from spear.core.worker import EXIT_LOST
+from spear.core.tasks.running import CALLER_GONE
+from spear.core.worker import EXIT_CANCELLED
 from spear.errors import InvalidArgument
 
 if TYPE_CHECKING:
@@ -164,7 +165,7 @@ async def test_hooks_running_after_the_answer_finish_when_the_node_is_stopped(
     assert heard == [done.id]
 
 
-async def test_a_task_stopped_by_its_caller_is_recorded_lost_though_the_write_yields(
+async def test_a_task_stopped_by_its_caller_is_recorded_though_the_write_yields(
     tmp_path: Path,
 ) -> None:
     """A store on the network (etcd) yields on every write: the record of a task whose
@@ -193,7 +194,8 @@ async def test_a_task_stopped_by_its_caller_is_recorded_lost_though_the_write_yi
                     await anyio.sleep(0.01)
                 tg.cancel_scope.cancel()  # its caller stops while it runs
         record = await node.task(ids[0])
-        assert (record.state, record.exit_code) == (TaskState.FAILED, EXIT_LOST)
+        assert (record.state, record.exit_code) == (TaskState.CANCELLED, EXIT_CANCELLED)
+        assert record.reason == CALLER_GONE
         assert node.controller.free == node.controller.capacity
 
 

@@ -18,8 +18,8 @@ from wat_tasks import exits, hello
 
 from spear import FunctionSpec, LocalNode, Resources, Runtime, TaskState
 from spear.core.models import Task, new_task_id
-from spear.core.tasks.running import STOPPED
-from spear.core.worker import EXIT_CANCELLED, EXIT_LOST
+from spear.core.tasks.running import CALLER_GONE
+from spear.core.worker import EXIT_CANCELLED
 from spear.errors import NotFound, SpearError
 
 if TYPE_CHECKING:
@@ -193,7 +193,9 @@ async def test_a_running_wave_task_can_be_cancelled(tmp_path: Path) -> None:
         assert controller.free == controller.capacity
 
 
-async def test_a_wave_stopped_by_its_caller_records_its_tasks_lost(tmp_path: Path) -> None:
+async def test_a_wave_stopped_by_its_caller_stops_its_guests_and_records_why(
+    tmp_path: Path,
+) -> None:
     ids = [new_task_id(), new_task_id()]
     spec = FunctionSpec(_loop(tmp_path))
     async with LocalNode(tmp_path / "home") as node:
@@ -206,9 +208,9 @@ async def test_a_wave_stopped_by_its_caller_records_its_tasks_lost(tmp_path: Pat
         for task_id in ids:
             record = await node.task(task_id)
             assert (record.state, record.exit_code, record.reason) == (
-                TaskState.FAILED,
-                EXIT_LOST,
-                STOPPED,
+                TaskState.CANCELLED,
+                EXIT_CANCELLED,
+                CALLER_GONE,
             )
         assert await node.kv.scan("active/") == []  # the wave's marker went with them
         assert controller.free == controller.capacity

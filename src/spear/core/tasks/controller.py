@@ -35,7 +35,7 @@ if TYPE_CHECKING:
     from spear.core.models import FunctionSpec, Resources
     from spear.core.tasks.hooks import FinishedHook
     from spear.core.tasks.store import TaskStore
-    from spear.core.worker import Execution, WorkerAgent
+    from spear.core.worker import WorkerAgent
 
 
 _CANCEL_POLL_S = 0.05  # how soon a cancel ends a retry's back-off
@@ -307,7 +307,8 @@ class TaskController:
                     outcome = started
                 else:
                     run.execution = started
-                    outcome = await outcome_of(started)
+                    now = outcome_now(started)  # (a short guest: right here)
+                    outcome = now if now is not None else await outcome_of(run)
                     run.execution = None
                 # The guest is done with the node's CPU and memory: the next task may start
                 # while this one's end is written.
@@ -323,7 +324,7 @@ class TaskController:
         except BaseException:
             if final is None:
                 with anyio.CancelScope(shield=True):
-                    final = await self._running.lost(task.id)
+                    final = await self._running.lost(task.id, run.ended)
             raise
         finally:
             if admitted or writers:
@@ -539,10 +540,12 @@ class TaskController:
                 done = {task.id for task, _ in ends}
                 for task_id, task in left.items():
                     if task_id not in done:
-                        ends.append((task, Outcome(TaskState.FAILED, EXIT_LOST, STOPPED)))
+                        run = self._running.runs.get(task_id)  # (stopped with the caller)
+                        ended = run.ended if run is not None else None
+                        ends.append((task, ended or Outcome(TaskState.FAILED, EXIT_LOST, STOPPED)))
                 await self._end_wave(list(left.values()), marker, ends, writers)
 
-        async def rest(later: list[tuple[Task, Execution]]) -> list[Task]:
+        async def rest(later: list[tuple[Task, Run]]) -> list[Task]:
             try:
                 if later:  # guests on threads, all at once
                     await wait_for(later)
@@ -556,13 +559,13 @@ class TaskController:
             )
             return finals
 
-        async def wait_for(later: list[tuple[Task, Execution]]) -> None:
+        async def wait_for(later: list[tuple[Task, Run]]) -> None:
             running = len(later)
             flushing = anyio.CancelScope()
 
-            async def wait(task: Task, execution: Execution) -> None:
+            async def wait(task: Task, run: Run) -> None:
                 nonlocal running
-                ends.append((task, await outcome_of(execution)))
+                ends.append((task, await outcome_of(run)))
                 running -= 1
                 if not running:  # (the rest end with the wave, dropping its marker)
                     flushing.cancel()
@@ -578,11 +581,11 @@ class TaskController:
                                 await finish_part(part)
 
             async with anyio.create_task_group() as tg:
-                for task, execution in later:
-                    tg.start_soon(wait, task, execution)
+                for task, run in later:
+                    tg.start_soon(wait, task, run)
                 tg.start_soon(flush)
 
-        later: list[tuple[Task, Execution]] = []
+        later: list[tuple[Task, Run]] = []
         try:
             for task in tasks:
                 control = ExecutionControl()
@@ -595,8 +598,8 @@ class TaskController:
                 if outcome is None:
                     # Running on: it can be cancelled and waited for. (One run right here
                     # ended before anything else could look for it.)
-                    self._running.runs[task.id] = Run(control, execution=started)
-                    later.append((task, started))
+                    run = self._running.runs[task.id] = Run(control, execution=started)
+                    later.append((task, run))
                 else:
                     ends.append((task, outcome))
         except BaseException:

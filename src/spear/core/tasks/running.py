@@ -7,9 +7,12 @@ waiters woken and the finished hooks told. And what `cancel` and `wait` find mea
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import time
 from typing import TYPE_CHECKING
+
+import anyio
 
 from spear.core.models import TaskState
 from spear.core.tasks.hooks import TasksFinished
@@ -19,8 +22,6 @@ from spear.errors import ResourceExhausted, SpearError
 if TYPE_CHECKING:
     from collections.abc import Callable, Mapping, Sequence
 
-    import anyio
-
     from spear.core.logs import TaskLogs, TaskLogWriter
     from spear.core.models import Task
     from spear.core.tasks.admission import Admission
@@ -29,6 +30,9 @@ if TYPE_CHECKING:
     from spear.core.worker import Execution, ExecutionControl, NodeServices, WorkerAgent
 
 STOPPED = "node stopped while the task ran"  # the reason of a task the node left running
+# The reason of a task stopped because the call that ran it was cancelled (its client went
+# away, a forwarding node's connection dropped): see `outcome_of`.
+CALLER_GONE = "its caller went away while it ran"
 # The reason of a task stopped because its output filled the disk (core/logs.py).
 NO_SPACE = "no space left on device: the task's output filled the disk (its log was released)"
 _UNFINISHED = frozenset({TaskState.PENDING, TaskState.RUNNING})
@@ -55,12 +59,38 @@ def outcome_now(execution: Execution) -> Outcome | None:
         return failure(exc)
 
 
-async def outcome_of(execution: Execution) -> Outcome:
-    """How the task ended, once it did."""
+async def outcome_of(run: Run) -> Outcome:
+    """How the task of `run` ended, once it did (its guest started: `run.execution`).
+
+    The guest is waited for in a task of its own, shielded from the waiter: a waiter
+    cancelled meanwhile (its caller went away) stops the guest, waits for its end and
+    keeps it in `run.ended`, and only then lets the cancel go on. So a guest never runs on
+    past the room it holds, nor is its end taken for a lost task's."""
+    execution = run.execution
+    assert execution is not None
+    waiting = asyncio.ensure_future(_wait(execution))
+    try:
+        return await asyncio.shield(waiting)
+    except asyncio.CancelledError:
+        execution.kill(CALLER_GONE)
+        run.ended = await _uncancelled(waiting)
+        raise
+
+
+async def _wait(execution: Execution) -> Outcome:
     try:
         return _filled(await execution.wait())
     except SpearError as exc:
         return failure(exc)
+
+
+async def _uncancelled(waiting: asyncio.Future[Outcome]) -> Outcome:
+    """`waiting`'s result, once it is there, whatever cancels come meanwhile (the waiter's
+    cancel scope goes on cancelling; a caller's own cancel of its task comes once)."""
+    while not waiting.done():
+        with anyio.CancelScope(shield=True), contextlib.suppress(asyncio.CancelledError):
+            await asyncio.shield(waiting)
+    return waiting.result()
 
 
 @dataclasses.dataclass(slots=True)
@@ -70,6 +100,7 @@ class Run:
     control: ExecutionControl
     done: asyncio.Event = dataclasses.field(default_factory=asyncio.Event)
     execution: Execution | None = None  # once started: what `cancel` kills
+    ended: Outcome | None = None  # its guest's end, when its waiter was cancelled (outcome_of)
     final: Task | None = None  # once its end is recorded
     waiting: anyio.CancelScope | None = None  # while it waits for room: what cancel ends
 
@@ -163,10 +194,16 @@ class RunningTasks:
         elif tasks:
             self._admission.release_many([task.spec.resources for task in tasks])
 
-    async def lost(self, task_id: str) -> Task:
-        """Record a task the node stopped running FAILED (unless it ended meanwhile)."""
+    async def lost(self, task_id: str, ended: Outcome | None = None) -> Task:
+        """Record a task the node stopped running FAILED (unless it ended meanwhile), or as
+        its guest `ended` when that is known (it was stopped with its caller)."""
+        outcome = ended or Outcome(TaskState.FAILED, EXIT_LOST, STOPPED)
         return await self._store.transition(
-            task_id, TaskState.FAILED, only_from=_UNFINISHED, reason=STOPPED, exit_code=EXIT_LOST
+            task_id,
+            outcome.state,
+            only_from=_UNFINISHED,
+            reason=outcome.reason,
+            exit_code=outcome.exit_code,
         )
 
     async def settle(self, finals: Sequence[Task]) -> None:
