@@ -55,6 +55,22 @@ def test_separator_before_guest_flags(cli: Cli, conformance_wasm: Path) -> None:
     assert b"argv[2]=--flag\nargv[3]=-x\n" in proc.stdout
 
 
+def test_one_of_spears_options_after_the_module_is_the_guests_and_said_so(
+    cli: Cli, conformance_wasm: Path
+) -> None:
+    proc = cli("run", str(conformance_wasm), "args", "--json", "--env=A=1")
+    assert proc.returncode == 0, proc.stderr
+    assert b"argv[2]=--json\nargv[3]=--env=A=1\n" in proc.stdout  # the guest's, as documented
+    (line,) = proc.stderr.decode().splitlines()
+    assert line.startswith("spear: warning: --json after the module is the agent's argument")
+    quiet = cli("run", str(conformance_wasm), "--", "args", "--json")  # said to be its
+    assert quiet.returncode == 0 and quiet.stderr == b"", quiet.stderr
+    theirs = cli("run", str(conformance_wasm), "args", "--flag")  # not one of spear's
+    assert theirs.returncode == 0 and theirs.stderr == b"", theirs.stderr
+    submitted = cli("submit", "--wait", str(conformance_wasm), "args", "--node", "x")
+    assert submitted.returncode == 0 and b"warning: --node after the module" in submitted.stderr
+
+
 def test_guest_exit_code_is_spears(cli: Cli, conformance_wasm: Path) -> None:
     proc = cli("run", str(conformance_wasm), "exit", "42")
     assert proc.returncode == 42

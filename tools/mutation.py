@@ -151,6 +151,22 @@ TARGETS = (
         ),
     ),
     Target(
+        # What every task goes through once admitted (start, outcome, release, settle),
+        # and what a cancel or a caller that goes away finds meanwhile.
+        "running",
+        ("spear/core/tasks/running.py",),
+        (
+            _T + "core/test_caller_gone.py",
+            _T + "core/test_controller_rules.py",
+            _T + "core/test_controller_room.py",
+            _T + "core/test_controller_ends.py",
+            _T + "core/test_run_many.py",
+            _T + "core/test_controller_full_disk.py",
+            _T + "core/test_finished_hooks.py",
+            _T + "core/test_stopping_node.py",
+        ),
+    ),
+    Target(
         "controller",
         ("spear/core/tasks/controller.py",),
         (

@@ -125,6 +125,8 @@ def build_spec(
     task_args = list(args or ())
     if task_args[:1] == ["--"]:
         task_args = task_args[1:]
+    else:
+        _warn_of_own_options(task_args)
     return FunctionSpec(
         artifact=artifact,
         runtime=pick_runtime(artifact, runtime),
@@ -146,3 +148,23 @@ def build_spec(
         priority=priority,
         reuse=reuse,
     )
+
+
+def _warn_of_own_options(task_args: list[str]) -> None:
+    """Say so when an argument after MODULE is one of this command's own options: it goes
+    to the agent (`spear run agent.wasm --data-dir X` runs in the default data dir). A
+    `--` before the agent's arguments says they are its, and silences this."""
+    context = click.get_current_context(silent=True)
+    if context is None:
+        return
+    own = {name for p in context.command.params for name in (*p.opts, *p.secondary_opts)}
+    for arg in task_args:
+        name = arg.split("=", 1)[0]
+        if name.startswith("--") and name in own:
+            click.echo(
+                f"spear: warning: {name} after the module is the agent's argument, not "
+                f"spear's: put spear's options before the module (or -- before the "
+                f"agent's arguments, to say they are its)",
+                err=True,
+            )
+            return
