@@ -164,6 +164,10 @@ class Settings:
     # The object transfer service between members (docs/objects.md): false sends object
     # bytes in the clear once the two members authenticated each other by mutual TLS.
     object_transfer_encrypt: bool = True
+    # Encrypted transfers are sealed after the TLS handshake (transport/sealed.py: AES-GCM
+    # records of 1 MiB, keys sent through TLS); false keeps the bytes in TLS's own records,
+    # here and for what this member serves (a member that must use TLS records only).
+    object_transfer_seal: bool = True
     # Copies of each new value larger than 4 KiB kept on this many members (the writer and
     # others, chosen among the live ones), so it outlives its writer (docs/objects.md).
     object_replicas: int = 1

@@ -22,6 +22,7 @@ import os
 import re
 import socket
 import ssl
+import struct
 import threading
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -30,6 +31,7 @@ import anyio
 import anyio.to_thread
 import orjson
 import pytest
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from log_capture import SpearLog
 from test_object_socket_rules import _cluster  # (the SMS's tokens, as a member sees them)
 
@@ -52,7 +54,7 @@ from spear.node.quotas import Quota, QuotaFile
 from spear.store.leveldb import LevelDBKV
 from spear.store.object_info import ObjectInfo
 from spear.store.objects import ObjectStore
-from spear.transport import object_transfer, tls
+from spear.transport import object_transfer, sealed, tls
 from spear.transport.auth import AUTH_DIR, Authorizer, Role, TokenStore
 from spear.transport.channels import Credentials
 from spear.transport.object_transfer import (
@@ -62,6 +64,7 @@ from spear.transport.object_transfer import (
     TransferBroken,
     _limiter,
 )
+from spear.transport.sealed import SealedSocket, new_key
 from spear.transport.serving import Security, parse_listen
 from spear.transport.tls import CA_CERT, TlsFiles
 
@@ -166,6 +169,14 @@ class Raw:
         plain = await anyio.to_thread.run_sync(self.sock.unwrap)
         self.sock, self.rfile = plain, plain.makefile("rb")
 
+    async def seal(self, ours: bytes, theirs: bytes) -> None:
+        """The rest of the connection sealed (after the node said yes, with its key)."""
+        assert isinstance(self.sock, ssl.SSLSocket)
+        raw = await anyio.to_thread.run_sync(self.sock.unwrap)
+        self.wire = raw  # (the bytes on the wire, for a test that alters them)
+        sealed = SealedSocket(raw, send_key=ours, receive_key=theirs)
+        self.sock, self.rfile = sealed, sealed.makefile("rb")  # type: ignore[assignment]
+
     def close(self) -> None:
         self.rfile.close()
         self.sock.close()
@@ -230,6 +241,7 @@ async def _serving(
     *,
     with_tls: bool = True,
     allow_plain: bool = False,
+    allow_seal: bool = True,
     open_to_all: bool = False,
     sms: TokenStore | None = None,
     own_tokens: bool = True,
@@ -255,8 +267,10 @@ async def _serving(
     store = ObjectStore(kv, home / "objects")
     if admit is None:
         admit = NamespaceBytes(store, QuotaFile(home / AUTH_DIR)).admit
-    if allow_plain:
-        server = ObjectTransferServer(store, security, allow_plain=True, admit_put=admit)
+    if allow_plain or not allow_seal:
+        server = ObjectTransferServer(
+            store, security, allow_plain=allow_plain, allow_seal=allow_seal, admit_put=admit
+        )
     else:  # (the default: what a standalone daemon serves)
         server = ObjectTransferServer(store, security, admit_put=admit)
     node: Node | None = None
@@ -606,11 +620,11 @@ def test_a_member_may_ask_for_the_clear_after_the_handshake(tmp_path: Path) -> N
             big = _value(3 * CHUNK + 5)
             version = await clear.put(node.address, "big", big)
             assert await clear.get(node.address, "big") == (bytearray(big), version)
-            # ...and keeps TLS by default.
+            # ...and keeps the bytes encrypted by default: sealed after the handshake.
             sealed = node.client(member=True)
             assert await sealed.get(node.address, "big") == (bytearray(big), version)
             [[kept]] = sealed._idle.values()
-            assert kept.tls and kept.sock.version() is not None  # type: ignore[attr-defined]
+            assert kept.tls and kept.sealed and isinstance(kept.sock, SealedSocket)
 
     anyio.run(main)
 
@@ -670,6 +684,8 @@ def test_only_a_client_with_a_certificate_asks_for_the_clear(tmp_path: Path) -> 
         while (request := conn.request()) is not None:
             if request["op"] == "plain":
                 conn.answer({"ok": False, "code": "denied", "message": "bytes stay encrypted"})
+            elif request["op"] == "seal":  # (as a node from before sealing answers it)
+                conn.answer({"ok": False, "code": "invalid", "message": "unknown operation"})
             else:
                 conn.answer({"ok": True, "version": 1, "size": 1}, b"x")
 
@@ -688,10 +704,160 @@ def test_only_a_client_with_a_certificate_asks_for_the_clear(tmp_path: Path) -> 
                 for client in clients:
                     await client.aclose()
             assert [[r["op"] for r in asked] for asked in peer.asked] == [
-                ["get", "get"],
-                ["get", "get"],
+                ["seal", "get", "get"],  # (refused: TLS kept, as with an older node)
+                ["seal", "get", "get"],
                 ["plain", "get", "get"],  # (refused: the rest kept in TLS, on one connection)
             ]
+
+    anyio.run(main)
+
+
+# -- sealed after the handshake --------------------------------------------------------
+
+
+def test_a_tls_connection_is_sealed_after_the_handshake_for_users_and_members(
+    tmp_path: Path,
+) -> None:
+    """Each side's key for what it sends goes through TLS; then the connection leaves TLS
+    and every request, answer and byte goes in sealed records (transport/sealed.py)."""
+
+    async def main() -> None:
+        async with _serving(tmp_path) as node:
+            await node.store.put("plan", b"v" * 10_000)
+            token = node.token("ann", Role.SUBMITTER)
+            for member in (False, True):
+                raw = await node.raw(member=member)
+                ours = new_key()
+                answer = await raw.ask({"op": "seal", "key": ours.hex()})
+                assert answer is not None and answer["ok"] is True
+                theirs = bytes.fromhex(answer["key"])
+                assert len(theirs) == 32 and theirs != ours
+                await raw.seal(ours, theirs)
+                got = await raw.ask({"op": "get", "key": "plan", "token": token})
+                assert got == {"ok": True, "version": 1, "size": 10_000}
+                assert await raw.read(10_000) == b"v" * 10_000
+                big = _value(2 * CHUNK + 9)
+                put = {"op": "put", "key": f"big-{member}", "size": len(big), "token": token}
+                assert (await raw.ask(put, big))["ok"] is True  # type: ignore[index]
+                value, _ = await node.store.get(f"big-{member}")
+                assert bytes(value) == big
+                # Sealed once: neither sealed again nor put in the clear.
+                again = await raw.ask({"op": "seal", "key": new_key().hex()})
+                assert again == {"ok": False, "code": "invalid", "message": "cannot seal this"}
+            assert node.connections() == 2
+            # The clients do it by default, for a user and a member alike.
+            for client in (node.client(token), node.client(member=True)):
+                assert await client.get(node.address, "plan") == (bytearray(b"v" * 10_000), 1)
+                [[kept]] = client._idle.values()
+                assert kept.sealed and isinstance(kept.sock, SealedSocket)
+                await client.aclose()
+
+    anyio.run(main)
+
+
+@pytest.mark.parametrize(
+    "key", [None, "", "ab" * 31, "ab" * 33, "zz" * 32, 12], ids=lambda k: repr(k)[:12]
+)
+def test_a_seal_without_a_proper_key_is_refused_and_tls_kept(tmp_path: Path, key: Any) -> None:
+    async def main() -> None:
+        async with _serving(tmp_path) as node:
+            await node.store.put("plan", b"secret")
+            raw = await node.raw(member=True)
+            request: dict[str, Any] = {"op": "seal"} | ({} if key is None else {"key": key})
+            refused = {"ok": False, "code": "invalid", "message": "cannot seal this"}
+            assert await raw.ask(request) == refused
+            assert await raw.ask({"op": "get", "key": "plan"}) == {
+                "ok": True, "version": 1, "size": 6,
+            }  # fmt: skip
+            assert await raw.read(6) == b"secret"  # (still in TLS)
+
+    anyio.run(main)
+
+
+def test_without_tls_there_is_nothing_to_seal_with(tmp_path: Path) -> None:
+    """The keys would cross in the clear: a node without TLS refuses, its client never
+    asks."""
+
+    async def main() -> None:
+        async with _serving(tmp_path, with_tls=False, open_to_all=True) as node:
+            await node.store.put("plan", b"x")
+            raw = await node.raw()
+            refused = {"ok": False, "code": "invalid", "message": "cannot seal this"}
+            assert await raw.ask({"op": "seal", "key": new_key().hex()}) == refused
+            client = node.client()
+            assert await client.get(node.address, "plan") == (bytearray(b"x"), 1)
+            [[kept]] = client._idle.values()
+            assert not kept.tls and not kept.sealed
+            await client.aclose()
+
+    anyio.run(main)
+
+
+def test_a_sealed_put_altered_on_the_wire_stores_nothing(tmp_path: Path) -> None:
+    async def main() -> None:
+        async with _serving(tmp_path) as node:
+            raw = await node.raw(member=True)
+            ours = new_key()
+            answer = await raw.ask({"op": "seal", "key": ours.hex()})
+            assert answer is not None
+            theirs = bytes.fromhex(answer["key"])
+            await raw.seal(ours, theirs)
+            await raw.send({"op": "put", "key": "plan", "size": 3})
+            # The body's record, sealed as the client would, one bit altered on the wire.
+            record = bytearray(4 + 3 + 16)
+            struct.pack_into(">I", record, 0, 3 + 16)
+            AESGCM(ours).encrypt_into(bytes(4) + (1).to_bytes(8, "big"), b"new", record[:4],
+                                      memoryview(record)[4:])  # fmt: skip
+            record[5] ^= 1
+            await anyio.to_thread.run_sync(raw.wire.sendall, bytes(record))
+            assert await raw.closed_by_node()
+            with pytest.raises(NotFound):
+                await node.store.get("plan")
+            await _until(lambda: node.staged() == [] and node.connections() == 0)
+
+    anyio.run(main)
+
+
+@pytest.mark.parametrize("side", ["client", "node"])
+def test_either_side_can_keep_tls_records(tmp_path: Path, side: str) -> None:
+    """object_transfer_seal = false: a client that does not ask, or a node that refuses;
+    the bytes go in TLS's own records."""
+
+    async def main() -> None:
+        async with _serving(tmp_path, allow_seal=side == "client") as node:
+            client = node.client(member=True)
+            client.seal = side == "node"
+            big = _value(CHUNK + 3)
+            version = await client.put(node.address, "big", big)
+            assert await client.get(node.address, "big") == (bytearray(big), version)
+            [[kept]] = client._idle.values()
+            assert kept.tls and not kept.sealed and isinstance(kept.sock, ssl.SSLSocket)
+            await client.aclose()
+            if side == "node":  # (asked, and refused)
+                raw = await node.raw(member=True)
+                refused = {"ok": False, "code": "invalid", "message": "cannot seal this"}
+                assert await raw.ask({"op": "seal", "key": new_key().hex()}) == refused
+
+    anyio.run(main)
+
+
+def test_a_worn_sealed_connection_is_not_used_again(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(sealed, "KEY_BUDGET", 100)
+
+    async def main() -> None:
+        async with _serving(tmp_path) as node:
+            small = await node.store.put("small", b"x")
+            large = await node.store.put("large", b"y" * 200)
+            client = node.client(member=True)
+            assert await client.get(node.address, "small") == (bytearray(b"x"), small)
+            assert len(client._idle[node.address]) == 1  # (kept: under its budget)
+            assert await client.get(node.address, "large") == (bytearray(b"y" * 200), large)
+            assert client._idle[node.address] == []  # (worn: closed, not kept)
+            await _until(lambda: node.connections() == 0)  # (and the node closed its end)
+            assert await client.get(node.address, "small") == (bytearray(b"x"), small)  # anew
+            await client.aclose()
 
     anyio.run(main)
 

@@ -208,6 +208,7 @@ async def sharing_node_objects(
         security,
         credentials,
         encrypt=settings.object_transfer_encrypt,
+        seal=settings.object_transfer_seal,
         quotas=_quotas(settings),
         replicas=settings.object_replicas,
     ) as authority:

@@ -363,6 +363,7 @@ async def sharing_objects(
     credentials: Credentials,
     *,
     encrypt: bool = True,
+    seal: bool = True,
     quotas: QuotaFile | None = None,
     replicas: int = 1,
 ) -> AsyncIterator[ClusterObjects | None]:
@@ -375,8 +376,11 @@ async def sharing_objects(
     from spear.transport.serving import format_address
 
     admit = NamespaceBytes(store, quotas).admit if quotas is not None else None
-    server = ObjectTransferServer(store, security, allow_plain=not encrypt, admit_put=admit)
+    server = ObjectTransferServer(
+        store, security, allow_plain=not encrypt, allow_seal=seal, admit_put=admit
+    )
     transfer = ObjectTransferClient(credentials, encrypt=encrypt)
+    transfer.seal = seal
     address = await server.start(format_address(host, 0))
     authority = ClusterObjects(sms, node, address, transfer)
     if replicas > 1:

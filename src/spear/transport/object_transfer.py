@@ -51,6 +51,7 @@ from spear.errors import (
 )
 from spear.store.object_info import ObjectInfo
 from spear.transport.auth import NAMESPACE_KEY, Role, require_role
+from spear.transport.sealed import KEY_BYTES, SealedSocket, new_key
 from spear.transport.serving import format_address, parse_listen
 
 if TYPE_CHECKING:
@@ -64,6 +65,7 @@ if TYPE_CHECKING:
     from spear.transport.serving import Security
 
 CHUNK = 1 << 20  # bytes read or written at a time: memory per transfer stays about this
+_LINE_BUFFER = 64 * 1024  # a sealed connection's read buffer (request and answer lines)
 _HEADER_MAX = 64 * 1024
 _TIMEOUT_S = 30.0  # no progress for this long: the peer is gone
 _ANSWER_TIMEOUT_S = 600.0  # a node may fetch a large value before it answers a client
@@ -78,13 +80,35 @@ class TransferBroken(Unavailable):
 
 
 class _Connection:
-    """A blocking socket (TLS or not) with a buffered reader, for one side of a transfer."""
+    """A blocking socket (TLS, sealed or in the clear) with a buffered reader, for one side
+    of a transfer. `tls`: its bytes are encrypted (no `sendfile`); `sealed`: by spear's own
+    records after a TLS handshake (transport/sealed.py), no longer by TLS."""
 
-    def __init__(self, sock: socket.socket, *, tls: bool, peer: str | None = None) -> None:
+    def __init__(
+        self,
+        sock: socket.socket | SealedSocket,
+        *,
+        tls: bool,
+        peer: str | None = None,
+        sealed: bool = False,
+    ) -> None:
         self.sock = sock
-        self.rfile = sock.makefile("rb", buffering=CHUNK)
+        # (a sealed record that fits is opened straight into a large read's buffer: the
+        # buffered reader hands reads larger than its buffer to the socket whole)
+        self.rfile: Any = sock.makefile("rb", buffering=_LINE_BUFFER if sealed else CHUNK)
         self.tls = tls  # (an unwrapped SSLSocket still has getpeercert: say it plainly)
         self.peer = peer  # the member's name from its certificate, on a server
+        self.sealed = sealed
+
+    @property
+    def worn(self) -> bool:
+        """A sealed connection whose keys sealed their budget: not to be used again."""
+        return isinstance(self.sock, SealedSocket) and self.sock.worn
+
+    @property
+    def in_tls(self) -> bool:
+        """Still in TLS (it may leave it: `plain`, `seal`)."""
+        return self.tls and not self.sealed
 
     def send_line(self, message: dict[str, Any]) -> None:
         self.sock.sendall(orjson.dumps(message) + b"\n")
@@ -102,6 +126,7 @@ class _Connection:
 
     def send_file(self, f: BinaryIO, size: int) -> None:
         if not self.tls:  # the kernel's sendfile (socket.sendfile copes with the timeout)
+            assert isinstance(self.sock, socket.socket)
             # (an empty file sends nothing: socket.sendfile refuses a count of 0)
             if size and self.sock.sendfile(f, 0, size) != size:
                 raise ConnectionError("the value file ended early")
@@ -129,7 +154,7 @@ class _Connection:
             view = memoryview(buf)
             left = size
             while left:
-                n = self.rfile.readinto(view[: min(left, CHUNK)])  # type: ignore[attr-defined]
+                n = self.rfile.readinto(view[: min(left, CHUNK)])
                 if not n:
                     raise Unavailable(f"the transfer broke after {size - left} of {size} bytes")
                 written = view[:n]
@@ -148,7 +173,7 @@ class _Connection:
         view = memoryview(out)
         got = 0
         while got < size:
-            n = self.rfile.readinto(view[got:])  # type: ignore[attr-defined]
+            n = self.rfile.readinto(view[got:])
             if not n:
                 raise Unavailable(f"the transfer broke after {got} of {size} bytes")
             got += n
@@ -232,15 +257,19 @@ class ObjectTransferServer:
         security: Security,
         *,
         allow_plain: bool = False,
+        allow_seal: bool = True,
         admit_put: Callable[[str, str, int], Coroutine[Any, Any, None]] | None = None,
     ) -> None:
         """`allow_plain`: a member may ask for the bytes in the clear after the TLS handshake
-        authenticated it (setting object_transfer_encrypt = false). `admit_put(namespace,
-        key, size)` raises if a namespace's put would break its quota."""
+        authenticated it (setting object_transfer_encrypt = false). `allow_seal`: a caller
+        may have the connection sealed after the handshake (object_transfer_seal).
+        `admit_put(namespace, key, size)` raises if a namespace's put would break its
+        quota."""
         self._store = store
         self._admit_put = admit_put
         self._security = security
         self._allow_plain = allow_plain
+        self._allow_seal = allow_seal
         self._ssl: ssl.SSLContext | None = None
         self._listener: socket.socket | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -337,12 +366,17 @@ class ObjectTransferServer:
                 if request.get("op") == "plain":
                     conn = self._unwrap(conn)
                     continue
+                if request.get("op") == "seal":
+                    conn = self._seal(conn, request)
+                    continue
                 try:
                     self._exchange(request, conn)
                 except SpearError as exc:
                     conn.send_line({"ok": False, "code": exc.code, "message": str(exc)})
                 except (KeyError, TypeError, ValueError):
                     conn.send_line({"ok": False, "code": "invalid", "message": "bad request"})
+                    return
+                if conn.worn:  # (its keys sealed their budget: the client connects again)
                     return
         except (OSError, ConnectionError):
             pass  # the peer went away; nothing was committed for it
@@ -355,15 +389,32 @@ class ObjectTransferServer:
 
     def _unwrap(self, conn: _Connection) -> _Connection:
         """The rest of the connection in the clear, for a member (certificate) only."""
-        if not (self._allow_plain and conn.tls and conn.peer is not None):
+        if not (self._allow_plain and conn.in_tls and conn.peer is not None):
             conn.send_line({"ok": False, "code": "denied", "message": "bytes stay encrypted"})
             return conn
         conn.send_line({"ok": True})
-        plain = _Connection(conn.sock.unwrap(), tls=False, peer=conn.peer)  # type: ignore[attr-defined]
+        plain = _Connection(conn.sock.unwrap(), tls=False, peer=conn.peer)  # type: ignore[union-attr]
         with self._lock:
             self._open.discard(conn)
             self._open.add(plain)
         return plain
+
+    def _seal(self, conn: _Connection, request: dict[str, Any]) -> _Connection:
+        """The rest of the connection sealed (transport/sealed.py): the client's key for
+        what it sends came in the request, through TLS; ours goes back the same way."""
+        theirs = _key(request.get("key"))
+        if not (self._allow_seal and conn.in_tls) or theirs is None:
+            conn.send_line({"ok": False, "code": "invalid", "message": "cannot seal this"})
+            return conn
+        ours = new_key()
+        conn.send_line({"ok": True, "key": ours.hex()})
+        raw = conn.sock.unwrap()  # type: ignore[union-attr]  # (in TLS: an SSLSocket)
+        sealed = SealedSocket(raw, send_key=ours, receive_key=theirs)
+        sealed_conn = _Connection(sealed, tls=True, peer=conn.peer, sealed=True)
+        with self._lock:
+            self._open.discard(conn)
+            self._open.add(sealed_conn)
+        return sealed_conn
 
     def _exchange(self, request: dict[str, Any], conn: _Connection) -> None:
         op, key, info = request["op"], request["key"], request.get("info") is True
@@ -468,10 +519,13 @@ class ObjectTransferClient:
 
     def __init__(self, credentials: Credentials, *, encrypt: bool = True) -> None:
         """`encrypt` false: a member (presenting its certificate) asks nodes for the bytes
-        in the clear after the handshake; nodes that do not allow it keep TLS."""
+        in the clear after the handshake; nodes that do not allow it keep TLS. Otherwise,
+        over TLS, the connection is sealed after the handshake (transport/sealed.py), or
+        stays in TLS with a node that does not seal."""
         self._credentials = credentials
         self._plain = not encrypt and credentials.tls is not None and credentials.tls.present
         self._ssl: ssl.SSLContext | None = credentials.ssl_context()
+        self.seal = True  # (False: bytes in TLS records, as before sealing: benchmarks)
         if self._ssl is not None:
             self._ssl.set_alpn_protocols(_ALPN)
         self._idle: dict[str, list[_Connection]] = {}
@@ -501,6 +555,8 @@ class ObjectTransferClient:
                 answer = conn.read_line()
                 if answer is not None and answer.get("ok"):
                     conn = _Connection(sock.unwrap(), tls=False)  # type: ignore[attr-defined]
+            elif self.seal and conn.tls:
+                conn = _sealed(conn)
         except (OSError, ValueError) as exc:
             raise TransferBroken(
                 f"cannot reach the object transfer service at {address}: {exc}"
@@ -508,6 +564,9 @@ class ObjectTransferClient:
         return conn, False
 
     def _release(self, address: str, conn: _Connection) -> None:
+        if conn.worn:  # (its keys sealed their budget: a new connection, new keys)
+            conn.close()
+            return
         with self._lock:
             self._idle.setdefault(address, []).append(conn)
 
@@ -664,3 +723,28 @@ class ObjectTransferClient:
             self._idle.clear()
         for conn in conns:
             conn.close()
+
+
+def _key(text: Any) -> bytes | None:
+    """A sealing key sent as hex, if it is one."""
+    if not isinstance(text, str) or len(text) != 2 * KEY_BYTES:
+        return None
+    try:
+        return bytes.fromhex(text)
+    except ValueError:
+        return None
+
+
+def _sealed(conn: _Connection) -> _Connection:
+    """A new TLS connection sealed (transport/sealed.py), or as it is if the node does
+    not seal (an older node answers that it does not know the operation)."""
+    ours = new_key()
+    conn.send_line({"op": "seal", "key": ours.hex()})
+    answer = conn.read_line()
+    theirs = _key(answer.get("key")) if answer is not None and answer.get("ok") else None
+    if answer is not None and answer.get("ok") and theirs is None:
+        raise ConnectionError("the node sealed the connection with no key")
+    if theirs is None:
+        return conn
+    raw = conn.sock.unwrap()  # type: ignore[union-attr]  # (in TLS: an SSLSocket)
+    return _Connection(SealedSocket(raw, send_key=ours, receive_key=theirs), tls=True, sealed=True)
