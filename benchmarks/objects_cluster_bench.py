@@ -26,6 +26,8 @@ SMS (LevelDB) and three SPEARlets with the cluster's TLS, and `ray.cluster_utils
 - `--counter`: examples/counter as 60 tasks over the 3 nodes; the final value.
 - `--clear`: spear once more with `object_transfer_encrypt = false` (members move bytes in
   the clear after mutual TLS, as Ray moves them with no TLS at all).
+- `--tls-records`: spear once more with `object_transfer_seal = false` (encrypted bytes in
+  TLS's own records, as before transfers were sealed: transport/sealed.py).
 
 spear's data dirs are on tmpfs (/dev/shm) as Ray's object store is: this machine's disk
 writes about 130 MB/s, which a disk-backed run would measure instead.
@@ -55,6 +57,15 @@ RESULT_FILE = ROOT / "benchmarks" / "results" / "objects_cluster.json"
 MiB = 1024 * 1024
 SIZES = {"1KiB": 1024, "1MiB": MiB, "64MiB": 64 * MiB}
 _ENCRYPT = [True]  # whether this run's clients keep TLS for the bytes (see --clear)
+_SEAL = [True]  # whether they seal an encrypted connection (see --tls-records)
+
+
+def _transfer_client(credentials: Any) -> Any:
+    from spear.transport.object_transfer import ObjectTransferClient
+
+    client = ObjectTransferClient(credentials, encrypt=_ENCRYPT[0])
+    client.seal = _SEAL[0]
+    return client
 
 
 def counts(quick: bool) -> dict[str, int]:
@@ -98,9 +109,8 @@ async def _cross_node(
     from spear.transport.auth import read_owner_token
     from spear.transport.channels import Credentials
     from spear.transport.object_socket import ObjectSocketClient, socket_path
-    from spear.transport.object_transfer import ObjectTransferClient
 
-    client = ObjectTransferClient(credentials, encrypt=_ENCRYPT[0])
+    client = _transfer_client(credentials)
     owner = Credentials(token=read_owner_token(data_dir))
     local = ObjectSocketClient(str(socket_path(data_dir)), owner)
     readers = {
@@ -161,12 +171,11 @@ async def _client_paths(
     from spear.transport.auth import read_owner_token
     from spear.transport.channels import Credentials
     from spear.transport.object_socket import ObjectSocketClient, socket_path
-    from spear.transport.object_transfer import ObjectTransferClient
 
     size = SIZES[label]
     payload = os.urandom(size)
     owner = Credentials(token=read_owner_token(data_dir), tls=credentials.tls)  # (the CA too)
-    transfer = ObjectTransferClient(credentials, encrypt=_ENCRYPT[0])
+    transfer = _transfer_client(credentials)
     local = ObjectSocketClient(str(socket_path(data_dir)), owner)
     out: dict[str, Any] = {}
     try:
@@ -212,12 +221,11 @@ def gib_figures(seconds: list[float]) -> dict[str, Any]:
 
 
 async def _one_gib(n1: str, n3: str, credentials: Any, pid1: int, directory: Path) -> Any:
-    from spear.transport.object_transfer import ObjectTransferClient
 
     source = directory / "one.gib"
     with open(source, "wb") as f:  # noqa: ASYNC230 - a sparse file: no data written
         f.truncate(1024 * MiB)
-    client = ObjectTransferClient(credentials, encrypt=_ENCRYPT[0])
+    client = _transfer_client(credentials)
     puts, pulls = [], []
     try:
         rss0, hwm0 = _rss_kib(pid1, "VmRSS"), _rss_kib(pid1, "VmHWM")
@@ -276,7 +284,9 @@ def _counter(cluster: Any, tasks: int, directory: Path) -> dict[str, Any]:
     return anyio.run(go)
 
 
-def spear_side(quick: bool, counter: bool, encrypt: bool = True) -> dict[str, Any]:
+def spear_side(
+    quick: bool, counter: bool, encrypt: bool = True, seal: bool = True
+) -> dict[str, Any]:
     from spear.node.local_cluster import LocalCluster
 
     # On tmpfs where there is one, as Ray's object store is (/dev/shm): this machine's disk
@@ -284,9 +294,11 @@ def spear_side(quick: bool, counter: bool, encrypt: bool = True) -> dict[str, An
     shm = "/dev/shm" if Path("/dev/shm").is_dir() else None
     with tempfile.TemporaryDirectory(prefix="spear-objbench-", dir=shm) as tmp:
         directory = Path(tmp)
-        _ENCRYPT[0] = encrypt
-        clear = {} if encrypt else {"object_transfer_encrypt": False}
-        settings = {f"node-{i}": clear for i in (1, 2, 3)}
+        _ENCRYPT[0], _SEAL[0] = encrypt, seal
+        how = ({} if encrypt else {"object_transfer_encrypt": False}) | (
+            {} if seal else {"object_transfer_seal": False}
+        )
+        settings = {f"node-{i}": how for i in (1, 2, 3)}
         cluster = LocalCluster(directory / "cluster", nodes=3, node_settings=settings)
         with cluster:
             credentials = cluster.credentials()
@@ -365,8 +377,12 @@ def ray_side(quick: bool) -> dict[str, Any]:
         nodes.shutdown()
 
 
-def run(quick: bool, counter: bool = False, clear: bool = False) -> dict[str, Any]:
+def run(
+    quick: bool, counter: bool = False, clear: bool = False, tls_records: bool = False
+) -> dict[str, Any]:
     out = {"spear": spear_side(quick, counter)}
+    if tls_records:  # encrypted in TLS's own records, not sealed (object_transfer_seal)
+        out["spear, object_transfer_seal = false"] = spear_side(quick, False, seal=False)
     if clear:  # members move bytes in the clear after mutual TLS (object_transfer_encrypt)
         out["spear, object_transfer_encrypt = false"] = spear_side(quick, False, encrypt=False)
     out["ray"] = ray_side(quick)
@@ -375,9 +391,11 @@ def run(quick: bool, counter: bool = False, clear: bool = False) -> dict[str, An
 
 def main(argv: list[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
-    flags = {flag: flag in args for flag in ("--counter", "--clear")}
+    flags = {flag: flag in args for flag in ("--counter", "--clear", "--tls-records")}
     args = [a for a in args if a not in flags]
-    runs = lambda quick: run(quick, flags["--counter"], flags["--clear"])  # noqa: E731
+    runs = lambda quick: run(  # noqa: E731
+        quick, flags["--counter"], flags["--clear"], flags["--tls-records"]
+    )
     standalone(__doc__, runs, RESULT_FILE, args)
     return 0
 

@@ -841,22 +841,21 @@ def test_either_side_can_keep_tls_records(tmp_path: Path, side: str) -> None:
     anyio.run(main)
 
 
-def test_a_worn_sealed_connection_is_not_used_again(
+def test_a_sealed_connection_carries_on_across_key_updates(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(sealed, "KEY_BUDGET", 100)
+    monkeypatch.setattr(sealed, "REKEY_EVERY", 2)
 
     async def main() -> None:
         async with _serving(tmp_path) as node:
-            small = await node.store.put("small", b"x")
-            large = await node.store.put("large", b"y" * 200)
+            big = _value(3 * CHUNK + 1)  # (4 records a way, and the lines)
             client = node.client(member=True)
-            assert await client.get(node.address, "small") == (bytearray(b"x"), small)
-            assert len(client._idle[node.address]) == 1  # (kept: under its budget)
-            assert await client.get(node.address, "large") == (bytearray(b"y" * 200), large)
-            assert client._idle[node.address] == []  # (worn: closed, not kept)
-            await _until(lambda: node.connections() == 0)  # (and the node closed its end)
-            assert await client.get(node.address, "small") == (bytearray(b"x"), small)  # anew
+            for _ in range(3):
+                version = await client.put(node.address, "big", big)
+                assert await client.get(node.address, "big") == (bytearray(big), version)
+            [[kept]] = client._idle.values()  # (one connection all along)
+            assert isinstance(kept.sock, SealedSocket) and kept.sock.sent_bytes > 9 * CHUNK
+            assert node.connections() == 1
             await client.aclose()
 
     anyio.run(main)

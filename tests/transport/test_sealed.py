@@ -11,9 +11,11 @@ import threading
 from typing import TYPE_CHECKING
 
 import pytest
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from spear.transport import sealed
-from spear.transport.sealed import RECORD, TAG, SealBroken, SealedSocket, new_key
+from spear.transport.sealed import RECORD, TAG, SealBroken, SealedSocket, new_key, next_key
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -225,16 +227,25 @@ def test_keys_are_checked() -> None:
     assert len(new_key()) == 32 and new_key() != new_key()
 
 
-def test_a_connection_past_its_keys_budget_is_worn(
-    pair: tuple[SealedSocket, SealedSocket], monkeypatch: pytest.MonkeyPatch
+def test_each_direction_moves_to_its_next_key_every_so_many_records(
+    pair: tuple[SealedSocket, SealedSocket], wire: Wire, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(sealed, "KEY_BUDGET", 10)
+    monkeypatch.setattr(sealed, "REKEY_EVERY", 2)
     a, b = pair
-    a.sendall(b"123456789")
-    assert _read(b, 9, 9) == b"123456789"
-    assert not a.worn and not b.worn
-    a.sendall(b"0")
-    assert _read(b, 1, 1) == b"0"
-    assert a.worn and b.worn  # (sent, and received: either key's budget)
-    b.sendall(b"x" * 10)
-    assert _read(a, 10, 10) == b"x" * 10
+    for i in range(5):  # (one record each, across two key updates, both ways)
+        a.sendall(b"%d" % i)
+        assert _read(b, 1, 1) == b"%d" % i
+        b.sendall(b"back %d" % i)
+        assert _read(a, 6, 64) == b"back %d" % i
+    # On the wire: records 0 and 1 under the first key, 2 and 3 under the next, then the
+    # one after (HKDF of the last, as both ends derive it).
+    sender, out, _, _ = wire
+    records = _records(sender, out, *[b"r%d" % i for i in range(5)])
+    keys = [A_TO_B, A_TO_B, next_key(A_TO_B), next_key(A_TO_B), next_key(next_key(A_TO_B))]
+    for number, (record, key) in enumerate(zip(records, keys, strict=True)):
+        nonce = bytes(4) + number.to_bytes(8, "big")
+        assert AESGCM(key).decrypt(nonce, record[4:], record[:4]) == b"r%d" % number
+        if number >= 2:
+            with pytest.raises(InvalidTag):
+                AESGCM(A_TO_B).decrypt(nonce, record[4:], record[:4])
+    assert len({A_TO_B, *keys}) == 3 and next_key(A_TO_B) != next_key(B_TO_A)

@@ -101,11 +101,6 @@ class _Connection:
         self.sealed = sealed
 
     @property
-    def worn(self) -> bool:
-        """A sealed connection whose keys sealed their budget: not to be used again."""
-        return isinstance(self.sock, SealedSocket) and self.sock.worn
-
-    @property
     def in_tls(self) -> bool:
         """Still in TLS (it may leave it: `plain`, `seal`)."""
         return self.tls and not self.sealed
@@ -376,8 +371,6 @@ class ObjectTransferServer:
                 except (KeyError, TypeError, ValueError):
                     conn.send_line({"ok": False, "code": "invalid", "message": "bad request"})
                     return
-                if conn.worn:  # (its keys sealed their budget: the client connects again)
-                    return
         except (OSError, ConnectionError):
             pass  # the peer went away; nothing was committed for it
         except Exception:
@@ -564,9 +557,6 @@ class ObjectTransferClient:
         return conn, False
 
     def _release(self, address: str, conn: _Connection) -> None:
-        if conn.worn:  # (its keys sealed their budget: a new connection, new keys)
-            conn.close()
-            return
         with self._lock:
             self._idle.setdefault(address, []).append(conn)
 

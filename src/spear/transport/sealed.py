@@ -12,9 +12,11 @@ A record is a 4-byte big-endian length of what follows, then that much ciphertex
 plaintext, then its 16-byte tag). The length is the record's associated data and the
 nonce is the record's number in its direction, so a record dropped, repeated, reordered,
 altered, cut short or sent back the other way fails its tag, and the connection ends
-(`SealBroken`). Each key seals one direction of one connection, and a connection stops
-being reused past `KEY_BUDGET` bytes either way (`worn`), well inside AES-GCM's limits.
-What the record layer does not hide is what TLS does not hide either: sizes and timing.
+(`SealBroken`). Each key seals one direction of one connection, and each side moves to
+the next key every `REKEY_EVERY` records (at most 64 GiB under one key, well inside
+AES-GCM's limits), derived from the last by HKDF-SHA256 as TLS 1.3's key update does, so
+a connection may carry any amount. What the record layer does not hide is what TLS does
+not hide either: sizes and timing.
 """
 
 from __future__ import annotations
@@ -26,6 +28,8 @@ from typing import TYPE_CHECKING, Any
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from cryptography.hazmat.primitives.hashes import SHA256
+from cryptography.hazmat.primitives.kdf.hkdf import HKDFExpand
 
 if TYPE_CHECKING:
     import socket
@@ -35,7 +39,7 @@ Buffer = bytes | bytearray | memoryview
 RECORD = 1 << 20  # plaintext bytes a record holds at most
 TAG = 16  # AES-GCM's tag, after each record's ciphertext
 KEY_BYTES = 32  # AES-256
-KEY_BUDGET = 1 << 36  # bytes one key seals before its connection is retired (64 GiB)
+REKEY_EVERY = 1 << 16  # records sealed under one key (at most 64 GiB of them)
 _HEADER = struct.Struct(">I")
 _NONCE_PREFIX = bytes(4)  # a nonce: 4 zero bytes, then the record's 8-byte number
 
@@ -47,6 +51,11 @@ class SealBroken(ConnectionError):
 def new_key() -> bytes:
     """A fresh key for one direction of one connection."""
     return os.urandom(KEY_BYTES)
+
+
+def next_key(key: bytes) -> bytes:
+    """The key after `key` in its direction (HKDF-Expand-SHA256 of it)."""
+    return HKDFExpand(SHA256(), KEY_BYTES, b"spear sealed: next key").derive(key)
 
 
 def _nonce(number: int) -> bytes:
@@ -63,6 +72,7 @@ class SealedSocket:
         if send_key == receive_key:  # (a record sent back would then open)
             raise ValueError("each direction has its own key")
         self._sock = sock
+        self._send_key, self._receive_key = send_key, receive_key
         self._seal = AESGCM(send_key)
         self._open = AESGCM(receive_key)
         self._sent_records = 0
@@ -74,11 +84,6 @@ class SealedSocket:
         self._plain = bytearray(RECORD)  # what a record held beyond a short read
         self._start = self._end = 0  # (its unread part)
         self._header = b""  # the record being read's header: its associated data
-
-    @property
-    def worn(self) -> bool:
-        """Whether either key sealed its budget: the connection is not to be used again."""
-        return max(self.sent_bytes, self.received_bytes) >= KEY_BUDGET
 
     # -- sending ---------------------------------------------------------------------
 
@@ -93,6 +98,9 @@ class SealedSocket:
         _HEADER.pack_into(out, 0, size)
         header = out[: _HEADER.size]
         body = out[_HEADER.size : _HEADER.size + size]
+        if self._sent_records and not self._sent_records % REKEY_EVERY:
+            self._send_key = next_key(self._send_key)
+            self._seal = AESGCM(self._send_key)
         self._seal.encrypt_into(_nonce(self._sent_records), piece, header, body)
         self._sent_records += 1
         self.sent_bytes += len(piece)
@@ -137,6 +145,9 @@ class SealedSocket:
 
     def _open_record(self, size: int, into: memoryview) -> None:
         sealed = memoryview(self._in)[: size + TAG]
+        if self._received_records and not self._received_records % REKEY_EVERY:
+            self._receive_key = next_key(self._receive_key)
+            self._open = AESGCM(self._receive_key)
         try:
             self._open.decrypt_into(
                 _nonce(self._received_records), sealed, self._header, into[:size]
