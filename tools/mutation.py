@@ -151,6 +151,12 @@ TARGETS = (
         ),
     ),
     Target(
+        # Encrypted object transfers' record layer: what an attacker on the wire may do.
+        "sealed",
+        ("spear/transport/sealed.py",),
+        (_T + "transport/test_sealed.py", _T + "transport/test_object_transfer_rules.py"),
+    ),
+    Target(
         # What every task goes through once admitted (start, outcome, release, settle),
         # and what a cancel or a caller that goes away finds meanwhile.
         "running",

@@ -5,6 +5,8 @@ drop, repeat, reorder, cut, reflect a record) is done to the bytes between the t
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import socket
 import struct
 import threading
@@ -86,7 +88,7 @@ def test_a_buffered_reader_reads_lines_and_bodies(pair: tuple[SealedSocket, Seal
         got += rfile.readinto(view[got:])
     assert out == body
     sending.join()
-    with pytest.raises(ValueError, match="binary"):
+    with pytest.raises(ValueError, match="^a sealed socket reads in binary only$"):
         b.makefile("r")
 
 
@@ -201,8 +203,13 @@ def test_a_record_tampered_with_on_the_wire_breaks_the_connection(wire: Wire, ta
         sent = struct.pack(">I", RECORD + TAG + 1) + first[4:]
     else:
         sent = struct.pack(">I", TAG) + first[-TAG:]
+    message = {
+        "a record cut short": "the connection ended inside a sealed record",
+        "a record too large": f"a sealed record cannot be {RECORD + TAG + 1} bytes",
+        "an empty record": f"a sealed record cannot be {TAG} bytes",
+    }.get(tamper, "a sealed record failed its check")
     got = bytearray()
-    with pytest.raises(SealBroken):
+    with pytest.raises(SealBroken, match=f"^{message}$"):
         into.sendall(sent)
         into.shutdown(socket.SHUT_WR)
         buf = bytearray(64)
@@ -215,11 +222,11 @@ def test_a_record_tampered_with_on_the_wire_breaks_the_connection(wire: Wire, ta
 def test_keys_are_checked() -> None:
     a, b = socket.socketpair()
     try:
-        with pytest.raises(ValueError, match="32 bytes"):
+        with pytest.raises(ValueError, match="^a sealing key is 32 bytes$"):
             SealedSocket(a, send_key=b"short", receive_key=B_TO_A)
-        with pytest.raises(ValueError, match="32 bytes"):
+        with pytest.raises(ValueError, match="^a sealing key is 32 bytes$"):
             SealedSocket(a, send_key=A_TO_B, receive_key=bytes(31))
-        with pytest.raises(ValueError, match="its own key"):
+        with pytest.raises(ValueError, match="^each direction has its own key$"):
             SealedSocket(a, send_key=A_TO_B, receive_key=A_TO_B)
     finally:
         a.close()
@@ -249,3 +256,35 @@ def test_each_direction_moves_to_its_next_key_every_so_many_records(
             with pytest.raises(InvalidTag):
                 AESGCM(A_TO_B).decrypt(nonce, record[4:], record[:4])
     assert len({A_TO_B, *keys}) == 3 and next_key(A_TO_B) != next_key(B_TO_A)
+
+
+@pytest.mark.parametrize("cut", [0, 2, 4], ids=["no body", "half a header", "a header alone"])
+def test_the_end_inside_a_record_or_its_header_is_no_clean_end(wire: Wire, cut: int) -> None:
+    """Only the end between records is the end: a cut anywhere else is said."""
+    sender, out, into, receiver = wire
+    (record,) = _records(sender, out, b"pay 10")
+    sent = record[: 4 + 6 + TAG - 1] if cut == 0 else record[:cut]
+    into.sendall(sent)
+    into.shutdown(socket.SHUT_WR)
+    with pytest.raises(SealBroken, match="^the connection ended inside a sealed record$"):
+        receiver.recv_into(bytearray(64))
+
+
+def test_the_next_key_is_hkdf_expand_sha256_of_the_last() -> None:
+    """Both ends of a connection derive it, so it is fixed: HKDF-Expand (RFC 5869) with
+    SHA-256, the info "spear sealed: next key", 32 bytes: its one block, T(1)."""
+    for key in (bytes(32), bytes(range(32)), new_key()):
+        block = hmac.new(key, b"spear sealed: next key" + b"\x01", hashlib.sha256).digest()
+        assert next_key(key) == block
+    assert next_key(bytes(32)).hex().startswith("860ef4589086dc60")
+
+
+def test_timeouts_and_shutdown_are_the_sockets(pair: tuple[SealedSocket, SealedSocket]) -> None:
+    a, b = pair
+    b.settimeout(0.05)
+    with pytest.raises(TimeoutError):
+        b.recv_into(bytearray(8))  # (nothing sent)
+    assert a.fileno() >= 0
+    a.shutdown(socket.SHUT_WR)
+    b.settimeout(10)
+    assert b.recv_into(bytearray(8)) == 0
