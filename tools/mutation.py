@@ -170,6 +170,7 @@ TARGETS = (
             _T + "core/test_controller_full_disk.py",
             _T + "core/test_finished_hooks.py",
             _T + "core/test_stopping_node.py",
+            _T + "test_disk_full.py",
         ),
     ),
     Target(

@@ -17,13 +17,16 @@ import anyio
 import wasmtime
 
 from spear import FunctionSpec, LocalNode, Resources, Runtime, TaskState
+from spear.core import retries
 from spear.core.models import new_task_id
-from spear.core.tasks.running import CALLER_GONE
-from spear.core.worker import EXIT_CANCELLED
+from spear.core.tasks.running import CALLER_GONE, STOPPED
+from spear.core.worker import EXIT_CANCELLED, EXIT_LOST, Outcome
 
 if TYPE_CHECKING:
     from collections.abc import Callable
     from pathlib import Path
+
+    import pytest
 
 LOOP_WAT = '(module (memory (export "memory") 1) (func (export "_start") (loop (br 0))))'
 
@@ -173,3 +176,46 @@ async def test_a_guest_that_ends_as_its_caller_goes_away_keeps_its_own_end(
         assert (record.state, record.exit_code) == (TaskState.COMPLETED, 0)
         assert (tmp_path / "ran").exists()
         assert controller.free == controller.capacity
+
+
+async def test_a_caller_gone_between_attempts_cancels_the_task(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Between a failed attempt and the next (the retry's back-off, the task PENDING again)
+    no guest runs: the task is recorded cancelled with its caller all the same, not lost
+    with the node, and no attempt follows."""
+    tried = tmp_path / "tried"
+    script = tmp_path / "fails.sh"
+    script.write_text(f"#!/bin/sh\necho x >> {tried}\nexit 3\n")
+    script.chmod(0o755)
+    spec = FunctionSpec(str(script), runtime=Runtime.PROCESS, max_retries=5, retry_on=("exit",))
+    monkeypatch.setattr(retries, "BACKOFF_FIRST_S", 10.0)  # (ample time to look meanwhile)
+    async with LocalNode(tmp_path / "home") as node:
+        controller = node.controller
+        ids: list[str] = []
+        with anyio.fail_after(30):
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(lambda: controller.run(spec, on_created=lambda t: ids.append(t.id)))
+                await _until(lambda: tried.exists() and bool(ids))
+                while (await node.task(ids[0])).attempts < 1:
+                    await anyio.sleep(0.005)  # (the next attempt recorded: backing off)
+                tg.cancel_scope.cancel()
+        record = await node.task(ids[0])
+        _stopped_with_its_caller((record.state, record.exit_code, record.reason))
+        assert record.attempts == 1 and record.attempt_log[0].reason == "exit status 3"
+        await anyio.sleep(0.5)
+        assert tried.read_text() == "x\n"  # (no attempt after its caller went away)
+
+
+async def test_how_a_run_cut_short_ends(tmp_path: Path) -> None:
+    """A cancel while the node runs on is its caller's; anything else, or any cut while
+    the node stops, is the task lost with the node."""
+    async with LocalNode(tmp_path / "home") as node:
+        running = node.controller._running
+        cancel = anyio.get_cancelled_exc_class()()
+        assert running.cut_short(cancel) == Outcome(TaskState.CANCELLED, 130, CALLER_GONE)
+        lost = Outcome(TaskState.FAILED, EXIT_LOST, STOPPED)
+        assert running.cut_short(RuntimeError("broke")) == lost
+        running.stopping = "node stopped"
+        assert running.cut_short(cancel) == lost
+        running.stopping = None

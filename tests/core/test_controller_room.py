@@ -12,6 +12,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 import anyio
+import anyio.lowlevel
 import pytest
 import wasmtime
 from log_capture import SpearLog
@@ -19,11 +20,12 @@ from wat_tasks import exits, hello
 
 from spear import FunctionSpec, LocalNode, Resources, TaskState
 from spear.core.tasks import controller as controller_module
-from spear.errors import SpearError, StorageError
+from spear.errors import SpearError, StorageError, Unavailable
 
 if TYPE_CHECKING:
     from pathlib import Path
 
+    from spear.core.models import Task
     from spear.core.tasks import TasksFinished
 
 SLOT = Resources(cpu_millis=100, memory_bytes=64 * 1024 * 1024)
@@ -278,8 +280,6 @@ class _CannotStart:
         return getattr(self._agent, name)
 
     async def start(self, ctx: Any) -> Any:
-        from spear.errors import Unavailable
-
         if ctx.task.spec.artifact == self._artifact:
             raise Unavailable("the runtime cannot start it now")
         return await self._agent.start(ctx)
@@ -302,7 +302,7 @@ async def test_a_task_its_runtime_cannot_start_fails_alone_in_a_run_and_a_wave(
             TaskState.COMPLETED,
         ]
         assert done[1].reason == "the runtime cannot start it now"
-        assert done[1].exit_code == alone.exit_code != 0
+        assert done[1].exit_code == alone.exit_code == Unavailable.exit_code
         assert node.controller.free == node.controller.capacity
 
 
@@ -355,13 +355,27 @@ async def test_a_task_whose_end_and_loss_cannot_be_written_is_let_go(
         ids: list[str] = []
 
         async def transition(task_id: str, state: TaskState, *args: Any, **kw: Any) -> Any:
+            await anyio.lowlevel.checkpoint()  # (a waiter gets to wait meanwhile)
             if state in (TaskState.COMPLETED, TaskState.FAILED):
                 raise StorageError("no space left on device")
             return await real(task_id, state, *args, **kw)
 
         store.transition = transition  # type: ignore[method-assign]
-        with anyio.fail_after(30), pytest.raises(StorageError):
-            await node.controller.run(_hello(tmp_path), on_created=_keep(ids))
+        waited: list[Task] = []
+
+        async def waiter(task_id: str) -> None:
+            waited.append(await node.controller.wait(task_id))
+
+        with anyio.fail_after(20):
+            async with anyio.create_task_group() as tg:
+
+                def created(task: Task) -> None:
+                    ids.append(task.id)
+                    tg.start_soon(waiter, task.id)  # (waiting on the run, woken when let go)
+
+                with pytest.raises(StorageError):
+                    await node.controller.run(_hello(tmp_path), on_created=created)
+        assert [t.id for t in waited] == ids
         assert ids and ids[0] not in node.controller.live_ids
         assert node.controller.running_count == 0
         assert node.controller.free == node.controller.capacity

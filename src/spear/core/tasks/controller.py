@@ -22,8 +22,8 @@ from spear.core import retries
 from spear.core.models import Task, TaskState, new_task_id
 from spear.core.tasks import traced
 from spear.core.tasks.admission import Admission
-from spear.core.tasks.running import STOPPED, Run, RunningTasks, outcome_now, outcome_of
-from spear.core.worker import EXIT_CANCELLED, EXIT_LOST, ExecutionControl, NodeServices, Outcome
+from spear.core.tasks.running import Run, RunningTasks, outcome_now, outcome_of
+from spear.core.worker import EXIT_CANCELLED, ExecutionControl, NodeServices, Outcome
 from spear.errors import InvalidArgument, NoSpace, ResourceExhausted, SpearError, StorageError
 
 if TYPE_CHECKING:
@@ -321,10 +321,11 @@ class TaskController:
                         continue
                 final = await self._record_end(task.id, outcome)
                 return final
-        except BaseException:
+        except BaseException as exc:
             if final is None:
+                ended = run.ended or self._running.cut_short(exc)
                 with anyio.CancelScope(shield=True):
-                    final = await self._running.lost(task.id, run.ended)
+                    final = await self._running.lost(task.id, ended)
             raise
         finally:
             if admitted or writers:
@@ -535,22 +536,23 @@ class TaskController:
             finals.extend(finished)
             await self._settle(finished, later=hooks_later)
 
-        async def abort() -> None:  # the wave stopped part way: what is left ends lost
+        async def abort(exc: BaseException) -> None:  # the wave stopped part way by `exc`
             with anyio.CancelScope(shield=True):
                 done = {task.id for task, _ in ends}
+                cut_short = self._running.cut_short(exc)
                 for task_id, task in left.items():
                     if task_id not in done:
                         run = self._running.runs.get(task_id)  # (stopped with the caller)
                         ended = run.ended if run is not None else None
-                        ends.append((task, ended or Outcome(TaskState.FAILED, EXIT_LOST, STOPPED)))
+                        ends.append((task, ended or cut_short))
                 await self._end_wave(list(left.values()), marker, ends, writers)
 
         async def rest(later: list[tuple[Task, Run]]) -> list[Task]:
             try:
                 if later:  # guests on threads, all at once
                     await wait_for(later)
-            except BaseException:
-                await abort()
+            except BaseException as exc:
+                await abort(exc)
                 raise
             finals.extend(
                 await self._end_wave(
@@ -602,8 +604,8 @@ class TaskController:
                     later.append((task, run))
                 else:
                     ends.append((task, outcome))
-        except BaseException:
-            await abort()
+        except BaseException as exc:
+            await abort(exc)
             raise
         if later and detach is not None:
             detach(lambda: rest(later))

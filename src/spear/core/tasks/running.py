@@ -16,7 +16,7 @@ import anyio
 
 from spear.core.models import TaskState
 from spear.core.tasks.hooks import TasksFinished
-from spear.core.worker import EXIT_LOST, Outcome, TaskContext
+from spear.core.worker import EXIT_CANCELLED, EXIT_LOST, Outcome, TaskContext
 from spear.errors import ResourceExhausted, SpearError
 
 if TYPE_CHECKING:
@@ -31,8 +31,8 @@ if TYPE_CHECKING:
 
 STOPPED = "node stopped while the task ran"  # the reason of a task the node left running
 # The reason of a task stopped because the call that ran it was cancelled (its client went
-# away, a forwarding node's connection dropped): see `outcome_of`.
-CALLER_GONE = "its caller went away while it ran"
+# away, a forwarding node's connection dropped): see `outcome_of` and `cut_short`.
+CALLER_GONE = "its caller went away"
 # The reason of a task stopped because its output filled the disk (core/logs.py).
 NO_SPACE = "no space left on device: the task's output filled the disk (its log was released)"
 _UNFINISHED = frozenset({TaskState.PENDING, TaskState.RUNNING})
@@ -194,16 +194,23 @@ class RunningTasks:
         elif tasks:
             self._admission.release_many([task.spec.resources for task in tasks])
 
-    async def lost(self, task_id: str, ended: Outcome | None = None) -> Task:
-        """Record a task the node stopped running FAILED (unless it ended meanwhile), or as
-        its guest `ended` when that is known (it was stopped with its caller)."""
-        outcome = ended or Outcome(TaskState.FAILED, EXIT_LOST, STOPPED)
+    def cut_short(self, exc: BaseException) -> Outcome:
+        """How a run stopped part way by `exc` ends: CANCELLED with its caller when `exc`
+        is a cancel and the node is not stopping (the call running it was cancelled),
+        else FAILED as lost (the node stops, or something broke)."""
+        if isinstance(exc, anyio.get_cancelled_exc_class()) and self.stopping is None:
+            return Outcome(TaskState.CANCELLED, EXIT_CANCELLED, CALLER_GONE)
+        return Outcome(TaskState.FAILED, EXIT_LOST, STOPPED)
+
+    async def lost(self, task_id: str, ended: Outcome) -> Task:
+        """Record how a run stopped part way ended (unless the task ended meanwhile): as
+        its guest ended, when that is known, else as `cut_short` says."""
         return await self._store.transition(
             task_id,
-            outcome.state,
+            ended.state,
             only_from=_UNFINISHED,
-            reason=outcome.reason,
-            exit_code=outcome.exit_code,
+            reason=ended.reason,
+            exit_code=ended.exit_code,
         )
 
     async def settle(self, finals: Sequence[Task]) -> None:
