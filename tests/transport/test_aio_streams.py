@@ -4,6 +4,7 @@ that records what it saw, and a node's own server)."""
 
 from __future__ import annotations
 
+import contextlib
 from typing import TYPE_CHECKING, Any
 
 import anyio
@@ -85,47 +86,47 @@ async def test_a_stream_carries_the_credentials_and_trace_and_leaving_it_cancels
         await server.stop(None)
 
 
-async def test_a_call_past_its_deadline_is_deadline_exceeded_and_the_node_serves_on(
-    tmp_path: Path,
-) -> None:
+@contextlib.asynccontextmanager
+async def _served(tmp_path: Path) -> AsyncIterator[tuple[spear.LocalNode, str, str]]:
+    """A LocalNode served on loopback: (the node, its address, its owner's token)."""
     async with spear.LocalNode(tmp_path / "home") as node:
         server = await serve_spearlet(node, "127.0.0.1:0")
         try:
             assert server.address is not None
-            owner = read_owner_token(tmp_path / "home")
-            slow = FunctionSpec(str(ticker(tmp_path, 200, 50)))  # ~10 s
-            async with Client(server.address, token=owner, timeout=0.5) as hurried:
-                with pytest.raises(spear.DeadlineExceeded, match="in time"):
-                    await hurried.run(slow)
-            async with Client(server.address, token=owner) as client:
-                assert (await client.node_info()).name
-                running = await client.tasks()
-                for task in running:  # (the task itself was not the call's to stop)
-                    await client.cancel(task.id)
+            yield node, server.address, read_owner_token(tmp_path / "home")
         finally:
             await server.close()
+
+
+async def test_a_call_past_its_deadline_is_deadline_exceeded_and_the_node_serves_on(
+    tmp_path: Path,
+) -> None:
+    async with _served(tmp_path) as (_, address, owner):
+        slow = FunctionSpec(str(ticker(tmp_path, 200, 50)))  # ~10 s
+        async with Client(address, token=owner, timeout=0.5) as hurried:
+            with pytest.raises(spear.DeadlineExceeded, match="in time"):
+                await hurried.run(slow)
+        async with Client(address, token=owner) as client:
+            assert (await client.node_info()).name
+            running = await client.tasks()
+            for task in running:  # (the task itself was not the call's to stop)
+                await client.cancel(task.id)
 
 
 async def test_a_call_whose_client_goes_away_stops_its_task(tmp_path: Path) -> None:
     """RunTask/CallTask (client.call) own their task: past the client's deadline grpc.aio
     cancels the handler, and the guest is stopped and recorded so, not left running on
     a freed room. (client.run submits with a key: that task runs on, as above.)"""
-    async with spear.LocalNode(tmp_path / "home") as node:
-        server = await serve_spearlet(node, "127.0.0.1:0")
-        try:
-            assert server.address is not None
-            owner = read_owner_token(tmp_path / "home")
-            slow = FunctionSpec(str(ticker(tmp_path, 200, 50)))  # ~10 s
-            async with Client(server.address, token=owner, timeout=1) as hurried:
-                with pytest.raises(spear.DeadlineExceeded):
-                    await hurried.call(slow)
-            with anyio.fail_after(8):  # (well before the guest's 10 s)
-                while not (tasks := await node.tasks()) or tasks[0].state.value == "RUNNING":
-                    await anyio.sleep(0.02)
-            (task,) = tasks
-            assert (task.state.value, task.exit_code) == ("CANCELLED", 130)
-            assert task.reason == CALLER_GONE
-            assert node.controller.free == node.controller.capacity
-            assert (await node.logs_of(task.id)).startswith(b"tick\n")  # it did run
-        finally:
-            await server.close()
+    async with _served(tmp_path) as (node, address, owner):
+        slow = FunctionSpec(str(ticker(tmp_path, 200, 50)))  # ~10 s
+        async with Client(address, token=owner, timeout=1) as hurried:
+            with pytest.raises(spear.DeadlineExceeded):
+                await hurried.call(slow)
+        with anyio.fail_after(8):  # (well before the guest's 10 s)
+            while not (tasks := await node.tasks()) or tasks[0].state.value == "RUNNING":
+                await anyio.sleep(0.02)
+        (task,) = tasks
+        assert (task.state.value, task.exit_code) == ("CANCELLED", 130)
+        assert task.reason == CALLER_GONE
+        assert node.controller.free == node.controller.capacity
+        assert (await node.logs_of(task.id)).startswith(b"tick\n")  # it did run
