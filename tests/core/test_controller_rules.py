@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 import anyio
 import pytest
 import wasmtime
+from conftest import build_wat
 from wat_tasks import exits, hello
 
 from spear import FunctionSpec, LocalNode, Resources, Runtime, TaskState
@@ -34,6 +35,16 @@ def _junk(tmp_path: Path) -> str:
     path = tmp_path / "junk.wasm"
     path.write_bytes(b"not wasm")
     return str(path)
+
+
+SLEEP_50MS = """(module
+  (import "wasi_snapshot_preview1" "poll_oneoff"
+    (func $poll (param i32 i32 i32 i32) (result i32)))
+  (memory (export "memory") 1)
+  (func (export "_start")
+    (i32.store8 (i32.const 8) (i32.const 0))
+    (i64.store (i32.const 24) (i64.const 50000000))
+    (drop (call $poll (i32.const 0) (i32.const 64) (i32.const 1) (i32.const 128)))))"""
 
 
 def _loop(tmp_path: Path) -> str:
@@ -166,6 +177,13 @@ async def test_a_wave_task_past_its_timeout_fails_as_a_single_one_does(tmp_path:
             single.exit_code,
             single.reason,
         )
+        # The deadline counts from the start: a guest ends well before its timeout.
+        sleeper = build_wat(SLEEP_50MS, tmp_path, "sleep50")
+        in_time = FunctionSpec(str(sleeper), timeout_s=30)
+        with anyio.fail_after(30):
+            assert (await node.controller.run(in_time)).state is TaskState.COMPLETED
+            (waved,) = await node.controller.run_many([in_time])
+        assert waved.state is TaskState.COMPLETED
 
 
 async def test_a_running_wave_task_can_be_cancelled(tmp_path: Path) -> None:
