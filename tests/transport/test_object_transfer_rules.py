@@ -793,6 +793,45 @@ def test_without_tls_there_is_nothing_to_seal_with(tmp_path: Path) -> None:
     anyio.run(main)
 
 
+@pytest.mark.parametrize("answer", ["sealed with no key", "closed"])
+def test_a_node_that_answers_a_seal_wrongly_is_a_broken_transfer(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, answer: str
+) -> None:
+    """A node that says yes with no proper key, or closes the connection: the client says
+    the transfer broke (one clean error), never sends a request in the clear, and keeps
+    no socket open."""
+    pki = _pki(tmp_path / "pki")
+    made: list[Any] = []
+
+    class Recorded(object_transfer._Connection):
+        def __init__(self, *args: Any, **kw: Any) -> None:
+            super().__init__(*args, **kw)
+            made.append(self)
+
+    monkeypatch.setattr(object_transfer, "_Connection", Recorded)
+
+    def script(number: int, conn: ScriptedNode.Conn) -> None:
+        request = conn.request()
+        assert request is not None and request["op"] == "seal"
+        if answer == "sealed with no key":
+            conn.answer({"ok": True, "key": "zz" * 32})
+
+    async def main() -> None:
+        with _scripted(script, connections=1, tls_dir=pki.server) as peer:
+            client = ObjectTransferClient(Credentials(tls=TlsFiles(pki.member)))
+            try:
+                with pytest.raises(TransferBroken) as info:
+                    await client.get(peer.address, "k")
+            finally:
+                await client.aclose()
+            assert made and all(conn.sock.fileno() == -1 for conn in made)  # (closed)
+            if answer == "sealed with no key":
+                assert str(info.value).endswith("the node sealed the connection with no key")
+            assert [[r["op"] for r in asked] for asked in peer.asked] == [["seal"]]
+
+    anyio.run(main)
+
+
 def test_a_sealed_put_altered_on_the_wire_stores_nothing(tmp_path: Path) -> None:
     async def main() -> None:
         async with _serving(tmp_path) as node:

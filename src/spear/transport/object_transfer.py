@@ -537,12 +537,14 @@ class ObjectTransferClient:
                 return conn, True
             conn.close()
         host, port = parse_listen(address)
+        sock: socket.socket | None = None
+        made: _Connection | None = None
         try:
             sock = socket.create_connection((host, port), timeout=_TIMEOUT_S)
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             if self._ssl is not None:
                 sock = self._ssl.wrap_socket(sock, server_hostname=host)
-            conn = _Connection(sock, tls=self._ssl is not None)
+            conn = made = _Connection(sock, tls=self._ssl is not None)
             if self._plain and conn.tls:
                 conn.send_line({"op": "plain"})
                 answer = conn.read_line()
@@ -551,6 +553,10 @@ class ObjectTransferClient:
             elif self.seal and conn.tls:
                 conn = _sealed(conn)
         except (OSError, ValueError) as exc:
+            if made is not None:  # (a seal or plain that failed: nothing kept open)
+                made.close()
+            elif sock is not None:  # (a handshake that failed)
+                sock.close()
             raise TransferBroken(
                 f"cannot reach the object transfer service at {address}: {exc}"
             ) from None
