@@ -14,8 +14,7 @@ from typing import TYPE_CHECKING
 import anyio
 import pytest
 import wasmtime
-from conftest import build_wat
-from wat_tasks import exits, hello
+from wat_tasks import exits, hello, ticker
 
 from spear import FunctionSpec, LocalNode, Resources, Runtime, TaskState
 from spear.core.models import Task, new_task_id
@@ -35,16 +34,6 @@ def _junk(tmp_path: Path) -> str:
     path = tmp_path / "junk.wasm"
     path.write_bytes(b"not wasm")
     return str(path)
-
-
-SLEEP_50MS = """(module
-  (import "wasi_snapshot_preview1" "poll_oneoff"
-    (func $poll (param i32 i32 i32 i32) (result i32)))
-  (memory (export "memory") 1)
-  (func (export "_start")
-    (i32.store8 (i32.const 8) (i32.const 0))
-    (i64.store (i32.const 24) (i64.const 50000000))
-    (drop (call $poll (i32.const 0) (i32.const 64) (i32.const 1) (i32.const 128)))))"""
 
 
 def _loop(tmp_path: Path) -> str:
@@ -178,8 +167,7 @@ async def test_a_wave_task_past_its_timeout_fails_as_a_single_one_does(tmp_path:
             single.reason,
         )
         # The deadline counts from the start: a guest ends well before its timeout.
-        sleeper = build_wat(SLEEP_50MS, tmp_path, "sleep50")
-        in_time = FunctionSpec(str(sleeper), timeout_s=30)
+        in_time = FunctionSpec(str(ticker(tmp_path, 1, 50)), timeout_s=30)  # (a 50 ms nap)
         with anyio.fail_after(30):
             assert (await node.controller.run(in_time)).state is TaskState.COMPLETED
             (waved,) = await node.controller.run_many([in_time])
