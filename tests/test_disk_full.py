@@ -8,10 +8,14 @@ import os
 import shutil
 from typing import TYPE_CHECKING
 
+import anyio
 import pytest
 from conftest import Cli, build_wat, one_error_line
 from small_disk import fill, small_disk
 from wat_tasks import hello
+
+from spear import FunctionSpec, LocalNode, TaskState
+from spear.core.tasks.running import NO_SPACE
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -51,6 +55,19 @@ def test_a_flooding_guest_fails_and_the_node_goes_on(disk: Path, tmp_path: Path)
     assert task["reason"].startswith("no space left on device")
     again = cli("run", str(hello(tmp_path)))
     assert again.returncode == 0 and again.stdout == b"hello\n"
+
+
+async def test_in_process_a_flooding_guest_is_stopped_and_fails_as_the_disk_filled(
+    disk: Path, tmp_path: Path
+) -> None:
+    """The same through `node.run` in this process: stopped when its log meets the full
+    disk (not run on to its end), FAILED with exit 71 and the reason."""
+    flood = FunctionSpec(str(build_wat(FLOOD, tmp_path, "flood")))
+    async with LocalNode(disk / "home") as node:
+        with anyio.fail_after(120):
+            task = await node.controller.run(flood)
+        assert (task.state, task.exit_code, task.reason) == (TaskState.FAILED, 71, NO_SPACE)
+        assert node.controller.free == node.controller.capacity
 
 
 def test_on_a_disk_filled_by_others_reads_work_and_writes_say_so(
