@@ -63,9 +63,7 @@ _SEAL = [True]  # whether they seal an encrypted connection (see --tls-records)
 def _transfer_client(credentials: Any) -> Any:
     from spear.transport.object_transfer import ObjectTransferClient
 
-    client = ObjectTransferClient(credentials, encrypt=_ENCRYPT[0])
-    client.seal = _SEAL[0]
-    return client
+    return ObjectTransferClient(credentials, encrypt=_ENCRYPT[0], seal=_SEAL[0])
 
 
 def counts(quick: bool) -> dict[str, int]:

@@ -62,9 +62,8 @@ def _client(tls_dir: Path, arm: str) -> Any:
     from spear.transport.object_transfer import ObjectTransferClient
     from spear.transport.tls import TlsFiles
 
-    client = ObjectTransferClient(Credentials(tls=TlsFiles(tls_dir)), encrypt=arm != "clear")
-    client.seal = arm == "sealed"
-    return client
+    credentials = Credentials(tls=TlsFiles(tls_dir))
+    return ObjectTransferClient(credentials, encrypt=arm != "clear", seal=arm == "sealed")
 
 
 async def _round(address: str, tls_dir: Path, scratch: Path, arm: str) -> dict[str, float]:

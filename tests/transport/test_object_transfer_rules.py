@@ -207,6 +207,7 @@ class Node:
         namespace: str | None = None,
         member: bool = False,
         encrypt: bool = True,
+        seal: bool = True,
         tls_dir: Path | None = None,
     ) -> ObjectTransferClient:
         """A client of the node (closed with it): a user's (the CA only, if TLS), or a
@@ -215,7 +216,7 @@ class Node:
             tls_dir = self.pki.member if member else self.pki.user
         files = TlsFiles(tls_dir) if tls_dir is not None else None
         credentials = Credentials(token=token, tls=files, namespace=namespace)
-        client = ObjectTransferClient(credentials, encrypt=encrypt)
+        client = ObjectTransferClient(credentials, encrypt=encrypt, seal=seal)
         self.clients.append(client)
         return client
 
@@ -864,8 +865,7 @@ def test_either_side_can_keep_tls_records(tmp_path: Path, side: str) -> None:
 
     async def main() -> None:
         async with _serving(tmp_path, allow_seal=side == "client") as node:
-            client = node.client(member=True)
-            client.seal = side == "node"
+            client = node.client(member=True, seal=side == "node")
             big = _value(CHUNK + 3)
             version = await client.put(node.address, "big", big)
             assert await client.get(node.address, "big") == (bytearray(big), version)

@@ -379,8 +379,7 @@ async def sharing_objects(
     server = ObjectTransferServer(
         store, security, allow_plain=not encrypt, allow_seal=seal, admit_put=admit
     )
-    transfer = ObjectTransferClient(credentials, encrypt=encrypt)
-    transfer.seal = seal
+    transfer = ObjectTransferClient(credentials, encrypt=encrypt, seal=seal)
     address = await server.start(format_address(host, 0))
     authority = ClusterObjects(sms, node, address, transfer)
     if replicas > 1:

@@ -387,10 +387,7 @@ class ObjectTransferServer:
             return conn
         conn.send_line({"ok": True})
         plain = _Connection(conn.sock.unwrap(), tls=False, peer=conn.peer)  # type: ignore[union-attr]
-        with self._lock:
-            self._open.discard(conn)
-            self._open.add(plain)
-        return plain
+        return self._became(conn, plain)
 
     def _seal(self, conn: _Connection, request: dict[str, Any]) -> _Connection:
         """The rest of the connection sealed (transport/sealed.py): the client's key for
@@ -403,11 +400,14 @@ class ObjectTransferServer:
         conn.send_line({"ok": True, "key": ours.hex()})
         raw = conn.sock.unwrap()  # type: ignore[union-attr]  # (in TLS: an SSLSocket)
         sealed = SealedSocket(raw, send_key=ours, receive_key=theirs)
-        sealed_conn = _Connection(sealed, tls=True, peer=conn.peer, sealed=True)
+        return self._became(conn, _Connection(sealed, tls=True, peer=conn.peer, sealed=True))
+
+    def _became(self, conn: _Connection, new: _Connection) -> _Connection:
+        """`new`, the connection `conn` became (out of TLS), served and closed in its place."""
         with self._lock:
             self._open.discard(conn)
-            self._open.add(sealed_conn)
-        return sealed_conn
+            self._open.add(new)
+        return new
 
     def _exchange(self, request: dict[str, Any], conn: _Connection) -> None:
         op, key, info = request["op"], request["key"], request.get("info") is True
@@ -510,15 +510,18 @@ class ObjectTransferServer:
 class ObjectTransferClient:
     """Gets and puts objects at nodes' transfer services, reusing idle connections."""
 
-    def __init__(self, credentials: Credentials, *, encrypt: bool = True) -> None:
+    def __init__(
+        self, credentials: Credentials, *, encrypt: bool = True, seal: bool = True
+    ) -> None:
         """`encrypt` false: a member (presenting its certificate) asks nodes for the bytes
         in the clear after the handshake; nodes that do not allow it keep TLS. Otherwise,
         over TLS, the connection is sealed after the handshake (transport/sealed.py), or
-        stays in TLS with a node that does not seal."""
+        stays in TLS with a node that does not seal; `seal` false never asks
+        (object_transfer_seal)."""
         self._credentials = credentials
         self._plain = not encrypt and credentials.tls is not None and credentials.tls.present
         self._ssl: ssl.SSLContext | None = credentials.ssl_context()
-        self.seal = True  # (False: bytes in TLS records, as before sealing: benchmarks)
+        self._seal = seal
         if self._ssl is not None:
             self._ssl.set_alpn_protocols(_ALPN)
         self._idle: dict[str, list[_Connection]] = {}
@@ -550,7 +553,7 @@ class ObjectTransferClient:
                 answer = conn.read_line()
                 if answer is not None and answer.get("ok"):
                     conn = _Connection(sock.unwrap(), tls=False)  # type: ignore[attr-defined]
-            elif self.seal and conn.tls:
+            elif self._seal and conn.tls:
                 conn = _sealed(conn)
         except (OSError, ValueError) as exc:
             if made is not None:  # (a seal or plain that failed: nothing kept open)
@@ -737,10 +740,10 @@ def _sealed(conn: _Connection) -> _Connection:
     ours = new_key()
     conn.send_line({"op": "seal", "key": ours.hex()})
     answer = conn.read_line()
-    theirs = _key(answer.get("key")) if answer is not None and answer.get("ok") else None
-    if answer is not None and answer.get("ok") and theirs is None:
-        raise ConnectionError("the node sealed the connection with no key")
-    if theirs is None:
+    if answer is None or not answer.get("ok"):
         return conn
+    theirs = _key(answer.get("key"))
+    if theirs is None:
+        raise ConnectionError("the node sealed the connection with no key")
     raw = conn.sock.unwrap()  # type: ignore[union-attr]  # (in TLS: an SSLSocket)
     return _Connection(SealedSocket(raw, send_key=ours, receive_key=theirs), tls=True, sealed=True)
