@@ -198,3 +198,63 @@ def test_a_child_has_nothing_left_to_import(data_dir: Path, hello_wasm: Path) ->
     )
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.decode().splitlines()[-1] == "[]"
+
+
+def test_a_data_dir_after_the_module_is_the_agents_not_the_runners(
+    data_dir: Path, runner: subprocess.Popen[bytes], tmp_path: Path, hello_wasm: Path
+) -> None:
+    # A runner serves `data_dir`; a command in another data dir that passes
+    # `--data-dir <data_dir>` to its agent is not the runner's to run.
+    elsewhere = Cli(tmp_path / "elsewhere", SPEAR_RUNNER="require")
+    given = ("run", str(hello_wasm), "--data-dir", str(data_dir))
+    refused = elsewhere(*given)
+    assert refused.returncode == 69, refused.stderr
+    assert b"no warm runner" in refused.stderr
+    # Before the module, it is spear's: the runner runs it.
+    proc = elsewhere("run", "--data-dir", str(data_dir), str(hello_wasm), "there")
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout == b"Hello, there!\n"
+
+
+@pytest.mark.parametrize(
+    ("argv", "found"),
+    [
+        (["run", "--data-dir", "/a", "m.wasm"], "/a"),
+        (["run", "--data-dir=/a", "m.wasm", "--data-dir", "/b"], "/a"),
+        (["run", "m.wasm", "--data-dir", "/b"], None),
+        (["run", "--warm", "m.wasm", "--data-dir", "/b"], None),
+        (["run", "--timeout", "5", "--json", "--data-dir", "/a", "m.wasm"], "/a"),
+        (["run", "-e", "K=V", "--data-dir", "/a", "m.wasm"], "/a"),
+        (["run", "--", "--data-dir", "/b"], None),
+        (["submit", "--wait", "--data-dir", "/a", "m.wasm", "--data-dir", "/b"], "/a"),
+        (["tasks", "--json", "--data-dir", "/a"], "/a"),
+        (["tasks", "--", "--data-dir", "/a"], None),
+        (["run", "--data-dir"], None),
+    ],
+)
+def test_the_runner_reads_only_spears_own_options(argv: list[str], found: str | None) -> None:
+    from spear.cli import _runner_client
+
+    assert _runner_client.option(argv, "--data-dir") == found
+
+
+def test_the_runners_flags_are_the_commands_own() -> None:
+    import click
+    import typer.main
+
+    from spear.cli import _runner_client
+    from spear.cli.app import app
+
+    group = typer.main.get_command(app)
+    context = click.Context(group)
+    assert isinstance(group, click.Group)
+    for name, flags in _runner_client.PASS_THROUGH_FLAGS.items():
+        command = group.get_command(context, name)
+        assert command is not None
+        own = {
+            opt
+            for p in command.params
+            if isinstance(p, click.Option) and (p.is_flag or p.count)
+            for opt in (*p.opts, *p.secondary_opts)
+        }
+        assert own == flags, name

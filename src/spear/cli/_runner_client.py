@@ -37,13 +37,36 @@ def mode() -> str:
         return "off"  # the settings report the bad value, in the slow path
 
 
+# `run` and `submit` pass what follows their module to the agent: spear's own options are
+# those before it. Their options that take no value (a test keeps this the commands' own).
+PASS_THROUGH_FLAGS = {
+    "run": frozenset({"--json", "--reuse", "--stream", "--warm"}),
+    "submit": frozenset({"--json", "--reuse", "--wait", "--warm"}),
+}
+
+
+def options_of(argv: list[str]) -> list[str]:
+    """The command's own options in `argv` (the command's name first): for `run` and
+    `submit`, what comes before the module (the agent's arguments follow it); for the
+    others, what comes before a `--`."""
+    flags = PASS_THROUGH_FLAGS.get(argv[0]) if argv else None
+    if flags is None:
+        return argv[: argv.index("--")] if "--" in argv else argv
+    i = 1
+    while i < len(argv):
+        arg = argv[i]
+        if arg == "--" or not arg.startswith("-") or arg == "-":
+            break  # the module (or the end of spear's options)
+        i += 1 if arg in flags or "=" in arg else 2  # (an option and its value)
+    return argv[:i]
+
+
 def option(argv: list[str], name: str) -> str | None:
-    """The value of `--name X` / `--name=X` among the options (before a `--`)."""
-    for i, arg in enumerate(argv):
-        if arg == "--":
-            return None
-        if arg == name and i + 1 < len(argv):
-            return argv[i + 1]
+    """The value of `--name X` / `--name=X` among the command's own options."""
+    own = options_of(argv)
+    for i, arg in enumerate(own):
+        if arg == name and i + 1 < len(own):
+            return own[i + 1]
         if arg.startswith(name + "="):
             return arg[len(name) + 1 :]
     return None
