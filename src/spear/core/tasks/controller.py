@@ -336,7 +336,7 @@ class TaskController:
                 await self._settle([final], later=hooks_later)
 
     async def _settle(self, finals: list[Task], *, later: bool = False) -> None:
-        """The tasks' ends known: waiters woken, finished hooks called; `later`: the
+        """The tasks' ends known: finished hooks called, waiters woken; `later`: the
         hooks in the node's task group, this returning at once (while under the bound)."""
         if later and self._task_group is not None and self._hooks_later < _HOOKS_LATER_MAX:
             self._hooks_later += 1

@@ -29,7 +29,8 @@ class FinishedHook(Protocol):
 
     Hooks run one after another in the order they were added (the object store's first,
     so a task's result is stored before anything else hears it ended), each awaited, and
-    are not cancelled by the cancellation of the task that ended. Any async callable
+    are not cancelled by the cancellation of the task that ended. The task's waiters
+    (`wait`) are woken once all have run. Any async callable
     taking a `TasksFinished` is one.
     """
 

@@ -1,7 +1,7 @@
 """What every task goes through once admitted, one at a time (`TaskController.execute`)
 or in a wave (`run_many`): started in its runtime with its deadline and log writer, its
-outcome (a SpearError is a FAILED one), its resources and writer released, then its
-waiters woken and the finished hooks told. And what `cancel` and `wait` find meanwhile.
+outcome (a SpearError is a FAILED one), its resources and writer released, then the
+finished hooks told and its waiters woken. And what `cancel` and `wait` find meanwhile.
 """
 
 from __future__ import annotations
@@ -117,6 +117,7 @@ class RunningTasks:
         services: NodeServices,
     ) -> None:
         self.runs: dict[str, Run] = {}
+        self.settling: dict[str, Run] = {}  # ended, their finished hooks running (`settle`)
         self._store = store
         self._agents = agents
         self._logs = logs
@@ -214,18 +215,29 @@ class RunningTasks:
         )
 
     async def settle(self, finals: Sequence[Task]) -> None:
-        """Tasks whose ends are recorded: their waiters woken, then the finished hooks
-        called, one after another in the order they were added."""
-        runs = self.runs
+        """Tasks whose ends are recorded: the finished hooks called, one after another in
+        the order they were added, then their waiters woken (so a waiter finds what the
+        hooks keep, such as the task's result object).
+
+        While the hooks run, the tasks are no longer running (a cancel finds nothing to
+        stop, and a hook may cancel another task of the same wave) but a waiter still
+        waits (`wait` finds them in `settling`)."""
+        runs, settling = self.runs, self.settling
         for final in finals:
             run = runs.pop(final.id, None)
             if run is not None:
                 run.final = final
-                run.done.set()
-        if self._hooks:
-            finished = TasksFinished(tasks=finals)
-            for hook in self._hooks:
-                await hook(finished)
+                settling[final.id] = run
+        try:
+            if self._hooks:
+                finished = TasksFinished(tasks=finals)
+                for hook in self._hooks:
+                    await hook(finished)
+        finally:  # (a hook that failed leaves nobody waiting)
+            for final in finals:
+                run = settling.pop(final.id, None)
+                if run is not None:
+                    run.done.set()
 
     def forget(self, task_id: str) -> None:
         """A run that ended with no record of its end (the store failed): waiters woken."""
@@ -248,7 +260,7 @@ class RunningTasks:
 
     async def wait(self, task_id: str) -> Run | None:
         """The task's run once it ended; None if it does not run here."""
-        run = self.runs.get(task_id)
+        run = self.runs.get(task_id) or self.settling.get(task_id)
         if run is not None:
             await run.done.wait()
         return run
