@@ -176,9 +176,13 @@ def test_sms_restart_loses_no_node_or_task(make_cluster: Any, loop_wasm: Path, e
     assert_eventually(lambda: sms_state(sms, task_id) is TaskState.CANCELLED)
 
 
-def test_spearlets_register_again_with_an_sms_that_forgot_them(make_cluster: Any) -> None:
+def test_spearlets_register_again_with_an_sms_that_forgot_them(
+    make_cluster: Any, hello_wasm: Path
+) -> None:
     cluster = make_cluster(nodes=2)
     sms = cluster.sms.address
+    finished = _submit(cluster.member("node-1").address, hello_wasm)
+    assert_eventually(lambda: sms_state(sms, finished) is TaskState.COMPLETED)
     before = nodes_json(sms)
     cluster.stop_member(cluster.sms)
     cluster.sms.data_dir = cluster.base / "sms-fresh"  # an empty store, same address
@@ -188,3 +192,5 @@ def test_spearlets_register_again_with_an_sms_that_forgot_them(make_cluster: Any
         assert after[name]["health"] == "healthy"
         assert after[name]["incarnation"] == before[name]["incarnation"]
         assert after[name]["registered_at"] > before[name]["registered_at"]
+    # The finished task too: the node sent every task it keeps to an SMS that had none.
+    assert_eventually(lambda: sms_state(sms, finished) is TaskState.COMPLETED, timeout=10)

@@ -41,14 +41,15 @@ async def test_register_heartbeat_reregister_leave(tmp_path: Path) -> None:
     sms = MetadataServer(kv, TIMINGS)
     load = [1000, 0]
     nc = controller(sms, load)
-    resynced: list[int] = []
+    resynced: list[tuple[int, bool]] = []
 
-    async def resync() -> None:
-        resynced.append(nc.registrations)
+    async def resync(known: bool) -> None:
+        resynced.append((nc.registrations, known))
 
     nc.on_registered = resync
     await nc.beat()
-    assert nc.state is Membership.MEMBER and nc.registrations == 1 and resynced == [1]
+    assert nc.state is Membership.MEMBER and nc.registrations == 1
+    assert resynced == [(1, False)]  # (new to this SMS)
     rec = await sms.node("n1")
     assert rec.incarnation == nc.incarnation and rec.labels == (("zone", "a"),)
     load[:] = [300, 2]
@@ -58,7 +59,12 @@ async def test_register_heartbeat_reregister_leave(tmp_path: Path) -> None:
     await kv.delete("nodes/n1")  # the SMS forgot the node (a restart on an empty store)
     sms.take_over()  # (and a restarted SMS holds no lease in memory: core/liveness.py)
     await nc.beat()
-    assert nc.registrations == 2 and resynced == [1, 2]
+    assert nc.registrations == 2 and resynced == [(1, False), (2, False)]
+    # Declared dead, say (the SMS kept its record, of the old incarnation): it knew it.
+    nc.incarnation = "another"
+    await nc.beat()  # (a heartbeat of an incarnation the SMS does not know)
+    await nc.beat()
+    assert nc.registrations == 3 and resynced[-1] == (3, True)
     assert (await sms.node("n1")).health is NodeHealth.HEALTHY
     assert await nc.leave() is True
     assert (await sms.node("n1")).health is NodeHealth.LEFT

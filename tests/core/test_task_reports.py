@@ -167,7 +167,7 @@ async def test_a_change_made_while_its_report_is_on_the_way_is_reported_after_it
             tg.cancel_scope.cancel()
 
 
-async def test_a_resync_offers_every_unfinished_task_and_no_finished_one(
+async def test_a_resync_offers_every_unfinished_task_and_no_finished_one_unless_forgotten(
     tmp_path: Path,
 ) -> None:
     async with LevelDBKV.open(str(tmp_path / "node.ldb")) as node_kv:
@@ -182,6 +182,15 @@ async def test_a_resync_offers_every_unfinished_task_and_no_finished_one(
         await reporter.resync()
         offered = {task_id: task.state for task_id, task in reporter._pending.items()}
         assert offered == {waiting.id: TaskState.PENDING, running.id: TaskState.RUNNING}
+        # An SMS that did not know this node is sent every task, finished ones too (as
+        # the records kept here).
+        await reporter.resync(known=False)
+        records = reporter._decoded(list(reporter._pending.items()))
+        assert {t.id: t.state for t in records} == {
+            waiting.id: TaskState.PENDING,
+            running.id: TaskState.RUNNING,
+            done.id: TaskState.COMPLETED,
+        }
 
 
 async def test_a_lone_unreadable_record_is_dropped_and_said_and_offered_tasks_still_go(

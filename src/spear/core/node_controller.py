@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 import anyio
 
 from spear._logging import logger
-from spear.errors import SpearError
+from spear.errors import NotFound, SpearError
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable
@@ -51,8 +51,10 @@ class NodeController:
         self.state = Membership.JOINING
         self.registrations = 0
         self.heartbeats = 0
-        # Called after every (re-)registration, e.g. to report this node's unfinished tasks.
-        self.on_registered: Callable[[], Awaitable[None]] | None = None
+        # Called after every (re-)registration, e.g. to report this node's tasks again:
+        # with whether the SMS knew this node before (False: it kept nothing of it, say it
+        # restarted on an empty store).
+        self.on_registered: Callable[[bool], Awaitable[None]] | None = None
 
     @property
     def name(self) -> str:
@@ -61,6 +63,7 @@ class NodeController:
     async def _register(self) -> None:
         record = self._describe()
         free, running, queued = self._load()
+        known = await self._known(record.name)
         await self.cluster.register(
             replace(
                 record,
@@ -74,7 +77,15 @@ class NodeController:
         self.state = Membership.MEMBER
         logger.info("registered with the cluster as {} ({})", record.name, self.incarnation)
         if self.on_registered is not None:
-            await self.on_registered()
+            await self.on_registered(known)
+
+    async def _known(self, name: str) -> bool:
+        """Whether the SMS has a record of a node of this name (of any incarnation)."""
+        try:
+            await self.cluster.node(name)
+        except NotFound:
+            return False
+        return True
 
     async def beat(self) -> None:
         """One period's work: register if needed, else heartbeat. Raises if the SMS is down."""

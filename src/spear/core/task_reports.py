@@ -4,7 +4,8 @@ It follows the node's own KV (`tasks/` entries: every transition is a write ther
 task controller needs no knowledge of the cluster. Reports are sent in order, one task's
 latest state replacing an unsent older one (a report waits 2 ms for them), up to 200 of
 them (of as many tasks) in one call; while the SMS is unreachable they wait, and a
-re-registration re-sends every unfinished task. A record is decoded only when its report
+re-registration re-sends every unfinished task (every task this node keeps, when the SMS
+had no record of the node: it lost its store). A record is decoded only when its report
 is sent: a short task's PENDING and RUNNING records, replaced within the 2 ms, never are
 (decoding every record was ~8% of a member's CPU under batches of short tasks).
 """
@@ -53,8 +54,15 @@ class TaskReporter:
         self._pending[task_id] = change
         self._wake.set()
 
-    async def resync(self) -> None:
-        """Queue every unfinished task of this node (after a (re-)registration)."""
+    async def resync(self, known: bool = True) -> None:
+        """After a (re-)registration: queue every unfinished task of this node, or, when
+        the SMS did not `know` this node (it lost its store), every task this node still
+        keeps, finished ones too. (The SMS ignores a report of a task it has finished.)"""
+        if not known:  # (as records: each decoded when its report goes)
+            for entry in await self._kv.scan(_TASKS):
+                if entry.value:
+                    self._offer(entry.key[len(_TASKS) :], entry.value)
+            return
         for state in (TaskState.PENDING, TaskState.RUNNING):
             for task in await self._store.list_tasks(state):
                 self.offer(task)

@@ -215,9 +215,9 @@ async def sharing_node_objects(
         if authority is not None and store is not None:
             registered = controller.on_registered
 
-            async def on_registered() -> None:
+            async def on_registered(known: bool) -> None:
                 if registered is not None:
-                    await registered()
+                    await registered(known)
                 await announce_held(store, authority)
 
             controller.on_registered = on_registered
