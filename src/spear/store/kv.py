@@ -49,6 +49,22 @@ class WatchEvent:
     version: int
 
 
+class Staged:
+    """Writes `KV.commit_later` staged: readable at once, written with a later write."""
+
+    async def written(self) -> None:
+        """Until they are written (at once, if they still wait); raises what writing them
+        raised."""
+
+    def lost(self) -> bool:
+        """Whether the write that took them failed: they are gone (False while they
+        wait)."""
+        return False
+
+
+WRITTEN = Staged()  # what a store that writes each commit at once returns
+
+
 class KV(AsyncResource):
     """A key-value store with versions, compare-and-swap, ordered scans and watches."""
 
@@ -91,6 +107,16 @@ class KV(AsyncResource):
 
         A store that can write them together overrides this (LevelDB: one batch)."""
         return [await self.commit(writes) for writes in batches]
+
+    async def commit_later(self, writes: Sequence[Write]) -> tuple[int, Staged]:
+        """`commit`, except that it may return before the writes are durable: they are
+        readable here at once and written with the next write, and the `Staged` returned
+        says when (`written`) or whether that failed (`lost`). A store that writes each
+        commit at once (etcd) just commits.
+
+        For a record nobody was told of yet: a called task's start, written with its end
+        when its guest runs in a moment (TaskController.run)."""
+        return await self.commit(writes), WRITTEN
 
     @abc.abstractmethod
     async def scan(

@@ -33,7 +33,7 @@ from spear._logging import logger
 from spear._loopstate import ready_count
 from spear.errors import ResourceExhausted, StorageBusy, StorageError
 from spear.store import diskspace
-from spear.store.kv import KV, Entry, EventKind, WatchEvent, Write
+from spear.store.kv import KV, WRITTEN, Entry, EventKind, Staged, WatchEvent, Write
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Callable, Iterator, Sequence
@@ -404,6 +404,12 @@ class LevelDBKV(KV):
         await self._written()
         return rev
 
+    async def commit_later(self, writes: Sequence[Write]) -> tuple[int, Staged]:
+        # Staged and not waited for: the next writer's batch (or `written`) writes it.
+        rev = (await self._run(lambda db: [self._commit_one(db, writes)]))[0]
+        batch = self._batch
+        return rev, (WRITTEN if batch is None else _StagedBatch(self, batch))
+
     async def commit_many(self, batches: Sequence[Sequence[Write]]) -> list[int]:
         revs = await self._run(lambda db: [self._commit_one(db, w) for w in batches])
         await self._written()  # (held: all staged in one batch, written together)
@@ -474,6 +480,25 @@ class _Batch:
 
     def __init__(self) -> None:
         self.error: BaseException | None = None  # why its write failed
+
+
+class _StagedBatch(Staged):
+    """Writes staged in `batch` of `kv` by `commit_later`."""
+
+    __slots__ = ("_batch", "_kv")
+
+    def __init__(self, kv: LevelDBKV, batch: _Batch) -> None:
+        self._kv = kv
+        self._batch = batch
+
+    async def written(self) -> None:
+        if self._kv._batch is self._batch:
+            await self._kv._written()
+        if self._batch.error is not None:
+            raise self._batch.error
+
+    def lost(self) -> bool:
+        return self._kv._batch is not self._batch and self._batch.error is not None
 
 
 def _offer(queue: asyncio.Queue[WatchEvent], event: WatchEvent) -> None:

@@ -28,6 +28,7 @@ if TYPE_CHECKING:
     from spear.core.tasks.hooks import FinishedHook
     from spear.core.tasks.store import TaskStore
     from spear.core.worker import Execution, ExecutionControl, NodeServices, WorkerAgent
+    from spear.store.kv import Staged
 
 STOPPED = "node stopped while the task ran"  # the reason of a task the node left running
 # The reason of a task stopped because the call that ran it was cancelled (its client went
@@ -103,6 +104,9 @@ class Run:
     ended: Outcome | None = None  # its guest's end, when its waiter was cancelled (outcome_of)
     final: Task | None = None  # once its end is recorded
     waiting: anyio.CancelScope | None = None  # while it waits for room: what cancel ends
+    # Its start's record, staged to be written with its end (TaskController.run) until
+    # the controller knows it kept (`TaskController._start_kept`).
+    staged: Staged | None = None
 
 
 class RunningTasks:

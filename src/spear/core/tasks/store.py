@@ -21,13 +21,13 @@ from spear.core.models import Task, TaskState
 from spear.core.tasks.codec import decode_task, encode_task
 from spear.core.worker import EXIT_LOST
 from spear.errors import InvalidArgument, NotFound
-from spear.store.kv import EventKind, Write
+from spear.store.kv import WRITTEN, EventKind, Write
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 
     from spear.core.worker import Outcome
-    from spear.store.kv import KV
+    from spear.store.kv import KV, Staged
 
 _TASKS = "tasks/"
 _WATCH_RECHECK_S = 1.0  # a watcher re-reads the record when no change came for this long
@@ -80,16 +80,22 @@ class TaskStore:
             self._written.clear()
         self._written[task.id] = (version, task)
 
-    async def create(self, task: Task, *, fresh: bool = False) -> None:
+    async def create(self, task: Task, *, fresh: bool = False, later: bool = False) -> Staged:
         """Record a new task and mark it unfinished, in one atomic write. Raises if its id
         exists already, unless `fresh`: the id is a new one made here (`new_task_id`, see
-        `create_wave`), written without reading it back first."""
-        version = await self._kv.commit(_creation(task, fresh))
+        `create_wave`), written without reading it back first. A `fresh` one may be
+        written `later`, with the next write (`KV.commit_later`): what is returned says
+        when."""
+        if later and fresh:
+            version, staged = await self._kv.commit_later(_creation(task, fresh))
+        else:
+            version, staged = await self._kv.commit(_creation(task, fresh)), WRITTEN
         if version < 0 and task.attempts:
             version = await self._over_earlier_attempt(task)
         if version < 0:
             raise InvalidArgument(f"task {task.id} exists already")
         self._remember(task, version)
+        return staged
 
     async def _over_earlier_attempt(self, task: Task) -> int:
         """`create` of a retried task over this node's finished record of an earlier
