@@ -101,6 +101,7 @@ TARGETS = (
             _T + "store/test_leveldb.py",
             _T + "store/test_leveldb_rules.py",
             _T + "store/test_kv_mutants.py",
+            _T + "core/test_staged_start.py",
         ),
     ),
     Target(
@@ -148,6 +149,7 @@ TARGETS = (
             _T + "core/test_task_store.py",
             _T + "core/test_task_codec.py",
             _T + "core/test_run_many.py",
+            _T + "core/test_staged_start.py",
         ),
     ),
     Target(
@@ -186,6 +188,7 @@ TARGETS = (
             _T + "core/test_finished_hooks.py",
             _T + "core/test_retries.py",
             _T + "core/test_controller_full_disk.py",
+            _T + "core/test_staged_start.py",
         ),
     ),
     Target(
