@@ -16,19 +16,16 @@ Ray round next to it; the results file keeps every round and the medians.
 
 from __future__ import annotations
 
-import json
-import os
 import statistics
 import sys
 import tempfile
-import time
 from pathlib import Path
 from typing import Any
 
 import anyio
 
 from benchmarks import grpc_bench, ray_bench
-from benchmarks.common import ROOT, TRIVIAL_WAT, machine
+from benchmarks.common import ROOT, TRIVIAL_WAT, write_rounds
 
 RESULT_FILE = ROOT / "benchmarks" / "results" / "clients_vs_ray.json"
 CLIENTS = 16
@@ -101,11 +98,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", type=Path, default=RESULT_FILE)
     args = p.parse_args(argv)
     result = run(args.rounds, args.calls, args.tasks)
-    result["measured_at"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-    result["load_average"] = os.getloadavg()
-    result["machine"] = machine()
-    args.out.write_text(json.dumps(result, indent=2) + "\n")
-    print(json.dumps(result["medians"], indent=2))
+    write_rounds(result, args.out)
     return 0
 
 

@@ -178,6 +178,16 @@ def standalone(
     return result
 
 
+def write_rounds(result: dict[str, Any], out: Path) -> None:
+    """A rounds benchmark's `result` (with its "medians") written to `out` with when,
+    how busy and on what it was measured; its medians printed."""
+    result["measured_at"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    result["load_average"] = os.getloadavg()
+    result["machine"] = machine()
+    out.write_text(json.dumps(result, indent=2) + "\n")
+    print(json.dumps(result["medians"], indent=2))
+
+
 def build_c(source: Path, out: Path) -> Path:
     """A C agent built to wasm32-wasi with clang, against the spear SDK header; raises
     RuntimeError (one line) if clang is missing or the build fails."""

@@ -30,7 +30,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from benchmarks.common import ROOT, TRIVIAL_WAT, machine
+from benchmarks.common import ROOT, TRIVIAL_WAT, write_rounds
 from benchmarks.versions import measure_in
 
 if TYPE_CHECKING:
@@ -226,11 +226,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", type=Path, default=RESULT_FILE)
     args = p.parse_args(argv)
     result = run(args.rounds, args.seconds)
-    result["measured_at"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-    result["load_average"] = os.getloadavg()
-    result["machine"] = machine()
-    args.out.write_text(json.dumps(result, indent=2) + "\n")
-    print(json.dumps(result["medians"], indent=2))
+    write_rounds(result, args.out)
     return 0
 
 

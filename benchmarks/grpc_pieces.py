@@ -25,7 +25,7 @@ import sys
 import time
 from typing import Any
 
-from benchmarks.common import ROOT, machine
+from benchmarks.common import ROOT, write_rounds
 from benchmarks.grpc_floor import _bare_load
 
 RESULT_FILE = ROOT / "benchmarks" / "results" / "grpc_pieces.json"
@@ -159,11 +159,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seconds", type=float, default=4.0)
     args = p.parse_args(argv)
     result = run(args.rounds, args.seconds)
-    result["measured_at"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-    result["load_average"] = os.getloadavg()
-    result["machine"] = machine()
-    RESULT_FILE.write_text(json.dumps(result, indent=2) + "\n")
-    print(json.dumps(result["medians"], indent=2))
+    write_rounds(result, RESULT_FILE)
     return 0
 
 

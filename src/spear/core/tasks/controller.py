@@ -37,7 +37,6 @@ if TYPE_CHECKING:
     from spear.core.tasks.hooks import FinishedHook
     from spear.core.tasks.store import TaskStore
     from spear.core.worker import WorkerAgent
-    from spear.store.kv import Staged
 
 
 _CANCEL_POLL_S = 0.05  # how soon a cancel ends a retry's back-off
@@ -122,6 +121,7 @@ class TaskController:
         task_id: str | None = None,
         running: bool = False,
         previous: Task | None = None,
+        later: bool = False,
     ) -> Task:
         """Check the artifact of `spec` and record a new task for it (PENDING, or RUNNING
         when `running`: admitted already, it starts at once).
@@ -129,20 +129,10 @@ class TaskController:
         A task whose artifact is refused is recorded too, FAILED with the reason, and the
         refusal raised. `task_id`: keep an id given elsewhere (a task forwarded from
         another node). `previous`: the record of a task retried here after its node was
-        lost (core/retries.py): its attempts and history go on.
+        lost (core/retries.py): its attempts and history go on. `later`: a new task's
+        record may be written with the next write (see `run`); its run is then made here,
+        holding what says when.
         """
-        return (await self._create(spec, task_id=task_id, running=running, previous=previous))[0]
-
-    async def _create(
-        self,
-        spec: FunctionSpec,
-        *,
-        task_id: str | None = None,
-        running: bool = False,
-        previous: Task | None = None,
-        later: bool = False,
-    ) -> tuple[Task, Staged]:
-        """`create`; a new task's record `later`, with the next write (see `run`)."""
         task = self._new_task(spec, task_id, previous.traceparent if previous else None)
         if previous is not None and previous.attempts:
             task = dataclasses.replace(
@@ -154,10 +144,12 @@ class TaskController:
         if running:
             task = task.transition(TaskState.RUNNING, task.created_at)
         staged = await self.store.create(task, fresh=task_id is None, later=later)
+        if staged is not WRITTEN:
+            self._running.runs[task.id] = Run(ExecutionControl(), staged=staged)
         if task.attempts:  # (an earlier attempt may have run here: the result is this one's)
             with contextlib.suppress(FileNotFoundError):
                 os.truncate(self._logs.path(task.id, "stdout"), 0)
-        return task, staged
+        return task
 
     def _new_task(
         self, spec: FunctionSpec, task_id: str | None = None, parent: str | None = None
@@ -232,13 +224,11 @@ class TaskController:
         admitted = self._admission.try_acquire(spec.resources)
         later = admitted and on_created is None and spec.runtime is Runtime.WASM
         try:
-            task, staged = await self._create(spec, task_id=task_id, running=admitted, later=later)
+            task = await self.create(spec, task_id=task_id, running=admitted, later=later)
         except BaseException:
             if admitted:
                 self._admission.release(spec.resources)
             raise
-        if staged is not WRITTEN:
-            self._running.runs[task.id] = Run(ExecutionControl(), staged=staged)
         if on_created is not None:
             on_created(task)
         return await self.execute(
