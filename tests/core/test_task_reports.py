@@ -184,7 +184,9 @@ async def test_a_resync_offers_every_unfinished_task_and_no_finished_one_unless_
         assert offered == {waiting.id: TaskState.PENDING, running.id: TaskState.RUNNING}
         # An SMS that did not know this node is sent every task, finished ones too (as
         # the records kept here).
+        reporter = TaskReporter(None, node_kv, store)  # type: ignore[arg-type]
         await reporter.resync(known=False)
+        assert set(reporter._pending) == {waiting.id, running.id, done.id}
         records = reporter._decoded(list(reporter._pending.items()))
         assert {t.id: t.state for t in records} == {
             waiting.id: TaskState.PENDING,

@@ -139,6 +139,20 @@ async def test_commit_many_commits_each_on_its_own(kv: KV) -> None:
     assert await kv.commit_many([]) == []
 
 
+async def test_commit_later_is_readable_at_once_and_written_by_written(kv: KV) -> None:
+    # LevelDB stages it for the next write; etcd commits it at once. Either way it reads
+    # back at once, `written` makes it durable, and nothing was lost.
+    version, staged = await kv.commit_later([Write("a", b"1"), Write("b", b"2")])
+    assert version > 0
+    assert [e.value if e else None for e in await kv.get_many(["a", "b"])] == [b"1", b"2"]
+    await staged.written()
+    assert not staged.lost()
+    refused, unstaged = await kv.commit_later([Write("a", b"x", expected_version=0)])
+    assert refused == -1 and not unstaged.lost()  # (a version that did not match)
+    await unstaged.written()
+    assert (await kv.get("a")).value == b"1"  # type: ignore[union-attr]
+
+
 async def test_get_many_reads_each_key_in_order(kv: KV) -> None:
     va = await kv.put("a", b"1")
     vc = await kv.put("c", b"3")
