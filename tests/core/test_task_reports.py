@@ -136,6 +136,9 @@ async def test_reports_wait_while_the_sms_is_away_in_batches_in_order_and_none_i
             link.down = False
             for task in tasks:
                 await _reported(sms, task.id, TaskState.PENDING)
+            with anyio.fail_after(5):  # (the SMS has the last ones: the reporter hears so next)
+                while reporter.sent < 5:
+                    await anyio.sleep(0.005)
             tg.cancel_scope.cancel()
     assert all(len(call) <= 2 for call in link.calls)
     sent = [task_id for call in link.calls[-3:] for task_id, _ in call]
