@@ -215,12 +215,12 @@ class TaskController:
         task group: a forwarded call's answer does not wait for them (node/peer.py)."""
         # Admitted at once (the usual case), the task is recorded RUNNING from the start:
         # one write fewer than PENDING, then RUNNING. And a WASM guest's start is staged to
-        # go with its end (one LevelDB write a call, not two: the daemon's 16 callers ran
-        # 16% faster, benchmarks/calls_cpu.py): nobody learns of the task before its end,
-        # and a guest that runs in a moment on the loop (the short task) has ended by the
-        # next write. One that runs on has its start written before it is waited for
-        # (`_start_kept`). A node that dies meanwhile leaves no record of a task its caller
-        # saw fail.
+        # go with its end (one LevelDB write a call, not two: 16 gRPC callers of a daemon
+        # ran 16-28% faster, benchmarks/calls_cpu.py): nobody learns of the task before its
+        # end, and a guest that runs in a moment on the loop (the short task) has ended by
+        # the next write. One that runs on has its start written before it is waited for
+        # (`_start_written`). A node that dies meanwhile leaves no record of a task its
+        # caller saw fail.
         admitted = self._admission.try_acquire(spec.resources)
         later = admitted and on_created is None and spec.runtime is Runtime.WASM
         try:
