@@ -259,6 +259,13 @@ TARGETS = (
         (_T + "core/test_task_reports.py",),
     ),
     Target(
+        # A member's registration, heartbeats and leave: the membership state machine,
+        # and whether the SMS knew the node when it registers (task_reports' resync).
+        "node_controller",
+        ("spear/core/node_controller.py",),
+        (_T + "core/test_node_controller.py",),
+    ),
+    Target(
         # Deleting finished tasks: never a running one, only what the policy lets go.
         "retention",
         ("spear/core/retention.py",),
