@@ -60,8 +60,10 @@ asyncio.run(main())
 """
 
 
-def _cpu_s(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+def _cpu_s(pid: int, stat: str = "stat") -> float:
+    """The CPU seconds of process `pid` (or of one of its threads: `stat` =
+    "task/<tid>/stat")."""
+    fields = Path(f"/proc/{pid}/{stat}").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 

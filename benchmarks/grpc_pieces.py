@@ -26,7 +26,7 @@ import time
 from typing import Any
 
 from benchmarks.common import ROOT, write_rounds
-from benchmarks.grpc_floor import _bare_load
+from benchmarks.grpc_floor import _bare_load, _cpu_s
 
 RESULT_FILE = ROOT / "benchmarks" / "results" / "grpc_pieces.json"
 STEPS = ("none", "python", "ctypes_calls", "memset_gil_released", "memset_gil_held",
@@ -107,12 +107,6 @@ asyncio.run(main())
 """
 
 
-def _loop_cpu_s(pid: int) -> float:
-    """The CPU of the process's main thread (its event loop), in seconds."""
-    fields = open(f"/proc/{pid}/task/{pid}/stat").read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
 def _round(step: str, seconds: float) -> dict[str, float]:
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     server = subprocess.Popen(
@@ -123,12 +117,13 @@ def _round(step: str, seconds: float) -> dict[str, float]:
         started = json.loads(server.stdout.readline())
         address = started["address"]
         asyncio.run(_bare_load(address, 1.0))  # (warm)
-        cpu, begin = _loop_cpu_s(server.pid), time.perf_counter()
+        loop = f"task/{server.pid}/stat"  # (the main thread: its event loop)
+        cpu, begin = _cpu_s(server.pid, loop), time.perf_counter()
         calls = asyncio.run(_bare_load(address, seconds))
         elapsed = time.perf_counter() - begin
         return {
             "alone_us": round(started["alone_us"], 1),
-            "server_loop_us_per_call": round((_loop_cpu_s(server.pid) - cpu) / calls * 1e6, 1),
+            "server_loop_us_per_call": round((_cpu_s(server.pid, loop) - cpu) / calls * 1e6, 1),
             "calls_per_s": round(calls / elapsed, 1),
         }
     finally:

@@ -385,10 +385,7 @@ class TaskController:
         async def write() -> None:
             await self._start_kept(run, task)
 
-        log = logger.bind(task_id=task.id)
-        await _until_written(write, lambda exc: log.warning(
-            "task {}: its start is not written yet ({}): trying again", task.id, exc
-        ))  # fmt: skip
+        await _task_written(write, task.id, "start")
 
     async def _start_kept(self, run: Run, task: Task) -> None:
         """Before each write of a run that follows its start: a start staged by `run`
@@ -408,25 +405,18 @@ class TaskController:
         async def write() -> Task:
             return await self.store.transition(task_id, TaskState.RUNNING)
 
-        log = logger.bind(task_id=task_id)
-        return await _until_written(write, lambda exc: log.warning(
-            "task {}: its start is not written yet ({}): trying again", task_id, exc
-        ))  # fmt: skip
+        return await _task_written(write, task_id, "start")
 
     async def _record_end(self, task: Task, outcome: Outcome, run: Run) -> Task:
         """Write how the task ended (again while the node's storage fails)."""
-        task_id = task.id
 
         async def write() -> Task:
             await self._start_kept(run, task)
             return await self.store.transition(
-                task_id, outcome.state, exit_code=outcome.exit_code, reason=outcome.reason
+                task.id, outcome.state, exit_code=outcome.exit_code, reason=outcome.reason
             )
 
-        log = logger.bind(task_id=task_id)
-        return await _until_written(write, lambda exc: log.warning(
-            "task {}: its end is not written yet ({}): trying again", task_id, exc
-        ))  # fmt: skip
+        return await _task_written(write, task.id, "end")
 
     async def _retry(
         self, task: Task, outcome: Outcome, control: ExecutionControl, run: Run
@@ -445,9 +435,7 @@ class TaskController:
                 task.id, lambda t: retries.next_attempt(t, code, reason, now, node=self._node)
             )
 
-        again = await _until_written(write, lambda exc: logger.bind(task_id=task.id).warning(
-            "task {}: its next attempt is not written yet ({}): trying again", task.id, exc
-        ))  # fmt: skip
+        again = await _task_written(write, task.id, "next attempt")
         # The result is the last attempt's output alone (stderr keeps every attempt's).
         with contextlib.suppress(FileNotFoundError):
             os.truncate(self._logs.path(task.id, "stdout"), 0)
@@ -724,6 +712,15 @@ def _first(group: BaseExceptionGroup[BaseException]) -> BaseException:
     while isinstance(first, BaseExceptionGroup):
         first = first.exceptions[0]
     return first
+
+
+async def _task_written(write: Callable[[], Awaitable[_T]], task_id: str, what: str) -> _T:
+    """`_until_written` of one task's `what` (its start, end or next attempt), each try
+    that failed said in the task's log."""
+    log = logger.bind(task_id=task_id)
+    return await _until_written(write, lambda exc: log.warning(
+        "task {}: its {} is not written yet ({}): trying again", task_id, what, exc
+    ))  # fmt: skip
 
 
 async def _until_written(
