@@ -1978,23 +1978,37 @@ def test_a_values_file_goes_by_the_kernels_sendfile_on_plain_tcp_only(
     client's put of a file), never read through this process; through TLS never (the
     kernel would send it in the clear). (A kernel that refuses a `sendfile` outright has
     Python's `socket.sendfile` send the bytes itself: counted as sent by the kernel's
-    path, which spear chose, and the refusal kept for the failure's message. It happened
-    once in a CI run under load.)"""
+    path, which spear chose, and the refusal kept for the failure's message.) The node's
+    thread counts what its `sendfile` sent once the call returns, which can be after the
+    client has every byte: the test waits for the count (a CI run under load once read
+    it first and found nothing sent)."""
     sent: list[int] = []
     refused: list[OSError] = []
+    counting = threading.Condition()
     sendfile = os.sendfile
 
-    def counted(out_fd: int, in_fd: int, offset: int | None, count: int) -> int:
+    def count(n: int) -> None:
+        with counting:
+            sent.append(n)
+            counting.notify_all()
+
+    def counted(out_fd: int, in_fd: int, offset: int | None, count_: int) -> int:
         try:
-            n = sendfile(out_fd, in_fd, offset, count)
+            n = sendfile(out_fd, in_fd, offset, count_)
         except BlockingIOError:
             raise
         except OSError as exc:
             refused.append(exc)
-            sent.append(os.fstat(in_fd).st_size - (offset or 0))  # (all of it, by send)
+            count(os.fstat(in_fd).st_size - (offset or 0))  # (all of it, by send)
             raise
-        sent.append(n)
+        count(n)
         return n
+
+    def sent_in_all(expected: int) -> int:
+        """What sendfile sent, once it is `expected` (or 10 s passed: then less)."""
+        with counting:
+            counting.wait_for(lambda: sum(sent) >= expected, timeout=10)
+            return sum(sent)
 
     monkeypatch.setattr(os, "sendfile", counted)
     value = _value(2 * CHUNK + 5)
@@ -2005,12 +2019,14 @@ def test_a_values_file_goes_by_the_kernels_sendfile_on_plain_tcp_only(
         async with _serving(tmp_path, with_tls=with_tls) as node:
             await node.store.put("plan", value)
             client = node.client(node.owner)
+            expected = 0 if with_tls else len(value)
             assert await client.get(node.address, "plan") == (bytearray(value), 1)
-            assert sum(sent) == (0 if with_tls else len(value)), refused
-            sent.clear()
+            assert await anyio.to_thread.run_sync(sent_in_all, expected) == expected, refused
+            with counting:
+                sent.clear()
             assert await client.put_file(node.address, "plan", source) == 2
             assert bytes((await node.store.get("plan"))[0]) == value[::-1]
-            assert sum(sent) == (0 if with_tls else len(value)), refused
+            assert await anyio.to_thread.run_sync(sent_in_all, expected) == expected, refused
 
     anyio.run(main)
 
