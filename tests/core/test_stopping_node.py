@@ -37,3 +37,25 @@ async def test_a_task_started_after_the_stop_began_is_stopped_too(tmp_path: Path
         assert [t.state for t in ended] == [TaskState.CANCELLED] * 2
         assert ended[1].reason == "node stopped"
         assert wave.state is TaskState.CANCELLED
+
+
+async def test_a_guest_running_when_the_stop_begins_is_stopped_with_its_reason(
+    tmp_path: Path,
+) -> None:
+    """`cancel_all` interrupts what already runs, each run with the stop's reason (a run
+    interrupted with none would run on: a cancel without a reason is no cancel)."""
+    spec = FunctionSpec(_loop(tmp_path))
+    async with LocalNode(tmp_path / "home", cpu_millis=300) as node:
+        task = await node.submit(spec)
+        runs = node.controller._running.runs
+        with anyio.fail_after(20):
+            while task.id not in runs or runs[task.id].execution is None:
+                await anyio.sleep(0.01)  # (until its guest has started)
+        await node.controller.cancel_all("node stopped")
+        try:
+            with anyio.fail_after(20):  # (with no reason given: it would run on)
+                ended = await node.wait(task.id)
+        finally:
+            if task.id in runs:  # (still running: stopped, so that the node can close)
+                await node.controller.cancel(task.id, "the test failed")
+        assert (ended.state, ended.reason) == (TaskState.CANCELLED, "node stopped")
