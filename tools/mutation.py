@@ -176,6 +176,27 @@ TARGETS = (
         ),
     ),
     Target(
+        # The guard of every gRPC call: admission before the request is decoded, the
+        # error mapping, the message size limit, the caller's traceparent.
+        "aio_server",
+        ("spear/transport/aio_server.py",),
+        (
+            _T + "transport/test_aio_server.py",
+            _T + "transport/test_aio_server_rules.py",
+            _T + "transport/test_grpc_server.py",
+            _T + "transport/test_malformed_requests.py",
+        ),
+    ),
+    Target(
+        # Tokens made at the SMS, accepted by every member (asked once a second at most).
+        "cluster_tokens",
+        ("spear/transport/cluster_tokens.py",),
+        (
+            _T + "transport/test_auth_mutants.py",
+            _T + "transport/test_cluster_tokens.py",
+        ),
+    ),
+    Target(
         "controller",
         ("spear/core/tasks/controller.py",),
         (
