@@ -183,9 +183,8 @@ async def test_a_streams_handler_is_closed_within_its_call_when_the_caller_leave
     async def replies(_request: bytes, _context: Any) -> AsyncIterator[bytes]:
         tasks["began"] = asyncio.current_task()
         try:
-            while True:
-                yield b"more"
-                await asyncio.sleep(0.01)
+            while True:  # (the caller stops reading: the guard waits to write, this
+                yield b"x" * 256 * 1024  # generator waits at its yield)
         finally:
             tasks["closed"] = asyncio.current_task()
             closed.set()
@@ -199,7 +198,8 @@ async def test_a_streams_handler_is_closed_within_its_call_when_the_caller_leave
     try:
         async with grpc.aio.insecure_channel(address) as channel:
             call = channel.unary_stream("/test.T/Replies")(b"", timeout=10)
-            assert await call.read() == b"more"
+            assert len(await call.read()) == 256 * 1024
+            await asyncio.sleep(0.2)  # (the server's writes blocked by flow control)
             call.cancel()
             await asyncio.wait_for(closed.wait(), 10)
         assert tasks["closed"] is tasks["began"]
@@ -351,3 +351,48 @@ async def test_a_users_tls_port_asks_no_certificate(tmp_path: Path) -> None:
             await channel.aclose()
     finally:
         await server.close()
+
+
+async def test_a_port_grpc_cannot_bind_is_one_clear_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    """(The port is tried first with a socket of spear's own, which finds a port taken or
+    an address not this host's; what grpc may still refuse after it is said the same way.)"""
+    make = grpc.aio.server
+
+    def refusing(**kwargs: Any) -> Any:
+        server = make(**kwargs)
+
+        def add_insecure_port(_address: str) -> int:
+            raise RuntimeError("Failed to bind to address 127.0.0.1:1")
+
+        server.add_insecure_port = add_insecure_port
+        return server
+
+    monkeypatch.setattr(grpc.aio, "server", refusing)
+    server = AioServer({}, name="peer", security=Security.open())
+    with pytest.raises(errors.InvalidArgument) as caught:
+        await server.start("127.0.0.1:0")
+    assert str(caught.value) == (
+        "cannot listen on 127.0.0.1:0: Failed to bind to address 127.0.0.1:1"
+    )
+    assert server.address is None
+
+
+async def test_a_node_port_keeps_its_name_limit_and_tracing(messages: list[str]) -> None:
+    """`GrpcServer` hands the server it starts its name (in its log line), its message
+    size limit and whether it traces."""
+    service = _NodeInfo()
+    served = GrpcServer(service, name="node-7", security=Security.open(), max_message_bytes=1024)
+    served.traced = True
+    address = await served.start("127.0.0.1:0")
+    try:
+        assert f"serving node-7 on {address}" in messages
+        async with grpc.aio.insecure_channel(address) as channel:
+            call = channel.unary_unary("/spear.v1.Spearlet/GetNodeInfo")
+            metadata = (("traceparent", TRACEPARENT),)
+            await call(pb.GetNodeInfoRequest().SerializeToString(), metadata=metadata, timeout=10)
+            with pytest.raises(grpc.aio.AioRpcError) as caught:
+                await call(b"\x0a\x80\x10" + b"x" * 2048, timeout=10)  # (2 KiB: over 1 KiB)
+            assert caught.value.code() is grpc.StatusCode.RESOURCE_EXHAUSTED
+    finally:
+        await served.close()
+    assert service.traceparents == [TRACEPARENT]

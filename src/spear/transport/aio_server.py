@@ -81,8 +81,8 @@ class _Peer:
         names = self._auth.get("x509_common_name") or ()
         if not names:
             return None
-        name = names[0].decode() if isinstance(names[0], bytes) else str(names[0])
-        return {"subject": ((("commonName", name),),)}
+        # (grpc gives each property's values as bytes: `auth_context`'s own type says so)
+        return {"subject": ((("commonName", names[0].decode()),),)}
 
 
 class _NoCertificate:
