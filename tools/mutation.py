@@ -193,7 +193,7 @@ TARGETS = (
         ("spear/transport/cluster_tokens.py",),
         (
             _T + "transport/test_auth_mutants.py",
-            _T + "transport/test_cluster_tokens.py",
+            _T + "transport/test_cluster_token_cache.py",
         ),
     ),
     Target(
