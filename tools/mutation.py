@@ -197,6 +197,16 @@ TARGETS = (
         ),
     ),
     Target(
+        # The cluster's CA and members' certificates, and the TLS contexts made from them.
+        "tls",
+        ("spear/transport/tls.py",),
+        (
+            _T + "transport/test_tls_files.py",
+            _T + "transport/test_auth.py",
+            _T + "transport/test_certificate_names.py",
+        ),
+    ),
+    Target(
         "controller",
         ("spear/core/tasks/controller.py",),
         (
