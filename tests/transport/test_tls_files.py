@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import datetime
 import ipaddress
+import os
 import socket
 import ssl
 import stat
 import threading
+import time
 from typing import TYPE_CHECKING, Any
 
 import pytest
@@ -106,8 +108,11 @@ def test_a_members_certificate_names_it_and_its_hosts(tmp_path: Path) -> None:
     _within(cert.not_valid_after_utc, before.replace(microsecond=0) + week, after + week)
     constraints = cert.extensions.get_extension_for_class(x509.BasicConstraints)
     assert constraints.critical and constraints.value == x509.BasicConstraints(False, None)
-    uses = cert.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
-    assert list(uses) == [ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]
+    uses = cert.extensions.get_extension_for_class(x509.ExtendedKeyUsage)
+    assert list(uses.value) == [ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]
+    # (neither marked critical: a verifier that does not know one still reads the rest)
+    assert not uses.critical
+    assert not cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).critical
     # Its key is private; the CA bundle comes with it, and the CA's key never does.
     assert _mode(tmp_path / "n1" / tls.NODE_KEY) == 0o600
     assert (tmp_path / "n1" / tls.CA_CERT).read_bytes() == (
@@ -194,6 +199,8 @@ def test_the_contexts_settings(tmp_path: Path) -> None:
     assert server.minimum_version is ssl.TLSVersion.TLSv1_2
     assert server.verify_mode is ssl.CERT_OPTIONAL  # (users call with tokens alone)
     assert server.options & ssl.OP_NO_RENEGOTIATION
+    # (added to ssl's own defaults, not put in their place)
+    assert server.options & ssl.OP_NO_COMPRESSION and server.options & ssl.OP_NO_SSLv3
     client = files.client_context()
     assert client.minimum_version is ssl.TLSVersion.TLSv1_2
     assert client.verify_mode is ssl.CERT_REQUIRED and client.check_hostname
@@ -249,3 +256,50 @@ def test_members_shake_hands_and_a_stranger_does_not(tmp_path: Path) -> None:
     tls.issue(tmp_path / "other", "node-1", tmp_path / "impostor")
     with pytest.raises(ssl.SSLCertVerificationError):
         _handshake(tls.TlsFiles(tmp_path / "impostor").server_context(), member.client_context())
+
+
+def test_the_defaults_and_who_may_read_what(tmp_path: Path) -> None:
+    """A CA named and valid as `spear cluster init` makes it, a member's certificate valid
+    for a year; keys the owner's alone, certificates readable by anyone the umask lets
+    (they are public: a user copies ca.crt to call the cluster); a new bundle holds its
+    one certificate and nothing else."""
+    old = os.umask(0o022)
+    try:
+        before = datetime.datetime.now(datetime.UTC).replace(microsecond=0)
+        bundle = tls.create_ca(tmp_path / "ca")
+        path = tls.issue(tmp_path / "ca", "node-1", tmp_path / "n1")
+        after = datetime.datetime.now(datetime.UTC)
+    finally:
+        os.umask(old)
+    [ca] = _certs(bundle)
+    assert ca.subject.rfc4514_string() == "CN=spear cluster CA"
+    decade, year = datetime.timedelta(days=3650), datetime.timedelta(days=365)
+    _within(ca.not_valid_after_utc, before + decade, after + decade)
+    [cert] = _certs(path)
+    _within(cert.not_valid_after_utc, before + year, after + year)
+    assert bundle.read_bytes().count(b"-----BEGIN") == 1
+    assert bundle.read_bytes().endswith(b"-----END CERTIFICATE-----\n")
+    for public in (bundle, path, tmp_path / "n1" / tls.CA_CERT):
+        assert _mode(public) == 0o644, public
+    for private in (tmp_path / "ca" / tls.CA_KEY, tmp_path / "n1" / tls.NODE_KEY):
+        assert _mode(private) == 0o600, private
+
+
+def test_validity_starts_now_whatever_the_machines_time_zone(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """(A local time taken for UTC would make a certificate valid only hours from now on
+    a machine east of Greenwich.)"""
+    monkeypatch.setenv("TZ", "Etc/GMT-9")  # (UTC+9)
+    time.tzset()
+    try:
+        before = datetime.datetime.now(datetime.UTC).replace(microsecond=0)
+        [ca] = _certs(tls.create_ca(tmp_path / "ca"))
+        [cert] = _certs(tls.issue(tmp_path / "ca", "node-1", tmp_path / "n1"))
+        after = datetime.datetime.now(datetime.UTC)
+    finally:
+        monkeypatch.undo()  # (TZ as it was)
+        time.tzset()
+    five = datetime.timedelta(minutes=5)
+    for each in (ca, cert):
+        _within(each.not_valid_before_utc, before - five, after - five)
