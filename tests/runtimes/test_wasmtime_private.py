@@ -274,7 +274,7 @@ delete.argtypes = [ctypes.c_void_p]
 delete(ctypes.cast(store._consume(), ctypes.c_void_p))
 class Late:
     def __del__(self):
-        time.sleep(0.2)  # (at exit, after Python began to finalize: the GIL let go)
+        time.sleep(0.5)  # (at exit, after Python began to finalize: the GIL let go)
 late = Late()
 """
 
@@ -291,8 +291,13 @@ def _exit_right_after(tmp_path: Any, route: str) -> int:
 def test_a_process_that_exits_right_after_its_guest_is_not_aborted(tmp_path: Any) -> None:
     # wasmtime-py's own stdout_custom gives wasmtime a finalizer in Python, which it runs
     # on a tokio thread after the store is freed: this process aborts ("panic in a
-    # function that cannot unwind"), the harness is sound.
+    # function that cannot unwind"), the harness is sound. (Under a loaded machine's
+    # scheduler that thread may miss the window once: up to three tries; it took one in
+    # every quiet run, and a full run under load once saw it miss.)
     own = "wasi.stdout_custom = wasi.stderr_custom = lambda data: len(data)"
-    assert _exit_right_after(tmp_path, own) == -signal.SIGABRT
+    tries = []
+    while len(tries) < 3 and -signal.SIGABRT not in tries:
+        tries.append(_exit_right_after(tmp_path, own))
+    assert -signal.SIGABRT in tries, tries
     ours = "keys = _wasmtime.route_output(wasi, print, print)"
     assert [_exit_right_after(tmp_path, ours) for _ in range(3)] == [0, 0, 0]
