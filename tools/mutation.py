@@ -207,6 +207,17 @@ TARGETS = (
         ),
     ),
     Target(
+        # Which path a client's object bytes take (the object socket, the transfer
+        # service, gRPC), and when a failed one is tried again.
+        "object_route",
+        ("spear/node/object_route.py",),
+        (
+            _T + "transport/test_object_route_rules.py",
+            _T + "transport/test_local_object_transfer.py",
+            _T + "cluster/test_object_route.py",
+        ),
+    ),
+    Target(
         "controller",
         ("spear/core/tasks/controller.py",),
         (
@@ -388,6 +399,7 @@ TARGETS = (
         ("spear/transport/object_socket.py",),
         (
             _T + "transport/test_object_socket_rules.py",
+            _T + "transport/test_object_route_rules.py",
             _T + "transport/test_local_object_transfer.py",
             _T + "cluster/test_object_route.py",
         ),
@@ -401,6 +413,7 @@ TARGETS = (
         (
             _T + "transport/test_object_transfer_rules.py",
             _T + "transport/test_object_transfer_staging.py",
+            _T + "transport/test_object_route_rules.py",
             _T + "transport/test_local_object_transfer.py",
             _T + "cluster/test_object_route.py",
         ),
