@@ -10,6 +10,7 @@ docs/mutation/REPORT.md.)"""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import re
 import shutil
 import time
@@ -42,6 +43,17 @@ NAP_S = 0.05  # what the slow handler sleeps: a call's logged time is at least t
 def _raw(handler: Any, **kwargs: Any) -> ServedMethod:
     """A method of bytes in and out (no message class: its decoder is a plain function)."""
     return ServedMethod(handler, decode=bytes, encode=bytes, **kwargs)
+
+
+@contextlib.asynccontextmanager
+async def _serving(methods: dict[str, ServedMethod], **kwargs: Any) -> AsyncIterator[str]:
+    """An open AioServer named "peer" serving `methods` on a loopback port: its address."""
+    server = AioServer(methods, name="peer", security=Security.open(), **kwargs)
+    address = await server.start("127.0.0.1:0")
+    try:
+        yield address
+    finally:
+        await server.close()
 
 
 @pytest.fixture
@@ -99,13 +111,9 @@ async def test_each_call_is_logged_with_its_outcome_and_time(messages: list[str]
         raise AssertionError("woken")
 
     routes = {"Ok": ok, "Missing": missing, "Bug": bug, "Aborts": aborts, "Forever": forever}
-    server = AioServer(
-        {f"/test.T/{name}": _raw(handler) for name, handler in routes.items()},
-        name="peer",
-        security=Security.open(),
-    )
-    address = await server.start("127.0.0.1:0")
-    try:
+    async with _serving(
+        {f"/test.T/{name}": _raw(handler) for name, handler in routes.items()}
+    ) as address:
         assert f"serving peer on {address}" in messages
         times = r"(\d+\.\d\d) ms on " + re.escape(address)
         async with grpc.aio.insecure_channel(address) as channel:
@@ -137,12 +145,10 @@ async def test_each_call_is_logged_with_its_outcome_and_time(messages: list[str]
             await asyncio.wait_for(started.wait(), 10)
             call.cancel()  # (the caller leaves: the handler is cancelled)
             await _until(messages, "rpc /test.T/Forever cancelled in " + times)
-    finally:
-        await server.close()
 
 
 async def test_a_malformed_request_is_named_by_its_message() -> None:
-    server = AioServer(
+    async with _serving(
         {
             "/test.T/Typed": ServedMethod(
                 lambda request, _context: _answer(request),
@@ -155,19 +161,13 @@ async def test_a_malformed_request_is_named_by_its_message() -> None:
                 encode=pb.ForwardTasksResponse.SerializeToString,
             ),
         },
-        name="peer",
-        security=Security.open(),
-    )
-    address = await server.start("127.0.0.1:0")
-    try:
+    ) as address:
         async with grpc.aio.insecure_channel(address) as channel:
             for route, name in (("Typed", "ForwardTasksRequest"), ("Untyped", "request")):
                 with pytest.raises(grpc.aio.AioRpcError) as caught:
                     await channel.unary_unary(f"/test.T/{route}")(b"\xff\xff\xff", timeout=10)
                 assert caught.value.code() is grpc.StatusCode.INVALID_ARGUMENT
                 assert (caught.value.details() or "").startswith(f"malformed {name} message: ")
-    finally:
-        await server.close()
 
 
 async def _answer(_request: Any) -> pb.ForwardTasksResponse:
@@ -189,13 +189,7 @@ async def test_a_streams_handler_is_closed_within_its_call_when_the_caller_leave
             tasks["closed"] = asyncio.current_task()
             closed.set()
 
-    server = AioServer(
-        {"/test.T/Replies": _raw(replies, server_streaming=True)},
-        name="peer",
-        security=Security.open(),
-    )
-    address = await server.start("127.0.0.1:0")
-    try:
+    async with _serving({"/test.T/Replies": _raw(replies, server_streaming=True)}) as address:
         async with grpc.aio.insecure_channel(address) as channel:
             call = channel.unary_stream("/test.T/Replies")(b"", timeout=10)
             assert len(await call.read()) == 256 * 1024
@@ -203,8 +197,6 @@ async def test_a_streams_handler_is_closed_within_its_call_when_the_caller_leave
             call.cancel()
             await asyncio.wait_for(closed.wait(), 10)
         assert tasks["closed"] is tasks["began"]
-    finally:
-        await server.close()
 
 
 async def test_a_streams_handler_may_write_to_the_context_instead() -> None:
@@ -212,18 +204,10 @@ async def test_a_streams_handler_may_write_to_the_context_instead() -> None:
         for part in request.split(b","):
             await context.write(part)
 
-    server = AioServer(
-        {"/test.T/Writes": _raw(writes, server_streaming=True)},
-        name="peer",
-        security=Security.open(),
-    )
-    address = await server.start("127.0.0.1:0")
-    try:
+    async with _serving({"/test.T/Writes": _raw(writes, server_streaming=True)}) as address:
         async with grpc.aio.insecure_channel(address) as channel:
             call = channel.unary_stream("/test.T/Writes")(b"a,b,c", timeout=10)
             assert [reply async for reply in call] == [b"a", b"b", b"c"]
-    finally:
-        await server.close()
 
 
 async def test_a_close_with_a_grace_lets_running_calls_finish() -> None:
@@ -268,21 +252,15 @@ async def test_a_reply_over_the_limit_is_not_sent() -> None:
     async def large(_request: bytes, _context: Any) -> bytes:
         return b"x" * (2 * limit)
 
-    server = AioServer(
+    async with _serving(
         {"/test.T/Large": _raw(large)},
-        name="peer",
-        security=Security.open(),
         max_message_bytes=limit,
-    )
-    address = await server.start("127.0.0.1:0")
-    try:
+    ) as address:
         options = [("grpc.max_receive_message_length", 16 * limit)]  # (the caller takes it)
         async with grpc.aio.insecure_channel(address, options=options) as channel:
             with pytest.raises(grpc.aio.AioRpcError) as caught:
                 await channel.unary_unary("/test.T/Large")(b"", timeout=10)
         assert caught.value.code() is grpc.StatusCode.RESOURCE_EXHAUSTED
-    finally:
-        await server.close()
 
 
 class _NodeInfo(ServiceBase):
@@ -306,15 +284,11 @@ async def test_a_callers_traceparent_is_adopted_only_when_the_server_is_traced()
     metadata = (("traceparent", TRACEPARENT),)
     for traced in (None, True):  # (None: the default)
         kwargs = {} if traced is None else {"traced": traced}
-        server = AioServer(
-            {"/test.T/Seen": _raw(handler)}, name="peer", security=Security.open(), **kwargs
-        )
-        address = await server.start("127.0.0.1:0")
-        try:
-            async with grpc.aio.insecure_channel(address) as channel:
-                await channel.unary_unary("/test.T/Seen")(b"", metadata=metadata, timeout=10)
-        finally:
-            await server.close()
+        async with (
+            _serving({"/test.T/Seen": _raw(handler)}, **kwargs) as address,
+            grpc.aio.insecure_channel(address) as channel,
+        ):
+            await channel.unary_unary("/test.T/Seen")(b"", metadata=metadata, timeout=10)
     assert seen == [None, TRACEPARENT]
 
     service = _NodeInfo()
