@@ -399,7 +399,6 @@ TARGETS = (
         ("spear/transport/object_socket.py",),
         (
             _T + "transport/test_object_socket_rules.py",
-            _T + "transport/test_object_route_rules.py",
             _T + "transport/test_local_object_transfer.py",
             _T + "cluster/test_object_route.py",
         ),
@@ -413,7 +412,6 @@ TARGETS = (
         (
             _T + "transport/test_object_transfer_rules.py",
             _T + "transport/test_object_transfer_staging.py",
-            _T + "transport/test_object_route_rules.py",
             _T + "transport/test_local_object_transfer.py",
             _T + "cluster/test_object_route.py",
         ),
