@@ -26,6 +26,8 @@ from spear.transport.serving import Security
 if TYPE_CHECKING:
     from pathlib import Path
 
+ANN = Principal("ann", Role.READER, "cluster token", "default")  # (a reader bound to default)
+
 
 class _Clock:
     def __init__(self) -> None:
@@ -90,14 +92,13 @@ async def test_an_answer_is_kept_for_the_ttl_then_asked_again(
     sms = _Sms(TokenStore(tmp_path))
     ann = sms.tokens.issue("ann", Role.READER)
     checks = ClusterTokens(sms)
-    expected = Principal("ann", Role.READER, "cluster token", "default")
-    assert await checks.verify(ann) == expected
+    assert await checks.verify(ann) == ANN
     clock.now += TTL_S * 0.99
-    assert await checks.verify(ann) == expected
+    assert await checks.verify(ann) == ANN
     assert sms.asked == [ann]  # (kept: not asked again within the TTL)
     # Revoked at the SMS: still accepted until the answer is a TTL old, then refused.
     sms.tokens.revoke("ann")
-    assert await checks.verify(ann) == expected
+    assert await checks.verify(ann) == ANN
     clock.now += TTL_S * 0.01
     assert await checks.verify(ann) is None
     assert sms.asked == [ann, ann]
@@ -118,7 +119,7 @@ async def test_an_sms_away_accepts_nothing_and_remembers_nothing(
     sms.reachable = False
     assert await checks.verify(ann) is None
     sms.reachable = True  # (back at once: its answer is not a refusal kept for the TTL)
-    assert await checks.verify(ann) == Principal("ann", Role.READER, "cluster token", "default")
+    assert await checks.verify(ann) == ANN
     assert sms.asked == [ann, ann]
 
 
@@ -147,9 +148,7 @@ async def test_only_a_cluster_members_security_asks_the_sms(tmp_path: Path) -> N
     joined = with_cluster_tokens(security, member)
     assert joined is not security and joined.tls is security.tls
     assert joined.authorizer.tokens is own.tokens
-    assert await joined.authorizer.cluster.verify(ann) == Principal(
-        "ann", Role.READER, "cluster token", "default"
-    )
+    assert await joined.authorizer.cluster.verify(ann) == ANN
     assert own.cluster is None and security.authorizer is own  # (the node's own unchanged)
 
     alone: Any = types.SimpleNamespace()  # (a standalone node: no SMS to ask)

@@ -24,6 +24,7 @@ if TYPE_CHECKING:
 
 ANSWER = {"ok": True, "version": 3, "size": 5, "refs": 2, "pinned": True, "locations": ["n1"]}
 INFO = ObjectInfo("k", 3, 5, refs=2, pinned=True, locations=("n1",))
+THIS_NODE = {"node": "n1", "pid": 42, "started_at": 7.0}  # (its hello: as `_Client.info`)
 
 
 class _Client:
@@ -60,7 +61,7 @@ class _Socket:
     it is, and what each call does (`fails`: raised by every get and put)."""
 
     made: list[_Socket] = []
-    hello_answer: dict[str, Any] = {"node": "n1", "pid": 42, "started_at": 7.0}
+    hello_answer: dict[str, Any] = THIS_NODE
     fails: Exception | None = None
 
     def __init__(self, path: str, credentials: Credentials) -> None:
@@ -126,7 +127,7 @@ def _scripted(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(object_socket, "ObjectSocketClient", _Socket)
     monkeypatch.setattr(object_transfer, "ObjectTransferClient", _Transfer)
     _Socket.made, _Socket.fails, _Transfer.made, _Transfer.fails = [], None, [], None
-    _Socket.hello_answer = {"node": "n1", "pid": 42, "started_at": 7.0}
+    _Socket.hello_answer = dict(THIS_NODE)
 
 
 def _node(**kwargs: Any) -> Any:
@@ -165,7 +166,7 @@ async def test_the_socket_is_used_when_it_is_this_nodes_with_the_objects_info() 
 async def test_otherwise_the_transfer_service(
     token: str | None, socket: bool, offered: str, hello: str
 ) -> None:
-    _Socket.hello_answer = {"node": hello, "pid": 42, "started_at": 7.0}
+    _Socket.hello_answer = {**THIS_NODE, "node": hello}
     route, client = _route(token, socket=socket), _node(socket=offered)
     assert await route.get(client, "k") == (b"value", INFO)
     assert _transfer_calls() == [("get", "127.0.0.1:9", "k")]
@@ -194,7 +195,7 @@ async def test_a_get_whose_socket_broke_forgets_it_and_takes_the_next_path() -> 
     assert first.closed and client.asked == 2
     assert _transfer_calls() == [("get", "127.0.0.1:9", "k")]
     # An answer that the object is unavailable is the caller's, not a path's failure.
-    _Socket.fails, _Socket.hello_answer = None, {"node": "n1", "pid": 42, "started_at": 7.0}
+    _Socket.fails, _Socket.hello_answer = None, dict(THIS_NODE)
     route = _route()
     await route.get(client, "k")
     _Socket.fails = Unavailable("no live holder")
@@ -216,7 +217,7 @@ async def test_a_put_whose_socket_broke_is_sent_again_only_if_unconditional() ->
     # The socket's answer that the node refuses the put is the caller's.
     _Socket.fails, _Socket.hello_answer = (
         Unavailable("quota"),
-        {"node": "n1", "pid": 42, "started_at": 7.0},
+        dict(THIS_NODE),
     )
     with pytest.raises(Unavailable, match="^quota$"):
         await _route().put(client, "k", big, None)

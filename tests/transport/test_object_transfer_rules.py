@@ -1987,21 +1987,21 @@ def test_a_values_file_goes_by_the_kernels_sendfile_on_plain_tcp_only(
     counting = threading.Condition()
     sendfile = os.sendfile
 
-    def count(n: int) -> None:
+    def add_sent(n: int) -> None:
         with counting:
             sent.append(n)
             counting.notify_all()
 
-    def counted(out_fd: int, in_fd: int, offset: int | None, count_: int) -> int:
+    def counted(out_fd: int, in_fd: int, offset: int | None, count: int) -> int:
         try:
-            n = sendfile(out_fd, in_fd, offset, count_)
+            n = sendfile(out_fd, in_fd, offset, count)
         except BlockingIOError:
             raise
         except OSError as exc:
             refused.append(exc)
-            count(os.fstat(in_fd).st_size - (offset or 0))  # (all of it, by send)
+            add_sent(os.fstat(in_fd).st_size - (offset or 0))  # (all of it, by send)
             raise
-        count(n)
+        add_sent(n)
         return n
 
     def sent_in_all(expected: int) -> int:
