@@ -201,7 +201,7 @@ async def _client_paths(
     return out
 
 
-GIB_ROUNDS = 3  # 1 GiB moved this many times; the first is reported on its own (see below)
+GIB_ROUNDS = 5  # 1 GiB moved this many times; the first is reported on its own (see below)
 
 
 def gib_figures(seconds: list[float]) -> dict[str, Any]:

@@ -51,6 +51,7 @@ from spear.errors import (
 )
 from spear.node.object_space import NamespaceBytes
 from spear.node.quotas import Quota, QuotaFile
+from spear.store import huge_pages
 from spear.store.leveldb import LevelDBKV
 from spear.store.object_info import ObjectInfo
 from spear.store.objects import ObjectStore
@@ -1356,6 +1357,35 @@ def test_a_value_file_that_ends_early_breaks_the_transfer(tmp_path: Path, with_t
             with pytest.raises(TransferBroken, match="broke after"):
                 await node.client(node.owner, member=True).fetch(node.address, "plan", 1, dest)
             assert not dest.exists()
+
+    anyio.run(main)
+
+
+@pytest.mark.parametrize(
+    "size", [CHUNK + 4096, huge_pages.LARGE + 4096], ids=["small", "onto huge pages"]
+)
+def test_a_value_read_into_memory_whole_or_said_to_have_broken(tmp_path: Path, size: int) -> None:
+    """A client's get reads the value into a new `bytes` (a large one onto huge pages:
+    store/huge_pages.py): all of it, or TransferBroken with how far it got (a node that
+    died mid-value), never a value cut short."""
+    value = _value(size)
+
+    def script(number: int, conn: ScriptedNode.Conn) -> None:
+        if conn.request() is not None:
+            conn.answer({"ok": True, "version": 3, "size": size}, value[: CHUNK + 10])
+
+    async def main() -> None:
+        async with _serving(tmp_path) as node:
+            await node.store.put("plan", value)
+            client = node.client(node.owner)
+            got, version = await client.get(node.address, "plan")
+            assert type(got) is bytes and (got, version) == (value, 1)
+            await client.aclose()
+        with _scripted(script, connections=1) as peer:
+            client = ObjectTransferClient(Credentials())
+            with pytest.raises(TransferBroken, match=f"broke after {CHUNK + 10} of {size} bytes$"):
+                await client.get(peer.address, "plan")
+            await client.aclose()
 
     anyio.run(main)
 

@@ -49,6 +49,7 @@ from spear.errors import (
     Unavailable,
     error_from_code,
 )
+from spear.store import huge_pages
 from spear.store.object_info import ObjectInfo
 from spear.transport.auth import NAMESPACE_KEY, Role, require_role
 from spear.transport.sealed import KEY_BYTES, SealedSocket, new_key
@@ -163,16 +164,17 @@ class _Connection:
             raise
         os.close(fd)
 
-    def read_exactly(self, size: int) -> bytearray:
-        out = bytearray(size)
-        view = memoryview(out)
+    def read_exactly(self, size: int) -> bytes:
+        """The next `size` bytes, in new memory (huge pages for a large value)."""
+        return huge_pages.filled_bytes(size, self._read_into)
+
+    def _read_into(self, view: memoryview) -> None:
         got = 0
-        while got < size:
+        while got < len(view):
             n = self.rfile.readinto(view[got:])
             if not n:
-                raise Unavailable(f"the transfer broke after {got} of {size} bytes")
+                raise Unavailable(f"the transfer broke after {got} of {len(view)} bytes")
             got += n
-        return out
 
     def discard(self, size: int) -> None:
         while size:
@@ -632,26 +634,24 @@ class ObjectTransferClient:
         size: int = await self._run(self._exchange, address, request, None, receive)
         return size
 
-    async def get(self, address: str, key: str) -> tuple[bytearray, int]:
+    async def get(self, address: str, key: str) -> tuple[bytes, int]:
         """(value, version): the current version of `key`, read by the node at `address`."""
 
-        def receive(conn: _Connection, answer: dict[str, Any]) -> tuple[bytearray, int]:
+        def receive(conn: _Connection, answer: dict[str, Any]) -> tuple[bytes, int]:
             return conn.read_exactly(int(answer["size"])), int(answer["version"])
 
         request = {"op": "get", "key": key, "version": 0}
-        out: tuple[bytearray, int] = await self._run(
-            self._exchange, address, request, None, receive
-        )
+        out: tuple[bytes, int] = await self._run(self._exchange, address, request, None, receive)
         return out
 
-    async def get_object(self, address: str, key: str) -> tuple[bytearray, ObjectInfo]:
+    async def get_object(self, address: str, key: str) -> tuple[bytes, ObjectInfo]:
         """(value, what is known of it): `key` as the node at `address` reads it."""
 
-        def receive(conn: _Connection, answer: dict[str, Any]) -> tuple[bytearray, ObjectInfo]:
+        def receive(conn: _Connection, answer: dict[str, Any]) -> tuple[bytes, ObjectInfo]:
             return conn.read_exactly(int(answer["size"])), answer_info(key, answer)
 
         request = {"op": "get", "key": key, "version": 0, "info": True}
-        out: tuple[bytearray, ObjectInfo] = await self._run(
+        out: tuple[bytes, ObjectInfo] = await self._run(
             self._exchange, address, request, None, receive
         )
         return out
