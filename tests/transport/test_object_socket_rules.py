@@ -38,7 +38,6 @@ from spear.errors import (
 )
 from spear.node.object_space import NamespaceBytes
 from spear.node.quotas import Quota, QuotaFile
-from spear.store import huge_pages
 from spear.store.leveldb import LevelDBKV
 from spear.store.objects import INLINE_MAX, ObjectStore
 from spear.transport.auth import AUTH_DIR, Authorizer, Role, TokenStore
@@ -798,18 +797,14 @@ async def test_an_answer_the_node_cannot_send_closes_the_connection(tmp_path: Pa
         await client.aclose()
 
 
-@pytest.mark.parametrize("size", [LARGE, huge_pages.LARGE + 3], ids=["file", "onto huge pages"])
-async def test_a_damaged_value_file_is_said_not_returned_short(tmp_path: Path, size: int) -> None:
+async def test_a_damaged_value_file_is_said_not_returned_short(tmp_path: Path) -> None:
     async with _serving(tmp_path) as served:
         client = served.client(served.owner)
-        value = os.urandom(size)
-        await client.put("large", value)
-        got, _ = await client.get("large")
-        assert type(got) is bytes and got == value
+        await client.put("large", b"L" * LARGE)
         (damaged,) = served.value_files()
         os.truncate(damaged, 3)
         with pytest.raises(
-            TransferBroken, match=rf"^the value's file handed over has 3 of {size} bytes$"
+            TransferBroken, match=rf"^the value's file handed over has 3 of {LARGE} bytes$"
         ):
             await client.get("large")
         await client.aclose()

@@ -43,7 +43,6 @@ from spear.errors import (
     SpearError,
     error_from_code,
 )
-from spear.store import huge_pages
 from spear.transport.auth import Role
 from spear.transport.object_transfer import (
     TransferBroken,
@@ -430,22 +429,10 @@ class ObjectSocketClient:
 
 
 def _read_file(fd: int, size: int) -> bytes:
-    if size >= huge_pages.LARGE:  # (onto huge pages: store/huge_pages.py)
-        return huge_pages.filled_bytes(size, lambda view: _pread_all(fd, view))
     value = os.pread(fd, size, 0)
     if len(value) != size:
         raise TransferBroken(f"the value's file handed over has {len(value)} of {size} bytes")
     return value
-
-
-def _pread_all(fd: int, view: memoryview) -> None:
-    """The start of the file `fd` into all of `view`."""
-    got = 0
-    while got < len(view):
-        n = os.preadv(fd, [view[got:]], got)
-        if not n:
-            raise TransferBroken(f"the value's file handed over has {got} of {len(view)} bytes")
-        got += n
 
 
 def _write_all(fd: int, view: memoryview) -> None:

@@ -49,9 +49,9 @@ from spear.errors import (
     Unavailable,
     error_from_code,
 )
-from spear.store import huge_pages
 from spear.store.object_info import ObjectInfo
 from spear.transport.auth import NAMESPACE_KEY, Role, require_role
+from spear.transport.filled_bytes import filled_bytes
 from spear.transport.sealed import KEY_BYTES, SealedSocket, new_key
 from spear.transport.serving import format_address, parse_listen
 
@@ -165,8 +165,8 @@ class _Connection:
         os.close(fd)
 
     def read_exactly(self, size: int) -> bytes:
-        """The next `size` bytes, in new memory (huge pages for a large value)."""
-        return huge_pages.filled_bytes(size, self._read_into)
+        """The next `size` bytes, read into a new `bytes` (transport/filled_bytes.py)."""
+        return filled_bytes(size, self._read_into)
 
     def _read_into(self, view: memoryview) -> None:
         got = 0
