@@ -28,6 +28,7 @@ from spear.errors import (
 )
 from spear.store.leveldb import LevelDBKV
 from spear.store.objects import INLINE_MAX, ObjectStore, result_key
+from spear.store.spare_files import SPARE_DIR
 from spear.transport._object_convert import record_info
 
 if TYPE_CHECKING:
@@ -149,7 +150,10 @@ async def cluster(tmp_path: Path) -> AsyncIterator[Cluster]:
 
 def value_files(store: ObjectStore) -> list[Path]:
     root = store.root
-    return [p for p in root.rglob("*") if p.is_file() and p.parent.name != "staging"]
+    # (not the staging area, nor spares: files no version names, kept to be written over)
+    return [
+        p for p in root.rglob("*") if p.is_file() and p.parent.name not in ("staging", SPARE_DIR)
+    ]
 
 
 async def held(store: ObjectStore) -> dict[str, int]:

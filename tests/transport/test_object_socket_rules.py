@@ -40,6 +40,7 @@ from spear.node.object_space import NamespaceBytes
 from spear.node.quotas import Quota, QuotaFile
 from spear.store.leveldb import LevelDBKV
 from spear.store.objects import INLINE_MAX, ObjectStore
+from spear.store.spare_files import SPARE_DIR
 from spear.transport.auth import AUTH_DIR, Authorizer, Role, TokenStore
 from spear.transport.channels import Credentials
 from spear.transport.cluster_tokens import ClusterTokens, verify_at_sms
@@ -84,7 +85,11 @@ class Served:
 
     def value_files(self) -> list[Path]:
         root = self.home / "objects"
-        return [p for p in root.rglob("*") if p.is_file() and "staging" not in p.parts]
+        return [
+            p
+            for p in root.rglob("*")
+            if p.is_file() and "staging" not in p.parts and SPARE_DIR not in p.parts
+        ]
 
     def staged(self) -> list[Path]:
         return list((self.home / "objects" / "staging").glob("*"))

@@ -54,6 +54,7 @@ from spear.node.quotas import Quota, QuotaFile
 from spear.store.leveldb import LevelDBKV
 from spear.store.object_info import ObjectInfo
 from spear.store.objects import ObjectStore
+from spear.store.spare_files import SPARE_DIR
 from spear.transport import object_transfer, sealed, tls
 from spear.transport.auth import AUTH_DIR, Authorizer, Role, TokenStore
 from spear.transport.channels import Credentials
@@ -1349,7 +1350,7 @@ def test_a_value_file_that_ends_early_breaks_the_transfer(tmp_path: Path, with_t
             [path] = [
                 p
                 for p in (node.home / "objects").rglob("*")
-                if p.is_file() and "staging" not in p.parts
+                if p.is_file() and "staging" not in p.parts and SPARE_DIR not in p.parts
             ]
             os.truncate(path, 4096 + 10)
             dest = tmp_path / "copy"
@@ -1401,7 +1402,7 @@ def test_a_value_file_longer_than_its_record_sends_the_records_size(
             [path] = [
                 p
                 for p in (node.home / "objects").rglob("*")
-                if p.is_file() and "staging" not in p.parts
+                if p.is_file() and "staging" not in p.parts and SPARE_DIR not in p.parts
             ]
             with path.open("ab") as f:
                 f.write(b"garbage" * 1000)
@@ -1987,7 +1988,7 @@ def test_a_received_value_is_kept_in_the_file_it_was_received_into(tmp_path: Pat
             [kept] = [
                 p
                 for p in (node.home / "objects").rglob("*")
-                if p.is_file() and "staging" not in p.parts
+                if p.is_file() and "staging" not in p.parts and SPARE_DIR not in p.parts
             ]
             assert kept.read_bytes() == value
             kept_as = kept.stat()

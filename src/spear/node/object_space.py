@@ -154,7 +154,8 @@ class ClusterObjects:
                 failures.append(f"{holder.node} is not live")
                 continue
             try:
-                await self._transfer.fetch(holder.address, key, record.version, dest)
+                # (`over`: the store may have placed a spare file at `dest` to write over)
+                await self._transfer.fetch(holder.address, key, record.version, dest, over=True)
                 return
             except Unavailable as exc:
                 failures.append(f"{holder.node}: {exc}")

@@ -44,8 +44,9 @@ class ObjectAuthority(Protocol):
         ...
 
     async def fetch(self, key: str, info: ObjectInfo, dest: Path) -> None:
-        """Write version `info.version` of `key` from a holder into the new file `dest`;
-        on any failure `dest` does not exist afterwards."""
+        """Write version `info.version` of `key` from a holder into `dest`, a new name in
+        the store (a file there is a spare the store placed to be written over from its
+        start, then cut to the value's size); on any failure `dest` does not exist."""
         ...
 
     async def hold(self, key: str, version: int) -> None:

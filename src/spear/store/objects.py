@@ -67,6 +67,7 @@ from spear.errors import (
 from spear.store.kv import Write
 from spear.store.object_info import ObjectInfo
 from spear.store.small_files import read_file
+from spear.store.spare_files import SpareFiles, write_over
 
 if TYPE_CHECKING:
     import builtins
@@ -194,6 +195,8 @@ class ObjectStore:
         # (with its next collection: struck off their tombstones; core/object_index.py).
         self._dropped: builtins.list[tuple[str, int]] = []
         self._stop = anyio.Event()
+        # Files of replaced and deleted values, written over by the next ones.
+        self.spares = SpareFiles(root, max_bytes=max_bytes)
 
     # -- values -----------------------------------------------------------------------
 
@@ -237,6 +240,7 @@ class ObjectStore:
         return await anyio.to_thread.run_sync(self._clear_staging, older_than_s, time.time())
 
     def _clear_staging(self, older_than_s: float, now: float) -> int:
+        self.spares.clear_unknown()  # (an earlier run's)
         removed = 0
         with contextlib.suppress(FileNotFoundError):
             for path in (self.root / "staging").iterdir():
@@ -308,7 +312,7 @@ class ObjectStore:
         self._reserved -= size
         self._used = (self._used or 0) + size - (int(old["size"]) if old else 0)
         if old and old.get("file"):
-            self._unlink(old["file"])
+            self._retire(old["file"])
         return version
 
     def _stage(
@@ -317,8 +321,8 @@ class ObjectStore:
         path = self._path(name)
         path.parent.mkdir(parents=True, exist_ok=True)
         if data is not None:
-            with open(path, "wb") as f:
-                f.write(data)
+            self.spares.place(path, len(data))
+            write_over(path, data)
         elif source is not None:
             try:
                 if move:
@@ -492,6 +496,7 @@ class ObjectStore:
         try:
             path = self._path(name)
             await anyio.Path(path.parent).mkdir(parents=True, exist_ok=True)
+            self.spares.place(path, info.size)
             await authority.fetch(key, info, path)
             inline = b""
             if info.size <= self._inline_max:
@@ -511,7 +516,7 @@ class ObjectStore:
             return
         self._used = (self._used or 0) + info.size - (int(old["size"]) if old else 0)
         if old and old.get("file"):
-            self._unlink(old["file"])
+            self._retire(old["file"])
         with contextlib.suppress(SpearError):  # (a cache nobody hears of is still a cache)
             await authority.hold(key, info.version)
 
@@ -624,7 +629,7 @@ class ObjectStore:
         if self._used is not None:
             self._used -= int(header["size"])
         if header.get("file"):
-            self._unlink(header["file"])
+            self._unlink(header["file"])  # (deleted: its room given back, not kept)
 
     # -- references and pins ----------------------------------------------------------
 
@@ -988,3 +993,13 @@ class ObjectStore:
     def _unlink(self, name: str) -> None:
         with contextlib.suppress(FileNotFoundError):
             self._path(name).unlink()
+
+    def _retire(self, name: str) -> None:
+        """The file `name`, which no version names any more: a spare, or gone."""
+        self.spares.retire(self._path(name))
+
+    def place_spare(self, path: Path, size: int) -> None:
+        """Before a value of `size` is received into the new file `path`: a spare file
+        put there to write over, when one is free (store/spare_files.py). The writer opens
+        `path` with `O_WRONLY | O_CREAT`, writes the whole value and truncates to `size`."""
+        self.spares.place(path, size)

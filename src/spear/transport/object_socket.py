@@ -251,6 +251,7 @@ class _SocketServer:
             raise InvalidArgument("a put hands over a file open for reading, not write-only")
         path = self._store.staging_path()
         try:
+            self._store.place_spare(path, size)  # (written over: store/spare_files.py)
             if size <= _COPY_IN_LOOP:
                 _copy(fd, path, size)
             else:
@@ -269,8 +270,9 @@ class _SocketServer:
 
 
 def _copy(source: int, path: Path, size: int) -> None:
-    """`size` bytes of the file `source` into the new file `path`, in the kernel."""
-    out = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    """`size` bytes of the file `source` into the file `path` (new, or a spare placed
+    there to write over), in the kernel."""
+    out = os.open(path, os.O_WRONLY | os.O_CREAT, 0o600)
     try:
         offset = 0
         while offset < size:
@@ -278,6 +280,7 @@ def _copy(source: int, path: Path, size: int) -> None:
             if not sent:
                 raise InvalidArgument(f"the file handed over ended after {offset} bytes")
             offset += sent
+        os.ftruncate(out, size)
     finally:
         os.close(out)
 

@@ -142,9 +142,12 @@ class _Connection:
         for start in range(0, len(view), CHUNK):
             self.sock.sendall(view[start : start + CHUNK])
 
-    def read_into_file(self, size: int, path: Path) -> None:
-        """Exactly `size` bytes into the new file `path`; on failure no file remains."""
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    def read_into_file(self, size: int, path: Path, *, over: bool = False) -> None:
+        """Exactly `size` bytes into the new file `path` (with `over`, into a file there
+        too, written over from its start: a spare, store/spare_files.py); on failure no
+        file remains."""
+        exclusive = 0 if over else os.O_EXCL
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | exclusive, 0o600)
         try:
             buf = bytearray(min(CHUNK, size) or 1)
             view = memoryview(buf)
@@ -157,6 +160,7 @@ class _Connection:
                 while written:
                     written = written[os.write(fd, written) :]
                 left -= n
+            os.ftruncate(fd, size)
         except BaseException:
             os.close(fd)
             with contextlib.suppress(FileNotFoundError):
@@ -447,7 +451,8 @@ class ObjectTransferServer:
             expected = None if expected is None else int(expected)
             path = self._store.staging_path()
             try:
-                conn.read_into_file(size, path)
+                self._store.place_spare(path, size)
+                conn.read_into_file(size, path, over=True)
                 put = self._write(
                     key, path, size, None if expected is None else int(expected), info
                 )
@@ -621,13 +626,16 @@ class ObjectTransferClient:
     async def _run(self, fn: Any, *args: Any) -> Any:
         return await anyio.to_thread.run_sync(fn, *args, limiter=_limiter)
 
-    async def fetch(self, address: str, key: str, version: int, dest: Path) -> int:
-        """Version `version` of `key` into the new file `dest`; its size. On failure `dest`
-        does not exist."""
+    async def fetch(
+        self, address: str, key: str, version: int, dest: Path, *, over: bool = False
+    ) -> int:
+        """Version `version` of `key` into the new file `dest` (with `over`, into a file
+        there too, written over: a store's spare); its size. On failure `dest` does not
+        exist."""
 
         def receive(conn: _Connection, answer: dict[str, Any]) -> int:
             size = int(answer["size"])
-            conn.read_into_file(size, dest)
+            conn.read_into_file(size, dest, over=over)
             return size
 
         request = {"op": "get", "key": key, "version": version}

@@ -1,0 +1,289 @@
+"""Files of replaced values kept to be written over (store/spare_files.py): the next value
+lands in a spare's pages, never in one that a reader still has open or mapped, within the
+pool's bounds; a deleted value's room is given back. Real files, real LevelDB."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from typing import TYPE_CHECKING
+
+import anyio
+import pytest
+
+from spear.store import spare_files
+from spear.store.leveldb import LevelDBKV
+from spear.store.objects import ObjectStore
+from spear.store.spare_files import SPARE_DIR, SpareFiles, write_over
+
+if TYPE_CHECKING:
+    from collections.abc import AsyncIterator
+    from pathlib import Path
+
+MiB = 1 << 20
+
+
+@pytest.fixture
+async def store(tmp_path: Path) -> AsyncIterator[ObjectStore]:
+    kv = LevelDBKV.open(str(tmp_path / "meta.ldb"))
+    try:
+        yield ObjectStore(kv, tmp_path / "objects")
+    finally:
+        await kv.aclose()
+
+
+def _inodes(directory: Path) -> set[int]:
+    return {p.stat().st_ino for p in directory.iterdir()} if directory.is_dir() else set()
+
+
+def _value_inode(store: ObjectStore) -> int:
+    [path] = [
+        p
+        for p in store.root.rglob("*")
+        if p.is_file() and SPARE_DIR not in p.parts and "staging" not in p.parts
+    ]
+    return path.stat().st_ino
+
+
+async def test_a_replaced_values_file_is_written_over_by_the_next_value(
+    store: ObjectStore,
+) -> None:
+    await store.put("a", os.urandom(2 * MiB))
+    first = _value_inode(store)
+    await store.put("a", b"b" * MiB)  # (version 1's file: a spare now)
+    assert _inodes(store.spares.directory) == {first}
+    assert store.spares.held_bytes == 2 * MiB
+    second = b"c" * (MiB + 5)
+    await store.put("a", second)  # written over version 1's file, cut to its length
+    assert _value_inode(store) == first
+    assert bytes((await store.get("a"))[0]) == second
+    assert os.stat(store._path(_only_file_name(store))).st_size == len(second)
+    assert len(store.spares) == 1  # (version 2's file, in its turn)
+
+
+def _only_file_name(store: ObjectStore) -> str:
+    [path] = [
+        p
+        for p in store.root.rglob("*")
+        if p.is_file() and SPARE_DIR not in p.parts and "staging" not in p.parts
+    ]
+    return path.name
+
+
+async def test_a_spare_a_reader_has_mapped_is_not_written_over(store: ObjectStore) -> None:
+    old = os.urandom(2 * MiB)
+    await store.put("a", old)
+    held, _ = await store.get("a")  # a map of version 1's file, in this process
+    await store.put("a", b"2" * (2 * MiB))  # version 1's file: a spare, still mapped
+    await store.put("b", b"3" * (2 * MiB))  # must not land in it
+    await store.put("a", b"4" * (2 * MiB))
+    assert bytes(held) == old  # the reader's snapshot is whole
+    assert len(store.spares) >= 1
+    held.release()
+    # Released: the next value may go into it.
+    spare_inodes = _inodes(store.spares.directory)
+    await store.put("c", b"5" * (2 * MiB))
+    assert _inodes(store.spares.directory) < spare_inodes
+
+
+async def test_a_spare_another_process_has_open_is_not_written_over(
+    store: ObjectStore, tmp_path: Path
+) -> None:
+    old = os.urandom(MiB)
+    await store.put("a", old)
+    await store.put("a", b"new" * 1000 * 100)
+    [spare] = store.spares.directory.iterdir()
+    ready = tmp_path / "ready"
+    reader = subprocess.Popen(
+        [sys.executable, "-c",
+         "import os, sys, time; fd = os.open(sys.argv[1], os.O_RDONLY);"
+         "open(sys.argv[2], 'w').close(); time.sleep(30)", str(spare), str(ready)],
+    )  # fmt: skip
+    try:
+        while not ready.exists():
+            await anyio.sleep(0.01)
+        await store.put("b", b"x" * MiB)
+        assert spare.read_bytes() == old  # not written over while the other reads it
+        assert spare.exists()
+    finally:
+        reader.kill()
+        reader.wait()
+    await store.put("c", b"y" * MiB)  # the reader gone: now it is
+    assert not spare.exists()
+
+
+async def test_a_deleted_values_room_is_given_back(store: ObjectStore) -> None:
+    await store.put("a", os.urandom(2 * MiB))
+    await store.delete("a")
+    assert len(store.spares) == 0
+    assert not [p for p in store.root.rglob("*") if p.is_file()]
+
+
+def test_the_pool_keeps_within_its_bounds(tmp_path: Path) -> None:
+    root = tmp_path / "objects"
+    root.mkdir()
+    pool = SpareFiles(root, max_files=2, max_bytes=3 * MiB)
+    files = []
+    for i, size in enumerate([MiB, MiB, MiB, 2 * MiB]):
+        path = root / f"v{i}"
+        path.write_bytes(b"v" * size)
+        files.append(path)
+    pool.retire(files[0])
+    pool.retire(files[1])
+    pool.retire(files[2])  # (a third file: unlinked)
+    assert len(pool) == 2 and pool.held_bytes == 2 * MiB
+    assert not files[2].exists() and not files[0].exists()
+    pool.drop_all()
+    pool.retire(files[3])
+    assert pool.held_bytes == 2 * MiB
+    big = root / "big"
+    big.write_bytes(b"b" * (2 * MiB))
+    pool.retire(big)  # (past max_bytes: unlinked)
+    assert len(pool) == 1 and not big.exists()
+    pool.retire(root / "never-there")  # (nothing to keep)
+    assert len(pool) == 1
+
+
+def test_no_spare_is_kept_on_a_file_system_short_of_room(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    root = tmp_path / "objects"
+    root.mkdir()
+    real = os.statvfs(root)
+
+    class Short:
+        f_blocks, f_frsize = 1000, real.f_frsize
+        f_bavail = 249  # (under a quarter free)
+
+    pool = SpareFiles(root)
+    monkeypatch.setattr(spare_files.os, "statvfs", lambda path: Short)
+    path = root / "v"
+    path.write_bytes(b"v" * 4096)
+    pool.retire(path)
+    assert len(pool) == 0 and not path.exists()
+    Short.f_bavail = 250
+    path.write_bytes(b"v" * 4096)
+    pool.retire(path)
+    assert len(pool) == 1
+
+
+def test_a_new_file_that_would_leave_the_disk_short_drops_every_spare(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    root = tmp_path / "objects"
+    root.mkdir()
+    pool = SpareFiles(root)
+    kept = root / "v"
+    kept.write_bytes(b"v" * 4096)
+    pool.retire(kept)
+    [spare] = pool.directory.iterdir()
+    held = os.open(spare, os.O_RDONLY)  # (in use: not to be written over)
+    try:
+        assert not pool.place(root / "new", 2 * MiB)  # (room enough: it stays)
+        assert len(pool) == 1
+
+        class Short:
+            f_blocks, f_frsize, f_bavail = 10**6, 4096, 2048  # 8 MiB free
+
+        monkeypatch.setattr(spare_files.os, "statvfs", lambda path: Short)
+        assert not pool.place(root / "new", 2 * MiB)
+        assert len(pool) == 0 and not spare.exists()
+    finally:
+        os.close(held)
+
+
+def test_a_placed_spare_is_new_to_whoever_sweeps_by_age(tmp_path: Path) -> None:
+    root = tmp_path / "objects"
+    root.mkdir()
+    pool = SpareFiles(root)
+    old = root / "v"
+    old.write_bytes(b"v" * 8192)
+    os.utime(old, (time.time() - 86400, time.time() - 86400))
+    pool.retire(old)
+    target = root / "staged"
+    assert pool.place(target, 100)
+    assert time.time() - target.stat().st_mtime < 60
+    write_over(target, b"w" * 100)
+    assert target.read_bytes() == b"w" * 100
+
+
+def test_where_leases_are_refused_no_spare_is_written_over(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    root = tmp_path / "objects"
+    root.mkdir()
+    pool = SpareFiles(root)
+    for name in ("a", "b"):
+        (root / name).write_bytes(b"x" * 4096)
+        pool.retire(root / name)
+    monkeypatch.setattr(spare_files, "_alone", lambda fd: None)  # (cannot be told)
+    assert not pool.place(root / "new", 4096)
+    assert len(pool) == 0 and pool.max_files == 0
+    assert not list(pool.directory.iterdir())
+    (root / "c").write_bytes(b"x")
+    pool.retire(root / "c")  # (no more spares: unlinked)
+    assert not (root / "c").exists()
+
+
+def test_an_earlier_runs_spares_are_cleared_not_the_pools(tmp_path: Path) -> None:
+    root = tmp_path / "objects"
+    (root / SPARE_DIR).mkdir(parents=True)
+    leftover = root / SPARE_DIR / "from-before"
+    leftover.write_bytes(b"l")
+    pool = SpareFiles(root)
+    mine = root / "v"
+    mine.write_bytes(b"m")
+    pool.retire(mine)
+    assert pool.clear_unknown() == 1
+    assert not leftover.exists() and len(list(pool.directory.iterdir())) == 1
+
+
+def test_puts_over_the_object_socket_and_the_transfer_port_write_over_spares(
+    tmp_path: Path,
+) -> None:
+    """The node's own receivers (a client's memfd on its host, bytes over its transfer
+    port) write into spares as the store's put does: the inode of a replaced value
+    comes back as a later one's."""
+    from spear.config import Settings
+    from spear.node.assembly import serving_node
+    from spear.node.client import Client
+    from spear.transport.auth import read_owner_token
+    from spear.transport.channels import Credentials
+    from spear.transport.object_socket import ObjectSocketClient
+    from spear.transport.object_transfer import ObjectTransferClient
+
+    home = tmp_path / "home"
+    values = [os.urandom(2 * MiB), os.urandom(MiB), os.urandom(MiB + 3)]
+
+    def inodes() -> dict[str, int]:
+        return {
+            p.parent.name: p.stat().st_ino
+            for p in (home / "objects").rglob("*")
+            if p.is_file() and p.parent.name not in (SPARE_DIR, "staging")
+        }
+
+    async def main() -> None:
+        async with serving_node(Settings(data_dir=home, listen="127.0.0.1:0")) as served:
+            owner = Credentials(token=read_owner_token(home))
+            async with Client(served.address, credentials=owner) as client:
+                info = await client.node_info()
+            local = ObjectSocketClient(info.object_socket, owner)
+            transfer = ObjectTransferClient(owner)
+            try:
+                for put in (
+                    lambda v: local.put("k", v),
+                    lambda v: transfer.put(info.object_transfer_address, "k", v),
+                ):
+                    await put(values[0])
+                    [first] = inodes().values()
+                    await put(values[1])  # (the first file: a spare now)
+                    await put(values[2])  # written over it
+                    assert list(inodes().values()) == [first]
+                    assert (await local.get("k"))[0] == values[2]
+            finally:
+                await local.aclose()
+                await transfer.aclose()
+
+    anyio.run(main)
