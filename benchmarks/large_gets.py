@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import os
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -85,22 +84,16 @@ async def _spear(address: str, home: Path, rounds: int) -> dict[str, Any]:
 
 
 def spear_side(rounds: int) -> dict[str, Any]:
+    from benchmarks.grpc_bench import _Daemon
+
     shm = "/dev/shm" if Path("/dev/shm").is_dir() else None
     with tempfile.TemporaryDirectory(prefix="spear-large-gets-", dir=shm) as tmp:
         home = Path(tmp) / "home"
-        env = {k: v for k, v in os.environ.items() if not k.startswith("SPEAR_")}
-        daemon = subprocess.Popen(
-            [sys.executable, "-m", "spear", "serve", "--listen", "127.0.0.1:0",
-             "--data-dir", str(home), "--log-level", "WARNING"],
-            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=env,
-        )  # fmt: skip
+        daemon = _Daemon(home)
         try:
-            assert daemon.stdout is not None
-            address = daemon.stdout.readline().decode().strip()
-            return anyio.run(_spear, address, home, rounds)
+            return anyio.run(_spear, daemon.address, home, rounds)
         finally:
-            daemon.terminate()
-            daemon.wait(60)
+            daemon.stop()
 
 
 def ray_side(rounds: int) -> dict[str, Any]:

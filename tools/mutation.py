@@ -218,6 +218,13 @@ TARGETS = (
         ),
     ),
     Target(
+        # Files of replaced values written over by the next ones: never one a reader
+        # still has open or mapped, within the pool's bounds.
+        "spare_files",
+        ("spear/store/spare_files.py",),
+        (_T + "store/test_spare_files.py", _T + "store/test_objects.py"),
+    ),
+    Target(
         "controller",
         ("spear/core/tasks/controller.py",),
         (

@@ -34,6 +34,20 @@ async def store(tmp_path: Path) -> AsyncIterator[ObjectStore]:
         await kv.aclose()
 
 
+@pytest.fixture
+def root(tmp_path: Path) -> Path:
+    made = tmp_path / "objects"
+    made.mkdir()
+    return made
+
+
+def _retired(pool: SpareFiles, path: Path, size: int = 4096) -> Path:
+    """A file of `size` bytes at `path`, then retired into `pool`."""
+    path.write_bytes(b"v" * size)
+    pool.retire(path)
+    return path
+
+
 def _inodes(directory: Path) -> set[int]:
     return {p.stat().st_ino for p in directory.iterdir()} if directory.is_dir() else set()
 
@@ -121,9 +135,7 @@ async def test_a_deleted_values_room_is_given_back(store: ObjectStore) -> None:
     assert not [p for p in store.root.rglob("*") if p.is_file()]
 
 
-def test_the_pool_keeps_within_its_bounds(tmp_path: Path) -> None:
-    root = tmp_path / "objects"
-    root.mkdir()
+def test_the_pool_keeps_within_its_bounds(root: Path) -> None:
     pool = SpareFiles(root, max_files=2, max_bytes=3 * MiB)
     files = []
     for i, size in enumerate([MiB, MiB, MiB, 2 * MiB]):
@@ -147,10 +159,8 @@ def test_the_pool_keeps_within_its_bounds(tmp_path: Path) -> None:
 
 
 def test_no_spare_is_kept_on_a_file_system_short_of_room(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    root: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    root = tmp_path / "objects"
-    root.mkdir()
     real = os.statvfs(root)
 
     class Short:
@@ -159,25 +169,18 @@ def test_no_spare_is_kept_on_a_file_system_short_of_room(
 
     pool = SpareFiles(root)
     monkeypatch.setattr(spare_files.os, "statvfs", lambda path: Short)
-    path = root / "v"
-    path.write_bytes(b"v" * 4096)
-    pool.retire(path)
+    path = _retired(pool, root / "v")
     assert len(pool) == 0 and not path.exists()
     Short.f_bavail = 250
-    path.write_bytes(b"v" * 4096)
-    pool.retire(path)
+    _retired(pool, path)
     assert len(pool) == 1
 
 
 def test_a_new_file_that_would_leave_the_disk_short_drops_every_spare(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    root: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    root = tmp_path / "objects"
-    root.mkdir()
     pool = SpareFiles(root)
-    kept = root / "v"
-    kept.write_bytes(b"v" * 4096)
-    pool.retire(kept)
+    _retired(pool, root / "v")
     [spare] = pool.directory.iterdir()
     held = os.open(spare, os.O_RDONLY)  # (in use: not to be written over)
     try:
@@ -194,9 +197,7 @@ def test_a_new_file_that_would_leave_the_disk_short_drops_every_spare(
         os.close(held)
 
 
-def test_a_placed_spare_is_new_to_whoever_sweeps_by_age(tmp_path: Path) -> None:
-    root = tmp_path / "objects"
-    root.mkdir()
+def test_a_placed_spare_is_new_to_whoever_sweeps_by_age(root: Path) -> None:
     pool = SpareFiles(root)
     old = root / "v"
     old.write_bytes(b"v" * 8192)
@@ -210,32 +211,24 @@ def test_a_placed_spare_is_new_to_whoever_sweeps_by_age(tmp_path: Path) -> None:
 
 
 def test_where_leases_are_refused_no_spare_is_written_over(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    root: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    root = tmp_path / "objects"
-    root.mkdir()
     pool = SpareFiles(root)
     for name in ("a", "b"):
-        (root / name).write_bytes(b"x" * 4096)
-        pool.retire(root / name)
+        _retired(pool, root / name)
     monkeypatch.setattr(spare_files, "_alone", lambda fd: None)  # (cannot be told)
     assert not pool.place(root / "new", 4096)
     assert len(pool) == 0 and pool.max_files == 0
     assert not list(pool.directory.iterdir())
-    (root / "c").write_bytes(b"x")
-    pool.retire(root / "c")  # (no more spares: unlinked)
-    assert not (root / "c").exists()
+    assert not _retired(pool, root / "c").exists()  # (no more spares: unlinked)
 
 
-def test_an_earlier_runs_spares_are_cleared_not_the_pools(tmp_path: Path) -> None:
-    root = tmp_path / "objects"
-    (root / SPARE_DIR).mkdir(parents=True)
+def test_an_earlier_runs_spares_are_cleared_not_the_pools(root: Path) -> None:
+    (root / SPARE_DIR).mkdir()
     leftover = root / SPARE_DIR / "from-before"
     leftover.write_bytes(b"l")
     pool = SpareFiles(root)
-    mine = root / "v"
-    mine.write_bytes(b"m")
-    pool.retire(mine)
+    _retired(pool, root / "v")
     assert pool.clear_unknown() == 1
     assert not leftover.exists() and len(list(pool.directory.iterdir())) == 1
 
