@@ -280,3 +280,15 @@ def test_puts_over_the_object_socket_and_the_transfer_port_write_over_spares(
                 await transfer.aclose()
 
     anyio.run(main)
+
+
+def test_a_small_value_leaves_a_large_spare_for_a_large_one(root: Path) -> None:
+    pool = SpareFiles(root)
+    _retired(pool, root / "large", 4 * MiB)
+    [spare] = pool.directory.iterdir()
+    assert not pool.place(root / "small", 10_000)  # (4 MiB is more than 4 x 64 KiB)
+    assert spare.exists() and len(pool) == 1
+    assert pool.place(root / "fits", MiB)  # (a quarter of it: written over)
+    assert not spare.exists() and (root / "fits").stat().st_size == 4 * MiB
+    _retired(pool, root / "short", MiB // 2)
+    assert pool.place(root / "longer", MiB)  # (shorter than the value: all of it used)

@@ -40,6 +40,8 @@ SPARE_DIR = "spare"
 F_SETLEASE = getattr(fcntl, "F_SETLEASE", 1024)  # (Linux's number where fcntl has none)
 MIN_FREE_SHARE = 0.25  # no spare is kept while the file system has less free than this
 LOW_SPACE_BYTES = 8 * 1024 * 1024  # a new file leaving less than this drops every spare
+OVERSIZE = 4  # a spare more than this many times a value's size is left for a larger one
+SMALL_BYTES = 64 * 1024  # (below this, a value counts as this large)
 
 
 class SpareFiles:
@@ -113,10 +115,13 @@ class SpareFiles:
 
     def _candidates(self, size: int) -> list[str]:
         """Spares to try for a value of `size`: those that hold it, smallest first, then
-        the rest, largest first (its pages are written over, more are added)."""
+        the rest, largest first (its pages are written over, more are added). Not one
+        more than `OVERSIZE` times the value: cut to its size, it would free the rest
+        (a small value would take a large spare that a large one could use whole)."""
         with self._lock:
             spares = sorted(self._sizes.items(), key=lambda item: item[1])
-        holding = [name for name, held in spares if held >= size]
+        most = OVERSIZE * max(size, SMALL_BYTES)
+        holding = [name for name, held in spares if size <= held <= most]
         short = [name for name, held in reversed(spares) if held < size]
         return holding + short
 
