@@ -292,3 +292,73 @@ def test_a_small_value_leaves_a_large_spare_for_a_large_one(root: Path) -> None:
     assert not spare.exists() and (root / "fits").stat().st_size == 4 * MiB
     _retired(pool, root / "short", MiB // 2)
     assert pool.place(root / "longer", MiB)  # (shorter than the value: all of it used)
+
+
+def test_the_pool_may_fill_its_bytes_exactly(root: Path) -> None:
+    pool = SpareFiles(root, max_bytes=2 * MiB)
+    _retired(pool, root / "a", MiB)
+    _retired(pool, root / "b", MiB)  # (2 MiB held: at the bound, not past it)
+    assert len(pool) == 2
+    assert pool.directory.stat().st_mode & 0o777 == 0o700  # (the node's alone)
+
+
+def test_no_spare_is_kept_where_the_file_system_cannot_be_asked(
+    root: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def fails(path: object) -> None:
+        raise OSError("statvfs refused")
+
+    pool = SpareFiles(root)
+    monkeypatch.setattr(spare_files.os, "statvfs", fails)
+    assert not _retired(pool, root / "v").exists() and len(pool) == 0
+    assert not pool.place(root / "new", 4096)  # (and a new file is made as before)
+
+
+def test_the_smallest_spare_that_holds_the_value_is_written_over(root: Path) -> None:
+    pool = SpareFiles(root)
+    for i, size in enumerate([4 * MiB, 3 * MiB, 2 * MiB, MiB + 1]):
+        _retired(pool, root / f"v{i}", size)
+    assert pool.place(root / "new", MiB)
+    assert (root / "new").stat().st_size == MiB + 1
+    assert sorted(p.stat().st_size for p in pool.directory.iterdir()) == [
+        2 * MiB,
+        3 * MiB,
+        4 * MiB,
+    ]
+
+
+def test_a_spare_removed_behind_the_pools_back_is_passed_over(root: Path) -> None:
+    pool = SpareFiles(root)
+    _retired(pool, root / "v")
+    [spare] = pool.directory.iterdir()
+    spare.unlink()
+    assert not pool.place(root / "new", 4096)
+    assert not (root / "new").exists() and len(pool) == 0
+
+
+def test_spares_stay_while_a_new_file_leaves_just_enough_room(
+    root: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    pool = SpareFiles(root)
+    _retired(pool, root / "v")
+    [spare] = pool.directory.iterdir()
+    held = os.open(spare, os.O_RDONLY)  # (in use: not to be written over)
+    try:
+        size = 2 * MiB
+
+        class JustEnough:
+            f_frsize = 4096
+            f_blocks = 10**6
+            f_bavail = (size + spare_files.LOW_SPACE_BYTES) // 4096
+
+        monkeypatch.setattr(spare_files.os, "statvfs", lambda path: JustEnough)
+        assert not pool.place(root / "new", size)
+        assert len(pool) == 1
+    finally:
+        os.close(held)
+
+
+def test_a_value_written_anew_is_the_nodes_alone(root: Path) -> None:
+    write_over(root / "fresh", b"f" * 5000)
+    assert (root / "fresh").stat().st_mode & 0o777 == 0o600
+    assert (root / "fresh").read_bytes() == b"f" * 5000
