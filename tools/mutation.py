@@ -225,6 +225,12 @@ TARGETS = (
         (_T + "store/test_spare_files.py", _T + "store/test_objects.py"),
     ),
     Target(
+        # A value read into one new bytes, filled in place through CPython's C API.
+        "filled_bytes",
+        ("spear/transport/filled_bytes.py",),
+        (_T + "transport/test_filled_bytes.py", _T + "transport/test_object_transfer_rules.py"),
+    ),
+    Target(
         "controller",
         ("spear/core/tasks/controller.py",),
         (

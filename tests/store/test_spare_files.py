@@ -225,12 +225,14 @@ def test_where_leases_are_refused_no_spare_is_written_over(
 
 def test_an_earlier_runs_spares_are_cleared_not_the_pools(root: Path) -> None:
     (root / SPARE_DIR).mkdir()
-    leftover = root / SPARE_DIR / "from-before"
-    leftover.write_bytes(b"l")
+    leftovers = [root / SPARE_DIR / "from-before", root / SPARE_DIR / "and-another"]
+    for leftover in leftovers:
+        leftover.write_bytes(b"l")
     pool = SpareFiles(root)
     _retired(pool, root / "v")
-    assert pool.clear_unknown() == 1
-    assert not leftover.exists() and len(list(pool.directory.iterdir())) == 1
+    assert pool.clear_unknown() == 2
+    assert not any(p.exists() for p in leftovers)
+    assert len(list(pool.directory.iterdir())) == 1
 
 
 def test_puts_over_the_object_socket_and_the_transfer_port_write_over_spares(
@@ -314,7 +316,13 @@ def test_no_spare_is_kept_where_the_file_system_cannot_be_asked(
     assert not pool.place(root / "new", 4096)  # (and a new file is made as before)
 
 
-def test_the_smallest_spare_that_holds_the_value_is_written_over(root: Path) -> None:
+def test_the_smallest_spare_that_holds_the_value_is_written_over(
+    root: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Spares named in the order they come (a name is random): the largest first, so no
+    # order but their sizes' picks the smallest.
+    names = iter(range(100))
+    monkeypatch.setattr(spare_files.os, "urandom", lambda n: next(names).to_bytes(n, "big"))
     pool = SpareFiles(root)
     for i, size in enumerate([4 * MiB, 3 * MiB, 2 * MiB, MiB + 1]):
         _retired(pool, root / f"v{i}", size)
