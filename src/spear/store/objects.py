@@ -195,7 +195,7 @@ class ObjectStore:
         # (with its next collection: struck off their tombstones; core/object_index.py).
         self._dropped: builtins.list[tuple[str, int]] = []
         self._stop = anyio.Event()
-        # Files of replaced and deleted values, written over by the next ones.
+        # Files of replaced values, written over by the next ones (store/spare_files.py).
         self.spares = SpareFiles(root, max_bytes=max_bytes)
 
     # -- values -----------------------------------------------------------------------
