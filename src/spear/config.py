@@ -127,6 +127,9 @@ class Settings:
     task_log_max_bytes: int = 64 * 1024 * 1024
     object_max_bytes: int = 1024**3
     object_store_capacity_bytes: int = 16 * 1024**3
+    # Room kept in files of replaced values to write the next ones over (0: none;
+    # store/spare_files.py, docs/objects.md "Spare files").
+    object_spare_bytes: int = 1024**3
     object_gc_grace_s: float = 86400.0  # an unreferenced, unpinned object lives this long idle
     object_gc_interval_s: float = 60.0  # how often a node sweeps (0: never; `spear obj gc`)
     stream_queue_messages: int = 64  # per direction, per task: then -EAGAIN / backpressure
@@ -205,6 +208,8 @@ class Settings:
             raise InvalidArgument("runner_idle_s must be 0 (no runner) or positive")
         if not 1 <= self.object_replicas <= 16:
             raise InvalidArgument("object_replicas must be between 1 and 16")
+        if self.object_spare_bytes < 0:
+            raise InvalidArgument("object_spare_bytes must be 0 (no spare files) or positive")
         transport = _PEER_TRANSPORT_ALIASES.get(self.peer_transport, self.peer_transport)
         object.__setattr__(self, "peer_transport", transport)
         if self.peer_transport not in PEER_TRANSPORTS:

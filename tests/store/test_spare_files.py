@@ -370,3 +370,36 @@ def test_a_value_written_anew_is_the_nodes_alone(root: Path) -> None:
     write_over(root / "fresh", b"f" * 5000)
     assert (root / "fresh").stat().st_mode & 0o777 == 0o600
     assert (root / "fresh").read_bytes() == b"f" * 5000
+
+
+def test_the_setting_object_spare_bytes_bounds_the_pool_and_0_keeps_none(
+    tmp_path: Path,
+) -> None:
+    from spear.config import Settings
+    from spear.errors import InvalidArgument
+    from spear.node.assembly import _object_store
+
+    env = {"HOME": str(tmp_path), "SPEAR_OBJECT_SPARE_BYTES": "0"}
+    none = Settings.load(env=env, data_dir=tmp_path / "a")
+    assert none.object_spare_bytes == 0
+    assert Settings.load(env={"HOME": str(tmp_path)}).object_spare_bytes == 1024**3
+    with pytest.raises(InvalidArgument, match="object_spare_bytes must be 0"):
+        Settings(data_dir=tmp_path / "b", object_spare_bytes=-1)
+    with pytest.raises(InvalidArgument, match="SPEAR_OBJECT_SPARE_BYTES: setting object_spa"):
+        Settings.load(env={**env, "SPEAR_OBJECT_SPARE_BYTES": "-1"})
+
+    async def main() -> None:
+        kv = LevelDBKV.open(str(tmp_path / "meta.ldb"))
+        try:
+            store = _object_store(none, kv)
+            await store.put("a", os.urandom(MiB))
+            await store.put("a", os.urandom(MiB))  # (the first file unlinked: no pool)
+            assert len(store.spares) == 0 and not store.spares.directory.exists()
+            kept = _object_store(
+                Settings.load(env={**env, "SPEAR_OBJECT_SPARE_BYTES": str(MiB)}), kv
+            )
+            assert (kept.spares.max_files, kept.spares.max_bytes) == (16, MiB)
+        finally:
+            await kv.aclose()
+
+    anyio.run(main)

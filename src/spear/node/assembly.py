@@ -155,6 +155,7 @@ def _object_store(settings: Settings, kv: KV) -> ObjectStore:
         settings.data_dir / "objects",
         max_bytes=settings.object_max_bytes,
         capacity_bytes=settings.object_store_capacity_bytes,
+        spare_bytes=settings.object_spare_bytes,
         gc_grace_s=settings.object_gc_grace_s,
         gc_interval_s=settings.object_gc_interval_s,
         sync=settings.kv_sync,

@@ -175,6 +175,7 @@ class ObjectStore:
         sync: bool = False,
         inline_max: int = INLINE_MAX,
         authority: ObjectAuthority | None = None,
+        spare_bytes: int | None = None,
     ) -> None:
         self._kv = kv
         self.authority = authority  # set when the node joins a cluster
@@ -196,7 +197,8 @@ class ObjectStore:
         self._dropped: builtins.list[tuple[str, int]] = []
         self._stop = anyio.Event()
         # Files of replaced values, written over by the next ones (store/spare_files.py).
-        self.spares = SpareFiles(root, max_bytes=max_bytes)
+        spares = max_bytes if spare_bytes is None else spare_bytes
+        self.spares = SpareFiles(root, max_files=16 if spares else 0, max_bytes=spares)
 
     # -- values -----------------------------------------------------------------------
 
