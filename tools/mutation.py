@@ -231,6 +231,20 @@ TARGETS = (
         (_T + "transport/test_filled_bytes.py", _T + "transport/test_object_transfer_rules.py"),
     ),
     Target(
+        # How every spear client calls a grpc.aio server: credentials, limits, metadata,
+        # and failures back as spear's own errors; and the streams' adapter.
+        "aio_client",
+        ("spear/transport/aio_client.py", "spear/transport/aio_streams.py"),
+        (
+            _T + "transport/test_aio_streams.py",
+            _T + "transport/test_aio_server.py",
+            _T + "transport/test_aio_server_rules.py",
+            _T + "transport/test_wire_status.py",
+            _T + "transport/test_grpc_server.py",
+            _T + "transport/test_auth_mutants.py",
+        ),
+    ),
+    Target(
         "controller",
         ("spear/core/tasks/controller.py",),
         (
