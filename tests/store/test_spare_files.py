@@ -25,6 +25,31 @@ if TYPE_CHECKING:
 MiB = 1 << 20
 
 
+def _leases_here() -> bool:
+    """Whether this machine's temporary directory gives write leases (the pool writes
+    over no spare where it does not: then there is nothing of that to test)."""
+    import fcntl
+    import tempfile
+
+    made, path = tempfile.mkstemp()
+    os.close(made)  # (open elsewhere, it would refuse the lease for that reason)
+    fd = os.open(path, os.O_WRONLY)
+    try:
+        fcntl.fcntl(fd, spare_files.F_SETLEASE, fcntl.F_WRLCK)
+        fcntl.fcntl(fd, spare_files.F_SETLEASE, fcntl.F_UNLCK)
+    except OSError:
+        return False
+    finally:
+        os.close(fd)
+        os.unlink(path)
+    return True
+
+
+needs_leases = pytest.mark.skipif(
+    not _leases_here(), reason="this file system gives no write leases: no spare is reused"
+)
+
+
 @pytest.fixture
 async def store(tmp_path: Path) -> AsyncIterator[ObjectStore]:
     kv = LevelDBKV.open(str(tmp_path / "meta.ldb"))
@@ -68,6 +93,7 @@ def _value_inode(store: ObjectStore) -> int:
     return path.stat().st_ino
 
 
+@needs_leases
 async def test_a_replaced_values_file_is_written_over_by_the_next_value(
     store: ObjectStore,
 ) -> None:
@@ -93,6 +119,7 @@ def _only_file_name(store: ObjectStore) -> str:
     return path.name
 
 
+@needs_leases
 async def test_a_spare_a_reader_has_mapped_is_not_written_over(store: ObjectStore) -> None:
     old = os.urandom(2 * MiB)
     await store.put("a", old)
@@ -109,6 +136,7 @@ async def test_a_spare_a_reader_has_mapped_is_not_written_over(store: ObjectStor
     assert _inodes(store.spares.directory) < spare_inodes
 
 
+@needs_leases
 async def test_a_spare_another_process_has_open_is_not_written_over(
     store: ObjectStore, tmp_path: Path
 ) -> None:
@@ -184,6 +212,7 @@ def test_no_spare_is_kept_on_a_file_system_short_of_room(
     assert len(pool) == 1
 
 
+@needs_leases
 def test_a_new_file_that_would_leave_the_disk_short_drops_every_spare(
     root: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -205,6 +234,7 @@ def test_a_new_file_that_would_leave_the_disk_short_drops_every_spare(
         os.close(held)
 
 
+@needs_leases
 def test_a_placed_spare_is_new_to_whoever_sweeps_by_age(root: Path) -> None:
     pool = SpareFiles(root)
     old = root / "v"
@@ -243,6 +273,7 @@ def test_an_earlier_runs_spares_are_cleared_not_the_pools(root: Path) -> None:
     assert len(list(pool.directory.iterdir())) == 1
 
 
+@needs_leases
 def test_puts_over_the_object_socket_and_the_transfer_port_write_over_spares(
     tmp_path: Path,
 ) -> None:
@@ -292,6 +323,7 @@ def test_puts_over_the_object_socket_and_the_transfer_port_write_over_spares(
     anyio.run(main)
 
 
+@needs_leases
 def test_a_small_value_leaves_a_large_spare_for_a_large_one(root: Path) -> None:
     pool = SpareFiles(root)
     _retired(pool, root / "large", 4 * MiB)
@@ -324,6 +356,7 @@ def test_no_spare_is_kept_where_the_file_system_cannot_be_asked(
     assert not pool.place(root / "new", 4096)  # (and a new file is made as before)
 
 
+@needs_leases
 def test_the_smallest_spare_that_holds_the_value_is_written_over(
     root: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -352,6 +385,7 @@ def test_a_spare_removed_behind_the_pools_back_is_passed_over(root: Path) -> Non
     assert not (root / "new").exists() and len(pool) == 0
 
 
+@needs_leases
 def test_spares_stay_while_a_new_file_leaves_just_enough_room(
     root: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
