@@ -107,9 +107,9 @@ class _Transfer:
         if _Transfer.fails is not None:
             raise _Transfer.fails
 
-    async def get_object(self, address: str, key: str) -> tuple[bytearray, ObjectInfo]:
+    async def get_object(self, address: str, key: str) -> tuple[bytes, ObjectInfo]:
         await self._call("get", address, key)
-        return bytearray(b"value"), INFO
+        return b"value", INFO
 
     async def put_object(self, address: str, key: str, data: bytes, expected: int | None) -> Any:
         await self._call("put", address, key, len(data), expected)

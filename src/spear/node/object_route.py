@@ -115,7 +115,7 @@ class ObjectRoute:
                 await self._forget(client)
                 return None
             raise
-        return bytes(value), info
+        return value, info
 
     async def put(
         self, client: Client, key: str, data: bytes, expected_version: int | None

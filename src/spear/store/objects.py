@@ -197,8 +197,7 @@ class ObjectStore:
         self._dropped: builtins.list[tuple[str, int]] = []
         self._stop = anyio.Event()
         # Files of replaced values, written over by the next ones (store/spare_files.py).
-        spares = max_bytes if spare_bytes is None else spare_bytes
-        self.spares = SpareFiles(root, max_files=16 if spares else 0, max_bytes=spares)
+        self.spares = SpareFiles(root, max_bytes=max_bytes if spare_bytes is None else spare_bytes)
 
     # -- values -----------------------------------------------------------------------
 
@@ -999,9 +998,3 @@ class ObjectStore:
     def _retire(self, name: str) -> None:
         """The file `name`, which no version names any more: a spare, or gone."""
         self.spares.retire(self._path(name))
-
-    def place_spare(self, path: Path, size: int) -> None:
-        """Before a value of `size` is received into the new file `path`: a spare file
-        put there to write over, when one is free (store/spare_files.py). The writer opens
-        `path` with `O_WRONLY | O_CREAT`, writes the whole value and truncates to `size`."""
-        self.spares.place(path, size)

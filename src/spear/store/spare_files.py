@@ -5,10 +5,10 @@ unlinked took 0.52 ms on this machine's tmpfs (0.35 on its disk's page cache), w
 the same bytes over a file already there 0.13 (0.09); for 64 MiB 42 ms against 15. On a
 virtual machine the new pages can be worse: the pages of freed files go back to the host
 (free page reporting) and come back one fault at a time, so a node that pulled 1 GiB in
-0.7 s took 3-4 s in other rounds (docs/benchmarks.md, "Value files written over").
-Ray's object store keeps the memory it mapped once; spear keeps every value as a file of
-its own, so it keeps the files of replaced and deleted values for a while instead, and
-writes the next value over one.
+0.7 s took 3-4 s in other rounds (docs/benchmarks.md, "Value files written over, and a
+value's memory"). Ray's object store keeps the memory it mapped once; spear keeps every
+value as a file of its own, so it keeps the files of replaced values for a while instead
+(a deleted value's room is given back at once), and writes the next value over one.
 
 A spare is written over only when nothing has it open: not a reader that opened it before
 its version was replaced (a node sending it, a client it was handed to over the object

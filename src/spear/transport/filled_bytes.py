@@ -15,7 +15,7 @@ Measured and not kept: advising a large value's memory for transparent huge page
 (`madvise(MADV_HUGEPAGE)`) halved a 64 MiB get's median on this machine, but its huge
 pages are the very blocks the VM hands back to its host (free page reporting works on
 2 MiB blocks), so one get in ten took 5-15 times longer and the mean got worse
-(docs/benchmarks.md, "A large value's memory").
+(docs/benchmarks.md, "Value files written over, and a value's memory").
 """
 
 from __future__ import annotations

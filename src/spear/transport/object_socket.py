@@ -251,7 +251,7 @@ class _SocketServer:
             raise InvalidArgument("a put hands over a file open for reading, not write-only")
         path = self._store.staging_path()
         try:
-            self._store.place_spare(path, size)  # (written over: store/spare_files.py)
+            self._store.spares.place(path, size)  # (written over: store/spare_files.py)
             if size <= _COPY_IN_LOOP:
                 _copy(fd, path, size)
             else:

@@ -451,7 +451,7 @@ class ObjectTransferServer:
             expected = None if expected is None else int(expected)
             path = self._store.staging_path()
             try:
-                self._store.place_spare(path, size)
+                self._store.spares.place(path, size)
                 conn.read_into_file(size, path, over=True)
                 put = self._write(
                     key, path, size, None if expected is None else int(expected), info
