@@ -4,6 +4,7 @@ pool's bounds; a deleted value's room is given back. Real files, real LevelDB.""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import sys
@@ -19,7 +20,7 @@ from spear.store.objects import ObjectStore
 from spear.store.spare_files import SPARE_DIR, SpareFiles, write_over
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator
+    from collections.abc import AsyncIterator, Iterator
     from pathlib import Path
 
 MiB = 1 << 20
@@ -84,13 +85,28 @@ def _inodes(directory: Path) -> set[int]:
     return {p.stat().st_ino for p in directory.iterdir()} if directory.is_dir() else set()
 
 
-def _value_inode(store: ObjectStore) -> int:
+def _value_file(store: ObjectStore) -> Path:
+    """The one file of a version in `store` (not a spare, not a staged one)."""
     [path] = [
         p
         for p in store.root.rglob("*")
         if p.is_file() and SPARE_DIR not in p.parts and "staging" not in p.parts
     ]
-    return path.stat().st_ino
+    return path
+
+
+@contextlib.contextmanager
+def _one_spare_in_use(root: Path) -> Iterator[tuple[SpareFiles, Path]]:
+    """A pool of one spare that this process holds open (so it is not to be written
+    over) while the block runs."""
+    pool = SpareFiles(root)
+    _retired(pool, root / "v")
+    [spare] = pool.directory.iterdir()
+    held = os.open(spare, os.O_RDONLY)
+    try:
+        yield pool, spare
+    finally:
+        os.close(held)
 
 
 @needs_leases
@@ -98,25 +114,16 @@ async def test_a_replaced_values_file_is_written_over_by_the_next_value(
     store: ObjectStore,
 ) -> None:
     await store.put("a", os.urandom(2 * MiB))
-    first = _value_inode(store)
+    first = _value_file(store).stat().st_ino
     await store.put("a", b"b" * MiB)  # (version 1's file: a spare now)
     assert _inodes(store.spares.directory) == {first}
     assert store.spares.held_bytes == 2 * MiB
     second = b"c" * (MiB + 5)
     await store.put("a", second)  # written over version 1's file, cut to its length
-    assert _value_inode(store) == first
+    assert _value_file(store).stat().st_ino == first
     assert bytes((await store.get("a"))[0]) == second
-    assert os.stat(store._path(_only_file_name(store))).st_size == len(second)
+    assert _value_file(store).stat().st_size == len(second)
     assert len(store.spares) == 1  # (version 2's file, in its turn)
-
-
-def _only_file_name(store: ObjectStore) -> str:
-    [path] = [
-        p
-        for p in store.root.rglob("*")
-        if p.is_file() and SPARE_DIR not in p.parts and "staging" not in p.parts
-    ]
-    return path.name
 
 
 @needs_leases
@@ -216,11 +223,7 @@ def test_no_spare_is_kept_on_a_file_system_short_of_room(
 def test_a_new_file_that_would_leave_the_disk_short_drops_every_spare(
     root: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    pool = SpareFiles(root)
-    _retired(pool, root / "v")
-    [spare] = pool.directory.iterdir()
-    held = os.open(spare, os.O_RDONLY)  # (in use: not to be written over)
-    try:
+    with _one_spare_in_use(root) as (pool, spare):
         assert not pool.place(root / "new", 2 * MiB)  # (room enough: it stays)
         assert len(pool) == 1
 
@@ -230,8 +233,6 @@ def test_a_new_file_that_would_leave_the_disk_short_drops_every_spare(
         monkeypatch.setattr(spare_files.os, "statvfs", lambda path: Short)
         assert not pool.place(root / "new", 2 * MiB)
         assert len(pool) == 0 and not spare.exists()
-    finally:
-        os.close(held)
 
 
 @needs_leases
@@ -389,11 +390,7 @@ def test_a_spare_removed_behind_the_pools_back_is_passed_over(root: Path) -> Non
 def test_spares_stay_while_a_new_file_leaves_just_enough_room(
     root: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    pool = SpareFiles(root)
-    _retired(pool, root / "v")
-    [spare] = pool.directory.iterdir()
-    held = os.open(spare, os.O_RDONLY)  # (in use: not to be written over)
-    try:
+    with _one_spare_in_use(root) as (pool, _):
         size = 2 * MiB
 
         class JustEnough:
@@ -404,8 +401,6 @@ def test_spares_stay_while_a_new_file_leaves_just_enough_room(
         monkeypatch.setattr(spare_files.os, "statvfs", lambda path: JustEnough)
         assert not pool.place(root / "new", size)
         assert len(pool) == 1
-    finally:
-        os.close(held)
 
 
 def test_a_value_written_anew_is_the_nodes_alone(root: Path) -> None:
