@@ -24,9 +24,10 @@ from benchmarks.versions import alternate, measure_in
 RESULT_FILE = ROOT / "benchmarks" / "results" / "object_writes.json"
 
 _ROUND = r"""
-import json, os, statistics, subprocess, sys, tempfile, time
+import json, os, statistics, sys, tempfile, time
 from pathlib import Path
 import anyio
+from benchmarks.grpc_bench import _Daemon
 from spear.node.client import Client
 from spear.transport.auth import read_owner_token
 from spear.transport.channels import Credentials
@@ -38,13 +39,9 @@ MiB = 1 << 20
 shm = "/dev/shm" if Path("/dev/shm").is_dir() else None
 with tempfile.TemporaryDirectory(prefix="spear-writes-", dir=shm) as tmp:
     home = Path(tmp) / "home"
-    env = {k: v for k, v in os.environ.items() if not k.startswith("SPEAR_")}
-    daemon = subprocess.Popen(
-        [sys.executable, "-m", "spear", "serve", "--listen", "127.0.0.1:0",
-         "--data-dir", str(home), "--log-level", "WARNING"],
-        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=env)
+    daemon = _Daemon(home)
     try:
-        address = daemon.stdout.readline().decode().strip()
+        address = daemon.address
 
         async def main():
             owner = Credentials(token=read_owner_token(home))
@@ -84,8 +81,7 @@ with tempfile.TemporaryDirectory(prefix="spear-writes-", dir=shm) as tmp:
 
         print(json.dumps(anyio.run(main)))
     finally:
-        daemon.terminate()
-        daemon.wait(60)
+        daemon.stop()
 """
 
 
