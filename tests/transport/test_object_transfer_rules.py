@@ -231,6 +231,14 @@ class Node:
     def staged(self) -> list[Path]:
         return list((self.home / "objects" / "staging").glob("*"))
 
+    def value_files(self) -> list[Path]:
+        """The files of versions the node holds (not staged ones, not spares)."""
+        return [
+            p
+            for p in (self.home / "objects").rglob("*")
+            if p.is_file() and "staging" not in p.parts and SPARE_DIR not in p.parts
+        ]
+
     def connections(self) -> int:
         """Connections the node is serving now."""
         with self.server._lock:
@@ -1347,11 +1355,7 @@ def test_a_value_file_that_ends_early_breaks_the_transfer(tmp_path: Path, with_t
         async with _serving(tmp_path, with_tls=with_tls) as node:
             value = _value(CHUNK + 4096)
             await node.store.put("plan", value)
-            [path] = [
-                p
-                for p in (node.home / "objects").rglob("*")
-                if p.is_file() and "staging" not in p.parts and SPARE_DIR not in p.parts
-            ]
+            [path] = node.value_files()
             os.truncate(path, 4096 + 10)
             dest = tmp_path / "copy"
             with pytest.raises(TransferBroken, match="broke after"):
@@ -1399,11 +1403,7 @@ def test_a_value_file_longer_than_its_record_sends_the_records_size(
         async with _serving(tmp_path, with_tls=with_tls) as node:
             value = _value(CHUNK + 4096)
             version = await node.store.put("plan", value)
-            [path] = [
-                p
-                for p in (node.home / "objects").rglob("*")
-                if p.is_file() and "staging" not in p.parts and SPARE_DIR not in p.parts
-            ]
+            [path] = node.value_files()
             with path.open("ab") as f:
                 f.write(b"garbage" * 1000)
             raw = await node.raw(member=True)
@@ -1985,11 +1985,7 @@ def test_a_received_value_is_kept_in_the_file_it_was_received_into(tmp_path: Pat
             received_into = staged.stat()
             await raw.send(value[CHUNK:])
             assert await raw.line() == {"ok": True, "version": 1, "size": len(value)}
-            [kept] = [
-                p
-                for p in (node.home / "objects").rglob("*")
-                if p.is_file() and "staging" not in p.parts and SPARE_DIR not in p.parts
-            ]
+            [kept] = node.value_files()
             assert kept.read_bytes() == value
             kept_as = kept.stat()
             assert (kept_as.st_dev, kept_as.st_ino) == (received_into.st_dev, received_into.st_ino)
