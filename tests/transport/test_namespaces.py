@@ -154,6 +154,59 @@ async def test_quotas_are_refused_with_resource_exhausted(tmp_path: Path) -> Non
             assert [o.key for o in await a.list_objects("a")] == ["a"]
 
 
+async def test_a_waited_batch_runs_in_the_tokens_namespace_and_keeps_its_quota(
+    tmp_path: Path,
+) -> None:
+    """SubmitTasks with every task waited for runs as one wave of the node's `run_many`:
+    in the caller's namespace whatever its specs name, and one task at a time against a
+    quota (found: it once ran them in the default namespace, past any quota)."""
+    home = tmp_path / "home"
+    module = str(hello(tmp_path))
+    async with node_served(home) as (node, address):
+        token = TokenStore(home).issue("alice", Role.SUBMITTER, "team-a")
+        async with client(address, token) as a:
+            ran = await a.submit_many(
+                [FunctionSpec(module), FunctionSpec(module, namespace="default")], wait=True
+            )
+            assert [getattr(t, "state", t) for t in ran] == [TaskState.COMPLETED] * 2
+            assert {t.spec.namespace for t in ran if not isinstance(t, Exception)} == {"team-a"}
+            assert await node.tasks() != [] and await a.tasks() != []
+            owner = read_owner_token(home)
+            assert owner is not None
+            async with client(address, owner) as admin:
+                assert await admin.tasks() == []  # nothing ran in the default namespace
+            QuotaFile(home / AUTH_DIR).set(Quota("team-a", tasks=1))
+            slow = str(ticker(tmp_path, 100, 20))
+            capped = await a.submit_many([FunctionSpec(slow)] * 3, wait=True)
+            refused = [o for o in capped if isinstance(o, ResourceExhausted)]
+            finished = [o for o in capped if not isinstance(o, Exception)]
+            assert len(refused) == 2 and "quota of 1 unfinished tasks" in str(refused[0])
+            assert [t.state for t in finished] == [TaskState.COMPLETED]
+            assert finished[0].spec.namespace == "team-a"
+
+
+def test_a_namespaces_view_passes_through_only_the_nodes_own_parts(tmp_path: Path) -> None:
+    """Every public method of the nodes a server wraps is scoped by NamespacedNode or is
+    not reachable through it: a new way to run or read tasks cannot slip past the view."""
+    import inspect
+
+    from spear.node.cluster import ClusterNode
+    from spear.node.inprocess import InProcessNode
+    from spear.node.namespaced import NODE_WIDE, NamespacedNode
+
+    own = set(vars(NamespacedNode))
+    for cls in (InProcessNode, ClusterNode):
+        view = NamespacedNode(cls.__new__(cls), "team-a")  # type: ignore[arg-type]
+        methods = [n for n, m in inspect.getmembers(cls) if callable(m) and n[0] != "_"]
+        assert {"run_many", "submit"} <= set(methods)
+        for name in methods:
+            if name in own:
+                continue
+            assert name not in NODE_WIDE, f"{cls.__name__}.{name} would pass unscoped"
+            with pytest.raises(AttributeError):  # (output, drain: the node's, not a caller's)
+                getattr(view, name)
+
+
 async def test_listings_come_in_pages_so_any_history_can_be_read(tmp_path: Path) -> None:
     home = tmp_path / "home"
     module = str(hello(tmp_path))

@@ -22,6 +22,7 @@ if TYPE_CHECKING:
         TaskResult,
         TaskState,
     )
+    from spear.errors import SpearError
 
 
 class NodeAPI(Protocol):
@@ -133,6 +134,17 @@ class NodeAPI(Protocol):
         """Delete finished tasks (records, logs, results): `task_ids`, and those that
         ended over `older_than_s` ago or beyond the newest `keep` (of `namespace` only,
         if named; a client's namespace is its credentials'). Returns the ids deleted."""
+        ...
+
+
+class BatchNode(NodeAPI, Protocol):
+    """A node in this process, which runs a batch waited for as one wave (InProcessNode,
+    ClusterNode, and a namespace's view of either): SubmitTasks' quick path."""
+
+    async def run_many(
+        self, specs: Sequence[FunctionSpec], stdins: Sequence[bytes | None] | None = None
+    ) -> list[Task | SpearError]:
+        """Each task run to its end (its record), or why it was refused; in order."""
         ...
 
 

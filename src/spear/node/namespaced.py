@@ -13,7 +13,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import time
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, cast
 
 import anyio
 
@@ -34,9 +34,17 @@ if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Callable, Sequence
 
     from spear.core.models import FunctionSpec, LogChunk, NodeInfo, Task, TaskResult, TaskState
-    from spear.node.api import NodeAPI, StreamingTask, TaskHandle
+    from spear.node.api import BatchNode, NodeAPI, StreamingTask, TaskHandle
     from spear.node.quotas import TaskSlots
     from spear.store.object_info import ObjectInfo
+
+
+# What a namespace's view passes through to the node it wraps (`__getattr__`): the node's
+# parts and its state, which the servers and the dashboard read (a ClusterNode's SMS
+# client and its local node, the Spearlet, whether it drains, its address).
+NODE_WIDE = frozenset(
+    {"node", "cluster", "local", "scheduler", "draining", "address", "max_message_bytes"}
+)
 
 
 class NamespacedNode:
@@ -47,7 +55,12 @@ class NamespacedNode:
         self.namespace = ns.check_name(namespace)
         self.slots = slots
 
-    def __getattr__(self, name: str) -> Any:  # what the seam does not name: the node's own
+    def __getattr__(self, name: str) -> Any:
+        # What the seam does not name, and only what is the node's own (its parts and
+        # its state, the same for every namespace): a way to run or read tasks or objects
+        # that this class does not scope is an AttributeError here, not the whole node's.
+        if name not in NODE_WIDE:
+            raise AttributeError(f"{type(self).__name__} has no attribute {name!r}")
         return getattr(self.api, name)
 
     @property
@@ -158,6 +171,30 @@ class NamespacedNode:
                     on_created=on_created,
                 )
 
+    async def run_many(
+        self, specs: Sequence[FunctionSpec], stdins: Sequence[bytes | None] | None = None
+    ) -> list[Task | SpearError]:
+        """Run tasks to their ends in this namespace (SubmitTasks, every task waited for):
+        as one wave of the node's `run_many` when the namespace has no task quota, here or
+        across the cluster; else each on its own, at once, each taking its slot (those past
+        the quota refused with ResourceExhausted, as `submit` refuses them)."""
+        if not self._limited() and self._cluster_unlimited():
+            node = cast("BatchNode", self.api)  # (the server asks only nodes that have it)
+            return await node.run_many([self._spec(s) for s in specs], stdins)
+        stdins = stdins or [None] * len(specs)
+        out: list[Task | SpearError | None] = [None] * len(specs)
+
+        async def one(i: int) -> None:
+            try:
+                out[i] = await self.run(specs[i], stdin=stdins[i])
+            except SpearError as exc:
+                out[i] = exc
+
+        async with anyio.create_task_group() as tg:
+            for i in range(len(specs)):
+                tg.start_soon(one, i)
+        return [o for o in out if o is not None]
+
     async def call(self, spec: FunctionSpec, *, stdin: bytes | None = None) -> TaskResult:
         async with self._cluster_slot(None):
             if not self._limited():
@@ -185,14 +222,14 @@ class NamespacedNode:
         slot its task's record at the SMS ends; the block gets the idempotency key that
         names the task in advance (the caller's, or a new id). Without a quota: one SMS
         call a second per namespace, to learn there is none."""
-        cluster = getattr(self.api, "cluster", None)  # (ClusterNode: its SMS client)
-        take = getattr(cluster, "take_task_slot", None)
-        slots = self.slots
-        now = time.monotonic()
-        if take is None or slots is None or slots.cluster_unlimited.get(self.namespace, 0) > now:
+        if self._cluster_unlimited():
             yield idempotency_key
             return
-        assert cluster is not None  # (it has take_task_slot)
+        cluster = self.api.cluster  # type: ignore[attr-defined]  # (it has take_task_slot)
+        slots = self.slots
+        assert slots is not None
+        now = time.monotonic()
+        take = cluster.take_task_slot
         key = idempotency_key or new_task_id()
         task_id = task_id_for_key(key)
         try:
@@ -212,6 +249,14 @@ class NamespacedNode:
             if not (keep and started):
                 with anyio.CancelScope(shield=True), contextlib.suppress(SpearError):
                     await cluster.release_task_slot(self.namespace, task_id)
+
+    def _cluster_unlimited(self) -> bool:
+        """Whether this namespace is known to have no cluster-wide task quota now: not a
+        cluster member, no slots kept, or told so by the SMS within the last second."""
+        cluster = getattr(self.api, "cluster", None)  # (ClusterNode: its SMS client)
+        if getattr(cluster, "take_task_slot", None) is None or self.slots is None:
+            return True
+        return self.slots.cluster_unlimited.get(self.namespace, 0) > time.monotonic()
 
     def _mine(self, task: Task) -> Task:
         if task.spec.namespace != self.namespace:

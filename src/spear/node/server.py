@@ -12,7 +12,7 @@ import contextlib
 import dataclasses
 import hashlib
 from collections import OrderedDict
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
 from spear._logging import logger
 from spear.core.artifacts import ArtifactStore
@@ -37,7 +37,7 @@ if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 
     from spear.core.models import FunctionSpec, Task, TaskResult
-    from spear.node.api import NodeAPI
+    from spear.node.api import BatchNode, NodeAPI
     from spear.node.cluster import ClusterNode
 
 SERVICE_NAME = "spear.v1.Spearlet"
@@ -133,7 +133,10 @@ class SpearletService(ServiceBase):
 
     async def submit_tasks(self, message: pb.SubmitTasksRequest) -> pb.SubmitTasksResponse:
         """A batch: every task's spec in, every task's record (or refusal) out, in order."""
-        run_many = getattr(self.api, "run_many", None)  # (nodes in this process have one)
+        # (nodes in this process have one; a namespace's view scopes it)
+        run_many = (
+            cast("BatchNode", self.api).run_many if hasattr(self.node_api, "run_many") else None
+        )
         from spear.transport.trace_metadata import has_own_traceparents, in_trace
 
         traced = has_own_traceparents(message.tasks)  # (each task its own trace: one by one)
