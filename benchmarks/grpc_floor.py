@@ -3,13 +3,16 @@ least 1.5x Ray"): a bare grpc.aio server whose handler answers at once, beside a
 serve` daemon running a trivial WASM task per call (CallTask), with the same 16 clients,
 in alternating rounds of one run.
 
-    python -m benchmarks.grpc_floor [--rounds 3] [--seconds 6]
+    python -m benchmarks.grpc_floor [--rounds 3] [--seconds 6] [--ray]
     # benchmarks/results/grpc_floor.json
 
 Each side runs in a process of its own, the clients in this one (16 channels, one call at
 a time each), as `grpc_bench`'s 16-client workload does; each round reports calls per
 second and the server process's CPU per call. What lies between the two rows is spear's
-own path (admission, the task's records, its run, its result), not gRPC's.
+own path (admission, the task's records, its run, its result), not gRPC's. A third side,
+the same bare server whose handler runs the trivial task on a `LocalNode` in its process
+(`node.run`, nothing else of spear's), is the least any spear server could do a call;
+`--ray` alternates Ray's throughput workload (the issue's peer) with them.
 
 Then, in a process of its own, the task's part of that path without gRPC: a `LocalNode`'s
 CPU per trivial task run one at a time (`node.run`), by 16 concurrent callers, and in
@@ -57,6 +60,32 @@ async def main():
     await server.wait_for_termination()
 
 asyncio.run(main())
+"""
+
+
+# The least a spear server could do per call: a bare grpc.aio method whose handler runs the
+# trivial task on a LocalNode in its process (`node.run`: its records, its guest, its
+# result kept) and answers its state; no auth, no spear message, no namespace, no output
+# read. What 16 clients get from it bounds any spear server on this machine from above.
+_TASK_SERVER = r"""
+import asyncio, sys, grpc, grpc.aio, spear
+
+async def main(home, module):
+    spec = spear.FunctionSpec(module)
+    async with spear.LocalNode(home) as node:
+        async def call(request, context):
+            task = await node.run(spec)
+            return task.state.value.encode()
+        handler = grpc.unary_unary_rpc_method_handler(call)
+        server = grpc.aio.server()
+        server.add_generic_rpc_handlers(
+            [grpc.method_handlers_generic_handler("floor.Bare", {"Call": handler})])
+        port = server.add_insecure_port("127.0.0.1:0")
+        await server.start()
+        print(f"127.0.0.1:{port}", flush=True)
+        await server.wait_for_termination()
+
+asyncio.run(main(sys.argv[1], sys.argv[2]))
 """
 
 
@@ -121,9 +150,9 @@ def _timed(pid: int, seconds: float, load: Any) -> dict[str, float]:
     }
 
 
-def _bare_round(seconds: float) -> dict[str, float]:
+def _bare_round(seconds: float, *args: str, script: str = _BARE_SERVER) -> dict[str, float]:
     server = subprocess.Popen(
-        [sys.executable, "-c", _BARE_SERVER], stdout=subprocess.PIPE, text=True
+        [sys.executable, "-c", script, *args], stdout=subprocess.PIPE, text=True
     )
     try:
         assert server.stdout is not None
@@ -132,6 +161,24 @@ def _bare_round(seconds: float) -> dict[str, float]:
     finally:
         server.kill()
         server.wait()
+
+
+def _task_round(seconds: float) -> dict[str, float]:
+    import wasmtime
+
+    with tempfile.TemporaryDirectory(prefix="spear-floor-") as tmp:
+        module = Path(tmp) / "trivial.wasm"
+        module.write_bytes(wasmtime.wat2wasm(TRIVIAL_WAT))
+        home = str(Path(tmp) / "home")
+        return _bare_round(seconds, home, str(module), script=_TASK_SERVER)
+
+
+def _ray_round(seconds: float) -> dict[str, float]:
+    """Ray's throughput workload (`ray_bench.throughput`: trivial remote functions at once,
+    about `seconds`' worth), the peer of issue 17's 16-client target."""
+    from benchmarks import ray_bench
+
+    return {"calls_per_s": float(ray_bench.throughput(int(2500 * seconds))["tasks_per_s"])}
 
 
 def _spear_round(seconds: float) -> dict[str, float]:
@@ -200,13 +247,27 @@ def _in_process(tasks: int = 4000) -> dict[str, float]:
     return measure_in(str(Path(spear.__file__).parents[1]), _IN_PROCESS, str(tasks))
 
 
-def run(rounds: int, seconds: float) -> dict[str, Any]:
-    found: dict[str, list[dict[str, float]]] = {"bare_grpc_aio": [], "spear_call_task": []}
-    for i in range(rounds):
-        order = [("bare_grpc_aio", _bare_round), ("spear_call_task", _spear_round)]
-        for name, one in order if i % 2 == 0 else order[::-1]:
-            found[name].append(one(seconds))
-            print(name, json.dumps(found[name][-1]), flush=True)
+def run(rounds: int, seconds: float, ray: bool = False) -> dict[str, Any]:
+    order: list[tuple[str, Callable[[float], dict[str, float]]]] = [
+        ("bare_grpc_aio", _bare_round),
+        ("grpc_aio_with_the_task", _task_round),
+        ("spear_call_task", _spear_round),
+    ]
+    if ray:
+        from benchmarks import ray_bench
+
+        ray_bench.start()
+        _ray_round(0.5)  # (warm: its workers)
+        order.append(("ray_throughput", _ray_round))
+    found: dict[str, list[dict[str, float]]] = {name: [] for name, _ in order}
+    try:
+        for i in range(rounds):
+            for name, one in order if i % 2 == 0 else order[::-1]:
+                found[name].append(one(seconds))
+                print(name, json.dumps(found[name][-1]), flush=True)
+    finally:
+        if ray:
+            ray_bench.stop()
     medians = {
         name: {k: statistics.median(r[k] for r in rs) for k in rs[0]} for name, rs in found.items()
     }
@@ -225,9 +286,10 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--seconds", type=float, default=6.0)
+    p.add_argument("--ray", action="store_true", help="Ray's throughput rounds beside them")
     p.add_argument("--out", type=Path, default=RESULT_FILE)
     args = p.parse_args(argv)
-    result = run(args.rounds, args.seconds)
+    result = run(args.rounds, args.seconds, args.ray)
     write_rounds(result, args.out)
     return 0
 
