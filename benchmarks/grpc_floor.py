@@ -141,12 +141,13 @@ async def _spear_load(address: str, token: str, module: str, seconds: float) -> 
 
 def _timed(pid: int, seconds: float, load: Any) -> dict[str, float]:
     asyncio.run(load(1.0))  # (warm: connections, the module's compile)
-    cpu, start = _cpu_s(pid), time.perf_counter()
+    cpu, mine, start = _cpu_s(pid), time.process_time(), time.perf_counter()
     calls = asyncio.run(load(seconds))
     elapsed, spent = time.perf_counter() - start, _cpu_s(pid) - cpu
     return {
         "calls_per_s": round(calls / elapsed, 1),
         "server_cpu_us_per_call": round(spent / calls * 1e6, 1),
+        "clients_cpu_us_per_call": round((time.process_time() - mine) / calls * 1e6, 1),
     }
 
 
