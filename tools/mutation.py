@@ -237,6 +237,7 @@ TARGETS = (
         ("spear/transport/aio_client.py", "spear/transport/aio_streams.py"),
         (
             _T + "transport/test_aio_streams.py",
+            _T + "transport/test_aio_channel_rules.py",
             _T + "transport/test_aio_server.py",
             _T + "transport/test_aio_server_rules.py",
             _T + "transport/test_wire_status.py",
