@@ -44,38 +44,25 @@ CLIENTS = 16
 _METHOD = "/floor.Bare/Call"
 _REQUEST = b"\x0a\x10" + b"y" * 16
 
-_BARE_SERVER = r"""
-import asyncio, sys, grpc, grpc.aio
+# A bare grpc.aio method answering at once; given a data dir and a module, the least a
+# spear server could do per call instead: the handler runs the trivial task on a LocalNode
+# in its process (`node.run`: its records, its guest, its result kept) and answers its
+# state; no auth, no spear message, no namespace, no output read. What 16 clients get from
+# that bounds any spear server on this machine from above.
+_SERVER = r"""
+import asyncio, contextlib, sys, grpc, grpc.aio
 
-async def main():
-    async def call(request, context):
-        return b"\x0a\x20" + b"x" * 32
-    handler = grpc.unary_unary_rpc_method_handler(call)
-    server = grpc.aio.server()
-    server.add_generic_rpc_handlers(
-        [grpc.method_handlers_generic_handler("floor.Bare", {"Call": handler})])
-    port = server.add_insecure_port("127.0.0.1:0")
-    await server.start()
-    print(f"127.0.0.1:{port}", flush=True)
-    await server.wait_for_termination()
-
-asyncio.run(main())
-"""
-
-
-# The least a spear server could do per call: a bare grpc.aio method whose handler runs the
-# trivial task on a LocalNode in its process (`node.run`: its records, its guest, its
-# result kept) and answers its state; no auth, no spear message, no namespace, no output
-# read. What 16 clients get from it bounds any spear server on this machine from above.
-_TASK_SERVER = r"""
-import asyncio, sys, grpc, grpc.aio, spear
-
-async def main(home, module):
-    spec = spear.FunctionSpec(module)
-    async with spear.LocalNode(home) as node:
+async def main(home=None, module=None):
+    async with contextlib.AsyncExitStack() as stack:
         async def call(request, context):
-            task = await node.run(spec)
-            return task.state.value.encode()
+            return b"\x0a\x20" + b"x" * 32
+        if home is not None:
+            import spear
+            spec = spear.FunctionSpec(module)
+            node = await stack.enter_async_context(spear.LocalNode(home))
+            async def call(request, context):
+                task = await node.run(spec)
+                return task.state.value.encode()
         handler = grpc.unary_unary_rpc_method_handler(call)
         server = grpc.aio.server()
         server.add_generic_rpc_handlers(
@@ -85,7 +72,7 @@ async def main(home, module):
         print(f"127.0.0.1:{port}", flush=True)
         await server.wait_for_termination()
 
-asyncio.run(main(sys.argv[1], sys.argv[2]))
+asyncio.run(main(*sys.argv[1:3]))
 """
 
 
@@ -151,9 +138,9 @@ def _timed(pid: int, seconds: float, load: Any) -> dict[str, float]:
     }
 
 
-def _bare_round(seconds: float, *args: str, script: str = _BARE_SERVER) -> dict[str, float]:
+def _bare_round(seconds: float, *args: str) -> dict[str, float]:
     server = subprocess.Popen(
-        [sys.executable, "-c", script, *args], stdout=subprocess.PIPE, text=True
+        [sys.executable, "-c", _SERVER, *args], stdout=subprocess.PIPE, text=True
     )
     try:
         assert server.stdout is not None
@@ -171,7 +158,7 @@ def _task_round(seconds: float) -> dict[str, float]:
         module = Path(tmp) / "trivial.wasm"
         module.write_bytes(wasmtime.wat2wasm(TRIVIAL_WAT))
         home = str(Path(tmp) / "home")
-        return _bare_round(seconds, home, str(module), script=_TASK_SERVER)
+        return _bare_round(seconds, home, str(module))
 
 
 def _ray_round(seconds: float) -> dict[str, float]:

@@ -23,12 +23,14 @@ from spear.errors import DeadlineExceeded, InvalidArgument, NotFound, SpearError
 from spear.tracing.base import current_traceparent
 from spear.transport._gen.pb import spearlet_pb2 as pb
 from spear.transport._status import ERROR_CODE_KEY, RpcError, received_error_code
-from spear.transport.aio_client import AioChannel
+from spear.transport.aio_client import AioChannel, UnaryCall
 from spear.transport.channels import Credentials
 from spear.transport.services import Cardinality
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator
+
+    from spear.transport.aio_streams import AioCallStream
 
 TRACEPARENT = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
 MiB = 1024 * 1024
@@ -116,11 +118,20 @@ def closed_port() -> int:
         return int(s.getsockname()[1])
 
 
+def call_of(
+    channel: AioChannel, name: str, cardinality: Cardinality = Cardinality.UNARY_UNARY, **kw: Any
+) -> AioCallStream:
+    """A call of method `name` through `AioChannel.request`, as spear's stubs make one."""
+    return channel.request(route(name), cardinality, pb.LogChunk, pb.LogChunk, **kw)
+
+
+def unary_callable(channel: AioChannel, name: str) -> UnaryCall[pb.LogChunk, pb.LogChunk]:
+    return channel.unary(route(name), lambda m: m.SerializeToString(), pb.LogChunk.FromString)
+
+
 async def unary(channel: AioChannel, name: str, message: pb.LogChunk, **kwargs: Any) -> Any:
-    """One unary call through `AioChannel.request`, as spear's stubs make it."""
-    async with channel.request(
-        route(name), Cardinality.UNARY_UNARY, pb.LogChunk, pb.LogChunk, **kwargs
-    ) as stream:
+    """One unary call through `AioChannel.request`."""
+    async with call_of(channel, name, **kwargs) as stream:
         await stream.send_message(message, end=True)
         return await stream.recv_message()
 
@@ -140,9 +151,7 @@ async def test_a_call_sends_the_channels_credentials_and_what_the_caller_adds() 
         try:
             by_dict = await unary(channel, "Echo", pb.LogChunk(data=b"hi"), metadata={"a": "1"})
             by_pairs = await unary(channel, "Echo", pb.LogChunk(), metadata=[("b", 2)])
-            unary_call = channel.unary(
-                route("Echo"), lambda m: m.SerializeToString(), pb.LogChunk.FromString
-            )
+            unary_call = unary_callable(channel, "Echo")
             plain = await unary_call(pb.LogChunk(), metadata={"c": "3"})
         finally:
             current_traceparent.reset(trace)
@@ -167,17 +176,14 @@ async def test_a_call_ends_at_its_timeout_or_its_callers_deadline_whichever_is_f
                         await unary(channel, "Sleep", slow, timeout=timeout, deadline=deadline)
                 assert str(caught.value) == f"node node-x did not answer {route('Sleep')} in time"
             # A unary callable's own deadline (its status, as a stub's call reports it).
-            sleep = channel.unary(
-                route("Sleep"), lambda m: m.SerializeToString(), pb.LogChunk.FromString
-            )
+            sleep = unary_callable(channel, "Sleep")
             with anyio.fail_after(2.5), pytest.raises(Unavailable, match="^Deadline Exceeded$"):
                 await sleep(slow, deadline_s=0.3)
             assert (await sleep(pb.LogChunk(offset=1), deadline_s=10)).stream == "slept"
             # A client stream's deadline holds from the start of the block.
-            async with channel.request(
-                route("Count"), Cardinality.STREAM_UNARY, pb.LogChunk, pb.LogChunk, timeout=0.3,
-                metadata={"authorization": "x"},
-            ) as stream:  # fmt: skip
+            count = call_of(channel, "Count", Cardinality.STREAM_UNARY, timeout=0.3,
+                            metadata={"authorization": "x"})  # fmt: skip
+            async with count as stream:
                 await stream.send_message(pb.LogChunk())
                 with anyio.fail_after(2.5), pytest.raises(DeadlineExceeded):
                     await stream.recv_message()  # (the request never ends: only time does)
@@ -196,9 +202,7 @@ async def test_an_unreachable_server_is_named_as_the_channel_names_it() -> None:
             for channel, name in ((named, "SMS somewhere"), (anonymous, address)):
                 with pytest.raises(Unavailable, match=f"^cannot reach node {name}: "):
                     await unary(channel, "Echo", pb.LogChunk())
-            echo = named.unary(
-                route("Echo"), lambda m: m.SerializeToString(), pb.LogChunk.FromString
-            )
+            echo = unary_callable(named, "Echo")
             with pytest.raises(Unavailable, match=f"^cannot reach node {address}: "):
                 await echo(pb.LogChunk())
             assert not await named.connected(0.2)  # (its last attempt failed: at once)
@@ -224,10 +228,7 @@ async def test_replies_up_to_the_channels_limit_pass_and_larger_ones_are_refused
     async with served() as (_, address):
         roomy = AioChannel(address, Credentials(), max_message_bytes=8 * MiB)
         tight = AioChannel(address, Credentials(), max_message_bytes=64 * 1024)
-        size = [
-            c.unary(route("Size"), lambda m: m.SerializeToString(), pb.LogChunk.FromString)
-            for c in (roomy, tight)
-        ]
+        size = [unary_callable(c, "Size") for c in (roomy, tight)]
         try:
             # Over grpc's own default of 4 MiB: the channel was made with the larger limit.
             assert len((await size[0](pb.LogChunk(offset=5 * MiB))).data) == 5 * MiB
@@ -245,7 +246,7 @@ async def test_replies_up_to_the_channels_limit_pass_and_larger_ones_are_refused
 async def test_a_servers_failure_reaches_the_caller_as_it_was_given() -> None:
     async with served() as (_, address):
         channel = AioChannel(address, Credentials(), name="node-z")
-        fail = channel.unary(route("Fail"), lambda m: m.SerializeToString(), pb.LogChunk.FromString)
+        fail = unary_callable(channel, "Fail")
         try:
             # A spear code in the trailer: the status and the code kept for the stub.
             with pytest.raises(RpcError) as coded:
@@ -279,15 +280,11 @@ async def test_a_unary_stream_is_used_once_and_left_without_a_call_or_after_its_
     async with served() as (_, address):
         channel = AioChannel(address, Credentials())
         try:
-            async with channel.request(
-                route("Echo"), Cardinality.UNARY_UNARY, pb.LogChunk, pb.LogChunk
-            ) as stream:
+            async with call_of(channel, "Echo") as stream:
                 with pytest.raises(SpearError, match=f"^{route('Echo')}: nothing sent yet$"):
                     await stream.recv_message()
             # (left with nothing sent: nothing to cancel, no error)
-            async with channel.request(
-                route("Echo"), Cardinality.UNARY_UNARY, pb.LogChunk, pb.LogChunk
-            ) as stream:
+            async with call_of(channel, "Echo") as stream:
                 await stream.send_message(pb.LogChunk(data=b"1"))
                 await stream.end()  # (a unary request has no stream to end)
                 with pytest.raises(SpearError, match=f"^{route('Echo')} takes one request"):
@@ -303,16 +300,12 @@ async def test_a_streamed_answer_reads_to_its_end_and_a_cancel_stops_the_server(
     async with served() as (rules, address):
         channel = AioChannel(address, Credentials())
         try:
-            async with channel.request(
-                route("Ticks"), Cardinality.UNARY_STREAM, pb.LogChunk, pb.LogChunk
-            ) as stream:
+            async with call_of(channel, "Ticks", Cardinality.UNARY_STREAM) as stream:
                 await stream.send_message(pb.LogChunk(offset=3), end=True)
                 assert [m.offset async for m in stream] == [0, 1, 2]
                 assert await stream.recv_message() is None
             assert not rules.cancelled.is_set()
-            async with channel.request(
-                route("Ticks"), Cardinality.UNARY_STREAM, pb.LogChunk, pb.LogChunk
-            ) as stream:
+            async with call_of(channel, "Ticks", Cardinality.UNARY_STREAM) as stream:
                 await stream.cancel()  # (nothing sent yet: nothing to cancel)
                 await stream.send_message(pb.LogChunk(offset=10_000), end=True)
                 assert (await stream.recv_message()).offset == 0
@@ -333,13 +326,13 @@ async def test_a_streamed_request_is_counted_and_a_refusal_before_reading_it_is_
     async with served() as (rules, address):
         member = AioChannel(address, Credentials(token="t"))
         stranger = AioChannel(address, Credentials(), name="node-w")
-        count = (route("Count"), Cardinality.STREAM_UNARY, pb.LogChunk, pb.LogChunk)
+        count = ("Count", Cardinality.STREAM_UNARY)
         try:
-            async with member.request(*count) as stream:
+            async with call_of(member, *count) as stream:
                 await stream.send_message(pb.LogChunk())
                 await stream.send_message(pb.LogChunk(), end=True)
                 assert (await stream.recv_message()).offset == 2
-            async with member.request(*count) as stream:
+            async with call_of(member, *count) as stream:
                 for _ in range(3):
                     await stream.send_message(pb.LogChunk())
                 await stream.end()
@@ -348,7 +341,7 @@ async def test_a_streamed_request_is_counted_and_a_refusal_before_reading_it_is_
             # Refused before its request is read: whichever write or read meets the end
             # reports the server's status, never grpc's own "Internal error from Core".
             with anyio.fail_after(20), pytest.raises(RpcError) as refused:
-                async with stranger.request(*count) as stream:
+                async with call_of(stranger, *count) as stream:
                     for _ in range(10_000):
                         await stream.send_message(pb.LogChunk(data=b"x" * 1024))
                         await asyncio.sleep(0.001)
@@ -357,7 +350,7 @@ async def test_a_streamed_request_is_counted_and_a_refusal_before_reading_it_is_
             assert refused.value.status is grpc.StatusCode.UNAUTHENTICATED
             # Answered without reading: a write under it is the server ending the call.
             with anyio.fail_after(20):
-                async with member.request(*count, metadata={"spear-unread": "1"}) as stream:
+                async with call_of(member, *count, metadata={"spear-unread": "1"}) as stream:
                     outcome: Any = None
                     try:
                         for _ in range(10_000):

@@ -10,6 +10,7 @@ a local data dir when `--namespace` / `SPEAR_NAMESPACE` names one.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import dataclasses
 import time
@@ -181,19 +182,15 @@ class NamespacedNode:
         if not self._limited() and self._cluster_unlimited():
             node = cast("BatchNode", self.api)  # (the server asks only nodes that have it)
             return await node.run_many([self._spec(s) for s in specs], stdins)
-        stdins = stdins or [None] * len(specs)
-        out: list[Task | SpearError | None] = [None] * len(specs)
 
-        async def one(i: int) -> None:
+        async def outcome(spec: FunctionSpec, stdin: bytes | None) -> Task | SpearError:
             try:
-                out[i] = await self.run(specs[i], stdin=stdins[i])
+                return await self.run(spec, stdin=stdin)
             except SpearError as exc:
-                out[i] = exc
+                return exc
 
-        async with anyio.create_task_group() as tg:
-            for i in range(len(specs)):
-                tg.start_soon(one, i)
-        return [o for o in out if o is not None]
+        runs = zip(specs, stdins or [None] * len(specs), strict=True)
+        return list(await asyncio.gather(*(outcome(spec, stdin) for spec, stdin in runs)))
 
     async def call(self, spec: FunctionSpec, *, stdin: bytes | None = None) -> TaskResult:
         async with self._cluster_slot(None):
