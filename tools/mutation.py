@@ -231,6 +231,19 @@ TARGETS = (
         (_T + "transport/test_filled_bytes.py", _T + "transport/test_object_transfer_rules.py"),
     ),
     Target(
+        # A node as one namespace sees it: its tasks, objects and quotas only, and
+        # nothing of the node it wraps that it does not scope.
+        "namespaced",
+        ("spear/node/namespaced.py",),
+        (
+            _T + "transport/test_namespaces.py",
+            _T + "test_quota_rules.py",
+            _T + "test_log_quota.py",
+            _T + "cluster/test_cluster_quotas.py",
+            _T + "toolkit/test_subtasks_quota.py",
+        ),
+    ),
+    Target(
         # How every spear client calls a grpc.aio server: credentials, limits, metadata,
         # and failures back as spear's own errors; and the streams' adapter.
         "aio_client",

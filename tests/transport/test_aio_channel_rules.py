@@ -68,13 +68,17 @@ class Rules:
         raise AssertionError("abort returns only by raising")
 
     async def count(self, requests: AsyncIterator[bytes], context: Any) -> bytes:
-        """A streamed request counted; refused before reading it without a token, and
-        answered at once, unread, when the call says `spear-unread: 1`."""
+        """A streamed request counted; refused before reading it without a token (with a
+        spear code), or with INTERNAL "boom" when the call says `spear-boom: 1`, and
+        answered at once, unread, when it says `spear-unread: 1`."""
         seen = dict(context.invocation_metadata() or ())
         if "authorization" not in seen:
-            await context.abort(grpc.StatusCode.UNAUTHENTICATED, "no token")
+            code = ((ERROR_CODE_KEY, "unauthenticated"),)
+            await context.abort(grpc.StatusCode.UNAUTHENTICATED, "no token", code)
+        if seen.get("spear-boom") == "1":
+            await context.abort(grpc.StatusCode.INTERNAL, "boom")
         if seen.get("spear-unread") == "1":
-            return pb.LogChunk(offset=-1).SerializeToString()
+            return pb.LogChunk(stream="unread").SerializeToString()
         n = 0
         async for _ in requests:
             n += 1
@@ -224,9 +228,26 @@ async def test_a_channel_is_connected_once_its_server_answers() -> None:
             await channel.aclose()
 
 
+async def test_a_channel_still_connecting_is_not_connected_after_the_wait() -> None:
+    """A port that takes the connection and never answers gRPC: `connected` waits
+    `within_s`, then says no (and the channel's last attempt has not failed yet)."""
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen()
+        channel = AioChannel(f"127.0.0.1:{silent.getsockname()[1]}", Credentials())
+        try:
+            with anyio.fail_after(5):
+                assert not await channel.connected(0.5)
+        finally:
+            await channel.aclose()
+
+
 async def test_replies_up_to_the_channels_limit_pass_and_larger_ones_are_refused() -> None:
     async with served() as (_, address):
-        roomy = AioChannel(address, Credentials(), max_message_bytes=8 * MiB)
+        roomy = AioChannel.to(address, Credentials(), max_message_bytes=8 * MiB, name="big")
+        assert roomy.name == "big" and unary_callable(roomy, "Size") is unary_callable(
+            roomy, "Size"
+        )
         tight = AioChannel(address, Credentials(), max_message_bytes=64 * 1024)
         size = [unary_callable(c, "Size") for c in (roomy, tight)]
         try:
@@ -259,6 +280,8 @@ async def test_a_servers_failure_reaches_the_caller_as_it_was_given() -> None:
             # DeadlineExceeded, both naming it; another status is itself.
             with pytest.raises(Unavailable, match="^cannot reach node node-z: busy"):
                 await unary(channel, "Fail", pb.LogChunk(stream="UNAVAILABLE", data=b"busy"))
+            with pytest.raises(Unavailable, match="^cannot reach node node-z: $"):
+                await unary(channel, "Fail", pb.LogChunk(stream="UNAVAILABLE"))
             with pytest.raises(DeadlineExceeded, match="^node node-z did not answer"):
                 await unary(channel, "Fail", pb.LogChunk(stream="DEADLINE_EXCEEDED", data=b"x"))
             with pytest.raises(RpcError) as plain:
@@ -338,33 +361,37 @@ async def test_a_streamed_request_is_counted_and_a_refusal_before_reading_it_is_
                 await stream.end()
                 assert (await stream.recv_message()).offset == 3
             assert rules.counted == [2, 3]
-            # Refused before its request is read: whichever write or read meets the end
-            # reports the server's status, never grpc's own "Internal error from Core".
+            # Refused before its request is read, under a write in flight (large ones,
+            # back to back: grpc.aio's own status for that write is INTERNAL "Internal
+            # error from Core"): the server's refusal, learnt by asking again, empty.
+            big = pb.LogChunk(data=b"x" * 200_000)
             with anyio.fail_after(20), pytest.raises(RpcError) as refused:
                 async with call_of(stranger, *count) as stream:
-                    for _ in range(10_000):
-                        await stream.send_message(pb.LogChunk(data=b"x" * 1024))
-                        await asyncio.sleep(0.001)
-                    await stream.end()
-                    await stream.recv_message()
-            assert refused.value.status is grpc.StatusCode.UNAUTHENTICATED
-            # Answered without reading: a write under it is the server ending the call.
-            with anyio.fail_after(20):
-                async with call_of(member, *count, metadata={"spear-unread": "1"}) as stream:
-                    outcome: Any = None
-                    try:
-                        for _ in range(10_000):
-                            await stream.send_message(pb.LogChunk(data=b"x" * 1024))
-                            await asyncio.sleep(0.001)
-                    except (SpearError, RpcError) as exc:
-                        outcome = exc
-            assert isinstance(outcome, Unavailable | RpcError), outcome
-            if isinstance(outcome, Unavailable):
-                assert str(outcome) == (
-                    f"node {address} ended {route('Count')} before reading the request"
-                )
-            else:
-                assert outcome.status is not grpc.StatusCode.INTERNAL
+                    for _ in range(1000):
+                        await stream.send_message(big)
+            assert (refused.value.status, refused.value.message) == (
+                grpc.StatusCode.UNAUTHENTICATED, "no token")  # fmt: skip
+            # Answered without reading it: the server ended the call, and said nothing.
+            unread = call_of(member, *count, metadata={"spear-unread": "1"})
+            with anyio.fail_after(20), pytest.raises(Unavailable) as ended:
+                async with unread as stream:
+                    for _ in range(1000):
+                        await stream.send_message(big)
+            assert (
+                str(ended.value)
+                == f"node {address} ended /t.Rules/Count before reading the request"
+            )
+            # A write after the call ended: the server's own status, details and trailer.
+            for channel, metadata, status, message, code in (
+                (stranger, None, grpc.StatusCode.UNAUTHENTICATED, "no token", "unauthenticated"),
+                (member, {"spear-boom": "1"}, grpc.StatusCode.INTERNAL, "boom", None),
+            ):
+                async with call_of(channel, *count, metadata=metadata) as stream:
+                    await asyncio.sleep(0.3)  # (its status is in)
+                    with pytest.raises(RpcError) as late:
+                        await stream.send_message(pb.LogChunk())
+                assert (late.value.status, late.value.message) == (status, message)
+                assert received_error_code.get() == code
         finally:
             await member.aclose()
             await stranger.aclose()

@@ -77,7 +77,6 @@ class AioCallStream:
         self._timeout = timeout
         self._metadata = tuple(metadata)
         self._call: Any = None
-        self._reply: Any = None  # a unary call's answer, until read
         self._replied = False
         self._ended = False  # the call answered in full (or failed): nothing to cancel
 
