@@ -77,6 +77,8 @@ class Rules:
             await context.abort(grpc.StatusCode.UNAUTHENTICATED, "no token", code)
         if seen.get("spear-boom") == "1":
             await context.abort(grpc.StatusCode.INTERNAL, "boom")
+        if seen.get("spear-deny") == "1":
+            await context.abort(grpc.StatusCode.PERMISSION_DENIED, "not yours")
         if seen.get("spear-unread") == "1":
             return pb.LogChunk(stream="unread").SerializeToString()
         n = 0
@@ -84,6 +86,13 @@ class Rules:
             n += 1
         self.counted.append(n)
         return pb.LogChunk(offset=n).SerializeToString()
+
+    async def pipe(self, requests: AsyncIterator[bytes], context: Any) -> AsyncIterator[bytes]:
+        """Each message back; refused before reading without a token."""
+        if "authorization" not in dict(context.invocation_metadata() or ()):
+            await context.abort(grpc.StatusCode.UNAUTHENTICATED, "no token")
+        async for request in requests:
+            yield request
 
     async def ticks(self, request: bytes, context: Any) -> AsyncIterator[bytes]:
         try:
@@ -106,6 +115,7 @@ async def served() -> AsyncIterator[tuple[Rules, str]]:
         "Fail": grpc.unary_unary_rpc_method_handler(rules.fail),
         "Count": grpc.stream_unary_rpc_method_handler(rules.count),
         "Ticks": grpc.unary_stream_rpc_method_handler(rules.ticks),
+        "Pipe": grpc.stream_stream_rpc_method_handler(rules.pipe),
     }
     server.add_generic_rpc_handlers([grpc.method_handlers_generic_handler("t.Rules", handlers)])
     port = server.add_insecure_port("127.0.0.1:0")
@@ -365,12 +375,22 @@ async def test_a_streamed_request_is_counted_and_a_refusal_before_reading_it_is_
             # back to back: grpc.aio's own status for that write is INTERNAL "Internal
             # error from Core"): the server's refusal, learnt by asking again, empty.
             big = pb.LogChunk(data=b"x" * 200_000)
-            with anyio.fail_after(20), pytest.raises(RpcError) as refused:
-                async with call_of(stranger, *count) as stream:
-                    for _ in range(1000):
-                        await stream.send_message(big)
-            assert (refused.value.status, refused.value.message) == (
-                grpc.StatusCode.UNAUTHENTICATED, "no token")  # fmt: skip
+            for channel, method, metadata, status, message in (
+                (stranger, count, None, grpc.StatusCode.UNAUTHENTICATED, "no token"),
+                (member, count, {"spear-deny": "1"}, grpc.StatusCode.PERMISSION_DENIED,
+                 "not yours"),
+                (stranger, ("Pipe", Cardinality.STREAM_STREAM), None,
+                 grpc.StatusCode.UNAUTHENTICATED, "no token"),
+            ):  # fmt: skip
+                with anyio.fail_after(20), pytest.raises(RpcError) as refused:
+                    async with call_of(channel, *method, metadata=metadata) as stream:
+                        for _ in range(1000):
+                            await stream.send_message(big)
+                assert (refused.value.status, refused.value.message) == (status, message)
+            async with call_of(member, "Pipe", Cardinality.STREAM_STREAM) as stream:
+                await stream.send_message(pb.LogChunk(data=b"a"))
+                await stream.send_message(pb.LogChunk(data=b"b"), end=True)
+                assert [m.data async for m in stream] == [b"a", b"b"]
             # Answered without reading it: the server ended the call, and said nothing.
             unread = call_of(member, *count, metadata={"spear-unread": "1"})
             with anyio.fail_after(20), pytest.raises(Unavailable) as ended:
