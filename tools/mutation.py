@@ -236,6 +236,7 @@ TARGETS = (
         "namespaced",
         ("spear/node/namespaced.py",),
         (
+            _T + "test_namespaced_node.py",
             _T + "transport/test_namespaces.py",
             _T + "test_quota_rules.py",
             _T + "test_log_quota.py",
