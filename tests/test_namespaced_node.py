@@ -8,11 +8,12 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+import anyio
 import pytest
 
 import spear
 from spear.core.models import FunctionSpec, TaskState
-from spear.errors import InvalidArgument, NotFound, ResourceExhausted
+from spear.errors import Conflict, InvalidArgument, NotFound, ResourceExhausted, Unavailable
 from spear.node.inprocess import InProcessNode
 from spear.node.namespaced import NamespacedNode
 from spear.node.quotas import Quota, QuotaFile, TaskSlots
@@ -59,8 +60,12 @@ async def test_every_way_to_run_carries_the_callers_io_and_runs_in_its_namespace
         assert limited.output == b"FIVE"
         assert (await (await a.submit(upper, stdin=b"six")).result()).output == b"SIX"
         out.clear()
-        await a.run(lines, stdout=out.append, on_created=created.append)
+        err.clear()
+        await a.run(lines, stdout=out.append, stderr=err.append, on_created=created.append)
         assert b"".join(out) == b"line 0\nline 1\n" and len(created) == 2
+        assert b"".join(err) == b"err 0\nerr 1\n"
+        plain = await a.run_many([lines, lines])  # (no stdins, one by one)
+        assert [t.state for t in plain] == [TaskState.COMPLETED] * 2
 
 
 async def test_an_idempotency_key_names_one_task_of_one_namespace(
@@ -116,10 +121,21 @@ async def test_another_namespaces_task_is_not_found_by_any_way_in(
         assert [t.id for t in await a.tasks(limit=2)] == [mine[2].id, mine[1].id]
         assert [t.id for t in await a.tasks(TaskState.COMPLETED, 1)] == [mine[2].id]
         assert await a.tasks(TaskState.FAILED) == []
-        # Deleting: its own named ones, and by age only among its own.
+        # Deleting: its own named ones, and by age or count only among its own.
         assert await a.delete_tasks([mine[0].id]) == [mine[0].id]
-        assert sorted(await a.delete_tasks(older_than_s=0)) == sorted(t.id for t in mine[1:])
+        assert await a.delete_tasks(keep=1) == [mine[1].id]
+        assert await a.delete_tasks(older_than_s=0) == [mine[2].id]
         assert len(await b.tasks()) == 7
+        # A running one: its result not yet there without waiting, its logs read as far
+        # as they go (not followed), cancelled with the caller's reason.
+        loop = await a.submit(FunctionSpec(str(conformance_wasm), args=("loop",)))
+        with pytest.raises(Unavailable, match="has not finished"):
+            await a.result(loop.id, wait=False)
+        with anyio.fail_after(10):
+            assert [c async for c in a.logs(loop.id)] == []
+        assert (await a.cancel(loop.id, "stop it")).reason == "stop it"
+        again = await a.submit(FunctionSpec(str(conformance_wasm), args=("loop",)))
+        assert (await a.cancel(again.id)).reason == "cancelled"
 
 
 async def test_every_object_operation_works_on_the_namespaces_part_of_the_store(
@@ -140,7 +156,12 @@ async def test_every_object_operation_works_on_the_namespaces_part_of_the_store(
         assert (pinned.key, pinned.pinned) == ("k", True)
         assert (await local.objects.info("@ns/team-a/k")).pinned
         assert not (await local.objects.info("@ns/team-b/k")).pinned
+        with pytest.raises(Conflict, match="is pinned"):
+            await a.delete_object("k")  # (not forced)
         assert (await a.unpin_object("k")).pinned is False
+        assert [o.key for o in await a.list_objects()] == ["k"]
+        with pytest.raises(Conflict):
+            await a.put_object("k", b"stale", expected_version=99)
         assert await b.delete_object("k")
         assert (await a.get_object("k"))[0] == b"a's"  # (b's delete was b's own key)
         with pytest.raises(NotFound):
