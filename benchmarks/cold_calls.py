@@ -16,13 +16,12 @@ a run begins.
 
 from __future__ import annotations
 
-import os
 import statistics
 import sys
 from pathlib import Path
 from typing import Any
 
-from benchmarks.common import ROOT, machine, write_rounds
+from benchmarks.common import ROOT, write_rounds
 from benchmarks.versions import measure_in
 
 RESULT_FILE = ROOT / "benchmarks" / "results" / "cold_calls.json"
@@ -90,8 +89,6 @@ def run(tasks: int, rounds: int) -> dict[str, Any]:
         "tasks": tasks,
         "rounds": found,
         "medians": {name: statistics.median(v) for name, v in found.items()},
-        "machine": machine(),
-        "cpus": os.cpu_count(),
     }
 
 
